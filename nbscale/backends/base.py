@@ -1,0 +1,71 @@
+"""The interface every job backend implements.
+
+A backend turns a ``JobSpec`` into running work and answers questions about
+it. The store row is created by the engine (``nbscale.jobs.submit``) before
+``submit`` is called; the backend fills in ``native_id`` and moves the status.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..config import BackendConfig
+from ..specs import JobSpec
+from ..store import Store
+from ..store.jobs import JobRecord
+
+
+@dataclass
+class LogChunk:
+    """Part of one rank's log: ``text`` from byte ``offset`` up to ``next_offset``."""
+
+    rank: int
+    text: str
+    offset: int
+    next_offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "text": self.text, "offset": self.offset, "next_offset": self.next_offset}
+
+
+class JobBackend(ABC):
+    """Submit, status, logs, cancel and list for jobs of one kind of platform."""
+
+    type: ClassVar[str]
+
+    def __init__(self, config: BackendConfig, store: Store):
+        self.config = config
+        self.store = store
+
+    def validate(self, spec: JobSpec) -> None:
+        """Refuse a spec this backend cannot run (raise ``SpecError``) before anything is stored."""
+
+    @abstractmethod
+    def submit(self, record: JobRecord) -> JobRecord:
+        """Start the job described by ``record.spec``; return the updated record."""
+
+    @abstractmethod
+    def status(self, record: JobRecord) -> JobRecord:
+        """Refresh and return the record (PENDING, RUNNING, or a terminal state)."""
+
+    @abstractmethod
+    def ranks(self, record: JobRecord) -> list[int]:
+        """The ranks that have logs so far."""
+
+    @abstractmethod
+    def logs(self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20) -> LogChunk:
+        """Log text of one rank from ``offset``; call again with ``next_offset`` to follow."""
+
+    @abstractmethod
+    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
+        """Metrics logged with ``nbscale.log_metric`` so far, every rank."""
+
+    @abstractmethod
+    def cancel(self, record: JobRecord) -> JobRecord:
+        """Stop every process of the job; the record ends CANCELLED unless it had ended."""
+
+    def check(self) -> dict[str, Any]:
+        """Whether the backend can be reached: ``{"reachable": bool, "detail": str}``."""
+        return {"reachable": True, "detail": "ok"}

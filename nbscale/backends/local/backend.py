@@ -1,0 +1,118 @@
+"""The local backend: real torchrun processes on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ...errors import SpecError
+from ...runtime.jobdir import JobDir
+from ...specs import JobSpec
+from ...store.jobs import ACTIVE, CANCELLED, LOST, PENDING, JobRecord, add_event, get_job, update_job
+from ..base import JobBackend, LogChunk
+from . import gpus as gpu_alloc
+from .processes import alive, job_processes, stop_job_processes
+
+LAUNCH_TIMEOUT = 60.0  # a supervisor that has not said hello by then never started
+
+
+class LocalBackend(JobBackend):
+    type = "local"
+
+    def validate(self, spec: JobSpec) -> None:
+        if spec.gpus_per_proc:
+            have = gpu_alloc.machine_gpus()
+            need = spec.world_size * spec.gpus_per_proc
+            if not have:
+                raise SpecError(
+                    "gpus_per_proc", "this machine has no CUDA GPU", "use --gpus-per-proc 0, or a GPU backend"
+                )
+            if need > len(have):
+                raise SpecError(
+                    "gpus_per_proc",
+                    f"the job needs {need} GPUs (nodes x procs x gpus) and this machine has {len(have)}",
+                    "ask for fewer processes or GPUs per process",
+                )
+
+    def submit(self, record: JobRecord) -> JobRecord:
+        jobdir = JobDir(record.info["job_dir"]).make()
+        jobdir.spec_file.write_text(json.dumps(record.spec))
+        with open(jobdir.supervisor_log, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "nbscale.backends.local.supervisor", record.id],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=record.info.get("cwd") or None, env=os.environ.copy(),
+            )
+        proc.wait()  # the supervisor forks and this first process returns at once
+        return get_job(self.store, record.id)
+
+    def status(self, record: JobRecord) -> JobRecord:
+        if record.status not in ACTIVE:
+            return record
+        info = record.info
+        pid = info.get("supervisor_pid")
+        if pid is None:
+            if time.time() - record.created < LAUNCH_TIMEOUT:
+                return record
+            reason = "the job's supervisor never started; see supervisor.log in the job directory"
+        elif alive(pid, info.get("supervisor_started")):
+            return self._with_live_fields(record)
+        else:
+            fresh = get_job(self.store, record.id)  # it may have finished just now
+            if fresh.status not in ACTIVE:
+                return fresh
+            reason = f"the job's supervisor (pid {pid}) vanished without recording an end"
+        stop_job_processes(record.id, grace=2.0)
+        update_job(self.store, record.id, status=LOST, ended=time.time(), error=reason,
+                   info_patch={"phase": "ended"})
+        return get_job(self.store, record.id)
+
+    def _with_live_fields(self, record: JobRecord) -> JobRecord:
+        jobdir = JobDir(record.info["job_dir"])
+        record.restarts = jobdir.restarts()
+        if record.status == PENDING:
+            record.info["phase"] = "queued"
+        elif jobdir.log_ranks():
+            record.info["phase"] = "running"
+        else:
+            record.info["phase"] = "rendezvous"
+        return record
+
+    def ranks(self, record: JobRecord) -> list[int]:
+        return JobDir(record.info["job_dir"]).log_ranks()
+
+    def logs(self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20) -> LogChunk:
+        path = JobDir(record.info["job_dir"]).log(rank)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            data = b""
+        if len(data) == max_bytes and b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]  # never cut a line (or a UTF-8 sequence) in half
+        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, offset + len(data))
+
+    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
+        return JobDir(record.info["job_dir"]).metrics()
+
+    def cancel(self, record: JobRecord) -> JobRecord:
+        record = self.status(record)
+        if record.status not in ACTIVE:
+            return record
+        add_event(self.store, record.id, "cancel-requested")
+        grace = float(os.environ.get("NBSCALE_CANCEL_GRACE", "10"))
+        pid = record.info.get("supervisor_pid")
+        if pid and alive(pid, record.info.get("supervisor_started")):
+            os.kill(pid, 15)  # the supervisor stops its agents and records CANCELLED
+            deadline = time.monotonic() + grace + 5
+            while time.monotonic() < deadline and (alive(pid) or job_processes(record.id)):
+                time.sleep(0.05)
+        stop_job_processes(record.id, grace=grace)
+        update_job(self.store, record.id, status=CANCELLED, ended=time.time(), error="cancelled",
+                   info_patch={"phase": "ended"})
+        return get_job(self.store, record.id)

@@ -1,0 +1,205 @@
+"""``nbscale run | jobs | status | logs | cancel``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..config import load as load_config
+from ..errors import SpecError
+from ..jobs import Job, job, jobs, submit
+from ..specs import Entry, JobSpec
+from ..store.jobs import CANCELLED, STATUSES, SUCCEEDED, JobRecord
+from .output import Progress, ago, duration, print_json, table
+from .params import parse_env, typed_value
+
+SPEC_DEFAULTS = {"nodes": 1, "procs_per_node": 1, "gpus_per_proc": 0, "max_restarts": 0}
+
+
+def add_resource_options(p: argparse.ArgumentParser) -> None:
+    """The options every way of starting a job shares (``run`` here, ``%%train`` in the magics)."""
+    p.add_argument("--backend", help="a backend named in the config (default: the configured default)")
+    p.add_argument("--name", help="job name (default: from the file name)")
+    p.add_argument("--nodes", type=int, help="number of nodes (default 1)")
+    p.add_argument("--procs-per-node", type=int, help="processes per node (default 1)")
+    p.add_argument("--gpus-per-proc", type=int, help="GPUs per process (default 0)")
+    p.add_argument("--instance-type", help="instance type on cloud backends")
+    p.add_argument("--image", help="container image on cloud backends")
+    p.add_argument("--env", action="append", metavar="K=V", help="environment variable for the job (repeatable)")
+    p.add_argument("--max-runtime", type=int, metavar="SECONDS", help="stop the job after this long")
+    p.add_argument("--max-restarts", type=int, help="elastic restarts torchrun may make (default 0)")
+    p.add_argument("--checkpoint-dir", help="directory the job checkpoints to")
+    p.add_argument("--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)")
+
+
+def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
+    defaults = {**SPEC_DEFAULTS, **load_config().defaults}
+    values: dict[str, Any] = {}
+    for field in ("nodes", "procs_per_node", "gpus_per_proc", "max_restarts", "max_runtime", "instance_type",
+                  "image", "checkpoint_dir"):
+        given = getattr(args, field, None)
+        values[field] = given if given is not None else defaults.get(field)
+    return JobSpec(
+        entry=entry,
+        name=args.name or "",
+        backend=args.backend,
+        args=tuple(getattr(args, "extra", []) or []),
+        env=parse_env(args.env),
+        tags=parse_env(args.tag),
+        **{k: v for k, v in values.items() if v is not None},
+    )
+
+
+def exit_code_of(record: JobRecord) -> int:
+    if record.status == SUCCEEDED:
+        return 0
+    if record.status == CANCELLED:
+        return 130
+    return record.exit_code or 1
+
+
+def stream(handle: Job, stdout=None, stderr=None, ranks: list[int] | None = None) -> JobRecord:
+    """Print every rank's lines with a rank prefix until the job ends; Ctrl-C cancels it."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    progress = Progress(stderr)
+    seen_output = False
+
+    def on_poll(record: JobRecord) -> None:
+        if not seen_output and not record.terminal:
+            progress.update(f"job {handle.id}: {record.status.lower()}, {record.info.get('phase', '')}")
+
+    try:
+        for rank, line in handle.follow(ranks=ranks, on_poll=on_poll):
+            if not seen_output:
+                progress.clear()
+                seen_output = True
+            stdout.write(f"[rank {rank}] {line}\n")
+            stdout.flush()
+    except KeyboardInterrupt:
+        progress.clear()
+        stderr.write(f"nbscale: interrupted; cancelling job {handle.id}\n")
+        return handle.cancel()
+    progress.clear()
+    return handle.refresh()
+
+
+def describe_end(record: JobRecord, stderr=None) -> None:
+    stderr = stderr or sys.stderr
+    if record.status == SUCCEEDED:
+        stderr.write(f"job {record.id} succeeded in {duration(record.duration)}\n")
+        return
+    stderr.write(f"job {record.id} {record.status.lower()}: {record.error or ''}\n")
+    tb = record.info.get("traceback")
+    if tb:
+        stderr.write(tb if tb.endswith("\n") else tb + "\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.target:
+        raise SpecError("PATH", "is missing", "give a script, a notebook, or -m MODULE")
+    params = {name: typed_value(value) for name, value in (args.parameter or [])}
+    entry = Entry.from_path(args.target, module=args.module, parameters=params)
+    handle = submit(spec_from_args(args, entry))
+    if args.detach:
+        print(handle.id)
+        return 0
+    print(f"nbscale: job {handle.id} submitted", file=sys.stderr)
+    record = stream(handle)
+    describe_end(record)
+    return exit_code_of(record)
+
+
+def _row(record: JobRecord) -> list[str]:
+    spec = record.spec
+    shape = f"{spec.get('nodes', 1)}x{spec.get('procs_per_node', 1)}"
+    if spec.get("gpus_per_proc"):
+        shape += f" ({spec['gpus_per_proc']} GPU/proc)"
+    return [record.id, record.name, record.backend, record.status, shape, ago(record.created),
+            duration(record.duration)]
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    if args.status and args.status.upper() not in STATUSES:
+        raise SpecError("--status", f"unknown status {args.status!r}", f"use one of {', '.join(STATUSES)}")
+    handles = jobs(status=args.status, backend=args.backend, limit=args.limit)
+    if args.json:
+        print_json([h.to_dict() for h in handles])
+    elif handles:
+        print(table(["ID", "NAME", "BACKEND", "STATUS", "NODES x PROCS", "CREATED", "DURATION"],
+                    [_row(h.record) for h in handles]))
+    else:
+        print("no jobs yet: start one with 'nbscale run SCRIPT'")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    record = job(args.job).refresh()
+    data = record.to_dict()
+    data["traceback"] = record.info.get("traceback")
+    data["phase"] = record.info.get("phase")
+    if args.json:
+        print_json(data)
+        return 0
+    for key in ("id", "name", "backend", "status", "phase", "nodes", "procs_per_node", "gpus_per_proc",
+                "restarts", "exit_code", "failed_rank"):
+        print(f"{key + ':':16}{data[key] if data[key] is not None else '-'}")
+    print(f"{'created:':16}{ago(record.created)}")
+    print(f"{'duration:':16}{duration(record.duration)}")
+    if record.error:
+        print(f"{'error:':16}{record.error}")
+    if data["traceback"]:
+        print(data["traceback"].rstrip())
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    handle = job(args.job)
+    ranks = None if args.rank is None else [args.rank]
+    if args.follow:
+        stream(handle, ranks=ranks)
+        return 0
+    if args.rank is not None:
+        sys.stdout.write(handle.logs(args.rank))
+    else:
+        sys.stdout.write(handle.logs())
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    record = job(args.job).cancel()
+    print(f"job {record.id}: {record.status}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a script, module or notebook as a distributed job")
+    p.add_argument("target", nargs="?", metavar="PATH", help="script.py, notebook.ipynb, or a module with -m")
+    p.add_argument("-m", "--module", action="store_true", help="PATH is a module name, as with python -m")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="notebook parameter, typed like papermill's -p (repeatable)")
+    p.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    add_resource_options(p)
+    p.set_defaults(func=cmd_run, takes_extra=True)
+
+    p = sub.add_parser("jobs", help="list jobs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--status", help="only jobs in this status")
+    p.add_argument("--backend", help="only jobs of this backend")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("status", help="show one job")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="print a job's logs")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--rank", type=int, help="only this rank")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", help="stop a job and every process of it")
+    p.add_argument("job", metavar="JOB")
+    p.set_defaults(func=cmd_cancel)

@@ -1,0 +1,211 @@
+"""The Python API for jobs: ``submit(spec) -> Job``, ``jobs()``, ``job(id)``.
+
+Every face (CLI, magics, server extension) goes through these functions, so
+a job behaves the same whoever started it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import paths
+from .backends import JobBackend, LogChunk, backend_for, get_backend
+from .config import Config
+from .config import load as load_config
+from .errors import JobFailed, NbscaleError
+from .specs import JobSpec
+from .store import Store, get_store
+from .store.jobs import FAILED, PENDING, SUCCEEDED, JobRecord, get_job, insert_job, list_jobs, update_job
+
+
+class Job:
+    """A handle on one job; cheap to make, it reads the store when asked."""
+
+    def __init__(self, record: JobRecord, backend: JobBackend):
+        self._record = record
+        self._backend = backend
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def record(self) -> JobRecord:
+        return self._record
+
+    def refresh(self) -> JobRecord:
+        self._record = self._backend.status(get_job(self._backend.store, self.id))
+        return self._record
+
+    def status(self) -> str:
+        return self.refresh().status
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        poll: float = 0.1,
+        on_update: Callable[[JobRecord], None] | None = None,
+        raise_on_failure: bool = False,
+    ) -> JobRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.refresh()
+            if on_update:
+                on_update(record)
+            if record.terminal:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {record.status} after {timeout} s")
+            time.sleep(poll)
+        if raise_on_failure and record.status != SUCCEEDED:
+            raise JobFailed(
+                f"job {self.id} {record.status.lower()}: {record.error or ''}".rstrip(": "),
+                rank=record.failed_rank,
+                traceback=record.info.get("traceback"),
+            )
+        return record
+
+    def ranks(self) -> list[int]:
+        return self._backend.ranks(self._record)
+
+    def read_logs(self, rank: int, offset: int = 0) -> LogChunk:
+        return self._backend.logs(self._record, rank, offset)
+
+    def logs(self, rank: int | None = None) -> str:
+        """All log text so far: one rank's, or every rank's with a ``[rank N]`` prefix."""
+        if rank is not None:
+            return self._read_all(rank)
+        parts = []
+        for r in self.ranks():
+            parts.extend(f"[rank {r}] {line}" for line in self._read_all(r).splitlines())
+        return "\n".join(parts) + ("\n" if parts else "")
+
+    def _read_all(self, rank: int) -> str:
+        text, offset = [], 0
+        while True:
+            chunk = self._backend.logs(self._record, rank, offset)
+            if not chunk.text:
+                return "".join(text)
+            text.append(chunk.text)
+            offset = chunk.next_offset
+
+    def follow(
+        self,
+        ranks: list[int] | None = None,
+        poll: float = 0.1,
+        on_poll: Callable[[JobRecord], None] | None = None,
+    ) -> Iterator[tuple[int, str]]:
+        """Yield ``(rank, line)`` as lines appear, until the job has ended and every log is read."""
+        offsets: dict[int, int] = {}
+        partial: dict[int, str] = {}
+        while True:
+            record = self.refresh()
+            ended = record.terminal
+            if on_poll:
+                on_poll(record)
+            progressed = False
+            for rank in self.ranks():
+                if ranks is not None and rank not in ranks:
+                    continue
+                chunk = self._backend.logs(self._record, rank, offsets.get(rank, 0))
+                if not chunk.text:
+                    continue
+                progressed = True
+                offsets[rank] = chunk.next_offset
+                lines = (partial.pop(rank, "") + chunk.text).split("\n")
+                partial[rank] = lines.pop()
+                for line in lines:
+                    yield rank, line
+            if ended and not progressed:
+                for rank, rest in sorted(partial.items()):
+                    if rest:
+                        yield rank, rest
+                return
+            if not progressed:
+                time.sleep(poll)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return self._backend.metrics(self._record)
+
+    def cancel(self) -> JobRecord:
+        self._record = self._backend.cancel(get_job(self._backend.store, self.id))
+        return self._record
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._record.to_dict()
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self._record.status}>"
+
+
+def _new_id(name: str) -> str:
+    return f"{name[:40].rstrip('-')}-{secrets.token_hex(3)}"
+
+
+def submit(spec: JobSpec, config: Config | None = None, store: Store | None = None) -> Job:
+    """Validate, record and start a job; nothing is written when validation fails."""
+    config = config or load_config()
+    store = store or get_store()
+    bconf = config.backend(spec.backend)
+    spec = spec.replace(backend=bconf.name)
+    backend = get_backend(bconf.name, config, store)
+    backend.validate(spec)
+    job_id = _new_id(spec.name)
+    record = JobRecord(
+        id=job_id,
+        name=spec.name,
+        backend=bconf.name,
+        backend_type=bconf.type,
+        status=PENDING,
+        spec=spec.to_dict(),
+        created=time.time(),
+        info={"job_dir": str(paths.job_dir(job_id)), "cwd": os.getcwd(), "phase": "queued"},
+    )
+    insert_job(store, record)
+    try:
+        record = backend.submit(record)
+    except NbscaleError as exc:
+        update_job(store, job_id, status=FAILED, ended=time.time(), error=str(exc))
+        raise
+    except OSError as exc:
+        update_job(store, job_id, status=FAILED, ended=time.time(), error=f"could not start: {exc}")
+        raise NbscaleError(f"could not start job {job_id}: {exc}") from exc
+    return Job(record, backend)
+
+
+def job(job_id: str, config: Config | None = None, store: Store | None = None) -> Job:
+    store = store or get_store()
+    record = get_job(store, job_id)
+    return Job(record, backend_for(record, config or load_config(), store))
+
+
+def jobs(
+    status: str | None = None,
+    backend: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    refresh: bool = True,
+    config: Config | None = None,
+    store: Store | None = None,
+) -> list[Job]:
+    store = store or get_store()
+    config = config or load_config()
+    records, _ = list_jobs(store, status=status, backend=backend, limit=limit, offset=offset)
+    out = []
+    backends: dict[str, JobBackend] = {}
+    for rec in records:
+        if rec.backend not in backends:
+            backends[rec.backend] = backend_for(rec, config, store)
+        handle = Job(rec, backends[rec.backend])
+        if refresh and not rec.terminal:
+            handle.refresh()
+        out.append(handle)
+    return out

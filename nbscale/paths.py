@@ -1,0 +1,26 @@
+"""Where nbscale keeps its state: ``$NBSCALE_HOME`` (default ``~/.nbscale``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    path = Path(os.environ.get("NBSCALE_HOME") or Path.home() / ".nbscale").expanduser()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def db_path() -> Path:
+    return home() / "nbscale.db"
+
+
+def jobs_dir() -> Path:
+    path = home() / "jobs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def job_dir(job_id: str) -> Path:
+    return jobs_dir() / job_id

@@ -1,0 +1,31 @@
+"""A notebook as a job: each rank executes it with papermill in its own kernel.
+
+The kernel inherits the rank's environment (RANK, WORLD_SIZE, MASTER_ADDR...),
+so ``torch.distributed`` works inside the notebook as in a script.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .jobdir import JobDir
+
+
+def run_notebook(path: str, parameters: dict[str, Any], jobdir: JobDir, rank: int) -> Path:
+    import papermill
+
+    out_dir = jobdir.path / "notebooks"
+    out_dir.mkdir(exist_ok=True)
+    output = out_dir / f"rank-{rank}.ipynb"
+    papermill.execute_notebook(
+        path,
+        str(output),
+        parameters=parameters,
+        log_output=True,
+        progress_bar=False,
+        cwd=os.path.dirname(os.path.abspath(path)),
+        kernel_name=os.environ.get("NBSCALE_KERNEL", "python3"),
+    )
+    return output

@@ -1,0 +1,113 @@
+"""The process torchrun starts for each rank: ``python -m nbscale.runtime.worker``.
+
+It sends its own stdout/stderr to the rank's log file, runs the job's entry
+(script, module, notebook or captured cell) and, when that raises, writes the
+exception where both nbscale and torchrun look for it, then exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .jobdir import JobDir
+
+_HIDDEN_FRAMES = ("runpy.py", os.path.join("nbscale", "runtime", "worker.py"))
+
+
+def _redirect_output(path: Path, restart: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    if restart:
+        os.write(fd, f"--- restart {restart} ---\n".encode())
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback without nbscale's and runpy's own frames on top."""
+    te = traceback.TracebackException.from_exception(exc)
+    while te.stack and te.stack[0].filename.endswith(_HIDDEN_FRAMES):
+        te.stack.pop(0)
+    return "".join(te.format())
+
+
+def write_error(jobdir: JobDir, rank: int, exc: BaseException, restart: int, extra: dict | None = None) -> None:
+    now = time.time()
+    tb = format_exception(exc)
+    record: dict[str, Any] = {
+        "rank": rank,
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": tb,
+        "time": now,
+        "restart": restart,
+        **(extra or {}),
+    }
+    tmp = jobdir.error(rank).with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(jobdir.error(rank))
+    # torchrun's own error file, so its summary names the root cause too
+    torch_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if torch_file:
+        payload = {
+            "message": {
+                "message": f"{type(exc).__name__}: {exc}",
+                "extraInfo": {"py_callstack": tb, "timestamp": str(int(now))},
+            }
+        }
+        Path(torch_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(torch_file).write_text(json.dumps(payload))
+
+
+def run_entry(spec: dict[str, Any], jobdir: JobDir, rank: int) -> None:
+    entry = spec["entry"]
+    kind, target, args = entry["kind"], entry["target"], list(spec.get("args") or [])
+    if kind == "script":
+        sys.argv = [target, *args]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+        runpy.run_path(target, run_name="__main__")
+    elif kind == "module":
+        sys.argv = [target, *args]
+        sys.path.insert(0, os.getcwd())
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    elif kind == "notebook":
+        from .notebook import run_notebook
+
+        run_notebook(target, entry.get("parameters") or {}, jobdir, rank)
+    elif kind == "bundle":
+        from .cell import run_bundle
+
+        run_bundle(target, spec, jobdir, rank)
+    else:  # JobSpec validation makes this unreachable for specs nbscale wrote
+        raise SystemExit(f"nbscale worker: unknown entry kind {kind!r}")
+
+
+def main() -> None:
+    jobdir = JobDir(os.environ["NBSCALE_JOB_DIR"])
+    rank = int(os.environ.get("RANK", "0"))
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    _redirect_output(jobdir.log(rank), restart)
+    jobdir.restart_file(rank).write_text(str(restart))
+    spec = json.loads(jobdir.spec_file.read_text())
+    try:
+        run_entry(spec, jobdir, rank)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            write_error(jobdir, rank, exc, restart, {"message": f"exited with code {exc.code}"})
+        raise
+    except BaseException as exc:
+        write_error(jobdir, rank, exc, restart)
+        sys.stderr.write(format_exception(exc))
+        sys.stderr.flush()
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    main()
