@@ -1,0 +1,86 @@
+"""The base every nbscale handler shares: authentication, bodies, the error translator.
+
+Engine calls block (SQLite, process tables, backend SDKs), so handlers run
+them on the extension's thread pool with ``await self.call(...)``; the
+server's event loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from pydantic import BaseModel
+from tornado import web
+
+from .errors import BadRequest, is_expected, translate
+
+M = TypeVar("M", bound=BaseModel)
+
+AUTH_RESOURCE = "nbscale"
+
+
+class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def app(self):  # the NbscaleExtension
+        return self.extensionapp
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self.app.run_blocking(functools.partial(fn, *args, **kwargs))
+
+    def query(self, model: type[M]) -> M:
+        """The query string as ``model`` (unknown or malformed arguments are a 400)."""
+        raw = {k: self.get_query_argument(k) for k in self.request.query_arguments}
+        raw = {k: (v if v != "" else None) for k, v in raw.items()}
+        return model.model_validate({k: v for k, v in raw.items() if v is not None})
+
+    def body(self, model: type[M]) -> M:
+        if not self.request.body:
+            raise BadRequest("body", "is empty", "send a JSON object")
+        data = json.loads(self.request.body)
+        if not isinstance(data, dict):
+            raise BadRequest("body", f"must be a JSON object, got {type(data).__name__}")
+        return model.model_validate(data)
+
+    def reply(self, model: BaseModel, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(model.model_dump_json())
+
+    def notebook_path(self, relative: str, suffixes: tuple[str, ...] = (".ipynb",)) -> str:
+        """An absolute path inside the server root; anything outside it is refused."""
+        root = Path(self.app.root_dir).resolve()
+        target = (root / relative.lstrip("/")).resolve()
+        if not target.is_relative_to(root):
+            raise BadRequest("path", f"{relative!r} is outside the server's root directory")
+        if target.suffix not in suffixes:
+            raise BadRequest("path", f"{relative!r} is not a {' or '.join(suffixes)} file")
+        if not target.is_file():
+            raise BadRequest("path", f"{relative!r} does not exist", "save the notebook first")
+        return str(target)
+
+    # -- the error translator's hook: tornado calls these for anything a verb raised
+    def log_exception(self, typ, value, tb) -> None:
+        if is_expected(value):
+            self.log.info("nbscale %s %s: %s", self.request.method, self.request.path, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        status, body = translate(exc, fallback_status=status_code)
+        if exc is None:
+            body = {"error": "http_error", "message": self._reason}
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+
+authenticated = web.authenticated

@@ -1,0 +1,62 @@
+"""The one place where exceptions become HTTP answers.
+
+Handlers never catch engine errors themselves: they let them rise, and
+``NbscaleHandler.write_error`` asks ``translate`` for the status and body. So
+bad input is a 400 with a message, never a 500, and no verb repeats the mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from tornado.web import HTTPError
+
+from nbscale.errors import BackendUnavailable, Conflict, NbscaleError, NotFound, SpecError
+
+# order matters: subclasses before their bases
+_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (SpecError, 400, "bad_request"),
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (BackendUnavailable, 502, "backend_unavailable"),
+    (NbscaleError, 400, "bad_request"),
+)
+
+
+class BadRequest(SpecError):
+    """Bad input caught in the handler layer (query strings, paths, JSON)."""
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def translate(exc: BaseException | None, fallback_status: int = 500) -> tuple[int, dict[str, Any]]:
+    """``(status, {"error": kind, "message": text})`` for any exception a handler let through."""
+    if isinstance(exc, ValidationError):
+        return 400, {"error": "bad_request", "message": _validation_message(exc)}
+    if isinstance(exc, json.JSONDecodeError):
+        return 400, {"error": "bad_request", "message": f"the request body is not valid JSON: {exc.msg}"}
+    for kind, status, name in _STATUS:
+        if isinstance(exc, kind):
+            body: dict[str, Any] = {"error": name, "message": str(exc)}
+            if isinstance(exc, SpecError):
+                body["field"] = exc.field
+            return status, body
+    if isinstance(exc, HTTPError):
+        return exc.status_code, {"error": "http_error", "message": exc.log_message or exc.reason or ""}
+    return fallback_status, {
+        "error": "internal",
+        "message": "nbscale hit an unexpected error; the server log has the traceback",
+    }
+
+
+def is_expected(exc: BaseException | None) -> bool:
+    """Errors a user caused: not worth a traceback in the server log."""
+    return isinstance(exc, NbscaleError | ValidationError | json.JSONDecodeError | HTTPError)

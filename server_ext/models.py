@@ -1,0 +1,198 @@
+"""Request and response bodies of ``/nbscale/api/``, named by operation.
+
+``openapi.py`` publishes these as ``server_ext/openapi.json``; the panel's
+``extension/src/api/models.ts`` mirrors them (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nbscale.store.jobs import STATUSES
+
+JobStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST"]
+assert set(JobStatus.__args__) == set(STATUSES)  # the engine is the source of truth
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenModel(BaseModel):
+    """A body whose engine dict may carry more fields than the ones the panel reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorResponse(Model):
+    error: str
+    message: str
+    field: str | None = None
+
+
+class VersionResponse(Model):
+    version: str
+    api_version: int
+
+
+class BackendInfo(Model):
+    name: str
+    type: str
+    default: bool
+    reachable: bool
+    detail: str
+    price_per_node_hour: float
+
+
+class ListBackendsResponse(Model):
+    backends: list[BackendInfo]
+
+
+class CostEstimateQuery(Model):
+    backend: str | None = None
+    nodes: int = Field(1, ge=1)
+    procs_per_node: int = Field(1, ge=1)
+    gpus_per_proc: int = Field(0, ge=0)
+    instance_type: str | None = None
+    hours: float = Field(1.0, gt=0)
+
+
+class CostEstimate(Model):
+    backend: str
+    price_per_node_hour: float
+    nodes: int
+    hours: float
+    total: float
+    currency: str = "USD"
+
+
+# -- jobs --------------------------------------------------------------------
+
+
+class ListJobsQuery(Model):
+    status: JobStatus | None = None
+    backend: str | None = None
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
+class DescribeJob(Model):
+    id: str
+    name: str
+    backend: str
+    backend_type: str
+    status: JobStatus
+    created: float
+    started: float | None
+    ended: float | None
+    duration: float | None
+    nodes: int
+    procs_per_node: int
+    gpus_per_proc: int
+    cost: float | None
+    error: str | None
+    exit_code: int | None = None
+    failed_rank: int | None = None
+    restarts: int = 0
+    notebook: str | None = None
+    spec: dict[str, Any] | None = None
+
+
+class ListJobsResponse(Model):
+    jobs: list[DescribeJob]
+    total: int
+    limit: int
+    offset: int
+
+
+class CreateJob(Model):
+    path: str = Field(..., min_length=1, description="notebook path relative to the server root")
+    name: str | None = None
+    backend: str | None = None
+    nodes: int = Field(1, ge=1)
+    procs_per_node: int = Field(1, ge=1)
+    gpus_per_proc: int = Field(0, ge=0)
+    instance_type: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobLogsQuery(Model):
+    rank: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0)
+
+
+class JobLogs(Model):
+    rank: int
+    text: str
+    offset: int
+    next_offset: int
+    ranks: list[int]
+    status: JobStatus
+
+
+class MetricPoint(OpenModel):
+    name: str
+    value: float | str
+    step: int | None = None
+    rank: int | None = None
+    time: float | None = None
+
+
+class JobMetrics(Model):
+    metrics: list[MetricPoint]
+
+
+# -- endpoints ---------------------------------------------------------------
+
+
+class DescribeEndpoint(OpenModel):
+    name: str
+    status: str
+    url: str | None = None
+
+
+class ListEndpointsResponse(Model):
+    endpoints: list[DescribeEndpoint]
+
+
+class ScaleEndpoint(Model):
+    min_replicas: int = Field(..., ge=0)
+    max_replicas: int = Field(..., ge=1)
+
+
+class EndpointMetrics(OpenModel):
+    """Whatever the engine reports; the panel reads latency percentiles and throughput series."""
+
+
+# -- pipelines ---------------------------------------------------------------
+
+
+class ListRunsQuery(Model):
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
+class PipelineStep(OpenModel):
+    name: str
+    status: str
+    cached: bool = False
+    depends_on: list[str] = Field(default_factory=list)
+    notebook: str | None = None
+
+
+class DescribeRun(OpenModel):
+    id: str
+    status: str
+    steps: list[PipelineStep] = Field(default_factory=list)
+
+
+class ListRunsResponse(Model):
+    runs: list[DescribeRun]
+
+
+class CreateRun(Model):
+    path: str = Field(..., min_length=1, description="notebook or pipeline file relative to the server root")
+    backend: str = "local"
+    parameters: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,50 @@
+"""``/nbscale/api/pipelines``: list runs, describe a run, start a run."""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from .base import NbscaleHandler
+from .jobs import EXECUTE
+from .models import CreateRun, DescribeRun, ListRunsQuery, ListRunsResponse
+
+
+def _engine():
+    from nbscale import pipelines
+
+    return pipelines
+
+
+def _list(q: ListRunsQuery) -> ListRunsResponse:
+    return ListRunsResponse(runs=[DescribeRun(**r.to_dict()) for r in _engine().runs(q.limit, q.offset)])
+
+
+def _describe(run_id: str) -> DescribeRun:
+    return DescribeRun(**_engine().get_run(run_id).to_dict())
+
+
+def _start(path: str, req: CreateRun) -> DescribeRun:
+    run = _engine().start_run(path, parameters=req.parameters or None, backend=req.backend, detach=True)
+    return DescribeRun(**run.to_dict())
+
+
+class RunsHandler(NbscaleHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.reply(await self.call(_list, self.query(ListRunsQuery)))
+
+    @web.authenticated
+    @authorized(EXECUTE)
+    async def post(self):
+        req = self.body(CreateRun)
+        path = self.notebook_path(req.path, suffixes=(".ipynb", ".py", ".yaml", ".yml", ".toml"))
+        self.reply(await self.call(_start, path, req), status=201)
+
+
+class RunHandler(NbscaleHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, run_id: str):
+        self.reply(await self.call(_describe, run_id))
