@@ -9,7 +9,17 @@ from .specs import Entry, JobSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["Entry", "Job", "JobSpec", "NbscaleError", "__version__", "job", "jobs", "log_metric", "submit"]
+__all__ = [
+    "Entry",
+    "Job",
+    "JobSpec",
+    "NbscaleError",
+    "__version__",
+    "job",
+    "jobs",
+    "log_metric",
+    "submit",
+]
 
 
 def load_ipython_extension(ipython):  # ``%load_ext nbscale``

@@ -29,7 +29,9 @@ from . import paths
 from .errors import NotFound, SpecError
 
 BACKEND_TYPES = ("local", "kubeflow", "sagemaker")
-_SECRET_RE = re.compile(r"(secret|token|password|passwd|credential|api_?key|access_?key|private)", re.I)
+_SECRET_RE = re.compile(
+    r"(secret|token|password|passwd|credential|api_?key|access_?key|private)", re.I
+)
 MASK = "********"
 
 
@@ -96,7 +98,9 @@ def _read(path: Path) -> dict:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(str(path), f"is not valid TOML: {exc}", "fix the file or remove it") from exc
+        raise SpecError(
+            str(path), f"is not valid TOML: {exc}", "fix the file or remove it"
+        ) from exc
 
 
 def config_files(cwd: Path | None = None) -> list[Path]:
@@ -119,7 +123,9 @@ def load(cwd: Path | None = None) -> Config:
     backends = {"local": BackendConfig("local", "local", {})}
     for name, table in (raw.get("backends") or {}).items():
         if not isinstance(table, dict):
-            raise SpecError(f"backends.{name}", "must be a table", f"write [backends.{name}] with type = ...")
+            raise SpecError(
+                f"backends.{name}", "must be a table", f"write [backends.{name}] with type = ..."
+            )
         settings = dict(table)
         btype = settings.pop("type", None)
         if btype not in BACKEND_TYPES:
@@ -138,5 +144,7 @@ def load(cwd: Path | None = None) -> Config:
         )
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise SpecError("defaults", "must be a table", "write [defaults] with keys such as procs_per_node")
+        raise SpecError(
+            "defaults", "must be a table", "write [defaults] with keys such as procs_per_node"
+        )
     return Config(default, defaults, backends, tuple(str(p) for p in files))

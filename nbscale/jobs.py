@@ -19,7 +19,16 @@ from .config import load as load_config
 from .errors import JobFailed, NbscaleError
 from .specs import JobSpec
 from .store import Store, get_store
-from .store.jobs import FAILED, PENDING, SUCCEEDED, JobRecord, get_job, insert_job, list_jobs, update_job
+from .store.jobs import (
+    FAILED,
+    PENDING,
+    SUCCEEDED,
+    JobRecord,
+    get_job,
+    insert_job,
+    list_jobs,
+    update_job,
+)
 
 
 class Job:

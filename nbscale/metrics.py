@@ -26,7 +26,9 @@ def _as_float(name: str, value: Any) -> float:
     if hasattr(value, "item"):  # torch / numpy scalars
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise SpecError("log_metric", f"value of {name!r} must be a number, got {type(value).__name__}")
+        raise SpecError(
+            "log_metric", f"value of {name!r} must be a number, got {type(value).__name__}"
+        )
     return float(value)
 
 

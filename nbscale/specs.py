@@ -31,11 +31,19 @@ class Entry:
 
     def __post_init__(self) -> None:
         if self.kind not in ENTRY_KINDS:
-            raise SpecError("entry.kind", f"unknown kind {self.kind!r}", f"use one of {', '.join(ENTRY_KINDS)}")
+            raise SpecError(
+                "entry.kind", f"unknown kind {self.kind!r}", f"use one of {', '.join(ENTRY_KINDS)}"
+            )
         if not isinstance(self.target, str) or not self.target:
-            raise SpecError("entry.target", "is empty", "give a script path, module name or notebook path")
+            raise SpecError(
+                "entry.target", "is empty", "give a script path, module name or notebook path"
+            )
         if self.parameters and self.kind != "notebook":
-            raise SpecError("entry.parameters", "parameters go to notebooks only", "pass script arguments with args")
+            raise SpecError(
+                "entry.parameters",
+                "parameters go to notebooks only",
+                "pass script arguments with args",
+            )
 
     @classmethod
     def from_path(cls, target: str, module: bool = False, parameters: dict | None = None) -> Entry:
@@ -88,7 +96,9 @@ class JobSpec:
                 "use lower-case letters, digits and '-', at most 52 characters, e.g. 'digits-ddp'",
             )
         if self.backend is not None and (not isinstance(self.backend, str) or not self.backend):
-            raise SpecError("backend", "is empty", "name a backend from 'nbscale config', e.g. local")
+            raise SpecError(
+                "backend", "is empty", "name a backend from 'nbscale config', e.g. local"
+            )
         object.__setattr__(self, "args", tuple(str(a) for a in self.args))
         _positive_int("nodes", self.nodes)
         _positive_int("procs_per_node", self.procs_per_node)
@@ -98,15 +108,23 @@ class JobSpec:
             _positive_int("max_runtime", self.max_runtime)
         for key, value in self.env.items():
             if not _ENV_RE.match(str(key)):
-                raise SpecError("env", f"{key!r} is not a valid variable name", "use letters, digits and '_'")
+                raise SpecError(
+                    "env", f"{key!r} is not a valid variable name", "use letters, digits and '_'"
+                )
             if key in _RESERVED_ENV:
-                raise SpecError("env", f"{key} is set by nbscale itself", "choose another variable name")
+                raise SpecError(
+                    "env", f"{key} is set by nbscale itself", "choose another variable name"
+                )
             if not isinstance(value, str):
-                raise SpecError("env", f"the value of {key} must be a string, got {type(value).__name__}")
+                raise SpecError(
+                    "env", f"the value of {key} must be a string, got {type(value).__name__}"
+                )
         if self.entry.kind == "script" and not Path(self.entry.target).is_file():
             raise SpecError("entry", f"script {self.entry.target} does not exist", "check the path")
         if self.entry.kind == "notebook" and not Path(self.entry.target).is_file():
-            raise SpecError("entry", f"notebook {self.entry.target} does not exist", "check the path")
+            raise SpecError(
+                "entry", f"notebook {self.entry.target} does not exist", "check the path"
+            )
 
     @property
     def world_size(self) -> int:
@@ -123,7 +141,11 @@ class JobSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise SpecError(sorted(unknown)[0], "is not a JobSpec field", f"known fields: {', '.join(sorted(known))}")
+            raise SpecError(
+                sorted(unknown)[0],
+                "is not a JobSpec field",
+                f"known fields: {', '.join(sorted(known))}",
+            )
         entry = data.pop("entry", None)
         if isinstance(entry, dict):
             entry = Entry(**entry)

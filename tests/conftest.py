@@ -57,10 +57,16 @@ def nbscale_cli():
     def run(*args: str, timeout: float = 180, check: bool = False, **kw):
         proc = subprocess.run(
             [sys.executable, "-m", "nbscale", *args],
-            capture_output=True, text=True, timeout=timeout, env={**os.environ, **kw.pop("env", {})}, **kw,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **kw.pop("env", {})},
+            **kw,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"nbscale {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"nbscale {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     return run

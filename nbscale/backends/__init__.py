@@ -36,7 +36,9 @@ def _backend_class(type_name: str) -> type[JobBackend]:
     return types[type_name].load()
 
 
-def get_backend(name: str | None = None, config: Config | None = None, store: Store | None = None) -> JobBackend:
+def get_backend(
+    name: str | None = None, config: Config | None = None, store: Store | None = None
+) -> JobBackend:
     """The backend configured as ``name`` (default: the configured default)."""
     config = config or load_config()
     bconf: BackendConfig = config.backend(name)
@@ -53,4 +55,6 @@ def backend_for(record: JobRecord, config: Config, store: Store) -> JobBackend:
     """The backend that runs ``record``; by its type alone if its config entry was removed."""
     if record.backend in config.backends:
         return get_backend(record.backend, config, store)
-    return _backend_class(record.backend_type)(BackendConfig(record.backend, record.backend_type, {}), store)
+    return _backend_class(record.backend_type)(
+        BackendConfig(record.backend, record.backend_type, {}), store
+    )

@@ -27,7 +27,12 @@ class LogChunk:
     next_offset: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "text": self.text, "offset": self.offset, "next_offset": self.next_offset}
+        return {
+            "rank": self.rank,
+            "text": self.text,
+            "offset": self.offset,
+            "next_offset": self.next_offset,
+        }
 
 
 class JobBackend(ABC):
@@ -39,7 +44,7 @@ class JobBackend(ABC):
         self.config = config
         self.store = store
 
-    def validate(self, spec: JobSpec) -> None:
+    def validate(self, spec: JobSpec) -> None:  # noqa: B027 - most backends accept every valid spec
         """Refuse a spec this backend cannot run (raise ``SpecError``) before anything is stored."""
 
     @abstractmethod
@@ -55,7 +60,9 @@ class JobBackend(ABC):
         """The ranks that have logs so far."""
 
     @abstractmethod
-    def logs(self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20) -> LogChunk:
+    def logs(
+        self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
+    ) -> LogChunk:
         """Log text of one rank from ``offset``; call again with ``next_offset`` to follow."""
 
     @abstractmethod

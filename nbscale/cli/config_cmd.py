@@ -16,7 +16,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     sources = data.pop("sources")
-    print("# read from: " + (", ".join(sources) if sources else "(no config file; built-in defaults)"))
+    print(
+        "# read from: " + (", ".join(sources) if sources else "(no config file; built-in defaults)")
+    )
     print(tomli_w.dumps(data), end="")
     return 0
 

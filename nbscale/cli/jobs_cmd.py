@@ -19,25 +19,46 @@ SPEC_DEFAULTS = {"nodes": 1, "procs_per_node": 1, "gpus_per_proc": 0, "max_resta
 
 def add_resource_options(p: argparse.ArgumentParser) -> None:
     """The options every way of starting a job shares (``run`` here, ``%%train`` in the magics)."""
-    p.add_argument("--backend", help="a backend named in the config (default: the configured default)")
+    p.add_argument(
+        "--backend", help="a backend named in the config (default: the configured default)"
+    )
     p.add_argument("--name", help="job name (default: from the file name)")
     p.add_argument("--nodes", type=int, help="number of nodes (default 1)")
     p.add_argument("--procs-per-node", type=int, help="processes per node (default 1)")
     p.add_argument("--gpus-per-proc", type=int, help="GPUs per process (default 0)")
     p.add_argument("--instance-type", help="instance type on cloud backends")
     p.add_argument("--image", help="container image on cloud backends")
-    p.add_argument("--env", action="append", metavar="K=V", help="environment variable for the job (repeatable)")
-    p.add_argument("--max-runtime", type=int, metavar="SECONDS", help="stop the job after this long")
-    p.add_argument("--max-restarts", type=int, help="elastic restarts torchrun may make (default 0)")
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="K=V",
+        help="environment variable for the job (repeatable)",
+    )
+    p.add_argument(
+        "--max-runtime", type=int, metavar="SECONDS", help="stop the job after this long"
+    )
+    p.add_argument(
+        "--max-restarts", type=int, help="elastic restarts torchrun may make (default 0)"
+    )
     p.add_argument("--checkpoint-dir", help="directory the job checkpoints to")
-    p.add_argument("--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)")
+    p.add_argument(
+        "--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)"
+    )
 
 
 def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
     defaults = {**SPEC_DEFAULTS, **load_config().defaults}
     values: dict[str, Any] = {}
-    for field in ("nodes", "procs_per_node", "gpus_per_proc", "max_restarts", "max_runtime", "instance_type",
-                  "image", "checkpoint_dir"):
+    for field in (
+        "nodes",
+        "procs_per_node",
+        "gpus_per_proc",
+        "max_restarts",
+        "max_runtime",
+        "instance_type",
+        "image",
+        "checkpoint_dir",
+    ):
         given = getattr(args, field, None)
         values[field] = given if given is not None else defaults.get(field)
     return JobSpec(
@@ -67,7 +88,9 @@ def stream(handle: Job, stdout=None, stderr=None, ranks: list[int] | None = None
 
     def on_poll(record: JobRecord) -> None:
         if not seen_output and not record.terminal:
-            progress.update(f"job {handle.id}: {record.status.lower()}, {record.info.get('phase', '')}")
+            progress.update(
+                f"job {handle.id}: {record.status.lower()}, {record.info.get('phase', '')}"
+            )
 
     try:
         for rank, line in handle.follow(ranks=ranks, on_poll=on_poll):
@@ -115,19 +138,32 @@ def _row(record: JobRecord) -> list[str]:
     shape = f"{spec.get('nodes', 1)}x{spec.get('procs_per_node', 1)}"
     if spec.get("gpus_per_proc"):
         shape += f" ({spec['gpus_per_proc']} GPU/proc)"
-    return [record.id, record.name, record.backend, record.status, shape, ago(record.created),
-            duration(record.duration)]
+    return [
+        record.id,
+        record.name,
+        record.backend,
+        record.status,
+        shape,
+        ago(record.created),
+        duration(record.duration),
+    ]
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     if args.status and args.status.upper() not in STATUSES:
-        raise SpecError("--status", f"unknown status {args.status!r}", f"use one of {', '.join(STATUSES)}")
+        raise SpecError(
+            "--status", f"unknown status {args.status!r}", f"use one of {', '.join(STATUSES)}"
+        )
     handles = jobs(status=args.status, backend=args.backend, limit=args.limit)
     if args.json:
         print_json([h.to_dict() for h in handles])
     elif handles:
-        print(table(["ID", "NAME", "BACKEND", "STATUS", "NODES x PROCS", "CREATED", "DURATION"],
-                    [_row(h.record) for h in handles]))
+        print(
+            table(
+                ["ID", "NAME", "BACKEND", "STATUS", "NODES x PROCS", "CREATED", "DURATION"],
+                [_row(h.record) for h in handles],
+            )
+        )
     else:
         print("no jobs yet: start one with 'nbscale run SCRIPT'")
     return 0
@@ -141,8 +177,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return 0
-    for key in ("id", "name", "backend", "status", "phase", "nodes", "procs_per_node", "gpus_per_proc",
-                "restarts", "exit_code", "failed_rank"):
+    for key in (
+        "id",
+        "name",
+        "backend",
+        "status",
+        "phase",
+        "nodes",
+        "procs_per_node",
+        "gpus_per_proc",
+        "restarts",
+        "exit_code",
+        "failed_rank",
+    ):
         print(f"{key + ':':16}{data[key] if data[key] is not None else '-'}")
     print(f"{'created:':16}{ago(record.created)}")
     print(f"{'duration:':16}{duration(record.duration)}")
@@ -174,10 +221,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a script, module or notebook as a distributed job")
-    p.add_argument("target", nargs="?", metavar="PATH", help="script.py, notebook.ipynb, or a module with -m")
-    p.add_argument("-m", "--module", action="store_true", help="PATH is a module name, as with python -m")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="notebook parameter, typed like papermill's -p (repeatable)")
+    p.add_argument(
+        "target", nargs="?", metavar="PATH", help="script.py, notebook.ipynb, or a module with -m"
+    )
+    p.add_argument(
+        "-m", "--module", action="store_true", help="PATH is a module name, as with python -m"
+    )
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="notebook parameter, typed like papermill's -p (repeatable)",
+    )
     p.add_argument("--detach", action="store_true", help="print the job id and return at once")
     add_resource_options(p)
     p.set_defaults(func=cmd_run, takes_extra=True)

@@ -1,13 +1,13 @@
 """The layout of a job's directory, shared by the backend and the workers.
 
-    <job>/spec.json              the spec as submitted
-    <job>/supervisor.log         what the local supervisor said
-    <job>/agent-<node>.log       torchrun's own output, one per simulated node
-    <job>/logs/rank-<R>.log      stdout+stderr of global rank R (all restarts)
-    <job>/errors/rank-<R>.json   exception of rank R (type, message, traceback, time)
-    <job>/metrics/rank-<R>.jsonl nbscale.log_metric records
-    <job>/restarts/rank-<R>      torchrun's restart count as last seen by rank R
-    <job>/outputs/               results written back by rank 0
+<job>/spec.json              the spec as submitted
+<job>/supervisor.log         what the local supervisor said
+<job>/agent-<node>.log       torchrun's own output, one per simulated node
+<job>/logs/rank-<R>.log      stdout+stderr of global rank R (all restarts)
+<job>/errors/rank-<R>.json   exception of rank R (type, message, traceback, time)
+<job>/metrics/rank-<R>.jsonl nbscale.log_metric records
+<job>/restarts/rank-<R>      torchrun's restart count as last seen by rank R
+<job>/outputs/               results written back by rank 0
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ class JobDir:
         folder = self.path / sub
         if not folder.is_dir():
             return []
-        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _RANK_FILE.match(p.name + ".")))
+        return sorted(
+            int(m.group(1)) for p in folder.iterdir() if (m := _RANK_FILE.match(p.name + "."))
+        )
 
     def log_ranks(self) -> list[int]:
         return self._ranks_in("logs")

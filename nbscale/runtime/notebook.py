@@ -7,6 +7,7 @@ so ``torch.distributed`` works inside the notebook as in a script.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ def run_notebook(path: str, parameters: dict[str, Any], jobdir: JobDir, rank: in
         path,
         str(output),
         parameters=parameters,
-        log_output=True,
+        stdout_file=sys.stdout,
+        stderr_file=sys.stderr,
         progress_bar=False,
         cwd=os.path.dirname(os.path.abspath(path)),
         kernel_name=os.environ.get("NBSCALE_KERNEL", "python3"),
+        language="python",
     )
     return output

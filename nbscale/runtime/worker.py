@@ -38,7 +38,9 @@ def format_exception(exc: BaseException) -> str:
     return "".join(te.format())
 
 
-def write_error(jobdir: JobDir, rank: int, exc: BaseException, restart: int, extra: dict | None = None) -> None:
+def write_error(
+    jobdir: JobDir, rank: int, exc: BaseException, restart: int, extra: dict | None = None
+) -> None:
     now = time.time()
     tb = format_exception(exc)
     record: dict[str, Any] = {

@@ -82,10 +82,23 @@ class JobRecord:
         return cls(**data)
 
 
-_COLUMNS = (
-    "id name backend backend_type status spec created started ended exit_code "
-    "failed_rank error native_id restarts info"
-).split()
+_COLUMNS = [
+    "id",
+    "name",
+    "backend",
+    "backend_type",
+    "status",
+    "spec",
+    "created",
+    "started",
+    "ended",
+    "exit_code",
+    "failed_rank",
+    "error",
+    "native_id",
+    "restarts",
+    "info",
+]
 
 
 def _encode(name: str, value: Any) -> Any:
@@ -96,7 +109,8 @@ def insert_job(store: Store, record: JobRecord) -> None:
     values = [_encode(c, getattr(record, c)) for c in _COLUMNS]
     with store.transaction() as conn:
         conn.execute(
-            f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values
+            f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            values,
         )
         _event(conn, record.id, "created", {"status": record.status})
 
@@ -105,7 +119,9 @@ def get_job(store: Store, job_id: str) -> JobRecord:
     row = store.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
     if row is None:
         # let people type a unique prefix, as with git hashes
-        rows = store.query("SELECT * FROM jobs WHERE id LIKE ? LIMIT 2", (job_id.replace("%", "") + "%",))
+        rows = store.query(
+            "SELECT * FROM jobs WHERE id LIKE ? LIMIT 2", (job_id.replace("%", "") + "%",)
+        )
         if len(rows) == 1:
             return JobRecord.from_row(rows[0])
         raise NotFound(f"no job {job_id!r}", "list jobs with: nbscale jobs")
@@ -135,7 +151,9 @@ def list_jobs(
     return [JobRecord.from_row(r) for r in rows], total
 
 
-def update_job(store: Store, job_id: str, only_if_active: bool = True, event: str | None = None, **fields: Any) -> bool:
+def update_job(
+    store: Store, job_id: str, only_if_active: bool = True, event: str | None = None, **fields: Any
+) -> bool:
     """Change fields; with ``only_if_active`` a job that already ended is left alone.
 
     Returns whether the row changed, so two processes racing to end a job
@@ -157,7 +175,11 @@ def update_job(store: Store, job_id: str, only_if_active: bool = True, event: st
     with store.transaction() as conn:
         changed = conn.execute(sql, params).rowcount > 0
         if changed and (event or "status" in fields):
-            data = {k: v for k, v in fields.items() if k in ("status", "exit_code", "failed_rank", "error")}
+            data = {
+                k: v
+                for k, v in fields.items()
+                if k in ("status", "exit_code", "failed_rank", "error")
+            }
             _event(conn, job_id, event or "status", data)
     return changed
 
@@ -169,7 +191,9 @@ def _event(conn: Any, ref: str, type_: str, data: dict, kind: str = "job") -> No
     )
 
 
-def add_event(store: Store, ref: str, type_: str, data: dict | None = None, kind: str = "job") -> None:
+def add_event(
+    store: Store, ref: str, type_: str, data: dict | None = None, kind: str = "job"
+) -> None:
     with store.transaction() as conn:
         _event(conn, ref, type_, data or {}, kind)
 
@@ -179,4 +203,7 @@ def events(store: Store, ref: str, kind: str = "job", after: int = 0) -> list[di
         "SELECT id, time, type, data FROM events WHERE kind = ? AND ref = ? AND id > ? ORDER BY id",
         (kind, ref, after),
     )
-    return [{"id": r["id"], "time": r["time"], "type": r["type"], "data": json.loads(r["data"])} for r in rows]
+    return [
+        {"id": r["id"], "time": r["time"], "type": r["type"], "data": json.loads(r["data"])}
+        for r in rows
+    ]

@@ -12,10 +12,19 @@ from typing import Any
 from ...errors import SpecError
 from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
-from ...store.jobs import ACTIVE, CANCELLED, LOST, PENDING, JobRecord, add_event, get_job, update_job
+from ...store.jobs import (
+    ACTIVE,
+    CANCELLED,
+    LOST,
+    PENDING,
+    JobRecord,
+    add_event,
+    get_job,
+    update_job,
+)
 from ..base import JobBackend, LogChunk
 from . import gpus as gpu_alloc
-from .processes import alive, job_processes, stop_job_processes
+from .processes import JOB_ENV, alive, job_processes, stop_job_processes
 
 LAUNCH_TIMEOUT = 60.0  # a supervisor that has not said hello by then never started
 
@@ -29,7 +38,9 @@ class LocalBackend(JobBackend):
             need = spec.world_size * spec.gpus_per_proc
             if not have:
                 raise SpecError(
-                    "gpus_per_proc", "this machine has no CUDA GPU", "use --gpus-per-proc 0, or a GPU backend"
+                    "gpus_per_proc",
+                    "this machine has no CUDA GPU",
+                    "use --gpus-per-proc 0, or a GPU backend",
                 )
             if need > len(have):
                 raise SpecError(
@@ -44,8 +55,12 @@ class LocalBackend(JobBackend):
         with open(jobdir.supervisor_log, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "nbscale.backends.local.supervisor", record.id],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=record.info.get("cwd") or None, env=os.environ.copy(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=record.info.get("cwd") or None,
+                env={**os.environ, JOB_ENV: record.id},
             )
         proc.wait()  # the supervisor forks and this first process returns at once
         return get_job(self.store, record.id)
@@ -67,8 +82,14 @@ class LocalBackend(JobBackend):
                 return fresh
             reason = f"the job's supervisor (pid {pid}) vanished without recording an end"
         stop_job_processes(record.id, grace=2.0)
-        update_job(self.store, record.id, status=LOST, ended=time.time(), error=reason,
-                   info_patch={"phase": "ended"})
+        update_job(
+            self.store,
+            record.id,
+            status=LOST,
+            ended=time.time(),
+            error=reason,
+            info_patch={"phase": "ended"},
+        )
         return get_job(self.store, record.id)
 
     def _with_live_fields(self, record: JobRecord) -> JobRecord:
@@ -85,7 +106,9 @@ class LocalBackend(JobBackend):
     def ranks(self, record: JobRecord) -> list[int]:
         return JobDir(record.info["job_dir"]).log_ranks()
 
-    def logs(self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20) -> LogChunk:
+    def logs(
+        self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
+    ) -> LogChunk:
         path = JobDir(record.info["job_dir"]).log(rank)
         try:
             with open(path, "rb") as fh:
@@ -113,6 +136,12 @@ class LocalBackend(JobBackend):
             while time.monotonic() < deadline and (alive(pid) or job_processes(record.id)):
                 time.sleep(0.05)
         stop_job_processes(record.id, grace=grace)
-        update_job(self.store, record.id, status=CANCELLED, ended=time.time(), error="cancelled",
-                   info_patch={"phase": "ended"})
+        update_job(
+            self.store,
+            record.id,
+            status=CANCELLED,
+            ended=time.time(),
+            error="cancelled",
+            info_patch={"phase": "ended"},
+        )
         return get_job(self.store, record.id)

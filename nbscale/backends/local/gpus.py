@@ -24,7 +24,10 @@ def machine_gpus() -> list[int]:
         return []
     try:
         out = subprocess.run(
-            [smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired):
         return []
@@ -38,13 +41,17 @@ def claim(store: Store, job_id: str, count: int) -> list[int] | None:
     all_gpus = machine_gpus()
     with store.transaction() as conn:
         used: set[int] = set()
-        for (info,) in conn.execute("SELECT info FROM jobs WHERE status IN (?, ?) AND backend_type = 'local' AND id != ?", (PENDING, RUNNING, job_id)):
+        for (info,) in conn.execute(
+            "SELECT info FROM jobs WHERE status IN (?, ?) AND backend_type = 'local' AND id != ?",
+            (PENDING, RUNNING, job_id),
+        ):
             used.update(json.loads(info).get("gpus") or [])
         free = [g for g in all_gpus if g not in used]
         if len(free) < count:
             return None
         chosen = free[:count]
         conn.execute(
-            "UPDATE jobs SET info = json_set(info, '$.gpus', json(?)) WHERE id = ?", (json.dumps(chosen), job_id)
+            "UPDATE jobs SET info = json_set(info, '$.gpus', json(?)) WHERE id = ?",
+            (json.dumps(chosen), job_id),
         )
         return chosen

@@ -8,6 +8,7 @@ all, even after a parent died and its children were re-parented.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -50,10 +51,8 @@ def job_processes(job_id: str) -> list[psutil.Process]:
 
 def _signal_all(procs: list[psutil.Process], sig: int) -> None:
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.send_signal(sig)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
 
 
 def _living(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -84,8 +83,6 @@ def stop_job_processes(job_id: str, grace: float = 10.0) -> int:
     psutil.wait_procs(leftovers, timeout=5)
     # a last sweep for anything forked in between
     for proc in job_processes(job_id):
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     return len(leftovers)

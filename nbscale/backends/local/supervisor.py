@@ -9,6 +9,7 @@ records how the job ended. Every process it starts carries NBSCALE_JOB_ID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,9 +17,9 @@ import subprocess
 import sys
 import time
 
+from ...runtime.jobdir import JobDir
 from ...store import get_store
 from ...store.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, update_job
-from ...runtime.jobdir import JobDir
 from . import gpus as gpu_alloc
 from .processes import JOB_ENV, create_time, stop_job_processes
 
@@ -96,7 +97,10 @@ class Supervisor:
         port = free_port()
         per_node = self.spec["procs_per_node"] * self.spec["gpus_per_proc"]
         update_job(
-            self.store, self.job_id, status=RUNNING, started=time.time(),
+            self.store,
+            self.job_id,
+            status=RUNNING,
+            started=time.time(),
             info_patch={"port": port, "phase": "starting"},
         )
         for node in range(self.spec["nodes"]):
@@ -106,7 +110,9 @@ class Supervisor:
                 subprocess.Popen(
                     torchrun_command(self.spec, self.job_id, port, node),
                     env=agent_env(self.spec, self.job_id, self.jobdir, node_gpus),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     cwd=self.record.info.get("cwd") or None,
                 )
             )
@@ -145,10 +151,8 @@ class Supervisor:
             }
         tail = ""
         for node in range(self.spec["nodes"]):
-            try:
+            with contextlib.suppress(OSError):
                 tail += self.jobdir.agent_log(node).read_text(errors="replace")[-2000:]
-            except OSError:
-                pass
         return {
             "failed_rank": None,
             "error": f"torchrun exited with code {exit_code} without a Python exception "
@@ -160,20 +164,36 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         me = os.getpid()
-        update_job(self.store, self.job_id, info_patch={"supervisor_pid": me, "supervisor_started": create_time(me)})
+        update_job(
+            self.store,
+            self.job_id,
+            info_patch={"supervisor_pid": me, "supervisor_started": create_time(me)},
+        )
         gpus = self._claim_gpus()
         if gpus is None:
-            update_job(self.store, self.job_id, status=CANCELLED, ended=time.time(), error="cancelled while queued")
+            update_job(
+                self.store,
+                self.job_id,
+                status=CANCELLED,
+                ended=time.time(),
+                error="cancelled while queued",
+            )
             return 0
         self._start_agents(gpus)
         status, exit_code, reason = self._wait()
         if status in (CANCELLED, FAILED) and reason:
-            stop_job_processes(self.job_id, grace=float(os.environ.get("NBSCALE_CANCEL_GRACE", "10")))
+            stop_job_processes(
+                self.job_id, grace=float(os.environ.get("NBSCALE_CANCEL_GRACE", "10"))
+            )
         else:
             # agents have exited; make sure no worker outlived its agent
             stop_job_processes(self.job_id, grace=2.0)
-        fields: dict = {"status": status, "ended": time.time(), "exit_code": exit_code,
-                        "restarts": self.jobdir.restarts()}
+        fields: dict = {
+            "status": status,
+            "ended": time.time(),
+            "exit_code": exit_code,
+            "restarts": self.jobdir.restarts(),
+        }
         if status == FAILED:
             fields.update(self._failure_details(exit_code, reason))
         else:
