@@ -8,9 +8,10 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from nbscale import cost
-from nbscale import jobs as engine
 from nbscale.config import Config
 from nbscale.errors import Conflict
+from nbscale.jobs import job as get_job
+from nbscale.jobs import submit
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
@@ -66,17 +67,17 @@ def _list(q: ListJobsQuery, config: Config) -> ListJobsResponse:
 
 
 def _describe(job_id: str, config: Config) -> DescribeJob:
-    handle = engine.job(job_id, config)
+    handle = get_job(job_id, config)
     handle.refresh()
     return describe(handle.to_dict(), config, detail=True)
 
 
 def _submit(spec: JobSpec, config: Config) -> DescribeJob:
-    return describe(engine.submit(spec, config).to_dict(), config, detail=True)
+    return describe(submit(spec, config).to_dict(), config, detail=True)
 
 
 def _cancel(job_id: str, config: Config) -> DescribeJob:
-    handle = engine.job(job_id, config)
+    handle = get_job(job_id, config)
     if handle.refresh().terminal:
         raise Conflict(f"job {handle.id} already ended ({handle.record.status})", "there is nothing to cancel")
     handle.cancel()
@@ -84,18 +85,18 @@ def _cancel(job_id: str, config: Config) -> DescribeJob:
 
 
 def _rerun(job_id: str, config: Config) -> DescribeJob:
-    spec = JobSpec.from_dict(engine.job(job_id, config).record.spec)
+    spec = JobSpec.from_dict(get_job(job_id, config).record.spec)
     return _submit(spec, config)
 
 
 def _logs(job_id: str, q: JobLogsQuery, config: Config) -> JobLogs:
-    handle = engine.job(job_id, config)
+    handle = get_job(job_id, config)
     chunk = handle.read_logs(q.rank, q.offset)
     return JobLogs(**chunk.to_dict(), ranks=handle.ranks(), status=handle.record.status)
 
 
 def _metrics(job_id: str, config: Config) -> JobMetrics:
-    return JobMetrics(metrics=engine.job(job_id, config).metrics())
+    return JobMetrics(metrics=get_job(job_id, config).metrics())
 
 
 class JobsHandler(NbscaleHandler):

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nbscale import jobs as engine
 from nbscale.config import Config
+from nbscale.jobs import jobs as list_job_handles
 from nbscale.store.jobs import ACTIVE
 
 
@@ -22,7 +22,7 @@ def refresh_active(config: Config) -> int:
     """Refresh every active job once; returns how many were looked at."""
     seen = 0
     for status in ACTIVE:
-        seen += len(engine.jobs(status=status, limit=500, refresh=True, config=config))
+        seen += len(list_job_handles(status=status, limit=500, refresh=True, config=config))
     return seen
 
 

@@ -1,0 +1,241 @@
+"""The REST API under /nbscale/api/ against a real server, the real store and the local backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nbformat
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from nbscale.store import get_store
+from nbscale.store.jobs import list_jobs
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+@pytest.fixture
+def jp_server_config():
+    return {
+        "ServerApp": {"jpserver_extensions": {"nbscale.server_ext": True}},
+        "NbscaleExtension": {"poll_interval": 0.2},
+    }
+
+
+def write_notebook(root, name: str, *sources: str, parameters: str | None = None):
+    cells = []
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    cells += [nbformat.v4.new_code_cell(src) for src in sources]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = root / name
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def fetch(jp_fetch):
+    """``await fetch("jobs", method=..., body=...)`` -> (status, json); errors are answers, not raises."""
+
+    async def call(*parts, method="GET", body=None, params=None):
+        kwargs = {"method": method, "params": params}
+        if body is not None:
+            kwargs["body"] = body if isinstance(body, str) else json.dumps(body)
+        elif method in ("POST", "PUT", "PATCH"):
+            kwargs["body"] = ""
+            kwargs["allow_nonstandard_methods"] = True
+        try:
+            resp = await jp_fetch("nbscale", "api", *parts, **kwargs)
+        except HTTPClientError as err:
+            return err.code, json.loads(err.response.body)
+        return resp.code, json.loads(resp.body)
+
+    return call
+
+
+async def wait_status(fetch, job_id, wanted, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, job = await fetch("jobs", job_id)
+        assert code == 200, job
+        if job["status"] in wanted:
+            return job
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {wanted}; last: {job['status']}")
+
+
+# -- version, backends, cost -------------------------------------------------
+
+
+async def test_version_names_the_package_and_api(fetch):
+    code, body = await fetch("version")
+    assert code == 200
+    assert body["api_version"] == 1 and body["version"]
+
+
+async def test_backends_lists_the_local_default_as_reachable(fetch):
+    code, body = await fetch("backends")
+    assert code == 200
+    local = {b["name"]: b for b in body["backends"]}["local"]
+    assert local == {**local, "type": "local", "default": True, "reachable": True, "price_per_node_hour": 0.0}
+
+
+async def test_cost_estimate_uses_the_configured_price(fetch, jp_root_dir):
+    (jp_root_dir / "nbscale.toml").write_text(
+        '[backends.cloud]\ntype = "sagemaker"\nregion = "us-east-1"\ninstance_type = "ml.g5.xlarge"\n'
+    )
+    code, body = await fetch("cost", params={"backend": "cloud", "nodes": 4, "hours": 2})
+    assert code == 200
+    assert body["price_per_node_hour"] == 1.408
+    assert body["total"] == pytest.approx(2 * 4 * 1.408)
+    code, body = await fetch("cost", params={"backend": "local", "nodes": 8})
+    assert (code, body["total"]) == (200, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "needle"),
+    [
+        ({"backend": "nowhere"}, 404, "unknown backend 'nowhere'"),
+        ({"hours": "-1"}, 400, "hours"),
+        ({"nodes": "two"}, 400, "nodes"),
+        ({"colour": "red"}, 400, "colour"),
+        ({"backend": "local", "instance_type": "ml.x.huge"}, 200, ""),
+    ],
+)
+async def test_cost_estimate_rejects_bad_input_with_a_message(fetch, params, status, needle):
+    code, body = await fetch("cost", params=params)
+    assert code == status, body
+    if status != 200:
+        assert needle in body["message"] and body["error"] in ("bad_request", "not_found")
+
+
+# -- jobs: errors --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"status": "DONE"}, "status"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "100000"}, "limit"),
+        ({"offset": "-3"}, "offset"),
+        ({"page": "2"}, "page"),
+    ],
+)
+async def test_list_jobs_rejects_bad_queries_with_400(fetch, params, needle):
+    code, body = await fetch("jobs", params=params)
+    assert code == 400 and needle in body["message"], body
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ({}, "path"),
+        ({"path": "../outside.ipynb"}, "outside the server's root"),
+        ({"path": "missing.ipynb"}, "does not exist"),
+        ({"path": "notes.txt"}, "is not a .ipynb"),
+        ({"path": "ok.ipynb", "nodes": 0}, "nodes"),
+        ({"path": "ok.ipynb", "gpus_per_proc": "many"}, "gpus_per_proc"),
+        ({"path": "ok.ipynb", "name": "Bad Name!"}, "not a valid job name"),
+        ({"path": "ok.ipynb", "flavour": "x"}, "flavour"),
+    ],
+)
+async def test_submit_rejects_bad_input_with_400_and_stores_nothing(fetch, jp_root_dir, body, needle):
+    write_notebook(jp_root_dir, "ok.ipynb", "print('hi')")
+    (jp_root_dir / "notes.txt").write_text("x")
+    code, answer = await fetch("jobs", method="POST", body=body)
+    assert code == 400 and needle in answer["message"], answer
+    assert list_jobs(get_store())[1] == 0
+
+
+async def test_submit_to_an_unknown_backend_is_404(fetch, jp_root_dir):
+    write_notebook(jp_root_dir, "ok.ipynb", "print('hi')")
+    code, body = await fetch("jobs", method="POST", body={"path": "ok.ipynb", "backend": "mars"})
+    assert code == 404 and "unknown backend 'mars'" in body["message"]
+    assert list_jobs(get_store())[1] == 0
+
+
+@pytest.mark.parametrize(
+    ("parts", "method"),
+    [
+        (("jobs", "nope-000000"), "GET"),
+        (("jobs", "nope-000000"), "DELETE"),
+        (("jobs", "nope-000000", "logs"), "GET"),
+        (("jobs", "nope-000000", "metrics"), "GET"),
+        (("jobs", "nope-000000", "rerun"), "POST"),
+    ],
+)
+async def test_unknown_job_is_404(fetch, parts, method):
+    code, body = await fetch(*parts, method=method)
+    assert code == 404 and "no job 'nope-000000'" in body["message"], body
+
+
+# -- jobs: a real notebook job -------------------------------------------------
+
+
+async def test_notebook_job_runs_logs_metrics_lists_and_reruns(fetch, jp_root_dir):
+    write_notebook(
+        jp_root_dir,
+        "train.ipynb",
+        "import nbscale\nfor step in range(3):\n    nbscale.log_metric('loss', 1.0 / (step + 1), step=step)\n",
+        "print('trained with lr', lr)",
+        parameters="lr = 0.1",
+    )
+    code, job = await fetch("jobs", method="POST", body={"path": "train.ipynb", "parameters": {"lr": 0.5}})
+    assert code == 201, job
+    assert job["notebook"] == str(jp_root_dir / "train.ipynb") and job["spec"]["entry"]["parameters"] == {"lr": 0.5}
+
+    done = await wait_status(fetch, job["id"], ("SUCCEEDED", "FAILED", "LOST"))
+    assert done["status"] == "SUCCEEDED", done
+    assert done["cost"] == 0.0 and done["duration"] > 0
+
+    code, logs = await fetch("jobs", job["id"], "logs", params={"rank": 0})
+    assert code == 200 and "trained with lr 0.5" in logs["text"] and logs["ranks"] == [0]
+    code, tail = await fetch("jobs", job["id"], "logs", params={"rank": 0, "offset": logs["next_offset"]})
+    assert (code, tail["text"], tail["offset"]) == (200, "", logs["next_offset"])
+
+    code, metrics = await fetch("jobs", job["id"], "metrics")
+    assert code == 200
+    assert [m["value"] for m in metrics["metrics"] if m["name"] == "loss"] == pytest.approx([1.0, 0.5, 1 / 3])
+
+    code, page = await fetch("jobs", params={"status": "SUCCEEDED"})
+    assert code == 200 and page["total"] == 1 and page["jobs"][0]["id"] == job["id"]
+    assert page["jobs"][0]["spec"] is None  # the list stays light; the detail has the spec
+    code, page = await fetch("jobs", params={"status": "RUNNING"})
+    assert (code, page["total"]) == (200, 0)
+
+    code, body = await fetch("jobs", job["id"], method="DELETE")
+    assert code == 409 and "already ended" in body["message"]
+
+    code, again = await fetch("jobs", job["id"], "rerun", method="POST")
+    assert code == 201 and again["id"] != job["id"] and again["spec"]["entry"] == job["spec"]["entry"]
+    await wait_status(fetch, again["id"], ("SUCCEEDED", "FAILED", "LOST"))
+
+
+async def test_cancel_stops_a_running_job(fetch, jp_root_dir):
+    write_notebook(jp_root_dir, "slow.ipynb", "import time\nprint('started', flush=True)\ntime.sleep(120)")
+    code, job = await fetch("jobs", method="POST", body={"path": "slow.ipynb", "name": "slow"})
+    assert code == 201 and job["name"] == "slow"
+    await wait_status(fetch, job["id"], ("RUNNING",))
+    code, cancelled = await fetch("jobs", job["id"], method="DELETE")
+    assert code == 200 and cancelled["status"] == "CANCELLED", cancelled
+
+
+async def test_list_pages_through_jobs_newest_first(fetch, jp_root_dir):
+    from nbscale.store.jobs import JobRecord, insert_job
+
+    store = get_store()
+    for i in range(7):
+        insert_job(store, JobRecord(f"j-{i}", "j", "local", "local", "SUCCEEDED", {"nodes": 2}, created=1000 + i,
+                                    started=1000 + i, ended=1000 + i + 3600, info={}))
+    code, page = await fetch("jobs", params={"limit": 3, "offset": 3})
+    assert code == 200 and page["total"] == 7
+    assert [j["id"] for j in page["jobs"]] == ["j-3", "j-2", "j-1"]
+    assert page["jobs"][0]["nodes"] == 2 and page["jobs"][0]["cost"] == 0.0
