@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from .schema import migrate
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -45,6 +44,9 @@ class Store:
             self._local.conn = conn
             with self._lock:
                 if not self._migrated:
+                    # imported here: component modules import this package for Store
+                    from .schema import migrate
+
                     migrate(conn)
                     self._migrated = True
         return conn
