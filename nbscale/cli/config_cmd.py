@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import tomli_w
-
 from ..config import load
 from .output import print_json
 
@@ -15,6 +13,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return 0
+    import tomli_w  # only the TOML view needs it
+
     sources = data.pop("sources")
     print(
         "# read from: " + (", ".join(sources) if sources else "(no config file; built-in defaults)")
