@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 
 # (module, class) pairs registered by load_ipython_extension
-MAGIC_CLASSES: list[tuple[str, str]] = []
+MAGIC_CLASSES: list[tuple[str, str]] = [
+    ("train", "TrainMagics"),
+    ("jobs", "JobMagics"),
+]
 
 
 def load_ipython_extension(ipython) -> None:

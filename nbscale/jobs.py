@@ -151,6 +151,17 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         return self._record.to_dict()
 
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for a cell job (``%%train``) and return its outputs by name; raises ``JobFailed``."""
+        from .results import load_results
+
+        return load_results(self.wait(timeout=timeout, raise_on_failure=True))
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        from .job_repr import job_mimebundle
+
+        return job_mimebundle(self._record)
+
     def __repr__(self) -> str:
         return f"<Job {self.id} {self._record.status}>"
 

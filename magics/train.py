@@ -1,0 +1,79 @@
+"""``%%train``: run the cell as a distributed job and bring its outputs back.
+
+Thin: the arguments come from ``train_args``, capture/signing/submitting from
+``nbscale.celljob``, the live view from ``progress``. The only thing decided
+here is what the user sees, and that Ctrl-C cancels the job unless --detach.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, magics_class
+
+from nbscale.celljob import prepare_cell
+from nbscale.errors import NbscaleError
+from nbscale.jobs import Job
+from nbscale.results import load_results
+from nbscale.store.jobs import SUCCEEDED, JobRecord
+
+from .display import CellJobFailed, JobInterrupted, TrainResult, user_error
+from .progress import make_view
+from .train_args import parse_train
+
+
+def watch(handle: Job, title: str, ranks: list[int] | None, cancel_on_interrupt: bool) -> JobRecord:
+    """Stream the job into a view until it ends; Ctrl-C cancels it or leaves it running."""
+    view = make_view(handle, title)
+    try:
+        for rank, line in handle.follow(ranks=ranks, on_poll=view.poll):
+            view.line(rank, line)
+    except KeyboardInterrupt:
+        if not cancel_on_interrupt:
+            view.note(f"interrupted: job {handle.id} keeps running; %attach {handle.id} to follow it again")
+            raise JobInterrupted(f"detached from job {handle.id}, which keeps running") from None
+        view.note(f"interrupted: cancelling job {handle.id}")
+        record = handle.cancel()
+        view.finish(record)
+        raise JobInterrupted(f"job {handle.id} {record.status.lower()}") from None
+    record = handle.refresh()
+    view.finish(record)
+    return record
+
+
+def finish(shell, handle: Job, record: JobRecord, names: list[str] | None) -> TrainResult:
+    """Outputs into the user's namespace on success; the cell's own error otherwise."""
+    if record.status != SUCCEEDED:
+        raise CellJobFailed(record)
+    try:
+        outputs = load_results(record, names)
+    except NbscaleError as exc:
+        raise user_error(exc) from None
+    shell.user_ns.update(outputs)
+    return TrainResult(record, outputs)
+
+
+@magics_class
+class TrainMagics(Magics):
+    @cell_magic
+    def train(self, line: str, cell: str) -> Any:
+        """Run this cell as a distributed job: %%train --procs-per-node 2 --outputs model,history"""
+        try:
+            args = parse_train(line)
+            if args is None:
+                return None
+            source = self.shell.transform_cell(cell) if "%" in cell or "!" in cell else cell
+            prepared = prepare_cell(source, self.shell.user_ns, args.spec, outputs=args.outputs,
+                                    inputs=args.inputs, line_offset=1)
+            if args.dry_run:
+                return prepared.dry_run()
+            handle = prepared.submit()
+        except NbscaleError as exc:
+            raise user_error(exc) from None
+        if args.run_async:
+            return handle
+        record = watch(handle, "%%train", args.log_ranks, cancel_on_interrupt=not args.detach)
+        if record.terminal:
+            # the job has read its bundle; the results live on in the job directory
+            prepared.bundle_path.unlink(missing_ok=True)
+        return finish(self.shell, handle, record, None)

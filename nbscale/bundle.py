@@ -1,0 +1,167 @@
+"""Signed bundles: a cell with its inputs going out, and the results coming back.
+
+A bundle is one zip file (stored, not compressed: tensors do not shrink and
+speed matters) holding ``manifest.json``, ``manifest.sig`` and the parts. The
+manifest records what the bundle is (``kind``), the versions it was made with
+and the sha256 and size of every part; ``manifest.sig`` is the HMAC-SHA256 of
+the manifest bytes with a key that lives only in ``$NBSCALE_HOME/bundle.key``
+(mode 0600). Readers check the signature, then each part's hash, and only then
+hand bytes to anything that unpickles them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import platform
+import secrets
+import stat
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import NbscaleError, SignatureError
+
+FORMAT = 1
+KEY_FILE = "bundle.key"
+_MANIFEST, _SIGNATURE = "manifest.json", "manifest.sig"
+
+
+def key_path() -> Path:
+    return paths.home() / KEY_FILE
+
+
+def load_key(create: bool = True) -> bytes:
+    """This installation's signing key; made on first use, readable by its owner only."""
+    path = key_path()
+    if create and not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another kernel made it a moment ago
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise SignatureError(f"no signing key at {path}",
+                             "jobs verify bundles with the key of the nbscale home that made them; "
+                             "set NBSCALE_HOME to that directory") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise NbscaleError(f"the signing key {path} can be read by other users",
+                           f"run: chmod 600 {path}")
+    if len(text) < 32:
+        # a key still being written by another process reads short; a real one never does
+        time.sleep(0.05)
+        text = path.read_text().strip()
+    return bytes.fromhex(text)
+
+
+def sign(data: bytes, key: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    torch = sys.modules.get("torch")
+    out = {"python": platform.python_version(), "cloudpickle": metadata.version("cloudpickle")}
+    try:
+        # metadata, not import: importing torch would cost the kernel seconds
+        out["torch"] = torch.__version__ if torch else metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        out["torch"] = "none"
+    return out
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    parts: dict[str, bytes]
+
+    def part(self, name: str) -> bytes:
+        try:
+            return self.parts[name]
+        except KeyError:
+            raise SignatureError(f"{self.path}: the manifest names no part {name!r}") from None
+
+
+def write(path: str | Path, manifest: dict[str, Any], parts: dict[str, bytes], key: bytes | None = None) -> Path:
+    """Sign and write atomically (a reader never sees half a bundle)."""
+    key = key or load_key()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        **manifest,
+        "format": FORMAT,
+        "versions": manifest.get("versions") or versions(),
+        "parts": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                  for name, data in parts.items()},
+    }
+    body = json.dumps(manifest, sort_keys=True).encode()
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(_MANIFEST, body)
+            zf.writestr(_SIGNATURE, sign(body, key))
+            for name, data in parts.items():
+                zf.writestr(name, data)
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read(path: str | Path, kind: str, key: bytes | None = None) -> Bundle:
+    """Open and verify; raises ``SignatureError`` before any part could be unpickled."""
+    path = Path(path)
+    key = key or load_key(create=False)
+    try:
+        zf = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise NbscaleError(f"{path} does not exist") from None
+    except zipfile.BadZipFile:
+        raise SignatureError(f"{path} is not an nbscale bundle (damaged or replaced)") from None
+    with zf:
+        try:
+            body, signature = zf.read(_MANIFEST), zf.read(_SIGNATURE).decode()
+        except (KeyError, UnicodeDecodeError):
+            raise SignatureError(f"{path} has no valid signed manifest") from None
+        if not hmac.compare_digest(sign(body, key), signature):
+            raise SignatureError(
+                f"{path}: signature does not match; refusing to load it",
+                "it was changed after it was signed, or signed with another nbscale home's key",
+            )
+        manifest = json.loads(body)
+        if manifest.get("kind") != kind:
+            raise SignatureError(f"{path} is a {manifest.get('kind')!r} file, not a {kind!r}")
+        parts: dict[str, bytes] = {}
+        names = set(zf.namelist())
+        for name, meta in manifest["parts"].items():
+            if name not in names:
+                raise SignatureError(f"{path}: part {name} is missing")
+            data = zf.read(name)
+            if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), meta["sha256"]):
+                raise SignatureError(f"{path}: part {name} does not match its signed hash; refusing to load it")
+            parts[name] = data
+    return Bundle(path, manifest, parts)
+
+
+def bundles_dir() -> Path:
+    path = paths.home() / "bundles"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def new_bundle_path(name: str) -> Path:
+    return bundles_dir() / f"{name}-{int(time.time())}-{secrets.token_hex(3)}.zip"

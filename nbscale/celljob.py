@@ -1,0 +1,92 @@
+"""A notebook cell as a job, without IPython: capture, sign, build the spec, submit.
+
+``%%train`` is a thin face over ``prepare_cell(...).submit()``; scripts and
+tests can do the same with any namespace dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import bundle
+from .capture import Capture, capture
+from .jobs import Job, submit
+from .runtime.cell import KIND
+from .specs import Entry, JobSpec
+
+
+@dataclass
+class PreparedCell:
+    capture: Capture
+    spec: JobSpec
+    manifest: dict[str, Any]
+
+    @property
+    def bundle_path(self) -> Path:
+        return Path(self.spec.entry.target)
+
+    def report(self):
+        return self.capture.report()
+
+    def dry_run(self) -> DryRun:
+        return DryRun(self)
+
+    def write(self) -> Path:
+        parts = {"cell.py": self.capture.source.encode(), **self.capture.parts}
+        return bundle.write(self.bundle_path, self.manifest, parts)
+
+    def submit(self) -> Job:
+        self.write()
+        try:
+            return submit(self.spec)
+        except BaseException:
+            self.bundle_path.unlink(missing_ok=True)
+            raise
+
+
+def prepare_cell(
+    source: str,
+    namespace: dict[str, Any],
+    spec: JobSpec,
+    outputs: list[str] | tuple[str, ...] = (),
+    inputs: list[str] | None = None,
+    line_offset: int = 0,
+) -> PreparedCell:
+    """Capture and pre-flight the cell; ``spec``'s entry is replaced by the bundle it will run."""
+    cap = capture(source, namespace, outputs=outputs, inputs=inputs, gpus=spec.gpus_per_proc, cwd=os.getcwd())
+    path = bundle.new_bundle_path(spec.name)
+    manifest = {
+        "kind": KIND,
+        "name": spec.name,
+        "line_offset": line_offset,
+        "imports": cap.imports,
+        "inputs": [{"name": i.name, "part": i.part, "how": i.how, "type": i.type, "size": i.size}
+                   for i in cap.inputs],
+        "input_names": [i.name for i in cap.items],
+        "modules": cap.modules,
+        "outputs": cap.outputs,
+    }
+    return PreparedCell(cap, spec.replace(entry=Entry("bundle", str(path))), manifest)
+
+
+class DryRun:
+    """What ``--dry-run`` shows: the capture report and the exact spec, nothing submitted."""
+
+    def __init__(self, prepared: PreparedCell):
+        self.prepared = prepared
+
+    def spec_json(self) -> str:
+        return json.dumps(self.prepared.spec.to_dict(), indent=2)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from html import escape
+
+        report = self.prepared.report()
+        text = f"dry run: nothing submitted\n{report.text()}\nspec:\n{self.spec_json()}"
+        html = (f"<div><b>dry run</b>: nothing submitted</div>{report.html()}"
+                f"<div><b>spec</b></div><pre>{escape(self.spec_json())}</pre>")
+        return {"text/plain": text, "text/html": html}

@@ -1,0 +1,130 @@
+"""A captured cell inside a job: verify, rebuild the namespace, run, send results back.
+
+Order matters for safety: the bundle's signature and every part's hash are
+checked before a single byte is unpickled. The cell source is compiled with
+its own filename, shifted by the ``%%train`` line, so a traceback names the
+line the user sees in the notebook.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import linecache
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .. import bundle
+from ..capture import CELL_FILENAME, load_value
+from ..errors import NbscaleError
+from .jobdir import JobDir
+
+KIND = "cell"
+
+
+class MissingOutput(NbscaleError):
+    """A name given in ``--outputs`` that the cell did not define."""
+
+
+def _extract_sources(found: bundle.Bundle, dest: Path) -> None:
+    for name, data in found.parts.items():
+        if not name.startswith("src/"):
+            continue
+        rel = Path(name.removeprefix("src/"))
+        if rel.is_absolute() or ".." in rel.parts:
+            raise NbscaleError(f"bundle part {name} points outside the job")
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def _warn_versions(manifest: dict[str, Any]) -> None:
+    made = manifest.get("versions", {}).get("python", "")
+    here = platform.python_version()
+    if made.rsplit(".", 1)[0] != here.rsplit(".", 1)[0]:
+        print(f"nbscale: warning: the cell was captured with Python {made} and runs on {here}; "
+              "functions sent by value may not load", file=sys.stderr)
+
+
+def build_namespace(found: bundle.Bundle, src_dir: Path) -> dict[str, Any]:
+    manifest = found.manifest
+    _extract_sources(found, src_dir)
+    sys.path.insert(0, str(src_dir))  # the shipped snapshot wins over anything on the machine
+    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    for statement in manifest.get("imports", []):
+        exec(compile(statement, "<nbscale imports>", "exec"), ns)
+    for item in manifest.get("inputs", []):
+        ns[item["name"]] = load_value(found.part(item["part"]), item["how"])
+    return ns
+
+
+def compile_cell(source: str, line_offset: int):
+    tree = ast.parse(source, CELL_FILENAME)
+    ast.increment_lineno(tree, line_offset)
+    # linecache lets the traceback print the cell's own text next to each line number
+    lines = ["\n"] * line_offset + source.splitlines(keepends=True)
+    linecache.cache[CELL_FILENAME] = (len(source), None, lines, CELL_FILENAME)
+    return compile(tree, CELL_FILENAME, "exec")
+
+
+def cell_traceback(exc: BaseException) -> tuple[str, int | None]:
+    """The traceback from the cell's first frame on, and the last cell line in it."""
+    te = traceback.TracebackException.from_exception(exc)
+    while te.stack and te.stack[0].filename != CELL_FILENAME and any(
+        f.filename == CELL_FILENAME for f in te.stack
+    ):
+        te.stack.pop(0)
+    lines = [f.lineno for f in te.stack if f.filename == CELL_FILENAME]
+    return "".join(te.format()), (lines[-1] if lines else None)
+
+
+def _fail(jobdir: JobDir, rank: int, exc: BaseException) -> None:
+    from .worker import write_error
+
+    tb, line = cell_traceback(exc)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    write_error(jobdir, rank, exc, restart, {"traceback": tb, "cell_line": line})
+    sys.stderr.write(tb)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # the worker would rewrite the error with its own frames on top; exit as it would
+    os._exit(1)
+
+
+def run_bundle(target: str, spec: dict[str, Any], jobdir: JobDir, rank: int) -> None:
+    found = bundle.read(target, KIND)
+    manifest = found.manifest
+    _warn_versions(manifest)
+    ns = build_namespace(found, jobdir.path / "src" / f"rank-{rank}")
+    from .. import distributed
+
+    distributed.init()
+    code = compile_cell(found.part("cell.py").decode(), int(manifest.get("line_offset", 0)))
+    started = time.monotonic()
+    try:
+        exec(code, ns)
+    except BaseException as exc:
+        _fail(jobdir, rank, exc)
+    if rank == 0:
+        outputs = manifest.get("outputs") or []
+        missing = [name for name in outputs if name not in ns]
+        if missing:
+            defined = sorted(k for k in ns if not k.startswith("_") and k not in manifest.get("input_names", []))
+            raise MissingOutput(
+                f"the cell did not define {', '.join(repr(m) for m in missing)}, named in --outputs",
+                f"names the cell defines: {', '.join(defined) or '(none)'}; fix --outputs or the cell",
+            )
+        from ..results import write_results
+
+        write_results(jobdir.outputs, os.environ.get("NBSCALE_JOB_ID", ""), {n: ns[n] for n in outputs})
+        print(f"nbscale: cell ran in {time.monotonic() - started:.1f} s; "
+              f"outputs written: {', '.join(outputs) or '(none)'}", flush=True)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
