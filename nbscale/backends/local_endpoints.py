@@ -1,0 +1,174 @@
+"""Local endpoints: a detached router process per endpoint, replicas behind it.
+
+``deploy`` writes the token file (0600) and the store row, starts the router
+(``nbscale.serving.router``) in a session of its own, forked once more so it
+outlives the kernel or CLI, and waits until it answers. ``status`` restarts a
+router that died; ``undeploy`` stops every process of the endpoint, found by
+the ``NBSCALE_ENDPOINT`` variable they all carry, and frees the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .. import paths
+from ..errors import BackendUnavailable, Conflict
+from ..store import Store
+from ..store.endpoints import (
+    FAILED,
+    READY,
+    SCALED_TO_ZERO,
+    STARTING,
+    EndpointRecord,
+    delete_endpoint,
+    get_endpoint,
+    insert_endpoint,
+    update_endpoint,
+)
+from .local.processes import alive, create_time
+
+ENDPOINT_ENV = "NBSCALE_ENDPOINT"
+START_TIMEOUT_S = 120.0
+
+
+def endpoint_dir(name: str) -> Path:
+    return paths.home() / "endpoints" / name
+
+
+def token_for(name: str) -> str:
+    path = endpoint_dir(name) / "token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise BackendUnavailable(f"the token file of endpoint {name!r} is missing ({path})",
+                                 f"redeploy: nbscale undeploy {name} && nbscale deploy ...") from None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalEndpoints:
+    type = "local"
+
+    def __init__(self, store: Store, backend: str = "local"):
+        self.store = store
+        self.backend = backend
+
+    def deploy(self, name: str, model_dir: Path, port: int | None, min_replicas: int, max_replicas: int,
+               config: dict[str, Any]) -> EndpointRecord:
+        if port is not None and not _port_free(port):
+            raise Conflict(f"port {port} on 127.0.0.1 is in use", "pick another --port or leave it out")
+        port = port or _free_port()
+        edir = endpoint_dir(name)
+        edir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token_path = edir / "token"
+        token_path.unlink(missing_ok=True)
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+        now = time.time()
+        rec = EndpointRecord(name=name, backend=self.backend, backend_type="local", status=STARTING,
+                             url=f"http://127.0.0.1:{port}", port=port, model_dir=str(model_dir),
+                             min_replicas=min_replicas, max_replicas=max_replicas,
+                             config={**config, "dir": str(edir)}, created=now, updated=now)
+        insert_endpoint(self.store, rec)
+        try:
+            self._start_router(name)
+            return self.wait_started(name)
+        except BaseException:
+            self.undeploy(name)
+            raise
+
+    def _start_router(self, name: str) -> None:
+        log = open(endpoint_dir(name) / "router.log", "ab")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, ENDPOINT_ENV: name}
+        proc = subprocess.Popen([sys.executable, "-m", "nbscale.serving.router", name, "--daemonize"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        log.close()
+        proc.wait(timeout=30)  # the intermediate exits at once; the router lives on, re-parented to init
+
+    def wait_started(self, name: str, timeout: float = START_TIMEOUT_S) -> EndpointRecord:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rec = get_endpoint(self.store, name)
+            if rec.status in (READY, SCALED_TO_ZERO) and rec.pid:
+                if rec.pid_created is None:
+                    update_endpoint(self.store, name, None, pid_created=create_time(rec.pid))
+                return get_endpoint(self.store, name)
+            if rec.status == FAILED:
+                raise BackendUnavailable(f"endpoint {name!r} failed to start: {rec.error}",
+                                         f"see {endpoint_dir(name)}/router.log and replica-*.log")
+            time.sleep(0.05)
+        raise BackendUnavailable(f"endpoint {name!r} did not start within {timeout:.0f} s",
+                                 f"see {endpoint_dir(name)}/router.log and replica-*.log")
+
+    def status(self, rec: EndpointRecord) -> EndpointRecord:
+        """The record, after restarting the router if it died (its replicas go with it)."""
+        if rec.status in (READY, SCALED_TO_ZERO) and rec.pid and not alive(rec.pid, rec.pid_created):
+            self._stop_processes(rec.name, grace=2.0)
+            if not _port_free(rec.port):
+                update_endpoint(self.store, rec.name, "failed", status=FAILED,
+                                error=f"the router died and port {rec.port} is now taken by another process")
+                return get_endpoint(self.store, rec.name)
+            update_endpoint(self.store, rec.name, "router_restart", status=STARTING, pid=None, pid_created=None,
+                            restarts=rec.restarts + 1)
+            self._start_router(rec.name)
+            return self.wait_started(rec.name)
+        return rec
+
+    def undeploy(self, name: str) -> None:
+        rec = get_endpoint(self.store, name)
+        if rec.pid and alive(rec.pid, rec.pid_created):
+            os.kill(rec.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while alive(rec.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._stop_processes(name, grace=5.0)
+        delete_endpoint(self.store, name)
+        (endpoint_dir(name) / "token").unlink(missing_ok=True)
+
+    @staticmethod
+    def _stop_processes(name: str, grace: float) -> None:
+        me = os.getpid()
+        procs = []
+        for proc in psutil.process_iter(["pid"]):
+            if proc.pid == me:
+                continue
+            try:
+                if proc.environ().get(ENDPOINT_ENV) == name:
+                    procs.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                continue
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, left = psutil.wait_procs(procs, timeout=grace)
+        for proc in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(left, timeout=5)
+

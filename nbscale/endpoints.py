@@ -1,0 +1,243 @@
+"""The Python API for endpoints: ``deploy``, ``endpoints()``, ``endpoint(name)``.
+
+    ep = deploy(model, name="digits", replicas=(1, 2))
+    ep.predict(x)          # numpy in, numpy out, over the V2 protocol
+    ep.metrics()           # p50/p95/p99, throughput, errors, replicas, a time series
+    ep.scale(0, 4); ep.delete()
+
+Every face (CLI, magics, server extension) goes through these functions.
+The bearer token is read from its 0600 file and sent for you.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends.local_endpoints import LocalEndpoints, endpoint_dir, token_for
+from .config import load as load_config
+from .errors import BackendUnavailable, Conflict, NbscaleError, SpecError
+from .serving.artifact import package, read_manifest
+from .serving.jsoncodec import dumps, loads
+from .serving.protocol import DTYPES
+from .store import get_store
+from .store.endpoints import EndpointRecord, get_endpoint, list_endpoints
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class Endpoint:
+    """A handle on one endpoint; it reads the store when asked."""
+
+    def __init__(self, record: EndpointRecord, manager: LocalEndpoints):
+        self._record = record
+        self._manager = manager
+        self._conn: http.client.HTTPConnection | None = None
+        self._input: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def url(self) -> str:
+        return self._record.url
+
+    @property
+    def record(self) -> EndpointRecord:
+        return self._record
+
+    def refresh(self) -> EndpointRecord:
+        self._record = self._manager.status(get_endpoint(self._manager.store, self.name))
+        return self._record
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self._record
+        return {
+            "name": r.name, "backend": r.backend, "backend_type": r.backend_type, "url": r.url, "status": r.status,
+            "replicas": {"current": r.replicas, "min": r.min_replicas, "max": r.max_replicas},
+            "created": r.created, "model_dir": r.model_dir, "restarts": r.restarts, "error": r.error,
+            "max_batch_size": r.config.get("max_batch_size"), "max_batch_delay_ms": r.config.get("max_batch_delay_ms"),
+        }
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        d = self.to_dict()
+        reps = d["replicas"]
+        text = f"endpoint {d['name']}: {d['status']} at {d['url']} ({reps['current']} replicas, {reps['min']}..{reps['max']})"
+        return {"text/plain": text}
+
+    # -- HTTP ------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 150.0,
+                 content_type: str = "application/json") -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token_for(self.name)}", "Content-Type": content_type}
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self._record.port, timeout=timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                return resp.status, resp.read()
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise BackendUnavailable(f"endpoint {self.name!r} did not answer at {self.url}: {exc}",
+                                             f"check it with: nbscale endpoints; logs in {endpoint_dir(self.name)}") from None
+        raise AssertionError("unreachable")
+
+    def _check(self, status: int, body: bytes) -> Any:
+        data = loads(body) if body else {}
+        if status >= 400:
+            message = data.get("error") if isinstance(data, dict) else body[:200]
+            if status == 400:
+                raise SpecError("input", str(message))
+            raise NbscaleError(f"endpoint {self.name!r} answered {status}: {message}")
+        return data
+
+    def metadata(self) -> dict[str, Any]:
+        status, body = self._request("GET", f"/v2/models/{self.name}")
+        return self._check(status, body)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Rows in (numpy, torch or nested lists; one row is made a batch of one), rows out."""
+        if self._input is None:
+            self._input = self.metadata()["inputs"][0]
+        spec = self._input
+        arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        single = arr.ndim == len(spec["shape"]) - 1
+        if single:
+            arr = arr[None]
+        arr = np.ascontiguousarray(arr, dtype=DTYPES[spec["datatype"]])
+        req = {"inputs": [{"name": spec["name"], "shape": list(arr.shape), "datatype": spec["datatype"], "data": arr.reshape(-1)}]}
+        status, body = self._request("POST", f"/v2/models/{self.name}/infer", dumps(req))
+        out = self._check(status, body)["outputs"][0]
+        result = np.asarray(out["data"], dtype=DTYPES[out["datatype"]]).reshape(out["shape"])
+        return result[0] if single else result
+
+    def metrics(self) -> dict[str, Any]:
+        """Latency percentiles, throughput, error rate, replicas and a per-second series (last 2 min)."""
+        self.refresh()
+        status, body = self._request("GET", "/nbscale/stats", timeout=10)
+        return self._check(status, body)
+
+    def scale(self, min_replicas: int, max_replicas: int) -> Endpoint:
+        _check_replicas(min_replicas, max_replicas)
+        status, body = self._request("POST", "/nbscale/scale", dumps({"min": min_replicas, "max": max_replicas}), timeout=10)
+        self._check(status, body)
+        self._record = get_endpoint(self._manager.store, self.name)
+        return self
+
+    def delete(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._manager.undeploy(self.name)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _manager(backend: str | None = None) -> LocalEndpoints:
+    config = load_config()
+    bconf = config.backend(backend)
+    if bconf.type != "local":
+        raise BackendUnavailable(f"endpoints on {bconf.type} backends are not available yet",
+                                 "deploy with --backend local (the default)")
+    return LocalEndpoints(get_store(), bconf.name)
+
+
+def _check_replicas(lo: Any, hi: Any) -> None:
+    if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < 1 or lo > hi:
+        raise SpecError("replicas", f"({lo}, {hi}) is not MIN <= MAX with MIN >= 0 and MAX >= 1",
+                        "e.g. replicas=(1, 4), or (0, 2) to scale to zero when idle")
+
+
+def endpoints() -> list[Endpoint]:
+    mgr = _manager()
+    return [Endpoint(r, mgr) for r in list_endpoints(mgr.store)]
+
+
+def endpoint(name: str) -> Endpoint:
+    mgr = _manager()
+    return Endpoint(get_endpoint(mgr.store, name), mgr)
+
+
+def deploy(
+    model_or_dir: Any,
+    name: str,
+    replicas: tuple[int, int] | int = (1, 1),
+    max_batch_size: int = 32,
+    max_batch_delay_ms: float = 2.0,
+    port: int | None = None,
+    backend: str | None = None,
+    example: Any = None,
+    target_concurrency: float = 4.0,
+    scale_down_delay_s: float = 30.0,
+    idle_timeout_s: float = 60.0,
+    capture_rate: float | None = None,
+    max_queue: int = 1024,
+) -> Endpoint:
+    """Deploy a model object or an artifact directory as an endpoint, and wait until it answers."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SpecError("name", f"{name!r} is not a valid endpoint name",
+                        "use lower-case letters, digits and dashes, e.g. 'digits-v2'")
+    lo, hi = (replicas, replicas) if isinstance(replicas, int) else tuple(replicas)
+    _check_replicas(lo, hi)
+    if not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise SpecError("max_batch_size", f"must be a positive integer, got {max_batch_size!r}")
+    if not isinstance(max_batch_delay_ms, int | float) or max_batch_delay_ms < 0:
+        raise SpecError("max_batch_delay_ms", f"must be >= 0, got {max_batch_delay_ms!r}")
+    if port is not None and (not isinstance(port, int) or not 1024 <= port <= 65535):
+        raise SpecError("port", f"{port!r} is not a port between 1024 and 65535")
+    if capture_rate is not None and not 0 < capture_rate <= 1:
+        raise SpecError("capture_rate", f"must be in (0, 1], got {capture_rate!r}")
+    mgr = _manager(backend)
+    existing = mgr.store.query_one("SELECT 1 FROM endpoints WHERE name = ?", (name,))
+    if existing:
+        raise Conflict(f"an endpoint named {name!r} exists", f"undeploy it first: nbscale undeploy {name}")
+    if isinstance(model_or_dir, str | Path):
+        model_dir = Path(model_or_dir).resolve()
+        manifest = read_manifest(model_dir)
+        if manifest.get("name") != name:
+            model_dir = _relabel(model_dir, manifest, name)
+    else:
+        store_dir = endpoint_dir(name) / "models"
+        store_dir.mkdir(parents=True, exist_ok=True)
+        model_dir = package(model_or_dir, Path(tempfile.mkdtemp(prefix="model-", dir=store_dir)), name, example=example)
+    config = {"max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms,
+              "target_concurrency": target_concurrency, "scale_down_delay_s": scale_down_delay_s,
+              "idle_timeout_s": idle_timeout_s, "max_queue": max_queue}
+    if capture_rate:
+        config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
+    rec = mgr.deploy(name, model_dir, port, lo, hi, config)
+    return Endpoint(rec, mgr)
+
+
+def _relabel(model_dir: Path, manifest: dict, name: str) -> Path:
+    """Serve an artifact under another name without touching the original: a linked copy."""
+    import json
+    import shutil
+
+    dest = endpoint_dir(name) / "models" / f"model-{int(time.time() * 1000)}"
+    shutil.copytree(model_dir, dest, copy_function=_link_or_copy)
+    (dest / "nbscale.json").unlink()
+    (dest / "nbscale.json").write_text(json.dumps({**manifest, "name": name}, indent=2))
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,69 @@
+# Written by nbscale: SageMaker PyTorch inference handlers for this model artifact.
+# The stock SageMaker PyTorch container and nbscale's runtime both import this
+# file and call model_fn / input_fn / predict_fn / output_fn. Edit freely.
+import io
+import json
+import os
+
+import numpy as np
+import torch
+
+MODEL_FILE = "__MODEL_FILE__"
+FORMAT = "__FORMAT__"
+
+
+def _device():
+    wanted = os.environ.get("NBSCALE_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_fn(model_dir):
+    path = os.path.join(model_dir, MODEL_FILE)
+    if FORMAT == "torch.export":
+        module = torch.export.load(path).module()
+        return module.to(_device())
+    # a pickled object: refuse it unless its HMAC matches the key it was signed with
+    import hashlib
+    import hmac
+
+    key_hex = os.environ.get("NBSCALE_MODEL_KEY")
+    if not key_hex:
+        key_file = os.path.join(os.environ.get("NBSCALE_HOME") or os.path.expanduser("~/.nbscale"), "model-signing.key")
+        with open(key_file) as fh:
+            key_hex = fh.read().strip()
+    with open(path, "rb") as fh:
+        payload = fh.read()
+    with open(path + ".hmac") as fh:
+        expected = fh.read().strip()
+    actual = hmac.new(bytes.fromhex(key_hex), payload, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(actual, expected):
+        raise RuntimeError(f"{MODEL_FILE}: signature does not match; refusing to unpickle it")
+    import pickle
+
+    return pickle.loads(payload)
+
+
+def input_fn(body, content_type):
+    if content_type in ("application/x-npy", "application/npy"):
+        return torch.from_numpy(np.load(io.BytesIO(body), allow_pickle=False))
+    if content_type.startswith("application/json"):
+        return torch.as_tensor(np.asarray(json.loads(body), dtype=np.float32))
+    raise ValueError(f"unsupported content type {content_type!r}; send application/json or application/x-npy")
+
+
+def predict_fn(data, model):
+    if FORMAT == "torch.export":
+        with torch.inference_mode():
+            return model(data.to(_device())).cpu()
+    return np.asarray(model.predict(np.asarray(data)))
+
+
+def output_fn(prediction, accept):
+    array = prediction.numpy() if isinstance(prediction, torch.Tensor) else np.asarray(prediction)
+    if accept in ("application/x-npy", "application/npy"):
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        return buf.getvalue()
+    return json.dumps(array.tolist())
