@@ -39,6 +39,10 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     if dist.get_rank() == 0:
         print(f"steps/s {STEPS / elapsed:.1f}", flush=True)
+        out = os.environ.get("BENCH_THROUGHPUT_FILE")
+        if out:
+            with open(out, "a") as fh:
+                fh.write(f"{STEPS / elapsed}\n")
     dist.destroy_process_group()
 
 
