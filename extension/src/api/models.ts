@@ -1,0 +1,176 @@
+/**
+ * Bodies of /nbscale/api/, mirroring server_ext/models.py (published as
+ * server_ext/openapi.json; tests/test_server_ext_models.py keeps them in step).
+ */
+
+export type JobStatus =
+  | 'PENDING'
+  | 'RUNNING'
+  | 'SUCCEEDED'
+  | 'FAILED'
+  | 'CANCELLED'
+  | 'LOST';
+
+export interface ErrorResponse {
+  error: string;
+  message: string;
+  field?: string | null;
+}
+
+export interface VersionResponse {
+  version: string;
+  api_version: number;
+}
+
+export interface BackendInfo {
+  name: string;
+  type: string;
+  default: boolean;
+  reachable: boolean;
+  detail: string;
+  price_per_node_hour: number;
+}
+
+export interface ListBackendsResponse {
+  backends: BackendInfo[];
+}
+
+export interface CostEstimateQuery {
+  backend?: string | null;
+  nodes?: number;
+  procs_per_node?: number;
+  gpus_per_proc?: number;
+  instance_type?: string | null;
+  hours?: number;
+}
+
+export interface CostEstimate {
+  backend: string;
+  price_per_node_hour: number;
+  nodes: number;
+  hours: number;
+  total: number;
+  currency: string;
+}
+
+export interface ListJobsQuery {
+  status?: JobStatus | null;
+  backend?: string | null;
+  limit?: number;
+  offset?: number;
+}
+
+export interface DescribeJob {
+  id: string;
+  name: string;
+  backend: string;
+  backend_type: string;
+  status: JobStatus;
+  created: number;
+  started: number | null;
+  ended: number | null;
+  duration: number | null;
+  nodes: number;
+  procs_per_node: number;
+  gpus_per_proc: number;
+  cost: number | null;
+  error: string | null;
+  exit_code?: number | null;
+  failed_rank?: number | null;
+  restarts?: number;
+  notebook?: string | null;
+  spec?: Record<string, unknown> | null;
+}
+
+export interface ListJobsResponse {
+  jobs: DescribeJob[];
+  total: number;
+  limit: number;
+  offset: number;
+}
+
+export interface CreateJob {
+  path: string;
+  name?: string | null;
+  backend?: string | null;
+  nodes?: number;
+  procs_per_node?: number;
+  gpus_per_proc?: number;
+  instance_type?: string | null;
+  parameters?: Record<string, unknown>;
+}
+
+export interface JobLogsQuery {
+  rank?: number;
+  offset?: number;
+}
+
+export interface JobLogs {
+  rank: number;
+  text: string;
+  offset: number;
+  next_offset: number;
+  ranks: number[];
+  status: JobStatus;
+}
+
+export interface MetricPoint {
+  name: string;
+  value: number | string;
+  step?: number | null;
+  rank?: number | null;
+  time?: number | null;
+}
+
+export interface JobMetrics {
+  metrics: MetricPoint[];
+}
+
+export interface DescribeEndpoint {
+  name: string;
+  status: string;
+  url?: string | null;
+  [extra: string]: unknown;
+}
+
+export interface ListEndpointsResponse {
+  endpoints: DescribeEndpoint[];
+}
+
+export interface ScaleEndpoint {
+  min_replicas: number;
+  max_replicas: number;
+}
+
+export type EndpointMetrics = Record<string, unknown>;
+
+export interface ListRunsQuery {
+  limit?: number;
+  offset?: number;
+}
+
+export interface PipelineStep {
+  name: string;
+  status: string;
+  cached?: boolean;
+  depends_on?: string[];
+  notebook?: string | null;
+  [extra: string]: unknown;
+}
+
+export interface DescribeRun {
+  id: string;
+  status: string;
+  steps?: PipelineStep[];
+  [extra: string]: unknown;
+}
+
+export interface ListRunsResponse {
+  runs: DescribeRun[];
+}
+
+export interface CreateRun {
+  path: string;
+  backend?: string;
+  parameters?: Record<string, unknown>;
+}

@@ -1,0 +1,152 @@
+/** The Jobs section: newest first, filter by status, page through. */
+import * as React from 'react';
+
+import { listJobs } from '../api/client';
+import { DescribeJob, JobStatus } from '../api/models';
+import { errorText, IPanelContext, usePoll } from '../context';
+import {
+  formatCost,
+  formatDuration,
+  formatTime,
+  statusClass,
+  statusLabel
+} from '../format';
+
+const PAGE = 25;
+const STATUSES: JobStatus[] = [
+  'PENDING',
+  'RUNNING',
+  'SUCCEEDED',
+  'FAILED',
+  'CANCELLED',
+  'LOST'
+];
+
+export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
+  const { ctx } = props;
+  const { trans } = ctx;
+  const [jobs, setJobs] = React.useState<DescribeJob[]>([]);
+  const [total, setTotal] = React.useState(0);
+  const [offset, setOffset] = React.useState(0);
+  const [status, setStatus] = React.useState<JobStatus | ''>('');
+  const [error, setError] = React.useState<string | null>(null);
+
+  usePoll(
+    ctx,
+    async () => {
+      try {
+        const page = await listJobs({
+          status: status || null,
+          limit: PAGE,
+          offset
+        });
+        setJobs(page.jobs);
+        setTotal(page.total);
+        setError(null);
+      } catch (e) {
+        setError(errorText(e));
+      }
+    },
+    [offset, status]
+  );
+
+  return (
+    <div className="nbs-section nbs-jobs">
+      <div className="nbs-toolbar">
+        <label>
+          {trans.__('Status')}{' '}
+          <select
+            aria-label={trans.__('Filter jobs by status')}
+            value={status}
+            onChange={e => {
+              setStatus(e.target.value as JobStatus | '');
+              setOffset(0);
+            }}
+          >
+            <option value="">{trans.__('all')}</option>
+            {STATUSES.map(s => (
+              <option key={s} value={s}>
+                {statusLabel(trans, s)}
+              </option>
+            ))}
+          </select>
+        </label>
+        <span className="nbs-muted">
+          {trans.__('%1 jobs', total)}
+        </span>
+      </div>
+      {error && <div className="nbs-error">{error}</div>}
+      {jobs.length === 0 && !error ? (
+        <div className="nbs-muted nbs-empty">
+          {trans.__(
+            'No jobs yet. Use "Run as job" in a notebook toolbar or %%train in a cell.'
+          )}
+        </div>
+      ) : (
+        <table className="nbs-table" aria-label={trans.__('Jobs')}>
+          <thead>
+            <tr>
+              <th>{trans.__('Name')}</th>
+              <th>{trans.__('Backend')}</th>
+              <th>{trans.__('Status')}</th>
+              <th>{trans.__('Nodes × GPUs')}</th>
+              <th>{trans.__('Started')}</th>
+              <th>{trans.__('Duration')}</th>
+              <th>{trans.__('Cost')}</th>
+            </tr>
+          </thead>
+          <tbody>
+            {jobs.map(job => (
+              <tr
+                key={job.id}
+                className="nbs-row"
+                data-job-id={job.id}
+                title={job.id}
+                onClick={() => ctx.openJob(job.id)}
+              >
+                <td>
+                  <button className="nbs-link" type="button">
+                    {job.name}
+                  </button>
+                </td>
+                <td>{job.backend}</td>
+                <td>
+                  <span className={statusClass(job.status)}>
+                    {statusLabel(trans, job.status)}
+                  </span>
+                </td>
+                <td>
+                  {job.nodes} × {job.procs_per_node * job.gpus_per_proc}
+                </td>
+                <td>{formatTime(job.started)}</td>
+                <td>{formatDuration(job.duration)}</td>
+                <td>{formatCost(job.cost)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {total > PAGE && (
+        <div className="nbs-pager">
+          <button
+            type="button"
+            disabled={offset === 0}
+            onClick={() => setOffset(Math.max(0, offset - PAGE))}
+          >
+            {trans.__('Newer')}
+          </button>
+          <span>
+            {offset + 1}–{Math.min(offset + PAGE, total)} / {total}
+          </span>
+          <button
+            type="button"
+            disabled={offset + PAGE >= total}
+            onClick={() => setOffset(offset + PAGE)}
+          >
+            {trans.__('Older')}
+          </button>
+        </div>
+      )}
+    </div>
+  );
+}
