@@ -7,9 +7,9 @@ import re
 
 import pytest
 from jupyter_server.auth.authorizer import Authorizer
+from nbscale.server_ext.app import ROUTES
 from tornado.httpclient import HTTPClientError
 
-from nbscale.server_ext.app import ROUTES
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
 

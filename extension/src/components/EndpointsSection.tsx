@@ -23,13 +23,22 @@ function fmtMs(v: unknown): string {
   return n === null ? '–' : `${n.toFixed(n < 10 ? 2 : 0)} ms`;
 }
 
+interface IReplicas {
+  current: number | null;
+  min: number | null;
+  max: number | null;
+}
+
+/** The engine reports replicas as {current, min, max}. */
+function replicaRange(ep: DescribeEndpoint): IReplicas {
+  const r = (ep.replicas ?? {}) as Row;
+  return { current: num(r.current), min: num(r.min), max: num(r.max) };
+}
+
 function replicas(ep: DescribeEndpoint): string {
-  const r = (ep.replicas ?? ep.ready_replicas) as unknown;
-  const min = num(ep.min_replicas);
-  const max = num(ep.max_replicas);
-  const now = typeof r === 'number' ? r : Array.isArray(r) ? r.length : null;
-  const range = min !== null && max !== null ? ` (${min}–${max})` : '';
-  return `${now ?? '–'}${range}`;
+  const r = replicaRange(ep);
+  const range = r.min !== null && r.max !== null ? ` (${r.min}–${r.max})` : '';
+  return `${r.current ?? '–'}${range}`;
 }
 
 function seriesOf(rows: Row[], keys: string[]): ISeries[] {
@@ -70,8 +79,8 @@ function EndpointDetail(props: {
   const errorRate = num(m.error_rate);
 
   const scale = async () => {
-    const min = window.prompt(trans.__('Minimum replicas'), String(endpoint.min_replicas ?? 1));
-    const max = min === null ? null : window.prompt(trans.__('Maximum replicas'), String(endpoint.max_replicas ?? min));
+    const min = window.prompt(trans.__('Minimum replicas'), String(replicaRange(endpoint).min ?? 1));
+    const max = min === null ? null : window.prompt(trans.__('Maximum replicas'), String(replicaRange(endpoint).max ?? min));
     if (min === null || max === null) {
       return;
     }
