@@ -12,6 +12,8 @@ import importlib
 MAGIC_CLASSES: list[tuple[str, str]] = [
     ("train", "TrainMagics"),
     ("jobs", "JobMagics"),
+    ("pipeline", "PipelineMagics"),
+    ("deploy", "DeployMagics"),
 ]
 
 

@@ -13,7 +13,7 @@ import sys
 from ..errors import NbscaleError, SpecError
 
 # modules that add subcommands; each has ``register(subparsers)``
-COMMAND_MODULES = ["jobs_cmd", "config_cmd"]
+COMMAND_MODULES = ["jobs_cmd", "config_cmd", "pipeline_cmd", "endpoints_cmd", "quickstart_cmd"]
 
 
 class UsageError(Exception):

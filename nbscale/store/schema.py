@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .endpoints import ENDPOINTS
+
 JOBS = [
     """
     CREATE TABLE jobs (
@@ -45,6 +47,8 @@ JOBS = [
 # component name -> migrations, applied in order; add a component with one line here.
 COMPONENTS: dict[str, list[str]] = {
     "jobs": JOBS,
+    "endpoints": ENDPOINTS,
+    "pipelines": __import__("nbscale.store.pipelines", fromlist=["PIPELINES"]).PIPELINES,
 }
 
 

@@ -1,0 +1,144 @@
+"""``nbscale pipeline run | compile | status | runs``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..errors import SpecError
+from .output import ago, duration, print_json, table
+from .params import typed_value
+
+
+def _params(args: argparse.Namespace) -> dict:
+    return {name: typed_value(value) for name, value in (args.parameter or [])}
+
+
+def _follow(run, stream=None):
+    """Print each step as it changes until the run ends; Ctrl-C leaves the run going."""
+    stream = stream or sys.stderr
+    seen: dict[str, str] = {}
+    while True:
+        for step in run.steps:
+            if seen.get(step["name"]) != step["status"]:
+                seen[step["name"]] = step["status"]
+                reason = f" ({step['cache_reason']})" if step["cache_reason"] and step["status"] != "PENDING" else ""
+                stream.write(f"  {step['name']}: {step['status'].lower()}{reason}\n")
+                stream.flush()
+        if run.terminal:
+            return run
+        time.sleep(0.2)
+        run = run.refresh()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..pipelines import start_run
+
+    options = {"max_parallel": args.max_parallel, "only": args.only, "from_step": args.from_step,
+               "no_cache": args.no_cache}
+    run = start_run(args.path, _params(args), backend=args.backend or "local", detach=True,
+                    **{k: v for k, v in options.items() if v not in (None, False, [])})
+    if args.detach:
+        print(run.id)
+        return 0
+    print(f"nbscale: pipeline {run.name} run {run.id} started", file=sys.stderr)
+    try:
+        run = _follow(run)
+    except KeyboardInterrupt:
+        print(f"nbscale: stopped following; the run goes on (nbscale pipeline status {run.id})", file=sys.stderr)
+        return 130
+    if args.json:
+        print_json(run.to_dict())
+    else:
+        print(run._repr_mimebundle_()["text/plain"])
+    return 0 if run.status == "SUCCEEDED" else 1
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from ..pipelines import compile_pipeline
+
+    if not args.output:
+        raise SpecError("-o/--output", "is missing", "e.g. -o pipeline.kfp.yaml")
+    extra = {"role": args.role, "bucket": args.bucket} if args.target == "sagemaker" else {}
+    path = compile_pipeline(args.path, args.target, args.output, image=args.image, **extra)
+    print(path)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..pipelines import get_run
+
+    run = get_run(args.run)
+    if args.json:
+        print_json(run.to_dict())
+    else:
+        print(run._repr_mimebundle_()["text/plain"])
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ..pipelines import runs
+
+    found = runs(limit=args.limit)
+    if args.json:
+        print_json([r.to_dict() for r in found])
+    elif found:
+        rows = []
+        for r in found:
+            cached = sum(1 for s in r.steps if s["cached"])
+            dur = (r.ended or time.time()) - r.started if r.started else None
+            rows.append([r.id, r.name, r.status, f"{len(r.steps)} ({cached} cached)", ago(r.created), duration(dur)])
+        print(table(["ID", "PIPELINE", "STATUS", "STEPS", "CREATED", "DURATION"], rows))
+    else:
+        print("no pipeline runs yet: start one with 'nbscale pipeline run NOTEBOOK_OR_YAML'")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..pipelines import describe
+
+    print_json(describe(args.path))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("pipeline", help="run notebooks as a pipeline, compile it to KFP or SageMaker")
+    psub = group.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND", parser_class=type(group))
+    group.set_defaults(func=lambda a: group.print_help() or 2)
+
+    p = psub.add_parser("run", help="run a pipeline locally (cached, independent steps in parallel)")
+    p.add_argument("path", metavar="PATH", help="a notebook with step:NAME tags, or a pipeline.yaml")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="pipeline parameter, typed like papermill's -p (repeatable)")
+    p.add_argument("--backend", help="a backend named in the config (default: local)")
+    p.add_argument("--max-parallel", type=int, help="steps running at once (default: CPU count)")
+    p.add_argument("--only", action="append", metavar="STEP", help="run only this step (repeatable)")
+    p.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and everything after it")
+    p.add_argument("--no-cache", action="store_true", help="run every step even when its cache is valid")
+    p.add_argument("--detach", action="store_true", help="print the run id and return at once")
+    p.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = psub.add_parser("compile", help="write the pipeline as KFP v2 IR or a SageMaker Pipelines definition")
+    p.add_argument("path", metavar="PATH", help="a notebook with step:NAME tags, or a pipeline.yaml")
+    p.add_argument("--target", choices=["kfp", "sagemaker"], required=True, help="what to compile to")
+    p.add_argument("-o", "--output", help="file to write (.yaml for kfp, .json for sagemaker)")
+    p.add_argument("--image", help="container image with nbscale and papermill (cloud targets)")
+    p.add_argument("--role", help="sagemaker: IAM role ARN the steps run as (default: from the config)")
+    p.add_argument("--bucket", help="sagemaker: S3 bucket for step code and outputs (default nbscale-pipelines)")
+    p.set_defaults(func=cmd_compile)
+
+    p = psub.add_parser("status", help="show one pipeline run and its steps")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = psub.add_parser("runs", help="list pipeline runs")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_runs)
+
+    p = psub.add_parser("show", help="print the steps, inputs and outputs nbscale found (after all checks)")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_show)

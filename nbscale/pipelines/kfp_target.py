@@ -1,0 +1,159 @@
+"""KFP v2 IR, produced by the ``kfp`` SDK.
+
+Each step is a lightweight Python component that writes its notebook, runs
+papermill on it and returns two artifacts: the step's outputs (a folder with
+the manifest, one file per value) and the executed notebook. Inputs arrive as
+the upstream steps' output artifacts; the pipeline parameters are the
+pipeline's typed inputs; resources, retries and caching go on each task.
+
+The component function has a different signature per step, and the SDK reads
+a component's source with ``inspect``; so the functions are written to a
+module file and imported, rather than built in memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..optional import require
+from . import stepbook
+from .model import Pipeline, Step
+
+DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"  # any image with nbscale, papermill and ipykernel
+IN = "__NBSCALE_INPUT_{}__"
+OUT = "__NBSCALE_OUTPUTS__"
+KIND = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+
+COMPONENT = '''
+@dsl.component(base_image={image!r}, install_kfp_package=False)
+def {func}(notebook: str, modules: str, outputs: dsl.Output[dsl.Artifact], executed: dsl.Output[dsl.Artifact]{extra}):
+    """Step {step} of pipeline {pipeline}: papermill runs the step's notebook."""
+    import json
+    import os
+    import tempfile
+
+    import papermill
+
+    source = notebook
+    for producer, artifact in {inputs}.items():
+        source = source.replace("__NBSCALE_INPUT_%s__" % producer, json.dumps(artifact.path)[1:-1])
+    os.makedirs(outputs.path, exist_ok=True)
+    source = source.replace("__NBSCALE_OUTPUTS__", json.dumps(outputs.path)[1:-1])
+    work = tempfile.mkdtemp()
+    for relpath, text in json.loads(modules).items():  # the local modules the step imports
+        target = os.path.join(work, relpath)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as fh:
+            fh.write(text)
+    path = os.path.join(work, "{step}.ipynb")
+    with open(path, "w") as fh:
+        fh.write(source)
+    try:
+        papermill.execute_notebook(path, executed.path, parameters={params}, kernel_name="python3",
+                                   progress_bar=False, cwd=work, execution_timeout={timeout})
+    finally:
+        executed.metadata["step"] = "{step}"
+'''
+
+
+def _annotation(name: str, value: Any) -> str:
+    return KIND.get(type(value), "str")
+
+
+def _component_source(pipeline: Pipeline, step: Step, image: str) -> str:
+    producers = sorted(set(step.inputs.values()))
+    params = [*step.uses_parameters]
+    extra = "".join(f", in_{p}: dsl.Input[dsl.Artifact]" for p in producers)
+    extra += "".join(f", {p}: {_annotation(p, pipeline.parameters[p])}" for p in params)
+    inputs = "{" + ", ".join(f"{p!r}: in_{p}" for p in producers) + "}"
+    values = "{" + ", ".join([f"{p!r}: {p}" for p in params] +
+                             [f"{k!r}: {v!r}" for k, v in step.fixed_parameters.items()]) + "}"
+    return COMPONENT.format(image=image, func=f"step_{step.name.replace('-', '_')}", extra=extra, step=step.name,
+                            pipeline=pipeline.name, inputs=inputs, params=values,
+                            timeout=repr(int(step.timeout)) if step.timeout else "None")
+
+
+def _load_components(pipeline: Pipeline, image: str) -> dict[str, Any]:
+    code = "from kfp import dsl\n" + "\n".join(_component_source(pipeline, pipeline.steps[n], image)
+                                              for n in pipeline.order())
+    folder = Path(tempfile.mkdtemp(prefix="nbscale-kfp-"))
+    module_name = f"nbscale_kfp_{abs(hash(code))}"
+    path = folder / f"{module_name}.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return {n: getattr(module, f"step_{n.replace('-', '_')}") for n in pipeline.order()}
+
+
+def notebook_template(pipeline: Pipeline, step: Step) -> str:
+    inputs = {var: IN.format(producer) for var, producer in step.inputs.items()}
+    return json.dumps(stepbook.build(pipeline, step, inputs, OUT))
+
+
+def module_sources(pipeline: Pipeline, step: Step) -> dict[str, str]:
+    """The local modules a step imports, by path relative to its notebook, to travel with it."""
+    from .dataflow import local_imports
+    from .fingerprint import local_modules
+
+    base = Path(step.notebook).parent
+    found = local_modules(local_imports(step), [base])
+    return {rel: (base / rel).read_text() for rel in found if not Path(rel).is_absolute()}
+
+
+def build(pipeline: Pipeline, image: str = DEFAULT_IMAGE):
+    """The ``@dsl.pipeline`` function for ``pipeline``."""
+    dsl = require("kfp.dsl", "kubeflow")
+    components = _load_components(pipeline, image)
+
+    names = list(pipeline.parameters)
+
+    def body(*args: Any, **kwargs: Any) -> None:
+        values = {**dict(zip(names, args, strict=False)), **kwargs}
+        tasks: dict[str, Any] = {}
+        for name in pipeline.order():
+            step = pipeline.steps[name]
+            args = {f"in_{p}": tasks[p].outputs["outputs"] for p in sorted(set(step.inputs.values()))}
+            args.update({p: values[p] for p in step.uses_parameters})
+            task = components[name](notebook=notebook_template(pipeline, step),
+                                    modules=json.dumps(module_sources(pipeline, step)), **args)
+            task.set_display_name(name)
+            task.set_caching_options(step.cache)
+            for dep in step.depends_on:
+                if dep not in step.inputs.values():
+                    task.after(tasks[dep])
+            res = step.resources
+            if res.cpu:
+                task.set_cpu_limit(str(res.cpu))
+            if res.memory:
+                task.set_memory_limit(res.memory)
+            if res.gpu:
+                task.set_accelerator_type("nvidia.com/gpu")
+                task.set_accelerator_limit(res.gpu)
+            if step.retries:
+                task.set_retry(num_retries=step.retries)
+            tasks[name] = task
+
+    # the SDK reads the pipeline's inputs from the signature: give it a typed one
+    import inspect
+
+    body.__signature__ = inspect.Signature([
+        inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v, annotation=type(v))
+        for p, v in pipeline.parameters.items()
+    ])
+    body.__annotations__ = {p: type(v) for p, v in pipeline.parameters.items()}
+    body.__name__ = pipeline.name.replace("-", "_")
+    return dsl.pipeline(name=pipeline.name.replace("_", "-").lower(),
+                        description=f"compiled by nbscale from {Path(pipeline.source).name}")(body)
+
+
+def compile_pipeline(pipeline: Pipeline, output: Path, image: str = DEFAULT_IMAGE) -> None:
+    compiler = require("kfp.compiler", "kubeflow")
+    compiler.Compiler().compile(build(pipeline, image), str(output))

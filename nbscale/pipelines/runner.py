@@ -1,0 +1,233 @@
+"""The local runner: steps in dependency order, independent ones in parallel, cached ones skipped.
+
+Run in-process (``detach=False``) or as ``python -m nbscale.pipelines.runner
+RUN_ID`` in its own session, so a JupyterLab server or kernel that starts a
+run never blocks on it and the run outlives them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..store import get_store
+from ..store import pipelines as db
+from . import artifacts, fingerprint, stepbook
+from .execute import Attempt, run_step
+from .kernels import KernelPool
+from .loader import load
+from .model import Pipeline
+from .parameters import resolve as resolve_parameters
+from .status import CACHED, CANCELLED, FAILED, PENDING, REUSED, RUNNING, SKIPPED, SUCCEEDED
+
+DONE = (SUCCEEDED, CACHED, REUSED)
+
+
+def run_dir(run_id: str) -> Path:
+    return paths.home() / "pipelines" / "runs" / run_id
+
+
+def selected_steps(pipeline: Pipeline, only: list[str] | None, from_step: str | None) -> list[str]:
+    from ..errors import SpecError
+
+    order = pipeline.order()
+    for name in [*(only or []), *([from_step] if from_step else [])]:
+        if name not in pipeline.steps:
+            raise SpecError(f"step {name!r}", "is not in this pipeline", f"steps: {', '.join(order)}")
+    if only and from_step:
+        raise SpecError("--only", "cannot be combined with --from", "use one of them")
+    if only:
+        return [s for s in order if s in only]
+    if from_step:
+        keep = {from_step} | pipeline.descendants(from_step)
+        return [s for s in order if s in keep]
+    return order
+
+
+class Runner:
+    def __init__(self, run_id: str, pipeline: Pipeline, values: dict[str, Any], options: dict[str, Any]):
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.values = values
+        self.store = get_store()
+        self.max_parallel = max(1, int(options.get("max_parallel") or os.cpu_count() or 2))
+        self.no_cache = bool(options.get("no_cache"))
+        self.kernel_name = options.get("kernel_name") or "python3"
+        self.selected = selected_steps(pipeline, options.get("only"), options.get("from_step"))
+        self.dir = run_dir(run_id)
+        self.outputs: dict[str, str] = {}  # step -> directory holding its outputs
+        self.status: dict[str, str] = {}
+        self.pool: KernelPool | None = None
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _set(self, step: str, **fields: Any) -> None:
+        if "status" in fields:
+            self.status[step] = fields["status"]
+        db.update_step(self.store, self.run_id, step, **fields)
+
+    def _step_values(self, name: str) -> dict[str, Any]:
+        step = self.pipeline.steps[name]
+        return {**{p: self.values[p] for p in step.uses_parameters}, **step.fixed_parameters}
+
+    def _inputs(self, name: str) -> dict[str, str]:
+        step = self.pipeline.steps[name]
+        return {var: self.outputs[producer] for var, producer in step.inputs.items()}
+
+    def _parts(self, name: str) -> dict[str, Any]:
+        step = self.pipeline.steps[name]
+        return fingerprint.components(self.pipeline, step, self._step_values(name),
+                                      artifacts.digest(self._inputs(name)), self.kernel_name)
+
+    # -- cache -------------------------------------------------------------------------------
+    def _lookup(self, name: str, parts: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        key = fingerprint.key(parts)
+        step = self.pipeline.steps[name]
+        if self.no_cache:
+            return None, "miss: --no-cache"
+        if not step.cache:
+            return None, "miss: cache is off for this step"
+        entry = db.cache_get(self.store, key)
+        if entry and artifacts.read_manifest(entry["outputs_dir"]) is not None and Path(entry["notebook"]).exists():
+            return entry, f"hit: unchanged since run {entry['run_id']}"
+        if entry:
+            db.cache_drop(self.store, key)
+            return None, "miss: the cached outputs were deleted"
+        return None, fingerprint.explain((db.cache_latest(self.store, self.pipeline.source, name) or {})
+                                         .get("components"), parts)
+
+    def _reuse(self, name: str) -> None:
+        """A step outside --only/--from: take its outputs from the cache or its latest success."""
+        from ..errors import SpecError
+
+        entry, _ = self._lookup(name, self._parts(name))
+        entry = entry or db.cache_latest(self.store, self.pipeline.source, name)
+        if entry is None or artifacts.read_manifest(entry["outputs_dir"]) is None:
+            raise SpecError(f"step {name}", "has no earlier output to reuse",
+                            f"run it first (nbscale pipeline run ... --only {name}) or drop --only/--from")
+        self.outputs[name] = entry["outputs_dir"]
+        self._set(name, status=REUSED, cached=True, cache_reason=f"not selected; outputs of run {entry['run_id']}",
+                  notebook=entry["notebook"], outputs_dir=entry["outputs_dir"], started=time.time(),
+                  ended=time.time())
+
+    # -- execution ---------------------------------------------------------------------------
+    def _execute(self, name: str, parts: dict[str, Any], reason: str) -> Attempt:
+        step = self.pipeline.steps[name]
+        out_dir = self.dir / "steps" / name / "outputs"
+        notebook = self.dir / "steps" / name / f"{name}.ipynb"
+        nb = stepbook.build(self.pipeline, step, self._inputs(name), str(out_dir), self.kernel_name)
+        attempt = Attempt(ok=False, notebook=str(notebook))
+        for number in range(1, step.retries + 2):
+            self._set(name, status=RUNNING, attempts=number, cache_reason=reason, started=time.time(),
+                      notebook=str(notebook))
+            assert self.pool is not None
+            attempt = run_step(name, nb, self._step_values(name), notebook, str(Path(step.notebook).parent),
+                               self.pool, self.kernel_name, step.timeout)
+            if attempt.ok and artifacts.read_manifest(out_dir) is None:
+                # the last cell saves the outputs; without its manifest the kernel did not finish
+                attempt.ok, attempt.error = False, f"step {name} ended without saving its outputs (kernel died?)"
+            if attempt.ok:
+                break
+        if attempt.ok:
+            self.outputs[name] = str(out_dir)
+            db.cache_put(self.store, {"key": fingerprint.key(parts), "pipeline": self.pipeline.source,
+                                      "step": name, "components": parts, "run_id": self.run_id,
+                                      "outputs_dir": str(out_dir), "notebook": attempt.notebook})
+        return attempt
+
+    def run(self) -> str:
+        """Run the selected steps; returns the run's final status."""
+        steps = self.pipeline.steps
+        todo = list(self.selected)
+        error: str | None = None
+        for name in self.pipeline.order():
+            if name not in todo and any(name in self.pipeline.ancestors(s) for s in todo):
+                self._reuse(name)
+        running: dict[Future, str] = {}
+        with ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nbscale-step") as threads:
+            try:
+                while todo or running:
+                    ready = [s for s in todo if all(self.status.get(d) in DONE for d in steps[s].depends_on)]
+                    for name in ready if error is None else []:
+                        todo.remove(name)
+                        parts = self._parts(name)
+                        entry, reason = self._lookup(name, parts)
+                        if entry is not None:
+                            self.outputs[name] = entry["outputs_dir"]
+                            now = time.time()
+                            self._set(name, status=CACHED, cached=True, cache_reason=reason,
+                                      cache_key=fingerprint.key(parts), notebook=entry["notebook"],
+                                      outputs_dir=entry["outputs_dir"], started=now, ended=now)
+                            continue
+                        self._ensure_pool(todo)
+                        self._set(name, status=RUNNING, cache_reason=reason, cache_key=fingerprint.key(parts))
+                        running[threads.submit(self._execute, name, parts, reason)] = name
+                    if error is not None and not running:
+                        break
+                    if not running:
+                        if todo and not [s for s in todo if all(self.status.get(d) in DONE
+                                                                for d in steps[s].depends_on)]:
+                            break  # cannot happen for a valid DAG; guards against a silent hang
+                        continue
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        name = running.pop(future)
+                        try:
+                            attempt = future.result()
+                        except Exception as exc:  # noqa: BLE001 - a runner bug must still end the step
+                            attempt = Attempt(ok=False, notebook="", error=f"step {name} failed: {exc!r}")
+                        self._set(name, status=SUCCEEDED if attempt.ok else FAILED, ended=time.time(),
+                                  error=attempt.error, outputs_dir=self.outputs.get(name))
+                        if not attempt.ok and error is None:
+                            error = attempt.error
+            finally:
+                for future in running:
+                    future.cancel()
+                if self.pool is not None:
+                    self.pool.close()
+        for name in todo:
+            self._set(name, status=SKIPPED if error else CANCELLED,
+                      error="not run: an earlier step failed" if error else None)
+        db.update_run(self.store, self.run_id, status=FAILED if error else SUCCEEDED, ended=time.time(),
+                      error=error)
+        return FAILED if error else SUCCEEDED
+
+    def _ensure_pool(self, todo: list[str]) -> None:
+        if self.pool is None:
+            # started at the first cache miss, so an all-cached run starts no kernel at all
+            self.pool = KernelPool(self.max_parallel, self.kernel_name)
+            self.pool.expect([str(Path(self.pipeline.steps[s].notebook).parent) for s in todo])
+
+
+def execute_run(run_id: str) -> str:
+    """Run a recorded run (the detached process and ``detach=False`` both come here)."""
+    store = get_store()
+    record = db.get_run(store, run_id)
+    if not db.update_run(store, run_id, only_if=(PENDING,), status=RUNNING, started=time.time()):
+        return record["status"]
+    try:
+        pipeline = load(record["source"])
+        values = resolve_parameters(pipeline.parameters, record["parameters"])
+        return Runner(run_id, pipeline, values, record["options"]).run()
+    except BaseException as exc:
+        db.update_run(store, run_id, only_if=(RUNNING,), status=FAILED, ended=time.time(), error=str(exc))
+        for step in db.steps_of(store, [run_id])[run_id]:
+            if step["status"] in (PENDING, RUNNING):
+                db.update_step(store, run_id, step["name"], status=CANCELLED, ended=time.time())
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    status = execute_run(argv[0])
+    return 0 if status == SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Pipeline runs as the faces see them: start one, list them, read one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BackendUnavailable, SpecError
+from ..store import get_store
+from ..store import pipelines as db
+from .loader import load
+from .parameters import resolve as resolve_parameters
+from .runner import execute_run, run_dir, selected_steps
+from .status import ACTIVE, FAILED, LOST, PENDING, RUNNING
+
+OPTION_KEYS = {"max_parallel", "only", "from_step", "no_cache", "kernel_name"}
+
+
+@dataclass
+class PipelineRun:
+    id: str
+    name: str
+    source: str
+    backend: str
+    status: str
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    error: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"PipelineRun(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+    @property
+    def terminal(self) -> bool:
+        return self.status not in ACTIVE
+
+    def step(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.steps if s["name"] == name)
+
+    def refresh(self) -> PipelineRun:
+        return get_run(self.id)
+
+    def wait(self, timeout: float | None = None, interval: float = 0.2) -> PipelineRun:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        run = self
+        while not run.terminal:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"pipeline run {self.id} still {run.status} after {timeout} s")
+            time.sleep(interval)
+            run = run.refresh()
+        return run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "source": self.source, "backend": self.backend,
+            "status": self.status, "created": self.created, "started": self.started, "ended": self.ended,
+            "duration": (self.ended or time.time()) - self.started if self.started else None,
+            "error": self.error, "parameters": self.parameters, "options": self.options,
+            "steps": [
+                {"name": s["name"], "status": s["status"], "cached": bool(s["cached"]),
+                 "cache_reason": s["cache_reason"], "depends_on": s["depends_on"], "started": s["started"],
+                 "ended": s["ended"], "notebook": s["notebook"], "error": s["error"],
+                 "attempts": s["attempts"]}
+                for s in self.steps
+            ],
+        }
+
+    def _repr_mimebundle_(self, include=None, exclude=None):  # renders in Lab, papermill output, terminals
+        from .render import run_html, run_text
+
+        return {"text/plain": run_text(self), "text/html": run_html(self)}
+
+
+def _from_record(record: dict[str, Any], steps: list[dict[str, Any]]) -> PipelineRun:
+    return PipelineRun(**{k: record[k] for k in ("id", "name", "source", "backend", "status", "created",
+                                                   "started", "ended", "error", "parameters", "options")},
+                       steps=steps)
+
+
+def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
+    """A run whose runner process is gone is LOST, never left RUNNING forever."""
+    if record["status"] not in ACTIVE or not record.get("pid"):
+        return record
+    import psutil
+
+    try:
+        proc = psutil.Process(record["pid"])
+        if abs(proc.create_time() - (record["pid_started"] or 0)) < 1 and proc.status() != psutil.STATUS_ZOMBIE:
+            return record
+    except psutil.Error:
+        pass
+    store = get_store()
+    error = "the runner process died before the run ended"
+    if db.update_run(store, record["id"], only_if=ACTIVE, status=LOST, ended=time.time(), error=error):
+        for step in db.steps_of(store, [record["id"]])[record["id"]]:
+            if step["status"] in ACTIVE:
+                db.update_step(store, record["id"], step["name"], status=LOST if step["status"] == RUNNING
+                               else FAILED, ended=time.time(), error=error)
+    return db.get_run(store, record["id"])
+
+
+def get_run(run_id: str) -> PipelineRun:
+    store = get_store()
+    record = _check_alive(db.get_run(store, run_id))
+    return _from_record(record, db.steps_of(store, [record["id"]])[record["id"]])
+
+
+def runs(limit: int = 50, offset: int = 0) -> list[PipelineRun]:
+    store = get_store()
+    records = [_check_alive(r) for r in db.list_runs(store, limit, offset)]
+    steps = db.steps_of(store, [r["id"] for r in records])
+    return [_from_record(r, steps[r["id"]]) for r in records]
+
+
+def _backend(name: str | None) -> str:
+    from ..config import load as load_config
+
+    backend = load_config().backend(name or "local")
+    if backend.type != "local":
+        raise BackendUnavailable(
+            f"running pipelines on {backend.type} backend {backend.name!r} is not available yet",
+            f"compile it instead: nbscale pipeline compile PATH --target "
+            f"{'kfp' if backend.type == 'kubeflow' else 'sagemaker'}",
+        )
+    return backend.name
+
+
+def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str = "local", detach: bool = True,
+              **options: Any) -> PipelineRun:
+    """Check the pipeline, record the run, and run it (in a detached process when ``detach``)."""
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise SpecError(f"option {sorted(unknown)[0]!r}", "is not known", f"use {', '.join(sorted(OPTION_KEYS))}")
+    if isinstance(options.get("only"), str):
+        options["only"] = [options["only"]]
+    if options.get("max_parallel") is not None and int(options["max_parallel"]) < 1:
+        raise SpecError("--max-parallel", "must be at least 1")
+    backend_name = _backend(backend)
+    pipeline = load(path)  # every check happens here, before anything is recorded
+    values = resolve_parameters(pipeline.parameters, parameters)
+    selected_steps(pipeline, options.get("only"), options.get("from_step"))
+    run_id = f"p-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    record = {"id": run_id, "name": pipeline.name, "source": pipeline.source, "backend": backend_name,
+              "status": PENDING, "created": time.time(), "parameters": values, "options": options}
+    order = pipeline.order()
+    steps = [{"name": n, "position": i, "status": PENDING, "depends_on": pipeline.steps[n].depends_on}
+             for i, n in enumerate(order)]
+    store = get_store()
+    db.insert_run(store, record, steps)
+    if not detach:
+        execute_run(run_id)
+        return get_run(run_id)
+    directory = run_dir(run_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    log = open(directory / "runner.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbscale.pipelines.runner", run_id], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(), cwd=pipeline.directory,
+        )
+    except OSError as exc:
+        db.update_run(store, run_id, status=FAILED, ended=time.time(), error=f"could not start the runner: {exc}")
+        raise
+    finally:
+        log.close()
+    import psutil
+
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        started = None
+    db.update_run(store, run_id, pid=proc.pid, pid_started=started)
+    return get_run(run_id)
+
+
+def describe(path: str) -> dict[str, Any]:
+    """What a pipeline contains, after every compile-time check."""
+    return load(path).summary()
+
+
+def dumps(run: PipelineRun) -> str:
+    return json.dumps(run.to_dict(), indent=2, default=str)

@@ -1,0 +1,166 @@
+"""A SageMaker Pipelines definition (schema 2020-12-01): one Processing step per notebook step.
+
+Each step runs ``python3 -m nbscale.pipelines.container_step`` in the image
+(which must hold nbscale, papermill and ipykernel). Its code (the step notebook
+and the local modules it imports) is written next to the definition and
+uploaded to ``s3://BUCKET/PREFIX/code/STEP/``; the upstream steps' output
+folders come in as Processing inputs; parameters are pipeline parameters read
+with ``Get``. Resources pick the instance type, ``timeout`` is the job's
+MaxRuntimeInSeconds, ``retries`` a retry policy, ``cache`` the CacheConfig.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpecError
+from .kfp_target import module_sources, notebook_template
+from .model import Pipeline, Resources, Step
+
+PROC = "/opt/ml/processing"
+TYPES = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}
+KINDS = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"
+# smallest general-purpose (or GPU) instance that fits the request: (vCPU, GiB, GPUs, type)
+INSTANCES = [(2, 8, 0, "ml.m5.large"), (4, 16, 0, "ml.m5.xlarge"), (8, 32, 0, "ml.m5.2xlarge"),
+             (16, 64, 0, "ml.m5.4xlarge"), (48, 192, 0, "ml.m5.12xlarge"), (4, 16, 1, "ml.g5.xlarge"),
+             (48, 192, 4, "ml.g5.12xlarge"), (192, 768, 8, "ml.g5.48xlarge")]
+
+
+def _gib(memory: str | None) -> float:
+    if not memory:
+        return 0.0
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?)?B?\s*", memory)
+    if not m:
+        raise SpecError("resources.memory", f"{memory!r} is not a quantity", "write e.g. 512Mi or 4Gi")
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return float(m.group(1)) * scale.get(m.group(2) or "", 1) / 2**30
+
+
+def instance_type(res: Resources) -> str:
+    if res.instance_type:
+        return res.instance_type
+    for cpu, mem, gpu, name in INSTANCES:
+        if (res.cpu or 0) <= cpu and _gib(res.memory) <= mem and res.gpu <= gpu:
+            return name
+    raise SpecError("resources", f"no SageMaker instance type fits {res.to_dict()}", "set resources.instance_type")
+
+
+def _step_uri(bucket: str, prefix: str, *parts: str) -> dict[str, Any]:
+    return {"Std:Join": {"On": "/", "Values": [f"s3://{bucket}/{prefix}", {"Get": "Execution.PipelineExecutionId"},
+                                               *parts]}}
+
+
+def _step(pipeline: Pipeline, step: Step, image: str, role: str, bucket: str, prefix: str) -> dict[str, Any]:
+    producers = sorted(set(step.inputs.values()))
+    args: list[Any] = ["--code", f"{PROC}/input/code", "--outputs", f"{PROC}/output/outputs",
+                       "--executed", f"{PROC}/output/notebook"]
+    for producer in producers:
+        args += ["--input", f"{producer}={PROC}/input/{producer}"]
+    types = {}
+    for name in step.uses_parameters:
+        args += ["--param", name, {"Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}}]
+        types[name] = KINDS.get(type(pipeline.parameters[name]), "str")
+    for name, value in step.fixed_parameters.items():
+        args += ["--param", name, json.dumps(value) if isinstance(value, list | dict) else str(value)]
+        types[name] = KINDS.get(type(value), "str")
+    args += ["--types", json.dumps(types)]
+    if step.timeout:
+        args += ["--timeout", str(int(step.timeout))]
+    inputs = [{"InputName": "code", "AppManaged": False, "S3Input": {
+        "S3Uri": f"s3://{bucket}/{prefix}/code/{step.name}", "LocalPath": f"{PROC}/input/code",
+        "S3DataType": "S3Prefix", "S3InputMode": "File", "S3DataDistributionType": "FullyReplicated"}}]
+    for producer in producers:
+        inputs.append({"InputName": f"in-{producer}", "AppManaged": False, "S3Input": {
+            "S3Uri": {"Get": f"Steps.{producer}.ProcessingOutputConfig.Outputs['outputs'].S3Output.S3Uri"},
+            "LocalPath": f"{PROC}/input/{producer}", "S3DataType": "S3Prefix", "S3InputMode": "File",
+            "S3DataDistributionType": "FullyReplicated"}})
+    outputs = [{"OutputName": name, "AppManaged": False, "S3Output": {
+        "S3Uri": _step_uri(bucket, prefix, step.name, name), "LocalPath": f"{PROC}/output/{name}",
+        "S3UploadMode": "EndOfJob"}} for name in ("outputs", "notebook")]
+    arguments: dict[str, Any] = {
+        "ProcessingResources": {"ClusterConfig": {"InstanceType": instance_type(step.resources),
+                                                  "InstanceCount": 1, "VolumeSizeInGB": 30}},
+        "AppSpecification": {"ImageUri": image,
+                             "ContainerEntrypoint": ["python3", "-m", "nbscale.pipelines.container_step"],
+                             "ContainerArguments": args},
+        "RoleArn": role,
+        "ProcessingInputs": inputs,
+        "ProcessingOutputConfig": {"Outputs": outputs},
+        "StoppingCondition": {"MaxRuntimeInSeconds": int(step.timeout or 86400)},
+    }
+    out: dict[str, Any] = {"Name": step.name, "Type": "Processing", "Arguments": arguments}
+    explicit = [d for d in step.depends_on if d not in producers]
+    if explicit:
+        out["DependsOn"] = explicit
+    if step.retries:
+        out["RetryPolicies"] = [{"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"],
+                                 "IntervalSeconds": 10, "BackoffRate": 2.0, "MaxAttempts": step.retries}]
+    out["CacheConfig"] = {"Enabled": bool(step.cache), "ExpireAfter": "P30D"}
+    return out
+
+
+def _role(role: str | None) -> str:
+    if role:
+        return role
+    from ..config import load as load_config
+
+    for backend in load_config().backends.values():
+        if backend.type == "sagemaker" and backend.settings.get("role_arn"):
+            return str(backend.settings["role_arn"])
+    raise SpecError("--role", "is needed for a SageMaker pipeline",
+                    "give --role ARN, or set role_arn in a [backends.NAME] with type = \"sagemaker\"")
+
+
+def definition(pipeline: Pipeline, image: str = DEFAULT_IMAGE, role: str | None = None,
+               bucket: str = "nbscale-pipelines", prefix: str | None = None) -> dict[str, Any]:
+    role = _role(role)
+    prefix = (prefix or pipeline.name).strip("/")
+    params = []
+    for name, value in pipeline.parameters.items():
+        kind = TYPES.get(type(value), "String")
+        default = json.dumps(value) if isinstance(value, list | dict) else value
+        params.append({"Name": name, "Type": kind, "DefaultValue": default})
+    return {
+        "Version": "2020-12-01",
+        "Metadata": {"nbscale": {"source": Path(pipeline.source).name, "bucket": bucket, "prefix": prefix}},
+        "Parameters": params,
+        "Steps": [_step(pipeline, pipeline.steps[n], image, role, bucket, prefix) for n in pipeline.order()],
+    }
+
+
+def code_dir(output: Path) -> Path:
+    return output.with_name(output.stem + ".code")
+
+
+def compile_pipeline(pipeline: Pipeline, output: Path, image: str = DEFAULT_IMAGE, role: str | None = None,
+                     bucket: str = "nbscale-pipelines", prefix: str | None = None) -> None:
+    data = definition(pipeline, image, role, bucket, prefix)
+    code = code_dir(output)
+    for name in pipeline.order():
+        step = pipeline.steps[name]
+        folder = code / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "step.ipynb").write_text(notebook_template(pipeline, step))
+        for rel, text in module_sources(pipeline, step).items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+    output.write_text(json.dumps(data, indent=2))
+
+
+def upload_and_create(output: Path, sagemaker, s3, role: str, name: str | None = None) -> str:
+    """Upload the step code next to ``output`` and create (or update) the pipeline; returns its ARN."""
+    data = json.loads(output.read_text())
+    meta = data["Metadata"]["nbscale"]
+    for path in sorted(p for p in code_dir(output).rglob("*") if p.is_file()):
+        key = f"{meta['prefix']}/code/{path.relative_to(code_dir(output)).as_posix()}"
+        s3.put_object(Bucket=meta["bucket"], Key=key, Body=path.read_bytes())
+    name = name or re.sub(r"[^A-Za-z0-9-]", "-", meta["prefix"])[:256]
+    body = json.dumps(data)
+    try:
+        return sagemaker.create_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)["PipelineArn"]
+    except sagemaker.exceptions.ResourceInUse:
+        return sagemaker.update_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)["PipelineArn"]
