@@ -110,6 +110,7 @@ class TextView(_View):
         self.stream = stream or sys.stdout
         self._said = ""
         self._metrics_said = 0.0
+        self._pending = False
         self._write(f"{title}: job {job.id}")
 
     def _write(self, text: str) -> None:
@@ -122,9 +123,14 @@ class TextView(_View):
         if phase != self._said:
             self._said = phase
             self._write(f"[{self.elapsed():5.1f}s] {phase}")
-        if self._poll_metrics() and time.monotonic() - self._metrics_said > 5:
-            self._metrics_said = time.monotonic()
+        # metrics read at the previous poll are printed now, after the log lines that
+        # preceded them have been read, so the text keeps the job's order
+        if self._pending:
+            self._pending = False
             self._write(f"[{self.elapsed():5.1f}s] metrics: {self._metrics_text()}")
+        if time.monotonic() - self._metrics_said > 5 and self._poll_metrics():
+            self._metrics_said = time.monotonic()
+            self._pending = True
 
     def _metrics_text(self) -> str:
         return ", ".join(f"{n}={p[-1][1]:.4g} (step {p[-1][0]:g})" for n, p in sorted(self.series.items()))
