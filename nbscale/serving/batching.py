@@ -77,12 +77,18 @@ class Batcher:
         return await fut
 
     async def _fill(self) -> None:
-        """Wait for more requests only when recent batches show concurrent callers."""
-        if self.max_delay <= 0 or self.last_size <= 1:
-            await asyncio.sleep(0)  # lets requests already read off sockets join
+        """Wait for more requests only when recent batches show concurrent callers.
+
+        The batch waits (at most ``max_batch_delay_ms``) for as many rows as the
+        previous batch had: closed-loop callers come back together, so a batch
+        fills fast, and a batch never waits for callers that do not exist.
+        """
+        await asyncio.sleep(0)  # lets requests already read off sockets join
+        want = min(self.limit, self.last_size)
+        if self.max_delay <= 0 or want <= 1:
             return
         deadline = time.perf_counter() + self.max_delay
-        while self.queued_rows < self.limit:
+        while self.queued_rows < want:
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
