@@ -145,8 +145,12 @@ class Runner:
         todo = list(self.selected)
         error: str | None = None
         for name in self.pipeline.order():
-            if name not in todo and any(name in self.pipeline.ancestors(s) for s in todo):
+            if name in todo:
+                continue
+            if any(name in self.pipeline.ancestors(s) for s in todo):
                 self._reuse(name)
+            else:
+                self._set(name, status=SKIPPED, cache_reason="not selected (--only/--from)")
         running: dict[Future, str] = {}
         with ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nbscale-step") as threads:
             try:
