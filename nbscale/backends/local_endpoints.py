@@ -57,6 +57,7 @@ def token_for(name: str) -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of old connections is no owner
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

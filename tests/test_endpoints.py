@@ -1,0 +1,232 @@
+"""Local endpoints end to end: detached router and replicas, autoscaling, restarts, CLI, magics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+
+import numpy as np
+import psutil
+import pytest
+
+from nbscale.backends.local_endpoints import ENDPOINT_ENV, endpoint_dir
+from nbscale.endpoints import deploy, endpoint, endpoints
+from nbscale.errors import Conflict, NotFound, SpecError
+
+from .conftest import wait_for
+from .test_serving import forward, make_artifact, mlp
+
+
+def endpoint_processes(name: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(ENDPOINT_ENV) == name and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of old connections is no owner
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def cleanup():
+    """Undeploy whatever a test left running, so no process outlives it."""
+    yield
+    for ep in endpoints():
+        ep.delete()
+
+
+def test_deploy_predict_list_and_undeploy_leave_nothing_behind(cleanup, nbscale_cli):
+    # Given a model in the notebook
+    model = mlp()
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    # When it is deployed
+    ep = deploy(model, name="digits", replicas=(1, 2))
+    # Then it predicts what the model computes, over HTTP on loopback
+    assert ep.url.startswith("http://127.0.0.1:")
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    assert ep.predict(x[0]).shape == (10,)
+    d = ep.to_dict()
+    assert d["name"] == "digits" and d["backend"] == "local" and d["status"] == "READY"
+    assert d["replicas"] == {"current": 1, "min": 1, "max": 2}
+    # And the token is in a 0600 file, not in the store
+    token_file = endpoint_dir("digits") / "token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    from nbscale import paths
+
+    assert token_file.read_text().strip().encode() not in paths.db_path().read_bytes()
+    # And the CLI sees it and predicts with it
+    listed = json.loads(nbscale_cli("endpoints", "--json", check=True).stdout)
+    assert [e["name"] for e in listed] == ["digits"] and listed[0]["url"] == ep.url
+    table = nbscale_cli("endpoints", check=True).stdout
+    assert "digits" in table and "READY" in table
+    out = nbscale_cli("predict", "digits", "--json", json.dumps(x[:2].tolist()), check=True).stdout
+    np.testing.assert_allclose(np.asarray(json.loads(out)), forward(model, x[:2]), rtol=1e-5, atol=1e-5)
+    # And metrics report latency, throughput and replicas
+    m = ep.metrics()
+    assert m["requests_total"] >= 3 and m["p50_ms"] > 0 and m["p99_ms"] >= m["p50_ms"]
+    assert m["replicas"]["current"] == 1 and m["error_rate"] == 0.0 and "series" in m
+    # When it is undeployed from the CLI
+    port = ep.record.port
+    assert endpoint_processes("digits")
+    nbscale_cli("undeploy", "digits", check=True)
+    # Then no process is left, the port is free and the name is gone
+    assert endpoint_processes("digits") == []
+    assert port_free(port)
+    with pytest.raises(NotFound):
+        endpoint("digits")
+    assert not token_file.exists()
+
+
+def test_the_endpoint_is_authenticated(cleanup):
+    import http.client
+
+    ep = deploy(mlp(), name="secure")
+    conn = http.client.HTTPConnection("127.0.0.1", ep.record.port, timeout=10)
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]})
+    for path, method, data in [("/v2/models/secure/infer", "POST", body), ("/nbscale/stats", "GET", None),
+                               ("/metrics", "GET", None), ("/nbscale/scale", "POST", '{"min":0,"max":5}')]:
+        conn.request(method, path, body=data)
+        resp = conn.getresponse()
+        assert resp.status == 401, path
+        resp.read()
+    conn.request("GET", "/v2/health/ready")
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_a_killed_replica_is_replaced(cleanup):
+    ep = deploy(mlp(), name="sturdy")
+    old = ep.metrics()["replica_list"][0]["pid"]
+    os.kill(old, signal.SIGKILL)
+
+    def replaced():
+        reps = ep.metrics()["replica_list"]
+        return [r for r in reps if r["pid"] != old and r["state"] == "ready"]
+
+    wait_for(replaced, 60, interval=0.2, what="a new replica")
+    assert ep.predict(np.zeros((1, 64), np.float32)).shape == (1, 10)
+    assert ep.metrics()["restarts"] >= 1
+
+
+def test_scales_up_under_load_and_down_when_idle(cleanup, tmp_path):
+    # Given a 50 ms model, one request per batch, scaling at 1 request in flight per replica
+    model_dir, _ = make_artifact(tmp_path / "art", name="busy", slow=True)
+    ep = deploy(str(model_dir), name="busy", replicas=(1, 3), max_batch_size=1, target_concurrency=1,
+                scale_down_delay_s=1)
+    stop = threading.Event()
+
+    def hammer():
+        client = endpoint("busy")
+        while not stop.is_set():
+            client.predict(np.zeros((1, 64), np.float32))
+        client.close()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        # When load holds several requests in flight, Then replicas are added
+        wait_for(lambda: ep.metrics()["replicas"]["current"] >= 2, 60, interval=0.2, what="scale up")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    # When the load stops, Then it scales back to the minimum
+    wait_for(lambda: ep.metrics()["replicas"]["current"] == 1, 60, interval=0.2, what="scale down")
+    # And the stopped replicas' processes are gone: the router and one replica remain
+    wait_for(lambda: len(endpoint_processes("busy")) == 2, 30, what="stopped replicas exit")
+
+
+def test_scale_to_zero_and_cold_start(cleanup):
+    model = mlp()
+    ep = deploy(model, name="sleepy", replicas=(0, 1), idle_timeout_s=1)
+    assert ep.to_dict()["replicas"]["current"] == 0
+    # The first request waits for a cold start, which is measured
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    m = ep.metrics()
+    assert m["cold_starts"] and m["cold_starts"][0]["seconds"] > 0
+    # And after the idle timeout no replica is left
+    wait_for(lambda: ep.metrics()["replicas"]["current"] == 0, 30, interval=0.2, what="scale to zero")
+    wait_for(lambda: len(endpoint_processes("sleepy")) == 1, 30, what="replica process gone")
+    assert ep.refresh().status == "SCALED_TO_ZERO"
+
+
+def test_scale_changes_the_range(cleanup):
+    ep = deploy(mlp(), name="elastic", replicas=(1, 1))
+    ep.scale(2, 3)
+    wait_for(lambda: ep.metrics()["replicas"]["ready"] == 2, 60, interval=0.2, what="two replicas")
+    assert ep.to_dict()["replicas"]["min"] == 2 and ep.to_dict()["replicas"]["max"] == 3
+    with pytest.raises(SpecError, match="MIN <= MAX"):
+        ep.scale(3, 1)
+
+
+def test_bad_deploys_say_what_is_wrong(cleanup):
+    with pytest.raises(SpecError, match="not a valid endpoint name"):
+        deploy(mlp(), name="Bad Name")
+    with pytest.raises(SpecError, match="MIN <= MAX"):
+        deploy(mlp(), name="x", replicas=(2, 1))
+    with pytest.raises(SpecError, match="neither a torch.nn.Module"):
+        deploy(object(), name="x")
+    with pytest.raises(SpecError, match="is not a directory"):
+        deploy("/no/such/dir", name="x")
+    with pytest.raises(NotFound, match="no endpoint 'nope'"):
+        endpoint("nope")
+    ep = deploy(mlp(), name="taken")
+    with pytest.raises(Conflict, match="exists"):
+        deploy(mlp(), name="taken")
+    with pytest.raises(Conflict, match="in use"):
+        deploy(mlp(), name="other", port=ep.record.port)
+    with pytest.raises(SpecError, match="shape"):
+        ep.predict(np.zeros((1, 3), np.float32))
+    assert [e.name for e in endpoints()] == ["taken"]
+
+
+def test_the_cli_reports_errors_in_one_line(nbscale_cli, tmp_path):
+    res = nbscale_cli("predict", "ghost", "--json", "[[1]]")
+    assert res.returncode == 1 and "no endpoint 'ghost'" in res.stderr and "Traceback" not in res.stderr
+    res = nbscale_cli("deploy", str(tmp_path), "--name", "x", "--replicas", "a:b")
+    assert res.returncode == 2 and "MIN:MAX" in res.stderr
+
+
+def test_a_dead_router_is_restarted_on_the_same_port(cleanup):
+    ep = deploy(mlp(), name="phoenix")
+    port, pid = ep.record.port, ep.record.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+    rec = ep.refresh()
+    assert rec.pid != pid and rec.port == port and rec.status == "READY"
+    assert ep.predict(np.zeros((1, 64), np.float32)).shape == (1, 10)
+
+
+def test_magics_deploy_list_and_undeploy(cleanup):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "nbscale.magics")
+        shell.user_ns["model"] = mlp()
+        ep = shell.run_line_magic("deploy", "model --name magic --max-batch-size 8")
+        assert ep.name == "magic" and ep.to_dict()["max_batch_size"] == 8
+        table = shell.run_line_magic("endpoints", "")._repr_mimebundle_()
+        assert "magic" in table["text/plain"] and "<table>" in table["text/html"]
+        shell.run_line_magic("undeploy", "magic")
+        assert endpoints() == [] and endpoint_processes("magic") == []
+        with pytest.raises(SpecError, match="neither a variable"):
+            shell.run_line_magic("deploy", "missing --name m")
+    finally:
+        InteractiveShell.clear_instance()
