@@ -159,8 +159,65 @@ def upload_and_create(output: Path, sagemaker, s3, role: str, name: str | None =
         key = f"{meta['prefix']}/code/{path.relative_to(code_dir(output)).as_posix()}"
         s3.put_object(Bucket=meta["bucket"], Key=key, Body=path.read_bytes())
     name = name or re.sub(r"[^A-Za-z0-9-]", "-", meta["prefix"])[:256]
+    validate(data)
     body = json.dumps(data)
     try:
         return sagemaker.create_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)["PipelineArn"]
-    except sagemaker.exceptions.ResourceInUse:
+    except sagemaker.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        if error.get("Code") != "ResourceInUse" and "already exists" not in error.get("Message", ""):
+            raise
         return sagemaker.update_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)["PipelineArn"]
+
+
+NAME = re.compile(r"^[A-Za-z0-9\-_]{1,64}$")
+
+
+def validate(data: dict[str, Any]) -> None:
+    """The checks SageMaker makes on a definition that an emulator does not: names, types, references."""
+    problems: list[str] = []
+    if data.get("Version") != "2020-12-01":
+        problems.append("Version must be 2020-12-01")
+    params = {}
+    for p in data.get("Parameters", []):
+        kind = p.get("Type")
+        ok = {"String": str, "Integer": int, "Float": float | int, "Boolean": bool}.get(kind)
+        if not NAME.match(p.get("Name", "")) or ok is None:
+            problems.append(f"parameter {p.get('Name')!r} has a bad name or type {kind!r}")
+        elif "DefaultValue" in p and not isinstance(p["DefaultValue"], ok):
+            problems.append(f"parameter {p['Name']} default {p['DefaultValue']!r} is not {kind}")
+        params[p.get("Name")] = kind
+    seen: set[str] = set()
+    steps = data.get("Steps") or []
+    names = {s.get("Name") for s in steps}
+    for step in steps:
+        name = step.get("Name", "")
+        if not NAME.match(name) or step.get("Type") != "Processing":
+            problems.append(f"step {name!r}: bad name or type")
+        args = step.get("Arguments", {})
+        for key in ("ProcessingResources", "AppSpecification", "RoleArn", "ProcessingOutputConfig"):
+            if key not in args:
+                problems.append(f"step {name}: Arguments.{key} is missing")
+        if not re.match(r"^arn:aws[a-z\-]*:iam::\d{12}:role/", str(args.get("RoleArn", ""))):
+            problems.append(f"step {name}: RoleArn is not an IAM role ARN")
+        cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
+        if not str(cluster.get("InstanceType", "")).startswith("ml.") or cluster.get("InstanceCount", 0) < 1:
+            problems.append(f"step {name}: bad ClusterConfig {cluster}")
+        runtime = args.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 1)
+        if not 1 <= runtime <= 432000:
+            problems.append(f"step {name}: MaxRuntimeInSeconds must be 1..432000")
+        for dep in step.get("DependsOn", []):
+            if dep not in names:
+                problems.append(f"step {name}: DependsOn names unknown step {dep!r}")
+        for ref in re.findall(r'"Get": "([^"]+)"', json.dumps(step)):
+            head, _, rest = ref.partition(".")
+            target = rest.split(".")[0]
+            if head == "Parameters" and target not in params:
+                problems.append(f"step {name}: Get {ref} names no parameter")
+            elif head == "Steps" and target not in seen:
+                problems.append(f"step {name}: Get {ref} names a step that does not come before it")
+            elif head not in ("Parameters", "Steps", "Execution"):
+                problems.append(f"step {name}: Get {ref} is not a known property")
+        seen.add(name)
+    if problems:
+        raise SpecError("SageMaker definition", "; ".join(problems))

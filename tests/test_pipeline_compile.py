@@ -1,0 +1,172 @@
+"""Compiling: KFP v2 IR run under kfp.local, a SageMaker definition created and started on moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nbscale.errors import SpecError
+from nbscale.pipelines import compile_pipeline
+from tests.test_pipeline_notebooks import cell, write_notebook
+
+
+@pytest.fixture
+def small(tmp_path):
+    """make -> (double, square) -> total, with a local module, typed parameters, resources and retries."""
+    (tmp_path / "shapes.py").write_text("def square(v):\n    return v * v\n")
+    nb = write_notebook(tmp_path / "small.ipynb", [
+        cell("from shapes import square", "imports"),
+        cell("n = 4\nlabel = 'sum'\nfactor = 2.5", "pipeline-parameters"),
+        cell("values = list(range(n))", "step:make"),
+        cell("doubled = [v * factor for v in values]", "step:double", "prev:make"),
+        cell("squared = [square(v) for v in values]", "step:square", "prev:make"),
+        cell("total = {label: sum(doubled) + sum(squared)}\nprint(total)\n"
+             "assert total[label] == sum(v * factor for v in range(n)) + sum(v * v for v in range(n))",
+             "step:total", "prev:double", "prev:square"),
+    ])
+    return nb
+
+
+# kfp.local says that display names, resources and retries do nothing locally: that is expected
+@pytest.mark.filterwarnings("ignore:Task .* no effect in the current local runner:UserWarning")
+# ... and that the step image is not used by SubprocessRunner (this environment stands in for it)
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_kfp_ir_compiles_with_resources_and_runs_under_kfp_local(small, tmp_path):
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("kfp")
+    from kfp import components, local
+
+    out = Path(compile_pipeline(str(small), "kfp", str(tmp_path / "small.kfp.yaml")))
+    ir = yaml.safe_load(out.read_text())
+    assert set(ir["root"]["dag"]["tasks"]) == {"step-make", "step-double", "step-square", "step-total"}
+    assert ir["root"]["inputDefinitions"]["parameters"]["n"] == {"defaultValue": 4.0, "isOptional": True,
+                                                                 "parameterType": "NUMBER_INTEGER"}
+    assert ir["root"]["inputDefinitions"]["parameters"]["label"]["parameterType"] == "STRING"
+    total = ir["root"]["dag"]["tasks"]["step-total"]
+    assert sorted(total["dependentTasks"]) == ["step-double", "step-square"]
+    assert set(total["inputs"]["artifacts"]) == {"in_double", "in_square"}
+
+    # the compiled file itself is what runs: loaded back from disk, executed by kfp.local
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    task = components.load_component_from_file(str(out))(n=5, factor=1.0)
+    assert task is not None
+    executed = list((tmp_path / "kfp-root").rglob("step-total/executed"))
+    assert executed, "kfp.local did not run the last step"
+    text = executed[0].read_text()
+    assert "{'sum': 40.0}" in text  # 0..4 doubled (10.0) plus squares (30)
+
+
+def test_kfp_carries_retries_cpu_memory_and_gpu(tmp_path):
+    pytest.importorskip("kfp")
+    import yaml
+
+    write_notebook(tmp_path / "a.ipynb", [cell("x = 1")])
+    write_notebook(tmp_path / "b.ipynb", [cell("y = x + 1")])
+    (tmp_path / "pipeline.yaml").write_text(
+        "name: res\nsteps:\n  - {name: a, notebook: a.ipynb, resources: {cpu: 2, memory: 4Gi, gpu: 1}}\n"
+        "  - {name: b, notebook: b.ipynb, depends_on: [a], retries: 3, cache: false}\n")
+    out = compile_pipeline(str(tmp_path / "pipeline.yaml"), "kfp", str(tmp_path / "res.yaml"))
+    ir = yaml.safe_load(Path(out).read_text())
+    resources = ir["deploymentSpec"]["executors"]["exec-step-a"]["container"]["resources"]
+    assert resources["cpuLimit"] == 2.0 and resources["memoryLimit"] == pytest.approx(4.294967296)
+    assert resources["accelerator"]["resourceCount"] == "1"
+    task_b = ir["root"]["dag"]["tasks"]["step-b"]
+    assert task_b["retryPolicy"]["maxRetryCount"] == 3
+    assert task_b["cachingOptions"] == {}  # caching off
+
+
+@pytest.fixture
+def moto_server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_sagemaker_definition_is_created_started_and_its_container_command_runs(small, tmp_path, moto_server,
+                                                                              monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    from nbscale.pipelines.sagemaker_target import upload_and_create
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    role = "arn:aws:iam::123456789012:role/nbscale-steps"
+    with pytest.raises(SpecError, match="--role"):
+        compile_pipeline(str(small), "sagemaker", str(tmp_path / "x.json"))
+    out = Path(compile_pipeline(str(small), "sagemaker", str(tmp_path / "small.json"), role=role,
+                                bucket="nb-bucket"))
+    definition = json.loads(out.read_text())
+    assert [s["Name"] for s in definition["Steps"]] == ["make", "double", "square", "total"]
+    assert {p["Name"]: p["Type"] for p in definition["Parameters"]} == {
+        "n": "Integer", "label": "String", "factor": "Float"}
+
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    sm = boto3.client("sagemaker", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="nb-bucket")
+    arn = upload_and_create(out, sm, s3, role)
+    assert arn.endswith(":pipeline/small")
+    stored = json.loads(sm.describe_pipeline(PipelineName="small")["PipelineDefinition"])
+    assert stored == definition
+    execution = sm.start_pipeline_execution(
+        PipelineName="small", PipelineParameters=[{"Name": "n", "Value": "3"}])["PipelineExecutionArn"]
+    described = sm.describe_pipeline_execution(PipelineExecutionArn=execution)
+    assert described["PipelineArn"] == arn
+    assert upload_and_create(out, sm, s3, role) == arn  # a second create updates
+
+    # run each step's exact container command here, /opt/ml/processing mapped to a folder,
+    # code fetched back from S3 and Get expressions resolved as SageMaker would
+    params = {p["Name"]: str(p["DefaultValue"]) for p in definition["Parameters"]} | {"n": "3"}
+    outputs: dict[str, Path] = {}
+    for step in definition["Steps"]:
+        root = tmp_path / "proc" / step["Name"]
+        spec = step["Arguments"]
+
+        def local(path: str, root=root) -> str:
+            return path.replace("/opt/ml/processing", str(root))
+
+        for item in spec["ProcessingInputs"]:
+            uri = item["S3Input"]["S3Uri"]
+            target = Path(local(item["S3Input"]["LocalPath"]))
+            target.mkdir(parents=True)
+            if isinstance(uri, str):
+                prefix = uri.removeprefix("s3://nb-bucket/")
+                for obj in s3.list_objects_v2(Bucket="nb-bucket", Prefix=prefix)["Contents"]:
+                    dest = target / obj["Key"][len(prefix) + 1:]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(s3.get_object(Bucket="nb-bucket", Key=obj["Key"])["Body"].read())
+            else:
+                producer = uri["Get"].split(".")[1]
+                os.rmdir(target)
+                target.symlink_to(outputs[producer])
+        args = []
+        for arg in spec["AppSpecification"]["ContainerArguments"]:
+            if isinstance(arg, dict):
+                arg = "".join(params[v["Get"].split(".")[1]] for v in arg["Std:Join"]["Values"])
+            args.append(local(arg))
+        entry = spec["AppSpecification"]["ContainerEntrypoint"]
+        proc = subprocess.run([sys.executable if entry[0] == "python3" else entry[0], *entry[1:], *args],
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        outputs[step["Name"]] = root / "output" / "outputs"
+    executed = (tmp_path / "proc" / "total" / "output" / "notebook" / "step.ipynb").read_text()
+    assert "{'sum': 12.5}" in executed  # n=3: doubled 0+2.5+5, squares 0+1+4
