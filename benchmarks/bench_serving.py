@@ -1,0 +1,345 @@
+"""Serving benchmark: the same small torch MLP behind nbscale, KServe's ModelServer and MLServer.
+
+    python benchmarks/bench_serving.py            # sets up the peers' venvs on first run
+    python benchmarks/bench_serving.py --device cuda   # nbscale rows on a GPU, where there is one
+
+Each peer lives in its own venv under benchmarks/.venvs, created here with
+``--system-site-packages`` so the installed CPU torch is reused: the peer is
+installed with ``torch==2.13.0`` pinned on the same pip line, which that torch
+already satisfies, so pip never fetches another (CUDA) build.
+
+Every server gets one process, OMP_NUM_THREADS=1, the same V2 JSON request
+(one row of 64 FP32) and the same load generator, wrk (C, one thread,
+closed loop), swept over connection counts. Reported per server:
+throughput at p99 <= 50 ms (best sweep point meeting it, no errors) and p50
+overhead at one connection over the bare forward pass of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import save  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+VENVS = HERE / ".venvs"
+PEERS = {"kserve": ["kserve==0.21.0"], "mlserver": ["mlserver==1.7.1"]}
+P99_LIMIT_MS = 50.0
+TOKEN = "bench-token"
+
+MODEL_SRC = '''
+import torch
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def load(path):
+    torch.set_num_threads(1)
+    model = MLP()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+'''
+
+KSERVE_SRC = '''
+import sys
+
+import torch
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+
+from mlp import load
+
+
+class MLPModel(Model):
+    def __init__(self, name, weights):
+        super().__init__(name)
+        self.net = load(weights)
+        self.ready = True
+
+    def predict(self, payload: InferRequest, headers=None):
+        x = torch.from_numpy(payload.inputs[0].as_numpy())
+        with torch.inference_mode():
+            y = self.net(x).numpy()
+        out = InferOutput(name="output", shape=list(y.shape), datatype="FP32")
+        out.set_data_from_numpy(y, binary_data=False)
+        return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=[out])
+
+
+if __name__ == "__main__":
+    ModelServer(http_port=int(sys.argv[1]), grpc_port=int(sys.argv[2]), enable_grpc=False, workers=1,
+                enable_latency_logging=False).start([MLPModel("mlp", sys.argv[3])])
+'''
+
+MLSERVER_SRC = '''
+import os
+
+import torch
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+from mlp import load
+
+
+class MLPRuntime(MLModel):
+    async def load(self):
+        self.net = load(os.environ["BENCH_WEIGHTS"])
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = torch.from_numpy(NumpyCodec.decode_input(payload.inputs[0]))
+        with torch.inference_mode():
+            y = self.net(x).numpy()
+        return InferenceResponse(model_name=self.name, id=payload.id,
+                                 outputs=[NumpyCodec.encode_output("output", y)])
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_venvs() -> dict[str, Path]:
+    pythons = {}
+    for name, pkgs in PEERS.items():
+        venv = VENVS / name
+        py = venv / "bin" / "python"
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+        check = subprocess.run([str(py), "-c", f"import {name}"], capture_output=True)
+        if check.returncode != 0:
+            print(f"installing {' '.join(pkgs)} into {venv}", file=sys.stderr)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", *pkgs, "torch==2.13.0"], check=True)
+        pythons[name] = py
+    return pythons
+
+
+def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def check_prediction(url: str, body: bytes, expected: np.ndarray) -> None:
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        out = json.loads(resp.read())["outputs"][0]
+    got = np.asarray(out["data"], np.float32).reshape(out["shape"])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+        m = re.search(pattern, out)
+        if m:
+            errors += sum(int(g) for g in m.groups())
+    return {"connections": connections, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"]), "errors": errors}
+
+
+def bare_forward_ms(weights: Path, device: str) -> float:
+    ns: dict = {}
+    exec(MODEL_SRC, ns)  # the very module the peers import
+    model = ns["load"](str(weights)).to(device)
+    x = torch.rand(1, 64, device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(3000):
+            t = time.perf_counter()
+            model(x).cpu()
+            if i >= 500:
+                times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def measure(name: str, url: str, script: Path, sweep: list[int], seconds: float) -> dict:
+    wrk(url, script, 4, 1)  # warm-up
+    points = []
+    for c in sweep:
+        point = wrk(url, script, c, seconds)
+        points.append(point)
+        print(f"  {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.2f} ms  "
+              f"p99 {point['p99_ms']:7.2f} ms  errors {point['errors']}", file=sys.stderr)
+    ok = [p for p in points if p["p99_ms"] <= P99_LIMIT_MS and p["errors"] == 0]
+    best = max(ok, key=lambda p: p["rps"]) if ok else None
+    return {"sweep": points, "rps_at_p99_50ms": best["rps"] if best else 0.0,
+            "best_connections": best["connections"] if best else None,
+            "p50_ms_at_1_connection": points[0]["p50_ms"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=5, help="wrk duration per sweep point")
+    ap.add_argument("--sweep", default="1,2,4,8,16,32,64", help="connection counts")
+    ap.add_argument("--device", default="cpu", help="device for the nbscale rows (cuda where there is a GPU)")
+    ap.add_argument("--only", help="comma-separated subset: nbscale,nbscale-endpoint,kserve,mlserver")
+    ap.add_argument("--out", default="serving", help="results/<out>.json")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("bench_serving: wrk is needed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    sweep = [int(c) for c in args.sweep.split(",")]
+    only = set(args.only.split(",")) if args.only else {"nbscale", "nbscale-endpoint", "kserve", "mlserver"}
+    pythons = setup_venvs() if only & {"kserve", "mlserver"} else {}
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    home = work / "home"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NBSCALE_HOME": str(home), "PYTHONPATH": str(work)}
+    (work / "mlp.py").write_text(MODEL_SRC)
+    (work / "kserve_mlp.py").write_text(KSERVE_SRC)
+    (work / "mlserver_mlp.py").write_text(MLSERVER_SRC)
+    ns: dict = {}
+    exec(MODEL_SRC, ns)
+    torch.manual_seed(0)
+    model = ns["MLP"]().eval()
+    weights = work / "mlp.pt"
+    torch.save(model.state_dict(), weights)
+    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    body = json.dumps({"id": "bench", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    script = work / "post.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n')
+    bare = bare_forward_ms(weights, "cpu")
+    results: dict = {}
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd, cwd=None, extra_env=None):
+        log = open(work / f"{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(cmd, cwd=cwd or work, env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    def stop(proc):
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    try:
+        contenders = []
+        if "nbscale" in only or "nbscale-endpoint" in only:
+            sys.path.insert(0, str(work))
+            os.environ["NBSCALE_HOME"] = str(home)
+            from nbscale.serving import package
+
+            artifact = package(model, work / "artifact", "mlp")
+            (work / "token").write_text(TOKEN)
+        if "nbscale" in only:
+            def run_nbscale():
+                port = free_port()
+                proc = start([sys.executable, "-m", "nbscale.serving", "--model-dir", str(artifact), "--port", str(port),
+                              "--token-file", str(work / "token")], extra_env={"NBSCALE_DEVICE": args.device})
+                return proc, port, f"http://127.0.0.1:{port}/v2/health/ready"
+            contenders.append(("nbscale", run_nbscale))
+        if "kserve" in only:
+            def run_kserve():
+                port = free_port()
+                proc = start([str(pythons["kserve"]), str(work / "kserve_mlp.py"), str(port), str(free_port()), str(weights)])
+                return proc, port, f"http://127.0.0.1:{port}/v2/health/ready"
+            contenders.append(("kserve", run_kserve))
+        if "mlserver" in only:
+            def run_mlserver():
+                port = free_port()
+                repo = work / "mlserver-repo"
+                (repo / "mlp").mkdir(parents=True, exist_ok=True)
+                (repo / "settings.json").write_text(json.dumps({
+                    "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0,
+                    "host": "127.0.0.1", "debug": False}))
+                (repo / "mlp" / "model-settings.json").write_text(json.dumps(
+                    {"name": "mlp", "implementation": "mlserver_mlp.MLPRuntime"}))
+                mlserver_bin = pythons["mlserver"].parent / "mlserver"
+                proc = start([str(mlserver_bin), "start", str(repo)], extra_env={"BENCH_WEIGHTS": str(weights)})
+                return proc, port, f"http://127.0.0.1:{port}/v2/models/mlp/ready"
+            contenders.append(("mlserver", run_mlserver))
+        for name, launch in contenders:
+            proc, port, ready = launch()
+            wait_http(ready, proc=proc)
+            url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+            check_prediction(url, body.encode(), expected)
+            results[name] = measure(name, url, script, sweep, args.seconds)
+            stop(proc)
+        if "nbscale-endpoint" in only:
+            from nbscale.endpoints import deploy
+
+            ep = deploy(str(artifact), name="mlp", replicas=(1, 1))
+            try:
+                token = (home / "endpoints" / "mlp" / "token").read_text().strip()
+                ep_script = work / "post-endpoint.lua"
+                ep_script.write_text(script.read_text().replace(TOKEN, token))
+                url = f"{ep.url}/v2/models/mlp/infer"
+                results["nbscale-endpoint"] = measure("nbscale-endpoint", url, ep_script, sweep, args.seconds)
+            finally:
+                ep.delete()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                stop(proc)
+    for r in results.values():
+        r["p50_overhead_ms"] = round(r["p50_ms_at_1_connection"] - bare, 3)
+    ratios = {}
+    if "nbscale" in results:
+        for peer in ("kserve", "mlserver"):
+            if peer in results and results[peer]["rps_at_p99_50ms"]:
+                ratios[f"nbscale_vs_{peer}_throughput"] = round(
+                    results["nbscale"]["rps_at_p99_50ms"] / results[peer]["rps_at_p99_50ms"], 2)
+    save(args.out, {
+        "model": "MLP 64-64-10 (torch), one row of 64 FP32 per request, V2 JSON",
+        "load_generator": "wrk 4.1 (1 thread, closed loop), connections swept",
+        "device": args.device, "bare_forward_ms": round(bare, 4), "p99_limit_ms": P99_LIMIT_MS,
+        "servers": results, "ratios": ratios,
+        "notes": "one server process each, OMP_NUM_THREADS=1; nbscale-endpoint is the deployed endpoint "
+                 "(router + 1 replica); the load generator shares the machine's CPUs",
+    })
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
