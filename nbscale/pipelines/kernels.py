@@ -17,6 +17,22 @@ from collections import deque
 from typing import Any
 
 STARTUP_TIMEOUT = 120
+WARMUP = ("import importlib.util as _u\n"
+          "for _m in ('nbscale.pipelines.artifacts', 'numpy', 'cloudpickle'):\n"
+          "    _u.find_spec(_m) and __import__(_m)\n"
+          "del _u, _m")
+
+
+async def _until_idle(client, msg_id: str, timeout: float) -> None:
+    """Wait for the kernel to go idle after the last request (its iopub status message)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = await client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"):
+            return
 
 
 class PooledKernel:
@@ -32,9 +48,13 @@ class PooledKernel:
         self.ready = threading.Event()
         self.error: BaseException | None = None
 
-    def start(self) -> None:
+    def start(self, gate: threading.Semaphore | None = None) -> None:
         try:
-            asyncio.run(self._start())
+            if gate is None:
+                asyncio.run(self._start())
+            else:
+                with gate:
+                    asyncio.run(self._start())
         except BaseException as exc:  # reported to whoever takes the kernel
             self.error = exc
         finally:
@@ -46,6 +66,10 @@ class PooledKernel:
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=STARTUP_TIMEOUT)
+            # load what every step's load/save cells use while nobody waits; silent, so the
+            # user namespace, history and execution count stay untouched
+            msg_id = client.execute(WARMUP, silent=True, store_history=False)
+            await _until_idle(client, msg_id, STARTUP_TIMEOUT)
         finally:
             client.stop_channels()
 
@@ -67,9 +91,19 @@ class PooledKernel:
             except psutil.Error:
                 pass
 
-    def close(self) -> None:
+    def close(self, background: bool = False) -> None:
+        """Kill the kernel now; reaping it and removing its files may go on in the background."""
         self.kill()
-        with contextlib.suppress(Exception):  # best effort: the process is gone already
+        if background:
+            threading.Thread(target=self._cleanup, name="nbscale-kernel-reap", daemon=True).start()
+        else:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        with contextlib.suppress(Exception):  # best effort: the process was killed already
+            if process is not None:
+                process.wait(10)  # reap it: no zombie left behind
             asyncio.run(self.km.cleanup_resources())
         import shutil
 
@@ -87,6 +121,9 @@ class KernelPool:
         self._waiting: deque[str] = deque()  # cwds of steps expected to need a kernel
         self._spare: list[PooledKernel] = []
         self._closed = False
+        # a kernel start is mostly CPU (imports): starting several at once on a small machine
+        # makes the first one, which a step waits for, late; so they start a few at a time
+        self._gate = threading.Semaphore(max(1, (os.cpu_count() or 2) // 2))
 
     def expect(self, cwds: list[str]) -> None:
         """Steps in these directories will run soon: start kernels for as many as the pool holds."""
@@ -99,7 +136,8 @@ class KernelPool:
             while not self._closed and self._waiting and len(self._spare) < self.size:
                 kernel = PooledKernel(self.kernel_name, self._waiting.popleft(), self.env)
                 self._spare.append(kernel)
-                threading.Thread(target=kernel.start, name="nbscale-kernel-start", daemon=True).start()
+                threading.Thread(target=kernel.start, args=(self._gate,), name="nbscale-kernel-start",
+                                 daemon=True).start()
 
     def take(self, cwd: str) -> PooledKernel:
         """A started kernel for ``cwd`` (waits for it), or a new one when none was expected."""
@@ -132,19 +170,59 @@ class KernelPool:
 
 def register_engine() -> str:
     """A papermill engine that executes on a kernel the pool started, and kills it afterwards."""
+    import atexit
+
+    from jupyter_core.utils import ensure_async, run_sync
+    from nbclient.util import run_hook
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, papermill_engines
+
+    class PooledClient(PapermillNotebookClient):
+        async def async_start_new_kernel_client(self):
+            """Connect to the pooled kernel, which is known to be up: skip ``wait_for_ready``'s
+            fixed 0.2 s iopub drain and wait only until our iopub subscription is live."""
+            import time
+            from queue import Empty
+
+            self.kc = self.km.client()
+            await ensure_async(self.kc.start_channels())
+            deadline = time.monotonic() + self.startup_timeout
+            while True:
+                msg_id = self.kc.kernel_info()
+                try:
+                    while True:  # our request's idle status proves iopub delivers to us
+                        msg = await self.kc.get_iopub_msg(timeout=0.5)
+                        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                                and msg["content"].get("execution_state") == "idle"):
+                            break
+                    break
+                except (TimeoutError, Empty):
+                    if time.monotonic() > deadline or not await ensure_async(self.km.is_alive()):
+                        raise RuntimeError("the pooled kernel does not answer") from None
+            # the kernel_info replies left on the shell channel are skipped by nbclient (other msg_id)
+            self.kc.allow_stdin = False
+            await run_hook(self.on_notebook_start, notebook=self.nb)
+            return self.kc
+
+        # papermill enters the kernel through the sync wrapper, made from the base class's coroutine
+        start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
     class PooledEngine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
                                      stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs: Any):
-            client = PapermillNotebookClient(
+            client = PooledClient(
                 nb_man, km=kwargs.pop("km"), kernel_name=kernel_name, timeout=execution_timeout,
                 startup_timeout=start_timeout, shutdown_kernel="immediate", log_output=log_output,
                 stdout_file=stdout_file, stderr_file=stderr_file,
             )
-            return client.execute(cleanup_kc=True)
+            try:
+                # the kernel is killed by its PooledKernel, without the 0.1 s of a managed shutdown
+                return client.execute(cleanup_kc=False)
+            finally:
+                atexit.unregister(client._cleanup_kernel)
+                if client.kc is not None:
+                    client.kc.stop_channels()
 
     papermill_engines.register("nbscale-pooled", PooledEngine)
     return "nbscale-pooled"

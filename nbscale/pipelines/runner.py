@@ -167,7 +167,7 @@ class Runner:
                                       cache_key=fingerprint.key(parts), notebook=entry["notebook"],
                                       outputs_dir=entry["outputs_dir"], started=now, ended=now)
                             continue
-                        self._ensure_pool(todo)
+                        self._ensure_pool([name, *todo])
                         self._set(name, status=RUNNING, cache_reason=reason, cache_key=fingerprint.key(parts))
                         running[threads.submit(self._execute, name, parts, reason)] = name
                     if error is not None and not running:
@@ -200,11 +200,12 @@ class Runner:
                       error=error)
         return FAILED if error else SUCCEEDED
 
-    def _ensure_pool(self, todo: list[str]) -> None:
+    def _ensure_pool(self, upcoming: list[str]) -> None:
         if self.pool is None:
             # started at the first cache miss, so an all-cached run starts no kernel at all
-            self.pool = KernelPool(self.max_parallel, self.kernel_name)
-            self.pool.expect([str(Path(self.pipeline.steps[s].notebook).parent) for s in todo])
+            # one spare beyond the running steps, so the next step's kernel is up when it is ready
+            self.pool = KernelPool(self.max_parallel + 1, self.kernel_name)
+            self.pool.expect([str(Path(self.pipeline.steps[s].notebook).parent) for s in upcoming])
 
 
 def execute_run(run_id: str) -> str:

@@ -1,0 +1,189 @@
+"""nbscale pipelines vs plain papermill running the same notebooks one after another.
+
+    python benchmarks/bench_pipeline.py [--rounds 3]
+
+Workload: the digits diamond of examples/pipeline (prepare -> train_a and
+train_b -> compare). Both sides execute the *same* step notebooks (the ones
+nbscale generates, with the same load/save cells), with the same kernel (a
+``python3`` kernelspec pointing at this interpreter, via JUPYTER_PATH).
+
+- papermill (the peer) lives in its own venv, benchmarks/.venvs/papermill,
+  made here; it runs the four notebooks one after another with its CLI, one
+  ``papermill`` command per notebook, as a shell script or Makefile would.
+  The same with papermill's Python API in one process is reported too.
+- nbscale runs ``nbscale pipeline run pipeline.yaml`` (CLI, fresh store: the
+  first run), then again unchanged (the re-run: every step a cache hit).
+- per-step overhead: a step's wall time minus the time its own cells ran
+  (papermill's per-cell timestamps in the executed notebook), i.e. kernel
+  start/handover, papermill's notebook handling and, for nbscale, loading and
+  saving the artifacts. Same definition on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import save  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "pipeline" / "pipeline.yaml"
+VENV = REPO / "benchmarks" / ".venvs" / "papermill"
+PAPERMILL_VERSION = "2.7.0"
+
+
+def make_venv() -> Path:
+    py = VENV / "bin" / "python"
+    if not (VENV / "bin" / "papermill").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"papermill=={PAPERMILL_VERSION}"], check=True)
+    return VENV / "bin" / "papermill"
+
+
+def kernel_env(root: Path) -> dict[str, str]:
+    spec = root / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (benchmark)", "language": "python"}))
+    return {**os.environ, "JUPYTER_PATH": str(root / "jupyter")}
+
+
+def peer_notebooks(root: Path) -> list[tuple[str, Path, dict]]:
+    """The step notebooks nbscale would run, with their inputs and outputs under ``root``."""
+    from nbscale.pipelines import load
+    from nbscale.pipelines.stepbook import build, write
+
+    pipeline = load(EXAMPLE)
+    out = []
+    for name in pipeline.order():
+        step = pipeline.steps[name]
+        inputs = {var: str(root / "peer-data" / producer) for var, producer in step.inputs.items()}
+        nb = build(pipeline, step, inputs, str(root / "peer-data" / name))
+        params = {**{p: pipeline.parameters[p] for p in step.uses_parameters}, **step.fixed_parameters}
+        out.append((name, write(nb, root / "peer" / f"{name}.ipynb"), params))
+    return out
+
+
+def user_cell_seconds(notebook: Path) -> float:
+    """Seconds the step's own cells ran (cells that came from the user's notebook)."""
+    total = 0.0
+    for cell in json.loads(notebook.read_text())["cells"]:
+        meta = cell.get("metadata", {})
+        pm = meta.get("papermill", {})
+        if "nbscale" in meta and pm.get("start_time") and pm.get("end_time"):
+            total += (datetime.fromisoformat(pm["end_time"]) - datetime.fromisoformat(pm["start_time"])).total_seconds()
+    return total
+
+
+def run_peer_cli(papermill: Path, steps, env, root: Path) -> tuple[float, list[float]]:
+    overheads = []
+    start = time.perf_counter()
+    for name, path, params in steps:
+        args = [str(papermill), str(path), str(root / "peer" / f"{name}.out.ipynb"), "-k", "python3",
+                "--cwd", str(EXAMPLE.parent), "--no-progress-bar"]
+        for key, value in params.items():
+            args += ["-p", key, str(value)]
+        t0 = time.perf_counter()
+        subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        overheads.append(time.perf_counter() - t0 - user_cell_seconds(root / "peer" / f"{name}.out.ipynb"))
+    return time.perf_counter() - start, overheads
+
+
+PEER_API = """
+import json, sys, time
+import papermill
+steps = json.loads(sys.argv[1])
+start = time.perf_counter()
+for name, path, out, params, cwd in steps:
+    papermill.execute_notebook(path, out, parameters=params, kernel_name="python3", cwd=cwd, progress_bar=False)
+print(time.perf_counter() - start)
+"""
+
+
+def run_peer_api(steps, env, root: Path) -> float:
+    data = [(n, str(p), str(root / "peer" / f"{n}.api.ipynb"), params, str(EXAMPLE.parent)) for n, p, params in steps]
+    proc = subprocess.run([str(VENV / "bin" / "python"), "-c", PEER_API, json.dumps(data)], env=env, check=True,
+                          capture_output=True, text=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def run_nbscale(env: dict, home: Path) -> tuple[float, dict]:
+    env = {**env, "NBSCALE_HOME": str(home)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "nbscale", "pipeline", "run", str(EXAMPLE), "--json"],
+                          env=env, capture_output=True, text=True, cwd=str(EXAMPLE.parent))
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return elapsed, json.loads(proc.stdout)
+
+
+def step_overheads(run: dict) -> dict[str, float]:
+    return {s["name"]: s["ended"] - s["started"] - user_cell_seconds(Path(s["notebook"]))
+            for s in run["steps"] if not s["cached"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    papermill = make_venv()
+    samples: dict[str, list[float]] = {"papermill_cli": [], "papermill_api": [], "nbscale_first": [],
+                                       "nbscale_rerun": []}
+    peer_overhead: list[float] = []
+    ours_overhead: list[dict[str, float]] = []
+    for i in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="nbscale-bench-") as tmp:
+            root = Path(tmp)
+            env = kernel_env(root)
+            steps = peer_notebooks(root)
+            wall, overheads = run_peer_cli(papermill, steps, env, root)
+            samples["papermill_cli"].append(wall)
+            peer_overhead += overheads
+            samples["papermill_api"].append(run_peer_api(steps, env, root))
+            first, run = run_nbscale(env, root / "home")
+            assert run["status"] == "SUCCEEDED", run
+            samples["nbscale_first"].append(first)
+            ours_overhead.append(step_overheads(run))
+            again, rerun = run_nbscale(env, root / "home")
+            assert all(s["cached"] for s in rerun["steps"]), rerun
+            samples["nbscale_rerun"].append(again)
+        print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()), file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    per_step = [v for r in ours_overhead for v in r.values()]
+    after_first = [v for r in ours_overhead for k, v in r.items() if k != "prepare"]
+    result = {
+        "workload": "examples/pipeline/pipeline.yaml (digits diamond, 4 notebooks)",
+        "rounds": args.rounds,
+        "papermill_version": PAPERMILL_VERSION,
+        "medians_s": med,
+        "samples_s": samples,
+        "ratio_first_run_vs_papermill_cli": med["nbscale_first"] / med["papermill_cli"],
+        "ratio_first_run_vs_papermill_api": med["nbscale_first"] / med["papermill_api"],
+        "ratio_rerun_vs_papermill_cli": med["nbscale_rerun"] / med["papermill_cli"],
+        "ratio_rerun_vs_papermill_api": med["nbscale_rerun"] / med["papermill_api"],
+        "per_step_overhead_s": {
+            "papermill_cli_median": statistics.median(peer_overhead),
+            "nbscale_median_all_steps": statistics.median(per_step),
+            "nbscale_median_after_first_step": statistics.median(after_first),
+            "nbscale_by_step": ours_overhead,
+        },
+        "goals": {"first_run_ratio": 0.6, "rerun_ratio": 0.05, "per_step_overhead_s": 0.3},
+        "load_average": os.getloadavg(),
+    }
+    save("pipeline", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
