@@ -43,12 +43,14 @@ function replicas(ep: DescribeEndpoint): string {
 
 function seriesOf(rows: Row[], keys: string[]): ISeries[] {
   const t0 = num(rows[0]?.time) ?? 0;
-  return keys.map(key => ({
-    name: key.replace(/_ms$|_rps$/, ''),
-    points: rows
-      .filter(r => num(r[key]) !== null)
-      .map(r => [(num(r.time) ?? 0) - t0, num(r[key]) as number])
-  }));
+  return keys
+    .map(key => ({
+      name: key.replace(/_ms$|_rps$/, ''),
+      points: rows
+        .filter(r => num(r[key]) !== null)
+        .map(r => [(num(r.time) ?? 0) - t0, num(r[key]) as number] as [number, number])
+    }))
+    .filter(s => s.points.length > 0);
 }
 
 function EndpointDetail(props: {

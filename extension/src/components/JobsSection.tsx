@@ -83,48 +83,37 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
           )}
         </div>
       ) : (
-        <table className="nbs-table" aria-label={trans.__('Jobs')}>
-          <thead>
-            <tr>
-              <th>{trans.__('Name')}</th>
-              <th>{trans.__('Backend')}</th>
-              <th>{trans.__('Status')}</th>
-              <th>{trans.__('Nodes × GPUs')}</th>
-              <th>{trans.__('Started')}</th>
-              <th>{trans.__('Duration')}</th>
-              <th>{trans.__('Cost')}</th>
-            </tr>
-          </thead>
-          <tbody>
-            {jobs.map(job => (
-              <tr
-                key={job.id}
-                className="nbs-row"
-                data-job-id={job.id}
-                title={job.id}
-                onClick={() => ctx.openJob(job.id)}
-              >
-                <td>
-                  <button className="nbs-link" type="button">
-                    {job.name}
-                  </button>
-                </td>
-                <td>{job.backend}</td>
-                <td>
-                  <span className={statusClass(job.status)}>
-                    {statusLabel(trans, job.status)}
-                  </span>
-                </td>
-                <td>
-                  {job.nodes} × {job.procs_per_node * job.gpus_per_proc}
-                </td>
-                <td>{formatTime(job.started)}</td>
-                <td>{formatDuration(job.duration)}</td>
-                <td>{formatCost(job.cost)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
+        <ul className="nbs-list" aria-label={trans.__('Jobs')}>
+          {jobs.map(job => (
+            <li
+              key={job.id}
+              className="nbs-row"
+              data-job-id={job.id}
+              title={job.id}
+              onClick={() => ctx.openJob(job.id)}
+            >
+              <div className="nbs-row-main">
+                <button className="nbs-link" type="button">
+                  {job.name}
+                </button>
+                <span className={statusClass(job.status)}>
+                  {statusLabel(trans, job.status)}
+                </span>
+                <span className="nbs-cost" title={trans.__('Cost')}>
+                  {formatCost(job.cost)}
+                </span>
+              </div>
+              <div className="nbs-row-sub nbs-muted">
+                <span title={trans.__('Backend')}>{job.backend}</span>
+                <span title={trans.__('Nodes × GPUs')}>
+                  {trans.__('%1 nodes × %2 GPUs', job.nodes, job.procs_per_node * job.gpus_per_proc)}
+                </span>
+                <span title={trans.__('Started')}>{formatTime(job.started)}</span>
+                <span title={trans.__('Duration')}>{formatDuration(job.duration)}</span>
+              </div>
+            </li>
+          ))}
+        </ul>
       )}
       {total > PAGE && (
         <div className="nbs-pager">

@@ -1,0 +1,200 @@
+// Drives the nbscale panel in a real Chromium against a JupyterLab started by
+// tests/ui/test_panel.py. Exits non-zero on the first failed expectation.
+//
+// Env: NBS_URL (http://127.0.0.1:PORT), NBS_TOKEN, NBS_NOTEBOOK, NBS_SLOW_NOTEBOOK,
+// NBS_ENDPOINT, NBS_LOG_TEXT, NBS_SHOTS (directory for screenshots),
+// NBS_CHROMIUM (default /usr/bin/chromium).
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { chromium } from 'playwright-core';
+
+const env = name => {
+  const value = process.env[name];
+  assert.ok(value, `${name} must be set`);
+  return value;
+};
+const URL_ = env('NBS_URL');
+const TOKEN = env('NBS_TOKEN');
+const NOTEBOOK = env('NBS_NOTEBOOK');
+const SLOW = env('NBS_SLOW_NOTEBOOK');
+const ENDPOINT = env('NBS_ENDPOINT');
+const LOG_TEXT = env('NBS_LOG_TEXT');
+const SHOTS = env('NBS_SHOTS');
+const JOB_TIMEOUT = 180_000;
+
+const step = text => console.log(`[ui] ${text}`);
+
+/** Page object for JupyterLab with the nbscale panel. */
+class Lab {
+  constructor(page) {
+    this.page = page;
+  }
+
+  async open(path, ui = 'lab') {
+    const where = ui === 'lab' ? `lab/tree/${path}` : `notebooks/${path}`;
+    // reset: a restored workspace would reopen (and activate) earlier tabs
+    await this.page.goto(`${URL_}/${where}?reset&token=${TOKEN}`);
+    await this.page.locator('.jp-NotebookPanel:visible .nbs-run-as-job').waitFor({ timeout: 60_000 });
+    // the kernel starting is not our business; the toolbar is
+  }
+
+  panel() {
+    return this.page.locator('#nbscale-panel');
+  }
+
+  async showPanel() {
+    if (!(await this.panel().isVisible())) {
+      await this.page.locator('.lm-TabBar-tab[data-id="nbscale-panel"]').click();
+    }
+    await this.panel().waitFor({ state: 'visible' });
+  }
+
+  /** Drag the sidebar wider, as a user would to read the panel. */
+  async widenSidebar(by) {
+    const handle = this.page.locator('#jp-main-split-panel > .lm-SplitPanel-handle:visible').first();
+    const box = await handle.boundingBox();
+    assert.ok(box, 'sidebar handle');
+    const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
+    await this.page.mouse.move(x, y);
+    await this.page.mouse.down();
+    await this.page.mouse.move(x + by, y, { steps: 5 });
+    await this.page.mouse.up();
+  }
+
+  async runAsJob(parameters) {
+    await this.page.locator('.jp-NotebookPanel:visible .nbs-run-as-job').click();
+    const dialog = this.page.locator('.jp-Dialog');
+    await dialog.waitFor();
+    await dialog.locator('.nbs-estimate', { hasText: 'Estimated cost' }).waitFor();
+    if (parameters) {
+      await dialog.locator('textarea[name="parameters"]').fill(parameters);
+    }
+    return dialog;
+  }
+
+  async accept(dialog) {
+    await dialog.locator('.jp-Dialog-button.jp-mod-accept').click();
+  }
+
+  jobView() {
+    return this.page.locator('.jp-MainAreaWidget:visible .nbs-job-view');
+  }
+
+  async waitJobStatus(label) {
+    await this.jobView()
+      .locator('.nbs-job-header .nbs-status', { hasText: label })
+      .waitFor({ timeout: JOB_TIMEOUT });
+  }
+}
+
+const userData = mkdtempSync(join(tmpdir(), 'nbs-chromium-'));
+const context = await chromium.launchPersistentContext(userData, {
+  executablePath: process.env.NBS_CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 1440, height: 900 },
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync'
+  ]
+});
+const consoleErrors = [];
+let failed = false;
+try {
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on('console', msg => {
+    if (msg.type() === 'error' || msg.text().startsWith('nbscale:')) {
+      consoleErrors.push(msg.text());
+    }
+  });
+  const lab = new Lab(page);
+
+  step('open the notebook and the panel');
+  await lab.open(NOTEBOOK);
+  await lab.showPanel();
+  await lab.widenSidebar(200);
+  const panel = lab.panel();
+  for (const title of ['Jobs', 'Pipelines', 'Endpoints']) {
+    await panel.locator('.jp-AccordionPanel-title', { hasText: title }).waitFor();
+  }
+  assert.equal(await panel.locator('.nbs-server-notice:visible').count(), 0, 'server notice shown');
+
+  step('submit the notebook as a job from the toolbar');
+  const dialog = await lab.runAsJob('{"epochs": 2}');
+  assert.match(await dialog.locator('.nbs-estimate').innerText(), /\$0\.00/);
+  await page.screenshot({ path: join(SHOTS, 'run-as-job-dialog.png') });
+  await lab.accept(dialog);
+
+  step('the job view follows it to SUCCEEDED with logs');
+  await lab.jobView().waitFor({ timeout: 30_000 });
+  await lab.waitJobStatus('succeeded');
+  await lab.jobView().locator('.nbs-log', { hasText: LOG_TEXT }).waitFor({ timeout: 30_000 });
+  await lab.jobView().locator('.nbs-metrics polyline').first().waitFor();
+  const row = panel.locator('.nbs-jobs .nbs-row').first();
+  await row.locator('.nbs-status', { hasText: 'succeeded' }).waitFor({ timeout: 30_000 });
+  assert.match(await row.innerText(), /\$0\.00/);
+  await page.screenshot({ path: join(SHOTS, 'panel-job.png') });
+
+  step("an endpoint's latency and throughput charts");
+  await panel.locator('.nbs-endpoints .nbs-link', { hasText: ENDPOINT }).click();
+  const detail = panel.locator(`.nbs-endpoint-detail[data-endpoint="${ENDPOINT}"]`);
+  await detail.locator('figure[aria-label="Latency"] polyline').first().waitFor({ timeout: 30_000 });
+  await detail.locator('figure[aria-label="Throughput"] polyline').first().waitFor();
+  assert.match(await detail.locator('.nbs-facts').innerText(), /\d+(\.\d+)? ms/);
+  // fold the other sections so the endpoint fills the panel in the screenshot
+  const pipelinesTitle = panel.locator('.jp-AccordionPanel-title', { hasText: 'Pipelines' });
+  const jobsTitle = panel.locator('.jp-AccordionPanel-title', { hasText: 'Jobs' });
+  await pipelinesTitle.click();
+  await jobsTitle.click();
+  await page.screenshot({ path: join(SHOTS, 'panel-endpoint.png') });
+  await pipelinesTitle.click();
+  await jobsTitle.click();
+
+  step('a pipeline run as a DAG coloured by status');
+  const run = panel.locator('.nbs-pipelines li .nbs-link').first();
+  await run.click();
+  const dag = page.locator('.jp-MainAreaWidget:visible .nbs-dag');
+  await dag.waitFor();
+  await dag.locator('.nbs-dag-step.nbs-step-succeeded').first().waitFor({ timeout: 60_000 });
+  assert.ok((await dag.locator('.nbs-dag-edge').count()) >= 1, 'the DAG has edges');
+  await page.screenshot({ path: join(SHOTS, 'panel-pipeline.png') });
+
+  step('cancel a running job');
+  await lab.open(SLOW);
+  await lab.showPanel();
+  await lab.accept(await lab.runAsJob());
+  await lab.waitJobStatus('running');
+  await lab.jobView().getByRole('button', { name: 'Cancel job' }).click();
+  await lab.waitJobStatus('cancelled');
+
+  step('the same extension in Notebook 7');
+  await lab.open(NOTEBOOK, 'notebook');
+  const nb7 = await lab.runAsJob();
+  assert.match(await nb7.locator('.nbs-estimate').innerText(), /\$0\.00/);
+  await nb7.locator('.jp-Dialog-button.jp-mod-reject').click();
+  assert.equal(await page.locator('#nbscale-panel').count(), 1, 'panel in Notebook 7');
+
+  const ours = consoleErrors.filter(t => /nbscale/i.test(t));
+  assert.deepEqual(ours, [], 'nbscale errors in the browser console');
+  step('all good');
+} catch (error) {
+  failed = true;
+  console.error(error);
+  const page = context.pages()[0];
+  if (page) {
+    await page.screenshot({ path: join(SHOTS, 'failure.png') }).catch(() => {});
+  }
+  console.error('browser console errors:', consoleErrors.join('\n'));
+} finally {
+  await context.close();
+  rmSync(userData, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
