@@ -17,6 +17,7 @@ if [ -f package-lock.json ]; then
 else
   npm install --no-audit --no-fund
 fi
+npm run lint
 npm run build:prod
 cp install.json ../nbscale/labextension/install.json
 cd ..

@@ -95,7 +95,10 @@ async function serverProblem(trans: TranslationBundle): Promise<string | null> {
         result.apiVersion
       );
     default:
-      return trans.__('The nbscale server extension did not answer: %1', result.message);
+      return trans.__(
+        'The nbscale server extension did not answer: %1',
+        result.message
+      );
   }
 }
 
@@ -116,7 +119,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const settings = { refreshSeconds: 2, defaultBackend: '' };
     const views = new Map<string, MainAreaWidget>();
 
-    const openInMain = (key: string, label: string, make: (w: { setTitle: (t: string) => void; isVisible: () => boolean }) => JSX.Element) => {
+    const openInMain = (
+      key: string,
+      label: string,
+      make: (w: {
+        setTitle: (t: string) => void;
+        isVisible: () => boolean;
+      }) => JSX.Element
+    ) => {
       const existing = views.get(key);
       if (existing && !existing.isDisposed) {
         app.shell.activateById(existing.id);
@@ -155,7 +165,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
           if (!root || !path.startsWith(root)) {
             void showErrorMessage(
               trans.__('nbscale'),
-              trans.__('%1 is outside the directory Jupyter serves, so it cannot be opened here.', path)
+              trans.__(
+                '%1 is outside the directory Jupyter serves, so it cannot be opened here.',
+                path
+              )
             );
             return;
           }
@@ -169,7 +182,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
           return false;
         }
         NotebookActions.insertBelow(current.content);
-        current.content.activeCell?.model.sharedModel.setSource(`%attach ${jobId}`);
+        current.content.activeCell?.model.sharedModel.setSource(
+          `%attach ${jobId}`
+        );
         app.shell.activateById(current.id);
         return true;
       }
@@ -184,8 +199,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     panel.header.addWidget(notice);
     const ctx = panelContext(() => panel.isVisible);
     panel.addWidget(section(trans.__('Jobs'), <JobsSection ctx={ctx} />));
-    panel.addWidget(section(trans.__('Pipelines'), <PipelinesSection ctx={ctx} />));
-    panel.addWidget(section(trans.__('Endpoints'), <EndpointsSection ctx={ctx} />));
+    panel.addWidget(
+      section(trans.__('Pipelines'), <PipelinesSection ctx={ctx} />)
+    );
+    panel.addWidget(
+      section(trans.__('Endpoints'), <EndpointsSection ctx={ctx} />)
+    );
     app.shell.add(panel, 'left', { rank: 650 });
     restorer?.add(panel, 'nbscale-panel');
 
@@ -202,13 +221,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
         .load(PLUGIN_ID)
         .then(loaded => {
           const apply = () => {
-            settings.refreshSeconds = loaded.get('refreshInterval').composite as number;
-            settings.defaultBackend = loaded.get('defaultBackend').composite as string;
+            settings.refreshSeconds = loaded.get('refreshInterval')
+              .composite as number;
+            settings.defaultBackend = loaded.get('defaultBackend')
+              .composite as string;
           };
           apply();
           loaded.changed.connect(apply);
         })
-        .catch(reason => console.error('nbscale: could not load settings', reason));
+        .catch(reason =>
+          console.error('nbscale: could not load settings', reason)
+        );
     }
 
     // -- commands
@@ -221,7 +244,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: args => {
         const id = String(args.id);
         openInMain(`job-${id}`, id, h => (
-          <JobView ctx={{ ...panelContext(h.isVisible) }} jobId={id} onTitle={h.setTitle} />
+          <JobView
+            ctx={{ ...panelContext(h.isVisible) }}
+            jobId={id}
+            onTitle={h.setTitle}
+          />
         ));
       }
     });
@@ -230,7 +257,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: args => {
         const id = String(args.id);
         openInMain(`run-${id}`, id, h => (
-          <RunView ctx={panelContext(h.isVisible)} runId={id} onTitle={h.setTitle} />
+          <RunView
+            ctx={panelContext(h.isVisible)}
+            runId={id}
+            onTitle={h.setTitle}
+          />
         ));
       }
     });
@@ -238,9 +269,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const runDialog = async (nb: NotebookPanel, mode: 'job' | 'pipeline') => {
       const body = new RunDialogBody(trans, mode, settings.defaultBackend);
       const result = await showDialog({
-        title: mode === 'job' ? trans.__('Run %1 as a job', nb.title.label) : trans.__('Run %1 as a pipeline', nb.title.label),
+        title:
+          mode === 'job'
+            ? trans.__('Run %1 as a job', nb.title.label)
+            : trans.__('Run %1 as a pipeline', nb.title.label),
         body,
-        buttons: [Dialog.cancelButton(), Dialog.okButton({ label: trans.__('Run') })]
+        buttons: [
+          Dialog.cancelButton(),
+          Dialog.okButton({ label: trans.__('Run') })
+        ]
       });
       if (!result.button.accept || !result.value) {
         return;
@@ -262,7 +299,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
           await app.commands.execute(CommandIDs.openRun, { id: run.id });
         }
       } catch (error) {
-        void showErrorMessage(trans.__('nbscale could not start it'), errorText(error));
+        void showErrorMessage(
+          trans.__('nbscale could not start it'),
+          errorText(error)
+        );
       }
     };
     const currentNotebook = () => tracker?.currentWidget ?? null;
@@ -287,7 +327,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     // -- notebook toolbar buttons
     app.docRegistry.addWidgetExtension('Notebook', {
-      createNew: (nb: NotebookPanel, _context: DocumentRegistry.IContext<INotebookModel>): IDisposable => {
+      createNew: (
+        nb: NotebookPanel,
+        _context: DocumentRegistry.IContext<INotebookModel>
+      ): IDisposable => {
         const asJob = new ToolbarButton({
           label: trans.__('Run as job'),
           tooltip: trans.__('Run this notebook as an nbscale job'),

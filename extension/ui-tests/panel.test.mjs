@@ -37,7 +37,9 @@ class Lab {
     const where = ui === 'lab' ? `lab/tree/${path}` : `notebooks/${path}`;
     // reset: a restored workspace would reopen (and activate) earlier tabs
     await this.page.goto(`${URL_}/${where}?reset&token=${TOKEN}`);
-    await this.page.locator('.jp-NotebookPanel:visible .nbs-run-as-job').waitFor({ timeout: 60_000 });
+    await this.page
+      .locator('.jp-NotebookPanel:visible .nbs-run-as-job')
+      .waitFor({ timeout: 60_000 });
     // the kernel starting is not our business; the toolbar is
   }
 
@@ -47,14 +49,18 @@ class Lab {
 
   async showPanel() {
     if (!(await this.panel().isVisible())) {
-      await this.page.locator('.lm-TabBar-tab[data-id="nbscale-panel"]').click();
+      await this.page
+        .locator('.lm-TabBar-tab[data-id="nbscale-panel"]')
+        .click();
     }
     await this.panel().waitFor({ state: 'visible' });
   }
 
   /** Drag the sidebar wider, as a user would to read the panel. */
   async widenSidebar(by) {
-    const handle = this.page.locator('#jp-main-split-panel > .lm-SplitPanel-handle:visible').first();
+    const handle = this.page
+      .locator('#jp-main-split-panel > .lm-SplitPanel-handle:visible')
+      .first();
     const box = await handle.boundingBox();
     assert.ok(box, 'sidebar handle');
     const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
@@ -65,10 +71,14 @@ class Lab {
   }
 
   async runAsJob(parameters) {
-    await this.page.locator('.jp-NotebookPanel:visible .nbs-run-as-job').click();
+    await this.page
+      .locator('.jp-NotebookPanel:visible .nbs-run-as-job')
+      .click();
     const dialog = this.page.locator('.jp-Dialog');
     await dialog.waitFor();
-    await dialog.locator('.nbs-estimate', { hasText: 'Estimated cost' }).waitFor();
+    await dialog
+      .locator('.nbs-estimate', { hasText: 'Estimated cost' })
+      .waitFor();
     if (parameters) {
       await dialog.locator('textarea[name="parameters"]').fill(parameters);
     }
@@ -123,9 +133,15 @@ try {
   await lab.widenSidebar(200);
   const panel = lab.panel();
   for (const title of ['Jobs', 'Pipelines', 'Endpoints']) {
-    await panel.locator('.jp-AccordionPanel-title', { hasText: title }).waitFor();
+    await panel
+      .locator('.jp-AccordionPanel-title', { hasText: title })
+      .waitFor();
   }
-  assert.equal(await panel.locator('.nbs-server-notice:visible').count(), 0, 'server notice shown');
+  assert.equal(
+    await panel.locator('.nbs-server-notice:visible').count(),
+    0,
+    'server notice shown'
+  );
 
   step('submit the notebook as a job from the toolbar');
   const dialog = await lab.runAsJob('{"epochs": 2}');
@@ -136,22 +152,44 @@ try {
   step('the job view follows it to SUCCEEDED with logs');
   await lab.jobView().waitFor({ timeout: 30_000 });
   await lab.waitJobStatus('succeeded');
-  await lab.jobView().locator('.nbs-log', { hasText: LOG_TEXT }).waitFor({ timeout: 30_000 });
+  await lab
+    .jobView()
+    .locator('.nbs-log', { hasText: LOG_TEXT })
+    .waitFor({ timeout: 30_000 });
   await lab.jobView().locator('.nbs-metrics polyline').first().waitFor();
   const row = panel.locator('.nbs-jobs .nbs-row').first();
-  await row.locator('.nbs-status', { hasText: 'succeeded' }).waitFor({ timeout: 30_000 });
+  await row
+    .locator('.nbs-status', { hasText: 'succeeded' })
+    .waitFor({ timeout: 30_000 });
   assert.match(await row.innerText(), /\$0\.00/);
   await page.screenshot({ path: join(SHOTS, 'panel-job.png') });
 
   step("an endpoint's latency and throughput charts");
-  await panel.locator('.nbs-endpoints .nbs-link', { hasText: ENDPOINT }).click();
-  const detail = panel.locator(`.nbs-endpoint-detail[data-endpoint="${ENDPOINT}"]`);
-  await detail.locator('figure[aria-label="Latency"] polyline').first().waitFor({ timeout: 30_000 });
-  await detail.locator('figure[aria-label="Throughput"] polyline').first().waitFor();
-  assert.match(await detail.locator('.nbs-facts').innerText(), /\d+(\.\d+)? ms/);
+  await panel
+    .locator('.nbs-endpoints .nbs-link', { hasText: ENDPOINT })
+    .click();
+  const detail = panel.locator(
+    `.nbs-endpoint-detail[data-endpoint="${ENDPOINT}"]`
+  );
+  await detail
+    .locator('figure[aria-label="Latency"] polyline')
+    .first()
+    .waitFor({ timeout: 30_000 });
+  await detail
+    .locator('figure[aria-label="Throughput"] polyline')
+    .first()
+    .waitFor();
+  assert.match(
+    await detail.locator('.nbs-facts').innerText(),
+    /\d+(\.\d+)? ms/
+  );
   // fold the other sections so the endpoint fills the panel in the screenshot
-  const pipelinesTitle = panel.locator('.jp-AccordionPanel-title', { hasText: 'Pipelines' });
-  const jobsTitle = panel.locator('.jp-AccordionPanel-title', { hasText: 'Jobs' });
+  const pipelinesTitle = panel.locator('.jp-AccordionPanel-title', {
+    hasText: 'Pipelines'
+  });
+  const jobsTitle = panel.locator('.jp-AccordionPanel-title', {
+    hasText: 'Jobs'
+  });
   await pipelinesTitle.click();
   await jobsTitle.click();
   await page.screenshot({ path: join(SHOTS, 'panel-endpoint.png') });
@@ -163,8 +201,14 @@ try {
   await run.click();
   const dag = page.locator('.jp-MainAreaWidget:visible .nbs-dag');
   await dag.waitFor();
-  await dag.locator('.nbs-dag-step.nbs-step-succeeded').first().waitFor({ timeout: 60_000 });
-  assert.ok((await dag.locator('.nbs-dag-edge').count()) >= 1, 'the DAG has edges');
+  await dag
+    .locator('.nbs-dag-step.nbs-step-succeeded')
+    .first()
+    .waitFor({ timeout: 60_000 });
+  assert.ok(
+    (await dag.locator('.nbs-dag-edge').count()) >= 1,
+    'the DAG has edges'
+  );
   await page.screenshot({ path: join(SHOTS, 'panel-pipeline.png') });
 
   step('cancel a running job');
@@ -180,7 +224,11 @@ try {
   const nb7 = await lab.runAsJob();
   assert.match(await nb7.locator('.nbs-estimate').innerText(), /\$0\.00/);
   await nb7.locator('.jp-Dialog-button.jp-mod-reject').click();
-  assert.equal(await page.locator('#nbscale-panel').count(), 1, 'panel in Notebook 7');
+  assert.equal(
+    await page.locator('#nbscale-panel').count(),
+    1,
+    'panel in Notebook 7'
+  );
 
   const ours = consoleErrors.filter(t => /nbscale/i.test(t));
   assert.deepEqual(ours, [], 'nbscale errors in the browser console');

@@ -104,7 +104,10 @@ export const getEndpoint = (name: string) =>
 export const getEndpointMetrics = (name: string) =>
   request<M.EndpointMetrics>(`endpoints/${enc(name)}/metrics`);
 export const scaleEndpoint = (name: string, body: M.ScaleEndpoint) =>
-  request<M.DescribeEndpoint>(`endpoints/${enc(name)}/scale`, json('POST', body));
+  request<M.DescribeEndpoint>(
+    `endpoints/${enc(name)}/scale`,
+    json('POST', body)
+  );
 export const deleteEndpoint = (name: string) =>
   request<M.DescribeEndpoint>(`endpoints/${enc(name)}`, json('DELETE'));
 
@@ -126,7 +129,11 @@ export async function checkServer(): Promise<ServerCheck> {
   try {
     const v = await getVersion();
     if (v.api_version !== API_VERSION) {
-      return { kind: 'mismatch', version: v.version, apiVersion: v.api_version };
+      return {
+        kind: 'mismatch',
+        version: v.version,
+        apiVersion: v.api_version
+      };
     }
     return { kind: 'ok' };
   } catch (error) {

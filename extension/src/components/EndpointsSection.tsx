@@ -48,7 +48,10 @@ function seriesOf(rows: Row[], keys: string[]): ISeries[] {
       name: key.replace(/_ms$|_rps$/, ''),
       points: rows
         .filter(r => num(r[key]) !== null)
-        .map(r => [(num(r.time) ?? 0) - t0, num(r[key]) as number] as [number, number])
+        .map(
+          r =>
+            [(num(r.time) ?? 0) - t0, num(r[key]) as number] as [number, number]
+        )
     }))
     .filter(s => s.points.length > 0);
 }
@@ -63,31 +66,39 @@ function EndpointDetail(props: {
   const [metrics, setMetrics] = React.useState<EndpointMetrics | null>(null);
   const [error, setError] = React.useState<string | null>(null);
 
-  usePoll(
-    ctx,
-    async () => {
-      try {
-        setMetrics(await getEndpointMetrics(endpoint.name));
-        setError(null);
-      } catch (e) {
-        setError(errorText(e));
-      }
-    },
-    [endpoint.name]
-  );
+  usePoll(ctx, async () => {
+    try {
+      setMetrics(await getEndpointMetrics(endpoint.name));
+      setError(null);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }, [endpoint.name]);
 
   const m = (metrics ?? {}) as Row;
   const rows = (Array.isArray(m.series) ? m.series : []) as Row[];
   const errorRate = num(m.error_rate);
 
   const scale = async () => {
-    const min = window.prompt(trans.__('Minimum replicas'), String(replicaRange(endpoint).min ?? 1));
-    const max = min === null ? null : window.prompt(trans.__('Maximum replicas'), String(replicaRange(endpoint).max ?? min));
+    const min = window.prompt(
+      trans.__('Minimum replicas'),
+      String(replicaRange(endpoint).min ?? 1)
+    );
+    const max =
+      min === null
+        ? null
+        : window.prompt(
+            trans.__('Maximum replicas'),
+            String(replicaRange(endpoint).max ?? min)
+          );
     if (min === null || max === null) {
       return;
     }
     try {
-      await scaleEndpoint(endpoint.name, { min_replicas: Number(min), max_replicas: Number(max) });
+      await scaleEndpoint(endpoint.name, {
+        min_replicas: Number(min),
+        max_replicas: Number(max)
+      });
       props.onChanged();
     } catch (e) {
       void showErrorMessage(trans.__('Scale failed'), errorText(e));
@@ -97,8 +108,13 @@ function EndpointDetail(props: {
   const undeploy = async () => {
     const answer = await showDialog({
       title: trans.__('Undeploy %1?', endpoint.name),
-      body: trans.__('The endpoint stops serving and its replicas are stopped.'),
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: trans.__('Undeploy') })]
+      body: trans.__(
+        'The endpoint stops serving and its replicas are stopped.'
+      ),
+      buttons: [
+        Dialog.cancelButton(),
+        Dialog.warnButton({ label: trans.__('Undeploy') })
+      ]
     });
     if (!answer.button.accept) {
       return;
@@ -135,10 +151,18 @@ function EndpointDetail(props: {
         series={seriesOf(rows, ['rps'])}
       />
       <div className="nbs-actions">
-        <button type="button" className="jp-mod-styled" onClick={() => void scale()}>
+        <button
+          type="button"
+          className="jp-mod-styled"
+          onClick={() => void scale()}
+        >
           {trans.__('Scale')}
         </button>
-        <button type="button" className="jp-mod-styled jp-mod-warn" onClick={() => void undeploy()}>
+        <button
+          type="button"
+          className="jp-mod-styled jp-mod-warn"
+          onClick={() => void undeploy()}
+        >
           {trans.__('Undeploy')}
         </button>
       </div>
@@ -153,18 +177,14 @@ export function EndpointsSection(props: { ctx: IPanelContext }): JSX.Element {
   const [open, setOpen] = React.useState<string | null>(null);
   const [error, setError] = React.useState<string | null>(null);
 
-  const refresh = usePoll(
-    ctx,
-    async () => {
-      try {
-        setEndpoints((await listEndpoints()).endpoints);
-        setError(null);
-      } catch (e) {
-        setError(errorText(e));
-      }
-    },
-    []
-  );
+  const refresh = usePoll(ctx, async () => {
+    try {
+      setEndpoints((await listEndpoints()).endpoints);
+      setError(null);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }, []);
 
   return (
     <div className="nbs-section nbs-endpoints">
@@ -185,7 +205,9 @@ export function EndpointsSection(props: { ctx: IPanelContext }): JSX.Element {
             >
               {ep.name}
             </button>{' '}
-            <span className={statusClass(ep.status)}>{ep.status.toLowerCase()}</span>{' '}
+            <span className={statusClass(ep.status)}>
+              {ep.status.toLowerCase()}
+            </span>{' '}
             <span className="nbs-muted">
               {trans.__('replicas')} {replicas(ep)}
             </span>

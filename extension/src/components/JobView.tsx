@@ -60,42 +60,38 @@ export function JobView(props: {
     setLog('');
   }, [rank]);
 
-  const refresh = usePoll(
-    ctx,
-    async () => {
-      try {
-        if (logDone.current && job && !ACTIVE.includes(job.status)) {
-          return; // ended and fully read: nothing more will come
-        }
-        const described = await getJob(jobId);
-        setJob(described);
-        props.onTitle(described.name);
-        // read the log until it stops growing, then stop if the job has ended
-        let text = '';
-        for (;;) {
-          const chunk = await getJobLogs(jobId, {
-            rank,
-            offset: offset.current
-          });
-          setRanks(chunk.ranks.length ? chunk.ranks : [0]);
-          if (!chunk.text) {
-            break;
-          }
-          text += chunk.text;
-          offset.current = chunk.next_offset;
-        }
-        if (text) {
-          setLog(prev => (prev + text).slice(-MAX_LOG_CHARS));
-        }
-        logDone.current = !ACTIVE.includes(described.status);
-        setMetrics((await getJobMetrics(jobId)).metrics);
-        setError(null);
-      } catch (e) {
-        setError(errorText(e));
+  const refresh = usePoll(ctx, async () => {
+    try {
+      if (logDone.current && job && !ACTIVE.includes(job.status)) {
+        return; // ended and fully read: nothing more will come
       }
-    },
-    [jobId, rank, job?.status]
-  );
+      const described = await getJob(jobId);
+      setJob(described);
+      props.onTitle(described.name);
+      // read the log until it stops growing, then stop if the job has ended
+      let text = '';
+      for (;;) {
+        const chunk = await getJobLogs(jobId, {
+          rank,
+          offset: offset.current
+        });
+        setRanks(chunk.ranks.length ? chunk.ranks : [0]);
+        if (!chunk.text) {
+          break;
+        }
+        text += chunk.text;
+        offset.current = chunk.next_offset;
+      }
+      if (text) {
+        setLog(prev => (prev + text).slice(-MAX_LOG_CHARS));
+      }
+      logDone.current = !ACTIVE.includes(described.status);
+      setMetrics((await getJobMetrics(jobId)).metrics);
+      setError(null);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }, [jobId, rank, job?.status]);
 
   React.useEffect(() => {
     if (pre.current) {
@@ -121,7 +117,11 @@ export function JobView(props: {
   if (!job) {
     return (
       <div className="nbs-job-view">
-        {error ? <div className="nbs-error">{error}</div> : trans.__('Loading…')}
+        {error ? (
+          <div className="nbs-error">{error}</div>
+        ) : (
+          trans.__('Loading…')
+        )}
       </div>
     );
   }
@@ -130,7 +130,10 @@ export function JobView(props: {
     <div className="nbs-job-view" data-job-id={job.id}>
       <header className="nbs-job-header">
         <h2>{job.name}</h2>
-        <span className={statusClass(job.status)} aria-label={trans.__('Job status')}>
+        <span
+          className={statusClass(job.status)}
+          aria-label={trans.__('Job status')}
+        >
           {statusLabel(trans, job.status)}
         </span>
         <span className="nbs-muted">{job.id}</span>
@@ -158,7 +161,9 @@ export function JobView(props: {
               if (!ctx.insertAttach(job.id)) {
                 void showErrorMessage(
                   trans.__('nbscale'),
-                  trans.__('Open a notebook first: %attach goes into its active cell.')
+                  trans.__(
+                    'Open a notebook first: %attach goes into its active cell.'
+                  )
                 );
               }
             }}

@@ -31,24 +31,20 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
   const [status, setStatus] = React.useState<JobStatus | ''>('');
   const [error, setError] = React.useState<string | null>(null);
 
-  usePoll(
-    ctx,
-    async () => {
-      try {
-        const page = await listJobs({
-          status: status || null,
-          limit: PAGE,
-          offset
-        });
-        setJobs(page.jobs);
-        setTotal(page.total);
-        setError(null);
-      } catch (e) {
-        setError(errorText(e));
-      }
-    },
-    [offset, status]
-  );
+  usePoll(ctx, async () => {
+    try {
+      const page = await listJobs({
+        status: status || null,
+        limit: PAGE,
+        offset
+      });
+      setJobs(page.jobs);
+      setTotal(page.total);
+      setError(null);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }, [offset, status]);
 
   return (
     <div className="nbs-section nbs-jobs">
@@ -71,9 +67,7 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
             ))}
           </select>
         </label>
-        <span className="nbs-muted">
-          {trans.__('%1 jobs', total)}
-        </span>
+        <span className="nbs-muted">{trans.__('%1 jobs', total)}</span>
       </div>
       {error && <div className="nbs-error">{error}</div>}
       {jobs.length === 0 && !error ? (
@@ -106,10 +100,18 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
               <div className="nbs-row-sub nbs-muted">
                 <span title={trans.__('Backend')}>{job.backend}</span>
                 <span title={trans.__('Nodes × GPUs')}>
-                  {trans.__('%1 nodes × %2 GPUs', job.nodes, job.procs_per_node * job.gpus_per_proc)}
+                  {trans.__(
+                    '%1 nodes × %2 GPUs',
+                    job.nodes,
+                    job.procs_per_node * job.gpus_per_proc
+                  )}
                 </span>
-                <span title={trans.__('Started')}>{formatTime(job.started)}</span>
-                <span title={trans.__('Duration')}>{formatDuration(job.duration)}</span>
+                <span title={trans.__('Started')}>
+                  {formatTime(job.started)}
+                </span>
+                <span title={trans.__('Duration')}>
+                  {formatDuration(job.duration)}
+                </span>
               </div>
             </li>
           ))}

@@ -15,37 +15,41 @@ export function PipelinesSection(props: { ctx: IPanelContext }): JSX.Element {
   const [runs, setRuns] = React.useState<DescribeRun[]>([]);
   const [error, setError] = React.useState<string | null>(null);
 
-  usePoll(
-    ctx,
-    async () => {
-      try {
-        setRuns((await listRuns({ limit: 25 })).runs);
-        setError(null);
-      } catch (e) {
-        setError(errorText(e));
-      }
-    },
-    []
-  );
+  usePoll(ctx, async () => {
+    try {
+      setRuns((await listRuns({ limit: 25 })).runs);
+      setError(null);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }, []);
 
   return (
     <div className="nbs-section nbs-pipelines">
       {error && <div className="nbs-error">{error}</div>}
       {runs.length === 0 && !error && (
         <div className="nbs-muted nbs-empty">
-          {trans.__('No pipeline runs. Use "Run as pipeline" in a notebook toolbar.')}
+          {trans.__(
+            'No pipeline runs. Use "Run as pipeline" in a notebook toolbar.'
+          )}
         </div>
       )}
       <ul className="nbs-list" aria-label={trans.__('Pipeline runs')}>
         {runs.map(run => (
           <li key={run.id} data-run-id={run.id}>
-            <button type="button" className="nbs-link" onClick={() => ctx.openRun(run.id)}>
+            <button
+              type="button"
+              className="nbs-link"
+              onClick={() => ctx.openRun(run.id)}
+            >
               {str(run.name) ?? str(run.pipeline) ?? run.id}
             </button>{' '}
-            <span className={statusClass(run.status)}>{run.status.toLowerCase()}</span>{' '}
+            <span className={statusClass(run.status)}>
+              {run.status.toLowerCase()}
+            </span>{' '}
             <span className="nbs-muted">
-              {formatTime(time(run.started) ?? time(run.created))} · {(run.steps ?? []).length}{' '}
-              {trans.__('steps')}
+              {formatTime(time(run.started) ?? time(run.created))} ·{' '}
+              {(run.steps ?? []).length} {trans.__('steps')}
             </span>
           </li>
         ))}
@@ -66,7 +70,9 @@ export function layers(steps: PipelineStep[]): PipelineStep[][] {
       return 0; // a cycle cannot come from the engine; never loop on one
     }
     seen.add(name);
-    const deps = (byName.get(name)?.depends_on ?? []).filter(d => byName.has(d));
+    const deps = (byName.get(name)?.depends_on ?? []).filter(d =>
+      byName.has(d)
+    );
     const d = deps.length ? 1 + Math.max(...deps.map(x => visit(x, seen))) : 0;
     depth.set(name, d);
     return d;
@@ -92,23 +98,19 @@ export function RunView(props: {
   const [run, setRun] = React.useState<DescribeRun | null>(null);
   const [error, setError] = React.useState<string | null>(null);
 
-  usePoll(
-    ctx,
-    async () => {
-      if (run && !ACTIVE.includes(run.status.toUpperCase())) {
-        return;
-      }
-      try {
-        const r = await getRun(runId);
-        setRun(r);
-        props.onTitle(str(r.name) ?? r.id);
-        setError(null);
-      } catch (e) {
-        setError(errorText(e));
-      }
-    },
-    [runId, run?.status]
-  );
+  usePoll(ctx, async () => {
+    if (run && !ACTIVE.includes(run.status.toUpperCase())) {
+      return;
+    }
+    try {
+      const r = await getRun(runId);
+      setRun(r);
+      props.onTitle(str(r.name) ?? r.id);
+      setError(null);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }, [runId, run?.status]);
 
   if (!run) {
     return <div className="nbs-run-view">{error ?? trans.__('Loading…')}</div>;
@@ -117,11 +119,15 @@ export function RunView(props: {
   const pos = new Map<string, { x: number; y: number }>();
   cols.forEach((col, i) =>
     col.forEach((s, j) =>
-      pos.set(s.name, { x: 10 + i * (BOX.w + BOX.gapX), y: 10 + j * (BOX.h + BOX.gapY) })
+      pos.set(s.name, {
+        x: 10 + i * (BOX.w + BOX.gapX),
+        y: 10 + j * (BOX.h + BOX.gapY)
+      })
     )
   );
   const width = 20 + cols.length * (BOX.w + BOX.gapX);
-  const height = 20 + Math.max(1, ...cols.map(c => c.length)) * (BOX.h + BOX.gapY);
+  const height =
+    20 + Math.max(1, ...cols.map(c => c.length)) * (BOX.h + BOX.gapY);
   const output = (s: PipelineStep) =>
     str(s.output_notebook) ?? str(s.output) ?? str(s.notebook);
 
@@ -129,12 +135,27 @@ export function RunView(props: {
     <div className="nbs-run-view" data-run-id={run.id}>
       <header className="nbs-job-header">
         <h2>{str(run.name) ?? run.id}</h2>
-        <span className={statusClass(run.status)}>{run.status.toLowerCase()}</span>
+        <span className={statusClass(run.status)}>
+          {run.status.toLowerCase()}
+        </span>
       </header>
       {error && <div className="nbs-error">{error}</div>}
-      <svg width={width} height={height} className="nbs-dag" role="img" aria-label={trans.__('Pipeline graph')}>
+      <svg
+        width={width}
+        height={height}
+        className="nbs-dag"
+        role="img"
+        aria-label={trans.__('Pipeline graph')}
+      >
         <defs>
-          <marker id="nbs-arrow" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">
+          <marker
+            id="nbs-arrow"
+            markerWidth="8"
+            markerHeight="8"
+            refX="8"
+            refY="4"
+            orient="auto"
+          >
             <path d="M0,0 L8,4 L0,8 z" className="nbs-dag-arrow" />
           </marker>
         </defs>
@@ -183,7 +204,9 @@ export function RunView(props: {
           );
         })}
       </svg>
-      <p className="nbs-muted">{trans.__('Click a step to open its executed notebook.')}</p>
+      <p className="nbs-muted">
+        {trans.__('Click a step to open its executed notebook.')}
+      </p>
     </div>
   );
 }

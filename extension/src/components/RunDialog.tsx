@@ -25,7 +25,10 @@ interface IFormState {
   parameters: string;
 }
 
-function parseParameters(trans: TranslationBundle, text: string): Record<string, unknown> {
+function parseParameters(
+  trans: TranslationBundle,
+  text: string
+): Record<string, unknown> {
   if (!text.trim()) {
     return {};
   }
@@ -33,10 +36,14 @@ function parseParameters(trans: TranslationBundle, text: string): Record<string,
   try {
     value = JSON.parse(text);
   } catch {
-    throw new Error(trans.__('Parameters must be a JSON object, e.g. {"lr": 0.01}'));
+    throw new Error(
+      trans.__('Parameters must be a JSON object, e.g. {"lr": 0.01}')
+    );
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new Error(trans.__('Parameters must be a JSON object, e.g. {"lr": 0.01}'));
+    throw new Error(
+      trans.__('Parameters must be a JSON object, e.g. {"lr": 0.01}')
+    );
   }
   return value as Record<string, unknown>;
 }
@@ -94,7 +101,8 @@ function RunForm(props: {
           <option value="">{trans.__('default')}</option>
           {backends.map(b => (
             <option key={b.name} value={b.name} disabled={!b.reachable}>
-              {b.name} ({b.type}){b.reachable ? '' : ` – ${trans.__('unreachable')}`}
+              {b.name} ({b.type})
+              {b.reachable ? '' : ` – ${trans.__('unreachable')}`}
             </option>
           ))}
         </select>
@@ -103,15 +111,33 @@ function RunForm(props: {
         <>
           <label>
             {trans.__('Nodes')}
-            <input name="nodes" type="number" min={1} value={state.nodes} onChange={e => set({ nodes: int(e.target.value) })} />
+            <input
+              name="nodes"
+              type="number"
+              min={1}
+              value={state.nodes}
+              onChange={e => set({ nodes: int(e.target.value) })}
+            />
           </label>
           <label>
             {trans.__('Processes per node')}
-            <input name="procs" type="number" min={1} value={state.procs} onChange={e => set({ procs: int(e.target.value) })} />
+            <input
+              name="procs"
+              type="number"
+              min={1}
+              value={state.procs}
+              onChange={e => set({ procs: int(e.target.value) })}
+            />
           </label>
           <label>
             {trans.__('GPUs per process')}
-            <input name="gpus" type="number" min={0} value={state.gpus} onChange={e => set({ gpus: int(e.target.value) })} />
+            <input
+              name="gpus"
+              type="number"
+              min={0}
+              value={state.gpus}
+              onChange={e => set({ gpus: int(e.target.value) })}
+            />
           </label>
           <label>
             {trans.__('Expected hours')}
@@ -162,7 +188,14 @@ export class RunDialogBody extends ReactWidget {
     defaultBackend: string
   ) {
     super();
-    this._state = { backend: defaultBackend, nodes: 1, procs: 1, gpus: 0, hours: 1, parameters: '' };
+    this._state = {
+      backend: defaultBackend,
+      nodes: 1,
+      procs: 1,
+      gpus: 0,
+      hours: 1,
+      parameters: ''
+    };
     this.addClass('nbs-run-dialog');
   }
 
