@@ -104,17 +104,21 @@ import json, sys, time
 import papermill
 steps = json.loads(sys.argv[1])
 start = time.perf_counter()
+each = []
 for name, path, out, params, cwd in steps:
+    t0 = time.perf_counter()
     papermill.execute_notebook(path, out, parameters=params, kernel_name="python3", cwd=cwd, progress_bar=False)
-print(time.perf_counter() - start)
+    each.append(time.perf_counter() - t0)
+print(json.dumps([time.perf_counter() - start, each]))
 """
 
 
-def run_peer_api(steps, env, root: Path) -> float:
+def run_peer_api(steps, env, root: Path) -> tuple[float, list[float]]:
     data = [(n, str(p), str(root / "peer" / f"{n}.api.ipynb"), params, str(EXAMPLE.parent)) for n, p, params in steps]
     proc = subprocess.run([str(VENV / "bin" / "python"), "-c", PEER_API, json.dumps(data)], env=env, check=True,
                           capture_output=True, text=True)
-    return float(proc.stdout.strip().splitlines()[-1])
+    total, each = json.loads(proc.stdout.strip().splitlines()[-1])
+    return total, [w - user_cell_seconds(Path(d[2])) for w, d in zip(each, data, strict=True)]
 
 
 def run_nbscale(env: dict, home: Path) -> tuple[float, dict]:
@@ -141,6 +145,7 @@ def main() -> int:
     samples: dict[str, list[float]] = {"papermill_cli": [], "papermill_api": [], "nbscale_first": [],
                                        "nbscale_rerun": []}
     peer_overhead: list[float] = []
+    peer_api_overhead: list[float] = []
     ours_overhead: list[dict[str, float]] = []
     for i in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="nbscale-bench-") as tmp:
@@ -150,7 +155,9 @@ def main() -> int:
             wall, overheads = run_peer_cli(papermill, steps, env, root)
             samples["papermill_cli"].append(wall)
             peer_overhead += overheads
-            samples["papermill_api"].append(run_peer_api(steps, env, root))
+            wall, overheads = run_peer_api(steps, env, root)
+            samples["papermill_api"].append(wall)
+            peer_api_overhead += overheads
             first, run = run_nbscale(env, root / "home")
             assert run["status"] == "SUCCEEDED", run
             samples["nbscale_first"].append(first)
@@ -174,6 +181,7 @@ def main() -> int:
         "ratio_rerun_vs_papermill_api": med["nbscale_rerun"] / med["papermill_api"],
         "per_step_overhead_s": {
             "papermill_cli_median": statistics.median(peer_overhead),
+            "papermill_api_median": statistics.median(peer_api_overhead),
             "nbscale_median_all_steps": statistics.median(per_step),
             "nbscale_median_after_first_step": statistics.median(after_first),
             "nbscale_by_step": ours_overhead,
