@@ -7,6 +7,7 @@ here is what the user sees, and that Ctrl-C cancels the job unless --detach.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, magics_class
@@ -22,6 +23,18 @@ from .progress import make_view
 from .train_args import parse_train
 
 
+def _cancel_uninterrupted(handle: Job) -> JobRecord:
+    """Cancel with Ctrl-C ignored: a second press must not leave half the job's processes."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to shield
+        return handle.cancel()
+    try:
+        return handle.cancel()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def watch(handle: Job, title: str, ranks: list[int] | None, cancel_on_interrupt: bool) -> JobRecord:
     """Stream the job into a view until it ends; Ctrl-C cancels it or leaves it running."""
     view = make_view(handle, title)
@@ -33,7 +46,7 @@ def watch(handle: Job, title: str, ranks: list[int] | None, cancel_on_interrupt:
             view.note(f"interrupted: job {handle.id} keeps running; %attach {handle.id} to follow it again")
             raise JobInterrupted(f"detached from job {handle.id}, which keeps running") from None
         view.note(f"interrupted: cancelling job {handle.id}")
-        record = handle.cancel()
+        record = _cancel_uninterrupted(handle)
         view.finish(record)
         raise JobInterrupted(f"job {handle.id} {record.status.lower()}") from None
     record = handle.refresh()
