@@ -36,6 +36,7 @@ def diamond(path: Path, sleep: float = 0.0, extra_a: str = "", params: str = "sc
              "left = [twice(v) * scale for v in data]" + end, "step:left", "prev:prepare"),
         cell("STEP = 'right'\n" + mark + f"time.sleep({sleep})\n"
              "assert 'secret' not in globals(), 'a step saw another step\\'s variable'\n"
+             "import os\nopen('threads.txt', 'w').write(os.environ.get('OMP_NUM_THREADS', 'unset'))\n"
              "right = sum(data)" + end, "step:right", "prev:prepare"),
         cell("STEP = 'join'\n" + mark + "result = (left, right, label)\n"
              "with open('result.txt', 'w') as fh:\n    fh.write(repr(result))" + end,

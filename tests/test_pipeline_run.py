@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,8 @@ def test_diamond_runs_in_order_in_parallel_then_hits_and_misses_the_cache(flow, 
     assert max(spans["left"][1], spans["right"][1]) <= spans["join"][0]
     # the two middle steps overlap in time
     assert spans["left"][0] < spans["right"][1] and spans["right"][0] < spans["left"][1]
+    if "OMP_NUM_THREADS" not in os.environ:  # parallel steps share the cores between their kernels
+        assert (tmp_path / "threads.txt").read_text() == str(max(1, (os.cpu_count() or 1) // 2))
     first = run.to_dict()
     assert all(not s["cached"] and s["cache_reason"] == "miss: first run of this step" for s in first["steps"])
     executed = json.loads(Path(run.step("left")["notebook"]).read_text())
