@@ -239,3 +239,47 @@ async def test_list_pages_through_jobs_newest_first(fetch, jp_root_dir):
     assert code == 200 and page["total"] == 7
     assert [j["id"] for j in page["jobs"]] == ["j-3", "j-2", "j-1"]
     assert page["jobs"][0]["nodes"] == 2 and page["jobs"][0]["cost"] == 0.0
+
+
+# -- the background poller ------------------------------------------------------
+
+
+async def start_hooks(jp_fetch, serverapp):
+    """Run the extension's start hook, as ``ServerApp.start`` does once its loop runs.
+
+    pytest-jupyter's server never calls it (it starts no IO loop of its own).
+    """
+    await jp_fetch("nbscale", "api", "version")
+    (app,) = serverapp.extension_manager.extension_apps["nbscale.server_ext"]
+    await app._start_jupyter_server_extension(serverapp)
+
+
+async def test_poller_marks_a_job_whose_supervisor_died_lost_without_any_request(jp_fetch, jp_serverapp):
+    import subprocess
+    import sys
+
+    from nbscale.store.jobs import JobRecord, get_job, insert_job
+
+    await start_hooks(jp_fetch, jp_serverapp)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = get_store()
+    insert_job(store, JobRecord("orphan-1", "orphan", "local", "local", "RUNNING", {"nodes": 1}, created=time.time(),
+                                started=time.time(), info={"supervisor_pid": dead.pid, "supervisor_started": 1.0,
+                                                           "job_dir": str(jp_serverapp.root_dir)}))
+    deadline = time.monotonic() + 30
+    while get_job(store, "orphan-1").status == "RUNNING" and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    record = get_job(store, "orphan-1")
+    assert record.status == "LOST" and "vanished" in record.error
+    (app,) = jp_serverapp.extension_manager.extension_apps["nbscale.server_ext"]
+    assert app.poller.ticks > 0
+
+
+async def test_stopping_the_extension_stops_the_poller(jp_fetch, jp_serverapp):
+    await start_hooks(jp_fetch, jp_serverapp)
+    (app,) = jp_serverapp.extension_manager.extension_apps["nbscale.server_ext"]
+    assert app.poller._task is not None and not app.poller._task.done()
+    task = app.poller._task
+    await app.stop_extension()
+    assert task.cancelled() and app.poller._task is None
