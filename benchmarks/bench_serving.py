@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -141,7 +142,7 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered:\n{_tail(proc)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -150,6 +151,11 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = 
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def _tail(proc: subprocess.Popen) -> str:
+    path = getattr(proc, "log_path", None)
+    return path.read_text(errors="replace")[-3000:] if path else ""
 
 
 def check_prediction(url: str, body: bytes, expected: np.ndarray) -> None:
@@ -196,24 +202,42 @@ def bare_forward_ms(weights: Path, device: str) -> float:
     return float(np.median(times) * 1000)
 
 
-def measure(name: str, url: str, script: Path, sweep: list[int], seconds: float) -> dict:
-    wrk(url, script, 4, 1)  # warm-up
-    points = []
-    for c in sweep:
-        point = wrk(url, script, c, seconds)
-        points.append(point)
-        print(f"  {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.2f} ms  "
-              f"p99 {point['p99_ms']:7.2f} ms  errors {point['errors']}", file=sys.stderr)
-    ok = [p for p in points if p["p99_ms"] <= P99_LIMIT_MS and p["errors"] == 0]
-    best = max(ok, key=lambda p: p["rps"]) if ok else None
-    return {"sweep": points, "rps_at_p99_50ms": best["rps"] if best else 0.0,
-            "best_connections": best["connections"] if best else None,
-            "p50_ms_at_1_connection": points[0]["p50_ms"]}
+def measure(targets: dict[str, tuple[str, Path]], sweep: list[int], seconds: int, rounds: int) -> dict:
+    """Every server at every connection count, interleaved, ``rounds`` times; the median round counts.
+
+    Interleaving (A, B, C at c=1, then A, B, C at c=2, ...) spreads the noise of
+    other work on this shared machine over all servers alike.
+    """
+    for url, script in targets.values():
+        wrk(url, script, 4, 1)  # warm-up
+    runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in sweep} for name in targets}
+    for r in range(rounds):
+        for c in sweep:
+            for name, (url, script) in targets.items():
+                point = wrk(url, script, c, seconds)
+                runs[name][c].append(point)
+                print(f"  round {r + 1} {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.3f} ms  "
+                      f"p99 {point['p99_ms']:7.2f} ms  errors {point['errors']}", file=sys.stderr)
+    out = {}
+    for name in targets:
+        points = []
+        for c in sweep:
+            ordered = sorted(runs[name][c], key=lambda p: p["rps"])
+            median = dict(ordered[len(ordered) // 2])
+            median["rounds_rps"] = [p["rps"] for p in runs[name][c]]
+            points.append(median)
+        ok = [p for p in points if p["p99_ms"] <= P99_LIMIT_MS and p["errors"] == 0]
+        best = max(ok, key=lambda p: p["rps"]) if ok else None
+        out[name] = {"sweep": points, "rps_at_p99_50ms": best["rps"] if best else 0.0,
+                     "best_connections": best["connections"] if best else None,
+                     "p50_ms_at_1_connection": points[0]["p50_ms"]}
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=5, help="wrk duration per sweep point")
+    ap.add_argument("--seconds", type=int, default=3, help="wrk duration per sweep point")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts")
     ap.add_argument("--sweep", default="1,2,4,8,16,32,64", help="connection counts")
     ap.add_argument("--device", default="cpu", help="device for the nbscale rows (cuda where there is a GPU)")
     ap.add_argument("--only", help="comma-separated subset: nbscale,nbscale-endpoint,kserve,mlserver")
@@ -227,7 +251,7 @@ def main() -> int:
     pythons = setup_venvs() if only & {"kserve", "mlserver"} else {}
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     home = work / "home"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NBSCALE_HOME": str(home), "PYTHONPATH": str(work)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NBSCALE_HOME": str(home), "PYTHONPATH": os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")]))}
     (work / "mlp.py").write_text(MODEL_SRC)
     (work / "kserve_mlp.py").write_text(KSERVE_SRC)
     (work / "mlserver_mlp.py").write_text(MLSERVER_SRC)
@@ -244,13 +268,15 @@ def main() -> int:
     script = work / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n'
                       f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n')
-    bare = bare_forward_ms(weights, "cpu")
-    results: dict = {}
+    bare = bare_forward_ms(weights, args.device)
     procs: list[subprocess.Popen] = []
+    ep = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on the way out
 
     def start(cmd, cwd=None, extra_env=None):
         log = open(work / f"{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(cmd, cwd=cwd or work, env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        proc.log_path = work / f"{len(procs)}.log"
         procs.append(proc)
         return proc
 
@@ -298,26 +324,25 @@ def main() -> int:
                 proc = start([str(mlserver_bin), "start", str(repo)], extra_env={"BENCH_WEIGHTS": str(weights)})
                 return proc, port, f"http://127.0.0.1:{port}/v2/models/mlp/ready"
             contenders.append(("mlserver", run_mlserver))
+        targets: dict[str, tuple[str, Path]] = {}
         for name, launch in contenders:
             proc, port, ready = launch()
             wait_http(ready, proc=proc)
             url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
             check_prediction(url, body.encode(), expected)
-            results[name] = measure(name, url, script, sweep, args.seconds)
-            stop(proc)
+            targets[name] = (url, script)
         if "nbscale-endpoint" in only:
             from nbscale.endpoints import deploy
 
             ep = deploy(str(artifact), name="mlp", replicas=(1, 1))
-            try:
-                token = (home / "endpoints" / "mlp" / "token").read_text().strip()
-                ep_script = work / "post-endpoint.lua"
-                ep_script.write_text(script.read_text().replace(TOKEN, token))
-                url = f"{ep.url}/v2/models/mlp/infer"
-                results["nbscale-endpoint"] = measure("nbscale-endpoint", url, ep_script, sweep, args.seconds)
-            finally:
-                ep.delete()
+            token = (home / "endpoints" / "mlp" / "token").read_text().strip()
+            ep_script = work / "post-endpoint.lua"
+            ep_script.write_text(script.read_text().replace(TOKEN, token))
+            targets["nbscale-endpoint"] = (f"{ep.url}/v2/models/mlp/infer", ep_script)
+        results = measure(targets, sweep, args.seconds, args.rounds)
     finally:
+        if ep is not None:
+            ep.delete()
         for proc in procs:
             if proc.poll() is None:
                 stop(proc)
@@ -332,6 +357,7 @@ def main() -> int:
     save(args.out, {
         "model": "MLP 64-64-10 (torch), one row of 64 FP32 per request, V2 JSON",
         "load_generator": "wrk 4.1 (1 thread, closed loop), connections swept",
+        "rounds": args.rounds, "seconds_per_point": args.seconds,
         "device": args.device, "bare_forward_ms": round(bare, 4), "p99_limit_ms": P99_LIMIT_MS,
         "servers": results, "ratios": ratios,
         "notes": "one server process each, OMP_NUM_THREADS=1; nbscale-endpoint is the deployed endpoint "

@@ -338,3 +338,46 @@ def test_package_refuses_what_it_cannot_serve(tmp_path):
     with pytest.raises(SpecError, match="input shape"):
         package(torch.nn.ReLU(), tmp_path / "b", "x")
     assert package(torch.nn.ReLU(), tmp_path / "c", "x", example=np.zeros((2, 3), np.float32)).is_dir()
+
+
+def test_sagemaker_container_mode_serves_opt_ml_model_contract(tmp_path):
+    # Given the command and environment SageMaker gives the container (loopback here, not 0.0.0.0)
+    model_dir, model = make_artifact(tmp_path / "art")
+    port = free_port()
+    log = (tmp_path / "sm.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "nbscale.serving", "serve", "--model-dir", str(model_dir),
+                             "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port)})
+    try:
+        conn_ok = lambda: _get(port, "/ping") == 200  # noqa: E731
+        wait_for(conn_ok, 60, what="/ping")
+        # Then /invocations answers without a token: the platform authenticates callers
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        x = np.ones((2, 64), np.float32)
+        conn.request("POST", "/invocations", json.dumps(x.tolist()), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        np.testing.assert_allclose(np.asarray(json.loads(resp.read())), forward(model, x), rtol=1e-5, atol=1e-6)
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return 0
+
+
+def test_outside_a_container_the_server_refuses_to_run_without_a_token(tmp_path):
+    model_dir, _ = make_artifact(tmp_path / "art")
+    env = {k: v for k, v in os.environ.items() if k not in ("SAGEMAKER_BIND_TO_PORT", "NBSCALE_SERVING_TOKEN")}
+    res = subprocess.run([sys.executable, "-m", "nbscale.serving", "--model-dir", str(model_dir), "--port", str(free_port())],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2 and "no token" in res.stderr

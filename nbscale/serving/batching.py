@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+GAP_MIN_S = 0.0002  # never give up on a filling batch sooner than this
 INLINE_BELOW_S = 0.002  # a thread hand-off costs ~50 us: tiny forwards run on the loop itself
 
 
@@ -48,6 +49,8 @@ class Batcher:
         self.queued_rows = 0
         self.last_size = 1
         self.ewma_run = 0.0
+        self.ewma_gap = 0.0
+        self._last_arrival = 0.0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="nbscale-model")
@@ -70,6 +73,9 @@ class Batcher:
         n = rows.shape[0]
         if self.queued_rows + n > self.max_queue:
             raise Overloaded(f"the request queue is full ({self.queued_rows} rows waiting); retry shortly")
+        now = time.perf_counter()
+        self.ewma_gap = 0.9 * self.ewma_gap + 0.1 * min(now - self._last_arrival, 0.01)
+        self._last_arrival = now
         fut = asyncio.get_running_loop().create_future()
         self.queue.append((rows, fut))
         self.queued_rows += n
@@ -81,7 +87,9 @@ class Batcher:
 
         The batch waits (at most ``max_batch_delay_ms``) for as many rows as the
         previous batch had: closed-loop callers come back together, so a batch
-        fills fast, and a batch never waits for callers that do not exist.
+        fills fast, and a batch never waits for callers that do not exist. It
+        also stops once no request came for a few typical inter-arrival gaps,
+        so one straggler does not hold the others for the whole delay.
         """
         await asyncio.sleep(0)  # lets requests already read off sockets join
         want = min(self.limit, self.last_size)
@@ -92,9 +100,10 @@ class Batcher:
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
+            gap = max(GAP_MIN_S, 4 * self.ewma_gap)
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), left)
+                await asyncio.wait_for(self._wake.wait(), min(left, gap))
             except TimeoutError:
                 return
 
