@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -217,14 +218,18 @@ def deploy(
               "idle_timeout_s": idle_timeout_s, "max_queue": max_queue}
     if capture_rate:
         config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
-    rec = mgr.deploy(name, model_dir, port, lo, hi, config)
+    try:
+        rec = mgr.deploy(name, model_dir, port, lo, hi, config)
+    except BaseException:
+        if model_dir.is_relative_to(endpoint_dir(name)):  # a copy made here for this deploy
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
     return Endpoint(rec, mgr)
 
 
 def _relabel(model_dir: Path, manifest: dict, name: str) -> Path:
     """Serve an artifact under another name without touching the original: a linked copy."""
     import json
-    import shutil
 
     dest = endpoint_dir(name) / "models" / f"model-{int(time.time() * 1000)}"
     shutil.copytree(model_dir, dest, copy_function=_link_or_copy)
@@ -235,7 +240,6 @@ def _relabel(model_dir: Path, manifest: dict, name: str) -> Path:
 
 def _link_or_copy(src: str, dst: str) -> None:
     import os
-    import shutil
 
     try:
         os.link(src, dst)

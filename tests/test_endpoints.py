@@ -191,6 +191,8 @@ def test_bad_deploys_say_what_is_wrong(cleanup):
         deploy(mlp(), name="taken")
     with pytest.raises(Conflict, match="in use"):
         deploy(mlp(), name="other", port=ep.record.port)
+    assert not (endpoint_dir("other") / "models").exists() or not any((endpoint_dir("other") / "models").iterdir())
+    assert ep.predict(np.zeros((1, 64), np.float32)).shape == (1, 10)  # the refused deploys left it alone
     with pytest.raises(SpecError, match="shape"):
         ep.predict(np.zeros((1, 3), np.float32))
     assert [e.name for e in endpoints()] == ["taken"]

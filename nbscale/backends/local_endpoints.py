@@ -85,18 +85,18 @@ class LocalEndpoints:
         port = port or _free_port()
         edir = endpoint_dir(name)
         edir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token_path = edir / "token"
-        token_path.unlink(missing_ok=True)
-        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
         now = time.time()
         rec = EndpointRecord(name=name, backend=self.backend, backend_type="local", status=STARTING,
                              url=f"http://127.0.0.1:{port}", port=port, model_dir=str(model_dir),
                              min_replicas=min_replicas, max_replicas=max_replicas,
                              config={**config, "dir": str(edir)}, created=now, updated=now)
-        insert_endpoint(self.store, rec)
+        insert_endpoint(self.store, rec)  # first: a name already taken must not lose its token
         try:
+            token_path = edir / "token"
+            token_path.unlink(missing_ok=True)
+            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
             self._start_router(name)
             return self.wait_started(name)
         except BaseException:
