@@ -51,7 +51,15 @@ def _warn_versions(manifest: dict[str, Any]) -> None:
               "functions sent by value may not load", file=sys.stderr)
 
 
-def build_namespace(found: bundle.Bundle, src_dir: Path) -> dict[str, Any]:
+def map_location(device) -> Any:
+    """CUDA tensors from the kernel land on this rank's GPU, or the CPU when it has none;
+    CPU tensors stay where they are, so moving data stays the cell's choice."""
+    if device.type != "cuda":
+        return "cpu"
+    return lambda storage, location: storage.to(device) if location.startswith("cuda") else storage
+
+
+def build_namespace(found: bundle.Bundle, src_dir: Path, device=None) -> dict[str, Any]:
     manifest = found.manifest
     _extract_sources(found, src_dir)
     sys.path.insert(0, str(src_dir))  # the shipped snapshot wins over anything on the machine
@@ -59,7 +67,8 @@ def build_namespace(found: bundle.Bundle, src_dir: Path) -> dict[str, Any]:
     for statement in manifest.get("imports", []):
         exec(compile(statement, "<nbscale imports>", "exec"), ns)
     for item in manifest.get("inputs", []):
-        ns[item["name"]] = load_value(found.part(item["part"]), item["how"])
+        location = map_location(device) if device is not None and item["how"] == "torch.save" else None
+        ns[item["name"]] = load_value(found.part(item["part"]), item["how"], location)
     return ns
 
 
@@ -100,10 +109,10 @@ def run_bundle(target: str, spec: dict[str, Any], jobdir: JobDir, rank: int) -> 
     found = bundle.read(target, KIND)
     manifest = found.manifest
     _warn_versions(manifest)
-    ns = build_namespace(found, jobdir.path / "src" / f"rank-{rank}")
     from .. import distributed
 
-    distributed.init()
+    device = distributed.init()
+    ns = build_namespace(found, jobdir.path / "src" / f"rank-{rank}", device)
     code = compile_cell(found.part("cell.py").decode(), int(manifest.get("line_offset", 0)))
     started = time.monotonic()
     try:
