@@ -22,6 +22,8 @@ const NOTEBOOK = env('NBS_NOTEBOOK');
 const SLOW = env('NBS_SLOW_NOTEBOOK');
 const ENDPOINT = env('NBS_ENDPOINT');
 const LOG_TEXT = env('NBS_LOG_TEXT');
+// a notebook that trains through %%train starts a job of its own
+const NESTED_JOB = process.env.NBS_NESTED_JOB || '';
 const SHOTS = env('NBS_SHOTS');
 const JOB_TIMEOUT = 180_000;
 
@@ -144,7 +146,7 @@ try {
   );
 
   step('submit the notebook as a job from the toolbar');
-  const dialog = await lab.runAsJob('{"epochs": 2}');
+  const dialog = await lab.runAsJob('{"epochs": 30}');
   assert.match(await dialog.locator('.nbs-estimate').innerText(), /\$0\.00/);
   await page.screenshot({ path: join(SHOTS, 'run-as-job-dialog.png') });
   await lab.accept(dialog);
@@ -156,12 +158,27 @@ try {
     .jobView()
     .locator('.nbs-log', { hasText: LOG_TEXT })
     .waitFor({ timeout: 30_000 });
-  await lab.jobView().locator('.nbs-metrics polyline').first().waitFor();
-  const row = panel.locator('.nbs-jobs .nbs-row').first();
+  // the sidebar list agrees with the job view
+  const jobId = await lab.jobView().getAttribute('data-job-id');
+  const row = panel.locator(`.nbs-jobs .nbs-row[data-job-id="${jobId}"]`);
   await row
     .locator('.nbs-status', { hasText: 'succeeded' })
     .waitFor({ timeout: 30_000 });
   assert.match(await row.innerText(), /\$0\.00/);
+
+  if (NESTED_JOB) {
+    step('the training job it started, with its loss curve');
+    await panel
+      .locator('.nbs-jobs .nbs-row', { hasText: NESTED_JOB })
+      .first()
+      .click();
+    await lab.waitJobStatus('succeeded');
+  }
+  await lab
+    .jobView()
+    .locator('.nbs-metrics polyline')
+    .first()
+    .waitFor({ timeout: 30_000 });
   await page.screenshot({ path: join(SHOTS, 'panel-job.png') });
 
   step("an endpoint's latency and throughput charts");
