@@ -130,9 +130,11 @@ def test_closures_lambdas_classes_aliased_imports_and_a_local_module_travel(kern
                 return F.relu(self.fc(x))
         """)
     reply = k.ok("""
-        %%train --procs-per-node 2 --outputs model,values,ranks --log-ranks all
+        %%train --procs-per-node 2 --outputs model,values,ranks,wrapped --log-ranks all
         import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
         model = Net()
+        wrapped = DistributedDataParallel(Net())   # comes back unwrapped: no process group in the kernel
         out = model(torch.ones(3, 4))
         rank = torch.tensor([dist.get_rank() + 1])
         dist.all_reduce(rank)                      # 1 + 2: both ranks took part
@@ -142,8 +144,8 @@ def test_closures_lambdas_classes_aliased_imports_and_a_local_module_travel(kern
         """)
     assert "[rank 0] rank 0 of 2" in reply.text and "[rank 1] rank 1 of 2" in reply.text
     assert "succeeded" in reply.text and "text/html" in reply.mimes
-    check = k.ok("print(isinstance(model, Net), values, ranks)")
-    assert check.text.strip() == "True [6, 9, 101, 102, 3.0, (3, 2)] 3"
+    check = k.ok("print(isinstance(model, Net), values, ranks, type(wrapped).__name__)")
+    assert check.text.strip() == "True [6, 9, 101, 102, 3.0, (3, 2)] 3 Net"
     jobs = _jobs()
     assert len(jobs) == 1 and jobs[0].status == SUCCEEDED and jobs[0].spec["procs_per_node"] == 2
     listing = k.ok("%jobs")
