@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends.local.processes import alive
 from .backends.local_endpoints import LocalEndpoints, endpoint_dir, token_for
 from .config import load as load_config
 from .errors import BackendUnavailable, Conflict, NbscaleError, SpecError
@@ -28,7 +29,7 @@ from .serving.artifact import package, read_manifest
 from .serving.jsoncodec import dumps, loads
 from .serving.protocol import DTYPES
 from .store import get_store
-from .store.endpoints import EndpointRecord, get_endpoint, list_endpoints
+from .store.endpoints import READY, SCALED_TO_ZERO, EndpointRecord, get_endpoint, list_endpoints
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -58,10 +59,18 @@ class Endpoint:
         self._record = self._manager.status(get_endpoint(self._manager.store, self.name))
         return self._record
 
+    @property
+    def status(self) -> str:
+        """The stored status, or DOWN when the router process is gone (``refresh()`` restarts it)."""
+        r = self._record
+        if r.status in (READY, SCALED_TO_ZERO) and r.pid and not alive(r.pid, r.pid_created):
+            return "DOWN"
+        return r.status
+
     def to_dict(self) -> dict[str, Any]:
         r = self._record
         return {
-            "name": r.name, "backend": r.backend, "backend_type": r.backend_type, "url": r.url, "status": r.status,
+            "name": r.name, "backend": r.backend, "backend_type": r.backend_type, "url": r.url, "status": self.status,
             "replicas": {"current": r.replicas, "min": r.min_replicas, "max": r.max_replicas},
             "created": r.created, "model_dir": r.model_dir, "restarts": r.restarts, "error": r.error,
             "max_batch_size": r.config.get("max_batch_size"), "max_batch_delay_ms": r.config.get("max_batch_delay_ms"),

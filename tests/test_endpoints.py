@@ -15,6 +15,7 @@ import pytest
 from nbscale.backends.local_endpoints import ENDPOINT_ENV, endpoint_dir
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import Conflict, NotFound, SpecError
+from nbscale.serving.capture import read_capture
 
 from .conftest import wait_for
 from .test_serving import forward, make_artifact, mlp
@@ -210,6 +211,7 @@ def test_a_dead_router_is_restarted_on_the_same_port(cleanup):
     port, pid = ep.record.port, ep.record.pid
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+    assert endpoint("phoenix").to_dict()["status"] == "DOWN"
     rec = ep.refresh()
     assert rec.pid != pid and rec.port == port and rec.status == "READY"
     assert ep.predict(np.zeros((1, 64), np.float32)).shape == (1, 10)
@@ -222,8 +224,12 @@ def test_magics_deploy_list_and_undeploy(cleanup):
     try:
         shell.run_line_magic("load_ext", "nbscale.magics")
         shell.user_ns["model"] = mlp()
-        ep = shell.run_line_magic("deploy", "model --name magic --max-batch-size 8")
+        ep = shell.run_line_magic("deploy", "model --name magic --max-batch-size 8 --capture-rate 1")
         assert ep.name == "magic" and ep.to_dict()["max_batch_size"] == 8
+        x = np.full((1, 64), 0.5, np.float32)
+        ep.predict(x)
+        captured = wait_for(lambda: read_capture(endpoint_dir("magic") / "capture"), 10, what="captured request")
+        np.testing.assert_allclose(captured[0]["inputs"]["input"], x)
         table = shell.run_line_magic("endpoints", "")._repr_mimebundle_()
         assert "magic" in table["text/plain"] and "<table>" in table["text/html"]
         shell.run_line_magic("undeploy", "magic")
