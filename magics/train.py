@@ -35,9 +35,12 @@ def _cancel_uninterrupted(handle: Job) -> JobRecord:
         signal.signal(signal.SIGINT, previous)
 
 
-def watch(handle: Job, title: str, ranks: list[int] | None, cancel_on_interrupt: bool) -> JobRecord:
+def watch(handle: Job, title: str, ranks: list[int] | None, cancel_on_interrupt: bool,
+          note: str | None = None) -> JobRecord:
     """Stream the job into a view until it ends; Ctrl-C cancels it or leaves it running."""
     view = make_view(handle, title)
+    if note:
+        view.note(note)
     try:
         for rank, line in handle.follow(ranks=ranks, on_poll=view.poll):
             view.line(rank, line)
@@ -85,7 +88,8 @@ class TrainMagics(Magics):
             raise user_error(exc) from None
         if args.run_async:
             return handle
-        record = watch(handle, "%%train", args.log_ranks, cancel_on_interrupt=not args.detach)
+        record = watch(handle, "%%train", args.log_ranks, cancel_on_interrupt=not args.detach,
+                       note=prepared.capture.summary())
         if record.terminal:
             # the job has read its bundle; the results live on in the job directory
             prepared.bundle_path.unlink(missing_ok=True)

@@ -95,6 +95,14 @@ class Capture:
     def report(self) -> CaptureReport:
         return CaptureReport(self)
 
+    def summary(self) -> str:
+        """One line: what is sent, how big, how long capture took."""
+        sent = ", ".join(f"{i.name} ({human_size(i.size)})" for i in self.inputs) or "no values"
+        imports = ", ".join(i.name for i in self.items if i.kind == "import")
+        files = f"; {len(self.modules)} local source file(s)" if self.modules else ""
+        return (f"sent {human_size(self.size)} in {self.seconds * 1000:.0f} ms: {sent}"
+                + (f"; imports: {imports}" if imports else "") + files)
+
 
 def human_size(n: int) -> str:
     size = float(n)
