@@ -164,3 +164,58 @@ def test_detached_run_from_the_cli_and_a_killed_runner_is_lost(flow, nbscale_cli
 def test_cli_reports_bad_input_in_one_line(nbscale_cli, tmp_path):
     proc = nbscale_cli("pipeline", "run", str(tmp_path / "missing.ipynb"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+
+
+def test_stopping_a_detached_run_cancels_it_and_kills_its_kernels(tmp_path):
+    import signal
+
+    import psutil
+
+    from nbscale.store import get_store
+    from tests.conftest import wait_for
+
+    path = write_notebook(tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow"),
+                                                    cell("x = 1", "step:after", "prev:slow")])
+    run = start_run(str(path))
+    wait_for(lambda: get_run(run.id).step("slow")["status"] == "RUNNING", timeout=60, what="the step to start")
+    pid = get_store().query_one("SELECT pid FROM pipeline_runs WHERE id = ?", (run.id,))["pid"]
+    runner = psutil.Process(pid)
+    kernels = wait_for(lambda: [p for p in runner.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())],
+                       timeout=60, what="the step's kernel")
+    runner.send_signal(signal.SIGTERM)
+    try:
+        runner.wait(60)
+    except psutil.TimeoutExpired:
+        from nbscale.pipelines.runner import run_dir
+
+        log = (run_dir(run.id) / "runner.log").read_text()
+        runner.kill()
+        raise AssertionError(f"the runner did not stop on SIGTERM; its log:\n{log}") from None
+    ended = get_run(run.id)
+    assert ended.status == "CANCELLED" and ended.error == "interrupted"
+    assert statuses(ended) == {"slow": "CANCELLED", "after": "CANCELLED"}
+    gone, alive = psutil.wait_procs(kernels, timeout=10)
+    assert not alive, f"kernels left running: {alive}"
+
+
+def test_ctrl_c_on_the_cli_cancels_the_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.conftest import wait_for
+
+    path = write_notebook(tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow")])
+    cli = subprocess.Popen([sys.executable, "-m", "nbscale", "pipeline", "run", str(path)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: runs() and runs()[0].step("slow")["status"] == "RUNNING", timeout=60, what="the step")
+    kernels = wait_for(lambda: [p for p in psutil.Process(cli.pid).children(recursive=True)
+                                if "ipykernel" in " ".join(p.cmdline())], timeout=60, what="the kernel")
+    cli.send_signal(signal.SIGINT)
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 130, err
+    assert "interrupted; the run was cancelled" in err
+    assert runs()[0].status == "CANCELLED"
+    assert not psutil.wait_procs(kernels, timeout=10)[1]

@@ -15,21 +15,19 @@ def _params(args: argparse.Namespace) -> dict:
     return {name: typed_value(value) for name, value in (args.parameter or [])}
 
 
-def _follow(run, stream=None):
-    """Print each step as it changes until the run ends; Ctrl-C leaves the run going."""
+def _printer(stream=None):
     stream = stream or sys.stderr
-    seen: dict[str, str] = {}
-    while True:
-        for step in run.steps:
-            if seen.get(step["name"]) != step["status"]:
-                seen[step["name"]] = step["status"]
-                reason = f" ({step['cache_reason']})" if step["cache_reason"] and step["status"] != "PENDING" else ""
-                stream.write(f"  {step['name']}: {step['status'].lower()}{reason}\n")
-                stream.flush()
-        if run.terminal:
-            return run
-        time.sleep(0.2)
-        run = run.refresh()
+
+    def on_step(name: str, fields: dict) -> None:
+        reason = fields.get("cache_reason")
+        status = fields["status"].lower()
+        detail = f" ({reason})" if reason and status in ("running", "cached", "reused") else ""
+        if fields.get("error"):
+            detail = f": {fields['error']}"
+        stream.write(f"  {name}: {status}{detail}\n")
+        stream.flush()
+
+    return on_step
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -37,16 +35,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = {"max_parallel": args.max_parallel, "only": args.only, "from_step": args.from_step,
                "no_cache": args.no_cache}
-    run = start_run(args.path, _params(args), backend=args.backend or "local", detach=True,
-                    **{k: v for k, v in options.items() if v not in (None, False, [])})
+    options = {k: v for k, v in options.items() if v not in (None, False, [])}
     if args.detach:
+        run = start_run(args.path, _params(args), backend=args.backend or "local", detach=True, **options)
         print(run.id)
         return 0
-    print(f"nbscale: pipeline {run.name} run {run.id} started", file=sys.stderr)
+    # in this process, as make does: Ctrl-C stops the run and kills its kernels (--detach to keep it going)
     try:
-        run = _follow(run)
+        run = start_run(args.path, _params(args), backend=args.backend or "local", detach=False,
+                        on_step=_printer(), **options)
     except KeyboardInterrupt:
-        print(f"nbscale: stopped following; the run goes on (nbscale pipeline status {run.id})", file=sys.stderr)
+        print("nbscale: interrupted; the run was cancelled", file=sys.stderr)
         return 130
     if args.json:
         print_json(run.to_dict())

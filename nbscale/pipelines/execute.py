@@ -92,7 +92,7 @@ def run_step(step_name: str, notebook: dict[str, Any], parameters: dict[str, Any
     finally:
         if timer:
             timer.cancel()
-        kernel.close(background=True)
+        pool.release(kernel)
         source.unlink(missing_ok=True)
     if error is None and timed_out.is_set():
         error = f"step {step_name} timed out after {timeout:g} s; its kernel was stopped"

@@ -47,6 +47,7 @@ class PooledKernel:
         self.env = env
         self.ready = threading.Event()
         self.error: BaseException | None = None
+        self.doomed = False  # killed before its process existed: kill it as soon as it does
 
     def start(self, gate: threading.Semaphore | None = None) -> None:
         try:
@@ -58,6 +59,8 @@ class PooledKernel:
         except BaseException as exc:  # reported to whoever takes the kernel
             self.error = exc
         finally:
+            if self.doomed:
+                self.kill()
             self.ready.set()
 
     async def _start(self) -> None:
@@ -82,6 +85,7 @@ class PooledKernel:
         """Kill the kernel and everything it started (joblib workers, dataloaders)."""
         import psutil
 
+        self.doomed = True
         pid = self.pid
         if pid:
             try:
@@ -120,6 +124,7 @@ class KernelPool:
         self._lock = threading.Lock()
         self._waiting: deque[str] = deque()  # cwds of steps expected to need a kernel
         self._spare: list[PooledKernel] = []
+        self._busy: set[PooledKernel] = set()  # handed to a step; killed too if the run stops
         self._closed = False
         # a kernel start is mostly CPU (imports): starting several at once on a small machine
         # makes the first one, which a step waits for, late; so they start a few at a time
@@ -151,18 +156,31 @@ class KernelPool:
         if kernel is None:
             kernel = PooledKernel(self.kernel_name, cwd, self.env)
             kernel.start()
+        with self._lock:
+            self._busy.add(kernel)
         self._fill()
         kernel.ready.wait(STARTUP_TIMEOUT + 10)
+        if self._closed or kernel.doomed:
+            self.release(kernel)
+            raise RuntimeError("the run was stopped before this step started")
         if kernel.error is not None:
             kernel.close()
             raise RuntimeError(f"the kernel {self.kernel_name!r} did not start: {kernel.error}") from kernel.error
         return kernel
 
+    def release(self, kernel: PooledKernel) -> None:
+        with self._lock:
+            self._busy.discard(kernel)
+        kernel.close(background=True)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             spare, self._spare = self._spare, []
+            busy, self._busy = self._busy, set()
             self._waiting.clear()
+        for kernel in busy:  # steps still running when the run stops: their papermill call fails now
+            kernel.kill()
         for kernel in spare:
             kernel.ready.wait(STARTUP_TIMEOUT + 10)
             kernel.close()

@@ -1,6 +1,6 @@
 """The local runner: steps in dependency order, independent ones in parallel, cached ones skipped.
 
-Run in-process (``detach=False``) or as ``python -m nbscale.pipelines.runner
+Run in-process (``detach=False``) or as ``python -m nbscale.pipelines.background
 RUN_ID`` in its own session, so a JupyterLab server or kernel that starts a
 run never blocks on it and the run outlives them.
 """
@@ -8,8 +8,8 @@ run never blocks on it and the run outlives them.
 from __future__ import annotations
 
 import os
-import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,10 @@ def selected_steps(pipeline: Pipeline, only: list[str] | None, from_step: str | 
 
 
 class Runner:
-    def __init__(self, run_id: str, pipeline: Pipeline, values: dict[str, Any], options: dict[str, Any]):
+    def __init__(self, run_id: str, pipeline: Pipeline, values: dict[str, Any], options: dict[str, Any],
+                 on_step: Callable[[str, dict[str, Any]], None] | None = None):
         self.run_id = run_id
+        self.on_step = on_step
         self.pipeline = pipeline
         self.values = values
         self.store = get_store()
@@ -69,6 +71,8 @@ class Runner:
         if "status" in fields:
             self.status[step] = fields["status"]
         db.update_step(self.store, self.run_id, step, **fields)
+        if self.on_step is not None and "status" in fields:
+            self.on_step(step, fields)
 
     def _step_values(self, name: str) -> dict[str, Any]:
         step = self.pipeline.steps[name]
@@ -231,8 +235,11 @@ class Runner:
             self.pool.expect([str(Path(self.pipeline.steps[s].notebook).parent) for s in upcoming])
 
 
-def execute_run(run_id: str) -> str:
-    """Run a recorded run (the detached process and ``detach=False`` both come here)."""
+def execute_run(run_id: str, on_step: Callable[[str, dict[str, Any]], None] | None = None) -> str:
+    """Run a recorded run (the detached process and ``detach=False`` both come here).
+
+    Ctrl-C or SIGTERM stops it: running kernels are killed and the run is CANCELLED.
+    """
     store = get_store()
     record = db.get_run(store, run_id)
     if not db.update_run(store, run_id, only_if=(PENDING,), status=RUNNING, started=time.time()):
@@ -240,22 +247,14 @@ def execute_run(run_id: str) -> str:
     try:
         pipeline = load(record["source"])
         values = resolve_parameters(pipeline.parameters, record["parameters"])
-        return Runner(run_id, pipeline, values, record["options"]).run()
+        return Runner(run_id, pipeline, values, record["options"], on_step).run()
     except BaseException as exc:
-        db.update_run(store, run_id, only_if=(RUNNING,), status=FAILED, ended=time.time(), error=str(exc))
+        stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+        status, error = (CANCELLED, "interrupted") if stopped else (FAILED, str(exc))
+        db.update_run(store, run_id, only_if=(RUNNING,), status=status, ended=time.time(), error=error)
         for step in db.steps_of(store, [run_id])[run_id]:
             if step["status"] in (PENDING, RUNNING):
                 db.update_step(store, run_id, step["name"], status=CANCELLED, ended=time.time())
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
+        if stopped:
             raise
         return FAILED
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    status = execute_run(argv[0])
-    return 0 if status == SUCCEEDED else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

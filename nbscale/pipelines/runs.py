@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,8 +137,12 @@ def _backend(name: str | None) -> str:
 
 
 def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str = "local", detach: bool = True,
-              **options: Any) -> PipelineRun:
-    """Check the pipeline, record the run, and run it (in a detached process when ``detach``)."""
+              on_step: Callable[[str, dict[str, Any]], None] | None = None, **options: Any) -> PipelineRun:
+    """Check the pipeline, record the run, and run it (in a detached process when ``detach``).
+
+    Without ``detach`` the run happens in this process and ``on_step(name, fields)`` hears each
+    step change status; Ctrl-C cancels it.
+    """
     unknown = set(options) - OPTION_KEYS
     if unknown:
         raise SpecError(f"option {sorted(unknown)[0]!r}", "is not known", f"use {', '.join(sorted(OPTION_KEYS))}")
@@ -158,14 +163,14 @@ def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str 
     store = get_store()
     db.insert_run(store, record, steps)
     if not detach:
-        execute_run(run_id)
+        execute_run(run_id, on_step)
         return get_run(run_id)
     directory = run_dir(run_id)
     directory.mkdir(parents=True, exist_ok=True)
     log = open(directory / "runner.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbscale.pipelines.runner", run_id], stdin=subprocess.DEVNULL, stdout=log,
+            [sys.executable, "-m", "nbscale.pipelines.background", run_id], stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(), cwd=pipeline.directory,
         )
     except OSError as exc:

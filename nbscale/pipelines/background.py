@@ -1,0 +1,32 @@
+"""``python -m nbscale.pipelines.background RUN_ID``: a detached run, in its own session.
+
+Kept apart from ``runner`` so that ``-m`` does not import the module it runs twice.
+SIGTERM unwinds through the runner's cleanup, so the kernels die with the run.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+from .runner import execute_run
+from .status import SUCCEEDED
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        status = execute_run(argv[0])
+    except SystemExit as exc:
+        return int(exc.code or 1)
+    return 0 if status == SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
