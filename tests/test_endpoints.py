@@ -199,6 +199,17 @@ def test_bad_deploys_say_what_is_wrong(cleanup):
     assert [e.name for e in endpoints()] == ["taken"]
 
 
+def test_a_model_that_fails_to_load_fails_the_deploy_with_its_error(cleanup, tmp_path):
+    from nbscale.errors import BackendUnavailable
+
+    model_dir, _ = make_artifact(tmp_path / "art", name="broken")
+    code = model_dir / "code" / "inference.py"
+    code.write_text(code.read_text() + "\n\ndef model_fn(model_dir):\n    raise RuntimeError('weights are corrupt')\n")
+    with pytest.raises(BackendUnavailable, match="weights are corrupt"):
+        deploy(str(model_dir), name="broken")
+    assert endpoints() == [] and endpoint_processes("broken") == []
+
+
 def test_the_cli_reports_errors_in_one_line(nbscale_cli, tmp_path):
     res = nbscale_cli("predict", "ghost", "--json", "[[1]]")
     assert res.returncode == 1 and "no endpoint 'ghost'" in res.stderr and "Traceback" not in res.stderr

@@ -106,6 +106,8 @@ class Router:
         self.h_cold = Histogram("nbscale_endpoint_cold_start_seconds", "Time from request to a ready replica",
                                 ["model"], buckets=(0.5, 1, 2, 5, 10, 30, 60, 120), registry=reg)
         self.stopping = False
+        self.deaths: deque[float] = deque()
+        self.respawn_at = 0.0
 
     # -- replicas ------------------------------------------------------------
     def _spawn(self) -> Replica:
@@ -198,10 +200,14 @@ class Router:
                     w.close()
                 if not rep.draining:
                     self.restarts += 1
+                    self.deaths.append(now)
+                    while self.deaths and self.deaths[0] < now - 60:
+                        self.deaths.popleft()
+                    # a replica that keeps dying is restarted with growing pauses, not in a tight loop
+                    if len(self.deaths) >= 3:
+                        self.respawn_at = now + min(30.0, 2.0 ** (len(self.deaths) - 2))
                     add_endpoint_event(self.store, self.name, "replica_died",
                                        {"replica": rep.id, "pid": rep.proc.pid, "returncode": rep.proc.returncode})
-                    if len(self._active()) < max(self.min, 1 if self.inflight else 0):
-                        self._spawn()
                 self._record("replica_exit")
             self.samples.append((now, self.inflight))
             while self.samples and self.samples[0][0] < now - 2.0:
@@ -217,7 +223,7 @@ class Router:
         else:
             want = max(want, self.min, 1 if active else 0)
         want = min(want, self.max)
-        if want > len(active):
+        if want > len(active) and now >= self.respawn_at:
             self.low_since = None
             for _ in range(want - len(active)):
                 self._spawn()
@@ -340,8 +346,14 @@ class Router:
         for _ in range(self.min):
             self._spawn()
         self._record("started")
-        if self.min:
-            await asyncio.wait([asyncio.ensure_future(r.ready.wait()) for r in self.replicas], timeout=COLD_START_TIMEOUT_S)
+        deadline = time.monotonic() + COLD_START_TIMEOUT_S
+        while self.min and not all(r.ready.is_set() for r in self.replicas) and time.monotonic() < deadline:
+            dead = next((r for r in self.replicas if r.proc.poll() is not None), None)
+            if dead is not None:  # a broken artifact: fail the deploy now, with the replica's own words
+                log = (self.dir / f"replica-{dead.id}.log").read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"replica exited with code {dead.proc.returncode} before it was ready: "
+                                   + " | ".join(log[-3:]))
+            await asyncio.sleep(0.05)
         self._record("ready")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
