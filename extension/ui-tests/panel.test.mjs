@@ -18,10 +18,8 @@ const env = name => {
 };
 const URL_ = env('NBS_URL');
 const TOKEN = env('NBS_TOKEN');
+const SCENARIO = process.env.NBS_SCENARIO || 'full';
 const NOTEBOOK = env('NBS_NOTEBOOK');
-const SLOW = env('NBS_SLOW_NOTEBOOK');
-const ENDPOINT = env('NBS_ENDPOINT');
-const LOG_TEXT = env('NBS_LOG_TEXT');
 // a notebook that trains through %%train starts a job of its own
 const NESTED_JOB = process.env.NBS_NESTED_JOB || '';
 const SHOTS = env('NBS_SHOTS');
@@ -102,33 +100,11 @@ class Lab {
   }
 }
 
-const userData = mkdtempSync(join(tmpdir(), 'nbs-chromium-'));
-const context = await chromium.launchPersistentContext(userData, {
-  executablePath: process.env.NBS_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1440, height: 900 },
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync'
-  ]
-});
-const consoleErrors = [];
-let failed = false;
-try {
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', msg => {
-    if (msg.type() === 'error' || msg.text().startsWith('nbscale:')) {
-      consoleErrors.push(msg.text());
-    }
-  });
-  const lab = new Lab(page);
-
+/** The panel against a working server: submit, follow, charts, DAG, cancel, Notebook 7. */
+async function full(page, lab) {
+  const SLOW = env('NBS_SLOW_NOTEBOOK');
+  const ENDPOINT = env('NBS_ENDPOINT');
+  const LOG_TEXT = env('NBS_LOG_TEXT');
   step('open the notebook and the panel');
   await lab.open(NOTEBOOK);
   await lab.showPanel();
@@ -165,6 +141,17 @@ try {
     .locator('.nbs-status', { hasText: 'succeeded' })
     .waitFor({ timeout: 30_000 });
   assert.match(await row.innerText(), /\$0\.00/);
+
+  step('insert %attach for the job into the notebook');
+  await lab.jobView().getByRole('button', { name: 'Insert %attach' }).click();
+  await page
+    .locator('.jp-NotebookPanel:visible .jp-Cell', {
+      hasText: `%attach ${jobId}`
+    })
+    .waitFor({ timeout: 10_000 });
+  await lab.open(NOTEBOOK); // back to a clean layout (the edit is not saved)
+  await lab.showPanel();
+  await lab.widenSidebar(200);
 
   if (NESTED_JOB) {
     step('the training job it started, with its loss curve');
@@ -246,8 +233,58 @@ try {
     1,
     'panel in Notebook 7'
   );
+}
 
-  const ours = consoleErrors.filter(t => /nbscale/i.test(t));
+/** Lab with the labextension but no server extension: the panel says what to do. */
+async function missingServer(lab) {
+  step('the panel without its server extension');
+  await lab.open(NOTEBOOK);
+  await lab.showPanel();
+  const notice = lab.panel().locator('.nbs-server-notice[role="alert"]');
+  await notice.waitFor({ timeout: 30_000 });
+  assert.match(
+    await notice.innerText(),
+    /server extension is not running.*jupyter server extension enable nbscale\.server_ext/
+  );
+}
+
+const userData = mkdtempSync(join(tmpdir(), 'nbs-chromium-'));
+const context = await chromium.launchPersistentContext(userData, {
+  executablePath: process.env.NBS_CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 1440, height: 900 },
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync'
+  ]
+});
+const consoleErrors = [];
+let failed = false;
+try {
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on('console', msg => {
+    if (msg.type() === 'error' || msg.text().startsWith('nbscale:')) {
+      consoleErrors.push(msg.text());
+    }
+  });
+  page.on('dialog', dialog => void dialog.accept()); // "leave this page?"
+  const lab = new Lab(page);
+
+  if (SCENARIO === 'missing-server') {
+    await missingServer(lab);
+  } else {
+    await full(page, lab);
+  }
+  // the missing-server scenario expects the panel's own warning in the console
+  const ours = consoleErrors.filter(
+    t => /nbscale/i.test(t) && SCENARIO !== 'missing-server'
+  );
   assert.deepEqual(ours, [], 'nbscale errors in the browser console');
   step('all good');
 } catch (error) {

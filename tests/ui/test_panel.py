@@ -65,6 +65,12 @@ def _prerequisites() -> None:
 
 @pytest.fixture
 def lab(tmp_path):
+    with running_lab(tmp_path) as info:
+        yield info
+
+
+@contextlib.contextmanager
+def running_lab(tmp_path, *extra_args: str, api_path: str = "nbscale/api/version"):
     _prerequisites()
     root = tmp_path / "work"
     root.mkdir()
@@ -83,6 +89,7 @@ def lab(tmp_path):
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly",
         "--NbscaleExtension.poll_interval=0.5",
+        *extra_args,
     ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
@@ -97,7 +104,7 @@ def lab(tmp_path):
         deadline = time.monotonic() + 90
         while True:
             try:
-                req = urllib.request.Request(f"{url}/nbscale/api/version", headers={"Authorization": f"token {token}"})
+                req = urllib.request.Request(f"{url}/{api_path}", headers={"Authorization": f"token {token}"})
                 with urllib.request.urlopen(req, timeout=2) as resp:
                     if resp.status == 200:
                         break
@@ -203,6 +210,18 @@ def test_panel_submits_follows_charts_and_cancels(lab, endpoint_with_traffic, pi
     assert statuses == ["CANCELLED", *["SUCCEEDED"] * (len(statuses) - 1)], statuses
     for name in ("panel-job.png", "panel-endpoint.png", "panel-pipeline.png", "run-as-job-dialog.png"):
         assert (shots / name).stat().st_size > 10_000
+
+
+def test_panel_says_when_the_server_extension_is_missing(tmp_path):
+    # given Lab with the panel but without nbscale's server extension
+    with running_lab(tmp_path, "--ServerApp.jpserver_extensions=nbscale.server_ext=False", api_path="api/status") as lab:
+        _notebook(lab["root"] / "quick.ipynb", "print(1)")
+        env = {**os.environ, "NBS_URL": lab["url"], "NBS_TOKEN": lab["token"], "NBS_NOTEBOOK": "quick.ipynb",
+               "NBS_SHOTS": str(tmp_path), "NBS_CHROMIUM": CHROMIUM, "NBS_SCENARIO": "missing-server"}
+        # when the panel opens, then it tells the user how to enable the server extension
+        proc = subprocess.run([shutil.which("node") or "node", "ui-tests/panel.test.mjs"], cwd=EXTENSION, env=env,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, f"browser test failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 def _cancel_leftovers() -> None:
