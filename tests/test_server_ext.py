@@ -283,3 +283,18 @@ async def test_stopping_the_extension_stops_the_poller(jp_fetch, jp_serverapp):
     task = app.poller._task
     await app.stop_extension()
     assert task.cancelled() and app.poller._task is None
+
+
+async def test_job_cost_is_hours_times_nodes_times_the_instance_price(fetch, jp_root_dir):
+    from nbscale.store.jobs import JobRecord, insert_job
+
+    (jp_root_dir / "nbscale.toml").write_text('[backends.cloud]\ntype = "sagemaker"\nregion = "us-east-1"\n')
+    store = get_store()
+    spec = {"nodes": 4, "procs_per_node": 1, "gpus_per_proc": 1, "instance_type": "ml.p3.2xlarge"}
+    insert_job(store, JobRecord("sm-1", "sm", "cloud", "sagemaker", "SUCCEEDED", spec, created=1000.0,
+                                started=1000.0, ended=1000.0 + 1800, info={}))
+    insert_job(store, JobRecord("sm-2", "sm", "cloud", "sagemaker", "PENDING", spec, created=999.0, info={}))
+    code, page = await fetch("jobs", params={"backend": "cloud"})
+    assert code == 200
+    costs = {j["id"]: j["cost"] for j in page["jobs"]}
+    assert costs == {"sm-1": pytest.approx(0.5 * 4 * 3.825), "sm-2": None}
