@@ -37,7 +37,7 @@ def main() -> None:
         env["BENCH_GPU"] = "1"
     nbscale_cmd = [sys.executable, "-m", "nbscale", "run", "--procs-per-node", str(procs), SCRIPT]
     if args.gpu:
-        nbscale_cmd[5:5] = ["--gpus-per-proc", "1"]
+        nbscale_cmd[6:6] = ["--gpus-per-proc", "1"]
     torchrun_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), SCRIPT]
     samples = compare(
         {
