@@ -30,11 +30,15 @@ echo "== torch (CPU build first, so nothing pulls a multi-GB CUDA build)"
 
 if [ -x .ci/build-extension.sh ] || [ -f .ci/build-extension.sh ]; then
   echo "== JupyterLab extension (npm build)"
-  bash .ci/build-extension.sh
+  PYTHON="$PY" bash .ci/build-extension.sh
 fi
 
-extras=".[examples]"
-[ "$want_tests" = test ] && extras=".[examples,test]"
+extras=".[examples,serving]"
+[ "$want_tests" = test ] && extras=".[examples,serving,test]"
 echo "== nbscale ($extras)"
 "$PY" -m pip install -q -e "$extras"
+if [ -f .ci/build-extension.sh ]; then
+  # editable wheels carry no data files: point Jupyter at the built panel and server config
+  PYTHON="$PY" bash .ci/build-extension.sh --link-only
+fi
 echo "== ready: $(command -v nbscale)"
