@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nbscale.pipelines import get_run, runs, start_run
+from nbscale.pipelines import cancel_run, get_run, runs, start_run
 from tests.test_pipeline_notebooks import cell, diamond, write_notebook
 
 
@@ -167,7 +167,6 @@ def test_cli_reports_bad_input_in_one_line(nbscale_cli, tmp_path):
 
 
 def test_stopping_a_detached_run_cancels_it_and_kills_its_kernels(tmp_path):
-    import signal
 
     import psutil
 
@@ -182,7 +181,7 @@ def test_stopping_a_detached_run_cancels_it_and_kills_its_kernels(tmp_path):
     runner = psutil.Process(pid)
     kernels = wait_for(lambda: [p for p in runner.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())],
                        timeout=60, what="the step's kernel")
-    runner.send_signal(signal.SIGTERM)
+    assert cancel_run(run.id).status == "CANCELLED"  # SIGTERM to the runner, then waits for it
     try:
         runner.wait(60)
     except psutil.TimeoutExpired:
@@ -219,3 +218,7 @@ def test_ctrl_c_on_the_cli_cancels_the_run(tmp_path):
     assert "interrupted; the run was cancelled" in err
     assert runs()[0].status == "CANCELLED"
     assert not psutil.wait_procs(kernels, timeout=10)[1]
+    from nbscale.errors import Conflict
+
+    with pytest.raises(Conflict, match="already ended"):
+        cancel_run(runs()[0].id)

@@ -94,6 +94,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from ..pipelines import cancel_run
+
+    run = cancel_run(args.run)
+    print(f"pipeline run {run.id}: {run.status}")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from ..pipelines import describe
 
@@ -137,6 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_runs)
+
+    p = psub.add_parser("cancel", help="stop a detached run and its kernels")
+    p.add_argument("run", metavar="RUN")
+    p.set_defaults(func=cmd_cancel)
 
     p = psub.add_parser("show", help="print the steps, inputs and outputs nbscale found (after all checks)")
     p.add_argument("path", metavar="PATH")

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 from .loader import load
-from .runs import PipelineRun, describe, get_run, runs, start_run
+from .runs import PipelineRun, cancel_run, describe, get_run, runs, start_run
 
-__all__ = ["PipelineRun", "compile_pipeline", "describe", "get_run", "load", "runs", "start_run"]
+__all__ = ["PipelineRun", "cancel_run", "compile_pipeline", "describe", "get_run", "load", "runs", "start_run"]
 
 
 def compile_pipeline(path: str, target: str, output: str, **options):

@@ -188,6 +188,30 @@ def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str 
     return get_run(run_id)
 
 
+def cancel_run(run_id: str, timeout: float = 60.0) -> PipelineRun:
+    """Stop a detached run: its runner gets SIGTERM, kills its kernels and marks the run CANCELLED."""
+    import signal
+
+    import psutil
+
+    from ..errors import Conflict
+
+    run = get_run(run_id)
+    if run.terminal:
+        raise Conflict(f"pipeline run {run.id} already ended ({run.status})")
+    record = db.get_run(get_store(), run.id)
+    if not record.get("pid"):
+        raise Conflict(f"pipeline run {run.id} runs inside another process",
+                       "stop it there (Ctrl-C); only detached runs can be cancelled")
+    try:
+        proc = psutil.Process(record["pid"])
+        if abs(proc.create_time() - (record["pid_started"] or 0)) < 1:
+            proc.send_signal(signal.SIGTERM)
+    except psutil.Error:
+        pass
+    return run.wait(timeout)
+
+
 def describe(path: str) -> dict[str, Any]:
     """What a pipeline contains, after every compile-time check."""
     return load(path).summary()
