@@ -272,7 +272,8 @@ def test_interrupt_cancels_the_job_and_leaves_no_process(kernel):
     k = kernel()
     k.start("""
         %%train --procs-per-node 2
-                print("started", flush=True)
+        import time
+        print("started", flush=True)
         while True:
             time.sleep(0.1)
         """)
@@ -290,7 +291,8 @@ def test_detach_leaves_the_job_running_and_cancel_stops_it(kernel):
     k = kernel()
     k.start("""
         %%train --detach
-                while True:
+        import time
+        while True:
             time.sleep(0.1)
         """)
     record = _running_job_single()
@@ -318,7 +320,8 @@ def test_async_returns_a_job_and_a_second_kernel_attaches_and_gets_the_outputs(k
     k1.ok("import torch\nsteps = 5")
     reply = k1.ok("""
         %%train --procs-per-node 2 --async --outputs total
-                import torch.distributed as dist
+        import time
+        import torch.distributed as dist
         import nbscale
         t = torch.zeros(1)
         for step in range(steps):
