@@ -213,7 +213,12 @@ def test_ctrl_c_on_the_cli_cancels_the_run(tmp_path):
     kernels = wait_for(lambda: [p for p in psutil.Process(cli.pid).children(recursive=True)
                                 if "ipykernel" in " ".join(p.cmdline())], timeout=60, what="the kernel")
     cli.send_signal(signal.SIGINT)
-    out, err = cli.communicate(timeout=60)
+    try:
+        out, err = cli.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        out, err = cli.communicate()
+        raise AssertionError(f"the CLI did not stop on Ctrl-C:\n{err}") from None
     assert cli.returncode == 130, err
     assert "interrupted; the run was cancelled" in err
     assert runs()[0].status == "CANCELLED"
