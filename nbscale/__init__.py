@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import distributed
 from .errors import NbscaleError
 from .jobs import Job, job, jobs, submit
 from .metrics import log_metric
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Entry",
+    "distributed",
     "Job",
     "JobSpec",
     "NbscaleError",

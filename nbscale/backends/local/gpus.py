@@ -10,15 +10,27 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 from ...store import Store
 from ...store.jobs import PENDING, RUNNING
 
+_CACHE_S = 60.0
+_cache: tuple[float, list[int]] | None = None
+
 
 def machine_gpus() -> list[int]:
+    """The GPU indices on this machine; asked of nvidia-smi at most once a minute per process."""
+    global _cache
     override = os.environ.get("NBSCALE_GPUS")
     if override is not None:
         return [int(x) for x in override.split(",") if x.strip()]
+    if _cache is None or time.monotonic() - _cache[0] > _CACHE_S:
+        _cache = (time.monotonic(), _ask_nvidia_smi())
+    return list(_cache[1])
+
+
+def _ask_nvidia_smi() -> list[int]:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
