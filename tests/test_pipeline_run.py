@@ -76,7 +76,11 @@ def test_diamond_runs_in_order_in_parallel_then_hits_and_misses_the_cache(flow, 
     assert statuses(forced) == {"prepare": "REUSED", "left": "SKIPPED", "right": "SUCCEEDED", "join": "SKIPPED"}
     assert reasons(forced)["right"] == "miss: --no-cache"
 
-    assert [r.id for r in runs(limit=2)] == [forced.id, edited.id]
+    tail = start_run(str(flow), {"scale": 3}, detach=False, from_step="left")
+    assert statuses(tail) == {"prepare": "REUSED", "left": "SUCCEEDED", "right": "REUSED", "join": "SUCCEEDED"}
+    assert reasons(tail)["left"] == "miss: selected with --only/--from"
+
+    assert [r.id for r in runs(limit=2)] == [tail.id, forced.id]
 
 
 def test_a_failing_step_fails_the_run_names_the_cell_and_keeps_the_traceback(tmp_path):
@@ -167,6 +171,8 @@ def test_cli_reports_bad_input_in_one_line(nbscale_cli, tmp_path):
 
 
 def test_stopping_a_detached_run_cancels_it_and_kills_its_kernels(tmp_path):
+    import signal
+    import time
 
     import psutil
 
@@ -181,7 +187,16 @@ def test_stopping_a_detached_run_cancels_it_and_kills_its_kernels(tmp_path):
     runner = psutil.Process(pid)
     kernels = wait_for(lambda: [p for p in runner.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())],
                        timeout=60, what="the step's kernel")
-    assert cancel_run(run.id).status == "CANCELLED"  # SIGTERM to the runner, then waits for it
+    try:
+        assert cancel_run(run.id).status == "CANCELLED"  # SIGTERM to the runner, then waits for it
+    except TimeoutError:
+        from nbscale.pipelines.runner import run_dir
+
+        runner.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        log = (run_dir(run.id) / "runner.log").read_text()
+        runner.kill()
+        raise AssertionError(f"the runner did not stop on SIGTERM; its log:\n{log}") from None
     try:
         runner.wait(60)
     except psutil.TimeoutExpired:

@@ -6,6 +6,7 @@ SIGTERM unwinds through the runner's cleanup, so the kernels die with the run.
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 from typing import Any
@@ -21,6 +22,7 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _terminate)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: stacks into runner.log
     try:
         status = execute_run(argv[0])
     except SystemExit as exc:

@@ -61,6 +61,7 @@ class Runner:
         self.no_cache = bool(options.get("no_cache"))
         self.kernel_name = options.get("kernel_name") or "python3"
         self.selected = selected_steps(pipeline, options.get("only"), options.get("from_step"))
+        self.partial = bool(options.get("only") or options.get("from_step"))
         self.dir = run_dir(run_id)
         self.outputs: dict[str, str] = {}  # step -> directory holding its outputs
         self.status: dict[str, str] = {}
@@ -95,6 +96,8 @@ class Runner:
             return None, "miss: --no-cache"
         if not step.cache:
             return None, "miss: cache is off for this step"
+        if self.partial:  # asking for a step by name means running it
+            return None, "miss: selected with --only/--from"
         entry = db.cache_get(self.store, key)
         if entry and artifacts.read_manifest(entry["outputs_dir"]) is not None and Path(entry["notebook"]).exists():
             return entry, f"hit: unchanged since run {entry['run_id']}"
@@ -108,8 +111,9 @@ class Runner:
         """A step outside --only/--from: take its outputs from the cache or its latest success."""
         from ..errors import SpecError
 
-        entry, _ = self._lookup(name, self._parts(name))
-        entry = entry or db.cache_latest(self.store, self.pipeline.source, name)
+        entry = db.cache_get(self.store, fingerprint.key(self._parts(name)))
+        if entry is None or artifacts.read_manifest(entry["outputs_dir"]) is None:
+            entry = db.cache_latest(self.store, self.pipeline.source, name)
         if entry is None or artifacts.read_manifest(entry["outputs_dir"]) is None:
             raise SpecError(f"step {name}", "has no earlier output to reuse",
                             f"run it first (nbscale pipeline run ... --only {name}) or drop --only/--from")
@@ -181,7 +185,9 @@ class Runner:
                                                                 for d in steps[s].depends_on)]:
                             break  # cannot happen for a valid DAG; guards against a silent hang
                         continue
-                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    # a timeout, so the main thread wakes to run signal handlers (Ctrl-C, SIGTERM):
+                    # a signal that lands on another thread does not interrupt a plain lock wait
+                    finished, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
                     for future in finished:
                         name = running.pop(future)
                         try:

@@ -4,6 +4,7 @@
 ``imports`` and ``functions`` cells run at the start of every step,
 ``pipeline-parameters`` holds the parameters (one assignment each), ``skip``
 leaves a cell out. An untagged cell joins the step above it, as in Kale.
+``no-cache`` on any cell of a step (nbscale's own tag) turns its cache off.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def load(path: Path, nb: dict | None = None) -> Pipeline:
             if kind == "code" and cell.source.strip():
                 loose += 1
             continue
+        if "no-cache" in cell_tags:
+            current.cache = False
         for prev in prevs:
             if prev not in current.depends_on:
                 current.depends_on.append(prev)
