@@ -23,6 +23,31 @@ WARMUP = ("import importlib.util as _u\n"
           "del _u, _m")
 
 
+async def handshake(client, km, timeout: float, poll: float = 0.25) -> None:
+    """Wait until the kernel answers and our iopub subscription receives its status messages.
+
+    Like ``wait_for_ready`` without its fixed 0.2 s drain of iopub at the end: the idle
+    status of our own kernel_info request proves both channels work.
+    """
+    import time
+    from queue import Empty
+
+    deadline = time.monotonic() + timeout
+    while True:
+        msg_id = client.kernel_info()
+        try:
+            while True:
+                msg = await client.get_iopub_msg(timeout=poll)
+                if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                        and msg["content"].get("execution_state") == "idle"):
+                    return
+        except (Empty, TimeoutError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the kernel did not answer within {timeout:g} s") from None
+            if not await km.is_alive():
+                raise RuntimeError("the kernel died while starting") from None
+
+
 async def _until_idle(client, msg_id: str, timeout: float) -> None:
     """Wait for the kernel to go idle after the last request (its iopub status message)."""
     import time
@@ -48,9 +73,12 @@ class PooledKernel:
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.doomed = False  # killed before its process existed: kill it as soon as it does
+        self.taken = False  # a step waits for it: skip the warm-up
 
-    def start(self, gate: threading.Semaphore | None = None) -> None:
+    def start(self, gate: threading.Semaphore | None = None, after: threading.Event | None = None) -> None:
         try:
+            if after is not None:
+                after.wait(STARTUP_TIMEOUT)
             if gate is None:
                 asyncio.run(self._start())
             else:
@@ -68,11 +96,12 @@ class PooledKernel:
         client = self.km.client()
         client.start_channels()
         try:
-            await client.wait_for_ready(timeout=STARTUP_TIMEOUT)
-            # load what every step's load/save cells use while nobody waits; silent, so the
-            # user namespace, history and execution count stay untouched
-            msg_id = client.execute(WARMUP, silent=True, store_history=False)
-            await _until_idle(client, msg_id, STARTUP_TIMEOUT)
+            await handshake(client, self.km, STARTUP_TIMEOUT, poll=0.1)
+            if not self.taken:
+                # load what every step's load/save cells use while nobody waits; silent, so the
+                # user namespace, history and execution count stay untouched
+                msg_id = client.execute(WARMUP, silent=True, store_history=False)
+                await _until_idle(client, msg_id, STARTUP_TIMEOUT)
         finally:
             client.stop_channels()
 
@@ -127,8 +156,20 @@ class KernelPool:
         self._busy: set[PooledKernel] = set()  # handed to a step; killed too if the run stops
         self._closed = False
         # a kernel start is mostly CPU (imports): starting several at once on a small machine
-        # makes the first one, which a step waits for, late; so they start a few at a time
-        self._gate = threading.Semaphore(max(1, (os.cpu_count() or 2) // 2))
+        # makes the first one, which a step waits for, late; so the first starts alone and the
+        # rest follow it, a few at a time
+        self._gate = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
+        self._first_ready: threading.Event | None = None
+
+    @staticmethod
+    def preload() -> None:
+        """Import papermill and nbclient in the background while the first kernel starts."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):
+                register_engine()
+
+        threading.Thread(target=load, name="nbscale-preload", daemon=True).start()
 
     def expect(self, cwds: list[str]) -> None:
         """Steps in these directories will run soon: start kernels for as many as the pool holds."""
@@ -141,7 +182,10 @@ class KernelPool:
             while not self._closed and self._waiting and len(self._spare) < self.size:
                 kernel = PooledKernel(self.kernel_name, self._waiting.popleft(), self.env)
                 self._spare.append(kernel)
-                threading.Thread(target=kernel.start, args=(self._gate,), name="nbscale-kernel-start",
+                after = self._first_ready
+                if after is None:
+                    self._first_ready = kernel.ready
+                threading.Thread(target=kernel.start, args=(self._gate, after), name="nbscale-kernel-start",
                                  daemon=True).start()
 
     def take(self, cwd: str) -> PooledKernel:
@@ -151,10 +195,12 @@ class KernelPool:
             kernel = kernel or next((k for k in self._spare if k.cwd == cwd), None)
             if kernel is not None:
                 self._spare.remove(kernel)
+                kernel.taken = True
             elif cwd in self._waiting:
                 self._waiting.remove(cwd)
         if kernel is None:
             kernel = PooledKernel(self.kernel_name, cwd, self.env)
+            kernel.taken = True
             kernel.start()
         with self._lock:
             self._busy.add(kernel)
@@ -197,27 +243,12 @@ def register_engine() -> str:
 
     class PooledClient(PapermillNotebookClient):
         async def async_start_new_kernel_client(self):
-            """Connect to the pooled kernel, which is known to be up: skip ``wait_for_ready``'s
-            fixed 0.2 s iopub drain and wait only until our iopub subscription is live."""
-            import time
-            from queue import Empty
-
+            """Connect to the pooled kernel, which is known to be up, without ``wait_for_ready``'s
+            fixed 0.2 s drain (see ``handshake``)."""
             self.kc = self.km.client()
             await ensure_async(self.kc.start_channels())
-            deadline = time.monotonic() + self.startup_timeout
-            while True:
-                msg_id = self.kc.kernel_info()
-                try:
-                    while True:  # our request's idle status proves iopub delivers to us
-                        msg = await self.kc.get_iopub_msg(timeout=0.5)
-                        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                                and msg["content"].get("execution_state") == "idle"):
-                            break
-                    break
-                except (TimeoutError, Empty):
-                    if time.monotonic() > deadline or not await ensure_async(self.km.is_alive()):
-                        raise RuntimeError("the pooled kernel does not answer") from None
             # the kernel_info replies left on the shell channel are skipped by nbclient (other msg_id)
+            await handshake(self.kc, self.km, self.startup_timeout, poll=0.5)
             self.kc.allow_stdin = False
             await run_hook(self.on_notebook_start, notebook=self.nb)
             return self.kc

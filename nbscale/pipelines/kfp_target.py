@@ -61,6 +61,10 @@ def {func}(notebook: str, modules: str, outputs: dsl.Output[dsl.Artifact], execu
 '''
 
 
+def _ident(step: str) -> str:
+    return step.replace("-", "_")
+
+
 def _annotation(name: str, value: Any) -> str:
     return KIND.get(type(value), "str")
 
@@ -68,12 +72,12 @@ def _annotation(name: str, value: Any) -> str:
 def _component_source(pipeline: Pipeline, step: Step, image: str) -> str:
     producers = sorted(set(step.inputs.values()))
     params = [*step.uses_parameters]
-    extra = "".join(f", in_{p}: dsl.Input[dsl.Artifact]" for p in producers)
+    extra = "".join(f", in_{_ident(p)}: dsl.Input[dsl.Artifact]" for p in producers)
     extra += "".join(f", {p}: {_annotation(p, pipeline.parameters[p])}" for p in params)
-    inputs = "{" + ", ".join(f"{p!r}: in_{p}" for p in producers) + "}"
+    inputs = "{" + ", ".join(f"{p!r}: in_{_ident(p)}" for p in producers) + "}"
     values = "{" + ", ".join([f"{p!r}: {p}" for p in params] +
                              [f"{k!r}: {v!r}" for k, v in step.fixed_parameters.items()]) + "}"
-    return COMPONENT.format(image=image, func=f"step_{step.name.replace('-', '_')}", extra=extra, step=step.name,
+    return COMPONENT.format(image=image, func=f"step_{_ident(step.name)}", extra=extra, step=step.name,
                             pipeline=pipeline.name, inputs=inputs, params=values,
                             timeout=repr(int(step.timeout)) if step.timeout else "None")
 
@@ -90,7 +94,7 @@ def _load_components(pipeline: Pipeline, image: str) -> dict[str, Any]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
-    return {n: getattr(module, f"step_{n.replace('-', '_')}") for n in pipeline.order()}
+    return {n: getattr(module, f"step_{_ident(n)}") for n in pipeline.order()}
 
 
 def notebook_template(pipeline: Pipeline, step: Step) -> str:
@@ -120,7 +124,7 @@ def build(pipeline: Pipeline, image: str = DEFAULT_IMAGE):
         tasks: dict[str, Any] = {}
         for name in pipeline.order():
             step = pipeline.steps[name]
-            args = {f"in_{p}": tasks[p].outputs["outputs"] for p in sorted(set(step.inputs.values()))}
+            args = {f"in_{_ident(p)}": tasks[p].outputs["outputs"] for p in sorted(set(step.inputs.values()))}
             args.update({p: values[p] for p in step.uses_parameters})
             task = components[name](notebook=notebook_template(pipeline, step),
                                     modules=json.dumps(module_sources(pipeline, step)), **args)

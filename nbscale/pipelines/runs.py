@@ -163,6 +163,11 @@ def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str 
     store = get_store()
     db.insert_run(store, record, steps)
     if not detach:
+        # this process runs it: if it dies, the run reads LOST; cancel_run leaves it alone
+        import psutil
+
+        db.update_run(store, run_id, pid=os.getpid(), pid_started=psutil.Process().create_time(),
+                      options={**options, "in_process": True})
         execute_run(run_id, on_step)
         return get_run(run_id)
     directory = run_dir(run_id)
@@ -200,7 +205,7 @@ def cancel_run(run_id: str, timeout: float = 60.0) -> PipelineRun:
     if run.terminal:
         raise Conflict(f"pipeline run {run.id} already ended ({run.status})")
     record = db.get_run(get_store(), run.id)
-    if not record.get("pid"):
+    if not record.get("pid") or record["options"].get("in_process"):
         raise Conflict(f"pipeline run {run.id} runs inside another process",
                        "stop it there (Ctrl-C); only detached runs can be cancelled")
     try:
