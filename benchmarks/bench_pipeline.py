@@ -128,7 +128,8 @@ def run_nbscale(env: dict, home: Path) -> tuple[float, dict]:
                           env=env, capture_output=True, text=True, cwd=str(EXAMPLE.parent))
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
+        raise RuntimeError(f"nbscale pipeline run exited {proc.returncode}:\n{proc.stderr[-3000:]}\n"
+                           f"{proc.stdout[-3000:]}")
     return elapsed, json.loads(proc.stdout)
 
 
