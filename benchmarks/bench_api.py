@@ -46,11 +46,33 @@ def fill_store(home: Path, n: int) -> None:
         status = rng.choice(STATUSES)
         started = now + i * 60
         ended = started + rng.uniform(30, 3600) if status not in ("RUNNING", "PENDING") else None
-        spec = {"entry": {"kind": "notebook", "target": f"/work/nb-{i % 50}.ipynb", "parameters": {"lr": 0.01}},
-                "name": f"job-{i % 50}", "nodes": rng.choice((1, 2, 4)), "procs_per_node": 2, "gpus_per_proc": 1,
-                "backend": "local"}
-        insert_job(store, JobRecord(f"job-{i:05d}", spec["name"], "local", "local", status, spec,
-                                    created=started - 1, started=started, ended=ended, info={"job_dir": "/nonexistent"}))
+        spec = {
+            "entry": {
+                "kind": "notebook",
+                "target": f"/work/nb-{i % 50}.ipynb",
+                "parameters": {"lr": 0.01},
+            },
+            "name": f"job-{i % 50}",
+            "nodes": rng.choice((1, 2, 4)),
+            "procs_per_node": 2,
+            "gpus_per_proc": 1,
+            "backend": "local",
+        }
+        insert_job(
+            store,
+            JobRecord(
+                f"job-{i:05d}",
+                spec["name"],
+                "local",
+                "local",
+                status,
+                spec,
+                created=started - 1,
+                started=started,
+                ended=ended,
+                info={"job_dir": "/nonexistent"},
+            ),
+        )
     store.close()
 
 
@@ -61,16 +83,36 @@ def free_port() -> int:
 
 
 def start_server(home: Path, root: Path, port: int, token: str) -> subprocess.Popen:
-    env = {**os.environ, "NBSCALE_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
-           "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime")}
-    cmd = [sys.executable, "-m", "jupyter", "server", "--no-browser", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", "--ServerApp.jpserver_extensions=nbscale.server_ext=True",
-           "--ServerApp.log_level=WARN"]
+    env = {
+        **os.environ,
+        "NBSCALE_HOME": str(home),
+        "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
+        "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "server",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.jpserver_extensions=nbscale.server_ext=True",
+        "--ServerApp.log_level=WARN",
+    ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    return subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def timed(client: httpx.Client, path: str, params: dict, n: int) -> list[float]:
@@ -99,12 +141,18 @@ def main() -> None:
         root.mkdir()
         t0 = time.perf_counter()
         fill_store(home, args.jobs)
-        print(f"filled the store with {args.jobs} jobs in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(
+            f"filled the store with {args.jobs} jobs in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
         port, token = free_port(), secrets.token_hex(16)
         proc = start_server(home, root, port, token)
         try:
-            client = httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                                  headers={"Authorization": f"token {token}"}, timeout=10)
+            client = httpx.Client(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"Authorization": f"token {token}"},
+                timeout=10,
+            )
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -124,8 +172,10 @@ def main() -> None:
                 "last page": {"limit": args.page, "offset": args.jobs - args.page},
                 "status=FAILED": {"limit": args.page, "status": "FAILED"},
             }
-            contenders = {**{f"nbscale jobs, {k}": ("/nbscale/api/jobs", v) for k, v in variants.items()},
-                          "jupyter_server /api/status (floor)": ("/api/status", {})}
+            contenders = {
+                **{f"nbscale jobs, {k}": ("/nbscale/api/jobs", v) for k, v in variants.items()},
+                "jupyter_server /api/status (floor)": ("/api/status", {}),
+            }
             for path, params in contenders.values():  # warm up caches and connections
                 timed(client, path, params, 20)
             samples: dict[str, list[float]] = {name: [] for name in contenders}
@@ -145,7 +195,9 @@ def main() -> None:
         "target_p50_ms": TARGET_P50_MS,
         "p50_ms": {k: round(statistics.median(v), 2) for k, v in samples.items()},
         "p95_ms": {k: round(pct(v, 95), 2) for k, v in samples.items()},
-        "ratio_p50_vs_floor": {k: round(statistics.median(v) / floor, 2) for k, v in samples.items()},
+        "ratio_p50_vs_floor": {
+            k: round(statistics.median(v) / floor, 2) for k, v in samples.items()
+        },
         "samples_ms": {k: [round(x, 3) for x in v] for k, v in samples.items()},
     }
     worst = max(v for k, v in result["p50_ms"].items() if k.startswith("nbscale"))

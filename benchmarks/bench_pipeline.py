@@ -45,16 +45,24 @@ def make_venv() -> Path:
     py = VENV / "bin" / "python"
     if not (VENV / "bin" / "papermill").exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", f"papermill=={PAPERMILL_VERSION}"], check=True)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", f"papermill=={PAPERMILL_VERSION}"], check=True
+        )
     return VENV / "bin" / "papermill"
 
 
 def kernel_env(root: Path) -> dict[str, str]:
     spec = root / "jupyter" / "kernels" / "python3"
     spec.mkdir(parents=True, exist_ok=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (benchmark)", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (benchmark)",
+                "language": "python",
+            }
+        )
+    )
     return {**os.environ, "JUPYTER_PATH": str(root / "jupyter")}
 
 
@@ -69,7 +77,10 @@ def peer_notebooks(root: Path) -> list[tuple[str, Path, dict]]:
         step = pipeline.steps[name]
         inputs = {var: str(root / "peer-data" / producer) for var, producer in step.inputs.items()}
         nb = build(pipeline, step, inputs, str(root / "peer-data" / name))
-        params = {**{p: pipeline.parameters[p] for p in step.uses_parameters}, **step.fixed_parameters}
+        params = {
+            **{p: pipeline.parameters[p] for p in step.uses_parameters},
+            **step.fixed_parameters,
+        }
         out.append((name, write(nb, root / "peer" / f"{name}.ipynb"), params))
     return out
 
@@ -81,7 +92,9 @@ def user_cell_seconds(notebook: Path) -> float:
         meta = cell.get("metadata", {})
         pm = meta.get("papermill", {})
         if "nbscale" in meta and pm.get("start_time") and pm.get("end_time"):
-            total += (datetime.fromisoformat(pm["end_time"]) - datetime.fromisoformat(pm["start_time"])).total_seconds()
+            total += (
+                datetime.fromisoformat(pm["end_time"]) - datetime.fromisoformat(pm["start_time"])
+            ).total_seconds()
     return total
 
 
@@ -89,13 +102,25 @@ def run_peer_cli(papermill: Path, steps, env, root: Path) -> tuple[float, list[f
     overheads = []
     start = time.perf_counter()
     for name, path, params in steps:
-        args = [str(papermill), str(path), str(root / "peer" / f"{name}.out.ipynb"), "-k", "python3",
-                "--cwd", str(EXAMPLE.parent), "--no-progress-bar"]
+        args = [
+            str(papermill),
+            str(path),
+            str(root / "peer" / f"{name}.out.ipynb"),
+            "-k",
+            "python3",
+            "--cwd",
+            str(EXAMPLE.parent),
+            "--no-progress-bar",
+        ]
         for key, value in params.items():
             args += ["-p", key, str(value)]
         t0 = time.perf_counter()
-        subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        overheads.append(time.perf_counter() - t0 - user_cell_seconds(root / "peer" / f"{name}.out.ipynb"))
+        subprocess.run(
+            args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        overheads.append(
+            time.perf_counter() - t0 - user_cell_seconds(root / "peer" / f"{name}.out.ipynb")
+        )
     return time.perf_counter() - start, overheads
 
 
@@ -114,9 +139,17 @@ print(json.dumps([time.perf_counter() - start, each]))
 
 
 def run_peer_api(steps, env, root: Path) -> tuple[float, list[float]]:
-    data = [(n, str(p), str(root / "peer" / f"{n}.api.ipynb"), params, str(EXAMPLE.parent)) for n, p, params in steps]
-    proc = subprocess.run([str(VENV / "bin" / "python"), "-c", PEER_API, json.dumps(data)], env=env, check=True,
-                          capture_output=True, text=True)
+    data = [
+        (n, str(p), str(root / "peer" / f"{n}.api.ipynb"), params, str(EXAMPLE.parent))
+        for n, p, params in steps
+    ]
+    proc = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", PEER_API, json.dumps(data)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     total, each = json.loads(proc.stdout.strip().splitlines()[-1])
     return total, [w - user_cell_seconds(Path(d[2])) for w, d in zip(each, data, strict=True)]
 
@@ -124,18 +157,28 @@ def run_peer_api(steps, env, root: Path) -> tuple[float, list[float]]:
 def run_nbscale(env: dict, home: Path) -> tuple[float, dict]:
     env = {**env, "NBSCALE_HOME": str(home)}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "nbscale", "pipeline", "run", str(EXAMPLE), "--json"],
-                          env=env, capture_output=True, text=True, cwd=str(EXAMPLE.parent))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbscale", "pipeline", "run", str(EXAMPLE), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(EXAMPLE.parent),
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"nbscale pipeline run exited {proc.returncode}:\n{proc.stderr[-3000:]}\n"
-                           f"{proc.stdout[-3000:]}")
+        raise RuntimeError(
+            f"nbscale pipeline run exited {proc.returncode}:\n{proc.stderr[-3000:]}\n"
+            f"{proc.stdout[-3000:]}"
+        )
     return elapsed, json.loads(proc.stdout)
 
 
 def step_overheads(run: dict) -> dict[str, float]:
-    return {s["name"]: s["ended"] - s["started"] - user_cell_seconds(Path(s["notebook"]))
-            for s in run["steps"] if not s["cached"]}
+    return {
+        s["name"]: s["ended"] - s["started"] - user_cell_seconds(Path(s["notebook"]))
+        for s in run["steps"]
+        if not s["cached"]
+    }
 
 
 def main() -> int:
@@ -143,8 +186,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     papermill = make_venv()
-    samples: dict[str, list[float]] = {"papermill_cli": [], "papermill_api": [], "nbscale_first": [],
-                                       "nbscale_rerun": []}
+    samples: dict[str, list[float]] = {
+        "papermill_cli": [],
+        "papermill_api": [],
+        "nbscale_first": [],
+        "nbscale_rerun": [],
+    }
     peer_overhead: list[float] = []
     peer_api_overhead: list[float] = []
     ours_overhead: list[dict[str, float]] = []
@@ -166,7 +213,10 @@ def main() -> int:
             again, rerun = run_nbscale(env, root / "home")
             assert all(s["cached"] for s in rerun["steps"]), rerun
             samples["nbscale_rerun"].append(again)
-        print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()), file=sys.stderr)
+        print(
+            f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()),
+            file=sys.stderr,
+        )
     med = {k: statistics.median(v) for k, v in samples.items()}
     per_step = [v for r in ours_overhead for v in r.values()]
     after_first = [v for r in ours_overhead for k, v in r.items() if k != "prepare"]

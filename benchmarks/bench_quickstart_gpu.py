@@ -48,8 +48,9 @@ def digits():
     from sklearn.model_selection import train_test_split
 
     data = load_digits()
-    x, xt, y, yt = train_test_split(data.data / 16.0, data.target, test_size=0.25, random_state=0,
-                                    stratify=data.target)
+    x, xt, y, yt = train_test_split(
+        data.data / 16.0, data.target, test_size=0.25, random_state=0, stratify=data.target
+    )
     return x, y, xt, yt
 
 
@@ -62,7 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--cpu", action="store_true", help="gloo on the CPU (a smoke run of this script)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="gloo on the CPU (a smoke run of this script)"
+    )
     args = parser.parse_args()
     import cloudpickle
     import torch
@@ -79,16 +82,27 @@ def main() -> None:
     main_module = types.ModuleType("__main__")  # as in a notebook: the class travels by value
     exec("import torch\nfrom torch import nn\n" + model_cell, main_module.__dict__)
     x, y, xt, yt = digits()
-    ns = {"torch": torch, "nn": nn, "DigitsNet": main_module.DigitsNet, "epochs": args.epochs, "lr": 0.01,
-          "X_train": torch.tensor(x, dtype=torch.float32), "y_train": torch.tensor(y)}
+    ns = {
+        "torch": torch,
+        "nn": nn,
+        "DigitsNet": main_module.DigitsNet,
+        "epochs": args.epochs,
+        "lr": 0.01,
+        "X_train": torch.tensor(x, dtype=torch.float32),
+        "y_train": torch.tensor(y),
+    }
     n = len(ns["X_train"])
     inputs = work / "inputs.pkl"
     inputs.write_bytes(cloudpickle.dumps(ns))
     script = work / "quickstart_cell.py"
-    script.write_text(f"import cloudpickle\nglobals().update(cloudpickle.loads(open({str(inputs)!r}, 'rb').read()))\n"
-                      + body)
+    script.write_text(
+        f"import cloudpickle\nglobals().update(cloudpickle.loads(open({str(inputs)!r}, 'rb').read()))\n"
+        + body
+    )
     gpus = 0 if args.cpu else 1
-    spec = JobSpec(entry=Entry("bundle", "x"), name="quickstart-gpu", procs_per_node=1, gpus_per_proc=gpus)
+    spec = JobSpec(
+        entry=Entry("bundle", "x"), name="quickstart-gpu", procs_per_node=1, gpus_per_proc=gpus
+    )
 
     def via_nbscale() -> tuple[float, float, float]:
         start = time.perf_counter()
@@ -97,23 +111,49 @@ def main() -> None:
         wall = time.perf_counter() - start
         model = out["model"].cpu().eval()
         with torch.no_grad():
-            acc = (model(torch.tensor(xt, dtype=torch.float32)).argmax(1) == torch.tensor(yt)).float().mean().item()
+            acc = (
+                (model(torch.tensor(xt, dtype=torch.float32)).argmax(1) == torch.tensor(yt))
+                .float()
+                .mean()
+                .item()
+            )
         return wall, samples_per_s(handle.metrics(), n), acc
 
     def via_torchrun(i: int) -> tuple[float, float]:
         jobdir = JobDir(work / f"raw-{i}").make()
-        env = {**os.environ, "NBSCALE_JOB_DIR": str(jobdir.path), "NBSCALE_DIST_BACKEND": "gloo" if args.cpu else "nccl",
-               "NBSCALE_GPUS_PER_PROC": str(gpus)}
+        env = {
+            **os.environ,
+            "NBSCALE_JOB_DIR": str(jobdir.path),
+            "NBSCALE_DIST_BACKEND": "gloo" if args.cpu else "nccl",
+            "NBSCALE_GPUS_PER_PROC": str(gpus),
+        }
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                               str(script)], env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "1",
+                str(script),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - start
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])
         return wall, samples_per_s(jobdir.metrics(), n)
 
-    rows: dict[str, list] = {"nbscale_wall_s": [], "torchrun_wall_s": [], "nbscale_samples_per_s": [],
-                             "torchrun_samples_per_s": [], "accuracy": []}
+    rows: dict[str, list] = {
+        "nbscale_wall_s": [],
+        "torchrun_wall_s": [],
+        "nbscale_samples_per_s": [],
+        "torchrun_samples_per_s": [],
+        "accuracy": [],
+    }
     via_torchrun(-1)  # warm-up: CUDA and file caches
     for i in range(args.rounds):
         wall, sps = via_torchrun(i)
@@ -123,16 +163,24 @@ def main() -> None:
         rows["nbscale_wall_s"].append(wall)
         rows["nbscale_samples_per_s"].append(sps)
         rows["accuracy"].append(acc)
-        print(f"  round {i + 1}: torchrun {rows['torchrun_samples_per_s'][-1]:.0f}/s, nbscale {sps:.0f}/s, "
-              f"accuracy {acc:.4f}", file=sys.stderr)
+        print(
+            f"  round {i + 1}: torchrun {rows['torchrun_samples_per_s'][-1]:.0f}/s, nbscale {sps:.0f}/s, "
+            f"accuracy {acc:.4f}",
+            file=sys.stderr,
+        )
     med = {k: statistics.median(v) for k, v in rows.items()}
-    save("quickstart_cpu_smoke" if args.cpu else "quickstart_gpu", {
-        "goal": "throughput nbscale/torchrun >= 0.97 (nccl, quickstart cell)",
-        "epochs": args.epochs, "train_samples": n,
-        "medians": med, "samples": rows,
-        "throughput_ratio": med["nbscale_samples_per_s"] / med["torchrun_samples_per_s"],
-        "wall_ratio": med["nbscale_wall_s"] / med["torchrun_wall_s"],
-    })
+    save(
+        "quickstart_cpu_smoke" if args.cpu else "quickstart_gpu",
+        {
+            "goal": "throughput nbscale/torchrun >= 0.97 (nccl, quickstart cell)",
+            "epochs": args.epochs,
+            "train_samples": n,
+            "medians": med,
+            "samples": rows,
+            "throughput_ratio": med["nbscale_samples_per_s"] / med["torchrun_samples_per_s"],
+            "wall_ratio": med["nbscale_wall_s"] / med["torchrun_wall_s"],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--gpu", action="store_true", help="one GPU per rank, nccl")
-    parser.add_argument("--procs", type=int, help="ranks (default 2; with --gpu, one per visible GPU)")
+    parser.add_argument(
+        "--procs", type=int, help="ranks (default 2; with --gpu, one per visible GPU)"
+    )
     args = parser.parse_args()
     procs = args.procs or 2
     if args.gpu and not args.procs:
@@ -38,7 +40,15 @@ def main() -> None:
     nbscale_cmd = [sys.executable, "-m", "nbscale", "run", "--procs-per-node", str(procs), SCRIPT]
     if args.gpu:
         nbscale_cmd[6:6] = ["--gpus-per-proc", "1"]
-    torchrun_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), SCRIPT]
+    torchrun_cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(procs),
+        SCRIPT,
+    ]
     samples = compare(
         {
             "torchrun": lambda: time_command(torchrun_cmd, env=env),

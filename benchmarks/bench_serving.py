@@ -43,7 +43,7 @@ PEERS = {"kserve": ["kserve==0.21.0"], "mlserver": ["mlserver==1.7.1"]}
 P99_LIMIT_MS = 50.0
 TOKEN = "bench-token"
 
-MODEL_SRC = '''
+MODEL_SRC = """
 import torch
 
 
@@ -61,9 +61,9 @@ def load(path):
     model = MLP()
     model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
-'''
+"""
 
-KSERVE_SRC = '''
+KSERVE_SRC = """
 import sys
 
 import torch
@@ -90,9 +90,9 @@ class MLPModel(Model):
 if __name__ == "__main__":
     ModelServer(http_port=int(sys.argv[1]), grpc_port=int(sys.argv[2]), enable_grpc=False, workers=1,
                 enable_latency_logging=False).start([MLPModel("mlp", sys.argv[3])])
-'''
+"""
 
-MLSERVER_SRC = '''
+MLSERVER_SRC = """
 import os
 
 import torch
@@ -114,7 +114,7 @@ class MLPRuntime(MLModel):
             y = self.net(x).numpy()
         return InferenceResponse(model_name=self.name, id=payload.id,
                                  outputs=[NumpyCodec.encode_output("output", y)])
-'''
+"""
 
 
 def free_port() -> int:
@@ -129,11 +129,15 @@ def setup_venvs() -> dict[str, Path]:
         venv = VENVS / name
         py = venv / "bin" / "python"
         if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
+            )
         check = subprocess.run([str(py), "-c", f"import {name}"], capture_output=True)
         if check.returncode != 0:
             print(f"installing {' '.join(pkgs)} into {venv}", file=sys.stderr)
-            subprocess.run([str(py), "-m", "pip", "install", "-q", *pkgs, "torch==2.13.0"], check=True)
+            subprocess.run(
+                [str(py), "-m", "pip", "install", "-q", *pkgs, "torch==2.13.0"], check=True
+            )
         pythons[name] = py
     return pythons
 
@@ -142,7 +146,9 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered:\n{_tail(proc)}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode} before {url} answered:\n{_tail(proc)}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -159,7 +165,9 @@ def _tail(proc: subprocess.Popen) -> str:
 
 
 def check_prediction(url: str, body: bytes, expected: np.ndarray) -> None:
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    req = urllib.request.Request(
+        url, body, {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         out = json.loads(resp.read())["outputs"][0]
     got = np.asarray(out["data"], np.float32).reshape(out["shape"])
@@ -175,16 +183,28 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = 0
-    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+    for pattern in (
+        r"Non-2xx or 3xx responses: (\d+)",
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+    ):
         m = re.search(pattern, out)
         if m:
             errors += sum(int(g) for g in m.groups())
-    return {"connections": connections, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"]), "errors": errors}
+    return {
+        "connections": connections,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(lat["50"]),
+        "p99_ms": _ms(lat["99"]),
+        "errors": errors,
+    }
 
 
 def bare_forward_ms(weights: Path, device: str) -> float:
@@ -202,7 +222,9 @@ def bare_forward_ms(weights: Path, device: str) -> float:
     return float(np.median(times) * 1000)
 
 
-def measure(targets: dict[str, tuple[str, Path]], sweep: list[int], seconds: int, rounds: int) -> dict:
+def measure(
+    targets: dict[str, tuple[str, Path]], sweep: list[int], seconds: int, rounds: int
+) -> dict:
     """Every server at every connection count, interleaved, ``rounds`` times; the median round counts.
 
     Interleaving (A, B, C at c=1, then A, B, C at c=2, ...) spreads the noise of
@@ -216,8 +238,11 @@ def measure(targets: dict[str, tuple[str, Path]], sweep: list[int], seconds: int
             for name, (url, script) in targets.items():
                 point = wrk(url, script, c, seconds)
                 runs[name][c].append(point)
-                print(f"  round {r + 1} {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.3f} ms  "
-                      f"p99 {point['p99_ms']:7.2f} ms  errors {point['errors']}", file=sys.stderr)
+                print(
+                    f"  round {r + 1} {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.3f} ms  "
+                    f"p99 {point['p99_ms']:7.2f} ms  errors {point['errors']}",
+                    file=sys.stderr,
+                )
     out = {}
     for name in targets:
         points = []
@@ -228,30 +253,48 @@ def measure(targets: dict[str, tuple[str, Path]], sweep: list[int], seconds: int
             points.append(median)
         ok = [p for p in points if p["p99_ms"] <= P99_LIMIT_MS and p["errors"] == 0]
         best = max(ok, key=lambda p: p["rps"]) if ok else None
-        out[name] = {"sweep": points, "rps_at_p99_50ms": best["rps"] if best else 0.0,
-                     "best_connections": best["connections"] if best else None,
-                     "p50_ms_at_1_connection": points[0]["p50_ms"]}
+        out[name] = {
+            "sweep": points,
+            "rps_at_p99_50ms": best["rps"] if best else 0.0,
+            "best_connections": best["connections"] if best else None,
+            "p50_ms_at_1_connection": points[0]["p50_ms"],
+        }
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=int, default=3, help="wrk duration per sweep point")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts")
     ap.add_argument("--sweep", default="1,2,4,8,16,32,64", help="connection counts")
-    ap.add_argument("--device", default="cpu", help="device for the nbscale rows (cuda where there is a GPU)")
-    ap.add_argument("--only", help="comma-separated subset: nbscale,nbscale-endpoint,kserve,mlserver")
+    ap.add_argument(
+        "--device", default="cpu", help="device for the nbscale rows (cuda where there is a GPU)"
+    )
+    ap.add_argument(
+        "--only", help="comma-separated subset: nbscale,nbscale-endpoint,kserve,mlserver"
+    )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("bench_serving: wrk is needed (apt-get install wrk)", file=sys.stderr)
         return 2
     sweep = [int(c) for c in args.sweep.split(",")]
-    only = set(args.only.split(",")) if args.only else {"nbscale", "nbscale-endpoint", "kserve", "mlserver"}
+    only = (
+        set(args.only.split(","))
+        if args.only
+        else {"nbscale", "nbscale-endpoint", "kserve", "mlserver"}
+    )
     pythons = setup_venvs() if only & {"kserve", "mlserver"} else {}
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     home = work / "home"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NBSCALE_HOME": str(home), "PYTHONPATH": os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "NBSCALE_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")])),
+    }
     (work / "mlp.py").write_text(MODEL_SRC)
     (work / "kserve_mlp.py").write_text(KSERVE_SRC)
     (work / "mlserver_mlp.py").write_text(MLSERVER_SRC)
@@ -264,18 +307,35 @@ def main() -> int:
     x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
-    body = json.dumps({"id": "bench", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    body = json.dumps(
+        {
+            "id": "bench",
+            "inputs": [
+                {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}
+            ],
+        }
+    )
     script = work / "post.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n')
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n'
+    )
     bare = bare_forward_ms(weights, args.device)
     procs: list[subprocess.Popen] = []
     ep = None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on the way out
+    signal.signal(
+        signal.SIGTERM, lambda *_: sys.exit(143)
+    )  # so the servers are stopped on the way out
 
     def start(cmd, cwd=None, extra_env=None):
         log = open(work / f"{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, cwd=cwd or work, env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd or work,
+            env={**env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         proc.log_path = work / f"{len(procs)}.log"
         procs.append(proc)
         return proc
@@ -298,31 +358,70 @@ def main() -> int:
             artifact = package(model, work / "artifact", "mlp")
             (work / "token").write_text(TOKEN)
         if "nbscale" in only:
+
             def run_nbscale():
                 port = free_port()
-                proc = start([sys.executable, "-m", "nbscale.serving", "--model-dir", str(artifact), "--port", str(port),
-                              "--token-file", str(work / "token")], extra_env={"NBSCALE_DEVICE": args.device})
+                proc = start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "nbscale.serving",
+                        "--model-dir",
+                        str(artifact),
+                        "--port",
+                        str(port),
+                        "--token-file",
+                        str(work / "token"),
+                    ],
+                    extra_env={"NBSCALE_DEVICE": args.device},
+                )
                 return proc, port, f"http://127.0.0.1:{port}/v2/health/ready"
+
             contenders.append(("nbscale", run_nbscale))
         if "kserve" in only:
+
             def run_kserve():
                 port = free_port()
-                proc = start([str(pythons["kserve"]), str(work / "kserve_mlp.py"), str(port), str(free_port()), str(weights)])
+                proc = start(
+                    [
+                        str(pythons["kserve"]),
+                        str(work / "kserve_mlp.py"),
+                        str(port),
+                        str(free_port()),
+                        str(weights),
+                    ]
+                )
                 return proc, port, f"http://127.0.0.1:{port}/v2/health/ready"
+
             contenders.append(("kserve", run_kserve))
         if "mlserver" in only:
+
             def run_mlserver():
                 port = free_port()
                 repo = work / "mlserver-repo"
                 (repo / "mlp").mkdir(parents=True, exist_ok=True)
-                (repo / "settings.json").write_text(json.dumps({
-                    "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0,
-                    "host": "127.0.0.1", "debug": False}))
-                (repo / "mlp" / "model-settings.json").write_text(json.dumps(
-                    {"name": "mlp", "implementation": "mlserver_mlp.MLPRuntime"}))
+                (repo / "settings.json").write_text(
+                    json.dumps(
+                        {
+                            "http_port": port,
+                            "grpc_port": free_port(),
+                            "metrics_port": free_port(),
+                            "parallel_workers": 0,
+                            "host": "127.0.0.1",
+                            "debug": False,
+                        }
+                    )
+                )
+                (repo / "mlp" / "model-settings.json").write_text(
+                    json.dumps({"name": "mlp", "implementation": "mlserver_mlp.MLPRuntime"})
+                )
                 mlserver_bin = pythons["mlserver"].parent / "mlserver"
-                proc = start([str(mlserver_bin), "start", str(repo)], extra_env={"BENCH_WEIGHTS": str(weights)})
+                proc = start(
+                    [str(mlserver_bin), "start", str(repo)],
+                    extra_env={"BENCH_WEIGHTS": str(weights)},
+                )
                 return proc, port, f"http://127.0.0.1:{port}/v2/models/mlp/ready"
+
             contenders.append(("mlserver", run_mlserver))
         targets: dict[str, tuple[str, Path]] = {}
         for name, launch in contenders:
@@ -353,16 +452,24 @@ def main() -> int:
         for peer in ("kserve", "mlserver"):
             if peer in results and results[peer]["rps_at_p99_50ms"]:
                 ratios[f"nbscale_vs_{peer}_throughput"] = round(
-                    results["nbscale"]["rps_at_p99_50ms"] / results[peer]["rps_at_p99_50ms"], 2)
-    save(args.out, {
-        "model": "MLP 64-64-10 (torch), one row of 64 FP32 per request, V2 JSON",
-        "load_generator": "wrk 4.1 (1 thread, closed loop), connections swept",
-        "rounds": args.rounds, "seconds_per_point": args.seconds,
-        "device": args.device, "bare_forward_ms": round(bare, 4), "p99_limit_ms": P99_LIMIT_MS,
-        "servers": results, "ratios": ratios,
-        "notes": "one server process each, OMP_NUM_THREADS=1; nbscale-endpoint is the deployed endpoint "
-                 "(router + 1 replica); the load generator shares the machine's CPUs",
-    })
+                    results["nbscale"]["rps_at_p99_50ms"] / results[peer]["rps_at_p99_50ms"], 2
+                )
+    save(
+        args.out,
+        {
+            "model": "MLP 64-64-10 (torch), one row of 64 FP32 per request, V2 JSON",
+            "load_generator": "wrk 4.1 (1 thread, closed loop), connections swept",
+            "rounds": args.rounds,
+            "seconds_per_point": args.seconds,
+            "device": args.device,
+            "bare_forward_ms": round(bare, 4),
+            "p99_limit_ms": P99_LIMIT_MS,
+            "servers": results,
+            "ratios": ratios,
+            "notes": "one server process each, OMP_NUM_THREADS=1; nbscale-endpoint is the deployed endpoint "
+            "(router + 1 replica); the load generator shares the machine's CPUs",
+        },
+    )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -144,7 +144,9 @@ class EngineDriver:
 
         procs = int(re.search(r"--procs-per-node (\d+)", line).group(1))
         gpus = 1 if "--gpus-per-proc 1" in line else 0
-        spec = JobSpec(entry=Entry("bundle", "x"), name="bench-cell", procs_per_node=procs, gpus_per_proc=gpus)
+        spec = JobSpec(
+            entry=Entry("bundle", "x"), name="bench-cell", procs_per_node=procs, gpus_per_proc=gpus
+        )
         return prepare_cell(CELL, {}, spec, outputs=["final_loss"], line_offset=1).submit()
 
     def train(self, line: str) -> tuple[float, str]:
@@ -174,8 +176,18 @@ def run_torchrun(script: str, procs: int, env: dict) -> tuple[float, str]:
 
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), script],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(procs),
+            script,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
@@ -189,7 +201,9 @@ def main() -> None:
     parser.add_argument("--async-rounds", type=int, default=5)
     parser.add_argument("--gpu", action="store_true", help="nccl, one GPU per rank")
     parser.add_argument("--procs", type=int, help="ranks (default 2; with --gpu one per GPU)")
-    parser.add_argument("--no-kernel", action="store_true", help="drive nbscale.celljob instead of a kernel")
+    parser.add_argument(
+        "--no-kernel", action="store_true", help="drive nbscale.celljob instead of a kernel"
+    )
     args = parser.parse_args()
     procs = args.procs or 2
     if args.gpu and not args.procs:
@@ -202,7 +216,9 @@ def main() -> None:
         env["BENCH_GPU"] = "1"
     script = Path(work) / "cell_as_script.py"
     script.write_text(CELL)
-    line = f"--procs-per-node {procs} --outputs final_loss" + (" --gpus-per-proc 1" if args.gpu else "")
+    line = f"--procs-per-node {procs} --outputs final_loss" + (
+        " --gpus-per-proc 1" if args.gpu else ""
+    )
     driver = (EngineDriver if args.no_kernel else KernelDriver)(work, env)
     throughput: dict[str, list[float]] = {"train_magic": [], "torchrun": []}
 
@@ -219,29 +235,40 @@ def main() -> None:
     try:
         samples = compare({"torchrun": raw, "train_magic": magic}, rounds=args.rounds)
         for values in throughput.values():
-            del values[:-args.rounds]  # the warm-up round is not counted
+            del values[: -args.rounds]  # the warm-up round is not counted
         async_client, async_inside = [], []
         for i in range(args.async_rounds):
             client, inside = driver.async_return(line)
             async_client.append(client)
             async_inside.append(inside)
-            print(f"  async {i + 1}/{args.async_rounds}: {client:.3f}s (in kernel {inside:.3f}s)", file=sys.stderr)
+            print(
+                f"  async {i + 1}/{args.async_rounds}: {client:.3f}s (in kernel {inside:.3f}s)",
+                file=sys.stderr,
+            )
     finally:
         driver.close()
     result = summary(samples, baseline="torchrun")
     steps = {name: statistics.median(v) for name, v in throughput.items()}
-    result.update({
-        "goal": "train_magic/torchrun median wall ratio <= 1.10; --async return <= 0.2 s"
-                + ("; throughput >= 0.97x" if args.gpu else ""),
-        "device": "gpu" if args.gpu else "cpu",
-        "ranks": procs,
-        "driver": "engine (nbscale.celljob)" if args.no_kernel else "jupyter kernel",
-        "async_return_s": {"median_client": statistics.median(async_client),
-                           "median_in_kernel": statistics.median(async_inside),
-                           "samples_client": async_client, "samples_in_kernel": async_inside},
-        "steps_per_s": {"medians": steps, "samples": throughput,
-                        "ratio_train_magic_vs_torchrun": steps["train_magic"] / steps["torchrun"]},
-    })
+    result.update(
+        {
+            "goal": "train_magic/torchrun median wall ratio <= 1.10; --async return <= 0.2 s"
+            + ("; throughput >= 0.97x" if args.gpu else ""),
+            "device": "gpu" if args.gpu else "cpu",
+            "ranks": procs,
+            "driver": "engine (nbscale.celljob)" if args.no_kernel else "jupyter kernel",
+            "async_return_s": {
+                "median_client": statistics.median(async_client),
+                "median_in_kernel": statistics.median(async_inside),
+                "samples_client": async_client,
+                "samples_in_kernel": async_inside,
+            },
+            "steps_per_s": {
+                "medians": steps,
+                "samples": throughput,
+                "ratio_train_magic_vs_torchrun": steps["train_magic"] / steps["torchrun"],
+            },
+        }
+    )
     save("train_magic" + ("_gpu" if args.gpu else ""), result)
 
 

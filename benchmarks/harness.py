@@ -21,14 +21,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def time_command(argv: list[str], env: dict | None = None, cwd: str | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return elapsed
 
 
-def compare(contenders: dict[str, Callable[[], float]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def compare(
+    contenders: dict[str, Callable[[], float]], rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
     for _ in range(warmup):
         for run in contenders.values():
             run()
@@ -45,12 +49,18 @@ def summary(samples: dict[str, list[float]], baseline: str) -> dict:
     return {
         "medians_s": medians,
         "samples_s": samples,
-        "ratio_vs_" + baseline: {n: medians[n] / medians[baseline] for n in medians if n != baseline},
+        "ratio_vs_" + baseline: {
+            n: medians[n] / medians[baseline] for n in medians if n != baseline
+        },
     }
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()}
+    info = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
     try:
         import torch
 
@@ -64,7 +74,12 @@ def machine() -> dict:
 def save(name: str, data: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    data = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(), **data}
+    data = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        **data,
+    }
     path.write_text(json.dumps(data, indent=2))
     print(json.dumps({k: v for k, v in data.items() if k != "samples_s"}, indent=2))
     return path

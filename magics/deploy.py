@@ -31,8 +31,14 @@ class _Help(Exception):
 
 
 def deploy_parser() -> _Parser:
-    p = _Parser(prog="%deploy", description="Deploy a model (a variable or an artifact directory) as an endpoint.")
-    p.add_argument("model", help="a torch.nn.Module or object with predict() in the notebook, or an artifact directory")
+    p = _Parser(
+        prog="%deploy",
+        description="Deploy a model (a variable or an artifact directory) as an endpoint.",
+    )
+    p.add_argument(
+        "model",
+        help="a torch.nn.Module or object with predict() in the notebook, or an artifact directory",
+    )
     p.add_argument("--name", required=True)
     p.add_argument("--replicas", default="1:1", metavar="MIN:MAX")
     p.add_argument("--max-batch-size", type=int, default=32)
@@ -52,12 +58,28 @@ class EndpointsTable:
             text = "no endpoints: deploy one with %deploy MODEL --name NAME"
             return {"text/plain": text, "text/html": f"<p>{escape(text)}</p>"}
         heads = ["name", "backend", "url", "status", "replicas", "created"]
-        cells = [[d["name"], d["backend"], d["url"], d["status"],
-                  f"{d['replicas']['current']} ({d['replicas']['min']}..{d['replicas']['max']})", ago(d["created"])]
-                 for d in self.rows]
+        cells = [
+            [
+                d["name"],
+                d["backend"],
+                d["url"],
+                d["status"],
+                f"{d['replicas']['current']} ({d['replicas']['min']}..{d['replicas']['max']})",
+                ago(d["created"]),
+            ]
+            for d in self.rows
+        ]
         text = "\n".join("  ".join(str(c) for c in row) for row in [heads, *cells])
-        html = "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>" + "".join(
-            "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in cells) + "</table>"
+        html = (
+            "<table><tr>"
+            + "".join(f"<th>{h}</th>" for h in heads)
+            + "</tr>"
+            + "".join(
+                "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
+                for row in cells
+            )
+            + "</table>"
+        )
         return {"text/plain": text, "text/html": html}
 
 
@@ -74,11 +96,21 @@ class DeployMagics(Magics):
             elif Path(args.model).is_dir():
                 target = args.model
             else:
-                raise SpecError("%deploy", f"{args.model!r} is neither a variable in the notebook nor a directory",
-                                "give the name of a trained model variable or an artifact directory")
-            return deploy(target, name=args.name, replicas=parse_replicas(args.replicas),
-                          max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                          port=args.port, backend=args.backend, capture_rate=args.capture_rate)
+                raise SpecError(
+                    "%deploy",
+                    f"{args.model!r} is neither a variable in the notebook nor a directory",
+                    "give the name of a trained model variable or an artifact directory",
+                )
+            return deploy(
+                target,
+                name=args.name,
+                replicas=parse_replicas(args.replicas),
+                max_batch_size=args.max_batch_size,
+                max_batch_delay_ms=args.max_batch_delay_ms,
+                port=args.port,
+                backend=args.backend,
+                capture_rate=args.capture_rate,
+            )
         except _Help:
             return None
         except NbscaleError as exc:

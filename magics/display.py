@@ -42,7 +42,9 @@ class CellJobFailed(JobFailed):
         at = f" at line {line} of the cell" if line else ""
         first = (record.error or record.status.lower()).splitlines()[0]
         first = re.sub(r"^rank \d+: ", "", first)
-        super().__init__(f"job {record.id}: {where} failed{at}: {first}", rank=record.failed_rank, traceback=tb)
+        super().__init__(
+            f"job {record.id}: {where} failed{at}: {first}", rank=record.failed_rank, traceback=tb
+        )
         self.record = record
         self.cell_line = line
 
@@ -85,14 +87,18 @@ class TrainResult:
         return self.outputs[name]
 
     def _summary(self) -> str:
-        return f"job {self.record.id} {self.record.status.lower()} in {duration(self.record.duration)}"
+        return (
+            f"job {self.record.id} {self.record.status.lower()} in {duration(self.record.duration)}"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         rows = [(n, _describe(v)) for n, v in self.outputs.items()]
         text = self._summary() + "".join(f"\n  {n}: {d}" for n, d in rows)
         if not rows:
             text += "\n  (no --outputs)"
-        html_rows = "".join(f"<tr><td><code>{escape(n)}</code></td><td>{escape(d)}</td></tr>" for n, d in rows)
+        html_rows = "".join(
+            f"<tr><td><code>{escape(n)}</code></td><td>{escape(d)}</td></tr>" for n, d in rows
+        )
         html = f"<div>{escape(self._summary())}</div>" + (
             f"<table><tr><th>output</th><th>value</th></tr>{html_rows}</table>" if rows else ""
         )
@@ -107,18 +113,37 @@ class JobsTable:
         self.records = records
 
     def _rows(self) -> list[list[str]]:
-        return [[r.id, r.status, f"{r.spec.get('nodes', 1)}x{r.spec.get('procs_per_node', 1)}",
-                 r.backend, ago(r.created), duration(r.duration)] for r in self.records]
+        return [
+            [
+                r.id,
+                r.status,
+                f"{r.spec.get('nodes', 1)}x{r.spec.get('procs_per_node', 1)}",
+                r.backend,
+                ago(r.created),
+                duration(r.duration),
+            ]
+            for r in self.records
+        ]
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         from nbscale.cli.output import table
 
         headers = ["job", "status", "nodes x procs", "backend", "created", "duration"]
         if not self.records:
-            return {"text/plain": "no jobs yet: run a cell with %%train", "text/html": "<i>no jobs yet</i>"}
-        html = "<table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>" + "".join(
-            "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in self._rows()
-        ) + "</table>"
+            return {
+                "text/plain": "no jobs yet: run a cell with %%train",
+                "text/html": "<i>no jobs yet</i>",
+            }
+        html = (
+            "<table><tr>"
+            + "".join(f"<th>{h}</th>" for h in headers)
+            + "</tr>"
+            + "".join(
+                "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+                for row in self._rows()
+            )
+            + "</table>"
+        )
         return {"text/plain": table(headers, self._rows()), "text/html": html}
 
 

@@ -19,9 +19,11 @@ from nbscale.errors import NbscaleError, SpecError
 
 from .display import user_error
 
-USAGE = ("%pipeline run [PATH] [-p NAME VALUE] [--only STEP] [--from STEP] [--no-cache] [--max-parallel N] "
-         "[--detach] | %pipeline compile [PATH] --target kfp|sagemaker -o FILE | %pipeline status RUN | "
-         "%pipeline runs")
+USAGE = (
+    "%pipeline run [PATH] [-p NAME VALUE] [--only STEP] [--from STEP] [--no-cache] [--max-parallel N] "
+    "[--detach] | %pipeline compile [PATH] --target kfp|sagemaker -o FILE | %pipeline status RUN | "
+    "%pipeline runs"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,8 +63,11 @@ def parse(line: str) -> argparse.Namespace:
 def current_notebook(user_ns: dict[str, Any]) -> str:
     path = user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
     if not path or not str(path).endswith(".ipynb") or not os.path.exists(path):
-        raise SpecError("PATH", "is needed: this kernel does not know its notebook's path",
-                        "give it, e.g. %pipeline run pipeline.yaml")
+        raise SpecError(
+            "PATH",
+            "is needed: this kernel does not know its notebook's path",
+            "give it, e.g. %pipeline run pipeline.yaml",
+        )
     return str(path)
 
 
@@ -71,9 +76,17 @@ class RunsList:
         self.runs = runs
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        text = "\n".join(f"{r.id}  {r.name}  {r.status}" for r in self.runs) or "no pipeline runs yet"
-        rows = "".join(f"<tr><td><code>{r.id}</code></td><td>{r.name}</td><td>{r.status}</td></tr>" for r in self.runs)
-        return {"text/plain": text, "text/html": f"<table><tr><th>run</th><th>pipeline</th><th>status</th></tr>{rows}</table>"}
+        text = (
+            "\n".join(f"{r.id}  {r.name}  {r.status}" for r in self.runs) or "no pipeline runs yet"
+        )
+        rows = "".join(
+            f"<tr><td><code>{r.id}</code></td><td>{r.name}</td><td>{r.status}</td></tr>"
+            for r in self.runs
+        )
+        return {
+            "text/plain": text,
+            "text/html": f"<table><tr><th>run</th><th>pipeline</th><th>status</th></tr>{rows}</table>",
+        }
 
 
 @magics_class
@@ -95,8 +108,16 @@ class PipelineMagics(Magics):
 
         from nbscale.pipelines import start_run
 
-        options = {k: v for k, v in {"only": args.only, "from_step": args.from_step, "no_cache": args.no_cache,
-                                     "max_parallel": args.max_parallel}.items() if v not in (None, False)}
+        options = {
+            k: v
+            for k, v in {
+                "only": args.only,
+                "from_step": args.from_step,
+                "no_cache": args.no_cache,
+                "max_parallel": args.max_parallel,
+            }.items()
+            if v not in (None, False)
+        }
         params = {n: typed_value(v) for n, v in (args.parameter or [])}
         run = start_run(self._path(args), params, detach=True, **options)
         if args.detach:
@@ -116,7 +137,9 @@ class PipelineMagics(Magics):
         from nbscale.pipelines import compile_pipeline
 
         path = self._path(args)
-        output = args.output or os.path.splitext(path)[0] + (".kfp.yaml" if args.target == "kfp" else ".sagemaker.json")
+        output = args.output or os.path.splitext(path)[0] + (
+            ".kfp.yaml" if args.target == "kfp" else ".sagemaker.json"
+        )
         written = compile_pipeline(path, args.target, output, image=args.image)
         print(f"wrote {written}")
         return None

@@ -50,7 +50,9 @@ def _latest(metrics: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]
     return {name: points[-POINTS:] for name, points in series.items()}
 
 
-def svg_chart(name: str, points: list[tuple[float, float]], width: int = 260, height: int = 90) -> str:
+def svg_chart(
+    name: str, points: list[tuple[float, float]], width: int = 260, height: int = 90
+) -> str:
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
@@ -133,7 +135,9 @@ class TextView(_View):
             self._pending = True
 
     def _metrics_text(self) -> str:
-        return ", ".join(f"{n}={p[-1][1]:.4g} (step {p[-1][0]:g})" for n, p in sorted(self.series.items()))
+        return ", ".join(
+            f"{n}={p[-1][1]:.4g} (step {p[-1][0]:g})" for n, p in sorted(self.series.items())
+        )
 
     def line(self, rank: int, text: str) -> None:
         self._write(f"[rank {rank}] {text}")
@@ -173,14 +177,18 @@ class WidgetView(_View):
         self._drawn = now
         self._dirty = False
         rec = self.record
-        color = {"succeeded": "green", "failed": "red", "cancelled": "gray", "lost": "red"}.get(_phase(rec), "#333")
+        color = {"succeeded": "green", "failed": "red", "cancelled": "gray", "lost": "red"}.get(
+            _phase(rec), "#333"
+        )
         self.header.value = (
             f"<b>{escape(self.title)}</b> &middot; job <code>{escape(rec.id)}</code> &middot; "
             f"<span style='color:{color}'>{escape(_phase(rec))}</span> &middot; {self.elapsed():.1f} s"
         )
         self.chart.value = "".join(svg_chart(n, p) for n, p in sorted(self.series.items())[:6] if p)
         self.log.value = (
-            "<pre style='font-size:11px;margin:0'>" + escape("\n".join(self.lines)) + "</pre>" if self.lines else ""
+            "<pre style='font-size:11px;margin:0'>" + escape("\n".join(self.lines)) + "</pre>"
+            if self.lines
+            else ""
         )
 
     def poll(self, record: JobRecord) -> None:

@@ -35,8 +35,13 @@ def _cancel_uninterrupted(handle: Job) -> JobRecord:
         signal.signal(signal.SIGINT, previous)
 
 
-def watch(handle: Job, title: str, ranks: list[int] | None, cancel_on_interrupt: bool,
-          note: str | None = None) -> JobRecord:
+def watch(
+    handle: Job,
+    title: str,
+    ranks: list[int] | None,
+    cancel_on_interrupt: bool,
+    note: str | None = None,
+) -> JobRecord:
     """Stream the job into a view until it ends; Ctrl-C cancels it or leaves it running."""
     view = make_view(handle, title)
     if note:
@@ -46,7 +51,9 @@ def watch(handle: Job, title: str, ranks: list[int] | None, cancel_on_interrupt:
             view.line(rank, line)
     except KeyboardInterrupt:
         if not cancel_on_interrupt:
-            view.note(f"interrupted: job {handle.id} keeps running; %attach {handle.id} to follow it again")
+            view.note(
+                f"interrupted: job {handle.id} keeps running; %attach {handle.id} to follow it again"
+            )
             raise JobInterrupted(f"detached from job {handle.id}, which keeps running") from None
         view.note(f"interrupted: cancelling job {handle.id}")
         record = _cancel_uninterrupted(handle)
@@ -79,8 +86,14 @@ class TrainMagics(Magics):
             if args is None:
                 return None
             source = self.shell.transform_cell(cell) if "%" in cell or "!" in cell else cell
-            prepared = prepare_cell(source, self.shell.user_ns, args.spec, outputs=args.outputs,
-                                    inputs=args.inputs, line_offset=1)
+            prepared = prepare_cell(
+                source,
+                self.shell.user_ns,
+                args.spec,
+                outputs=args.outputs,
+                inputs=args.inputs,
+                line_offset=1,
+            )
             if args.dry_run:
                 return prepared.dry_run()
             handle = prepared.submit()
@@ -88,8 +101,13 @@ class TrainMagics(Magics):
             raise user_error(exc) from None
         if args.run_async:
             return handle
-        record = watch(handle, "%%train", args.log_ranks, cancel_on_interrupt=not args.detach,
-                       note=prepared.capture.summary())
+        record = watch(
+            handle,
+            "%%train",
+            args.log_ranks,
+            cancel_on_interrupt=not args.detach,
+            note=prepared.capture.summary(),
+        )
         if record.terminal:
             # the job has read its bundle; the results live on in the job directory
             prepared.bundle_path.unlink(missing_ok=True)

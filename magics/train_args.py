@@ -37,8 +37,11 @@ def _names(option: str, text: str | None) -> list[str] | None:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if not n.isidentifier()]
     if bad or not names:
-        raise SpecError(option, f"{text!r} is not a comma-separated list of Python names",
-                        f"write e.g. {option} model,history")
+        raise SpecError(
+            option,
+            f"{text!r} is not a comma-separated list of Python names",
+            f"write e.g. {option} model,history",
+        )
     return names
 
 
@@ -48,7 +51,9 @@ def _ranks(text: str) -> list[int] | None:
     try:
         ranks = [int(r) for r in text.split(",")]
     except ValueError:
-        raise SpecError("--log-ranks", f"{text!r} is not 'all' or rank numbers", "write --log-ranks 0 or all") from None
+        raise SpecError(
+            "--log-ranks", f"{text!r} is not 'all' or rank numbers", "write --log-ranks 0 or all"
+        ) from None
     if any(r < 0 for r in ranks):
         raise SpecError("--log-ranks", "ranks start at 0", "write --log-ranks 0 or all")
     return ranks
@@ -75,12 +80,22 @@ class TrainArgs:
 def train_parser() -> _Parser:
     p = _Parser(prog="%%train", description="Run this cell as a distributed job.", add_help=True)
     add_resource_options(p)
-    p.add_argument("--outputs", metavar="A,B", help="names to bring back from rank 0 into the notebook")
-    p.add_argument("--inputs", metavar="A,B", help="send exactly these variables (modules follow anyway)")
+    p.add_argument(
+        "--outputs", metavar="A,B", help="names to bring back from rank 0 into the notebook"
+    )
+    p.add_argument(
+        "--inputs", metavar="A,B", help="send exactly these variables (modules follow anyway)"
+    )
     p.add_argument("--async", dest="run_async", action="store_true", help="return the Job at once")
-    p.add_argument("--detach", action="store_true", help="interrupting the cell leaves the job running")
-    p.add_argument("--dry-run", action="store_true", help="show what would travel and the spec; submit nothing")
-    p.add_argument("--log-ranks", default="0", metavar="0|all", help="ranks whose logs are shown (default 0)")
+    p.add_argument(
+        "--detach", action="store_true", help="interrupting the cell leaves the job running"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="show what would travel and the spec; submit nothing"
+    )
+    p.add_argument(
+        "--log-ranks", default="0", metavar="0|all", help="ranks whose logs are shown (default 0)"
+    )
     return p
 
 
@@ -113,14 +128,20 @@ class JobArgs:
     log_ranks: list[int] | None = None
 
 
-def parse_job_line(line: str, prog: str, rank: bool = False, outputs: bool = False) -> JobArgs | None:
+def parse_job_line(
+    line: str, prog: str, rank: bool = False, outputs: bool = False
+) -> JobArgs | None:
     parser = _Parser(prog=prog)
     parser.add_argument("job", metavar="JOB", help="a job id from %jobs")
     if rank:
         parser.add_argument("--rank", type=int, help="only this rank")
     if outputs:
-        parser.add_argument("--outputs", metavar="A,B", help="names to load (default: every output)")
-        parser.add_argument("--log-ranks", default="0", metavar="0|all", help="ranks whose logs are shown")
+        parser.add_argument(
+            "--outputs", metavar="A,B", help="names to load (default: every output)"
+        )
+        parser.add_argument(
+            "--log-ranks", default="0", metavar="0|all", help="ranks whose logs are shown"
+        )
     try:
         args = parser.parse_args(_split(line, prog))
     except _HelpShown:

@@ -53,12 +53,15 @@ def load_key(create: bool = True) -> bytes:
         mode = path.stat().st_mode
         text = path.read_text().strip()
     except FileNotFoundError:
-        raise SignatureError(f"no signing key at {path}",
-                             "jobs verify bundles with the key of the nbscale home that made them; "
-                             "set NBSCALE_HOME to that directory") from None
+        raise SignatureError(
+            f"no signing key at {path}",
+            "jobs verify bundles with the key of the nbscale home that made them; "
+            "set NBSCALE_HOME to that directory",
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise NbscaleError(f"the signing key {path} can be read by other users",
-                           f"run: chmod 600 {path}")
+        raise NbscaleError(
+            f"the signing key {path} can be read by other users", f"run: chmod 600 {path}"
+        )
     if len(text) < 32:
         # a key still being written by another process reads short; a real one never does
         time.sleep(0.05)
@@ -94,7 +97,9 @@ class Bundle:
             raise SignatureError(f"{self.path}: the manifest names no part {name!r}") from None
 
 
-def write(path: str | Path, manifest: dict[str, Any], parts: dict[str, bytes], key: bytes | None = None) -> Path:
+def write(
+    path: str | Path, manifest: dict[str, Any], parts: dict[str, bytes], key: bytes | None = None
+) -> Path:
     """Sign and write atomically (a reader never sees half a bundle)."""
     key = key or load_key()
     path = Path(path)
@@ -103,8 +108,10 @@ def write(path: str | Path, manifest: dict[str, Any], parts: dict[str, bytes], k
         **manifest,
         "format": FORMAT,
         "versions": manifest.get("versions") or versions(),
-        "parts": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                  for name, data in parts.items()},
+        "parts": {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            for name, data in parts.items()
+        },
     }
     body = json.dumps(manifest, sort_keys=True).encode()
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -152,7 +159,9 @@ def read(path: str | Path, kind: str, key: bytes | None = None) -> Bundle:
                 raise SignatureError(f"{path}: part {name} is missing")
             data = zf.read(name)
             if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), meta["sha256"]):
-                raise SignatureError(f"{path}: part {name} does not match its signed hash; refusing to load it")
+                raise SignatureError(
+                    f"{path}: part {name} does not match its signed hash; refusing to load it"
+                )
             parts[name] = data
     return Bundle(path, manifest, parts)
 

@@ -38,12 +38,27 @@ import cloudpickle
 from .errors import NbscaleError
 from .free_names import CELL_FILENAME, free_names
 
-__all__ = ["CELL_FILENAME", "Capture", "CaptureError", "capture", "dump_value", "free_names", "load_value"]
+__all__ = [
+    "CELL_FILENAME",
+    "Capture",
+    "CaptureError",
+    "capture",
+    "dump_value",
+    "free_names",
+    "load_value",
+]
 
 # names IPython keeps in user_ns that a cell never means to send
-_KERNEL_NAMES = re.compile(r"^(In|Out|get_ipython|exit|quit|_+|_i+|_i\d+|_\d+|_dh|_ih|_oh|__\w+__)$")
-_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()), threading.Condition, threading.Event,
-               threading.Semaphore)
+_KERNEL_NAMES = re.compile(
+    r"^(In|Out|get_ipython|exit|quit|_+|_i+|_i\d+|_\d+|_dh|_ih|_oh|__\w+__)$"
+)
+_LOCK_TYPES = (
+    type(threading.Lock()),
+    type(threading.RLock()),
+    threading.Condition,
+    threading.Event,
+    threading.Semaphore,
+)
 _SKIP_DIRS = ("site-packages", "dist-packages", f"{os.sep}.venv", f"{os.sep}lib{os.sep}python")
 
 
@@ -54,8 +69,10 @@ class CaptureError(NbscaleError):
         self.problems = problems
         lines = [f"  - {name}: {reason}; {hint}" for name, reason, hint in problems]
         noun = "name" if len(problems) == 1 else "names"
-        super().__init__(f"{len(problems)} {noun} the cell needs cannot be sent to the job, "
-                         "so nothing was submitted:\n" + "\n".join(lines))
+        super().__init__(
+            f"{len(problems)} {noun} the cell needs cannot be sent to the job, "
+            "so nothing was submitted:\n" + "\n".join(lines)
+        )
 
 
 @dataclass
@@ -100,8 +117,11 @@ class Capture:
         sent = ", ".join(f"{i.name} ({human_size(i.size)})" for i in self.inputs) or "no values"
         imports = ", ".join(i.name for i in self.items if i.kind == "import")
         files = f"; {len(self.modules)} local source file(s)" if self.modules else ""
-        return (f"sent {human_size(self.size)} in {self.seconds * 1000:.0f} ms: {sent}"
-                + (f"; imports: {imports}" if imports else "") + files)
+        return (
+            f"sent {human_size(self.size)} in {self.seconds * 1000:.0f} ms: {sent}"
+            + (f"; imports: {imports}" if imports else "")
+            + files
+        )
 
 
 def human_size(n: int) -> str:
@@ -120,16 +140,27 @@ class CaptureReport:
         self.capture = capture
 
     def rows(self) -> list[tuple[str, str, str, str]]:
-        rows = [(i.name, i.kind, i.how, human_size(i.size) if i.kind != "import" else "-")
-                for i in self.capture.items]
-        rows += [(part.removeprefix("src/"), "source file", "shipped", human_size(len(self.capture.parts[part])))
-                 for part in self.capture.modules]
+        rows = [
+            (i.name, i.kind, i.how, human_size(i.size) if i.kind != "import" else "-")
+            for i in self.capture.items
+        ]
+        rows += [
+            (
+                part.removeprefix("src/"),
+                "source file",
+                "shipped",
+                human_size(len(self.capture.parts[part])),
+            )
+            for part in self.capture.modules
+        ]
         return rows
 
     def text(self) -> str:
         c = self.capture
-        lines = [f"bundle: {human_size(c.size)}, captured in {c.seconds * 1000:.0f} ms; "
-                 f"outputs: {', '.join(c.outputs) or '(none)'}"]
+        lines = [
+            f"bundle: {human_size(c.size)}, captured in {c.seconds * 1000:.0f} ms; "
+            f"outputs: {', '.join(c.outputs) or '(none)'}"
+        ]
         lines += [f"  {n:<20} {k:<12} {h:<40} {s}" for n, k, h, s in self.rows()]
         lines += [f"  warning: {w}" for w in c.warnings]
         return "\n".join(lines)
@@ -138,12 +169,16 @@ class CaptureReport:
         from html import escape
 
         c = self.capture
-        body = "".join("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in row) + "</tr>" for row in self.rows())
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(x)}</td>" for x in row) + "</tr>" for row in self.rows()
+        )
         warn = "".join(f"<div>warning: {escape(w)}</div>" for w in c.warnings)
-        return (f"<div><b>bundle</b>: {human_size(c.size)}, captured in {c.seconds * 1000:.0f} ms; "
-                f"outputs: {escape(', '.join(c.outputs) or '(none)')}</div>"
-                "<table><tr><th>name</th><th>kind</th><th>how</th><th>size</th></tr>"
-                f"{body}</table>{warn}")
+        return (
+            f"<div><b>bundle</b>: {human_size(c.size)}, captured in {c.seconds * 1000:.0f} ms; "
+            f"outputs: {escape(', '.join(c.outputs) or '(none)')}</div>"
+            "<table><tr><th>name</th><th>kind</th><th>how</th><th>size</th></tr>"
+            f"{body}</table>{warn}"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {"text/plain": self.text(), "text/html": self.html()}
@@ -194,8 +229,10 @@ def _known_problem(value: Any, gpus: int) -> tuple[str, str] | None:
     if isinstance(value, io.IOBase):
         return "is an open file", "pass its path as a string and open the file inside the cell"
     if isinstance(value, types.GeneratorType | types.AsyncGeneratorType | types.CoroutineType):
-        return ("is a generator, whose position cannot be copied to another process",
-                "pass a list (list(gen)) or the function that creates it")
+        return (
+            "is a generator, whose position cannot be copied to another process",
+            "pass a list (list(gen)) or the function that creates it",
+        )
     if isinstance(value, _LOCK_TYPES):
         return "is a lock, which only works inside one process", "create it inside the cell"
     if isinstance(value, socket.socket | sqlite3.Connection):
@@ -203,8 +240,10 @@ def _known_problem(value: Any, gpus: int) -> tuple[str, str] | None:
     if _is_torch_value(value):
         device = _device_of(value)
         if device is not None and device.type == "cuda" and not gpus:
-            return (f"is on {device} but the job has no GPU",
-                    "move it with .cpu() before the cell, or ask for --gpus-per-proc 1")
+            return (
+                f"is on {device} but the job has no GPU",
+                "move it with .cpu() before the cell, or ask for --gpus-per-proc 1",
+            )
     return None
 
 
@@ -231,8 +270,11 @@ def _find_culprit(name: str, value: Any, gpus: int, depth: int = 3) -> tuple[str
             cloudpickle.dumps(child)
         except Exception:
             deeper = _find_culprit(name + suffix, child, gpus, depth - 1)
-            return deeper or (name + suffix, f"cannot be pickled ({type(child).__name__})",
-                              "create it inside the cell")
+            return deeper or (
+                name + suffix,
+                f"cannot be pickled ({type(child).__name__})",
+                "create it inside the cell",
+            )
     return None
 
 
@@ -252,8 +294,13 @@ def _import_statement(name: str, value: Any) -> str | None:
         return f"import {modname} as {name}"
     modname = getattr(value, "__module__", None)
     qualname = getattr(value, "__qualname__", None)
-    if not (isinstance(value, type | types.FunctionType | types.BuiltinFunctionType)
-            and modname and qualname and modname != "__main__" and "." not in qualname):
+    if not (
+        isinstance(value, type | types.FunctionType | types.BuiltinFunctionType)
+        and modname
+        and qualname
+        and modname != "__main__"
+        and "." not in qualname
+    ):
         return None
     module = sys.modules.get(modname)
     if module is None or getattr(module, qualname, None) is not value:
@@ -265,7 +312,11 @@ def _local_root(module: types.ModuleType, cwd: Path) -> tuple[Path, Path] | None
     """``(root, file)`` for a module whose file lives under ``cwd`` (not an installed package)."""
     file = getattr(module, "__file__", None)
     name = getattr(module, "__name__", "")
-    if not isinstance(file, str) or not file.endswith(".py") or name.split(".")[0] in ("nbscale", "__main__"):
+    if (
+        not isinstance(file, str)
+        or not file.endswith(".py")
+        or name.split(".")[0] in ("nbscale", "__main__")
+    ):
         return None
     # cheap test first: sys.modules is long; a relative __file__ is some extension's fiction
     if not os.path.isabs(file) or not file.startswith(str(cwd)) or not os.path.isfile(file):
@@ -294,8 +345,15 @@ def local_sources(cwd: str | None = None, limit: int = 20 << 20) -> dict[str, by
         data = path.read_bytes()
         total += len(data)
         if total > limit:
-            raise CaptureError([(module.__name__, f"local modules add up to over {human_size(limit)}",
-                                 "install them as a package instead of shipping their source")])
+            raise CaptureError(
+                [
+                    (
+                        module.__name__,
+                        f"local modules add up to over {human_size(limit)}",
+                        "install them as a package instead of shipping their source",
+                    )
+                ]
+            )
         out["src/" + path.relative_to(root).as_posix()] = data
     return out
 
@@ -320,8 +378,15 @@ def capture(
     try:
         now, later = free_names(source)
     except SyntaxError as exc:
-        raise CaptureError([("the cell", f"has a syntax error on line {exc.lineno}: {exc.msg}",
-                             "fix it and run the cell again")]) from None
+        raise CaptureError(
+            [
+                (
+                    "the cell",
+                    f"has a syntax error on line {exc.lineno}: {exc.msg}",
+                    "fix it and run the cell again",
+                )
+            ]
+        ) from None
     problems: list[tuple[str, str, str]] = []
     warnings: list[str] = []
     if inputs is not None:
@@ -330,8 +395,13 @@ def capture(
         names += [n for n in modules_too if n not in names]
         for name in inputs:
             if name not in namespace:
-                problems.append((name, "is listed in --inputs but not defined in the notebook",
-                                 "run the cell that defines it first, or drop it from --inputs"))
+                problems.append(
+                    (
+                        name,
+                        "is listed in --inputs but not defined in the notebook",
+                        "run the cell that defines it first, or drop it from --inputs",
+                    )
+                )
     else:
         names = []
         for name in [*now, *later]:
@@ -342,10 +412,17 @@ def capture(
             elif hasattr(builtins, name):
                 continue
             elif name in now:
-                problems.append((name, "is used by the cell but not defined in the notebook",
-                                 "run the cell that defines it first (or list the inputs with --inputs)"))
+                problems.append(
+                    (
+                        name,
+                        "is used by the cell but not defined in the notebook",
+                        "run the cell that defines it first (or list the inputs with --inputs)",
+                    )
+                )
             else:
-                warnings.append(f"{name} is used inside a function of the cell but is not defined anywhere")
+                warnings.append(
+                    f"{name} is used inside a function of the cell but is not defined anywhere"
+                )
     items: list[Item] = []
     parts: dict[str, bytes] = {}
     for name in names:
@@ -364,14 +441,25 @@ def capture(
             data, how = dump_value(value)
         except Exception as exc:
             culprit = _find_culprit(name, value, gpus)
-            problems.append(culprit or (name, f"cannot be pickled: {type(exc).__name__}: {exc}",
-                                        "create it inside the cell instead"))
+            problems.append(
+                culprit
+                or (
+                    name,
+                    f"cannot be pickled: {type(exc).__name__}: {exc}",
+                    "create it inside the cell instead",
+                )
+            )
             continue
         try:
             load_value(data, how)
         except Exception as exc:
-            problems.append((name, f"pickles but does not unpickle: {type(exc).__name__}: {exc}",
-                             "create it inside the cell, or give its class a __reduce__"))
+            problems.append(
+                (
+                    name,
+                    f"pickles but does not unpickle: {type(exc).__name__}: {exc}",
+                    "create it inside the cell, or give its class a __reduce__",
+                )
+            )
             continue
         if isinstance(value, types.FunctionType):
             kind = "function"
@@ -388,5 +476,12 @@ def capture(
         raise CaptureError(problems)
     sources = local_sources(cwd)
     parts.update(sources)
-    return Capture(source=source, items=items, parts=parts, modules=sorted(sources), outputs=list(outputs),
-                   warnings=warnings, seconds=time.perf_counter() - start)
+    return Capture(
+        source=source,
+        items=items,
+        parts=parts,
+        modules=sorted(sources),
+        outputs=list(outputs),
+        warnings=warnings,
+        seconds=time.perf_counter() - start,
+    )

@@ -57,15 +57,19 @@ def prepare_cell(
     line_offset: int = 0,
 ) -> PreparedCell:
     """Capture and pre-flight the cell; ``spec``'s entry is replaced by the bundle it will run."""
-    cap = capture(source, namespace, outputs=outputs, inputs=inputs, gpus=spec.gpus_per_proc, cwd=os.getcwd())
+    cap = capture(
+        source, namespace, outputs=outputs, inputs=inputs, gpus=spec.gpus_per_proc, cwd=os.getcwd()
+    )
     path = bundle.new_bundle_path(spec.name)
     manifest = {
         "kind": KIND,
         "name": spec.name,
         "line_offset": line_offset,
         "imports": cap.imports,
-        "inputs": [{"name": i.name, "part": i.part, "how": i.how, "type": i.type, "size": i.size}
-                   for i in cap.inputs],
+        "inputs": [
+            {"name": i.name, "part": i.part, "how": i.how, "type": i.type, "size": i.size}
+            for i in cap.inputs
+        ],
         "input_names": [i.name for i in cap.items],
         "modules": cap.modules,
         "outputs": cap.outputs,
@@ -87,6 +91,8 @@ class DryRun:
 
         report = self.prepared.report()
         text = f"dry run: nothing submitted\n{report.text()}\nspec:\n{self.spec_json()}"
-        html = (f"<div><b>dry run</b>: nothing submitted</div>{report.html()}"
-                f"<div><b>spec</b></div><pre>{escape(self.spec_json())}</pre>")
+        html = (
+            f"<div><b>dry run</b>: nothing submitted</div>{report.html()}"
+            f"<div><b>spec</b></div><pre>{escape(self.spec_json())}</pre>"
+        )
         return {"text/plain": text, "text/html": html}

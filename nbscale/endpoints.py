@@ -70,10 +70,18 @@ class Endpoint:
     def to_dict(self) -> dict[str, Any]:
         r = self._record
         return {
-            "name": r.name, "backend": r.backend, "backend_type": r.backend_type, "url": r.url, "status": self.status,
+            "name": r.name,
+            "backend": r.backend,
+            "backend_type": r.backend_type,
+            "url": r.url,
+            "status": self.status,
             "replicas": {"current": r.replicas, "min": r.min_replicas, "max": r.max_replicas},
-            "created": r.created, "model_dir": r.model_dir, "restarts": r.restarts, "error": r.error,
-            "max_batch_size": r.config.get("max_batch_size"), "max_batch_delay_ms": r.config.get("max_batch_delay_ms"),
+            "created": r.created,
+            "model_dir": r.model_dir,
+            "restarts": r.restarts,
+            "error": r.error,
+            "max_batch_size": r.config.get("max_batch_size"),
+            "max_batch_delay_ms": r.config.get("max_batch_delay_ms"),
         }
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
@@ -83,12 +91,20 @@ class Endpoint:
         return {"text/plain": text}
 
     # -- HTTP ------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 150.0,
-                 content_type: str = "application/json") -> tuple[int, bytes]:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout: float = 150.0,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {token_for(self.name)}", "Content-Type": content_type}
         for attempt in range(2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self._record.port, timeout=timeout)
+                self._conn = http.client.HTTPConnection(
+                    "127.0.0.1", self._record.port, timeout=timeout
+                )
             try:
                 self._conn.request(method, path, body=body, headers=headers)
                 resp = self._conn.getresponse()
@@ -97,8 +113,10 @@ class Endpoint:
                 self._conn.close()
                 self._conn = None
                 if attempt:
-                    raise BackendUnavailable(f"endpoint {self.name!r} did not answer at {self.url}: {exc}",
-                                             f"check it with: nbscale endpoints; logs in {endpoint_dir(self.name)}") from None
+                    raise BackendUnavailable(
+                        f"endpoint {self.name!r} did not answer at {self.url}: {exc}",
+                        f"check it with: nbscale endpoints; logs in {endpoint_dir(self.name)}",
+                    ) from None
         raise AssertionError("unreachable")
 
     def _check(self, status: int, body: bytes) -> Any:
@@ -124,7 +142,16 @@ class Endpoint:
         if single:
             arr = arr[None]
         arr = np.ascontiguousarray(arr, dtype=DTYPES[spec["datatype"]])
-        req = {"inputs": [{"name": spec["name"], "shape": list(arr.shape), "datatype": spec["datatype"], "data": arr.reshape(-1)}]}
+        req = {
+            "inputs": [
+                {
+                    "name": spec["name"],
+                    "shape": list(arr.shape),
+                    "datatype": spec["datatype"],
+                    "data": arr.reshape(-1),
+                }
+            ]
+        }
         status, body = self._request("POST", f"/v2/models/{self.name}/infer", dumps(req))
         out = self._check(status, body)["outputs"][0]
         result = np.asarray(out["data"], dtype=DTYPES[out["datatype"]]).reshape(out["shape"])
@@ -138,7 +165,9 @@ class Endpoint:
 
     def scale(self, min_replicas: int, max_replicas: int) -> Endpoint:
         _check_replicas(min_replicas, max_replicas)
-        status, body = self._request("POST", "/nbscale/scale", dumps({"min": min_replicas, "max": max_replicas}), timeout=10)
+        status, body = self._request(
+            "POST", "/nbscale/scale", dumps({"min": min_replicas, "max": max_replicas}), timeout=10
+        )
         self._check(status, body)
         self._record = get_endpoint(self._manager.store, self.name)
         return self
@@ -159,15 +188,20 @@ def _manager(backend: str | None = None) -> LocalEndpoints:
     config = load_config()
     bconf = config.backend(backend)
     if bconf.type != "local":
-        raise BackendUnavailable(f"endpoints on {bconf.type} backends are not available yet",
-                                 "deploy with --backend local (the default)")
+        raise BackendUnavailable(
+            f"endpoints on {bconf.type} backends are not available yet",
+            "deploy with --backend local (the default)",
+        )
     return LocalEndpoints(get_store(), bconf.name)
 
 
 def _check_replicas(lo: Any, hi: Any) -> None:
     if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < 1 or lo > hi:
-        raise SpecError("replicas", f"({lo}, {hi}) is not MIN <= MAX with MIN >= 0 and MAX >= 1",
-                        "e.g. replicas=(1, 4), or (0, 2) to scale to zero when idle")
+        raise SpecError(
+            "replicas",
+            f"({lo}, {hi}) is not MIN <= MAX with MIN >= 0 and MAX >= 1",
+            "e.g. replicas=(1, 4), or (0, 2) to scale to zero when idle",
+        )
 
 
 def endpoints() -> list[Endpoint]:
@@ -197,8 +231,11 @@ def deploy(
 ) -> Endpoint:
     """Deploy a model object or an artifact directory as an endpoint, and wait until it answers."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpecError("name", f"{name!r} is not a valid endpoint name",
-                        "use lower-case letters, digits and dashes, e.g. 'digits-v2'")
+        raise SpecError(
+            "name",
+            f"{name!r} is not a valid endpoint name",
+            "use lower-case letters, digits and dashes, e.g. 'digits-v2'",
+        )
     lo, hi = (replicas, replicas) if isinstance(replicas, int) else tuple(replicas)
     _check_replicas(lo, hi)
     if not isinstance(max_batch_size, int) or max_batch_size < 1:
@@ -212,7 +249,9 @@ def deploy(
     mgr = _manager(backend)
     existing = mgr.store.query_one("SELECT 1 FROM endpoints WHERE name = ?", (name,))
     if existing:
-        raise Conflict(f"an endpoint named {name!r} exists", f"undeploy it first: nbscale undeploy {name}")
+        raise Conflict(
+            f"an endpoint named {name!r} exists", f"undeploy it first: nbscale undeploy {name}"
+        )
     if isinstance(model_or_dir, str | Path):
         model_dir = Path(model_or_dir).resolve()
         manifest = read_manifest(model_dir)
@@ -221,10 +260,20 @@ def deploy(
     else:
         store_dir = endpoint_dir(name) / "models"
         store_dir.mkdir(parents=True, exist_ok=True)
-        model_dir = package(model_or_dir, Path(tempfile.mkdtemp(prefix="model-", dir=store_dir)), name, example=example)
-    config = {"max_batch_size": max_batch_size, "max_batch_delay_ms": max_batch_delay_ms,
-              "target_concurrency": target_concurrency, "scale_down_delay_s": scale_down_delay_s,
-              "idle_timeout_s": idle_timeout_s, "max_queue": max_queue}
+        model_dir = package(
+            model_or_dir,
+            Path(tempfile.mkdtemp(prefix="model-", dir=store_dir)),
+            name,
+            example=example,
+        )
+    config = {
+        "max_batch_size": max_batch_size,
+        "max_batch_delay_ms": max_batch_delay_ms,
+        "target_concurrency": target_concurrency,
+        "scale_down_delay_s": scale_down_delay_s,
+        "idle_timeout_s": idle_timeout_s,
+        "max_queue": max_queue,
+    }
     if capture_rate:
         config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
     try:

@@ -12,6 +12,7 @@ import symtable
 
 CELL_FILENAME = "<%%train cell>"
 
+
 class _TopLevel(ast.NodeVisitor):
     """Module-scope loads in execution order; a load counts as free when nothing bound it before.
 

@@ -12,7 +12,10 @@ def _fields(record: JobRecord) -> list[tuple[str, str]]:
     duration = record.duration
     rows = [
         ("job", record.id),
-        ("status", record.status + (f" ({record.info.get('phase')})" if not record.terminal else "")),
+        (
+            "status",
+            record.status + (f" ({record.info.get('phase')})" if not record.terminal else ""),
+        ),
         ("backend", record.backend),
         ("shape", f"{spec.get('nodes', 1)} node(s) x {spec.get('procs_per_node', 1)} process(es)"),
         ("duration", "-" if duration is None else f"{duration:.1f} s"),
@@ -27,6 +30,8 @@ def job_text(record: JobRecord) -> str:
 
 
 def job_mimebundle(record: JobRecord) -> dict[str, str]:
-    rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(v)}</td></tr>"
-                   for k, v in _fields(record))
+    rows = "".join(
+        f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(v)}</td></tr>"
+        for k, v in _fields(record)
+    )
     return {"text/plain": job_text(record), "text/html": f"<table>{rows}</table>"}

@@ -32,7 +32,15 @@ def write_results(outputs_dir: str | Path, job_id: str, values: dict[str, Any]) 
         data, how = dump_value(_unwrap(value))
         part = f"outputs/{i:03d}-{name}.{'pt' if how == 'torch.save' else 'pkl'}"
         parts[part] = data
-        entries.append({"name": name, "part": part, "how": how, "type": type(value).__name__, "size": len(data)})
+        entries.append(
+            {
+                "name": name,
+                "part": part,
+                "how": how,
+                "type": type(value).__name__,
+                "size": len(data),
+            }
+        )
     manifest = {"kind": KIND, "job_id": job_id, "outputs": entries}
     return bundle.write(Path(outputs_dir) / FILE, manifest, parts)
 
@@ -55,11 +63,15 @@ def load_results(record: JobRecord, names: list[str] | None = None) -> dict[str,
         return {}  # a cell job run without --outputs
     found = bundle.read(path, KIND)
     if found.manifest.get("job_id") != record.id:
-        raise SignatureError(f"{path} holds the results of job {found.manifest.get('job_id')}, not {record.id}")
+        raise SignatureError(
+            f"{path} holds the results of job {found.manifest.get('job_id')}, not {record.id}"
+        )
     entries = {e["name"]: e for e in found.manifest["outputs"]}
     wanted = list(entries) if names is None else names
     missing = [n for n in wanted if n not in entries]
     if missing:
-        raise NotFound(f"job {record.id} did not return {', '.join(missing)}",
-                       f"it returned: {', '.join(entries) or '(nothing)'}")
+        raise NotFound(
+            f"job {record.id} did not return {', '.join(missing)}",
+            f"it returned: {', '.join(entries) or '(nothing)'}",
+        )
     return {n: load_value(found.part(entries[n]["part"]), entries[n]["how"]) for n in wanted}

@@ -18,7 +18,9 @@ def _engine():
 
 
 def _list() -> ListEndpointsResponse:
-    return ListEndpointsResponse(endpoints=[DescribeEndpoint(**e.to_dict()) for e in _engine().endpoints()])
+    return ListEndpointsResponse(
+        endpoints=[DescribeEndpoint(**e.to_dict()) for e in _engine().endpoints()]
+    )
 
 
 def _describe(name: str) -> DescribeEndpoint:

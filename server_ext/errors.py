@@ -42,7 +42,10 @@ def translate(exc: BaseException | None, fallback_status: int = 500) -> tuple[in
     if isinstance(exc, ValidationError):
         return 400, {"error": "bad_request", "message": _validation_message(exc)}
     if isinstance(exc, json.JSONDecodeError):
-        return 400, {"error": "bad_request", "message": f"the request body is not valid JSON: {exc.msg}"}
+        return 400, {
+            "error": "bad_request",
+            "message": f"the request body is not valid JSON: {exc.msg}",
+        }
     for kind, status, name in _STATUS:
         if isinstance(exc, kind):
             body: dict[str, Any] = {"error": name, "message": str(exc)}
@@ -50,7 +53,10 @@ def translate(exc: BaseException | None, fallback_status: int = 500) -> tuple[in
                 body["field"] = exc.field
             return status, body
     if isinstance(exc, HTTPError):
-        return exc.status_code, {"error": "http_error", "message": exc.log_message or exc.reason or ""}
+        return exc.status_code, {
+            "error": "http_error",
+            "message": exc.log_message or exc.reason or "",
+        }
     return fallback_status, {
         "error": "internal",
         "message": "nbscale hit an unexpected error; the server log has the traceback",

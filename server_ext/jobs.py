@@ -62,7 +62,10 @@ def _list(q: ListJobsQuery, config: Config) -> ListJobsResponse:
     # so a page costs two indexed queries whatever the backend
     records, total = list_jobs(get_store(), q.status, q.backend, q.limit, q.offset)
     return ListJobsResponse(
-        jobs=[describe(r.to_dict(), config) for r in records], total=total, limit=q.limit, offset=q.offset
+        jobs=[describe(r.to_dict(), config) for r in records],
+        total=total,
+        limit=q.limit,
+        offset=q.offset,
     )
 
 
@@ -79,7 +82,9 @@ def _submit(spec: JobSpec, config: Config) -> DescribeJob:
 def _cancel(job_id: str, config: Config) -> DescribeJob:
     handle = get_job(job_id, config)
     if handle.refresh().terminal:
-        raise Conflict(f"job {handle.id} already ended ({handle.record.status})", "there is nothing to cancel")
+        raise Conflict(
+            f"job {handle.id} already ended ({handle.record.status})", "there is nothing to cancel"
+        )
     handle.cancel()
     return describe(handle.to_dict(), config, detail=True)
 
@@ -140,7 +145,9 @@ class RerunHandler(NbscaleHandler):
     @web.authenticated
     @authorized(EXECUTE)
     async def post(self, job_id: str):
-        self.reply(await self.call(_rerun, job_id, await self.call(self.app.config_now)), status=201)
+        self.reply(
+            await self.call(_rerun, job_id, await self.call(self.app.config_now)), status=201
+        )
 
 
 class LogsHandler(NbscaleHandler):

@@ -193,6 +193,8 @@ class ListRunsResponse(Model):
 
 
 class CreateRun(Model):
-    path: str = Field(..., min_length=1, description="notebook or pipeline file relative to the server root")
+    path: str = Field(
+        ..., min_length=1, description="notebook or pipeline file relative to the server root"
+    )
     backend: str = "local"
     parameters: dict[str, Any] = Field(default_factory=dict)

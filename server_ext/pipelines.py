@@ -17,7 +17,9 @@ def _engine():
 
 
 def _list(q: ListRunsQuery) -> ListRunsResponse:
-    return ListRunsResponse(runs=[DescribeRun(**r.to_dict()) for r in _engine().runs(q.limit, q.offset)])
+    return ListRunsResponse(
+        runs=[DescribeRun(**r.to_dict()) for r in _engine().runs(q.limit, q.offset)]
+    )
 
 
 def _describe(run_id: str) -> DescribeRun:
@@ -25,7 +27,9 @@ def _describe(run_id: str) -> DescribeRun:
 
 
 def _start(path: str, req: CreateRun) -> DescribeRun:
-    run = _engine().start_run(path, parameters=req.parameters or None, backend=req.backend, detach=True)
+    run = _engine().start_run(
+        path, parameters=req.parameters or None, backend=req.backend, detach=True
+    )
     return DescribeRun(**run.to_dict())
 
 

@@ -61,7 +61,9 @@ def test_key_is_private_and_never_in_the_bundle(nbscale_home):
 
 @pytest.mark.parametrize("fix_hash", [False, True], ids=["part-only", "part-and-hash"])
 def test_a_tampered_part_is_refused_before_unpickling(nbscale_home, tmp_path, fix_hash):
-    path = bundle.write(nbscale_home / "b.zip", {"kind": "cell"}, {"inputs/x.pkl": pickle.dumps(42)})
+    path = bundle.write(
+        nbscale_home / "b.zip", {"kind": "cell"}, {"inputs/x.pkl": pickle.dumps(42)}
+    )
     marker = tmp_path / "unpickled"
     _rewrite(path, "inputs/x.pkl", pickle.dumps(_Trap(marker)), fix_hash)
     with pytest.raises(SignatureError):
@@ -94,9 +96,18 @@ def _fake_finished_job(tmp_path) -> str:
     """A store row of a succeeded cell job whose outputs directory we control."""
     job_dir = tmp_path / "job"
     (job_dir / "outputs").mkdir(parents=True)
-    rec = JobRecord(id="cell-abc123", name="cell", backend="local", backend_type="local", status=SUCCEEDED,
-                    spec={"entry": {"kind": "bundle", "target": "x"}}, created=0.0, started=0.0, ended=1.0,
-                    info={"job_dir": str(job_dir)})
+    rec = JobRecord(
+        id="cell-abc123",
+        name="cell",
+        backend="local",
+        backend_type="local",
+        status=SUCCEEDED,
+        spec={"entry": {"kind": "bundle", "target": "x"}},
+        created=0.0,
+        started=0.0,
+        ended=1.0,
+        info={"job_dir": str(job_dir)},
+    )
     insert_job(get_store(), rec)
     return rec.id
 
@@ -112,7 +123,9 @@ def test_results_are_verified_and_bound_to_their_job(tmp_path):
         load_results(rec, ["nope"])
 
     marker = tmp_path / "unpickled"
-    part = next(n for n in zipfile.ZipFile(outputs / "results.zip").namelist() if n.endswith("history.pkl"))
+    part = next(
+        n for n in zipfile.ZipFile(outputs / "results.zip").namelist() if n.endswith("history.pkl")
+    )
     _rewrite(outputs / "results.zip", part, pickle.dumps(_Trap(marker)), fix_hash=True)
     with pytest.raises(SignatureError):
         load_results(rec)

@@ -33,7 +33,19 @@ def test_free_names_follow_execution_order_and_scopes():
         "    print(e)\n"
     )
     now, later = free_names(src)
-    assert now == ["x", "y", "range", "n", "total", "f", "default", "Base", "data", "ValueError", "print"]
+    assert now == [
+        "x",
+        "y",
+        "range",
+        "n",
+        "total",
+        "f",
+        "default",
+        "Base",
+        "data",
+        "ValueError",
+        "print",
+    ]
     # names read only inside functions/classes/comprehensions, never bound by the cell
     assert later == ["helper", "kk", "outer", "scale", "w"]
 
@@ -51,7 +63,14 @@ def test_modules_and_importable_objects_become_import_statements():
     from os import path
     from xml import dom
 
-    ns = {"js": js, "os": sys.modules["os"], "path": path, "dom": dom, "OD": OD, "pjoin": os.path.join}
+    ns = {
+        "js": js,
+        "os": sys.modules["os"],
+        "path": path,
+        "dom": dom,
+        "OD": OD,
+        "pjoin": os.path.join,
+    }
     cap = capture("print(js.dumps(1), os.sep, path.sep, dom, OD(), pjoin('a'))", ns)
     assert cap.imports == [
         "import json as js",
@@ -79,8 +98,12 @@ def test_notebook_functions_lambdas_closures_and_classes_travel_by_value():
     ns = {"times2": main.make(2), "Point": main.Point, "p": main.Point(4), "sq": lambda v: v * v}
     cap = capture("print(times2(1), Point(1), p.x, sq(3))", ns)
     kinds = {i.name: (i.kind, i.how) for i in cap.items}
-    assert kinds == {"times2": ("function", "cloudpickle"), "Point": ("class", "cloudpickle"),
-                     "p": ("object", "cloudpickle"), "sq": ("function", "cloudpickle")}
+    assert kinds == {
+        "times2": ("function", "cloudpickle"),
+        "Point": ("class", "cloudpickle"),
+        "p": ("object", "cloudpickle"),
+        "sq": ("function", "cloudpickle"),
+    }
     loaded = {i.name: load_value(cap.parts[i.part], i.how) for i in cap.inputs}
     assert loaded["times2"](5) == 30 and loaded["sq"](3) == 9 and loaded["p"].x == 4
     assert all(i.size > 0 for i in cap.inputs)
@@ -91,8 +114,10 @@ def test_tensors_and_modules_use_torch_save():
 
     ns = {"t": torch.arange(6.0), "layer": torch.nn.Linear(2, 2)}
     cap = capture("print(t, layer)", ns)
-    assert {i.name: (i.kind, i.how) for i in cap.items} == {"t": ("tensor", "torch.save"),
-                                                            "layer": ("module", "torch.save")}
+    assert {i.name: (i.kind, i.how) for i in cap.items} == {
+        "t": ("tensor", "torch.save"),
+        "layer": ("module", "torch.save"),
+    }
     t = load_value(cap.parts[cap.items[0].part], "torch.save")
     assert torch.equal(t, ns["t"])
 
@@ -123,9 +148,7 @@ def test_unpicklable_inputs_are_named_with_reason_and_hint(tmp_path):
 def test_an_object_that_pickles_but_does_not_unpickle_is_refused():
     main = types.ModuleType("__main__")
     exec(
-        "class OneWay:\n"
-        "    def __reduce__(self):\n"
-        "        return (int, ('not a number',))\n",
+        "class OneWay:\n    def __reduce__(self):\n        return (int, ('not a number',))\n",
         main.__dict__,
     )
     with pytest.raises(CaptureError) as err:
@@ -137,7 +160,10 @@ def test_an_object_that_pickles_but_does_not_unpickle_is_refused():
 def test_a_name_the_cell_needs_but_the_notebook_lacks_is_an_error():
     with pytest.raises(CaptureError) as err:
         capture("print(undefined_thing + 1)", {})
-    assert err.value.problems[0][:2] == ("undefined_thing", "is used by the cell but not defined in the notebook")
+    assert err.value.problems[0][:2] == (
+        "undefined_thing",
+        "is used by the cell but not defined in the notebook",
+    )
 
 
 def test_inputs_override_the_analysis_but_modules_still_follow():
@@ -167,14 +193,22 @@ def test_local_modules_travel_as_source(tmp_path, monkeypatch):
         for name in ("helpers_cap", "mypkg_cap", "mypkg_cap.ops"):
             sys.modules.pop(name, None)
     assert cap.imports == ["import helpers_cap as hp", "from mypkg_cap.ops import inc"]
-    assert cap.modules == ["src/helpers_cap.py", "src/mypkg_cap/__init__.py", "src/mypkg_cap/ops.py"]
+    assert cap.modules == [
+        "src/helpers_cap.py",
+        "src/mypkg_cap/__init__.py",
+        "src/mypkg_cap/ops.py",
+    ]
     assert cap.parts["src/mypkg_cap/ops.py"] == (pkg / "ops.py").read_bytes()
 
 
 def test_report_lists_every_item_with_sizes():
-    cap = capture("print(data, json)", {"data": list(range(100)), "json": sys.modules["json"]}, outputs=["r"])
+    cap = capture(
+        "print(data, json)", {"data": list(range(100)), "json": sys.modules["json"]}, outputs=["r"]
+    )
     text = cap.report().text()
-    assert "data" in text and "cloudpickle" in text and "import json" in text and "outputs: r" in text
+    assert (
+        "data" in text and "cloudpickle" in text and "import json" in text and "outputs: r" in text
+    )
     bundle = cap.report()._repr_mimebundle_()
     assert "<table>" in bundle["text/html"]
     assert pickle.loads(cap.parts[cap.items[0].part]) == list(range(100))

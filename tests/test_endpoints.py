@@ -34,7 +34,9 @@ def endpoint_processes(name: str) -> list[psutil.Process]:
 
 def port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of old connections is no owner
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # TIME_WAIT of old connections is no owner
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -75,7 +77,9 @@ def test_deploy_predict_list_and_undeploy_leave_nothing_behind(cleanup, nbscale_
     table = nbscale_cli("endpoints", check=True).stdout
     assert "digits" in table and "READY" in table
     out = nbscale_cli("predict", "digits", "--json", json.dumps(x[:2].tolist()), check=True).stdout
-    np.testing.assert_allclose(np.asarray(json.loads(out)), forward(model, x[:2]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(json.loads(out)), forward(model, x[:2]), rtol=1e-5, atol=1e-5
+    )
     # And metrics report latency, throughput and replicas
     m = ep.metrics()
     assert m["requests_total"] >= 3 and m["p50_ms"] > 0 and m["p99_ms"] >= m["p50_ms"]
@@ -97,9 +101,15 @@ def test_the_endpoint_is_authenticated(cleanup):
 
     ep = deploy(mlp(), name="secure")
     conn = http.client.HTTPConnection("127.0.0.1", ep.record.port, timeout=10)
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]})
-    for path, method, data in [("/v2/models/secure/infer", "POST", body), ("/nbscale/stats", "GET", None),
-                               ("/metrics", "GET", None), ("/nbscale/scale", "POST", '{"min":0,"max":5}')]:
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
+    )
+    for path, method, data in [
+        ("/v2/models/secure/infer", "POST", body),
+        ("/nbscale/stats", "GET", None),
+        ("/metrics", "GET", None),
+        ("/nbscale/scale", "POST", '{"min":0,"max":5}'),
+    ]:
         conn.request(method, path, body=data)
         resp = conn.getresponse()
         assert resp.status == 401, path
@@ -126,8 +136,14 @@ def test_a_killed_replica_is_replaced(cleanup):
 def test_scales_up_under_load_and_down_when_idle(cleanup, tmp_path):
     # Given a 50 ms model, one request per batch, scaling at 1 request in flight per replica
     model_dir, _ = make_artifact(tmp_path / "art", name="busy", slow=True)
-    ep = deploy(str(model_dir), name="busy", replicas=(1, 3), max_batch_size=1, target_concurrency=1,
-                scale_down_delay_s=1)
+    ep = deploy(
+        str(model_dir),
+        name="busy",
+        replicas=(1, 3),
+        max_batch_size=1,
+        target_concurrency=1,
+        scale_down_delay_s=1,
+    )
     stop = threading.Event()
 
     def hammer():
@@ -141,7 +157,9 @@ def test_scales_up_under_load_and_down_when_idle(cleanup, tmp_path):
         t.start()
     try:
         # When load holds several requests in flight, Then replicas are added
-        wait_for(lambda: ep.metrics()["replicas"]["current"] >= 2, 60, interval=0.2, what="scale up")
+        wait_for(
+            lambda: ep.metrics()["replicas"]["current"] >= 2, 60, interval=0.2, what="scale up"
+        )
     finally:
         stop.set()
         for t in threads:
@@ -162,7 +180,9 @@ def test_scale_to_zero_and_cold_start(cleanup):
     m = ep.metrics()
     assert m["cold_starts"] and m["cold_starts"][0]["seconds"] > 0
     # And after the idle timeout no replica is left
-    wait_for(lambda: ep.metrics()["replicas"]["current"] == 0, 30, interval=0.2, what="scale to zero")
+    wait_for(
+        lambda: ep.metrics()["replicas"]["current"] == 0, 30, interval=0.2, what="scale to zero"
+    )
     wait_for(lambda: len(endpoint_processes("sleepy")) == 1, 30, what="replica process gone")
     assert ep.refresh().status == "SCALED_TO_ZERO"
 
@@ -192,8 +212,13 @@ def test_bad_deploys_say_what_is_wrong(cleanup):
         deploy(mlp(), name="taken")
     with pytest.raises(Conflict, match="in use"):
         deploy(mlp(), name="other", port=ep.record.port)
-    assert not (endpoint_dir("other") / "models").exists() or not any((endpoint_dir("other") / "models").iterdir())
-    assert ep.predict(np.zeros((1, 64), np.float32)).shape == (1, 10)  # the refused deploys left it alone
+    assert not (endpoint_dir("other") / "models").exists() or not any(
+        (endpoint_dir("other") / "models").iterdir()
+    )
+    assert ep.predict(np.zeros((1, 64), np.float32)).shape == (
+        1,
+        10,
+    )  # the refused deploys left it alone
     with pytest.raises(SpecError, match="shape"):
         ep.predict(np.zeros((1, 3), np.float32))
     assert [e.name for e in endpoints()] == ["taken"]
@@ -204,7 +229,10 @@ def test_a_model_that_fails_to_load_fails_the_deploy_with_its_error(cleanup, tmp
 
     model_dir, _ = make_artifact(tmp_path / "art", name="broken")
     code = model_dir / "code" / "inference.py"
-    code.write_text(code.read_text() + "\n\ndef model_fn(model_dir):\n    raise RuntimeError('weights are corrupt')\n")
+    code.write_text(
+        code.read_text()
+        + "\n\ndef model_fn(model_dir):\n    raise RuntimeError('weights are corrupt')\n"
+    )
     with pytest.raises(BackendUnavailable, match="weights are corrupt"):
         deploy(str(model_dir), name="broken")
     assert endpoints() == [] and endpoint_processes("broken") == []
@@ -212,7 +240,11 @@ def test_a_model_that_fails_to_load_fails_the_deploy_with_its_error(cleanup, tmp
 
 def test_the_cli_reports_errors_in_one_line(nbscale_cli, tmp_path):
     res = nbscale_cli("predict", "ghost", "--json", "[[1]]")
-    assert res.returncode == 1 and "no endpoint 'ghost'" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.returncode == 1
+        and "no endpoint 'ghost'" in res.stderr
+        and "Traceback" not in res.stderr
+    )
     res = nbscale_cli("deploy", str(tmp_path), "--name", "x", "--replicas", "a:b")
     assert res.returncode == 2 and "MIN:MAX" in res.stderr
 
@@ -221,7 +253,10 @@ def test_a_dead_router_is_restarted_on_the_same_port(cleanup):
     ep = deploy(mlp(), name="phoenix")
     port, pid = ep.record.port, ep.record.pid
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        10,
+    )
     assert endpoint("phoenix").to_dict()["status"] == "DOWN"
     rec = ep.refresh()
     assert rec.pid != pid and rec.port == port and rec.status == "READY"
@@ -235,11 +270,15 @@ def test_magics_deploy_list_and_undeploy(cleanup):
     try:
         shell.run_line_magic("load_ext", "nbscale.magics")
         shell.user_ns["model"] = mlp()
-        ep = shell.run_line_magic("deploy", "model --name magic --max-batch-size 8 --capture-rate 1")
+        ep = shell.run_line_magic(
+            "deploy", "model --name magic --max-batch-size 8 --capture-rate 1"
+        )
         assert ep.name == "magic" and ep.to_dict()["max_batch_size"] == 8
         x = np.full((1, 64), 0.5, np.float32)
         ep.predict(x)
-        captured = wait_for(lambda: read_capture(endpoint_dir("magic") / "capture"), 10, what="captured request")
+        captured = wait_for(
+            lambda: read_capture(endpoint_dir("magic") / "capture"), 10, what="captured request"
+        )
         np.testing.assert_allclose(captured[0]["inputs"]["input"], x)
         table = shell.run_line_magic("endpoints", "")._repr_mimebundle_()
         assert "magic" in table["text/plain"] and "<table>" in table["text/html"]

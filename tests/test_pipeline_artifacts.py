@@ -26,7 +26,12 @@ def test_each_kind_round_trips_in_its_own_format(tmp_path):
     }
     manifest = artifacts.save(values, list(values), tmp_path / "out")
     assert {k: v["format"] for k, v in manifest.items()} == {
-        "tensor": "torch", "module": "torch", "array": "numpy", "scale": "pickle", "box": "pickle"}
+        "tensor": "torch",
+        "module": "torch",
+        "array": "numpy",
+        "scale": "pickle",
+        "box": "pickle",
+    }
     loaded: dict = {}
     artifacts.load(loaded, dict.fromkeys(values, str(tmp_path / "out")))
     assert torch.equal(loaded["tensor"], values["tensor"])

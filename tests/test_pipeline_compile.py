@@ -21,16 +21,23 @@ from tests.test_pipeline_notebooks import cell, write_notebook
 def small(tmp_path):
     """make -> (double, square) -> total, with a local module, typed parameters, resources and retries."""
     (tmp_path / "shapes.py").write_text("def square(v):\n    return v * v\n")
-    nb = write_notebook(tmp_path / "small.ipynb", [
-        cell("from shapes import square", "imports"),
-        cell("n = 4\nlabel = 'sum'\nfactor = 2.5", "pipeline-parameters"),
-        cell("values = list(range(n))", "step:make"),
-        cell("doubled = [v * factor for v in values]", "step:double", "prev:make"),
-        cell("squared = [square(v) for v in values]", "step:square", "prev:make"),
-        cell("total = {label: sum(doubled) + sum(squared)}\nprint(total)\n"
-             "assert total[label] == sum(v * factor for v in range(n)) + sum(v * v for v in range(n))",
-             "step:total", "prev:double", "prev:square"),
-    ])
+    nb = write_notebook(
+        tmp_path / "small.ipynb",
+        [
+            cell("from shapes import square", "imports"),
+            cell("n = 4\nlabel = 'sum'\nfactor = 2.5", "pipeline-parameters"),
+            cell("values = list(range(n))", "step:make"),
+            cell("doubled = [v * factor for v in values]", "step:double", "prev:make"),
+            cell("squared = [square(v) for v in values]", "step:square", "prev:make"),
+            cell(
+                "total = {label: sum(doubled) + sum(squared)}\nprint(total)\n"
+                "assert total[label] == sum(v * factor for v in range(n)) + sum(v * v for v in range(n))",
+                "step:total",
+                "prev:double",
+                "prev:square",
+            ),
+        ],
+    )
     return nb
 
 
@@ -45,16 +52,26 @@ def test_kfp_ir_compiles_with_resources_and_runs_under_kfp_local(small, tmp_path
 
     out = Path(compile_pipeline(str(small), "kfp", str(tmp_path / "small.kfp.yaml")))
     ir = yaml.safe_load(out.read_text())
-    assert set(ir["root"]["dag"]["tasks"]) == {"step-make", "step-double", "step-square", "step-total"}
-    assert ir["root"]["inputDefinitions"]["parameters"]["n"] == {"defaultValue": 4.0, "isOptional": True,
-                                                                 "parameterType": "NUMBER_INTEGER"}
+    assert set(ir["root"]["dag"]["tasks"]) == {
+        "step-make",
+        "step-double",
+        "step-square",
+        "step-total",
+    }
+    assert ir["root"]["inputDefinitions"]["parameters"]["n"] == {
+        "defaultValue": 4.0,
+        "isOptional": True,
+        "parameterType": "NUMBER_INTEGER",
+    }
     assert ir["root"]["inputDefinitions"]["parameters"]["label"]["parameterType"] == "STRING"
     total = ir["root"]["dag"]["tasks"]["step-total"]
     assert sorted(total["dependentTasks"]) == ["step-double", "step-square"]
     assert set(total["inputs"]["artifacts"]) == {"in_double", "in_square"}
 
     # the compiled file itself is what runs: loaded back from disk, executed by kfp.local
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root")
+    )
     task = components.load_component_from_file(str(out))(n=5, factor=1.0)
     assert task is not None
     executed = list((tmp_path / "kfp-root").rglob("step-total/executed"))
@@ -71,7 +88,8 @@ def test_kfp_carries_retries_cpu_memory_and_gpu(tmp_path):
     write_notebook(tmp_path / "b.ipynb", [cell("y = x + 1")])
     (tmp_path / "pipeline.yaml").write_text(
         "name: res\nsteps:\n  - {name: a, notebook: a.ipynb, resources: {cpu: 2, memory: 4Gi, gpu: 1}}\n"
-        "  - {name: b, notebook: b.ipynb, depends_on: [a], retries: 3, cache: false}\n")
+        "  - {name: b, notebook: b.ipynb, depends_on: [a], retries: 3, cache: false}\n"
+    )
     out = compile_pipeline(str(tmp_path / "pipeline.yaml"), "kfp", str(tmp_path / "res.yaml"))
     ir = yaml.safe_load(Path(out).read_text())
     resources = ir["deploymentSpec"]["executors"]["exec-step-a"]["container"]["resources"]
@@ -87,8 +105,11 @@ def moto_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -102,23 +123,33 @@ def moto_server():
     proc.wait(10)
 
 
-def test_sagemaker_definition_is_created_started_and_its_container_command_runs(small, tmp_path, moto_server,
-                                                                              monkeypatch):
+def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
+    small, tmp_path, moto_server, monkeypatch
+):
     boto3 = pytest.importorskip("boto3")
     from nbscale.pipelines.sagemaker_target import upload_and_create
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     role = "arn:aws:iam::123456789012:role/nbscale-steps"
     with pytest.raises(SpecError, match="--role"):
         compile_pipeline(str(small), "sagemaker", str(tmp_path / "x.json"))
-    out = Path(compile_pipeline(str(small), "sagemaker", str(tmp_path / "small.json"), role=role,
-                                bucket="nb-bucket"))
+    out = Path(
+        compile_pipeline(
+            str(small), "sagemaker", str(tmp_path / "small.json"), role=role, bucket="nb-bucket"
+        )
+    )
     definition = json.loads(out.read_text())
     assert [s["Name"] for s in definition["Steps"]] == ["make", "double", "square", "total"]
     assert {p["Name"]: p["Type"] for p in definition["Parameters"]} == {
-        "n": "Integer", "label": "String", "factor": "Float"}
+        "n": "Integer",
+        "label": "String",
+        "factor": "Float",
+    }
 
     s3 = boto3.client("s3", endpoint_url=moto_server)
     sm = boto3.client("sagemaker", endpoint_url=moto_server)
@@ -128,7 +159,8 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
     stored = json.loads(sm.describe_pipeline(PipelineName="small")["PipelineDefinition"])
     assert stored == definition
     execution = sm.start_pipeline_execution(
-        PipelineName="small", PipelineParameters=[{"Name": "n", "Value": "3"}])["PipelineExecutionArn"]
+        PipelineName="small", PipelineParameters=[{"Name": "n", "Value": "3"}]
+    )["PipelineExecutionArn"]
     described = sm.describe_pipeline_execution(PipelineExecutionArn=execution)
     assert described["PipelineArn"] == arn
     assert upload_and_create(out, sm, s3, role) == arn  # a second create updates
@@ -151,9 +183,11 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
             if isinstance(uri, str):
                 prefix = uri.removeprefix("s3://nb-bucket/")
                 for obj in s3.list_objects_v2(Bucket="nb-bucket", Prefix=prefix)["Contents"]:
-                    dest = target / obj["Key"][len(prefix) + 1:]
+                    dest = target / obj["Key"][len(prefix) + 1 :]
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(s3.get_object(Bucket="nb-bucket", Key=obj["Key"])["Body"].read())
+                    dest.write_bytes(
+                        s3.get_object(Bucket="nb-bucket", Key=obj["Key"])["Body"].read()
+                    )
             else:
                 producer = uri["Get"].split(".")[1]
                 os.rmdir(target)
@@ -164,8 +198,12 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
                 arg = "".join(params[v["Get"].split(".")[1]] for v in arg["Std:Join"]["Values"])
             args.append(local(arg))
         entry = spec["AppSpecification"]["ContainerEntrypoint"]
-        proc = subprocess.run([sys.executable if entry[0] == "python3" else entry[0], *entry[1:], *args],
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [sys.executable if entry[0] == "python3" else entry[0], *entry[1:], *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode == 0, proc.stderr
         outputs[step["Name"]] = root / "output" / "outputs"
     executed = (tmp_path / "proc" / "total" / "output" / "notebook" / "step.ipynb").read_text()

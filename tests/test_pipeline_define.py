@@ -30,13 +30,16 @@ def test_tagged_notebook_becomes_a_dag_with_inputs_outputs_and_parameters(tmp_pa
 
 
 def test_untagged_cells_join_the_step_above_and_skip_is_left_out(tmp_path):
-    path = write_notebook(tmp_path / "nb.ipynb", [
-        cell("loose = 1"),
-        cell("a = 1", "step:one"),
-        cell("b = a + 1"),
-        cell("scratch = b", "skip"),
-        cell("c = b", "step:two", "prev:one"),
-    ])
+    path = write_notebook(
+        tmp_path / "nb.ipynb",
+        [
+            cell("loose = 1"),
+            cell("a = 1", "step:one"),
+            cell("b = a + 1"),
+            cell("scratch = b", "skip"),
+            cell("c = b", "step:two", "prev:one"),
+        ],
+    )
     pipeline = load(path)
     assert [c.source for c in pipeline.steps["one"].body] == ["a = 1", "b = a + 1"]
     assert pipeline.steps["two"].inputs == {"b": "one"}
@@ -54,18 +57,37 @@ def test_yaml_example_has_the_same_diamond_with_resources_and_retries():
     assert pipeline.steps["train_a"].resources.memory == "1Gi"
 
 
-@pytest.mark.parametrize(("cells", "needle"), [
-    ([cell("x = y + 1", "step:one")], "reads 'y', which no earlier step defines"),
-    ([cell("a = 1", "step:one"), cell("b = a", "step:two")], "add prev:one"),
-    ([cell("import numpy as np", "step:one"), cell("z = np.zeros(2)", "step:two", "prev:one")],
-     "module imported there"),
-    ([cell("fh = open('f.txt', 'w')", "step:one"), cell("fh.write('x')", "step:two", "prev:one")],
-     "open file"),
-    ([cell("g = (i for i in range(3))", "step:one"), cell("list(g)", "step:two", "prev:one")], "generator"),
-    ([cell("a = 1", "step:one", "prev:two"), cell("b = 2", "step:two", "prev:one")], "cycle"),
-    ([cell("a = 1", "step:one", "prev:ghost")], "unknown step 'ghost'"),
-    ([cell("x = 1")], "step:NAME"),
-])
+@pytest.mark.parametrize(
+    ("cells", "needle"),
+    [
+        ([cell("x = y + 1", "step:one")], "reads 'y', which no earlier step defines"),
+        ([cell("a = 1", "step:one"), cell("b = a", "step:two")], "add prev:one"),
+        (
+            [
+                cell("import numpy as np", "step:one"),
+                cell("z = np.zeros(2)", "step:two", "prev:one"),
+            ],
+            "module imported there",
+        ),
+        (
+            [
+                cell("fh = open('f.txt', 'w')", "step:one"),
+                cell("fh.write('x')", "step:two", "prev:one"),
+            ],
+            "open file",
+        ),
+        (
+            [
+                cell("g = (i for i in range(3))", "step:one"),
+                cell("list(g)", "step:two", "prev:one"),
+            ],
+            "generator",
+        ),
+        ([cell("a = 1", "step:one", "prev:two"), cell("b = 2", "step:two", "prev:one")], "cycle"),
+        ([cell("a = 1", "step:one", "prev:ghost")], "unknown step 'ghost'"),
+        ([cell("x = 1")], "step:NAME"),
+    ],
+)
 def test_bad_pipelines_are_reported_before_anything_runs(tmp_path, cells, needle):
     path = write_notebook(tmp_path / "bad.ipynb", cells)
     with pytest.raises(SpecError) as err:
@@ -75,25 +97,40 @@ def test_bad_pipelines_are_reported_before_anything_runs(tmp_path, cells, needle
 
 
 def test_names_read_inside_functions_and_comprehensions_are_found(tmp_path):
-    path = write_notebook(tmp_path / "nb.ipynb", [
-        cell("weights = [1, 2]\nfactor = 3", "step:one"),
-        cell("def score(v):\n    return v * factor\nvals = [score(w) for w in weights]", "step:two", "prev:one"),
-    ])
+    path = write_notebook(
+        tmp_path / "nb.ipynb",
+        [
+            cell("weights = [1, 2]\nfactor = 3", "step:one"),
+            cell(
+                "def score(v):\n    return v * factor\nvals = [score(w) for w in weights]",
+                "step:two",
+                "prev:one",
+            ),
+        ],
+    )
     assert load(path).steps["two"].inputs == {"factor": "one", "weights": "one"}
 
 
 def test_ipython_syntax_in_a_step_is_understood(tmp_path):
-    path = write_notebook(tmp_path / "nb.ipynb", [
-        cell("%matplotlib inline\na = 1", "step:one"),
-        cell("!echo hi\nb = a", "step:two", "prev:one"),
-    ])
+    path = write_notebook(
+        tmp_path / "nb.ipynb",
+        [
+            cell("%matplotlib inline\na = 1", "step:one"),
+            cell("!echo hi\nb = a", "step:two", "prev:one"),
+        ],
+    )
     assert load(path).steps["two"].inputs == {"a": "one"}
 
 
 def test_parameters_are_typed_like_their_defaults():
     defaults = {"n": 3, "lr": 0.1, "name": "run", "flag": False, "layers": [1, 2]}
     assert resolve(defaults, {"n": 5, "lr": 1, "name": 7, "flag": True, "layers": [3]}) == {
-        "n": 5, "lr": 1.0, "name": "7", "flag": True, "layers": [3]}
+        "n": 5,
+        "lr": 1.0,
+        "name": "7",
+        "flag": True,
+        "layers": [3],
+    }
     with pytest.raises(SpecError, match="parameter n: expects int, got 'many'"):
         resolve(defaults, {"n": "many"})
     with pytest.raises(SpecError, match="expects bool"):
@@ -104,7 +141,9 @@ def test_parameters_are_typed_like_their_defaults():
 
 def test_yaml_errors_name_the_field(tmp_path):
     (tmp_path / "a.ipynb").write_text((EXAMPLES / "compare.ipynb").read_text())
-    (tmp_path / "pipeline.yaml").write_text("steps:\n  - name: a\n    notebook: a.ipynb\n    retries: many\n")
+    (tmp_path / "pipeline.yaml").write_text(
+        "steps:\n  - name: a\n    notebook: a.ipynb\n    retries: many\n"
+    )
     with pytest.raises(SpecError, match=r"steps\[0\].retries: must be a whole number"):
         load(tmp_path / "pipeline.yaml")
     (tmp_path / "pipeline.yaml").write_text("steps:\n  - name: a\n    notebok: a.ipynb\n")
@@ -113,14 +152,19 @@ def test_yaml_errors_name_the_field(tmp_path):
 
 
 def test_no_cache_tag_and_show_command(tmp_path, nbscale_cli):
-    path = write_notebook(tmp_path / "nb.ipynb", [
-        cell("a = 1", "step:one"),
-        cell("b = a", "step:two", "prev:one", "no-cache"),
-    ])
+    path = write_notebook(
+        tmp_path / "nb.ipynb",
+        [
+            cell("a = 1", "step:one"),
+            cell("b = a", "step:two", "prev:one", "no-cache"),
+        ],
+    )
     pipeline = load(path)
     assert pipeline.steps["one"].cache and not pipeline.steps["two"].cache
     import json
 
     shown = json.loads(nbscale_cli("pipeline", "show", str(path), check=True).stdout)
     assert [(s["name"], s["inputs"], s["cache"]) for s in shown["steps"]] == [
-        ("one", {}, True), ("two", {"a": "one"}, False)]
+        ("one", {}, True),
+        ("two", {"a": "one"}, False),
+    ]

@@ -25,5 +25,12 @@ def test_both_forms_of_the_digits_example_run_and_agree(nbscale_cli):
     proc = nbscale_cli("pipeline", "run", str(EXAMPLES / "pipeline.yaml"), "--json", check=True)
     from_yaml = get_run(json.loads(proc.stdout)["id"])
     assert from_yaml.status == "SUCCEEDED"
-    assert [s["name"] for s in from_yaml.to_dict()["steps"]] == ["prepare", "train_a", "train_b", "compare"]
-    assert best_line(tagged.step("compare")["notebook"]) == best_line(from_yaml.step("compare")["notebook"])
+    assert [s["name"] for s in from_yaml.to_dict()["steps"]] == [
+        "prepare",
+        "train_a",
+        "train_b",
+        "compare",
+    ]
+    assert best_line(tagged.step("compare")["notebook"]) == best_line(
+        from_yaml.step("compare")["notebook"]
+    )

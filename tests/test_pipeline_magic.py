@@ -56,11 +56,14 @@ def kernel_for(tmp_path):
 
 
 def test_pipeline_magic_runs_this_notebook_compiles_and_reports_errors(tmp_path, kernel_for):
-    path = write_notebook(tmp_path / "flow.ipynb", [
-        cell("n = 3", "pipeline-parameters"),
-        cell("xs = list(range(n))", "step:make"),
-        cell("print('total', sum(xs))", "step:use", "prev:make"),
-    ])
+    path = write_notebook(
+        tmp_path / "flow.ipynb",
+        [
+            cell("n = 3", "pipeline-parameters"),
+            cell("xs = list(range(n))", "step:make"),
+            cell("print('total', sum(xs))", "step:use", "prev:make"),
+        ],
+    )
     kernel = kernel_for(JPY_SESSION_NAME=str(path))
     status, text = kernel.run("%load_ext nbscale")
     assert status == "ok", text
@@ -71,7 +74,9 @@ def test_pipeline_magic_runs_this_notebook_compiles_and_reports_errors(tmp_path,
     (run,) = runs()
     assert run.status == "SUCCEEDED" and run.parameters["n"] == 5 and run.source == str(path)
 
-    status, text = kernel.run(f"%pipeline compile {path} --target kfp -o {tmp_path / 'flow.kfp.yaml'}")
+    status, text = kernel.run(
+        f"%pipeline compile {path} --target kfp -o {tmp_path / 'flow.kfp.yaml'}"
+    )
     assert status == "ok" and (tmp_path / "flow.kfp.yaml").exists(), text
 
     status, text = kernel.run("%pipeline run -p n many")

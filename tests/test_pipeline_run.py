@@ -47,7 +47,10 @@ def test_diamond_runs_in_order_in_parallel_then_hits_and_misses_the_cache(flow, 
     if "OMP_NUM_THREADS" not in os.environ:  # parallel steps share the cores between their kernels
         assert (tmp_path / "threads.txt").read_text() == str(max(1, (os.cpu_count() or 1) // 2))
     first = run.to_dict()
-    assert all(not s["cached"] and s["cache_reason"] == "miss: first run of this step" for s in first["steps"])
+    assert all(
+        not s["cached"] and s["cache_reason"] == "miss: first run of this step"
+        for s in first["steps"]
+    )
     executed = json.loads(Path(run.step("left")["notebook"]).read_text())
     assert any("parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
 
@@ -57,7 +60,12 @@ def test_diamond_runs_in_order_in_parallel_then_hits_and_misses_the_cache(flow, 
     assert all(s["cached"] for s in again.to_dict()["steps"])
 
     changed = start_run(str(flow), {"scale": 3}, detach=False)
-    assert statuses(changed) == {"prepare": "CACHED", "left": "SUCCEEDED", "right": "CACHED", "join": "SUCCEEDED"}
+    assert statuses(changed) == {
+        "prepare": "CACHED",
+        "left": "SUCCEEDED",
+        "right": "CACHED",
+        "join": "SUCCEEDED",
+    }
     assert reasons(changed)["left"] == "miss: parameter scale changed"
     assert reasons(changed)["join"] == "miss: input left changed"
     assert (tmp_path / "result.txt").read_text() == repr(([0, 6, 12, 18, 24], 10, "x"))
@@ -73,29 +81,47 @@ def test_diamond_runs_in_order_in_parallel_then_hits_and_misses_the_cache(flow, 
     assert statuses(edited)["right"] == "CACHED"
 
     forced = start_run(str(flow), {"scale": 3}, detach=False, no_cache=True, only=["right"])
-    assert statuses(forced) == {"prepare": "REUSED", "left": "SKIPPED", "right": "SUCCEEDED", "join": "SKIPPED"}
+    assert statuses(forced) == {
+        "prepare": "REUSED",
+        "left": "SKIPPED",
+        "right": "SUCCEEDED",
+        "join": "SKIPPED",
+    }
     assert reasons(forced)["right"] == "miss: --no-cache"
 
     tail = start_run(str(flow), {"scale": 3}, detach=False, from_step="left")
-    assert statuses(tail) == {"prepare": "REUSED", "left": "SUCCEEDED", "right": "REUSED", "join": "SUCCEEDED"}
+    assert statuses(tail) == {
+        "prepare": "REUSED",
+        "left": "SUCCEEDED",
+        "right": "REUSED",
+        "join": "SUCCEEDED",
+    }
     assert reasons(tail)["left"] == "miss: selected with --only/--from"
 
     assert [r.id for r in runs(limit=2)] == [tail.id, forced.id]
 
 
 def test_a_failing_step_fails_the_run_names_the_cell_and_keeps_the_traceback(tmp_path):
-    path = write_notebook(tmp_path / "fail.ipynb", [
-        cell("a = 1", "step:one"),
-        cell("b = a + 1", "step:two", "prev:one"),
-        cell("raise ValueError(f'bad value {b}')"),
-        cell("c = b", "step:three", "prev:two"),
-    ])
+    path = write_notebook(
+        tmp_path / "fail.ipynb",
+        [
+            cell("a = 1", "step:one"),
+            cell("b = a + 1", "step:two", "prev:one"),
+            cell("raise ValueError(f'bad value {b}')"),
+            cell("c = b", "step:three", "prev:two"),
+        ],
+    )
     run = start_run(str(path), detach=False)
     assert run.status == "FAILED"
     assert run.error == "step two failed in cell 2 of fail.ipynb: ValueError: bad value 2"
     assert statuses(run) == {"one": "SUCCEEDED", "two": "FAILED", "three": "SKIPPED"}
     text = Path(run.step("two")["notebook"]).read_text()
-    assert "ValueError" in text and "bad value 2" in text and "Traceback" in text or "raise ValueError" in text
+    assert (
+        "ValueError" in text
+        and "bad value 2" in text
+        and "Traceback" in text
+        or "raise ValueError" in text
+    )
     assert get_run(run.id[:12]).status == "FAILED"
 
 
@@ -108,14 +134,23 @@ def test_a_dead_kernel_is_a_failure(tmp_path):
 
 
 def test_timeout_stops_the_step_and_retries_run_it_again(tmp_path):
-    path = write_notebook(tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(60)", "step:slow")])
+    path = write_notebook(
+        tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(60)", "step:slow")]
+    )
     (tmp_path / "pipeline.yaml").write_text(
         "steps:\n"
         "  - {name: slow, notebook: slow.ipynb, timeout: 2}\n"
-        "  - {name: flaky, notebook: flaky.ipynb, retries: 2}\n")
-    write_notebook(tmp_path / "flaky.ipynb", [cell(
-        "import pathlib\np = pathlib.Path('tries.txt')\np.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
-        "assert len(p.read_text()) >= 2, 'first try fails'")])
+        "  - {name: flaky, notebook: flaky.ipynb, retries: 2}\n"
+    )
+    write_notebook(
+        tmp_path / "flaky.ipynb",
+        [
+            cell(
+                "import pathlib\np = pathlib.Path('tries.txt')\np.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+                "assert len(p.read_text()) >= 2, 'first try fails'"
+            )
+        ],
+    )
     assert path.exists()
     run = start_run(str(tmp_path / "pipeline.yaml"), detach=False, max_parallel=2)
     assert run.status == "FAILED"
@@ -124,16 +159,32 @@ def test_timeout_stops_the_step_and_retries_run_it_again(tmp_path):
 
 
 def test_parameters_reach_the_notebook_typed(tmp_path):
-    path = write_notebook(tmp_path / "types.ipynb", [
-        cell("code = 'a'\nn = 1\nratio = 0.5\nflag = False\nitems = [1]", "pipeline-parameters"),
-        cell("import json\nopen('types.json', 'w').write(json.dumps("
-             "[[type(v).__name__, v] for v in (code, n, ratio, flag, items)]))", "step:show"),
-    ])
-    run = start_run(str(path), {"code": "007", "n": 4, "ratio": 2, "flag": True, "items": ["a", "b's"]},
-                    detach=False)
+    path = write_notebook(
+        tmp_path / "types.ipynb",
+        [
+            cell(
+                "code = 'a'\nn = 1\nratio = 0.5\nflag = False\nitems = [1]", "pipeline-parameters"
+            ),
+            cell(
+                "import json\nopen('types.json', 'w').write(json.dumps("
+                "[[type(v).__name__, v] for v in (code, n, ratio, flag, items)]))",
+                "step:show",
+            ),
+        ],
+    )
+    run = start_run(
+        str(path),
+        {"code": "007", "n": 4, "ratio": 2, "flag": True, "items": ["a", "b's"]},
+        detach=False,
+    )
     assert run.status == "SUCCEEDED", run.error
     assert json.loads((tmp_path / "types.json").read_text()) == [
-        ["str", "007"], ["int", 4], ["float", 2.0], ["bool", True], ["list", ["a", "b's"]]]
+        ["str", "007"],
+        ["int", 4],
+        ["float", 2.0],
+        ["bool", True],
+        ["list", ["a", "b's"]],
+    ]
 
 
 def test_detached_run_from_the_cli_and_a_killed_runner_is_lost(flow, nbscale_cli, tmp_path):
@@ -179,14 +230,28 @@ def test_stopping_a_detached_run_cancels_it_and_kills_its_kernels(tmp_path):
     from nbscale.store import get_store
     from tests.conftest import wait_for
 
-    path = write_notebook(tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow"),
-                                                    cell("x = 1", "step:after", "prev:slow")])
+    path = write_notebook(
+        tmp_path / "slow.ipynb",
+        [
+            cell("import time\ntime.sleep(120)", "step:slow"),
+            cell("x = 1", "step:after", "prev:slow"),
+        ],
+    )
     run = start_run(str(path))
-    wait_for(lambda: get_run(run.id).step("slow")["status"] == "RUNNING", timeout=60, what="the step to start")
+    wait_for(
+        lambda: get_run(run.id).step("slow")["status"] == "RUNNING",
+        timeout=60,
+        what="the step to start",
+    )
     pid = get_store().query_one("SELECT pid FROM pipeline_runs WHERE id = ?", (run.id,))["pid"]
     runner = psutil.Process(pid)
-    kernels = wait_for(lambda: [p for p in runner.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())],
-                       timeout=60, what="the step's kernel")
+    kernels = wait_for(
+        lambda: [
+            p for p in runner.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())
+        ],
+        timeout=60,
+        what="the step's kernel",
+    )
     try:
         assert cancel_run(run.id).status == "CANCELLED"  # SIGTERM to the runner, then waits for it
     except TimeoutError:
@@ -221,12 +286,29 @@ def test_ctrl_c_on_the_cli_cancels_the_run(tmp_path):
 
     from tests.conftest import wait_for
 
-    path = write_notebook(tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow")])
-    cli = subprocess.Popen([sys.executable, "-m", "nbscale", "pipeline", "run", str(path)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: runs() and runs()[0].step("slow")["status"] == "RUNNING", timeout=60, what="the step")
-    kernels = wait_for(lambda: [p for p in psutil.Process(cli.pid).children(recursive=True)
-                                if "ipykernel" in " ".join(p.cmdline())], timeout=60, what="the kernel")
+    path = write_notebook(
+        tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow")]
+    )
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "nbscale", "pipeline", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: runs() and runs()[0].step("slow")["status"] == "RUNNING",
+        timeout=60,
+        what="the step",
+    )
+    kernels = wait_for(
+        lambda: [
+            p
+            for p in psutil.Process(cli.pid).children(recursive=True)
+            if "ipykernel" in " ".join(p.cmdline())
+        ],
+        timeout=60,
+        what="the kernel",
+    )
     cli.send_signal(signal.SIGINT)
     try:
         out, err = cli.communicate(timeout=90)

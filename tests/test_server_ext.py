@@ -32,7 +32,11 @@ def write_notebook(root, name: str, *sources: str, parameters: str | None = None
         cells.append(cell)
     cells += [nbformat.v4.new_code_cell(src) for src in sources]
     nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path = root / name
     nbformat.write(nb, path)
     return path
@@ -82,7 +86,13 @@ async def test_backends_lists_the_local_default_as_reachable(fetch):
     code, body = await fetch("backends")
     assert code == 200
     local = {b["name"]: b for b in body["backends"]}["local"]
-    assert local == {**local, "type": "local", "default": True, "reachable": True, "price_per_node_hour": 0.0}
+    assert local == {
+        **local,
+        "type": "local",
+        "default": True,
+        "reachable": True,
+        "price_per_node_hour": 0.0,
+    }
 
 
 async def test_cost_estimate_uses_the_configured_price(fetch, jp_root_dir):
@@ -147,7 +157,9 @@ async def test_list_jobs_rejects_bad_queries_with_400(fetch, params, needle):
         ({"path": "ok.ipynb", "flavour": "x"}, "flavour"),
     ],
 )
-async def test_submit_rejects_bad_input_with_400_and_stores_nothing(fetch, jp_root_dir, body, needle):
+async def test_submit_rejects_bad_input_with_400_and_stores_nothing(
+    fetch, jp_root_dir, body, needle
+):
     write_notebook(jp_root_dir, "ok.ipynb", "print('hi')")
     (jp_root_dir / "notes.txt").write_text("x")
     code, answer = await fetch("jobs", method="POST", body=body)
@@ -188,9 +200,13 @@ async def test_notebook_job_runs_logs_metrics_lists_and_reruns(fetch, jp_root_di
         "print('trained with lr', lr)",
         parameters="lr = 0.1",
     )
-    code, job = await fetch("jobs", method="POST", body={"path": "train.ipynb", "parameters": {"lr": 0.5}})
+    code, job = await fetch(
+        "jobs", method="POST", body={"path": "train.ipynb", "parameters": {"lr": 0.5}}
+    )
     assert code == 201, job
-    assert job["notebook"] == str(jp_root_dir / "train.ipynb") and job["spec"]["entry"]["parameters"] == {"lr": 0.5}
+    assert job["notebook"] == str(jp_root_dir / "train.ipynb") and job["spec"]["entry"][
+        "parameters"
+    ] == {"lr": 0.5}
 
     done = await wait_status(fetch, job["id"], ("SUCCEEDED", "FAILED", "LOST"))
     assert done["status"] == "SUCCEEDED", done
@@ -198,12 +214,16 @@ async def test_notebook_job_runs_logs_metrics_lists_and_reruns(fetch, jp_root_di
 
     code, logs = await fetch("jobs", job["id"], "logs", params={"rank": 0})
     assert code == 200 and "trained with lr 0.5" in logs["text"] and logs["ranks"] == [0]
-    code, tail = await fetch("jobs", job["id"], "logs", params={"rank": 0, "offset": logs["next_offset"]})
+    code, tail = await fetch(
+        "jobs", job["id"], "logs", params={"rank": 0, "offset": logs["next_offset"]}
+    )
     assert (code, tail["text"], tail["offset"]) == (200, "", logs["next_offset"])
 
     code, metrics = await fetch("jobs", job["id"], "metrics")
     assert code == 200
-    assert [m["value"] for m in metrics["metrics"] if m["name"] == "loss"] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert [m["value"] for m in metrics["metrics"] if m["name"] == "loss"] == pytest.approx(
+        [1.0, 0.5, 1 / 3]
+    )
 
     code, page = await fetch("jobs", params={"status": "SUCCEEDED"})
     assert code == 200 and page["total"] == 1 and page["jobs"][0]["id"] == job["id"]
@@ -215,12 +235,16 @@ async def test_notebook_job_runs_logs_metrics_lists_and_reruns(fetch, jp_root_di
     assert code == 409 and "already ended" in body["message"]
 
     code, again = await fetch("jobs", job["id"], "rerun", method="POST")
-    assert code == 201 and again["id"] != job["id"] and again["spec"]["entry"] == job["spec"]["entry"]
+    assert (
+        code == 201 and again["id"] != job["id"] and again["spec"]["entry"] == job["spec"]["entry"]
+    )
     await wait_status(fetch, again["id"], ("SUCCEEDED", "FAILED", "LOST"))
 
 
 async def test_cancel_stops_a_running_job(fetch, jp_root_dir):
-    write_notebook(jp_root_dir, "slow.ipynb", "import time\nprint('started', flush=True)\ntime.sleep(120)")
+    write_notebook(
+        jp_root_dir, "slow.ipynb", "import time\nprint('started', flush=True)\ntime.sleep(120)"
+    )
     code, job = await fetch("jobs", method="POST", body={"path": "slow.ipynb", "name": "slow"})
     assert code == 201 and job["name"] == "slow"
     await wait_status(fetch, job["id"], ("RUNNING",))
@@ -233,8 +257,21 @@ async def test_list_pages_through_jobs_newest_first(fetch, jp_root_dir):
 
     store = get_store()
     for i in range(7):
-        insert_job(store, JobRecord(f"j-{i}", "j", "local", "local", "SUCCEEDED", {"nodes": 2}, created=1000 + i,
-                                    started=1000 + i, ended=1000 + i + 3600, info={}))
+        insert_job(
+            store,
+            JobRecord(
+                f"j-{i}",
+                "j",
+                "local",
+                "local",
+                "SUCCEEDED",
+                {"nodes": 2},
+                created=1000 + i,
+                started=1000 + i,
+                ended=1000 + i + 3600,
+                info={},
+            ),
+        )
     code, page = await fetch("jobs", params={"limit": 3, "offset": 3})
     assert code == 200 and page["total"] == 7
     assert [j["id"] for j in page["jobs"]] == ["j-3", "j-2", "j-1"]
@@ -254,7 +291,9 @@ async def start_hooks(jp_fetch, serverapp):
     await app._start_jupyter_server_extension(serverapp)
 
 
-async def test_poller_marks_a_job_whose_supervisor_died_lost_without_any_request(jp_fetch, jp_serverapp):
+async def test_poller_marks_a_job_whose_supervisor_died_lost_without_any_request(
+    jp_fetch, jp_serverapp
+):
     import subprocess
     import sys
 
@@ -264,9 +303,24 @@ async def test_poller_marks_a_job_whose_supervisor_died_lost_without_any_request
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     store = get_store()
-    insert_job(store, JobRecord("orphan-1", "orphan", "local", "local", "RUNNING", {"nodes": 1}, created=time.time(),
-                                started=time.time(), info={"supervisor_pid": dead.pid, "supervisor_started": 1.0,
-                                                           "job_dir": str(jp_serverapp.root_dir)}))
+    insert_job(
+        store,
+        JobRecord(
+            "orphan-1",
+            "orphan",
+            "local",
+            "local",
+            "RUNNING",
+            {"nodes": 1},
+            created=time.time(),
+            started=time.time(),
+            info={
+                "supervisor_pid": dead.pid,
+                "supervisor_started": 1.0,
+                "job_dir": str(jp_serverapp.root_dir),
+            },
+        ),
+    )
     deadline = time.monotonic() + 30
     while get_job(store, "orphan-1").status == "RUNNING" and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -288,12 +342,30 @@ async def test_stopping_the_extension_stops_the_poller(jp_fetch, jp_serverapp):
 async def test_job_cost_is_hours_times_nodes_times_the_instance_price(fetch, jp_root_dir):
     from nbscale.store.jobs import JobRecord, insert_job
 
-    (jp_root_dir / "nbscale.toml").write_text('[backends.cloud]\ntype = "sagemaker"\nregion = "us-east-1"\n')
+    (jp_root_dir / "nbscale.toml").write_text(
+        '[backends.cloud]\ntype = "sagemaker"\nregion = "us-east-1"\n'
+    )
     store = get_store()
     spec = {"nodes": 4, "procs_per_node": 1, "gpus_per_proc": 1, "instance_type": "ml.p3.2xlarge"}
-    insert_job(store, JobRecord("sm-1", "sm", "cloud", "sagemaker", "SUCCEEDED", spec, created=1000.0,
-                                started=1000.0, ended=1000.0 + 1800, info={}))
-    insert_job(store, JobRecord("sm-2", "sm", "cloud", "sagemaker", "PENDING", spec, created=999.0, info={}))
+    insert_job(
+        store,
+        JobRecord(
+            "sm-1",
+            "sm",
+            "cloud",
+            "sagemaker",
+            "SUCCEEDED",
+            spec,
+            created=1000.0,
+            started=1000.0,
+            ended=1000.0 + 1800,
+            info={},
+        ),
+    )
+    insert_job(
+        store,
+        JobRecord("sm-2", "sm", "cloud", "sagemaker", "PENDING", spec, created=999.0, info={}),
+    )
     code, page = await fetch("jobs", params={"backend": "cloud"})
     assert code == 200
     costs = {j["id"]: j["cost"] for j in page["jobs"]}

@@ -50,19 +50,34 @@ def jp_server_config():
 def test_the_route_table_is_covered():
     # every verb of every handler is in the list the next test walks
     assert len(ROUTE_VERBS) == 18
-    assert ("nbscale/api/jobs", "POST") in ROUTE_VERBS and ("nbscale/api/jobs/some-id-1", "DELETE") in ROUTE_VERBS
+    assert ("nbscale/api/jobs", "POST") in ROUTE_VERBS and (
+        "nbscale/api/jobs/some-id-1",
+        "DELETE",
+    ) in ROUTE_VERBS
 
 
 @pytest.mark.parametrize(("path", "method"), ROUTE_VERBS)
-async def test_no_route_answers_without_credentials(http_server_client, jp_serverapp, jp_base_url, path, method):
-    body = json.dumps({"path": "x.ipynb", "min_replicas": 1, "max_replicas": 1}) if method != "GET" else None
+async def test_no_route_answers_without_credentials(
+    http_server_client, jp_serverapp, jp_base_url, path, method
+):
+    body = (
+        json.dumps({"path": "x.ipynb", "min_replicas": 1, "max_replicas": 1})
+        if method != "GET"
+        else None
+    )
     if method == "DELETE":
         body = None
     with pytest.raises(HTTPClientError) as err:
         await http_server_client.fetch(
-            jp_base_url + path, method=method, body=body, allow_nonstandard_methods=True, follow_redirects=False
+            jp_base_url + path,
+            method=method,
+            body=body,
+            allow_nonstandard_methods=True,
+            follow_redirects=False,
         )
-    assert err.value.code in (401, 403), f"{method} {path} answered {err.value.code} without credentials"
+    assert err.value.code in (401, 403), (
+        f"{method} {path} answered {err.value.code} without credentials"
+    )
     assert list_jobs(get_store())[1] == 0
 
 

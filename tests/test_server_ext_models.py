@@ -42,7 +42,9 @@ def test_typescript_interfaces_mirror_the_schemas():
     assert len(interfaces) >= 20
     for name, fields in interfaces.items():
         assert name in schemas, f"models.ts has {name}, the API has no such body"
-        assert fields == set(schemas[name].get("properties", {})), f"{name} differs between models.ts and the API"
+        assert fields == set(schemas[name].get("properties", {})), (
+            f"{name} differs between models.ts and the API"
+        )
     missing = set(schemas) - set(interfaces) - {"EndpointMetrics", "JobStatus"}
     assert not missing, f"bodies without a TypeScript type: {sorted(missing)}"
 

@@ -40,22 +40,32 @@ async def test_endpoint_routes_list_describe_metrics_scale_undeploy(fetch, linea
     code, metrics = await fetch("endpoints", "lin", "metrics")
     assert code == 200 and metrics["p50_ms"] > 0 and metrics["requests_total"] >= 20
 
-    code, body = await fetch("endpoints", "lin", "scale", method="POST", body={"min_replicas": 3, "max_replicas": 1})
+    code, body = await fetch(
+        "endpoints", "lin", "scale", method="POST", body={"min_replicas": 3, "max_replicas": 1}
+    )
     assert code == 400 and "replicas" in body["message"]
     code, body = await fetch("endpoints", "lin", "scale", method="POST", body={"min_replicas": 1})
     assert code == 400 and "max_replicas" in body["message"]
-    code, body = await fetch("endpoints", "lin", "scale", method="POST", body={"min_replicas": 1, "max_replicas": 2})
+    code, body = await fetch(
+        "endpoints", "lin", "scale", method="POST", body={"min_replicas": 1, "max_replicas": 2}
+    )
     assert code == 200 and body["replicas"]["max"] == 2, body
 
     code, body = await fetch("endpoints", "lin", method="DELETE")
     assert code == 200, body
     code, body = await fetch("endpoints")
-    assert all(e["name"] != "lin" or e["status"] not in ("ready", "READY") for e in body["endpoints"])
+    assert all(
+        e["name"] != "lin" or e["status"] not in ("ready", "READY") for e in body["endpoints"]
+    )
 
 
 @pytest.mark.parametrize(
     ("parts", "method"),
-    [(("endpoints", "ghost"), "GET"), (("endpoints", "ghost", "metrics"), "GET"), (("endpoints", "ghost"), "DELETE")],
+    [
+        (("endpoints", "ghost"), "GET"),
+        (("endpoints", "ghost", "metrics"), "GET"),
+        (("endpoints", "ghost"), "DELETE"),
+    ],
 )
 async def test_unknown_endpoint_is_404(fetch, parts, method):  # noqa: F811
     code, body = await fetch(*parts, method=method)
@@ -68,7 +78,11 @@ def tagged_pipeline(root):
     second = nbformat.v4.new_code_cell("y = x + 1\nprint('y is', y)")
     second.metadata["tags"] = ["step:use", "prev:make"]
     nb = nbformat.v4.new_notebook(cells=[first, second])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, root / "flow.ipynb")
 
 
@@ -104,7 +118,10 @@ async def test_pipeline_routes_start_list_describe(fetch, jp_root_dir):  # noqa:
 )
 async def test_start_run_rejects_bad_input(fetch, jp_root_dir, body, status, needle):  # noqa: F811
     tagged_pipeline(jp_root_dir)
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), jp_root_dir / "untagged.ipynb")
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]),
+        jp_root_dir / "untagged.ipynb",
+    )
     code, answer = await fetch("pipelines", method="POST", body=body)
     assert code == status and needle in answer["message"], answer
     code, runs = await fetch("pipelines")

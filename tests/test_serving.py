@@ -25,7 +25,7 @@ from .conftest import wait_for
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-SLOW_PREDICT = '''
+SLOW_PREDICT = """
 _fast_predict_fn = predict_fn
 
 
@@ -33,15 +33,19 @@ def predict_fn(data, model):
     import time
     time.sleep(float(os.environ.get("NBSCALE_TEST_SLOW_S", "0.05")))
     return _fast_predict_fn(data, model)
-'''
+"""
 
 
 def mlp(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    ).eval()
 
 
-def make_artifact(directory: Path, name: str = "digits", slow: bool = False) -> tuple[Path, torch.nn.Module]:
+def make_artifact(
+    directory: Path, name: str = "digits", slow: bool = False
+) -> tuple[Path, torch.nn.Module]:
     model = mlp()
     out = package(model, directory, name)
     if slow:
@@ -68,12 +72,26 @@ class Server:
         token_file.write_text(TOKEN)
         self.log = tmp / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nbscale.serving", "--model-dir", str(model_dir), "--port", str(self.port),
-             "--token-file", str(token_file), *extra],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            [
+                sys.executable,
+                "-m",
+                "nbscale.serving",
+                "--model-dir",
+                str(model_dir),
+                "--port",
+                str(self.port),
+                "--token-file",
+                str(token_file),
+                *extra,
+            ],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -116,8 +134,19 @@ def serve(tmp_path):
         server.stop()
 
 
-def infer_body(x: np.ndarray, name: str = "input", datatype: str = "FP32", rid: str | None = None) -> bytes:
-    req = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype, "data": x.reshape(-1).tolist()}]}
+def infer_body(
+    x: np.ndarray, name: str = "input", datatype: str = "FP32", rid: str | None = None
+) -> bytes:
+    req = {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(x.shape),
+                "datatype": datatype,
+                "data": x.reshape(-1).tolist(),
+            }
+        ]
+    }
     if rid:
         req["id"] = rid
     return json.dumps(req).encode()
@@ -143,9 +172,13 @@ def test_a_stock_v2_client_works_unchanged(tmp_path, serve):
             inp = triton.InferInput("input", list(x.shape), "FP32")
             inp.set_data_from_numpy(x, binary_data=binary)
             out = triton.InferRequestedOutput("output", binary_data=binary)
-            result = client.infer("digits", [inp], outputs=[out], request_id="req-7", headers=dict(AUTH))  # tritonclient writes into the dict
+            result = client.infer(
+                "digits", [inp], outputs=[out], request_id="req-7", headers=dict(AUTH)
+            )  # tritonclient writes into the dict
             # Then the predictions equal the model's forward pass and the id is echoed
-            np.testing.assert_allclose(result.as_numpy("output"), forward(model, x), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                result.as_numpy("output"), forward(model, x), rtol=1e-5, atol=1e-6
+            )
             assert result.get_response()["id"] == "req-7"
     finally:
         client.close()
@@ -154,8 +187,13 @@ def test_a_stock_v2_client_works_unchanged(tmp_path, serve):
 def test_every_route_but_health_needs_the_token(tmp_path, serve):
     server = serve(make_artifact(tmp_path / "art")[0])
     body = infer_body(np.zeros((1, 64), np.float32))
-    for method, path, data in [("POST", "/v2/models/digits/infer", body), ("GET", "/v2/models/digits", None),
-                               ("GET", "/metrics", None), ("POST", "/invocations", b"[[0]]"), ("GET", "/v2", None)]:
+    for method, path, data in [
+        ("POST", "/v2/models/digits/infer", body),
+        ("GET", "/v2/models/digits", None),
+        ("GET", "/metrics", None),
+        ("POST", "/invocations", b"[[0]]"),
+        ("GET", "/v2", None),
+    ]:
         status, headers, resp = server.request(method, path, data)
         assert status == 401, path
         assert "token" in json.loads(resp)["error"]
@@ -170,14 +208,24 @@ def test_sagemaker_ping_and_invocations_json_and_npy(tmp_path, serve):
     server = serve(model_dir)
     x = np.random.default_rng(1).random((4, 64), dtype=np.float32)
     assert server.request("GET", "/ping")[0] == 200
-    status, headers, body = server.request("POST", "/invocations", json.dumps(x.tolist()).encode(),
-                                           {**AUTH, "Content-Type": "application/json"})
+    status, headers, body = server.request(
+        "POST",
+        "/invocations",
+        json.dumps(x.tolist()).encode(),
+        {**AUTH, "Content-Type": "application/json"},
+    )
     assert status == 200, body
-    np.testing.assert_allclose(np.asarray(json.loads(body)), forward(model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(json.loads(body)), forward(model, x), rtol=1e-5, atol=1e-6
+    )
     buf = io.BytesIO()
     np.save(buf, x)
-    status, headers, body = server.request("POST", "/invocations", buf.getvalue(),
-                                           {**AUTH, "Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+    status, headers, body = server.request(
+        "POST",
+        "/invocations",
+        buf.getvalue(),
+        {**AUTH, "Content-Type": "application/x-npy", "Accept": "application/x-npy"},
+    )
     assert status == 200 and headers["content-type"] == "application/x-npy"
     np.testing.assert_allclose(np.load(io.BytesIO(body)), forward(model, x), rtol=1e-5, atol=1e-6)
 
@@ -187,21 +235,50 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_carries_on(tmp_path, serve)
     ok = infer_body(np.zeros((1, 64), np.float32))
     cases = [
         ("/v2/models/digits/infer", b"{not json", 400, "not valid JSON"),
-        ("/v2/models/digits/infer", infer_body(np.zeros((1, 63), np.float32)), 400, "shape [1, 63]"),
-        ("/v2/models/digits/infer", infer_body(np.zeros((1, 64), np.float32), datatype="INT64"), 400, "datatype"),
-        ("/v2/models/digits/infer", infer_body(np.zeros((1, 64), np.float32), name="x"), 400, "unknown input 'x'"),
-        ("/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                                            "data": [1, 2]}]}).encode(), 400, "2 values"),
+        (
+            "/v2/models/digits/infer",
+            infer_body(np.zeros((1, 63), np.float32)),
+            400,
+            "shape [1, 63]",
+        ),
+        (
+            "/v2/models/digits/infer",
+            infer_body(np.zeros((1, 64), np.float32), datatype="INT64"),
+            400,
+            "datatype",
+        ),
+        (
+            "/v2/models/digits/infer",
+            infer_body(np.zeros((1, 64), np.float32), name="x"),
+            400,
+            "unknown input 'x'",
+        ),
+        (
+            "/v2/models/digits/infer",
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1, 2]}
+                    ]
+                }
+            ).encode(),
+            400,
+            "2 values",
+        ),
         ("/v2/models/digits/infer", json.dumps({"inputs": []}).encode(), 400, "non-empty 'inputs'"),
         ("/v2/models/other/infer", ok, 404, "unknown model 'other'"),
         ("/v2/models/digits/infer", b"[" + b"0," * 20000 + b"0]", 413, "at most"),
         ("/invocations", b"[[1, 2]]", 400, "shape [1, 2]"),
     ]
     for path, body, code, needle in cases:
-        status, _, resp = server.request("POST", path, body, {**AUTH, "Content-Type": "application/json"})
+        status, _, resp = server.request(
+            "POST", path, body, {**AUTH, "Content-Type": "application/json"}
+        )
         assert status == code, (path, resp)
         assert needle in json.loads(resp)["error"], resp
-    status, _, resp = server.request("POST", "/invocations", b"x", {**AUTH, "Content-Type": "text/csv"})
+    status, _, resp = server.request(
+        "POST", "/invocations", b"x", {**AUTH, "Content-Type": "text/csv"}
+    )
     assert status == 415 and "application/x-npy" in json.loads(resp)["error"]
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -244,7 +321,9 @@ def test_concurrent_requests_are_batched_and_match_unbatched_results(tmp_path, s
 
     # When 24 callers send one row each at once
     def call(i):
-        status, _, body = server.request("POST", "/v2/models/digits/infer", infer_body(xs[i : i + 1], rid=str(i)), AUTH)
+        status, _, body = server.request(
+            "POST", "/v2/models/digits/infer", infer_body(xs[i : i + 1], rid=str(i)), AUTH
+        )
         assert status == 200, body
         data = json.loads(body)
         return data["id"], np.asarray(data["outputs"][0]["data"], np.float32).reshape(1, 10)
@@ -263,9 +342,13 @@ def test_concurrent_requests_are_batched_and_match_unbatched_results(tmp_path, s
 
 def test_overload_answers_503_with_retry_after_and_recovers(tmp_path, serve):
     model_dir, _ = make_artifact(tmp_path / "art", slow=True)
-    server = serve(model_dir, "--max-queue", "2", "--max-batch-size", "1", env={"NBSCALE_TEST_SLOW_S": "0.3"})
+    server = serve(
+        model_dir, "--max-queue", "2", "--max-batch-size", "1", env={"NBSCALE_TEST_SLOW_S": "0.3"}
+    )
     body = infer_body(np.zeros((1, 64), np.float32))
-    results = _concurrently(12, lambda i: server.request("POST", "/v2/models/digits/infer", body, AUTH))
+    results = _concurrently(
+        12, lambda i: server.request("POST", "/v2/models/digits/infer", body, AUTH)
+    )
     codes = sorted(r[0] for r in results)
     assert 200 in codes and 503 in codes, codes
     refused = next(r for r in results if r[0] == 503)
@@ -277,16 +360,25 @@ def test_overload_answers_503_with_retry_after_and_recovers(tmp_path, serve):
 def test_ready_only_after_the_model_is_loaded(tmp_path, serve):
     model_dir, _ = make_artifact(tmp_path / "art")
     code = model_dir / "code" / "inference.py"
-    code.write_text(code.read_text() + "\n_load = model_fn\n\n\ndef model_fn(model_dir):\n"
-                    "    import time\n    time.sleep(3)\n    return _load(model_dir)\n")
+    code.write_text(
+        code.read_text() + "\n_load = model_fn\n\n\ndef model_fn(model_dir):\n"
+        "    import time\n    time.sleep(3)\n    return _load(model_dir)\n"
+    )
     server = serve(model_dir, ready=False)
     wait_for(lambda: _answers(server, "/v2/health/live"), 30, what="live")
     assert server.request("GET", "/v2/health/ready")[0] == 503
     assert server.request("GET", "/ping")[0] == 503
-    status, headers, body = server.request("POST", "/v2/models/digits/infer", infer_body(np.zeros((1, 64), np.float32)), AUTH)
+    status, headers, body = server.request(
+        "POST", "/v2/models/digits/infer", infer_body(np.zeros((1, 64), np.float32)), AUTH
+    )
     assert status == 503 and "loading" in json.loads(body)["error"]
     server.wait_ready()
-    assert server.request("POST", "/v2/models/digits/infer", infer_body(np.zeros((1, 64), np.float32)), AUTH)[0] == 200
+    assert (
+        server.request(
+            "POST", "/v2/models/digits/infer", infer_body(np.zeros((1, 64), np.float32)), AUTH
+        )[0]
+        == 200
+    )
 
 
 def _answers(server: Server, path: str) -> bool:
@@ -300,11 +392,19 @@ def test_data_capture_writes_sampled_jsonl(tmp_path, serve):
     model_dir, model = make_artifact(tmp_path / "art")
     server = serve(model_dir, "--capture-dir", str(tmp_path / "cap"))
     x = np.random.default_rng(3).random((2, 64), dtype=np.float32)
-    assert server.request("POST", "/v2/models/digits/infer", infer_body(x, rid="c1"), AUTH)[0] == 200
-    lines = wait_for(lambda: read_capture(tmp_path / "cap") if (tmp_path / "cap").exists() else None, 10, what="capture")
+    assert (
+        server.request("POST", "/v2/models/digits/infer", infer_body(x, rid="c1"), AUTH)[0] == 200
+    )
+    lines = wait_for(
+        lambda: read_capture(tmp_path / "cap") if (tmp_path / "cap").exists() else None,
+        10,
+        what="capture",
+    )
     assert lines[0]["id"] == "c1" and lines[0]["model"] == "digits"
     np.testing.assert_allclose(lines[0]["inputs"]["input"], x, rtol=1e-6)
-    np.testing.assert_allclose(lines[0]["outputs"]["output"], forward(model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        lines[0]["outputs"]["output"], forward(model, x), rtol=1e-5, atol=1e-6
+    )
 
 
 class Scaler:
@@ -337,7 +437,9 @@ def test_package_refuses_what_it_cannot_serve(tmp_path):
         package(object(), tmp_path / "a", "x")
     with pytest.raises(SpecError, match="input shape"):
         package(torch.nn.ReLU(), tmp_path / "b", "x")
-    assert package(torch.nn.ReLU(), tmp_path / "c", "x", example=np.zeros((2, 3), np.float32)).is_dir()
+    assert package(
+        torch.nn.ReLU(), tmp_path / "c", "x", example=np.zeros((2, 3), np.float32)
+    ).is_dir()
 
 
 def test_sagemaker_container_mode_serves_opt_ml_model_contract(tmp_path):
@@ -345,19 +447,35 @@ def test_sagemaker_container_mode_serves_opt_ml_model_contract(tmp_path):
     model_dir, model = make_artifact(tmp_path / "art")
     port = free_port()
     log = (tmp_path / "sm.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "nbscale.serving", "serve", "--model-dir", str(model_dir),
-                             "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nbscale.serving",
+            "serve",
+            "--model-dir",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port)},
+    )
     try:
         conn_ok = lambda: _get(port, "/ping") == 200  # noqa: E731
         wait_for(conn_ok, 60, what="/ping")
         # Then /invocations answers without a token: the platform authenticates callers
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         x = np.ones((2, 64), np.float32)
-        conn.request("POST", "/invocations", json.dumps(x.tolist()), {"Content-Type": "application/json"})
+        conn.request(
+            "POST", "/invocations", json.dumps(x.tolist()), {"Content-Type": "application/json"}
+        )
         resp = conn.getresponse()
         assert resp.status == 200
-        np.testing.assert_allclose(np.asarray(json.loads(resp.read())), forward(model, x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(json.loads(resp.read())), forward(model, x), rtol=1e-5, atol=1e-6
+        )
         conn.close()
     finally:
         proc.terminate()
@@ -377,7 +495,24 @@ def _get(port: int, path: str) -> int:
 
 def test_outside_a_container_the_server_refuses_to_run_without_a_token(tmp_path):
     model_dir, _ = make_artifact(tmp_path / "art")
-    env = {k: v for k, v in os.environ.items() if k not in ("SAGEMAKER_BIND_TO_PORT", "NBSCALE_SERVING_TOKEN")}
-    res = subprocess.run([sys.executable, "-m", "nbscale.serving", "--model-dir", str(model_dir), "--port", str(free_port())],
-                         capture_output=True, text=True, env=env, timeout=60)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SAGEMAKER_BIND_TO_PORT", "NBSCALE_SERVING_TOKEN")
+    }
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nbscale.serving",
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert res.returncode == 2 and "no token" in res.stderr

@@ -33,7 +33,9 @@ class Reply:
     def error_text(self) -> str:
         if not self.error:
             return ""
-        return "\n".join([f"{self.error['ename']}: {self.error['evalue']}", *self.error["traceback"]])
+        return "\n".join(
+            [f"{self.error['ename']}: {self.error['evalue']}", *self.error["traceback"]]
+        )
 
 
 class Kernel:
@@ -143,9 +145,14 @@ def test_closures_lambdas_classes_aliased_imports_and_a_local_module_travel(kern
         """)
     assert "[rank 0] rank 0 of 2" in reply.text and "[rank 1] rank 1 of 2" in reply.text
     sent = next(line for line in reply.text.splitlines() if line.startswith("sent "))
-    assert "Net (" in sent and "times2 (" in sent and "square (" in sent  # what was sent, with sizes
+    assert (
+        "Net (" in sent and "times2 (" in sent and "square (" in sent
+    )  # what was sent, with sizes
     imports, files = sent.split("imports: ")[1].split("; ")
-    assert set(imports.split(", ")) == {"torch", "hp", "shift", "np"} and files == "1 local source file(s)"
+    assert (
+        set(imports.split(", ")) == {"torch", "hp", "shift", "np"}
+        and files == "1 local source file(s)"
+    )
     assert "succeeded" in reply.text and "text/html" in reply.mimes
     check = k.ok("print(isinstance(model, Net), values, ranks, type(wrapped).__name__)")
     assert check.text.strip() == "True [6, 9, 101, 102, 3.0, (3, 2)] 3 Net"
@@ -218,7 +225,7 @@ def test_dry_run_shows_the_bundle_and_the_exact_spec(kernel):
         """)
     assert "dry run: nothing submitted" in reply.text
     assert "import json" in reply.text and "rows" in reply.text and "cloudpickle" in reply.text
-    spec = json.loads(reply.text[reply.text.index("{"):reply.text.rindex("}") + 1])
+    spec = json.loads(reply.text[reply.text.index("{") : reply.text.rindex("}") + 1])
     assert spec["procs_per_node"] == 2 and spec["entry"]["kind"] == "bundle"
     assert _jobs() == []
 
@@ -251,7 +258,9 @@ def test_an_exception_on_rank_1_is_raised_in_the_notebook_at_the_cell_line(kerne
         """)
     assert reply.status == "error" and reply.error["ename"] == "CellJobFailed"
     # the visible cell: line 1 is %%train, so `raise` is line 6 and the call is line 8
-    assert "rank 1 failed at line 6 of the cell: ValueError: bad shard on rank 1" in reply.error_text
+    assert (
+        "rank 1 failed at line 6 of the cell: ValueError: bad shard on rank 1" in reply.error_text
+    )
     assert 'File "<%%train cell>", line 8, in <module>' in reply.error_text
     assert 'raise ValueError(f"bad shard on rank {rank}")' in reply.error_text
     record = _jobs()[0]
@@ -261,7 +270,11 @@ def test_an_exception_on_rank_1_is_raised_in_the_notebook_at_the_cell_line(kerne
 def _running_job(timeout: float = 60):
     def ready():
         jobs = _jobs()
-        if jobs and jobs[0].status == RUNNING and (Path(jobs[0].info["job_dir"]) / "logs" / "rank-1.log").exists():
+        if (
+            jobs
+            and jobs[0].status == RUNNING
+            and (Path(jobs[0].info["job_dir"]) / "logs" / "rank-1.log").exists()
+        ):
             return jobs[0]
         return None
 
@@ -308,7 +321,11 @@ def test_detach_leaves_the_job_running_and_cancel_stops_it(kernel):
 def _running_job_single(timeout: float = 60):
     def ready():
         jobs = _jobs()
-        if jobs and jobs[0].status == RUNNING and (Path(jobs[0].info["job_dir"]) / "logs" / "rank-0.log").exists():
+        if (
+            jobs
+            and jobs[0].status == RUNNING
+            and (Path(jobs[0].info["job_dir"]) / "logs" / "rank-0.log").exists()
+        ):
             return jobs[0]
         return None
 
@@ -366,5 +383,7 @@ def test_quickstart_notebook_runs_headless(nbscale_cli, tmp_path):
     assert accuracy > 0.9
     assert str(out) in proc.stdout and out.exists()
     nb = json.loads(out.read_text())
-    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    images = [
+        o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
     assert images, "the loss plot is missing"

@@ -51,13 +51,17 @@ def token_for(name: str) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        raise BackendUnavailable(f"the token file of endpoint {name!r} is missing ({path})",
-                                 f"redeploy: nbscale undeploy {name} && nbscale deploy ...") from None
+        raise BackendUnavailable(
+            f"the token file of endpoint {name!r} is missing ({path})",
+            f"redeploy: nbscale undeploy {name} && nbscale deploy ...",
+        ) from None
 
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of old connections is no owner
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # TIME_WAIT of old connections is no owner
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -78,18 +82,37 @@ class LocalEndpoints:
         self.store = store
         self.backend = backend
 
-    def deploy(self, name: str, model_dir: Path, port: int | None, min_replicas: int, max_replicas: int,
-               config: dict[str, Any]) -> EndpointRecord:
+    def deploy(
+        self,
+        name: str,
+        model_dir: Path,
+        port: int | None,
+        min_replicas: int,
+        max_replicas: int,
+        config: dict[str, Any],
+    ) -> EndpointRecord:
         if port is not None and not _port_free(port):
-            raise Conflict(f"port {port} on 127.0.0.1 is in use", "pick another --port or leave it out")
+            raise Conflict(
+                f"port {port} on 127.0.0.1 is in use", "pick another --port or leave it out"
+            )
         port = port or _free_port()
         edir = endpoint_dir(name)
         edir.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = time.time()
-        rec = EndpointRecord(name=name, backend=self.backend, backend_type="local", status=STARTING,
-                             url=f"http://127.0.0.1:{port}", port=port, model_dir=str(model_dir),
-                             min_replicas=min_replicas, max_replicas=max_replicas,
-                             config={**config, "dir": str(edir)}, created=now, updated=now)
+        rec = EndpointRecord(
+            name=name,
+            backend=self.backend,
+            backend_type="local",
+            status=STARTING,
+            url=f"http://127.0.0.1:{port}",
+            port=port,
+            model_dir=str(model_dir),
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            config={**config, "dir": str(edir)},
+            created=now,
+            updated=now,
+        )
         insert_endpoint(self.store, rec)  # first: a name already taken must not lose its token
         try:
             token_path = edir / "token"
@@ -106,11 +129,18 @@ class LocalEndpoints:
     def _start_router(self, name: str) -> None:
         log = open(endpoint_dir(name) / "router.log", "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, ENDPOINT_ENV: name}
-        proc = subprocess.Popen([sys.executable, "-m", "nbscale.serving.router", name, "--daemonize"],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbscale.serving.router", name, "--daemonize"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
-        proc.wait(timeout=30)  # the intermediate exits at once; the router lives on, re-parented to init
+        proc.wait(
+            timeout=30
+        )  # the intermediate exits at once; the router lives on, re-parented to init
 
     def wait_started(self, name: str, timeout: float = START_TIMEOUT_S) -> EndpointRecord:
         deadline = time.monotonic() + timeout
@@ -121,22 +151,42 @@ class LocalEndpoints:
                     update_endpoint(self.store, name, None, pid_created=create_time(rec.pid))
                 return get_endpoint(self.store, name)
             if rec.status == FAILED:
-                raise BackendUnavailable(f"endpoint {name!r} failed to start: {rec.error}",
-                                         f"see {endpoint_dir(name)}/router.log and replica-*.log")
+                raise BackendUnavailable(
+                    f"endpoint {name!r} failed to start: {rec.error}",
+                    f"see {endpoint_dir(name)}/router.log and replica-*.log",
+                )
             time.sleep(0.05)
-        raise BackendUnavailable(f"endpoint {name!r} did not start within {timeout:.0f} s",
-                                 f"see {endpoint_dir(name)}/router.log and replica-*.log")
+        raise BackendUnavailable(
+            f"endpoint {name!r} did not start within {timeout:.0f} s",
+            f"see {endpoint_dir(name)}/router.log and replica-*.log",
+        )
 
     def status(self, rec: EndpointRecord) -> EndpointRecord:
         """The record, after restarting the router if it died (its replicas go with it)."""
-        if rec.status in (READY, SCALED_TO_ZERO) and rec.pid and not alive(rec.pid, rec.pid_created):
+        if (
+            rec.status in (READY, SCALED_TO_ZERO)
+            and rec.pid
+            and not alive(rec.pid, rec.pid_created)
+        ):
             self._stop_processes(rec.name, grace=2.0)
             if not _port_free(rec.port):
-                update_endpoint(self.store, rec.name, "failed", status=FAILED,
-                                error=f"the router died and port {rec.port} is now taken by another process")
+                update_endpoint(
+                    self.store,
+                    rec.name,
+                    "failed",
+                    status=FAILED,
+                    error=f"the router died and port {rec.port} is now taken by another process",
+                )
                 return get_endpoint(self.store, rec.name)
-            update_endpoint(self.store, rec.name, "router_restart", status=STARTING, pid=None, pid_created=None,
-                            restarts=rec.restarts + 1)
+            update_endpoint(
+                self.store,
+                rec.name,
+                "router_restart",
+                status=STARTING,
+                pid=None,
+                pid_created=None,
+                restarts=rec.restarts + 1,
+            )
             self._start_router(rec.name)
             return self.wait_started(rec.name)
         return rec
@@ -172,4 +222,3 @@ class LocalEndpoints:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
         psutil.wait_procs(left, timeout=5)
-

@@ -18,19 +18,31 @@ def parse_replicas(text: str) -> tuple[int, int]:
     try:
         return (int(lo), int(hi)) if sep else (int(lo), int(lo))
     except ValueError:
-        raise SpecError("--replicas", f"{text!r} is not MIN:MAX", "write e.g. --replicas 1:4 or --replicas 0:2") from None
+        raise SpecError(
+            "--replicas", f"{text!r} is not MIN:MAX", "write e.g. --replicas 1:4 or --replicas 0:2"
+        ) from None
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     print(f"nbscale: deploying {args.model_dir} as {args.name!r}...", file=sys.stderr)
-    ep = deploy(args.model_dir, name=args.name, replicas=parse_replicas(args.replicas), max_batch_size=args.max_batch_size,
-                max_batch_delay_ms=args.max_batch_delay_ms, port=args.port, backend=args.backend,
-                target_concurrency=args.target_concurrency, idle_timeout_s=args.idle_timeout,
-                capture_rate=args.capture_rate)
+    ep = deploy(
+        args.model_dir,
+        name=args.name,
+        replicas=parse_replicas(args.replicas),
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        port=args.port,
+        backend=args.backend,
+        target_concurrency=args.target_concurrency,
+        idle_timeout_s=args.idle_timeout,
+        capture_rate=args.capture_rate,
+    )
     if args.json:
         print_json(ep.to_dict())
     else:
-        print(f"endpoint {ep.name} ready at {ep.url} (V2: {ep.url}/v2/models/{ep.name}/infer, SageMaker: {ep.url}/invocations)")
+        print(
+            f"endpoint {ep.name} ready at {ep.url} (V2: {ep.url}/v2/models/{ep.name}/infer, SageMaker: {ep.url}/invocations)"
+        )
     return 0
 
 
@@ -45,7 +57,16 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         for ep in eps:
             d = ep.to_dict()
             r = d["replicas"]
-            rows.append([d["name"], d["backend"], d["url"], d["status"], f"{r['current']} ({r['min']}..{r['max']})", ago(d["created"])])
+            rows.append(
+                [
+                    d["name"],
+                    d["backend"],
+                    d["url"],
+                    d["status"],
+                    f"{r['current']} ({r['min']}..{r['max']})",
+                    ago(d["created"]),
+                ]
+            )
         print(table(["NAME", "BACKEND", "URL", "STATUS", "REPLICAS (MIN..MAX)", "CREATED"], rows))
     else:
         print("no endpoints: deploy one with 'nbscale deploy MODEL_DIR --name NAME'")
@@ -54,11 +75,15 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.json is None:
-        raise SpecError("--json", "is missing", "give the input rows, e.g. --json '[[0.1, 0.2, ...]]'")
+        raise SpecError(
+            "--json", "is missing", "give the input rows, e.g. --json '[[0.1, 0.2, ...]]'"
+        )
     try:
         data = loads(args.json)
     except ValueError as exc:
-        raise SpecError("--json", f"is not valid JSON: {exc}", "quote it, e.g. --json '[[0.1, 0.2]]'") from None
+        raise SpecError(
+            "--json", f"is not valid JSON: {exc}", "quote it, e.g. --json '[[0.1, 0.2]]'"
+        ) from None
     out = endpoint(args.name).predict(np.asarray(data))
     print_json(out.tolist())
     return 0
@@ -72,16 +97,47 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deploy", help="serve a model artifact directory as an endpoint")
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="artifact in the SageMaker PyTorch layout (made by %%deploy)")
-    p.add_argument("--name", required=True, help="endpoint name (lower-case letters, digits, dashes)")
-    p.add_argument("--replicas", default="1:1", metavar="MIN:MAX", help="replica range; MIN 0 scales to zero (default 1:1)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="rows per model call (default 32)")
-    p.add_argument("--max-batch-delay-ms", type=float, default=2.0, help="longest wait to fill a batch (default 2)")
+    p.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="artifact in the SageMaker PyTorch layout (made by %%deploy)",
+    )
+    p.add_argument(
+        "--name", required=True, help="endpoint name (lower-case letters, digits, dashes)"
+    )
+    p.add_argument(
+        "--replicas",
+        default="1:1",
+        metavar="MIN:MAX",
+        help="replica range; MIN 0 scales to zero (default 1:1)",
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=32, help="rows per model call (default 32)"
+    )
+    p.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=2.0,
+        help="longest wait to fill a batch (default 2)",
+    )
     p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--backend", help="a backend named in the config (default: local)")
-    p.add_argument("--target-concurrency", type=float, default=4.0, help="requests in flight per replica to scale at")
-    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS", help="idle time before scaling to zero")
-    p.add_argument("--capture-rate", type=float, help="capture this fraction of requests to JSONL (0..1)")
+    p.add_argument(
+        "--target-concurrency",
+        type=float,
+        default=4.0,
+        help="requests in flight per replica to scale at",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="idle time before scaling to zero",
+    )
+    p.add_argument(
+        "--capture-rate", type=float, help="capture this fraction of requests to JSONL (0..1)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_deploy)
 

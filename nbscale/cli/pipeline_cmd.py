@@ -33,17 +33,29 @@ def _printer(stream=None):
 def cmd_run(args: argparse.Namespace) -> int:
     from ..pipelines import start_run
 
-    options = {"max_parallel": args.max_parallel, "only": args.only, "from_step": args.from_step,
-               "no_cache": args.no_cache}
+    options = {
+        "max_parallel": args.max_parallel,
+        "only": args.only,
+        "from_step": args.from_step,
+        "no_cache": args.no_cache,
+    }
     options = {k: v for k, v in options.items() if v not in (None, False, [])}
     if args.detach:
-        run = start_run(args.path, _params(args), backend=args.backend or "local", detach=True, **options)
+        run = start_run(
+            args.path, _params(args), backend=args.backend or "local", detach=True, **options
+        )
         print(run.id)
         return 0
     # in this process, as make does: Ctrl-C stops the run and kills its kernels (--detach to keep it going)
     try:
-        run = start_run(args.path, _params(args), backend=args.backend or "local", detach=False,
-                        on_step=_printer(), **options)
+        run = start_run(
+            args.path,
+            _params(args),
+            backend=args.backend or "local",
+            detach=False,
+            on_step=_printer(),
+            **options,
+        )
     except KeyboardInterrupt:
         print("nbscale: interrupted; the run was cancelled", file=sys.stderr)
         return 130
@@ -87,7 +99,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for r in found:
             cached = sum(1 for s in r.steps if s["cached"])
             dur = (r.ended or time.time()) - r.started if r.started else None
-            rows.append([r.id, r.name, r.status, f"{len(r.steps)} ({cached} cached)", ago(r.created), duration(dur)])
+            rows.append(
+                [
+                    r.id,
+                    r.name,
+                    r.status,
+                    f"{len(r.steps)} ({cached} cached)",
+                    ago(r.created),
+                    duration(dur),
+                ]
+            )
         print(table(["ID", "PIPELINE", "STATUS", "STEPS", "CREATED", "DURATION"], rows))
     else:
         print("no pipeline runs yet: start one with 'nbscale pipeline run NOTEBOOK_OR_YAML'")
@@ -110,30 +131,61 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("pipeline", help="run notebooks as a pipeline, compile it to KFP or SageMaker")
-    psub = group.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND", parser_class=type(group))
+    group = sub.add_parser(
+        "pipeline", help="run notebooks as a pipeline, compile it to KFP or SageMaker"
+    )
+    psub = group.add_subparsers(
+        dest="pipeline_command", metavar="SUBCOMMAND", parser_class=type(group)
+    )
     group.set_defaults(func=lambda a: group.print_help() or 2)
 
-    p = psub.add_parser("run", help="run a pipeline locally (cached, independent steps in parallel)")
-    p.add_argument("path", metavar="PATH", help="a notebook with step:NAME tags, or a pipeline.yaml")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="pipeline parameter, typed like papermill's -p (repeatable)")
+    p = psub.add_parser(
+        "run", help="run a pipeline locally (cached, independent steps in parallel)"
+    )
+    p.add_argument(
+        "path", metavar="PATH", help="a notebook with step:NAME tags, or a pipeline.yaml"
+    )
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="pipeline parameter, typed like papermill's -p (repeatable)",
+    )
     p.add_argument("--backend", help="a backend named in the config (default: local)")
     p.add_argument("--max-parallel", type=int, help="steps running at once (default: CPU count)")
-    p.add_argument("--only", action="append", metavar="STEP", help="run only this step (repeatable)")
-    p.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and everything after it")
-    p.add_argument("--no-cache", action="store_true", help="run every step even when its cache is valid")
+    p.add_argument(
+        "--only", action="append", metavar="STEP", help="run only this step (repeatable)"
+    )
+    p.add_argument(
+        "--from", dest="from_step", metavar="STEP", help="run this step and everything after it"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="run every step even when its cache is valid"
+    )
     p.add_argument("--detach", action="store_true", help="print the run id and return at once")
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.set_defaults(func=cmd_run)
 
-    p = psub.add_parser("compile", help="write the pipeline as KFP v2 IR or a SageMaker Pipelines definition")
-    p.add_argument("path", metavar="PATH", help="a notebook with step:NAME tags, or a pipeline.yaml")
-    p.add_argument("--target", choices=["kfp", "sagemaker"], required=True, help="what to compile to")
+    p = psub.add_parser(
+        "compile", help="write the pipeline as KFP v2 IR or a SageMaker Pipelines definition"
+    )
+    p.add_argument(
+        "path", metavar="PATH", help="a notebook with step:NAME tags, or a pipeline.yaml"
+    )
+    p.add_argument(
+        "--target", choices=["kfp", "sagemaker"], required=True, help="what to compile to"
+    )
     p.add_argument("-o", "--output", help="file to write (.yaml for kfp, .json for sagemaker)")
     p.add_argument("--image", help="container image with nbscale and papermill (cloud targets)")
-    p.add_argument("--role", help="sagemaker: IAM role ARN the steps run as (default: from the config)")
-    p.add_argument("--bucket", help="sagemaker: S3 bucket for step code and outputs (default nbscale-pipelines)")
+    p.add_argument(
+        "--role", help="sagemaker: IAM role ARN the steps run as (default: from the config)"
+    )
+    p.add_argument(
+        "--bucket",
+        help="sagemaker: S3 bucket for step code and outputs (default nbscale-pipelines)",
+    )
     p.set_defaults(func=cmd_compile)
 
     p = psub.add_parser("status", help="show one pipeline run and its steps")
@@ -150,6 +202,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN")
     p.set_defaults(func=cmd_cancel)
 
-    p = psub.add_parser("show", help="print the steps, inputs and outputs nbscale found (after all checks)")
+    p = psub.add_parser(
+        "show", help="print the steps, inputs and outputs nbscale found (after all checks)"
+    )
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_show)

@@ -38,33 +38,57 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     source = Path(args.notebook).resolve() if args.notebook else EXAMPLE
     if not source.is_file():
-        raise NotFound(f"the quickstart notebook is not at {source}",
-                       "run from a checkout of nbscale, or give --notebook PATH")
+        raise NotFound(
+            f"the quickstart notebook is not at {source}",
+            "run from a checkout of nbscale, or give --notebook PATH",
+        )
     out_dir = paths.home() / "quickstart"
-    output = Path(args.output).resolve() if args.output else out_dir / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
+    output = (
+        Path(args.output).resolve()
+        if args.output
+        else out_dir / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
-    print(f"nbscale: running {source} with papermill (2 processes; seconds to a minute)...",
-          file=sys.stderr, flush=True)
+    print(
+        f"nbscale: running {source} with papermill (2 processes; seconds to a minute)...",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.monotonic()
     try:
         papermill.execute_notebook(
-            str(source), str(output), kernel_name=args.kernel, cwd=str(source.parent),
-            progress_bar=sys.stderr.isatty(), log_output=False,
+            str(source),
+            str(output),
+            kernel_name=args.kernel,
+            cwd=str(source.parent),
+            progress_bar=sys.stderr.isatty(),
+            log_output=False,
         )
     except PapermillExecutionError as exc:
-        raise NbscaleError(f"the quickstart notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
-                           f"the executed notebook is at {output}") from None
+        raise NbscaleError(
+            f"the quickstart notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
+            f"the executed notebook is at {output}",
+        ) from None
     summary = summary_of(output)
     print(f"executed notebook: {output}")
-    print(f"accuracy: {summary['accuracy']:.4f} (final training loss {summary['final_loss']:.4f}, "
-          f"{summary['epochs']} epochs, {time.monotonic() - started:.0f} s)")
+    print(
+        f"accuracy: {summary['accuracy']:.4f} (final training loss {summary['final_loss']:.4f}, "
+        f"{summary['epochs']} epochs, {time.monotonic() - started:.0f} s)"
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="train the quickstart notebook's model on 2 processes with %%%%train")
-    p.add_argument("--output", metavar="PATH", help="where to write the executed notebook "
-                   "(default: $NBSCALE_HOME/quickstart/)")
+    p = sub.add_parser(
+        "quickstart", help="train the quickstart notebook's model on 2 processes with %%%%train"
+    )
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="where to write the executed notebook (default: $NBSCALE_HOME/quickstart/)",
+    )
     p.add_argument("--notebook", metavar="PATH", help="another copy of quickstart.ipynb")
-    p.add_argument("--kernel", default="python3", help="Jupyter kernel to run it in (default python3)")
+    p.add_argument(
+        "--kernel", default="python3", help="Jupyter kernel to run it in (default python3)"
+    )
     p.set_defaults(func=cmd_quickstart)

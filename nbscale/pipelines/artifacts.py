@@ -108,7 +108,9 @@ def _write(value: Any, base: Path) -> tuple[str, str]:
     return kind, path.name
 
 
-def save(namespace: dict[str, Any], names: list[str], directory: str | os.PathLike) -> dict[str, Any]:
+def save(
+    namespace: dict[str, Any], names: list[str], directory: str | os.PathLike
+) -> dict[str, Any]:
     """Write ``names`` from ``namespace``; a missing or unsaveable name raises with the name in it."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,10 +124,16 @@ def save(namespace: dict[str, Any], names: list[str], directory: str | os.PathLi
         try:
             kind, filename = _write(namespace[name], out / name)
         except Exception as exc:
-            raise ArtifactError(f"cannot save {name!r} ({type(namespace[name]).__name__}) for the next step: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        manifest[name] = {"file": filename, "format": kind, "sha256": _sha256(out / filename),
-                          "type": f"{type(namespace[name]).__module__}.{type(namespace[name]).__qualname__}"}
+            raise ArtifactError(
+                f"cannot save {name!r} ({type(namespace[name]).__name__}) for the next step: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        manifest[name] = {
+            "file": filename,
+            "format": kind,
+            "sha256": _sha256(out / filename),
+            "type": f"{type(namespace[name]).__module__}.{type(namespace[name]).__qualname__}",
+        }
     # the manifest is written last, by rename, so a half-saved step never looks complete
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"values": manifest, "hmac": _signature(manifest)}, indent=1))
@@ -141,7 +149,9 @@ def read_manifest(directory: str | os.PathLike, verify: bool = False) -> dict[st
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if verify and not hmac.compare_digest(str(data.get("hmac", "")), _signature(values)):
-        raise ArtifactError(f"the manifest in {directory} is not signed by this user's key; nothing was loaded")
+        raise ArtifactError(
+            f"the manifest in {directory} is not signed by this user's key; nothing was loaded"
+        )
     return values
 
 
@@ -178,7 +188,9 @@ def load(namespace: dict[str, Any], sources: dict[str, str]) -> None:
     for name, directory in sources.items():
         manifest = read_manifest(directory, verify=True)
         if manifest is None or name not in manifest:
-            raise ArtifactError(f"input {name!r} is missing from {directory}; run the step that makes it")
+            raise ArtifactError(
+                f"input {name!r} is missing from {directory}; run the step that makes it"
+            )
         namespace[name] = _read(manifest[name], Path(directory))
 
 

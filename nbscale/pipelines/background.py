@@ -22,7 +22,9 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _terminate)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: stacks into runner.log
+    faulthandler.register(
+        signal.SIGUSR1, all_threads=True
+    )  # kill -USR1 PID: stacks into runner.log
     try:
         status = execute_run(argv[0])
     except SystemExit as exc:

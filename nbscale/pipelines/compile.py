@@ -15,7 +15,9 @@ def compile_to(path: str, target: str, output: str, **options) -> str:
     from .loader import load
 
     if target not in TARGETS:
-        raise SpecError("--target", f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}")
+        raise SpecError(
+            "--target", f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}"
+        )
     pipeline = load(path)
     module = importlib.import_module(f".{TARGETS[target]}", __package__)
     out = Path(output)

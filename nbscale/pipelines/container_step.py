@@ -64,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     with open(path, "w") as fh:
         fh.write(source)
     try:
-        papermill.execute_notebook(path, os.path.join(args.executed, "step.ipynb"), parameters=params,
-                                   kernel_name="python3", progress_bar=False, cwd=work,
-                                   execution_timeout=args.timeout)
+        papermill.execute_notebook(
+            path,
+            os.path.join(args.executed, "step.ipynb"),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=work,
+            execution_timeout=args.timeout,
+        )
     except Exception as exc:  # noqa: BLE001 - the executed notebook holds the traceback
         print(f"nbscale: step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

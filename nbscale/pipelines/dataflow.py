@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 from ..errors import SpecError
 from .model import Cell, Pipeline, Step
 
-IPYTHON_NAMES = {"get_ipython", "display", "In", "Out", "exit", "quit", "_", "__", "___", "__session__"}
+IPYTHON_NAMES = {
+    "get_ipython",
+    "display",
+    "In",
+    "Out",
+    "exit",
+    "quit",
+    "_",
+    "__",
+    "___",
+    "__session__",
+}
 KNOWN = set(dir(builtins)) | IPYTHON_NAMES
 
 
@@ -50,7 +61,9 @@ def parse(source: str, where: str) -> ast.Module:
     try:
         return ast.parse(TransformerManager().transform_cell(source))
     except SyntaxError as exc:
-        raise SpecError(where, f"has a syntax error: {exc.msg} (line {exc.lineno})", "fix the cell") from exc
+        raise SpecError(
+            where, f"has a syntax error: {exc.msg} (line {exc.lineno})", "fix the cell"
+        ) from exc
 
 
 def _stores_and_loads(node: ast.AST) -> tuple[list[str], list[str]]:
@@ -78,11 +91,16 @@ def _function_globals(node: ast.AST) -> set[str]:
             bound.add(sub.arg)
         elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
             bound.add(sub.id)
-        elif isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and sub is not node:
+        elif (
+            isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and sub is not node
+        ):
             bound.add(sub.name)
         elif isinstance(sub, ast.alias):
             bound.add((sub.asname or sub.name).split(".")[0])
-    loads = {s.id for s in ast.walk(node) if isinstance(s, ast.Name) and isinstance(s.ctx, ast.Load)}
+    loads = {
+        s.id for s in ast.walk(node) if isinstance(s, ast.Name) and isinstance(s.ctx, ast.Load)
+    }
     return loads - bound
 
 
@@ -93,7 +111,9 @@ def _visit(stmts: list[ast.stmt], names: Names) -> None:
             if isinstance(stmt, ast.ClassDef):
                 eager += stmt.bases + [k.value for k in stmt.keywords]
             else:
-                eager += list(stmt.args.defaults) + [d for d in stmt.args.kw_defaults if d is not None]
+                eager += list(stmt.args.defaults) + [
+                    d for d in stmt.args.kw_defaults if d is not None
+                ]
             for expr in eager:
                 for n in _stores_and_loads(expr)[0]:
                     names.read(n)
@@ -198,16 +218,24 @@ def analyse(pipeline: Pipeline) -> Pipeline:
                     continue  # read inside a function that may never run, or hidden by import *
                 others = [s for s in pipeline.steps if s != name and var in info[s].defined]
                 if others:
-                    raise SpecError(f"step {name}", f"reads {var!r}, which step {others[0]} defines, "
-                                    f"but {others[0]} is not upstream of {name}",
-                                    f"add prev:{others[0]} to the step (depends_on in pipeline.yaml)")
-                raise SpecError(f"step {name}", f"reads {var!r}, which no earlier step defines",
-                                "define it in an upstream step, an imports/functions cell, or as a parameter")
+                    raise SpecError(
+                        f"step {name}",
+                        f"reads {var!r}, which step {others[0]} defines, "
+                        f"but {others[0]} is not upstream of {name}",
+                        f"add prev:{others[0]} to the step (depends_on in pipeline.yaml)",
+                    )
+                raise SpecError(
+                    f"step {name}",
+                    f"reads {var!r}, which no earlier step defines",
+                    "define it in an upstream step, an imports/functions cell, or as a parameter",
+                )
             why = info[producer].unsendable.get(var)
             if var in info[producer].modules:
                 why = "is a module imported there; import it in this step too (or in an 'imports' cell)"
             if why:
-                raise SpecError(f"step {name}", f"reads {var!r} from step {producer}, but {var!r} {why}")
+                raise SpecError(
+                    f"step {name}", f"reads {var!r} from step {producer}, but {var!r} {why}"
+                )
             step.inputs[var] = producer
     for step in pipeline.steps.values():
         for var, producer in step.inputs.items():
@@ -221,18 +249,27 @@ def _assigned(source: str) -> list[str]:
     if not source.strip():
         return []
     tree = parse(source, "parameters cell")
-    return [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+    return [
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    ]
 
 
-def _producer(pipeline: Pipeline, info: dict[str, Names], step: str, var: str, ancestors: set[str]) -> str | None:
+def _producer(
+    pipeline: Pipeline, info: dict[str, Names], step: str, var: str, ancestors: set[str]
+) -> str | None:
     candidates = [a for a in ancestors if var in info[a].defined]
     if not candidates:
         return None
     # the nearest: a candidate no other candidate descends from
-    nearest = [c for c in candidates if not any(c in pipeline.ancestors(o) for o in candidates if o != c)]
+    nearest = [
+        c for c in candidates if not any(c in pipeline.ancestors(o) for o in candidates if o != c)
+    ]
     if len(nearest) > 1:
-        raise SpecError(f"step {step}", f"reads {var!r}, which both {nearest[0]} and {nearest[1]} define",
-                        "rename it in one of them so the source is unambiguous")
+        raise SpecError(
+            f"step {step}",
+            f"reads {var!r}, which both {nearest[0]} and {nearest[1]} define",
+            "rename it in one of them so the source is unambiguous",
+        )
     return nearest[0]
 
 

@@ -47,8 +47,16 @@ def _failed_cell(notebook: Path) -> tuple[int | None, str | None, str]:
     return None, None, ""
 
 
-def run_step(step_name: str, notebook: dict[str, Any], parameters: dict[str, Any], output: Path, cwd: str,
-             pool: KernelPool, kernel_name: str, timeout: float | None) -> Attempt:
+def run_step(
+    step_name: str,
+    notebook: dict[str, Any],
+    parameters: dict[str, Any],
+    output: Path,
+    cwd: str,
+    pool: KernelPool,
+    kernel_name: str,
+    timeout: float | None,
+) -> Attempt:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -70,8 +78,15 @@ def run_step(step_name: str, notebook: dict[str, Any], parameters: dict[str, Any
     error = None
     try:
         papermill.execute_notebook(
-            str(source), str(output), parameters=parameters, engine_name=engine, km=kernel.km,
-            kernel_name=kernel_name, progress_bar=False, cwd=cwd, log_output=False,
+            str(source),
+            str(output),
+            parameters=parameters,
+            engine_name=engine,
+            km=kernel.km,
+            kernel_name=kernel_name,
+            progress_bar=False,
+            cwd=cwd,
+            log_output=False,
         )
     except PapermillExecutionError as exc:
         index, where, what = _failed_cell(output)
@@ -98,4 +113,6 @@ def run_step(step_name: str, notebook: dict[str, Any], parameters: dict[str, Any
         error = f"step {step_name} timed out after {timeout:g} s; its kernel was stopped"
     if not output.exists():
         write(notebook, output)
-    return Attempt(ok=error is None, notebook=str(output), error=error, started=started, ended=time.time())
+    return Attempt(
+        ok=error is None, notebook=str(output), error=error, started=started, ended=time.time()
+    )

@@ -54,18 +54,32 @@ def local_modules(modules: set[str], roots: list[Path]) -> dict[str, str]:
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     todo.append(node.module)
     base = roots[0]
-    return {(str(Path(k).relative_to(base)) if Path(k).is_relative_to(base) else k): v
-            for k, v in sorted(seen.items())}
+    return {
+        (str(Path(k).relative_to(base)) if Path(k).is_relative_to(base) else k): v
+        for k, v in sorted(seen.items())
+    }
 
 
-def components(pipeline: Pipeline, step: Step, values: dict[str, Any], input_digests: dict[str, str],
-               kernel_name: str) -> dict[str, Any]:
+def components(
+    pipeline: Pipeline,
+    step: Step,
+    values: dict[str, Any],
+    input_digests: dict[str, str],
+    kernel_name: str,
+) -> dict[str, Any]:
     roots = [Path(step.notebook).parent]
     if Path(pipeline.directory) not in roots:
         roots.append(Path(pipeline.directory))
     return {
-        "source": _h([FORMAT, kernel_name, step.source_text(), sorted(step.outputs),
-                      parameters_source(pipeline, step)]),
+        "source": _h(
+            [
+                FORMAT,
+                kernel_name,
+                step.source_text(),
+                sorted(step.outputs),
+                parameters_source(pipeline, step),
+            ]
+        ),
         "parameters": values,
         "inputs": input_digests,
         "modules": local_modules(local_imports(step), roots),
@@ -83,16 +97,25 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     reasons = []
     if old.get("source") != new["source"]:
         reasons.append("source changed")
-    changed = sorted(k for k in set(old.get("parameters", {})) | set(new["parameters"])
-                     if old.get("parameters", {}).get(k, object) != new["parameters"].get(k, object))
+    changed = sorted(
+        k
+        for k in set(old.get("parameters", {})) | set(new["parameters"])
+        if old.get("parameters", {}).get(k, object) != new["parameters"].get(k, object)
+    )
     if changed:
         reasons.append("parameter " + ", ".join(changed) + " changed")
-    inputs = sorted(k for k in set(old.get("inputs", {})) | set(new["inputs"])
-                    if old.get("inputs", {}).get(k) != new["inputs"].get(k))
+    inputs = sorted(
+        k
+        for k in set(old.get("inputs", {})) | set(new["inputs"])
+        if old.get("inputs", {}).get(k) != new["inputs"].get(k)
+    )
     if inputs:
         reasons.append("input " + ", ".join(inputs) + " changed")
-    modules = sorted(k for k in set(old.get("modules", {})) | set(new["modules"])
-                     if old.get("modules", {}).get(k) != new["modules"].get(k))
+    modules = sorted(
+        k
+        for k in set(old.get("modules", {})) | set(new["modules"])
+        if old.get("modules", {}).get(k) != new["modules"].get(k)
+    )
     if modules:
         reasons.append("module " + ", ".join(modules) + " changed")
     return "miss: " + ("; ".join(reasons) if reasons else "no cached outputs")

@@ -17,10 +17,12 @@ from collections import deque
 from typing import Any
 
 STARTUP_TIMEOUT = 120
-WARMUP = ("import importlib.util as _u\n"
-          "for _m in ('nbscale.pipelines.artifacts', 'numpy', 'cloudpickle'):\n"
-          "    _u.find_spec(_m) and __import__(_m)\n"
-          "del _u, _m")
+WARMUP = (
+    "import importlib.util as _u\n"
+    "for _m in ('nbscale.pipelines.artifacts', 'numpy', 'cloudpickle'):\n"
+    "    _u.find_spec(_m) and __import__(_m)\n"
+    "del _u, _m"
+)
 
 
 async def handshake(client, km, timeout: float, poll: float = 0.25) -> None:
@@ -38,8 +40,11 @@ async def handshake(client, km, timeout: float, poll: float = 0.25) -> None:
         try:
             while True:
                 msg = await client.get_iopub_msg(timeout=poll)
-                if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                        and msg["content"].get("execution_state") == "idle"):
+                if (
+                    msg["parent_header"].get("msg_id") == msg_id
+                    and msg["msg_type"] == "status"
+                    and msg["content"].get("execution_state") == "idle"
+                ):
                     return
         except (Empty, TimeoutError):
             if time.monotonic() > deadline:
@@ -55,8 +60,11 @@ async def _until_idle(client, msg_id: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         msg = await client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                and msg["content"].get("execution_state") == "idle"):
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"].get("execution_state") == "idle"
+        ):
             return
 
 
@@ -66,8 +74,9 @@ class PooledKernel:
 
         # ipc sockets under a private directory: nothing listens on a TCP port
         self._ipc_dir = tempfile.mkdtemp(prefix="nbscale-k-")
-        self.km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc",
-                                     ip=os.path.join(self._ipc_dir, "kernel"))
+        self.km = AsyncKernelManager(
+            kernel_name=kernel_name, transport="ipc", ip=os.path.join(self._ipc_dir, "kernel")
+        )
         self.cwd = cwd
         self.env = env
         self.ready = threading.Event()
@@ -75,7 +84,9 @@ class PooledKernel:
         self.doomed = False  # killed before its process existed: kill it as soon as it does
         self.taken = False  # a step waits for it: skip the warm-up
 
-    def start(self, gate: threading.Semaphore | None = None, after: threading.Event | None = None) -> None:
+    def start(
+        self, gate: threading.Semaphore | None = None, after: threading.Event | None = None
+    ) -> None:
         try:
             if after is not None:
                 after.wait(STARTUP_TIMEOUT)
@@ -185,13 +196,19 @@ class KernelPool:
                 after = self._first_ready
                 if after is None:
                     self._first_ready = kernel.ready
-                threading.Thread(target=kernel.start, args=(self._gate, after), name="nbscale-kernel-start",
-                                 daemon=True).start()
+                threading.Thread(
+                    target=kernel.start,
+                    args=(self._gate, after),
+                    name="nbscale-kernel-start",
+                    daemon=True,
+                ).start()
 
     def take(self, cwd: str) -> PooledKernel:
         """A started kernel for ``cwd`` (waits for it), or a new one when none was expected."""
         with self._lock:
-            kernel = next((k for k in self._spare if k.cwd == cwd and k.ready.is_set() and not k.error), None)
+            kernel = next(
+                (k for k in self._spare if k.cwd == cwd and k.ready.is_set() and not k.error), None
+            )
             kernel = kernel or next((k for k in self._spare if k.cwd == cwd), None)
             if kernel is not None:
                 self._spare.remove(kernel)
@@ -211,7 +228,9 @@ class KernelPool:
             raise RuntimeError("the run was stopped before this step started")
         if kernel.error is not None:
             kernel.close()
-            raise RuntimeError(f"the kernel {self.kernel_name!r} did not start: {kernel.error}") from kernel.error
+            raise RuntimeError(
+                f"the kernel {self.kernel_name!r} did not start: {kernel.error}"
+            ) from kernel.error
         return kernel
 
     def release(self, kernel: PooledKernel) -> None:
@@ -225,7 +244,9 @@ class KernelPool:
             spare, self._spare = self._spare, []
             busy, self._busy = self._busy, set()
             self._waiting.clear()
-        for kernel in busy:  # steps still running when the run stops: their papermill call fails now
+        for (
+            kernel
+        ) in busy:  # steps still running when the run stops: their papermill call fails now
             kernel.kill()
         for kernel in spare:
             kernel.ready.wait(STARTUP_TIMEOUT + 10)
@@ -258,12 +279,27 @@ def register_engine() -> str:
 
     class PooledEngine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
-                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs: Any):
+        def execute_managed_notebook(
+            cls,
+            nb_man,
+            kernel_name,
+            log_output=False,
+            stdout_file=None,
+            stderr_file=None,
+            start_timeout=60,
+            execution_timeout=None,
+            **kwargs: Any,
+        ):
             client = PooledClient(
-                nb_man, km=kwargs.pop("km"), kernel_name=kernel_name, timeout=execution_timeout,
-                startup_timeout=start_timeout, shutdown_kernel="immediate", log_output=log_output,
-                stdout_file=stdout_file, stderr_file=stderr_file,
+                nb_man,
+                km=kwargs.pop("km"),
+                kernel_name=kernel_name,
+                timeout=execution_timeout,
+                startup_timeout=start_timeout,
+                shutdown_kernel="immediate",
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
             )
             try:
                 # the kernel is killed by its PooledKernel, without the 0.1 s of a managed shutdown

@@ -75,16 +75,30 @@ def _component_source(pipeline: Pipeline, step: Step, image: str) -> str:
     extra = "".join(f", in_{_ident(p)}: dsl.Input[dsl.Artifact]" for p in producers)
     extra += "".join(f", {p}: {_annotation(p, pipeline.parameters[p])}" for p in params)
     inputs = "{" + ", ".join(f"{p!r}: in_{_ident(p)}" for p in producers) + "}"
-    values = "{" + ", ".join([f"{p!r}: {p}" for p in params] +
-                             [f"{k!r}: {v!r}" for k, v in step.fixed_parameters.items()]) + "}"
-    return COMPONENT.format(image=image, func=f"step_{_ident(step.name)}", extra=extra, step=step.name,
-                            pipeline=pipeline.name, inputs=inputs, params=values,
-                            timeout=repr(int(step.timeout)) if step.timeout else "None")
+    values = (
+        "{"
+        + ", ".join(
+            [f"{p!r}: {p}" for p in params]
+            + [f"{k!r}: {v!r}" for k, v in step.fixed_parameters.items()]
+        )
+        + "}"
+    )
+    return COMPONENT.format(
+        image=image,
+        func=f"step_{_ident(step.name)}",
+        extra=extra,
+        step=step.name,
+        pipeline=pipeline.name,
+        inputs=inputs,
+        params=values,
+        timeout=repr(int(step.timeout)) if step.timeout else "None",
+    )
 
 
 def _load_components(pipeline: Pipeline, image: str) -> dict[str, Any]:
-    code = "from kfp import dsl\n" + "\n".join(_component_source(pipeline, pipeline.steps[n], image)
-                                              for n in pipeline.order())
+    code = "from kfp import dsl\n" + "\n".join(
+        _component_source(pipeline, pipeline.steps[n], image) for n in pipeline.order()
+    )
     folder = Path(tempfile.mkdtemp(prefix="nbscale-kfp-"))
     module_name = f"nbscale_kfp_{abs(hash(code))}"
     path = folder / f"{module_name}.py"
@@ -124,10 +138,16 @@ def build(pipeline: Pipeline, image: str = DEFAULT_IMAGE):
         tasks: dict[str, Any] = {}
         for name in pipeline.order():
             step = pipeline.steps[name]
-            args = {f"in_{_ident(p)}": tasks[p].outputs["outputs"] for p in sorted(set(step.inputs.values()))}
+            args = {
+                f"in_{_ident(p)}": tasks[p].outputs["outputs"]
+                for p in sorted(set(step.inputs.values()))
+            }
             args.update({p: values[p] for p in step.uses_parameters})
-            task = components[name](notebook=notebook_template(pipeline, step),
-                                    modules=json.dumps(module_sources(pipeline, step)), **args)
+            task = components[name](
+                notebook=notebook_template(pipeline, step),
+                modules=json.dumps(module_sources(pipeline, step)),
+                **args,
+            )
             task.set_display_name(name)
             task.set_caching_options(step.cache)
             for dep in step.depends_on:
@@ -148,14 +168,20 @@ def build(pipeline: Pipeline, image: str = DEFAULT_IMAGE):
     # the SDK reads the pipeline's inputs from the signature: give it a typed one
     import inspect
 
-    body.__signature__ = inspect.Signature([
-        inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v, annotation=type(v))
-        for p, v in pipeline.parameters.items()
-    ])
+    body.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v, annotation=type(v)
+            )
+            for p, v in pipeline.parameters.items()
+        ]
+    )
     body.__annotations__ = {p: type(v) for p, v in pipeline.parameters.items()}
     body.__name__ = pipeline.name.replace("-", "_")
-    return dsl.pipeline(name=pipeline.name.replace("_", "-").lower(),
-                        description=f"compiled by nbscale from {Path(pipeline.source).name}")(body)
+    return dsl.pipeline(
+        name=pipeline.name.replace("_", "-").lower(),
+        description=f"compiled by nbscale from {Path(pipeline.source).name}",
+    )(body)
 
 
 def compile_pipeline(pipeline: Pipeline, output: Path, image: str = DEFAULT_IMAGE) -> None:

@@ -18,13 +18,22 @@ def load(path: str | Path) -> Pipeline:
                 p = p / candidate
                 break
         else:
-            raise SpecError("PATH", f"{path} is a folder without a pipeline.yaml", "give the notebook or yaml file")
+            raise SpecError(
+                "PATH",
+                f"{path} is a folder without a pipeline.yaml",
+                "give the notebook or yaml file",
+            )
     if p.suffix in (".yaml", ".yml"):
         return analyse(manifest.load(p))
     if p.suffix == ".ipynb":
         nb = notebooks.read(p)
         if not tagged.is_tagged(nb):
-            raise SpecError(str(path), "has no cell tagged step:NAME",
-                            "tag the first cell of each step with step:NAME (and prev:NAME for its inputs)")
+            raise SpecError(
+                str(path),
+                "has no cell tagged step:NAME",
+                "tag the first cell of each step with step:NAME (and prev:NAME for its inputs)",
+            )
         return analyse(tagged.load(p, nb))
-    raise SpecError("PATH", f"{path} is neither a notebook nor a pipeline.yaml", "give a .ipynb or .yaml file")
+    raise SpecError(
+        "PATH", f"{path} is neither a notebook nor a pipeline.yaml", "give a .ipynb or .yaml file"
+    )

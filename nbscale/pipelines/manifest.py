@@ -28,7 +28,16 @@ from . import notebooks
 from .model import Cell, Pipeline, Resources, Step
 from .parameters import check_value
 
-STEP_KEYS = {"name", "notebook", "depends_on", "parameters", "resources", "retries", "timeout", "cache"}
+STEP_KEYS = {
+    "name",
+    "notebook",
+    "depends_on",
+    "parameters",
+    "resources",
+    "retries",
+    "timeout",
+    "cache",
+}
 RESOURCE_KEYS = {"cpu", "memory", "gpu", "instance_type"}
 
 
@@ -43,7 +52,9 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         raise SpecError(str(path), "needs a 'steps:' list", "see examples/pipeline/pipeline.yaml")
     unknown = set(data) - {"name", "parameters", "steps"}
     if unknown:
-        raise SpecError(str(path), f"has unknown key {sorted(unknown)[0]!r}", "use name, parameters and steps")
+        raise SpecError(
+            str(path), f"has unknown key {sorted(unknown)[0]!r}", "use name, parameters and steps"
+        )
     return data
 
 
@@ -58,8 +69,12 @@ def _resources(where: str, raw: Any) -> Resources:
     if not isinstance(gpu, int) or gpu < 0:
         raise SpecError(f"{where}.resources.gpu", f"must be a whole number >= 0, got {gpu!r}")
     memory = raw.get("memory")
-    return Resources(cpu=cpu, memory=str(memory) if memory is not None else None, gpu=gpu,
-                     instance_type=raw.get("instance_type"))
+    return Resources(
+        cpu=cpu,
+        memory=str(memory) if memory is not None else None,
+        gpu=gpu,
+        instance_type=raw.get("instance_type"),
+    )
 
 
 def _split(path: Path) -> tuple[list[Cell], str, list[Cell]]:
@@ -95,16 +110,26 @@ def load(path: Path) -> Pipeline:
     for i, raw in enumerate(data["steps"]):
         where = f"steps[{i}]"
         if not isinstance(raw, dict) or "name" not in raw or "notebook" not in raw:
-            raise SpecError(where, "needs 'name' and 'notebook'", "e.g. - {name: prepare, notebook: prepare.ipynb}")
+            raise SpecError(
+                where,
+                "needs 'name' and 'notebook'",
+                "e.g. - {name: prepare, notebook: prepare.ipynb}",
+            )
         unknown = set(raw) - STEP_KEYS
         if unknown:
-            raise SpecError(where, f"has unknown key {sorted(unknown)[0]!r}", f"use {', '.join(sorted(STEP_KEYS))}")
+            raise SpecError(
+                where,
+                f"has unknown key {sorted(unknown)[0]!r}",
+                f"use {', '.join(sorted(STEP_KEYS))}",
+            )
         name = str(raw["name"])
         if name in steps:
             raise SpecError(where, f"repeats the step name {name!r}", "give each step its own name")
         nb_path = (path.parent / str(raw["notebook"])).resolve()
         if not nb_path.is_file():
-            raise SpecError(f"{where}.notebook", f"{raw['notebook']} does not exist next to {path.name}")
+            raise SpecError(
+                f"{where}.notebook", f"{raw['notebook']} does not exist next to {path.name}"
+            )
         prelude, params_cell, body = _split(nb_path)
         depends = raw.get("depends_on") or []
         if isinstance(depends, str):
@@ -121,14 +146,25 @@ def load(path: Path) -> Pipeline:
         if not isinstance(retries, int):
             raise SpecError(f"{where}.retries", f"must be a whole number, got {retries!r}")
         steps[name] = Step(
-            name=name, notebook=str(nb_path), prelude=prelude, parameters_cell=params_cell, body=body,
-            depends_on=[str(d) for d in depends], fixed_parameters=dict(fixed),
-            resources=_resources(where, raw.get("resources")), retries=retries,
-            timeout=float(timeout) if timeout is not None else None, cache=bool(raw.get("cache", True)),
+            name=name,
+            notebook=str(nb_path),
+            prelude=prelude,
+            parameters_cell=params_cell,
+            body=body,
+            depends_on=[str(d) for d in depends],
+            fixed_parameters=dict(fixed),
+            resources=_resources(where, raw.get("resources")),
+            retries=retries,
+            timeout=float(timeout) if timeout is not None else None,
+            cache=bool(raw.get("cache", True)),
         )
     pipeline = Pipeline(
-        name=str(data.get("name") or path.parent.name), source=str(path), kind="yaml",
-        directory=str(path.parent), steps=steps, parameters=dict(defaults),
+        name=str(data.get("name") or path.parent.name),
+        source=str(path),
+        kind="yaml",
+        directory=str(path.parent),
+        steps=steps,
+        parameters=dict(defaults),
     )
     pipeline.validate()
     return pipeline

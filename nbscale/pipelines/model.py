@@ -46,7 +46,9 @@ class Step:
     parameters_cell: str = ""  # default assignments (papermill's "parameters" cell)
     body: list[Cell] = field(default_factory=list)
     depends_on: list[str] = field(default_factory=list)
-    fixed_parameters: dict[str, Any] = field(default_factory=dict)  # per-step values from pipeline.yaml
+    fixed_parameters: dict[str, Any] = field(
+        default_factory=dict
+    )  # per-step values from pipeline.yaml
     resources: Resources = field(default_factory=Resources)
     retries: int = 0
     timeout: float | None = None
@@ -82,8 +84,11 @@ class Pipeline:
         while pending:
             ready = [s for s in pending if all(d in done for d in self.steps[s].depends_on)]
             if not ready:
-                raise SpecError("pipeline", f"has a dependency cycle among {', '.join(pending)}",
-                                "remove one of the prev:/depends_on links")
+                raise SpecError(
+                    "pipeline",
+                    f"has a dependency cycle among {', '.join(pending)}",
+                    "remove one of the prev:/depends_on links",
+                )
             done.extend(ready[:1])
             pending.remove(ready[0])
         return done
@@ -103,20 +108,31 @@ class Pipeline:
 
     def validate(self) -> None:
         if not self.steps:
-            raise SpecError("pipeline", f"{self.source} defines no steps",
-                            "tag a cell step:NAME, or list steps in pipeline.yaml")
+            raise SpecError(
+                "pipeline",
+                f"{self.source} defines no steps",
+                "tag a cell step:NAME, or list steps in pipeline.yaml",
+            )
         for step in self.steps.values():
             if not NAME_RE.match(step.name):
-                raise SpecError(f"step {step.name!r}", "is not a valid name",
-                                "use letters, digits, _ and -, starting with a letter")
+                raise SpecError(
+                    f"step {step.name!r}",
+                    "is not a valid name",
+                    "use letters, digits, _ and -, starting with a letter",
+                )
             for dep in step.depends_on:
                 if dep not in self.steps:
-                    raise SpecError(f"step {step.name}", f"depends on unknown step {dep!r}",
-                                    f"known steps: {', '.join(self.steps)}")
+                    raise SpecError(
+                        f"step {step.name}",
+                        f"depends on unknown step {dep!r}",
+                        f"known steps: {', '.join(self.steps)}",
+                    )
             if step.retries < 0:
                 raise SpecError(f"step {step.name}: retries", "must be >= 0")
             if step.timeout is not None and step.timeout <= 0:
-                raise SpecError(f"step {step.name}: timeout", "must be a positive number of seconds")
+                raise SpecError(
+                    f"step {step.name}: timeout", "must be a positive number of seconds"
+                )
         self.order()
 
     def summary(self) -> dict[str, Any]:
@@ -126,9 +142,17 @@ class Pipeline:
             "kind": self.kind,
             "parameters": self.parameters,
             "steps": [
-                {"name": s.name, "depends_on": s.depends_on, "inputs": s.inputs, "outputs": s.outputs,
-                 "parameters": s.uses_parameters, "resources": s.resources.to_dict(),
-                 "retries": s.retries, "timeout": s.timeout, "cache": s.cache}
+                {
+                    "name": s.name,
+                    "depends_on": s.depends_on,
+                    "inputs": s.inputs,
+                    "outputs": s.outputs,
+                    "parameters": s.uses_parameters,
+                    "resources": s.resources.to_dict(),
+                    "retries": s.retries,
+                    "timeout": s.timeout,
+                    "cache": s.cache,
+                }
                 for s in (self.steps[n] for n in self.order())
             ],
             "warnings": self.warnings,

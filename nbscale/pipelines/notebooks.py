@@ -13,7 +13,9 @@ def read(path: Path) -> dict[str, Any]:
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SpecError(str(path), f"is not a readable notebook: {exc}", "open and save it in Jupyter") from exc
+        raise SpecError(
+            str(path), f"is not a readable notebook: {exc}", "open and save it in Jupyter"
+        ) from exc
     if not isinstance(nb, dict) or "cells" not in nb:
         raise SpecError(str(path), "is not a Jupyter notebook (no cells)", "give an .ipynb file")
     return nb

@@ -27,19 +27,29 @@ def defaults_from_source(source: str, where: str) -> dict[str, Any]:
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if len(targets) != 1 or not isinstance(targets[0], ast.Name) or node.value is None:
-                raise SpecError(where, f"line {node.lineno} is not 'name = value'", "write one parameter per line")
+                raise SpecError(
+                    where,
+                    f"line {node.lineno} is not 'name = value'",
+                    "write one parameter per line",
+                )
             try:
                 values[targets[0].id] = ast.literal_eval(node.value)
             except ValueError as exc:
-                raise SpecError(where, f"{targets[0].id} is not a literal value",
-                                "parameters must be numbers, strings, booleans, lists or dicts") from exc
+                raise SpecError(
+                    where,
+                    f"{targets[0].id} is not a literal value",
+                    "parameters must be numbers, strings, booleans, lists or dicts",
+                ) from exc
     return values
 
 
 def check_value(name: str, value: Any) -> Any:
     if not isinstance(value, TYPES):
-        raise SpecError(f"parameter {name}", f"has type {type(value).__name__}",
-                        "use int, float, str, bool, list or dict")
+        raise SpecError(
+            f"parameter {name}",
+            f"has type {type(value).__name__}",
+            "use int, float, str, bool, list or dict",
+        )
     return value
 
 
@@ -62,8 +72,11 @@ def coerce(name: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, want)
     if not ok:
-        raise SpecError(f"parameter {name}", f"expects {want.__name__}, got {value!r}",
-                        f"give a {want.__name__} like the default {default!r}")
+        raise SpecError(
+            f"parameter {name}",
+            f"expects {want.__name__}, got {value!r}",
+            f"give a {want.__name__} like the default {default!r}",
+        )
     return value
 
 
@@ -72,7 +85,9 @@ def resolve(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> dict[
     for name, value in (overrides or {}).items():
         if name not in defaults:
             known = ", ".join(defaults) or "(none)"
-            raise SpecError(f"parameter {name}", "is not a parameter of this pipeline", f"known: {known}")
+            raise SpecError(
+                f"parameter {name}", "is not a parameter of this pipeline", f"known: {known}"
+            )
         values[name] = coerce(name, value, defaults[name])
     return values
 

@@ -14,7 +14,9 @@ def _duration(step: dict[str, Any]) -> str:
 
 
 def run_text(run: Any) -> str:
-    lines = [f"pipeline {run.name} run {run.id}: {run.status}" + (f" - {run.error}" if run.error else "")]
+    lines = [
+        f"pipeline {run.name} run {run.id}: {run.status}" + (f" - {run.error}" if run.error else "")
+    ]
     width = max([len(s["name"]) for s in run.steps] + [4])
     for s in run.steps:
         reason = s.get("cache_reason") or ""
@@ -34,6 +36,8 @@ def run_html(run: Any) -> str:
         for s in run.steps
     )
     err = f"<p><b>error:</b> {html.escape(run.error)}</p>" if run.error else ""
-    return (f"<p>pipeline <b>{html.escape(run.name)}</b> run <code>{html.escape(run.id)}</code>: "
-            f"<b>{html.escape(run.status)}</b></p>{err}<table><tr><th>step</th><th>status</th><th>time</th>"
-            f"<th>cache</th><th>error</th><th>executed notebook</th></tr>{rows}</table>")
+    return (
+        f"<p>pipeline <b>{html.escape(run.name)}</b> run <code>{html.escape(run.id)}</code>: "
+        f"<b>{html.escape(run.status)}</b></p>{err}<table><tr><th>step</th><th>status</th><th>time</th>"
+        f"<th>cache</th><th>error</th><th>executed notebook</th></tr>{rows}</table>"
+    )

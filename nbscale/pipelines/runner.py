@@ -38,7 +38,9 @@ def selected_steps(pipeline: Pipeline, only: list[str] | None, from_step: str | 
     order = pipeline.order()
     for name in [*(only or []), *([from_step] if from_step else [])]:
         if name not in pipeline.steps:
-            raise SpecError(f"step {name!r}", "is not in this pipeline", f"steps: {', '.join(order)}")
+            raise SpecError(
+                f"step {name!r}", "is not in this pipeline", f"steps: {', '.join(order)}"
+            )
     if only and from_step:
         raise SpecError("--only", "cannot be combined with --from", "use one of them")
     if only:
@@ -50,8 +52,14 @@ def selected_steps(pipeline: Pipeline, only: list[str] | None, from_step: str | 
 
 
 class Runner:
-    def __init__(self, run_id: str, pipeline: Pipeline, values: dict[str, Any], options: dict[str, Any],
-                 on_step: Callable[[str, dict[str, Any]], None] | None = None):
+    def __init__(
+        self,
+        run_id: str,
+        pipeline: Pipeline,
+        values: dict[str, Any],
+        options: dict[str, Any],
+        on_step: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
         self.run_id = run_id
         self.on_step = on_step
         self.pipeline = pipeline
@@ -85,8 +93,13 @@ class Runner:
 
     def _parts(self, name: str) -> dict[str, Any]:
         step = self.pipeline.steps[name]
-        return fingerprint.components(self.pipeline, step, self._step_values(name),
-                                      artifacts.digest(self._inputs(name)), self.kernel_name)
+        return fingerprint.components(
+            self.pipeline,
+            step,
+            self._step_values(name),
+            artifacts.digest(self._inputs(name)),
+            self.kernel_name,
+        )
 
     # -- cache -------------------------------------------------------------------------------
     def _lookup(self, name: str, parts: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -99,13 +112,18 @@ class Runner:
         if self.partial:  # asking for a step by name means running it
             return None, "miss: selected with --only/--from"
         entry = db.cache_get(self.store, key)
-        if entry and artifacts.read_manifest(entry["outputs_dir"]) is not None and Path(entry["notebook"]).exists():
+        if (
+            entry
+            and artifacts.read_manifest(entry["outputs_dir"]) is not None
+            and Path(entry["notebook"]).exists()
+        ):
             return entry, f"hit: unchanged since run {entry['run_id']}"
         if entry:
             db.cache_drop(self.store, key)
             return None, "miss: the cached outputs were deleted"
-        return None, fingerprint.explain((db.cache_latest(self.store, self.pipeline.source, name) or {})
-                                         .get("components"), parts)
+        return None, fingerprint.explain(
+            (db.cache_latest(self.store, self.pipeline.source, name) or {}).get("components"), parts
+        )
 
     def _reuse(self, name: str) -> None:
         """A step outside --only/--from: take its outputs from the cache or its latest success."""
@@ -115,12 +133,22 @@ class Runner:
         if entry is None or artifacts.read_manifest(entry["outputs_dir"]) is None:
             entry = db.cache_latest(self.store, self.pipeline.source, name)
         if entry is None or artifacts.read_manifest(entry["outputs_dir"]) is None:
-            raise SpecError(f"step {name}", "has no earlier output to reuse",
-                            f"run it first (nbscale pipeline run ... --only {name}) or drop --only/--from")
+            raise SpecError(
+                f"step {name}",
+                "has no earlier output to reuse",
+                f"run it first (nbscale pipeline run ... --only {name}) or drop --only/--from",
+            )
         self.outputs[name] = entry["outputs_dir"]
-        self._set(name, status=REUSED, cached=True, cache_reason=f"not selected; outputs of run {entry['run_id']}",
-                  notebook=entry["notebook"], outputs_dir=entry["outputs_dir"], started=time.time(),
-                  ended=time.time())
+        self._set(
+            name,
+            status=REUSED,
+            cached=True,
+            cache_reason=f"not selected; outputs of run {entry['run_id']}",
+            notebook=entry["notebook"],
+            outputs_dir=entry["outputs_dir"],
+            started=time.time(),
+            ended=time.time(),
+        )
 
     # -- execution ---------------------------------------------------------------------------
     def _execute(self, name: str, parts: dict[str, Any], reason: str) -> Attempt:
@@ -130,21 +158,47 @@ class Runner:
         nb = stepbook.build(self.pipeline, step, self._inputs(name), str(out_dir), self.kernel_name)
         attempt = Attempt(ok=False, notebook=str(notebook))
         for number in range(1, step.retries + 2):
-            self._set(name, status=RUNNING, attempts=number, cache_reason=reason, started=time.time(),
-                      notebook=str(notebook))
+            self._set(
+                name,
+                status=RUNNING,
+                attempts=number,
+                cache_reason=reason,
+                started=time.time(),
+                notebook=str(notebook),
+            )
             assert self.pool is not None
-            attempt = run_step(name, nb, self._step_values(name), notebook, str(Path(step.notebook).parent),
-                               self.pool, self.kernel_name, step.timeout)
+            attempt = run_step(
+                name,
+                nb,
+                self._step_values(name),
+                notebook,
+                str(Path(step.notebook).parent),
+                self.pool,
+                self.kernel_name,
+                step.timeout,
+            )
             if attempt.ok and artifacts.read_manifest(out_dir) is None:
                 # the last cell saves the outputs; without its manifest the kernel did not finish
-                attempt.ok, attempt.error = False, f"step {name} ended without saving its outputs (kernel died?)"
+                attempt.ok, attempt.error = (
+                    False,
+                    f"step {name} ended without saving its outputs (kernel died?)",
+                )
             if attempt.ok:
                 break
         if attempt.ok:
             self.outputs[name] = str(out_dir)
-            db.cache_put(self.store, {"key": fingerprint.key(parts), "pipeline": self.pipeline.source,
-                                      "step": name, "components": parts, "run_id": self.run_id,
-                                      "outputs_dir": str(out_dir), "notebook": attempt.notebook})
+            db.cache_put(
+                self.store,
+                {
+                    "key": fingerprint.key(parts),
+                    "pipeline": self.pipeline.source,
+                    "step": name,
+                    "components": parts,
+                    "run_id": self.run_id,
+                    "outputs_dir": str(out_dir),
+                    "notebook": attempt.notebook,
+                },
+            )
         return attempt
 
     def run(self) -> str:
@@ -163,7 +217,11 @@ class Runner:
         with ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nbscale-step") as threads:
             try:
                 while todo or running:
-                    ready = [s for s in todo if all(self.status.get(d) in DONE for d in steps[s].depends_on)]
+                    ready = [
+                        s
+                        for s in todo
+                        if all(self.status.get(d) in DONE for d in steps[s].depends_on)
+                    ]
                     for name in ready if error is None else []:
                         todo.remove(name)
                         parts = self._parts(name)
@@ -171,18 +229,34 @@ class Runner:
                         if entry is not None:
                             self.outputs[name] = entry["outputs_dir"]
                             now = time.time()
-                            self._set(name, status=CACHED, cached=True, cache_reason=reason,
-                                      cache_key=fingerprint.key(parts), notebook=entry["notebook"],
-                                      outputs_dir=entry["outputs_dir"], started=now, ended=now)
+                            self._set(
+                                name,
+                                status=CACHED,
+                                cached=True,
+                                cache_reason=reason,
+                                cache_key=fingerprint.key(parts),
+                                notebook=entry["notebook"],
+                                outputs_dir=entry["outputs_dir"],
+                                started=now,
+                                ended=now,
+                            )
                             continue
                         self._ensure_pool([name, *todo])
-                        self._set(name, status=RUNNING, cache_reason=reason, cache_key=fingerprint.key(parts))
+                        self._set(
+                            name,
+                            status=RUNNING,
+                            cache_reason=reason,
+                            cache_key=fingerprint.key(parts),
+                        )
                         running[threads.submit(self._execute, name, parts, reason)] = name
                     if error is not None and not running:
                         break
                     if not running:
-                        if todo and not [s for s in todo if all(self.status.get(d) in DONE
-                                                                for d in steps[s].depends_on)]:
+                        if todo and not [
+                            s
+                            for s in todo
+                            if all(self.status.get(d) in DONE for d in steps[s].depends_on)
+                        ]:
                             break  # cannot happen for a valid DAG; guards against a silent hang
                         continue
                     # a timeout, so the main thread wakes to run signal handlers (Ctrl-C, SIGTERM):
@@ -193,9 +267,16 @@ class Runner:
                         try:
                             attempt = future.result()
                         except Exception as exc:  # noqa: BLE001 - a runner bug must still end the step
-                            attempt = Attempt(ok=False, notebook="", error=f"step {name} failed: {exc!r}")
-                        self._set(name, status=SUCCEEDED if attempt.ok else FAILED, ended=time.time(),
-                                  error=attempt.error, outputs_dir=self.outputs.get(name))
+                            attempt = Attempt(
+                                ok=False, notebook="", error=f"step {name} failed: {exc!r}"
+                            )
+                        self._set(
+                            name,
+                            status=SUCCEEDED if attempt.ok else FAILED,
+                            ended=time.time(),
+                            error=attempt.error,
+                            outputs_dir=self.outputs.get(name),
+                        )
                         if not attempt.ok and error is None:
                             error = attempt.error
             finally:
@@ -204,10 +285,18 @@ class Runner:
                 if self.pool is not None:
                     self.pool.close()
         for name in todo:
-            self._set(name, status=SKIPPED if error else CANCELLED,
-                      error="not run: an earlier step failed" if error else None)
-        db.update_run(self.store, self.run_id, status=FAILED if error else SUCCEEDED, ended=time.time(),
-                      error=error)
+            self._set(
+                name,
+                status=SKIPPED if error else CANCELLED,
+                error="not run: an earlier step failed" if error else None,
+            )
+        db.update_run(
+            self.store,
+            self.run_id,
+            status=FAILED if error else SUCCEEDED,
+            ended=time.time(),
+            error=error,
+        )
         return FAILED if error else SUCCEEDED
 
     def _width(self) -> int:
@@ -230,7 +319,12 @@ class Runner:
         if width <= 1:
             return {}
         share = str(max(1, (os.cpu_count() or 1) // width))
-        names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+        names = (
+            "OMP_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "NUMEXPR_NUM_THREADS",
+        )
         return {n: share for n in names if n not in os.environ}
 
     def _ensure_pool(self, upcoming: list[str]) -> None:
@@ -258,7 +352,9 @@ def execute_run(run_id: str, on_step: Callable[[str, dict[str, Any]], None] | No
     except BaseException as exc:
         stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
         status, error = (CANCELLED, "interrupted") if stopped else (FAILED, str(exc))
-        db.update_run(store, run_id, only_if=(RUNNING,), status=status, ended=time.time(), error=error)
+        db.update_run(
+            store, run_id, only_if=(RUNNING,), status=status, ended=time.time(), error=error
+        )
         for step in db.steps_of(store, [run_id])[run_id]:
             if step["status"] in (PENDING, RUNNING):
                 db.update_step(store, run_id, step["name"], status=CANCELLED, ended=time.time())

@@ -63,29 +63,63 @@ class PipelineRun:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "source": self.source, "backend": self.backend,
-            "status": self.status, "created": self.created, "started": self.started, "ended": self.ended,
+            "id": self.id,
+            "name": self.name,
+            "source": self.source,
+            "backend": self.backend,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
             "duration": (self.ended or time.time()) - self.started if self.started else None,
-            "error": self.error, "parameters": self.parameters, "options": self.options,
+            "error": self.error,
+            "parameters": self.parameters,
+            "options": self.options,
             "steps": [
-                {"name": s["name"], "status": s["status"], "cached": bool(s["cached"]),
-                 "cache_reason": s["cache_reason"], "depends_on": s["depends_on"], "started": s["started"],
-                 "ended": s["ended"], "notebook": s["notebook"], "error": s["error"],
-                 "attempts": s["attempts"]}
+                {
+                    "name": s["name"],
+                    "status": s["status"],
+                    "cached": bool(s["cached"]),
+                    "cache_reason": s["cache_reason"],
+                    "depends_on": s["depends_on"],
+                    "started": s["started"],
+                    "ended": s["ended"],
+                    "notebook": s["notebook"],
+                    "error": s["error"],
+                    "attempts": s["attempts"],
+                }
                 for s in self.steps
             ],
         }
 
-    def _repr_mimebundle_(self, include=None, exclude=None):  # renders in Lab, papermill output, terminals
+    def _repr_mimebundle_(
+        self, include=None, exclude=None
+    ):  # renders in Lab, papermill output, terminals
         from .render import run_html, run_text
 
         return {"text/plain": run_text(self), "text/html": run_html(self)}
 
 
 def _from_record(record: dict[str, Any], steps: list[dict[str, Any]]) -> PipelineRun:
-    return PipelineRun(**{k: record[k] for k in ("id", "name", "source", "backend", "status", "created",
-                                                   "started", "ended", "error", "parameters", "options")},
-                       steps=steps)
+    return PipelineRun(
+        **{
+            k: record[k]
+            for k in (
+                "id",
+                "name",
+                "source",
+                "backend",
+                "status",
+                "created",
+                "started",
+                "ended",
+                "error",
+                "parameters",
+                "options",
+            )
+        },
+        steps=steps,
+    )
 
 
 def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
@@ -96,17 +130,28 @@ def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
 
     try:
         proc = psutil.Process(record["pid"])
-        if abs(proc.create_time() - (record["pid_started"] or 0)) < 1 and proc.status() != psutil.STATUS_ZOMBIE:
+        if (
+            abs(proc.create_time() - (record["pid_started"] or 0)) < 1
+            and proc.status() != psutil.STATUS_ZOMBIE
+        ):
             return record
     except psutil.Error:
         pass
     store = get_store()
     error = "the runner process died before the run ended"
-    if db.update_run(store, record["id"], only_if=ACTIVE, status=LOST, ended=time.time(), error=error):
+    if db.update_run(
+        store, record["id"], only_if=ACTIVE, status=LOST, ended=time.time(), error=error
+    ):
         for step in db.steps_of(store, [record["id"]])[record["id"]]:
             if step["status"] in ACTIVE:
-                db.update_step(store, record["id"], step["name"], status=LOST if step["status"] == RUNNING
-                               else FAILED, ended=time.time(), error=error)
+                db.update_step(
+                    store,
+                    record["id"],
+                    step["name"],
+                    status=LOST if step["status"] == RUNNING else FAILED,
+                    ended=time.time(),
+                    error=error,
+                )
     return db.get_run(store, record["id"])
 
 
@@ -136,8 +181,14 @@ def _backend(name: str | None) -> str:
     return backend.name
 
 
-def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str = "local", detach: bool = True,
-              on_step: Callable[[str, dict[str, Any]], None] | None = None, **options: Any) -> PipelineRun:
+def start_run(
+    path: str,
+    parameters: dict[str, Any] | None = None,
+    backend: str = "local",
+    detach: bool = True,
+    on_step: Callable[[str, dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> PipelineRun:
     """Check the pipeline, record the run, and run it (in a detached process when ``detach``).
 
     Without ``detach`` the run happens in this process and ``on_step(name, fields)`` hears each
@@ -145,7 +196,11 @@ def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str 
     """
     unknown = set(options) - OPTION_KEYS
     if unknown:
-        raise SpecError(f"option {sorted(unknown)[0]!r}", "is not known", f"use {', '.join(sorted(OPTION_KEYS))}")
+        raise SpecError(
+            f"option {sorted(unknown)[0]!r}",
+            "is not known",
+            f"use {', '.join(sorted(OPTION_KEYS))}",
+        )
     if isinstance(options.get("only"), str):
         options["only"] = [options["only"]]
     if options.get("max_parallel") is not None and int(options["max_parallel"]) < 1:
@@ -155,19 +210,34 @@ def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str 
     values = resolve_parameters(pipeline.parameters, parameters)
     selected_steps(pipeline, options.get("only"), options.get("from_step"))
     run_id = f"p-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    record = {"id": run_id, "name": pipeline.name, "source": pipeline.source, "backend": backend_name,
-              "status": PENDING, "created": time.time(), "parameters": values, "options": options}
+    record = {
+        "id": run_id,
+        "name": pipeline.name,
+        "source": pipeline.source,
+        "backend": backend_name,
+        "status": PENDING,
+        "created": time.time(),
+        "parameters": values,
+        "options": options,
+    }
     order = pipeline.order()
-    steps = [{"name": n, "position": i, "status": PENDING, "depends_on": pipeline.steps[n].depends_on}
-             for i, n in enumerate(order)]
+    steps = [
+        {"name": n, "position": i, "status": PENDING, "depends_on": pipeline.steps[n].depends_on}
+        for i, n in enumerate(order)
+    ]
     store = get_store()
     db.insert_run(store, record, steps)
     if not detach:
         # this process runs it: if it dies, the run reads LOST; cancel_run leaves it alone
         import psutil
 
-        db.update_run(store, run_id, pid=os.getpid(), pid_started=psutil.Process().create_time(),
-                      options={**options, "in_process": True})
+        db.update_run(
+            store,
+            run_id,
+            pid=os.getpid(),
+            pid_started=psutil.Process().create_time(),
+            options={**options, "in_process": True},
+        )
         execute_run(run_id, on_step)
         return get_run(run_id)
     directory = run_dir(run_id)
@@ -175,11 +245,22 @@ def start_run(path: str, parameters: dict[str, Any] | None = None, backend: str 
     log = open(directory / "runner.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbscale.pipelines.background", run_id], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(), cwd=pipeline.directory,
+            [sys.executable, "-m", "nbscale.pipelines.background", run_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
+            cwd=pipeline.directory,
         )
     except OSError as exc:
-        db.update_run(store, run_id, status=FAILED, ended=time.time(), error=f"could not start the runner: {exc}")
+        db.update_run(
+            store,
+            run_id,
+            status=FAILED,
+            ended=time.time(),
+            error=f"could not start the runner: {exc}",
+        )
         raise
     finally:
         log.close()
@@ -206,8 +287,10 @@ def cancel_run(run_id: str, timeout: float = 60.0) -> PipelineRun:
         raise Conflict(f"pipeline run {run.id} already ended ({run.status})")
     record = db.get_run(get_store(), run.id)
     if not record.get("pid") or record["options"].get("in_process"):
-        raise Conflict(f"pipeline run {run.id} runs inside another process",
-                       "stop it there (Ctrl-C); only detached runs can be cancelled")
+        raise Conflict(
+            f"pipeline run {run.id} runs inside another process",
+            "stop it there (Ctrl-C); only detached runs can be cancelled",
+        )
     try:
         proc = psutil.Process(record["pid"])
         if abs(proc.create_time() - (record["pid_started"] or 0)) < 1:

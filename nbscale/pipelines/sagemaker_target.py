@@ -25,9 +25,16 @@ TYPES = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}
 KINDS = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
 DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"
 # smallest general-purpose (or GPU) instance that fits the request: (vCPU, GiB, GPUs, type)
-INSTANCES = [(2, 8, 0, "ml.m5.large"), (4, 16, 0, "ml.m5.xlarge"), (8, 32, 0, "ml.m5.2xlarge"),
-             (16, 64, 0, "ml.m5.4xlarge"), (48, 192, 0, "ml.m5.12xlarge"), (4, 16, 1, "ml.g5.xlarge"),
-             (48, 192, 4, "ml.g5.12xlarge"), (192, 768, 8, "ml.g5.48xlarge")]
+INSTANCES = [
+    (2, 8, 0, "ml.m5.large"),
+    (4, 16, 0, "ml.m5.xlarge"),
+    (8, 32, 0, "ml.m5.2xlarge"),
+    (16, 64, 0, "ml.m5.4xlarge"),
+    (48, 192, 0, "ml.m5.12xlarge"),
+    (4, 16, 1, "ml.g5.xlarge"),
+    (48, 192, 4, "ml.g5.12xlarge"),
+    (192, 768, 8, "ml.g5.48xlarge"),
+]
 
 
 def _gib(memory: str | None) -> float:
@@ -35,8 +42,19 @@ def _gib(memory: str | None) -> float:
         return 0.0
     m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?)?B?\s*", memory)
     if not m:
-        raise SpecError("resources.memory", f"{memory!r} is not a quantity", "write e.g. 512Mi or 4Gi")
-    scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+        raise SpecError(
+            "resources.memory", f"{memory!r} is not a quantity", "write e.g. 512Mi or 4Gi"
+        )
+    scale = {
+        "K": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }
     return float(m.group(1)) * scale.get(m.group(2) or "", 1) / 2**30
 
 
@@ -46,47 +64,108 @@ def instance_type(res: Resources) -> str:
     for cpu, mem, gpu, name in INSTANCES:
         if (res.cpu or 0) <= cpu and _gib(res.memory) <= mem and res.gpu <= gpu:
             return name
-    raise SpecError("resources", f"no SageMaker instance type fits {res.to_dict()}", "set resources.instance_type")
+    raise SpecError(
+        "resources",
+        f"no SageMaker instance type fits {res.to_dict()}",
+        "set resources.instance_type",
+    )
 
 
 def _step_uri(bucket: str, prefix: str, *parts: str) -> dict[str, Any]:
-    return {"Std:Join": {"On": "/", "Values": [f"s3://{bucket}/{prefix}", {"Get": "Execution.PipelineExecutionId"},
-                                               *parts]}}
+    return {
+        "Std:Join": {
+            "On": "/",
+            "Values": [f"s3://{bucket}/{prefix}", {"Get": "Execution.PipelineExecutionId"}, *parts],
+        }
+    }
 
 
-def _step(pipeline: Pipeline, step: Step, image: str, role: str, bucket: str, prefix: str) -> dict[str, Any]:
+def _step(
+    pipeline: Pipeline, step: Step, image: str, role: str, bucket: str, prefix: str
+) -> dict[str, Any]:
     producers = sorted(set(step.inputs.values()))
-    args: list[Any] = ["--code", f"{PROC}/input/code", "--outputs", f"{PROC}/output/outputs",
-                       "--executed", f"{PROC}/output/notebook"]
+    args: list[Any] = [
+        "--code",
+        f"{PROC}/input/code",
+        "--outputs",
+        f"{PROC}/output/outputs",
+        "--executed",
+        f"{PROC}/output/notebook",
+    ]
     for producer in producers:
         args += ["--input", f"{producer}={PROC}/input/{producer}"]
     types = {}
     for name in step.uses_parameters:
-        args += ["--param", name, {"Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}}]
+        args += [
+            "--param",
+            name,
+            {"Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}},
+        ]
         types[name] = KINDS.get(type(pipeline.parameters[name]), "str")
     for name, value in step.fixed_parameters.items():
-        args += ["--param", name, json.dumps(value) if isinstance(value, list | dict) else str(value)]
+        args += [
+            "--param",
+            name,
+            json.dumps(value) if isinstance(value, list | dict) else str(value),
+        ]
         types[name] = KINDS.get(type(value), "str")
     args += ["--types", json.dumps(types)]
     if step.timeout:
         args += ["--timeout", str(int(step.timeout))]
-    inputs = [{"InputName": "code", "AppManaged": False, "S3Input": {
-        "S3Uri": f"s3://{bucket}/{prefix}/code/{step.name}", "LocalPath": f"{PROC}/input/code",
-        "S3DataType": "S3Prefix", "S3InputMode": "File", "S3DataDistributionType": "FullyReplicated"}}]
+    inputs = [
+        {
+            "InputName": "code",
+            "AppManaged": False,
+            "S3Input": {
+                "S3Uri": f"s3://{bucket}/{prefix}/code/{step.name}",
+                "LocalPath": f"{PROC}/input/code",
+                "S3DataType": "S3Prefix",
+                "S3InputMode": "File",
+                "S3DataDistributionType": "FullyReplicated",
+            },
+        }
+    ]
     for producer in producers:
-        inputs.append({"InputName": f"in-{producer}", "AppManaged": False, "S3Input": {
-            "S3Uri": {"Get": f"Steps.{producer}.ProcessingOutputConfig.Outputs['outputs'].S3Output.S3Uri"},
-            "LocalPath": f"{PROC}/input/{producer}", "S3DataType": "S3Prefix", "S3InputMode": "File",
-            "S3DataDistributionType": "FullyReplicated"}})
-    outputs = [{"OutputName": name, "AppManaged": False, "S3Output": {
-        "S3Uri": _step_uri(bucket, prefix, step.name, name), "LocalPath": f"{PROC}/output/{name}",
-        "S3UploadMode": "EndOfJob"}} for name in ("outputs", "notebook")]
+        inputs.append(
+            {
+                "InputName": f"in-{producer}",
+                "AppManaged": False,
+                "S3Input": {
+                    "S3Uri": {
+                        "Get": f"Steps.{producer}.ProcessingOutputConfig.Outputs['outputs'].S3Output.S3Uri"
+                    },
+                    "LocalPath": f"{PROC}/input/{producer}",
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                    "S3DataDistributionType": "FullyReplicated",
+                },
+            }
+        )
+    outputs = [
+        {
+            "OutputName": name,
+            "AppManaged": False,
+            "S3Output": {
+                "S3Uri": _step_uri(bucket, prefix, step.name, name),
+                "LocalPath": f"{PROC}/output/{name}",
+                "S3UploadMode": "EndOfJob",
+            },
+        }
+        for name in ("outputs", "notebook")
+    ]
     arguments: dict[str, Any] = {
-        "ProcessingResources": {"ClusterConfig": {"InstanceType": instance_type(step.resources),
-                                                  "InstanceCount": 1, "VolumeSizeInGB": 30}},
-        "AppSpecification": {"ImageUri": image,
-                             "ContainerEntrypoint": ["python3", "-m", "nbscale.pipelines.container_step"],
-                             "ContainerArguments": args},
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceType": instance_type(step.resources),
+                "InstanceCount": 1,
+                "VolumeSizeInGB": 30,
+            }
+        },
+        "AppSpecification": {
+            "ImageUri": image,
+            "ContainerEntrypoint": ["python3", "-m", "nbscale.pipelines.container_step"],
+            "ContainerArguments": args,
+        },
         "RoleArn": role,
         "ProcessingInputs": inputs,
         "ProcessingOutputConfig": {"Outputs": outputs},
@@ -97,8 +176,14 @@ def _step(pipeline: Pipeline, step: Step, image: str, role: str, bucket: str, pr
     if explicit:
         out["DependsOn"] = explicit
     if step.retries:
-        out["RetryPolicies"] = [{"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"],
-                                 "IntervalSeconds": 10, "BackoffRate": 2.0, "MaxAttempts": step.retries}]
+        out["RetryPolicies"] = [
+            {
+                "ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"],
+                "IntervalSeconds": 10,
+                "BackoffRate": 2.0,
+                "MaxAttempts": step.retries,
+            }
+        ]
     out["CacheConfig"] = {"Enabled": bool(step.cache), "ExpireAfter": "P30D"}
     return out
 
@@ -111,12 +196,20 @@ def _role(role: str | None) -> str:
     for backend in load_config().backends.values():
         if backend.type == "sagemaker" and backend.settings.get("role_arn"):
             return str(backend.settings["role_arn"])
-    raise SpecError("--role", "is needed for a SageMaker pipeline",
-                    "give --role ARN, or set role_arn in a [backends.NAME] with type = \"sagemaker\"")
+    raise SpecError(
+        "--role",
+        "is needed for a SageMaker pipeline",
+        'give --role ARN, or set role_arn in a [backends.NAME] with type = "sagemaker"',
+    )
 
 
-def definition(pipeline: Pipeline, image: str = DEFAULT_IMAGE, role: str | None = None,
-               bucket: str = "nbscale-pipelines", prefix: str | None = None) -> dict[str, Any]:
+def definition(
+    pipeline: Pipeline,
+    image: str = DEFAULT_IMAGE,
+    role: str | None = None,
+    bucket: str = "nbscale-pipelines",
+    prefix: str | None = None,
+) -> dict[str, Any]:
     role = _role(role)
     prefix = (prefix or pipeline.name).strip("/")
     params = []
@@ -126,9 +219,14 @@ def definition(pipeline: Pipeline, image: str = DEFAULT_IMAGE, role: str | None 
         params.append({"Name": name, "Type": kind, "DefaultValue": default})
     return {
         "Version": "2020-12-01",
-        "Metadata": {"nbscale": {"source": Path(pipeline.source).name, "bucket": bucket, "prefix": prefix}},
+        "Metadata": {
+            "nbscale": {"source": Path(pipeline.source).name, "bucket": bucket, "prefix": prefix}
+        },
         "Parameters": params,
-        "Steps": [_step(pipeline, pipeline.steps[n], image, role, bucket, prefix) for n in pipeline.order()],
+        "Steps": [
+            _step(pipeline, pipeline.steps[n], image, role, bucket, prefix)
+            for n in pipeline.order()
+        ],
     }
 
 
@@ -136,8 +234,14 @@ def code_dir(output: Path) -> Path:
     return output.with_name(output.stem + ".code")
 
 
-def compile_pipeline(pipeline: Pipeline, output: Path, image: str = DEFAULT_IMAGE, role: str | None = None,
-                     bucket: str = "nbscale-pipelines", prefix: str | None = None) -> None:
+def compile_pipeline(
+    pipeline: Pipeline,
+    output: Path,
+    image: str = DEFAULT_IMAGE,
+    role: str | None = None,
+    bucket: str = "nbscale-pipelines",
+    prefix: str | None = None,
+) -> None:
     data = definition(pipeline, image, role, bucket, prefix)
     code = code_dir(output)
     for name in pipeline.order():
@@ -162,12 +266,18 @@ def upload_and_create(output: Path, sagemaker, s3, role: str, name: str | None =
     validate(data)
     body = json.dumps(data)
     try:
-        return sagemaker.create_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)["PipelineArn"]
+        return sagemaker.create_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)[
+            "PipelineArn"
+        ]
     except sagemaker.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
-        if error.get("Code") != "ResourceInUse" and "already exists" not in error.get("Message", ""):
+        if error.get("Code") != "ResourceInUse" and "already exists" not in error.get(
+            "Message", ""
+        ):
             raise
-        return sagemaker.update_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)["PipelineArn"]
+        return sagemaker.update_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)[
+            "PipelineArn"
+        ]
 
 
 NAME = re.compile(r"^[A-Za-z0-9\-_]{1,64}$")
@@ -201,7 +311,10 @@ def validate(data: dict[str, Any]) -> None:
         if not re.match(r"^arn:aws[a-z\-]*:iam::\d{12}:role/", str(args.get("RoleArn", ""))):
             problems.append(f"step {name}: RoleArn is not an IAM role ARN")
         cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
-        if not str(cluster.get("InstanceType", "")).startswith("ml.") or cluster.get("InstanceCount", 0) < 1:
+        if (
+            not str(cluster.get("InstanceType", "")).startswith("ml.")
+            or cluster.get("InstanceCount", 0) < 1
+        ):
             problems.append(f"step {name}: bad ClusterConfig {cluster}")
         runtime = args.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 1)
         if not 1 <= runtime <= 432000:

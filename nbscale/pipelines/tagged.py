@@ -46,12 +46,19 @@ def load(path: Path, nb: dict | None = None) -> Pipeline:
             continue
         names = [t.split(":", 1)[1].strip() for t in cell_tags if t.startswith("step:")]
         if len(names) > 1:
-            raise SpecError(f"cell {index}", f"has two step tags ({', '.join(names)})", "keep one step:NAME per cell")
+            raise SpecError(
+                f"cell {index}",
+                f"has two step tags ({', '.join(names)})",
+                "keep one step:NAME per cell",
+            )
         if names:
             name = names[0]
             if name in steps and steps[name] is not current:
-                raise SpecError(f"cell {index}", f"reopens step {name!r} defined earlier",
-                                "give the step another name or move the cell next to it")
+                raise SpecError(
+                    f"cell {index}",
+                    f"reopens step {name!r} defined earlier",
+                    "give the step another name or move the cell next to it",
+                )
             current = steps.setdefault(name, Step(name=name, notebook=str(path)))
         prevs = [t.split(":", 1)[1].strip() for t in cell_tags if t.startswith("prev:")]
         if current is None:
@@ -65,7 +72,9 @@ def load(path: Path, nb: dict | None = None) -> Pipeline:
                 current.depends_on.append(prev)
         current.body.append(cell)
     if loose:
-        warnings.append(f"{loose} untagged code cell(s) before the first step are not part of the pipeline")
+        warnings.append(
+            f"{loose} untagged code cell(s) before the first step are not part of the pipeline"
+        )
     parameters_cell = "\n".join(params)
     for step in steps.values():
         step.prelude = list(prelude)
@@ -73,8 +82,12 @@ def load(path: Path, nb: dict | None = None) -> Pipeline:
     from .parameters import defaults_from_source
 
     pipeline = Pipeline(
-        name=path.stem, source=str(path), kind="tagged", directory=str(path.parent),
-        steps=steps, parameters=defaults_from_source(parameters_cell, "pipeline-parameters cell"),
+        name=path.stem,
+        source=str(path),
+        kind="tagged",
+        directory=str(path.parent),
+        steps=steps,
+        parameters=defaults_from_source(parameters_cell, "pipeline-parameters cell"),
         warnings=warnings,
     )
     pipeline.validate()

@@ -47,8 +47,11 @@ def _warn_versions(manifest: dict[str, Any]) -> None:
     made = manifest.get("versions", {}).get("python", "")
     here = platform.python_version()
     if made.rsplit(".", 1)[0] != here.rsplit(".", 1)[0]:
-        print(f"nbscale: warning: the cell was captured with Python {made} and runs on {here}; "
-              "functions sent by value may not load", file=sys.stderr)
+        print(
+            f"nbscale: warning: the cell was captured with Python {made} and runs on {here}; "
+            "functions sent by value may not load",
+            file=sys.stderr,
+        )
 
 
 def map_location(device) -> Any:
@@ -67,7 +70,9 @@ def build_namespace(found: bundle.Bundle, src_dir: Path, device=None) -> dict[st
     for statement in manifest.get("imports", []):
         exec(compile(statement, "<nbscale imports>", "exec"), ns)
     for item in manifest.get("inputs", []):
-        location = map_location(device) if device is not None and item["how"] == "torch.save" else None
+        location = (
+            map_location(device) if device is not None and item["how"] == "torch.save" else None
+        )
         ns[item["name"]] = load_value(found.part(item["part"]), item["how"], location)
     return ns
 
@@ -84,8 +89,10 @@ def compile_cell(source: str, line_offset: int):
 def cell_traceback(exc: BaseException) -> tuple[str, int | None]:
     """The traceback from the cell's first frame on, and the last cell line in it."""
     te = traceback.TracebackException.from_exception(exc)
-    while te.stack and te.stack[0].filename != CELL_FILENAME and any(
-        f.filename == CELL_FILENAME for f in te.stack
+    while (
+        te.stack
+        and te.stack[0].filename != CELL_FILENAME
+        and any(f.filename == CELL_FILENAME for f in te.stack)
     ):
         te.stack.pop(0)
     lines = [f.lineno for f in te.stack if f.filename == CELL_FILENAME]
@@ -123,16 +130,23 @@ def run_bundle(target: str, spec: dict[str, Any], jobdir: JobDir, rank: int) -> 
         outputs = manifest.get("outputs") or []
         missing = [name for name in outputs if name not in ns]
         if missing:
-            defined = sorted(k for k in ns if not k.startswith("_") and k not in manifest.get("input_names", []))
+            defined = sorted(
+                k for k in ns if not k.startswith("_") and k not in manifest.get("input_names", [])
+            )
             raise MissingOutput(
                 f"the cell did not define {', '.join(repr(m) for m in missing)}, named in --outputs",
                 f"names the cell defines: {', '.join(defined) or '(none)'}; fix --outputs or the cell",
             )
         from ..results import write_results
 
-        write_results(jobdir.outputs, os.environ.get("NBSCALE_JOB_ID", ""), {n: ns[n] for n in outputs})
-        print(f"nbscale: cell ran in {time.monotonic() - started:.1f} s; "
-              f"outputs written: {', '.join(outputs) or '(none)'}", flush=True)
+        write_results(
+            jobdir.outputs, os.environ.get("NBSCALE_JOB_ID", ""), {n: ns[n] for n in outputs}
+        )
+        print(
+            f"nbscale: cell ran in {time.monotonic() - started:.1f} s; "
+            f"outputs written: {', '.join(outputs) or '(none)'}",
+            flush=True,
+        )
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -44,8 +44,14 @@ class ServingApp:
         self.ready = False
         self.inflight = 0
         self.connections = 0
-        self.batcher = Batcher(handler.run, max_batch_size, max_batch_delay_ms, max_queue, latency_target_ms,
-                               on_batch=self.metrics.observe_batch)
+        self.batcher = Batcher(
+            handler.run,
+            max_batch_size,
+            max_batch_delay_ms,
+            max_queue,
+            latency_target_ms,
+            on_batch=self.metrics.observe_batch,
+        )
         prefix = f"/v2/models/{self.name}"
         self.routes = {
             ("GET", "/v2/health/live"): self.live,
@@ -84,14 +90,19 @@ class ServingApp:
         if self.token and req.path not in OPEN_PATHS:
             given = req.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), self.token.encode()):
-                return error_response(401, "missing or wrong bearer token (nbscale's clients send it for you)",
-                                      {"www-authenticate": "Bearer"})
+                return error_response(
+                    401,
+                    "missing or wrong bearer token (nbscale's clients send it for you)",
+                    {"www-authenticate": "Bearer"},
+                )
         return await route(req)
 
     def _not_found(self, req: Request) -> Response:
         parts = req.path.split("/")
         if len(parts) >= 4 and parts[1:3] == ["v2", "models"] and parts[3] != self.name:
-            return error_response(404, f"unknown model {parts[3]!r}; this server serves {self.name!r}")
+            return error_response(
+                404, f"unknown model {parts[3]!r}; this server serves {self.name!r}"
+            )
         known_paths = {p for _, p in self.routes}
         if req.path in known_paths:
             return error_response(405, f"{req.method} is not allowed on {req.path}")
@@ -108,15 +119,31 @@ class ServingApp:
         return Response(200 if self.ready else 503, b"")
 
     async def server_metadata(self, req: Request) -> Response:
-        return Response(200, dumps({"name": "nbscale", "version": __version__,
-                                    "extensions": ["binary_tensor_data", "sagemaker"]}))
+        return Response(
+            200,
+            dumps(
+                {
+                    "name": "nbscale",
+                    "version": __version__,
+                    "extensions": ["binary_tensor_data", "sagemaker"],
+                }
+            ),
+        )
 
     async def model_metadata(self, req: Request) -> Response:
         h = self.handler
-        return Response(200, dumps({
-            "name": self.name, "versions": ["1"], "platform": f"pytorch_{h.manifest.get('format', 'custom')}",
-            "inputs": [s.to_dict() for s in h.inputs], "outputs": [s.to_dict() for s in h.outputs],
-        }))
+        return Response(
+            200,
+            dumps(
+                {
+                    "name": self.name,
+                    "versions": ["1"],
+                    "platform": f"pytorch_{h.manifest.get('format', 'custom')}",
+                    "inputs": [s.to_dict() for s in h.inputs],
+                    "outputs": [s.to_dict() for s in h.outputs],
+                }
+            ),
+        )
 
     async def model_ready(self, req: Request) -> Response:
         return Response(200 if self.ready else 503, dumps({"name": self.name, "ready": self.ready}))
@@ -130,8 +157,14 @@ class ServingApp:
 
     async def stats(self, req: Request) -> Response:
         snap = self.metrics.rolling.snapshot()
-        snap.update(inflight=self.inflight, queue_depth=self.batcher.depth, batch_limit=self.batcher.limit,
-                    load_seconds=self.handler.load_seconds, ready=self.ready, connections=self.connections)
+        snap.update(
+            inflight=self.inflight,
+            queue_depth=self.batcher.depth,
+            batch_limit=self.batcher.limit,
+            load_seconds=self.handler.load_seconds,
+            ready=self.ready,
+            connections=self.connections,
+        )
         return Response(200, dumps(snap))
 
     # -- inference -------------------------------------------------------------
@@ -140,7 +173,9 @@ class ServingApp:
         self.inflight += 1
         try:
             if not self.ready:
-                resp = error_response(503, "the model is still loading; retry shortly", {"retry-after": "1"})
+                resp = error_response(
+                    503, "the model is still loading; retry shortly", {"retry-after": "1"}
+                )
             else:
                 resp = await work(req)
         except ProtocolError as exc:
@@ -163,7 +198,9 @@ class ServingApp:
             try:
                 header_len = int(header_len)
             except ValueError:
-                raise ProtocolError(400, "Inference-Header-Content-Length is not an integer") from None
+                raise ProtocolError(
+                    400, "Inference-Header-Content-Length is not an integer"
+                ) from None
         parsed = parse_infer(req.body, header_len, self.handler.inputs)
         rows = parsed.inputs[self.handler.input.name]
         out = await self.batcher.submit(rows)
@@ -180,11 +217,20 @@ class ServingApp:
     async def _invocations(self, req: Request) -> Response:
         h = self.handler
         ctype = req.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        accept = req.headers.get("accept", "application/json").split(",")[0].split(";")[0].strip().lower()
+        accept = (
+            req.headers.get("accept", "application/json")
+            .split(",")[0]
+            .split(";")[0]
+            .strip()
+            .lower()
+        )
         if accept in ("*/*", ""):
             accept = ctype if ctype in NPY_TYPES else "application/json"
         if ctype not in NPY_TYPES and ctype != "application/json":
-            raise ProtocolError(415, f"content type {ctype!r} is not supported; send application/json or application/x-npy")
+            raise ProtocolError(
+                415,
+                f"content type {ctype!r} is not supported; send application/json or application/x-npy",
+            )
         try:
             data = h.input_fn(req.body, ctype)
         except ProtocolError:
@@ -199,4 +245,3 @@ class ServingApp:
         if self.capture:
             self.capture.offer(self.name, None, {h.input.name: rows}, {h.outputs[0].name: out})
         return Response(200, bytes(body), accept if accept in NPY_TYPES else "application/json")
-

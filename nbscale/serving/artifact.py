@@ -57,19 +57,26 @@ def _example(model: Any, example: Any, input_shape: Any):
                 features = layer.in_features
                 break
     if features is None:
-        raise SpecError("example", "nbscale cannot tell the model's input shape",
-                        "pass example=<one input batch> or input_shape=(features, ...)")
+        raise SpecError(
+            "example",
+            "nbscale cannot tell the model's input shape",
+            "pass example=<one input batch> or input_shape=(features, ...)",
+        )
     return torch.zeros((2, int(features)), dtype=torch.float32)
 
 
 def _v2(dtype) -> str:
     dt = np.dtype(str(dtype).replace("torch.", "")) if not isinstance(dtype, np.dtype) else dtype
     if dt not in NUMPY_TO_V2:
-        raise SpecError("example", f"dtype {dt} cannot be carried by the V2 protocol", "use float32 inputs")
+        raise SpecError(
+            "example", f"dtype {dt} cannot be carried by the V2 protocol", "use float32 inputs"
+        )
     return NUMPY_TO_V2[dt]
 
 
-def package(model: Any, directory: str | Path, name: str, example: Any = None, input_shape: Any = None) -> Path:
+def package(
+    model: Any, directory: str | Path, name: str, example: Any = None, input_shape: Any = None
+) -> Path:
     """Write ``model`` as an artifact directory and return it."""
     import torch
 
@@ -77,11 +84,16 @@ def package(model: Any, directory: str | Path, name: str, example: Any = None, i
     if out.exists() and any(out.iterdir()):
         raise SpecError("directory", f"{out} is not empty", "give an empty or new directory")
     if not isinstance(model, torch.nn.Module) and not callable(getattr(model, "predict", None)):
-        raise SpecError("model", f"a {type(model).__name__} is neither a torch.nn.Module nor has a predict method",
-                        "deploy a torch.nn.Module, an object with predict(), or a saved artifact directory")
+        raise SpecError(
+            "model",
+            f"a {type(model).__name__} is neither a torch.nn.Module nor has a predict method",
+            "deploy a torch.nn.Module, an object with predict(), or a saved artifact directory",
+        )
     x = _example(model, example, input_shape)
     if x.ndim < 1 or x.shape[0] < 1:
-        raise SpecError("example", "must have a batch axis first", "pass a batch of at least one row")
+        raise SpecError(
+            "example", "must have a batch axis first", "pass a batch of at least one row"
+        )
     tmp = out.with_name(out.name + f".tmp-{secrets.token_hex(4)}")
     (tmp / "code").mkdir(parents=True)
     try:
@@ -96,7 +108,9 @@ def package(model: Any, directory: str | Path, name: str, example: Any = None, i
             fmt, model_file = "pickle", "model.pkl"
             payload = cloudpickle.dumps(model)
             (tmp / model_file).write_bytes(payload)
-            (tmp / (model_file + ".hmac")).write_text(hmac.new(signing_key(), payload, hashlib.sha256).hexdigest())
+            (tmp / (model_file + ".hmac")).write_text(
+                hmac.new(signing_key(), payload, hashlib.sha256).hexdigest()
+            )
             y_np = np.asarray(model.predict(x.numpy()))
         x_np = x.numpy()
         template = (Path(__file__).with_name("inference_template.py")).read_text()
@@ -135,8 +149,11 @@ def _save_module(model, x, tmp: Path) -> tuple[str, str]:
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:
-        raise SpecError("model", f"torch.export could not capture the model: {type(exc).__name__}: {exc}",
-                        "make forward() traceable, or give an object with predict()") from None
+        raise SpecError(
+            "model",
+            f"torch.export could not capture the model: {type(exc).__name__}: {exc}",
+            "make forward() traceable, or give an object with predict()",
+        ) from None
     torch.export.save(program, tmp / "model.pt2")
     return "torch.export", "model.pt2"
 
@@ -145,12 +162,21 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The artifact's manifest; a bare SageMaker artifact without one needs an explicit signature."""
     path = Path(directory) / MANIFEST
     if not Path(directory).is_dir():
-        raise SpecError("model_dir", f"{directory} is not a directory", "give a directory made by %deploy or nbscale.serving.package")
+        raise SpecError(
+            "model_dir",
+            f"{directory} is not a directory",
+            "give a directory made by %deploy or nbscale.serving.package",
+        )
     if not path.is_file():
-        raise SpecError("model_dir", f"{directory} has no {MANIFEST} with the model's signature",
-                        f"add {MANIFEST} with inputs/outputs (name, shape with -1 for batch, datatype)")
+        raise SpecError(
+            "model_dir",
+            f"{directory} has no {MANIFEST} with the model's signature",
+            f"add {MANIFEST} with inputs/outputs (name, shape with -1 for batch, datatype)",
+        )
     data = json.loads(path.read_text())
     for key in ("inputs", "outputs"):
         if not data.get(key):
-            raise SpecError(MANIFEST, f"has no '{key}'", "list each tensor with name, shape and datatype")
+            raise SpecError(
+                MANIFEST, f"has no '{key}'", "list each tensor with name, shape and datatype"
+            )
     return data

@@ -72,7 +72,9 @@ class Batcher:
         """Run ``rows`` (first axis: batch) with whatever else is queued; returns this request's rows."""
         n = rows.shape[0]
         if self.queued_rows + n > self.max_queue:
-            raise Overloaded(f"the request queue is full ({self.queued_rows} rows waiting); retry shortly")
+            raise Overloaded(
+                f"the request queue is full ({self.queued_rows} rows waiting); retry shortly"
+            )
         now = time.perf_counter()
         self.ewma_gap = 0.9 * self.ewma_gap + 0.1 * min(now - self._last_arrival, 0.01)
         self._last_arrival = now

@@ -22,7 +22,13 @@ from .jsoncodec import dumps
 
 
 class DataCapture:
-    def __init__(self, directory: str | Path, sample_rate: float = 1.0, max_bytes: int = 64 << 20, replica: str = "0"):
+    def __init__(
+        self,
+        directory: str | Path,
+        sample_rate: float = 1.0,
+        max_bytes: int = 64 << 20,
+        replica: str = "0",
+    ):
         if not 0 < sample_rate <= 1:
             raise ValueError("capture sample rate must be in (0, 1]")
         self.dir = Path(directory)
@@ -38,12 +44,18 @@ class DataCapture:
     def path(self) -> Path:
         return self.dir / f"capture-{self.replica}-{os.getpid()}.jsonl"
 
-    def offer(self, model: str, rid: str | None, inputs: dict[str, np.ndarray], outputs: dict[str, Any]) -> None:
+    def offer(
+        self, model: str, rid: str | None, inputs: dict[str, np.ndarray], outputs: dict[str, Any]
+    ) -> None:
         if self.rate < 1 and random.random() >= self.rate:
             return
-        line = {"time": time.time(), "id": rid, "model": model,
-                "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
-                "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}}
+        line = {
+            "time": time.time(),
+            "id": rid,
+            "model": model,
+            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
+            "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()},
+        }
         try:
             self._q.put_nowait(line)
         except queue.Full:

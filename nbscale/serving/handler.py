@@ -26,7 +26,9 @@ def _default_model_fn(model_dir: str):
 
     path = Path(model_dir) / "model.pt2"
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has neither code/inference.py with model_fn nor model.pt2")
+        raise FileNotFoundError(
+            f"{model_dir} has neither code/inference.py with model_fn nor model.pt2"
+        )
     return torch.export.load(str(path)).module()
 
 
@@ -76,7 +78,9 @@ class ModelHandler:
         if code.is_file():
             spec = importlib.util.spec_from_file_location(f"nbscale_inference_{id(self)}", code)
             module = importlib.util.module_from_spec(spec)
-            sys.path.insert(0, str(code.parent))  # as SageMaker does, so helper modules in code/ import
+            sys.path.insert(
+                0, str(code.parent)
+            )  # as SageMaker does, so helper modules in code/ import
             spec.loader.exec_module(module)
         self.model_fn = getattr(module, "model_fn", None) or _default_model_fn
         self.input_fn = getattr(module, "input_fn", None) or _default_input_fn
@@ -107,10 +111,17 @@ class ModelHandler:
         spec = self.input
         if arr.ndim == len(spec.shape) - 1:
             arr = arr[None]
-        if arr.ndim != len(spec.shape) or any(w != -1 and w != g for w, g in zip(spec.shape, arr.shape, strict=True)):
-            raise ProtocolError(400, f"the input has shape {list(arr.shape)}, the model takes {list(spec.shape)} (-1: any size)")
+        if arr.ndim != len(spec.shape) or any(
+            w != -1 and w != g for w, g in zip(spec.shape, arr.shape, strict=True)
+        ):
+            raise ProtocolError(
+                400,
+                f"the input has shape {list(arr.shape)}, the model takes {list(spec.shape)} (-1: any size)",
+            )
         if arr.dtype != self.dtype:
             if arr.dtype.kind not in "biuf":
-                raise ProtocolError(400, f"the input has dtype {arr.dtype}, the model takes {self.input.datatype}")
+                raise ProtocolError(
+                    400, f"the input has dtype {arr.dtype}, the model takes {self.input.datatype}"
+                )
             arr = arr.astype(self.dtype)
         return np.ascontiguousarray(arr)

@@ -16,9 +16,19 @@ from dataclasses import dataclass, field
 
 MAX_HEAD = 64 * 1024
 REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-    411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -64,7 +74,9 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = ("handler", "max_body", "transport", "buf", "queue", "task", "closed", "on_count")
 
-    def __init__(self, handler: Handler, max_body: int, on_count: Callable[[int], None] | None = None):
+    def __init__(
+        self, handler: Handler, max_body: int, on_count: Callable[[int], None] | None = None
+    ):
         self.handler = handler
         self.max_body = max_body
         self.transport: asyncio.Transport | None = None
@@ -120,7 +132,9 @@ class HttpProtocol(asyncio.Protocol):
             headers[name.strip().lower()] = value.strip()
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self.buf = bytearray()
-            return error_response(411, "chunked request bodies are not supported; send Content-Length"), False
+            return error_response(
+                411, "chunked request bodies are not supported; send Content-Length"
+            ), False
         try:
             length = int(headers.get("content-length", "0"))
             if length < 0:
@@ -131,7 +145,8 @@ class HttpProtocol(asyncio.Protocol):
         if length > self.max_body:
             self.buf = bytearray()
             return error_response(
-                413, f"the body is {length} bytes; this server takes at most {self.max_body} (send smaller batches)"
+                413,
+                f"the body is {length} bytes; this server takes at most {self.max_body} (send smaller batches)",
             ), False
         total = end + 4 + length
         if len(buf) < total:
@@ -174,7 +189,11 @@ def install_fast_loop() -> None:
 
 
 async def serve(
-    handler: Handler, host: str, port: int, max_body: int, sock=None,
+    handler: Handler,
+    host: str,
+    port: int,
+    max_body: int,
+    sock=None,
     on_count: Callable[[int], None] | None = None,
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()

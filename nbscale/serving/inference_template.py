@@ -30,7 +30,9 @@ def model_fn(model_dir):
 
     key_hex = os.environ.get("NBSCALE_MODEL_KEY")
     if not key_hex:
-        key_file = os.path.join(os.environ.get("NBSCALE_HOME") or os.path.expanduser("~/.nbscale"), "model-signing.key")
+        key_file = os.path.join(
+            os.environ.get("NBSCALE_HOME") or os.path.expanduser("~/.nbscale"), "model-signing.key"
+        )
         with open(key_file) as fh:
             key_hex = fh.read().strip()
     with open(path, "rb") as fh:
@@ -50,7 +52,9 @@ def input_fn(body, content_type):
         return torch.from_numpy(np.load(io.BytesIO(body), allow_pickle=False))
     if content_type.startswith("application/json"):
         return torch.as_tensor(np.asarray(json.loads(body), dtype=np.float32))
-    raise ValueError(f"unsupported content type {content_type!r}; send application/json or application/x-npy")
+    raise ValueError(
+        f"unsupported content type {content_type!r}; send application/json or application/x-npy"
+    )
 
 
 def predict_fn(data, model):

@@ -64,12 +64,16 @@ class Rolling:
         for b in self.buckets:
             if b[0] < now_sec and not (self.series and self.series[-1]["time"] >= b[0]):
                 lat = b[1]
-                self.series.append({
-                    "time": b[0], "rps": b[2], "errors": b[3],
-                    "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 3) if lat else None,
-                    "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3) if lat else None,
-                    **(extra or {}),
-                })
+                self.series.append(
+                    {
+                        "time": b[0],
+                        "rps": b[2],
+                        "errors": b[3],
+                        "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 3) if lat else None,
+                        "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3) if lat else None,
+                        **(extra or {}),
+                    }
+                )
         while self.buckets and self.buckets[0][0] < now_sec - WINDOW_S:
             self.buckets.popleft()
 
@@ -85,7 +89,9 @@ class Rolling:
             return round(float(np.percentile(lat, q)) * 1000, 3) if lat else None
 
         return {
-            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+            "p50_ms": pct(50),
+            "p95_ms": pct(95),
+            "p99_ms": pct(99),
             "throughput_rps": round(count / span, 2),
             "error_rate": round(errs / count, 4) if count else 0.0,
             "requests_total": self.total,
@@ -99,16 +105,48 @@ class ServerMetrics:
     def __init__(self, model: str):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("nbscale_requests", "Requests by route and HTTP status", ["model", "route", "code"], registry=r)
-        self.latency = Histogram("nbscale_request_latency_seconds", "Request latency", ["model", "route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("nbscale_batch_size", "Rows per model batch", ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.batch_latency = Histogram("nbscale_batch_latency_seconds", "Model time per batch", ["model"],
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("nbscale_queue_depth", "Rows waiting for the model", ["model"], registry=r)
-        self.inflight = Gauge("nbscale_inflight_requests", "Requests being served", ["model"], registry=r)
-        self.load_time = Gauge("nbscale_model_load_seconds", "Time to load and warm up the model", ["model"], registry=r)
-        self.batch_limit = Gauge("nbscale_batch_limit", "Current adaptive batch size limit", ["model"], registry=r)
+        self.requests = Counter(
+            "nbscale_requests",
+            "Requests by route and HTTP status",
+            ["model", "route", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "nbscale_request_latency_seconds",
+            "Request latency",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nbscale_batch_size",
+            "Rows per model batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_latency = Histogram(
+            "nbscale_batch_latency_seconds",
+            "Model time per batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "nbscale_queue_depth", "Rows waiting for the model", ["model"], registry=r
+        )
+        self.inflight = Gauge(
+            "nbscale_inflight_requests", "Requests being served", ["model"], registry=r
+        )
+        self.load_time = Gauge(
+            "nbscale_model_load_seconds",
+            "Time to load and warm up the model",
+            ["model"],
+            registry=r,
+        )
+        self.batch_limit = Gauge(
+            "nbscale_batch_limit", "Current adaptive batch size limit", ["model"], registry=r
+        )
         self.model = model
         self.rolling = Rolling()
         # children bound once: a labels() lookup per request costs more than the observation

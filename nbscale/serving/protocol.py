@@ -59,22 +59,33 @@ def v2_datatype(dtype: np.dtype) -> str:
     try:
         return NUMPY_TO_V2[np.dtype(dtype)]
     except KeyError:
-        raise ProtocolError(500, f"the model returned dtype {dtype}, which V2 cannot carry") from None
+        raise ProtocolError(
+            500, f"the model returned dtype {dtype}, which V2 cannot carry"
+        ) from None
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
-    if len(shape) != len(spec.shape) or any(w != -1 and w != g for w, g in zip(spec.shape, shape, strict=True)):
+    if len(shape) != len(spec.shape) or any(
+        w != -1 and w != g for w, g in zip(spec.shape, shape, strict=True)
+    ):
         raise ProtocolError(
-            400, f"input '{spec.name}' has shape {list(shape)}, the model takes {list(spec.shape)} (-1: any size)"
+            400,
+            f"input '{spec.name}' has shape {list(shape)}, the model takes {list(spec.shape)} (-1: any size)",
         )
 
 
-def decode_array(spec: TensorSpec, shape: Any, datatype: Any, data: Any, raw: bytes | None = None) -> np.ndarray:
+def decode_array(
+    spec: TensorSpec, shape: Any, datatype: Any, data: Any, raw: bytes | None = None
+) -> np.ndarray:
     """One input tensor as a numpy array, checked against the model's signature."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ProtocolError(400, f"input '{spec.name}': 'shape' must be a list of non-negative integers")
+        raise ProtocolError(
+            400, f"input '{spec.name}': 'shape' must be a list of non-negative integers"
+        )
     if datatype != spec.datatype:
-        raise ProtocolError(400, f"input '{spec.name}' has datatype {datatype!r}, the model takes {spec.datatype}")
+        raise ProtocolError(
+            400, f"input '{spec.name}' has datatype {datatype!r}, the model takes {spec.datatype}"
+        )
     shape_t = tuple(shape)
     _check_shape(spec, shape_t)
     dtype = DTYPES[spec.datatype]
@@ -82,7 +93,8 @@ def decode_array(spec: TensorSpec, shape: Any, datatype: Any, data: Any, raw: by
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise ProtocolError(
-                400, f"input '{spec.name}': {len(raw)} bytes of binary data, shape {shape} needs {count * dtype.itemsize}"
+                400,
+                f"input '{spec.name}': {len(raw)} bytes of binary data, shape {shape} needs {count * dtype.itemsize}",
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape_t)
     if data is None:
@@ -90,9 +102,13 @@ def decode_array(spec: TensorSpec, shape: Any, datatype: Any, data: Any, raw: by
     try:
         arr = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as exc:
-        raise ProtocolError(400, f"input '{spec.name}': data is not {spec.datatype}: {exc}") from None
+        raise ProtocolError(
+            400, f"input '{spec.name}': data is not {spec.datatype}: {exc}"
+        ) from None
     if arr.size != count:
-        raise ProtocolError(400, f"input '{spec.name}': {arr.size} values given, shape {shape} needs {count}")
+        raise ProtocolError(
+            400, f"input '{spec.name}': {arr.size} values given, shape {shape} needs {count}"
+        )
     return arr.reshape(shape_t)
 
 
@@ -121,7 +137,9 @@ def parse_infer(body: bytes, header_len: int | None, inputs: list[TensorSpec]) -
     arrays: dict[str, np.ndarray] = {}
     for item in req["inputs"]:
         if not isinstance(item, dict) or "name" not in item:
-            raise ProtocolError(400, "each input must be an object with 'name', 'shape', 'datatype' and 'data'")
+            raise ProtocolError(
+                400, "each input must be an object with 'name', 'shape', 'datatype' and 'data'"
+            )
         name = item["name"]
         spec = by_name.get(name)
         if spec is None:
@@ -131,10 +149,14 @@ def parse_infer(body: bytes, header_len: int | None, inputs: list[TensorSpec]) -
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(body):
-                raise ProtocolError(400, f"input '{name}': binary_data_size {size!r} runs past the body")
+                raise ProtocolError(
+                    400, f"input '{name}': binary_data_size {size!r} runs past the body"
+                )
             raw = body[offset : offset + size]
             offset += size
-        arrays[name] = decode_array(spec, item.get("shape"), item.get("datatype"), item.get("data"), raw)
+        arrays[name] = decode_array(
+            spec, item.get("shape"), item.get("datatype"), item.get("data"), raw
+        )
     missing = [s.name for s in inputs if s.name not in arrays]
     if missing:
         raise ProtocolError(400, f"missing input '{missing[0]}'")
@@ -151,7 +173,11 @@ def parse_infer(body: bytes, header_len: int | None, inputs: list[TensorSpec]) -
                 binary.add(out["name"])
     rid = req.get("id")
     return InferRequest(
-        None if rid is None else str(rid), arrays, binary, bool(params.get("binary_data_output")), requested
+        None if rid is None else str(rid),
+        arrays,
+        binary,
+        bool(params.get("binary_data_output")),
+        requested,
     )
 
 
@@ -163,9 +189,15 @@ def encode_infer(
     items, blobs = [], []
     for name in names:
         if name not in outputs:
-            raise ProtocolError(400, f"unknown output {name!r}; the model returns {', '.join(outputs)}")
+            raise ProtocolError(
+                400, f"unknown output {name!r}; the model returns {', '.join(outputs)}"
+            )
         arr = np.ascontiguousarray(outputs[name])
-        item: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype), "shape": list(arr.shape)}
+        item: dict[str, Any] = {
+            "name": name,
+            "datatype": v2_datatype(arr.dtype),
+            "shape": list(arr.shape),
+        }
         if req.all_binary or name in req.binary_outputs:
             blob = arr.tobytes()
             item["parameters"] = {"binary_data_size": len(blob)}

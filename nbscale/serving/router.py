@@ -74,8 +74,15 @@ class Replica:
 
     def to_dict(self) -> dict[str, Any]:
         state = "draining" if self.draining else ("ready" if self.ready.is_set() else "starting")
-        return {"id": self.id, "pid": self.proc.pid, "port": self.port, "state": state, "inflight": self.inflight,
-                "started": self.started, "start_seconds": self.ready_after}
+        return {
+            "id": self.id,
+            "pid": self.proc.pid,
+            "port": self.port,
+            "state": state,
+            "inflight": self.inflight,
+            "started": self.started,
+            "start_seconds": self.ready_after,
+        }
 
 
 class Router:
@@ -102,9 +109,16 @@ class Router:
         self.cold_starts: list[dict[str, float]] = []
         self.metrics = ServerMetrics(name)
         reg = self.metrics.registry
-        self.g_replicas = Gauge("nbscale_endpoint_replicas", "Replicas by state", ["model", "state"], registry=reg)
-        self.h_cold = Histogram("nbscale_endpoint_cold_start_seconds", "Time from request to a ready replica",
-                                ["model"], buckets=(0.5, 1, 2, 5, 10, 30, 60, 120), registry=reg)
+        self.g_replicas = Gauge(
+            "nbscale_endpoint_replicas", "Replicas by state", ["model", "state"], registry=reg
+        )
+        self.h_cold = Histogram(
+            "nbscale_endpoint_cold_start_seconds",
+            "Time from request to a ready replica",
+            ["model"],
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=reg,
+        )
         self.stopping = False
         self.deaths: deque[float] = deque()
         self.respawn_at = 0.0
@@ -114,17 +128,38 @@ class Router:
         cfg = self.rec.config
         rid, port = self.next_id, free_port()
         self.next_id += 1
-        cmd = [sys.executable, "-m", "nbscale.serving", "--model-dir", self.rec.model_dir, "--port", str(port),
-               "--token-file", str(self.token_file), "--replica", str(rid),
-               "--max-batch-size", str(cfg.get("max_batch_size", 32)),
-               "--max-batch-delay-ms", str(cfg.get("max_batch_delay_ms", 2.0)),
-               "--max-queue", str(cfg.get("max_queue", 1024))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nbscale.serving",
+            "--model-dir",
+            self.rec.model_dir,
+            "--port",
+            str(port),
+            "--token-file",
+            str(self.token_file),
+            "--replica",
+            str(rid),
+            "--max-batch-size",
+            str(cfg.get("max_batch_size", 32)),
+            "--max-batch-delay-ms",
+            str(cfg.get("max_batch_delay_ms", 2.0)),
+            "--max-queue",
+            str(cfg.get("max_queue", 1024)),
+        ]
         if cfg.get("capture_dir"):
-            cmd += ["--capture-dir", cfg["capture_dir"], "--capture-rate", str(cfg.get("capture_rate", 1.0))]
+            cmd += [
+                "--capture-dir",
+                cfg["capture_dir"],
+                "--capture-rate",
+                str(cfg.get("capture_rate", 1.0)),
+            ]
         env = {**os.environ, ENDPOINT_ENV: self.name, "PYTHONUNBUFFERED": "1"}
         env.setdefault("OMP_NUM_THREADS", "1")
         log = open(self.dir / f"replica-{rid}.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         log.close()
         rep = Replica(rid, port, proc, time.time())
         self.replicas.append(rep)
@@ -162,8 +197,15 @@ class Router:
         status = (READY if ready else STARTING) if self._active() else SCALED_TO_ZERO
         self.g_replicas.labels(self.name, "ready").set(ready)
         self.g_replicas.labels(self.name, "starting").set(len(self._active()) - ready)
-        update_endpoint(self.store, self.name, event, status=status, replicas=len(self._active()),
-                        restarts=self.restarts, error=None)
+        update_endpoint(
+            self.store,
+            self.name,
+            event,
+            status=status,
+            replicas=len(self._active()),
+            restarts=self.restarts,
+            error=None,
+        )
 
     async def _ensure_replica(self) -> Replica:
         """A ready replica with the fewest requests in flight; cold-starts one if there is none."""
@@ -176,7 +218,9 @@ class Router:
             starting = [self._spawn()]
             self._record("scaled")
         waiters = [asyncio.ensure_future(r.ready.wait()) for r in starting]
-        done, pending = await asyncio.wait(waiters, timeout=COLD_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(
+            waiters, timeout=COLD_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
         for p in pending:
             p.cancel()
         if not done:
@@ -206,8 +250,12 @@ class Router:
                     # a replica that keeps dying is restarted with growing pauses, not in a tight loop
                     if len(self.deaths) >= 3:
                         self.respawn_at = now + min(30.0, 2.0 ** (len(self.deaths) - 2))
-                    add_endpoint_event(self.store, self.name, "replica_died",
-                                       {"replica": rep.id, "pid": rep.proc.pid, "returncode": rep.proc.returncode})
+                    add_endpoint_event(
+                        self.store,
+                        self.name,
+                        "replica_died",
+                        {"replica": rep.id, "pid": rep.proc.pid, "returncode": rep.proc.returncode},
+                    )
                 self._record("replica_exit")
             self.samples.append((now, self.inflight))
             while self.samples and self.samples[0][0] < now - 2.0:
@@ -246,9 +294,14 @@ class Router:
         if path in ("/v2/health/ready", "/ping"):
             ok = any(r.ready.is_set() for r in self._active()) or self.min == 0
             return Response(200 if ok else 503, dumps({"ready": ok}) if path != "/ping" else b"")
-        if not hmac.compare_digest(req.headers.get("authorization", "").encode(), self.token.encode()):
-            return error_response(401, "missing or wrong bearer token (nbscale's clients send it for you)",
-                                  {"www-authenticate": "Bearer"})
+        if not hmac.compare_digest(
+            req.headers.get("authorization", "").encode(), self.token.encode()
+        ):
+            return error_response(
+                401,
+                "missing or wrong bearer token (nbscale's clients send it for you)",
+                {"www-authenticate": "Bearer"},
+            )
         if path == "/nbscale/stats":
             return Response(200, dumps(self.stats()))
         if path == "/nbscale/scale" and req.method == "POST":
@@ -265,7 +318,9 @@ class Router:
             if not 0 <= lo <= hi or hi < 1:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return error_response(400, "send {\"min\": MIN, \"max\": MAX} with 0 <= MIN <= MAX and MAX >= 1")
+            return error_response(
+                400, 'send {"min": MIN, "max": MAX} with 0 <= MIN <= MAX and MAX >= 1'
+            )
         self.min, self.max = lo, hi
         update_endpoint(self.store, self.name, "scale", min_replicas=lo, max_replicas=hi)
         active = self._active()
@@ -278,7 +333,13 @@ class Router:
         start = time.perf_counter()
         self.inflight += 1
         self.last_request = time.monotonic()
-        route = "infer" if req.path.endswith("/infer") else "invocations" if req.path == "/invocations" else "other"
+        route = (
+            "infer"
+            if req.path.endswith("/infer")
+            else "invocations"
+            if req.path == "/invocations"
+            else "other"
+        )
         try:
             resp = None
             for _attempt in range(3):  # a replica killed mid-request: try another one
@@ -291,7 +352,9 @@ class Router:
                     if rep.proc.poll() is not None:
                         rep.ready.clear()
             if resp is None:
-                resp = error_response(502, "every replica failed this request; see the replica logs")
+                resp = error_response(
+                    502, "every replica failed this request; see the replica logs"
+                )
         except TimeoutError as exc:
             resp = error_response(503, str(exc), {"retry-after": "5"})
         finally:
@@ -307,7 +370,11 @@ class Router:
             else:
                 r, w = await asyncio.open_connection("127.0.0.1", rep.port)
             target = req.path + ("?" + req.query if req.query else "")
-            head = [f"{req.method} {target} HTTP/1.1", "host: replica", f"content-length: {len(req.body)}"]
+            head = [
+                f"{req.method} {target} HTTP/1.1",
+                "host: replica",
+                f"content-length: {len(req.body)}",
+            ]
             head += [f"{k}: {req.headers[k]}" for k in FORWARD_HEADERS if k in req.headers]
             try:
                 w.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + req.body)
@@ -328,10 +395,17 @@ class Router:
         active = self._active()
         snap = self.metrics.rolling.snapshot({"replicas": len(active), "inflight": self.inflight})
         snap.update(
-            name=self.name, inflight=self.inflight, restarts=self.restarts,
-            replicas={"current": len(active), "ready": sum(1 for r in active if r.ready.is_set()),
-                      "min": self.min, "max": self.max},
-            replica_list=[r.to_dict() for r in self.replicas], cold_starts=self.cold_starts[-20:],
+            name=self.name,
+            inflight=self.inflight,
+            restarts=self.restarts,
+            replicas={
+                "current": len(active),
+                "ready": sum(1 for r in active if r.ready.is_set()),
+                "min": self.min,
+                "max": self.max,
+            },
+            replica_list=[r.to_dict() for r in self.replicas],
+            cold_starts=self.cold_starts[-20:],
             target_concurrency=self.target,
         )
         return snap
@@ -340,19 +414,37 @@ class Router:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.rec.port))
-        server = await serve(self, "127.0.0.1", self.rec.port, int(self.rec.config.get("max_body_mb", 16) * (1 << 20)),
-                             sock=sock)
+        server = await serve(
+            self,
+            "127.0.0.1",
+            self.rec.port,
+            int(self.rec.config.get("max_body_mb", 16) * (1 << 20)),
+            sock=sock,
+        )
         update_endpoint(self.store, self.name, None, pid=os.getpid())
         for _ in range(self.min):
             self._spawn()
         self._record("started")
         deadline = time.monotonic() + COLD_START_TIMEOUT_S
-        while self.min and not all(r.ready.is_set() for r in self.replicas) and time.monotonic() < deadline:
+        while (
+            self.min
+            and not all(r.ready.is_set() for r in self.replicas)
+            and time.monotonic() < deadline
+        ):
             dead = next((r for r in self.replicas if r.proc.poll() is not None), None)
-            if dead is not None:  # a broken artifact: fail the deploy now, with the replica's own words
-                log = (self.dir / f"replica-{dead.id}.log").read_text(errors="replace").strip().splitlines()
-                raise RuntimeError(f"replica exited with code {dead.proc.returncode} before it was ready: "
-                                   + " | ".join(log[-3:]))
+            if (
+                dead is not None
+            ):  # a broken artifact: fail the deploy now, with the replica's own words
+                log = (
+                    (self.dir / f"replica-{dead.id}.log")
+                    .read_text(errors="replace")
+                    .strip()
+                    .splitlines()
+                )
+                raise RuntimeError(
+                    f"replica exited with code {dead.proc.returncode} before it was ready: "
+                    + " | ".join(log[-3:])
+                )
             await asyncio.sleep(0.05)
         self._record("ready")
         stop = asyncio.Event()
@@ -391,7 +483,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nbscale.serving.router")
     p.add_argument("name")
-    p.add_argument("--daemonize", action="store_true", help="fork once more so no caller is our parent")
+    p.add_argument(
+        "--daemonize", action="store_true", help="fork once more so no caller is our parent"
+    )
     args = p.parse_args(argv)
     if args.daemonize and os.fork() > 0:
         os._exit(0)
@@ -402,7 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(router.run())
     except Exception as exc:
         with contextlib.suppress(Exception):
-            update_endpoint(get_store(), args.name, "failed", status=FAILED, error=f"{type(exc).__name__}: {exc}")
+            update_endpoint(
+                get_store(),
+                args.name,
+                "failed",
+                status=FAILED,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         if router:
             for rep in router.replicas:
                 with contextlib.suppress(Exception):

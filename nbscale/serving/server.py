@@ -25,17 +25,30 @@ from .httpserver import install_fast_loop, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m nbscale.serving", description="nbscale serving runtime")
+    p = argparse.ArgumentParser(
+        prog="python -m nbscale.serving", description="nbscale serving runtime"
+    )
     p.add_argument("mode", nargs="?", choices=["serve"], help="'serve': SageMaker container mode")
     p.add_argument("--model-dir", help="artifact directory (default /opt/ml/model in a container)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
     p.add_argument("--token-file", help="file holding the bearer token clients must send")
-    p.add_argument("--insecure-no-auth", action="store_true", help="serve without a token (behind an authenticating proxy)")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve without a token (behind an authenticating proxy)",
+    )
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-batch-delay-ms", type=float, default=2.0)
-    p.add_argument("--max-queue", type=int, default=1024, help="rows waiting before requests get 503")
-    p.add_argument("--latency-target-ms", type=float, default=25.0, help="batch run time the batch size adapts to")
+    p.add_argument(
+        "--max-queue", type=int, default=1024, help="rows waiting before requests get 503"
+    )
+    p.add_argument(
+        "--latency-target-ms",
+        type=float,
+        default=25.0,
+        help="batch run time the batch size adapts to",
+    )
     p.add_argument("--max-body-mb", type=float, default=16.0)
     p.add_argument("--capture-dir", help="write a sampled JSONL of inputs and outputs here")
     p.add_argument("--capture-rate", type=float, default=1.0)
@@ -54,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.token_file:
         token = Path(args.token_file).read_text().strip()
     if not token and not (container or args.insecure_no_auth):
-        print("nbscale.serving: error: no token; give --token-file, set NBSCALE_SERVING_TOKEN, "
-              "or pass --insecure-no-auth behind an authenticating proxy", file=sys.stderr)
+        print(
+            "nbscale.serving: error: no token; give --token-file, set NBSCALE_SERVING_TOKEN, "
+            "or pass --insecure-no-auth behind an authenticating proxy",
+            file=sys.stderr,
+        )
         return 2
     host = args.host or ("0.0.0.0" if container else "127.0.0.1")
     port = args.port or int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
@@ -65,12 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace, model_dir: str, token: str | None, host: str, port: int) -> None:
+async def _run(
+    args: argparse.Namespace, model_dir: str, token: str | None, host: str, port: int
+) -> None:
     handler = ModelHandler(model_dir)
-    capture = DataCapture(args.capture_dir, args.capture_rate, replica=args.replica) if args.capture_dir else None
-    app = ServingApp(handler, token, args.max_batch_size, args.max_batch_delay_ms, args.max_queue,
-                     args.latency_target_ms, capture)
-    server = await serve(app, host, port, int(args.max_body_mb * (1 << 20)), on_count=app.on_connection)
+    capture = (
+        DataCapture(args.capture_dir, args.capture_rate, replica=args.replica)
+        if args.capture_dir
+        else None
+    )
+    app = ServingApp(
+        handler,
+        token,
+        args.max_batch_size,
+        args.max_batch_delay_ms,
+        args.max_queue,
+        args.latency_target_ms,
+        capture,
+    )
+    server = await serve(
+        app, host, port, int(args.max_body_mb * (1 << 20)), on_count=app.on_connection
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

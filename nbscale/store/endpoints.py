@@ -16,7 +16,13 @@ from ..errors import Conflict, NotFound
 if TYPE_CHECKING:  # the store package imports this module for its migrations
     from . import Store
 
-STARTING, READY, SCALED_TO_ZERO, FAILED, STOPPING = "STARTING", "READY", "SCALED_TO_ZERO", "FAILED", "STOPPING"
+STARTING, READY, SCALED_TO_ZERO, FAILED, STOPPING = (
+    "STARTING",
+    "READY",
+    "SCALED_TO_ZERO",
+    "FAILED",
+    "STOPPING",
+)
 
 ENDPOINTS = [
     """
@@ -84,11 +90,20 @@ def insert_endpoint(store: Store, rec: EndpointRecord) -> None:
     values = [json.dumps(getattr(rec, c)) if c == "config" else getattr(rec, c) for c in _COLUMNS]
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM endpoints WHERE name = ?", (rec.name,)).fetchone():
-            raise Conflict(f"an endpoint named {rec.name!r} exists", f"undeploy it first: nbscale undeploy {rec.name}")
+            raise Conflict(
+                f"an endpoint named {rec.name!r} exists",
+                f"undeploy it first: nbscale undeploy {rec.name}",
+            )
         taken = conn.execute("SELECT name FROM endpoints WHERE port = ?", (rec.port,)).fetchone()
         if taken:
-            raise Conflict(f"port {rec.port} is used by endpoint {taken[0]!r}", "pick another --port or leave it out")
-        conn.execute(f"INSERT INTO endpoints ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+            raise Conflict(
+                f"port {rec.port} is used by endpoint {taken[0]!r}",
+                "pick another --port or leave it out",
+            )
+        conn.execute(
+            f"INSERT INTO endpoints ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            values,
+        )
         _event(conn, rec.name, "deployed", {"port": rec.port}, kind="endpoint")
 
 
@@ -100,7 +115,9 @@ def get_endpoint(store: Store, name: str) -> EndpointRecord:
 
 
 def list_endpoints(store: Store) -> list[EndpointRecord]:
-    return [EndpointRecord.from_row(r) for r in store.query("SELECT * FROM endpoints ORDER BY created")]
+    return [
+        EndpointRecord.from_row(r) for r in store.query("SELECT * FROM endpoints ORDER BY created")
+    ]
 
 
 def update_endpoint(store: Store, name: str, event: str | None = None, **fields: Any) -> bool:
@@ -108,9 +125,16 @@ def update_endpoint(store: Store, name: str, event: str | None = None, **fields:
     sets = ", ".join(f"{k} = ?" for k in fields)
     params = [json.dumps(v) if k == "config" else v for k, v in fields.items()]
     with store.transaction() as conn:
-        changed = conn.execute(f"UPDATE endpoints SET {sets} WHERE name = ?", (*params, name)).rowcount > 0
+        changed = (
+            conn.execute(f"UPDATE endpoints SET {sets} WHERE name = ?", (*params, name)).rowcount
+            > 0
+        )
         if changed and event:
-            data = {k: v for k, v in fields.items() if k in ("status", "replicas", "error", "min_replicas", "max_replicas")}
+            data = {
+                k: v
+                for k, v in fields.items()
+                if k in ("status", "replicas", "error", "min_replicas", "max_replicas")
+            }
             _event(conn, name, event, data, kind="endpoint")
     return changed
 

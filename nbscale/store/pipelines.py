@@ -67,8 +67,37 @@ PIPELINES = [
     """,
 ]
 
-RUN_COLUMNS = ["id", "name", "source", "backend", "status", "created", "started", "ended", "error", "parameters", "options", "pid", "pid_started"]
-STEP_COLUMNS = ["run_id", "name", "position", "status", "cached", "cache_reason", "cache_key", "depends_on", "started", "ended", "notebook", "outputs_dir", "error", "attempts"]
+RUN_COLUMNS = [
+    "id",
+    "name",
+    "source",
+    "backend",
+    "status",
+    "created",
+    "started",
+    "ended",
+    "error",
+    "parameters",
+    "options",
+    "pid",
+    "pid_started",
+]
+STEP_COLUMNS = [
+    "run_id",
+    "name",
+    "position",
+    "status",
+    "cached",
+    "cache_reason",
+    "cache_key",
+    "depends_on",
+    "started",
+    "ended",
+    "notebook",
+    "outputs_dir",
+    "error",
+    "attempts",
+]
 _JSON = {"parameters", "options", "depends_on", "components"}
 
 
@@ -101,7 +130,9 @@ def insert_run(store: Store, run: dict[str, Any], steps: list[dict[str, Any]]) -
     add_event(store, run["id"], "created", {"status": run["status"]})
 
 
-def update_run(store: Store, run_id: str, only_if: tuple[str, ...] | None = None, **fields: Any) -> bool:
+def update_run(
+    store: Store, run_id: str, only_if: tuple[str, ...] | None = None, **fields: Any
+) -> bool:
     sets = ", ".join(f"{k} = ?" for k in fields)
     sql = f"UPDATE pipeline_runs SET {sets} WHERE id = ?"
     params = [_enc(k, v) for k, v in fields.items()] + [run_id]
@@ -110,20 +141,26 @@ def update_run(store: Store, run_id: str, only_if: tuple[str, ...] | None = None
         params += list(only_if)
     changed = store.execute(sql, tuple(params)) > 0
     if changed and "status" in fields:
-        add_event(store, run_id, "status", {"status": fields["status"], "error": fields.get("error")})
+        add_event(
+            store, run_id, "status", {"status": fields["status"], "error": fields.get("error")}
+        )
     return changed
 
 
 def update_step(store: Store, run_id: str, name: str, **fields: Any) -> None:
     sets = ", ".join(f"{k} = ?" for k in fields)
-    store.execute(f"UPDATE pipeline_steps SET {sets} WHERE run_id = ? AND name = ?",
-                  tuple(_enc(k, v) for k, v in fields.items()) + (run_id, name))
+    store.execute(
+        f"UPDATE pipeline_steps SET {sets} WHERE run_id = ? AND name = ?",
+        tuple(_enc(k, v) for k, v in fields.items()) + (run_id, name),
+    )
 
 
 def get_run(store: Store, run_id: str) -> dict[str, Any]:
     row = store.query_one("SELECT * FROM pipeline_runs WHERE id = ?", (run_id,))
     if row is None:
-        rows = store.query("SELECT * FROM pipeline_runs WHERE id LIKE ? LIMIT 2", (run_id.replace("%", "") + "%",))
+        rows = store.query(
+            "SELECT * FROM pipeline_runs WHERE id LIKE ? LIMIT 2", (run_id.replace("%", "") + "%",)
+        )
         if len(rows) != 1:
             raise NotFound(f"no pipeline run {run_id!r}", "list runs with: nbscale pipeline runs")
         row = rows[0]
@@ -131,7 +168,9 @@ def get_run(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def list_runs(store: Store, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-    rows = store.query("SELECT * FROM pipeline_runs ORDER BY created DESC, id LIMIT ? OFFSET ?", (limit, offset))
+    rows = store.query(
+        "SELECT * FROM pipeline_runs ORDER BY created DESC, id LIMIT ? OFFSET ?", (limit, offset)
+    )
     return [_dec(r) for r in rows]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from .endpoints import ENDPOINTS
+from .pipelines import PIPELINES
 
 JOBS = [
     """
@@ -48,7 +49,7 @@ JOBS = [
 COMPONENTS: dict[str, list[str]] = {
     "jobs": JOBS,
     "endpoints": ENDPOINTS,
-    "pipelines": __import__("nbscale.store.pipelines", fromlist=["PIPELINES"]).PIPELINES,
+    "pipelines": PIPELINES,
 }
 
 

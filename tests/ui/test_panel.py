@@ -46,7 +46,11 @@ def _notebook(path: Path, *sources: str, parameters: str | None = None) -> None:
         cells.append(cell)
     cells += [nbformat.v4.new_code_cell(s) for s in sources]
     nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
 
 
@@ -56,7 +60,9 @@ def _prerequisites() -> None:
         missing.append(f"{CHROMIUM} (apt-get install chromium)")
     if not (EXTENSION / "node_modules" / "playwright-core").is_dir():
         missing.append("extension/node_modules (run .ci/build-extension.sh)")
-    out = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True
+    )
     if "nbscale" not in out.stdout + out.stderr:
         missing.append("the nbscale labextension (pip install . after .ci/build-extension.sh)")
     if missing:
@@ -81,9 +87,16 @@ def running_lab(tmp_path, *extra_args: str, api_path: str = "nbscale/api/version
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
     }
     cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser",
-        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
         f"--LabApp.user_settings_dir={tmp_path / 'lab-settings'}",
         f"--LabApp.workspaces_dir={tmp_path / 'lab-workspaces'}",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
@@ -98,20 +111,26 @@ def running_lab(tmp_path, *extra_args: str, api_path: str = "nbscale/api/version
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     log = open(tmp_path / "lab.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                req = urllib.request.Request(f"{url}/{api_path}", headers={"Authorization": f"token {token}"})
+                req = urllib.request.Request(
+                    f"{url}/{api_path}", headers={"Authorization": f"token {token}"}
+                )
                 with urllib.request.urlopen(req, timeout=2) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}"
+                )
             time.sleep(0.3)
         yield {"url": url, "token": token, "root": root, "log": tmp_path / "lab.log"}
     finally:
@@ -162,13 +181,19 @@ def pipeline_run(lab):
     third = nbformat.v4.new_code_cell("print('report', total)")
     third.metadata["tags"] = ["step:report", "prev:train"]
     nb = nbformat.v4.new_notebook(cells=[first, second, third])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path = lab["root"] / "flow.ipynb"
     nbformat.write(nb, path)
     return pipelines.start_run(str(path), detach=True)
 
 
-def test_panel_submits_follows_charts_and_cancels(lab, endpoint_with_traffic, pipeline_run, tmp_path):
+def test_panel_submits_follows_charts_and_cancels(
+    lab, endpoint_with_traffic, pipeline_run, tmp_path
+):
     root = lab["root"]
     if QUICKSTART.exists():
         # the quickstart trains with %%train (a job of its own) and prints its accuracy
@@ -189,14 +214,24 @@ def test_panel_submits_follows_charts_and_cancels(lab, endpoint_with_traffic, pi
     shots.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        "NBS_URL": lab["url"], "NBS_TOKEN": lab["token"], "NBS_NOTEBOOK": "quick.ipynb",
-        "NBS_SLOW_NOTEBOOK": "slow.ipynb", "NBS_ENDPOINT": endpoint_with_traffic, "NBS_LOG_TEXT": log_text, "NBS_NESTED_JOB": nested,
-        "NBS_SHOTS": str(shots), "NBS_CHROMIUM": CHROMIUM,
+        "NBS_URL": lab["url"],
+        "NBS_TOKEN": lab["token"],
+        "NBS_NOTEBOOK": "quick.ipynb",
+        "NBS_SLOW_NOTEBOOK": "slow.ipynb",
+        "NBS_ENDPOINT": endpoint_with_traffic,
+        "NBS_LOG_TEXT": log_text,
+        "NBS_NESTED_JOB": nested,
+        "NBS_SHOTS": str(shots),
+        "NBS_CHROMIUM": CHROMIUM,
     }
     try:
         proc = subprocess.run(
             [shutil.which("node") or "node", "ui-tests/panel.test.mjs"],
-            cwd=EXTENSION, env=env, capture_output=True, text=True, timeout=540,
+            cwd=EXTENSION,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
         )
     finally:
         _cancel_leftovers()
@@ -208,19 +243,39 @@ def test_panel_submits_follows_charts_and_cancels(lab, endpoint_with_traffic, pi
 
     statuses = sorted(j.record.status for j in jobs(refresh=False))
     assert statuses == ["CANCELLED", *["SUCCEEDED"] * (len(statuses) - 1)], statuses
-    for name in ("panel-job.png", "panel-endpoint.png", "panel-pipeline.png", "run-as-job-dialog.png"):
+    for name in (
+        "panel-job.png",
+        "panel-endpoint.png",
+        "panel-pipeline.png",
+        "run-as-job-dialog.png",
+    ):
         assert (shots / name).stat().st_size > 10_000
 
 
 def test_panel_says_when_the_server_extension_is_missing(tmp_path):
     # given Lab with the panel but without nbscale's server extension
-    with running_lab(tmp_path, "--ServerApp.jpserver_extensions=nbscale.server_ext=False", api_path="api/status") as lab:
+    with running_lab(
+        tmp_path, "--ServerApp.jpserver_extensions=nbscale.server_ext=False", api_path="api/status"
+    ) as lab:
         _notebook(lab["root"] / "quick.ipynb", "print(1)")
-        env = {**os.environ, "NBS_URL": lab["url"], "NBS_TOKEN": lab["token"], "NBS_NOTEBOOK": "quick.ipynb",
-               "NBS_SHOTS": str(tmp_path), "NBS_CHROMIUM": CHROMIUM, "NBS_SCENARIO": "missing-server"}
+        env = {
+            **os.environ,
+            "NBS_URL": lab["url"],
+            "NBS_TOKEN": lab["token"],
+            "NBS_NOTEBOOK": "quick.ipynb",
+            "NBS_SHOTS": str(tmp_path),
+            "NBS_CHROMIUM": CHROMIUM,
+            "NBS_SCENARIO": "missing-server",
+        }
         # when the panel opens, then it tells the user how to enable the server extension
-        proc = subprocess.run([shutil.which("node") or "node", "ui-tests/panel.test.mjs"], cwd=EXTENSION, env=env,
-                              capture_output=True, text=True, timeout=240)
+        proc = subprocess.run(
+            [shutil.which("node") or "node", "ui-tests/panel.test.mjs"],
+            cwd=EXTENSION,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert proc.returncode == 0, f"browser test failed:\n{proc.stdout}\n{proc.stderr}"
 
 
