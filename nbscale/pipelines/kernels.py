@@ -175,6 +175,11 @@ class KernelPool:
     @staticmethod
     def preload() -> None:
         """Import papermill and nbclient in the background while the first kernel starts."""
+        # jupyter_client is imported here, on the calling thread, before any other thread needs
+        # it: two threads importing its circular modules at once can see a half-initialised
+        # module ("cannot import name 'AsyncKernelManager' ... partially initialized module")
+        import jupyter_client.asynchronous  # noqa: F401
+        import jupyter_client.manager  # noqa: F401
 
         def load() -> None:
             with contextlib.suppress(Exception):
