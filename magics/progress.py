@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from html import escape
 from typing import Any
@@ -66,7 +67,7 @@ def svg_chart(
     )
 
 
-class _View:
+class _View(ABC):
     def __init__(self, job, title: str):
         self.job = job
         self.title = title
@@ -93,17 +94,21 @@ class _View:
         return time.monotonic() - self.start
 
     # the interface the watcher drives
+    @abstractmethod
     def poll(self, record: JobRecord) -> None:
-        raise NotImplementedError
+        """See TextView and WidgetView."""
 
+    @abstractmethod
     def line(self, rank: int, text: str) -> None:
-        raise NotImplementedError
+        """See TextView and WidgetView."""
 
+    @abstractmethod
     def note(self, text: str) -> None:
-        raise NotImplementedError
+        """See TextView and WidgetView."""
 
+    @abstractmethod
     def finish(self, record: JobRecord) -> None:
-        raise NotImplementedError
+        """See TextView and WidgetView."""
 
 
 class TextView(_View):
