@@ -22,6 +22,8 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (Conflict, 409, "conflict"),
     (BackendUnavailable, 502, "backend_unavailable"),
     (NbscaleError, 400, "bad_request"),
+    # a cancel whose target has not stopped within the wait: not a bug, just not done yet
+    (TimeoutError, 504, "timeout"),
 )
 
 

@@ -178,8 +178,13 @@ class PipelineStep(OpenModel):
     name: str
     status: str
     cached: bool = False
+    cache_reason: str | None = Field(
+        None, description="why the step was taken from the cache or run again"
+    )
     depends_on: list[str] = Field(default_factory=list)
     notebook: str | None = None
+    error: str | None = None
+    attempts: int | None = Field(None, description="tries so far, retries included")
 
 
 class DescribeRun(OpenModel):

@@ -21,6 +21,7 @@ _ERRORS = {
     "403": "the user may not do this (launching or stopping compute needs the execute permission)",
     "404": "no such job, endpoint, pipeline run or backend",
     "409": "the request clashes with the current state",
+    "504": "the job or run did not stop in time; it may still be stopping",
     "502": "the backend cannot be reached",
 }
 
@@ -131,7 +132,12 @@ def document() -> dict[str, Any]:
             "post": _op("Run a notebook or pipeline", m.DescribeRun, "201", body=m.CreateRun),
         },
         "/nbscale/api/pipelines/{run_id}": {
-            "get": _op("Describe a run", m.DescribeRun, path_param="run_id")
+            "get": _op("Describe a run", m.DescribeRun, path_param="run_id"),
+            "delete": _op(
+                "Cancel a detached run (its runner stops its kernels)",
+                m.DescribeRun,
+                path_param="run_id",
+            ),
         },
     }
     models = [

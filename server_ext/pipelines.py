@@ -1,4 +1,4 @@
-"""``/nbscale/api/pipelines``: list runs, describe a run, start a run."""
+"""``/nbscale/api/pipelines``: list runs, describe a run, start a run, cancel a run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from tornado import web
 from .base import NbscaleHandler
 from .jobs import EXECUTE
 from .models import CreateRun, DescribeRun, ListRunsQuery, ListRunsResponse
+
+# the runner kills its kernels on SIGTERM within seconds; past this the answer is a 504
+CANCEL_TIMEOUT = 30.0
 
 
 def _engine():
@@ -33,6 +36,11 @@ def _start(path: str, req: CreateRun) -> DescribeRun:
     return DescribeRun(**run.to_dict())
 
 
+def _cancel(run_id: str) -> DescribeRun:
+    # the engine refuses (NotFound / Conflict) an unknown, ended or in-process run itself
+    return DescribeRun(**_engine().cancel_run(run_id, timeout=CANCEL_TIMEOUT).to_dict())
+
+
 class RunsHandler(NbscaleHandler):
     @web.authenticated
     @authorized
@@ -52,3 +60,8 @@ class RunHandler(NbscaleHandler):
     @authorized
     async def get(self, run_id: str):
         self.reply(await self.call(_describe, run_id))
+
+    @web.authenticated
+    @authorized(EXECUTE)
+    async def delete(self, run_id: str):
+        self.reply(await self.call(_cancel, run_id))

@@ -49,11 +49,13 @@ def jp_server_config():
 
 def test_the_route_table_is_covered():
     # every verb of every handler is in the list the next test walks
-    assert len(ROUTE_VERBS) == 18
-    assert ("nbscale/api/jobs", "POST") in ROUTE_VERBS and (
-        "nbscale/api/jobs/some-id-1",
-        "DELETE",
-    ) in ROUTE_VERBS
+    assert len(ROUTE_VERBS) == 19
+    for compute in (
+        ("nbscale/api/jobs", "POST"),
+        ("nbscale/api/jobs/some-id-1", "DELETE"),
+        ("nbscale/api/pipelines/some-id-1", "DELETE"),
+    ):
+        assert compute in ROUTE_VERBS
 
 
 @pytest.mark.parametrize(("path", "method"), ROUTE_VERBS)
@@ -95,6 +97,7 @@ async def test_with_a_token_the_api_answers(jp_fetch):
         (("endpoints", "some-id-1"), "DELETE", None),
         (("endpoints", "some-id-1", "scale"), "POST", {"min_replicas": 1, "max_replicas": 2}),
         (("pipelines",), "POST", {"path": "x.ipynb"}),
+        (("pipelines", "some-id-1"), "DELETE", None),
     ],
 )
 async def test_compute_routes_need_the_execute_permission(jp_fetch, parts, method, body):

@@ -117,6 +117,8 @@ export const getRun = (id: string) =>
   request<M.DescribeRun>(`pipelines/${enc(id)}`);
 export const startRun = (body: M.CreateRun) =>
   request<M.DescribeRun>('pipelines', json('POST', body));
+export const cancelRun = (id: string) =>
+  request<M.DescribeRun>(`pipelines/${enc(id)}`, json('DELETE'));
 
 export type ServerCheck =
   | { kind: 'ok' }

@@ -148,8 +148,12 @@ export interface PipelineStep {
   name: string;
   status: string;
   cached?: boolean;
+  /** "hit: ..." when taken from the cache, "miss: ..." when it ran again. */
+  cache_reason?: string | null;
   depends_on?: string[];
   notebook?: string | null;
+  error?: string | null;
+  attempts?: number | null;
   [extra: string]: unknown;
 }
 
