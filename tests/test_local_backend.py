@@ -253,3 +253,23 @@ def test_notebook_entry_runs_in_a_kernel_per_rank(tmp_path):
     assert record.status == "SUCCEEDED", job.logs()
     assert "hey from rank 1" in job.logs(1)
     assert get_job(get_store(), job.id).info["job_dir"]
+
+
+def test_a_cell_bundle_lives_with_its_job_and_a_rerun_finds_it():
+    from nbscale import paths
+    from nbscale.celljob import prepare_cell
+
+    prepared = prepare_cell(
+        "total = base * 2",
+        {"base": 21},
+        nbscale.JobSpec(entry=nbscale.Entry("bundle", "-"), name="cell"),
+        outputs=["total"],
+    )
+    job = prepared.submit()
+    assert job.result(timeout=120) == {"total": 42}
+    # the bundle moved into the job directory: nothing is left behind in bundles/
+    assert list((paths.home() / "bundles").glob("*")) == []
+    target = job.record.spec["entry"]["target"]
+    assert target.startswith(job.record.info["job_dir"])
+    again = nbscale.submit(nbscale.JobSpec.from_dict(get_job(get_store(), job.id).spec))
+    assert again.result(timeout=120) == {"total": 42}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from ... import paths
 from ...errors import SpecError
 from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
@@ -33,6 +36,12 @@ class LocalBackend(JobBackend):
     type = "local"
 
     def validate(self, spec: JobSpec) -> None:
+        if spec.entry.kind == "bundle" and not Path(spec.entry.target).is_file():
+            raise SpecError(
+                "entry",
+                f"cell bundle {spec.entry.target} does not exist",
+                "run the %%train cell again to capture a new bundle",
+            )
         if spec.gpus_per_proc:
             have = gpu_alloc.machine_gpus()
             need = spec.world_size * spec.gpus_per_proc
@@ -51,6 +60,8 @@ class LocalBackend(JobBackend):
 
     def submit(self, record: JobRecord) -> JobRecord:
         jobdir = JobDir(record.info["job_dir"]).make()
+        if record.spec["entry"]["kind"] == "bundle":
+            self._adopt_bundle(record, jobdir)
         jobdir.spec_file.write_text(json.dumps(record.spec))
         with open(jobdir.supervisor_log, "ab") as log:
             proc = subprocess.Popen(
@@ -64,6 +75,19 @@ class LocalBackend(JobBackend):
             )
         proc.wait()  # the supervisor forks and this first process returns at once
         return get_job(self.store, record.id)
+
+    def _adopt_bundle(self, record: JobRecord, jobdir: JobDir) -> None:
+        """Keep a cell bundle with its job: it lives (and is removed) with the job directory,
+        a re-run of the job finds it, and --async cells leave nothing behind in bundles/."""
+        source = Path(record.spec["entry"]["target"])
+        target = jobdir.path / "bundle" / source.name
+        target.parent.mkdir(exist_ok=True)
+        if source.parent == paths.home() / "bundles":
+            os.replace(source, target)  # ours, written for this submission
+        else:
+            shutil.copy2(source, target)
+        record.spec["entry"]["target"] = str(target)
+        update_job(self.store, record.id, spec=record.spec)
 
     def status(self, record: JobRecord) -> JobRecord:
         if record.status not in ACTIVE:
