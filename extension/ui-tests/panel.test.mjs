@@ -2,7 +2,8 @@
 // tests/ui/test_panel.py. Exits non-zero on the first failed expectation.
 //
 // Env: NBS_URL (http://127.0.0.1:PORT), NBS_TOKEN, NBS_NOTEBOOK, NBS_SLOW_NOTEBOOK,
-// NBS_ENDPOINT, NBS_LOG_TEXT, NBS_SHOTS (directory for screenshots),
+// NBS_ENDPOINT, NBS_LOG_TEXT, NBS_PIPELINE_RUN (a finished run), NBS_SLOW_RUN (a run
+// whose first step sleeps), NBS_SHOTS (directory for screenshots),
 // NBS_CHROMIUM (default /usr/bin/chromium).
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -105,6 +106,8 @@ async function full(page, lab) {
   const SLOW = env('NBS_SLOW_NOTEBOOK');
   const ENDPOINT = env('NBS_ENDPOINT');
   const LOG_TEXT = env('NBS_LOG_TEXT');
+  const PIPELINE_RUN = env('NBS_PIPELINE_RUN');
+  const SLOW_RUN = env('NBS_SLOW_RUN');
   step('open the notebook and the panel');
   await lab.open(NOTEBOOK);
   await lab.showPanel();
@@ -201,19 +204,65 @@ async function full(page, lab) {
   await jobsTitle.click();
 
   step('a pipeline run as a DAG coloured by status');
-  const run = panel.locator('.nbs-pipelines li .nbs-link').first();
-  await run.click();
-  const dag = page.locator('.jp-MainAreaWidget:visible .nbs-dag');
+  await panel
+    .locator(`.nbs-pipelines li[data-run-id="${PIPELINE_RUN}"] .nbs-link`)
+    .click();
+  const runView = page.locator(
+    `.jp-MainAreaWidget:visible .nbs-run-view[data-run-id="${PIPELINE_RUN}"]`
+  );
+  const dag = runView.locator('.nbs-dag');
   await dag.waitFor();
   await dag
     .locator('.nbs-dag-step.nbs-step-succeeded')
-    .first()
+    .last()
     .waitFor({ timeout: 60_000 });
   assert.ok(
     (await dag.locator('.nbs-dag-edge').count()) >= 1,
     'the DAG has edges'
   );
+  step('each step says why it ran (tooltip and detail line); no cancel');
+  assert.match(
+    await dag.locator('.nbs-dag-step[data-step="train"] title').textContent(),
+    /^train: succeeded\nmiss: first run of this step$/
+  );
+  assert.match(
+    await runView
+      .locator('.nbs-step-details li[data-step="train"]')
+      .innerText(),
+    /miss: first run of this step/
+  );
+  assert.equal(
+    await runView.getByRole('button', { name: 'Cancel run' }).count(),
+    0,
+    'a finished run offers no cancel'
+  );
   await page.screenshot({ path: join(SHOTS, 'panel-pipeline.png') });
+
+  step('cancel a running pipeline');
+  await panel
+    .locator(`.nbs-pipelines li[data-run-id="${SLOW_RUN}"] .nbs-link`)
+    .click();
+  const slowView = page.locator(
+    `.jp-MainAreaWidget:visible .nbs-run-view[data-run-id="${SLOW_RUN}"]`
+  );
+  await slowView
+    .locator('.nbs-dag-step[data-step="wait"].nbs-step-running')
+    .waitFor({ timeout: JOB_TIMEOUT });
+  await slowView.getByRole('button', { name: 'Cancel run' }).click();
+  await slowView
+    .getByLabel('Run status')
+    .filter({ hasText: 'cancelled' })
+    .waitFor({ timeout: 90_000 });
+  assert.equal(
+    await slowView.locator('.nbs-dag-step.nbs-step-cancelled').count(),
+    2,
+    'both steps cancelled'
+  );
+  assert.equal(
+    await slowView.getByRole('button', { name: 'Cancel run' }).count(),
+    0,
+    'no cancel once it ended'
+  );
 
   step('cancel a running job');
   await lab.open(SLOW);

@@ -191,8 +191,32 @@ def pipeline_run(lab):
     return pipelines.start_run(str(path), detach=True)
 
 
+@pytest.fixture
+def slow_pipeline_run(lab):
+    """A detached run whose first step sleeps until the browser cancels it."""
+    from nbscale import pipelines
+
+    first = nbformat.v4.new_code_cell("import time\ntime.sleep(300)")
+    first.metadata["tags"] = ["step:wait"]
+    second = nbformat.v4.new_code_cell("print('never')")
+    second.metadata["tags"] = ["step:after", "prev:wait"]
+    nb = nbformat.v4.new_notebook(cells=[first, second])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path = lab["root"] / "slowflow.ipynb"
+    nbformat.write(nb, path)
+    run = pipelines.start_run(str(path), detach=True)
+    yield run
+    with contextlib.suppress(Exception):
+        if not pipelines.get_run(run.id).terminal:
+            pipelines.cancel_run(run.id)
+
+
 def test_panel_submits_follows_charts_and_cancels(
-    lab, endpoint_with_traffic, pipeline_run, tmp_path
+    lab, endpoint_with_traffic, pipeline_run, slow_pipeline_run, tmp_path
 ):
     root = lab["root"]
     if QUICKSTART.exists():
@@ -218,6 +242,8 @@ def test_panel_submits_follows_charts_and_cancels(
         "NBS_TOKEN": lab["token"],
         "NBS_NOTEBOOK": "quick.ipynb",
         "NBS_SLOW_NOTEBOOK": "slow.ipynb",
+        "NBS_PIPELINE_RUN": pipeline_run.id,
+        "NBS_SLOW_RUN": slow_pipeline_run.id,
         "NBS_ENDPOINT": endpoint_with_traffic,
         "NBS_LOG_TEXT": log_text,
         "NBS_NESTED_JOB": nested,
@@ -243,6 +269,9 @@ def test_panel_submits_follows_charts_and_cancels(
 
     statuses = sorted(j.record.status for j in jobs(refresh=False))
     assert statuses == ["CANCELLED", *["SUCCEEDED"] * (len(statuses) - 1)], statuses
+    from nbscale import pipelines
+
+    assert pipelines.get_run(slow_pipeline_run.id).status == "CANCELLED"
     for name in (
         "panel-job.png",
         "panel-endpoint.png",

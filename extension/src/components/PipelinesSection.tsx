@@ -1,7 +1,9 @@
-/** The Pipelines section (runs) and a run's DAG, steps coloured by status. */
+/** The Pipelines section (runs) and a run's DAG, steps coloured by status; cancel a run. */
+import { showErrorMessage } from '@jupyterlab/apputils';
+import { TranslationBundle } from '@jupyterlab/translation';
 import * as React from 'react';
 
-import { getRun, listRuns } from '../api/client';
+import { cancelRun, getRun, listRuns } from '../api/client';
 import { DescribeRun, PipelineStep } from '../api/models';
 import { errorText, IPanelContext, usePoll } from '../context';
 import { ACTIVE, formatTime, statusClass } from '../format';
@@ -88,6 +90,26 @@ export function layers(steps: PipelineStep[]): PipelineStep[][] {
 
 const BOX = { w: 150, h: 40, gapX: 50, gapY: 16 };
 
+/** Why a step came from the cache and what went wrong, in the words the tooltip and detail lines use. */
+export function stepDetail(
+  trans: TranslationBundle,
+  s: PipelineStep
+): { cache: string | null; error: string | null; attempts: string | null } {
+  const reason = s.cache_reason ?? '';
+  let cache: string | null = null;
+  if (s.cached) {
+    // the engine says "hit: unchanged since run X"; "cached: " already says it was a hit
+    cache = trans.__('cached: %1', reason.replace(/^hit:\s*/, '') || '–');
+  } else if (reason) {
+    cache = reason;
+  }
+  const attempts =
+    typeof s.attempts === 'number' && s.attempts > 1
+      ? trans.__('attempt %1', s.attempts)
+      : null;
+  return { cache, error: s.error ?? null, attempts };
+}
+
 export function RunView(props: {
   ctx: IPanelContext;
   runId: string;
@@ -97,6 +119,7 @@ export function RunView(props: {
   const { trans } = ctx;
   const [run, setRun] = React.useState<DescribeRun | null>(null);
   const [error, setError] = React.useState<string | null>(null);
+  const [cancelling, setCancelling] = React.useState(false);
 
   usePoll(ctx, async () => {
     if (run && !ACTIVE.includes(run.status.toUpperCase())) {
@@ -130,16 +153,57 @@ export function RunView(props: {
     20 + Math.max(1, ...cols.map(c => c.length)) * (BOX.h + BOX.gapY);
   const output = (s: PipelineStep) =>
     str(s.output_notebook) ?? str(s.output) ?? str(s.notebook);
+  const active = ACTIVE.includes(run.status.toUpperCase());
+  const options = (run.options ?? {}) as Record<string, unknown>;
+  // a detach=False run is stopped where it runs (Ctrl-C); the server refuses it with a 409
+  const elsewhere = options.in_process === true;
+  const cancel = async () => {
+    setCancelling(true);
+    try {
+      setRun(await cancelRun(run.id));
+    } catch (e) {
+      void showErrorMessage(trans.__('nbscale'), errorText(e));
+    } finally {
+      setCancelling(false);
+    }
+  };
+  const details = (run.steps ?? [])
+    .map(s => ({ step: s, ...stepDetail(trans, s) }))
+    .filter(d => d.cache || d.error || d.attempts);
 
   return (
     <div className="nbs-run-view" data-run-id={run.id}>
       <header className="nbs-job-header">
         <h2>{str(run.name) ?? run.id}</h2>
-        <span className={statusClass(run.status)}>
+        <span
+          className={statusClass(run.status)}
+          aria-label={trans.__('Run status')}
+        >
           {run.status.toLowerCase()}
         </span>
+        <span className="nbs-muted">{run.id}</span>
+        {active && (
+          <div className="nbs-actions">
+            <button
+              type="button"
+              className="jp-mod-styled jp-mod-warn"
+              disabled={cancelling || elsewhere}
+              title={
+                elsewhere
+                  ? trans.__(
+                      'This run belongs to another process: stop it there (Ctrl-C).'
+                    )
+                  : trans.__('Stop the run and its kernels')
+              }
+              onClick={() => void cancel()}
+            >
+              {cancelling ? trans.__('Cancelling…') : trans.__('Cancel run')}
+            </button>
+          </div>
+        )}
       </header>
       {error && <div className="nbs-error">{error}</div>}
+      {str(run.error) && <div className="nbs-error">{str(run.error)}</div>}
       <svg
         width={width}
         height={height}
@@ -181,6 +245,13 @@ export function RunView(props: {
         {(run.steps ?? []).map(s => {
           const p = pos.get(s.name) as { x: number; y: number };
           const target = output(s);
+          const d = stepDetail(trans, s);
+          const tip = [
+            `${s.name}: ${s.status.toLowerCase()}`,
+            d.cache,
+            d.attempts,
+            d.error
+          ].filter(Boolean);
           return (
             <g
               key={s.name}
@@ -189,9 +260,7 @@ export function RunView(props: {
               transform={`translate(${p.x},${p.y})`}
               onClick={() => target && ctx.openPath(target)}
             >
-              <title>
-                {`${s.name}: ${s.status.toLowerCase()}${s.cached ? ' (cache hit)' : ''}`}
-              </title>
+              <title>{tip.join('\n')}</title>
               <rect width={BOX.w} height={BOX.h} rx={6} />
               <text x={8} y={16}>
                 {s.name}
@@ -204,6 +273,23 @@ export function RunView(props: {
           );
         })}
       </svg>
+      {details.length > 0 && (
+        <ul className="nbs-step-details" aria-label={trans.__('Step details')}>
+          {details.map(d => (
+            <li key={d.step.name} data-step={d.step.name}>
+              <strong>{d.step.name}</strong>{' '}
+              {d.cache && <span className="nbs-muted">{d.cache}</span>}
+              {d.attempts && (
+                <span className="nbs-muted">
+                  {' · '}
+                  {d.attempts}
+                </span>
+              )}
+              {d.error && <pre className="nbs-step-error">{d.error}</pre>}
+            </li>
+          ))}
+        </ul>
+      )}
       <p className="nbs-muted">
         {trans.__('Click a step to open its executed notebook.')}
       </p>
