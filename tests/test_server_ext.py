@@ -6,12 +6,12 @@ import asyncio
 import json
 import time
 
-import nbformat
 import pytest
 from tornado.httpclient import HTTPClientError
 
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
+from tests.notebooks import write_notebook
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -22,24 +22,6 @@ def jp_server_config():
         "ServerApp": {"jpserver_extensions": {"nbscale.server_ext": True}},
         "NbscaleExtension": {"poll_interval": 0.2},
     }
-
-
-def write_notebook(root, name: str, *sources: str, parameters: str | None = None):
-    cells = []
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        cells.append(cell)
-    cells += [nbformat.v4.new_code_cell(src) for src in sources]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    path = root / name
-    nbformat.write(nb, path)
-    return path
 
 
 @pytest.fixture
@@ -160,7 +142,7 @@ async def test_list_jobs_rejects_bad_queries_with_400(fetch, params, needle):
 async def test_submit_rejects_bad_input_with_400_and_stores_nothing(
     fetch, jp_root_dir, body, needle
 ):
-    write_notebook(jp_root_dir, "ok.ipynb", "print('hi')")
+    write_notebook(jp_root_dir / "ok.ipynb", "print('hi')")
     (jp_root_dir / "notes.txt").write_text("x")
     code, answer = await fetch("jobs", method="POST", body=body)
     assert code == 400 and needle in answer["message"], answer
@@ -168,7 +150,7 @@ async def test_submit_rejects_bad_input_with_400_and_stores_nothing(
 
 
 async def test_submit_to_an_unknown_backend_is_404(fetch, jp_root_dir):
-    write_notebook(jp_root_dir, "ok.ipynb", "print('hi')")
+    write_notebook(jp_root_dir / "ok.ipynb", "print('hi')")
     code, body = await fetch("jobs", method="POST", body={"path": "ok.ipynb", "backend": "mars"})
     assert code == 404 and "unknown backend 'mars'" in body["message"]
     assert list_jobs(get_store())[1] == 0
@@ -194,8 +176,7 @@ async def test_unknown_job_is_404(fetch, parts, method):
 
 async def test_notebook_job_runs_logs_metrics_lists_and_reruns(fetch, jp_root_dir):
     write_notebook(
-        jp_root_dir,
-        "train.ipynb",
+        jp_root_dir / "train.ipynb",
         "import nbscale\nfor step in range(3):\n    nbscale.log_metric('loss', 1.0 / (step + 1), step=step)\n",
         "print('trained with lr', lr)",
         parameters="lr = 0.1",
@@ -243,7 +224,7 @@ async def test_notebook_job_runs_logs_metrics_lists_and_reruns(fetch, jp_root_di
 
 async def test_cancel_stops_a_running_job(fetch, jp_root_dir):
     write_notebook(
-        jp_root_dir, "slow.ipynb", "import time\nprint('started', flush=True)\ntime.sleep(120)"
+        jp_root_dir / "slow.ipynb", "import time\nprint('started', flush=True)\ntime.sleep(120)"
     )
     code, job = await fetch("jobs", method="POST", body={"path": "slow.ipynb", "name": "slow"})
     assert code == 201 and job["name"] == "slow"

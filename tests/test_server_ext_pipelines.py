@@ -12,30 +12,20 @@ import subprocess
 import sys
 import time
 
-import nbformat
 import psutil
 import pytest
 from nbscale.server_ext.errors import translate
 
 from nbscale.store import get_store
 from nbscale.store import pipelines as db
+from tests.notebooks import code, write_notebook
 from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 
 def pipeline(root, name: str, make: str, use: str = "y = x + 1\nprint('y is', y)"):
-    first = nbformat.v4.new_code_cell(make)
-    first.metadata["tags"] = ["step:make"]
-    second = nbformat.v4.new_code_cell(use)
-    second.metadata["tags"] = ["step:use", "prev:make"]
-    nb = nbformat.v4.new_notebook(cells=[first, second])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, root / name)
+    write_notebook(root / name, code(make, "step:make"), code(use, "step:use", "prev:make"))
 
 
 async def wait_run(fetch, run_id, until, timeout=180):  # noqa: F811

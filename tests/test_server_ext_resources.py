@@ -9,6 +9,7 @@ import time
 import nbformat
 import pytest
 
+from tests.notebooks import code, write_notebook
 from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -73,17 +74,11 @@ async def test_unknown_endpoint_is_404(fetch, parts, method):  # noqa: F811
 
 
 def tagged_pipeline(root):
-    first = nbformat.v4.new_code_cell("x = 20")
-    first.metadata["tags"] = ["step:make"]
-    second = nbformat.v4.new_code_cell("y = x + 1\nprint('y is', y)")
-    second.metadata["tags"] = ["step:use", "prev:make"]
-    nb = nbformat.v4.new_notebook(cells=[first, second])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, root / "flow.ipynb")
+    write_notebook(
+        root / "flow.ipynb",
+        code("x = 20", "step:make"),
+        code("y = x + 1\nprint('y is', y)", "step:use", "prev:make"),
+    )
 
 
 async def test_pipeline_routes_start_list_describe(fetch, jp_root_dir):  # noqa: F811

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import BackendUnavailable, SpecError
@@ -101,25 +101,8 @@ class PipelineRun:
 
 
 def _from_record(record: dict[str, Any], steps: list[dict[str, Any]]) -> PipelineRun:
-    return PipelineRun(
-        **{
-            k: record[k]
-            for k in (
-                "id",
-                "name",
-                "source",
-                "backend",
-                "status",
-                "created",
-                "started",
-                "ended",
-                "error",
-                "parameters",
-                "options",
-            )
-        },
-        steps=steps,
-    )
+    names = {f.name for f in fields(PipelineRun)} - {"steps"}
+    return PipelineRun(**{k: record[k] for k in names}, steps=steps)
 
 
 def _check_alive(record: dict[str, Any]) -> dict[str, Any]:

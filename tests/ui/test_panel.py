@@ -21,8 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import nbformat
 import pytest
+
+from tests.notebooks import code, write_notebook
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = REPO / "extension"
@@ -36,22 +37,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _notebook(path: Path, *sources: str, parameters: str | None = None) -> None:
-    cells = []
-    if parameters:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        cells.append(cell)
-    cells += [nbformat.v4.new_code_cell(s) for s in sources]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
 
 
 def _prerequisites() -> None:
@@ -174,20 +159,12 @@ def endpoint_with_traffic():
 def pipeline_run(lab):
     from nbscale import pipelines
 
-    first = nbformat.v4.new_code_cell("rows = list(range(100))")
-    first.metadata["tags"] = ["step:prepare"]
-    second = nbformat.v4.new_code_cell("total = sum(rows)\nprint('total', total)")
-    second.metadata["tags"] = ["step:train", "prev:prepare"]
-    third = nbformat.v4.new_code_cell("print('report', total)")
-    third.metadata["tags"] = ["step:report", "prev:train"]
-    nb = nbformat.v4.new_notebook(cells=[first, second, third])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    path = lab["root"] / "flow.ipynb"
-    nbformat.write(nb, path)
+    path = write_notebook(
+        lab["root"] / "flow.ipynb",
+        code("rows = list(range(100))", "step:prepare"),
+        code("total = sum(rows)\nprint('total', total)", "step:train", "prev:prepare"),
+        code("print('report', total)", "step:report", "prev:train"),
+    )
     return pipelines.start_run(str(path), detach=True)
 
 
@@ -196,18 +173,11 @@ def slow_pipeline_run(lab):
     """A detached run whose first step sleeps until the browser cancels it."""
     from nbscale import pipelines
 
-    first = nbformat.v4.new_code_cell("import time\ntime.sleep(300)")
-    first.metadata["tags"] = ["step:wait"]
-    second = nbformat.v4.new_code_cell("print('never')")
-    second.metadata["tags"] = ["step:after", "prev:wait"]
-    nb = nbformat.v4.new_notebook(cells=[first, second])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    path = lab["root"] / "slowflow.ipynb"
-    nbformat.write(nb, path)
+    path = write_notebook(
+        lab["root"] / "slowflow.ipynb",
+        code("import time\ntime.sleep(300)", "step:wait"),
+        code("print('never')", "step:after", "prev:wait"),
+    )
     run = pipelines.start_run(str(path), detach=True)
     yield run
     with contextlib.suppress(Exception):
@@ -224,14 +194,16 @@ def test_panel_submits_follows_charts_and_cancels(
         shutil.copy(QUICKSTART, root / "quick.ipynb")
         log_text, nested = "test accuracy", "train-cell"
     else:
-        _notebook(
+        write_notebook(
             root / "quick.ipynb",
             "import nbscale\nfor epoch in range(epochs):\n    nbscale.log_metric('loss', 1.0 / (epoch + 1), step=epoch)\n",
             "print(f'finished {epochs} epochs')",
             parameters="epochs = 1",
         )
         log_text, nested = "finished 30 epochs", ""
-    _notebook(root / "slow.ipynb", "import time\nprint('sleeping', flush=True)\ntime.sleep(300)")
+    write_notebook(
+        root / "slow.ipynb", "import time\nprint('sleeping', flush=True)\ntime.sleep(300)"
+    )
     shots = Path(os.environ.get("NBSCALE_SCREENSHOTS") or tmp_path / "shots")
     if not shots.is_absolute():
         shots = REPO / shots
@@ -286,7 +258,7 @@ def test_panel_says_when_the_server_extension_is_missing(tmp_path):
     with running_lab(
         tmp_path, "--ServerApp.jpserver_extensions=nbscale.server_ext=False", api_path="api/status"
     ) as lab:
-        _notebook(lab["root"] / "quick.ipynb", "print(1)")
+        write_notebook(lab["root"] / "quick.ipynb", "print(1)")
         env = {
             **os.environ,
             "NBS_URL": lab["url"],
