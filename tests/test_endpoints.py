@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 
 import numpy as np
 import psutil
 import pytest
 
-from nbscale.backends.local_endpoints import ENDPOINT_ENV, endpoint_dir
+from nbscale.backends.local.processes import tagged_processes
+from nbscale.backends.local_endpoints import ENDPOINT_ENV, endpoint_dir, port_free
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import Conflict, NotFound, SpecError
 from nbscale.serving.capture import read_capture
@@ -22,26 +22,7 @@ from .test_serving import forward, make_artifact, mlp
 
 
 def endpoint_processes(name: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(ENDPOINT_ENV) == name and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
-    return found
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(
-            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-        )  # TIME_WAIT of old connections is no owner
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    return tagged_processes(ENDPOINT_ENV, name)
 
 
 @pytest.fixture

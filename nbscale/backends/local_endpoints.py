@@ -9,7 +9,6 @@ the ``NBSCALE_ENDPOINT`` variable they all carry, and frees the port.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -19,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from .. import paths
 from ..errors import BackendUnavailable, Conflict
@@ -36,7 +33,7 @@ from ..store.endpoints import (
     insert_endpoint,
     update_endpoint,
 )
-from .local.processes import alive, create_time
+from .local.processes import alive, create_time, stop_tagged_processes
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
 START_TIMEOUT_S = 120.0
@@ -57,7 +54,7 @@ def token_for(name: str) -> str:
         ) from None
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(
             socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
@@ -91,7 +88,7 @@ class LocalEndpoints:
         max_replicas: int,
         config: dict[str, Any],
     ) -> EndpointRecord:
-        if port is not None and not _port_free(port):
+        if port is not None and not port_free(port):
             raise Conflict(
                 f"port {port} on 127.0.0.1 is in use", "pick another --port or leave it out"
             )
@@ -169,7 +166,7 @@ class LocalEndpoints:
             and not alive(rec.pid, rec.pid_created)
         ):
             self._stop_processes(rec.name, grace=2.0)
-            if not _port_free(rec.port):
+            if not port_free(rec.port):
                 update_endpoint(
                     self.store,
                     rec.name,
@@ -204,21 +201,4 @@ class LocalEndpoints:
 
     @staticmethod
     def _stop_processes(name: str, grace: float) -> None:
-        me = os.getpid()
-        procs = []
-        for proc in psutil.process_iter(["pid"]):
-            if proc.pid == me:
-                continue
-            try:
-                if proc.environ().get(ENDPOINT_ENV) == name:
-                    procs.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-                continue
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
-        _, left = psutil.wait_procs(procs, timeout=grace)
-        for proc in left:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(left, timeout=5)
+        stop_tagged_processes(ENDPOINT_ENV, name, grace)

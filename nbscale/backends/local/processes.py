@@ -35,18 +35,23 @@ def create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def job_processes(job_id: str) -> list[psutil.Process]:
+def tagged_processes(var: str, value: str) -> list[psutil.Process]:
+    """Every live process (but this one) whose environment has ``var=value``."""
     found = []
     me = os.getpid()
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(JOB_ENV) == job_id and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.environ().get(var) == value and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
     return found
+
+
+def job_processes(job_id: str) -> list[psutil.Process]:
+    return tagged_processes(JOB_ENV, job_id)
 
 
 def _signal_all(procs: list[psutil.Process], sig: int) -> None:
@@ -66,23 +71,27 @@ def _living(procs: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
-def stop_job_processes(job_id: str, grace: float = 10.0) -> int:
-    """SIGTERM every process of the job, then SIGKILL what is left after ``grace`` s.
+def stop_tagged_processes(var: str, value: str, grace: float = 10.0) -> int:
+    """SIGTERM every process tagged ``var=value``, then SIGKILL what is left after ``grace`` s.
 
     Returns how many processes had to be killed. New processes that appear
     while we wait (a torchrun agent restarting a worker) are caught by the
     rescan before the SIGKILL.
     """
-    procs = job_processes(job_id)
+    procs = tagged_processes(var, value)
     _signal_all(procs, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _living(procs):
         time.sleep(0.05)
-    leftovers = _living(procs) + [p for p in job_processes(job_id) if p not in procs]
+    leftovers = _living(procs) + [p for p in tagged_processes(var, value) if p not in procs]
     _signal_all(leftovers, signal.SIGKILL)
     psutil.wait_procs(leftovers, timeout=5)
     # a last sweep for anything forked in between
-    for proc in job_processes(job_id):
+    for proc in tagged_processes(var, value):
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     return len(leftovers)
+
+
+def stop_job_processes(job_id: str, grace: float = 10.0) -> int:
+    return stop_tagged_processes(JOB_ENV, job_id, grace)
