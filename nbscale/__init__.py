@@ -1,27 +1,66 @@
-"""nbscale: notebooks to distributed jobs, pipelines and endpoints, on any backend."""
+"""nbscale: notebooks to distributed jobs, pipelines and endpoints, on any backend.
+
+Importing ``nbscale`` imports nothing else: the names below load on first use,
+so code running in a job, a pipeline step or a serving container pulls in
+only what it touches (no store, no backend, no Jupyter).
+"""
 
 from __future__ import annotations
 
-from . import distributed
-from .errors import NbscaleError
-from .jobs import Job, job, jobs, submit
-from .metrics import log_metric
-from .specs import Entry, JobSpec
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "Entry": ("nbscale.specs", "Entry"),
+    "JobSpec": ("nbscale.specs", "JobSpec"),
+    "Job": ("nbscale.jobs", "Job"),
+    "job": ("nbscale.jobs", "job"),
+    "jobs": ("nbscale.jobs", "jobs"),
+    "submit": ("nbscale.jobs", "submit"),
+    "NbscaleError": ("nbscale.errors", "NbscaleError"),
+    "log_metric": ("nbscale.metrics", "log_metric"),
+    "distributed": ("nbscale.distributed", None),
+    "checkpoint": ("nbscale.checkpoint", None),
+}
+
 __all__ = [
     "Entry",
-    "distributed",
     "Job",
     "JobSpec",
     "NbscaleError",
     "__version__",
+    "checkpoint",
+    "distributed",
     "job",
     "jobs",
     "log_metric",
     "submit",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
+    from . import checkpoint, distributed
+    from .errors import NbscaleError
+    from .jobs import Job, job, jobs, submit
+    from .metrics import log_metric
+    from .specs import Entry, JobSpec
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'nbscale' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def load_ipython_extension(ipython):  # ``%load_ext nbscale``

@@ -4,8 +4,8 @@ A bundle is one zip file (stored, not compressed: tensors do not shrink and
 speed matters) holding ``manifest.json``, ``manifest.sig`` and the parts. The
 manifest records what the bundle is (``kind``), the versions it was made with
 and the sha256 and size of every part; ``manifest.sig`` is the HMAC-SHA256 of
-the manifest bytes with a key that lives only in ``$NBSCALE_HOME/bundle.key``
-(mode 0600). Readers check the signature, then each part's hash, and only then
+the manifest bytes with the ``bundle`` key (``nbscale.keys``: this home's,
+or the one a platform secret delivers to a container). Readers check the signature, then each part's hash, and only then
 hand bytes to anything that unpickles them.
 """
 
@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import secrets
-import stat
 import sys
 import time
 import zipfile
@@ -26,47 +25,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import paths
+from . import keys, paths
 from .errors import NbscaleError, SignatureError
 
 FORMAT = 1
-KEY_FILE = "bundle.key"
+PURPOSE = "bundle"
 _MANIFEST, _SIGNATURE = "manifest.json", "manifest.sig"
 
 
-def key_path() -> Path:
-    return paths.home() / KEY_FILE
-
-
 def load_key(create: bool = True) -> bytes:
-    """This installation's signing key; made on first use, readable by its owner only."""
-    path = key_path()
-    if create and not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another kernel made it a moment ago
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        raise SignatureError(
-            f"no signing key at {path}",
-            "jobs verify bundles with the key of the nbscale home that made them; "
-            "set NBSCALE_HOME to that directory",
-        ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise NbscaleError(
-            f"the signing key {path} can be read by other users", f"run: chmod 600 {path}"
-        )
-    if len(text) < 32:
-        # a key still being written by another process reads short; a real one never does
-        time.sleep(0.05)
-        text = path.read_text().strip()
-    return bytes.fromhex(text)
+    """This home's bundle key, or the one the platform delivered (``nbscale.keys``)."""
+    return keys.load(PURPOSE, create=create)
 
 
 def sign(data: bytes, key: bytes) -> str:

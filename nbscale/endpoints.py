@@ -25,7 +25,7 @@ from .backends.local.processes import alive
 from .backends.local_endpoints import LocalEndpoints, endpoint_dir, token_for
 from .config import load as load_config
 from .errors import BackendUnavailable, Conflict, NbscaleError, SpecError
-from .serving.artifact import package, read_manifest
+from .serving.artifact import package, read_manifest, sign, verify
 from .serving.jsoncodec import dumps, loads
 from .serving.protocol import DTYPES
 from .store import get_store
@@ -255,6 +255,7 @@ def deploy(
     if isinstance(model_or_dir, str | Path):
         model_dir = Path(model_or_dir).resolve()
         manifest = read_manifest(model_dir)
+        verify(model_dir)  # refuse a tampered artifact here, in one message, not in a replica
         if manifest.get("name") != name:
             model_dir = _relabel(model_dir, manifest, name)
     else:
@@ -293,6 +294,8 @@ def _relabel(model_dir: Path, manifest: dict, name: str) -> Path:
     shutil.copytree(model_dir, dest, copy_function=_link_or_copy)
     (dest / "nbscale.json").unlink()
     (dest / "nbscale.json").write_text(json.dumps({**manifest, "name": name}, indent=2))
+    (dest / "nbscale.sig").unlink()
+    sign(dest)  # the original was verified; only the name changed
     return dest
 
 

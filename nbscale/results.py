@@ -8,12 +8,14 @@ cannot be passed off as another's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import bundle
 from .capture import dump_value, load_value
 from .errors import NbscaleError, NotFound, SignatureError
-from .store.jobs import SUCCEEDED, JobRecord
+
+if TYPE_CHECKING:  # the store is the kernel's; a job's rank 0 never imports it
+    from .store.jobs import JobRecord
 
 KIND = "results"
 FILE = "results.zip"
@@ -54,6 +56,8 @@ def results_path(record: JobRecord) -> Path:
 
 def load_results(record: JobRecord, names: list[str] | None = None) -> dict[str, Any]:
     """The outputs of a finished cell job, checked against the signature before unpickling."""
+    from .store.jobs import SUCCEEDED
+
     if record.status != SUCCEEDED:
         raise NbscaleError(f"job {record.id} is {record.status}; only a succeeded job has results")
     path = results_path(record)

@@ -49,7 +49,7 @@ def _rewrite(path: Path, part: str, data: bytes, fix_hash: bool) -> None:
 
 def test_key_is_private_and_never_in_the_bundle(nbscale_home):
     path = bundle.write(nbscale_home / "b.zip", {"kind": "cell"}, {"a.pkl": pickle.dumps(1)})
-    key_file = nbscale_home / "bundle.key"
+    key_file = nbscale_home / "keys" / "bundle.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     key_hex = key_file.read_text().strip()
     raw = path.read_bytes()
@@ -81,7 +81,7 @@ def test_a_bundle_signed_with_another_key_is_refused(nbscale_home, tmp_path, mon
 
 def test_a_key_others_can_read_is_refused(nbscale_home):
     bundle.load_key()
-    os.chmod(nbscale_home / "bundle.key", 0o644)
+    os.chmod(nbscale_home / "keys" / "bundle.key", 0o644)
     with pytest.raises(NbscaleError, match="chmod 600"):
         bundle.write(nbscale_home / "b.zip", {"kind": "cell"}, {})
 

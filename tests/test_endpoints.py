@@ -15,6 +15,7 @@ from nbscale.backends.local.processes import tagged_processes
 from nbscale.backends.local_endpoints import ENDPOINT_ENV, endpoint_dir, port_free
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import Conflict, NotFound, SpecError
+from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
 
 from .conftest import wait_for
@@ -214,6 +215,7 @@ def test_a_model_that_fails_to_load_fails_the_deploy_with_its_error(cleanup, tmp
         code.read_text()
         + "\n\ndef model_fn(model_dir):\n    raise RuntimeError('weights are corrupt')\n"
     )
+    sign(model_dir)
     with pytest.raises(BackendUnavailable, match="weights are corrupt"):
         deploy(str(model_dir), name="broken")
     assert endpoints() == [] and endpoint_processes("broken") == []

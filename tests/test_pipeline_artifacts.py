@@ -60,7 +60,7 @@ def test_tampered_files_and_manifests_are_refused_before_unpickling(tmp_path):
     data = json.loads((tmp_path / "manifest.json").read_text())
     data["values"]["box"]["sha256"] = "0" * 64
     (tmp_path / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(artifacts.ArtifactError, match="not signed by this user's key"):
+    with pytest.raises(artifacts.ArtifactError, match="not signed with this pipeline's key"):
         artifacts.load({}, {"box": str(tmp_path)})
 
 

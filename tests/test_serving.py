@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from nbscale.serving import package
+from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
 from nbscale.serving.handler import ModelHandler
 
@@ -51,6 +52,7 @@ def make_artifact(
     if slow:
         code = out / "code" / "inference.py"
         code.write_text(code.read_text() + SLOW_PREDICT)
+        sign(out)  # an edited handler is refused until it is signed again
     return out, model
 
 
@@ -364,6 +366,7 @@ def test_ready_only_after_the_model_is_loaded(tmp_path, serve):
         code.read_text() + "\n_load = model_fn\n\n\ndef model_fn(model_dir):\n"
         "    import time\n    time.sleep(3)\n    return _load(model_dir)\n"
     )
+    sign(model_dir)
     server = serve(model_dir, ready=False)
     wait_for(lambda: _answers(server, "/v2/health/live"), 30, what="live")
     assert server.request("GET", "/v2/health/ready")[0] == 503

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
-KEY_FILE = "pipeline-signing.key"
 
 
 class ArtifactError(Exception):
@@ -41,30 +40,17 @@ def _kind(value: Any) -> str:
     return "pickle"
 
 
-def signing_key() -> bytes:
-    """A per-user key under ``$NBSCALE_HOME``: a step unpickles only what a step of this user wrote."""
-    home = Path(os.environ.get("NBSCALE_HOME") or Path.home() / ".nbscale").expanduser()
-    path = home / KEY_FILE
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = home / f"{KEY_FILE}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-        try:
-            os.link(tmp, path)  # first writer wins; everyone then reads the same key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        return bytes.fromhex(path.read_text().strip())
+def signing_key(create: bool = True) -> bytes:
+    """The ``pipeline`` key (``nbscale.keys``): this home's, or the one the platform
+    delivered to the step's container; a step unpickles only what a step holding it wrote."""
+    from ..keys import load
+
+    return load("pipeline", create=create)
 
 
-def _signature(entries: dict[str, Any]) -> str:
+def _signature(entries: dict[str, Any], create: bool = True) -> str:
     payload = json.dumps(entries, sort_keys=True).encode()
-    return hmac.new(signing_key(), payload, hashlib.sha256).hexdigest()
+    return hmac.new(signing_key(create), payload, hashlib.sha256).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -148,39 +134,46 @@ def read_manifest(directory: str | os.PathLike, verify: bool = False) -> dict[st
         values = data["values"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if verify and not hmac.compare_digest(str(data.get("hmac", "")), _signature(values)):
+    if verify and not hmac.compare_digest(
+        str(data.get("hmac", "")), _signature(values, create=False)
+    ):
         raise ArtifactError(
-            f"the manifest in {directory} is not signed by this user's key; nothing was loaded"
+            f"the manifest in {directory} is not signed with this pipeline's key; nothing was "
+            "loaded (a step in a container needs the key its platform delivers: "
+            "NBSCALE_KEY_FILE or NBSCALE_KEY_SECRET_ARN)"
         )
     return values
 
 
 def _read(entry: dict[str, Any], directory: Path) -> Any:
+    """Hash the bytes, then load from those same bytes: the file cannot be swapped between
+    the check and the load."""
     path = directory / entry["file"]
-    if _sha256(path) != entry["sha256"]:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise ArtifactError(f"{path} changed after it was written; nothing was loaded")
     kind = entry["format"]
+    buf = io.BytesIO(data)
     if kind == "torch":
         import torch
 
-        return torch.load(path, weights_only=False)
+        return torch.load(buf, weights_only=False)
     if kind == "numpy":
         import numpy
 
-        return numpy.load(path, allow_pickle=False)
+        return numpy.load(buf, allow_pickle=False)
     if kind in ("parquet", "parquet-series"):
         import pandas
 
-        frame = pandas.read_parquet(path)
+        frame = pandas.read_parquet(buf)
         return frame.iloc[:, 0] if kind == "parquet-series" else frame
     if kind == "pandas-pickle":
         import pandas
 
-        return pandas.read_pickle(path)
+        return pandas.read_pickle(buf)
     import cloudpickle
 
-    with path.open("rb") as fh:
-        return cloudpickle.load(fh)
+    return cloudpickle.loads(data)
 
 
 def load(namespace: dict[str, Any], sources: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from .. import bundle
 from ..capture import CELL_FILENAME, load_value
 from ..errors import NbscaleError
+from .failure import write_error
 from .jobdir import JobDir
 
 KIND = "cell"
@@ -100,8 +101,6 @@ def cell_traceback(exc: BaseException) -> tuple[str, int | None]:
 
 
 def _fail(jobdir: JobDir, rank: int, exc: BaseException) -> None:
-    from .worker import write_error
-
     tb, line = cell_traceback(exc)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     write_error(jobdir, rank, exc, restart, {"traceback": tb, "cell_line": line})

@@ -11,14 +11,11 @@ import json
 import os
 import runpy
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
+from .failure import format_exception, write_error
 from .jobdir import JobDir
-
-_HIDDEN_FRAMES = ("runpy.py", os.path.join("nbscale", "runtime", "worker.py"))
 
 
 def _redirect_output(path: Path, restart: int) -> None:
@@ -28,44 +25,6 @@ def _redirect_output(path: Path, restart: int) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-
-
-def format_exception(exc: BaseException) -> str:
-    """The traceback without nbscale's and runpy's own frames on top."""
-    te = traceback.TracebackException.from_exception(exc)
-    while te.stack and te.stack[0].filename.endswith(_HIDDEN_FRAMES):
-        te.stack.pop(0)
-    return "".join(te.format())
-
-
-def write_error(
-    jobdir: JobDir, rank: int, exc: BaseException, restart: int, extra: dict | None = None
-) -> None:
-    now = time.time()
-    tb = format_exception(exc)
-    record: dict[str, Any] = {
-        "rank": rank,
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": tb,
-        "time": now,
-        "restart": restart,
-        **(extra or {}),
-    }
-    tmp = jobdir.error(rank).with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(jobdir.error(rank))
-    # torchrun's own error file, so its summary names the root cause too
-    torch_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if torch_file:
-        payload = {
-            "message": {
-                "message": f"{type(exc).__name__}: {exc}",
-                "extraInfo": {"py_callstack": tb, "timestamp": str(int(now))},
-            }
-        }
-        Path(torch_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(torch_file).write_text(json.dumps(payload))
 
 
 def run_entry(spec: dict[str, Any], jobdir: JobDir, rank: int) -> None:

@@ -4,6 +4,6 @@
 ``python -m nbscale.serving --model-dir DIR`` serves it (``server.py``).
 """
 
-from .artifact import package, read_manifest
+from .artifact import package, read_manifest, sign, verify
 
-__all__ = ["package", "read_manifest"]
+__all__ = ["package", "read_manifest", "sign", "verify"]

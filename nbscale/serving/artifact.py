@@ -2,44 +2,102 @@
 
     model_dir/
       model.pt2            torch.export program (a torch.nn.Module), or
-      model.pkl + .hmac    a signed pickle (any object with ``predict``)
+      model.pkl            a pickle (any object with ``predict``)
       code/inference.py    model_fn, input_fn, predict_fn, output_fn
       nbscale.json         name, format, signature (V2 metadata)
+      nbscale.sig          sha256 of every file above, HMAC-signed
 
 The stock SageMaker PyTorch container serves the same directory (tar it as
 model.tar.gz): it imports ``code/inference.py`` exactly as our runtime does.
-A pickle is signed with a key kept in ``$NBSCALE_HOME`` (mode 0600) and
-checked before anything is unpickled.
+Every file of the artifact is signed: ``nbscale.sig`` lists each file with
+its sha256 and carries an HMAC of that list with the ``model`` key
+(``nbscale.keys``). The runtime checks it before it imports
+``code/inference.py`` or loads a weight, so an edited handler or a swapped
+pickle is refused; after editing ``code/inference.py`` on purpose, sign the
+artifact again with ``python -m nbscale.serving.artifact sign DIR``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import os
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import paths
-from ..errors import SpecError
+from .. import keys
+from ..errors import SignatureError, SpecError
 from .protocol import NUMPY_TO_V2, TensorSpec
 
 MANIFEST = "nbscale.json"
-KEY_FILE = "model-signing.key"
+SIGNATURE = "nbscale.sig"
+PURPOSE = "model"
+_SKIPPED_DIRS = {"__pycache__"}  # bytecode is never read from the artifact (see verify)
 
 
-def signing_key() -> bytes:
-    path = paths.home() / KEY_FILE
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
+def _files(directory: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory)
+        if path.is_dir() or rel.as_posix() == SIGNATURE or _SKIPPED_DIRS & set(rel.parts):
+            continue
+        out[rel.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def sign(directory: str | Path) -> Path:
+    """Sign every file of the artifact with this home's (or the delivered) model key."""
+    directory = Path(directory)
+    files = _files(directory)
+    body = json.dumps(files, sort_keys=True).encode()
+    doc = {"files": files, "hmac": keys.sign(body, PURPOSE)}
+    tmp = directory / f".{SIGNATURE}.{secrets.token_hex(4)}"
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    tmp.replace(directory / SIGNATURE)
+    return directory / SIGNATURE
+
+
+def verify(directory: str | Path) -> dict[str, str]:
+    """Refuse an artifact any file of which changed, appeared or went missing since it was
+    signed. Call before importing its code or loading its model; afterwards bytecode is
+    cached outside the artifact so a planted ``.pyc`` is never read."""
+    directory = Path(directory)
+    where = directory / SIGNATURE
+    try:
+        doc = json.loads(where.read_text())
+        signed, mac = doc["files"], doc["hmac"]
+    except FileNotFoundError:
+        raise SignatureError(
+            f"{directory} is not signed (no {SIGNATURE}); refusing to load it",
+            f"if you trust it, sign it: python -m nbscale.serving.artifact sign {directory}",
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise SignatureError(f"{where} is damaged; refusing to load the model") from None
+    body = json.dumps(signed, sort_keys=True).encode()
+    if not keys.verify(body, mac, PURPOSE):
+        raise SignatureError(
+            f"{directory}: the signature does not match the model key; refusing to load it",
+            "it was signed by another nbscale home, or its signature was edited",
+        )
+    found = _files(directory)
+    changed = sorted(n for n in signed if found.get(n) != signed[n])
+    added = sorted(n for n in found if n not in signed)
+    if changed or added:
+        what = ", ".join([*(f"{n} changed" for n in changed), *(f"{n} added" for n in added)])
+        raise SignatureError(
+            f"{directory}: {what} after the artifact was signed; nothing was imported or loaded",
+            f"if you made the change, sign it again: python -m nbscale.serving.artifact sign "
+            f"{directory}",
+        )
+    if sys.pycache_prefix is None:
+        import tempfile
+
+        sys.pycache_prefix = tempfile.mkdtemp(prefix="nbscale-pycache-")
+    return signed
 
 
 def _example(model: Any, example: Any, input_shape: Any):
@@ -108,9 +166,6 @@ def package(
             fmt, model_file = "pickle", "model.pkl"
             payload = cloudpickle.dumps(model)
             (tmp / model_file).write_bytes(payload)
-            (tmp / (model_file + ".hmac")).write_text(
-                hmac.new(signing_key(), payload, hashlib.sha256).hexdigest()
-            )
             y_np = np.asarray(model.predict(x.numpy()))
         x_np = x.numpy()
         template = (Path(__file__).with_name("inference_template.py")).read_text()
@@ -125,6 +180,7 @@ def package(
             "outputs": [TensorSpec("output", (-1, *y_np.shape[1:]), _v2(y_np.dtype)).to_dict()],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        sign(tmp)
         tmp.rename(out) if not out.exists() else _move_into(tmp, out)
     except BaseException:
         import shutil
@@ -180,3 +236,26 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
                 MANIFEST, f"has no '{key}'", "list each tensor with name, shape and datatype"
             )
     return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m nbscale.serving.artifact")
+    parser.add_argument("action", choices=["sign", "verify"])
+    parser.add_argument("directory")
+    args = parser.parse_args(argv)
+    try:
+        read_manifest(args.directory)
+        if args.action == "sign":
+            print(f"signed {len(_files(Path(args.directory)))} files: {sign(args.directory)}")
+        else:
+            print(f"ok: {len(verify(args.directory))} files match their signature")
+    except (SpecError, SignatureError) as exc:
+        print(f"nbscale: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import read_manifest
+from .artifact import read_manifest, verify
 from .protocol import DTYPES, ProtocolError, TensorSpec
 
 
@@ -66,6 +66,7 @@ class ModelHandler:
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir)
+        verify(self.model_dir)  # before any of its code is imported or its weights read
         self.name = self.manifest.get("name") or self.model_dir.name
         self.inputs = [TensorSpec.from_dict(d) for d in self.manifest["inputs"]]
         self.outputs = [TensorSpec.from_dict(d) for d in self.manifest["outputs"]]

@@ -24,24 +24,17 @@ def model_fn(model_dir):
     if FORMAT == "torch.export":
         module = torch.export.load(path).module()
         return module.to(_device())
-    # a pickled object: refuse it unless its HMAC matches the key it was signed with
-    import hashlib
-    import hmac
-
-    key_hex = os.environ.get("NBSCALE_MODEL_KEY")
-    if not key_hex:
-        key_file = os.path.join(
-            os.environ.get("NBSCALE_HOME") or os.path.expanduser("~/.nbscale"), "model-signing.key"
-        )
-        with open(key_file) as fh:
-            key_hex = fh.read().strip()
+    # a pickled object: unpickle only an artifact whose signed file list still matches
+    try:
+        from nbscale.serving.artifact import verify
+    except ImportError as exc:
+        raise RuntimeError(
+            f"{MODEL_FILE} is a pickle: install nbscale in the container so its signature "
+            "can be checked before it is unpickled"
+        ) from exc
+    verify(model_dir)
     with open(path, "rb") as fh:
         payload = fh.read()
-    with open(path + ".hmac") as fh:
-        expected = fh.read().strip()
-    actual = hmac.new(bytes.fromhex(key_hex), payload, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(actual, expected):
-        raise RuntimeError(f"{MODEL_FILE}: signature does not match; refusing to unpickle it")
     import pickle
 
     return pickle.loads(payload)
