@@ -64,8 +64,10 @@ def agent_env(spec: dict, job_id: str, jobdir: JobDir, node_gpus: list[int]) -> 
     env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, node_gpus))
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     env.setdefault("OMP_NUM_THREADS", "1")
-    if spec.get("checkpoint_dir"):
-        env["NBSCALE_CHECKPOINT_DIR"] = spec["checkpoint_dir"]
+    # nbscale.checkpoint reads this; relative paths are taken from the submitter's directory
+    env["NBSCALE_CHECKPOINT_DIR"] = os.path.abspath(
+        os.path.expanduser(spec.get("checkpoint_dir") or jobdir.path / "checkpoints")
+    )
     return env
 
 
