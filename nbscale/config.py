@@ -72,6 +72,11 @@ class Config:
         }
 
 
+def looks_secret(key: str) -> bool:
+    """Whether a name (a config key, an environment variable) looks like it holds a secret."""
+    return bool(_SECRET_RE.search(str(key)))
+
+
 def mask_secrets(value: Any, key: str = "") -> Any:
     """Replace every value whose key looks like a secret, at any depth."""
     if isinstance(value, dict):

@@ -17,7 +17,7 @@ from .backends import JobBackend, LogChunk, backend_for, get_backend
 from .config import Config
 from .config import load as load_config
 from .errors import JobFailed, NbscaleError
-from .specs import JobSpec
+from .specs import JobSpec, shown
 from .store import Store, get_store
 from .store.jobs import (
     FAILED,
@@ -149,7 +149,8 @@ class Job:
         return self._record
 
     def to_dict(self) -> dict[str, Any]:
-        return self._record.to_dict()
+        """The record as shown to people and programs (secret-looking values masked)."""
+        return shown(self._record.to_dict())
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a cell job (``%%train``) and return its outputs by name; raises ``JobFailed``."""
@@ -177,6 +178,7 @@ def submit(spec: JobSpec, config: Config | None = None, store: Store | None = No
     bconf = config.backend(spec.backend)
     spec = spec.replace(backend=bconf.name)
     backend = get_backend(bconf.name, config, store)
+    backend.check_resources(spec)
     backend.validate(spec)
     job_id = _new_id(spec.name)
     record = JobRecord(
@@ -191,7 +193,7 @@ def submit(spec: JobSpec, config: Config | None = None, store: Store | None = No
     )
     insert_job(store, record)
     try:
-        record = backend.submit(record)
+        record = backend.submit(record, secrets=dict(spec.secret_values))
     except NbscaleError as exc:
         update_job(store, job_id, status=FAILED, ended=time.time(), error=str(exc))
         raise

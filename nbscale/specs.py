@@ -8,17 +8,32 @@ or the store.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import looks_secret, mask_secrets
 from .errors import SpecError
 
 ENTRY_KINDS = ("script", "module", "notebook", "bundle")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NBSCALE_JOB_ID")
+_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# The most any backend can honour; a backend may allow less (``JobBackend.limits``).
+# SageMaker caps a training job at 28 days; no platform nbscale targets runs more
+# nodes in one job than this, and nothing is gained from more restarts.
+MAX_RESOURCES = {
+    "nodes": 512,
+    "procs_per_node": 128,
+    "gpus_per_proc": 16,
+    "max_restarts": 100,
+    "max_runtime": 28 * 24 * 3600,
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,15 @@ class Entry:
                 "parameters go to notebooks only",
                 "pass script arguments with args",
             )
+        if not isinstance(self.parameters, dict):
+            raise SpecError("entry.parameters", "must be a mapping of name to value")
+        for name in self.parameters:
+            if not isinstance(name, str) or not _PARAM_RE.match(name) or name == "_":
+                raise SpecError(
+                    "entry.parameters",
+                    f"{name!r} is not a Python name, so the notebook cannot receive it",
+                    "use letters, digits and '_', not starting with a digit, e.g. -p learning_rate 0.1",
+                )
 
     @classmethod
     def from_path(cls, target: str, module: bool = False, parameters: dict | None = None) -> Entry:
@@ -51,10 +75,46 @@ class Entry:
         if module:
             return cls("module", target)
         if target.endswith(".ipynb"):
-            return cls("notebook", str(Path(target).resolve()), dict(parameters or {}))
+            path = Path(target).resolve()
+            if path.is_file():
+                check_notebook_file(path)
+            return cls("notebook", str(path), dict(parameters or {}))
         if parameters:
             raise SpecError("parameters", "-p is for notebooks", "pass script arguments after --")
         return cls("script", str(Path(target).resolve()))
+
+
+def check_notebook_file(path: Path) -> None:
+    """Refuse a ``.ipynb`` that is not a notebook (not JSON, or JSON without cells)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SpecError(
+            "entry",
+            f"{path} is not a notebook: it is not valid JSON ({exc})",
+            "save it again from Jupyter, or check that it is the right file",
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise SpecError(
+            "entry",
+            f"{path} is not a notebook: it has no list of cells",
+            "save it again from Jupyter, or check that it is the right file",
+        )
+
+
+def shown(data: dict[str, Any]) -> dict[str, Any]:
+    """A record or spec dict fit to show: secret-looking ``env`` and ``tags`` values masked.
+
+    New specs never hold such values (they move to ``secret_env``); this also
+    covers rows written before that, and specs made by other tools.
+    """
+    out = dict(data)
+    if isinstance(out.get("spec"), dict):
+        out["spec"] = shown(out["spec"])
+    for key in ("env", "tags"):
+        if isinstance(out.get(key), dict):
+            out[key] = mask_secrets(out[key])
+    return out
 
 
 def slugify(text: str) -> str:
@@ -65,6 +125,13 @@ def slugify(text: str) -> str:
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SpecError(name, f"must be a whole number >= {minimum}, got {value!r}")
+    top = MAX_RESOURCES.get(name)
+    if top is not None and value > top:
+        raise SpecError(
+            name,
+            f"must be at most {top}, got {value}",
+            f"ask for {top} or fewer; no backend nbscale runs on can honour more",
+        )
 
 
 @dataclass(frozen=True)
@@ -83,6 +150,11 @@ class JobSpec:
     max_restarts: int = 0
     checkpoint_dir: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # names of variables whose values come from the submitting environment and
+    # are handed to the job without ever being stored or shown
+    secret_env: tuple[str, ...] = ()
+    # their values: in memory only, never in ``to_dict`` (the store, spec.json, answers)
+    secret_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.entry, Entry):
@@ -119,6 +191,7 @@ class JobSpec:
                 raise SpecError(
                     "env", f"the value of {key} must be a string, got {type(value).__name__}"
                 )
+        self._split_secrets()
         if self.entry.kind == "script" and not Path(self.entry.target).is_file():
             raise SpecError("entry", f"script {self.entry.target} does not exist", "check the path")
         if self.entry.kind == "notebook" and not Path(self.entry.target).is_file():
@@ -126,13 +199,58 @@ class JobSpec:
                 "entry", f"notebook {self.entry.target} does not exist", "check the path"
             )
 
+    def _split_secrets(self) -> None:
+        """Move secret-looking ``env`` entries out of the spec and read ``secret_env`` values.
+
+        A key such as ``MY_API_TOKEN`` keeps its value in ``secret_values`` only
+        (memory); the spec that is stored and shown lists its name in ``secret_env``.
+        """
+        if isinstance(self.secret_env, str):
+            object.__setattr__(self, "secret_env", (self.secret_env,))
+        names = list(dict.fromkeys(str(n) for n in self.secret_env))
+        values = dict(self.secret_values or {})
+        env = {}
+        for key, value in self.env.items():
+            if looks_secret(key):
+                values[key] = value
+                if key not in names:
+                    names.append(key)
+            else:
+                env[key] = value
+        for name in names:
+            if not _ENV_RE.match(name):
+                raise SpecError(
+                    "secret_env",
+                    f"{name!r} is not a valid variable name",
+                    "use letters, digits and '_'",
+                )
+            if name in _RESERVED_ENV:
+                raise SpecError(
+                    "secret_env", f"{name} is set by nbscale itself", "choose another name"
+                )
+            if name in env:
+                raise SpecError("secret_env", f"{name} is also given with --env", "give it once")
+            if name not in values:
+                if name not in os.environ:
+                    raise SpecError(
+                        "secret_env",
+                        f"{name} is not set in this environment",
+                        f"export {name}=... before submitting (its value is passed to the job, never stored)",
+                    )
+                values[name] = os.environ[name]
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "secret_env", tuple(names))
+        object.__setattr__(self, "secret_values", values)
+
     @property
     def world_size(self) -> int:
         return self.nodes * self.procs_per_node
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data.pop("secret_values")
         data["args"] = list(self.args)
+        data["secret_env"] = list(self.secret_env)
         return data
 
     @classmethod

@@ -12,7 +12,7 @@ from nbscale.config import Config
 from nbscale.errors import Conflict
 from nbscale.jobs import job as get_job
 from nbscale.jobs import submit
-from nbscale.specs import Entry, JobSpec
+from nbscale.specs import Entry, JobSpec, shown
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
 
@@ -32,6 +32,7 @@ EXECUTE = "execute"
 
 
 def describe(data: dict[str, Any], config: Config, detail: bool = False) -> DescribeJob:
+    data = shown(data)
     spec = data.get("spec") or {}
     entry = spec.get("entry") or {}
     return DescribeJob(

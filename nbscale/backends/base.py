@@ -8,10 +8,12 @@ it. The store row is created by the engine (``nbscale.jobs.submit``) before
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..config import BackendConfig
+from ..errors import SpecError
 from ..specs import JobSpec
 from ..store import Store
 from ..store.jobs import JobRecord
@@ -39,17 +41,48 @@ class JobBackend(ABC):
     """Submit, status, logs, cancel and list for jobs of one kind of platform."""
 
     type: ClassVar[str]
+    #: spec fields this backend has no use for, each with what to do instead;
+    #: a spec that sets one is refused rather than silently run without it
+    unsupported: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: BackendConfig, store: Store):
         self.config = config
         self.store = store
 
+    def limits(self) -> dict[str, int]:
+        """Upper bounds this backend can honour: ``nodes``, ``procs_per_node``,
+        ``gpus_per_proc``, ``max_restarts``, ``max_runtime``, and ``world_size``."""
+        return {}
+
+    def check_resources(self, spec: JobSpec) -> None:
+        """Refuse fields this backend ignores and amounts it cannot honour (``SpecError``)."""
+        for name, instead in self.unsupported.items():
+            if getattr(spec, name, None) not in (None, "", (), {}):
+                raise SpecError(
+                    name,
+                    f"the {self.type} backend does not use it ({instead})",
+                    f"drop --{name.replace('_', '-')}",
+                )
+        for name, top in self.limits().items():
+            value = spec.world_size if name == "world_size" else getattr(spec, name, None)
+            if value is not None and value > top:
+                what = "nodes x procs_per_node" if name == "world_size" else name
+                raise SpecError(
+                    name,
+                    f"{what} is {value}, more than the {self.config.name} backend can run ({top})",
+                    f"ask for at most {top}",
+                )
+
     def validate(self, spec: JobSpec) -> None:  # noqa: B027 - most backends accept every valid spec
         """Refuse a spec this backend cannot run (raise ``SpecError``) before anything is stored."""
 
     @abstractmethod
-    def submit(self, record: JobRecord) -> JobRecord:
-        """Start the job described by ``record.spec``; return the updated record."""
+    def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
+        """Start the job described by ``record.spec``; return the updated record.
+
+        ``secrets`` are the values of ``spec.secret_env``: give them to the job's
+        processes as environment variables and never write them anywhere.
+        """
 
     @abstractmethod
     def status(self, record: JobRecord) -> JobRecord:

@@ -3,15 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..config import load
+from ..config import Config, load
 from .output import print_json
 
 
+def config_problems(config: Config) -> list[str]:
+    """One line per configured backend whose type is not installed (or cannot be loaded)."""
+    from ..backends import backend_types
+
+    types = backend_types()
+    problems = []
+    for bconf in sorted(config.backends.values(), key=lambda b: b.name):
+        ep = types.get(bconf.type)
+        if ep is None:
+            installed = ", ".join(sorted(types)) or "(none)"
+            problems.append(
+                f"backend {bconf.name!r} has type {bconf.type!r}, which is not installed "
+                f"(installed types: {installed}); jobs sent to it will be refused until "
+                f"a package providing the {bconf.type!r} backend is installed"
+            )
+            continue
+        try:
+            ep.load()
+        except ImportError as exc:
+            problems.append(
+                f"backend {bconf.name!r} has type {bconf.type!r}, which cannot be loaded ({exc}); "
+                f"run: pip install 'nbscale[{bconf.type}]'"
+            )
+    return problems
+
+
 def cmd_config(args: argparse.Namespace) -> int:
-    data = load().to_dict(masked=True)
+    config = load()
+    data = config.to_dict(masked=True)
+    problems = config_problems(config)
+    for line in problems:
+        print(f"nbscale: warning: {line}", file=sys.stderr)
     if args.json:
-        print_json(data)
+        print_json({**data, "warnings": problems})
         return 0
     import tomli_w  # only the TOML view needs it
 
@@ -19,11 +50,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     print(
         "# read from: " + (", ".join(sources) if sources else "(no config file; built-in defaults)")
     )
+    for line in problems:
+        print(f"# warning: {line}")
     print(tomli_w.dumps(data), end="")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show the effective configuration (secrets masked)")
+    p = sub.add_parser(
+        "config",
+        help="show the effective configuration (secrets masked) and warn about backend "
+        "types that are not installed",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_config)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Any
 
 from ..config import load as load_config
 from ..errors import SpecError
 from ..jobs import Job, job, jobs, submit
-from ..specs import Entry, JobSpec
-from ..store.jobs import CANCELLED, STATUSES, SUCCEEDED, JobRecord
+from ..specs import Entry, JobSpec, shown
+from ..store import get_store
+from ..store.jobs import CANCELLED, STATUSES, SUCCEEDED, JobRecord, list_jobs
 from .output import Progress, ago, duration, print_json, table
 from .params import parse_env, typed_value
 
@@ -32,7 +35,14 @@ def add_resource_options(p: argparse.ArgumentParser) -> None:
         "--env",
         action="append",
         metavar="K=V",
-        help="environment variable for the job (repeatable)",
+        help="environment variable for the job (repeatable); a secret-looking name "
+        "(TOKEN, PASSWORD, API_KEY, ...) is passed to the job but never stored or shown",
+    )
+    p.add_argument(
+        "--secret-env",
+        action="append",
+        metavar="NAME",
+        help="pass NAME's value from this environment to the job without storing it (repeatable)",
     )
     p.add_argument(
         "--max-runtime", type=int, metavar="SECONDS", help="stop the job after this long"
@@ -67,7 +77,8 @@ def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
         backend=args.backend,
         args=tuple(getattr(args, "extra", []) or []),
         env=parse_env(args.env),
-        tags=parse_env(args.tag),
+        tags=parse_env(args.tag, "--tag", "team=vision"),
+        secret_env=tuple(getattr(args, "secret_env", None) or ()),
         **{k: v for k, v in values.items() if v is not None},
     )
 
@@ -107,6 +118,28 @@ def stream(handle: Job, stdout=None, stderr=None, ranks: list[int] | None = None
     return handle.refresh()
 
 
+class _terminate_as_interrupt:
+    """While streaming a foreground job, SIGTERM and SIGHUP cancel it as Ctrl-C does."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.saved[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def describe_end(record: JobRecord, stderr=None) -> None:
     stderr = stderr or sys.stderr
     if record.status == SUCCEEDED:
@@ -128,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(handle.id)
         return 0
     print(f"nbscale: job {handle.id} submitted", file=sys.stderr)
-    record = stream(handle)
+    with _terminate_as_interrupt():
+        record = stream(handle)
     describe_end(record)
     return exit_code_of(record)
 
@@ -154,7 +188,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         raise SpecError(
             "--status", f"unknown status {args.status!r}", f"use one of {', '.join(STATUSES)}"
         )
+    if args.limit < 1:
+        raise SpecError("--limit", f"must be at least 1, got {args.limit}", "write e.g. --limit 50")
     handles = jobs(status=args.status, backend=args.backend, limit=args.limit)
+    _, total = list_jobs(get_store(), status=args.status, backend=args.backend, limit=1)
+    if total > len(handles):
+        print(
+            f"nbscale: showing the newest {len(handles)} of {total} jobs "
+            "(see more with --limit N, or narrow with --status / --backend)",
+            file=sys.stderr,
+        )
     if args.json:
         print_json([h.to_dict() for h in handles])
     elif handles:
@@ -171,7 +214,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     record = job(args.job).refresh()
-    data = record.to_dict()
+    data = shown(record.to_dict())
     data["traceback"] = record.info.get("traceback")
     data["phase"] = record.info.get("phase")
     if args.json:

@@ -27,11 +27,14 @@ def typed_value(text: str) -> Any:
     return text
 
 
-def parse_env(pairs: list[str] | None) -> dict[str, str]:
+def parse_env(
+    pairs: list[str] | None, option: str = "--env", example: str = "LR=0.1"
+) -> dict[str, str]:
+    """``K=V`` pairs of a repeatable option; a bad one is an error naming ``option``."""
     env = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SpecError("--env", f"{pair!r} is not KEY=VALUE", "write e.g. --env LR=0.1")
+            raise SpecError(option, f"{pair!r} is not KEY=VALUE", f"write e.g. {option} {example}")
         env[key] = value
     return env

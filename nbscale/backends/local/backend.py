@@ -34,6 +34,14 @@ LAUNCH_TIMEOUT = 60.0  # a supervisor that has not said hello by then never star
 
 class LocalBackend(JobBackend):
     type = "local"
+    unsupported = {
+        "image": "local jobs run in this Python environment, not in a container",
+        "instance_type": "local jobs run on this machine",
+    }
+
+    def limits(self) -> dict[str, int]:
+        # every rank is a process on this machine: a few per CPU core, no more
+        return {"world_size": 4 * (len(os.sched_getaffinity(0)) or 1)}
 
     def validate(self, spec: JobSpec) -> None:
         if spec.entry.kind == "bundle" and not Path(spec.entry.target).is_file():
@@ -58,7 +66,7 @@ class LocalBackend(JobBackend):
                     "ask for fewer processes or GPUs per process",
                 )
 
-    def submit(self, record: JobRecord) -> JobRecord:
+    def submit(self, record: JobRecord, secrets: dict[str, str] | None = None) -> JobRecord:
         jobdir = JobDir(record.info["job_dir"]).make()
         if record.spec["entry"]["kind"] == "bundle":
             self._adopt_bundle(record, jobdir)
@@ -71,7 +79,7 @@ class LocalBackend(JobBackend):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=record.info.get("cwd") or None,
-                env={**os.environ, JOB_ENV: record.id},
+                env={**os.environ, **(secrets or {}), JOB_ENV: record.id},
             )
         proc.wait()  # the supervisor forks and this first process returns at once
         return get_job(self.store, record.id)

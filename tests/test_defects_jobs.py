@@ -1,0 +1,272 @@
+"""Defects of issue 14 in specs, the CLI and secrets: each test failed before its fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from nbscale.backends.local.processes import job_processes
+from nbscale.errors import SpecError
+from nbscale.specs import MAX_RESOURCES, Entry, JobSpec
+from nbscale.store import get_store
+from nbscale.store.jobs import JobRecord, get_job, insert_job, list_jobs
+
+from .conftest import wait_for
+
+
+def _no_jobs_and_no_job_dirs(home) -> None:
+    assert list_jobs(get_store())[1] == 0
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
+
+
+# -- resource upper bounds -----------------------------------------------------
+
+
+def test_a_huge_node_count_is_refused_with_one_line_and_nothing_starts(
+    nbscale_cli, write_script, nbscale_home
+):
+    script = write_script("tiny.py", "print('hi')\n")
+    proc = nbscale_cli("run", str(script), "--nodes", "99999999999999999999", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "nbscale: error: nodes: must be at most 512, got 99999999999999999999 "
+        "(ask for 512 or fewer; no backend nbscale runs on can honour more)"
+    )
+    _no_jobs_and_no_job_dirs(nbscale_home)
+
+
+@pytest.mark.parametrize("field", sorted(MAX_RESOURCES))
+def test_every_resource_field_has_an_upper_bound(field, write_script):
+    script = write_script("tiny.py", "print('hi')\n")
+    top = MAX_RESOURCES[field]
+    JobSpec(Entry.from_path(str(script)), **{field: top})  # the bound itself is fine
+    with pytest.raises(SpecError, match=f"^{field}: must be at most {top}, got {top + 1} "):
+        JobSpec(Entry.from_path(str(script)), **{field: top + 1})
+
+
+def test_the_local_backend_refuses_more_processes_than_this_machine_can_run(
+    nbscale_cli, write_script, nbscale_home
+):
+    script = write_script("tiny.py", "print('hi')\n")
+    cap = 4 * len(os.sched_getaffinity(0))
+    proc = nbscale_cli("run", str(script), "--nodes", "2", "--procs-per-node", str(cap // 2 + 1))
+    assert proc.returncode == 2, proc.stderr
+    assert f"more than the local backend can run ({cap})" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    _no_jobs_and_no_job_dirs(nbscale_home)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--image", "pytorch/pytorch:2"), ("--instance-type", "ml.g5.xlarge")]
+)
+def test_the_local_backend_refuses_options_it_would_ignore(
+    option, value, nbscale_cli, write_script, nbscale_home
+):
+    script = write_script("tiny.py", "print('hi')\n")
+    proc = nbscale_cli("run", option, value, str(script))
+    assert proc.returncode == 2, proc.stderr
+    field = option.lstrip("-").replace("-", "_")
+    assert proc.stderr.startswith(f"nbscale: error: {field}: the local backend does not use it")
+    assert f"drop {option}" in proc.stderr
+    _no_jobs_and_no_job_dirs(nbscale_home)
+
+
+def test_config_says_when_a_backend_type_is_not_installed(nbscale_cli, nbscale_home):
+    nbscale_home.mkdir(parents=True, exist_ok=True)
+    (nbscale_home / "config.toml").write_text(
+        '[backends.prod]\ntype = "sagemaker"\nregion = "eu-west-1"\n'
+    )
+    proc = nbscale_cli("config", check=True)
+    assert "backend 'prod' has type 'sagemaker', which is not installed" in proc.stderr
+    assert "# warning: backend 'prod' has type 'sagemaker'" in proc.stdout
+    data = json.loads(nbscale_cli("config", "--json", check=True).stdout)
+    assert len(data["warnings"]) == 1 and "installed types: local" in data["warnings"][0]
+    (nbscale_home / "config.toml").write_text('[backends.box]\ntype = "local"\n')
+    proc = nbscale_cli("config", check=True)
+    assert "warning" not in proc.stderr + proc.stdout
+
+
+# -- the CLI -------------------------------------------------------------------
+
+
+def test_a_notebook_that_is_not_json_is_refused_before_submission(
+    nbscale_cli, tmp_path, nbscale_home
+):
+    (tmp_path / "broken.ipynb").write_text("{ this is not json")
+    proc = nbscale_cli("run", "broken.ipynb", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "broken.ipynb is not a notebook: it is not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    (tmp_path / "list.ipynb").write_text("[1, 2]")
+    proc = nbscale_cli("run", "list.ipynb", cwd=tmp_path)
+    assert proc.returncode == 2 and "has no list of cells" in proc.stderr
+    _no_jobs_and_no_job_dirs(nbscale_home)
+
+
+def test_a_parameter_that_is_not_a_python_name_is_refused_before_submission(
+    nbscale_cli, tmp_path, nbscale_home
+):
+    from tests.notebooks import write_notebook
+
+    write_notebook(tmp_path / "nb.ipynb", "x = 1")
+    for name in ("bad name", "1st", "a-b", "x;import os"):
+        proc = nbscale_cli("run", "nb.ipynb", "-p", name, "1", cwd=tmp_path)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert f"entry.parameters: {name!r} is not a Python name" in proc.stderr
+    _no_jobs_and_no_job_dirs(nbscale_home)
+
+
+def test_a_bad_tag_error_names_tag_not_env(nbscale_cli, write_script):
+    script = write_script("tiny.py", "print('hi')\n")
+    proc = nbscale_cli("run", "--tag", "noequal", str(script))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "nbscale: error: --tag: 'noequal' is not KEY=VALUE (write e.g. --tag team=vision)"
+    )
+
+
+def test_jobs_says_when_there_are_more_rows_than_shown(nbscale_cli, tmp_path):
+    store = get_store()
+    for i in range(3):
+        spec = {"entry": {"kind": "script", "target": "x.py"}, "nodes": 1}
+        insert_job(
+            store,
+            JobRecord(f"j-{i}", "j", "local", "local", "SUCCEEDED", spec, created=1000.0 + i),
+        )
+    proc = nbscale_cli("jobs", "--limit", "2", check=True)
+    assert "showing the newest 2 of 3 jobs" in proc.stderr
+    assert "j-2" in proc.stdout and "j-1" in proc.stdout and "j-0" not in proc.stdout
+    proc = nbscale_cli("jobs", "--limit", "3", check=True)
+    assert "showing" not in proc.stderr
+    proc = nbscale_cli("jobs", "--limit", "0")
+    assert proc.returncode == 2 and "--limit: must be at least 1" in proc.stderr
+
+
+def test_sigterm_to_a_foreground_run_cancels_its_job(write_script, tmp_path):
+    script = write_script("slow.py", "import time\nprint('tick', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbscale", "run", "--procs-per-node", "2", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        record = wait_for(
+            lambda: next(iter(list_jobs(get_store())[0]), None), 60, what="the job row"
+        )
+        wait_for(lambda: len(job_processes(record.id)) >= 3, 120, what="the job's processes")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert f"cancelling job {record.id}" in err
+    assert get_job(get_store(), record.id).status == "CANCELLED"
+    assert job_processes(record.id) == []
+
+
+# -- secrets ---------------------------------------------------------------------
+
+TOKEN = "tok-" + "7f3a9c1e5b" * 3
+PASSWORD = "pw-" + "c0ffee1234" * 3
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _grep_tree(root, needles) -> list[str]:
+    found = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            try:
+                data = open(path, "rb").read()  # noqa: SIM115
+            except OSError:
+                continue
+            found += [f"{path}: {n}" for n in needles if n.encode() in data]
+    return found
+
+
+def test_secret_env_values_reach_the_job_and_are_never_stored_or_shown(
+    nbscale_cli, write_script, nbscale_home
+):
+    script = write_script(
+        "show_secrets.py",
+        "import hashlib, os\n"
+        "for k in ('MY_API_TOKEN', 'DB_PASSWORD', 'PLAIN'):\n"
+        "    print(k, hashlib.sha256(os.environ[k].encode()).hexdigest(), flush=True)\n",
+    )
+    proc = nbscale_cli(
+        "run",
+        "--env",
+        f"MY_API_TOKEN={TOKEN}",
+        "--env",
+        "PLAIN=visible",
+        "--secret-env",
+        "DB_PASSWORD",
+        str(script),
+        env={"DB_PASSWORD": PASSWORD},
+    )
+    assert proc.returncode == 0, proc.stderr
+    # the job received both values
+    assert f"[rank 0] MY_API_TOKEN {_digest(TOKEN)}" in proc.stdout
+    assert f"[rank 0] DB_PASSWORD {_digest(PASSWORD)}" in proc.stdout
+    assert f"[rank 0] PLAIN {_digest('visible')}" in proc.stdout
+    # and nothing under the home (store, spec.json, logs) holds them
+    get_store().close()
+    assert _grep_tree(nbscale_home, [TOKEN, PASSWORD]) == []
+    job_id = list_jobs(get_store())[0][0].id
+    spec = json.loads(next(nbscale_home.rglob("spec.json")).read_text())
+    assert spec["env"] == {"PLAIN": "visible"}
+    assert spec["secret_env"] == ["DB_PASSWORD", "MY_API_TOKEN"]
+    for args in (("jobs", "--json"), ("status", job_id, "--json")):
+        text = nbscale_cli(*args, check=True).stdout
+        assert TOKEN not in text and PASSWORD not in text
+        assert '"secret_env"' in text
+    # a secret name that is not set where the job is submitted is refused up front
+    proc = nbscale_cli("run", "--secret-env", "NOT_SET_ANYWHERE", str(script))
+    assert proc.returncode == 2
+    assert "secret_env: NOT_SET_ANYWHERE is not set in this environment" in proc.stderr
+
+
+def test_old_records_with_secret_looking_env_are_masked_when_shown(nbscale_cli):
+    spec = {
+        "entry": {"kind": "script", "target": "x.py"},
+        "env": {"MY_API_TOKEN": TOKEN, "LR": "0.1"},
+    }
+    insert_job(get_store(), JobRecord("old-1", "old", "local", "local", "SUCCEEDED", spec, 1.0))
+    for args in (("jobs", "--json"), ("status", "old-1", "--json")):
+        text = nbscale_cli(*args, check=True).stdout
+        assert TOKEN not in text and '"MY_API_TOKEN": "********"' in text and '"0.1"' in text
+
+
+def test_jobspec_keeps_secret_values_out_of_its_dict_and_repr(write_script, monkeypatch):
+    script = write_script("tiny.py", "print('hi')\n")
+    monkeypatch.setenv("HF_TOKEN", PASSWORD)
+    spec = JobSpec(
+        Entry.from_path(str(script)), env={"MY_API_TOKEN": TOKEN}, secret_env=("HF_TOKEN",)
+    )
+    assert spec.secret_values == {"MY_API_TOKEN": TOKEN, "HF_TOKEN": PASSWORD}
+    text = json.dumps(spec.to_dict()) + repr(spec)
+    assert TOKEN not in text and PASSWORD not in text
+    # a re-run reads every secret from the environment it is submitted from
+    with pytest.raises(SpecError, match="MY_API_TOKEN is not set in this environment"):
+        JobSpec.from_dict(spec.to_dict())
+    monkeypatch.setenv("MY_API_TOKEN", "other")
+    again = JobSpec.from_dict(spec.to_dict())
+    assert again.secret_values == {"HF_TOKEN": PASSWORD, "MY_API_TOKEN": "other"}
+    assert again.secret_env == ("HF_TOKEN", "MY_API_TOKEN")
+
+
+def test_a_bad_secret_env_name_is_one_error(write_script):
+    script = write_script("tiny.py", "print('hi')\n")
+    with pytest.raises(SpecError, match="secret_env: 'A-B' is not a valid variable name"):
+        JobSpec(Entry.from_path(str(script)), secret_env=("A-B",))
