@@ -65,17 +65,22 @@ def load_results(record: JobRecord, names: list[str] | None = None) -> dict[str,
         if record.spec.get("entry", {}).get("kind") != "bundle":
             raise NotFound(f"job {record.id} is not a cell job, so it has no outputs")
         return {}  # a cell job run without --outputs
+    return read_results_file(path, record.id, names)
+
+
+def read_results_file(path: Path, job_id: str, names: list[str] | None = None) -> dict[str, Any]:
+    """Verify ``results.zip`` (signature, every part's hash, the job it names), then load."""
     found = bundle.read(path, KIND)
-    if found.manifest.get("job_id") != record.id:
+    if found.manifest.get("job_id") != job_id:
         raise SignatureError(
-            f"{path} holds the results of job {found.manifest.get('job_id')}, not {record.id}"
+            f"{path} holds the results of job {found.manifest.get('job_id')}, not {job_id}"
         )
     entries = {e["name"]: e for e in found.manifest["outputs"]}
     wanted = list(entries) if names is None else names
     missing = [n for n in wanted if n not in entries]
     if missing:
         raise NotFound(
-            f"job {record.id} did not return {', '.join(missing)}",
+            f"job {job_id} did not return {', '.join(missing)}",
             f"it returned: {', '.join(entries) or '(nothing)'}",
         )
     return {n: load_value(found.part(entries[n]["part"]), entries[n]["how"]) for n in wanted}

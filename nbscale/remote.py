@@ -1,0 +1,119 @@
+"""The kernel's side of a job that runs on another machine: send its inputs, fetch its outputs.
+
+``stage`` puts the cell bundle in object storage (content-addressed: an unchanged
+bundle is not sent twice) and returns what a backend writes into its manifest or
+request: the container command and arguments of ``nbscale.runtime.launch``.
+``collect`` brings ``results.zip`` back into the job's local directory, where
+``nbscale.results.load_results`` verifies it with this home's key exactly as for a
+local job, and reads each node's record to name the root cause of a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import paths, storage
+from .errors import NbscaleError
+from .runtime.launch import encode_spec
+
+# the container command: the nbscale runtime (installed in the image, or from the
+# wheelhouse the job carries) starts the node
+LAUNCH = ["python", "-m", "nbscale.runtime.launch"]
+
+
+@dataclass
+class RemoteJob:
+    job_id: str
+    bundle_uri: str | None
+    outputs_uri: str
+    spec_b64: str
+    uploaded: bool = False  # False when the bundle was already in the store
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def command(self) -> list[str]:
+        return list(LAUNCH)
+
+    def argv(self) -> list[str]:
+        return [*self.command, *self.args]
+
+
+def outputs_uri(store: storage.ObjectStore, job_id: str) -> str:
+    return store.base.child("jobs", job_id, "outputs").uri
+
+
+def stage(
+    job_id: str,
+    spec: dict[str, Any],
+    store: storage.ObjectStore,
+    bundle_uri: str | None = None,
+) -> RemoteJob:
+    """Upload the job's bundle (if it has one and ``bundle_uri`` is not given) and build the
+    launch arguments. The spec is sent without its local bundle path."""
+    spec = json.loads(json.dumps(spec))
+    uploaded = False
+    if spec.get("entry", {}).get("kind") == "bundle" and bundle_uri is None:
+        local = Path(spec["entry"]["target"])
+        if not local.is_file():
+            raise NbscaleError(f"the cell bundle {local} is gone", "run the cell again")
+        before = store.exists(
+            store.base.child("bundles", "sha256", storage.sha256_file(local), "cell.zip").uri
+        )
+        bundle_uri = store.put(local, "cell.zip", area="bundles")
+        uploaded = not before
+    if spec.get("entry", {}).get("kind") == "bundle":
+        spec["entry"]["target"] = "cell.zip"  # the launcher fetches it next to the job
+    out = outputs_uri(store, job_id)
+    b64 = encode_spec(spec)
+    args = ["--job-id", job_id, "--spec", b64, "--outputs", out]
+    if bundle_uri:
+        args += ["--bundle", bundle_uri]
+    return RemoteJob(job_id, bundle_uri, out, b64, uploaded, args)
+
+
+def node_records(store: storage.ObjectStore, outputs: str, nnodes: int) -> dict[int, dict]:
+    """The ``nodes/<rank>.json`` records written so far."""
+    found: dict[int, dict] = {}
+    base = outputs.rstrip("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        for node in range(nnodes):
+            uri = f"{base}/nodes/{node}.json"
+            if not store.exists(uri):
+                continue
+            path = storage.fetch(uri, Path(tmp) / f"{node}.json", store=store)
+            try:
+                found[node] = json.loads(path.read_text())
+            except ValueError:
+                continue
+    return found
+
+
+def collect(job_id: str, store: storage.ObjectStore, outputs: str, nnodes: int) -> dict[str, Any]:
+    """Download the job's results into its local directory and summarise the nodes.
+
+    Returns ``{"job_dir", "nodes", "exit_code", "error"}``; ``error`` is the earliest
+    rank error of any node (the root cause), as ``nbscale status`` shows it locally.
+    """
+    job_dir = paths.job_dir(job_id)
+    (job_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    nodes = node_records(store, outputs, nnodes)
+    results = f"{outputs.rstrip('/')}/results.zip"
+    if store.exists(results):
+        storage.fetch(results, job_dir / "outputs" / "results.zip", store=store)
+    errors = sorted(
+        (e for rec in nodes.values() for e in rec.get("errors") or []),
+        key=lambda e: e.get("time", 0),
+    )
+    codes = [rec.get("exit_code") for rec in nodes.values()]
+    first = next((rec.get("error") for rec in nodes.values() if rec.get("error")), None)
+    return {
+        "job_dir": str(job_dir),
+        "nodes": len(nodes),
+        "exit_code": next((c for c in codes if c), 0) if codes else None,
+        "error": errors[0] if errors else ({"message": first} if first else None),
+        "restarts": max((rec.get("restarts") or 0 for rec in nodes.values()), default=0),
+    }
