@@ -119,6 +119,7 @@ class JobsTable:
                 r.status,
                 f"{r.spec.get('nodes', 1)}x{r.spec.get('procs_per_node', 1)}",
                 r.backend,
+                str(r.restarts),
                 ago(r.created),
                 duration(r.duration),
             ]
@@ -128,7 +129,7 @@ class JobsTable:
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         from nbscale.cli.output import table
 
-        headers = ["job", "status", "nodes x procs", "backend", "created", "duration"]
+        headers = ["job", "status", "nodes x procs", "backend", "restarts", "created", "duration"]
         if not self.records:
             return {
                 "text/plain": "no jobs yet: run a cell with %%train",

@@ -64,6 +64,11 @@ def agent_env(spec: dict, job_id: str, jobdir: JobDir, node_gpus: list[int]) -> 
     env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, node_gpus))
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     env.setdefault("OMP_NUM_THREADS", "1")
+    if spec.get("max_restarts"):
+        # torchrun shares one TCP store across restarts without a per-attempt prefix, so a
+        # restarted group reads the dead workers' gloo addresses ("Connection refused");
+        # a store of its own per attempt avoids that
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     # nbscale.checkpoint reads this; relative paths are taken from the submitter's directory
     env["NBSCALE_CHECKPOINT_DIR"] = os.path.abspath(
         os.path.expanduser(spec.get("checkpoint_dir") or jobdir.path / "checkpoints")

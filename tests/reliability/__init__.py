@@ -1,0 +1,1 @@
+"""Reliability suite: faults, load and bad input (issue 14)."""
