@@ -147,7 +147,9 @@ def test_yaml_errors_name_the_field(tmp_path):
     with pytest.raises(SpecError, match=r"steps\[0\].retries: must be a whole number"):
         load(tmp_path / "pipeline.yaml")
     (tmp_path / "pipeline.yaml").write_text("steps:\n  - name: a\n    notebok: a.ipynb\n")
-    with pytest.raises(SpecError, match="needs 'name' and 'notebook'"):
+    with pytest.raises(
+        SpecError, match=r"steps\[0\].notebook: is required; steps\[0\].notebok: is not a known key"
+    ):
         load(tmp_path / "pipeline.yaml")
 
 

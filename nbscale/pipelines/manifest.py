@@ -21,60 +21,163 @@ it run first (its imports), cells below are the step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import SpecError
 from . import notebooks
-from .model import Cell, Pipeline, Resources, Step
+from .model import NAME_RE, Cell, Pipeline, Resources, Step
 from .parameters import check_value
 
-STEP_KEYS = {
-    "name",
-    "notebook",
-    "depends_on",
-    "parameters",
-    "resources",
-    "retries",
-    "timeout",
-    "cache",
+MAX_RETRIES = 100
+
+
+class _Strict(BaseModel):
+    # strict: "false" is not a boolean and "3" is not a number; unknown keys are errors
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ResourcesModel(_Strict):
+    cpu: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    memory: str | int | None = Field(None, description='a Kubernetes quantity such as "2Gi"')
+    gpu: Annotated[int, Field(ge=0, le=16)] = 0
+    instance_type: str | None = None
+
+
+class StepModel(_Strict):
+    name: str = Field(pattern=NAME_RE.pattern)
+    notebook: str = Field(min_length=1)
+    depends_on: list[str] | str = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourcesModel | None = None
+    retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] = 0
+    timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    cache: bool = True
+
+    @field_validator("depends_on")
+    @classmethod
+    def _as_list(cls, value: list[str] | str) -> list[str]:
+        return [value] if isinstance(value, str) else value
+
+
+class PipelineFile(_Strict):
+    name: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    steps: list[StepModel] = Field(min_length=1)
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("float", "int", "str", "list[str]", "bool") or "[" in str(part):
+            continue  # pydantic names the union member it tried; the path is enough
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+_MESSAGES = {
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false (unquoted)",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "finite_number": "must be a finite number",
+    "missing": "is required",
+    "extra_forbidden": "is not a known key",
 }
-RESOURCE_KEYS = {"cpu", "memory", "gpu", "instance_type"}
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def _message(err: dict) -> str:
+    kind = err.get("type", "")
+    msg = _MESSAGES.get(kind)
+    if msg is None:
+        ctx = err.get("ctx") or {}
+        bounds = {
+            "greater_than": "must be > {gt}",
+            "greater_than_equal": "must be >= {ge}",
+            "less_than_equal": "must be <= {le}",
+            "too_short": "must have at least {min_length} item(s)",
+            "string_too_short": "must not be empty",
+            "string_pattern_mismatch": "must use letters, digits, _ and -, starting with a letter",
+        }
+        msg = bounds[kind].format(**ctx) if kind in bounds else err.get("msg", "is not valid")
+    if kind not in ("missing", "extra_forbidden") and "input" in err:
+        shown = repr(err["input"])
+        msg += f", got {shown if len(shown) <= 40 else shown[:37] + '...'}"
+    return msg
+
+
+def validation_errors(exc: ValidationError) -> list[str]:
+    """Every error as ``path: problem`` (``steps[1].cache: must be true or false, got 'false'``)."""
+    seen: dict[str, str] = {}
+    for err in exc.errors():
+        where = _where(err.get("loc", ()))
+        seen.setdefault(where, _message(err))  # a union reports each member: keep the first
+    return [f"{where}: {msg}" for where, msg in seen.items()]
+
+
+def _load_yaml(path: Path) -> PipelineFile:
     import yaml
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), f"is not valid YAML: {exc}", "fix the file") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
-        raise SpecError(str(path), "needs a 'steps:' list", "see examples/pipeline/pipeline.yaml")
-    unknown = set(data) - {"name", "parameters", "steps"}
-    if unknown:
+    if not isinstance(data, dict):
         raise SpecError(
-            str(path), f"has unknown key {sorted(unknown)[0]!r}", "use name, parameters and steps"
+            str(path),
+            "must be a mapping with a 'steps:' list",
+            "see examples/pipeline/pipeline.yaml",
         )
-    return data
+    try:
+        return PipelineFile.model_validate(data)
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        raise SpecError(
+            str(path),
+            f"has {len(errors)} error{'s' if len(errors) > 1 else ''}: " + "; ".join(errors),
+            "see examples/pipeline/pipeline.yaml for the keys a pipeline and a step take",
+        ) from None
 
 
-def _resources(where: str, raw: Any) -> Resources:
+def _resources(raw: ResourcesModel | None) -> Resources:
     if raw is None:
         return Resources()
-    if not isinstance(raw, dict) or set(raw) - RESOURCE_KEYS:
-        raise SpecError(f"{where}.resources", f"takes only {', '.join(sorted(RESOURCE_KEYS))}")
-    cpu, gpu = raw.get("cpu"), raw.get("gpu", 0)
-    if cpu is not None and (not isinstance(cpu, int | float) or cpu <= 0):
-        raise SpecError(f"{where}.resources.cpu", f"must be a positive number, got {cpu!r}")
-    if not isinstance(gpu, int) or gpu < 0:
-        raise SpecError(f"{where}.resources.gpu", f"must be a whole number >= 0, got {gpu!r}")
-    memory = raw.get("memory")
     return Resources(
-        cpu=cpu,
-        memory=str(memory) if memory is not None else None,
-        gpu=gpu,
-        instance_type=raw.get("instance_type"),
+        cpu=raw.cpu,
+        memory=str(raw.memory) if raw.memory is not None else None,
+        gpu=raw.gpu,
+        instance_type=raw.instance_type,
     )
+
+
+def _notebook(path: Path, where: str, given: str) -> Path:
+    """The step's notebook, which must lie inside the pipeline's folder."""
+    folder = path.parent.resolve()
+    if "\0" in given:
+        raise SpecError(f"{where}.notebook", "contains a NUL character")
+    try:
+        nb_path = (folder / given).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise SpecError(f"{where}.notebook", f"{given!r} is not a usable path ({exc})") from None
+    if not nb_path.is_relative_to(folder):
+        raise SpecError(
+            f"{where}.notebook",
+            f"{given!r} is outside the pipeline's folder {folder}",
+            f"put the notebook next to {path.name} (or in a folder below it)",
+        )
+    if nb_path.suffix != ".ipynb":
+        raise SpecError(f"{where}.notebook", f"{given!r} is not a .ipynb notebook")
+    if not nb_path.is_file():
+        raise SpecError(f"{where}.notebook", f"{given} does not exist next to {path.name}")
+    return nb_path
 
 
 def _split(path: Path) -> tuple[list[Cell], str, list[Cell]]:
@@ -101,70 +204,41 @@ def _split(path: Path) -> tuple[list[Cell], str, list[Cell]]:
 
 def load(path: Path) -> Pipeline:
     data = _load_yaml(path)
-    defaults = data.get("parameters") or {}
-    if not isinstance(defaults, dict):
-        raise SpecError("parameters", "must be a mapping of name: default")
-    for name, value in defaults.items():
+    for name, value in data.parameters.items():
         check_value(name, value)
     steps: dict[str, Step] = {}
-    for i, raw in enumerate(data["steps"]):
+    for i, raw in enumerate(data.steps):
         where = f"steps[{i}]"
-        if not isinstance(raw, dict) or "name" not in raw or "notebook" not in raw:
+        if raw.name in steps:
             raise SpecError(
-                where,
-                "needs 'name' and 'notebook'",
-                "e.g. - {name: prepare, notebook: prepare.ipynb}",
+                f"{where}.name",
+                f"repeats the step name {raw.name!r}",
+                "give each step its own name",
             )
-        unknown = set(raw) - STEP_KEYS
-        if unknown:
-            raise SpecError(
-                where,
-                f"has unknown key {sorted(unknown)[0]!r}",
-                f"use {', '.join(sorted(STEP_KEYS))}",
-            )
-        name = str(raw["name"])
-        if name in steps:
-            raise SpecError(where, f"repeats the step name {name!r}", "give each step its own name")
-        nb_path = (path.parent / str(raw["notebook"])).resolve()
-        if not nb_path.is_file():
-            raise SpecError(
-                f"{where}.notebook", f"{raw['notebook']} does not exist next to {path.name}"
-            )
+        nb_path = _notebook(path, where, raw.notebook)
         prelude, params_cell, body = _split(nb_path)
-        depends = raw.get("depends_on") or []
-        if isinstance(depends, str):
-            depends = [depends]
-        fixed = raw.get("parameters") or {}
-        if not isinstance(fixed, dict):
-            raise SpecError(f"{where}.parameters", "must be a mapping of name: value")
-        for pname, value in fixed.items():
+        for pname, value in raw.parameters.items():
             check_value(pname, value)
-        timeout = raw.get("timeout")
-        if timeout is not None and not isinstance(timeout, int | float):
-            raise SpecError(f"{where}.timeout", f"must be seconds, got {timeout!r}")
-        retries = raw.get("retries", 0)
-        if not isinstance(retries, int):
-            raise SpecError(f"{where}.retries", f"must be a whole number, got {retries!r}")
-        steps[name] = Step(
-            name=name,
+        steps[raw.name] = Step(
+            name=raw.name,
             notebook=str(nb_path),
             prelude=prelude,
             parameters_cell=params_cell,
             body=body,
-            depends_on=[str(d) for d in depends],
-            fixed_parameters=dict(fixed),
-            resources=_resources(where, raw.get("resources")),
-            retries=retries,
-            timeout=float(timeout) if timeout is not None else None,
-            cache=bool(raw.get("cache", True)),
+            depends_on=list(raw.depends_on),
+            fixed_parameters=dict(raw.parameters),
+            resources=_resources(raw.resources),
+            retries=raw.retries,
+            timeout=raw.timeout,
+            cache=raw.cache,
         )
     pipeline = Pipeline(
-        name=str(data.get("name") or path.parent.name),
+        name=str(data.name or path.parent.name),
         source=str(path),
         kind="yaml",
         directory=str(path.parent),
         steps=steps,
-        parameters=dict(defaults),
+        parameters=dict(data.parameters),
     )
     pipeline.validate()
     return pipeline

@@ -7,6 +7,7 @@ run never blocks on it and the run outlives them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,29 @@ from .parameters import resolve as resolve_parameters
 from .status import CACHED, CANCELLED, FAILED, PENDING, REUSED, RUNNING, SKIPPED, SUCCEEDED
 
 DONE = (SUCCEEDED, CACHED, REUSED)
+
+
+def outputs_problem(directory: str) -> str | None:
+    """Why a step's saved outputs cannot be reused, or None when they verify.
+
+    The manifest must carry this pipeline's signature and every file must still
+    hash to what the manifest says: a cache hit hands these files to later steps.
+    """
+    try:
+        manifest = artifacts.read_manifest(directory, verify=True)
+    except artifacts.ArtifactError as exc:
+        return f"the manifest failed verification ({exc})"
+    if manifest is None:
+        return "the cached outputs were deleted"
+    for name, entry in manifest.items():
+        try:
+            with open(Path(directory) / entry["file"], "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except (OSError, KeyError, TypeError):
+            return f"output {name!r} is missing"
+        if digest != entry.get("sha256"):
+            return f"output {name!r} changed after it was written"
+    return None
 
 
 def run_dir(run_id: str) -> Path:
@@ -112,15 +136,17 @@ class Runner:
         if self.partial:  # asking for a step by name means running it
             return None, "miss: selected with --only/--from"
         entry = db.cache_get(self.store, key)
-        if (
-            entry
-            and artifacts.read_manifest(entry["outputs_dir"]) is not None
-            and Path(entry["notebook"]).exists()
-        ):
-            return entry, f"hit: unchanged since run {entry['run_id']}"
         if entry:
+            problem = outputs_problem(entry["outputs_dir"])
+            if problem is None and Path(entry["notebook"]).exists():
+                return entry, f"hit: unchanged since run {entry['run_id']}"
             db.cache_drop(self.store, key)
-            return None, "miss: the cached outputs were deleted"
+            if problem == "the cached outputs were deleted" or problem is None:
+                return None, "miss: the cached outputs were deleted"
+            return (
+                None,
+                f"miss: the cached outputs did not verify, so the step runs again: {problem}",
+            )
         return None, fingerprint.explain(
             (db.cache_latest(self.store, self.pipeline.source, name) or {}).get("components"), parts
         )
@@ -130,13 +156,14 @@ class Runner:
         from ..errors import SpecError
 
         entry = db.cache_get(self.store, fingerprint.key(self._parts(name)))
-        if entry is None or artifacts.read_manifest(entry["outputs_dir"]) is None:
+        if entry is None or outputs_problem(entry["outputs_dir"]) is not None:
             entry = db.cache_latest(self.store, self.pipeline.source, name)
-        if entry is None or artifacts.read_manifest(entry["outputs_dir"]) is None:
+        problem = "none was saved" if entry is None else outputs_problem(entry["outputs_dir"])
+        if problem is not None:
             raise SpecError(
                 f"step {name}",
-                "has no earlier output to reuse",
-                f"run it first (nbscale pipeline run ... --only {name}) or drop --only/--from",
+                f"has no earlier output to reuse ({problem})",
+                f"run it too (nbscale pipeline run ... --only {name}) or drop --only/--from",
             )
         self.outputs[name] = entry["outputs_dir"]
         self._set(

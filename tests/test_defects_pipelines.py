@@ -1,0 +1,140 @@
+"""Defects of issue 14 in pipelines: each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nbscale.errors import SpecError
+from nbscale.pipelines import start_run
+from nbscale.pipelines.loader import load
+from tests.test_pipeline_notebooks import cell, write_notebook
+
+
+def _step_notebook(path: Path) -> Path:
+    return write_notebook(path, [cell("x = 1\nprint(x)")])
+
+
+def _yaml(folder: Path, text: str) -> Path:
+    path = folder / "pipeline.yaml"
+    path.write_text(text)
+    return path
+
+
+# -- pipeline.yaml is validated by a model, every error with its path ------------
+
+
+def test_cache_false_as_a_string_is_an_error_not_true(tmp_path):
+    _step_notebook(tmp_path / "a.ipynb")
+    path = _yaml(tmp_path, 'steps:\n  - name: a\n    notebook: a.ipynb\n    cache: "false"\n')
+    with pytest.raises(SpecError, match=r"steps\[0\]\.cache: must be true or false .*got 'false'"):
+        load(path)
+    _yaml(tmp_path, "steps:\n  - name: a\n    notebook: a.ipynb\n    cache: false\n")
+    assert load(path).steps["a"].cache is False
+
+
+def test_negative_retries_are_refused(tmp_path):
+    _step_notebook(tmp_path / "a.ipynb")
+    path = _yaml(tmp_path, "steps:\n  - name: a\n    notebook: a.ipynb\n    retries: -1\n")
+    with pytest.raises(SpecError, match=r"steps\[0\]\.retries: must be >= 0, got -1"):
+        load(path)
+
+
+def test_every_error_is_reported_with_its_path(tmp_path):
+    _step_notebook(tmp_path / "a.ipynb")
+    path = _yaml(
+        tmp_path,
+        "name: p\n"
+        "colour: blue\n"
+        "steps:\n"
+        "  - name: a\n    notebook: a.ipynb\n    timeout: .inf\n    retries: 2.5\n"
+        "  - name: b\n    notebook: a.ipynb\n    resources: {cpu: '2', gpux: 1}\n"
+        "  - notebook: a.ipynb\n",
+    )
+    with pytest.raises(SpecError) as err:
+        load(path)
+    message = str(err.value)
+    for expected in (
+        "has 6 errors",
+        "colour: is not a known key",
+        "steps[0].timeout: must be a finite number, got inf",
+        "steps[0].retries: must be a whole number, got 2.5",
+        "steps[1].resources.cpu: must be a number, got '2'",
+        "steps[1].resources.gpux: is not a known key",
+        "steps[2].name: is required",
+    ):
+        assert expected in message, message
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../outside.ipynb", "link.ipynb"])
+def test_a_step_notebook_outside_the_pipeline_folder_is_refused(tmp_path, target):
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    _step_notebook(tmp_path / "outside.ipynb")
+    (folder / "link.ipynb").symlink_to(tmp_path / "outside.ipynb")
+    path = _yaml(folder, f"steps:\n  - name: a\n    notebook: {target}\n")
+    with pytest.raises(
+        SpecError, match=r"steps\[0\]\.notebook: .* is outside the pipeline's folder"
+    ):
+        load(path)
+
+
+def test_a_step_notebook_in_a_subfolder_is_fine(tmp_path):
+    (tmp_path / "nbs").mkdir()
+    _step_notebook(tmp_path / "nbs" / "a.ipynb")
+    path = _yaml(tmp_path, "steps:\n  - name: a\n    notebook: nbs/a.ipynb\n")
+    assert load(path).steps["a"].notebook == str(tmp_path / "nbs" / "a.ipynb")
+
+
+# -- a cache hit re-verifies what it reuses ------------------------------------------
+
+
+def _two_steps(tmp_path: Path) -> Path:
+    return write_notebook(
+        tmp_path / "flow.ipynb",
+        [
+            cell("data = list(range(5))", "step:make"),
+            cell(
+                "total = sum(data)\nopen('total.txt', 'w').write(str(total))",
+                "step:use",
+                "prev:make",
+            ),
+        ],
+    )
+
+
+def _reasons(run) -> dict[str, str]:
+    return {s["name"]: s["cache_reason"] for s in run.to_dict()["steps"]}
+
+
+def _outputs_dir(run, step: str) -> Path:
+    return Path(run.step(step)["notebook"]).parent / "outputs"
+
+
+def test_a_tampered_upstream_artifact_is_not_a_cache_hit(tmp_path):
+    flow = _two_steps(tmp_path)
+    first = start_run(str(flow), detach=False)
+    assert first.status == "SUCCEEDED", first.to_dict()
+    out = _outputs_dir(first, "make")
+    manifest = json.loads((out / "manifest.json").read_text())
+    artifact = out / manifest["values"]["data"]["file"]
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+
+    second = start_run(str(flow), detach=False)
+    assert second.status == "SUCCEEDED", second.to_dict()
+    reasons = _reasons(second)
+    assert reasons["make"].startswith("miss: the cached outputs did not verify")
+    assert "output 'data' changed after it was written" in reasons["make"]
+    assert reasons["use"].startswith("hit: unchanged since run")  # same values again
+    assert (tmp_path / "total.txt").read_text() == "10"
+
+    # a manifest whose signature no longer matches is refused the same way
+    out = _outputs_dir(second, "make")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["values"]["data"]["type"] = "builtins.dict"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    third = start_run(str(flow), detach=False)
+    assert third.status == "SUCCEEDED", third.to_dict()
+    assert "the manifest failed verification" in _reasons(third)["make"]
