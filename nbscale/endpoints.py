@@ -163,6 +163,26 @@ class Endpoint:
         status, body = self._request("GET", "/nbscale/stats", timeout=10)
         return self._check(status, body)
 
+    def drift(
+        self,
+        window: str | float = "1h",
+        since: str | float | None = None,
+        fdr: float = 0.01,
+        baseline: Any = None,
+    ) -> Any:
+        """Captured inputs against the baseline, one report per window (``nbscale.monitoring``)."""
+        from .monitoring.endpoint_drift import endpoint_drift
+
+        return endpoint_drift(
+            get_store(),
+            self.name,
+            endpoint_dir(self.name),
+            window=window,
+            since=since,
+            fdr=fdr,
+            baseline=baseline,
+        )
+
     def scale(self, min_replicas: int, max_replicas: int) -> Endpoint:
         _check_replicas(min_replicas, max_replicas)
         status, body = self._request(
@@ -228,8 +248,14 @@ def deploy(
     idle_timeout_s: float = 60.0,
     capture_rate: float | None = None,
     max_queue: int = 1024,
+    baseline: Any = None,
 ) -> Endpoint:
-    """Deploy a model object or an artifact directory as an endpoint, and wait until it answers."""
+    """Deploy a model object or an artifact directory as an endpoint, and wait until it answers.
+
+    ``baseline`` (training rows as numpy or pandas, a ``Baseline`` or a
+    baseline.json path) turns on drift monitoring: ``Endpoint.drift()``
+    compares captured inputs with it; capture defaults to every request then.
+    """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(
             "name",
@@ -246,6 +272,9 @@ def deploy(
         raise SpecError("port", f"{port!r} is not a port between 1024 and 65535")
     if capture_rate is not None and not 0 < capture_rate <= 1:
         raise SpecError("capture_rate", f"must be in (0, 1], got {capture_rate!r}")
+    base = _as_baseline(baseline) if baseline is not None else None
+    if base is not None and capture_rate is None:
+        capture_rate = 1.0  # drift needs captured inputs
     mgr = _manager(backend)
     existing = mgr.store.query_one("SELECT 1 FROM endpoints WHERE name = ?", (name,))
     if existing:
@@ -277,6 +306,9 @@ def deploy(
     }
     if capture_rate:
         config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
+    if base is not None:
+        endpoint_dir(name).mkdir(parents=True, exist_ok=True, mode=0o700)
+        base.save(endpoint_dir(name) / "baseline.json")
     try:
         rec = mgr.deploy(name, model_dir, port, lo, hi, config)
     except BaseException:
@@ -284,6 +316,16 @@ def deploy(
             shutil.rmtree(model_dir, ignore_errors=True)
         raise
     return Endpoint(rec, mgr)
+
+
+def _as_baseline(baseline: Any) -> Any:
+    from .monitoring.baseline import Baseline
+
+    if isinstance(baseline, Baseline):
+        return baseline
+    if isinstance(baseline, str | Path):
+        return Baseline.load(baseline)
+    return Baseline.from_data(baseline, source="deploy")
 
 
 def _relabel(model_dir: Path, manifest: dict, name: str) -> Path:

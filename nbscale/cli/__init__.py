@@ -13,7 +13,14 @@ import sys
 from ..errors import NbscaleError, SpecError
 
 # modules that add subcommands; each has ``register(subparsers)``
-COMMAND_MODULES = ["jobs_cmd", "config_cmd", "pipeline_cmd", "endpoints_cmd", "quickstart_cmd"]
+COMMAND_MODULES = [
+    "jobs_cmd",
+    "config_cmd",
+    "pipeline_cmd",
+    "endpoints_cmd",
+    "quickstart_cmd",
+    "monitor_cmd",
+]
 
 
 class UsageError(Exception):

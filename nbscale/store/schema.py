@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from .endpoints import ENDPOINTS
+from .events import EVENTS
 from .pipelines import PIPELINES
 
 JOBS = [
@@ -50,6 +51,7 @@ COMPONENTS: dict[str, list[str]] = {
     "jobs": JOBS,
     "endpoints": ENDPOINTS,
     "pipelines": PIPELINES,
+    "events": EVENTS,  # after jobs: it extends the jobs component's events table
 }
 
 
