@@ -16,10 +16,10 @@ from .. import __version__
 from .batching import Batcher, Overloaded
 from .capture import DataCapture
 from .handler import ModelHandler, as_numpy
-from .httpserver import Request, Response, error_response
+from .httpserver import Request, Response, error_response, internal_error
 from .jsoncodec import dumps
 from .metrics import ServerMetrics
-from .protocol import ProtocolError, encode_infer, parse_infer
+from .protocol import ProtocolError, check_npy, encode_infer, parse_infer
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping"})
 NPY_TYPES = ("application/x-npy", "application/npy")
@@ -84,17 +84,18 @@ class ServingApp:
         self.connections += delta
 
     async def __call__(self, req: Request) -> Response:
-        route = self.routes.get((req.method, req.path))
-        if route is None:
-            return self._not_found(req)
+        # the token first: an anonymous caller learns nothing, not even which routes or models exist
         if self.token and req.path not in OPEN_PATHS:
             given = req.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            if not hmac.compare_digest(given.encode("latin-1"), self.token.encode()):
                 return error_response(
                     401,
                     "missing or wrong bearer token (nbscale's clients send it for you)",
                     {"www-authenticate": "Bearer"},
                 )
+        route = self.routes.get((req.method, req.path))
+        if route is None:
+            return self._not_found(req)
         return await route(req)
 
     def _not_found(self, req: Request) -> Response:
@@ -183,7 +184,7 @@ class ServingApp:
         except Overloaded as exc:
             resp = error_response(503, str(exc), {"retry-after": "1"})
         except Exception as exc:
-            resp = error_response(500, f"the model failed: {type(exc).__name__}: {exc}")
+            resp = internal_error(exc, f"{route} of model {self.name!r}")
         finally:
             self.inflight -= 1
         self.metrics.observe_request(route, resp.status, time.perf_counter() - start)
@@ -231,6 +232,8 @@ class ServingApp:
                 415,
                 f"content type {ctype!r} is not supported; send application/json or application/x-npy",
             )
+        if ctype in NPY_TYPES:  # the header's shape and dtype, checked before anything is allocated
+            check_npy(req.body, h.input)
         try:
             data = h.input_fn(req.body, ctype)
         except ProtocolError:

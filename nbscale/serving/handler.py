@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import read_manifest, verify
-from .protocol import DTYPES, ProtocolError, TensorSpec
+from .protocol import DTYPES, ProtocolError, TensorSpec, cast_checked
 
 
 def _default_model_fn(model_dir: str):
@@ -119,10 +119,6 @@ class ModelHandler:
                 400,
                 f"the input has shape {list(arr.shape)}, the model takes {list(spec.shape)} (-1: any size)",
             )
-        if arr.dtype != self.dtype:
-            if arr.dtype.kind not in "biuf":
-                raise ProtocolError(
-                    400, f"the input has dtype {arr.dtype}, the model takes {self.input.datatype}"
-                )
-            arr = arr.astype(self.dtype)
-        return np.ascontiguousarray(arr)
+        if arr.shape[0] == 0:
+            raise ProtocolError(400, "the input has no rows")
+        return np.ascontiguousarray(cast_checked(arr, self.dtype, "the input"))

@@ -1,35 +1,72 @@
-"""A small HTTP/1.1 server on asyncio protocols, built for many tiny requests.
+"""The HTTP/1.1 server of the serving runtime and the router: llhttp framing, asyncio protocols.
 
-A framework (starlette/uvicorn, fastapi) spends more time per request than
-a small model's forward pass; this server parses just what the inference
-routes need: request line, headers, a Content-Length body, keep-alive.
-Chunked request bodies are refused with 411 (every V2 and SageMaker client
-sends Content-Length).
+Framing is parsed by ``httptools`` (llhttp, the parser of Node.js and
+uvicorn), which rejects the request-smuggling shapes: duplicate or
+malformed ``Content-Length``, ``Content-Length`` beside
+``Transfer-Encoding``, bad versions, bad header tokens. On top of it this
+module enforces what RFC 9112 leaves to the server (one ``Host`` on
+HTTP/1.1, only the ``chunked`` coding: others get 501) and the limits in
+``Limits``: head size (at any read size), header count, body size, the time
+a request may take to arrive, the keep-alive idle time, the number of
+connections (503 beyond it) and the requests read ahead on one connection.
+Reading pauses while responses are unread or too many requests wait
+(transport flow control, as uvicorn does), so a client that pipelines and
+never reads holds a bounded amount of memory. Chunked request bodies work
+(llhttp decodes them) within the same body limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-MAX_HEAD = 64 * 1024
+import httptools
+
+log = logging.getLogger("nbscale.serving")
+
 REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
+LINGER_S = 2.0  # after an error, read and drop what the client still sends, so it sees the answer
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts; every field is a command-line option of the runtime and the router."""
+
+    max_head: int = 64 * 1024  # request line and headers, bytes
+    max_headers: int = 100
+    max_body: int = 16 << 20
+    read_timeout: float = 30.0  # a request must arrive completely this long after its first byte
+    idle_timeout: float = 15.0  # keep-alive: a connection with nothing to do is closed after this
+    max_connections: int = 1024
+    max_pipeline: int = 32  # requests read ahead of their responses on one connection
+    write_buffer: int = 256 * 1024  # unsent response bytes before reading pauses
+
+    def __post_init__(self):
+        for name in self.__dataclass_fields__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
 
 @dataclass(slots=True)
@@ -69,138 +106,441 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return Response(status, dumps({"error": message}), headers=headers or {})
 
 
-class HttpProtocol(asyncio.Protocol):
-    """One connection; requests on it are answered in order (HTTP/1.1 pipelining works)."""
+def internal_error(exc: BaseException, where: str) -> Response:
+    """A 500 that tells the client only an id; the server log has the id and the traceback."""
+    eid = secrets.token_hex(6)
+    log.error("internal error %s in %s", eid, where, exc_info=exc)
+    return error_response(500, f"internal error (id {eid}); the server log has the details")
 
-    __slots__ = ("handler", "max_body", "transport", "buf", "queue", "task", "closed", "on_count")
+
+class _Refuse(Exception):
+    """Raised inside a parser callback: stop parsing and answer ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HttpServer:
+    """One listening socket, its connections, the limits and a graceful shutdown."""
 
     def __init__(
-        self, handler: Handler, max_body: int, on_count: Callable[[int], None] | None = None
+        self,
+        handler: Handler,
+        limits: Limits | None = None,
+        on_count: Callable[[int], None] | None = None,
     ):
         self.handler = handler
-        self.max_body = max_body
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.queue: list[tuple[Request | Response, bool]] = []
-        self.task: asyncio.Task | None = None
-        self.closed = False
+        self.limits = limits or Limits()
         self.on_count = on_count
+        self.connections: set[HttpProtocol] = set()
+        self.refused = 0
+        self.stopping = False
+        self.server: asyncio.AbstractServer | None = None
 
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, sock=None
+    ) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self.server = await loop.create_server(self._factory, sock=sock, backlog=1024)
+        else:
+            self.server = await loop.create_server(
+                self._factory, host, port, backlog=1024, reuse_address=True
+            )
+        return self.server
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    def _factory(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting; finish the requests already read; close idle keep-alive connections."""
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.transport.abort()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One connection; its requests are answered in order (pipelining works, within limits)."""
+
+    def __init__(self, server: HttpServer):
+        self.server = server
+        self.limits = server.limits
+        self.handler = server.handler
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: deque[tuple[Request | Response, bool]] = deque()
+        self.queued_bytes = 0
+        self.task: asyncio.Task | None = None
+        self.counted = False
+        self.closing = False  # nothing more is read: an error, Connection: close, or shutdown
+        self.closed = False
+        self.lingering = False
+        self.read_paused = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.timer: asyncio.TimerHandle | None = None
+        # the message being read
+        self.in_message = False
+        self.in_head = True
+        self.raw_head = 0
+        self.head_size = 0
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+
+    # -- connection ------------------------------------------------------------
     def connection_made(self, transport):  # type: ignore[override]
         self.transport = transport
-        if self.on_count:
-            self.on_count(1)
+        srv = self.server
+        if len(srv.connections) >= self.limits.max_connections or srv.stopping:
+            srv.refused += 1
+            self.closing = True
+            transport.write(
+                error_response(
+                    503,
+                    f"the server holds its maximum of {self.limits.max_connections} connections; retry shortly",
+                    {"retry-after": "1"},
+                ).encode(False)
+            )
+            self._linger()
+            return
+        srv.connections.add(self)
+        self.counted = True
+        if srv.on_count:
+            srv.on_count(1)
+        transport.set_write_buffer_limits(high=self.limits.write_buffer)
+        self._arm(self.limits.idle_timeout)
 
     def connection_lost(self, exc):  # type: ignore[override]
         self.closed = True
-        if self.on_count:
-            self.on_count(-1)
+        self.writable.set()
+        self._disarm()
+        if self.counted:
+            self.counted = False
+            self.server.connections.discard(self)
+            if self.server.on_count:
+                self.server.on_count(-1)
+        if self.task is not None:
+            self.task.cancel()
 
+    def pause_writing(self) -> None:  # type: ignore[override]
+        self.writable.clear()
+
+    def resume_writing(self) -> None:  # type: ignore[override]
+        self.writable.set()
+
+    def shutdown(self) -> None:
+        self.closing = True
+        if self.task is None and not self.queue:
+            self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._disarm()
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Half-close after an error and drop what still arrives, so the client reads the answer."""
+        self._disarm()
+        self.lingering = True
+        if self.transport.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+    # -- timers ------------------------------------------------------------------
+    def _arm(self, seconds: float, on_expiry: Callable[[], None] | None = None) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, on_expiry or self._idle_expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _idle_expired(self) -> None:
+        self.timer = None
+        if self.task is None and not self.queue and not self.in_message:
+            self._close()
+
+    def _read_expired(self) -> None:
+        self.timer = None
+        if self.in_message and not self.closing:
+            self._refuse(
+                408,
+                f"the request did not arrive within {self.limits.read_timeout:g} s",
+            )
+
+    # -- reading -------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:  # type: ignore[override]
-        self.buf += data
-        while not self.closed:
-            item = self._parse_one()
-            if item is None:
-                break
-            self.queue.append(item)
-            if isinstance(item[0], Response):  # a framing error ends the connection
-                break
-        if self.queue and self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._drain())
-
-    def _parse_one(self) -> tuple[Request | Response, bool] | None:
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD:
-                self.buf = bytearray()
-                return error_response(431, "request head larger than 64 KiB"), False
-            return None
-        head = bytes(buf[:end]).decode("latin-1")
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self.buf = bytearray()
-            return error_response(400, "malformed HTTP request line"), False
-        method, target, version = parts
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                self.buf = bytearray()
-                return error_response(400, f"malformed header line {line[:40]!r}"), False
-            headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self.buf = bytearray()
-            return error_response(
-                411, "chunked request bodies are not supported; send Content-Length"
-            ), False
+        if self.closing:
+            return  # after an error or Connection: close, the rest is dropped
+        if not self.in_message:
+            self._disarm()  # the idle timer; the read timer starts with the message
+        if self.in_head:
+            self.raw_head += len(data)
         try:
-            length = int(headers.get("content-length", "0"))
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.buf = bytearray()
-            return error_response(400, "Content-Length is not a non-negative integer"), False
-        if length > self.max_body:
-            self.buf = bytearray()
-            return error_response(
-                413,
-                f"the body is {length} bytes; this server takes at most {self.max_body} (send smaller batches)",
-            ), False
-        total = end + 4 + length
-        if len(buf) < total:
-            return None
-        body = bytes(buf[end + 4 : total])
-        del buf[:total]
-        conn = headers.get("connection", "").lower()
-        keep = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
-        path, _, query = target.partition("?")
-        return Request(method, path, query, headers, body), keep
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade and CONNECT are not served: the request is answered, then the connection closes
+            self.closing = True
+            if self.queue:
+                req, _ = self.queue[-1]
+                self.queue[-1] = (req, False)
+        except httptools.HttpParserError as exc:
+            if not self.closing:
+                cause = exc.__context__
+                if isinstance(cause, _Refuse):
+                    self._refuse(cause.status, cause.message)
+                else:
+                    self._refuse(400, f"malformed HTTP request: {exc}")
+        else:
+            if self.in_head and self.raw_head > self.limits.max_head:
+                self._refuse(431, self._head_message())
+        self._flow()
 
-    async def _drain(self) -> None:
+    def _head_message(self) -> str:
+        return f"the request head is larger than {self.limits.max_head} bytes"
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` after the requests already read, then close; nothing more is read."""
+        self.closing = True
+        self.in_message = False
+        self._disarm()
+        self.queue.append((error_response(status, message), False))
+        self._flow()
+
+    def _flow(self) -> None:
+        """Start answering; pause reading while too much is queued or unsent."""
+        if self.queue and self.task is None and not self.closed:
+            self.task = self.loop.create_task(self._answer())
+        if self.closing or self.closed:
+            return
+        full = (
+            len(self.queue) >= self.limits.max_pipeline
+            or self.queued_bytes >= self.limits.max_body
+            or not self.writable.is_set()
+        )
+        if full and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+            if self.in_message:
+                self._disarm()  # our own back-pressure does not count against the client
+        elif not full and self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+            if self.in_message:
+                self._arm(self.limits.read_timeout, self._read_expired)
+
+    # -- llhttp callbacks --------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.in_head = True
+        self.head_size = 0
+        self.url = b""
+        self.headers = {}
+        self.body = []
+        self.body_size = 0
+        self._arm(self.limits.read_timeout, self._read_expired)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > self.limits.max_head:
+            raise _Refuse(431, self._head_message())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.limits.max_head:
+            raise _Refuse(431, self._head_message())
+        if len(self.headers) >= self.limits.max_headers:
+            raise _Refuse(431, f"the request has more than {self.limits.max_headers} headers")
+        if not self.in_head:
+            return  # a chunked body's trailer fields: counted, not used
+        key = name.decode("latin-1").lower()
+        val = value.decode("latin-1").strip()
+        old = self.headers.get(key)
+        if old is None:
+            self.headers[key] = val
+        elif key in ("host", "content-length", "transfer-encoding", "authorization"):
+            raise _Refuse(400, f"the request has more than one {key} header")
+        else:
+            self.headers[key] = f"{old}, {val}"
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.raw_head = 0
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            if version.startswith("2") or version.startswith("3"):
+                raise _Refuse(505, f"HTTP/{version} is not supported; use HTTP/1.1")
+            raise _Refuse(400, f"HTTP/{version} is not supported; use HTTP/1.1")
+        h = self.headers
+        if version == "1.1" and "host" not in h:
+            raise _Refuse(400, "an HTTP/1.1 request needs a Host header")
+        te = h.get("transfer-encoding")
+        if te is not None and te.lower() != "chunked":
+            raise _Refuse(
+                501, f"transfer coding {te!r} is not implemented; send chunked or Content-Length"
+            )
+        length = h.get("content-length")
+        if length is not None and int(length) > self.limits.max_body:
+            raise _Refuse(
+                413,
+                f"the body is {length} bytes; this server takes at most {self.limits.max_body} "
+                "(send smaller batches)",
+            )
+
+    def on_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.body_size > self.limits.max_body:
+            raise _Refuse(
+                413,
+                f"the body is larger than {self.limits.max_body} bytes, the most this server takes "
+                "(send smaller batches)",
+            )
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self.in_head = True
+        self.raw_head = 0
+        self._disarm()
+        keep = self.parser.should_keep_alive() and not self.server.stopping
+        target = self.url.decode("latin-1")
+        path, _, query = target.partition("?")
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body = []
+        self.queued_bytes += len(body)
+        method = self.parser.get_method().decode("latin-1")
+        self.queue.append((Request(method, path, query, self.headers, body), keep))
+        if not keep:
+            self.closing = True  # what follows a Connection: close request is not read
+
+    # -- answering -----------------------------------------------------------------
+    async def _answer(self) -> None:
         try:
             while self.queue and not self.closed:
-                item, keep = self.queue.pop(0)
+                item, keep = self.queue.popleft()
                 if isinstance(item, Response):
                     resp, keep = item, False
                 else:
+                    self.queued_bytes -= len(item.body)
+                    self._flow()
                     try:
                         resp = await self.handler(item)
-                    except Exception as exc:  # a bug in a handler must not kill the connection loop
-                        resp = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+                    except Exception as exc:  # a bug in a handler must not kill the connection
+                        resp = internal_error(exc, f"{item.method} {item.path}")
                 if self.closed:
                     return
+                if self.server.stopping and not self.queue:
+                    keep = False
                 self.transport.write(resp.encode(keep))
                 if not keep:
-                    self.closed = True
-                    self.transport.close()
+                    if resp.status >= 400 and self.closing:
+                        self._linger()
+                    else:
+                        self._close()
                     return
+                if not self.writable.is_set():
+                    self._flow()
+                    try:
+                        await asyncio.wait_for(self.writable.wait(), self.limits.read_timeout)
+                    except TimeoutError:  # a client that does not read its answers is dropped
+                        self.transport.abort()
+                        return
         finally:
             self.task = None
+        if not self.closed and not self.lingering:
+            if self.closing and not self.queue and self.server.stopping:
+                self._close()
+            elif not self.in_message and not self.queue:
+                self._arm(self.limits.idle_timeout)
+            self._flow()
 
 
 def install_fast_loop() -> None:
-    """uvloop when installed: about twice the requests per second of the default loop."""
-    with contextlib.suppress(ImportError):
-        import uvloop
+    """uvloop: about twice the requests per second of the default loop."""
+    import uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def serve(
     handler: Handler,
     host: str,
     port: int,
-    max_body: int,
+    limits: Limits | None = None,
     sock=None,
     on_count: Callable[[int], None] | None = None,
-) -> asyncio.AbstractServer:
-    loop = asyncio.get_running_loop()
+) -> HttpServer:
+    server = HttpServer(handler, limits, on_count)
+    await server.start(host, port, sock)
+    return server
 
-    def factory():
-        return HttpProtocol(handler, max_body, on_count)
 
-    if sock is not None:
-        return await loop.create_server(factory, sock=sock, backlog=1024)
-    return await loop.create_server(factory, host, port, backlog=1024, reuse_address=True)
+def add_limit_arguments(parser) -> None:
+    """The ``Limits`` as command-line options (runtime and router)."""
+    d = Limits()
+    g = parser.add_argument_group("HTTP limits")
+    g.add_argument("--max-body-mb", type=float, default=d.max_body / (1 << 20))
+    g.add_argument(
+        "--max-head-kb", type=float, default=d.max_head / 1024, help="request line and headers"
+    )
+    g.add_argument("--max-headers", type=int, default=d.max_headers)
+    g.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout,
+        help="seconds a request may take to arrive once it has begun (408 after)",
+    )
+    g.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=d.idle_timeout,
+        help="seconds an idle keep-alive connection is kept",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="open connections; the next one gets 503",
+    )
+    g.add_argument(
+        "--max-pipeline",
+        type=int,
+        default=d.max_pipeline,
+        help="requests read ahead of their answers on one connection",
+    )
+
+
+def limits_from_args(args) -> Limits:
+    return Limits(
+        max_head=int(args.max_head_kb * 1024),
+        max_headers=args.max_headers,
+        max_body=int(args.max_body_mb * (1 << 20)),
+        read_timeout=args.read_timeout,
+        idle_timeout=args.keepalive_timeout,
+        max_connections=args.max_connections,
+        max_pipeline=args.max_pipeline,
+    )

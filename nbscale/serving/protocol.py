@@ -6,6 +6,7 @@ problem, so a client sees a 400 it can act on instead of a stack trace.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,13 +73,50 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
             400,
             f"input '{spec.name}' has shape {list(shape)}, the model takes {list(spec.shape)} (-1: any size)",
         )
+    if shape and shape[0] == 0:
+        raise ProtocolError(400, f"input '{spec.name}' has no rows (shape {list(shape)})")
+
+
+def cast_checked(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``arr`` as ``dtype``, or a 400 when a value does not fit (UINT8 300, 1e300 as FP32, 1.5 as INT)."""
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        raise ProtocolError(
+            400,
+            f"{what}: the values are not numbers that fit {NUMPY_TO_V2.get(dtype, dtype)} "
+            f"(read as {arr.dtype})",
+        )
+    if arr.dtype == dtype:
+        return arr
+    name = NUMPY_TO_V2.get(dtype, str(dtype))
+    if arr.size and dtype.kind in "iu" and kind != "b":
+        if kind == "f" and not (np.isfinite(arr).all() and (arr == np.trunc(arr)).all()):
+            raise ProtocolError(400, f"{what}: {name} takes whole numbers only")
+        info = np.iinfo(dtype)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise ProtocolError(
+                400, f"{what}: value {bad} is out of range for {name} ({info.min}..{info.max})"
+            )
+    elif arr.size and dtype.kind == "b" and kind != "b" and not ((arr == 0) | (arr == 1)).all():
+        raise ProtocolError(400, f"{what}: BOOL takes 0/1 or true/false only")
+    out = arr.astype(dtype)
+    if arr.size and dtype.kind == "f" and kind in "iuf":
+        overflow = np.isinf(out) & np.isfinite(arr)
+        if overflow.any():
+            bad = arr[overflow].flat[0]
+            raise ProtocolError(400, f"{what}: value {bad} is out of range for {name}")
+    return out
 
 
 def decode_array(
     spec: TensorSpec, shape: Any, datatype: Any, data: Any, raw: bytes | None = None
 ) -> np.ndarray:
     """One input tensor as a numpy array, checked against the model's signature."""
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        type(d) is int and d >= 0 for d in shape
+    ):  # bool is an int to Python, not a size
         raise ProtocolError(
             400, f"input '{spec.name}': 'shape' must be a list of non-negative integers"
         )
@@ -89,7 +127,7 @@ def decode_array(
     shape_t = tuple(shape)
     _check_shape(spec, shape_t)
     dtype = DTYPES[spec.datatype]
-    count = int(np.prod(shape_t)) if shape_t else 1
+    count = math.prod(shape_t)  # Python ints: [2**62, 64] does not wrap around to 0
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise ProtocolError(
@@ -100,16 +138,57 @@ def decode_array(
     if data is None:
         raise ProtocolError(400, f"input '{spec.name}' has no 'data'")
     try:
-        arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(
-            400, f"input '{spec.name}': data is not {spec.datatype}: {exc}"
+            400, f"input '{spec.name}': data is not a flat or nested list of numbers: {exc}"
         ) from None
     if arr.size != count:
         raise ProtocolError(
             400, f"input '{spec.name}': {arr.size} values given, shape {shape} needs {count}"
         )
-    return arr.reshape(shape_t)
+    return cast_checked(arr, dtype, f"input '{spec.name}'").reshape(shape_t)
+
+
+def check_npy(body: bytes, spec: TensorSpec) -> None:
+    """A ``.npy`` body's header against the signature and the body length, before ``np.load``."""
+    import io
+
+    from numpy.lib import format as npy
+
+    f = io.BytesIO(body)
+    try:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format {version[0]}.{version[1]} (send 1.0 or 2.0)")
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+        raise ProtocolError(400, f"the body is not a readable .npy array: {exc}") from None
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.subdtype is not None:
+        raise ProtocolError(400, f"the .npy array has dtype {dtype}; send numbers")
+    rows = tuple(shape)
+    if len(rows) == len(spec.shape) - 1:
+        rows = (1, *rows)
+    _check_shape(spec, rows)
+    need = math.prod(shape) * dtype.itemsize
+    if len(body) - f.tell() != need:
+        raise ProtocolError(
+            400,
+            f"the .npy header declares shape {list(shape)} ({need} bytes), "
+            f"the body carries {len(body) - f.tell()}",
+        )
+
+
+def _params(obj: dict, what: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(400, f"{what}: 'parameters' must be an object")
+    return params
 
 
 @dataclass
@@ -141,14 +220,24 @@ def parse_infer(body: bytes, header_len: int | None, inputs: list[TensorSpec]) -
                 400, "each input must be an object with 'name', 'shape', 'datatype' and 'data'"
             )
         name = item["name"]
+        if not isinstance(name, str):
+            raise ProtocolError(400, f"an input's 'name' must be a string, got {name!r:.60}")
+        if name in arrays:
+            raise ProtocolError(400, f"input '{name}' is given twice")
         spec = by_name.get(name)
         if spec is None:
             known = ", ".join(f"'{s.name}'" for s in inputs)
             raise ProtocolError(400, f"unknown input {name!r}; the model takes {known}")
         raw = None
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        size = _params(item, f"input '{name}'").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+            if header_len is None:
+                raise ProtocolError(
+                    400,
+                    f"input '{name}' has binary_data_size but the request has no "
+                    "Inference-Header-Content-Length header",
+                )
+            if type(size) is not int or size < 0 or offset + size > len(body):
                 raise ProtocolError(
                     400, f"input '{name}': binary_data_size {size!r} runs past the body"
                 )
@@ -160,16 +249,20 @@ def parse_infer(body: bytes, header_len: int | None, inputs: list[TensorSpec]) -
     missing = [s.name for s in inputs if s.name not in arrays]
     if missing:
         raise ProtocolError(400, f"missing input '{missing[0]}'")
-    params = req.get("parameters") or {}
+    params = _params(req, "the request")
     outputs = req.get("outputs")
     binary, requested = set(), None
+    if outputs is not None and not isinstance(outputs, list):
+        raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
     if isinstance(outputs, list):
         requested = []
         for out in outputs:
-            if not isinstance(out, dict) or "name" not in out:
-                raise ProtocolError(400, "each requested output must be an object with a 'name'")
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise ProtocolError(
+                    400, "each requested output must be an object with a string 'name'"
+                )
             requested.append(out["name"])
-            if (out.get("parameters") or {}).get("binary_data"):
+            if _params(out, f"output '{out['name']}'").get("binary_data"):
                 binary.add(out["name"])
     rid = req.get("id")
     return InferRequest(

@@ -44,7 +44,7 @@ from ..store.endpoints import (
     get_endpoint,
     update_endpoint,
 )
-from .httpserver import Request, Response, error_response, install_fast_loop, serve
+from .httpserver import Limits, Request, Response, error_response, install_fast_loop, serve
 from .jsoncodec import dumps, loads
 from .metrics import ServerMetrics
 
@@ -340,12 +340,15 @@ class Router:
             if req.path == "/invocations"
             else "other"
         )
+        model_s = 0.0  # time in the replica that answered (ModelLatency)
         try:
             resp = None
             for _attempt in range(3):  # a replica killed mid-request: try another one
                 rep = await self._ensure_replica()
                 try:
+                    sent = time.perf_counter()
                     resp = await self._forward(rep, req)
+                    model_s = time.perf_counter() - sent
                     break
                 except (OSError, asyncio.IncompleteReadError, ValueError):
                     await asyncio.sleep(0.05)  # lets the control loop see a dead replica
@@ -359,7 +362,10 @@ class Router:
             resp = error_response(503, str(exc), {"retry-after": "5"})
         finally:
             self.inflight -= 1
-        self.metrics.observe_request(route, resp.status, time.perf_counter() - start)
+        total = time.perf_counter() - start
+        self.metrics.observe_request(route, resp.status, total)
+        if route != "other":
+            self.metrics.observe_split(route, model_s, total - model_s)
         return resp
 
     async def _forward(self, rep: Replica, req: Request) -> Response:
@@ -418,7 +424,7 @@ class Router:
             self,
             "127.0.0.1",
             self.rec.port,
-            int(self.rec.config.get("max_body_mb", 16) * (1 << 20)),
+            Limits(max_body=int(self.rec.config.get("max_body_mb", 16) * (1 << 20))),
             sock=sock,
         )
         update_endpoint(self.store, self.name, None, pid=os.getpid())
@@ -455,7 +461,7 @@ class Router:
         await stop.wait()
         self.stopping = True
         control.cancel()
-        server.close()
+        await server.shutdown(timeout=10)
         for rep in self.replicas:
             self._stop_replica(rep)
         deadline = time.monotonic() + 15

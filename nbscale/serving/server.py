@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from .app import ServingApp
 from .capture import DataCapture
 from .handler import ModelHandler
-from .httpserver import install_fast_loop, serve
+from .httpserver import Limits, add_limit_arguments, install_fast_loop, limits_from_args, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("mode", nargs="?", choices=["serve"], help="'serve': SageMaker container mode")
     p.add_argument("--model-dir", help="artifact directory (default /opt/ml/model in a container)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
-    p.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
+    p.add_argument(
+        "--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080; 0: any free port)"
+    )
+    p.add_argument("--port-file", help="write the bound port here once listening (with --port 0)")
     p.add_argument("--token-file", help="file holding the bearer token clients must send")
     p.add_argument(
         "--insecure-no-auth",
@@ -49,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=25.0,
         help="batch run time the batch size adapts to",
     )
-    p.add_argument("--max-body-mb", type=float, default=16.0)
+    add_limit_arguments(p)
     p.add_argument("--capture-dir", help="write a sampled JSONL of inputs and outputs here")
     p.add_argument("--capture-rate", type=float, default=1.0)
     p.add_argument("--replica", default="0", help="replica id (names capture files)")
@@ -74,15 +78,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     host = args.host or ("0.0.0.0" if container else "127.0.0.1")
-    port = args.port or int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
+    port = (
+        args.port
+        if args.port is not None
+        else int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
+    )
+    try:
+        limits = limits_from_args(args)
+    except ValueError as exc:
+        print(f"nbscale.serving: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     install_fast_loop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args, model_dir, token, host, port))
+        asyncio.run(_run(args, model_dir, token, host, port, limits))
     return 0
 
 
 async def _run(
-    args: argparse.Namespace, model_dir: str, token: str | None, host: str, port: int
+    args: argparse.Namespace,
+    model_dir: str,
+    token: str | None,
+    host: str,
+    port: int,
+    limits: Limits,
 ) -> None:
     handler = ModelHandler(model_dir)
     capture = (
@@ -99,22 +122,22 @@ async def _run(
         args.latency_target_ms,
         capture,
     )
-    server = await serve(
-        app, host, port, int(args.max_body_mb * (1 << 20)), on_count=app.on_connection
-    )
+    server = await serve(app, host, port, limits, on_count=app.on_connection)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    port = server.port
+    if args.port_file:  # the port is the replica's own pick (port 0): no pick-and-release race
+        tmp = Path(f"{args.port_file}.tmp")
+        tmp.write_text(str(port))
+        tmp.replace(args.port_file)
     print(f"nbscale serving {handler.name!r} on http://{host}:{port}", flush=True)
     await app.start()
     print(f"ready after {handler.load_seconds:.2f}s", flush=True)
     await stop.wait()
-    server.close()
     # in-flight requests finish before the process ends: a scale-down drops nothing
-    deadline = loop.time() + 10
-    while app.inflight and loop.time() < deadline:
-        await asyncio.sleep(0.02)
+    await server.shutdown(timeout=10)
     if capture:
         capture.flush()
     await app.batcher.stop()
