@@ -161,7 +161,9 @@ class Endpoint:
         """Latency percentiles, throughput, error rate, replicas and a per-second series (last 2 min)."""
         self.refresh()
         status, body = self._request("GET", "/nbscale/stats", timeout=10)
-        return self._check(status, body)
+        from .monitoring.metrics import with_sagemaker_names
+
+        return with_sagemaker_names(self._record, self._check(status, body))
 
     def drift(
         self,

@@ -20,6 +20,23 @@ WINDOW_S = 60.0
 SERIES_POINTS = 120
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# router overhead is tens of microseconds, or seconds while a replica cold-starts
+OVERHEAD_BUCKETS = (
+    5e-5,
+    1e-4,
+    2e-4,
+    5e-4,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.05,
+    0.25,
+    1.0,
+    5.0,
+    30.0,
+    120.0,
+)
 
 
 class Rolling:
@@ -147,6 +164,21 @@ class ServerMetrics:
         self.batch_limit = Gauge(
             "nbscale_batch_limit", "Current adaptive batch size limit", ["model"], registry=r
         )
+        # SageMaker's ModelLatency / OverheadLatency, observed by a router (nbscale.monitoring.metrics)
+        self.model_latency = Histogram(
+            "nbscale_model_latency_seconds",
+            "Time the replica took to answer, as the router saw it",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead_latency = Histogram(
+            "nbscale_overhead_latency_seconds",
+            "Router time besides the replica's (queueing for a replica, cold starts, proxying)",
+            ["model", "route"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.model = model
         self.rolling = Rolling()
         # children bound once: a labels() lookup per request costs more than the observation
@@ -166,6 +198,10 @@ class ServerMetrics:
         c.inc()
         if route in ("infer", "invocations"):
             self.rolling.record(seconds, code < 400)
+
+    def observe_split(self, route: str, model_s: float, overhead_s: float) -> None:
+        self.model_latency.labels(self.model, route).observe(model_s)
+        self.overhead_latency.labels(self.model, route).observe(max(0.0, overhead_s))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self._bs.observe(size)

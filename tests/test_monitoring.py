@@ -1,0 +1,134 @@
+"""Endpoint monitoring: SageMaker-named metrics from histograms, drift on a real endpoint, capture guard."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+import numpy as np
+import pytest
+
+from nbscale.backends.local_endpoints import endpoint_dir, token_for
+from nbscale.endpoints import deploy, endpoints
+from nbscale.monitoring.metrics import NAMES, histogram_quantile, parse, row, scrape_local, to_frame
+from nbscale.serving.capture import read_capture
+from nbscale.serving.metrics import ServerMetrics
+from nbscale.store import get_store
+from nbscale.store.events import DRIFT, list_events
+
+from .conftest import wait_for
+from .test_serving import mlp
+
+
+@pytest.fixture
+def cleanup():
+    yield
+    for ep in endpoints():
+        ep.delete()
+
+
+def _post(port: int, path: str, body: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, body.encode(), {"Authorization": f"Bearer {token_for('mon')}"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_histogram_quantile_interpolates_inside_buckets_like_prometheus():
+    # 10 observations <= 1, 10 more in (1, 2], none above
+    buckets = {1.0: 10, 2.0: 20, float("inf"): 20}
+    assert histogram_quantile(0.5, buckets) == 1.0
+    assert histogram_quantile(0.75, buckets) == pytest.approx(1.5)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(0.5)
+    # the rank falls in +Inf: the largest finite bound, as Prometheus answers
+    assert histogram_quantile(0.99, {1.0: 1, float("inf"): 10}) == 1.0
+    assert histogram_quantile(0.5, {1.0: 0, float("inf"): 0}) is None
+
+
+def test_rows_from_a_runtime_exposition_use_sagemaker_names_per_interval():
+    # Given the serving runtime's own metrics after 100 fast and 4 failing requests
+    m = ServerMetrics("digits")
+    for _ in range(100):
+        m.observe_request("infer", 200, 0.0012)
+        m.observe_split("infer", 0.0011, 0.00008)
+    for code in (400, 400, 413, 503):
+        m.observe_request("infer", code, 0.0005)
+        m.observe_split("infer", 0.0004, 0.00006)
+    m.observe_request("other", 200, 0.5)  # metadata calls are not invocations
+    first = parse(m.exposition()[0].decode(), at=100.0)
+    r = row(first)
+    assert r["Invocations"] == 104
+    assert r["Invocation4XXErrors"] == 3 and r["Invocation5XXErrors"] == 1
+    # ModelLatency p50: 1.1 ms lies in the (1 ms, 2 ms] bucket; microseconds
+    assert 1000 < r["ModelLatency_p50"] <= 2000
+    assert 50 < r["OverheadLatency_p50"] <= 100
+    assert r["ModelLatency_p50"] <= r["ModelLatency_p95"] <= r["ModelLatency_p99"]
+    # When 10 slow requests follow, the next row covers only them
+    for _ in range(10):
+        m.observe_request("invocations", 200, 0.3)
+        m.observe_split("invocations", 0.2, 0.1)
+    second = row(parse(m.exposition()[0].decode(), at=160.0), first)
+    assert second["Invocations"] == 10 and second["Period"] == 60.0
+    assert second["Invocation4XXErrors"] == 0
+    assert 100_000 < second["ModelLatency_p50"] <= 250_000
+    assert 50_000 < second["OverheadLatency_p50"] <= 250_000
+    assert set(NAMES) <= set(second)
+
+
+def test_local_endpoint_metrics_under_load_and_drift_with_alert(cleanup, nbscale_cli):
+    # Given a model deployed with a baseline of its training data (capture on by default then)
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(5000, 64)).astype(np.float32)
+    ep = deploy(mlp(), name="mon", baseline=train)
+    assert (endpoint_dir("mon") / "baseline.json").is_file()
+    first = ep.metrics()  # everything since the router started
+    # When 40 good requests of 20 rows and 5 malformed ones arrive
+    t0 = time.time()
+    for _ in range(40):
+        ep.predict(rng.normal(size=(20, 64)).astype(np.float32))
+    bad = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    )
+    for _ in range(5):
+        assert _post(ep.record.port, "/v2/models/mon/infer", bad) == 400
+    m = ep.metrics()
+    # Then the interval row counts exactly those requests, under SageMaker's names
+    assert m["Invocations"] == 45 and m["Invocation4XXErrors"] == 5
+    assert m["Invocation5XXErrors"] == 0 and m["Instances"] == 1
+    assert m["InvocationsPerInstance"] == 45
+    assert m["ModelLatency_p50"] > 0 and m["ModelLatency_p99"] >= m["ModelLatency_p50"]
+    assert m["OverheadLatency_p50"] is not None and m["OverheadLatency_p50"] >= 0
+    assert len(m["sagemaker_series"]) == len(first["sagemaker_series"]) + 1
+    frame = to_frame(m)
+    assert list(frame["Invocations"])[-1] == 45
+    # And the router's /metrics needs the token
+    with pytest.raises(Exception, match="401"):
+        scrape_local(ep.record.port, "wrong")
+    assert scrape_local(ep.record.port, token_for("mon")).requests
+    # And the captured inputs of that traffic do not drift
+    wait_for(lambda: len(read_capture(endpoint_dir("mon") / "capture", since=t0)) >= 40, 30)
+    calm = ep.drift(window="1d", since=t0)
+    assert calm.captured_rows == 800 and calm.drifting == [] and calm.alerts == 0
+    # When feature 5 shifts by half a standard deviation
+    t1 = time.time()
+    for _ in range(30):
+        x = rng.normal(size=(20, 64)).astype(np.float32)
+        x[:, 5] += 0.5
+        ep.predict(x)
+    wait_for(lambda: len(read_capture(endpoint_dir("mon") / "capture", since=t1)) >= 30, 30)
+    report = ep.drift(window="1d", since=t1)
+    # Then f5 is named first, and an alert event is stored
+    assert report.captured_rows == 600 and report.drifting[0] == "f5"
+    assert report.alerts == 1
+    alerts = list_events(get_store(), kind="endpoint", ref="mon", types=[DRIFT])
+    assert alerts and alerts[0]["data"]["features"][0]["feature"] == "f5"
+    # And the CLI says the same
+    out = nbscale_cli("drift", "mon", "--window", "1d", "--since", "1h", check=True).stdout
+    assert "f5: KS" in out
+    proc = nbscale_cli("metrics", "mon", "--json", check=True)
+    assert json.loads(proc.stdout)["Invocations"] == 75  # a new process: since the router started
