@@ -70,7 +70,16 @@ def key_path(purpose: str) -> Path:
     return keys_dir() / f"{purpose}.key"
 
 
-def _refuse_open(path: Path) -> None:
+def _platform_volume(path: Path) -> bool:
+    """A file in a Kubernetes Secret volume (the kubelet's atomic-writer layout: the file is a
+    link into ``..data``). Its mode is the platform's (KFP's secret volumes cannot set
+    defaultMode) and the pod's filesystem is the pod's own."""
+    return path.is_symlink() and (path.parent / "..data").is_dir()
+
+
+def _refuse_open(path: Path, delivered: bool = False) -> None:
+    if delivered and _platform_volume(path):
+        return
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SigningKeyError(
@@ -142,7 +151,7 @@ def _from_document(text: str, where: str) -> dict[str, bytes]:
 def _from_file(path_text: str) -> dict[str, bytes]:
     path = Path(path_text)
     try:
-        _refuse_open(path)
+        _refuse_open(path, delivered=True)
         text = path.read_text()
     except FileNotFoundError:
         raise SigningKeyError(

@@ -91,3 +91,18 @@ def grep_tree(root: Path, *needles: str) -> list[str]:
             if needle and needle.encode() in data:
                 hits.append(f"{path}: {needle[:8]}...")
     return hits
+
+
+def kubernetes_secret_volume(folder: Path, files: dict[str, str], mode: int = 0o644) -> Path:
+    """A Secret volume as the kubelet writes it: the data in a timestamped folder, ``..data``
+    linking to it, and each key a link through ``..data`` (mode 0644 unless defaultMode says
+    otherwise, as with KFP's secret volumes)."""
+    stamp = folder / "..2026_12_01_00_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for name, text in files.items():
+        (stamp / name).write_text(text)
+        os.chmod(stamp / name, mode)
+    (folder / "..data").symlink_to(stamp.name)
+    for name in files:
+        (folder / name).symlink_to(f"..data/{name}")
+    return folder

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from nbscale import keys
 from nbscale.errors import SpecError
 from nbscale.pipelines import compile_pipeline
+from tests.emulators import (
+    AWS_ENV,
+    PLANTED_SECRET,
+    container_env,
+    grep_tree,
+    kubernetes_secret_volume,
+)
 from tests.test_pipeline_notebooks import cell, write_notebook
 
 
@@ -50,8 +58,18 @@ def test_kfp_ir_compiles_with_resources_and_runs_under_kfp_local(small, tmp_path
     pytest.importorskip("kfp")
     from kfp import components, local
 
-    out = Path(compile_pipeline(str(small), "kfp", str(tmp_path / "small.kfp.yaml")))
-    ir = yaml.safe_load(out.read_text())
+    # the pipeline key as the Secret volume KFP mounts (mode 0644: kfp-kubernetes sets none)
+    mount = kubernetes_secret_volume(tmp_path / "secret", {"keys.json": keys.export("pipeline")})
+    out = Path(
+        compile_pipeline(str(small), "kfp", str(tmp_path / "small.kfp.yaml"), key_mount=str(mount))
+    )
+    ir, platform = yaml.safe_load_all(out.read_text())  # the IR, then the Kubernetes spec
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for executor in ir["deploymentSpec"]["executors"].values():
+        env = {e["name"]: e["value"] for e in executor["container"]["env"]}
+        assert env == {"NBSCALE_KEY_FILE": f"{mount}/keys.json"}
+    assert all(e["secretAsVolume"][0]["secretName"] == "nbscale-keys" for e in k8s.values()), k8s
+    assert keys.load("pipeline").hex() not in out.read_text()
     assert set(ir["root"]["dag"]["tasks"]) == {
         "step-make",
         "step-double",
@@ -80,6 +98,27 @@ def test_kfp_ir_compiles_with_resources_and_runs_under_kfp_local(small, tmp_path
     assert "{'sum': 40.0}" in text  # 0..4 doubled (10.0) plus squares (30)
 
 
+@pytest.mark.filterwarnings("ignore:Task .* no effect in the current local runner:UserWarning")
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_kfp_steps_without_the_key_refuse_each_others_outputs(small, tmp_path, capfd):
+    """Each KFP step has its own home: without the Secret, step one's outputs are signed with
+    a key nobody else has, and step two refuses them with a message naming the setting."""
+    pytest.importorskip("kfp")
+    from kfp import components, local
+
+    out = Path(compile_pipeline(str(small), "kfp", str(tmp_path / "nokey.yaml"), key_secret=""))
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root")
+    )
+    with pytest.raises(RuntimeError):
+        components.load_component_from_file(str(out))(n=2, factor=1.0)
+    text = capfd.readouterr().out
+    assert list((tmp_path / "kfp-root").rglob("step-make/outputs/manifest.json"))  # step one ran
+    # the first of the two steps that read step one's outputs refuses them, naming the setting
+    assert "no pipeline signing key" in text and "NBSCALE_KEY_FILE" in text
+    assert not list((tmp_path / "kfp-root").rglob("step-total/executed"))
+
+
 def test_kfp_carries_retries_cpu_memory_and_gpu(tmp_path):
     pytest.importorskip("kfp")
     import yaml
@@ -91,7 +130,7 @@ def test_kfp_carries_retries_cpu_memory_and_gpu(tmp_path):
         "  - {name: b, notebook: b.ipynb, depends_on: [a], retries: 3, cache: false}\n"
     )
     out = compile_pipeline(str(tmp_path / "pipeline.yaml"), "kfp", str(tmp_path / "res.yaml"))
-    ir = yaml.safe_load(Path(out).read_text())
+    ir = next(yaml.safe_load_all(Path(out).read_text()))
     resources = ir["deploymentSpec"]["executors"]["exec-step-a"]["container"]["resources"]
     assert resources["cpuLimit"] == 2.0 and resources["memoryLimit"] == pytest.approx(4.294967296)
     assert resources["accelerator"]["resourceCount"] == "1"
@@ -129,11 +168,7 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
     boto3 = pytest.importorskip("boto3")
     from nbscale.pipelines.sagemaker_target import upload_and_create
 
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for key, value in AWS_ENV.items():
         monkeypatch.setenv(key, value)
     role = "arn:aws:iam::123456789012:role/nbscale-steps"
     with pytest.raises(SpecError, match="--role"):
@@ -153,11 +188,18 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
 
     s3 = boto3.client("s3", endpoint_url=moto_server)
     sm = boto3.client("sagemaker", endpoint_url=moto_server)
+    secrets = boto3.client("secretsmanager", endpoint_url=moto_server)
     s3.create_bucket(Bucket="nb-bucket")
-    arn = upload_and_create(out, sm, s3, role)
+    arn = upload_and_create(out, sm, s3, role, secretsmanager=secrets)
     assert arn.endswith(":pipeline/small")
     stored = json.loads(sm.describe_pipeline(PipelineName="small")["PipelineDefinition"])
+    definition = json.loads(out.read_text())
     assert stored == definition
+    envs = [s["Arguments"]["Environment"] for s in definition["Steps"]]
+    assert all(set(e) == {"NBSCALE_KEY_SECRET_ARN"} for e in envs)
+    assert envs[0]["NBSCALE_KEY_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
+    key_hex = keys.load("pipeline").hex()
+    assert key_hex not in json.dumps(definition)  # only the ARN travels
     execution = sm.start_pipeline_execution(
         PipelineName="small", PipelineParameters=[{"Name": "n", "Value": "3"}]
     )["PipelineExecutionArn"]
@@ -165,12 +207,31 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
     assert described["PipelineArn"] == arn
     assert upload_and_create(out, sm, s3, role) == arn  # a second create updates
 
-    # run each step's exact container command here, /opt/ml/processing mapped to a folder,
-    # code fetched back from S3 and Get expressions resolved as SageMaker would
     params = {p["Name"]: str(p["DefaultValue"]) for p in definition["Parameters"]} | {"n": "3"}
-    outputs: dict[str, Path] = {}
+    outputs = _run_sagemaker_steps(definition, s3, tmp_path / "proc", params, moto_server)
+    assert all(code == 0 for code, _ in outputs.values()), outputs
+    executed = (tmp_path / "proc" / "total" / "output" / "notebook" / "step.ipynb").read_text()
+    assert "{'sum': 12.5}" in executed  # n=3: doubled 0+2.5+5, squares 0+1+4
+    for step in outputs:  # each "container" had its own home and never held the key on disk
+        assert grep_tree(tmp_path / "proc" / step, key_hex, PLANTED_SECRET) == []
+
+    # the same steps without the key: step two refuses step one's outputs, saying why
     for step in definition["Steps"]:
-        root = tmp_path / "proc" / step["Name"]
+        del step["Arguments"]["Environment"]
+    failed = _run_sagemaker_steps(definition, s3, tmp_path / "nokey", params, moto_server, stop=2)
+    assert failed["make"][0] == 0
+    code, text = failed["double"]
+    assert code == 1 and "not signed with this pipeline's key" in text and "NBSCALE_KEY" in text
+
+
+def _run_sagemaker_steps(definition, s3, root_dir, params, endpoint, stop=None):
+    """Each step's exact container command as its own "container": /opt/ml/processing mapped to
+    a folder, code fetched back from S3, Get expressions resolved as SageMaker would, its own
+    home, and only the environment SageMaker gives (the step's Environment, the role's keys)."""
+    results: dict[str, tuple[int, str]] = {}
+    outputs: dict[str, Path] = {}
+    for step in definition["Steps"][:stop]:
+        root = root_dir / step["Name"]
         spec = step["Arguments"]
 
         def local(path: str, root=root) -> str:
@@ -198,13 +259,21 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
                 arg = "".join(params[v["Get"].split(".")[1]] for v in arg["Std:Join"]["Values"])
             args.append(local(arg))
         entry = spec["AppSpecification"]["ContainerEntrypoint"]
+        home = root / "home"
+        home.mkdir(parents=True)
+        env = container_env(
+            home, AWS_ENDPOINT_URL=endpoint, **AWS_ENV, **spec.get("Environment", {})
+        )
         proc = subprocess.run(
             [sys.executable if entry[0] == "python3" else entry[0], *entry[1:], *args],
             capture_output=True,
             text=True,
             timeout=180,
+            env=env,
+            cwd=home,
         )
-        assert proc.returncode == 0, proc.stderr
+        notebook = root / "output" / "notebook" / "step.ipynb"
+        text = proc.stdout + proc.stderr + (notebook.read_text() if notebook.exists() else "")
+        results[step["Name"]] = (proc.returncode, text)
         outputs[step["Name"]] = root / "output" / "outputs"
-    executed = (tmp_path / "proc" / "total" / "output" / "notebook" / "step.ipynb").read_text()
-    assert "{'sum': 12.5}" in executed  # n=3: doubled 0+2.5+5, squares 0+1+4
+    return results

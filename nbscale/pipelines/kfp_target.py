@@ -25,6 +25,8 @@ from . import stepbook
 from .model import Pipeline, Step
 
 DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"  # any image with nbscale, papermill and ipykernel
+KEY_SECRET = "nbscale-keys"  # a Secret with keys.json = nbscale.keys.export("pipeline")
+KEY_MOUNT = "/var/run/secrets/nbscale"
 IN = "__NBSCALE_INPUT_{}__"
 OUT = "__NBSCALE_OUTPUTS__"
 KIND = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
@@ -38,6 +40,10 @@ def {func}(notebook: str, modules: str, outputs: dsl.Output[dsl.Artifact], execu
     import tempfile
 
     import papermill
+
+    # a step is its own machine: a private nbscale home, and the pipeline key only as the
+    # platform delivers it (NBSCALE_KEY_FILE, a Secret volume), never one made up here
+    os.environ["NBSCALE_HOME"] = tempfile.mkdtemp(prefix="nbscale-home-")
 
     source = notebook
     for producer, artifact in {inputs}.items():
@@ -53,9 +59,17 @@ def {func}(notebook: str, modules: str, outputs: dsl.Output[dsl.Artifact], execu
     path = os.path.join(work, "{step}.ipynb")
     with open(path, "w") as fh:
         fh.write(source)
+    if {timeout}:  # the timeout covers the whole step, as it does locally
+        import signal
+
+        def over(signum, frame):
+            raise TimeoutError("step {step} ran past its timeout of %s s" % {timeout})
+
+        signal.signal(signal.SIGALRM, over)
+        signal.alarm({timeout})
     try:
         papermill.execute_notebook(path, executed.path, parameters={params}, kernel_name="python3",
-                                   progress_bar=False, cwd=work, execution_timeout={timeout})
+                                   progress_bar=False, cwd=work)
     finally:
         executed.metadata["step"] = "{step}"
 '''
@@ -126,9 +140,19 @@ def module_sources(pipeline: Pipeline, step: Step) -> dict[str, str]:
     return {rel: (base / rel).read_text() for rel in found if not Path(rel).is_absolute()}
 
 
-def build(pipeline: Pipeline, image: str = DEFAULT_IMAGE):
-    """The ``@dsl.pipeline`` function for ``pipeline``."""
+def build(
+    pipeline: Pipeline,
+    image: str = DEFAULT_IMAGE,
+    key_secret: str | None = KEY_SECRET,
+    key_mount: str = KEY_MOUNT,
+):
+    """The ``@dsl.pipeline`` function for ``pipeline``.
+
+    Every task mounts the Secret ``key_secret`` read-only at ``key_mount`` and finds the
+    pipeline key through ``NBSCALE_KEY_FILE``; ``key_secret=None`` compiles without it
+    (then no step can verify another's outputs); so does ``""``."""
     dsl = require("kfp.dsl", "kubeflow")
+    kubernetes = require("kfp.kubernetes", "kubeflow") if key_secret else None
     components = _load_components(pipeline, image)
 
     names = list(pipeline.parameters)
@@ -163,6 +187,11 @@ def build(pipeline: Pipeline, image: str = DEFAULT_IMAGE):
                 task.set_accelerator_limit(res.gpu)
             if step.retries:
                 task.set_retry(num_retries=step.retries)
+            if step.timeout and kubernetes is not None:
+                kubernetes.set_timeout(task, int(step.timeout))  # the pod's deadline too
+            if kubernetes is not None:
+                kubernetes.use_secret_as_volume(task, secret_name=key_secret, mount_path=key_mount)
+                task.set_env_variable("NBSCALE_KEY_FILE", f"{key_mount.rstrip('/')}/keys.json")
             tasks[name] = task
 
     # the SDK reads the pipeline's inputs from the signature: give it a typed one
@@ -184,6 +213,12 @@ def build(pipeline: Pipeline, image: str = DEFAULT_IMAGE):
     )(body)
 
 
-def compile_pipeline(pipeline: Pipeline, output: Path, image: str = DEFAULT_IMAGE) -> None:
+def compile_pipeline(
+    pipeline: Pipeline,
+    output: Path,
+    image: str = DEFAULT_IMAGE,
+    key_secret: str | None = KEY_SECRET,
+    key_mount: str = KEY_MOUNT,
+) -> None:
     compiler = require("kfp.compiler", "kubeflow")
-    compiler.Compiler().compile(build(pipeline, image), str(output))
+    compiler.Compiler().compile(build(pipeline, image, key_secret, key_mount), str(output))

@@ -7,6 +7,9 @@ uploaded to ``s3://BUCKET/PREFIX/code/STEP/``; the upstream steps' output
 folders come in as Processing inputs; parameters are pipeline parameters read
 with ``Get``. Resources pick the instance type, ``timeout`` is the job's
 MaxRuntimeInSeconds, ``retries`` a retry policy, ``cache`` the CacheConfig.
+Each step is its own machine: it verifies its inputs with the pipeline key,
+which reaches it as a Secrets Manager secret whose ARN is the step's
+``NBSCALE_KEY_SECRET_ARN`` (``upload_and_create`` puts the key there).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
+from ..keys import KEY_SECRET_ENV
 from .kfp_target import module_sources, notebook_template
 from .model import Pipeline, Resources, Step
 
@@ -81,7 +85,13 @@ def _step_uri(bucket: str, prefix: str, *parts: str) -> dict[str, Any]:
 
 
 def _step(
-    pipeline: Pipeline, step: Step, image: str, role: str, bucket: str, prefix: str
+    pipeline: Pipeline,
+    step: Step,
+    image: str,
+    role: str,
+    bucket: str,
+    prefix: str,
+    key_secret_arn: str | None = None,
 ) -> dict[str, Any]:
     producers = sorted(set(step.inputs.values()))
     args: list[Any] = [
@@ -171,6 +181,9 @@ def _step(
         "ProcessingOutputConfig": {"Outputs": outputs},
         "StoppingCondition": {"MaxRuntimeInSeconds": int(step.timeout or 86400)},
     }
+    if key_secret_arn:
+        # only the ARN travels; the step reads the pipeline key with its role
+        arguments["Environment"] = {KEY_SECRET_ENV: key_secret_arn}
     out: dict[str, Any] = {"Name": step.name, "Type": "Processing", "Arguments": arguments}
     explicit = [d for d in step.depends_on if d not in producers]
     if explicit:
@@ -209,6 +222,7 @@ def definition(
     role: str | None = None,
     bucket: str = "nbscale-pipelines",
     prefix: str | None = None,
+    key_secret_arn: str | None = None,
 ) -> dict[str, Any]:
     role = _role(role)
     prefix = (prefix or pipeline.name).strip("/")
@@ -224,7 +238,7 @@ def definition(
         },
         "Parameters": params,
         "Steps": [
-            _step(pipeline, pipeline.steps[n], image, role, bucket, prefix)
+            _step(pipeline, pipeline.steps[n], image, role, bucket, prefix, key_secret_arn)
             for n in pipeline.order()
         ],
     }
@@ -241,8 +255,9 @@ def compile_pipeline(
     role: str | None = None,
     bucket: str = "nbscale-pipelines",
     prefix: str | None = None,
+    key_secret_arn: str | None = None,
 ) -> None:
-    data = definition(pipeline, image, role, bucket, prefix)
+    data = definition(pipeline, image, role, bucket, prefix, key_secret_arn)
     code = code_dir(output)
     for name in pipeline.order():
         step = pipeline.steps[name]
@@ -255,10 +270,40 @@ def compile_pipeline(
     output.write_text(json.dumps(data, indent=2))
 
 
-def upload_and_create(output: Path, sagemaker, s3, role: str, name: str | None = None) -> str:
-    """Upload the step code next to ``output`` and create (or update) the pipeline; returns its ARN."""
+def ensure_key_secret(secretsmanager, name: str, kms_key_id: str | None = None) -> str:
+    """Create or update the Secrets Manager secret that holds the pipeline key; return its ARN.
+
+    The steps' role needs ``secretsmanager:GetSecretValue`` on it; only the ARN goes into the
+    definition."""
+    from ..keys import export
+
+    value = export("pipeline")
+    try:
+        return secretsmanager.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+    except secretsmanager.exceptions.ResourceNotFoundException:
+        extra = {"KmsKeyId": kms_key_id} if kms_key_id else {}
+        return secretsmanager.create_secret(
+            Name=name,
+            SecretString=value,
+            Description="nbscale pipeline signing key (steps verify each other's artifacts)",
+            **extra,
+        )["ARN"]
+
+
+def upload_and_create(
+    output: Path, sagemaker, s3, role: str, name: str | None = None, secretsmanager=None
+) -> str:
+    """Upload the step code next to ``output`` and create (or update) the pipeline; returns its ARN.
+
+    With ``secretsmanager``, the pipeline key is put in a secret named ``nbscale/<pipeline>/keys``
+    and every step gets its ARN (steps compiled with ``key_secret_arn`` already have one)."""
     data = json.loads(output.read_text())
     meta = data["Metadata"]["nbscale"]
+    if secretsmanager is not None:
+        arn = ensure_key_secret(secretsmanager, f"nbscale/{meta['prefix']}/keys")
+        for step in data["Steps"]:
+            step["Arguments"].setdefault("Environment", {})[KEY_SECRET_ENV] = arn
+        output.write_text(json.dumps(data, indent=2))
     for path in sorted(p for p in code_dir(output).rglob("*") if p.is_file()):
         key = f"{meta['prefix']}/code/{path.relative_to(code_dir(output)).as_posix()}"
         s3.put_object(Bucket=meta["bucket"], Key=key, Body=path.read_bytes())
