@@ -11,7 +11,6 @@ The bearer token is read from its 0600 file and sent for you.
 
 from __future__ import annotations
 
-import http.client
 import re
 import shutil
 import tempfile
@@ -21,15 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from .backends.local.processes import alive
-from .backends.local_endpoints import LocalEndpoints, endpoint_dir, token_for
+from .backends.endpoint_base import (
+    DeployRequest,
+    EndpointBackend,
+    endpoint_backend_for,
+    get_endpoint_backend,
+)
+from .backends.local_endpoints import endpoint_dir
 from .config import load as load_config
-from .errors import BackendUnavailable, Conflict, NbscaleError, SpecError
+from .errors import Conflict, SpecError
 from .serving.artifact import package, read_manifest, sign, verify
-from .serving.jsoncodec import dumps, loads
-from .serving.protocol import DTYPES
 from .store import get_store
-from .store.endpoints import READY, SCALED_TO_ZERO, EndpointRecord, get_endpoint, list_endpoints
+from .store.endpoints import EndpointRecord, get_endpoint, list_endpoints
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -37,11 +39,9 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 class Endpoint:
     """A handle on one endpoint; it reads the store when asked."""
 
-    def __init__(self, record: EndpointRecord, manager: LocalEndpoints):
+    def __init__(self, record: EndpointRecord, manager: EndpointBackend):
         self._record = record
         self._manager = manager
-        self._conn: http.client.HTTPConnection | None = None
-        self._input: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -62,10 +62,7 @@ class Endpoint:
     @property
     def status(self) -> str:
         """The stored status, or DOWN when the router process is gone (``refresh()`` restarts it)."""
-        r = self._record
-        if r.status in (READY, SCALED_TO_ZERO) and r.pid and not alive(r.pid, r.pid_created):
-            return "DOWN"
-        return r.status
+        return self._manager.display_status(self._record)
 
     def to_dict(self) -> dict[str, Any]:
         r = self._record
@@ -90,80 +87,20 @@ class Endpoint:
         text = f"endpoint {d['name']}: {d['status']} at {d['url']} ({reps['current']} replicas, {reps['min']}..{reps['max']})"
         return {"text/plain": text}
 
-    # -- HTTP ------------------------------------------------------------------
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        timeout: float = 150.0,
-        content_type: str = "application/json",
-    ) -> tuple[int, bytes]:
-        headers = {"Authorization": f"Bearer {token_for(self.name)}", "Content-Type": content_type}
-        for attempt in range(2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(
-                    "127.0.0.1", self._record.port, timeout=timeout
-                )
-            try:
-                self._conn.request(method, path, body=body, headers=headers)
-                resp = self._conn.getresponse()
-                return resp.status, resp.read()
-            except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                self._conn.close()
-                self._conn = None
-                if attempt:
-                    raise BackendUnavailable(
-                        f"endpoint {self.name!r} did not answer at {self.url}: {exc}",
-                        f"check it with: nbscale endpoints; logs in {endpoint_dir(self.name)}",
-                    ) from None
-        raise AssertionError("unreachable")
-
-    def _check(self, status: int, body: bytes) -> Any:
-        data = loads(body) if body else {}
-        if status >= 400:
-            message = data.get("error") if isinstance(data, dict) else body[:200]
-            if status == 400:
-                raise SpecError("input", str(message))
-            raise NbscaleError(f"endpoint {self.name!r} answered {status}: {message}")
-        return data
-
+    # -- calls -----------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        status, body = self._request("GET", f"/v2/models/{self.name}")
-        return self._check(status, body)
+        return self._manager.metadata(self._record)
 
     def predict(self, x: Any) -> np.ndarray:
         """Rows in (numpy, torch or nested lists; one row is made a batch of one), rows out."""
-        if self._input is None:
-            self._input = self.metadata()["inputs"][0]
-        spec = self._input
-        arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-        single = arr.ndim == len(spec["shape"]) - 1
-        if single:
-            arr = arr[None]
-        arr = np.ascontiguousarray(arr, dtype=DTYPES[spec["datatype"]])
-        req = {
-            "inputs": [
-                {
-                    "name": spec["name"],
-                    "shape": list(arr.shape),
-                    "datatype": spec["datatype"],
-                    "data": arr.reshape(-1),
-                }
-            ]
-        }
-        status, body = self._request("POST", f"/v2/models/{self.name}/infer", dumps(req))
-        out = self._check(status, body)["outputs"][0]
-        result = np.asarray(out["data"], dtype=DTYPES[out["datatype"]]).reshape(out["shape"])
-        return result[0] if single else result
+        return self._manager.predict(self._record, x)
 
     def metrics(self) -> dict[str, Any]:
         """Latency percentiles, throughput, error rate, replicas and a per-second series (last 2 min)."""
         self.refresh()
-        status, body = self._request("GET", "/nbscale/stats", timeout=10)
         from .monitoring.metrics import with_sagemaker_names
 
-        return with_sagemaker_names(self._record, self._check(status, body))
+        return with_sagemaker_names(self._record, self._manager.metrics(self._record))
 
     def drift(
         self,
@@ -187,34 +124,19 @@ class Endpoint:
 
     def scale(self, min_replicas: int, max_replicas: int) -> Endpoint:
         _check_replicas(min_replicas, max_replicas)
-        status, body = self._request(
-            "POST", "/nbscale/scale", dumps({"min": min_replicas, "max": max_replicas}), timeout=10
-        )
-        self._check(status, body)
-        self._record = get_endpoint(self._manager.store, self.name)
+        self._record = self._manager.scale(self._record, min_replicas, max_replicas)
         return self
 
     def delete(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._manager.close(self.name)
         self._manager.undeploy(self.name)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._manager.close(self.name)
 
 
-def _manager(backend: str | None = None) -> LocalEndpoints:
-    config = load_config()
-    bconf = config.backend(backend)
-    if bconf.type != "local":
-        raise BackendUnavailable(
-            f"endpoints on {bconf.type} backends are not available yet",
-            "deploy with --backend local (the default)",
-        )
-    return LocalEndpoints(get_store(), bconf.name)
+def _manager(backend: str | None = None) -> EndpointBackend:
+    return get_endpoint_backend(backend, load_config(), get_store())
 
 
 def _check_replicas(lo: Any, hi: Any) -> None:
@@ -227,13 +149,20 @@ def _check_replicas(lo: Any, hi: Any) -> None:
 
 
 def endpoints() -> list[Endpoint]:
-    mgr = _manager()
-    return [Endpoint(r, mgr) for r in list_endpoints(mgr.store)]
+    config, store = load_config(), get_store()
+    managers: dict[str, EndpointBackend] = {}
+    out = []
+    for r in list_endpoints(store):
+        if r.backend not in managers:
+            managers[r.backend] = endpoint_backend_for(r, config, store)
+        out.append(Endpoint(r, managers[r.backend]))
+    return out
 
 
 def endpoint(name: str) -> Endpoint:
-    mgr = _manager()
-    return Endpoint(get_endpoint(mgr.store, name), mgr)
+    store = get_store()
+    rec = get_endpoint(store, name)
+    return Endpoint(rec, endpoint_backend_for(rec, load_config(), store))
 
 
 def deploy(
@@ -312,7 +241,7 @@ def deploy(
         endpoint_dir(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         base.save(endpoint_dir(name) / "baseline.json")
     try:
-        rec = mgr.deploy(name, model_dir, port, lo, hi, config)
+        rec = mgr.deploy(DeployRequest(name, model_dir, lo, hi, port, config))
     except BaseException:
         if model_dir.is_relative_to(endpoint_dir(name)):  # a copy made here for this deploy
             shutil.rmtree(model_dir, ignore_errors=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from ..config import BackendConfig
 from ..errors import BackendUnavailable, Conflict
 from ..store import Store
 from ..store.endpoints import (
@@ -31,8 +32,10 @@ from ..store.endpoints import (
     delete_endpoint,
     get_endpoint,
     insert_endpoint,
+    list_endpoints,
     update_endpoint,
 )
+from .endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
 from .local.processes import alive, create_time, stop_tagged_processes
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
@@ -72,14 +75,66 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalEndpoints:
+class LocalEndpoints(EndpointBackend):
+    """The first ``EndpointBackend``: a router and replica processes on this machine."""
+
     type = "local"
 
-    def __init__(self, store: Store, backend: str = "local"):
-        self.store = store
-        self.backend = backend
+    def __init__(self, config: BackendConfig, store: Store):
+        super().__init__(config, store)
+        self._clients = V2Clients(self._client)
 
-    def deploy(
+    def _client(self, rec: EndpointRecord) -> V2Client:
+        return V2Client(
+            rec.name,
+            f"http://127.0.0.1:{rec.port}",
+            headers=lambda: {"Authorization": f"Bearer {token_for(rec.name)}"},
+            unreachable=f"check it with: nbscale endpoints; logs in {endpoint_dir(rec.name)}",
+        )
+
+    def display_status(self, rec: EndpointRecord) -> str:
+        """The stored status, or DOWN when the router process is gone (``status`` restarts it)."""
+        if (
+            rec.status in (READY, SCALED_TO_ZERO)
+            and rec.pid
+            and not alive(rec.pid, rec.pid_created)
+        ):
+            return "DOWN"
+        return rec.status
+
+    def list(self) -> list[EndpointRecord]:
+        return [r for r in list_endpoints(self.store) if r.backend_type == self.type]
+
+    def metadata(self, rec: EndpointRecord) -> dict[str, Any]:
+        return self._clients.get(rec).metadata()
+
+    def predict(self, rec: EndpointRecord, x: Any) -> Any:
+        return self._clients.get(rec).predict(x)
+
+    def metrics(self, rec: EndpointRecord) -> dict[str, Any]:
+        return self._clients.get(rec).get_json("/nbscale/stats", timeout=10)
+
+    def scale(self, rec: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
+        self._clients.get(rec).post_json(
+            "/nbscale/scale", {"min": min_replicas, "max": max_replicas}, timeout=10
+        )
+        return get_endpoint(self.store, rec.name)
+
+    def close(self, name: str) -> None:
+        self._clients.close(name)
+
+    def deploy(self, request: DeployRequest) -> EndpointRecord:
+        self.validate(request)
+        return self._deploy(
+            request.name,
+            request.model_dir,
+            request.port,
+            request.min_replicas,
+            request.max_replicas,
+            request.config,
+        )
+
+    def _deploy(
         self,
         name: str,
         model_dir: Path,
@@ -189,6 +244,7 @@ class LocalEndpoints:
         return rec
 
     def undeploy(self, name: str) -> None:
+        self._clients.close(name)
         rec = get_endpoint(self.store, name)
         if rec.pid and alive(rec.pid, rec.pid_created):
             os.kill(rec.pid, signal.SIGTERM)

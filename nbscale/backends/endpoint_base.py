@@ -1,0 +1,315 @@
+"""The interface every endpoint backend implements, and how one is found.
+
+An endpoint backend turns a packaged model artifact into a served endpoint and
+answers for it: ``deploy``, ``status``, ``predict``, ``metrics``, ``scale``,
+``undeploy`` and ``list``. Backends are found through the
+``nbscale.endpoint_backends`` entry-point group, by the ``type`` of a
+``[backends.NAME]`` table, exactly like job backends (``nbscale.backends``).
+
+``nbscale.endpoints`` (the Python API every face uses) validates what is common
+to every backend (name, replicas, batching) and packages the model; the
+backend validates its own options (``DeployRequest.options``) and refuses any
+it does not use, before anything is created.
+
+``V2Client`` is the Open Inference Protocol (V2) client the backends share:
+one keep-alive connection, the model's input signature read once, numpy in and
+numpy out.
+"""
+
+from __future__ import annotations
+
+import http.client
+import urllib.parse
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..config import BackendConfig, Config
+from ..config import load as load_config
+from ..errors import BackendUnavailable, NbscaleError, SpecError
+from ..store import Store, get_store
+from ..store.endpoints import EndpointRecord
+
+GROUP = "nbscale.endpoint_backends"
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What to deploy: a verified artifact directory and the settings every backend shares.
+
+    ``config`` holds the serving runtime's settings (batching, queue, capture);
+    ``options`` holds settings only some backends have (``canary_traffic_percent``,
+    ``scale_metric``, ``gpus``...): a backend refuses one it does not use.
+    """
+
+    name: str
+    model_dir: Path
+    min_replicas: int
+    max_replicas: int
+    port: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class EndpointBackend(ABC):
+    """Deploy, status, predict, metrics, scale, undeploy and list for one kind of platform."""
+
+    type: ClassVar[str]
+    #: names in ``DeployRequest.options`` this backend understands; any other is refused
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: BackendConfig, store: Store):
+        self.config = config
+        self.store = store
+
+    @property
+    def backend(self) -> str:
+        """The configured name of this backend (``[backends.NAME]``)."""
+        return self.config.name
+
+    def validate(self, request: DeployRequest) -> None:
+        """Refuse a request this backend cannot honour (``SpecError``), before anything is made."""
+        for key, value in request.options.items():
+            if key not in self.options and value not in (None, "", False):
+                raise SpecError(
+                    key.replace("_", "-"),
+                    f"the {self.type} endpoint backend does not use it",
+                    f"drop --{key.replace('_', '-')} or deploy with a backend that has it",
+                )
+
+    def render(self, request: DeployRequest) -> str:
+        """The exact platform objects ``deploy`` would send (for ``--dry-run``)."""
+        raise SpecError(
+            "--dry-run",
+            f"the {self.type} endpoint backend sends no manifest to show",
+            "leave --dry-run out, or use a Kubernetes or cloud backend",
+        )
+
+    @abstractmethod
+    def deploy(self, request: DeployRequest) -> EndpointRecord:
+        """Create the endpoint, wait until it answers, and return its stored record."""
+
+    @abstractmethod
+    def status(self, record: EndpointRecord) -> EndpointRecord:
+        """Refresh the record from the platform (READY, SCALED_TO_ZERO, STARTING, FAILED...)."""
+
+    def display_status(self, record: EndpointRecord) -> str:
+        """The status to show without asking the platform (cheap; the stored one by default)."""
+        return record.status
+
+    @abstractmethod
+    def metadata(self, record: EndpointRecord) -> dict[str, Any]:
+        """The V2 model metadata: name, inputs and outputs with shape (-1 for batch) and datatype."""
+
+    @abstractmethod
+    def predict(self, record: EndpointRecord, x: Any) -> np.ndarray:
+        """Rows in (numpy, torch or nested lists; one row is made a batch of one), rows out."""
+
+    @abstractmethod
+    def metrics(self, record: EndpointRecord) -> dict[str, Any]:
+        """Latency percentiles, throughput, error rate, replicas and a per-second series."""
+
+    @abstractmethod
+    def scale(self, record: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
+        """Change the replica range; return the updated record."""
+
+    @abstractmethod
+    def undeploy(self, name: str) -> None:
+        """Remove everything the endpoint runs and the record."""
+
+    @abstractmethod
+    def list(self) -> list[EndpointRecord]:
+        """The endpoints of this backend."""
+
+    def close(self, name: str) -> None:  # noqa: B027 - backends without connections keep none
+        """Drop any connection kept open for endpoint ``name``."""
+
+    def check(self) -> dict[str, Any]:
+        """Whether the platform can be reached: ``{"reachable": bool, "detail": str}``."""
+        return {"reachable": True, "detail": "ok"}
+
+
+# -- finding backends ----------------------------------------------------------
+
+
+@cache
+def endpoint_backend_types() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def _backend_class(type_name: str) -> type[EndpointBackend]:
+    types = endpoint_backend_types()
+    if type_name not in types:
+        raise BackendUnavailable(
+            f"endpoints on {type_name} backends are not available",
+            f"installed endpoint backend types: {', '.join(sorted(types)) or '(none: reinstall nbscale)'}",
+        )
+    return types[type_name].load()
+
+
+def get_endpoint_backend(
+    name: str | None = None, config: Config | None = None, store: Store | None = None
+) -> EndpointBackend:
+    """The endpoint backend configured as ``name`` (default: the configured default)."""
+    config = config or load_config()
+    bconf = config.backend(name)
+    cls = _backend_class(bconf.type)
+    try:
+        return cls(bconf, store or get_store())
+    except BackendUnavailable:
+        raise
+    except ImportError as exc:  # a backend whose optional SDK is missing
+        raise BackendUnavailable(str(exc), f"pip install 'nbscale[{bconf.type}]'") from exc
+
+
+def endpoint_backend_for(record: EndpointRecord, config: Config, store: Store) -> EndpointBackend:
+    """The backend that serves ``record``; by its type alone if its config entry was removed."""
+    if record.backend in config.backends:
+        return get_endpoint_backend(record.backend, config, store)
+    return _backend_class(record.backend_type)(
+        BackendConfig(record.backend, record.backend_type, {}), store
+    )
+
+
+# -- the V2 protocol client ----------------------------------------------------
+
+
+class V2Client:
+    """Open Inference Protocol (V2) over one keep-alive HTTP connection.
+
+    ``headers`` is called for every request (a token file can change);
+    ``unreachable`` is the hint given when the server does not answer.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        headers: Callable[[], dict[str, str]] = dict,
+        unreachable: str = "check it with: nbscale endpoints",
+        model: str | None = None,
+    ):
+        self.name = name
+        self.url = url.rstrip("/")
+        self.model = model or name
+        self._headers = headers
+        self._unreachable = unreachable
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SpecError("url", f"{url!r} is not an http(s) URL of endpoint {name!r}")
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._conn: http.client.HTTPConnection | None = None
+        self._input: dict[str, Any] | None = None
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout: float = 150.0,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
+        headers = {**self._headers(), "Content-Type": content_type}
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = self._connect(timeout)
+            try:
+                self._conn.request(method, self._prefix + path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                return resp.status, resp.read()
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise BackendUnavailable(
+                        f"endpoint {self.name!r} did not answer at {self.url}: {exc}",
+                        self._unreachable,
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def check(self, status: int, body: bytes) -> Any:
+        from ..serving.jsoncodec import loads
+
+        data = loads(body) if body else {}
+        if status >= 400:
+            message = data.get("error") if isinstance(data, dict) else body[:200]
+            if status == 400:
+                raise SpecError("input", str(message))
+            raise NbscaleError(f"endpoint {self.name!r} answered {status}: {message}")
+        return data
+
+    def get_json(self, path: str, timeout: float = 150.0) -> Any:
+        return self.check(*self.request("GET", path, timeout=timeout))
+
+    def post_json(self, path: str, payload: Any, timeout: float = 150.0) -> Any:
+        from ..serving.jsoncodec import dumps
+
+        return self.check(*self.request("POST", path, dumps(payload), timeout=timeout))
+
+    def metadata(self) -> dict[str, Any]:
+        return self.get_json(f"/v2/models/{self.model}")
+
+    def predict(self, x: Any) -> np.ndarray:
+        from ..serving.protocol import DTYPES
+
+        if self._input is None:
+            self._input = self.metadata()["inputs"][0]
+        spec = self._input
+        arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        single = arr.ndim == len(spec["shape"]) - 1
+        if single:
+            arr = arr[None]
+        arr = np.ascontiguousarray(arr, dtype=DTYPES[spec["datatype"]])
+        req = {
+            "inputs": [
+                {
+                    "name": spec["name"],
+                    "shape": list(arr.shape),
+                    "datatype": spec["datatype"],
+                    "data": arr.reshape(-1),
+                }
+            ]
+        }
+        out = self.post_json(f"/v2/models/{self.model}/infer", req)["outputs"][0]
+        result = np.asarray(out["data"], dtype=DTYPES[out["datatype"]]).reshape(out["shape"])
+        return result[0] if single else result
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class V2Clients:
+    """One ``V2Client`` per endpoint name, made on first use, for a backend to keep."""
+
+    def __init__(self, make: Callable[[EndpointRecord], V2Client]):
+        self._make = make
+        self._clients: dict[str, V2Client] = {}
+
+    def get(self, record: EndpointRecord) -> V2Client:
+        client = self._clients.get(record.name)
+        if client is None or client.url != record.url.rstrip("/"):
+            if client is not None:
+                client.close()
+            client = self._clients[record.name] = self._make(record)
+        return client
+
+    def close(self, name: str) -> None:
+        client = self._clients.pop(name, None)
+        if client is not None:
+            client.close()
