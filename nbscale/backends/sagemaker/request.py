@@ -1,0 +1,200 @@
+"""The CreateTrainingJob request for a job: built from the spec alone, so ``--dry-run``
+prints exactly what ``submit`` sends.
+
+The container needs no boto3 and no custom image to get its inputs: each input is a
+SageMaker channel (an S3 prefix SageMaker copies to ``/opt/ml/input/data/<channel>``
+before the entry starts):
+
+- ``bundle``: the signed job bundle, content-addressed in S3;
+- ``spec``: the job's spec, base64 JSON (too long for a container argument);
+- ``runtime``: the wheels of nbscale's runtime, installed offline (``pip --no-index``)
+  when the channel is there (a stock PyTorch image has no nbscale).
+
+The entry installs the runtime and execs ``python -m nbscale.runtime.launch``, which
+reads the hosts from ``/opt/ml/input/config/resourceconfig.json`` (with an entry point
+of its own a container gets no ``SM_*`` variables from SageMaker's training toolkit).
+Rank 0 writes ``results.zip`` and every node ``nodes/<node>.json`` into
+``/opt/ml/model``, which SageMaker uploads as ``model.tar.gz`` when the job ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import SpecError
+from .config import SageMakerSettings, is_gpu_instance
+
+DEFAULT_MAX_RUNTIME = 24 * 3600
+MAX_ARG = 256  # SageMaker's limit on one entry point string or argument
+CHANNELS = ("bundle", "spec", "runtime")
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+CHECKPOINT_PATH = "/opt/ml/checkpoints"
+
+# Two short ``sh -c`` stages (SageMaker allows 256 characters per entry string): the
+# first installs the runtime wheels when that channel is there, the second reads the
+# spec and execs the launcher with the job's arguments.
+DATA = "/opt/ml/input/data"
+INSTALL_STAGE = (
+    f"D={DATA};[ -d $D/runtime ]&&"
+    "{ python -m pip install -q --no-index --no-deps $D/runtime/*.whl||exit 1;};"
+    'exec "$@"'
+)
+LAUNCH_STAGE = (
+    f'exec python -m nbscale.runtime.launch --spec "$(cat {DATA}/spec/spec.b64)" '
+    f'--bundle {DATA}/bundle/cell.zip --outputs /opt/ml/model "$@"'
+)
+ENTRYPOINT = [
+    *("/bin/sh", "-c", INSTALL_STAGE, "nbscale-setup"),
+    *("/bin/sh", "-c", LAUNCH_STAGE, "nbscale-launch"),
+]
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Where a job's inputs are (or will be) in S3: content-addressed prefixes."""
+
+    bundle_prefix: str  # s3://.../sha256/<hex>/
+    spec_prefix: str
+    runtime_prefix: str | None = None
+    key_secret_arn: str | None = None
+
+
+def spot_of(spec: dict[str, Any], settings: SageMakerSettings) -> bool:
+    value = spec.get("spot")
+    return settings.spot if value is None else bool(value)
+
+
+def max_runtime_of(spec: dict[str, Any]) -> int:
+    return int(spec.get("max_runtime") or DEFAULT_MAX_RUNTIME)
+
+
+def check_spec(spec: dict[str, Any], settings: SageMakerSettings) -> None:
+    """What SageMaker itself would refuse, said before anything is uploaded."""
+    instance = spec.get("instance_type") or settings.instance_type
+    if spec.get("gpus_per_proc") and not is_gpu_instance(instance):
+        raise SpecError(
+            "gpus_per_proc",
+            f"{instance} has no GPU",
+            "pick a GPU instance with --instance-type (e.g. ml.g5.xlarge) or drop --gpus-per-proc",
+        )
+    if spec.get("secret_env"):
+        raise SpecError(
+            "secret_env",
+            "the SageMaker backend cannot pass secret values yet: a training job's Environment "
+            "is shown by DescribeTrainingJob to anyone allowed to describe it",
+            "read the secret inside the job from AWS Secrets Manager with the job's role",
+        )
+    checkpoint = spec.get("checkpoint_dir")
+    if checkpoint and not str(checkpoint).startswith("s3://"):
+        raise SpecError(
+            "checkpoint_dir",
+            f"{checkpoint!r} is a local path; SageMaker syncs /opt/ml/checkpoints to S3",
+            "give --checkpoint-dir s3://BUCKET/PREFIX, or leave it out for "
+            f"{settings.uri('checkpoints', 'JOB')}",
+        )
+    runtime = max_runtime_of(spec)
+    if spot_of(spec, settings) and settings.max_wait is not None and settings.max_wait < runtime:
+        raise SpecError(
+            f"[backends.{settings.name}] max_wait",
+            f"is {settings.max_wait} s, less than the job's max runtime ({runtime} s); "
+            "SageMaker refuses MaxWaitTimeInSeconds below MaxRuntimeInSeconds",
+            f"set max_wait >= {runtime}, or a shorter --max-runtime",
+        )
+    if len(spec.get("env") or {}) > 90:
+        raise SpecError("env", "SageMaker allows 100 environment variables; nbscale uses a few")
+    for key, value in (spec.get("env") or {}).items():
+        if len(str(value)) > 512:
+            raise SpecError("env", f"the value of {key} is longer than SageMaker's 512 characters")
+
+
+def _channel(name: str, prefix: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": prefix,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "InputMode": "File",
+    }
+
+
+def training_job_name(job_id: str) -> str:
+    # nbscale ids are lower-case letters, digits and '-': SageMaker's pattern, 63 at most
+    return job_id[:63].rstrip("-")
+
+
+def build(
+    job_id: str, spec: dict[str, Any], settings: SageMakerSettings, staged: Staged
+) -> dict[str, Any]:
+    """The CreateTrainingJob request (boto3 keyword arguments) for one job."""
+    check_spec(spec, settings)
+    instance = spec.get("instance_type") or settings.instance_type
+    runtime = max_runtime_of(spec)
+    name = training_job_name(job_id)
+    channels = [_channel("bundle", staged.bundle_prefix), _channel("spec", staged.spec_prefix)]
+    if staged.runtime_prefix:
+        channels.append(_channel("runtime", staged.runtime_prefix))
+    resource: dict[str, Any] = {
+        "InstanceType": instance,
+        "InstanceCount": int(spec.get("nodes") or 1),
+        "VolumeSizeInGB": settings.volume_size_gb,
+    }
+    if settings.kms_key_id:
+        resource["VolumeKmsKeyId"] = settings.kms_key_id
+    if settings.keep_alive_seconds is not None:
+        resource["KeepAlivePeriodInSeconds"] = settings.keep_alive_seconds
+    env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    if staged.key_secret_arn:
+        env["NBSCALE_KEY_SECRET_ARN"] = staged.key_secret_arn
+    output: dict[str, Any] = {"S3OutputPath": settings.uri("jobs")}
+    if settings.kms_key_id:
+        output["KmsKeyId"] = settings.kms_key_id
+    tags = {**settings.tags, **(spec.get("tags") or {}), "nbscale:job-id": job_id}
+    request: dict[str, Any] = {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {
+            "TrainingImage": settings.training_image(instance, spec.get("image")),
+            "TrainingInputMode": "File",
+            "ContainerEntrypoint": list(ENTRYPOINT),
+            "ContainerArguments": ["--job-id", job_id],
+        },
+        "RoleArn": settings.role_arn,
+        "InputDataConfig": channels,
+        "OutputDataConfig": output,
+        "ResourceConfig": resource,
+        "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
+        "Environment": env,
+        "Tags": [{"Key": str(k), "Value": str(v)} for k, v in sorted(tags.items())],
+    }
+    spot = spot_of(spec, settings)
+    retries = settings.retry_attempts
+    if spot:
+        request["EnableManagedSpotTraining"] = True
+        request["StoppingCondition"]["MaxWaitTimeInSeconds"] = max(
+            settings.max_wait or 2 * runtime, runtime
+        )
+    if spot or retries or spec.get("checkpoint_dir") or int(spec.get("max_restarts") or 0):
+        request["CheckpointConfig"] = {
+            "S3Uri": spec.get("checkpoint_dir") or settings.uri("checkpoints", name),
+            "LocalPath": CHECKPOINT_PATH,
+        }
+    restarts = int(spec.get("max_restarts") or 0)
+    if retries or restarts:
+        # SageMaker retries the whole job on an internal error or a spot interruption
+        request["RetryStrategy"] = {"MaximumRetryAttempts": min(30, max(1, retries or restarts))}
+    if settings.subnets:
+        request["VpcConfig"] = {
+            "Subnets": list(settings.subnets),
+            "SecurityGroupIds": list(settings.security_group_ids),
+        }
+    for part in (
+        *request["AlgorithmSpecification"]["ContainerEntrypoint"],
+        *request["AlgorithmSpecification"]["ContainerArguments"],
+    ):
+        if len(part) > MAX_ARG:  # pragma: no cover - the script is fixed and short
+            raise SpecError("entry", f"a container argument is longer than {MAX_ARG} characters")
+    return request

@@ -1,0 +1,373 @@
+"""The SageMaker job backend: ``%%train`` cells and ``nbscale run -m module`` as training jobs.
+
+submit: the bundle and the spec go to S3 content-addressed (nothing is sent twice),
+the signing key to a Secrets Manager secret (only its ARN travels), then
+CreateTrainingJob (``request.build``). status: DescribeTrainingJob, mapped by
+``states.map_state``, its ``SecondaryStatusTransitions`` written to the job's log as
+they appear; when the job completes, ``model.tar.gz`` (what SageMaker collected from
+``/opt/ml/model``) is downloaded and unpacked, ``results.zip`` lands in the job's local
+``outputs/`` where ``nbscale.results`` verifies it before loading. logs: CloudWatch
+Logs, every instance's stream, split by rank (``logs.sync``). cancel: StopTrainingJob.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ... import storage
+from ...errors import BackendUnavailable, NbscaleError, SpecError
+from ...runtime.jobdir import JobDir
+from ...specs import JobSpec
+from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, add_event, get_job, update_job
+from ..base import JobBackend, LogChunk
+from . import logs as cw
+from . import request as req
+from . import secrets
+from .config import SageMakerSettings, settings
+from .states import map_state
+
+KEY_PURPOSES = ("bundle",)
+
+
+def client_error(exc: Exception, what: str) -> NbscaleError:
+    """One message for an AWS error: what failed, AWS's code and message, what to do."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return BackendUnavailable(
+            f"{what}: no AWS credentials",
+            "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        )
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code, message = err.get("Code", ""), err.get("Message", "")
+        hint = {
+            "AccessDeniedException": "the credentials (or the role) lack a SageMaker permission",
+            "ResourceLimitExceeded": "ask AWS for a higher quota of that instance type, or pick another",
+            "ValidationException": "a setting of the backend or the job has a value SageMaker refuses",
+        }.get(code)
+        return NbscaleError(f"{what}: {code}: {message}", hint)
+    return BackendUnavailable(f"{what}: {exc}", "check the network, the region and endpoint_url")
+
+
+def _inspect_bundle(spec: dict[str, Any], store: storage.ObjectStore) -> tuple[str, Path]:
+    local = Path(spec["entry"]["target"])
+    if not local.is_file():
+        raise NbscaleError(f"the cell bundle {local} is gone", "run the cell again")
+    digest = storage.sha256_file(local)
+    return store.base.child("bundles", "sha256", digest, "cell.zip").uri, local
+
+
+def _prefix(uri: str) -> str:
+    return uri.rsplit("/", 1)[0] + "/"
+
+
+class SageMakerBackend(JobBackend):
+    type = "sagemaker"
+
+    def __init__(self, config, store):
+        super().__init__(config, store)
+        self.settings: SageMakerSettings = settings(config)
+        self._clients: dict[str, Any] = {}
+        self._described: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._log_times: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------
+    def client(self, service: str):
+        with self._lock:
+            if service not in self._clients:
+                self._clients[service] = self.settings.client(service)
+            return self._clients[service]
+
+    def object_store(self) -> storage.ObjectStore:
+        return storage.ObjectStore.from_options(self.settings.storage_options())
+
+    def limits(self) -> dict[str, int]:
+        # SageMaker's own caps: a job runs on at most 100 instances for at most 28 days
+        return {"nodes": 100, "max_runtime": 28 * 24 * 3600}
+
+    def check(self) -> dict[str, Any]:
+        try:
+            self.settings.require_credentials()
+            self.client("sagemaker").list_training_jobs(MaxResults=1)
+        except NbscaleError as exc:
+            return {"reachable": False, "detail": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return {"reachable": False, "detail": str(client_error(exc, "ListTrainingJobs"))}
+        return {"reachable": True, "detail": f"SageMaker in {self.settings.region}"}
+
+    # -- submit -----------------------------------------------------------------------
+    def validate(self, spec: JobSpec) -> None:
+        kind = spec.entry.kind
+        if kind in ("script", "notebook"):
+            raise SpecError(
+                "entry",
+                f"the SageMaker backend cannot ship a {kind} file yet (only %%train cells and modules)",
+                "run it as a %%train cell, or install it in an image and use -m module --image",
+            )
+        if kind == "bundle" and not Path(spec.entry.target).is_file():
+            raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
+        req.check_spec(spec.to_dict(), self.settings)
+
+    def container_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The spec the container runs: no local paths, no S3 checkpoint URI (SageMaker
+        syncs ``/opt/ml/checkpoints`` with CheckpointConfig itself)."""
+        spec = json.loads(json.dumps(spec))
+        if spec.get("entry", {}).get("kind") == "bundle":
+            spec["entry"]["target"] = "cell.zip"
+        spec["checkpoint_dir"] = None
+        return spec
+
+    def _spec_file(self, record: JobRecord, spec: dict[str, Any], folder: Path) -> Path:
+        from ...runtime.launch import encode_spec
+
+        path = folder / "spec.b64"
+        path.write_text(encode_spec(self.container_spec(spec)))
+        return path
+
+    def training_request(self, record: JobRecord, upload: bool) -> dict[str, Any]:
+        """The exact CreateTrainingJob request; with ``upload`` False nothing is written
+        anywhere (``--dry-run``): the S3 locations are computed from the hashes."""
+        spec = record.spec
+        store = self.object_store()
+        with tempfile.TemporaryDirectory(prefix="nbscale-sm-") as tmp:
+            spec_path = self._spec_file(record, spec, Path(tmp))
+            if spec["entry"]["kind"] == "bundle":
+                bundle_uri, local = _inspect_bundle(spec, store)
+                if upload:
+                    bundle_uri = store.put(local, "cell.zip", area="bundles")
+            else:
+                bundle_uri = None
+            spec_uri = store.base.child(
+                "specs", "sha256", storage.sha256_file(spec_path), "spec.b64"
+            ).uri
+            if upload:
+                spec_uri = store.put(spec_path, "spec.b64", area="specs")
+        sm = self.client("secretsmanager")
+        if upload:
+            arn = secrets.ensure(sm, self.settings.key_secret_name, KEY_PURPOSES)
+        else:
+            name = secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
+            arn = secrets.lookup(sm, self.settings.key_secret_name, KEY_PURPOSES) or (
+                f"arn:aws:secretsmanager:{self.settings.region}:ACCOUNT:secret:{name} "
+                "(created at submit)"
+            )
+        staged = req.Staged(
+            bundle_prefix=_prefix(bundle_uri) if bundle_uri else _prefix(spec_uri),
+            spec_prefix=_prefix(spec_uri),
+            key_secret_arn=arn,
+        )
+        return req.build(record.id, spec, self.settings, staged)
+
+    def dry_run(self, record: JobRecord) -> dict[str, Any]:
+        return self.training_request(record, upload=False)
+
+    def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
+        if secrets:
+            raise SpecError("secret_env", "the SageMaker backend cannot pass secret values yet")
+        self.settings.require_credentials()
+        JobDir(record.info["job_dir"]).make()
+        try:
+            request = self.training_request(record, upload=True)
+            answer = self.client("sagemaker").create_training_job(**request)
+        except NbscaleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - botocore's errors, as one message
+            raise client_error(exc, "CreateTrainingJob") from None
+        update_job(
+            self.store,
+            record.id,
+            native_id=request["TrainingJobName"],
+            info_patch={
+                "phase": "queued",
+                "training_job_arn": answer["TrainingJobArn"],
+                "region": self.settings.region,
+                "instance_type": request["ResourceConfig"]["InstanceType"],
+                "spot": bool(request.get("EnableManagedSpotTraining")),
+                "image": request["AlgorithmSpecification"]["TrainingImage"],
+                "output_path": request["OutputDataConfig"]["S3OutputPath"],
+            },
+            event="submitted",
+        )
+        return get_job(self.store, record.id)
+
+    # -- status -----------------------------------------------------------------------
+    def describe(self, record: JobRecord, fresh: bool = False) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._described.get(record.id)
+        if cached and not fresh and now - cached[0] < self.settings.poll_seconds:
+            return cached[1]
+        try:
+            found = self.client("sagemaker").describe_training_job(
+                TrainingJobName=record.native_id or req.training_job_name(record.id)
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise client_error(exc, f"DescribeTrainingJob {record.native_id}") from None
+        with self._lock:
+            self._described[record.id] = (now, found)
+        return found
+
+    def status(self, record: JobRecord) -> JobRecord:
+        if record.status not in ACTIVE or not record.native_id:
+            return record
+        desc = self.describe(record)
+        jobdir = JobDir(record.info["job_dir"])
+        for t in cw.record_transitions(jobdir, desc.get("SecondaryStatusTransitions") or []):
+            add_event(
+                self.store,
+                record.id,
+                "phase",
+                {"status": t.get("Status"), "message": t.get("StatusMessage")},
+            )
+        mapped = map_state(desc)
+        started = desc.get("TrainingStartTime")
+        info: dict[str, Any] = {
+            "phase": mapped.phase,
+            "sagemaker_status": desc.get("TrainingJobStatus"),
+            "secondary_status": desc.get("SecondaryStatus"),
+        }
+        for key, name in (
+            ("BillableTimeInSeconds", "billable_seconds"),
+            ("TrainingTimeInSeconds", "training_seconds"),
+        ):
+            if desc.get(key) is not None:
+                info[name] = desc[key]
+        fields: dict[str, Any] = {"info_patch": info}
+        if started is not None and record.started is None:
+            fields["started"] = started.timestamp()
+        if mapped.status in ACTIVE:
+            if mapped.status != record.status:
+                fields["status"] = mapped.status
+            update_job(self.store, record.id, **fields)
+            return get_job(self.store, record.id)
+        return self._finish(record, desc, mapped, fields)
+
+    def _finish(self, record, desc, mapped, fields) -> JobRecord:
+        ended = desc.get("TrainingEndTime") or desc.get("LastModifiedTime")
+        fields["ended"] = ended.timestamp() if ended is not None else time.time()
+        status, error = mapped.status, mapped.error
+        if status in (SUCCEEDED, FAILED):
+            try:
+                collected = self.collect(record, desc)
+            except NbscaleError as exc:
+                collected = {}
+                if status == SUCCEEDED:
+                    status, error = FAILED, f"the job's outputs could not be collected: {exc}"
+            root = collected.get("error")
+            if root:
+                fields["failed_rank"] = root.get("rank")
+                fields["info_patch"]["traceback"] = root.get("traceback")
+                message = root.get("message") or root.get("type")
+                error = (
+                    f"rank {root.get('rank')}: {message}"
+                    if root.get("rank") is not None
+                    else message
+                )
+            if collected.get("exit_code") is not None:
+                fields["exit_code"] = collected["exit_code"]
+            fields["restarts"] = collected.get("restarts", 0)
+        fields["info_patch"]["phase"] = "ended"
+        update_job(self.store, record.id, status=status, error=error, **fields)
+        return get_job(self.store, record.id)
+
+    def collect(self, record: JobRecord, desc: dict[str, Any]) -> dict[str, Any]:
+        """Bring ``model.tar.gz`` home, unpack it safely, and hand it to ``nbscale.remote``."""
+        from ...remote import collect
+
+        uri = (desc.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        if not uri:
+            return {}
+        store = storage.store_for(uri, self.settings.storage_options())
+        if not store.exists(uri):
+            return {}
+        with tempfile.TemporaryDirectory(prefix="nbscale-sm-out-") as tmp:
+            archive = storage.fetch(uri, Path(tmp) / "model.tar.gz", store=store)
+            unpacked = Path(tmp) / "model"
+            unpacked.mkdir()
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
+            except (tarfile.TarError, OSError) as exc:
+                raise NbscaleError(f"{uri} is not a readable tar.gz: {exc}") from None
+            nodes = int(record.spec.get("nodes") or 1)
+            return collect(record.id, storage.store_for(str(unpacked)), str(unpacked), nodes)
+
+    # -- logs, metrics, cancel ----------------------------------------------------------
+    def _sync_logs(self, record: JobRecord) -> None:
+        if not record.native_id:
+            return
+        jobdir = JobDir(record.info["job_dir"])
+        if record.terminal and record.info.get("logs_complete"):
+            return
+        last = self._log_times.get(record.id, float("-inf"))
+        if not record.terminal and time.monotonic() - last < min(self.settings.poll_seconds, 2.0):
+            return
+        try:
+            cw.sync(
+                self.client("logs"),
+                jobdir,
+                record.native_id,
+                int(record.spec.get("procs_per_node") or 1),
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise client_error(exc, "reading CloudWatch Logs") from None
+        self._log_times[record.id] = time.monotonic()
+        if record.terminal:
+            update_job(
+                self.store, record.id, only_if_active=False, info_patch={"logs_complete": True}
+            )
+            record.info["logs_complete"] = True
+
+    def ranks(self, record: JobRecord) -> list[int]:
+        self._sync_logs(record)
+        return JobDir(record.info["job_dir"]).log_ranks()
+
+    def logs(
+        self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
+    ) -> LogChunk:
+        if offset == 0 or record.terminal:
+            self._sync_logs(record)
+        path = JobDir(record.info["job_dir"]).log(rank)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            data = b""
+        if len(data) == max_bytes and b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]
+        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, offset + len(data))
+
+    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
+        # log_metric writes inside the container; the records come home with the outputs
+        return JobDir(record.info["job_dir"]).metrics()
+
+    def cancel(self, record: JobRecord) -> JobRecord:
+        record = self.status(record)
+        if record.status not in ACTIVE or not record.native_id:
+            return record
+        add_event(self.store, record.id, "cancel-requested")
+        try:
+            self.client("sagemaker").stop_training_job(TrainingJobName=record.native_id)
+        except Exception as exc:  # noqa: BLE001
+            from botocore.exceptions import ClientError
+
+            # a job that ended between the status call and the stop: not an error
+            if not (
+                isinstance(exc, ClientError)
+                and exc.response.get("Error", {}).get("Code") == "ValidationException"
+            ):
+                raise client_error(exc, f"StopTrainingJob {record.native_id}") from None
+        update_job(self.store, record.id, info_patch={"phase": "stopping"}, event="stopping")
+        with self._lock:
+            self._described.pop(record.id, None)
+        return get_job(self.store, record.id)

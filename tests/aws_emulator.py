@@ -1,0 +1,351 @@
+"""A local AWS for the SageMaker tests: moto server behind a small HTTP front on 127.0.0.1.
+
+Every boto3 client of the tests and of nbscale talks to the front (``AWS_ENDPOINT_URL``),
+so requests are real botocore requests (shapes validated, signed, serialised). The front
+forwards everything to moto, except where moto has no model of what SageMaker does:
+
+- training jobs in moto are born ``Completed``; here a created job starts
+  ``InProgress``/``Starting`` and the test moves it (``set_training``) through the
+  states SageMaker reports, with ``SecondaryStatusTransitions`` as SageMaker keeps them;
+- ``StopTrainingJob``, ``UpdateEndpoint``, ``ListPipelineExecutionSteps`` and
+  ``StopPipelineExecution`` (absent from moto) are answered with the response shapes of
+  the SageMaker API reference;
+- ``InvokeEndpoint`` for an endpoint the test attached to a real serving process is
+  forwarded to that process's ``/invocations`` (the container SageMaker would run).
+
+Every request body is kept (``bodies``), so tests can check that no key or credential
+was ever sent.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlparse
+
+from moto.server import ThreadedMotoServer
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+class Emulator:
+    def __init__(self) -> None:
+        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.moto.start()
+        host, port = self.moto.get_host_and_port()
+        self.moto_addr = (host, port)
+        self.lock = threading.Lock()
+        self.bodies: list[tuple[str, str, bytes]] = []  # (method, path, body)
+        self.calls: list[tuple[str, dict]] = []  # (SageMaker operation, request)
+        self.training: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.invoke_targets: dict[str, str] = {}
+        self.pipeline_steps: dict[str, list[dict[str, Any]]] = {}
+        self.pipeline_status: dict[str, str] = {}
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in _HOP:
+                        self.send_header(k, v)
+                if self.command == "HEAD":  # the size of the object, not of this empty body
+                    length = next(
+                        (v for k, v in headers.items() if k.lower() == "content-length"), "0"
+                    )
+                    self.send_header("Content-Length", length)
+                    self.end_headers()
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _forward(self, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+                conn = http.client.HTTPConnection(*emulator.moto_addr, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                headers["Host"] = f"{emulator.moto_addr[0]}:{emulator.moto_addr[1]}"
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                out = dict(resp.getheaders())
+                conn.close()
+                return resp.status, data, out
+
+            def _handle(self) -> None:
+                body = self._body()
+                with emulator.lock:
+                    emulator.bodies.append((self.command, self.path, body))
+                target = self.headers.get("X-Amz-Target", "")
+                if target.startswith("SageMaker."):
+                    op = target.split(".", 1)[1]
+                    request = json.loads(body or b"{}")
+                    with emulator.lock:
+                        emulator.calls.append((op, request))
+                    handler = getattr(emulator, f"_sm_{op}", None)
+                    if handler is not None:
+                        status, answer = handler(request, lambda: self._forward(body))
+                        return self._answer(
+                            status,
+                            json.dumps(answer, default=str).encode(),
+                            {"Content-Type": "application/x-amz-json-1.1"},
+                        )
+                path = urlparse(self.path).path
+                if path.startswith("/endpoints/") and path.endswith("/invocations"):
+                    name = path.split("/")[2]
+                    if name in emulator.invoke_targets:
+                        return self._answer(*emulator._invoke(name, body, self.headers))
+                self._answer(*self._forward(body))
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.moto.stop()
+
+    # -- training jobs --------------------------------------------------------------
+    def _sm_CreateTrainingJob(self, request, forward):
+        status, data, _ = forward()
+        answer = json.loads(data or b"{}")
+        if status == 200:
+            now = time.time()
+            with self.lock:
+                self.training[request["TrainingJobName"]] = {
+                    "TrainingJobStatus": "InProgress",
+                    "SecondaryStatus": "Starting",
+                    "SecondaryStatusTransitions": [
+                        {
+                            "Status": "Starting",
+                            "StartTime": now,
+                            "StatusMessage": "Launching requested ML instances",
+                        }
+                    ],
+                    "CreationTime": now,
+                    "LastModifiedTime": now,
+                }
+        return status, answer
+
+    def _sm_DescribeTrainingJob(self, request, forward):
+        status, data, _ = forward()
+        answer = json.loads(data or b"{}")
+        with self.lock:
+            state = self.training.get(request.get("TrainingJobName"))
+            if status != 200 or state is None:
+                return status, answer
+            answer.update(json.loads(json.dumps(state)))
+        if answer["TrainingJobStatus"] in ("InProgress", "Stopping"):
+            for key in ("TrainingEndTime", "ModelArtifacts"):
+                answer.pop(key, None)
+            if not any(
+                t["Status"] == "Training" for t in answer.get("SecondaryStatusTransitions", [])
+            ):
+                answer.pop("TrainingStartTime", None)
+        return status, answer
+
+    def set_training(
+        self, name: str, status: str, secondary: str, message: str = "", **fields: Any
+    ) -> None:
+        """Move a training job as SageMaker would: one more status transition."""
+        now = time.time()
+        with self.lock:
+            state = self.training[name]
+            transitions = state["SecondaryStatusTransitions"]
+            if transitions and transitions[-1]["Status"] != secondary:
+                transitions[-1]["EndTime"] = now
+            if not transitions or transitions[-1]["Status"] != secondary:
+                transitions.append(
+                    {"Status": secondary, "StartTime": now, "StatusMessage": message or secondary}
+                )
+            state.update(
+                TrainingJobStatus=status, SecondaryStatus=secondary, LastModifiedTime=now, **fields
+            )
+            if secondary == "Training" and "TrainingStartTime" not in state:
+                state["TrainingStartTime"] = now
+            if status in ("Completed", "Failed", "Stopped"):
+                state.setdefault("TrainingEndTime", now)
+
+    def _sm_StopTrainingJob(self, request, forward):
+        name = request.get("TrainingJobName")
+        with self.lock:
+            state = self.training.get(name)
+        if state is None:
+            return 400, {
+                "__type": "ValidationException",
+                "message": f"Requested resource not found: {name}",
+            }
+        if state["TrainingJobStatus"] != "InProgress":
+            return 400, {
+                "__type": "ValidationException",
+                "message": f"The request was rejected because the training job is in status {state['TrainingJobStatus']}.",
+            }
+        self.set_training(name, "Stopping", "Stopping", "Stopping the training job")
+        return 200, {}  # StopTrainingJob has an empty response
+
+    # -- endpoints ------------------------------------------------------------------
+    def _sm_CreateEndpoint(self, request, forward):
+        status, data, _ = forward()
+        answer = json.loads(data or b"{}")
+        if status == 200:
+            with self.lock:
+                self.endpoints[request["EndpointName"]] = {
+                    "EndpointStatus": "Creating",
+                    "EndpointConfigName": request["EndpointConfigName"],
+                }
+        return status, answer
+
+    def _sm_DescribeEndpoint(self, request, forward):
+        status, data, _ = forward()
+        answer = json.loads(data or b"{}")
+        with self.lock:
+            state = self.endpoints.get(request.get("EndpointName"))
+        if status == 200 and state is not None:
+            answer.update(state)
+        return status, answer
+
+    def _sm_UpdateEndpoint(self, request, forward):
+        name = request.get("EndpointName")
+        with self.lock:
+            state = self.endpoints.get(name)
+            if state is None:
+                return 400, {
+                    "__type": "ValidationException",
+                    "message": f"Could not find endpoint {name}",
+                }
+            state["EndpointStatus"] = "Updating"
+            state["EndpointConfigName"] = request["EndpointConfigName"]
+        arn = f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{name.lower()}"
+        return 200, {"EndpointArn": arn}
+
+    def _sm_DeleteEndpoint(self, request, forward):
+        status, data, _ = forward()
+        with self.lock:
+            self.endpoints.pop(request.get("EndpointName"), None)
+        return status, json.loads(data or b"{}")
+
+    def set_endpoint(self, name: str, status: str, **fields: Any) -> None:
+        with self.lock:
+            self.endpoints[name].update(EndpointStatus=status, **fields)
+
+    def attach(self, endpoint: str, url: str) -> None:
+        """InvokeEndpoint on ``endpoint`` goes to ``url`` + ``/invocations`` (a real server)."""
+        self.invoke_targets[endpoint] = url
+
+    def _invoke(self, name: str, body: bytes, headers) -> tuple[int, bytes, dict[str, str]]:
+        parsed = urlparse(self.invoke_targets[name])
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+        conn.request(
+            "POST",
+            "/invocations",
+            body=body,
+            headers={
+                "Content-Type": headers.get("Content-Type", "application/json"),
+                "Accept": headers.get("Accept", "application/json"),
+            },
+        )
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        out = {"Content-Type": resp.getheader("Content-Type", "application/json")}
+        if resp.status != 200:  # SageMaker wraps a container error as ModelError
+            err = {
+                "__type": "ModelError",
+                "message": f"Received client error ({resp.status}) from primary with message "
+                f'"{data.decode(errors="replace")}"',
+                "OriginalStatusCode": resp.status,
+                "OriginalMessage": data.decode(errors="replace"),
+            }
+            return 424, json.dumps(err).encode(), {"Content-Type": "application/json"}
+        out["x-Amzn-Invoked-Production-Variant"] = "AllTraffic"
+        return 200, data, out
+
+    # -- pipelines ------------------------------------------------------------------
+    def _sm_StartPipelineExecution(self, request, forward):
+        status, data, _ = forward()
+        answer = json.loads(data or b"{}")
+        if status == 200:
+            with self.lock:
+                self.pipeline_steps[answer["PipelineExecutionArn"]] = []
+                self.pipeline_status[answer["PipelineExecutionArn"]] = "Executing"
+        return status, answer
+
+    def _sm_DescribePipelineExecution(self, request, forward):
+        status, data, _ = forward()
+        answer = json.loads(data or b"{}")
+        with self.lock:
+            state = self.pipeline_status.get(request.get("PipelineExecutionArn"))
+        if status == 200 and state:
+            answer["PipelineExecutionStatus"] = state
+        return status, answer
+
+    def set_step(self, execution_arn: str, step: str, status: str, reason: str = "") -> None:
+        now = time.time()
+        with self.lock:
+            steps = self.pipeline_steps[execution_arn]
+            for s in steps:
+                if s["StepName"] == step:
+                    s["StepStatus"] = status
+                    if status in ("Succeeded", "Failed", "Stopped"):
+                        s["EndTime"] = now
+                    if reason:
+                        s["FailureReason"] = reason
+                    return
+            entry = {"StepName": step, "StepStatus": status, "StartTime": now, "AttemptCount": 1}
+            if reason:
+                entry["FailureReason"] = reason
+            steps.insert(0, entry)  # SageMaker lists the newest step first
+
+    def set_execution(self, execution_arn: str, status: str) -> None:
+        with self.lock:
+            self.pipeline_status[execution_arn] = status
+
+    def _sm_ListPipelineExecutionSteps(self, request, forward):
+        arn = request.get("PipelineExecutionArn")
+        with self.lock:
+            steps = self.pipeline_steps.get(arn)
+            if steps is None:
+                return 400, {
+                    "__type": "ResourceNotFound",
+                    "message": f"Pipeline execution {arn} does not exist",
+                }
+            return 200, {"PipelineExecutionSteps": json.loads(json.dumps(steps))}
+
+    def _sm_StopPipelineExecution(self, request, forward):
+        arn = request.get("PipelineExecutionArn")
+        with self.lock:
+            if arn not in self.pipeline_status:
+                return 400, {
+                    "__type": "ResourceNotFound",
+                    "message": f"Pipeline execution {arn} does not exist",
+                }
+            self.pipeline_status[arn] = "Stopping"
+        return 200, {"PipelineExecutionArn": arn}
+
+    # -- helpers --------------------------------------------------------------------
+    def operations(self, name: str) -> list[dict]:
+        with self.lock:
+            return [req for op, req in self.calls if op == name]
+
+    def all_bodies(self) -> bytes:
+        with self.lock:
+            return b"\n".join(body for _, _, body in self.bodies)

@@ -1,0 +1,467 @@
+"""The SageMaker job backend against a local AWS (moto behind tests/aws_emulator.py).
+
+Every call is a real boto3 call: botocore checks the request shapes before they leave,
+and the emulator keeps every body so the tests can check what was (never) sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from nbscale import keys
+from nbscale.backends.sagemaker import SageMakerBackend
+from nbscale.backends.sagemaker.config import settings
+from nbscale.backends.sagemaker.request import ENTRYPOINT
+from nbscale.backends.sagemaker.states import SECONDARY, STATUSES, map_state
+from nbscale.celljob import prepare_cell
+from nbscale.config import BackendConfig, Config
+from nbscale.errors import BackendUnavailable, SpecError
+from nbscale.jobs import job as get_job_handle
+from nbscale.jobs import submit
+from nbscale.results import load_results, write_results
+from nbscale.specs import Entry, JobSpec
+from nbscale.store import get_store
+from tests.aws_emulator import Emulator
+from tests.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
+
+ROLE = "arn:aws:iam::123456789012:role/nbscale-training"
+SETTINGS = {
+    "region": "us-east-1",
+    "role_arn": ROLE,
+    "storage": "s3://nb-team/proj",
+    "instance_type": "ml.m5.xlarge",
+    "poll_seconds": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    emu = Emulator()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch):
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
+    s3 = boto3.client("s3")
+    if "nb-team" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="nb-team")
+    keys.forget_delivered()
+    return emulator
+
+
+def config(**extra) -> Config:
+    backend = BackendConfig("aws", "sagemaker", {**SETTINGS, **extra})
+    return Config("local", {}, {"local": BackendConfig("local", "local"), "aws": backend})
+
+
+def cell_spec(tmp_path: Path, outputs=("total",), **spec_fields):
+    import torch
+
+    (tmp_path / "placeholder.py").write_text("")
+    spec = JobSpec(
+        entry=Entry.from_path(str(tmp_path / "placeholder.py")),
+        name="sm-cell",
+        backend="aws",
+        **spec_fields,
+    )
+    prepared = prepare_cell(
+        "total = float(factor) * 3\n", {"factor": 2, "torch": torch}, spec, outputs=list(outputs)
+    )
+    prepared.write()
+    return prepared.spec
+
+
+# -- settings -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "drop, named",
+    [("role_arn", "role_arn"), ("storage", "storage")],
+)
+def test_a_missing_setting_is_one_message_naming_it(drop, named):
+    raw = {k: v for k, v in SETTINGS.items() if k != drop}
+    with pytest.raises(SpecError) as err:
+        settings(BackendConfig("aws", "sagemaker", raw))
+    assert f"[backends.aws] {named}" in str(err.value) and "add" in str(err.value)
+
+
+def test_bad_settings_are_refused_with_the_fix(monkeypatch):
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    raw = {k: v for k, v in SETTINGS.items() if k != "region"}
+    with pytest.raises(SpecError, match=r"\[backends.aws\] region: is missing"):
+        settings(BackendConfig("aws", "sagemaker", raw))
+    with pytest.raises(SpecError, match="is not an IAM role ARN"):
+        settings(BackendConfig("aws", "sagemaker", {**SETTINGS, "role_arn": "admin"}))
+    with pytest.raises(SpecError, match="needs both subnets and security_group_ids"):
+        settings(BackendConfig("aws", "sagemaker", {**SETTINGS, "subnets": ["subnet-1"]}))
+    with pytest.raises(SpecError, match="is not a SageMaker backend setting"):
+        settings(BackendConfig("aws", "sagemaker", {**SETTINGS, "rol_arn": ROLE}))
+
+
+def test_no_credentials_is_one_message(tmp_path, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    spec = cell_spec(tmp_path)
+    with pytest.raises(BackendUnavailable, match="found no AWS credentials.*AWS_PROFILE"):
+        submit(spec, config=config())
+
+
+# -- submit ---------------------------------------------------------------------------
+def test_submit_sends_a_complete_training_request_and_no_key(aws, tmp_path, nbscale_home):
+    spec = cell_spec(tmp_path, nodes=2, procs_per_node=2, max_runtime=3600, tags={"team": "ml"})
+    job = submit(spec, config=config(tags={"cost-center": "42"}, keep_alive_seconds=600))
+    request = aws.operations("CreateTrainingJob")[-1]
+    assert request["TrainingJobName"] == job.record.native_id == job.id
+    algo = request["AlgorithmSpecification"]
+    assert algo["TrainingImage"].startswith(
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:"
+    )
+    assert "cpu" in algo["TrainingImage"]
+    assert algo["ContainerEntrypoint"] == ENTRYPOINT
+    assert algo["ContainerArguments"] == ["--job-id", job.id]
+    assert all(len(a) <= 256 for a in algo["ContainerEntrypoint"] + algo["ContainerArguments"])
+    assert request["ResourceConfig"] == {
+        "InstanceType": "ml.m5.xlarge",
+        "InstanceCount": 2,
+        "VolumeSizeInGB": 30,
+        "KeepAlivePeriodInSeconds": 600,
+    }
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600}
+    assert request["RoleArn"] == ROLE
+    assert request["OutputDataConfig"] == {"S3OutputPath": "s3://nb-team/proj/jobs"}
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in request["InputDataConfig"]
+    }
+    assert set(channels) == {"bundle", "spec"}
+    assert channels["bundle"].startswith("s3://nb-team/proj/bundles/sha256/")
+    tags = {t["Key"]: t["Value"] for t in request["Tags"]}
+    assert tags == {"team": "ml", "cost-center": "42", "nbscale:job-id": job.id}
+    assert "EnableManagedSpotTraining" not in request and "VpcConfig" not in request
+
+    # the key is in Secrets Manager; only the ARN travels
+    arn = request["Environment"]["NBSCALE_KEY_SECRET_ARN"]
+    assert arn.startswith("arn:aws:secretsmanager:us-east-1:")
+    stored = json.loads(
+        boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    )
+    assert stored == {"bundle": keys.load("bundle").hex()}
+    # what the container fetches through its channels: the signed bundle and the spec
+    s3 = boto3.client("s3")
+    for name in ("bundle", "spec"):
+        bucket, _, prefix = channels[name].removeprefix("s3://").partition("/")
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        assert len(listed) == 1
+    spec_key = s3.list_objects_v2(Bucket="nb-team", Prefix=channels["spec"].split("/", 3)[3])[
+        "Contents"
+    ][0]["Key"]
+    import base64
+
+    sent_spec = json.loads(
+        base64.urlsafe_b64decode(s3.get_object(Bucket="nb-team", Key=spec_key)["Body"].read())
+    )
+    assert sent_spec["entry"] == {"kind": "bundle", "target": "cell.zip", "parameters": {}}
+    assert sent_spec["nodes"] == 2 and sent_spec["procs_per_node"] == 2
+
+    # neither the key nor a credential in any request, the store or the home
+    key_hex = keys.load("bundle").hex()
+    sent = [body for _, _, body in aws.bodies if b"SecretString" not in body]
+    assert not any(key_hex.encode() in b or PLANTED_SECRET.encode() in b for b in sent)
+    assert grep_tree(nbscale_home, PLANTED_SECRET) == []
+    assert key_hex not in json.dumps(job.to_dict())
+
+
+def test_an_unchanged_bundle_is_not_uploaded_twice(aws, tmp_path):
+    def bundle_puts():
+        return [p for m, p, _ in aws.bodies if m == "PUT" and "/bundles/sha256/" in p]
+
+    spec = cell_spec(tmp_path)
+    before = len(bundle_puts())
+    submit(spec, config=config())
+    assert len(bundle_puts()) == before + 1
+    submit(spec, config=config())  # the same cell again: found by its hash, not sent
+    assert len(bundle_puts()) == before + 1
+    assert len(aws.operations("CreateTrainingJob")) >= 2
+
+
+def test_spot_vpc_kms_retry_and_checkpoints_reach_the_request(aws, tmp_path):
+    spec = cell_spec(tmp_path, max_runtime=1800, max_restarts=2)
+    job = submit(
+        spec,
+        config=config(
+            spot=True,
+            max_wait=7200,
+            subnets=["subnet-0abc"],
+            security_group_ids=["sg-0abc"],
+            kms_key_id="arn:aws:kms:us-east-1:123456789012:key/k1",
+            instance_type="ml.g5.xlarge",
+        ),
+    )
+    request = aws.operations("CreateTrainingJob")[-1]
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {
+        "MaxRuntimeInSeconds": 1800,
+        "MaxWaitTimeInSeconds": 7200,
+    }
+    assert request["CheckpointConfig"] == {
+        "S3Uri": f"s3://nb-team/proj/checkpoints/{job.id}",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
+    assert request["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert request["VpcConfig"] == {"Subnets": ["subnet-0abc"], "SecurityGroupIds": ["sg-0abc"]}
+    assert request["OutputDataConfig"]["KmsKeyId"].endswith("key/k1")
+    assert request["ResourceConfig"]["VolumeKmsKeyId"].endswith("key/k1")
+    assert "gpu" in request["AlgorithmSpecification"]["TrainingImage"]
+    assert job.record.info["spot"] is True
+
+
+def test_specs_sagemaker_cannot_honour_are_refused_before_anything_is_sent(aws, tmp_path):
+    calls = len(aws.calls)
+    script = tmp_path / "train.py"
+    script.write_text("print(1)\n")
+    with pytest.raises(SpecError, match="cannot ship a script"):
+        submit(JobSpec(entry=Entry.from_path(str(script)), backend="aws"), config=config())
+    with pytest.raises(SpecError, match="has no GPU"):
+        submit(cell_spec(tmp_path, gpus_per_proc=1), config=config())
+    with pytest.raises(SpecError, match="max_wait"):
+        submit(cell_spec(tmp_path, max_runtime=7200), config=config(spot=True, max_wait=3600))
+    with pytest.raises(SpecError, match="checkpoint_dir"):
+        submit(cell_spec(tmp_path, checkpoint_dir=str(tmp_path)), config=config())
+    assert len(aws.calls) == calls
+
+
+def test_dry_run_builds_the_exact_request_and_sends_nothing(aws, tmp_path):
+    spec = cell_spec(tmp_path, nodes=2)
+    job = submit(spec, config=config())
+    real = aws.operations("CreateTrainingJob")[-1]
+    backend = SageMakerBackend(config().backend("aws"), get_store())
+    objects = boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount")
+    calls = len(aws.calls)
+    dry = backend.dry_run(job.record)
+    assert boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount") == objects
+    assert len(aws.calls) == calls  # no SageMaker call at all
+    assert json.loads(json.dumps(dry)) == real
+
+
+# -- status ---------------------------------------------------------------------------
+EXPECTED = {
+    ("InProgress", "Starting"): ("PENDING", "starting"),
+    ("InProgress", "Pending"): ("PENDING", "pending"),
+    ("InProgress", "LaunchingMLInstances"): ("PENDING", "launching ML instances"),
+    ("InProgress", "PreparingTrainingStack"): ("PENDING", "preparing training stack"),
+    ("InProgress", "Downloading"): ("PENDING", "downloading"),
+    ("InProgress", "DownloadingTrainingImage"): ("PENDING", "downloading training image"),
+    ("InProgress", "Training"): ("RUNNING", "training"),
+    ("InProgress", "Uploading"): ("RUNNING", "uploading"),
+    ("InProgress", "Interrupted"): ("RUNNING", "interrupted"),
+    ("InProgress", "Restarting"): ("RUNNING", "restarting"),
+    ("InProgress", "Updating"): ("RUNNING", "updating"),
+    ("Stopping", "Stopping"): ("RUNNING", "stopping"),
+    ("Completed", "Completed"): ("SUCCEEDED", "ended"),
+    ("Failed", "Failed"): ("FAILED", "ended"),
+    ("Stopped", "Stopped"): ("CANCELLED", "ended"),
+    ("Stopped", "MaxRuntimeExceeded"): ("FAILED", "ended"),
+    ("Stopped", "MaxWaitTimeExceeded"): ("FAILED", "ended"),
+    ("Deleting", "Stopped"): ("CANCELLED", "ended"),
+}
+
+
+def test_every_state_sagemaker_reports_is_mapped():
+    covered = {s for s, _ in EXPECTED} | {s for _, s in EXPECTED}
+    assert set(STATUSES) <= covered and set(SECONDARY) <= covered
+    for (status, secondary), (ours, phase) in EXPECTED.items():
+        got = map_state(
+            {
+                "TrainingJobStatus": status,
+                "SecondaryStatus": secondary,
+                "FailureReason": "AlgorithmError: boom",
+                "StoppingCondition": {"MaxRuntimeInSeconds": 60, "MaxWaitTimeInSeconds": 120},
+            }
+        )
+        assert (got.status, got.phase) == (ours, phase), (status, secondary)
+    assert (
+        "max-runtime (60 s)"
+        in map_state(
+            {
+                "TrainingJobStatus": "Stopped",
+                "SecondaryStatus": "MaxRuntimeExceeded",
+                "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+            }
+        ).error
+    )
+    assert (
+        "AlgorithmError: boom"
+        in map_state({"TrainingJobStatus": "Failed", "FailureReason": "AlgorithmError: boom"}).error
+    )
+
+
+def test_status_follows_the_job_through_the_emulator(aws, tmp_path):
+    job = submit(cell_spec(tmp_path, max_runtime=120), config=config())
+    name = job.record.native_id
+    assert job.status() == "PENDING" and job.record.info["phase"] == "starting"
+    walk = [
+        ("InProgress", "LaunchingMLInstances", "PENDING"),
+        ("InProgress", "Downloading", "PENDING"),
+        ("InProgress", "Training", "RUNNING"),
+        ("InProgress", "Interrupted", "RUNNING"),
+        ("InProgress", "Restarting", "RUNNING"),
+        ("InProgress", "Training", "RUNNING"),
+        ("InProgress", "Uploading", "RUNNING"),
+    ]
+    for status, secondary, ours in walk:
+        aws.set_training(name, status, secondary, f"now {secondary}")
+        assert job.status() == ours, secondary
+    aws.set_training(
+        name,
+        "Stopped",
+        "MaxRuntimeExceeded",
+        "Training job runtime exceeded",
+        BillableTimeInSeconds=93,
+    )
+    record = job.wait(timeout=10)
+    assert record.status == "FAILED" and "--max-runtime (120 s)" in record.error
+    assert record.info["billable_seconds"] == 93 and record.started is not None
+    # every transition was shown in rank 0's log as it happened, in order, once
+    lines = [line for line in job.logs(0).splitlines() if line.startswith("[sagemaker]")]
+    assert lines[0] == "[sagemaker] Starting: Launching requested ML instances"
+    assert [line.split(":")[0].removeprefix("[sagemaker] ") for line in lines[1:]] == [
+        s for _, s, _ in walk
+    ] + ["MaxRuntimeExceeded"]
+    events = [
+        e["data"].get("status")
+        for e in __import__("nbscale.store.jobs", fromlist=["x"]).events(get_store(), job.id)
+        if e["type"] == "phase"
+    ]
+    assert events[-1] == "MaxRuntimeExceeded"
+
+
+def test_cancel_stops_the_training_job(aws, tmp_path):
+    job = submit(cell_spec(tmp_path), config=config())
+    aws.set_training(job.record.native_id, "InProgress", "Training")
+    record = job.cancel()
+    assert aws.operations("StopTrainingJob")[-1] == {"TrainingJobName": job.record.native_id}
+    assert record.status == "RUNNING" and record.info["phase"] == "stopping"
+    aws.set_training(job.record.native_id, "Stopped", "Stopped", "Training job stopped")
+    assert job.wait(timeout=10).status == "CANCELLED"
+    assert job.cancel().status == "CANCELLED"  # a second cancel is a no-op
+    assert len(aws.operations("StopTrainingJob")) == 1
+
+
+# -- logs and outputs -------------------------------------------------------------------
+def put_logs(job_name: str, host: int, lines: list[str]) -> None:
+    client = boto3.client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
+        client.create_log_group(logGroupName=group)
+    stream = f"{job_name}/algo-{host}-1764570000"
+    with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
+        client.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    client.put_log_events(
+        logGroupName=group,
+        logStreamName=stream,
+        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)],
+    )
+
+
+def test_logs_of_every_instance_are_split_by_rank_and_followed(aws, tmp_path):
+    job = submit(cell_spec(tmp_path, nodes=2, procs_per_node=1), config=config())
+    name = job.record.native_id
+    aws.set_training(name, "InProgress", "Training")
+    put_logs(name, 1, ["nbscale: job x node 0/2 (sagemaker)", "[rank 0] epoch 1 loss 0.5"])
+    put_logs(name, 2, ["[rank 1] epoch 1 loss 0.6"])
+    assert job.ranks() == [0, 1]
+    assert "[rank 0] epoch 1 loss 0.5" not in job.logs(0)  # the prefix is taken off
+    assert "epoch 1 loss 0.5" in job.logs(0) and "[algo-1] nbscale: job x node 0/2" in job.logs(0)
+    assert job.logs(1).strip().endswith("epoch 1 loss 0.6")
+    seen = []
+    put_logs(name, 2, ["[rank 1] epoch 2 loss 0.4"])
+    follower = job.follow(poll=0.01)
+    for rank, line in follower:
+        seen.append((rank, line))
+        if line == "epoch 2 loss 0.4":
+            aws.set_training(name, "Failed", "Failed", FailureReason="AlgorithmError: see logs")
+    assert (1, "epoch 2 loss 0.4") in seen and (0, "epoch 1 loss 0.5") in seen
+    assert job.status() == "FAILED" and "AlgorithmError" in job.record.error
+    # reading again after the end adds nothing twice
+    assert job.logs(1).count("epoch 2 loss 0.4") == 1
+
+
+def model_tarball(job_id: str, values: dict, nodes: int, tmp_path: Path, errors=None) -> bytes:
+    """What SageMaker uploads from /opt/ml/model: results.zip and the node records."""
+    folder = tmp_path / "opt-ml-model"
+    folder.mkdir(exist_ok=True)
+    write_results(folder, job_id, values)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder / "results.zip", arcname="results.zip")
+        for node in range(nodes):
+            record = json.dumps({"exit_code": 0, "errors": errors or [], "restarts": 0}).encode()
+            info = tarfile.TarInfo(f"nodes/{node}.json")
+            info.size = len(record)
+            tar.addfile(info, io.BytesIO(record))
+    return buf.getvalue()
+
+
+def test_a_completed_job_brings_its_verified_results_home(aws, tmp_path):
+    job = submit(cell_spec(tmp_path), config=config())
+    name = job.record.native_id
+    boto3.client("s3").put_object(
+        Bucket="nb-team",
+        Key=f"proj/jobs/{name}/output/model.tar.gz",
+        Body=model_tarball(job.id, {"total": 6.0}, 1, tmp_path),
+    )
+    aws.set_training(name, "InProgress", "Training")
+    aws.set_training(name, "InProgress", "Uploading")
+    aws.set_training(name, "Completed", "Completed", BillableTimeInSeconds=61)
+    record = job.wait(timeout=10)
+    assert record.status == "SUCCEEDED", record.error
+    assert load_results(record) == {"total": 6.0}
+    assert job.result() == {"total": 6.0}
+    assert record.info["billable_seconds"] == 61 and record.exit_code == 0
+
+
+def test_results_of_another_home_are_refused(aws, tmp_path, monkeypatch):
+    job = submit(cell_spec(tmp_path), config=config())
+    name = job.record.native_id
+    other = json.dumps({"bundle": "cd" * 32})
+    key_file = tmp_path / "other-keys.json"
+    key_file.write_text(other)
+    key_file.chmod(0o400)
+    monkeypatch.setenv("NBSCALE_KEY_FILE", str(key_file))
+    keys.forget_delivered()
+    body = model_tarball(job.id, {"total": 6.0}, 1, tmp_path)  # signed with another key
+    monkeypatch.delenv("NBSCALE_KEY_FILE")
+    keys.forget_delivered()
+    boto3.client("s3").put_object(
+        Bucket="nb-team", Key=f"proj/jobs/{name}/output/model.tar.gz", Body=body
+    )
+    aws.set_training(name, "Completed", "Completed")
+    record = job.wait(timeout=10)
+    assert record.status == "SUCCEEDED"
+    from nbscale.errors import SignatureError
+
+    with pytest.raises(SignatureError):
+        load_results(record)
+
+
+def test_the_engine_finds_the_backend_by_its_type(aws, tmp_path):
+    job = submit(cell_spec(tmp_path), config=config())
+    again = get_job_handle(job.id, config=config())
+    assert isinstance(again._backend, SageMakerBackend)
+    assert again.status() == "PENDING"
