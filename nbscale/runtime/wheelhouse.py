@@ -1,0 +1,189 @@
+"""The runtime's own small closure, as wheels a container installs offline.
+
+``pip install nbscale`` gives a notebook user everything (magics, server extension,
+panel). A container needs far less, and no Jupyter: the nbscale wheel installed
+with ``--no-deps`` plus the closure of the kind of work it does:
+
+- ``job``: a worker running a cell, script or module; the image brings torch and numpy;
+- ``serving``: the model server (``python -m nbscale.serving``);
+- ``step``: a pipeline step, which executes a notebook, so papermill and ipykernel
+  (and what they need) are its closure, nothing more.
+
+``build(kind, dest)`` writes the wheels into ``dest`` (cached per kind and source
+under ``$NBSCALE_HOME/wheelhouse``); the container runs ``install_command(dir)``,
+``pip install --no-index --no-deps`` of exactly those files, before it starts, so a
+stock PyTorch image works without a package index. ``job`` wheels are pure Python
+(one wheelhouse for every image); ``serving`` and ``step`` carry compiled wheels for
+the platform they are built for (``--platform``/``--python-version``, default this
+machine's), which is what the Dockerfile's runtime image does too.
+
+    python -m nbscale.runtime.wheelhouse --kind job -o ./wheels
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+# the closures: every name here must also be a dependency in pyproject.toml (tested)
+CLOSURE = {
+    "job": ["cloudpickle>=3.0", "boto3>=1.34"],
+    "serving": [
+        "cloudpickle>=3.0",
+        "boto3>=1.34",
+        "prometheus_client>=0.17",
+        "httptools>=0.6",
+        "uvloop>=0.19",
+        "orjson>=3.8",
+    ],
+    "step": [
+        "cloudpickle>=3.0",
+        "boto3>=1.34",
+        "papermill>=2.5",
+        "ipykernel>=6.20",
+        "nbformat>=5.9",
+        "pyyaml>=6.0",
+    ],
+}
+# what a stock PyTorch image already has: never downloaded, never installed over
+IMAGE_PROVIDES = {"torch", "numpy"}
+
+
+class WheelhouseError(Exception):
+    pass
+
+
+def source_root() -> Path | None:
+    """The checkout nbscale runs from, when it is one (an editable or in-tree install)."""
+    root = Path(__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "nbscale"' in pyproject.read_text():
+        return root
+    return None
+
+
+def _source_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((root / "nbscale").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    digest.update((root / "pyproject.toml").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _pip(*args: str) -> None:
+    cmd = [sys.executable, "-m", "pip", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise WheelhouseError(
+            f"{' '.join(cmd[2:5])} failed: {(proc.stderr or proc.stdout).strip()[-2000:]}"
+        )
+
+
+def nbscale_wheel(dest: Path) -> Path:
+    """The nbscale wheel: built from the checkout, or this version from the package index."""
+    dest.mkdir(parents=True, exist_ok=True)
+    root = source_root()
+    if root is not None:
+        _pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(root))
+    else:
+        version = metadata.version("nbscale")
+        _pip("download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),
+             f"nbscale=={version}")  # fmt: skip
+    found = sorted(dest.glob("nbscale-*.whl"))
+    if not found:
+        raise WheelhouseError(f"no nbscale wheel was made in {dest}")
+    return found[-1]
+
+
+def _platform_args(platform: str | None, python_version: str | None) -> list[str]:
+    args: list[str] = []
+    if platform:
+        args += ["--platform", platform]
+    if python_version:
+        args += ["--python-version", python_version]
+    return args
+
+
+def build(
+    kind: str,
+    dest: str | Path | None = None,
+    platform: str | None = None,
+    python_version: str | None = None,
+) -> Path:
+    """The wheelhouse for ``kind``: a folder holding nbscale's wheel and its closure."""
+    if kind not in CLOSURE:
+        raise WheelhouseError(f"unknown kind {kind!r}; one of {', '.join(CLOSURE)}")
+    from .. import paths
+
+    root = source_root()
+    version = _source_digest(root) if root else metadata.version("nbscale")
+    key = hashlib.sha256(
+        json.dumps([kind, CLOSURE[kind], version, platform, python_version]).encode()
+    ).hexdigest()[:16]
+    cache = paths.home() / "wheelhouse" / f"{kind}-{key}"
+    if not (cache / "COMPLETE").exists():
+        tmp = cache.with_name(cache.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        nbscale_wheel(tmp)
+        pure = kind == "job"
+        _pip(
+            "download",
+            "-q",
+            "-d",
+            str(tmp),
+            "--only-binary=:all:",
+            *(["--platform", "any", "--implementation", "py", "--abi", "none"] if pure else []),
+            *_platform_args(None if pure else platform, python_version),
+            *CLOSURE[kind],
+        )
+        for path in tmp.glob("*.whl"):  # the image's own torch/numpy stay the image's
+            if path.name.split("-")[0].lower().replace("_", "-") in IMAGE_PROVIDES:
+                path.unlink()
+        (tmp / "COMPLETE").write_text(json.dumps({"kind": kind, "closure": CLOSURE[kind]}))
+        shutil.rmtree(cache, ignore_errors=True)
+        tmp.rename(cache)
+    if dest is None:
+        return cache
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for wheel in cache.glob("*.whl"):
+        shutil.copy2(wheel, dest / wheel.name)
+    return dest
+
+
+def install_command(folder: str, python: str = "python") -> str:
+    """The shell line a container runs before nbscale starts: offline, exactly these wheels."""
+    return (
+        f"{python} -m pip install --no-index --no-deps --disable-pip-version-check -q "
+        f"{folder.rstrip('/')}/*.whl"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbscale.runtime.wheelhouse")
+    parser.add_argument("--kind", choices=sorted(CLOSURE), default="job")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--platform", help="e.g. manylinux2014_x86_64 (serving, step)")
+    parser.add_argument("--python-version", help="e.g. 3.11 (serving, step)")
+    args = parser.parse_args(argv)
+    try:
+        out = build(args.kind, args.output, args.platform, args.python_version)
+    except WheelhouseError as exc:
+        print(f"nbscale: {exc}", file=sys.stderr)
+        return 1
+    wheels = sorted(p.name for p in out.glob("*.whl"))
+    print(f"{len(wheels)} wheels in {out}: {', '.join(wheels)}")
+    print(f"in the container: {install_command(str(out))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
