@@ -1,0 +1,317 @@
+"""The training container contract: the job's exact entry command, run as SageMaker runs it.
+
+Each "instance" is a process in its own mount namespace where a temporary folder is
+mounted at ``/opt/ml``, laid out as SageMaker lays it out (``input/config/*.json``,
+``input/data/<channel>`` copied from the request's S3 channels, ``model``, ``output``,
+``checkpoints``), with its own home and only the environment a training container gets
+(the request's ``Environment``, credentials, the region). Two instances train together
+(torch distributed across "hosts" algo-1 and algo-2); what they leave in ``/opt/ml/model``
+is what SageMaker uploads as ``model.tar.gz``, and the backend brings it home verified.
+
+A spot interruption is SIGTERM to both instances mid-training; SageMaker then uploads
+``/opt/ml/checkpoints`` to the CheckpointConfig S3 URI and copies it back to every new
+instance. The resumed job ends with the same weights and losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import tarfile
+from pathlib import Path
+
+import boto3
+import pytest
+
+from nbscale import keys
+from nbscale.celljob import prepare_cell
+from nbscale.jobs import submit
+from nbscale.results import load_results, read_results_file
+from nbscale.specs import Entry, JobSpec
+from tests.aws_emulator import Emulator
+from tests.conftest import wait_for
+from tests.emulators import AWS_ENV, PLANTED_SECRET, container_env, free_port, grep_tree
+from tests.test_sagemaker import config
+
+pytestmark = pytest.mark.slow
+
+CELL = """\
+import time
+import torch
+import nbscale.checkpoint as ckpt
+from torch.nn.parallel import DistributedDataParallel as DDP
+torch.manual_seed(0)
+net = torch.nn.Linear(8, 1)
+ddp = DDP(net)
+opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+state = ckpt.load(model=ddp, optimizer=opt)
+start = state.step + 1 if state else 0
+losses = list(state.extra["losses"]) if state else []
+print("resuming at step", start, flush=True)
+X = torch.linspace(-1, 1, 64 * 8).reshape(64, 8)
+y = X.sum(1, keepdim=True) * 0.5
+for step in range(start, steps):
+    idx = torch.randint(0, 64, (16,))
+    loss = ((ddp(X[idx]) - y[idx]) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+    ckpt.save(step, model=ddp, optimizer=opt, extra={"losses": losses})
+    print("step", step, "loss", round(loss.item(), 6), flush=True)
+    time.sleep(delay)
+weights = net.weight.detach().clone()
+"""
+HOSTS = ["algo-1", "algo-2"]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    emu = Emulator()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch):
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
+    s3 = boto3.client("s3")
+    if "nb-team" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="nb-team")
+    keys.forget_delivered()
+    return emulator
+
+
+@pytest.fixture(scope="module")
+def namespaces():
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /opt"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(
+            "an instance needs its own /opt/ml (a mount namespace: root or unshare -r); "
+            f"unshare said: {probe.stderr.strip()}"
+        )
+
+
+def _download_prefix(uri: str, dest: Path) -> None:
+    s3 = boto3.client("s3")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    dest.mkdir(parents=True, exist_ok=True)
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+        rel = obj["Key"][len(prefix) :].lstrip("/")
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, obj["Key"], str(target))
+
+
+def _upload_folder(folder: Path, uri: str) -> None:
+    s3 = boto3.client("s3")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder)}")
+
+
+def lay_out(root: Path, request: dict, host: str) -> Path:
+    """The /opt/ml tree SageMaker prepares on ``host`` before the entry starts."""
+    opt_ml = root / host / "opt-ml"
+    config_dir = opt_ml / "input" / "config"
+    config_dir.mkdir(parents=True)
+    (config_dir / "hyperparameters.json").write_text(json.dumps(request.get("HyperParameters", {})))
+    (config_dir / "resourceconfig.json").write_text(
+        json.dumps(
+            {
+                "current_host": host,
+                "current_instance_type": request["ResourceConfig"]["InstanceType"],
+                "hosts": HOSTS[: request["ResourceConfig"]["InstanceCount"]],
+                "network_interface_name": "eth0",
+            }
+        )
+    )
+    channels = {}
+    for channel in request["InputDataConfig"]:
+        name = channel["ChannelName"]
+        channels[name] = {
+            "TrainingInputMode": channel.get("InputMode", "File"),
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        }
+        _download_prefix(
+            channel["DataSource"]["S3DataSource"]["S3Uri"], opt_ml / "input" / "data" / name
+        )
+    (config_dir / "inputdataconfig.json").write_text(json.dumps(channels))
+    for sub in ("model", "output/data", "checkpoints"):
+        (opt_ml / sub).mkdir(parents=True, exist_ok=True)
+    checkpoint = request.get("CheckpointConfig")
+    if checkpoint:  # SageMaker copies the checkpoint URI to every instance before it starts
+        _download_prefix(checkpoint["S3Uri"], opt_ml / "checkpoints")
+    return opt_ml
+
+
+def start_instances(root: Path, request: dict, port: int) -> list[tuple[subprocess.Popen, Path]]:
+    algo = request["AlgorithmSpecification"]
+    command = [*algo["ContainerEntrypoint"], *algo["ContainerArguments"]]
+    procs = []
+    for host in HOSTS[: request["ResourceConfig"]["InstanceCount"]]:
+        opt_ml = lay_out(root, request, host)
+        home = root / host / "home"
+        home.mkdir()
+        env = container_env(
+            home,
+            **AWS_ENV,
+            **request["Environment"],
+            AWS_ENDPOINT_URL=AWS_ENDPOINT(),
+            TRAINING_JOB_NAME=request["TrainingJobName"],
+            # the platform's name service: both hosts are this machine
+            NBSCALE_HOST_ADDRESSES=json.dumps(dict.fromkeys(HOSTS, "127.0.0.1")),
+            NBSCALE_MASTER_PORT=str(port),
+        )
+        wrapper = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            'mount -t tmpfs none /opt && mkdir /opt/ml && mount --bind "$0" /opt/ml && exec "$@"',
+            str(opt_ml),
+        ]
+        log = open(root / host / "stdout.log", "wb")  # noqa: SIM115 - closed by the caller
+        procs.append(
+            (
+                subprocess.Popen(
+                    [*wrapper, *command], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT
+                ),
+                opt_ml,
+            )
+        )
+        log.close()
+    return procs
+
+
+def AWS_ENDPOINT() -> str:  # noqa: N802 - read when the instance starts
+    import os
+
+    return os.environ["AWS_ENDPOINT_URL"]
+
+
+def wait_all(procs, timeout=300) -> list[int]:
+    codes = []
+    for proc, _ in procs:
+        try:
+            codes.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for p, _ in procs:
+                p.kill()
+            raise
+    return codes
+
+
+def stdout(root: Path, host: str) -> str:
+    return (root / host / "stdout.log").read_text(errors="replace")
+
+
+def model_tar(opt_mls: list[Path]) -> bytes:
+    """What SageMaker uploads: every instance's /opt/ml/model, in one model.tar.gz."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for opt_ml in opt_mls:
+            for path in sorted(p for p in (opt_ml / "model").rglob("*") if p.is_file()):
+                tar.add(path, arcname=str(path.relative_to(opt_ml / "model")))
+    return buf.getvalue()
+
+
+def prepared_job(tmp_path: Path, steps: int, delay: float):
+    import torch
+
+    (tmp_path / "placeholder.py").write_text("")
+    spec = JobSpec(
+        entry=Entry.from_path(str(tmp_path / "placeholder.py")),
+        name="sm-ddp",
+        backend="aws",
+        nodes=2,
+        procs_per_node=1,
+        max_runtime=600,
+    )
+    prepared = prepare_cell(
+        CELL, {"torch": torch, "steps": steps, "delay": delay}, spec, outputs=["weights", "losses"]
+    )
+    prepared.write()
+    return prepared.spec
+
+
+def test_two_instances_train_together_and_a_spot_interruption_resumes(aws, namespaces, tmp_path):
+    cfg = config(spot=True, max_wait=1200)
+    job = submit(prepared_job(tmp_path, steps=14, delay=0.25), config=cfg)
+    request = aws.operations("CreateTrainingJob")[-1]
+    name = request["TrainingJobName"]
+    assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+
+    # 1. uninterrupted: the reference run
+    ref_root = tmp_path / "reference"
+    ref = start_instances(ref_root, request, free_port())
+    assert wait_all(ref) == [0, 0], stdout(ref_root, "algo-1") + stdout(ref_root, "algo-2")
+    ref_model = ref[0][1] / "model"
+    assert (ref_model / "results.zip").is_file() and (ref_model / "nodes" / "0.json").is_file()
+    assert (ref[1][1] / "model" / "nodes" / "1.json").is_file()
+    out1 = stdout(ref_root, "algo-1")
+    assert "[rank 0] step 13 loss" in out1 and "[rank 1] step 13 loss" in stdout(ref_root, "algo-2")
+    reference = read_results_file(ref_model / "results.zip", job.id)
+
+    # 2. interrupted mid-training (SIGTERM to both instances, as a spot reclaim does)
+    run_root = tmp_path / "interrupted"
+    port = free_port()
+    first = start_instances(run_root, request, port)
+    ckpts = first[0][1] / "checkpoints"
+    wait_for(
+        lambda: any(p.name >= "ckpt-0000000004.pt" for p in ckpts.glob("ckpt-*.pt")),
+        timeout=240,
+        what="a checkpoint of step 4",
+    )
+    for proc, _ in first:
+        proc.send_signal(signal.SIGTERM)
+    codes = wait_all(first, timeout=120)
+    assert codes != [0, 0]
+    assert "step 13" not in stdout(run_root, "algo-1")
+    # SageMaker uploads every instance's checkpoints to the S3 URI...
+    for _, opt_ml in first:
+        _upload_folder(opt_ml / "checkpoints", request["CheckpointConfig"]["S3Uri"])
+
+    # 3. ...and new instances start with them: the job resumes where it was
+    resumed_root = tmp_path / "resumed"
+    second = start_instances(resumed_root, request, free_port())
+    assert wait_all(second) == [0, 0], stdout(resumed_root, "algo-1")
+    out = stdout(resumed_root, "algo-1")
+    resumed_at = int(out.split("resuming at step ")[1].split()[0])
+    assert resumed_at >= 5, out
+    assert f"[rank 0] step {resumed_at - 1} loss" not in out  # nothing trained twice
+
+    # SageMaker uploads /opt/ml/model of the instances as model.tar.gz; the job completes
+    boto3.client("s3").put_object(
+        Bucket="nb-team",
+        Key=f"proj/jobs/{name}/output/model.tar.gz",
+        Body=model_tar([opt_ml for _, opt_ml in second]),
+    )
+    aws.set_training(name, "InProgress", "Training")
+    aws.set_training(name, "InProgress", "Interrupted", "The spot instance was interrupted")
+    aws.set_training(name, "InProgress", "Training")
+    aws.set_training(name, "Completed", "Completed", BillableTimeInSeconds=41)
+    record = job.wait(timeout=30)
+    assert record.status == "SUCCEEDED", record.error
+    got = load_results(record)
+    assert len(got["losses"]) == 14
+    assert got["losses"] == pytest.approx(reference["losses"], rel=1e-6, abs=1e-9)
+    import torch
+
+    assert torch.allclose(got["weights"], reference["weights"], rtol=1e-6, atol=1e-8)
+
+    # the key and the credentials are in no instance's home, stdout or model folder
+    key_hex = keys.load("bundle").hex()
+    for root in (ref_root, run_root, resumed_root):
+        assert grep_tree(root, key_hex, PLANTED_SECRET) == []
