@@ -17,6 +17,7 @@ from nbscale.config import load as load_config
 from . import endpoints, jobs, pipelines, system
 from .poller import Poller
 
+# ids are letters, digits, '.', '_' and '-'; one with '..' is refused by NbscaleHandler.prepare
 _JOB = r"(?P<job_id>[A-Za-z0-9._-]+)"
 _NAME = r"(?P<name>[A-Za-z0-9._-]+)"
 _RUN = r"(?P<run_id>[A-Za-z0-9._-]+)"
@@ -37,6 +38,7 @@ ROUTES: list[tuple[str, type]] = [
     (f"nbscale/api/endpoints/{_NAME}/scale", endpoints.ScaleHandler),
     ("nbscale/api/pipelines", pipelines.RunsHandler),
     (f"nbscale/api/pipelines/{_RUN}", pipelines.RunHandler),
+    ("nbscale/api/(?P<rest>.*)", system.NoRouteHandler),  # last: a JSON 404 for the rest
 ]
 
 

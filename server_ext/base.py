@@ -18,11 +18,15 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel
 from tornado import web
 
+from nbscale.errors import NotFound
+
 from .errors import BadRequest, is_expected, translate
 
 M = TypeVar("M", bound=BaseModel)
 
 AUTH_RESOURCE = "nbscale"
+MAX_PATH = 4096  # PATH_MAX on Linux
+MAX_NAME = 255  # NAME_MAX
 
 
 class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
@@ -31,6 +35,16 @@ class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def app(self):  # the NbscaleExtension
         return self.extensionapp
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        await super().prepare(*args, **kwargs)
+        # an id never holds '..' (nothing may look like a parent folder); only a signed-in
+        # user learns this, everyone else gets the verb's 403
+        if self.current_user and any(".." in str(v) for v in self.path_kwargs.values()):
+            raise NotFound(
+                f"no such id: {self.request.path.rsplit('/', 1)[-1][:80]!r}",
+                "ids use letters, digits, '.', '_' and '-' and never '..'",
+            )
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self.app.run_blocking(functools.partial(fn, *args, **kwargs))
@@ -44,7 +58,15 @@ class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
     def body(self, model: type[M]) -> M:
         if not self.request.body:
             raise BadRequest("body", "is empty", "send a JSON object")
-        data = json.loads(self.request.body)
+        try:
+            text = self.request.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(
+                "body",
+                f"is not valid UTF-8 (byte {exc.start})",
+                "send the JSON object encoded as UTF-8",
+            ) from None
+        data = json.loads(text)
         if not isinstance(data, dict):
             raise BadRequest("body", f"must be a JSON object, got {type(data).__name__}")
         return model.model_validate(data)
@@ -57,7 +79,18 @@ class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
     def notebook_path(self, relative: str, suffixes: tuple[str, ...] = (".ipynb",)) -> str:
         """An absolute path inside the server root; anything outside it is refused."""
         root = Path(self.app.root_dir).resolve()
-        target = (root / relative.lstrip("/")).resolve()
+        if "\0" in relative:
+            raise BadRequest("path", "contains a NUL character", "send the notebook's path")
+        if len(relative) > MAX_PATH or any(len(part) > MAX_NAME for part in relative.split("/")):
+            raise BadRequest(
+                "path",
+                f"is too long ({len(relative)} characters)",
+                f"paths have at most {MAX_PATH} characters and {MAX_NAME} per name",
+            )
+        try:
+            target = (root / relative.lstrip("/")).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name the OS refuses
+            raise BadRequest("path", f"cannot be used: {exc.strerror or exc}") from None
         if not target.is_relative_to(root):
             raise BadRequest("path", f"{relative!r} is outside the server's root directory")
         if target.suffix not in suffixes:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nbscale.specs import MAX_RESOURCES
 from nbscale.store.jobs import STATUSES
 
 JobStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST"]
@@ -50,13 +51,16 @@ class ListBackendsResponse(Model):
     backends: list[BackendInfo]
 
 
+MAX_HOURS = 24 * 366  # a year: no estimate is asked for longer
+
+
 class CostEstimateQuery(Model):
     backend: str | None = None
-    nodes: int = Field(1, ge=1)
-    procs_per_node: int = Field(1, ge=1)
-    gpus_per_proc: int = Field(0, ge=0)
+    nodes: int = Field(1, ge=1, le=MAX_RESOURCES["nodes"])
+    procs_per_node: int = Field(1, ge=1, le=MAX_RESOURCES["procs_per_node"])
+    gpus_per_proc: int = Field(0, ge=0, le=MAX_RESOURCES["gpus_per_proc"])
     instance_type: str | None = None
-    hours: float = Field(1.0, gt=0)
+    hours: float = Field(1.0, gt=0, le=MAX_HOURS, allow_inf_nan=False)
 
 
 class CostEstimate(Model):
@@ -111,9 +115,9 @@ class CreateJob(Model):
     path: str = Field(..., min_length=1, description="notebook path relative to the server root")
     name: str | None = None
     backend: str | None = None
-    nodes: int = Field(1, ge=1)
-    procs_per_node: int = Field(1, ge=1)
-    gpus_per_proc: int = Field(0, ge=0)
+    nodes: int = Field(1, ge=1, le=MAX_RESOURCES["nodes"])
+    procs_per_node: int = Field(1, ge=1, le=MAX_RESOURCES["procs_per_node"])
+    gpus_per_proc: int = Field(0, ge=0, le=MAX_RESOURCES["gpus_per_proc"])
     instance_type: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
 

@@ -7,6 +7,7 @@ from tornado import web
 
 from nbscale import cost
 from nbscale.backends import get_backend
+from nbscale.errors import NotFound
 
 from . import API_VERSION, __version__
 from .base import NbscaleHandler
@@ -67,3 +68,40 @@ class CostHandler(NbscaleHandler):
         config = await self.call(self.app.config_now)
         est = await self.call(cost.estimate, config=config, **q.model_dump())
         self.reply(CostEstimate(**est.to_dict()))
+
+
+class NoRouteHandler(NbscaleHandler):
+    """Anything under ``/nbscale/api/`` that no route takes: a JSON 404 saying where the routes are
+    (an id with '..' or a character ids never have lands here too)."""
+
+    def _no_route(self, rest: str):
+        raise NotFound(
+            f"no route {self.request.method} /nbscale/api/{rest[:80]}",
+            "the routes are listed in server_ext/openapi.json; ids use letters, digits, "
+            "'.', '_' and '-' and never '..'",
+        )
+
+    @web.authenticated
+    @authorized
+    async def get(self, rest: str):
+        self._no_route(rest)
+
+    @web.authenticated
+    @authorized
+    async def post(self, rest: str):
+        self._no_route(rest)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, rest: str):
+        self._no_route(rest)
+
+    @web.authenticated
+    @authorized
+    async def put(self, rest: str):
+        self._no_route(rest)
+
+    @web.authenticated
+    @authorized
+    async def patch(self, rest: str):
+        self._no_route(rest)

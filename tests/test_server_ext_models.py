@@ -33,6 +33,7 @@ def test_every_route_is_documented():
 
     documented = {re.sub(r"\{\w+\}", "X", p) for p in document()["paths"]}
     served = {"/" + re.sub(r"\(\?P<\w+>[^)]*\)", "X", pattern) for pattern, _ in ROUTES}
+    served.remove("/nbscale/api/X")  # the catch-all that answers a JSON 404
     assert documented == served
 
 

@@ -116,11 +116,15 @@ def insert_job(store: Store, record: JobRecord) -> None:
 
 
 def get_job(store: Store, job_id: str) -> JobRecord:
+    if len(job_id) > 200:  # ids are ~50 characters; a longer one cannot name a job
+        raise NotFound(
+            f"no job {job_id[:40]!r}... ({len(job_id)} characters)", "list jobs with: nbscale jobs"
+        )
     row = store.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
     if row is None:
-        # let people type a unique prefix, as with git hashes
+        # let people type a unique prefix, as with git hashes (compared as text: no wildcards)
         rows = store.query(
-            "SELECT * FROM jobs WHERE id LIKE ? LIMIT 2", (job_id.replace("%", "") + "%",)
+            "SELECT * FROM jobs WHERE substr(id, 1, ?) = ? LIMIT 2", (len(job_id), job_id)
         )
         if len(rows) == 1:
             return JobRecord.from_row(rows[0])
