@@ -17,6 +17,7 @@ the disk has ``resume_free`` free.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -69,6 +70,7 @@ class DataCapture:
         self.skipped = 0  # lines not written because the disk was too full
         self.written = 0
         self.stopped = False
+        self._next_check = 0.0  # while stopped: when the writer looks at the disk again
         self._q: queue.Queue = queue.Queue(maxsize=10_000)
         self._thread = threading.Thread(target=self._write, name="nbscale-capture", daemon=True)
         self._thread.start()
@@ -81,7 +83,7 @@ class DataCapture:
     ) -> None:
         if self.rate < 1 and random.random() >= self.rate:
             return
-        if self.stopped:  # cheaper than queueing what the writer would throw away
+        if self.stopped and time.monotonic() < self._next_check:  # the writer would skip it
             self.skipped += 1
             return
         try:
@@ -161,17 +163,20 @@ class DataCapture:
                 log.warning("could not record %s in the store: %s", kind, exc)
 
     def _write(self) -> None:
-        fh, written, last_check = None, 0, 0.0
+        fh, written = None, 0
         while True:
             item = self._q.get()
             try:
-                if self.stopped and time.monotonic() - last_check < RECHECK_S:
+                if self.stopped and time.monotonic() < self._next_check:
                     self.skipped += 1
                     continue
                 data = self._encode(item)
-                last_check = time.monotonic()
+                self._next_check = time.monotonic() + RECHECK_S
                 if not self._room_for(len(data)):
                     self.skipped += 1
+                    if fh is not None:  # an open file keeps its space even once moved away
+                        fh.close()
+                        fh = None
                     continue
                 if fh is None or written >= self.max_bytes:
                     if fh is not None:
@@ -186,6 +191,10 @@ class DataCapture:
                 written += len(data)
                 self.written += 1
             except OSError as exc:  # the disk filled up under us (another writer): stop, say so
+                if fh is not None:
+                    with contextlib.suppress(OSError):
+                        fh.close()
+                    fh = None
                 if not self.stopped:
                     self.stopped = True
                     free, total = disk_free(self.dir)
