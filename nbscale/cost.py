@@ -1,13 +1,29 @@
 """What a job costs: hours x nodes x the hourly price of one node.
 
 Prices are public on-demand list prices (USD per instance hour, us-east-1,
-late 2025) for the instance types people train on. A backend's config can
-override them (``price_per_node_hour = 2.5`` in ``[backends.NAME]``) for
-negotiated rates or a private cluster; the local backend costs nothing.
+late 2025) for the instance types people train on. Every price is editable in
+the backend's table of the config file:
+
+    [backends.prod]
+    type = "sagemaker"
+    prices = { "ml.g5.xlarge" = 1.20 }   # per instance type (negotiated rates)
+    spot_discount = 0.7                   # managed spot: share saved, for estimates
+
+    [backends.local]
+    type = "local"
+    gpu_hour_price = 0.90                 # a local GPU-hour; 0 unless configured
+    node_hour_price = 0.0
+
+``price_per_node_hour`` overrides everything for that backend. The same
+module prices estimates (before submit), budgets (``max_cost``: refused when
+the estimate is over, stopped when the running cost reaches it), actual cost
+(wall-clock x nodes, or SageMaker's ``BillableTimeInSeconds`` when the backend
+records it as ``info.billable_seconds``) and the spot savings.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,12 +88,20 @@ def node_price(
 ) -> float:
     """USD per node hour on a backend of ``backend_type``."""
     settings = settings or {}
-    if backend_type == "local":
-        return 0.0
     if "price_per_node_hour" in settings:
-        return float(settings["price_per_node_hour"])
+        return _price(settings["price_per_node_hour"], "price_per_node_hour")
+    if backend_type == "local":  # your own machine: free unless its hours are given a price
+        return (
+            _price(settings.get("node_hour_price", 0.0), "node_hour_price")
+            + _price(settings.get("gpu_hour_price", 0.0), "gpu_hour_price") * gpus_per_node
+        )
     instance = instance_type or settings.get("instance_type") or DEFAULT_INSTANCE.get(backend_type)
+    configured = settings.get("prices") or {}
+    if not isinstance(configured, dict):
+        raise SpecError("prices", "must be a table of instance type = USD per hour")
     if instance:
+        if instance in configured:
+            return _price(configured[instance], f"prices.{instance}")
         if instance in INSTANCE_PRICES:
             return INSTANCE_PRICES[instance]
         if backend_type == "sagemaker":
@@ -86,7 +110,20 @@ def node_price(
                 f"no price known for {instance!r}",
                 f"set price_per_node_hour in [backends.*] or use one of {', '.join(sorted(INSTANCE_PRICES))}",
             )
-    return CPU_NODE_HOUR + GPU_HOUR * gpus_per_node
+    return (
+        _price(settings.get("node_hour_price", CPU_NODE_HOUR), "node_hour_price")
+        + _price(settings.get("gpu_hour_price", GPU_HOUR), "gpu_hour_price") * gpus_per_node
+    )
+
+
+def _price(value: Any, key: str) -> float:
+    try:
+        price = float(value)
+    except (TypeError, ValueError):
+        price = -1.0
+    if not price >= 0:
+        raise SpecError(key, f"must be a price in USD >= 0, got {value!r}", "fix the config file")
+    return price
 
 
 def estimate(
@@ -125,3 +162,197 @@ def record_cost(job: dict[str, Any], config: Config) -> float | None:
     except SpecError:
         return None  # an unknown instance type: no price rather than a wrong one
     return job_cost(duration / 3600.0, job.get("nodes", 1), price)
+
+
+# -- before submit: the estimate and the budget -------------------------------------------------
+def spec_price(spec: Any, config: Config | None = None) -> tuple[str, float]:
+    """(backend name, USD per node hour) for a ``JobSpec`` or its dict."""
+    config = config or load_config()
+    get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
+    bconf = config.backend(get("backend"))
+    gpus = (get("procs_per_node", 1) or 1) * (get("gpus_per_proc", 0) or 0)
+    return bconf.name, node_price(bconf.type, bconf.settings, get("instance_type"), gpus)
+
+
+def spec_estimate(spec: Any, config: Config | None = None) -> dict[str, Any]:
+    """What the job may cost: per hour, and in total when ``max_runtime`` bounds it."""
+    get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
+    backend, price = spec_price(spec, config)
+    nodes = get("nodes", 1) or 1
+    runtime = get("max_runtime")
+    max_cost = get("max_cost")
+    total = job_cost(runtime / 3600.0, nodes, price) if runtime else None
+    return {
+        "backend": backend,
+        "price_per_node_hour": price,
+        "nodes": nodes,
+        "per_hour": round(price * nodes, 4),
+        "max_runtime": runtime,
+        "total": total,
+        "max_cost": max_cost,
+        "budget_hours": round(max_cost / (price * nodes), 4) if max_cost and price else None,
+        "currency": "USD",
+    }
+
+
+def describe_estimate(est: dict[str, Any]) -> str:
+    """One line for ``--dry-run`` and the ``%%train`` report."""
+    head = (
+        f"estimated cost: ${est['per_hour']:.2f}/hour ({est['nodes']} node(s) x "
+        f"${est['price_per_node_hour']:.2f} on {est['backend']})"
+    )
+    if est["total"] is not None:
+        head += f", at most ${est['total']:.2f} for the max runtime of {est['max_runtime']} s"
+    if est["max_cost"] is not None:
+        if est["budget_hours"] is None:
+            head += f"; budget ${est['max_cost']:.2f} (this backend costs nothing: never reached)"
+        else:
+            head += (
+                f"; budget ${est['max_cost']:.2f} (stopped after "
+                f"{est['budget_hours'] * 3600:.0f} s of running)"
+            )
+    return head
+
+
+def check_budget(spec: Any, config: Config | None = None) -> dict[str, Any]:
+    """Refuse a spec whose estimate is over its ``max_cost``, saying by how much."""
+    est = spec_estimate(spec, config)
+    if est["max_cost"] is not None and est["total"] is not None and est["total"] > est["max_cost"]:
+        over = est["total"] - est["max_cost"]
+        raise SpecError(
+            "max_cost",
+            f"the estimate ${est['total']:.2f} ({est['nodes']} node(s) x "
+            f"${est['price_per_node_hour']:.2f}/hour x {est['max_runtime']} s) is "
+            f"${over:.2f} over the budget of ${est['max_cost']:.2f}",
+            "raise --max-cost, or lower --max-runtime or --nodes",
+        )
+    return est
+
+
+# -- while it runs: the budget guard the local supervisor polls ---------------------------------
+_guards: dict[str, tuple[float, float] | None] = {}
+
+
+def budget_stop(store: Any, job_id: str, spec: dict[str, Any]) -> str | None:
+    """Why the job must stop now (its running cost reached ``max_cost``), else None.
+
+    The first call per job fixes the moment the budget runs out (from the
+    job's start and its price); later calls are arithmetic. Reaching it
+    records a ``budget_reached`` event once.
+    """
+    max_cost = spec.get("max_cost")
+    if max_cost is None:
+        return None
+    if job_id not in _guards:
+        from .store.jobs import get_job
+
+        try:
+            _, price = spec_price(spec)
+        except SpecError:
+            price = 0.0
+        record = get_job(store, job_id)
+        nodes = spec.get("nodes", 1) or 1
+        started = record.started or time.time()
+        _guards[job_id] = (
+            (started + max_cost / (price * nodes) * 3600.0, price * nodes) if price else None
+        )
+    guard = _guards[job_id]
+    if guard is None or time.time() < guard[0]:
+        return None
+    from .store.events import BUDGET_REACHED, record_event
+
+    record_event(
+        store,
+        "job",
+        job_id,
+        BUDGET_REACHED,
+        {"max_cost": max_cost, "per_hour": guard[1]},
+        key="budget",
+    )
+    return f"reached its budget of ${max_cost:.2f} (${guard[1]:.2f}/hour); stopped"
+
+
+# -- after: actual cost, spot savings, reports ---------------------------------------------------
+def record_costs(record: Any, config: Config) -> dict[str, Any] | None:
+    """Actual, on-demand and saved cost of a ``JobRecord``; None before it starts or unpriced."""
+    duration = record.duration
+    if duration is None:
+        return None
+    spec = record.spec or {}
+    bconf = config.backends.get(record.backend)
+    settings = bconf.settings if bconf else {}
+    try:
+        price = node_price(
+            record.backend_type,
+            settings,
+            spec.get("instance_type"),
+            (spec.get("procs_per_node", 1) or 1) * (spec.get("gpus_per_proc", 0) or 0),
+        )
+    except SpecError:
+        return None
+    nodes = spec.get("nodes", 1) or 1
+    info = record.info or {}
+    billed_s = info.get("billable_seconds")  # SageMaker: BillableTimeInSeconds (spot: less)
+    ran_s = info.get("training_seconds") or duration
+    cost = job_cost((billed_s if billed_s is not None else ran_s) / 3600.0, nodes, price)
+    on_demand = job_cost(ran_s / 3600.0, nodes, price)
+    return {
+        "cost": cost,
+        "on_demand_cost": on_demand,
+        "spot_savings": round(max(0.0, on_demand - cost), 4),
+        "node_hours": round(ran_s / 3600.0 * nodes, 4),
+        "price_per_node_hour": price,
+        "billable_seconds": billed_s,
+    }
+
+
+def cost_report(
+    since_s: float | None = None, by: str = "backend", config: Config | None = None
+) -> dict[str, Any]:
+    """Jobs that ran (since ``since_s`` seconds ago), their cost grouped by backend, name or tag."""
+    from .store import get_store
+    from .store.jobs import JobRecord
+
+    if by not in ("backend", "name", "tag"):
+        raise SpecError("--by", f"must be backend, name or tag, got {by!r}")
+    config = config or load_config()
+    store = get_store()
+    sql = "SELECT * FROM jobs WHERE started IS NOT NULL"
+    params: tuple = ()
+    if since_s is not None:
+        sql += " AND COALESCE(ended, ?) >= ?"
+        params = (time.time(), time.time() - since_s)
+    groups: dict[str, dict[str, Any]] = {}
+    total = {"jobs": 0, "cost": 0.0, "on_demand_cost": 0.0, "spot_savings": 0.0, "unpriced": 0}
+    for row in store.query(sql + " ORDER BY created", params):
+        rec = JobRecord.from_row(row)
+        c = record_costs(rec, config)
+        if by == "tag":
+            tags = rec.spec.get("tags") or {}
+            keys = [f"{k}={v}" for k, v in sorted(tags.items())] or ["(no tag)"]
+        else:
+            keys = [rec.backend if by == "backend" else rec.name]
+        total["jobs"] += 1
+        if c is None:
+            total["unpriced"] += 1
+        else:
+            for k in ("cost", "on_demand_cost", "spot_savings"):
+                total[k] = round(total[k] + c[k], 4)
+        for key in keys:
+            g = groups.setdefault(
+                key,
+                {
+                    "key": key,
+                    "jobs": 0,
+                    "node_hours": 0.0,
+                    "cost": 0.0,
+                    "on_demand_cost": 0.0,
+                    "spot_savings": 0.0,
+                },
+            )
+            g["jobs"] += 1
+            if c is not None:
+                for k in ("node_hours", "cost", "on_demand_cost", "spot_savings"):
+                    g[k] = round(g[k] + c[k], 4)
+    ordered = sorted(groups.values(), key=lambda g: (-g["cost"], g["key"]))
+    return {"by": by, "since_s": since_s, "groups": ordered, "total": total, "currency": "USD"}

@@ -180,6 +180,10 @@ def submit(spec: JobSpec, config: Config | None = None, store: Store | None = No
     backend = get_backend(bconf.name, config, store)
     backend.check_resources(spec)
     backend.validate(spec)
+    if spec.max_cost is not None:  # over budget: refused before anything is stored
+        from .cost import check_budget
+
+        check_budget(spec, config)
     job_id = _new_id(spec.name)
     record = JobRecord(
         id=job_id,

@@ -150,6 +150,7 @@ class JobSpec:
     max_restarts: int = 0
     checkpoint_dir: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    max_cost: float | None = None  # USD: refused when the estimate is over, stopped when reached
     # names of variables whose values come from the submitting environment and
     # are handed to the job without ever being stored or shown
     secret_env: tuple[str, ...] = ()
@@ -178,6 +179,14 @@ class JobSpec:
         _positive_int("max_restarts", self.max_restarts, minimum=0)
         if self.max_runtime is not None:
             _positive_int("max_runtime", self.max_runtime)
+        if self.max_cost is not None and (
+            isinstance(self.max_cost, bool)
+            or not isinstance(self.max_cost, int | float)
+            or not self.max_cost > 0
+        ):
+            raise SpecError(
+                "max_cost", f"must be a positive number of USD, got {self.max_cost!r}", "e.g. 25"
+            )
         for key, value in self.env.items():
             if not _ENV_RE.match(str(key)):
                 raise SpecError(

@@ -52,6 +52,12 @@ def add_resource_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint-dir", help="directory the job checkpoints to")
     p.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="refuse the job if its estimate is over this, stop it when its cost reaches it",
+    )
+    p.add_argument(
         "--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)"
     )
 
@@ -68,6 +74,7 @@ def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
         "instance_type",
         "image",
         "checkpoint_dir",
+        "max_cost",
     ):
         given = getattr(args, field, None)
         values[field] = given if given is not None else defaults.get(field)
@@ -156,7 +163,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SpecError("PATH", "is missing", "give a script, a notebook, or -m MODULE")
     params = {name: typed_value(value) for name, value in (args.parameter or [])}
     entry = Entry.from_path(args.target, module=args.module, parameters=params)
-    handle = submit(spec_from_args(args, entry))
+    spec = spec_from_args(args, entry)
+    if getattr(args, "dry_run", False):
+        import json
+
+        from ..cost import check_budget, describe_estimate
+
+        print("dry run: nothing submitted")
+        print(f"spec: {json.dumps(spec.to_dict(), indent=2)}")
+        print(describe_estimate(check_budget(spec)))
+        return 0
+    handle = submit(spec)
     if args.detach:
         print(handle.id)
         return 0
@@ -279,6 +296,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="notebook parameter, typed like papermill's -p (repeatable)",
     )
     p.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show the spec and the cost estimate (and check --max-cost); submit nothing",
+    )
     add_resource_options(p)
     p.set_defaults(func=cmd_run, takes_extra=True)
 

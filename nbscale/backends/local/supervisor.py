@@ -133,6 +133,12 @@ class Supervisor:
         while True:
             if self.stop_reason:
                 return CANCELLED, None, "cancelled"
+            if self.spec.get("max_cost") is not None:  # the budget guard (nbscale.cost)
+                from ...cost import budget_stop
+
+                over = budget_stop(self.store, self.job_id, self.spec)
+                if over:
+                    return FAILED, None, over
             if deadline and time.monotonic() > deadline:
                 return FAILED, None, f"exceeded the max runtime of {self.spec['max_runtime']} s"
             codes = [a.poll() for a in self.agents]

@@ -1,0 +1,182 @@
+"""Cost: the price table and its config, estimates, the budget refusal, a job stopped at its budget,
+actual cost and spot savings in reports."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from nbscale import config as nbconfig
+from nbscale import cost
+from nbscale.errors import SpecError
+from nbscale.jobs import submit
+from nbscale.specs import Entry, JobSpec
+from nbscale.store import get_store
+from nbscale.store.events import BUDGET_REACHED, list_events
+from nbscale.store.jobs import FAILED, SUCCEEDED, JobRecord, insert_job
+
+from .conftest import wait_for
+
+PRICED = """
+[backends.priced]
+type = "local"
+price_per_node_hour = 3600.0
+
+[backends.gpu-box]
+type = "local"
+gpu_hour_price = 0.9
+
+[backends.prod]
+type = "sagemaker"
+region = "us-east-1"
+role_arn = "arn:aws:iam::123456789012:role/train"
+prices = { "ml.g5.xlarge" = 1.2 }
+"""
+
+
+@pytest.fixture
+def priced(tmp_path):
+    (tmp_path / "nbscale.toml").write_text(PRICED)
+    return nbconfig.load()
+
+
+def test_price_table_list_prices_config_overrides_and_free_local(priced):
+    assert cost.node_price("local", {}) == 0.0  # a local GPU-hour is free unless configured
+    assert cost.node_price("local", {}, gpus_per_node=4) == 0.0
+    gpu_box = priced.backend("gpu-box")
+    assert cost.node_price("local", gpu_box.settings, gpus_per_node=2) == pytest.approx(1.8)
+    prod = priced.backend("prod").settings
+    assert cost.node_price("sagemaker", prod, "ml.g5.xlarge") == 1.2  # configured
+    assert cost.node_price("sagemaker", prod, "ml.p4d.24xlarge") == 37.688  # list price
+    with pytest.raises(SpecError, match="no price known"):
+        cost.node_price("sagemaker", prod, "ml.nope.xlarge")
+    with pytest.raises(SpecError, match="gpu_hour_price"):
+        cost.node_price("local", {"gpu_hour_price": "cheap"}, gpus_per_node=1)
+
+
+def test_estimate_and_budget_arithmetic(priced, write_script):
+    script = write_script("train.py", "print('hi')\n")
+    spec = JobSpec(
+        Entry.from_path(str(script)),
+        backend="prod",
+        nodes=2,
+        instance_type="ml.g5.xlarge",
+        max_runtime=1800,
+        max_cost=1.0,
+    )
+    est = cost.spec_estimate(spec, priced)
+    assert est["per_hour"] == pytest.approx(2.4) and est["total"] == pytest.approx(1.2)
+    assert est["budget_hours"] == pytest.approx(1 / 2.4, rel=1e-3)
+    with pytest.raises(SpecError) as err:
+        cost.check_budget(spec, priced)
+    assert "$1.20" in str(err.value) and "$0.20 over the budget of $1.00" in str(err.value)
+    ok = spec.replace(max_cost=1.5)
+    assert cost.check_budget(ok, priced)["total"] == pytest.approx(1.2)
+    assert "at most $1.20" in cost.describe_estimate(cost.spec_estimate(ok, priced))
+    with pytest.raises(SpecError, match="max_cost"):
+        spec.replace(max_cost=-3)
+
+
+def test_cli_refuses_over_budget_saying_by_how_much_and_stores_nothing(
+    priced, write_script, nbscale_cli
+):
+    script = write_script("train.py", "print('hi')\n")
+    args = ("run", str(script), "--backend", "priced", "--nodes", "2", "--max-runtime", "60")
+    proc = nbscale_cli(*args, "--max-cost", "100")
+    # 2 nodes x $3600/h x 60 s = $120: $20 over
+    assert proc.returncode == 2
+    assert "$20.00 over the budget of $100.00" in proc.stderr
+    assert json.loads(nbscale_cli("jobs", "--json", check=True).stdout) == []
+    dry = nbscale_cli(*args, "--max-cost", "200", "--dry-run", check=True)
+    assert "dry run: nothing submitted" in dry.stdout
+    assert "estimated cost: $7200.00/hour" in dry.stdout and "at most $120.00" in dry.stdout
+
+
+def test_a_running_job_is_stopped_when_its_cost_reaches_the_budget(priced, write_script):
+    # Given a job on a backend priced at $1 per node-second with a $4 budget
+    script = write_script("slow.py", "import time\nprint('start', flush=True)\ntime.sleep(120)\n")
+    job = submit(JobSpec(Entry.from_path(str(script)), backend="priced", max_cost=4.0))
+    # When it runs
+    record = job.wait(timeout=90)
+    # Then it was stopped at its budget, said so, and left an event
+    assert record.status == FAILED and "budget of $4.00" in (record.error or "")
+    assert record.duration < 60
+    events = list_events(get_store(), kind="job", ref=job.id, types=[BUDGET_REACHED])
+    assert len(events) == 1 and events[0]["data"]["max_cost"] == 4.0
+    # And its actual cost is about the budget (wall-clock x nodes x price)
+    c = cost.record_costs(record, priced)
+    assert 4.0 <= c["cost"] <= 4.0 + 10  # polled, so a little over, never under
+    report = cost.cost_report(since_s=3600, by="backend", config=priced)
+    assert report["groups"][0]["key"] == "priced" and report["groups"][0]["cost"] >= 4.0
+
+
+def _record(job_id: str, backend: str, backend_type: str, seconds: float, **kw) -> JobRecord:
+    now = time.time()
+    return JobRecord(
+        id=job_id,
+        name=kw.pop("name", "train"),
+        backend=backend,
+        backend_type=backend_type,
+        status=SUCCEEDED,
+        spec={
+            "nodes": kw.pop("nodes", 1),
+            "instance_type": kw.pop("instance_type", None),
+            "tags": kw.pop("tags", {}),
+        },
+        created=now - seconds - 10,
+        started=now - seconds,
+        ended=now,
+        **kw,
+    )
+
+
+def test_actual_cost_from_billable_time_spot_savings_and_grouping(priced, nbscale_cli):
+    store = get_store()
+    # a managed-spot SageMaker job: 2 h on 2 nodes, billed for 0.6 h (what SageMaker reports)
+    insert_job(
+        store,
+        _record(
+            "sm-1",
+            "prod",
+            "sagemaker",
+            7200,
+            nodes=2,
+            instance_type="ml.g5.xlarge",
+            tags={"team": "vision"},
+            info={"billable_seconds": 2160, "training_seconds": 7200},
+        ),
+    )
+    insert_job(store, _record("loc-1", "local", "local", 600, name="etl", tags={"team": "data"}))
+    old = _record("old-1", "prod", "sagemaker", 3600, instance_type="ml.g5.xlarge")
+    old.started -= 30 * 86400
+    old.ended -= 30 * 86400
+    insert_job(store, old)
+    sm = cost.record_costs(cost_rec := _first(store, "sm-1"), priced)
+    assert cost_rec.backend == "prod"
+    assert sm["cost"] == pytest.approx(0.6 * 2 * 1.2, abs=1e-3)
+    assert sm["on_demand_cost"] == pytest.approx(2 * 2 * 1.2, abs=1e-3)
+    assert sm["spot_savings"] == pytest.approx(2 * 2 * 1.2 - 0.6 * 2 * 1.2, abs=1e-3)
+    week = cost.cost_report(since_s=7 * 86400, by="backend", config=priced)
+    assert [g["key"] for g in week["groups"]] == ["prod", "local"]
+    assert week["total"]["jobs"] == 2 and week["total"]["spot_savings"] > 3
+    by_tag = cost.cost_report(by="tag", config=priced)
+    assert {g["key"] for g in by_tag["groups"]} == {"team=vision", "team=data", "(no tag)"}
+    out = nbscale_cli("cost", "--since", "7d", "--by", "name", check=True).stdout
+    assert "train" in out and "etl" in out and "spot saved $3.36" in out
+    bad = nbscale_cli("cost", "--since", "lately")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+
+
+def _first(store, job_id):
+    from nbscale.store.jobs import get_job
+
+    return get_job(store, job_id)
+
+
+def test_budget_guard_ignores_jobs_without_a_budget_and_free_backends(priced, write_script):
+    script = write_script("quick.py", "print('done')\n")
+    job = submit(JobSpec(Entry.from_path(str(script)), max_cost=0.01))  # local: free
+    record = wait_for(lambda: (r := job.refresh()).terminal and r, 90, what="job end")
+    assert record.status == SUCCEEDED
