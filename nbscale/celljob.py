@@ -82,6 +82,10 @@ class DryRun:
 
     def __init__(self, prepared: PreparedCell):
         self.prepared = prepared
+        from .cost import check_budget, describe_estimate
+
+        # over --max-cost: refused here, as submit would
+        self.estimate = describe_estimate(check_budget(prepared.spec))
 
     def spec_json(self) -> str:
         return json.dumps(self.prepared.spec.to_dict(), indent=2)
@@ -90,9 +94,13 @@ class DryRun:
         from html import escape
 
         report = self.prepared.report()
-        text = f"dry run: nothing submitted\n{report.text()}\nspec:\n{self.spec_json()}"
+        text = (
+            f"dry run: nothing submitted\n{report.text()}\n{self.estimate}\n"
+            f"spec:\n{self.spec_json()}"
+        )
         html = (
             f"<div><b>dry run</b>: nothing submitted</div>{report.html()}"
+            f"<div>{escape(self.estimate)}</div>"
             f"<div><b>spec</b></div><pre>{escape(self.spec_json())}</pre>"
         )
         return {"text/plain": text, "text/html": html}

@@ -180,3 +180,15 @@ def test_budget_guard_ignores_jobs_without_a_budget_and_free_backends(priced, wr
     job = submit(JobSpec(Entry.from_path(str(script)), max_cost=0.01))  # local: free
     record = wait_for(lambda: (r := job.refresh()).terminal and r, 90, what="job end")
     assert record.status == SUCCEEDED
+
+
+def test_train_dry_run_report_shows_the_estimate_and_refuses_over_budget(priced):
+    from nbscale.celljob import prepare_cell
+
+    spec = JobSpec(Entry("bundle", "<cell>"), name="cell", backend="priced", max_runtime=30)
+    prepared = prepare_cell("x = 1\n", {}, spec.replace(max_cost=60.0))
+    text = prepared.dry_run()._repr_mimebundle_()["text/plain"]
+    assert "estimated cost: $3600.00/hour" in text and "at most $30.00" in text
+    over = prepare_cell("x = 1\n", {}, spec.replace(max_cost=10.0))
+    with pytest.raises(SpecError, match=r"\$20.00 over the budget of \$10.00"):
+        over.dry_run()
