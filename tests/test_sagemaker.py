@@ -7,9 +7,13 @@ and the emulator keeps every body so the tests can check what was (never) sent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
+import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,8 +65,33 @@ def aws(emulator, monkeypatch):
     return emulator
 
 
+@functools.cache
+def runtime_wheels() -> str:
+    """A folder with a real wheel, built here without a package index (the runtime channel's
+    mechanics do not depend on which wheels; building nbscale's closure needs PyPI)."""
+    root = Path(tempfile.mkdtemp(prefix="nbscale-wheels-"))
+    project = root / "src"
+    (project / "nbscale_probe").mkdir(parents=True)
+    (project / "nbscale_probe" / "__init__.py").write_text("VALUE = 1\n")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "nbscale-probe"\nversion = "1.0"\n'
+    )
+    out = root / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(out), str(project)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(out)
+
+
 def config(**extra) -> Config:
-    backend = BackendConfig("aws", "sagemaker", {**SETTINGS, **extra})
+    settings_ = {**SETTINGS, **extra}
+    if "image" not in settings_:
+        settings_.setdefault("wheelhouse", runtime_wheels())
+    backend = BackendConfig("aws", "sagemaker", settings_)
     return Config("local", {}, {"local": BackendConfig("local", "local"), "aws": backend})
 
 
@@ -148,7 +177,8 @@ def test_submit_sends_a_complete_training_request_and_no_key(aws, tmp_path, nbsc
         c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
         for c in request["InputDataConfig"]
     }
-    assert set(channels) == {"bundle", "spec"}
+    assert set(channels) == {"bundle", "spec", "runtime"}
+    assert channels["runtime"].startswith("s3://nb-team/proj/runtime/")
     assert channels["bundle"].startswith("s3://nb-team/proj/bundles/sha256/")
     tags = {t["Key"]: t["Value"] for t in request["Tags"]}
     assert tags == {"team": "ml", "cost-center": "42", "nbscale:job-id": job.id}
@@ -167,6 +197,12 @@ def test_submit_sends_a_complete_training_request_and_no_key(aws, tmp_path, nbsc
         bucket, _, prefix = channels[name].removeprefix("s3://").partition("/")
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
         assert len(listed) == 1
+    bucket, _, prefix = channels["runtime"].removeprefix("s3://").partition("/")
+    listed = sorted(
+        o["Key"].rsplit("/", 1)[1]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+    )
+    assert listed == ["COMPLETE", "nbscale_probe-1.0-py3-none-any.whl"]
     spec_key = s3.list_objects_v2(Bucket="nb-team", Prefix=channels["spec"].split("/", 3)[3])[
         "Contents"
     ][0]["Key"]
@@ -194,8 +230,10 @@ def test_an_unchanged_bundle_is_not_uploaded_twice(aws, tmp_path):
     before = len(bundle_puts())
     submit(spec, config=config())
     assert len(bundle_puts()) == before + 1
+    runtime_puts = len([p for m, p, _ in aws.bodies if m == "PUT" and "/runtime/" in p])
     submit(spec, config=config())  # the same cell again: found by its hash, not sent
     assert len(bundle_puts()) == before + 1
+    assert len([p for m, p, _ in aws.bodies if m == "PUT" and "/runtime/" in p]) == runtime_puts
     assert len(aws.operations("CreateTrainingJob")) >= 2
 
 

@@ -247,7 +247,13 @@ def prepared_job(tmp_path: Path, steps: int, delay: float):
 
 
 def test_two_instances_train_together_and_a_spot_interruption_resumes(aws, namespaces, tmp_path):
-    cfg = config(spot=True, max_wait=1200)
+    # an image that brings nbscale (the Dockerfile's runtime image): installing the runtime
+    # channel here would install over this machine's own nbscale
+    cfg = config(
+        spot=True,
+        max_wait=1200,
+        image="123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0",
+    )
     job = submit(prepared_job(tmp_path, steps=14, delay=0.25), config=cfg)
     request = aws.operations("CreateTrainingJob")[-1]
     name = request["TrainingJobName"]

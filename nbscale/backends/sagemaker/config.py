@@ -20,6 +20,8 @@
     kms_key_id = "arn:aws:kms:..."               # outputs and volumes
     tags = { team = "ml" }
     endpoint_url = "http://127.0.0.1:5000"       # an emulator (tests)
+    wheelhouse = "./wheels"                      # the runtime wheels a stock image installs
+                                                 # (default: built once per nbscale version)
 
 A missing role ARN, storage or region, or no AWS credentials at all, is one
 message naming the setting to add. Credentials come from boto3's standard chain
@@ -64,6 +66,7 @@ KNOWN = {
     "price_per_node_hour",
     "data_capture_percent",
     "rollback_alarms",
+    "wheelhouse",
 }
 
 
@@ -117,6 +120,7 @@ class SageMakerSettings:
     poll_seconds: float = 5.0
     data_capture_percent: int | None = None
     rollback_alarms: tuple[str, ...] = ()
+    wheelhouse: str | None = None
 
     @property
     def bucket(self) -> str:
@@ -307,4 +311,19 @@ def settings(bconf: BackendConfig) -> SageMakerSettings:
             if "rollback_alarms" in raw
             else ()
         ),
+        wheelhouse=_wheelhouse(name, raw.get("wheelhouse")),
     )
+
+
+def _wheelhouse(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    from pathlib import Path
+
+    if not isinstance(value, str) or not list(Path(value).expanduser().glob("*.whl")):
+        raise SpecError(
+            _table(name, "wheelhouse"),
+            f"{value!r} is not a folder of wheels",
+            "build one with: python -m nbscale.runtime.wheelhouse --kind job -o FOLDER",
+        )
+    return str(Path(value).expanduser())

@@ -12,6 +12,7 @@ Logs, every instance's stream, split by rank (``logs.sync``). cancel: StopTraini
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 import tempfile
@@ -163,9 +164,45 @@ class SageMakerBackend(JobBackend):
         staged = req.Staged(
             bundle_prefix=_prefix(bundle_uri) if bundle_uri else _prefix(spec_uri),
             spec_prefix=_prefix(spec_uri),
+            runtime_prefix=self._runtime_channel(spec, store, upload),
             key_secret_arn=arn,
         )
         return req.build(record.id, spec, self.settings, staged)
+
+    def _runtime_channel(
+        self, spec: dict[str, Any], store: storage.ObjectStore, upload: bool
+    ) -> str | None:
+        """A stock image has no nbscale: its runtime wheels go as the ``runtime`` channel,
+        under a prefix named by the hash of the whole set (an unchanged set is not sent)."""
+        if spec.get("image") or self.settings.image:
+            return None  # an image of its own brings nbscale (the Dockerfile's runtime image)
+        if self.settings.wheelhouse:
+            folder = Path(self.settings.wheelhouse)
+        else:
+            from ...runtime import wheelhouse
+
+            try:
+                folder = wheelhouse.build("job")
+            except wheelhouse.WheelhouseError as exc:
+                raise NbscaleError(
+                    f"the runtime wheels for a stock image could not be built: {exc}",
+                    f"build them once with python -m nbscale.runtime.wheelhouse --kind job -o DIR "
+                    f"and set wheelhouse = DIR in [backends.{self.settings.name}], or set image",
+                ) from None
+        wheels = sorted(folder.glob("*.whl"))
+        digests = [(w.name, storage.sha256_file(w)) for w in wheels]
+        set_hash = hashlib.sha256(json.dumps(digests).encode()).hexdigest()
+        base = store.base.child("runtime", set_hash)
+        if upload and not store.exists(base.child("COMPLETE").uri):
+            for wheel in wheels:
+                store.put_at(wheel, base.child(wheel.name).uri)
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+                json.dump(digests, fh)
+            try:
+                store.put_at(fh.name, base.child("COMPLETE").uri)  # written last
+            finally:
+                Path(fh.name).unlink(missing_ok=True)
+        return base.uri.rstrip("/") + "/"
 
     def dry_run(self, record: JobRecord) -> dict[str, Any]:
         return self.training_request(record, upload=False)
