@@ -169,17 +169,20 @@ def test_bad_specs_raise_one_clear_error_and_write_nothing(write_script):
     assert not any((get_store().path.parent / "jobs").glob("*"))
 
 
-def test_supervisor_killed_marks_job_lost_and_stops_workers(write_script):
+def test_supervisor_and_agents_killed_marks_job_lost_and_stops_workers(write_script):
     script = write_script(
         "sleeps.py", "import time\nprint('started', flush=True)\ntime.sleep(600)\n"
     )
     job = nbscale.submit(spec(script, procs_per_node=2))
     wait_for(lambda: len(job.ranks()) == 2 and "started" in job.logs(1), 120, what="start")
-    os.kill(job.refresh().info["supervisor_pid"], signal.SIGKILL)
+    info = job.refresh().info
+    os.kill(info["supervisor_pid"], signal.SIGKILL)
+    for pid, _ in info["agents"]:
+        os.kill(pid, signal.SIGKILL)  # nothing is left to record how the job ended
     record = wait_for(lambda: (r := job.refresh()).terminal and r, 30, what="LOST")
     assert record.status == "LOST"
     assert "vanished" in record.error
-    wait_for(lambda: job_processes(job.id) == [], 30, what="workers stopped")
+    wait_for(lambda: job_processes(job.id) == [], 60, what="workers stopped")
 
 
 def test_max_restarts_restarts_and_counts(write_script, tmp_path):

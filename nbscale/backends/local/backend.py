@@ -27,9 +27,11 @@ from ...store.jobs import (
 )
 from ..base import JobBackend, LogChunk
 from . import gpus as gpu_alloc
+from .exits import exit_file, read_exit
 from .processes import JOB_ENV, alive, job_processes, stop_job_processes
 
 LAUNCH_TIMEOUT = 60.0  # a supervisor that has not said hello by then never started
+ADOPT_RETRY_S = 10.0  # a new supervisor that has not taken over by then is started again
 
 
 class LocalBackend(JobBackend):
@@ -71,9 +73,17 @@ class LocalBackend(JobBackend):
         if record.spec["entry"]["kind"] == "bundle":
             self._adopt_bundle(record, jobdir)
         jobdir.spec_file.write_text(json.dumps(record.spec))
+        self._start_supervisor(record, secrets=secrets)
+        return get_job(self.store, record.id)
+
+    def _start_supervisor(
+        self, record: JobRecord, adopt: bool = False, secrets: dict[str, str] | None = None
+    ) -> None:
+        jobdir = JobDir(record.info["job_dir"])
+        command = [sys.executable, "-m", "nbscale.backends.local.supervisor", record.id]
         with open(jobdir.supervisor_log, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "nbscale.backends.local.supervisor", record.id],
+                [*command, "--adopt"] if adopt else command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -82,7 +92,6 @@ class LocalBackend(JobBackend):
                 env={**os.environ, **(secrets or {}), JOB_ENV: record.id},
             )
         proc.wait()  # the supervisor forks and this first process returns at once
-        return get_job(self.store, record.id)
 
     def _adopt_bundle(self, record: JobRecord, jobdir: JobDir) -> None:
         """Keep a cell bundle with its job: it lives (and is removed) with the job directory,
@@ -103,15 +112,19 @@ class LocalBackend(JobBackend):
         info = record.info
         pid = info.get("supervisor_pid")
         if pid is None:
-            if time.time() - record.created < LAUNCH_TIMEOUT:
+            # a supervisor still starting (a loaded machine) carries the job's tag already
+            if time.time() - record.created < LAUNCH_TIMEOUT or job_processes(record.id):
                 return record
             reason = "the job's supervisor never started; see supervisor.log in the job directory"
         elif alive(pid, info.get("supervisor_started")):
             return self._with_live_fields(record)
         else:
-            fresh = get_job(self.store, record.id)  # it may have finished just now
-            if fresh.status not in ACTIVE:
-                return fresh
+            fresh = get_job(self.store, record.id)  # it may have finished, or been taken over
+            if fresh.status not in ACTIVE or fresh.info.get("supervisor_pid") != pid:
+                return self.status(fresh) if fresh.status in ACTIVE else fresh
+            ended = self._outcome_without_supervisor(fresh)
+            if ended is not None:
+                return ended
             reason = f"the job's supervisor (pid {pid}) vanished without recording an end"
         stop_job_processes(record.id, grace=2.0)
         update_job(
@@ -123,6 +136,44 @@ class LocalBackend(JobBackend):
             info_patch={"phase": "ended"},
         )
         return get_job(self.store, record.id)
+
+    def _outcome_without_supervisor(self, record: JobRecord) -> JobRecord | None:
+        """The supervisor is gone: a job whose agents still run gets a new supervisor that
+        adopts them; one whose agents all recorded their exit gets that outcome. None when
+        neither (the agents vanished too: the job is lost)."""
+        started = record.info.get("agents") or []
+        if not started:
+            return None
+        jobdir = JobDir(record.info["job_dir"])
+        codes = [read_exit(exit_file(jobdir.path, node)) for node in range(len(started))]
+        if any(c is None for c in codes):
+            if any(alive(p, t) for p, t in started):
+                if self._claim_adoption(record):
+                    self._start_supervisor(record, adopt=True)
+                return self._with_live_fields(record)
+            return None
+        # imported here: ``python -m ...supervisor`` warns when the package imported it first
+        from .supervisor import agents_outcome, record_end
+
+        status, exit_code = agents_outcome(codes)  # type: ignore[arg-type]
+        stop_job_processes(record.id, grace=2.0)  # a worker that outlived its agent
+        record_end(self.store, record.id, record.spec, jobdir, status, exit_code, None)
+        add_event(self.store, record.id, "recorded-without-supervisor", {"status": status})
+        return get_job(self.store, record.id)
+
+    def _claim_adoption(self, record: JobRecord) -> bool:
+        """One looker at a time starts the adopting supervisor (others see a recent claim)."""
+        now = time.time()
+        with self.store.transaction() as conn:
+            return (
+                conn.execute(
+                    "UPDATE jobs SET info = json_set(info, '$.adopt_requested', ?) WHERE id = ? "
+                    "AND json_extract(info, '$.supervisor_pid') IS ? "
+                    "AND coalesce(json_extract(info, '$.adopt_requested'), 0) < ?",
+                    (now, record.id, record.info.get("supervisor_pid"), now - ADOPT_RETRY_S),
+                ).rowcount
+                > 0
+            )
 
     def _with_live_fields(self, record: JobRecord) -> JobRecord:
         jobdir = JobDir(record.info["job_dir"])

@@ -5,23 +5,34 @@ nobody's child: it outlives the CLI, kernel or server that submitted the job.
 It waits for GPUs when the job needs them, starts one torchrun agent per
 simulated node joined by one c10d rendezvous on a free loopback port, and
 records how the job ended. Every process it starts carries NBSCALE_JOB_ID.
+
+The job does not depend on the supervisor staying alive: each agent records
+its own exit code (``agents/node-N.json``, see ``agent.py``) and the agents'
+pids are in the job row. When the supervisor is killed, the next look at the
+job starts a new one with ``--adopt``, which takes over the running agents
+(one wins, by compare-and-set on the row), or, when they have all ended,
+records the outcome they wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from ...runtime.jobdir import JobDir
-from ...store import get_store
-from ...store.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, update_job
+from ...store import Store, get_store
+from ...store.jobs import ACTIVE, CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, update_job
 from . import gpus as gpu_alloc
-from .processes import JOB_ENV, create_time, stop_job_processes
+from .exits import exit_file, read_exit
+from .processes import JOB_ENV, alive, create_time, stop_job_processes
 
 POLL = 0.05
 AGENT_EXIT_WAIT = 15.0  # after one agent failed, how long the others get to notice
@@ -33,12 +44,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun_command(spec: dict, job_id: str, port: int, node: int) -> list[str]:
+def torchrun_command(spec: dict, job_id: str, port: int, node: int, jobdir_path: str) -> list[str]:
     nodes = spec["nodes"]
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "nbscale.backends.local.agent",
+        str(exit_file(jobdir_path, node)),
         f"--nnodes={nodes}",
         f"--nproc-per-node={spec['procs_per_node']}",
         "--rdzv-backend=c10d",
@@ -76,6 +88,95 @@ def agent_env(spec: dict, job_id: str, jobdir: JobDir, node_gpus: list[int]) -> 
     return env
 
 
+def failure_details(
+    spec: dict, jobdir: JobDir, exit_code: int | None, reason: str | None
+) -> dict[str, Any]:
+    """The fields that say why a job failed: the earliest rank exception, else the agents' tails."""
+    errors = jobdir.errors()
+    if reason:
+        return {"error": reason, "failed_rank": None, "info_patch": {"phase": "ended"}}
+    if errors:
+        root = errors[0]  # the earliest exception is the root cause, as torchrun reports
+        return {
+            "failed_rank": root["rank"],
+            "error": f"rank {root['rank']}: {root['type']}: {root['message']}",
+            "info_patch": {"traceback": root["traceback"], "phase": "ended"},
+        }
+    tail = ""
+    for node in range(spec["nodes"]):
+        with contextlib.suppress(OSError):
+            tail += jobdir.agent_log(node).read_text(errors="replace")[-2000:]
+    return {
+        "failed_rank": None,
+        "error": f"torchrun exited with code {exit_code} without a Python exception "
+        f"(killed by a signal or out of memory?)\n{tail}",
+        "info_patch": {"phase": "ended"},
+    }
+
+
+def agents_outcome(codes: list[int | None]) -> tuple[str, int | None]:
+    bad = [c for c in codes if c != 0]
+    return (SUCCEEDED, 0) if not bad else (FAILED, bad[0])
+
+
+def record_end(
+    store: Store,
+    job_id: str,
+    spec: dict,
+    jobdir: JobDir,
+    status: str,
+    exit_code: int | None,
+    reason: str | None,
+) -> bool:
+    """Write how the job ended (compare-and-set: only if nobody else did first)."""
+    fields: dict[str, Any] = {
+        "status": status,
+        "ended": time.time(),
+        "exit_code": exit_code,
+        "restarts": jobdir.restarts(),
+    }
+    if status == FAILED:
+        fields.update(failure_details(spec, jobdir, exit_code, reason))
+    else:
+        fields["info_patch"] = {"phase": "ended"}
+        if status == CANCELLED:
+            fields["error"] = "cancelled"
+    return update_job(store, job_id, **fields)
+
+
+class _Started:
+    """An agent this supervisor started: its exit code from its record or from wait()."""
+
+    def __init__(self, proc: subprocess.Popen, record: Path):
+        self.proc, self.record = proc, record
+
+    def code(self) -> int | None | str:
+        returned = self.proc.poll()
+        if returned is None:
+            return None
+        recorded = read_exit(self.record)
+        return recorded if recorded is not None else returned
+
+
+class _Adopted:
+    """An agent a previous supervisor started; only its own record tells how it ended."""
+
+    def __init__(self, pid: int, started: float, record: Path):
+        self.pid, self.started, self.record = pid, started, record
+
+    def code(self) -> int | None | str:
+        recorded = read_exit(self.record)
+        if recorded is not None:
+            return recorded
+        if alive(self.pid, self.started):
+            return None
+        recorded = read_exit(self.record)  # it may have written it just before exiting
+        return recorded if recorded is not None else VANISHED
+
+
+VANISHED = "vanished"
+
+
 class Supervisor:
     def __init__(self, job_id: str):
         self.job_id = job_id
@@ -84,7 +185,7 @@ class Supervisor:
         self.spec = self.record.spec
         self.jobdir = JobDir(self.record.info["job_dir"])
         self.stop_reason: str | None = None
-        self.agents: list[subprocess.Popen] = []
+        self.agents: list[_Started | _Adopted] = []
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_reason = "cancel"
@@ -112,23 +213,36 @@ class Supervisor:
         )
         for node in range(self.spec["nodes"]):
             node_gpus = gpus[node * per_node : (node + 1) * per_node]
+            record = exit_file(self.jobdir.path, node)
+            record.unlink(missing_ok=True)
             log = open(self.jobdir.agent_log(node), "ab")  # noqa: SIM115 - owned by the child
-            self.agents.append(
-                subprocess.Popen(
-                    torchrun_command(self.spec, self.job_id, port, node),
-                    env=agent_env(self.spec, self.job_id, self.jobdir, node_gpus),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.record.info.get("cwd") or None,
-                )
+            proc = subprocess.Popen(
+                torchrun_command(self.spec, self.job_id, port, node, str(self.jobdir.path)),
+                env=agent_env(self.spec, self.job_id, self.jobdir, node_gpus),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.record.info.get("cwd") or None,
             )
             log.close()
+            self.agents.append(_Started(proc, record))
+        update_job(
+            self.store,
+            self.job_id,
+            info_patch={
+                "agents": [[a.proc.pid, create_time(a.proc.pid)] for a in self.agents]  # type: ignore[union-attr]
+            },
+        )
+
+    def _adopt_agents(self) -> None:
+        for node, (pid, started) in enumerate(self.record.info.get("agents") or []):
+            self.agents.append(_Adopted(pid, started, exit_file(self.jobdir.path, node)))
 
     def _wait(self) -> tuple[str, int | None, str | None]:
         deadline = None
         if self.spec.get("max_runtime"):
-            deadline = time.monotonic() + self.spec["max_runtime"]
+            begun = self.record.started or time.time()
+            deadline = begun + self.spec["max_runtime"]
         first_failure_at = None
         while True:
             if self.stop_reason:
@@ -139,60 +253,62 @@ class Supervisor:
                 over = budget_stop(self.store, self.job_id, self.spec)
                 if over:
                     return FAILED, None, over
-            if deadline and time.monotonic() > deadline:
+            if deadline and time.time() > deadline:
                 return FAILED, None, f"exceeded the max runtime of {self.spec['max_runtime']} s"
-            codes = [a.poll() for a in self.agents]
+            codes = [a.code() for a in self.agents]
+            if VANISHED in codes:
+                node = codes.index(VANISHED)
+                return (
+                    FAILED,
+                    None,
+                    f"the torchrun agent of node {node} vanished without recording an exit "
+                    "(killed with SIGKILL?)",
+                )
             if all(c is not None for c in codes):
-                bad = [c for c in codes if c != 0]
-                return (SUCCEEDED, 0, None) if not bad else (FAILED, bad[0], None)
+                status, code = agents_outcome(codes)  # type: ignore[arg-type]
+                return status, code, None
             if any(c not in (None, 0) for c in codes):
                 first_failure_at = first_failure_at or time.monotonic()
                 if time.monotonic() - first_failure_at > AGENT_EXIT_WAIT:
-                    return FAILED, next(c for c in codes if c not in (None, 0)), None
+                    return FAILED, next(c for c in codes if c not in (None, 0)), None  # type: ignore[return-value]
             time.sleep(POLL)
 
-    def _failure_details(self, exit_code: int | None, reason: str | None) -> dict:
-        errors = self.jobdir.errors()
-        if reason:
-            return {"error": reason, "failed_rank": None, "info_patch": {"phase": "ended"}}
-        if errors:
-            root = errors[0]  # the earliest exception is the root cause, as torchrun reports
-            return {
-                "failed_rank": root["rank"],
-                "error": f"rank {root['rank']}: {root['type']}: {root['message']}",
-                "info_patch": {"traceback": root["traceback"], "phase": "ended"},
-            }
-        tail = ""
-        for node in range(self.spec["nodes"]):
-            with contextlib.suppress(OSError):
-                tail += self.jobdir.agent_log(node).read_text(errors="replace")[-2000:]
-        return {
-            "failed_rank": None,
-            "error": f"torchrun exited with code {exit_code} without a Python exception "
-            f"(killed by a signal or out of memory?)\n{tail}",
-            "info_patch": {"phase": "ended"},
-        }
+    def _take_over(self) -> bool:
+        """Become this job's supervisor in the row; False when another one already did."""
+        me = os.getpid()
+        previous = self.record.info.get("supervisor_pid")
+        with self.store.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET info = json_patch(info, ?) WHERE id = ? AND status IN (?, ?) "
+                "AND json_extract(info, '$.supervisor_pid') IS ?",
+                (
+                    json.dumps({"supervisor_pid": me, "supervisor_started": create_time(me)}),
+                    self.job_id,
+                    *ACTIVE,
+                    previous,
+                ),
+            ).rowcount
+        return changed > 0
 
-    def run(self) -> int:
+    def run(self, adopt: bool = False) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        me = os.getpid()
-        update_job(
-            self.store,
-            self.job_id,
-            info_patch={"supervisor_pid": me, "supervisor_started": create_time(me)},
-        )
-        gpus = self._claim_gpus()
-        if gpus is None:
-            update_job(
-                self.store,
-                self.job_id,
-                status=CANCELLED,
-                ended=time.time(),
-                error="cancelled while queued",
-            )
-            return 0
-        self._start_agents(gpus)
+        if not self._take_over():
+            return 0  # ended meanwhile, or another supervisor took over first
+        if adopt:
+            self._adopt_agents()
+        else:
+            gpus = self._claim_gpus()
+            if gpus is None:
+                update_job(
+                    self.store,
+                    self.job_id,
+                    status=CANCELLED,
+                    ended=time.time(),
+                    error="cancelled while queued",
+                )
+                return 0
+            self._start_agents(gpus)
         status, exit_code, reason = self._wait()
         if status in (CANCELLED, FAILED) and reason:
             stop_job_processes(
@@ -201,27 +317,16 @@ class Supervisor:
         else:
             # agents have exited; make sure no worker outlived its agent
             stop_job_processes(self.job_id, grace=2.0)
-        fields: dict = {
-            "status": status,
-            "ended": time.time(),
-            "exit_code": exit_code,
-            "restarts": self.jobdir.restarts(),
-        }
-        if status == FAILED:
-            fields.update(self._failure_details(exit_code, reason))
-        else:
-            fields["info_patch"] = {"phase": "ended"}
-            if status == CANCELLED:
-                fields["error"] = "cancelled"
-        update_job(self.store, self.job_id, **fields)
+        record_end(self.store, self.job_id, self.spec, self.jobdir, status, exit_code, reason)
         return 0
 
 
 def main() -> None:
     job_id = sys.argv[1]
+    adopt = "--adopt" in sys.argv[2:]
     if os.fork() > 0:  # the submitter waits only for this first process
         os._exit(0)
-    sys.exit(Supervisor(job_id).run())
+    sys.exit(Supervisor(job_id).run(adopt=adopt))
 
 
 if __name__ == "__main__":

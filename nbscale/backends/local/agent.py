@@ -1,0 +1,45 @@
+"""One torchrun agent of a local job, which records how it ended.
+
+``python -m nbscale.backends.local.agent EXIT_FILE TORCHRUN_ARGS...`` runs
+torchrun's own ``main`` in this process and, however it ends (success, a
+failed worker, a signal it catches), writes ``{"code": N, "time": T}`` to
+EXIT_FILE by write-then-rename. The supervisor reads these files, so a job
+whose supervisor was killed still ends with its true outcome: a supervisor
+started again later (or any ``status`` look) finds the agents' own records.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .exits import record_exit
+
+
+def main() -> None:
+    target, args = Path(sys.argv[1]), sys.argv[2:]
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    code = 1
+    try:
+        torchrun(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ChildFailedError:
+        code = 1  # torchrun already printed which rank failed and why
+    except BaseException:  # noqa: BLE001 - whatever ended torchrun, its end is recorded
+        traceback.print_exc()
+        code = 1
+    finally:
+        record_exit(target, code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
