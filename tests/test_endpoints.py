@@ -148,25 +148,46 @@ def test_scales_up_under_load_and_down_when_idle(cleanup, tmp_path):
             t.join(30)
     # When the load stops, Then it scales back to the minimum
     wait_for(lambda: ep.metrics()["replicas"]["current"] == 1, 60, interval=0.2, what="scale down")
-    # And the stopped replicas' processes are gone: the router and one replica remain
-    wait_for(lambda: len(endpoint_processes("busy")) == 2, 30, what="stopped replicas exit")
+    # And the stopped replicas' processes are gone: supervisor, router and one replica remain
+    wait_for(lambda: len(endpoint_processes("busy")) == 3, 30, what="stopped replicas exit")
 
 
-def test_scale_to_zero_and_cold_start(cleanup):
+def _replica_states(name: str) -> list[str]:
+    return [
+        p.status()
+        for p in endpoint_processes(name)
+        if "nbscale.serving.router" not in " ".join(p.cmdline())
+    ]
+
+
+def test_scale_to_zero_keeps_a_stopped_standby_that_the_next_request_wakes(cleanup):
     model = mlp()
     ep = deploy(model, name="sleepy", replicas=(0, 1), idle_timeout_s=1)
+    # Given an endpoint deployed with MIN 0: no replica runs, one is loaded and stopped
     assert ep.to_dict()["replicas"]["current"] == 0
-    # The first request waits for a cold start, which is measured
+    assert _replica_states("sleepy") == [psutil.STATUS_STOPPED]
+    # When the first request comes, Then the standby is woken (not started) and answers
     x = np.ones((1, 64), np.float32)
     np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
     m = ep.metrics()
-    assert m["cold_starts"] and m["cold_starts"][0]["seconds"] > 0
-    # And after the idle timeout no replica is left
+    assert [c["how"] for c in m["cold_starts"]] == ["resumed"] and m["cold_starts"][0][
+        "seconds"
+    ] >= 0
+    assert m["replicas"]["current"] == 1 and m["replicas"]["standby"] == 0
+    assert _replica_states("sleepy") != [psutil.STATUS_STOPPED]
+    # And after the idle timeout no replica runs: the one left is stopped again
     wait_for(
         lambda: ep.metrics()["replicas"]["current"] == 0, 30, interval=0.2, what="scale to zero"
     )
-    wait_for(lambda: len(endpoint_processes("sleepy")) == 1, 30, what="replica process gone")
+    assert _replica_states("sleepy") == [psutil.STATUS_STOPPED]
     assert ep.refresh().status == "SCALED_TO_ZERO"
+    # And a standby that died is replaced by a fresh one, which the next request can use
+    os.kill(endpoint_processes_by_state("sleepy", psutil.STATUS_STOPPED)[0].pid, signal.SIGKILL)
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+
+
+def endpoint_processes_by_state(name: str, state: str) -> list[psutil.Process]:
+    return [p for p in endpoint_processes(name) if p.status() == state]
 
 
 def test_scale_changes_the_range(cleanup):

@@ -1,17 +1,26 @@
 """The local endpoint: one port on 127.0.0.1 in front of replica processes.
 
-``python -m nbscale.serving.router NAME`` (started detached by
-``nbscale.backends.local_endpoints``) reads the endpoint's row, listens on
-its port, and proxies each request to the ready replica with the fewest
-requests in flight. Replicas are ``python -m nbscale.serving`` processes on
-private loopback ports. Like Knative's activator and autoscaler it:
+``python -m nbscale.serving.router NAME --daemonize`` (started by
+``nbscale.backends.local_endpoints``) becomes the endpoint's supervisor
+(``supervisor.py``), which owns the port and runs this router with the
+listening socket, restarting it if it dies. The router proxies each request
+to the ready replica with the fewest requests in flight. Replicas are
+``python -m nbscale.serving`` processes that bind a free loopback port
+themselves and report it in a port file. Like Knative's activator and
+autoscaler it:
 
 - scales between min and max replicas on the average number of requests in
   flight per replica (``target_concurrency``); down only after
   ``scale_down_delay_s`` of lower demand,
-- scales to zero after ``idle_timeout_s`` without requests when min is 0, and
-  holds the next request while a replica cold-starts (the time is recorded),
-- replaces a replica that dies, and retries a request that hit a dying one.
+- scales to zero after ``idle_timeout_s`` without requests when min is 0: the
+  last replica is kept stopped (SIGSTOP, model loaded, no CPU) and the next
+  request wakes it (SIGCONT) in milliseconds; a fresh start is only needed
+  when there is no such standby (the wait is recorded either way),
+- replaces a replica that dies, and retries a request that hit a dying one,
+- times out replica calls (504) and refuses oversized or malformed replica
+  answers (502), and keeps its control loop running through failures, and
+- writes its replicas to ``replicas.json`` so a router started after a crash
+  adopts them instead of starting new ones.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import json
+import logging
 import math
 import os
 import signal
@@ -34,6 +45,7 @@ from typing import Any
 
 from prometheus_client import Gauge, Histogram
 
+from ..backends.local.processes import alive, create_time
 from ..store import get_store
 from ..store.endpoints import (
     FAILED,
@@ -47,38 +59,78 @@ from ..store.endpoints import (
 from .httpserver import Limits, Request, Response, error_response, install_fast_loop, serve
 from .jsoncodec import dumps, loads
 from .metrics import ServerMetrics
+from .upstream import POOL_IDLE_S, Pool, UpstreamError, exchange
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
 FORWARD_HEADERS = ("authorization", "content-type", "accept", "inference-header-content-length")
 KEEP_RESPONSE_HEADERS = ("inference-header-content-length", "retry-after", "www-authenticate")
 COLD_START_TIMEOUT_S = 120.0
+REPLICA_KEEPALIVE_S = 2 * POOL_IDLE_S
+MAX_RESPONSE_HEAD = 64 * 1024
+log = logging.getLogger("nbscale.serving.router")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class StartupError(Exception):
+    """The endpoint cannot start (a replica that dies before it is ready): the deploy fails."""
+
+
+class Adopted:
+    """A replica started by an earlier router of this endpoint: watched by pid, not waited on."""
+
+    def __init__(self, pid: int, created: float):
+        self.pid = pid
+        self.created = created
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not alive(self.pid, self.created):
+            self.returncode = -1
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.returncode
 
 
 @dataclass
 class Replica:
     id: int
-    port: int
-    proc: subprocess.Popen
+    port: int  # 0 until the replica has bound its own port and written it to its port file
+    proc: Any  # subprocess.Popen, or Adopted after a router restart
     started: float
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
     draining: bool = False
-    idle: list = field(default_factory=list)  # pooled (reader, writer) keep-alive connections
+    paused: bool = False  # SIGSTOPped standby of an endpoint scaled to zero
+    to_standby: bool = False  # starting, to be paused as the standby once ready
+    pool: Pool = field(default_factory=Pool)
     ready_after: float | None = None
+    created: float = 0.0
+
+    def state(self) -> str:
+        if self.draining:
+            return "draining"
+        if self.paused:
+            return "paused"
+        return "ready" if self.ready.is_set() else "starting"
 
     def to_dict(self) -> dict[str, Any]:
-        state = "draining" if self.draining else ("ready" if self.ready.is_set() else "starting")
         return {
             "id": self.id,
             "pid": self.proc.pid,
             "port": self.port,
-            "state": state,
+            "state": self.state(),
             "inflight": self.inflight,
             "started": self.started,
             "start_seconds": self.ready_after,
@@ -93,12 +145,18 @@ class Router:
         self.rec = rec
         self.dir = Path(rec.config["dir"])
         self.token_file = self.dir / "token"
+        self.state_file = self.dir / "replicas.json"
         self.token = f"Bearer {self.token_file.read_text().strip()}"
         cfg = rec.config
         self.min, self.max = rec.min_replicas, rec.max_replicas
         self.target = float(cfg.get("target_concurrency", 4))
         self.down_delay = float(cfg.get("scale_down_delay_s", 30))
         self.idle_timeout = float(cfg.get("idle_timeout_s", 60))
+        self.request_timeout = float(cfg.get("request_timeout_s", 60))
+        self.limits = Limits(
+            max_body=int(cfg.get("max_body_mb", 16) * (1 << 20)), **cfg.get("http_limits", {})
+        )
+        self.max_response = int(cfg.get("max_response_mb", 256) * (1 << 20))
         self.replicas: list[Replica] = []
         self.next_id = 0
         self.inflight = 0
@@ -106,7 +164,8 @@ class Router:
         self.samples: deque[tuple[float, int]] = deque()
         self.low_since: float | None = None
         self.restarts = rec.restarts
-        self.cold_starts: list[dict[str, float]] = []
+        self.cold_starts: list[dict[str, Any]] = []
+        self.control_errors = 0
         self.metrics = ServerMetrics(name)
         reg = self.metrics.registry
         self.g_replicas = Gauge(
@@ -116,18 +175,21 @@ class Router:
             "nbscale_endpoint_cold_start_seconds",
             "Time from request to a ready replica",
             ["model"],
-            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120),
+            buckets=(0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
             registry=reg,
         )
         self.stopping = False
+        self.booting = True
         self.deaths: deque[float] = deque()
         self.respawn_at = 0.0
 
     # -- replicas ------------------------------------------------------------
-    def _spawn(self) -> Replica:
+    def _spawn(self, to_standby: bool = False) -> Replica:
         cfg = self.rec.config
-        rid, port = self.next_id, free_port()
+        rid = self.next_id
         self.next_id += 1
+        port_file = self.dir / f"replica-{rid}.port"
+        port_file.unlink(missing_ok=True)
         cmd = [
             sys.executable,
             "-m",
@@ -135,7 +197,9 @@ class Router:
             "--model-dir",
             self.rec.model_dir,
             "--port",
-            str(port),
+            "0",  # the replica binds a free port itself and reports it: no pick-and-release race
+            "--port-file",
+            str(port_file),
             "--token-file",
             str(self.token_file),
             "--replica",
@@ -146,6 +210,10 @@ class Router:
             str(cfg.get("max_batch_delay_ms", 2.0)),
             "--max-queue",
             str(cfg.get("max_queue", 1024)),
+            "--max-body-mb",
+            str(cfg.get("max_body_mb", 16)),
+            "--keepalive-timeout",
+            str(REPLICA_KEEPALIVE_S),
         ]
         if cfg.get("capture_dir"):
             cmd += [
@@ -156,47 +224,82 @@ class Router:
             ]
         env = {**os.environ, ENDPOINT_ENV: self.name, "PYTHONUNBUFFERED": "1"}
         env.setdefault("OMP_NUM_THREADS", "1")
-        log = open(self.dir / f"replica-{rid}.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-        log.close()
-        rep = Replica(rid, port, proc, time.time())
+        with open(self.dir / f"replica-{rid}.log", "ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+        rep = Replica(rid, 0, proc, time.time(), to_standby=to_standby)
+        with contextlib.suppress(Exception):
+            rep.created = create_time(proc.pid)
         self.replicas.append(rep)
-        asyncio.get_running_loop().create_task(self._await_ready(rep))
+        asyncio.get_running_loop().create_task(self._await_ready(rep, port_file))
         return rep
 
-    async def _await_ready(self, rep: Replica) -> None:
+    async def _await_ready(self, rep: Replica, port_file: Path | None) -> None:
         start = time.monotonic()
+        while rep.port == 0 and rep.proc.poll() is None and not rep.draining:
+            with contextlib.suppress(OSError, ValueError):
+                rep.port = int(port_file.read_text())
+            if rep.port == 0:
+                await asyncio.sleep(0.02)
         while rep.proc.poll() is None and not rep.draining:
             try:
-                r, w = await asyncio.open_connection("127.0.0.1", rep.port)
-                w.write(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-                status, _, _ = await _read_response(r)
+                status, _, _ = await exchange(
+                    rep.port,
+                    rep.pool,
+                    b"GET /v2/health/ready HTTP/1.1\r\nhost: replica\r\ncontent-length: 0\r\n\r\n",
+                    b"",
+                    5.0,
+                    MAX_RESPONSE_HEAD,
+                    1 << 16,
+                )
                 if status == 200:
-                    rep.idle.append((r, w))
                     rep.ready_after = round(time.monotonic() - start, 3)
                     rep.ready.set()
+                    if rep.to_standby and not rep.inflight:
+                        self._pause(rep)
                     self._record()
                     return
-                w.close()
-            except (OSError, asyncio.IncompleteReadError):
+            except UpstreamError:
                 pass
             await asyncio.sleep(0.05)
 
+    def _pause(self, rep: Replica) -> None:
+        """Keep ``rep`` stopped (SIGSTOP) as the standby of an endpoint scaled to zero."""
+        rep.pool.close()
+        try:
+            rep.proc.send_signal(signal.SIGSTOP)
+        except ProcessLookupError:
+            return
+        rep.paused, rep.to_standby = True, False
+
+    def _resume(self, rep: Replica) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            rep.proc.send_signal(signal.SIGCONT)
+        rep.paused = False
+
     def _stop_replica(self, rep: Replica) -> None:
         rep.draining = True
+        rep.pool.close()
         with contextlib.suppress(ProcessLookupError):
             rep.proc.send_signal(signal.SIGTERM)  # the replica finishes what it holds, then exits
+            if rep.paused:
+                rep.proc.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM once woken
 
     def _active(self) -> list[Replica]:
-        return [r for r in self.replicas if not r.draining]
+        return [r for r in self.replicas if not (r.draining or r.paused or r.to_standby)]
+
+    def _standby(self) -> Replica | None:
+        return next((r for r in self.replicas if r.paused and not r.draining), None)
 
     def _record(self, event: str | None = None) -> None:
         ready = sum(1 for r in self._active() if r.ready.is_set())
         status = (READY if ready else STARTING) if self._active() else SCALED_TO_ZERO
+        if self.booting:
+            status = STARTING  # until the first replicas (or the standby) are ready
         self.g_replicas.labels(self.name, "ready").set(ready)
         self.g_replicas.labels(self.name, "starting").set(len(self._active()) - ready)
+        self.g_replicas.labels(self.name, "paused").set(1 if self._standby() else 0)
         update_endpoint(
             self.store,
             self.name,
@@ -206,17 +309,71 @@ class Router:
             restarts=self.restarts,
             error=None,
         )
+        self._save_state()
+
+    def _save_state(self) -> None:
+        """The replicas, for the next router of this endpoint to adopt if this one dies."""
+        state = {
+            "next_id": self.next_id,
+            "replicas": [
+                {
+                    "id": r.id,
+                    "pid": r.proc.pid,
+                    "created": r.created,
+                    "port": r.port,
+                    "paused": r.paused,
+                }
+                for r in self.replicas
+                if not r.draining and r.port and r.ready.is_set()
+            ],
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
+
+    def _adopt(self) -> None:
+        """Take over the replicas a dead router left running (they kept serving meanwhile)."""
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return
+        self.next_id = int(state.get("next_id", 0))
+        for r in state.get("replicas", []):
+            if not alive(r["pid"], r["created"] or None):
+                continue
+            rep = Replica(
+                int(r["id"]), int(r["port"]), Adopted(r["pid"], r["created"]), time.time()
+            )
+            rep.created = r["created"]
+            rep.paused = bool(r.get("paused"))
+            self.replicas.append(rep)
+            if rep.paused:
+                rep.ready.set()
+            else:
+                asyncio.get_running_loop().create_task(self._await_ready(rep, None))
+        if self.replicas:
+            log.info("adopted replicas %s", [r.id for r in self.replicas])
 
     async def _ensure_replica(self) -> Replica:
-        """A ready replica with the fewest requests in flight; cold-starts one if there is none."""
-        ready = [r for r in self.replicas if r.ready.is_set() and not r.draining]
+        """A ready replica with the fewest requests in flight; wakes or starts one if there is none."""
+        ready = [r for r in self._active() if r.ready.is_set()]
         if ready:
             return min(ready, key=lambda r: r.inflight)
-        starting = [r for r in self._active() if r.proc.poll() is None]
         cold = time.monotonic()
+        standby = self._standby()
+        if standby is not None and standby.proc.poll() is None:
+            self._resume(standby)  # the standby has the model loaded: a wake-up, not a start
+            self._note_cold_start(time.monotonic() - cold, "resumed")
+            self._record("scaled")
+            return standby
+        starting = [
+            r for r in self.replicas if not (r.draining or r.paused) and r.proc.poll() is None
+        ]
         if not starting:
             starting = [self._spawn()]
             self._record("scaled")
+        for r in starting:
+            r.to_standby = False  # a request is waiting for it
         waiters = [asyncio.ensure_future(r.ready.wait()) for r in starting]
         done, pending = await asyncio.wait(
             waiters, timeout=COLD_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
@@ -225,66 +382,121 @@ class Router:
             p.cancel()
         if not done:
             raise TimeoutError("no replica became ready within 120 s; see the replica logs")
-        seconds = time.monotonic() - cold
-        if seconds > 0.05:
-            self.cold_starts.append({"time": time.time(), "seconds": round(seconds, 3)})
-            self.h_cold.labels(self.name).observe(seconds)
+        self._note_cold_start(time.monotonic() - cold, "started")
         return await self._ensure_replica()
+
+    def _note_cold_start(self, seconds: float, how: str) -> None:
+        self.cold_starts.append({"time": time.time(), "seconds": round(seconds, 4), "how": how})
+        del self.cold_starts[:-100]
+        self.h_cold.labels(self.name).observe(seconds)
 
     # -- the control loop ----------------------------------------------------
     async def control(self) -> None:
+        """Replace dead replicas and autoscale; a failure is logged and the loop goes on."""
         while not self.stopping:
-            await asyncio.sleep(0.1)
-            now = time.monotonic()
-            for rep in list(self.replicas):
-                if rep.proc.poll() is None:
-                    continue
-                self.replicas.remove(rep)
-                for _, w in rep.idle:
-                    w.close()
-                if not rep.draining:
-                    self.restarts += 1
-                    self.deaths.append(now)
-                    while self.deaths and self.deaths[0] < now - 60:
-                        self.deaths.popleft()
-                    # a replica that keeps dying is restarted with growing pauses, not in a tight loop
-                    if len(self.deaths) >= 3:
-                        self.respawn_at = now + min(30.0, 2.0 ** (len(self.deaths) - 2))
+            try:
+                await self._control_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.control_errors += 1
+                log.exception("control loop failed (%d so far); restarting it", self.control_errors)
+                with contextlib.suppress(Exception):
                     add_endpoint_event(
                         self.store,
                         self.name,
-                        "replica_died",
-                        {"replica": rep.id, "pid": rep.proc.pid, "returncode": rep.proc.returncode},
+                        "control_error",
+                        {"error": f"{type(exc).__name__}: {exc}"},
                     )
-                self._record("replica_exit")
-            self.samples.append((now, self.inflight))
-            while self.samples and self.samples[0][0] < now - 2.0:
-                self.samples.popleft()
-            self._autoscale(now)
+                await asyncio.sleep(0.5)
+
+    async def _control_loop(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(0.1)
+            self._tick(time.monotonic())
+
+    def _tick(self, now: float) -> None:
+        for rep in list(self.replicas):
+            if rep.proc.poll() is None:
+                continue
+            self.replicas.remove(rep)
+            rep.pool.close()
+            if not rep.draining:
+                self.restarts += 1
+                self.deaths.append(now)
+                while self.deaths and self.deaths[0] < now - 60:
+                    self.deaths.popleft()
+                # a replica that keeps dying is restarted with growing pauses, not in a tight loop
+                if len(self.deaths) >= 3:
+                    self.respawn_at = now + min(30.0, 2.0 ** (len(self.deaths) - 2))
+                add_endpoint_event(
+                    self.store,
+                    self.name,
+                    "replica_died",
+                    {"replica": rep.id, "pid": rep.proc.pid, "returncode": rep.proc.returncode},
+                )
+            self._record("replica_exit")
+        self.samples.append((now, self.inflight))
+        while self.samples and self.samples[0][0] < now - 2.0:
+            self.samples.popleft()
+        self._autoscale(now)
 
     def _autoscale(self, now: float) -> None:
         active = self._active()
         avg = sum(n for _, n in self.samples) / max(1, len(self.samples))
         want = math.ceil(avg / self.target) if avg > 0 else 0
-        if self.min == 0 and not self.inflight and now - self.last_request >= self.idle_timeout:
+        idle_s = 0.0 if self.inflight else now - self.last_request
+        ttl = self.rec.config.get("idle_ttl_s")  # --idle-ttl: to zero even above min
+        if (self.min == 0 and idle_s >= self.idle_timeout) or (ttl and idle_s >= ttl):
             want = 0
+            if ttl and idle_s >= ttl and active:
+                add_endpoint_event(
+                    self.store, self.name, "idle_scaled_to_zero", {"idle_s": round(idle_s, 1)}
+                )
         else:
             want = max(want, self.min, 1 if active else 0)
         want = min(want, self.max)
+        pending = [r for r in self.replicas if r.to_standby and not r.draining]
+        if want and pending:
+            for r in pending:
+                r.to_standby = False  # wanted now: it serves instead of waiting paused
+            self._record("scaled")
+            return
         if want > len(active) and now >= self.respawn_at:
             self.low_since = None
-            for _ in range(want - len(active)):
+            missing = want - len(active)
+            standby = self._standby()
+            if standby is not None:
+                self._resume(standby)
+                missing -= 1
+            for _ in range(missing):
                 self._spawn()
             self._record("scaled")
         elif want < len(active):
             self.low_since = self.low_since or now
             if now - self.low_since >= self.down_delay or want == 0:
                 victim = min(active, key=lambda r: (r.inflight, -r.id))
-                self._stop_replica(victim)
+                if (
+                    want == 0
+                    and len(active) == 1
+                    and self._standby() is None
+                    and not victim.inflight
+                ):
+                    self._pause(victim)  # scaled to zero: kept stopped, the next request wakes it
+                else:
+                    self._stop_replica(victim)
                 self.low_since = now
                 self._record("scaled")
         else:
             self.low_since = None
+            if (
+                self.min == 0
+                and not active
+                and not pending
+                and self._standby() is None
+                and now >= self.respawn_at
+            ):
+                self._spawn(to_standby=True)  # a standby for the next cold start
 
     # -- HTTP ----------------------------------------------------------------
     async def __call__(self, req: Request) -> Response:
@@ -292,7 +504,11 @@ class Router:
         if path == "/v2/health/live":
             return Response(200, b'{"live":true}')
         if path in ("/v2/health/ready", "/ping"):
-            ok = any(r.ready.is_set() for r in self._active()) or self.min == 0
+            ok = (
+                any(r.ready.is_set() for r in self._active())
+                or self.min == 0
+                or bool(self.rec.config.get("idle_ttl_s"))
+            )
             return Response(200 if ok else 503, dumps({"ready": ok}) if path != "/ping" else b"")
         if not hmac.compare_digest(
             req.headers.get("authorization", "").encode(), self.token.encode()
@@ -350,7 +566,12 @@ class Router:
                     resp = await self._forward(rep, req)
                     model_s = time.perf_counter() - sent
                     break
-                except (OSError, asyncio.IncompleteReadError, ValueError):
+                except UpstreamError as exc:
+                    if exc.answered or exc.status == 504:
+                        resp = error_response(
+                            exc.status, exc.message
+                        )  # not retried: it may have run
+                        break
                     await asyncio.sleep(0.05)  # lets the control loop see a dead replica
                     if rep.proc.poll() is not None:
                         rep.ready.clear()
@@ -371,10 +592,6 @@ class Router:
     async def _forward(self, rep: Replica, req: Request) -> Response:
         rep.inflight += 1
         try:
-            if rep.idle:
-                r, w = rep.idle.pop()
-            else:
-                r, w = await asyncio.open_connection("127.0.0.1", rep.port)
             target = req.path + ("?" + req.query if req.query else "")
             head = [
                 f"{req.method} {target} HTTP/1.1",
@@ -382,16 +599,15 @@ class Router:
                 f"content-length: {len(req.body)}",
             ]
             head += [f"{k}: {req.headers[k]}" for k in FORWARD_HEADERS if k in req.headers]
-            try:
-                w.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + req.body)
-                status, headers, body = await _read_response(r)
-            except BaseException:
-                w.close()
-                raise
-            if headers.get("connection") == "close":
-                w.close()
-            else:
-                rep.idle.append((r, w))
+            status, headers, body = await exchange(
+                rep.port,
+                rep.pool,
+                ("\r\n".join(head) + "\r\n\r\n").encode("latin-1"),
+                req.body,
+                self.request_timeout,
+                MAX_RESPONSE_HEAD,
+                self.max_response,
+            )
             extra = {k: headers[k] for k in KEEP_RESPONSE_HEADERS if k in headers}
             return Response(status, body, headers.get("content-type", "application/json"), extra)
         finally:
@@ -407,51 +623,49 @@ class Router:
             replicas={
                 "current": len(active),
                 "ready": sum(1 for r in active if r.ready.is_set()),
+                "standby": 1 if self._standby() else 0,
                 "min": self.min,
                 "max": self.max,
             },
             replica_list=[r.to_dict() for r in self.replicas],
             cold_starts=self.cold_starts[-20:],
             target_concurrency=self.target,
+            idle_s=round(time.monotonic() - self.last_request, 1) if not self.inflight else 0.0,
+            router_pid=os.getpid(),
+            control_errors=self.control_errors,
         )
         return snap
 
-    async def run(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.rec.port))
-        server = await serve(
-            self,
-            "127.0.0.1",
-            self.rec.port,
-            Limits(max_body=int(self.rec.config.get("max_body_mb", 16) * (1 << 20))),
-            sock=sock,
-        )
-        update_endpoint(self.store, self.name, None, pid=os.getpid())
-        for _ in range(self.min):
+    async def run(self, listen_fd: int) -> None:
+        first = self.rec.status == STARTING  # a deploy (or a restart after a lost supervisor)
+        sock = socket.socket(fileno=listen_fd)
+        server = await serve(self, "127.0.0.1", self.rec.port, self.limits, sock=sock)
+        self._adopt()
+        missing = self.min - len(self._active())
+        for _ in range(max(0, missing)):
             self._spawn()
-        self._record("started")
+        if self.min == 0 and not self.replicas:
+            self._spawn(to_standby=True)  # loaded, then paused: the first request wakes it
+        self._record("started" if first else "router_restarted")
         deadline = time.monotonic() + COLD_START_TIMEOUT_S
-        while (
-            self.min
-            and not all(r.ready.is_set() for r in self.replicas)
-            and time.monotonic() < deadline
-        ):
+        while not all(r.ready.is_set() for r in self.replicas) and time.monotonic() < deadline:
             dead = next((r for r in self.replicas if r.proc.poll() is not None), None)
-            if (
-                dead is not None
-            ):  # a broken artifact: fail the deploy now, with the replica's own words
-                log = (
+            if dead is not None and first:
+                # a broken artifact: fail the deploy now, with the replica's own words
+                lines = (
                     (self.dir / f"replica-{dead.id}.log")
                     .read_text(errors="replace")
                     .strip()
                     .splitlines()
                 )
-                raise RuntimeError(
+                raise StartupError(
                     f"replica exited with code {dead.proc.returncode} before it was ready: "
-                    + " | ".join(log[-3:])
+                    + " | ".join(lines[-3:])
                 )
+            if dead is not None:
+                break  # the control loop replaces it
             await asyncio.sleep(0.05)
+        self.booting = False
         self._record("ready")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -471,19 +685,7 @@ class Router:
             if rep.proc.poll() is None:
                 rep.proc.kill()
                 rep.proc.wait()
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        k, sep, v = line.partition(":")
-        if sep:
-            headers[k.strip().lower()] = v.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers, body
+        self.state_file.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,28 +694,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--daemonize", action="store_true", help="fork once more so no caller is our parent"
     )
+    p.add_argument(
+        "--listen-fd",
+        type=int,
+        help="serve on this inherited listening socket (the supervisor's); "
+        "without it this process becomes the endpoint's supervisor",
+    )
     args = p.parse_args(argv)
-    if args.daemonize and os.fork() > 0:
-        os._exit(0)
+    if args.listen_fd is None:
+        if args.daemonize and os.fork() > 0:
+            os._exit(0)
+        from .supervisor import supervise
+
+        return supervise(args.name)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     install_fast_loop()
     router = None
     try:
         router = Router(args.name)
-        asyncio.run(router.run())
-    except Exception as exc:
+        asyncio.run(router.run(args.listen_fd))
+    except StartupError as exc:
         with contextlib.suppress(Exception):
-            update_endpoint(
-                get_store(),
-                args.name,
-                "failed",
-                status=FAILED,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            update_endpoint(get_store(), args.name, "failed", status=FAILED, error=str(exc))
         if router:
             for rep in router.replicas:
                 with contextlib.suppress(Exception):
                     rep.proc.kill()
-        raise
+        return 1
+    except Exception:
+        # the supervisor starts another router, which adopts the replicas still running
+        log.exception("the router failed")
+        return 1
     return 0
 
 

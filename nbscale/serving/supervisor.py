@@ -1,0 +1,104 @@
+"""Keeps a local endpoint's router running: the process that owns the endpoint's port.
+
+``python -m nbscale.serving.router NAME --daemonize`` lands here. The
+supervisor binds the endpoint's port once and hands the listening socket to
+each router it starts (``--listen-fd``), so the port stays the endpoint's
+while a router is replaced and connections made meanwhile wait in the
+listen backlog instead of being refused. A router that dies (a crash, a
+``kill -9``) is started again at once; its replicas keep running and the new
+router adopts them, so it answers again within a second or two. A router
+that keeps dying is restarted with growing pauses. SIGTERM (``undeploy``)
+is passed on to the router, which stops its replicas, and then the
+supervisor exits. The supervisor imports nothing heavy and does nothing
+else, so there is little in it that can fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+
+from ..backends.local.processes import create_time
+from ..errors import NotFound
+from ..store import get_store
+from ..store.endpoints import FAILED, add_endpoint_event, get_endpoint, update_endpoint
+
+RESTART_WINDOW_S = 60.0
+
+
+def supervise(name: str) -> int:
+    store = get_store()
+    rec = get_endpoint(store, name)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", rec.port))
+    except OSError as exc:
+        update_endpoint(
+            store, name, "failed", status=FAILED, error=f"port {rec.port} on 127.0.0.1: {exc}"
+        )
+        return 1
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    me = os.getpid()
+    update_endpoint(store, name, None, pid=me, pid_created=create_time(me))
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    deaths: deque[float] = deque()
+    log_path = os.path.join(rec.config["dir"], "router.log")
+    while not stopping:
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "nbscale.serving.router",
+                    name,
+                    "--listen-fd",
+                    str(sock.fileno()),
+                ],
+                pass_fds=(sock.fileno(),),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        code = child.wait()
+        if stopping:
+            break
+        try:
+            rec = get_endpoint(store, name)
+        except NotFound:
+            break  # undeployed meanwhile
+        if rec.status == FAILED or code == 0:
+            break  # a deploy that failed (the router said why), or a router stopped on purpose
+        now = time.monotonic()
+        deaths.append(now)
+        while deaths and deaths[0] < now - RESTART_WINDOW_S:
+            deaths.popleft()
+        add_endpoint_event(store, name, "router_restart", {"returncode": code})
+        update_endpoint(store, name, None, restarts=rec.restarts + 1)
+        if len(deaths) >= 3:  # crash-looping: pause before the next try, longer each time
+            pause_until = now + min(30.0, 2.0 ** (len(deaths) - 2))
+            while not stopping and time.monotonic() < pause_until:
+                time.sleep(0.1)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(30)
+    sock.close()
+    return 0
