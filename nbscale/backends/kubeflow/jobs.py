@@ -1,0 +1,634 @@
+"""The Kubeflow job backend: ``%%train`` cells and ``nbscale run -m module`` as TrainJobs.
+
+submit: the signing keys go to a Secret (created or updated; only its name is in the
+TrainJob), the bundle to object storage content-addressed, or, under 900 KiB, to a
+ConfigMap the pods mount; then the TrainJob (``manifests.trainjob``). status: the
+TrainJob's conditions and ``jobsStatus``, and the node pods' own state, so a pod that
+cannot be scheduled, cannot pull its image, is OOM-killed or crash-loops is reported
+(the job's phase, and an event) while it happens. When the TrainJob ends, the
+outputs come home from object storage (``nbscale.remote.collect``). logs: every node
+pod by label selector, split by rank (``podlogs``). cancel: the TrainJob and the
+ConfigMap are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ... import storage
+from ...errors import NbscaleError, SpecError
+from ...runtime.jobdir import JobDir
+from ...specs import JobSpec
+from ...store.jobs import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    JobRecord,
+    add_event,
+    get_job,
+    update_job,
+)
+from ..base import JobBackend, LogChunk
+from . import manifests as mf
+from .cluster import Cluster, api_error, connect, is_status
+from .podlogs import LogState, PodCursor, RankWriter, copy_pod_log, since_time
+from .settings import KubeflowSettings, settings
+
+KEY_PURPOSES = ("bundle", "pipeline", "model")  # one Secret serves jobs, pipelines, endpoints
+PLURAL = "trainjobs"
+# container states that mean the pod will not get anywhere by itself
+BAD_WAITING = {
+    "ImagePullBackOff": "cannot pull the image",
+    "ErrImagePull": "cannot pull the image",
+    "InvalidImageName": "the image name is invalid",
+    "CrashLoopBackOff": "keeps crashing",
+    "CreateContainerConfigError": "cannot be configured (a missing Secret or ConfigMap?)",
+}
+
+
+def dump_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+
+
+class KubeflowBackend(JobBackend):
+    type = "kubeflow"
+    unsupported = {
+        "checkpoint_dir": "a path on this machine means nothing in a pod; "
+        "save checkpoints to object storage from the job",
+    }
+
+    def __init__(self, config, store):
+        super().__init__(config, store)
+        self.settings: KubeflowSettings = settings(config)
+        self._cluster: Cluster | None = None
+        self._lock = threading.Lock()
+        self._log_times: dict[str, float] = {}
+        self._looked: dict[str, float] = {}
+
+    # -- plumbing ---------------------------------------------------------------------
+    def cluster(self) -> Cluster:
+        with self._lock:
+            if self._cluster is None:
+                self._cluster = connect(self.settings)
+            return self._cluster
+
+    def object_store(self) -> storage.ObjectStore:
+        self.settings.require_storage("a Kubeflow job")
+        return storage.ObjectStore.from_options(self.settings.storage_options())
+
+    def _call(self, what: str, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001 - the client's errors, as one message
+            raise api_error(exc, what, self.cluster()) from None
+
+    def check(self) -> dict[str, Any]:
+        try:
+            cluster = self.cluster()
+            self._call(
+                f"listing TrainJobs in {cluster.namespace}",
+                cluster.custom().list_namespaced_custom_object,
+                mf.TRAINER_GROUP,
+                mf.TRAINER_VERSION,
+                cluster.namespace,
+                PLURAL,
+                limit=1,
+                _request_timeout=10,
+            )
+        except NbscaleError as exc:
+            return {"reachable": False, "detail": str(exc)}
+        return {"reachable": True, "detail": f"Kubeflow Trainer via {cluster.describe()}"}
+
+    # -- submit -----------------------------------------------------------------------
+    def validate(self, spec: JobSpec) -> None:
+        kind = spec.entry.kind
+        if kind in ("script", "notebook"):
+            raise SpecError(
+                "entry",
+                f"the kubeflow backend cannot ship a {kind} file yet (only %%train cells and modules)",
+                "run it as a %%train cell, or install it in an image and use -m module --image",
+            )
+        if kind == "bundle" and not Path(spec.entry.target).is_file():
+            raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
+        if spec.secret_env:
+            raise SpecError(
+                "secret_env",
+                "the kubeflow backend does not copy secret values into a cluster",
+                "put them in a Kubernetes Secret and read it in the job",
+            )
+        self.settings.require_storage("a Kubeflow job (its outputs come back that way)")
+        mf.job_labels("check", spec.to_dict(), self.settings)
+
+    def container_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The spec the pods run: no local paths."""
+        spec = json.loads(json.dumps(spec))
+        if spec.get("entry", {}).get("kind") == "bundle":
+            spec["entry"]["target"] = "cell.zip"
+        spec["checkpoint_dir"] = None
+        spec.pop("secret_env", None)
+        return spec
+
+    def _wheelhouse_url(self, store: storage.ObjectStore, upload: bool) -> str | None:
+        """A time-limited GET URL of the runtime wheels (zip), for a stock image to install.
+
+        It grants reading that one object (public code) for 7 days, nothing else."""
+        if not self.settings.wheelhouse:
+            return None
+        from ...runtime import wheelhouse
+
+        folder = wheelhouse.build("job")
+        archive = folder.with_name(folder.name + ".zip")
+        if not archive.exists():
+            tmp = archive.with_suffix(".tmp")
+            with zipfile.ZipFile(tmp, "w") as zf:
+                for wheel in sorted(folder.glob("*.whl")):
+                    info = zipfile.ZipInfo(wheel.name, date_time=(2020, 1, 1, 0, 0, 0))
+                    zf.writestr(info, wheel.read_bytes())
+            tmp.replace(archive)
+        if upload:
+            uri = store.put(archive, "wheels.zip", area="wheelhouse")
+        else:
+            uri = store.base.child(
+                "wheelhouse", "sha256", storage.sha256_file(archive), "wheels.zip"
+            ).uri
+        loc = storage.parse(uri)
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.settings.pod_endpoint_url or self.settings.endpoint_url,
+            region_name=self.settings.region,
+        )
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": loc.bucket, "Key": loc.key}, ExpiresIn=7 * 24 * 3600
+        )
+
+    def plan(
+        self, record: JobRecord, upload: bool
+    ) -> tuple[mf.Staged, bytes | None, dict[str, Any]]:
+        """What the job needs where: (staged inputs, ConfigMap bundle bytes, TrainJob).
+
+        With ``upload`` False nothing is written anywhere (``--dry-run``); the object
+        storage locations are computed from the hashes."""
+        from ...runtime.launch import encode_spec
+
+        spec = record.spec
+        store = self.object_store()
+        namespace = self.cluster().namespace if upload else self._dry_namespace()
+        configmap_data = None
+        bundle = configmap = None
+        if spec["entry"]["kind"] == "bundle":
+            local = Path(spec["entry"]["target"])
+            if not local.is_file():
+                raise NbscaleError(f"the cell bundle {local} is gone", "run the cell again")
+            size = local.stat().st_size
+            if size < self.settings.configmap_limit:
+                configmap_data = local.read_bytes()
+                configmap = f"{mf.object_name(record.id)}-bundle"
+                bundle = f"{mf.BUNDLE_MOUNT}/cell.zip"
+            elif upload:
+                bundle = store.put(local, "cell.zip", area="bundles")
+            else:
+                bundle = store.base.child(
+                    "bundles", "sha256", storage.sha256_file(local), "cell.zip"
+                ).uri
+        staged = mf.Staged(
+            job_id=record.id,
+            spec_b64=encode_spec(self.container_spec(spec)),
+            outputs_uri=store.base.child("jobs", record.id, "outputs").uri,
+            bundle=bundle,
+            configmap=configmap,
+            wheelhouse_url=self._wheelhouse_url(store, upload),
+        )
+        body = mf.trainjob(record.id, spec, self.settings, staged, namespace)
+        return staged, configmap_data, body
+
+    def _dry_namespace(self) -> str:
+        try:
+            return self.cluster().namespace
+        except NbscaleError:
+            return self.settings.namespace or "default"
+
+    def dry_run(self, record: JobRecord) -> str:
+        """The exact objects ``submit`` would send, as YAML (the Secret's value redacted)."""
+        staged, data, body = self.plan(record, upload=False)
+        namespace = body["metadata"]["namespace"]
+        objects = [
+            mf.redact_secret(mf.key_secret(self.settings.key_secret, "{}", namespace)),
+            body,
+        ]
+        if data is not None:
+            objects.append(mf.bundle_configmap(record.id, data, namespace))
+        return dump_yaml(objects)
+
+    def ensure_key_secret(self) -> None:
+        """Create or update the Secret the pods read the signing keys from."""
+        from ... import keys
+
+        cluster = self.cluster()
+        core = cluster.core()
+        body = mf.key_secret(
+            self.settings.key_secret, keys.export(*KEY_PURPOSES), cluster.namespace
+        )
+        name = self.settings.key_secret
+        try:
+            current = core.read_namespaced_secret(name, cluster.namespace)
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"reading Secret {name}", cluster)
+            if not is_status(err, 404):
+                raise err from None
+            self._call(
+                f"creating Secret {name}", core.create_namespaced_secret, cluster.namespace, body
+            )
+            return
+        if (current.data or {}).get("keys.json") != body["data"]["keys.json"]:
+            self._call(
+                f"updating Secret {name}",
+                core.patch_namespaced_secret,
+                name,
+                cluster.namespace,
+                {"data": body["data"]},
+            )
+
+    def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
+        if secrets:
+            raise SpecError("secret_env", "the kubeflow backend cannot pass secret values")
+        cluster = self.cluster()
+        JobDir(record.info["job_dir"]).make()
+        self.ensure_key_secret()
+        staged, data, body = self.plan(record, upload=True)
+        api = cluster.custom()
+        created = self._call(
+            f"creating TrainJob {body['metadata']['name']}",
+            api.create_namespaced_custom_object,
+            mf.TRAINER_GROUP,
+            mf.TRAINER_VERSION,
+            cluster.namespace,
+            PLURAL,
+            body,
+        )
+        if data is not None:
+            cm = mf.bundle_configmap(
+                record.id, data, cluster.namespace, owner=mf.owner_reference(created)
+            )
+            try:
+                self._call(
+                    f"creating ConfigMap {cm['metadata']['name']}",
+                    cluster.core().create_namespaced_config_map,
+                    cluster.namespace,
+                    cm,
+                )
+            except NbscaleError:
+                self._delete_trainjob(body["metadata"]["name"])
+                raise
+        update_job(
+            self.store,
+            record.id,
+            native_id=body["metadata"]["name"],
+            info_patch={
+                "phase": "queued",
+                "namespace": cluster.namespace,
+                "context": cluster.context,
+                "outputs_uri": staged.outputs_uri,
+                "bundle": "configmap" if data is not None else staged.bundle,
+                "configmap": staged.configmap,
+                "image": body["spec"]["trainer"]["image"],
+            },
+            event="submitted",
+        )
+        return get_job(self.store, record.id)
+
+    # -- status -----------------------------------------------------------------------
+    def _get(self, record: JobRecord) -> dict[str, Any] | None:
+        cluster = self.cluster()
+        try:
+            return cluster.custom().get_namespaced_custom_object(
+                mf.TRAINER_GROUP,
+                mf.TRAINER_VERSION,
+                record.info.get("namespace") or cluster.namespace,
+                PLURAL,
+                record.native_id,
+            )
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"reading TrainJob {record.native_id}", cluster)
+            if is_status(err, 404):
+                return None
+            raise err from None
+
+    def pods(self, record: JobRecord) -> list[Any]:
+        cluster = self.cluster()
+        found = self._call(
+            f"listing the pods of {record.native_id}",
+            cluster.core().list_namespaced_pod,
+            record.info.get("namespace") or cluster.namespace,
+            label_selector=f"{mf.JOB_LABEL}={record.id}",
+        )
+        return sorted(
+            (p for p in found.items if (p.metadata.labels or {}).get(mf.JOB_LABEL) == record.id),
+            key=lambda p: (node_rank(p), p.metadata.name),
+        )
+
+    def pod_problems(self, record: JobRecord, pods: list[Any]) -> list[dict[str, Any]]:
+        """What keeps the node pods from running, as ``{pod, node, reason, message}``."""
+        problems = []
+        for pod in pods:
+            node = node_rank(pod)
+            status = pod.status
+            for cond in status.conditions or []:
+                if cond.type == "PodScheduled" and cond.status == "False":
+                    problems.append(
+                        {
+                            "pod": pod.metadata.name,
+                            "node": node,
+                            "reason": cond.reason or "Unschedulable",
+                            "message": cond.message or "",
+                        }
+                    )
+            for cs in status.container_statuses or []:
+                waiting = cs.state.waiting if cs.state else None
+                if waiting and waiting.reason in BAD_WAITING:
+                    problems.append(
+                        {
+                            "pod": pod.metadata.name,
+                            "node": node,
+                            "reason": waiting.reason,
+                            "message": waiting.message or BAD_WAITING[waiting.reason],
+                        }
+                    )
+                for term in (
+                    cs.state.terminated if cs.state else None,
+                    cs.last_state.terminated if cs.last_state else None,
+                ):
+                    if term and term.reason == "OOMKilled":
+                        problems.append(
+                            {
+                                "pod": pod.metadata.name,
+                                "node": node,
+                                "reason": "OOMKilled",
+                                "message": "the container ran out of memory (raise memory in the "
+                                "backend's table)",
+                            }
+                        )
+                        break
+        return problems
+
+    def warning_events(self, record: JobRecord, pods: list[Any]) -> list[dict[str, Any]]:
+        """Warning events of the node pods (FailedScheduling, BackOff, Failed...)."""
+        cluster = self.cluster()
+        names = {p.metadata.name: node_rank(p) for p in pods}
+        if not names:
+            return []
+        found = self._call(
+            f"listing the events of {record.native_id}",
+            cluster.core().list_namespaced_event,
+            record.info.get("namespace") or cluster.namespace,
+            field_selector="type=Warning",
+        )
+        out = []
+        for ev in found.items:
+            obj = ev.involved_object
+            if ev.type == "Warning" and obj is not None and obj.name in names:
+                out.append(
+                    {
+                        "pod": obj.name,
+                        "node": names[obj.name],
+                        "reason": ev.reason,
+                        "message": ev.message or "",
+                    }
+                )
+        return out
+
+    def status(self, record: JobRecord) -> JobRecord:
+        if record.status not in ACTIVE or not record.native_id:
+            return record
+        now = time.monotonic()
+        if now - self._looked.get(record.id, float("-inf")) < min(self.settings.poll_seconds, 1.0):
+            return record
+        self._looked[record.id] = now
+        obj = self._get(record)
+        if obj is None:
+            update_job(
+                self.store,
+                record.id,
+                status=FAILED,
+                ended=time.time(),
+                error=f"TrainJob {record.native_id} was deleted outside nbscale",
+            )
+            return get_job(self.store, record.id)
+        st = obj.get("status") or {}
+        conds = {c.get("type"): c for c in st.get("conditions") or []}
+        done = conds.get("Complete", {}).get("status") == "True"
+        failed = conds.get("Failed", {}).get("status") == "True"
+        if done or failed:
+            return self._finish(record, obj, SUCCEEDED if done else FAILED, conds)
+        pods = self.pods(record)
+        problems = self.pod_problems(record, pods) + self.warning_events(record, pods)
+        seen = set(record.info.get("reported") or [])
+        for p in problems:
+            key = f"{p['pod']}/{p['reason']}"
+            if key not in seen:
+                seen.add(key)
+                add_event(self.store, record.id, "pod", p)
+        jobs = st.get("jobsStatus") or []
+        ready = sum(j.get("ready", 0) for j in jobs)
+        running = any(p.status.phase == "Running" for p in pods) or ready > 0
+        if conds.get("Suspended", {}).get("status") == "True":
+            phase = "suspended"
+        elif problems:
+            p = problems[0]
+            phase = f"pending: node {p['node']} {p['reason']}: {p['message']}"[:300]
+        elif running:
+            phase = "running"
+        elif pods:
+            phase = "pods starting"
+        else:
+            phase = "queued"
+        fields: dict[str, Any] = {
+            "info_patch": {
+                "phase": phase,
+                "reported": sorted(seen),
+                "jobs_status": jobs,
+                "pods": {p.metadata.name: p.status.phase for p in pods},
+            }
+        }
+        if running and not problems and record.status != RUNNING:
+            fields["status"] = RUNNING
+            fields["started"] = time.time()
+        update_job(self.store, record.id, **fields)
+        return get_job(self.store, record.id)
+
+    def _finish(self, record, obj, status, conds) -> JobRecord:
+        from ...remote import collect
+
+        cond = conds.get("Failed" if status == FAILED else "Complete", {})
+        error = (
+            f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".rstrip(": ")
+            if status == FAILED
+            else None
+        )
+        fields: dict[str, Any] = {"ended": time.time(), "info_patch": {"phase": "ended"}}
+        # the pods may be gone already; the outputs say what happened
+        with contextlib.suppress(NbscaleError):
+            self._sync_logs(record, final=True)
+        try:
+            collected = collect(
+                record.id,
+                self.object_store(),
+                record.info["outputs_uri"],
+                int(record.spec.get("nodes") or 1),
+            )
+        except NbscaleError as exc:
+            collected = {}
+            if status == SUCCEEDED:
+                status, error = FAILED, f"the job's outputs could not be collected: {exc}"
+        root = collected.get("error")
+        if root:
+            fields["failed_rank"] = root.get("rank")
+            fields["info_patch"]["traceback"] = root.get("traceback")
+            message = root.get("message") or root.get("type")
+            error = (
+                f"rank {root.get('rank')}: {message}" if root.get("rank") is not None else message
+            )
+        if collected.get("exit_code") is not None:
+            fields["exit_code"] = collected["exit_code"]
+        fields["restarts"] = collected.get("restarts", 0)
+        if record.started is None:
+            fields["started"] = record.created
+        update_job(self.store, record.id, status=status, error=error, **fields)
+        return get_job(self.store, record.id)
+
+    # -- logs, metrics, cancel ----------------------------------------------------------
+    def _sync_logs(self, record: JobRecord, final: bool = False) -> None:
+        if not record.native_id or record.info.get("logs_complete"):
+            return
+        last = self._log_times.get(record.id, float("-inf"))
+        if not final and time.monotonic() - last < 1.0:
+            return
+        self._log_times[record.id] = time.monotonic()
+        cluster = self.cluster()
+        jobdir = JobDir(record.info["job_dir"]).make()
+        state_file = jobdir.path / "kube-logs.json"
+        state = LogState.load(state_file)
+        nproc = int(record.spec.get("procs_per_node") or 1)
+        namespace = record.info.get("namespace") or cluster.namespace
+        for pod in self.pods(record):
+            name = pod.metadata.name
+            cursor = state.pods.setdefault(name, PodCursor())
+            if cursor.done or pod.status.phase == "Pending":
+                continue
+            node = node_rank(pod)
+            writer = RankWriter(jobdir, node, node * nproc)
+            try:
+                resp = self._call(
+                    f"reading the log of pod {name}",
+                    cluster.core().read_namespaced_pod_log,
+                    name,
+                    namespace,
+                    timestamps=True,
+                    since_time=since_time(cursor.last_ts),
+                    _preload_content=False,
+                )
+                try:
+                    copy_pod_log(resp, cursor, writer)
+                finally:
+                    resp.release_conn()
+            finally:
+                writer.close()
+            if pod.status.phase in ("Succeeded", "Failed"):
+                cursor.done = True
+        state.save(state_file)
+        if final:
+            update_job(
+                self.store, record.id, only_if_active=False, info_patch={"logs_complete": True}
+            )
+
+    def ranks(self, record: JobRecord) -> list[int]:
+        if record.status in ACTIVE:
+            self._sync_logs(record)
+        return JobDir(record.info["job_dir"]).log_ranks()
+
+    def logs(
+        self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
+    ) -> LogChunk:
+        if record.status in ACTIVE:
+            self._sync_logs(record)
+        path = JobDir(record.info["job_dir"]).log(rank)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            data = b""
+        if len(data) == max_bytes and b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]
+        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, offset + len(data))
+
+    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
+        # log_metric writes inside the pods; what came home with the outputs is here
+        return JobDir(record.info["job_dir"]).metrics()
+
+    def _delete_trainjob(self, name: str, namespace: str | None = None) -> None:
+        cluster = self.cluster()
+        try:
+            cluster.custom().delete_namespaced_custom_object(
+                mf.TRAINER_GROUP,
+                mf.TRAINER_VERSION,
+                namespace or cluster.namespace,
+                PLURAL,
+                name,
+                propagation_policy="Foreground",
+            )
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"deleting TrainJob {name}", cluster)
+            if not is_status(err, 404):
+                raise err from None
+
+    def cancel(self, record: JobRecord) -> JobRecord:
+        if record.status not in ACTIVE:
+            return record
+        add_event(self.store, record.id, "cancel-requested")
+        if record.native_id:
+            namespace = record.info.get("namespace")
+            with contextlib.suppress(NbscaleError):
+                self._sync_logs(record, final=True)
+            self._delete_trainjob(record.native_id, namespace)
+            if record.info.get("configmap"):
+                cluster = self.cluster()
+                try:
+                    cluster.core().delete_namespaced_config_map(
+                        record.info["configmap"], namespace or cluster.namespace
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    err = api_error(exc, f"deleting ConfigMap {record.info['configmap']}", cluster)
+                    if not is_status(err, 404):
+                        raise err from None
+        update_job(
+            self.store,
+            record.id,
+            status=CANCELLED,
+            ended=time.time(),
+            info_patch={"phase": "ended"},
+            event="cancelled",
+        )
+        return get_job(self.store, record.id)
+
+
+def node_rank(pod: Any) -> int:
+    """The node rank of a pod: its indexed Job's completion index."""
+    meta = pod.metadata
+    for source in (meta.labels or {}, meta.annotations or {}):
+        value = source.get("batch.kubernetes.io/job-completion-index")
+        if value is not None and str(value).isdigit():
+            return int(value)
+    return 0

@@ -1,0 +1,434 @@
+"""The Kubernetes objects nbscale sends, as plain dicts (what ``--dry-run`` prints).
+
+- ``trainjob``: a Kubeflow Trainer ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``,
+  Trainer v2.2) that runs ``python -m nbscale.runtime.launch`` on every node; node
+  selectors, tolerations and the key Secret's volume go through ``runtimePatches``.
+- ``bundle_configmap``: the cell bundle, when it is small enough to travel in a
+  ConfigMap the job mounts (``binaryData``), instead of object storage.
+- ``key_secret``: the signing keys (``nbscale.keys.export``) as an Opaque Secret; the
+  TrainJob and the InferenceService name it, never hold its bytes.
+- ``inference_service``: a KServe ``InferenceService`` (``serving.kserve.io/v1beta1``)
+  whose predictor runs the nbscale serving runtime.
+
+Every builder is pure: same input, same dict, no cluster needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import SpecError
+from .settings import KEY_MOUNT, KubeflowSettings
+
+TRAINER_GROUP = "trainer.kubeflow.org"
+TRAINER_VERSION = "v1alpha1"
+KSERVE_GROUP = "serving.kserve.io"
+KSERVE_VERSION = "v1beta1"
+MANAGER = "nbscale.io/nbscale"  # the owner of our runtimePatches entry
+NODE = "node"  # the torch runtime's replicated job and container name
+JOB_LABEL = "nbscale.io/job-id"
+ENDPOINT_LABEL = "nbscale.io/endpoint"
+MANAGED = {"app.kubernetes.io/managed-by": "nbscale"}
+BUNDLE_MOUNT = "/var/run/nbscale/bundle"
+KEY_FILE = f"{KEY_MOUNT}/keys.json"
+WHEELS_DIR = "/tmp/nbscale-wheels"
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+
+# The container's shell stage: install the runtime wheels when the job carries them (a
+# stock PyTorch image has no nbscale), then exec the launcher with the job's arguments.
+ENTRY_SCRIPT = (
+    'if [ -n "$NBSCALE_WHEELHOUSE_URL" ]; then '
+    f"mkdir -p {WHEELS_DIR} && "
+    "python -c 'import io,os,sys,urllib.request,zipfile;"
+    'zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(os.environ["NBSCALE_WHEELHOUSE_URL"]).read()))'
+    f'.extractall("{WHEELS_DIR}")\' && '
+    "python -m pip install --no-index --no-deps --disable-pip-version-check -q "
+    f"{WHEELS_DIR}/*.whl || exit 1; fi; "
+    'exec python -m nbscale.runtime.launch "$@"'
+)
+COMMAND = ["/bin/sh", "-c", ENTRY_SCRIPT, "nbscale-launch"]
+
+
+def object_name(job_id: str) -> str:
+    """A TrainJob name (RFC 1035 label, at most 63 characters) for a job id."""
+    name = job_id.lower()
+    if not name[:1].isalpha():
+        name = f"nb-{name}"
+    return name[:63].rstrip("-")
+
+
+def check_labels(what: str, labels: dict[str, str]) -> None:
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key) or len(key) > 316:
+            raise SpecError(
+                what, f"{key!r} is not a Kubernetes label key", "e.g. team or example.com/team"
+            )
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise SpecError(
+                what,
+                f"{key}={value!r}: a label value is at most 63 letters, digits, '-', '_', '.'",
+                "shorten it or use an annotation",
+            )
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Where the job's inputs are: ``bundle`` is an ``s3://`` URI or a path in the pod."""
+
+    job_id: str
+    spec_b64: str
+    outputs_uri: str
+    bundle: str | None = None
+    configmap: str | None = None  # the ConfigMap holding the bundle, when it travels that way
+    wheelhouse_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def args(self) -> list[str]:
+        args = ["--job-id", self.job_id, "--spec", self.spec_b64, "--outputs", self.outputs_uri]
+        if self.bundle:
+            args += ["--bundle", self.bundle]
+        return args
+
+
+def _env(spec: dict[str, Any], settings: KubeflowSettings, staged: Staged) -> list[dict]:
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": str(v)} for k, v in sorted((spec.get("env") or {}).items())
+    ]
+    env.append({"name": "NBSCALE_KEY_FILE", "value": KEY_FILE})
+    env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    if settings.pod_endpoint_url or settings.endpoint_url:
+        env.append(
+            {
+                "name": "NBSCALE_S3_ENDPOINT_URL",
+                "value": settings.pod_endpoint_url or settings.endpoint_url,
+            }
+        )
+        env.append(
+            {
+                "name": "AWS_ENDPOINT_URL_S3",
+                "value": settings.pod_endpoint_url or settings.endpoint_url,
+            }
+        )
+    if settings.region:
+        env.append({"name": "AWS_REGION", "value": settings.region})
+    if settings.storage_secret:
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append(
+                {
+                    "name": var,
+                    "valueFrom": {"secretKeyRef": {"name": settings.storage_secret, "key": var}},
+                }
+            )
+    if staged.wheelhouse_url:
+        env.append({"name": "NBSCALE_WHEELHOUSE_URL", "value": staged.wheelhouse_url})
+    env.extend({"name": k, "value": v} for k, v in sorted(staged.extra_env.items()))
+    return env
+
+
+def node_resources(spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, Any]:
+    procs = int(spec.get("procs_per_node") or 1)
+    gpus = int(spec.get("gpus_per_proc") or 0) * procs
+    requests: dict[str, Any] = {"cpu": settings.cpu or str(procs)}
+    if settings.memory:
+        requests["memory"] = settings.memory
+    limits: dict[str, Any] = {}
+    if settings.memory:
+        limits["memory"] = settings.memory
+    if gpus:
+        requests["nvidia.com/gpu"] = str(gpus)
+        limits["nvidia.com/gpu"] = str(gpus)
+    out: dict[str, Any] = {"requests": requests}
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def job_labels(job_id: str, spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, str]:
+    labels = {**settings.labels, **(spec.get("tags") or {}), **MANAGED, JOB_LABEL: job_id}
+    check_labels("tags", labels)
+    return labels
+
+
+def trainjob(
+    job_id: str, spec: dict[str, Any], settings: KubeflowSettings, staged: Staged, namespace: str
+) -> dict[str, Any]:
+    """The TrainJob that runs ``spec`` on ``spec['nodes']`` pods of the torch runtime."""
+    name = object_name(job_id)
+    labels = job_labels(job_id, spec, settings)
+    node_selector = dict(settings.node_selector)
+    if spec.get("instance_type"):
+        node_selector["node.kubernetes.io/instance-type"] = spec["instance_type"]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "nbscale-keys",
+            "secret": {
+                "secretName": settings.key_secret,
+                "defaultMode": 0o400,
+                "items": [{"key": "keys.json", "path": "keys.json"}],
+            },
+        }
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "nbscale-keys", "mountPath": KEY_MOUNT, "readOnly": True}
+    ]
+    if staged.configmap:
+        volumes.append(
+            {
+                "name": "nbscale-bundle",
+                "configMap": {"name": staged.configmap, "defaultMode": 0o400},
+            }
+        )
+        mounts.append({"name": "nbscale-bundle", "mountPath": BUNDLE_MOUNT, "readOnly": True})
+    pod_spec: dict[str, Any] = {
+        "containers": [{"name": NODE, "volumeMounts": mounts}],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if settings.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    trainer: dict[str, Any] = {
+        "image": spec.get("image") or settings.image,
+        "command": list(COMMAND),
+        "args": staged.args(),
+        "env": _env(spec, settings, staged),
+        "numNodes": int(spec.get("nodes") or 1),
+        "numProcPerNode": int(spec.get("procs_per_node") or 1),
+        "resourcesPerNode": node_resources(spec, settings),
+    }
+    body: dict[str, Any] = {
+        "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
+        "kind": "TrainJob",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {**settings.annotations, "nbscale.io/job-name": spec.get("name") or ""},
+        },
+        "spec": {
+            "runtimeRef": {
+                "apiGroup": TRAINER_GROUP,
+                "kind": settings.runtime_kind,
+                "name": settings.runtime,
+            },
+            "trainer": trainer,
+            "runtimePatches": [
+                {
+                    "manager": MANAGER,
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [
+                                    {
+                                        "name": NODE,
+                                        "template": {
+                                            "spec": {
+                                                "template": {
+                                                    "metadata": {
+                                                        "labels": {**MANAGED, JOB_LABEL: job_id}
+                                                    },
+                                                    "spec": pod_spec,
+                                                }
+                                            }
+                                        },
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    if spec.get("max_runtime"):
+        body["spec"]["activeDeadlineSeconds"] = int(spec["max_runtime"])
+    return body
+
+
+def bundle_configmap(
+    job_id: str, data: bytes, namespace: str, owner: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ConfigMap that carries a small bundle (``binaryData``, base64)."""
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{object_name(job_id)}-bundle",
+            "namespace": namespace,
+            "labels": {**MANAGED, JOB_LABEL: job_id},
+        },
+        "binaryData": {"cell.zip": base64.b64encode(data).decode()},
+        "immutable": True,
+    }
+    if owner:  # deleted with its TrainJob by the garbage collector, too
+        body["metadata"]["ownerReferences"] = [owner]
+    return body
+
+
+def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "blockOwnerDeletion": False,
+    }
+
+
+def key_secret(name: str, document: str, namespace: str) -> dict[str, Any]:
+    """The Secret holding ``nbscale.keys.export(...)`` (sent, never printed or stored)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED)},
+        "data": {"keys.json": base64.b64encode(document.encode()).decode()},
+    }
+
+
+def redact_secret(body: dict[str, Any]) -> dict[str, Any]:
+    """A Secret as ``--dry-run`` shows it: the keys of ``data``, never the values."""
+    shown = {**body, "data": {k: "<redacted>" for k in body.get("data", {})}}
+    return shown
+
+
+def shell_line(container: dict[str, Any]) -> str:
+    """The container's command and arguments as one shell line (for people)."""
+    return shlex.join([*container.get("command", []), *container.get("args", [])])
+
+
+# -- KServe --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What a KServe deployment can say beyond the replica range."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    scale_metric: str | None = None  # concurrency | rps | cpu | memory
+    scale_target: int | None = None
+    container_concurrency: int | None = None
+    timeout_s: int | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    gpus: int = 0
+    canary_traffic_percent: int | None = None
+
+
+def token_secret_name(endpoint: str) -> str:
+    return f"nbscale-token-{endpoint}"[:253]
+
+
+def token_secret(endpoint: str, token: str, namespace: str) -> dict[str, Any]:
+    """The bearer token callers of the endpoint send (the predictor reads it from here)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": token_secret_name(endpoint),
+            "namespace": namespace,
+            "labels": {**MANAGED, ENDPOINT_LABEL: endpoint},
+        },
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
+def inference_service(
+    name: str,
+    storage_uri: str,
+    settings: KubeflowSettings,
+    opts: ServingOptions,
+    namespace: str,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An InferenceService whose predictor serves the packaged artifact at ``storage_uri``."""
+    requests: dict[str, Any] = {"cpu": opts.cpu or "1"}
+    limits: dict[str, Any] = {}
+    if opts.memory:
+        requests["memory"] = limits["memory"] = opts.memory
+    if opts.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(opts.gpus)
+    env: list[dict[str, Any]] = [
+        {"name": "NBSCALE_KEY_FILE", "value": KEY_FILE},
+        {
+            "name": "NBSCALE_SERVING_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": token_secret_name(name), "key": "token"}},
+        },
+    ]
+    args: list[str] = []
+    for key in ("max_batch_size", "max_batch_delay_ms", "max_queue"):
+        if config and config.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(config[key])]
+    model: dict[str, Any] = {
+        "modelFormat": {"name": "nbscale"},
+        "protocolVersion": "v2",
+        "storageUri": storage_uri,
+        "env": env,
+        **({"args": args} if args else {}),
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+        "volumeMounts": [{"name": "nbscale-keys", "mountPath": KEY_MOUNT, "readOnly": True}],
+    }
+    if settings.serving_image:
+        model["image"] = settings.serving_image
+    else:
+        model["runtime"] = settings.serving_runtime
+    predictor: dict[str, Any] = {
+        "model": model,
+        "minReplicas": opts.min_replicas,
+        "maxReplicas": opts.max_replicas,
+        "volumes": [
+            {
+                "name": "nbscale-keys",
+                "secret": {
+                    "secretName": settings.key_secret,
+                    "defaultMode": 0o400,
+                    "items": [{"key": "keys.json", "path": "keys.json"}],
+                },
+            }
+        ],
+    }
+    if opts.scale_metric:
+        predictor["scaleMetric"] = opts.scale_metric
+    if opts.scale_target is not None:
+        predictor["scaleTarget"] = opts.scale_target
+    if opts.container_concurrency is not None:
+        predictor["containerConcurrency"] = opts.container_concurrency
+    if opts.timeout_s is not None:
+        predictor["timeout"] = opts.timeout_s
+    if opts.canary_traffic_percent is not None:
+        predictor["canaryTrafficPercent"] = opts.canary_traffic_percent
+    if settings.node_selector:
+        predictor["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        predictor["tolerations"] = [dict(t) for t in settings.tolerations]
+    if settings.service_account:
+        predictor["serviceAccountName"] = settings.service_account
+    labels = {**settings.labels, **MANAGED, ENDPOINT_LABEL: name}
+    check_labels("labels", labels)
+    return {
+        "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {
+                **settings.annotations,
+                "serving.kserve.io/deploymentMode": "Serverless",
+            },
+        },
+        "spec": {"predictor": predictor},
+    }

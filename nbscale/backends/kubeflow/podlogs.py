@@ -1,0 +1,116 @@
+"""Every node pod's log, split by rank into the job's local ``logs/rank-R.log``.
+
+The launcher prints each local rank's lines as ``[rank N] text``; anything else it
+(or pip, or the shell stage) prints goes to the node's first rank, prefixed
+``[node K]``. Logs are read with ``timestamps=True`` and ``sinceTime`` from the last
+line seen, streamed in chunks (memory stays bounded by one chunk and one line), and
+lines already written are skipped, so polling again never duplicates a line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...runtime.jobdir import JobDir
+
+RANK_LINE = re.compile(r"^\[rank (\d+)\] ?(.*)$", re.S)
+CHUNK = 64 * 1024
+MAX_LINE = 1 << 20  # a longer line is cut here (a pod cannot make the kernel hold more)
+
+
+@dataclass
+class PodCursor:
+    """How far one pod's log has been copied: the last timestamp and lines seen at it."""
+
+    last_ts: str = ""
+    at_last: int = 0
+    done: bool = False  # the pod has ended and its whole log is copied
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"last_ts": self.last_ts, "at_last": self.at_last, "done": self.done}
+
+
+@dataclass
+class LogState:
+    pods: dict[str, PodCursor] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> LogState:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        return cls({k: PodCursor(**v) for k, v in raw.items()})
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: v.to_dict() for k, v in self.pods.items()}))
+        tmp.replace(path)
+
+
+def since_time(ts: str) -> str | None:
+    """``sinceTime`` is whole seconds (RFC 3339): the second of the last line seen."""
+    return ts[:19] + "Z" if ts else None
+
+
+class RankWriter:
+    """Appends lines to rank files, keeping the files open only while copying."""
+
+    def __init__(self, jobdir: JobDir, node_rank: int, first_rank: int):
+        self.jobdir = jobdir
+        self.node_rank = node_rank
+        self.first_rank = first_rank
+        self.files: dict[int, Any] = {}
+
+    def write(self, text: str) -> None:
+        m = RANK_LINE.match(text)
+        if m:
+            rank, line = int(m.group(1)), m.group(2)
+        else:
+            rank, line = self.first_rank, f"[node {self.node_rank}] {text}"
+        fh = self.files.get(rank)
+        if fh is None:
+            fh = self.files[rank] = open(self.jobdir.log(rank), "a", encoding="utf-8")  # noqa: SIM115
+        fh.write(line + "\n")
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+        self.files.clear()
+
+
+def copy_pod_log(stream: Any, cursor: PodCursor, writer: RankWriter) -> None:
+    """Copy new lines of one pod's log (an urllib3 response of ``timestamps=True``)."""
+    partial = b""
+    seen_at_ts = 0
+    current_ts = ""
+
+    def handle(raw: bytes) -> None:
+        nonlocal seen_at_ts, current_ts
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+        ts, _, line = text.partition(" ")
+        if ts != current_ts:
+            current_ts, seen_at_ts = ts, 0
+        seen_at_ts += 1
+        if ts < cursor.last_ts or (ts == cursor.last_ts and seen_at_ts <= cursor.at_last):
+            return  # written by an earlier copy
+        writer.write(line)
+        if ts == cursor.last_ts:
+            cursor.at_last += 1
+        else:
+            cursor.last_ts, cursor.at_last = ts, 1
+
+    for chunk in stream.stream(CHUNK, decode_content=True):
+        partial += chunk
+        *lines, partial = partial.split(b"\n")
+        for raw in lines:
+            handle(raw)
+        if len(partial) > MAX_LINE:
+            handle(partial[:MAX_LINE])
+            partial = b""
+    if partial:
+        handle(partial)

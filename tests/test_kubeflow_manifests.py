@@ -1,0 +1,306 @@
+"""Every object the kubeflow backend generates validates against the published CRDs.
+
+jsonschema checks the OpenAPI schema of the TrainJob, InferenceService and
+ClusterServingRuntime CRDs in ../shared/schemas, and cel-python evaluates the CEL
+rules the API server would run on create (name format and length, numProcPerNode
+>= 1, managedBy...). The checker itself is shown to refuse bad objects, so a pass
+means something.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nbscale.backends.kubeflow import manifests as mf
+from nbscale.backends.kubeflow.jobs import KubeflowBackend
+from nbscale.backends.kubeflow.settings import settings
+from nbscale.config import BackendConfig
+from nbscale.errors import SpecError
+from nbscale.runtime.launch import decode_spec
+from nbscale.specs import Entry, JobSpec
+from nbscale.store import get_store
+from nbscale.store.jobs import PENDING, JobRecord
+from tests.kube_schemas import CELViolation, validate
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {"storage": "s3://nb-bucket/work", "wheelhouse": False, "namespace": "team-a"}
+
+
+def kf_settings(**extra):
+    return settings(BackendConfig("kf", "kubeflow", {**BASE, **extra}))
+
+
+def staged(job_id="cell-abc123", configmap=False, wheel_url=None):
+    return mf.Staged(
+        job_id=job_id,
+        spec_b64="eyJ9",
+        outputs_uri=f"s3://nb-bucket/work/jobs/{job_id}/outputs",
+        bundle=f"{mf.BUNDLE_MOUNT}/cell.zip" if configmap else "s3://nb-bucket/work/b/cell.zip",
+        configmap=f"{mf.object_name(job_id)}-bundle" if configmap else None,
+        wheelhouse_url=wheel_url,
+    )
+
+
+SETTING_CASES = [
+    {},
+    {"cpu": "4", "memory": "16Gi"},
+    {
+        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+    {
+        "service_account": "trainer",
+        "image_pull_secrets": ["regcred"],
+        "labels": {"team": "ml"},
+        "annotations": {"owner": "someone@example.com"},
+    },
+    {"runtime": "torch-custom", "runtime_kind": "TrainingRuntime", "storage_secret": "minio-creds"},
+    {"endpoint_url": "http://127.0.0.1:9000", "pod_endpoint_url": "http://minio:9000"},
+]
+SPEC_CASES = list(
+    itertools.product(
+        [1, 2, 8],  # nodes
+        [1, 4],  # procs per node
+        [0, 1],  # gpus per proc
+        [None, 3600],  # max runtime
+        [False, True],  # bundle in a ConfigMap
+    )
+)
+
+
+@pytest.mark.parametrize("extra", SETTING_CASES, ids=lambda e: ",".join(e) or "defaults")
+def test_trainjobs_validate_over_a_table_of_options(extra):
+    conf = kf_settings(**extra)
+    checked_rules = set()
+    for nodes, procs, gpus, runtime, configmap in SPEC_CASES:
+        spec = JobSpec(
+            entry=Entry("module", "train.main"),
+            name="fit-digits",
+            nodes=nodes,
+            procs_per_node=procs,
+            gpus_per_proc=gpus,
+            max_runtime=runtime,
+            env={"LR": "0.1"},
+            tags={"project": "digits"},
+            instance_type="g5.xlarge" if gpus else None,
+            image="ghcr.io/acme/train:1" if nodes == 8 else None,
+        ).to_dict()
+        body = mf.trainjob("fit-digits-0a1b2c", spec, conf, staged(configmap=configmap), "team-a")
+        checked_rules |= {rule for _, rule, _ in validate(body)}
+        trainer = body["spec"]["trainer"]
+        assert trainer["numNodes"] == nodes and trainer["numProcPerNode"] == procs
+        res = trainer["resourcesPerNode"]
+        if gpus:
+            assert res["limits"]["nvidia.com/gpu"] == str(gpus * procs)
+            pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+                "replicatedJobs"
+            ][0]["template"]["spec"]["template"]["spec"]
+            assert pod["nodeSelector"]["node.kubernetes.io/instance-type"] == "g5.xlarge"
+        else:
+            assert "nvidia.com/gpu" not in res.get("limits", {})
+        assert body["spec"].get("activeDeadlineSeconds") == runtime
+        assert trainer["image"] == ("ghcr.io/acme/train:1" if nodes == 8 else conf.image)
+        if extra.get("cpu"):
+            assert res["requests"]["cpu"] == "4" and res["limits"]["memory"] == "16Gi"
+    # the create-time rules that apply to a TrainJob were all evaluated
+    assert "self >= 1" in checked_rules
+    assert any("metadata.name.matches" in r for r in checked_rules)
+
+
+def test_the_pod_gets_the_key_secret_by_name_mounted_read_only_and_nothing_else():
+    conf = kf_settings(storage_secret="minio-creds", key_secret="team-keys")
+    body = mf.trainjob("j-1", JobSpec(entry=Entry("module", "m")).to_dict(), conf, staged(), "ns")
+    text = json.dumps(body)
+    patch = body["spec"]["runtimePatches"][0]
+    assert patch["manager"] == mf.MANAGER
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
+        "template"
+    ]["spec"]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "nbscale-keys"]
+    assert vol["secret"]["secretName"] == "team-keys" and vol["secret"]["defaultMode"] == 0o400
+    (container,) = pod["containers"]
+    assert container["name"] == "node"
+    assert {"name": "nbscale-keys", "mountPath": mf.KEY_MOUNT, "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    env = {e["name"]: e for e in body["spec"]["trainer"]["env"]}
+    assert env["NBSCALE_KEY_FILE"]["value"] == f"{mf.KEY_MOUNT}/keys.json"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "minio-creds",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+    assert "podTemplateOverrides" not in text  # v2.2 replaced it with runtimePatches
+
+
+def test_the_checker_refuses_what_the_api_server_refuses():
+    body = mf.trainjob(
+        "j-1", JobSpec(entry=Entry("module", "m")).to_dict(), kf_settings(), staged(), "ns"
+    )
+    validate(body)
+    bad = copy.deepcopy(body)
+    bad["spec"]["trainer"]["numProcPerNode"] = 0
+    with pytest.raises(CELViolation, match="self >= 1"):
+        validate(bad)
+    bad = copy.deepcopy(body)
+    bad["metadata"]["name"] = "9-starts-with-a-digit"
+    with pytest.raises(CELViolation, match="matches"):
+        validate(bad)
+    bad = copy.deepcopy(body)
+    bad["metadata"]["name"] = "a" * 64
+    with pytest.raises(CELViolation, match="size"):
+        validate(bad)
+    bad = copy.deepcopy(body)
+    bad["spec"]["managedBy"] = "someone-else"
+    with pytest.raises(CELViolation, match="managedBy|self in"):
+        validate(bad)
+    bad = copy.deepcopy(body)
+    del bad["spec"]["runtimeRef"]
+    with pytest.raises(Exception, match="runtimeRef"):
+        validate(bad)
+    bad = copy.deepcopy(body)
+    bad["spec"]["trainer"]["resourcesPerNode"]["requests"]["cpu"] = "two"
+    with pytest.raises(Exception, match="does not match"):
+        validate(bad)
+
+
+def test_object_names_are_rfc1035_labels_for_every_job_id():
+    for job_id in ("7up-abc123", "a" * 40 + "-abcdef", "x-1", "0-0"):
+        name = mf.object_name(job_id)
+        body = mf.trainjob(
+            job_id,
+            JobSpec(entry=Entry("module", "m")).to_dict(),
+            kf_settings(),
+            staged(job_id),
+            "n",
+        )
+        validate(body)
+        assert body["metadata"]["name"] == name and len(name) <= 63
+
+
+def test_bad_settings_and_labels_are_one_message_each():
+    with pytest.raises(SpecError, match="cpu.*not a Kubernetes quantity"):
+        kf_settings(cpu="lots")
+    with pytest.raises(SpecError, match="runtim.*is not a setting"):
+        kf_settings(runtim="torch-distributed")
+    with pytest.raises(SpecError, match="storage.*s3://"):
+        kf_settings(storage="/tmp/x")
+    with pytest.raises(SpecError, match="tolerations"):
+        kf_settings(tolerations=[{"key": "a", "bogus": 1}])
+    with pytest.raises(SpecError, match="label value"):
+        mf.trainjob(
+            "j-1",
+            JobSpec(entry=Entry("module", "m"), tags={"why": "has spaces in it"}).to_dict(),
+            kf_settings(),
+            staged(),
+            "n",
+        )
+
+
+def _record(tmp_path, bundle_bytes: int) -> JobRecord:
+    bundle = tmp_path / "cell.zip"
+    bundle.write_bytes(os.urandom(bundle_bytes))
+    spec = JobSpec(
+        entry=Entry("bundle", str(bundle)), name="cell", nodes=2, procs_per_node=2, max_runtime=600
+    )
+    return JobRecord(
+        id="cell-00aa11",
+        name="cell",
+        backend="kf",
+        backend_type="kubeflow",
+        status=PENDING,
+        spec=spec.to_dict(),
+        created=0.0,
+        info={"job_dir": str(tmp_path / "job")},
+    )
+
+
+@pytest.mark.parametrize("size", [10_000, 950 * 1024])
+def test_dry_run_prints_the_exact_objects_and_sends_nothing(tmp_path, monkeypatch, size):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))  # no cluster at all
+    backend = KubeflowBackend(BackendConfig("kf", "kubeflow", BASE), get_store())
+    record = _record(tmp_path, size)
+    text = backend.dry_run(record)
+    docs = list(yaml.safe_load_all(text))
+    kinds = [d["kind"] for d in docs]
+    for doc in docs:
+        validate(doc)
+    secret = docs[0]
+    assert secret["kind"] == "Secret" and secret["data"] == {"keys.json": "<redacted>"}
+    trainjob = docs[1]
+    args = trainjob["spec"]["trainer"]["args"]
+    spec = decode_spec(args[args.index("--spec") + 1])
+    assert spec["entry"] == {"kind": "bundle", "target": "cell.zip", "parameters": {}}
+    assert str(tmp_path) not in json.dumps(spec)  # no local path travels
+    bundle_arg = args[args.index("--bundle") + 1]
+    if size < 900 * 1024:
+        assert kinds == ["Secret", "TrainJob", "ConfigMap"]
+        assert bundle_arg == f"{mf.BUNDLE_MOUNT}/cell.zip"
+        cm = docs[2]
+        assert (
+            base64.b64decode(cm["binaryData"]["cell.zip"]) == (tmp_path / "cell.zip").read_bytes()
+        )
+    else:
+        assert kinds == ["Secret", "TrainJob"]
+        assert bundle_arg.startswith("s3://nb-bucket/work/bundles/sha256/")
+    assert trainjob["spec"]["activeDeadlineSeconds"] == 600
+    assert trainjob["metadata"]["namespace"] == "team-a"
+    assert not (tmp_path / "job").exists()  # nothing written
+
+
+def test_inference_services_validate_over_a_table_of_options():
+    cases = itertools.product(
+        [(0, 1), (1, 1), (2, 10)],
+        [None, "concurrency", "rps"],
+        [0, 1],
+        [None, 10],
+        [{}, {"serving_image": "ghcr.io/acme/serve:1"}],
+    )
+    for (lo, hi), metric, gpus, canary, extra in cases:
+        opts = mf.ServingOptions(
+            min_replicas=lo,
+            max_replicas=hi,
+            scale_metric=metric,
+            scale_target=5 if metric else None,
+            container_concurrency=8,
+            timeout_s=30,
+            gpus=gpus,
+            memory="2Gi",
+            canary_traffic_percent=canary,
+        )
+        body = mf.inference_service(
+            "digits",
+            "s3://nb-bucket/work/models/sha256/ab/model.tar.gz",
+            kf_settings(**extra),
+            opts,
+            "team-a",
+            {"max_batch_size": 16},
+        )
+        validate(body)
+        pred = body["spec"]["predictor"]
+        assert (pred["minReplicas"], pred["maxReplicas"]) == (lo, hi)
+        assert pred.get("canaryTrafficPercent") == canary
+        model = pred["model"]
+        assert model["modelFormat"] == {"name": "nbscale"} and model["protocolVersion"] == "v2"
+        assert ("image" in model) == bool(extra) and ("runtime" in model) == (not extra)
+        if gpus:
+            assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        env = {e["name"]: e for e in model["env"]}
+        assert "value" not in env["NBSCALE_SERVING_TOKEN"]  # from a Secret, by name
+    validate(mf.token_secret("digits", "t0k3n", "team-a"))
+
+
+def test_the_shipped_serving_runtime_validates_and_serves_the_nbscale_format():
+    doc = yaml.safe_load((REPO / "deploy/kserve/nbscale-runtime.yaml").read_text())
+    validate(doc)
+    assert doc["spec"]["supportedModelFormats"][0]["name"] == "nbscale"
+    (container,) = doc["spec"]["containers"]
+    assert container["command"][:3] == ["python", "-m", "nbscale.serving"]
