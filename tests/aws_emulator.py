@@ -43,9 +43,12 @@ class Emulator:
         self.calls: list[tuple[str, dict]] = []  # (SageMaker operation, request)
         self.training: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
-        self.invoke_targets: dict[str, str] = {}
+        self.invoke_targets: dict[str, tuple[str, dict[str, str]]] = {}
         self.pipeline_steps: dict[str, list[dict[str, Any]]] = {}
         self.pipeline_status: dict[str, str] = {}
+        # DescribeEndpoint answers before a Creating/Updating endpoint is InService
+        self.endpoint_polls = 2
+        self.fail_next_endpoint: str | None = None
         emulator = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -211,17 +214,67 @@ class Emulator:
                 self.endpoints[request["EndpointName"]] = {
                     "EndpointStatus": "Creating",
                     "EndpointConfigName": request["EndpointConfigName"],
+                    "_polls": 0,
+                    "_fail": self.fail_next_endpoint,
                 }
+                self.fail_next_endpoint = None
         return status, answer
+
+    def _variants(self, config_name: str, forward_config) -> list[dict[str, Any]]:
+        status, data, _ = forward_config(config_name)
+        variants = json.loads(data or b"{}").get("ProductionVariants", []) if status == 200 else []
+        out = []
+        for v in variants:
+            entry = {"VariantName": v["VariantName"], "CurrentWeight": 1.0, "DesiredWeight": 1.0}
+            if "ServerlessConfig" in v:
+                entry["CurrentServerlessConfig"] = v["ServerlessConfig"]
+            else:
+                entry["CurrentInstanceCount"] = entry["DesiredInstanceCount"] = v[
+                    "InitialInstanceCount"
+                ]
+            out.append(entry)
+        return out
 
     def _sm_DescribeEndpoint(self, request, forward):
         status, data, _ = forward()
         answer = json.loads(data or b"{}")
         with self.lock:
             state = self.endpoints.get(request.get("EndpointName"))
-        if status == 200 and state is not None:
-            answer.update(state)
+            if status != 200 or state is None:
+                return status, answer
+            if state["EndpointStatus"] in ("Creating", "Updating"):
+                state["_polls"] += 1
+                if state["_polls"] > self.endpoint_polls:  # SageMaker finished its work
+                    if state["_fail"]:
+                        state["EndpointStatus"] = "Failed"
+                        state["FailureReason"] = state["_fail"]
+                    else:
+                        state["EndpointStatus"] = "InService"
+            public = {k: v for k, v in state.items() if not k.startswith("_")}
+        answer.update(public)
+        answer["ProductionVariants"] = self._variants(
+            public["EndpointConfigName"],
+            lambda name: self._moto_json("DescribeEndpointConfig", {"EndpointConfigName": name}),
+        )
         return status, answer
+
+    def _moto_json(self, op: str, payload: dict) -> tuple[int, bytes, dict]:
+        """A SageMaker call of the emulator's own, straight to moto."""
+        conn = http.client.HTTPConnection(*self.moto_addr, timeout=30)
+        conn.request(
+            "POST",
+            "/",
+            body=json.dumps(payload),
+            headers={
+                "X-Amz-Target": f"SageMaker.{op}",
+                "Content-Type": "application/x-amz-json-1.1",
+                "Authorization": "AWS4-HMAC-SHA256 Credential=x/20261201/us-east-1/sagemaker/aws4_request, SignedHeaders=host, Signature=x",
+            },
+        )
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp.status, data, {}
 
     def _sm_UpdateEndpoint(self, request, forward):
         name = request.get("EndpointName")
@@ -234,6 +287,7 @@ class Emulator:
                 }
             state["EndpointStatus"] = "Updating"
             state["EndpointConfigName"] = request["EndpointConfigName"]
+            state["_polls"] = 0
         arn = f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{name.lower()}"
         return 200, {"EndpointArn": arn}
 
@@ -247,12 +301,14 @@ class Emulator:
         with self.lock:
             self.endpoints[name].update(EndpointStatus=status, **fields)
 
-    def attach(self, endpoint: str, url: str) -> None:
-        """InvokeEndpoint on ``endpoint`` goes to ``url`` + ``/invocations`` (a real server)."""
-        self.invoke_targets[endpoint] = url
+    def attach(self, endpoint: str, url: str, headers: dict[str, str] | None = None) -> None:
+        """InvokeEndpoint on ``endpoint`` goes to ``url`` + ``/invocations`` (a real server;
+        ``headers`` are what SageMaker's front would add, e.g. the test server's token)."""
+        self.invoke_targets[endpoint] = (url, dict(headers or {}))
 
     def _invoke(self, name: str, body: bytes, headers) -> tuple[int, bytes, dict[str, str]]:
-        parsed = urlparse(self.invoke_targets[name])
+        url, extra = self.invoke_targets[name]
+        parsed = urlparse(url)
         conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
         conn.request(
             "POST",
@@ -261,6 +317,7 @@ class Emulator:
             headers={
                 "Content-Type": headers.get("Content-Type", "application/json"),
                 "Accept": headers.get("Accept", "application/json"),
+                **extra,
             },
         )
         resp = conn.getresponse()

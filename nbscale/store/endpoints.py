@@ -94,7 +94,11 @@ def insert_endpoint(store: Store, rec: EndpointRecord) -> None:
                 f"an endpoint named {rec.name!r} exists",
                 f"undeploy it first: nbscale undeploy {rec.name}",
             )
-        taken = conn.execute("SELECT name FROM endpoints WHERE port = ?", (rec.port,)).fetchone()
+        # port 0: a cloud endpoint, reached by name rather than by a port of this machine
+        taken = (
+            rec.port
+            and conn.execute("SELECT name FROM endpoints WHERE port = ?", (rec.port,)).fetchone()
+        )
         if taken:
             raise Conflict(
                 f"port {rec.port} is used by endpoint {taken[0]!r}",

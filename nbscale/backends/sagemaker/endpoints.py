@@ -1,0 +1,682 @@
+"""SageMaker endpoints through the ``EndpointBackend`` interface.
+
+deploy: the signed artifact as ``model.tar.gz`` in S3 (made byte-for-byte reproducible, so
+content addressing finds an unchanged model), CreateModel (the nbscale serving image, or
+the stock SageMaker PyTorch inference image the artifact layout also fits; the ``model``
+key through a Secrets Manager ARN), CreateEndpointConfig (instances, or ServerlessConfig,
+optional DataCaptureConfig), CreateEndpoint, then a wait with a progress line until
+InService. Autoscaling: an Application Auto Scaling target on
+``sagemaker:variant:DesiredInstanceCount`` and target tracking on
+``SageMakerVariantInvocationsPerInstance``. ``deploy_version`` puts a new artifact behind
+the same endpoint with UpdateEndpoint and a blue/green DeploymentConfig (canary or linear,
+rollback on CloudWatch alarms). predict: sagemaker-runtime InvokeEndpoint. metrics:
+CloudWatch ``AWS/SageMaker``. undeploy removes the scaling policy and target, the
+endpoint, every endpoint config and model nbscale made for it: nothing left billing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import storage
+from ...errors import NbscaleError, NotFound, SpecError
+from ...store.endpoints import (
+    FAILED,
+    READY,
+    STARTING,
+    STOPPING,
+    EndpointRecord,
+    delete_endpoint,
+    get_endpoint,
+    insert_endpoint,
+    list_endpoints,
+    update_endpoint,
+)
+from ..endpoint_base import DeployRequest, EndpointBackend
+from . import secrets
+from .config import SageMakerSettings, settings, stock_inference_image
+from .training import client_error
+
+VARIANT = "AllTraffic"
+KEY_PURPOSES = ("model",)
+DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+METRICS = ("Invocations", "Invocation4XXErrors", "Invocation5XXErrors")
+LATENCIES = ("ModelLatency", "OverheadLatency")
+DEPLOY_TIMEOUT = 1800.0
+_GONE = re.compile(r"not found|could not find|does not exist|no scal\w+ \w+ found", re.I)
+
+STATES = {
+    "InService": READY,
+    "Creating": STARTING,
+    "Updating": READY,  # the old fleet serves while a new one comes up
+    "SystemUpdating": READY,
+    "RollingBack": READY,
+    "UpdateRollbackFailed": FAILED,
+    "Failed": FAILED,
+    "OutOfService": FAILED,
+    "Deleting": STOPPING,
+}
+
+
+def model_tarball(model_dir: Path, dest: Path) -> Path:
+    """``model.tar.gz`` of the artifact: sorted entries, no times or owners, so the same
+    artifact always gives the same bytes (and the same content address)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(
+            p for p in model_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        ):
+            info = tarfile.TarInfo(path.relative_to(model_dir).as_posix())
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
+    with open(dest, "wb") as out, gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) as gz:
+        gz.write(buf.getvalue())
+    return dest
+
+
+class SageMakerEndpoints(EndpointBackend):
+    type = "sagemaker"
+    options = frozenset(
+        {
+            "serverless",
+            "memory_size_mb",
+            "max_concurrency",
+            "instance_type",
+            "image",
+            "data_capture_percent",
+            "deployment",
+            "canary_percent",
+            "wait_seconds",
+            "rollback_alarms",
+            "target_invocations",
+            "scale_in_cooldown",
+            "scale_out_cooldown",
+        }
+    )
+
+    def __init__(self, config, store):
+        super().__init__(config, store)
+        self.settings: SageMakerSettings = settings(config)
+        self._clients: dict[str, Any] = {}
+        self.progress = sys.stderr
+
+    def client(self, service: str):
+        if service not in self._clients:
+            self._clients[service] = self.settings.client(service)
+        return self._clients[service]
+
+    # -- what is sent -------------------------------------------------------------------
+    def validate(self, request: DeployRequest) -> None:
+        super().validate(request)
+        o = request.options
+        if o.get("serverless"):
+            memory = int(o.get("memory_size_mb") or 2048)
+            if memory not in range(1024, 6145, 1024):
+                raise SpecError("memory-size-mb", f"{memory} is not 1024, 2048, ... 6144")
+            if not 1 <= int(o.get("max_concurrency") or 5) <= 200:
+                raise SpecError("max-concurrency", "must be 1..200")
+        elif request.min_replicas < 1:
+            raise SpecError(
+                "replicas",
+                "a SageMaker real-time endpoint keeps at least one instance",
+                "use --serverless to pay nothing while idle, or a minimum of 1",
+            )
+        if o.get("deployment") not in (None, "all-at-once", "canary", "linear"):
+            raise SpecError("deployment", "must be all-at-once, canary or linear")
+        percent = o.get("data_capture_percent", self.settings.data_capture_percent)
+        if percent is not None and not 1 <= int(percent) <= 100:
+            raise SpecError("data-capture-percent", "must be 1..100")
+
+    def _names(self, name: str, version: int) -> tuple[str, str]:
+        base = f"nbscale-{name}-v{version}"[:63]
+        return base, base  # model name, endpoint config name
+
+    def requests(
+        self, request: DeployRequest, model_url: str, key_arn: str, version: int
+    ) -> dict[str, dict[str, Any]]:
+        """CreateModel and CreateEndpointConfig for one version of an endpoint."""
+        o, s = request.options, self.settings
+        model_name, config_name = self._names(request.name, version)
+        instance = o.get("instance_type") or s.instance_type
+        image = o.get("image") or s.serving_image or stock_inference_image(s.region, instance)
+        tags = [
+            {"Key": k, "Value": v}
+            for k, v in sorted({**s.tags, "nbscale:endpoint": request.name}.items())
+        ]
+        container = {
+            "Image": image,
+            "ModelDataUrl": model_url,
+            "Environment": {
+                "NBSCALE_KEY_SECRET_ARN": key_arn,
+                # the stock PyTorch inference image runs code/inference.py of the artifact
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                "SAGEMAKER_REGION": s.region,
+                "NBSCALE_MAX_BATCH_SIZE": str(request.config.get("max_batch_size", 32)),
+                "NBSCALE_MAX_BATCH_DELAY_MS": str(request.config.get("max_batch_delay_ms", 2.0)),
+            },
+        }
+        create_model: dict[str, Any] = {
+            "ModelName": model_name,
+            "PrimaryContainer": container,
+            "ExecutionRoleArn": s.role_arn,
+            "Tags": tags,
+        }
+        if s.subnets:
+            create_model["VpcConfig"] = {
+                "Subnets": list(s.subnets),
+                "SecurityGroupIds": list(s.security_group_ids),
+            }
+        variant: dict[str, Any] = {"VariantName": VARIANT, "ModelName": model_name}
+        if o.get("serverless"):
+            variant["ServerlessConfig"] = {
+                "MemorySizeInMB": int(o.get("memory_size_mb") or 2048),
+                "MaxConcurrency": int(o.get("max_concurrency") or 5),
+            }
+        else:
+            variant.update(
+                InstanceType=instance,
+                InitialInstanceCount=max(1, request.min_replicas),
+                InitialVariantWeight=1.0,
+            )
+        endpoint_config: dict[str, Any] = {
+            "EndpointConfigName": config_name,
+            "ProductionVariants": [variant],
+            "Tags": tags,
+        }
+        if s.kms_key_id and not o.get("serverless"):
+            endpoint_config["KmsKeyId"] = s.kms_key_id
+        percent = o.get("data_capture_percent", s.data_capture_percent)
+        if percent:
+            endpoint_config["DataCaptureConfig"] = {
+                "EnableCapture": True,
+                "InitialSamplingPercentage": int(percent),
+                "DestinationS3Uri": s.uri("capture", request.name),
+                "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+                "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+            }
+        return {"CreateModel": create_model, "CreateEndpointConfig": endpoint_config}
+
+    def deployment_config(self, options: dict[str, Any]) -> dict[str, Any] | None:
+        """Blue/green traffic shifting for a new version (UpdateEndpoint)."""
+        kind = options.get("deployment") or "all-at-once"
+        wait = int(options.get("wait_seconds") or 300)
+        percent = int(options.get("canary_percent") or 10)
+        if kind == "canary":
+            routing = {
+                "Type": "CANARY",
+                "WaitIntervalInSeconds": wait,
+                "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": percent},
+            }
+        elif kind == "linear":
+            routing = {
+                "Type": "LINEAR",
+                "WaitIntervalInSeconds": wait,
+                "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": percent},
+            }
+        else:
+            routing = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": wait}
+        config: dict[str, Any] = {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": routing,
+                "TerminationWaitInSeconds": wait,
+            }
+        }
+        alarms = options.get("rollback_alarms") or self.settings.rollback_alarms
+        if alarms:
+            config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
+        return config
+
+    def render(self, request: DeployRequest) -> str:
+        self.validate(request)
+        with tempfile.TemporaryDirectory() as tmp:
+            tar = model_tarball(Path(request.model_dir), Path(tmp) / "model.tar.gz")
+            digest = storage.sha256_file(tar)
+        store = storage.ObjectStore.from_options(self.settings.storage_options())
+        url = store.base.child("models", "sha256", digest, "model.tar.gz").uri
+        name = secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
+        arn = (
+            secrets.lookup(
+                self.client("secretsmanager"), self.settings.key_secret_name, KEY_PURPOSES
+            )
+            or f"(the ARN of secret {name}, created at deploy)"
+        )
+        out = self.requests(request, url, arn, 1)
+        out["CreateEndpoint"] = {
+            "EndpointName": request.name,
+            "EndpointConfigName": out["CreateEndpointConfig"]["EndpointConfigName"],
+        }
+        return json.dumps(out, indent=2)
+
+    # -- deploy ---------------------------------------------------------------------------
+    def _upload(self, model_dir: Path) -> str:
+        store = storage.ObjectStore.from_options(self.settings.storage_options())
+        with tempfile.TemporaryDirectory() as tmp:
+            tar = model_tarball(model_dir, Path(tmp) / "model.tar.gz")
+            return store.put(tar, "model.tar.gz", area="models")
+
+    def _create_version(self, request: DeployRequest, version: int) -> dict[str, dict[str, Any]]:
+        self.settings.require_credentials()
+        url = self._upload(Path(request.model_dir))
+        arn = secrets.ensure(
+            self.client("secretsmanager"), self.settings.key_secret_name, KEY_PURPOSES
+        )
+        reqs = self.requests(request, url, arn, version)
+        sm = self.client("sagemaker")
+        sm.create_model(**reqs["CreateModel"])
+        try:
+            sm.create_endpoint_config(**reqs["CreateEndpointConfig"])
+        except Exception:
+            sm.delete_model(ModelName=reqs["CreateModel"]["ModelName"])
+            raise
+        return reqs
+
+    def deploy(self, request: DeployRequest) -> EndpointRecord:
+        self.validate(request)
+        now = time.time()
+        record = EndpointRecord(
+            name=request.name,
+            backend=self.backend,
+            backend_type=self.type,
+            status=STARTING,
+            url=f"https://runtime.sagemaker.{self.settings.region}.amazonaws.com/endpoints/{request.name}/invocations",
+            port=0,
+            model_dir=str(request.model_dir),
+            min_replicas=request.min_replicas,
+            max_replicas=request.max_replicas,
+            config={**request.config, "options": request.options, "sagemaker": {"versions": []}},
+            created=now,
+            updated=now,
+        )
+        insert_endpoint(self.store, record)
+        try:
+            reqs = self._create_version(request, 1)
+            self.client("sagemaker").create_endpoint(
+                EndpointName=request.name,
+                EndpointConfigName=reqs["CreateEndpointConfig"]["EndpointConfigName"],
+                Tags=reqs["CreateEndpointConfig"]["Tags"],
+            )
+        except Exception as exc:
+            self._remove_all(request.name, [1])
+            delete_endpoint(self.store, request.name)
+            if isinstance(exc, NbscaleError):
+                raise
+            raise client_error(exc, f"deploying endpoint {request.name}") from None
+        meta = {"versions": [1], "serverless": bool(request.options.get("serverless"))}
+        update_endpoint(
+            self.store, request.name, "created", config={**record.config, "sagemaker": meta}
+        )
+        try:
+            rec = self.wait(request.name)
+            if not meta["serverless"]:
+                self._autoscale(rec, request.min_replicas, request.max_replicas)
+        except BaseException:
+            self.undeploy(request.name)
+            raise
+        return get_endpoint(self.store, request.name)
+
+    def deploy_version(
+        self, name: str, model_dir: Path, options: dict[str, Any] | None = None
+    ) -> EndpointRecord:
+        """A new artifact behind the same endpoint: UpdateEndpoint with blue/green shifting."""
+        rec = get_endpoint(self.store, name)
+        options = {**rec.config.get("options", {}), **(options or {})}
+        meta = rec.config.get("sagemaker", {})
+        version = max(meta.get("versions") or [0]) + 1
+        request = DeployRequest(
+            name, Path(model_dir), rec.min_replicas, rec.max_replicas, None, rec.config, options
+        )
+        self.validate(request)
+        try:
+            reqs = self._create_version(request, version)
+            update: dict[str, Any] = {
+                "EndpointName": name,
+                "EndpointConfigName": reqs["CreateEndpointConfig"]["EndpointConfigName"],
+            }
+            if not meta.get("serverless"):
+                update["DeploymentConfig"] = self.deployment_config(options)
+                update["RetainAllVariantProperties"] = False
+            self.client("sagemaker").update_endpoint(**update)
+        except Exception as exc:  # noqa: BLE001
+            self._remove_all(name, [version], endpoint=False)
+            if isinstance(exc, NbscaleError):
+                raise
+            raise client_error(exc, f"updating endpoint {name}") from None
+        meta = {**meta, "versions": [*meta.get("versions", []), version]}
+        update_endpoint(
+            self.store,
+            name,
+            "updating",
+            model_dir=str(model_dir),
+            config={**rec.config, "options": options, "sagemaker": meta},
+        )
+        return self.wait(name)
+
+    def wait(self, name: str, timeout: float = DEPLOY_TIMEOUT) -> EndpointRecord:
+        """Poll DescribeEndpoint until it serves (or fails), with one progress line per change."""
+        started = time.monotonic()
+        last = None
+        while True:
+            rec = self.status(get_endpoint(self.store, name))
+            desc = rec.config.get("sagemaker", {}).get("last", {})
+            state = desc.get("EndpointStatus")
+            if state != last and self.progress is not None:
+                self.progress.write(
+                    f"endpoint {name}: {state} ({time.monotonic() - started:.0f} s)\n"
+                )
+                self.progress.flush()
+                last = state
+            if state == "InService":
+                return rec
+            if rec.status == FAILED:
+                raise NbscaleError(
+                    f"endpoint {name} failed: {rec.error}",
+                    f"see its CloudWatch logs, then nbscale undeploy {name}",
+                )
+            if time.monotonic() - started > timeout:
+                raise NbscaleError(f"endpoint {name} is still {state} after {timeout:.0f} s")
+            time.sleep(min(5.0, self.settings.poll_seconds) or 0.05)
+
+    # -- autoscaling ----------------------------------------------------------------------
+    def _autoscale(self, rec: EndpointRecord, lo: int, hi: int) -> None:
+        aas = self.client("application-autoscaling")
+        resource = f"endpoint/{rec.name}/variant/{VARIANT}"
+        options = rec.config.get("options", {})
+        try:
+            aas.register_scalable_target(
+                ServiceNamespace="sagemaker",
+                ResourceId=resource,
+                ScalableDimension=DIMENSION,
+                MinCapacity=max(1, lo),
+                MaxCapacity=hi,
+            )
+            aas.put_scaling_policy(
+                PolicyName=f"nbscale-{rec.name}-invocations",
+                ServiceNamespace="sagemaker",
+                ResourceId=resource,
+                ScalableDimension=DIMENSION,
+                PolicyType="TargetTrackingScaling",
+                TargetTrackingScalingPolicyConfiguration={
+                    # invocations per instance per minute
+                    "TargetValue": float(options.get("target_invocations") or 100.0),
+                    "PredefinedMetricSpecification": {
+                        "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+                    },
+                    "ScaleInCooldown": int(options.get("scale_in_cooldown") or 300),
+                    "ScaleOutCooldown": int(options.get("scale_out_cooldown") or 60),
+                },
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise client_error(exc, f"autoscaling endpoint {rec.name}") from None
+
+    def scale(self, record: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
+        if record.config.get("sagemaker", {}).get("serverless"):
+            raise SpecError(
+                "replicas",
+                "a serverless endpoint scales by itself",
+                "change --max-concurrency instead",
+            )
+        if min_replicas < 1:
+            raise SpecError(
+                "replicas", "a SageMaker real-time endpoint keeps at least one instance"
+            )
+        self._autoscale(record, min_replicas, max_replicas)
+        update_endpoint(
+            self.store, record.name, "scale", min_replicas=min_replicas, max_replicas=max_replicas
+        )
+        return get_endpoint(self.store, record.name)
+
+    # -- status, predict, metrics -----------------------------------------------------------
+    def status(self, record: EndpointRecord) -> EndpointRecord:
+        try:
+            desc = self.client("sagemaker").describe_endpoint(EndpointName=record.name)
+        except Exception as exc:  # noqa: BLE001
+            from botocore.exceptions import ClientError
+
+            if isinstance(exc, ClientError) and "Could not find" in str(exc):
+                update_endpoint(
+                    self.store,
+                    record.name,
+                    "failed",
+                    status=FAILED,
+                    error="the endpoint is gone from SageMaker",
+                )
+                return get_endpoint(self.store, record.name)
+            raise client_error(exc, f"DescribeEndpoint {record.name}") from None
+        state = desc.get("EndpointStatus", "")
+        variants = desc.get("ProductionVariants") or []
+        replicas = sum(int(v.get("CurrentInstanceCount") or 0) for v in variants)
+        meta = {
+            **record.config.get("sagemaker", {}),
+            "last": {"EndpointStatus": state, "EndpointConfigName": desc.get("EndpointConfigName")},
+        }
+        fields: dict[str, Any] = {
+            "status": STATES.get(state, STARTING),
+            "replicas": replicas,
+            "error": desc.get("FailureReason") if STATES.get(state) == FAILED else None,
+            "config": {**record.config, "sagemaker": meta},
+        }
+        changed = fields["status"] != record.status
+        update_endpoint(self.store, record.name, "status" if changed else None, **fields)
+        return get_endpoint(self.store, record.name)
+
+    def display_status(self, record: EndpointRecord) -> str:
+        return record.status
+
+    def metadata(self, record: EndpointRecord) -> dict[str, Any]:
+        from ...serving.artifact import read_manifest
+
+        try:
+            manifest = read_manifest(record.model_dir)
+        except (NbscaleError, OSError) as exc:
+            raise NotFound(
+                f"the artifact of endpoint {record.name} is not on this machine: {exc}"
+            ) from None
+        return {
+            "name": record.name,
+            "platform": "sagemaker",
+            **{k: manifest[k] for k in ("inputs", "outputs") if k in manifest},
+        }
+
+    def predict(self, record: EndpointRecord, x: Any) -> np.ndarray:
+        arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        try:
+            answer = self.client("sagemaker-runtime").invoke_endpoint(
+                EndpointName=record.name,
+                ContentType="application/x-npy",
+                Accept="application/x-npy",
+                Body=buf.getvalue(),
+            )
+        except Exception as exc:  # noqa: BLE001
+            from botocore.exceptions import ClientError
+
+            if (
+                isinstance(exc, ClientError)
+                and exc.response.get("Error", {}).get("Code") == "ModelError"
+            ):
+                original = exc.response.get("OriginalMessage") or exc.response.get("Error", {}).get(
+                    "Message"
+                )
+                raise SpecError(
+                    "input", f"endpoint {record.name} refused the input: {original}"
+                ) from None
+            raise client_error(exc, f"InvokeEndpoint {record.name}") from None
+        body = answer["Body"].read()
+        if answer.get("ContentType", "").startswith("application/x-npy"):
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        return np.asarray(json.loads(body))
+
+    def metrics(self, record: EndpointRecord, minutes: int = 15) -> dict[str, Any]:
+        """CloudWatch ``AWS/SageMaker`` metrics of the endpoint's variant, per minute."""
+        end = (int(time.time()) // 60 + 1) * 60  # whole minutes, the current one included
+        dims = [
+            {"Name": "EndpointName", "Value": record.name},
+            {"Name": "VariantName", "Value": VARIANT},
+        ]
+        queries = []
+        for i, name in enumerate(METRICS):
+            queries.append(
+                {
+                    "Id": f"m{i}",
+                    "Label": name,
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": "AWS/SageMaker",
+                            "MetricName": name,
+                            "Dimensions": dims,
+                        },
+                        "Period": 60,
+                        "Stat": "Sum",
+                    },
+                }
+            )
+        for i, name in enumerate(LATENCIES):
+            for stat in ("Average", "Maximum"):
+                queries.append(
+                    {
+                        "Id": f"l{i}{stat[:3].lower()}",
+                        "Label": f"{name}_{stat}",
+                        "MetricStat": {
+                            "Metric": {
+                                "Namespace": "AWS/SageMaker",
+                                "MetricName": name,
+                                "Dimensions": dims,
+                            },
+                            "Period": 60,
+                            "Stat": stat,
+                        },
+                    }
+                )
+        try:
+            answer = self.client("cloudwatch").get_metric_data(
+                MetricDataQueries=queries, StartTime=end - minutes * 60, EndTime=end
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise client_error(exc, f"CloudWatch metrics of {record.name}") from None
+        series: dict[float, dict[str, Any]] = {}
+        totals: dict[str, float] = {}
+        for result in answer.get("MetricDataResults", []):
+            label = result["Label"]
+            for stamp, value in zip(
+                result.get("Timestamps", []), result.get("Values", []), strict=False
+            ):
+                t = stamp.timestamp()
+                series.setdefault(t, {"Timestamp": t})[label] = value
+            values = result.get("Values", [])
+            if label in METRICS:
+                totals[label] = float(sum(values))
+            elif label.endswith("_Maximum"):
+                totals[label] = float(max(values)) if values else 0.0
+            elif values:
+                totals[label] = float(sum(values) / len(values))
+        invocations = totals.get("Invocations", 0.0)
+        errors = totals.get("Invocation4XXErrors", 0.0) + totals.get("Invocation5XXErrors", 0.0)
+        return {
+            **{k: totals.get(k, 0.0) for k in METRICS},
+            "ModelLatency": totals.get("ModelLatency_Average", 0.0),
+            "OverheadLatency": totals.get("OverheadLatency_Average", 0.0),
+            "ModelLatency_max": totals.get("ModelLatency_Maximum", 0.0),
+            "OverheadLatency_max": totals.get("OverheadLatency_Maximum", 0.0),
+            "latency_unit": "microseconds",
+            "window_s": minutes * 60,
+            "throughput_rps": invocations / (minutes * 60),
+            "error_rate": errors / invocations if invocations else 0.0,
+            "replicas": record.replicas,
+            "sagemaker_names": [*METRICS, *LATENCIES],
+            "sagemaker_series": [series[t] for t in sorted(series)],
+        }
+
+    # -- undeploy, list -------------------------------------------------------------------
+    def _remove_all(self, name: str, versions: list[int], endpoint: bool = True) -> list[str]:
+        """Delete what nbscale made for ``name``; return what could not be deleted."""
+        from botocore.exceptions import ClientError
+
+        sm = self.client("sagemaker")
+        left = []
+        steps = []
+        if endpoint:
+            aas = self.client("application-autoscaling")
+            resource = f"endpoint/{name}/variant/{VARIANT}"
+            steps += [
+                (
+                    "scaling policy",
+                    lambda: aas.delete_scaling_policy(
+                        PolicyName=f"nbscale-{name}-invocations",
+                        ServiceNamespace="sagemaker",
+                        ResourceId=resource,
+                        ScalableDimension=DIMENSION,
+                    ),
+                ),
+                (
+                    "scalable target",
+                    lambda: aas.deregister_scalable_target(
+                        ServiceNamespace="sagemaker",
+                        ResourceId=resource,
+                        ScalableDimension=DIMENSION,
+                    ),
+                ),
+                ("endpoint", lambda: sm.delete_endpoint(EndpointName=name)),
+            ]
+        for version in versions:
+            model, config = self._names(name, version)
+            steps += [
+                (
+                    f"endpoint config {config}",
+                    lambda c=config: sm.delete_endpoint_config(EndpointConfigName=c),
+                ),
+                (f"model {model}", lambda m=model: sm.delete_model(ModelName=m)),
+            ]
+        for what, step in steps:
+            try:
+                step()
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                message = exc.response.get("Error", {}).get("Message", "")
+                if code in ("ObjectNotFoundException", "ResourceNotFound") or _GONE.search(message):
+                    continue  # already gone
+                left.append(f"{what}: {code} {message}")
+        return left
+
+    def undeploy(self, name: str) -> None:
+        rec = get_endpoint(self.store, name)
+        versions = rec.config.get("sagemaker", {}).get("versions") or [1]
+        left = self._remove_all(name, versions)
+        if left:
+            update_endpoint(self.store, name, "failed", status=FAILED, error="; ".join(left))
+            raise NbscaleError(
+                f"endpoint {name} is only partly removed: {'; '.join(left)}",
+                f"run nbscale undeploy {name} again",
+            )
+        delete_endpoint(self.store, name)
+
+    def list(self) -> list[EndpointRecord]:
+        return [
+            r
+            for r in list_endpoints(self.store)
+            if r.backend_type == self.type and r.backend == self.backend
+        ]
+
+    def check(self) -> dict[str, Any]:
+        try:
+            self.settings.require_credentials()
+            self.client("sagemaker").list_endpoints(MaxResults=1)
+        except NbscaleError as exc:
+            return {"reachable": False, "detail": str(exc)}
+        except Exception as exc:  # noqa: BLE001
+            return {"reachable": False, "detail": str(client_error(exc, "ListEndpoints"))}
+        return {"reachable": True, "detail": f"SageMaker endpoints in {self.settings.region}"}

@@ -1,0 +1,325 @@
+"""SageMaker endpoints through the endpoint backend interface, against the local AWS.
+
+The model artifact is real (packaged from a torch model and signed); InvokeEndpoint
+reaches a real nbscale serving process standing in for the container SageMaker runs.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+
+from nbscale import keys
+from nbscale.backends.endpoint_base import DeployRequest, get_endpoint_backend
+from nbscale.backends.sagemaker.endpoints import SageMakerEndpoints, model_tarball
+from nbscale.endpoints import deploy, endpoint, endpoints
+from nbscale.errors import NbscaleError, SpecError
+from nbscale.store import get_store
+from tests.aws_emulator import Emulator
+from tests.emulators import AWS_ENV, PLANTED_SECRET
+from tests.test_serving import AUTH, Server, forward, make_artifact
+
+TOML = """\
+[backends.aws]
+type = "sagemaker"
+region = "us-east-1"
+role_arn = "arn:aws:iam::123456789012:role/nbscale-serving"
+storage = "s3://nb-models/serve"
+instance_type = "ml.m5.large"
+serving_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-serving:0.1.0"
+poll_seconds = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    emu = Emulator()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch, tmp_path):
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
+    s3 = boto3.client("s3")
+    if "nb-models" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="nb-models")
+    (tmp_path / "nbscale.toml").write_text(TOML)
+    keys.forget_delivered()
+    emulator.endpoint_polls = 2
+    return emulator
+
+
+@pytest.fixture
+def container(tmp_path):
+    """The serving container SageMaker would start for the endpoint: a real server."""
+    started = []
+
+    def start(model_dir: Path) -> Server:
+        server = Server(model_dir, tmp_path).wait_ready()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def backend() -> SageMakerEndpoints:
+    found = get_endpoint_backend("aws")
+    assert isinstance(found, SageMakerEndpoints)
+    found.progress = None
+    return found
+
+
+def nbscale_resources(name: str) -> dict[str, list[str]]:
+    sm = boto3.client("sagemaker")
+    aas = boto3.client("application-autoscaling")
+    return {
+        "models": [m["ModelName"] for m in sm.list_models()["Models"] if name in m["ModelName"]],
+        "configs": [
+            c["EndpointConfigName"]
+            for c in sm.list_endpoint_configs()["EndpointConfigs"]
+            if name in c["EndpointConfigName"]
+        ],
+        "endpoints": [
+            e["EndpointName"] for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name
+        ],
+        "targets": [
+            t["ResourceId"]
+            for t in aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+            if f"endpoint/{name}/" in t["ResourceId"]
+        ],
+        "policies": [
+            p["PolicyName"]
+            for p in aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+            if name in p["PolicyName"]
+        ],
+    }
+
+
+def test_deploy_predict_scale_metrics_and_undeploy_leave_nothing_billing(
+    aws, tmp_path, container, capsys
+):
+    artifact, model = make_artifact(tmp_path / "artifact", name="digits")
+    ep = deploy(artifact, name="digits", replicas=(1, 3), backend="aws")
+    assert ep.record.backend_type == "sagemaker" and ep.status == "READY"
+    assert ep.record.replicas == 1
+    assert "endpoint digits: Creating" in capsys.readouterr().err  # progress while waiting
+
+    model_req = aws.operations("CreateModel")[-1]
+    assert model_req["ModelName"] == "nbscale-digits-v1"
+    assert model_req["ExecutionRoleArn"].endswith("role/nbscale-serving")
+    container_def = model_req["PrimaryContainer"]
+    assert container_def["Image"].endswith("nbscale-serving:0.1.0")
+    assert container_def["ModelDataUrl"].startswith("s3://nb-models/serve/models/sha256/")
+    arn = container_def["Environment"]["NBSCALE_KEY_SECRET_ARN"]
+    assert json.loads(
+        boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    ) == {"model": keys.load("model").hex()}
+    config_req = aws.operations("CreateEndpointConfig")[-1]
+    assert config_req["ProductionVariants"] == [
+        {
+            "VariantName": "AllTraffic",
+            "ModelName": "nbscale-digits-v1",
+            "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1,
+            "InitialVariantWeight": 1.0,
+        }
+    ]
+    assert aws.operations("CreateEndpoint")[-1]["EndpointConfigName"] == "nbscale-digits-v1"
+    # what is in S3 is the artifact, byte for byte, as SageMaker will unpack it
+    bucket, _, key = container_def["ModelDataUrl"].removeprefix("s3://").partition("/")
+    boto3.client("s3").download_file(bucket, key, str(tmp_path / "model.tar.gz"))
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(str(p.relative_to(artifact)) for p in artifact.rglob("*") if p.is_file())
+
+    # autoscaling: target tracking on invocations per instance
+    aas = boto3.client("application-autoscaling")
+    target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][-1]
+    assert target["ResourceId"] == "endpoint/digits/variant/AllTraffic"
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
+    policy = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][-1]
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert (
+        tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
+        == "SageMakerVariantInvocationsPerInstance"
+    )
+    assert (tracking["ScaleInCooldown"], tracking["ScaleOutCooldown"]) == (300, 60)
+    ep.scale(2, 5)
+    target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][-1]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (2, 5)
+    assert endpoint("digits").record.max_replicas == 5
+
+    # predict: InvokeEndpoint reaches the container
+    server = container(artifact)
+    aws.attach("digits", f"http://127.0.0.1:{server.port}", AUTH)
+    x = np.random.default_rng(0).random((4, 64), dtype=np.float32)
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(SpecError, match="refused the input"):
+        ep.predict(np.zeros((2, 3), dtype=np.float32))
+
+    # metrics from CloudWatch, under SageMaker's names
+    cw = boto3.client("cloudwatch")
+    dims = [
+        {"Name": "EndpointName", "Value": "digits"},
+        {"Name": "VariantName", "Value": "AllTraffic"},
+    ]
+    cw.put_metric_data(
+        Namespace="AWS/SageMaker",
+        MetricData=[
+            {"MetricName": "Invocations", "Dimensions": dims, "Value": 40.0},
+            {"MetricName": "Invocation4XXErrors", "Dimensions": dims, "Value": 2.0},
+            {"MetricName": "Invocation5XXErrors", "Dimensions": dims, "Value": 0.0},
+            {"MetricName": "ModelLatency", "Dimensions": dims, "Value": 900.0},
+            {"MetricName": "OverheadLatency", "Dimensions": dims, "Value": 100.0},
+        ],
+    )
+    m = ep.metrics()
+    assert m["Invocations"] == 40.0 and m["Invocation4XXErrors"] == 2.0
+    assert m["ModelLatency"] == 900.0 and m["OverheadLatency"] == 100.0
+    assert m["error_rate"] == pytest.approx(0.05)
+    assert m["sagemaker_series"] and m["latency_unit"] == "microseconds"
+
+    # undeploy: endpoint, config, model, scaling policy and target all gone
+    assert nbscale_resources("digits")["endpoints"] == ["digits"]
+    ep.delete()
+    assert nbscale_resources("digits") == {
+        k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
+    }
+    assert [e.name for e in endpoints()] == []
+    # no key, no credential in any request
+    key_hex = keys.load("model").hex().encode()
+    for _, _, body in aws.bodies:
+        assert PLANTED_SECRET.encode() not in body
+        assert key_hex not in body or b"SecretString" in body
+
+
+def test_a_new_version_goes_blue_green_with_canary_and_rollback_alarms(aws, tmp_path):
+    artifact, _ = make_artifact(tmp_path / "v1", name="fraud")
+    be = backend()
+    be.deploy(DeployRequest("fraud", artifact, 1, 2, None, {}, {"rollback_alarms": ["fraud-5xx"]}))
+    v2, _ = make_artifact(tmp_path / "v2", name="fraud")
+    (v2 / "extra.txt").write_text("v2")  # a different artifact, signed again
+    from nbscale.serving.artifact import sign
+
+    sign(v2)
+    rec = be.deploy_version(
+        "fraud", v2, {"deployment": "canary", "canary_percent": 20, "wait_seconds": 120}
+    )
+    assert rec.status == "READY"
+    update = aws.operations("UpdateEndpoint")[-1]
+    assert update["EndpointConfigName"] == "nbscale-fraud-v2"
+    assert update["DeploymentConfig"] == {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {
+                "Type": "CANARY",
+                "WaitIntervalInSeconds": 120,
+                "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20},
+            },
+            "TerminationWaitInSeconds": 120,
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "fraud-5xx"}]},
+    }
+    assert (
+        aws.operations("CreateModel")[-1]["PrimaryContainer"]["ModelDataUrl"]
+        != aws.operations("CreateModel")[-2]["PrimaryContainer"]["ModelDataUrl"]
+    )
+    be.deploy_version("fraud", v2, {"deployment": "linear", "canary_percent": 25})
+    linear = aws.operations("UpdateEndpoint")[-1]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert linear["TrafficRoutingConfiguration"]["LinearStepSize"] == {
+        "Type": "CAPACITY_PERCENT",
+        "Value": 25,
+    }
+    be.undeploy("fraud")
+    assert nbscale_resources("fraud") == {
+        k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
+    }
+
+
+def test_serverless_with_data_capture_has_no_instances_and_no_autoscaling(aws, tmp_path):
+    artifact, _ = make_artifact(tmp_path / "a", name="tiny")
+    be = backend()
+    request = DeployRequest(
+        "tiny",
+        artifact,
+        0,
+        1,
+        None,
+        {},
+        {
+            "serverless": True,
+            "memory_size_mb": 3072,
+            "max_concurrency": 8,
+            "data_capture_percent": 25,
+        },
+    )
+    shown = json.loads(be.render(request))  # --dry-run: the exact requests, nothing sent
+    assert "CreateEndpoint" in shown and not nbscale_resources("tiny")["models"]
+    be.deploy(request)
+    variant = aws.operations("CreateEndpointConfig")[-1]["ProductionVariants"][0]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 8}
+    assert "InstanceType" not in variant
+    capture = aws.operations("CreateEndpointConfig")[-1]["DataCaptureConfig"]
+    assert (
+        capture["InitialSamplingPercentage"] == 25
+        and capture["DestinationS3Uri"] == "s3://nb-models/serve/capture/tiny"
+    )
+    shown["CreateEndpointConfig"].pop("Tags")
+    sent = dict(aws.operations("CreateEndpointConfig")[-1])
+    sent.pop("Tags")
+    assert shown["CreateEndpointConfig"] == sent
+    assert nbscale_resources("tiny")["targets"] == []
+    with pytest.raises(SpecError, match="scales by itself"):
+        be.scale(get_store_record("tiny"), 1, 2)
+    be.undeploy("tiny")
+
+
+def get_store_record(name):
+    from nbscale.store.endpoints import get_endpoint
+
+    return get_endpoint(get_store(), name)
+
+
+def test_bad_requests_are_refused_before_anything_is_created(aws, tmp_path):
+    artifact, _ = make_artifact(tmp_path / "a", name="bad")
+    be = backend()
+    calls = len(aws.calls)
+    with pytest.raises(SpecError, match="at least one instance"):
+        be.deploy(DeployRequest("bad", artifact, 0, 2, None, {}, {}))
+    with pytest.raises(SpecError, match="does not use it"):
+        be.deploy(DeployRequest("bad", artifact, 1, 2, None, {}, {"gpus": 1}))
+    with pytest.raises(SpecError, match="1024, 2048"):
+        be.deploy(
+            DeployRequest(
+                "bad", artifact, 0, 1, None, {}, {"serverless": True, "memory_size_mb": 1000}
+            )
+        )
+    assert len(aws.calls) == calls and get_store().query_one("SELECT 1 FROM endpoints") is None
+
+
+def test_an_endpoint_that_fails_to_start_leaves_nothing(aws, tmp_path):
+    artifact, _ = make_artifact(tmp_path / "a", name="broken")
+    aws.fail_next_endpoint = "The primary container for production variant AllTraffic did not pass the ping health check."
+    with pytest.raises(NbscaleError, match="did not pass the ping health check"):
+        backend().deploy(DeployRequest("broken", artifact, 1, 1, None, {}, {}))
+    assert nbscale_resources("broken") == {
+        k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
+    }
+    assert get_store().query_one("SELECT 1 FROM endpoints WHERE name = 'broken'") is None
+
+
+def test_model_tarball_is_reproducible(tmp_path):
+    artifact, _ = make_artifact(tmp_path / "a", name="same")
+    one = model_tarball(artifact, tmp_path / "1.tar.gz").read_bytes()
+    two = model_tarball(artifact, tmp_path / "2.tar.gz").read_bytes()
+    assert one == two
