@@ -180,12 +180,15 @@ def deploy(
     capture_rate: float | None = None,
     max_queue: int = 1024,
     baseline: Any = None,
+    idle_ttl: str | float | None = None,
 ) -> Endpoint:
     """Deploy a model object or an artifact directory as an endpoint, and wait until it answers.
 
     ``baseline`` (training rows as numpy or pandas, a ``Baseline`` or a
     baseline.json path) turns on drift monitoring: ``Endpoint.drift()``
     compares captured inputs with it; capture defaults to every request then.
+    ``idle_ttl`` (``"30m"`` or seconds): after that long without requests the
+    endpoint scales to zero even above its minimum (an event is logged).
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(
@@ -235,6 +238,12 @@ def deploy(
         "idle_timeout_s": idle_timeout_s,
         "max_queue": max_queue,
     }
+    if idle_ttl is not None:
+        from .monitoring.drift import parse_duration
+
+        if getattr(mgr, "type", "local") != "local":
+            raise SpecError("idle_ttl", "only local endpoints scale to zero when idle so far")
+        config["idle_ttl_s"] = parse_duration(idle_ttl, "idle_ttl")
     if capture_rate:
         config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
     if base is not None:

@@ -36,6 +36,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         target_concurrency=args.target_concurrency,
         idle_timeout_s=args.idle_timeout,
         capture_rate=args.capture_rate,
+        idle_ttl=args.idle_ttl,
     )
     if args.json:
         print_json(ep.to_dict())
@@ -137,6 +138,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--capture-rate", type=float, help="capture this fraction of requests to JSONL (0..1)"
+    )
+    p.add_argument(
+        "--idle-ttl",
+        metavar="DURATION",
+        help="scale to zero after this long without requests, even above MIN (e.g. 30m)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_deploy)

@@ -446,13 +446,19 @@ class Router:
         avg = sum(n for _, n in self.samples) / max(1, len(self.samples))
         want = math.ceil(avg / self.target) if avg > 0 else 0
         idle_s = 0.0 if self.inflight else now - self.last_request
-        ttl = self.rec.config.get("idle_ttl_s")  # --idle-ttl: to zero even above min
-        if (self.min == 0 and idle_s >= self.idle_timeout) or (ttl and idle_s >= ttl):
-            want = 0
-            if ttl and idle_s >= ttl and active:
+        ttl = self.rec.config.get("idle_ttl_s")
+        if ttl and idle_s >= ttl:  # --idle-ttl: torn down to no process, even above min
+            left = [r for r in self.replicas if not r.draining]
+            if left:
+                for r in left:
+                    self._stop_replica(r)
                 add_endpoint_event(
                     self.store, self.name, "idle_scaled_to_zero", {"idle_s": round(idle_s, 1)}
                 )
+                self._record("scaled")
+            return
+        if self.min == 0 and idle_s >= self.idle_timeout:
+            want = 0
         else:
             want = max(want, self.min, 1 if active else 0)
         want = min(want, self.max)

@@ -1,0 +1,109 @@
+"""What is running now and what it costs per hour: active jobs and deployed endpoints.
+
+An endpoint costs its current replicas x the node price of its backend (a
+local one nothing, unless its backend's hours are priced in the config); one
+scaled to zero costs nothing. For a local endpoint the router says how long it
+has gone without a request (``idle``), so an endpoint worth an ``--idle-ttl``
+stands out.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+from ..config import Config
+from ..config import load as load_config
+from ..cost import node_price
+from ..errors import SpecError
+from ..store import get_store
+from ..store.endpoints import list_endpoints
+from ..store.jobs import ACTIVE, JobRecord
+
+
+def _price(
+    config: Config, backend: str, backend_type: str, instance: str | None, gpus: int
+) -> float:
+    bconf = config.backends.get(backend)
+    try:
+        return node_price(backend_type, bconf.settings if bconf else {}, instance, gpus)
+    except SpecError:
+        return 0.0  # an unknown instance type: no price rather than a wrong one
+
+
+def _router_idle(port: int, name: str) -> float | None:
+    from ..backends.local_endpoints import token_for
+
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        conn.request(
+            "GET", "/nbscale/stats", headers={"Authorization": f"Bearer {token_for(name)}"}
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+    except Exception:  # a router that is down or restarting: idle time unknown
+        return None
+    if resp.status != 200:
+        return None
+    return json.loads(body).get("idle_s")
+
+
+def _idle_text(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def running_things(config: Config | None = None) -> list[dict[str, Any]]:
+    """Active jobs and deployed endpoints with their cost per hour, most expensive first."""
+    config = config or load_config()
+    store = get_store()
+    out: list[dict[str, Any]] = []
+    rows = store.query(
+        f"SELECT * FROM jobs WHERE status IN ({', '.join('?' * len(ACTIVE))}) ORDER BY created",
+        tuple(ACTIVE),
+    )
+    for row in rows:
+        rec = JobRecord.from_row(row)
+        spec = rec.spec or {}
+        nodes = spec.get("nodes", 1) or 1
+        gpus = (spec.get("procs_per_node", 1) or 1) * (spec.get("gpus_per_proc", 0) or 0)
+        price = _price(config, rec.backend, rec.backend_type, spec.get("instance_type"), gpus)
+        out.append(
+            {
+                "kind": "job",
+                "name": f"{rec.name} ({rec.id})",
+                "backend": rec.backend,
+                "status": rec.status,
+                "units": nodes,
+                "cost_per_hour": round(price * nodes, 4),
+                "since": rec.started or rec.created,
+                "idle": None,
+                "idle_s": None,
+            }
+        )
+    for ep in list_endpoints(store):
+        cfg = ep.config or {}
+        price = _price(config, ep.backend, ep.backend_type, cfg.get("instance_type"), 0)
+        idle_s = _router_idle(ep.port, ep.name) if ep.backend_type == "local" else None
+        out.append(
+            {
+                "kind": "endpoint",
+                "name": ep.name,
+                "backend": ep.backend,
+                "status": ep.status,
+                "units": ep.replicas,
+                "cost_per_hour": round(price * ep.replicas, 4),
+                "since": ep.created,
+                "idle": _idle_text(idle_s),
+                "idle_s": idle_s,
+                "idle_ttl_s": cfg.get("idle_ttl_s"),
+            }
+        )
+    return sorted(out, key=lambda t: (-t["cost_per_hour"], t["kind"], t["name"]))
