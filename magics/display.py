@@ -108,6 +108,12 @@ class TrainResult:
         return self._repr_mimebundle_()["text/plain"]
 
 
+def _cost(record: JobRecord) -> str:
+    from nbscale.cli.jobs_cmd import _cost as job_cost
+
+    return job_cost(record)
+
+
 class JobsTable:
     def __init__(self, records: list[JobRecord]):
         self.records = records
@@ -122,6 +128,7 @@ class JobsTable:
                 str(r.restarts),
                 ago(r.created),
                 duration(r.duration),
+                _cost(r),
             ]
             for r in self.records
         ]
@@ -129,7 +136,16 @@ class JobsTable:
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         from nbscale.cli.output import table
 
-        headers = ["job", "status", "nodes x procs", "backend", "restarts", "created", "duration"]
+        headers = [
+            "job",
+            "status",
+            "nodes x procs",
+            "backend",
+            "restarts",
+            "created",
+            "duration",
+            "cost",
+        ]
         if not self.records:
             return {
                 "text/plain": "no jobs yet: run a cell with %%train",

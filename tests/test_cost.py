@@ -94,7 +94,9 @@ def test_cli_refuses_over_budget_saying_by_how_much_and_stores_nothing(
     assert "estimated cost: $7200.00/hour" in dry.stdout and "at most $120.00" in dry.stdout
 
 
-def test_a_running_job_is_stopped_when_its_cost_reaches_the_budget(priced, write_script):
+def test_a_running_job_is_stopped_when_its_cost_reaches_the_budget(
+    priced, write_script, nbscale_cli
+):
     # Given a job on a backend priced at $1 per node-second with a $4 budget
     script = write_script("slow.py", "import time\nprint('start', flush=True)\ntime.sleep(120)\n")
     job = submit(JobSpec(Entry.from_path(str(script)), backend="priced", max_cost=4.0))
@@ -108,6 +110,8 @@ def test_a_running_job_is_stopped_when_its_cost_reaches_the_budget(priced, write
     # And its actual cost is about the budget (wall-clock x nodes x price)
     c = cost.record_costs(record, priced)
     assert 4.0 <= c["cost"] <= 4.0 + 10  # polled, so a little over, never under
+    listing = nbscale_cli("jobs", check=True).stdout
+    assert "COST" in listing.splitlines()[0] and f"${c['cost']:.2f}" in listing
     report = cost.cost_report(since_s=3600, by="backend", config=priced)
     assert report["groups"][0]["key"] == "priced" and report["groups"][0]["cost"] >= 4.0
 

@@ -197,7 +197,17 @@ def _row(record: JobRecord) -> list[str]:
         shape,
         ago(record.created),
         duration(record.duration),
+        _cost(record),
     ]
+
+
+def _cost(record: JobRecord) -> str:
+    from ..cost import record_costs
+
+    c = record_costs(record, load_config())
+    if c is None:
+        return "-"
+    return f"${c['cost']:.2f}" + (f" (spot -${c['spot_savings']:.2f})" if c["spot_savings"] else "")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -220,7 +230,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     elif handles:
         print(
             table(
-                ["ID", "NAME", "BACKEND", "STATUS", "NODES x PROCS", "CREATED", "DURATION"],
+                ["ID", "NAME", "BACKEND", "STATUS", "NODES x PROCS", "CREATED", "DURATION", "COST"],
                 [_row(h.record) for h in handles],
             )
         )
