@@ -143,6 +143,10 @@ def api_error(exc: Exception, what: str, cluster: Cluster) -> NbscaleError:
             422: "the cluster refused the manifest: nbscale run --dry-run shows it",
         }.get(exc.status)
         return KubeError(f"{what}: {exc.status} {message}", hint, status=exc.status)
+    import urllib3
+
+    if not isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return NbscaleError(f"{what}: {type(exc).__name__}: {exc}")
     return BackendUnavailable(
         f"{what}: the cluster of {cluster.describe()} cannot be reached: {exc}",
         "check that the cluster runs and the context is right: kubectl --context "

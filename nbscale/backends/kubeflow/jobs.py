@@ -42,7 +42,7 @@ from ...store.jobs import (
 from ..base import JobBackend, LogChunk
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
-from .podlogs import LogState, PodCursor, RankWriter, copy_pod_log, since_time
+from .podlogs import LogState, PodCursor, RankWriter, copy_pod_log, since_seconds
 from .settings import KubeflowSettings, settings
 
 KEY_PURPOSES = ("bundle", "pipeline", "model")  # one Secret serves jobs, pipelines, endpoints
@@ -536,7 +536,7 @@ class KubeflowBackend(JobBackend):
                     name,
                     namespace,
                     timestamps=True,
-                    since_time=since_time(cursor.last_ts),
+                    since_seconds=since_seconds(cursor.last_ts),
                     _preload_content=False,
                 )
                 try:

@@ -9,8 +9,11 @@ lines already written are skipped, so polling again never duplicates a line.
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +55,17 @@ class LogState:
         tmp.replace(path)
 
 
-def since_time(ts: str) -> str | None:
-    """``sinceTime`` is whole seconds (RFC 3339): the second of the last line seen."""
-    return ts[:19] + "Z" if ts else None
+def since_seconds(ts: str, now: float | None = None) -> int | None:
+    """``sinceSeconds`` that reaches back to the last line seen, with a second to spare
+    (the lines already copied are skipped by their timestamps)."""
+    if not ts:
+        return None
+    try:
+        seen = datetime.datetime.fromisoformat(ts[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return None
+    now = time.time() if now is None else now
+    return max(1, math.ceil(now - seen) + 1)
 
 
 class RankWriter:

@@ -1,0 +1,415 @@
+"""The kubeflow job backend through the real ``kubernetes`` client, against kmock's
+Kubernetes emulator on 127.0.0.1 (and moto's S3 for the bundle and the outputs).
+
+The test plays the controllers: it reads the TrainJob nbscale created, makes the
+node pods, moves their state, serves their logs, and writes the TrainJob's status
+back. The container contract test runs the TrainJob's exact node command and
+environment as N local processes with the variables the Trainer torch runtime
+injects, each with its own home, the bundle read from the "mounted" ConfigMap and
+the key from the "mounted" Secret; the training really runs and the outputs come
+back to the kernel.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from nbscale import keys
+from nbscale.backends.kubeflow import manifests as mf
+from nbscale.celljob import prepare_cell
+from nbscale.errors import BackendUnavailable, SpecError
+from nbscale.jobs import job as job_handle
+from nbscale.results import load_results
+from nbscale.specs import Entry, JobSpec
+from nbscale.store import get_store
+from nbscale.store.jobs import events
+from tests.emulators import (
+    AWS_ENV,
+    PLANTED_SECRET,
+    container_env,
+    free_port,
+    grep_tree,
+    moto_server,
+)
+from tests.kube_emulator import KubeApi, KubeEmulator, condition
+from tests.kube_schemas import validate
+
+NS = "team-a"
+CELL = """\
+import torch.distributed as dist
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print("rank", dist.get_rank(), "of", dist.get_world_size(), "sees", t.item())
+total = t.item() * factor
+world = dist.get_world_size()
+"""
+
+
+@pytest.fixture(scope="module")
+def kube():
+    emu = KubeEmulator()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_url():
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def cluster(kube, s3_url, tmp_path, monkeypatch, nbscale_home):
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_url)
+    s3 = boto3.client("s3")
+    if "nb-bucket" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="nb-bucket")
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig", NS)))
+    nbscale_home.mkdir(parents=True, exist_ok=True)
+    (nbscale_home / "config.toml").write_text(
+        "[backends.kf]\n"
+        'type = "kubeflow"\n'
+        'storage = "s3://nb-bucket/work"\n'
+        f'endpoint_url = "{s3_url}"\n'
+        'storage_secret = "minio-creds"\n'
+        "wheelhouse = false\n"
+        "poll_seconds = 0\n"
+    )
+    keys.forget_delivered()
+    api = KubeApi(kube.url)
+    try:
+        api.core.read_namespaced_secret("minio-creds", NS)
+    except Exception:  # noqa: BLE001
+        api.core.create_namespaced_secret(
+            NS,
+            {
+                "metadata": {"name": "minio-creds", "namespace": NS},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in AWS_ENV.items()},
+            },
+        )
+    return api
+
+
+def _cell(outputs=("total", "world"), nodes=2, factor=10.0, pad=0):
+    import torch
+
+    spec = JobSpec(entry=Entry("module", "placeholder"), name="kf-cell", backend="kf", nodes=nodes)
+    ns = {"torch": torch, "factor": factor}
+    if pad:
+        ns["pad"] = os.urandom(pad)
+    source = CELL + ("n = len(pad)\n" if pad else "")
+    return prepare_cell(source, ns, spec, outputs=list(outputs))
+
+
+def _trainjob(api: KubeApi, job) -> dict:
+    (body,) = [t for t in api.trainjobs(NS) if t["metadata"]["labels"][mf.JOB_LABEL] == job.id]
+    return body
+
+
+def _pod_name(job, node: int) -> str:
+    return f"{mf.object_name(job.id)}-node-0-{node}"
+
+
+def _make_pods(api: KubeApi, job, nnodes: int, status: dict) -> None:
+    for node in range(nnodes):
+        labels = {mf.JOB_LABEL: job.id, "batch.kubernetes.io/job-completion-index": str(node)}
+        api.create_pod(NS, _pod_name(job, node), labels, status)
+
+
+def test_submit_status_events_logs_and_cancel(cluster, kube):
+    api = cluster
+    prepared = _cell()
+    job = prepared.submit()
+    rec = job.record
+    assert rec.backend_type == "kubeflow" and rec.native_id == mf.object_name(job.id)
+    body = _trainjob(api, job)
+    validate(body)  # what reached the API server is a valid TrainJob
+    trainer = body["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 1
+    assert trainer["command"] == mf.COMMAND
+    # the key travels as a Secret of its own; the TrainJob names it, holds no key bytes
+    secret = api.core.read_namespaced_secret("nbscale-keys", NS)
+    doc = json.loads(base64.b64decode(secret.data["keys.json"]))
+    assert doc["bundle"] == keys.load("bundle").hex()
+    assert keys.load("bundle").hex() not in json.dumps(body)
+    assert PLANTED_SECRET not in json.dumps(body)
+    # a small bundle travels in a ConfigMap owned by the TrainJob
+    cm = api.core.read_namespaced_config_map(f"{rec.native_id}-bundle", NS)
+    assert base64.b64decode(cm.binary_data["cell.zip"]) == prepared.bundle_path.read_bytes()
+    assert cm.metadata.owner_references[0].name == rec.native_id
+
+    # nothing scheduled yet: the job is queued
+    assert job.refresh().info["phase"] == "queued"
+    # the scheduler cannot place node 1, node 0 cannot pull its image: both said, at once
+    _make_pods(api, job, 2, {"phase": "Pending"})
+    api.patch_pod_status(
+        NS,
+        _pod_name(job, 1),
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    )
+    api.patch_pod_status(
+        NS,
+        _pod_name(job, 0),
+        {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "node",
+                    "image": "x",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": 'Back-off pulling image "pytorch/nope"',
+                        }
+                    },
+                }
+            ],
+        },
+    )
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert rec.status == "PENDING"
+    assert "ImagePullBackOff" in rec.info["phase"] and "pytorch/nope" in rec.info["phase"]
+    reported = [e["data"] for e in events(get_store(), job.id) if e["type"] == "pod"]
+    reasons = {(e["node"], e["reason"]) for e in reported}
+    assert reasons == {(0, "ImagePullBackOff"), (1, "Unschedulable")}
+    assert any("Insufficient nvidia.com/gpu" in e["message"] for e in reported)
+
+    # the pods run: the job runs, and every node's log comes home split by rank
+    for node in range(2):
+        api.patch_pod_status(
+            NS,
+            _pod_name(job, node),
+            {"phase": "Running", "containerStatuses": [], "conditions": []},
+        )
+    kube.set_log(NS, _pod_name(job, 0), ["nbscale: job node 0/2", "[rank 0] epoch 1 loss 0.5"])
+    kube.set_log(NS, _pod_name(job, 1), ["[rank 1] epoch 1 loss 0.6"])
+    time.sleep(1.05)
+    assert job.refresh().status == "RUNNING"
+    time.sleep(1.05)
+    assert job.ranks() == [0, 1]
+    assert job.logs(0) == "[node 0] nbscale: job node 0/2\nepoch 1 loss 0.5\n"
+    assert job.logs(1) == "epoch 1 loss 0.6\n"
+    kube.set_log(NS, _pod_name(job, 1), ["[rank 1] epoch 2 loss 0.4"])
+    time.sleep(1.05)
+    job.ranks()
+    assert job.logs(1) == "epoch 1 loss 0.6\nepoch 2 loss 0.4\n"  # no line twice
+    log_reqs = [r for r in kube.log_requests if r["pod"] == _pod_name(job, 1)]
+    assert log_reqs[-1].get("sinceSeconds") and log_reqs[-1]["timestamps"].lower() == "true"
+    selectors = [
+        r.params.get("labelSelector")
+        for r in kube.requests()
+        if r.resource and "pods" in str(r.resource)
+    ]
+    assert f"{mf.JOB_LABEL}={job.id}" in selectors
+
+    # cancel deletes the TrainJob and the ConfigMap
+    rec = job.cancel()
+    assert rec.status == "CANCELLED"
+    assert [t for t in api.trainjobs(NS) if t["metadata"]["name"] == rec.native_id] == []
+    with pytest.raises(Exception) as err:
+        api.core.read_namespaced_config_map(f"{rec.native_id}-bundle", NS)
+    assert getattr(err.value, "status", None) == 404
+
+
+def test_a_failed_trainjob_reports_the_controllers_reason_and_oom(cluster, kube):
+    api = cluster
+    job = _cell(nodes=1).submit()
+    _make_pods(api, job, 1, {"phase": "Running"})
+    api.patch_pod_status(
+        NS,
+        _pod_name(job, 0),
+        {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "node",
+                    "image": "x",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ],
+        },
+    )
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert "CrashLoopBackOff" in rec.info["phase"]
+    reasons = {e["data"]["reason"] for e in events(get_store(), job.id) if e["type"] == "pod"}
+    assert {"CrashLoopBackOff", "OOMKilled"} <= reasons
+    api.patch_trainjob_status(
+        NS,
+        rec.native_id,
+        {"conditions": [condition("Failed", reason="JobFailed", message="node-0 backoff limit")]},
+    )
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert rec.status == "FAILED" and "node-0 backoff limit" in rec.error
+
+
+def test_bad_requests_are_refused_before_anything_is_sent(cluster, kube, tmp_path, monkeypatch):
+    before = len(kube.requests())
+    (tmp_path / "s.py").write_text("print(1)\n")
+    from nbscale.jobs import submit
+
+    with pytest.raises(SpecError, match="cannot ship a script"):
+        submit(JobSpec(entry=Entry("script", str(tmp_path / "s.py")), backend="kf"))
+    with pytest.raises(SpecError, match="checkpoint_dir"):
+        submit(JobSpec(entry=Entry("module", "m"), backend="kf", checkpoint_dir="/tmp/ck"))
+    assert len(kube.requests()) == before
+    # an unreachable cluster is one message naming the context and what to check
+    dead = tmp_path / "dead-kubeconfig"
+    dead.write_text(
+        f"apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: kind-lab, context: {cluster: c, user: u}}]\ncurrent-context: kind-lab\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    with pytest.raises(BackendUnavailable, match="context 'kind-lab'.*cannot be reached"):
+        submit(JobSpec(entry=Entry("module", "m"), backend="kf"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(BackendUnavailable, match="no Kubernetes configuration"):
+        submit(JobSpec(entry=Entry("module", "m"), backend="kf"))
+
+
+# -- the container contract -------------------------------------------------------------
+
+
+def _secret_value(api: KubeApi, ref: dict) -> str:
+    secret = api.core.read_namespaced_secret(ref["name"], NS)
+    return base64.b64decode(secret.data[ref["key"]]).decode()
+
+
+def run_nodes(api: KubeApi, kube: KubeEmulator, job, tmp_path: Path) -> list[int]:
+    """Play the Trainer controller and the kubelet: run every node of the TrainJob."""
+    body = _trainjob(api, job)
+    trainer = body["spec"]["trainer"]
+    pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+        "replicatedJobs"
+    ][0]["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    nnodes, nproc = trainer["numNodes"], trainer["numProcPerNode"]
+    port = free_port()
+    procs = []
+    for node in range(nnodes):
+        root = tmp_path / f"pod-{node}"
+        mounts: dict[str, str] = {}
+        for m in container["volumeMounts"]:  # each volume as the kubelet lays it out
+            vol = volumes[m["name"]]
+            where = root / "volumes" / m["name"]
+            where.mkdir(parents=True)
+            if "secret" in vol:
+                s = api.core.read_namespaced_secret(vol["secret"]["secretName"], NS)
+                for item in vol["secret"]["items"]:
+                    f = where / item["path"]
+                    f.write_bytes(base64.b64decode(s.data[item["key"]]))
+                    os.chmod(f, vol["secret"]["defaultMode"])
+            else:
+                cm = api.core.read_namespaced_config_map(vol["configMap"]["name"], NS)
+                for key, value in (cm.binary_data or {}).items():
+                    f = where / key
+                    f.write_bytes(base64.b64decode(value))
+                    os.chmod(f, vol["configMap"]["defaultMode"])
+            mounts[m["mountPath"]] = str(where)
+
+        def remap(text: str, mounts=mounts) -> str:
+            for path, local in mounts.items():
+                text = text.replace(path, local)
+            return text
+
+        env = {}
+        for e in trainer["env"]:
+            if "valueFrom" in e:
+                env[e["name"]] = _secret_value(api, e["valueFrom"]["secretKeyRef"])
+            else:
+                env[e["name"]] = remap(e["value"])
+        home = root / "home"
+        home.mkdir()
+        env = container_env(
+            home,
+            **env,
+            PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            PET_NNODES=str(nnodes),
+            PET_NPROC_PER_NODE=str(nproc),
+            PET_NODE_RANK=str(node),
+            PET_MASTER_ADDR="127.0.0.1",
+            PET_MASTER_PORT=str(port),
+        )
+        env.pop("AWS_ENDPOINT_URL", None)  # the pod knows only what the TrainJob says
+        argv = [*trainer["command"], *[remap(a) for a in trainer["args"]]]
+        labels = {mf.JOB_LABEL: job.id, "batch.kubernetes.io/job-completion-index": str(node)}
+        api.create_pod(NS, _pod_name(job, node), labels, {"phase": "Running"})
+        procs.append(
+            subprocess.Popen(
+                argv, env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    codes = []
+    for node, proc in enumerate(procs):
+        try:
+            out = proc.communicate(timeout=240)[0]
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        kube.set_log(NS, _pod_name(job, node), out.splitlines())
+        api.patch_pod_status(
+            NS, _pod_name(job, node), {"phase": "Succeeded" if proc.returncode == 0 else "Failed"}
+        )
+        codes.append(proc.returncode)
+    kind = "Complete" if codes == [0] * nnodes else "Failed"
+    api.patch_trainjob_status(NS, body["metadata"]["name"], {"conditions": [condition(kind)]})
+    return codes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pad", [0, 1024 * 1024], ids=["configmap", "object-storage"])
+def test_the_node_container_runs_the_cell_and_the_outputs_come_home(cluster, kube, tmp_path, pad):
+    api = cluster
+    job = _cell(pad=pad).submit()
+    body = _trainjob(api, job)
+    bundle_arg = body["spec"]["trainer"]["args"][
+        body["spec"]["trainer"]["args"].index("--bundle") + 1
+    ]
+    assert bundle_arg.startswith("s3://" if pad else mf.BUNDLE_MOUNT)
+    codes = run_nodes(api, kube, job, tmp_path)
+    assert codes == [0, 0], job.logs()
+    handle = job_handle(job.id)
+    rec = handle.wait(timeout=60)
+    assert rec.status == "SUCCEEDED", rec.error
+    values = load_results(rec)
+    assert values["total"] == 30.0 and values["world"] == 2
+    # every node's lines, by rank, through the pod logs
+    assert "rank 0 of 2 sees 3.0" in handle.logs(0)
+    assert "rank 1 of 2 sees 3.0" in handle.logs(1)
+    # the key and the credentials are nowhere in the pods' homes or the kernel's home
+    key_hex = keys.load("bundle").hex()
+    for node in range(2):
+        assert grep_tree(tmp_path / f"pod-{node}" / "home", key_hex, PLANTED_SECRET) == []
