@@ -20,7 +20,7 @@ from tornado import web
 
 from nbscale.errors import NotFound
 
-from .errors import BadRequest, is_expected, translate
+from .errors import BadRequest, http_message, is_expected, translate
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -110,7 +110,7 @@ class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         status, body = translate(exc, fallback_status=status_code)
         if exc is None:
-            body = {"error": "http_error", "message": self._reason}
+            body = {"error": "http_error", "message": http_message(status_code, self._reason)}
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
+from tornado import httputil
 from tornado.web import HTTPError
 
 from nbscale.errors import BackendUnavailable, Conflict, NbscaleError, NotFound, SpecError
@@ -57,12 +58,29 @@ def translate(exc: BaseException | None, fallback_status: int = 500) -> tuple[in
     if isinstance(exc, HTTPError):
         return exc.status_code, {
             "error": "http_error",
-            "message": exc.log_message or exc.reason or "",
+            "message": http_message(exc.status_code, exc.log_message or exc.reason),
         }
     return fallback_status, {
         "error": "internal",
         "message": "nbscale hit an unexpected error; the server log has the traceback",
     }
+
+
+# what to do about the answers tornado and jupyter_server give before a verb runs
+_HTTP_HINTS = {
+    401: "sign in: send the Jupyter server's token as 'Authorization: token TOKEN'",
+    403: "send the Jupyter server's token as 'Authorization: token TOKEN' (or, from a "
+    "browser, the _xsrf cookie); a signed-in user without the permission needs it granted",
+    404: "the routes are listed in server_ext/openapi.json",
+    405: "this route does not take that method; the methods are listed in server_ext/openapi.json",
+}
+
+
+def http_message(status: int, message: str | None = None) -> str:
+    """A message for a bare HTTP error: what happened and what to do."""
+    text = message or httputil.responses.get(status, f"HTTP {status}")
+    hint = _HTTP_HINTS.get(status)
+    return f"{text} ({hint})" if hint else text
 
 
 def is_expected(exc: BaseException | None) -> bool:

@@ -51,6 +51,7 @@ class ListBackendsResponse(Model):
     backends: list[BackendInfo]
 
 
+MAX_OFFSET = 2**62  # SQLite integers are 64-bit; log offsets are bytes of a file
 MAX_HOURS = 24 * 366  # a year: no estimate is asked for longer
 
 
@@ -79,7 +80,7 @@ class ListJobsQuery(Model):
     status: JobStatus | None = None
     backend: str | None = None
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class DescribeJob(Model):
@@ -123,8 +124,8 @@ class CreateJob(Model):
 
 
 class JobLogsQuery(Model):
-    rank: int = Field(0, ge=0)
-    offset: int = Field(0, ge=0)
+    rank: int = Field(0, ge=0, le=MAX_RESOURCES["nodes"] * MAX_RESOURCES["procs_per_node"])
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class JobLogs(Model):
@@ -175,7 +176,7 @@ class EndpointMetrics(OpenModel):
 
 class ListRunsQuery(Model):
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class PipelineStep(OpenModel):

@@ -138,3 +138,30 @@ async def test_a_pipeline_yaml_cannot_reach_outside_the_server_root(fetch, jp_ro
     assert code == 400, body
     assert "is outside the pipeline's folder" in body["message"]
     assert "root:" not in body["message"]
+
+
+@pytest.mark.parametrize("route", ["jobs", "pipelines"])
+async def test_an_offset_past_sqlite_integers_is_a_400(fetch, route):
+    code, body = await fetch(route, params={"offset": str(2**64)})
+    assert code == 400, body
+    assert body["message"].startswith("offset: ")
+
+
+async def test_a_huge_log_rank_is_a_400(fetch):
+    _old_job("old-1")
+    code, body = await fetch("jobs", "old-1", "logs", params={"rank": "9" * 400})
+    assert code == 400, body
+    assert body["message"].startswith("rank: ")
+
+
+async def test_an_unauthenticated_request_is_told_how_to_authenticate(
+    http_server_client, jp_base_url
+):
+    with pytest.raises(HTTPClientError) as err:
+        await http_server_client.fetch(
+            jp_base_url + "nbscale/api/jobs", headers={"Authorization": "token wrong"}
+        )
+    assert err.value.code == 403
+    body = json.loads(err.value.response.body)
+    assert body["error"] == "http_error"
+    assert body["message"].startswith("Forbidden (send the Jupyter server's token")
