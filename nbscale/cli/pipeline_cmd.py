@@ -31,7 +31,13 @@ def _printer(stream=None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..config import load as load_config
     from ..pipelines import start_run
+
+    if args.backend and load_config().backend(args.backend).type == "sagemaker":
+        from ..backends.sagemaker.pipelines import run_from_cli
+
+        return run_from_cli(args, _params(args), _printer())
 
     options = {
         "max_parallel": args.max_parallel,
@@ -117,6 +123,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from ..pipelines import cancel_run
+
+    if args.run.startswith("arn:aws:sagemaker:"):  # an execution started on SageMaker
+        from ..backends.sagemaker.pipelines import cancel_from_cli
+
+        return cancel_from_cli(args.run)
 
     run = cancel_run(args.run)
     print(f"pipeline run {run.id}: {run.status}")

@@ -39,13 +39,15 @@ KEY_PURPOSES = ("bundle",)
 
 def client_error(exc: Exception, what: str) -> NbscaleError:
     """One message for an AWS error: what failed, AWS's code and message, what to do."""
-    from botocore.exceptions import ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
 
     if isinstance(exc, NoCredentialsError):
         return BackendUnavailable(
             f"{what}: no AWS credentials",
             "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
         )
+    if isinstance(exc, ParamValidationError):
+        return NbscaleError(f"{what}: {exc}", "a value the AWS API refuses; check the settings")
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code, message = err.get("Code", ""), err.get("Message", "")
