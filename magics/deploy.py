@@ -1,9 +1,10 @@
-"""``%deploy MODEL --name NAME``, ``%endpoints``, ``%undeploy NAME``: thin calls into nbscale.endpoints."""
+"""``%deploy MODEL --name NAME``, ``%endpoints [--watch]``, ``%drift NAME``, ``%undeploy NAME``: thin calls into nbscale.endpoints."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from nbscale.endpoints import Endpoint, deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
 
 from .display import user_error
+from .monitor_view import DriftView, MetricsWatch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +48,51 @@ def deploy_parser() -> _Parser:
     p.add_argument("--port", type=int)
     p.add_argument("--backend")
     p.add_argument("--capture-rate", type=float)
+    p.add_argument(
+        "--baseline",
+        help="training data (a notebook variable: numpy or pandas) or a baseline.json / "
+        ".npy / .csv / .parquet file; turns on drift monitoring",
+    )
+    p.add_argument("--idle-ttl", help="scale to zero after this long without requests (e.g. 30m)")
     return p
+
+
+def endpoints_parser() -> _Parser:
+    p = _Parser(prog="%endpoints", description="List endpoints, or watch their metrics live.")
+    p.add_argument("name", nargs="?", help="watch only this endpoint")
+    p.add_argument("--watch", action="store_true", help="a live chart of the SageMaker metrics")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between looks")
+    p.add_argument("--count", type=int, help="stop after this many looks (default: until Ctrl-C)")
+    return p
+
+
+def drift_parser() -> _Parser:
+    p = _Parser(prog="%drift", description="Captured inputs of an endpoint against its baseline.")
+    p.add_argument("name")
+    p.add_argument("--window", default="1h")
+    p.add_argument("--since")
+    p.add_argument("--fdr", type=float, default=0.01)
+    return p
+
+
+def _baseline_arg(value: str | None, ns: dict[str, Any]) -> Any:
+    """A notebook variable by name, else a file: a baseline JSON as is, data files read."""
+    if value is None:
+        return None
+    if value in ns:
+        return ns[value]
+    path = Path(value)
+    if path.suffix.lower() == ".json":
+        return path
+    if path.is_file():
+        from nbscale.monitoring.baseline import load_data
+
+        return load_data(path)[0]
+    raise SpecError(
+        "--baseline",
+        f"{value!r} is neither a variable in the notebook nor a file",
+        "give the training data's variable, e.g. --baseline X_train",
+    )
 
 
 class EndpointsTable:
@@ -110,6 +156,8 @@ class DeployMagics(Magics):
                 port=args.port,
                 backend=args.backend,
                 capture_rate=args.capture_rate,
+                baseline=_baseline_arg(args.baseline, ns),
+                idle_ttl=args.idle_ttl,
             )
         except _Help:
             return None
@@ -118,12 +166,53 @@ class DeployMagics(Magics):
 
     @line_magic("endpoints")
     def endpoints_magic(self, line: str) -> Any:
-        """List endpoints: %endpoints"""
+        """List endpoints: %endpoints; live metrics: %endpoints --watch [NAME] [--count N]"""
         try:
-            eps = endpoints()
+            args = endpoints_parser().parse_args(shlex.split(line))
+            if args.watch:
+                return self._watch(args)
+            eps = [endpoint(args.name)] if args.name else endpoints()
             for ep in eps:
                 ep.refresh()
             return EndpointsTable(eps)
+        except _Help:
+            return None
+        except NbscaleError as exc:
+            raise user_error(exc) from None
+
+    @staticmethod
+    def _watch(args: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        if args.interval <= 0 or (args.count is not None and args.count < 1):
+            raise SpecError("%endpoints", "--interval must be > 0 and --count >= 1")
+        eps = [endpoint(args.name)] if args.name else endpoints()
+        view = MetricsWatch()
+        handle = display(view, display_id=True)
+        looks = 0
+        try:
+            while args.count is None or looks < args.count:
+                for ep in eps:
+                    try:
+                        view.update(ep.name, ep.metrics())
+                    except NbscaleError as exc:  # one endpoint down: say so, keep watching
+                        view.update(ep.name, None, str(exc))
+                handle.update(view)
+                looks += 1
+                if args.count is None or looks < args.count:
+                    time.sleep(args.interval)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C ends the watch; the last chart stays
+
+    @line_magic("drift")
+    def drift_magic(self, line: str) -> Any:
+        """Drift of an endpoint's captured inputs: %drift NAME [--window 1h] [--since 24h]"""
+        try:
+            args = drift_parser().parse_args(shlex.split(line))
+            report = endpoint(args.name).drift(window=args.window, since=args.since, fdr=args.fdr)
+            return DriftView(report)
+        except _Help:
+            return None
         except NbscaleError as exc:
             raise user_error(exc) from None
 

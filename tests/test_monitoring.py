@@ -132,3 +132,31 @@ def test_local_endpoint_metrics_under_load_and_drift_with_alert(cleanup, nbscale
     assert "f5: KS" in out
     proc = nbscale_cli("metrics", "mon", "--json", check=True)
     assert json.loads(proc.stdout)["Invocations"] == 75  # a new process: since the router started
+
+
+def test_magics_deploy_with_baseline_watch_and_drift(cleanup, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "nbscale.magics")
+        rng = np.random.default_rng(1)
+        shell.user_ns["model"] = mlp()
+        shell.user_ns["X_train"] = rng.normal(size=(3000, 64)).astype(np.float32)
+        ep = shell.run_line_magic(
+            "deploy", "model --name watched --baseline X_train --idle-ttl 10m"
+        )
+        assert ep.record.config["idle_ttl_s"] == 600 and ep.record.config["capture_rate"] == 1.0
+        for _ in range(10):
+            ep.predict(rng.normal(size=(20, 64)).astype(np.float32))
+        assert shell.run_line_magic("endpoints", "watched --watch --count 2 --interval 0.1") is None
+        shown = capsys.readouterr().out
+        assert "watched: Invocations 10" in shown and "ModelLatency_p50" in shown
+        wait_for(lambda: len(read_capture(endpoint_dir("watched") / "capture")) >= 10, 30)
+        view = shell.run_line_magic("drift", "watched --window 1d")
+        bundle = view._repr_mimebundle_()
+        assert "drifting: none" in bundle["text/html"] and "200 rows" in bundle["text/plain"]
+        with pytest.raises(Exception, match="neither a variable"):
+            shell.run_line_magic("deploy", "model --name other --baseline nothing_here")
+    finally:
+        InteractiveShell.clear_instance()
