@@ -61,7 +61,7 @@ class JobBackend(ABC):
                 raise SpecError(
                     name,
                     f"the {self.type} backend does not use it ({instead})",
-                    f"drop --{name.replace('_', '-')}",
+                    f"drop --{name.replace('_', '-')}, or its entry under [defaults] in the config",
                 )
         for name, top in self.limits().items():
             value = spec.world_size if name == "world_size" else getattr(spec, name, None)
