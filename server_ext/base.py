@@ -66,7 +66,12 @@ class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
                 f"is not valid UTF-8 (byte {exc.start})",
                 "send the JSON object encoded as UTF-8",
             ) from None
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise BadRequest(
+                "body", "is nested too deeply", "send a flat JSON object of the documented fields"
+            ) from None
         if not isinstance(data, dict):
             raise BadRequest("body", f"must be a JSON object, got {type(data).__name__}")
         return model.model_validate(data)

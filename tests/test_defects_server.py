@@ -165,3 +165,11 @@ async def test_an_unauthenticated_request_is_told_how_to_authenticate(
     body = json.loads(err.value.response.body)
     assert body["error"] == "http_error"
     assert body["message"].startswith("Forbidden (send the Jupyter server's token")
+
+
+async def test_a_body_nested_past_the_parser_is_a_400(fetch):
+    deep = '{"path": "a.ipynb", "parameters": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+    for route in ("jobs", "pipelines"):
+        code, body = await fetch(route, method="POST", body=deep)
+        assert code == 400, body
+        assert body["message"].startswith("body: is nested too deeply")
