@@ -88,7 +88,7 @@ def check_notebook_file(path: Path) -> None:
     """Refuse a ``.ipynb`` that is not a notebook (not JSON, or JSON without cells)."""
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SpecError(
             "entry",
             f"{path} is not a notebook: it is not valid JSON ({exc})",

@@ -88,6 +88,32 @@ def test_a_step_notebook_in_a_subfolder_is_fine(tmp_path):
     assert load(path).steps["a"].notebook == str(tmp_path / "nbs" / "a.ipynb")
 
 
+def test_yaml_nested_past_the_parser_is_one_error(tmp_path):
+    path = _yaml(tmp_path, "steps: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(SpecError, match="is nested too deeply to read"):
+        load(path)
+    path.write_bytes(b"steps: \xff\xfe\n")
+    with pytest.raises(SpecError, match="is not valid YAML"):
+        load(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"cells": 3}',
+        '{"cells": [7]}',
+        '{"cells": [{"cell_type": "code", "metadata": []}]}',
+        '{"cells": [{"cell_type": "code", "metadata": {"tags": "step:a"}}]}',
+        '{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    ],
+    ids=["cells-int", "cell-int", "metadata-list", "tags-str", "deep"],
+)
+def test_a_malformed_notebook_is_one_error(tmp_path, text):
+    (tmp_path / "nb.ipynb").write_text(text)
+    with pytest.raises(SpecError, match="notebook|cell"):
+        load(tmp_path / "nb.ipynb")
+
+
 # -- a cache hit re-verifies what it reuses ------------------------------------------
 
 

@@ -130,6 +130,8 @@ def _load_yaml(path: Path) -> PipelineFile:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), f"is not valid YAML: {exc}", "fix the file") from exc
+    except RecursionError:
+        raise SpecError(str(path), "is nested too deeply to read", "fix the file") from None
     if not isinstance(data, dict):
         raise SpecError(
             str(path),

@@ -12,12 +12,18 @@ from ..errors import SpecError
 def read(path: Path) -> dict[str, Any]:
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise SpecError(
             str(path), f"is not a readable notebook: {exc}", "open and save it in Jupyter"
-        ) from exc
-    if not isinstance(nb, dict) or "cells" not in nb:
+        ) from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise SpecError(str(path), "is not a Jupyter notebook (no cells)", "give an .ipynb file")
+    for i, cell in enumerate(nb["cells"]):
+        meta = cell.get("metadata", {}) if isinstance(cell, dict) else None
+        if not isinstance(meta, dict) or not isinstance(meta.get("tags", []), list):
+            raise SpecError(
+                f"{path}: cell {i}", "is not a notebook cell", "open and save it in Jupyter"
+            )
     return nb
 
 
