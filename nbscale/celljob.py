@@ -90,17 +90,39 @@ class DryRun:
     def spec_json(self) -> str:
         return json.dumps(self.prepared.spec.to_dict(), indent=2)
 
+    def platform_request(self) -> dict[str, Any] | None:
+        """What a cloud backend would send (SageMaker: the CreateTrainingJob request), built
+        without uploading or creating anything; None for a backend without one."""
+        from .backends import get_backend
+        from .jobs import dry_run_record
+
+        spec = self.prepared.spec
+        backend = get_backend(spec.backend)
+        if not hasattr(backend, "dry_run"):
+            return None
+        self.prepared.write()  # hashed, never sent; removed below
+        try:
+            backend.check_resources(spec)
+            backend.validate(spec)
+            return backend.dry_run(dry_run_record(spec, backend))
+        finally:
+            self.prepared.bundle_path.unlink(missing_ok=True)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         from html import escape
 
         report = self.prepared.report()
+        request = self.platform_request()
+        shown = f"\nrequest:\n{json.dumps(request, indent=2)}" if request is not None else ""
         text = (
             f"dry run: nothing submitted\n{report.text()}\n{self.estimate}\n"
-            f"spec:\n{self.spec_json()}"
+            f"spec:\n{self.spec_json()}{shown}"
         )
         html = (
             f"<div><b>dry run</b>: nothing submitted</div>{report.html()}"
             f"<div>{escape(self.estimate)}</div>"
             f"<div><b>spec</b></div><pre>{escape(self.spec_json())}</pre>"
         )
+        if request is not None:
+            html += f"<div><b>request</b></div><pre>{escape(json.dumps(request, indent=2))}</pre>"
         return {"text/plain": text, "text/html": html}

@@ -171,6 +171,21 @@ def _new_id(name: str) -> str:
     return f"{name[:40].rstrip('-')}-{secrets.token_hex(3)}"
 
 
+def dry_run_record(spec: JobSpec, backend: JobBackend) -> JobRecord:
+    """The record ``submit`` would write (a fresh id), for a backend's ``dry_run``; not stored."""
+    job_id = _new_id(spec.name)
+    return JobRecord(
+        id=job_id,
+        name=spec.name,
+        backend=backend.config.name,
+        backend_type=backend.type,
+        status=PENDING,
+        spec=spec.replace(backend=backend.config.name).to_dict(),
+        created=time.time(),
+        info={"job_dir": str(paths.job_dir(job_id)), "cwd": os.getcwd(), "phase": "dry-run"},
+    )
+
+
 def submit(spec: JobSpec, config: Config | None = None, store: Store | None = None) -> Job:
     """Validate, record and start a job; nothing is written when validation fails."""
     config = config or load_config()

@@ -503,3 +503,40 @@ def test_the_engine_finds_the_backend_by_its_type(aws, tmp_path):
     again = get_job_handle(job.id, config=config())
     assert isinstance(again._backend, SageMakerBackend)
     assert again.status() == "PENDING"
+
+
+def test_the_cell_dry_run_shows_the_exact_request_and_sends_nothing(aws, tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "nbscale.toml").write_text(
+        "[backends.aws]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**SETTINGS, "type": "sagemaker"}.items())
+        + f"wheelhouse = {json.dumps(runtime_wheels())}\n"
+    )
+    (tmp_path / "placeholder.py").write_text("")
+    spec = JobSpec(
+        entry=Entry.from_path(str(tmp_path / "placeholder.py")), name="dry", backend="aws", nodes=2
+    )
+    prepared = prepare_cell(
+        "total = float(factor) * 3\n", {"factor": 2, "torch": torch}, spec, outputs=["total"]
+    )
+    objects = boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount")
+    calls = len(aws.calls)
+    text = prepared.dry_run()._repr_mimebundle_()["text/plain"]
+    request = json.loads(text.split("request:\n", 1)[1])
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    assert request["AlgorithmSpecification"]["ContainerEntrypoint"] == ENTRYPOINT
+    assert request["TrainingJobName"].startswith("dry-")
+    assert boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount") == objects
+    assert len(aws.calls) == calls and not prepared.bundle_path.exists()
+    assert get_store().query_one("SELECT 1 FROM jobs") is None
+
+
+def test_max_cost_becomes_the_runtime_it_buys(aws, tmp_path):
+    # ml.m5.xlarge at $0.23/hour on 2 nodes: $0.23 buys half an hour
+    submit(cell_spec(tmp_path, nodes=2, max_cost=0.23), config=config())
+    assert (
+        aws.operations("CreateTrainingJob")[-1]["StoppingCondition"]["MaxRuntimeInSeconds"] == 1800
+    )
+    with pytest.raises(SpecError, match="no price is known"):
+        submit(cell_spec(tmp_path, max_cost=1.0), config=config(instance_type="ml.trn1.2xlarge"))

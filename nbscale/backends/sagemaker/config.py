@@ -121,6 +121,7 @@ class SageMakerSettings:
     data_capture_percent: int | None = None
     rollback_alarms: tuple[str, ...] = ()
     wheelhouse: str | None = None
+    price_per_node_hour: float | None = None
 
     @property
     def bucket(self) -> str:
@@ -312,6 +313,9 @@ def settings(bconf: BackendConfig) -> SageMakerSettings:
             else ()
         ),
         wheelhouse=_wheelhouse(name, raw.get("wheelhouse")),
+        price_per_node_hour=(
+            float(raw["price_per_node_hour"]) if "price_per_node_hour" in raw else None
+        ),
     )
 
 

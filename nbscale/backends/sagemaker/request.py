@@ -69,6 +69,26 @@ def max_runtime_of(spec: dict[str, Any]) -> int:
     return int(spec.get("max_runtime") or DEFAULT_MAX_RUNTIME)
 
 
+def budget_runtime(spec: dict[str, Any], settings: SageMakerSettings) -> int | None:
+    """``--max-cost`` as the runtime it buys: SageMaker stops the job there (on-demand price,
+    so a spot job stops no later than its budget allows)."""
+    max_cost = spec.get("max_cost")
+    if not max_cost:
+        return None
+    from ...cost import INSTANCE_PRICES
+
+    instance = spec.get("instance_type") or settings.instance_type
+    price = settings.price_per_node_hour or INSTANCE_PRICES.get(instance)
+    if not price:
+        raise SpecError(
+            "max_cost",
+            f"no price is known for {instance}, so the budget cannot be turned into a runtime",
+            f"set price_per_node_hour in [backends.{settings.name}]",
+        )
+    nodes = int(spec.get("nodes") or 1)
+    return max(1, int(float(max_cost) / (price * nodes) * 3600))
+
+
 def check_spec(spec: dict[str, Any], settings: SageMakerSettings) -> None:
     """What SageMaker itself would refuse, said before anything is uploaded."""
     instance = spec.get("instance_type") or settings.instance_type
@@ -94,6 +114,7 @@ def check_spec(spec: dict[str, Any], settings: SageMakerSettings) -> None:
             f"{settings.uri('checkpoints', 'JOB')}",
         )
     runtime = max_runtime_of(spec)
+    budget_runtime(spec, settings)  # a budget without a price is refused here
     if spot_of(spec, settings) and settings.max_wait is not None and settings.max_wait < runtime:
         raise SpecError(
             f"[backends.{settings.name}] max_wait",
@@ -134,6 +155,9 @@ def build(
     check_spec(spec, settings)
     instance = spec.get("instance_type") or settings.instance_type
     runtime = max_runtime_of(spec)
+    budget = budget_runtime(spec, settings)
+    if budget is not None:
+        runtime = min(runtime, budget)
     name = training_job_name(job_id)
     channels = [_channel("bundle", staged.bundle_prefix), _channel("spec", staged.spec_prefix)]
     if staged.runtime_prefix:
