@@ -18,13 +18,13 @@ from .failure import format_exception, write_error
 from .jobdir import JobDir
 
 
-def _redirect_output(path: Path, restart: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def _redirect_output(path: Path, restart: int, error_file: Path, rank: int) -> None:
+    # a size-capped, rotated log; a full disk stops this rank with a DiskFull error record
+    from ..logpump import redirect
+
+    redirect(path, kill_on_full=True, error_file=error_file, rank=rank)
     if restart:
-        os.write(fd, f"--- restart {restart} ---\n".encode())
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+        os.write(1, f"--- restart {restart} ---\n".encode())
 
 
 def run_entry(spec: dict[str, Any], jobdir: JobDir, rank: int) -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     jobdir = JobDir(os.environ["NBSCALE_JOB_DIR"])
     rank = int(os.environ.get("RANK", "0"))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    _redirect_output(jobdir.log(rank), restart)
+    _redirect_output(jobdir.log(rank), restart, jobdir.error(rank), rank)
     jobdir.restart_file(rank).write_text(str(restart))
     spec = json.loads(jobdir.spec_file.read_text())
     try:

@@ -3,20 +3,93 @@
 WAL mode lets readers run beside one writer; a busy timeout makes writers wait
 instead of failing; every write is a short ``BEGIN IMMEDIATE`` transaction so
 a process that dies mid-way leaves nothing half-written.
+
+A full disk, a store held too long by another process or a file that cannot
+be opened raise :class:`StoreError` (an ``NbscaleError``: one clear line in the
+CLI), never a raw ``sqlite3.OperationalError``. The store keeps a small
+reserve file next to the database: when a write finds the disk full, the
+reserve is given back and the write tried once more (:meth:`Store.write`), so
+the records that end a job can still be written on a disk that its logs filled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import paths
+from ..errors import NbscaleError
 
 BUSY_TIMEOUT_MS = 60_000
+RESERVE_BYTES = 1 << 20
+T = TypeVar("T")
+
+
+class StoreError(NbscaleError):
+    """The store cannot be used right now: full disk, held too long, unreadable file."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store is full."""
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _store_error(exc: sqlite3.Error, path: Path) -> sqlite3.Error | StoreError:
+    """The NbscaleError for an error caused by the machine, or ``exc`` itself for a bug."""
+    text = str(exc).lower()
+    if "database or disk is full" in text or getattr(exc, "sqlite_errorcode", None) == 13:
+        free = _free_bytes(path.parent)
+        return StoreFull(
+            f"the disk holding the nbscale store is full ({path.parent}"
+            + (f", {free // 1024} KiB free" if free is not None else "")
+            + "); nothing was written",
+            "free space there (old job folders under jobs/ are safe to delete), then retry",
+        )
+    if "database is locked" in text or "database is busy" in text:
+        return StoreError(
+            f"the nbscale store {path} stayed locked by another process for "
+            f"{BUSY_TIMEOUT_MS // 1000} s",
+            "retry; if it persists, look for a stuck nbscale process",
+        )
+    if any(
+        m in text
+        for m in (
+            "unable to open database",
+            "readonly database",
+            "disk i/o error",
+            "malformed",
+            "not a database",
+        )
+    ):
+        return StoreError(
+            f"cannot use the nbscale store {path}: {exc}",
+            "check that NBSCALE_HOME is a writable folder on a healthy disk",
+        )
+    return exc
+
+
+@contextmanager
+def _mapped_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        mapped = _store_error(exc, path)
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
 class Store:
@@ -26,7 +99,39 @@ class Store:
         self._migrated = False
         self._lock = threading.Lock()
 
+    @property
+    def reserve_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".reserve")
+
+    def _make_reserve(self) -> None:
+        """Set aside RESERVE_BYTES while there is room (once per process; cheap when present)."""
+        reserve = self.reserve_path
+        if reserve.exists():
+            return
+        tmp = reserve.with_name(reserve.name + f".{os.getpid()}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(b"\0" * RESERVE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, reserve)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def release_reserve(self) -> bool:
+        """Give the reserve back to the disk; True when there was one."""
+        try:
+            self.reserve_path.unlink()
+            return True
+        except OSError:
+            return False
+
     def _conn(self) -> sqlite3.Connection:
+        with _mapped_errors(self.path):
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,31 +154,53 @@ class Store:
 
                     migrate(conn)
                     self._migrated = True
+                    self._make_reserve()
         return conn
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; it takes the write lock at once, so no upgrade deadlock."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        with _mapped_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+
+    def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body(conn)`` in a write transaction; on a full disk the reserve is given
+        back and ``body`` runs once more, so a record that must be written (a job's
+        end) is written if the reserve makes room for it."""
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            with self.transaction() as conn:
+                return body(conn)
+        except StoreFull:
+            if not self.release_reserve():
+                raise
+        with self.transaction() as conn:
+            return body(conn)
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, params).fetchall()
+        with _mapped_errors(self.path):
+            return self._conn().execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
-        return self._conn().execute(sql, params).fetchone()
+        with _mapped_errors(self.path):
+            return self._conn().execute(sql, params).fetchone()
 
     def execute(self, sql: str, params: tuple | dict = ()) -> int:
         """One statement in its own transaction; returns the number of rows changed."""
-        with self.transaction() as conn:
-            return conn.execute(sql, params).rowcount
+        return self.write(lambda conn: conn.execute(sql, params).rowcount)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

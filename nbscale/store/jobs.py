@@ -107,12 +107,15 @@ def _encode(name: str, value: Any) -> Any:
 
 def insert_job(store: Store, record: JobRecord) -> None:
     values = [_encode(c, getattr(record, c)) for c in _COLUMNS]
-    with store.transaction() as conn:
+
+    def body(conn: Any) -> None:
         conn.execute(
             f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
             values,
         )
         _event(conn, record.id, "created", {"status": record.status})
+
+    store.write(body)
 
 
 def get_job(store: Store, job_id: str) -> JobRecord:
@@ -176,7 +179,8 @@ def update_job(
     if only_if_active:
         sql += f" AND status IN ({', '.join('?' * len(ACTIVE))})"
         params.extend(ACTIVE)
-    with store.transaction() as conn:
+
+    def body(conn: Any) -> bool:
         changed = conn.execute(sql, params).rowcount > 0
         if changed and (event or "status" in fields):
             data = {
@@ -185,7 +189,10 @@ def update_job(
                 if k in ("status", "exit_code", "failed_rank", "error")
             }
             _event(conn, job_id, event or "status", data)
-    return changed
+        return changed
+
+    # store.write: the record that ends a job is written even on a disk its logs filled
+    return store.write(body)
 
 
 def _event(conn: Any, ref: str, type_: str, data: dict, kind: str = "job") -> None:
@@ -198,8 +205,7 @@ def _event(conn: Any, ref: str, type_: str, data: dict, kind: str = "job") -> No
 def add_event(
     store: Store, ref: str, type_: str, data: dict | None = None, kind: str = "job"
 ) -> None:
-    with store.transaction() as conn:
-        _event(conn, ref, type_, data or {}, kind)
+    store.write(lambda conn: _event(conn, ref, type_, data or {}, kind))
 
 
 def events(store: Store, ref: str, kind: str = "job", after: int = 0) -> list[dict[str, Any]]:

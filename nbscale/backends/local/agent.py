@@ -1,6 +1,6 @@
 """One torchrun agent of a local job, which records how it ended.
 
-``python -m nbscale.backends.local.agent EXIT_FILE TORCHRUN_ARGS...`` runs
+``python -m nbscale.backends.local.agent EXIT_FILE LOG_FILE TORCHRUN_ARGS...`` runs
 torchrun's own ``main`` in this process and, however it ends (success, a
 failed worker, a signal it catches), writes ``{"code": N, "time": T}`` to
 EXIT_FILE by write-then-rename. The supervisor reads these files, so a job
@@ -15,11 +15,13 @@ import sys
 import traceback
 from pathlib import Path
 
+from ...logpump import redirect
 from .exits import record_exit
 
 
 def main() -> None:
-    target, args = Path(sys.argv[1]), sys.argv[2:]
+    target, log, args = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    redirect(log)  # torchrun's own output, size-capped like the ranks' logs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 

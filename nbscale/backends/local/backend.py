@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ... import paths
+from ... import logpump, paths
 from ...errors import SpecError
 from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
@@ -193,15 +193,12 @@ class LocalBackend(JobBackend):
         self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
     ) -> LogChunk:
         path = JobDir(record.info["job_dir"]).log(rank)
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(max_bytes)
-        except FileNotFoundError:
-            data = b""
+        # offsets are those of the whole stream, across rotated segments (nbscale.logpump)
+        data, after = logpump.read(path, offset, max_bytes)
         if len(data) == max_bytes and b"\n" in data:
             data = data[: data.rindex(b"\n") + 1]  # never cut a line (or a UTF-8 sequence) in half
-        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, offset + len(data))
+            after = offset + len(data)
+        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, after)
 
     def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
         return JobDir(record.info["job_dir"]).metrics()

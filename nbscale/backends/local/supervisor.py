@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ...logpump import redirect, wait_for_log_pumps
 from ...runtime.jobdir import JobDir
 from ...store import Store, get_store
 from ...store.jobs import ACTIVE, CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, update_job
@@ -35,7 +37,10 @@ from .exits import exit_file, read_exit
 from .processes import JOB_ENV, alive, create_time, stop_job_processes
 
 POLL = 0.05
-AGENT_EXIT_WAIT = 15.0  # after one agent failed, how long the others get to notice
+AGENT_EXIT_WAIT = 15.0
+DISK_FULL_BYTES = (
+    256 * 1024
+)  # less than this free next to the job: say so as the cause  # after one agent failed, how long the others get to notice
 
 
 def free_port() -> int:
@@ -51,6 +56,7 @@ def torchrun_command(spec: dict, job_id: str, port: int, node: int, jobdir_path:
         "-m",
         "nbscale.backends.local.agent",
         str(exit_file(jobdir_path, node)),
+        str(JobDir(jobdir_path).agent_log(node)),
         f"--nnodes={nodes}",
         f"--nproc-per-node={spec['procs_per_node']}",
         "--rdzv-backend=c10d",
@@ -88,6 +94,13 @@ def agent_env(spec: dict, job_id: str, jobdir: JobDir, node_gpus: list[int]) -> 
     return env
 
 
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
 def failure_details(
     spec: dict, jobdir: JobDir, exit_code: int | None, reason: str | None
 ) -> dict[str, Any]:
@@ -101,6 +114,14 @@ def failure_details(
             "failed_rank": root["rank"],
             "error": f"rank {root['rank']}: {root['type']}: {root['message']}",
             "info_patch": {"traceback": root["traceback"], "phase": "ended"},
+        }
+    free = _free_bytes(jobdir.path)
+    if free is not None and free < DISK_FULL_BYTES:
+        return {
+            "failed_rank": None,
+            "error": f"disk full: the disk holding {jobdir.path} has {free // 1024} KiB free, "
+            "so the job could not write its logs or files (free space there and run it again)",
+            "info_patch": {"phase": "ended"},
         }
     tail = ""
     for node in range(spec["nodes"]):
@@ -293,6 +314,7 @@ class Supervisor:
     def run(self, adopt: bool = False) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        redirect(self.jobdir.supervisor_log)
         if not self._take_over():
             return 0  # ended meanwhile, or another supervisor took over first
         if adopt:
@@ -317,6 +339,7 @@ class Supervisor:
         else:
             # agents have exited; make sure no worker outlived its agent
             stop_job_processes(self.job_id, grace=2.0)
+        wait_for_log_pumps(self.jobdir.path)  # the last lines are in the logs before the end
         record_end(self.store, self.job_id, self.spec, self.jobdir, status, exit_code, reason)
         return 0
 
