@@ -105,8 +105,9 @@ def test_yaml_nested_past_the_parser_is_one_error(tmp_path):
         '{"cells": [{"cell_type": "code", "metadata": []}]}',
         '{"cells": [{"cell_type": "code", "metadata": {"tags": "step:a"}}]}',
         '{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"cells": [{"cell_type": "code", "source": [1], "metadata": {"tags": ["step:a"]}}]}',
     ],
-    ids=["cells-int", "cell-int", "metadata-list", "tags-str", "deep"],
+    ids=["cells-int", "cell-int", "metadata-list", "tags-str", "deep", "source-ints"],
 )
 def test_a_malformed_notebook_is_one_error(tmp_path, text):
     (tmp_path / "nb.ipynb").write_text(text)

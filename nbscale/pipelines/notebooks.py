@@ -20,7 +20,16 @@ def read(path: Path) -> dict[str, Any]:
         raise SpecError(str(path), "is not a Jupyter notebook (no cells)", "give an .ipynb file")
     for i, cell in enumerate(nb["cells"]):
         meta = cell.get("metadata", {}) if isinstance(cell, dict) else None
-        if not isinstance(meta, dict) or not isinstance(meta.get("tags", []), list):
+        src = cell.get("source", "") if isinstance(cell, dict) else None
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("tags", []), list)
+            or not (
+                isinstance(src, str)
+                or isinstance(src, list)
+                and all(isinstance(x, str) for x in src)
+            )
+        ):
             raise SpecError(
                 f"{path}: cell {i}", "is not a notebook cell", "open and save it in Jupyter"
             )

@@ -162,6 +162,58 @@ def test_tagged_notebooks_load_or_give_one_spec_error(cells, tmp_path):
         assert pipeline.steps and pipeline.order()
 
 
+JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+NOTEBOOK_SHAPES = st.fixed_dictionaries(
+    {
+        "cells": st.one_of(
+            JSON,
+            st.lists(
+                st.one_of(
+                    JSON,
+                    st.fixed_dictionaries(
+                        {"cell_type": st.sampled_from(["code", "markdown", "raw", 3])},
+                        optional={
+                            "source": st.one_of(
+                                SOURCES,
+                                JSON,
+                                st.lists(st.one_of(SOURCES, st.integers()), max_size=3),
+                            ),
+                            "metadata": st.one_of(
+                                st.fixed_dictionaries({"tags": st.one_of(st.lists(TAGS), JSON)}),
+                                JSON,
+                            ),
+                        },
+                    ),
+                ),
+                max_size=4,
+            ),
+        )
+    },
+    optional={"metadata": JSON, "nbformat": JSON},
+)
+
+
+@FUZZ
+@given(nb=st.one_of(NOTEBOOK_SHAPES, JSON))
+def test_notebooks_of_any_shape_load_or_give_one_error(nb, tmp_path):
+    from nbscale.pipelines.loader import load
+    from nbscale.specs import Entry
+
+    path = tmp_path / "shape.ipynb"
+    path.write_text(json.dumps(nb))
+    for attempt in (lambda: load(path), lambda: Entry.from_path(str(path))):
+        try:
+            attempt()
+        except NbscaleError as exc:
+            _message_says_what(exc)
+
+
 # -- pipeline.yaml ---------------------------------------------------------------
 
 SCALARS = st.one_of(
