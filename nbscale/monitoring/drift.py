@@ -109,7 +109,7 @@ class WindowReport:
     def describe(self, limit: int = 10) -> str:
         span = (
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.start))}"
-            f" .. {time.strftime('%H:%M:%S', time.localtime(self.end))}"
+            f" .. {time.strftime('%Y-%m-%d %H:%M:%S' if self.end - self.start >= 86400 else '%H:%M:%S', time.localtime(self.end))}"
         )
         if self.skipped:
             return f"{span}  {self.rows} rows  not tested: {self.skipped}"
