@@ -77,19 +77,37 @@ def test_the_local_backend_refuses_options_it_would_ignore(
     _no_jobs_and_no_job_dirs(nbscale_home)
 
 
-def test_config_says_when_a_backend_type_is_not_installed(nbscale_cli, nbscale_home):
+def test_config_says_when_a_backend_type_is_not_installed(nbscale_home, monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    from nbscale import backends
+    from nbscale.cli import main
+
     nbscale_home.mkdir(parents=True, exist_ok=True)
     (nbscale_home / "config.toml").write_text(
         '[backends.prod]\ntype = "sagemaker"\nregion = "eu-west-1"\n'
+        '[backends.kf]\ntype = "kubeflow"\n'
     )
-    proc = nbscale_cli("config", check=True)
-    assert "backend 'prod' has type 'sagemaker', which is not installed" in proc.stderr
-    assert "# warning: backend 'prod' has type 'sagemaker'" in proc.stdout
-    data = json.loads(nbscale_cli("config", "--json", check=True).stdout)
-    assert len(data["warnings"]) == 1 and "installed types: local" in data["warnings"][0]
+    local = EntryPoint("local", "nbscale.backends.local:LocalBackend", backends.GROUP)
+    # kubeflow's entry point is there but its module is not importable (its SDK missing);
+    # sagemaker's is not installed at all
+    broken = EntryPoint("kubeflow", "nbscale_no_such_sdk.backend:Backend", backends.GROUP)
+    monkeypatch.setattr(backends, "backend_types", lambda: {"local": local, "kubeflow": broken})
+    assert main(["config"]) == 0
+    out, err = capsys.readouterr()
+    assert "backend 'prod' has type 'sagemaker', which is not installed" in err
+    assert "installed types: kubeflow, local" in err
+    assert "backend 'kf' has type 'kubeflow', which cannot be loaded" in err
+    assert "pip install 'nbscale[kubeflow]'" in err
+    assert "# warning: backend 'prod' has type 'sagemaker'" in out
+    assert main(["config", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["warnings"]) == 2
+    monkeypatch.setattr(backends, "backend_types", lambda: {"local": local})
     (nbscale_home / "config.toml").write_text('[backends.box]\ntype = "local"\n')
-    proc = nbscale_cli("config", check=True)
-    assert "warning" not in proc.stderr + proc.stdout
+    assert main(["config"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in out + err
 
 
 # -- the CLI -------------------------------------------------------------------
