@@ -81,19 +81,17 @@ def _nodes(tmp_path, remote, url, nnodes, key_env):
             PET_MASTER_PORT=str(port),
         )
         argv = [sys.executable if a == "python" else a for a in remote.argv()]
-        procs.append(
-            subprocess.Popen(
-                argv, env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        with open(tmp_path / f"node-{node}.out", "w") as out:  # a pipe left unread would block
+            procs.append(
+                subprocess.Popen(argv, env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT)
             )
-        )
-    outs = []
-    for proc in procs:
-        try:
-            outs.append(proc.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
+    try:
+        for proc in procs:
+            proc.wait(240)
+    finally:
+        for proc in procs:
+            proc.kill()
+    outs = [(tmp_path / f"node-{node}.out").read_text() for node in range(nnodes)]
     return [p.returncode for p in procs], outs
 
 

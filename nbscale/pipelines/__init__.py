@@ -7,8 +7,32 @@ run.to_dict()["steps"]
 
 from __future__ import annotations
 
-from .loader import load
-from .runs import PipelineRun, cancel_run, describe, get_run, runs, start_run
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .loader import load
+    from .runs import PipelineRun, cancel_run, describe, get_run, runs, start_run
+
+# loaded on first use: a step's container imports nbscale.pipelines.artifacts and
+# container_step, and must not pull in the engine (store, pydantic models, runner)
+_LAZY = {
+    "load": ".loader",
+    "PipelineRun": ".runs",
+    "cancel_run": ".runs",
+    "describe": ".runs",
+    "get_run": ".runs",
+    "runs": ".runs",
+    "start_run": ".runs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "PipelineRun",

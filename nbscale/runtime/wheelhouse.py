@@ -28,6 +28,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -51,6 +52,10 @@ CLOSURE = {
         "pyyaml>=6.0",
     ],
 }
+_SKIP = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "node_modules", "__pycache__", ".venvs", "tests",
+    "benchmarks", "examples", "docs", ".pytest_cache", ".ruff_cache",
+)  # fmt: skip
 # what a stock PyTorch image already has: never downloaded, never installed over
 IMAGE_PROVIDES = {"torch", "numpy"}
 
@@ -91,7 +96,12 @@ def nbscale_wheel(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     root = source_root()
     if root is not None:
-        _pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(root))
+        # build from a clean copy: setuptools reuses build/ in the tree, which can hold
+        # modules that no longer exist
+        with tempfile.TemporaryDirectory(prefix="nbscale-wheel-") as tmp:
+            copy = Path(tmp) / "src"
+            shutil.copytree(root, copy, ignore=_SKIP, symlinks=True)
+            _pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(copy))
     else:
         version = metadata.version("nbscale")
         _pip("download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),

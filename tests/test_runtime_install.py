@@ -1,0 +1,285 @@
+"""The container runtime installed the way a stock PyTorch image gets it: no Jupyter.
+
+A fresh virtual environment stands for the image: it has torch and numpy (the image's
+own, linked in) and nothing else. Into it go only the wheelhouses nbscale builds
+(``pip install --no-index --no-deps``). In it run, each as its own "container" with its
+own home and the key as a mounted file: a captured cell on two ranks, a serving model
+(V2 infer and ``/invocations``), and a pipeline step. ``PYTHONPROFILEIMPORTTIME`` makes
+every process list what it imported: no jupyter_server, tornado or ipywidgets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import time
+import venv
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbscale import keys
+from nbscale.runtime import wheelhouse
+from tests.emulators import container_env, free_port, mount_secret
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)")
+JUPYTER = {"jupyter_server", "tornado", "ipywidgets"}
+
+
+def _distribution_closure(*names: str) -> list[metadata.Distribution]:
+    seen: dict[str, metadata.Distribution] = {}
+
+    def walk(name: str) -> None:
+        key = name.lower().replace("_", "-")
+        if key in seen or key in ("setuptools", "pip"):
+            return
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return
+        seen[key] = dist
+        for req in dist.requires or []:
+            if "extra ==" not in req:
+                walk(re.split(r"[ <>=!~\[(;]", req.strip())[0])
+
+    for name in names:
+        walk(name)
+    return list(seen.values())
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """A venv with the image's torch and numpy, then only nbscale's runtime wheelhouses."""
+    root = tmp_path_factory.mktemp("image")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NBSCALE_HOME", str(root / "builder-home"))
+        wheels = root / "wheels"
+        for kind in ("job", "serving", "step"):
+            wheelhouse.build(kind, wheels)
+    env_dir = root / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
+    provided = root / "image-site"  # what the stock image ships, linked rather than copied
+    provided.mkdir()
+    for dist in _distribution_closure("torch", "numpy"):
+        tops = {Path(str(f)).parts[0] for f in dist.files or []}
+        for top in tops:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (provided / top).exists() and top != "..":
+                (provided / top).symlink_to(src)
+    (site / "image.pth").write_text(str(provided) + "\n")
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+         "--disable-pip-version-check", *map(str, sorted(wheels.glob("*.whl")))],
+        check=True,
+    )  # fmt: skip
+    return {"python": str(python), "wheels": wheels, "root": root}
+
+
+def _imported(text: str) -> set[str]:
+    return {m.group(1).split(".")[0] for m in IMPORTED.finditer(text)}
+
+
+def test_the_runtime_installs_without_jupyter(image):
+    wheels = sorted(p.name for p in image["wheels"].glob("*.whl"))
+    names = {w.split("-")[0].lower().replace("_", "-") for w in wheels}
+    assert not names & {"jupyter-server", "ipywidgets", "jupyterlab", "notebook", "torch", "numpy"}
+    assert "nbscale" in names and "cloudpickle" in names
+    listed = subprocess.check_output(
+        [image["python"], "-m", "pip", "list", "--format=json"], text=True
+    )
+    installed = {d["name"].lower() for d in json.loads(listed)}
+    assert "jupyter-server" not in installed and "ipywidgets" not in installed
+    probe = subprocess.run(
+        [image["python"], "-c", "import nbscale, sys; print(sorted(m for m in sys.modules "
+         "if m.startswith('nbscale')))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "['nbscale']"  # import nbscale imports nothing else
+
+
+def test_every_package_of_the_source_is_in_the_wheel(image):
+    import zipfile
+
+    wheel = next(image["wheels"].glob("nbscale-*.whl"))
+    inside = {Path(n).parent.as_posix() for n in zipfile.ZipFile(wheel).namelist()}
+    root = Path(__file__).resolve().parents[1]
+    packages = {
+        p.parent.relative_to(root).as_posix() for p in (root / "nbscale").rglob("__init__.py")
+    }
+    packages = {p for p in packages if "labextension" not in p}
+    assert packages <= inside, f"missing from the wheel (pyproject packages): {packages - inside}"
+
+
+def test_a_cell_on_two_ranks_runs_in_the_runtime_image(image, tmp_path):
+    import torch
+
+    from nbscale.celljob import prepare_cell
+    from nbscale.remote import collect, stage
+    from nbscale.results import read_results_file
+    from nbscale.specs import Entry, JobSpec
+    from nbscale.storage import ObjectStore
+
+    (tmp_path / "p.py").write_text("")
+    spec = JobSpec(entry=Entry.from_path(str(tmp_path / "p.py")), name="img", nodes=2)
+    source = (
+        "import torch.distributed as dist\n"
+        "t = torch.ones(1) * (dist.get_rank() + 1)\n"
+        "dist.all_reduce(t)\n"
+        "total = float(t.item())\n"
+    )
+    prepared = prepare_cell(source, {"torch": torch}, spec, outputs=["total"])
+    prepared.write()
+    store = ObjectStore(str(tmp_path / "bucket"), progress=None)  # a path stands for the store
+    remote = stage("img-job", prepared.spec.to_dict(), store)
+    secret = mount_secret(tmp_path / "secret" / "keys.json", keys.export("bundle"))
+    port = free_port()
+    procs = []
+    for node in range(2):
+        home = tmp_path / f"node-{node}"
+        home.mkdir()
+        env = container_env(
+            home,
+            NBSCALE_KEY_FILE=str(secret),
+            PYTHONPROFILEIMPORTTIME="1",
+            PET_NNODES="2",
+            PET_NPROC_PER_NODE="1",
+            PET_NODE_RANK=str(node),
+            PET_MASTER_ADDR="127.0.0.1",
+            PET_MASTER_PORT=str(port),
+        )
+        argv = [image["python"] if a == "python" else a for a in remote.argv()]
+        with open(tmp_path / f"node-{node}.out", "w") as out:  # a pipe left unread would block
+            procs.append(
+                subprocess.Popen(argv, env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT)
+            )
+    for proc in procs:
+        proc.wait(300)
+    outs = [(tmp_path / f"node-{node}.out").read_text() for node in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
+    info = collect("img-job", store, remote.outputs_uri, 2)
+    assert read_results_file(Path(info["job_dir"]) / "outputs" / "results.zip", "img-job") == {
+        "total": 3.0
+    }
+    worker_imports = _imported("\n".join(outs))
+    assert "torch" in worker_imports and "cloudpickle" in worker_imports
+    assert not worker_imports & JUPYTER, worker_imports & JUPYTER
+
+
+def _request(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body, headers or {})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_a_model_is_served_in_the_runtime_image(image, tmp_path):
+    import torch
+
+    from nbscale.serving import package
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    art = package(model, tmp_path / "model", "tiny")
+    secret = mount_secret(tmp_path / "secret" / "keys.json", keys.export("model"))
+    (tmp_path / "token").write_text("t0ken")
+    home = tmp_path / "serve-home"
+    home.mkdir()
+    port = free_port()
+    env = container_env(home, NBSCALE_KEY_FILE=str(secret), PYTHONPROFILEIMPORTTIME="1")
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [image["python"], "-m", "nbscale.serving", "--model-dir", str(art), "--port", str(port),
+         "--token-file", str(tmp_path / "token")],
+        env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _request(port, "GET", "/v2/health/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the model server did not become ready"
+            time.sleep(0.2)
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32",
+                         "data": x.ravel().tolist()}]}
+        )  # fmt: skip
+        status, answer = _request(port, "POST", "/v2/models/tiny/infer", body, auth)
+        assert status == 200, answer
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        got = np.asarray(json.loads(answer)["outputs"][0]["data"], np.float32).reshape(2, 3)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        status, answer = _request(port, "POST", "/invocations", json.dumps(x.tolist()), auth)
+        assert status == 200
+        np.testing.assert_allclose(np.asarray(json.loads(answer)), expected, rtol=1e-5, atol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    imported = _imported((tmp_path / "serve.log").read_text())
+    assert "torch" in imported and "httptools" in imported
+    assert not imported & JUPYTER, imported & JUPYTER
+
+
+def test_a_pipeline_step_runs_in_the_runtime_image(image, tmp_path):
+    from nbscale.pipelines import compile_pipeline
+    from tests.test_pipeline_notebooks import cell, write_notebook
+
+    write_notebook(
+        tmp_path / "flow.ipynb",
+        [
+            cell("values = [1, 2, 3]", "step:make"),
+            cell("total = sum(values) * 2\nprint('total', total)", "step:use", "prev:make"),
+        ],
+    )
+    out = Path(
+        compile_pipeline(
+            str(tmp_path / "flow.ipynb"),
+            "sagemaker",
+            str(tmp_path / "flow.json"),
+            role="arn:aws:iam::123456789012:role/x",
+            bucket="b",
+        )
+    )
+    definition = json.loads(out.read_text())
+    code_root = out.with_name("flow.code")
+    secret = mount_secret(tmp_path / "secret" / "keys.json", keys.export("pipeline"))
+    produced = {}
+    for step in definition["Steps"]:
+        name = step["Name"]
+        root = tmp_path / "proc" / name
+        args = []
+        for arg in step["Arguments"]["AppSpecification"]["ContainerArguments"]:
+            args.append(arg.replace("/opt/ml/processing", str(root)))
+        (root / "input").mkdir(parents=True)
+        (root / "input" / "code").symlink_to(code_root / name)
+        for producer, path in produced.items():
+            (root / "input" / producer).symlink_to(path)
+        home = tmp_path / f"home-{name}"
+        home.mkdir()
+        env = container_env(home, NBSCALE_KEY_FILE=str(secret), PYTHONPROFILEIMPORTTIME="1")
+        proc = subprocess.run(
+            [image["python"], "-m", "nbscale.pipelines.container_step", *args],
+            env=env, cwd=home, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert not _imported(proc.stderr) & {"jupyter_server", "ipywidgets"}
+        produced[name] = root / "output" / "outputs"
+    executed = (tmp_path / "proc" / "use" / "output" / "notebook" / "step.ipynb").read_text()
+    assert "total 12" in executed
