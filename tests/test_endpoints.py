@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import psutil
@@ -292,3 +293,119 @@ def test_magics_deploy_list_and_undeploy(cleanup):
             shell.run_line_magic("deploy", "missing --name m")
     finally:
         InteractiveShell.clear_instance()
+
+
+class Load:
+    """Client threads sending predictions over fresh HTTP/1.1 connections, recording each outcome."""
+
+    def __init__(self, port: int, name: str, threads: int = 3):
+        from nbscale.backends.local_endpoints import token_for
+
+        self.port, self.name = port, name
+        self.headers = {"Authorization": f"Bearer {token_for(name)}"}
+        self.body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
+        )
+        self.results: list[tuple[float, float, int | str]] = []  # (start, end, status or error)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        import http.client
+
+        conn = None
+        while not self.stop.is_set():
+            start = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                conn.request("POST", f"/v2/models/{self.name}/infer", self.body, self.headers)
+                resp = conn.getresponse()
+                resp.read()
+                outcome: int | str = resp.status
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = type(exc).__name__
+                conn.close()
+                conn = None
+            self.results.append((start, time.monotonic(), outcome))
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def served_after(self, t: float) -> int:
+        return sum(1 for s, _, o in self.results if s >= t and o == 200)
+
+    def failed_after(self, t: float) -> list:
+        return [r for r in self.results if r[0] >= t and r[2] != 200]
+
+
+def _answers_infer(port: int, name: str) -> bool:
+    import http.client
+
+    load = Load(port, name, threads=0)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", f"/v2/models/{name}/infer", load.body, load.headers)
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def test_a_router_killed_under_load_is_back_on_its_port_by_itself(cleanup):
+    # Given an endpoint under load from three clients
+    ep = deploy(mlp(), name="phoenix-load")
+    port, supervisor = ep.record.port, ep.record.pid
+    stats = ep.metrics()
+    router, replicas = stats["router_pid"], {r["pid"] for r in stats["replica_list"]}
+    with Load(port, "phoenix-load") as load:
+        wait_for(lambda: load.served_after(0) >= 20, 30, what="load running")
+        # When the router is killed with SIGKILL
+        killed_at = time.monotonic()
+        os.kill(router, signal.SIGKILL)
+        # Then, with no request to the store and no CLI call, a new router answers on the same port
+        wait_for(
+            lambda: _answers_infer(port, "phoenix-load"), 30, interval=0.01, what="router back"
+        )
+        back = time.monotonic()
+        wait_for(lambda: load.served_after(back) >= 50, 30, what="load served again")
+    print(f"router back {back - killed_at:.2f} s after SIGKILL")
+    # And no request that started after it was back failed
+    assert load.failed_after(back) == []
+    # And the supervisor kept the port, started a new router and that router adopted the replicas
+    stats = ep.metrics()
+    assert stats["router_pid"] != router and ep.refresh().pid == supervisor
+    assert {r["pid"] for r in stats["replica_list"]} == replicas
+    assert ep.record.port == port and ep.to_dict()["status"] == "READY"
+
+
+def test_a_replica_killed_under_load_loses_no_request(cleanup):
+    # Given two replicas under load
+    ep = deploy(mlp(), name="sturdy-load", replicas=(2, 2))
+    wait_for(lambda: ep.metrics()["replicas"]["ready"] == 2, 60, interval=0.2, what="two replicas")
+    victim = ep.metrics()["replica_list"][0]["pid"]
+    with Load(ep.record.port, "sturdy-load") as load:
+        wait_for(lambda: load.served_after(0) >= 20, 30, what="load running")
+        # When one replica is killed with SIGKILL
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: load.served_after(killed_at) >= 100, 60, what="load after the kill")
+
+        # Then a replacement comes up
+        def replaced():
+            reps = ep.metrics()["replica_list"]
+            return sum(1 for r in reps if r["pid"] != victim and r["state"] == "ready") == 2
+
+        wait_for(replaced, 60, interval=0.2, what="a replacement replica")
+    # And every request was answered: those on the dead replica were retried on the other
+    assert [r for r in load.results if r[2] != 200] == []
