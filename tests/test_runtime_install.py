@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import subprocess
 import time
 import venv
@@ -78,12 +79,30 @@ def image(tmp_path_factory):
             if src.exists() and not (provided / top).exists() and top != "..":
                 (provided / top).symlink_to(src)
     (site / "image.pth").write_text(str(provided) + "\n")
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-         "--disable-pip-version-check", *map(str, sorted(wheels.glob("*.whl")))],
-        check=True,
-    )  # fmt: skip
+    # the Dockerfile's own install line, with its folder and python mapped here
+    copied = root / "opt-nbscale-wheels"
+    shutil.copytree(wheels, copied)
+    install = docker_run_line().replace("/opt/nbscale/wheels", str(copied))
+    assert install.startswith("python -m pip install --no-index --no-deps")
+    subprocess.run(["sh", "-c", f"{python} {install.removeprefix('python ')}"], check=True)
+    assert not copied.exists()  # the image keeps no wheels
     return {"python": str(python), "wheels": wheels, "root": root}
+
+
+DOCKERFILE = Path(__file__).resolve().parents[1] / "docker" / "Dockerfile"
+
+
+def docker_run_line() -> str:
+    runs = [ln[4:] for ln in DOCKERFILE.read_text().splitlines() if ln.startswith("RUN ")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def docker_entry() -> list[str]:
+    lines = DOCKERFILE.read_text().splitlines()
+    entry = json.loads(next(ln[11:] for ln in lines if ln.startswith("ENTRYPOINT ")))
+    cmd = json.loads(next(ln[4:] for ln in lines if ln.startswith("CMD ")))
+    return [*entry, *cmd]
 
 
 def _imported(text: str) -> set[str]:
@@ -283,3 +302,50 @@ def test_a_pipeline_step_runs_in_the_runtime_image(image, tmp_path):
         produced[name] = root / "output" / "outputs"
     executed = (tmp_path / "proc" / "use" / "output" / "notebook" / "step.ipynb").read_text()
     assert "total 12" in executed
+
+
+def test_the_image_entry_serves_as_sagemaker_starts_it(image, tmp_path):
+    """The Dockerfile's ENTRYPOINT + CMD (``serve``), as SageMaker runs it: the model folder,
+    the port in SAGEMAKER_BIND_TO_PORT, /ping and /invocations; bound to loopback here."""
+    import torch
+
+    from nbscale.serving import package
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+    art = package(model, tmp_path / "opt-ml-model", "sm")
+    secret = mount_secret(tmp_path / "secret" / "keys.json", keys.export("model"))
+    home = tmp_path / "container"
+    home.mkdir()
+    port = free_port()
+    env = container_env(home, NBSCALE_KEY_FILE=str(secret), SAGEMAKER_BIND_TO_PORT=str(port))
+    entry = docker_entry()
+    assert entry == ["python", "-m", "nbscale.serving", "serve"]
+    argv = [image["python"], *entry[1:], "--model-dir", str(art), "--host", "127.0.0.1"]
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120  # SageMaker allows a container minutes to answer /ping
+        while True:
+            try:
+                if _request(port, "GET", "/ping")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "/ping never answered"
+            time.sleep(0.2)
+        x = np.ones((3, 4), np.float32)
+        status, answer = _request(
+            port,
+            "POST",
+            "/invocations",
+            json.dumps(x.tolist()),
+            {"Content-Type": "application/json"},
+        )
+        assert status == 200, answer
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(np.asarray(json.loads(answer)), expected, rtol=1e-5, atol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(30)
