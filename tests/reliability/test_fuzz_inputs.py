@@ -124,6 +124,29 @@ def test_job_magic_lines_parse_or_give_one_spec_error(words):
             _message_says_what(exc)
 
 
+PIPELINE_WORDS = st.lists(
+    st.one_of(
+        st.sampled_from(
+            ["run", "compile", "status", "runs", "-p", "--only", "--from", "--no-cache"]
+            + ["--max-parallel", "--detach", "--target", "kfp", "sagemaker", "-o", "--limit"]
+        ),
+        VALUES,
+    ),
+    max_size=7,
+)
+
+
+@FUZZ
+@given(words=PIPELINE_WORDS)
+def test_pipeline_magic_lines_parse_or_give_one_spec_error(words):
+    from magics.pipeline import parse
+
+    try:
+        parse(_line(words))
+    except NbscaleError as exc:
+        _message_says_what(exc)
+
+
 # -- cell tags of a tagged pipeline notebook -----------------------------------------
 
 NAMES = st.sampled_from(["a", "b", "c", "A-1", "_x", "1bad", "", " ", "a b", "x" * 70, "é"])
