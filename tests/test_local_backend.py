@@ -14,6 +14,7 @@ import pytest
 
 import nbscale
 from nbscale.backends.local.processes import job_processes
+from nbscale.jobs import jobs as job_handles
 from nbscale.store import get_store
 from nbscale.store.jobs import get_job, list_jobs
 
@@ -139,7 +140,8 @@ def test_twenty_submissions_from_four_processes(write_script):
     assert all(p.returncode == 0 for p in procs), outs
     records, total = list_jobs(get_store(), limit=100)
     assert total == 20 and len({r.id for r in records}) == 20
-    for job in nbscale.jobs(limit=100):
+    # nbscale.jobs is the module once nbscale.jobs was imported (lazy nbscale/__init__)
+    for job in job_handles(limit=100):
         assert job.wait(timeout=300).status == "SUCCEEDED", job.logs()
 
 

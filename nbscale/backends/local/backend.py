@@ -126,7 +126,7 @@ class LocalBackend(JobBackend):
             if ended is not None:
                 return ended
             reason = f"the job's supervisor (pid {pid}) vanished without recording an end"
-        stop_job_processes(record.id, grace=2.0)
+        stop_job_processes(record.id, grace=2.0, cgroup=record.info.get("cgroup"))
         update_job(
             self.store,
             record.id,
@@ -156,7 +156,9 @@ class LocalBackend(JobBackend):
         from .supervisor import agents_outcome, record_end
 
         status, exit_code = agents_outcome(codes)  # type: ignore[arg-type]
-        stop_job_processes(record.id, grace=2.0)  # a worker that outlived its agent
+        stop_job_processes(
+            record.id, grace=2.0, cgroup=record.info.get("cgroup")
+        )  # a worker that outlived its agent
         record_end(self.store, record.id, record.spec, jobdir, status, exit_code, None)
         add_event(self.store, record.id, "recorded-without-supervisor", {"status": status})
         return get_job(self.store, record.id)
@@ -213,9 +215,11 @@ class LocalBackend(JobBackend):
         if pid and alive(pid, record.info.get("supervisor_started")):
             os.kill(pid, 15)  # the supervisor stops its agents and records CANCELLED
             deadline = time.monotonic() + grace + 5
-            while time.monotonic() < deadline and (alive(pid) or job_processes(record.id)):
+            while time.monotonic() < deadline and (
+                alive(pid) or job_processes(record.id, record.info.get("cgroup"))
+            ):
                 time.sleep(0.05)
-        stop_job_processes(record.id, grace=grace)
+        stop_job_processes(record.id, grace=grace, cgroup=record.info.get("cgroup"))
         update_job(
             self.store,
             record.id,

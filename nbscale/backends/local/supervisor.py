@@ -28,13 +28,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ...logpump import redirect, wait_for_log_pumps
 from ...runtime.jobdir import JobDir
 from ...store import Store, get_store
 from ...store.jobs import ACTIVE, CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, update_job
 from . import gpus as gpu_alloc
 from .exits import exit_file, read_exit
-from .processes import JOB_ENV, alive, create_time, stop_job_processes
+from .processes import (
+    JOB_ENV,
+    alive,
+    become_subreaper,
+    create_time,
+    enter_cgroup,
+    make_job_cgroup,
+    stop_job_processes,
+)
 
 POLL = 0.05
 AGENT_EXIT_WAIT = 15.0
@@ -207,6 +217,8 @@ class Supervisor:
         self.jobdir = JobDir(self.record.info["job_dir"])
         self.stop_reason: str | None = None
         self.agents: list[_Started | _Adopted] = []
+        self.cgroup: str | None = self.record.info.get("cgroup")
+        self._last_reap = 0.0
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_reason = "cancel"
@@ -232,6 +244,11 @@ class Supervisor:
             started=time.time(),
             info_patch={"port": port, "phase": "starting"},
         )
+        folder = make_job_cgroup(self.job_id)
+        self.cgroup = str(folder) if folder else None
+        if self.cgroup:
+            update_job(self.store, self.job_id, info_patch={"cgroup": self.cgroup})
+        cgroup = self.cgroup
         for node in range(self.spec["nodes"]):
             node_gpus = gpus[node * per_node : (node + 1) * per_node]
             record = exit_file(self.jobdir.path, node)
@@ -244,6 +261,8 @@ class Supervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.record.info.get("cwd") or None,
+                # in the job's cgroup before torchrun runs: all it starts is in there too
+                preexec_fn=(lambda: enter_cgroup(cgroup)) if cgroup else None,
             )
             log.close()
             self.agents.append(_Started(proc, record))
@@ -292,7 +311,20 @@ class Supervisor:
                 first_failure_at = first_failure_at or time.monotonic()
                 if time.monotonic() - first_failure_at > AGENT_EXIT_WAIT:
                     return FAILED, next(c for c in codes if c not in (None, 0)), None  # type: ignore[return-value]
+            self._reap_orphans()
             time.sleep(POLL)
+
+    def _reap_orphans(self) -> None:
+        """As a subreaper we inherit the job's detached processes: collect the ended ones."""
+        if time.monotonic() - self._last_reap < 1.0:
+            return
+        self._last_reap = time.monotonic()
+        ours = {a.proc.pid for a in self.agents if isinstance(a, _Started)}
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process().children():
+                if child.pid not in ours and child.status() == psutil.STATUS_ZOMBIE:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(child.pid, os.WNOHANG)
 
     def _take_over(self) -> bool:
         """Become this job's supervisor in the row; False when another one already did."""
@@ -315,6 +347,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         redirect(self.jobdir.supervisor_log)
+        become_subreaper()  # a job's process that detaches itself is re-parented to us
         if not self._take_over():
             return 0  # ended meanwhile, or another supervisor took over first
         if adopt:
@@ -334,11 +367,13 @@ class Supervisor:
         status, exit_code, reason = self._wait()
         if status in (CANCELLED, FAILED) and reason:
             stop_job_processes(
-                self.job_id, grace=float(os.environ.get("NBSCALE_CANCEL_GRACE", "10"))
+                self.job_id,
+                grace=float(os.environ.get("NBSCALE_CANCEL_GRACE", "10")),
+                cgroup=self.cgroup,
             )
         else:
             # agents have exited; make sure no worker outlived its agent
-            stop_job_processes(self.job_id, grace=2.0)
+            stop_job_processes(self.job_id, grace=2.0, cgroup=self.cgroup)
         wait_for_log_pumps(self.jobdir.path)  # the last lines are in the logs before the end
         record_end(self.store, self.job_id, self.spec, self.jobdir, status, exit_code, reason)
         return 0
