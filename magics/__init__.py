@@ -20,3 +20,6 @@ MAGIC_CLASSES: list[tuple[str, str]] = [
 def load_ipython_extension(ipython) -> None:
     for module, cls in MAGIC_CLASSES:
         ipython.register_magics(getattr(importlib.import_module(f"{__name__}.{module}"), cls))
+    from nbscale.backends import prewarm
+
+    prewarm()  # cloud backends make their API clients while the notebook goes on

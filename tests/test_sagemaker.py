@@ -22,7 +22,7 @@ import pytest
 
 from nbscale import keys
 from nbscale.backends.sagemaker import SageMakerBackend
-from nbscale.backends.sagemaker.config import settings
+from nbscale.backends.sagemaker.config import forget_clients, settings
 from nbscale.backends.sagemaker.request import ENTRYPOINT
 from nbscale.backends.sagemaker.states import SECONDARY, STATUSES, map_state
 from nbscale.celljob import prepare_cell
@@ -145,9 +145,11 @@ def test_no_credentials_is_one_message(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    forget_clients()  # sessions made by earlier tests resolved credentials already
     spec = cell_spec(tmp_path)
     with pytest.raises(BackendUnavailable, match="found no AWS credentials.*AWS_PROFILE"):
         submit(spec, config=config())
+    forget_clients()
 
 
 # -- submit ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ..store import Store, get_store
 from ..store.jobs import JobRecord
 from .base import JobBackend, LogChunk
 
-__all__ = ["JobBackend", "LogChunk", "backend_for", "backend_types", "get_backend"]
+__all__ = ["JobBackend", "LogChunk", "backend_for", "backend_types", "get_backend", "prewarm"]
 
 GROUP = "nbscale.backends"
 
@@ -58,3 +58,23 @@ def backend_for(record: JobRecord, config: Config, store: Store) -> JobBackend:
     return _backend_class(record.backend_type)(
         BackendConfig(record.backend, record.backend_type, {}), store
     )
+
+
+def prewarm(config: Config | None = None) -> None:
+    """Let configured cloud backends make their API clients in a background thread, so the
+    first job a notebook submits does not wait for them (a no-op for local backends)."""
+    import threading
+
+    try:
+        config = config or load_config()
+    except Exception:  # noqa: BLE001 - a bad config is reported by the first real use
+        return
+    for bconf in config.backends.values():
+        if bconf.type == "local" or bconf.type not in backend_types():
+            continue
+        cls = backend_types()[bconf.type].load()
+        warm = getattr(cls, "prewarm", None)
+        if warm is not None:
+            threading.Thread(
+                target=warm, args=(bconf,), daemon=True, name="nbscale-prewarm"
+            ).start()

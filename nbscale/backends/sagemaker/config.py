@@ -31,6 +31,7 @@ and are never read into nbscale's own objects.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,9 @@ INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 DLC_ACCOUNT = "763104351884"
 TORCH_IMAGE_VERSION = "2.5.1"
 DEFAULT_INSTANCE = "ml.m5.xlarge"
+_clients: dict[tuple[str, str, str | None], Any] = {}
+_sessions: dict[str, Any] = {}
+_clients_lock = threading.Lock()
 
 KNOWN = {
     "region",
@@ -144,20 +148,38 @@ class SageMakerSettings:
 
     # -- boto3 clients, made on demand ----------------------------------------------
     def session(self):
+        """One boto3 session per region in this process (credentials are resolved once and
+        refreshed by botocore when they expire)."""
         try:
             import boto3
         except ImportError:
             raise MissingDependency("boto3", "sagemaker") from None
-        return boto3.session.Session(region_name=self.region)
+        with _clients_lock:
+            found = _sessions.get(self.region)
+            if found is None:
+                found = _sessions[self.region] = boto3.session.Session(region_name=self.region)
+            return found
 
     def client(self, service: str):
-        from botocore.config import Config
+        """A boto3 client, made once per process for a service, region and endpoint:
+        botocore reads each service's model (megabytes of JSON) when a client is made, and
+        a notebook submits many jobs. Clients are thread-safe; credentials refresh inside."""
+        import os
 
-        return self.session().client(
-            service,
-            endpoint_url=self.endpoint_url or None,
-            config=Config(retries={"mode": "standard", "max_attempts": 5}),
-        )
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        key = (service, self.region, endpoint)
+        session = self.session()
+        with _clients_lock:
+            found = _clients.get(key)
+            if found is None:
+                from botocore.config import Config
+
+                found = _clients[key] = session.client(
+                    service,
+                    endpoint_url=self.endpoint_url or None,
+                    config=Config(retries={"mode": "standard", "max_attempts": 5}),
+                )
+            return found
 
     def require_credentials(self) -> None:
         """One message when boto3's chain finds no credentials at all."""
@@ -331,3 +353,21 @@ def _wheelhouse(name: str, value: Any) -> str | None:
             "build one with: python -m nbscale.runtime.wheelhouse --kind job -o FOLDER",
         )
     return str(Path(value).expanduser())
+
+
+def prewarm(bconf: BackendConfig) -> None:
+    """Make this process's clients ahead of the first job (a notebook loading nbscale calls
+    it in a background thread): a client costs a second of JSON parsing when first made."""
+    try:
+        found = settings(bconf)
+        for service in ("s3", "secretsmanager", "sagemaker"):
+            found.client(service)
+    except Exception:  # noqa: BLE001, S110 - a warm-up only: submit reports any problem
+        return
+
+
+def forget_clients() -> None:
+    """Drop this process's sessions and clients (after credentials or endpoints change)."""
+    with _clients_lock:
+        _sessions.clear()
+        _clients.clear()

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +63,27 @@ def client_error(exc: Exception, what: str) -> NbscaleError:
     return BackendUnavailable(f"{what}: {exc}", "check the network, the region and endpoint_url")
 
 
-def _inspect_bundle(spec: dict[str, Any], store: storage.ObjectStore) -> tuple[str, Path]:
+def canonical_bundle(source: Path, dest: Path) -> Path:
+    """The bundle with every zip member dated 1980-01-01: the same cell and inputs give the
+    same bytes whenever they are captured, so content addressing finds them in S3. The
+    manifest, its signature and the parts are copied unchanged (still verified as before)."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = zipfile.ZIP_STORED
+            fixed.external_attr = 0o600 << 16
+            with src.open(info) as fh, out.open(fixed, "w", force_zip64=True) as dst:
+                shutil.copyfileobj(fh, dst, 1 << 20)
+    return dest
+
+
+def _inspect_bundle(spec: dict[str, Any], store: storage.ObjectStore, folder: Path):
     local = Path(spec["entry"]["target"])
     if not local.is_file():
         raise NbscaleError(f"the cell bundle {local} is gone", "run the cell again")
-    digest = storage.sha256_file(local)
-    return store.base.child("bundles", "sha256", digest, "cell.zip").uri, local
+    canonical = canonical_bundle(local, folder / "cell.zip")
+    digest = storage.sha256_file(canonical)
+    return store.base.child("bundles", "sha256", digest, "cell.zip").uri, canonical
 
 
 def _prefix(uri: str) -> str:
@@ -74,6 +92,12 @@ def _prefix(uri: str) -> str:
 
 class SageMakerBackend(JobBackend):
     type = "sagemaker"
+
+    @staticmethod
+    def prewarm(bconf) -> None:
+        from .config import prewarm
+
+        prewarm(bconf)
 
     def __init__(self, config, store):
         super().__init__(config, store)
@@ -91,7 +115,9 @@ class SageMakerBackend(JobBackend):
             return self._clients[service]
 
     def object_store(self) -> storage.ObjectStore:
-        return storage.ObjectStore.from_options(self.settings.storage_options())
+        store = storage.ObjectStore.from_options(self.settings.storage_options())
+        store._client = self.client("s3")  # this process's S3 client: no second model load
+        return store
 
     def limits(self) -> dict[str, int]:
         # SageMaker's own caps: a job runs on at most 100 instances for at most 28 days
@@ -143,30 +169,35 @@ class SageMakerBackend(JobBackend):
         store = self.object_store()
         with tempfile.TemporaryDirectory(prefix="nbscale-sm-") as tmp:
             spec_path = self._spec_file(record, spec, Path(tmp))
-            if spec["entry"]["kind"] == "bundle":
-                bundle_uri, local = _inspect_bundle(spec, store)
-                if upload:
-                    bundle_uri = store.put(local, "cell.zip", area="bundles")
-            else:
-                bundle_uri = None
             spec_uri = store.base.child(
                 "specs", "sha256", storage.sha256_file(spec_path), "spec.b64"
             ).uri
+            bundle_uri = local = None
+            if spec["entry"]["kind"] == "bundle":
+                bundle_uri, local = _inspect_bundle(spec, store, Path(tmp))
+            sm = self.client("secretsmanager")
             if upload:
-                spec_uri = store.put(spec_path, "spec.b64", area="specs")
-        sm = self.client("secretsmanager")
-        if upload:
-            arn = secrets.ensure(sm, self.settings.key_secret_name, KEY_PURPOSES)
-        else:
-            name = secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
-            arn = secrets.lookup(sm, self.settings.key_secret_name, KEY_PURPOSES) or (
-                f"arn:aws:secretsmanager:{self.settings.region}:ACCOUNT:secret:{name} "
-                "(created at submit)"
-            )
+                # independent requests, sent together: the bundle's upload is the long one
+                with ThreadPoolExecutor(4, thread_name_prefix="nbscale-sm-stage") as pool:
+                    bundle_f = local and pool.submit(store.put, local, "cell.zip", area="bundles")
+                    spec_f = pool.submit(store.put, spec_path, "spec.b64", area="specs")
+                    arn_f = pool.submit(
+                        secrets.ensure, sm, self.settings.key_secret_name, KEY_PURPOSES
+                    )
+                    runtime_f = pool.submit(self._runtime_channel, spec, store, True)
+                    bundle_uri = bundle_f.result() if bundle_f else None
+                    spec_uri, arn, runtime = spec_f.result(), arn_f.result(), runtime_f.result()
+            else:
+                name = secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
+                arn = secrets.lookup(sm, self.settings.key_secret_name, KEY_PURPOSES) or (
+                    f"arn:aws:secretsmanager:{self.settings.region}:ACCOUNT:secret:{name} "
+                    "(created at submit)"
+                )
+                runtime = self._runtime_channel(spec, store, False)
         staged = req.Staged(
             bundle_prefix=_prefix(bundle_uri) if bundle_uri else _prefix(spec_uri),
             spec_prefix=_prefix(spec_uri),
-            runtime_prefix=self._runtime_channel(spec, store, upload),
+            runtime_prefix=runtime,
             key_secret_arn=arn,
         )
         return req.build(record.id, spec, self.settings, staged)
