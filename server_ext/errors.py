@@ -33,11 +33,23 @@ class BadRequest(SpecError):
 
 
 def _validation_message(exc: ValidationError) -> str:
+    """Every problem with its field and the value sent, then where the fields are described."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            parts.append(f"{where}: is not a field of this request")
+            continue
+        if kind == "missing":
+            parts.append(f"{where}: is required")
+            continue
+        text = f"{where}: {err.get('msg', 'invalid')}"
+        if "input" in err:
+            shown = repr(err["input"])
+            text += f", got {shown if len(shown) <= 40 else shown[:37] + '...'}"
+        parts.append(text)
+    return "; ".join(parts) + " (the fields and their limits are in server_ext/openapi.json)"
 
 
 def translate(exc: BaseException | None, fallback_status: int = 500) -> tuple[int, dict[str, Any]]:

@@ -173,3 +173,13 @@ async def test_a_body_nested_past_the_parser_is_a_400(fetch):
         code, body = await fetch(route, method="POST", body=deep)
         assert code == 400, body
         assert body["message"].startswith("body: is nested too deeply")
+
+
+async def test_a_bad_field_says_what_was_sent_and_where_the_fields_are(fetch):
+    code, body = await fetch("jobs", method="POST", body={"nodes": 0, "colour": "blue"})
+    assert code == 400
+    message = body["message"]
+    assert "path: is required" in message
+    assert "nodes: Input should be greater than or equal to 1, got 0" in message
+    assert "colour: is not a field of this request" in message
+    assert message.endswith("(the fields and their limits are in server_ext/openapi.json)")
