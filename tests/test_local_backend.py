@@ -278,3 +278,64 @@ def test_a_cell_bundle_lives_with_its_job_and_a_rerun_finds_it():
     assert target.startswith(job.record.info["job_dir"])
     again = nbscale.submit(nbscale.JobSpec.from_dict(get_job(get_store(), job.id).spec))
     assert again.result(timeout=120) == {"total": 42}
+
+
+# -- GPU assignment (no GPU needed: NBSCALE_GPUS stands in for nvidia-smi) ------------------
+
+
+def test_cuda_visible_devices_limits_the_gpus_like_cuda_does():
+    from nbscale.backends.local.gpus import visible
+
+    found = [(0, "GPU-aaa"), (1, "GPU-bbb"), (2, "GPU-ccc"), (3, "GPU-ddd")]
+    assert visible(found, None) == [0, 1, 2, 3]
+    assert visible(found, "") == [] and visible(found, "-1") == []
+    assert visible(found, "2,0") == [2, 0]
+    assert visible(found, "1,7,0") == [1]  # CUDA stops at the first unknown entry
+    assert visible(found, "GPU-ccc,GPU-a") == [2, 0]  # UUIDs and unique prefixes
+    assert visible(found, "1,1") == [1]
+
+
+def _gpu_job(store, job_id: str, gpus: list[int]) -> None:
+    from nbscale.store.jobs import JobRecord, insert_job
+
+    insert_job(
+        store,
+        JobRecord(
+            id=job_id,
+            name="g",
+            backend="local",
+            backend_type="local",
+            status="RUNNING",
+            spec={},
+            created=0.0,
+            info={"gpus": gpus},
+        ),
+    )
+
+
+def test_jobs_and_endpoint_replicas_never_share_a_gpu(monkeypatch):
+    from nbscale.backends.local import gpus
+
+    store = get_store()
+    monkeypatch.setenv("NBSCALE_GPUS", "0,1,2,3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2,3")  # the user keeps GPU 0 for themself
+    assert gpus.machine_gpus() == [1, 2, 3]
+    _gpu_job(store, "a", [1])
+    env = gpus.replica_env(store, "endpoint:ep:0")
+    assert env == {"CUDA_VISIBLE_DEVICES": "2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    gpus.bind_replica(store, "endpoint:ep:0", os.getpid(), psutil.Process().create_time())
+    _gpu_job(store, "b", [])
+    assert gpus.claim(store, "b", 2) is None  # only GPU 3 is free
+    assert gpus.claim(store, "b", 1) == [3]
+    # no GPU left: the next replica runs on the CPU instead of sharing one
+    assert gpus.replica_env(store, "endpoint:ep:1") == {
+        "CUDA_VISIBLE_DEVICES": "",
+        "NBSCALE_DEVICE": "cpu",
+    }
+    # a replica whose process ended gives its GPU back
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    gpus.bind_replica(store, "endpoint:ep:0", int(ended.stdout), 1.0)
+    _gpu_job(store, "c", [])
+    assert gpus.claim(store, "c", 1) == [2]

@@ -45,6 +45,7 @@ from typing import Any
 
 from prometheus_client import Gauge, Histogram
 
+from ..backends.local import gpus
 from ..backends.local.processes import alive, create_time
 from ..store import get_store
 from ..store.endpoints import (
@@ -224,6 +225,8 @@ class Router:
             ]
         env = {**os.environ, ENDPOINT_ENV: self.name, "PYTHONUNBUFFERED": "1"}
         env.setdefault("OMP_NUM_THREADS", "1")
+        gpu_holder = f"endpoint:{self.name}:{rid}"  # a GPU of its own, never a job's
+        env.update(gpus.replica_env(self.store, gpu_holder))
         with open(self.dir / f"replica-{rid}.log", "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -231,6 +234,8 @@ class Router:
         rep = Replica(rid, 0, proc, time.time(), to_standby=to_standby)
         with contextlib.suppress(Exception):
             rep.created = create_time(proc.pid)
+        if "CUDA_DEVICE_ORDER" in env:
+            gpus.bind_replica(self.store, gpu_holder, proc.pid, rep.created or None)
         self.replicas.append(rep)
         asyncio.get_running_loop().create_task(self._await_ready(rep, port_file))
         return rep

@@ -11,6 +11,7 @@ import sqlite3
 
 from .endpoints import ENDPOINTS
 from .events import EVENTS
+from .gpus import GPUS
 from .pipelines import PIPELINES
 
 JOBS = [
@@ -52,6 +53,7 @@ COMPONENTS: dict[str, list[str]] = {
     "endpoints": ENDPOINTS,
     "pipelines": PIPELINES,
     "events": EVENTS,  # after jobs: it extends the jobs component's events table
+    "gpus": GPUS,
 }
 
 

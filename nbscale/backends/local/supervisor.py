@@ -90,6 +90,7 @@ def agent_env(spec: dict, job_id: str, jobdir: JobDir, node_gpus: list[int]) -> 
     env["NBSCALE_DIST_BACKEND"] = "nccl" if node_gpus else "gloo"
     env["NBSCALE_GPUS_PER_PROC"] = str(spec.get("gpus_per_proc", 0))
     env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, node_gpus))
+    env.update(gpu_alloc.ORDER)  # indices as nvidia-smi numbers them
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     env.setdefault("OMP_NUM_THREADS", "1")
     if spec.get("max_restarts"):
