@@ -14,7 +14,7 @@ from traitlets import Float, Int, Type
 from nbscale.config import Config
 from nbscale.config import load as load_config
 
-from . import endpoints, jobs, pipelines, system
+from . import endpoints, jobs, monitoring, pipelines, system
 from .poller import Poller
 
 # ids are letters, digits, '.', '_' and '-'; one with '..' is refused by NbscaleHandler.prepare
@@ -36,6 +36,8 @@ ROUTES: list[tuple[str, type]] = [
     (f"nbscale/api/endpoints/{_NAME}", endpoints.EndpointHandler),
     (f"nbscale/api/endpoints/{_NAME}/metrics", endpoints.EndpointMetricsHandler),
     (f"nbscale/api/endpoints/{_NAME}/scale", endpoints.ScaleHandler),
+    (f"nbscale/api/endpoints/{_NAME}/drift", monitoring.DriftHandler),
+    ("nbscale/api/idle", monitoring.IdleHandler),
     ("nbscale/api/pipelines", pipelines.RunsHandler),
     (f"nbscale/api/pipelines/{_RUN}", pipelines.RunHandler),
     ("nbscale/api/(?P<rest>.*)", system.NoRouteHandler),  # last: a JSON 404 for the rest

@@ -208,3 +208,55 @@ class CreateRun(Model):
     )
     backend: str = "local"
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+# -- monitoring: drift per window, what runs and what it costs (nbscale.monitoring) ------------
+
+
+class EndpointDriftQuery(Model):
+    window: str = "1h"
+    since: str | None = None
+
+
+class DriftFeature(OpenModel):
+    feature: str
+    drifting: bool
+    ks: float
+    p_value: float
+    psi: float
+    psi_threshold: float
+    share: float
+
+
+class DriftWindow(OpenModel):
+    start: float
+    end: float
+    rows: int
+    skipped: str | None = None
+    drifting: list[str]
+    features: list[DriftFeature]
+
+
+class EndpointDrift(OpenModel):
+    endpoint: str
+    window_s: float
+    captured_rows: int
+    drifting: list[str]
+    alerts: int
+    windows: list[DriftWindow]
+
+
+class IdleItem(OpenModel):
+    kind: str
+    name: str
+    backend: str
+    status: str
+    units: int
+    cost_per_hour: float
+    since: float | None = None
+    idle: str | None = None
+
+
+class ListIdleResponse(Model):
+    items: list[IdleItem]
+    cost_per_hour: float

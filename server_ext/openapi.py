@@ -127,6 +127,17 @@ def document() -> dict[str, Any]:
                 "Set the replica range", m.DescribeEndpoint, body=m.ScaleEndpoint, path_param="name"
             )
         },
+        "/nbscale/api/endpoints/{name}/drift": {
+            "get": _op(
+                "Captured inputs against the baseline, per window (drifting features first)",
+                m.EndpointDrift,
+                query=m.EndpointDriftQuery,
+                path_param="name",
+            )
+        },
+        "/nbscale/api/idle": {
+            "get": _op("What runs now (jobs, endpoints) and its cost per hour", m.ListIdleResponse)
+        },
         "/nbscale/api/pipelines": {
             "get": _op("List pipeline runs", m.ListRunsResponse, query=m.ListRunsQuery),
             "post": _op("Run a notebook or pipeline", m.DescribeRun, "201", body=m.CreateRun),

@@ -49,7 +49,7 @@ def jp_server_config():
 
 def test_the_route_table_is_covered():
     # every verb of every handler is in the list the next test walks
-    assert len(ROUTE_VERBS) == 24  # 19, and the five verbs of the JSON 404 catch-all
+    assert len(ROUTE_VERBS) == 26  # 21, and the five verbs of the JSON 404 catch-all
     for compute in (
         ("nbscale/api/jobs", "POST"),
         ("nbscale/api/jobs/some-id-1", "DELETE"),

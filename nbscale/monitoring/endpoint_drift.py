@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NbscaleError, SpecError
+from ..errors import NotFound, SpecError
 from ..serving.capture import read_capture
 from ..store import Store
 from ..store.events import DRIFT, record_event
@@ -143,7 +143,7 @@ def endpoint_drift(
     if baseline is None:
         path = endpoint_dir / BASELINE_FILE
         if not path.is_file():
-            raise NbscaleError(
+            raise NotFound(
                 f"endpoint {name!r} has no baseline",
                 "deploy with baseline=X_train (%deploy model --baseline X_train), or pass baseline=",
             )

@@ -111,6 +111,10 @@ export const scaleEndpoint = (name: string, body: M.ScaleEndpoint) =>
 export const deleteEndpoint = (name: string) =>
   request<M.DescribeEndpoint>(`endpoints/${enc(name)}`, json('DELETE'));
 
+export const getEndpointDrift = (name: string, q: M.EndpointDriftQuery = {}) =>
+  request<M.EndpointDrift>(`endpoints/${enc(name)}/drift`, {}, q);
+export const listIdle = () => request<M.ListIdleResponse>('idle');
+
 export const listRuns = (q: M.ListRunsQuery = {}) =>
   request<M.ListRunsResponse>('pipelines', {}, q);
 export const getRun = (id: string) =>

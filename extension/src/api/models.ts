@@ -173,3 +173,59 @@ export interface CreateRun {
   backend?: string;
   parameters?: Record<string, unknown>;
 }
+
+export interface EndpointDriftQuery {
+  window?: string;
+  since?: string | null;
+}
+
+/** One feature of one window: the KS statistic, PSI and the share of the window that moved. */
+export interface DriftFeature {
+  feature: string;
+  drifting: boolean;
+  ks: number;
+  p_value: number;
+  psi: number;
+  psi_threshold: number | null;
+  share: number;
+  [extra: string]: unknown;
+}
+
+/** A window of captured inputs; features come drifting first, strongest first. */
+export interface DriftWindow {
+  start: number;
+  end: number;
+  rows: number;
+  skipped?: string | null;
+  drifting: string[];
+  features: DriftFeature[];
+  [extra: string]: unknown;
+}
+
+export interface EndpointDrift {
+  endpoint: string;
+  window_s: number;
+  captured_rows: number;
+  drifting: string[];
+  alerts: number;
+  /** Newest first. */
+  windows: DriftWindow[];
+  [extra: string]: unknown;
+}
+
+export interface IdleItem {
+  kind: string;
+  name: string;
+  backend: string;
+  status: string;
+  units: number;
+  cost_per_hour: number;
+  since?: number | null;
+  idle?: string | null;
+  [extra: string]: unknown;
+}
+
+export interface ListIdleResponse {
+  items: IdleItem[];
+  cost_per_hour: number;
+}

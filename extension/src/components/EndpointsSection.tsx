@@ -1,4 +1,4 @@
-/** The Endpoints section: status, URL, replicas, latency and throughput, scale, undeploy. */
+/** The Endpoints section: status, URL, replicas, latency and throughput, drift, scale, undeploy. */
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import * as React from 'react';
 
@@ -12,6 +12,7 @@ import { DescribeEndpoint, EndpointMetrics } from '../api/models';
 import { errorText, IPanelContext, usePoll } from '../context';
 import { statusClass } from '../format';
 import { ISeries, LineChart } from './Chart';
+import { DriftView, IdleList, SageMakerFacts } from './MonitoringViews';
 
 type Row = Record<string, unknown>;
 
@@ -140,6 +141,7 @@ function EndpointDetail(props: {
         <dt>{trans.__('Error rate')}</dt>
         <dd>{errorRate === null ? '–' : `${(errorRate * 100).toFixed(1)}%`}</dd>
       </dl>
+      <SageMakerFacts metrics={m} />
       <LineChart
         title={trans.__('Latency')}
         unit="ms"
@@ -150,6 +152,7 @@ function EndpointDetail(props: {
         unit="req/s"
         series={seriesOf(rows, ['rps'])}
       />
+      <DriftView ctx={ctx} name={endpoint.name} />
       <div className="nbs-actions">
         <button
           type="button"
@@ -188,6 +191,7 @@ export function EndpointsSection(props: { ctx: IPanelContext }): JSX.Element {
 
   return (
     <div className="nbs-section nbs-endpoints">
+      <IdleList ctx={ctx} />
       {error && <div className="nbs-error">{error}</div>}
       {endpoints.length === 0 && !error && (
         <div className="nbs-muted nbs-empty">

@@ -1,0 +1,207 @@
+/**
+ * Monitoring in the Endpoints section: drift per window (drifting features
+ * first), SageMaker-named metrics, and what runs now with its cost per hour.
+ */
+import * as React from 'react';
+
+import { getEndpointDrift, listIdle } from '../api/client';
+import { DriftWindow, EndpointDrift, IdleItem } from '../api/models';
+import { errorText, IPanelContext, usePoll } from '../context';
+import { formatCost, formatTime } from '../format';
+
+const WINDOWS = ['5m', '1h', '1d'];
+const FEATURES_SHOWN = 8;
+
+const num = (v: unknown): number | null =>
+  typeof v === 'number' && Number.isFinite(v) ? v : null;
+
+function fmt(v: unknown, digits = 3): string {
+  const n = num(v);
+  return n === null ? '–' : n.toFixed(digits);
+}
+
+function fmtP(v: unknown): string {
+  const n = num(v);
+  return n === null ? '–' : n < 0.001 ? n.toExponential(1) : n.toFixed(3);
+}
+
+/** Invocations, errors and latency percentiles under SageMaker's names (µs). */
+export function SageMakerFacts(props: {
+  metrics: Record<string, unknown>;
+}): JSX.Element | null {
+  const m = props.metrics;
+  if (num(m.Invocations) === null) {
+    return null;
+  }
+  const us = (k: string) => {
+    const n = num(m[k]);
+    return n === null ? '–' : `${(n / 1000).toFixed(2)} ms`;
+  };
+  return (
+    <dl className="nbs-facts nbs-sagemaker-metrics">
+      <dt>Invocations</dt>
+      <dd>
+        {String(m.Invocations)} (4XX {String(m.Invocation4XXErrors ?? 0)}, 5XX{' '}
+        {String(m.Invocation5XXErrors ?? 0)})
+      </dd>
+      <dt>ModelLatency p50 / p99</dt>
+      <dd>
+        {us('ModelLatency_p50')} / {us('ModelLatency_p99')}
+      </dd>
+      <dt>OverheadLatency p99</dt>
+      <dd>{us('OverheadLatency_p99')}</dd>
+    </dl>
+  );
+}
+
+function WindowRow(props: { w: DriftWindow }): JSX.Element {
+  const { w } = props;
+  const shown = w.features.slice(0, FEATURES_SHOWN);
+  return (
+    <div
+      className={
+        'nbs-drift-window' + (w.drifting.length ? ' nbs-drift-alert' : '')
+      }
+      data-window-start={w.start}
+    >
+      <div className="nbs-drift-head">
+        <span>{formatTime(w.start)}</span>{' '}
+        <span className="nbs-muted">{w.rows} rows</span>{' '}
+        {w.skipped ? (
+          <span className="nbs-muted">not tested: {w.skipped}</span>
+        ) : w.drifting.length ? (
+          <b>
+            {w.drifting.length} of {w.features.length} features drift
+          </b>
+        ) : (
+          <span>no drift</span>
+        )}
+      </div>
+      {!w.skipped && w.drifting.length > 0 && (
+        <table className="nbs-drift-table">
+          <thead>
+            <tr>
+              <th>feature</th>
+              <th>KS</th>
+              <th>p</th>
+              <th>PSI</th>
+              <th>share</th>
+            </tr>
+          </thead>
+          <tbody>
+            {shown.map(f => (
+              <tr
+                key={f.feature}
+                className={f.drifting ? 'nbs-drifting' : undefined}
+                data-feature={f.feature}
+              >
+                <td>{f.feature}</td>
+                <td>{fmt(f.ks)}</td>
+                <td>{fmtP(f.p_value)}</td>
+                <td>{fmt(f.psi)}</td>
+                <td>
+                  {num(f.share) === null
+                    ? '–'
+                    : `${((f.share as number) * 100).toFixed(1)}%`}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </div>
+  );
+}
+
+/** Drift of one endpoint's captured inputs, newest window first. */
+export function DriftView(props: {
+  ctx: IPanelContext;
+  name: string;
+}): JSX.Element {
+  const { ctx, name } = props;
+  const { trans } = ctx;
+  const [windowLen, setWindowLen] = React.useState('1h');
+  const [drift, setDrift] = React.useState<EndpointDrift | null>(null);
+  const [error, setError] = React.useState<string | null>(null);
+
+  usePoll(ctx, async () => {
+    try {
+      setDrift(await getEndpointDrift(name, { window: windowLen }));
+      setError(null);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }, [name, windowLen]);
+
+  return (
+    <div className="nbs-drift" data-drift={name}>
+      <div className="nbs-drift-title">
+        <b>{trans.__('Drift')}</b>{' '}
+        <select
+          aria-label={trans.__('Drift window')}
+          value={windowLen}
+          onChange={e => setWindowLen(e.target.value)}
+        >
+          {WINDOWS.map(w => (
+            <option key={w} value={w}>
+              {w}
+            </option>
+          ))}
+        </select>
+        {drift && (
+          <span className="nbs-muted">
+            {' '}
+            {drift.captured_rows} {trans.__('captured rows')}
+            {drift.drifting.length
+              ? ` · ${trans.__('drifting')}: ${drift.drifting.slice(0, 5).join(', ')}`
+              : ''}
+          </span>
+        )}
+      </div>
+      {error && <div className="nbs-muted">{error}</div>}
+      {drift && drift.windows.length === 0 && (
+        <div className="nbs-muted">{trans.__('Nothing captured yet.')}</div>
+      )}
+      {drift &&
+        drift.windows.map(w => <WindowRow key={String(w.start)} w={w} />)}
+    </div>
+  );
+}
+
+/** What runs now (jobs and endpoints) and what it costs per hour. */
+export function IdleList(props: { ctx: IPanelContext }): JSX.Element | null {
+  const { ctx } = props;
+  const { trans } = ctx;
+  const [items, setItems] = React.useState<IdleItem[]>([]);
+  const [total, setTotal] = React.useState(0);
+
+  usePoll(ctx, async () => {
+    try {
+      const answer = await listIdle();
+      setItems(answer.items);
+      setTotal(answer.cost_per_hour);
+    } catch {
+      setItems([]); // the list is a summary; the sections below say what failed
+    }
+  }, []);
+
+  if (items.length === 0) {
+    return null;
+  }
+  return (
+    <div className="nbs-idle" aria-label={trans.__('Running now')}>
+      <div>
+        <b>{trans.__('Running now')}</b>: {formatCost(total)}/h
+      </div>
+      <ul className="nbs-list">
+        {items.map(t => (
+          <li key={`${t.kind}:${t.name}`} data-idle={t.name}>
+            {t.kind} <code>{t.name}</code> {t.status.toLowerCase()} ·{' '}
+            {formatCost(t.cost_per_hour)}/h
+            {t.idle ? ` · ${trans.__('idle')} ${t.idle}` : ''}
+          </li>
+        ))}
+      </ul>
+    </div>
+  );
+}
