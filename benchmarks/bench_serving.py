@@ -1,4 +1,4 @@
-"""Serving benchmark: the same small torch MLP behind nbscale, KServe's ModelServer and MLServer.
+"""Serving benchmark: the same small torch MLP behind nbscale, a bare Starlette+uvicorn app, KServe and MLServer.
 
     python benchmarks/bench_serving.py            # sets up the peers' venvs on first run
     python benchmarks/bench_serving.py --device cuda   # nbscale rows on a GPU, where there is one
@@ -6,13 +6,20 @@
 Each peer lives in its own venv under benchmarks/.venvs, created here with
 ``--system-site-packages`` so the installed CPU torch is reused: the peer is
 installed with ``torch==2.13.0`` pinned on the same pip line, which that torch
-already satisfies, so pip never fetches another (CUDA) build.
+already satisfies, so pip never fetches another (CUDA) build. The bare app
+is Starlette on uvicorn with uvloop and httptools: the floor any Python
+server of this model should be measured against.
 
-Every server gets one process, OMP_NUM_THREADS=1, the same V2 JSON request
-(one row of 64 FP32) and the same load generator, wrk (C, one thread,
-closed loop), swept over connection counts. Reported per server:
-throughput at p99 <= 50 ms (best sweep point meeting it, no errors) and p50
+Every server gets one process pinned to CPU 0 (taskset; the deployed
+endpoint's router and replica share it), OMP_NUM_THREADS=1, the same V2
+JSON request (one row of 64 FP32) and the same load generator, wrk (C, one
+thread, closed loop) pinned to CPU 1, at 1, 10, 32 and 64 connections.
+Reported per server: requests/s and p50/p99 at each level, the ratios to
+the bare app and to the best peer (KServe or MLServer) at each level, and p50
 overhead at one connection over the bare forward pass of the same model.
+Then, for a deployed endpoint: the first request's latency when scaled to
+zero (woken standby, and a fresh start), and how long a SIGKILLed router
+takes to answer again.
 """
 
 from __future__ import annotations
@@ -39,8 +46,20 @@ from harness import save  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VENVS = HERE / ".venvs"
-PEERS = {"kserve": ["kserve==0.21.0"], "mlserver": ["mlserver==1.7.1"]}
+PEERS = {
+    "kserve": ["kserve==0.21.0"],
+    "mlserver": ["mlserver==1.7.1"],
+    "bare": ["starlette==1.10.0", "uvicorn[standard]==0.54.0"],
+}
+IMPORTS = {
+    "kserve": "kserve",
+    "mlserver": "mlserver",
+    "bare": "uvicorn, starlette, uvloop, httptools",
+}
+SERVER_CPU, LOAD_CPU = "0", "1"
 P99_LIMIT_MS = 50.0
+PIN_SERVER: list[str] = []  # taskset prefixes, set in main()
+PIN_LOAD: list[str] = []
 TOKEN = "bench-token"
 
 MODEL_SRC = """
@@ -50,7 +69,7 @@ import torch
 class MLP(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
 
     def forward(self, x):
         return self.net(x)
@@ -90,6 +109,43 @@ class MLPModel(Model):
 if __name__ == "__main__":
     ModelServer(http_port=int(sys.argv[1]), grpc_port=int(sys.argv[2]), enable_grpc=False, workers=1,
                 enable_latency_logging=False).start([MLPModel("mlp", sys.argv[3])])
+"""
+
+BARE_SRC = """
+import json
+import sys
+
+import numpy as np
+import torch
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlp import load
+
+net = load(sys.argv[2])
+
+
+async def infer(request):
+    req = await request.json()
+    inp = req["inputs"][0]
+    x = torch.from_numpy(np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"]))
+    with torch.inference_mode():
+        y = net(x).numpy()
+    out = {"name": "output", "datatype": "FP32", "shape": list(y.shape), "data": y.ravel().tolist()}
+    return JSONResponse({"model_name": "mlp", "id": req.get("id"), "outputs": [out]})
+
+
+async def ready(request):
+    return Response(b"")
+
+
+app = Starlette(routes=[Route("/v2/models/mlp/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)])
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+                access_log=False, log_level="warning")
 """
 
 MLSERVER_SRC = """
@@ -132,7 +188,7 @@ def setup_venvs() -> dict[str, Path]:
             subprocess.run(
                 [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
             )
-        check = subprocess.run([str(py), "-c", f"import {name}"], capture_output=True)
+        check = subprocess.run([str(py), "-c", f"import {IMPORTS[name]}"], capture_output=True)
         if check.returncode != 0:
             print(f"installing {' '.join(pkgs)} into {venv}", file=sys.stderr)
             subprocess.run(
@@ -184,7 +240,17 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [
+            *PIN_LOAD,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -255,11 +321,84 @@ def measure(
         best = max(ok, key=lambda p: p["rps"]) if ok else None
         out[name] = {
             "sweep": points,
+            "rps_by_connections": {str(p["connections"]): p["rps"] for p in points},
             "rps_at_p99_50ms": best["rps"] if best else 0.0,
             "best_connections": best["connections"] if best else None,
             "p50_ms_at_1_connection": points[0]["p50_ms"],
         }
     return out
+
+
+def _post(url: str, body: bytes, token: str) -> int:
+    req = urllib.request.Request(
+        url, body, {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(req, timeout=180) as resp:
+        resp.read()
+        return resp.status
+
+
+def cold_starts(artifact: Path, body: str, rounds: int) -> dict:
+    """First-request latency of a scaled-to-zero endpoint, and the router's recovery from SIGKILL."""
+    from nbscale.endpoints import deploy
+
+    ep = deploy(str(artifact), name="mlp-cold", replicas=(0, 1), idle_timeout_s=1)
+    try:
+        token = (Path(os.environ["NBSCALE_HOME"]) / "endpoints" / "mlp-cold" / "token").read_text()
+        url = f"{ep.url}/v2/models/mlp-cold/infer"
+
+        def scaled_to_zero() -> dict:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                m = ep.metrics()
+                if m["replicas"]["current"] == 0 and m["replicas"]["standby"] == 1:
+                    return m
+                time.sleep(0.2)
+            raise RuntimeError("the endpoint did not scale to zero")
+
+        def first_request() -> float:
+            t = time.perf_counter()
+            status = _post(url, body.encode(), token.strip())
+            if status != 200:
+                raise RuntimeError(f"the first request got {status}")
+            return time.perf_counter() - t
+
+        woken = []
+        for _ in range(rounds):
+            scaled_to_zero()
+            woken.append(first_request())
+        fresh = []
+        for _ in range(min(rounds, 3)):  # no standby: it is killed, so a replica has to start
+            m = scaled_to_zero()
+            pid = next(r["pid"] for r in m["replica_list"] if r["state"] == "paused")
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+            fresh.append(first_request())
+        recover = []
+        for _ in range(3):
+            router = ep.metrics()["router_pid"]
+            os.kill(router, signal.SIGKILL)
+            t = time.perf_counter()
+            while True:
+                try:
+                    if _post(url, body.encode(), token.strip()) == 200:
+                        break
+                except OSError:
+                    time.sleep(0.01)
+            recover.append(time.perf_counter() - t)
+            time.sleep(1)
+        recorded = ep.metrics()["cold_starts"]
+    finally:
+        ep.delete()
+    return {
+        "woken_standby_s": [round(x, 4) for x in woken],
+        "woken_standby_median_s": round(float(np.median(woken)), 4),
+        "fresh_start_s": [round(x, 3) for x in fresh],
+        "fresh_start_median_s": round(float(np.median(fresh)), 3),
+        "router_sigkill_to_answer_s": [round(x, 3) for x in recover],
+        "router_sigkill_to_answer_median_s": round(float(np.median(recover)), 3),
+        "router_recorded_cold_starts": recorded,
+    }
 
 
 def main() -> int:
@@ -268,12 +407,17 @@ def main() -> int:
     )
     ap.add_argument("--seconds", type=int, default=3, help="wrk duration per sweep point")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts")
-    ap.add_argument("--sweep", default="1,2,4,8,16,32,64", help="connection counts")
+    ap.add_argument("--sweep", default="1,10,32,64", help="connection counts")
+    ap.add_argument(
+        "--no-pin", action="store_true", help="do not pin servers and wrk to CPUs 0 and 1"
+    )
+    ap.add_argument("--cold-rounds", type=int, default=5, help="scaled-to-zero first requests")
     ap.add_argument(
         "--device", default="cpu", help="device for the nbscale rows (cuda where there is a GPU)"
     )
     ap.add_argument(
-        "--only", help="comma-separated subset: nbscale,nbscale-endpoint,kserve,mlserver"
+        "--only",
+        help="comma-separated subset: bare,nbscale,nbscale-nobatch,nbscale-endpoint,kserve,mlserver,cold-start",
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
     args = ap.parse_args()
@@ -284,9 +428,23 @@ def main() -> int:
     only = (
         set(args.only.split(","))
         if args.only
-        else {"nbscale", "nbscale-endpoint", "kserve", "mlserver"}
+        else {
+            "bare",
+            "nbscale",
+            "nbscale-nobatch",
+            "nbscale-endpoint",
+            "kserve",
+            "mlserver",
+            "cold-start",
+        }
     )
-    pythons = setup_venvs() if only & {"kserve", "mlserver"} else {}
+    if not args.no_pin:
+        if os.cpu_count() < 2 or not shutil.which("taskset"):
+            print("bench_serving: pinning needs 2 CPUs and taskset; pass --no-pin", file=sys.stderr)
+            return 2
+        PIN_SERVER[:] = ["taskset", "-c", SERVER_CPU]
+        PIN_LOAD[:] = ["taskset", "-c", LOAD_CPU]
+    pythons = setup_venvs() if only & {"kserve", "mlserver", "bare"} else {}
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     home = work / "home"
     env = {
@@ -298,6 +456,7 @@ def main() -> int:
     (work / "mlp.py").write_text(MODEL_SRC)
     (work / "kserve_mlp.py").write_text(KSERVE_SRC)
     (work / "mlserver_mlp.py").write_text(MLSERVER_SRC)
+    (work / "bare_mlp.py").write_text(BARE_SRC)
     ns: dict = {}
     exec(MODEL_SRC, ns)
     torch.manual_seed(0)
@@ -330,7 +489,7 @@ def main() -> int:
     def start(cmd, cwd=None, extra_env=None):
         log = open(work / f"{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            cmd,
+            [*PIN_SERVER, *cmd],
             cwd=cwd or work,
             env={**env, **(extra_env or {})},
             stdout=log,
@@ -350,15 +509,25 @@ def main() -> int:
 
     try:
         contenders = []
-        if "nbscale" in only or "nbscale-endpoint" in only:
+        if only & {"nbscale", "nbscale-nobatch", "nbscale-endpoint", "cold-start"}:
             sys.path.insert(0, str(work))
             os.environ["NBSCALE_HOME"] = str(home)
             from nbscale.serving import package
 
             artifact = package(model, work / "artifact", "mlp")
             (work / "token").write_text(TOKEN)
-        if "nbscale" in only:
+        if "bare" in only:
 
+            def run_bare():
+                port = free_port()
+                proc = start(
+                    [str(pythons["bare"]), str(work / "bare_mlp.py"), str(port), str(weights)]
+                )
+                return proc, port, f"http://127.0.0.1:{port}/v2/health/ready"
+
+            contenders.append(("bare", run_bare))
+
+        def nbscale_runner(*extra: str):
             def run_nbscale():
                 port = free_port()
                 proc = start(
@@ -372,12 +541,18 @@ def main() -> int:
                         str(port),
                         "--token-file",
                         str(work / "token"),
+                        *extra,
                     ],
                     extra_env={"NBSCALE_DEVICE": args.device},
                 )
                 return proc, port, f"http://127.0.0.1:{port}/v2/health/ready"
 
-            contenders.append(("nbscale", run_nbscale))
+            return run_nbscale
+
+        if "nbscale" in only:
+            contenders.append(("nbscale", nbscale_runner()))
+        if "nbscale-nobatch" in only:
+            contenders.append(("nbscale-nobatch", nbscale_runner("--max-batch-size", "1")))
         if "kserve" in only:
 
             def run_kserve():
@@ -433,12 +608,22 @@ def main() -> int:
         if "nbscale-endpoint" in only:
             from nbscale.endpoints import deploy
 
-            ep = deploy(str(artifact), name="mlp", replicas=(1, 1))
+            mask = os.sched_getaffinity(0)
+            if PIN_SERVER:  # supervisor, router and replica inherit CPU 0 from us
+                os.sched_setaffinity(0, {int(SERVER_CPU)})
+            try:
+                ep = deploy(str(artifact), name="mlp", replicas=(1, 1))
+            finally:
+                os.sched_setaffinity(0, mask)
             token = (home / "endpoints" / "mlp" / "token").read_text().strip()
             ep_script = work / "post-endpoint.lua"
             ep_script.write_text(script.read_text().replace(TOKEN, token))
             targets["nbscale-endpoint"] = (f"{ep.url}/v2/models/mlp/infer", ep_script)
         results = measure(targets, sweep, args.seconds, args.rounds)
+        if ep is not None:
+            ep.delete()
+            ep = None
+        cold = cold_starts(artifact, body, args.cold_rounds) if "cold-start" in only else None
     finally:
         if ep is not None:
             ep.delete()
@@ -447,18 +632,31 @@ def main() -> int:
                 stop(proc)
     for r in results.values():
         r["p50_overhead_ms"] = round(r["p50_ms_at_1_connection"] - bare, 3)
-    ratios = {}
-    if "nbscale" in results:
-        for peer in ("kserve", "mlserver"):
-            if peer in results and results[peer]["rps_at_p99_50ms"]:
-                ratios[f"nbscale_vs_{peer}_throughput"] = round(
-                    results["nbscale"]["rps_at_p99_50ms"] / results[peer]["rps_at_p99_50ms"], 2
-                )
+    ratios: dict = {}
+    for name, r in results.items():
+        per = {}
+        for c in sweep:
+            rps = r["rps_by_connections"][str(c)]
+            row = {}
+            if "bare" in results and name != "bare":
+                row["vs_bare"] = round(rps / results["bare"]["rps_by_connections"][str(c)], 2)
+            peers = [
+                results[p]["rps_by_connections"][str(c)]
+                for p in ("kserve", "mlserver")
+                if p in results
+            ]
+            if peers and name not in ("kserve", "mlserver") and max(peers):
+                row["vs_best_peer"] = round(rps / max(peers), 2)
+            per[str(c)] = row
+        ratios[name] = per
     save(
         args.out,
         {
-            "model": "MLP 64-64-10 (torch), one row of 64 FP32 per request, V2 JSON",
+            "model": "MLP 64-128-10 (torch), one row of 64 FP32 per request, V2 JSON",
             "load_generator": "wrk 4.1 (1 thread, closed loop), connections swept",
+            "pinning": "none"
+            if not PIN_SERVER
+            else f"servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}",
             "rounds": args.rounds,
             "seconds_per_point": args.seconds,
             "device": args.device,
@@ -466,8 +664,10 @@ def main() -> int:
             "p99_limit_ms": P99_LIMIT_MS,
             "servers": results,
             "ratios": ratios,
-            "notes": "one server process each, OMP_NUM_THREADS=1; nbscale-endpoint is the deployed endpoint "
-            "(router + 1 replica); the load generator shares the machine's CPUs",
+            "cold_start": cold,
+            "notes": "one server process each, OMP_NUM_THREADS=1; nbscale-nobatch is the runtime with "
+            "--max-batch-size 1; nbscale-endpoint is the deployed endpoint (router + 1 replica on one CPU); "
+            "the machine was shared with other engineers' work while this ran",
         },
     )
     shutil.rmtree(work, ignore_errors=True)
