@@ -233,8 +233,10 @@ def test_an_unchanged_bundle_is_not_uploaded_twice(aws, tmp_path):
     submit(spec, config=config())
     assert len(bundle_puts()) == before + 1
     runtime_puts = len([p for m, p, _ in aws.bodies if m == "PUT" and "/runtime/" in p])
-    submit(spec, config=config())  # the same cell again: found by its hash, not sent
+    heads = len([p for m, p, _ in aws.bodies if m == "HEAD"])
+    submit(spec, config=config())  # the same cell again: known by its hash, not sent
     assert len(bundle_puts()) == before + 1
+    assert len([p for m, p, _ in aws.bodies if m == "HEAD"]) == heads  # not even asked
     assert len([p for m, p, _ in aws.bodies if m == "PUT" and "/runtime/" in p]) == runtime_puts
     assert len(aws.operations("CreateTrainingJob")) >= 2
 
