@@ -93,7 +93,7 @@ def test_a_killed_worker_restarts_the_group_and_the_cell_resumes_to_the_same_res
     assert reply["content"]["status"] == "ok", reply["content"]
     final = get_job(store, record.id)
     assert final.status == SUCCEEDED and final.restarts == 1
-    assert job_processes(record.id) == []
+    wait_for(lambda: job_processes(record.id) == [], 30, what="every process of the job ended")
 
     figures = k.ok("""
         print(resumed_from, max(float((weights[n] - ref_weights[n]).abs().max()) for n in weights))
