@@ -234,6 +234,11 @@ def test_a_new_version_goes_blue_green_with_canary_and_rollback_alarms(aws, tmp_
         aws.operations("CreateModel")[-1]["PrimaryContainer"]["ModelDataUrl"]
         != aws.operations("CreateModel")[-2]["PrimaryContainer"]["ModelDataUrl"]
     )
+    # nbscale.endpoints.deploy asks for a new version with canary_traffic_percent
+    deploy(v2, name="fraud", backend="aws", options={"canary_traffic_percent": 30})
+    canary = aws.operations("UpdateEndpoint")[-1]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert canary["TrafficRoutingConfiguration"]["CanarySize"]["Value"] == 30
+    assert aws.operations("UpdateEndpoint")[-1]["EndpointConfigName"] == "nbscale-fraud-v3"
     be.deploy_version("fraud", v2, {"deployment": "linear", "canary_percent": 25})
     linear = aws.operations("UpdateEndpoint")[-1]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
     assert linear["TrafficRoutingConfiguration"]["LinearStepSize"] == {

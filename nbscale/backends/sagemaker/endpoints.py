@@ -104,6 +104,8 @@ class SageMakerEndpoints(EndpointBackend):
             "target_invocations",
             "scale_in_cooldown",
             "scale_out_cooldown",
+            # nbscale.endpoints.deploy's way of asking for a new version of an existing endpoint
+            "canary_traffic_percent",
         }
     )
 
@@ -286,6 +288,21 @@ class SageMakerEndpoints(EndpointBackend):
 
     def deploy(self, request: DeployRequest) -> EndpointRecord:
         self.validate(request)
+        percent = request.options.get("canary_traffic_percent")
+        if percent is not None:
+            existing = self.store.query_one(
+                "SELECT 1 FROM endpoints WHERE name = ?", (request.name,)
+            )
+            if not existing:
+                raise SpecError(
+                    "canary-traffic-percent",
+                    f"there is no endpoint {request.name!r} to send a share of traffic from",
+                    "deploy it first without a canary",
+                )
+            options = {k: v for k, v in request.options.items() if k != "canary_traffic_percent"}
+            options.setdefault("deployment", "canary")
+            options.setdefault("canary_percent", int(percent))
+            return self.deploy_version(request.name, Path(request.model_dir), options)
         now = time.time()
         record = EndpointRecord(
             name=request.name,
