@@ -476,6 +476,11 @@ def test_a_completed_job_brings_its_verified_results_home(aws, tmp_path):
     assert load_results(record) == {"total": 6.0}
     assert job.result() == {"total": 6.0}
     assert record.info["billable_seconds"] == 61 and record.exit_code == 0
+    from nbscale.cost import record_costs
+
+    costs = record_costs(record, config())  # the cost report prices the billed seconds
+    assert costs["billable_seconds"] == 61
+    assert costs["cost"] == pytest.approx(61 / 3600 * 0.23, abs=1e-4)
 
 
 def test_results_of_another_home_are_refused(aws, tmp_path, monkeypatch):
