@@ -127,6 +127,16 @@ class Endpoint:
         self._record = self._manager.scale(self._record, min_replicas, max_replicas)
         return self
 
+    def promote(self) -> Endpoint:
+        """Send all traffic to the canary (backends with canary rollouts)."""
+        self._record = self._manager.promote(self._record)
+        return self
+
+    def rollback(self) -> Endpoint:
+        """Send all traffic back to the version before the canary."""
+        self._record = self._manager.rollback(self._record)
+        return self
+
     def delete(self) -> None:
         self._manager.close(self.name)
         self._manager.undeploy(self.name)
@@ -181,7 +191,9 @@ def deploy(
     max_queue: int = 1024,
     baseline: Any = None,
     idle_ttl: str | float | None = None,
-) -> Endpoint:
+    options: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> Endpoint | str:
     """Deploy a model object or an artifact directory as an endpoint, and wait until it answers.
 
     ``baseline`` (training rows as numpy or pandas, a ``Baseline`` or a
@@ -189,6 +201,10 @@ def deploy(
     compares captured inputs with it; capture defaults to every request then.
     ``idle_ttl`` (``"30m"`` or seconds): after that long without requests the
     endpoint scales to zero even above its minimum (an event is logged).
+    ``options`` are settings only some backends have (``canary_traffic_percent``,
+    ``scale_metric``, ``gpus``...; a backend refuses one it does not use); a canary
+    deploys a new version of an existing endpoint. ``dry_run`` returns the platform
+    objects the backend would send, as text, and sends nothing.
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(
@@ -211,7 +227,7 @@ def deploy(
         capture_rate = 1.0  # drift needs captured inputs
     mgr = _manager(backend)
     existing = mgr.store.query_one("SELECT 1 FROM endpoints WHERE name = ?", (name,))
-    if existing:
+    if existing and (options or {}).get("canary_traffic_percent") is None:
         raise Conflict(
             f"an endpoint named {name!r} exists", f"undeploy it first: nbscale undeploy {name}"
         )
@@ -249,8 +265,15 @@ def deploy(
     if base is not None:
         endpoint_dir(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         base.save(endpoint_dir(name) / "baseline.json")
+    request = DeployRequest(name, model_dir, lo, hi, port, config, dict(options or {}))
     try:
-        rec = mgr.deploy(DeployRequest(name, model_dir, lo, hi, port, config))
+        if dry_run:
+            try:
+                return mgr.render(request)
+            finally:
+                if model_dir.is_relative_to(endpoint_dir(name)):
+                    shutil.rmtree(model_dir, ignore_errors=True)
+        rec = mgr.deploy(request)
     except BaseException:
         if model_dir.is_relative_to(endpoint_dir(name)):  # a copy made here for this deploy
             shutil.rmtree(model_dir, ignore_errors=True)

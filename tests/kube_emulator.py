@@ -17,12 +17,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import attrs
 import kmock
 import yaml
 
 
+@attrs.define(kw_only=True)
 class _Emulator(kmock.KubernetesEmulator):
-    """The API server's own fields on create: uid, creationTimestamp, generation."""
+    """The API server's own fields: uid, creationTimestamp, generation (bumped by spec changes)."""
+
+    history: list = attrs.field(factory=list, init=False)
 
     async def _handle(self, request):
         from kmock._internal import enums
@@ -35,7 +39,24 @@ class _Emulator(kmock.KubernetesEmulator):
                 datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
             meta.setdefault("generation", 1)
-        return await super()._handle(request)
+        elif (
+            request.resource is not None
+            and request.action == enums.action.UPDATE
+            and request.subresource is None
+            and isinstance(request.data, dict)
+            and "spec" in request.data
+        ):  # a change of spec is a new generation, as the API server counts them
+            key = (request.resource, request.namespace, request.name)
+            if key in self._objects and not self._objects[key].deleted:
+                gen = (self._objects[key].get("metadata") or {}).get("generation") or 1
+                request.data.setdefault("metadata", {})["generation"] = gen + 1
+        try:
+            return await super()._handle(request)
+        finally:
+            # kmock filters its whole request history on every request (quadratic);
+            # the history moves to a list of ours that the tests read
+            self.history.extend(self._requests)
+            self._requests.clear()
 
 
 class KubeEmulator:
@@ -126,7 +147,15 @@ class KubeEmulator:
 
     def requests(self) -> list[Any]:
         assert self.emulator is not None
-        return list(self.emulator._requests)  # every request served, in order
+        return list(self.emulator.history)  # every request served, in order
+
+    def writes(self) -> list[Any]:
+        """The requests that create, change or delete something."""
+        return [
+            r
+            for r in self.requests()
+            if str(r.method).upper().endswith(("POST", "PUT", "PATCH", "DELETE"))
+        ]
 
 
 class KubeApi:

@@ -54,8 +54,8 @@ world = dist.get_world_size()
 """
 
 
-@pytest.fixture(scope="module")
-def kube():
+@pytest.fixture
+def kube():  # one per test: kmock filters its whole request history on every request
     emu = KubeEmulator()
     yield emu
     emu.stop()

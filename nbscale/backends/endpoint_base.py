@@ -127,6 +127,14 @@ class EndpointBackend(ABC):
     def list(self) -> list[EndpointRecord]:
         """The endpoints of this backend."""
 
+    def promote(self, record: EndpointRecord) -> EndpointRecord:
+        """Send all traffic to the canary version."""
+        raise SpecError("canary", f"the {self.type} endpoint backend has no canary rollouts")
+
+    def rollback(self, record: EndpointRecord) -> EndpointRecord:
+        """Send all traffic back to the version before the canary."""
+        raise SpecError("canary", f"the {self.type} endpoint backend has no canary rollouts")
+
     def close(self, name: str) -> None:  # noqa: B027 - backends without connections keep none
         """Drop any connection kept open for endpoint ``name``."""
 

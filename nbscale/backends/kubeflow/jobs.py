@@ -233,33 +233,7 @@ class KubeflowBackend(JobBackend):
         return dump_yaml(objects)
 
     def ensure_key_secret(self) -> None:
-        """Create or update the Secret the pods read the signing keys from."""
-        from ... import keys
-
-        cluster = self.cluster()
-        core = cluster.core()
-        body = mf.key_secret(
-            self.settings.key_secret, keys.export(*KEY_PURPOSES), cluster.namespace
-        )
-        name = self.settings.key_secret
-        try:
-            current = core.read_namespaced_secret(name, cluster.namespace)
-        except Exception as exc:  # noqa: BLE001
-            err = api_error(exc, f"reading Secret {name}", cluster)
-            if not is_status(err, 404):
-                raise err from None
-            self._call(
-                f"creating Secret {name}", core.create_namespaced_secret, cluster.namespace, body
-            )
-            return
-        if (current.data or {}).get("keys.json") != body["data"]["keys.json"]:
-            self._call(
-                f"updating Secret {name}",
-                core.patch_namespaced_secret,
-                name,
-                cluster.namespace,
-                {"data": body["data"]},
-            )
+        ensure_key_secret(self.cluster(), self.settings)
 
     def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
         if secrets:
@@ -622,6 +596,32 @@ class KubeflowBackend(JobBackend):
             event="cancelled",
         )
         return get_job(self.store, record.id)
+
+
+def ensure_key_secret(cluster: Cluster, conf: KubeflowSettings) -> None:
+    """Create or update the Secret the pods read the signing keys from (only its name
+    travels in a manifest)."""
+    from ... import keys
+
+    core = cluster.core()
+    name = conf.key_secret
+    body = mf.key_secret(name, keys.export(*KEY_PURPOSES), cluster.namespace)
+    try:
+        current = core.read_namespaced_secret(name, cluster.namespace)
+    except Exception as exc:  # noqa: BLE001
+        err = api_error(exc, f"reading Secret {name}", cluster)
+        if not is_status(err, 404):
+            raise err from None
+        try:
+            core.create_namespaced_secret(cluster.namespace, body)
+        except Exception as exc2:  # noqa: BLE001
+            raise api_error(exc2, f"creating Secret {name}", cluster) from None
+        return
+    if (current.data or {}).get("keys.json") != body["data"]["keys.json"]:
+        try:
+            core.patch_namespaced_secret(name, cluster.namespace, {"data": body["data"]})
+        except Exception as exc:  # noqa: BLE001
+            raise api_error(exc, f"updating Secret {name}", cluster) from None
 
 
 def node_rank(pod: Any) -> int:

@@ -1,0 +1,579 @@
+"""KServe endpoints: ``%deploy`` / ``nbscale deploy --backend KF`` as an InferenceService.
+
+deploy: the packaged artifact goes to object storage under the hash of its files
+(unchanged: nothing is sent), the signing keys to their Secret, a fresh bearer
+token to a Secret of the endpoint (and to ``$NBSCALE_HOME/endpoints/NAME/token``,
+0600, for this machine's calls), then the InferenceService (``manifests``): the
+predictor runs the nbscale serving runtime (the ``nbscale`` ClusterServingRuntime in
+``deploy/kserve/``, or ``serving_image``). A new version of a deployed endpoint with
+``canary_traffic_percent`` rolls out beside the old one; ``promote`` sends it all the
+traffic, ``rollback`` returns all of it to the previous version.
+
+status: the InferenceService's conditions and URL; a predictor pod that crash-loops
+or cannot pull its image makes the endpoint FAILED with the pod's reason, never
+READY. predict/metadata: V2 at the service URL. metrics: the serving runtime's
+Prometheus ``/metrics`` read through the service (the replica that answers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from ... import storage
+from ...errors import BackendUnavailable, Conflict, NbscaleError, NotFound, SpecError
+from ...store.endpoints import (
+    FAILED,
+    READY,
+    SCALED_TO_ZERO,
+    STARTING,
+    EndpointRecord,
+    delete_endpoint,
+    get_endpoint,
+    insert_endpoint,
+    list_endpoints,
+    update_endpoint,
+)
+from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
+from ..local_endpoints import endpoint_dir, token_for
+from . import manifests as mf
+from .cluster import Cluster, api_error, connect, is_status
+from .jobs import BAD_WAITING, dump_yaml, ensure_key_secret
+from .settings import KubeflowSettings, settings
+
+PLURAL = "inferenceservices"
+SCALE_METRICS = ("concurrency", "rps", "cpu", "memory")
+DEPLOY_TIMEOUT = 600.0
+ISVC_LABEL = "serving.kserve.io/inferenceservice"
+
+
+def model_digest(model_dir: Path) -> str:
+    """One hash of every file of an artifact (names and contents)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(model_dir).as_posix()
+        h.update(f"{rel}\0{storage.sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def upload_model(store: storage.ObjectStore, model_dir: Path, upload: bool = True) -> str:
+    """The artifact's folder in object storage (its storageUri); files already there stay."""
+    base = store.base.child("models", "tree", model_digest(model_dir))
+    if upload:
+        for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+            uri = base.child(*path.relative_to(model_dir).parts).uri
+            if not store.exists(uri):
+                store.put_at(path, uri)
+    return base.uri
+
+
+def serving_options(request: DeployRequest) -> mf.ServingOptions:
+    o = request.options
+    return mf.ServingOptions(
+        min_replicas=request.min_replicas,
+        max_replicas=request.max_replicas,
+        scale_metric=o.get("scale_metric"),
+        scale_target=o.get("scale_target"),
+        container_concurrency=o.get("container_concurrency"),
+        timeout_s=o.get("timeout_s"),
+        cpu=o.get("cpu"),
+        memory=o.get("memory"),
+        gpus=int(o.get("gpus") or 0),
+        canary_traffic_percent=o.get("canary_traffic_percent"),
+    )
+
+
+class KServeEndpoints(EndpointBackend):
+    type = "kubeflow"
+    options = frozenset(
+        {
+            "canary_traffic_percent",
+            "scale_metric",
+            "scale_target",
+            "container_concurrency",
+            "timeout_s",
+            "cpu",
+            "memory",
+            "gpus",
+        }
+    )
+
+    def __init__(self, config, store):
+        super().__init__(config, store)
+        self.settings: KubeflowSettings = settings(config)
+        self._cluster: Cluster | None = None
+        self._clients = V2Clients(self._client)
+
+    # -- plumbing ---------------------------------------------------------------------
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            self._cluster = connect(self.settings)
+        return self._cluster
+
+    def _call(self, what: str, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001
+            raise api_error(exc, what, self.cluster()) from None
+
+    def _client(self, rec: EndpointRecord) -> V2Client:
+        if not rec.url:
+            raise BackendUnavailable(
+                f"endpoint {rec.name!r} has no URL yet ({rec.status})",
+                f"wait until it is ready: nbscale endpoints; kubectl get isvc {rec.name}",
+            )
+        return V2Client(
+            rec.name,
+            rec.url,
+            headers=lambda: {"Authorization": f"Bearer {token_for(rec.name)}"},
+            unreachable=f"check it with: kubectl -n {rec.config.get('namespace')} get isvc {rec.name}",
+        )
+
+    def _get(self, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        cluster = self.cluster()
+        try:
+            return cluster.custom().get_namespaced_custom_object(
+                mf.KSERVE_GROUP, mf.KSERVE_VERSION, namespace or cluster.namespace, PLURAL, name
+            )
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"reading InferenceService {name}", cluster)
+            if is_status(err, 404):
+                return None
+            raise err from None
+
+    def check(self) -> dict[str, Any]:
+        try:
+            cluster = self.cluster()
+            self._call(
+                "listing InferenceServices",
+                cluster.custom().list_namespaced_custom_object,
+                mf.KSERVE_GROUP,
+                mf.KSERVE_VERSION,
+                cluster.namespace,
+                PLURAL,
+                limit=1,
+                _request_timeout=10,
+            )
+        except NbscaleError as exc:
+            return {"reachable": False, "detail": str(exc)}
+        return {"reachable": True, "detail": f"KServe via {cluster.describe()}"}
+
+    # -- deploy -----------------------------------------------------------------------
+    def validate(self, request: DeployRequest) -> None:
+        super().validate(request)
+        o = request.options
+        for key in ("capture_rate", "idle_ttl_s"):
+            if request.config.get(key) is not None:
+                raise SpecError(
+                    key.replace("_s", "").replace("_", "-"),
+                    "KServe endpoints do not capture requests or idle out this way yet",
+                    "drop it, or deploy locally",
+                )
+        if request.port is not None:
+            raise SpecError(
+                "port", "a KServe endpoint gets its URL from the cluster", "drop --port"
+            )
+        if request.min_replicas > request.max_replicas:
+            raise SpecError(
+                "replicas",
+                f"min {request.min_replicas} > max {request.max_replicas}: KServe refuses it",
+                "e.g. --replicas 0:2",
+            )
+        metric = o.get("scale_metric")
+        if metric is not None and metric not in SCALE_METRICS:
+            raise SpecError("scale-metric", f"{metric!r} is not one of {', '.join(SCALE_METRICS)}")
+        for key in ("scale_target", "timeout_s"):
+            value = o.get(key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise SpecError(
+                    key.replace("_", "-"), f"must be a whole number >= 1, got {value!r}"
+                )
+        if o.get("scale_target") is not None and metric is None:
+            raise SpecError("scale-target", "needs --scale-metric (concurrency or rps)")
+        cc = o.get("container_concurrency")
+        if cc is not None and (not isinstance(cc, int) or cc < 0):
+            raise SpecError("container-concurrency", f"must be >= 0 (0: unlimited), got {cc!r}")
+        gpus = o.get("gpus")
+        if gpus is not None and (not isinstance(gpus, int) or gpus < 0):
+            raise SpecError("gpus", f"must be a whole number >= 0, got {gpus!r}")
+        canary = o.get("canary_traffic_percent")
+        if canary is not None:
+            if not isinstance(canary, int) or not 1 <= canary <= 99:
+                raise SpecError("canary", f"must be a percentage from 1 to 99, got {canary!r}")
+            if not self._exists(request.name):
+                raise SpecError(
+                    "canary",
+                    f"endpoint {request.name!r} has no previous version to keep beside the canary",
+                    "deploy it once without --canary",
+                )
+
+    def _exists(self, name: str) -> bool:
+        try:
+            rec = get_endpoint(self.store, name)
+        except NotFound:
+            return False
+        return rec.backend == self.backend
+
+    def manifest(self, request: DeployRequest, upload: bool) -> dict[str, Any]:
+        self.settings.require_storage("a KServe endpoint (its storageUri)")
+        store = storage.ObjectStore.from_options(self.settings.storage_options())
+        uri = upload_model(store, Path(request.model_dir), upload=upload)
+        try:
+            namespace = self.cluster().namespace
+        except NbscaleError:
+            if upload:
+                raise
+            namespace = self.settings.namespace or "default"
+        return mf.inference_service(
+            request.name, uri, self.settings, serving_options(request), namespace, request.config
+        )
+
+    def render(self, request: DeployRequest) -> str:
+        self.validate(request)
+        body = self.manifest(request, upload=False)
+        ns = body["metadata"]["namespace"]
+        return dump_yaml(
+            [
+                mf.redact_secret(mf.key_secret(self.settings.key_secret, "{}", ns)),
+                mf.redact_secret(mf.token_secret(request.name, "", ns)),
+                body,
+            ]
+        )
+
+    def _token(self, name: str) -> str:
+        edir = endpoint_dir(name)
+        edir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = edir / "token"
+        path.unlink(missing_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        return token
+
+    def deploy(self, request: DeployRequest) -> EndpointRecord:
+        self.validate(request)
+        if request.options.get("canary_traffic_percent") is not None:
+            return self._deploy_canary(request)
+        cluster = self.cluster()
+        body = self.manifest(request, upload=True)
+        now = time.time()
+        rec = EndpointRecord(
+            name=request.name,
+            backend=self.backend,
+            backend_type=self.type,
+            status=STARTING,
+            url="",
+            port=0,
+            model_dir=str(request.model_dir),
+            min_replicas=request.min_replicas,
+            max_replicas=request.max_replicas,
+            config={
+                **request.config,
+                "options": request.options,
+                "namespace": cluster.namespace,
+                "versions": [body["spec"]["predictor"]["model"]["storageUri"]],
+            },
+            created=now,
+            updated=now,
+        )
+        insert_endpoint(self.store, rec)
+        try:
+            ensure_key_secret(cluster, self.settings)
+            token = self._token(request.name)
+            core = cluster.core()
+            tsec = mf.token_secret(request.name, token, cluster.namespace)
+            self._delete_secret(tsec["metadata"]["name"])
+            self._call(
+                "creating the token Secret", core.create_namespaced_secret, cluster.namespace, tsec
+            )
+            self._call(
+                f"creating InferenceService {request.name}",
+                cluster.custom().create_namespaced_custom_object,
+                mf.KSERVE_GROUP,
+                mf.KSERVE_VERSION,
+                cluster.namespace,
+                PLURAL,
+                body,
+            )
+            return self.wait(request.name)
+        except BaseException:
+            self.undeploy(request.name)
+            raise
+
+    def _deploy_canary(self, request: DeployRequest) -> EndpointRecord:
+        rec = get_endpoint(self.store, request.name)
+        body = self.manifest(request, upload=True)
+        model = body["spec"]["predictor"]["model"]
+        patch = {
+            "spec": {
+                "predictor": {
+                    "canaryTrafficPercent": request.options["canary_traffic_percent"],
+                    "model": {"storageUri": model["storageUri"]},
+                }
+            }
+        }
+        self._patch(rec, patch, "rolling out a canary")
+        versions = [*rec.config.get("versions", []), model["storageUri"]]
+        update_endpoint(
+            self.store,
+            rec.name,
+            "canary",
+            status=STARTING,
+            model_dir=str(request.model_dir),
+            config={
+                **rec.config,
+                "versions": versions,
+                "canary": request.options["canary_traffic_percent"],
+            },
+        )
+        return self.wait(rec.name)
+
+    def _patch(self, rec: EndpointRecord, patch: dict[str, Any], what: str) -> None:
+        cluster = self.cluster()
+        self._call(
+            f"{what} of InferenceService {rec.name}",
+            cluster.custom().patch_namespaced_custom_object,
+            mf.KSERVE_GROUP,
+            mf.KSERVE_VERSION,
+            rec.config.get("namespace") or cluster.namespace,
+            PLURAL,
+            rec.name,
+            patch,
+        )
+
+    def promote(self, record: EndpointRecord) -> EndpointRecord:
+        """The canary takes all the traffic."""
+        if record.config.get("canary") is None:
+            raise Conflict(f"endpoint {record.name!r} has no canary to promote")
+        self._patch(
+            record, {"spec": {"predictor": {"canaryTrafficPercent": 100}}}, "promoting the canary"
+        )
+        update_endpoint(
+            self.store, record.name, "promoted", config={**record.config, "canary": None}
+        )
+        return get_endpoint(self.store, record.name)
+
+    def rollback(self, record: EndpointRecord) -> EndpointRecord:
+        """All the traffic back to the previous version; the canary's artifact is dropped."""
+        versions = record.config.get("versions", [])
+        if record.config.get("canary") is None or len(versions) < 2:
+            raise Conflict(f"endpoint {record.name!r} has no canary to roll back")
+        self._patch(
+            record,
+            {
+                "spec": {
+                    "predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": versions[-2]}}
+                }
+            },
+            "rolling back the canary",
+        )
+        update_endpoint(
+            self.store,
+            record.name,
+            "rolled_back",
+            config={**record.config, "canary": None, "versions": versions[:-1]},
+        )
+        return get_endpoint(self.store, record.name)
+
+    def wait(self, name: str, timeout: float = DEPLOY_TIMEOUT) -> EndpointRecord:
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self.status(get_endpoint(self.store, name))
+            if rec.status in (READY, SCALED_TO_ZERO):
+                return rec
+            if rec.status == FAILED:
+                raise BackendUnavailable(
+                    f"endpoint {name!r} failed: {rec.error}",
+                    f"kubectl -n {rec.config.get('namespace')} describe isvc {name}",
+                )
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(
+                    f"endpoint {name!r} is not ready after {timeout:.0f} s ({rec.error or 'no reason given'})",
+                    f"kubectl -n {rec.config.get('namespace')} describe isvc {name}",
+                )
+            time.sleep(min(self.settings.poll_seconds, 1.0) or 0.2)
+
+    # -- status -----------------------------------------------------------------------
+    def predictor_problems(self, rec: EndpointRecord) -> list[str]:
+        cluster = self.cluster()
+        pods = self._call(
+            f"listing the predictor pods of {rec.name}",
+            cluster.core().list_namespaced_pod,
+            rec.config.get("namespace") or cluster.namespace,
+            label_selector=f"{ISVC_LABEL}={rec.name}",
+        )
+        out = []
+        for pod in pods.items:
+            if (pod.metadata.labels or {}).get(ISVC_LABEL) != rec.name:
+                continue
+            for cs in pod.status.container_statuses or []:
+                waiting = cs.state.waiting if cs.state else None
+                if waiting and waiting.reason in BAD_WAITING:
+                    last = cs.last_state.terminated if cs.last_state else None
+                    why = f" (last exit: {last.reason}, code {last.exit_code})" if last else ""
+                    out.append(
+                        f"pod {pod.metadata.name}: {waiting.reason}: "
+                        f"{waiting.message or BAD_WAITING[waiting.reason]}{why}"
+                    )
+        return out
+
+    def status(self, record: EndpointRecord) -> EndpointRecord:
+        obj = self._get(record.name, record.config.get("namespace"))
+        if obj is None:
+            update_endpoint(
+                self.store,
+                record.name,
+                "failed",
+                status=FAILED,
+                error="the InferenceService was deleted outside nbscale",
+            )
+            return get_endpoint(self.store, record.name)
+        st = obj.get("status") or {}
+        conds = {c.get("type"): c for c in st.get("conditions") or []}
+        ready = conds.get("Ready", {})
+        problems = self.predictor_problems(record)
+        url = st.get("url") or (st.get("address") or {}).get("url") or ""
+        fields: dict[str, Any] = {"url": url}
+        generation = (obj.get("metadata") or {}).get("generation")
+        stale = bool(generation) and (st.get("observedGeneration") or 0) < generation
+        if problems:
+            fields.update(status=FAILED, error="; ".join(problems))
+        elif stale:  # the controller has not looked at the latest spec yet
+            fields.update(status=STARTING, error="the new version is rolling out")
+        elif ready.get("status") == "True":
+            replicas = sum(
+                int((c or {}).get("replicas") or 0)
+                for c in (st.get("components") or {}).values()
+                if isinstance(c, dict)
+            )
+            scaled_to_zero = record.min_replicas == 0 and not replicas and "components" in st
+            fields.update(status=SCALED_TO_ZERO if scaled_to_zero else READY, error=None)
+            if replicas:
+                fields["replicas"] = replicas
+        elif ready.get("status") == "False" and ready.get("reason") in (
+            "RevisionFailed",
+            "ContainerMissing",
+        ):
+            fields.update(status=FAILED, error=f"{ready.get('reason')}: {ready.get('message', '')}")
+        else:
+            reason = ready.get("message") or ready.get("reason") or "waiting for the predictor"
+            fields.update(status=STARTING, error=reason)
+        changed = any(getattr(record, k) != v for k, v in fields.items())
+        if changed:
+            update_endpoint(
+                self.store,
+                record.name,
+                "status" if fields.get("status") != record.status else None,
+                **fields,
+            )
+            return get_endpoint(self.store, record.name)
+        return record
+
+    # -- calls --------------------------------------------------------------------------
+    def metadata(self, record: EndpointRecord) -> dict[str, Any]:
+        return self._clients.get(record).metadata()
+
+    def predict(self, record: EndpointRecord, x: Any):
+        return self._clients.get(record).predict(x)
+
+    def metrics(self, record: EndpointRecord) -> dict[str, Any]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        client = self._clients.get(record)
+        status, body = client.request("GET", "/metrics", timeout=10)
+        if status >= 400:
+            client.check(status, body)
+        return summarize_metrics(text_string_to_metric_families(body.decode()), record)
+
+    def scale(self, record: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
+        if min_replicas > max_replicas:
+            raise SpecError("replicas", f"min {min_replicas} > max {max_replicas}")
+        self._patch(
+            record,
+            {"spec": {"predictor": {"minReplicas": min_replicas, "maxReplicas": max_replicas}}},
+            "scaling",
+        )
+        update_endpoint(
+            self.store, record.name, "scaled", min_replicas=min_replicas, max_replicas=max_replicas
+        )
+        return get_endpoint(self.store, record.name)
+
+    def _delete_secret(self, name: str) -> None:
+        cluster = self.cluster()
+        try:
+            cluster.core().delete_namespaced_secret(name, cluster.namespace)
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"deleting Secret {name}", cluster)
+            if not is_status(err, 404):
+                raise err from None
+
+    def undeploy(self, name: str) -> None:
+        self._clients.close(name)
+        cluster = self.cluster()
+        try:
+            rec = get_endpoint(self.store, name)
+            namespace = rec.config.get("namespace") or cluster.namespace
+        except NotFound:
+            namespace = cluster.namespace
+        try:
+            cluster.custom().delete_namespaced_custom_object(
+                mf.KSERVE_GROUP, mf.KSERVE_VERSION, namespace, PLURAL, name
+            )
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"deleting InferenceService {name}", cluster)
+            if not is_status(err, 404):
+                raise err from None
+        self._delete_secret(mf.token_secret_name(name))
+        delete_endpoint(self.store, name)
+        (endpoint_dir(name) / "token").unlink(missing_ok=True)
+
+    def list(self) -> list[EndpointRecord]:
+        return [r for r in list_endpoints(self.store) if r.backend == self.backend]
+
+    def close(self, name: str) -> None:
+        self._clients.close(name)
+
+
+def summarize_metrics(families, record: EndpointRecord) -> dict[str, Any]:
+    """Requests, errors and latency percentiles from the runtime's Prometheus metrics."""
+    requests = errors = 0.0
+    buckets: dict[float, float] = {}
+    for fam in families:
+        for s in fam.samples:
+            if s.name == "nbscale_requests_total" and s.labels.get("route") == "infer":
+                requests += s.value
+                if str(s.labels.get("code", "200"))[0] in "45":
+                    errors += s.value
+            elif (
+                s.name == "nbscale_request_latency_seconds_bucket"
+                and s.labels.get("route") == "infer"
+            ):
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+
+    def quantile(q: float) -> float | None:
+        total = buckets.get(float("inf"), 0.0)
+        if not total:
+            return None
+        for le in sorted(buckets):
+            if buckets[le] >= q * total:
+                return None if le == float("inf") else le * 1000.0
+        return None
+
+    return {
+        "source": "the serving runtime's /metrics of the replica that answered",
+        "requests": int(requests),
+        "errors": int(errors),
+        "error_rate": errors / requests if requests else 0.0,
+        "p50_ms": quantile(0.5),
+        "p95_ms": quantile(0.95),
+        "p99_ms": quantile(0.99),
+        "replicas": record.replicas,
+        "min_replicas": record.min_replicas,
+        "max_replicas": record.max_replicas,
+    }

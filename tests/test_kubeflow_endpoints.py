@@ -1,0 +1,292 @@
+"""KServe endpoints through the real ``kubernetes`` client against kmock's emulator.
+
+The test plays KServe: when nbscale creates the InferenceService, it does what the
+storage initializer and the predictor do, for real: downloads ``storageUri`` from
+(moto's) S3 into a "/mnt/models" folder, lays out the mounted key Secret, and runs
+the exact command of the shipped ``nbscale`` ClusterServingRuntime plus the
+InferenceService's model args and env (the token from its Secret). The only changes:
+the runtime binds 127.0.0.1 on a free port instead of 0.0.0.0:8080 (tests listen on
+loopback only), and the mount paths point at the test's folders. Then it writes the
+InferenceService's status (Ready, url) and ``Endpoint.predict`` goes through it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import yaml
+
+from nbscale.backends.kubeflow import manifests as mf
+from nbscale.endpoints import deploy, endpoint
+from nbscale.errors import BackendUnavailable, SpecError
+from nbscale.storage import ObjectStore, fetch
+from tests.emulators import container_env, free_port
+from tests.kube_emulator import KubeApi, condition
+from tests.kube_schemas import validate
+from tests.test_kubeflow_jobs import NS, cluster, kube, s3_url  # noqa: F401 - fixtures
+from tests.test_serving import forward, mlp
+
+REPO = Path(__file__).resolve().parents[1]
+RUNTIME = yaml.safe_load((REPO / "deploy/kserve/nbscale-runtime.yaml").read_text())
+
+pytestmark = pytest.mark.slow
+
+
+class FakeKServe:
+    """Plays KServe's controller, storage initializer and the predictor pod."""
+
+    def __init__(self, api: KubeApi, s3: str, tmp: Path):
+        self.api = api
+        self.s3 = s3
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.seen: dict[str, str] = {}  # name -> storageUri already served
+        self.crash: set[str] = set()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                items = self.api.custom.list_namespaced_custom_object(
+                    mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices"
+                )["items"]
+                for isvc in items:
+                    name = isvc["metadata"]["name"]
+                    uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+                    if self.seen.get(name) != uri:
+                        self.seen[name] = uri
+                        self.reconcile(isvc)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                self.errors.append(exc)
+
+    def reconcile(self, isvc: dict) -> None:
+        name = isvc["metadata"]["name"]
+        if name in self.crash:
+            self.api.create_pod(
+                NS,
+                f"{name}-predictor-0",
+                {"serving.kserve.io/inferenceservice": name},
+                {
+                    "phase": "Running",
+                    "containerStatuses": [
+                        {
+                            "name": "kserve-container",
+                            "image": "x",
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 4,
+                            "state": {
+                                "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 80s"}
+                            },
+                            "lastState": {"terminated": {"reason": "Error", "exitCode": 1}},
+                        }
+                    ],
+                },
+            )
+            self.api.custom.patch_namespaced_custom_object(
+                mf.KSERVE_GROUP,
+                mf.KSERVE_VERSION,
+                NS,
+                "inferenceservices",
+                name,
+                {"status": {"conditions": [condition("Ready", "False", "RevisionMissing")]}},
+            )
+            return
+        old = self.procs.pop(name, None)
+        if old is not None:
+            old.terminate()
+            old.wait(20)
+        pred = isvc["spec"]["predictor"]
+        model = pred["model"]
+        root = self.tmp / f"isvc-{name}-{len(self.seen)}-{time.monotonic_ns()}"
+        # the storage initializer: storageUri's objects into /mnt/models
+        mnt = root / "mnt" / "models"
+        store = ObjectStore(model["storageUri"], endpoint_url=self.s3, progress=None)
+        loc = store.base
+        s3 = boto3.client("s3", endpoint_url=self.s3)
+        for obj in s3.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key + "/")["Contents"]:
+            rel = obj["Key"][len(loc.key) + 1 :]
+            fetch(f"s3://{loc.bucket}/{obj['Key']}", mnt / rel, store=store)
+        # the key Secret volume
+        (vol,) = pred["volumes"]
+        secret = self.api.core.read_namespaced_secret(vol["secret"]["secretName"], NS)
+        keyfile = root / "keys" / "keys.json"
+        keyfile.parent.mkdir(parents=True)
+        keyfile.write_bytes(base64.b64decode(secret.data["keys.json"]))
+        os.chmod(keyfile, 0o400)
+        env = {}
+        for e in model["env"]:
+            if "valueFrom" in e:
+                ref = e["valueFrom"]["secretKeyRef"]
+                s = self.api.core.read_namespaced_secret(ref["name"], NS)
+                env[e["name"]] = base64.b64decode(s.data[ref["key"]]).decode()
+            else:
+                env[e["name"]] = e["value"].replace(mf.KEY_MOUNT, str(keyfile.parent))
+        (container,) = RUNTIME["spec"]["containers"]
+        port = free_port()
+        args = [
+            {"/mnt/models": str(mnt), "0.0.0.0": "127.0.0.1", "8080": str(port)}.get(a, a)
+            for a in container["args"]
+        ]
+        argv = [*container["command"], *args, *model.get("args", [])]
+        home = root / "home"
+        home.mkdir()
+        env = container_env(home, **env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        log = open(root / "predictor.log", "wb")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.argv = argv
+        # readiness as KServe probes it: /v2/health/ready, no token
+        import http.client
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((root / "predictor.log").read_text())
+            time.sleep(0.1)
+        self.api.custom.patch_namespaced_custom_object(
+            mf.KSERVE_GROUP,
+            mf.KSERVE_VERSION,
+            NS,
+            "inferenceservices",
+            name,
+            {
+                "status": {
+                    "observedGeneration": isvc["metadata"].get("generation", 1),
+                    "url": f"http://127.0.0.1:{port}",
+                    "conditions": [condition("PredictorReady"), condition("Ready")],
+                    "components": {"predictor": {"url": f"http://127.0.0.1:{port}"}},
+                }
+            },
+        )
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        for proc in self.procs.values():
+            proc.terminate()
+            proc.wait(20)
+
+
+@pytest.fixture
+def kserve(cluster, s3_url, tmp_path):  # noqa: F811
+    fake = FakeKServe(cluster, s3_url, tmp_path)
+    yield fake
+    fake.close()
+    assert not fake.errors, fake.errors
+
+
+def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_path):  # noqa: F811
+    api = cluster
+    model = mlp()
+    x = np.random.default_rng(0).random((4, 64), dtype=np.float32)
+
+    # combinations KServe rejects are refused before anything is sent
+    before = len(kube.writes())
+    with pytest.raises(SpecError, match="MIN <= MAX|min 3 > max 1"):
+        deploy(model, name="digits", replicas=(3, 1), backend="kf")
+    with pytest.raises(SpecError, match="no previous version"):
+        deploy(model, name="digits", backend="kf", options={"canary_traffic_percent": 10})
+    with pytest.raises(SpecError, match="port"):
+        deploy(model, name="digits", backend="kf", port=8085)
+    with pytest.raises(SpecError, match="scale-metric"):
+        deploy(model, name="digits", backend="kf", options={"scale_metric": "qps"})
+    assert len(kube.writes()) == before
+
+    # --dry-run: the exact InferenceService, nothing sent, nothing stored
+    text = deploy(
+        model,
+        name="digits",
+        replicas=(0, 3),
+        backend="kf",
+        dry_run=True,
+        options={"scale_metric": "concurrency", "scale_target": 4, "container_concurrency": 8},
+    )
+    docs = list(yaml.safe_load_all(text))
+    assert [d["kind"] for d in docs] == ["Secret", "Secret", "InferenceService"]
+    for doc in docs:
+        validate(doc)
+    assert docs[2]["spec"]["predictor"]["minReplicas"] == 0
+    assert docs[2]["spec"]["predictor"]["scaleMetric"] == "concurrency"
+    assert len(kube.writes()) == before
+
+    ep = deploy(model, name="digits", replicas=(1, 3), backend="kf", max_batch_size=16)
+    assert ep.status == "READY" and ep.url.startswith("http://127.0.0.1:")
+    isvc = api.custom.get_namespaced_custom_object(
+        mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices", "digits"
+    )
+    validate({k: v for k, v in isvc.items() if k != "status"})
+    assert isvc["spec"]["predictor"]["model"]["args"][:2] == ["--max-batch-size", "16"]
+    # V2 through the service URL, with the token from the endpoint's Secret
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    assert ep.metadata()["inputs"][0]["shape"] == [-1, 64]
+    m = endpoint("digits").metrics()
+    assert m["requests"] >= 1 and m["errors"] == 0 and m["p50_ms"] is not None
+    # the artifact went up once, content-addressed; deploying it again sends nothing new
+    uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+    assert "/models/tree/" in uri
+
+    # a new version as a 10 % canary, then promoted
+    model2 = mlp(seed=1)
+    ep2 = deploy(model2, name="digits", backend="kf", options={"canary_traffic_percent": 10})
+    isvc = api.custom.get_namespaced_custom_object(
+        mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices", "digits"
+    )
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] != uri
+    assert ep2.record.config["canary"] == 10
+    ep2.promote()
+    isvc = api.custom.get_namespaced_custom_object(
+        mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices", "digits"
+    )
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 100
+    with pytest.raises(Exception, match="no canary to roll back"):
+        ep2.rollback()
+    np.testing.assert_allclose(ep2.predict(x), forward(model2, x), rtol=1e-5, atol=1e-6)
+
+    ep2.scale(0, 5)
+    isvc = api.custom.get_namespaced_custom_object(
+        mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices", "digits"
+    )
+    assert (isvc["spec"]["predictor"]["minReplicas"], isvc["spec"]["predictor"]["maxReplicas"]) == (
+        0,
+        5,
+    )
+    ep2.delete()
+    assert (
+        api.custom.list_namespaced_custom_object(
+            mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices"
+        )["items"]
+        == []
+    )
+
+
+def test_a_crash_looping_predictor_is_failing_never_ready(kserve, cluster):  # noqa: F811
+    kserve.crash.add("broken")
+    with pytest.raises(BackendUnavailable, match="CrashLoopBackOff"):
+        deploy(mlp(), name="broken", backend="kf")
+    # nothing is left behind: the InferenceService and the record are gone
+    assert (
+        cluster.custom.list_namespaced_custom_object(
+            mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices"
+        )["items"]
+        == []
+    )
