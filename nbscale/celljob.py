@@ -113,7 +113,9 @@ class DryRun:
 
         report = self.prepared.report()
         request = self.platform_request()
-        shown = f"\nrequest:\n{json.dumps(request, indent=2)}" if request is not None else ""
+        # a YAML manifest (kubeflow) is shown as it is; a request dict as JSON
+        body = request if isinstance(request, str) else json.dumps(request, indent=2)
+        shown = f"\nrequest:\n{body}" if request is not None else ""
         text = (
             f"dry run: nothing submitted\n{report.text()}\n{self.estimate}\n"
             f"spec:\n{self.spec_json()}{shown}"
@@ -124,5 +126,5 @@ class DryRun:
             f"<div><b>spec</b></div><pre>{escape(self.spec_json())}</pre>"
         )
         if request is not None:
-            html += f"<div><b>request</b></div><pre>{escape(json.dumps(request, indent=2))}</pre>"
+            html += f"<div><b>request</b></div><pre>{escape(body)}</pre>"
         return {"text/plain": text, "text/html": html}

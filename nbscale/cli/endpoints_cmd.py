@@ -37,13 +37,48 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         capture_rate=args.capture_rate,
         idle_ttl=args.idle_ttl,
+        options=_platform_options(args),
+        dry_run=args.dry_run,
     )
+    if args.dry_run:  # the platform objects, nothing sent
+        print(ep)
+        return 0
     if args.json:
         print_json(ep.to_dict())
     else:
         print(
             f"endpoint {ep.name} ready at {ep.url} (V2: {ep.url}/v2/models/{ep.name}/infer, SageMaker: {ep.url}/invocations)"
         )
+    return 0
+
+
+def _platform_options(args: argparse.Namespace) -> dict:
+    """Options only some endpoint backends have (KServe); a backend refuses one it lacks."""
+    return {
+        k: v
+        for k, v in {
+            "canary_traffic_percent": args.canary,
+            "scale_metric": args.scale_metric,
+            "scale_target": args.scale_target,
+            "container_concurrency": args.container_concurrency,
+            "timeout_s": args.timeout,
+            "gpus": args.gpus,
+            "cpu": args.cpu,
+            "memory": args.memory,
+        }.items()
+        if v is not None
+    }
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    ep = endpoint(args.name)
+    if args.action == "promote":
+        ep.promote()
+    else:
+        ep.rollback()
+    print(
+        f"endpoint {args.name}: canary {'promoted' if args.action == 'promote' else 'rolled back'}"
+    )
     return 0
 
 
@@ -145,7 +180,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="scale to zero after this long without requests, even above MIN (e.g. 30m)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--dry-run", action="store_true", help="print what the backend would send")
+    p.add_argument("--canary", type=int, metavar="PCT", help="new version of NAME at PCT%% traffic")
+    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"])
+    p.add_argument("--scale-target", type=int, help="target value of --scale-metric per replica")
+    p.add_argument("--container-concurrency", type=int, help="requests at once per replica")
+    p.add_argument("--timeout", type=int, metavar="SECONDS", help="request timeout")
+    p.add_argument("--gpus", type=int, help="GPUs per replica")
+    p.add_argument("--cpu", help="CPU per replica (a Kubernetes quantity)")
+    p.add_argument("--memory", help="memory per replica (e.g. 2Gi)")
     p.set_defaults(func=cmd_deploy)
+
+    for action in ("promote", "rollback"):
+        p = sub.add_parser(action, help=f"{action} the canary of an endpoint")
+        p.add_argument("name", metavar="NAME")
+        p.set_defaults(func=cmd_rollout, action=action)
 
     p = sub.add_parser("endpoints", help="list endpoints")
     p.add_argument("--json", action="store_true", help="machine-readable output")

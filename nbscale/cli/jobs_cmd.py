@@ -60,12 +60,6 @@ def add_resource_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)"
     )
-    p.add_argument(
-        "--spot",
-        action="store_true",
-        default=None,
-        help="run on spot capacity, resuming from checkpoints (SageMaker managed spot)",
-    )
 
 
 def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
@@ -81,7 +75,6 @@ def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
         "image",
         "checkpoint_dir",
         "max_cost",
-        "spot",
     ):
         given = getattr(args, field, None)
         values[field] = given if given is not None else defaults.get(field)
@@ -179,6 +172,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("dry run: nothing submitted")
         print(f"spec: {json.dumps(spec.to_dict(), indent=2)}")
         print(describe_estimate(check_budget(spec)))
+        from ..backends import get_backend
+        from ..jobs import dry_run_record
+
+        backend = get_backend(spec.backend)
+        if hasattr(backend, "dry_run"):  # the exact platform objects, never sent
+            backend.check_resources(spec)
+            backend.validate(spec)
+            request = backend.dry_run(dry_run_record(spec, backend))
+            print(request if isinstance(request, str) else json.dumps(request, indent=2))
         return 0
     handle = submit(spec)
     if args.detach:

@@ -114,7 +114,6 @@ def _prefix(uri: str) -> str:
 
 class SageMakerBackend(JobBackend):
     type = "sagemaker"
-    supports_spot = True
 
     @staticmethod
     def prewarm(bconf) -> None:
