@@ -151,6 +151,8 @@ class JobSpec:
     checkpoint_dir: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     max_cost: float | None = None  # USD: refused when the estimate is over, stopped when reached
+    # cloud spot/preemptible capacity (SageMaker managed spot); None: the backend's default
+    spot: bool | None = None
     # names of variables whose values come from the submitting environment and
     # are handed to the job without ever being stored or shown
     secret_env: tuple[str, ...] = ()
@@ -187,6 +189,8 @@ class JobSpec:
             raise SpecError(
                 "max_cost", f"must be a positive number of USD, got {self.max_cost!r}", "e.g. 25"
             )
+        if self.spot is not None and not isinstance(self.spot, bool):
+            raise SpecError("spot", f"must be true or false, got {self.spot!r}")
         for key, value in self.env.items():
             if not _ENV_RE.match(str(key)):
                 raise SpecError(

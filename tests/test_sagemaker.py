@@ -549,3 +549,21 @@ def test_max_cost_becomes_the_runtime_it_buys(aws, tmp_path):
     )
     with pytest.raises(SpecError, match="no price is known"):
         submit(cell_spec(tmp_path, max_cost=1.0), config=config(instance_type="ml.trn1.2xlarge"))
+
+
+def test_spot_per_job_and_refused_where_there_is_none(aws, tmp_path):
+    job = submit(cell_spec(tmp_path, spot=True, max_runtime=600), config=config())
+    request = aws.operations("CreateTrainingJob")[-1]
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {
+        "MaxRuntimeInSeconds": 600,
+        "MaxWaitTimeInSeconds": 1200,
+    }
+    assert request["CheckpointConfig"]["S3Uri"] == f"s3://nb-team/proj/checkpoints/{job.id}"
+    submit(cell_spec(tmp_path, spot=False), config=config(spot=True))
+    assert "EnableManagedSpotTraining" not in aws.operations("CreateTrainingJob")[-1]
+    local = cell_spec(tmp_path, spot=True).replace(backend="local")
+    with pytest.raises(SpecError, match="spot: the local backend .* has no spot capacity"):
+        submit(local, config=config())
+    with pytest.raises(SpecError, match="spot: must be true or false"):
+        cell_spec(tmp_path, spot="yes")

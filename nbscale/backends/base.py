@@ -44,6 +44,8 @@ class JobBackend(ABC):
     #: spec fields this backend has no use for, each with what to do instead;
     #: a spec that sets one is refused rather than silently run without it
     unsupported: ClassVar[dict[str, str]] = {}
+    #: whether ``spec.spot`` (spot/preemptible capacity) means something here
+    supports_spot: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig, store: Store):
         self.config = config
@@ -63,6 +65,12 @@ class JobBackend(ABC):
                     f"the {self.type} backend does not use it ({instead})",
                     f"drop --{name.replace('_', '-')}, or its entry under [defaults] in the config",
                 )
+        if getattr(spec, "spot", None) and not self.supports_spot:
+            raise SpecError(
+                "spot",
+                f"the {self.config.name} backend ({self.type}) has no spot capacity",
+                "drop --spot, or use a backend that has it (sagemaker)",
+            )
         for name, top in self.limits().items():
             value = spec.world_size if name == "world_size" else getattr(spec, name, None)
             if value is not None and value > top:

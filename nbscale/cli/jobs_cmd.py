@@ -60,6 +60,12 @@ def add_resource_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)"
     )
+    p.add_argument(
+        "--spot",
+        action="store_true",
+        default=None,
+        help="run on spot capacity, resuming from checkpoints (SageMaker managed spot)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
@@ -75,6 +81,7 @@ def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
         "image",
         "checkpoint_dir",
         "max_cost",
+        "spot",
     ):
         given = getattr(args, field, None)
         values[field] = given if given is not None else defaults.get(field)

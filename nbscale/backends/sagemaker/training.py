@@ -114,6 +114,7 @@ def _prefix(uri: str) -> str:
 
 class SageMakerBackend(JobBackend):
     type = "sagemaker"
+    supports_spot = True
 
     @staticmethod
     def prewarm(bconf) -> None:
