@@ -66,8 +66,6 @@ class KubeflowBackend(JobBackend):
     unsupported = {
         "checkpoint_dir": "a path on this machine means nothing in a pod; "
         "save checkpoints to object storage from the job",
-        "spot": "spot capacity is a node pool's business on Kubernetes: "
-        "set node_selector/tolerations in the backend's table",
     }
 
     def __init__(self, config, store):
