@@ -15,6 +15,7 @@ from tornado import httputil
 from tornado.web import HTTPError
 
 from nbscale.errors import BackendUnavailable, Conflict, NbscaleError, NotFound, SpecError
+from nbscale.store import StoreError
 
 # order matters: subclasses before their bases
 _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
@@ -22,6 +23,7 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
     (BackendUnavailable, 502, "backend_unavailable"),
+    (StoreError, 503, "store_unavailable"),  # disk full, store locked too long: not the request
     (NbscaleError, 400, "bad_request"),
     # a cancel whose target has not stopped within the wait: not a bug, just not done yet
     (TimeoutError, 504, "timeout"),
