@@ -28,6 +28,7 @@ type = "sagemaker"
 region = "us-east-1"
 role_arn = "arn:aws:iam::123456789012:role/nbscale-pipelines"
 storage = "s3://nb-flows/team"
+pipeline_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-pipeline-step:0.1.0"
 poll_seconds = 0
 """
 
@@ -96,6 +97,8 @@ def test_run_creates_the_pipeline_starts_it_and_follows_every_step(aws, tmp_path
     assert created["RoleArn"].endswith("role/nbscale-pipelines")
     definition = json.loads(created["PipelineDefinition"])
     assert [s["Name"] for s in definition["Steps"]] == ["prepare", "train_a", "train_b", "compare"]
+    images = {s["Arguments"]["AppSpecification"]["ImageUri"] for s in definition["Steps"]}
+    assert images == {"123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-pipeline-step:0.1.0"}
     arns = {s["Arguments"]["Environment"]["NBSCALE_KEY_SECRET_ARN"] for s in definition["Steps"]}
     assert len(arns) == 1  # the pipeline key by ARN, never by value
     assert keys.load("pipeline").hex() not in created["PipelineDefinition"]

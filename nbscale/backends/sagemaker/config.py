@@ -71,6 +71,7 @@ KNOWN = {
     "data_capture_percent",
     "rollback_alarms",
     "wheelhouse",
+    "pipeline_image",
 }
 
 
@@ -126,6 +127,7 @@ class SageMakerSettings:
     rollback_alarms: tuple[str, ...] = ()
     wheelhouse: str | None = None
     price_per_node_hour: float | None = None
+    pipeline_image: str | None = None
 
     @property
     def bucket(self) -> str:
@@ -338,6 +340,7 @@ def settings(bconf: BackendConfig) -> SageMakerSettings:
         price_per_node_hour=(
             float(raw["price_per_node_hour"]) if "price_per_node_hour" in raw else None
         ),
+        pipeline_image=raw.get("pipeline_image") or None,
     )
 
 

@@ -91,7 +91,8 @@ class SageMakerPipelines:
                 "bucket": self.settings.bucket,
                 "prefix": prefix,
             }
-            if image:
+            image = image or self.settings.pipeline_image
+            if image:  # else the compile target's stock image, with the step wheelhouse
                 options["image"] = image
             sagemaker_target.compile_pipeline(pipeline, output, **options)
             name = pipeline_name(f"nbscale-{pipeline.name}")
