@@ -38,6 +38,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..backends.sagemaker.pipelines import run_from_cli
 
         return run_from_cli(args, _params(args), _printer())
+    if args.backend and load_config().backend(args.backend).type == "kubeflow":
+        from ..backends.kubeflow.pipelines import run_from_cli as kfp_run_from_cli
+
+        return kfp_run_from_cli(args, _params(args), _printer())
 
     options = {
         "max_parallel": args.max_parallel,
@@ -128,6 +132,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         from ..backends.sagemaker.pipelines import cancel_from_cli
 
         return cancel_from_cli(args.run)
+    if getattr(args, "backend", None):  # a run on Kubeflow Pipelines: its run id
+        from ..backends.kubeflow.pipelines import cancel_from_cli as kfp_cancel
+
+        return kfp_cancel(args.backend, args.run)
 
     run = cancel_run(args.run)
     print(f"pipeline run {run.id}: {run.status}")
@@ -211,6 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = psub.add_parser("cancel", help="stop a detached run and its kernels")
     p.add_argument("run", metavar="RUN")
+    p.add_argument("--backend", help="the kubeflow backend a KFP run was started on")
     p.set_defaults(func=cmd_cancel)
 
     p = psub.add_parser(

@@ -1,0 +1,228 @@
+"""Pipelines on Kubeflow Pipelines through the kfp SDK ``Client``, at the HTTP boundary.
+
+The test plays the KFP API server on 127.0.0.1 (``/apis/v2beta1``: healthz, experiments,
+runs, terminate): it keeps every request body, so the run request can be checked to
+carry the compiled IR (loaded back by the kfp SDK), and it moves the run's tasks
+through their states the way KFP reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from nbscale import keys
+from nbscale.backends.kubeflow.pipelines import KFPPipelines, run_from_cli
+from nbscale.backends.kubeflow.settings import settings
+from nbscale.config import BackendConfig
+from nbscale.errors import BackendUnavailable, SpecError
+from nbscale.pipelines import compile_pipeline
+from tests.emulators import free_port
+from tests.kube_emulator import KubeApi, KubeEmulator
+from tests.test_pipeline_compile import small  # noqa: F401 - fixture
+
+NS = "team-a"
+
+
+class FakeKFP:
+    """Kubeflow Pipelines' REST API (v2beta1), the parts the kfp SDK Client uses."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict]] = []
+        self.runs: dict[str, dict] = {}
+        self.experiments: dict[str, dict] = {}
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> dict:
+                n = int(self.headers.get("Content-Length") or 0)
+                return json.loads(self.rfile.read(n) or b"{}")
+
+            def do_GET(self):  # noqa: N802
+                fake.requests.append(("GET", self.path, {}))
+                path = self.path.split("?")[0]
+                if path == "/apis/v2beta1/healthz":
+                    return self._send(200, {"multi_user": False})
+                if path == "/apis/v2beta1/experiments":
+                    return self._send(200, {"experiments": list(fake.experiments.values())})
+                if path.startswith("/apis/v2beta1/runs/"):
+                    run = fake.runs.get(path.rsplit("/", 1)[1])
+                    return self._send(200, run) if run else self._send(404, {"error": "no run"})
+                return self._send(404, {"error": f"unknown {path}"})
+
+            def do_POST(self):  # noqa: N802
+                body = self._body()
+                fake.requests.append(("POST", self.path, body))
+                path = self.path.split("?")[0]
+                if path == "/apis/v2beta1/experiments":
+                    exp = {**body, "experiment_id": str(uuid.uuid4())}
+                    fake.experiments[exp["experiment_id"]] = exp
+                    return self._send(200, exp)
+                if path == "/apis/v2beta1/runs":
+                    run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+                    fake.runs[run["run_id"]] = run
+                    return self._send(200, run)
+                if path.endswith(":terminate"):
+                    run_id = path.rsplit("/", 1)[1].split(":")[0]
+                    fake.runs[run_id]["state"] = "CANCELING"
+                    return self._send(200, {})
+                return self._send(404, {"error": f"unknown {path}"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set_tasks(self, run_id: str, state: str, tasks: dict[str, tuple[str, str | None]]) -> None:
+        run = self.runs[run_id]
+        run["state"] = state
+        run["run_details"] = {
+            "task_details": [
+                {"display_name": "root-driver", "task_id": "t0", "state": "SUCCEEDED"},
+                *(
+                    {
+                        "display_name": name,
+                        "task_id": f"t-{name}",
+                        "state": st,
+                        **({"error": {"message": err}} if err else {}),
+                    }
+                    for name, (st, err) in tasks.items()
+                ),
+            ]
+        }
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def kfp_api():
+    fake = FakeKFP()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def kube_env(tmp_path, monkeypatch):
+    emu = KubeEmulator()
+    monkeypatch.setenv("KUBECONFIG", str(emu.kubeconfig(tmp_path / "kubeconfig", NS)))
+    yield emu
+    emu.stop()
+
+
+def _conf(url: str):
+    return settings(
+        BackendConfig("kf", "kubeflow", {"kfp_host": url, "namespace": NS, "poll_seconds": 0})
+    )
+
+
+def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
+    small,  # noqa: F811
+    kfp_api,
+    kube_env,
+    tmp_path,
+):
+    runner = KFPPipelines(_conf(kfp_api.url))
+    with pytest.raises(SpecError, match="no parameter 'nope'"):
+        runner.start(str(small), {"nope": 1})
+    assert not [r for r in kfp_api.requests if r[1].startswith("/apis/v2beta1/runs")]
+
+    run = runner.start(str(small), {"n": 5})
+    (post,) = [r for r in kfp_api.requests if r[0] == "POST" and r[1] == "/apis/v2beta1/runs"]
+    body = post[2]
+    # the request body is the compiled IR: the same document a compile writes ...
+    compiled = tmp_path / "small.yaml"
+    compile_pipeline(str(small), "kfp", str(compiled))
+    ir, platform = yaml.safe_load_all(compiled.read_text())
+    assert body["pipeline_spec"] == {"pipeline_spec": ir, "platform_spec": platform}
+    assert body["runtime_config"]["parameters"] == {"n": 5}
+    # ... and the kfp SDK loads it back as a pipeline
+    from kfp import components
+
+    loaded = components.load_component_from_text(
+        yaml.safe_dump(body["pipeline_spec"]["pipeline_spec"])
+    )
+    assert loaded.name == ir["pipelineInfo"]["name"]
+    assert {"make", "double", "square", "total"} <= {
+        t["taskInfo"]["name"] for t in ir["root"]["dag"]["tasks"].values()
+    }
+    # every task mounts the key Secret (by name), which nbscale wrote into the cluster
+    text = json.dumps(body)
+    assert '"secretName": "nbscale-keys"' in text or '"secretNameParameter"' in text
+    assert keys.load("pipeline").hex() not in text
+    secret = KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", NS)
+    doc = json.loads(base64.b64decode(secret.data["keys.json"]))
+    assert doc["pipeline"] == keys.load("pipeline").hex()
+
+    seen: list[tuple[str, str]] = []
+
+    def on_step(name, fields):
+        seen.append((name, fields["status"]))
+
+    kfp_api.set_tasks(run.run_id, "RUNNING", {"make": ("RUNNING", None)})
+    runner.refresh(run, on_step)
+    kfp_api.set_tasks(
+        run.run_id,
+        "RUNNING",
+        {"make": ("SUCCEEDED", None), "double": ("RUNNING", None), "square": ("FAILED", "boom")},
+    )
+    runner.refresh(run, on_step)
+    assert seen == [
+        ("make", "RUNNING"),
+        ("make", "SUCCEEDED"),
+        ("double", "RUNNING"),
+        ("square", "FAILED"),
+    ]
+    assert run.steps["square"] == {"status": "FAILED", "error": "boom"}
+    assert run.status == "RUNNING"
+
+    runner.cancel(run.run_id)
+    assert ("POST", f"/apis/v2beta1/runs/{run.run_id}:terminate", {}) in [
+        (m, p, b) for m, p, b in kfp_api.requests
+    ]
+    kfp_api.set_tasks(run.run_id, "CANCELED", {"double": ("CANCELED", None)})
+    assert runner.follow(run, on_step).status == "CANCELLED"
+
+
+def test_cli_entry_and_unreachable_api(small, kfp_api, kube_env, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setattr(
+        "nbscale.backends.kubeflow.pipelines._for", lambda backend: KFPPipelines(_conf(kfp_api.url))
+    )
+    args = argparse.Namespace(
+        path=str(small),
+        backend="kf",
+        detach=True,
+        only=None,
+        from_step=None,
+        no_cache=False,
+        max_parallel=None,
+        json=False,
+    )
+    assert run_from_cli(args, {}, lambda *a: None) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert run_id in kfp_api.runs
+    args.no_cache = True
+    with pytest.raises(SpecError, match="--no-cache"):
+        run_from_cli(args, {}, lambda *a: None)
+    dead = KFPPipelines(_conf(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(BackendUnavailable, match="cannot be reached"):
+        dead.start(str(small), {})
