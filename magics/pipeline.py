@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from .display import user_error
 
 USAGE = (
     "%pipeline run [PATH] [-p NAME VALUE] [--only STEP] [--from STEP] [--no-cache] [--max-parallel N] "
-    "[--detach] | %pipeline compile [PATH] --target kfp|sagemaker -o FILE | %pipeline status RUN | "
+    "[--detach] [--backend NAME] | %pipeline compile [PATH] --target kfp|sagemaker -o FILE | %pipeline status RUN | "
     "%pipeline runs"
 )
 
@@ -42,6 +43,7 @@ def parse(line: str) -> argparse.Namespace:
     run.add_argument("--no-cache", action="store_true")
     run.add_argument("--max-parallel", type=int)
     run.add_argument("--detach", action="store_true")
+    run.add_argument("--backend")
     comp = sub.add_parser("compile", add_help=False)
     comp.add_argument("path", nargs="?")
     comp.add_argument("--target", choices=["kfp", "sagemaker"], default="kfp")
@@ -119,7 +121,19 @@ class PipelineMagics(Magics):
             if v not in (None, False)
         }
         params = {n: typed_value(v) for n, v in (args.parameter or [])}
-        run = start_run(self._path(args), params, detach=True, **options)
+        if args.backend:
+            from nbscale.config import load as load_config
+
+            if load_config().backend(args.backend).type == "sagemaker":
+                from nbscale.backends.sagemaker.pipelines import run_from_cli
+                from nbscale.cli.pipeline_cmd import _printer
+
+                args.path = self._path(args)
+                run_from_cli(args, params, _printer(sys.stdout))
+                return None
+        run = start_run(
+            self._path(args), params, backend=args.backend or "local", detach=True, **options
+        )
         if args.detach:
             return run
         handle = display(run, display_id=True)

@@ -158,3 +158,21 @@ def test_options_sagemaker_cannot_honour_and_unknown_parameters_are_refused(aws)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "no parameter 'nope'" in err
     assert not aws.operations("StartPipelineExecution")
+
+
+def test_the_magic_runs_it_too(aws, tmp_path):
+    code = (
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "sh = InteractiveShell.instance()\n"
+        "sh.run_cell('%load_ext nbscale', store_history=False)\n"
+        f"r = sh.run_cell('%pipeline run {FLOW} --backend aws --detach -p C 2.0')\n"
+        "raise SystemExit(0 if r.success else 1)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "arn:aws:sagemaker:us-east-1:" in proc.stdout
+    assert {"Name": "C", "Value": "2.0"} in aws.operations("StartPipelineExecution")[-1][
+        "PipelineParameters"
+    ]
