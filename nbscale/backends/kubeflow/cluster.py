@@ -11,6 +11,7 @@ names the context and what to check.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,32 @@ def _kubeconfig_files(settings: KubeflowSettings) -> list[str]:
     return [os.path.expanduser("~/.kube/config")]
 
 
+_connected: dict[tuple, Cluster] = {}
+_lock = threading.Lock()
+
+
 def connect(settings: KubeflowSettings) -> Cluster:
-    """Load the configuration (nothing is sent yet); raise one clear message when there is none."""
+    """Load the configuration (nothing is sent yet); raise one clear message when there is none.
+
+    One ``Cluster`` per process and configuration (its files unchanged): a notebook that
+    submits many cells reuses the client and its connection pool."""
+    files = _kubeconfig_files(settings)
+    stamp = tuple((f, os.path.getmtime(f)) for f in files if os.path.exists(f))
+    key = (
+        settings.kubeconfig,
+        settings.context,
+        settings.namespace,
+        stamp,
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+    )
+    with _lock:
+        found = _connected.get(key)
+        if found is None:
+            found = _connected[key] = _connect(settings)
+        return found
+
+
+def _connect(settings: KubeflowSettings) -> Cluster:
     k8s = _kubernetes()
     configuration = k8s.client.Configuration()
     files = _kubeconfig_files(settings)

@@ -76,6 +76,18 @@ class KubeflowBackend(JobBackend):
         self._log_times: dict[str, float] = {}
         self._looked: dict[str, float] = {}
 
+    @staticmethod
+    def prewarm(bconf) -> None:
+        """At ``%load_ext nbscale``, in a background thread: import the kubernetes client,
+        read the kube config and make the S3 client once, so the first cell does not."""
+        try:
+            conf = settings(bconf)
+            connect(conf)
+            if conf.storage:
+                _ = storage.ObjectStore.from_options(conf.storage_options(), progress=None).client
+        except Exception:  # noqa: BLE001, S110 - a warm-up only: submit reports any problem
+            return
+
     # -- plumbing ---------------------------------------------------------------------
     def cluster(self) -> Cluster:
         with self._lock:
