@@ -567,3 +567,28 @@ def test_spot_per_job_and_refused_where_there_is_none(aws, tmp_path):
         submit(local, config=config())
     with pytest.raises(SpecError, match="spot: must be true or false"):
         cell_spec(tmp_path, spot="yes")
+
+
+def test_a_failed_job_names_the_rank_and_error_that_caused_it(aws, tmp_path):
+    job = submit(cell_spec(tmp_path, nodes=2), config=config())
+    name = job.record.native_id
+    error = {
+        "rank": 1,
+        "type": "ValueError",
+        "message": "ValueError: bad batch",
+        "traceback": 'File "<cell>", line 3\nValueError: bad batch',
+        "time": 5.0,
+    }
+    boto3.client("s3").put_object(
+        Bucket="nb-team",
+        Key=f"proj/jobs/{name}/output/model.tar.gz",
+        Body=model_tarball(job.id, {}, 2, tmp_path, errors=[error]),
+    )
+    aws.set_training(name, "InProgress", "Training")
+    aws.set_training(
+        name, "Failed", "Failed", FailureReason="AlgorithmError: ExecuteUserScriptError"
+    )
+    record = job.wait(timeout=10)
+    assert record.status == "FAILED"
+    assert record.failed_rank == 1 and record.error == "rank 1: ValueError: bad batch"
+    assert "line 3" in record.info["traceback"]
