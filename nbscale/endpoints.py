@@ -200,7 +200,8 @@ def deploy(
     baseline.json path) turns on drift monitoring: ``Endpoint.drift()``
     compares captured inputs with it; capture defaults to every request then.
     ``idle_ttl`` (``"30m"`` or seconds): after that long without requests the
-    endpoint scales to zero even above its minimum (an event is logged).
+    endpoint scales to zero even above its minimum; a cloud endpoint is deleted with
+    everything made for it (an event is logged either way).
     ``options`` are settings only some backends have (``canary_traffic_percent``,
     ``scale_metric``, ``gpus``...; a backend refuses one it does not use); a canary
     deploys a new version of an existing endpoint. ``dry_run`` returns the platform
@@ -257,8 +258,6 @@ def deploy(
     if idle_ttl is not None:
         from .monitoring.drift import parse_duration
 
-        if getattr(mgr, "type", "local") != "local":
-            raise SpecError("idle_ttl", "only local endpoints scale to zero when idle so far")
         config["idle_ttl_s"] = parse_duration(idle_ttl, "idle_ttl")
     if capture_rate:
         config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
@@ -278,6 +277,11 @@ def deploy(
         if model_dir.is_relative_to(endpoint_dir(name)):  # a copy made here for this deploy
             shutil.rmtree(model_dir, ignore_errors=True)
         raise
+    if config.get("idle_ttl_s") and rec.backend_type != "local":
+        from .monitoring.idle_watch import start_idle_watch
+
+        # a cloud endpoint has no router of ours: a detached watcher deletes it when idle
+        start_idle_watch(name, endpoint_dir(name) / "idle-watch.log")
     return Endpoint(rec, mgr)
 
 

@@ -107,3 +107,47 @@ def running_things(config: Config | None = None) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda t: (-t["cost_per_hour"], t["kind"], t["name"]))
+
+
+def idle_teardown(name: str, now: float | None = None, config: Config | None = None) -> bool:
+    """Delete a cloud endpoint that has had no invocation for its ``idle_ttl_s``.
+
+    The platform's own metrics decide (SageMaker: CloudWatch ``Invocations``
+    over the last TTL); the backend's ``undeploy`` removes the endpoint, its
+    configs, models and scaling policy. Returns whether it was deleted, and
+    records an ``idle_deleted`` event when it was. Local endpoints are scaled
+    to zero by their router instead.
+    """
+    import math
+    import time
+
+    from ..backends.endpoint_base import endpoint_backend_for
+    from ..errors import NotFound
+    from ..store.endpoints import get_endpoint
+    from ..store.events import record_event
+
+    config = config or load_config()
+    store = get_store()
+    now = time.time() if now is None else now
+    try:
+        rec = get_endpoint(store, name)
+    except NotFound:
+        return False
+    ttl = (rec.config or {}).get("idle_ttl_s")
+    if not ttl or rec.backend_type == "local" or now - rec.created < ttl:
+        return False
+    backend = endpoint_backend_for(rec, config, store)
+    minutes = max(1, math.ceil(ttl / 60))
+    metrics = backend.metrics(rec, minutes=minutes)
+    if (metrics.get("Invocations") or 0) > 0:
+        return False
+    backend.undeploy(name)
+    record_event(
+        store,
+        "endpoint",
+        name,
+        "idle_deleted",
+        {"idle_ttl_s": ttl, "window_minutes": minutes, "backend": rec.backend},
+        key=str(int(rec.created)),
+    )
+    return True
