@@ -51,6 +51,7 @@ class ListBackendsResponse(Model):
     backends: list[BackendInfo]
 
 
+MAX_LOG_OFFSET = 2**40  # 1 TiB
 MAX_OFFSET = 2**62  # SQLite integers are 64-bit; log offsets are bytes of a file
 MAX_HOURS = 24 * 366  # a year: no estimate is asked for longer
 
@@ -125,7 +126,9 @@ class CreateJob(Model):
 
 class JobLogsQuery(Model):
     rank: int = Field(0, ge=0, le=MAX_RESOURCES["nodes"] * MAX_RESOURCES["procs_per_node"])
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    # a byte offset in the rank's log; logs are capped far below this, and a seek past
+    # what the file system allows fails, so bigger numbers are refused here
+    offset: int = Field(0, ge=0, le=MAX_LOG_OFFSET)
 
 
 class JobLogs(Model):

@@ -183,3 +183,25 @@ async def test_a_bad_field_says_what_was_sent_and_where_the_fields_are(fetch):
     assert "nodes: Input should be greater than or equal to 1, got 0" in message
     assert "colour: is not a field of this request" in message
     assert message.endswith("(the fields and their limits are in server_ext/openapi.json)")
+
+
+async def test_a_log_offset_past_what_a_file_can_hold_is_a_400(fetch, nbscale_home):
+    from nbscale import paths
+    from nbscale.runtime.jobdir import JobDir
+
+    d = JobDir(paths.job_dir("old-1")).make()
+    (d.path / "logs" / "rank-0.log").write_text("a line\n")
+    spec = {"entry": {"kind": "script", "target": "x.py"}}
+    insert_job(
+        get_store(),
+        JobRecord(
+            "old-1", "old", "local", "local", "SUCCEEDED", spec, 1.0, info={"job_dir": str(d.path)}
+        ),
+    )
+    code, body = await fetch("jobs", "old-1", "logs", params={"offset": str(2**62)})
+    assert code == 400, body
+    assert body["message"].startswith("offset: ")
+    code, body = await fetch("jobs", "old-1", "logs", params={"offset": str(2**40)})
+    assert code == 200 and body["text"] == "", body  # past the end: nothing more yet
+    code, body = await fetch("jobs", "old-1", "logs")
+    assert code == 200 and body["text"] == "a line\n"
