@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import nbscale
-from nbscale.backends.local.processes import job_processes
+from nbscale.backends.local.processes import alive, job_processes
 from nbscale.jobs import jobs as job_handles
 from nbscale.store import get_store
 from nbscale.store.jobs import get_job, list_jobs
@@ -181,6 +181,8 @@ def test_supervisor_and_agents_killed_marks_job_lost_and_stops_workers(write_scr
     os.kill(info["supervisor_pid"], signal.SIGKILL)
     for pid, _ in info["agents"]:
         os.kill(pid, signal.SIGKILL)  # nothing is left to record how the job ended
+    gone = [info["supervisor_pid"], *(pid for pid, _ in info["agents"])]
+    wait_for(lambda: not any(alive(pid) for pid in gone), 30, what="the kills to land")
     record = wait_for(lambda: (r := job.refresh()).terminal and r, 30, what="LOST")
     assert record.status == "LOST"
     assert "vanished" in record.error

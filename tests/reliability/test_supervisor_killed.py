@@ -94,3 +94,38 @@ def test_a_job_that_ended_unsupervised_reads_its_true_outcome(write_script, tmp_
         assert record.status == "FAILED" and record.failed_rank == 1
         assert "ValueError: bad batch 7" in record.error
     assert "recorded-without-supervisor" in [e["type"] for e in events(get_store(), job.id)]
+
+
+def test_a_queued_job_whose_supervisor_died_is_queued_again_and_runs(write_script, monkeypatch):
+    from nbscale.store.jobs import JobRecord, insert_job, update_job
+
+    monkeypatch.setenv("NBSCALE_GPUS", "0")  # one (pretend) GPU, held by another job
+    store = get_store()
+    insert_job(
+        store,
+        JobRecord(
+            id="holder",
+            name="holder",
+            backend="local",
+            backend_type="local",
+            status="RUNNING",
+            spec={},
+            created=0.0,
+            info={"gpus": [0]},
+        ),
+    )
+    script = write_script("gpu.py", "import os\nprint('gpu', os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    job = nbscale.submit(
+        nbscale.JobSpec(entry=nbscale.Entry.from_path(str(script)), gpus_per_proc=1)
+    )
+    first = wait_for(lambda: _row(job).info.get("supervisor_pid"), what="the supervisor")
+    assert _row(job).status == "PENDING"
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not alive(first), what="supervisor gone")
+    assert job.refresh().status == "PENDING"  # queued again, not LOST
+    wait_for(
+        lambda: _row(job).info.get("supervisor_pid") not in (None, first), what="a new supervisor"
+    )
+    update_job(store, "holder", status="SUCCEEDED")  # the GPU is free now
+    record = job.wait(timeout=120)
+    assert record.status == "SUCCEEDED" and "gpu 0" in job.logs(0)

@@ -143,6 +143,12 @@ class LocalBackend(JobBackend):
         neither (the agents vanished too: the job is lost)."""
         started = record.info.get("agents") or []
         if not started:
+            # still queued (waiting for GPUs): a new supervisor takes its place, unless the
+            # job needs --secret-env values, which only the first one was given
+            if record.status == PENDING and not record.spec.get("secret_env"):
+                if self._claim_adoption(record):
+                    self._start_supervisor(record)
+                return self._with_live_fields(record)
             return None
         jobdir = JobDir(record.info["job_dir"])
         codes = [read_exit(exit_file(jobdir.path, node)) for node in range(len(started))]
