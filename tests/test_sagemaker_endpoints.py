@@ -106,7 +106,7 @@ def nbscale_resources(name: str) -> dict[str, list[str]]:
 
 
 def test_deploy_predict_scale_metrics_and_undeploy_leave_nothing_billing(
-    aws, tmp_path, container, capsys
+    aws, tmp_path, container, capsys, nbscale_cli
 ):
     artifact, model = make_artifact(tmp_path / "artifact", name="digits")
     ep = deploy(artifact, name="digits", replicas=(1, 3), backend="aws")
@@ -190,13 +190,19 @@ def test_deploy_predict_scale_metrics_and_undeploy_leave_nothing_billing(
     assert m["error_rate"] == pytest.approx(0.05)
     assert m["sagemaker_series"] and m["latency_unit"] == "microseconds"
 
+    # the CLI lists it with its SageMaker URL, and undeploys it
+    listed = json.loads(nbscale_cli("endpoints", "--json", check=True).stdout)
+    assert [(e["name"], e["backend"], e["status"]) for e in listed] == [("digits", "aws", "READY")]
+    assert listed[0]["url"].endswith("/endpoints/digits/invocations")
+
     # undeploy: endpoint, config, model, scaling policy and target all gone
     assert nbscale_resources("digits")["endpoints"] == ["digits"]
-    ep.delete()
+    nbscale_cli("undeploy", "digits", check=True)
     assert nbscale_resources("digits") == {
         k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
     }
     assert [e.name for e in endpoints()] == []
+    assert json.loads(nbscale_cli("endpoints", "--json", check=True).stdout) == []
     # no key, no credential in any request
     key_hex = keys.load("model").hex().encode()
     for _, _, body in aws.bodies:
