@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import itertools
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -207,7 +209,8 @@ def test_bad_settings_and_labels_are_one_message_each():
 
 def _record(tmp_path, bundle_bytes: int) -> JobRecord:
     bundle = tmp_path / "cell.zip"
-    bundle.write_bytes(os.urandom(bundle_bytes))
+    with zipfile.ZipFile(bundle, "w") as zf:  # stands in for a signed bundle: never opened
+        zf.writestr("inputs/000-x.pkl", os.urandom(bundle_bytes))
     spec = JobSpec(
         entry=Entry("bundle", str(bundle)), name="cell", nodes=2, procs_per_node=2, max_runtime=600
     )
@@ -245,9 +248,9 @@ def test_dry_run_prints_the_exact_objects_and_sends_nothing(tmp_path, monkeypatc
         assert kinds == ["Secret", "TrainJob", "ConfigMap"]
         assert bundle_arg == f"{mf.BUNDLE_MOUNT}/cell.zip"
         cm = docs[2]
-        assert (
-            base64.b64decode(cm["binaryData"]["cell.zip"]) == (tmp_path / "cell.zip").read_bytes()
-        )
+        sent = io.BytesIO(base64.b64decode(cm["binaryData"]["cell.zip"]))
+        with zipfile.ZipFile(sent) as zf, zipfile.ZipFile(tmp_path / "cell.zip") as orig:
+            assert zf.read("inputs/000-x.pkl") == orig.read("inputs/000-x.pkl")
     else:
         assert kinds == ["Secret", "TrainJob"]
         assert bundle_arg.startswith("s3://nb-bucket/work/bundles/sha256/")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import threading
 import time
 import zipfile
@@ -55,6 +57,31 @@ BAD_WAITING = {
     "CrashLoopBackOff": "keeps crashing",
     "CreateContainerConfigError": "cannot be configured (a missing Secret or ConfigMap?)",
 }
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def canonical_bundle(path: Path) -> Path:
+    """The bundle with every entry's timestamp at the zip epoch, so that the same cell with
+    the same inputs is the same bytes (and the same object in storage) on every run. The
+    signature covers the manifest, not the archive's metadata: it still verifies."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if all(i.date_time == ZIP_EPOCH for i in infos):
+            return path
+        out = path.with_name(path.stem + ".canonical.zip")
+        tmp = out.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zo:
+            for info in infos:
+                fresh = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+                fresh.compress_type = zipfile.ZIP_STORED
+                fresh.external_attr = 0o600 << 16
+                with zf.open(info) as src, zo.open(fresh, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    os.chmod(tmp, 0o600)
+    tmp.replace(out)
+    return out
 
 
 def dump_yaml(objects: list[dict[str, Any]]) -> str:
@@ -204,17 +231,21 @@ class KubeflowBackend(JobBackend):
             local = Path(spec["entry"]["target"])
             if not local.is_file():
                 raise NbscaleError(f"the cell bundle {local} is gone", "run the cell again")
-            size = local.stat().st_size
-            if size < self.settings.configmap_limit:
-                configmap_data = local.read_bytes()
-                configmap = f"{mf.object_name(record.id)}-bundle"
-                bundle = f"{mf.BUNDLE_MOUNT}/cell.zip"
-            elif upload:
-                bundle = store.put(local, "cell.zip", area="bundles")
-            else:
-                bundle = store.base.child(
-                    "bundles", "sha256", storage.sha256_file(local), "cell.zip"
-                ).uri
+            local = canonical_bundle(local)
+            try:
+                if local.stat().st_size < self.settings.configmap_limit:
+                    configmap_data = local.read_bytes()
+                    configmap = f"{mf.object_name(record.id)}-bundle"
+                    bundle = f"{mf.BUNDLE_MOUNT}/cell.zip"
+                elif upload:
+                    bundle = store.put(local, "cell.zip", area="bundles")
+                else:
+                    bundle = store.base.child(
+                        "bundles", "sha256", storage.sha256_file(local), "cell.zip"
+                    ).uri
+            finally:
+                if local.name.endswith(".canonical.zip"):
+                    local.unlink(missing_ok=True)
         staged = mf.Staged(
             job_id=record.id,
             spec_b64=encode_spec(self.container_spec(spec)),
