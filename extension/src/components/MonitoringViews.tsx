@@ -25,31 +25,49 @@ function fmtP(v: unknown): string {
   return n === null ? '–' : n < 0.001 ? n.toExponential(1) : n.toFixed(3);
 }
 
-/** Invocations, errors and latency percentiles under SageMaker's names (µs). */
+/** One look's row of the SageMaker-named series. */
+type SageMakerRow = Record<string, unknown>;
+
+/**
+ * Invocations and errors over the last minute of looks, and the latest latency
+ * percentiles (µs from the histograms, shown in ms), under SageMaker's names.
+ */
 export function SageMakerFacts(props: {
   metrics: Record<string, unknown>;
 }): JSX.Element | null {
   const m = props.metrics;
-  if (num(m.Invocations) === null) {
+  const rows = (
+    Array.isArray(m.sagemaker_series) ? m.sagemaker_series : []
+  ) as SageMakerRow[];
+  if (rows.length === 0) {
     return null;
   }
-  const us = (k: string) => {
-    const n = num(m[k]);
-    return n === null ? '–' : `${(n / 1000).toFixed(2)} ms`;
+  const newest = num(rows[rows.length - 1].Timestamp) ?? 0;
+  const recent = rows.filter(r => (num(r.Timestamp) ?? 0) >= newest - 60);
+  const sum = (k: string) =>
+    recent.reduce((total, r) => total + (num(r[k]) ?? 0), 0);
+  const latest = (k: string) => {
+    for (let i = rows.length - 1; i >= 0; i--) {
+      const n = num(rows[i][k]);
+      if (n !== null) {
+        return `${(n / 1000).toFixed(2)} ms`;
+      }
+    }
+    return '–';
   };
   return (
     <dl className="nbs-facts nbs-sagemaker-metrics">
-      <dt>Invocations</dt>
+      <dt>Invocations (1 min)</dt>
       <dd>
-        {String(m.Invocations)} (4XX {String(m.Invocation4XXErrors ?? 0)}, 5XX{' '}
-        {String(m.Invocation5XXErrors ?? 0)})
+        {sum('Invocations')} (4XX {sum('Invocation4XXErrors')}, 5XX{' '}
+        {sum('Invocation5XXErrors')})
       </dd>
       <dt>ModelLatency p50 / p99</dt>
       <dd>
-        {us('ModelLatency_p50')} / {us('ModelLatency_p99')}
+        {latest('ModelLatency_p50')} / {latest('ModelLatency_p99')}
       </dd>
       <dt>OverheadLatency p99</dt>
-      <dd>{us('OverheadLatency_p99')}</dd>
+      <dd>{latest('OverheadLatency_p99')}</dd>
     </dl>
   );
 }
