@@ -11,7 +11,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from nbscale.cli.endpoints_cmd import parse_replicas
+from nbscale.cli.endpoints_cmd import _platform_options, parse_replicas
 from nbscale.cli.output import ago
 from nbscale.endpoints import Endpoint, deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
@@ -54,6 +54,16 @@ def deploy_parser() -> _Parser:
         ".npy / .csv / .parquet file; turns on drift monitoring",
     )
     p.add_argument("--idle-ttl", help="scale to zero after this long without requests (e.g. 30m)")
+    # options only some backends have (KServe); a backend refuses one it does not use
+    p.add_argument("--dry-run", action="store_true", help="print what the backend would send")
+    p.add_argument("--canary", type=int, metavar="PCT", help="new version of NAME at PCT%% traffic")
+    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"])
+    p.add_argument("--scale-target", type=int)
+    p.add_argument("--container-concurrency", type=int)
+    p.add_argument("--timeout", type=int, metavar="SECONDS")
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--cpu")
+    p.add_argument("--memory")
     return p
 
 
@@ -147,7 +157,7 @@ class DeployMagics(Magics):
                     f"{args.model!r} is neither a variable in the notebook nor a directory",
                     "give the name of a trained model variable or an artifact directory",
                 )
-            return deploy(
+            result = deploy(
                 target,
                 name=args.name,
                 replicas=parse_replicas(args.replicas),
@@ -158,7 +168,13 @@ class DeployMagics(Magics):
                 capture_rate=args.capture_rate,
                 baseline=_baseline_arg(args.baseline, ns),
                 idle_ttl=args.idle_ttl,
+                options=_platform_options(args),
+                dry_run=args.dry_run,
             )
+            if args.dry_run:  # the platform objects, as text; nothing was sent
+                print(result)
+                return None
+            return result
         except _Help:
             return None
         except NbscaleError as exc:
