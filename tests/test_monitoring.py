@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
 
 import numpy as np
@@ -160,3 +161,32 @@ def test_magics_deploy_with_baseline_watch_and_drift(cleanup, capsys):
             shell.run_line_magic("deploy", "model --name other --baseline nothing_here")
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_metrics_count_exactly_under_concurrent_load_on_two_replicas(cleanup):
+    # Given an endpoint with two ready replicas
+    ep = deploy(mlp(), name="busy", replicas=(2, 2))
+    wait_for(lambda: ep.metrics()["replicas"]["ready"] == 2, 60, interval=0.2, what="two replicas")
+    ep.metrics()  # the interval starts here
+    x = np.random.default_rng(2).random((4, 64), dtype=np.float32)
+
+    def client(n: int) -> None:
+        from nbscale.endpoints import endpoint
+
+        mine = endpoint("busy")  # a connection of its own
+        for _ in range(n):
+            mine.predict(x)
+        mine.close()
+
+    # When four clients send 40 requests each at the same time
+    threads = [threading.Thread(target=client, args=(40,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    m = ep.metrics()
+    # Then every request is counted once, per instance too, and the percentiles are ordered
+    assert m["Invocations"] == 160 and m["Invocation5XXErrors"] == 0
+    assert m["Instances"] == 2 and m["InvocationsPerInstance"] == 80
+    assert 0 < m["ModelLatency_p50"] <= m["ModelLatency_p95"] <= m["ModelLatency_p99"]
+    assert 0 <= m["OverheadLatency_p50"] <= m["OverheadLatency_p99"]
