@@ -422,3 +422,24 @@ def test_the_node_container_runs_the_cell_and_the_outputs_come_home(cluster, kub
     key_hex = keys.load("bundle").hex()
     for node in range(2):
         assert grep_tree(tmp_path / f"pod-{node}" / "home", key_hex, PLANTED_SECRET) == []
+
+
+def test_nbscale_backends_says_whether_the_cluster_answers(
+    cluster, nbscale_cli, monkeypatch, tmp_path
+):
+    out = json.loads(nbscale_cli("backends", "--json", check=True).stdout)
+    kf = next(b for b in out if b["name"] == "kf")
+    assert kf["reachable"] and "context 'emu'" in kf["detail"]
+    dead = tmp_path / "dead"
+    dead.write_text(
+        f"apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: kind-lab, context: {cluster: c, user: u}}]\ncurrent-context: kind-lab\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    proc = nbscale_cli("backends", "--json")
+    assert proc.returncode == 1
+    kf = next(b for b in json.loads(proc.stdout) if b["name"] == "kf")
+    assert (
+        not kf["reachable"] and "kind-lab" in kf["detail"] and "cannot be reached" in kf["detail"]
+    )

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "endpoints_cmd",
     "quickstart_cmd",
     "monitor_cmd",
+    "backends_cmd",
 ]
 
 
