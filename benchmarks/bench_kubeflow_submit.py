@@ -87,7 +87,9 @@ def main() -> int:
                 kernel = KernelDriver(str(work), env)
                 try:
                     n = int(args.input_mb * (1 << 20) / 8)
-                    kernel.execute(f"import numpy as np\nX = np.random.default_rng({i}).random({n})")
+                    kernel.execute(
+                        f"import numpy as np\nX = np.random.default_rng({i}).random({n})"
+                    )
                     time.sleep(args.warm_s)  # a person takes longer between the two cells
                     cell = f"%%train --backend kf --async --name bench-{i}\n{CELL}"
                     before_jobs = len(api.trainjobs("bench"))

@@ -77,7 +77,10 @@ def canonical_bundle(path: Path) -> Path:
                 fresh = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
                 fresh.compress_type = zipfile.ZIP_STORED
                 fresh.external_attr = 0o600 << 16
-                with zf.open(info) as src, zo.open(fresh, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst:
+                with (
+                    zf.open(info) as src,
+                    zo.open(fresh, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst,
+                ):
                     shutil.copyfileobj(src, dst, 1 << 20)
     os.chmod(tmp, 0o600)
     tmp.replace(out)
