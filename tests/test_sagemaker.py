@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -592,3 +593,70 @@ def test_a_failed_job_names_the_rank_and_error_that_caused_it(aws, tmp_path):
     assert record.status == "FAILED"
     assert record.failed_rank == 1 and record.error == "rank 1: ValueError: bad batch"
     assert "line 3" in record.info["traceback"]
+
+
+def test_a_train_cell_waits_shows_the_phases_and_gets_its_outputs(aws, tmp_path):
+    """%%train --backend aws in an IPython shell: the cell waits for the job, shows SageMaker's
+    status changes and the ranks' log lines as they come, then the outputs are in the namespace."""
+    import threading
+
+    (tmp_path / "nbscale.toml").write_text(
+        "[backends.aws]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**SETTINGS, "type": "sagemaker"}.items())
+        + f"wheelhouse = {json.dumps(runtime_wheels())}\n"
+    )
+    code = (
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "sh = InteractiveShell.instance()\n"
+        "sh.run_cell('%load_ext nbscale', store_history=False)\n"
+        "sh.run_cell('factor = 7')\n"
+        "r = sh.run_cell('%%train --backend aws --nodes 2 --outputs total\\ntotal = factor * 6\\n')\n"
+        "print('TOTAL', sh.user_ns.get('total'))\n"
+        "raise SystemExit(0 if r.success else 1)\n"
+    )
+    before = len(aws.operations("CreateTrainingJob"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "NBSCALE_PROGRESS": "text"},
+    )
+
+    def play():  # SageMaker's side: the job goes through its phases and its outputs land
+        deadline = time.monotonic() + 120
+        while len(aws.operations("CreateTrainingJob")) == before:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        request = aws.operations("CreateTrainingJob")[-1]
+        name = request["TrainingJobName"]
+        job_id = {t["Key"]: t["Value"] for t in request["Tags"]}["nbscale:job-id"]
+        while name not in aws.training:  # the emulator records the call before its answer
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for secondary in ("LaunchingMLInstances", "Downloading", "Training"):
+            aws.set_training(name, "InProgress", secondary, f"now {secondary}")
+            time.sleep(0.3)
+        put_logs(name, 1, ["[rank 0] working on it"])
+        time.sleep(0.5)
+        boto3.client("s3").put_object(
+            Bucket="nb-team",
+            Key=f"proj/jobs/{name}/output/model.tar.gz",
+            Body=model_tarball(job_id, {"total": 42}, 2, tmp_path),
+        )
+        aws.set_training(name, "InProgress", "Uploading", "Uploading generated training model")
+        aws.set_training(name, "Completed", "Completed", BillableTimeInSeconds=30)
+
+    player = threading.Thread(target=play, daemon=True)
+    player.start()
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    player.join(5)
+    assert proc.returncode == 0, out
+    assert "TOTAL 42" in out
+    assert "[sagemaker] Training: now Training" in out and "working on it" in out, out
