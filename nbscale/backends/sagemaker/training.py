@@ -38,6 +38,7 @@ from .config import SageMakerSettings, settings
 from .states import map_state
 
 KEY_PURPOSES = ("bundle",)
+LOG_SETTLE_S = 30.0  # after the end, CloudWatch may still deliver the last lines this long
 
 
 def client_error(exc: Exception, what: str) -> NbscaleError:
@@ -420,7 +421,8 @@ class SageMakerBackend(JobBackend):
         if record.terminal and record.info.get("logs_complete"):
             return
         last = self._log_times.get(record.id, float("-inf"))
-        if not record.terminal and time.monotonic() - last < min(self.settings.poll_seconds, 2.0):
+        wait = min(self.settings.poll_seconds, 2.0) if not record.terminal else 0.5
+        if time.monotonic() - last < wait:
             return
         try:
             cw.sync(
@@ -432,7 +434,8 @@ class SageMakerBackend(JobBackend):
         except Exception as exc:  # noqa: BLE001
             raise client_error(exc, "reading CloudWatch Logs") from None
         self._log_times[record.id] = time.monotonic()
-        if record.terminal:
+        # CloudWatch delivers the last lines a little after the job ends: keep reading a while
+        if record.terminal and time.time() - (record.ended or 0) > LOG_SETTLE_S:
             update_job(
                 self.store, record.id, only_if_active=False, info_patch={"logs_complete": True}
             )
@@ -459,7 +462,8 @@ class SageMakerBackend(JobBackend):
         return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, offset + len(data))
 
     def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
-        # log_metric writes inside the container; the records come home with the outputs
+        # log_metric writes into the job folder inside the container, which this machine
+        # cannot read: only records that reached the local job folder are shown (none yet)
         return JobDir(record.info["job_dir"]).metrics()
 
     def cancel(self, record: JobRecord) -> JobRecord:
