@@ -315,8 +315,11 @@ def _secret_value(api: KubeApi, ref: dict) -> str:
     return base64.b64decode(secret.data[ref["key"]]).decode()
 
 
-def run_nodes(api: KubeApi, kube: KubeEmulator, job, tmp_path: Path) -> list[int]:
-    """Play the Trainer controller and the kubelet: run every node of the TrainJob."""
+def run_nodes(
+    api: KubeApi, kube: KubeEmulator, job, tmp_path: Path, network: list | None = None
+) -> list[int]:
+    """Play the Trainer controller and the kubelet: run every node of the TrainJob
+    (``network``: one network namespace per node, from tests/kube_netns.py)."""
     body = _trainjob(api, job)
     trainer = body["spec"]["trainer"]
     pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
@@ -368,11 +371,15 @@ def run_nodes(api: KubeApi, kube: KubeEmulator, job, tmp_path: Path) -> list[int
             PET_NNODES=str(nnodes),
             PET_NPROC_PER_NODE=str(nproc),
             PET_NODE_RANK=str(node),
-            PET_MASTER_ADDR="127.0.0.1",
+            PET_MASTER_ADDR=network[0].address if network else "127.0.0.1",
             PET_MASTER_PORT=str(port),
         )
+        if network:
+            env["GLOO_SOCKET_IFNAME"] = "eth0"  # the pod's interface, not loopback
         env.pop("AWS_ENDPOINT_URL", None)  # the pod knows only what the TrainJob says
         argv = [*trainer["command"], *[remap(a) for a in trainer["args"]]]
+        if network:
+            argv = network[node].wrap(argv)
         labels = {mf.JOB_LABEL: job.id, "batch.kubernetes.io/job-completion-index": str(node)}
         api.create_pod(NS, _pod_name(job, node), labels, {"phase": "Running"})
         procs.append(
@@ -399,16 +406,34 @@ def run_nodes(api: KubeApi, kube: KubeEmulator, job, tmp_path: Path) -> list[int
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pad", [0, 1024 * 1024], ids=["configmap", "object-storage"])
-def test_the_node_container_runs_the_cell_and_the_outputs_come_home(cluster, kube, tmp_path, pad):
+@pytest.mark.parametrize(
+    "pad, netns",
+    [(0, False), (1024 * 1024, False), (0, True)],
+    ids=["configmap", "object-storage", "network-namespaces"],
+)
+def test_the_node_container_runs_the_cell_and_the_outputs_come_home(
+    cluster, kube, s3_url, tmp_path, pad, netns
+):
     api = cluster
+    if netns:
+        from tests.kube_netns import available
+
+        why = available()
+        if why:
+            pytest.skip(f"each node in its own network namespace: {why}")
     job = _cell(pad=pad).submit()
     body = _trainjob(api, job)
     bundle_arg = body["spec"]["trainer"]["args"][
         body["spec"]["trainer"]["args"].index("--bundle") + 1
     ]
     assert bundle_arg.startswith("s3://" if pad else mf.BUNDLE_MOUNT)
-    codes = run_nodes(api, kube, job, tmp_path)
+    if netns:
+        from tests.kube_netns import node_network
+
+        with node_network(2, int(s3_url.rsplit(":", 1)[1])) as network:
+            codes = run_nodes(api, kube, job, tmp_path, network)
+    else:
+        codes = run_nodes(api, kube, job, tmp_path)
     assert codes == [0, 0], job.logs()
     handle = job_handle(job.id)
     rec = handle.wait(timeout=60)
