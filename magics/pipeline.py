@@ -131,6 +131,13 @@ class PipelineMagics(Magics):
                 args.path = self._path(args)
                 run_from_cli(args, params, _printer(sys.stdout))
                 return None
+            if load_config().backend(args.backend).type == "kubeflow":
+                from nbscale.backends.kubeflow.pipelines import run_from_cli as kfp_run
+                from nbscale.cli.pipeline_cmd import _printer
+
+                args.path = self._path(args)
+                kfp_run(args, params, _printer(sys.stdout))
+                return None
         run = start_run(
             self._path(args), params, backend=args.backend or "local", detach=True, **options
         )

@@ -226,3 +226,21 @@ def test_cli_entry_and_unreachable_api(small, kfp_api, kube_env, monkeypatch, ca
     dead = KFPPipelines(_conf(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(BackendUnavailable, match="cannot be reached"):
         dead.start(str(small), {})
+
+
+def test_pipeline_magic_runs_on_kfp(small, kfp_api, kube_env, nbscale_home, capsys):  # noqa: F811
+    from IPython.core.interactiveshell import InteractiveShell
+
+    nbscale_home.mkdir(parents=True, exist_ok=True)
+    (nbscale_home / "config.toml").write_text(
+        f'[backends.kf]\ntype = "kubeflow"\nkfp_host = "{kfp_api.url}"\nnamespace = "{NS}"\n'
+    )
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("%load_ext nbscale", store_history=False)
+        result = shell.run_cell(f"%pipeline run {small} --backend kf --detach", store_history=False)
+        assert result.success, result.error_in_exec
+    finally:
+        InteractiveShell.clear_instance()
+    (run_id,) = kfp_api.runs
+    assert run_id in capsys.readouterr().out
