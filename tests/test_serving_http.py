@@ -291,6 +291,16 @@ def test_a_head_sent_one_byte_at_a_time_is_cut_off_at_the_read_timeout(runtime):
     assert runtime.request("GET", "/v2/health/live")[0] == 200
 
 
+def test_expect_100_continue_is_answered_before_the_body(runtime):
+    body = infer_body(np.zeros((1, 64), np.float32))
+    head = _infer("digits", b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(body), b"")
+    with socket.create_connection(("127.0.0.1", runtime.port), timeout=10) as s:
+        s.sendall(head)
+        assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
 def _stats(server: Server) -> dict:
     return json.loads(server.request("GET", "/nbscale/stats", headers=AUTH)[2])
 

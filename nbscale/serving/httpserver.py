@@ -410,6 +410,13 @@ class HttpProtocol(asyncio.Protocol):
                 f"the body is {length} bytes; this server takes at most {self.limits.max_body} "
                 "(send smaller batches)",
             )
+        if (
+            h.get("expect", "").lower() == "100-continue"
+            and version == "1.1"
+            and not self.queue
+            and self.task is None
+        ):  # curl and others wait for this before sending a body (a second, otherwise)
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, data: bytes) -> None:
         self.body_size += len(data)
