@@ -275,10 +275,12 @@ def test_spot_vpc_kms_retry_and_checkpoints_reach_the_request(aws, tmp_path):
 
 def test_specs_sagemaker_cannot_honour_are_refused_before_anything_is_sent(aws, tmp_path):
     calls = len(aws.calls)
-    script = tmp_path / "train.py"
-    script.write_text("print(1)\n")
-    with pytest.raises(SpecError, match="cannot ship a script"):
-        submit(JobSpec(entry=Entry.from_path(str(script)), backend="aws"), config=config())
+    notebook = tmp_path / "train.ipynb"
+    notebook.write_text(
+        json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
+    with pytest.raises(SpecError, match="cannot run a notebook as a job"):
+        submit(JobSpec(entry=Entry.from_path(str(notebook)), backend="aws"), config=config())
     with pytest.raises(SpecError, match="has no GPU"):
         submit(cell_spec(tmp_path, gpus_per_proc=1), config=config())
     with pytest.raises(SpecError, match="max_wait"):
@@ -660,3 +662,36 @@ def test_a_train_cell_waits_shows_the_phases_and_gets_its_outputs(aws, tmp_path)
     assert proc.returncode == 0, out
     assert "TOTAL 42" in out
     assert "[sagemaker] Training: now Training" in out and "working on it" in out, out
+
+
+def test_a_script_travels_in_its_own_channel(aws, tmp_path):
+    import base64
+
+    script = tmp_path / "train.py"
+    script.write_text("import torch.distributed as dist\nprint('hello from', dist.get_rank())\n")
+    job = submit(
+        JobSpec(entry=Entry.from_path(str(script)), backend="aws", args=("--epochs", "3")),
+        config=config(),
+    )
+    request = aws.operations("CreateTrainingJob")[-1]
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in request["InputDataConfig"]
+    }
+    assert set(channels) == {"spec", "code", "runtime"}
+    assert channels["code"].startswith("s3://nb-team/proj/code/sha256/")
+    s3 = boto3.client("s3")
+    key = channels["code"].removeprefix("s3://nb-team/")
+    listed = s3.list_objects_v2(Bucket="nb-team", Prefix=key)["Contents"]
+    assert [o["Key"].rsplit("/", 1)[1] for o in listed] == ["train.py"]
+    assert (
+        s3.get_object(Bucket="nb-team", Key=listed[0]["Key"])["Body"].read() == script.read_bytes()
+    )
+    spec_key = channels["spec"].removeprefix("s3://nb-team/")
+    spec_obj = s3.list_objects_v2(Bucket="nb-team", Prefix=spec_key)["Contents"][0]["Key"]
+    sent = json.loads(
+        base64.urlsafe_b64decode(s3.get_object(Bucket="nb-team", Key=spec_obj)["Body"].read())
+    )
+    assert sent["entry"]["target"] == "/opt/ml/input/data/code/train.py"
+    assert sent["args"] == ["--epochs", "3"]
+    assert job.status() == "PENDING"

@@ -321,3 +321,28 @@ def test_two_instances_train_together_and_a_spot_interruption_resumes(aws, names
     key_hex = keys.load("bundle").hex()
     for root in (ref_root, run_root, resumed_root):
         assert grep_tree(root, key_hex, PLANTED_SECRET) == []
+
+
+def test_a_script_job_runs_from_its_code_channel(aws, namespaces, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys\n"
+        "import torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\n"
+        "print('hello from', dist.get_rank(), 'of', dist.get_world_size(), sys.argv[1:])\n"
+        "dist.destroy_process_group()\n"
+    )
+    spec = JobSpec(
+        entry=Entry.from_path(str(script)), backend="aws", procs_per_node=2, args=("--epochs", "3")
+    )
+    cfg = config(image="123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0")
+    submit(spec, config=cfg)
+    request = aws.operations("CreateTrainingJob")[-1]
+    root = tmp_path / "run"
+    procs = start_instances(root, request, free_port())
+    assert wait_all(procs) == [0], stdout(root, "algo-1")
+    out = stdout(root, "algo-1")
+    assert "[rank 0] hello from 0 of 2 ['--epochs', '3']" in out, out
+    assert "[rank 1] hello from 1 of 2 ['--epochs', '3']" in out, out
+    record = json.loads((procs[0][1] / "model" / "nodes" / "0.json").read_text())
+    assert record["exit_code"] == 0 and record["errors"] == []

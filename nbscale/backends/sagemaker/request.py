@@ -7,6 +7,7 @@ before the entry starts):
 
 - ``bundle``: the signed job bundle, content-addressed in S3;
 - ``spec``: the job's spec, base64 JSON (too long for a container argument);
+- ``code``: a script entry's file (``nbscale run train.py``), run from there;
 - ``runtime``: the wheels of nbscale's runtime, installed offline (``pip --no-index``)
   when the channel is there (a stock PyTorch image has no nbscale).
 
@@ -27,7 +28,7 @@ from .config import SageMakerSettings, is_gpu_instance
 
 DEFAULT_MAX_RUNTIME = 24 * 3600
 MAX_ARG = 256  # SageMaker's limit on one entry point string or argument
-CHANNELS = ("bundle", "spec", "runtime")
+CHANNELS = ("bundle", "spec", "code", "runtime")
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 
@@ -54,10 +55,11 @@ ENTRYPOINT = [
 class Staged:
     """Where a job's inputs are (or will be) in S3: content-addressed prefixes."""
 
-    bundle_prefix: str  # s3://.../sha256/<hex>/
+    bundle_prefix: str | None  # s3://.../sha256/<hex>/ (a cell's signed bundle)
     spec_prefix: str
     runtime_prefix: str | None = None
     key_secret_arn: str | None = None
+    code_prefix: str | None = None  # a script entry's file
 
 
 def spot_of(spec: dict[str, Any], settings: SageMakerSettings) -> bool:
@@ -159,7 +161,11 @@ def build(
     if budget is not None:
         runtime = min(runtime, budget)
     name = training_job_name(job_id)
-    channels = [_channel("bundle", staged.bundle_prefix), _channel("spec", staged.spec_prefix)]
+    channels = [_channel("spec", staged.spec_prefix)]
+    if staged.bundle_prefix:
+        channels.insert(0, _channel("bundle", staged.bundle_prefix))
+    if staged.code_prefix:
+        channels.append(_channel("code", staged.code_prefix))
     if staged.runtime_prefix:
         channels.append(_channel("runtime", staged.runtime_prefix))
     resource: dict[str, Any] = {

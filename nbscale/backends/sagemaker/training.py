@@ -1,4 +1,4 @@
-"""The SageMaker job backend: ``%%train`` cells and ``nbscale run -m module`` as training jobs.
+"""The SageMaker job backend: ``%%train`` cells, scripts and modules as training jobs.
 
 submit: the bundle and the spec go to S3 content-addressed (nothing is sent twice),
 the signing key to a Secrets Manager secret (only its ARN travels), then
@@ -160,11 +160,13 @@ class SageMakerBackend(JobBackend):
     # -- submit -----------------------------------------------------------------------
     def validate(self, spec: JobSpec) -> None:
         kind = spec.entry.kind
-        if kind in ("script", "notebook"):
+        if kind == "notebook":
             raise SpecError(
                 "entry",
-                f"the SageMaker backend cannot ship a {kind} file yet (only %%train cells and modules)",
-                "run it as a %%train cell, or install it in an image and use -m module --image",
+                "the SageMaker backend cannot run a notebook as a job yet (the job runtime has "
+                "no papermill)",
+                "run its cells with %%train, or the notebook as a pipeline step "
+                "(nbscale pipeline run --backend ...)",
             )
         if kind == "bundle" and not Path(spec.entry.target).is_file():
             raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
@@ -174,8 +176,11 @@ class SageMakerBackend(JobBackend):
         """The spec the container runs: no local paths, no S3 checkpoint URI (SageMaker
         syncs ``/opt/ml/checkpoints`` with CheckpointConfig itself)."""
         spec = json.loads(json.dumps(spec))
-        if spec.get("entry", {}).get("kind") == "bundle":
-            spec["entry"]["target"] = "cell.zip"
+        entry = spec.get("entry", {})
+        if entry.get("kind") == "bundle":
+            entry["target"] = "cell.zip"
+        elif entry.get("kind") == "script":  # the file alone travels, in the code channel
+            entry["target"] = f"{req.DATA}/code/{Path(entry['target']).name}"
         spec["checkpoint_dir"] = None
         return spec
 
@@ -196,9 +201,16 @@ class SageMakerBackend(JobBackend):
             spec_uri = store.base.child(
                 "specs", "sha256", storage.sha256_file(spec_path), "spec.b64"
             ).uri
-            bundle_uri = local = None
+            bundle_uri = local = code_uri = script = None
             if spec["entry"]["kind"] == "bundle":
                 bundle_uri, local = _inspect_bundle(spec, store, Path(tmp))
+            elif spec["entry"]["kind"] == "script":
+                script = Path(spec["entry"]["target"])
+                if not script.is_file():
+                    raise NbscaleError(f"the script {script} is gone", "check the path")
+                code_uri = store.base.child(
+                    "code", "sha256", storage.sha256_file(script), script.name
+                ).uri
             sm = self.client("secretsmanager")
             if upload:
                 # independent requests, sent together: the bundle's upload is the long one
@@ -211,7 +223,11 @@ class SageMakerBackend(JobBackend):
                         secrets.ensure, sm, self.settings.key_secret_name, KEY_PURPOSES
                     )
                     runtime_f = pool.submit(self._runtime_channel, spec, store, True)
+                    code_f = script and pool.submit(
+                        put_once, store, script, code_uri, script.name, "code"
+                    )
                     bundle_uri = bundle_f.result() if bundle_f else None
+                    code_uri = code_f.result() if code_f else None
                     spec_uri, arn, runtime = spec_f.result(), arn_f.result(), runtime_f.result()
             else:
                 name = secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
@@ -221,10 +237,11 @@ class SageMakerBackend(JobBackend):
                 )
                 runtime = self._runtime_channel(spec, store, False)
         staged = req.Staged(
-            bundle_prefix=_prefix(bundle_uri) if bundle_uri else _prefix(spec_uri),
+            bundle_prefix=_prefix(bundle_uri) if bundle_uri else None,
             spec_prefix=_prefix(spec_uri),
             runtime_prefix=runtime,
             key_secret_arn=arn,
+            code_prefix=_prefix(code_uri) if code_uri else None,
         )
         return req.build(record.id, spec, self.settings, staged)
 
