@@ -72,7 +72,10 @@ def prewarm(config: Config | None = None) -> None:
     for bconf in config.backends.values():
         if bconf.type == "local" or bconf.type not in backend_types():
             continue
-        cls = backend_types()[bconf.type].load()
+        try:
+            cls = backend_types()[bconf.type].load()
+        except Exception:  # noqa: BLE001 - a backend that cannot load says so when used
+            continue
         warm = getattr(cls, "prewarm", None)
         if warm is not None:
             threading.Thread(
