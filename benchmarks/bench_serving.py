@@ -255,7 +255,7 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
         text=True,
         check=True,
     ).stdout
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)$", out, re.M))
     errors = 0
     for pattern in (
         r"Non-2xx or 3xx responses: (\d+)",
@@ -267,8 +267,9 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     return {
         "connections": connections,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _ms(lat["50"]),
-        "p99_ms": _ms(lat["99"]),
+        # wrk prints no latency distribution when no request completed
+        "p50_ms": _ms(lat["50"]) if "50" in lat else float("inf"),
+        "p99_ms": _ms(lat["99"]) if "99" in lat else float("inf"),
         "errors": errors,
     }
 
