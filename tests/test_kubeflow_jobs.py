@@ -468,3 +468,31 @@ def test_nbscale_backends_says_whether_the_cluster_answers(
     assert (
         not kf["reachable"] and "kind-lab" in kf["detail"] and "cannot be reached" in kf["detail"]
     )
+
+
+def test_a_stock_image_gets_the_runtime_wheels_by_a_url_of_that_one_object(
+    cluster, kube, tmp_path, monkeypatch, nbscale_home
+):
+    """wheelhouse = true: the wheels go to S3 as one zip, and the pod's shell stage reads it
+    through a presigned GET URL; the URL carries no secret key."""
+    import urllib.request
+
+    from nbscale.runtime import wheelhouse
+
+    wheels = tmp_path / "wheelhouse"
+    wheels.mkdir()
+    (wheels / "nbscale_probe-1.0-py3-none-any.whl").write_bytes(b"PK-not-really-a-wheel")
+    monkeypatch.setattr(wheelhouse, "build", lambda kind: wheels)
+    config = (nbscale_home / "config.toml").read_text().replace("wheelhouse = false\n", "")
+    (nbscale_home / "config.toml").write_text(config)
+    job = _cell(nodes=1).submit()
+    env = {e["name"]: e.get("value") for e in _trainjob(cluster, job)["spec"]["trainer"]["env"]}
+    url = env["NBSCALE_WHEELHOUSE_URL"]
+    assert "/wheelhouse/sha256/" in url and "X-Amz-Signature=" in url
+    assert PLANTED_SECRET not in url
+    with urllib.request.urlopen(url, timeout=10) as resp:  # what the shell stage does
+        data = resp.read()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.namelist() == ["nbscale_probe-1.0-py3-none-any.whl"]
+    assert "NBSCALE_WHEELHOUSE_URL" in mf.ENTRY_SCRIPT and "--no-index" in mf.ENTRY_SCRIPT
+    job.cancel()

@@ -206,11 +206,13 @@ class KubeflowBackend(JobBackend):
             ).uri
         loc = storage.parse(uri)
         import boto3
+        from botocore.config import Config
 
         client = boto3.client(
             "s3",
             endpoint_url=self.settings.pod_endpoint_url or self.settings.endpoint_url,
             region_name=self.settings.region,
+            config=Config(signature_version="s3v4"),
         )
         return client.generate_presigned_url(
             "get_object", Params={"Bucket": loc.bucket, "Key": loc.key}, ExpiresIn=7 * 24 * 3600
