@@ -17,6 +17,7 @@ Prometheus ``/metrics`` read through the service (the replica that answers).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -302,7 +303,13 @@ class KServeEndpoints(EndpointBackend):
             )
             return self.wait(request.name)
         except BaseException:
-            self.undeploy(request.name)
+            # remove what was made; if the cluster is gone too, at least the record goes
+            try:
+                self.undeploy(request.name)
+            except NbscaleError:
+                with contextlib.suppress(NotFound):
+                    delete_endpoint(self.store, request.name)
+                (endpoint_dir(request.name) / "token").unlink(missing_ok=True)
             raise
 
     def _deploy_canary(self, request: DeployRequest) -> EndpointRecord:
