@@ -32,6 +32,7 @@ from pathlib import Path
 
 DEFAULT_MAX_BYTES = 64 << 20
 KEEP_ROTATED = 1
+PIPE_BYTES = 1 << 20
 LINE_SLACK = 4096  # a segment may pass the cap by this much to end on a whole line
 
 
@@ -220,7 +221,7 @@ def pump(args: argparse.Namespace) -> None:
             _disk_full(args, None)
     while True:
         try:
-            data = os.read(0, 1 << 16)
+            data = os.read(0, PIPE_BYTES)
         except InterruptedError:
             continue
         if not data:
@@ -273,6 +274,10 @@ def redirect(
         return
     assert proc.stdin is not None
     fd = proc.stdin.fileno()
+    with contextlib.suppress(OSError, AttributeError):  # fewer, larger hand-overs (Linux)
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     proc.stdin.close()  # fds 1 and 2 keep the pipe open; EOF when this process and its children end
