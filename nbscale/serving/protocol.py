@@ -101,7 +101,8 @@ def cast_checked(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
             )
     elif arr.size and dtype.kind == "b" and kind != "b" and not ((arr == 0) | (arr == 1)).all():
         raise ProtocolError(400, f"{what}: BOOL takes 0/1 or true/false only")
-    out = arr.astype(dtype)
+    with np.errstate(over="ignore"):  # an overflow is found and refused just below
+        out = arr.astype(dtype)
     if arr.size and dtype.kind == "f" and kind in "iuf":
         overflow = np.isinf(out) & np.isfinite(arr)
         if overflow.any():
