@@ -149,3 +149,15 @@ def test_a_two_rank_job_checkpoints_into_its_folder_or_the_given_one(write_scrip
         seen = json.loads(job.logs(1).strip().splitlines()[-1])
         assert seen == {"dir": str(tmp_path / "ckpts"), "start": expected_start}
     assert [s for s, _ in ckpt.checkpoints(tmp_path / "ckpts")] == [4, 5]
+
+
+def test_a_checkpoint_dir_that_cannot_be_a_folder_is_refused_before_submission(write_script):
+    from nbscale.errors import SpecError
+    from nbscale.store import get_store
+    from nbscale.store.jobs import list_jobs
+
+    script = write_script("train.py", "print(1)\n")
+    (script.parent / "taken").write_text("a file")
+    with pytest.raises(SpecError, match="checkpoint_dir: .*taken is a file"):
+        submit(JobSpec(Entry.from_path(str(script)), checkpoint_dir="taken/ckpts"))
+    assert list_jobs(get_store())[1] == 0

@@ -46,6 +46,15 @@ class LocalBackend(JobBackend):
         return {"world_size": 4 * (len(os.sched_getaffinity(0)) or 1)}
 
     def validate(self, spec: JobSpec) -> None:
+        if spec.checkpoint_dir:
+            folder = Path(spec.checkpoint_dir).expanduser()
+            existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise SpecError(
+                    "checkpoint_dir",
+                    f"{existing} is a file, so {folder} cannot be a folder",
+                    "give --checkpoint-dir a folder path",
+                )
         if spec.entry.kind == "bundle" and not Path(spec.entry.target).is_file():
             raise SpecError(
                 "entry",
