@@ -131,6 +131,9 @@ def test_local_endpoint_metrics_under_load_and_drift_with_alert(cleanup, nbscale
     # And the CLI says the same
     out = nbscale_cli("drift", "mon", "--window", "1d", "--since", "1h", check=True).stdout
     assert "f5: KS" in out
+    table = nbscale_cli("metrics", "mon", check=True).stdout
+    assert "ModelLatency_p99" in table and "InvocationsPerInstance" in table
+    assert "microseconds" in table
     proc = nbscale_cli("metrics", "mon", "--json", check=True)
     assert json.loads(proc.stdout)["Invocations"] == 75  # a new process: since the router started
 

@@ -45,8 +45,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.json:
         print_json(m)
         return 0
-    rows = [[k, m.get(k)] for k in m.get("sagemaker_names", [])]
+    # SageMaker's names, whichever backend measured them (local router, CloudWatch)
+    bases = ("Invocation", "ModelLatency", "OverheadLatency")
+    rows = [[k, v] for k, v in m.items() if k.startswith(bases) and not isinstance(v, list)]
     print(table(["METRIC", "VALUE"], rows) if rows else "no metrics yet")
+    if any(k.startswith(("ModelLatency", "OverheadLatency")) for k, _ in rows):
+        print("latencies in microseconds")
     return 0
 
 

@@ -216,7 +216,14 @@ def load_data(path: str | Path) -> tuple[np.ndarray, list[str]]:
         except ValueError as exc:
             raise SpecError("DATA", f"{path} is not a numeric .npy array: {exc}") from None
     if suffix in (".csv", ".parquet"):
-        import pandas as pd
+        try:
+            import pandas as pd
+        except ImportError:
+            raise SpecError(
+                "DATA",
+                f"reading {suffix} needs pandas",
+                "pip install pandas (pyarrow for .parquet)",
+            ) from None
 
         try:
             frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
