@@ -695,3 +695,24 @@ def test_a_script_travels_in_its_own_channel(aws, tmp_path):
     assert sent["entry"]["target"] == "/opt/ml/input/data/code/train.py"
     assert sent["args"] == ["--epochs", "3"]
     assert job.status() == "PENDING"
+
+
+def test_secret_env_goes_to_a_secret_of_the_job_and_is_deleted_after(
+    aws, tmp_path, nbscale_home, monkeypatch
+):
+    value = "tok-" + "x" * 20 + "-secret-env-value"
+    monkeypatch.setenv("MY_API_TOKEN", value)
+    job = submit(cell_spec(tmp_path, secret_env=("MY_API_TOKEN",)), config=config())
+    env = aws.operations("CreateTrainingJob")[-1]["Environment"]
+    arn = env["NBSCALE_ENV_SECRET_ARN"]
+    assert "MY_API_TOKEN" not in env and value not in json.dumps(env)
+    sm = boto3.client("secretsmanager")
+    assert json.loads(sm.get_secret_value(SecretId=arn)["SecretString"]) == {"MY_API_TOKEN": value}
+    # the value went to Secrets Manager once and nowhere else: no other request, store or home
+    carrying = [body for _, _, body in aws.bodies if value.encode() in body]
+    assert len(carrying) == 1 and json.loads(carrying[0])["Name"].endswith("/env")  # CreateSecret
+    assert grep_tree(nbscale_home, value) == []
+    aws.set_training(job.record.native_id, "Completed", "Completed")
+    assert job.wait(timeout=10).status == "SUCCEEDED"
+    with pytest.raises(sm.exceptions.ResourceNotFoundException):
+        sm.describe_secret(SecretId=arn)

@@ -323,17 +323,28 @@ def test_two_instances_train_together_and_a_spot_interruption_resumes(aws, names
         assert grep_tree(root, key_hex, PLANTED_SECRET) == []
 
 
-def test_a_script_job_runs_from_its_code_channel(aws, namespaces, tmp_path):
+def test_a_script_job_runs_from_its_code_channel_with_its_secret_env(
+    aws, namespaces, tmp_path, monkeypatch
+):
+    import hashlib
+
+    value = "s3cr3t-" + "v" * 24
+    monkeypatch.setenv("MY_API_TOKEN", value)
     script = tmp_path / "train.py"
     script.write_text(
-        "import sys\n"
+        "import hashlib, os, sys\n"
         "import torch.distributed as dist\n"
         "dist.init_process_group('gloo')\n"
         "print('hello from', dist.get_rank(), 'of', dist.get_world_size(), sys.argv[1:])\n"
+        "print('token', hashlib.sha256(os.environ['MY_API_TOKEN'].encode()).hexdigest())\n"
         "dist.destroy_process_group()\n"
     )
     spec = JobSpec(
-        entry=Entry.from_path(str(script)), backend="aws", procs_per_node=2, args=("--epochs", "3")
+        entry=Entry.from_path(str(script)),
+        backend="aws",
+        procs_per_node=2,
+        args=("--epochs", "3"),
+        secret_env=("MY_API_TOKEN",),
     )
     cfg = config(image="123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0")
     submit(spec, config=cfg)
@@ -346,3 +357,9 @@ def test_a_script_job_runs_from_its_code_channel(aws, namespaces, tmp_path):
     assert "[rank 1] hello from 1 of 2 ['--epochs', '3']" in out, out
     record = json.loads((procs[0][1] / "model" / "nodes" / "0.json").read_text())
     assert record["exit_code"] == 0 and record["errors"] == []
+    # the secret reached every rank through Secrets Manager, and no file or log holds it
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    assert f"[rank 0] token {digest}" in out and f"[rank 1] token {digest}" in out
+    assert "NBSCALE_ENV_SECRET_ARN" in request["Environment"]
+    assert value not in json.dumps(request)
+    assert grep_tree(root, value) == []

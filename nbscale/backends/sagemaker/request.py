@@ -33,12 +33,15 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 
 # Two short ``sh -c`` stages (SageMaker allows 256 characters per entry string): the
-# first installs the runtime wheels when that channel is there, the second reads the
-# spec and execs the launcher with the job's arguments.
+# first installs the runtime wheels when that channel is there and exports the job's
+# secret environment (``jobenv``: read from Secrets Manager, never in the request), the
+# second reads the spec and execs the launcher with the job's arguments.
 DATA = "/opt/ml/input/data"
 INSTALL_STAGE = (
     f"D={DATA};[ -d $D/runtime ]&&"
     "{ python -m pip install -q --no-index --no-deps $D/runtime/*.whl||exit 1;};"
+    '[ -z "$NBSCALE_ENV_SECRET_ARN" ]||'
+    '{ E=$(python -m nbscale.backends.sagemaker.jobenv)||exit 1;eval "$E";};'
     'exec "$@"'
 )
 LAUNCH_STAGE = (
@@ -60,6 +63,7 @@ class Staged:
     runtime_prefix: str | None = None
     key_secret_arn: str | None = None
     code_prefix: str | None = None  # a script entry's file
+    env_secret_arn: str | None = None  # the job's --secret-env values
 
 
 def spot_of(spec: dict[str, Any], settings: SageMakerSettings) -> bool:
@@ -99,13 +103,6 @@ def check_spec(spec: dict[str, Any], settings: SageMakerSettings) -> None:
             "gpus_per_proc",
             f"{instance} has no GPU",
             "pick a GPU instance with --instance-type (e.g. ml.g5.xlarge) or drop --gpus-per-proc",
-        )
-    if spec.get("secret_env"):
-        raise SpecError(
-            "secret_env",
-            "the SageMaker backend cannot pass secret values yet: a training job's Environment "
-            "is shown by DescribeTrainingJob to anyone allowed to describe it",
-            "read the secret inside the job from AWS Secrets Manager with the job's role",
         )
     checkpoint = spec.get("checkpoint_dir")
     if checkpoint and not str(checkpoint).startswith("s3://"):
@@ -180,6 +177,8 @@ def build(
     env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
     if staged.key_secret_arn:
         env["NBSCALE_KEY_SECRET_ARN"] = staged.key_secret_arn
+    if staged.env_secret_arn:  # --secret-env values: in Secrets Manager, only the ARN here
+        env["NBSCALE_ENV_SECRET_ARN"] = staged.env_secret_arn
     output: dict[str, Any] = {"S3OutputPath": settings.uri("jobs")}
     if settings.kms_key_id:
         output["KmsKeyId"] = settings.kms_key_id

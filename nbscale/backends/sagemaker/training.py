@@ -33,7 +33,7 @@ from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, add_event, get_j
 from ..base import JobBackend, LogChunk
 from . import logs as cw
 from . import request as req
-from . import secrets
+from . import secrets as sm_secrets
 from .config import SageMakerSettings, settings
 from .states import map_state
 
@@ -107,6 +107,10 @@ def put_once(store: storage.ObjectStore, path: Path, uri: str, name: str, area: 
     with _known_lock:
         _known[where] = (time.monotonic(), size)
     return uri
+
+
+def env_secret_name(settings: SageMakerSettings, job_id: str) -> str:
+    return f"nbscale/{settings.name}/jobs/{job_id}/env"
 
 
 def _prefix(uri: str) -> str:
@@ -191,10 +195,17 @@ class SageMakerBackend(JobBackend):
         path.write_text(encode_spec(self.container_spec(spec)))
         return path
 
-    def training_request(self, record: JobRecord, upload: bool) -> dict[str, Any]:
+    def training_request(
+        self, record: JobRecord, upload: bool, env_secret_arn: str | None = None
+    ) -> dict[str, Any]:
         """The exact CreateTrainingJob request; with ``upload`` False nothing is written
         anywhere (``--dry-run``): the S3 locations are computed from the hashes."""
         spec = record.spec
+        if spec.get("secret_env") and env_secret_arn is None:
+            env_secret_arn = (
+                f"arn:aws:secretsmanager:{self.settings.region}:ACCOUNT:secret:"
+                f"{env_secret_name(self.settings, record.id)} (created at submit)"
+            )
         store = self.object_store()
         with tempfile.TemporaryDirectory(prefix="nbscale-sm-") as tmp:
             spec_path = self._spec_file(record, spec, Path(tmp))
@@ -220,7 +231,7 @@ class SageMakerBackend(JobBackend):
                     )
                     spec_f = pool.submit(put_once, store, spec_path, spec_uri, "spec.b64", "specs")
                     arn_f = pool.submit(
-                        secrets.ensure, sm, self.settings.key_secret_name, KEY_PURPOSES
+                        sm_secrets.ensure, sm, self.settings.key_secret_name, KEY_PURPOSES
                     )
                     runtime_f = pool.submit(self._runtime_channel, spec, store, True)
                     code_f = script and pool.submit(
@@ -230,8 +241,8 @@ class SageMakerBackend(JobBackend):
                     code_uri = code_f.result() if code_f else None
                     spec_uri, arn, runtime = spec_f.result(), arn_f.result(), runtime_f.result()
             else:
-                name = secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
-                arn = secrets.lookup(sm, self.settings.key_secret_name, KEY_PURPOSES) or (
+                name = sm_secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
+                arn = sm_secrets.lookup(sm, self.settings.key_secret_name, KEY_PURPOSES) or (
                     f"arn:aws:secretsmanager:{self.settings.region}:ACCOUNT:secret:{name} "
                     "(created at submit)"
                 )
@@ -242,6 +253,7 @@ class SageMakerBackend(JobBackend):
             runtime_prefix=runtime,
             key_secret_arn=arn,
             code_prefix=_prefix(code_uri) if code_uri else None,
+            env_secret_arn=env_secret_arn,
         )
         return req.build(record.id, spec, self.settings, staged)
 
@@ -296,20 +308,43 @@ class SageMakerBackend(JobBackend):
                 _known[where] = (time.monotonic(), 0)
         return base.uri.rstrip("/") + "/"
 
+    def _put_env_secret(self, job_id: str, values: dict[str, str]) -> str:
+        try:
+            return self.client("secretsmanager").create_secret(
+                Name=env_secret_name(self.settings, job_id),
+                SecretString=json.dumps(values),
+                Description="nbscale: the --secret-env values of one training job",
+                Tags=[{"Key": "nbscale:job-id", "Value": job_id}],
+            )["ARN"]
+        except Exception as exc:  # noqa: BLE001 - never the values, only what failed
+            raise client_error(exc, "CreateSecret for the job's --secret-env") from None
+
+    def _delete_env_secret(self, arn: str) -> None:
+        """The job's secret environment is not kept after the job (nor its 7-day recovery)."""
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self.client("secretsmanager").delete_secret(
+                SecretId=arn, ForceDeleteWithoutRecovery=True
+            )
+
     def dry_run(self, record: JobRecord) -> dict[str, Any]:
         return self.training_request(record, upload=False)
 
     def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
-        if secrets:
-            raise SpecError("secret_env", "the SageMaker backend cannot pass secret values yet")
         self.settings.require_credentials()
         JobDir(record.info["job_dir"]).make()
+        env_arn = None
         try:
-            request = self.training_request(record, upload=True)
+            if secrets:  # --secret-env: the values go to a secret of this job, never elsewhere
+                env_arn = self._put_env_secret(record.id, dict(secrets))
+            request = self.training_request(record, upload=True, env_secret_arn=env_arn)
             answer = self.client("sagemaker").create_training_job(**request)
-        except NbscaleError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - botocore's errors, as one message
+        except BaseException as exc:
+            if env_arn:
+                self._delete_env_secret(env_arn)
+            if isinstance(exc, NbscaleError) or not isinstance(exc, Exception):
+                raise
             raise client_error(exc, "CreateTrainingJob") from None
         update_job(
             self.store,
@@ -323,6 +358,7 @@ class SageMakerBackend(JobBackend):
                 "spot": bool(request.get("EnableManagedSpotTraining")),
                 "image": request["AlgorithmSpecification"]["TrainingImage"],
                 "output_path": request["OutputDataConfig"]["S3OutputPath"],
+                "env_secret_arn": env_arn,
             },
             event="submitted",
         )
@@ -405,7 +441,9 @@ class SageMakerBackend(JobBackend):
                 fields["exit_code"] = collected["exit_code"]
             fields["restarts"] = collected.get("restarts", 0)
         fields["info_patch"]["phase"] = "ended"
-        update_job(self.store, record.id, status=status, error=error, **fields)
+        ended = update_job(self.store, record.id, status=status, error=error, **fields)
+        if ended and record.info.get("env_secret_arn"):
+            self._delete_env_secret(record.info["env_secret_arn"])
         return get_job(self.store, record.id)
 
     def collect(self, record: JobRecord, desc: dict[str, Any]) -> dict[str, Any]:
