@@ -76,6 +76,20 @@ def finish(shell, handle: Job, record: JobRecord, names: list[str] | None) -> Tr
     return TrainResult(record, outputs)
 
 
+def _note(prepared) -> str:
+    """What travelled and, when the job costs anything or has a budget, its estimate."""
+    from nbscale.cost import describe_estimate, spec_estimate
+
+    note = prepared.capture.summary()
+    try:
+        est = spec_estimate(prepared.spec)
+    except NbscaleError:  # no price known: the job runs, it just has no estimate
+        return note
+    if est["per_hour"] or est["max_cost"] is not None:
+        note += "\n" + describe_estimate(est)
+    return note
+
+
 @magics_class
 class TrainMagics(Magics):
     @cell_magic
@@ -106,7 +120,7 @@ class TrainMagics(Magics):
             "%%train",
             args.log_ranks,
             cancel_on_interrupt=not args.detach,
-            note=prepared.capture.summary(),
+            note=_note(prepared),
         )
         if record.terminal:
             # the job has read its bundle; the results live on in the job directory

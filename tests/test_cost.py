@@ -196,3 +196,19 @@ def test_train_dry_run_report_shows_the_estimate_and_refuses_over_budget(priced)
     over = prepare_cell("x = 1\n", {}, spec.replace(max_cost=10.0))
     with pytest.raises(SpecError, match=r"\$20.00 over the budget of \$10.00"):
         over.dry_run()
+
+
+def test_train_report_carries_the_estimate_when_the_job_costs_or_has_a_budget(priced):
+    from nbscale.magics.train import _note
+    from nbscale.celljob import prepare_cell
+
+    priced_cell = prepare_cell(
+        "x = 1\n", {}, JobSpec(Entry("bundle", "<cell>"), name="cell", backend="priced")
+    )
+    assert "estimated cost: $3600.00/hour" in _note(priced_cell)
+    free = prepare_cell("x = 1\n", {}, JobSpec(Entry("bundle", "<cell>"), name="cell"))
+    assert "estimated cost" not in _note(free)
+    budget = prepare_cell(
+        "x = 1\n", {}, JobSpec(Entry("bundle", "<cell>"), name="cell", max_cost=5.0)
+    )
+    assert "never reached" in _note(budget)
