@@ -199,13 +199,24 @@ def test_submit_status_events_logs_and_cancel(cluster, kube):
             ],
         },
     )
+    # and the scheduler's Warning event for node 1 (it stays in the API after the pod runs)
+    api.core.create_namespaced_event(
+        NS,
+        {
+            "metadata": {"name": f"{_pod_name(job, 1)}.1", "namespace": NS},
+            "type": "Warning",
+            "reason": "FailedScheduling",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            "involvedObject": {"kind": "Pod", "name": _pod_name(job, 1), "namespace": NS},
+        },
+    )
     time.sleep(1.05)
     rec = job.refresh()
     assert rec.status == "PENDING"
     assert "ImagePullBackOff" in rec.info["phase"] and "pytorch/nope" in rec.info["phase"]
     reported = [e["data"] for e in events(get_store(), job.id) if e["type"] == "pod"]
     reasons = {(e["node"], e["reason"]) for e in reported}
-    assert reasons == {(0, "ImagePullBackOff"), (1, "Unschedulable")}
+    assert reasons == {(0, "ImagePullBackOff"), (1, "Unschedulable"), (1, "FailedScheduling")}
     assert any("Insufficient nvidia.com/gpu" in e["message"] for e in reported)
 
     # the pods run: the job runs, and every node's log comes home split by rank

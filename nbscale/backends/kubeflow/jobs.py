@@ -362,7 +362,8 @@ class KubeflowBackend(JobBackend):
         )
 
     def pod_problems(self, record: JobRecord, pods: list[Any]) -> list[dict[str, Any]]:
-        """What keeps the node pods from running, as ``{pod, node, reason, message}``."""
+        """What keeps the node pods from running now, as ``{pod, node, reason, message}``;
+        an OOM kill the container has recovered from (running again) is ``past: True``."""
         problems = []
         for pod in pods:
             node = node_rank(pod)
@@ -400,6 +401,7 @@ class KubeflowBackend(JobBackend):
                                 "reason": "OOMKilled",
                                 "message": "the container ran out of memory (raise memory in the "
                                 "backend's table)",
+                                "past": bool(cs.state and cs.state.running),
                             }
                         )
                         break
@@ -455,13 +457,15 @@ class KubeflowBackend(JobBackend):
         if done or failed:
             return self._finish(record, obj, SUCCEEDED if done else FAILED, conds)
         pods = self.pods(record)
-        problems = self.pod_problems(record, pods) + self.warning_events(record, pods)
+        found = self.pod_problems(record, pods)
+        warnings = self.warning_events(record, pods)  # also past ones: reported, not blocking
+        problems = [p for p in found if not p.get("past")]
         seen = set(record.info.get("reported") or [])
-        for p in problems:
+        for p in found + warnings:
             key = f"{p['pod']}/{p['reason']}"
             if key not in seen:
                 seen.add(key)
-                add_event(self.store, record.id, "pod", p)
+                add_event(self.store, record.id, "pod", {k: v for k, v in p.items() if k != "past"})
         jobs = st.get("jobsStatus") or []
         ready = sum(j.get("ready", 0) for j in jobs)
         running = any(p.status.phase == "Running" for p in pods) or ready > 0
@@ -472,6 +476,9 @@ class KubeflowBackend(JobBackend):
             phase = f"pending: node {p['node']} {p['reason']}: {p['message']}"[:300]
         elif running:
             phase = "running"
+        elif warnings:
+            w = warnings[-1]
+            phase = f"pending: node {w['node']} {w['reason']}: {w['message']}"[:300]
         elif pods:
             phase = "pods starting"
         else:
