@@ -380,6 +380,7 @@ def test_status_follows_the_job_through_the_emulator(aws, tmp_path):
     )
     record = job.wait(timeout=10)
     assert record.status == "FAILED" and "--max-runtime (120 s)" in record.error
+    assert record.restarts == 1  # the spot interruption's restart
     assert record.info["billable_seconds"] == 93 and record.started is not None
     # every transition was shown in rank 0's log as it happened, in order, once
     lines = [line for line in job.logs(0).splitlines() if line.startswith("[sagemaker]")]

@@ -407,6 +407,14 @@ class SageMakerBackend(JobBackend):
             if desc.get(key) is not None:
                 info[name] = desc[key]
         fields: dict[str, Any] = {"info_patch": info}
+        # a spot interruption or an internal error makes SageMaker start the job again
+        restarts = sum(
+            1
+            for t in desc.get("SecondaryStatusTransitions") or []
+            if t.get("Status") == "Restarting"
+        )
+        if restarts != record.restarts:
+            fields["restarts"] = restarts
         if started is not None and record.started is None:
             fields["started"] = started.timestamp()
         if mapped.status in ACTIVE:
@@ -439,7 +447,9 @@ class SageMakerBackend(JobBackend):
                 )
             if collected.get("exit_code") is not None:
                 fields["exit_code"] = collected["exit_code"]
-            fields["restarts"] = collected.get("restarts", 0)
+            fields["restarts"] = max(
+                fields.get("restarts", record.restarts), collected.get("restarts", 0)
+            )
         fields["info_patch"]["phase"] = "ended"
         ended = update_job(self.store, record.id, status=status, error=error, **fields)
         if ended and record.info.get("env_secret_arn"):
