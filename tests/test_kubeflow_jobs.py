@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -295,11 +296,16 @@ def test_a_failed_trainjob_reports_the_controllers_reason_and_oom(cluster, kube)
 
 def test_bad_requests_are_refused_before_anything_is_sent(cluster, kube, tmp_path, monkeypatch):
     before = len(kube.requests())
-    (tmp_path / "s.py").write_text("print(1)\n")
+    (tmp_path / "big.py").write_text("x = 1\n" * 200_000)
+    (tmp_path / "nb.ipynb").write_text(
+        '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+    )
     from nbscale.jobs import submit
 
-    with pytest.raises(SpecError, match="cannot ship a script"):
-        submit(JobSpec(entry=Entry("script", str(tmp_path / "s.py")), backend="kf"))
+    with pytest.raises(SpecError, match="travels in a ConfigMap"):
+        submit(JobSpec(entry=Entry("script", str(tmp_path / "big.py")), backend="kf"))
+    with pytest.raises(SpecError, match="cannot run a notebook"):
+        submit(JobSpec(entry=Entry("notebook", str(tmp_path / "nb.ipynb")), backend="kf"))
     with pytest.raises(SpecError, match="checkpoint_dir"):
         submit(JobSpec(entry=Entry("module", "m"), backend="kf", checkpoint_dir="/tmp/ck"))
     assert len(kube.requests()) == before
@@ -324,6 +330,33 @@ def test_bad_requests_are_refused_before_anything_is_sent(cluster, kube, tmp_pat
 def _secret_value(api: KubeApi, ref: dict) -> str:
     secret = api.core.read_namespaced_secret(ref["name"], NS)
     return base64.b64decode(secret.data[ref["key"]]).decode()
+
+
+def _mount_namespaces() -> bool:
+    """Whether a process can get a mount namespace of its own here (root, util-linux)."""
+    try:
+        return (
+            subprocess.run(
+                ["unshare", "-m", "--propagation", "private", "true"], capture_output=True
+            ).returncode
+            == 0
+        )
+    except OSError:
+        return False
+
+
+MOUNT_NS = _mount_namespaces()
+
+
+def pod_mounts(mounts: dict[str, str], argv: list[str]) -> list[str]:
+    """Run ``argv`` in a mount namespace of its own where each volume is bind-mounted at its
+    ``mountPath`` (over a fresh tmpfs on /run, as in a pod; nothing changes on this machine)."""
+    steps = ["mount -t tmpfs tmpfs /run"]
+    for target, source in mounts.items():
+        steps.append(f"mkdir -p {shlex.quote(target)}")
+        steps.append(f"mount --bind {shlex.quote(source)} {shlex.quote(target)}")
+    script = " && ".join(steps) + ' && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "pod", *argv]
 
 
 def run_nodes(
@@ -363,6 +396,8 @@ def run_nodes(
             mounts[m["mountPath"]] = str(where)
 
         def remap(text: str, mounts=mounts) -> str:
+            if MOUNT_NS:  # the volumes are mounted where the TrainJob says: nothing to change
+                return text
             for path, local in mounts.items():
                 text = text.replace(path, local)
             return text
@@ -389,6 +424,8 @@ def run_nodes(
             env["GLOO_SOCKET_IFNAME"] = "eth0"  # the pod's interface, not loopback
         env.pop("AWS_ENDPOINT_URL", None)  # the pod knows only what the TrainJob says
         argv = [*trainer["command"], *[remap(a) for a in trainer["args"]]]
+        if MOUNT_NS:
+            argv = pod_mounts(mounts, argv)
         if network:
             argv = network[node].wrap(argv)
         labels = {mf.JOB_LABEL: job.id, "batch.kubernetes.io/job-completion-index": str(node)}
@@ -507,3 +544,42 @@ def test_a_stock_image_gets_the_runtime_wheels_by_a_url_of_that_one_object(
         assert zf.namelist() == ["nbscale_probe-1.0-py3-none-any.whl"]
     assert "NBSCALE_WHEELHOUSE_URL" in mf.ENTRY_SCRIPT and "--no-index" in mf.ENTRY_SCRIPT
     job.cancel()
+
+
+SCRIPT = """\
+import sys
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print("script rank", dist.get_rank(), "of", dist.get_world_size(), "sum", t.item(), sys.argv[1:])
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_script_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tmp_path):
+    if not MOUNT_NS:
+        pytest.skip("the script's path is the ConfigMap's mountPath: needs mount namespaces")
+    from nbscale.jobs import submit
+
+    script = tmp_path / "train_sum.py"
+    script.write_text(SCRIPT)
+    job = submit(
+        JobSpec(
+            entry=Entry.from_path(str(script)),
+            name="script",
+            backend="kf",
+            nodes=2,
+            args=("--lr", "0.1"),
+        )
+    )
+    cm = cluster.core.read_namespaced_config_map(f"{job.record.native_id}-bundle", NS)
+    assert base64.b64decode(cm.binary_data["train_sum.py"]).decode() == SCRIPT
+    codes = run_nodes(cluster, kube, job, tmp_path)
+    assert codes == [0, 0], job.logs()
+    rec = job_handle(job.id).wait(timeout=60)
+    assert rec.status == "SUCCEEDED" and rec.exit_code == 0, rec.error
+    assert "script rank 1 of 2 sum 3.0 ['--lr', '0.1']" in job.logs(1)

@@ -155,12 +155,24 @@ class KubeflowBackend(JobBackend):
     # -- submit -----------------------------------------------------------------------
     def validate(self, spec: JobSpec) -> None:
         kind = spec.entry.kind
-        if kind in ("script", "notebook"):
+        if kind == "notebook":
             raise SpecError(
                 "entry",
-                f"the kubeflow backend cannot ship a {kind} file yet (only %%train cells and modules)",
-                "run it as a %%train cell, or install it in an image and use -m module --image",
+                "the kubeflow backend cannot run a notebook as a job yet",
+                "run its code as a %%train cell, or the notebook as a pipeline step "
+                "(nbscale pipeline run --backend KF)",
             )
+        if kind == "script":
+            path = Path(spec.entry.target)
+            if not path.is_file():
+                raise SpecError("entry", f"script {path} does not exist")
+            if path.stat().st_size >= self.settings.configmap_limit:
+                raise SpecError(
+                    "entry",
+                    f"script {path} is {path.stat().st_size} bytes; a script travels in a "
+                    f"ConfigMap (under {self.settings.configmap_limit} bytes)",
+                    "make it a module in an image (-m module --image), or a %%train cell",
+                )
         if kind == "bundle" and not Path(spec.entry.target).is_file():
             raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
         if spec.secret_env:
@@ -177,6 +189,8 @@ class KubeflowBackend(JobBackend):
         spec = json.loads(json.dumps(spec))
         if spec.get("entry", {}).get("kind") == "bundle":
             spec["entry"]["target"] = "cell.zip"
+        elif spec.get("entry", {}).get("kind") == "script":  # from the mounted ConfigMap
+            spec["entry"]["target"] = f"{mf.BUNDLE_MOUNT}/{Path(spec['entry']['target']).name}"
         spec["checkpoint_dir"] = None
         spec.pop("secret_env", None)
         return spec
@@ -232,7 +246,13 @@ class KubeflowBackend(JobBackend):
         namespace = self.cluster().namespace if upload else self._dry_namespace()
         configmap_data = None
         bundle = configmap = None
-        if spec["entry"]["kind"] == "bundle":
+        configmap_key = "cell.zip"
+        if spec["entry"]["kind"] == "script":  # a single file: always a ConfigMap
+            local = Path(spec["entry"]["target"])
+            configmap_data = local.read_bytes()
+            configmap_key = local.name
+            configmap = f"{mf.object_name(record.id)}-bundle"
+        elif spec["entry"]["kind"] == "bundle":
             local = Path(spec["entry"]["target"])
             if not local.is_file():
                 raise NbscaleError(f"the cell bundle {local} is gone", "run the cell again")
@@ -257,6 +277,7 @@ class KubeflowBackend(JobBackend):
             outputs_uri=store.base.child("jobs", record.id, "outputs").uri,
             bundle=bundle,
             configmap=configmap,
+            configmap_key=configmap_key,
             wheelhouse_url=self._wheelhouse_url(store, upload),
         )
         body = mf.trainjob(record.id, spec, self.settings, staged, namespace)
@@ -277,7 +298,9 @@ class KubeflowBackend(JobBackend):
             body,
         ]
         if data is not None:
-            objects.append(mf.bundle_configmap(record.id, data, namespace))
+            objects.append(
+                mf.bundle_configmap(record.id, data, namespace, key=staged.configmap_key)
+            )
         return dump_yaml(objects)
 
     def ensure_key_secret(self) -> None:
@@ -302,7 +325,11 @@ class KubeflowBackend(JobBackend):
         )
         if data is not None:
             cm = mf.bundle_configmap(
-                record.id, data, cluster.namespace, owner=mf.owner_reference(created)
+                record.id,
+                data,
+                cluster.namespace,
+                owner=mf.owner_reference(created),
+                key=staged.configmap_key,
             )
             try:
                 self._call(

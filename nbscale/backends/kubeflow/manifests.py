@@ -86,7 +86,8 @@ class Staged:
     spec_b64: str
     outputs_uri: str
     bundle: str | None = None
-    configmap: str | None = None  # the ConfigMap holding the bundle, when it travels that way
+    configmap: str | None = None  # the ConfigMap holding the bundle (or script), if any
+    configmap_key: str = "cell.zip"  # its file name in the mounted folder
     wheelhouse_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -257,9 +258,13 @@ def trainjob(
 
 
 def bundle_configmap(
-    job_id: str, data: bytes, namespace: str, owner: dict[str, Any] | None = None
+    job_id: str,
+    data: bytes,
+    namespace: str,
+    owner: dict[str, Any] | None = None,
+    key: str = "cell.zip",
 ) -> dict[str, Any]:
-    """The ConfigMap that carries a small bundle (``binaryData``, base64)."""
+    """The ConfigMap that carries a small bundle or a script (``binaryData``, base64)."""
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -268,7 +273,7 @@ def bundle_configmap(
             "namespace": namespace,
             "labels": {**MANAGED, JOB_LABEL: job_id},
         },
-        "binaryData": {"cell.zip": base64.b64encode(data).decode()},
+        "binaryData": {key: base64.b64encode(data).decode()},
         "immutable": True,
     }
     if owner:  # deleted with its TrainJob by the garbage collector, too
