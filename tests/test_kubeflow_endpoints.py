@@ -4,9 +4,10 @@ The test plays KServe: when nbscale creates the InferenceService, it does what t
 storage initializer and the predictor do, for real: downloads ``storageUri`` from
 (moto's) S3 into a "/mnt/models" folder, lays out the mounted key Secret, and runs
 the exact command of the shipped ``nbscale`` ClusterServingRuntime plus the
-InferenceService's model args and env (the token from its Secret). The only changes:
-the runtime binds 127.0.0.1 on a free port instead of 0.0.0.0:8080 (tests listen on
-loopback only), and the mount paths point at the test's folders. Then it writes the
+InferenceService's model args and env (the token from its Secret), in a mount namespace
+where /mnt/models and the key Secret are mounted at their paths (where the machine allows
+it; else the paths are pointed at the test's folders). The one change: the runtime binds
+127.0.0.1 on a free port instead of 0.0.0.0:8080 (tests listen on loopback only). Then it writes the
 InferenceService's status (Ready, url) and ``Endpoint.predict`` goes through it.
 """
 
@@ -32,7 +33,14 @@ from nbscale.storage import ObjectStore, fetch
 from tests.emulators import container_env, free_port
 from tests.kube_emulator import KubeApi, condition
 from tests.kube_schemas import validate
-from tests.test_kubeflow_jobs import NS, cluster, kube, s3_url  # noqa: F401 - fixtures
+from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
+    MOUNT_NS,
+    NS,
+    cluster,
+    kube,
+    pod_mounts,
+    s3_url,
+)
 from tests.test_serving import forward, mlp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,15 +140,20 @@ class FakeKServe:
                 ref = e["valueFrom"]["secretKeyRef"]
                 s = self.api.core.read_namespaced_secret(ref["name"], NS)
                 env[e["name"]] = base64.b64decode(s.data[ref["key"]]).decode()
+            elif MOUNT_NS:  # mounted where the InferenceService says
+                env[e["name"]] = e["value"]
             else:
                 env[e["name"]] = e["value"].replace(mf.KEY_MOUNT, str(keyfile.parent))
         (container,) = RUNTIME["spec"]["containers"]
         port = free_port()
-        args = [
-            {"/mnt/models": str(mnt), "0.0.0.0": "127.0.0.1", "8080": str(port)}.get(a, a)
-            for a in container["args"]
-        ]
+        # tests listen on loopback only: the one change to the runtime's command
+        local = {"0.0.0.0": "127.0.0.1", "8080": str(port)}
+        if not MOUNT_NS:
+            local["/mnt/models"] = str(mnt)
+        args = [local.get(a, a) for a in container["args"]]
         argv = [*container["command"], *args, *model.get("args", [])]
+        if MOUNT_NS:  # the storage initializer's folder and the key Secret, as in the pod
+            argv = pod_mounts({"/mnt/models": str(mnt), mf.KEY_MOUNT: str(keyfile.parent)}, argv)
         home = root / "home"
         home.mkdir()
         env = container_env(home, **env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")

@@ -350,8 +350,10 @@ MOUNT_NS = _mount_namespaces()
 
 def pod_mounts(mounts: dict[str, str], argv: list[str]) -> list[str]:
     """Run ``argv`` in a mount namespace of its own where each volume is bind-mounted at its
-    ``mountPath`` (over a fresh tmpfs on /run, as in a pod; nothing changes on this machine)."""
-    steps = ["mount -t tmpfs tmpfs /run"]
+    ``mountPath`` (over a fresh tmpfs on its top folder, /run or /mnt, as in a pod; nothing
+    changes on this machine)."""
+    tops = sorted({"/" + os.path.realpath(t).strip("/").split("/")[0] for t in mounts})
+    steps = [f"mount -t tmpfs tmpfs {top}" for top in tops]  # e.g. /run, /mnt: fresh, private
     for target, source in mounts.items():
         steps.append(f"mkdir -p {shlex.quote(target)}")
         steps.append(f"mount --bind {shlex.quote(source)} {shlex.quote(target)}")
