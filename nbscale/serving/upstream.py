@@ -136,6 +136,8 @@ async def exchange(
                 raise UpstreamError(
                     504, f"the replica did not accept a connection within {CONNECT_TIMEOUT_S:g} s"
                 ) from None
+            except OSError as exc:  # refused: the replica is gone; the router tries another
+                raise UpstreamError(502, f"cannot connect to the replica: {exc}", False) from None
         r, w = conn
         try:
             w.write(head + body if len(body) < 65536 else head)
