@@ -224,3 +224,19 @@ def test_endpoint_drift_reads_capture_and_records_one_alert_per_window(tmp_path,
 def test_endpoint_drift_without_baseline_says_how_to_add_one(tmp_path):
     with pytest.raises(NbscaleError, match="has no baseline"):
         endpoint_drift(get_store(), "ep", tmp_path, window="1h")
+
+
+def test_unchanged_windows_are_not_tested_again(population, monkeypatch):
+    from nbscale.monitoring import drift
+
+    baseline, _, held_out = population
+    times = np.concatenate([np.full(300, 10.0), np.full(300, 3610.0)])
+    cache: dict = {}
+    first = windows(baseline, times, held_out[:600], 3600, cache=cache)
+    calls = []
+    real = drift.compare
+    monkeypatch.setattr(drift, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # the second window gets 100 more rows; the first is unchanged
+    times2 = np.concatenate([times, np.full(100, 3620.0)])
+    again = drift.windows(baseline, times2, held_out[:700], 3600, cache=cache)
+    assert len(calls) == 1 and again[0] is first[0] and again[1].rows == 400

@@ -255,8 +255,14 @@ def windows(
     rows: np.ndarray,
     window_s: float,
     fdr: float = DEFAULT_FDR,
+    cache: dict | None = None,
 ) -> list[WindowReport]:
-    """One report per window of ``window_s`` seconds (aligned to the clock), oldest first."""
+    """One report per window of ``window_s`` seconds (aligned to the clock), oldest first.
+
+    With ``cache`` (a dict kept by the caller for one baseline and window length),
+    a window whose rows are unchanged since the last call is not tested again:
+    only the window still filling up costs anything on a repeated look.
+    """
     if len(times) == 0:
         return []
     times = np.asarray(times, dtype=float)
@@ -264,9 +270,16 @@ def windows(
     reports = []
     for s in np.unique(slot):
         sel = slot == s
-        reports.append(
-            compare(
-                baseline, rows[sel], fdr, start=float(s * window_s), end=float((s + 1) * window_s)
+        part = rows[sel]
+        key = (int(s), int(part.shape[0]), float(np.nansum(part)), fdr)
+        report = cache.get(key) if cache is not None else None
+        if report is None:
+            report = compare(
+                baseline, part, fdr, start=float(s * window_s), end=float((s + 1) * window_s)
             )
-        )
+            if cache is not None:
+                if len(cache) > 4096:  # bounded: a long-lived server looks at many windows
+                    cache.clear()
+                cache[key] = report
+        reports.append(report)
     return reports

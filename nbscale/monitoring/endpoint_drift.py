@@ -24,6 +24,9 @@ from .baseline import Baseline
 from .drift import DEFAULT_FDR, WindowReport, parse_duration, windows
 
 BASELINE_FILE = "baseline.json"
+# window reports already computed, per (endpoint dir, baseline, window length): a panel
+# that looks every few seconds re-tests only the window still filling up
+_REPORTS: dict[tuple, dict] = {}
 
 
 def captured_rows(
@@ -158,7 +161,8 @@ def endpoint_drift(
             f"the baseline {len(baseline.features)}",
             "make the baseline from the data the model was trained on",
         )
-    reports = windows(baseline, times, rows, window_s, fdr) if rows.size else []
+    cache = _REPORTS.setdefault((str(endpoint_dir), baseline.created, window_s), {})
+    reports = windows(baseline, times, rows, window_s, fdr, cache) if rows.size else []
     alerts = 0
     if record_alerts:
         for w in reports:

@@ -11,6 +11,7 @@ import { formatCost, formatTime } from '../format';
 
 const WINDOWS = ['5m', '1h', '1d'];
 const FEATURES_SHOWN = 8;
+const DRIFT_EVERY = 5;
 
 const num = (v: unknown): number | null =>
   typeof v === 'number' && Number.isFinite(v) ? v : null;
@@ -141,8 +142,16 @@ export function DriftView(props: {
   const [windowLen, setWindowLen] = React.useState('1h');
   const [drift, setDrift] = React.useState<EndpointDrift | null>(null);
   const [error, setError] = React.useState<string | null>(null);
+  // drift reads the whole capture: look every DRIFT_EVERY refreshes, and at once on a change
+  const ticks = React.useRef(0);
+  React.useEffect(() => {
+    ticks.current = 0;
+  }, [name, windowLen]);
 
   usePoll(ctx, async () => {
+    if (ticks.current++ % DRIFT_EVERY !== 0) {
+      return;
+    }
     try {
       setDrift(await getEndpointDrift(name, { window: windowLen }));
       setError(null);
