@@ -585,3 +585,23 @@ def test_a_script_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tm
     rec = job_handle(job.id).wait(timeout=60)
     assert rec.status == "SUCCEEDED" and rec.exit_code == 0, rec.error
     assert "script rank 1 of 2 sum 3.0 ['--lr', '0.1']" in job.logs(1)
+
+
+def test_an_unreachable_cluster_is_said_not_raised_when_listing(
+    cluster, kube, tmp_path, monkeypatch
+):
+    from nbscale.jobs import jobs
+
+    job = _cell(nodes=1).submit()
+    dead = tmp_path / "dead"
+    dead.write_text(
+        f"apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: kind-lab, context: {cluster: c, user: u}}]\ncurrent-context: kind-lab\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    (listed,) = [j for j in jobs() if j.id == job.id]
+    rec = listed.record
+    assert rec.status == "PENDING" and rec.info["phase"].startswith("unreachable: ")
+    assert "kind-lab" in rec.info["phase"]
+    assert job_handle(job.id).record.info["phase"] == "queued"  # nothing was written

@@ -18,6 +18,7 @@ Prometheus ``/metrics`` read through the service (the replica that answers).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -430,6 +431,14 @@ class KServeEndpoints(EndpointBackend):
         return out
 
     def status(self, record: EndpointRecord) -> EndpointRecord:
+        """The record refreshed from the cluster; UNREACHABLE (not stored) when it cannot be
+        reached, so listing every endpoint still works."""
+        try:
+            return self._status(record)
+        except BackendUnavailable as exc:
+            return dataclasses.replace(record, status="UNREACHABLE", error=str(exc))
+
+    def _status(self, record: EndpointRecord) -> EndpointRecord:
         obj = self._get(record.name, record.config.get("namespace"))
         if obj is None:
             update_endpoint(

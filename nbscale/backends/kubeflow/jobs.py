@@ -14,6 +14,7 @@ ConfigMap are deleted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 
 from ... import storage
-from ...errors import NbscaleError, SpecError
+from ...errors import BackendUnavailable, NbscaleError, SpecError
 from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
 from ...store.jobs import (
@@ -461,8 +462,16 @@ class KubeflowBackend(JobBackend):
         return out
 
     def status(self, record: JobRecord) -> JobRecord:
+        """The record refreshed from the cluster; when the cluster cannot be reached, the
+        stored record with that said in its phase (nothing written: it may come back)."""
         if record.status not in ACTIVE or not record.native_id:
             return record
+        try:
+            return self._status(record)
+        except BackendUnavailable as exc:
+            return dataclasses.replace(record, info={**record.info, "phase": f"unreachable: {exc}"})
+
+    def _status(self, record: JobRecord) -> JobRecord:
         now = time.monotonic()
         if now - self._looked.get(record.id, float("-inf")) < min(self.settings.poll_seconds, 1.0):
             return record
