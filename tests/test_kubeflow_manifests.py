@@ -370,3 +370,15 @@ def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_hom
     for doc in docs:
         validate(doc)
     assert not prepared.bundle_path.exists()
+
+
+def test_the_local_endpoint_backend_refuses_what_it_does_not_have(nbscale_home):
+    from nbscale.endpoints import deploy
+    from nbscale.store.endpoints import list_endpoints
+    from tests.test_serving import mlp
+
+    with pytest.raises(SpecError, match="canary: the local endpoint backend does not use it"):
+        deploy(mlp(), name="digits", options={"canary_traffic_percent": 10})
+    with pytest.raises(SpecError, match="--dry-run: the local endpoint backend sends no manifest"):
+        deploy(mlp(), name="digits", dry_run=True)
+    assert list_endpoints(get_store()) == []

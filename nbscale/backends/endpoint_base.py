@@ -75,12 +75,14 @@ class EndpointBackend(ABC):
 
     def validate(self, request: DeployRequest) -> None:
         """Refuse a request this backend cannot honour (``SpecError``), before anything is made."""
+        flags = {"canary_traffic_percent": "canary", "timeout_s": "timeout"}  # the CLI's names
         for key, value in request.options.items():
             if key not in self.options and value not in (None, "", False):
+                flag = flags.get(key, key).replace("_", "-")
                 raise SpecError(
-                    key.replace("_", "-"),
+                    flag,
                     f"the {self.type} endpoint backend does not use it",
-                    f"drop --{key.replace('_', '-')} or deploy with a backend that has it",
+                    f"drop --{flag} or deploy with a backend that has it",
                 )
 
     def render(self, request: DeployRequest) -> str:
