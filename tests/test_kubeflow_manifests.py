@@ -382,3 +382,50 @@ def test_the_local_endpoint_backend_refuses_what_it_does_not_have(nbscale_home):
     with pytest.raises(SpecError, match="--dry-run: the local endpoint backend sends no manifest"):
         deploy(mlp(), name="digits", dry_run=True)
     assert list_endpoints(get_store()) == []
+
+
+def test_pod_logs_are_copied_in_bounded_chunks_and_never_twice(tmp_path):
+    from nbscale.backends.kubeflow.podlogs import (
+        CHUNK,
+        MAX_LINE,
+        PodCursor,
+        RankWriter,
+        copy_pod_log,
+    )
+    from nbscale.runtime.jobdir import JobDir
+
+    class Stream:  # an urllib3 response as the kubernetes client gives it
+        def __init__(self, data: bytes):
+            self.data = data
+            self.biggest = 0
+
+        def stream(self, amt, decode_content=True):
+            for i in range(0, len(self.data), amt):
+                self.biggest = max(self.biggest, len(self.data[i : i + amt]))
+                yield self.data[i : i + amt]
+
+    ts = "2026-12-01T07:00:00.000000001Z"
+    huge = "x" * (MAX_LINE + 5000)
+    lines = [
+        f"{ts} [rank 0] a",
+        f"{ts} [rank 0] a",
+        f"{ts} launcher says hi",
+        f"{ts} [rank 1] {huge}",
+    ]
+    jobdir = JobDir(tmp_path / "job").make()
+    cursor = PodCursor()
+    first = Stream(("\n".join(lines) + "\n").encode())
+    writer = RankWriter(jobdir, node_rank=0, first_rank=0)
+    copy_pod_log(first, cursor, writer)
+    writer.close()
+    assert first.biggest <= CHUNK
+    assert jobdir.log(0).read_text() == "a\na\n[node 0] launcher says hi\n"
+    rank1 = jobdir.log(1).read_text().splitlines()
+    assert len(rank1) == 1 and len(rank1[0]) <= MAX_LINE  # cut once, its rest dropped
+    # the same lines again (sinceSeconds reaches back a second) and one new line
+    later = "2026-12-01T07:00:01.000000000Z"
+    again = Stream(("\n".join([*lines, f"{later} [rank 0] b"]) + "\n").encode())
+    writer = RankWriter(jobdir, node_rank=0, first_rank=0)
+    copy_pod_log(again, cursor, writer)
+    writer.close()
+    assert jobdir.log(0).read_text() == "a\na\n[node 0] launcher says hi\nb\n"

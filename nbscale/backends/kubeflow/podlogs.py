@@ -115,13 +115,18 @@ def copy_pod_log(stream: Any, cursor: PodCursor, writer: RankWriter) -> None:
         else:
             cursor.last_ts, cursor.at_last = ts, 1
 
+    skipping = False  # inside the rest of a line that was cut at MAX_LINE
     for chunk in stream.stream(CHUNK, decode_content=True):
         partial += chunk
         *lines, partial = partial.split(b"\n")
         for raw in lines:
-            handle(raw)
+            if skipping:
+                skipping = False
+                continue
+            handle(raw[:MAX_LINE])
         if len(partial) > MAX_LINE:
-            handle(partial[:MAX_LINE])
-            partial = b""
-    if partial:
-        handle(partial)
+            if not skipping:
+                handle(partial[:MAX_LINE])
+            skipping, partial = True, b""
+    if partial and not skipping:
+        handle(partial[:MAX_LINE])
