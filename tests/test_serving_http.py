@@ -648,3 +648,24 @@ def test_sigterm_drains_requests_in_flight_and_closes_idle_connections(tmp_path,
     assert idle.recv(4096) == b""
     idle.close()
     assert server.proc.wait(20) == 0
+
+
+def test_batching_off_runs_each_request_alone_with_its_own_rows():
+    import asyncio
+
+    from nbscale.serving.batching import Batcher
+
+    async def go():
+        sizes: list[int] = []
+        b = Batcher(lambda x: x * 2, max_batch_size=1, on_batch=lambda n, s: sizes.append(n))
+        b.start()
+        first = await b.submit(np.full((1, 2), -1, np.float32))  # measured: then the direct path
+        outs = await asyncio.gather(*(b.submit(np.full((1, 2), i, np.float32)) for i in range(20)))
+        await b.stop()
+        return first, outs, sizes
+
+    first, outs, sizes = asyncio.run(go())
+    np.testing.assert_array_equal(first, [[-2, -2]])
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out, np.full((1, 2), 2 * i))
+    assert sizes == [1] * 21

@@ -53,6 +53,7 @@ class Batcher:
         self._last_arrival = 0.0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._busy = False  # a batch is running (in the model thread, or awaiting it)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="nbscale-model")
 
     @property
@@ -78,11 +79,32 @@ class Batcher:
         now = time.perf_counter()
         self.ewma_gap = 0.9 * self.ewma_gap + 0.1 * min(now - self._last_arrival, 0.01)
         self._last_arrival = now
+        if (
+            self.max_batch_size == 1
+            and not self.queue
+            and not self._busy
+            and 0 < self.ewma_run < INLINE_BELOW_S
+        ):  # batching off and a fast model: no queue hop (two loop turns) for nothing to batch
+            return self._run_now(rows)
         fut = asyncio.get_running_loop().create_future()
         self.queue.append((rows, fut))
         self.queued_rows += n
         self._wake.set()
         return await fut
+
+    def _run_now(self, rows: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.run(rows)
+        elapsed = time.perf_counter() - start
+        self._adapt(rows.shape[0], elapsed)
+        if self.on_batch:
+            self.on_batch(rows.shape[0], elapsed)
+        if not isinstance(out, np.ndarray) or out.shape[:1] != rows.shape[:1]:
+            raise RuntimeError(
+                f"the model returned {getattr(out, 'shape', type(out).__name__)} for a batch of "
+                f"{rows.shape[0]}; predict_fn must return one row per input row"
+            )
+        return out
 
     async def _fill(self) -> None:
         """Wait for more requests only when recent batches show concurrent callers.
@@ -137,6 +159,7 @@ class Batcher:
             arrays = [a for a, _ in batch]
             stacked = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
             start = time.perf_counter()
+            self._busy = True
             try:
                 if self.ewma_run < INLINE_BELOW_S:
                     out = self.run(stacked)
@@ -147,6 +170,8 @@ class Batcher:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            finally:
+                self._busy = False
             elapsed = time.perf_counter() - start
             self._adapt(stacked.shape[0], elapsed)
             if self.on_batch:
