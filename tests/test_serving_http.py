@@ -49,8 +49,17 @@ LIMITS = (
 )
 
 
+FDS_NEEDED = 2400  # 1,100 connections on each side, plus what the processes hold
+
+
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
+    import resource
+
+    # the connection tests hold ~1,100 sockets in this process and in the server (which inherits this)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < FDS_NEEDED and (hard == resource.RLIM_INFINITY or hard >= FDS_NEEDED):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FDS_NEEDED, hard))
     tmp = tmp_path_factory.mktemp("http")
     model_dir, _ = make_artifact(tmp / "art")
     server = Server(model_dir, tmp, *LIMITS)
@@ -305,7 +314,16 @@ def _stats(server: Server) -> dict:
     return json.loads(server.request("GET", "/nbscale/stats", headers=AUTH)[2])
 
 
+def _need_fds() -> None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < FDS_NEEDED:
+        pytest.skip(f"needs {FDS_NEEDED} open files; the hard limit here allows {soft} (ulimit -n)")
+
+
 def test_a_thousand_idle_keepalive_connections_are_closed_at_the_idle_timeout(runtime):
+    _need_fds()
     socks = []
     sel = selectors.DefaultSelector()
     try:
@@ -340,6 +358,7 @@ def test_a_thousand_idle_keepalive_connections_are_closed_at_the_idle_timeout(ru
 
 
 def test_the_connection_cap_refuses_the_next_one_with_503_and_the_server_carries_on(runtime):
+    _need_fds()
     socks = []
     try:
         refused = None
