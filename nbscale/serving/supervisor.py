@@ -7,7 +7,7 @@ while a router is replaced and connections made meanwhile wait in the
 listen backlog instead of being refused. A router that dies (a crash, a
 ``kill -9``) is started again at once; its replicas keep running and the new
 router adopts them, so it answers again within a second or two. A router
-that keeps dying is restarted with growing pauses. SIGTERM (``undeploy``)
+that dies five times within a minute is restarted with growing pauses. SIGTERM (``undeploy``)
 is passed on to the router, which stops its replicas, and then the
 supervisor exits. The supervisor imports nothing heavy and does nothing
 else, so there is little in it that can fail.
@@ -30,6 +30,7 @@ from ..store import get_store
 from ..store.endpoints import FAILED, add_endpoint_event, get_endpoint, update_endpoint
 
 RESTART_WINDOW_S = 60.0
+CRASH_LOOP = 5  # deaths within the window before restarts are spaced out
 
 
 def supervise(name: str) -> int:
@@ -93,8 +94,8 @@ def supervise(name: str) -> int:
             deaths.popleft()
         add_endpoint_event(store, name, "router_restart", {"returncode": code})
         update_endpoint(store, name, None, restarts=rec.restarts + 1)
-        if len(deaths) >= 3:  # crash-looping: pause before the next try, longer each time
-            pause_until = now + min(30.0, 2.0 ** (len(deaths) - 2))
+        if len(deaths) >= CRASH_LOOP:  # crash-looping: pause before the next try, longer each time
+            pause_until = now + min(30.0, 2.0 ** (len(deaths) - CRASH_LOOP + 1))
             while not stopping and time.monotonic() < pause_until:
                 time.sleep(0.1)
     if child is not None:
