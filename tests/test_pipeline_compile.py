@@ -139,6 +139,9 @@ def test_kfp_carries_retries_cpu_memory_and_gpu(tmp_path):
     assert task_b["cachingOptions"] == {}  # caching off
 
 
+RUNTIME_IMAGE = "registry.example.com/nbscale-runtime:0.1.0"  # built from docker/Dockerfile
+
+
 @pytest.fixture
 def moto_server():
     with socket.socket() as s:
@@ -175,7 +178,12 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
         compile_pipeline(str(small), "sagemaker", str(tmp_path / "x.json"))
     out = Path(
         compile_pipeline(
-            str(small), "sagemaker", str(tmp_path / "small.json"), role=role, bucket="nb-bucket"
+            str(small),
+            "sagemaker",
+            str(tmp_path / "small.json"),
+            role=role,
+            bucket="nb-bucket",
+            image=RUNTIME_IMAGE,  # nbscale in the image: this machine's python runs the steps
         )
     )
     definition = json.loads(out.read_text())

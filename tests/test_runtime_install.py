@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -53,15 +54,8 @@ def _distribution_closure(*names: str) -> list[metadata.Distribution]:
     return list(seen.values())
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    """A venv with the image's torch and numpy, then only nbscale's runtime wheelhouses."""
-    root = tmp_path_factory.mktemp("image")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NBSCALE_HOME", str(root / "builder-home"))
-        wheels = root / "wheels"
-        for kind in ("job", "serving", "step"):
-            wheelhouse.build(kind, wheels)
+def stock_image_venv(root: Path) -> Path:
+    """A fresh venv holding what a stock PyTorch image holds: torch and numpy (linked in)."""
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -79,6 +73,19 @@ def image(tmp_path_factory):
             if src.exists() and not (provided / top).exists() and top != "..":
                 (provided / top).symlink_to(src)
     (site / "image.pth").write_text(str(provided) + "\n")
+    return python
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """A venv with the image's torch and numpy, then only nbscale's runtime wheelhouses."""
+    root = tmp_path_factory.mktemp("image")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NBSCALE_HOME", str(root / "builder-home"))
+        wheels = root / "wheels"
+        for kind in ("job", "serving"):
+            wheelhouse.build(kind, wheels)
+    python = stock_image_venv(root)
     # the Dockerfile's own install line, with its folder and python mapped here
     copied = root / "opt-nbscale-wheels"
     shutil.copytree(wheels, copied)
@@ -256,7 +263,10 @@ def test_a_model_is_served_in_the_runtime_image(image, tmp_path):
     assert not imported & JUPYTER, imported & JUPYTER
 
 
-def test_a_pipeline_step_runs_in_the_runtime_image(image, tmp_path):
+def test_a_pipeline_step_installs_its_wheelhouse_in_a_stock_image(tmp_path):
+    """Compiled for the default stock PyTorch image, each step's exact entry command installs
+    the wheelhouse shipped with the code offline, then runs the step; each step is its own
+    container (its own home and venv), the key a mounted file."""
     from nbscale.pipelines import compile_pipeline
     from tests.test_pipeline_notebooks import cell, write_notebook
 
@@ -278,25 +288,38 @@ def test_a_pipeline_step_runs_in_the_runtime_image(image, tmp_path):
     )
     definition = json.loads(out.read_text())
     code_root = out.with_name("flow.code")
+    wheels = {p.name.split("-")[0].lower() for p in (code_root / ".runtime").glob("*.whl")}
+    assert {"nbscale", "papermill", "ipykernel"} <= wheels and "jupyter_server" not in wheels
     secret = mount_secret(tmp_path / "secret" / "keys.json", keys.export("pipeline"))
     produced = {}
     for step in definition["Steps"]:
         name = step["Name"]
+        app = step["Arguments"]["AppSpecification"]
+        assert app["ImageUri"].endswith("pytorch-training:2.5.1-cpu-py311-ubuntu22.04-sagemaker")
         root = tmp_path / "proc" / name
-        args = []
-        for arg in step["Arguments"]["AppSpecification"]["ContainerArguments"]:
-            args.append(arg.replace("/opt/ml/processing", str(root)))
+
+        def local(text: str, root=root) -> str:
+            return text.replace("/opt/ml/processing", str(root))
+
         (root / "input").mkdir(parents=True)
-        (root / "input" / "code").symlink_to(code_root / name)
-        for producer, path in produced.items():
-            (root / "input" / producer).symlink_to(path)
+        for item in step["Arguments"]["ProcessingInputs"]:
+            uri, target = item["S3Input"]["S3Uri"], Path(local(item["S3Input"]["LocalPath"]))
+            if isinstance(uri, str):  # s3://b/flow/code/<folder>, as uploaded from flow.code/
+                target.symlink_to(code_root / uri.rsplit("/", 1)[1])
+            else:
+                target.symlink_to(produced[uri["Get"].split(".")[1]])
+        python = stock_image_venv(tmp_path / f"image-{name}")  # a fresh container each step
         home = tmp_path / f"home-{name}"
         home.mkdir()
-        env = container_env(home, NBSCALE_KEY_FILE=str(secret), PYTHONPROFILEIMPORTTIME="1")
-        proc = subprocess.run(
-            [image["python"], "-m", "nbscale.pipelines.container_step", *args],
-            env=env, cwd=home, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        env = container_env(
+            home,
+            NBSCALE_KEY_FILE=str(secret),
+            PYTHONPROFILEIMPORTTIME="1",
+            PATH=f"{python.parent}:{os.environ['PATH']}",
+        )
+        argv = [local(a) for a in app["ContainerEntrypoint"]]
+        argv += [local(a) for a in app["ContainerArguments"]]
+        proc = subprocess.run(argv, env=env, cwd=home, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert not _imported(proc.stderr) & {"jupyter_server", "ipywidgets"}
         produced[name] = root / "output" / "outputs"

@@ -1,7 +1,9 @@
 """A SageMaker Pipelines definition (schema 2020-12-01): one Processing step per notebook step.
 
-Each step runs ``python3 -m nbscale.pipelines.container_step`` in the image
-(which must hold nbscale, papermill and ipykernel). Its code (the step notebook
+Each step runs ``python3 -m nbscale.pipelines.container_step``. In the default
+stock PyTorch image it first installs nbscale's step wheelhouse (nbscale, papermill,
+ipykernel and their closure, shipped in ``FILE.code/.runtime/``) offline; an image
+that already holds them (``docker/Dockerfile``, ``--image``) starts it directly. Its code (the step notebook
 and the local modules it imports) is written next to the definition and
 uploaded to ``s3://BUCKET/PREFIX/code/STEP/``; the upstream steps' output
 folders come in as Processing inputs; parameters are pipeline parameters read
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,13 @@ from .model import Pipeline, Resources, Step
 PROC = "/opt/ml/processing"
 TYPES = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}
 KINDS = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
-DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"
+# a stock SageMaker PyTorch image (Python 3.11): nbscale, papermill and ipykernel are not
+# in it, so each step installs the runtime's step wheelhouse, shipped with the code, offline
+DEFAULT_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.5.1-cpu-py311-ubuntu22.04-sagemaker"
+IMAGE_PYTHON = "3.11"
+IMAGE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+RUNTIME_DIR = ".runtime"  # beside the steps' code folders; no step can have this name
+STEP_MODULE = "nbscale.pipelines.container_step"
 # smallest general-purpose (or GPU) instance that fits the request: (vCPU, GiB, GPUs, type)
 INSTANCES = [
     (2, 8, 0, "ml.m5.large"),
@@ -92,6 +101,7 @@ def _step(
     bucket: str,
     prefix: str,
     key_secret_arn: str | None = None,
+    runtime_wheels: bool = False,
 ) -> dict[str, Any]:
     producers = sorted(set(step.inputs.values()))
     args: list[Any] = [
@@ -135,6 +145,20 @@ def _step(
             },
         }
     ]
+    if runtime_wheels:
+        inputs.append(
+            {
+                "InputName": "nbscale-runtime",
+                "AppManaged": False,
+                "S3Input": {
+                    "S3Uri": f"s3://{bucket}/{prefix}/code/{RUNTIME_DIR}",
+                    "LocalPath": f"{PROC}/input/runtime",
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                    "S3DataDistributionType": "FullyReplicated",
+                },
+            }
+        )
     for producer in producers:
         inputs.append(
             {
@@ -173,7 +197,7 @@ def _step(
         },
         "AppSpecification": {
             "ImageUri": image,
-            "ContainerEntrypoint": ["python3", "-m", "nbscale.pipelines.container_step"],
+            "ContainerEntrypoint": _entrypoint(runtime_wheels),
             "ContainerArguments": args,
         },
         "RoleArn": role,
@@ -201,6 +225,15 @@ def _step(
     return out
 
 
+def _entrypoint(runtime_wheels: bool) -> list[str]:
+    if not runtime_wheels:  # an image with nbscale in it (docker/Dockerfile, or your own)
+        return ["python3", "-m", STEP_MODULE]
+    from ..runtime.wheelhouse import install_command
+
+    install = install_command(f"{PROC}/input/runtime", python="python3")
+    return ["sh", "-c", f'{install} && exec python3 -m {STEP_MODULE} "$@"', "nbscale-step"]
+
+
 def _role(role: str | None) -> str:
     if role:
         return role
@@ -223,8 +256,11 @@ def definition(
     bucket: str = "nbscale-pipelines",
     prefix: str | None = None,
     key_secret_arn: str | None = None,
+    runtime_wheels: bool = False,
+    region: str = "us-east-1",
 ) -> dict[str, Any]:
     role = _role(role)
+    image = image.format(region=region)
     prefix = (prefix or pipeline.name).strip("/")
     params = []
     for name, value in pipeline.parameters.items():
@@ -238,7 +274,16 @@ def definition(
         },
         "Parameters": params,
         "Steps": [
-            _step(pipeline, pipeline.steps[n], image, role, bucket, prefix, key_secret_arn)
+            _step(
+                pipeline,
+                pipeline.steps[n],
+                image,
+                role,
+                bucket,
+                prefix,
+                key_secret_arn,
+                runtime_wheels,
+            )
             for n in pipeline.order()
         ],
     }
@@ -256,9 +301,20 @@ def compile_pipeline(
     bucket: str = "nbscale-pipelines",
     prefix: str | None = None,
     key_secret_arn: str | None = None,
+    runtime_wheels: bool | None = None,
+    region: str = "us-east-1",
 ) -> None:
-    data = definition(pipeline, image, role, bucket, prefix, key_secret_arn)
+    """Write the definition and, beside it, each step's code; with ``runtime_wheels`` (the
+    default for the stock image) also the step wheelhouse the steps install offline."""
+    if runtime_wheels is None:
+        runtime_wheels = image == DEFAULT_IMAGE
+    data = definition(pipeline, image, role, bucket, prefix, key_secret_arn, runtime_wheels, region)
     code = code_dir(output)
+    if runtime_wheels:
+        from ..runtime.wheelhouse import build
+
+        shutil.rmtree(code / RUNTIME_DIR, ignore_errors=True)
+        build("step", code / RUNTIME_DIR, list(IMAGE_PLATFORMS), IMAGE_PYTHON)
     for name in pipeline.order():
         step = pipeline.steps[name]
         folder = code / name

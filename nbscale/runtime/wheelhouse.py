@@ -112,10 +112,10 @@ def nbscale_wheel(dest: Path) -> Path:
     return found[-1]
 
 
-def _platform_args(platform: str | None, python_version: str | None) -> list[str]:
+def _platform_args(platform: str | list[str] | None, python_version: str | None) -> list[str]:
     args: list[str] = []
-    if platform:
-        args += ["--platform", platform]
+    for name in [platform] if isinstance(platform, str) else platform or []:
+        args += ["--platform", name]
     if python_version:
         args += ["--python-version", python_version]
     return args
@@ -124,7 +124,7 @@ def _platform_args(platform: str | None, python_version: str | None) -> list[str
 def build(
     kind: str,
     dest: str | Path | None = None,
-    platform: str | None = None,
+    platform: str | list[str] | None = None,
     python_version: str | None = None,
 ) -> Path:
     """The wheelhouse for ``kind``: a folder holding nbscale's wheel and its closure."""
