@@ -66,6 +66,13 @@ class Bundle:
             raise SignatureError(f"{self.path}: the manifest names no part {name!r}") from None
 
 
+def _entry(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o600 << 16
+    return info
+
+
 def write(
     path: str | Path, manifest: dict[str, Any], parts: dict[str, bytes], key: bytes | None = None
 ) -> Path:
@@ -86,10 +93,12 @@ def write(
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            zf.writestr(_MANIFEST, body)
-            zf.writestr(_SIGNATURE, sign(body, key))
+            # fixed entry dates: the same cell makes the same bytes, so a content-addressed
+            # upload of an unchanged bundle is found in the store and not sent again
+            zf.writestr(_entry(_MANIFEST), body)
+            zf.writestr(_entry(_SIGNATURE), sign(body, key))
             for name, data in parts.items():
-                zf.writestr(name, data)
+                zf.writestr(_entry(name), data)
         os.chmod(tmp, 0o600)
         tmp.replace(path)
     except BaseException:

@@ -200,6 +200,7 @@ def test_train_dry_run_report_shows_the_estimate_and_refuses_over_budget(priced)
 
 def test_train_report_carries_the_estimate_when_the_job_costs_or_has_a_budget(priced):
     from nbscale.magics.train import _note
+
     from nbscale.celljob import prepare_cell
 
     priced_cell = prepare_cell(

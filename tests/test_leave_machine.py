@@ -102,6 +102,8 @@ def test_a_cell_runs_on_two_nodes_that_share_nothing_but_storage_and_the_key(s3,
     remote = stage(job_id, prepared.spec.to_dict(), store)
     assert remote.uploaded and remote.bundle_uri.startswith("s3://nb-team/proj/bundles/sha256/")
     assert not stage(job_id, prepared.spec.to_dict(), store).uploaded  # unchanged: not sent again
+    again = _prepared(tmp_path)  # the same cell captured anew makes the same bytes
+    assert not stage("other-job", again.spec.to_dict(), store).uploaded
     secret = mount_secret(tmp_path / "secret-volume" / "keys.json", keys.export("bundle"))
 
     codes, outs = _nodes(tmp_path, remote, s3, 2, {"NBSCALE_KEY_FILE": str(secret)})

@@ -34,6 +34,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "PipelineRun",
     "cancel_run",
