@@ -161,3 +161,65 @@ def test_a_tampered_object_in_the_store_is_refused(s3, tmp_path):
     secret = mount_secret(tmp_path / "secret" / "keys.json", keys.export("bundle"))
     codes, outs = _nodes(tmp_path, remote, s3, 1, {"NBSCALE_KEY_FILE": str(secret)})
     assert codes == [1] and "does not match its sha256" in outs[0]
+
+
+def test_the_model_server_fetches_its_artifact_from_object_storage(s3, tmp_path):
+    """The serving runtime given the URI of a model.tar.gz, as a container with its own home
+    and the model key as a mounted Secret: it downloads, unpacks, verifies and answers."""
+    import http.client
+    import tarfile
+    import time
+
+    import numpy as np
+    import torch
+
+    from nbscale.serving import package
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+    art = package(model, tmp_path / "art", "remote")
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        for path in sorted(art.rglob("*")):
+            tar.add(path, arcname=path.relative_to(art).as_posix(), recursive=False)
+    uri = ObjectStore("s3://nb-team/models", progress=None).put(tmp_path / "model.tar.gz")
+    secret = mount_secret(tmp_path / "secret" / "keys.json", keys.export("model"))
+    (tmp_path / "token").write_text("tok")
+    home = tmp_path / "pod"
+    home.mkdir()
+    port = free_port()
+    env = container_env(home, AWS_ENDPOINT_URL=s3, **AWS_ENV, NBSCALE_KEY_FILE=str(secret))
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbscale.serving", "--model-dir", uri, "--port", str(port),
+             "--token-file", str(tmp_path / "token")],
+            env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        x = np.ones((2, 4), np.float32)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "POST",
+            "/invocations",
+            json.dumps(x.tolist()),
+            {"Authorization": "Bearer tok", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        assert resp.status == 200
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(np.asarray(json.loads(resp.read())), expected, rtol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert grep_tree(home, PLANTED_SECRET, keys.load("model").hex()) == []

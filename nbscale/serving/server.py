@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m nbscale.serving", description="nbscale serving runtime"
     )
     p.add_argument("mode", nargs="?", choices=["serve"], help="'serve': SageMaker container mode")
-    p.add_argument("--model-dir", help="artifact directory (default /opt/ml/model in a container)")
+    p.add_argument(
+        "--model-dir",
+        help="artifact directory, or the URI of its model.tar.gz (s3://...); "
+        "default /opt/ml/model in a container",
+    )
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument(
         "--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080; 0: any free port)"
@@ -60,6 +64,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def fetch_model(uri: str) -> str:
+    """``s3://.../model.tar.gz`` (or ``file://``): download (size and, for a content-addressed
+    URI, sha256 checked), unpack without links or paths leaving the folder, return the folder.
+    The artifact's own signature is checked afterwards, as for a local folder."""
+    import tarfile
+    import tempfile
+
+    from .. import storage
+
+    work = Path(tempfile.mkdtemp(prefix="nbscale-model-"))
+    archive = storage.fetch(uri, work / "model.tar.gz", store=storage.store_for(uri))
+    target = work / "model"
+    target.mkdir()
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    archive.unlink()
+    return str(target)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     container = args.mode == "serve" or "SAGEMAKER_BIND_TO_PORT" in os.environ
@@ -67,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     if not model_dir:
         print("nbscale.serving: error: --model-dir is required", file=sys.stderr)
         return 2
+    if "://" in model_dir:
+        try:
+            model_dir = fetch_model(model_dir)
+        except Exception as exc:  # noqa: BLE001 - one line, then exit
+            print(f"nbscale.serving: error: cannot fetch {model_dir}: {exc}", file=sys.stderr)
+            return 2
     token = os.environ.pop("NBSCALE_SERVING_TOKEN", None)
     if args.token_file:
         token = Path(args.token_file).read_text().strip()
