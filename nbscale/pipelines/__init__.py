@@ -8,6 +8,8 @@ run.to_dict()["steps"]
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,6 +27,18 @@ _LAZY = {
     "runs": ".runs",
     "start_run": ".runs",
 }
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``runs`` must not replace the function ``runs``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _LAZY:
+            return  # the submodule stays reachable through sys.modules
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
