@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import sys
 import tempfile
 import time
@@ -193,30 +192,21 @@ def run_from_cli(
     args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
 ) -> int:
     """``nbscale pipeline run FLOW --backend NAME`` for a kubeflow backend."""
-    for option in ("only", "from_step", "no_cache", "max_parallel"):
-        if getattr(args, option, None) not in (None, False, []):
-            raise SpecError(
-                f"--{option.replace('_', '-')}",
-                "is not available for a pipeline on Kubeflow (its tasks cache by KFP's cache)",
-                "leave it out, or run the pipeline locally",
-            )
+    from ..pipeline_cli import run_remote
+
     runner = _for(args.backend)
-    run = runner.start(args.path, parameters)
-    print(f"kfp run {run.run_id} on {runner.settings.kfp_host}", file=sys.stderr, flush=True)
-    if args.detach:
-        print(run.run_id)
-        return 0
-    try:
-        runner.follow(run, on_step)
-    except KeyboardInterrupt:
-        runner.cancel(run.run_id)
-        print("nbscale: interrupted; the KFP run was terminated", file=sys.stderr)
-        return 130
-    if getattr(args, "json", False):
-        print(json.dumps(run.to_dict(), indent=2))
-    else:
-        print(f"kfp run {run.status}" + (f": {run.error}" if run.error else ""))
-    return 0 if run.status == "SUCCEEDED" else 1
+    print(f"kfp host: {runner.settings.kfp_host}", file=sys.stderr, flush=True)
+    return run_remote(
+        args,
+        parameters,
+        on_step,
+        runner,
+        platform="Kubeflow",
+        cache_note="its tasks cache by KFP's cache",
+        run_id=lambda run: run.run_id,
+        label="kfp run",
+        stopped="the KFP run was terminated",
+    )
 
 
 def cancel_from_cli(backend: str, run_id: str) -> int:

@@ -221,37 +221,19 @@ def run_from_cli(
     args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
 ) -> int:
     """``nbscale pipeline run FLOW --backend NAME`` for a SageMaker backend."""
-    import sys
+    from ..pipeline_cli import run_remote
 
-    from ...errors import SpecError
-
-    for option in ("only", "from_step", "no_cache", "max_parallel"):
-        if getattr(args, option, None) not in (None, False, []):
-            raise SpecError(
-                f"--{option.replace('_', '-')}",
-                "is not available for a pipeline on SageMaker (its steps cache by CacheConfig)",
-                "leave it out, or run the pipeline locally",
-            )
-    runner = _for(args.backend)
-    execution = runner.start(args.path, parameters)
-    print(f"pipeline execution {execution.execution_arn}", file=sys.stderr, flush=True)
-    if args.detach:
-        print(execution.execution_arn)
-        return 0
-    try:
-        runner.follow(execution, on_step)
-    except KeyboardInterrupt:
-        runner.cancel(execution.execution_arn)
-        print("nbscale: interrupted; the pipeline execution was stopped", file=sys.stderr)
-        return 130
-    if getattr(args, "json", False):
-        print(json.dumps(execution.to_dict(), indent=2))
-    else:
-        print(
-            f"pipeline execution {execution.status}"
-            + (f": {execution.error}" if execution.error else "")
-        )
-    return 0 if execution.status == "SUCCEEDED" else 1
+    return run_remote(
+        args,
+        parameters,
+        on_step,
+        _for(args.backend),
+        platform="SageMaker",
+        cache_note="its steps cache by CacheConfig",
+        run_id=lambda execution: execution.execution_arn,
+        label="pipeline execution",
+        stopped="the pipeline execution was stopped",
+    )
 
 
 def cancel_from_cli(execution_arn: str) -> int:
