@@ -6,58 +6,44 @@ backend module is imported only when a job uses it.
 
 from __future__ import annotations
 
-from functools import cache
-from importlib.metadata import entry_points
-
-from ..config import BackendConfig, Config
+from ..config import Config
 from ..config import load as load_config
-from ..errors import BackendUnavailable, NotFound
-from ..store import Store, get_store
+from ..errors import NotFound
+from ..store import Store
 from ..store.jobs import JobRecord
 from .base import JobBackend, LogChunk
+from .registry import Registry
 
 __all__ = ["JobBackend", "LogChunk", "backend_for", "backend_types", "get_backend", "prewarm"]
 
 GROUP = "nbscale.backends"
+_registry = Registry(
+    GROUP,
+    lambda type_name, installed: NotFound(
+        f"no backend of type {type_name!r} is installed",
+        f"installed types: {', '.join(installed) or '(none: reinstall nbscale)'}",
+    ),
+)
 
 
-@cache
 def backend_types() -> dict[str, object]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    return _registry.types
 
 
 def _backend_class(type_name: str) -> type[JobBackend]:
-    types = backend_types()
-    if type_name not in types:
-        raise NotFound(
-            f"no backend of type {type_name!r} is installed",
-            f"installed types: {', '.join(sorted(types)) or '(none: reinstall nbscale)'}",
-        )
-    return types[type_name].load()
+    return _registry.cls(type_name)
 
 
 def get_backend(
     name: str | None = None, config: Config | None = None, store: Store | None = None
 ) -> JobBackend:
     """The backend configured as ``name`` (default: the configured default)."""
-    config = config or load_config()
-    bconf: BackendConfig = config.backend(name)
-    cls = _backend_class(bconf.type)
-    try:
-        return cls(bconf, store or get_store())
-    except BackendUnavailable:
-        raise
-    except ImportError as exc:  # a backend whose optional SDK is missing
-        raise BackendUnavailable(str(exc), f"pip install 'nbscale[{bconf.type}]'") from exc
+    return _registry.get(name, config, store)
 
 
 def backend_for(record: JobRecord, config: Config, store: Store) -> JobBackend:
     """The backend that runs ``record``; by its type alone if its config entry was removed."""
-    if record.backend in config.backends:
-        return get_backend(record.backend, config, store)
-    return _backend_class(record.backend_type)(
-        BackendConfig(record.backend, record.backend_type, {}), store
-    )
+    return _registry.for_record(record, config, store)
 
 
 def prewarm(config: Config | None = None) -> None:

@@ -23,18 +23,16 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..config import BackendConfig, Config
-from ..config import load as load_config
 from ..errors import BackendUnavailable, NbscaleError, SpecError
-from ..store import Store, get_store
+from ..store import Store
 from ..store.endpoints import EndpointRecord
+from .registry import Registry
 
 GROUP = "nbscale.endpoint_backends"
 
@@ -148,43 +146,33 @@ class EndpointBackend(ABC):
 # -- finding backends ----------------------------------------------------------
 
 
-@cache
+_registry = Registry(
+    GROUP,
+    lambda type_name, installed: BackendUnavailable(
+        f"endpoints on {type_name} backends are not available",
+        f"installed endpoint backend types: {', '.join(installed) or '(none: reinstall nbscale)'}",
+    ),
+)
+
+
 def endpoint_backend_types() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    return _registry.types
 
 
 def _backend_class(type_name: str) -> type[EndpointBackend]:
-    types = endpoint_backend_types()
-    if type_name not in types:
-        raise BackendUnavailable(
-            f"endpoints on {type_name} backends are not available",
-            f"installed endpoint backend types: {', '.join(sorted(types)) or '(none: reinstall nbscale)'}",
-        )
-    return types[type_name].load()
+    return _registry.cls(type_name)
 
 
 def get_endpoint_backend(
     name: str | None = None, config: Config | None = None, store: Store | None = None
 ) -> EndpointBackend:
     """The endpoint backend configured as ``name`` (default: the configured default)."""
-    config = config or load_config()
-    bconf = config.backend(name)
-    cls = _backend_class(bconf.type)
-    try:
-        return cls(bconf, store or get_store())
-    except BackendUnavailable:
-        raise
-    except ImportError as exc:  # a backend whose optional SDK is missing
-        raise BackendUnavailable(str(exc), f"pip install 'nbscale[{bconf.type}]'") from exc
+    return _registry.get(name, config, store)
 
 
 def endpoint_backend_for(record: EndpointRecord, config: Config, store: Store) -> EndpointBackend:
     """The backend that serves ``record``; by its type alone if its config entry was removed."""
-    if record.backend in config.backends:
-        return get_endpoint_backend(record.backend, config, store)
-    return _backend_class(record.backend_type)(
-        BackendConfig(record.backend, record.backend_type, {}), store
-    )
+    return _registry.for_record(record, config, store)
 
 
 # -- the V2 protocol client ----------------------------------------------------
