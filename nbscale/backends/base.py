@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import BackendConfig
@@ -27,6 +28,18 @@ class LogChunk:
     text: str
     offset: int
     next_offset: int
+
+    @classmethod
+    def read(cls, path: Path, rank: int, offset: int, max_bytes: int) -> LogChunk:
+        """Up to ``max_bytes`` of a rank's log file from ``offset``, never cutting a line (or a
+        UTF-8 sequence) in half; offsets run across rotated segments (``nbscale.logpump``)."""
+        from .. import logpump
+
+        data, after = logpump.read(path, offset, max_bytes)
+        if len(data) == max_bytes and b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]
+            after = offset + len(data)
+        return cls(rank, data.decode("utf-8", errors="replace"), offset, after)
 
     def to_dict(self) -> dict[str, Any]:
         return {

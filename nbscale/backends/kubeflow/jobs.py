@@ -628,16 +628,7 @@ class KubeflowBackend(JobBackend):
     ) -> LogChunk:
         if record.status in ACTIVE:
             self._sync_logs(record)
-        path = JobDir(record.info["job_dir"]).log(rank)
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(max_bytes)
-        except FileNotFoundError:
-            data = b""
-        if len(data) == max_bytes and b"\n" in data:
-            data = data[: data.rindex(b"\n") + 1]
-        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, offset + len(data))
+        return LogChunk.read(JobDir(record.info["job_dir"]).log(rank), rank, offset, max_bytes)
 
     def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
         # log_metric writes inside the pods; what came home with the outputs is here

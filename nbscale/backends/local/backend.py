@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ... import logpump, paths
+from ... import paths
 from ...errors import SpecError
 from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
@@ -209,13 +209,7 @@ class LocalBackend(JobBackend):
     def logs(
         self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
     ) -> LogChunk:
-        path = JobDir(record.info["job_dir"]).log(rank)
-        # offsets are those of the whole stream, across rotated segments (nbscale.logpump)
-        data, after = logpump.read(path, offset, max_bytes)
-        if len(data) == max_bytes and b"\n" in data:
-            data = data[: data.rindex(b"\n") + 1]  # never cut a line (or a UTF-8 sequence) in half
-            after = offset + len(data)
-        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, after)
+        return LogChunk.read(JobDir(record.info["job_dir"]).log(rank), rank, offset, max_bytes)
 
     def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
         return JobDir(record.info["job_dir"]).metrics()

@@ -515,16 +515,7 @@ class SageMakerBackend(JobBackend):
     ) -> LogChunk:
         if offset == 0 or record.terminal:
             self._sync_logs(record)
-        path = JobDir(record.info["job_dir"]).log(rank)
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(max_bytes)
-        except FileNotFoundError:
-            data = b""
-        if len(data) == max_bytes and b"\n" in data:
-            data = data[: data.rindex(b"\n") + 1]
-        return LogChunk(rank, data.decode("utf-8", errors="replace"), offset, offset + len(data))
+        return LogChunk.read(JobDir(record.info["job_dir"]).log(rank), rank, offset, max_bytes)
 
     def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
         # log_metric writes into the job folder inside the container, which this machine
