@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,32 @@ def collect(job_id: str, store: storage.ObjectStore, outputs: str, nnodes: int) 
         "error": errors[0] if errors else ({"message": first} if first else None),
         "restarts": max((rec.get("restarts") or 0 for rec in nodes.values()), default=0),
     }
+
+
+def settle(
+    status: str,
+    error: str | None,
+    fields: dict[str, Any],
+    collect_outputs: Callable[[], dict[str, Any]],
+    succeeded: str,
+    failed: str,
+) -> tuple[str, str | None]:
+    """The outcome of a remote job that the platform says has ended: its outputs are
+    collected, a job whose outputs cannot be had fails, and the earliest rank error (the root
+    cause) becomes the job's error, with its rank and traceback in ``fields``."""
+    try:
+        collected = collect_outputs()
+    except NbscaleError as exc:
+        collected = {}
+        if status == succeeded:
+            status, error = failed, f"the job's outputs could not be collected: {exc}"
+    root = collected.get("error")
+    if root:
+        fields["failed_rank"] = root.get("rank")
+        fields.setdefault("info_patch", {})["traceback"] = root.get("traceback")
+        message = root.get("message") or root.get("type")
+        error = f"rank {root['rank']}: {message}" if root.get("rank") is not None else message
+    if collected.get("exit_code") is not None:
+        fields["exit_code"] = collected["exit_code"]
+    fields["restarts"] = max(fields.get("restarts", 0), collected.get("restarts", 0))
+    return status, error

@@ -534,7 +534,7 @@ class KubeflowBackend(JobBackend):
         return get_job(self.store, record.id)
 
     def _finish(self, record, obj, status, conds) -> JobRecord:
-        from ...remote import collect
+        from ...remote import collect, settle
 
         cond = conds.get("Failed" if status == FAILED else "Complete", {})
         error = (
@@ -546,28 +546,19 @@ class KubeflowBackend(JobBackend):
         # the pods may be gone already; the outputs say what happened
         with contextlib.suppress(NbscaleError):
             self._sync_logs(record, final=True)
-        try:
-            collected = collect(
+        status, error = settle(
+            status,
+            error,
+            fields,
+            lambda: collect(
                 record.id,
                 self.object_store(),
                 record.info["outputs_uri"],
                 int(record.spec.get("nodes") or 1),
-            )
-        except NbscaleError as exc:
-            collected = {}
-            if status == SUCCEEDED:
-                status, error = FAILED, f"the job's outputs could not be collected: {exc}"
-        root = collected.get("error")
-        if root:
-            fields["failed_rank"] = root.get("rank")
-            fields["info_patch"]["traceback"] = root.get("traceback")
-            message = root.get("message") or root.get("type")
-            error = (
-                f"rank {root.get('rank')}: {message}" if root.get("rank") is not None else message
-            )
-        if collected.get("exit_code") is not None:
-            fields["exit_code"] = collected["exit_code"]
-        fields["restarts"] = collected.get("restarts", 0)
+            ),
+            SUCCEEDED,
+            FAILED,
+        )
         if record.started is None:
             fields["started"] = record.created
         update_job(self.store, record.id, status=status, error=error, **fields)

@@ -425,30 +425,15 @@ class SageMakerBackend(JobBackend):
         return self._finish(record, desc, mapped, fields)
 
     def _finish(self, record, desc, mapped, fields) -> JobRecord:
+        from ...remote import settle
+
         ended = desc.get("TrainingEndTime") or desc.get("LastModifiedTime")
         fields["ended"] = ended.timestamp() if ended is not None else time.time()
         status, error = mapped.status, mapped.error
         if status in (SUCCEEDED, FAILED):
-            try:
-                collected = self.collect(record, desc)
-            except NbscaleError as exc:
-                collected = {}
-                if status == SUCCEEDED:
-                    status, error = FAILED, f"the job's outputs could not be collected: {exc}"
-            root = collected.get("error")
-            if root:
-                fields["failed_rank"] = root.get("rank")
-                fields["info_patch"]["traceback"] = root.get("traceback")
-                message = root.get("message") or root.get("type")
-                error = (
-                    f"rank {root.get('rank')}: {message}"
-                    if root.get("rank") is not None
-                    else message
-                )
-            if collected.get("exit_code") is not None:
-                fields["exit_code"] = collected["exit_code"]
-            fields["restarts"] = max(
-                fields.get("restarts", record.restarts), collected.get("restarts", 0)
+            fields.setdefault("restarts", record.restarts)
+            status, error = settle(
+                status, error, fields, lambda: self.collect(record, desc), SUCCEEDED, FAILED
             )
         fields["info_patch"]["phase"] = "ended"
         ended = update_job(self.store, record.id, status=status, error=error, **fields)
