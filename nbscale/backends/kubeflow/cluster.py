@@ -56,6 +56,30 @@ class Cluster:
     def describe(self) -> str:
         return f"context {self.context!r} ({self.server}, namespace {self.namespace})"
 
+    def call(self, what: str, fn, *args, **kw):
+        """A client call whose failure becomes one message naming what was being done."""
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001 - the client's errors, as one message
+            raise api_error(exc, what, self) from None
+
+    def probe(self, group: str, version: str, plural: str, label: str) -> dict[str, Any]:
+        """``check()`` of a backend: can this namespace list the resource it makes?"""
+        try:
+            self.call(
+                f"listing {plural} in {self.namespace}",
+                self.custom().list_namespaced_custom_object,
+                group,
+                version,
+                self.namespace,
+                plural,
+                limit=1,
+                _request_timeout=10,
+            )
+        except NbscaleError as exc:
+            return {"reachable": False, "detail": str(exc)}
+        return {"reachable": True, "detail": f"{label} via {self.describe()}"}
+
 
 def _kubeconfig_files(settings: KubeflowSettings) -> list[str]:
     if settings.kubeconfig:

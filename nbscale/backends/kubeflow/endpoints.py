@@ -117,10 +117,7 @@ class KServeEndpoints(EndpointBackend):
         return self._cluster
 
     def _call(self, what: str, fn, *args, **kw):
-        try:
-            return fn(*args, **kw)
-        except Exception as exc:  # noqa: BLE001
-            raise api_error(exc, what, self.cluster()) from None
+        return self.cluster().call(what, fn, *args, **kw)
 
     def _client(self, rec: EndpointRecord) -> V2Client:
         if not rec.url:
@@ -150,19 +147,9 @@ class KServeEndpoints(EndpointBackend):
     def check(self) -> dict[str, Any]:
         try:
             cluster = self.cluster()
-            self._call(
-                "listing InferenceServices",
-                cluster.custom().list_namespaced_custom_object,
-                mf.KSERVE_GROUP,
-                mf.KSERVE_VERSION,
-                cluster.namespace,
-                PLURAL,
-                limit=1,
-                _request_timeout=10,
-            )
         except NbscaleError as exc:
             return {"reachable": False, "detail": str(exc)}
-        return {"reachable": True, "detail": f"KServe via {cluster.describe()}"}
+        return cluster.probe(mf.KSERVE_GROUP, mf.KSERVE_VERSION, PLURAL, "KServe")
 
     # -- deploy -----------------------------------------------------------------------
     def validate(self, request: DeployRequest) -> None:

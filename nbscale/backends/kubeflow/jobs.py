@@ -131,27 +131,14 @@ class KubeflowBackend(JobBackend):
         return storage.ObjectStore.from_options(self.settings.storage_options())
 
     def _call(self, what: str, fn, *args, **kw):
-        try:
-            return fn(*args, **kw)
-        except Exception as exc:  # noqa: BLE001 - the client's errors, as one message
-            raise api_error(exc, what, self.cluster()) from None
+        return self.cluster().call(what, fn, *args, **kw)
 
     def check(self) -> dict[str, Any]:
         try:
             cluster = self.cluster()
-            self._call(
-                f"listing TrainJobs in {cluster.namespace}",
-                cluster.custom().list_namespaced_custom_object,
-                mf.TRAINER_GROUP,
-                mf.TRAINER_VERSION,
-                cluster.namespace,
-                PLURAL,
-                limit=1,
-                _request_timeout=10,
-            )
         except NbscaleError as exc:
             return {"reachable": False, "detail": str(exc)}
-        return {"reachable": True, "detail": f"Kubeflow Trainer via {cluster.describe()}"}
+        return cluster.probe(mf.TRAINER_GROUP, mf.TRAINER_VERSION, PLURAL, "Kubeflow Trainer")
 
     # -- submit -----------------------------------------------------------------------
     def validate(self, spec: JobSpec) -> None:
