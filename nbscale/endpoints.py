@@ -11,6 +11,7 @@ The bearer token is read from its 0600 file and sent for you.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import tempfile
@@ -123,7 +124,7 @@ class Endpoint:
         )
 
     def scale(self, min_replicas: int, max_replicas: int) -> Endpoint:
-        _check_replicas(min_replicas, max_replicas)
+        _check_replicas(min_replicas, max_replicas, self._manager.replica_limit())
         self._record = self._manager.scale(self._record, min_replicas, max_replicas)
         return self
 
@@ -149,13 +150,32 @@ def _manager(backend: str | None = None) -> EndpointBackend:
     return get_endpoint_backend(backend, load_config(), get_store())
 
 
-def _check_replicas(lo: Any, hi: Any) -> None:
+def _check_replicas(lo: Any, hi: Any, limit: int) -> None:
     if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < 1 or lo > hi:
         raise SpecError(
             "replicas",
             f"({lo}, {hi}) is not MIN <= MAX with MIN >= 0 and MAX >= 1",
             "e.g. replicas=(1, 4), or (0, 2) to scale to zero when idle",
         )
+    if hi > limit:
+        raise SpecError(
+            "replicas",
+            f"MAX {hi} is more than this backend can run ({limit})",
+            f"ask for at most {limit} replicas",
+        )
+
+
+def _check_number(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
+    """A setting a user typed: a finite number within what the server can honour."""
+    kind = int if integer else int | float
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        what = "an integer" if integer else "a number"
+        raise SpecError(name, f"must be {what} from {low:g} to {high:g}, got {value!r}")
 
 
 def endpoints() -> list[Endpoint]:
@@ -214,11 +234,17 @@ def deploy(
             "use lower-case letters, digits and dashes, e.g. 'digits-v2'",
         )
     lo, hi = (replicas, replicas) if isinstance(replicas, int) else tuple(replicas)
-    _check_replicas(lo, hi)
-    if not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise SpecError("max_batch_size", f"must be a positive integer, got {max_batch_size!r}")
-    if not isinstance(max_batch_delay_ms, int | float) or max_batch_delay_ms < 0:
-        raise SpecError("max_batch_delay_ms", f"must be >= 0, got {max_batch_delay_ms!r}")
+    _check_number("max_batch_size", max_batch_size, 1, 65536, integer=True)
+    _check_number("max_batch_delay_ms", max_batch_delay_ms, 0, 10_000)
+    _check_number("max_queue", max_queue, 1, 1_000_000, integer=True)
+    _check_number("target_concurrency", target_concurrency, 0.1, 10_000)
+    _check_number("scale_down_delay_s", scale_down_delay_s, 0, 7 * 86400)
+    _check_number("idle_timeout_s", idle_timeout_s, 0, 7 * 86400)
+    idle_ttl_s = None
+    if idle_ttl is not None:
+        from .monitoring.drift import parse_duration
+
+        idle_ttl_s = parse_duration(idle_ttl, "idle_ttl")
     if port is not None and (not isinstance(port, int) or not 1024 <= port <= 65535):
         raise SpecError("port", f"{port!r} is not a port between 1024 and 65535")
     if capture_rate is not None and not 0 < capture_rate <= 1:
@@ -227,6 +253,7 @@ def deploy(
     if base is not None and capture_rate is None:
         capture_rate = 1.0  # drift needs captured inputs
     mgr = _manager(backend)
+    _check_replicas(lo, hi, mgr.replica_limit())
     existing = mgr.store.query_one("SELECT 1 FROM endpoints WHERE name = ?", (name,))
     if existing and (options or {}).get("canary_traffic_percent") is None:
         raise Conflict(
@@ -255,10 +282,8 @@ def deploy(
         "idle_timeout_s": idle_timeout_s,
         "max_queue": max_queue,
     }
-    if idle_ttl is not None:
-        from .monitoring.drift import parse_duration
-
-        config["idle_ttl_s"] = parse_duration(idle_ttl, "idle_ttl")
+    if idle_ttl_s is not None:
+        config["idle_ttl_s"] = idle_ttl_s
     if capture_rate:
         config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
     if base is not None:

@@ -71,6 +71,10 @@ class EndpointBackend(ABC):
         """The configured name of this backend (``[backends.NAME]``)."""
         return self.config.name
 
+    def replica_limit(self) -> int:
+        """The most replicas this backend can honour (checked before anything starts)."""
+        return 1000
+
     def validate(self, request: DeployRequest) -> None:
         """Refuse a request this backend cannot honour (``SpecError``), before anything is made."""
         flags = {"canary_traffic_percent": "canary", "timeout_s": "timeout"}  # the CLI's names

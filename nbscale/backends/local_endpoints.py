@@ -80,6 +80,10 @@ class LocalEndpoints(EndpointBackend):
 
     type = "local"
 
+    def replica_limit(self) -> int:
+        # replicas are processes on this machine: the cap local jobs have (4 per usable core)
+        return 4 * (len(os.sched_getaffinity(0)) or 1)
+
     def __init__(self, config: BackendConfig, store: Store):
         super().__init__(config, store)
         self._clients = V2Clients(self._client)

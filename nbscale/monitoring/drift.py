@@ -49,8 +49,8 @@ def parse_duration(text: str | float | int, what: str = "window") -> float:
         if not m:
             raise SpecError(what, f"{text!r} is not a duration", "e.g. 90s, 30m, 1h, 7d")
         seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if seconds <= 0:
-        raise SpecError(what, f"must be more than 0 seconds, got {text!r}")
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > 366 * 86400:
+        raise SpecError(what, f"must be more than 0 seconds and at most a year, got {text!r}")
     return seconds
 
 
