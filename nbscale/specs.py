@@ -134,6 +134,9 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
         )
 
 
+MAX_COST_USD = 1_000_000  # a budget above this is a typo (inf and nan fail the range too)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     entry: Entry
@@ -184,10 +187,13 @@ class JobSpec:
         if self.max_cost is not None and (
             isinstance(self.max_cost, bool)
             or not isinstance(self.max_cost, int | float)
-            or not self.max_cost > 0
+            or not 0 < self.max_cost <= MAX_COST_USD
         ):
             raise SpecError(
-                "max_cost", f"must be a positive number of USD, got {self.max_cost!r}", "e.g. 25"
+                "max_cost",
+                f"must be a number of USD above 0 and at most {MAX_COST_USD:,}, "
+                f"got {self.max_cost!r}",
+                "e.g. 25",
             )
         if self.spot is not None and not isinstance(self.spot, bool):
             raise SpecError("spot", f"must be true or false, got {self.spot!r}")

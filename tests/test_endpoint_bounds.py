@@ -55,3 +55,26 @@ def test_durations_are_finite_and_at_most_a_year():
     for bad in ("400d", math.inf, math.nan, 0):
         with pytest.raises(SpecError):
             parse_duration(bad, "idle_ttl")
+
+
+def test_the_server_refuses_limits_beyond_what_a_process_can_honour(tmp_path):
+    import subprocess
+    import sys
+
+    for option, value in (("--max-body-mb", "1e9"), ("--read-timeout", "inf")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "nbscale.serving", "--model-dir", str(tmp_path),
+             "--insecure-no-auth", option, value],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2 and "at most" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_a_budget_must_be_finite(tmp_path):
+    from nbscale.specs import Entry, JobSpec
+
+    (tmp_path / "t.py").write_text("")
+    for bad in (math.inf, math.nan, 1e12):
+        with pytest.raises(SpecError, match="max_cost"):
+            JobSpec(entry=Entry.from_path(str(tmp_path / "t.py")), max_cost=bad)

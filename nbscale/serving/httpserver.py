@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,19 @@ REASONS = {
 LINGER_S = 2.0  # after an error, read and drop what the client still sends, so it sees the answer
 
 
+# what one process can honour: beyond these a setting is a typo, not a plan
+_LIMIT_MAX = {
+    "max_head": 1 << 20,
+    "max_headers": 10_000,
+    "max_body": 4 << 30,
+    "read_timeout": 86400.0,
+    "idle_timeout": 86400.0,
+    "max_connections": 1_000_000,
+    "max_pipeline": 10_000,
+    "write_buffer": 1 << 30,
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one server accepts; every field is a command-line option of the runtime and the router."""
@@ -65,8 +79,9 @@ class Limits:
 
     def __post_init__(self):
         for name in self.__dataclass_fields__:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+            value, high = getattr(self, name), _LIMIT_MAX[name]
+            if not math.isfinite(value) or not 0 < value <= high:
+                raise ValueError(f"{name} must be more than 0 and at most {high:g}, got {value!r}")
 
 
 @dataclass(slots=True)
