@@ -61,11 +61,7 @@ def stage(
         local = Path(spec["entry"]["target"])
         if not local.is_file():
             raise NbscaleError(f"the cell bundle {local} is gone", "run the cell again")
-        before = store.exists(
-            store.base.child("bundles", "sha256", storage.sha256_file(local), "cell.zip").uri
-        )
-        bundle_uri = store.put(local, "cell.zip", area="bundles")
-        uploaded = not before
+        bundle_uri, uploaded = store.put_new(local, "cell.zip", area="bundles")
     if spec.get("entry", {}).get("kind") == "bundle":
         spec["entry"]["target"] = "cell.zip"  # the launcher fetches it next to the job
     out = outputs_uri(store, job_id)

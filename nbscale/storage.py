@@ -213,14 +213,20 @@ class ObjectStore:
     def put(self, path: str | Path, name: str | None = None, area: str = "blobs") -> str:
         """Upload ``path`` content-addressed; return its URI. Nothing is sent when an object
         with the same hash and size is already there."""
+        return self.put_new(path, name, area)[0]
+
+    def put_new(
+        self, path: str | Path, name: str | None = None, area: str = "blobs"
+    ) -> tuple[str, bool]:
+        """``put``, also saying whether anything was sent (False: it was already there)."""
         path = Path(path)
         digest = sha256_file(path)
         size = path.stat().st_size
         loc = self.base.child(area, "sha256", digest, name or path.name)
         if self._size(loc) == size:
-            return loc.uri
+            return loc.uri, False
         self._upload(path, loc, size)
-        return loc.uri
+        return loc.uri, True
 
     def put_at(self, path: str | Path, uri: str) -> str:
         """Upload ``path`` to exactly ``uri`` (outputs whose place the submitter chose)."""
