@@ -6,6 +6,12 @@ the platform, as the SageMaker hosting contract expects. Anywhere else it
 binds 127.0.0.1 and needs a token (``--token-file`` or
 ``NBSCALE_SERVING_TOKEN``) unless ``--insecure-no-auth`` says the caller has
 put an authenticating proxy in front (a KServe ingress).
+
+``--metrics-port`` adds a second listener that answers only ``GET /metrics``,
+without the token: the port Prometheus scrapes in a KServe pod and that
+``Endpoint.metrics()`` reads through the API server's pod proxy (which keeps
+the caller's credentials to itself). It is not the port the ingress routes
+to, so callers from outside never see it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,30 @@ from pathlib import Path
 from .app import ServingApp
 from .capture import DataCapture
 from .handler import ModelHandler
-from .httpserver import Limits, add_limit_arguments, install_fast_loop, limits_from_args, serve
+from .httpserver import (
+    Limits,
+    Request,
+    Response,
+    add_limit_arguments,
+    error_response,
+    install_fast_loop,
+    limits_from_args,
+    serve,
+)
+
+
+class MetricsOnly:
+    """The metrics listener: ``GET /metrics`` of ``app``, nothing else, no token."""
+
+    def __init__(self, app: ServingApp):
+        self.app = app
+
+    async def __call__(self, req: Request) -> Response:
+        if req.path != "/metrics":
+            return error_response(404, f"this port serves only /metrics, not {req.path}")
+        if req.method != "GET":
+            return error_response(405, f"{req.method} is not allowed on /metrics")
+        return await self.app.prometheus(req)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--insecure-no-auth",
         action="store_true",
         help="serve without a token (behind an authenticating proxy)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="also answer GET /metrics, without the token, on this port (KServe: 8095)",
     )
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-batch-delay-ms", type=float, default=2.0)
@@ -152,6 +186,11 @@ async def _run(
         capture,
     )
     server = await serve(app, host, port, limits, on_count=app.on_connection)
+    metrics_server = (
+        await serve(MetricsOnly(app), host, args.metrics_port, limits)
+        if args.metrics_port is not None
+        else None
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,11 +201,15 @@ async def _run(
         tmp.write_text(str(port))
         tmp.replace(args.port_file)
     print(f"nbscale serving {handler.name!r} on http://{host}:{port}", flush=True)
+    if metrics_server is not None:
+        print(f"metrics (no token) on http://{host}:{metrics_server.port}/metrics", flush=True)
     await app.start()
     print(f"ready after {handler.load_seconds:.2f}s", flush=True)
     await stop.wait()
     # in-flight requests finish before the process ends: a scale-down drops nothing
     await server.shutdown(timeout=10)
+    if metrics_server is not None:
+        await metrics_server.shutdown(timeout=1)
     if capture:
         capture.flush()
     await app.batcher.stop()
