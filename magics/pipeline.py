@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 import time
 from typing import Any
 
@@ -121,25 +120,14 @@ class PipelineMagics(Magics):
             if v not in (None, False)
         }
         params = {n: typed_value(v) for n, v in (args.parameter or [])}
-        if args.backend:
-            from nbscale.config import load as load_config
-
-            if load_config().backend(args.backend).type == "sagemaker":
-                from nbscale.backends.sagemaker.pipelines import run_from_cli
-                from nbscale.cli.pipeline_cmd import _printer
-
-                args.path = self._path(args)
-                run_from_cli(args, params, _printer(sys.stdout))
-                return None
-            if load_config().backend(args.backend).type == "kubeflow":
-                from nbscale.backends.kubeflow.pipelines import run_from_cli as kfp_run
-                from nbscale.cli.pipeline_cmd import _printer
-
-                args.path = self._path(args)
-                kfp_run(args, params, _printer(sys.stdout))
-                return None
+        # on SageMaker or Kubeflow too: the run is recorded here and followed in the background
         run = start_run(
-            self._path(args), params, backend=args.backend or "local", detach=True, **options
+            self._path(args),
+            params,
+            backend=args.backend or "local",
+            detach=True,
+            announce=lambda label, remote_id: print(f"{label} {remote_id}"),
+            **options,
         )
         if args.detach:
             return run

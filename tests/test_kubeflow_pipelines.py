@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import threading
 import uuid
@@ -24,6 +25,7 @@ from nbscale.backends.kubeflow.settings import settings
 from nbscale.config import BackendConfig
 from nbscale.errors import BackendUnavailable, SpecError
 from nbscale.pipelines import compile_pipeline
+from tests.conftest import wait_for
 from tests.emulators import free_port
 from tests.kube_emulator import KubeApi, KubeEmulator
 from tests.test_pipeline_compile import small  # noqa: F401 - fixture
@@ -203,23 +205,75 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
     assert runner.follow(run, on_step).status == "CANCELLED"
 
 
-def test_cli_entry_and_unreachable_api(small, kfp_api, kube_env, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setattr(
-        "nbscale.backends.kubeflow.pipelines._for", lambda backend: KFPPipelines(_conf(kfp_api.url))
+def test_cli_entry_records_the_run_and_unreachable_api(
+    small,  # noqa: F811
+    kfp_api,
+    kube_env,
+    nbscale_home,
+    capsys,
+):
+    from nbscale.pipelines import cancel_run, get_run
+
+    nbscale_home.mkdir(parents=True, exist_ok=True)
+    (nbscale_home / "config.toml").write_text(
+        f'[backends.kf]\ntype = "kubeflow"\nkfp_host = "{kfp_api.url}"\nnamespace = "{NS}"\n'
+        "poll_seconds = 0\n"
     )
     args = argparse.Namespace(
         path=str(small),
         backend="kf",
-        detach=True,
+        detach=False,
         only=None,
         from_step=None,
         no_cache=False,
         max_parallel=None,
         json=False,
     )
+
+    def play():  # KFP runs the tasks while the CLI follows the run
+        wait_for(lambda: kfp_api.runs, 60, what="a run")
+        (kfp_id,) = kfp_api.runs
+        kfp_api.set_tasks(kfp_id, "RUNNING", {"make": ("RUNNING", None)})
+        wait_for(lambda: get_run(kfp_id).step("make")["status"] == "RUNNING", 60, what="make")
+        done = {n: ("SUCCEEDED", None) for n in ("make", "double", "square", "total")}
+        kfp_api.set_tasks(kfp_id, "SUCCEEDED", done)
+
+    player = threading.Thread(target=play, daemon=True)
+    player.start()
+    seen: list[tuple[str, str]] = []
+    assert run_from_cli(args, {}, lambda name, f: seen.append((name, f["status"]))) == 0
+    player.join(10)
+    (kfp_id,) = kfp_api.runs
+    # recorded as a pipeline run, with the KFP run id, every step's state and the outcome
+    run = get_run(kfp_id)
+    assert run.backend == "kf" and run.status == "SUCCEEDED"
+    assert run.options["remote"]["id"] == kfp_id and run.options["remote"]["type"] == "kubeflow"
+    assert {s["status"] for s in run.steps} == {"SUCCEEDED"}
+    assert ("make", "RUNNING") in seen and ("total", "SUCCEEDED") in seen
+    assert "kfp run " + kfp_id in capsys.readouterr().err
+
+    # a detached run: followed in the background, cancelled from the store (terminate_run)
+    args.detach = True
     assert run_from_cli(args, {}, lambda *a: None) == 0
     run_id = capsys.readouterr().out.strip()
-    assert run_id in kfp_api.runs
+    (second,) = set(kfp_api.runs) - {kfp_id}
+    assert get_run(run_id).options["remote"]["id"] == second
+    follower = get_run(run_id)
+    try:
+        cancel_run(run_id)
+        assert ("POST", f"/apis/v2beta1/runs/{second}:terminate", {}) in kfp_api.requests
+        kfp_api.set_tasks(second, "CANCELED", {"make": ("CANCELED", None)})
+        assert get_run(run_id).wait(60).status == "CANCELLED"
+    finally:
+        import psutil
+
+        from nbscale.store import get_store
+        from nbscale.store import pipelines as db
+
+        pid = db.get_run(get_store(), follower.id)["pid"]
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait(30)
+
     args.no_cache = True
     with pytest.raises(SpecError, match="--no-cache"):
         run_from_cli(args, {}, lambda *a: None)

@@ -138,7 +138,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return kfp_cancel(args.backend, args.run)
 
     run = cancel_run(args.run)
-    print(f"pipeline run {run.id}: {run.status}")
+    print(f"pipeline run {run.id}: {run.status}" + ("" if run.terminal else " (stopping)"))
     return 0
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import BackendUnavailable, SpecError
+from ..errors import NotFound, SpecError
 from ..store import get_store
 from ..store import pipelines as db
 from .loader import load
@@ -105,21 +105,39 @@ def _from_record(record: dict[str, Any], steps: list[dict[str, Any]]) -> Pipelin
     return PipelineRun(**{k: record[k] for k in names}, steps=steps)
 
 
-def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
-    """A run whose runner process is gone is LOST, never left RUNNING forever."""
-    if record["status"] not in ACTIVE or not record.get("pid"):
-        return record
+def _runner_alive(record: dict[str, Any]) -> bool:
+    if not record.get("pid"):
+        return False
     import psutil
 
     try:
         proc = psutil.Process(record["pid"])
-        if (
+        return (
             abs(proc.create_time() - (record["pid_started"] or 0)) < 1
             and proc.status() != psutil.STATUS_ZOMBIE
-        ):
-            return record
+        )
     except psutil.Error:
-        pass
+        return False
+
+
+def _remote(record: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a run on another platform (SageMaker, KFP) runs: ``{"type", "id", "label"}``."""
+    return (record.get("options") or {}).get("remote")
+
+
+def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
+    """A run whose runner process is gone is LOST, never left RUNNING forever; a run on
+    another platform whose follower is gone is read from that platform instead."""
+    if record["status"] not in ACTIVE:
+        return record
+    if _remote(record):
+        if _runner_alive(record):
+            return record
+        from ..backends import pipeline_cli
+
+        return pipeline_cli.sync(record)
+    if not record.get("pid") or _runner_alive(record):
+        return record
     store = get_store()
     error = "the runner process died before the run ended"
     if db.update_run(
@@ -139,8 +157,17 @@ def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_run(run_id: str) -> PipelineRun:
+    """A run by its id (or a unique prefix), or a remote run by its platform's id."""
     store = get_store()
-    record = _check_alive(db.get_run(store, run_id))
+    try:
+        record = db.get_run(store, run_id)
+    except NotFound:
+        from ..backends import pipeline_cli
+
+        record = pipeline_cli.find(run_id)
+        if record is None:
+            raise
+    record = _check_alive(record)
     return _from_record(record, db.steps_of(store, [record["id"]])[record["id"]])
 
 
@@ -151,17 +178,11 @@ def runs(limit: int = 50, offset: int = 0) -> list[PipelineRun]:
     return [_from_record(r, steps[r["id"]]) for r in records]
 
 
-def _backend(name: str | None) -> str:
+def _backend(name: str | None) -> tuple[str, str]:
     from ..config import load as load_config
 
     backend = load_config().backend(name or "local")
-    if backend.type != "local":
-        raise BackendUnavailable(
-            f"running pipelines on {backend.type} backend {backend.name!r} is not available yet",
-            f"compile it instead: nbscale pipeline compile PATH --target "
-            f"{'kfp' if backend.type == 'kubeflow' else 'sagemaker'}",
-        )
-    return backend.name
+    return backend.name, backend.type
 
 
 def start_run(
@@ -170,12 +191,15 @@ def start_run(
     backend: str = "local",
     detach: bool = True,
     on_step: Callable[[str, dict[str, Any]], None] | None = None,
+    announce: Callable[[str, str], None] | None = None,
     **options: Any,
 ) -> PipelineRun:
     """Check the pipeline, record the run, and run it (in a detached process when ``detach``).
 
     Without ``detach`` the run happens in this process and ``on_step(name, fields)`` hears each
-    step change status; Ctrl-C cancels it.
+    step change status; Ctrl-C cancels it. On a SageMaker or Kubeflow backend the run starts
+    there and is recorded here all the same (``nbscale.backends.pipeline_cli``);
+    ``announce(label, id)`` hears the platform's id of it.
     """
     unknown = set(options) - OPTION_KEYS
     if unknown:
@@ -188,7 +212,20 @@ def start_run(
         options["only"] = [options["only"]]
     if options.get("max_parallel") is not None and int(options["max_parallel"]) < 1:
         raise SpecError("--max-parallel", "must be at least 1")
-    backend_name = _backend(backend)
+    backend_name, backend_type = _backend(backend)
+    if backend_type != "local":
+        from ..backends import pipeline_cli
+
+        return pipeline_cli.start(
+            backend_name,
+            backend_type,
+            path,
+            parameters,
+            detach=detach,
+            on_step=on_step,
+            options=options,
+            announce=announce,
+        )
     pipeline = load(path)  # every check happens here, before anything is recorded
     values = resolve_parameters(pipeline.parameters, parameters)
     selected_steps(pipeline, options.get("only"), options.get("from_step"))
@@ -258,7 +295,10 @@ def start_run(
 
 
 def cancel_run(run_id: str, timeout: float = 60.0) -> PipelineRun:
-    """Stop a detached run: its runner gets SIGTERM, kills its kernels and marks the run CANCELLED."""
+    """Stop a detached run: its runner gets SIGTERM, kills its kernels and marks the run CANCELLED.
+
+    A run on SageMaker or Kubeflow is stopped there (StopPipelineExecution, terminate_run),
+    detached or not; it reads CANCELLED once the platform says it stopped."""
     import signal
 
     import psutil
@@ -269,6 +309,10 @@ def cancel_run(run_id: str, timeout: float = 60.0) -> PipelineRun:
     if run.terminal:
         raise Conflict(f"pipeline run {run.id} already ended ({run.status})")
     record = db.get_run(get_store(), run.id)
+    if _remote(record):  # the platform stops it, whoever follows it
+        from ..backends import pipeline_cli
+
+        return pipeline_cli.cancel(record)
     if not record.get("pid") or record["options"].get("in_process"):
         raise Conflict(
             f"pipeline run {run.id} runs inside another process",

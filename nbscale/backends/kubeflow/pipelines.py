@@ -188,28 +188,42 @@ def _for(backend: str) -> KFPPipelines:
     return KFPPipelines(settings(load_config().backend(backend)))
 
 
-def run_from_cli(
-    args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
-) -> int:
-    """``nbscale pipeline run FLOW --backend NAME`` for a kubeflow backend."""
-    from ..pipeline_cli import run_remote
+def platform(backend: str):
+    """How ``nbscale.backends.pipeline_cli`` starts, records, follows and stops a run here."""
+    from ..pipeline_cli import Platform
 
-    runner = _for(args.backend)
-    print(f"kfp host: {runner.settings.kfp_host}", file=sys.stderr, flush=True)
-    return run_remote(
-        args,
-        parameters,
-        on_step,
+    runner = _for(backend)
+    return Platform(
         runner,
-        platform="Kubeflow",
+        name="Kubeflow",
         cache_note="its tasks cache by KFP's cache",
-        run_id=lambda run: run.run_id,
         label="kfp run",
         stopped="the KFP run was terminated",
+        remote_id=lambda run: run.run_id,
+        resume=KFPRun,
+        poll=max(runner.settings.poll_seconds, 0.2),
     )
 
 
+def run_from_cli(
+    args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
+) -> int:
+    """``nbscale pipeline run FLOW --backend NAME`` for a kubeflow backend: recorded as a
+    pipeline run like a local one (``nbscale pipeline runs``, the panel)."""
+    from ..pipeline_cli import run_remote
+
+    return run_remote(args, parameters, on_step)
+
+
 def cancel_from_cli(backend: str, run_id: str) -> int:
+    from ..pipeline_cli import find
+
+    if find(run_id) is not None:
+        from ...pipelines.runs import cancel_run
+
+        run = cancel_run(run_id)
+        print(f"pipeline run {run.id} (kfp run {run_id}): {run.status.lower()}, terminating")
+        return 0
     _for(backend).cancel(run_id)
     print(f"kfp run {run_id}: terminating")
     return 0

@@ -217,27 +217,44 @@ def _for(backend: str | None = None, region: str | None = None) -> SageMakerPipe
     )
 
 
-def run_from_cli(
-    args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
-) -> int:
-    """``nbscale pipeline run FLOW --backend NAME`` for a SageMaker backend."""
-    from ..pipeline_cli import run_remote
+def platform(backend: str):
+    """How ``nbscale.backends.pipeline_cli`` starts, records, follows and stops a run here."""
+    from ..pipeline_cli import Platform
 
-    return run_remote(
-        args,
-        parameters,
-        on_step,
-        _for(args.backend),
-        platform="SageMaker",
+    runner = _for(backend)
+    return Platform(
+        runner,
+        name="SageMaker",
         cache_note="its steps cache by CacheConfig",
-        run_id=lambda execution: execution.execution_arn,
         label="pipeline execution",
         stopped="the pipeline execution was stopped",
+        remote_id=lambda execution: execution.execution_arn,
+        resume=lambda arn: Execution("", arn),
+        poll=runner.settings.poll_seconds,
     )
 
 
+def run_from_cli(
+    args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
+) -> int:
+    """``nbscale pipeline run FLOW --backend NAME`` for a SageMaker backend: recorded as a
+    pipeline run like a local one (``nbscale pipeline runs``, the panel)."""
+    from ..pipeline_cli import run_remote
+
+    return run_remote(args, parameters, on_step)
+
+
 def cancel_from_cli(execution_arn: str) -> int:
-    """``nbscale pipeline cancel ARN`` for a SageMaker execution (the region is in the ARN)."""
+    """``nbscale pipeline cancel ARN`` for a SageMaker execution (the region is in the ARN):
+    through its recorded run when there is one, else StopPipelineExecution alone."""
+    from ..pipeline_cli import find
+
+    if find(execution_arn) is not None:
+        from ...pipelines.runs import cancel_run
+
+        run = cancel_run(execution_arn)
+        print(f"pipeline run {run.id} ({execution_arn}): {run.status.lower()}, stopping")
+        return 0
     parts = execution_arn.split(":")
     runner = _for(region=parts[3] if len(parts) > 3 else None)
     runner.cancel(execution_arn)
