@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -48,20 +46,6 @@ def test_pandas_frames_round_trip(tmp_path):
     loaded: dict = {}
     artifacts.load(loaded, {"frame": str(tmp_path), "col": str(tmp_path)})
     assert loaded["frame"].equals(frame) and list(loaded["col"]) == [1, 2]
-
-
-def test_tampered_files_and_manifests_are_refused_before_unpickling(tmp_path):
-    artifacts.save({"box": Box(1)}, ["box"], tmp_path)
-    (tmp_path / "box.pkl").write_bytes(b"\x80\x04K\x02.")  # a valid pickle of 2, not what was saved
-    with pytest.raises(artifacts.ArtifactError, match="changed after it was written"):
-        artifacts.load({}, {"box": str(tmp_path)})
-
-    artifacts.save({"box": Box(1)}, ["box"], tmp_path)
-    data = json.loads((tmp_path / "manifest.json").read_text())
-    data["values"]["box"]["sha256"] = "0" * 64
-    (tmp_path / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(artifacts.ArtifactError, match="not signed with this pipeline's key"):
-        artifacts.load({}, {"box": str(tmp_path)})
 
 
 def test_missing_and_unsaveable_values_name_the_variable(tmp_path):
