@@ -3,7 +3,8 @@
 ``stage`` puts the cell bundle in object storage (content-addressed: an unchanged
 bundle is not sent twice) and returns what a backend writes into its manifest or
 request: the container command and arguments of ``nbscale.runtime.launch``.
-``collect`` brings ``results.zip`` back into the job's local directory, where
+``collect`` brings ``results.zip`` (and a notebook job's executed notebook) back into
+the job's local directory, where
 ``nbscale.results.load_results`` verifies it with this home's key exactly as for a
 local job, and reads each node's record to name the root cause of a failure.
 """
@@ -89,18 +90,33 @@ def node_records(store: storage.ObjectStore, outputs: str, nnodes: int) -> dict[
     return found
 
 
-def collect(job_id: str, store: storage.ObjectStore, outputs: str, nnodes: int) -> dict[str, Any]:
+def collect(
+    job_id: str,
+    store: storage.ObjectStore,
+    outputs: str,
+    nnodes: int,
+    reported: dict[int, dict] | None = None,
+) -> dict[str, Any]:
     """Download the job's results into its local directory and summarise the nodes.
 
     Returns ``{"job_dir", "nodes", "exit_code", "error"}``; ``error`` is the earliest
     rank error of any node (the root cause), as ``nbscale status`` shows it locally.
+    ``reported``: node records that came another way (the platform's logs), for nodes
+    whose record is not among the outputs; only ``results.zip`` must be there.
     """
     job_dir = paths.job_dir(job_id)
     (job_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    nodes = node_records(store, outputs, nnodes)
+    nodes = {
+        **{n: r for n, r in (reported or {}).items() if 0 <= n < nnodes},
+        **node_records(store, outputs, nnodes),
+    }
     results = f"{outputs.rstrip('/')}/results.zip"
     if store.exists(results):
         storage.fetch(results, job_dir / "outputs" / "results.zip", store=store)
+    executed = f"{outputs.rstrip('/')}/notebooks/rank-0.ipynb"  # a notebook job's
+    if store.exists(executed):
+        (job_dir / "notebooks").mkdir(exist_ok=True)
+        storage.fetch(executed, job_dir / "notebooks" / "rank-0.ipynb", store=store)
     errors = sorted(
         (e for rec in nodes.values() for e in rec.get("errors") or []),
         key=lambda e: e.get("time", 0),

@@ -18,7 +18,16 @@ One launch runs per node. It
    platform's log collector reads stdout);
 5. writes back, under ``--outputs``, ``nodes/<node_rank>.json`` (exit code and
    the ranks' errors) and, from the node that ran rank 0, ``results.zip`` (signed
-   by the worker with the delivered key).
+   by the worker with the delivered key), and a notebook job's executed notebook
+   ``notebooks/rank-0.ipynb``.
+
+On SageMaker ``--outputs`` is ``/opt/ml/model``, and whether SageMaker uploads every
+host's folder or only one host's is not something the driver relies on: rank 0 runs on
+the first host (``algo-1``), so ``results.zip`` and ``nodes/0.json`` are in algo-1's
+folder, and every node also prints its record as one ``nbscale: node-record {...}``
+line on stdout (CloudWatch keeps every host's stream) and writes a failed node's root
+cause to ``/opt/ml/output/failure``, which SageMaker reports as the job's
+``FailureReason``. Another host's ``nodes/<n>.json`` is a bonus, never required.
 
 The spec travels inline (base64 JSON) in the container's arguments: it is no
 more trusted than the command line itself, and it holds no secret.
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -208,8 +218,52 @@ def _write_back(outputs: str, jobdir: JobDir, layout: dict[str, Any], record: di
     results = jobdir.outputs / "results.zip"
     if results.exists():
         store.put_at(results, f"{base}/results.zip")
+    executed = jobdir.path / "notebooks" / "rank-0.ipynb"  # a notebook job's, as rank 0 ran it
+    if executed.exists():
+        store.put_at(executed, f"{base}/notebooks/rank-0.ipynb")
     # the node record goes last: a reader that sees it knows the results are complete
     store.put_at(node_file, f"{base}/nodes/{layout['node_rank']}.json")
+
+
+RECORD_LINE = "nbscale: node-record "
+SM_FAILURE_FILE = "/opt/ml/output/failure"
+MAX_TRACEBACK = 8000  # per error in the log line: a CloudWatch event holds 256 KB
+
+
+def root_cause(record: dict[str, Any]) -> str | None:
+    """A failed node's earliest rank error as one line (what ``nbscale status`` shows)."""
+    errors = sorted(record.get("errors") or [], key=lambda e: e.get("time", 0))
+    if errors:
+        first = errors[0]
+        message = first.get("message") or first.get("type") or "failed"
+        if first.get("type") and not str(message).startswith(first["type"]):
+            message = f"{first['type']}: {message}"
+        return f"rank {first['rank']}: {message}" if first.get("rank") is not None else message
+    if record.get("error"):
+        return str(record["error"])
+    if record.get("exit_code"):
+        return f"node {record.get('node_rank', '?')} exited with code {record['exit_code']}"
+    return None
+
+
+def report_elsewhere(layout: dict[str, Any], record: dict[str, Any], out=None) -> None:
+    """On SageMaker: the node's record on stdout (one line, for CloudWatch) and a failed
+    node's root cause in ``/opt/ml/output/failure`` (SageMaker's FailureReason)."""
+    if layout["platform"] != "sagemaker":
+        return
+    out = out or sys.stdout
+    line = dict(record, node_rank=layout["node_rank"])
+    line["errors"] = [
+        {**e, "traceback": (e.get("traceback") or "")[-MAX_TRACEBACK:] or None}
+        for e in record.get("errors") or []
+    ]
+    out.write(RECORD_LINE + json.dumps(line, separators=(",", ":"), default=str) + "\n")
+    out.flush()
+    cause = root_cause(line) if record.get("exit_code") else None
+    failure = Path(os.environ.get("NBSCALE_SM_FAILURE_FILE", SM_FAILURE_FILE))
+    if cause and failure.parent.is_dir():
+        with contextlib.suppress(OSError):
+            failure.write_text(cause[:1024])  # SageMaker keeps the first 1024 characters
 
 
 def _worker_env(
@@ -248,13 +302,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - reported as the node's outcome, then exit 1
         message = f"{type(exc).__name__}: {exc}"
         print(f"nbscale: cannot start: {message}", file=sys.stderr, flush=True)
+        record = {"exit_code": 1, "error": message, "errors": [], "started": started}
         if args.outputs:
-            _write_back(
-                args.outputs,
-                jobdir,
-                layout,
-                {"exit_code": 1, "error": message, "errors": [], "started": started},
-            )
+            _write_back(args.outputs, jobdir, layout, record)
+        report_elsewhere(layout, record)
         return 1
     jobdir.spec_file.write_text(json.dumps(run_spec))
     logs = RankLogs(jobdir)
@@ -284,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.outputs:
         _write_back(args.outputs, jobdir, layout, record)
+    report_elsewhere(layout, record)
     print(f"nbscale: node {layout['node_rank']} finished with exit code {code}", flush=True)
     return code
 

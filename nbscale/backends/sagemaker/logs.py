@@ -9,6 +9,11 @@ and following logs works exactly as for a local job. A line without a rank prefi
 (the launcher's own, pip's) goes to the first rank of its node as ``[algo-n] line``.
 Status changes (``SecondaryStatusTransitions``) are written to rank 0's log as
 ``[sagemaker] ...`` lines, so they show in the notebook as they happen.
+
+Each host's launcher prints its node's record (exit code, rank errors) as one
+``nbscale: node-record {...}`` line: it is kept as ``node-records/<node>.json`` in the
+job's directory rather than in a log, so a failure on a host whose ``/opt/ml/model``
+SageMaker did not upload is still named with its rank and traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +32,37 @@ from .request import LOG_GROUP
 _RANK = re.compile(r"^\[rank (\d+)\] ?(.*)$", re.S)
 _HOST = re.compile(r"/(algo-(\d+))-\d+$")
 STATE_FILE = "cloudwatch.json"
+RECORDS = "node-records"
+
+
+def _keep_record(jobdir: JobDir, node: int, message: str) -> bool:
+    """A launcher's node-record line: saved as the node's record; True when it was one."""
+    from ...runtime.launch import RECORD_LINE
+
+    text = message.strip()
+    if not text.startswith(RECORD_LINE):
+        return False
+    try:
+        record = json.loads(text[len(RECORD_LINE) :])
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    folder = jobdir.path / RECORDS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{int(record.get('node_rank', node))}.json").write_text(json.dumps(record))
+    return True
+
+
+def node_records(jobdir: JobDir) -> dict[int, dict[str, Any]]:
+    """The node records read from the instances' streams so far."""
+    found: dict[int, dict[str, Any]] = {}
+    for path in sorted((jobdir.path / RECORDS).glob("*.json")):
+        try:
+            found[int(path.stem)] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 @contextlib.contextmanager
@@ -129,6 +165,8 @@ def sync(logs_client, jobdir: JobDir, job_name: str, procs_per_node: int) -> int
                 by_rank: dict[int, list[str]] = {}
                 for event in page.get("events", []):
                     for message in str(event.get("message", "")).splitlines() or [""]:
+                        if _keep_record(jobdir, node, message):
+                            continue
                         rank, line = route(message, node, procs_per_node)
                         by_rank.setdefault(rank, []).append(line)
                 for rank, lines in by_rank.items():

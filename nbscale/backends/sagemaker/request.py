@@ -14,8 +14,11 @@ before the entry starts):
 The entry installs the runtime and execs ``python -m nbscale.runtime.launch``, which
 reads the hosts from ``/opt/ml/input/config/resourceconfig.json`` (with an entry point
 of its own a container gets no ``SM_*`` variables from SageMaker's training toolkit).
-Rank 0 writes ``results.zip`` and every node ``nodes/<node>.json`` into
-``/opt/ml/model``, which SageMaker uploads as ``model.tar.gz`` when the job ends.
+Rank 0 (on algo-1, the first host) writes ``results.zip`` into ``/opt/ml/model``, which
+SageMaker uploads as ``model.tar.gz`` when the job ends; every node also leaves
+``nodes/<node>.json`` there, but the driver needs only algo-1's folder: each node's
+record also goes to its CloudWatch stream, and a failed node's cause to
+``/opt/ml/output/failure`` (the job's FailureReason).
 """
 
 from __future__ import annotations

@@ -6,12 +6,15 @@ CreateTrainingJob (``request.build``). status: DescribeTrainingJob, mapped by
 ``states.map_state``, its ``SecondaryStatusTransitions`` written to the job's log as
 they appear; when the job completes, ``model.tar.gz`` (what SageMaker collected from
 ``/opt/ml/model``) is downloaded and unpacked, ``results.zip`` lands in the job's local
-``outputs/`` where ``nbscale.results`` verifies it before loading. logs: CloudWatch
+``outputs/`` where ``nbscale.results`` verifies it before loading (only algo-1's
+``/opt/ml/model`` is relied on; other hosts' node records come from their log streams).
+logs: CloudWatch
 Logs, every instance's stream, split by rank (``logs.sync``). cancel: StopTrainingJob.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -164,14 +167,18 @@ class SageMakerBackend(JobBackend):
     # -- submit -----------------------------------------------------------------------
     def validate(self, spec: JobSpec) -> None:
         kind = spec.entry.kind
-        if kind == "notebook":
-            raise SpecError(
-                "entry",
-                "the SageMaker backend cannot run a notebook as a job yet (the job runtime has "
-                "no papermill)",
-                "run its cells with %%train, or the notebook as a pipeline step "
-                "(nbscale pipeline run --backend ...)",
-            )
+        if kind == "notebook":  # papermill runs it: the runtime is the step closure
+            if not Path(spec.entry.target).is_file():
+                raise SpecError("entry", f"notebook {spec.entry.target} does not exist")
+            folder = self.settings.wheelhouse
+            own_image = spec.image or self.settings.image
+            if folder and not own_image and not any(Path(folder).glob("papermill-*.whl")):
+                raise SpecError(
+                    f"[backends.{self.settings.name}] wheelhouse",
+                    f"{folder} has no papermill wheel, which a notebook job runs with",
+                    "build the notebook closure there: python -m nbscale.runtime.wheelhouse "
+                    f"--kind step -o {folder}",
+                )
         if kind == "bundle" and not Path(spec.entry.target).is_file():
             raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
         req.check_spec(spec.to_dict(), self.settings)
@@ -183,7 +190,7 @@ class SageMakerBackend(JobBackend):
         entry = spec.get("entry", {})
         if entry.get("kind") == "bundle":
             entry["target"] = "cell.zip"
-        elif entry.get("kind") == "script":  # the file alone travels, in the code channel
+        elif entry.get("kind") in ("script", "notebook"):  # the file alone, in the code channel
             entry["target"] = f"{req.DATA}/code/{Path(entry['target']).name}"
         spec["checkpoint_dir"] = None
         return spec
@@ -215,10 +222,12 @@ class SageMakerBackend(JobBackend):
             bundle_uri = local = code_uri = script = None
             if spec["entry"]["kind"] == "bundle":
                 bundle_uri, local = _inspect_bundle(spec, store, Path(tmp))
-            elif spec["entry"]["kind"] == "script":
+            elif spec["entry"]["kind"] in ("script", "notebook"):
                 script = Path(spec["entry"]["target"])
                 if not script.is_file():
-                    raise NbscaleError(f"the script {script} is gone", "check the path")
+                    raise NbscaleError(
+                        f"the {spec['entry']['kind']} {script} is gone", "check the path"
+                    )
                 code_uri = store.base.child(
                     "code", "sha256", storage.sha256_file(script), script.name
                 ).uri
@@ -264,18 +273,21 @@ class SageMakerBackend(JobBackend):
         under a prefix named by the hash of the whole set (an unchanged set is not sent)."""
         if spec.get("image") or self.settings.image:
             return None  # an image of its own brings nbscale (the Dockerfile's runtime image)
+        # a notebook runs under papermill: the step closure (papermill, ipykernel) goes with it
+        kind = "step" if spec.get("entry", {}).get("kind") == "notebook" else "job"
         if self.settings.wheelhouse:
             folder = Path(self.settings.wheelhouse)
         else:
             from ...runtime import wheelhouse
 
             try:
-                folder = wheelhouse.build("job")
+                folder = wheelhouse.build(kind)
             except wheelhouse.WheelhouseError as exc:
                 raise NbscaleError(
                     f"the runtime wheels for a stock image could not be built: {exc}",
-                    f"build them once with python -m nbscale.runtime.wheelhouse --kind job -o DIR "
-                    f"and set wheelhouse = DIR in [backends.{self.settings.name}], or set image",
+                    f"build them once with python -m nbscale.runtime.wheelhouse --kind {kind} "
+                    f"-o DIR and set wheelhouse = DIR in [backends.{self.settings.name}], or set "
+                    "image",
                 ) from None
         wheels = sorted(folder.glob("*.whl"))
         stamp = tuple((w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in wheels)
@@ -432,6 +444,14 @@ class SageMakerBackend(JobBackend):
         status, error = mapped.status, mapped.error
         if status in (SUCCEEDED, FAILED):
             fields.setdefault("restarts", record.restarts)
+            if status == FAILED:  # the node records that reached CloudWatch name the cause
+                with contextlib.suppress(Exception):
+                    cw.sync(
+                        self.client("logs"),
+                        JobDir(record.info["job_dir"]),
+                        record.native_id,
+                        int(record.spec.get("procs_per_node") or 1),
+                    )
             status, error = settle(
                 status, error, fields, lambda: self.collect(record, desc), SUCCEEDED, FAILED
             )
@@ -442,26 +462,31 @@ class SageMakerBackend(JobBackend):
         return get_job(self.store, record.id)
 
     def collect(self, record: JobRecord, desc: dict[str, Any]) -> dict[str, Any]:
-        """Bring ``model.tar.gz`` home, unpack it safely, and hand it to ``nbscale.remote``."""
+        """Bring ``model.tar.gz`` home, unpack it safely, and hand it to ``nbscale.remote``.
+
+        Only what algo-1 (the host of rank 0) wrote is relied on: ``results.zip``. Whether
+        SageMaker merged the other hosts' ``/opt/ml/model`` into the archive or not, their
+        node records come from their CloudWatch streams when the archive lacks them."""
         from ...remote import collect
 
+        reported = cw.node_records(JobDir(record.info["job_dir"]))
+        nodes = int(record.spec.get("nodes") or 1)
         uri = (desc.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-        if not uri:
-            return {}
-        store = storage.store_for(uri, self.settings.storage_options())
-        if not store.exists(uri):
-            return {}
+        store = storage.store_for(uri, self.settings.storage_options()) if uri else None
         with tempfile.TemporaryDirectory(prefix="nbscale-sm-out-") as tmp:
-            archive = storage.fetch(uri, Path(tmp) / "model.tar.gz", store=store)
             unpacked = Path(tmp) / "model"
             unpacked.mkdir()
-            try:
-                with tarfile.open(archive) as tar:
-                    tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
-            except (tarfile.TarError, OSError) as exc:
-                raise NbscaleError(f"{uri} is not a readable tar.gz: {exc}") from None
-            nodes = int(record.spec.get("nodes") or 1)
-            return collect(record.id, storage.store_for(str(unpacked)), str(unpacked), nodes)
+            if store is not None and store.exists(uri):
+                archive = storage.fetch(uri, Path(tmp) / "model.tar.gz", store=store)
+                try:
+                    with tarfile.open(archive) as tar:
+                        tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
+                except (tarfile.TarError, OSError) as exc:
+                    raise NbscaleError(f"{uri} is not a readable tar.gz: {exc}") from None
+            elif not reported:
+                return {}
+            local = storage.store_for(str(unpacked))
+            return collect(record.id, local, str(unpacked), nodes, reported)
 
     # -- logs, metrics, cancel ----------------------------------------------------------
     def _sync_logs(self, record: JobRecord) -> None:
