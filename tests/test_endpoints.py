@@ -409,3 +409,20 @@ def test_a_replica_killed_under_load_loses_no_request(cleanup):
         wait_for(replaced, 60, interval=0.2, what="a replacement replica")
     # And every request was answered: those on the dead replica were retried on the other
     assert [r for r in load.results if r[2] != 200] == []
+
+
+def test_undeploy_stops_only_this_homes_endpoint_of_that_name(cleanup, tmp_path, monkeypatch):
+    # Given two nbscale homes, each with an endpoint called "twin"
+    model = mlp()
+    x = np.random.default_rng(1).random((2, 64), dtype=np.float32)
+    first = deploy(model, name="twin", replicas=(1, 1))
+    first_home = os.environ["NBSCALE_HOME"]
+    monkeypatch.setenv("NBSCALE_HOME", str(tmp_path / "other-home"))
+    second = deploy(model, name="twin", replicas=(1, 1))
+    assert second.url != first.url
+    # When the second home undeploys its "twin"
+    second.delete()
+    # Then the first home's "twin" still answers, with every one of its processes alive
+    monkeypatch.setenv("NBSCALE_HOME", first_home)
+    np.testing.assert_allclose(first.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    assert len(endpoint_processes("twin")) >= 2  # its router and replica (and supervisor)

@@ -39,6 +39,15 @@ from .endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
 from .local.processes import alive, create_time, stop_tagged_processes
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
+# the name alone is not unique: another nbscale home may run an endpoint of the same name, and
+# undeploying ours must not stop theirs; processes are found by this home-qualified tag
+TAG_ENV = "NBSCALE_ENDPOINT_TAG"
+
+
+def endpoint_tag(name: str) -> str:
+    return str(endpoint_dir(name).resolve())
+
+
 START_TIMEOUT_S = 120.0
 
 
@@ -184,7 +193,7 @@ class LocalEndpoints(EndpointBackend):
 
     def _start_router(self, name: str) -> None:
         log = open(endpoint_dir(name) / "router.log", "ab")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, ENDPOINT_ENV: name}
+        env = {**os.environ, ENDPOINT_ENV: name, TAG_ENV: endpoint_tag(name)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbscale.serving.router", name, "--daemonize"],
             stdout=log,
@@ -261,4 +270,4 @@ class LocalEndpoints(EndpointBackend):
 
     @staticmethod
     def _stop_processes(name: str, grace: float) -> None:
-        stop_tagged_processes(ENDPOINT_ENV, name, grace)
+        stop_tagged_processes(TAG_ENV, endpoint_tag(name), grace)
