@@ -45,6 +45,7 @@ from tests.emulators import (
 )
 from tests.kube_emulator import KubeApi, KubeEmulator, condition
 from tests.kube_schemas import validate
+from tests.notebooks import write_notebook
 
 NS = "team-a"
 CELL = """\
@@ -297,15 +298,16 @@ def test_a_failed_trainjob_reports_the_controllers_reason_and_oom(cluster, kube)
 def test_bad_requests_are_refused_before_anything_is_sent(cluster, kube, tmp_path, monkeypatch):
     before = len(kube.requests())
     (tmp_path / "big.py").write_text("x = 1\n" * 200_000)
-    (tmp_path / "nb.ipynb").write_text(
-        '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+    (tmp_path / "big.ipynb").write_text(
+        '{"cells": [], "metadata": {"pad": "' + "x" * 1_200_000 + '"}, "nbformat": 4, '
+        '"nbformat_minor": 5}'
     )
     from nbscale.jobs import submit
 
     with pytest.raises(SpecError, match="travels in a ConfigMap"):
         submit(JobSpec(entry=Entry("script", str(tmp_path / "big.py")), backend="kf"))
-    with pytest.raises(SpecError, match="cannot run a notebook"):
-        submit(JobSpec(entry=Entry("notebook", str(tmp_path / "nb.ipynb")), backend="kf"))
+    with pytest.raises(SpecError, match="notebook .* travels in a ConfigMap"):
+        submit(JobSpec(entry=Entry("notebook", str(tmp_path / "big.ipynb")), backend="kf"))
     with pytest.raises(SpecError, match="checkpoint_dir"):
         submit(JobSpec(entry=Entry("module", "m"), backend="kf", checkpoint_dir="/tmp/ck"))
     assert len(kube.requests()) == before
@@ -532,10 +534,12 @@ def test_a_stock_image_gets_the_runtime_wheels_by_a_url_of_that_one_object(
     wheels = tmp_path / "wheelhouse"
     wheels.mkdir()
     (wheels / "nbscale_probe-1.0-py3-none-any.whl").write_bytes(b"PK-not-really-a-wheel")
-    monkeypatch.setattr(wheelhouse, "build", lambda kind: wheels)
+    kinds: list[str] = []
+    monkeypatch.setattr(wheelhouse, "build", lambda kind: kinds.append(kind) or wheels)
     config = (nbscale_home / "config.toml").read_text().replace("wheelhouse = false\n", "")
     (nbscale_home / "config.toml").write_text(config)
     job = _cell(nodes=1).submit()
+    assert kinds == ["job"]
     env = {e["name"]: e.get("value") for e in _trainjob(cluster, job)["spec"]["trainer"]["env"]}
     url = env["NBSCALE_WHEELHOUSE_URL"]
     assert "/wheelhouse/sha256/" in url and "X-Amz-Signature=" in url
@@ -546,6 +550,12 @@ def test_a_stock_image_gets_the_runtime_wheels_by_a_url_of_that_one_object(
         assert zf.namelist() == ["nbscale_probe-1.0-py3-none-any.whl"]
     assert "NBSCALE_WHEELHOUSE_URL" in mf.ENTRY_SCRIPT and "--no-index" in mf.ENTRY_SCRIPT
     job.cancel()
+    # a notebook job installs the closure that has papermill and ipykernel
+    from nbscale.jobs import submit
+
+    write_notebook(tmp_path / "nb.ipynb", "print('hi')")
+    submit(JobSpec(entry=Entry.from_path(str(tmp_path / "nb.ipynb")), backend="kf")).cancel()
+    assert kinds == ["job", "step"]
 
 
 SCRIPT = """\
@@ -585,6 +595,40 @@ def test_a_script_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tm
     rec = job_handle(job.id).wait(timeout=60)
     assert rec.status == "SUCCEEDED" and rec.exit_code == 0, rec.error
     assert "script rank 1 of 2 sum 3.0 ['--lr', '0.1']" in job.logs(1)
+
+
+@pytest.mark.slow
+def test_a_notebook_job_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tmp_path):
+    """``nbscale run nb.ipynb --backend kf``: each rank executes the notebook with papermill
+    in its pod (its own home), with its parameters; rank 0's executed notebook comes home."""
+    if not MOUNT_NS:
+        pytest.skip("the notebook's path is the ConfigMap's mountPath: needs mount namespaces")
+    from nbscale.jobs import submit
+
+    notebook = tmp_path / "report.ipynb"
+    write_notebook(
+        notebook,
+        "import os\nprint('notebook rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], "
+        "'n', n)",
+        parameters="n = 1",
+    )
+    job = submit(
+        JobSpec(
+            entry=Entry.from_path(str(notebook), parameters={"n": 5}),
+            name="nb",
+            backend="kf",
+            nodes=2,
+        )
+    )
+    cm = cluster.core.read_namespaced_config_map(f"{job.record.native_id}-bundle", NS)
+    assert base64.b64decode(cm.binary_data["report.ipynb"]) == notebook.read_bytes()
+    codes = run_nodes(cluster, kube, job, tmp_path)
+    assert codes == [0, 0], job.logs()
+    rec = job_handle(job.id).wait(timeout=60)
+    assert rec.status == "SUCCEEDED" and rec.exit_code == 0, rec.error
+    assert "notebook rank 1 of 2 n 5" in job.logs(1)
+    executed = (Path(rec.info["job_dir"]) / "notebooks" / "rank-0.ipynb").read_text()
+    assert "notebook rank 0 of 2 n 5" in executed
 
 
 def test_an_unreachable_cluster_is_said_not_raised_when_listing(

@@ -143,21 +143,14 @@ class KubeflowBackend(JobBackend):
     # -- submit -----------------------------------------------------------------------
     def validate(self, spec: JobSpec) -> None:
         kind = spec.entry.kind
-        if kind == "notebook":
-            raise SpecError(
-                "entry",
-                "the kubeflow backend cannot run a notebook as a job yet",
-                "run its code as a %%train cell, or the notebook as a pipeline step "
-                "(nbscale pipeline run --backend KF)",
-            )
-        if kind == "script":
+        if kind in ("script", "notebook"):  # a notebook runs under papermill (step closure)
             path = Path(spec.entry.target)
             if not path.is_file():
-                raise SpecError("entry", f"script {path} does not exist")
+                raise SpecError("entry", f"{kind} {path} does not exist")
             if path.stat().st_size >= self.settings.configmap_limit:
                 raise SpecError(
                     "entry",
-                    f"script {path} is {path.stat().st_size} bytes; a script travels in a "
+                    f"{kind} {path} is {path.stat().st_size} bytes; a {kind} travels in a "
                     f"ConfigMap (under {self.settings.configmap_limit} bytes)",
                     "make it a module in an image (-m module --image), or a %%train cell",
                 )
@@ -177,21 +170,24 @@ class KubeflowBackend(JobBackend):
         spec = json.loads(json.dumps(spec))
         if spec.get("entry", {}).get("kind") == "bundle":
             spec["entry"]["target"] = "cell.zip"
-        elif spec.get("entry", {}).get("kind") == "script":  # from the mounted ConfigMap
+        elif spec.get("entry", {}).get("kind") in ("script", "notebook"):  # the ConfigMap
             spec["entry"]["target"] = f"{mf.BUNDLE_MOUNT}/{Path(spec['entry']['target']).name}"
         spec["checkpoint_dir"] = None
         spec.pop("secret_env", None)
         return spec
 
-    def _wheelhouse_url(self, store: storage.ObjectStore, upload: bool) -> str | None:
-        """A time-limited GET URL of the runtime wheels (zip), for a stock image to install.
+    def _wheelhouse_url(
+        self, store: storage.ObjectStore, upload: bool, kind: str = "job"
+    ) -> str | None:
+        """A time-limited GET URL of the runtime wheels (zip), for a stock image to install:
+        the ``job`` closure, or ``step`` (papermill, ipykernel) for a notebook job.
 
         It grants reading that one object (public code) for 7 days, nothing else."""
         if not self.settings.wheelhouse:
             return None
         from ...runtime import wheelhouse
 
-        folder = wheelhouse.build("job")
+        folder = wheelhouse.build(kind)
         archive = folder.with_name(folder.name + ".zip")
         if not archive.exists():
             tmp = archive.with_suffix(".tmp")
@@ -235,7 +231,7 @@ class KubeflowBackend(JobBackend):
         configmap_data = None
         bundle = configmap = None
         configmap_key = "cell.zip"
-        if spec["entry"]["kind"] == "script":  # a single file: always a ConfigMap
+        if spec["entry"]["kind"] in ("script", "notebook"):  # one file: always a ConfigMap
             local = Path(spec["entry"]["target"])
             configmap_data = local.read_bytes()
             configmap_key = local.name
@@ -266,7 +262,9 @@ class KubeflowBackend(JobBackend):
             bundle=bundle,
             configmap=configmap,
             configmap_key=configmap_key,
-            wheelhouse_url=self._wheelhouse_url(store, upload),
+            wheelhouse_url=self._wheelhouse_url(
+                store, upload, "step" if spec["entry"]["kind"] == "notebook" else "job"
+            ),
         )
         body = mf.trainjob(record.id, spec, self.settings, staged, namespace)
         return staged, configmap_data, body
