@@ -279,7 +279,8 @@ def test_specs_sagemaker_cannot_honour_are_refused_before_anything_is_sent(aws, 
     notebook.write_text(
         json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
     )
-    with pytest.raises(SpecError, match="cannot run a notebook as a job"):
+    # a notebook runs under papermill: a wheelhouse without it is refused (--kind step has it)
+    with pytest.raises(SpecError, match="no papermill wheel.*--kind step"):
         submit(JobSpec(entry=Entry.from_path(str(notebook)), backend="aws"), config=config())
     with pytest.raises(SpecError, match="has no GPU"):
         submit(cell_spec(tmp_path, gpus_per_proc=1), config=config())
