@@ -5,13 +5,17 @@ the official ``kubernetes`` client over HTTP, through a kubeconfig file written
 here (``kubeconfig``). The test plays the controllers: it reads what nbscale
 created and writes status back through the same API (``KubeApi``), and plays the
 kubelet for pod logs (``set_log``: served by ``GET .../pods/NAME/log``, honouring
-``timestamps`` and ``sinceSeconds`` as the kubelet does).
+``timestamps`` and ``sinceSeconds`` as the kubelet does), and the pod network for the
+API server's pod proxy (``expose``: ``GET .../pods/NAME:PORT/proxy/PATH`` is forwarded
+to where that pod's port really listens, without the caller's credentials, as the API
+server forwards it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -65,6 +69,8 @@ class KubeEmulator:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._logs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._pod_net: dict[tuple[str, str, int], tuple[str, int]] = {}
+        self.proxy_requests: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self.log_requests: list[dict[str, str]] = []
         self.url = ""
@@ -92,6 +98,7 @@ class KubeEmulator:
             ):
                 emu.resources[resource] = {}
             emu[kmock.subresource("log")] << self._serve_log
+            emu[kmock.subresource(re.compile(r"proxy(/.*)?"))] << self._serve_proxy
             self.url = f"http://127.0.0.1:{srv.port}"
             self._ready.set()
             await self._stop.wait()
@@ -126,6 +133,46 @@ class KubeEmulator:
                 continue
             out.append(f"{ts} {line}" if str(params.get("timestamps")).lower() == "true" else line)
         return ("\n".join(out) + ("\n" if out else "")).encode()
+
+    # -- the pod network, for the API server's pod proxy --------------------------------
+    def expose(self, namespace: str, pod: str, port: int, address: tuple[str, int]) -> None:
+        """Port ``port`` of ``pod`` listens at ``address`` (a process of the test)."""
+        with self._lock:
+            self._pod_net[(namespace, pod, port)] = address
+
+    def unexpose(self, namespace: str, pod: str) -> None:
+        with self._lock:
+            for key in [k for k in self._pod_net if k[:2] == (namespace, pod)]:
+                del self._pod_net[key]
+
+    async def _serve_proxy(self, request: Any) -> kmock.Response:
+        import aiohttp
+
+        pod, _, port = request.name.partition(":")
+        path = request.subresource[len("proxy") :] or "/"
+        self.proxy_requests.append({"pod": pod, "port": port, "path": path})
+        with self._lock:
+            address = self._pod_net.get((request.namespace, pod, int(port or 80)))
+        if address is None:  # what the API server says when nothing listens there
+            return kmock.Response(
+                status=503,
+                payload=f"error trying to reach service: dial tcp {pod}:{port}: "
+                "connect: connection refused".encode(),
+            )
+        # the API server keeps the caller's credentials (and hop-by-hop headers) to itself
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("authorization", "host", "connection", "content-length")
+        }
+        url = f"http://{address[0]}:{address[1]}{path}"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url, params=dict(request.params), headers=headers) as resp,
+        ):
+            body = await resp.read()
+            ctype = resp.headers.get("content-type", "text/plain")
+            return kmock.Response(status=resp.status, payload=body, headers={"content-type": ctype})
 
     # -- clients ---------------------------------------------------------------------
     def kubeconfig(self, path: Path, namespace: str = "team-a", context: str = "emu") -> Path:

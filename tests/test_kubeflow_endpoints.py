@@ -31,7 +31,7 @@ from nbscale.endpoints import deploy, endpoint
 from nbscale.errors import BackendUnavailable, SpecError
 from nbscale.storage import ObjectStore, fetch
 from tests.emulators import container_env, free_port
-from tests.kube_emulator import KubeApi, condition
+from tests.kube_emulator import KubeApi, KubeEmulator, condition
 from tests.kube_schemas import validate
 from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
     MOUNT_NS,
@@ -52,11 +52,14 @@ pytestmark = pytest.mark.slow
 class FakeKServe:
     """Plays KServe's controller, storage initializer and the predictor pod."""
 
-    def __init__(self, api: KubeApi, s3: str, tmp: Path):
+    def __init__(self, api: KubeApi, emulator: KubeEmulator, s3: str, tmp: Path):
         self.api = api
+        self.kube = emulator
+        self.pods: dict[str, list[str]] = {}
+        self.ports: dict[str, list[tuple[int, int]]] = {}
         self.s3 = s3
         self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, list[subprocess.Popen]] = {}
         self.seen: dict[str, str] = {}  # name -> storageUri already served
         self.crash: set[str] = set()
         self.stop = threading.Event()
@@ -112,10 +115,12 @@ class FakeKServe:
                 {"status": {"conditions": [condition("Ready", "False", "RevisionMissing")]}},
             )
             return
-        old = self.procs.pop(name, None)
-        if old is not None:
-            old.terminate()
-            old.wait(20)
+        for proc in self.procs.pop(name, []):
+            proc.terminate()
+            proc.wait(20)
+        for pod in self.pods.pop(name, []):
+            self.kube.unexpose(NS, pod)
+            self.api.core.delete_namespaced_pod(pod, NS)
         pred = isvc["spec"]["predictor"]
         model = pred["model"]
         root = self.tmp / f"isvc-{name}-{len(self.seen)}-{time.monotonic_ns()}"
@@ -145,36 +150,57 @@ class FakeKServe:
             else:
                 env[e["name"]] = e["value"].replace(mf.KEY_MOUNT, str(keyfile.parent))
         (container,) = RUNTIME["spec"]["containers"]
-        port = free_port()
-        # tests listen on loopback only: the one change to the runtime's command
-        local = {"0.0.0.0": "127.0.0.1", "8080": str(port)}
-        if not MOUNT_NS:
-            local["/mnt/models"] = str(mnt)
-        args = [local.get(a, a) for a in container["args"]]
-        argv = [*container["command"], *args, *model.get("args", [])]
-        if MOUNT_NS:  # the storage initializer's folder and the key Secret, as in the pod
-            argv = pod_mounts({"/mnt/models": str(mnt), mf.KEY_MOUNT: str(keyfile.parent)}, argv)
-        home = root / "home"
-        home.mkdir()
-        env = container_env(home, **env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-        log = open(root / "predictor.log", "wb")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.argv = argv
-        # readiness as KServe probes it: /v2/health/ready, no token
-        import http.client
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if self.procs[name].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "predictor.log").read_text())
-            time.sleep(0.1)
+        ports = []
+        # the Deployment's replicas: one predictor pod (a real runtime process) each
+        for i in range(max(1, int(pred.get("minReplicas") or 0))):
+            port, mport = free_port(), free_port()
+            # tests listen on loopback only: the one change to the runtime's command
+            local = {"0.0.0.0": "127.0.0.1", "8080": str(port), str(mf.METRICS_PORT): str(mport)}
+            if not MOUNT_NS:
+                local["/mnt/models"] = str(mnt)
+            args = [local.get(a, a) for a in container["args"]]
+            argv = [*container["command"], *args, *model.get("args", [])]
+            if MOUNT_NS:  # the storage initializer's folder and the key Secret, as in the pod
+                argv = pod_mounts(
+                    {"/mnt/models": str(mnt), mf.KEY_MOUNT: str(keyfile.parent)}, argv
+                )
+            home = root / f"home-{i}"
+            home.mkdir()
+            penv = container_env(
+                home, **env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+            )
+            log = open(root / f"predictor-{i}.log", "wb")  # noqa: SIM115
+            proc = subprocess.Popen(argv, env=penv, stdout=log, stderr=subprocess.STDOUT)
+            self.procs.setdefault(name, []).append(proc)
+            self.argv = argv
+            wait_ready(proc, port, root / f"predictor-{i}.log")
+            # the pod as the kubelet reports it, its metrics port on the pod network
+            pod = f"{name}-predictor-{i}"
+            self.api.create_pod(
+                NS,
+                pod,
+                {"serving.kserve.io/inferenceservice": name},
+                {
+                    "phase": "Running",
+                    "podIP": "127.0.0.1",
+                    "conditions": [condition("Ready")],
+                    "containerStatuses": [
+                        {
+                            "name": "kserve-container",
+                            "image": "x",
+                            "imageID": "",
+                            "ready": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}},
+                        }
+                    ],
+                },
+            )
+            self.kube.expose(NS, pod, mf.METRICS_PORT, ("127.0.0.1", mport))
+            self.pods.setdefault(name, []).append(pod)
+            ports.append((port, mport))
+        self.ports[name] = ports
+        port = ports[0][0]
         self.api.custom.patch_namespaced_custom_object(
             mf.KSERVE_GROUP,
             mf.KSERVE_VERSION,
@@ -194,14 +220,33 @@ class FakeKServe:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(10)
-        for proc in self.procs.values():
-            proc.terminate()
-            proc.wait(20)
+        for procs in self.procs.values():
+            for proc in procs:
+                proc.terminate()
+                proc.wait(20)
+
+
+def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
+    """Readiness as KServe probes it: /v2/health/ready, no token."""
+    import http.client
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(log.read_text())
+        time.sleep(0.1)
 
 
 @pytest.fixture
-def kserve(cluster, s3_url, tmp_path):  # noqa: F811
-    fake = FakeKServe(cluster, s3_url, tmp_path)
+def kserve(cluster, kube, s3_url, tmp_path):  # noqa: F811
+    fake = FakeKServe(cluster, kube, s3_url, tmp_path)
     yield fake
     fake.close()
     assert not fake.errors, fake.errors
@@ -303,3 +348,126 @@ def test_a_crash_looping_predictor_is_failing_never_ready(kserve, cluster):  # n
         )["items"]
         == []
     )
+
+
+def _v2(port: int, token: str, x: np.ndarray, name: str = "digits", tensor: str = "x") -> int:
+    """One V2 infer request straight to a predictor pod (Knative's part); its status."""
+    import http.client
+    import json
+
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": tensor,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            f"/v2/models/{name}/infer",
+            body,
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _load(port: int, token: str, n: int, tensor: str, rows: int = 4, threads: int = 4) -> list[int]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(port)
+    xs = [rng.random((rows, 64), dtype=np.float32) for _ in range(n)]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda x: _v2(port, token, x, tensor=tensor), xs))
+
+
+def _direct(ports: list[tuple[int, int]]) -> list:
+    """Each pod's /metrics read straight from its metrics port (the ground truth)."""
+    import urllib.request
+
+    from nbscale.monitoring import metrics as mon
+
+    out = []
+    for _, mport in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as resp:
+            out.append(mon.parse(resp.read().decode()))
+    return out
+
+
+def test_metrics_come_from_every_ready_pod_through_the_api_server_pod_proxy(kserve, cluster, kube):  # noqa: F811
+    from nbscale.backends.local_endpoints import token_for
+    from nbscale.errors import NbscaleError
+    from nbscale.monitoring import metrics as mon
+
+    ep = deploy(mlp(), name="digits", replicas=(2, 2), backend="kf")
+    assert ep.status == "READY"
+    ports = kserve.ports["digits"]
+    assert len(ports) == 2
+    token = token_for("digits")
+    tensor = ep.metadata()["inputs"][0]["name"]
+    # load on both pods; pod 1 also gets requests the model refuses (a 4xx each)
+    codes0 = _load(ports[0][0], token, 40, tensor)
+    codes1 = _load(ports[1][0], token, 25, tensor)
+    bad = [_v2(ports[1][0], token, np.zeros((2, 63), np.float32), tensor=tensor) for _ in range(3)]
+    assert set(codes0) == set(codes1) == {200} and set(bad) == {400}
+
+    m = endpoint("digits").metrics()
+    truth = mon.row(mon.combine(_direct(ports), 0.0, 2.0))
+    assert m["pods"] == ["digits-predictor-0", "digits-predictor-1"]
+    assert m["Invocations"] == 68 == truth["Invocations"]
+    assert (m["Invocation4XXErrors"], m["Invocation5XXErrors"]) == (3, 0)
+    assert m["Instances"] == 2 and m["InvocationsPerInstance"] == 34.0
+    for name in mon.NAMES:
+        assert name in m
+    p = [m[f"ModelLatency_p{q}"] for q in mon.QUANTILES]
+    assert None not in p and p[0] <= p[1] <= p[2]
+    # the percentiles of the summed histograms of both pods, exactly
+    assert p == [truth[f"ModelLatency_p{q}"] for q in mon.QUANTILES]
+    assert m["OverheadLatency_p99"] is None  # Knative's queue-proxy's part, not the runtime's
+    assert m["latency_unit"] == "microseconds" and m["p50_ms"] == p[0] / 1000.0
+    # read through the API server's pod proxy, on the metrics port, of the ready pods only
+    proxied = {(r["pod"], r["port"], r["path"]) for r in kube.proxy_requests}
+    assert proxied == {
+        ("digits-predictor-0", str(mf.METRICS_PORT), "/metrics"),
+        ("digits-predictor-1", str(mf.METRICS_PORT), "/metrics"),
+    }
+
+    # a pod that is not ready (starting, or being replaced) is not read
+    cluster.create_pod(
+        NS,
+        "digits-predictor-new",
+        {"serving.kserve.io/inferenceservice": "digits"},
+        {"phase": "Running", "conditions": [condition("Ready", "False")]},
+    )
+    before = _direct(ports)
+    assert set(_load(ports[1][0], token, 12, tensor)) == {200}
+    m2 = endpoint("digits").metrics()
+    after = _direct(ports)
+    # the next row covers what happened since the previous look, summed per pod
+    assert m2["Invocations"] == 12 and m2["Invocation4XXErrors"] == 0
+    assert m2["Period"] is not None and m2["Period"] > 0
+    assert m2["requests"] == 80 and m2["errors"] == 3  # since the pods started
+    interval = mon.row(
+        mon.combine([mon.since(a, b) for a, b in zip(after, before, strict=True)], 0.0, 2.0)
+    )
+    assert [m2[f"ModelLatency_p{q}"] for q in mon.QUANTILES] == [
+        interval[f"ModelLatency_p{q}"] for q in mon.QUANTILES
+    ]
+    assert len(m2["sagemaker_series"]) == 2
+    assert "digits-predictor-new" not in {r["pod"] for r in kube.proxy_requests}
+
+    # a ready pod whose metrics port does not answer: one message naming the pod and port
+    kube.unexpose(NS, "digits-predictor-1")
+    with pytest.raises(NbscaleError, match=r"/metrics of pod digits-predictor-1 \(port 8095\)"):
+        endpoint("digits").metrics()
+    ep.delete()

@@ -307,6 +307,10 @@ def test_the_shipped_serving_runtime_validates_and_serves_the_nbscale_format():
     assert doc["spec"]["supportedModelFormats"][0]["name"] == "nbscale"
     (container,) = doc["spec"]["containers"]
     assert container["command"][:3] == ["python", "-m", "nbscale.serving"]
+    # the token-free metrics port Endpoint.metrics() reads through the pod proxy, scraped too
+    args = container["args"]
+    assert args[args.index("--metrics-port") + 1] == str(mf.METRICS_PORT)
+    assert doc["spec"]["annotations"]["prometheus.kserve.io/port"] == str(mf.METRICS_PORT)
 
 
 def _yaml_docs(text: str) -> list[dict]:

@@ -81,6 +81,48 @@ def test_rows_from_a_runtime_exposition_use_sagemaker_names_per_interval():
     assert set(NAMES) <= set(second)
 
 
+def test_pods_are_summed_per_pod_since_their_own_last_scrape():
+    # Given two runtime pods (KServe: no router, request latency is ModelLatency)
+    from nbscale.monitoring.metrics import Tracker
+
+    a, b = ServerMetrics("digits"), ServerMetrics("digits")
+    for _ in range(30):
+        a.observe_request("infer", 200, 0.0015)  # (1 ms, 2 ms]
+    for _ in range(10):
+        b.observe_request("infer", 200, 0.04)  # (20 ms, 50 ms]
+    b.observe_request("infer", 400, 0.0004)
+
+    def text(m):
+        return parse(m.exposition()[0].decode())
+
+    t = Tracker()
+    first = t.add_sources("digits", {"uid-a": text(a), "uid-b": text(b)}, 2, at=10.0)[-1]
+    assert first["Invocations"] == 41 and first["Invocation4XXErrors"] == 1
+    assert first["Instances"] == 2.0 and first["InvocationsPerInstance"] == 20.5
+    assert 1000 < first["ModelLatency_p50"] <= 2000  # most requests were on the fast pod
+    assert 20_000 < first["ModelLatency_p99"] <= 50_000
+    assert first["OverheadLatency_p50"] is None and first["Period"] is None
+    # When pod b goes away and a new pod c (a fresh process) comes with 5 requests, and a
+    # serves 3 more, the next row counts 8: c whole, a's difference, nothing negative for b
+    c = ServerMetrics("digits")
+    for _ in range(5):
+        c.observe_request("infer", 200, 0.004)
+    for _ in range(3):
+        a.observe_request("infer", 500, 0.002)
+    second = t.add_sources("digits", {"uid-a": text(a), "uid-c": text(c)}, 2, at=70.0)[-1]
+    assert second["Invocations"] == 8 and second["Invocation5XXErrors"] == 3
+    assert second["Invocation4XXErrors"] == 0 and second["Period"] == 60.0
+    # When pod a restarts (its counters begin again), its new counts are taken whole
+    a2 = ServerMetrics("digits")
+    a2.observe_request("infer", 200, 0.001)
+    third = t.add_sources("digits", {"uid-a": text(a2), "uid-c": text(c)}, 2, at=80.0)[-1]
+    assert third["Invocations"] == 1
+    # Scaled to zero: a row of nothing, then forgetting starts the series again
+    assert t.add_sources("digits", {}, 0, at=90.0)[-1]["Invocations"] == 0
+    t.forget("digits")
+    assert len(t.add_sources("digits", {"uid-c": text(c)}, 1, at=95.0)) == 1
+
+
 def test_local_endpoint_metrics_under_load_and_drift_with_alert(cleanup, nbscale_cli):
     # Given a model deployed with a baseline of its training data (capture on by default then)
     rng = np.random.default_rng(0)

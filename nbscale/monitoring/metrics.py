@@ -17,8 +17,13 @@ series of rows is a per-interval time series; the first row of a process
 covers everything since the router started.
 
 The same parser reads a KServe pod's ``/metrics`` (the same runtime, no
-router: ModelLatency is then the runtime's request latency and
-OverheadLatency is not measured).
+router: ModelLatency is then the runtime's request latency, the container's
+time as SageMaker counts it, and OverheadLatency, the platform's part, is
+measured by Knative's queue-proxy rather than the runtime: it stays None).
+With several pods, ``Tracker.add_sources`` takes each pod's counter and bucket
+differences since its own previous scrape and sums them (a pod that came or
+went does not look like a restart), then the percentiles come from the summed
+buckets, as ``histogram_quantile(sum by (le) (rate(...)))`` would.
 """
 
 from __future__ import annotations
@@ -116,6 +121,43 @@ def _minus(cur: dict[float, float], prev: dict[float, float] | None) -> dict[flo
     return out
 
 
+def since(cur: Scrape, prev: Scrape | None) -> Scrape:
+    """The counts of ``cur`` taken since ``prev`` (all of ``cur`` when the source restarted:
+    a counter went down or vanished)."""
+    if prev is None:
+        return cur
+
+    def dropped(now: dict, before: dict) -> bool:
+        return any(now.get(k, -1.0) < v for k, v in before.items())
+
+    if dropped(cur.requests, prev.requests) or any(
+        dropped(cur.histograms.get(n, {}), b) for n, b in prev.histograms.items()
+    ):
+        return cur
+    return Scrape(
+        cur.time,
+        {c: v - prev.requests.get(c, 0.0) for c, v in cur.requests.items()},
+        {
+            n: {le: v - prev.histograms.get(n, {}).get(le, 0.0) for le, v in b.items()}
+            for n, b in cur.histograms.items()
+        },
+        cur.instances,
+    )
+
+
+def combine(scrapes: list[Scrape], at: float, instances: float | None) -> Scrape:
+    """One scrape holding the sums of several (the pods of one endpoint)."""
+    out = Scrape(at, instances=instances)
+    for s in scrapes:
+        for code, v in s.requests.items():
+            out.requests[code] = out.requests.get(code, 0.0) + v
+        for name, buckets in s.histograms.items():
+            into = out.histograms.setdefault(name, {})
+            for le, v in buckets.items():
+                into[le] = into.get(le, 0.0) + v
+    return out
+
+
 def row(cur: Scrape, prev: Scrape | None = None) -> dict[str, Any]:
     """The SageMaker-named metrics for the interval between ``prev`` and ``cur``."""
     reqs = dict(cur.requests)
@@ -174,11 +216,38 @@ class Tracker:
         self._lock = threading.Lock()
         self._prev: dict[str, Scrape] = {}
         self._rows: dict[str, deque] = {}
+        self._sources: dict[str, dict[str, Scrape]] = {}
+        self._last: dict[str, float] = {}
 
     def add(self, name: str, cur: Scrape) -> list[dict[str, Any]]:
         with self._lock:
             r = row(cur, self._prev.get(name))
             self._prev[name] = cur
+            rows = self._rows.setdefault(name, deque(maxlen=SERIES_POINTS))
+            rows.append(r)
+            return list(rows)
+
+    def forget(self, name: str) -> None:
+        """Drop an endpoint's series and previous scrapes (it was undeployed)."""
+        with self._lock:
+            for d in (self._prev, self._rows, self._sources, self._last):
+                d.pop(name, None)
+
+    def add_sources(
+        self, name: str, sources: dict[str, Scrape], instances: int, at: float | None = None
+    ) -> list[dict[str, Any]]:
+        """One row from several sources (pods) of an endpoint: each source's differences
+        since its own previous scrape, summed; a source seen for the first time counts
+        whole. Returns the endpoint's series."""
+        at = time.time() if at is None else at
+        with self._lock:
+            seen = self._sources.setdefault(name, {})
+            parts = [since(cur, seen.get(src)) for src, cur in sources.items()]
+            r = row(combine(parts, at, float(instances)))
+            last = self._last.get(name)
+            r["Period"] = round(at - last, 3) if last is not None else None
+            self._last[name] = at
+            self._sources[name] = dict(sources)
             rows = self._rows.setdefault(name, deque(maxlen=SERIES_POINTS))
             rows.append(r)
             return list(rows)

@@ -11,8 +11,12 @@ traffic, ``rollback`` returns all of it to the previous version.
 
 status: the InferenceService's conditions and URL; a predictor pod that crash-loops
 or cannot pull its image makes the endpoint FAILED with the pod's reason, never
-READY. predict/metadata: V2 at the service URL. metrics: the serving runtime's
-Prometheus ``/metrics`` read through the service (the replica that answers).
+READY. predict/metadata: V2 at the service URL. metrics: every ready predictor pod's
+Prometheus ``/metrics`` (the runtime's token-free metrics port, ``manifests.METRICS_PORT``),
+read through the API server's pod proxy (``/api/v1/namespaces/NS/pods/POD:PORT/proxy/metrics``:
+the way in that a client outside the cluster has, with the kube context's credentials and
+RBAC ``get pods/proxy``), summed over the pods under SageMaker's metric names
+(``nbscale.monitoring.metrics``).
 """
 
 from __future__ import annotations
@@ -485,13 +489,62 @@ class KServeEndpoints(EndpointBackend):
         return self._clients.get(record).predict(x)
 
     def metrics(self, record: EndpointRecord) -> dict[str, Any]:
-        from prometheus_client.parser import text_string_to_metric_families
+        """SageMaker-named metrics summed over the ready predictor pods, since the last look
+        (``sagemaker_series``: one row per look), plus totals since the pods started."""
+        from ...monitoring import metrics as mon
 
-        client = self._clients.get(record)
-        status, body = client.request("GET", "/metrics", timeout=10)
-        if status >= 400:
-            client.check(status, body)
-        return summarize_metrics(text_string_to_metric_families(body.decode()), record)
+        cluster = self.cluster()
+        namespace = record.config.get("namespace") or cluster.namespace
+        pods = self._call(
+            f"listing the predictor pods of {record.name}",
+            cluster.core().list_namespaced_pod,
+            namespace,
+            label_selector=f"{ISVC_LABEL}={record.name}",
+        )
+        ready = sorted(
+            (p.metadata.name, p.metadata.uid or p.metadata.name)
+            for p in pods.items
+            if (p.metadata.labels or {}).get(ISVC_LABEL) == record.name and pod_ready(p)
+        )
+        scrapes: dict[str, mon.Scrape] = {}  # by pod uid: a pod's counters are its own
+        for pod, uid in ready:
+            resp = self._call(
+                f"reading /metrics of pod {pod} (port {mf.METRICS_PORT}) through the API server",
+                cluster.core().connect_get_namespaced_pod_proxy_with_path,
+                f"{pod}:{mf.METRICS_PORT}",
+                namespace,
+                "metrics",
+                _preload_content=False,
+                _request_timeout=10,
+            )
+            scrapes[uid] = mon.parse(resp.data.decode())
+        now = time.time()
+        rows = mon.TRACKER.add_sources(record.name, scrapes, len(ready), at=now)
+        total = mon.row(mon.combine(list(scrapes.values()), now, float(len(ready))))
+        invocations = total["Invocations"]
+        errors = total["Invocation4XXErrors"] + total["Invocation5XXErrors"]
+        return {
+            **rows[-1],
+            "source": f"/metrics of {len(ready)} ready predictor pod(s) via the API server",
+            "pods": [pod for pod, _ in ready],
+            "latency_unit": "microseconds",
+            "requests": invocations,
+            "errors": errors,
+            "error_rate": errors / invocations if invocations else 0.0,
+            **{
+                f"p{q}_ms": (
+                    total[f"ModelLatency_p{q}"] / 1000.0
+                    if total[f"ModelLatency_p{q}"] is not None
+                    else None
+                )
+                for q in mon.QUANTILES
+            },
+            "replicas": len(ready),
+            "min_replicas": record.min_replicas,
+            "max_replicas": record.max_replicas,
+            "sagemaker_names": list(mon.NAMES),
+            "sagemaker_series": rows,
+        }
 
     def scale(self, record: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
         if min_replicas > max_replicas:
@@ -516,7 +569,10 @@ class KServeEndpoints(EndpointBackend):
                 raise err from None
 
     def undeploy(self, name: str) -> None:
+        from ...monitoring.metrics import TRACKER
+
         self._clients.close(name)
+        TRACKER.forget(name)
         cluster = self.cluster()
         try:
             rec = get_endpoint(self.store, name)
@@ -542,41 +598,9 @@ class KServeEndpoints(EndpointBackend):
         self._clients.close(name)
 
 
-def summarize_metrics(families, record: EndpointRecord) -> dict[str, Any]:
-    """Requests, errors and latency percentiles from the runtime's Prometheus metrics."""
-    requests = errors = 0.0
-    buckets: dict[float, float] = {}
-    for fam in families:
-        for s in fam.samples:
-            if s.name == "nbscale_requests_total" and s.labels.get("route") == "infer":
-                requests += s.value
-                if str(s.labels.get("code", "200"))[0] in "45":
-                    errors += s.value
-            elif (
-                s.name == "nbscale_request_latency_seconds_bucket"
-                and s.labels.get("route") == "infer"
-            ):
-                le = float(s.labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + s.value
-
-    def quantile(q: float) -> float | None:
-        total = buckets.get(float("inf"), 0.0)
-        if not total:
-            return None
-        for le in sorted(buckets):
-            if buckets[le] >= q * total:
-                return None if le == float("inf") else le * 1000.0
-        return None
-
-    return {
-        "source": "the serving runtime's /metrics of the replica that answered",
-        "requests": int(requests),
-        "errors": int(errors),
-        "error_rate": errors / requests if requests else 0.0,
-        "p50_ms": quantile(0.5),
-        "p95_ms": quantile(0.95),
-        "p99_ms": quantile(0.99),
-        "replicas": record.replicas,
-        "min_replicas": record.min_replicas,
-        "max_replicas": record.max_replicas,
-    }
+def pod_ready(pod: Any) -> bool:
+    """Running and its Ready condition true (what a Service would send traffic to)."""
+    st = pod.status
+    if st is None or st.phase != "Running" or pod.metadata.deletion_timestamp:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in st.conditions or [])

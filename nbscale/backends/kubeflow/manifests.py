@@ -36,6 +36,9 @@ MANAGED = {"app.kubernetes.io/managed-by": "nbscale"}
 BUNDLE_MOUNT = "/var/run/nbscale/bundle"
 KEY_FILE = f"{KEY_MOUNT}/keys.json"
 WHEELS_DIR = "/tmp/nbscale-wheels"
+# the serving runtime's token-free GET /metrics (deploy/kserve/nbscale-runtime.yaml, --metrics-port);
+# a custom serving_image must answer there too for Endpoint.metrics()
+METRICS_PORT = 8095
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
