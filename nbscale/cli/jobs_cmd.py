@@ -211,6 +211,7 @@ def _row(record: JobRecord) -> list[str]:
         record.backend,
         record.status,
         shape,
+        str(record.restarts),
         ago(record.created),
         duration(record.duration),
         _cost(record),
@@ -246,7 +247,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     elif handles:
         print(
             table(
-                ["ID", "NAME", "BACKEND", "STATUS", "NODES x PROCS", "CREATED", "DURATION", "COST"],
+                [
+                    "ID",
+                    "NAME",
+                    "BACKEND",
+                    "STATUS",
+                    "NODES x PROCS",
+                    "RESTARTS",
+                    "CREATED",
+                    "DURATION",
+                    "COST",
+                ],
                 [_row(h.record) for h in handles],
             )
         )

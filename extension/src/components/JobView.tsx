@@ -181,6 +181,14 @@ export function JobView(props: {
         <dd>
           {job.nodes} × {job.procs_per_node} × {job.gpus_per_proc}
         </dd>
+        <dt>{trans.__('Restarts')}</dt>
+        <dd className="nbs-restarts" data-restarts={job.restarts ?? 0}>
+          {trans.__(
+            '%1 of %2 allowed',
+            job.restarts ?? 0,
+            Number(job.spec?.max_restarts ?? 0)
+          )}
+        </dd>
         <dt>{trans.__('Started')}</dt>
         <dd>{formatTime(job.started)}</dd>
         <dt>{trans.__('Duration')}</dt>
