@@ -267,6 +267,7 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     return {
         "connections": connections,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         # wrk prints no latency distribution when no request completed
         "p50_ms": _ms(lat["50"]) if "50" in lat else float("inf"),
         "p99_ms": _ms(lat["99"]) if "99" in lat else float("inf"),
@@ -289,8 +290,28 @@ def bare_forward_ms(weights: Path, device: str) -> float:
     return float(np.median(times) * 1000)
 
 
+def server_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes and all their children."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                t = proc.cpu_times()
+                total += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def measure(
-    targets: dict[str, tuple[str, Path]], sweep: list[int], seconds: int, rounds: int
+    targets: dict[str, tuple[str, Path]],
+    sweep: list[int],
+    seconds: int,
+    rounds: int,
+    pids: dict[str, list[int]] | None = None,
 ) -> dict:
     """Every server at every connection count, interleaved, ``rounds`` times; the median round counts.
 
@@ -303,11 +324,19 @@ def measure(
     for r in range(rounds):
         for c in sweep:
             for name, (url, script) in targets.items():
+                cpu = server_cpu_s((pids or {}).get(name, []))
                 point = wrk(url, script, c, seconds)
+                # the server's own CPU time per answered request: what the code costs,
+                # much less moved by other work on the machine than requests per second
+                used = server_cpu_s((pids or {}).get(name, [])) - cpu
+                point["server_cpu_us_per_request"] = (
+                    round(used / point["requests"] * 1e6, 1) if point["requests"] else None
+                )
                 runs[name][c].append(point)
                 print(
                     f"  round {r + 1} {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.3f} ms  "
-                    f"p99 {point['p99_ms']:7.2f} ms  errors {point['errors']}",
+                    f"p99 {point['p99_ms']:7.2f} ms  cpu/req {point['server_cpu_us_per_request']} us  "
+                    f"errors {point['errors']}",
                     file=sys.stderr,
                 )
     out = {}
@@ -317,6 +346,13 @@ def measure(
             ordered = sorted(runs[name][c], key=lambda p: p["rps"])
             median = dict(ordered[len(ordered) // 2])
             median["rounds_rps"] = [p["rps"] for p in runs[name][c]]
+            cpus = sorted(
+                p["server_cpu_us_per_request"]
+                for p in runs[name][c]
+                if p["server_cpu_us_per_request"] is not None
+            )
+            median["server_cpu_us_per_request"] = cpus[len(cpus) // 2] if cpus else None
+            median["rounds_server_cpu_us_per_request"] = cpus
             points.append(median)
         ok = [p for p in points if p["p99_ms"] <= P99_LIMIT_MS and p["errors"] == 0]
         best = max(ok, key=lambda p: p["rps"]) if ok else None
@@ -600,8 +636,10 @@ def main() -> int:
 
             contenders.append(("mlserver", run_mlserver))
         targets: dict[str, tuple[str, Path]] = {}
+        pids: dict[str, list[int]] = {}
         for name, launch in contenders:
             proc, port, ready = launch()
+            pids[name] = [proc.pid]
             wait_http(ready, proc=proc)
             url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
             check_prediction(url, body.encode(), expected)
@@ -620,7 +658,9 @@ def main() -> int:
             ep_script = work / "post-endpoint.lua"
             ep_script.write_text(script.read_text().replace(TOKEN, token))
             targets["nbscale-endpoint"] = (f"{ep.url}/v2/models/mlp/infer", ep_script)
-        results = measure(targets, sweep, args.seconds, args.rounds)
+            m = ep.metrics()
+            pids["nbscale-endpoint"] = [m["router_pid"], *(r["pid"] for r in m["replica_list"])]
+        results = measure(targets, sweep, args.seconds, args.rounds, pids)
         if ep is not None:
             ep.delete()
             ep = None
