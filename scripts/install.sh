@@ -29,17 +29,14 @@ command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 echo "== torch (CPU build first, so nothing pulls a multi-GB CUDA build)"
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 
-if [ -x .ci/build-extension.sh ] || [ -f .ci/build-extension.sh ]; then
-  echo "== JupyterLab extension (npm build)"
-  PYTHON="$PY" bash .ci/build-extension.sh
-fi
-
 extras=".[examples,serving]"
 [ "$want_tests" = test ] && extras=".[examples,serving,test]"
-echo "== nbscale ($extras)"
+echo "== nbscale ($extras; setup.py's build hook builds the JupyterLab panel with npm)"
 "$PY" -m pip install -q -e "$extras"
-if [ -f .ci/build-extension.sh ]; then
-  # editable wheels carry no data files: point Jupyter at the built panel and server config
-  PYTHON="$PY" bash .ci/build-extension.sh --link-only
+# editable wheels carry no data files: point Jupyter at the built panel and server config
+PYTHON="$PY" bash .ci/build-extension.sh --link-only
+if [ "$want_tests" = test ]; then
+  echo "== panel lint (eslint + prettier)"
+  PYTHON="$PY" bash .ci/build-extension.sh --lint
 fi
 echo "== ready: $(command -v nbscale)"

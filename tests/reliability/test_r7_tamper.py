@@ -31,6 +31,7 @@ from nbscale.results import load_results, write_results
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import FAILED, SUCCEEDED, JobRecord, get_job, insert_job, update_job
+from tests.test_serving import Scaler  # an object with predict(), as scikit-learn's
 
 
 class _Trap:
@@ -178,17 +179,6 @@ def test_tampered_pipeline_artifacts_and_manifests_are_refused_before_unpickling
 
 
 # --- model artifacts (what an endpoint serves) --------------------------------------------
-
-
-class Scaler:
-    """An object with predict(), as a scikit-learn model would be."""
-
-    def __init__(self, factor: float):
-        self.factor = factor
-        self.n_features_in_ = 4
-
-    def predict(self, x):
-        return np.asarray(x, dtype=np.float32) * self.factor
 
 
 IMPORT_TRAP = "\nopen({marker!r}, 'w').close()  # planted: runs when the module is imported\n"

@@ -20,13 +20,13 @@ import hashlib
 import json
 
 import pytest
-from tornado.httpclient import HTTPClientError
 
 from nbscale.errors import SpecError
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import JobRecord, insert_job, list_jobs
 from tests.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
+from tests.test_defects_server import _old_job, fetch, jp_server_config  # noqa: F401
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -109,42 +109,12 @@ def test_jobspec_keeps_secret_values_out_of_its_dict_and_repr(write_script, monk
     assert again.secret_env == ("HF_TOKEN", "MY_API_TOKEN")
 
 
-@pytest.fixture
-def jp_server_config():
-    return {
-        "ServerApp": {"jpserver_extensions": {"nbscale.server_ext": True}},
-        "NbscaleExtension": {"poll_interval": 0.2},
-    }
-
-
-@pytest.fixture
-def fetch(jp_fetch):
-    """``await fetch("jobs", ...)`` -> (status, json, raw body); errors are answers."""
-
-    async def call(*parts, method="GET", body=None, params=None):
-        kwargs = {"method": method, "params": params}
-        if body is not None:
-            kwargs["body"] = json.dumps(body)
-        try:
-            resp = await jp_fetch("nbscale", "api", *parts, **kwargs)
-        except HTTPClientError as err:
-            return err.code, json.loads(err.response.body), err.response.body
-        return resp.code, json.loads(resp.body), resp.body
-
-    return call
-
-
-def _old_job(job_id: str, **spec) -> None:
-    spec = {"entry": {"kind": "script", "target": "x.py"}, **spec}
-    insert_job(get_store(), JobRecord(job_id, "old", "local", "local", "SUCCEEDED", spec, 1.0))
-
-
-async def test_get_job_masks_secret_looking_env(fetch):
+async def test_get_job_masks_secret_looking_env(fetch):  # noqa: F811
     _old_job("old-1", env={"MY_API_TOKEN": "tok-very-secret", "LR": "0.1"})
-    code, body, _ = await fetch("jobs", "old-1")
+    code, body = await fetch("jobs", "old-1")
     assert code == 200
     assert body["spec"]["env"] == {"MY_API_TOKEN": "********", "LR": "0.1"}
-    code, body, _ = await fetch("jobs")
+    code, body = await fetch("jobs")
     assert "tok-very-secret" not in json.dumps(body)
 
 
@@ -159,7 +129,7 @@ JOB = (
 
 @pytest.mark.timeout(300)
 async def test_planted_secrets_are_in_no_file_printout_or_panel_payload(
-    fetch, nbscale_cli, nbscale_home, tmp_path, monkeypatch
+    jp_fetch, nbscale_cli, nbscale_home, tmp_path, monkeypatch
 ):
     from nbscale.celljob import prepare_cell
 
@@ -224,9 +194,9 @@ async def test_planted_secrets_are_in_no_file_printout_or_panel_payload(
         ("backends",),
         ("idle",),
     ):
-        code, _, raw = await fetch(*parts)
-        assert code == 200, (parts, raw)
-        bodies["/".join(parts)] = raw
+        resp = await jp_fetch("nbscale", "api", *parts)
+        assert resp.code == 200, (parts, resp.body)
+        bodies["/".join(parts)] = resp.body
 
     get_store().close()  # the WAL is flushed into the database file before the grep
     leaks = [
