@@ -39,6 +39,8 @@ class _Parsed:
         self.size = 0
         self.headers_done = False
         self.done = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head += len(name) + len(value) + 4
@@ -48,6 +50,8 @@ class _Parsed:
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        # asked here: once the message is complete llhttp has reset and always answers False
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, data: bytes) -> None:
         self.size += len(data)
@@ -64,7 +68,7 @@ async def read_response(
 ) -> tuple[int, dict[str, str], bytes, bool]:
     """One response: status, lower-case headers, body, and whether the connection stays open."""
     got = _Parsed(max_head, max_body)
-    parser = httptools.HttpResponseParser(got)
+    parser = got.parser = httptools.HttpResponseParser(got)
     raw_head = 0
     received = False
     while not got.done:
@@ -87,7 +91,7 @@ async def read_response(
         if not got.headers_done and raw_head > max_head:
             raise UpstreamError(502, f"the replica's response head is over {max_head} bytes")
     body = got.body[0] if len(got.body) == 1 else b"".join(got.body)
-    return parser.get_status_code(), got.headers, body, parser.should_keep_alive()
+    return parser.get_status_code(), got.headers, body, got.keep_alive
 
 
 class Pool:
