@@ -5,11 +5,9 @@
 // Env: NBS_URL, NBS_TOKEN, NBS_NOTEBOOK, NBS_ENDPOINT, NBS_FEATURE (the planted
 // drifting feature), NBS_SHOTS, NBS_CHROMIUM (default /usr/bin/chromium).
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { chromium } from 'playwright-core';
+import { runInChromium } from './browser.mjs';
 
 const env = name => {
   const value = process.env[name];
@@ -84,43 +82,4 @@ async function drift(page) {
   await page.screenshot({ path: join(SHOTS, 'panel-drift.png') });
 }
 
-const userData = mkdtempSync(join(tmpdir(), 'nbs-chromium-'));
-const context = await chromium.launchPersistentContext(userData, {
-  executablePath: process.env.NBS_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1440, height: 900 },
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync'
-  ]
-});
-const consoleErrors = [];
-let failed = false;
-try {
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', msg => {
-    if (msg.type() === 'error' && /nbscale/i.test(msg.text())) {
-      consoleErrors.push(msg.text());
-    }
-  });
-  await drift(page);
-  assert.deepEqual(consoleErrors, [], 'nbscale errors in the browser console');
-  step('all good');
-} catch (error) {
-  failed = true;
-  console.error(error);
-  const page = context.pages()[0];
-  if (page) {
-    await page.screenshot({ path: join(SHOTS, 'failure.png') }).catch(() => {});
-  }
-} finally {
-  await context.close();
-  rmSync(userData, { recursive: true, force: true });
-}
-process.exit(failed ? 1 : 0);
+await runInChromium(drift, SHOTS);

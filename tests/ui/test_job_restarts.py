@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.notebooks import write_notebook
-from tests.ui.test_panel import CHROMIUM, EXTENSION, lab  # noqa: F401 - the Lab fixture
+from tests.ui.test_panel import lab, run_browser_script  # noqa: F401 - the Lab fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -64,25 +62,7 @@ def test_nbscale_jobs_and_percent_jobs_show_the_restart_count(restarted_job, nbs
 def test_the_job_view_shows_the_restart_count(lab, restarted_job, tmp_path):  # noqa: F811
     write_notebook(lab["root"] / "empty.ipynb", "1 + 1")
     shots = Path(os.environ.get("NBSCALE_SCREENSHOTS") or tmp_path / "shots")
-    shots.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [shutil.which("node") or "node", "ui-tests/restarts.test.mjs"],
-        cwd=EXTENSION,
-        env={
-            **os.environ,
-            "NBS_URL": lab["url"],
-            "NBS_TOKEN": lab["token"],
-            "NBS_NOTEBOOK": "empty.ipynb",
-            "NBS_JOB": restarted_job,
-            "NBS_SHOTS": str(shots),
-            "NBS_CHROMIUM": CHROMIUM,
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, (
-        f"browser test failed:\n{proc.stdout}\n{proc.stderr}\n--- lab log ---\n"
-        f"{lab['log'].read_text()[-3000:]}"
+    run_browser_script(
+        lab, "restarts.test.mjs", shots, NBS_NOTEBOOK="empty.ipynb", NBS_JOB=restarted_job
     )
     assert (shots / "job-restarts.png").stat().st_size > 10_000

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.notebooks import write_notebook
-from tests.ui.test_panel import CHROMIUM, EXTENSION, lab  # noqa: F401 - the Lab fixture
+from tests.ui.test_panel import lab, run_browser_script  # noqa: F401 - the Lab fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -40,26 +38,12 @@ def drifting_endpoint():
 def test_panel_shows_drift_per_window_and_what_runs(lab, drifting_endpoint, tmp_path):  # noqa: F811
     write_notebook(lab["root"] / "empty.ipynb", "1 + 1")
     shots = Path(os.environ.get("NBSCALE_SCREENSHOTS") or tmp_path / "shots")
-    shots.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [shutil.which("node") or "node", "ui-tests/drift.test.mjs"],
-        cwd=EXTENSION,
-        env={
-            **os.environ,
-            "NBS_URL": lab["url"],
-            "NBS_TOKEN": lab["token"],
-            "NBS_NOTEBOOK": "empty.ipynb",
-            "NBS_ENDPOINT": drifting_endpoint,
-            "NBS_FEATURE": "f11",
-            "NBS_SHOTS": str(shots),
-            "NBS_CHROMIUM": CHROMIUM,
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, (
-        f"browser test failed:\n{proc.stdout}\n{proc.stderr}\n--- lab log ---\n"
-        f"{lab['log'].read_text()[-3000:]}"
+    run_browser_script(
+        lab,
+        "drift.test.mjs",
+        shots,
+        NBS_NOTEBOOK="empty.ipynb",
+        NBS_ENDPOINT=drifting_endpoint,
+        NBS_FEATURE="f11",
     )
     assert (shots / "panel-drift.png").stat().st_size > 10_000

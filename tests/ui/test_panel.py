@@ -54,6 +54,30 @@ def _prerequisites() -> None:
         pytest.fail("the UI test needs: " + "; ".join(missing))
 
 
+def run_browser_script(lab: dict, script: str, shots: Path, **env: str) -> None:
+    """Run ``extension/ui-tests/<script>`` in node against ``lab``; fail with its output."""
+    shots.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [shutil.which("node") or "node", f"ui-tests/{script}"],
+        cwd=EXTENSION,
+        env={
+            **os.environ,
+            "NBS_URL": lab["url"],
+            "NBS_TOKEN": lab["token"],
+            "NBS_SHOTS": str(shots),
+            "NBS_CHROMIUM": CHROMIUM,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (
+        f"browser test failed:\n{proc.stdout}\n{proc.stderr}\n--- lab log ---\n"
+        f"{lab['log'].read_text()[-3000:]}"
+    )
+
+
 @pytest.fixture
 def lab(tmp_path):
     with running_lab(tmp_path) as info:
