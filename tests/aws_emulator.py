@@ -11,7 +11,9 @@ forwards everything to moto, except where moto has no model of what SageMaker do
   ``StopPipelineExecution`` (absent from moto) are answered with the response shapes of
   the SageMaker API reference;
 - ``InvokeEndpoint`` for an endpoint the test attached to a real serving process is
-  forwarded to that process's ``/invocations`` (the container SageMaker would run).
+  forwarded to that process's ``/invocations`` (the container SageMaker would run);
+- CloudWatch percentiles (``GetMetricData`` with ``p99``), which moto lacks, come from
+  ``tests.cloudwatch_percentiles`` over the values the test put.
 
 Every request body is kept (``bodies``), so tests can check that no key or credential
 was ever sent.
@@ -49,6 +51,9 @@ class Emulator:
         # DescribeEndpoint answers before a Creating/Updating endpoint is InService
         self.endpoint_polls = 2
         self.fail_next_endpoint: str | None = None
+        from tests.cloudwatch_percentiles import CloudWatchPercentiles
+
+        self.cloudwatch = CloudWatchPercentiles()
         emulator = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,6 +113,9 @@ class Emulator:
                             {"Content-Type": "application/x-amz-json-1.1"},
                         )
                 path = urlparse(self.path).path
+                answer = emulator.cloudwatch.handle(path, self.headers, body, self._forward)
+                if answer is not None:
+                    return self._answer(*answer)
                 if path.startswith("/endpoints/") and path.endswith("/invocations"):
                     name = path.split("/")[2]
                     if name in emulator.invoke_targets:

@@ -186,7 +186,7 @@ def test_deploy_predict_scale_metrics_and_undeploy_leave_nothing_billing(
     )
     m = ep.metrics()
     assert m["Invocations"] == 40.0 and m["Invocation4XXErrors"] == 2.0
-    assert m["ModelLatency"] == 900.0 and m["OverheadLatency"] == 100.0
+    assert m["ModelLatency_p99"] == 900.0 and m["OverheadLatency_p50"] == 100.0
     assert m["error_rate"] == pytest.approx(0.05)
     assert m["sagemaker_series"] and m["latency_unit"] == "microseconds"
 

@@ -51,8 +51,9 @@ from .training import client_error
 VARIANT = "AllTraffic"
 KEY_PURPOSES = ("model",)
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
-METRICS = ("Invocations", "Invocation4XXErrors", "Invocation5XXErrors")
+METRICS = ("Invocations", "Invocation4XXErrors", "Invocation5XXErrors", "InvocationsPerInstance")
 LATENCIES = ("ModelLatency", "OverheadLatency")
+PERCENTILES = ("p50", "p95", "p99")  # CloudWatch extended statistics, never averages
 DEPLOY_TIMEOUT = 1800.0
 _GONE = re.compile(r"not found|could not find|does not exist|no scal\w+ \w+ found", re.I)
 
@@ -539,46 +540,34 @@ class SageMakerEndpoints(EndpointBackend):
         return np.asarray(json.loads(body))
 
     def metrics(self, record: EndpointRecord, minutes: int = 15) -> dict[str, Any]:
-        """CloudWatch ``AWS/SageMaker`` metrics of the endpoint's variant, per minute."""
+        """CloudWatch ``AWS/SageMaker`` metrics of the endpoint's variant: counts as sums,
+        ModelLatency/OverheadLatency as the percentiles p50/p95/p99 CloudWatch computes from
+        every request (extended statistics), per minute (``sagemaker_series``) and over the
+        whole window (one period of ``minutes``: percentiles of minutes do not add up)."""
         end = (int(time.time()) // 60 + 1) * 60  # whole minutes, the current one included
         dims = [
             {"Name": "EndpointName", "Value": record.name},
             {"Name": "VariantName", "Value": VARIANT},
         ]
-        queries = []
-        for i, name in enumerate(METRICS):
-            queries.append(
-                {
-                    "Id": f"m{i}",
-                    "Label": name,
-                    "MetricStat": {
-                        "Metric": {
-                            "Namespace": "AWS/SageMaker",
-                            "MetricName": name,
-                            "Dimensions": dims,
-                        },
-                        "Period": 60,
-                        "Stat": "Sum",
+        stats = [(n, "Sum") for n in METRICS] + [(n, p) for n in LATENCIES for p in PERCENTILES]
+        queries = [
+            {
+                "Id": f"{scope}{i}",
+                "Label": name if stat == "Sum" else f"{name}_{stat}",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "AWS/SageMaker",
+                        "MetricName": name,
+                        "Dimensions": dims,
                     },
-                }
-            )
-        for i, name in enumerate(LATENCIES):
-            for stat in ("Average", "Maximum"):
-                queries.append(
-                    {
-                        "Id": f"l{i}{stat[:3].lower()}",
-                        "Label": f"{name}_{stat}",
-                        "MetricStat": {
-                            "Metric": {
-                                "Namespace": "AWS/SageMaker",
-                                "MetricName": name,
-                                "Dimensions": dims,
-                            },
-                            "Period": 60,
-                            "Stat": stat,
-                        },
-                    }
-                )
+                    "Period": period,
+                    "Stat": stat,
+                },
+                "ReturnData": True,
+            }
+            for scope, period in (("m", 60), ("w", minutes * 60))
+            for i, (name, stat) in enumerate(stats)
+        ]
         try:
             answer = self.client("cloudwatch").get_metric_data(
                 MetricDataQueries=queries, StartTime=end - minutes * 60, EndTime=end
@@ -588,33 +577,30 @@ class SageMakerEndpoints(EndpointBackend):
         series: dict[float, dict[str, Any]] = {}
         totals: dict[str, float] = {}
         for result in answer.get("MetricDataResults", []):
-            label = result["Label"]
-            for stamp, value in zip(
-                result.get("Timestamps", []), result.get("Values", []), strict=False
-            ):
+            label, values = result["Label"], result.get("Values", [])
+            if result["Id"].startswith("w"):  # the window: one period
+                if label in METRICS:
+                    totals[label] = float(sum(values))
+                elif values:
+                    totals[label] = float(values[0])
+                continue
+            for stamp, value in zip(result.get("Timestamps", []), values, strict=False):
                 t = stamp.timestamp()
                 series.setdefault(t, {"Timestamp": t})[label] = value
-            values = result.get("Values", [])
-            if label in METRICS:
-                totals[label] = float(sum(values))
-            elif label.endswith("_Maximum"):
-                totals[label] = float(max(values)) if values else 0.0
-            elif values:
-                totals[label] = float(sum(values) / len(values))
-        invocations = totals.get("Invocations", 0.0)
-        errors = totals.get("Invocation4XXErrors", 0.0) + totals.get("Invocation5XXErrors", 0.0)
+        invocations = totals.get("Invocations") or 0.0
+        errors = (totals.get("Invocation4XXErrors") or 0.0) + (
+            totals.get("Invocation5XXErrors") or 0.0
+        )
+        names = [*METRICS, *(f"{n}_{p}" for n in LATENCIES for p in PERCENTILES)]
         return {
             **{k: totals.get(k, 0.0) for k in METRICS},
-            "ModelLatency": totals.get("ModelLatency_Average", 0.0),
-            "OverheadLatency": totals.get("OverheadLatency_Average", 0.0),
-            "ModelLatency_max": totals.get("ModelLatency_Maximum", 0.0),
-            "OverheadLatency_max": totals.get("OverheadLatency_Maximum", 0.0),
+            **{k: totals.get(k) for k in names[len(METRICS) :]},
             "latency_unit": "microseconds",
             "window_s": minutes * 60,
             "throughput_rps": invocations / (minutes * 60),
             "error_rate": errors / invocations if invocations else 0.0,
             "replicas": record.replicas,
-            "sagemaker_names": [*METRICS, *LATENCIES],
+            "sagemaker_names": names,
             "sagemaker_series": [series[t] for t in sorted(series)],
         }
 
