@@ -278,8 +278,15 @@ def _worker_env(
     env["NBSCALE_DIST_BACKEND"] = "nccl" if gpus else "gloo"
     env["NBSCALE_GPUS_PER_PROC"] = str(gpus)
     env.setdefault("OMP_NUM_THREADS", "1")
-    checkpoint = spec.get("checkpoint_dir") or (
-        "/opt/ml/checkpoints" if layout["platform"] == "sagemaker" else str(jobdir.path / "ckpt")
+    # the platform's folder (Kubeflow: on the checkpoint_volume PVC) outlives the pod
+    checkpoint = (
+        spec.get("checkpoint_dir")
+        or os.environ.get("NBSCALE_CHECKPOINT_DIR")
+        or (
+            "/opt/ml/checkpoints"
+            if layout["platform"] == "sagemaker"
+            else str(jobdir.path / "ckpt")
+        )
     )
     env["NBSCALE_CHECKPOINT_DIR"] = checkpoint
     for name in [k for k in env if k.startswith("PET_")]:

@@ -98,6 +98,7 @@ class KubeflowBackend(JobBackend):
         "checkpoint_dir": "a path on this machine means nothing in a pod; "
         "save checkpoints to object storage from the job",
     }
+    supports_spot = True  # spot_node_selector / spot_tolerations (settings.require_spot)
 
     def __init__(self, config, store):
         super().__init__(config, store)
@@ -142,6 +143,8 @@ class KubeflowBackend(JobBackend):
 
     # -- submit -----------------------------------------------------------------------
     def validate(self, spec: JobSpec) -> None:
+        if spec.spot:
+            self.settings.require_spot()
         kind = spec.entry.kind
         if kind in ("script", "notebook"):  # a notebook runs under papermill (step closure)
             path = Path(spec.entry.target)

@@ -3,6 +3,10 @@
 - ``trainjob``: a Kubeflow Trainer ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``,
   Trainer v2.2) that runs ``python -m nbscale.runtime.launch`` on every node; node
   selectors, tolerations and the key Secret's volume go through ``runtimePatches``.
+  ``spec.spot`` adds the backend's ``spot_node_selector``/``spot_tolerations``; a
+  ``checkpoint_volume`` (a PVC) is mounted on every node and
+  ``NBSCALE_CHECKPOINT_DIR`` points ``nbscale.checkpoint`` into it (one folder per
+  job), so the pod that replaces a reclaimed spot node resumes from the last checkpoint.
 - ``bundle_configmap``: the cell bundle, when it is small enough to travel in a
   ConfigMap the job mounts (``binaryData``), instead of object storage.
 - ``key_secret``: the signing keys (``nbscale.keys.export``) as an Opaque Secret; the
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import SpecError
-from .settings import KEY_MOUNT, KubeflowSettings
+from .settings import CHECKPOINT_MOUNT, KEY_MOUNT, KubeflowSettings
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 TRAINER_VERSION = "v1alpha1"
@@ -133,6 +137,10 @@ def _env(spec: dict[str, Any], settings: KubeflowSettings, staged: Staged) -> li
     if staged.wheelhouse_url:
         env.append({"name": "NBSCALE_WHEELHOUSE_URL", "value": staged.wheelhouse_url})
     env.extend({"name": k, "value": v} for k, v in sorted(staged.extra_env.items()))
+    if settings.checkpoint_volume:  # on the PVC: outlives the pod, read by its replacement
+        env.append(
+            {"name": "NBSCALE_CHECKPOINT_DIR", "value": f"{CHECKPOINT_MOUNT}/{staged.job_id}"}
+        )
     return env
 
 
@@ -169,6 +177,11 @@ def trainjob(
     node_selector = dict(settings.node_selector)
     if spec.get("instance_type"):
         node_selector["node.kubernetes.io/instance-type"] = spec["instance_type"]
+    tolerations = [dict(t) for t in settings.tolerations]
+    if spec.get("spot"):
+        settings.require_spot()
+        node_selector.update(settings.spot_node_selector)
+        tolerations += [dict(t) for t in settings.spot_tolerations]
     volumes: list[dict[str, Any]] = [
         {
             "name": "nbscale-keys",
@@ -182,6 +195,14 @@ def trainjob(
     mounts: list[dict[str, Any]] = [
         {"name": "nbscale-keys", "mountPath": KEY_MOUNT, "readOnly": True}
     ]
+    if settings.checkpoint_volume:
+        volumes.append(
+            {
+                "name": "nbscale-checkpoints",
+                "persistentVolumeClaim": {"claimName": settings.checkpoint_volume},
+            }
+        )
+        mounts.append({"name": "nbscale-checkpoints", "mountPath": CHECKPOINT_MOUNT})
     if staged.configmap:
         volumes.append(
             {
@@ -196,8 +217,8 @@ def trainjob(
     }
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
-    if settings.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
     if settings.image_pull_secrets:

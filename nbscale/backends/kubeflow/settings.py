@@ -25,6 +25,17 @@
     kfp_host = "http://127.0.0.1:8888"            # Kubeflow Pipelines API
     serving_runtime = "nbscale"                   # the ClusterServingRuntime (deploy/kserve/)
     serving_image = "..."                         # or a custom predictor container image
+    # --spot: the pods go to spot nodes (both optional, at least one for --spot to work)
+    spot_node_selector = { "karpenter.sh/capacity-type" = "spot" }
+    spot_tolerations = [{ key = "spot", operator = "Exists", effect = "NoSchedule" }]
+    checkpoint_volume = "nbscale-checkpoints"     # a ReadWriteMany PVC: nbscale.checkpoint's
+                                                  # folder, so a replaced pod resumes
+    # cost (nbscale.cost): USD per node hour
+    prices = { "g5.xlarge" = 1.006 }              # per instance type (spec.instance_type)
+    spot_prices = { "g5.xlarge" = 0.40 }          # ... on spot nodes
+    spot_discount = 0.6                           # else: share saved on spot nodes
+    node_hour_price = 0.20                        # else: a node ...
+    gpu_hour_price = 2.50                         # ... plus its GPUs
 
 A setting nbscale does not know is refused (a typo must not be silently ignored);
 credentials never appear here: the pods read them from ``storage_secret``.
@@ -78,7 +89,18 @@ KNOWN = {
     "serving_runtime",
     "serving_image",
     "poll_seconds",
+    "spot_node_selector",
+    "spot_tolerations",
+    "checkpoint_volume",
+    "prices",
+    "spot_prices",
+    "spot_discount",
+    "price_per_node_hour",
+    "node_hour_price",
+    "gpu_hour_price",
 }
+CHECKPOINT_MOUNT = "/var/run/nbscale/checkpoints"
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,19 @@ class KubeflowSettings:
     serving_runtime: str = "nbscale"
     serving_image: str | None = None
     poll_seconds: float = 2.0
+    spot_node_selector: dict[str, str] = field(default_factory=dict)
+    spot_tolerations: tuple[dict[str, Any], ...] = ()
+    checkpoint_volume: str | None = None
+
+    def require_spot(self) -> None:
+        """``--spot`` needs to know which nodes are spot nodes in this cluster."""
+        if not (self.spot_node_selector or self.spot_tolerations):
+            raise SpecError(
+                "spot",
+                f"the {self.name} backend (kubeflow) has no spot nodes configured",
+                f"add spot_node_selector (and spot_tolerations) to [backends.{self.name}], e.g. "
+                'spot_node_selector = { "karpenter.sh/capacity-type" = "spot" }; or drop --spot',
+            )
 
     def storage_options(self) -> dict[str, Any]:
         return {
@@ -163,6 +198,35 @@ def _dns_name(name: str, key: str, value: Any) -> str:
             "use lower-case letters, digits and dashes",
         )
     return value
+
+
+def _check_prices(name: str, raw: dict[str, Any]) -> None:
+    """The price table's entries (read by nbscale.cost), refused here when they are no prices."""
+
+    def price(key: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise SpecError(_where(name, key), f"must be a price in USD >= 0, got {value!r}")
+
+    for key in ("price_per_node_hour", "node_hour_price", "gpu_hour_price"):
+        if key in raw:
+            price(key, raw[key])
+    for key in ("prices", "spot_prices"):
+        if key in raw:
+            if not isinstance(raw[key], dict):
+                raise SpecError(
+                    _where(name, key),
+                    "must be a table of instance type = USD per node hour",
+                    f'e.g. {key} = {{ "g5.xlarge" = 1.0 }}',
+                )
+            for instance, value in raw[key].items():
+                price(f"{key}.{instance}", value)
+    if "spot_discount" in raw:
+        d = raw["spot_discount"]
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d < 1:
+            raise SpecError(
+                _where(name, "spot_discount"),
+                f"must be the share saved on spot nodes, from 0 to below 1, got {d!r}",
+            )
 
 
 def settings(config: BackendConfig) -> KubeflowSettings:
@@ -219,21 +283,24 @@ def settings(config: BackendConfig) -> KubeflowSettings:
             kw[key] = _dns_name(name, key, raw[key])
     for key in ("cpu", "memory"):
         kw[key] = _quantity(name, key, raw.get(key))
-    for key in ("node_selector", "labels", "annotations"):
+    for key in ("node_selector", "spot_node_selector", "labels", "annotations"):
         if key in raw:
             kw[key] = _str_map(name, key, raw[key])
-    if "tolerations" in raw:
-        tol = raw["tolerations"]
-        allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
-        if not isinstance(tol, list) or not all(
-            isinstance(t, dict) and set(t) <= allowed for t in tol
-        ):
-            raise SpecError(
-                _where(name, "tolerations"),
-                f"must be a list of tables with {', '.join(sorted(allowed))}",
-                'e.g. tolerations = [{ key = "nvidia.com/gpu", operator = "Exists" }]',
-            )
-        kw["tolerations"] = tuple(dict(t) for t in tol)
+    for key in ("tolerations", "spot_tolerations"):
+        if key in raw:
+            tol = raw[key]
+            if not isinstance(tol, list) or not all(
+                isinstance(t, dict) and set(t) <= TOLERATION_KEYS for t in tol
+            ):
+                raise SpecError(
+                    _where(name, key),
+                    f"must be a list of tables with {', '.join(sorted(TOLERATION_KEYS))}",
+                    f'e.g. {key} = [{{ key = "nvidia.com/gpu", operator = "Exists" }}]',
+                )
+            kw[key] = tuple(dict(t) for t in tol)
+    if "checkpoint_volume" in raw:
+        kw["checkpoint_volume"] = _dns_name(name, "checkpoint_volume", raw["checkpoint_volume"])
+    _check_prices(name, raw)
     if "image_pull_secrets" in raw:
         kw["image_pull_secrets"] = tuple(
             _dns_name(name, "image_pull_secrets", s) for s in raw["image_pull_secrets"]
