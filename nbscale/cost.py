@@ -14,7 +14,18 @@ the backend's table of the config file:
     gpu_hour_price = 0.90                 # a local GPU-hour; 0 unless configured
     node_hour_price = 0.0
 
-``price_per_node_hour`` overrides everything for that backend. The same
+    [backends.kf]
+    type = "kubeflow"
+    prices = { "g5.xlarge" = 1.006 }      # on-demand, per instance type
+    spot_prices = { "g5.xlarge" = 0.40 }  # on spot nodes (--spot)
+    spot_discount = 0.6                   # else: the share spot saves
+
+``price_per_node_hour`` overrides everything for that backend. A spot job
+(``spec.spot``) is priced at ``spot_prices[instance]``, else at the on-demand
+price less ``spot_discount`` (no discount known: the on-demand price). On
+SageMaker, actual spot cost comes from ``BillableTimeInSeconds`` instead (it
+already counts the savings); elsewhere it is wall-clock x nodes x the spot
+price, and the savings are the on-demand cost of the same hours less that. The same
 module prices estimates (before submit), budgets (``max_cost``: refused when
 the estimate is over, stopped when the running cost reaches it), actual cost
 (wall-clock x nodes, or SageMaker's ``BillableTimeInSeconds`` when the backend
@@ -116,6 +127,26 @@ def node_price(
     )
 
 
+def spot_price(
+    on_demand: float, settings: dict[str, Any] | None = None, instance_type: str | None = None
+) -> float:
+    """USD per node hour on spot capacity: ``spot_prices``, else less ``spot_discount``."""
+    settings = settings or {}
+    table = settings.get("spot_prices") or {}
+    if instance_type and isinstance(table, dict) and instance_type in table:
+        return _price(table[instance_type], f"spot_prices.{instance_type}")
+    discount = settings.get("spot_discount")
+    if discount is None:
+        return on_demand
+    try:
+        share = float(discount)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0 <= share < 1:
+        raise SpecError("spot_discount", f"must be from 0 to below 1, got {discount!r}")
+    return round(on_demand * (1 - share), 6)
+
+
 def _price(value: Any, key: str) -> float:
     try:
         price = float(value)
@@ -171,7 +202,10 @@ def spec_price(spec: Any, config: Config | None = None) -> tuple[str, float]:
     get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
     bconf = config.backend(get("backend"))
     gpus = (get("procs_per_node", 1) or 1) * (get("gpus_per_proc", 0) or 0)
-    return bconf.name, node_price(bconf.type, bconf.settings, get("instance_type"), gpus)
+    price = node_price(bconf.type, bconf.settings, get("instance_type"), gpus)
+    if get("spot") and bconf.type != "local":
+        price = spot_price(price, bconf.settings, get("instance_type"))
+    return bconf.name, price
 
 
 def spec_estimate(spec: Any, config: Config | None = None) -> dict[str, Any]:
@@ -294,14 +328,24 @@ def record_costs(record: Any, config: Config) -> dict[str, Any] | None:
     info = record.info or {}
     billed_s = info.get("billable_seconds")  # SageMaker: BillableTimeInSeconds (spot: less)
     ran_s = info.get("training_seconds") or duration
-    cost = job_cost((billed_s if billed_s is not None else ran_s) / 3600.0, nodes, price)
+    # spot elsewhere: the hours as they ran, at the spot price (SageMaker's billed time
+    # already holds its savings)
+    paid = price
+    if spec.get("spot") and billed_s is None and record.backend_type not in ("local", "sagemaker"):
+        try:
+            paid = spot_price(price, settings, spec.get("instance_type"))
+        except SpecError:
+            return None
+    cost = job_cost((billed_s if billed_s is not None else ran_s) / 3600.0, nodes, paid)
     on_demand = job_cost(ran_s / 3600.0, nodes, price)
     return {
         "cost": cost,
         "on_demand_cost": on_demand,
         "spot_savings": round(max(0.0, on_demand - cost), 4),
         "node_hours": round(ran_s / 3600.0 * nodes, 4),
-        "price_per_node_hour": price,
+        "price_per_node_hour": paid,
+        "on_demand_price_per_node_hour": price,
+        "spot": bool(spec.get("spot")),
         "billable_seconds": billed_s,
     }
 
