@@ -86,7 +86,7 @@ def test_latencies_are_cloudwatch_percentiles_and_counts_are_sums(aws):  # noqa:
     assert (m["OverheadLatency_p50"], m["OverheadLatency_p95"]) == (50.0, 50.0)
     assert m["OverheadLatency_p99"] == 2000.0
     assert "ModelLatency" not in m and "ModelLatency_Average" not in str(m)
-    assert m["latency_unit"] == "microseconds"
+    assert m["latency_unit"] == "microseconds" and m["p50_ms"] == 1.2
     # a per-minute series for the chart, under the same names
     (minute,) = m["sagemaker_series"]
     assert minute["Invocations"] == 1000.0 and minute["ModelLatency_p99"] == 30000.0

@@ -595,6 +595,11 @@ class SageMakerEndpoints(EndpointBackend):
         return {
             **{k: totals.get(k, 0.0) for k in METRICS},
             **{k: totals.get(k) for k in names[len(METRICS) :]},
+            **{  # the panel's milliseconds (model time), as the other backends give them
+                f"{p}_ms": totals[f"ModelLatency_{p}"] / 1000.0
+                for p in PERCENTILES
+                if totals.get(f"ModelLatency_{p}") is not None
+            },
             "latency_unit": "microseconds",
             "window_s": minutes * 60,
             "throughput_rps": invocations / (minutes * 60),
