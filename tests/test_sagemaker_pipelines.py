@@ -214,6 +214,8 @@ def test_a_detached_run_is_followed_in_the_background_and_cancelled_from_the_sto
     wait_for(lambda: get_run(run_id).step("train_a")["status"] == "RUNNING", 60, what="train_a")
     assert get_run(run_id).step("prepare")["status"] == "SUCCEEDED"
 
+    # the follower (not a read of a run without one) kept the row current
+    assert follower.is_running() and follower.status() != psutil.STATUS_ZOMBIE
     # `nbscale pipeline cancel RUN` (the panel's DELETE calls the same cancel_run)
     proc = cli("pipeline", "cancel", run_id)
     out, err = proc.communicate(timeout=60)

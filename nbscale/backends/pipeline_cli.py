@@ -143,7 +143,7 @@ def start(
             platform.runner.cancel(remote_id)
         raise
     if detach:
-        _spawn_follower(run_id, pipeline.directory)
+        _spawn_follower(run_id)
         return get_run(run_id)
     import psutil
 
@@ -164,9 +164,10 @@ def start(
     return get_run(run_id)
 
 
-def _spawn_follower(run_id: str, cwd: str | None) -> None:
+def _spawn_follower(run_id: str) -> None:
     """A follower in its own session; without one the run is read from the platform when
-    looked at, so a follower that cannot start costs freshness, not the run."""
+    looked at, so a follower that cannot start costs freshness, not the run. It starts in
+    this process's folder, so it reads the same ``nbscale.toml``."""
     from ..pipelines.runner import run_dir
     from ..store import get_store
     from ..store import pipelines as db
@@ -182,7 +183,7 @@ def _spawn_follower(run_id: str, cwd: str | None) -> None:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env=os.environ.copy(),
-                cwd=cwd or None,
+                cwd=os.getcwd(),
             )
         except OSError as exc:
             print(f"nbscale: no follower for run {run_id}: {exc}", file=sys.stderr)
