@@ -298,3 +298,13 @@ def test_pipeline_magic_runs_on_kfp(small, kfp_api, kube_env, nbscale_home, caps
         InteractiveShell.clear_instance()
     (run_id,) = kfp_api.runs
     assert run_id in capsys.readouterr().out
+    # recorded like the CLI's runs; its follower is stopped with the test
+    import psutil
+
+    from nbscale.store import get_store
+    from nbscale.store import pipelines as db
+
+    (record,) = db.list_runs(get_store())
+    assert record["backend"] == "kf" and record["options"]["remote"]["id"] == run_id
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(record["pid"]).kill()
