@@ -44,6 +44,7 @@ class ServingApp:
         self.ready = False
         self.inflight = 0
         self.connections = 0
+        self.http = None  # the HttpServer serving this app (its count of waiting requests)
         self.batcher = Batcher(
             handler.run,
             max_batch_size,
@@ -204,13 +205,17 @@ class ServingApp:
                 ) from None
         parsed = parse_infer(req.body, header_len, self.handler.inputs)
         rows = parsed.inputs[self.handler.input.name]
-        out = await self.batcher.submit(rows)
+        out = await self.batcher.submit(rows, self._alone())
         outputs = {self.handler.outputs[0].name: out}
         body, headers = encode_infer(self.name, "1", parsed, outputs)
         if self.capture:
             self.capture.offer(self.name, parsed.id, parsed.inputs, outputs)
         ctype = "application/octet-stream" if headers else "application/json"
         return Response(200, body, ctype, headers)
+
+    def _alone(self) -> bool:
+        """No other request read and waiting for its answer: nothing to batch this one with."""
+        return self.http is not None and self.http.waiting <= 1
 
     async def invocations(self, req: Request) -> Response:
         return await self._guarded("invocations", req, self._invocations)
@@ -241,7 +246,7 @@ class ServingApp:
         except Exception as exc:
             raise ProtocolError(400, f"the body could not be read as {ctype}: {exc}") from None
         rows = h.check_rows(as_numpy(data))
-        out = await self.batcher.submit(rows)
+        out = await self.batcher.submit(rows, self._alone())
         body = h.output_fn(out, accept)
         if isinstance(body, str):
             body = body.encode()

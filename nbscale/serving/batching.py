@@ -69,8 +69,12 @@ class Batcher:
             self._worker.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
-        """Run ``rows`` (first axis: batch) with whatever else is queued; returns this request's rows."""
+    async def submit(self, rows: np.ndarray, alone: bool = False) -> np.ndarray:
+        """Run ``rows`` (first axis: batch) with whatever else is queued; returns this request's rows.
+
+        ``alone``: the server holds no other request (read and not answered), so there is
+        nothing to batch this one with; a fast model then runs it at once, on the loop.
+        """
         n = rows.shape[0]
         if self.queued_rows + n > self.max_queue:
             raise Overloaded(
@@ -80,11 +84,11 @@ class Batcher:
         self.ewma_gap = 0.9 * self.ewma_gap + 0.1 * min(now - self._last_arrival, 0.01)
         self._last_arrival = now
         if (
-            self.max_batch_size == 1
+            (alone or self.max_batch_size == 1)
             and not self.queue
             and not self._busy
             and 0 < self.ewma_run < INLINE_BELOW_S
-        ):  # batching off and a fast model: no queue hop (two loop turns) for nothing to batch
+        ):  # nothing to batch with and a fast model: no queue hop (two loop turns) for nothing
             return self._run_now(rows)
         fut = asyncio.get_running_loop().create_future()
         self.queue.append((rows, fut))

@@ -29,9 +29,9 @@ def _default_model_fn(model_dir: str):
         raise FileNotFoundError(
             f"{model_dir} has neither code/inference.py with model_fn nor model.pt2"
         )
-    module = torch.export.load(str(path)).module(check_guards=False)
-    module.validate_inputs = False  # ModelHandler checks every input against the signature
-    return module
+    from .exported import lean
+
+    return lean(torch.export.load(str(path)))  # ModelHandler checks inputs against the signature
 
 
 def _default_input_fn(body: bytes, content_type: str):

@@ -151,6 +151,7 @@ class HttpServer:
         self.on_count = on_count
         self.connections: set[HttpProtocol] = set()
         self.refused = 0
+        self.waiting = 0  # requests read, on every connection, and not answered yet
         self.stopping = False
         self.server: asyncio.AbstractServer | None = None
 
@@ -253,6 +254,9 @@ class HttpProtocol(asyncio.Protocol):
                 self.server.on_count(-1)
         if self.task is not None:
             self.task.cancel()
+        unread = sum(1 for item, _ in self.queue if isinstance(item, Request))
+        self.server.waiting -= unread
+        self.queue.clear()
 
     def pause_writing(self) -> None:  # type: ignore[override]
         self.writable.clear()
@@ -456,6 +460,7 @@ class HttpProtocol(asyncio.Protocol):
         self.queued_bytes += len(body)
         method = self.parser.get_method().decode("latin-1")
         self.queue.append((Request(method, path, query, self.headers, body), keep))
+        self.server.waiting += 1
         if not keep:
             self.closing = True  # what follows a Connection: close request is not read
 
@@ -473,6 +478,8 @@ class HttpProtocol(asyncio.Protocol):
                         resp = await self.handler(item)
                     except Exception as exc:  # a bug in a handler must not kill the connection
                         resp = internal_error(exc, f"{item.method} {item.path}")
+                    finally:
+                        self.server.waiting -= 1
                 if self.closed:
                     return
                 if self.server.stopping and not self.queue:

@@ -27,12 +27,16 @@ def _device():
 def model_fn(model_dir):
     path = os.path.join(model_dir, MODEL_FILE)
     if FORMAT == "torch.export":
-        # the guards and the per-call input check of the exported module cost about 55 us a
-        # call; nbscale's runtime checks every input against nbscale.json before predict_fn,
-        # and a stock container's wrong input still fails in the first operator
-        module = torch.export.load(path).module(check_guards=False)
-        module.validate_inputs = False
-        return module.to(_device())
+        program = torch.export.load(path)
+        try:  # nbscale's runtime: the same graph without pytree and hook overhead per call
+            from nbscale.serving.exported import lean
+        except ImportError:  # a stock container without nbscale: the module torch builds
+            # its per-call guards and input re-check cost about 55 us a call; a wrong input
+            # still fails in the first operator
+            module = program.module(check_guards=False)
+            module.validate_inputs = False
+            return module.to(_device())
+        return lean(program, _device())
     # a pickled object: unpickle only an artifact whose signed file list still matches
     try:
         from nbscale.serving.artifact import verify

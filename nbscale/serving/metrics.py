@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 import time
+from bisect import bisect_left
 from collections import deque
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 WINDOW_S = 60.0
 SERIES_POINTS = 120
@@ -118,36 +121,93 @@ class Rolling:
         }
 
 
+class LoopHistogram:
+    """One histogram child, observed from the event loop's thread only: no lock, one bisect.
+
+    prometheus_client's own ``Histogram.observe`` takes a lock per bucket and sum
+    (thread safety a single-threaded server does not need) and cost about as much
+    as parsing a request; the exposition is still prometheus_client's, through a
+    collector (``LoopFamilies``).
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: the first bound >= value
+        self.sum += value
+
+
+class LoopCounter:
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+class LoopFamilies:
+    """A prometheus_client collector of ``LoopHistogram``/``LoopCounter`` children."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.families: dict[str, tuple[str, str, tuple[str, ...], Any, dict]] = {}
+        registry.register(self)
+
+    def histogram(self, name: str, doc: str, labels: tuple[str, ...], bounds) -> dict:
+        children: dict[tuple[str, ...], LoopHistogram] = {}
+        self.families[name] = ("histogram", doc, labels, tuple(float(b) for b in bounds), children)
+        return children
+
+    def counter(self, name: str, doc: str, labels: tuple[str, ...]) -> dict:
+        children: dict[tuple[str, ...], LoopCounter] = {}
+        self.families[name] = ("counter", doc, labels, None, children)
+        return children
+
+    def collect(self):
+        for name, (kind, doc, labels, bounds, children) in self.families.items():
+            if kind == "counter":
+                fam = CounterMetricFamily(name, doc, labels=labels)
+                for values, child in list(children.items()):
+                    fam.add_metric(values, child.value)
+            else:
+                fam = HistogramMetricFamily(name, doc, labels=labels)
+                les = [*(floatToGoString(b) for b in bounds), "+Inf"]
+                for values, child in list(children.items()):
+                    cum, buckets = 0, []
+                    for le, n in zip(les, child.counts, strict=True):
+                        cum += n
+                        buckets.append((le, cum))
+                    fam.add_metric(values, buckets, child.sum)
+            yield fam
+
+
 class ServerMetrics:
+    """The metrics of one server. Observations happen on its event loop's thread only."""
+
     def __init__(self, model: str):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "nbscale_requests",
-            "Requests by route and HTTP status",
-            ["model", "route", "code"],
-            registry=r,
+        loop_metrics = LoopFamilies(r)
+        self._requests = loop_metrics.counter(
+            "nbscale_requests", "Requests by route and HTTP status", ("model", "route", "code")
         )
-        self.latency = Histogram(
+        self._latency = loop_metrics.histogram(
             "nbscale_request_latency_seconds",
             "Request latency",
-            ["model", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("model", "route"),
+            LATENCY_BUCKETS,
         )
-        self.batch_size = Histogram(
-            "nbscale_batch_size",
-            "Rows per model batch",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self._batch_size = loop_metrics.histogram(
+            "nbscale_batch_size", "Rows per model batch", ("model",), BATCH_BUCKETS
         )
-        self.batch_latency = Histogram(
-            "nbscale_batch_latency_seconds",
-            "Model time per batch",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self._batch_latency = loop_metrics.histogram(
+            "nbscale_batch_latency_seconds", "Model time per batch", ("model",), LATENCY_BUCKETS
         )
         self.queue_depth = Gauge(
             "nbscale_queue_depth", "Rows waiting for the model", ["model"], registry=r
@@ -165,43 +225,53 @@ class ServerMetrics:
             "nbscale_batch_limit", "Current adaptive batch size limit", ["model"], registry=r
         )
         # SageMaker's ModelLatency / OverheadLatency, observed by a router (nbscale.monitoring.metrics)
-        self.model_latency = Histogram(
+        self._model_latency = loop_metrics.histogram(
             "nbscale_model_latency_seconds",
             "Time the replica took to answer, as the router saw it",
-            ["model", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("model", "route"),
+            LATENCY_BUCKETS,
         )
-        self.overhead_latency = Histogram(
+        self._overhead_latency = loop_metrics.histogram(
             "nbscale_overhead_latency_seconds",
             "Router time besides the replica's (queueing for a replica, cold starts, proxying)",
-            ["model", "route"],
-            buckets=OVERHEAD_BUCKETS,
-            registry=r,
+            ("model", "route"),
+            OVERHEAD_BUCKETS,
         )
         self.model = model
         self.rolling = Rolling()
-        # children bound once: a labels() lookup per request costs more than the observation
-        self._hist: dict[str, Any] = {}
-        self._count: dict[tuple[str, int], Any] = {}
-        self._bs = self.batch_size.labels(model)
-        self._bl = self.batch_latency.labels(model)
+        # children bound once: a label lookup per request costs more than the observation
+        self._hist: dict[str, LoopHistogram] = {}
+        self._count: dict[tuple[str, int], LoopCounter] = {}
+        self._split: dict[str, tuple[LoopHistogram, LoopHistogram]] = {}
+        self._bs = self._batch_size[(model,)] = LoopHistogram(tuple(map(float, BATCH_BUCKETS)))
+        self._bl = self._batch_latency[(model,)] = LoopHistogram(LATENCY_BUCKETS)
 
     def observe_request(self, route: str, code: int, seconds: float) -> None:
         h = self._hist.get(route)
         if h is None:
-            h = self._hist[route] = self.latency.labels(self.model, route)
+            h = self._hist[route] = self._latency[(self.model, route)] = LoopHistogram(
+                LATENCY_BUCKETS
+            )
         h.observe(seconds)
         c = self._count.get((route, code))
         if c is None:
-            c = self._count[(route, code)] = self.requests.labels(self.model, route, str(code))
-        c.inc()
+            c = self._count[(route, code)] = self._requests[(self.model, route, str(code))] = (
+                LoopCounter()
+            )
+        c.value += 1
         if route in ("infer", "invocations"):
             self.rolling.record(seconds, code < 400)
 
     def observe_split(self, route: str, model_s: float, overhead_s: float) -> None:
-        self.model_latency.labels(self.model, route).observe(model_s)
-        self.overhead_latency.labels(self.model, route).observe(max(0.0, overhead_s))
+        pair = self._split.get(route)
+        if pair is None:
+            key = (self.model, route)
+            pair = self._split[route] = (
+                self._model_latency.setdefault(key, LoopHistogram(LATENCY_BUCKETS)),
+                self._overhead_latency.setdefault(key, LoopHistogram(OVERHEAD_BUCKETS)),
+            )
+        pair[0].observe(model_s)
+        pair[1].observe(max(0.0, overhead_s))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self._bs.observe(size)

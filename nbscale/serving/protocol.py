@@ -88,7 +88,7 @@ def cast_checked(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         )
     if arr.dtype == dtype:
         return arr
-    name = NUMPY_TO_V2.get(dtype, str(dtype))
+    name = NUMPY_TO_V2.get(dtype) or str(dtype)
     if arr.size and dtype.kind in "iu" and kind != "b":
         if kind == "f" and not (np.isfinite(arr).all() and (arr == np.trunc(arr)).all()):
             raise ProtocolError(400, f"{what}: {name} takes whole numbers only")
@@ -103,7 +103,7 @@ def cast_checked(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         raise ProtocolError(400, f"{what}: BOOL takes 0/1 or true/false only")
     with np.errstate(over="ignore"):  # an overflow is found and refused just below
         out = arr.astype(dtype)
-    if arr.size and dtype.kind == "f" and kind in "iuf":
+    if arr.size and dtype.kind == "f" and kind in "iuf" and np.isinf(out).any():
         overflow = np.isinf(out) & np.isfinite(arr)
         if overflow.any():
             bad = arr[overflow].flat[0]

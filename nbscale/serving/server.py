@@ -186,6 +186,7 @@ async def _run(
         capture,
     )
     server = await serve(app, host, port, limits, on_count=app.on_connection)
+    app.http = server
     metrics_server = (
         await serve(MetricsOnly(app), host, args.metrics_port, limits)
         if args.metrics_port is not None
