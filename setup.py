@@ -16,10 +16,9 @@ package (package-dir in pyproject.toml), which hatchling's editable installs ref
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from hatch_jupyter_builder import npm_builder
-from hatch_jupyter_builder.utils import ensure_targets
 from setuptools import setup
 from setuptools.command.build_py import build_py
 from setuptools.command.sdist import sdist
@@ -45,7 +44,15 @@ SHARED = {
 }
 
 
+# NBSCALE_NO_PANEL=1: the wheel a container installs (nbscale.runtime.wheelhouse) runs no
+# Jupyter, so it is built without the panel, its npm build or the server config
+NO_PANEL = os.environ.get("NBSCALE_NO_PANEL") == "1"
+
+
 def build_panel(target: str, editable: bool) -> None:
+    from hatch_jupyter_builder import npm_builder
+    from hatch_jupyter_builder.utils import ensure_targets
+
     npm_builder(target, "editable" if editable else "standard", **BUILD)
     ensure_targets(ENSURED)
 
@@ -67,9 +74,10 @@ def shared_data() -> list[tuple[str, list[str]]]:
 
 class BuildPy(build_py):
     def run(self) -> None:
-        build_panel("wheel", bool(getattr(self, "editable_mode", False)))
-        # listed now that the panel exists (its file names carry content hashes)
-        self.distribution.data_files = shared_data()
+        if not NO_PANEL:
+            build_panel("wheel", bool(getattr(self, "editable_mode", False)))
+            # listed now that the panel exists (its file names carry content hashes)
+            self.distribution.data_files = shared_data()
         super().run()
 
 

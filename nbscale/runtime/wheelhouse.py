@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -82,9 +83,9 @@ def _source_digest(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _pip(*args: str) -> None:
+def _pip(*args: str, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "pip", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise WheelhouseError(
             f"{' '.join(cmd[2:5])} failed: {(proc.stderr or proc.stdout).strip()[-2000:]}"
@@ -101,7 +102,17 @@ def nbscale_wheel(dest: Path) -> Path:
         with tempfile.TemporaryDirectory(prefix="nbscale-wheel-") as tmp:
             copy = Path(tmp) / "src"
             shutil.copytree(root, copy, ignore=_SKIP, symlinks=True)
-            _pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(copy))
+            # a container runs no Jupyter: no panel (nor its npm build) in this wheel
+            _pip(
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(dest),
+                str(copy),
+                env={**os.environ, "NBSCALE_NO_PANEL": "1"},
+            )
     else:
         version = metadata.version("nbscale")
         _pip("download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),
