@@ -400,3 +400,38 @@ def cost_report(
                     g[k] = round(g[k] + c[k], 4)
     ordered = sorted(groups.values(), key=lambda g: (-g["cost"], g["key"]))
     return {"by": by, "since_s": since_s, "groups": ordered, "total": total, "currency": "USD"}
+
+
+def check_price_settings(name: str, raw: dict[str, Any]) -> None:
+    """A backend table's price entries (read by this module), refused when they are no prices.
+
+    Called by the backends' settings checks, so a bad price is refused at ``nbscale config``
+    time with the setting's name.
+    """
+
+    def price(key: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise SpecError(
+                f"[backends.{name}] {key}", f"must be a price in USD >= 0, got {value!r}"
+            )
+
+    for key in ("price_per_node_hour", "node_hour_price", "gpu_hour_price"):
+        if key in raw:
+            price(key, raw[key])
+    for key in ("prices", "spot_prices"):
+        if key in raw:
+            if not isinstance(raw[key], dict):
+                raise SpecError(
+                    f"[backends.{name}] {key}",
+                    "must be a table of instance type = USD per node hour",
+                    f'e.g. {key} = {{ "g5.xlarge" = 1.0 }}',
+                )
+            for instance, value in raw[key].items():
+                price(f"{key}.{instance}", value)
+    if "spot_discount" in raw:
+        d = raw["spot_discount"]
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d < 1:
+            raise SpecError(
+                f"[backends.{name}] spot_discount",
+                f"must be the share saved on spot nodes, from 0 to below 1, got {d!r}",
+            )

@@ -213,3 +213,20 @@ def test_train_report_carries_the_estimate_when_the_job_costs_or_has_a_budget(pr
         "x = 1\n", {}, JobSpec(Entry("bundle", "<cell>"), name="cell", max_cost=5.0)
     )
     assert "never reached" in _note(budget)
+
+
+def test_sagemaker_backend_takes_the_price_table_it_documents_and_refuses_bad_prices(priced):
+    from nbscale.backends.sagemaker.config import settings as sagemaker_settings
+    from nbscale.config import BackendConfig
+
+    prod = priced.backend("prod")
+    base = {**prod.settings, "storage": "s3://bucket/nbscale"}
+    table = {**base, "spot_prices": {"ml.g5.xlarge": 0.5}, "spot_discount": 0.7}
+    sagemaker_settings(BackendConfig("prod", "sagemaker", table))  # accepted as documented
+    for bad, named in (
+        ({"prices": {"ml.g5.xlarge": "cheap"}}, "prices.ml.g5.xlarge"),
+        ({"spot_discount": 1.5}, "spot_discount"),
+        ({"prices": 3}, "prices"),
+    ):
+        with pytest.raises(SpecError, match=named.replace(".", r"\.")):
+            sagemaker_settings(BackendConfig("prod", "sagemaker", {**base, **bad}))

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import BackendConfig
+from ...cost import check_price_settings
 from ...errors import SpecError
 
 DEFAULT_IMAGE = "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"  # the torch-distributed runtime's
@@ -200,35 +201,6 @@ def _dns_name(name: str, key: str, value: Any) -> str:
     return value
 
 
-def _check_prices(name: str, raw: dict[str, Any]) -> None:
-    """The price table's entries (read by nbscale.cost), refused here when they are no prices."""
-
-    def price(key: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise SpecError(_where(name, key), f"must be a price in USD >= 0, got {value!r}")
-
-    for key in ("price_per_node_hour", "node_hour_price", "gpu_hour_price"):
-        if key in raw:
-            price(key, raw[key])
-    for key in ("prices", "spot_prices"):
-        if key in raw:
-            if not isinstance(raw[key], dict):
-                raise SpecError(
-                    _where(name, key),
-                    "must be a table of instance type = USD per node hour",
-                    f'e.g. {key} = {{ "g5.xlarge" = 1.0 }}',
-                )
-            for instance, value in raw[key].items():
-                price(f"{key}.{instance}", value)
-    if "spot_discount" in raw:
-        d = raw["spot_discount"]
-        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d < 1:
-            raise SpecError(
-                _where(name, "spot_discount"),
-                f"must be the share saved on spot nodes, from 0 to below 1, got {d!r}",
-            )
-
-
 def settings(config: BackendConfig) -> KubeflowSettings:
     raw = dict(config.settings)
     unknown = sorted(set(raw) - KNOWN)
@@ -300,7 +272,7 @@ def settings(config: BackendConfig) -> KubeflowSettings:
             kw[key] = tuple(dict(t) for t in tol)
     if "checkpoint_volume" in raw:
         kw["checkpoint_volume"] = _dns_name(name, "checkpoint_volume", raw["checkpoint_volume"])
-    _check_prices(name, raw)
+    check_price_settings(name, raw)
     if "image_pull_secrets" in raw:
         kw["image_pull_secrets"] = tuple(
             _dns_name(name, "image_pull_secrets", s) for s in raw["image_pull_secrets"]

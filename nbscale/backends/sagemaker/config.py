@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import BackendConfig
+from ...cost import check_price_settings
 from ...errors import BackendUnavailable, MissingDependency, SpecError
 
 ROLE_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+$")
@@ -68,6 +69,9 @@ KNOWN = {
     "key_secret_name",
     "poll_seconds",
     "price_per_node_hour",
+    "prices",
+    "spot_prices",
+    "spot_discount",
     "data_capture_percent",
     "rollback_alarms",
     "wheelhouse",
@@ -226,6 +230,7 @@ def settings(bconf: BackendConfig) -> SageMakerSettings:
             "is not a SageMaker backend setting",
             f"known settings: {', '.join(sorted(KNOWN))}",
         )
+    check_price_settings(name, raw)
     role = raw.get("role_arn")
     if not role:
         raise SpecError(
