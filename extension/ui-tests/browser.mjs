@@ -1,6 +1,7 @@
 // One headless Chromium (Debian's, through playwright-core) for a UI test script:
-// runs `steps(page)`, fails on nbscale errors in the browser console, screenshots a
-// failure into `shots`, and exits the process with 0 or 1.
+// runs `steps(page)`, fails on nbscale errors in the browser console (unless the
+// scenario expects them), accepts "leave this page?" dialogs, screenshots a failure
+// into `shots`, and exits the process with 0 or 1.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,7 +9,20 @@ import { join } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-export async function runInChromium(steps, shots) {
+/** An environment variable the script cannot run without. */
+export const env = name => {
+  const value = process.env[name];
+  assert.ok(value, `${name} must be set`);
+  return value;
+};
+
+export const step = text => console.log(`[ui] ${text}`);
+
+export async function runInChromium(
+  steps,
+  shots,
+  { expectNbscaleErrors = false } = {}
+) {
   const userData = mkdtempSync(join(tmpdir(), 'nbs-chromium-'));
   const context = await chromium.launchPersistentContext(userData, {
     executablePath: process.env.NBS_CHROMIUM || '/usr/bin/chromium',
@@ -30,16 +44,16 @@ export async function runInChromium(steps, shots) {
   try {
     const page = context.pages()[0] ?? (await context.newPage());
     page.on('console', msg => {
-      if (msg.type() === 'error' && /nbscale/i.test(msg.text())) {
+      if (msg.type() === 'error' || msg.text().startsWith('nbscale:')) {
         consoleErrors.push(msg.text());
       }
     });
+    page.on('dialog', dialog => void dialog.accept()); // "leave this page?"
     await steps(page);
-    assert.deepEqual(
-      consoleErrors,
-      [],
-      'nbscale errors in the browser console'
+    const ours = consoleErrors.filter(
+      t => /nbscale/i.test(t) && !expectNbscaleErrors
     );
+    assert.deepEqual(ours, [], 'nbscale errors in the browser console');
     console.log('[ui] all good');
   } catch (error) {
     failed = true;
@@ -50,6 +64,7 @@ export async function runInChromium(steps, shots) {
         .screenshot({ path: join(shots, 'failure.png') })
         .catch(() => {});
     }
+    console.error('browser console errors:', consoleErrors.join('\n'));
   } finally {
     await context.close();
     rmSync(userData, { recursive: true, force: true });

@@ -7,20 +7,14 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 
-import { runInChromium } from './browser.mjs';
+import { env, runInChromium, step } from './browser.mjs';
 
-const env = name => {
-  const value = process.env[name];
-  assert.ok(value, `${name} must be set`);
-  return value;
-};
 const URL_ = env('NBS_URL');
 const TOKEN = env('NBS_TOKEN');
 const NOTEBOOK = env('NBS_NOTEBOOK');
 const ENDPOINT = env('NBS_ENDPOINT');
 const FEATURE = env('NBS_FEATURE');
 const SHOTS = env('NBS_SHOTS');
-const step = text => console.log(`[ui] ${text}`);
 
 /** Drag the sidebar wider, as a user would to read the panel. */
 async function widenSidebar(page, by) {

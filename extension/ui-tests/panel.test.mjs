@@ -6,17 +6,10 @@
 // whose first step sleeps), NBS_SHOTS (directory for screenshots),
 // NBS_CHROMIUM (default /usr/bin/chromium).
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { chromium } from 'playwright-core';
+import { env, runInChromium, step } from './browser.mjs';
 
-const env = name => {
-  const value = process.env[name];
-  assert.ok(value, `${name} must be set`);
-  return value;
-};
 const URL_ = env('NBS_URL');
 const TOKEN = env('NBS_TOKEN');
 const SCENARIO = process.env.NBS_SCENARIO || 'full';
@@ -25,8 +18,6 @@ const NOTEBOOK = env('NBS_NOTEBOOK');
 const NESTED_JOB = process.env.NBS_NESTED_JOB || '';
 const SHOTS = env('NBS_SHOTS');
 const JOB_TIMEOUT = 180_000;
-
-const step = text => console.log(`[ui] ${text}`);
 
 /** Page object for JupyterLab with the nbscale panel. */
 class Lab {
@@ -297,55 +288,16 @@ async function missingServer(lab) {
   );
 }
 
-const userData = mkdtempSync(join(tmpdir(), 'nbs-chromium-'));
-const context = await chromium.launchPersistentContext(userData, {
-  executablePath: process.env.NBS_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1440, height: 900 },
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync'
-  ]
-});
-const consoleErrors = [];
-let failed = false;
-try {
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', msg => {
-    if (msg.type() === 'error' || msg.text().startsWith('nbscale:')) {
-      consoleErrors.push(msg.text());
+await runInChromium(
+  async page => {
+    const lab = new Lab(page);
+    if (SCENARIO === 'missing-server') {
+      await missingServer(lab);
+    } else {
+      await full(page, lab);
     }
-  });
-  page.on('dialog', dialog => void dialog.accept()); // "leave this page?"
-  const lab = new Lab(page);
-
-  if (SCENARIO === 'missing-server') {
-    await missingServer(lab);
-  } else {
-    await full(page, lab);
-  }
+  },
+  SHOTS,
   // the missing-server scenario expects the panel's own warning in the console
-  const ours = consoleErrors.filter(
-    t => /nbscale/i.test(t) && SCENARIO !== 'missing-server'
-  );
-  assert.deepEqual(ours, [], 'nbscale errors in the browser console');
-  step('all good');
-} catch (error) {
-  failed = true;
-  console.error(error);
-  const page = context.pages()[0];
-  if (page) {
-    await page.screenshot({ path: join(SHOTS, 'failure.png') }).catch(() => {});
-  }
-  console.error('browser console errors:', consoleErrors.join('\n'));
-} finally {
-  await context.close();
-  rmSync(userData, { recursive: true, force: true });
-}
-process.exit(failed ? 1 : 0);
+  { expectNbscaleErrors: SCENARIO === 'missing-server' }
+);

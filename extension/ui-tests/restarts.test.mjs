@@ -7,19 +7,13 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 
-import { runInChromium } from './browser.mjs';
+import { env, runInChromium, step } from './browser.mjs';
 
-const env = name => {
-  const value = process.env[name];
-  assert.ok(value, `${name} must be set`);
-  return value;
-};
 const URL_ = env('NBS_URL');
 const TOKEN = env('NBS_TOKEN');
 const NOTEBOOK = env('NBS_NOTEBOOK');
 const JOB = env('NBS_JOB');
 const SHOTS = env('NBS_SHOTS');
-const step = text => console.log(`[ui] ${text}`);
 
 async function restarts(page) {
   step('open Lab and the panel');
