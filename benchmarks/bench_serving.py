@@ -294,15 +294,21 @@ def server_cpu_s(pids: list[int]) -> float:
     """CPU seconds (user + system) used so far by these processes and all their children."""
     import psutil
 
-    total = 0.0
+    procs: dict[int, psutil.Process] = {}  # each once: a replica is also the router's child
     for pid in pids:
         try:
             root = psutil.Process(pid)
             for proc in [root, *root.children(recursive=True)]:
-                t = proc.cpu_times()
-                total += t.user + t.system
+                procs[proc.pid] = proc
         except psutil.NoSuchProcess:
             continue
+    total = 0.0
+    for proc in procs.values():
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
     return total
 
 
