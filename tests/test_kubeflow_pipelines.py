@@ -23,7 +23,7 @@ from nbscale import keys
 from nbscale.backends.kubeflow.pipelines import KFPPipelines, run_from_cli
 from nbscale.backends.kubeflow.settings import settings
 from nbscale.config import BackendConfig
-from nbscale.errors import BackendUnavailable, SpecError
+from nbscale.errors import BackendUnavailable, NotFound, SpecError
 from nbscale.pipelines import compile_pipeline
 from tests.conftest import wait_for
 from tests.emulators import free_port
@@ -234,7 +234,14 @@ def test_cli_entry_records_the_run_and_unreachable_api(
         wait_for(lambda: kfp_api.runs, 60, what="a run")
         (kfp_id,) = kfp_api.runs
         kfp_api.set_tasks(kfp_id, "RUNNING", {"make": ("RUNNING", None)})
-        wait_for(lambda: get_run(kfp_id).step("make")["status"] == "RUNNING", 60, what="make")
+
+        def make_running():
+            try:
+                return get_run(kfp_id).step("make")["status"] == "RUNNING"
+            except NotFound:  # KFP accepted the run; the CLI records it a moment later
+                return False
+
+        wait_for(make_running, 60, what="make")
         done = {n: ("SUCCEEDED", None) for n in ("make", "double", "square", "total")}
         kfp_api.set_tasks(kfp_id, "SUCCEEDED", done)
 

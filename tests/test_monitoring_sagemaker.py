@@ -16,13 +16,14 @@ import pytest
 from nbscale.store.endpoints import EndpointRecord
 from tests.test_sagemaker_endpoints import aws, backend, emulator  # noqa: F401 - fixtures
 
+# its own endpoint name: the emulator (and its CloudWatch data) is shared with other test modules
 DIMS = [
-    {"Name": "EndpointName", "Value": "digits"},
+    {"Name": "EndpointName", "Value": "cw-percentiles"},
     {"Name": "VariantName", "Value": "AllTraffic"},
 ]
 
 
-def record(name: str = "digits") -> EndpointRecord:
+def record(name: str = "cw-percentiles") -> EndpointRecord:
     return EndpointRecord(
         name=name,
         backend="aws",
