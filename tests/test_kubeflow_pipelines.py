@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from nbscale import keys
-from nbscale.backends.kubeflow.pipelines import KFPPipelines, run_from_cli
+from nbscale.backends.kubeflow.pipelines import KFPPipelines
 from nbscale.backends.kubeflow.settings import settings
+from nbscale.backends.pipeline_cli import run_remote as run_from_cli
 from nbscale.config import BackendConfig
 from nbscale.errors import BackendUnavailable, NotFound, SpecError
 from nbscale.pipelines import compile_pipeline

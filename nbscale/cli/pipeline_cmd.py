@@ -31,17 +31,13 @@ def _printer(stream=None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..backends import pipeline_cli
     from ..config import load as load_config
     from ..pipelines import start_run
 
-    if args.backend and load_config().backend(args.backend).type == "sagemaker":
-        from ..backends.sagemaker.pipelines import run_from_cli
-
-        return run_from_cli(args, _params(args), _printer())
-    if args.backend and load_config().backend(args.backend).type == "kubeflow":
-        from ..backends.kubeflow.pipelines import run_from_cli as kfp_run_from_cli
-
-        return kfp_run_from_cli(args, _params(args), _printer())
+    if args.backend and load_config().backend(args.backend).type in pipeline_cli.MODULES:
+        # an orchestrator elsewhere (KFP, SageMaker): one driver for every one of them
+        return pipeline_cli.run_remote(args, _params(args), _printer())
 
     options = {
         "max_parallel": args.max_parallel,

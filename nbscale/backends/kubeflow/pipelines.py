@@ -205,16 +205,6 @@ def platform(backend: str):
     )
 
 
-def run_from_cli(
-    args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
-) -> int:
-    """``nbscale pipeline run FLOW --backend NAME`` for a kubeflow backend: recorded as a
-    pipeline run like a local one (``nbscale pipeline runs``, the panel)."""
-    from ..pipeline_cli import run_remote
-
-    return run_remote(args, parameters, on_step)
-
-
 def cancel_from_cli(backend: str, run_id: str) -> int:
     from ..pipeline_cli import find
 

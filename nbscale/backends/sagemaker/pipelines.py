@@ -234,16 +234,6 @@ def platform(backend: str):
     )
 
 
-def run_from_cli(
-    args: Any, parameters: dict[str, Any], on_step: Callable[[str, dict], None]
-) -> int:
-    """``nbscale pipeline run FLOW --backend NAME`` for a SageMaker backend: recorded as a
-    pipeline run like a local one (``nbscale pipeline runs``, the panel)."""
-    from ..pipeline_cli import run_remote
-
-    return run_remote(args, parameters, on_step)
-
-
 def cancel_from_cli(execution_arn: str) -> int:
     """``nbscale pipeline cancel ARN`` for a SageMaker execution (the region is in the ARN):
     through its recorded run when there is one, else StopPipelineExecution alone."""
