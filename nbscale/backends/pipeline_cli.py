@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -168,33 +167,12 @@ def _spawn_follower(run_id: str) -> None:
     """A follower in its own session; without one the run is read from the platform when
     looked at, so a follower that cannot start costs freshness, not the run. It starts in
     this process's folder, so it reads the same ``nbscale.toml``."""
-    from ..pipelines.runner import run_dir
-    from ..store import get_store
-    from ..store import pipelines as db
-
-    directory = run_dir(run_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "follower.log", "ab") as log:
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "nbscale.backends.pipeline_cli", run_id],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=os.environ.copy(),
-                cwd=os.getcwd(),
-            )
-        except OSError as exc:
-            print(f"nbscale: no follower for run {run_id}: {exc}", file=sys.stderr)
-            return
-    import psutil
+    from ..pipelines.runner import start_detached
 
     try:
-        started = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        started = None
-    db.update_run(get_store(), run_id, pid=proc.pid, pid_started=started)
+        start_detached(run_id, "nbscale.backends.pipeline_cli", "follower.log", os.getcwd())
+    except OSError as exc:
+        print(f"nbscale: no follower for run {run_id}: {exc}", file=sys.stderr)
 
 
 # -- follow --------------------------------------------------------------------------------

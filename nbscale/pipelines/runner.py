@@ -56,6 +56,35 @@ def run_dir(run_id: str) -> Path:
     return paths.home() / "pipelines" / "runs" / run_id
 
 
+def start_detached(run_id: str, module: str, log_name: str, cwd: str | Path) -> int:
+    """``python -m MODULE RUN_ID`` in its own session (it outlives the caller), its output in
+    the run's folder, its pid and start time in the run's row. Raises ``OSError`` when it
+    cannot start; nothing is recorded then."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    directory = run_dir(run_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / log_name, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, run_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
+            cwd=cwd,
+        )
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        started = None
+    db.update_run(get_store(), run_id, pid=proc.pid, pid_started=started)
+    return proc.pid
+
+
 def selected_steps(pipeline: Pipeline, only: list[str] | None, from_step: str | None) -> list[str]:
     from ..errors import SpecError
 

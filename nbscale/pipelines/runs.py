@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from ..store import get_store
 from ..store import pipelines as db
 from .loader import load
 from .parameters import resolve as resolve_parameters
-from .runner import execute_run, run_dir, selected_steps
+from .runner import execute_run, selected_steps, start_detached
 from .status import ACTIVE, FAILED, LOST, PENDING, RUNNING
 
 OPTION_KEYS = {"max_parallel", "only", "from_step", "no_cache", "kernel_name"}
@@ -260,19 +258,8 @@ def start_run(
         )
         execute_run(run_id, on_step)
         return get_run(run_id)
-    directory = run_dir(run_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    log = open(directory / "runner.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nbscale.pipelines.background", run_id],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=os.environ.copy(),
-            cwd=pipeline.directory,
-        )
+        start_detached(run_id, "nbscale.pipelines.background", "runner.log", pipeline.directory)
     except OSError as exc:
         db.update_run(
             store,
@@ -282,15 +269,6 @@ def start_run(
             error=f"could not start the runner: {exc}",
         )
         raise
-    finally:
-        log.close()
-    import psutil
-
-    try:
-        started = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        started = None
-    db.update_run(store, run_id, pid=proc.pid, pid_started=started)
     return get_run(run_id)
 
 
