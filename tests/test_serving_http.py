@@ -688,3 +688,20 @@ def test_batching_off_runs_each_request_alone_with_its_own_rows():
     for i, out in enumerate(outs):
         np.testing.assert_array_equal(out, np.full((1, 2), 2 * i))
     assert sizes == [1] * 21
+
+
+@pytest.mark.parametrize("option", ["--port", "--metrics-port"])
+def test_a_port_out_of_range_is_one_usage_line_and_nothing_starts(tmp_path, option):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbscale.serving", "--model-dir", str(tmp_path), option, "99999"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1].endswith("'99999' is not a TCP port: give 0 to 65535")
+    )

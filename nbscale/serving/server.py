@@ -54,6 +54,19 @@ class MetricsOnly:
         return await self.app.prometheus(req)
 
 
+def _port(text: str) -> int:
+    """A TCP port number, or one usage line saying what a port is."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: give 0 to 65535")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m nbscale.serving", description="nbscale serving runtime"
@@ -66,7 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument(
-        "--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080; 0: any free port)"
+        "--port",
+        type=_port,
+        help="port (default $SAGEMAKER_BIND_TO_PORT or 8080; 0: any free port)",
     )
     p.add_argument("--port-file", help="write the bound port here once listening (with --port 0)")
     p.add_argument("--token-file", help="file holding the bearer token clients must send")
@@ -77,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         help="also answer GET /metrics, without the token, on this port (KServe: 8095)",
     )
     p.add_argument("--max-batch-size", type=int, default=32)
