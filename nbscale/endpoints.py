@@ -27,7 +27,7 @@ from .backends.endpoint_base import (
     endpoint_backend_for,
     get_endpoint_backend,
 )
-from .backends.local_endpoints import endpoint_dir
+from .backends.local.endpoints import endpoint_dir
 from .config import load as load_config
 from .errors import Conflict, SpecError
 from .serving.artifact import package, read_manifest, sign, verify

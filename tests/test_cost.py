@@ -216,7 +216,7 @@ def test_train_report_carries_the_estimate_when_the_job_costs_or_has_a_budget(pr
 
 
 def test_sagemaker_backend_takes_the_price_table_it_documents_and_refuses_bad_prices(priced):
-    from nbscale.backends.sagemaker.config import settings as sagemaker_settings
+    from nbscale.backends.sagemaker.settings import settings as sagemaker_settings
     from nbscale.config import BackendConfig
 
     prod = priced.backend("prod")

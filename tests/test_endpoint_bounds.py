@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from nbscale.backends.local_endpoints import LocalEndpoints
+from nbscale.backends.local.endpoints import LocalEndpoints
 from nbscale.endpoints import deploy, endpoints
 from nbscale.errors import SpecError
 from nbscale.monitoring.drift import parse_duration

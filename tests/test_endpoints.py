@@ -12,8 +12,8 @@ import numpy as np
 import psutil
 import pytest
 
+from nbscale.backends.local.endpoints import ENDPOINT_ENV, endpoint_dir, port_free
 from nbscale.backends.local.processes import tagged_processes
-from nbscale.backends.local_endpoints import ENDPOINT_ENV, endpoint_dir, port_free
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import Conflict, NotFound, SpecError
 from nbscale.serving.artifact import sign
@@ -157,7 +157,7 @@ def _replica_states(name: str) -> list[str]:
     return [
         p.status()
         for p in endpoint_processes(name)
-        if "nbscale.serving.router" not in " ".join(p.cmdline())
+        if "nbscale.backends.local.router" not in " ".join(p.cmdline())
     ]
 
 
@@ -299,7 +299,7 @@ class Load:
     """Client threads sending predictions over fresh HTTP/1.1 connections, recording each outcome."""
 
     def __init__(self, port: int, name: str, threads: int = 3):
-        from nbscale.backends.local_endpoints import token_for
+        from nbscale.backends.local.endpoints import token_for
 
         self.port, self.name = port, name
         self.headers = {"Authorization": f"Bearer {token_for(name)}"}

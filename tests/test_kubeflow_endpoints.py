@@ -405,7 +405,7 @@ def _direct(ports: list[tuple[int, int]]) -> list:
 
 
 def test_metrics_come_from_every_ready_pod_through_the_api_server_pod_proxy(kserve, cluster, kube):  # noqa: F811
-    from nbscale.backends.local_endpoints import token_for
+    from nbscale.backends.local.endpoints import token_for
     from nbscale.errors import NbscaleError
     from nbscale.monitoring import metrics as mon
 

@@ -22,7 +22,7 @@ import yaml
 from nbscale import keys
 from nbscale.backends.kubeflow.pipelines import KFPPipelines
 from nbscale.backends.kubeflow.settings import settings
-from nbscale.backends.pipeline_cli import run_remote as run_from_cli
+from nbscale.backends.remote.pipelines import run_remote as run_from_cli
 from nbscale.config import BackendConfig
 from nbscale.errors import BackendUnavailable, NotFound, SpecError
 from nbscale.pipelines import compile_pipeline

@@ -2,7 +2,7 @@
 
 Each node is a process with its *own* ``NBSCALE_HOME``, only what a platform gives a pod
 (environment, the key as a mounted Secret file, object storage on a moto server), and the
-exact command ``nbscale.remote.stage`` writes into a manifest.
+exact command ``nbscale.backends.remote.staging.stage`` writes into a manifest.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import boto3
 import pytest
 
 from nbscale import keys
+from nbscale.backends.remote.staging import collect, stage
 from nbscale.celljob import prepare_cell
-from nbscale.remote import collect, stage
 from nbscale.results import read_results_file
 from nbscale.specs import Entry, JobSpec
 from nbscale.storage import ObjectStore

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from nbscale.backends.local_endpoints import endpoint_dir, token_for
+from nbscale.backends.local.endpoints import endpoint_dir, token_for
 from nbscale.endpoints import deploy, endpoints
 from nbscale.monitoring.metrics import NAMES, histogram_quantile, parse, row, scrape_local, to_frame
 from nbscale.serving.capture import read_capture

@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import papermill
 
+from nbscale.backends.local.endpoints import ENDPOINT_ENV
 from nbscale.backends.local.processes import tagged_processes
-from nbscale.backends.local_endpoints import ENDPOINT_ENV
 from nbscale.endpoints import endpoints
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "endpoint.ipynb"

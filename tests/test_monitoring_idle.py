@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from nbscale.backends.local.endpoints import ENDPOINT_ENV
 from nbscale.backends.local.processes import tagged_processes
-from nbscale.backends.local_endpoints import ENDPOINT_ENV
 from nbscale.endpoints import deploy, endpoints
 from nbscale.errors import SpecError
 from nbscale.monitoring.idle import running_things
@@ -50,7 +50,7 @@ def test_idle_ttl_scales_a_local_endpoint_to_zero_and_the_next_request_brings_it
         return [
             p
             for p in tagged_processes(ENDPOINT_ENV, "sleepy")
-            if "nbscale.serving.router" not in " ".join(p.cmdline())
+            if "nbscale.backends.local.router" not in " ".join(p.cmdline())
         ]
 
     wait_for(lambda: replicas() == [], 30, what="no replica process left")

@@ -17,7 +17,7 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 @pytest.fixture
 def drifting_endpoint():
     from nbscale import endpoints
-    from nbscale.backends.local_endpoints import endpoint_dir
+    from nbscale.backends.local.endpoints import endpoint_dir
     from nbscale.serving.capture import read_capture
 
     from .test_serving import mlp

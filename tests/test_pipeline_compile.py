@@ -169,7 +169,7 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
     small, tmp_path, moto_server, monkeypatch
 ):
     boto3 = pytest.importorskip("boto3")
-    from nbscale.pipelines.sagemaker_target import upload_and_create
+    from nbscale.backends.sagemaker.pipeline_compile import upload_and_create
 
     for key, value in AWS_ENV.items():
         monkeypatch.setenv(key, value)

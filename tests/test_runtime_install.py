@@ -150,8 +150,8 @@ def test_every_package_of_the_source_is_in_the_wheel(image):
 def test_a_cell_on_two_ranks_runs_in_the_runtime_image(image, tmp_path):
     import torch
 
+    from nbscale.backends.remote.staging import collect, stage
     from nbscale.celljob import prepare_cell
-    from nbscale.remote import collect, stage
     from nbscale.results import read_results_file
     from nbscale.specs import Entry, JobSpec
     from nbscale.storage import ObjectStore

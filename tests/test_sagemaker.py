@@ -23,8 +23,8 @@ import pytest
 
 from nbscale import keys
 from nbscale.backends.sagemaker import SageMakerBackend
-from nbscale.backends.sagemaker.config import forget_clients, settings
 from nbscale.backends.sagemaker.request import ENTRYPOINT
+from nbscale.backends.sagemaker.settings import forget_clients, settings
 from nbscale.backends.sagemaker.states import SECONDARY, STATUSES, map_state
 from nbscale.celljob import prepare_cell
 from nbscale.config import BackendConfig, Config

@@ -60,7 +60,7 @@ def stop_followers() -> None:
     for record in db.list_runs(get_store()):
         try:
             proc = psutil.Process(record["pid"]) if record.get("pid") else None
-            if proc and "nbscale.backends.pipeline_cli" in " ".join(proc.cmdline()):
+            if proc and "nbscale.backends.remote.pipelines" in " ".join(proc.cmdline()):
                 proc.kill()
                 proc.wait(10)
         except psutil.Error:
@@ -205,7 +205,7 @@ def test_a_detached_run_is_followed_in_the_background_and_cancelled_from_the_sto
     record = db.get_run(get_store(), run_id)
     assert record["options"]["remote"]["id"] == arn
     follower = psutil.Process(record["pid"])
-    assert "nbscale.backends.pipeline_cli" in " ".join(follower.cmdline())
+    assert "nbscale.backends.remote.pipelines" in " ".join(follower.cmdline())
 
     aws.set_step(arn, "prepare", "Executing")
     wait_for(lambda: get_run(run_id).step("prepare")["status"] == "RUNNING", 60, what="RUNNING")

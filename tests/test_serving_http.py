@@ -262,7 +262,7 @@ def test_conformance_table_runtime(runtime):
 
 
 def test_conformance_table_router(tmp_path):
-    from nbscale.backends.local_endpoints import token_for
+    from nbscale.backends.local.endpoints import token_for
     from nbscale.endpoints import deploy, endpoints
 
     try:

@@ -31,7 +31,7 @@ def _printer(stream=None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..backends import pipeline_cli
+    from ..backends.remote import pipelines as pipeline_cli
     from ..config import load as load_config
     from ..pipelines import start_run
 
@@ -95,7 +95,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from ..pipelines import runs
+    from .. import pipeline_runs as runs
 
     found = runs(limit=args.limit)
     if args.json:

@@ -33,7 +33,7 @@ def _price(
 
 
 def _router_idle(port: int, name: str) -> float | None:
-    from ..backends.local_endpoints import token_for
+    from ..backends.local.endpoints import token_for
 
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)

@@ -265,7 +265,7 @@ def with_sagemaker_names(record: Any, stats: dict[str, Any]) -> dict[str, Any]:
     """
     if getattr(record, "backend_type", "local") != "local":
         return stats
-    from ..backends.local_endpoints import token_for
+    from ..backends.local.endpoints import token_for
 
     rows = TRACKER.add(record.name, scrape_local(record.port, token_for(record.name)))
     return {**stats, **rows[-1], "sagemaker_names": list(NAMES), "sagemaker_series": rows}

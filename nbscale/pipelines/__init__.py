@@ -13,19 +13,19 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..pipeline_runs import PipelineRun, cancel_run, describe, get_run, runs, start_run
     from .loader import load
-    from .runs import PipelineRun, cancel_run, describe, get_run, runs, start_run
 
 # loaded on first use: a step's container imports nbscale.pipelines.artifacts and
 # container_step, and must not pull in the engine (store, pydantic models, runner)
 _LAZY = {
     "load": ".loader",
-    "PipelineRun": ".runs",
-    "cancel_run": ".runs",
-    "describe": ".runs",
-    "get_run": ".runs",
-    "runs": ".runs",
-    "start_run": ".runs",
+    "PipelineRun": "nbscale.pipeline_runs",
+    "cancel_run": "nbscale.pipeline_runs",
+    "describe": "nbscale.pipeline_runs",
+    "get_run": "nbscale.pipeline_runs",
+    "runs": "nbscale.pipeline_runs",
+    "start_run": "nbscale.pipeline_runs",
 }
 
 

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from ..errors import SpecError
 
-TARGETS = {"kfp": "kfp_target", "sagemaker": "sagemaker_target"}
+TARGETS = {
+    "kfp": "nbscale.backends.kubeflow.pipeline_compile",
+    "sagemaker": "nbscale.backends.sagemaker.pipeline_compile",
+}
 
 
 def compile_to(path: str, target: str, output: str, **options) -> str:
@@ -19,7 +22,7 @@ def compile_to(path: str, target: str, output: str, **options) -> str:
             "--target", f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}"
         )
     pipeline = load(path)
-    module = importlib.import_module(f".{TARGETS[target]}", __package__)
+    module = importlib.import_module(TARGETS[target])
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     module.compile_pipeline(pipeline, out, **{k: v for k, v in options.items() if v is not None})

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.fixture
 def drifting_endpoint():
     from nbscale import endpoints
-    from nbscale.backends.local_endpoints import endpoint_dir
+    from nbscale.backends.local.endpoints import endpoint_dir
     from nbscale.serving.capture import read_capture
     from tests.test_serving import mlp
 

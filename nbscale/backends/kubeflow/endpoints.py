@@ -45,7 +45,7 @@ from ...store.endpoints import (
     update_endpoint,
 )
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
-from ..local_endpoints import endpoint_dir, token_for
+from ..local.endpoints import endpoint_dir, token_for
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
 from .jobs import BAD_WAITING, dump_yaml, ensure_key_secret

@@ -6,7 +6,7 @@ ConfigMap the pods mount; then the TrainJob (``manifests.trainjob``). status: th
 TrainJob's conditions and ``jobsStatus``, and the node pods' own state, so a pod that
 cannot be scheduled, cannot pull its image, is OOM-killed or crash-loops is reported
 (the job's phase, and an event) while it happens. When the TrainJob ends, the
-outputs come home from object storage (``nbscale.remote.collect``). logs: every node
+outputs come home from object storage (``nbscale.backends.remote.staging.collect``). logs: every node
 pod by label selector, split by rank (``podlogs``). cancel: the TrainJob and the
 ConfigMap are deleted.
 """
@@ -522,7 +522,7 @@ class KubeflowBackend(JobBackend):
         return get_job(self.store, record.id)
 
     def _finish(self, record, obj, status, conds) -> JobRecord:
-        from ...remote import collect, settle
+        from ..remote.staging import collect, settle
 
         cond = conds.get("Failed" if status == FAILED else "Complete", {})
         error = (

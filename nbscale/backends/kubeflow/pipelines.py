@@ -1,6 +1,6 @@
 """``nbscale pipeline run FLOW --backend NAME`` on Kubeflow Pipelines.
 
-The flow is compiled by ``nbscale.pipelines.kfp_target`` (one task per notebook step,
+The flow is compiled by ``nbscale.backends.kubeflow.pipeline_compile`` (one task per notebook step,
 each mounting the key Secret), the signing keys are written to that Secret in the
 cluster, and a run is started with the kfp SDK ``Client`` against ``kfp_host``: the
 compiled IR goes in the run request (``create_run_from_pipeline_package``). Then
@@ -105,8 +105,8 @@ class KFPPipelines:
         return self._client
 
     def compile(self, path: str, output: Path) -> Any:
-        from ...pipelines import kfp_target
         from ...pipelines.loader import load
+        from . import pipeline_compile as kfp_target
 
         pipeline = load(path)
         options: dict[str, Any] = {"key_secret": self.settings.key_secret}
@@ -189,8 +189,8 @@ def _for(backend: str) -> KFPPipelines:
 
 
 def platform(backend: str):
-    """How ``nbscale.backends.pipeline_cli`` starts, records, follows and stops a run here."""
-    from ..pipeline_cli import Platform
+    """How ``nbscale.backends.remote.pipelines`` starts, records, follows and stops a run here."""
+    from ..remote.pipelines import Platform
 
     runner = _for(backend)
     return Platform(
@@ -206,10 +206,10 @@ def platform(backend: str):
 
 
 def cancel_from_cli(backend: str, run_id: str) -> int:
-    from ..pipeline_cli import find
+    from ..remote.pipelines import find
 
     if find(run_id) is not None:
-        from ...pipelines.runs import cancel_run
+        from ...pipeline_runs import cancel_run
 
         run = cancel_run(run_id)
         print(f"pipeline run {run.id} (kfp run {run_id}): {run.status.lower()}, terminating")

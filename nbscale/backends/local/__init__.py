@@ -1,3 +1,3 @@
-from .backend import LocalBackend
+from .jobs import LocalBackend
 
 __all__ = ["LocalBackend"]

@@ -13,7 +13,7 @@ __all__ = ["SageMakerBackend"]
 
 def __getattr__(name: str) -> Any:
     if name == "SageMakerBackend":
-        from .training import SageMakerBackend
+        from .jobs import SageMakerBackend
 
         return SageMakerBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,8 +45,8 @@ from ...store.endpoints import (
 )
 from ..endpoint_base import DeployRequest, EndpointBackend
 from . import secrets
-from .config import SageMakerSettings, settings, stock_inference_image
-from .training import client_error
+from .jobs import client_error
+from .settings import SageMakerSettings, settings, stock_inference_image
 
 VARIANT = "AllTraffic"
 KEY_PURPOSES = ("model",)

@@ -1,6 +1,6 @@
 """``nbscale pipeline run FLOW --backend NAME`` on SageMaker Pipelines.
 
-The flow is compiled by ``nbscale.pipelines.sagemaker_target`` (one Processing step per
+The flow is compiled by ``nbscale.backends.sagemaker.pipeline_compile`` (one Processing step per
 notebook step), its step code uploaded under the backend's storage prefix, the pipeline
 key put in a Secrets Manager secret (only the ARN is in the definition), and the pipeline
 created or updated. Then an execution starts with the run's parameters and is followed
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import NbscaleError
-from .config import SageMakerSettings
-from .training import client_error
+from .jobs import client_error
+from .settings import SageMakerSettings
 
 # SageMaker's step and execution states, as nbscale names them
 STEP_STATES = {
@@ -78,8 +78,8 @@ class SageMakerPipelines:
 
     def create(self, path: str, image: str | None = None) -> tuple[str, str, dict[str, Any]]:
         """Compile, upload and create or update the pipeline; return (name, ARN, definition)."""
-        from ...pipelines import sagemaker_target
         from ...pipelines.loader import load
+        from . import pipeline_compile as sagemaker_target
 
         self.settings.require_credentials()
         pipeline = load(path)
@@ -201,7 +201,7 @@ class SageMakerPipelines:
 # -- the CLI's side (``nbscale pipeline run/cancel``) ------------------------------------------
 def _for(backend: str | None = None, region: str | None = None) -> SageMakerPipelines:
     from ...config import load as load_config
-    from .config import settings
+    from .settings import settings
 
     config = load_config()
     if backend:
@@ -218,8 +218,8 @@ def _for(backend: str | None = None, region: str | None = None) -> SageMakerPipe
 
 
 def platform(backend: str):
-    """How ``nbscale.backends.pipeline_cli`` starts, records, follows and stops a run here."""
-    from ..pipeline_cli import Platform
+    """How ``nbscale.backends.remote.pipelines`` starts, records, follows and stops a run here."""
+    from ..remote.pipelines import Platform
 
     runner = _for(backend)
     return Platform(
@@ -237,10 +237,10 @@ def platform(backend: str):
 def cancel_from_cli(execution_arn: str) -> int:
     """``nbscale pipeline cancel ARN`` for a SageMaker execution (the region is in the ARN):
     through its recorded run when there is one, else StopPipelineExecution alone."""
-    from ..pipeline_cli import find
+    from ..remote.pipelines import find
 
     if find(execution_arn) is not None:
-        from ...pipelines.runs import cancel_run
+        from ...pipeline_runs import cancel_run
 
         run = cancel_run(execution_arn)
         print(f"pipeline run {run.id} ({execution_arn}): {run.status.lower()}, stopping")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import SpecError
-from .config import SageMakerSettings, is_gpu_instance
+from .settings import SageMakerSettings, is_gpu_instance
 
 DEFAULT_MAX_RUNTIME = 24 * 3600
 MAX_ARG = 256  # SageMaker's limit on one entry point string or argument

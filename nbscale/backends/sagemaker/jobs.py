@@ -37,7 +37,7 @@ from ..base import JobBackend, LogChunk
 from . import logs as cw
 from . import request as req
 from . import secrets as sm_secrets
-from .config import SageMakerSettings, settings
+from .settings import SageMakerSettings, settings
 from .states import map_state
 
 KEY_PURPOSES = ("bundle",)
@@ -126,7 +126,7 @@ class SageMakerBackend(JobBackend):
 
     @staticmethod
     def prewarm(bconf) -> None:
-        from .config import prewarm
+        from .settings import prewarm
 
         prewarm(bconf)
 
@@ -437,7 +437,7 @@ class SageMakerBackend(JobBackend):
         return self._finish(record, desc, mapped, fields)
 
     def _finish(self, record, desc, mapped, fields) -> JobRecord:
-        from ...remote import settle
+        from ..remote.staging import settle
 
         ended = desc.get("TrainingEndTime") or desc.get("LastModifiedTime")
         fields["ended"] = ended.timestamp() if ended is not None else time.time()
@@ -462,12 +462,12 @@ class SageMakerBackend(JobBackend):
         return get_job(self.store, record.id)
 
     def collect(self, record: JobRecord, desc: dict[str, Any]) -> dict[str, Any]:
-        """Bring ``model.tar.gz`` home, unpack it safely, and hand it to ``nbscale.remote``.
+        """Bring ``model.tar.gz`` home, unpack it safely, and hand it to ``nbscale.backends.remote.staging``.
 
         Only what algo-1 (the host of rank 0) wrote is relied on: ``results.zip``. Whether
         SageMaker merged the other hosts' ``/opt/ml/model`` into the archive or not, their
         node records come from their CloudWatch streams when the archive lacks them."""
-        from ...remote import collect
+        from ..remote.staging import collect
 
         reported = cw.node_records(JobDir(record.info["job_dir"]))
         nodes = int(record.spec.get("nodes") or 1)

@@ -22,10 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecError
-from ..keys import KEY_SECRET_ENV
-from .kfp_target import module_sources, notebook_template
-from .model import Pipeline, Resources, Step
+from ...errors import SpecError
+from ...keys import KEY_SECRET_ENV
+from ...pipelines.model import Pipeline, Resources, Step
+from ..kubeflow.pipeline_compile import module_sources, notebook_template
 
 PROC = "/opt/ml/processing"
 TYPES = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}
@@ -228,7 +228,7 @@ def _step(
 def _entrypoint(runtime_wheels: bool) -> list[str]:
     if not runtime_wheels:  # an image with nbscale in it (docker/Dockerfile, or your own)
         return ["python3", "-m", STEP_MODULE]
-    from ..runtime.wheelhouse import install_command
+    from ...runtime.wheelhouse import install_command
 
     install = install_command(f"{PROC}/input/runtime", python="python3")
     return ["sh", "-c", f'{install} && exec python3 -m {STEP_MODULE} "$@"', "nbscale-step"]
@@ -237,7 +237,7 @@ def _entrypoint(runtime_wheels: bool) -> list[str]:
 def _role(role: str | None) -> str:
     if role:
         return role
-    from ..config import load as load_config
+    from ...config import load as load_config
 
     for backend in load_config().backends.values():
         if backend.type == "sagemaker" and backend.settings.get("role_arn"):
@@ -311,7 +311,7 @@ def compile_pipeline(
     data = definition(pipeline, image, role, bucket, prefix, key_secret_arn, runtime_wheels, region)
     code = code_dir(output)
     if runtime_wheels:
-        from ..runtime.wheelhouse import build
+        from ...runtime.wheelhouse import build
 
         shutil.rmtree(code / RUNTIME_DIR, ignore_errors=True)
         build("step", code / RUNTIME_DIR, list(IMAGE_PLATFORMS), IMAGE_PYTHON)
@@ -331,7 +331,7 @@ def ensure_key_secret(secretsmanager, name: str, kms_key_id: str | None = None) 
 
     The steps' role needs ``secretsmanager:GetSecretValue`` on it; only the ARN goes into the
     definition."""
-    from ..keys import export
+    from ...keys import export
 
     value = export("pipeline")
     try:

@@ -1,7 +1,7 @@
 """Local endpoints: a detached router process per endpoint, replicas behind it.
 
 ``deploy`` writes the token file (0600) and the store row, starts the router
-(``nbscale.serving.router``) in a session of its own, forked once more so it
+(``nbscale.backends.local.router``) in a session of its own, forked once more so it
 outlives the kernel or CLI, and waits until it answers. ``status`` restarts a
 router that died; ``undeploy`` stops every process of the endpoint, found by
 the ``NBSCALE_ENDPOINT`` variable they all carry, and frees the port.
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import paths
-from ..config import BackendConfig
-from ..errors import BackendUnavailable, Conflict
-from ..store import Store
-from ..store.endpoints import (
+from ... import paths
+from ...config import BackendConfig
+from ...errors import BackendUnavailable, Conflict
+from ...store import Store
+from ...store.endpoints import (
     FAILED,
     READY,
     SCALED_TO_ZERO,
@@ -35,8 +35,8 @@ from ..store.endpoints import (
     list_endpoints,
     update_endpoint,
 )
-from .endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
-from .local.processes import alive, create_time, stop_tagged_processes
+from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
+from .processes import alive, create_time, stop_tagged_processes
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
 # the name alone is not unique: another nbscale home may run an endpoint of the same name, and
@@ -195,7 +195,7 @@ class LocalEndpoints(EndpointBackend):
         log = open(endpoint_dir(name) / "router.log", "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, ENDPOINT_ENV: name, TAG_ENV: endpoint_tag(name)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbscale.serving.router", name, "--daemonize"],
+            [sys.executable, "-m", "nbscale.backends.local.router", name, "--daemonize"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..optional import require
-from . import stepbook
-from .model import Pipeline, Step
+from ...optional import require
+from ...pipelines import stepbook
+from ...pipelines.model import Pipeline, Step
 
 DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"  # any image with nbscale, papermill and ipykernel
 KEY_SECRET = "nbscale-keys"  # a Secret with keys.json = nbscale.keys.export("pipeline")
@@ -132,8 +132,8 @@ def notebook_template(pipeline: Pipeline, step: Step) -> str:
 
 def module_sources(pipeline: Pipeline, step: Step) -> dict[str, str]:
     """The local modules a step imports, by path relative to its notebook, to travel with it."""
-    from .dataflow import local_imports
-    from .fingerprint import local_modules
+    from ...pipelines.dataflow import local_imports
+    from ...pipelines.fingerprint import local_modules
 
     base = Path(step.notebook).parent
     found = local_modules(local_imports(step), [base])

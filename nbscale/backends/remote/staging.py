@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import paths, storage
-from .errors import NbscaleError
-from .runtime.launch import encode_spec
+from ... import paths, storage
+from ...errors import NbscaleError
+from ...runtime.launch import encode_spec
 
 # the container command: the nbscale runtime (installed in the image, or from the
 # wheelhouse the job carries) starts the node

@@ -1,11 +1,11 @@
 """Pipeline runs on an orchestrator elsewhere (KFP, SageMaker), recorded like local runs.
 
-One hook for every remote pipeline backend. ``nbscale.pipelines.runs.start_run`` hands a
+One hook for every remote pipeline backend. ``nbscale.pipeline_runs.start_run`` hands a
 run on a non-local backend to :func:`start`, which starts it on the platform and records
 a row in the store (``pipeline_runs`` / ``pipeline_steps``, the platform's id under
 ``options.remote``), so ``nbscale pipeline runs/status``, ``%pipeline`` and the panel's
 ``/nbscale/api/pipelines`` see it like any other run. A follower (this process with
-``detach=False``, else ``python -m nbscale.backends.pipeline_cli RUN_ID`` in its own
+``detach=False``, else ``python -m nbscale.backends.remote.pipelines RUN_ID`` in its own
 session) writes each step's state as the platform reports it, then the run's outcome.
 A run whose follower is gone is read from the platform when someone looks at it: it is
 never LOST while the platform still runs it. Cancel (CLI, panel) asks the platform to
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackendUnavailable, NbscaleError, SpecError
+from ...errors import BackendUnavailable, NbscaleError, SpecError
 
 LOCAL_ONLY = ("only", "from_step", "no_cache", "max_parallel")
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -91,12 +91,12 @@ def start(
     Every check (options the platform cannot honour, the flow, its parameters) happens
     before anything is started or recorded; ``announce(label, remote_id)`` hears the
     platform's id as soon as there is one."""
-    from ..pipelines.loader import load
-    from ..pipelines.parameters import resolve
-    from ..pipelines.runs import get_run
-    from ..pipelines.status import PENDING, RUNNING
-    from ..store import get_store
-    from ..store import pipelines as db
+    from ...pipeline_runs import get_run
+    from ...pipelines.loader import load
+    from ...pipelines.parameters import resolve
+    from ...pipelines.status import PENDING, RUNNING
+    from ...store import get_store
+    from ...store import pipelines as db
 
     platform = platform_for(backend, backend_type)
     for option in LOCAL_ONLY:
@@ -167,10 +167,10 @@ def _spawn_follower(run_id: str) -> None:
     """A follower in its own session; without one the run is read from the platform when
     looked at, so a follower that cannot start costs freshness, not the run. It starts in
     this process's folder, so it reads the same ``nbscale.toml``."""
-    from ..pipelines.runner import start_detached
+    from ...pipelines.runner import start_detached
 
     try:
-        start_detached(run_id, "nbscale.backends.pipeline_cli", "follower.log", os.getcwd())
+        start_detached(run_id, "nbscale.backends.remote.pipelines", "follower.log", os.getcwd())
     except OSError as exc:
         print(f"nbscale: no follower for run {run_id}: {exc}", file=sys.stderr)
 
@@ -183,9 +183,9 @@ def _apply(
     on_step: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Any:
     """Read the run on the platform once and write what changed into the store."""
-    from ..pipelines.status import ACTIVE
-    from ..store import get_store
-    from ..store import pipelines as db
+    from ...pipelines.status import ACTIVE
+    from ...store import get_store
+    from ...store import pipelines as db
 
     heard: list[tuple[str, dict[str, Any]]] = []
     platform.runner.refresh(handle, lambda name, fields: heard.append((name, dict(fields))))
@@ -242,8 +242,8 @@ def follow(
     poll: float | None = None,
 ) -> str:
     """Keep the run's row current until the platform says it ended; return its status."""
-    from ..store import get_store
-    from ..store import pipelines as db
+    from ...store import get_store
+    from ...store import pipelines as db
 
     store = get_store()
     record = db.get_run(store, run_id)
@@ -267,8 +267,8 @@ def follow(
 def sync(record: dict[str, Any]) -> dict[str, Any]:
     """A run no follower keeps current: read it from the platform now (unchanged when the
     platform cannot be reached: the run goes on there, it is not lost)."""
-    from ..store import get_store
-    from ..store import pipelines as db
+    from ...store import get_store
+    from ...store import pipelines as db
 
     try:
         platform = _platform_of(record)
@@ -280,9 +280,9 @@ def sync(record: dict[str, Any]) -> dict[str, Any]:
 
 def cancel(record: dict[str, Any]):
     """Ask the platform to stop the run; its follower (or the next read) records CANCELLED."""
-    from ..pipelines.runs import get_run
-    from ..store import get_store
-    from ..store import pipelines as db
+    from ...pipeline_runs import get_run
+    from ...store import get_store
+    from ...store import pipelines as db
 
     platform = _platform_of(record)
     platform.runner.cancel(_remote(record)["id"])
@@ -293,8 +293,8 @@ def cancel(record: dict[str, Any]):
 
 def find(remote_id: str) -> dict[str, Any] | None:
     """The recorded run with this platform id (an execution ARN, a KFP run id), if any."""
-    from ..store import get_store
-    from ..store import pipelines as db
+    from ...store import get_store
+    from ...store import pipelines as db
 
     for record in db.list_runs(get_store(), limit=1000):
         if (_remote(record) or {}).get("id") == remote_id:
@@ -307,7 +307,7 @@ def run_remote(args: Any, parameters: dict[str, Any], on_step: Callable[[str, di
     """``nbscale pipeline run FLOW --backend NAME`` (and ``%pipeline run``) on a remote backend:
     print the platform's id, then follow (Ctrl-C stops the run there) or, with ``--detach``,
     print the run's id and return at once."""
-    from ..pipelines.runs import start_run
+    from ...pipeline_runs import start_run
 
     options = {k: getattr(args, k, None) for k in LOCAL_ONLY}
     options = {k: v for k, v in options.items() if v not in (None, False, [])}
@@ -347,7 +347,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m nbscale.backends.pipeline_cli RUN_ID``: a detached run's follower."""
+    """``python -m nbscale.backends.remote.pipelines RUN_ID``: a detached run's follower."""
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import NotFound, SpecError
-from ..store import get_store
-from ..store import pipelines as db
-from .loader import load
-from .parameters import resolve as resolve_parameters
-from .runner import execute_run, selected_steps, start_detached
-from .status import ACTIVE, FAILED, LOST, PENDING, RUNNING
+from .errors import NotFound, SpecError
+from .pipelines.loader import load
+from .pipelines.parameters import resolve as resolve_parameters
+from .pipelines.runner import execute_run, selected_steps, start_detached
+from .pipelines.status import ACTIVE, FAILED, LOST, PENDING, RUNNING
+from .store import get_store
+from .store import pipelines as db
 
 OPTION_KEYS = {"max_parallel", "only", "from_step", "no_cache", "kernel_name"}
 
@@ -93,7 +93,7 @@ class PipelineRun:
     def _repr_mimebundle_(
         self, include=None, exclude=None
     ):  # renders in Lab, papermill output, terminals
-        from .render import run_html, run_text
+        from .pipelines.render import run_html, run_text
 
         return {"text/plain": run_text(self), "text/html": run_html(self)}
 
@@ -131,7 +131,7 @@ def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
     if _remote(record):
         if _runner_alive(record):
             return record
-        from ..backends import pipeline_cli
+        from .backends.remote import pipelines as pipeline_cli
 
         return pipeline_cli.sync(record)
     if not record.get("pid") or _runner_alive(record):
@@ -160,7 +160,7 @@ def get_run(run_id: str) -> PipelineRun:
     try:
         record = db.get_run(store, run_id)
     except NotFound:
-        from ..backends import pipeline_cli
+        from .backends.remote import pipelines as pipeline_cli
 
         record = pipeline_cli.find(run_id)
         if record is None:
@@ -177,7 +177,7 @@ def runs(limit: int = 50, offset: int = 0) -> list[PipelineRun]:
 
 
 def _backend(name: str | None) -> tuple[str, str]:
-    from ..config import load as load_config
+    from .config import load as load_config
 
     backend = load_config().backend(name or "local")
     return backend.name, backend.type
@@ -196,7 +196,7 @@ def start_run(
 
     Without ``detach`` the run happens in this process and ``on_step(name, fields)`` hears each
     step change status; Ctrl-C cancels it. On a SageMaker or Kubeflow backend the run starts
-    there and is recorded here all the same (``nbscale.backends.pipeline_cli``);
+    there and is recorded here all the same (``nbscale.backends.remote.pipelines``);
     ``announce(label, id)`` hears the platform's id of it.
     """
     unknown = set(options) - OPTION_KEYS
@@ -212,7 +212,7 @@ def start_run(
         raise SpecError("--max-parallel", "must be at least 1")
     backend_name, backend_type = _backend(backend)
     if backend_type != "local":
-        from ..backends import pipeline_cli
+        from .backends.remote import pipelines as pipeline_cli
 
         return pipeline_cli.start(
             backend_name,
@@ -281,14 +281,14 @@ def cancel_run(run_id: str, timeout: float = 60.0) -> PipelineRun:
 
     import psutil
 
-    from ..errors import Conflict
+    from .errors import Conflict
 
     run = get_run(run_id)
     if run.terminal:
         raise Conflict(f"pipeline run {run.id} already ended ({run.status})")
     record = db.get_run(get_store(), run.id)
     if _remote(record):  # the platform stops it, whoever follows it
-        from ..backends import pipeline_cli
+        from .backends.remote import pipelines as pipeline_cli
 
         return pipeline_cli.cancel(record)
     if not record.get("pid") or record["options"].get("in_process"):

@@ -1,7 +1,7 @@
 """The local endpoint: one port on 127.0.0.1 in front of replica processes.
 
-``python -m nbscale.serving.router NAME --daemonize`` (started by
-``nbscale.backends.local_endpoints``) becomes the endpoint's supervisor
+``python -m nbscale.backends.local.router NAME --daemonize`` (started by
+``nbscale.backends.local.endpoints``) becomes the endpoint's supervisor
 (``supervisor.py``), which owns the port and runs this router with the
 listening socket, restarting it if it dies. The router proxies each request
 to the ready replica with the fewest requests in flight. Replicas are
@@ -45,10 +45,19 @@ from typing import Any
 
 from prometheus_client import Gauge, Histogram
 
-from ..backends.local import gpus
-from ..backends.local.processes import alive, create_time
-from ..store import get_store
-from ..store.endpoints import (
+from ...serving.httpserver import (
+    Limits,
+    Request,
+    Response,
+    error_response,
+    install_fast_loop,
+    serve,
+)
+from ...serving.jsoncodec import dumps, loads
+from ...serving.metrics import ServerMetrics
+from ...serving.upstream import POOL_IDLE_S, Pool, UpstreamError, exchange
+from ...store import get_store
+from ...store.endpoints import (
     FAILED,
     READY,
     SCALED_TO_ZERO,
@@ -57,10 +66,8 @@ from ..store.endpoints import (
     get_endpoint,
     update_endpoint,
 )
-from .httpserver import Limits, Request, Response, error_response, install_fast_loop, serve
-from .jsoncodec import dumps, loads
-from .metrics import ServerMetrics
-from .upstream import POOL_IDLE_S, Pool, UpstreamError, exchange
+from . import gpus
+from .processes import alive, create_time
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
 FORWARD_HEADERS = ("authorization", "content-type", "accept", "inference-header-content-length")
@@ -68,7 +75,7 @@ KEEP_RESPONSE_HEADERS = ("inference-header-content-length", "retry-after", "www-
 COLD_START_TIMEOUT_S = 120.0
 REPLICA_KEEPALIVE_S = 2 * POOL_IDLE_S
 MAX_RESPONSE_HEAD = 64 * 1024
-log = logging.getLogger("nbscale.serving.router")
+log = logging.getLogger("nbscale.backends.local.router")
 
 
 class StartupError(Exception):
@@ -700,7 +707,7 @@ class Router:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nbscale.serving.router")
+    p = argparse.ArgumentParser(prog="python -m nbscale.backends.local.router")
     p.add_argument("name")
     p.add_argument(
         "--daemonize", action="store_true", help="fork once more so no caller is our parent"
@@ -715,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.listen_fd is None:
         if args.daemonize and os.fork() > 0:
             os._exit(0)
-        from .supervisor import supervise
+        from .replicas import supervise
 
         return supervise(args.name)
     logging.basicConfig(

@@ -1,6 +1,6 @@
 """Keeps a local endpoint's router running: the process that owns the endpoint's port.
 
-``python -m nbscale.serving.router NAME --daemonize`` lands here. The
+``python -m nbscale.backends.local.router NAME --daemonize`` lands here. The
 supervisor binds the endpoint's port once and hands the listening socket to
 each router it starts (``--listen-fd``), so the port stays the endpoint's
 while a router is replaced and connections made meanwhile wait in the
@@ -24,10 +24,10 @@ import sys
 import time
 from collections import deque
 
-from ..backends.local.processes import create_time
-from ..errors import NotFound
-from ..store import get_store
-from ..store.endpoints import FAILED, add_endpoint_event, get_endpoint, update_endpoint
+from ...errors import NotFound
+from ...store import get_store
+from ...store.endpoints import FAILED, add_endpoint_event, get_endpoint, update_endpoint
+from .processes import create_time
 
 RESTART_WINDOW_S = 60.0
 CRASH_LOOP = 5  # deaths within the window before restarts are spaced out
@@ -69,7 +69,7 @@ def supervise(name: str) -> int:
                 [
                     sys.executable,
                     "-m",
-                    "nbscale.serving.router",
+                    "nbscale.backends.local.router",
                     name,
                     "--listen-fd",
                     str(sock.fileno()),
