@@ -1,6 +1,6 @@
 """Sphinx configuration of the nbscale documentation (MyST Markdown, pydata-sphinx-theme).
 
-Build: ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
+Build: ``python -m sphinx -W --keep-going -b html docs build/docs``.
 The build reads nothing from the network: no intersphinx, and theme options that
 need no external icons, version switcher or analytics.
 """
