@@ -11,10 +11,10 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from nbscale.cli.endpoints_cmd import _platform_options, parse_replicas
-from nbscale.cli.output import ago
 from nbscale.endpoints import Endpoint, deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
+from nbscale.faces.options import parse_replicas, platform_options
+from nbscale.faces.text import ago
 
 from .display import user_error
 from .monitor_view import DriftView, MetricsWatch
@@ -168,7 +168,7 @@ class DeployMagics(Magics):
                 capture_rate=args.capture_rate,
                 baseline=_baseline_arg(args.baseline, ns),
                 idle_ttl=args.idle_ttl,
-                options=_platform_options(args),
+                options=platform_options(args),
                 dry_run=args.dry_run,
             )
             if args.dry_run:  # the platform objects, as text; nothing was sent

@@ -12,8 +12,8 @@ from html import escape
 from typing import Any
 
 from nbscale.capture import CELL_FILENAME
-from nbscale.cli.output import ago, duration
 from nbscale.errors import JobFailed, NbscaleError
+from nbscale.faces.text import ago, duration
 from nbscale.job_repr import job_mimebundle
 from nbscale.store.jobs import JobRecord
 
@@ -109,7 +109,7 @@ class TrainResult:
 
 
 def _cost(record: JobRecord) -> str:
-    from nbscale.cli.jobs_cmd import _cost as job_cost
+    from nbscale.faces.text import job_cost
 
     return job_cost(record)
 
@@ -134,7 +134,7 @@ class JobsTable:
         ]
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        from nbscale.cli.output import table
+        from nbscale.faces.text import table
 
         headers = [
             "job",

@@ -14,8 +14,8 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from nbscale.cli.params import typed_value
 from nbscale.errors import NbscaleError, SpecError
+from nbscale.faces.options import typed_value
 
 from .display import user_error
 
@@ -45,7 +45,7 @@ def parse(line: str) -> argparse.Namespace:
     run.add_argument("--backend")
     comp = sub.add_parser("compile", add_help=False)
     comp.add_argument("path", nargs="?")
-    comp.add_argument("--target", choices=["kfp", "sagemaker"], default="kfp")
+    comp.add_argument("--target", default="kfp")
     comp.add_argument("-o", "--output")
     comp.add_argument("--image")
     status = sub.add_parser("status", add_help=False)
@@ -143,12 +143,12 @@ class PipelineMagics(Magics):
         return None
 
     def handle_compile(self, args: argparse.Namespace) -> Any:
-        from nbscale.pipelines import compile_pipeline
+        from nbscale.pipelines import compile_pipeline, compile_targets
 
         path = self._path(args)
-        output = args.output or os.path.splitext(path)[0] + (
-            ".kfp.yaml" if args.target == "kfp" else ".sagemaker.json"
-        )
+        targets = compile_targets()
+        suffix = targets[args.target].compile_suffix if args.target in targets else ""
+        output = args.output or os.path.splitext(path)[0] + suffix
         written = compile_pipeline(path, args.target, output, image=args.image)
         print(f"wrote {written}")
         return None

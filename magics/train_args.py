@@ -11,9 +11,9 @@ import argparse
 import shlex
 from dataclasses import dataclass
 
-from nbscale.cli.jobs_cmd import add_resource_options, spec_from_args
 from nbscale.config import load as load_config
 from nbscale.errors import SpecError
+from nbscale.faces.options import add_resource_options, spec_from_args
 from nbscale.specs import Entry, JobSpec
 
 DEFAULT_NAME = "train-cell"

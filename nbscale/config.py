@@ -19,16 +19,20 @@ working directory overrides it, table by table. ``local`` works with no file.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 from . import paths
 from .errors import NotFound, SpecError
 
-BACKEND_TYPES = ("local", "kubeflow", "sagemaker")
+#: the entry-point group where platform packages register (``nbscale.backends.platform``);
+#: its names are the ``type = "..."`` values a ``[backends.NAME]`` table may have
+PLATFORM_GROUP = "nbscale.platforms"
 _SECRET_RE = re.compile(
     r"(secret|token|password|passwd|credential|api_?key|access_?key|private)", re.I
 )
@@ -70,6 +74,12 @@ class Config:
             "backends": backends,
             "sources": list(self.sources),
         }
+
+
+@functools.cache
+def platform_entry_points() -> dict[str, EntryPoint]:
+    """The installed platforms' entry points by type (nothing of them is imported here)."""
+    return {ep.name: ep for ep in entry_points(group=PLATFORM_GROUP)}
 
 
 def looks_secret(key: str) -> bool:
@@ -133,11 +143,13 @@ def load(cwd: Path | None = None) -> Config:
             )
         settings = dict(table)
         btype = settings.pop("type", None)
-        if btype not in BACKEND_TYPES:
+        types = sorted(platform_entry_points())
+        if btype not in types:
             raise SpecError(
                 f"backends.{name}.type",
-                f"must be one of {', '.join(BACKEND_TYPES)}, got {btype!r}",
-                f'add type = "local" to [backends.{name}]',
+                f"must be one of {', '.join(types)} (the installed platforms), got {btype!r}",
+                f'set type = "local" (or another installed platform) in [backends.{name}], '
+                "or install the package that provides it",
             )
         backends[name] = BackendConfig(name, btype, settings)
     default = raw.get("default_backend", "local")

@@ -21,15 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends.endpoint_base import (
-    DeployRequest,
-    EndpointBackend,
-    endpoint_backend_for,
-    get_endpoint_backend,
-)
-from .backends.local.endpoints import endpoint_dir
+from .backends import endpoint_backend_for, get_endpoint_backend
+from .backends.endpoint_base import DeployRequest, EndpointBackend
 from .config import load as load_config
 from .errors import Conflict, SpecError
+from .paths import endpoint_dir
 from .serving.artifact import package, read_manifest, sign, verify
 from .store import get_store
 from .store.endpoints import EndpointRecord, get_endpoint, list_endpoints
@@ -99,9 +95,10 @@ class Endpoint:
     def metrics(self) -> dict[str, Any]:
         """Latency percentiles, throughput, error rate, replicas and a per-second series (last 2 min)."""
         self.refresh()
-        from .monitoring.metrics import with_sagemaker_names
+        from .scrapes import with_sagemaker_names
 
-        return with_sagemaker_names(self._record, self._manager.metrics(self._record))
+        stats = self._manager.metrics(self._record)
+        return with_sagemaker_names(stats, self._manager.scrape(self._record), self._record.name)
 
     def drift(
         self,

@@ -200,6 +200,20 @@ def _remote(purpose: str) -> bytes | None:
     return found[purpose]
 
 
+def endpoint_token(name: str) -> str:
+    """The bearer token of endpoint ``name``, kept in its folder on this machine."""
+    from .errors import BackendUnavailable
+
+    path = paths.endpoint_dir(name) / "token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise BackendUnavailable(
+            f"the token file of endpoint {name!r} is missing ({path})",
+            f"redeploy: nbscale undeploy {name} && nbscale deploy ...",
+        ) from None
+
+
 def load(purpose: str, create: bool = True) -> bytes:
     """The key for ``purpose``: delivered by the platform, else this home's own."""
     _check_purpose(purpose)

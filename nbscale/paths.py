@@ -24,3 +24,8 @@ def jobs_dir() -> Path:
 
 def job_dir(job_id: str) -> Path:
     return jobs_dir() / job_id
+
+
+def endpoint_dir(name: str) -> Path:
+    """An endpoint's folder on this machine (token, capture, baseline, model copies)."""
+    return home() / "endpoints" / name

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .backends import get_pipeline_backend, pipeline_backend_for
 from .errors import NotFound, SpecError
 from .pipelines.loader import load
-from .pipelines.parameters import resolve as resolve_parameters
-from .pipelines.runner import execute_run, selected_steps, start_detached
-from .pipelines.status import ACTIVE, FAILED, LOST, PENDING, RUNNING
+from .pipelines.status import ACTIVE
 from .store import get_store
 from .store import pipelines as db
 
@@ -103,55 +100,20 @@ def _from_record(record: dict[str, Any], steps: list[dict[str, Any]]) -> Pipelin
     return PipelineRun(**{k: record[k] for k in names}, steps=steps)
 
 
-def _runner_alive(record: dict[str, Any]) -> bool:
-    if not record.get("pid"):
-        return False
-    import psutil
-
-    try:
-        proc = psutil.Process(record["pid"])
-        return (
-            abs(proc.create_time() - (record["pid_started"] or 0)) < 1
-            and proc.status() != psutil.STATUS_ZOMBIE
-        )
-    except psutil.Error:
-        return False
-
-
-def _remote(record: dict[str, Any]) -> dict[str, Any] | None:
-    """Where a run on another platform (SageMaker, KFP) runs: ``{"type", "id", "label"}``."""
-    return (record.get("options") or {}).get("remote")
-
-
-def _check_alive(record: dict[str, Any]) -> dict[str, Any]:
-    """A run whose runner process is gone is LOST, never left RUNNING forever; a run on
-    another platform whose follower is gone is read from that platform instead."""
+def _current(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as its backend sees it now (a local run whose runner died is LOST; a remote
+    run no follower keeps current is read from its platform)."""
     if record["status"] not in ACTIVE:
         return record
-    if _remote(record):
-        if _runner_alive(record):
-            return record
-        from .backends.remote import pipelines as pipeline_cli
+    return pipeline_backend_for(record).status(record)
 
-        return pipeline_cli.sync(record)
-    if not record.get("pid") or _runner_alive(record):
-        return record
-    store = get_store()
-    error = "the runner process died before the run ended"
-    if db.update_run(
-        store, record["id"], only_if=ACTIVE, status=LOST, ended=time.time(), error=error
-    ):
-        for step in db.steps_of(store, [record["id"]])[record["id"]]:
-            if step["status"] in ACTIVE:
-                db.update_step(
-                    store,
-                    record["id"],
-                    step["name"],
-                    status=LOST if step["status"] == RUNNING else FAILED,
-                    ended=time.time(),
-                    error=error,
-                )
-    return db.get_run(store, record["id"])
+
+def _find_remote(remote_id: str) -> dict[str, Any] | None:
+    """The recorded run with this platform id (an execution ARN, a KFP run id), if any."""
+    for record in db.list_runs(get_store(), limit=1000):
+        if ((record.get("options") or {}).get("remote") or {}).get("id") == remote_id:
+            return record
+    return None
 
 
 def get_run(run_id: str) -> PipelineRun:
@@ -160,27 +122,18 @@ def get_run(run_id: str) -> PipelineRun:
     try:
         record = db.get_run(store, run_id)
     except NotFound:
-        from .backends.remote import pipelines as pipeline_cli
-
-        record = pipeline_cli.find(run_id)
+        record = _find_remote(run_id)
         if record is None:
             raise
-    record = _check_alive(record)
+    record = _current(record)
     return _from_record(record, db.steps_of(store, [record["id"]])[record["id"]])
 
 
 def runs(limit: int = 50, offset: int = 0) -> list[PipelineRun]:
     store = get_store()
-    records = [_check_alive(r) for r in db.list_runs(store, limit, offset)]
+    records = [_current(r) for r in db.list_runs(store, limit, offset)]
     steps = db.steps_of(store, [r["id"] for r in records])
     return [_from_record(r, steps[r["id"]]) for r in records]
-
-
-def _backend(name: str | None) -> tuple[str, str]:
-    from .config import load as load_config
-
-    backend = load_config().backend(name or "local")
-    return backend.name, backend.type
 
 
 def start_run(
@@ -194,9 +147,9 @@ def start_run(
 ) -> PipelineRun:
     """Check the pipeline, record the run, and run it (in a detached process when ``detach``).
 
-    Without ``detach`` the run happens in this process and ``on_step(name, fields)`` hears each
-    step change status; Ctrl-C cancels it. On a SageMaker or Kubeflow backend the run starts
-    there and is recorded here all the same (``nbscale.backends.remote.pipelines``);
+    Without ``detach`` the run happens in (or is followed by) this process and
+    ``on_step(name, fields)`` hears each step change status; Ctrl-C stops it. On a platform
+    elsewhere (SageMaker, Kubeflow) the run starts there and is recorded here all the same;
     ``announce(label, id)`` hears the platform's id of it.
     """
     unknown = set(options) - OPTION_KEYS
@@ -210,99 +163,90 @@ def start_run(
         options["only"] = [options["only"]]
     if options.get("max_parallel") is not None and int(options["max_parallel"]) < 1:
         raise SpecError("--max-parallel", "must be at least 1")
-    backend_name, backend_type = _backend(backend)
-    if backend_type != "local":
-        from .backends.remote import pipelines as pipeline_cli
-
-        return pipeline_cli.start(
-            backend_name,
-            backend_type,
-            path,
-            parameters,
-            detach=detach,
-            on_step=on_step,
-            options=options,
-            announce=announce,
-        )
-    pipeline = load(path)  # every check happens here, before anything is recorded
-    values = resolve_parameters(pipeline.parameters, parameters)
-    selected_steps(pipeline, options.get("only"), options.get("from_step"))
-    run_id = f"p-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    record = {
-        "id": run_id,
-        "name": pipeline.name,
-        "source": pipeline.source,
-        "backend": backend_name,
-        "status": PENDING,
-        "created": time.time(),
-        "parameters": values,
-        "options": options,
-    }
-    order = pipeline.order()
-    steps = [
-        {"name": n, "position": i, "status": PENDING, "depends_on": pipeline.steps[n].depends_on}
-        for i, n in enumerate(order)
-    ]
-    store = get_store()
-    db.insert_run(store, record, steps)
-    if not detach:
-        # this process runs it: if it dies, the run reads LOST; cancel_run leaves it alone
-        import psutil
-
-        db.update_run(
-            store,
-            run_id,
-            pid=os.getpid(),
-            pid_started=psutil.Process().create_time(),
-            options={**options, "in_process": True},
-        )
-        execute_run(run_id, on_step)
-        return get_run(run_id)
-    try:
-        start_detached(run_id, "nbscale.pipelines.background", "runner.log", pipeline.directory)
-    except OSError as exc:
-        db.update_run(
-            store,
-            run_id,
-            status=FAILED,
-            ended=time.time(),
-            error=f"could not start the runner: {exc}",
-        )
-        raise
+    run_id = get_pipeline_backend(backend or "local").run(
+        path, parameters, detach=detach, on_step=on_step, announce=announce, options=options
+    )
     return get_run(run_id)
 
 
+def interrupted_note(backend: str | None) -> str:
+    """What Ctrl-C during a run in the foreground did, in the backend's words."""
+    return get_pipeline_backend(backend or "local").interrupted
+
+
 def cancel_run(run_id: str, timeout: float = 60.0) -> PipelineRun:
-    """Stop a detached run: its runner gets SIGTERM, kills its kernels and marks the run CANCELLED.
-
-    A run on SageMaker or Kubeflow is stopped there (StopPipelineExecution, terminate_run),
-    detached or not; it reads CANCELLED once the platform says it stopped."""
-    import signal
-
-    import psutil
-
+    """Stop a run: a detached local run's runner gets SIGTERM, kills its kernels and marks the
+    run CANCELLED; a run on SageMaker or Kubeflow is stopped there (StopPipelineExecution,
+    terminate_run), detached or not, and reads CANCELLED once the platform says it stopped."""
     from .errors import Conflict
 
     run = get_run(run_id)
     if run.terminal:
         raise Conflict(f"pipeline run {run.id} already ended ({run.status})")
     record = db.get_run(get_store(), run.id)
-    if _remote(record):  # the platform stops it, whoever follows it
-        from .backends.remote import pipelines as pipeline_cli
+    pipeline_backend_for(record).cancel(record, timeout)
+    return get_run(run.id)
 
-        return pipeline_cli.cancel(record)
-    if not record.get("pid") or record["options"].get("in_process"):
-        raise Conflict(
-            f"pipeline run {run.id} runs inside another process",
-            "stop it there (Ctrl-C); only detached runs can be cancelled",
-        )
+
+def cancel_any(ref: str, backend: str | None = None) -> str:
+    """``nbscale pipeline cancel REF [--backend NAME]``: a recorded run (by its id or its
+    platform's id), else a run the platform runs that was never recorded here (the backend
+    named, or the configured one whose platform claims the id). Returns what was done."""
+    from .config import load as load_config
+
     try:
-        proc = psutil.Process(record["pid"])
-        if abs(proc.create_time() - (record["pid_started"] or 0)) < 1:
-            proc.send_signal(signal.SIGTERM)
-    except psutil.Error:
-        pass
-    return run.wait(timeout)
+        run = get_run(ref)
+    except NotFound:
+        config = load_config()
+        names = [backend] if backend else list(config.backends)
+        for name in names:
+            target = get_pipeline_backend(name, config)
+            if backend or target.claims(ref):
+                return target.cancel_unrecorded(ref)
+        raise
+    if not run.id.startswith(ref):  # named by its platform's id
+        run = cancel_run(run.id)
+        return f"pipeline run {run.id} ({ref}): {run.status.lower()}, stopping"
+    run = cancel_run(run.id)
+    return f"pipeline run {run.id}: {run.status}" + ("" if run.terminal else " (stopping)")
+
+
+def compile_targets() -> dict[str, Any]:
+    """The pipeline formats installed platforms compile to, by target name (``kfp``), each
+    with its platform's pipeline backend class."""
+    from .backends import platforms
+    from .backends.registry import role_class
+
+    return {
+        p.compile_target: role_class("pipelines", p.type) for p in platforms() if p.compile_target
+    }
+
+
+def compile_pipeline(path: str, target: str, output: str, **options: Any) -> str:
+    """Write the pipeline for ``target`` (a platform's ``compile_target``: "kfp",
+    "sagemaker") to ``output``; returns the path. An option the target does not take is
+    refused, never ignored."""
+    from pathlib import Path
+
+    targets = compile_targets()
+    if target not in targets:
+        raise SpecError(
+            "--target", f"unknown target {target!r}", f"use one of {', '.join(sorted(targets))}"
+        )
+    backend = targets[target]
+    options = {k: v for k, v in options.items() if v is not None}
+    for name in options:
+        if name not in backend.compile_options:
+            raise SpecError(
+                f"--{name.replace('_', '-')}",
+                f"is not an option of the {target} target",
+                f"its options: {', '.join('--' + o.replace('_', '-') for o in backend.compile_options)}",
+            )
+    pipeline = load(path)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    backend.compile(pipeline, out, **options)
+    return str(out)
 
 
 def describe(path: str) -> dict[str, Any]:

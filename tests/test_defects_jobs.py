@@ -87,10 +87,10 @@ def test_config_says_when_a_backend_type_is_not_installed(nbscale_home, monkeypa
         '[backends.prod]\ntype = "sagemaker"\nregion = "eu-west-1"\n'
         '[backends.kf]\ntype = "kubeflow"\n'
     )
-    local = EntryPoint("local", "nbscale.backends.local:LocalBackend", backends.GROUP)
+    local = EntryPoint("local", "nbscale.backends.local:PLATFORM", "nbscale.platforms")
     # kubeflow's entry point is there but its module is not importable (its SDK missing);
     # sagemaker's is not installed at all
-    broken = EntryPoint("kubeflow", "nbscale_no_such_sdk.backend:Backend", backends.GROUP)
+    broken = EntryPoint("kubeflow", "nbscale_no_such_sdk.backend:PLATFORM", "nbscale.platforms")
     monkeypatch.setattr(backends, "backend_types", lambda: {"local": local, "kubeflow": broken})
     assert main(["config"]) == 0
     out, err = capsys.readouterr()

@@ -39,7 +39,7 @@ def test_out_of_range_settings_are_refused_before_anything_is_made(
 
 
 def test_local_replicas_are_capped_by_this_machine(tmp_path):
-    from nbscale.backends.endpoint_base import get_endpoint_backend
+    from nbscale.backends import get_endpoint_backend
 
     backend = get_endpoint_backend("local")
     assert isinstance(backend, LocalEndpoints)

@@ -395,7 +395,7 @@ def _direct(ports: list[tuple[int, int]]) -> list:
     """Each pod's /metrics read straight from its metrics port (the ground truth)."""
     import urllib.request
 
-    from nbscale.monitoring import metrics as mon
+    from nbscale import scrapes as mon
 
     out = []
     for _, mport in ports:
@@ -405,9 +405,9 @@ def _direct(ports: list[tuple[int, int]]) -> list:
 
 
 def test_metrics_come_from_every_ready_pod_through_the_api_server_pod_proxy(kserve, cluster, kube):  # noqa: F811
+    from nbscale import scrapes as mon
     from nbscale.backends.local.endpoints import token_for
     from nbscale.errors import NbscaleError
-    from nbscale.monitoring import metrics as mon
 
     ep = deploy(mlp(), name="digits", replicas=(2, 2), backend="kf")
     assert ep.status == "READY"

@@ -22,7 +22,7 @@ import yaml
 from nbscale import keys
 from nbscale.backends.kubeflow.pipelines import KFPPipelines
 from nbscale.backends.kubeflow.settings import settings
-from nbscale.backends.remote.pipelines import run_remote as run_from_cli
+from nbscale.cli.pipeline_cmd import cmd_run
 from nbscale.config import BackendConfig
 from nbscale.errors import BackendUnavailable, NotFound, SpecError
 from nbscale.pipelines import compile_pipeline
@@ -229,6 +229,7 @@ def test_cli_entry_records_the_run_and_unreachable_api(
         no_cache=False,
         max_parallel=None,
         json=False,
+        parameter=None,
     )
 
     def play():  # KFP runs the tasks while the CLI follows the run
@@ -248,8 +249,7 @@ def test_cli_entry_records_the_run_and_unreachable_api(
 
     player = threading.Thread(target=play, daemon=True)
     player.start()
-    seen: list[tuple[str, str]] = []
-    assert run_from_cli(args, {}, lambda name, f: seen.append((name, f["status"]))) == 0
+    assert cmd_run(args) == 0
     player.join(10)
     (kfp_id,) = kfp_api.runs
     # recorded as a pipeline run, with the KFP run id, every step's state and the outcome
@@ -257,12 +257,13 @@ def test_cli_entry_records_the_run_and_unreachable_api(
     assert run.backend == "kf" and run.status == "SUCCEEDED"
     assert run.options["remote"]["id"] == kfp_id and run.options["remote"]["type"] == "kubeflow"
     assert {s["status"] for s in run.steps} == {"SUCCEEDED"}
-    assert ("make", "RUNNING") in seen and ("total", "SUCCEEDED") in seen
-    assert "kfp run " + kfp_id in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "  make: running" in err and "  total: succeeded" in err
+    assert "kfp run " + kfp_id in err
 
     # a detached run: followed in the background, cancelled from the store (terminate_run)
     args.detach = True
-    assert run_from_cli(args, {}, lambda *a: None) == 0
+    assert cmd_run(args) == 0
     run_id = capsys.readouterr().out.strip()
     (second,) = set(kfp_api.runs) - {kfp_id}
     assert get_run(run_id).options["remote"]["id"] == second
@@ -284,7 +285,7 @@ def test_cli_entry_records_the_run_and_unreachable_api(
 
     args.no_cache = True
     with pytest.raises(SpecError, match="--no-cache"):
-        run_from_cli(args, {}, lambda *a: None)
+        cmd_run(args)
     dead = KFPPipelines(_conf(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(BackendUnavailable, match="cannot be reached"):
         dead.start(str(small), {})

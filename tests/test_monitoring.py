@@ -12,7 +12,7 @@ import pytest
 
 from nbscale.backends.local.endpoints import endpoint_dir, token_for
 from nbscale.endpoints import deploy, endpoints
-from nbscale.monitoring.metrics import NAMES, histogram_quantile, parse, row, scrape_local, to_frame
+from nbscale.scrapes import NAMES, histogram_quantile, parse, row, scrape_local, to_frame
 from nbscale.serving.capture import read_capture
 from nbscale.serving.metrics import ServerMetrics
 from nbscale.store import get_store
@@ -83,7 +83,7 @@ def test_rows_from_a_runtime_exposition_use_sagemaker_names_per_interval():
 
 def test_pods_are_summed_per_pod_since_their_own_last_scrape():
     # Given two runtime pods (KServe: no router, request latency is ModelLatency)
-    from nbscale.monitoring.metrics import Tracker
+    from nbscale.scrapes import Tracker
 
     a, b = ServerMetrics("digits"), ServerMetrics("digits")
     for _ in range(30):

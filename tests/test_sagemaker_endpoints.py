@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from nbscale import keys
-from nbscale.backends.endpoint_base import DeployRequest, get_endpoint_backend
+from nbscale.backends import get_endpoint_backend
+from nbscale.backends.endpoint_base import DeployRequest
 from nbscale.backends.sagemaker.endpoints import SageMakerEndpoints, model_tarball
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError

@@ -87,7 +87,8 @@ def test_a_cell_trains_on_two_real_instances_and_comes_back(real_config):
 
 
 def test_a_serverless_endpoint_serves_and_is_removed(real_config):
-    from nbscale.backends.endpoint_base import DeployRequest, get_endpoint_backend
+    from nbscale.backends import get_endpoint_backend
+    from nbscale.backends.endpoint_base import DeployRequest
     from nbscale.serving.artifact import package
 
     torch = pytest.importorskip("torch")

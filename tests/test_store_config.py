@@ -73,7 +73,7 @@ def test_config_errors_name_the_key_and_the_fix(nbscale_home, tmp_path):
     cfg = nbscale_home / "config.toml"
     cfg.write_text("[backends.x]\ntype = 'slurm'\n")
     with pytest.raises(
-        SpecError, match=r"backends.x.type: must be one of local, kubeflow, sagemaker"
+        SpecError, match=r"backends.x.type: must be one of kubeflow, local, sagemaker"
     ):
         config.load()
     cfg.write_text("default_backend = 'gpu'\n")

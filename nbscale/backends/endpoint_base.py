@@ -3,7 +3,7 @@
 An endpoint backend turns a packaged model artifact into a served endpoint and
 answers for it: ``deploy``, ``status``, ``predict``, ``metrics``, ``scale``,
 ``undeploy`` and ``list``. Backends are found through the
-``nbscale.endpoint_backends`` entry-point group, by the ``type`` of a
+``nbscale.platforms`` entry-point group, by the ``type`` of a
 ``[backends.NAME]`` table, exactly like job backends (``nbscale.backends``).
 
 ``nbscale.endpoints`` (the Python API every face uses) validates what is common
@@ -28,13 +28,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..config import BackendConfig, Config
+from ..config import BackendConfig
 from ..errors import BackendUnavailable, NbscaleError, SpecError
+from ..scrapes import Scrape
 from ..store import Store
 from ..store.endpoints import EndpointRecord
-from .registry import Registry
-
-GROUP = "nbscale.endpoint_backends"
 
 
 @dataclass(frozen=True)
@@ -139,44 +137,21 @@ class EndpointBackend(ABC):
         """Send all traffic back to the version before the canary."""
         raise SpecError("canary", f"the {self.type} endpoint backend has no canary rollouts")
 
+    def scrape(self, record: EndpointRecord) -> Scrape | None:
+        """The serving runtime's Prometheus metrics as one scrape, where this platform lets
+        nbscale read them directly (``None`` where it reports metrics its own way)."""
+        return None
+
+    def idle_seconds(self, record: EndpointRecord) -> float | None:
+        """Seconds since the endpoint last served a request, where the platform knows it."""
+        return None
+
     def close(self, name: str) -> None:  # noqa: B027 - backends without connections keep none
         """Drop any connection kept open for endpoint ``name``."""
 
     def check(self) -> dict[str, Any]:
         """Whether the platform can be reached: ``{"reachable": bool, "detail": str}``."""
         return {"reachable": True, "detail": "ok"}
-
-
-# -- finding backends ----------------------------------------------------------
-
-
-_registry = Registry(
-    GROUP,
-    lambda type_name, installed: BackendUnavailable(
-        f"endpoints on {type_name} backends are not available",
-        f"installed endpoint backend types: {', '.join(installed) or '(none: reinstall nbscale)'}",
-    ),
-)
-
-
-def endpoint_backend_types() -> dict[str, Any]:
-    return _registry.types
-
-
-def _backend_class(type_name: str) -> type[EndpointBackend]:
-    return _registry.cls(type_name)
-
-
-def get_endpoint_backend(
-    name: str | None = None, config: Config | None = None, store: Store | None = None
-) -> EndpointBackend:
-    """The endpoint backend configured as ``name`` (default: the configured default)."""
-    return _registry.get(name, config, store)
-
-
-def endpoint_backend_for(record: EndpointRecord, config: Config, store: Store) -> EndpointBackend:
-    """The backend that serves ``record``; by its type alone if its config entry was removed."""
-    return _registry.for_record(record, config, store)
 
 
 # -- the V2 protocol client ----------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .output import print_json, table
+from ..faces.text import print_json, table
 
 
 def _check(name: str, config) -> tuple[bool, str]:

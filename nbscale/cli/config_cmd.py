@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..config import Config, load
-from .output import print_json
+from ..faces.text import print_json
 
 
 def config_problems(config: Config) -> list[str]:
@@ -26,7 +26,10 @@ def config_problems(config: Config) -> list[str]:
             )
             continue
         try:
-            ep.load()
+            platform = ep.load()
+            for role in ("jobs", "endpoints", "pipelines"):
+                if platform.provides(role):
+                    platform.load(role)
         except ImportError as exc:
             problems.append(
                 f"backend {bconf.name!r} has type {bconf.type!r}, which cannot be loaded ({exc}); "

@@ -9,18 +9,9 @@ import numpy as np
 
 from ..endpoints import deploy, endpoint, endpoints
 from ..errors import SpecError
+from ..faces.options import parse_replicas, platform_options
+from ..faces.text import ago, print_json, table
 from ..serving.jsoncodec import loads
-from .output import ago, print_json, table
-
-
-def parse_replicas(text: str) -> tuple[int, int]:
-    lo, sep, hi = text.partition(":")
-    try:
-        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
-    except ValueError:
-        raise SpecError(
-            "--replicas", f"{text!r} is not MIN:MAX", "write e.g. --replicas 1:4 or --replicas 0:2"
-        ) from None
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -37,7 +28,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         capture_rate=args.capture_rate,
         idle_ttl=args.idle_ttl,
-        options=_platform_options(args),
+        options=platform_options(args),
         dry_run=args.dry_run,
     )
     if args.dry_run:  # the platform objects, nothing sent
@@ -50,24 +41,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             f"endpoint {ep.name} ready at {ep.url} (V2: {ep.url}/v2/models/{ep.name}/infer, SageMaker: {ep.url}/invocations)"
         )
     return 0
-
-
-def _platform_options(args: argparse.Namespace) -> dict:
-    """Options only some endpoint backends have (KServe); a backend refuses one it lacks."""
-    return {
-        k: v
-        for k, v in {
-            "canary_traffic_percent": args.canary,
-            "scale_metric": args.scale_metric,
-            "scale_target": args.scale_target,
-            "container_concurrency": args.container_concurrency,
-            "timeout_s": args.timeout,
-            "gpus": args.gpus,
-            "cpu": args.cpu,
-            "memory": args.memory,
-        }.items()
-        if v is not None
-    }
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

@@ -6,95 +6,14 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any
 
-from ..config import load as load_config
 from ..errors import SpecError
+from ..faces.options import add_resource_options, spec_from_args, typed_value
+from ..faces.text import Progress, ago, duration, job_cost, print_json, table
 from ..jobs import Job, job, jobs, submit
-from ..specs import Entry, JobSpec, shown
+from ..specs import Entry, shown
 from ..store import get_store
 from ..store.jobs import CANCELLED, STATUSES, SUCCEEDED, JobRecord, list_jobs
-from .output import Progress, ago, duration, print_json, table
-from .params import parse_env, typed_value
-
-SPEC_DEFAULTS = {"nodes": 1, "procs_per_node": 1, "gpus_per_proc": 0, "max_restarts": 0}
-
-
-def add_resource_options(p: argparse.ArgumentParser) -> None:
-    """The options every way of starting a job shares (``run`` here, ``%%train`` in the magics)."""
-    p.add_argument(
-        "--backend", help="a backend named in the config (default: the configured default)"
-    )
-    p.add_argument("--name", help="job name (default: from the file name)")
-    p.add_argument("--nodes", type=int, help="number of nodes (default 1)")
-    p.add_argument("--procs-per-node", type=int, help="processes per node (default 1)")
-    p.add_argument("--gpus-per-proc", type=int, help="GPUs per process (default 0)")
-    p.add_argument("--instance-type", help="instance type on cloud backends")
-    p.add_argument("--image", help="container image on cloud backends")
-    p.add_argument(
-        "--env",
-        action="append",
-        metavar="K=V",
-        help="environment variable for the job (repeatable); a secret-looking name "
-        "(TOKEN, PASSWORD, API_KEY, ...) is passed to the job but never stored or shown",
-    )
-    p.add_argument(
-        "--secret-env",
-        action="append",
-        metavar="NAME",
-        help="pass NAME's value from this environment to the job without storing it (repeatable)",
-    )
-    p.add_argument(
-        "--max-runtime", type=int, metavar="SECONDS", help="stop the job after this long"
-    )
-    p.add_argument(
-        "--max-restarts", type=int, help="elastic restarts torchrun may make (default 0)"
-    )
-    p.add_argument("--checkpoint-dir", help="directory the job checkpoints to")
-    p.add_argument(
-        "--max-cost",
-        type=float,
-        metavar="USD",
-        help="refuse the job if its estimate is over this, stop it when its cost reaches it",
-    )
-    p.add_argument(
-        "--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)"
-    )
-    p.add_argument(
-        "--spot",
-        action="store_true",
-        default=None,
-        help="run on spot capacity, resuming from checkpoints (SageMaker managed spot)",
-    )
-
-
-def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
-    defaults = {**SPEC_DEFAULTS, **load_config().defaults}
-    values: dict[str, Any] = {}
-    for field in (
-        "nodes",
-        "procs_per_node",
-        "gpus_per_proc",
-        "max_restarts",
-        "max_runtime",
-        "instance_type",
-        "image",
-        "checkpoint_dir",
-        "max_cost",
-        "spot",
-    ):
-        given = getattr(args, field, None)
-        values[field] = given if given is not None else defaults.get(field)
-    return JobSpec(
-        entry=entry,
-        name=args.name or "",
-        backend=args.backend,
-        args=tuple(getattr(args, "extra", []) or []),
-        env=parse_env(args.env),
-        tags=parse_env(args.tag, "--tag", "team=vision"),
-        secret_env=tuple(getattr(args, "secret_env", None) or ()),
-        **{k: v for k, v in values.items() if v is not None},
-    )
 
 
 def exit_code_of(record: JobRecord) -> int:
@@ -214,17 +133,8 @@ def _row(record: JobRecord) -> list[str]:
         str(record.restarts),
         ago(record.created),
         duration(record.duration),
-        _cost(record),
+        job_cost(record),
     ]
-
-
-def _cost(record: JobRecord) -> str:
-    from ..cost import record_costs
-
-    c = record_costs(record, load_config())
-    if c is None:
-        return "-"
-    return f"${c['cost']:.2f}" + (f" (spot -${c['spot_savings']:.2f})" if c["spot_savings"] else "")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

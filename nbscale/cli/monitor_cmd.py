@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .output import ago, print_json, table
+from ..faces.text import ago, print_json, table
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:

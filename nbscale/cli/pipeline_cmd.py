@@ -7,8 +7,8 @@ import sys
 import time
 
 from ..errors import SpecError
-from .output import ago, duration, print_json, table
-from .params import typed_value
+from ..faces.options import typed_value
+from ..faces.text import ago, duration, print_json, table
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -31,13 +31,11 @@ def _printer(stream=None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..backends.remote import pipelines as pipeline_cli
-    from ..config import load as load_config
+    """``nbscale pipeline run FLOW [--backend NAME]``: on this machine, or on an orchestrator
+    elsewhere (its id is printed as soon as there is one). In the foreground, as make does,
+    Ctrl-C stops the run (``--detach`` keeps it going and prints its id)."""
+    from ..pipeline_runs import interrupted_note
     from ..pipelines import start_run
-
-    if args.backend and load_config().backend(args.backend).type in pipeline_cli.MODULES:
-        # an orchestrator elsewhere (KFP, SageMaker): one driver for every one of them
-        return pipeline_cli.run_remote(args, _params(args), _printer())
 
     options = {
         "max_parallel": args.max_parallel,
@@ -46,25 +44,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         "no_cache": args.no_cache,
     }
     options = {k: v for k, v in options.items() if v not in (None, False, [])}
-    if args.detach:
-        run = start_run(
-            args.path, _params(args), backend=args.backend or "local", detach=True, **options
-        )
-        print(run.id)
-        return 0
-    # in this process, as make does: Ctrl-C stops the run and kills its kernels (--detach to keep it going)
+
+    def announce(label: str, remote_id: str) -> None:
+        print(f"{label} {remote_id}", file=sys.stderr, flush=True)
+
     try:
         run = start_run(
             args.path,
             _params(args),
             backend=args.backend or "local",
-            detach=False,
-            on_step=_printer(),
+            detach=bool(args.detach),
+            on_step=None if args.detach else _printer(),
+            announce=announce,
             **options,
         )
     except KeyboardInterrupt:
-        print("nbscale: interrupted; the run was cancelled", file=sys.stderr)
+        print(f"nbscale: interrupted; {interrupted_note(args.backend)}", file=sys.stderr)
         return 130
+    if args.detach:
+        print(run.id)
+        return 0
     if args.json:
         print_json(run.to_dict())
     else:
@@ -77,8 +76,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if not args.output:
         raise SpecError("-o/--output", "is missing", "e.g. -o pipeline.kfp.yaml")
-    extra = {"role": args.role, "bucket": args.bucket} if args.target == "sagemaker" else {}
-    path = compile_pipeline(args.path, args.target, args.output, image=args.image, **extra)
+    path = compile_pipeline(
+        args.path, args.target, args.output, image=args.image, role=args.role, bucket=args.bucket
+    )
     print(path)
     return 0
 
@@ -95,7 +95,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .. import pipeline_runs as runs
+    from ..pipelines import runs
 
     found = runs(limit=args.limit)
     if args.json:
@@ -122,19 +122,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from ..pipelines import cancel_run
+    from ..pipeline_runs import cancel_any
 
-    if args.run.startswith("arn:aws:sagemaker:"):  # an execution started on SageMaker
-        from ..backends.sagemaker.pipelines import cancel_from_cli
-
-        return cancel_from_cli(args.run)
-    if getattr(args, "backend", None):  # a run on Kubeflow Pipelines: its run id
-        from ..backends.kubeflow.pipelines import cancel_from_cli as kfp_cancel
-
-        return kfp_cancel(args.backend, args.run)
-
-    run = cancel_run(args.run)
-    print(f"pipeline run {run.id}: {run.status}" + ("" if run.terminal else " (stopping)"))
+    print(cancel_any(args.run, args.backend))
     return 0
 
 
@@ -190,7 +180,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "path", metavar="PATH", help="a notebook with step:NAME tags, or a pipeline.yaml"
     )
     p.add_argument(
-        "--target", choices=["kfp", "sagemaker"], required=True, help="what to compile to"
+        "--target",
+        required=True,
+        help="what to compile to: the pipeline format of an installed platform (kfp, sagemaker)",
     )
     p.add_argument("-o", "--output", help="file to write (.yaml for kfp, .json for sagemaker)")
     p.add_argument("--image", help="container image with nbscale and papermill (cloud targets)")

@@ -9,8 +9,6 @@ stands out.
 
 from __future__ import annotations
 
-import http.client
-import json
 from typing import Any
 
 from ..config import Config
@@ -32,22 +30,16 @@ def _price(
         return 0.0  # an unknown instance type: no price rather than a wrong one
 
 
-def _router_idle(port: int, name: str) -> float | None:
-    from ..backends.local.endpoints import token_for
+def _idle_seconds(ep, config: Config, store, backends: dict) -> float | None:
+    """What the endpoint's platform knows of its idle time (``EndpointBackend.idle_seconds``)."""
+    from ..backends import endpoint_backend_for
 
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
-        conn.request(
-            "GET", "/nbscale/stats", headers={"Authorization": f"Bearer {token_for(name)}"}
-        )
-        resp = conn.getresponse()
-        body = resp.read()
-        conn.close()
-    except Exception:  # a router that is down or restarting: idle time unknown
+        if ep.backend not in backends:
+            backends[ep.backend] = endpoint_backend_for(ep, config, store)
+        return backends[ep.backend].idle_seconds(ep)
+    except Exception:  # noqa: BLE001 - a platform that cannot be asked: idle time unknown
         return None
-    if resp.status != 200:
-        return None
-    return json.loads(body).get("idle_s")
 
 
 def _idle_text(seconds: float | None) -> str | None:
@@ -88,10 +80,11 @@ def running_things(config: Config | None = None) -> list[dict[str, Any]]:
                 "idle_s": None,
             }
         )
+    backends: dict[str, Any] = {}
     for ep in list_endpoints(store):
         cfg = ep.config or {}
         price = _price(config, ep.backend, ep.backend_type, cfg.get("instance_type"), 0)
-        idle_s = _router_idle(ep.port, ep.name) if ep.backend_type == "local" else None
+        idle_s = _idle_seconds(ep, config, store, backends)
         out.append(
             {
                 "kind": "endpoint",
@@ -121,7 +114,7 @@ def idle_teardown(name: str, now: float | None = None, config: Config | None = N
     import math
     import time
 
-    from ..backends.endpoint_base import endpoint_backend_for
+    from ..backends import endpoint_backend_for
     from ..errors import NotFound
     from ..store.endpoints import get_endpoint
     from ..store.events import record_event

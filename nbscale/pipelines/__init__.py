@@ -13,7 +13,16 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline_runs import PipelineRun, cancel_run, describe, get_run, runs, start_run
+    from ..pipeline_runs import (
+        PipelineRun,
+        cancel_run,
+        compile_pipeline,
+        compile_targets,
+        describe,
+        get_run,
+        runs,
+        start_run,
+    )
     from .loader import load
 
 # loaded on first use: a step's container imports nbscale.pipelines.artifacts and
@@ -26,6 +35,8 @@ _LAZY = {
     "get_run": "nbscale.pipeline_runs",
     "runs": "nbscale.pipeline_runs",
     "start_run": "nbscale.pipeline_runs",
+    "compile_pipeline": "nbscale.pipeline_runs",
+    "compile_targets": "nbscale.pipeline_runs",
 }
 
 
@@ -53,16 +64,10 @@ __all__ = [
     "PipelineRun",
     "cancel_run",
     "compile_pipeline",
+    "compile_targets",
     "describe",
     "get_run",
     "load",
     "runs",
     "start_run",
 ]
-
-
-def compile_pipeline(path: str, target: str, output: str, **options):
-    """Write the pipeline for ``target`` ("kfp" or "sagemaker") to ``output``; returns the path."""
-    from .compile import compile_to
-
-    return compile_to(path, target, output, **options)

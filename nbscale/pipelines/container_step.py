@@ -19,8 +19,7 @@ import shutil
 import sys
 import tempfile
 
-IN = "__NBSCALE_INPUT_{}__"
-OUT = "__NBSCALE_OUTPUTS__"
+from .stepbook import IN, OUT
 
 
 def typed(value: str, kind: str):

@@ -119,3 +119,10 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     if modules:
         reasons.append("module " + ", ".join(modules) + " changed")
     return "miss: " + ("; ".join(reasons) if reasons else "no cached outputs")
+
+
+def module_sources(pipeline: Pipeline, step: Step) -> dict[str, str]:
+    """The local modules a step imports, by path relative to its notebook, to travel with it."""
+    base = Path(step.notebook).parent
+    found = local_modules(local_imports(step), [base])
+    return {rel: (base / rel).read_text() for rel in found if not Path(rel).is_absolute()}

@@ -85,6 +85,22 @@ def start_detached(run_id: str, module: str, log_name: str, cwd: str | Path) -> 
     return proc.pid
 
 
+def runner_alive(record: dict) -> bool:
+    """Whether the process recorded as the run's runner (or follower) still runs."""
+    if not record.get("pid"):
+        return False
+    import psutil
+
+    try:
+        proc = psutil.Process(record["pid"])
+        return (
+            abs(proc.create_time() - (record["pid_started"] or 0)) < 1
+            and proc.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
+
+
 def selected_steps(pipeline: Pipeline, only: list[str] | None, from_step: str | None) -> list[str]:
     from ..errors import SpecError
 

@@ -91,3 +91,15 @@ def write(nb: dict[str, Any], path: Path) -> Path:
         cell.setdefault("id", f"nbscale-{i}")
     path.write_text(json.dumps(nb, indent=1))
     return path
+
+
+# placeholders of a container step's notebook, filled in by container_step where it runs
+IN = "__NBSCALE_INPUT_{}__"
+OUT = "__NBSCALE_OUTPUTS__"
+
+
+def container_template(pipeline: Pipeline, step: Step) -> str:
+    """A step's notebook for a container, its inputs and outputs as placeholders that
+    ``nbscale.pipelines.container_step`` fills in where the step runs."""
+    inputs = {var: IN.format(producer) for var, producer in step.inputs.items()}
+    return json.dumps(build(pipeline, step, inputs, OUT))

@@ -224,7 +224,7 @@ class ServerMetrics:
         self.batch_limit = Gauge(
             "nbscale_batch_limit", "Current adaptive batch size limit", ["model"], registry=r
         )
-        # SageMaker's ModelLatency / OverheadLatency, observed by a router (nbscale.monitoring.metrics)
+        # SageMaker's ModelLatency / OverheadLatency, observed by a router (nbscale.scrapes)
         self._model_latency = loop_metrics.histogram(
             "nbscale_model_latency_seconds",
             "Time the replica took to answer, as the router saw it",

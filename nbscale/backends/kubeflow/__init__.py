@@ -1,7 +1,23 @@
 """Kubeflow: jobs as Trainer TrainJobs, endpoints as KServe InferenceServices, pipelines on KFP.
 
-Modules are imported when used: ``jobs.KubeflowBackend`` (the ``nbscale.backends``
-entry point), ``endpoints.KServeEndpoints`` (``nbscale.endpoint_backends``),
-``pipelines`` (KFP runs), ``manifests`` (the objects, as dicts), ``cluster`` (kube
-configuration), ``settings`` (the ``[backends.NAME]`` table).
+Importing the package loads only ``PLATFORM`` (its entry point in ``nbscale.platforms``);
+each role's module is imported when used: ``jobs`` (TrainJobs), ``endpoints`` (KServe),
+``pipelines`` (KFP runs and the KFP compile target), ``settings`` (the ``[backends.NAME]``
+table), and the helpers ``manifests`` (the objects, as dicts), ``cluster`` (kube
+configuration) and ``podlogs``.
 """
+
+from __future__ import annotations
+
+from ..platform import Platform
+
+PLATFORM = Platform(
+    type="kubeflow",
+    title="Kubeflow",
+    jobs="nbscale.backends.kubeflow.jobs:KubeflowBackend",
+    endpoints="nbscale.backends.kubeflow.endpoints:KServeEndpoints",
+    pipelines="nbscale.backends.kubeflow.pipelines:KubeflowPipelineBackend",
+    settings="nbscale.backends.kubeflow.settings:settings",
+    compile_target="kfp",
+    extra="kubeflow",
+)

@@ -16,7 +16,7 @@ Prometheus ``/metrics`` (the runtime's token-free metrics port, ``manifests.METR
 read through the API server's pod proxy (``/api/v1/namespaces/NS/pods/POD:PORT/proxy/metrics``:
 the way in that a client outside the cluster has, with the kube context's credentials and
 RBAC ``get pods/proxy``), summed over the pods under SageMaker's metric names
-(``nbscale.monitoring.metrics``).
+(``nbscale.scrapes``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from typing import Any
 
 from ... import storage
 from ...errors import BackendUnavailable, Conflict, NbscaleError, NotFound, SpecError
+from ...keys import endpoint_token as token_for
+from ...paths import endpoint_dir
 from ...store.endpoints import (
     FAILED,
     READY,
@@ -45,7 +47,6 @@ from ...store.endpoints import (
     update_endpoint,
 )
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
-from ..local.endpoints import endpoint_dir, token_for
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
 from .jobs import BAD_WAITING, dump_yaml, ensure_key_secret
@@ -491,7 +492,7 @@ class KServeEndpoints(EndpointBackend):
     def metrics(self, record: EndpointRecord) -> dict[str, Any]:
         """SageMaker-named metrics summed over the ready predictor pods, since the last look
         (``sagemaker_series``: one row per look), plus totals since the pods started."""
-        from ...monitoring import metrics as mon
+        from ... import scrapes as mon
 
         cluster = self.cluster()
         namespace = record.config.get("namespace") or cluster.namespace
@@ -569,7 +570,7 @@ class KServeEndpoints(EndpointBackend):
                 raise err from None
 
     def undeploy(self, name: str) -> None:
-        from ...monitoring.metrics import TRACKER
+        from ...scrapes import TRACKER
 
         self._clients.close(name)
         TRACKER.forget(name)

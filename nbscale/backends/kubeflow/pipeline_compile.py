@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ...optional import require
-from ...pipelines import stepbook
+from ...pipelines.fingerprint import module_sources
 from ...pipelines.model import Pipeline, Step
+from ...pipelines.stepbook import container_template as notebook_template
 
 DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"  # any image with nbscale, papermill and ipykernel
 KEY_SECRET = "nbscale-keys"  # a Secret with keys.json = nbscale.keys.export("pipeline")
 KEY_MOUNT = "/var/run/secrets/nbscale"
-IN = "__NBSCALE_INPUT_{}__"
-OUT = "__NBSCALE_OUTPUTS__"
 KIND = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
 
 COMPONENT = '''
@@ -123,21 +122,6 @@ def _load_components(pipeline: Pipeline, image: str) -> dict[str, Any]:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return {n: getattr(module, f"step_{_ident(n)}") for n in pipeline.order()}
-
-
-def notebook_template(pipeline: Pipeline, step: Step) -> str:
-    inputs = {var: IN.format(producer) for var, producer in step.inputs.items()}
-    return json.dumps(stepbook.build(pipeline, step, inputs, OUT))
-
-
-def module_sources(pipeline: Pipeline, step: Step) -> dict[str, str]:
-    """The local modules a step imports, by path relative to its notebook, to travel with it."""
-    from ...pipelines.dataflow import local_imports
-    from ...pipelines.fingerprint import local_modules
-
-    base = Path(step.notebook).parent
-    found = local_modules(local_imports(step), [base])
-    return {rel: (base / rel).read_text() for rel in found if not Path(rel).is_absolute()}
 
 
 def build(

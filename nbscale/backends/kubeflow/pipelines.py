@@ -20,11 +20,13 @@ import urllib.parse
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from ...errors import BackendUnavailable, NbscaleError, SpecError
-from .settings import KubeflowSettings, settings
+from ..remote.pipelines import RemotePipelines
+from .settings import DEFAULT_IMAGE, KubeflowSettings, settings
 
 STATES = {
     "PENDING": "PENDING",
@@ -110,7 +112,7 @@ class KFPPipelines:
 
         pipeline = load(path)
         options: dict[str, Any] = {"key_secret": self.settings.key_secret}
-        if self.settings.image != self.settings.__dataclass_fields__["image"].default:
+        if self.settings.image != DEFAULT_IMAGE:
             options["image"] = self.settings.image  # a prebuilt image with nbscale and papermill
         kfp_target.compile_pipeline(pipeline, output, **options)
         return pipeline
@@ -182,38 +184,36 @@ class KFPPipelines:
             raise NbscaleError(f"terminating run {run_id}: {exc}") from None
 
 
-def _for(backend: str) -> KFPPipelines:
-    from ...config import load as load_config
+class KubeflowPipelineBackend(RemotePipelines):
+    """Pipeline runs on Kubeflow Pipelines, recorded and followed here."""
 
-    return KFPPipelines(settings(load_config().backend(backend)))
+    type = "kubeflow"
+    title = "Kubeflow"
+    cache_note = "its tasks cache by KFP's cache"
+    label = "kfp run"
+    compile_options = ("image", "key_secret", "key_mount")
+    compile_suffix = ".kfp.yaml"
 
+    @classmethod
+    def compile(cls, pipeline: Any, output: Path, **options: Any) -> None:
+        from .pipeline_compile import compile_pipeline
 
-def platform(backend: str):
-    """How ``nbscale.backends.remote.pipelines`` starts, records, follows and stops a run here."""
-    from ..remote.pipelines import Platform
+        compile_pipeline(pipeline, output, **options)
 
-    runner = _for(backend)
-    return Platform(
-        runner,
-        name="Kubeflow",
-        cache_note="its tasks cache by KFP's cache",
-        label="kfp run",
-        stopped="the KFP run was terminated",
-        remote_id=lambda run: run.run_id,
-        resume=KFPRun,
-        poll=max(runner.settings.poll_seconds, 0.2),
-    )
+    @cached_property
+    def runner(self) -> KFPPipelines:
+        return KFPPipelines(settings(self.config))
 
+    @property
+    def poll(self) -> float:
+        return max(self.runner.settings.poll_seconds, 0.2)
 
-def cancel_from_cli(backend: str, run_id: str) -> int:
-    from ..remote.pipelines import find
+    def remote_id(self, handle: KFPRun) -> str:
+        return handle.run_id
 
-    if find(run_id) is not None:
-        from ...pipeline_runs import cancel_run
+    def resume(self, remote_id: str) -> KFPRun:
+        return KFPRun(remote_id)
 
-        run = cancel_run(run_id)
-        print(f"pipeline run {run.id} (kfp run {run_id}): {run.status.lower()}, terminating")
-        return 0
-    _for(backend).cancel(run_id)
-    print(f"kfp run {run_id}: terminating")
-    return 0
+    def cancel_unrecorded(self, remote_id: str) -> str:
+        self.runner.cancel(remote_id)
+        return f"kfp run {remote_id}: terminating"

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ... import paths
 from ...config import BackendConfig
 from ...errors import BackendUnavailable, Conflict
+from ...keys import endpoint_token as token_for
+from ...paths import endpoint_dir
+from ...scrapes import Scrape, scrape_local
 from ...store import Store
 from ...store.endpoints import (
     FAILED,
@@ -49,21 +51,6 @@ def endpoint_tag(name: str) -> str:
 
 
 START_TIMEOUT_S = 120.0
-
-
-def endpoint_dir(name: str) -> Path:
-    return paths.home() / "endpoints" / name
-
-
-def token_for(name: str) -> str:
-    path = endpoint_dir(name) / "token"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        raise BackendUnavailable(
-            f"the token file of endpoint {name!r} is missing ({path})",
-            f"redeploy: nbscale undeploy {name} && nbscale deploy ...",
-        ) from None
 
 
 def port_free(port: int) -> bool:
@@ -126,6 +113,17 @@ class LocalEndpoints(EndpointBackend):
 
     def metrics(self, rec: EndpointRecord) -> dict[str, Any]:
         return self._clients.get(rec).get_json("/nbscale/stats", timeout=10)
+
+    def scrape(self, rec: EndpointRecord) -> Scrape | None:
+        return scrape_local(rec.port, token_for(rec.name))
+
+    def idle_seconds(self, rec: EndpointRecord) -> float | None:
+        """Seconds since the router last served a request (None when it cannot be asked)."""
+        try:
+            stats = self._clients.get(rec).get_json("/nbscale/stats", timeout=3)
+        except Exception:  # noqa: BLE001 - a router that is down or restarting: unknown
+            return None
+        return stats.get("idle_s")
 
     def scale(self, rec: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
         self._clients.get(rec).post_json(

@@ -1,14 +1,28 @@
 """Amazon SageMaker: training jobs, endpoints and pipelines through boto3.
 
-Names load on first use, so a container running ``nbscale.backends.sagemaker.jobenv``
-imports only that module's needs.
+Importing the package loads only ``PLATFORM`` (its entry point in ``nbscale.platforms``);
+each role's module is imported when used, so a container running
+``nbscale.backends.sagemaker.jobenv`` imports only that module's needs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SageMakerBackend"]
+from ..platform import Platform
+
+PLATFORM = Platform(
+    type="sagemaker",
+    title="SageMaker",
+    jobs="nbscale.backends.sagemaker.jobs:SageMakerBackend",
+    endpoints="nbscale.backends.sagemaker.endpoints:SageMakerEndpoints",
+    pipelines="nbscale.backends.sagemaker.pipelines:SageMakerPipelineBackend",
+    settings="nbscale.backends.sagemaker.settings:settings",
+    compile_target="sagemaker",
+    extra="sagemaker",
+)
+
+__all__ = ["PLATFORM", "SageMakerBackend"]
 
 
 def __getattr__(name: str) -> Any:

@@ -24,8 +24,9 @@ from typing import Any
 
 from ...errors import SpecError
 from ...keys import KEY_SECRET_ENV
+from ...pipelines.fingerprint import module_sources
 from ...pipelines.model import Pipeline, Resources, Step
-from ..kubeflow.pipeline_compile import module_sources, notebook_template
+from ...pipelines.stepbook import container_template as notebook_template
 
 PROC = "/opt/ml/processing"
 TYPES = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}

@@ -18,12 +18,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from ...errors import NbscaleError
+from ..remote.pipelines import RemotePipelines
 from .jobs import client_error
-from .settings import SageMakerSettings
+from .settings import SageMakerSettings, settings
 
 # SageMaker's step and execution states, as nbscale names them
 STEP_STATES = {
@@ -217,36 +219,54 @@ def _for(backend: str | None = None, region: str | None = None) -> SageMakerPipe
     )
 
 
-def platform(backend: str):
-    """How ``nbscale.backends.remote.pipelines`` starts, records, follows and stops a run here."""
-    from ..remote.pipelines import Platform
+class SageMakerPipelineBackend(RemotePipelines):
+    """Pipeline runs on SageMaker Pipelines, recorded and followed here."""
 
-    runner = _for(backend)
-    return Platform(
-        runner,
-        name="SageMaker",
-        cache_note="its steps cache by CacheConfig",
-        label="pipeline execution",
-        stopped="the pipeline execution was stopped",
-        remote_id=lambda execution: execution.execution_arn,
-        resume=lambda arn: Execution("", arn),
-        poll=runner.settings.poll_seconds,
+    type = "sagemaker"
+    title = "SageMaker"
+    cache_note = "its steps cache by CacheConfig"
+    label = "pipeline execution"
+    compile_options = (
+        "image",
+        "role",
+        "bucket",
+        "prefix",
+        "key_secret_arn",
+        "runtime_wheels",
+        "region",
     )
+    compile_suffix = ".sagemaker.json"
 
+    @classmethod
+    def compile(cls, pipeline: Any, output: Path, **options: Any) -> None:
+        from .pipeline_compile import compile_pipeline
 
-def cancel_from_cli(execution_arn: str) -> int:
-    """``nbscale pipeline cancel ARN`` for a SageMaker execution (the region is in the ARN):
-    through its recorded run when there is one, else StopPipelineExecution alone."""
-    from ..remote.pipelines import find
+        compile_pipeline(pipeline, output, **options)
 
-    if find(execution_arn) is not None:
-        from ...pipeline_runs import cancel_run
+    @cached_property
+    def runner(self) -> SageMakerPipelines:
+        return SageMakerPipelines(settings(self.config))
 
-        run = cancel_run(execution_arn)
-        print(f"pipeline run {run.id} ({execution_arn}): {run.status.lower()}, stopping")
-        return 0
-    parts = execution_arn.split(":")
-    runner = _for(region=parts[3] if len(parts) > 3 else None)
-    runner.cancel(execution_arn)
-    print(f"pipeline execution {execution_arn}: stopping")
-    return 0
+    @property
+    def poll(self) -> float:
+        return self.runner.settings.poll_seconds
+
+    def remote_id(self, handle: Execution) -> str:
+        return handle.execution_arn
+
+    def resume(self, remote_id: str) -> Execution:
+        return Execution("", remote_id)
+
+    @classmethod
+    def claims(cls, remote_id: str) -> bool:
+        return remote_id.startswith("arn:aws:sagemaker:") and ":pipeline/" in remote_id
+
+    def cancel_unrecorded(self, remote_id: str) -> str:
+        """An execution started elsewhere: stopped through the backend of its region."""
+        parts = remote_id.split(":")
+        region = parts[3] if len(parts) > 3 else None
+        runner = (
+            self.runner if region in (None, self.runner.settings.region) else _for(region=region)
+        )
+        runner.cancel(remote_id)
+        return f"pipeline execution {remote_id}: stopping"

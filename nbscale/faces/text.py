@@ -1,4 +1,4 @@
-"""Tables, JSON and progress for the terminal."""
+"""Tables, JSON, times, costs and progress, as every face shows them."""
 
 from __future__ import annotations
 
@@ -65,3 +65,14 @@ class Progress:
             self.stream.write("\r\033[K")
             self.stream.flush()
             self._shown = False
+
+
+def job_cost(record: Any) -> str:
+    """The cost of a job so far, as the job lists show it (`$1.20 (spot -$0.80)`)."""
+    from ..config import load as load_config
+    from ..cost import record_costs
+
+    c = record_costs(record, load_config())
+    if c is None:
+        return "-"
+    return f"${c['cost']:.2f}" + (f" (spot -${c['spot_savings']:.2f})" if c["spot_savings"] else "")

@@ -38,7 +38,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..errors import BackendUnavailable
+from .errors import BackendUnavailable
 
 MODEL_ROUTES = ("infer", "invocations")
 QUANTILES = (50, 95, 99)
@@ -256,18 +256,17 @@ class Tracker:
 TRACKER = Tracker()
 
 
-def with_sagemaker_names(record: Any, stats: dict[str, Any]) -> dict[str, Any]:
-    """``stats`` plus the SageMaker-named metrics of a local endpoint.
+def with_sagemaker_names(stats: dict[str, Any], scrape: Scrape | None, name: str) -> dict[str, Any]:
+    """``stats`` plus the SageMaker-named metrics of an endpoint whose runtime's Prometheus
+    metrics nbscale reads directly (``EndpointBackend.scrape``; unchanged without ``scrape``).
 
     Adds the latest interval's values at the top level (``Invocations``,
     ``ModelLatency_p99``...), ``sagemaker_names`` (their list) and
     ``sagemaker_series``: one row per look, ``pandas.DataFrame(m["sagemaker_series"])``.
     """
-    if getattr(record, "backend_type", "local") != "local":
+    if scrape is None:
         return stats
-    from ..backends.local.endpoints import token_for
-
-    rows = TRACKER.add(record.name, scrape_local(record.port, token_for(record.name)))
+    rows = TRACKER.add(name, scrape)
     return {**stats, **rows[-1], "sagemaker_names": list(NAMES), "sagemaker_series": rows}
 
 

@@ -1,0 +1,134 @@
+"""Pipeline runs on this machine: papermill in kernels, run by ``nbscale.pipelines.runner``.
+
+``run`` checks the flow, records the run, and runs it here (without ``detach``: Ctrl-C
+cancels it and kills its kernels) or in a detached runner process
+(``python -m nbscale.pipelines.background RUN_ID``). A run whose runner process died
+reads LOST; ``cancel`` sends the runner SIGTERM, and it marks the run CANCELLED.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+from ...errors import Conflict
+from ...pipelines.loader import load
+from ...pipelines.parameters import resolve
+from ...pipelines.runner import execute_run, runner_alive, selected_steps, start_detached
+from ...pipelines.status import ACTIVE, FAILED, LOST, PENDING, RUNNING
+from ...store import pipelines as db
+from ..pipeline_base import Announce, OnStep, PipelineBackend
+
+
+class LocalPipelineBackend(PipelineBackend):
+    type = "local"
+    title = "this machine"
+    interrupted = "the run was cancelled"
+
+    def run(
+        self,
+        path: str,
+        parameters: dict[str, Any] | None,
+        *,
+        detach: bool,
+        on_step: OnStep | None,
+        announce: Announce | None,
+        options: dict[str, Any],
+    ) -> str:
+        pipeline = load(path)  # every check happens here, before anything is recorded
+        values = resolve(pipeline.parameters, parameters)
+        selected_steps(pipeline, options.get("only"), options.get("from_step"))
+        run_id = f"p-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        record = {
+            "id": run_id,
+            "name": pipeline.name,
+            "source": pipeline.source,
+            "backend": self.config.name,
+            "status": PENDING,
+            "created": time.time(),
+            "parameters": values,
+            "options": options,
+        }
+        steps = [
+            {
+                "name": n,
+                "position": i,
+                "status": PENDING,
+                "depends_on": pipeline.steps[n].depends_on,
+            }
+            for i, n in enumerate(pipeline.order())
+        ]
+        db.insert_run(self.store, record, steps)
+        if not detach:
+            # this process runs it: if it dies, the run reads LOST; cancel leaves it alone
+            import psutil
+
+            db.update_run(
+                self.store,
+                run_id,
+                pid=os.getpid(),
+                pid_started=psutil.Process().create_time(),
+                options={**options, "in_process": True},
+            )
+            execute_run(run_id, on_step)
+            return run_id
+        try:
+            start_detached(run_id, "nbscale.pipelines.background", "runner.log", pipeline.directory)
+        except OSError as exc:
+            db.update_run(
+                self.store,
+                run_id,
+                status=FAILED,
+                ended=time.time(),
+                error=f"could not start the runner: {exc}",
+            )
+            raise
+        return run_id
+
+    def status(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A run whose runner process is gone is LOST, never left RUNNING forever."""
+        if record["status"] not in ACTIVE or not record.get("pid") or runner_alive(record):
+            return record
+        error = "the runner process died before the run ended"
+        now = time.time()
+        if db.update_run(
+            self.store, record["id"], only_if=ACTIVE, status=LOST, ended=now, error=error
+        ):
+            for step in db.steps_of(self.store, [record["id"]])[record["id"]]:
+                if step["status"] in ACTIVE:
+                    db.update_step(
+                        self.store,
+                        record["id"],
+                        step["name"],
+                        status=LOST if step["status"] == RUNNING else FAILED,
+                        ended=now,
+                        error=error,
+                    )
+        return db.get_run(self.store, record["id"])
+
+    def cancel(self, record: dict[str, Any], timeout: float) -> None:
+        """SIGTERM to the detached runner; it kills its kernels and marks the run CANCELLED.
+        Returns once the run has ended (``TimeoutError`` after ``timeout`` seconds)."""
+        import psutil
+
+        if not record.get("pid") or record["options"].get("in_process"):
+            raise Conflict(
+                f"pipeline run {record['id']} runs inside another process",
+                "stop it there (Ctrl-C); only detached runs can be cancelled",
+            )
+        try:
+            proc = psutil.Process(record["pid"])
+            if abs(proc.create_time() - (record["pid_started"] or 0)) < 1:
+                proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+        deadline = time.monotonic() + timeout
+        while (now := self.status(db.get_run(self.store, record["id"])))["status"] in ACTIVE:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"pipeline run {record['id']} still {now['status']} after {timeout} s"
+                )
+            time.sleep(0.2)

@@ -1,0 +1,154 @@
+"""Options every face parses the same way: the CLI, the magics and the server extension.
+
+Typed values (``-p epochs 5`` gives an int, as papermill does), ``K=V`` pairs, the resource
+options of a job and the platform options of an endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..config import load as load_config
+from ..errors import SpecError
+from ..specs import Entry, JobSpec
+
+
+def typed_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_env(
+    pairs: list[str] | None, option: str = "--env", example: str = "LR=0.1"
+) -> dict[str, str]:
+    """``K=V`` pairs of a repeatable option; a bad one is an error naming ``option``."""
+    env = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(option, f"{pair!r} is not KEY=VALUE", f"write e.g. {option} {example}")
+        env[key] = value
+    return env
+
+
+SPEC_DEFAULTS = {"nodes": 1, "procs_per_node": 1, "gpus_per_proc": 0, "max_restarts": 0}
+
+
+def add_resource_options(p: argparse.ArgumentParser) -> None:
+    """The options every way of starting a job shares (``run`` here, ``%%train`` in the magics)."""
+    p.add_argument(
+        "--backend", help="a backend named in the config (default: the configured default)"
+    )
+    p.add_argument("--name", help="job name (default: from the file name)")
+    p.add_argument("--nodes", type=int, help="number of nodes (default 1)")
+    p.add_argument("--procs-per-node", type=int, help="processes per node (default 1)")
+    p.add_argument("--gpus-per-proc", type=int, help="GPUs per process (default 0)")
+    p.add_argument("--instance-type", help="instance type on cloud backends")
+    p.add_argument("--image", help="container image on cloud backends")
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="K=V",
+        help="environment variable for the job (repeatable); a secret-looking name "
+        "(TOKEN, PASSWORD, API_KEY, ...) is passed to the job but never stored or shown",
+    )
+    p.add_argument(
+        "--secret-env",
+        action="append",
+        metavar="NAME",
+        help="pass NAME's value from this environment to the job without storing it (repeatable)",
+    )
+    p.add_argument(
+        "--max-runtime", type=int, metavar="SECONDS", help="stop the job after this long"
+    )
+    p.add_argument(
+        "--max-restarts", type=int, help="elastic restarts torchrun may make (default 0)"
+    )
+    p.add_argument("--checkpoint-dir", help="directory the job checkpoints to")
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="refuse the job if its estimate is over this, stop it when its cost reaches it",
+    )
+    p.add_argument(
+        "--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)"
+    )
+    p.add_argument(
+        "--spot",
+        action="store_true",
+        default=None,
+        help="run on spot capacity, resuming from checkpoints (SageMaker managed spot)",
+    )
+
+
+def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
+    defaults = {**SPEC_DEFAULTS, **load_config().defaults}
+    values: dict[str, Any] = {}
+    for field in (
+        "nodes",
+        "procs_per_node",
+        "gpus_per_proc",
+        "max_restarts",
+        "max_runtime",
+        "instance_type",
+        "image",
+        "checkpoint_dir",
+        "max_cost",
+        "spot",
+    ):
+        given = getattr(args, field, None)
+        values[field] = given if given is not None else defaults.get(field)
+    return JobSpec(
+        entry=entry,
+        name=args.name or "",
+        backend=args.backend,
+        args=tuple(getattr(args, "extra", []) or []),
+        env=parse_env(args.env),
+        tags=parse_env(args.tag, "--tag", "team=vision"),
+        secret_env=tuple(getattr(args, "secret_env", None) or ()),
+        **{k: v for k, v in values.items() if v is not None},
+    )
+
+
+def parse_replicas(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition(":")
+    try:
+        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise SpecError(
+            "--replicas", f"{text!r} is not MIN:MAX", "write e.g. --replicas 1:4 or --replicas 0:2"
+        ) from None
+
+
+def platform_options(args: argparse.Namespace) -> dict:
+    """Options only some endpoint backends have (KServe); a backend refuses one it lacks."""
+    return {
+        k: v
+        for k, v in {
+            "canary_traffic_percent": args.canary,
+            "scale_metric": args.scale_metric,
+            "scale_target": args.scale_target,
+            "container_concurrency": args.container_concurrency,
+            "timeout_s": args.timeout,
+            "gpus": args.gpus,
+            "cpu": args.cpu,
+            "memory": args.memory,
+        }.items()
+        if v is not None
+    }
