@@ -299,7 +299,7 @@ def deploy(
         if model_dir.is_relative_to(endpoint_dir(name)):  # a copy made here for this deploy
             shutil.rmtree(model_dir, ignore_errors=True)
         raise
-    if config.get("idle_ttl_s") and rec.backend_type != "local":
+    if config.get("idle_ttl_s") and not mgr.applies_idle_ttl:
         from .monitoring.idle_watch import start_idle_watch
 
         # a cloud endpoint has no router of ours: a detached watcher deletes it when idle

@@ -59,6 +59,9 @@ class EndpointBackend(ABC):
     type: ClassVar[str]
     #: names in ``DeployRequest.options`` this backend understands; any other is refused
     options: ClassVar[frozenset[str]] = frozenset()
+    #: whether the platform's own serving side applies ``idle_ttl`` (the local router);
+    #: otherwise nbscale's detached idle watcher deletes the endpoint when it is idle
+    applies_idle_ttl: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig, store: Store):
         self.config = config

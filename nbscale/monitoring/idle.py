@@ -127,9 +127,11 @@ def idle_teardown(name: str, now: float | None = None, config: Config | None = N
     except NotFound:
         return False
     ttl = (rec.config or {}).get("idle_ttl_s")
-    if not ttl or rec.backend_type == "local" or now - rec.created < ttl:
+    if not ttl or now - rec.created < ttl:
         return False
     backend = endpoint_backend_for(rec, config, store)
+    if backend.applies_idle_ttl:
+        return False
     minutes = max(1, math.ceil(ttl / 60))
     metrics = backend.metrics(rec, minutes=minutes)
     if (metrics.get("Invocations") or 0) > 0:

@@ -75,6 +75,7 @@ class LocalEndpoints(EndpointBackend):
     """The first ``EndpointBackend``: a router and replica processes on this machine."""
 
     type = "local"
+    applies_idle_ttl = True
 
     def replica_limit(self) -> int:
         # replicas are processes on this machine: the cap local jobs have (4 per usable core)
