@@ -10,23 +10,11 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline_runs import (
-        PipelineRun,
-        cancel_run,
-        compile_pipeline,
-        compile_targets,
-        describe,
-        get_run,
-        runs,
-        start_run,
-    )
-    from .loader import load
+from typing import Any
 
 # loaded on first use: a step's container imports nbscale.pipelines.artifacts and
-# container_step, and must not pull in the engine (store, pydantic models, runner)
+# container_step, and must not pull in the engine (store, pydantic models, runner); the
+# run functions are the engine's (nbscale.pipeline_runs), offered here as the public API
 _LAZY = {
     "load": ".loader",
     "PipelineRun": "nbscale.pipeline_runs",
