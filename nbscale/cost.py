@@ -62,7 +62,33 @@ INSTANCE_PRICES: dict[str, float] = {
 # a Kubernetes node is priced by what it holds, absent a configured price
 CPU_NODE_HOUR = 0.20
 GPU_HOUR = 2.50
-DEFAULT_INSTANCE = {"sagemaker": "ml.m5.xlarge"}
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a platform's node hours are priced where its settings name no price; each
+    platform's ``Platform.pricing`` (``nbscale.backends.platform``) says which applies."""
+
+    #: your own machine: free unless ``node_hour_price`` / ``gpu_hour_price`` are set
+    own_machine: bool = False
+    #: the instance type a job without one runs on
+    default_instance: str | None = None
+    #: an instance type with no known price is an error rather than a node-priced guess
+    instance_required: bool = False
+    #: the platform's billed time already holds what spot capacity saved
+    billed_spot: bool = False
+
+
+def pricing(backend_type: str) -> Pricing:
+    """The pricing of an installed platform (``Pricing()`` for one that gives none)."""
+    from .config import platform_entry_points
+
+    ep = platform_entry_points().get(backend_type)
+    try:
+        found = getattr(ep.load(), "pricing", None) if ep is not None else None
+    except ImportError:
+        found = None
+    return found if isinstance(found, Pricing) else Pricing()
 
 
 @dataclass(frozen=True)
@@ -101,12 +127,13 @@ def node_price(
     settings = settings or {}
     if "price_per_node_hour" in settings:
         return _price(settings["price_per_node_hour"], "price_per_node_hour")
-    if backend_type == "local":  # your own machine: free unless its hours are given a price
+    rules = pricing(backend_type)
+    if rules.own_machine:  # your own machine: free unless its hours are given a price
         return (
             _price(settings.get("node_hour_price", 0.0), "node_hour_price")
             + _price(settings.get("gpu_hour_price", 0.0), "gpu_hour_price") * gpus_per_node
         )
-    instance = instance_type or settings.get("instance_type") or DEFAULT_INSTANCE.get(backend_type)
+    instance = instance_type or settings.get("instance_type") or rules.default_instance
     configured = settings.get("prices") or {}
     if not isinstance(configured, dict):
         raise SpecError("prices", "must be a table of instance type = USD per hour")
@@ -115,7 +142,7 @@ def node_price(
             return _price(configured[instance], f"prices.{instance}")
         if instance in INSTANCE_PRICES:
             return INSTANCE_PRICES[instance]
-        if backend_type == "sagemaker":
+        if rules.instance_required:
             raise SpecError(
                 "instance_type",
                 f"no price known for {instance!r}",
@@ -203,7 +230,7 @@ def spec_price(spec: Any, config: Config | None = None) -> tuple[str, float]:
     bconf = config.backend(get("backend"))
     gpus = (get("procs_per_node", 1) or 1) * (get("gpus_per_proc", 0) or 0)
     price = node_price(bconf.type, bconf.settings, get("instance_type"), gpus)
-    if get("spot") and bconf.type != "local":
+    if get("spot") and not pricing(bconf.type).own_machine:
         price = spot_price(price, bconf.settings, get("instance_type"))
     return bconf.name, price
 
@@ -331,7 +358,8 @@ def record_costs(record: Any, config: Config) -> dict[str, Any] | None:
     # spot elsewhere: the hours as they ran, at the spot price (SageMaker's billed time
     # already holds its savings)
     paid = price
-    if spec.get("spot") and billed_s is None and record.backend_type not in ("local", "sagemaker"):
+    rules = pricing(record.backend_type)
+    if spec.get("spot") and billed_s is None and not (rules.own_machine or rules.billed_spot):
         try:
             paid = spot_price(price, settings, spec.get("instance_type"))
         except SpecError:

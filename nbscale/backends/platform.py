@@ -18,6 +18,8 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..cost import Pricing
+
 Role = Literal["jobs", "endpoints", "pipelines", "settings"]
 #: what each role is called in messages
 ROLE_WORDS = {"jobs": "jobs", "endpoints": "endpoints", "pipelines": "pipeline runs"}
@@ -33,7 +35,8 @@ class Platform:
     ``(BackendConfig) -> settings model`` that checks the ``[backends.NAME]`` table. A
     platform may leave out any role it does not have. ``compile_target`` is the name
     ``nbscale pipeline compile --target`` knows its pipeline format by (``kfp``), and
-    ``extra`` the pip extra that brings its SDK (``pip install 'nbscale[EXTRA]'``).
+    ``extra`` the pip extra that brings its SDK (``pip install 'nbscale[EXTRA]'``), and
+    ``pricing`` how ``nbscale.cost`` prices its node hours where its settings name no price.
     """
 
     type: str
@@ -44,6 +47,7 @@ class Platform:
     settings: str | None = None
     compile_target: str | None = None
     extra: str | None = None
+    pricing: Pricing = Pricing()
 
     def provides(self, role: Role) -> bool:
         return getattr(self, role) is not None

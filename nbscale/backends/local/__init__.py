@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...cost import Pricing
 from ..platform import Platform
 
 PLATFORM = Platform(
@@ -18,6 +19,7 @@ PLATFORM = Platform(
     endpoints="nbscale.backends.local.endpoints:LocalEndpoints",
     pipelines="nbscale.backends.local.pipelines:LocalPipelineBackend",
     settings="nbscale.backends.local.settings:settings",
+    pricing=Pricing(own_machine=True),
 )
 
 __all__ = ["PLATFORM", "LocalBackend"]

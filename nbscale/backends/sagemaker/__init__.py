@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...cost import Pricing
 from ..platform import Platform
 
 PLATFORM = Platform(
@@ -20,6 +21,8 @@ PLATFORM = Platform(
     settings="nbscale.backends.sagemaker.settings:settings",
     compile_target="sagemaker",
     extra="sagemaker",
+    # BillableTimeInSeconds holds what managed spot saved
+    pricing=Pricing(default_instance="ml.m5.xlarge", instance_required=True, billed_spot=True),
 )
 
 __all__ = ["PLATFORM", "SageMakerBackend"]
