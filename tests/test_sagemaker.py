@@ -136,7 +136,7 @@ def test_bad_settings_are_refused_with_the_fix(monkeypatch):
         settings(BackendConfig("aws", "sagemaker", {**SETTINGS, "role_arn": "admin"}))
     with pytest.raises(SpecError, match="needs both subnets and security_group_ids"):
         settings(BackendConfig("aws", "sagemaker", {**SETTINGS, "subnets": ["subnet-1"]}))
-    with pytest.raises(SpecError, match="is not a SageMaker backend setting"):
+    with pytest.raises(SpecError, match="is not a setting of the sagemaker backend"):
         settings(BackendConfig("aws", "sagemaker", {**SETTINGS, "rol_arn": ROLE}))
 
 

@@ -44,12 +44,14 @@ credentials never appear here: the pods read them from ``storage_secret``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from typing_extensions import TypedDict
 
 from ...config import BackendConfig
-from ...cost import check_price_settings
 from ...errors import SpecError
+from ..settings_base import PlatformSettings, Text, invalid
 
 DEFAULT_IMAGE = "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"  # the torch-distributed runtime's
 DEFAULT_RUNTIME = "torch-distributed"
@@ -60,84 +62,125 @@ _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-
-KNOWN = {
-    "storage",
-    "context",
-    "kubeconfig",
-    "namespace",
-    "endpoint_url",
-    "pod_endpoint_url",
-    "region",
-    "storage_secret",
-    "runtime",
-    "runtime_kind",
-    "image",
-    "image_pull_secrets",
-    "cpu",
-    "memory",
-    "node_selector",
-    "tolerations",
-    "service_account",
-    "key_secret",
-    "labels",
-    "annotations",
-    "wheelhouse",
-    "configmap_limit",
-    "kfp_host",
-    "kfp_namespace",
-    "kfp_experiment",
-    "serving_runtime",
-    "serving_image",
-    "poll_seconds",
-    "spot_node_selector",
-    "spot_tolerations",
-    "checkpoint_volume",
-    "prices",
-    "spot_prices",
-    "spot_discount",
-    "price_per_node_hour",
-    "node_hour_price",
-    "gpu_hour_price",
-}
 CHECKPOINT_MOUNT = "/var/run/nbscale/checkpoints"
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
-@dataclass(frozen=True)
-class KubeflowSettings:
-    name: str
-    storage: str | None = None
-    context: str | None = None
-    kubeconfig: str | None = None
-    namespace: str | None = None
-    endpoint_url: str | None = None
-    pod_endpoint_url: str | None = None
-    region: str | None = None
-    storage_secret: str | None = None
-    runtime: str = DEFAULT_RUNTIME
-    runtime_kind: str = "ClusterTrainingRuntime"
-    image: str = DEFAULT_IMAGE
-    image_pull_secrets: tuple[str, ...] = ()
-    cpu: str | None = None
-    memory: str | None = None
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: tuple[dict[str, Any], ...] = ()
-    service_account: str | None = None
-    key_secret: str = KEY_SECRET
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    wheelhouse: bool = True
-    configmap_limit: int = CONFIGMAP_LIMIT
-    kfp_host: str | None = None
-    kfp_namespace: str | None = None
-    kfp_experiment: str = "nbscale"
-    serving_runtime: str = "nbscale"
-    serving_image: str | None = None
-    poll_seconds: float = 2.0
-    spot_node_selector: dict[str, str] = field(default_factory=dict)
-    spot_tolerations: tuple[dict[str, Any], ...] = ()
-    checkpoint_volume: str | None = None
+def _k8s_name(value: Any) -> Any:
+    if not isinstance(value, str) or not _DNS1123.match(value) or len(value) > 253:
+        raise invalid(
+            f"{value!r} is not a Kubernetes object name",
+            "use lower-case letters, digits and dashes",
+        )
+    return value
+
+
+def _quantity(value: Any) -> Any:
+    if value is None:
+        return None
+    text = (
+        str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else ""
+    )
+    if not _QUANTITY.match(text):
+        raise invalid(f"{value!r} is not a Kubernetes quantity", 'e.g. "2", "500m", "8Gi"')
+    return text
+
+
+#: a Kubernetes object name (DNS-1123: lower-case letters, digits and dashes)
+K8sName = Annotated[str, BeforeValidator(_k8s_name)]
+#: a Kubernetes quantity ("2", "500m", "8Gi"); a TOML number is taken as its text
+Quantity = Annotated[str, BeforeValidator(_quantity)]
+StrMap = dict[StrictStr, StrictStr]
+
+
+class Toleration(TypedDict, total=False):
+    """One entry of ``tolerations``/``spot_tolerations``: a pod toleration as Kubernetes has it."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    key: StrictStr
+    operator: Literal["Exists", "Equal"]
+    value: StrictStr
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+    tolerationSeconds: StrictInt
+
+
+_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class KubeflowSettings(PlatformSettings):
+    platform: ClassVar[str] = "kubeflow"
+
+    storage: Text | None = Field(None, examples=["s3://nbscale/work"])
+    context: Text | None = Field(None, examples=["kind-kubeflow"])
+    kubeconfig: Text | None = Field(None, examples=["~/.kube/config"])
+    namespace: K8sName | None = Field(None, examples=["team-a"])
+    endpoint_url: Text | None = Field(None, examples=["http://127.0.0.1:9000"])
+    pod_endpoint_url: Text | None = Field(None, examples=["http://minio-service.kubeflow:9000"])
+    region: Text | None = Field(None, examples=["us-east-1"])
+    storage_secret: K8sName | None = Field(None, examples=["nbscale-s3"])
+    runtime: K8sName = Field(DEFAULT_RUNTIME, examples=[DEFAULT_RUNTIME])
+    runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        "ClusterTrainingRuntime", examples=["TrainingRuntime"]
+    )
+    image: Text = Field(DEFAULT_IMAGE, examples=[DEFAULT_IMAGE])
+    image_pull_secrets: tuple[K8sName, ...] = Field((), examples=[["regcred"]])
+    cpu: Quantity | None = Field(None, examples=["2"])
+    memory: Quantity | None = Field(None, examples=["8Gi"])
+    node_selector: StrMap = Field(
+        default_factory=dict, examples=[{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}]
+    )
+    tolerations: tuple[Toleration, ...] = Field((), examples=[[_TOLERATION]])
+    service_account: K8sName | None = Field(None, examples=["nbscale"])
+    key_secret: K8sName = Field(KEY_SECRET, examples=[KEY_SECRET])
+    labels: StrMap = Field(default_factory=dict, examples=[{"team": "ml"}])
+    annotations: StrMap = Field(default_factory=dict, examples=[{"owner": "ml-team"}])
+    wheelhouse: bool = Field(True, strict=True, examples=[True])
+    configmap_limit: StrictInt = Field(CONFIGMAP_LIMIT, examples=[CONFIGMAP_LIMIT])
+    kfp_host: Text | None = Field(None, examples=["http://127.0.0.1:8888"])
+    kfp_namespace: Text | None = Field(None, examples=["kubeflow"])
+    kfp_experiment: Text = Field("nbscale", examples=["nbscale"])
+    serving_runtime: K8sName = Field("nbscale", examples=["nbscale"])
+    serving_image: Text | None = Field(None, examples=["registry.example.com/predictor:1"])
+    poll_seconds: float = Field(2.0, strict=True, examples=[2.0])
+    spot_node_selector: StrMap = Field(
+        default_factory=dict, examples=[{"karpenter.sh/capacity-type": "spot"}]
+    )
+    spot_tolerations: tuple[Toleration, ...] = Field(
+        (), examples=[[{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]]
+    )
+    checkpoint_volume: K8sName | None = Field(None, examples=["nbscale-checkpoints"])
+    # cost (nbscale.cost reads them; checked by nbscale.cost.check_price_settings)
+    prices: dict[str, float] = Field(default_factory=dict, examples=[{"g5.xlarge": 1.006}])
+    spot_prices: dict[str, float] = Field(default_factory=dict, examples=[{"g5.xlarge": 0.4}])
+    spot_discount: float | None = Field(None, examples=[0.6])
+    price_per_node_hour: float | None = Field(None, examples=[1.5])
+    node_hour_price: float | None = Field(None, examples=[0.2])
+    gpu_hour_price: float | None = Field(None, examples=[2.5])
+
+    @field_validator("storage")
+    @classmethod
+    def _s3_uri(cls, value: str | None) -> str | None:
+        if value and not value.startswith("s3://"):
+            raise invalid(f"{value!r} is not an s3:// URI", "e.g. s3://bucket/nbscale")
+        return value
+
+    @field_validator("configmap_limit", "poll_seconds", mode="before")
+    @classmethod
+    def _non_negative(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise invalid("must be a number >= 0")
+        return value
+
+    @field_validator("configmap_limit")
+    @classmethod
+    def _fits_a_configmap(cls, value: int) -> int:
+        if value > CONFIGMAP_LIMIT:
+            raise invalid(
+                f"at most {CONFIGMAP_LIMIT} bytes fit in a ConfigMap",
+                f"set at most {CONFIGMAP_LIMIT}",
+            )
+        return value
 
     def require_spot(self) -> None:
         """``--spot`` needs to know which nodes are spot nodes in this cluster."""
@@ -166,130 +209,11 @@ class KubeflowSettings:
         return self.storage
 
 
-def _where(name: str, key: str) -> str:
-    return f"[backends.{name}] {key}"
-
-
-def _str_map(name: str, key: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise SpecError(
-            _where(name, key), "must be a table of strings", f'e.g. {key} = {{ a = "b" }}'
-        )
-    return dict(value)
-
-
-def _quantity(name: str, key: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value)
-    if not _QUANTITY.match(text):
-        raise SpecError(
-            _where(name, key), f"{value!r} is not a Kubernetes quantity", 'e.g. "2", "500m", "8Gi"'
-        )
-    return text
-
-
-def _dns_name(name: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _DNS1123.match(value) or len(value) > 253:
-        raise SpecError(
-            _where(name, key),
-            f"{value!r} is not a Kubernetes object name",
-            "use lower-case letters, digits and dashes",
-        )
-    return value
+#: the keys a ``type = "kubeflow"`` table may have
+KNOWN = frozenset(KubeflowSettings.known_settings())
 
 
 def settings(config: BackendConfig) -> KubeflowSettings:
-    raw = dict(config.settings)
-    unknown = sorted(set(raw) - KNOWN)
-    if unknown:
-        raise SpecError(
-            _where(config.name, unknown[0]),
-            "is not a setting of the kubeflow backend",
-            f"known settings: {', '.join(sorted(KNOWN))}",
-        )
-    name = config.name
-    kw: dict[str, Any] = {"name": name}
-    for key in (
-        "storage",
-        "context",
-        "kubeconfig",
-        "endpoint_url",
-        "pod_endpoint_url",
-        "region",
-        "image",
-        "kfp_host",
-        "kfp_namespace",
-        "kfp_experiment",
-        "serving_image",
-        "runtime_kind",
-    ):
-        if key in raw:
-            if not isinstance(raw[key], str) or not raw[key]:
-                raise SpecError(_where(name, key), "must be a non-empty string")
-            kw[key] = raw[key]
-    if kw.get("storage") and not kw["storage"].startswith("s3://"):
-        raise SpecError(
-            _where(name, "storage"),
-            f"{kw['storage']!r} is not an s3:// URI",
-            "e.g. s3://bucket/nbscale",
-        )
-    if kw.get("runtime_kind", "ClusterTrainingRuntime") not in (
-        "ClusterTrainingRuntime",
-        "TrainingRuntime",
-    ):
-        raise SpecError(
-            _where(name, "runtime_kind"), "must be ClusterTrainingRuntime or TrainingRuntime"
-        )
-    for key in (
-        "namespace",
-        "runtime",
-        "storage_secret",
-        "service_account",
-        "key_secret",
-        "serving_runtime",
-    ):
-        if key in raw:
-            kw[key] = _dns_name(name, key, raw[key])
-    for key in ("cpu", "memory"):
-        kw[key] = _quantity(name, key, raw.get(key))
-    for key in ("node_selector", "spot_node_selector", "labels", "annotations"):
-        if key in raw:
-            kw[key] = _str_map(name, key, raw[key])
-    for key in ("tolerations", "spot_tolerations"):
-        if key in raw:
-            tol = raw[key]
-            if not isinstance(tol, list) or not all(
-                isinstance(t, dict) and set(t) <= TOLERATION_KEYS for t in tol
-            ):
-                raise SpecError(
-                    _where(name, key),
-                    f"must be a list of tables with {', '.join(sorted(TOLERATION_KEYS))}",
-                    f'e.g. {key} = [{{ key = "nvidia.com/gpu", operator = "Exists" }}]',
-                )
-            kw[key] = tuple(dict(t) for t in tol)
-    if "checkpoint_volume" in raw:
-        kw["checkpoint_volume"] = _dns_name(name, "checkpoint_volume", raw["checkpoint_volume"])
-    check_price_settings(name, raw)
-    if "image_pull_secrets" in raw:
-        kw["image_pull_secrets"] = tuple(
-            _dns_name(name, "image_pull_secrets", s) for s in raw["image_pull_secrets"]
-        )
-    if "wheelhouse" in raw:
-        if not isinstance(raw["wheelhouse"], bool):
-            raise SpecError(_where(name, "wheelhouse"), "must be true or false")
-        kw["wheelhouse"] = raw["wheelhouse"]
-    for key, kind in (("configmap_limit", int), ("poll_seconds", (int, float))):
-        if key in raw:
-            if not isinstance(raw[key], kind) or isinstance(raw[key], bool) or raw[key] < 0:
-                raise SpecError(_where(name, key), "must be a number >= 0")
-            kw[key] = raw[key]
-    if kw.get("configmap_limit", 0) > CONFIGMAP_LIMIT:
-        raise SpecError(
-            _where(name, "configmap_limit"),
-            f"at most {CONFIGMAP_LIMIT} bytes fit in a ConfigMap",
-            f"set at most {CONFIGMAP_LIMIT}",
-        )
-    return KubeflowSettings(**kw)
+    """Check a ``[backends.NAME] type = "kubeflow"`` table; one ``SpecError`` for the first
+    problem (``[backends.NAME] PATH: PROBLEM; FIX``)."""
+    return KubeflowSettings.load(config)

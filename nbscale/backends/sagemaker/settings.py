@@ -32,15 +32,25 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ...config import BackendConfig
-from ...cost import check_price_settings
-from ...errors import BackendUnavailable, MissingDependency, SpecError
+from ...errors import BackendUnavailable, MissingDependency
+from ..settings_base import PlatformSettings, Text, invalid
 
 ROLE_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+$")
 INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+STORAGE_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$)")
 # AWS Deep Learning Containers account that publishes the stock framework images
 DLC_ACCOUNT = "763104351884"
 TORCH_IMAGE_VERSION = "2.5.1"
@@ -48,35 +58,6 @@ DEFAULT_INSTANCE = "ml.m5.xlarge"
 _clients: dict[tuple[str, str, str | None], Any] = {}
 _sessions: dict[str, Any] = {}
 _clients_lock = threading.Lock()
-
-KNOWN = {
-    "region",
-    "role_arn",
-    "storage",
-    "instance_type",
-    "image",
-    "serving_image",
-    "volume_size_gb",
-    "spot",
-    "max_wait",
-    "retry_attempts",
-    "keep_alive_seconds",
-    "subnets",
-    "security_group_ids",
-    "kms_key_id",
-    "tags",
-    "endpoint_url",
-    "key_secret_name",
-    "poll_seconds",
-    "price_per_node_hour",
-    "prices",
-    "spot_prices",
-    "spot_discount",
-    "data_capture_percent",
-    "rollback_alarms",
-    "wheelhouse",
-    "pipeline_image",
-}
 
 
 def _table(name: str, key: str) -> str:
@@ -106,32 +87,189 @@ def stock_inference_image(region: str, instance_type: str | None) -> str:
     return f"{DLC_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/pytorch-inference:{tag}"
 
 
-@dataclass(frozen=True)
-class SageMakerSettings:
-    name: str
-    region: str
-    role_arn: str
-    storage: str
-    instance_type: str = DEFAULT_INSTANCE
-    image: str | None = None
-    serving_image: str | None = None
-    volume_size_gb: int = 30
-    spot: bool = False
-    max_wait: int | None = None
-    retry_attempts: int | None = None
-    keep_alive_seconds: int | None = None
-    subnets: tuple[str, ...] = ()
-    security_group_ids: tuple[str, ...] = ()
-    kms_key_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    endpoint_url: str | None = None
-    key_secret_name: str = ""
-    poll_seconds: float = 5.0
-    data_capture_percent: int | None = None
-    rollback_alarms: tuple[str, ...] = ()
-    wheelhouse: str | None = None
-    price_per_node_hour: float | None = None
-    pipeline_image: str | None = None
+def _whole(low: int, high: int) -> Any:
+    """A whole number from ``low`` to ``high`` (not a bool, not a float)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise invalid(f"must be a whole number {low}..{high}, got {value!r}")
+        return value
+
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(check)]
+
+
+VolumeSize = _whole(1, 16384)
+MaxWait = _whole(1, 28 * 24 * 3600)
+Retries = _whole(1, 30)
+KeepAlive = _whole(0, 21600)
+Percent = _whole(1, 100)
+
+
+def _backend(info: ValidationInfo) -> str:
+    return str(info.data.get("name", "NAME"))
+
+
+class SageMakerSettings(PlatformSettings):
+    platform: ClassVar[str] = "sagemaker"
+
+    # the order of the fields is the order problems are reported in
+    role_arn: Text = Field(
+        None,  # type: ignore[assignment] - refused by _role when missing
+        validate_default=True,
+        examples=["arn:aws:iam::123456789012:role/nbscale-training"],
+    )
+    storage: Text = Field(
+        None,  # type: ignore[assignment] - refused by _storage when missing
+        validate_default=True,
+        examples=["s3://my-bucket/nbscale"],
+    )
+    region: Text = Field(
+        None,  # type: ignore[assignment] - boto3's default region, else refused
+        validate_default=True,
+        examples=["eu-west-1"],
+    )
+    instance_type: Text = Field(DEFAULT_INSTANCE, examples=["ml.g5.xlarge"])
+    image: StrictStr | None = Field(None, examples=["ACCOUNT.dkr.ecr.REGION.amazonaws.com/x:1"])
+    serving_image: StrictStr | None = Field(
+        None, examples=["ACCOUNT.dkr.ecr.REGION.amazonaws.com/x:1"]
+    )
+    volume_size_gb: VolumeSize = Field(30, examples=[30])
+    spot: StrictBool = Field(False, examples=[True])
+    max_wait: MaxWait | None = Field(None, examples=[7200])
+    retry_attempts: Retries | None = Field(None, examples=[2])
+    keep_alive_seconds: KeepAlive | None = Field(None, examples=[600])
+    subnets: tuple[str, ...] = Field((), examples=[["subnet-0123"]])
+    security_group_ids: tuple[str, ...] = Field((), examples=[["sg-0123"]])
+    kms_key_id: str | None = Field(None, examples=["arn:aws:kms:REGION:ACCOUNT:key/ID"])
+    tags: dict[str, StrictStr] = Field(default_factory=dict, examples=[{"team": "ml"}])
+    endpoint_url: StrictStr | None = Field(None, examples=["http://127.0.0.1:5000"])
+    key_secret_name: Text = Field(
+        None,  # type: ignore[assignment] - nbscale/NAME/signing-keys
+        validate_default=True,
+        examples=["nbscale/aws/signing-keys"],
+    )
+    poll_seconds: float = Field(5.0, examples=[5.0])
+    data_capture_percent: Percent | None = Field(None, examples=[20])
+    rollback_alarms: tuple[str, ...] = Field((), examples=[["my-endpoint-5xx"]])
+    wheelhouse: str | None = Field(None, examples=["./wheels"])
+    pipeline_image: StrictStr | None = Field(
+        None, examples=["ACCOUNT.dkr.ecr.REGION.amazonaws.com/x:1"]
+    )
+    # cost (nbscale.cost reads them; checked by nbscale.cost.check_price_settings)
+    price_per_node_hour: float | None = Field(None, examples=[1.5])
+    prices: dict[str, float] = Field(default_factory=dict, examples=[{"ml.g5.xlarge": 1.2}])
+    spot_prices: dict[str, float] = Field(default_factory=dict, examples=[{"ml.g5.xlarge": 0.5}])
+    spot_discount: float | None = Field(None, examples=[0.6])
+
+    @field_validator("role_arn", mode="before")
+    @classmethod
+    def _role(cls, value: Any, info: ValidationInfo) -> Any:
+        if not value:
+            raise invalid(
+                "is missing: SageMaker runs jobs as an IAM role",
+                f'add role_arn = "arn:aws:iam::ACCOUNT:role/ROLE" to [backends.{_backend(info)}]',
+            )
+        if not isinstance(value, str) or not ROLE_RE.match(value):
+            raise invalid(
+                f"{value!r} is not an IAM role ARN", "write arn:aws:iam::123456789012:role/NAME"
+            )
+        return value
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage(cls, value: Any, info: ValidationInfo) -> Any:
+        if not value:
+            raise invalid(
+                "is missing: bundles, outputs and models go to S3",
+                f'add storage = "s3://BUCKET/PREFIX" to [backends.{_backend(info)}]',
+            )
+        if not isinstance(value, str) or not STORAGE_RE.match(value):
+            raise invalid(f"{value!r} is not an S3 location", 'write "s3://BUCKET/PREFIX"')
+        return value.rstrip("/")
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region(cls, value: Any, info: ValidationInfo) -> Any:
+        region = value or _default_region()
+        if not region:
+            raise invalid(
+                "is missing and boto3 has no default region",
+                f'add region = "us-east-1" (or your region) to [backends.{_backend(info)}], '
+                "or set AWS_REGION",
+            )
+        return region
+
+    @field_validator("instance_type", mode="before")
+    @classmethod
+    def _instance(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not INSTANCE_RE.match(value):
+            raise invalid(
+                f"{value!r} is not a SageMaker instance type",
+                'write e.g. "ml.m5.xlarge" or "ml.g5.2xlarge"',
+            )
+        return value
+
+    @field_validator("image", "serving_image", "endpoint_url", "pipeline_image", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _no_tags(cls, value: Any) -> Any:
+        return value or {}
+
+    @field_validator("kms_key_id", mode="before")
+    @classmethod
+    def _kms(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise invalid("must be a KMS key id or ARN")
+        return value
+
+    @field_validator("subnets", "security_group_ids", "rollback_alarms", mode="before")
+    @classmethod
+    def _strings(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+            raise invalid("must be a list of strings", f'write {info.field_name} = ["..."]')
+        return tuple(value)
+
+    @field_validator("key_secret_name", mode="before")
+    @classmethod
+    def _key_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        return value or f"nbscale/{_backend(info)}/signing-keys"
+
+    @field_validator("poll_seconds", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise invalid("must be a number of seconds >= 0")
+        return float(value)
+
+    @field_validator("wheelhouse", mode="before")
+    @classmethod
+    def _wheelhouse(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from pathlib import Path
+
+        if not isinstance(value, str) or not list(Path(value).expanduser().glob("*.whl")):
+            raise invalid(
+                f"{value!r} is not a folder of wheels",
+                "build one with: python -m nbscale.runtime.wheelhouse --kind job -o FOLDER",
+            )
+        return str(Path(value).expanduser())
+
+    @model_validator(mode="after")
+    def _vpc(self) -> SageMakerSettings:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise invalid(
+                "is missing: a VPC configuration needs both subnets and security_group_ids",
+                "give both, or neither",
+                field="subnets" if not self.subnets else "security_group_ids",
+            )
+        return self
 
     @property
     def bucket(self) -> str:
@@ -197,20 +335,6 @@ class SageMakerSettings:
             )
 
 
-def _int(name: str, key: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(_table(name, key), f"must be a whole number {low}..{high}, got {value!r}")
-    return value
-
-
-def _strings(name: str, key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise SpecError(_table(name, key), "must be a list of strings", f'write {key} = ["..."]')
-    return tuple(value)
-
-
 def _default_region() -> str | None:
     try:
         import boto3
@@ -219,148 +343,14 @@ def _default_region() -> str | None:
     return boto3.session.Session().region_name
 
 
+#: the keys a ``type = "sagemaker"`` table may have
+KNOWN = frozenset(SageMakerSettings.known_settings())
+
+
 def settings(bconf: BackendConfig) -> SageMakerSettings:
-    """Check a backend table; raise one ``SpecError`` naming the first setting to fix."""
-    raw = dict(bconf.settings)
-    name = bconf.name
-    unknown = sorted(set(raw) - KNOWN)
-    if unknown:
-        raise SpecError(
-            _table(name, unknown[0]),
-            "is not a SageMaker backend setting",
-            f"known settings: {', '.join(sorted(KNOWN))}",
-        )
-    check_price_settings(name, raw)
-    role = raw.get("role_arn")
-    if not role:
-        raise SpecError(
-            _table(name, "role_arn"),
-            "is missing: SageMaker runs jobs as an IAM role",
-            f'add role_arn = "arn:aws:iam::ACCOUNT:role/ROLE" to [backends.{name}]',
-        )
-    if not isinstance(role, str) or not ROLE_RE.match(role):
-        raise SpecError(
-            _table(name, "role_arn"),
-            f"{role!r} is not an IAM role ARN",
-            "write arn:aws:iam::123456789012:role/NAME",
-        )
-    storage = raw.get("storage")
-    if not storage:
-        raise SpecError(
-            _table(name, "storage"),
-            "is missing: bundles, outputs and models go to S3",
-            f'add storage = "s3://BUCKET/PREFIX" to [backends.{name}]',
-        )
-    if not isinstance(storage, str) or not re.match(
-        r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$)", storage
-    ):
-        raise SpecError(
-            _table(name, "storage"),
-            f"{storage!r} is not an S3 location",
-            'write "s3://BUCKET/PREFIX"',
-        )
-    region = raw.get("region") or _default_region()
-    if not region:
-        raise SpecError(
-            _table(name, "region"),
-            "is missing and boto3 has no default region",
-            f'add region = "us-east-1" (or your region) to [backends.{name}], or set AWS_REGION',
-        )
-    instance = raw.get("instance_type", DEFAULT_INSTANCE)
-    if not isinstance(instance, str) or not INSTANCE_RE.match(instance):
-        raise SpecError(
-            _table(name, "instance_type"),
-            f"{instance!r} is not a SageMaker instance type",
-            'write e.g. "ml.m5.xlarge" or "ml.g5.2xlarge"',
-        )
-    spot = raw.get("spot", False)
-    if not isinstance(spot, bool):
-        raise SpecError(_table(name, "spot"), "must be true or false")
-    tags = raw.get("tags") or {}
-    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-        raise SpecError(
-            _table(name, "tags"), "must be a table of strings", 'write tags = { team = "ml" }'
-        )
-    kms = raw.get("kms_key_id")
-    if kms is not None and (not isinstance(kms, str) or not kms):
-        raise SpecError(_table(name, "kms_key_id"), "must be a KMS key id or ARN")
-    subnets = _strings(name, "subnets", raw["subnets"]) if "subnets" in raw else ()
-    groups = (
-        _strings(name, "security_group_ids", raw["security_group_ids"])
-        if "security_group_ids" in raw
-        else ()
-    )
-    if bool(subnets) != bool(groups):
-        raise SpecError(
-            _table(name, "subnets" if not subnets else "security_group_ids"),
-            "is missing: a VPC configuration needs both subnets and security_group_ids",
-            "give both, or neither",
-        )
-    poll = raw.get("poll_seconds", 5.0)
-    if isinstance(poll, bool) or not isinstance(poll, int | float) or poll < 0:
-        raise SpecError(_table(name, "poll_seconds"), "must be a number of seconds >= 0")
-    return SageMakerSettings(
-        name=name,
-        region=str(region),
-        role_arn=role,
-        storage=storage.rstrip("/"),
-        instance_type=instance,
-        image=raw.get("image") or None,
-        serving_image=raw.get("serving_image") or None,
-        volume_size_gb=_int(name, "volume_size_gb", raw.get("volume_size_gb", 30), 1, 16384),
-        spot=spot,
-        max_wait=(
-            _int(name, "max_wait", raw["max_wait"], 1, 28 * 24 * 3600)
-            if "max_wait" in raw
-            else None
-        ),
-        retry_attempts=(
-            _int(name, "retry_attempts", raw["retry_attempts"], 1, 30)
-            if "retry_attempts" in raw
-            else None
-        ),
-        keep_alive_seconds=(
-            _int(name, "keep_alive_seconds", raw["keep_alive_seconds"], 0, 21600)
-            if "keep_alive_seconds" in raw
-            else None
-        ),
-        subnets=subnets,
-        security_group_ids=groups,
-        kms_key_id=kms,
-        tags={str(k): v for k, v in tags.items()},
-        endpoint_url=raw.get("endpoint_url") or None,
-        key_secret_name=str(raw.get("key_secret_name") or f"nbscale/{name}/signing-keys"),
-        poll_seconds=float(poll),
-        data_capture_percent=(
-            _int(name, "data_capture_percent", raw["data_capture_percent"], 1, 100)
-            if "data_capture_percent" in raw
-            else None
-        ),
-        rollback_alarms=(
-            _strings(name, "rollback_alarms", raw["rollback_alarms"])
-            if "rollback_alarms" in raw
-            else ()
-        ),
-        wheelhouse=_wheelhouse(name, raw.get("wheelhouse")),
-        price_per_node_hour=(
-            float(raw["price_per_node_hour"]) if "price_per_node_hour" in raw else None
-        ),
-        pipeline_image=raw.get("pipeline_image") or None,
-    )
-
-
-def _wheelhouse(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    from pathlib import Path
-
-    if not isinstance(value, str) or not list(Path(value).expanduser().glob("*.whl")):
-        raise SpecError(
-            _table(name, "wheelhouse"),
-            f"{value!r} is not a folder of wheels",
-            "build one with: python -m nbscale.runtime.wheelhouse --kind job -o FOLDER",
-        )
-    return str(Path(value).expanduser())
+    """Check a backend table; raise one ``SpecError`` naming the first setting to fix
+    (``[backends.NAME] PATH: PROBLEM; FIX``)."""
+    return SageMakerSettings.load(bconf)
 
 
 def prewarm(bconf: BackendConfig) -> None:
