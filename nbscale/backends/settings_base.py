@@ -140,13 +140,9 @@ class PlatformSettings(BaseModel):
         """Check a ``[backends.NAME]`` table; raise one ``SpecError`` naming the first problem."""
         raw = dict(bconf.settings)
         known = cls.known_settings()
-        unknown = sorted(key for key in raw if key not in known)
-        if unknown:
-            raise SpecError(
-                table_where(bconf.name, str(unknown[0])),
-                f"is not a setting of the {cls.platform or bconf.type} backend; "
-                f"known settings: {', '.join(known)}",
-            )
+        unknown = sorted(str(key) for key in raw if key not in known)
+        if unknown:  # before any other problem: a typo explains the rest
+            raise _unknown_setting(cls, bconf.name, unknown[0])
         try:
             return cls.model_validate({**raw, "name": bconf.name})
         except ValidationError as exc:
@@ -178,15 +174,26 @@ def settings_error(model: type[BaseModel], name: str, exc: ValidationError) -> S
     loc = tuple(err.get("loc", ()))
     path = ".".join(str(part) for part in loc) or ctx.get("nbscale_field") or "(table)"
     field = str(loc[0]) if loc else ctx.get("nbscale_field")
-    problem, fix = _problem(model, name, err, loc)
+    if err.get("type") == "extra_forbidden" and len(loc) == 1:
+        return _unknown_setting(model, name, str(loc[0]))
+    problem, fix = _problem(model, err, loc)
     if fix is None:
         fix = _example(model, field, missing=err.get("type") == "missing", name=name)
     return SpecError(table_where(name, path), f"{problem}; {fix}" if fix else problem)
 
 
-def _problem(
-    model: type[BaseModel], name: str, err: dict[str, Any], loc: tuple
-) -> tuple[str, str | None]:
+def _unknown_setting(model: type[BaseModel], name: str, key: str) -> SpecError:
+    if issubclass(model, PlatformSettings):
+        known, platform = model.known_settings(), model.platform or model.__name__
+    else:
+        known, platform = sorted(model.model_fields), model.__name__
+    return SpecError(
+        table_where(name, key),
+        f"is not a setting of the {platform} backend; known settings: {', '.join(known)}",
+    )
+
+
+def _problem(model: type[BaseModel], err: dict[str, Any], loc: tuple) -> tuple[str, str | None]:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == _CUSTOM:
