@@ -71,8 +71,18 @@ def role_class(role: Role, type_name: str) -> type:
         raise BackendUnavailable(str(exc), hint) from exc
 
 
+def check_settings(bconf: BackendConfig) -> Any:
+    """The platform's settings model of a ``[backends.NAME]`` table (one ``SpecError``
+    naming the setting and the fix when it is wrong)."""
+    plat = platform(bconf.type)
+    if not plat.provides("settings"):
+        return None
+    return plat.load("settings")(bconf)
+
+
 def make(role: Role, bconf: BackendConfig, store: Store | None) -> Any:
     cls = role_class(role, bconf.type)
+    check_settings(bconf)
     try:
         return cls(bconf, store or get_store())
     except BackendUnavailable:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import Config, load
+from ..config import MASK, Config, load, looks_secret
+from ..errors import NbscaleError
 from ..faces.text import print_json
 
 
+def _masked(text: str, settings: dict) -> str:
+    """``text`` without the value of any secret-looking setting."""
+    for key, value in settings.items():
+        if looks_secret(key) and isinstance(value, str) and value:
+            text = text.replace(value, MASK)
+    return text
+
+
 def config_problems(config: Config) -> list[str]:
-    """One line per configured backend whose type is not installed (or cannot be loaded)."""
+    """One line per configured backend whose type is not installed, cannot be loaded, or
+    whose settings its platform refuses."""
     from ..backends import backend_types
 
     types = backend_types()
@@ -30,6 +40,10 @@ def config_problems(config: Config) -> list[str]:
             for role in ("jobs", "endpoints", "pipelines"):
                 if platform.provides(role):
                     platform.load(role)
+            if platform.provides("settings"):
+                platform.load("settings")(bconf)
+        except NbscaleError as exc:  # a setting the platform refuses, said before any job
+            problems.append(_masked(str(exc), bconf.settings))
         except ImportError as exc:
             problems.append(
                 f"backend {bconf.name!r} has type {bconf.type!r}, which cannot be loaded ({exc}); "
