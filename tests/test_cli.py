@@ -6,8 +6,7 @@ import json
 import textwrap
 
 from nbscale.backends.local.processes import job_processes
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 
 def test_run_streams_rank_prefixed_logs_and_exits_with_job_status(nbscale_cli, write_script):

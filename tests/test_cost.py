@@ -16,8 +16,7 @@ from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.events import BUDGET_REACHED, list_events
 from nbscale.store.jobs import FAILED, SUCCEEDED, JobRecord, insert_job
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 PRICED = """
 [backends.priced]

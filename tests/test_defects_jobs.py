@@ -15,8 +15,7 @@ from nbscale.errors import SpecError
 from nbscale.specs import MAX_RESOURCES, Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import JobRecord, get_job, insert_job, list_jobs
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 
 def _no_jobs_and_no_job_dirs(home) -> None:
@@ -129,7 +128,7 @@ def test_a_notebook_that_is_not_json_is_refused_before_submission(
 def test_a_parameter_that_is_not_a_python_name_is_refused_before_submission(
     nbscale_cli, tmp_path, nbscale_home
 ):
-    from tests.notebooks import write_notebook
+    from tests.support.notebooks import write_notebook
 
     write_notebook(tmp_path / "nb.ipynb", "x = 1")
     for name in ("bad name", "1st", "a-b", "x;import os"):

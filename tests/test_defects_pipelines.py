@@ -10,7 +10,7 @@ import pytest
 from nbscale.errors import SpecError
 from nbscale.pipelines import start_run
 from nbscale.pipelines.loader import load
-from tests.test_pipeline_notebooks import cell, write_notebook
+from tests.support.pipeline_notebooks import cell, write_notebook
 
 
 def _step_notebook(path: Path) -> Path:

@@ -18,8 +18,8 @@ from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import Conflict, NotFound, SpecError
 from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
+from tests.support import wait_for
 
-from .conftest import wait_for
 from .test_serving import forward, make_artifact, mlp
 
 

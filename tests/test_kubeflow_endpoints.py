@@ -30,9 +30,9 @@ from nbscale.backends.kubeflow import manifests as mf
 from nbscale.endpoints import deploy, endpoint
 from nbscale.errors import BackendUnavailable, SpecError
 from nbscale.storage import ObjectStore, fetch
-from tests.emulators import container_env, free_port
-from tests.kube_emulator import KubeApi, KubeEmulator, condition
-from tests.kube_schemas import validate
+from tests.support.emulators import container_env, free_port
+from tests.support.kube_emulator import KubeApi, KubeEmulator, condition
+from tests.support.kube_schemas import validate
 from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
     MOUNT_NS,
     NS,

@@ -35,7 +35,7 @@ from nbscale.results import load_results
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import events
-from tests.emulators import (
+from tests.support.emulators import (
     AWS_ENV,
     PLANTED_SECRET,
     container_env,
@@ -43,9 +43,9 @@ from tests.emulators import (
     grep_tree,
     moto_server,
 )
-from tests.kube_emulator import KubeApi, KubeEmulator, condition
-from tests.kube_schemas import validate
-from tests.notebooks import write_notebook
+from tests.support.kube_emulator import KubeApi, KubeEmulator, condition
+from tests.support.kube_schemas import validate
+from tests.support.notebooks import write_notebook
 
 NS = "team-a"
 CELL = """\
@@ -367,7 +367,7 @@ def run_nodes(
     api: KubeApi, kube: KubeEmulator, job, tmp_path: Path, network: list | None = None
 ) -> list[int]:
     """Play the Trainer controller and the kubelet: run every node of the TrainJob
-    (``network``: one network namespace per node, from tests/kube_netns.py)."""
+    (``network``: one network namespace per node, from tests/support/kube_netns.py)."""
     body = _trainjob(api, job)
     trainer = body["spec"]["trainer"]
     pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
@@ -468,7 +468,7 @@ def test_the_node_container_runs_the_cell_and_the_outputs_come_home(
 ):
     api = cluster
     if netns:
-        from tests.kube_netns import available
+        from tests.support.kube_netns import available
 
         why = available()
         if why:
@@ -480,7 +480,7 @@ def test_the_node_container_runs_the_cell_and_the_outputs_come_home(
     ]
     assert bundle_arg.startswith("s3://" if pad else mf.BUNDLE_MOUNT)
     if netns:
-        from tests.kube_netns import node_network
+        from tests.support.kube_netns import node_network
 
         with node_network(2, int(s3_url.rsplit(":", 1)[1])) as network:
             codes = run_nodes(api, kube, job, tmp_path, network)

@@ -30,7 +30,7 @@ from nbscale.runtime.launch import decode_spec
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import PENDING, JobRecord
-from tests.kube_schemas import CELViolation, validate
+from tests.support.kube_schemas import CELViolation, validate
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"storage": "s3://nb-bucket/work", "wheelhouse": False, "namespace": "team-a"}

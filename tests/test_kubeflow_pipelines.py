@@ -26,9 +26,9 @@ from nbscale.cli.pipeline_cmd import cmd_run
 from nbscale.config import BackendConfig
 from nbscale.errors import BackendUnavailable, NotFound, SpecError
 from nbscale.pipelines import compile_pipeline
-from tests.conftest import wait_for
-from tests.emulators import free_port
-from tests.kube_emulator import KubeApi, KubeEmulator
+from tests.support import wait_for
+from tests.support.emulators import free_port
+from tests.support.kube_emulator import KubeApi, KubeEmulator
 from tests.test_pipeline_compile import small  # noqa: F401 - fixture
 
 NS = "team-a"

@@ -35,9 +35,9 @@ from nbscale.results import load_results
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import SUCCEEDED, JobRecord, insert_job
-from tests.emulators import container_env, free_port
-from tests.kube_emulator import KubeApi, condition
-from tests.kube_schemas import validate
+from tests.support.emulators import container_env, free_port
+from tests.support.kube_emulator import KubeApi, condition
+from tests.support.kube_schemas import validate
 from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
     MOUNT_NS,
     NS,

@@ -21,7 +21,7 @@ from nbscale.celljob import prepare_cell
 from nbscale.results import read_results_file
 from nbscale.specs import Entry, JobSpec
 from nbscale.storage import ObjectStore
-from tests.emulators import (
+from tests.support.emulators import (
     AWS_ENV,
     PLANTED_SECRET,
     container_env,

@@ -17,8 +17,7 @@ from nbscale.backends.local.processes import alive, job_processes
 from nbscale.jobs import jobs as job_handles
 from nbscale.store import get_store
 from nbscale.store.jobs import get_job, list_jobs
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 ALLREDUCE = textwrap.dedent(
     """

@@ -17,8 +17,8 @@ from nbscale.serving.capture import read_capture
 from nbscale.serving.metrics import ServerMetrics
 from nbscale.store import get_store
 from nbscale.store.events import DRIFT, list_events
+from tests.support import wait_for
 
-from .conftest import wait_for
 from .test_serving import mlp
 
 

@@ -7,9 +7,8 @@ import contextlib
 import numpy as np
 import pytest
 
+from tests.support import wait_for
 from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
-
-from .conftest import wait_for
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

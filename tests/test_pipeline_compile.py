@@ -15,14 +15,14 @@ import pytest
 from nbscale import keys
 from nbscale.errors import SpecError
 from nbscale.pipelines import compile_pipeline
-from tests.emulators import (
+from tests.support.emulators import (
     AWS_ENV,
     PLANTED_SECRET,
     container_env,
     grep_tree,
     kubernetes_secret_volume,
 )
-from tests.test_pipeline_notebooks import cell, write_notebook
+from tests.support.pipeline_notebooks import cell, write_notebook
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from nbscale.errors import SpecError
 from nbscale.pipelines import load, runs, start_run
 from nbscale.pipelines.parameters import resolve
-from tests.test_pipeline_notebooks import cell, diamond, write_notebook
+from tests.support.pipeline_notebooks import cell, diamond, write_notebook
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pipeline"
 

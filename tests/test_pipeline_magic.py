@@ -7,7 +7,7 @@ import os
 import pytest
 
 from nbscale.pipelines import runs
-from tests.test_pipeline_notebooks import cell, write_notebook
+from tests.support.pipeline_notebooks import cell, write_notebook
 
 pytestmark = pytest.mark.timeout(240)
 

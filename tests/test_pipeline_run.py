@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nbscale.pipelines import cancel_run, get_run, runs, start_run
-from tests.test_pipeline_notebooks import cell, diamond, write_notebook
+from tests.support.pipeline_notebooks import cell, diamond, write_notebook
 
 
 def intervals(path: Path) -> dict[str, tuple[float, float]]:
@@ -190,7 +190,7 @@ def test_parameters_reach_the_notebook_typed(tmp_path):
 def test_detached_run_from_the_cli_and_a_killed_runner_is_lost(flow, nbscale_cli, tmp_path):
     import psutil
 
-    from tests.conftest import wait_for
+    from tests.support import wait_for
 
     proc = nbscale_cli("pipeline", "run", str(flow), "--detach", check=True)
     run_id = proc.stdout.strip()
@@ -228,7 +228,7 @@ def test_stopping_a_detached_run_cancels_it_and_kills_its_kernels(tmp_path):
     import psutil
 
     from nbscale.store import get_store
-    from tests.conftest import wait_for
+    from tests.support import wait_for
 
     path = write_notebook(
         tmp_path / "slow.ipynb",
@@ -284,7 +284,7 @@ def test_ctrl_c_on_the_cli_cancels_the_run(tmp_path):
 
     import psutil
 
-    from tests.conftest import wait_for
+    from tests.support import wait_for
 
     path = write_notebook(
         tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow")]

@@ -26,7 +26,7 @@ import pytest
 
 from nbscale import keys
 from nbscale.runtime import wheelhouse
-from tests.emulators import container_env, free_port, mount_secret
+from tests.support.emulators import container_env, free_port, mount_secret
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)")
@@ -268,7 +268,7 @@ def test_a_pipeline_step_installs_its_wheelhouse_in_a_stock_image(tmp_path):
     the wheelhouse shipped with the code offline, then runs the step; each step is its own
     container (its own home and venv), the key a mounted file."""
     from nbscale.pipelines import compile_pipeline
-    from tests.test_pipeline_notebooks import cell, write_notebook
+    from tests.support.pipeline_notebooks import cell, write_notebook
 
     write_notebook(
         tmp_path / "flow.ipynb",

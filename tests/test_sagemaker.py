@@ -34,8 +34,8 @@ from nbscale.jobs import submit
 from nbscale.results import load_results, write_results
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
-from tests.aws_emulator import Emulator
-from tests.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
+from tests.support.aws_emulator import Emulator
+from tests.support.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
 
 ROLE = "arn:aws:iam::123456789012:role/nbscale-training"
 SETTINGS = {

@@ -36,9 +36,9 @@ from nbscale.errors import SpecError
 from nbscale.jobs import submit
 from nbscale.results import load_results, read_results_file
 from nbscale.specs import Entry, JobSpec
-from tests.aws_emulator import Emulator
-from tests.conftest import wait_for
-from tests.emulators import AWS_ENV, PLANTED_SECRET, container_env, free_port, grep_tree
+from tests.support import wait_for
+from tests.support.aws_emulator import Emulator
+from tests.support.emulators import AWS_ENV, PLANTED_SECRET, container_env, free_port, grep_tree
 from tests.test_sagemaker import config
 
 pytestmark = pytest.mark.slow
@@ -455,7 +455,7 @@ def test_a_notebook_job_runs_in_a_stock_image_with_the_notebook_closure(aws, nam
     the instance's own venv and home; each rank executes the notebook with its parameters,
     and rank 0's executed notebook comes back with the job."""
     from nbscale.runtime import wheelhouse
-    from tests.notebooks import code, write_notebook
+    from tests.support.notebooks import code, write_notebook
     from tests.test_runtime_install import stock_image_venv
 
     notebook = tmp_path / "analysis.ipynb"

@@ -21,8 +21,8 @@ from nbscale.backends.sagemaker.endpoints import SageMakerEndpoints, model_tarba
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
 from nbscale.store import get_store
-from tests.aws_emulator import Emulator
-from tests.emulators import AWS_ENV, PLANTED_SECRET
+from tests.support.aws_emulator import Emulator
+from tests.support.emulators import AWS_ENV, PLANTED_SECRET
 from tests.test_serving import AUTH, Server, forward, make_artifact
 
 TOML = """\

@@ -23,9 +23,9 @@ from nbscale import keys
 from nbscale.pipelines import get_run
 from nbscale.store import get_store
 from nbscale.store import pipelines as db
-from tests.aws_emulator import Emulator
-from tests.conftest import REPO, wait_for
-from tests.emulators import AWS_ENV
+from tests.support import REPO, wait_for
+from tests.support.aws_emulator import Emulator
+from tests.support.emulators import AWS_ENV
 
 FLOW = REPO / "examples" / "pipeline" / "pipeline.yaml"
 TOML = """\

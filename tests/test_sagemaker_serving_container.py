@@ -24,9 +24,9 @@ from nbscale import keys
 from nbscale.backends.local.endpoints import port_free
 from nbscale.backends.sagemaker import secrets
 from nbscale.backends.sagemaker.endpoints import model_tarball
-from tests.aws_emulator import Emulator
-from tests.conftest import wait_for
-from tests.emulators import AWS_ENV, container_env
+from tests.support import wait_for
+from tests.support.aws_emulator import Emulator
+from tests.support.emulators import AWS_ENV, container_env
 from tests.test_serving import forward, make_artifact
 
 PORT = 8080  # the port SageMaker sends /ping and /invocations to

@@ -11,7 +11,7 @@ from tornado.httpclient import HTTPClientError
 
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
-from tests.notebooks import write_notebook
+from tests.support.notebooks import write_notebook
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

@@ -18,7 +18,7 @@ from nbscale.server_ext.errors import translate
 
 from nbscale.store import get_store
 from nbscale.store import pipelines as db
-from tests.notebooks import code, write_notebook
+from tests.support.notebooks import code, write_notebook
 from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]

@@ -9,7 +9,7 @@ import time
 import nbformat
 import pytest
 
-from tests.notebooks import code, write_notebook
+from tests.support.notebooks import code, write_notebook
 from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]

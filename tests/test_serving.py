@@ -21,8 +21,7 @@ from nbscale.serving import package
 from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
 from nbscale.serving.handler import ModelHandler
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from nbscale.serving.artifact import sign
 from nbscale.serving.protocol import DTYPES, ProtocolError, TensorSpec, check_npy, decode_array
+from tests.support import wait_for
 
-from .conftest import wait_for
 from .test_serving import AUTH, TOKEN, Server, infer_body, make_artifact
 
 LIMITS = (

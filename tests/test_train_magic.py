@@ -14,8 +14,7 @@ import pytest
 from nbscale.backends.local.processes import job_processes
 from nbscale.store import get_store
 from nbscale.store.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, list_jobs
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

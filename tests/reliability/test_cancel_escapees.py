@@ -13,8 +13,7 @@ import pytest
 
 import nbscale
 from nbscale.backends.local.processes import job_cgroup_parent, job_processes, make_job_cgroup
-
-from ..conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,8 +18,7 @@ import nbscale
 from nbscale.backends.local.processes import job_processes
 from nbscale.store import StoreFull, get_store
 from nbscale.store.jobs import ACTIVE, STATUSES, list_jobs
-
-from ..conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

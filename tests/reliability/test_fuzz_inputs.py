@@ -172,7 +172,7 @@ CELLS = st.lists(
 @given(cells=CELLS)
 def test_tagged_notebooks_load_or_give_one_spec_error(cells, tmp_path):
     from nbscale.pipelines.loader import load
-    from tests.test_pipeline_notebooks import cell, write_notebook
+    from tests.support.pipeline_notebooks import cell, write_notebook
 
     path = write_notebook(
         tmp_path / "fuzz.ipynb", [cell(src, *tags, kind=kind) for kind, src, tags in cells]
@@ -279,7 +279,7 @@ PIPELINE = st.one_of(
 @given(data=PIPELINE)
 def test_pipeline_yaml_loads_or_gives_one_spec_error(data, tmp_path):
     from nbscale.pipelines.loader import load
-    from tests.test_pipeline_notebooks import cell, write_notebook
+    from tests.support.pipeline_notebooks import cell, write_notebook
 
     write_notebook(tmp_path / "a.ipynb", [cell("x = 1")])
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))

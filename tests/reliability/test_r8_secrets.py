@@ -25,7 +25,7 @@ from nbscale.errors import SpecError
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import JobRecord, insert_job, list_jobs
-from tests.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
+from tests.support.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
 from tests.test_defects_server import _old_job, fetch, jp_server_config  # noqa: F401
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]

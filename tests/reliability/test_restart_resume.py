@@ -13,8 +13,8 @@ from nbscale import checkpoint as ckpt
 from nbscale.backends.local.processes import job_processes
 from nbscale.store import get_store
 from nbscale.store.jobs import RUNNING, SUCCEEDED, get_job, list_jobs
+from tests.support import wait_for
 
-from ..conftest import wait_for
 from ..test_train_magic import kernel  # noqa: F401 - the real-kernel fixture
 
 pytestmark = pytest.mark.timeout(300)

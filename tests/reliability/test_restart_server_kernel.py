@@ -21,9 +21,9 @@ import pytest
 from nbscale.backends.local.processes import job_processes
 from nbscale.store import get_store
 from nbscale.store.jobs import events, list_jobs
+from tests.support import wait_for
+from tests.support.notebooks import write_notebook
 
-from ..conftest import wait_for
-from ..notebooks import write_notebook
 from ..test_train_magic import kernel  # noqa: F401 - the real-kernel fixture
 
 pytestmark = pytest.mark.timeout(420)

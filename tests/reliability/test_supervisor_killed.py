@@ -14,8 +14,7 @@ import nbscale
 from nbscale.backends.local.processes import alive, job_processes
 from nbscale.store import get_store
 from nbscale.store.jobs import events, get_job
-
-from ..conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

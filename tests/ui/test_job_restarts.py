@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.notebooks import write_notebook
+from tests.support.notebooks import write_notebook
 from tests.ui.test_panel import lab, run_browser_script  # noqa: F401 - the Lab fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import wait_for
-from tests.notebooks import write_notebook
+from tests.support import wait_for
+from tests.support.notebooks import write_notebook
 from tests.ui.test_panel import lab, run_browser_script  # noqa: F401 - the Lab fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

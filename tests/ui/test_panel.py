@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.notebooks import code, write_notebook
+from tests.support.notebooks import code, write_notebook
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = REPO / "extension"

@@ -13,7 +13,7 @@ forwards everything to moto, except where moto has no model of what SageMaker do
 - ``InvokeEndpoint`` for an endpoint the test attached to a real serving process is
   forwarded to that process's ``/invocations`` (the container SageMaker would run);
 - CloudWatch percentiles (``GetMetricData`` with ``p99``), which moto lacks, come from
-  ``tests.cloudwatch_percentiles`` over the values the test put.
+  ``tests.support.cloudwatch_percentiles`` over the values the test put.
 
 Every request body is kept (``bodies``), so tests can check that no key or credential
 was ever sent.
@@ -51,7 +51,7 @@ class Emulator:
         # DescribeEndpoint answers before a Creating/Updating endpoint is InService
         self.endpoint_polls = 2
         self.fail_next_endpoint: str | None = None
-        from tests.cloudwatch_percentiles import CloudWatchPercentiles
+        from tests.support.cloudwatch_percentiles import CloudWatchPercentiles
 
         self.cloudwatch = CloudWatchPercentiles()
         emulator = self

@@ -1,4 +1,4 @@
-"""A byte forwarder between TCP and a Unix socket (for tests/kube_netns.py).
+"""A byte forwarder between TCP and a Unix socket (for tests/support/kube_netns.py).
 
     python netns_forward.py tcp-to-unix HOST PORT SOCKET   # listen on TCP, connect to SOCKET
     python netns_forward.py unix-to-tcp SOCKET HOST PORT   # listen on SOCKET, connect to TCP
