@@ -19,8 +19,7 @@ from nbscale.errors import Conflict, NotFound, SpecError
 from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
 from tests.support import wait_for
-
-from .test_serving import forward, make_artifact, mlp
+from tests.support.serving import forward, make_artifact, mlp
 
 
 def endpoint_processes(name: str) -> list[psutil.Process]:

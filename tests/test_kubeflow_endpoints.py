@@ -33,6 +33,7 @@ from nbscale.storage import ObjectStore, fetch
 from tests.support.emulators import container_env, free_port
 from tests.support.kube_emulator import KubeApi, KubeEmulator, condition
 from tests.support.kube_schemas import validate
+from tests.support.serving import forward, mlp
 from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
     MOUNT_NS,
     NS,
@@ -41,7 +42,6 @@ from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
     pod_mounts,
     s3_url,
 )
-from tests.test_serving import forward, mlp
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME = yaml.safe_load((REPO / "deploy/kserve/nbscale-runtime.yaml").read_text())

@@ -333,7 +333,7 @@ def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_hom
         validate(doc)
     assert docs[1]["spec"]["trainer"]["numNodes"] == 2
 
-    from tests.test_serving import make_artifact
+    from tests.support.serving import make_artifact
 
     art, _ = make_artifact(tmp_path / "art", "digits")
     out = nbscale_cli(
@@ -379,7 +379,7 @@ def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_hom
 def test_the_local_endpoint_backend_refuses_what_it_does_not_have(nbscale_home):
     from nbscale.endpoints import deploy
     from nbscale.store.endpoints import list_endpoints
-    from tests.test_serving import mlp
+    from tests.support.serving import mlp
 
     with pytest.raises(SpecError, match="canary: the local endpoint backend does not use it"):
         deploy(mlp(), name="digits", options={"canary_traffic_percent": 10})

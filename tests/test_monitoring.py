@@ -18,8 +18,7 @@ from nbscale.serving.metrics import ServerMetrics
 from nbscale.store import get_store
 from nbscale.store.events import DRIFT, list_events
 from tests.support import wait_for
-
-from .test_serving import mlp
+from tests.support.serving import mlp
 
 
 @pytest.fixture

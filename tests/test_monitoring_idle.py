@@ -16,8 +16,7 @@ from nbscale.monitoring.idle import running_things
 from nbscale.store import get_store
 from nbscale.store.events import IDLE_TEARDOWN, list_events
 from tests.support import wait_for
-
-from .test_serving import mlp
+from tests.support.serving import mlp
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from nbscale.monitoring.idle_watch import WATCH_ENV
 from nbscale.store import get_store
 from nbscale.store.events import list_events
 from tests.support import wait_for
+from tests.support.serving import make_artifact
 from tests.test_sagemaker_endpoints import aws, emulator, nbscale_resources  # noqa: F401
-from tests.test_serving import make_artifact
 
 GONE = {k: [] for k in ("models", "configs", "endpoints", "targets", "policies")}
 

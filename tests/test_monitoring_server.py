@@ -18,8 +18,7 @@ def drifting_endpoint():
     from nbscale import endpoints
     from nbscale.backends.local.endpoints import endpoint_dir
     from nbscale.serving.capture import read_capture
-
-    from .test_serving import mlp
+    from tests.support.serving import mlp
 
     rng = np.random.default_rng(3)
     ep = endpoints.deploy(mlp(), name="mon", baseline=rng.normal(size=(4000, 64)))

@@ -23,7 +23,7 @@ from nbscale.errors import NbscaleError, SpecError
 from nbscale.store import get_store
 from tests.support.aws_emulator import Emulator
 from tests.support.emulators import AWS_ENV, PLANTED_SECRET
-from tests.test_serving import AUTH, Server, forward, make_artifact
+from tests.support.serving import AUTH, Server, forward, make_artifact
 
 TOML = """\
 [backends.aws]

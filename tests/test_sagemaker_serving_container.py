@@ -27,7 +27,7 @@ from nbscale.backends.sagemaker.endpoints import model_tarball
 from tests.support import wait_for
 from tests.support.aws_emulator import Emulator
 from tests.support.emulators import AWS_ENV, container_env
-from tests.test_serving import forward, make_artifact
+from tests.support.serving import forward, make_artifact
 
 PORT = 8080  # the port SageMaker sends /ping and /invocations to
 READY_WITHIN = 240  # seconds SageMaker waits for the first successful /ping by default

@@ -22,104 +22,16 @@ from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
 from nbscale.serving.handler import ModelHandler
 from tests.support import wait_for
-
-TOKEN = "test-token-123"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-SLOW_PREDICT = """
-_fast_predict_fn = predict_fn
-
-
-def predict_fn(data, model):
-    import time
-    time.sleep(float(os.environ.get("NBSCALE_TEST_SLOW_S", "0.05")))
-    return _fast_predict_fn(data, model)
-"""
-
-
-def mlp(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
-    ).eval()
-
-
-def make_artifact(
-    directory: Path, name: str = "digits", slow: bool = False
-) -> tuple[Path, torch.nn.Module]:
-    model = mlp()
-    out = package(model, directory, name)
-    if slow:
-        code = out / "code" / "inference.py"
-        code.write_text(code.read_text() + SLOW_PREDICT)
-        sign(out)  # an edited handler is refused until it is signed again
-    return out, model
-
-
-def forward(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model_dir: Path, tmp: Path, *extra: str, env: dict | None = None):
-        self.port = free_port()
-        token_file = tmp / "token"
-        token_file.write_text(TOKEN)
-        self.log = tmp / f"server-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nbscale.serving",
-                "--model-dir",
-                str(model_dir),
-                "--port",
-                str(self.port),
-                "--token-file",
-                str(token_file),
-                *extra,
-            ],
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
-
-    def wait_ready(self) -> Server:
-        def ready():
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                return self.request("GET", "/v2/health/ready")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(ready, 60, what="server ready")
-        return self
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+from tests.support.emulators import free_port
+from tests.support.serving import (
+    AUTH,
+    TOKEN,
+    Scaler,
+    Server,
+    forward,
+    infer_body,
+    make_artifact,
+)
 
 
 @pytest.fixture
@@ -134,24 +46,6 @@ def serve(tmp_path):
     yield start
     for server in started:
         server.stop()
-
-
-def infer_body(
-    x: np.ndarray, name: str = "input", datatype: str = "FP32", rid: str | None = None
-) -> bytes:
-    req = {
-        "inputs": [
-            {
-                "name": name,
-                "shape": list(x.shape),
-                "datatype": datatype,
-                "data": x.reshape(-1).tolist(),
-            }
-        ]
-    }
-    if rid:
-        req["id"] = rid
-    return json.dumps(req).encode()
 
 
 def test_a_stock_v2_client_works_unchanged(tmp_path, serve):
@@ -420,17 +314,6 @@ def test_data_capture_writes_sampled_jsonl(tmp_path, serve):
     np.testing.assert_allclose(
         lines[0]["outputs"]["output"], forward(model, x), rtol=1e-5, atol=1e-6
     )
-
-
-class Scaler:
-    """An object with predict(), as a scikit-learn model would be."""
-
-    def __init__(self, factor: float):
-        self.factor = factor
-        self.n_features_in_ = 4
-
-    def predict(self, x):
-        return np.asarray(x, dtype=np.float32) * self.factor
 
 
 def test_a_pickled_predict_object_is_signed_and_checked_before_unpickling(tmp_path):

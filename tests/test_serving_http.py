@@ -28,8 +28,7 @@ from hypothesis import strategies as st
 from nbscale.serving.artifact import sign
 from nbscale.serving.protocol import DTYPES, ProtocolError, TensorSpec, check_npy, decode_array
 from tests.support import wait_for
-
-from .test_serving import AUTH, TOKEN, Server, infer_body, make_artifact
+from tests.support.serving import AUTH, TOKEN, Server, infer_body, make_artifact
 
 LIMITS = (
     "--max-head-kb",

@@ -21,8 +21,7 @@ from nbscale.pipelines import start_run
 from nbscale.store import get_store
 from nbscale.store.jobs import SUCCEEDED, list_jobs
 from tests.support.notebooks import code, write_notebook
-
-from ..test_serving import forward, mlp
+from tests.support.serving import forward, mlp
 
 pytestmark = pytest.mark.timeout(900)
 

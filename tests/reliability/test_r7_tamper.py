@@ -31,7 +31,7 @@ from nbscale.results import load_results, write_results
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import FAILED, SUCCEEDED, JobRecord, get_job, insert_job, update_job
-from tests.test_serving import Scaler  # an object with predict(), as scikit-learn's
+from tests.support.serving import Scaler  # an object with predict(), as scikit-learn's
 
 
 class _Trap:

@@ -21,7 +21,7 @@ def drifting_endpoint():
     from nbscale import endpoints
     from nbscale.backends.local.endpoints import endpoint_dir
     from nbscale.serving.capture import read_capture
-    from tests.test_serving import mlp
+    from tests.support.serving import mlp
 
     rng = np.random.default_rng(4)
     ep = endpoints.deploy(mlp(), name="watched", baseline=rng.normal(size=(4000, 64)))
