@@ -1,4 +1,10 @@
-"""Shared fixtures: every test gets its own ``$NBSCALE_HOME`` and working directory."""
+"""Fixtures every tier shares, and the tier markers.
+
+Every test gets its own ``$NBSCALE_HOME`` and working directory. A test's tier is the folder
+it lives in (``tests/unit``, ``tests/integration``, ``tests/contract``, ``tests/ui``) and is
+marked as such here, so ``-m unit`` selects a tier without a file repeating it. Helpers that
+are not fixtures live in ``tests/support``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "contract", "ui")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(item.path).resolve().relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(parts[0])
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +73,70 @@ def nbscale_cli():
         return proc
 
     return run
+
+
+# -- Kubeflow: an emulated cluster (the integration and contract tiers) --------------
+
+
+@pytest.fixture
+def kube():  # one per test: kmock filters its whole request history on every request
+    """A Kubernetes API server on 127.0.0.1 (kmock's emulator)."""
+    from tests.support.kube_emulator import KubeEmulator
+
+    emu = KubeEmulator()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_url():
+    """A moto server for the kubeflow tests' object storage; its URL."""
+    from tests.support.emulators import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def cluster(kube, s3_url, tmp_path, monkeypatch, nbscale_home):
+    """A ``kf`` backend in namespace NS of the emulated cluster, its storage on moto, the
+    storage credentials in a Secret; returns the test's API client (the controllers' hands)."""
+    import base64
+
+    import boto3
+
+    from nbscale import keys
+    from tests.support.emulators import AWS_ENV
+    from tests.support.kube_emulator import KubeApi
+    from tests.support.kubeflow import NS
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_url)
+    s3 = boto3.client("s3")
+    if "nb-bucket" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="nb-bucket")
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig", NS)))
+    nbscale_home.mkdir(parents=True, exist_ok=True)
+    (nbscale_home / "config.toml").write_text(
+        "[backends.kf]\n"
+        'type = "kubeflow"\n'
+        'storage = "s3://nb-bucket/work"\n'
+        f'endpoint_url = "{s3_url}"\n'
+        'storage_secret = "minio-creds"\n'
+        "wheelhouse = false\n"
+        "poll_seconds = 0\n"
+    )
+    keys.forget_delivered()
+    api = KubeApi(kube.url)
+    try:
+        api.core.read_namespaced_secret("minio-creds", NS)
+    except Exception:  # noqa: BLE001
+        api.core.create_namespaced_secret(
+            NS,
+            {
+                "metadata": {"name": "minio-creds", "namespace": NS},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in AWS_ENV.items()},
+            },
+        )
+    return api

@@ -30,20 +30,13 @@ from nbscale.backends.kubeflow import manifests as mf
 from nbscale.endpoints import deploy, endpoint
 from nbscale.errors import BackendUnavailable, SpecError
 from nbscale.storage import ObjectStore, fetch
+from tests.support import REPO
 from tests.support.emulators import container_env, free_port
 from tests.support.kube_emulator import KubeApi, KubeEmulator, condition
 from tests.support.kube_schemas import validate
+from tests.support.kubeflow import MOUNT_NS, NS, pod_mounts
 from tests.support.serving import forward, mlp
-from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
-    MOUNT_NS,
-    NS,
-    cluster,
-    kube,
-    pod_mounts,
-    s3_url,
-)
 
-REPO = Path(__file__).resolve().parents[1]
 RUNTIME = yaml.safe_load((REPO / "deploy/kserve/nbscale-runtime.yaml").read_text())
 
 pytestmark = pytest.mark.slow
@@ -245,14 +238,14 @@ def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
 
 
 @pytest.fixture
-def kserve(cluster, kube, s3_url, tmp_path):  # noqa: F811
+def kserve(cluster, kube, s3_url, tmp_path):
     fake = FakeKServe(cluster, kube, s3_url, tmp_path)
     yield fake
     fake.close()
     assert not fake.errors, fake.errors
 
 
-def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_path):  # noqa: F811
+def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_path):
     api = cluster
     model = mlp()
     x = np.random.default_rng(0).random((4, 64), dtype=np.float32)
@@ -337,7 +330,7 @@ def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_p
     )
 
 
-def test_a_crash_looping_predictor_is_failing_never_ready(kserve, cluster):  # noqa: F811
+def test_a_crash_looping_predictor_is_failing_never_ready(kserve, cluster):
     kserve.crash.add("broken")
     with pytest.raises(BackendUnavailable, match="CrashLoopBackOff"):
         deploy(mlp(), name="broken", backend="kf")
@@ -404,7 +397,7 @@ def _direct(ports: list[tuple[int, int]]) -> list:
     return out
 
 
-def test_metrics_come_from_every_ready_pod_through_the_api_server_pod_proxy(kserve, cluster, kube):  # noqa: F811
+def test_metrics_come_from_every_ready_pod_through_the_api_server_pod_proxy(kserve, cluster, kube):
     from nbscale import scrapes as mon
     from nbscale.backends.local.endpoints import token_for
     from nbscale.errors import NbscaleError

@@ -38,17 +38,7 @@ from nbscale.store.jobs import SUCCEEDED, JobRecord, insert_job
 from tests.support.emulators import container_env, free_port
 from tests.support.kube_emulator import KubeApi, condition
 from tests.support.kube_schemas import validate
-from tests.test_kubeflow_jobs import (  # noqa: F401 - fixtures
-    MOUNT_NS,
-    NS,
-    _pod_name,
-    _secret_value,
-    _trainjob,
-    cluster,
-    kube,
-    pod_mounts,
-    s3_url,
-)
+from tests.support.kubeflow import MOUNT_NS, NS, _pod_name, _secret_value, _trainjob, pod_mounts
 
 SPOT = """
 spot_node_selector = { "karpenter.sh/capacity-type" = "spot" }
@@ -116,7 +106,7 @@ def test_spot_settings_are_checked(tmp_path):
             conf(**bad)
 
 
-def test_spot_is_refused_without_spot_nodes_and_sent_nothing(cluster, kube):  # noqa: F811
+def test_spot_is_refused_without_spot_nodes_and_sent_nothing(cluster, kube):
     before = len(kube.writes())
     with pytest.raises(SpecError, match="kf backend \\(kubeflow\\) has no spot nodes configured"):
         submit(JobSpec(entry=Entry("module", "m"), backend="kf", spot=True))
@@ -124,7 +114,7 @@ def test_spot_is_refused_without_spot_nodes_and_sent_nothing(cluster, kube):  # 
     assert get_store().query("SELECT id FROM jobs") == []
 
 
-def test_spot_pods_go_to_spot_nodes_with_a_checkpoint_volume(cluster, kube, nbscale_home):  # noqa: F811
+def test_spot_pods_go_to_spot_nodes_with_a_checkpoint_volume(cluster, kube, nbscale_home):
     add_settings(nbscale_home, SPOT)
     job = submit(JobSpec(entry=Entry("module", "m"), backend="kf", spot=True, nodes=2))
     body = _trainjob(cluster, job)
@@ -222,8 +212,8 @@ def reclaim(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_a_reclaimed_spot_node_resumes_from_its_checkpoint(
-    cluster,  # noqa: F811
-    kube,  # noqa: F811
+    cluster,
+    kube,
     nbscale_home,
     tmp_path,
 ):
