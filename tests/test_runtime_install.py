@@ -17,8 +17,6 @@ import re
 import shutil
 import subprocess
 import time
-import venv
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -26,54 +24,13 @@ import pytest
 
 from nbscale import keys
 from nbscale.runtime import wheelhouse
+from tests.support import REPO
 from tests.support.emulators import container_env, free_port, mount_secret
+from tests.support.stock_image import stock_image_venv
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)")
 JUPYTER = {"jupyter_server", "tornado", "ipywidgets"}
-
-
-def _distribution_closure(*names: str) -> list[metadata.Distribution]:
-    seen: dict[str, metadata.Distribution] = {}
-
-    def walk(name: str) -> None:
-        key = name.lower().replace("_", "-")
-        if key in seen or key in ("setuptools", "pip"):
-            return
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            return
-        seen[key] = dist
-        for req in dist.requires or []:
-            if "extra ==" not in req:
-                walk(re.split(r"[ <>=!~\[(;]", req.strip())[0])
-
-    for name in names:
-        walk(name)
-    return list(seen.values())
-
-
-def stock_image_venv(root: Path) -> Path:
-    """A fresh venv holding what a stock PyTorch image holds: torch and numpy (linked in)."""
-    env_dir = root / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    site = Path(
-        subprocess.check_output(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
-        ).strip()
-    )
-    provided = root / "image-site"  # what the stock image ships, linked rather than copied
-    provided.mkdir()
-    for dist in _distribution_closure("torch", "numpy"):
-        tops = {Path(str(f)).parts[0] for f in dist.files or []}
-        for top in tops:
-            src = Path(dist.locate_file(top))
-            if src.exists() and not (provided / top).exists() and top != "..":
-                (provided / top).symlink_to(src)
-    (site / "image.pth").write_text(str(provided) + "\n")
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +53,7 @@ def image(tmp_path_factory):
     return {"python": str(python), "wheels": wheels, "root": root}
 
 
-DOCKERFILE = Path(__file__).resolve().parents[1] / "docker" / "Dockerfile"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
 
 
 def docker_run_line() -> str:
@@ -139,7 +96,7 @@ def test_every_package_of_the_source_is_in_the_wheel(image):
 
     wheel = next(image["wheels"].glob("nbscale-*.whl"))
     inside = {Path(n).parent.as_posix() for n in zipfile.ZipFile(wheel).namelist()}
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     packages = {
         p.parent.relative_to(root).as_posix() for p in (root / "nbscale").rglob("__init__.py")
     }

@@ -6,15 +6,12 @@ and the emulator keeps every body so the tests can check what was (never) sent.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from nbscale.backends.sagemaker.request import ENTRYPOINT
 from nbscale.backends.sagemaker.settings import forget_clients, settings
 from nbscale.backends.sagemaker.states import SECONDARY, STATUSES, map_state
 from nbscale.celljob import prepare_cell
-from nbscale.config import BackendConfig, Config
+from nbscale.config import BackendConfig
 from nbscale.errors import BackendUnavailable, SpecError
 from nbscale.jobs import job as get_job_handle
 from nbscale.jobs import submit
@@ -36,15 +33,7 @@ from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from tests.support.aws_emulator import Emulator
 from tests.support.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
-
-ROLE = "arn:aws:iam::123456789012:role/nbscale-training"
-SETTINGS = {
-    "region": "us-east-1",
-    "role_arn": ROLE,
-    "storage": "s3://nb-team/proj",
-    "instance_type": "ml.m5.xlarge",
-    "poll_seconds": 0,
-}
+from tests.support.sagemaker import ROLE, SETTINGS, config, put_logs, runtime_wheels
 
 
 @pytest.fixture(scope="module")
@@ -64,36 +53,6 @@ def aws(emulator, monkeypatch):
         s3.create_bucket(Bucket="nb-team")
     keys.forget_delivered()
     return emulator
-
-
-@functools.cache
-def runtime_wheels() -> str:
-    """A folder with a real wheel, built here without a package index (the runtime channel's
-    mechanics do not depend on which wheels; building nbscale's closure needs PyPI)."""
-    root = Path(tempfile.mkdtemp(prefix="nbscale-wheels-"))
-    project = root / "src"
-    (project / "nbscale_probe").mkdir(parents=True)
-    (project / "nbscale_probe" / "__init__.py").write_text("VALUE = 1\n")
-    (project / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "nbscale-probe"\nversion = "1.0"\n'
-    )
-    out = root / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "-w", str(out), str(project)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(out)
-
-
-def config(**extra) -> Config:
-    settings_ = {**SETTINGS, **extra}
-    if "image" not in settings_:
-        settings_.setdefault("wheelhouse", runtime_wheels())
-    backend = BackendConfig("aws", "sagemaker", settings_)
-    return Config("local", {}, {"local": BackendConfig("local", "local"), "aws": backend})
 
 
 def cell_spec(tmp_path: Path, outputs=("total",), **spec_fields):
@@ -410,20 +369,6 @@ def test_cancel_stops_the_training_job(aws, tmp_path):
 
 
 # -- logs and outputs -------------------------------------------------------------------
-def put_logs(job_name: str, host: int, lines: list[str]) -> None:
-    client = boto3.client("logs")
-    group = "/aws/sagemaker/TrainingJobs"
-    with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
-        client.create_log_group(logGroupName=group)
-    stream = f"{job_name}/algo-{host}-1764570000"
-    with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
-        client.create_log_stream(logGroupName=group, logStreamName=stream)
-    now = int(time.time() * 1000)
-    client.put_log_events(
-        logGroupName=group,
-        logStreamName=stream,
-        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)],
-    )
 
 
 def test_logs_of_every_instance_are_split_by_rank_and_followed(aws, tmp_path):

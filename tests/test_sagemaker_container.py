@@ -39,7 +39,7 @@ from nbscale.specs import Entry, JobSpec
 from tests.support import wait_for
 from tests.support.aws_emulator import Emulator
 from tests.support.emulators import AWS_ENV, PLANTED_SECRET, container_env, free_port, grep_tree
-from tests.test_sagemaker import config
+from tests.support.sagemaker import config
 
 pytestmark = pytest.mark.slow
 
@@ -392,7 +392,7 @@ def test_a_failure_on_the_second_host_is_named_whichever_model_folders_are_uploa
 ):
     import torch
 
-    from tests.test_sagemaker import put_logs
+    from tests.support.sagemaker import put_logs
 
     (tmp_path / "placeholder.py").write_text("")
     spec = JobSpec(
@@ -456,7 +456,7 @@ def test_a_notebook_job_runs_in_a_stock_image_with_the_notebook_closure(aws, nam
     and rank 0's executed notebook comes back with the job."""
     from nbscale.runtime import wheelhouse
     from tests.support.notebooks import code, write_notebook
-    from tests.test_runtime_install import stock_image_venv
+    from tests.support.stock_image import stock_image_venv
 
     notebook = tmp_path / "analysis.ipynb"
     write_notebook(

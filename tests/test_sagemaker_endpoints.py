@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from nbscale import keys
-from nbscale.backends import get_endpoint_backend
 from nbscale.backends.endpoint_base import DeployRequest
-from nbscale.backends.sagemaker.endpoints import SageMakerEndpoints, model_tarball
+from nbscale.backends.sagemaker.endpoints import model_tarball
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
 from nbscale.store import get_store
 from tests.support.aws_emulator import Emulator
 from tests.support.emulators import AWS_ENV, PLANTED_SECRET
+from tests.support.sagemaker import backend, nbscale_resources
 from tests.support.serving import AUTH, Server, forward, make_artifact
 
 TOML = """\
@@ -71,39 +71,6 @@ def container(tmp_path):
     yield start
     for server in started:
         server.stop()
-
-
-def backend() -> SageMakerEndpoints:
-    found = get_endpoint_backend("aws")
-    assert isinstance(found, SageMakerEndpoints)
-    found.progress = None
-    return found
-
-
-def nbscale_resources(name: str) -> dict[str, list[str]]:
-    sm = boto3.client("sagemaker")
-    aas = boto3.client("application-autoscaling")
-    return {
-        "models": [m["ModelName"] for m in sm.list_models()["Models"] if name in m["ModelName"]],
-        "configs": [
-            c["EndpointConfigName"]
-            for c in sm.list_endpoint_configs()["EndpointConfigs"]
-            if name in c["EndpointConfigName"]
-        ],
-        "endpoints": [
-            e["EndpointName"] for e in sm.list_endpoints()["Endpoints"] if e["EndpointName"] == name
-        ],
-        "targets": [
-            t["ResourceId"]
-            for t in aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
-            if f"endpoint/{name}/" in t["ResourceId"]
-        ],
-        "policies": [
-            p["PolicyName"]
-            for p in aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
-            if name in p["PolicyName"]
-        ],
-    }
 
 
 def test_deploy_predict_scale_metrics_and_undeploy_leave_nothing_billing(
