@@ -75,6 +75,35 @@ def nbscale_cli():
     return run
 
 
+# -- pipelines -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path):
+    """make -> (double, square) -> total, with a local module, typed parameters, resources and retries."""
+    from tests.support.pipeline_notebooks import cell, write_notebook
+
+    (tmp_path / "shapes.py").write_text("def square(v):\n    return v * v\n")
+    nb = write_notebook(
+        tmp_path / "small.ipynb",
+        [
+            cell("from shapes import square", "imports"),
+            cell("n = 4\nlabel = 'sum'\nfactor = 2.5", "pipeline-parameters"),
+            cell("values = list(range(n))", "step:make"),
+            cell("doubled = [v * factor for v in values]", "step:double", "prev:make"),
+            cell("squared = [square(v) for v in values]", "step:square", "prev:make"),
+            cell(
+                "total = {label: sum(doubled) + sum(squared)}\nprint(total)\n"
+                "assert total[label] == sum(v * factor for v in range(n)) + sum(v * v for v in range(n))",
+                "step:total",
+                "prev:double",
+                "prev:square",
+            ),
+        ],
+    )
+    return nb
+
+
 # -- Kubeflow: an emulated cluster (the integration and contract tiers) --------------
 
 

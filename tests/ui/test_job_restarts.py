@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.lab import run_browser_script
 from tests.support.notebooks import write_notebook
-from tests.ui.test_panel import lab, run_browser_script  # noqa: F401 - the Lab fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -59,7 +59,7 @@ def test_nbscale_jobs_and_percent_jobs_show_the_restart_count(restarted_job, nbs
     assert _restarts_column(text, restarted_job, "restarts") == "1", text
 
 
-def test_the_job_view_shows_the_restart_count(lab, restarted_job, tmp_path):  # noqa: F811
+def test_the_job_view_shows_the_restart_count(lab, restarted_job, tmp_path):
     write_notebook(lab["root"] / "empty.ipynb", "1 + 1")
     shots = Path(os.environ.get("NBSCALE_SCREENSHOTS") or tmp_path / "shots")
     run_browser_script(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.support import wait_for
+from tests.support.lab import run_browser_script
 from tests.support.notebooks import write_notebook
-from tests.ui.test_panel import lab, run_browser_script  # noqa: F401 - the Lab fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -35,7 +35,7 @@ def drifting_endpoint():
         endpoints.endpoint(ep.name).delete()
 
 
-def test_panel_shows_drift_per_window_and_what_runs(lab, drifting_endpoint, tmp_path):  # noqa: F811
+def test_panel_shows_drift_per_window_and_what_runs(lab, drifting_endpoint, tmp_path):
     write_notebook(lab["root"] / "empty.ipynb", "1 + 1")
     shots = Path(os.environ.get("NBSCALE_SCREENSHOTS") or tmp_path / "shots")
     run_browser_script(

@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nbscale.errors import NbscaleError, SpecError
+from tests.support import REPO
 
 # the pipeline loader may import IPython's parser, which imports jedi, which raises the
 # recursion limit on import; do that now so hypothesis sees a stable limit
 with contextlib.suppress(ImportError):
     importlib.import_module("jedi")
 
-REPO = Path(__file__).resolve().parents[2]
 OPENAPI = REPO / "server_ext" / "openapi.json"
 FUZZ = settings(
     max_examples=int(os.environ.get("NBSCALE_FUZZ_EXAMPLES", "150")),

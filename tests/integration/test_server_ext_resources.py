@@ -10,7 +10,6 @@ import nbformat
 import pytest
 
 from tests.support.notebooks import code, write_notebook
-from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -30,7 +29,7 @@ def linear_endpoint():
         endpoints.endpoint("lin").delete()
 
 
-async def test_endpoint_routes_list_describe_metrics_scale_undeploy(fetch, linear_endpoint):  # noqa: F811
+async def test_endpoint_routes_list_describe_metrics_scale_undeploy(fetch, linear_endpoint):
     code, body = await fetch("endpoints")
     assert code == 200 and [e["name"] for e in body["endpoints"]] == ["lin"]
     assert body["endpoints"][0]["url"].startswith("http://127.0.0.1:")
@@ -68,7 +67,7 @@ async def test_endpoint_routes_list_describe_metrics_scale_undeploy(fetch, linea
         (("endpoints", "ghost"), "DELETE"),
     ],
 )
-async def test_unknown_endpoint_is_404(fetch, parts, method):  # noqa: F811
+async def test_unknown_endpoint_is_404(fetch, parts, method):
     code, body = await fetch(*parts, method=method)
     assert code == 404 and "ghost" in body["message"], body
 
@@ -81,7 +80,7 @@ def tagged_pipeline(root):
     )
 
 
-async def test_pipeline_routes_start_list_describe(fetch, jp_root_dir):  # noqa: F811
+async def test_pipeline_routes_start_list_describe(fetch, jp_root_dir):
     tagged_pipeline(jp_root_dir)
     code, run = await fetch("pipelines", method="POST", body={"path": "flow.ipynb"})
     assert code == 201, run
@@ -111,7 +110,7 @@ async def test_pipeline_routes_start_list_describe(fetch, jp_root_dir):  # noqa:
         ({"backend": "local"}, 400, "path"),
     ],
 )
-async def test_start_run_rejects_bad_input(fetch, jp_root_dir, body, status, needle):  # noqa: F811
+async def test_start_run_rejects_bad_input(fetch, jp_root_dir, body, status, needle):
     tagged_pipeline(jp_root_dir)
     nbformat.write(
         nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]),
@@ -123,7 +122,7 @@ async def test_start_run_rejects_bad_input(fetch, jp_root_dir, body, status, nee
     assert runs["runs"] == []
 
 
-async def test_unknown_run_is_404_and_bad_paging_400(fetch):  # noqa: F811
+async def test_unknown_run_is_404_and_bad_paging_400(fetch):
     code, body = await fetch("pipelines", "p-nope")
     assert code == 404, body
     code, body = await fetch("pipelines", params={"limit": 0})

@@ -15,8 +15,6 @@ from nbscale.store import get_store
 from nbscale.store.jobs import RUNNING, SUCCEEDED, get_job, list_jobs
 from tests.support import wait_for
 
-from ..test_train_magic import kernel  # noqa: F401 - the real-kernel fixture
-
 pytestmark = pytest.mark.timeout(300)
 
 SETUP = """
@@ -69,7 +67,7 @@ def _rank_worker(job_id: str, rank: int):
     return None
 
 
-def test_a_killed_worker_restarts_the_group_and_the_cell_resumes_to_the_same_result(kernel):  # noqa: F811
+def test_a_killed_worker_restarts_the_group_and_the_cell_resumes_to_the_same_result(kernel):
     k = kernel()
     k.ok(SETUP)
     k.ok(CELL, timeout=240)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from tests.support import wait_for
-from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -33,7 +32,7 @@ def drifting_endpoint():
 
 
 async def test_drift_route_lists_windows_with_drifting_features_first(
-    fetch,  # noqa: F811
+    fetch,
     drifting_endpoint,
 ):
     code, body = await fetch("endpoints", "mon", "drift", params={"window": "1d"})

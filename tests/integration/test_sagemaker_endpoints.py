@@ -20,42 +20,9 @@ from nbscale.backends.sagemaker.endpoints import model_tarball
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
 from nbscale.store import get_store
-from tests.support.aws_emulator import Emulator
-from tests.support.emulators import AWS_ENV, PLANTED_SECRET
+from tests.support.emulators import PLANTED_SECRET
 from tests.support.sagemaker import backend, nbscale_resources
 from tests.support.serving import AUTH, Server, forward, make_artifact
-
-TOML = """\
-[backends.aws]
-type = "sagemaker"
-region = "us-east-1"
-role_arn = "arn:aws:iam::123456789012:role/nbscale-serving"
-storage = "s3://nb-models/serve"
-instance_type = "ml.m5.large"
-serving_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-serving:0.1.0"
-poll_seconds = 0
-"""
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    emu = Emulator()
-    yield emu
-    emu.stop()
-
-
-@pytest.fixture
-def aws(emulator, monkeypatch, tmp_path):
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
-    s3 = boto3.client("s3")
-    if "nb-models" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket="nb-models")
-    (tmp_path / "nbscale.toml").write_text(TOML)
-    keys.forget_delivered()
-    emulator.endpoint_polls = 2
-    return emulator
 
 
 @pytest.fixture

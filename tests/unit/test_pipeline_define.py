@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from nbscale.errors import SpecError
 from nbscale.pipelines import load, runs, start_run
 from nbscale.pipelines.parameters import resolve
+from tests.support import REPO
 from tests.support.pipeline_notebooks import cell, diamond, write_notebook
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pipeline"
+EXAMPLES = REPO / "examples" / "pipeline"
 
 
 def test_tagged_notebook_becomes_a_dag_with_inputs_outputs_and_parameters(tmp_path):

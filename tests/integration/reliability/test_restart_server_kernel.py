@@ -24,8 +24,6 @@ from nbscale.store.jobs import events, list_jobs
 from tests.support import wait_for
 from tests.support.notebooks import write_notebook
 
-from ..test_train_magic import kernel  # noqa: F401 - the real-kernel fixture
-
 pytestmark = pytest.mark.timeout(420)
 
 
@@ -121,7 +119,7 @@ total = int(torch.tensor([20, 22]).sum())
 
 
 def test_jobs_outlive_a_server_and_a_kernel_restart_and_outputs_still_arrive(
-    kernel,  # noqa: F811
+    kernel,
     tmp_path,
 ):
     root = tmp_path / "work"

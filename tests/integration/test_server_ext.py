@@ -3,45 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
-from tornado.httpclient import HTTPClientError
 
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
 from tests.support.notebooks import write_notebook
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
-
-
-@pytest.fixture
-def jp_server_config():
-    return {
-        "ServerApp": {"jpserver_extensions": {"nbscale.server_ext": True}},
-        "NbscaleExtension": {"poll_interval": 0.2},
-    }
-
-
-@pytest.fixture
-def fetch(jp_fetch):
-    """``await fetch("jobs", method=..., body=...)`` -> (status, json); errors are answers, not raises."""
-
-    async def call(*parts, method="GET", body=None, params=None):
-        kwargs = {"method": method, "params": params}
-        if body is not None:
-            kwargs["body"] = body if isinstance(body, str) else json.dumps(body)
-        elif method in ("POST", "PUT", "PATCH"):
-            kwargs["body"] = ""
-            kwargs["allow_nonstandard_methods"] = True
-        try:
-            resp = await jp_fetch("nbscale", "api", *parts, **kwargs)
-        except HTTPClientError as err:
-            return err.code, json.loads(err.response.body)
-        return resp.code, json.loads(resp.body)
-
-    return call
 
 
 async def wait_status(fetch, job_id, wanted, timeout=120):

@@ -19,7 +19,6 @@ from nbscale.server_ext.errors import translate
 from nbscale.store import get_store
 from nbscale.store import pipelines as db
 from tests.support.notebooks import code, write_notebook
-from tests.test_server_ext import fetch, jp_server_config  # noqa: F401 - shared fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -28,7 +27,7 @@ def pipeline(root, name: str, make: str, use: str = "y = x + 1\nprint('y is', y)
     write_notebook(root / name, code(make, "step:make"), code(use, "step:use", "prev:make"))
 
 
-async def wait_run(fetch, run_id, until, timeout=180):  # noqa: F811
+async def wait_run(fetch, run_id, until, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code, run = await fetch("pipelines", run_id)
@@ -43,7 +42,7 @@ def ended(run):
     return run["status"] not in ("PENDING", "RUNNING")
 
 
-async def test_steps_say_why_they_were_cached_and_what_failed(fetch, jp_root_dir):  # noqa: F811
+async def test_steps_say_why_they_were_cached_and_what_failed(fetch, jp_root_dir):
     pipeline(jp_root_dir, "flow.ipynb", "x = 20")
     code, first = await fetch("pipelines", method="POST", body={"path": "flow.ipynb"})
     assert code == 201, first
@@ -86,7 +85,7 @@ def gone(proc: psutil.Process) -> bool:
         return True
 
 
-async def test_cancel_stops_a_running_pipeline_and_its_kernels(fetch, jp_root_dir):  # noqa: F811
+async def test_cancel_stops_a_running_pipeline_and_its_kernels(fetch, jp_root_dir):
     pipeline(jp_root_dir, "slow.ipynb", "import time\ntime.sleep(300)\nx = 1")
     code, run = await fetch("pipelines", method="POST", body={"path": "slow.ipynb"})
     assert code == 201, run
@@ -123,12 +122,12 @@ async def test_cancel_stops_a_running_pipeline_and_its_kernels(fetch, jp_root_di
     assert "already ended (CANCELLED)" in body["message"], body
 
 
-async def test_cancel_an_unknown_run_is_404(fetch):  # noqa: F811
+async def test_cancel_an_unknown_run_is_404(fetch):
     code, body = await fetch("pipelines", "p-nope", method="DELETE")
     assert code == 404 and body["error"] == "not_found" and "p-nope" in body["message"], body
 
 
-async def test_cancel_a_run_in_another_process_is_409(fetch, jp_root_dir, tmp_path):  # noqa: F811
+async def test_cancel_a_run_in_another_process_is_409(fetch, jp_root_dir, tmp_path):
     # a real detach=False run in its own Python process; its step waits for a file we write
     flag = tmp_path / "go"
     pipeline(

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from nbscale.pipelines import get_run, start_run
+from tests.support import REPO
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pipeline"
+EXAMPLES = REPO / "examples" / "pipeline"
 pytestmark = pytest.mark.timeout(300)
 
 

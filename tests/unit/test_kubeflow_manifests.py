@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import zipfile
-from pathlib import Path
 
 import pytest
 import yaml
@@ -30,9 +29,9 @@ from nbscale.runtime.launch import decode_spec
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import PENDING, JobRecord
+from tests.support import REPO
 from tests.support.kube_schemas import CELViolation, validate
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = {"storage": "s3://nb-bucket/work", "wheelhouse": False, "namespace": "team-a"}
 
 

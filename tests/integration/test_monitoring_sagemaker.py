@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from nbscale.store.endpoints import EndpointRecord
-from tests.test_sagemaker_endpoints import aws, backend, emulator  # noqa: F401 - fixtures
+from tests.support.sagemaker import backend
 
 # its own endpoint name: the emulator (and its CloudWatch data) is shared with other test modules
 DIMS = [
@@ -38,7 +38,7 @@ def record(name: str = "cw-percentiles") -> EndpointRecord:
     )
 
 
-def test_latencies_are_cloudwatch_percentiles_and_counts_are_sums(aws):  # noqa: F811
+def test_latencies_are_cloudwatch_percentiles_and_counts_are_sums(aws):
     cw = boto3.client("cloudwatch")
     # 1000 requests as CloudWatch receives them from SageMaker: model time 800 us for 400,
     # 1200 us for 500 and 30 ms for 100 (a slow tail); the overhead is 50 us or 2 ms
@@ -103,7 +103,7 @@ def test_latencies_are_cloudwatch_percentiles_and_counts_are_sums(aws):  # noqa:
     }
 
 
-def test_an_endpoint_without_traffic_has_no_latency(aws):  # noqa: F811
+def test_an_endpoint_without_traffic_has_no_latency(aws):
     m = backend().metrics(record("quiet"))
     assert m["Invocations"] == 0.0 and m["error_rate"] == 0.0
     assert m["ModelLatency_p99"] is None and m["sagemaker_series"] == []

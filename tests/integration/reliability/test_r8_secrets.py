@@ -26,12 +26,17 @@ from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import JobRecord, insert_job, list_jobs
 from tests.support.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
-from tests.test_defects_server import _old_job, fetch, jp_server_config  # noqa: F401
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 TOKEN = "tok-" + "7f3a9c1e5b" * 3
 PASSWORD = "pw-" + "c0ffee1234" * 3
+
+
+def _old_job(job_id: str, **spec) -> None:
+    """A job record as an older nbscale stored it (before secret env values were kept out)."""
+    spec = {"entry": {"kind": "script", "target": "x.py"}, **spec}
+    insert_job(get_store(), JobRecord(job_id, "old", "local", "local", "SUCCEEDED", spec, 1.0))
 
 
 def _digest(text: str) -> str:

@@ -3,16 +3,15 @@ drifted traffic, metrics, drift, scale, cost, undeploy."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import papermill
 
 from nbscale.backends.local.endpoints import ENDPOINT_ENV
 from nbscale.backends.local.processes import tagged_processes
 from nbscale.endpoints import endpoints
+from tests.support import REPO
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "endpoint.ipynb"
+EXAMPLE = REPO / "examples" / "endpoint.ipynb"
 
 
 def _texts(nb) -> list[str]:

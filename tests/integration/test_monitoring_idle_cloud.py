@@ -15,8 +15,8 @@ from nbscale.monitoring.idle_watch import WATCH_ENV
 from nbscale.store import get_store
 from nbscale.store.events import list_events
 from tests.support import wait_for
+from tests.support.sagemaker import nbscale_resources
 from tests.support.serving import make_artifact
-from tests.test_sagemaker_endpoints import aws, emulator, nbscale_resources  # noqa: F401
 
 GONE = {k: [] for k in ("models", "configs", "endpoints", "targets", "policies")}
 
@@ -30,7 +30,7 @@ def no_watcher_left():
 
 
 def test_an_idle_sagemaker_endpoint_is_deleted_with_everything_it_made(
-    aws,  # noqa: F811
+    aws,
     tmp_path,
 ):
     # Given a SageMaker endpoint deployed with a one-minute idle TTL
@@ -63,7 +63,7 @@ def test_an_idle_sagemaker_endpoint_is_deleted_with_everything_it_made(
 
 
 def test_no_invocation_for_the_ttl_deletes_it_and_the_watcher_exits(
-    aws,  # noqa: F811
+    aws,
     tmp_path,
 ):
     artifact, _ = make_artifact(tmp_path / "artifact", name="quiet")
@@ -83,7 +83,7 @@ def test_no_invocation_for_the_ttl_deletes_it_and_the_watcher_exits(
     wait_for(lambda: not tagged_processes(WATCH_ENV, "quiet"), 40, what="the watcher to exit")
 
 
-def test_a_bad_idle_ttl_is_refused_before_anything_is_created(aws, tmp_path):  # noqa: F811
+def test_a_bad_idle_ttl_is_refused_before_anything_is_created(aws, tmp_path):
     artifact, _ = make_artifact(tmp_path / "artifact", name="bad")
     with pytest.raises(Exception, match="not a duration"):
         deploy(artifact, name="bad", backend="aws", idle_ttl="whenever")

@@ -29,7 +29,6 @@ from nbscale.pipelines import compile_pipeline
 from tests.support import wait_for
 from tests.support.emulators import free_port
 from tests.support.kube_emulator import KubeApi, KubeEmulator
-from tests.test_pipeline_compile import small  # noqa: F401 - fixture
 
 NS = "team-a"
 
@@ -139,7 +138,7 @@ def _conf(url: str):
 
 
 def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
-    small,  # noqa: F811
+    small,
     kfp_api,
     kube_env,
     tmp_path,
@@ -207,7 +206,7 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
 
 
 def test_cli_entry_records_the_run_and_unreachable_api(
-    small,  # noqa: F811
+    small,
     kfp_api,
     kube_env,
     nbscale_home,
@@ -291,7 +290,7 @@ def test_cli_entry_records_the_run_and_unreachable_api(
         dead.start(str(small), {})
 
 
-def test_pipeline_magic_runs_on_kfp(small, kfp_api, kube_env, nbscale_home, capsys):  # noqa: F811
+def test_pipeline_magic_runs_on_kfp(small, kfp_api, kube_env, nbscale_home, capsys):
     from IPython.core.interactiveshell import InteractiveShell
 
     nbscale_home.mkdir(parents=True, exist_ok=True)

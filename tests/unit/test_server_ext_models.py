@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from nbscale.server_ext.openapi import document
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
+
 OPENAPI = REPO / "server_ext" / "openapi.json"
 MODELS_TS = REPO / "extension" / "src" / "api" / "models.ts"
 
