@@ -85,6 +85,32 @@ def start_detached(run_id: str, module: str, log_name: str, cwd: str | Path) -> 
     return proc.pid
 
 
+def new_run(
+    pipeline: Pipeline, backend: str, status: str, values: dict, options: dict
+) -> tuple[dict, list[dict]]:
+    """The rows of a new run of ``pipeline`` (a fresh id, every step PENDING), for
+    ``nbscale.store.pipelines.insert_run``."""
+    import time
+    import uuid
+
+    now = time.time()
+    record = {
+        "id": f"p-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        "name": pipeline.name,
+        "source": pipeline.source,
+        "backend": backend,
+        "status": status,
+        "created": now,
+        "parameters": values,
+        "options": options,
+    }
+    steps = [
+        {"name": n, "position": i, "status": "PENDING", "depends_on": pipeline.steps[n].depends_on}
+        for i, n in enumerate(pipeline.order())
+    ]
+    return record, steps
+
+
 def runner_alive(record: dict) -> bool:
     """Whether the process recorded as the run's runner (or follower) still runs."""
     if not record.get("pid"):

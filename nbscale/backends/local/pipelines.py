@@ -11,13 +11,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from typing import Any
 
 from ...errors import Conflict
 from ...pipelines.loader import load
 from ...pipelines.parameters import resolve
-from ...pipelines.runner import execute_run, runner_alive, selected_steps, start_detached
+from ...pipelines.runner import (
+    execute_run,
+    new_run,
+    runner_alive,
+    selected_steps,
+    start_detached,
+)
 from ...pipelines.status import ACTIVE, FAILED, LOST, PENDING, RUNNING
 from ...store import pipelines as db
 from ..pipeline_base import Announce, OnStep, PipelineBackend
@@ -41,26 +46,8 @@ class LocalPipelineBackend(PipelineBackend):
         pipeline = load(path)  # every check happens here, before anything is recorded
         values = resolve(pipeline.parameters, parameters)
         selected_steps(pipeline, options.get("only"), options.get("from_step"))
-        run_id = f"p-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        record = {
-            "id": run_id,
-            "name": pipeline.name,
-            "source": pipeline.source,
-            "backend": self.config.name,
-            "status": PENDING,
-            "created": time.time(),
-            "parameters": values,
-            "options": options,
-        }
-        steps = [
-            {
-                "name": n,
-                "position": i,
-                "status": PENDING,
-                "depends_on": pipeline.steps[n].depends_on,
-            }
-            for i, n in enumerate(pipeline.order())
-        ]
+        record, steps = new_run(pipeline, self.config.name, PENDING, values, options)
+        run_id = record["id"]
         db.insert_run(self.store, record, steps)
         if not detach:
             # this process runs it: if it dies, the run reads LOST; cancel leaves it alone

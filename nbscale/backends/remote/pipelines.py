@@ -23,15 +23,14 @@ import os
 import signal
 import sys
 import time
-import uuid
 from abc import abstractmethod
 from typing import Any, ClassVar
 
 from ...errors import NbscaleError, SpecError
 from ...pipelines.loader import load
 from ...pipelines.parameters import resolve
-from ...pipelines.runner import runner_alive, start_detached
-from ...pipelines.status import ACTIVE, PENDING, RUNNING
+from ...pipelines.runner import new_run, runner_alive, start_detached
+from ...pipelines.status import ACTIVE, RUNNING
 from ...store import pipelines as db
 from ..pipeline_base import Announce, OnStep, PipelineBackend
 
@@ -106,28 +105,10 @@ class RemotePipelines(PipelineBackend):
         remote_id = self.remote_id(handle)
         if announce:
             announce(self.label, remote_id)
-        run_id = f"p-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        now = time.time()
-        record = {
-            "id": run_id,
-            "name": pipeline.name,
-            "source": pipeline.source,
-            "backend": self.config.name,
-            "status": RUNNING,
-            "created": now,
-            "started": now,
-            "parameters": values,
-            "options": {"remote": {"type": self.type, "id": remote_id, "label": self.label}},
-        }
-        steps = [
-            {
-                "name": n,
-                "position": i,
-                "status": PENDING,
-                "depends_on": pipeline.steps[n].depends_on,
-            }
-            for i, n in enumerate(pipeline.order())
-        ]
+        remote = {"remote": {"type": self.type, "id": remote_id, "label": self.label}}
+        record, steps = new_run(pipeline, self.config.name, RUNNING, values, remote)
+        record["started"] = record["created"]
+        run_id = record["id"]
         try:
             db.insert_run(self.store, record, steps)
         except BaseException:
