@@ -150,22 +150,3 @@ def test_yaml_errors_name_the_field(tmp_path):
         SpecError, match=r"steps\[0\].notebook: is required; steps\[0\].notebok: is not a known key"
     ):
         load(tmp_path / "pipeline.yaml")
-
-
-def test_no_cache_tag_and_show_command(tmp_path, nbscale_cli):
-    path = write_notebook(
-        tmp_path / "nb.ipynb",
-        [
-            cell("a = 1", "step:one"),
-            cell("b = a", "step:two", "prev:one", "no-cache"),
-        ],
-    )
-    pipeline = load(path)
-    assert pipeline.steps["one"].cache and not pipeline.steps["two"].cache
-    import json
-
-    shown = json.loads(nbscale_cli("pipeline", "show", str(path), check=True).stdout)
-    assert [(s["name"], s["inputs"], s["cache"]) for s in shown["steps"]] == [
-        ("one", {}, True),
-        ("two", {"a": "one"}, False),
-    ]
