@@ -21,7 +21,6 @@ import json
 
 import pytest
 
-from nbscale.errors import SpecError
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import JobRecord, insert_job, list_jobs
@@ -94,24 +93,6 @@ def test_old_records_with_secret_looking_env_are_masked_when_shown(nbscale_cli):
     for args in (("jobs", "--json"), ("status", "old-1", "--json")):
         text = nbscale_cli(*args, check=True).stdout
         assert TOKEN not in text and '"MY_API_TOKEN": "********"' in text and '"0.1"' in text
-
-
-def test_jobspec_keeps_secret_values_out_of_its_dict_and_repr(write_script, monkeypatch):
-    script = write_script("tiny.py", "print('hi')\n")
-    monkeypatch.setenv("HF_TOKEN", PASSWORD)
-    spec = JobSpec(
-        Entry.from_path(str(script)), env={"MY_API_TOKEN": TOKEN}, secret_env=("HF_TOKEN",)
-    )
-    assert spec.secret_values == {"MY_API_TOKEN": TOKEN, "HF_TOKEN": PASSWORD}
-    text = json.dumps(spec.to_dict()) + repr(spec)
-    assert TOKEN not in text and PASSWORD not in text
-    # a re-run reads every secret from the environment it is submitted from
-    with pytest.raises(SpecError, match="MY_API_TOKEN is not set in this environment"):
-        JobSpec.from_dict(spec.to_dict())
-    monkeypatch.setenv("MY_API_TOKEN", "other")
-    again = JobSpec.from_dict(spec.to_dict())
-    assert again.secret_values == {"HF_TOKEN": PASSWORD, "MY_API_TOKEN": "other"}
-    assert again.secret_env == ("HF_TOKEN", "MY_API_TOKEN")
 
 
 async def test_get_job_masks_secret_looking_env(fetch):  # noqa: F811
