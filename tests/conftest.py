@@ -75,6 +75,35 @@ def nbscale_cli():
     return run
 
 
+# -- cost ------------------------------------------------------------------------------
+
+PRICED = """
+[backends.priced]
+type = "local"
+price_per_node_hour = 3600.0
+
+[backends.gpu-box]
+type = "local"
+gpu_hour_price = 0.9
+
+[backends.prod]
+type = "sagemaker"
+region = "us-east-1"
+role_arn = "arn:aws:iam::123456789012:role/train"
+prices = { "ml.g5.xlarge" = 1.2 }
+"""
+
+
+@pytest.fixture
+def priced(tmp_path):
+    """./nbscale.toml with priced backends (local per node-hour, local GPU-hours, sagemaker);
+    returns the loaded config."""
+    from nbscale import config as nbconfig
+
+    (tmp_path / "nbscale.toml").write_text(PRICED)
+    return nbconfig.load()
+
+
 # -- pipelines -------------------------------------------------------------------------
 
 

@@ -22,7 +22,6 @@ from tests.support.emulators import (
     grep_tree,
     kubernetes_secret_volume,
 )
-from tests.support.pipeline_notebooks import cell, write_notebook
 
 
 # kfp.local says that display names, resources and retries do nothing locally: that is expected
@@ -93,26 +92,6 @@ def test_kfp_steps_without_the_key_refuse_each_others_outputs(small, tmp_path, c
     # the first of the two steps that read step one's outputs refuses them, naming the setting
     assert "no pipeline signing key" in text and "NBSCALE_KEY_FILE" in text
     assert not list((tmp_path / "kfp-root").rglob("step-total/executed"))
-
-
-def test_kfp_carries_retries_cpu_memory_and_gpu(tmp_path):
-    pytest.importorskip("kfp")
-    import yaml
-
-    write_notebook(tmp_path / "a.ipynb", [cell("x = 1")])
-    write_notebook(tmp_path / "b.ipynb", [cell("y = x + 1")])
-    (tmp_path / "pipeline.yaml").write_text(
-        "name: res\nsteps:\n  - {name: a, notebook: a.ipynb, resources: {cpu: 2, memory: 4Gi, gpu: 1}}\n"
-        "  - {name: b, notebook: b.ipynb, depends_on: [a], retries: 3, cache: false}\n"
-    )
-    out = compile_pipeline(str(tmp_path / "pipeline.yaml"), "kfp", str(tmp_path / "res.yaml"))
-    ir = next(yaml.safe_load_all(Path(out).read_text()))
-    resources = ir["deploymentSpec"]["executors"]["exec-step-a"]["container"]["resources"]
-    assert resources["cpuLimit"] == 2.0 and resources["memoryLimit"] == pytest.approx(4.294967296)
-    assert resources["accelerator"]["resourceCount"] == "1"
-    task_b = ir["root"]["dag"]["tasks"]["step-b"]
-    assert task_b["retryPolicy"]["maxRetryCount"] == 3
-    assert task_b["cachingOptions"] == {}  # caching off
 
 
 RUNTIME_IMAGE = "registry.example.com/nbscale-runtime:0.1.0"  # built from docker/Dockerfile

@@ -8,74 +8,13 @@ import time
 
 import pytest
 
-from nbscale import config as nbconfig
 from nbscale import cost
-from nbscale.errors import SpecError
 from nbscale.jobs import submit
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.events import BUDGET_REACHED, list_events
 from nbscale.store.jobs import FAILED, SUCCEEDED, JobRecord, insert_job
 from tests.support import wait_for
-
-PRICED = """
-[backends.priced]
-type = "local"
-price_per_node_hour = 3600.0
-
-[backends.gpu-box]
-type = "local"
-gpu_hour_price = 0.9
-
-[backends.prod]
-type = "sagemaker"
-region = "us-east-1"
-role_arn = "arn:aws:iam::123456789012:role/train"
-prices = { "ml.g5.xlarge" = 1.2 }
-"""
-
-
-@pytest.fixture
-def priced(tmp_path):
-    (tmp_path / "nbscale.toml").write_text(PRICED)
-    return nbconfig.load()
-
-
-def test_price_table_list_prices_config_overrides_and_free_local(priced):
-    assert cost.node_price("local", {}) == 0.0  # a local GPU-hour is free unless configured
-    assert cost.node_price("local", {}, gpus_per_node=4) == 0.0
-    gpu_box = priced.backend("gpu-box")
-    assert cost.node_price("local", gpu_box.settings, gpus_per_node=2) == pytest.approx(1.8)
-    prod = priced.backend("prod").settings
-    assert cost.node_price("sagemaker", prod, "ml.g5.xlarge") == 1.2  # configured
-    assert cost.node_price("sagemaker", prod, "ml.p4d.24xlarge") == 37.688  # list price
-    with pytest.raises(SpecError, match="no price known"):
-        cost.node_price("sagemaker", prod, "ml.nope.xlarge")
-    with pytest.raises(SpecError, match="gpu_hour_price"):
-        cost.node_price("local", {"gpu_hour_price": "cheap"}, gpus_per_node=1)
-
-
-def test_estimate_and_budget_arithmetic(priced, write_script):
-    script = write_script("train.py", "print('hi')\n")
-    spec = JobSpec(
-        Entry.from_path(str(script)),
-        backend="prod",
-        nodes=2,
-        instance_type="ml.g5.xlarge",
-        max_runtime=1800,
-        max_cost=1.0,
-    )
-    est = cost.spec_estimate(spec, priced)
-    assert est["per_hour"] == pytest.approx(2.4) and est["total"] == pytest.approx(1.2)
-    assert est["budget_hours"] == pytest.approx(1 / 2.4, rel=1e-3)
-    with pytest.raises(SpecError) as err:
-        cost.check_budget(spec, priced)
-    assert "$1.20" in str(err.value) and "$0.20 over the budget of $1.00" in str(err.value)
-    ok = spec.replace(max_cost=1.5)
-    assert cost.check_budget(ok, priced)["total"] == pytest.approx(1.2)
-    assert "at most $1.20" in cost.describe_estimate(cost.spec_estimate(ok, priced))
-    with pytest.raises(SpecError, match="max_cost"):
-        spec.replace(max_cost=-3)
 
 
 def test_cli_refuses_over_budget_saying_by_how_much_and_stores_nothing(
@@ -183,49 +122,3 @@ def test_budget_guard_ignores_jobs_without_a_budget_and_free_backends(priced, wr
     job = submit(JobSpec(Entry.from_path(str(script)), max_cost=0.01))  # local: free
     record = wait_for(lambda: (r := job.refresh()).terminal and r, 90, what="job end")
     assert record.status == SUCCEEDED
-
-
-def test_train_dry_run_report_shows_the_estimate_and_refuses_over_budget(priced):
-    from nbscale.celljob import prepare_cell
-
-    spec = JobSpec(Entry("bundle", "<cell>"), name="cell", backend="priced", max_runtime=30)
-    prepared = prepare_cell("x = 1\n", {}, spec.replace(max_cost=60.0))
-    text = prepared.dry_run()._repr_mimebundle_()["text/plain"]
-    assert "estimated cost: $3600.00/hour" in text and "at most $30.00" in text
-    over = prepare_cell("x = 1\n", {}, spec.replace(max_cost=10.0))
-    with pytest.raises(SpecError, match=r"\$20.00 over the budget of \$10.00"):
-        over.dry_run()
-
-
-def test_train_report_carries_the_estimate_when_the_job_costs_or_has_a_budget(priced):
-    from nbscale.magics.train import _note
-
-    from nbscale.celljob import prepare_cell
-
-    priced_cell = prepare_cell(
-        "x = 1\n", {}, JobSpec(Entry("bundle", "<cell>"), name="cell", backend="priced")
-    )
-    assert "estimated cost: $3600.00/hour" in _note(priced_cell)
-    free = prepare_cell("x = 1\n", {}, JobSpec(Entry("bundle", "<cell>"), name="cell"))
-    assert "estimated cost" not in _note(free)
-    budget = prepare_cell(
-        "x = 1\n", {}, JobSpec(Entry("bundle", "<cell>"), name="cell", max_cost=5.0)
-    )
-    assert "never reached" in _note(budget)
-
-
-def test_sagemaker_backend_takes_the_price_table_it_documents_and_refuses_bad_prices(priced):
-    from nbscale.backends.sagemaker.settings import settings as sagemaker_settings
-    from nbscale.config import BackendConfig
-
-    prod = priced.backend("prod")
-    base = {**prod.settings, "storage": "s3://bucket/nbscale"}
-    table = {**base, "spot_prices": {"ml.g5.xlarge": 0.5}, "spot_discount": 0.7}
-    sagemaker_settings(BackendConfig("prod", "sagemaker", table))  # accepted as documented
-    for bad, named in (
-        ({"prices": {"ml.g5.xlarge": "cheap"}}, "prices.ml.g5.xlarge"),
-        ({"spot_discount": 1.5}, "spot_discount"),
-        ({"prices": 3}, "prices"),
-    ):
-        with pytest.raises(SpecError, match=named.replace(".", r"\.")):
-            sagemaker_settings(BackendConfig("prod", "sagemaker", {**base, **bad}))

@@ -16,7 +16,6 @@ import pytest
 
 from nbscale import keys
 from nbscale.backends.endpoint_base import DeployRequest
-from nbscale.backends.sagemaker.endpoints import model_tarball
 from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
 from nbscale.store import get_store
@@ -262,10 +261,3 @@ def test_an_endpoint_that_fails_to_start_leaves_nothing(aws, tmp_path):
         k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
     }
     assert get_store().query_one("SELECT 1 FROM endpoints WHERE name = 'broken'") is None
-
-
-def test_model_tarball_is_reproducible(tmp_path):
-    artifact, _ = make_artifact(tmp_path / "a", name="same")
-    one = model_tarball(artifact, tmp_path / "1.tar.gz").read_bytes()
-    two = model_tarball(artifact, tmp_path / "2.tar.gz").read_bytes()
-    assert one == two

@@ -14,19 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from nbscale.errors import SignatureError
-from nbscale.serving import package
 from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
-from nbscale.serving.handler import ModelHandler
 from tests.support import wait_for
 from tests.support.emulators import free_port
 from tests.support.serving import (
     AUTH,
     TOKEN,
-    Scaler,
     Server,
     forward,
     infer_body,
@@ -314,31 +309,6 @@ def test_data_capture_writes_sampled_jsonl(tmp_path, serve):
     np.testing.assert_allclose(
         lines[0]["outputs"]["output"], forward(model, x), rtol=1e-5, atol=1e-6
     )
-
-
-def test_a_pickled_predict_object_is_signed_and_checked_before_unpickling(tmp_path):
-    out = package(Scaler(2.0), tmp_path / "art", "scaler")
-    handler = ModelHandler(out)
-    handler.load()
-    np.testing.assert_allclose(handler.run(np.ones((2, 4), np.float32)), 2 * np.ones((2, 4)))
-    # every file of the artifact is listed, hashed and HMAC-signed in nbscale.sig
-    assert "model.pkl" in (out / "nbscale.sig").read_text()
-    blob = (out / "model.pkl").read_bytes()
-    (out / "model.pkl").write_bytes(blob.replace(b"factor", b"factoR"))
-    with pytest.raises(SignatureError, match="model.pkl changed after the artifact was signed"):
-        ModelHandler(out)  # refused before anything is unpickled
-
-
-def test_package_refuses_what_it_cannot_serve(tmp_path):
-    from nbscale.errors import SpecError
-
-    with pytest.raises(SpecError, match="neither a torch.nn.Module nor has a predict"):
-        package(object(), tmp_path / "a", "x")
-    with pytest.raises(SpecError, match="input shape"):
-        package(torch.nn.ReLU(), tmp_path / "b", "x")
-    assert package(
-        torch.nn.ReLU(), tmp_path / "c", "x", example=np.zeros((2, 3), np.float32)
-    ).is_dir()
 
 
 def test_sagemaker_container_mode_serves_opt_ml_model_contract(tmp_path):

@@ -10,7 +10,6 @@ status codes that come back are compared with the expected ones.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import selectors
@@ -26,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nbscale.serving.artifact import sign
-from nbscale.serving.protocol import DTYPES, ProtocolError, TensorSpec, check_npy, decode_array
+from nbscale.serving.protocol import DTYPES
 from tests.support import wait_for
+from tests.support.npy import npy_bytes, npy_header
 from tests.support.serving import AUTH, TOKEN, Server, infer_body, make_artifact
 
 LIMITS = (
@@ -539,30 +539,17 @@ def test_fuzz_v2_binary_bodies_never_get_a_5xx(runtime, req, blob, header_len):
     )
 
 
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
 npy_bodies = st.one_of(
     st.binary(max_size=300),
     st.builds(
-        lambda shape, descr, tail: b"\x93NUMPY\x01\x00" + _npy_header(shape, descr) + tail,
+        lambda shape, descr, tail: b"\x93NUMPY\x01\x00" + npy_header(shape, descr) + tail,
         st.lists(st.integers(-2, 2**62), max_size=3),
         st.sampled_from(["<f4", "<f8", "|u1", "<i8", "|O", "<U3", "|b1", "<c8", "zz"]),
         st.binary(max_size=600),
     ),
-    st.builds(lambda n: _npy(np.ones((n, 64), np.float32)), st.integers(1, 4)),
-    st.builds(lambda n: _npy(np.full((n, 64), 300, np.int64)), st.integers(1, 2)),
+    st.builds(lambda n: npy_bytes(np.ones((n, 64), np.float32)), st.integers(1, 4)),
+    st.builds(lambda n: npy_bytes(np.full((n, 64), 300, np.int64)), st.integers(1, 2)),
 )
-
-
-def _npy_header(shape: list[int], descr: str) -> bytes:
-    text = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode()
-    pad = 64 - (10 + len(text) + 1) % 64
-    text = text + b" " * pad + b"\n"
-    return len(text).to_bytes(2, "little") + text
 
 
 @FUZZ
@@ -578,44 +565,6 @@ def test_fuzz_invocations_bodies_never_get_a_5xx(runtime, body, ctype, accept):
 
 
 # -- value and shape checks that used to overflow ------------------------------------------------
-
-
-def test_out_of_range_values_and_overflowing_shapes_are_400_that_say_why():
-    u8 = TensorSpec("x", (-1, 2), "UINT8")
-    f32 = TensorSpec("x", (-1, 2), "FP32")
-    cases = [
-        (u8, [1, 2], "UINT8", [300, 1], "out of range for UINT8"),
-        (u8, [1, 2], "UINT8", [-1, 1], "out of range for UINT8"),
-        (u8, [1, 2], "UINT8", [1.5, 1], "whole numbers"),
-        (f32, [1, 2], "FP32", [1e300, 1], "out of range for FP32"),
-        (f32, [1, 2], "FP32", ["1.5", 1], "not numbers"),
-        (f32, [2**62, 2], "FP32", [1, 2], "2 values given"),
-        (f32, [2**64, 2], "FP32", [1, 2], "2 values given"),
-        (f32, [True, 2], "FP32", [1, 2], "non-negative integers"),
-        (f32, [0, 2], "FP32", [], "no rows"),
-        (TensorSpec("x", (-1, 2), "INT64"), [1, 2], "INT64", [2**70, 1], "not numbers"),
-    ]
-    for spec, shape, dtype, data, needle in cases:
-        with pytest.raises(ProtocolError) as err:
-            decode_array(spec, shape, dtype, data)
-        assert err.value.status == 400 and needle in err.value.message, (data, err.value.message)
-    np.testing.assert_array_equal(decode_array(u8, [1, 2], "UINT8", [255, 0]), [[255, 0]])
-    # a binary tensor whose shape overflows int64 is refused, not wrapped to 0 elements
-    with pytest.raises(ProtocolError, match="bytes of binary data"):
-        decode_array(f32, [2**62, 2], "FP32", None, raw=b"")
-
-
-def test_a_npy_header_is_checked_before_anything_is_allocated():
-    spec = TensorSpec("x", (-1, 64), "FP32")
-    huge = b"\x93NUMPY\x01\x00" + _npy_header([2**40, 64], "<f4")
-    with pytest.raises(ProtocolError, match="declares shape"):
-        check_npy(huge, spec)
-    with pytest.raises(ProtocolError, match="shape"):
-        check_npy(_npy(np.ones((2, 3), np.float32)), spec)
-    with pytest.raises(ProtocolError, match="dtype"):
-        check_npy(b"\x93NUMPY\x01\x00" + _npy_header([1, 64], "|O"), spec)
-    check_npy(_npy(np.ones((2, 64), np.float32)), spec)
-    check_npy(_npy(np.ones(64, np.float32)), spec)  # one row without the batch axis
 
 
 def test_a_500_says_only_an_id_which_the_server_log_carries(tmp_path, one_server):
@@ -666,27 +615,6 @@ def test_sigterm_drains_requests_in_flight_and_closes_idle_connections(tmp_path,
     assert idle.recv(4096) == b""
     idle.close()
     assert server.proc.wait(20) == 0
-
-
-def test_batching_off_runs_each_request_alone_with_its_own_rows():
-    import asyncio
-
-    from nbscale.serving.batching import Batcher
-
-    async def go():
-        sizes: list[int] = []
-        b = Batcher(lambda x: x * 2, max_batch_size=1, on_batch=lambda n, s: sizes.append(n))
-        b.start()
-        first = await b.submit(np.full((1, 2), -1, np.float32))  # measured: then the direct path
-        outs = await asyncio.gather(*(b.submit(np.full((1, 2), i, np.float32)) for i in range(20)))
-        await b.stop()
-        return first, outs, sizes
-
-    first, outs, sizes = asyncio.run(go())
-    np.testing.assert_array_equal(first, [[-2, -2]])
-    for i, out in enumerate(outs):
-        np.testing.assert_array_equal(out, np.full((1, 2), 2 * i))
-    assert sizes == [1] * 21
 
 
 @pytest.mark.parametrize("option", ["--port", "--metrics-port"])
