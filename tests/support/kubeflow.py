@@ -179,3 +179,22 @@ def run_nodes(
     kind = "Complete" if codes == [0] * nnodes else "Failed"
     api.patch_trainjob_status(NS, body["metadata"]["name"], {"conditions": [condition(kind)]})
     return codes
+
+
+SPOT = """
+spot_node_selector = { "karpenter.sh/capacity-type" = "spot" }
+spot_tolerations = [{ key = "spot", operator = "Exists", effect = "NoSchedule" }]
+checkpoint_volume = "nbscale-checkpoints"
+tolerations = [{ key = "nvidia.com/gpu", operator = "Exists", effect = "NoSchedule" }]
+"""
+
+
+def add_settings(nbscale_home: Path, text: str) -> None:
+    conf = nbscale_home / "config.toml"
+    conf.write_text(conf.read_text() + text)
+
+
+def pod_spec(body: dict) -> dict:
+    return body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+        "replicatedJobs"
+    ][0]["template"]["spec"]["template"]["spec"]
