@@ -1,4 +1,4 @@
-"""The SageMaker job backend against a local AWS (moto behind tests/aws_emulator.py).
+"""The SageMaker job backend against a local AWS (moto behind tests/support/aws_emulator.py).
 
 Every call is a real boto3 call: botocore checks the request shapes before they leave,
 and the emulator keeps every body so the tests can check what was (never) sent.

@@ -4,7 +4,7 @@
     NBSCALE_SAGEMAKER_ROLE=arn:aws:iam::ACCOUNT:role/ROLE \\
     NBSCALE_SAGEMAKER_STORAGE=s3://BUCKET/nbscale-test \\
     AWS_PROFILE=... AWS_REGION=us-east-1 \\
-    python -m pytest -q -p no:cacheprovider tests/test_sagemaker_real.py
+    python -m pytest -q -p no:cacheprovider tests/integration/test_sagemaker_real.py
 
 The role needs the SageMaker execution permissions, read/write on the bucket prefix and
 ``secretsmanager:GetSecretValue`` on ``nbscale/sagemaker-real/*``. What it costs (us-east-1

@@ -44,6 +44,7 @@ def population():
     return Baseline.from_data(train), train, held_out
 
 
+@pytest.mark.slow  # calibration over many windows: most of the unit tier's time
 def test_false_alarms_stay_under_one_percent_per_feature_and_window(population):
     # Given a baseline and 300 windows of 500 rows drawn by permutation from held-out rows
     # of the same distribution
@@ -61,6 +62,7 @@ def test_false_alarms_stay_under_one_percent_per_feature_and_window(population):
     assert alarms.max() / n_windows <= 0.01, alarms
 
 
+@pytest.mark.slow  # calibration over many windows: most of the unit tier's time
 def test_half_a_standard_deviation_in_one_feature_of_64_is_found_in_95_percent_of_windows(
     population,
 ):

@@ -166,7 +166,7 @@ def test_rest_api_never_answers_5xx_and_every_4xx_says_what_is_wrong(case, jupyt
     if case.method == "GET" and "job_id" in params and hash(repr(case.query)) % 2:
         params["job_id"] = SEEDED
     # the schema's security scheme makes schemathesis invent tokens: send the real one
-    # (answers without it are covered by tests/test_server_ext_auth.py)
+    # (answers without it are covered by tests/integration/test_server_ext_auth.py)
     case.headers = {**(case.headers or {}), "Authorization": f"token {jupyter['token']}"}
     response = case.call(base_url=jupyter["url"], timeout=60)
     where = f"{case.method} {case.formatted_path} -> {response.status_code}"

@@ -1,7 +1,7 @@
 """R8: planted secrets never appear in the store, a bundle, a log, a spec printout or a
 panel payload.
 
-Planted: AWS keys in the environment (tests/emulators.AWS_ENV) and in the config
+Planted: AWS keys in the environment (tests/support/emulators.AWS_ENV) and in the config
 (``aws_secret_access_key`` of a backend), a token passed with ``--env MY_API_TOKEN=``, a
 password passed with ``--secret-env``, a Hugging Face token that is only in the submitting
 environment. A script job, a %%train-style cell bundle and a dry run go through the CLI;
@@ -11,7 +11,7 @@ captured bundle and the job's folder) is grepped for every planted value. The jo
 the values they were given. The figure in the README reliability section: planted values x
 places looked, and the hits (0). (Remote homes: the SageMaker, Kubeflow and leave-the-machine
 tests grep the container homes and the bodies sent to the emulators with the same
-tests/emulators helpers.)
+tests/support/emulators helpers.)
 """
 
 from __future__ import annotations
