@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bundle
+from .backends.base import DryRun as PlatformDryRun
 from .capture import Capture, capture
 from .jobs import Job, submit
 from .runtime.cell import KIND
@@ -90,15 +91,16 @@ class DryRun:
     def spec_json(self) -> str:
         return json.dumps(self.prepared.spec.to_dict(), indent=2)
 
-    def platform_request(self) -> dict[str, Any] | None:
-        """What a cloud backend would send (SageMaker: the CreateTrainingJob request), built
-        without uploading or creating anything; None for a backend without one."""
+    def platform_request(self) -> PlatformDryRun | None:
+        """What a backend that sends a platform request (``JobBackend.sends_request``) would
+        send: Kubeflow's objects, SageMaker's CreateTrainingJob request, built without
+        uploading or creating anything; None for a backend without one (local)."""
         from .backends import get_backend
         from .jobs import dry_run_record
 
         spec = self.prepared.spec
         backend = get_backend(spec.backend)
-        if not hasattr(backend, "dry_run"):
+        if not backend.sends_request:
             return None
         self.prepared.write()  # hashed, never sent; removed below
         try:
@@ -113,8 +115,7 @@ class DryRun:
 
         report = self.prepared.report()
         request = self.platform_request()
-        # a YAML manifest (kubeflow) is shown as it is; a request dict as JSON
-        body = request if isinstance(request, str) else json.dumps(request, indent=2)
+        body = request.text() if request is not None else ""
         shown = f"\nrequest:\n{body}" if request is not None else ""
         text = (
             f"dry run: nothing submitted\n{report.text()}\n{self.estimate}\n"

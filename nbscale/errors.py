@@ -61,3 +61,23 @@ class JobFailed(NbscaleError):
 
 class SignatureError(NbscaleError):
     """A bundle or result whose HMAC does not match; nothing was unpickled."""
+
+
+class WaitTimeout(NbscaleError, TimeoutError):
+    """A wait (a job to end, an endpoint to serve) that ran out of time: what was waited for,
+    the state it was last seen in, and what to do. Still a ``TimeoutError``."""
+
+    def __init__(
+        self,
+        what: str,
+        state: str,
+        timeout: float,
+        hint: str | None = None,
+        detail: str | None = None,
+    ):
+        self.what = what
+        self.state = state
+        self.timeout = timeout
+        self.detail = detail
+        message = f"{what} is still {state} after {timeout:g} s"
+        super().__init__(f"{message} ({detail})" if detail else message, hint)

@@ -10,7 +10,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from . import paths
 from .backends import JobBackend, LogChunk, backend_for, get_backend
@@ -63,17 +63,25 @@ class Job:
         poll: float = 0.1,
         on_update: Callable[[JobRecord], None] | None = None,
         raise_on_failure: bool = False,
+        progress: IO[str] | None = None,
     ) -> JobRecord:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self.refresh()
-            if on_update:
-                on_update(record)
-            if record.terminal:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} still {record.status} after {timeout} s")
-            time.sleep(poll)
+        """Until the job has ended; ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` s,
+        the job going on. ``progress``: a stream for one line each time the state changes."""
+        from .backends.remote.lifecycle import wait_for
+
+        record = wait_for(
+            f"job {self.id}",
+            self.refresh,
+            lambda r: r.status,
+            lambda r: r.terminal,
+            timeout=timeout,
+            interval=poll,
+            hint=f"it goes on: follow it with nbscale logs -f {self.id}, "
+            f"or stop it with nbscale cancel {self.id}",
+            detail=lambda r: r.info.get("phase"),
+            progress=progress,
+            on_update=on_update,
+        )
         if raise_on_failure and record.status != SUCCEEDED:
             raise JobFailed(
                 f"job {self.id} {record.status.lower()}: {record.error or ''}".rstrip(": "),

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ..config import BackendConfig
 from ..errors import SpecError
@@ -50,6 +50,38 @@ class LogChunk:
         }
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What ``submit`` would send to a platform, built without sending, uploading or storing
+    anything: ``documents`` (Kubernetes objects, an API request...) shown as ``format``, and
+    ``notes`` about them. ``text()`` is what ``nbscale run --dry-run`` and
+    ``%%train --dry-run`` print."""
+
+    documents: list[dict[str, Any]]
+    format: Literal["yaml", "json"] = "json"
+    notes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        """The documents as YAML (one stream, ``---`` between) or JSON (one document as an
+        object, several as a list), after the notes as ``# `` lines."""
+        if self.format == "yaml":
+            import yaml
+
+            body = yaml.safe_dump_all(self.documents, sort_keys=False, default_flow_style=False)
+        else:
+            import json
+
+            shown = self.documents[0] if len(self.documents) == 1 else self.documents
+            body = json.dumps(shown, indent=2)
+        return "".join(f"# {note}\n" for note in self.notes) + body
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "documents": self.documents, "notes": list(self.notes)}
+
+
 class JobBackend(ABC):
     """Submit, status, logs, cancel and list for jobs of one kind of platform."""
 
@@ -59,10 +91,30 @@ class JobBackend(ABC):
     unsupported: ClassVar[dict[str, str]] = {}
     #: whether ``spec.spot`` (spot/preemptible capacity) means something here
     supports_spot: ClassVar[bool] = False
+    #: whether ``submit`` sends objects to a platform (manifests, an API request) that
+    #: ``--dry-run`` shows: it checks the spec, then prints ``dry_run(record).text()``; a
+    #: backend without (local) has only the spec to show, which ``--dry-run`` prints anyway
+    sends_request: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig, store: Store):
         self.config = config
         self.store = store
+
+    @classmethod  # noqa: B027 - most backends have no client to make ahead
+    def prewarm(cls, bconf: BackendConfig) -> None:
+        """Make slow API clients ahead of the first job (``nbscale.backends.prewarm`` calls it
+        in a background thread at ``%load_ext nbscale``); it must never raise."""
+
+    def dry_run(self, record: JobRecord) -> DryRun:
+        """What ``submit`` would send for ``record`` (``nbscale.jobs.dry_run_record``), built
+        without sending, uploading or writing anything; the caller has checked the spec
+        (``check_resources``, ``validate``). A backend that sends nothing to a platform
+        (``sends_request`` False) shows the spec it runs."""
+        return DryRun(
+            [record.spec],
+            "json",
+            [f"the {self.type} backend sends no platform request: it runs this spec"],
+        )
 
     def limits(self) -> dict[str, int]:
         """Upper bounds this backend can honour: ``nodes``, ``procs_per_node``,

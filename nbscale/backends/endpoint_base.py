@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
@@ -62,6 +62,10 @@ class EndpointBackend(ABC):
     #: whether the platform's own serving side applies ``idle_ttl`` (the local router);
     #: otherwise nbscale's detached idle watcher deletes the endpoint when it is idle
     applies_idle_ttl: ClassVar[bool] = False
+    #: seconds ``wait`` allows an endpoint to start serving
+    deploy_timeout: ClassVar[float] = 900.0
+    #: where ``wait`` writes a line each time the endpoint's state changes (None: silent)
+    progress: IO[str] | None = None
 
     def __init__(self, config: BackendConfig, store: Store):
         self.config = config
@@ -103,6 +107,29 @@ class EndpointBackend(ABC):
     @abstractmethod
     def status(self, record: EndpointRecord) -> EndpointRecord:
         """Refresh the record from the platform (READY, SCALED_TO_ZERO, STARTING, FAILED...)."""
+
+    def wait(self, name: str, timeout: float | None = None) -> EndpointRecord:
+        """Poll ``status`` until endpoint ``name`` serves (READY or SCALED_TO_ZERO) and return
+        its record; the endpoint's error when it FAILED, ``WaitTimeout`` after ``timeout`` s
+        (default ``deploy_timeout``). Progress lines go to ``progress``."""
+        from ..store.endpoints import FAILED, READY, SCALED_TO_ZERO, get_endpoint
+        from .remote.lifecycle import wait_for
+
+        return wait_for(
+            f"endpoint {name}",
+            lambda: self.status(get_endpoint(self.store, name)),
+            lambda rec: rec.status,
+            lambda rec: rec.status in (READY, SCALED_TO_ZERO),
+            timeout=self.deploy_timeout if timeout is None else timeout,
+            interval=0.5,
+            hint=f"see why with: nbscale endpoints; remove it with: nbscale undeploy {name}",
+            failure=lambda rec: (
+                BackendUnavailable(f"endpoint {name!r} failed: {rec.error}")
+                if rec.status == FAILED
+                else None
+            ),
+            progress=self.progress,
+        )
 
     def display_status(self, record: EndpointRecord) -> str:
         """The status to show without asking the platform (cheap; the stored one by default)."""

@@ -102,11 +102,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..jobs import dry_run_record
 
         backend = get_backend(spec.backend)
-        if hasattr(backend, "dry_run"):  # the exact platform objects, never sent
+        if backend.sends_request:  # the exact platform objects, never sent
             backend.check_resources(spec)
             backend.validate(spec)
-            request = backend.dry_run(dry_run_record(spec, backend))
-            print(request if isinstance(request, str) else json.dumps(request, indent=2))
+            print(backend.dry_run(dry_run_record(spec, backend)).text())
         return 0
     handle = submit(spec)
     if args.detach:

@@ -380,23 +380,29 @@ class KServeEndpoints(EndpointBackend):
         )
         return get_endpoint(self.store, record.name)
 
-    def wait(self, name: str, timeout: float = DEPLOY_TIMEOUT) -> EndpointRecord:
-        deadline = time.monotonic() + timeout
-        while True:
-            rec = self.status(get_endpoint(self.store, name))
-            if rec.status in (READY, SCALED_TO_ZERO):
-                return rec
-            if rec.status == FAILED:
-                raise BackendUnavailable(
-                    f"endpoint {name!r} failed: {rec.error}",
-                    f"kubectl -n {rec.config.get('namespace')} describe isvc {name}",
-                )
-            if time.monotonic() > deadline:
-                raise BackendUnavailable(
-                    f"endpoint {name!r} is not ready after {timeout:.0f} s ({rec.error or 'no reason given'})",
-                    f"kubectl -n {rec.config.get('namespace')} describe isvc {name}",
-                )
-            time.sleep(min(self.settings.poll_seconds, 1.0) or 0.2)
+    def wait(self, name: str, timeout: float | None = None) -> EndpointRecord:
+        """Poll the InferenceService until it serves (READY or SCALED_TO_ZERO) or fails."""
+        from ..remote.lifecycle import wait_for
+
+        def describe(rec: EndpointRecord) -> str:
+            return f"kubectl -n {rec.config.get('namespace')} describe isvc {name}"
+
+        return wait_for(
+            f"endpoint {name!r}",
+            lambda: self.status(get_endpoint(self.store, name)),
+            lambda rec: rec.status,
+            lambda rec: rec.status in (READY, SCALED_TO_ZERO),
+            timeout=DEPLOY_TIMEOUT if timeout is None else timeout,
+            interval=min(self.settings.poll_seconds, 1.0) or 0.2,
+            hint=describe,
+            failure=lambda rec: (
+                BackendUnavailable(f"endpoint {name!r} failed: {rec.error}", describe(rec))
+                if rec.status == FAILED
+                else None
+            ),
+            detail=lambda rec: rec.error or "no reason given",
+            progress=self.progress,
+        )
 
     # -- status -----------------------------------------------------------------------
     def predictor_problems(self, rec: EndpointRecord) -> list[str]:

@@ -1,31 +1,27 @@
 """The Kubeflow job backend: ``%%train`` cells and ``nbscale run -m module`` as TrainJobs.
 
 submit: the signing keys go to a Secret (created or updated; only its name is in the
-TrainJob), the bundle to object storage content-addressed, or, under 900 KiB, to a
-ConfigMap the pods mount; then the TrainJob (``manifests.trainjob``). status: the
+TrainJob), the bundle (canonical, ``nbscale.backends.remote.lifecycle``) to object storage
+content-addressed, or, under 900 KiB, to a ConfigMap the pods mount; then the TrainJob
+(``manifests.trainjob``). status: the
 TrainJob's conditions and ``jobsStatus``, and the node pods' own state, so a pod that
 cannot be scheduled, cannot pull its image, is OOM-killed or crash-loops is reported
 (the job's phase, and an event) while it happens. When the TrainJob ends, the
-outputs come home from object storage (``nbscale.backends.remote.staging.collect``). logs: every node
-pod by label selector, split by rank (``podlogs``). cancel: the TrainJob and the
-ConfigMap are deleted.
+outputs come home from object storage (``nbscale.backends.remote.staging.collect``). logs: every
+node pod by label selector, split by rank (``podlogs``), mirrored into the job's folder by
+``RemoteJobBackend``. cancel: the TrainJob and the ConfigMap are deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
-import shutil
 import threading
 import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ... import storage
 from ...errors import BackendUnavailable, NbscaleError, SpecError
@@ -42,7 +38,8 @@ from ...store.jobs import (
     get_job,
     update_job,
 )
-from ..base import JobBackend, LogChunk
+from ..base import DryRun
+from ..remote.lifecycle import RemoteJobBackend, canonical_bundle
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
 from .podlogs import LogState, PodCursor, RankWriter, copy_pod_log, since_seconds
@@ -60,56 +57,29 @@ BAD_WAITING = {
 }
 
 
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def canonical_bundle(path: Path) -> Path:
-    """The bundle with every entry's timestamp at the zip epoch, so that the same cell with
-    the same inputs is the same bytes (and the same object in storage) on every run. The
-    signature covers the manifest, not the archive's metadata: it still verifies."""
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-        if all(i.date_time == ZIP_EPOCH for i in infos):
-            return path
-        out = path.with_name(path.stem + ".canonical.zip")
-        tmp = out.with_suffix(".tmp")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zo:
-            for info in infos:
-                fresh = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
-                fresh.compress_type = zipfile.ZIP_STORED
-                fresh.external_attr = 0o600 << 16
-                with (
-                    zf.open(info) as src,
-                    zo.open(fresh, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst,
-                ):
-                    shutil.copyfileobj(src, dst, 1 << 20)
-    os.chmod(tmp, 0o600)
-    tmp.replace(out)
-    return out
-
-
 def dump_yaml(objects: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+    return DryRun(objects, "yaml").text()
 
 
-class KubeflowBackend(JobBackend):
+class KubeflowBackend(RemoteJobBackend):
     type = "kubeflow"
     unsupported = {
         "checkpoint_dir": "a path on this machine means nothing in a pod; "
         "save checkpoints to object storage from the job",
     }
     supports_spot = True  # spot_node_selector / spot_tolerations (settings.require_spot)
+    file_mount = mf.BUNDLE_MOUNT  # a script or notebook travels in the bundle ConfigMap
+    container_drops = ("secret_env",)
 
     def __init__(self, config, store):
         super().__init__(config, store)
         self.settings: KubeflowSettings = settings(config)
         self._cluster: Cluster | None = None
         self._lock = threading.Lock()
-        self._log_times: dict[str, float] = {}
         self._looked: dict[str, float] = {}
 
-    @staticmethod
-    def prewarm(bconf) -> None:
+    @classmethod
+    def prewarm(cls, bconf) -> None:
         """At ``%load_ext nbscale``, in a background thread: import the kubernetes client,
         read the kube config and make the S3 client once, so the first cell does not."""
         try:
@@ -167,17 +137,6 @@ class KubeflowBackend(JobBackend):
             )
         self.settings.require_storage("a Kubeflow job (its outputs come back that way)")
         mf.job_labels("check", spec.to_dict(), self.settings)
-
-    def container_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """The spec the pods run: no local paths."""
-        spec = json.loads(json.dumps(spec))
-        if spec.get("entry", {}).get("kind") == "bundle":
-            spec["entry"]["target"] = "cell.zip"
-        elif spec.get("entry", {}).get("kind") in ("script", "notebook"):  # the ConfigMap
-            spec["entry"]["target"] = f"{mf.BUNDLE_MOUNT}/{Path(spec['entry']['target']).name}"
-        spec["checkpoint_dir"] = None
-        spec.pop("secret_env", None)
-        return spec
 
     def _wheelhouse_url(
         self, store: storage.ObjectStore, upload: bool, kind: str = "job"
@@ -278,7 +237,7 @@ class KubeflowBackend(JobBackend):
         except NbscaleError:
             return self.settings.namespace or "default"
 
-    def dry_run(self, record: JobRecord) -> str:
+    def dry_run(self, record: JobRecord) -> DryRun:
         """The exact objects ``submit`` would send, as YAML (the Secret's value redacted)."""
         staged, data, body = self.plan(record, upload=False)
         namespace = body["metadata"]["namespace"]
@@ -290,7 +249,7 @@ class KubeflowBackend(JobBackend):
             objects.append(
                 mf.bundle_configmap(record.id, data, namespace, key=staged.configmap_key)
             )
-        return dump_yaml(objects)
+        return DryRun(objects, "yaml")
 
     def ensure_key_secret(self) -> None:
         ensure_key_secret(self.cluster(), self.settings)
@@ -522,7 +481,7 @@ class KubeflowBackend(JobBackend):
         return get_job(self.store, record.id)
 
     def _finish(self, record, obj, status, conds) -> JobRecord:
-        from ..remote.staging import collect, settle
+        from ..remote.staging import collect
 
         cond = conds.get("Failed" if status == FAILED else "Complete", {})
         error = (
@@ -531,10 +490,13 @@ class KubeflowBackend(JobBackend):
             else None
         )
         fields: dict[str, Any] = {"ended": time.time(), "info_patch": {"phase": "ended"}}
+        if record.started is None:
+            fields["started"] = record.created
         # the pods may be gone already; the outputs say what happened
         with contextlib.suppress(NbscaleError):
-            self._sync_logs(record, final=True)
-        status, error = settle(
+            self.mirror_logs(record, final=True)
+        self.end(
+            record,
             status,
             error,
             fields,
@@ -544,24 +506,14 @@ class KubeflowBackend(JobBackend):
                 record.info["outputs_uri"],
                 int(record.spec.get("nodes") or 1),
             ),
-            SUCCEEDED,
-            FAILED,
         )
-        if record.started is None:
-            fields["started"] = record.created
-        update_job(self.store, record.id, status=status, error=error, **fields)
         return get_job(self.store, record.id)
 
-    # -- logs, metrics, cancel ----------------------------------------------------------
-    def _sync_logs(self, record: JobRecord, final: bool = False) -> None:
-        if not record.native_id or record.info.get("logs_complete"):
-            return
-        last = self._log_times.get(record.id, float("-inf"))
-        if not final and time.monotonic() - last < 1.0:
-            return
-        self._log_times[record.id] = time.monotonic()
+    # -- logs, cancel -------------------------------------------------------------------
+    def fetch_logs(self, record: JobRecord, jobdir: JobDir) -> None:
+        """New lines of every node pod's log (``podlogs``), from where the last copy ended."""
         cluster = self.cluster()
-        jobdir = JobDir(record.info["job_dir"]).make()
+        jobdir.make()
         state_file = jobdir.path / "kube-logs.json"
         state = LogState.load(state_file)
         nproc = int(record.spec.get("procs_per_node") or 1)
@@ -592,26 +544,6 @@ class KubeflowBackend(JobBackend):
             if pod.status.phase in ("Succeeded", "Failed"):
                 cursor.done = True
         state.save(state_file)
-        if final:
-            update_job(
-                self.store, record.id, only_if_active=False, info_patch={"logs_complete": True}
-            )
-
-    def ranks(self, record: JobRecord) -> list[int]:
-        if record.status in ACTIVE:
-            self._sync_logs(record)
-        return JobDir(record.info["job_dir"]).log_ranks()
-
-    def logs(
-        self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
-    ) -> LogChunk:
-        if record.status in ACTIVE:
-            self._sync_logs(record)
-        return LogChunk.read(JobDir(record.info["job_dir"]).log(rank), rank, offset, max_bytes)
-
-    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
-        # log_metric writes inside the pods; what came home with the outputs is here
-        return JobDir(record.info["job_dir"]).metrics()
 
     def _delete_trainjob(self, name: str, namespace: str | None = None) -> None:
         cluster = self.cluster()
@@ -636,7 +568,7 @@ class KubeflowBackend(JobBackend):
         if record.native_id:
             namespace = record.info.get("namespace")
             with contextlib.suppress(NbscaleError):
-                self._sync_logs(record, final=True)
+                self.mirror_logs(record, final=True)
             self._delete_trainjob(record.native_id, namespace)
             if record.info.get("configmap"):
                 cluster = self.cluster()

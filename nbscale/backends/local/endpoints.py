@@ -206,6 +206,11 @@ class LocalEndpoints(EndpointBackend):
             timeout=30
         )  # the intermediate exits at once; the router lives on, re-parented to init
 
+    def wait(self, name: str, timeout: float | None = None) -> EndpointRecord:
+        """Until the router says the endpoint serves (its record, not ``status``: that
+        restarts a dead router)."""
+        return self.wait_started(name, START_TIMEOUT_S if timeout is None else timeout)
+
     def wait_started(self, name: str, timeout: float = START_TIMEOUT_S) -> EndpointRecord:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -383,30 +383,31 @@ class SageMakerEndpoints(EndpointBackend):
         )
         return self.wait(name)
 
-    def wait(self, name: str, timeout: float = DEPLOY_TIMEOUT) -> EndpointRecord:
+    def wait(self, name: str, timeout: float | None = None) -> EndpointRecord:
         """Poll DescribeEndpoint until it serves (or fails), with one progress line per change."""
-        started = time.monotonic()
-        last = None
-        while True:
-            rec = self.status(get_endpoint(self.store, name))
-            desc = rec.config.get("sagemaker", {}).get("last", {})
-            state = desc.get("EndpointStatus")
-            if state != last and self.progress is not None:
-                self.progress.write(
-                    f"endpoint {name}: {state} ({time.monotonic() - started:.0f} s)\n"
-                )
-                self.progress.flush()
-                last = state
-            if state == "InService":
-                return rec
-            if rec.status == FAILED:
-                raise NbscaleError(
+        from ..remote.lifecycle import wait_for
+
+        def state(rec: EndpointRecord) -> str:
+            return str(rec.config.get("sagemaker", {}).get("last", {}).get("EndpointStatus"))
+
+        return wait_for(
+            f"endpoint {name}",
+            lambda: self.status(get_endpoint(self.store, name)),
+            state,
+            lambda rec: state(rec) == "InService",
+            timeout=DEPLOY_TIMEOUT if timeout is None else timeout,
+            interval=min(5.0, self.settings.poll_seconds) or 0.05,
+            hint=f"see its CloudWatch logs (/aws/sagemaker/Endpoints/{name}) and nbscale endpoints",
+            failure=lambda rec: (
+                NbscaleError(
                     f"endpoint {name} failed: {rec.error}",
                     f"see its CloudWatch logs, then nbscale undeploy {name}",
                 )
-            if time.monotonic() - started > timeout:
-                raise NbscaleError(f"endpoint {name} is still {state} after {timeout:.0f} s")
-            time.sleep(min(5.0, self.settings.poll_seconds) or 0.05)
+                if rec.status == FAILED
+                else None
+            ),
+            progress=self.progress,
+        )
 
     # -- autoscaling ----------------------------------------------------------------------
     def _autoscale(self, rec: EndpointRecord, lo: int, hi: int) -> None:

@@ -9,7 +9,8 @@ they appear; when the job completes, ``model.tar.gz`` (what SageMaker collected 
 ``outputs/`` where ``nbscale.results`` verifies it before loading (only algo-1's
 ``/opt/ml/model`` is relied on; other hosts' node records come from their log streams).
 logs: CloudWatch
-Logs, every instance's stream, split by rank (``logs.sync``). cancel: StopTrainingJob.
+Logs, every instance's stream, split by rank (``logs.sync``) and mirrored into the job's folder
+by ``RemoteJobBackend``. cancel: StopTrainingJob.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
 import tarfile
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +32,8 @@ from ...errors import BackendUnavailable, NbscaleError, SpecError
 from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
 from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, add_event, get_job, update_job
-from ..base import JobBackend, LogChunk
+from ..base import DryRun
+from ..remote.lifecycle import RemoteJobBackend, canonical_bundle
 from . import logs as cw
 from . import request as req
 from . import secrets as sm_secrets
@@ -65,20 +65,6 @@ def client_error(exc: Exception, what: str) -> NbscaleError:
         }.get(code)
         return NbscaleError(f"{what}: {code}: {message}", hint)
     return BackendUnavailable(f"{what}: {exc}", "check the network, the region and endpoint_url")
-
-
-def canonical_bundle(source: Path, dest: Path) -> Path:
-    """The bundle with every zip member dated 1980-01-01: the same cell and inputs give the
-    same bytes whenever they are captured, so content addressing finds them in S3. The
-    manifest, its signature and the parts are copied unchanged (still verified as before)."""
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
-        for info in src.infolist():
-            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
-            fixed.compress_type = zipfile.ZIP_STORED
-            fixed.external_attr = 0o600 << 16
-            with src.open(info) as fh, out.open(fixed, "w", force_zip64=True) as dst:
-                shutil.copyfileobj(fh, dst, 1 << 20)
-    return dest
 
 
 def _inspect_bundle(spec: dict[str, Any], store: storage.ObjectStore, folder: Path):
@@ -120,12 +106,13 @@ def _prefix(uri: str) -> str:
     return uri.rsplit("/", 1)[0] + "/"
 
 
-class SageMakerBackend(JobBackend):
+class SageMakerBackend(RemoteJobBackend):
     type = "sagemaker"
     supports_spot = True
+    file_mount = f"{req.DATA}/code"  # a script or notebook alone, in the code channel
 
-    @staticmethod
-    def prewarm(bconf) -> None:
+    @classmethod
+    def prewarm(cls, bconf) -> None:
         from .settings import prewarm
 
         prewarm(bconf)
@@ -135,7 +122,6 @@ class SageMakerBackend(JobBackend):
         self.settings: SageMakerSettings = settings(config)
         self._clients: dict[str, Any] = {}
         self._described: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._log_times: dict[str, float] = {}
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -182,18 +168,6 @@ class SageMakerBackend(JobBackend):
         if kind == "bundle" and not Path(spec.entry.target).is_file():
             raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
         req.check_spec(spec.to_dict(), self.settings)
-
-    def container_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """The spec the container runs: no local paths, no S3 checkpoint URI (SageMaker
-        syncs ``/opt/ml/checkpoints`` with CheckpointConfig itself)."""
-        spec = json.loads(json.dumps(spec))
-        entry = spec.get("entry", {})
-        if entry.get("kind") == "bundle":
-            entry["target"] = "cell.zip"
-        elif entry.get("kind") in ("script", "notebook"):  # the file alone, in the code channel
-            entry["target"] = f"{req.DATA}/code/{Path(entry['target']).name}"
-        spec["checkpoint_dir"] = None
-        return spec
 
     def _spec_file(self, record: JobRecord, spec: dict[str, Any], folder: Path) -> Path:
         from ...runtime.launch import encode_spec
@@ -340,8 +314,9 @@ class SageMakerBackend(JobBackend):
                 SecretId=arn, ForceDeleteWithoutRecovery=True
             )
 
-    def dry_run(self, record: JobRecord) -> dict[str, Any]:
-        return self.training_request(record, upload=False)
+    def dry_run(self, record: JobRecord) -> DryRun:
+        """The exact CreateTrainingJob request, as JSON; nothing uploaded or created."""
+        return DryRun([self.training_request(record, upload=False)], "json")
 
     def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
         self.settings.require_credentials()
@@ -437,26 +412,16 @@ class SageMakerBackend(JobBackend):
         return self._finish(record, desc, mapped, fields)
 
     def _finish(self, record, desc, mapped, fields) -> JobRecord:
-        from ..remote.staging import settle
-
         ended = desc.get("TrainingEndTime") or desc.get("LastModifiedTime")
         fields["ended"] = ended.timestamp() if ended is not None else time.time()
-        status, error = mapped.status, mapped.error
-        if status in (SUCCEEDED, FAILED):
+        if mapped.status in (SUCCEEDED, FAILED):
             fields.setdefault("restarts", record.restarts)
-            if status == FAILED:  # the node records that reached CloudWatch name the cause
-                with contextlib.suppress(Exception):
-                    cw.sync(
-                        self.client("logs"),
-                        JobDir(record.info["job_dir"]),
-                        record.native_id,
-                        int(record.spec.get("procs_per_node") or 1),
-                    )
-            status, error = settle(
-                status, error, fields, lambda: self.collect(record, desc), SUCCEEDED, FAILED
-            )
-        fields["info_patch"]["phase"] = "ended"
-        ended = update_job(self.store, record.id, status=status, error=error, **fields)
+        if mapped.status == FAILED:  # the node records that reached CloudWatch name the cause
+            with contextlib.suppress(Exception):
+                self.fetch_logs(record, JobDir(record.info["job_dir"]))
+        ended = self.end(
+            record, mapped.status, mapped.error, fields, lambda: self.collect(record, desc)
+        )
         if ended and record.info.get("env_secret_arn"):
             self._delete_env_secret(record.info["env_secret_arn"])
         return get_job(self.store, record.id)
@@ -488,17 +453,9 @@ class SageMakerBackend(JobBackend):
             local = storage.store_for(str(unpacked))
             return collect(record.id, local, str(unpacked), nodes, reported)
 
-    # -- logs, metrics, cancel ----------------------------------------------------------
-    def _sync_logs(self, record: JobRecord) -> None:
-        if not record.native_id:
-            return
-        jobdir = JobDir(record.info["job_dir"])
-        if record.terminal and record.info.get("logs_complete"):
-            return
-        last = self._log_times.get(record.id, float("-inf"))
-        wait = min(self.settings.poll_seconds, 2.0) if not record.terminal else 0.5
-        if time.monotonic() - last < wait:
-            return
+    # -- logs, cancel -------------------------------------------------------------------
+    def fetch_logs(self, record: JobRecord, jobdir: JobDir) -> None:
+        """New events of every instance's CloudWatch stream (``logs.sync``)."""
         try:
             cw.sync(
                 self.client("logs"),
@@ -508,29 +465,13 @@ class SageMakerBackend(JobBackend):
             )
         except Exception as exc:  # noqa: BLE001
             raise client_error(exc, "reading CloudWatch Logs") from None
-        self._log_times[record.id] = time.monotonic()
+
+    def log_interval(self, record: JobRecord) -> float | None:
         # CloudWatch delivers the last lines a little after the job ends: keep reading a while
-        if record.terminal and time.time() - (record.ended or 0) > LOG_SETTLE_S:
-            update_job(
-                self.store, record.id, only_if_active=False, info_patch={"logs_complete": True}
-            )
-            record.info["logs_complete"] = True
+        return min(self.settings.poll_seconds, 2.0) if not record.terminal else 0.5
 
-    def ranks(self, record: JobRecord) -> list[int]:
-        self._sync_logs(record)
-        return JobDir(record.info["job_dir"]).log_ranks()
-
-    def logs(
-        self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
-    ) -> LogChunk:
-        if offset == 0 or record.terminal:
-            self._sync_logs(record)
-        return LogChunk.read(JobDir(record.info["job_dir"]).log(rank), rank, offset, max_bytes)
-
-    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
-        # log_metric writes into the job folder inside the container, which this machine
-        # cannot read: only records that reached the local job folder are shown (none yet)
-        return JobDir(record.info["job_dir"]).metrics()
+    def logs_settled(self, record: JobRecord) -> bool:
+        return record.terminal and time.time() - (record.ended or 0) > LOG_SETTLE_S
 
     def cancel(self, record: JobRecord) -> JobRecord:
         record = self.status(record)

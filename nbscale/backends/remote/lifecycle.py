@@ -1,0 +1,254 @@
+"""The lifecycle every platform shares whose work runs in someone else's containers.
+
+``RemoteJobBackend`` is the base of the Kubeflow and SageMaker job backends. It owns what
+their jobs have in common: the canonical bundle (``canonical_bundle``: the same cell and
+inputs are the same bytes, so content addressing finds them in object storage), the spec the
+container runs (``container_spec``: no local paths), the end of a job (``end``: its outputs
+come home through ``nbscale.backends.remote.staging``) and the log mirror: the platform's log
+text is copied into the job's local folder (``logs/rank-R.log``), where ``ranks``, ``logs``
+and ``metrics`` read it exactly as for a local job. A platform supplies its request or
+manifest (``submit``, ``dry_run``), how its states map to nbscale's (``status``) and how to
+fetch new log text (``fetch_logs``).
+
+``wait_for`` is the one wait loop: ``Job.wait`` (every backend) and the cloud endpoint
+backends' ``wait`` poll through it, with one progress line format (``Progress``) and one
+timeout error (``nbscale.errors.WaitTimeout``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from abc import abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, ClassVar, TypeVar
+
+from ...errors import WaitTimeout
+from ...runtime.jobdir import JobDir
+from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, update_job
+from ..base import DryRun, JobBackend, LogChunk
+
+T = TypeVar("T")
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_ZIP64_AT = 0x7FFFFFFF  # an entry this large needs zip64 sizes
+
+
+# -- the canonical bundle ---------------------------------------------------------------------
+def _canonical(info: zipfile.ZipInfo) -> bool:
+    return (
+        info.date_time == ZIP_EPOCH
+        and info.compress_type == zipfile.ZIP_STORED
+        and info.external_attr == 0o600 << 16
+    )
+
+
+def canonical_bundle(source: Path, dest: Path | None = None) -> Path:
+    """The bundle with every entry stored, dated at the zip epoch and mode 0600, so the same
+    cell with the same inputs is the same bytes (and the same object in storage) whenever it
+    is captured. ``source`` itself when it is canonical already (``nbscale.bundle.write``
+    makes it so), else a copy at ``dest`` (default: ``<stem>.canonical.zip`` next to it; the
+    caller removes it). The signature covers the manifest, not the archive's metadata: the
+    copy still verifies."""
+    source = Path(source)
+    with zipfile.ZipFile(source) as zf:
+        infos = zf.infolist()
+        if all(_canonical(i) for i in infos):
+            return source
+        out = Path(dest) if dest is not None else source.with_name(source.stem + ".canonical.zip")
+        tmp = out.with_name(out.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zo:
+            for info in infos:
+                fresh = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+                fresh.compress_type = zipfile.ZIP_STORED
+                fresh.external_attr = 0o600 << 16
+                with (
+                    zf.open(info) as src,
+                    zo.open(fresh, "w", force_zip64=info.file_size > _ZIP64_AT) as dst,
+                ):
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    os.chmod(tmp, 0o600)
+    tmp.replace(out)
+    return out
+
+
+# -- the wait loop --------------------------------------------------------------------------
+class Progress:
+    """One line per change of state, ``<what>: <state>[, <detail>] (<seconds> s)``, written to
+    ``stream`` (nothing when it is None)."""
+
+    def __init__(
+        self, what: str, stream: IO[str] | None, clock: Callable[[], float] = time.monotonic
+    ):
+        self.what = what
+        self.stream = stream
+        self.clock = clock
+        self.started = clock()
+        self.last: tuple[str, str | None] | None = None
+
+    @staticmethod
+    def line(what: str, state: str, detail: str | None, elapsed: float) -> str:
+        shown = f"{state}, {detail}" if detail else state
+        return f"{what}: {shown} ({elapsed:.0f} s)\n"
+
+    def show(self, state: str, detail: str | None = None) -> None:
+        if self.stream is None or (state, detail) == self.last:
+            return
+        self.last = (state, detail)
+        self.stream.write(self.line(self.what, state, detail, self.clock() - self.started))
+        self.stream.flush()
+
+
+def wait_for(
+    what: str,
+    poll: Callable[[], T],
+    state: Callable[[T], str],
+    done: Callable[[T], bool],
+    *,
+    timeout: float | None,
+    interval: float,
+    hint: str | Callable[[T], str],
+    failure: Callable[[T], BaseException | None] | None = None,
+    detail: Callable[[T], str | None] | None = None,
+    progress: IO[str] | None = None,
+    on_update: Callable[[T], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``poll`` every ``interval`` s until ``done`` says so, and return what it gave.
+
+    ``what`` names the thing waited for (``job ID``, ``endpoint NAME``); ``state`` (and
+    ``detail``) say where it is, for the progress lines and the timeout error. ``failure``
+    gives the platform's error for a value that will never be done (raised at once).
+    After ``timeout`` s (None: no limit) a ``WaitTimeout`` says what was waited for, the
+    last state and, with ``hint`` (text, or made from the last value), what to do."""
+    printer = Progress(what, progress, clock)
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        value = poll()
+        if on_update is not None:
+            on_update(value)
+        now_state = state(value)
+        now_detail = detail(value) if detail is not None else None
+        printer.show(now_state, now_detail)
+        if done(value):
+            return value
+        error = failure(value) if failure is not None else None
+        if error is not None:
+            raise error
+        if deadline is not None and clock() > deadline:
+            told = hint(value) if callable(hint) else hint
+            raise WaitTimeout(what, now_state, timeout or 0.0, told, now_detail)
+        sleep(interval)
+
+
+# -- the base of the remote job backends ------------------------------------------------------
+class RemoteJobBackend(JobBackend):
+    """A job backend whose work runs in someone else's containers (Kubeflow, SageMaker).
+
+    A subclass supplies ``submit``, ``dry_run``, ``status`` (the platform's states mapped to
+    nbscale's, ending with ``end``), ``cancel`` and ``fetch_logs``; where a script or
+    notebook entry's file is in the container (``file_mount``); and, when they differ from
+    the defaults, when logs are fetched (``log_interval``, ``logs_settled``)."""
+
+    sends_request = True
+    #: the folder of the container a script or notebook entry's file is put in
+    file_mount: ClassVar[str]
+    #: spec fields the container's spec goes without
+    container_drops: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config, store):
+        super().__init__(config, store)
+        self._log_times: dict[str, float] = {}
+
+    # -- what travels ---------------------------------------------------------------------
+    def container_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The spec the container runs: no local paths (a bundle is ``cell.zip`` next to the
+        job, a script or notebook is in ``file_mount``), no checkpoint folder of this
+        machine, none of ``container_drops``."""
+        spec = json.loads(json.dumps(spec))
+        entry = spec.get("entry", {})
+        if entry.get("kind") == "bundle":
+            entry["target"] = "cell.zip"
+        elif entry.get("kind") in ("script", "notebook"):
+            entry["target"] = f"{self.file_mount}/{Path(entry['target']).name}"
+        spec["checkpoint_dir"] = None
+        for name in self.container_drops:
+            spec.pop(name, None)
+        return spec
+
+    @abstractmethod
+    def dry_run(self, record: JobRecord) -> DryRun:
+        """The exact objects ``submit`` would send (secrets redacted), nothing sent."""
+
+    # -- the end --------------------------------------------------------------------------
+    def end(
+        self,
+        record: JobRecord,
+        status: str,
+        error: str | None,
+        fields: dict[str, Any],
+        collect_outputs: Callable[[], dict[str, Any]],
+    ) -> bool:
+        """Store that the platform says the job ended as ``status``: a job that ran
+        (SUCCEEDED or FAILED) has its outputs collected (``staging.settle``: one whose outputs
+        cannot be had fails, and the earliest rank error becomes the error). Returns whether
+        this call ended the job (another may have first)."""
+        from .staging import settle
+
+        if status in (SUCCEEDED, FAILED):
+            status, error = settle(status, error, fields, collect_outputs, SUCCEEDED, FAILED)
+        fields.setdefault("info_patch", {})["phase"] = "ended"
+        return update_job(self.store, record.id, status=status, error=error, **fields)
+
+    # -- the log mirror -------------------------------------------------------------------
+    @abstractmethod
+    def fetch_logs(self, record: JobRecord, jobdir: JobDir) -> None:
+        """Append the platform's log text of ``record`` that is new since the last fetch to
+        the rank files of ``jobdir``; raise ``NbscaleError`` when it cannot."""
+
+    def log_interval(self, record: JobRecord) -> float | None:
+        """Seconds between two fetches of ``record``'s logs; None: no fetch (the default:
+        while the job is active; its last text is fetched by ``mirror_logs(final=True)``)."""
+        return 1.0 if record.status in ACTIVE else None
+
+    def logs_settled(self, record: JobRecord) -> bool:
+        """Whether no more text can come after this fetch (the mirror is then complete)."""
+        return False
+
+    def mirror_logs(self, record: JobRecord, final: bool = False) -> None:
+        """Bring ``record``'s new log text into its local folder, at most every
+        ``log_interval`` s; ``final``: now, and no more after (the job has ended)."""
+        if not record.native_id or record.info.get("logs_complete"):
+            return
+        wait = 0.0 if final else self.log_interval(record)
+        if wait is None:
+            return
+        if time.monotonic() - self._log_times.get(record.id, float("-inf")) < wait:
+            return
+        self._log_times[record.id] = time.monotonic()
+        self.fetch_logs(record, JobDir(record.info["job_dir"]))
+        if final or self.logs_settled(record):
+            update_job(
+                self.store, record.id, only_if_active=False, info_patch={"logs_complete": True}
+            )
+            record.info["logs_complete"] = True
+
+    def ranks(self, record: JobRecord) -> list[int]:
+        self.mirror_logs(record)
+        return JobDir(record.info["job_dir"]).log_ranks()
+
+    def logs(
+        self, record: JobRecord, rank: int, offset: int = 0, max_bytes: int = 1 << 20
+    ) -> LogChunk:
+        self.mirror_logs(record)
+        return LogChunk.read(JobDir(record.info["job_dir"]).log(rank), rank, offset, max_bytes)
+
+    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
+        """What ``log_metric`` wrote that reached the job's local folder (it writes inside
+        the container: records come home with the outputs, where the platform brings them)."""
+        return JobDir(record.info["job_dir"]).metrics()
