@@ -230,7 +230,7 @@ def test_dry_run_prints_the_exact_objects_and_sends_nothing(tmp_path, monkeypatc
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))  # no cluster at all
     backend = KubeflowBackend(BackendConfig("kf", "kubeflow", BASE), get_store())
     record = _record(tmp_path, size)
-    text = backend.dry_run(record)
+    text = backend.dry_run(record).text()
     docs = list(yaml.safe_load_all(text))
     kinds = [d["kind"] for d in docs]
     for doc in docs:
