@@ -231,7 +231,7 @@ def test_dry_run_builds_the_exact_request_and_sends_nothing(aws, tmp_path):
     backend = SageMakerBackend(config().backend("aws"), get_store())
     objects = boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount")
     calls = len(aws.calls)
-    dry = backend.dry_run(job.record)
+    dry = backend.dry_run(job.record).documents[0]
     assert boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount") == objects
     assert len(aws.calls) == calls  # no SageMaker call at all
     assert json.loads(json.dumps(dry)) == real
