@@ -19,6 +19,7 @@ from nbscale.backends.base import DryRun, JobBackend
 from nbscale.backends.remote.lifecycle import (
     RemoteJobBackend,
     canonical_bundle,
+    route_line,
     wait_for,
 )
 from nbscale.config import BackendConfig
@@ -487,3 +488,10 @@ def test_a_job_whose_outputs_cannot_be_had_fails(tmp_path):
     ended = get_job(get_store(), record.id)
     assert ended.status == FAILED
     assert ended.error == "the job's outputs could not be collected: no results.zip"
+
+
+def test_a_line_goes_to_its_rank_or_to_the_nodes_first_rank_with_its_source():
+    assert route_line("[rank 3] loss 0.5", 2, "node 1") == (3, "loss 0.5")
+    assert route_line("[rank 3]x", 2, "node 1") == (3, "x")
+    assert route_line("Collecting torch", 2, "node 1") == (2, "[node 1] Collecting torch")
+    assert route_line("", 4, "algo-2") == (4, "[algo-2] ")

@@ -12,15 +12,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...runtime.jobdir import JobDir
+from ..remote.lifecycle import route_line
 
-RANK_LINE = re.compile(r"^\[rank (\d+)\] ?(.*)$", re.S)
 CHUNK = 64 * 1024
 MAX_LINE = 1 << 20  # a longer line is cut here (a pod cannot make the kernel hold more)
 
@@ -78,11 +77,7 @@ class RankWriter:
         self.files: dict[int, Any] = {}
 
     def write(self, text: str) -> None:
-        m = RANK_LINE.match(text)
-        if m:
-            rank, line = int(m.group(1)), m.group(2)
-        else:
-            rank, line = self.first_rank, f"[node {self.node_rank}] {text}"
+        rank, line = route_line(text, self.first_rank, f"node {self.node_rank}")
         fh = self.files.get(rank)
         if fh is None:
             fh = self.files[rank] = open(self.jobdir.log(rank), "a", encoding="utf-8")  # noqa: SIM115

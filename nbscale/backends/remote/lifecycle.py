@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -74,6 +75,20 @@ def canonical_bundle(source: Path, dest: Path | None = None) -> Path:
     os.chmod(tmp, 0o600)
     tmp.replace(out)
     return out
+
+
+# -- the log lines --------------------------------------------------------------------------
+RANK_LINE = re.compile(r"^\[rank (\d+)\] ?(.*)$", re.S)
+
+
+def route_line(text: str, first_rank: int, source: str) -> tuple[int, str]:
+    """The rank a line of a node's output belongs to, and the line to keep: the launcher
+    prints each rank's lines as ``[rank N] text``; anything else (the launcher's own, pip's,
+    the shell's) goes to the node's first rank, prefixed ``[source]`` (``node K``, ``algo-n``)."""
+    m = RANK_LINE.match(text)
+    if m:
+        return int(m.group(1)), m.group(2)
+    return first_rank, f"[{source}] {text}"
 
 
 # -- the wait loop --------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ...runtime.jobdir import JobDir
+from ..remote.lifecycle import route_line
 from .request import LOG_GROUP
 
-_RANK = re.compile(r"^\[rank (\d+)\] ?(.*)$", re.S)
 _HOST = re.compile(r"/(algo-(\d+))-\d+$")
 STATE_FILE = "cloudwatch.json"
 RECORDS = "node-records"
@@ -88,11 +88,7 @@ def _append(jobdir: JobDir, rank: int, lines: list[str]) -> None:
 
 def route(message: str, node: int, procs_per_node: int) -> tuple[int, str]:
     """The rank a CloudWatch message belongs to, and the line to keep."""
-    text = message.rstrip("\n")
-    m = _RANK.match(text)
-    if m:
-        return int(m.group(1)), m.group(2)
-    return node * procs_per_node, f"[algo-{node + 1}] {text}"
+    return route_line(message.rstrip("\n"), node * procs_per_node, f"algo-{node + 1}")
 
 
 def _state(jobdir: JobDir) -> dict[str, Any]:
