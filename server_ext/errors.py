@@ -14,7 +14,14 @@ from pydantic import ValidationError
 from tornado import httputil
 from tornado.web import HTTPError
 
-from nbscale.errors import BackendUnavailable, Conflict, NbscaleError, NotFound, SpecError
+from nbscale.errors import (
+    BackendUnavailable,
+    Conflict,
+    NbscaleError,
+    NotFound,
+    SpecError,
+    WaitTimeout,
+)
 from nbscale.store import StoreError
 
 # order matters: subclasses before their bases
@@ -24,6 +31,8 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (Conflict, 409, "conflict"),
     (BackendUnavailable, 502, "backend_unavailable"),
     (StoreError, 503, "store_unavailable"),  # disk full, store locked too long: not the request
+    # a wait (a deploy, a job, a cancel) whose target is not done within it: not a bad request
+    (WaitTimeout, 504, "timeout"),
     (NbscaleError, 400, "bad_request"),
     # a cancel whose target has not stopped within the wait: not a bug, just not done yet
     (TimeoutError, 504, "timeout"),
