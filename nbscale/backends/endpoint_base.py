@@ -147,6 +147,14 @@ class EndpointBackend(ABC):
     def metrics(self, record: EndpointRecord) -> dict[str, Any]:
         """Latency percentiles, throughput, error rate, replicas and a per-second series."""
 
+    def invocations(self, record: EndpointRecord, minutes: int) -> float:
+        """Requests the endpoint served in the last ``minutes`` (the idle watch of an
+        endpoint whose platform does not apply ``idle_ttl`` itself asks this)."""
+        raise BackendUnavailable(
+            f"the {self.type} endpoint backend keeps no request history",
+            "deploy without --idle-ttl on this backend",
+        )
+
     @abstractmethod
     def scale(self, record: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
         """Change the replica range; return the updated record."""

@@ -133,8 +133,7 @@ def idle_teardown(name: str, now: float | None = None, config: Config | None = N
     if backend.applies_idle_ttl:
         return False
     minutes = max(1, math.ceil(ttl / 60))
-    metrics = backend.metrics(rec, minutes=minutes)
-    if (metrics.get("Invocations") or 0) > 0:
+    if backend.invocations(rec, minutes) > 0:
         return False
     backend.undeploy(name)
     record_event(

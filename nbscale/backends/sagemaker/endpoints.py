@@ -540,6 +540,10 @@ class SageMakerEndpoints(EndpointBackend):
             return np.load(io.BytesIO(body), allow_pickle=False)
         return np.asarray(json.loads(body))
 
+    def invocations(self, record: EndpointRecord, minutes: int) -> float:
+        """CloudWatch's ``Invocations`` sum over the last ``minutes``."""
+        return float(self.metrics(record, minutes=minutes).get("Invocations") or 0)
+
     def metrics(self, record: EndpointRecord, minutes: int = 15) -> dict[str, Any]:
         """CloudWatch ``AWS/SageMaker`` metrics of the endpoint's variant: counts as sums,
         ModelLatency/OverheadLatency as the percentiles p50/p95/p99 CloudWatch computes from
