@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import save  # noqa: E402
 
-from tests.emulators import AWS_ENV, moto_server  # noqa: E402
-from tests.kube_emulator import KubeApi, KubeEmulator  # noqa: E402
+from tests.support.emulators import AWS_ENV, moto_server  # noqa: E402
+from tests.support.kube_emulator import KubeApi, KubeEmulator  # noqa: E402
 
 CELL = "total = float(X.sum())\n"
 

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import save  # noqa: E402
 
-from tests.aws_emulator import Emulator  # noqa: E402
-from tests.emulators import AWS_ENV  # noqa: E402
+from tests.support.aws_emulator import Emulator  # noqa: E402
+from tests.support.emulators import AWS_ENV  # noqa: E402
 
 CELL = "total = float(X.sum())\n"
 

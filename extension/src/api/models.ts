@@ -1,6 +1,6 @@
 /**
  * Bodies of /nbscale/api/, mirroring server_ext/models.py (published as
- * server_ext/openapi.json; tests/test_server_ext_models.py keeps them in step).
+ * server_ext/openapi.json; tests/unit/test_server_ext_models.py keeps them in step).
  */
 
 export type JobStatus =
