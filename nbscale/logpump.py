@@ -284,25 +284,33 @@ def redirect(
     proc.returncode = 0  # never waited for: it outlives us by the time it takes to drain the pipe
 
 
-def wait_for_log_pumps(folder: Path | str, timeout: float = 5.0) -> None:
-    """Wait until the pumps writing logs under ``folder`` have drained (their writers ended)."""
+def wait_for_log_pumps(
+    folder: Path | str, timeout: float = 5.0, exclude: tuple[Path | str, ...] = ()
+) -> bool:
+    """Wait until the pumps writing logs under ``folder`` have drained (their writers ended);
+    return whether they did within ``timeout`` seconds.
+
+    ``exclude`` names logs whose pump must not be waited for: the caller's own log (its
+    writer is the caller, so that pump cannot end before the caller does)."""
     import psutil  # not needed by the pump itself
 
     needle = str(folder)
+    skip = {str(p) for p in exclude}
     me = os.path.abspath(__file__)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = False
         for proc in psutil.process_iter(["cmdline"]):
             cmd = proc.info.get("cmdline") or []
-            if len(cmd) > 4 and cmd[3] == me and cmd[4].startswith(needle):
+            if len(cmd) > 4 and cmd[3] == me and cmd[4].startswith(needle) and cmd[4] not in skip:
                 try:
                     busy = busy or proc.status() != psutil.STATUS_ZOMBIE
                 except psutil.Error:
                     continue
         if not busy:
-            return
+            return True
         time.sleep(0.02)
+    return False
 
 
 def main() -> None:

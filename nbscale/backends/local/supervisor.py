@@ -375,7 +375,9 @@ class Supervisor:
         else:
             # agents have exited; make sure no worker outlived its agent
             stop_job_processes(self.job_id, grace=2.0, cgroup=self.cgroup)
-        wait_for_log_pumps(self.jobdir.path)  # the last lines are in the logs before the end
+        # the last lines are in the logs before the end (the supervisor's own log is written
+        # by this process: its pump drains when this process exits)
+        wait_for_log_pumps(self.jobdir.path, exclude=(self.jobdir.supervisor_log,))
         record_end(self.store, self.job_id, self.spec, self.jobdir, status, exit_code, reason)
         return 0
 
