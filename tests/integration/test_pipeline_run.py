@@ -289,11 +289,15 @@ def test_ctrl_c_on_the_cli_cancels_the_run(tmp_path):
     path = write_notebook(
         tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow")]
     )
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a
+    # non-interactive shell, nohup) passes SIGINT down as ignored, and a Python started
+    # with SIGINT ignored keeps ignoring it, so the CLI must start with the default
     cli = subprocess.Popen(
         [sys.executable, "-m", "nbscale", "pipeline", "run", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(
         lambda: runs() and runs()[0].step("slow")["status"] == "RUNNING",
