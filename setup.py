@@ -17,6 +17,7 @@ package (package-dir in pyproject.toml), which hatchling's editable installs ref
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -53,6 +54,10 @@ def build_panel(target: str, editable: bool) -> None:
     from hatch_jupyter_builder import npm_builder
     from hatch_jupyter_builder.utils import ensure_targets
 
+    # build:labextension asks this Python for JupyterLab's staging folder
+    # (extension/scripts/lab-staging.mjs), not whichever `python` is first on PATH: from
+    # `venv/bin/pip install` that is another Python, without the build's JupyterLab
+    os.environ.setdefault("NBSCALE_BUILD_PYTHON", sys.executable)
     npm_builder(target, "editable" if editable else "standard", **BUILD)
     ensure_targets(ENSURED)
 

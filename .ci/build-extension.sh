@@ -18,6 +18,10 @@ mode=${1:-}
 
 need_lab() {
   "$PYTHON" -c "import jupyterlab" 2>/dev/null || "$PYTHON" -m pip install -q "jupyterlab>=4.1,<5"
+  # the npm build asks this Python, not the first `python` on PATH, for Lab's staging
+  # folder (extension/scripts/lab-staging.mjs); absolute, as npm runs in extension/
+  NBSCALE_BUILD_PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')
+  export NBSCALE_BUILD_PYTHON
 }
 
 lint() {

@@ -33,7 +33,7 @@ export default tseslint.config(
     }
   },
   {
-    files: ['ui-tests/**/*.mjs'],
+    files: ['ui-tests/**/*.mjs', 'scripts/*.mjs'],
     languageOptions: { globals: globals.node }
   }
 );
