@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from nbscale.endpoints import Endpoint, deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
 from nbscale.faces.options import parse_replicas, platform_options
-from nbscale.faces.text import ago
+from nbscale.faces.text import ago, show_dry_run
 
 from .display import user_error
 from .monitor_view import DriftView, MetricsWatch
@@ -171,8 +171,8 @@ class DeployMagics(Magics):
                 options=platform_options(args),
                 dry_run=args.dry_run,
             )
-            if args.dry_run:  # the platform objects, as text; nothing was sent
-                print(result)
+            if args.dry_run:  # exactly what would be sent on stdout, commentary on stderr
+                show_dry_run(result, "dry run: nothing deployed")
                 return None
             return result
         except _Help:

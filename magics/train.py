@@ -14,6 +14,7 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 
 from nbscale.celljob import prepare_cell
 from nbscale.errors import NbscaleError
+from nbscale.faces.text import show_dry_run
 from nbscale.jobs import Job
 from nbscale.results import load_results
 from nbscale.store.jobs import SUCCEEDED, JobRecord
@@ -108,8 +109,10 @@ class TrainMagics(Magics):
                 inputs=args.inputs,
                 line_offset=1,
             )
-            if args.dry_run:
-                return prepared.dry_run()
+            if args.dry_run:  # exactly what would be sent on stdout, commentary on stderr
+                dry = prepared.dry_run()
+                show_dry_run(dry.plan(), *dry.commentary())
+                return None
             handle = prepared.submit()
         except NbscaleError as exc:
             raise user_error(exc) from None

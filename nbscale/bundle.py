@@ -152,3 +152,23 @@ def bundles_dir() -> Path:
 
 def new_bundle_path(name: str) -> Path:
     return bundles_dir() / f"{name}-{int(time.time())}-{secrets.token_hex(3)}.zip"
+
+
+def tree_digest(entries: list[tuple[str, bool, str]]) -> str:
+    """The name of a folder by content: ``(posix path, executable, sha256 of the file)`` of
+    every file, in path order. The client names the folder a job ships with it
+    (``nbscale.codefolder``); the container checks what it unpacked against it."""
+    total = hashlib.sha256()
+    for rel, executable, sha in sorted(entries):
+        total.update(f"{rel}\0{'x' if executable else '-'}\0{sha}\n".encode())
+    return total.hexdigest()
+
+
+def sign_name(name: str, key: bytes | None = None) -> str:
+    """The HMAC of a content name (a folder's digest, a wheelhouse's sha256) with the bundle
+    key, so the container trusts what it fetched only when this home named it."""
+    return sign(name.encode(), key or load_key())
+
+
+def check_name(name: str, signature: str, key: bytes | None = None) -> bool:
+    return hmac.compare_digest(sign(name.encode(), key or load_key(create=False)), signature)

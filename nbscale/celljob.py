@@ -79,7 +79,9 @@ def prepare_cell(
 
 
 class DryRun:
-    """What ``--dry-run`` shows: the capture report and the exact spec, nothing submitted."""
+    """What ``--dry-run`` shows: what the backend would send (the platform's objects or
+    request, or the spec a local backend would run), and as commentary the capture report
+    and the cost estimate. Nothing is submitted."""
 
     def __init__(self, prepared: PreparedCell):
         self.prepared = prepared
@@ -87,45 +89,39 @@ class DryRun:
 
         # over --max-cost: refused here, as submit would
         self.estimate = describe_estimate(check_budget(prepared.spec))
+        self._plan: PlatformDryRun | None = None
 
     def spec_json(self) -> str:
         return json.dumps(self.prepared.spec.to_dict(), indent=2)
 
-    def platform_request(self) -> PlatformDryRun | None:
-        """What a backend that sends a platform request (``JobBackend.sends_request``) would
-        send: Kubeflow's objects, SageMaker's CreateTrainingJob request, built without
-        uploading or creating anything; None for a backend without one (local)."""
-        from .backends import get_backend
-        from .jobs import dry_run_record
+    def plan(self) -> PlatformDryRun:
+        """What ``submit`` would send (``nbscale.jobs.dry_run_plan``), built without
+        uploading or creating anything; the bundle is written to be hashed, then removed."""
+        if self._plan is None:
+            from .jobs import dry_run_plan
 
-        spec = self.prepared.spec
-        backend = get_backend(spec.backend)
-        if not backend.sends_request:
-            return None
-        self.prepared.write()  # hashed, never sent; removed below
-        try:
-            backend.check_resources(spec)
-            backend.validate(spec)
-            return backend.dry_run(dry_run_record(spec, backend))
-        finally:
-            self.prepared.bundle_path.unlink(missing_ok=True)
+            self.prepared.write()
+            try:
+                self._plan = dry_run_plan(self.prepared.spec)
+            finally:
+                self.prepared.bundle_path.unlink(missing_ok=True)
+        return self._plan
+
+    def commentary(self) -> list[str]:
+        """The lines for stderr, before the plan's own notes."""
+        return ["dry run: nothing submitted", self.prepared.report().text(), self.estimate]
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         from html import escape
 
         report = self.prepared.report()
-        request = self.platform_request()
-        body = request.text() if request is not None else ""
-        shown = f"\nrequest:\n{body}" if request is not None else ""
-        text = (
-            f"dry run: nothing submitted\n{report.text()}\n{self.estimate}\n"
-            f"spec:\n{self.spec_json()}{shown}"
-        )
+        plan = self.plan()
+        notes = plan.commentary()
+        text = "\n".join(self.commentary()) + "\n" + notes + plan.text()
         html = (
             f"<div><b>dry run</b>: nothing submitted</div>{report.html()}"
             f"<div>{escape(self.estimate)}</div>"
-            f"<div><b>spec</b></div><pre>{escape(self.spec_json())}</pre>"
+            + "".join(f"<div>{escape(n)}</div>" for n in plan.notes)
+            + f"<pre>{escape(plan.text())}</pre>"
         )
-        if request is not None:
-            html += f"<div><b>request</b></div><pre>{escape(body)}</pre>"
         return {"text/plain": text, "text/html": html}

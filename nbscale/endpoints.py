@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import endpoint_backend_for, get_endpoint_backend
+from .backends import DryRun, endpoint_backend_for, get_endpoint_backend
 from .backends.endpoint_base import DeployRequest, EndpointBackend
 from .config import load as load_config
 from .errors import Conflict, SpecError
@@ -210,7 +210,7 @@ def deploy(
     idle_ttl: str | float | None = None,
     options: dict[str, Any] | None = None,
     dry_run: bool = False,
-) -> Endpoint | str:
+) -> Endpoint | DryRun:
     """Deploy a model object or an artifact directory as an endpoint, and wait until it answers.
 
     ``baseline`` (training rows as numpy or pandas, a ``Baseline`` or a
@@ -222,7 +222,8 @@ def deploy(
     ``options`` are settings only some backends have (``canary_traffic_percent``,
     ``scale_metric``, ``gpus``...; a backend refuses one it does not use); a canary
     deploys a new version of an existing endpoint. ``dry_run`` returns the platform
-    objects the backend would send, as text, and sends nothing.
+    objects the backend would send (a ``DryRun``: ``text()`` is exactly them), and sends
+    nothing.
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(

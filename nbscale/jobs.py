@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from . import paths
-from .backends import JobBackend, LogChunk, backend_for, get_backend
+from .backends import DryRun, JobBackend, LogChunk, backend_for, get_backend
 from .config import Config
 from .config import load as load_config
 from .errors import JobFailed, NbscaleError
@@ -192,6 +192,16 @@ def dry_run_record(spec: JobSpec, backend: JobBackend) -> JobRecord:
         created=time.time(),
         info={"job_dir": str(paths.job_dir(job_id)), "cwd": os.getcwd(), "phase": "dry-run"},
     )
+
+
+def dry_run_plan(spec: JobSpec, config: Config | None = None) -> DryRun:
+    """What ``submit(spec)`` would send, after the same checks, with nothing sent, uploaded
+    or stored: the platform's objects or request, or, for a backend that sends none
+    (local), the spec it would run."""
+    backend = get_backend(spec.backend, config or load_config())
+    backend.check_resources(spec)
+    backend.validate(spec)
+    return backend.dry_run(dry_run_record(spec, backend))
 
 
 def submit(spec: JobSpec, config: Config | None = None, store: Store | None = None) -> Job:

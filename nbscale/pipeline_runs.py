@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .backends import get_pipeline_backend, pipeline_backend_for
+from .backends import DryRun, get_pipeline_backend, pipeline_backend_for
 from .errors import NotFound, SpecError
 from .pipelines.loader import load
 from .pipelines.status import ACTIVE
@@ -136,6 +136,22 @@ def runs(limit: int = 50, offset: int = 0) -> list[PipelineRun]:
     return [_from_record(r, steps[r["id"]]) for r in records]
 
 
+def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise SpecError(
+            f"option {sorted(unknown)[0]!r}",
+            "is not known",
+            f"use {', '.join(sorted(OPTION_KEYS))}",
+        )
+    options = dict(options)
+    if isinstance(options.get("only"), str):
+        options["only"] = [options["only"]]
+    if options.get("max_parallel") is not None and int(options["max_parallel"]) < 1:
+        raise SpecError("--max-parallel", "must be at least 1")
+    return options
+
+
 def start_run(
     path: str,
     parameters: dict[str, Any] | None = None,
@@ -152,21 +168,23 @@ def start_run(
     elsewhere (SageMaker, Kubeflow) the run starts there and is recorded here all the same;
     ``announce(label, id)`` hears the platform's id of it.
     """
-    unknown = set(options) - OPTION_KEYS
-    if unknown:
-        raise SpecError(
-            f"option {sorted(unknown)[0]!r}",
-            "is not known",
-            f"use {', '.join(sorted(OPTION_KEYS))}",
-        )
-    if isinstance(options.get("only"), str):
-        options["only"] = [options["only"]]
-    if options.get("max_parallel") is not None and int(options["max_parallel"]) < 1:
-        raise SpecError("--max-parallel", "must be at least 1")
+    options = _checked_options(options)
     run_id = get_pipeline_backend(backend or "local").run(
         path, parameters, detach=detach, on_step=on_step, announce=announce, options=options
     )
     return get_run(run_id)
+
+
+def dry_run_pipeline(
+    path: str,
+    parameters: dict[str, Any] | None = None,
+    backend: str = "local",
+    **options: Any,
+) -> DryRun:
+    """What ``start_run`` would send (the compiled pipeline a platform would get) or run
+    (the local steps, in order), after the same checks; nothing is recorded or started."""
+    options = _checked_options(options)
+    return get_pipeline_backend(backend or "local").dry_run(path, parameters, options)
 
 
 def interrupted_note(backend: str | None) -> str:

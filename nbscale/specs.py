@@ -156,6 +156,12 @@ class JobSpec:
     max_cost: float | None = None  # USD: refused when the estimate is over, stopped when reached
     # cloud spot/preemptible capacity (SageMaker managed spot); None: the backend's default
     spot: bool | None = None
+    # the folder that travels with a remote job and is its working directory there (a
+    # script's or notebook's folder by default; a %%train cell's: the kernel's working folder)
+    workdir: str | None = None
+    # Python packages a remote job installs before it starts: a pip requirements file, or
+    # "auto" (the kernel's versions of what the job imports); None: requirements.txt in workdir
+    requirements: str | None = None
     # names of variables whose values come from the submitting environment and
     # are handed to the job without ever being stored or shown
     secret_env: tuple[str, ...] = ()
@@ -197,6 +203,7 @@ class JobSpec:
             )
         if self.spot is not None and not isinstance(self.spot, bool):
             raise SpecError("spot", f"must be true or false, got {self.spot!r}")
+        self._check_travel()
         for key, value in self.env.items():
             if not _ENV_RE.match(str(key)):
                 raise SpecError(
@@ -217,6 +224,33 @@ class JobSpec:
             raise SpecError(
                 "entry", f"notebook {self.entry.target} does not exist", "check the path"
             )
+
+    def _check_travel(self) -> None:
+        if self.workdir is None and self.entry.kind in ("script", "notebook"):
+            object.__setattr__(self, "workdir", str(Path(self.entry.target).resolve().parent))
+        elif self.workdir is None and self.entry.kind == "bundle":
+            # a %%train cell's spec is made in the kernel: its working folder travels
+            object.__setattr__(self, "workdir", os.getcwd())
+        if self.workdir is not None:
+            if not isinstance(self.workdir, str) or not self.workdir:
+                raise SpecError("workdir", "must be a folder path")
+            object.__setattr__(self, "workdir", str(Path(self.workdir).expanduser().resolve()))
+        req = self.requirements
+        if req is None or req == "auto":
+            return
+        if not isinstance(req, str) or not req:
+            raise SpecError(
+                "requirements", f"must be a file or auto, got {req!r}", "e.g. requirements.txt"
+            )
+        path = Path(req).expanduser().resolve()
+        if not path.is_file():
+            raise SpecError(
+                "requirements",
+                f"{path} is not a file",
+                "give a pip requirements file, or auto to pin the kernel's versions of what "
+                "the job imports",
+            )
+        object.__setattr__(self, "requirements", str(path))
 
     def _split_secrets(self) -> None:
         """Move secret-looking ``env`` entries out of the spec and read ``secret_env`` values.

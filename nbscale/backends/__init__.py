@@ -14,10 +14,11 @@ from ..config import load as load_config
 from ..store import Store
 from ..store.jobs import JobRecord
 from . import registry
-from .base import JobBackend, LogChunk
+from .base import DryRun, JobBackend, LogChunk
 from .platform import Platform
 
 __all__ = [
+    "DryRun",
     "JobBackend",
     "LogChunk",
     "Platform",

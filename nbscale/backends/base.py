@@ -54,26 +54,37 @@ class LogChunk:
 class DryRun:
     """What ``submit`` would send to a platform, built without sending, uploading or storing
     anything: ``documents`` (Kubernetes objects, an API request...) shown as ``format``, and
-    ``notes`` about them. ``text()`` is what ``nbscale run --dry-run`` and
-    ``%%train --dry-run`` print."""
+    ``notes`` about them (which Secrets would be created or updated, what would be uploaded).
+
+    As ``kubectl --dry-run=client -o yaml`` does, the faces write ``text()`` (exactly what
+    would be sent, nothing else: pipe it into ``kubectl apply -f -``, ``jq`` or
+    ``yaml.safe_load_all``) to stdout and ``commentary()`` to stderr. Secret objects are
+    never among the documents: their data cannot be shown, and a placeholder value would
+    make ``kubectl apply`` create a broken Secret; a note names them instead."""
 
     documents: list[dict[str, Any]]
     format: Literal["yaml", "json"] = "json"
     notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        """The documents as YAML (one stream, ``---`` between) or JSON (one document as an
-        object, several as a list), after the notes as ``# `` lines."""
+        """The documents alone: YAML (one stream, ``---`` between) or JSON (one document as
+        an object, several as a list)."""
         if self.format == "yaml":
             import yaml
 
-            body = yaml.safe_dump_all(self.documents, sort_keys=False, default_flow_style=False)
-        else:
-            import json
+            return yaml.safe_dump_all(self.documents, sort_keys=False, default_flow_style=False)
+        import json
 
-            shown = self.documents[0] if len(self.documents) == 1 else self.documents
-            body = json.dumps(shown, indent=2)
-        return "".join(f"# {note}\n" for note in self.notes) + body
+        shown = self.documents[0] if len(self.documents) == 1 else self.documents
+        return json.dumps(shown, indent=2) + "\n"
+
+    def commentary(self) -> str:
+        """The notes, one per line, for stderr."""
+        return "".join(f"{note}\n" for note in self.notes)
+
+    def with_notes(self, *notes: str) -> DryRun:
+        """The same documents with ``notes`` added before this one's."""
+        return DryRun(self.documents, self.format, [*notes, *self.notes])
 
     def __str__(self) -> str:
         return self.text()

@@ -33,6 +33,7 @@ from ..errors import BackendUnavailable, NbscaleError, SpecError
 from ..scrapes import Scrape
 from ..store import Store
 from ..store.endpoints import EndpointRecord
+from .base import DryRun
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ class EndpointBackend(ABC):
                     f"drop --{flag} or deploy with a backend that has it",
                 )
 
-    def render(self, request: DeployRequest) -> str:
-        """The exact platform objects ``deploy`` would send (for ``--dry-run``)."""
+    def render(self, request: DeployRequest) -> DryRun:
+        """The exact platform objects ``deploy`` would send (for ``--dry-run``), built without
+        uploading or creating anything."""
         raise SpecError(
             "--dry-run",
             f"the {self.type} endpoint backend sends no manifest to show",

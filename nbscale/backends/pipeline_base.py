@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from ..config import BackendConfig
 from ..errors import SpecError
 from ..store import Store
+from .base import DryRun
 
 #: ``on_step(step_name, fields)`` hears every change of a step's status
 OnStep = Callable[[str, dict[str, Any]], None]
@@ -65,6 +66,13 @@ class PipelineBackend(ABC):
 
         Every check happens before anything is recorded or started. Without ``detach`` the
         run is followed in this process until it ends (Ctrl-C stops it)."""
+
+    @abstractmethod
+    def dry_run(
+        self, path: str, parameters: dict[str, Any] | None, options: dict[str, Any]
+    ) -> DryRun:
+        """What ``run`` would send or run, after the same checks, with nothing recorded,
+        uploaded or started (``nbscale pipeline run --dry-run``)."""
 
     @abstractmethod
     def status(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,14 @@ import types
 import typing
 from typing import Annotated, Any, ClassVar, Self, Union
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from typing_extensions import is_typeddict
 
@@ -46,6 +53,7 @@ from ..errors import SpecError
 
 __all__ = [
     "PlatformSettings",
+    "RemoteSettings",
     "Text",
     "invalid",
     "settings_error",
@@ -155,6 +163,20 @@ class PlatformSettings(BaseModel):
         if isinstance(data, dict):
             check_price_settings(str(data.get("name", "?")), data)
         return data
+
+
+class RemoteSettings(PlatformSettings):
+    """What every platform whose jobs run in someone else's containers shares: what travels
+    with a job (``nbscale.codefolder``, ``nbscale.requirements``)."""
+
+    #: a pip requirements file every job of this backend installs (relative: in the job's
+    #: folder), or "auto"; a job's ``--requirements`` wins
+    requirements: Text | None = Field(None, examples=["requirements.txt"])
+    #: install requirements from the container's package index instead of a wheelhouse
+    #: built here (clusters often have no index access: off by default)
+    pip_index: bool = Field(False, strict=True, examples=[True])
+    #: the most the job's folder may hold, in MB
+    code_limit_mb: int = Field(100, strict=True, ge=1, le=10_000, examples=[100])
 
 
 # -- ValidationError -> SpecError ---------------------------------------------------------

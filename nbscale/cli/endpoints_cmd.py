@@ -10,12 +10,13 @@ import numpy as np
 from ..endpoints import deploy, endpoint, endpoints
 from ..errors import SpecError
 from ..faces.options import parse_replicas, platform_options
-from ..faces.text import ago, print_json, table
+from ..faces.text import ago, print_json, show_dry_run, table
 from ..serving.jsoncodec import loads
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    print(f"nbscale: deploying {args.model_dir} as {args.name!r}...", file=sys.stderr)
+    if not args.dry_run:
+        print(f"nbscale: deploying {args.model_dir} as {args.name!r}...", file=sys.stderr)
     ep = deploy(
         args.model_dir,
         name=args.name,
@@ -31,8 +32,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         options=platform_options(args),
         dry_run=args.dry_run,
     )
-    if args.dry_run:  # the platform objects, nothing sent
-        print(ep)
+    if args.dry_run:  # exactly what would be sent on stdout, commentary on stderr
+        show_dry_run(ep, "dry run: nothing deployed")
         return 0
     if args.json:
         print_json(ep.to_dict())

@@ -9,7 +9,7 @@ import threading
 
 from ..errors import SpecError
 from ..faces.options import add_resource_options, spec_from_args, typed_value
-from ..faces.text import Progress, ago, duration, job_cost, print_json, table
+from ..faces.text import Progress, ago, duration, job_cost, print_json, show_dry_run, table
 from ..jobs import Job, job, jobs, submit
 from ..specs import Entry, shown
 from ..store import get_store
@@ -91,21 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     entry = Entry.from_path(args.target, module=args.module, parameters=params)
     spec = spec_from_args(args, entry)
     if getattr(args, "dry_run", False):
-        import json
-
         from ..cost import check_budget, describe_estimate
+        from ..jobs import dry_run_plan
 
-        print("dry run: nothing submitted")
-        print(f"spec: {json.dumps(spec.to_dict(), indent=2)}")
-        print(describe_estimate(check_budget(spec)))
-        from ..backends import get_backend
-        from ..jobs import dry_run_record
-
-        backend = get_backend(spec.backend)
-        if backend.sends_request:  # the exact platform objects, never sent
-            backend.check_resources(spec)
-            backend.validate(spec)
-            print(backend.dry_run(dry_run_record(spec, backend)).text())
+        estimate = describe_estimate(check_budget(spec))  # over --max-cost: refused, as submit
+        show_dry_run(dry_run_plan(spec), "dry run: nothing submitted", estimate)
         return 0
     handle = submit(spec)
     if args.detach:

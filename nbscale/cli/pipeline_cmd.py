@@ -8,7 +8,7 @@ import time
 
 from ..errors import SpecError
 from ..faces.options import typed_value
-from ..faces.text import ago, duration, print_json, table
+from ..faces.text import ago, duration, print_json, show_dry_run, table
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -44,6 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         "no_cache": args.no_cache,
     }
     options = {k: v for k, v in options.items() if v not in (None, False, [])}
+    if args.dry_run:
+        from ..pipeline_runs import dry_run_pipeline
+
+        plan = dry_run_pipeline(args.path, _params(args), backend=args.backend, **options)
+        show_dry_run(plan, "dry run: nothing started")
+        return 0
 
     def announce(label: str, remote_id: str) -> None:
         print(f"{label} {remote_id}", file=sys.stderr, flush=True)
@@ -171,6 +177,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--detach", action="store_true", help="print the run id and return at once")
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be sent (the compiled pipeline) or run (local steps); start nothing",
+    )
     p.set_defaults(func=cmd_run)
 
     p = psub.add_parser(

@@ -90,6 +90,13 @@ def add_resource_options(p: argparse.ArgumentParser) -> None:
         "--tag", action="append", metavar="K=V", help="a tag to record with the job (repeatable)"
     )
     p.add_argument(
+        "--requirements",
+        metavar="FILE|auto",
+        help="Python packages a remote job installs before it starts: a pip requirements "
+        "file, or auto (the kernel's versions of what the job imports); default: "
+        "requirements.txt in the job's folder, if there is one",
+    )
+    p.add_argument(
         "--spot",
         action="store_true",
         default=None,
@@ -111,6 +118,7 @@ def spec_from_args(args: argparse.Namespace, entry: Entry) -> JobSpec:
         "checkpoint_dir",
         "max_cost",
         "spot",
+        "requirements",
     ):
         given = getattr(args, field, None)
         values[field] = given if given is not None else defaults.get(field)

@@ -76,3 +76,15 @@ def job_cost(record: Any) -> str:
     if c is None:
         return "-"
     return f"${c['cost']:.2f}" + (f" (spot -${c['spot_savings']:.2f})" if c["spot_savings"] else "")
+
+
+def show_dry_run(dry: Any, *notes: str, out=None, err=None) -> None:
+    """A dry run as ``kubectl --dry-run=client -o yaml`` shows one: ``notes`` and the dry run's
+    own commentary on stderr, then exactly what would be sent on stdout (``dry`` is a
+    ``nbscale.backends.base.DryRun``), so that ``| jq`` or ``| kubectl apply -f -`` work."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    err.write("".join(f"{note}\n" for note in notes if note) + dry.commentary())
+    err.flush()
+    out.write(dry.text())
+    out.flush()

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .hardware import check_node
 from .jobdir import JobDir
 
 SM_RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
@@ -204,6 +205,93 @@ def stage_inputs(spec: dict[str, Any], bundle_uri: str | None, jobdir: JobDir) -
     return spec
 
 
+def _fetch_named(what: str, info: dict[str, Any], dest: Path) -> Path:
+    """Fetch a content-named input (the job's folder, its wheelhouse) and check that this
+    job's home named it (the HMAC of its name with the delivered bundle key)."""
+    from .. import bundle, storage
+
+    name = info.get("sha256")
+    if not name or not bundle.check_name(name, str(info.get("sig") or "")):
+        raise LaunchError(f"the job's {what} is not signed by the submitting home; refusing it")
+    uri = info["uri"]
+    storage.fetch(uri, dest, store=storage.store_for(uri, _storage_options()))
+    return dest
+
+
+def _unpack(archive: Path, dest: Path) -> list[tuple[str, bool, str]]:
+    """Unzip ``archive`` into ``dest`` (no path out of it); ``(path, executable, sha256)``
+    of every file, for ``bundle.tree_digest``."""
+    import hashlib
+    import zipfile
+
+    entries = []
+    root = dest.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            target = (dest / info.filename).resolve()
+            if not target.is_relative_to(root) or Path(info.filename).is_absolute():
+                raise LaunchError(f"the job's folder has an entry outside it: {info.filename}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = zf.read(info)
+            target.write_bytes(data)
+            executable = bool((info.external_attr >> 16) & 0o111)
+            os.chmod(target, 0o755 if executable else 0o644)
+            entries.append((info.filename, executable, hashlib.sha256(data).hexdigest()))
+    return entries
+
+
+def stage_travel(spec: dict[str, Any], jobdir: JobDir) -> tuple[dict[str, Any], Path | None]:
+    """The job's folder unpacked (its working directory, on ``sys.path``) and its
+    requirements installed, before any worker starts; the spec with a script's or
+    notebook's path in that folder. ``(spec, folder or None)``."""
+    from .. import bundle
+
+    spec = json.loads(json.dumps(spec))
+    folder = None
+    code = spec.get("code")
+    if code:
+        archive = _fetch_named("folder", code, jobdir.path / "code.zip")
+        folder = jobdir.path / "code"
+        entries = _unpack(archive, folder)
+        if bundle.tree_digest(entries) != code["sha256"]:
+            raise LaunchError("the job's folder does not match the name it was sent under")
+        archive.unlink()
+        entry = spec["entry"]
+        if entry["kind"] in ("script", "notebook") and not Path(entry["target"]).is_absolute():
+            entry["target"] = str(folder / entry["target"])
+        print(f"nbscale: the job's folder: {len(entries)} files in {folder}", flush=True)
+    wanted = spec.get("requirements_wheels")
+    if wanted:
+        import hashlib
+
+        from .. import requirements
+
+        archive = _fetch_named("requirements", wanted, jobdir.path / "requirements.zip")
+        if hashlib.sha256(archive.read_bytes()).hexdigest() != wanted["sha256"]:
+            raise LaunchError("the job's wheelhouse does not match the name it was sent under")
+        where = jobdir.path / "requirements"
+        _unpack(archive, where)
+        command = requirements.install_command(where, bool(wanted.get("index")))
+        if command:
+            started = time.monotonic()
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                said = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                raise LaunchError(
+                    f"installing the job's requirements failed: {' / '.join(said)}"
+                )
+            installed = len([c for c in command if c.endswith(".whl")])
+            how = "from the index" if wanted.get("index") else f"{installed} wheels, offline"
+            print(
+                f"nbscale: requirements installed ({how}) in "
+                f"{time.monotonic() - started:.1f} s",
+                flush=True,
+            )
+    return spec, folder
+
+
 def _storage_options() -> dict[str, Any]:
     return {"endpoint_url": os.environ.get("NBSCALE_S3_ENDPOINT_URL") or None}
 
@@ -267,9 +355,17 @@ def report_elsewhere(layout: dict[str, Any], record: dict[str, Any], out=None) -
 
 
 def _worker_env(
-    spec: dict[str, Any], job_id: str, jobdir: JobDir, layout: dict[str, Any]
+    spec: dict[str, Any],
+    job_id: str,
+    jobdir: JobDir,
+    layout: dict[str, Any],
+    folder: Path | None = None,
 ) -> dict[str, str]:
     env = dict(os.environ)
+    if folder is not None:  # sibling modules import, in the ranks and what they start
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(folder), env.get("PYTHONPATH", "")) if p
+        )
     env.update({k: str(v) for k, v in (spec.get("env") or {}).items()})
     env["NBSCALE_JOB_ID"] = job_id
     env["NBSCALE_JOB_DIR"] = str(jobdir.path)
@@ -304,8 +400,11 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.time()
+    folder = None
     try:
+        spec, folder = stage_travel(spec, jobdir)
         run_spec = stage_inputs(spec, args.bundle, jobdir)
+        check_node(run_spec, layout)  # versions, GPUs and NCCL network, before any rank
     except Exception as exc:  # noqa: BLE001 - reported as the node's outcome, then exit 1
         message = f"{type(exc).__name__}: {exc}"
         print(f"nbscale: cannot start: {message}", file=sys.stderr, flush=True)
@@ -319,8 +418,8 @@ def run(args: argparse.Namespace) -> int:
     logs.start()
     proc = subprocess.Popen(
         torchrun_command(run_spec, layout, args.job_id),
-        env=_worker_env(run_spec, args.job_id, jobdir, layout),
-        cwd=str(jobdir.path),
+        env=_worker_env(run_spec, args.job_id, jobdir, layout, folder),
+        cwd=str(folder or jobdir.path),  # the job's folder: relative paths as in the kernel
     )
 
     def forward(signum, _frame):  # a platform stop (SIGTERM) reaches every rank

@@ -263,7 +263,7 @@ def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_p
     assert len(kube.writes()) == before
 
     # --dry-run: the exact InferenceService, nothing sent, nothing stored
-    text = deploy(
+    dry = deploy(
         model,
         name="digits",
         replicas=(0, 3),
@@ -271,12 +271,16 @@ def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_p
         dry_run=True,
         options={"scale_metric": "concurrency", "scale_target": 4, "container_concurrency": 8},
     )
-    docs = list(yaml.safe_load_all(text))
-    assert [d["kind"] for d in docs] == ["Secret", "Secret", "InferenceService"]
+    docs = list(yaml.safe_load_all(dry.text()))
+    assert [d["kind"] for d in docs] == ["InferenceService"]  # the Secrets only named
+    assert [n.split(" in namespace")[0] for n in dry.notes] == [
+        "Secret nbscale-keys",
+        "Secret nbscale-token-digits",
+    ]
     for doc in docs:
         validate(doc)
-    assert docs[2]["spec"]["predictor"]["minReplicas"] == 0
-    assert docs[2]["spec"]["predictor"]["scaleMetric"] == "concurrency"
+    assert docs[0]["spec"]["predictor"]["minReplicas"] == 0
+    assert docs[0]["spec"]["predictor"]["scaleMetric"] == "concurrency"
     assert len(kube.writes()) == before
 
     ep = deploy(model, name="digits", replicas=(1, 3), backend="kf", max_batch_size=16)

@@ -28,8 +28,9 @@ def test_cli_refuses_over_budget_saying_by_how_much_and_stores_nothing(
     assert "$20.00 over the budget of $100.00" in proc.stderr
     assert json.loads(nbscale_cli("jobs", "--json", check=True).stdout) == []
     dry = nbscale_cli(*args, "--max-cost", "200", "--dry-run", check=True)
-    assert "dry run: nothing submitted" in dry.stdout
-    assert "estimated cost: $7200.00/hour" in dry.stdout and "at most $120.00" in dry.stdout
+    assert "dry run: nothing submitted" in dry.stderr  # commentary: stdout is the spec alone
+    assert "estimated cost: $7200.00/hour" in dry.stderr and "at most $120.00" in dry.stderr
+    assert json.loads(dry.stdout)["max_cost"] == 200
 
 
 def test_a_running_job_is_stopped_when_its_cost_reaches_the_budget(

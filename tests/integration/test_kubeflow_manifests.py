@@ -10,8 +10,7 @@ from tests.support.kube_schemas import validate
 
 
 def _yaml_docs(text: str) -> list[dict]:
-    start = text.index("apiVersion:")
-    return [d for d in yaml.safe_load_all(text[start:]) if d]
+    return [d for d in yaml.safe_load_all(text) if d]  # stdout is the YAML stream alone
 
 
 def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_home, tmp_path):
@@ -24,10 +23,10 @@ def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_hom
         "run", "-m", "train.main", "--backend", "kf", "--nodes", "2", "--dry-run", check=True
     ).stdout
     docs = _yaml_docs(out)
-    assert [d["kind"] for d in docs] == ["Secret", "TrainJob"]
+    assert [d["kind"] for d in docs] == ["TrainJob"]
     for doc in docs:
         validate(doc)
-    assert docs[1]["spec"]["trainer"]["numNodes"] == 2
+    assert docs[0]["spec"]["trainer"]["numNodes"] == 2
 
     from tests.support.serving import make_artifact
 
@@ -51,10 +50,10 @@ def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_hom
         check=True,
     ).stdout
     docs = _yaml_docs(out)
-    assert [d["kind"] for d in docs] == ["Secret", "Secret", "InferenceService"]
+    assert [d["kind"] for d in docs] == ["InferenceService"]
     for doc in docs:
         validate(doc)
-    pred = docs[2]["spec"]["predictor"]
+    pred = docs[0]["spec"]["predictor"]
     assert (pred["minReplicas"], pred["maxReplicas"], pred["scaleMetric"]) == (0, 2, "rps")
     assert pred["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     # nothing was stored: no job, no endpoint
@@ -64,9 +63,8 @@ def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_hom
 
     spec = JobSpec(entry=Entry("module", "placeholder"), name="cell", backend="kf")
     prepared = prepare_cell("y = x + 1", {"x": 1}, spec, outputs=["y"])
-    text = prepared.dry_run()._repr_mimebundle_()["text/plain"]
-    docs = _yaml_docs(text)
-    assert [d["kind"] for d in docs] == ["Secret", "TrainJob", "ConfigMap"]
+    docs = _yaml_docs(prepared.dry_run().plan().text())
+    assert [d["kind"] for d in docs] == ["TrainJob", "ConfigMap"]
     for doc in docs:
         validate(doc)
     assert not prepared.bundle_path.exists()

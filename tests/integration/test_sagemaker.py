@@ -406,8 +406,7 @@ def test_the_cell_dry_run_shows_the_exact_request_and_sends_nothing(aws, tmp_pat
     )
     objects = boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount")
     calls = len(aws.calls)
-    text = prepared.dry_run()._repr_mimebundle_()["text/plain"]
-    request = json.loads(text.split("request:\n", 1)[1])
+    request = json.loads(prepared.dry_run().plan().text())
     assert request["ResourceConfig"]["InstanceCount"] == 2
     assert request["AlgorithmSpecification"]["ContainerEntrypoint"] == ENTRYPOINT
     assert request["TrainingJobName"].startswith("dry-")

@@ -208,7 +208,7 @@ def test_serverless_with_data_capture_has_no_instances_and_no_autoscaling(aws, t
             "data_capture_percent": 25,
         },
     )
-    shown = json.loads(be.render(request))  # --dry-run: the exact requests, nothing sent
+    shown = json.loads(be.render(request).text())  # --dry-run: the exact requests, nothing sent
     assert "CreateEndpoint" in shown and not nbscale_resources("tiny")["models"]
     be.deploy(request)
     variant = aws.operations("CreateEndpointConfig")[-1]["ProductionVariants"][0]

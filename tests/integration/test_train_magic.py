@@ -138,9 +138,10 @@ def test_dry_run_shows_the_bundle_and_the_exact_spec(kernel):
         %%train --procs-per-node 2 --outputs n --dry-run
         n = len(json.dumps(rows))
         """)
-    assert "dry run: nothing submitted" in reply.text
-    assert "import json" in reply.text and "rows" in reply.text and "cloudpickle" in reply.text
-    spec = json.loads(reply.text[reply.text.index("{") : reply.text.rindex("}") + 1])
+    err = reply.streams["stderr"]
+    assert "dry run: nothing submitted" in err
+    assert "import json" in err and "rows" in err and "cloudpickle" in err
+    spec = json.loads(reply.streams["stdout"])  # stdout is exactly the spec
     assert spec["procs_per_node"] == 2 and spec["entry"]["kind"] == "bundle"
     assert _jobs() == []
 

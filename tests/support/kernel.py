@@ -15,6 +15,7 @@ class Reply:
     error: dict | None = None
     mimes: list[str] = field(default_factory=list)
     widget_values: list[str] = field(default_factory=list)
+    streams: dict[str, str] = field(default_factory=dict)  # "stdout"/"stderr" -> their text
 
     @property
     def error_text(self) -> str:
@@ -45,6 +46,8 @@ class Kernel:
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
                 parts.append(content["text"])
+                name = content["name"]
+                reply.streams[name] = reply.streams.get(name, "") + content["text"]
             elif kind in ("execute_result", "display_data"):
                 reply.mimes.extend(content["data"])
                 parts.append(content["data"].get("text/plain", "") + "\n")

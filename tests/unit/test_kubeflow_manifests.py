@@ -230,28 +230,33 @@ def test_dry_run_prints_the_exact_objects_and_sends_nothing(tmp_path, monkeypatc
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))  # no cluster at all
     backend = KubeflowBackend(BackendConfig("kf", "kubeflow", BASE), get_store())
     record = _record(tmp_path, size)
-    text = backend.dry_run(record).text()
-    docs = list(yaml.safe_load_all(text))
+    dry = backend.dry_run(record)
+    docs = list(yaml.safe_load_all(dry.text()))
     kinds = [d["kind"] for d in docs]
     for doc in docs:
         validate(doc)
-    secret = docs[0]
-    assert secret["kind"] == "Secret" and secret["data"] == {"keys.json": "<redacted>"}
-    trainjob = docs[1]
+    # the key Secret is named on stderr, never printed: `| kubectl apply -f -` must not
+    # create a Secret with a placeholder value
+    assert "Secret" not in kinds
+    assert dry.notes == [
+        "Secret nbscale-keys in namespace team-a would be created or updated (the signing keys;"
+        " keys: keys.json; its data is never shown)"
+    ]
+    trainjob = docs[0]
     args = trainjob["spec"]["trainer"]["args"]
     spec = decode_spec(args[args.index("--spec") + 1])
     assert spec["entry"] == {"kind": "bundle", "target": "cell.zip", "parameters": {}}
     assert str(tmp_path) not in json.dumps(spec)  # no local path travels
     bundle_arg = args[args.index("--bundle") + 1]
     if size < 900 * 1024:
-        assert kinds == ["Secret", "TrainJob", "ConfigMap"]
+        assert kinds == ["TrainJob", "ConfigMap"]
         assert bundle_arg == f"{mf.BUNDLE_MOUNT}/cell.zip"
-        cm = docs[2]
+        cm = docs[1]
         sent = io.BytesIO(base64.b64decode(cm["binaryData"]["cell.zip"]))
         with zipfile.ZipFile(sent) as zf, zipfile.ZipFile(tmp_path / "cell.zip") as orig:
             assert zf.read("inputs/000-x.pkl") == orig.read("inputs/000-x.pkl")
     else:
-        assert kinds == ["Secret", "TrainJob"]
+        assert kinds == ["TrainJob"]
         assert bundle_arg.startswith("s3://nb-bucket/work/bundles/sha256/")
     assert trainjob["spec"]["activeDeadlineSeconds"] == 600
     assert trainjob["metadata"]["namespace"] == "team-a"

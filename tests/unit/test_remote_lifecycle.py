@@ -332,22 +332,38 @@ DOCS = [
 ]
 
 
-def test_a_dry_run_renders_yaml_and_json_as_the_cli_and_magic_always_printed():
+def test_a_dry_run_text_is_exactly_the_documents_and_its_notes_are_commentary():
     yaml_run = DryRun(DOCS, "yaml")
     assert yaml_run.text() == yaml.safe_dump_all(DOCS, sort_keys=False, default_flow_style=False)
     assert list(yaml.safe_load_all(yaml_run.text())) == DOCS
     assert str(yaml_run) == yaml_run.text()
     request = {"TrainingJobName": "dry-1", "ResourceConfig": {"InstanceCount": 2}}
-    assert DryRun([request], "json").text() == json.dumps(request, indent=2)
+    assert DryRun([request], "json").text() == json.dumps(request, indent=2) + "\n"
     assert json.loads(DryRun(DOCS, "json").text()) == DOCS  # several documents: a list
-    noted = DryRun(DOCS, "yaml", ["the Secret's value is redacted"])
-    assert noted.text().startswith("# the Secret's value is redacted\napiVersion: v1\n")
-    assert list(yaml.safe_load_all(noted.text())) == DOCS  # notes are YAML comments
+    noted = DryRun(DOCS, "yaml", ["Secret keys would be created or updated"])
+    assert noted.text() == yaml_run.text()  # notes never go where the documents go
+    assert noted.commentary() == "Secret keys would be created or updated\n"
+    assert noted.with_notes("dry run").commentary() == (
+        "dry run\nSecret keys would be created or updated\n"
+    )
     assert noted.to_dict() == {
         "format": "yaml",
         "documents": DOCS,
-        "notes": ["the Secret's value is redacted"],
+        "notes": ["Secret keys would be created or updated"],
     }
+
+
+def test_show_dry_run_splits_documents_to_stdout_and_commentary_to_stderr():
+    import io
+
+    from nbscale.faces.text import show_dry_run
+
+    out, err = io.StringIO(), io.StringIO()
+    show_dry_run(
+        DryRun(DOCS, "yaml", ["a note"]), "dry run: nothing submitted", "", out=out, err=err
+    )
+    assert list(yaml.safe_load_all(out.getvalue())) == DOCS
+    assert err.getvalue() == "dry run: nothing submitted\na note\n"
 
 
 class Inline(JobBackend):

@@ -46,10 +46,11 @@ from ...store.endpoints import (
     list_endpoints,
     update_endpoint,
 )
+from ..base import DryRun
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
-from .jobs import BAD_WAITING, dump_yaml, ensure_key_secret
+from .jobs import BAD_WAITING, ensure_key_secret
 from .settings import KubeflowSettings, settings
 
 PLURAL = "inferenceservices"
@@ -226,17 +227,15 @@ class KServeEndpoints(EndpointBackend):
             request.name, uri, self.settings, serving_options(request), namespace, request.config
         )
 
-    def render(self, request: DeployRequest) -> str:
+    def render(self, request: DeployRequest) -> DryRun:
         self.validate(request)
         body = self.manifest(request, upload=False)
         ns = body["metadata"]["namespace"]
-        return dump_yaml(
-            [
-                mf.redact_secret(mf.key_secret(self.settings.key_secret, "{}", ns)),
-                mf.redact_secret(mf.token_secret(request.name, "", ns)),
-                body,
-            ]
-        )
+        notes = [
+            mf.secret_note(mf.key_secret(self.settings.key_secret, "{}", ns), "the signing keys"),
+            mf.secret_note(mf.token_secret(request.name, "", ns), "the endpoint's bearer token"),
+        ]
+        return DryRun([body], "yaml", notes)
 
     def _token(self, name: str) -> str:
         edir = endpoint_dir(name)

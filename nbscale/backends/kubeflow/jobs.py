@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import threading
 import time
 import zipfile
@@ -39,7 +40,7 @@ from ...store.jobs import (
     update_job,
 )
 from ..base import DryRun
-from ..remote.lifecycle import RemoteJobBackend, canonical_bundle
+from ..remote.lifecycle import RemoteJobBackend, Travel, canonical_bundle
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
 from .podlogs import LogState, PodCursor, RankWriter, copy_pod_log, since_seconds
@@ -55,10 +56,6 @@ BAD_WAITING = {
     "CrashLoopBackOff": "keeps crashing",
     "CreateContainerConfigError": "cannot be configured (a missing Secret or ConfigMap?)",
 }
-
-
-def dump_yaml(objects: list[dict[str, Any]]) -> str:
-    return DryRun(objects, "yaml").text()
 
 
 class KubeflowBackend(RemoteJobBackend):
@@ -77,6 +74,7 @@ class KubeflowBackend(RemoteJobBackend):
         self._cluster: Cluster | None = None
         self._lock = threading.Lock()
         self._looked: dict[str, float] = {}
+        self._travel: dict[str, Travel] = {}  # what the last plan of a job staged
 
     @classmethod
     def prewarm(cls, bconf) -> None:
@@ -120,13 +118,6 @@ class KubeflowBackend(RemoteJobBackend):
             path = Path(spec.entry.target)
             if not path.is_file():
                 raise SpecError("entry", f"{kind} {path} does not exist")
-            if path.stat().st_size >= self.settings.configmap_limit:
-                raise SpecError(
-                    "entry",
-                    f"{kind} {path} is {path.stat().st_size} bytes; a {kind} travels in a "
-                    f"ConfigMap (under {self.settings.configmap_limit} bytes)",
-                    "make it a module in an image (-m module --image), or a %%train cell",
-                )
         if kind == "bundle" and not Path(spec.entry.target).is_file():
             raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
         if spec.secret_env:
@@ -137,6 +128,9 @@ class KubeflowBackend(RemoteJobBackend):
             )
         self.settings.require_storage("a Kubeflow job (its outputs come back that way)")
         mf.job_labels("check", spec.to_dict(), self.settings)
+        mf.image_of(mf.resolve(spec.to_dict(), self.settings), self.settings)  # before uploads
+        for warning in self.check_travel(spec.to_dict()):
+            print(f"nbscale: warning: {warning}", file=sys.stderr, flush=True)
 
     def _wheelhouse_url(
         self, store: storage.ObjectStore, upload: bool, kind: str = "job"
@@ -193,7 +187,11 @@ class KubeflowBackend(RemoteJobBackend):
         configmap_data = None
         bundle = configmap = None
         configmap_key = "cell.zip"
-        if spec["entry"]["kind"] in ("script", "notebook"):  # one file: always a ConfigMap
+        # the job's folder and its requirements: content-addressed in object storage
+        travel = self.stage_travel(spec, store, upload)
+        self._travel[record.id] = travel
+        if spec["entry"]["kind"] in ("script", "notebook") and not travel.code:
+            # one file without its folder (a spec made before folders travelled): a ConfigMap
             local = Path(spec["entry"]["target"])
             configmap_data = local.read_bytes()
             configmap_key = local.name
@@ -219,7 +217,7 @@ class KubeflowBackend(RemoteJobBackend):
                     local.unlink(missing_ok=True)
         staged = mf.Staged(
             job_id=record.id,
-            spec_b64=encode_spec(self.container_spec(spec)),
+            spec_b64=encode_spec(self.container_spec(spec, travel)),
             outputs_uri=store.base.child("jobs", record.id, "outputs").uri,
             bundle=bundle,
             configmap=configmap,
@@ -238,18 +236,17 @@ class KubeflowBackend(RemoteJobBackend):
             return self.settings.namespace or "default"
 
     def dry_run(self, record: JobRecord) -> DryRun:
-        """The exact objects ``submit`` would send, as YAML (the Secret's value redacted)."""
+        """The exact objects ``submit`` would send, as YAML; the key Secret it mounts is
+        named in a note, never shown."""
         staged, data, body = self.plan(record, upload=False)
         namespace = body["metadata"]["namespace"]
-        objects = [
-            mf.redact_secret(mf.key_secret(self.settings.key_secret, "{}", namespace)),
-            body,
-        ]
+        objects = [body]
         if data is not None:
             objects.append(
                 mf.bundle_configmap(record.id, data, namespace, key=staged.configmap_key)
             )
-        return DryRun(objects, "yaml")
+        key_secret = mf.key_secret(self.settings.key_secret, "{}", namespace)
+        return DryRun(objects, "yaml", [mf.secret_note(key_secret, "the signing keys")])
 
     def ensure_key_secret(self) -> None:
         ensure_key_secret(self.cluster(), self.settings)
@@ -302,11 +299,19 @@ class KubeflowBackend(RemoteJobBackend):
                 "configmap": staged.configmap,
                 "image": body["spec"]["trainer"]["image"],
             },
+                **self._travel_info(record.id),
             event="submitted",
         )
         return get_job(self.store, record.id)
 
     # -- status -----------------------------------------------------------------------
+    def _travel_info(self, job_id: str) -> dict[str, Any]:
+        travel = self._travel.pop(job_id, None)
+        if travel is None:
+            return {}
+        return {"code_uri": travel.code_uri, "requirements_uri": travel.requirements_uri,
+                "uploaded": travel.uploaded}  # fmt: skip
+
     def _get(self, record: JobRecord) -> dict[str, Any] | None:
         cluster = self.cluster()
         try:

@@ -326,10 +326,16 @@ def key_secret(name: str, document: str, namespace: str) -> dict[str, Any]:
     }
 
 
-def redact_secret(body: dict[str, Any]) -> dict[str, Any]:
-    """A Secret as ``--dry-run`` shows it: the keys of ``data``, never the values."""
-    shown = {**body, "data": {k: "<redacted>" for k in body.get("data", {})}}
-    return shown
+def secret_note(body: dict[str, Any], purpose: str) -> str:
+    """What ``--dry-run`` says of a Secret it would create or update: its name, namespace
+    and keys on stderr, never its data, and never the object itself (a placeholder value
+    would make ``kubectl apply`` create a broken Secret)."""
+    meta = body["metadata"]
+    keys = ", ".join(sorted(body.get("data", {})))
+    return (
+        f"Secret {meta['name']} in namespace {meta['namespace']} would be created or updated "
+        f"({purpose}; keys: {keys}; its data is never shown)"
+    )
 
 
 def shell_line(container: dict[str, Any]) -> str:

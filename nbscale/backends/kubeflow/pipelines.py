@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackendUnavailable, NbscaleError, SpecError
+from ..base import DryRun
 from ..remote.pipelines import RemotePipelines
-from .settings import DEFAULT_IMAGE, KubeflowSettings, settings
+from .settings import KubeflowSettings, settings
 
 STATES = {
     "PENDING": "PENDING",
@@ -112,10 +113,40 @@ class KFPPipelines:
 
         pipeline = load(path)
         options: dict[str, Any] = {"key_secret": self.settings.key_secret}
-        if self.settings.image != DEFAULT_IMAGE:
+        if self.settings.image:
             options["image"] = self.settings.image  # a prebuilt image with nbscale and papermill
         kfp_target.compile_pipeline(pipeline, output, **options)
         return pipeline
+
+    def plan(self, path: str, parameters: dict[str, Any] | None = None) -> DryRun:
+        """The pipeline package ``start`` would upload (KFP IR YAML), nothing sent."""
+        import yaml
+
+        with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
+            package = Path(tmp) / "pipeline.yaml"
+            pipeline = self.compile(path, package)
+            self._check_parameters(pipeline, parameters)
+            documents = [d for d in yaml.safe_load_all(package.read_text()) if d]
+        s = self.settings
+        where = f"namespace {s.kfp_namespace}" if s.kfp_namespace else "KFP's own namespace"
+        arguments = ", ".join(f"{k}={v!r}" for k, v in (parameters or {}).items()) or "none"
+        notes = [
+            f"a run of this package would be created on {s.kfp_host} in experiment "
+            f"{s.kfp_experiment!r}, {where}; arguments: {arguments}",
+            f"Secret {s.key_secret} would be created or updated for the tasks to mount "
+            "(the signing keys; its data is never shown)",
+        ]
+        return DryRun(documents, "yaml", notes)
+
+    @staticmethod
+    def _check_parameters(pipeline: Any, parameters: dict[str, Any] | None) -> None:
+        unknown = sorted(set(parameters or {}) - set(pipeline.parameters))
+        if unknown:
+            raise SpecError(
+                "-p",
+                f"the pipeline has no parameter {unknown[0]!r}",
+                f"its parameters: {', '.join(sorted(pipeline.parameters)) or '(none)'}",
+            )
 
     def start(self, path: str, parameters: dict[str, Any] | None = None) -> KFPRun:
         from .cluster import connect
@@ -124,13 +155,7 @@ class KFPPipelines:
         with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
             package = Path(tmp) / "pipeline.yaml"
             pipeline = self.compile(path, package)
-            unknown = sorted(set(parameters or {}) - set(pipeline.parameters))
-            if unknown:
-                raise SpecError(
-                    "-p",
-                    f"the pipeline has no parameter {unknown[0]!r}",
-                    f"its parameters: {', '.join(sorted(pipeline.parameters)) or '(none)'}",
-                )
+            self._check_parameters(pipeline, parameters)
             cluster = connect(self.settings)
             ensure_key_secret(cluster, self.settings)  # the tasks mount it
             client = self.client()

@@ -51,7 +51,7 @@ from typing_extensions import TypedDict
 
 from ...config import BackendConfig
 from ...errors import SpecError
-from ..settings_base import PlatformSettings, Text, invalid
+from ..settings_base import RemoteSettings, Text, invalid
 
 DEFAULT_IMAGE = "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"  # the torch-distributed runtime's
 DEFAULT_RUNTIME = "torch-distributed"
@@ -108,7 +108,7 @@ class Toleration(TypedDict, total=False):
 _TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-class KubeflowSettings(PlatformSettings):
+class KubeflowSettings(RemoteSettings):
     platform: ClassVar[str] = "kubeflow"
 
     storage: Text | None = Field(None, examples=["s3://nbscale/work"])

@@ -25,6 +25,7 @@ from ...pipelines.runner import (
 )
 from ...pipelines.status import ACTIVE, FAILED, LOST, PENDING, RUNNING
 from ...store import pipelines as db
+from ..base import DryRun
 from ..pipeline_base import Announce, OnStep, PipelineBackend
 
 
@@ -74,6 +75,28 @@ class LocalPipelineBackend(PipelineBackend):
             )
             raise
         return run_id
+
+    def dry_run(
+        self, path: str, parameters: dict[str, Any] | None, options: dict[str, Any]
+    ) -> DryRun:
+        """The steps that would run here, in order, with the parameters' values."""
+        pipeline = load(path)
+        values = resolve(pipeline.parameters, parameters)
+        chosen = set(selected_steps(pipeline, options.get("only"), options.get("from_step")))
+        summary = pipeline.summary()
+        plan = {
+            "name": summary["name"],
+            "source": summary["source"],
+            "parameters": values,
+            "steps": [s for s in summary["steps"] if s["name"] in chosen],
+        }
+        notes = [
+            "the local backend sends nothing anywhere: these steps would run on this machine, "
+            "in this order"
+        ]
+        if options.get("no_cache"):
+            notes.append("--no-cache: every step would run, none would come from the cache")
+        return DryRun([plan], "json", notes + list(summary["warnings"]))
 
     def status(self, record: dict[str, Any]) -> dict[str, Any]:
         """A run whose runner process is gone is LOST, never left RUNNING forever."""

@@ -25,9 +25,11 @@ import time
 import zipfile
 from abc import abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
 
+from ... import storage
 from ...errors import WaitTimeout
 from ...runtime.jobdir import JobDir
 from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, update_job
@@ -161,6 +163,21 @@ def wait_for(
         sleep(interval)
 
 
+# -- what travels ---------------------------------------------------------------------------
+@dataclass
+class Travel:
+    """The job's folder and requirements as the container finds them (``code``,
+    ``requirements``: what its spec says), where they are in object storage, and what this
+    submit sent (``uploaded``; empty when everything was there already)."""
+
+    code: dict[str, Any] | None = None
+    requirements: dict[str, Any] | None = None
+    code_uri: str | None = None
+    requirements_uri: str | None = None
+    uploaded: list[str] = field(default_factory=list)
+    built: bool = False  # whether the wheelhouse was built by this submit
+
+
 # -- the base of the remote job backends ------------------------------------------------------
 class RemoteJobBackend(JobBackend):
     """A job backend whose work runs in someone else's containers (Kubeflow, SageMaker).
@@ -181,20 +198,170 @@ class RemoteJobBackend(JobBackend):
         self._log_times: dict[str, float] = {}
 
     # -- what travels ---------------------------------------------------------------------
-    def container_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def container_spec(
+        self, spec: dict[str, Any], travel: Travel | None = None
+    ) -> dict[str, Any]:
         """The spec the container runs: no local paths (a bundle is ``cell.zip`` next to the
-        job, a script or notebook is in ``file_mount``), no checkpoint folder of this
-        machine, none of ``container_drops``."""
+        job, a script or notebook is in ``file_mount``, or in its folder when that travels:
+        ``travel``), no checkpoint folder of this machine, none of ``container_drops``."""
         spec = json.loads(json.dumps(spec))
         entry = spec.get("entry", {})
         if entry.get("kind") == "bundle":
             entry["target"] = "cell.zip"
         elif entry.get("kind") in ("script", "notebook"):
-            entry["target"] = f"{self.file_mount}/{Path(entry['target']).name}"
+            if travel is not None and travel.code and travel.code.get("target"):
+                entry["target"] = travel.code["target"]  # in the unpacked folder
+            else:
+                entry["target"] = f"{self.file_mount}/{Path(entry['target']).name}"
+        spec.pop("workdir", None)
+        spec.pop("requirements", None)
+        if travel is not None:
+            if travel.code:
+                spec["code"] = {k: v for k, v in travel.code.items() if k != "target"}
+            if travel.requirements:
+                spec["requirements_wheels"] = travel.requirements
         spec["checkpoint_dir"] = None
         for name in self.container_drops:
             spec.pop(name, None)
         return spec
+
+    # -- the folder and the packages that travel ------------------------------------------
+    def travel_settings(self):
+        """The backend's ``RemoteSettings`` (requirements, pip_index, code_limit_mb)."""
+        return self.settings  # type: ignore[attr-defined]
+
+    def travel_modules(self, spec: dict[str, Any]) -> list[str]:
+        """The top-level modules the job imports: a cell's (its captured imports and its own
+        import statements), a script's, a notebook's code cells'."""
+        from ...requirements import imported_modules
+
+        entry = spec.get("entry", {})
+        kind, target = entry.get("kind"), entry.get("target")
+        sources: list[str] = []
+        try:
+            if kind == "bundle":
+                from ... import bundle
+                from ...runtime.cell import KIND
+
+                found = bundle.read(target, KIND)
+                sources = [*found.manifest.get("imports", []), found.part("cell.py").decode()]
+            elif kind == "script":
+                sources = [Path(target).read_text(errors="replace")]
+            elif kind == "notebook":
+                cells = json.loads(Path(target).read_text()).get("cells", [])
+                sources = [
+                    "".join(c.get("source", "")) if isinstance(c.get("source"), list)
+                    else str(c.get("source", ""))
+                    for c in cells
+                    if c.get("cell_type") == "code"
+                ]  # fmt: skip
+        except (OSError, ValueError):
+            return []
+        names: list[str] = []
+        for text in sources:
+            lines = "\n".join(
+                ln for ln in text.splitlines() if not ln.lstrip().startswith(("%", "!"))
+            )
+            names += imported_modules(lines)
+        return list(dict.fromkeys(names))
+
+    def check_travel(self, spec: dict[str, Any]) -> list[str]:
+        """What ``submit`` would refuse about what travels, said before anything is stored or
+        sent (the size of the folder, the requirements file), and the warnings: modules the
+        job imports from local files outside its folder, which will not be in the container."""
+        from ...codefolder import outside_modules, scan
+        from ...requirements import AUTO
+
+        conf = self.travel_settings()
+        workdir = spec.get("workdir")
+        if not workdir:
+            return []
+        scan(workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]")
+        value = spec.get("requirements") or conf.requirements
+        if value and value != AUTO:
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else Path(workdir) / path
+            if not path.is_file():
+                from ...errors import SpecError
+
+                raise SpecError(
+                    f"[backends.{conf.name}] requirements",
+                    f"{path} is not a file",
+                    "give a pip requirements file (relative paths are read in the job's "
+                    "folder), or auto",
+                )
+        outside = outside_modules(self.travel_modules(spec), workdir)
+        if not outside:
+            return []
+        listed = ", ".join(f"{name} ({file})" for name, file in outside)
+        return [
+            f"the job imports {listed} from outside its folder {workdir}, which is all that "
+            "travels: move it into the folder, or install it as a package and name it in "
+            "--requirements"
+        ]
+
+    def stage_travel(
+        self, spec: dict[str, Any], store: storage.ObjectStore, upload: bool
+    ) -> Travel:
+        """Put the job's folder (``code.zip``) and its requirements' wheelhouse in object
+        storage under names made of their content: what is there already is not sent again.
+        With ``upload`` False nothing is built, written or sent (``--dry-run``)."""
+        from ... import bundle
+        from ...codefolder import scan
+        from ...requirements import ARCHIVE, build, cache_key, resolve, target_python
+        from .staging import put_known
+
+        conf = self.travel_settings()
+        travel = Travel()
+        workdir = spec.get("workdir")
+        if not workdir:
+            return travel
+        folder = scan(workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]")
+        digest = folder.digest
+        uri = store.base.child("code", "sha256", digest, "code.zip").uri
+        if upload and put_known(store, uri, folder.pack):
+            travel.uploaded.append(uri)
+        entry = spec.get("entry", {})
+        target = None
+        if entry.get("kind") in ("script", "notebook"):
+            target = Path(entry["target"]).resolve().relative_to(folder.root).as_posix()
+        travel.code = {
+            "uri": self.in_container("code", uri),
+            "sha256": digest,
+            "sig": bundle.sign_name(digest) if upload else "(signed at submit)",
+            "files": len(folder.files),
+            "size": folder.size,
+            "target": target,
+        }
+        travel.code_uri = uri
+        value = spec.get("requirements") or conf.requirements
+        modules = self.travel_modules(spec) if value == "auto" else None
+        req = resolve(value, folder.root, modules)
+        if req is None:
+            return travel
+        key = cache_key(req, conf.pip_index, target_python())
+        req_uri = store.base.child("requirements", key, ARCHIVE).uri
+        sha = None
+        if upload:
+            house = build(req, conf.pip_index)
+            sha = house.digest
+            if put_known(store, req_uri, lambda: house.archive):
+                travel.uploaded.append(req_uri)
+            travel.built = house.built
+        travel.requirements = {
+            "uri": self.in_container("requirements", req_uri),
+            "sha256": sha,
+            "sig": bundle.sign_name(sha) if sha else "(signed at submit)",
+            "index": conf.pip_index,
+            "origin": req.origin,
+        }
+        travel.requirements_uri = req_uri
+        return travel
+
+    def in_container(self, what: str, uri: str) -> str:
+        """Where the container finds ``what`` (``code``, ``requirements``) that was put at
+        ``uri``: the URI itself (the launcher fetches it), or where the platform copies it."""
+        return uri
 
     @abstractmethod
     def dry_run(self, record: JobRecord) -> DryRun:

@@ -32,6 +32,7 @@ from ...pipelines.parameters import resolve
 from ...pipelines.runner import new_run, runner_alive, start_detached
 from ...pipelines.status import ACTIVE, RUNNING
 from ...store import pipelines as db
+from ..base import DryRun
 from ..pipeline_base import Announce, OnStep, PipelineBackend
 
 LOCAL_ONLY = ("only", "from_step", "no_cache", "max_parallel")
@@ -60,8 +61,9 @@ class RemotePipelines(PipelineBackend):
     @property
     @abstractmethod
     def runner(self) -> Any:
-        """``start(path, parameters) -> handle``, ``refresh(handle, on_step)``,
-        ``cancel(remote_id)``; ``handle.status`` / ``handle.error`` after a refresh."""
+        """``start(path, parameters) -> handle``, ``plan(path, parameters) -> DryRun`` (what
+        ``start`` would send), ``refresh(handle, on_step)``, ``cancel(remote_id)``;
+        ``handle.status`` / ``handle.error`` after a refresh."""
 
     @abstractmethod
     def remote_id(self, handle: Any) -> str:
@@ -76,16 +78,11 @@ class RemotePipelines(PipelineBackend):
         return 1.0
 
     # -- run -------------------------------------------------------------------------------
-    def run(
-        self,
-        path: str,
-        parameters: dict[str, Any] | None,
-        *,
-        detach: bool,
-        on_step: OnStep | None,
-        announce: Announce | None,
-        options: dict[str, Any],
-    ) -> str:
+    def _check(
+        self, path: str, parameters: dict[str, Any] | None, options: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """The flow, every parameter's value, and the values to send (those given: the
+        platform's defaults stay its own); options only the local runner has are refused."""
         for option in LOCAL_ONLY:
             if options.get(option) not in (None, False, []):
                 raise SpecError(
@@ -99,7 +96,26 @@ class RemotePipelines(PipelineBackend):
             )
         pipeline = load(path)
         values = resolve(pipeline.parameters, parameters)
-        sent = {k: values[k] for k in parameters or {}}  # the platform's defaults stay its own
+        return pipeline, values, {k: values[k] for k in parameters or {}}
+
+    def dry_run(
+        self, path: str, parameters: dict[str, Any] | None, options: dict[str, Any]
+    ) -> DryRun:
+        """The compiled pipeline the platform would get (``runner.plan``), nothing sent."""
+        _, _, sent = self._check(path, parameters, options)
+        return self.runner.plan(path, sent)
+
+    def run(
+        self,
+        path: str,
+        parameters: dict[str, Any] | None,
+        *,
+        detach: bool,
+        on_step: OnStep | None,
+        announce: Announce | None,
+        options: dict[str, Any],
+    ) -> str:
+        pipeline, values, sent = self._check(path, parameters, options)
         runner = self.runner
         handle = runner.start(path, sent)
         remote_id = self.remote_id(handle)

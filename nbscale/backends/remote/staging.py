@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,35 @@ class RemoteJob:
 
     def argv(self) -> list[str]:
         return [*self.command, *self.args]
+
+
+# content-addressed objects this process put or found recently: an unchanged re-submit
+# sends not even a HEAD. The names never change meaning; the TTL covers a lifecycle rule or
+# a person deleting one (the container then fails at once, naming what is missing).
+KNOWN_TTL = 600.0
+_known: dict[str, float] = {}
+_known_lock = threading.Lock()
+
+
+def put_known(store: storage.ObjectStore, uri: str, local: Callable[[], Path]) -> bool:
+    """Make sure the content-addressed object ``uri`` is in ``store``: nothing is sent when
+    this process saw it lately or the store has it; else ``local()`` (made only then) is
+    uploaded. Returns whether anything was sent."""
+    endpoint = getattr(getattr(store.client, "meta", None), "endpoint_url", "") if (
+        store.base.scheme != "file"
+    ) else "file"
+    where = f"{endpoint} {uri}"
+    with _known_lock:
+        seen = _known.get(where)
+    if seen is not None and time.monotonic() - seen < KNOWN_TTL:
+        return False
+    sent = False
+    if not store.exists(uri):
+        store.put_at(local(), uri)
+        sent = True
+    with _known_lock:
+        _known[where] = time.monotonic()
+    return sent
 
 
 def outputs_uri(store: storage.ObjectStore, job_id: str) -> str:

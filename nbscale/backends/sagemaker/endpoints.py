@@ -43,6 +43,7 @@ from ...store.endpoints import (
     list_endpoints,
     update_endpoint,
 )
+from ..base import DryRun
 from ..endpoint_base import DeployRequest, EndpointBackend
 from . import secrets
 from .jobs import client_error
@@ -243,7 +244,7 @@ class SageMakerEndpoints(EndpointBackend):
             config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
         return config
 
-    def render(self, request: DeployRequest) -> str:
+    def render(self, request: DeployRequest) -> DryRun:
         self.validate(request)
         with tempfile.TemporaryDirectory() as tmp:
             tar = model_tarball(Path(request.model_dir), Path(tmp) / "model.tar.gz")
@@ -262,7 +263,11 @@ class SageMakerEndpoints(EndpointBackend):
             "EndpointName": request.name,
             "EndpointConfigName": out["CreateEndpointConfig"]["EndpointConfigName"],
         }
-        return json.dumps(out, indent=2)
+        notes = [
+            f"the model would be uploaded to {url}",
+            f"secret {name} (Secrets Manager) would be created or updated: the signing keys",
+        ]
+        return DryRun([out], "json", notes)
 
     # -- deploy ---------------------------------------------------------------------------
     def _upload(self, model_dir: Path) -> str:

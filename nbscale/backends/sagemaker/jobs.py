@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 import tarfile
 import tempfile
 import threading
@@ -33,7 +34,7 @@ from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
 from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, add_event, get_job, update_job
 from ..base import DryRun
-from ..remote.lifecycle import RemoteJobBackend, canonical_bundle
+from ..remote.lifecycle import RemoteJobBackend, Travel, canonical_bundle
 from . import logs as cw
 from . import request as req
 from . import secrets as sm_secrets
@@ -153,6 +154,8 @@ class SageMakerBackend(RemoteJobBackend):
     # -- submit -----------------------------------------------------------------------
     def validate(self, spec: JobSpec) -> None:
         kind = spec.entry.kind
+        for warning in self.check_travel(spec.to_dict()):
+            print(f"nbscale: warning: {warning}", file=sys.stderr, flush=True)
         if kind == "notebook":  # papermill runs it: the runtime is the step closure
             if not Path(spec.entry.target).is_file():
                 raise SpecError("entry", f"notebook {spec.entry.target} does not exist")
@@ -169,12 +172,18 @@ class SageMakerBackend(RemoteJobBackend):
             raise SpecError("entry", f"cell bundle {spec.entry.target} does not exist")
         req.check_spec(spec.to_dict(), self.settings)
 
-    def _spec_file(self, record: JobRecord, spec: dict[str, Any], folder: Path) -> Path:
+    def _spec_file(
+        self, record: JobRecord, spec: dict[str, Any], folder: Path, travel: Travel | None = None
+    ) -> Path:
         from ...runtime.launch import encode_spec
 
         path = folder / "spec.b64"
-        path.write_text(encode_spec(self.container_spec(spec)))
+        path.write_text(encode_spec(self.container_spec(spec, travel)))
         return path
+
+    def in_container(self, what: str, uri: str) -> str:
+        # SageMaker copies each channel's prefix to /opt/ml/input/data/<channel> first
+        return f"{req.DATA}/{what}/{uri.rsplit('/', 1)[1]}"
 
     def training_request(
         self, record: JobRecord, upload: bool, env_secret_arn: str | None = None
@@ -188,14 +197,18 @@ class SageMakerBackend(RemoteJobBackend):
                 f"{env_secret_name(self.settings, record.id)} (created at submit)"
             )
         store = self.object_store()
+        # the job's folder and requirements first: the spec names them
+        travel = self.stage_travel(spec, store, upload)
         with tempfile.TemporaryDirectory(prefix="nbscale-sm-") as tmp:
-            spec_path = self._spec_file(record, spec, Path(tmp))
+            spec_path = self._spec_file(record, spec, Path(tmp), travel)
             spec_uri = store.base.child(
                 "specs", "sha256", storage.sha256_file(spec_path), "spec.b64"
             ).uri
             bundle_uri = local = code_uri = script = None
             if spec["entry"]["kind"] == "bundle":
                 bundle_uri, local = _inspect_bundle(spec, store, Path(tmp))
+            if travel.code_uri:
+                code_uri = travel.code_uri  # a script or notebook is in its folder
             elif spec["entry"]["kind"] in ("script", "notebook"):
                 script = Path(spec["entry"]["target"])
                 if not script.is_file():
@@ -221,7 +234,7 @@ class SageMakerBackend(RemoteJobBackend):
                         put_once, store, script, code_uri, script.name, "code"
                     )
                     bundle_uri = bundle_f.result() if bundle_f else None
-                    code_uri = code_f.result() if code_f else None
+                    code_uri = code_f.result() if code_f else code_uri
                     spec_uri, arn, runtime = spec_f.result(), arn_f.result(), runtime_f.result()
             else:
                 name = sm_secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
@@ -236,6 +249,9 @@ class SageMakerBackend(RemoteJobBackend):
             runtime_prefix=runtime,
             key_secret_arn=arn,
             code_prefix=_prefix(code_uri) if code_uri else None,
+            requirements_prefix=(
+                _prefix(travel.requirements_uri) if travel.requirements_uri else None
+            ),
             env_secret_arn=env_secret_arn,
         )
         return req.build(record.id, spec, self.settings, staged)
@@ -316,7 +332,19 @@ class SageMakerBackend(RemoteJobBackend):
 
     def dry_run(self, record: JobRecord) -> DryRun:
         """The exact CreateTrainingJob request, as JSON; nothing uploaded or created."""
-        return DryRun([self.training_request(record, upload=False)], "json")
+        request = self.training_request(record, upload=False)
+        key_secret = sm_secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
+        notes = [
+            "the inputs would be uploaded to the S3 URIs of InputDataConfig "
+            "(content-addressed: those already there are not sent again)",
+            f"secret {key_secret} (Secrets Manager) would be created or updated: the signing keys",
+        ]
+        if record.spec.get("secret_env"):
+            notes.append(
+                f"secret {env_secret_name(self.settings, record.id)} would hold the "
+                "--secret-env values for this job only"
+            )
+        return DryRun([request], "json", notes)
 
     def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
         self.settings.require_credentials()

@@ -31,7 +31,7 @@ from .settings import SageMakerSettings, is_gpu_instance
 
 DEFAULT_MAX_RUNTIME = 24 * 3600
 MAX_ARG = 256  # SageMaker's limit on one entry point string or argument
-CHANNELS = ("bundle", "spec", "code", "runtime")
+CHANNELS = ("bundle", "spec", "code", "runtime", "requirements")
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 
@@ -65,7 +65,8 @@ class Staged:
     spec_prefix: str
     runtime_prefix: str | None = None
     key_secret_arn: str | None = None
-    code_prefix: str | None = None  # a script entry's file
+    code_prefix: str | None = None  # the job's folder (code.zip)
+    requirements_prefix: str | None = None  # the wheelhouse of its requirements
     env_secret_arn: str | None = None  # the job's --secret-env values
 
 
@@ -221,6 +222,8 @@ def build(
     if settings.subnets:
         request["VpcConfig"] = {
             "Subnets": list(settings.subnets),
+    if staged.requirements_prefix:
+        channels.append(_channel("requirements", staged.requirements_prefix))
             "SecurityGroupIds": list(settings.security_group_ids),
         }
     for part in (

@@ -46,7 +46,7 @@ from pydantic import (
 
 from ...config import BackendConfig
 from ...errors import BackendUnavailable, MissingDependency
-from ..settings_base import PlatformSettings, Text, invalid
+from ..settings_base import RemoteSettings, Text, invalid
 
 ROLE_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+$")
 INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
@@ -109,7 +109,7 @@ def _backend(info: ValidationInfo) -> str:
     return str(info.data.get("name", "NAME"))
 
 
-class SageMakerSettings(PlatformSettings):
+class SageMakerSettings(RemoteSettings):
     platform: ClassVar[str] = "sagemaker"
 
     # the order of the fields is the order problems are reported in
