@@ -37,6 +37,7 @@ import cloudpickle
 
 from .errors import NbscaleError
 from .free_names import CELL_FILENAME, free_names
+from .words import count
 
 __all__ = [
     "CELL_FILENAME",
@@ -116,7 +117,7 @@ class Capture:
         """One line: what is sent, how big, how long capture took."""
         sent = ", ".join(f"{i.name} ({human_size(i.size)})" for i in self.inputs) or "no values"
         imports = ", ".join(i.name for i in self.items if i.kind == "import")
-        files = f"; {len(self.modules)} local source file(s)" if self.modules else ""
+        files = f"; {count(len(self.modules), 'local source file')}" if self.modules else ""
         return (
             f"sent {human_size(self.size)} in {self.seconds * 1000:.0f} ms: {sent}"
             + (f"; imports: {imports}" if imports else "")

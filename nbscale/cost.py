@@ -41,6 +41,7 @@ from typing import Any
 from .config import Config
 from .config import load as load_config
 from .errors import SpecError
+from .words import count
 
 # SageMaker training instances (the ``ml.`` prices include the SageMaker fee)
 INSTANCE_PRICES: dict[str, float] = {
@@ -259,7 +260,7 @@ def spec_estimate(spec: Any, config: Config | None = None) -> dict[str, Any]:
 def describe_estimate(est: dict[str, Any]) -> str:
     """One line for ``--dry-run`` and the ``%%train`` report."""
     head = (
-        f"estimated cost: ${est['per_hour']:.2f}/hour ({est['nodes']} node(s) x "
+        f"estimated cost: ${est['per_hour']:.2f}/hour ({count(est['nodes'], 'node')} x "
         f"${est['price_per_node_hour']:.2f} on {est['backend']})"
     )
     if est["total"] is not None:
@@ -282,7 +283,7 @@ def check_budget(spec: Any, config: Config | None = None) -> dict[str, Any]:
         over = est["total"] - est["max_cost"]
         raise SpecError(
             "max_cost",
-            f"the estimate ${est['total']:.2f} ({est['nodes']} node(s) x "
+            f"the estimate ${est['total']:.2f} ({count(est['nodes'], 'node')} x "
             f"${est['price_per_node_hour']:.2f}/hour x {est['max_runtime']} s) is "
             f"${over:.2f} over the budget of ${est['max_cost']:.2f}",
             "raise --max-cost, or lower --max-runtime or --nodes",

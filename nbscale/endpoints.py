@@ -29,6 +29,7 @@ from .paths import endpoint_dir
 from .serving.artifact import package, read_manifest, sign, verify
 from .store import get_store
 from .store.endpoints import EndpointRecord, get_endpoint, list_endpoints
+from .words import count
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -81,7 +82,10 @@ class Endpoint:
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         d = self.to_dict()
         reps = d["replicas"]
-        text = f"endpoint {d['name']}: {d['status']} at {d['url']} ({reps['current']} replicas, {reps['min']}..{reps['max']})"
+        text = (
+            f"endpoint {d['name']}: {d['status']} at {d['url']} "
+            f"({count(reps['current'], 'replica')}, {reps['min']}..{reps['max']})"
+        )
         return {"text/plain": text}
 
     # -- calls -----------------------------------------------------------------
@@ -158,7 +162,7 @@ def _check_replicas(lo: Any, hi: Any, limit: int) -> None:
         raise SpecError(
             "replicas",
             f"MAX {hi} is more than this backend can run ({limit})",
-            f"ask for at most {limit} replicas",
+            f"ask for at most {count(limit, 'replica')}",
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from .store.jobs import JobRecord
+from .words import count
 
 
 def _fields(record: JobRecord) -> list[tuple[str, str]]:
@@ -17,7 +18,11 @@ def _fields(record: JobRecord) -> list[tuple[str, str]]:
             record.status + (f" ({record.info.get('phase')})" if not record.terminal else ""),
         ),
         ("backend", record.backend),
-        ("shape", f"{spec.get('nodes', 1)} node(s) x {spec.get('procs_per_node', 1)} process(es)"),
+        (
+            "shape",
+            f"{count(spec.get('nodes', 1), 'node')} x "
+            f"{count(spec.get('procs_per_node', 1), 'process')}",
+        ),
         ("duration", "-" if duration is None else f"{duration:.1f} s"),
     ]
     if record.error:

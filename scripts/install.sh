@@ -22,7 +22,7 @@ apt_install() {
 if [ "$want_tests" = test ]; then
   # a real browser for the panel's UI tests; node + npm build the labextension;
   # iproute2 joins the Kubeflow contract test's nodes over veth pairs in network namespaces
-  apt_install chromium iproute2
+  apt_install chromium iproute2 jq
 fi
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 

@@ -14,6 +14,7 @@ from ..jobs import Job, job, jobs, submit
 from ..specs import Entry, shown
 from ..store import get_store
 from ..store.jobs import CANCELLED, STATUSES, SUCCEEDED, JobRecord, list_jobs
+from ..words import count
 
 
 def exit_code_of(record: JobRecord) -> int:
@@ -137,7 +138,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     _, total = list_jobs(get_store(), status=args.status, backend=args.backend, limit=1)
     if total > len(handles):
         print(
-            f"nbscale: showing the newest {len(handles)} of {total} jobs "
+            f"nbscale: showing the newest {len(handles)} of {count(total, 'job')} "
             "(see more with --limit N, or narrow with --status / --backend)",
             file=sys.stderr,
         )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..faces.text import ago, print_json, table
+from ..words import count
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -19,7 +20,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     out = Path(args.output)
     base.save(out)
     print(
-        f"baseline of {len(base.features)} features from {base.rows} rows "
+        f"baseline of {count(len(base.features), 'feature')} from {count(base.rows, 'row')} "
         f"({base.bins} quantile bins each) written to {out}"
     )
     return 0
@@ -81,7 +82,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     print(table([args.by.upper(), "JOBS", "NODE-HOURS", "COST", "ON-DEMAND", "SPOT SAVED"], rows))
     t = report["total"]
     print(
-        f"total over {span}: ${t['cost']:.2f} for {t['jobs']} jobs"
+        f"total over {span}: ${t['cost']:.2f} for {count(t['jobs'], 'job')}"
         + (f" (spot saved ${t['spot_savings']:.2f})" if t["spot_savings"] else "")
         + (f"; {t['unpriced']} without a known price" if t["unpriced"] else "")
     )

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
+from ..words import count, plural
 
 FORMAT_VERSION = 1
 DEFAULT_BINS = 10
@@ -84,7 +85,8 @@ class Baseline:
         if matrix.shape[0] < 2 * bins:
             raise SpecError(
                 "data",
-                f"{matrix.shape[0]} rows are too few for a baseline with {bins} bins",
+                f"{count(matrix.shape[0], 'row')} {plural('is', matrix.shape[0])} too few for a baseline "
+                f"with {count(bins, 'bin')}",
                 f"give at least {2 * bins} rows (a few thousand make a steady baseline)",
             )
         rng = np.random.default_rng(seed)

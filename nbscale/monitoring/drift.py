@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 from ..errors import SpecError
+from ..words import count
 from .baseline import Baseline
 
 DEFAULT_FDR = 0.01
@@ -112,11 +113,14 @@ class WindowReport:
             f" .. {time.strftime('%Y-%m-%d %H:%M:%S' if self.end - self.start >= 86400 else '%H:%M:%S', time.localtime(self.end))}"
         )
         if self.skipped:
-            return f"{span}  {self.rows} rows  not tested: {self.skipped}"
+            return f"{span}  {count(self.rows, 'row')}  not tested: {self.skipped}"
         drift = self.drifting
         if not drift:
-            return f"{span}  {self.rows} rows  no drift in {len(self.features)} features"
-        lines = [f"{span}  {self.rows} rows  {len(drift)} of {len(self.features)} features drift:"]
+            return f"{span}  {count(self.rows, 'row')}  no drift in {count(len(self.features), 'feature')}"
+        lines = [
+            f"{span}  {count(self.rows, 'row')}  {len(drift)} of "
+            f"{count(len(self.features), 'feature')} drift:"
+        ]
         for f in drift[:limit]:
             lines.append(
                 f"  {f.feature}: KS {f.ks:.3f} (p {f.ks_p_adjusted:.2g}), PSI {f.psi:.3f}"
@@ -190,7 +194,7 @@ def compare(
             int(x.shape[0]),
             fdr,
             [],
-            f"{x.shape[0]} rows, fewer than {min_rows}",
+            f"{count(x.shape[0], 'row')}, fewer than {min_rows}",
         )
     rows, psis, thresholds, shares, outside, means = [], [], [], [], [], []
     chi, dof = np.zeros(nfeat), np.zeros(nfeat)  # PSI / (1/n + 1/m) and k - 1, per feature

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SpecError
+from ..words import count, plural
 from . import notebooks
 from .model import Cell, Pipeline, Step
 
@@ -73,7 +74,8 @@ def load(path: Path, nb: dict | None = None) -> Pipeline:
         current.body.append(cell)
     if loose:
         warnings.append(
-            f"{loose} untagged code cell(s) before the first step are not part of the pipeline"
+            f"{count(loose, 'untagged code cell')} before the first step {plural('is', loose)} "
+            "not part of the pipeline"
         )
     parameters_cell = "\n".join(params)
     for step in steps.values():

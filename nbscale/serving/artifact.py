@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import keys
 from ..errors import SignatureError, SpecError
+from ..words import count
 from .protocol import NUMPY_TO_V2, TensorSpec
 
 MANIFEST = "nbscale.json"
@@ -248,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         read_manifest(args.directory)
         if args.action == "sign":
-            print(f"signed {len(_files(Path(args.directory)))} files: {sign(args.directory)}")
+            print(
+                f"signed {count(len(_files(Path(args.directory))), 'file')}: {sign(args.directory)}"
+            )
         else:
-            print(f"ok: {len(verify(args.directory))} files match their signature")
+            checked = count(len(verify(args.directory)), "file")
+            print(f"ok: {checked} checked against the signature")
     except (SpecError, SignatureError) as exc:
         print(f"nbscale: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..words import count
+
 GAP_MIN_S = 0.0002  # never give up on a filling batch sooner than this
 INLINE_BELOW_S = 0.002  # a thread hand-off costs ~50 us: tiny forwards run on the loop itself
 
@@ -78,7 +80,7 @@ class Batcher:
         n = rows.shape[0]
         if self.queued_rows + n > self.max_queue:
             raise Overloaded(
-                f"the request queue is full ({self.queued_rows} rows waiting); retry shortly"
+                f"the request queue is full ({count(self.queued_rows, 'row')} waiting); retry shortly"
             )
         now = time.perf_counter()
         self.ewma_gap = 0.9 * self.ewma_gap + 0.1 * min(now - self._last_arrival, 0.01)

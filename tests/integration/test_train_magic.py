@@ -66,7 +66,7 @@ def test_closures_lambdas_classes_aliased_imports_and_a_local_module_travel(kern
     imports, files = sent.split("imports: ")[1].split("; ")
     assert (
         set(imports.split(", ")) == {"torch", "hp", "shift", "np"}
-        and files == "1 local source file(s)"
+        and files == "1 local source file"
     )
     assert "succeeded" in reply.text and "text/html" in reply.mimes
     check = k.ok("print(isinstance(model, Net), values, ranks, type(wrapped).__name__)")

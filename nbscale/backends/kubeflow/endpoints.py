@@ -46,6 +46,7 @@ from ...store.endpoints import (
     list_endpoints,
     update_endpoint,
 )
+from ...words import count
 from ..base import DryRun
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
 from . import manifests as mf
@@ -531,7 +532,7 @@ class KServeEndpoints(EndpointBackend):
         errors = total["Invocation4XXErrors"] + total["Invocation5XXErrors"]
         return {
             **rows[-1],
-            "source": f"/metrics of {len(ready)} ready predictor pod(s) via the API server",
+            "source": f"/metrics of {count(len(ready), 'ready predictor pod')} via the API server",
             "pods": [pod for pod, _ in ready],
             "latency_unit": "microseconds",
             "requests": invocations,

@@ -25,6 +25,7 @@ from ...store.jobs import (
     get_job,
     update_job,
 )
+from ...words import count
 from ..base import JobBackend, LogChunk
 from . import gpus as gpu_alloc
 from .exits import exit_file, read_exit
@@ -75,7 +76,8 @@ class LocalBackend(JobBackend):
             if need > len(have):
                 raise SpecError(
                     "gpus_per_proc",
-                    f"the job needs {need} GPUs (nodes x procs x gpus) and this machine has {len(have)}",
+                    f"the job needs {count(need, 'GPU')} (nodes x procs x gpus) and this machine has "
+                    f"{len(have)}",
                     "ask for fewer processes or GPUs per process",
                 )
 
