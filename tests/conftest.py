@@ -182,6 +182,7 @@ def cluster(kube, s3_url, tmp_path, monkeypatch, nbscale_home):
         'storage = "s3://nb-bucket/work"\n'
         f'endpoint_url = "{s3_url}"\n'
         'storage_secret = "minio-creds"\n'
+        'image = "registry.example.com/ml/torch:kernel"\n'  # the local "pods" run this Python
         "wheelhouse = false\n"
         "poll_seconds = 0\n"
     )

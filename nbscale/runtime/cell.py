@@ -44,14 +44,51 @@ def _extract_sources(found: bundle.Bundle, dest: Path) -> None:
         target.write_bytes(data)
 
 
-def _warn_versions(manifest: dict[str, Any]) -> None:
-    made = manifest.get("versions", {}).get("python", "")
-    here = platform.python_version()
-    if made.rsplit(".", 1)[0] != here.rsplit(".", 1)[0]:
-        print(
-            f"nbscale: warning: the cell was captured with Python {made} and runs on {here}; "
-            "functions sent by value may not load",
-            file=sys.stderr,
+class VersionMismatch(NbscaleError):
+    """The bundle was made with another Python minor or torch major.minor than this
+    container has: pickled values may not load, so nothing is unpickled."""
+
+
+def _major_minor(text: str) -> str:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return ".".join(str(p) for p in (Version(text).release + (0,))[:2])
+    except InvalidVersion:
+        return text
+
+
+def here_versions() -> dict[str, str]:
+    """This container's Python and torch (installed; ``none`` without torch)."""
+    from importlib import metadata
+
+    torch = sys.modules.get("torch")
+    try:
+        found = torch.__version__ if torch is not None else metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        found = "none"
+    return {"python": platform.python_version(), "torch": str(found)}
+
+
+def check_versions(manifest: dict[str, Any], here: dict[str, str] | None = None) -> None:
+    """Refuse, in one line naming both sides, a bundle whose Python minor or torch
+    major.minor differs from this container's (checked before anything is unpickled)."""
+    made = manifest.get("versions") or {}
+    here = here or here_versions()
+    differ = []
+    for name, label in (("python", "Python"), ("torch", "torch")):
+        theirs, ours = str(made.get(name) or ""), str(here.get(name) or "")
+        if not theirs or theirs == "none":
+            continue  # not recorded (or the kernel had no torch): nothing to compare
+        if _major_minor(theirs) != _major_minor(ours):
+            differ.append((label, theirs, ours))
+    if differ:
+        kernel = " and ".join(f"{label} {theirs}" for label, theirs, _ in differ)
+        container = " and ".join(f"{label} {ours}" for label, _, ours in differ)
+        raise VersionMismatch(
+            f"the cell was captured with {kernel} but this container has {container}; "
+            "pickled values may not load, so nothing was unpickled: run the job in an image "
+            f"with {kernel}, or the kernel on {container}"
         )
 
 
@@ -114,7 +151,13 @@ def _fail(jobdir: JobDir, rank: int, exc: BaseException) -> None:
 def run_bundle(target: str, spec: dict[str, Any], jobdir: JobDir, rank: int) -> None:
     found = bundle.read(target, KIND)
     manifest = found.manifest
-    _warn_versions(manifest)
+    try:
+        check_versions(manifest)
+    except VersionMismatch as exc:  # one line, not a pickle traceback
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        write_error(jobdir, rank, exc, restart, {"traceback": None})
+        print(f"nbscale: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
     from .. import distributed
 
     device = distributed.init()

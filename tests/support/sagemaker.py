@@ -49,10 +49,31 @@ def runtime_wheels() -> str:
     return str(out)
 
 
+def kernel_image_entry() -> None:
+    """A user's image table entry (``$NBSCALE_HOME/images/sagemaker.json``) for this
+    kernel's torch and Python, in the DLC tag scheme: the shipped table has no image for
+    every kernel's versions (tests/unit/test_image_table.py covers that refusal)."""
+    import json
+
+    from nbscale import paths
+    from nbscale.backends.images import kernel_versions
+
+    kernel = kernel_versions()
+    py = kernel.python.replace(".", "")
+    path = paths.home() / "images" / "sagemaker.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"name": "kernel", "scope": "training", "repository": "pytorch-training"}
+    entry.update(
+        torch=kernel.torch, python=kernel.python, tag=f"{kernel.torch}-{{processor}}-py{py}"
+    )
+    path.write_text(json.dumps({"entries": [entry]}))
+
+
 def config(**extra) -> Config:
     settings_ = {**SETTINGS, **extra}
     if "image" not in settings_:
         settings_.setdefault("wheelhouse", runtime_wheels())
+        kernel_image_entry()  # the stock image of this kernel's versions
     backend = BackendConfig("aws", "sagemaker", settings_)
     return Config("local", {}, {"local": BackendConfig("local", "local"), "aws": backend})
 

@@ -32,7 +32,14 @@ from nbscale.store.jobs import PENDING, JobRecord
 from tests.support import REPO
 from tests.support.kube_schemas import CELViolation, validate
 
-BASE = {"storage": "s3://nb-bucket/work", "wheelhouse": False, "namespace": "team-a"}
+# an image of the backend's own: the stock table has none for every kernel's versions
+# (tests/unit/test_image_table.py covers the choice from the table)
+BASE = {
+    "storage": "s3://nb-bucket/work",
+    "wheelhouse": False,
+    "namespace": "team-a",
+    "image": "registry.example.com/ml/torch:kernel",
+}
 
 
 def kf_settings(**extra):
@@ -91,20 +98,22 @@ def test_trainjobs_validate_over_a_table_of_options(extra):
             max_runtime=runtime,
             env={"LR": "0.1"},
             tags={"project": "digits"},
-            instance_type="g5.xlarge" if gpus else None,
+            # a 4-GPU node type: its processes default to its GPUs (1 -> 4)
+            instance_type="g5.12xlarge" if gpus else None,
             image="ghcr.io/acme/train:1" if nodes == 8 else None,
         ).to_dict()
         body = mf.trainjob("fit-digits-0a1b2c", spec, conf, staged(configmap=configmap), "team-a")
         checked_rules |= {rule for _, rule, _ in validate(body)}
         trainer = body["spec"]["trainer"]
-        assert trainer["numNodes"] == nodes and trainer["numProcPerNode"] == procs
+        assert trainer["numNodes"] == nodes
+        assert trainer["numProcPerNode"] == (4 if gpus else procs)
         res = trainer["resourcesPerNode"]
         if gpus:
-            assert res["limits"]["nvidia.com/gpu"] == str(gpus * procs)
+            assert res["limits"]["nvidia.com/gpu"] == "4"
             pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
                 "replicatedJobs"
             ][0]["template"]["spec"]["template"]["spec"]
-            assert pod["nodeSelector"]["node.kubernetes.io/instance-type"] == "g5.xlarge"
+            assert pod["nodeSelector"]["node.kubernetes.io/instance-type"] == "g5.12xlarge"
         else:
             assert "nvidia.com/gpu" not in res.get("limits", {})
         assert body["spec"].get("activeDeadlineSeconds") == runtime

@@ -3,9 +3,12 @@ reads ``[backends.NAME] PATH: PROBLEM; FIX`` (nbscale/backends/settings_base.py)
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from nbscale.backends.images import kernel_versions
 from nbscale.backends.kubeflow.settings import KubeflowSettings
 from nbscale.backends.kubeflow.settings import settings as kubeflow_settings
 from nbscale.backends.local.settings import LocalSettings
@@ -166,7 +169,7 @@ def test_kubeflow_require_spot_and_storage_still_say_what_to_add():
 
 
 # -- sagemaker -----------------------------------------------------------------------------
-def test_sagemaker_takes_a_valid_table_with_the_types_callers_use():
+def test_sagemaker_takes_a_valid_table_with_the_types_callers_use(nbscale_home):
     s = sagemaker_settings(
         BackendConfig(
             "aws",
@@ -189,7 +192,16 @@ def test_sagemaker_takes_a_valid_table_with_the_types_callers_use():
     assert s.subnets == ("subnet-1",) and s.security_group_ids == ("sg-1",)
     assert s.tags == {"team": "ml"} and s.image is None and s.poll_seconds == 2.0
     assert s.instance_type == "ml.m5.xlarge" and s.key_secret_name == "nbscale/aws/signing-keys"
-    assert s.training_image("ml.g5.xlarge").startswith("763104351884.dkr.ecr.eu-west-1.")
+    # the stock image is the table's entry for the kernel's versions (a user's entry here)
+    kernel = kernel_versions()
+    table = nbscale_home / "images" / "sagemaker.json"
+    table.parent.mkdir(parents=True)
+    entry = {"name": "mine", "repository": "pytorch-training", "tag": "mine-{processor}"}
+    entry.update(scope="training", torch=kernel.torch, python=kernel.python)
+    table.write_text(json.dumps({"entries": [entry]}))
+    assert s.training_image("ml.g5.xlarge") == (
+        "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:mine-gpu"
+    )
     assert s.storage_options() == {
         "storage": "s3://my-bucket/nbscale",
         "endpoint_url": None,

@@ -181,7 +181,7 @@ class KubeflowBackend(RemoteJobBackend):
         storage locations are computed from the hashes."""
         from ...runtime.launch import encode_spec
 
-        spec = record.spec
+        spec = mf.resolve(record.spec, self.settings)  # the node's real processes and GPUs
         store = self.object_store()
         namespace = self.cluster().namespace if upload else self._dry_namespace()
         configmap_data = None
@@ -290,6 +290,7 @@ class KubeflowBackend(RemoteJobBackend):
             self.store,
             record.id,
             native_id=body["metadata"]["name"],
+            spec=mf.resolve(record.spec, self.settings),  # the shape the pods run
             info_patch={
                 "phase": "queued",
                 "namespace": cluster.namespace,
@@ -298,13 +299,12 @@ class KubeflowBackend(RemoteJobBackend):
                 "bundle": "configmap" if data is not None else staged.bundle,
                 "configmap": staged.configmap,
                 "image": body["spec"]["trainer"]["image"],
-            },
                 **self._travel_info(record.id),
+            },
             event="submitted",
         )
         return get_job(self.store, record.id)
 
-    # -- status -----------------------------------------------------------------------
     def _travel_info(self, job_id: str) -> dict[str, Any]:
         travel = self._travel.pop(job_id, None)
         if travel is None:
@@ -312,6 +312,7 @@ class KubeflowBackend(RemoteJobBackend):
         return {"code_uri": travel.code_uri, "requirements_uri": travel.requirements_uri,
                 "uploaded": travel.uploaded}  # fmt: skip
 
+    # -- status -----------------------------------------------------------------------
     def _get(self, record: JobRecord) -> dict[str, Any] | None:
         cluster = self.cluster()
         try:

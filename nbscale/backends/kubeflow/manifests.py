@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import SpecError
+from .images import node_gpus, stock_image
 from .settings import CHECKPOINT_MOUNT, KEY_MOUNT, KubeflowSettings
 
 TRAINER_GROUP = "trainer.kubeflow.org"
@@ -144,6 +145,61 @@ def _env(spec: dict[str, Any], settings: KubeflowSettings, staged: Staged) -> li
     return env
 
 
+def resolve(spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, Any]:
+    """The spec with the node's real shape. On a node type whose GPUs the table knows
+    (``images.json``; ``spec.instance_type``) every process gets GPUs (1 unless
+    ``gpus_per_proc`` says more), ``procs_per_node`` left at 1 becomes one process per
+    ``gpus_per_proc`` GPUs of the node, and asking for more GPUs than it has is refused.
+    On other nodes the job asks for ``procs_per_node x gpus_per_proc`` GPUs."""
+    gpus = node_gpus(spec.get("instance_type"))
+    if not gpus:
+        if gpus == 0 and spec.get("gpus_per_proc"):
+            raise SpecError(
+                "gpus_per_proc",
+                f"{spec['instance_type']} has no GPU",
+                "pick a GPU node type with --instance-type or drop --gpus-per-proc",
+            )
+        return spec
+    instance = spec["instance_type"]
+    procs = int(spec.get("procs_per_node") or 1)
+    per_proc = int(spec.get("gpus_per_proc") or 0) or 1
+    if per_proc > gpus:
+        raise SpecError(
+            "gpus_per_proc",
+            f"{per_proc} GPUs per process, but {instance} has {gpus}",
+            f"ask for at most --gpus-per-proc {gpus}, or a larger node type",
+        )
+    if procs == 1:
+        procs = gpus // per_proc
+    elif procs * per_proc > gpus:
+        raise SpecError(
+            "procs_per_node",
+            f"{procs} processes x {per_proc} GPU(s) need {procs * per_proc} GPUs, but "
+            f"{instance} has {gpus}",
+            f"ask for at most {gpus // per_proc} processes per node, or a larger node type",
+        )
+    if (procs, per_proc) == (spec.get("procs_per_node"), spec.get("gpus_per_proc")):
+        return spec
+    return {**spec, "procs_per_node": procs, "gpus_per_proc": per_proc}
+
+
+def image_of(spec: dict[str, Any], settings: KubeflowSettings) -> str:
+    """The job's image, the backend's, else the stock image of the kernel's torch and
+    Python (refused, naming the nearest, when the table has none)."""
+    own = spec.get("image") or settings.image
+    if own:
+        return own
+    return stock_image(bool(spec.get("gpus_per_proc")), settings.name)
+
+
+def procs_of(resources: dict[str, Any], spec: dict[str, Any]) -> int:
+    """``numProcPerNode``: one process per ``gpus_per_proc`` of ``resourcesPerNode``'s
+    ``nvidia.com/gpu``; ``procs_per_node`` on a node without GPUs."""
+    gpus = int(resources["requests"].get("nvidia.com/gpu") or 0)
+    per_proc = int(spec.get("gpus_per_proc") or 0)
+    return gpus // per_proc if gpus and per_proc else int(spec.get("procs_per_node") or 1)
+
+
 def node_resources(spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, Any]:
     procs = int(spec.get("procs_per_node") or 1)
     gpus = int(spec.get("gpus_per_proc") or 0) * procs
@@ -172,6 +228,7 @@ def trainjob(
     job_id: str, spec: dict[str, Any], settings: KubeflowSettings, staged: Staged, namespace: str
 ) -> dict[str, Any]:
     """The TrainJob that runs ``spec`` on ``spec['nodes']`` pods of the torch runtime."""
+    spec = resolve(spec, settings)
     name = object_name(job_id)
     labels = job_labels(job_id, spec, settings)
     node_selector = dict(settings.node_selector)
@@ -223,14 +280,15 @@ def trainjob(
         pod_spec["serviceAccountName"] = settings.service_account
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    resources = node_resources(spec, settings)
     trainer: dict[str, Any] = {
-        "image": spec.get("image") or settings.image,
+        "image": image_of(spec, settings),
         "command": list(COMMAND),
         "args": staged.args(),
         "env": _env(spec, settings, staged),
         "numNodes": int(spec.get("nodes") or 1),
-        "numProcPerNode": int(spec.get("procs_per_node") or 1),
-        "resourcesPerNode": node_resources(spec, settings),
+        "numProcPerNode": procs_of(resources, spec),
+        "resourcesPerNode": resources,
     }
     body: dict[str, Any] = {
         "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",

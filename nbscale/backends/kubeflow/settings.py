@@ -12,7 +12,8 @@
     pod_endpoint_url = "http://minio-service.kubeflow:9000"   # ... and as the pods see it
     storage_secret = "nbscale-s3"                 # Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
     runtime = "torch-distributed"                 # a ClusterTrainingRuntime (or runtime_kind = "TrainingRuntime")
-    image = "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"
+    image = "registry.example.com/team/torch:2.5"  # default: the pytorch/pytorch image of
+                                                  # the kernel's torch and Python (images.json)
     cpu = "2"                                     # per node; default: procs per node
     memory = "8Gi"                                # per node
     node_selector = { "nvidia.com/gpu.product" = "NVIDIA-H100-80GB-HBM3" }
@@ -53,7 +54,8 @@ from ...config import BackendConfig
 from ...errors import SpecError
 from ..settings_base import RemoteSettings, Text, invalid
 
-DEFAULT_IMAGE = "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"  # the torch-distributed runtime's
+# None: the pytorch/pytorch image of the kernel's torch and Python (images.json)
+DEFAULT_IMAGE = None
 DEFAULT_RUNTIME = "torch-distributed"
 KEY_SECRET = "nbscale-keys"  # the same Secret the compiled KFP pipelines mount
 KEY_MOUNT = "/var/run/secrets/nbscale"
@@ -123,7 +125,9 @@ class KubeflowSettings(RemoteSettings):
     runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
         "ClusterTrainingRuntime", examples=["TrainingRuntime"]
     )
-    image: Text = Field(DEFAULT_IMAGE, examples=[DEFAULT_IMAGE])
+    image: Text | None = Field(
+        DEFAULT_IMAGE, examples=["pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"]
+    )
     image_pull_secrets: tuple[K8sName, ...] = Field((), examples=[["regcred"]])
     cpu: Quantity | None = Field(None, examples=["2"])
     memory: Quantity | None = Field(None, examples=["8Gi"])

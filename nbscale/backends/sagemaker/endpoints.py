@@ -1,9 +1,9 @@
 """SageMaker endpoints through the ``EndpointBackend`` interface.
 
 deploy: the signed artifact as ``model.tar.gz`` in S3 (made byte-for-byte reproducible, so
-content addressing finds an unchanged model), CreateModel (the nbscale serving image, or
-the stock SageMaker PyTorch inference image the artifact layout also fits; the ``model``
-key through a Secrets Manager ARN), CreateEndpointConfig (instances, or ServerlessConfig,
+content addressing finds an unchanged model), CreateModel (the nbscale serving image:
+``serving_image`` or ``--image``, built from ``docker/Dockerfile``; the ``model`` key
+through a Secrets Manager ARN), CreateEndpointConfig (instances, or ServerlessConfig,
 optional DataCaptureConfig), CreateEndpoint, then a wait with a progress line until
 InService. Autoscaling: an Application Auto Scaling target on
 ``sagemaker:variant:DesiredInstanceCount`` and target tracking on
@@ -47,7 +47,7 @@ from ..base import DryRun
 from ..endpoint_base import DeployRequest, EndpointBackend
 from . import secrets
 from .jobs import client_error
-from .settings import SageMakerSettings, settings, stock_inference_image
+from .settings import SageMakerSettings, settings
 
 VARIANT = "AllTraffic"
 KEY_PURPOSES = ("model",)
@@ -140,6 +140,16 @@ class SageMakerEndpoints(EndpointBackend):
             )
         if o.get("deployment") not in (None, "all-at-once", "canary", "linear"):
             raise SpecError("deployment", "must be all-at-once, canary or linear")
+        if not (o.get("image") or self.settings.serving_image):
+            # the stock SageMaker PyTorch inference images hold no nbscale, and their torch is
+            # not the kernel's (an export or pickle may not load): not a default
+            raise SpecError(
+                "image",
+                "a SageMaker endpoint runs the nbscale serving image, and none is set",
+                f'set serving_image = "ACCOUNT.dkr.ecr.{self.settings.region}.amazonaws.com/'
+                f'nbscale-serving:TAG" in [backends.{self.settings.name}] (built from '
+                "docker/Dockerfile with the kernel's torch and Python), or pass --image",
+            )
         percent = o.get("data_capture_percent", self.settings.data_capture_percent)
         if percent is not None and not 1 <= int(percent) <= 100:
             raise SpecError("data-capture-percent", "must be 1..100")
@@ -155,7 +165,7 @@ class SageMakerEndpoints(EndpointBackend):
         o, s = request.options, self.settings
         model_name, config_name = self._names(request.name, version)
         instance = o.get("instance_type") or s.instance_type
-        image = o.get("image") or s.serving_image or stock_inference_image(s.region, instance)
+        image = o.get("image") or s.serving_image
         tags = [
             {"Key": k, "Value": v}
             for k, v in sorted({**s.tags, "nbscale:endpoint": request.name}.items())
@@ -165,10 +175,6 @@ class SageMakerEndpoints(EndpointBackend):
             "ModelDataUrl": model_url,
             "Environment": {
                 "NBSCALE_KEY_SECRET_ARN": key_arn,
-                # the stock PyTorch inference image runs code/inference.py of the artifact
-                "SAGEMAKER_PROGRAM": "inference.py",
-                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-                "SAGEMAKER_REGION": s.region,
                 "NBSCALE_MAX_BATCH_SIZE": str(request.config.get("max_batch_size", 32)),
                 "NBSCALE_MAX_BATCH_DELAY_MS": str(request.config.get("max_batch_delay_ms", 2.0)),
             },

@@ -190,7 +190,7 @@ class SageMakerBackend(RemoteJobBackend):
     ) -> dict[str, Any]:
         """The exact CreateTrainingJob request; with ``upload`` False nothing is written
         anywhere (``--dry-run``): the S3 locations are computed from the hashes."""
-        spec = record.spec
+        spec = req.resolve(record.spec, self.settings)  # the node's real processes and GPUs
         if spec.get("secret_env") and env_secret_arn is None:
             env_secret_arn = (
                 f"arn:aws:secretsmanager:{self.settings.region}:ACCOUNT:secret:"
@@ -365,6 +365,7 @@ class SageMakerBackend(RemoteJobBackend):
             self.store,
             record.id,
             native_id=request["TrainingJobName"],
+            spec=req.resolve(record.spec, self.settings),  # the shape the nodes run
             info_patch={
                 "phase": "queued",
                 "training_job_arn": answer["TrainingJobArn"],

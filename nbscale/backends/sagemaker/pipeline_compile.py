@@ -31,10 +31,11 @@ from ...pipelines.stepbook import container_template as notebook_template
 PROC = "/opt/ml/processing"
 TYPES = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}
 KINDS = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
-# a stock SageMaker PyTorch image (Python 3.11): nbscale, papermill and ipykernel are not
-# in it, so each step installs the runtime's step wheelhouse, shipped with the code, offline
-DEFAULT_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.5.1-cpu-py311-ubuntu22.04-sagemaker"
-IMAGE_PYTHON = "3.11"
+# None: each step runs the stock SageMaker PyTorch image of the kernel's torch and Python
+# in the pipeline's region, CPU or GPU as its instance type is (images.json). nbscale,
+# papermill and ipykernel are not in it, so each step installs the runtime's step
+# wheelhouse (built for that Python), shipped with the code, offline
+DEFAULT_IMAGE = None
 IMAGE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 RUNTIME_DIR = ".runtime"  # beside the steps' code folders; no step can have this name
 STEP_MODULE = "nbscale.pipelines.container_step"
@@ -70,6 +71,16 @@ def _gib(memory: str | None) -> float:
         "Ti": 2**40,
     }
     return float(m.group(1)) * scale.get(m.group(2) or "", 1) / 2**30
+
+
+def step_image(step: Step, region: str, image: str | None) -> str:
+    """``image`` (``{region}`` filled in), else the stock image for the step's instance."""
+    if image:
+        return image.format(region=region)
+    from .images import node, stock_image
+
+    gpu = node(instance_type(step.resources)).gpus > 0
+    return stock_image("training", region, gpu, "image (--image or pipeline_image)")
 
 
 def instance_type(res: Resources) -> str:
@@ -252,7 +263,7 @@ def _role(role: str | None) -> str:
 
 def definition(
     pipeline: Pipeline,
-    image: str = DEFAULT_IMAGE,
+    image: str | None = DEFAULT_IMAGE,
     role: str | None = None,
     bucket: str = "nbscale-pipelines",
     prefix: str | None = None,
@@ -261,7 +272,6 @@ def definition(
     region: str = "us-east-1",
 ) -> dict[str, Any]:
     role = _role(role)
-    image = image.format(region=region)
     prefix = (prefix or pipeline.name).strip("/")
     params = []
     for name, value in pipeline.parameters.items():
@@ -278,7 +288,7 @@ def definition(
             _step(
                 pipeline,
                 pipeline.steps[n],
-                image,
+                step_image(pipeline.steps[n], region, image),
                 role,
                 bucket,
                 prefix,
@@ -297,7 +307,7 @@ def code_dir(output: Path) -> Path:
 def compile_pipeline(
     pipeline: Pipeline,
     output: Path,
-    image: str = DEFAULT_IMAGE,
+    image: str | None = DEFAULT_IMAGE,
     role: str | None = None,
     bucket: str = "nbscale-pipelines",
     prefix: str | None = None,
@@ -308,14 +318,17 @@ def compile_pipeline(
     """Write the definition and, beside it, each step's code; with ``runtime_wheels`` (the
     default for the stock image) also the step wheelhouse the steps install offline."""
     if runtime_wheels is None:
-        runtime_wheels = image == DEFAULT_IMAGE
+        runtime_wheels = not image
     data = definition(pipeline, image, role, bucket, prefix, key_secret_arn, runtime_wheels, region)
     code = code_dir(output)
     if runtime_wheels:
         from ...runtime.wheelhouse import build
 
         shutil.rmtree(code / RUNTIME_DIR, ignore_errors=True)
-        build("step", code / RUNTIME_DIR, list(IMAGE_PLATFORMS), IMAGE_PYTHON)
+        from ..images import kernel_versions
+
+        # the stock images match the kernel's Python (definition refused any other)
+        build("step", code / RUNTIME_DIR, list(IMAGE_PLATFORMS), kernel_versions().python)
     for name in pipeline.order():
         step = pipeline.steps[name]
         folder = code / name

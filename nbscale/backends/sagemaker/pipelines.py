@@ -92,6 +92,7 @@ class SageMakerPipelines:
                 "role": self.settings.role_arn,
                 "bucket": self.settings.bucket,
                 "prefix": prefix,
+                "region": self.settings.region,  # the steps' images are this region's
             }
             image = image or self.settings.pipeline_image
             if image:  # else the compile target's stock image, with the step wheelhouse

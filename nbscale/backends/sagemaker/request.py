@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import SpecError
-from .settings import SageMakerSettings, is_gpu_instance
+from .images import node
+from .settings import SageMakerSettings
 
 DEFAULT_MAX_RUNTIME = 24 * 3600
 MAX_ARG = 256  # SageMaker's limit on one entry point string or argument
@@ -99,15 +100,66 @@ def budget_runtime(spec: dict[str, Any], settings: SageMakerSettings) -> int | N
     return max(1, int(float(max_cost) / (price * nodes) * 3600))
 
 
-def check_spec(spec: dict[str, Any], settings: SageMakerSettings) -> None:
-    """What SageMaker itself would refuse, said before anything is uploaded."""
+def resolve(spec: dict[str, Any], settings: SageMakerSettings) -> dict[str, Any]:
+    """The spec with the node's real shape: on a GPU instance type (``images.json``) every
+    process gets GPUs (1 unless ``gpus_per_proc`` says more) and, when ``procs_per_node``
+    is left at 1, there is one process per ``gpus_per_proc`` GPUs of the node, so an
+    8-GPU ml.p4d.24xlarge runs 8 processes. More GPUs than the node has are refused here,
+    and so are instance families that are not CUDA (Trainium, Inferentia)."""
     instance = spec.get("instance_type") or settings.instance_type
-    if spec.get("gpus_per_proc") and not is_gpu_instance(instance):
+    gpus = node(instance).gpus
+    procs = int(spec.get("procs_per_node") or 1)
+    per_proc = int(spec.get("gpus_per_proc") or 0)
+    if not gpus:
+        if per_proc:
+            raise SpecError(
+                "gpus_per_proc",
+                f"{instance} has no GPU",
+                "pick a GPU instance with --instance-type (e.g. ml.g5.xlarge) or drop "
+                "--gpus-per-proc",
+            )
+        return spec
+    per_proc = per_proc or 1
+    if per_proc > gpus:
         raise SpecError(
             "gpus_per_proc",
-            f"{instance} has no GPU",
-            "pick a GPU instance with --instance-type (e.g. ml.g5.xlarge) or drop --gpus-per-proc",
+            f"{per_proc} GPUs per process, but {instance} has {gpus}",
+            f"ask for at most --gpus-per-proc {gpus}, or a larger instance type",
         )
+    if procs == 1:
+        procs = gpus // per_proc
+    elif procs * per_proc > gpus:
+        raise SpecError(
+            "procs_per_node",
+            f"{procs} processes x {per_proc} GPU(s) need {procs * per_proc} GPUs, but "
+            f"{instance} has {gpus}",
+            f"ask for at most {gpus // per_proc} processes per node, or a larger instance type",
+        )
+    if (procs, per_proc) == (spec.get("procs_per_node"), spec.get("gpus_per_proc")):
+        return spec
+    return {**spec, "procs_per_node": procs, "gpus_per_proc": per_proc}
+
+
+def fabric_env(instance_type: str) -> dict[str, str]:
+    """The EFA variables the SageMaker training toolkit sets for an instance type (nbscale
+    replaces its entry point): ``FI_PROVIDER=efa`` on EFA types, and
+    ``FI_EFA_USE_DEVICE_RDMA=1`` on those with RDMA. ``NCCL_SOCKET_IFNAME`` is the host's
+    own (``resourceconfig.json``), set in the container by ``nbscale.runtime.hardware``."""
+    found = node(instance_type)
+    env = {}
+    if found.efa:
+        env["FI_PROVIDER"] = "efa"
+    if found.rdma:
+        env["FI_EFA_USE_DEVICE_RDMA"] = "1"
+    return env
+
+
+def check_spec(spec: dict[str, Any], settings: SageMakerSettings) -> None:
+    """What SageMaker itself would refuse, said before anything is uploaded; and a stock
+    image that does not have the kernel's torch and Python."""
+    instance = spec.get("instance_type") or settings.instance_type
+    resolve(spec, settings)
+    settings.training_image(instance, spec.get("image"))
     checkpoint = spec.get("checkpoint_dir")
     if checkpoint and not str(checkpoint).startswith("s3://"):
         raise SpecError(
@@ -155,6 +207,7 @@ def build(
     job_id: str, spec: dict[str, Any], settings: SageMakerSettings, staged: Staged
 ) -> dict[str, Any]:
     """The CreateTrainingJob request (boto3 keyword arguments) for one job."""
+    spec = resolve(spec, settings)
     check_spec(spec, settings)
     instance = spec.get("instance_type") or settings.instance_type
     runtime = max_runtime_of(spec)
@@ -169,6 +222,8 @@ def build(
         channels.append(_channel("code", staged.code_prefix))
     if staged.runtime_prefix:
         channels.append(_channel("runtime", staged.runtime_prefix))
+    if staged.requirements_prefix:
+        channels.append(_channel("requirements", staged.requirements_prefix))
     resource: dict[str, Any] = {
         "InstanceType": instance,
         "InstanceCount": int(spec.get("nodes") or 1),
@@ -178,7 +233,7 @@ def build(
         resource["VolumeKmsKeyId"] = settings.kms_key_id
     if settings.keep_alive_seconds is not None:
         resource["KeepAlivePeriodInSeconds"] = settings.keep_alive_seconds
-    env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    env = {**fabric_env(instance), **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}}
     if staged.key_secret_arn:
         env["NBSCALE_KEY_SECRET_ARN"] = staged.key_secret_arn
     if staged.env_secret_arn:  # --secret-env values: in Secrets Manager, only the ARN here
@@ -222,8 +277,6 @@ def build(
     if settings.subnets:
         request["VpcConfig"] = {
             "Subnets": list(settings.subnets),
-    if staged.requirements_prefix:
-        channels.append(_channel("requirements", staged.requirements_prefix))
             "SecurityGroupIds": list(settings.security_group_ids),
         }
     for part in (

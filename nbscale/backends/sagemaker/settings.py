@@ -9,7 +9,9 @@
     storage = "s3://my-bucket/nbscale"          # bundles, outputs, checkpoints, models
     instance_type = "ml.g5.xlarge"              # default for jobs without --instance-type
     # optional
-    image = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:..."
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/nbscale:0.1"   # with nbscale in it
+                                                 # (default: the AWS PyTorch image of the
+                                                 # kernel's torch and Python, images.json)
     volume_size_gb = 30
     spot = false                                 # managed spot for every job
     max_wait = 7200                              # spot: seconds to wait for capacity + run
@@ -51,9 +53,6 @@ from ..settings_base import RemoteSettings, Text, invalid
 ROLE_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+$")
 INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 STORAGE_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$)")
-# AWS Deep Learning Containers account that publishes the stock framework images
-DLC_ACCOUNT = "763104351884"
-TORCH_IMAGE_VERSION = "2.5.1"
 DEFAULT_INSTANCE = "ml.m5.xlarge"
 _clients: dict[tuple[str, str, str | None], Any] = {}
 _sessions: dict[str, Any] = {}
@@ -65,26 +64,20 @@ def _table(name: str, key: str) -> str:
 
 
 def is_gpu_instance(instance_type: str) -> bool:
-    family = instance_type.split(".")[1] if instance_type.count(".") >= 2 else ""
-    return family[:1] in ("g", "p") or family.startswith("trn")
+    """Whether the instance type has CUDA GPUs (``images.json``'s instance table); a
+    Trainium/Inferentia type or an unknown GPU family is refused with one message."""
+    from .images import node
+
+    return node(instance_type).gpus > 0
 
 
-def stock_training_image(region: str, instance_type: str) -> str:
-    """The AWS Deep Learning Container for PyTorch training (SageMaker flavour)."""
-    if is_gpu_instance(instance_type):
-        tag = f"{TORCH_IMAGE_VERSION}-gpu-py311-cu124-ubuntu22.04-sagemaker"
-    else:
-        tag = f"{TORCH_IMAGE_VERSION}-cpu-py311-ubuntu22.04-sagemaker"
-    return f"{DLC_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/pytorch-training:{tag}"
+def stock_training_image(region: str, instance_type: str, backend: str = "NAME") -> str:
+    """The AWS Deep Learning Container for PyTorch training in ``region`` whose torch and
+    Python are the kernel's (``images.json``), CPU or GPU as the instance type is."""
+    from .images import stock_image
 
-
-def stock_inference_image(region: str, instance_type: str | None) -> str:
-    """The stock SageMaker PyTorch inference image, which serves the nbscale artifact layout."""
-    if instance_type and is_gpu_instance(instance_type):
-        tag = f"{TORCH_IMAGE_VERSION}-gpu-py311-cu124-ubuntu22.04-sagemaker"
-    else:
-        tag = f"{TORCH_IMAGE_VERSION}-cpu-py311-ubuntu22.04-sagemaker"
-    return f"{DLC_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/pytorch-inference:{tag}"
+    setting = f'image = "..." in [backends.{backend}]'
+    return stock_image("training", region, is_gpu_instance(instance_type), setting)
 
 
 def _whole(low: int, high: int) -> Any:
@@ -288,7 +281,9 @@ class SageMakerSettings(RemoteSettings):
         return {"storage": self.storage, "endpoint_url": self.endpoint_url, "region": self.region}
 
     def training_image(self, instance_type: str, override: str | None = None) -> str:
-        return override or self.image or stock_training_image(self.region, instance_type)
+        """The job's own image, the backend's ``image``, else the stock image of the
+        kernel's torch and Python in this region (refused when the table has none)."""
+        return override or self.image or stock_training_image(self.region, instance_type, self.name)
 
     # -- boto3 clients, made on demand ----------------------------------------------
     def session(self):
