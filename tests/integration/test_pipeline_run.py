@@ -328,3 +328,74 @@ def test_ctrl_c_on_the_cli_cancels_the_run(tmp_path):
 
     with pytest.raises(Conflict, match="already ended"):
         cancel_run(runs()[0].id)
+
+
+def test_ctrl_c_while_the_step_kernel_starts_cancels_the_run(tmp_path):
+    """The window the Ctrl-C flake was blamed on, held open on purpose: the step's kernel
+    takes 8 s to start (a python3 kernelspec, first on JUPYTER_PATH, that sleeps before it
+    execs ipykernel), and SIGINT arrives while it is still starting. The run must be
+    cancelled and the half-started kernel killed, not the step run once the kernel is up."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.support import wait_for
+
+    specs = tmp_path / "jupyter" / "kernels" / "python3"
+    specs.mkdir(parents=True)
+    launcher = (
+        "import runpy, sys, time; time.sleep(8); "
+        "sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]; "
+        "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)"
+    )
+    (specs / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-c", launcher, "{connection_file}", "slow-start"],
+                "display_name": "Python 3 (slow start)",
+                "language": "python",
+            }
+        )
+    )
+    path = write_notebook(
+        tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow")]
+    )
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "nbscale", "pipeline", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JUPYTER_PATH": str(tmp_path / "jupyter")},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    starting = wait_for(
+        lambda: [
+            p
+            for p in psutil.Process(cli.pid).children(recursive=True)
+            if "slow-start" in p.cmdline()
+        ],
+        timeout=60,
+        what="the starting kernel",
+    )
+    wait_for(
+        lambda: runs() and runs()[0].step("slow")["status"] == "RUNNING",
+        timeout=60,
+        what="the step",
+    )
+    assert all(p.is_running() for p in starting)  # still inside its 8 s start
+    cli.send_signal(signal.SIGINT)
+    try:
+        out, err = cli.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        out, err = cli.communicate()
+        raise AssertionError(
+            f"Ctrl-C during the kernel's start did not stop the run:\n{err}"
+        ) from None
+    assert cli.returncode == 130, err
+    assert "interrupted; the run was cancelled" in err
+    assert runs()[0].status == "CANCELLED"
+    assert runs()[0].step("slow")["status"] == "CANCELLED"
+    assert not psutil.wait_procs(starting, timeout=10)[1], "the half-started kernel was left"
