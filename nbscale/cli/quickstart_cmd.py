@@ -33,8 +33,9 @@ def summary_of(notebook: Path) -> dict:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from ..kernel_transport import execute_notebook
 
     source = Path(args.notebook).resolve() if args.notebook else EXAMPLE
     if not source.is_file():
@@ -56,7 +57,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     try:
-        papermill.execute_notebook(
+        execute_notebook(  # the kernel on Unix sockets in a private folder, not on TCP
             str(source),
             str(output),
             kernel_name=args.kernel,

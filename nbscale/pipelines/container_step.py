@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int)
     args = parser.parse_args(argv)
 
-    import papermill
+    from ..kernel_transport import execute_notebook
 
     types = json.loads(args.types)
     params = {name: typed(value, types.get(name, "str")) for name, value in args.param}
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(path, "w") as fh:
         fh.write(source)
     try:
-        papermill.execute_notebook(
+        execute_notebook(  # the kernel on Unix sockets in a private folder, not on TCP
             path,
             os.path.join(args.executed, "step.ipynb"),
             parameters=params,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
 import threading
 from collections import deque
 from typing import Any
@@ -70,13 +69,11 @@ async def _until_idle(client, msg_id: str, timeout: float) -> None:
 
 class PooledKernel:
     def __init__(self, kernel_name: str, cwd: str, env: dict[str, str]):
-        from jupyter_client.manager import AsyncKernelManager
+        from ..kernel_transport import kernel_sockets
 
-        # ipc sockets under a private directory: nothing listens on a TCP port
-        self._ipc_dir = tempfile.mkdtemp(prefix="nbscale-k-")
-        self.km = AsyncKernelManager(
-            kernel_name=kernel_name, transport="ipc", ip=os.path.join(self._ipc_dir, "kernel")
-        )
+        # Unix sockets and the connection file in a private folder: nothing listens on TCP
+        self._sockets = kernel_sockets(kernel_name)
+        self.km = self._sockets.km
         self.cwd = cwd
         self.env = env
         self.ready = threading.Event()
@@ -135,13 +132,16 @@ class PooledKernel:
             except psutil.Error:
                 pass
 
-    def close(self, background: bool = False) -> None:
-        """Kill the kernel now; reaping it and removing its files may go on in the background."""
+    def close(self, background: bool = False) -> threading.Thread | None:
+        """Kill the kernel now; reaping it and removing its files may go on in the background
+        (the thread doing so is returned: join it before the process ends)."""
         self.kill()
         if background:
-            threading.Thread(target=self._cleanup, name="nbscale-kernel-reap", daemon=True).start()
-        else:
-            self._cleanup()
+            reaper = threading.Thread(target=self._cleanup, name="nbscale-kernel-reap", daemon=True)
+            reaper.start()
+            return reaper
+        self._cleanup()
+        return None
 
     def _cleanup(self) -> None:
         process = getattr(getattr(self.km, "provisioner", None), "process", None)
@@ -149,9 +149,7 @@ class PooledKernel:
             if process is not None:
                 process.wait(10)  # reap it: no zombie left behind
             asyncio.run(self.km.cleanup_resources())
-        import shutil
-
-        shutil.rmtree(self._ipc_dir, ignore_errors=True)
+        self._sockets.remove()
 
 
 class KernelPool:
@@ -165,6 +163,7 @@ class KernelPool:
         self._waiting: deque[str] = deque()  # cwds of steps expected to need a kernel
         self._spare: list[PooledKernel] = []
         self._busy: set[PooledKernel] = set()  # handed to a step; killed too if the run stops
+        self._reapers: list[threading.Thread] = []  # released kernels being reaped, folders removed
         self._closed = False
         # a kernel start is mostly CPU (imports): starting several at once on a small machine
         # makes the first one, which a step waits for, late; so the first starts alone and the
@@ -241,7 +240,13 @@ class KernelPool:
     def release(self, kernel: PooledKernel) -> None:
         with self._lock:
             self._busy.discard(kernel)
-        kernel.close(background=True)
+            closed = self._closed
+        # once the pool is closed nobody joins reapers: a step that ends then cleans up itself
+        reaper = kernel.close(background=not closed)
+        with self._lock:
+            self._reapers = [t for t in self._reapers if t.is_alive()]
+            if reaper is not None:
+                self._reapers.append(reaper)
 
     def close(self) -> None:
         with self._lock:
@@ -256,6 +261,12 @@ class KernelPool:
         for kernel in spare:
             kernel.ready.wait(STARTUP_TIMEOUT + 10)
             kernel.close()
+        # the released kernels were killed already: their reaping is quick, and it removes their
+        # socket folders, which a daemon thread cut short at exit would leave in the temp folder
+        with self._lock:
+            reapers, self._reapers = self._reapers, []
+        for reaper in reapers:
+            reaper.join(15)
 
 
 def register_engine() -> str:

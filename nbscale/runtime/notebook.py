@@ -15,12 +15,12 @@ from .jobdir import JobDir
 
 
 def run_notebook(path: str, parameters: dict[str, Any], jobdir: JobDir, rank: int) -> Path:
-    import papermill
+    from ..kernel_transport import execute_notebook
 
     out_dir = jobdir.path / "notebooks"
     out_dir.mkdir(exist_ok=True)
     output = out_dir / f"rank-{rank}.ipynb"
-    papermill.execute_notebook(
+    execute_notebook(  # the rank's kernel on Unix sockets in a private folder, not on TCP
         path,
         str(output),
         parameters=parameters,

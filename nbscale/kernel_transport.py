@@ -1,0 +1,182 @@
+"""How nbscale reaches the kernels it starts: Unix sockets in a private folder.
+
+papermill (nbclient under it) starts its kernel over TCP, and ipykernel warns about any
+unencrypted TCP kernel, loopback included. Every kernel nbscale starts (``nbscale
+quickstart``, each rank of a notebook job, pipeline steps locally and in containers) gets its
+kernel manager here instead:
+
+- IPC transport: the kernel's five ZeroMQ sockets are Unix sockets in a folder made for this
+  one kernel by ``mkdtemp`` (mode 0700, so only this user can reach them), beside its
+  connection file (mode 0600, holding the HMAC key that signs every message). The folder is
+  removed when the kernel is done.
+- Where IPC cannot be used (a pyzmq without IPC, as on Windows; no temporary folder whose
+  socket paths fit the AF_UNIX limit; a kernel other than ipykernel), TCP bound to 127.0.0.1,
+  never another interface, CurveZMQ-encrypted where jupyter_client and the kernel support it.
+  The reason is printed once, to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "nbscale-k-"
+# sun_path is 108 bytes on Linux and 104 on macOS and the BSDs, the terminating NUL included
+AF_UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+# mkdtemp's random part is 8 characters; ports are numbered from 1 in a fresh folder
+_LONGEST_SOCKET = os.path.join(PREFIX + "x" * 8, "kernel-99")
+LOOPBACK = "127.0.0.1"
+
+_said: set[str] = set()
+
+
+@dataclass
+class KernelSockets:
+    """A kernel manager (not started) and the private folder of its sockets and connection file."""
+
+    km: Any  # jupyter_client.manager.AsyncKernelManager
+    transport: str  # "ipc" or "tcp"
+    folder: str | None
+    reason: str | None = None  # why not "ipc"
+    _removed: bool = field(default=False, repr=False)
+
+    def remove(self) -> None:
+        """Remove the folder (sockets, connection file); call once the kernel has stopped."""
+        if self.folder and not self._removed:
+            self._removed = True
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _ipc_unavailable() -> str | None:
+    import zmq
+
+    if not zmq.has("ipc"):
+        return f"this pyzmq ({zmq.__version__}, {sys.platform}) has no IPC transport"
+    return None
+
+
+def _speaks_ipc(kernel_name: str) -> str | None:
+    """None when the kernel is ipykernel (which binds ``ipc://`` addresses), else why not."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        return None  # starting it fails with jupyter_client's own message, whatever the transport
+    if any("ipykernel" in arg for arg in spec.argv):
+        return None
+    return f"kernel {kernel_name!r} is not ipykernel, and not every kernel binds IPC addresses"
+
+
+def _private_folder(max_socket_path: int | None) -> tuple[str | None, str | None]:
+    """A new 0700 folder under TMPDIR (or /tmp when TMPDIR's paths are too long for sockets)."""
+    bases: list[str] = []
+    with contextlib.suppress(FileNotFoundError):  # "no usable temporary directory"
+        bases.append(tempfile.gettempdir())
+    if os.name == "posix" and os.path.isdir("/tmp") and "/tmp" not in bases:
+        bases.append("/tmp")
+    problems = []
+    for base in bases:
+        longest = os.path.join(base, _LONGEST_SOCKET)
+        if max_socket_path is not None and len(os.fsencode(longest)) > max_socket_path:
+            problems.append(
+                f"socket paths under {base} would be {len(os.fsencode(longest))} bytes, "
+                f"over the AF_UNIX limit of {max_socket_path}"
+            )
+            continue
+        try:
+            return tempfile.mkdtemp(prefix=PREFIX, dir=base), None  # mode 0700
+        except OSError as exc:
+            problems.append(f"cannot create a folder in {base}: {exc.strerror or exc}")
+    return None, "; ".join(problems) or "no temporary folder"
+
+
+def _say_once(kernel_name: str, reason: str, encrypted: bool) -> None:
+    if reason in _said:
+        return
+    _said.add(reason)
+    how = "encrypted with CurveZMQ" if encrypted else "signed with the connection file's key"
+    print(
+        f"nbscale: kernel {kernel_name!r} talks to nbscale over TCP on {LOOPBACK} only ({how}): "
+        f"{reason}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def kernel_sockets(kernel_name: str = "python3") -> KernelSockets:
+    """A kernel manager for ``kernel_name`` whose kernel is reachable only by this user."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    reason = _ipc_unavailable() or _speaks_ipc(kernel_name)
+    if reason is None:
+        folder, reason = _private_folder(AF_UNIX_PATH_MAX)
+        if folder is not None:
+            km = AsyncKernelManager(
+                kernel_name=kernel_name,
+                transport="ipc",
+                ip=os.path.join(folder, "kernel"),  # sockets kernel-1 ... kernel-5
+                connection_file=os.path.join(folder, "kernel.json"),
+            )
+            return KernelSockets(km, "ipc", folder)
+    # TCP, on the loopback interface only; the connection file still in a private folder
+    folder, _ = _private_folder(None)
+    km = AsyncKernelManager(kernel_name=kernel_name, transport="tcp", ip=LOOPBACK)
+    if folder is not None:
+        km.connection_file = os.path.join(folder, "kernel.json")
+    encrypted = _encrypt(km)
+    _say_once(kernel_name, reason, encrypted)
+    return KernelSockets(km, "tcp", folder, reason)
+
+
+def _encrypt(km: Any) -> bool:
+    """CurveZMQ on the TCP sockets where jupyter_client (8.10+) and libzmq offer it; the kernel
+    gets keys only if its kernelspec declares ``curve`` support ("auto")."""
+    import zmq
+
+    if "transport_encryption" not in km.trait_names() or not zmq.has("curve"):
+        return False
+    km.transport_encryption = "auto"
+    return bool(getattr(km, "_kernel_supports_curve_encryption", lambda: False)())
+
+
+@contextlib.contextmanager
+def kernel_manager(kernel_name: str = "python3") -> Iterator[Any]:
+    """``kernel_sockets(kernel_name).km``, its folder removed on the way out."""
+    sockets = kernel_sockets(kernel_name)
+    try:
+        yield sockets.km
+    finally:
+        sockets.remove()
+
+
+def execute_notebook(
+    input_path: str, output_path: str, *, kernel_name: str = "python3", **kwargs: Any
+) -> Any:
+    """``papermill.execute_notebook`` on a kernel from ``kernel_sockets``.
+
+    nbclient, under papermill's default engine, starts the kernel of the manager it is given
+    (``km``) but leaves it running, as not its own; so it is shut down here as nbclient shuts
+    down its own (a shutdown request, then a kill if it is still up after the grace time), and
+    the folder goes once it has.
+    """
+    import papermill
+    from jupyter_core.utils import run_sync
+
+    with kernel_manager(kernel_name) as km:
+        try:
+            return papermill.execute_notebook(
+                input_path, output_path, kernel_name=kernel_name, km=km, **kwargs
+            )
+        finally:
+            try:
+                if km.has_kernel:
+                    run_sync(km.shutdown_kernel)(now=False)
+            finally:
+                run_sync(km.cleanup_resources)()

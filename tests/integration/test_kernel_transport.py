@@ -1,0 +1,195 @@
+"""Every kernel nbscale starts talks to it over Unix sockets in a private folder, not over TCP.
+
+ipykernel warns ``Kernel is running over TCP without encryption`` for any unencrypted TCP
+kernel, loopback included. These tests run what a user runs (``nbscale quickstart``, a
+notebook as a job, a pipeline step's container command, a local pipeline run) as their own
+processes and fail on that warning; the notebooks report, from inside the kernel, how the
+kernel was reached; and afterwards nothing is left in the temporary folder or Jupyter's runtime
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.emulators import container_env
+from tests.support.notebooks import write_notebook
+
+WARNING = re.compile(r"running over TCP without encryption|\[IPKernelApp\] WARNING")
+
+# run inside the kernel: how it is reached, read from its own connection file
+REPORT = """
+import json, os, stat
+from ipykernel.connect import get_connection_file
+_cf = get_connection_file()
+with open(_cf) as _fh:
+    _info = json.load(_fh)
+_ports = [_info[p] for p in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
+_folder = os.path.dirname(_info["ip"]) if _info["transport"] == "ipc" else os.path.dirname(_cf)
+print("KERNEL-TRANSPORT " + json.dumps({
+    "transport": _info["transport"],
+    "ip": _info["ip"],
+    "connection_file": _cf,
+    "folder": _folder,
+    "folder_mode": stat.S_IMODE(os.stat(_folder).st_mode) & 0o777,
+    "folder_owner": os.stat(_folder).st_uid == os.getuid(),
+    "sockets": [
+        _info["transport"] == "ipc" and stat.S_ISSOCK(os.stat(f"{_info['ip']}-{p}").st_mode)
+        for p in _ports
+    ],
+    "curve": bool(_info.get("curve_secretkey")),
+}))
+"""
+
+
+@pytest.fixture
+def short_tmp():
+    """A temporary folder of the process under test, short enough for socket paths, and
+    Jupyter's runtime folder: both must be empty again when the process is done."""
+    tmp = Path(tempfile.mkdtemp(prefix="nbk-", dir="/tmp"))
+    (tmp / "tmp").mkdir()
+    (tmp / "runtime").mkdir()
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _env(short_tmp: Path) -> dict[str, str]:
+    return {"TMPDIR": str(short_tmp / "tmp"), "JUPYTER_RUNTIME_DIR": str(short_tmp / "runtime")}
+
+
+def _reports(text: str) -> list[dict]:
+    return [json.loads(line.split(" ", 1)[1]) for line in re.findall(r"KERNEL-TRANSPORT .*", text)]
+
+
+def _printed(notebook: Path) -> str:
+    """What the cells of an executed notebook printed."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return "".join(
+        "".join(o.get("text", "")) for c in cells for o in c.get("outputs", []) if "text" in o
+    )
+
+
+def _assert_private_ipc(report: dict, short_tmp: Path) -> None:
+    assert report["transport"] == "ipc", report
+    folder = Path(report["folder"])
+    assert folder.parent == short_tmp / "tmp", report  # under the process's TMPDIR
+    assert report["folder_mode"] == 0o700 and report["folder_owner"], report
+    assert all(report["sockets"]) and len(report["sockets"]) == 5, report
+    assert Path(report["connection_file"]).parent == folder, report
+    assert not folder.exists(), f"{folder} was left behind"
+
+
+def _assert_nothing_left(short_tmp: Path) -> None:
+    assert [p.name for p in (short_tmp / "tmp").glob("nbscale-k*")] == []
+    assert list((short_tmp / "runtime").iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_the_quickstart_prints_no_kernel_security_warning(nbscale_cli, tmp_path, short_tmp):
+    out = tmp_path / "quickstart-out.ipynb"
+    proc = nbscale_cli("quickstart", "--output", str(out), timeout=280, env=_env(short_tmp))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "accuracy:" in proc.stdout
+    assert not WARNING.search(proc.stdout + proc.stderr), proc.stderr
+    _assert_nothing_left(short_tmp)
+
+
+def test_the_quickstart_kernel_is_reached_over_a_private_unix_socket(
+    nbscale_cli, tmp_path, short_tmp
+):
+    """``--notebook`` runs another notebook the same way: this one reports its kernel."""
+    notebook = write_notebook(tmp_path / "report.ipynb", REPORT)
+    out = tmp_path / "report-out.ipynb"
+    proc = nbscale_cli(
+        "quickstart", "--notebook", str(notebook), "--output", str(out), env=_env(short_tmp)
+    )
+    # the notebook has no result cell, so the command says so; the kernel ran all the same
+    assert "has no result cell output" in proc.stderr, proc.stdout + proc.stderr
+    assert not WARNING.search(proc.stdout + proc.stderr), proc.stderr
+    (report,) = _reports(_printed(out))
+    _assert_private_ipc(report, short_tmp)
+    _assert_nothing_left(short_tmp)
+
+
+@pytest.mark.timeout(300)
+def test_a_notebook_job_runs_its_kernels_over_private_unix_sockets(
+    nbscale_cli, tmp_path, short_tmp
+):
+    notebook = write_notebook(tmp_path / "ranks.ipynb", REPORT)
+    proc = nbscale_cli(
+        "run", str(notebook), "--procs-per-node", "2", timeout=240, env=_env(short_tmp)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr  # the ranks' logs, "[rank N] ..." lines
+    assert not WARNING.search(text), text
+    reports = {r["ip"]: r for r in _reports(text)}
+    assert len(reports) == 2, text  # one kernel per rank, each in its own folder
+    for report in reports.values():
+        _assert_private_ipc(report, short_tmp)
+    _assert_nothing_left(short_tmp)
+
+
+def test_a_pipeline_steps_container_command_runs_its_kernel_over_a_private_unix_socket(
+    tmp_path, short_tmp
+):
+    """The exact command a SageMaker step runs, as its own "container": own home, own env."""
+    code = tmp_path / "code"
+    code.mkdir()
+    write_notebook(code / "step.ipynb", REPORT)
+    home = tmp_path / "container"
+    home.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nbscale.pipelines.container_step",
+            "--code",
+            str(code),
+            "--outputs",
+            str(tmp_path / "outputs"),
+            "--executed",
+            str(tmp_path / "executed"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=container_env(home, **_env(short_tmp)),
+        cwd=home,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not WARNING.search(proc.stdout + proc.stderr), proc.stderr
+    (report,) = _reports(_printed(tmp_path / "executed" / "step.ipynb"))
+    _assert_private_ipc(report, short_tmp)
+    # the step's own scratch copy is its business; no kernel folder or socket may remain
+    _assert_nothing_left(short_tmp)
+
+
+def test_a_local_pipeline_run_leaves_no_kernel_folder(nbscale_cli, tmp_path, short_tmp):
+    from tests.support.pipeline_notebooks import cell
+    from tests.support.pipeline_notebooks import write_notebook as write_pipeline
+
+    path = write_pipeline(
+        tmp_path / "pipe.ipynb",
+        [
+            cell("x = 2", "step:first"),
+            cell(REPORT + "\ny = x * 2", "step:second", "prev:first"),
+        ],
+    )
+    proc = nbscale_cli("pipeline", "run", str(path), timeout=240, env=_env(short_tmp))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not WARNING.search(proc.stdout + proc.stderr), proc.stderr
+    executed = list((Path(os.environ["NBSCALE_HOME"])).rglob("second*.ipynb"))
+    reports = [r for p in executed for r in _reports(_printed(p))]
+    assert reports, executed
+    for report in reports:
+        _assert_private_ipc(report, short_tmp)
+    _assert_nothing_left(short_tmp)
