@@ -47,3 +47,21 @@ export function statusLabel(trans: TranslationBundle, status: string): string {
 }
 
 export const ACTIVE = ['PENDING', 'RUNNING'];
+
+/** "1 node", "2 nodes": a count of nodes in its plural form. */
+export function nodeCount(trans: TranslationBundle, nodes: number): string {
+  return trans._n('%1 node', '%1 nodes', nodes);
+}
+
+/** "1 node × 1 GPU", "2 nodes × 0 GPUs": each count in its own plural form. */
+export function nodesAndGpus(
+  trans: TranslationBundle,
+  nodes: number,
+  gpus: number
+): string {
+  return trans.__(
+    '%1 × %2',
+    nodeCount(trans, nodes),
+    trans._n('%1 GPU', '%1 GPUs', gpus)
+  );
+}

@@ -1,5 +1,6 @@
 /** The Endpoints section: status, URL, replicas, latency and throughput, drift, scale, undeploy. */
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { TranslationBundle } from '@jupyterlab/translation';
 import * as React from 'react';
 
 import {
@@ -36,10 +37,14 @@ function replicaRange(ep: DescribeEndpoint): IReplicas {
   return { current: num(r.current), min: num(r.min), max: num(r.max) };
 }
 
-function replicas(ep: DescribeEndpoint): string {
+function replicas(trans: TranslationBundle, ep: DescribeEndpoint): string {
   const r = replicaRange(ep);
   const range = r.min !== null && r.max !== null ? ` (${r.min}–${r.max})` : '';
-  return `${r.current ?? '–'}${range}`;
+  const current =
+    r.current === null
+      ? trans.__('replicas –')
+      : trans._n('%1 replica', '%1 replicas', r.current);
+  return `${current}${range}`;
 }
 
 function seriesOf(rows: Row[], keys: string[]): ISeries[] {
@@ -212,8 +217,8 @@ export function EndpointsSection(props: { ctx: IPanelContext }): JSX.Element {
             <span className={statusClass(ep.status)}>
               {ep.status.toLowerCase()}
             </span>{' '}
-            <span className="nbs-muted">
-              {trans.__('replicas')} {replicas(ep)}
+            <span className="nbs-muted nbs-replicas">
+              {replicas(trans, ep)}
             </span>
             {ep.url && (
               <div className="nbs-url">

@@ -16,6 +16,7 @@ import {
   formatCost,
   formatDuration,
   formatTime,
+  nodeCount,
   statusClass,
   statusLabel
 } from '../format';
@@ -177,16 +178,31 @@ export function JobView(props: {
       <dl className="nbs-facts">
         <dt>{trans.__('Backend')}</dt>
         <dd>{job.backend}</dd>
-        <dt>{trans.__('Nodes × procs × GPUs')}</dt>
-        <dd>
-          {job.nodes} × {job.procs_per_node} × {job.gpus_per_proc}
+        <dt>{trans.__('Size')}</dt>
+        <dd className="nbs-size">
+          {trans.__(
+            '%1 × %2 × %3',
+            nodeCount(trans, job.nodes),
+            trans._n(
+              '%1 process per node',
+              '%1 processes per node',
+              job.procs_per_node
+            ),
+            trans._n(
+              '%1 GPU per process',
+              '%1 GPUs per process',
+              job.gpus_per_proc
+            )
+          )}
         </dd>
         <dt>{trans.__('Restarts')}</dt>
         <dd className="nbs-restarts" data-restarts={job.restarts ?? 0}>
-          {trans.__(
-            '%1 of %2 allowed',
-            job.restarts ?? 0,
-            Number(job.spec?.max_restarts ?? 0)
+          {/* the allowance picks the plural form (English needs none here) */}
+          {trans._n(
+            '%2 of %1 allowed',
+            '%2 of %1 allowed',
+            Number(job.spec?.max_restarts ?? 0),
+            job.restarts ?? 0
           )}
         </dd>
         <dt>{trans.__('Started')}</dt>

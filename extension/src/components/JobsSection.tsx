@@ -8,6 +8,7 @@ import {
   formatCost,
   formatDuration,
   formatTime,
+  nodesAndGpus,
   statusClass,
   statusLabel
 } from '../format';
@@ -67,7 +68,9 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
             ))}
           </select>
         </label>
-        <span className="nbs-muted">{trans.__('%1 jobs', total)}</span>
+        <span className="nbs-muted">
+          {trans._n('%1 job', '%1 jobs', total)}
+        </span>
       </div>
       {error && <div className="nbs-error">{error}</div>}
       {jobs.length === 0 && !error ? (
@@ -99,9 +102,12 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
               </div>
               <div className="nbs-row-sub nbs-muted">
                 <span title={trans.__('Backend')}>{job.backend}</span>
-                <span title={trans.__('Nodes × GPUs')}>
-                  {trans.__(
-                    '%1 nodes × %2 GPUs',
+                <span
+                  className="nbs-size"
+                  title={trans.__('Nodes × GPUs per node')}
+                >
+                  {nodesAndGpus(
+                    trans,
                     job.nodes,
                     job.procs_per_node * job.gpus_per_proc
                   )}

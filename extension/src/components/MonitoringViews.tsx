@@ -2,6 +2,7 @@
  * Monitoring in the Endpoints section: drift per window (drifting features
  * first), SageMaker-named metrics, and what runs now with its cost per hour.
  */
+import { TranslationBundle } from '@jupyterlab/translation';
 import * as React from 'react';
 
 import { getEndpointDrift, listIdle } from '../api/client';
@@ -73,8 +74,11 @@ export function SageMakerFacts(props: {
   );
 }
 
-function WindowRow(props: { w: DriftWindow }): JSX.Element {
-  const { w } = props;
+function WindowRow(props: {
+  trans: TranslationBundle;
+  w: DriftWindow;
+}): JSX.Element {
+  const { trans, w } = props;
   const shown = w.features.slice(0, FEATURES_SHOWN);
   return (
     <div
@@ -85,26 +89,35 @@ function WindowRow(props: { w: DriftWindow }): JSX.Element {
     >
       <div className="nbs-drift-head">
         <span>{formatTime(w.start)}</span>{' '}
-        <span className="nbs-muted">{w.rows} rows</span>{' '}
+        <span className="nbs-muted">
+          {trans._n('%1 row', '%1 rows', w.rows)}
+        </span>{' '}
         {w.skipped ? (
-          <span className="nbs-muted">not tested: {w.skipped}</span>
+          <span className="nbs-muted">
+            {trans.__('not tested: %1', w.skipped)}
+          </span>
         ) : w.drifting.length ? (
           <b>
-            {w.drifting.length} of {w.features.length} features drift
+            {trans._n(
+              'drift in %2 of %1 feature',
+              'drift in %2 of %1 features',
+              w.features.length,
+              w.drifting.length
+            )}
           </b>
         ) : (
-          <span>no drift</span>
+          <span>{trans.__('no drift')}</span>
         )}
       </div>
       {!w.skipped && w.drifting.length > 0 && (
         <table className="nbs-drift-table">
           <thead>
             <tr>
-              <th>feature</th>
+              <th>{trans.__('feature')}</th>
               <th>KS</th>
               <th>p</th>
               <th>PSI</th>
-              <th>share</th>
+              <th>{trans.__('share')}</th>
             </tr>
           </thead>
           <tbody>
@@ -178,7 +191,11 @@ export function DriftView(props: {
         {drift && (
           <span className="nbs-muted">
             {' '}
-            {drift.captured_rows} {trans.__('captured rows')}
+            {trans._n(
+              '%1 captured row',
+              '%1 captured rows',
+              drift.captured_rows
+            )}
             {drift.drifting.length
               ? ` · ${trans.__('drifting')}: ${drift.drifting.slice(0, 5).join(', ')}`
               : ''}
@@ -190,7 +207,9 @@ export function DriftView(props: {
         <div className="nbs-muted">{trans.__('Nothing captured yet.')}</div>
       )}
       {drift &&
-        drift.windows.map(w => <WindowRow key={String(w.start)} w={w} />)}
+        drift.windows.map(w => (
+          <WindowRow key={String(w.start)} trans={trans} w={w} />
+        ))}
     </div>
   );
 }

@@ -51,7 +51,7 @@ export function PipelinesSection(props: { ctx: IPanelContext }): JSX.Element {
             </span>{' '}
             <span className="nbs-muted">
               {formatTime(time(run.started) ?? time(run.created))} ·{' '}
-              {(run.steps ?? []).length} {trans.__('steps')}
+              {trans._n('%1 step', '%1 steps', (run.steps ?? []).length)}
             </span>
           </li>
         ))}

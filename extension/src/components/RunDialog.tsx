@@ -6,7 +6,7 @@ import * as React from 'react';
 import { estimateCost, listBackends } from '../api/client';
 import { BackendInfo, CostEstimate } from '../api/models';
 import { errorText } from '../context';
-import { formatCost } from '../format';
+import { formatCost, nodeCount } from '../format';
 
 export interface IRunRequest {
   backend: string | null;
@@ -166,9 +166,9 @@ function RunForm(props: {
         <div className="nbs-estimate" aria-live="polite">
           {cost
             ? trans.__(
-                'Estimated cost: %1 (%2 nodes × %3 h × %4 per node hour)',
+                'Estimated cost: %1 (%2 × %3 h × %4 per node hour)',
                 formatCost(cost.total),
-                cost.nodes,
+                nodeCount(trans, cost.nodes),
                 cost.hours,
                 formatCost(cost.price_per_node_hour)
               )
