@@ -193,3 +193,34 @@ def test_a_local_pipeline_run_leaves_no_kernel_folder(nbscale_cli, tmp_path, sho
     for report in reports:
         _assert_private_ipc(report, short_tmp)
     _assert_nothing_left(short_tmp)
+
+
+# kfp.local says that resources and retries do nothing locally, and that the step image is not
+# used by SubprocessRunner (this environment stands in for it): both expected
+@pytest.mark.filterwarnings("ignore:Task .* no effect in the current local runner:UserWarning")
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_a_kubeflow_step_runs_its_kernel_over_a_private_unix_socket(
+    tmp_path, short_tmp, monkeypatch, capfd
+):
+    """The compiled KFP component, run by kfp.local as a subprocess of its own."""
+    pytest.importorskip("kfp")
+    from kfp import components, local
+
+    from nbscale.pipelines import compile_pipeline
+    from tests.support.pipeline_notebooks import cell
+    from tests.support.pipeline_notebooks import write_notebook as write_pipeline
+
+    for name, value in _env(short_tmp).items():
+        monkeypatch.setenv(name, value)
+    path = write_pipeline(tmp_path / "probe.ipynb", [cell(REPORT, "step:probe")])
+    out = compile_pipeline(str(path), "kfp", str(tmp_path / "probe.yaml"), key_secret="")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root")
+    )
+    components.load_component_from_file(out)()
+    printed = capfd.readouterr()
+    assert not WARNING.search(printed.out + printed.err), printed.out + printed.err
+    (executed,) = (tmp_path / "kfp-root").rglob("step-probe/executed")
+    (report,) = _reports(_printed(executed))
+    _assert_private_ipc(report, short_tmp)
+    _assert_nothing_left(short_tmp)

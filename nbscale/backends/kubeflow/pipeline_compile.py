@@ -38,7 +38,7 @@ def {func}(notebook: str, modules: str, outputs: dsl.Output[dsl.Artifact], execu
     import os
     import tempfile
 
-    import papermill
+    from nbscale.kernel_transport import execute_notebook
 
     # a step is its own machine: a private nbscale home, and the pipeline key only as the
     # platform delivers it (NBSCALE_KEY_FILE, a Secret volume), never one made up here
@@ -66,9 +66,9 @@ def {func}(notebook: str, modules: str, outputs: dsl.Output[dsl.Artifact], execu
 
         signal.signal(signal.SIGALRM, over)
         signal.alarm({timeout})
-    try:
-        papermill.execute_notebook(path, executed.path, parameters={params}, kernel_name="python3",
-                                   progress_bar=False, cwd=work)
+    try:  # the kernel on Unix sockets in a private folder (nbscale.kernel_transport), not TCP
+        execute_notebook(path, executed.path, parameters={params}, kernel_name="python3",
+                         progress_bar=False, cwd=work)
     finally:
         executed.metadata["step"] = "{step}"
 '''
