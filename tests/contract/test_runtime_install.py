@@ -224,9 +224,13 @@ def test_a_pipeline_step_installs_its_wheelhouse_in_a_stock_image(tmp_path):
     """Compiled for the default stock PyTorch image, each step's exact entry command installs
     the wheelhouse shipped with the code offline, then runs the step; each step is its own
     container (its own home and venv), the key a mounted file."""
+    from nbscale.backends.images import kernel_versions
     from nbscale.pipelines import compile_pipeline
     from tests.support.pipeline_notebooks import cell, write_notebook
+    from tests.support.sagemaker import kernel_image_entry
 
+    kernel_image_entry()  # the stock image of this kernel's torch and Python (a table entry)
+    kernel = kernel_versions()
     write_notebook(
         tmp_path / "flow.ipynb",
         [
@@ -252,7 +256,10 @@ def test_a_pipeline_step_installs_its_wheelhouse_in_a_stock_image(tmp_path):
     for step in definition["Steps"]:
         name = step["Name"]
         app = step["Arguments"]["AppSpecification"]
-        assert app["ImageUri"].endswith("pytorch-training:2.5.1-cpu-py311-ubuntu22.04-sagemaker")
+        assert app["ImageUri"] == (
+            "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:"
+            f"{kernel.torch}-cpu-py{kernel.python.replace('.', '')}"
+        )
         root = tmp_path / "proc" / name
 
         def local(text: str, root=root) -> str:

@@ -31,15 +31,20 @@ def table() -> dict[str, Any]:
     return images.merged(PLATFORM, TABLE, ("entries",))
 
 
+@lru_cache(maxsize=1)
+def _botocore():
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return session, session._get_internal_component("endpoint_resolver")
+
+
 @lru_cache(maxsize=64)
 def dns_suffix(region: str) -> str:
     """The registry's domain in ``region``'s partition (``amazonaws.com.cn`` in China),
     from botocore's own partition data."""
-    import botocore.session
-
-    session = botocore.session.get_session()
-    partition = session.get_partition_for_region(region)
-    return session._get_internal_component("endpoint_resolver").get_partition_dns_suffix(partition)
+    session, resolver = _botocore()
+    return resolver.get_partition_dns_suffix(session.get_partition_for_region(region))
 
 
 @dataclass(frozen=True)
