@@ -154,7 +154,9 @@ def _skip_dir(path: Path, home: Path) -> bool:
     return (path / "pyvenv.cfg").is_file() or path == home
 
 
-def scan(root: str | Path, limit: int | None = DEFAULT_LIMIT_MB << 20, setting: str = "") -> CodeFolder:
+def scan(
+    root: str | Path, limit: int | None = DEFAULT_LIMIT_MB << 20, setting: str = ""
+) -> CodeFolder:
     """The files of ``root`` that travel, sorted; over ``limit`` bytes one ``NbscaleError``
     names the largest files. ``setting`` names where the limit is set, for the message."""
     root = Path(root).resolve()
@@ -190,9 +192,7 @@ def scan(root: str | Path, limit: int | None = DEFAULT_LIMIT_MB << 20, setting: 
                 continue  # a dangling link
             if not stat.S_ISREG(st.st_mode):
                 continue
-            files.append(
-                FileEntry(rel, full, st.st_size, st.st_mtime_ns, bool(st.st_mode & 0o111))
-            )
+            files.append(FileEntry(rel, full, st.st_size, st.st_mtime_ns, bool(st.st_mode & 0o111)))
     files.sort(key=lambda f: f.rel)
     folder = CodeFolder(root, files)
     if limit is not None and folder.size > limit:

@@ -60,7 +60,11 @@ class Requirements:
 
     @property
     def lines(self) -> list[str]:
-        return [ln.strip() for ln in self.text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        return [
+            ln.strip()
+            for ln in self.text.splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")
+        ]
 
 
 # -- where they come from -----------------------------------------------------------------
@@ -116,7 +120,9 @@ def auto_pins(modules: list[str]) -> list[str]:
     return sorted(pins.values(), key=str.lower)
 
 
-def resolve(value: str | None, folder: Path | None, modules: list[str] | None = None) -> Requirements | None:
+def resolve(
+    value: str | None, folder: Path | None, modules: list[str] | None = None
+) -> Requirements | None:
     """The requirements of a job: ``value`` (a file, or ``auto`` with the job's ``modules``),
     else ``requirements.txt`` in ``folder``, else None."""
     if value == AUTO:
@@ -209,7 +215,9 @@ def _not_for_target(wheel: Path, python: str) -> bool:
         return False
     cp = "cp" + python.replace(".", "")
     linux = sys.platform == "linux" and os.uname().machine == "x86_64"
-    return not (linux and any(t.interpreter in (cp, "py3", "abi3") or t.abi == "abi3" for t in tags))
+    return not (
+        linux and any(t.interpreter in (cp, "py3", "abi3") or t.abi == "abi3" for t in tags)
+    )
 
 
 def _download_for_target(wheel: Path, dest: Path, python: str) -> None:

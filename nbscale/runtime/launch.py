@@ -279,14 +279,11 @@ def stage_travel(spec: dict[str, Any], jobdir: JobDir) -> tuple[dict[str, Any], 
             proc = subprocess.run(command, capture_output=True, text=True)
             if proc.returncode != 0:
                 said = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                raise LaunchError(
-                    f"installing the job's requirements failed: {' / '.join(said)}"
-                )
+                raise LaunchError(f"installing the job's requirements failed: {' / '.join(said)}")
             installed = len([c for c in command if c.endswith(".whl")])
             how = "from the index" if wanted.get("index") else f"{installed} wheels, offline"
             print(
-                f"nbscale: requirements installed ({how}) in "
-                f"{time.monotonic() - started:.1f} s",
+                f"nbscale: requirements installed ({how}) in {time.monotonic() - started:.1f} s",
                 flush=True,
             )
     return spec, folder

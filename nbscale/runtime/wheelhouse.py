@@ -35,10 +35,12 @@ from pathlib import Path
 
 # the closures: every name here must also be a dependency in pyproject.toml (tested)
 CLOSURE = {
-    "job": ["cloudpickle>=3.0", "boto3>=1.34"],
+    # packaging: the container compares the cell's torch and Python with its own (runtime.cell)
+    "job": ["cloudpickle>=3.0", "boto3>=1.34", "packaging>=23"],
     "serving": [
         "cloudpickle>=3.0",
         "boto3>=1.34",
+        "packaging>=23",
         "prometheus_client>=0.17",
         "httptools>=0.6",
         "uvloop>=0.19",
@@ -47,6 +49,7 @@ CLOSURE = {
     "step": [
         "cloudpickle>=3.0",
         "boto3>=1.34",
+        "packaging>=23",
         "papermill>=2.5",
         "ipykernel>=6.20",
         "nbformat>=5.9",

@@ -128,7 +128,7 @@ def test_the_folder_travels_by_the_ignore_rules_and_once(aws, tmp_path):
     assert sent["entry"]["target"] == "train.py"  # in the unpacked folder
     assert sent["code"]["uri"] == "/opt/ml/input/data/code/code.zip"
     assert "workdir" not in sent
-    assert any("/code/sha256/" in p for p in first)
+    assert any("/code/tree/" in p for p in first)
 
     # unchanged: the folder and the wheels are not sent again (another process too: HEAD)
     from nbscale.backends.remote import staging
@@ -207,7 +207,9 @@ def test_requirements_travel_as_a_wheelhouse_built_once(aws, tmp_path):
     before = len(puts(aws))
     submit(spec, config=config())
     assert not [p for p in puts(aws)[before:] if "/requirements/" in p]
-    assert channels(aws.operations("CreateTrainingJob")[-1])["requirements"] == found["requirements"]
+    assert (
+        channels(aws.operations("CreateTrainingJob")[-1])["requirements"] == found["requirements"]
+    )
 
     # pip_index: only the file travels; the container installs from its own index
     submit(spec, config=config(pip_index=True))
@@ -223,7 +225,9 @@ def test_requirements_that_pip_cannot_resolve_are_one_message_before_anything_is
     (root / "requirements.txt").write_text("--no-index\nno-such-package-nbscale==9.9\n")
     created = len(aws.operations("CreateTrainingJob"))
     with pytest.raises(NbscaleError, match="could not be made into wheels") as err:
-        submit(JobSpec(entry=Entry.from_path(str(root / "train.py")), backend="aws"), config=config())
+        submit(
+            JobSpec(entry=Entry.from_path(str(root / "train.py")), backend="aws"), config=config()
+        )
     assert "pip_index = true" in str(err.value)
     assert len(aws.operations("CreateTrainingJob")) == created
 
@@ -273,9 +277,7 @@ def test_the_local_backend_refuses_requirements(tmp_path):
     (tmp_path / "t.py").write_text("print(1)\n")
     (tmp_path / "req.txt").write_text("pyyaml\n")
     with pytest.raises(SpecError) as err:
-        submit_job(
-            JobSpec(entry=Entry.from_path(str(tmp_path / "t.py")), requirements="req.txt")
-        )
+        submit_job(JobSpec(entry=Entry.from_path(str(tmp_path / "t.py")), requirements="req.txt"))
     assert "requirements" in str(err.value) and "this Python environment" in str(err.value)
 
 
@@ -299,7 +301,7 @@ def test_kubeflow_ships_the_cells_folder_through_object_storage_once(cluster, tm
     args = body["spec"]["trainer"]["args"]
     spec = json.loads(base64.urlsafe_b64decode(args[args.index("--spec") + 1]))
     code = spec["code"]
-    assert code["uri"].startswith("s3://nb-bucket/work/code/sha256/")
+    assert code["uri"].startswith("s3://nb-bucket/work/code/tree/")
     with zipfile.ZipFile(io.BytesIO(s3_object(code["uri"]))) as zf:
         names = zf.namelist()
     assert "model.py" in names and "data/labels.csv" in names

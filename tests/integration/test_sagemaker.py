@@ -536,7 +536,11 @@ def test_a_train_cell_waits_shows_the_phases_and_gets_its_outputs(aws, tmp_path)
 
 
 def test_a_script_travels_in_its_own_channel(aws, tmp_path):
+    """The script's folder (the test's: the script, and the home's folder left out) is
+    ``code.zip`` in the code channel; the spec names the script inside it."""
     import base64
+    import io
+    import zipfile
 
     script = tmp_path / "train.py"
     script.write_text("import torch.distributed as dist\nprint('hello from', dist.get_rank())\n")
@@ -550,20 +554,21 @@ def test_a_script_travels_in_its_own_channel(aws, tmp_path):
         for c in request["InputDataConfig"]
     }
     assert set(channels) == {"spec", "code", "runtime"}
-    assert channels["code"].startswith("s3://nb-team/proj/code/sha256/")
+    assert channels["code"].startswith("s3://nb-team/proj/code/tree/")
     s3 = boto3.client("s3")
     key = channels["code"].removeprefix("s3://nb-team/")
     listed = s3.list_objects_v2(Bucket="nb-team", Prefix=key)["Contents"]
-    assert [o["Key"].rsplit("/", 1)[1] for o in listed] == ["train.py"]
-    assert (
-        s3.get_object(Bucket="nb-team", Key=listed[0]["Key"])["Body"].read() == script.read_bytes()
-    )
+    assert [o["Key"].rsplit("/", 1)[1] for o in listed] == ["code.zip"]
+    body = s3.get_object(Bucket="nb-team", Key=listed[0]["Key"])["Body"].read()
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        assert zf.read("train.py") == script.read_bytes()
     spec_key = channels["spec"].removeprefix("s3://nb-team/")
     spec_obj = s3.list_objects_v2(Bucket="nb-team", Prefix=spec_key)["Contents"][0]["Key"]
     sent = json.loads(
         base64.urlsafe_b64decode(s3.get_object(Bucket="nb-team", Key=spec_obj)["Body"].read())
     )
-    assert sent["entry"]["target"] == "/opt/ml/input/data/code/train.py"
+    assert sent["entry"]["target"] == "train.py"  # in the folder the launcher unpacks
+    assert sent["code"]["uri"] == "/opt/ml/input/data/code/code.zip"
     assert sent["args"] == ["--epochs", "3"]
     assert job.status() == "PENDING"
 

@@ -88,7 +88,12 @@ def pod_mounts(mounts: dict[str, str], argv: list[str]) -> list[str]:
 
 
 def run_nodes(
-    api: KubeApi, kube: KubeEmulator, job, tmp_path: Path, network: list | None = None
+    api: KubeApi,
+    kube: KubeEmulator,
+    job,
+    tmp_path: Path,
+    network: list | None = None,
+    python: Path | None = None,
 ) -> list[int]:
     """Play the Trainer controller and the kubelet: run every node of the TrainJob
     (``network``: one network namespace per node, from tests/support/kube_netns.py)."""
@@ -141,7 +146,8 @@ def run_nodes(
         env = container_env(
             home,
             **env,
-            PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            # the image's python (``python``: e.g. a stock image's, without nbscale)
+            PATH=f"{(python or Path(sys.executable)).parent}:{os.environ['PATH']}",
             PET_NNODES=str(nnodes),
             PET_NPROC_PER_NODE=str(nproc),
             PET_NODE_RANK=str(node),

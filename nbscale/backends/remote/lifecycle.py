@@ -198,9 +198,7 @@ class RemoteJobBackend(JobBackend):
         self._log_times: dict[str, float] = {}
 
     # -- what travels ---------------------------------------------------------------------
-    def container_spec(
-        self, spec: dict[str, Any], travel: Travel | None = None
-    ) -> dict[str, Any]:
+    def container_spec(self, spec: dict[str, Any], travel: Travel | None = None) -> dict[str, Any]:
         """The spec the container runs: no local paths (a bundle is ``cell.zip`` next to the
         job, a script or notebook is in ``file_mount``, or in its folder when that travels:
         ``travel``), no checkpoint folder of this machine, none of ``container_drops``."""
@@ -318,7 +316,8 @@ class RemoteJobBackend(JobBackend):
             return travel
         folder = scan(workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]")
         digest = folder.digest
-        uri = store.base.child("code", "sha256", digest, "code.zip").uri
+        # "tree": named by the files' digest (bundle.tree_digest), not the zip's own sha256
+        uri = store.base.child("code", "tree", digest, "code.zip").uri
         if upload and put_known(store, uri, folder.pack):
             travel.uploaded.append(uri)
         entry = spec.get("entry", {})

@@ -58,9 +58,11 @@ def put_known(store: storage.ObjectStore, uri: str, local: Callable[[], Path]) -
     """Make sure the content-addressed object ``uri`` is in ``store``: nothing is sent when
     this process saw it lately or the store has it; else ``local()`` (made only then) is
     uploaded. Returns whether anything was sent."""
-    endpoint = getattr(getattr(store.client, "meta", None), "endpoint_url", "") if (
-        store.base.scheme != "file"
-    ) else "file"
+    endpoint = (
+        getattr(getattr(store.client, "meta", None), "endpoint_url", "")
+        if (store.base.scheme != "file")
+        else "file"
+    )
     where = f"{endpoint} {uri}"
     with _known_lock:
         seen = _known.get(where)
