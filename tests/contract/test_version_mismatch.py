@@ -1,0 +1,86 @@
+"""Issue 19: a job in a user's own image whose Python or torch is not the kernel's fails at
+container start with one line naming both sides, before anything is unpickled.
+
+The kernel-side bundle records other versions than this machine's (it is signed with the
+home's key, as the kernel signs it); the training job's exact entry command runs as
+SageMaker runs it (tests/contract/test_sagemaker_container.py's instance: its own
+``/opt/ml`` and home, only the request's environment)."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from nbscale import bundle
+from nbscale.celljob import prepare_cell
+from nbscale.jobs import submit
+from nbscale.runtime.cell import KIND, here_versions
+from nbscale.specs import Entry, JobSpec
+from tests.contract.test_sagemaker_container import (  # noqa: F401 - fixtures
+    aws,
+    emulator,
+    namespaces,
+    start_instances,
+    stdout,
+    wait_all,
+)
+from tests.support.emulators import free_port
+from tests.support.sagemaker import config
+
+pytestmark = pytest.mark.slow
+
+OWN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0"
+
+
+def kernel_bundle(tmp_path, versions: dict[str, str]) -> JobSpec:
+    """A %%train cell's spec whose bundle says it was made with ``versions``."""
+    (tmp_path / "placeholder.py").write_text("")
+    spec = JobSpec(entry=Entry.from_path(str(tmp_path / "placeholder.py")), backend="aws")
+    prepared = prepare_cell("total = factor * 3\n", {"factor": 2}, spec, outputs=["total"])
+    prepared.write()
+    path = prepared.spec.entry.target
+    found = bundle.read(path, KIND)
+    manifest = {k: v for k, v in found.manifest.items() if k not in ("format", "parts")}
+    bundle.write(path, {**manifest, "versions": {**manifest["versions"], **versions}}, found.parts)
+    return prepared.spec
+
+
+@pytest.mark.parametrize(
+    "made",
+    [
+        {"python": "3.9.18"},  # another Python minor
+        {"torch": "2.1.2"},  # another torch minor
+    ],
+    ids=["python", "torch"],
+)
+def test_a_bundle_from_other_versions_fails_at_container_start_in_one_line(
+    aws,  # noqa: F811 - the fixture imported above
+    namespaces,  # noqa: F811
+    tmp_path,
+    made,
+):
+    submit(kernel_bundle(tmp_path, made), config=config(image=OWN_IMAGE))
+    request = aws.operations("CreateTrainingJob")[-1]
+    root = tmp_path / "run"
+    procs = start_instances(root, request, free_port())
+    assert wait_all(procs) == [1]
+    out = stdout(root, "algo-1")
+    here = here_versions()
+    label, theirs = next(iter(made.items()))
+    name = {"python": "Python", "torch": "torch"}[label]
+    line = (
+        f"nbscale: cannot start: VersionMismatch: the cell was captured with {name} {theirs} "
+        f"but this container has {name} {here[label]}; pickled values may not load, so "
+        "nothing was unpickled"
+    )
+    assert line in out, out
+    assert [x for x in out.splitlines() if "VersionMismatch" in x and "node-record" not in x] == [
+        x for x in out.splitlines() if x.startswith(line)
+    ]
+    assert "Traceback" not in out and "UnpicklingError" not in out
+    assert "[rank " not in out  # no rank started
+    # SageMaker's FailureReason: the same cause, from /opt/ml/output/failure
+    failure = (procs[0][1] / "output" / "failure").read_text()
+    assert failure.startswith(f"VersionMismatch: the cell was captured with {name} {theirs}")
+    assert platform.python_version() == here["python"]
