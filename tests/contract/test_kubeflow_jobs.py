@@ -6,7 +6,6 @@ really runs and the outputs come back to the kernel. The cluster is kmock's emul
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,6 @@ from tests.support.emulators import (
     grep_tree,
 )
 from tests.support.kubeflow import (
-    MOUNT_NS,
-    NS,
     _cell,
     _trainjob,
     run_nodes,
@@ -74,6 +71,19 @@ def test_the_node_container_runs_the_cell_and_the_outputs_come_home(
         assert grep_tree(tmp_path / f"pod-{node}" / "home", key_hex, PLANTED_SECRET) == []
 
 
+def folder_file(job, name: str) -> bytes:
+    """A file of the job's folder as it travelled (``code.zip`` in object storage)."""
+    import io
+    import zipfile
+
+    import boto3
+
+    bucket, _, key = job.record.info["code_uri"].removeprefix("s3://").partition("/")
+    data = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return zf.read(name)
+
+
 SCRIPT = """\
 import sys
 import torch
@@ -88,9 +98,9 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_a_script_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tmp_path):
-    if not MOUNT_NS:
-        pytest.skip("the script's path is the ConfigMap's mountPath: needs mount namespaces")
+def test_a_script_travels_in_its_folder_and_runs_on_two_nodes(cluster, kube, tmp_path):
+    """The script's folder is ``code.zip`` in object storage; each pod unpacks it and runs
+    the script there (no ConfigMap)."""
     from nbscale.jobs import submit
 
     script = tmp_path / "train_sum.py"
@@ -104,8 +114,7 @@ def test_a_script_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tm
             args=("--lr", "0.1"),
         )
     )
-    cm = cluster.core.read_namespaced_config_map(f"{job.record.native_id}-bundle", NS)
-    assert base64.b64decode(cm.binary_data["train_sum.py"]).decode() == SCRIPT
+    assert folder_file(job, "train_sum.py") == SCRIPT.encode()
     codes = run_nodes(cluster, kube, job, tmp_path)
     assert codes == [0, 0], job.logs()
     rec = job_handle(job.id).wait(timeout=60)
@@ -114,11 +123,9 @@ def test_a_script_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tm
 
 
 @pytest.mark.slow
-def test_a_notebook_job_travels_in_a_configmap_and_runs_on_two_nodes(cluster, kube, tmp_path):
+def test_a_notebook_job_travels_in_its_folder_and_runs_on_two_nodes(cluster, kube, tmp_path):
     """``nbscale run nb.ipynb --backend kf``: each rank executes the notebook with papermill
     in its pod (its own home), with its parameters; rank 0's executed notebook comes home."""
-    if not MOUNT_NS:
-        pytest.skip("the notebook's path is the ConfigMap's mountPath: needs mount namespaces")
     from nbscale.jobs import submit
 
     notebook = tmp_path / "report.ipynb"
@@ -136,8 +143,7 @@ def test_a_notebook_job_travels_in_a_configmap_and_runs_on_two_nodes(cluster, ku
             nodes=2,
         )
     )
-    cm = cluster.core.read_namespaced_config_map(f"{job.record.native_id}-bundle", NS)
-    assert base64.b64decode(cm.binary_data["report.ipynb"]) == notebook.read_bytes()
+    assert folder_file(job, "report.ipynb") == notebook.read_bytes()
     codes = run_nodes(cluster, kube, job, tmp_path)
     assert codes == [0, 0], job.logs()
     rec = job_handle(job.id).wait(timeout=60)

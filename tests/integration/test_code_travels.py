@@ -290,9 +290,8 @@ def test_a_missing_requirements_file_is_refused_where_it_is_given(tmp_path):
 def test_kubeflow_ships_the_cells_folder_through_object_storage_once(cluster, tmp_path):
     """A ``%%train`` cell's folder is the kernel's working folder (the test's): content-
     addressed in object storage, named in the container's spec; no ConfigMap for it."""
-    from tests.support.kubeflow import _cell, add_settings
+    from tests.support.kubeflow import _cell
 
-    add_settings(tmp_path / "nbscale-home", f'image = "{IMAGE}"\n')
     (tmp_path / "model.py").write_text("class Net:\n    pass\n")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "labels.csv").write_text("a,b\n")
