@@ -18,6 +18,7 @@ def test_dry_runs_print_the_exact_yaml_and_send_nothing(nbscale_cli, nbscale_hom
     (nbscale_home / "config.toml").write_text(
         '[backends.kf]\ntype = "kubeflow"\nstorage = "s3://nb-bucket/work"\nwheelhouse = false\n'
         'namespace = "team-a"\nkubeconfig = "/nonexistent/kubeconfig"\n'
+        'image = "registry.example.com/ml/torch:kernel"\n'  # the stock table's is per version
     )
     out = nbscale_cli(
         "run", "-m", "train.main", "--backend", "kf", "--nodes", "2", "--dry-run", check=True

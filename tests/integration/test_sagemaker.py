@@ -31,7 +31,14 @@ from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from tests.support.aws_emulator import Emulator
 from tests.support.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
-from tests.support.sagemaker import ROLE, SETTINGS, config, put_logs, runtime_wheels
+from tests.support.sagemaker import (
+    ROLE,
+    SETTINGS,
+    config,
+    kernel_image_entry,
+    put_logs,
+    runtime_wheels,
+)
 
 
 @pytest.fixture(scope="module")
@@ -392,6 +399,7 @@ def test_the_engine_finds_the_backend_by_its_type(aws, tmp_path):
 def test_the_cell_dry_run_shows_the_exact_request_and_sends_nothing(aws, tmp_path, monkeypatch):
     import torch
 
+    kernel_image_entry()  # the stock image of this kernel's versions
     (tmp_path / "nbscale.toml").write_text(
         "[backends.aws]\n"
         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**SETTINGS, "type": "sagemaker"}.items())
@@ -422,7 +430,7 @@ def test_max_cost_becomes_the_runtime_it_buys(aws, tmp_path):
         aws.operations("CreateTrainingJob")[-1]["StoppingCondition"]["MaxRuntimeInSeconds"] == 1800
     )
     with pytest.raises(SpecError, match="no price is known"):
-        submit(cell_spec(tmp_path, max_cost=1.0), config=config(instance_type="ml.trn1.2xlarge"))
+        submit(cell_spec(tmp_path, max_cost=1.0), config=config(instance_type="ml.r5.24xlarge"))
 
 
 def test_spot_per_job_and_refused_where_there_is_none(aws, tmp_path):
@@ -473,6 +481,7 @@ def test_a_train_cell_waits_shows_the_phases_and_gets_its_outputs(aws, tmp_path)
     status changes and the ranks' log lines as they come, then the outputs are in the namespace."""
     import threading
 
+    kernel_image_entry()  # the stock image of this kernel's versions
     (tmp_path / "nbscale.toml").write_text(
         "[backends.aws]\n"
         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**SETTINGS, "type": "sagemaker"}.items())
