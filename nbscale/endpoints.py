@@ -29,6 +29,7 @@ from .paths import endpoint_dir
 from .serving.artifact import package, read_manifest, sign, verify
 from .store import get_store
 from .store.endpoints import EndpointRecord, get_endpoint, list_endpoints
+from .store.paging import Page
 from .words import count
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -179,15 +180,17 @@ def _check_number(name: str, value: Any, low: float, high: float, integer: bool 
         raise SpecError(name, f"must be {what} from {low:g} to {high:g}, got {value!r}")
 
 
-def endpoints() -> list[Endpoint]:
+def endpoints(limit: int | None = None, after: str | None = None) -> Page[Endpoint]:
+    """Oldest first, all of them unless ``limit``; ``after`` is a page's ``next`` cursor."""
     config, store = load_config(), get_store()
     managers: dict[str, EndpointBackend] = {}
     out = []
-    for r in list_endpoints(store):
+    page = list_endpoints(store, limit, after)
+    for r in page:
         if r.backend not in managers:
             managers[r.backend] = endpoint_backend_for(r, config, store)
         out.append(Endpoint(r, managers[r.backend]))
-    return out
+    return Page(out, page.next)
 
 
 def endpoint(name: str) -> Endpoint:

@@ -26,9 +26,10 @@ from .store.jobs import (
     JobRecord,
     get_job,
     insert_job,
-    list_jobs,
+    page_jobs,
     update_job,
 )
+from .store.paging import Page
 
 
 class Job:
@@ -250,14 +251,15 @@ def jobs(
     status: str | None = None,
     backend: str | None = None,
     limit: int = 100,
-    offset: int = 0,
+    after: str | None = None,
     refresh: bool = True,
     config: Config | None = None,
     store: Store | None = None,
-) -> list[Job]:
+) -> Page[Job]:
+    """Newest first; ``after`` is a page's ``next`` cursor (keyset paging, nbscale.store.paging)."""
     store = store or get_store()
     config = config or load_config()
-    records, _ = list_jobs(store, status=status, backend=backend, limit=limit, offset=offset)
+    records = page_jobs(store, status=status, backend=backend, limit=limit, after=after)
     out = []
     backends: dict[str, JobBackend] = {}
     for rec in records:
@@ -267,4 +269,4 @@ def jobs(
         if refresh and not rec.terminal:
             handle.refresh()
         out.append(handle)
-    return out
+    return Page(out, records.next, records.total)

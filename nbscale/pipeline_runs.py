@@ -14,6 +14,7 @@ from .pipelines.loader import load
 from .pipelines.status import ACTIVE
 from .store import get_store
 from .store import pipelines as db
+from .store.paging import Page
 
 OPTION_KEYS = {"max_parallel", "only", "from_step", "no_cache", "kernel_name"}
 
@@ -129,11 +130,13 @@ def get_run(run_id: str) -> PipelineRun:
     return _from_record(record, db.steps_of(store, [record["id"]])[record["id"]])
 
 
-def runs(limit: int = 50, offset: int = 0) -> list[PipelineRun]:
+def runs(limit: int = 50, after: str | None = None) -> Page[PipelineRun]:
+    """Newest first; ``after`` is a page's ``next`` cursor (keyset paging, nbscale.store.paging)."""
     store = get_store()
-    records = [_current(r) for r in db.list_runs(store, limit, offset)]
+    page = db.list_runs(store, limit, after)
+    records = [_current(r) for r in page]
     steps = db.steps_of(store, [r["id"] for r in records])
-    return [_from_record(r, steps[r["id"]]) for r in records]
+    return Page([_from_record(r, steps[r["id"]]) for r in records], page.next)
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:

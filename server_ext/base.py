@@ -53,6 +53,12 @@ class NbscaleHandler(ExtensionHandlerMixin, APIHandler):
         """The query string as ``model`` (unknown or malformed arguments are a 400)."""
         raw = {k: self.get_query_argument(k) for k in self.request.query_arguments}
         raw = {k: (v if v != "" else None) for k, v in raw.items()}
+        if "offset" in raw and "after" in model.model_fields:
+            raise BadRequest(
+                "offset",
+                "is not taken: lists page by cursor",
+                "leave it out for the first page, then send each page's 'next' as ?after=",
+            )
         return model.model_validate({k: v for k, v in raw.items() if v is not None})
 
     def body(self, model: type[M]) -> M:

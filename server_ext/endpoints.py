@@ -7,7 +7,13 @@ from tornado import web
 
 from .base import NbscaleHandler
 from .jobs import EXECUTE
-from .models import DescribeEndpoint, EndpointMetrics, ListEndpointsResponse, ScaleEndpoint
+from .models import (
+    DescribeEndpoint,
+    EndpointMetrics,
+    ListEndpointsQuery,
+    ListEndpointsResponse,
+    ScaleEndpoint,
+)
 
 
 def _engine():
@@ -17,9 +23,10 @@ def _engine():
     return endpoints
 
 
-def _list() -> ListEndpointsResponse:
+def _list(q: ListEndpointsQuery) -> ListEndpointsResponse:
+    page = _engine().endpoints(q.limit, q.after)
     return ListEndpointsResponse(
-        endpoints=[DescribeEndpoint(**e.to_dict()) for e in _engine().endpoints()]
+        endpoints=[DescribeEndpoint(**e.to_dict()) for e in page], next=page.next
     )
 
 
@@ -47,7 +54,7 @@ class EndpointsHandler(NbscaleHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        self.reply(await self.call(_list))
+        self.reply(await self.call(_list, self.query(ListEndpointsQuery)))
 
 
 class EndpointHandler(NbscaleHandler):

@@ -14,7 +14,7 @@ from nbscale.jobs import job as get_job
 from nbscale.jobs import submit
 from nbscale.specs import Entry, JobSpec, shown
 from nbscale.store import get_store
-from nbscale.store.jobs import list_jobs
+from nbscale.store.jobs import page_jobs
 
 from .base import NbscaleHandler
 from .models import (
@@ -59,14 +59,15 @@ def describe(data: dict[str, Any], config: Config, detail: bool = False) -> Desc
 
 
 def _list(q: ListJobsQuery, config: Config) -> ListJobsResponse:
-    # straight from the store: the extension's poller keeps active jobs fresh,
-    # so a page costs two indexed queries whatever the backend
-    records, total = list_jobs(get_store(), q.status, q.backend, q.limit, q.offset)
+    # straight from the store: the extension's poller keeps active jobs fresh, so a
+    # page is one index seek (keyset, ?after=) and the total a few rows of job_counts,
+    # whatever the backend and however deep the page
+    page = page_jobs(get_store(), q.status, q.backend, q.limit, q.after)
     return ListJobsResponse(
-        jobs=[describe(r.to_dict(), config) for r in records],
-        total=total,
+        jobs=[describe(r.to_dict(), config) for r in page],
+        total=page.total,
         limit=q.limit,
-        offset=q.offset,
+        next=page.next,
     )
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nbscale.specs import MAX_RESOURCES
 from nbscale.store.jobs import STATUSES
+from nbscale.store.paging import MAX_CURSOR
 
 JobStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST"]
 assert set(JobStatus.__args__) == set(STATUSES)  # the engine is the source of truth
@@ -52,7 +53,6 @@ class ListBackendsResponse(Model):
 
 
 MAX_LOG_OFFSET = 2**40  # 1 TiB
-MAX_OFFSET = 2**62  # SQLite integers are 64-bit; log offsets are bytes of a file
 MAX_HOURS = 24 * 366  # a year: no estimate is asked for longer
 
 
@@ -77,11 +77,26 @@ class CostEstimate(Model):
 # -- jobs --------------------------------------------------------------------
 
 
+def after_field() -> Any:
+    return Field(
+        None,
+        description=f"the 'next' cursor of the page before (at most {MAX_CURSOR} characters); "
+        "left out: the first page",
+    )
+
+
+def next_field() -> Any:
+    return Field(
+        description="the cursor of the page after this one (send it as ?after=); "
+        "null on the last page"
+    )
+
+
 class ListJobsQuery(Model):
     status: JobStatus | None = None
     backend: str | None = None
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    after: str | None = after_field()
 
 
 class DescribeJob(Model):
@@ -108,9 +123,9 @@ class DescribeJob(Model):
 
 class ListJobsResponse(Model):
     jobs: list[DescribeJob]
-    total: int
+    total: int = Field(description="jobs that match the filters, in all pages")
     limit: int
-    offset: int
+    next: str | None = next_field()
 
 
 class CreateJob(Model):
@@ -161,8 +176,14 @@ class DescribeEndpoint(OpenModel):
     url: str | None = None
 
 
+class ListEndpointsQuery(Model):
+    limit: int = Field(50, ge=1, le=500)
+    after: str | None = after_field()
+
+
 class ListEndpointsResponse(Model):
     endpoints: list[DescribeEndpoint]
+    next: str | None = next_field()
 
 
 class ScaleEndpoint(Model):
@@ -179,7 +200,7 @@ class EndpointMetrics(OpenModel):
 
 class ListRunsQuery(Model):
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    after: str | None = after_field()
 
 
 class PipelineStep(OpenModel):
@@ -203,6 +224,7 @@ class DescribeRun(OpenModel):
 
 class ListRunsResponse(Model):
     runs: list[DescribeRun]
+    next: str | None = next_field()
 
 
 class CreateRun(Model):

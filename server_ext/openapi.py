@@ -91,7 +91,11 @@ def document() -> dict[str, Any]:
             "get": _op("Estimated cost of a job", m.CostEstimate, query=m.CostEstimateQuery)
         },
         "/nbscale/api/jobs": {
-            "get": _op("List jobs, newest first", m.ListJobsResponse, query=m.ListJobsQuery),
+            "get": _op(
+                "List jobs, newest first; page with ?after= the page's 'next' cursor",
+                m.ListJobsResponse,
+                query=m.ListJobsQuery,
+            ),
             "post": _op("Submit a notebook as a job", m.DescribeJob, "201", body=m.CreateJob),
         },
         "/nbscale/api/jobs/{job_id}": {
@@ -112,7 +116,13 @@ def document() -> dict[str, Any]:
         "/nbscale/api/jobs/{job_id}/rerun": {
             "post": _op("Submit the job's spec again", m.DescribeJob, "201", path_param="job_id")
         },
-        "/nbscale/api/endpoints": {"get": _op("List endpoints", m.ListEndpointsResponse)},
+        "/nbscale/api/endpoints": {
+            "get": _op(
+                "List endpoints, oldest first; page with ?after= the page's 'next' cursor",
+                m.ListEndpointsResponse,
+                query=m.ListEndpointsQuery,
+            )
+        },
         "/nbscale/api/endpoints/{name}": {
             "get": _op("Describe an endpoint", m.DescribeEndpoint, path_param="name"),
             "delete": _op("Undeploy an endpoint", m.DescribeEndpoint, path_param="name"),
@@ -139,7 +149,11 @@ def document() -> dict[str, Any]:
             "get": _op("What runs now (jobs, endpoints) and its cost per hour", m.ListIdleResponse)
         },
         "/nbscale/api/pipelines": {
-            "get": _op("List pipeline runs", m.ListRunsResponse, query=m.ListRunsQuery),
+            "get": _op(
+                "List pipeline runs, newest first; page with ?after= the page's 'next' cursor",
+                m.ListRunsResponse,
+                query=m.ListRunsQuery,
+            ),
             "post": _op("Run a notebook or pipeline", m.DescribeRun, "201", body=m.CreateRun),
         },
         "/nbscale/api/pipelines/{run_id}": {

@@ -20,9 +20,8 @@ def _engine():
 
 
 def _list(q: ListRunsQuery) -> ListRunsResponse:
-    return ListRunsResponse(
-        runs=[DescribeRun(**r.to_dict()) for r in _engine().runs(q.limit, q.offset)]
-    )
+    page = _engine().runs(q.limit, q.after)
+    return ListRunsResponse(runs=[DescribeRun(**r.to_dict()) for r in page], next=page.next)
 
 
 def _describe(run_id: str) -> DescribeRun:

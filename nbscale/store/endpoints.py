@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, NotFound
+from . import paging
+from .paging import Page, seek
 
 if TYPE_CHECKING:  # the store package imports this module for its migrations
     from . import Store
@@ -45,6 +47,10 @@ ENDPOINTS = [
         created REAL NOT NULL,
         updated REAL NOT NULL
     );
+    """,
+    # keyset paging (nbscale.store.paging): oldest first by the unique (created, name)
+    """
+    CREATE INDEX endpoints_page ON endpoints(created, name);
     """,
 ]
 
@@ -118,10 +124,15 @@ def get_endpoint(store: Store, name: str) -> EndpointRecord:
     return EndpointRecord.from_row(row)
 
 
-def list_endpoints(store: Store) -> list[EndpointRecord]:
-    return [
-        EndpointRecord.from_row(r) for r in store.query("SELECT * FROM endpoints ORDER BY created")
-    ]
+def list_endpoints(
+    store: Store, limit: int | None = None, after: str | None = None
+) -> Page[EndpointRecord]:
+    """Oldest first (``created``, then ``name``), after the cursor ``after``; ``limit``
+    None reads all of them. The page's ``next`` is the cursor of the page after it."""
+    page = seek(
+        store, paging.ENDPOINTS, "endpoints", "name", limit=limit, after=after, descending=False
+    )
+    return Page([EndpointRecord.from_row(r) for r in page], page.next)
 
 
 def update_endpoint(store: Store, name: str, event: str | None = None, **fields: Any) -> bool:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import NotFound
-from . import Store
+from . import Store, paging
+from .paging import Page, seek
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST = (
     "PENDING",
@@ -135,13 +136,7 @@ def get_job(store: Store, job_id: str) -> JobRecord:
     return JobRecord.from_row(row)
 
 
-def list_jobs(
-    store: Store,
-    status: str | None = None,
-    backend: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> tuple[list[JobRecord], int]:
+def _filters(status: str | None, backend: str | None) -> tuple[list[str], list[Any]]:
     where, params = [], []
     if status:
         where.append("status = ?")
@@ -149,13 +144,43 @@ def list_jobs(
     if backend:
         where.append("backend = ?")
         params.append(backend)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    total = store.query_one(f"SELECT COUNT(*) FROM jobs {clause}", tuple(params))[0]
-    rows = store.query(
-        f"SELECT * FROM jobs {clause} ORDER BY created DESC, id LIMIT ? OFFSET ?",
-        (*params, limit, offset),
+    return where, params
+
+
+def count_jobs(store: Store, status: str | None = None, backend: str | None = None) -> int:
+    """How many jobs match, from ``job_counts`` (kept by triggers): a few rows, never a scan."""
+    where, params = _filters(status, backend)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return store.query_one(f"SELECT COALESCE(SUM(n), 0) FROM job_counts{clause}", tuple(params))[0]
+
+
+def page_jobs(
+    store: Store,
+    status: str | None = None,
+    backend: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+) -> Page[JobRecord]:
+    """Newest first (``created``, then ``id``, descending), after the cursor ``after``;
+    the page's ``next`` is the cursor of the page after it and ``total`` counts every
+    match. Each filter combination has an index on ``(filters..., created, id)``."""
+    where, params = _filters(status, backend)
+    page = seek(store, paging.JOBS, "jobs", "id", where, params, limit, after)
+    return Page(
+        [JobRecord.from_row(r) for r in page], page.next, count_jobs(store, status, backend)
     )
-    return [JobRecord.from_row(r) for r in rows], total
+
+
+def list_jobs(
+    store: Store,
+    status: str | None = None,
+    backend: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+) -> tuple[list[JobRecord], int]:
+    """``(records, total)`` of :func:`page_jobs`' page."""
+    page = page_jobs(store, status, backend, limit, after)
+    return list(page), page.total
 
 
 def update_job(

@@ -7,6 +7,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
+from . import paging
+from .paging import Page, seek
 
 if TYPE_CHECKING:  # schema.py imports this module while the store package is still loading
     from . import Store
@@ -64,6 +66,11 @@ PIPELINES = [
         created REAL NOT NULL
     );
     CREATE INDEX pipeline_cache_step ON pipeline_cache(pipeline, step, created DESC);
+    """,
+    # keyset paging (nbscale.store.paging): runs newest first by the unique (created, id)
+    """
+    DROP INDEX IF EXISTS pipeline_runs_created;
+    CREATE INDEX pipeline_runs_page ON pipeline_runs(created, id);
     """,
 ]
 
@@ -167,11 +174,11 @@ def get_run(store: Store, run_id: str) -> dict[str, Any]:
     return _dec(row)
 
 
-def list_runs(store: Store, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-    rows = store.query(
-        "SELECT * FROM pipeline_runs ORDER BY created DESC, id LIMIT ? OFFSET ?", (limit, offset)
-    )
-    return [_dec(r) for r in rows]
+def list_runs(store: Store, limit: int = 50, after: str | None = None) -> Page[dict[str, Any]]:
+    """Runs newest first (``created``, then ``id``, descending) after the cursor ``after``;
+    the page's ``next`` is the cursor of the page after it."""
+    page = seek(store, paging.RUNS, "pipeline_runs", "id", limit=limit, after=after)
+    return Page([_dec(r) for r in page], page.next)
 
 
 def steps_of(store: Store, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

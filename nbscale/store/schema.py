@@ -45,6 +45,38 @@ JOBS = [
     );
     CREATE INDEX events_ref ON events(kind, ref, id);
     """,
+    # keyset paging (nbscale.store.paging): one index per filter combination ending in the
+    # order key (created, id), so every page is one index seek; job_counts, kept by
+    # triggers in the same transaction as the row, answers the total without a scan
+    """
+    DROP INDEX IF EXISTS jobs_created;
+    DROP INDEX IF EXISTS jobs_status;
+    CREATE INDEX jobs_page ON jobs(created, id);
+    CREATE INDEX jobs_page_status ON jobs(status, created, id);
+    CREATE INDEX jobs_page_backend ON jobs(backend, created, id);
+    CREATE INDEX jobs_page_backend_status ON jobs(backend, status, created, id);
+    CREATE TABLE job_counts (
+        status TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (status, backend)
+    ) WITHOUT ROWID;
+    INSERT INTO job_counts (status, backend, n)
+        SELECT status, backend, COUNT(*) FROM jobs GROUP BY status, backend;
+    CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_counts (status, backend, n) VALUES (NEW.status, NEW.backend, 1)
+            ON CONFLICT (status, backend) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE status = OLD.status AND backend = OLD.backend;
+    END;
+    CREATE TRIGGER job_counts_update AFTER UPDATE OF status, backend ON jobs
+    WHEN OLD.status IS NOT NEW.status OR OLD.backend IS NOT NEW.backend BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE status = OLD.status AND backend = OLD.backend;
+        INSERT INTO job_counts (status, backend, n) VALUES (NEW.status, NEW.backend, 1)
+            ON CONFLICT (status, backend) DO UPDATE SET n = n + 1;
+    END;
+    """,
 ]
 
 # component name -> migrations, applied in order; add a component with one line here.
@@ -55,6 +87,21 @@ COMPONENTS: dict[str, list[str]] = {
     "events": EVENTS,  # after jobs: it extends the jobs component's events table
     "gpus": GPUS,
 }
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a migration, split where SQLite says one is complete (so a
+    trigger's ``BEGIN ...; ...; END`` stays one statement)."""
+    out, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                out.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n\t;"):
+        raise ValueError(f"incomplete statement at the end of a migration: {pending[:80]!r}")
+    return out
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -72,9 +119,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                     f"({component} schema v{current}); upgrade nbscale"
                 )
             for version in range(current, len(migrations)):
-                for statement in migrations[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in statements(migrations[version]):
+                    conn.execute(statement)
             if current != len(migrations):
                 conn.execute(
                     "INSERT INTO schema_versions(component, version) VALUES (?, ?) "

@@ -223,7 +223,9 @@ async def test_list_pages_through_jobs_newest_first(fetch, jp_root_dir):
                 info={},
             ),
         )
-    code, page = await fetch("jobs", params={"limit": 3, "offset": 3})
+    code, first = await fetch("jobs", params={"limit": 3})
+    assert [j["id"] for j in first["jobs"]] == ["j-6", "j-5", "j-4"] and first["next"]
+    code, page = await fetch("jobs", params={"limit": 3, "after": first["next"]})
     assert code == 200 and page["total"] == 7
     assert [j["id"] for j in page["jobs"]] == ["j-3", "j-2", "j-1"]
     assert page["jobs"][0]["nodes"] == 2 and page["jobs"][0]["cost"] == 0.0

@@ -10,7 +10,15 @@ import pytest
 from nbscale import config, paths
 from nbscale.errors import NotFound, SpecError
 from nbscale.store import Store, get_store
-from nbscale.store.jobs import PENDING, JobRecord, get_job, insert_job, list_jobs, update_job
+from nbscale.store.jobs import (
+    PENDING,
+    JobRecord,
+    get_job,
+    insert_job,
+    list_jobs,
+    page_jobs,
+    update_job,
+)
 from nbscale.store.schema import COMPONENTS
 
 
@@ -60,7 +68,8 @@ def test_paging_and_filters():
     for i in range(25):
         insert_job(store, record(f"j-{i:02d}", created=1000 + i))
     update_job(store, "j-03", status="FAILED")
-    page, total = list_jobs(store, limit=10, offset=10)
+    first = page_jobs(store, limit=10)
+    page, total = list_jobs(store, limit=10, after=first.next)
     assert total == 25 and [r.id for r in page] == [f"j-{i:02d}" for i in range(14, 4, -1)]
     failed, n = list_jobs(store, status="failed")
     assert n == 1 and failed[0].id == "j-03"

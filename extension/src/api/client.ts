@@ -97,8 +97,8 @@ export const getJobLogs = (id: string, q: M.JobLogsQuery) =>
 export const getJobMetrics = (id: string) =>
   request<M.JobMetrics>(`jobs/${enc(id)}/metrics`);
 
-export const listEndpoints = () =>
-  request<M.ListEndpointsResponse>('endpoints');
+export const listEndpoints = (q: M.ListEndpointsQuery = {}) =>
+  request<M.ListEndpointsResponse>('endpoints', {}, q);
 export const getEndpoint = (name: string) =>
   request<M.DescribeEndpoint>(`endpoints/${enc(name)}`);
 export const getEndpointMetrics = (name: string) =>

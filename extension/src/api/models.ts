@@ -52,7 +52,8 @@ export interface ListJobsQuery {
   status?: JobStatus | null;
   backend?: string | null;
   limit?: number;
-  offset?: number;
+  /** The `next` cursor of the page before; left out: the first page. */
+  after?: string | null;
 }
 
 export interface DescribeJob {
@@ -79,9 +80,11 @@ export interface DescribeJob {
 
 export interface ListJobsResponse {
   jobs: DescribeJob[];
+  /** Jobs that match the filters, in all pages. */
   total: number;
   limit: number;
-  offset: number;
+  /** The cursor of the page after this one (send it as `after`); null on the last page. */
+  next: string | null;
 }
 
 export interface CreateJob {
@@ -128,8 +131,14 @@ export interface DescribeEndpoint {
   [extra: string]: unknown;
 }
 
+export interface ListEndpointsQuery {
+  limit?: number;
+  after?: string | null;
+}
+
 export interface ListEndpointsResponse {
   endpoints: DescribeEndpoint[];
+  next: string | null;
 }
 
 export interface ScaleEndpoint {
@@ -141,7 +150,7 @@ export type EndpointMetrics = Record<string, unknown>;
 
 export interface ListRunsQuery {
   limit?: number;
-  offset?: number;
+  after?: string | null;
 }
 
 export interface PipelineStep {
@@ -166,6 +175,7 @@ export interface DescribeRun {
 
 export interface ListRunsResponse {
   runs: DescribeRun[];
+  next: string | null;
 }
 
 export interface CreateRun {

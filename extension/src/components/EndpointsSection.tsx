@@ -14,6 +14,9 @@ import { errorText, IPanelContext, usePoll } from '../context';
 import { statusClass } from '../format';
 import { ISeries, LineChart } from './Chart';
 import { DriftView, IdleList, SageMakerFacts } from './MonitoringViews';
+import { Pager, useCursorPages } from './Pager';
+
+const PAGE = 25;
 
 type Row = Record<string, unknown>;
 
@@ -184,15 +187,18 @@ export function EndpointsSection(props: { ctx: IPanelContext }): JSX.Element {
   const [endpoints, setEndpoints] = React.useState<DescribeEndpoint[]>([]);
   const [open, setOpen] = React.useState<string | null>(null);
   const [error, setError] = React.useState<string | null>(null);
+  const pages = useCursorPages();
 
   const refresh = usePoll(ctx, async () => {
     try {
-      setEndpoints((await listEndpoints()).endpoints);
+      const page = await listEndpoints({ limit: PAGE, after: pages.after });
+      setEndpoints(page.endpoints);
+      pages.setNext(page.next);
       setError(null);
     } catch (e) {
       setError(errorText(e));
     }
-  }, []);
+  }, [pages.after]);
 
   return (
     <div className="nbs-section nbs-endpoints">
@@ -231,6 +237,12 @@ export function EndpointsSection(props: { ctx: IPanelContext }): JSX.Element {
           </li>
         ))}
       </ul>
+      <Pager
+        pages={pages}
+        trans={trans}
+        backLabel={trans.__('Previous')}
+        forwardLabel={trans.__('Next')}
+      />
     </div>
   );
 }

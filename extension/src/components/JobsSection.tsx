@@ -1,4 +1,4 @@
-/** The Jobs section: newest first, filter by status, page through. */
+/** The Jobs section: newest first, filter by status, page through by cursor (Pager.tsx). */
 import * as React from 'react';
 
 import { listJobs } from '../api/client';
@@ -12,6 +12,7 @@ import {
   statusClass,
   statusLabel
 } from '../format';
+import { Pager, useCursorPages } from './Pager';
 
 const PAGE = 25;
 const STATUSES: JobStatus[] = [
@@ -28,7 +29,7 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
   const { trans } = ctx;
   const [jobs, setJobs] = React.useState<DescribeJob[]>([]);
   const [total, setTotal] = React.useState(0);
-  const [offset, setOffset] = React.useState(0);
+  const pages = useCursorPages();
   const [status, setStatus] = React.useState<JobStatus | ''>('');
   const [error, setError] = React.useState<string | null>(null);
 
@@ -37,15 +38,16 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
       const page = await listJobs({
         status: status || null,
         limit: PAGE,
-        offset
+        after: pages.after
       });
       setJobs(page.jobs);
       setTotal(page.total);
+      pages.setNext(page.next);
       setError(null);
     } catch (e) {
       setError(errorText(e));
     }
-  }, [offset, status]);
+  }, [pages.after, status]);
 
   return (
     <div className="nbs-section nbs-jobs">
@@ -57,7 +59,7 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
             value={status}
             onChange={e => {
               setStatus(e.target.value as JobStatus | '');
-              setOffset(0);
+              pages.reset();
             }}
           >
             <option value="">{trans.__('all')}</option>
@@ -123,27 +125,15 @@ export function JobsSection(props: { ctx: IPanelContext }): JSX.Element {
           ))}
         </ul>
       )}
-      {total > PAGE && (
-        <div className="nbs-pager">
-          <button
-            type="button"
-            disabled={offset === 0}
-            onClick={() => setOffset(Math.max(0, offset - PAGE))}
-          >
-            {trans.__('Newer')}
-          </button>
-          <span>
-            {offset + 1}–{Math.min(offset + PAGE, total)} / {total}
-          </span>
-          <button
-            type="button"
-            disabled={offset + PAGE >= total}
-            onClick={() => setOffset(offset + PAGE)}
-          >
-            {trans.__('Older')}
-          </button>
-        </div>
-      )}
+      <Pager
+        pages={pages}
+        trans={trans}
+        backLabel={trans.__('Newer')}
+        forwardLabel={trans.__('Older')}
+        position={`${pages.index * PAGE + 1}–${
+          pages.index * PAGE + jobs.length
+        } / ${total}`}
+      />
     </div>
   );
 }

@@ -7,6 +7,9 @@ import { cancelRun, getRun, listRuns } from '../api/client';
 import { DescribeRun, PipelineStep } from '../api/models';
 import { errorText, IPanelContext, usePoll } from '../context';
 import { ACTIVE, formatTime, statusClass } from '../format';
+import { Pager, useCursorPages } from './Pager';
+
+const PAGE = 25;
 
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 const time = (v: unknown): number | null => (typeof v === 'number' ? v : null);
@@ -16,15 +19,18 @@ export function PipelinesSection(props: { ctx: IPanelContext }): JSX.Element {
   const { trans } = ctx;
   const [runs, setRuns] = React.useState<DescribeRun[]>([]);
   const [error, setError] = React.useState<string | null>(null);
+  const pages = useCursorPages();
 
   usePoll(ctx, async () => {
     try {
-      setRuns((await listRuns({ limit: 25 })).runs);
+      const page = await listRuns({ limit: PAGE, after: pages.after });
+      setRuns(page.runs);
+      pages.setNext(page.next);
       setError(null);
     } catch (e) {
       setError(errorText(e));
     }
-  }, []);
+  }, [pages.after]);
 
   return (
     <div className="nbs-section nbs-pipelines">
@@ -56,6 +62,12 @@ export function PipelinesSection(props: { ctx: IPanelContext }): JSX.Element {
           </li>
         ))}
       </ul>
+      <Pager
+        pages={pages}
+        trans={trans}
+        backLabel={trans.__('Newer')}
+        forwardLabel={trans.__('Older')}
+      />
     </div>
   );
 }
