@@ -283,3 +283,19 @@ def test_major_minor_reads_local_versions():
     assert images.major_minor("2.13.0+cpu") == "2.13"
     assert images.major_minor("3.11") == "3.11"
     assert images.major_minor("2") == "2.0"
+
+
+def test_a_budget_is_priced_in_the_backends_region():
+    """--max-cost becomes a runtime at the price of the backend's region: nbscale's list
+    prices are us-east-1's, so another region needs its own price."""
+    job = spec(max_cost=0.46, nodes=2)
+    assert req.budget_runtime(job, sagemaker("us-east-1")) == 3600  # ml.m5.xlarge at $0.23
+    with pytest.raises(SpecError) as err:
+        req.budget_runtime(job, sagemaker("eu-west-1"))
+    assert str(err.value).startswith(
+        "max_cost: no price is known for ml.m5.xlarge in eu-west-1, so the budget cannot be "
+        "turned into a runtime (nbscale's list prices are us-east-1's)"
+    )
+    assert 'set prices = { "ml.m5.xlarge" = USD_PER_HOUR }' in str(err.value)
+    priced = sagemaker("eu-west-1", prices={"ml.m5.xlarge": 0.115})
+    assert req.budget_runtime(job, priced) == 7200
