@@ -299,3 +299,30 @@ def test_a_budget_is_priced_in_the_backends_region():
     assert 'set prices = { "ml.m5.xlarge" = USD_PER_HOUR }' in str(err.value)
     priced = sagemaker("eu-west-1", prices={"ml.m5.xlarge": 0.115})
     assert req.budget_runtime(job, priced) == 7200
+
+
+def test_a_sagemaker_endpoint_needs_the_nbscale_serving_image(tmp_path):
+    """The stock SageMaker PyTorch inference images hold no nbscale and no recent torch:
+    they are no default (issue 19); serving_image or --image is asked for by name."""
+    from nbscale.backends.endpoint_base import DeployRequest
+    from nbscale.backends.sagemaker.endpoints import SageMakerEndpoints
+    from nbscale.store import get_store
+
+    backend = SageMakerEndpoints(
+        BackendConfig(
+            "aws",
+            "sagemaker",
+            {"region": "eu-west-1", "role_arn": ROLE, "storage": "s3://nb-bucket/p"},
+        ),  # fmt: skip
+        get_store(),
+    )
+    request = DeployRequest("digits", tmp_path, 1, 1)
+    with pytest.raises(SpecError) as err:
+        backend.validate(request)
+    assert str(err.value).startswith(
+        "image: a SageMaker endpoint runs the nbscale serving image, and none is set"
+    )
+    assert 'serving_image = "ACCOUNT.dkr.ecr.eu-west-1.amazonaws.com/nbscale-serving:TAG"' in (
+        str(err.value)
+    )
+    backend.validate(DeployRequest("digits", tmp_path, 1, 1, options={"image": "r/serve:1"}))
