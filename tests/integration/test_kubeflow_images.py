@@ -1,0 +1,71 @@
+"""Issue 19 on Kubeflow, against the Kubernetes API emulator: no pytorch/pytorch image for
+the kernel's versions is refused before anything reaches the cluster; a user's table entry
+is the TrainJob's image, and a job on an 8-GPU node type asks for its 8 GPUs and runs 8
+processes (also what the store records)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nbscale.backends import images
+from nbscale.errors import SpecError
+from nbscale.jobs import submit
+from nbscale.specs import Entry, JobSpec
+from nbscale.store import get_store
+from nbscale.store.jobs import get_job
+from tests.support.kubeflow import NS
+
+
+@pytest.fixture
+def stock(cluster, nbscale_home, monkeypatch):
+    """The ``kf`` backend without an image of its own, for a kernel on torch 2.13 / 3.11."""
+    config = nbscale_home / "config.toml"
+    lines = [x for x in config.read_text().splitlines() if not x.startswith("image = ")]
+    config.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(images, "kernel_versions", lambda: images.Versions("2.13", "3.11"))
+    return cluster
+
+
+def test_no_image_for_the_kernel_is_refused_before_anything_is_sent(stock, kube):
+    before = len(kube.writes())
+    with pytest.raises(SpecError) as err:
+        submit(JobSpec(entry=Entry("module", "train"), backend="kf"))
+    text = str(err.value)
+    assert text.startswith(
+        "image: no pytorch/pytorch image has the kernel's torch 2.13 and Python 3.11 (cpu)"
+    )
+    assert "nearest: pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime (torch 2.9" in text
+    assert 'set image = "..." in [backends.kf] (or --image)' in text
+    assert len(kube.writes()) == before
+    assert stock.trainjobs(NS) == []
+
+
+def test_a_users_entry_is_the_image_and_an_8_gpu_node_runs_8_processes(stock, kube, nbscale_home):
+    (nbscale_home / "images").mkdir()
+    (nbscale_home / "images" / "kubeflow.json").write_text(
+        json.dumps(
+            {
+                "entries": [
+                    {
+                        "name": "ours",
+                        "image": "registry.example.com/ml/torch:2.13",
+                        "torch": "2.13.0",
+                        "python": "3.11",
+                        "processors": ["cpu", "gpu"],
+                    }
+                ]
+            }
+        )
+    )
+    job = submit(
+        JobSpec(entry=Entry("module", "train"), backend="kf", instance_type="p4d.24xlarge")
+    )
+    (body,) = stock.trainjobs(NS)
+    trainer = body["spec"]["trainer"]
+    assert trainer["image"] == "registry.example.com/ml/torch:2.13"
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+    assert trainer["numProcPerNode"] == 8
+    stored = get_job(get_store(), job.id).spec
+    assert (stored["procs_per_node"], stored["gpus_per_proc"]) == (8, 1)
