@@ -41,10 +41,13 @@ from .bundle import tree_digest
 from .errors import NbscaleError
 
 IGNORE_FILES = (".gitignore", ".nbscaleignore")
-#: what never travels, whatever the ignore files say
+#: what never travels unless an ignore file re-includes it (``!name``): version control,
+#: caches, and the files that usually hold credentials (a job gets secrets by --secret-env)
 ALWAYS_IGNORED = pathspec.GitIgnoreSpec.from_lines(
     [".git/", ".hg/", ".svn/", "__pycache__/", "*.py[co]", ".ipynb_checkpoints/",
-     ".pytest_cache/", ".ruff_cache/", ".mypy_cache/", ".DS_Store"]
+     ".pytest_cache/", ".ruff_cache/", ".mypy_cache/", ".DS_Store",
+     ".env", ".env.*", ".aws/", ".ssh/", ".kube/", ".netrc", ".pypirc", "*.pem",
+     "id_rsa*", "id_ecdsa*", "id_ed25519*"]
 )  # fmt: skip
 DEFAULT_LIMIT_MB = 100
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

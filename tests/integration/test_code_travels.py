@@ -85,6 +85,9 @@ def project(root: Path) -> Path:
     (root / ".nbscaleignore").write_text("data/raw.bin\n")
     (root / "venv").mkdir()
     (root / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (root / ".env").write_text("API_TOKEN=never-travels\n")  # credentials stay here
+    (root / ".ssh").mkdir()
+    (root / ".ssh" / "id_ed25519").write_text("key\n")
     (root / "__pycache__").mkdir()
     (root / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"pyc")
     return root

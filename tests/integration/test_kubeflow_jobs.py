@@ -211,11 +211,21 @@ def test_bad_requests_are_refused_before_anything_is_sent(cluster, kube, tmp_pat
         '{"cells": [], "metadata": {"pad": "' + "x" * 1_200_000 + '"}, "nbformat": 4, '
         '"nbformat_minor": 5}'
     )
+    from nbscale.errors import NbscaleError
     from nbscale.jobs import submit
+    from tests.support.kubeflow import add_settings
 
-    with pytest.raises(SpecError, match="travels in a ConfigMap"):
+    # a script or notebook travels in its folder: a folder over the limit is refused
+    add_settings(tmp_path / "nbscale-home", "code_limit_mb = 1\n")
+    with pytest.raises(
+        NbscaleError,
+        match=r"over the 1.0 MB limit \(code_limit_mb in \[backends.kf\]\); the largest: big",
+    ):
         submit(JobSpec(entry=Entry("script", str(tmp_path / "big.py")), backend="kf"))
-    with pytest.raises(SpecError, match="notebook .* travels in a ConfigMap"):
+    with pytest.raises(
+        NbscaleError,
+        match=r"over the 1.0 MB limit \(code_limit_mb in \[backends.kf\]\); the largest: big",
+    ):
         submit(JobSpec(entry=Entry("notebook", str(tmp_path / "big.ipynb")), backend="kf"))
     with pytest.raises(SpecError, match="checkpoint_dir"):
         submit(JobSpec(entry=Entry("module", "m"), backend="kf", checkpoint_dir="/tmp/ck"))
