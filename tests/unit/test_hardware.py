@@ -97,3 +97,26 @@ def test_a_bundle_from_another_python_or_torch_is_refused_in_one_line(tmp_path):
         check_node({"entry": {"kind": "bundle", "target": str(path)}}, layout, lambda: 0, {})
     same = _bundle(tmp_path, here)
     check_node({"entry": {"kind": "bundle", "target": str(same)}}, layout, lambda: 0, {})
+
+
+def test_the_manifest_check_trusts_only_a_signed_manifest(tmp_path):
+    """The launcher's version check reads the manifest without the parts, but only signed:
+    a manifest edited to claim the container's versions is refused."""
+    import zipfile
+
+    from nbscale.errors import SignatureError
+    from nbscale.runtime.hardware import signed_manifest
+
+    path = _bundle(tmp_path, {"python": "3.9.18", "torch": "2.1.2"})
+    assert signed_manifest(str(path))["versions"]["torch"] == "2.1.2"
+    with zipfile.ZipFile(path) as zf:
+        items = {n: zf.read(n) for n in zf.namelist()}
+    manifest = json.loads(items["manifest.json"])
+    manifest["versions"] = here_versions()
+    items["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
+    forged = tmp_path / "forged.zip"
+    with zipfile.ZipFile(forged, "w") as zf:
+        for name, data in items.items():
+            zf.writestr(name, data)
+    with pytest.raises(SignatureError, match="signature does not match"):
+        signed_manifest(str(forged))
