@@ -81,9 +81,9 @@ def test_a_training_job_runs_one_process_per_gpu_of_its_instance(aws, tmp_path, 
     request = aws.operations("CreateTrainingJob")[-1]
     assert request["TrainingJobName"] == job.id
     assert request["ResourceConfig"]["InstanceType"] == instance
-    fabric = {k: v for k, v in request["Environment"].items() if k.startswith("FI_")}
+    fabric = {k: v for k, v in request["Environment"].items() if k.startswith(("FI_", "RDMAV_"))}
     assert fabric == (
-        {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1"}
+        {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"}
         if gpus == 8
         else {"FI_PROVIDER": "efa"}
         if gpus == 4

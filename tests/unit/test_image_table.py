@@ -168,7 +168,11 @@ def test_the_job_refusal_happens_in_validation_before_anything_is_built(monkeypa
         ("ml.m5.xlarge", 0, {}),
         ("ml.g5.xlarge", 1, {}),
         ("ml.g5.12xlarge", 4, {"FI_PROVIDER": "efa"}),
-        ("ml.p4d.24xlarge", 8, {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1"}),
+        (
+            "ml.p4d.24xlarge",
+            8,
+            {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"},
+        ),
     ],
 )
 def test_a_sagemaker_node_runs_one_process_per_gpu(instance, gpus, fabric):
@@ -178,7 +182,8 @@ def test_a_sagemaker_node_runs_one_process_per_gpu(instance, gpus, fabric):
     assert resolved["gpus_per_proc"] == (1 if gpus else 0)
     request = req.build("fit-1", resolved, s, req.Staged(None, "s3://nb-bucket/p/specs/x/"))
     assert request["ResourceConfig"]["InstanceType"] == instance
-    assert {k: v for k, v in request["Environment"].items() if k.startswith("FI_")} == fabric
+    env = request["Environment"]
+    assert {k: v for k, v in env.items() if k.startswith(("FI_", "RDMAV_"))} == fabric
     if gpus == 8:  # two GPUs a process: four processes; asking for more is refused
         assert req.resolve(spec(instance_type=instance, gpus_per_proc=2), s)["procs_per_node"] == 4
         with pytest.raises(SpecError, match=r"procs_per_node: 5 processes x 2 GPU\(s\) need 10"):

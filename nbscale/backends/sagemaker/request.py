@@ -150,14 +150,15 @@ def resolve(spec: dict[str, Any], settings: SageMakerSettings) -> dict[str, Any]
 def fabric_env(instance_type: str) -> dict[str, str]:
     """The EFA variables the SageMaker training toolkit sets for an instance type (nbscale
     replaces its entry point): ``FI_PROVIDER=efa`` on EFA types, and
-    ``FI_EFA_USE_DEVICE_RDMA=1`` on those with RDMA. ``NCCL_SOCKET_IFNAME`` is the host's
+    ``FI_EFA_USE_DEVICE_RDMA=1`` and ``RDMAV_FORK_SAFE=1`` on those with RDMA. ``NCCL_SOCKET_IFNAME`` is the host's
     own (``resourceconfig.json``), set in the container by ``nbscale.runtime.hardware``."""
     found = node(instance_type)
     env = {}
     if found.efa:
         env["FI_PROVIDER"] = "efa"
-    if found.rdma:
+    if found.rdma:  # and fork safety: a DataLoader's workers fork after RDMA is set up
         env["FI_EFA_USE_DEVICE_RDMA"] = "1"
+        env["RDMAV_FORK_SAFE"] = "1"
     return env
 
 
