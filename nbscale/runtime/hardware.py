@@ -10,9 +10,10 @@
   warning (they are paid for and idle);
 - on SageMaker, ``NCCL_SOCKET_IFNAME`` is the host's network interface from
   ``resourceconfig.json`` (``network_interface_name``), as the SageMaker training toolkit
-  sets it (nbscale replaces its entry point); ``FI_PROVIDER``/``FI_EFA_USE_DEVICE_RDMA``
-  come in the training job's Environment for EFA instance types. A value already in the
-  environment (the user's ``--env``) is kept.
+  sets it (nbscale replaces its entry point); ``FI_PROVIDER``,
+  ``FI_EFA_USE_DEVICE_RDMA`` and ``RDMAV_FORK_SAFE`` come in the training job's
+  Environment for EFA instance types. A value already in the environment (the user's
+  ``--env``) is kept.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
   and Python versions, processors, tag and the regions it is not published in; a user's
   entry may give a whole ``uri`` instead (``{region}`` and ``{processor}`` are filled in);
 - ``instances``: the GPUs of each GPU instance type, and whether it has EFA (``efa``:
-  ``FI_PROVIDER=efa``; ``rdma``: ``FI_EFA_USE_DEVICE_RDMA=1``, as the SageMaker training
-  toolkit sets them);
+  ``FI_PROVIDER=efa``; ``rdma``: ``FI_EFA_USE_DEVICE_RDMA=1`` and ``RDMAV_FORK_SAFE=1``,
+  as the SageMaker training toolkit and SDK drivers set them);
 - ``not_cuda``: instance families whose accelerators are not CUDA GPUs (refused).
 
 ``$NBSCALE_HOME/images/sagemaker.json`` extends every part (``nbscale.backends.images``).
