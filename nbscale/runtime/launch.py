@@ -7,16 +7,21 @@ One launch runs per node. It
 1. makes the job's directory under *its own* ``$NBSCALE_HOME`` (a container is
    another machine: nothing is shared with the submitter but object storage and
    the key the platform delivers);
-2. fetches the cell bundle (``s3://...`` or a path the platform mounted) and
+2. unpacks the job's folder (the spec's ``code``: ``code.zip``, its name signed with
+   the bundle key and checked file by file) and installs its requirements (the spec's
+   ``requirements_wheels``: offline from the wheelhouse that came, or from the index);
+   the ranks start in that folder, with it on ``PYTHONPATH``, so sibling modules import
+   and relative paths resolve as in the kernel;
+3. fetches the cell bundle (``s3://...`` or a path the platform mounted) and
    verifies its signature before any worker starts, so a wrong or missing key
    fails in one message;
-3. reads the node layout the platform gives: Kubeflow Trainer's ``PET_*``
+4. reads the node layout the platform gives: Kubeflow Trainer's ``PET_*``
    variables, SageMaker's ``SM_HOSTS``/``SM_CURRENT_HOST`` (or
    ``resourceconfig.json``), else a single standalone node;
-4. runs torchrun with ``nbscale.runtime.worker`` for this node's ranks, and
+5. runs torchrun with ``nbscale.runtime.worker`` for this node's ranks, and
    prints every local rank's log lines to stdout as ``[rank N] line`` (the
    platform's log collector reads stdout);
-5. writes back, under ``--outputs``, ``nodes/<node_rank>.json`` (exit code and
+6. writes back, under ``--outputs``, ``nodes/<node_rank>.json`` (exit code and
    the ranks' errors) and, from the node that ran rank 0, ``results.zip`` (signed
    by the worker with the delivered key), and a notebook job's executed notebook
    ``notebooks/rank-0.ipynb``.

@@ -313,3 +313,22 @@ def test_kubeflow_ships_the_cells_folder_through_object_storage_once(cluster, tm
     assert again.record.info["uploaded"] == []  # unchanged: nothing sent
     cm = cluster.core.read_namespaced_config_map(f"{again.record.native_id}-bundle", NS)
     assert list(cm.binary_data) == ["cell.zip"]
+
+
+def test_a_module_job_takes_its_requirements_too(aws, tmp_path, capsys):
+    """``-m module`` runs from the image (no folder travels), but --requirements is honoured,
+    never dropped; ``auto`` with nothing to pin says so."""
+    wheels = _tiny_package(tmp_path, "tinymod")
+    req = tmp_path / "req.txt"
+    req.write_text(f"--no-index\n--find-links {wheels}\ntinymod==0.1.0\n")
+    submit(
+        JobSpec(entry=Entry("module", "trainer.main"), backend="aws", requirements=str(req)),
+        config=config(),
+    )
+    found = channels(aws.operations("CreateTrainingJob")[-1])
+    assert "requirements" in found and "code" not in found
+    submit(
+        JobSpec(entry=Entry("module", "json"), backend="aws", requirements="auto"), config=config()
+    )
+    assert "requirements" not in channels(aws.operations("CreateTrainingJob")[-1])
+    assert "--requirements auto: nothing to pin" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import zipfile
 from abc import abstractmethod
@@ -245,6 +246,13 @@ class RemoteJobBackend(JobBackend):
                 sources = [*found.manifest.get("imports", []), found.part("cell.py").decode()]
             elif kind == "script":
                 sources = [Path(target).read_text(errors="replace")]
+            elif kind == "module":  # the module's own file, where this machine finds it
+                import importlib.util
+
+                found_spec = importlib.util.find_spec(target)
+                origin = found_spec.origin if found_spec is not None else None
+                if origin and origin.endswith(".py"):
+                    sources = [Path(origin).read_text(errors="replace")]
             elif kind == "notebook":
                 cells = json.loads(Path(target).read_text()).get("cells", [])
                 sources = [
@@ -253,7 +261,7 @@ class RemoteJobBackend(JobBackend):
                     for c in cells
                     if c.get("cell_type") == "code"
                 ]  # fmt: skip
-        except (OSError, ValueError):
+        except (OSError, ValueError, ImportError):
             return []
         names: list[str] = []
         for text in sources:
@@ -272,13 +280,12 @@ class RemoteJobBackend(JobBackend):
 
         conf = self.travel_settings()
         workdir = spec.get("workdir")
-        if not workdir:
-            return []
-        scan(workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]")
+        if workdir:
+            scan(workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]")
         value = spec.get("requirements") or conf.requirements
         if value and value != AUTO:
             path = Path(value).expanduser()
-            path = path if path.is_absolute() else Path(workdir) / path
+            path = path if path.is_absolute() else Path(workdir or Path.cwd()) / path
             if not path.is_file():
                 from ...errors import SpecError
 
@@ -288,7 +295,7 @@ class RemoteJobBackend(JobBackend):
                     "give a pip requirements file (relative paths are read in the job's "
                     "folder), or auto",
                 )
-        outside = outside_modules(self.travel_modules(spec), workdir)
+        outside = outside_modules(self.travel_modules(spec), workdir) if workdir else []
         if not outside:
             return []
         listed = ", ".join(f"{name} ({file})" for name, file in outside)
@@ -305,38 +312,25 @@ class RemoteJobBackend(JobBackend):
         storage under names made of their content: what is there already is not sent again.
         With ``upload`` False nothing is built, written or sent (``--dry-run``)."""
         from ... import bundle
-        from ...codefolder import scan
         from ...requirements import ARCHIVE, build, cache_key, resolve, target_python
         from .staging import put_known
 
         conf = self.travel_settings()
         travel = Travel()
         workdir = spec.get("workdir")
-        if not workdir:
-            return travel
-        folder = scan(workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]")
-        digest = folder.digest
-        # "tree": named by the files' digest (bundle.tree_digest), not the zip's own sha256
-        uri = store.base.child("code", "tree", digest, "code.zip").uri
-        if upload and put_known(store, uri, folder.pack):
-            travel.uploaded.append(uri)
-        entry = spec.get("entry", {})
-        target = None
-        if entry.get("kind") in ("script", "notebook"):
-            target = Path(entry["target"]).resolve().relative_to(folder.root).as_posix()
-        travel.code = {
-            "uri": self.in_container("code", uri),
-            "sha256": digest,
-            "sig": bundle.sign_name(digest) if upload else "(signed at submit)",
-            "files": len(folder.files),
-            "size": folder.size,
-            "target": target,
-        }
-        travel.code_uri = uri
+        if workdir:
+            self._stage_folder(spec, store, upload, Path(workdir), travel)
         value = spec.get("requirements") or conf.requirements
         modules = self.travel_modules(spec) if value == "auto" else None
-        req = resolve(value, folder.root, modules)
+        req = resolve(value, Path(workdir) if workdir else None, modules)
         if req is None:
+            if value == "auto":
+                print(
+                    "nbscale: --requirements auto: nothing to pin (the job imports only the "
+                    "standard library, local modules and what the image has)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return travel
         key = cache_key(req, conf.pip_index, target_python())
         req_uri = store.base.child("requirements", key, ARCHIVE).uri
@@ -356,6 +350,39 @@ class RemoteJobBackend(JobBackend):
         }
         travel.requirements_uri = req_uri
         return travel
+
+    def _stage_folder(
+        self,
+        spec: dict[str, Any],
+        store: storage.ObjectStore,
+        upload: bool,
+        workdir: Path,
+        travel: Travel,
+    ) -> None:
+        from ... import bundle
+        from ...codefolder import scan
+        from .staging import put_known
+
+        conf = self.travel_settings()
+        folder = scan(workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]")
+        digest = folder.digest
+        # "tree": named by the files' digest (bundle.tree_digest), not the zip's own sha256
+        uri = store.base.child("code", "tree", digest, "code.zip").uri
+        if upload and put_known(store, uri, folder.pack):
+            travel.uploaded.append(uri)
+        entry = spec.get("entry", {})
+        target = None
+        if entry.get("kind") in ("script", "notebook"):
+            target = Path(entry["target"]).resolve().relative_to(folder.root).as_posix()
+        travel.code = {
+            "uri": self.in_container("code", uri),
+            "sha256": digest,
+            "sig": bundle.sign_name(digest) if upload else "(signed at submit)",
+            "files": len(folder.files),
+            "size": folder.size,
+            "target": target,
+        }
+        travel.code_uri = uri
 
     def in_container(self, what: str, uri: str) -> str:
         """Where the container finds ``what`` (``code``, ``requirements``) that was put at
