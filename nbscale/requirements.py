@@ -188,14 +188,22 @@ def _sha256(path: Path) -> str:
 
 
 def _pip_wheel(req: Requirements, dest: Path) -> None:
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, dir=dest.parent) as fh:
-        fh.write(req.text)
+    # pip reads a file's relative --find-links/-r next to it, and local paths from the cwd:
+    # the user's own file where there is one, run from its folder
+    own = Path(req.origin)
+    if req.origin != AUTO and own.is_file() and own.read_text() == req.text:
+        listed, temporary = own, None
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, dir=dest.parent) as fh:
+            fh.write(req.text)
+        listed = temporary = Path(fh.name)
     try:
         cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-               "-w", str(dest), "-r", fh.name]  # fmt: skip
+               "-w", str(dest), "-r", str(listed)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=req.base)
     finally:
-        os.unlink(fh.name)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
     if proc.returncode != 0:
         said = (proc.stderr or proc.stdout).strip().splitlines()
         raise NbscaleError(

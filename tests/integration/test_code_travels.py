@@ -332,3 +332,14 @@ def test_a_module_job_takes_its_requirements_too(aws, tmp_path, capsys):
     )
     assert "requirements" not in channels(aws.operations("CreateTrainingJob")[-1])
     assert "--requirements auto: nothing to pin" in capsys.readouterr().err
+
+
+def test_a_relative_find_links_is_read_next_to_the_requirements_file(aws, tmp_path, monkeypatch):
+    root = project(tmp_path / "proj")
+    _tiny_package(tmp_path, "reldep")  # into tmp_path/wheels, next to the project
+    (root / "requirements.txt").write_text("--no-index\n--find-links ../wheels\nreldep==0.1.0\n")
+    monkeypatch.chdir(tmp_path / "proj" / "data")  # wherever the submit happens from
+    submit(JobSpec(entry=Entry.from_path(str(root / "train.py")), backend="aws"), config=config())
+    found = channels(aws.operations("CreateTrainingJob")[-1])
+    with zipfile.ZipFile(io.BytesIO(s3_object(found["requirements"]))) as zf:
+        assert "reldep-0.1.0-py3-none-any.whl" in zf.namelist()
