@@ -189,7 +189,8 @@ class KubeflowBackend(RemoteJobBackend):
         configmap_key = "cell.zip"
         # the job's folder and its requirements: content-addressed in object storage
         travel = self.stage_travel(spec, store, upload)
-        self._travel[record.id] = travel
+        if upload:  # submit records what was sent
+            self._travel[record.id] = travel
         if spec["entry"]["kind"] in ("script", "notebook") and not travel.code:
             # one file without its folder (a spec made before folders travelled): a ConfigMap
             local = Path(spec["entry"]["target"])
