@@ -30,6 +30,7 @@ from .store.jobs import (
     update_job,
 )
 from .store.paging import Page
+from .words import count
 
 
 class Job:
@@ -202,7 +203,15 @@ def dry_run_plan(spec: JobSpec, config: Config | None = None) -> DryRun:
     backend = get_backend(spec.backend, config or load_config())
     backend.check_resources(spec)
     backend.validate(spec)
-    return backend.dry_run(dry_run_record(spec, backend))
+    plan = backend.dry_run(dry_run_record(spec, backend))
+    real = backend.resolve(spec)
+    if (real.procs_per_node, real.gpus_per_proc) != (spec.procs_per_node, spec.gpus_per_proc):
+        plan = plan.with_notes(
+            f"each node runs {count(real.procs_per_node, 'process')} with "
+            f"{count(real.gpus_per_proc, 'GPU')} each (the node's GPUs; "
+            f"asked: {spec.procs_per_node} x {spec.gpus_per_proc})"
+        )
+    return plan
 
 
 def submit(spec: JobSpec, config: Config | None = None, store: Store | None = None) -> Job:

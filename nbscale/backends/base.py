@@ -157,6 +157,12 @@ class JobBackend(ABC):
                     f"ask for at most {top}",
                 )
 
+    def resolve(self, spec: JobSpec) -> JobSpec:
+        """The spec with the shape the platform's nodes will really run (processes per node
+        from the node's GPUs, GPUs per process on a GPU node), for ``--dry-run`` and the
+        record; refuses a shape the node cannot hold. Most backends run the spec as given."""
+        return spec
+
     def validate(self, spec: JobSpec) -> None:  # noqa: B027 - most backends accept every valid spec
         """Refuse a spec this backend cannot run (raise ``SpecError``) before anything is stored."""
 

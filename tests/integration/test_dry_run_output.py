@@ -32,6 +32,7 @@ storage = "s3://nb-models/work"
 instance_type = "ml.m5.xlarge"
 image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale:0.1.0"
 serving_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale:0.1.0"
+pipeline_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale:0.1.0"
 """
 
 
@@ -81,7 +82,18 @@ def test_sagemaker_dry_runs_print_one_json_document_each(sm, aws, tmp_path):
     assert "deploying" not in deploy.stderr  # nothing is being deployed
     assert "the model would be uploaded to s3://nb-models/work/" in deploy.stderr
 
+    pipe = sm("pipeline", "run", str(PIPELINE), "--backend", "sm", "-p", "C", "0.5", "--dry-run")
+    assert pipe.returncode == 0, pipe.stderr
+    sent = json.loads(_jq(pipe.stdout, ".StartPipelineExecution"))
+    assert sent["PipelineParameters"] == [{"Name": "C", "Value": "0.5"}]
+    definition = json.loads(pipe.stdout)["CreatePipeline"]["PipelineDefinition"]
+    assert [s["Type"] for s in definition["Steps"]] and definition["Version"]
+    assert "would be uploaded under s3://nb-models/" in pipe.stderr
+    bad = sm("pipeline", "run", str(PIPELINE), "--backend", "sm", "-p", "nope", "1", "--dry-run")
+    assert bad.returncode != 0 and "nope" in bad.stderr and bad.stdout == ""
+
     assert aws.operations("CreateTrainingJob") == [] and aws.operations("CreateModel") == []
+    assert aws.operations("CreatePipeline") == [] and aws.operations("StartPipelineExecution") == []
     assert len([c for c in aws.calls[calls:] if c[0].startswith("Create")]) == 0
 
 

@@ -236,6 +236,9 @@ class KubeflowBackend(RemoteJobBackend):
         except NbscaleError:
             return self.settings.namespace or "default"
 
+    def resolve(self, spec: JobSpec) -> JobSpec:
+        return JobSpec.from_dict(mf.resolve(spec.to_dict(), self.settings))
+
     def dry_run(self, record: JobRecord) -> DryRun:
         """The exact objects ``submit`` would send, as YAML; the key Secret it mounts is
         named in a note, never shown."""

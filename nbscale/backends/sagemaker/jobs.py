@@ -330,6 +330,9 @@ class SageMakerBackend(RemoteJobBackend):
                 SecretId=arn, ForceDeleteWithoutRecovery=True
             )
 
+    def resolve(self, spec: JobSpec) -> JobSpec:
+        return JobSpec.from_dict(req.resolve(spec.to_dict(), self.settings))
+
     def dry_run(self, record: JobRecord) -> DryRun:
         """The exact CreateTrainingJob request, as JSON; nothing uploaded or created."""
         request = self.training_request(record, upload=False)

@@ -22,7 +22,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ...errors import NbscaleError
+from ...errors import NbscaleError, SpecError
+from ..base import DryRun
 from ..remote.pipelines import RemotePipelines
 from .jobs import client_error
 from .settings import SageMakerSettings, settings
@@ -80,25 +81,11 @@ class SageMakerPipelines:
 
     def create(self, path: str, image: str | None = None) -> tuple[str, str, dict[str, Any]]:
         """Compile, upload and create or update the pipeline; return (name, ARN, definition)."""
-        from ...pipelines.loader import load
         from . import pipeline_compile as sagemaker_target
 
         self.settings.require_credentials()
-        pipeline = load(path)
-        prefix = "/".join(p for p in (self.settings.prefix, "pipelines", pipeline.name) if p)
         with tempfile.TemporaryDirectory(prefix="nbscale-smp-") as tmp:
-            output = Path(tmp) / f"{pipeline.name}.json"
-            options: dict[str, Any] = {
-                "role": self.settings.role_arn,
-                "bucket": self.settings.bucket,
-                "prefix": prefix,
-                "region": self.settings.region,  # the steps' images are this region's
-            }
-            image = image or self.settings.pipeline_image
-            if image:  # else the compile target's stock image, with the step wheelhouse
-                options["image"] = image
-            sagemaker_target.compile_pipeline(pipeline, output, **options)
-            name = pipeline_name(f"nbscale-{pipeline.name}")
+            output, name = self._compiled(path, image, Path(tmp))
             try:
                 arn = sagemaker_target.upload_and_create(
                     output,
@@ -115,24 +102,87 @@ class SageMakerPipelines:
             definition = json.loads(output.read_text())
         return name, arn, definition
 
-    def start(
-        self, path: str, parameters: dict[str, Any] | None = None, image: str | None = None
-    ) -> Execution:
-        name, arn, definition = self.create(path, image)
+    @staticmethod
+    def _execution_parameters(
+        definition: dict[str, Any], parameters: dict[str, Any] | None
+    ) -> list[dict[str, str]]:
+        """StartPipelineExecution's PipelineParameters; a name the pipeline does not declare
+        is refused."""
         declared = {p["Name"] for p in definition.get("Parameters", [])}
         unknown = sorted(set(parameters or {}) - declared)
         if unknown:
-            from ...errors import SpecError
-
             raise SpecError(
                 "-p",
                 f"the pipeline has no parameter {unknown[0]!r}",
                 f"its parameters: {', '.join(sorted(declared)) or '(none)'}",
             )
-        params = [
+        return [
             {"Name": k, "Value": json.dumps(v) if isinstance(v, list | dict) else str(v)}
             for k, v in (parameters or {}).items()
         ]
+
+    def plan(self, path: str, parameters: dict[str, Any] | None = None) -> DryRun:
+        """CreatePipeline (or UpdatePipeline) and StartPipelineExecution as ``start`` would
+        send them, as one JSON document; nothing uploaded, created or started."""
+        from . import pipeline_compile as sagemaker_target
+
+        with tempfile.TemporaryDirectory(prefix="nbscale-smp-") as tmp:
+            output, name = self._compiled(path, None, Path(tmp))
+            definition = json.loads(output.read_text())
+        params = self._execution_parameters(definition, parameters)
+        meta = definition["Metadata"]["nbscale"]
+        secret = f"nbscale/{meta['prefix']}/keys"
+        arn = self._secret_arn(secret) or f"(the ARN of secret {secret}, created at run)"
+        for step in definition["Steps"]:
+            step["Arguments"].setdefault("Environment", {})[sagemaker_target.KEY_SECRET_ENV] = arn
+        sagemaker_target.validate(definition)
+        document = {
+            "CreatePipeline": {
+                "PipelineName": name,
+                "PipelineDefinition": definition,
+                "RoleArn": self.settings.role_arn,
+            },
+            "StartPipelineExecution": {"PipelineName": name, "PipelineParameters": params},
+        }
+        notes = [
+            "PipelineDefinition is sent as a JSON string; CreatePipeline becomes "
+            "UpdatePipeline when the pipeline exists",
+            f"the step code would be uploaded under s3://{meta['bucket']}/{meta['prefix']}/code/",
+            f"secret {secret} (Secrets Manager) would be created or updated: the pipeline key",
+        ]
+        return DryRun([document], "json", notes)
+
+    def _secret_arn(self, name: str) -> str | None:
+        """The ARN of an existing secret (read only), None when there is none yet."""
+        try:
+            return self.client("secretsmanager").describe_secret(SecretId=name)["ARN"]
+        except Exception:  # noqa: BLE001 - absent, or no credentials: the dry run says so
+            return None
+
+    def _compiled(self, path: str, image: str | None, tmp: Path) -> tuple[Path, str]:
+        from ...pipelines.loader import load
+        from . import pipeline_compile as sagemaker_target
+
+        pipeline = load(path)
+        prefix = "/".join(p for p in (self.settings.prefix, "pipelines", pipeline.name) if p)
+        output = tmp / f"{pipeline.name}.json"
+        options: dict[str, Any] = {
+            "role": self.settings.role_arn,
+            "bucket": self.settings.bucket,
+            "prefix": prefix,
+            "region": self.settings.region,  # the steps' images are this region's
+        }
+        image = image or self.settings.pipeline_image
+        if image:  # else the compile target's stock image, with the step wheelhouse
+            options["image"] = image
+        sagemaker_target.compile_pipeline(pipeline, output, **options)
+        return output, pipeline_name(f"nbscale-{pipeline.name}")
+
+    def start(
+        self, path: str, parameters: dict[str, Any] | None = None, image: str | None = None
+    ) -> Execution:
+        name, arn, definition = self.create(path, image)
+        params = self._execution_parameters(definition, parameters)
         try:
             answer = self.client("sagemaker").start_pipeline_execution(
                 PipelineName=name,
@@ -149,6 +199,11 @@ class SageMakerPipelines:
         """Read the execution and its steps; report every step whose state changed."""
         sm = self.client("sagemaker")
         try:
+            # the execution first, then its steps: a step ends before its execution does, so
+            # steps read after an ended execution are final (read the other way round, an
+            # execution that failed between the two reads would end the run before its
+            # failed step and its reason were ever reported)
+            desc = sm.describe_pipeline_execution(PipelineExecutionArn=execution.execution_arn)
             steps: list[dict[str, Any]] = []
             kwargs: dict[str, Any] = {"PipelineExecutionArn": execution.execution_arn}
             while True:
@@ -157,7 +212,6 @@ class SageMakerPipelines:
                 if not page.get("NextToken"):
                     break
                 kwargs["NextToken"] = page["NextToken"]
-            desc = sm.describe_pipeline_execution(PipelineExecutionArn=execution.execution_arn)
         except Exception as exc:  # noqa: BLE001
             raise client_error(exc, "following the pipeline execution") from None
         for step in reversed(steps):  # SageMaker lists the newest first
