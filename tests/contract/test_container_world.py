@@ -124,11 +124,17 @@ def _cell(monkeypatch, root: Path, **spec_fields):
     return prepare_cell(CELL, {}, spec, outputs=["answer", "where"])
 
 
+@pytest.mark.parametrize("pip_index", [False, True], ids=["wheelhouse", "pip-index"])
 def test_kubeflow_node_runs_in_a_stock_image_with_the_folder_and_requirements(
-    cluster, kube, tmp_path, monkeypatch, nbscale_home, runtime_wheels
+    cluster, kube, tmp_path, monkeypatch, nbscale_home, runtime_wheels, pip_index
 ):
+    """``pip_index``: only the file travels and the pod's pip reads it (its --find-links
+    is a folder of this machine, which the pod-process can read: no index is contacted)."""
     conf = nbscale_home / "config.toml"
-    conf.write_text(conf.read_text().replace("wheelhouse = false", "wheelhouse = true"))
+    conf.write_text(
+        conf.read_text().replace("wheelhouse = false", "wheelhouse = true")
+        + ("pip_index = true\n" if pip_index else "")
+    )
     shutil.copytree(runtime_wheels, paths.home() / "wheelhouse" / runtime_wheels.name)
     _images(nbscale_home)
     python = stock_image_venv(tmp_path / "image")
@@ -141,7 +147,8 @@ def test_kubeflow_node_runs_in_a_stock_image_with_the_folder_and_requirements(
     assert codes == [0], job.logs()
     rec = _outputs(job, python)
     log = job_handle(rec.id).logs(0)
-    assert "requirements installed (1 wheels, offline)" in log
+    how = "from the index" if pip_index else "1 wheels, offline"
+    assert f"requirements installed ({how})" in log
     assert "/code rank 0" in log.replace("\\", "/")  # the folder is the working directory
 
 
