@@ -7,8 +7,8 @@
       nbscale.json         name, format, signature (V2 metadata)
       nbscale.sig          sha256 of every file above, HMAC-signed
 
-The stock SageMaker PyTorch container serves the same directory (tar it as
-model.tar.gz): it imports ``code/inference.py`` exactly as our runtime does.
+The layout is SageMaker's, but nbscale's runtime (the nbscale serving image) is what
+serves it: ``code/inference.py`` needs nbscale, and no stock container's torch is checked.
 Every file of the artifact is signed: ``nbscale.sig`` lists each file with
 its sha256 and carries an HMAC of that list with the ``model`` key
 (``nbscale.keys``). The runtime checks it before it imports

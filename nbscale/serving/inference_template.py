@@ -1,6 +1,6 @@
 # Written by nbscale: SageMaker PyTorch inference handlers for this model artifact.
-# The stock SageMaker PyTorch container and nbscale's runtime both import this
-# file and call model_fn / input_fn / predict_fn / output_fn. Edit freely.
+# nbscale's serving runtime imports this file and calls model_fn / input_fn /
+# predict_fn / output_fn (the SageMaker PyTorch handler contract). Edit freely.
 import io
 import json
 import os
@@ -30,12 +30,12 @@ def model_fn(model_dir):
         program = torch.export.load(path)
         try:  # nbscale's runtime: the same graph without pytree and hook overhead per call
             from nbscale.serving.exported import lean
-        except ImportError:  # a stock container without nbscale: the module torch builds
-            # its per-call guards and input re-check cost about 55 us a call; a wrong input
-            # still fails in the first operator
-            module = program.module(check_guards=False)
-            module.validate_inputs = False
-            return module.to(_device())
+        except ImportError:
+            raise RuntimeError(
+                "this model is served by nbscale's runtime, which is not installed here: "
+                "serve it with the nbscale serving image (docker/Dockerfile; serving_image "
+                "in the backend's config), not a stock framework container"
+            ) from None
         return lean(program, _device())
     # a pickled object: unpickle only an artifact whose signed file list still matches
     try:
