@@ -18,6 +18,7 @@ kernel manager here instead:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import sys
@@ -69,7 +70,9 @@ def _speaks_ipc(kernel_name: str) -> str | None:
         spec = KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
         return None  # starting it fails with jupyter_client's own message, whatever the transport
-    if any("ipykernel" in arg for arg in spec.argv):
+    # "python -m ipykernel_launcher -f {connection_file}", as ipykernel installs itself
+    modules = {b for a, b in itertools.pairwise(spec.argv) if a == "-m"}
+    if modules & {"ipykernel_launcher", "ipykernel"}:
         return None
     return f"kernel {kernel_name!r} is not ipykernel, and not every kernel binds IPC addresses"
 
@@ -148,12 +151,40 @@ def _encrypt(km: Any) -> bool:
 
 @contextlib.contextmanager
 def kernel_manager(kernel_name: str = "python3") -> Iterator[Any]:
-    """``kernel_sockets(kernel_name).km``, its folder removed on the way out."""
+    """``kernel_sockets(kernel_name).km``, its folder removed on the way out, a SIGTERM included."""
     sockets = kernel_sockets(kernel_name)
     try:
-        yield sockets.km
+        with _removed_on_sigterm(sockets):
+            yield sockets.km
     finally:
         sockets.remove()
+
+
+@contextlib.contextmanager
+def _removed_on_sigterm(sockets: KernelSockets) -> Iterator[None]:
+    """SIGTERM (a cancelled job's rank, a stopped container) ends a process without running its
+    ``finally`` blocks: remove the folder first, then die of the signal as before. The kernel
+    keeps its bound sockets and, its parent gone, exits as it always did."""
+    import signal
+    import threading
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield  # someone else handles SIGTERM here: theirs to keep
+        return
+
+    def terminated(signum: int, _frame: Any) -> None:
+        sockets.remove()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def execute_notebook(

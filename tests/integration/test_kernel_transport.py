@@ -138,6 +138,32 @@ def test_a_notebook_job_runs_its_kernels_over_private_unix_sockets(
     _assert_nothing_left(short_tmp)
 
 
+@pytest.mark.timeout(200)
+def test_a_cancelled_notebook_job_leaves_no_socket_folder(nbscale_cli, tmp_path, short_tmp):
+    """Cancelling stops the rank with SIGTERM, which skips ``finally``: the folder goes anyway."""
+    from tests.support import wait_for
+
+    notebook = write_notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(120)")
+    # the default grace before SIGKILL (the tier's 3 s is for jobs that ignore SIGTERM; a rank
+    # that acts on it is gone at once either way, on a loaded machine too)
+    env = {**_env(short_tmp), "NBSCALE_CANCEL_GRACE": "10"}
+    proc = nbscale_cli("run", str(notebook), "--detach", env=env, check=True)
+    job = proc.stdout.strip()
+    folders = lambda: list((short_tmp / "tmp").glob("nbscale-k-*"))  # noqa: E731
+    (folder,) = wait_for(folders, 120, what="the rank's kernel folder")
+    wait_for(lambda: list(folder.glob("kernel-*")), 60, what="the kernel's sockets")
+    nbscale_cli("cancel", job, env=env, check=True)
+    try:
+        wait_for(lambda: not folder.exists(), 30, what=f"{folder} to be removed")
+    except AssertionError:
+        logs = nbscale_cli("logs", job, env=_env(short_tmp))
+        status = nbscale_cli("status", job, env=_env(short_tmp))
+        raise AssertionError(
+            f"{folder} was left: {list(folder.iterdir())}\n{logs.stdout}{status.stdout}"
+        ) from None
+    _assert_nothing_left(short_tmp)
+
+
 def test_a_pipeline_steps_container_command_runs_its_kernel_over_a_private_unix_socket(
     tmp_path, short_tmp
 ):
@@ -223,4 +249,77 @@ def test_a_kubeflow_step_runs_its_kernel_over_a_private_unix_socket(
     (executed,) = (tmp_path / "kfp-root").rglob("step-probe/executed")
     (report,) = _reports(_printed(executed))
     _assert_private_ipc(report, short_tmp)
+    _assert_nothing_left(short_tmp)
+
+
+def test_a_temp_folder_too_deep_for_socket_paths_puts_the_sockets_under_tmp(
+    nbscale_cli, tmp_path, short_tmp
+):
+    """TMPDIR's socket paths would pass the AF_UNIX limit: the private folder goes to /tmp."""
+    deep = short_tmp / "tmp" / ("d" * 60) / ("e" * 30)
+    deep.mkdir(parents=True)
+    assert len(str(deep / "nbscale-k-xxxxxxxx" / "kernel-5")) > 107
+    notebook = write_notebook(tmp_path / "report.ipynb", REPORT)
+    out = tmp_path / "report-out.ipynb"
+    env = {**_env(short_tmp), "TMPDIR": str(deep)}
+    proc = nbscale_cli("quickstart", "--notebook", str(notebook), "--output", str(out), env=env)
+    assert not WARNING.search(proc.stdout + proc.stderr), proc.stderr
+    (report,) = _reports(_printed(out))
+    assert report["transport"] == "ipc" and Path(report["folder"]).parent == Path("/tmp"), report
+    assert report["folder_mode"] == 0o700 and all(report["sockets"]), report
+    assert not Path(report["folder"]).exists()
+    assert list(deep.iterdir()) == [] and list((short_tmp / "runtime").iterdir()) == []
+
+
+WRAPPER = """
+from ipykernel.kernelapp import launch_new_instance
+
+launch_new_instance()
+"""
+
+
+@pytest.mark.parametrize("curve", [True, False], ids=["curve", "no-curve"])
+def test_a_kernel_that_may_not_speak_ipc_gets_tcp_on_loopback_and_says_why(
+    nbscale_cli, tmp_path, short_tmp, curve
+):
+    """A kernelspec that does not run ``-m ipykernel_launcher`` (here: a script around it) gets
+    TCP on 127.0.0.1, CurveZMQ-encrypted where its kernelspec declares support."""
+    import zmq
+
+    if curve and not zmq.has("curve"):
+        pytest.skip("this libzmq has no CurveZMQ")
+    kernels = tmp_path / "jupyter" / "kernels" / "wrapped"
+    kernels.mkdir(parents=True)
+    script = tmp_path / "wrapped_kernel.py"
+    script.write_text(WRAPPER)
+    spec = {
+        "argv": [sys.executable, str(script), "-f", "{connection_file}"],
+        "display_name": "Wrapped",
+        "language": "python",
+        "metadata": {"supported_encryption": ["curve"]} if curve else {},
+    }
+    (kernels / "kernel.json").write_text(json.dumps(spec))
+    notebook = write_notebook(tmp_path / "report.ipynb", REPORT)
+    out = tmp_path / "report-out.ipynb"
+    env = {**_env(short_tmp), "JUPYTER_PATH": str(tmp_path / "jupyter")}
+    proc = nbscale_cli(
+        "quickstart",
+        "--notebook",
+        str(notebook),
+        "--kernel",
+        "wrapped",
+        "--output",
+        str(out),
+        env=env,
+    )
+    said = [line for line in proc.stderr.splitlines() if "over TCP on 127.0.0.1 only" in line]
+    assert len(said) == 1 and "kernel 'wrapped' is not ipykernel" in said[0], proc.stderr
+    assert ("encrypted with CurveZMQ" in said[0]) == curve, said
+    (report,) = _reports(_printed(out))
+    assert report["transport"] == "tcp" and report["ip"] == "127.0.0.1", report
+    assert report["curve"] == curve, report
+    # the connection file (its key signs every message) still sits in a private folder
+    assert Path(report["folder"]).parent == short_tmp / "tmp" and report["folder_mode"] == 0o700
+    # without CurveZMQ, ipykernel's own warning is the truth and is not hidden
+    assert bool(WARNING.search(proc.stderr)) == (not curve), proc.stderr
     _assert_nothing_left(short_tmp)
