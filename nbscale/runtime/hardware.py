@@ -25,6 +25,8 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from ..words import count
+
 SM_RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
 
 
@@ -57,14 +59,15 @@ def check_gpus(
     seen = int(device_count())
     if seen < wanted:
         raise HardwareError(
-            f"this node has {seen} GPU(s) but the job asks for {wanted} "
-            f"({procs} process(es) x {gpus_per_proc} GPU(s)); pick an instance or node type "
+            f"this node has {count(seen, 'GPU')} but the job asks for {wanted} "
+            f"({count(procs, 'process')} x {count(gpus_per_proc, 'GPU')}); pick an instance "
+            "or node type "
             "with that many GPUs, or ask for fewer processes"
         )
     if seen > wanted:
         print(
-            f"nbscale: warning: this node has {seen} GPU(s) and the job uses {wanted} "
-            f"({procs} process(es) x {gpus_per_proc} GPU(s)); the rest stay idle",
+            f"nbscale: warning: this node has {count(seen, 'GPU')} and the job uses {wanted} "
+            f"({count(procs, 'process')} x {count(gpus_per_proc, 'GPU')}); the rest stay idle",
             file=out or sys.stderr,
             flush=True,
         )

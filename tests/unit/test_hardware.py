@@ -18,9 +18,9 @@ def test_fewer_gpus_than_asked_fails_naming_both_numbers():
     with pytest.raises(HardwareError) as err:
         check_gpus(8, 1, device_count=lambda: 4)
     assert str(err.value).startswith(
-        "this node has 4 GPU(s) but the job asks for 8 (8 process(es) x 1 GPU(s))"
+        "this node has 4 GPUs but the job asks for 8 (8 processes x 1 GPU)"
     )
-    with pytest.raises(HardwareError, match="has 0 GPU.s. but the job asks for 2"):
+    with pytest.raises(HardwareError, match="has 0 GPUs but the job asks for 2"):
         check_gpus(1, 2, device_count=lambda: 0)
 
 
@@ -28,8 +28,8 @@ def test_more_gpus_than_used_is_a_warning_and_the_exact_count_is_quiet():
     out = io.StringIO()
     assert check_gpus(2, 1, device_count=lambda: 8, out=out) == 8
     assert out.getvalue() == (
-        "nbscale: warning: this node has 8 GPU(s) and the job uses 2 "
-        "(2 process(es) x 1 GPU(s)); the rest stay idle\n"
+        "nbscale: warning: this node has 8 GPUs and the job uses 2 "
+        "(2 processes x 1 GPU); the rest stay idle\n"
     )
     quiet = io.StringIO()
     assert check_gpus(4, 2, device_count=lambda: 8, out=quiet) == 8
@@ -61,7 +61,7 @@ def test_the_sagemaker_network_interface_goes_to_nccl(tmp_path):
     env = {"NBSCALE_SM_RESOURCE_CONFIG": str(conf)}
     check_node(spec, {"platform": "kubeflow", "nproc": 8}, lambda: 8, env)
     assert "NCCL_SOCKET_IFNAME" not in env
-    with pytest.raises(HardwareError, match="this node has 1 GPU.s. but the job asks for 8"):
+    with pytest.raises(HardwareError, match="this node has 1 GPU but the job asks for 8"):
         check_node(spec, {"platform": "sagemaker", "nproc": 8}, lambda: 1, {})
 
 

@@ -186,7 +186,7 @@ def test_a_sagemaker_node_runs_one_process_per_gpu(instance, gpus, fabric):
     assert {k: v for k, v in env.items() if k.startswith(("FI_", "RDMAV_"))} == fabric
     if gpus == 8:  # two GPUs a process: four processes; asking for more is refused
         assert req.resolve(spec(instance_type=instance, gpus_per_proc=2), s)["procs_per_node"] == 4
-        with pytest.raises(SpecError, match=r"procs_per_node: 5 processes x 2 GPU\(s\) need 10"):
+        with pytest.raises(SpecError, match=r"procs_per_node: 5 processes x 2 GPUs need 10 GPUs"):
             req.resolve(spec(instance_type=instance, gpus_per_proc=2, procs_per_node=5), s)
     if gpus == 1:
         with pytest.raises(

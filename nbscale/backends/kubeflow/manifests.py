@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import SpecError
+from ...words import count
 from .images import node_gpus, stock_image
 from .settings import CHECKPOINT_MOUNT, KEY_MOUNT, KubeflowSettings
 
@@ -166,7 +167,7 @@ def resolve(spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, Any]:
     if per_proc > gpus:
         raise SpecError(
             "gpus_per_proc",
-            f"{per_proc} GPUs per process, but {instance} has {gpus}",
+            f"{count(per_proc, 'GPU')} per process, but {instance} has {gpus}",
             f"ask for at most --gpus-per-proc {gpus}, or a larger node type",
         )
     if procs == 1:
@@ -174,7 +175,7 @@ def resolve(spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, Any]:
     elif procs * per_proc > gpus:
         raise SpecError(
             "procs_per_node",
-            f"{procs} processes x {per_proc} GPU(s) need {procs * per_proc} GPUs, but "
+            f"{count(procs, 'process')} x {count(per_proc, 'GPU')} need {count(procs * per_proc, 'GPU')}, but "
             f"{instance} has {gpus}",
             f"ask for at most {gpus // per_proc} processes per node, or a larger node type",
         )

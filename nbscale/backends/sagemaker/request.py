@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import SpecError
+from ...words import count
 from .images import node
 from .settings import SageMakerSettings
 
@@ -130,7 +131,7 @@ def resolve(spec: dict[str, Any], settings: SageMakerSettings) -> dict[str, Any]
     if per_proc > gpus:
         raise SpecError(
             "gpus_per_proc",
-            f"{per_proc} GPUs per process, but {instance} has {gpus}",
+            f"{count(per_proc, 'GPU')} per process, but {instance} has {gpus}",
             f"ask for at most --gpus-per-proc {gpus}, or a larger instance type",
         )
     if procs == 1:
@@ -138,7 +139,7 @@ def resolve(spec: dict[str, Any], settings: SageMakerSettings) -> dict[str, Any]
     elif procs * per_proc > gpus:
         raise SpecError(
             "procs_per_node",
-            f"{procs} processes x {per_proc} GPU(s) need {procs * per_proc} GPUs, but "
+            f"{count(procs, 'process')} x {count(per_proc, 'GPU')} need {count(procs * per_proc, 'GPU')}, but "
             f"{instance} has {gpus}",
             f"ask for at most {gpus // per_proc} processes per node, or a larger instance type",
         )
