@@ -186,7 +186,7 @@ def cursor_before(conn: sqlite3.Connection, offset: int, status: str | None) -> 
 def store_side_by_side(db: Path, n: int, page: int, per_variant: int) -> dict:
     """OFFSET (the old query) against keyset (the new one), in this process, same file."""
     from nbscale.store import Store
-    from nbscale.store.jobs import JobRecord, page_jobs
+    from nbscale.store.jobs import JobRecord, count_jobs, page_jobs
 
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
@@ -216,6 +216,14 @@ def store_side_by_side(db: Path, n: int, page: int, per_variant: int) -> dict:
             name = f"{where} page" + (f", status={status}" if status else "")
             calls[f"OFFSET, {name}"] = old(status, offset)
             calls[f"keyset, {name}"] = new(status, offset)
+    # the total: COUNT(*) over the filter (what every OFFSET page paid) against job_counts
+    for status in (None, "SUCCEEDED", "FAILED"):
+        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        name = "total" + (f", status={status}" if status else "")
+        calls[f"COUNT(*), {name}"] = lambda w=where, p=params: conn.execute(
+            f"SELECT COUNT(*) FROM jobs {w}", p
+        ).fetchone()
+        calls[f"job_counts, {name}"] = lambda st=status: count_jobs(store, st)
     got = interleaved(calls, per_variant)
     conn.close()
     store.close()
@@ -312,6 +320,15 @@ def main() -> None:
             for name, v in store.items()
             if name.startswith("OFFSET")
         }
+        ratios.update(
+            {
+                name.removeprefix("COUNT(*), "): round(
+                    v["p50_ms"] / store[name.replace("COUNT(*)", "job_counts", 1)]["p50_ms"], 1
+                )
+                for name, v in store.items()
+                if name.startswith("COUNT(*)")
+            }
+        )
         result["sizes"][str(n)] = {
             "http_keyset": http,
             "store_offset_vs_keyset": store,
