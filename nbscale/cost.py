@@ -78,6 +78,10 @@ class Pricing:
     instance_required: bool = False
     #: the platform's billed time already holds what spot capacity saved
     billed_spot: bool = False
+    #: the region whose list prices ``INSTANCE_PRICES`` holds for this platform (None: the
+    #: prices do not vary by region); elsewhere they only stand in for estimates, with a
+    #: note, and a budget needs the backend's own ``prices``
+    list_region: str | None = None
 
 
 def pricing(backend_type: str) -> Pricing:
@@ -153,6 +157,52 @@ def node_price(
         _price(settings.get("node_hour_price", CPU_NODE_HOUR), "node_hour_price")
         + _price(settings.get("gpu_hour_price", GPU_HOUR), "gpu_hour_price") * gpus_per_node
     )
+
+
+def foreign_list_price(
+    backend_type: str, settings: dict[str, Any] | None = None, instance_type: str | None = None
+) -> tuple[str, str] | None:
+    """(why, what to set) when the price of ``instance_type`` is only a stand-in, None when
+    it is the real list price: nbscale's list is one region's (``Pricing.list_region``), and
+    a backend in another region without its own ``prices`` for the type is priced with it."""
+    settings = settings or {}
+    rules = pricing(backend_type)
+    if not rules.list_region or "price_per_node_hour" in settings:
+        return None
+    instance = instance_type or settings.get("instance_type") or rules.default_instance
+    region = settings.get("region")
+    if (
+        not instance
+        or instance in (settings.get("prices") or {})
+        or instance not in INSTANCE_PRICES
+        or not region
+        or region == rules.list_region
+    ):
+        return None
+    return (
+        f"{instance} is priced at its {rules.list_region} list price, and {region}'s may differ",
+        f'prices = {{ "{instance}" = USD_PER_HOUR }}',
+    )
+
+
+def budget_price(
+    backend_type: str,
+    settings: dict[str, Any] | None,
+    instance_type: str | None,
+    gpus_per_node: int,
+    backend: str,
+) -> float:
+    """The node-hour price a budget (``max_cost``) is turned into runtime with: never
+    another region's list price."""
+    foreign = foreign_list_price(backend_type, settings, instance_type)
+    if foreign:
+        why, setting = foreign
+        raise SpecError(
+            "max_cost",
+            f"the budget cannot be priced: {why}",
+            f"set {setting} or price_per_node_hour in [backends.{backend}]",
+        )
+    return node_price(backend_type, settings, instance_type, gpus_per_node)
 
 
 def spot_price(
@@ -236,6 +286,10 @@ def spec_price(spec: Any, config: Config | None = None) -> tuple[str, float]:
     return bconf.name, price
 
 
+def _note(foreign: tuple[str, str] | None) -> str | None:
+    return f"{foreign[0]}: set {foreign[1]}" if foreign else None
+
+
 def spec_estimate(spec: Any, config: Config | None = None) -> dict[str, Any]:
     """What the job may cost: per hour, and in total when ``max_runtime`` bounds it."""
     get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
@@ -244,8 +298,11 @@ def spec_estimate(spec: Any, config: Config | None = None) -> dict[str, Any]:
     runtime = get("max_runtime")
     max_cost = get("max_cost")
     total = job_cost(runtime / 3600.0, nodes, price) if runtime else None
+    config = config or load_config()
+    bconf = config.backend(get("backend"))
     return {
         "backend": backend,
+        "price_note": _note(foreign_list_price(bconf.type, bconf.settings, get("instance_type"))),
         "price_per_node_hour": price,
         "nodes": nodes,
         "per_hour": round(price * nodes, 4),
@@ -273,12 +330,20 @@ def describe_estimate(est: dict[str, Any]) -> str:
                 f"; budget ${est['max_cost']:.2f} (stopped after "
                 f"{est['budget_hours'] * 3600:.0f} s of running)"
             )
+    if est.get("price_note"):
+        head += f" ({est['price_note']})"
     return head
 
 
 def check_budget(spec: Any, config: Config | None = None) -> dict[str, Any]:
-    """Refuse a spec whose estimate is over its ``max_cost``, saying by how much."""
+    """Refuse a spec whose estimate is over its ``max_cost``, saying by how much, or whose
+    budget could only be priced with another region's list price."""
     est = spec_estimate(spec, config)
+    if est["max_cost"] is not None and est["price_note"]:
+        config = config or load_config()
+        get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
+        bconf = config.backend(get("backend"))
+        budget_price(bconf.type, bconf.settings, get("instance_type"), 0, bconf.name)
     if est["max_cost"] is not None and est["total"] is not None and est["total"] > est["max_cost"]:
         over = est["total"] - est["max_cost"]
         raise SpecError(

@@ -298,12 +298,32 @@ def test_a_budget_is_priced_in_the_backends_region():
     with pytest.raises(SpecError) as err:
         req.budget_runtime(job, sagemaker("eu-west-1"))
     assert str(err.value).startswith(
-        "max_cost: no price is known for ml.m5.xlarge in eu-west-1, so the budget cannot be "
-        "turned into a runtime (nbscale's list prices are us-east-1's)"
+        "max_cost: the budget cannot be priced: ml.m5.xlarge is priced at its us-east-1 list "
+        "price, and eu-west-1's may differ"
     )
     assert 'set prices = { "ml.m5.xlarge" = USD_PER_HOUR }' in str(err.value)
     priced = sagemaker("eu-west-1", prices={"ml.m5.xlarge": 0.115})
     assert req.budget_runtime(job, priced) == 7200
+
+
+def test_an_estimate_in_another_region_says_whose_price_it_is(tmp_path, monkeypatch):
+    """The engine's estimate (--dry-run, the %%train report) in eu-west-1 uses the us-east-1
+    list price only with a note; a budget there is refused before submit."""
+    from nbscale.config import load
+    from nbscale.cost import check_budget, describe_estimate
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nbscale.toml").write_text(
+        '[backends.eu]\ntype = "sagemaker"\nregion = "eu-west-1"\n'
+        '[backends.us]\ntype = "sagemaker"\nregion = "us-east-1"\n'
+    )
+    config = load()
+    shown = describe_estimate(check_budget({"backend": "eu", "nodes": 1}, config))
+    assert "ml.m5.xlarge is priced at its us-east-1 list price, and eu-west-1's may differ" in shown
+    assert "note" not in describe_estimate(check_budget({"backend": "us"}, config))
+    assert "list price" not in describe_estimate(check_budget({"backend": "us"}, config))
+    with pytest.raises(SpecError, match="the budget cannot be priced"):
+        check_budget({"backend": "eu", "max_cost": 5.0, "max_runtime": 60}, config)
 
 
 def test_a_sagemaker_endpoint_needs_the_nbscale_serving_image(tmp_path):

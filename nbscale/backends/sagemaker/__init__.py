@@ -22,7 +22,12 @@ PLATFORM = Platform(
     compile_target="sagemaker",
     extra="sagemaker",
     # BillableTimeInSeconds holds what managed spot saved
-    pricing=Pricing(default_instance="ml.m5.xlarge", instance_required=True, billed_spot=True),
+    pricing=Pricing(
+        default_instance="ml.m5.xlarge",
+        instance_required=True,
+        billed_spot=True,
+        list_region="us-east-1",  # nbscale.cost.INSTANCE_PRICES are us-east-1 list prices
+    ),
 )
 
 __all__ = ["PLATFORM", "SageMakerBackend"]

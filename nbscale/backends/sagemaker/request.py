@@ -36,7 +36,6 @@ MAX_ARG = 256  # SageMaker's limit on one entry point string or argument
 CHANNELS = ("bundle", "spec", "code", "runtime", "requirements")
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
-LIST_PRICE_REGION = "us-east-1"  # the region of nbscale.cost.INSTANCE_PRICES' list prices
 
 # Two short ``sh -c`` stages (SageMaker allows 256 characters per entry string): the
 # first installs the runtime wheels when that channel is there and exports the job's
@@ -88,22 +87,13 @@ def budget_runtime(spec: dict[str, Any], settings: SageMakerSettings) -> int | N
     max_cost = spec.get("max_cost")
     if not max_cost:
         return None
-    from ...cost import INSTANCE_PRICES
+    from ...cost import budget_price
 
     instance = spec.get("instance_type") or settings.instance_type
-    # the backend's own prices first; nbscale's list is one region's list prices
-    price = settings.price_per_node_hour or settings.prices.get(instance)
-    if not price and settings.region == LIST_PRICE_REGION:
-        price = INSTANCE_PRICES.get(instance)
-    if not price:
-        known = f" in {settings.region}" if instance in INSTANCE_PRICES else ""
-        raise SpecError(
-            "max_cost",
-            f"no price is known for {instance}{known}, so the budget cannot be turned into a "
-            f"runtime (nbscale's list prices are {LIST_PRICE_REGION}'s)",
-            f'set prices = {{ "{instance}" = USD_PER_HOUR }} or price_per_node_hour in '
-            f"[backends.{settings.name}]",
-        )
+    # the backend's own prices, or nbscale's list price only in the list's own region
+    price = budget_price(
+        "sagemaker", settings.model_dump(exclude_none=True), instance, 0, settings.name
+    )
     nodes = int(spec.get("nodes") or 1)
     return max(1, int(float(max_cost) / (price * nodes) * 3600))
 
