@@ -105,8 +105,6 @@ def node_layout(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict
             raise LaunchError(f"SM_CURRENT_HOST {current!r} is not among SM_HOSTS {hosts}")
         # a map from host name to address, for hosts that are not resolvable by name
         addresses = json.loads(env.get("NBSCALE_HOST_ADDRESSES") or "{}")
-        if env.get("SM_NUM_GPUS") and int(env["SM_NUM_GPUS"]) > 0 and spec.get("gpus_per_proc"):
-            nproc = int(env["SM_NUM_GPUS"]) // max(1, int(spec["gpus_per_proc"]))
         return {
             "platform": "sagemaker",
             "nnodes": len(hosts),
