@@ -40,8 +40,7 @@ class LocalBackend(JobBackend):
     unsupported = {
         "image": "local jobs run in this Python environment, not in a container",
         "instance_type": "local jobs run on this machine",
-        "requirements": "local jobs run in this Python environment: pip install the "
-        "packages here",
+        "requirements": "local jobs run in this Python environment: pip install the packages here",
     }
 
     def limits(self) -> dict[str, int]:
