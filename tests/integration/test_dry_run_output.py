@@ -72,6 +72,7 @@ def test_sagemaker_dry_runs_print_one_json_document_each(sm, aws, tmp_path):
     assert request["AlgorithmSpecification"]["TrainingImage"].endswith("/nbscale:0.1.0")
     assert run.stderr.startswith("dry run: nothing submitted\n")
     assert "would be created or updated" in run.stderr and "nbscale" in run.stderr
+    assert f"the folder {tmp_path} would travel: " in run.stderr  # the script's folder
     _no_secret_data(run.stdout, run.stderr)
 
     art, _ = make_artifact(tmp_path / "art", "digits")

@@ -250,7 +250,8 @@ class KubeflowBackend(RemoteJobBackend):
                 mf.bundle_configmap(record.id, data, namespace, key=staged.configmap_key)
             )
         key_secret = mf.key_secret(self.settings.key_secret, "{}", namespace)
-        return DryRun(objects, "yaml", [mf.secret_note(key_secret, "the signing keys")])
+        notes = [*self.travel_notes(record.spec), mf.secret_note(key_secret, "the signing keys")]
+        return DryRun(objects, "yaml", notes)
 
     def ensure_key_secret(self) -> None:
         ensure_key_secret(self.cluster(), self.settings)

@@ -34,6 +34,7 @@ from ... import storage
 from ...errors import WaitTimeout
 from ...runtime.jobdir import JobDir
 from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, update_job
+from ...words import count
 from ..base import DryRun, JobBackend, LogChunk
 
 T = TypeVar("T")
@@ -304,6 +305,28 @@ class RemoteJobBackend(JobBackend):
             "travels: move it into the folder, or install it as a package and name it in "
             "--requirements"
         ]
+
+    def travel_notes(self, spec: dict[str, Any]) -> list[str]:
+        """What ``--dry-run`` says would travel with the job: its folder (files, size) and
+        its requirements; the upload is content-addressed, so what is there is not sent."""
+        from ...codefolder import human_size, scan
+
+        conf = self.travel_settings()
+        notes = []
+        workdir = spec.get("workdir")
+        if workdir:
+            folder = scan(
+                workdir, conf.code_limit_mb << 20, f"code_limit_mb in [backends.{conf.name}]"
+            )
+            notes.append(
+                f"the folder {folder.root} would travel: {count(len(folder.files), 'file')}, "
+                f"{human_size(folder.size)} (not sent again when unchanged)"
+            )
+        value = spec.get("requirements") or conf.requirements
+        if value:
+            how = "from the index" if conf.pip_index else "offline, from wheels built here"
+            notes.append(f"requirements {value} would be installed in the container {how}")
+        return notes
 
     def stage_travel(
         self, spec: dict[str, Any], store: storage.ObjectStore, upload: bool

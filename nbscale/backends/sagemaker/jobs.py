@@ -338,6 +338,7 @@ class SageMakerBackend(RemoteJobBackend):
         request = self.training_request(record, upload=False)
         key_secret = sm_secrets.secret_name(self.settings.key_secret_name, KEY_PURPOSES)
         notes = [
+            *self.travel_notes(record.spec),
             "the inputs would be uploaded to the S3 URIs of InputDataConfig "
             "(content-addressed: those already there are not sent again)",
             f"secret {key_secret} (Secrets Manager) would be created or updated: the signing keys",
