@@ -219,3 +219,19 @@ def test_migration_statements_keep_a_trigger_body_whole():
     assert len(statements(script)) == 2
     with pytest.raises(ValueError, match="incomplete"):
         statements("CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1;")
+
+
+def test_the_python_api_pages_with_the_same_cursor():
+    import nbscale
+    from nbscale import pipeline_runs
+
+    store = get_store()
+    for i in range(5):
+        insert_job(store, record(f"j-{i}", 1000 + i))
+    first = nbscale.jobs(limit=2)
+    assert [j.id for j in first] == ["j-4", "j-3"] and first.total == 5
+    rest = walk(lambda c: nbscale.jobs(limit=2, after=c)) if first.next else []
+    assert [j.id for j in rest] == ["j-4", "j-3", "j-2", "j-1", "j-0"]
+    assert pipeline_runs.runs(limit=2).next is None  # no runs: one empty page
+    with pytest.raises(BadCursor):
+        nbscale.jobs(after=first.next[:-4])
