@@ -113,6 +113,10 @@ class PooledKernel:
         finally:
             client.stop_channels()
 
+    def remove_folder(self) -> None:
+        """Remove the folder of the kernel's sockets and connection file (once it is killed)."""
+        self._sockets.remove()
+
     @property
     def pid(self) -> int | None:
         provisioner = getattr(self.km, "provisioner", None)
@@ -149,7 +153,7 @@ class PooledKernel:
             if process is not None:
                 process.wait(10)  # reap it: no zombie left behind
             asyncio.run(self.km.cleanup_resources())
-        self._sockets.remove()
+        self.remove_folder()
 
 
 class KernelPool:
@@ -254,10 +258,10 @@ class KernelPool:
             spare, self._spare = self._spare, []
             busy, self._busy = self._busy, set()
             self._waiting.clear()
-        for (
-            kernel
-        ) in busy:  # steps still running when the run stops: their papermill call fails now
+        for kernel in busy:  # steps still running when the run stops: their papermill call fails
             kernel.kill()
+            # its folder now: a run stopped by SIGTERM may not live to see the step release it
+            kernel.remove_folder()
         for kernel in spare:
             kernel.ready.wait(STARTUP_TIMEOUT + 10)
             kernel.close()

@@ -323,3 +323,23 @@ def test_a_kernel_that_may_not_speak_ipc_gets_tcp_on_loopback_and_says_why(
     # without CurveZMQ, ipykernel's own warning is the truth and is not hidden
     assert bool(WARNING.search(proc.stderr)) == (not curve), proc.stderr
     _assert_nothing_left(short_tmp)
+
+
+@pytest.mark.timeout(200)
+def test_a_cancelled_pipeline_run_leaves_no_socket_folder(nbscale_cli, tmp_path, short_tmp):
+    from tests.support import wait_for
+    from tests.support.pipeline_notebooks import cell
+    from tests.support.pipeline_notebooks import write_notebook as write_pipeline
+
+    path = write_pipeline(
+        tmp_path / "slow.ipynb", [cell("import time\ntime.sleep(120)", "step:slow")]
+    )
+    env = _env(short_tmp)
+    run = nbscale_cli("pipeline", "run", str(path), "--detach", env=env, check=True)
+    folders = lambda: list((short_tmp / "tmp").glob("nbscale-k-*"))  # noqa: E731
+    (folder,) = wait_for(folders, 120, what="the step's kernel folder")
+    wait_for(lambda: list(folder.glob("kernel-*")), 60, what="the kernel's sockets")
+    cancel = nbscale_cli("pipeline", "cancel", run.stdout.strip(), env=env, check=True)
+    assert "CANCELLED" in cancel.stdout + cancel.stderr
+    wait_for(lambda: not folder.exists(), 30, what=f"{folder} to be removed")
+    _assert_nothing_left(short_tmp)
