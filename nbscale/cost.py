@@ -34,6 +34,7 @@ records it as ``info.billable_seconds``) and the spot savings.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -84,8 +85,11 @@ class Pricing:
     list_region: str | None = None
 
 
+@functools.lru_cache(maxsize=64)
 def pricing(backend_type: str) -> Pricing:
-    """The pricing of an installed platform (``Pricing()`` for one that gives none)."""
+    """The pricing of an installed platform (``Pricing()`` for one that gives none); the
+    installed platforms do not change while a process runs, so it is looked up once per
+    type (a page of 50 jobs priced each row's entry point anew)."""
     from .config import platform_entry_points
 
     ep = platform_entry_points().get(backend_type)
