@@ -33,10 +33,10 @@ pytestmark = pytest.mark.slow
 OWN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0"
 
 
-def kernel_bundle(tmp_path, versions: dict[str, str]) -> JobSpec:
+def kernel_bundle(tmp_path, versions: dict[str, str], backend: str = "aws") -> JobSpec:
     """A %%train cell's spec whose bundle says it was made with ``versions``."""
     (tmp_path / "placeholder.py").write_text("")
-    spec = JobSpec(entry=Entry.from_path(str(tmp_path / "placeholder.py")), backend="aws")
+    spec = JobSpec(entry=Entry.from_path(str(tmp_path / "placeholder.py")), backend=backend)
     prepared = prepare_cell("total = factor * 3\n", {"factor": 2}, spec, outputs=["total"])
     prepared.write()
     path = prepared.spec.entry.target
@@ -84,3 +84,24 @@ def test_a_bundle_from_other_versions_fails_at_container_start_in_one_line(
     failure = (procs[0][1] / "output" / "failure").read_text()
     assert failure.startswith(f"VersionMismatch: the cell was captured with {name} {theirs}")
     assert platform.python_version() == here["python"]
+
+
+def test_a_kubeflow_node_refuses_a_bundle_from_another_torch_in_one_line(cluster, kube, tmp_path):
+    """The same check on Kubeflow: the TrainJob's exact node command with the PET_* variables
+    the Trainer injects (tests/support/kubeflow.py plays the controller and the kubelet); the
+    job fails with the one line as its error, and no rank starts."""
+    from nbscale.jobs import job as job_handle
+    from tests.support.kubeflow import run_nodes
+
+    made = {"torch": "2.1.2"}
+    conf = cluster  # the test's API client; the kf backend is configured by the fixture
+    spec = kernel_bundle(tmp_path, made, backend="kf")
+    handle = submit(spec)
+    assert run_nodes(conf, kube, handle, tmp_path) == [1]
+    record = job_handle(handle.id).wait(timeout=60)
+    here = here_versions()
+    assert record.status == "FAILED"
+    assert record.error.startswith(
+        f"VersionMismatch: the cell was captured with torch 2.1.2 but this container has torch "
+        f"{here['torch']}"
+    ), record.error
