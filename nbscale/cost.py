@@ -206,7 +206,16 @@ def budget_price(
             f"the budget cannot be priced: {why}",
             f"set {setting} or price_per_node_hour in [backends.{backend}]",
         )
-    return node_price(backend_type, settings, instance_type, gpus_per_node)
+    try:
+        return node_price(backend_type, settings, instance_type, gpus_per_node)
+    except SpecError:
+        instance = instance_type or (settings or {}).get("instance_type") or "this instance type"
+        raise SpecError(
+            "max_cost",
+            f"no price is known for {instance}, so the budget cannot be turned into a runtime",
+            f'set prices = {{ "{instance}" = USD_PER_HOUR }} or price_per_node_hour in '
+            f"[backends.{backend}]",
+        ) from None
 
 
 def spot_price(

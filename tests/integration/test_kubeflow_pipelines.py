@@ -229,6 +229,7 @@ def test_cli_entry_records_the_run_and_unreachable_api(
         max_parallel=None,
         json=False,
         parameter=None,
+        dry_run=False,
     )
 
     def play():  # KFP runs the tasks while the CLI follows the run

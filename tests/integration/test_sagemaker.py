@@ -120,7 +120,9 @@ def test_submit_sends_a_complete_training_request_and_no_key(aws, tmp_path, nbsc
         c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
         for c in request["InputDataConfig"]
     }
-    assert set(channels) == {"bundle", "spec", "runtime"}
+    # the kernel's working folder travels with a cell, content-addressed
+    assert set(channels) == {"bundle", "spec", "runtime", "code"}
+    assert channels["code"].startswith("s3://nb-team/proj/code/tree/")
     assert channels["runtime"].startswith("s3://nb-team/proj/runtime/")
     assert channels["bundle"].startswith("s3://nb-team/proj/bundles/sha256/")
     tags = {t["Key"]: t["Value"] for t in request["Tags"]}
@@ -241,7 +243,12 @@ def test_dry_run_builds_the_exact_request_and_sends_nothing(aws, tmp_path):
     dry = backend.dry_run(job.record).documents[0]
     assert boto3.client("s3").list_objects_v2(Bucket="nb-team").get("KeyCount") == objects
     assert len(aws.calls) == calls  # no SageMaker call at all
-    assert json.loads(json.dumps(dry)) == real
+    dry = json.loads(json.dumps(dry))
+    assert dry["InputDataConfig"] == real["InputDataConfig"], (
+        dry["InputDataConfig"],
+        real["InputDataConfig"],
+    )
+    assert dry == real
 
 
 # -- status ---------------------------------------------------------------------------

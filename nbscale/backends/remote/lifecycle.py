@@ -181,6 +181,21 @@ class Travel:
 
 
 # -- the base of the remote job backends ------------------------------------------------------
+def _signed_name(name: str, upload: bool) -> str:
+    """The HMAC that lets the container trust a content name. A dry run signs with this
+    home's key when there is one (so it shows what submit sends) and never creates it."""
+    from ... import bundle
+
+    if upload:
+        return bundle.sign_name(name)
+    from ...errors import SignatureError
+
+    try:
+        return bundle.sign_name(name, bundle.load_key(create=False))
+    except SignatureError:
+        return "(signed at submit)"
+
+
 class RemoteJobBackend(JobBackend):
     """A job backend whose work runs in someone else's containers (Kubeflow, SageMaker).
 
@@ -334,7 +349,6 @@ class RemoteJobBackend(JobBackend):
         """Put the job's folder (``code.zip``) and its requirements' wheelhouse in object
         storage under names made of their content: what is there already is not sent again.
         With ``upload`` False nothing is built, written or sent (``--dry-run``)."""
-        from ... import bundle
         from ...requirements import ARCHIVE, build, cache_key, resolve, target_python
         from .staging import put_known
 
@@ -367,7 +381,7 @@ class RemoteJobBackend(JobBackend):
         travel.requirements = {
             "uri": self.in_container("requirements", req_uri),
             "sha256": sha,
-            "sig": bundle.sign_name(sha) if sha else "(signed at submit)",
+            "sig": _signed_name(sha, upload) if sha else "(signed at submit)",
             "index": conf.pip_index,
             "origin": req.origin,
         }
@@ -382,7 +396,6 @@ class RemoteJobBackend(JobBackend):
         workdir: Path,
         travel: Travel,
     ) -> None:
-        from ... import bundle
         from ...codefolder import scan
         from .staging import put_known
 
@@ -400,7 +413,7 @@ class RemoteJobBackend(JobBackend):
         travel.code = {
             "uri": self.in_container("code", uri),
             "sha256": digest,
-            "sig": bundle.sign_name(digest) if upload else "(signed at submit)",
+            "sig": _signed_name(digest, upload),
             "files": len(folder.files),
             "size": folder.size,
             "target": target,
