@@ -8,14 +8,20 @@ Each peer lives in its own venv under benchmarks/.venvs, created here with
 installed with ``torch==2.13.0`` pinned on the same pip line, which that torch
 already satisfies, so pip never fetches another (CUDA) build. The bare app
 is Starlette on uvicorn with uvloop and httptools: the floor any Python
-server of this model should be measured against.
+server of this model should be measured against. It is run in two variants,
+from the same venv: ``bare-numpy`` parses the input through numpy and
+answers ``y.ravel().tolist()`` of a numpy array; ``bare-torch`` builds the
+input with ``torch.tensor(list)`` under ``torch.no_grad()`` and answers
+``y.flatten().tolist()``. At every connection count the ratios are taken
+against whichever of the two served more requests/s at that count (named in
+``bare_reference``), so the baseline is the fastest reasonable bare app.
 
 Every server gets one process pinned to CPU 0 (taskset; the deployed
 endpoint's router and replica share it), OMP_NUM_THREADS=1, the same V2
 JSON request (one row of 64 FP32) and the same load generator, wrk (C, one
 thread, closed loop) pinned to CPU 1, at 1, 10, 32 and 64 connections.
 Reported per server: requests/s and p50/p99 at each level, the ratios to
-the bare app and to the best peer (KServe or MLServer) at each level, and p50
+the faster bare app (requests/s and p99) and to the best peer (KServe or MLServer) at each level, and p50
 overhead at one connection over the bare forward pass of the same model.
 Then, for a deployed endpoint: the first request's latency when scaled to
 zero (woken standby, and a fresh start), and how long a SIGKILLed router
@@ -111,7 +117,7 @@ if __name__ == "__main__":
                 enable_latency_logging=False).start([MLPModel("mlp", sys.argv[3])])
 """
 
-BARE_SRC = """
+BARE_SRC = """  # bare-numpy
 import json
 import sys
 
@@ -148,6 +154,46 @@ if __name__ == "__main__":
                 access_log=False, log_level="warning")
 """
 
+BARE_TORCH_SRC = """  # bare-torch: no numpy on the request path
+import sys
+
+import torch
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlp import load
+
+net = load(sys.argv[2])
+
+
+async def infer(request):
+    req = await request.json()
+    inp = req["inputs"][0]
+    with torch.no_grad():
+        x = torch.tensor(inp["data"], dtype=torch.float32).reshape(inp["shape"])
+        y = net(x)
+    out = {"name": "output", "datatype": "FP32", "shape": list(y.shape), "data": y.flatten().tolist()}
+    return JSONResponse({"model_name": "mlp", "id": req.get("id"), "outputs": [out]})
+
+
+async def ready(request):
+    return Response(b"")
+
+
+app = Starlette(routes=[Route("/v2/models/mlp/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)])
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+                access_log=False, log_level="warning")
+"""
+
+# the bare app's variants: the fastest one at each connection count is the baseline
+BARE_VARIANTS = {"bare-numpy": "bare_numpy_mlp.py", "bare-torch": "bare_torch_mlp.py"}
+P99_GOAL_X = 1.5  # p99 no worse than this many times the faster bare app's
+NOBATCH_GOAL_X = 1.0  # the runtime with batching off, requests/s against the faster bare app
+
 MLSERVER_SRC = """
 import os
 
@@ -179,9 +225,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_venvs() -> dict[str, Path]:
+def setup_venvs(names: set[str]) -> dict[str, Path]:
     pythons = {}
     for name, pkgs in PEERS.items():
+        if name not in names:
+            continue
         venv = VENVS / name
         py = venv / "bin" / "python"
         if not py.exists():
@@ -327,7 +375,9 @@ def measure(
     for url, script in targets.values():
         wrk(url, script, 4, 1)  # warm-up
     runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in sweep} for name in targets}
+    loads = []
     for r in range(rounds):
+        loads.append([round(v, 2) for v in os.getloadavg()])
         for c in sweep:
             for name, (url, script) in targets.items():
                 cpu = server_cpu_s((pids or {}).get(name, []))
@@ -369,7 +419,18 @@ def measure(
             "best_connections": best["connections"] if best else None,
             "p50_ms_at_1_connection": points[0]["p50_ms"],
         }
-    return out
+    loads.append([round(v, 2) for v in os.getloadavg()])
+    return out, loads
+
+
+def bare_reference(results: dict, sweep: list[int]) -> dict[str, str]:
+    """At each connection count, the bare variant that served more requests/s."""
+    bares = [n for n in BARE_VARIANTS if n in results]
+    return {
+        str(c): max(bares, key=lambda n: results[n]["rps_by_connections"][str(c)])
+        for c in sweep
+        if bares
+    }
 
 
 def _post(url: str, body: bytes, token: str) -> int:
@@ -460,7 +521,8 @@ def main() -> int:
     )
     ap.add_argument(
         "--only",
-        help="comma-separated subset: bare,nbscale,nbscale-nobatch,nbscale-endpoint,kserve,mlserver,cold-start",
+        help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-endpoint,"
+        "kserve,mlserver,cold-start ('bare' means both bare variants)",
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
     args = ap.parse_args()
@@ -472,7 +534,7 @@ def main() -> int:
         set(args.only.split(","))
         if args.only
         else {
-            "bare",
+            *BARE_VARIANTS,
             "nbscale",
             "nbscale-nobatch",
             "nbscale-endpoint",
@@ -481,13 +543,25 @@ def main() -> int:
             "cold-start",
         }
     )
+    if "bare" in only:
+        only = (only - {"bare"}) | set(BARE_VARIANTS)
+    known = {*BARE_VARIANTS, "nbscale", "nbscale-nobatch", "nbscale-endpoint", "kserve", "mlserver"}
+    unknown = only - known - {"cold-start"}
+    if unknown:
+        print(
+            f"bench_serving: --only names {', '.join(sorted(unknown))}, which is not a contender; "
+            f"choose from {', '.join(sorted(known | {'bare', 'cold-start'}))}",
+            file=sys.stderr,
+        )
+        return 2
     if not args.no_pin:
         if os.cpu_count() < 2 or not shutil.which("taskset"):
             print("bench_serving: pinning needs 2 CPUs and taskset; pass --no-pin", file=sys.stderr)
             return 2
         PIN_SERVER[:] = ["taskset", "-c", SERVER_CPU]
         PIN_LOAD[:] = ["taskset", "-c", LOAD_CPU]
-    pythons = setup_venvs() if only & {"kserve", "mlserver", "bare"} else {}
+    wanted = {"bare" if n in BARE_VARIANTS else n for n in only}
+    pythons = setup_venvs(wanted & set(PEERS)) if wanted & set(PEERS) else {}
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     home = work / "home"
     env = {
@@ -499,7 +573,8 @@ def main() -> int:
     (work / "mlp.py").write_text(MODEL_SRC)
     (work / "kserve_mlp.py").write_text(KSERVE_SRC)
     (work / "mlserver_mlp.py").write_text(MLSERVER_SRC)
-    (work / "bare_mlp.py").write_text(BARE_SRC)
+    (work / BARE_VARIANTS["bare-numpy"]).write_text(BARE_SRC)
+    (work / BARE_VARIANTS["bare-torch"]).write_text(BARE_TORCH_SRC)
     ns: dict = {}
     exec(MODEL_SRC, ns)
     torch.manual_seed(0)
@@ -559,16 +634,18 @@ def main() -> int:
 
             artifact = package(model, work / "artifact", "mlp")
             (work / "token").write_text(TOKEN)
-        if "bare" in only:
 
+        def bare_runner(src: str):
             def run_bare():
                 port = free_port()
-                proc = start(
-                    [str(pythons["bare"]), str(work / "bare_mlp.py"), str(port), str(weights)]
-                )
+                proc = start([str(pythons["bare"]), str(work / src), str(port), str(weights)])
                 return proc, port, f"http://127.0.0.1:{port}/v2/health/ready"
 
-            contenders.append(("bare", run_bare))
+            return run_bare
+
+        for variant, src in BARE_VARIANTS.items():
+            if variant in only:
+                contenders.append((variant, bare_runner(src)))
 
         def nbscale_runner(*extra: str):
             def run_nbscale():
@@ -666,7 +743,7 @@ def main() -> int:
             targets["nbscale-endpoint"] = (f"{ep.url}/v2/models/mlp/infer", ep_script)
             m = ep.metrics()
             pids["nbscale-endpoint"] = [m["router_pid"], *(r["pid"] for r in m["replica_list"])]
-        results = measure(targets, sweep, args.seconds, args.rounds, pids)
+        results, loads = measure(targets, sweep, args.seconds, args.rounds, pids)
         if ep is not None:
             ep.delete()
             ep = None
@@ -679,14 +756,20 @@ def main() -> int:
                 stop(proc)
     for r in results.values():
         r["p50_overhead_ms"] = round(r["p50_ms_at_1_connection"] - bare, 3)
+    reference = bare_reference(results, sweep)
     ratios: dict = {}
     for name, r in results.items():
         per = {}
         for c in sweep:
             rps = r["rps_by_connections"][str(c)]
             row = {}
-            if "bare" in results and name != "bare":
-                row["vs_bare"] = round(rps / results["bare"]["rps_by_connections"][str(c)], 2)
+            ref = reference.get(str(c))
+            if ref is not None and name != ref:
+                ref_point = next(p for p in results[ref]["sweep"] if p["connections"] == c)
+                point = next(p for p in r["sweep"] if p["connections"] == c)
+                row["vs_bare"] = round(rps / results[ref]["rps_by_connections"][str(c)], 2)
+                row["p99_vs_bare"] = round(point["p99_ms"] / ref_point["p99_ms"], 2)
+                row["bare"] = ref
             peers = [
                 results[p]["rps_by_connections"][str(c)]
                 for p in ("kserve", "mlserver")
@@ -696,6 +779,23 @@ def main() -> int:
                 row["vs_best_peer"] = round(rps / max(peers), 2)
             per[str(c)] = row
         ratios[name] = per
+    goals = {}
+    if reference:
+        for name in ("nbscale-nobatch", "nbscale", "nbscale-endpoint"):
+            if name not in ratios:
+                continue
+            p99_met = {
+                c: row["p99_vs_bare"] <= P99_GOAL_X
+                for c, row in ratios[name].items()
+                if "p99_vs_bare" in row
+            }
+            goals[name] = {f"p99_at_most_{P99_GOAL_X}x_bare": p99_met}
+            if name == "nbscale-nobatch":
+                goals[name][f"rps_at_least_{NOBATCH_GOAL_X}x_bare"] = {
+                    c: row["vs_bare"] >= NOBATCH_GOAL_X
+                    for c, row in ratios[name].items()
+                    if "vs_bare" in row
+                }
     save(
         args.out,
         {
@@ -710,9 +810,14 @@ def main() -> int:
             "bare_forward_ms": round(bare, 4),
             "p99_limit_ms": P99_LIMIT_MS,
             "servers": results,
+            "bare_reference": reference,
             "ratios": ratios,
+            "goals": goals,
+            "load_average_1_5_15_at_each_round_and_end": loads,
             "cold_start": cold,
-            "notes": "one server process each, OMP_NUM_THREADS=1; nbscale-nobatch is the runtime with "
+            "notes": "one server process each, OMP_NUM_THREADS=1; bare-numpy and bare-torch are the two "
+            "bare Starlette+uvicorn apps, and every vs_bare / p99_vs_bare ratio is against the one named "
+            "in bare_reference at that connection count (the one that served more requests/s); nbscale-nobatch is the runtime with "
             "--max-batch-size 1; nbscale-endpoint is the deployed endpoint (router + 1 replica on one CPU); "
             "the machine was shared with other engineers' work while this ran",
         },
