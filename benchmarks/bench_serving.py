@@ -402,6 +402,8 @@ def measure(
             ordered = sorted(runs[name][c], key=lambda p: p["rps"])
             median = dict(ordered[len(ordered) // 2])
             median["rounds_rps"] = [p["rps"] for p in runs[name][c]]
+            median["rounds_p50_ms"] = [p["p50_ms"] for p in runs[name][c]]
+            median["rounds_p99_ms"] = [p["p99_ms"] for p in runs[name][c]]
             cpus = sorted(
                 p["server_cpu_us_per_request"]
                 for p in runs[name][c]
