@@ -528,6 +528,13 @@ def main() -> int:
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
     args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        print(
+            "bench_serving: the load generator wrk is not installed; install it "
+            "(apt-get install wrk) and run again",
+            file=sys.stderr,
+        )
+        return 2
     if not shutil.which("wrk"):
         print("bench_serving: wrk is needed (apt-get install wrk)", file=sys.stderr)
         return 2
