@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from .. import paths
 from ..errors import NbscaleError, SpecError
+from ..words import count
 
 USER_FOLDER = "images"
 
@@ -161,3 +162,41 @@ def choose(
         f"{paths.home() / USER_FOLDER / (platform + '.json')} (docs/platforms/{platform}.md), "
         "or run the kernel on the versions of one of those images",
     )
+
+
+def node_shape(spec: dict[str, Any], instance: str, gpus: int, kind: str) -> dict[str, Any]:
+    """``spec`` with the shape a node of ``gpus`` GPUs (``instance``, a ``kind`` such as
+    "instance type" or "node type", for messages) really runs: on a GPU node every process
+    gets GPUs (1 unless ``gpus_per_proc`` says more) and ``procs_per_node`` left at 1
+    becomes one process per ``gpus_per_proc`` GPUs of the node, so an 8-GPU node runs 8
+    processes; more GPUs than the node has are refused. On a node without GPUs, GPUs per
+    process are refused and the spec is kept."""
+    procs = int(spec.get("procs_per_node") or 1)
+    per_proc = int(spec.get("gpus_per_proc") or 0)
+    if not gpus:
+        if per_proc:
+            raise SpecError(
+                "gpus_per_proc",
+                f"{instance} has no GPU",
+                f"pick a GPU {kind} with --instance-type or drop --gpus-per-proc",
+            )
+        return spec
+    per_proc = per_proc or 1
+    if per_proc > gpus:
+        raise SpecError(
+            "gpus_per_proc",
+            f"{count(per_proc, 'GPU')} per process, but {instance} has {gpus}",
+            f"ask for at most --gpus-per-proc {gpus}, or a larger {kind}",
+        )
+    if procs == 1:
+        procs = gpus // per_proc
+    elif procs * per_proc > gpus:
+        raise SpecError(
+            "procs_per_node",
+            f"{count(procs, 'process')} x {count(per_proc, 'GPU')} need "
+            f"{count(procs * per_proc, 'GPU')}, but {instance} has {gpus}",
+            f"ask for at most {gpus // per_proc} processes per node, or a larger {kind}",
+        )
+    if (procs, per_proc) == (spec.get("procs_per_node"), spec.get("gpus_per_proc")):
+        return spec
+    return {**spec, "procs_per_node": procs, "gpus_per_proc": per_proc}

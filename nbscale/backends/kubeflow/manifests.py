@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import SpecError
-from ...words import count
+from ..images import node_shape
 from .images import node_gpus, stock_image
 from .settings import CHECKPOINT_MOUNT, KEY_MOUNT, KubeflowSettings
 
@@ -153,35 +153,9 @@ def resolve(spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, Any]:
     ``gpus_per_proc`` GPUs of the node, and asking for more GPUs than it has is refused.
     On other nodes the job asks for ``procs_per_node x gpus_per_proc`` GPUs."""
     gpus = node_gpus(spec.get("instance_type"))
-    if not gpus:
-        if gpus == 0 and spec.get("gpus_per_proc"):
-            raise SpecError(
-                "gpus_per_proc",
-                f"{spec['instance_type']} has no GPU",
-                "pick a GPU node type with --instance-type or drop --gpus-per-proc",
-            )
+    if gpus is None:  # a node type the table does not know: the job asks for its GPUs
         return spec
-    instance = spec["instance_type"]
-    procs = int(spec.get("procs_per_node") or 1)
-    per_proc = int(spec.get("gpus_per_proc") or 0) or 1
-    if per_proc > gpus:
-        raise SpecError(
-            "gpus_per_proc",
-            f"{count(per_proc, 'GPU')} per process, but {instance} has {gpus}",
-            f"ask for at most --gpus-per-proc {gpus}, or a larger node type",
-        )
-    if procs == 1:
-        procs = gpus // per_proc
-    elif procs * per_proc > gpus:
-        raise SpecError(
-            "procs_per_node",
-            f"{count(procs, 'process')} x {count(per_proc, 'GPU')} need {count(procs * per_proc, 'GPU')}, but "
-            f"{instance} has {gpus}",
-            f"ask for at most {gpus // per_proc} processes per node, or a larger node type",
-        )
-    if (procs, per_proc) == (spec.get("procs_per_node"), spec.get("gpus_per_proc")):
-        return spec
-    return {**spec, "procs_per_node": procs, "gpus_per_proc": per_proc}
+    return node_shape(spec, spec["instance_type"], gpus, "node type")
 
 
 def image_of(spec: dict[str, Any], settings: KubeflowSettings) -> str:

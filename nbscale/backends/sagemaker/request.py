@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import SpecError
-from ...words import count
+from ..images import node_shape
 from .images import node
 from .settings import SageMakerSettings
 
@@ -105,37 +105,7 @@ def resolve(spec: dict[str, Any], settings: SageMakerSettings) -> dict[str, Any]
     8-GPU ml.p4d.24xlarge runs 8 processes. More GPUs than the node has are refused here,
     and so are instance families that are not CUDA (Trainium, Inferentia)."""
     instance = spec.get("instance_type") or settings.instance_type
-    gpus = node(instance).gpus
-    procs = int(spec.get("procs_per_node") or 1)
-    per_proc = int(spec.get("gpus_per_proc") or 0)
-    if not gpus:
-        if per_proc:
-            raise SpecError(
-                "gpus_per_proc",
-                f"{instance} has no GPU",
-                "pick a GPU instance with --instance-type (e.g. ml.g5.xlarge) or drop "
-                "--gpus-per-proc",
-            )
-        return spec
-    per_proc = per_proc or 1
-    if per_proc > gpus:
-        raise SpecError(
-            "gpus_per_proc",
-            f"{count(per_proc, 'GPU')} per process, but {instance} has {gpus}",
-            f"ask for at most --gpus-per-proc {gpus}, or a larger instance type",
-        )
-    if procs == 1:
-        procs = gpus // per_proc
-    elif procs * per_proc > gpus:
-        raise SpecError(
-            "procs_per_node",
-            f"{count(procs, 'process')} x {count(per_proc, 'GPU')} need {count(procs * per_proc, 'GPU')}, but "
-            f"{instance} has {gpus}",
-            f"ask for at most {gpus // per_proc} processes per node, or a larger instance type",
-        )
-    if (procs, per_proc) == (spec.get("procs_per_node"), spec.get("gpus_per_proc")):
-        return spec
-    return {**spec, "procs_per_node": procs, "gpus_per_proc": per_proc}
+    return node_shape(spec, instance, node(instance).gpus, "instance type")
 
 
 def fabric_env(instance_type: str) -> dict[str, str]:
