@@ -162,8 +162,8 @@ def emulator():
 def test_sagemaker_instance_runs_in_a_stock_image_with_the_folder_and_requirements(
     emulator, tmp_path, monkeypatch, nbscale_home, runtime_wheels
 ):
-    from tests.contract.test_sagemaker_container import model_tar, start_instances, stdout, wait_all
     from tests.support.sagemaker import config
+    from tests.support.sagemaker_instances import model_tar, start_instances, stdout, wait_all
 
     probe = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /opt"],

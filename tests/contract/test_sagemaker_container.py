@@ -20,11 +20,9 @@ instance. The resumed job ends with the same weights and losses as an uninterrup
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
-import tarfile
 from pathlib import Path
 
 import boto3
@@ -37,9 +35,18 @@ from nbscale.jobs import submit
 from nbscale.results import load_results, read_results_file
 from nbscale.specs import Entry, JobSpec
 from tests.support import wait_for
-from tests.support.aws_emulator import Emulator
-from tests.support.emulators import AWS_ENV, PLANTED_SECRET, container_env, free_port, grep_tree
+from tests.support.emulators import PLANTED_SECRET, free_port, grep_tree
 from tests.support.sagemaker import config
+from tests.support.sagemaker_instances import (
+    model_tar,
+    require_mount_namespaces,
+    running_emulator,
+    start_instances,
+    stdout,
+    upload_folder,
+    use_emulator,
+    wait_all,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,170 +77,21 @@ for step in range(start, steps):
     time.sleep(delay)
 weights = net.weight.detach().clone()
 """
-HOSTS = ["algo-1", "algo-2"]
 
 
 @pytest.fixture(scope="module")
 def emulator():
-    emu = Emulator()
-    yield emu
-    emu.stop()
+    yield from running_emulator()
 
 
 @pytest.fixture
 def aws(emulator, monkeypatch):
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
-    s3 = boto3.client("s3")
-    if "nb-team" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket="nb-team")
-    keys.forget_delivered()
-    return emulator
+    return use_emulator(emulator, monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def namespaces():
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /opt"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(
-            "an instance needs its own /opt/ml (a mount namespace: root or unshare -r); "
-            f"unshare said: {probe.stderr.strip()}"
-        )
-
-
-def _download_prefix(uri: str, dest: Path) -> None:
-    s3 = boto3.client("s3")
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    dest.mkdir(parents=True, exist_ok=True)
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
-        rel = obj["Key"][len(prefix) :].lstrip("/")
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, obj["Key"], str(target))
-
-
-def _upload_folder(folder: Path, uri: str) -> None:
-    s3 = boto3.client("s3")
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder)}")
-
-
-def lay_out(root: Path, request: dict, host: str) -> Path:
-    """The /opt/ml tree SageMaker prepares on ``host`` before the entry starts."""
-    opt_ml = root / host / "opt-ml"
-    config_dir = opt_ml / "input" / "config"
-    config_dir.mkdir(parents=True)
-    (config_dir / "hyperparameters.json").write_text(json.dumps(request.get("HyperParameters", {})))
-    (config_dir / "resourceconfig.json").write_text(
-        json.dumps(
-            {
-                "current_host": host,
-                "current_instance_type": request["ResourceConfig"]["InstanceType"],
-                "hosts": HOSTS[: request["ResourceConfig"]["InstanceCount"]],
-                "network_interface_name": "eth0",
-            }
-        )
-    )
-    channels = {}
-    for channel in request["InputDataConfig"]:
-        name = channel["ChannelName"]
-        channels[name] = {
-            "TrainingInputMode": channel.get("InputMode", "File"),
-            "S3DistributionType": "FullyReplicated",
-            "RecordWrapperType": "None",
-        }
-        _download_prefix(
-            channel["DataSource"]["S3DataSource"]["S3Uri"], opt_ml / "input" / "data" / name
-        )
-    (config_dir / "inputdataconfig.json").write_text(json.dumps(channels))
-    for sub in ("model", "output/data", "checkpoints"):
-        (opt_ml / sub).mkdir(parents=True, exist_ok=True)
-    checkpoint = request.get("CheckpointConfig")
-    if checkpoint:  # SageMaker copies the checkpoint URI to every instance before it starts
-        _download_prefix(checkpoint["S3Uri"], opt_ml / "checkpoints")
-    return opt_ml
-
-
-def start_instances(
-    root: Path, request: dict, port: int, **extra_env: str
-) -> list[tuple[subprocess.Popen, Path]]:
-    algo = request["AlgorithmSpecification"]
-    command = [*algo["ContainerEntrypoint"], *algo["ContainerArguments"]]
-    procs = []
-    for host in HOSTS[: request["ResourceConfig"]["InstanceCount"]]:
-        opt_ml = lay_out(root, request, host)
-        home = root / host / "home"
-        home.mkdir()
-        env = container_env(
-            home,
-            **AWS_ENV,
-            **request["Environment"],
-            AWS_ENDPOINT_URL=AWS_ENDPOINT(),
-            TRAINING_JOB_NAME=request["TrainingJobName"],
-            # the platform's name service: both hosts are this machine
-            NBSCALE_HOST_ADDRESSES=json.dumps(dict.fromkeys(HOSTS, "127.0.0.1")),
-            NBSCALE_MASTER_PORT=str(port),
-            **extra_env,
-        )
-        wrapper = [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "/bin/sh",
-            "-c",
-            'mount -t tmpfs none /opt && mkdir /opt/ml && mount --bind "$0" /opt/ml && exec "$@"',
-            str(opt_ml),
-        ]
-        log = open(root / host / "stdout.log", "wb")  # noqa: SIM115 - closed by the caller
-        procs.append(
-            (
-                subprocess.Popen(
-                    [*wrapper, *command], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT
-                ),
-                opt_ml,
-            )
-        )
-        log.close()
-    return procs
-
-
-def AWS_ENDPOINT() -> str:  # noqa: N802 - read when the instance starts
-    import os
-
-    return os.environ["AWS_ENDPOINT_URL"]
-
-
-def wait_all(procs, timeout=300) -> list[int]:
-    codes = []
-    for proc, _ in procs:
-        try:
-            codes.append(proc.wait(timeout=timeout))
-        except subprocess.TimeoutExpired:
-            for p, _ in procs:
-                p.kill()
-            raise
-    return codes
-
-
-def stdout(root: Path, host: str) -> str:
-    return (root / host / "stdout.log").read_text(errors="replace")
-
-
-def model_tar(opt_mls: list[Path]) -> bytes:
-    """What SageMaker uploads: every instance's /opt/ml/model, in one model.tar.gz."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for opt_ml in opt_mls:
-            for path in sorted(p for p in (opt_ml / "model").rglob("*") if p.is_file()):
-                tar.add(path, arcname=str(path.relative_to(opt_ml / "model")))
-    return buf.getvalue()
+    require_mount_namespaces()
 
 
 def prepared_job(tmp_path: Path, steps: int, delay: float):
@@ -296,7 +154,7 @@ def test_two_instances_train_together_and_a_spot_interruption_resumes(aws, names
     assert "step 13" not in stdout(run_root, "algo-1")
     # SageMaker uploads every instance's checkpoints to the S3 URI...
     for _, opt_ml in first:
-        _upload_folder(opt_ml / "checkpoints", request["CheckpointConfig"]["S3Uri"])
+        upload_folder(opt_ml / "checkpoints", request["CheckpointConfig"]["S3Uri"])
 
     # 3. ...and new instances start with them: the job resumes where it was
     resumed_root = tmp_path / "resumed"

@@ -17,20 +17,35 @@ from nbscale.celljob import prepare_cell
 from nbscale.jobs import submit
 from nbscale.runtime.cell import KIND, here_versions
 from nbscale.specs import Entry, JobSpec
-from tests.contract.test_sagemaker_container import (  # noqa: F401 - fixtures
-    aws,
-    emulator,
-    namespaces,
-    start_instances,
-    stdout,
-    wait_all,
-)
 from tests.support.emulators import free_port
 from tests.support.sagemaker import config
+from tests.support.sagemaker_instances import (
+    require_mount_namespaces,
+    running_emulator,
+    start_instances,
+    stdout,
+    use_emulator,
+    wait_all,
+)
 
 pytestmark = pytest.mark.slow
 
 OWN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    yield from running_emulator()
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch):
+    return use_emulator(emulator, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def namespaces():
+    require_mount_namespaces()
 
 
 def kernel_bundle(tmp_path, versions: dict[str, str], backend: str = "aws") -> JobSpec:

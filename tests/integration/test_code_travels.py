@@ -21,14 +21,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from nbscale import keys
 from nbscale.errors import NbscaleError, SpecError
 from nbscale.jobs import submit
 from nbscale.specs import Entry, JobSpec
 from tests.support.aws_emulator import Emulator
-from tests.support.emulators import AWS_ENV
 from tests.support.kubeflow import NS, _trainjob
 from tests.support.sagemaker import config as sagemaker_config
+from tests.support.sagemaker_instances import running_emulator, use_emulator
 
 IMAGE = "registry.example.com/team/nbscale-torch:2.13"  # an image of the team's own
 
@@ -39,24 +38,12 @@ def config(**extra):
 
 @pytest.fixture(scope="module")
 def emulator():
-    emu = Emulator()
-    yield emu
-    emu.stop()
+    yield from running_emulator()
 
 
 @pytest.fixture
 def aws(emulator, monkeypatch):
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
-    s3 = boto3.client("s3")
-    if "nb-team" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket="nb-team")
-    keys.forget_delivered()
-    from nbscale.backends.remote import staging
-
-    staging._known.clear()  # another test's uploads are not this one's
-    return emulator
+    return use_emulator(emulator, monkeypatch)
 
 
 def puts(emu: Emulator) -> list[str]:

@@ -11,7 +11,6 @@ import json
 import boto3
 import pytest
 
-from nbscale import keys
 from nbscale.backends import images
 from nbscale.errors import SpecError
 from nbscale.jobs import submit
@@ -19,30 +18,20 @@ from nbscale.runtime.launch import decode_spec, node_layout
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import get_job
-from tests.support.aws_emulator import Emulator
-from tests.support.emulators import AWS_ENV
 from tests.support.sagemaker import config
+from tests.support.sagemaker_instances import running_emulator, use_emulator
 
 OWN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0"
 
 
 @pytest.fixture(scope="module")
 def emulator():
-    emu = Emulator()
-    yield emu
-    emu.stop()
+    yield from running_emulator()
 
 
 @pytest.fixture
 def aws(emulator, monkeypatch):
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
-    s3 = boto3.client("s3")
-    if "nb-team" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket="nb-team")
-    keys.forget_delivered()
-    return emulator
+    return use_emulator(emulator, monkeypatch)
 
 
 def script(tmp_path):

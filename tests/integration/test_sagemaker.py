@@ -29,8 +29,7 @@ from nbscale.jobs import submit
 from nbscale.results import load_results, write_results
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
-from tests.support.aws_emulator import Emulator
-from tests.support.emulators import AWS_ENV, PLANTED_SECRET, grep_tree
+from tests.support.emulators import PLANTED_SECRET, grep_tree
 from tests.support.sagemaker import (
     ROLE,
     SETTINGS,
@@ -39,25 +38,17 @@ from tests.support.sagemaker import (
     put_logs,
     runtime_wheels,
 )
+from tests.support.sagemaker_instances import running_emulator, use_emulator
 
 
 @pytest.fixture(scope="module")
 def emulator():
-    emu = Emulator()
-    yield emu
-    emu.stop()
+    yield from running_emulator()
 
 
 @pytest.fixture
 def aws(emulator, monkeypatch):
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.url)
-    s3 = boto3.client("s3")
-    if "nb-team" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket="nb-team")
-    keys.forget_delivered()
-    return emulator
+    return use_emulator(emulator, monkeypatch)
 
 
 def cell_spec(tmp_path: Path, outputs=("total",), **spec_fields):
