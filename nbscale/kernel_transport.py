@@ -150,14 +150,47 @@ def _encrypt(km: Any) -> bool:
 
 
 @contextlib.contextmanager
-def kernel_manager(kernel_name: str = "python3") -> Iterator[Any]:
-    """``kernel_sockets(kernel_name).km``, its folder removed on the way out, a SIGTERM included."""
+def kernel_manager(kernel_name: str = "python3", note: str | None = None) -> Iterator[Any]:
+    """``kernel_sockets(kernel_name).km``, its folder removed on the way out, a SIGTERM included.
+
+    ``note``: a file to write the folder's path to, so that whoever stops this process with
+    SIGKILL can remove the folder afterwards (``remove_noted``)."""
     sockets = kernel_sockets(kernel_name)
+    if note and sockets.folder:
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(note), exist_ok=True)
+            with open(note, "w") as f:
+                f.write(sockets.folder)
     try:
         with _removed_on_sigterm(sockets):
             yield sockets.km
     finally:
         sockets.remove()
+
+
+def remove_noted(notes: str) -> list[str]:
+    """Remove the kernel folders named by the note files in ``notes`` that are still there (their
+    process was killed before it could), and the notes; returns the folders removed.
+
+    Only a folder nbscale made is removed: its name starts with ``nbscale-k-`` and it belongs
+    to this user, whatever a note says."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(notes):
+            with contextlib.suppress(OSError):
+                with open(entry.path) as f:
+                    folder = f.read().strip()
+                os.unlink(entry.path)
+                st = os.lstat(folder)
+                if (
+                    os.path.basename(folder).startswith(PREFIX)
+                    and os.path.isabs(folder)
+                    and st.st_uid == os.getuid()
+                    and not os.path.islink(folder)
+                ):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+    return removed
 
 
 @contextlib.contextmanager
@@ -188,19 +221,24 @@ def _removed_on_sigterm(sockets: KernelSockets) -> Iterator[None]:
 
 
 def execute_notebook(
-    input_path: str, output_path: str, *, kernel_name: str = "python3", **kwargs: Any
+    input_path: str,
+    output_path: str,
+    *,
+    kernel_name: str = "python3",
+    note: str | None = None,
+    **kwargs: Any,
 ) -> Any:
     """``papermill.execute_notebook`` on a kernel from ``kernel_sockets``.
 
     nbclient, under papermill's default engine, starts the kernel of the manager it is given
     (``km``) but leaves it running, as not its own; so it is shut down here as nbclient shuts
     down its own (a shutdown request, then a kill if it is still up after the grace time), and
-    the folder goes once it has.
+    the folder goes once it has. ``note``: see ``kernel_manager``.
     """
     import papermill
     from jupyter_core.utils import run_sync
 
-    with kernel_manager(kernel_name) as km:
+    with kernel_manager(kernel_name, note) as km:
         try:
             return papermill.execute_notebook(
                 input_path, output_path, kernel_name=kernel_name, km=km, **kwargs

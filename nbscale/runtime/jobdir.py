@@ -8,6 +8,7 @@
 <job>/metrics/rank-<R>.jsonl nbscale.log_metric records
 <job>/restarts/rank-<R>      torchrun's restart count as last seen by rank R
 <job>/outputs/               results written back by rank 0
+<job>/kernels/rank-<R>       the private socket folder of rank R's kernel (notebook jobs)
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class JobDir:
 
     def restart_file(self, rank: int) -> Path:
         return self.path / "restarts" / f"rank-{rank}"
+
+    def kernel_note(self, rank: int) -> Path:
+        return self.path / "kernels" / f"rank-{rank}"
 
     def _ranks_in(self, sub: str) -> list[int]:
         folder = self.path / sub

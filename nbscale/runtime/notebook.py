@@ -29,6 +29,8 @@ def run_notebook(path: str, parameters: dict[str, Any], jobdir: JobDir, rank: in
         progress_bar=False,
         cwd=os.path.dirname(os.path.abspath(path)),
         kernel_name=os.environ.get("NBSCALE_KERNEL", "python3"),
+        # the supervisor removes the folder if this rank is killed before it can
+        note=str(jobdir.kernel_note(rank)),
         language="python",
     )
     return output

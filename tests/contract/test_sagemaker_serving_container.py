@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from nbscale import keys
-from nbscale.backends.local.endpoints import port_free
+from nbscale.backends.local.ports import port_free
 from nbscale.backends.sagemaker import secrets
 from nbscale.backends.sagemaker.endpoints import model_tarball
 from tests.support import wait_for

@@ -164,6 +164,34 @@ def test_a_cancelled_notebook_job_leaves_no_socket_folder(nbscale_cli, tmp_path,
     _assert_nothing_left(short_tmp)
 
 
+@pytest.mark.timeout(200)
+def test_a_rank_killed_with_sigkill_leaves_no_socket_folder(nbscale_cli, tmp_path, short_tmp):
+    """SIGKILL runs no handler: the supervisor removes the folder the rank noted in the job's
+    folder once the job's processes are gone."""
+    import signal
+
+    import psutil
+
+    from nbscale.backends.local.processes import job_processes
+    from tests.support import wait_for
+
+    notebook = write_notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(120)")
+    env = _env(short_tmp)
+    job = nbscale_cli("run", str(notebook), "--detach", env=env, check=True).stdout.strip()
+    folders = lambda: list((short_tmp / "tmp").glob("nbscale-k-*"))  # noqa: E731
+    (folder,) = wait_for(folders, 120, what="the rank's kernel folder")
+    wait_for(lambda: list(folder.glob("kernel-*")), 60, what="the kernel's sockets")
+    (kernel,) = [p for p in job_processes(job) if "ipykernel_launcher" in " ".join(p.cmdline())]
+    rank = kernel.parent()
+    for proc in (rank, kernel):  # the rank and its kernel, as the OOM killer would
+        proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs([rank, kernel], timeout=10)
+    wait_for(lambda: not folder.exists(), 60, what=f"{folder} to be removed")
+    status = nbscale_cli("status", job, env=env)
+    assert "FAILED" in status.stdout, status.stdout
+    _assert_nothing_left(short_tmp)
+
+
 def test_a_pipeline_steps_container_command_runs_its_kernel_over_a_private_unix_socket(
     tmp_path, short_tmp
 ):

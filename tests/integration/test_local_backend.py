@@ -140,7 +140,8 @@ def test_twenty_submissions_from_four_processes(write_script):
     assert total == 20 and len({r.id for r in records}) == 20
     # nbscale.jobs is the module once nbscale.jobs was imported (lazy nbscale/__init__)
     for job in job_handles(limit=100):
-        assert job.wait(timeout=300).status == "SUCCEEDED", job.logs()
+        record = job.wait(timeout=300)
+        assert record.status == "SUCCEEDED", (record.error, job.logs())
 
 
 def test_supervisor_and_agents_killed_marks_job_lost_and_stops_workers(write_script):

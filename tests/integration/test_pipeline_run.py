@@ -65,7 +65,7 @@ def test_diamond_runs_in_order_in_parallel_then_hits_and_misses_the_cache(flow, 
         "left": "SUCCEEDED",
         "right": "CACHED",
         "join": "SUCCEEDED",
-    }
+    }, changed.to_dict()
     assert reasons(changed)["left"] == "miss: parameter scale changed"
     assert reasons(changed)["join"] == "miss: input left changed"
     assert (tmp_path / "result.txt").read_text() == repr(([0, 6, 12, 18, 24], 10, "x"))

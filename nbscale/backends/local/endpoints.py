@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from ...store.endpoints import (
     update_endpoint,
 )
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
+from .ports import pick_port, port_free
 from .processes import alive, create_time, stop_tagged_processes
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
@@ -51,24 +51,6 @@ def endpoint_tag(name: str) -> str:
 
 
 START_TIMEOUT_S = 120.0
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(
-            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-        )  # TIME_WAIT of old connections is no owner
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalEndpoints(EndpointBackend):
@@ -159,7 +141,7 @@ class LocalEndpoints(EndpointBackend):
             raise Conflict(
                 f"port {port} on 127.0.0.1 is in use", "pick another --port or leave it out"
             )
-        port = port or _free_port()
+        port = port or pick_port()  # outside the ephemeral range: see ports.py
         edir = endpoint_dir(name)
         edir.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = time.time()

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,12 +29,14 @@ from typing import Any
 
 import psutil
 
+from ...kernel_transport import remove_noted
 from ...logpump import redirect, wait_for_log_pumps
 from ...runtime.jobdir import JobDir
 from ...store import Store, get_store
 from ...store.jobs import ACTIVE, CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, update_job
 from . import gpus as gpu_alloc
 from .exits import exit_file, read_exit
+from .ports import pick_port
 from .processes import (
     JOB_ENV,
     alive,
@@ -53,10 +54,25 @@ DISK_FULL_BYTES = (
 )  # less than this free next to the job: say so as the cause  # after one agent failed, how long the others get to notice
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def claim_rendezvous_port(store: Store, job_id: str) -> int:
+    """A port for the job's rendezvous store, written to its row in the same transaction that
+    reads the ports the other running jobs hold, so no two jobs of this home get one port
+    (and none is taken from the ephemeral range: see ``ports``)."""
+    with store.transaction() as conn:
+        taken = {
+            int(row[0])
+            for row in conn.execute(
+                "SELECT json_extract(info, '$.port') FROM jobs WHERE status IN (?, ?) "
+                "AND json_extract(info, '$.port') IS NOT NULL AND id != ?",
+                (*ACTIVE, job_id),
+            )
+        }
+        port = pick_port(taken)
+        conn.execute(
+            "UPDATE jobs SET info = json_patch(info, ?) WHERE id = ?",
+            (json.dumps({"port": port}), job_id),
+        )
+    return port
 
 
 def torchrun_command(spec: dict, job_id: str, port: int, node: int, jobdir_path: str) -> list[str]:
@@ -236,14 +252,14 @@ class Supervisor:
         return None
 
     def _start_agents(self, gpus: list[int]) -> None:
-        port = free_port()
+        port = claim_rendezvous_port(self.store, self.job_id)
         per_node = self.spec["procs_per_node"] * self.spec["gpus_per_proc"]
         update_job(
             self.store,
             self.job_id,
             status=RUNNING,
             started=time.time(),
-            info_patch={"port": port, "phase": "starting"},
+            info_patch={"phase": "starting"},
         )
         folder = make_job_cgroup(self.job_id)
         self.cgroup = str(folder) if folder else None
@@ -375,6 +391,9 @@ class Supervisor:
         else:
             # agents have exited; make sure no worker outlived its agent
             stop_job_processes(self.job_id, grace=2.0, cgroup=self.cgroup)
+        # a rank killed before it could remove its kernel's socket folder (SIGKILL after the
+        # grace time) leaves it: the folders the ranks noted go now that no process uses them
+        remove_noted(str(self.jobdir.path / "kernels"))
         # the last lines are in the logs before the end (the supervisor's own log is written
         # by this process: its pump drains when this process exits)
         wait_for_log_pumps(self.jobdir.path, exclude=(self.jobdir.supervisor_log,))
