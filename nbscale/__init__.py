@@ -24,6 +24,8 @@ _LAZY = {
     "submit": ("nbscale.jobs", "submit"),
     "NbscaleError": ("nbscale.errors", "NbscaleError"),
     "log_metric": ("nbscale.metrics", "log_metric"),
+    "sweep": ("nbscale.sweep_runs", "sweep"),
+    "param": ("nbscale.sweeps.params", "param"),
     "distributed": ("nbscale.distributed", None),
     "checkpoint": ("nbscale.checkpoint", None),
 }
@@ -39,7 +41,9 @@ __all__ = [
     "job",
     "jobs",
     "log_metric",
+    "param",
     "submit",
+    "sweep",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
@@ -48,6 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from .jobs import Job, job, jobs, submit
     from .metrics import log_metric
     from .specs import Entry, JobSpec
+    from .sweep_runs import sweep
+    from .sweeps.params import param
 
 
 def __getattr__(name: str) -> Any:

@@ -44,6 +44,11 @@ def log_metric(name: str, value: Any, step: int | None = None) -> dict[str, Any]
         "time": time.time(),
         "rank": rank,
     }
+    if os.environ.get("NBSCALE_SWEEP") and math.isfinite(val):
+        # a sweep's trial: Katib's collector and SageMaker's metric regexes read the log
+        from .sweeps.lines import metric_line
+
+        print(metric_line(name, val), flush=True)
     job_dir = os.environ.get("NBSCALE_JOB_DIR")
     with _lock:
         if not job_dir:

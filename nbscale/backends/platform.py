@@ -20,9 +20,14 @@ from typing import Any, Literal
 
 from ..cost import Pricing
 
-Role = Literal["jobs", "endpoints", "pipelines", "settings"]
+Role = Literal["jobs", "endpoints", "pipelines", "sweeps", "settings"]
 #: what each role is called in messages
-ROLE_WORDS = {"jobs": "jobs", "endpoints": "endpoints", "pipelines": "pipeline runs"}
+ROLE_WORDS = {
+    "jobs": "jobs",
+    "endpoints": "endpoints",
+    "pipelines": "pipeline runs",
+    "sweeps": "sweeps",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Platform:
     jobs: str | None = None
     endpoints: str | None = None
     pipelines: str | None = None
+    sweeps: str | None = None  # a nbscale.backends.sweep_base.SweepBackend
     settings: str | None = None
     compile_target: str | None = None
     extra: str | None = None

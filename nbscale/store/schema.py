@@ -13,6 +13,7 @@ from .endpoints import ENDPOINTS
 from .events import EVENTS
 from .gpus import GPUS
 from .pipelines import PIPELINES
+from .sweeps import SWEEPS
 
 JOBS = [
     """
@@ -86,6 +87,7 @@ COMPONENTS: dict[str, list[str]] = {
     "pipelines": PIPELINES,
     "events": EVENTS,  # after jobs: it extends the jobs component's events table
     "gpus": GPUS,
+    "sweeps": SWEEPS,
 }
 
 

@@ -17,6 +17,7 @@ PLATFORM = Platform(
     jobs="nbscale.backends.kubeflow.jobs:KubeflowBackend",
     endpoints="nbscale.backends.kubeflow.endpoints:KServeEndpoints",
     pipelines="nbscale.backends.kubeflow.pipelines:KubeflowPipelineBackend",
+    sweeps="nbscale.backends.kubeflow.sweeps:KatibSweeps",
     settings="nbscale.backends.kubeflow.settings:settings",
     compile_target="kfp",
     extra="kubeflow",

@@ -18,6 +18,7 @@ PLATFORM = Platform(
     jobs="nbscale.backends.local.jobs:LocalBackend",
     endpoints="nbscale.backends.local.endpoints:LocalEndpoints",
     pipelines="nbscale.backends.local.pipelines:LocalPipelineBackend",
+    sweeps="nbscale.backends.local.sweeps:LocalSweeps",
     settings="nbscale.backends.local.settings:settings",
     pricing=Pricing(own_machine=True),
 )

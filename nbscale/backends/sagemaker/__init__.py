@@ -18,6 +18,7 @@ PLATFORM = Platform(
     jobs="nbscale.backends.sagemaker.jobs:SageMakerBackend",
     endpoints="nbscale.backends.sagemaker.endpoints:SageMakerEndpoints",
     pipelines="nbscale.backends.sagemaker.pipelines:SageMakerPipelineBackend",
+    sweeps="nbscale.backends.sagemaker.sweeps:TuningSweeps",
     settings="nbscale.backends.sagemaker.settings:settings",
     compile_target="sagemaker",
     extra="sagemaker",

@@ -1,0 +1,333 @@
+"""Hyperparameter sweeps, the same on every backend: ``nbscale.sweep(spec, space, objective=...)``.
+
+The sweep is checked before anything runs (the space, the objective being logged by the
+code, the budget for all its trials), stored, handed to the backend's ``SweepBackend``
+(Optuna here, Katib on Kubeflow, automatic model tuning on SageMaker), and followed until
+it ends. Running the same sweep again resumes it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .backends import registry
+from .backends.base import DryRun
+from .backends.sweep_base import SweepBackend, SweepView, TrialView
+from .config import Config
+from .config import load as load_config
+from .errors import SpecError
+from .jobs import Job
+from .jobs import job as _job
+from .jobs import submit as _submit
+from .specs import JobSpec
+from .store import Store, get_store
+from .store.sweeps import RUNNING, SweepRecord, get_sweep, list_sweeps, put_sweep
+from .sweeps.space import Objective
+from .sweeps.spec import SweepSpec
+from .words import count
+
+# what the local driver runs trials with (a backend does not import the engine layer)
+_JOBS = types.SimpleNamespace(submit=_submit, job=_job)
+_SCAN_LIMIT = 200  # .py files beside the entry that are read for log_metric calls
+
+
+def _calls_log_metric(source: str) -> tuple[set[str], bool]:
+    """The metric names the code passes to ``log_metric`` as literals, and whether it also
+    passes one that is not a literal (then any name may be logged)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set(), True  # not ours to judge here: the job reports it
+    names, dynamic = set(), False
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if called != "log_metric":
+            continue
+        arg = (
+            node.args[0]
+            if node.args
+            else next((k.value for k in node.keywords if k.arg == "name"), None)
+        )
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            names.add(arg.value)
+        else:
+            dynamic = True
+    return names, dynamic
+
+
+def _sources(job: JobSpec, cell_source: str | None) -> list[str]:
+    if cell_source is not None:
+        texts = [cell_source]
+        folder = Path(job.workdir or ".")
+    else:
+        entry = job.entry
+        path = Path(entry.target)
+        if entry.kind == "module":
+            return []  # where a module lives is for its interpreter to find: not checked
+        if entry.kind == "notebook":
+            import nbformat
+
+            nb = nbformat.read(path, as_version=4)
+            texts = [
+                "\n".join(
+                    line
+                    for line in c.source.splitlines()
+                    if not line.lstrip().startswith(("%", "!"))
+                )
+                for c in nb.cells
+                if c.cell_type == "code"
+            ]
+        else:
+            texts = [path.read_text(errors="replace")]
+        folder = path.parent
+    for i, extra in enumerate(sorted(folder.glob("*.py"))):
+        if i >= _SCAN_LIMIT:
+            break
+        try:
+            texts.append(extra.read_text(errors="replace"))
+        except OSError:
+            continue
+    return texts
+
+
+def check_objective_logged(job: JobSpec, objective: Objective, cell_source: str | None = None):
+    """Refuse a sweep whose code never logs its objective (read, not run: the cell or entry and
+    the .py files beside it)."""
+    texts = _sources(job, cell_source)
+    if not texts:
+        return
+    seen: set[str] = set()
+    for text in texts:
+        names, dynamic = _calls_log_metric(text)
+        if dynamic or objective.metric in names:
+            return
+        seen |= names
+    logged = f"it logs {', '.join(sorted(seen))}" if seen else "it calls log_metric nowhere"
+    raise SpecError(
+        "objective",
+        f"the code never logs {objective.metric!r} ({logged})",
+        f"call nbscale.log_metric({objective.metric!r}, value) in the trial, or name a metric "
+        "it logs in --objective",
+    )
+
+
+def check_sweep_budget(sweep: SweepSpec, config: Config) -> str | None:
+    """Refuse a sweep whose estimate for all its trials is over its ``max_cost``; a note when
+    only the running cap can hold it (no --max-runtime bounds a trial)."""
+    if sweep.max_cost is None:
+        return None
+    from .cost import spec_estimate
+
+    est = spec_estimate(sweep.job, config)
+    if est["total"] is None:
+        return (
+            f"budget ${sweep.max_cost:.2f} for the sweep: no --max-runtime bounds a trial, so "
+            "no estimate; trials stop being started once the spend reaches it"
+        )
+    total = est["total"] * sweep.trials
+    if total > sweep.max_cost:
+        raise SpecError(
+            "max_cost",
+            f"{count(sweep.trials, 'trial')} x ${est['total']:.2f} (each at most "
+            f"{est['max_runtime']} s on {est['backend']}) = ${total:.2f}, over the sweep's "
+            f"budget of ${sweep.max_cost:.2f}",
+            "raise --max-cost, or lower --trials or --max-runtime",
+        )
+    return f"budget ${sweep.max_cost:.2f}; at most ${total:.2f} for all trials"
+
+
+def prepare(
+    job: JobSpec,
+    space: Any,
+    objective: str | Objective,
+    cell_source: str | None = None,
+    config: Config | None = None,
+    **options: Any,
+) -> tuple[SweepSpec, list[str]]:
+    """The checked ``SweepSpec`` and notes about it; raises one ``SpecError`` when it cannot run."""
+    sweep = SweepSpec(job=job, space=space, objective=objective, **options)
+    check_objective_logged(job, sweep.objective, cell_source)
+    note = check_sweep_budget(sweep, config or load_config())
+    return sweep, [note] if note else []
+
+
+def backend_for(sweep: SweepSpec, config: Config | None = None, store: Store | None = None):
+    return registry.get("sweeps", sweep.job.backend, config, store)
+
+
+def dry_run(sweep: SweepSpec, config: Config | None = None) -> DryRun:
+    backend: SweepBackend = backend_for(sweep, config)
+    return backend.dry_run(sweep)
+
+
+class Sweep:
+    """A sweep stored in the nbscale home: its trials, the best one, and how it ended."""
+
+    def __init__(self, record: SweepRecord, backend: SweepBackend, store: Store):
+        self._record, self._backend, self._store = record, backend, store
+        self._view: SweepView | None = None
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def record(self) -> SweepRecord:
+        return self._record
+
+    @property
+    def spec(self) -> SweepSpec:
+        return SweepSpec.from_dict(self._record.spec)
+
+    def view(self) -> SweepView:
+        self._record = get_sweep(self._store, self._record.id)
+        self._view = self._backend.view(self._record)
+        return self._view
+
+    def run(
+        self,
+        on_update: Callable[[SweepView], None] | None = None,
+        timeout: float | None = None,
+        poll: float | None = None,
+    ) -> SweepView:
+        """Run (local) or follow (remote) the sweep until it ends."""
+        kwargs = {} if poll is None else {"poll": poll}
+        self._view = self._backend.drive(
+            self.spec, self._record, _JOBS, on_update=on_update, timeout=timeout, **kwargs
+        )
+        self._record = get_sweep(self._store, self._record.id)
+        return self._view
+
+    wait = run
+
+    def cancel(self) -> SweepView:
+        self._backend.cancel(get_sweep(self._store, self._record.id))
+        return self.view()
+
+    @property
+    def status(self) -> str:
+        return (self._view or self.view()).status
+
+    @property
+    def best(self) -> TrialView | None:
+        return (self._view or self.view()).best
+
+    @property
+    def best_params(self) -> dict[str, Any] | None:
+        best = self.best
+        return dict(best.params) if best else None
+
+    @property
+    def best_job(self) -> Job | None:
+        """The best trial's nbscale job (local sweeps: its logs, outputs and metrics)."""
+        best = self.best
+        if best is None or not best.job_id or self._record.backend_type != "local":
+            return None
+        return _job(best.job_id)
+
+    @property
+    def trials(self) -> Any:
+        """The trials, best first: a pandas DataFrame where pandas is installed, else a list
+        of dicts."""
+        rows = []
+        for t in (self._view or self.view()).ranked():
+            row = {"trial": t.number, "status": t.status, "value": t.value, "last": t.last}
+            row.update({f"param_{k}": v for k, v in t.params.items()})
+            row.update({"steps": t.steps, "duration": t.duration, "cost": t.cost})
+            row.update({"job": t.job_id, "error": t.error})
+            rows.append(row)
+        try:
+            import pandas as pd
+        except ImportError:
+            return rows
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return (self._view or self.view()).to_dict()
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        from .sweeps.table import render
+
+        return render(self._view or self.view())
+
+    def __repr__(self) -> str:
+        view = self._view or self.view()
+        return f"Sweep({view.id!r}, {view.status}, {count(len(view.trials), 'trial')})"
+
+
+def start(
+    sweep: SweepSpec,
+    config: Config | None = None,
+    store: Store | None = None,
+    notes: list[str] | None = None,
+) -> Sweep:
+    """Store the sweep (or find it again: the same sweep resumes) and start it on its backend."""
+    config = config or load_config()
+    store = store or get_store()
+    backend: SweepBackend = backend_for(sweep, config, store)
+    now = time.time()
+    record = SweepRecord(
+        id=sweep.id,
+        name=sweep.name,
+        backend=backend.backend,
+        backend_type=backend.config.type,
+        status=RUNNING,
+        spec=json.loads(json.dumps(sweep.to_dict())),
+        created=now,
+        updated=now,
+        info={"notes": list(notes or [])},
+    )
+    record = put_sweep(store, record)
+    record = backend.start(sweep, record)
+    return Sweep(record, backend, store)
+
+
+def sweep(
+    job: JobSpec,
+    space: Any,
+    objective: str | Objective,
+    *,
+    wait: bool = True,
+    on_update: Callable[[SweepView], None] | None = None,
+    timeout: float | None = None,
+    config: Config | None = None,
+    store: Store | None = None,
+    **options: Any,
+) -> Sweep:
+    """Sweep ``job`` over ``space`` (``["lr=loguniform(1e-4,1e-1)", ...]`` or one string of
+    them) for ``objective`` (``"val_loss:min"``). ``options``: trials, parallel, algorithm
+    (tpe, random, grid, bayesian), pruner (median, halving, none), max_failed, max_cost,
+    name, seed, settings. With ``wait`` (the default) it returns when the sweep has ended."""
+    config = config or load_config()
+    spec, notes = prepare(job, space, objective, config=config, **options)
+    handle = start(spec, config, store, notes)
+    if wait:
+        handle.run(on_update=on_update, timeout=timeout)
+    return handle
+
+
+def get(sweep_id: str, config: Config | None = None, store: Store | None = None) -> Sweep:
+    config = config or load_config()
+    store = store or get_store()
+    record = get_sweep(store, sweep_id)
+    return Sweep(record, registry.for_record("sweeps", record, config, store), store)
+
+
+def sweeps(
+    limit: int = 50, config: Config | None = None, store: Store | None = None
+) -> list[Sweep]:
+    config = config or load_config()
+    store = store or get_store()
+    return [
+        Sweep(r, registry.for_record("sweeps", r, config, store), store)
+        for r in list_sweeps(store, limit)
+    ]
