@@ -1,0 +1,543 @@
+"""The SageMaker sweep backend against the local AWS (moto behind tests/support/aws_emulator.py).
+
+moto 5 keeps CreateHyperParameterTuningJob and DescribeHyperParameterTuningJob (it stores the
+request, and AWS too echoes the config and the definition), but a tuning job there is born
+``Completed`` with a made-up best training job, and it has no
+ListTrainingJobsForHyperParameterTuningJob and no StopHyperParameterTuningJob. The front
+below plays SageMaker's tuner for those: the test launches the tuning job's training jobs
+(named ``<tuning job>-<NNN>-<8 hex>`` as SageMaker names them, created in moto from the
+definition with the static and tuned hyperparameters), picks their values inside the
+request's ranges, and finishes them; the objective of each is what the definition's
+MetricDefinitions regex finds in its log, the last match, as SageMaker reads it. The answers
+have the shapes of the SageMaker API reference (botocore parses every one of them).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import secrets
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from nbscale.backends.sagemaker.sweeps import PROGRAM, TuningSweeps
+from nbscale.specs import Entry, JobSpec
+from nbscale.store import get_store
+from nbscale.store.sweeps import SweepRecord, get_sweep, put_sweep
+from nbscale.sweeps.lines import metric_line
+from nbscale.sweeps.spec import SweepSpec
+from tests.support.aws_emulator import Emulator
+from tests.support.sagemaker import config
+from tests.support.sagemaker_instances import use_emulator
+
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0"
+SPACE = "lr=loguniform(1e-4,1e-1) batch=choice(32,64) layers=int(2,6)"
+TRAIN = """\
+import nbscale
+lr = nbscale.param("lr")
+layers = nbscale.param("layers")
+for step in range(3):
+    nbscale.log_metric("val_loss", (lr - 0.01) ** 2 * (3 - step) + layers * 1e-06, step=step)
+print("trial done", lr, layers, nbscale.param("batch"))
+"""
+
+
+class TuningEmulator(Emulator):
+    """The emulator with SageMaker's tuner where moto has none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tuning: dict[str, dict] = {}
+        self.trial_logs: dict[str, list[str]] = {}
+
+    def _sm_CreateHyperParameterTuningJob(self, request, forward):
+        status, data, _ = forward()  # moto checks the name is new and keeps the request
+        if status == 200:
+            with self.lock:
+                self.tuning[request["HyperParameterTuningJobName"]] = {
+                    "status": "InProgress",
+                    "trials": [],
+                    "created": time.time(),
+                    "ended": None,
+                }
+        return status, json.loads(data or b"{}")
+
+    def _summary(self, name: str, tuned: dict, config: dict) -> dict:
+        state = self.training[name]
+        out = {
+            "TrainingJobName": name,
+            "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+            "CreationTime": state["CreationTime"],
+            "TrainingJobStatus": state["TrainingJobStatus"],
+            "TunedHyperParameters": tuned,
+        }
+        for key in ("TrainingStartTime", "TrainingEndTime", "FailureReason"):
+            if key in state:
+                out[key] = state[key]
+        objective = config["HyperParameterTuningJobObjective"]
+        value = self.objective(name, config)
+        if value is not None:
+            out["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                "Type": objective["Type"],
+                "MetricName": objective["MetricName"],
+                "Value": value,
+            }
+        ended = state["TrainingJobStatus"] in ("Completed", "Stopped", "Failed")
+        out["ObjectiveStatus"] = (
+            "Pending" if not ended else "Succeeded" if value is not None else "Failed"
+        )
+        return out
+
+    def objective(self, name: str, config: dict) -> float | None:
+        """What SageMaker reads: the last match of the objective's regex in the job's log."""
+        metric = config["HyperParameterTuningJobObjective"]["MetricName"]
+        regex = next(
+            d["Regex"]
+            for d in config["_definition"]["AlgorithmSpecification"]["MetricDefinitions"]
+            if d["Name"] == metric
+        )
+        found = [
+            m.group(1) for line in self.trial_logs.get(name, []) if (m := re.search(regex, line))
+        ]
+        return float(found[-1]) if found else None
+
+    def _described(self, tuning: str) -> tuple[int, dict]:
+        status, data, _ = self._moto_json(
+            "DescribeHyperParameterTuningJob", {"HyperParameterTuningJobName": tuning}
+        )
+        answer = json.loads(data or b"{}")
+        if status == 200:
+            answer["HyperParameterTuningJobConfig"]["_definition"] = answer["TrainingJobDefinition"]
+        return status, answer
+
+    def _sm_DescribeHyperParameterTuningJob(self, request, forward):
+        name = request["HyperParameterTuningJobName"]
+        status, answer = self._described(name)
+        with self.lock:
+            state = self.tuning.get(name)
+        if status != 200 or state is None:
+            return status, answer
+        config = answer["HyperParameterTuningJobConfig"]
+        # moto's canned values (born Completed, a made-up best job, fixed counters) are not
+        # what SageMaker reports: the tuner's state is
+        for key in ("BestTrainingJob", "OverallBestTrainingJob", "TuningJobCompletionDetails",
+                    "ConsumedResources", "HyperParameterTuningEndTime", "TrainingJobStatusCounters",
+                    "ObjectiveStatusCounters"):  # fmt: skip
+            answer.pop(key, None)
+        answer = {k: v for k, v in answer.items() if v is not None}
+        answer["HyperParameterTuningJobStatus"] = state["status"]
+        summaries = [self._summary(n, tuned, config) for n, tuned in state["trials"]]
+        counts = {
+            "Completed": 0,
+            "InProgress": 0,
+            "RetryableError": 0,
+            "NonRetryableError": 0,
+            "Stopped": 0,
+        }
+        objectives = {"Succeeded": 0, "Pending": 0, "Failed": 0}
+        for s in summaries:
+            key = {"Failed": "NonRetryableError", "Stopping": "InProgress"}.get(
+                s["TrainingJobStatus"], s["TrainingJobStatus"]
+            )
+            counts[key] += 1
+            objectives[s["ObjectiveStatus"]] += 1
+        answer["TrainingJobStatusCounters"] = counts
+        answer["ObjectiveStatusCounters"] = objectives
+        scored = [
+            s
+            for s in summaries
+            if s["ObjectiveStatus"] == "Succeeded" and s["TrainingJobStatus"] == "Completed"
+        ]
+        if scored:
+            pick = min if config["HyperParameterTuningJobObjective"]["Type"] == "Minimize" else max
+            answer["BestTrainingJob"] = pick(
+                scored, key=lambda s: s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+            )
+        if state["ended"]:
+            answer["HyperParameterTuningEndTime"] = state["ended"]
+        del config["_definition"]
+        return 200, answer
+
+    def _sm_ListTrainingJobsForHyperParameterTuningJob(self, request, forward):
+        name = request["HyperParameterTuningJobName"]
+        with self.lock:
+            state = self.tuning.get(name)
+        if state is None:
+            return 400, {
+                "__type": "ResourceNotFound",
+                "message": f"Amazon SageMaker can't find a tuning job with name {name}",
+            }
+        _, answer = self._described(name)
+        config = answer["HyperParameterTuningJobConfig"]
+        summaries = [self._summary(n, tuned, config) for n, tuned in state["trials"]]
+        return 200, {"TrainingJobSummaries": summaries}
+
+    def _sm_StopHyperParameterTuningJob(self, request, forward):
+        name = request["HyperParameterTuningJobName"]
+        with self.lock:
+            state = self.tuning.get(name)
+        if state is None:
+            return 400, {
+                "__type": "ResourceNotFound",
+                "message": f"Amazon SageMaker can't find a tuning job with name {name}",
+            }
+        if state["status"] != "InProgress":
+            return 400, {
+                "__type": "ValidationException",
+                "message": f"The hyperparameter tuning job {name} is in status {state['status']}",
+            }
+        state["status"] = "Stopping"
+        for trial, _ in state["trials"]:
+            if self.training[trial]["TrainingJobStatus"] == "InProgress":
+                self.set_training(trial, "Stopping", "Stopping", "Stopping the training job")
+        return 200, {}  # StopHyperParameterTuningJob has an empty response
+
+    # -- the tuner's moves (the test's) ----------------------------------------------------
+    def launch(self, tuning: str, rng: random.Random) -> tuple[str, dict, dict]:
+        """One training job of the tuning job: values drawn inside the ranges, created from
+        the definition (static + tuned hyperparameters) as SageMaker creates it."""
+        status, answer = self._described(tuning)
+        assert status == 200, answer
+        config, definition = (
+            answer["HyperParameterTuningJobConfig"],
+            answer["TrainingJobDefinition"],
+        )
+        tuned = {}
+        ranges = config["ParameterRanges"]
+        for r in ranges.get("ContinuousParameterRanges", []):
+            low, high = float(r["MinValue"]), float(r["MaxValue"])
+            if r.get("ScalingType") == "Logarithmic":
+                import math
+
+                tuned[r["Name"]] = repr(math.exp(rng.uniform(math.log(low), math.log(high))))
+            else:
+                tuned[r["Name"]] = repr(rng.uniform(low, high))
+        for r in ranges.get("IntegerParameterRanges", []):
+            tuned[r["Name"]] = str(rng.randint(int(r["MinValue"]), int(r["MaxValue"])))
+        for r in ranges.get("CategoricalParameterRanges", []):
+            tuned[r["Name"]] = rng.choice(r["Values"])
+        with self.lock:
+            number = len(self.tuning[tuning]["trials"]) + 1
+        name = f"{tuning}-{number:03d}-{secrets.token_hex(4)}"
+        hyper = {**definition.get("StaticHyperParameters", {}), **tuned,
+                 "_tuning_objective_metric": config["HyperParameterTuningJobObjective"]["MetricName"]}  # fmt: skip
+        request = {
+            "TrainingJobName": name,
+            "HyperParameters": hyper,
+            "AlgorithmSpecification": {
+                k: v for k, v in definition["AlgorithmSpecification"].items() if k != "MetricDefinitions"
+            },
+            **{k: definition[k] for k in ("RoleArn", "InputDataConfig", "OutputDataConfig",
+                                          "ResourceConfig", "StoppingCondition", "Environment")
+               if k in definition},
+        }  # fmt: skip
+        s, data, _ = self._moto_json("CreateTrainingJob", request)
+        assert s == 200, data
+        now = time.time()
+        with self.lock:
+            self.training[name] = {
+                "TrainingJobStatus": "InProgress",
+                "SecondaryStatus": "Starting",
+                "SecondaryStatusTransitions": [
+                    {
+                        "Status": "Starting",
+                        "StartTime": now,
+                        "StatusMessage": "Launching requested ML instances",
+                    }
+                ],
+                "CreationTime": now + number * 1e-3,
+                "LastModifiedTime": now,
+            }
+            self.tuning[tuning]["trials"].append((name, tuned))
+        return name, tuned, request
+
+    def log(self, trial: str, lines: list[str]) -> None:
+        with self.lock:
+            self.trial_logs.setdefault(trial, []).extend(lines)
+
+    def end_tuning(self, tuning: str, status: str) -> None:
+        with self.lock:
+            self.tuning[tuning].update(status=status, ended=time.time())
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    emu = TuningEmulator()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch):
+    return use_emulator(emulator, monkeypatch)
+
+
+def make_sweep(tmp_path: Path, **fields) -> SweepSpec:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    job = JobSpec(
+        entry=Entry.from_path(str(script)), name=f"sm-sweep-{secrets.token_hex(2)}", backend="aws"
+    )
+    fields.setdefault("objective", "val_loss:min")
+    fields.setdefault("algorithm", "bayesian")
+    return SweepSpec(job=job, space=SPACE, trials=6, parallel=2, **fields)
+
+
+def started(sweep: SweepSpec, **settings) -> tuple[TuningSweeps, SweepRecord]:
+    cfg = config(image=IMAGE, **settings)
+    store = get_store()
+    backend = TuningSweeps(cfg.backend("aws"), store)
+    now = time.time()
+    record = put_sweep(
+        store,
+        SweepRecord(sweep.id, sweep.name, "aws", "sagemaker", "RUNNING", sweep.to_dict(), now, now),
+    )
+    return backend, backend.start(sweep, record)
+
+
+def metric_lines(values: list[float]) -> list[str]:
+    return [f"[rank 0] {metric_line('val_loss', v)}" for v in values]
+
+
+def test_the_tuning_job_is_created_with_its_program_and_followed(aws, tmp_path, nbscale_home):
+    sweep = make_sweep(tmp_path)
+    backend, record = started(sweep)
+    request = aws.operations("CreateHyperParameterTuningJob")[-1]
+    name = request["HyperParameterTuningJobName"]
+    assert record.native_id == name and record.status == "RUNNING"
+    assert record.info["tuning_job_arn"].endswith(f"hyper-parameter-tuning-job/{name}")
+    # what the dry run shows is what was sent
+    assert backend.dry_run(sweep).documents[0] == request
+    # the trial's program went to S3, content-addressed, and execs the job's entry
+    static = request["TrainingJobDefinition"]["StaticHyperParameters"]
+    bucket, _, key = static["sagemaker_submit_directory"].removeprefix("s3://").partition("/")
+    import io
+    import tarfile
+
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        program = tar.extractfile(PROGRAM).read().decode()
+    assert "nbscale.runtime.launch" in program and "TRAINING_JOB_NAME" in program
+    # every input channel of the trials is in S3
+    s3 = boto3.client("s3")
+    for channel in request["TrainingJobDefinition"]["InputDataConfig"]:
+        b, _, prefix = (
+            channel["DataSource"]["S3DataSource"]["S3Uri"].removeprefix("s3://").partition("/")
+        )
+        assert s3.list_objects_v2(Bucket=b, Prefix=prefix).get("KeyCount", 0) >= 1, channel
+
+    view = backend.view(record)
+    assert view.status == "RUNNING" and view.trials == []
+
+    rng = random.Random(3)
+    t1, v1, _ = aws.launch(name, rng)
+    t2, v2, _ = aws.launch(name, rng)
+    t3, v3, _ = aws.launch(name, rng)
+    t4, _, _ = aws.launch(name, rng)
+    t5, _, _ = aws.launch(name, rng)
+    t6, _, _ = aws.launch(name, rng)
+    view = backend.view(record)
+    assert [t.status for t in sorted(view.trials, key=lambda t: t.number)] == ["PENDING"] * 6
+    assert [t.number for t in sorted(view.trials, key=lambda t: t.number)] == [1, 2, 3, 4, 5, 6]
+
+    aws.set_training(t1, "InProgress", "Training")
+    aws.log(t1, metric_lines([0.5, 0.25]))
+    aws.set_training(t1, "Completed", "Completed")
+    aws.set_training(t2, "InProgress", "Training")
+    aws.log(t2, metric_lines([0.3, 1e-05]))
+    aws.set_training(t2, "Completed", "Completed")
+    aws.set_training(t3, "InProgress", "Training")  # still training
+    aws.set_training(t4, "InProgress", "Training")
+    aws.log(t4, metric_lines([0.9]))  # worse than the median: SageMaker's early stopping
+    aws.set_training(t4, "Stopped", "Stopped")
+    aws.set_training(t5, "Failed", "Failed", FailureReason="AlgorithmError: ZeroDivisionError")
+    aws.set_training(t6, "InProgress", "Training")
+    aws.set_training(t6, "Stopped", "MaxRuntimeExceeded")  # its own limit: a failure
+    aws.set_training(t3, "InProgress", "Training")
+
+    view = backend.view(record)
+    by = {t.job_id: t for t in view.trials}
+    assert (by[t1].status, by[t1].value) == ("SUCCEEDED", 0.25)
+    assert (by[t2].status, by[t2].value) == ("SUCCEEDED", 1e-05)
+    assert by[t3].status == "RUNNING" and by[t3].started is not None
+    assert by[t4].status == "PRUNED" and by[t4].last == 0.9 and by[t4].value is None
+    assert by[t5].status == "FAILED" and "ZeroDivisionError" in by[t5].error
+    assert by[t6].status == "FAILED" and "max-runtime" in by[t6].error
+    # the values come back typed, as the space says
+    assert by[t1].params == {
+        "lr": float(v1["lr"]),
+        "batch": int(v1["batch"]),
+        "layers": int(v1["layers"]),
+    }
+    assert isinstance(by[t2].params["batch"], int) and isinstance(by[t2].params["lr"], float)
+    assert view.best is by[t2] and view.ranked()[0] is by[t2]
+    assert view.counts() == {"SUCCEEDED": 2, "RUNNING": 1, "PRUNED": 1, "FAILED": 2}
+
+    # cancel stops the tuning job; SageMaker stops what runs
+    backend.cancel(get_sweep(get_store(), record.id))
+    assert aws.operations("StopHyperParameterTuningJob")[-1] == {
+        "HyperParameterTuningJobName": name
+    }
+    view = backend.view(get_sweep(get_store(), record.id))
+    assert view.status == "RUNNING"  # Stopping
+    aws.set_training(t3, "Stopped", "Stopped")
+    aws.end_tuning(name, "Stopped")
+    view = backend.view(get_sweep(get_store(), record.id))
+    assert view.status == "CANCELLED"
+    by = {t.job_id: t for t in view.trials}
+    assert by[t3].status == "CANCELLED" and by[t4].status == "PRUNED"  # stopped before the cancel
+    assert get_sweep(get_store(), record.id).status == "CANCELLED"
+    # a second cancel of an ended sweep sends nothing
+    before = len(aws.operations("StopHyperParameterTuningJob"))
+    backend.cancel(get_sweep(get_store(), record.id))
+    assert len(aws.operations("StopHyperParameterTuningJob")) == before
+
+
+def test_a_dry_run_sends_and_uploads_nothing(aws, tmp_path, nbscale_home):
+    sweep = make_sweep(tmp_path, algorithm="random", pruner="none")
+    cfg = config(image=IMAGE)
+    backend = TuningSweeps(cfg.backend("aws"), get_store())
+    writes = len(aws.bodies)
+    plan = backend.dry_run(sweep)
+    sent = [b for b in aws.bodies[writes:] if b[0] in ("PUT", "POST")]
+    ops = [json.loads(body or b"{}") for _, _, body in sent]
+    assert all("HyperParameterTuningJobName" not in op for op in ops)
+    assert not [b for b in sent if b[0] == "PUT"]  # no upload
+    assert plan.documents[0]["HyperParameterTuningJobConfig"]["Strategy"] == "Random"
+
+
+def test_the_same_sweep_again_follows_the_running_tuning_job(aws, tmp_path, nbscale_home):
+    sweep = make_sweep(tmp_path)
+    backend, record = started(sweep)
+    created = len(aws.operations("CreateHyperParameterTuningJob"))
+    again = backend.start(sweep, put_sweep(get_store(), record))
+    assert again.native_id == record.native_id
+    assert len(aws.operations("CreateHyperParameterTuningJob")) == created
+    # once it was stopped, running it again makes a new tuning job (a name is never reused)
+    backend.cancel(again)
+    aws.end_tuning(record.native_id, "Stopped")
+    backend.view(get_sweep(get_store(), record.id))
+    third = backend.start(sweep, put_sweep(get_store(), get_sweep(get_store(), record.id)))
+    assert third.native_id != record.native_id and len(third.native_id) <= 32
+    assert len(aws.operations("CreateHyperParameterTuningJob")) == created + 1
+
+
+def test_more_failures_than_max_failed_stop_the_tuning_job(aws, tmp_path, nbscale_home):
+    sweep = make_sweep(tmp_path, max_failed=1)
+    backend, record = started(sweep, poll_seconds=0)
+    rng = random.Random(5)
+    for _ in range(2):
+        trial, _, _ = aws.launch(record.native_id, rng)
+        aws.set_training(trial, "Failed", "Failed", FailureReason="AlgorithmError: boom")
+    seen = []
+
+    def settle(view):
+        seen.append(view.status)
+        if aws.tuning[record.native_id]["status"] == "Stopping":
+            aws.end_tuning(record.native_id, "Stopped")
+
+    view = backend.drive(sweep, record, None, on_update=settle, poll=0.05, timeout=30)
+    assert (
+        aws.operations("StopHyperParameterTuningJob")[-1]["HyperParameterTuningJobName"]
+        == record.native_id
+    )
+    assert view.status == "FAILED" and "more than --max-failed 1" in view.error
+    assert get_sweep(get_store(), record.id).status == "FAILED"
+
+
+def test_secret_env_goes_to_a_secret_of_the_sweep_and_is_deleted_after(
+    aws, tmp_path, nbscale_home, monkeypatch
+):
+    value = "s3cr3t-" + "w" * 20
+    monkeypatch.setenv("MY_API_TOKEN", value)
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    job = JobSpec(
+        entry=Entry.from_path(str(script)),
+        name="sm-secret",
+        backend="aws",
+        secret_env=("MY_API_TOKEN",),
+    )
+    sweep = SweepSpec(
+        job=job, space=SPACE, objective="val_loss:min", algorithm="bayesian", trials=2
+    )
+    backend, record = started(sweep)
+    request = aws.operations("CreateHyperParameterTuningJob")[-1]
+    arn = request["TrainingJobDefinition"]["Environment"]["NBSCALE_ENV_SECRET_ARN"]
+    sm = boto3.client("secretsmanager")
+    assert json.loads(sm.get_secret_value(SecretId=arn)["SecretString"]) == {"MY_API_TOKEN": value}
+    assert value.encode() not in json.dumps(request).encode()
+    aws.end_tuning(record.native_id, "Completed")
+    assert backend.view(get_sweep(get_store(), record.id)).status == "SUCCEEDED"
+    with pytest.raises(sm.exceptions.ResourceNotFoundException):
+        sm.get_secret_value(SecretId=arn)
+
+
+# -- a trial's own command ---------------------------------------------------------------------
+# SageMaker starts a stock image with ``train``: the training toolkit copies
+# sagemaker_submit_directory to /opt/ml/code and runs ``python <sagemaker_program>`` there with
+# the other hyperparameters as ``--name value`` arguments. The instance below does the same
+# (the archive reaches it as a channel, the way lay_out fetches every S3 input).
+TOOLKIT = (
+    "mkdir -p /opt/ml/code && tar -xzf /opt/ml/input/data/sourcedir/sourcedir.tar.gz "
+    '-C /opt/ml/code && cd /opt/ml/code && exec python "$0" "$@"'
+)
+
+
+@pytest.mark.slow
+def test_a_trial_reads_its_tuned_values_and_prints_lines_the_regex_reads(
+    aws, tmp_path, nbscale_home
+):
+    from tests.support.emulators import free_port
+    from tests.support.sagemaker_instances import (
+        require_mount_namespaces,
+        start_instances,
+        stdout,
+        wait_all,
+    )
+
+    require_mount_namespaces()
+    sweep = make_sweep(tmp_path)
+    backend, record = started(sweep)
+    trial, tuned, request = aws.launch(record.native_id, random.Random(11))
+    hyper = request["HyperParameters"]
+    archive = hyper["sagemaker_submit_directory"]
+    args = [
+        part
+        for key, value in sorted(hyper.items())
+        if not key.startswith(("sagemaker_", "_tuning"))
+        for part in (f"--{key}", value)
+    ]
+    instance = {
+        **request,
+        "AlgorithmSpecification": {
+            **request["AlgorithmSpecification"],
+            "ContainerEntrypoint": ["/bin/sh", "-c", TOOLKIT, hyper["sagemaker_program"]],
+            "ContainerArguments": args,
+        },
+        "InputDataConfig": [
+            *request["InputDataConfig"],
+            {
+                "ChannelName": "sourcedir",
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                "S3Uri": archive.rsplit("/", 1)[0] + "/",
+                                                "S3DataDistributionType": "FullyReplicated"}},
+            },
+        ],
+    }  # fmt: skip
+    root = tmp_path / "instance"
+    procs = start_instances(root, instance, free_port())
+    assert wait_all(procs, timeout=300) == [0], stdout(root, "algo-1")
+    out = stdout(root, "algo-1")
+    lr, layers = float(tuned["lr"]), int(tuned["layers"])
+    assert f"trial done {lr!r} {layers} {int(tuned['batch'])}" in out, out
+    aws.log(trial, out.splitlines())
+    aws.set_training(trial, "Completed", "Completed")
+    view = backend.view(get_sweep(get_store(), record.id))
+    (found,) = view.trials
+    assert found.status == "SUCCEEDED"
+    assert found.value == pytest.approx((lr - 0.01) ** 2 * 1 + layers * 1e-06, rel=1e-12)
