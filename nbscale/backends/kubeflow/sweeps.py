@@ -1,0 +1,685 @@
+"""Sweeps on Kubeflow: one Katib ``Experiment`` (``kubeflow.org/v1beta1``) per sweep.
+
+The Experiment carries the objective, the algorithm, the trial budget and the search space
+(``feasibleSpace``); its trial template is the Trainer ``TrainJob`` the job backend builds
+for the sweep's job (``KubeflowBackend.plan``), so every trial runs distributed, as a job
+does. Katib fills the template in for each trial by replacing ``${trialParameters.NAME}``
+in its text: the trainer gets ``NBSCALE_PARAM_<name>`` (what ``nbscale.param`` reads) and
+the trial's own name (its job id, its outputs folder). ``log_metric`` prints
+``nbscale-metric NAME=VALUE`` inside a trial (``nbscale.sweeps.lines``), which Katib's
+StdOut collector reads with ``KATIB_FILTER``; the objective is each trial's last value
+(metric strategy ``latest``), as on every nbscale backend.
+
+- ``start``: the signing keys' Secret (as jobs make it), the code in object storage, the
+  Experiment, and the bundle ConfigMap (owned by the Experiment) when the code is small;
+- ``view``: the Experiment's conditions and its Trial objects (``parameterAssignments``,
+  conditions, ``status.observation.metrics``);
+- ``cancel``: the Experiment is deleted; the garbage collector takes its Trials and their
+  TrainJobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from ...errors import NbscaleError, SpecError
+from ...specs import JobSpec
+from ...store.jobs import PENDING as JOB_PENDING
+from ...store.jobs import JobRecord
+from ...store.sweeps import CANCELLED as SWEEP_CANCELLED
+from ...store.sweeps import FAILED as SWEEP_FAILED
+from ...store.sweeps import RUNNING as SWEEP_RUNNING
+from ...store.sweeps import SUCCEEDED as SWEEP_SUCCEEDED
+from ...store.sweeps import SweepRecord, get_sweep, update_sweep
+from ...sweeps.lines import KATIB_FILTER
+from ...sweeps.params import PER_NAME_PREFIX
+from ...sweeps.spec import PARAMS_ENV
+from ...words import count
+from ..base import DryRun
+from ..sweep_base import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    PRUNED,
+    RUNNING,
+    SUCCEEDED,
+    SweepBackend,
+    SweepView,
+    TrialView,
+)
+from . import manifests as mf
+from .cluster import api_error, is_status
+
+if TYPE_CHECKING:
+    from ...sweeps.space import Param
+    from ...sweeps.spec import SweepSpec
+    from .jobs import KubeflowBackend
+
+KATIB_GROUP = "kubeflow.org"
+KATIB_VERSION = "v1beta1"
+EXPERIMENTS = "experiments"
+TRIALS = "trials"
+#: the label Katib puts on each Trial of an Experiment
+EXPERIMENT_LABEL = "katib.kubeflow.org/experiment"
+SWEEP_ANNOTATION = "nbscale.io/sweep-id"
+#: nbscale's algorithm -> Katib's suggestion algorithm (katib-config ``suggestions``)
+ALGORITHMS = {
+    "tpe": "tpe",
+    "random": "random",
+    "grid": "grid",
+    "bayesian": "bayesianoptimization",
+}
+#: nbscale's pruner -> Katib's early stopping algorithm (None: no early stopping)
+PRUNERS = {"median": "medianstop", "none": None}
+#: ``sweep.settings`` a Katib sweep understands -> the medianstop setting it becomes
+MEDIAN_SETTINGS = {"startup_trials": "min_trials_required", "warmup_steps": "start_step"}
+#: the trial parameter Katib fills with the Trial's name (its TrainJob is named so)
+TRIAL_NAME_PARAM = "nbscale-trial-name"
+
+
+def placeholder(name: str) -> str:
+    """What Katib replaces with a trial's value of trial parameter ``name``."""
+    return "${trialParameters." + name + "}"
+
+
+TRIAL_NAME = placeholder(TRIAL_NAME_PARAM)
+#: stands for the trial's name while the job backend builds the template
+_TOKEN = "nbscale-katib-trial"
+#: how Katib reads a TrainJob's outcome (gjson, as its own TrainJob defaults)
+SUCCESS_CONDITION = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
+FAILURE_CONDITION = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
+#: the pod whose primary container's output Katib's collector reads: node 0
+PRIMARY_POD_LABELS = {
+    "jobset.sigs.k8s.io/replicatedjob-name": mf.NODE,
+    "batch.kubernetes.io/job-completion-index": "0",
+}
+UNAVAILABLE = "unavailable"  # Katib's value of a metric never reported
+_NAME_MAX = 40  # Katib's webhook refuses longer Experiment names
+
+
+def experiment_name(sweep: SweepSpec) -> str:
+    """A valid Katib Experiment name (``^[a-z]([-a-z0-9]*[a-z0-9])?$``, at most 40), the
+    same for the same sweep: its name, cut, and its key."""
+    base = re.sub(r"[^a-z0-9-]+", "-", sweep.name.lower())
+    base = re.sub(r"-+", "-", base).lstrip("-0123456789")
+    base = base[: _NAME_MAX - len(sweep.key) - 1].rstrip("-") or "sweep"
+    return f"{base}-{sweep.key}"
+
+
+def _number(value: float | int, kind: str) -> str:
+    return str(int(value)) if kind == "int" else repr(float(value))
+
+
+def check_sweep(sweep: SweepSpec) -> list[str]:
+    """Refuse what Katib cannot run as asked (one ``SpecError``); return notes on how Katib
+    will run what it can."""
+    notes: list[str] = []
+    if sweep.algorithm not in ALGORITHMS:
+        raise SpecError(
+            "sweep.algorithm",
+            f"Katib has no algorithm for {sweep.algorithm!r}",
+            f"on a kubeflow backend use one of {', '.join(ALGORITHMS)}",
+        )
+    if sweep.pruner not in PRUNERS:
+        raise SpecError(
+            "sweep.pruner",
+            f"Katib has no early stopping like {sweep.pruner!r} (only medianstop)",
+            "use --pruner median or --pruner none on a kubeflow backend, "
+            "or run the sweep on a local backend",
+        )
+    unknown = sorted(set(sweep.settings) - set(MEDIAN_SETTINGS))
+    if unknown:
+        raise SpecError(
+            "sweep.settings",
+            f"{unknown[0]!r} is not a setting of Katib sweeps",
+            f"known: {', '.join(sorted(MEDIAN_SETTINGS))}",
+        )
+    for name, value in sweep.settings.items():
+        if sweep.pruner == "none":
+            raise SpecError(
+                f"sweep.settings.{name}",
+                "only the median pruner uses it, and this sweep has --pruner none",
+                "drop the setting or use --pruner median",
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(
+                f"sweep.settings.{name}",
+                f"Katib's medianstop needs a whole number >= 1, got {value!r}",
+            )
+    for p in sweep.space.params:
+        where = f"sweep.{p.name}"
+        if p.kind == "categorical":
+            texts = [str(c) for c in p.choices]
+            bad = [t for t in texts if re.search(r'["\\\x00-\x1f]|\$\{', t)]
+            if bad:
+                raise SpecError(
+                    where,
+                    f"Katib pastes each value into the trial's manifest as text, and {bad[0]!r} "
+                    "holds a quote, a backslash, a control character or '${'",
+                    "use plain words or numbers",
+                )
+            if len(set(texts)) != len(texts):
+                raise SpecError(
+                    where,
+                    f"Katib hands values over as text, and {p.choices} has two that read the same",
+                    "make every choice read differently",
+                )
+        if sweep.algorithm == "bayesian":
+            if p.kind == "float" and p.low <= 0:
+                raise SpecError(
+                    where,
+                    "Katib's bayesianoptimization samples every double on a log scale, "
+                    f"which needs low > 0, got {p.low}",
+                    "shift the range above 0, or use --algorithm tpe or random",
+                )
+            if p.kind == "float" and not p.log:
+                notes.append(
+                    f"{p.name}: Katib's bayesianoptimization samples a double on a log scale"
+                )
+            if p.kind == "int" and (p.log or p.step not in (None, 1)):
+                notes.append(
+                    f"{p.name}: Katib's bayesianoptimization samples every whole number in "
+                    f"{p.low}..{p.high} evenly (no log scale, no step)"
+                )
+    if sweep.max_cost is not None:
+        notes.append(
+            f"max_cost ${sweep.max_cost:g}: Katib itself stops no trial on spend; "
+            "the estimate for the trials was checked before the sweep started"
+        )
+    return notes
+
+
+def parameter(p: Param, grid: bool) -> dict[str, Any]:
+    """A Katib ``ParameterSpec`` with its ``feasibleSpace``."""
+    if p.kind == "categorical":
+        return {
+            "name": p.name,
+            "parameterType": "categorical",
+            "feasibleSpace": {"list": [str(c) for c in p.choices]},
+        }
+    space: dict[str, Any] = {"min": _number(p.low, p.kind), "max": _number(p.high, p.kind)}
+    step = p.step if p.step is not None else (1 if grid and p.kind == "int" else None)
+    if step is not None:  # Katib's grid steps through an int by its step: it must be there
+        space["step"] = _number(step, p.kind)
+    if p.log:
+        space["distribution"] = "logUniform"
+    return {
+        "name": p.name,
+        "parameterType": "int" if p.kind == "int" else "double",
+        "feasibleSpace": space,
+    }
+
+
+def trial_template_spec(sweep: SweepSpec) -> JobSpec:
+    """The job every trial runs: the sweep's trial job without values of its own
+    (``NBSCALE_PARAMS`` would fix them; Katib's come as ``NBSCALE_PARAM_<name>``)."""
+    spec = sweep.trial_spec(0, {})
+    env = {k: v for k, v in spec.env.items() if k != PARAMS_ENV}
+    tags = {k: v for k, v in spec.tags.items() if k != "nbscale-trial"}
+    return spec.replace(name=sweep.name, env=env, tags=tags)
+
+
+def template_of(trainjob: dict[str, Any]) -> dict[str, Any]:
+    """A TrainJob built for the job id ``_TOKEN`` as Katib's trial template: no name or
+    namespace (Katib sets them), the trial's name where the job id was."""
+    body = json.loads(json.dumps(trainjob))
+    body["metadata"].pop("name", None)
+    body["metadata"].pop("namespace", None)
+    return json.loads(json.dumps(body).replace(_TOKEN, TRIAL_NAME))
+
+
+def experiment(
+    sweep: SweepSpec,
+    trainjob: dict[str, Any],
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+) -> dict[str, Any]:
+    """The Experiment of ``sweep`` around ``trainjob`` (built for the job id ``_TOKEN``)."""
+    template = template_of(trainjob)
+    trainer = template["spec"]["trainer"]
+    names = {e["name"] for e in trainer["env"]}
+    for p in sweep.space.params:
+        var = f"{PER_NAME_PREFIX}{p.name}"
+        if var in names:
+            raise SpecError("sweep", f"{var} is set by nbscale itself for parameter {p.name}")
+        trainer["env"].append({"name": var, "value": placeholder(p.name)})
+    objective = sweep.objective
+    spec: dict[str, Any] = {
+        "objective": {
+            "type": "minimize" if objective.minimize else "maximize",
+            "objectiveMetricName": objective.metric,
+            # the objective is a trial's last value, as on every nbscale backend
+            "metricStrategies": [{"name": objective.metric, "value": "latest"}],
+        },
+        "algorithm": {"algorithmName": ALGORITHMS[sweep.algorithm]},
+        "parallelTrialCount": sweep.parallel,
+        "maxTrialCount": sweep.trials,
+        # Katib fails the Experiment when this many trials failed; --max-failed is how
+        # many may fail while the sweep goes on (at most every trial)
+        "maxFailedTrialCount": min(sweep.max_failed + 1, sweep.trials),
+        "parameters": [parameter(p, sweep.algorithm == "grid") for p in sweep.space.params],
+        "metricsCollectorSpec": {
+            "collector": {"kind": "StdOut"},
+            "source": {"filter": {"metricsFormat": [KATIB_FILTER]}},
+        },
+        "trialTemplate": {
+            "retain": False,
+            "primaryContainerName": mf.NODE,
+            "primaryPodLabels": dict(PRIMARY_POD_LABELS),
+            "successCondition": SUCCESS_CONDITION,
+            "failureCondition": FAILURE_CONDITION,
+            "trialParameters": [
+                {
+                    "name": TRIAL_NAME_PARAM,
+                    "description": "the Trial's name: its TrainJob's name and nbscale job id",
+                    "reference": "${trialSpec.Name}",
+                },
+                *(
+                    {"name": p.name, "description": str(p), "reference": p.name}
+                    for p in sweep.space.params
+                ),
+            ],
+            "trialSpec": template,
+        },
+    }
+    if sweep.seed is not None:
+        spec["algorithm"]["algorithmSettings"] = [
+            {"name": "random_state", "value": str(sweep.seed)}
+        ]
+    early = PRUNERS[sweep.pruner]
+    if early:
+        spec["earlyStopping"] = {"algorithmName": early}
+        if sweep.settings:
+            spec["earlyStopping"]["algorithmSettings"] = [
+                {"name": MEDIAN_SETTINGS[k], "value": str(v)}
+                for k, v in sorted(sweep.settings.items())
+            ]
+    return {
+        "apiVersion": f"{KATIB_GROUP}/{KATIB_VERSION}",
+        "kind": "Experiment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {**annotations, SWEEP_ANNOTATION: sweep.id},
+        },
+        "spec": spec,
+    }
+
+
+def _time(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _true(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The object's conditions whose status is True, by type."""
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return {c.get("type"): c for c in conds if str(c.get("status")) == "True"}
+
+
+def _message(cond: dict[str, Any]) -> str:
+    return f"{cond.get('reason') or cond.get('type')}: {cond.get('message') or ''}".rstrip(": ")
+
+
+def _float(text: Any) -> float | None:
+    if text in (None, "", UNAVAILABLE):
+        return None
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def trial_view(number: int, trial: dict[str, Any], sweep: SweepSpec) -> TrialView:
+    """One Katib Trial as nbscale shows it."""
+    conds = _true(trial)
+    error = None
+    if "Killed" in conds:
+        status = CANCELLED
+    elif "Failed" in conds:
+        status, error = FAILED, _message(conds["Failed"])
+    elif "Succeeded" in conds:
+        status = SUCCEEDED
+    elif "EarlyStopped" in conds:
+        status = PRUNED
+    elif "MetricsUnavailable" in conds:  # ended without the objective: failed, not scored 0
+        status = FAILED
+        error = (
+            f"it never printed the objective {sweep.objective.metric} "
+            f"({_message(conds['MetricsUnavailable'])}): call nbscale.log_metric"
+            f"({sweep.objective.metric!r}, value) in the trial"
+        )
+    elif "Running" in conds:
+        status = RUNNING
+    else:
+        status = PENDING
+    raw = {
+        a.get("name"): a.get("value")
+        for a in (trial.get("spec") or {}).get("parameterAssignments") or []
+    }
+    params: dict[str, Any] = {}
+    for name, value in raw.items():
+        try:
+            params[name] = sweep.space[name].cast(value)
+        except (KeyError, ValueError, SpecError):
+            params[name] = value
+    st = trial.get("status") or {}
+    latest = None
+    for metric in (st.get("observation") or {}).get("metrics") or []:
+        if metric.get("name") == sweep.objective.metric:
+            latest = _float(metric.get("latest"))
+    return TrialView(
+        number=number,
+        params=params,
+        status=status,
+        value=latest if status == SUCCEEDED else None,
+        last=latest,
+        steps=0 if latest is None else 1,  # Katib keeps the values in its DB, not the Trial
+        job_id=trial["metadata"]["name"],
+        started=_time(st.get("startTime")) or _time(trial["metadata"].get("creationTimestamp")),
+        ended=_time(st.get("completionTime")),
+        error=error,
+    )
+
+
+def sweep_status(exp: dict[str, Any]) -> tuple[str, str | None]:
+    """The sweep's status from the Experiment's conditions, and why it failed."""
+    conds = _true(exp)
+    if "Failed" in conds:
+        return SWEEP_FAILED, _message(conds["Failed"])
+    if "Succeeded" in conds:
+        return SWEEP_SUCCEEDED, None
+    return SWEEP_RUNNING, None
+
+
+class KatibSweeps(SweepBackend):
+    """A sweep as one Katib Experiment on the backend's cluster."""
+
+    type = "kubeflow"
+
+    def __init__(self, config, store):
+        super().__init__(config, store)
+        from .jobs import KubeflowBackend
+
+        self.jobs: KubeflowBackend = KubeflowBackend(config, store)
+        self.settings = self.jobs.settings
+
+    def cluster(self):
+        return self.jobs.cluster()
+
+    def check(self) -> dict[str, Any]:
+        try:
+            cluster = self.cluster()
+        except NbscaleError as exc:
+            return {"reachable": False, "detail": str(exc)}
+        return cluster.probe(KATIB_GROUP, KATIB_VERSION, EXPERIMENTS, "Katib")
+
+    # -- building ---------------------------------------------------------------------
+    def _template_record(self, sweep: SweepSpec, name: str) -> JobRecord:
+        from ... import paths
+
+        spec = trial_template_spec(sweep).replace(backend=self.config.name)
+        return JobRecord(
+            id=name,  # the Experiment's: the bundle ConfigMap all trials mount is named so
+            name=spec.name,
+            backend=self.config.name,
+            backend_type=self.type,
+            status=JOB_PENDING,
+            spec=spec.to_dict(),
+            created=time.time(),
+            info={"job_dir": str(paths.job_dir(name)), "phase": "sweep template"},
+        )
+
+    def _checked(self, sweep: SweepSpec) -> tuple[JobRecord, list[str]]:
+        """Every refusal, before anything is sent or uploaded: the record the job backend
+        builds the trial template from, and notes on how Katib runs the sweep."""
+        notes = check_sweep(sweep)
+        if sweep.job.entry.kind == "notebook":
+            notes.append(
+                "a notebook's papermill parameters are not filled in by Katib: read the "
+                "values with nbscale.param(name) in the notebook"
+            )
+        record = self._template_record(sweep, experiment_name(sweep))
+        if _TOKEN in json.dumps(record.spec):
+            raise SpecError("sweep", f"the job may not contain the text {_TOKEN!r}")
+        spec = JobSpec.from_dict(record.spec)
+        self.jobs.check_resources(spec)
+        self.jobs.validate(spec)
+        mf.check_labels("labels", {**self.settings.labels, **mf.MANAGED})
+        return record, notes
+
+    def plan(
+        self, sweep: SweepSpec, upload: bool
+    ) -> tuple[dict[str, Any], mf.Staged, bytes | None, list[str]]:
+        """(Experiment, staged inputs, bundle ConfigMap bytes, notes); with ``upload``
+        False nothing is written anywhere."""
+        record, notes = self._checked(sweep)
+        return (*self._build(sweep, record, upload), notes)
+
+    def _build(
+        self, sweep: SweepSpec, record: JobRecord, upload: bool
+    ) -> tuple[dict[str, Any], mf.Staged, bytes | None]:
+        staged, data, _ = self.jobs.plan(record, upload)  # the code staged as for a job
+        outputs = self.jobs.object_store().base.child("jobs", _TOKEN, "outputs").uri
+        staged_trial = dataclasses.replace(staged, job_id=_TOKEN, outputs_uri=outputs)
+        namespace = self.cluster().namespace if upload else self.jobs._dry_namespace()
+        resolved = mf.resolve(record.spec, self.settings)
+        trainjob = mf.trainjob(_TOKEN, resolved, self.settings, staged_trial, namespace)
+        labels = {**self.settings.labels, **mf.MANAGED}
+        body = experiment(
+            sweep, trainjob, record.id, namespace, labels, dict(self.settings.annotations)
+        )
+        return body, staged, data
+
+    def dry_run(self, sweep: SweepSpec) -> DryRun:
+        """The Experiment (and the bundle ConfigMap) ``start`` would create, as YAML; the
+        key Secret is named in a note, never shown."""
+        body, staged, data, notes = self.plan(sweep, upload=False)
+        namespace = body["metadata"]["namespace"]
+        objects = [body]
+        if data is not None:
+            objects.append(
+                mf.bundle_configmap(
+                    body["metadata"]["name"], data, namespace, key=staged.configmap_key
+                )
+            )
+        key_secret = mf.key_secret(self.settings.key_secret, "{}", namespace)
+        head = [
+            f"a sweep of {count(sweep.trials, 'trial')} on {self.backend}: Katib "
+            f"{ALGORITHMS[sweep.algorithm]}, {sweep.parallel} at once, early stopping "
+            f"{PRUNERS[sweep.pruner] or 'none'}",
+            f"objective: {sweep.objective}; space: {sweep.space}",
+            "each trial is the TrainJob in spec.trialTemplate with Katib's values in "
+            f"{PER_NAME_PREFIX}<name>",
+        ]
+        return DryRun(
+            objects,
+            "yaml",
+            [
+                *head,
+                *notes,
+                *self.jobs.travel_notes(trial_template_spec(sweep).to_dict()),
+                mf.secret_note(key_secret, "the signing keys"),
+            ],
+        )
+
+    # -- running ----------------------------------------------------------------------
+    def _api(self):
+        return self.cluster().custom()
+
+    def start(self, sweep: SweepSpec, record: SweepRecord) -> SweepRecord:
+        cluster = self.cluster()
+        template, notes = self._checked(sweep)  # every refusal comes before anything is sent
+        self.jobs.ensure_key_secret()
+        body, staged, data = self._build(sweep, template, upload=True)
+        name = body["metadata"]["name"]
+        try:
+            created = self._api().create_namespaced_custom_object(
+                KATIB_GROUP, KATIB_VERSION, cluster.namespace, EXPERIMENTS, body
+            )
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"creating Katib Experiment {name}", cluster)
+            if not is_status(err, 409):
+                if is_status(err, 404):
+                    raise NbscaleError(
+                        f"{err}",
+                        "Katib is not installed in this cluster (no kubeflow.org/v1beta1 "
+                        "experiments): install it, or run the sweep on another backend",
+                    ) from None
+                raise err from None
+            created = self._get(name, cluster.namespace)  # the same sweep, run again
+            if (
+                created is None
+                or (created["metadata"].get("annotations") or {}).get(SWEEP_ANNOTATION) != sweep.id
+            ):
+                raise err from None
+            notes.append(f"Experiment {name} was already on the cluster: following it")
+        if data is not None:
+            cm = mf.bundle_configmap(
+                name,
+                data,
+                cluster.namespace,
+                owner=mf.owner_reference(created),
+                key=staged.configmap_key,
+            )
+            try:
+                cluster.core().create_namespaced_config_map(cluster.namespace, cm)
+            except Exception as exc:  # noqa: BLE001
+                err = api_error(exc, f"creating ConfigMap {cm['metadata']['name']}", cluster)
+                if not is_status(err, 409):
+                    with contextlib.suppress(NbscaleError):
+                        self._delete(name, cluster.namespace)
+                    raise err from None
+        outputs = staged.outputs_uri.replace(f"/jobs/{name}/", "/jobs/{trial}/")
+        update_sweep(
+            self.store,
+            record.id,
+            native_id=name,
+            info_patch={
+                "namespace": cluster.namespace,
+                "context": cluster.context,
+                "outputs_uri": outputs,  # {trial}: the Trial's name
+                "configmap": staged.configmap,
+                "notes": notes,
+            },
+        )
+        return get_sweep(self.store, record.id)
+
+    def _get(self, name: str, namespace: str) -> dict[str, Any] | None:
+        cluster = self.cluster()
+        try:
+            return self._api().get_namespaced_custom_object(
+                KATIB_GROUP, KATIB_VERSION, namespace, EXPERIMENTS, name
+            )
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"reading Katib Experiment {name}", cluster)
+            if is_status(err, 404):
+                return None
+            raise err from None
+
+    def trials(self, name: str, namespace: str, uid: str | None = None) -> list[dict[str, Any]]:
+        """The Experiment's Trials, oldest first."""
+        cluster = self.cluster()
+        found = cluster.call(
+            f"listing the Trials of {name}",
+            self._api().list_namespaced_custom_object,
+            KATIB_GROUP,
+            KATIB_VERSION,
+            namespace,
+            TRIALS,
+            label_selector=f"{EXPERIMENT_LABEL}={name}",
+        )
+
+        def mine(t: dict[str, Any]) -> bool:
+            meta = t.get("metadata") or {}
+            if (meta.get("labels") or {}).get(EXPERIMENT_LABEL) != name:
+                return False
+            owners = meta.get("ownerReferences") or []
+            return uid is None or not owners or any(o.get("uid") == uid for o in owners)
+
+        items = [t for t in found.get("items") or [] if mine(t)]
+        return sorted(
+            items,
+            key=lambda t: (t["metadata"].get("creationTimestamp") or "", t["metadata"]["name"]),
+        )
+
+    def view(self, record: SweepRecord) -> SweepView:
+        from ...sweeps.spec import SweepSpec
+
+        sweep = SweepSpec.from_dict(record.spec)
+        namespace = record.info.get("namespace") or self.cluster().namespace
+        name = record.native_id or experiment_name(sweep)
+        notes = list(record.info.get("notes") or [])
+        exp = self._get(name, namespace)
+        trials: list[TrialView] = []
+        error = record.error
+        if exp is None:
+            status = record.status if record.terminal else SWEEP_FAILED
+            if not record.terminal:
+                error = f"Katib Experiment {name} was deleted outside nbscale"
+        else:
+            status, error = sweep_status(exp)
+            if record.status == SWEEP_CANCELLED:
+                status = SWEEP_CANCELLED
+            items = self.trials(name, namespace, exp["metadata"].get("uid"))
+            trials = [trial_view(i, t, sweep) for i, t in enumerate(items)]
+        if status != record.status and not record.terminal and status != SWEEP_RUNNING:
+            update_sweep(self.store, record.id, status=status, ended=time.time(), error=error)
+        return SweepView(
+            id=record.id,
+            name=record.name,
+            backend=record.backend,
+            status=status,
+            objective=str(sweep.objective),
+            trials=trials,
+            planned=sweep.trials,
+            native_id=name,
+            error=error,
+            notes=notes,
+        )
+
+    def _delete(self, name: str, namespace: str) -> None:
+        cluster = self.cluster()
+        try:
+            self._api().delete_namespaced_custom_object(
+                KATIB_GROUP,
+                KATIB_VERSION,
+                namespace,
+                EXPERIMENTS,
+                name,
+                propagation_policy="Foreground",  # its Trials and their TrainJobs go too
+            )
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"deleting Katib Experiment {name}", cluster)
+            if not is_status(err, 404):
+                raise err from None
+
+    def cancel(self, record: SweepRecord) -> None:
+        from ...sweeps.spec import SweepSpec
+
+        name = record.native_id or experiment_name(SweepSpec.from_dict(record.spec))
+        cluster = self.cluster()
+        namespace = record.info.get("namespace") or cluster.namespace
+        self._delete(name, namespace)
+        configmap = record.info.get("configmap")
+        if configmap:  # owned by the Experiment; deleted now rather than by the collector
+            try:
+                cluster.core().delete_namespaced_config_map(configmap, namespace)
+            except Exception as exc:  # noqa: BLE001
+                err = api_error(exc, f"deleting ConfigMap {configmap}", cluster)
+                if not is_status(err, 404):
+                    raise err from None
+        update_sweep(self.store, record.id, status=SWEEP_CANCELLED, ended=time.time())
