@@ -44,8 +44,9 @@ def log_metric(name: str, value: Any, step: int | None = None) -> dict[str, Any]
         "time": time.time(),
         "rank": rank,
     }
-    if os.environ.get("NBSCALE_SWEEP") and math.isfinite(val):
-        # a sweep's trial: Katib's collector and SageMaker's metric regexes read the log
+    if os.environ.get("NBSCALE_SWEEP") and math.isfinite(val) and rank == 0:
+        # a sweep's trial: Katib's collector and SageMaker's metric regexes read the log (rank
+        # 0's only: one value per step, as SageMaker's early stopping expects)
         from .sweeps.lines import metric_line
 
         print(metric_line(name, val), flush=True)

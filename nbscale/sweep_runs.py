@@ -153,10 +153,15 @@ def prepare(
     config: Config | None = None,
     **options: Any,
 ) -> tuple[SweepSpec, list[str]]:
-    """The checked ``SweepSpec`` and notes about it; raises one ``SpecError`` when it cannot run."""
+    """The checked ``SweepSpec`` and notes about it; raises one ``SpecError`` when it cannot run.
+    With no ``algorithm`` the backend's own default is taken (TPE; Bayesian on SageMaker)."""
+    config = config or load_config()
+    if options.get("algorithm") is None:
+        bconf = config.backend(job.backend)
+        options["algorithm"] = registry.role_class("sweeps", bconf.type).default_algorithm
     sweep = SweepSpec(job=job, space=space, objective=objective, **options)
     check_objective_logged(job, sweep.objective, cell_source)
-    note = check_sweep_budget(sweep, config or load_config())
+    note = check_sweep_budget(sweep, config)
     return sweep, [note] if note else []
 
 

@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .base import DryRun
 
@@ -144,6 +144,9 @@ class SweepView:
 
 class SweepBackend(ABC):
     """Starts, follows and stops sweeps on one configured backend."""
+
+    #: the search algorithm a sweep gets when it names none (SageMaker has no TPE)
+    default_algorithm: ClassVar[str] = "tpe"
 
     def __init__(self, config: BackendConfig, store: Store):
         self.config = config

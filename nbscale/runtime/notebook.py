@@ -17,6 +17,12 @@ from .jobdir import JobDir
 def run_notebook(path: str, parameters: dict[str, Any], jobdir: JobDir, rank: int) -> Path:
     from ..kernel_transport import execute_notebook
 
+    if os.environ.get("NBSCALE_SWEEP"):
+        # a sweep's trial: its values as papermill parameters, wherever the platform put them
+        # (Katib's NBSCALE_PARAM_<name>, SageMaker's hyperparameters.json, nbscale's spec)
+        from ..sweeps.params import current
+
+        parameters = {**parameters, **current()}
     out_dir = jobdir.path / "notebooks"
     out_dir.mkdir(exist_ok=True)
     output = out_dir / f"rank-{rank}.ipynb"

@@ -16,7 +16,7 @@ import math
 import re
 
 MARK = "nbscale-metric"
-_NUMBER = r"[+-]?\d*(?:\.\d+)?(?:[Ee][+-]?\d+)?"
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[Ee][+-]?\d+)?"  # never empty
 #: Katib's filter: group 1 the name, group 2 the value (Go's RE2 syntax, also Python's)
 KATIB_FILTER = MARK + r" ([\w-]+)=(" + _NUMBER + r")"
 

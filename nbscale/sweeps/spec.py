@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ..specs import MAX_COST_USD, JobSpec
 from .space import Objective, Space, parse_objective, parse_space
 
 ALGORITHMS = ("tpe", "random", "grid", "bayesian")
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 PRUNERS = ("median", "halving", "none")
 MAX_TRIALS = 10_000
 #: the environment variable a trial reads its values from (``nbscale.param``)
@@ -43,6 +45,7 @@ class SweepSpec:
     name: str = ""
     seed: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # backend-specific extras
+    _key: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.job, JobSpec):
@@ -53,6 +56,13 @@ class SweepSpec:
             object.__setattr__(self, "objective", parse_objective(self.objective))
         if not self.name:
             object.__setattr__(self, "name", self.job.name[:40].rstrip("-"))
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise SpecError(
+                "sweep.name",
+                f"{self.name!r} is not a valid sweep name",
+                "use lower-case letters, digits and '-', at most 40 characters (its trials are "
+                "named <name>-t<N>), e.g. 'lr-search'",
+            )
         for what, value, low, high in (
             ("trials", self.trials, 1, MAX_TRIALS),
             ("parallel", self.parallel, 1, MAX_TRIALS),
@@ -91,11 +101,16 @@ class SweepSpec:
             raise SpecError("sweep", f"{clash[0]} is both a parameter and an --env variable")
         if PARAMS_ENV in self.job.env or SWEEP_ENV in self.job.env:
             raise SpecError("sweep", f"{PARAMS_ENV} and {SWEEP_ENV} are set by nbscale itself")
+        object.__setattr__(self, "_key", self._compute_key())
 
     @property
     def key(self) -> str:
         """Same sweep, same key: what a re-run of the cell resumes (the code, the space, the
-        objective, the algorithm and the job's shape; not the number of trials)."""
+        objective, the algorithm and the job's shape; not the number of trials). Taken when
+        the spec is made: the code as it was then."""
+        return self._key
+
+    def _compute_key(self) -> str:
         job = self.job.to_dict()
         job.pop("name", None)
         entry = job.get("entry") or {}
@@ -103,6 +118,10 @@ class SweepSpec:
         if target.is_file():  # the code itself, not where it lies (a cell's bundle path varies)
             entry = {**entry, "target": _file_digest(target)}
             job["entry"] = entry
+        elif entry.get("kind") == "bundle":
+            raise SpecError(
+                "sweep.job", "the cell's bundle is not written yet", "write it before the sweep"
+            )
         material = json.dumps(
             {
                 "name": self.name,

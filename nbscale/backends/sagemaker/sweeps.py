@@ -397,6 +397,8 @@ def _stamp(value: Any) -> float | None:
 
 # -- the backend ---------------------------------------------------------------------------
 class TuningSweeps(SweepBackend):
+    default_algorithm = "bayesian"  # TPE is no SageMaker strategy
+
     def __init__(self, config, store):
         super().__init__(config, store)
         from .jobs import SageMakerBackend
