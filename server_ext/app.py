@@ -14,13 +14,14 @@ from traitlets import Float, Int, Type
 from nbscale.config import Config
 from nbscale.config import load as load_config
 
-from . import endpoints, jobs, monitoring, pipelines, system
+from . import endpoints, jobs, monitoring, pipelines, sweeps, system
 from .poller import Poller
 
 # ids are letters, digits, '.', '_' and '-'; one with '..' is refused by NbscaleHandler.prepare
 _JOB = r"(?P<job_id>[A-Za-z0-9._-]+)"
 _NAME = r"(?P<name>[A-Za-z0-9._-]+)"
 _RUN = r"(?P<run_id>[A-Za-z0-9._-]+)"
+_SWEEP = r"(?P<sweep_id>[A-Za-z0-9._-]+)"
 
 # relative patterns: the server prefixes its base_url
 ROUTES: list[tuple[str, type]] = [
@@ -40,6 +41,8 @@ ROUTES: list[tuple[str, type]] = [
     ("nbscale/api/idle", monitoring.IdleHandler),
     ("nbscale/api/pipelines", pipelines.RunsHandler),
     (f"nbscale/api/pipelines/{_RUN}", pipelines.RunHandler),
+    ("nbscale/api/sweeps", sweeps.SweepsHandler),
+    (f"nbscale/api/sweeps/{_SWEEP}", sweeps.SweepHandler),
     ("nbscale/api/(?P<rest>.*)", system.NoRouteHandler),  # last: a JSON 404 for the rest
 ]
 

@@ -119,6 +119,8 @@ class DescribeJob(Model):
     restarts: int = 0
     notebook: str | None = None
     spec: dict[str, Any] | None = None
+    sweep: str | None = Field(None, description="the sweep this job is a trial of")
+    trial: int | None = Field(None, description="its trial number in that sweep")
 
 
 class ListJobsResponse(Model):
@@ -285,3 +287,66 @@ class IdleItem(OpenModel):
 class ListIdleResponse(Model):
     items: list[IdleItem]
     cost_per_hour: float
+
+
+# -- sweeps: trials sampled by Optuna (local), Katib (Kubeflow) or automatic model tuning ----
+
+
+class ListSweepsQuery(Model):
+    limit: int = Field(50, ge=1, le=500)
+
+
+class SweepTrial(OpenModel):
+    number: int
+    params: dict[str, Any]
+    status: str = Field(description="PENDING, RUNNING, SUCCEEDED, FAILED, PRUNED or CANCELLED")
+    value: float | None = Field(None, description="the objective's final value")
+    last: float | None = Field(None, description="the objective's latest value while it runs")
+    steps: int = Field(0, description="how many values of the objective it logged")
+    job_id: str | None = Field(
+        None, description="its nbscale job (local), Katib Trial or training job"
+    )
+    started: float | None = None
+    ended: float | None = None
+    duration: float | None = None
+    error: str | None = None
+    cost: float | None = None
+
+
+class SweepSummary(Model):
+    id: str
+    name: str
+    backend: str
+    backend_type: str
+    status: str = Field(description="RUNNING, SUCCEEDED, FAILED, CANCELLED or STOPPED")
+    objective: str = Field(description='the metric and its direction, e.g. "val_loss:min"')
+    planned: int = Field(description="the trials asked for (--trials)")
+    done: int = Field(description="trials that ended (succeeded, failed, pruned, cancelled)")
+    running: int
+    best_value: float | None
+    best_trial: int | None
+    cost: float | None = Field(description="USD spent by its trials, where they are priced")
+    created: float
+    ended: float | None
+    error: str | None
+
+
+class ListSweepsResponse(Model):
+    sweeps: list[SweepSummary]
+
+
+class DescribeSweep(OpenModel):
+    id: str
+    name: str
+    backend: str
+    status: str = Field(description="RUNNING, SUCCEEDED, FAILED, CANCELLED or STOPPED")
+    objective: str
+    planned: int
+    native_id: str | None = None
+    error: str | None = None
+    notes: list[str] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict, description="trials per status")
+    best: SweepTrial | None = None
+    trials: list[SweepTrial] = Field(
+        default_factory=list, description="by the objective, best first; unscored last"
+    )

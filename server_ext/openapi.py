@@ -19,7 +19,7 @@ from . import models as m
 _ERRORS = {
     "400": "bad input: a field, a query argument or the body is wrong",
     "403": "the user may not do this (launching or stopping compute needs the execute permission)",
-    "404": "no such job, endpoint, pipeline run or backend",
+    "404": "no such job, endpoint, pipeline run, sweep or backend",
     "409": "the request clashes with the current state",
     "504": "the job or run did not stop in time; it may still be stopping",
     "502": "the backend cannot be reached",
@@ -162,6 +162,23 @@ def document() -> dict[str, Any]:
                 "Cancel a detached run (its runner stops its kernels)",
                 m.DescribeRun,
                 path_param="run_id",
+            ),
+        },
+        "/nbscale/api/sweeps": {
+            "get": _op(
+                "List sweeps, newest first: status, trials done of planned, best objective",
+                m.ListSweepsResponse,
+                query=m.ListSweepsQuery,
+            )
+        },
+        "/nbscale/api/sweeps/{sweep_id}": {
+            "get": _op(
+                "Describe a sweep: its trials, best first by the objective",
+                m.DescribeSweep,
+                path_param="sweep_id",
+            ),
+            "delete": _op(
+                "Cancel a sweep and its running trials", m.DescribeSweep, path_param="sweep_id"
             ),
         },
     }

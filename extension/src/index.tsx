@@ -42,6 +42,7 @@ import { JobsSection } from './components/JobsSection';
 import { JobView } from './components/JobView';
 import { PipelinesSection, RunView } from './components/PipelinesSection';
 import { RunDialogBody } from './components/RunDialog';
+import { SweepsSection } from './components/SweepsSection';
 import { errorText, IPanelContext } from './context';
 
 const PLUGIN_ID = 'nbscale:plugin';
@@ -202,6 +203,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     panel.addWidget(
       section(trans.__('Pipelines'), <PipelinesSection ctx={ctx} />)
     );
+    panel.addWidget(section(trans.__('Sweeps'), <SweepsSection ctx={ctx} />));
     panel.addWidget(
       section(trans.__('Endpoints'), <EndpointsSection ctx={ctx} />)
     );

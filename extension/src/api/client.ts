@@ -124,6 +124,13 @@ export const startRun = (body: M.CreateRun) =>
 export const cancelRun = (id: string) =>
   request<M.DescribeRun>(`pipelines/${enc(id)}`, json('DELETE'));
 
+export const listSweeps = (q: M.ListSweepsQuery = {}) =>
+  request<M.ListSweepsResponse>('sweeps', {}, q);
+export const getSweep = (id: string) =>
+  request<M.DescribeSweep>(`sweeps/${enc(id)}`);
+export const cancelSweep = (id: string) =>
+  request<M.DescribeSweep>(`sweeps/${enc(id)}`, json('DELETE'));
+
 export type ServerCheck =
   | { kind: 'ok' }
   | { kind: 'missing' }

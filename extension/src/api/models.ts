@@ -76,6 +76,9 @@ export interface DescribeJob {
   restarts?: number;
   notebook?: string | null;
   spec?: Record<string, unknown> | null;
+  /** The sweep this job is a trial of, and its trial number there. */
+  sweep?: string | null;
+  trial?: number | null;
 }
 
 export interface ListJobsResponse {
@@ -238,4 +241,68 @@ export interface IdleItem {
 export interface ListIdleResponse {
   items: IdleItem[];
   cost_per_hour: number;
+}
+
+export interface ListSweepsQuery {
+  limit?: number;
+}
+
+/** A trial of a sweep; `value` is its final objective, `last` the latest while it runs. */
+export interface SweepTrial {
+  number: number;
+  params: Record<string, unknown>;
+  /** PENDING, RUNNING, SUCCEEDED, FAILED, PRUNED or CANCELLED. */
+  status: string;
+  value?: number | null;
+  last?: number | null;
+  steps?: number;
+  job_id?: string | null;
+  started?: number | null;
+  ended?: number | null;
+  duration?: number | null;
+  error?: string | null;
+  cost?: number | null;
+  [extra: string]: unknown;
+}
+
+export interface SweepSummary {
+  id: string;
+  name: string;
+  backend: string;
+  backend_type: string;
+  /** RUNNING, SUCCEEDED, FAILED, CANCELLED or STOPPED. */
+  status: string;
+  /** The metric and its direction, e.g. "val_loss:min". */
+  objective: string;
+  planned: number;
+  done: number;
+  running: number;
+  best_value: number | null;
+  best_trial: number | null;
+  cost: number | null;
+  created: number;
+  ended: number | null;
+  error: string | null;
+}
+
+export interface ListSweepsResponse {
+  sweeps: SweepSummary[];
+}
+
+export interface DescribeSweep {
+  id: string;
+  name: string;
+  backend: string;
+  status: string;
+  objective: string;
+  planned: number;
+  native_id?: string | null;
+  error?: string | null;
+  notes?: string[];
+  /** Trials per status. */
+  counts?: Record<string, number>;
+  best?: SweepTrial | null;
+  /** By the objective, best first; unscored last. */
+  trials?: SweepTrial[];
+  [extra: string]: unknown;
 }
