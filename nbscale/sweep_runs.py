@@ -34,7 +34,7 @@ from .words import count
 
 # what the local driver runs trials with (a backend does not import the engine layer)
 _JOBS = types.SimpleNamespace(submit=_submit, job=_job)
-_SCAN_LIMIT = 200  # .py files beside the entry that are read for log_metric calls
+_SCAN_LIMIT = 200  # local modules read for log_metric calls
 
 
 def _calls_log_metric(source: str) -> tuple[set[str], bool]:
@@ -64,7 +64,32 @@ def _calls_log_metric(source: str) -> tuple[set[str], bool]:
     return names, dynamic
 
 
+def _local_imports(source: str, folder: Path) -> list[Path]:
+    """The files of the modules ``source`` imports that live in ``folder`` (the code that
+    travels with the job and may call ``log_metric`` for it)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    found = []
+    for name in sorted(names):
+        base = folder.joinpath(*name.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                found.append(candidate)
+    return found
+
+
 def _sources(job: JobSpec, cell_source: str | None) -> list[str]:
+    """The entry's code (a cell, a script, a notebook's code cells) and the local modules it
+    imports, transitively (at most ``_SCAN_LIMIT`` files)."""
     if cell_source is not None:
         texts = [cell_source]
         folder = Path(job.workdir or ".")
@@ -89,19 +114,25 @@ def _sources(job: JobSpec, cell_source: str | None) -> list[str]:
         else:
             texts = [path.read_text(errors="replace")]
         folder = path.parent
-    for i, extra in enumerate(sorted(folder.glob("*.py"))):
-        if i >= _SCAN_LIMIT:
-            break
+    seen: set[Path] = set()
+    queue = [f for t in texts for f in _local_imports(t, folder)]
+    while queue and len(seen) < _SCAN_LIMIT:
+        module = queue.pop().resolve()
+        if module in seen:
+            continue
+        seen.add(module)
         try:
-            texts.append(extra.read_text(errors="replace"))
+            text = module.read_text(errors="replace")
         except OSError:
             continue
+        texts.append(text)
+        queue.extend(_local_imports(text, folder))
     return texts
 
 
 def check_objective_logged(job: JobSpec, objective: Objective, cell_source: str | None = None):
     """Refuse a sweep whose code never logs its objective (read, not run: the cell or entry and
-    the .py files beside it)."""
+    the local modules it imports)."""
     texts = _sources(job, cell_source)
     if not texts:
         return

@@ -35,6 +35,8 @@ def describe(data: dict[str, Any], config: Config, detail: bool = False) -> Desc
     data = shown(data)
     spec = data.get("spec") or {}
     entry = spec.get("entry") or {}
+    tags = spec.get("tags") or {}
+    trial = str(tags.get("nbscale-trial", ""))
     return DescribeJob(
         id=data["id"],
         name=data["name"],
@@ -55,6 +57,9 @@ def describe(data: dict[str, Any], config: Config, detail: bool = False) -> Desc
         restarts=data["restarts"],
         notebook=entry.get("target") if entry.get("kind") == "notebook" else None,
         spec=spec if detail else None,
+        # a sweep's trial: the panel folds them under their sweep
+        sweep=tags.get("nbscale-sweep"),
+        trial=int(trial) if trial.isdigit() else None,
     )
 
 

@@ -291,7 +291,7 @@ def _trial_view(backend: LocalSweeps, t: Any) -> TrialView:
         states.RUNNING: RUNNING,
         states.WAITING: PENDING,
     }[t.state]
-    if status == FAILED and t.user_attrs.get("cancelled"):
+    if status == FAILED and (t.user_attrs.get("cancelled") or t.user_attrs.get("not_started")):
         status = CANCELLED
     steps = sorted(t.intermediate_values.items())
     last = steps[-1][1] if steps else None
@@ -420,14 +420,28 @@ class _Driver:
     def _adopt(self) -> None:
         """Trials left RUNNING by a driver that ended: follow their jobs again."""
         for t in self._trials(self.optuna.trial.TrialState.RUNNING):
-            job_id = t.user_attrs.get("job_id")
+            job_id = t.user_attrs.get("job_id") or self._submitted(t.number)
+            if job_id and not t.user_attrs.get("job_id"):  # it ended right after submitting
+                self.study._storage.set_trial_user_attr(t._trial_id, "job_id", job_id)
             if not job_id:  # the driver ended between asking and submitting
                 self.study._storage.set_trial_user_attr(t._trial_id, "not_started", True)
+                self.study._storage.set_trial_user_attr(
+                    t._trial_id, "error", "never started: the sweep's driver ended first"
+                )
                 self.study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
                 continue
             trial = self.optuna.trial.Trial(self.study, t._trial_id)
             self.active[t.number] = (trial, self.jobs.job(job_id))
             self.reported[t.number] = len(t.intermediate_values)
+
+    def _submitted(self, number: int) -> str | None:
+        """The job submitted for trial ``number`` of this sweep, found by its tags."""
+        row = self.backend.store.query_one(
+            "SELECT id FROM jobs WHERE json_extract(spec, '$.tags.\"nbscale-sweep\"') = ? "
+            "AND json_extract(spec, '$.tags.\"nbscale-trial\"') = ? ORDER BY created DESC",
+            (self.sweep.id, str(number)),
+        )
+        return row["id"] if row else None
 
     def _start_more(self) -> None:
         while (
