@@ -21,7 +21,8 @@ from nbscale.store.jobs import SUCCEEDED, JobRecord
 
 from .display import CellJobFailed, JobInterrupted, TrainResult, user_error
 from .progress import make_view
-from .train_args import parse_train
+from .sweep_view import SweepDisplay, SweepFailed
+from .train_args import TrainArgs, parse_train
 
 
 def _cancel_uninterrupted(handle: Job) -> JobRecord:
@@ -101,6 +102,8 @@ class TrainMagics(Magics):
             if args is None:
                 return None
             source = self.shell.transform_cell(cell) if "%" in cell or "!" in cell else cell
+            if args.sweep is not None:
+                return sweep_cell(self.shell, args, source)
             prepared = prepare_cell(
                 source,
                 self.shell.user_ns,
@@ -129,3 +132,110 @@ class TrainMagics(Magics):
             # the job has read its bundle; the results live on in the job directory
             prepared.bundle_path.unlink(missing_ok=True)
         return finish(self.shell, handle, record, None)
+
+
+# -- %%train --sweep ----------------------------------------------------------------------
+
+
+def _sweep_bundle(shell, args: TrainArgs, source: str):
+    """The cell captured once, its bundle written beside the sweep's study (each trial's job
+    copies it; the bundles folder is for one job's bundle, which that job takes)."""
+    import dataclasses
+    import secrets
+
+    from nbscale import paths
+    from nbscale.specs import Entry
+
+    namespace = shell.user_ns
+    # a parameter the notebook does not define yet is captured as None: the trial's value
+    # replaces it before the cell runs (nbscale.runtime.cell.sweep_values)
+    missing = [n for n in args.sweep.space.names if n not in namespace]
+    if missing and args.inputs is None:
+        namespace = {**namespace, **dict.fromkeys(missing)}
+    prepared = prepare_cell(
+        source, namespace, args.spec, outputs=args.outputs, inputs=args.inputs, line_offset=1
+    )
+    folder = paths.home() / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f".{prepared.spec.name}-{secrets.token_hex(4)}.zip"
+    prepared = dataclasses.replace(
+        prepared, spec=prepared.spec.replace(entry=Entry("bundle", str(path)))
+    )
+    prepared.write()
+    return prepared
+
+
+def sweep_cell(shell, args: TrainArgs, source: str) -> None:
+    """Sweep the cell: one live table; the best trial's outputs and the ``Sweep`` (in
+    ``--sweep-var``, default ``sweep``) in the notebook at the end. Interrupting stops the
+    driver only; running the cell again resumes the same sweep."""
+    import os
+
+    from nbscale import sweep_runs
+    from nbscale.specs import Entry
+
+    sw = args.sweep
+    prepared = _sweep_bundle(shell, args, source)
+    written = prepared.bundle_path
+    try:
+        spec, notes = sweep_runs.prepare(
+            prepared.spec, sw.space, sw.objective, cell_source=source, **sw.options
+        )
+        if args.dry_run:  # what would be sent on stdout, commentary on stderr
+            report = prepared.report().text()
+            show_dry_run(sweep_runs.dry_run(spec), "dry run: nothing started", report, *notes)
+            return None
+        # the same cell makes the same bundle and so the same sweep id: a re-run resumes it
+        bundle = written.with_name(f"{spec.id}.cell.zip")
+        os.replace(written, bundle)
+        written = bundle
+        spec = spec.replace(job=spec.job.replace(entry=Entry("bundle", str(bundle))))
+        handle = sweep_runs.start(spec, notes=[prepared.capture.summary(), *notes])
+    except NbscaleError as exc:
+        written.unlink(missing_ok=True)
+        raise user_error(exc) from None
+    finally:
+        if args.dry_run:
+            written.unlink(missing_ok=True)
+    shell.user_ns[sw.var] = handle
+    live = SweepDisplay()
+    try:
+        view = handle.run(on_update=live)
+    except KeyboardInterrupt:
+        live.note(
+            f"interrupted: sweep {handle.id} is not followed any more; its running trials go "
+            "on. Run this cell again to resume it, or cancel it with "
+            f"nbscale sweep-cancel {handle.id}"
+        )
+        raise JobInterrupted(
+            f"stopped following sweep {handle.id}; its running trials go on"
+        ) from None
+    except NbscaleError as exc:
+        raise user_error(exc) from None
+    # the bundle stays beside the study (sweeps/<id>.cell.zip): the stored sweep names it,
+    # and a re-run with more --trials starts new trials from it
+    if view.status != SUCCEEDED:
+        live.finish(view, spec)
+        raise SweepFailed(view)
+    loaded = _best_outputs(shell, handle, view)
+    live.note(loaded + f"; the sweep is in {sw.var} ({sw.var}.best, .best_params, .trials)")
+    live.finish(view, spec)
+    return None
+
+
+def _best_outputs(shell, handle, view) -> str:
+    """The best trial's --outputs into the notebook, as a finished %%train brings its own."""
+    best = view.best
+    if best is None:
+        return "no trial was scored"
+    job = handle.best_job
+    if job is None:
+        return f"best: trial {best.number}; its outputs stay on {view.backend}"
+    record = job.refresh()
+    try:
+        outputs = load_results(record, None)
+    except NbscaleError as exc:
+        raise user_error(exc) from None
+    shell.user_ns.update(outputs)
+    names = ", ".join(outputs) or "(no --outputs)"
+    return f"outputs of the best trial ({best.number}, job {record.id}): {names}"

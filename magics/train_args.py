@@ -10,10 +10,17 @@ from __future__ import annotations
 import argparse
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
 from nbscale.config import load as load_config
 from nbscale.errors import SpecError
-from nbscale.faces.options import add_resource_options, spec_from_args
+from nbscale.faces.options import (
+    add_resource_options,
+    add_sweep_options,
+    spec_from_args,
+    sweep_job_args,
+    sweep_request,
+)
 from nbscale.specs import Entry, JobSpec
 
 DEFAULT_NAME = "train-cell"
@@ -66,6 +73,80 @@ def _split(line: str, prog: str) -> list[str]:
         raise SpecError(prog, f"cannot read the arguments: {exc}", "check the quotes") from None
 
 
+def _tokens(line: str) -> list[str]:
+    """The line split on blanks outside quotes and parentheses, each token's text kept as
+    written (quotes too): ``--sweep lr=loguniform(1e-4, 1e-1) 'b=choice("x y",2)'``."""
+    out, depth, quote, current = [], 0, "", ""
+    for ch in line:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif ch.isspace() and depth == 0:
+            if current:
+                out.append(current)
+            current = ""
+            continue
+        current += ch
+    if current:
+        out.append(current)
+    return out
+
+
+def _unquote(token: str) -> str:
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+        return token[1:-1]
+    return token
+
+
+def split_sweep(line: str) -> tuple[str, list[str] | None]:
+    """The line without its ``--sweep`` values, and those values (None: no --sweep).
+
+    The values are the tokens after ``--sweep`` up to the next ``--option``, quoted or not;
+    they are taken out before the rest is read as shell words, which would drop the quotes
+    of a string choice and split ``loguniform(1e-4, 1e-1)`` at its blank."""
+    tokens = _tokens(line)
+    rest: list[str] = []
+    found: list[str] | None = None
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--sweep" or token.startswith("--sweep="):
+            found = found if found is not None else []
+            if token.startswith("--sweep="):
+                found.append(_unquote(token.partition("=")[2]))
+            i += 1
+            while i < len(tokens) and not tokens[i].startswith("--"):
+                found.append(_unquote(tokens[i]))
+                i += 1
+            continue
+        rest.append(token)
+        i += 1
+    if found is not None and not any(t.strip() for t in found):
+        raise SpecError(
+            "--sweep", "names no parameter", "write e.g. --sweep lr=loguniform(1e-4,1e-1)"
+        )
+    return " ".join(rest), found
+
+
+DEFAULT_SWEEP_VAR = "sweep"
+
+
+@dataclass
+class SweepArgs:
+    """What ``--sweep`` adds to ``%%train``: the space (checked), the objective, the sweep's
+    options (``SweepSpec`` fields) and the name the ``Sweep`` is given in the notebook."""
+
+    space: Any  # nbscale.sweeps.space.Space
+    objective: str
+    options: dict[str, Any]
+    var: str
+
+
 @dataclass
 class TrainArgs:
     spec: JobSpec  # entry is a placeholder until the cell is captured
@@ -75,6 +156,7 @@ class TrainArgs:
     detach: bool
     dry_run: bool
     log_ranks: list[int] | None  # None: every rank
+    sweep: SweepArgs | None = None
 
 
 def train_parser() -> _Parser:
@@ -96,19 +178,55 @@ def train_parser() -> _Parser:
     p.add_argument(
         "--log-ranks", default="0", metavar="0|all", help="ranks whose logs are shown (default 0)"
     )
+    add_sweep_options(p, space_required=False)
+    p.add_argument(
+        "--sweep-var",
+        metavar="NAME",
+        help=f"with --sweep: the notebook variable the Sweep is put in (default {DEFAULT_SWEEP_VAR})",
+    )
     return p
+
+
+_SWEEP_ONLY = ("objective", "trials", "parallel", "algorithm", "pruner", "max_failed", "seed")
+
+
+def _sweep_args(args: argparse.Namespace, space_tokens: list[str] | None) -> SweepArgs | None:
+    if space_tokens is None and args.sweep:  # --sweep inside text split_sweep kept whole
+        space_tokens = [token for group in args.sweep for token in group]
+    if space_tokens is None:
+        given = [k for k in (*_SWEEP_ONLY, "sweep_var") if getattr(args, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise SpecError(flag, "is an option of a sweep", "add --sweep NAME=DIST(...) ...")
+        return None
+    if args.run_async:
+        raise SpecError(
+            "--async",
+            "a sweep's trials are started by the cell itself, so it cannot return at once",
+            "drop --async; interrupting the cell leaves the running trials going, and running "
+            "it again resumes the sweep",
+        )
+    args.sweep = [space_tokens]
+    space, objective, options = sweep_request(args)
+    var = args.sweep_var or DEFAULT_SWEEP_VAR
+    if not var.isidentifier():
+        raise SpecError("--sweep-var", f"{var!r} is not a Python name", "write e.g. --sweep-var s")
+    return SweepArgs(space=space, objective=objective, options=options, var=var)
 
 
 def parse_train(line: str) -> TrainArgs | None:
     """None when the line asked for --help (the help was printed)."""
     parser = train_parser()
+    line, space_tokens = split_sweep(line)
     try:
         args = parser.parse_args(_split(line, parser.prog))
     except _HelpShown:
         return None
     args.name = args.name or DEFAULT_NAME
     load_config().backend(args.backend)  # an unknown backend fails here, before any capture
-    spec = spec_from_args(args, Entry("bundle", "<not captured yet>"))
+    sweep = _sweep_args(args, space_tokens)
+    job_args = sweep_job_args(args) if sweep else args  # --max-cost: the whole sweep's budget
+    spec = spec_from_args(job_args, Entry("bundle", "<not captured yet>"))
     return TrainArgs(
         spec=spec,
         outputs=_names("--outputs", args.outputs) or [],
@@ -117,6 +235,7 @@ def parse_train(line: str) -> TrainArgs | None:
         detach=args.detach,
         dry_run=args.dry_run,
         log_ranks=_ranks(args.log_ranks),
+        sweep=sweep,
     )
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "quickstart_cmd",
     "monitor_cmd",
     "backends_cmd",
+    "sweep_cmd",
 ]
 
 

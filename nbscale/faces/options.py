@@ -160,3 +160,74 @@ def platform_options(args: argparse.Namespace) -> dict:
         }.items()
         if v is not None
     }
+
+
+# -- sweeps: the same options on ``nbscale sweep`` and ``%%train --sweep`` ----------------
+
+
+def add_sweep_options(p: argparse.ArgumentParser, space_required: bool = True) -> None:
+    """What a sweep adds to a job's options. ``--max-cost`` (a resource option) caps the whole
+    sweep, not each trial."""
+    from ..sweeps.spec import ALGORITHMS, PRUNERS
+
+    g = p.add_argument_group("sweep")
+    g.add_argument(
+        "--sweep",
+        action="append",
+        nargs="+",
+        metavar="NAME=DIST",
+        required=space_required,
+        help="the search space: NAME=DIST(...) tokens, e.g. lr=loguniform(1e-4,1e-1) "
+        "batch=choice(32,64) layers=int(2,6) (several, or one quoted string; repeatable)",
+    )
+    g.add_argument(
+        "--objective",
+        metavar="METRIC:min|max",
+        help="the metric the trials log with nbscale.log_metric, and which way is better",
+    )
+    g.add_argument("--trials", type=int, help="how many trials in all (default 16)")
+    g.add_argument("--parallel", type=int, help="trials at once (default 1)")
+    g.add_argument("--algorithm", choices=ALGORITHMS, help="how values are sampled (default tpe)")
+    g.add_argument(
+        "--pruner", choices=PRUNERS, help="how bad trials are stopped early (default median)"
+    )
+    g.add_argument(
+        "--max-failed",
+        type=int,
+        metavar="N",
+        help="failed trials are retried until more than N failed; then the sweep stops (default 3)",
+    )
+    g.add_argument("--seed", type=int, help="seed of the sampler (a sweep that repeats)")
+
+
+def sweep_request(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
+    """The space (parsed: a bad one is refused here), the objective and the sweep's options
+    from parsed arguments; ``--max-cost`` is the sweep's budget."""
+    from ..sweeps.space import parse_objective, parse_space
+
+    groups = args.sweep or []
+    # tokens are joined and split again outside parentheses and quotes, so that
+    # ``--sweep lr=loguniform(1e-4, 1e-1)`` (a space inside) reads as one parameter
+    space = parse_space(" ".join(token for group in groups for token in group))
+    if not args.objective:
+        raise SpecError(
+            "--objective",
+            "is missing: a sweep needs the metric it optimizes",
+            "write e.g. --objective val_loss:min (a name the code passes to nbscale.log_metric)",
+        )
+    objective = str(parse_objective(args.objective))
+    options = {
+        "trials": args.trials,
+        "parallel": args.parallel,
+        "algorithm": args.algorithm,
+        "pruner": args.pruner,
+        "max_failed": args.max_failed,
+        "seed": args.seed,
+        "max_cost": getattr(args, "max_cost", None),
+    }
+    return space, objective, {k: v for k, v in options.items() if v is not None}
+
+
+def sweep_job_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments that make a sweep's job: ``--max-cost`` belongs to the sweep."""
+    return argparse.Namespace(**{**vars(args), "max_cost": None})

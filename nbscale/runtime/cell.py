@@ -115,6 +115,16 @@ def build_namespace(found: bundle.Bundle, src_dir: Path, device=None) -> dict[st
     return ns
 
 
+def sweep_values() -> dict[str, Any]:
+    """A sweep trial's values (``nbscale.param``'s), which the cell also sees as plain
+    variables, as papermill injects parameters: a value wins over a captured input of the
+    same name, since a parameter named like a notebook variable is that variable, swept.
+    Empty outside a sweep."""
+    from ..sweeps.params import current
+
+    return current()
+
+
 def compile_cell(source: str, line_offset: int):
     tree = ast.parse(source, CELL_FILENAME)
     ast.increment_lineno(tree, line_offset)
@@ -162,6 +172,7 @@ def run_bundle(target: str, spec: dict[str, Any], jobdir: JobDir, rank: int) -> 
 
     device = distributed.init()
     ns = build_namespace(found, jobdir.path / "src" / f"rank-{rank}", device)
+    ns.update(sweep_values())
     code = compile_cell(found.part("cell.py").decode(), int(manifest.get("line_offset", 0)))
     started = time.monotonic()
     try:
