@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.extra = extra
         if extra and not getattr(args, "takes_extra", False):
-            raise UsageError("arguments after -- are only for 'nbscale run'")
+            raise UsageError("arguments after -- are only for 'nbscale run' and 'nbscale sweep'")
         if args.version:
             from .. import __version__
 

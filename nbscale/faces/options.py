@@ -187,7 +187,11 @@ def add_sweep_options(p: argparse.ArgumentParser, space_required: bool = True) -
     )
     g.add_argument("--trials", type=int, help="how many trials in all (default 16)")
     g.add_argument("--parallel", type=int, help="trials at once (default 1)")
-    g.add_argument("--algorithm", choices=ALGORITHMS, help="how values are sampled (default tpe)")
+    g.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        help="how values are sampled (default: tpe; bayesian on SageMaker, which has no TPE)",
+    )
     g.add_argument(
         "--pruner", choices=PRUNERS, help="how bad trials are stopped early (default median)"
     )

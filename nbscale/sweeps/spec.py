@@ -45,6 +45,8 @@ class SweepSpec:
     name: str = ""
     seed: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # backend-specific extras
+    # the key a stored sweep was made with (``from_dict``): its code may have changed since
+    fixed_key: str = field(default="", repr=False, compare=False)
     _key: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,7 +103,7 @@ class SweepSpec:
             raise SpecError("sweep", f"{clash[0]} is both a parameter and an --env variable")
         if PARAMS_ENV in self.job.env or SWEEP_ENV in self.job.env:
             raise SpecError("sweep", f"{PARAMS_ENV} and {SWEEP_ENV} are set by nbscale itself")
-        object.__setattr__(self, "_key", self._compute_key())
+        object.__setattr__(self, "_key", self.fixed_key or self._compute_key())
 
     @property
     def key(self) -> str:
@@ -172,12 +174,15 @@ class SweepSpec:
             "name": self.name,
             "seed": self.seed,
             "settings": dict(self.settings),
+            "key": self.key,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepSpec:
         data = dict(data)
+        key = data.pop("key", "")
         return cls(
+            fixed_key=key,
             job=JobSpec.from_dict(data.pop("job")),
             space=Space.from_list(data.pop("space")),
             objective=parse_objective(data.pop("objective")),

@@ -157,7 +157,13 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(planted, writ
     finished = {t.number: t.job_id for t in before.trials if t.status == "SUCCEEDED"}
     spec = nbscale.JobSpec(entry=nbscale.Entry.from_path(str(planted)), env={"PAUSE": "0.5"})
     again = nbscale.sweep(
-        spec, "lr=loguniform(1e-4,1e-1)", "val_loss:min", trials=6, parallel=2, pruner="none", seed=5
+        spec,
+        "lr=loguniform(1e-4,1e-1)",
+        "val_loss:min",
+        trials=6,
+        parallel=2,
+        pruner="none",
+        seed=5,
     )
     view = again.view()
     assert again.id == record.id and view.status == "SUCCEEDED"
@@ -169,7 +175,9 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(planted, writ
     after = {t.number: t.job_id for t in view.trials}
     assert all(after[n] == job_id for n, job_id in finished.items())  # kept, not run again
     # one job per trial: the ones running at the kill were followed again, not restarted
-    tagged = [j for j in job_handles(limit=100) if j.record.spec["tags"].get("nbscale-sweep") == again.id]
+    tagged = [
+        j for j in job_handles(limit=100) if j.record.spec["tags"].get("nbscale-sweep") == again.id
+    ]
     assert len(tagged) == 6
 
 
@@ -197,6 +205,23 @@ def test_a_failing_trial_is_failed_and_counted_not_scored(planted):
         assert "this trial's values make it fail" in view.error
     else:
         assert view.status == "SUCCEEDED"
+
+
+@pytest.mark.timeout(300)
+def test_a_grid_runs_each_point_once(planted):
+    sweep = nbscale.sweep(
+        job(planted),
+        "lr=choice(0.001,0.01,0.05)",
+        "val_loss:min",
+        algorithm="grid",
+        trials=10,
+        parallel=2,
+        pruner="none",
+    )
+    view = sweep.view()
+    assert view.status == "SUCCEEDED" and view.planned == 3, sweep.to_dict()
+    assert sorted(t.params["lr"] for t in view.trials) == [0.001, 0.01, 0.05]
+    assert sweep.best_params == {"lr": 0.01}
 
 
 def test_an_objective_the_code_never_logs_is_refused_before_anything_runs(planted, write_script):

@@ -84,7 +84,11 @@ def test_a_trial_is_the_job_with_its_values_and_the_id_is_stable(tmp_path):
     assert trial.name == "train-t3"
     assert json.loads(trial.env[PARAMS_ENV]) == {"lr": 0.01}
     assert trial.env[SWEEP_ENV] == sweep.id and trial.tags["nbscale-trial"] == "3"
-    assert SweepSpec.from_dict(json.loads(json.dumps(sweep.to_dict()))) == sweep
+    stored = json.loads(json.dumps(sweep.to_dict()))
+    assert SweepSpec.from_dict(stored) == sweep
+    # a stored sweep keeps its id when its code changes: that is where its study is
+    (tmp_path / "train.py").write_text("import nbscale\nnbscale.log_metric('val_loss', 3.0)\n")
+    assert SweepSpec.from_dict(stored).id == sweep.id
 
 
 def test_sweep_options_are_checked(tmp_path):

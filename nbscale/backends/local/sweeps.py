@@ -88,17 +88,24 @@ def distributions(sweep: SweepSpec) -> dict[str, Any]:
 PRUNER_SETTINGS = {"startup_trials", "warmup_steps"}
 
 
-def sampler(sweep: SweepSpec):
+def sampler(sweep: SweepSpec, done: int = 0):
+    """The sampler; ``done``: trials the study already holds, so that a resumed seeded sweep
+    does not draw its first values again."""
     optuna = _optuna()
+    seed = None if sweep.seed is None else sweep.seed + done
     if sweep.algorithm == "random":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if sweep.algorithm == "grid":
-        return optuna.samplers.GridSampler(
-            {p.name: p.grid() for p in sweep.space.params}, seed=sweep.seed
-        )
+
+        class Grid(optuna.samplers.GridSampler):
+            def after_trial(self, study, trial, state, values):
+                """Optuna's grid stops ``study.optimize`` once every point is taken, which
+                raises outside ``optimize``; the driver stops by the count of trials."""
+
+        return Grid({p.name: p.grid() for p in sweep.space.params}, seed=seed)
     if sweep.algorithm == "bayesian":  # a Gaussian process, as SageMaker's and Katib's are
-        return optuna.samplers.GPSampler(seed=sweep.seed)
-    return optuna.samplers.TPESampler(seed=sweep.seed)
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def pruner(sweep: SweepSpec):
@@ -131,7 +138,7 @@ def open_study(sweep: SweepSpec, create: bool = True) -> optuna.Study:
     if not create and not path.exists():
         raise FileNotFoundError(path)
     storage = JournalStorage(JournalFileBackend(str(path)))
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=sweep.id,
         storage=storage,
         load_if_exists=True,
@@ -139,6 +146,10 @@ def open_study(sweep: SweepSpec, create: bool = True) -> optuna.Study:
         sampler=sampler(sweep),
         pruner=pruner(sweep),
     )
+    done = len(study.get_trials(deepcopy=False))
+    if done and sweep.seed is not None:
+        study.sampler = sampler(sweep, done)
+    return study
 
 
 def concurrency(sweep: SweepSpec) -> tuple[int, str | None]:
@@ -213,9 +224,7 @@ class LocalSweeps(SweepBackend):
 
     # -- looking at it ------------------------------------------------------------------------
     def view(self, record: SweepRecord) -> SweepView:
-        from ...sweeps.spec import SweepSpec
-
-        sweep = SweepSpec.from_dict(record.spec)
+        sweep = stored(record)
         status = record.status
         if status == SWEEP_RUNNING and not _driver_alive(record):
             status = STOPPED
@@ -224,6 +233,8 @@ class LocalSweeps(SweepBackend):
             trials = [_trial_view(self, t) for t in study.get_trials(deepcopy=False)]
         except FileNotFoundError:
             trials = []
+        if record.terminal:  # a retry queued when the sweep stopped never runs
+            trials = [t for t in trials if not (t.status == PENDING and not t.job_id)]
         notes = list(record.info.get("notes") or [])
         if status == STOPPED:
             notes.append(
@@ -243,10 +254,9 @@ class LocalSweeps(SweepBackend):
         )
 
     def cancel(self, record: SweepRecord) -> None:
-        from ...sweeps.spec import SweepSpec
 
         update_sweep(self.store, record.id, status=SWEEP_CANCELLED, ended=time.time())
-        sweep = SweepSpec.from_dict(record.spec)
+        sweep = stored(record)
         with contextlib.suppress(FileNotFoundError):
             study = open_study(sweep, create=False)
             optuna = _optuna()
@@ -260,6 +270,26 @@ class LocalSweeps(SweepBackend):
                 with contextlib.suppress(Exception):
                     study._storage.set_trial_user_attr(t._trial_id, "cancelled", True)
                     study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+
+
+def stored(record: SweepRecord) -> Any:
+    """What the study of a stored sweep needs (id, objective, space, algorithm, seed, pruner),
+    read from its row alone: its script may have changed or gone since."""
+    from types import SimpleNamespace
+
+    from ...sweeps.space import Space, parse_objective
+
+    spec = record.spec
+    return SimpleNamespace(
+        id=record.id,
+        objective=parse_objective(spec["objective"]),
+        space=Space.from_list(spec["space"]),
+        algorithm=spec["algorithm"],
+        seed=spec.get("seed"),
+        pruner=spec["pruner"],
+        settings=spec.get("settings") or {},
+        trials=spec["trials"],
+    )
 
 
 def _example_values(sweep: SweepSpec) -> dict[str, Any]:
@@ -365,8 +395,10 @@ class _Driver:
             self.backend.store,
             self.record.id,
             status=SWEEP_RUNNING,
-            info_patch={"driver_pid": me, "driver_started": create_time(me), "notes": self.notes},
+            info_patch={"driver_pid": me, "driver_started": create_time(me)},
         )
+        given = list(self.record.info.get("notes") or [])
+        self.notes = given + [n for n in self.notes if n not in given]
         self._adopt()
         try:
             while True:
