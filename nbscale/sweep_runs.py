@@ -264,11 +264,25 @@ class Sweep:
 
     @property
     def best_job(self) -> Job | None:
-        """The best trial's nbscale job (local sweeps: its logs, outputs and metrics)."""
+        """The best trial as an nbscale job: its logs, metrics and ``--outputs``. A local
+        trial is a job already; a remote one (a SageMaker training job, a Katib trial's
+        TrainJob) gets a job row from its backend the first time it is asked for."""
         best = self.best
-        if best is None or not best.job_id or self._record.backend_type != "local":
+        if best is None:
             return None
-        return _job(best.job_id)
+        if self._record.backend_type == "local":
+            return _job(best.job_id) if best.job_id else None
+        from .errors import NotFound
+        from .store.jobs import get_job, insert_job
+
+        row = self._backend.trial_job(self._record, best)
+        if row is None:
+            return None
+        try:
+            get_job(self._store, row.id)
+        except NotFound:
+            insert_job(self._store, row)
+        return _job(row.id)
 
     @property
     def trials(self) -> Any:

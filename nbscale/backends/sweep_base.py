@@ -23,6 +23,7 @@ from .base import DryRun
 if TYPE_CHECKING:
     from ..config import BackendConfig
     from ..store import Store
+    from ..store.jobs import JobRecord
     from ..store.sweeps import SweepRecord
     from ..sweeps.spec import SweepSpec
 
@@ -169,6 +170,13 @@ class SweepBackend(ABC):
     @abstractmethod
     def cancel(self, record: SweepRecord) -> None:
         """Stop the sweep and every running trial."""
+
+    def trial_job(self, record: SweepRecord, trial: TrialView) -> JobRecord | None:
+        """A job row for a remote trial (its training job, its TrainJob), as the backend's
+        ``JobBackend`` would have written it on submit, so that its status, logs and outputs
+        come home the way a job's do; None where the backend's trials are nbscale jobs
+        already (local) or it cannot say."""
+        return None
 
     def drive(
         self,
