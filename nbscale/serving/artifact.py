@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import keys
 from ..errors import SignatureError, SpecError
+from ..keys import sign as keyed_mac
+from ..keys import verify as keyed_verify
 from ..words import count
 from .protocol import NUMPY_TO_V2, TensorSpec
 
@@ -55,7 +56,7 @@ def sign(directory: str | Path) -> Path:
     directory = Path(directory)
     files = _files(directory)
     body = json.dumps(files, sort_keys=True).encode()
-    doc = {"files": files, "hmac": keys.sign(body, PURPOSE)}
+    doc = {"files": files, "hmac": keyed_mac(body, PURPOSE)}
     tmp = directory / f".{SIGNATURE}.{secrets.token_hex(4)}"
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
     tmp.replace(directory / SIGNATURE)
@@ -79,7 +80,7 @@ def verify(directory: str | Path) -> dict[str, str]:
     except (ValueError, KeyError, TypeError):
         raise SignatureError(f"{where} is damaged; refusing to load the model") from None
     body = json.dumps(signed, sort_keys=True).encode()
-    if not keys.verify(body, mac, PURPOSE):
+    if not keyed_verify(body, mac, PURPOSE):
         raise SignatureError(
             f"{directory}: the signature does not match the model key; refusing to load it",
             "it was signed by another nbscale home, or its signature was edited",

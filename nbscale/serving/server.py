@@ -120,10 +120,10 @@ def fetch_model(uri: str) -> str:
     import tarfile
     import tempfile
 
-    from .. import storage
+    from ..storage import fetch, store_for
 
     work = Path(tempfile.mkdtemp(prefix="nbscale-model-"))
-    archive = storage.fetch(uri, work / "model.tar.gz", store=storage.store_for(uri))
+    archive = fetch(uri, work / "model.tar.gz", store=store_for(uri))
     target = work / "model"
     target.mkdir()
     with tarfile.open(archive) as tar:

@@ -7,7 +7,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..backends.sweep_base import SweepView, TrialView
+    from .view import SweepView, TrialView
 
 
 def _num(value: Any) -> str:
@@ -101,5 +101,3 @@ def render(view: SweepView) -> dict[str, str]:
 def trial_line(t: TrialView) -> str:
     shown = ", ".join(f"{k}={_num(v)}" for k, v in t.params.items())
     return f"trial {t.number} {t.status}: {shown} -> {_num(t.value if t.value is not None else t.last)}"
-
-
