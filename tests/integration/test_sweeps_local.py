@@ -245,3 +245,31 @@ def test_a_sweep_over_its_budget_is_refused_up_front(planted, tmp_path):
         nbscale.sweep(spec, "lr=loguniform(1e-4,1e-1)", "val_loss:min", trials=16, max_cost=5)
     assert "16 trials x $0.60" in str(err.value) and "$9.60" in str(err.value)
     assert list_sweeps(get_store()) == []
+
+
+@pytest.mark.timeout(300)
+def test_the_budget_stops_starting_trials_once_the_spend_reaches_it(planted, tmp_path):
+    # $1 per second of a trial's node: two trials of a few seconds each spend the $3 cap
+    (tmp_path / "nbscale.toml").write_text(
+        '[backends.priced]\ntype = "local"\nprice_per_node_hour = 3600.0\n'
+    )
+    spec = nbscale.JobSpec(
+        entry=nbscale.Entry.from_path(str(planted)), backend="priced", env={"PAUSE": "0.5"}
+    )
+    sweep = nbscale.sweep(
+        spec,
+        "lr=loguniform(1e-4,1e-1)",
+        "val_loss:min",
+        trials=8,
+        parallel=1,
+        pruner="none",
+        max_cost=3,
+    )
+    view = sweep.view()
+    assert view.status == "SUCCEEDED", view.to_dict()
+    ran = [t for t in view.trials if t.job_id]
+    assert 1 <= len(ran) < 8  # stopped early, said why
+    assert sum(t.cost for t in ran) >= 3
+    assert sum(t.cost for t in ran[:-1]) < 3  # the last trial started while under the cap
+    assert any("--max-cost $3.00 is reached" in n for n in view.notes), view.notes
+    assert any("no --max-runtime bounds a trial" in n for n in view.notes)
