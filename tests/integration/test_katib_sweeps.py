@@ -224,3 +224,198 @@ def test_a_trials_container_reads_katibs_value_and_prints_what_the_collector_rea
     found = boto3.client("s3").list_objects_v2(Bucket="nb-bucket", Prefix=key)
     assert found.get("KeyCount", 0) > 0
     assert CANCELLED not in view.counts()
+
+
+# -- the best trial as a job: its logs and its --outputs come home --------------------------
+CELL = """\
+import nbscale
+loss = (lr - 0.01) ** 2 + 0.5
+nbscale.log_metric("val_loss", loss)
+seen = lr
+"""
+
+
+def cell_sweep(trials: int = 3):
+    """A ``%%train --sweep`` cell on the kf backend, made as the magic makes it: the cell
+    captured once into a bundle beside the study (``lr`` not defined yet, so captured as
+    None and replaced by the trial's value), the sweep checked and started by the engine."""
+    import dataclasses
+
+    from nbscale import paths, sweep_runs
+    from nbscale.celljob import prepare_cell
+
+    spec = JobSpec(entry=Entry("module", "placeholder"), name="kf-cell", backend="kf", nodes=1)
+    prepared = prepare_cell(CELL, {"lr": None}, spec, outputs=["loss", "seen"])
+    folder = paths.home() / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle = folder / "kf-cell.cell.zip"
+    prepared = dataclasses.replace(
+        prepared, spec=prepared.spec.replace(entry=Entry("bundle", str(bundle)))
+    )
+    prepared.write()
+    sweep, notes = sweep_runs.prepare(
+        prepared.spec,
+        "lr=loguniform(1e-4,1e-1)",
+        "val_loss:min",
+        cell_source=CELL,
+        trials=trials,
+        parallel=trials,
+        max_failed=1,
+    )
+    return sweep_runs.start(sweep, notes=notes)
+
+
+def lr(value: str) -> list[dict[str, str]]:
+    return [{"name": "lr", "value": value}]
+
+
+def test_a_trial_is_followed_as_the_job_of_its_trainjob(cluster, kube, tmp_path):
+    from nbscale import keys, paths
+    from nbscale.backends.kubeflow import manifests as mf
+    from nbscale.jobs import job as job_handle
+    from nbscale.store.jobs import insert_job
+    from tests.support.emulators import PLANTED_SECRET
+
+    api = cluster
+    katib = KatibController(api, NS)
+    handle = cell_sweep()
+    name = handle.record.native_id
+    exp = katib.accept(name)
+    assert exp["spec"]["trialTemplate"]["retain"] is True  # Katib keeps each trial's job
+    first = katib.create_trial(name, lr("0.02"))
+    second = katib.create_trial(name, lr("0.003"))
+    by = {t.job_id: t for t in handle.view().trials}
+    backend = KatibSweeps(load_config().backend("kf"), get_store())
+    record = get_sweep(get_store(), handle.id)
+
+    row = backend.trial_job(record, by[first])
+    # what KubeflowBackend.submit records for a job, for the TrainJob Katib made
+    assert (row.id, row.native_id, row.status) == (first, first, "PENDING")
+    assert (row.backend, row.backend_type) == ("kf", "kubeflow")
+    assert row.info["namespace"] == NS
+    assert row.info["outputs_uri"] == f"s3://nb-bucket/work/jobs/{first}/outputs"
+    assert row.info["image"] == "registry.example.com/ml/torch:kernel"
+    assert row.info["bundle"] == "configmap"
+    assert "configmap" not in row.info  # the Experiment's, shared by every trial
+    assert row.info["job_dir"] == str(paths.job_dir(first)) and paths.job_dir(first).is_dir()
+    # its spec is the trial's: its values, its sweep and number, the cell's bundle
+    assert json.loads(row.spec["env"]["NBSCALE_PARAMS"]) == {"lr": 0.02}
+    assert row.spec["tags"]["nbscale-sweep"] == handle.id
+    assert row.spec["tags"]["nbscale-trial"] == str(by[first].number)
+    assert row.spec["entry"]["kind"] == "bundle" and row.spec["backend"] == "kf"
+    text = json.dumps(row.to_dict())
+    assert PLANTED_SECRET not in text and keys.load("bundle").hex() not in text
+
+    # the job backend follows it: its pod runs, its log comes home by rank
+    insert_job(get_store(), row)
+    job = job_handle(first)
+    pod = f"{first}-node-0-0"
+    api.create_pod(
+        NS,
+        pod,
+        {mf.JOB_LABEL: first, "batch.kubernetes.io/job-completion-index": "0"},
+        {"phase": "Running"},
+    )
+    kube.set_log(NS, pod, ["[rank 0] epoch 1 loss 0.5"])
+    assert job.refresh().status == "RUNNING"
+    assert "epoch 1 loss 0.5" in job.logs(0)
+    # once followed, the stored row is the answer: the cluster is not asked again
+    before = len(kube.requests())
+    assert backend.trial_job(record, by[first]).info["phase"] == "running"
+    assert len(kube.requests()) == before
+
+    # cancelling a trial's job deletes its TrainJob, not the bundle the other trials mount
+    other = backend.trial_job(record, by[second])
+    insert_job(get_store(), other)
+    assert job_handle(second).cancel().status == "CANCELLED"
+    assert second not in [t["metadata"]["name"] for t in api.trainjobs(NS)]
+    assert api.core.read_namespaced_config_map(f"{name}-bundle", NS)
+
+    # a trial whose TrainJob is not there and that has not ended cannot be a job yet
+    third = katib.create_trial(name, lr("0.05"))
+    api.custom.delete_namespaced_custom_object(
+        "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", third
+    )
+    (pending,) = [t for t in handle.view().trials if t.job_id == third]
+    assert backend.trial_job(record, pending) is None
+
+
+@pytest.mark.slow
+def test_the_best_trials_outputs_come_home_from_its_own_trainjob(cluster, kube, tmp_path):
+    from nbscale.results import load_results
+
+    api = cluster
+    katib = KatibController(api, NS)
+    handle = cell_sweep()
+    name = handle.record.native_id
+    katib.accept(name)
+    best = katib.create_trial(name, lr("0.011"))
+    worse = katib.create_trial(name, lr("0.05"))
+    stopped = katib.create_trial(name, lr("0.0002"))
+    # the Trainer and the kubelet run both trials' exact node commands; the collector reads
+    # their objective from the primary pod's log
+    for trial in (worse, best):
+        katib.running(trial)
+        codes = run_nodes(api, kube, SimpleNamespace(id=trial), tmp_path / trial)
+        assert codes == [0], katib.primary_pod_log(trial)
+        assert [n for n, _ in katib.report(trial, katib.primary_pod_log(trial))] == ["val_loss"]
+        assert katib.settle(trial) == "Succeeded"
+    katib.running(stopped)
+    katib.report(stopped, [f"[rank 0] {metric_line('val_loss', 3.0)}"])
+    katib.early_stop(stopped)
+    assert katib.update_experiment(name)["status"]["conditions"][-1]["type"] == "Succeeded"
+
+    view = handle.run(poll=0.05, timeout=30)
+    assert view.status == "SUCCEEDED" and handle.best.job_id == best
+    job = handle.best_job
+    assert job.id == best and job.record.status == "RUNNING"
+    record = job.refresh()  # the TrainJob is Complete: the outputs come home
+    assert record.status == "SUCCEEDED", record.error
+    values = load_results(record)
+    assert values == {"loss": pytest.approx((0.011 - 0.01) ** 2 + 0.5), "seen": 0.011}
+    assert record.exit_code == 0
+    assert "outputs written: loss, seen" in job.logs(0)  # its pod's log, by rank
+    # the worse trial computed and sent its own outputs: the best's are not those
+    worse_key = f"work/jobs/{worse}/outputs/results.zip"
+    import boto3
+
+    assert boto3.client("s3").head_object(Bucket="nb-bucket", Key=worse_key)
+    # asked again, the sweep gives the same job
+    assert handle.best_job.id == best and handle.best_job.record.status == "SUCCEEDED"
+
+
+@pytest.mark.slow
+def test_a_best_trial_whose_trainjob_katib_deleted_comes_home_from_object_storage(
+    cluster, kube, tmp_path
+):
+    from nbscale.results import load_results
+
+    api = cluster
+    katib = KatibController(api, NS)
+    handle = cell_sweep(trials=2)
+    name = handle.record.native_id
+    katib.accept(name)
+    # an Experiment made before nbscale retained its trials' jobs: Katib deletes each one
+    # as its Trial completes
+    api.custom.patch_namespaced_custom_object(
+        "kubeflow.org", "v1beta1", NS, "experiments", name,
+        {"spec": {"trialTemplate": {"retain": False}}},
+    )  # fmt: skip
+    best = katib.create_trial(name, lr("0.009"))
+    failed = katib.create_trial(name, lr("0.07"))
+    katib.running(best)
+    assert run_nodes(api, kube, SimpleNamespace(id=best), tmp_path / best) == [0]
+    katib.report(best, katib.primary_pod_log(best))
+    assert katib.settle(best) == "Succeeded"
+    api.patch_trainjob_status(NS, failed, {"conditions": [condition("Failed")]})
+    assert katib.settle(failed) == "Failed"
+    assert api.trainjobs(NS) == []  # Katib deleted both
+    katib.update_experiment(name)
+
+    view = handle.run(poll=0.05, timeout=30)
+    assert view.status == "SUCCEEDED" and handle.best.job_id == best
+    job = handle.best_job
+    record = job.refresh()
+    assert record.status == "SUCCEEDED", record.error
+    assert load_results(record) == {"loss": pytest.approx((0.009 - 0.01) ** 2 + 0.5), "seen": 0.009}
+    assert "deleted its TrainJob" in record.info["phase"]

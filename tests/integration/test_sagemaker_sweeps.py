@@ -25,6 +25,7 @@ import boto3
 import pytest
 
 from nbscale.backends.sagemaker.sweeps import PROGRAM, TuningSweeps
+from nbscale.config import load as load_config
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.sweeps import SweepRecord, get_sweep, put_sweep
@@ -197,9 +198,12 @@ class TuningEmulator(Emulator):
         return 200, {}  # StopHyperParameterTuningJob has an empty response
 
     # -- the tuner's moves (the test's) ----------------------------------------------------
-    def launch(self, tuning: str, rng: random.Random) -> tuple[str, dict, dict]:
-        """One training job of the tuning job: values drawn inside the ranges, created from
-        the definition (static + tuned hyperparameters) as SageMaker creates it."""
+    def launch(
+        self, tuning: str, rng: random.Random, pick: dict[str, str] | None = None
+    ) -> tuple[str, dict, dict]:
+        """One training job of the tuning job: values drawn inside the ranges (or ``pick``ed
+        there by the test, as the tuner's search would), created from the definition (static
+        + tuned hyperparameters) as SageMaker creates it."""
         status, answer = self._described(tuning)
         assert status == 200, answer
         config, definition = (
@@ -220,6 +224,13 @@ class TuningEmulator(Emulator):
             tuned[r["Name"]] = str(rng.randint(int(r["MinValue"]), int(r["MaxValue"])))
         for r in ranges.get("CategoricalParameterRanges", []):
             tuned[r["Name"]] = rng.choice(r["Values"])
+        for key, value in (pick or {}).items():  # a value the tuner could have drawn
+            (r,) = [r for rs in ranges.values() for r in rs if r["Name"] == key]
+            if "Values" in r:
+                assert value in r["Values"], (key, value, r)
+            else:
+                assert float(r["MinValue"]) <= float(value) <= float(r["MaxValue"]), (key, r)
+            tuned[key] = value
         with self.lock:
             number = len(self.tuning[tuning]["trials"]) + 1
         name = f"{tuning}-{number:03d}-{secrets.token_hex(4)}"
@@ -541,3 +552,231 @@ def test_a_trial_reads_its_tuned_values_and_prints_lines_the_regex_reads(
     (found,) = view.trials
     assert found.status == "SUCCEEDED"
     assert found.value == pytest.approx((lr - 0.01) ** 2 * 1 + layers * 1e-06, rel=1e-12)
+
+
+# -- the best trial as a job: its logs and its --outputs come home --------------------------
+CELL = """\
+import nbscale
+loss = (lr - 0.01) ** 2 + 0.5
+nbscale.log_metric("val_loss", loss)
+seen = lr
+"""
+
+
+def home_config(**extra) -> None:
+    """The ``aws`` backend in the nbscale home's config (what the engine and ``nbscale.job``
+    read), with the settings of tests/support/sagemaker.py."""
+    from nbscale import paths
+    from tests.support.sagemaker import SETTINGS
+
+    settings = {**SETTINGS, "image": IMAGE, **extra}
+    lines = ["[backends.aws]", 'type = "sagemaker"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    paths.home().mkdir(parents=True, exist_ok=True)
+    (paths.home() / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def cell_sweep(trials: int = 3, **job):
+    """A ``%%train --sweep`` cell on the aws backend, made as the magic makes it: the cell
+    captured once into a bundle beside the study, the sweep checked and started."""
+    import dataclasses
+
+    from nbscale import paths, sweep_runs
+    from nbscale.celljob import prepare_cell
+
+    home_config()
+    # the notebook's folder (the working directory) travels with each trial; it holds the
+    # notebook (an empty folder unpacks to none on the instance: reported, not this test's)
+    Path("sweep.ipynb").write_text("{}\n")
+    spec = JobSpec(entry=Entry("module", "placeholder"), name="sm-cell", backend="aws", **job)
+    prepared = prepare_cell(CELL, {"lr": None}, spec, outputs=["loss", "seen"])
+    folder = paths.home() / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle = folder / f"sm-cell-{secrets.token_hex(2)}.cell.zip"
+    prepared = dataclasses.replace(
+        prepared, spec=prepared.spec.replace(entry=Entry("bundle", str(bundle)))
+    )
+    prepared.write()
+    sweep, notes = sweep_runs.prepare(
+        prepared.spec,
+        "lr=loguniform(1e-4,1e-1)",
+        "val_loss:min",
+        cell_source=CELL,
+        trials=trials,
+        parallel=trials,
+        max_failed=1,
+    )
+    return sweep_runs.start(sweep, notes=notes)
+
+
+def model_uri(request: dict) -> str:
+    """Where SageMaker puts a training job's /opt/ml/model: <S3OutputPath>/<name>/output."""
+    base = request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+    return f"{base}/{request['TrainingJobName']}/output/model.tar.gz"
+
+
+def put_object(uri: str, body: bytes) -> None:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def written_outputs(job_id: str, values: dict, tmp_path: Path) -> bytes:
+    """A model.tar.gz with what the cell runtime writes in /opt/ml/model: results.zip, signed
+    with this home's key for job ``job_id``, and node 0's record."""
+    import io
+    import tarfile
+
+    from nbscale.results import write_results
+
+    folder = tmp_path / f"model-{job_id}"
+    folder.mkdir()
+    write_results(folder, job_id, values)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder / "results.zip", arcname="results.zip")
+        node = json.dumps({"exit_code": 0, "errors": [], "restarts": 0}).encode()
+        info = tarfile.TarInfo("nodes/0.json")
+        info.size = len(node)
+        tar.addfile(info, io.BytesIO(node))
+    return buf.getvalue()
+
+
+def test_a_trial_is_followed_as_its_training_job_and_its_outputs_come_home(
+    aws, tmp_path, nbscale_home, monkeypatch
+):
+    from nbscale import keys
+    from nbscale.results import load_results
+    from tests.support.sagemaker import put_logs
+
+    value = "s3cr3t-" + "k" * 20
+    monkeypatch.setenv("MY_API_TOKEN", value)
+    handle = cell_sweep(secret_env=("MY_API_TOKEN",))
+    tuning = handle.record.native_id
+    arn = handle.record.info["env_secret_arn"]
+    rng = random.Random(7)
+    best, _, best_req = aws.launch(tuning, rng, {"lr": "0.011"})
+    worse, _, worse_req = aws.launch(tuning, rng, {"lr": "0.05"})
+    failed, _, _ = aws.launch(tuning, rng, {"lr": "0.0003"})
+    # each trial ran and SageMaker uploaded its /opt/ml/model; the objective is in its log
+    for trial, request, x in ((best, best_req, 0.011), (worse, worse_req, 0.05)):
+        loss = (x - 0.01) ** 2 + 0.5
+        aws.set_training(trial, "InProgress", "Training")
+        aws.log(trial, metric_lines([loss]))
+        put_logs(trial, 1, [f"[rank 0] trial {trial} loss {loss}"])
+        put_object(model_uri(request), written_outputs(trial, {"loss": loss, "seen": x}, tmp_path))
+        aws.set_training(trial, "InProgress", "Uploading")
+        aws.set_training(trial, "Completed", "Completed", BillableTimeInSeconds=42)
+    aws.set_training(failed, "Failed", "Failed", FailureReason="AlgorithmError: boom")
+    view = handle.view()
+    assert view.best.job_id == best
+
+    backend = TuningSweeps(load_config().backend("aws"), get_store())
+    row = backend.trial_job(get_sweep(get_store(), handle.id), view.best)
+    # what SageMakerBackend.submit records for a job, for the training job the tuner made
+    assert (row.id, row.native_id, row.status) == (best, best, "RUNNING")
+    assert (row.backend, row.backend_type) == ("aws", "sagemaker")
+    assert row.info["training_job_arn"].endswith(f"training-job/{best}")
+    assert row.info["output_path"] == best_req["OutputDataConfig"]["S3OutputPath"]
+    assert row.info["image"] == IMAGE and row.info["instance_type"] == "ml.m5.xlarge"
+    assert row.info["env_secret_arn"] is None  # the sweep's secret: not this job's to delete
+    assert json.loads(row.spec["env"]["NBSCALE_PARAMS"]) == {"lr": 0.011}
+    assert row.spec["tags"]["nbscale-sweep"] == handle.id
+    assert row.spec["tags"]["nbscale-trial"] == str(view.best.number)
+    assert row.spec["secret_env"] == ["MY_API_TOKEN"]
+    text = json.dumps(row.to_dict())
+    assert value not in text and keys.load("bundle").hex() not in text
+
+    # the engine stores it; the job backend follows the training job and collects
+    job = handle.best_job
+    assert job.id == best and job.record.status == "RUNNING"
+    record = job.refresh()
+    assert record.status == "SUCCEEDED", record.error
+    assert load_results(record) == {"loss": pytest.approx((0.011 - 0.01) ** 2 + 0.5),
+                                    "seen": 0.011}  # fmt: skip
+    assert record.info["billable_seconds"] == 42
+    assert f"trial {best} loss" in job.logs(0)  # its CloudWatch stream, by rank
+    assert handle.best_job.id == best  # asked again: the same job
+    # the sweep's secret outlives its best job's end, and goes when the sweep ends
+    sm = boto3.client("secretsmanager")
+    assert json.loads(sm.get_secret_value(SecretId=arn)["SecretString"]) == {"MY_API_TOKEN": value}
+    aws.end_tuning(tuning, "Completed")
+    assert handle.view().status == "SUCCEEDED"
+    with pytest.raises(sm.exceptions.ResourceNotFoundException):
+        sm.get_secret_value(SecretId=arn)
+    # a training job SageMaker does not know is no job
+    from dataclasses import replace
+
+    ghost = replace(view.best, job_id=f"{tuning}-009-0badf00d")
+    assert backend.trial_job(get_sweep(get_store(), handle.id), ghost) is None
+
+
+@pytest.mark.slow
+def test_the_best_trials_outputs_come_home_from_its_own_container(aws, tmp_path, nbscale_home):
+    from nbscale.results import load_results
+    from tests.support.emulators import free_port
+    from tests.support.sagemaker import put_logs
+    from tests.support.sagemaker_instances import (
+        model_tar,
+        require_mount_namespaces,
+        start_instances,
+        stdout,
+        wait_all,
+    )
+
+    require_mount_namespaces()
+    handle = cell_sweep()
+    tuning = handle.record.native_id
+    rng = random.Random(13)
+    launched = [aws.launch(tuning, rng, {"lr": x}) for x in ("0.05", "0.0095")]
+    stopped, _, _ = aws.launch(tuning, rng, {"lr": "0.0002"})
+    # SageMaker runs each trial's container through the training toolkit; what the cell
+    # wrote in /opt/ml/model is uploaded, its stdout goes to CloudWatch
+    for trial, _, request in launched:
+        hyper = request["HyperParameters"]
+        instance = {
+            **request,
+            "AlgorithmSpecification": {
+                **request["AlgorithmSpecification"],
+                "ContainerEntrypoint": ["/bin/sh", "-c", TOOLKIT, hyper["sagemaker_program"]],
+                "ContainerArguments": [
+                    part
+                    for key, value in sorted(hyper.items())
+                    if not key.startswith(("sagemaker_", "_tuning"))
+                    for part in (f"--{key}", value)
+                ],
+            },
+            "InputDataConfig": [
+                *request["InputDataConfig"],
+                {
+                    "ChannelName": "sourcedir",
+                    "DataSource": {"S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": hyper["sagemaker_submit_directory"].rsplit("/", 1)[0] + "/",
+                        "S3DataDistributionType": "FullyReplicated"}},
+                },
+            ],
+        }  # fmt: skip
+        root = tmp_path / trial
+        aws.set_training(trial, "InProgress", "Training")
+        procs = start_instances(root, instance, free_port())
+        assert wait_all(procs, timeout=300) == [0], stdout(root, "algo-1")
+        lines = stdout(root, "algo-1").splitlines()
+        aws.log(trial, lines)
+        put_logs(trial, 1, lines)
+        put_object(model_uri(request), model_tar([procs[0][1]]))
+        aws.set_training(trial, "Completed", "Completed")
+    aws.log(stopped, metric_lines([2.0]))
+    aws.set_training(stopped, "InProgress", "Training")
+    aws.set_training(stopped, "Stopped", "Stopped")  # SageMaker's early stopping
+    aws.end_tuning(tuning, "Completed")
+
+    view = handle.run(poll=0.05, timeout=30)
+    best = launched[1][0]
+    assert view.status == "SUCCEEDED" and handle.best.job_id == best
+    job = handle.best_job
+    record = job.refresh()
+    assert record.status == "SUCCEEDED", record.error
+    assert load_results(record) == {"loss": pytest.approx((0.0095 - 0.01) ** 2 + 0.5),
+                                    "seen": 0.0095}  # fmt: skip
+    assert record.exit_code == 0
+    assert "outputs written: loss, seen" in job.logs(0)

@@ -10,7 +10,8 @@
 - ``KatibController``: plays the Experiment and Trial controllers, the suggestion service
   (random values from the Experiment's ``feasibleSpace``), the StdOut metrics collector (the
   Experiment's ``metricsFormat`` over the primary pod's log) and the garbage collector, all
-  through the Kubernetes API, reading nothing but what is there.
+  through the Kubernetes API, reading nothing but what is there. A completed Trial's job is
+  deleted unless the template retains it, as Katib's Trial controller does.
 """
 
 from __future__ import annotations
@@ -430,6 +431,8 @@ class KatibController:
         }
         if tt.get("primaryPodLabels"):
             spec["primaryPodLabels"] = tt["primaryPodLabels"]
+        if tt.get("retain"):  # the Experiment controller copies trialTemplate.retain
+            spec["retainRun"] = True
         created = self.api.custom.create_namespaced_custom_object(
             GROUP,
             VERSION,
@@ -479,6 +482,26 @@ class KatibController:
     def running(self, trial: str) -> None:
         self._set(trial, condition("Running"))
 
+    def _reconcile_run(self, trial: str) -> None:
+        """A completed Trial's job is deleted unless the Trial retains it (Katib's
+        reconcileJob: Succeeded, Failed, Killed or EarlyStopped, not MetricsUnavailable)."""
+        t = self.trial(trial)
+        conds = {
+            c["type"] for c in (t.get("status") or {}).get("conditions") or []
+            if c["status"] == "True"
+        }  # fmt: skip
+        completed = conds & {"Succeeded", "Failed", "Killed", "EarlyStopped"}
+        if not completed or t["spec"].get("retainRun"):
+            return
+        name = t["spec"]["runSpec"]["metadata"]["name"]
+        try:
+            self.api.custom.delete_namespaced_custom_object(
+                *TRAINER[:2], self.ns, TRAINER[2], name, propagation_policy="Foreground"
+            )
+        except Exception as exc:  # noqa: BLE001 - gone already
+            if getattr(exc, "status", None) != 404:
+                raise
+
     # -- the metrics collector ----------------------------------------------------------
     def primary_pod_log(self, trial: str) -> list[str]:
         """The log of the trial job's primary pod: JobSet names its pods
@@ -525,13 +548,16 @@ class KatibController:
             condition(kind, message=f"Trial has {kind.lower()}"),
             completionTime="2026-12-01T00:10:00Z",
         )
+        self._reconcile_run(trial)
         return kind
 
     def early_stop(self, trial: str) -> None:
         self._set(trial, condition("Running", status="False"), condition("EarlyStopped"))
+        self._reconcile_run(trial)
 
     def kill(self, trial: str) -> None:
         self._set(trial, condition("Running", status="False"), condition("Killed"))
+        self._reconcile_run(trial)
 
     # -- the Experiment's status --------------------------------------------------------
     def update_experiment(self, name: str) -> dict[str, Any]:

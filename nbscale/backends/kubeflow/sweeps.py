@@ -15,7 +15,12 @@ StdOut collector reads with ``KATIB_FILTER``; the objective is each trial's last
 - ``view``: the Experiment's conditions and its Trial objects (``parameterAssignments``,
   conditions, ``status.observation.metrics``);
 - ``cancel``: the Experiment is deleted; the garbage collector takes its Trials and their
-  TrainJobs.
+  TrainJobs;
+- ``trial_job``: a trial (the best one, for ``--outputs``) as a job row the job backend
+  follows: its TrainJob, named after the Trial and kept after it ends (``retain``), its
+  pods' logs and its outputs folder ``jobs/<trial>/outputs``. A trial whose TrainJob Katib
+  deleted (an Experiment that did not retain it) gets an ended row, its outputs collected
+  from object storage.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import NbscaleError, SpecError
 from ...specs import JobSpec
+from ...store.jobs import CANCELLED as JOB_CANCELLED
+from ...store.jobs import FAILED as JOB_FAILED
 from ...store.jobs import PENDING as JOB_PENDING
+from ...store.jobs import RUNNING as JOB_RUNNING
+from ...store.jobs import SUCCEEDED as JOB_SUCCEEDED
 from ...store.jobs import JobRecord
 from ...store.sweeps import CANCELLED as SWEEP_CANCELLED
 from ...store.sweeps import FAILED as SWEEP_FAILED
@@ -49,6 +58,7 @@ from ..sweep_base import (
     PRUNED,
     RUNNING,
     SUCCEEDED,
+    TRIAL_TERMINAL,
     SweepBackend,
     SweepView,
     TrialView,
@@ -271,7 +281,10 @@ def experiment(
             "source": {"filter": {"metricsFormat": [KATIB_FILTER]}},
         },
         "trialTemplate": {
-            "retain": False,
+            # Katib deletes a finished trial's job unless it is retained: kept, a trial
+            # (the best one above all) can be followed as a job, its pods' logs and its
+            # outputs brought home (``KatibSweeps.trial_job``); they go with the Experiment
+            "retain": True,
             "primaryContainerName": mf.NODE,
             "primaryPodLabels": dict(PRIMARY_POD_LABELS),
             "successCondition": SUCCESS_CONDITION,
@@ -649,6 +662,118 @@ class KatibSweeps(SweepBackend):
             native_id=name,
             error=error,
             notes=notes,
+        )
+
+    def trial_job(self, record: SweepRecord, trial: TrialView) -> JobRecord | None:
+        """The trial as the job its TrainJob is: the row ``KubeflowBackend.submit`` would
+        have written for it (job id and TrainJob name: the Trial's name; its outputs folder,
+        namespace, image), so that the job backend's ``status`` follows the TrainJob, copies
+        its pods' logs and brings its outputs home when it ends. The bundle ConfigMap is the
+        Experiment's, shared by every trial: the row does not name it (cancelling the job
+        must not delete it). A trial whose TrainJob is gone gets an ended row, its outputs
+        collected from object storage; None for one whose TrainJob is not made yet."""
+        from ...errors import NotFound
+        from ...store.jobs import get_job
+
+        name = trial.job_id
+        if not name:
+            return None
+        try:
+            return get_job(self.store, name)  # followed already: nothing to ask the cluster
+        except NotFound:
+            pass
+        row = self._trial_row(record, trial, name)
+        body = self.jobs._get(row)
+        if body is None:
+            if trial.status not in TRIAL_TERMINAL:
+                return None
+            return self._ended_row(row, trial)
+        trainer = (body.get("spec") or {}).get("trainer") or {}
+        args = list(trainer.get("args") or [])
+        bundle = args[args.index("--bundle") + 1] if "--bundle" in args[:-1] else None
+        if bundle is not None and bundle.startswith(mf.BUNDLE_MOUNT):
+            bundle = "configmap"
+        info = {**row.info, "phase": "queued", "image": trainer.get("image"), "bundle": bundle}
+        if "--outputs" in args[:-1]:  # where this trial's container writes them
+            info["outputs_uri"] = args[args.index("--outputs") + 1]
+        # the job backend's status moves it on from the TrainJob (and collects at the end)
+        status = JOB_PENDING if trial.status == PENDING else JOB_RUNNING
+        return dataclasses.replace(row, status=status, info=info)
+
+    def _trial_row(self, record: SweepRecord, trial: TrialView, name: str) -> JobRecord:
+        from ... import paths
+        from ...runtime.jobdir import JobDir
+        from ...sweeps.spec import SweepSpec
+
+        sweep = SweepSpec.from_dict(record.spec)
+        spec = sweep.trial_spec(trial.number, trial.params).replace(backend=record.backend)
+        namespace = record.info.get("namespace") or self.cluster().namespace
+        outputs = record.info.get("outputs_uri")
+        outputs = (
+            outputs.replace("{trial}", name)
+            if outputs
+            else self.jobs.object_store().base.child("jobs", name, "outputs").uri
+        )
+        job_dir = paths.job_dir(name)
+        JobDir(job_dir).make()
+        return JobRecord(
+            id=name,
+            name=spec.name,
+            backend=record.backend,
+            backend_type=self.type,
+            status=JOB_PENDING,
+            spec=mf.resolve(spec.to_dict(), self.settings),  # the shape the pods ran
+            created=trial.started or time.time(),
+            started=trial.started,
+            native_id=name,  # Katib names the trial's TrainJob after the Trial
+            info={
+                "job_dir": str(job_dir),
+                "namespace": namespace,
+                "context": record.info.get("context"),
+                "outputs_uri": outputs,
+                "sweep": record.id,
+                "trial": trial.number,
+                "experiment": record.native_id,
+            },
+        )
+
+    def _ended_row(self, row: JobRecord, trial: TrialView) -> JobRecord:
+        """A trial whose TrainJob Katib deleted when it ended: its outcome from the Trial,
+        its outputs (and its nodes' records) from object storage, as ``_finish`` collects
+        them; its pods' logs went with the TrainJob."""
+        from ..remote.staging import collect, settle
+
+        status = {SUCCEEDED: JOB_SUCCEEDED, FAILED: JOB_FAILED}.get(trial.status, JOB_CANCELLED)
+        error = trial.error
+        fields: dict[str, Any] = {}
+        if status in (JOB_SUCCEEDED, JOB_FAILED):
+            status, error = settle(
+                status,
+                error,
+                fields,
+                lambda: collect(
+                    row.id,
+                    self.jobs.object_store(),
+                    row.info["outputs_uri"],
+                    int(row.spec.get("nodes") or 1),
+                ),
+                JOB_SUCCEEDED,
+                JOB_FAILED,
+            )
+        info = {
+            **row.info,
+            **fields.pop("info_patch", {}),
+            "phase": "ended (Katib deleted its TrainJob, and its pods' logs with it)",
+        }
+        return dataclasses.replace(
+            row,
+            status=status,
+            error=error,
+            info=info,
+            ended=trial.ended or time.time(),
+            exit_code=fields.get("exit_code"),
+            failed_rank=fields.get("failed_rank"),
+            restarts=int(fields.get("restarts") or 0),
         )
 
     def _delete(self, name: str, namespace: str) -> None:

@@ -33,6 +33,10 @@ Following it
     where early stopping is on (Auto or Hyperband), unless it ran out of its own time
     (``MaxRuntimeExceeded``: FAILED) or the sweep was being stopped (CANCELLED). Cancel is
     StopHyperParameterTuningJob.
+
+The best trial
+    ``trial_job`` makes a trial's training job an nbscale job row, as submit writes one, so
+    the job backend follows it and brings its ``model.tar.gz`` (its ``--outputs``) home.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from ... import storage
 from ...errors import NbscaleError, SpecError
 from ...store.jobs import PENDING as JOB_PENDING
+from ...store.jobs import RUNNING as JOB_RUNNING
 from ...store.jobs import JobRecord
 from ...store.sweeps import CANCELLED as SWEEP_CANCELLED
 from ...store.sweeps import FAILED as SWEEP_FAILED
@@ -656,6 +661,67 @@ class TuningSweeps(SweepBackend):
             if arn:
                 self.jobs._delete_env_secret(arn)
         return base
+
+    def trial_job(self, record: SweepRecord, trial: TrialView) -> JobRecord | None:
+        """The trial as the training job it is: the row ``SageMakerBackend.submit`` would
+        have written for it (job id and native id: the training job's name, which the trial
+        program passes to the job entry), so that the job backend's ``status`` follows
+        DescribeTrainingJob, its CloudWatch streams, and brings ``model.tar.gz`` home when it
+        ends. The ``--secret-env`` secret is the sweep's (deleted when the sweep ends): the
+        row does not name it, so the job's end does not delete it. None when SageMaker does
+        not know the training job."""
+        from ... import paths
+        from ...errors import NotFound
+        from ...runtime.jobdir import JobDir
+        from ...store.jobs import get_job
+        from ...sweeps.spec import SweepSpec
+        from .jobs import client_error
+
+        name = trial.job_id
+        if not name:
+            return None
+        try:
+            return get_job(self.store, name)  # followed already: nothing to ask SageMaker
+        except NotFound:
+            pass
+        try:
+            desc = self.client().describe_training_job(TrainingJobName=name)
+        except Exception as exc:  # noqa: BLE001
+            if _code(exc) in ("ResourceNotFound", "ValidationException"):
+                return None
+            raise client_error(exc, f"DescribeTrainingJob {name}") from None
+        sweep = SweepSpec.from_dict(record.spec)
+        spec = sweep.trial_spec(trial.number, trial.params).replace(backend=record.backend)
+        job_dir = paths.job_dir(name)
+        JobDir(job_dir).make()
+        resource = desc.get("ResourceConfig") or {}
+        started = _stamp(desc.get("TrainingStartTime"))
+        return JobRecord(
+            id=name,
+            name=spec.name,
+            backend=record.backend,
+            backend_type="sagemaker",
+            # the job backend's status moves it on from DescribeTrainingJob
+            status=JOB_PENDING if trial.status == PENDING else JOB_RUNNING,
+            spec=req.resolve(spec.to_dict(), self.settings),  # the shape the nodes ran
+            created=_stamp(desc.get("CreationTime")) or time.time(),
+            started=started,
+            native_id=name,
+            info={
+                "job_dir": str(job_dir),
+                "phase": "queued",
+                "training_job_arn": desc.get("TrainingJobArn"),
+                "region": self.settings.region,
+                "instance_type": resource.get("InstanceType"),
+                "spot": bool(desc.get("EnableManagedSpotTraining")),
+                "image": (desc.get("AlgorithmSpecification") or {}).get("TrainingImage"),
+                "output_path": (desc.get("OutputDataConfig") or {}).get("S3OutputPath"),
+                "env_secret_arn": None,
+                "sweep": record.id,
+                "trial": trial.number,
+                "tuning_job": record.native_id,
+            },
+        )
 
     def _status(self, desc: dict[str, Any], record: SweepRecord) -> tuple[str, str | None]:
         tuning = desc["HyperParameterTuningJobStatus"]
