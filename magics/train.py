@@ -228,11 +228,11 @@ def _best_outputs(shell, handle, view) -> str:
     best = view.best
     if best is None:
         return "no trial was scored"
-    job = handle.best_job
-    if job is None:
-        return f"best: trial {best.number}; its outputs stay on {view.backend}"
-    record = job.refresh()
     try:
+        job = handle.best_job  # a remote trial: its backend is asked for it
+        if job is None:
+            return f"best: trial {best.number}; its outputs stay on {view.backend}"
+        record = job.refresh()
         outputs = load_results(record, None)
     except NbscaleError as exc:
         raise user_error(exc) from None

@@ -208,8 +208,15 @@ def dry_run(sweep: SweepSpec, config: Config | None = None) -> DryRun:
 class Sweep:
     """A sweep stored in the nbscale home: its trials, the best one, and how it ended."""
 
-    def __init__(self, record: SweepRecord, backend: SweepBackend, store: Store):
+    def __init__(
+        self,
+        record: SweepRecord,
+        backend: SweepBackend,
+        store: Store,
+        config: Config | None = None,
+    ):
         self._record, self._backend, self._store = record, backend, store
+        self._config = config  # the config its backend came from; trials' jobs use it too
         self._view: SweepView | None = None
 
     @property
@@ -270,8 +277,9 @@ class Sweep:
         best = self.best
         if best is None:
             return None
+        config = self._config
         if self._record.backend_type == "local":
-            return _job(best.job_id) if best.job_id else None
+            return _job(best.job_id, config, self._store) if best.job_id else None
         from .errors import NotFound
         from .store.jobs import get_job, insert_job
 
@@ -282,7 +290,7 @@ class Sweep:
             get_job(self._store, row.id)
         except NotFound:
             insert_job(self._store, row)
-        return _job(row.id)
+        return _job(row.id, config, self._store)
 
     @property
     def trials(self) -> Any:
@@ -338,7 +346,7 @@ def start(
     )
     record = put_sweep(store, record)
     record = backend.start(sweep, record)
-    return Sweep(record, backend, store)
+    return Sweep(record, backend, store, config)
 
 
 def sweep(
@@ -369,7 +377,7 @@ def get(sweep_id: str, config: Config | None = None, store: Store | None = None)
     config = config or load_config()
     store = store or get_store()
     record = get_sweep(store, sweep_id)
-    return Sweep(record, registry.for_record("sweeps", record, config, store), store)
+    return Sweep(record, registry.for_record("sweeps", record, config, store), store, config)
 
 
 def sweeps(
@@ -378,6 +386,6 @@ def sweeps(
     config = config or load_config()
     store = store or get_store()
     return [
-        Sweep(r, registry.for_record("sweeps", r, config, store), store)
+        Sweep(r, registry.for_record("sweeps", r, config, store), store, config)
         for r in list_sweeps(store, limit)
     ]

@@ -258,6 +258,7 @@ def stage_travel(spec: dict[str, Any], jobdir: JobDir) -> tuple[dict[str, Any], 
         archive = _fetch_named("folder", code, jobdir.path / "code.zip")
         folder = jobdir.path / "code"
         entries = _unpack(archive, folder)
+        folder.mkdir(parents=True, exist_ok=True)  # an empty folder travels as an empty zip
         if bundle.tree_digest(entries) != code["sha256"]:
             raise LaunchError("the job's folder does not match the name it was sent under")
         archive.unlink()

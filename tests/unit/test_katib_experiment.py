@@ -122,7 +122,7 @@ def test_the_experiment_of_a_script_sweep(backend, script):
         "source": {"filter": {"metricsFormat": [KATIB_FILTER]}},
     }
     tt = spec["trialTemplate"]
-    assert tt["retain"] is False
+    assert tt["retain"] is True  # the best trial's TrainJob stays: its outputs and logs come home
     assert tt["successCondition"] == 'status.conditions.#(type=="Complete")#|#(status=="True")#'
     assert tt["failureCondition"] == 'status.conditions.#(type=="Failed")#|#(status=="True")#'
     assert {p["name"]: p["reference"] for p in tt["trialParameters"]} == {
