@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .backends import DryRun, get_pipeline_backend, pipeline_backend_for
-from .errors import NotFound, SpecError
+from .errors import NbscaleError, NotFound, SpecError
 from .pipelines.loader import load
 from .pipelines.status import ACTIVE
+from .pipelines.step_sweep import SweepStepRequest, SweepStepResult, SweepSteps, read_record
 from .store import get_store
 from .store import pipelines as db
 from .store.paging import Page
@@ -83,6 +87,8 @@ class PipelineRun:
                     "notebook": s["notebook"],
                     "error": s["error"],
                     "attempts": s["attempts"],
+                    # a sweep step: its sweep, the trial that won and its objective
+                    **({"sweep": found} if (found := read_record(s["outputs_dir"])) else {}),
                 }
                 for s in self.steps
             ],
@@ -172,7 +178,7 @@ def start_run(
     ``announce(label, id)`` hears the platform's id of it.
     """
     options = _checked_options(options)
-    run_id = get_pipeline_backend(backend or "local").run(
+    run_id = _backend(backend).run(
         path, parameters, detach=detach, on_step=on_step, announce=announce, options=options
     )
     return get_run(run_id)
@@ -187,7 +193,105 @@ def dry_run_pipeline(
     """What ``start_run`` would send (the compiled pipeline a platform would get) or run
     (the local steps, in order), after the same checks; nothing is recorded or started."""
     options = _checked_options(options)
-    return get_pipeline_backend(backend or "local").dry_run(path, parameters, options)
+    return _backend(backend).dry_run(path, parameters, options)
+
+
+class _Stopped(Exception):
+    """The pipeline run stopped while a sweep step ran."""
+
+
+def run_step_sweep(request: SweepStepRequest) -> SweepStepResult:
+    """Run a sweep step's trials on this machine: each a local job of the step's notebook with
+    the trial's values as its parameters, through the local sweep engine (Optuna), at most
+    ``parallel`` at once. Returns the best trial, or why the sweep failed."""
+    from . import sweep_runs
+    from .config import load as load_config
+    from .specs import Entry, JobSpec
+
+    config = load_config()
+    local = next((n for n, b in config.backends.items() if b.type == "local"), None)
+    if local is None:
+        return SweepStepResult(
+            ok=False,
+            error=f"step {request.step}: its trials run as local jobs, and no backend of type "
+            "local is configured",
+        )
+    sweep = request.sweep
+    try:
+        job = JobSpec(
+            entry=Entry("notebook", request.notebook, dict(request.parameters)),
+            name=request.name,
+            backend=local,
+            workdir=request.folder,
+            gpus_per_proc=request.gpus,
+            max_runtime=math.ceil(request.timeout) if request.timeout else None,
+            tags={"nbscale-pipeline-run": request.run_id, "nbscale-step": request.step},
+        )
+        spec, notes = sweep_runs.prepare(
+            job,
+            sweep.space,
+            sweep.objective,
+            cell_source=request.code,
+            config=config,
+            trials=sweep.trials,
+            parallel=sweep.parallel,
+            algorithm=sweep.algorithm,
+            pruner=sweep.pruner,
+            max_failed=sweep.max_failed,
+            seed=sweep.seed,
+            name=request.name,
+        )
+        handle = sweep_runs.start(spec, config, notes=notes)
+    except NbscaleError as exc:
+        return SweepStepResult(
+            ok=False, error=f"step {request.step}: its sweep cannot start: {exc}"
+        )
+
+    def watch(view: Any) -> None:
+        if request.stop.is_set():
+            raise _Stopped
+
+    try:
+        view = handle.run(on_update=watch)
+    except _Stopped:
+        with contextlib.suppress(Exception):  # the run's own stop is what is reported
+            handle.cancel()
+        return SweepStepResult(
+            ok=False,
+            error=f"step {request.step}: the run stopped; its sweep {handle.id} was cancelled",
+            sweep_id=handle.id,
+        )
+    best = view.best
+    if view.status != "SUCCEEDED" or best is None:
+        why = view.error or "no trial succeeded with a value of the objective"
+        # the driver says "failed: N trials failed, more than --max-failed M" in the CLI's words
+        why = why.removeprefix("failed: ").replace("--max-failed", "sweep.max_failed")
+        return SweepStepResult(
+            ok=False,
+            error=f"step {request.step}: its sweep {view.id} {view.status.lower()}: {why}",
+            sweep_id=view.id,
+            counts=view.counts(),
+        )
+    trial_job = handle.best_job
+    return SweepStepResult(
+        ok=True,
+        sweep_id=view.id,
+        best=best.to_dict(),
+        job_dir=(trial_job.record.info or {}).get("job_dir") if trial_job else None,
+        counts=view.counts(),
+    )
+
+
+#: how runs here run their sweep steps (a pipeline backend does not import the engine)
+STEP_SWEEPS = SweepSteps(run=run_step_sweep, detached_module="nbscale.pipeline_runs")
+
+
+def _backend(name: str | None) -> Any:
+    """The pipeline backend, handed the engine's runner of sweep steps where it runs them."""
+    target = get_pipeline_backend(name or "local")
+    if hasattr(type(target), "step_sweeps"):
+        target.step_sweeps = STEP_SWEEPS
+    return target
 
 
 def interrupted_note(backend: str | None) -> str:
@@ -277,3 +381,28 @@ def describe(path: str) -> dict[str, Any]:
 
 def dumps(run: PipelineRun) -> str:
     return json.dumps(run.to_dict(), indent=2, default=str)
+
+
+def _detached(argv: list[str]) -> int:
+    """``python -m nbscale.pipeline_runs RUN_ID``: a detached local run whose pipeline has a
+    sweep step (``nbscale.pipelines.background`` with the engine's ``STEP_SWEEPS``)."""
+    import faulthandler
+    import signal
+
+    from .pipelines.runner import execute_run
+    from .pipelines.status import SUCCEEDED
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        status = execute_run(argv[0], sweeps=STEP_SWEEPS)
+    except SystemExit as exc:
+        return int(exc.code or 1)
+    return 0 if status == SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_detached(sys.argv[1:]))

@@ -70,7 +70,7 @@ def components(
     roots = [Path(step.notebook).parent]
     if Path(pipeline.directory) not in roots:
         roots.append(Path(pipeline.directory))
-    return {
+    parts = {
         "source": _h(
             [
                 FORMAT,
@@ -84,6 +84,9 @@ def components(
         "inputs": input_digests,
         "modules": local_modules(local_imports(step), roots),
     }
+    if step.sweep is not None:  # only a sweep step has it: other steps' keys stay as they were
+        parts["sweep"] = step.sweep.to_dict()
+    return parts
 
 
 def key(parts: dict[str, Any]) -> str:
@@ -118,6 +121,15 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     )
     if modules:
         reasons.append("module " + ", ".join(modules) + " changed")
+    if old.get("sweep") != new.get("sweep"):
+        old_sweep, new_sweep = old.get("sweep") or {}, new.get("sweep") or {}
+        keys = sorted(
+            k for k in set(old_sweep) | set(new_sweep) if old_sweep.get(k) != new_sweep.get(k)
+        )
+        if not old_sweep or not new_sweep:
+            reasons.append("sweep block " + ("added" if new_sweep else "removed"))
+        else:
+            reasons.append("sweep " + ", ".join(keys) + " changed")
     return "miss: " + ("; ".join(reasons) if reasons else "no cached outputs")
 
 

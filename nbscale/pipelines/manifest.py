@@ -13,6 +13,17 @@
         retries: 1
         timeout: 600
         cache: true
+      - name: tune
+        notebook: train_a.ipynb
+        depends_on: [prepare]
+        sweep:                      # one run per trial; the best trial's outputs are the step's
+          space: {C: "loguniform(1e-3,10)"}      # or "C=loguniform(1e-3,10) ..."
+          objective: accuracy:max   # a metric the step logs with nbscale.log_metric
+          trials: 8
+          parallel: 2
+          algorithm: tpe            # tpe, random, grid, bayesian
+          pruner: median            # median, halving, none
+          max_failed: 3
 
 Each notebook's cell tagged ``parameters`` keeps its defaults; cells above
 it run first (its imports), cells below are the step.
@@ -21,13 +32,22 @@ it run first (its imports), cells below are the step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import SpecError
-from . import notebooks
-from .model import NAME_RE, Cell, Pipeline, Resources, Step
+from ..sweeps.space import Objective, Space, parse_objective, parse_space
+from ..sweeps.spec import ALGORITHMS, MAX_TRIALS, PRUNERS
+from . import notebooks, step_sweep
+from .model import NAME_RE, Cell, Pipeline, Resources, Step, StepSweep
 from .parameters import check_value
 
 MAX_RETRIES = 100
@@ -45,6 +65,69 @@ class ResourcesModel(_Strict):
     instance_type: str | None = None
 
 
+class SweepModel(_Strict):
+    """A step's ``sweep:`` block; the space and objective in the words of ``%%train --sweep``."""
+
+    space: Any = Field(description='{NAME: "DIST(...)"}, or one string "NAME=DIST(...) ..."')
+    objective: Any = Field(description="METRIC:min or METRIC:max")
+    trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 16
+    parallel: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 1
+    algorithm: Literal[ALGORITHMS] = "tpe"  # type: ignore[valid-type]
+    pruner: Literal[PRUNERS] = "median"  # type: ignore[valid-type]
+    max_failed: Annotated[int, Field(ge=0, le=MAX_TRIALS)] = 3
+    seed: int | None = None
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, value: Any) -> Space:
+        ok = (
+            isinstance(value, str)
+            or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
+            or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        )
+        if not ok:
+            shown = repr(value)
+            raise ValueError(
+                'must be a mapping of NAME: "DIST(...)" (quoted) or one string '
+                f'"NAME=DIST(...) ...", got {shown if len(shown) <= 40 else shown[:37] + "..."}'
+            )
+        try:
+            return parse_space(value)  # the sweep grammar's own message, whatever is wrong
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, value: Any) -> Objective:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string METRIC:min or METRIC:max, got {value!r}")
+        try:
+            return parse_objective(value)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _grid(self) -> SweepModel:
+        if self.algorithm == "grid" and isinstance(self.space, Space):
+            try:
+                self.space.grid_size()  # a continuous range has no grid
+            except SpecError as exc:
+                raise ValueError(f"algorithm grid: {exc}") from None
+        return self
+
+    def to_step(self) -> StepSweep:
+        return StepSweep(
+            space=self.space,
+            objective=self.objective,
+            trials=self.trials,
+            parallel=min(self.parallel, self.trials),
+            algorithm=self.algorithm,
+            pruner=self.pruner,
+            max_failed=self.max_failed,
+            seed=self.seed,
+        )
+
+
 class StepModel(_Strict):
     name: str = Field(pattern=NAME_RE.pattern)
     notebook: str = Field(min_length=1)
@@ -54,6 +137,7 @@ class StepModel(_Strict):
     retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] = 0
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     cache: bool = True
+    sweep: SweepModel | None = None
 
     @field_validator("depends_on")
     @classmethod
@@ -96,6 +180,11 @@ _MESSAGES = {
 
 def _message(err: dict) -> str:
     kind = err.get("type", "")
+    if kind == "value_error":  # a check of ours: its own message, said once
+        return str((err.get("ctx") or {}).get("error") or err.get("msg", "is not valid"))
+    if kind == "literal_error":
+        ctx = err.get("ctx") or {}
+        return f"must be one of {ctx.get('expected', '')}, got {err.get('input')!r}"
     msg = _MESSAGES.get(kind)
     if msg is None:
         ctx = err.get("ctx") or {}
@@ -217,6 +306,12 @@ def load(path: Path) -> Pipeline:
                 f"repeats the step name {raw.name!r}",
                 "give each step its own name",
             )
+        if raw.sweep is not None and raw.retries:
+            raise SpecError(
+                f"{where}.retries",
+                "a sweep step does not run again as a whole: its failed trials are retried",
+                "drop retries and set sweep.max_failed",
+            )
         nb_path = _notebook(path, where, raw.notebook)
         prelude, params_cell, body = _split(nb_path)
         for pname, value in raw.parameters.items():
@@ -233,6 +328,7 @@ def load(path: Path) -> Pipeline:
             retries=raw.retries,
             timeout=raw.timeout,
             cache=raw.cache,
+            sweep=raw.sweep.to_step() if raw.sweep else None,
         )
     pipeline = Pipeline(
         name=str(data.name or path.parent.name),
@@ -243,4 +339,6 @@ def load(path: Path) -> Pipeline:
         parameters=dict(data.parameters),
     )
     pipeline.validate()
+    for i, raw in enumerate(data.steps):
+        step_sweep.check(pipeline, pipeline.steps[raw.name], f"steps[{i}].sweep")
     return pipeline

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
+from ..sweeps.space import Objective, Space
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 
@@ -38,6 +39,34 @@ class Resources:
         return {k: v for k, v in self.__dict__.items() if v not in (None, 0)}
 
 
+@dataclass(frozen=True)
+class StepSweep:
+    """A step's ``sweep:`` block: its notebook runs once per trial, the best trial's outputs
+    become the step's (``nbscale.pipelines.step_sweep``)."""
+
+    space: Space
+    objective: Objective
+    trials: int = 16
+    parallel: int = 1
+    algorithm: str = "tpe"
+    pruner: str = "median"
+    max_failed: int = 3
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything that decides what the sweep finds: part of the step's cache key."""
+        return {
+            "space": self.space.to_list(),
+            "objective": str(self.objective),
+            "trials": self.trials,
+            "parallel": self.parallel,
+            "algorithm": self.algorithm,
+            "pruner": self.pruner,
+            "max_failed": self.max_failed,
+            "seed": self.seed,
+        }
+
+
 @dataclass
 class Step:
     name: str
@@ -53,6 +82,7 @@ class Step:
     retries: int = 0
     timeout: float | None = None
     cache: bool = True
+    sweep: StepSweep | None = None  # run as a sweep of trials (pipeline.yaml ``sweep:``)
     # filled by dataflow.analyse
     inputs: dict[str, str] = field(default_factory=dict)  # name -> producing step
     outputs: list[str] = field(default_factory=list)
@@ -152,6 +182,7 @@ class Pipeline:
                     "retries": s.retries,
                     "timeout": s.timeout,
                     "cache": s.cache,
+                    **({"sweep": s.sweep.to_dict()} if s.sweep else {}),
                 }
                 for s in (self.steps[n] for n in self.order())
             ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,7 +19,7 @@ from typing import Any
 from .. import paths
 from ..store import get_store
 from ..store import pipelines as db
-from . import artifacts, fingerprint, stepbook
+from . import artifacts, fingerprint, step_sweep, stepbook
 from .execute import Attempt, run_step
 from .kernels import KernelPool
 from .loader import load
@@ -154,8 +155,11 @@ class Runner:
         values: dict[str, Any],
         options: dict[str, Any],
         on_step: Callable[[str, dict[str, Any]], None] | None = None,
+        sweeps: step_sweep.SweepSteps | None = None,
     ):
         self.run_id = run_id
+        self.sweeps = sweeps  # the engine's runner of sweep steps (trials are jobs)
+        self.stop = threading.Event()  # set when the run ends early: running sweeps cancel
         self.on_step = on_step
         self.pipeline = pipeline
         self.values = values
@@ -249,8 +253,72 @@ class Runner:
         )
 
     # -- execution ---------------------------------------------------------------------------
+    def _remember(self, name: str, parts: dict[str, Any], out_dir: Path, notebook: str) -> None:
+        self.outputs[name] = str(out_dir)
+        db.cache_put(
+            self.store,
+            {
+                "key": fingerprint.key(parts),
+                "pipeline": self.pipeline.source,
+                "step": name,
+                "components": parts,
+                "run_id": self.run_id,
+                "outputs_dir": str(out_dir),
+                "notebook": notebook,
+            },
+        )
+
+    def _execute_sweep(self, name: str, parts: dict[str, Any], reason: str) -> Attempt:
+        """A step with a ``sweep:`` block: its trials run as jobs through the engine's
+        ``SweepSteps``; the best trial's outputs and notebook become the step's."""
+        step = self.pipeline.steps[name]
+        assert step.sweep is not None
+        base = self.dir / "steps" / name
+        out_dir, notebook = base / "outputs", base / f"{name}.ipynb"
+        started = time.time()
+        self._set(
+            name,
+            status=RUNNING,
+            attempts=1,
+            cache_reason=reason,
+            started=started,
+            notebook=str(notebook),
+        )
+        failed = Attempt(ok=False, notebook=str(notebook), started=started)
+        if self.sweeps is None:
+            failed.error = (
+                f"step {name} has a sweep: block, and this runner has no sweep engine to run "
+                "its trials"
+            )
+            return failed
+        request = step_sweep.request(
+            self.pipeline,
+            step,
+            self._inputs(name),
+            self._step_values(name),
+            self.run_id,
+            base,
+            self.kernel_name,
+        )
+        request.stop = self.stop
+        result = self.sweeps.run(request)
+        failed.ended = time.time()
+        if not result.ok:
+            failed.error = result.error or f"step {name}: its sweep failed"
+            return failed
+        problem = step_sweep.adopt(result, str(step.sweep.objective), out_dir, notebook)
+        if problem is None and artifacts.read_manifest(out_dir) is None:
+            problem = "its best trial's outputs have no manifest"
+        if problem is not None:
+            failed.error = f"step {name}: {problem}"
+            return failed
+        self._remember(name, parts, out_dir, str(notebook))
+        return Attempt(ok=True, notebook=str(notebook), started=started, ended=time.time())
+
     def _execute(self, name: str, parts: dict[str, Any], reason: str) -> Attempt:
         step = self.pipeline.steps[name]
+        if step.sweep is not None:
+            return self._execute_sweep(name, parts, reason)
         out_dir = self.dir / "steps" / name / "outputs"
         notebook = self.dir / "steps" / name / f"{name}.ipynb"
         nb = stepbook.build(self.pipeline, step, self._inputs(name), str(out_dir), self.kernel_name)
@@ -284,19 +352,7 @@ class Runner:
             if attempt.ok:
                 break
         if attempt.ok:
-            self.outputs[name] = str(out_dir)
-            db.cache_put(
-                self.store,
-                {
-                    "key": fingerprint.key(parts),
-                    "pipeline": self.pipeline.source,
-                    "step": name,
-                    "components": parts,
-                    "run_id": self.run_id,
-                    "outputs_dir": str(out_dir),
-                    "notebook": attempt.notebook,
-                },
-            )
+            self._remember(name, parts, out_dir, attempt.notebook)
         return attempt
 
     def run(self) -> str:
@@ -339,7 +395,8 @@ class Runner:
                                 ended=now,
                             )
                             continue
-                        self._ensure_pool([name, *todo])
+                        if steps[name].sweep is None:  # a sweep step's trials are jobs
+                            self._ensure_pool([s for s in [name, *todo] if steps[s].sweep is None])
                         self._set(
                             name,
                             status=RUNNING,
@@ -378,6 +435,7 @@ class Runner:
                         if not attempt.ok and error is None:
                             error = attempt.error
             finally:
+                self.stop.set()  # a sweep step still running cancels its sweep and returns
                 for future in running:
                     future.cancel()
                 if self.pool is not None:
@@ -434,10 +492,15 @@ class Runner:
             self.pool.expect([str(Path(self.pipeline.steps[s].notebook).parent) for s in upcoming])
 
 
-def execute_run(run_id: str, on_step: Callable[[str, dict[str, Any]], None] | None = None) -> str:
+def execute_run(
+    run_id: str,
+    on_step: Callable[[str, dict[str, Any]], None] | None = None,
+    sweeps: step_sweep.SweepSteps | None = None,
+) -> str:
     """Run a recorded run (the detached process and ``detach=False`` both come here).
 
     Ctrl-C or SIGTERM stops it: running kernels are killed and the run is CANCELLED.
+    ``sweeps`` runs steps with a ``sweep:`` block (the engine's: their trials are jobs).
     """
     store = get_store()
     record = db.get_run(store, run_id)
@@ -446,7 +509,7 @@ def execute_run(run_id: str, on_step: Callable[[str, dict[str, Any]], None] | No
     try:
         pipeline = load(record["source"])
         values = resolve_parameters(pipeline.parameters, record["parameters"])
-        return Runner(run_id, pipeline, values, record["options"], on_step).run()
+        return Runner(run_id, pipeline, values, record["options"], on_step, sweeps).run()
     except BaseException as exc:
         stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
         status, error = (CANCELLED, "interrupted") if stopped else (FAILED, str(exc))

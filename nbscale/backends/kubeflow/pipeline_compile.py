@@ -23,6 +23,7 @@ from typing import Any
 from ...optional import require
 from ...pipelines.fingerprint import module_sources
 from ...pipelines.model import Pipeline, Step
+from ...pipelines.step_sweep import refuse_compile
 from ...pipelines.stepbook import container_template as notebook_template
 
 DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"  # any image with nbscale, papermill and ipykernel
@@ -135,6 +136,7 @@ def build(
     Every task mounts the Secret ``key_secret`` read-only at ``key_mount`` and finds the
     pipeline key through ``NBSCALE_KEY_FILE``; ``key_secret=None`` compiles without it
     (then no step can verify another's outputs); so does ``""``."""
+    refuse_compile(pipeline, "kfp", "Kubeflow", "Katib Experiment")
     dsl = require("kfp.dsl", "kubeflow")
     kubernetes = require("kfp.kubernetes", "kubeflow") if key_secret else None
     components = _load_components(pipeline, image)
@@ -204,5 +206,6 @@ def compile_pipeline(
     key_secret: str | None = KEY_SECRET,
     key_mount: str = KEY_MOUNT,
 ) -> None:
+    refuse_compile(pipeline, "kfp", "Kubeflow", "Katib Experiment")  # before kfp is needed
     compiler = require("kfp.compiler", "kubeflow")
     compiler.Compiler().compile(build(pipeline, image, key_secret, key_mount), str(output))

@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any
 
-from ...errors import Conflict
+from ...errors import Conflict, SpecError
 from ...pipelines.loader import load
 from ...pipelines.parameters import resolve
 from ...pipelines.runner import (
@@ -24,6 +24,7 @@ from ...pipelines.runner import (
     start_detached,
 )
 from ...pipelines.status import ACTIVE, FAILED, LOST, PENDING, RUNNING
+from ...pipelines.step_sweep import SweepSteps
 from ...store import pipelines as db
 from ..base import DryRun
 from ..pipeline_base import Announce, OnStep, PipelineBackend
@@ -33,6 +34,9 @@ class LocalPipelineBackend(PipelineBackend):
     type = "local"
     title = "this machine"
     interrupted = "the run was cancelled"
+    #: runs steps with a ``sweep:`` block: handed in by the engine (``nbscale.pipeline_runs``),
+    #: as their trials are jobs and a backend does not import the engine
+    step_sweeps: SweepSteps | None = None
 
     def run(
         self,
@@ -46,7 +50,15 @@ class LocalPipelineBackend(PipelineBackend):
     ) -> str:
         pipeline = load(path)  # every check happens here, before anything is recorded
         values = resolve(pipeline.parameters, parameters)
-        selected_steps(pipeline, options.get("only"), options.get("from_step"))
+        chosen = selected_steps(pipeline, options.get("only"), options.get("from_step"))
+        swept = [n for n in chosen if pipeline.steps[n].sweep is not None]
+        if swept and self.step_sweeps is None:
+            raise SpecError(
+                f"step {swept[0]}",
+                "has a sweep: block, and this backend was given no sweep engine to run its trials",
+                "run the pipeline with nbscale pipeline run, %pipeline run or "
+                "nbscale.pipelines.start_run",
+            )
         record, steps = new_run(pipeline, self.config.name, PENDING, values, options)
         run_id = record["id"]
         db.insert_run(self.store, record, steps)
@@ -61,10 +73,14 @@ class LocalPipelineBackend(PipelineBackend):
                 pid_started=psutil.Process().create_time(),
                 options={**options, "in_process": True},
             )
-            execute_run(run_id, on_step)
+            execute_run(run_id, on_step, self.step_sweeps)
             return run_id
+        # a run with a sweep step runs in the engine's runner, which can start its trials
+        module = "nbscale.pipelines.background"
+        if swept and self.step_sweeps is not None:
+            module = self.step_sweeps.detached_module
         try:
-            start_detached(run_id, "nbscale.pipelines.background", "runner.log", pipeline.directory)
+            start_detached(run_id, module, "runner.log", pipeline.directory)
         except OSError as exc:
             db.update_run(
                 self.store,
@@ -96,6 +112,14 @@ class LocalPipelineBackend(PipelineBackend):
         ]
         if options.get("no_cache"):
             notes.append("--no-cache: every step would run, none would come from the cache")
+        for name in (n for n in pipeline.order() if n in chosen):
+            sweep = pipeline.steps[name].sweep
+            if sweep is not None:
+                notes.append(
+                    f"step {name} is a sweep: {sweep.trials} trials of its notebook as local "
+                    f"jobs, {sweep.parallel} at once, over {sweep.space}, for {sweep.objective}; "
+                    "the best trial's outputs go to the steps after it"
+                )
         return DryRun([plan], "json", notes + list(summary["warnings"]))
 
     def status(self, record: dict[str, Any]) -> dict[str, Any]:

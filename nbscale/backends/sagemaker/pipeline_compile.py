@@ -26,6 +26,7 @@ from ...errors import SpecError
 from ...keys import KEY_SECRET_ENV
 from ...pipelines.fingerprint import module_sources
 from ...pipelines.model import Pipeline, Resources, Step
+from ...pipelines.step_sweep import refuse_compile
 from ...pipelines.stepbook import container_template as notebook_template
 
 PROC = "/opt/ml/processing"
@@ -271,6 +272,7 @@ def definition(
     runtime_wheels: bool = False,
     region: str = "us-east-1",
 ) -> dict[str, Any]:
+    refuse_compile(pipeline, "sagemaker", "SageMaker", "TuningStep")
     role = _role(role)
     prefix = (prefix or pipeline.name).strip("/")
     params = []
