@@ -28,6 +28,7 @@ from .jobs import submit as _submit
 from .specs import JobSpec
 from .store import Store, get_store
 from .store.sweeps import RUNNING, SweepRecord, get_sweep, list_sweeps, put_sweep
+from .sweeps.logged import unlogged
 from .sweeps.space import Objective
 from .sweeps.spec import SweepSpec
 from .words import count
@@ -35,33 +36,6 @@ from .words import count
 # what the local driver runs trials with (a backend does not import the engine layer)
 _JOBS = types.SimpleNamespace(submit=_submit, job=_job)
 _SCAN_LIMIT = 200  # local modules read for log_metric calls
-
-
-def _calls_log_metric(source: str) -> tuple[set[str], bool]:
-    """The metric names the code passes to ``log_metric`` as literals, and whether it also
-    passes one that is not a literal (then any name may be logged)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return set(), True  # not ours to judge here: the job reports it
-    names, dynamic = set(), False
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if called != "log_metric":
-            continue
-        arg = (
-            node.args[0]
-            if node.args
-            else next((k.value for k in node.keywords if k.arg == "name"), None)
-        )
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            names.add(arg.value)
-        else:
-            dynamic = True
-    return names, dynamic
 
 
 def _local_imports(source: str, folder: Path) -> list[Path]:
@@ -136,13 +110,9 @@ def check_objective_logged(job: JobSpec, objective: Objective, cell_source: str 
     texts = _sources(job, cell_source)
     if not texts:
         return
-    seen: set[str] = set()
-    for text in texts:
-        names, dynamic = _calls_log_metric(text)
-        if dynamic or objective.metric in names:
-            return
-        seen |= names
-    logged = f"it logs {', '.join(sorted(seen))}" if seen else "it calls log_metric nowhere"
+    logged = unlogged(texts, objective.metric)
+    if logged is None:
+        return
     raise SpecError(
         "objective",
         f"the code never logs {objective.metric!r} ({logged})",

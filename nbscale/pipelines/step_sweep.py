@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
+from ..sweeps.logged import unlogged
 from . import stepbook
 from .dataflow import _assigned, local_imports, names_of, parse
 from .fingerprint import local_modules
@@ -84,32 +85,6 @@ class SweepSteps:
 
 
 # -- checks, when the pipeline is loaded ----------------------------------------------------------
-def _log_metric_names(source: str) -> tuple[set[str], bool]:
-    """Metric names passed to ``log_metric`` as literals, and whether a non-literal one is."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return set(), True  # a module that does not parse is the step's to report
-    names, dynamic = set(), False
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if called != "log_metric":
-            continue
-        arg = (
-            node.args[0]
-            if node.args
-            else next((k.value for k in node.keywords if k.arg == "name"), None)
-        )
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            names.add(arg.value)
-        else:
-            dynamic = True
-    return names, dynamic
-
-
 def _sources(pipeline: Pipeline, step: Step) -> list[str]:
     """The step's code (IPython lines turned into Python) and the local modules it imports."""
     texts = []
@@ -160,13 +135,9 @@ def check(pipeline: Pipeline, step: Step, where: str) -> None:
                 f"assign {name} in the cell tagged 'parameters' of "
                 f"{Path(step.notebook).name}, or sweep one of its parameters",
             )
-    seen: set[str] = set()
-    for text in _sources(pipeline, step):
-        names, dynamic = _log_metric_names(text)
-        if dynamic or sweep.objective.metric in names:
-            return
-        seen |= names
-    logged = f"it logs {', '.join(sorted(seen))}" if seen else "it calls log_metric nowhere"
+    logged = unlogged(_sources(pipeline, step), sweep.objective.metric)
+    if logged is None:
+        return
     raise SpecError(
         f"{where}.objective",
         f"step {step.name} never logs {sweep.objective.metric!r} ({logged})",
