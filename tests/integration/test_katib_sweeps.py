@@ -11,6 +11,7 @@ with its own home and only the pod's environment (tests/support/kubeflow.py)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from types import SimpleNamespace
@@ -419,3 +420,132 @@ def test_a_best_trial_whose_trainjob_katib_deleted_comes_home_from_object_storag
     assert record.status == "SUCCEEDED", record.error
     assert load_results(record) == {"loss": pytest.approx((0.009 - 0.01) ** 2 + 0.5), "seen": 0.009}
     assert "deleted its TrainJob" in record.info["phase"]
+
+
+# -- the budget: --max-cost stops Katib starting trials -------------------------------------
+PRICE = 3.6  # USD per node hour on the priced kf backend: a trial of 1000 s costs $1.00
+RUN_S = 1000
+
+
+@pytest.fixture
+def priced_kf(cluster, nbscale_home):
+    """The kf backend with a price per node hour."""
+    config = nbscale_home / "config.toml"
+    text = config.read_text()
+    config.write_text(
+        text.replace("[backends.kf]\n", f"[backends.kf]\nprice_per_node_hour = {PRICE}\n")
+    )
+    return cluster
+
+
+def _stamp(t: float) -> str:
+    return datetime.datetime.fromtimestamp(int(t), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def playing_katib(api, katib: KatibController, name: str):
+    """Katib between two of nbscale's looks: its Experiment controller makes the Trials its
+    spec allows, stamped now, and they run (the controller passes again on their events until
+    it has nothing to do, so the Experiment's status counts them); before the next look they
+    end, each ``RUN_S`` after its start, having logged the objective, and nbscale looks before
+    the controller comes back; and so on. The tick to call on each look, and the Trials made,
+    in order."""
+    made: list[str] = []
+    phase = ["make"]
+
+    def tick(view) -> None:
+        if phase[0] == "make":
+            while new := katib.reconcile(name, start=_stamp(time.time())):
+                for trial in new:
+                    katib.running(trial)
+                    made.append(trial)
+            phase[0] = "end"
+            return
+        for trial in made:
+            t = katib.trial(trial)
+            if not any(c["type"] == "Running" and c["status"] == "True"
+                       for c in t["status"]["conditions"]):  # fmt: skip
+                continue
+            katib.report(trial, [f"[rank 0] {metric_line('val_loss', 0.5)}"])
+            api.patch_trainjob_status(NS, trial, {"conditions": [condition("Complete")]})
+            start = datetime.datetime.fromisoformat(t["status"]["startTime"].replace("Z", "+00:00"))
+            assert katib.settle(trial, completion=_stamp(start.timestamp() + RUN_S)) == "Succeeded"
+        phase[0] = "make"
+
+    return tick, made
+
+
+def _experiment_patches(kube) -> list:
+    return [
+        r
+        for r in kube.writes()
+        if str(r.method).upper().endswith("PATCH")
+        and "/experiments/" in str(r.url)
+        and "/status" not in str(r.url)
+    ]
+
+
+def test_max_cost_lowers_the_experiments_trial_count_once_the_spend_reaches_it(
+    priced_kf, kube, tmp_path
+):
+    from nbscale import sweep_runs
+    from nbscale.sweeps.table import text
+    from tests.support.katib_controller import admit
+
+    api = priced_kf
+    katib = KatibController(api, NS)
+    backend, sweep, record = start(tmp_path, trials=6, parallel=2, max_cost=1.5)
+    name = record.native_id
+    katib.accept(name)
+    tick, made = playing_katib(api, katib, name)
+
+    view = sweep_runs.get(sweep.id).run(on_update=tick, poll=0.01, timeout=60)
+
+    # two trials of $1.00 each reached the $1.50: Katib's webhook admits no maxTrialCount
+    # at or below the Trials it has made, so nbscale asked for the least it admits: 3
+    exp = katib.experiment(name)
+    assert exp["spec"]["maxTrialCount"] == 3
+    assert exp["spec"]["parallelTrialCount"] == 2 and exp["spec"]["maxFailedTrialCount"] == 2
+    (patch,) = _experiment_patches(kube)
+    assert patch.data["spec"] == {"maxTrialCount": 3}
+    edited_to_two = {**exp, "spec": {**exp["spec"], "maxTrialCount": 2}}
+    assert any(
+        "greater than status.trials" in e
+        for e in admit(edited_to_two, {**exp, "status": {**exp["status"], "trials": 2}})
+    )
+    # Katib made the one more it was allowed and no other; the sweep ended when it had
+    assert len(made) == 3 and {t["metadata"]["name"] for t in katib.trials(name)} == set(made)
+    (done,) = [c for c in exp["status"]["conditions"] if c["type"] == "Succeeded"]
+    assert done["reason"] == "ExperimentMaxTrialsReached"
+    assert view.status == SUCCEEDED and get_sweep(get_store(), sweep.id).status == "SUCCEEDED"
+    assert [t.status for t in view.trials] == [SUCCEEDED] * 3
+    # each trial's cost: its 1000 s on one node at $3.60 an hour
+    assert [t.cost for t in view.trials] == [pytest.approx(1.0)] * 3
+    assert "$1.00" in text(view)
+    # the note says why no more trials started, in the view and in the store
+    rec = get_sweep(get_store(), sweep.id)
+    (note,) = [n for n in rec.info["notes"] if n.startswith("budget:")]
+    assert "$2.00 spent" in note and "--max-cost $1.50 is reached" in note
+    assert "lowered from 6 to 3" in note and note in view.notes
+    assert rec.info["budget"] == {"spent": 2.0, "max_trial_count": 3}
+    # following it again (a kernel that came back) edits nothing more
+    sweep_runs.get(sweep.id).run(poll=0.01, timeout=10)
+    assert len(_experiment_patches(kube)) == 1
+
+
+def test_a_sweep_without_max_cost_runs_all_its_trials_whatever_they_cost(priced_kf, kube, tmp_path):
+    from nbscale import sweep_runs
+
+    api = priced_kf
+    katib = KatibController(api, NS)
+    backend, sweep, record = start(tmp_path, trials=3, parallel=2)
+    name = record.native_id
+    katib.accept(name)
+    tick, made = playing_katib(api, katib, name)
+
+    view = sweep_runs.get(sweep.id).run(on_update=tick, poll=0.01, timeout=60)
+
+    assert view.status == SUCCEEDED and len(made) == 3
+    assert [t.cost for t in view.trials] == [pytest.approx(1.0)] * 3  # $3.00 in all
+    assert _experiment_patches(kube) == []
+    assert katib.experiment(name)["spec"]["maxTrialCount"] == 3
+    assert not [n for n in view.notes if n.startswith("budget:")]

@@ -6,12 +6,21 @@
   CRDs of v2.2.1 and v2.3.0, as strictly, with their CEL rules.
 - ``admit``: what Katib's validating webhook refuses (pkg/webhook/v1beta1/experiment/
   validator/validator.go, read from kubeflow/katib): names, counts, algorithms known to the
-  default katib-config, feasible spaces, the trial template's parameters and placeholders.
+  default katib-config, feasible spaces, the trial template's parameters and placeholders;
+  and, for an edit, what it refuses of a change: a spec field other than maxTrialCount,
+  parallelTrialCount and maxFailedTrialCount, a maxTrialCount at or below the Trials made
+  (``status.trials``), a completed Experiment that cannot restart.
 - ``KatibController``: plays the Experiment and Trial controllers, the suggestion service
   (random values from the Experiment's ``feasibleSpace``), the StdOut metrics collector (the
   Experiment's ``metricsFormat`` over the primary pod's log) and the garbage collector, all
   through the Kubernetes API, reading nothing but what is there. A completed Trial's job is
-  deleted unless the template retains it, as Katib's Trial controller does.
+  deleted unless the template retains it, as Katib's Trial controller does. ``reconcile``
+  is one pass of the Experiment controller (ReconcileExperiment): the status from the
+  Trials, then, while the Experiment is not completed, new Trials up to what
+  ``parallelTrialCount`` and ``maxTrialCount`` of the Experiment as it is now allow.
+  The emulator stores a write before anything could refuse it, so the webhook's judgement of
+  an edit someone made to a running Experiment is passed at the controller's next look: a
+  refused edit fails the test there.
 """
 
 from __future__ import annotations
@@ -107,9 +116,46 @@ def validate_trainjob(obj: dict[str, Any]) -> int:
 
 
 # -- the validating webhook -----------------------------------------------------------------
-def admit(exp: dict[str, Any]) -> list[str]:
-    """What Katib's webhook would refuse in ``exp`` (empty: admitted)."""
-    errors: list[str] = []
+def _completed(exp: dict[str, Any]) -> str | None:
+    """The reason of the Experiment's Succeeded or Failed condition (None: not completed)."""
+    for c in (exp.get("status") or {}).get("conditions") or []:
+        if c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True":
+            return c.get("reason") or c["type"]
+    return None
+
+
+EDITABLE = ("maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")
+
+
+def _admit_edit(exp: dict[str, Any], old: dict[str, Any]) -> list[str]:
+    """What the webhook refuses of an edit of ``old`` (as stored, its status too) into
+    ``exp`` (ValidateExperiment with oldInst)."""
+    if exp["spec"] == old["spec"]:
+        return []
+    errors = []
+    reason = _completed(old)
+    if reason is not None and not (
+        reason == "ExperimentMaxTrialsReached"
+        and old["spec"].get("resumePolicy") in ("LongRunning", "FromVolume")
+    ):
+        errors.append("a completed Experiment can only be restarted (resumePolicy)")
+    made = (old.get("status") or {}).get("trials") or 0
+    trials = exp["spec"].get("maxTrialCount")
+    if trials is not None and trials <= made:
+        errors.append(f"maxTrialCount {trials} must be greater than status.trials count {made}")
+    rest = {k: v for k, v in exp["spec"].items() if k not in EDITABLE}
+    if rest != {k: v for k, v in old["spec"].items() if k not in EDITABLE}:
+        errors.append(
+            "only spec.parallelTrialCount, spec.maxTrialCount and spec.maxFailedTrialCount "
+            "are editable"
+        )
+    return errors
+
+
+def admit(exp: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """What Katib's webhook would refuse in ``exp`` (empty: admitted); ``old``: the object
+    an edit changes."""
+    errors: list[str] = [] if old is None else _admit_edit(exp, old)
     name = exp["metadata"].get("name", "")
     if not re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 40:
         errors.append(f"metadata.name {name!r}")
@@ -353,6 +399,7 @@ class KatibController:
         self.api = api
         self.ns = namespace
         self.rng = random.Random(seed)
+        self._admitted: dict[str, dict[str, Any]] = {}  # each Experiment as last admitted
 
     # -- objects ----------------------------------------------------------------------
     def experiment(self, name: str) -> dict[str, Any]:
@@ -392,6 +439,7 @@ class KatibController:
         exp = self.experiment(name)
         refused = admit(exp)
         assert not refused, f"Katib's webhook would refuse the Experiment: {refused}"
+        self._admitted[name] = copy.deepcopy(exp)
         self._patch_status(
             "experiments",
             name,
@@ -405,8 +453,14 @@ class KatibController:
         )
         return self.experiment(name)
 
-    def create_trial(self, name: str, assignments: list[dict[str, str]] | None = None) -> str:
-        """A Trial of the Experiment with a suggestion's values, and its job from the template."""
+    def create_trial(
+        self,
+        name: str,
+        assignments: list[dict[str, str]] | None = None,
+        start: str = "2026-12-01T00:00:01Z",
+    ) -> str:
+        """A Trial of the Experiment with a suggestion's values, and its job from the template;
+        ``start``: the ``status.startTime`` Katib stamps on it."""
         exp = self.experiment(name)
         assignments = assignments or suggest(exp, self.rng)
         trial = f"{name}-{''.join(self.rng.choices(string.ascii_lowercase + string.digits, k=8))}"
@@ -454,7 +508,7 @@ class KatibController:
             "trials",
             trial,
             {
-                "startTime": "2026-12-01T00:00:01Z",
+                "startTime": start,
                 "conditions": [condition("Created")],
             },
         )
@@ -528,8 +582,9 @@ class KatibController:
         return reported
 
     # -- the Trial controller -----------------------------------------------------------
-    def settle(self, trial: str) -> str:
-        """The Trial's outcome from its job's status and its observation."""
+    def settle(self, trial: str, completion: str = "2026-12-01T00:10:00Z") -> str:
+        """The Trial's outcome from its job's status and its observation; ``completion``: the
+        ``status.completionTime`` Katib stamps on it."""
         t = self.trial(trial)
         job = self.trainjob(trial)
         metric = t["spec"]["objective"]["objectiveMetricName"]
@@ -546,7 +601,7 @@ class KatibController:
             trial,
             stopped_running,
             condition(kind, message=f"Trial has {kind.lower()}"),
-            completionTime="2026-12-01T00:10:00Z",
+            completionTime=completion,
         )
         self._reconcile_run(trial)
         return kind
@@ -585,7 +640,9 @@ class KatibController:
         done = sum(len(lists[k]) for k in lists if k not in ("running", "pending"))
         failed = len(lists["failed"]) + len(lists["metricsUnavailable"])
         conds = [condition("Created", reason="ExperimentCreated")]
-        if (
+        if _completed(exp) is not None:  # Katib leaves a completed Experiment's conditions
+            conds = (exp.get("status") or {}).get("conditions") or []
+        elif (
             spec.get("maxFailedTrialCount") is not None
             and failed
             and (failed >= spec["maxFailedTrialCount"])
@@ -618,9 +675,54 @@ class KatibController:
             "trialsPending": len(lists["pending"]),
             "trialsEarlyStopped": len(lists["earlyStopped"]),
             "trialsKilled": len(lists["killed"]),
+            "trialMetricsUnavailable": len(lists["metricsUnavailable"]),
         }
         self._patch_status("experiments", name, status)
         return self.experiment(name)
+
+    def _audit_edit(self, name: str) -> None:
+        """The webhook's judgement of whatever changed the Experiment's spec since it was
+        last admitted (its status as stored when the edit came)."""
+        exp = self.experiment(name)
+        old = self._admitted.get(name)
+        if old is not None and exp["spec"] != old["spec"]:
+            refused = admit(exp, {**old, "status": exp.get("status") or {}})
+            assert not refused, f"Katib's webhook would refuse this edit: {refused}"
+        self._admitted[name] = copy.deepcopy(exp)
+
+    def reconcile(self, name: str, start: str = "2026-12-01T00:00:01Z") -> list[str]:
+        """One pass of the Experiment controller: the status from the Trials, then, unless
+        the Experiment is completed, Katib's ReconcileTrials from its spec as it is now: the
+        newest active Trials deleted down to ``parallelTrialCount``, or new ones (stamped
+        ``start``) up to ``min(maxTrialCount - completed, parallelTrialCount)`` active.
+        The Trials made."""
+        self._audit_edit(name)
+        exp = self.update_experiment(name)
+        if _completed(exp) is not None:
+            return []
+        spec, st = exp["spec"], exp["status"]
+        parallel = spec["parallelTrialCount"]
+        active = st["trialsPending"] + st["trialsRunning"]
+        # ReconcileTrials counts no MetricsUnavailable Trial as completed
+        completed = (
+            st["trialsSucceeded"] + st["trialsFailed"] + st["trialsKilled"]
+            + st["trialsEarlyStopped"]
+        )  # fmt: skip
+        if active > parallel:
+            newest = sorted(
+                self.trials(name),
+                key=lambda t: (t["metadata"].get("creationTimestamp") or "", t["metadata"]["name"]),
+                reverse=True,
+            )
+            for t in newest[: active - parallel]:
+                self.api.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, self.ns, "trials", t["metadata"]["name"]
+                )
+            return []
+        required = parallel
+        if spec.get("maxTrialCount") is not None:
+            required = min(spec["maxTrialCount"] - completed, parallel)
+        return [self.create_trial(name, start=start) for _ in range(max(0, required - active))]
 
     # -- the garbage collector ----------------------------------------------------------
     def collect_garbage(self) -> None:

@@ -13,7 +13,15 @@ StdOut collector reads with ``KATIB_FILTER``; the objective is each trial's last
 - ``start``: the signing keys' Secret (as jobs make it), the code in object storage, the
   Experiment, and the bundle ConfigMap (owned by the Experiment) when the code is small;
 - ``view``: the Experiment's conditions and its Trial objects (``parameterAssignments``,
-  conditions, ``status.observation.metrics``);
+  conditions, ``status.observation.metrics``); each trial's cost is its running time (from
+  its Trial's ``startTime`` to its ``completionTime``, or now) x the trial job's nodes x the
+  price of one (``nbscale.cost.spec_price``);
+- ``drive``: follows the Experiment until it ends; with ``max_cost``, once the trials' spend
+  reaches it, Katib is told to start no more: the Experiment's ``maxTrialCount`` goes down
+  to one more than the Trials it has made, the least its webhook admits on a running
+  Experiment (``parallelTrialCount`` and ``maxFailedTrialCount`` with it where they would
+  be over it), so at most one more trial starts, the running ones finish, and the sweep
+  ends when they have (Katib's MaxTrialsReached);
 - ``cancel``: the Experiment is deleted; the garbage collector takes its Trials and their
   TrainJobs;
 - ``trial_job``: a trial (the best one, for ``--outputs``) as a job row the job backend
@@ -31,8 +39,10 @@ import datetime
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...cost import job_cost, spec_price
 from ...errors import NbscaleError, SpecError
 from ...specs import JobSpec
 from ...store.jobs import CANCELLED as JOB_CANCELLED
@@ -69,6 +79,7 @@ from .cluster import api_error, is_status
 if TYPE_CHECKING:
     from ...sweeps.space import Param
     from ...sweeps.spec import SweepSpec
+    from ..sweep_base import JobAPI
     from .jobs import KubeflowBackend
 
 KATIB_GROUP = "kubeflow.org"
@@ -199,8 +210,9 @@ def check_sweep(sweep: SweepSpec) -> list[str]:
                 )
     if sweep.max_cost is not None:
         notes.append(
-            f"max_cost ${sweep.max_cost:g}: Katib itself stops no trial on spend; "
-            "the estimate for the trials was checked before the sweep started"
+            f"max_cost ${sweep.max_cost:g}: while nbscale follows the sweep, it lowers the "
+            "Experiment's maxTrialCount once the trials' spend reaches it; Katib admits no "
+            "count at or below the trials it has made, so one more may start"
         )
     return notes
 
@@ -406,6 +418,32 @@ def trial_view(number: int, trial: dict[str, Any], sweep: SweepSpec) -> TrialVie
         ended=_time(st.get("completionTime")),
         error=error,
     )
+
+
+def trial_cost(trial: TrialView, nodes: int, price: float) -> float | None:
+    """USD a trial has cost: its running time x ``nodes`` x ``price`` (per node hour); None
+    for one not started (no Running yet: Katib has not made its job)."""
+    if trial.status == PENDING or trial.duration is None:
+        return None
+    return job_cost(max(0.0, trial.duration) / 3600.0, nodes, price)
+
+
+def budget_limits(exp: dict[str, Any], made: int) -> dict[str, int]:
+    """The spec fields that stop Katib starting trials once ``made`` Trials are there: its
+    webhook admits no ``maxTrialCount`` at or below ``status.trials`` on an edit, so one more
+    than the Trials made; ``parallelTrialCount`` and ``maxFailedTrialCount`` may not be over
+    it. Only what must change (empty: Katib stops there already)."""
+    spec = exp.get("spec") or {}
+    made = max(made, int((exp.get("status") or {}).get("trials") or 0))
+    limit = made + 1
+    current = spec.get("maxTrialCount")
+    if current is not None and current <= limit:
+        return {}
+    patch = {"maxTrialCount": limit}
+    for key in ("parallelTrialCount", "maxFailedTrialCount"):
+        if spec.get(key) is not None and spec[key] > limit:
+            patch[key] = limit
+    return patch
 
 
 def sweep_status(exp: dict[str, Any]) -> tuple[str, str | None]:
@@ -649,6 +687,10 @@ class KatibSweeps(SweepBackend):
                 status = SWEEP_CANCELLED
             items = self.trials(name, namespace, exp["metadata"].get("uid"))
             trials = [trial_view(i, t, sweep) for i, t in enumerate(items)]
+            price = self.node_price(sweep)
+            if price is not None:
+                for t in trials:
+                    t.cost = trial_cost(t, sweep.job.nodes, price)
         if status != record.status and not record.terminal and status != SWEEP_RUNNING:
             update_sweep(self.store, record.id, status=status, ended=time.time(), error=error)
         return SweepView(
@@ -663,6 +705,114 @@ class KatibSweeps(SweepBackend):
             error=error,
             notes=notes,
         )
+
+    def node_price(self, sweep: SweepSpec) -> float | None:
+        """USD per node hour of the sweep's trials on this backend (its ``prices``, spot),
+        None where no price is known."""
+        from ...config import Config
+
+        try:
+            _, price = spec_price(
+                sweep.job.replace(backend=self.backend),
+                Config(backends={self.backend: self.config}),
+            )
+        except SpecError:
+            return None
+        return price
+
+    # -- following, and the budget ------------------------------------------------------
+    def drive(
+        self,
+        sweep: SweepSpec,
+        record: SweepRecord,
+        jobs: JobAPI | None = None,
+        on_update: Callable[[SweepView], None] | None = None,
+        poll: float = 2.0,
+        timeout: float | None = None,
+    ) -> SweepView:
+        """Follow the Experiment until it ends; with ``max_cost``, each look also adds up the
+        trials' cost, and once it reaches the budget Katib is told to start no more
+        (``hold_budget``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = get_sweep(self.store, record.id)  # the notes written meanwhile
+            view = self.view(record)
+            if view.status == SWEEP_RUNNING and sweep.max_cost is not None:
+                view = self.hold_budget(sweep, record, view)
+            if on_update is not None:
+                on_update(view)
+            if view.status != SWEEP_RUNNING:
+                return view
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {record.id} is still running after {timeout:g} s")
+            time.sleep(poll)
+
+    def hold_budget(self, sweep: SweepSpec, record: SweepRecord, view: SweepView) -> SweepView:
+        """Once the trials' spend reaches ``max_cost`` (the first time: the sweep's info
+        remembers it), lower the Experiment's ``maxTrialCount`` so that Katib starts no more
+        trials than its webhook makes it (``budget_limits``), and say so in the sweep's
+        notes. The running trials finish; Katib ends the Experiment when they have."""
+        if sweep.max_cost is None or record.info.get("budget") is not None:
+            return view
+        spent = round(sum(t.cost or 0.0 for t in view.trials), 4)
+        if spent < sweep.max_cost:
+            return view
+        cluster = self.cluster()
+        namespace = record.info.get("namespace") or cluster.namespace
+        name = view.native_id or experiment_name(sweep)
+        before = after = None
+        for attempt in range(3):  # Katib may make a Trial between the read and the edit
+            exp = self._get(name, namespace)
+            if exp is None or sweep_status(exp)[0] != SWEEP_RUNNING:
+                return view  # ended meanwhile: the next look says how
+            before = (exp.get("spec") or {}).get("maxTrialCount")
+            patch = budget_limits(exp, len(view.trials))
+            if not patch:
+                break
+            body: dict[str, Any] = {"spec": patch}
+            version = exp["metadata"].get("resourceVersion")
+            if version:  # refused (409) when the Experiment changed since it was read
+                body["metadata"] = {"resourceVersion": version}
+            try:
+                self._api().patch_namespaced_custom_object(
+                    KATIB_GROUP, KATIB_VERSION, namespace, EXPERIMENTS, name, body
+                )
+            except Exception as exc:  # noqa: BLE001
+                err = api_error(exc, f"lowering maxTrialCount of Katib Experiment {name}", cluster)
+                if attempt < 2 and (is_status(err, 409) or is_status(err, 400)):
+                    continue
+                raise NbscaleError(
+                    f"the sweep's budget of ${sweep.max_cost:.2f} is reached (${spent:.2f} "
+                    f"spent), but Katib would not stop starting trials: {err}",
+                    f"cancel the sweep to stop it: nbscale sweep-cancel {record.id}",
+                ) from None
+            after = patch["maxTrialCount"]
+            break
+        head = (
+            f"budget: ${spent:.2f} spent, the sweep's --max-cost ${sweep.max_cost:.2f} is reached"
+        )
+        if after is None:
+            note = (
+                f"{head}: Katib starts no trial past its maxTrialCount {before} "
+                f"({count(len(view.trials), 'trial')} made); the running trials finish"
+            )
+        else:
+            note = (
+                f"{head}: Katib's maxTrialCount is lowered from {before} to {after}, one more "
+                f"than the {count(after - 1, 'trial')} it has made (the least it admits on a "
+                "running Experiment), so at most one more trial starts; the running trials "
+                "finish"
+            )
+        notes = [*(record.info.get("notes") or []), note]
+        update_sweep(
+            self.store,
+            record.id,
+            info_patch={
+                "notes": notes,
+                "budget": {"spent": spent, "max_trial_count": after or before},
+            },
+        )
+        return dataclasses.replace(view, notes=notes)
 
     def trial_job(self, record: SweepRecord, trial: TrialView) -> JobRecord | None:
         """The trial as the job its TrainJob is: the row ``KubeflowBackend.submit`` would
