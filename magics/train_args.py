@@ -22,6 +22,7 @@ from nbscale.faces.options import (
     sweep_request,
 )
 from nbscale.specs import Entry, JobSpec
+from nbscale.sweeps.space import split_top_level
 
 DEFAULT_NAME = "train-cell"
 
@@ -73,30 +74,6 @@ def _split(line: str, prog: str) -> list[str]:
         raise SpecError(prog, f"cannot read the arguments: {exc}", "check the quotes") from None
 
 
-def _tokens(line: str) -> list[str]:
-    """The line split on blanks outside quotes and parentheses, each token's text kept as
-    written (quotes too): ``--sweep lr=loguniform(1e-4, 1e-1) 'b=choice("x y",2)'``."""
-    out, depth, quote, current = [], 0, "", ""
-    for ch in line:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth = max(0, depth - 1)
-        elif ch.isspace() and depth == 0:
-            if current:
-                out.append(current)
-            current = ""
-            continue
-        current += ch
-    if current:
-        out.append(current)
-    return out
-
-
 def _unquote(token: str) -> str:
     if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
         return token[1:-1]
@@ -109,7 +86,7 @@ def split_sweep(line: str) -> tuple[str, list[str] | None]:
     The values are the tokens after ``--sweep`` up to the next ``--option``, quoted or not;
     they are taken out before the rest is read as shell words, which would drop the quotes
     of a string choice and split ``loguniform(1e-4, 1e-1)`` at its blank."""
-    tokens = _tokens(line)
+    tokens = split_top_level(line)  # the values keep their quotes and inner blanks
     rest: list[str] = []
     found: list[str] | None = None
     i = 0

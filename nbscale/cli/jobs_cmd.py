@@ -216,8 +216,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a script, module or notebook as a distributed job")
+def add_entry_arguments(p: argparse.ArgumentParser, parameter_help: str) -> None:
+    """PATH, -m and -p: what a job runs (``run`` and ``sweep``)."""
     p.add_argument(
         "target", nargs="?", metavar="PATH", help="script.py, notebook.ipynb, or a module with -m"
     )
@@ -230,8 +230,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs=2,
         action="append",
         metavar=("NAME", "VALUE"),
-        help="notebook parameter, typed like papermill's -p (repeatable)",
+        help=parameter_help,
     )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a script, module or notebook as a distributed job")
+    add_entry_arguments(p, "notebook parameter, typed like papermill's -p (repeatable)")
     p.add_argument("--detach", action="store_true", help="print the job id and return at once")
     p.add_argument(
         "--dry-run",

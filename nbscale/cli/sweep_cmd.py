@@ -24,6 +24,7 @@ from ..faces.options import (
 from ..faces.text import ago, print_json, show_dry_run, table
 from ..specs import Entry
 from ..words import count
+from .jobs_cmd import add_entry_arguments
 
 
 def exit_code_of(status: str) -> int:
@@ -185,19 +186,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Sweep a script's parameters: each trial is a job with its values "
         "(nbscale.param('lr'), or a notebook's parameters). Arguments after -- go to the script.",
     )
-    p.add_argument(
-        "target", nargs="?", metavar="PATH", help="script.py, notebook.ipynb, or a module with -m"
-    )
-    p.add_argument(
-        "-m", "--module", action="store_true", help="PATH is a module name, as with python -m"
-    )
-    p.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="notebook parameter every trial gets, typed like papermill's -p (repeatable)",
+    add_entry_arguments(
+        p, "notebook parameter every trial gets, typed like papermill's -p (repeatable)"
     )
     p.add_argument(
         "--detach",

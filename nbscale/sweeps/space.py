@@ -237,7 +237,7 @@ def parse_space(items: list[str] | str | dict[str, str]) -> Space:
     if isinstance(items, dict):
         items = [f"{k}={v}" for k, v in items.items()]
     elif isinstance(items, str):
-        items = _split_top_level(items)
+        items = split_top_level(items)
     params = [parse_param(t) for t in items if t.strip()]
     if not params:
         raise SpecError("sweep", "the search space is empty", HOW)
@@ -248,18 +248,19 @@ def parse_space(items: list[str] | str | dict[str, str]) -> Space:
     return Space(tuple(params))
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split on whitespace outside parentheses and quotes: ``a=choice('x y', 2) b=int(1,3)``."""
+def split_top_level(text: str) -> list[str]:
+    """Split on whitespace outside brackets and quotes, each token kept as written (quotes
+    too): ``a=choice('x y', 2) b=int(1, 3)`` is two tokens."""
     out, depth, quote, current = [], 0, "", ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote
         elif ch in "'\"":
             quote = ch
-        elif ch == "(":
+        elif ch in "([{":
             depth += 1
-        elif ch == ")":
-            depth -= 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
         elif ch.isspace() and depth == 0:
             if current:
                 out.append(current)
