@@ -120,8 +120,10 @@ def pruner(sweep: SweepSpec):
     startup = sweep.settings.get("startup_trials", 5)
     warmup = sweep.settings.get("warmup_steps", 0)
     for name, value in (("startup_trials", startup), ("warmup_steps", warmup)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise SpecError(f"sweep.settings.{name}", f"must be a whole number >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+            raise SpecError(
+                f"sweep.settings.{name}", f"must be a whole number 0..10000, got {value!r}"
+            )
     if sweep.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
     if sweep.pruner == "halving":
