@@ -23,7 +23,11 @@
     labels = { team = "ml" }
     annotations = {}
     wheelhouse = true                             # install nbscale's runtime wheels in a stock image
-    kfp_host = "http://127.0.0.1:8888"            # Kubeflow Pipelines API
+    kfp_host = "http://127.0.0.1:8888"            # Kubeflow Pipelines API (in a Kubeflow
+                                                  # notebook: default ml-pipeline.kubeflow)
+    kfp_namespace = "team-a"                      # where runs, step pods and the key Secret go
+    kfp_secret = "kfp-credentials"                # Secret with "token" or "cookie" for KFP
+    deployment_mode = "Standard"                  # KServe: Serverless (default) or Standard
     serving_runtime = "nbscale"                   # the ClusterServingRuntime (deploy/kserve/)
     serving_image = "..."                         # or a custom predictor container image
     # --spot: the pods go to spot nodes (both optional, at least one for --spot to work)
@@ -142,10 +146,16 @@ class KubeflowSettings(RemoteSettings):
     wheelhouse: bool = Field(True, strict=True, examples=[True])
     configmap_limit: StrictInt = Field(CONFIGMAP_LIMIT, examples=[CONFIGMAP_LIMIT])
     kfp_host: Text | None = Field(None, examples=["http://127.0.0.1:8888"])
-    kfp_namespace: Text | None = Field(None, examples=["kubeflow"])
+    kfp_namespace: K8sName | None = Field(None, examples=["kubeflow"])
+    # a Secret (in the kube namespace) whose key "token" or "cookie" authenticates to KFP
+    kfp_secret: K8sName | None = Field(None, examples=["kfp-credentials"])
     kfp_experiment: Text = Field("nbscale", examples=["nbscale"])
     serving_runtime: K8sName = Field("nbscale", examples=["nbscale"])
     serving_image: Text | None = Field(None, examples=["registry.example.com/predictor:1"])
+    # KServe's serving.kserve.io/deploymentMode: Knative (Serverless) or Standard (RawDeployment)
+    deployment_mode: Literal["Serverless", "Knative", "RawDeployment", "Standard"] = Field(
+        "Serverless", examples=["Standard"]
+    )
     poll_seconds: float = Field(2.0, strict=True, examples=[2.0])
     spot_node_selector: StrMap = Field(
         default_factory=dict, examples=[{"karpenter.sh/capacity-type": "spot"}]
