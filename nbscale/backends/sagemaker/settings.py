@@ -8,6 +8,7 @@
     role_arn = "arn:aws:iam::123456789012:role/nbscale-training"
     storage = "s3://my-bucket/nbscale"          # bundles, outputs, checkpoints, models
     instance_type = "ml.g5.xlarge"              # default for jobs without --instance-type
+    endpoint_instance_type = "ml.m5.large"      # default for endpoints without --instance-type
     # optional
     image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/nbscale:0.1"   # with nbscale in it
                                                  # (default: the AWS PyTorch image of the
@@ -54,6 +55,7 @@ ROLE_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+$")
 INSTANCE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 STORAGE_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$)")
 DEFAULT_INSTANCE = "ml.m5.xlarge"
+DEFAULT_ENDPOINT_INSTANCE = "ml.m5.large"
 _clients: dict[tuple[str, str, str | None], Any] = {}
 _sessions: dict[str, Any] = {}
 _clients_lock = threading.Lock()
@@ -122,6 +124,8 @@ class SageMakerSettings(RemoteSettings):
         examples=["eu-west-1"],
     )
     instance_type: Text = Field(DEFAULT_INSTANCE, examples=["ml.g5.xlarge"])
+    # endpoints have their own default: a training GPU type would bill around the clock
+    endpoint_instance_type: Text = Field(DEFAULT_ENDPOINT_INSTANCE, examples=["ml.c6i.large"])
     image: StrictStr | None = Field(None, examples=["ACCOUNT.dkr.ecr.REGION.amazonaws.com/x:1"])
     serving_image: StrictStr | None = Field(
         None, examples=["ACCOUNT.dkr.ecr.REGION.amazonaws.com/x:1"]
@@ -192,7 +196,7 @@ class SageMakerSettings(RemoteSettings):
             )
         return region
 
-    @field_validator("instance_type", mode="before")
+    @field_validator("instance_type", "endpoint_instance_type", mode="before")
     @classmethod
     def _instance(cls, value: Any) -> Any:
         if not isinstance(value, str) or not INSTANCE_RE.match(value):
