@@ -37,3 +37,28 @@ def test_the_failed_step_is_reported_before_the_run_ends():
     while execution.status not in ("FAILED", "SUCCEEDED", "CANCELLED"):
         follower.refresh(execution, lambda n, f: heard.append((n, f["status"], f["error"])))
     assert ("prepare", "FAILED", "KeyError 'label'") in heard
+
+
+class CompletedWithFailures:
+    """An execution SageMaker ends as CompletedWithFailures (a step failed, the execution
+    went on to its end); DescribePipelineExecution gives no FailureReason then."""
+
+    def describe_pipeline_execution(self, PipelineExecutionArn):
+        return {"PipelineExecutionStatus": "CompletedWithFailures"}
+
+    def list_pipeline_execution_steps(self, PipelineExecutionArn):
+        return {
+            "PipelineExecutionSteps": [
+                {"StepName": "train", "StepStatus": "Failed", "FailureReason": "OOM"},
+                {"StepName": "prepare", "StepStatus": "Succeeded"},
+            ]
+        }
+
+
+def test_an_execution_completed_with_failures_ends_as_failed_naming_the_step():
+    follower = SageMakerPipelines.__new__(SageMakerPipelines)
+    follower._clients = {"sagemaker": CompletedWithFailures()}
+    follower.settings = type("S", (), {"poll_seconds": 0.0})()
+    execution = follower.follow(Execution("arn:pipeline", "arn:execution"), timeout=5)
+    assert execution.status == "FAILED"
+    assert execution.error == "the execution completed with failed steps: train"

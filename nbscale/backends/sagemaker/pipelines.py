@@ -27,23 +27,9 @@ from ..base import DryRun
 from ..remote.pipelines import RemotePipelines
 from .jobs import client_error
 from .settings import SageMakerSettings, settings
+from .states import EXECUTION_STATES, STEP_STATES
 
-# SageMaker's step and execution states, as nbscale names them
-STEP_STATES = {
-    "Starting": "RUNNING",
-    "Executing": "RUNNING",
-    "Stopping": "RUNNING",
-    "Stopped": "CANCELLED",
-    "Failed": "FAILED",
-    "Succeeded": "SUCCEEDED",
-}
-EXECUTION_STATES = {
-    "Executing": "RUNNING",
-    "Stopping": "RUNNING",
-    "Stopped": "CANCELLED",
-    "Failed": "FAILED",
-    "Succeeded": "SUCCEEDED",
-}
+# SageMaker's step and execution states, as nbscale names them: states.py
 TERMINAL = {"CANCELLED", "FAILED", "SUCCEEDED"}
 
 
@@ -225,8 +211,14 @@ class SageMakerPipelines:
                 execution.steps[name] = fields
                 if on_step:
                     on_step(name, fields)
-        execution.status = EXECUTION_STATES.get(desc.get("PipelineExecutionStatus", ""), "RUNNING")
+        state = desc.get("PipelineExecutionStatus", "")
+        execution.status = EXECUTION_STATES.get(state, "RUNNING")
         execution.error = desc.get("FailureReason")
+        if state == "CompletedWithFailures" and not execution.error:
+            failed = [n for n, f in execution.steps.items() if f["status"] == "FAILED"]
+            execution.error = "the execution completed with failed steps" + (
+                f": {', '.join(failed)}" if failed else ""
+            )
         return execution
 
     def follow(

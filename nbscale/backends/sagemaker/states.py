@@ -1,8 +1,12 @@
-"""SageMaker's training job states, mapped to nbscale's.
+"""SageMaker's states, mapped to nbscale's: training jobs and pipeline executions.
 
 DescribeTrainingJob reports ``TrainingJobStatus`` (InProgress, Completed, Failed,
 Stopping, Stopped, Deleting) and a finer ``SecondaryStatus``. nbscale shows the
 secondary status as the job's phase and maps the pair to one of its own statuses.
+DescribePipelineExecution reports ``PipelineExecutionStatus`` and
+ListPipelineExecutionSteps each step's ``StepStatus``. Every value botocore's service
+model lists is named in a table here (a unit test reads the enums from the model, so a
+state SageMaker adds fails it until it is mapped).
 """
 
 from __future__ import annotations
@@ -23,16 +27,29 @@ WAITING = {
 }
 # the job is training, or between attempts of one job (spot interruption, retry)
 ACTIVE = {"Training", "Uploading", "Interrupted", "Restarting", "Updating", "Stopping"}
+# the job has ended (or is being deleted)
+ENDED = {"Completed", "Failed", "Stopped", "MaxRuntimeExceeded", "MaxWaitTimeExceeded"}
 STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped", "Deleting")
-SECONDARY = (
-    *sorted(WAITING),
-    *sorted(ACTIVE),
-    "Completed",
-    "Failed",
-    "Stopped",
-    "MaxRuntimeExceeded",
-    "MaxWaitTimeExceeded",
-)
+SECONDARY = (*sorted(WAITING), *sorted(ACTIVE), *sorted(ENDED))
+
+# a pipeline step (StepStatus) and a pipeline execution (PipelineExecutionStatus)
+STEP_STATES = {
+    "Starting": RUNNING,
+    "Executing": RUNNING,
+    "Stopping": RUNNING,
+    "Stopped": CANCELLED,
+    "Failed": FAILED,
+    "Succeeded": SUCCEEDED,
+}
+EXECUTION_STATES = {
+    "Executing": RUNNING,
+    "Stopping": RUNNING,
+    "Stopped": CANCELLED,
+    "Failed": FAILED,
+    "Succeeded": SUCCEEDED,
+    # the execution ended and some step failed (the pipeline let it go on): not a success
+    "CompletedWithFailures": FAILED,
+}
 
 
 @dataclass(frozen=True)
