@@ -19,7 +19,8 @@
     node_selector = { "nvidia.com/gpu.product" = "NVIDIA-H100-80GB-HBM3" }
     tolerations = [{ key = "nvidia.com/gpu", operator = "Exists", effect = "NoSchedule" }]
     service_account = "nbscale"
-    key_secret = "nbscale-keys"                   # the Secret nbscale writes the signing keys to
+    key_secret = "nbscale-keys"                   # prefix of the per-user key Secret (nbscale-keys-USER)
+    istio_sidecar = false                         # true: keep Istio's sidecar in the job's pods
     labels = { team = "ml" }
     annotations = {}
     wheelhouse = true                             # install nbscale's runtime wheels in a stock image
@@ -143,6 +144,7 @@ class KubeflowSettings(RemoteSettings):
     key_secret: K8sName = Field(KEY_SECRET, examples=[KEY_SECRET])
     labels: StrMap = Field(default_factory=dict, examples=[{"team": "ml"}])
     annotations: StrMap = Field(default_factory=dict, examples=[{"owner": "ml-team"}])
+    istio_sidecar: bool = Field(False, strict=True, examples=[False])
     wheelhouse: bool = Field(True, strict=True, examples=[True])
     configmap_limit: StrictInt = Field(CONFIGMAP_LIMIT, examples=[CONFIGMAP_LIMIT])
     kfp_host: Text | None = Field(None, examples=["http://127.0.0.1:8888"])
