@@ -3,6 +3,11 @@
 Inside a job each rank appends JSON lines to its own file in the job
 directory (one writer per file, so no locking). Outside a job the values are
 kept in this process, so a script behaves the same when run by hand.
+
+In a container job (SageMaker, Kubeflow: ``NBSCALE_METRIC_LINES``) and in a sweep's
+trial, rank 0 also prints each value as a metric line (``nbscale.sweeps.lines``): the
+platform's metric readers (SageMaker's ``MetricDefinitions``, Katib's collector) and the
+log mirror that brings ``Job.metrics()`` home while the job runs read it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from numbers import Real
 from typing import Any
 
 from .errors import SpecError
+
+#: set in a container job by the remote backends: ``log_metric`` also prints a metric line
+LINES_ENV = "NBSCALE_METRIC_LINES"
 
 _local_history: list[dict[str, Any]] = []
 _lock = threading.Lock()
@@ -44,12 +52,16 @@ def log_metric(name: str, value: Any, step: int | None = None) -> dict[str, Any]
         "time": time.time(),
         "rank": rank,
     }
-    if os.environ.get("NBSCALE_SWEEP") and math.isfinite(val) and rank == 0:
-        # a sweep's trial: Katib's collector and SageMaker's metric regexes read the log (rank
-        # 0's only: one value per step, as SageMaker's early stopping expects)
+    if rank == 0 and (os.environ.get(LINES_ENV) or os.environ.get("NBSCALE_SWEEP")):
+        # in a container job or a sweep's trial the platform reads metrics from the log:
+        # SageMaker's MetricDefinitions (CloudWatch), Katib's collector, and nbscale's own
+        # log mirror (Job.metrics()); rank 0's only: one value per step, as SageMaker's early
+        # stopping expects
         from .sweeps.lines import metric_line
 
-        print(metric_line(name, val), flush=True)
+        line = metric_line(name, val, step, record["time"])
+        if line is not None:
+            print(line, flush=True)
     job_dir = os.environ.get("NBSCALE_JOB_DIR")
     with _lock:
         if not job_dir:

@@ -448,6 +448,8 @@ def test_the_container_spec_has_no_local_path(tmp_path):
     assert shown == {
         "entry": {"kind": "script", "target": "/opt/files/train.py"},
         "checkpoint_dir": None,
+        # log_metric prints metric lines in the container: the platform and the mirror read them
+        "env": {"NBSCALE_METRIC_LINES": "1"},
     }
     assert spec["entry"]["target"] == str(tmp_path / "train.py")  # the caller's is left alone
     bundled = backend.container_spec({"entry": {"kind": "bundle", "target": "/x/c.zip"}})
@@ -511,3 +513,64 @@ def test_a_line_goes_to_its_rank_or_to_the_nodes_first_rank_with_its_source():
     assert route_line("[rank 3]x", 2, "node 1") == (3, "x")
     assert route_line("Collecting torch", 2, "node 1") == (2, "[node 1] Collecting torch")
     assert route_line("", 4, "algo-2") == (4, "[algo-2] ")
+
+
+class Metered(Platform):
+    """A platform whose mirror brings each fetch's text: rank 0's metric lines among others."""
+
+    def __init__(self, config, store, texts):
+        super().__init__(config, store)
+        self.texts = list(texts)
+
+    def fetch_logs(self, record, jobdir):
+        if not self.texts:
+            return
+        for rank, text in self.texts.pop(0).items():
+            path = jobdir.log(rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write(text)
+
+    def log_interval(self, record):
+        return 0.0
+
+
+def test_metrics_come_from_the_metric_lines_of_the_mirrored_logs_while_the_job_runs(tmp_path):
+    from nbscale.sweeps.lines import metric_line
+
+    first = metric_line("loss", 0.5, step=1, when=100.0)
+    second = metric_line("loss", 0.25, step=2, when=101.5)
+    backend = Metered(
+        BackendConfig("fake", "fake"),
+        get_store(),
+        [
+            {0: f"epoch 1\n{first}\n[algo-1] pip said {first[:9]}\n{second[:20]}"},
+            {0: second[20:] + "\n", 1: f"{metric_line('acc', 0.9, when=101.0)}\n"},
+        ],
+    )
+    record = _stored(tmp_path)
+    assert backend.metrics(record) == [
+        {"name": "loss", "value": 0.5, "step": 1, "time": 100.0, "rank": 0}
+    ]  # the half-written line is not read yet
+    got = backend.metrics(record)
+    assert got == [
+        {"name": "loss", "value": 0.5, "step": 1, "time": 100.0, "rank": 0},
+        {"name": "acc", "value": 0.9, "step": None, "time": 101.0, "rank": 1},
+        {"name": "loss", "value": 0.25, "step": 2, "time": 101.5, "rank": 0},
+    ]
+    assert backend.metrics(record) == got  # read on from where it stopped: nothing twice
+
+
+def test_a_record_that_came_home_and_its_metric_line_count_once(tmp_path):
+    from nbscale.runtime.jobdir import JobDir
+    from nbscale.sweeps.lines import metric_line
+
+    line = metric_line("loss", 0.5, step=1, when=100.0)
+    backend = Metered(BackendConfig("fake", "fake"), get_store(), [{0: line + "\n"}])
+    record = _stored(tmp_path)
+    jobdir = JobDir(record.info["job_dir"]).make()
+    jobdir.metrics_file(0).parent.mkdir(parents=True, exist_ok=True)
+    jobdir.metrics_file(0).write_text(
+        '{"name": "loss", "value": 0.5, "step": 1, "time": 100.0001, "rank": 0}\n'
+    )
+    assert [m["value"] for m in backend.metrics(record)] == [0.5]

@@ -32,6 +32,7 @@ from typing import IO, Any, ClassVar, TypeVar
 
 from ... import storage
 from ...errors import WaitTimeout
+from ...metrics import LINES_ENV
 from ...runtime.jobdir import JobDir
 from ...store.jobs import ACTIVE, FAILED, SUCCEEDED, JobRecord, update_job
 from ...words import count
@@ -213,6 +214,7 @@ class RemoteJobBackend(JobBackend):
     def __init__(self, config, store):
         super().__init__(config, store)
         self._log_times: dict[str, float] = {}
+        self._log_metrics = LogMetrics()
 
     # -- what travels ---------------------------------------------------------------------
     def container_spec(self, spec: dict[str, Any], travel: Travel | None = None) -> dict[str, Any]:
@@ -236,6 +238,8 @@ class RemoteJobBackend(JobBackend):
             if travel.requirements:
                 spec["requirements_wheels"] = travel.requirements
         spec["checkpoint_dir"] = None
+        # log_metric prints its values for the platform's readers and the log mirror
+        spec["env"] = {**(spec.get("env") or {}), LINES_ENV: "1"}
         for name in self.container_drops:
             spec.pop(name, None)
         return spec
@@ -493,6 +497,50 @@ class RemoteJobBackend(JobBackend):
         return LogChunk.read(JobDir(record.info["job_dir"]).log(rank), rank, offset, max_bytes)
 
     def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
-        """What ``log_metric`` wrote that reached the job's local folder (it writes inside
-        the container: records come home with the outputs, where the platform brings them)."""
-        return JobDir(record.info["job_dir"]).metrics()
+        """What ``log_metric`` logged: read from the metric lines of the mirrored logs while
+        the job runs and after (rank 0 prints them in the container), with any record that
+        reached the job's local folder."""
+        self.mirror_logs(record)
+        jobdir = JobDir(record.info["job_dir"])
+        found = {_key(m): m for m in jobdir.metrics()}
+        for m in self._log_metrics.read(record.id, jobdir):
+            found.setdefault(_key(m), m)
+        return sorted(found.values(), key=lambda m: (m.get("time") or 0, m.get("rank", 0)))
+
+
+def _key(m: dict[str, Any]) -> tuple:
+    return (m.get("name"), m.get("rank"), m.get("step"), round(float(m.get("time") or 0), 3))
+
+
+class LogMetrics:
+    """The metric lines of a job's mirrored rank logs as ``log_metric`` records (``name``,
+    ``value``, ``step``, ``rank``, ``time``), read on from where the last read stopped."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, int], tuple[int, list[dict[str, Any]]]] = {}
+
+    def read(self, job_id: str, jobdir: JobDir) -> list[dict[str, Any]]:
+        from ...sweeps.lines import parse_line
+
+        out: list[dict[str, Any]] = []
+        for rank in jobdir.log_ranks():
+            offset, records = self._seen.get((job_id, rank), (0, []))
+            path = jobdir.log(rank)
+            try:
+                size = path.stat().st_size
+                if size < offset:  # the mirror started over
+                    offset, records = 0, []
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1  # whole lines only: the last may be being written
+            records = list(records)
+            for raw in data[:end].decode(errors="replace").splitlines():
+                parsed = parse_line(raw)
+                if parsed is not None:
+                    records.append({**parsed, "rank": rank})
+            self._seen[(job_id, rank)] = (offset + end, records)
+            out += records
+        return out
