@@ -10,6 +10,10 @@
         depends_on: [prepare]
         parameters: {C: 1.0}        # fixed for this step
         resources: {cpu: 2, memory: 2Gi, gpu: 0}
+      - name: train_big             # on SageMaker: a TrainingStep on 2 instances
+        notebook: train_a.ipynb
+        depends_on: [prepare]
+        resources: {nodes: 2, gpu: 1}   # gpu (or gpus): per node
         retries: 1
         timeout: 600
         cache: true
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -61,8 +66,11 @@ class _Strict(BaseModel):
 class ResourcesModel(_Strict):
     cpu: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     memory: str | int | None = Field(None, description='a Kubernetes quantity such as "2Gi"')
-    gpu: Annotated[int, Field(ge=0, le=16)] = 0
+    gpu: Annotated[int, Field(ge=0, le=16, validation_alias=AliasChoices("gpu", "gpus"))] = 0
     instance_type: str | None = None
+    # more than one: a distributed training step (a SageMaker TrainingStep on that many
+    # instances); the local runner and the KFP target refuse it (refuse_nodes)
+    nodes: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 class SweepModel(_Strict):
@@ -246,7 +254,21 @@ def _resources(raw: ResourcesModel | None) -> Resources:
         memory=str(raw.memory) if raw.memory is not None else None,
         gpu=raw.gpu,
         instance_type=raw.instance_type,
+        nodes=raw.nodes,
     )
+
+
+def refuse_nodes(pipeline: Pipeline, where: str, hint: str) -> None:
+    """A runner or compile target that runs each step on one machine: refuse a step with
+    ``resources.nodes`` above 1 rather than run it on one node."""
+    for name in pipeline.order():
+        nodes = pipeline.steps[name].resources.nodes
+        if nodes > 1:
+            raise SpecError(
+                f"step {name} resources.nodes",
+                f"asks for {nodes} nodes, and {where} runs a step on one machine",
+                hint,
+            )
 
 
 def _notebook(path: Path, where: str, given: str) -> Path:

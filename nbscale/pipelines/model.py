@@ -34,9 +34,14 @@ class Resources:
     memory: str | None = None  # Kubernetes-style quantity: "2Gi", "512Mi"
     gpu: int = 0
     instance_type: str | None = None
+    nodes: int = 1  # more than one: a distributed training step (SageMaker TrainingStep)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, 0)}
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if v not in (None, 0) and not (k == "nodes" and v == 1)
+        }
 
 
 @dataclass(frozen=True)
