@@ -13,8 +13,6 @@ import base64
 import contextlib
 import json
 import threading
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -24,96 +22,14 @@ from nbscale.backends.kubeflow.pipelines import KFPPipelines
 from nbscale.backends.kubeflow.settings import settings
 from nbscale.cli.pipeline_cmd import cmd_run
 from nbscale.config import BackendConfig
-from nbscale.errors import BackendUnavailable, NotFound, SpecError
+from nbscale.errors import BackendUnavailable, NbscaleError, NotFound, SpecError
 from nbscale.pipelines import compile_pipeline
 from tests.support import wait_for
 from tests.support.emulators import free_port
+from tests.support.kfp_api import FakeKFP, service_account_token
 from tests.support.kube_emulator import KubeApi, KubeEmulator
 
 NS = "team-a"
-
-
-class FakeKFP:
-    """Kubeflow Pipelines' REST API (v2beta1), the parts the kfp SDK Client uses."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict]] = []
-        self.runs: dict[str, dict] = {}
-        self.experiments: dict[str, dict] = {}
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> dict:
-                n = int(self.headers.get("Content-Length") or 0)
-                return json.loads(self.rfile.read(n) or b"{}")
-
-            def do_GET(self):  # noqa: N802
-                fake.requests.append(("GET", self.path, {}))
-                path = self.path.split("?")[0]
-                if path == "/apis/v2beta1/healthz":
-                    return self._send(200, {"multi_user": False})
-                if path == "/apis/v2beta1/experiments":
-                    return self._send(200, {"experiments": list(fake.experiments.values())})
-                if path.startswith("/apis/v2beta1/runs/"):
-                    run = fake.runs.get(path.rsplit("/", 1)[1])
-                    return self._send(200, run) if run else self._send(404, {"error": "no run"})
-                return self._send(404, {"error": f"unknown {path}"})
-
-            def do_POST(self):  # noqa: N802
-                body = self._body()
-                fake.requests.append(("POST", self.path, body))
-                path = self.path.split("?")[0]
-                if path == "/apis/v2beta1/experiments":
-                    exp = {**body, "experiment_id": str(uuid.uuid4())}
-                    fake.experiments[exp["experiment_id"]] = exp
-                    return self._send(200, exp)
-                if path == "/apis/v2beta1/runs":
-                    run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
-                    fake.runs[run["run_id"]] = run
-                    return self._send(200, run)
-                if path.endswith(":terminate"):
-                    run_id = path.rsplit("/", 1)[1].split(":")[0]
-                    fake.runs[run_id]["state"] = "CANCELING"
-                    return self._send(200, {})
-                return self._send(404, {"error": f"unknown {path}"})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def set_tasks(self, run_id: str, state: str, tasks: dict[str, tuple[str, str | None]]) -> None:
-        run = self.runs[run_id]
-        run["state"] = state
-        run["run_details"] = {
-            "task_details": [
-                {"display_name": "root-driver", "task_id": "t0", "state": "SUCCEEDED"},
-                *(
-                    {
-                        "display_name": name,
-                        "task_id": f"t-{name}",
-                        "state": st,
-                        **({"error": {"message": err}} if err else {}),
-                    }
-                    for name, (st, err) in tasks.items()
-                ),
-            ]
-        }
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -167,11 +83,19 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
     assert {"make", "double", "square", "total"} <= {
         t["taskInfo"]["name"] for t in ir["root"]["dag"]["tasks"].values()
     }
-    # every task mounts the key Secret (by name), which nbscale wrote into the cluster
+    # every task mounts the key Secret (by its real name), which nbscale wrote into the
+    # namespace the runs are in: a standalone KFP's own ("kubeflow")
+    executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"][
+        "executors"
+    ]
+    assert len(executors) == 4
+    for executor in executors.values():
+        (mount,) = executor["secretAsVolume"]
+        assert mount["secretNameParameter"] == {"runtimeValue": {"constant": "nbscale-keys"}}
+        assert mount["mountPath"] == "/var/run/secrets/nbscale"
     text = json.dumps(body)
-    assert '"secretName": "nbscale-keys"' in text or '"secretNameParameter"' in text
     assert keys.load("pipeline").hex() not in text
-    secret = KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", NS)
+    secret = KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", "kubeflow")
     doc = json.loads(base64.b64decode(secret.data["keys.json"]))
     assert doc["pipeline"] == keys.load("pipeline").hex()
 
@@ -317,3 +241,147 @@ def test_pipeline_magic_runs_on_kfp(small, kfp_api, kube_env, nbscale_home, caps
     assert record["backend"] == "kf" and record["options"]["remote"]["id"] == run_id
     with contextlib.suppress(psutil.Error):
         psutil.Process(record["pid"]).kill()
+
+
+# -- credentials and namespaces ---------------------------------------------------------
+
+
+@pytest.fixture
+def multi_user():
+    """A multi-user KFP (Kubeflow with profiles): user alice works in the profile NS."""
+    fake = FakeKFP(multi_user=True)
+    fake.access["alice"] = {NS}
+    yield fake
+    fake.stop()
+
+
+def _conf_with(url: str | None, **extra):
+    table = {"namespace": NS, "poll_seconds": 0, **extra}
+    if url:
+        table["kfp_host"] = url
+    return settings(BackendConfig("kf", "kubeflow", table))
+
+
+def _runs(fake: FakeKFP) -> list[dict]:
+    return list(fake.runs.values())
+
+
+def test_a_multi_user_kfp_refuses_a_run_without_credentials(small, multi_user, kube_env):
+    runner = KFPPipelines(_conf_with(multi_user.url))
+    with pytest.raises(NbscaleError) as err:
+        runner.start(str(small), {})
+    text = str(err.value)
+    assert "refused the call (401" in text and "credentials used: no credentials" in text
+    assert "NBSCALE_KFP_TOKEN" in text
+    assert _runs(multi_user) == []
+    assert multi_user.refused and multi_user.refused[0][1] == 16
+
+
+def test_the_notebook_pods_pipelines_token_is_used_and_runs_go_to_the_profile_namespace(
+    small, multi_user, kube_env, tmp_path, monkeypatch, capfd
+):
+    token = service_account_token("team-a:default-editor")
+    multi_user.tokens[token] = "alice"
+    path = tmp_path / "pipelines-token"
+    path.write_text(token)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(path))
+    runner = KFPPipelines(_conf_with(multi_user.url))
+    assert "service-account token for pipelines.kubeflow.org" in runner.access.source
+    assert token not in repr(runner.access)
+
+    run = runner.start(str(small), {"n": 3})
+    (stored,) = _runs(multi_user)
+    assert stored["run_id"] == run.run_id and stored["namespace"] == NS
+    (exp,) = multi_user.experiments.values()
+    assert exp["namespace"] == NS and exp["display_name"] == "nbscale"
+    # the key Secret is where the step pods run: the profile namespace
+    secret = KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", NS)
+    assert json.loads(base64.b64decode(secret.data["keys.json"]))["pipeline"]
+    # the kubelet refreshes the token: the SDK reads the file again on the next call
+    fresh = service_account_token("team-a:default-editor-2")
+    multi_user.tokens[fresh] = "alice"
+    del multi_user.tokens[token]
+    path.write_text(fresh)
+    multi_user.set_tasks(run.run_id, "RUNNING", {"make": ("RUNNING", None)})
+    assert runner.refresh(run).steps["make"]["status"] == "RUNNING"
+    runner.cancel(run.run_id)
+    assert multi_user.runs[run.run_id]["state"] == "CANCELING"
+    out, err = capfd.readouterr()
+    assert token not in out + err and fresh not in out + err
+
+
+def test_a_token_without_the_pipelines_audience_is_refused(
+    small, multi_user, kube_env, tmp_path, monkeypatch
+):
+    token = service_account_token(
+        "team-a:default-editor", audience="https://kubernetes.default.svc"
+    )
+    multi_user.tokens[token] = "alice"
+    path = tmp_path / "token"
+    path.write_text(token)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(path))
+    with pytest.raises(NbscaleError, match="refused the call \\(401"):
+        KFPPipelines(_conf_with(multi_user.url)).start(str(small), {})
+    assert _runs(multi_user) == []
+
+
+def test_a_token_or_cookie_from_the_environment_or_a_secret(
+    small, multi_user, kube_env, monkeypatch
+):
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
+    multi_user.tokens["opaque-token"] = "alice"
+    monkeypatch.setenv("NBSCALE_KFP_TOKEN", "opaque-token")
+    runner = KFPPipelines(_conf_with(multi_user.url))
+    assert runner.access.source == "the token in $NBSCALE_KFP_TOKEN"
+    runner.start(str(small), {})
+    monkeypatch.delenv("NBSCALE_KFP_TOKEN")
+
+    # a session cookie of the auth proxy, kept in a Secret of the kube namespace
+    multi_user.cookies["s3ss10n"] = "alice"
+    KubeApi(kube_env.url).core.create_namespaced_secret(
+        NS,
+        {
+            "metadata": {"name": "kfp-credentials", "namespace": NS},
+            "data": {"cookie": base64.b64encode(b"authservice_session=s3ss10n").decode()},
+        },
+    )
+    runner = KFPPipelines(_conf_with(multi_user.url, kfp_secret="kfp-credentials"))
+    assert runner.access.source == "the cookie in Secret kfp-credentials"
+    runner.start(str(small), {})
+    assert [r["namespace"] for r in _runs(multi_user)] == [NS, NS]
+
+    # a Secret with neither key: one message naming it and its namespace
+    KubeApi(kube_env.url).core.create_namespaced_secret(
+        NS, {"metadata": {"name": "empty", "namespace": NS}, "data": {"x": "eA=="}}
+    )
+    with pytest.raises(SpecError, match="Secret empty in namespace team-a has neither"):
+        KFPPipelines(_conf_with(multi_user.url, kfp_secret="empty")).start(str(small), {})
+
+
+def test_a_namespace_the_user_may_not_use_is_named(small, multi_user, kube_env, monkeypatch):
+    multi_user.tokens["opaque-token"] = "alice"
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
+    monkeypatch.setenv("NBSCALE_KFP_TOKEN", "opaque-token")
+    runner = KFPPipelines(_conf_with(multi_user.url, kfp_namespace="team-b"))
+    with pytest.raises(NbscaleError) as err:
+        runner.start(str(small), {})
+    assert "in namespace team-b" in str(err.value) and "(403" in str(err.value)
+    assert "opaque-token" not in str(err.value)
+    # the Secret went where the runs would have been
+    KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", "team-b")
+
+
+def test_standalone_kfp_runs_in_its_own_namespace_or_kfp_namespace(small, kfp_api, kube_env):
+    api = KubeApi(kube_env.url)
+    KFPPipelines(_conf_with(kfp_api.url)).start(str(small), {})
+    api.core.read_namespaced_secret("nbscale-keys", "kubeflow")
+    KFPPipelines(_conf_with(kfp_api.url, kfp_namespace="pipelines")).start(str(small), {})
+    api.core.read_namespaced_secret("nbscale-keys", "pipelines")
+    # a standalone KFP takes no namespace with its experiments
+    assert all("namespace" not in e or not e["namespace"] for e in kfp_api.experiments.values())
+
+
+def test_no_host_and_no_pipelines_token_is_one_message(monkeypatch):
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
+    with pytest.raises(SpecError, match="kfp_host: is not set, and this is no Kubeflow notebook"):
+        KFPPipelines(_conf_with(None))

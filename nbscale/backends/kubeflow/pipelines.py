@@ -2,8 +2,9 @@
 
 The flow is compiled by ``nbscale.backends.kubeflow.pipeline_compile`` (one task per notebook step,
 each mounting the key Secret), the signing keys are written to that Secret in the
-cluster, and a run is started with the kfp SDK ``Client`` against ``kfp_host``: the
-compiled IR goes in the run request (``create_run_from_pipeline_package``). Then
+cluster, and a run is started with the kfp SDK ``Client`` (address, credentials and
+namespace from ``kfp_access``: the pod's pipelines token, a token or cookie, or none):
+the compiled IR goes in the run request (``create_run_from_pipeline_package``). Then
 the run is followed with ``get_run``: each task's change of state is reported as it
 happens (``on_step(name, {"status", "error"})``, the callback the local runner uses).
 Cancel is ``terminate_run``.
@@ -12,11 +13,10 @@ Cancel is ``terminate_run``.
 from __future__ import annotations
 
 import contextlib
-import http.client
+import dataclasses
 import sys
 import tempfile
 import time
-import urllib.parse
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ...errors import BackendUnavailable, NbscaleError, SpecError
+from ...errors import NbscaleError, SpecError
 from ..base import DryRun
 from ..remote.pipelines import RemotePipelines
 from .settings import KubeflowSettings, settings
@@ -68,44 +68,74 @@ def _state(value: Any) -> str:
 
 class KFPPipelines:
     def __init__(self, conf: KubeflowSettings):
-        if not conf.kfp_host:
-            raise SpecError(
-                f"[backends.{conf.name}] kfp_host",
-                "is not set; pipelines on Kubeflow need the Kubeflow Pipelines API",
-                'add kfp_host = "http://ml-pipeline-ui.kubeflow:80" (or a port-forward)',
-            )
+        from . import kfp_access
+
+        if not conf.kfp_host and not kfp_access.sa_token_path().is_file():
+            kfp_access.resolve(conf)  # the one message: no kfp_host, no pipelines token
         self.settings = conf
         self._client = None
+        self._access: kfp_access.Access | None = None
+        self._health: dict[str, Any] | None = None
+
+    @property
+    def access(self):
+        """The API's address and credentials (``kfp_access``), found once."""
+        if self._access is None:
+            from . import kfp_access
+
+            self._access = kfp_access.resolve(self.settings)
+        return self._access
+
+    def health(self) -> dict[str, Any]:
+        if self._health is None:
+            from . import kfp_access
+
+            self._health = kfp_access.healthz(self.access.host, self.settings.name)
+        return self._health
 
     def _check_reachable(self) -> None:
-        url = urllib.parse.urlsplit(self.settings.kfp_host)
-        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        conn = cls(url.hostname, url.port, timeout=5)
-        try:
-            conn.request("GET", url.path.rstrip("/") + "/apis/v2beta1/healthz")
-            conn.getresponse().read()
-        except OSError as exc:
-            raise BackendUnavailable(
-                f"the Kubeflow Pipelines API at {self.settings.kfp_host} cannot be reached: {exc}",
-                f"check kfp_host in [backends.{self.settings.name}] (kubectl -n kubeflow "
-                "port-forward svc/ml-pipeline-ui 8080:80)",
-            ) from None
-        finally:
-            conn.close()
+        self.health()
 
-    def client(self):
+    def namespace(self, kube_namespace: str) -> tuple[str, str]:
+        """Where the runs, their step pods and the key Secret are, and why there."""
+        from . import kfp_access
+
+        return kfp_access.run_namespace(
+            self.settings, bool(self.health().get("multi_user")), kube_namespace
+        )
+
+    def client(self, namespace: str | None = None):
+        """The kfp SDK's ``Client``; ``namespace``: the profile namespace of a multi-user KFP
+        (a standalone KFP takes none)."""
         if self._client is None:
             from ...optional import require
 
             kfp = require("kfp", "kubeflow")
             self._check_reachable()
+            access = self.access
             with warnings.catch_warnings():
                 # "only works with Kubeflow Pipeline v2.0.0-beta.2 and later": said every time
                 warnings.simplefilter("ignore", FutureWarning)
                 self._client = kfp.Client(
-                    host=self.settings.kfp_host, namespace=self.settings.kfp_namespace
+                    host=access.host,
+                    namespace=namespace or "kubeflow",  # "kubeflow": the SDK sends none
+                    **access.client_args,
                 )
         return self._client
+
+    def _refused(self, exc: Exception, what: str) -> NbscaleError:
+        """The SDK's error as one message; a refusal names where the credentials came from
+        (never their value)."""
+        status = getattr(exc, "status", None)
+        if status in (401, 403):
+            return NbscaleError(
+                f"{what}: Kubeflow Pipelines at {self.access.host} refused the call "
+                f"({status} {getattr(exc, 'reason', '')}); credentials used: {self.access.source}",
+                "in a Kubeflow notebook mount the pipelines token (PodDefault "
+                "'access-ml-pipeline'); else set NBSCALE_KFP_TOKEN / NBSCALE_KFP_COOKIE or "
+                f"kfp_secret in [backends.{self.settings.name}]",
+            )
+        return NbscaleError(f"{what} on {self.access.host}: {exc}")
 
     def compile(self, path: str, output: Path) -> Any:
         from ...pipelines.loader import load
@@ -128,13 +158,17 @@ class KFPPipelines:
             self._check_parameters(pipeline, parameters)
             documents = [d for d in yaml.safe_load_all(package.read_text()) if d]
         s = self.settings
-        where = f"namespace {s.kfp_namespace}" if s.kfp_namespace else "KFP's own namespace"
+        where = (
+            f"namespace {s.kfp_namespace}"
+            if s.kfp_namespace
+            else "the profile namespace (multi-user KFP) or KFP's own (standalone)"
+        )
         arguments = ", ".join(f"{k}={v!r}" for k, v in (parameters or {}).items()) or "none"
         notes = [
-            f"a run of this package would be created on {s.kfp_host} in experiment "
-            f"{s.kfp_experiment!r}, {where}; arguments: {arguments}",
-            f"Secret {s.key_secret} would be created or updated for the tasks to mount "
-            "(the signing keys; its data is never shown)",
+            f"a run of this package would be created on {s.kfp_host or 'the in-cluster KFP'} "
+            f"in experiment {s.kfp_experiment!r}, {where}; arguments: {arguments}",
+            f"Secret {s.key_secret} would be created or updated in that namespace for the tasks "
+            "to mount (the signing keys; its data is never shown)",
         ]
         return DryRun(documents, "yaml", notes)
 
@@ -151,14 +185,23 @@ class KFPPipelines:
     def start(self, path: str, parameters: dict[str, Any] | None = None) -> KFPRun:
         from .cluster import connect
         from .jobs import ensure_key_secret
+        from .kfp_access import with_note
 
         with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
             package = Path(tmp) / "pipeline.yaml"
             pipeline = self.compile(path, package)
             self._check_parameters(pipeline, parameters)
             cluster = connect(self.settings)
-            ensure_key_secret(cluster, self.settings)  # the tasks mount it
-            client = self.client()
+            namespace, why = self.namespace(cluster.namespace)
+            # the tasks mount the key Secret: it must be where their pods run
+            try:
+                ensure_key_secret(dataclasses.replace(cluster, namespace=namespace), self.settings)
+            except NbscaleError as exc:
+                raise with_note(
+                    exc, f"the pipeline's steps run in namespace {namespace} ({why})"
+                ) from None
+            multi_user = bool(self.health().get("multi_user"))
+            client = self.client(namespace if multi_user else None)
             try:
                 # the SDK prints its UI links: to stderr, so stdout stays the run id
                 with contextlib.redirect_stdout(sys.stderr):
@@ -167,17 +210,18 @@ class KFPPipelines:
                         arguments=dict(parameters or {}),
                         run_name=f"{pipeline.name}-{int(time.time())}",
                         experiment_name=self.settings.kfp_experiment,
-                        namespace=self.settings.kfp_namespace,
+                        # a standalone KFP has no namespaces: its runs are in its own
+                        namespace=namespace if multi_user else None,
                     )
             except Exception as exc:  # noqa: BLE001 - the SDK's errors, as one message
-                raise NbscaleError(f"starting the run on {self.settings.kfp_host}: {exc}") from None
+                raise self._refused(exc, f"starting the run in namespace {namespace}") from None
         return KFPRun(result.run_id)
 
     def refresh(self, run: KFPRun, on_step: Callable[[str, dict], None] | None = None) -> KFPRun:
         try:
             found = self.client().get_run(run.run_id)
         except Exception as exc:  # noqa: BLE001
-            raise NbscaleError(f"reading run {run.run_id}: {exc}") from None
+            raise self._refused(exc, f"reading run {run.run_id}") from None
         run.status = _state(found.state)
         if found.error is not None:
             run.error = getattr(found.error, "message", None) or str(found.error)
@@ -206,7 +250,7 @@ class KFPPipelines:
         try:
             self.client().terminate_run(run_id)
         except Exception as exc:  # noqa: BLE001
-            raise NbscaleError(f"terminating run {run_id}: {exc}") from None
+            raise self._refused(exc, f"terminating run {run_id}") from None
 
 
 class KubeflowPipelineBackend(RemotePipelines):
