@@ -17,6 +17,7 @@ timeout error (``nbscale.errors.WaitTimeout``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -249,11 +250,9 @@ class RemoteJobBackend(JobBackend):
         """The backend's ``RemoteSettings`` (requirements, pip_index, code_limit_mb)."""
         return self.settings  # type: ignore[attr-defined]
 
-    def travel_modules(self, spec: dict[str, Any]) -> list[str]:
-        """The top-level modules the job imports: a cell's (its captured imports and its own
-        import statements), a script's, a notebook's code cells'."""
-        from ...requirements import imported_modules
-
+    def job_sources(self, spec: dict[str, Any]) -> list[str]:
+        """The job's own code as text: a cell's (its captured imports and its own import
+        statements), a script's, a module's file, a notebook's code cells'."""
         entry = spec.get("entry", {})
         kind, target = entry.get("kind"), entry.get("target")
         sources: list[str] = []
@@ -283,13 +282,38 @@ class RemoteJobBackend(JobBackend):
                 ]  # fmt: skip
         except (OSError, ValueError, ImportError):
             return []
+        return [
+            "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("%", "!")))
+            for text in sources
+        ]
+
+    def travel_modules(self, spec: dict[str, Any]) -> list[str]:
+        """The top-level modules the job imports (``job_sources``)."""
+        from ...requirements import imported_modules
+
         names: list[str] = []
-        for text in sources:
-            lines = "\n".join(
-                ln for ln in text.splitlines() if not ln.lstrip().startswith(("%", "!"))
-            )
-            names += imported_modules(lines)
+        for text in self.job_sources(spec):
+            names += imported_modules(text)
         return list(dict.fromkeys(names))
+
+    def logged_metrics(self, spec: dict[str, Any]) -> list[str]:
+        """The names the job's code, and the modules of its folder it imports, pass to
+        ``log_metric`` as literals (a name made at run time is not known before it runs)."""
+        from ...requirements import imported_modules
+        from ...sweeps.logged import log_metric_names
+
+        texts = self.job_sources(spec)
+        workdir = spec.get("workdir")
+        if workdir:
+            for name in dict.fromkeys(n for t in texts for n in imported_modules(t)):
+                base = Path(workdir) / name
+                for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                    with contextlib.suppress(OSError):
+                        texts.append(candidate.read_text(errors="replace"))
+        names: set[str] = set()
+        for text in texts:
+            names |= log_metric_names(text)[0]
+        return sorted(names)
 
     def check_travel(self, spec: dict[str, Any]) -> list[str]:
         """What ``submit`` would refuse about what travels, said before anything is stored or

@@ -254,7 +254,9 @@ class SageMakerBackend(RemoteJobBackend):
             ),
             env_secret_arn=env_secret_arn,
         )
-        return req.build(record.id, spec, self.settings, staged)
+        return req.build(
+            record.id, spec, self.settings, staged, metric_names=self.logged_metrics(spec)
+        )
 
     def _runtime_channel(
         self, spec: dict[str, Any], store: storage.ObjectStore, upload: bool

@@ -19,6 +19,11 @@ SageMaker uploads as ``model.tar.gz`` when the job ends; every node also leaves
 ``nodes/<node>.json`` there, but the driver needs only algo-1's folder: each node's
 record also goes to its CloudWatch stream, and a failed node's cause to
 ``/opt/ml/output/failure`` (the job's FailureReason).
+
+``MetricDefinitions`` name the metrics the job's code passes to ``log_metric`` as literal
+names: rank 0 prints each value as a metric line (``nbscale.sweeps.lines``), which these
+regexes read, so SageMaker sends them to CloudWatch (the job's metrics in the console,
+``FinalMetricDataList``). nbscale itself reads the same lines from the job's log.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import SpecError
+from ...sweeps import lines
 from ..images import node_shape
 from .images import node
 from .settings import SageMakerSettings
@@ -36,6 +42,7 @@ MAX_ARG = 256  # SageMaker's limit on one entry point string or argument
 CHANNELS = ("bundle", "spec", "code", "runtime", "requirements")
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
+MAX_METRICS = 40  # MetricDefinitions of one training job
 
 # Two short ``sh -c`` stages (SageMaker allows 256 characters per entry string): the
 # first installs the runtime wheels when that channel is there and exports the job's
@@ -172,10 +179,21 @@ def training_job_name(job_id: str) -> str:
     return job_id[:63].rstrip("-")
 
 
+def metric_definitions(names) -> list[dict[str, str]]:
+    """``MetricDefinitions`` for the metrics a job logs (``log_metric``'s metric lines, rank
+    0's, sent to CloudWatch by SageMaker), at most SageMaker's 40."""
+    return lines.metric_definitions(names)[:MAX_METRICS]
+
+
 def build(
-    job_id: str, spec: dict[str, Any], settings: SageMakerSettings, staged: Staged
+    job_id: str,
+    spec: dict[str, Any],
+    settings: SageMakerSettings,
+    staged: Staged,
+    metric_names: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
-    """The CreateTrainingJob request (boto3 keyword arguments) for one job."""
+    """The CreateTrainingJob request (boto3 keyword arguments) for one job; ``metric_names``:
+    the names its code passes to ``log_metric`` (``MetricDefinitions``)."""
     spec = resolve(spec, settings)
     check_spec(spec, settings)
     instance = spec.get("instance_type") or settings.instance_type
@@ -227,6 +245,9 @@ def build(
         "Environment": env,
         "Tags": [{"Key": str(k), "Value": str(v)} for k, v in sorted(tags.items())],
     }
+    definitions = metric_definitions(metric_names)
+    if definitions:
+        request["AlgorithmSpecification"]["MetricDefinitions"] = definitions
     spot = spot_of(spec, settings)
     retries = settings.retry_attempts
     if spot:

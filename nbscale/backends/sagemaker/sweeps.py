@@ -291,9 +291,15 @@ def definition(
         "AlgorithmSpecification": {
             "TrainingImage": algo["TrainingImage"],
             "TrainingInputMode": algo["TrainingInputMode"],
+            # the objective first, then the other metrics the job logs (CloudWatch)
             "MetricDefinitions": [
-                {"Name": sweep.objective.metric, "Regex": sagemaker_regex(sweep.objective.metric)}
-            ],
+                {"Name": sweep.objective.metric, "Regex": sagemaker_regex(sweep.objective.metric)},
+                *(
+                    d
+                    for d in algo.get("MetricDefinitions") or []
+                    if d["Name"] != sweep.objective.metric
+                ),
+            ][: req.MAX_METRICS],
         },
         "StaticHyperParameters": {
             PROGRAM_PARAM: PROGRAM,
