@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -56,6 +57,7 @@ from ...serving.httpserver import (
 from ...serving.jsoncodec import dumps, loads
 from ...serving.metrics import ServerMetrics
 from ...serving.upstream import POOL_IDLE_S, Pool, UpstreamError, exchange
+from ...serving.zygote import Zygote, ZygoteError
 from ...store import get_store
 from ...store.endpoints import (
     FAILED,
@@ -75,6 +77,9 @@ KEEP_RESPONSE_HEADERS = ("inference-header-content-length", "retry-after", "www-
 COLD_START_TIMEOUT_S = 120.0
 REPLICA_KEEPALIVE_S = 2 * POOL_IDLE_S
 MAX_RESPONSE_HEAD = 64 * 1024
+ZYGOTE_ENV = "NBSCALE_ZYGOTE"  # 0: every replica starts as a fresh Python process
+ZYGOTE_WAIT_S = 60.0  # how long a deploy waits for the zygote before starting replicas afresh
+ZYGOTE_RETRY_S = 10.0
 log = logging.getLogger("nbscale.backends.local.router")
 
 
@@ -125,6 +130,7 @@ class Replica:
     pool: Pool = field(default_factory=Pool)
     ready_after: float | None = None
     created: float = 0.0
+    how: str = "adopted"  # fresh (a new Python process), zygote (forked), adopted (after a restart)
 
     def state(self) -> str:
         if self.draining:
@@ -142,6 +148,7 @@ class Replica:
             "inflight": self.inflight,
             "started": self.started,
             "start_seconds": self.ready_after,
+            "started_by": self.how,
         }
 
 
@@ -190,6 +197,40 @@ class Router:
         self.booting = True
         self.deaths: deque[float] = deque()
         self.respawn_at = 0.0
+        self.zygote: Zygote | None = None
+        self.zygote_started = 0.0
+        self.use_zygote = os.environ.get(ZYGOTE_ENV, "1") != "0"
+
+    # -- the zygote ----------------------------------------------------------
+    def _start_zygote(self) -> None:
+        """A fork server with torch and the runtime imported: replicas start in a fraction of a
+        second instead of a fresh interpreter's several (see ``nbscale.serving.zygote``)."""
+        if not self.use_zygote:
+            return
+        self.zygote_started = time.monotonic()
+        env = {**os.environ, ENDPOINT_ENV: self.name, "PYTHONUNBUFFERED": "1"}
+        try:
+            self.zygote = Zygote(self.dir / "zygote.log", env)
+        except OSError as exc:
+            log.warning("cannot start the zygote (%s); replicas start as fresh processes", exc)
+            self.zygote = None
+
+    def _watch_zygote(self, now: float) -> None:
+        """Restart a zygote that died, at most every ``ZYGOTE_RETRY_S``; replicas start afresh
+        meanwhile."""
+        z = self.zygote
+        if not self.use_zygote or (z is not None and z.alive()):
+            if z is not None and not z.ready:
+                z.pump()
+            return
+        if now - self.zygote_started < ZYGOTE_RETRY_S:
+            return
+        if z is not None:
+            add_endpoint_event(
+                self.store, self.name, "zygote_died", {"returncode": z.proc.returncode}
+            )
+            z.close(timeout=1)
+        self._start_zygote()
 
     # -- replicas ------------------------------------------------------------
     def _spawn(self, to_standby: bool = False) -> Replica:
@@ -234,11 +275,22 @@ class Router:
         env.setdefault("OMP_NUM_THREADS", "1")
         gpu_holder = f"endpoint:{self.name}:{rid}"  # a GPU of its own, never a job's
         env.update(gpus.replica_env(self.store, gpu_holder))
-        with open(self.dir / f"replica-{rid}.log", "ab") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-        rep = Replica(rid, 0, proc, time.time(), to_standby=to_standby)
+        log_path = self.dir / f"replica-{rid}.log"
+        proc, how = None, "fresh"
+        # a replica with a GPU of its own starts as a fresh process: CUDA state is never forked
+        if "CUDA_DEVICE_ORDER" not in env and self.zygote is not None and self.zygote.ready:
+            try:
+                proc, how = self.zygote.spawn(cmd[3:], env, log_path), "zygote"
+            except ZygoteError as exc:
+                log.warning(
+                    "the zygote could not start replica %d (%s); starting it afresh", rid, exc
+                )
+        if proc is None:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                )
+        rep = Replica(rid, 0, proc, time.time(), to_standby=to_standby, how=how)
         with contextlib.suppress(Exception):
             rep.created = create_time(proc.pid)
         if "CUDA_DEVICE_ORDER" in env:
@@ -428,6 +480,7 @@ class Router:
             self._tick(time.monotonic())
 
     def _tick(self, now: float) -> None:
+        self._watch_zygote(now)
         for rep in list(self.replicas):
             if rep.proc.poll() is None:
                 continue
@@ -659,7 +712,16 @@ class Router:
         sock = socket.socket(fileno=listen_fd)
         server = await serve(self, "127.0.0.1", self.rec.port, self.limits, sock=sock)
         self._adopt()
+        self._start_zygote()
         missing = self.min - len(self._active())
+        if (missing > 0 or (self.min == 0 and not self.replicas)) and self.zygote is not None:
+            # forking one costs far less than a fresh interpreter; waiting here is not idle
+            # time: the zygote's start is most of what a fresh replica would spend anyway
+            loop = asyncio.get_running_loop()
+            deadline = time.monotonic() + ZYGOTE_WAIT_S
+            while not self.zygote.ready and self.zygote.alive() and time.monotonic() < deadline:
+                await loop.run_in_executor(None, select.select, [self.zygote.chan], [], [], 0.05)
+                self.zygote.pump()
         for _ in range(max(0, missing)):
             self._spawn()
         if self.min == 0 and not self.replicas:
@@ -703,6 +765,8 @@ class Router:
             if rep.proc.poll() is None:
                 rep.proc.kill()
                 rep.proc.wait()
+        if self.zygote is not None:
+            self.zygote.close()
         self.state_file.unlink(missing_ok=True)
 
 
@@ -742,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
             for rep in router.replicas:
                 with contextlib.suppress(Exception):
                     rep.proc.kill()
+            if router.zygote is not None:
+                router.zygote.close(timeout=1)
         return 1
     except Exception:
         # the supervisor starts another router, which adopts the replicas still running

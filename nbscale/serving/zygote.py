@@ -1,0 +1,420 @@
+"""A fork server for serving replicas: Python, torch and the runtime imported once.
+
+A fresh ``python -m nbscale.serving`` spends most of its start in the
+interpreter's start and ``import torch``; the model itself loads in tens of
+milliseconds. ``python -m nbscale.serving.zygote FD`` imports everything a
+replica needs, then waits on ``FD`` (one end of a ``SOCK_SEQPACKET`` socket
+pair whose other end the router keeps) for requests to start a replica. For
+each it forks; the child takes the request's environment, working directory,
+log file and arguments and runs :func:`nbscale.serving.server.main` exactly
+as a fresh process would: the artifact's signature is checked before its code
+is imported or a weight read, the token is read from its file, the port is
+the child's own.
+
+What the zygote must not hand down, it never holds:
+
+- no key, token or artifact is read in the zygote (the child reads them);
+- no socket but the request channel, which the child closes first; the
+  router starts it with only stdin, stdout and stderr besides;
+- no CUDA state: the zygote never initialises CUDA, checks that before each
+  fork, and the router starts replicas that get a GPU as fresh processes;
+- no thread: forking a process with threads copies locks others held. The
+  zygote is started with ``OMP_NUM_THREADS=1`` and ``OPENBLAS_NUM_THREADS=1``
+  (NumPy's BLAS otherwise starts a pool at import), checks before each fork
+  that it is still the only thread, and the child sets torch's thread counts
+  from its own environment;
+- the random generators are seeded again in each child.
+
+The zygote dies with the router that started it (``PR_SET_PDEATHSIG``, and it
+exits when the channel closes); the replicas it forked do not (a fork clears
+the parent-death signal), so a router started after a crash adopts them as it
+adopts any replica. The zygote reaps its children and reports each one's pid
+and exit code on the channel.
+
+Messages are JSON, one per datagram: ``{"op": "spawn", "id", "argv", "env",
+"cwd"}`` with the log file's descriptor attached; answers ``{"ready": pid}``
+once, ``{"id", "pid"}`` or ``{"id", "error"}``, and ``{"exit": pid, "code"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MAX_MESSAGE = 1 << 20
+# what the first ``torch.export.load`` of a process imports (found with ``python -X importtime``);
+# a name a given torch version lacks is skipped
+LAZY_IMPORTS = (
+    "torch.export.pt2_archive._package",
+    "torch._export.serde.schema",
+    "torch._export.serde.serialize",
+    "torch.export._trace",
+    "torch.export._unlift",
+    "torch._functorch.aot_autograd",
+    "torch._inductor.sizevars",
+    "torch.utils.serialization",
+    "torch.fx.experimental.validator",
+    "torch._export.db.logging",
+    "sympy.tensor.tensor",
+    "sympy.combinatorics",
+    "sympy.assumptions.wrapper",
+    "tabulate",
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def threads() -> int:
+    """Threads of this process, as the kernel counts them (native ones included)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def _die_with_parent(parent: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call: nobody is left to ask
+        os._exit(0)
+
+
+def preload() -> None:
+    """Import what every replica imports, and nothing that starts a thread or touches CUDA."""
+    import numpy  # noqa: F401
+    import prometheus_client  # noqa: F401
+    import torch
+    import torch.export  # noqa: F401
+    import torch.fx  # noqa: F401
+    import uvloop  # noqa: F401
+
+    from . import app, capture, exported, handler, server  # noqa: F401
+
+    for name in LAZY_IMPORTS:  # imported by the first torch.export.load: 0.7 s on its own
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised while preloading; a fork would share it")
+
+
+def _child(chan: socket.socket, msg: dict, log_fd: int) -> None:
+    """In the forked child: become the replica ``msg`` describes; never returns."""
+    code = 1
+    try:
+        chan.close()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        for fd in {null, log_fd} - {0, 1, 2}:
+            os.close(fd)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's own
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        os.environ.clear()
+        os.environ.update(msg["env"])
+        os.chdir(msg.get("cwd") or "/")
+        import random
+
+        import numpy as np
+        import torch
+
+        random.seed()
+        np.random.seed()
+        torch.seed()
+        n = msg["env"].get("OMP_NUM_THREADS", "")
+        if n.isdigit() and int(n) > 0:
+            torch.set_num_threads(int(n))
+        from .server import main
+
+        sys.argv = ["python -m nbscale.serving", *msg["argv"]]
+        code = main(msg["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - said in the replica's log, then the exit code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+
+
+def _send(chan: socket.socket, doc: dict) -> None:
+    with contextlib.suppress(OSError):
+        chan.send(json.dumps(doc).encode())
+
+
+def serve(chan: socket.socket) -> int:
+    """The zygote's loop: fork on request, reap children, exit when the router is gone."""
+    _send(chan, {"ready": os.getpid()})
+    while True:
+        with contextlib.suppress(InterruptedError):
+            readable, _, _ = select.select([chan], [], [], 0.1)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            _send(chan, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        if not readable:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(chan, MAX_MESSAGE, 4)
+        except OSError:
+            return 0
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return 0  # the router closed its end: it stopped or died
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if msg.get("op") != "spawn" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            _send(chan, {"id": msg.get("id"), "error": "a spawn request carries one log file"})
+            continue
+        refusal = _refusal()
+        if refusal:
+            os.close(fds[0])
+            _send(chan, {"id": msg.get("id"), "error": refusal})
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(chan, msg, fds[0])
+        os.close(fds[0])
+        _send(chan, {"id": msg.get("id"), "pid": pid})
+
+
+def _refusal() -> str | None:
+    """Why forking now would hand down something it must not, or None."""
+    if threads() != 1:
+        return f"the zygote has {threads()} threads; forking it would copy their locks"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA is initialised in the zygote"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or not args[0].isdigit() or not args[1].isdigit():
+        print("usage: python -m nbscale.serving.zygote CHANNEL_FD PARENT_PID", file=sys.stderr)
+        return 2
+    _die_with_parent(int(args[1]))
+    chan = socket.socket(fileno=int(args[0]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router decides when the zygote ends
+    start = time.perf_counter()
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - the router falls back to fresh processes
+        print(f"nbscale zygote: cannot preload: {exc}", file=sys.stderr, flush=True)
+        return 1
+    refusal = _refusal()
+    if refusal:
+        print(f"nbscale zygote: {refusal}", file=sys.stderr, flush=True)
+        return 1
+    # everything imported lives as long as every replica: frozen once here, a replica's own
+    # gc.collect() (before it reports ready) scans only what it made, not torch's modules
+    gc.collect()
+    gc.freeze()
+    print(f"nbscale zygote ready after {time.perf_counter() - start:.2f}s", flush=True)
+    return serve(chan)
+
+
+# -- the router's side ---------------------------------------------------------------------
+
+
+class ZygoteError(Exception):
+    """The zygote could not start a replica (the caller starts a fresh process instead)."""
+
+
+class ForkedProcess:
+    """A replica forked by the zygote, watched like a ``subprocess.Popen``."""
+
+    def __init__(self, pid: int, zygote: Zygote):
+        self.pid = pid
+        self.zygote = zygote
+        self.returncode: int | None = None
+        self._created: float | None = None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self._created = _start_ticks(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            code = self.zygote.exit_code(self.pid)
+            if code is not None:
+                self.returncode = code
+            elif not self.zygote.alive() and not self._running():
+                self.returncode = -1  # reaped by whoever adopted it after the zygote died
+        return self.returncode
+
+    def _running(self) -> bool:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        fields = stat.rsplit(")", 1)[1].split()
+        return fields[0] != "Z" and (self._created is None or int(fields[19]) == self._created)
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            self.zygote.pump(0.02)
+        return self.returncode
+
+
+def _start_ticks(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+class Zygote:
+    """The router's handle on its zygote: start it, ask it for replicas, hear their exits."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.chan = ours
+        self.ready = False
+        self.exits: dict[int, int] = {}
+        self.next_id = 0
+        env = {**env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "nbscale.serving.zygote",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        theirs.close()
+        self.chan.setblocking(False)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _handle(self, doc: dict) -> dict | None:
+        if "ready" in doc:
+            self.ready = True
+        elif "exit" in doc:
+            self.exits[int(doc["exit"])] = int(doc["code"])
+        else:
+            return doc
+        return None
+
+    def pump(self, timeout: float = 0.0) -> list[dict]:
+        """Read what the zygote said; answers to spawn requests are returned."""
+        answers = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = self.chan.recv(MAX_MESSAGE)
+            except (BlockingIOError, InterruptedError):
+                left = deadline - time.monotonic()
+                if left <= 0 or answers:
+                    return answers
+                select.select([self.chan], [], [], left)
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.ready = False  # the zygote is gone
+                return answers
+            with contextlib.suppress(ValueError):
+                answer = self._handle(json.loads(data))
+                if answer is not None:
+                    answers.append(answer)
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.ready and self.alive() and time.monotonic() < deadline:
+            self.pump(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self.ready
+
+    def exit_code(self, pid: int) -> int | None:
+        if pid not in self.exits:
+            self.pump()
+        return self.exits.get(pid)
+
+    def spawn(
+        self, argv: list[str], env: dict[str, str], log_path: Path, timeout: float = 10.0
+    ) -> ForkedProcess:
+        """Fork a replica running ``python -m nbscale.serving ARGV`` with ``env``."""
+        if not (self.ready and self.alive()):
+            raise ZygoteError("the zygote is not ready")
+        self.next_id += 1
+        rid = self.next_id
+        msg = json.dumps(
+            {"op": "spawn", "id": rid, "argv": argv, "env": env, "cwd": os.getcwd()}
+        ).encode()
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            socket.send_fds(self.chan, [msg], [fd])
+        except OSError as exc:
+            raise ZygoteError(f"cannot reach the zygote: {exc}") from None
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            for answer in self.pump(min(0.05, max(0.0, deadline - time.monotonic()))):
+                if answer.get("id") != rid:
+                    continue
+                if "pid" in answer:
+                    return ForkedProcess(int(answer["pid"]), self)
+                raise ZygoteError(str(answer.get("error")))
+        raise ZygoteError("the zygote did not answer")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the zygote (its replicas are stopped by the router, not by this)."""
+        with contextlib.suppress(OSError):
+            self.chan.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
