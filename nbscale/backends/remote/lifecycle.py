@@ -526,14 +526,24 @@ class RemoteJobBackend(JobBackend):
         reached the job's local folder."""
         self.mirror_logs(record)
         jobdir = JobDir(record.info["job_dir"])
-        found = {_key(m): m for m in jobdir.metrics()}
-        for m in self._log_metrics.read(record.id, jobdir):
-            found.setdefault(_key(m), m)
-        return sorted(found.values(), key=lambda m: (m.get("time") or 0, m.get("rank", 0)))
+        home = jobdir.metrics()
+        known = {_key(m) for m in home}
+        found = home + [
+            m for m in self._log_metrics.read(record.id, jobdir) if _key(m) not in known
+        ]
+        return sorted(found, key=lambda m: (m.get("time") or 0, m.get("rank", 0)))
 
 
 def _key(m: dict[str, Any]) -> tuple:
-    return (m.get("name"), m.get("rank"), m.get("step"), round(float(m.get("time") or 0), 3))
+    """A record as its metric line says it (the line's time has milliseconds)."""
+    value = m.get("value")
+    return (
+        m.get("name"),
+        m.get("rank"),
+        m.get("step"),
+        float(value) if isinstance(value, int | float) else value,
+        round(float(m.get("time") or 0), 3),
+    )
 
 
 class LogMetrics:
