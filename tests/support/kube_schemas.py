@@ -193,27 +193,48 @@ def releases(group: str, kind: str) -> tuple[str | None, ...]:
     return (None,)
 
 
-def _path(error: jsonschema.exceptions.ValidationError) -> str:
+def field_path(parts: Any) -> str:
+    """``spec.trainer.env[0].name``: a path as the API server writes it."""
     out = ""
-    for part in error.absolute_path:
+    for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def unknown_paths(obj: dict[str, Any], release: str | None = None) -> list[tuple]:
+    """The paths (tuples of keys and indexes) of the fields of ``obj`` its CRD does not
+    declare."""
+    group, version = obj["apiVersion"].split("/")
+    found: set[tuple] = set()
+    for error in _validator(group, obj["kind"], version, release).iter_errors(obj):
+        for e in [error, *error.context]:
+            if e.validator == "additionalProperties" and e.validator_value is False:
+                declared = e.schema.get("properties") or {}
+                found.update((*e.absolute_path, key) for key in e.instance if key not in declared)
+    return sorted(found, key=lambda p: [str(x) for x in p])
 
 
 def unknown_fields(obj: dict[str, Any], release: str | None = None) -> list[str]:
     """The fields of ``obj`` its CRD does not declare (``spec.trainer.commandd``), as the
     API server names them in a strict decoding error."""
+    return sorted(field_path(p) for p in unknown_paths(obj, release))
+
+
+def prune(obj: dict[str, Any], paths: list[tuple]) -> None:
+    """Drop the fields at ``paths`` (what the API server does with unknown fields)."""
+    for path in paths:
+        node: Any = obj
+        for part in path[:-1]:
+            node = node[part]
+        node.pop(path[-1], None)
+
+
+def schema_errors(
+    obj: dict[str, Any], release: str | None = None
+) -> list[jsonschema.exceptions.ValidationError]:
+    """Every schema error of ``obj`` (undeclared fields included)."""
     group, version = obj["apiVersion"].split("/")
-    found = []
-    for error in _validator(group, obj["kind"], version, release).iter_errors(obj):
-        for e in [error, *error.context]:
-            if e.validator == "additionalProperties" and e.validator_value is False:
-                declared = e.schema.get("properties") or {}
-                base = _path(e)
-                for key in e.instance:
-                    if key not in declared:
-                        found.append(f"{base}.{key}" if base else key)
-    return sorted(set(found))
+    return list(_validator(group, obj["kind"], version, release).iter_errors(obj))
 
 
 def _check(validator: jsonschema.Draft7Validator, obj: dict[str, Any]) -> None:
@@ -244,6 +265,19 @@ _ENV = celpy.Environment()
 @cache
 def _program(rule: str):
     return _ENV.program(_ENV.compile(rule))
+
+
+def cel_failures(schema: dict[str, Any], obj: Any) -> list[tuple[str, str]]:
+    """(path, message) of every create-time CEL rule that ``obj`` breaks."""
+    found: list = []
+    _walk(schema, obj, "", found)
+    out = []
+    for path, rule, value in found:
+        if "oldSelf" in rule["rule"]:
+            continue
+        if not bool(_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})):
+            out.append((path.lstrip(".") or "<root>", rule.get("message") or rule["rule"]))
+    return out
 
 
 def cel_rules(schema: dict[str, Any], obj: Any) -> list[tuple[str, str, bool]]:
