@@ -57,10 +57,11 @@ def run_step(
     kernel_name: str,
     timeout: float | None,
 ) -> Attempt:
+    pool.wait_first_spawn()  # papermill's import holds the GIL: the kernel's process first
+    engine = register_engine()
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    engine = register_engine()
     source = output.with_name(output.stem + ".input.ipynb")
     write(notebook, source)
     started = time.time()

@@ -15,6 +15,8 @@ import threading
 from collections import deque
 from typing import Any
 
+from . import lazy_grammar
+
 STARTUP_TIMEOUT = 120
 WARMUP = (
     "import importlib.util as _u\n"
@@ -77,6 +79,7 @@ class PooledKernel:
         self.cwd = cwd
         self.env = env
         self.ready = threading.Event()
+        self.spawned = threading.Event()  # its process exists (or its start failed)
         self.error: BaseException | None = None
         self.doomed = False  # killed before its process existed: kill it as soon as it does
         self.taken = False  # a step waits for it: skip the warm-up
@@ -97,10 +100,12 @@ class PooledKernel:
         finally:
             if self.doomed:
                 self.kill()
+            self.spawned.set()
             self.ready.set()
 
     async def _start(self) -> None:
         await self.km.start_kernel(cwd=self.cwd, env=self.env)
+        self.spawned.set()
         client = self.km.client()
         client.start_channels()
         try:
@@ -174,21 +179,35 @@ class KernelPool:
         # rest follow it, a few at a time
         self._gate = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
         self._first_ready: threading.Event | None = None
+        self._first_spawned: threading.Event | None = None
 
     @staticmethod
-    def preload() -> None:
-        """Import papermill and nbclient in the background while the first kernel starts."""
-        # jupyter_client is imported here, on the calling thread, before any other thread needs
-        # it: two threads importing its circular modules at once can see a half-initialised
-        # module ("cannot import name 'AsyncKernelManager' ... partially initialized module")
+    def import_client() -> None:
+        """Import jupyter_client on the calling thread, before any other thread needs it: two
+        threads importing its circular modules at once can see a half-initialised module
+        ("cannot import name 'AsyncKernelManager' ... partially initialized module")."""
         import jupyter_client.asynchronous  # noqa: F401
         import jupyter_client.manager  # noqa: F401
 
+    def preload(self) -> None:
+        """Import papermill and nbclient in the background once the first kernel's process is
+        spawned: imports hold the GIL, and the kernel starting first is what a step waits for."""
+        self.import_client()
+        lazy_grammar.defer()
+
         def load() -> None:
+            self.wait_first_spawn()
             with contextlib.suppress(Exception):
                 register_engine()
 
         threading.Thread(target=load, name="nbscale-preload", daemon=True).start()
+
+    def wait_first_spawn(self) -> None:
+        """Until the first kernel's process exists (its start is what the first step waits for)."""
+        with self._lock:
+            first = self._first_spawned
+        if first is not None:
+            first.wait(STARTUP_TIMEOUT)
 
     def expect(self, cwds: list[str]) -> None:
         """Steps in these directories will run soon: start kernels for as many as the pool holds."""
@@ -204,6 +223,7 @@ class KernelPool:
                 after = self._first_ready
                 if after is None:
                     self._first_ready = kernel.ready
+                    self._first_spawned = kernel.spawned
                 threading.Thread(
                     target=kernel.start,
                     args=(self._gate, after),
@@ -277,6 +297,7 @@ def register_engine() -> str:
     """A papermill engine that executes on a kernel the pool started, and kills it afterwards."""
     import atexit
 
+    lazy_grammar.defer()  # before papermill imports jsonschema (see lazy_grammar)
     from jupyter_core.utils import ensure_async, run_sync
     from nbclient.util import run_hook
     from papermill.clientwrap import PapermillNotebookClient

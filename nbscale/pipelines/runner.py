@@ -488,8 +488,10 @@ class Runner:
             # started at the first cache miss, so an all-cached run starts no kernel at all
             # one spare beyond the running steps, so the next step's kernel is up when it is ready
             self.pool = KernelPool(self.max_parallel + 1, self.kernel_name, env=self._thread_env())
-            self.pool.preload()
+            # the first kernel's process first, then papermill's import beside its boot
+            self.pool.import_client()
             self.pool.expect([str(Path(self.pipeline.steps[s].notebook).parent) for s in upcoming])
+            self.pool.preload()
 
 
 def execute_run(
