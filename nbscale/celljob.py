@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from . import bundle
 from .backends.base import DryRun as PlatformDryRun
 from .capture import Capture, capture
 from .jobs import Job, submit
+from .runtime import phases
 from .runtime.cell import KIND
 from .specs import Entry, JobSpec
 
@@ -25,6 +27,8 @@ class PreparedCell:
     capture: Capture
     spec: JobSpec
     manifest: dict[str, Any]
+    #: when each step of the submission happened (``nbscale.runtime.phases``, if timing is on)
+    times: dict[str, float] = field(default_factory=dict)
 
     @property
     def bundle_path(self) -> Path:
@@ -41,12 +45,19 @@ class PreparedCell:
         return bundle.write(self.bundle_path, self.manifest, parts)
 
     def submit(self) -> Job:
+        self.times["bundle: write starts"] = time.time()
         self.write()
+        self.times["bundle: written"] = time.time()
         try:
-            return submit(self.spec)
+            job = submit(self.spec)
         except BaseException:
             self.bundle_path.unlink(missing_ok=True)
             raise
+        if phases.on():
+            self.times["submit: returned"] = time.time()
+            for phase, when in self.times.items():
+                phases.mark(job.record.info.get("job_dir"), phase, when)
+        return job
 
 
 def prepare_cell(
@@ -58,6 +69,7 @@ def prepare_cell(
     line_offset: int = 0,
 ) -> PreparedCell:
     """Capture and pre-flight the cell; ``spec``'s entry is replaced by the bundle it will run."""
+    started = time.time()
     cap = capture(
         source, namespace, outputs=outputs, inputs=inputs, gpus=spec.gpus_per_proc, cwd=os.getcwd()
     )
@@ -75,7 +87,8 @@ def prepare_cell(
         "modules": cap.modules,
         "outputs": cap.outputs,
     }
-    return PreparedCell(cap, spec.replace(entry=Entry("bundle", str(path))), manifest)
+    times = {"capture: starts": started, "capture: done": time.time()}
+    return PreparedCell(cap, spec.replace(entry=Entry("bundle", str(path))), manifest, times)
 
 
 class DryRun:

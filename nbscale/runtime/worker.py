@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import phases
 from .failure import format_exception, write_error
 from .jobdir import JobDir
 
@@ -53,12 +54,16 @@ def run_entry(spec: dict[str, Any], jobdir: JobDir, rank: int) -> None:
 def main() -> None:
     jobdir = JobDir(os.environ["NBSCALE_JOB_DIR"])
     rank = int(os.environ.get("RANK", "0"))
+    phases.mark(jobdir.path, "worker: running", rank=rank)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     _redirect_output(jobdir.log(rank), restart, jobdir.error(rank), rank)
+    phases.mark(jobdir.path, "worker: log pump started", rank=rank)
     jobdir.restart_file(rank).write_text(str(restart))
     spec = json.loads(jobdir.spec_file.read_text())
+    phases.mark(jobdir.path, "worker: entry starts", rank=rank)
     try:
         run_entry(spec, jobdir, rank)
+        phases.mark(jobdir.path, "worker: entry returned", rank=rank)
     except SystemExit as exc:
         if exc.code not in (0, None):
             write_error(jobdir, rank, exc, restart, {"message": f"exited with code {exc.code}"})

@@ -16,15 +16,19 @@ import traceback
 from pathlib import Path
 
 from ...logpump import redirect
+from ...runtime import phases
 from .exits import record_exit
 
 
 def main() -> None:
     target, log, args = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    job_dir = os.environ.get("NBSCALE_JOB_DIR")
+    phases.mark(job_dir, "agent: running")
     redirect(log)  # torchrun's own output, size-capped like the ranks' logs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    phases.mark(job_dir, "agent: torchrun imported")
     code = 1
     try:
         torchrun(args)
@@ -37,6 +41,7 @@ def main() -> None:
         traceback.print_exc()
         code = 1
     finally:
+        phases.mark(job_dir, "agent: torchrun returned")
         record_exit(target, code)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -13,6 +13,7 @@ from typing import Any
 
 from ... import paths
 from ...errors import SpecError
+from ...runtime import phases
 from ...runtime.jobdir import JobDir
 from ...specs import JobSpec
 from ...store.jobs import (
@@ -82,10 +83,14 @@ class LocalBackend(JobBackend):
 
     def submit(self, record: JobRecord, secrets: dict[str, str] | None = None) -> JobRecord:
         jobdir = JobDir(record.info["job_dir"]).make()
+        phases.mark(jobdir.path, "submit: job recorded", record.created)
+        phases.mark(jobdir.path, "submit: backend called")
         if record.spec["entry"]["kind"] == "bundle":
             self._adopt_bundle(record, jobdir)
         jobdir.spec_file.write_text(json.dumps(record.spec))
+        phases.mark(jobdir.path, "submit: supervisor starts")
         self._start_supervisor(record, secrets=secrets)
+        phases.mark(jobdir.path, "submit: supervisor launched")
         return get_job(self.store, record.id)
 
     def _start_supervisor(

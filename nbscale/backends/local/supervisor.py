@@ -31,6 +31,7 @@ import psutil
 
 from ...kernel_transport import remove_noted
 from ...logpump import redirect, wait_for_log_pumps
+from ...runtime import phases
 from ...runtime.jobdir import JobDir
 from ...store import Store, get_store
 from ...store.jobs import ACTIVE, CANCELLED, FAILED, RUNNING, SUCCEEDED, get_job, update_job
@@ -266,6 +267,7 @@ class Supervisor:
         if self.cgroup:
             update_job(self.store, self.job_id, info_patch={"cgroup": self.cgroup})
         cgroup = self.cgroup
+        phases.mark(self.jobdir.path, "supervisor: spawning agents")
         for node in range(self.spec["nodes"]):
             node_gpus = gpus[node * per_node : (node + 1) * per_node]
             record = exit_file(self.jobdir.path, node)
@@ -283,6 +285,7 @@ class Supervisor:
             )
             log.close()
             self.agents.append(_Started(proc, record))
+        phases.mark(self.jobdir.path, "supervisor: agents spawned")
         update_job(
             self.store,
             self.job_id,
@@ -363,6 +366,7 @@ class Supervisor:
     def run(self, adopt: bool = False) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        phases.mark(self.jobdir.path, "supervisor: running")
         redirect(self.jobdir.supervisor_log)
         become_subreaper()  # a job's process that detaches itself is re-parented to us
         if not self._take_over():
@@ -382,6 +386,7 @@ class Supervisor:
                 return 0
             self._start_agents(gpus)
         status, exit_code, reason = self._wait()
+        phases.mark(self.jobdir.path, "supervisor: agents ended")
         if status in (CANCELLED, FAILED) and reason:
             stop_job_processes(
                 self.job_id,
@@ -396,14 +401,21 @@ class Supervisor:
         remove_noted(str(self.jobdir.path / "kernels"))
         # the last lines are in the logs before the end (the supervisor's own log is written
         # by this process: its pump drains when this process exits)
+        phases.mark(self.jobdir.path, "supervisor: processes stopped")
         wait_for_log_pumps(self.jobdir.path, exclude=(self.jobdir.supervisor_log,))
+        phases.mark(self.jobdir.path, "supervisor: logs drained")
         record_end(self.store, self.job_id, self.spec, self.jobdir, status, exit_code, reason)
+        phases.mark(self.jobdir.path, "supervisor: end recorded")
         return 0
 
 
 def main() -> None:
     job_id = sys.argv[1]
     adopt = "--adopt" in sys.argv[2:]
+    if phases.on():
+        from ... import paths
+
+        phases.mark(paths.job_dir(job_id), "supervisor: imported")
     if os.fork() > 0:  # the submitter waits only for this first process
         os._exit(0)
     sys.exit(Supervisor(job_id).run(adopt=adopt))
