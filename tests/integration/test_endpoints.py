@@ -148,15 +148,17 @@ def test_scales_up_under_load_and_down_when_idle(cleanup, tmp_path):
             t.join(30)
     # When the load stops, Then it scales back to the minimum
     wait_for(lambda: ep.metrics()["replicas"]["current"] == 1, 60, interval=0.2, what="scale down")
-    # And the stopped replicas' processes are gone: supervisor, router and one replica remain
-    wait_for(lambda: len(endpoint_processes("busy")) == 3, 30, what="stopped replicas exit")
+    # And the stopped replicas' processes are gone: supervisor, router, the zygote the router
+    # forks replicas from, and one replica remain
+    wait_for(lambda: len(endpoint_processes("busy")) == 4, 30, what="stopped replicas exit")
 
 
 def _replica_states(name: str) -> list[str]:
+    zygote = endpoint(name).metrics()["zygote_pid"]
     return [
         p.status()
         for p in endpoint_processes(name)
-        if "nbscale.backends.local.router" not in " ".join(p.cmdline())
+        if "nbscale.backends.local.router" not in " ".join(p.cmdline()) and p.pid != zygote
     ]
 
 

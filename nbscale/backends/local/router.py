@@ -703,6 +703,7 @@ class Router:
             target_concurrency=self.target,
             idle_s=round(time.monotonic() - self.last_request, 1) if not self.inflight else 0.0,
             router_pid=os.getpid(),
+            zygote_pid=self.zygote.proc.pid if self.zygote and self.zygote.alive() else None,
             control_errors=self.control_errors,
         )
         return snap
