@@ -159,7 +159,8 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
     definition = json.loads(out.read_text())
     assert stored == definition
     envs = [s["Arguments"]["Environment"] for s in definition["Steps"]]
-    assert all(set(e) == {"NBSCALE_KEY_SECRET_ARN"} for e in envs)
+    # the pipeline key's ARN and the step's fingerprint (SageMaker's cache compares it)
+    assert all(set(e) == {"NBSCALE_KEY_SECRET_ARN", "NBSCALE_STEP_FINGERPRINT"} for e in envs)
     assert envs[0]["NBSCALE_KEY_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
     key_hex = keys.load("pipeline").hex()
     assert key_hex not in json.dumps(definition)  # only the ARN travels
@@ -180,7 +181,7 @@ def test_sagemaker_definition_is_created_started_and_its_container_command_runs(
 
     # the same steps without the key: step two refuses step one's outputs, saying why
     for step in definition["Steps"]:
-        del step["Arguments"]["Environment"]
+        del step["Arguments"]["Environment"]["NBSCALE_KEY_SECRET_ARN"]
     failed = _run_sagemaker_steps(definition, s3, tmp_path / "nokey", params, moto_server, stop=2)
     assert failed["make"][0] == 0
     code, text = failed["double"]

@@ -1,21 +1,36 @@
-"""A SageMaker Pipelines definition (schema 2020-12-01): one Processing step per notebook step.
+"""A SageMaker Pipelines definition (schema 2020-12-01): one step per notebook step.
 
-Each step runs ``python3 -m nbscale.pipelines.container_step``. In the default
-stock PyTorch image it first installs nbscale's step wheelhouse (nbscale, papermill,
-ipykernel and their closure, shipped in ``FILE.code/.runtime/``) offline; an image
-that already holds them (``docker/Dockerfile``, ``--image``) starts it directly. Its code (the step notebook
-and the local modules it imports) is written next to the definition and
-uploaded to ``s3://BUCKET/PREFIX/code/STEP/``; the upstream steps' output
-folders come in as Processing inputs; parameters are pipeline parameters read
-with ``Get``. Resources pick the instance type, ``timeout`` is the job's
-MaxRuntimeInSeconds, ``retries`` a retry policy, ``cache`` the CacheConfig.
-Each step is its own machine: it verifies its inputs with the pipeline key,
-which reaches it as a Secrets Manager secret whose ARN is the step's
-``NBSCALE_KEY_SECRET_ARN`` (``upload_and_create`` puts the key there).
+A step runs on one instance as a Processing step, or, with ``resources.nodes`` above 1,
+as a Training step on that many instances (CreateTrainingJob arguments built by
+``request.build``, as a job's are), so a pipeline can train distributed.
+
+Each step runs ``python3 -m nbscale.pipelines.container_step`` (a training step, or a
+step reading a training step's ``model.tar.gz``, through ``nbscale.runtime.pipeline_node``).
+In the default stock PyTorch image it first installs nbscale's step wheelhouse (nbscale,
+papermill, ipykernel and their closure, shipped in ``FILE.code/.runtime/``) offline; an
+image that already holds them (``docker/Dockerfile``, ``--image``) starts it directly.
+
+Its code (the step notebook and the local modules it imports) is written next to the
+definition and uploaded to a content-addressed prefix,
+``s3://BUCKET/PREFIX/code/STEP/SHA256`` (the digest of the bytes uploaded, the wheelhouse
+likewise): SageMaker decides a cache hit by comparing the step's arguments, not the
+bytes behind an S3 URI, so an edited notebook must change the arguments, and an
+execution in flight must never see its code overwritten by the next upload. The step's
+fingerprint (``nbscale.pipelines.fingerprint``, the key the local runner caches by, from
+the step's source, its fixed parameters and its local modules) is in its arguments too
+(``NBSCALE_STEP_FINGERPRINT``).
+
+The upstream steps' output folders come in as inputs; parameters are pipeline
+parameters read with ``Get``. Resources pick the instance type, ``timeout`` is the job's
+MaxRuntimeInSeconds, ``retries`` a retry policy, ``cache`` the CacheConfig. Each step is
+its own machine: it verifies its inputs with the pipeline key, which reaches it as a
+Secrets Manager secret whose ARN is the step's ``NBSCALE_KEY_SECRET_ARN``
+(``upload_and_create`` puts the key there).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -24,12 +39,17 @@ from typing import Any
 
 from ...errors import SpecError
 from ...keys import KEY_SECRET_ENV
-from ...pipelines.fingerprint import module_sources
+from ...pipelines.fingerprint import components, module_sources
+from ...pipelines.fingerprint import key as fingerprint_key
 from ...pipelines.model import Pipeline, Resources, Step
 from ...pipelines.step_sweep import refuse_compile
 from ...pipelines.stepbook import container_template as notebook_template
 
 PROC = "/opt/ml/processing"
+DATA = "/opt/ml/input/data"  # a training step's channels
+MODEL = "/opt/ml/model"  # what a training job leaves there reaches S3 as model.tar.gz
+FINGERPRINT_ENV = "NBSCALE_STEP_FINGERPRINT"
+NODE_MODULE = "nbscale.runtime.pipeline_node"
 TYPES = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}
 KINDS = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
 # None: each step runs the stock SageMaker PyTorch image of the kernel's torch and Python
@@ -106,27 +126,49 @@ def _step_uri(bucket: str, prefix: str, *parts: str) -> dict[str, Any]:
     }
 
 
-def _step(
-    pipeline: Pipeline,
-    step: Step,
-    image: str,
-    role: str,
-    bucket: str,
-    prefix: str,
-    key_secret_arn: str | None = None,
-    runtime_wheels: bool = False,
-) -> dict[str, Any]:
-    producers = sorted(set(step.inputs.values()))
-    args: list[Any] = [
-        "--code",
-        f"{PROC}/input/code",
-        "--outputs",
-        f"{PROC}/output/outputs",
-        "--executed",
-        f"{PROC}/output/notebook",
-    ]
-    for producer in producers:
-        args += ["--input", f"{producer}={PROC}/input/{producer}"]
+def is_training(step: Step) -> bool:
+    """A step on more than one node runs as a SageMaker TrainingStep."""
+    return step.resources.nodes > 1
+
+
+def step_files(pipeline: Pipeline, step: Step) -> dict[str, bytes]:
+    """What is uploaded as the step's code: its notebook and the local modules it imports."""
+    files = {"step.ipynb": notebook_template(pipeline, step).encode()}
+    for rel, text in module_sources(pipeline, step).items():
+        files[rel] = text.encode()
+    return files
+
+
+def files_digest(files: dict[str, bytes]) -> str:
+    """sha256 over every (path, bytes) pair: the code prefix of exactly these files."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        data = files[rel]
+        h.update(f"{rel}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def step_fingerprint(pipeline: Pipeline, step: Step) -> str:
+    """The step's cache key as the local runner computes it (source, fixed parameters,
+    local modules, sweep), less what only exists at run time: the pipeline parameters'
+    values and the inputs' digests, which SageMaker's own key compares (they are the
+    step's ``Get`` arguments and its producers' output URIs)."""
+    parts = components(pipeline, step, dict(step.fixed_parameters), {}, "python3")
+    return fingerprint_key(parts)
+
+
+def _step_arguments(pipeline: Pipeline, step: Step) -> tuple[list[Any], dict[str, str]]:
+    """``--param`` and ``--types`` arguments of the step command."""
+    args: list[Any] = []
     types = {}
     for name in step.uses_parameters:
         args += [
@@ -145,12 +187,68 @@ def _step(
     args += ["--types", json.dumps(types)]
     if step.timeout:
         args += ["--timeout", str(int(step.timeout))]
+    return args, types
+
+
+def _output_of(pipeline: Pipeline, producer: str) -> dict[str, Any]:
+    """Where a producer's outputs are in S3, as a property reference: a Processing step's
+    ``outputs`` prefix, or a Training step's ``model.tar.gz``."""
+    if is_training(pipeline.steps[producer]):
+        return {"Get": f"Steps.{producer}.ModelArtifacts.S3ModelArtifacts"}
+    return {"Get": f"Steps.{producer}.ProcessingOutputConfig.Outputs['outputs'].S3Output.S3Uri"}
+
+
+def _step_common(pipeline: Pipeline, step: Step, out: dict[str, Any]) -> dict[str, Any]:
+    producers = sorted(set(step.inputs.values()))
+    explicit = [d for d in step.depends_on if d not in producers]
+    if explicit:
+        out["DependsOn"] = explicit
+    if step.retries:
+        out["RetryPolicies"] = [
+            {
+                "ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"],
+                "IntervalSeconds": 10,
+                "BackoffRate": 2.0,
+                "MaxAttempts": step.retries,
+            }
+        ]
+    out["CacheConfig"] = {"Enabled": bool(step.cache), "ExpireAfter": "P30D"}
+    return out
+
+
+def _step(
+    pipeline: Pipeline,
+    step: Step,
+    image: str,
+    role: str,
+    bucket: str,
+    prefix: str,
+    code: dict[str, str],
+    key_secret_arn: str | None = None,
+    runtime_wheels: bool = False,
+) -> dict[str, Any]:
+    producers = sorted(set(step.inputs.values()))
+    trained = [p for p in producers if is_training(pipeline.steps[p])]
+    args: list[Any] = [
+        "--code",
+        f"{PROC}/input/code",
+        "--outputs",
+        f"{PROC}/output/outputs",
+        "--executed",
+        f"{PROC}/output/notebook",
+    ]
+    for producer in producers:
+        # a training step's model.tar.gz holds outputs/ and notebook/
+        folder = f"{PROC}/input/{producer}" + ("/outputs" if producer in trained else "")
+        args += ["--input", f"{producer}={folder}"]
+    params, _ = _step_arguments(pipeline, step)
+    args += params
     inputs = [
         {
             "InputName": "code",
             "AppManaged": False,
             "S3Input": {
-                "S3Uri": f"s3://{bucket}/{prefix}/code/{step.name}",
+                "S3Uri": f"s3://{bucket}/{prefix}/{code[step.name]}",
                 "LocalPath": f"{PROC}/input/code",
                 "S3DataType": "S3Prefix",
                 "S3InputMode": "File",
@@ -164,7 +262,7 @@ def _step(
                 "InputName": "nbscale-runtime",
                 "AppManaged": False,
                 "S3Input": {
-                    "S3Uri": f"s3://{bucket}/{prefix}/code/{RUNTIME_DIR}",
+                    "S3Uri": f"s3://{bucket}/{prefix}/{code[RUNTIME_DIR]}",
                     "LocalPath": f"{PROC}/input/runtime",
                     "S3DataType": "S3Prefix",
                     "S3InputMode": "File",
@@ -178,9 +276,7 @@ def _step(
                 "InputName": f"in-{producer}",
                 "AppManaged": False,
                 "S3Input": {
-                    "S3Uri": {
-                        "Get": f"Steps.{producer}.ProcessingOutputConfig.Outputs['outputs'].S3Output.S3Uri"
-                    },
+                    "S3Uri": _output_of(pipeline, producer),
                     "LocalPath": f"{PROC}/input/{producer}",
                     "S3DataType": "S3Prefix",
                     "S3InputMode": "File",
@@ -200,6 +296,9 @@ def _step(
         }
         for name in ("outputs", "notebook")
     ]
+    if trained:  # unpack the training producers' model.tar.gz first
+        unpack = [a for p in trained for a in ("--unpack", f"{PROC}/input/{p}")]
+        args = [*unpack, "--", *args]
     arguments: dict[str, Any] = {
         "ProcessingResources": {
             "ClusterConfig": {
@@ -210,41 +309,124 @@ def _step(
         },
         "AppSpecification": {
             "ImageUri": image,
-            "ContainerEntrypoint": _entrypoint(runtime_wheels),
+            "ContainerEntrypoint": _entrypoint(
+                runtime_wheels, f"{PROC}/input/runtime", NODE_MODULE if trained else STEP_MODULE
+            ),
             "ContainerArguments": args,
         },
         "RoleArn": role,
         "ProcessingInputs": inputs,
         "ProcessingOutputConfig": {"Outputs": outputs},
         "StoppingCondition": {"MaxRuntimeInSeconds": int(step.timeout or 86400)},
+        # in the arguments SageMaker's cache compares: an edited step misses it
+        "Environment": {FINGERPRINT_ENV: step_fingerprint(pipeline, step)},
     }
     if key_secret_arn:
         # only the ARN travels; the step reads the pipeline key with its role
-        arguments["Environment"] = {KEY_SECRET_ENV: key_secret_arn}
+        arguments["Environment"][KEY_SECRET_ENV] = key_secret_arn
     out: dict[str, Any] = {"Name": step.name, "Type": "Processing", "Arguments": arguments}
-    explicit = [d for d in step.depends_on if d not in producers]
-    if explicit:
-        out["DependsOn"] = explicit
-    if step.retries:
-        out["RetryPolicies"] = [
-            {
-                "ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"],
-                "IntervalSeconds": 10,
-                "BackoffRate": 2.0,
-                "MaxAttempts": step.retries,
+    return _step_common(pipeline, step, out)
+
+
+def _channel(name: str, uri: Any) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": uri,
+                "S3DataDistributionType": "FullyReplicated",
             }
-        ]
-    out["CacheConfig"] = {"Enabled": bool(step.cache), "ExpireAfter": "P30D"}
-    return out
+        },
+        "InputMode": "File",
+    }
 
 
-def _entrypoint(runtime_wheels: bool) -> list[str]:
+def training_settings(role: str, bucket: str, prefix: str, region: str, settings: Any = None):
+    """The SageMaker settings a training step's request is built with: the backend's, or
+    (``nbscale pipeline compile``) one made of the compile options."""
+    if settings is not None:
+        return settings
+    from ...config import BackendConfig
+    from .settings import settings as load_settings
+
+    raw = {"role_arn": role, "storage": f"s3://{bucket}/{prefix}", "region": region}
+    return load_settings(BackendConfig("pipeline", "sagemaker", raw))
+
+
+def _training_step(
+    pipeline: Pipeline,
+    step: Step,
+    image: str,
+    bucket: str,
+    prefix: str,
+    code: dict[str, str],
+    backend: Any,
+    key_secret_arn: str | None = None,
+    runtime_wheels: bool = False,
+) -> dict[str, Any]:
+    """CreateTrainingJob arguments for a step on ``resources.nodes`` instances, built by
+    ``request.build`` as a job's request is (instance, volume, KMS, VPC, warm pool, EFA
+    variables, tags, the backend's spot and retries), with the step's channels and command;
+    TrainingJobName is left to SageMaker, as a pipeline sets it."""
+    from .request import Staged, build
+
+    instance = instance_type(step.resources)
+    fingerprint = step_fingerprint(pipeline, step)
+    job_id = re.sub(r"[^a-z0-9-]+", "-", f"{pipeline.name}-{step.name}".lower()).strip("-")
+    spec = {
+        "nodes": step.resources.nodes,
+        "instance_type": instance,
+        "gpus_per_proc": step.resources.gpu,
+        "max_runtime": int(step.timeout or 86400),
+        "image": image,
+        "env": {FINGERPRINT_ENV: fingerprint},
+    }
+    staged = Staged(
+        bundle_prefix=None,
+        spec_prefix=f"s3://{bucket}/{prefix}/{code[step.name]}",
+        key_secret_arn=key_secret_arn,
+    )
+    request = build(job_id, spec, backend, staged)
+    request.pop("TrainingJobName", None)
+    producers = sorted(set(step.inputs.values()))
+    channels = [_channel("code", f"s3://{bucket}/{prefix}/{code[step.name]}")]
+    if runtime_wheels:
+        channels.append(_channel("runtime", f"s3://{bucket}/{prefix}/{code[RUNTIME_DIR]}"))
+    trained = [p for p in producers if is_training(pipeline.steps[p])]
+    step_args: list[Any] = [
+        "--code",
+        f"{DATA}/code",
+        "--outputs",
+        f"{MODEL}/outputs",
+        "--executed",
+        f"{MODEL}/notebook",
+    ]
+    for producer in producers:
+        channels.append(_channel(f"in-{producer}", _output_of(pipeline, producer)))
+        folder = f"{DATA}/in-{producer}" + ("/outputs" if producer in trained else "")
+        step_args += ["--input", f"{producer}={folder}"]
+    params, _ = _step_arguments(pipeline, step)
+    unpack = [a for p in trained for a in ("--unpack", f"{DATA}/in-{p}")]
+    request["InputDataConfig"] = channels
+    request["AlgorithmSpecification"] = {
+        "TrainingImage": request["AlgorithmSpecification"]["TrainingImage"],
+        "TrainingInputMode": "File",
+        "ContainerEntrypoint": _entrypoint(runtime_wheels, f"{DATA}/runtime", NODE_MODULE),
+        "ContainerArguments": [*unpack, "--fingerprint", fingerprint, "--", *step_args, *params],
+    }
+    request["OutputDataConfig"]["S3OutputPath"] = _step_uri(bucket, prefix, step.name)
+    out: dict[str, Any] = {"Name": step.name, "Type": "Training", "Arguments": request}
+    return _step_common(pipeline, step, out)
+
+
+def _entrypoint(runtime_wheels: bool, runtime: str, module: str = STEP_MODULE) -> list[str]:
     if not runtime_wheels:  # an image with nbscale in it (docker/Dockerfile, or your own)
-        return ["python3", "-m", STEP_MODULE]
+        return ["python3", "-m", module]
     from ...runtime.wheelhouse import install_command
 
-    install = install_command(f"{PROC}/input/runtime", python="python3")
-    return ["sh", "-c", f'{install} && exec python3 -m {STEP_MODULE} "$@"', "nbscale-step"]
+    install = install_command(runtime, python="python3")
+    return ["sh", "-c", f'{install} && exec python3 -m {module} "$@"', "nbscale-step"]
 
 
 def _role(role: str | None) -> str:
@@ -262,6 +444,18 @@ def _role(role: str | None) -> str:
     )
 
 
+def code_prefixes(pipeline: Pipeline, runtime_digest: str | None = None) -> dict[str, str]:
+    """Each step's code prefix under the pipeline's, by the digest of its files (and the
+    wheelhouse's by its own digest)."""
+    found = {
+        name: f"code/{name}/{files_digest(step_files(pipeline, pipeline.steps[name]))}"
+        for name in pipeline.order()
+    }
+    if runtime_digest:
+        found[RUNTIME_DIR] = f"code/{RUNTIME_DIR}/{runtime_digest}"
+    return found
+
+
 def definition(
     pipeline: Pipeline,
     image: str | None = DEFAULT_IMAGE,
@@ -271,34 +465,71 @@ def definition(
     key_secret_arn: str | None = None,
     runtime_wheels: bool = False,
     region: str = "us-east-1",
+    runtime_digest: str | None = None,
+    settings: Any = None,
 ) -> dict[str, Any]:
+    """The definition; with ``runtime_wheels``, ``runtime_digest`` is the digest of the
+    wheelhouse (``files_digest``) the steps install from. ``settings``: the backend's, for
+    the training steps' requests (else made of role, bucket, prefix and region)."""
     refuse_compile(pipeline, "sagemaker", "SageMaker", "TuningStep")
     role = _role(role)
     prefix = (prefix or pipeline.name).strip("/")
+    if runtime_wheels and not runtime_digest:
+        raise ValueError("runtime_wheels needs the wheelhouse's runtime_digest")
+    code = code_prefixes(pipeline, runtime_digest if runtime_wheels else None)
+    backend = None
+    if any(is_training(pipeline.steps[n]) for n in pipeline.order()):
+        backend = training_settings(role, bucket, prefix, region, settings)
     params = []
     for name, value in pipeline.parameters.items():
         kind = TYPES.get(type(value), "String")
         default = json.dumps(value) if isinstance(value, list | dict) else value
         params.append({"Name": name, "Type": kind, "DefaultValue": default})
+    steps = []
+    for n in pipeline.order():
+        step = pipeline.steps[n]
+        image_uri = step_image(step, region, image)
+        if is_training(step):
+            steps.append(
+                _training_step(
+                    pipeline,
+                    step,
+                    image_uri,
+                    bucket,
+                    prefix,
+                    code,
+                    backend,
+                    key_secret_arn,
+                    runtime_wheels,
+                )
+            )
+        else:
+            steps.append(
+                _step(
+                    pipeline,
+                    step,
+                    image_uri,
+                    role,
+                    bucket,
+                    prefix,
+                    code,
+                    key_secret_arn,
+                    runtime_wheels,
+                )
+            )
     return {
         "Version": "2020-12-01",
         "Metadata": {
-            "nbscale": {"source": Path(pipeline.source).name, "bucket": bucket, "prefix": prefix}
+            "nbscale": {
+                "source": Path(pipeline.source).name,
+                "bucket": bucket,
+                "prefix": prefix,
+                # folder beside the definition -> its content-addressed key under prefix
+                "code": code,
+            }
         },
         "Parameters": params,
-        "Steps": [
-            _step(
-                pipeline,
-                pipeline.steps[n],
-                step_image(pipeline.steps[n], region, image),
-                role,
-                bucket,
-                prefix,
-                key_secret_arn,
-                runtime_wheels,
-            )
-            for n in pipeline.order()
-        ],
+        "Steps": steps,
     }
 
 
@@ -316,14 +547,16 @@ def compile_pipeline(
     key_secret_arn: str | None = None,
     runtime_wheels: bool | None = None,
     region: str = "us-east-1",
+    settings: Any = None,
 ) -> None:
     """Write the definition and, beside it, each step's code; with ``runtime_wheels`` (the
     default for the stock image) also the step wheelhouse the steps install offline."""
     if runtime_wheels is None:
         runtime_wheels = not image
-    data = definition(pipeline, image, role, bucket, prefix, key_secret_arn, runtime_wheels, region)
     code = code_dir(output)
+    runtime_digest = None
     if runtime_wheels:
+        refuse_compile(pipeline, "sagemaker", "SageMaker", "TuningStep")  # before a build
         from ...runtime.wheelhouse import build
 
         shutil.rmtree(code / RUNTIME_DIR, ignore_errors=True)
@@ -331,14 +564,25 @@ def compile_pipeline(
 
         # the stock images match the kernel's Python (definition refused any other)
         build("step", code / RUNTIME_DIR, list(IMAGE_PLATFORMS), kernel_versions().python)
+        runtime_digest = files_digest(folder_files(code / RUNTIME_DIR))
+    data = definition(
+        pipeline,
+        image,
+        role,
+        bucket,
+        prefix,
+        key_secret_arn,
+        runtime_wheels,
+        region,
+        runtime_digest,
+        settings,
+    )
     for name in pipeline.order():
-        step = pipeline.steps[name]
         folder = code / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "step.ipynb").write_text(notebook_template(pipeline, step))
-        for rel, text in module_sources(pipeline, step).items():
+        shutil.rmtree(folder, ignore_errors=True)  # exactly the files the digest is of
+        for rel, data_bytes in step_files(pipeline, pipeline.steps[name]).items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_text(text)
+            (folder / rel).write_bytes(data_bytes)
     output.write_text(json.dumps(data, indent=2))
 
 
@@ -376,11 +620,28 @@ def upload_and_create(
         for step in data["Steps"]:
             step["Arguments"].setdefault("Environment", {})[KEY_SECRET_ENV] = arn
         output.write_text(json.dumps(data, indent=2))
-    for path in sorted(p for p in code_dir(output).rglob("*") if p.is_file()):
-        key = f"{meta['prefix']}/code/{path.relative_to(code_dir(output)).as_posix()}"
-        s3.put_object(Bucket=meta["bucket"], Key=key, Body=path.read_bytes())
+    validate(data)  # before anything is uploaded
+    uploads = {}
+    for folder, where in meta["code"].items():
+        files = folder_files(code_dir(output) / folder)
+        if where.rsplit("/", 1)[-1] != files_digest(files):
+            raise SpecError(
+                f"{code_dir(output) / folder}",
+                "is not the code the definition was compiled with (its digest differs)",
+                "compile the pipeline again",
+            )
+        uploads[where] = files
+    for where, files in uploads.items():
+        # content-addressed: what is there is these bytes, and is never overwritten
+        found = s3.list_objects_v2(Bucket=meta["bucket"], Prefix=f"{meta['prefix']}/{where}/").get(
+            "Contents", []
+        )
+        there = {o["Key"] for o in found}
+        for rel, body in files.items():
+            key = f"{meta['prefix']}/{where}/{rel}"
+            if key not in there:
+                s3.put_object(Bucket=meta["bucket"], Key=key, Body=body)
     name = name or re.sub(r"[^A-Za-z0-9-]", "-", meta["prefix"])[:256]
-    validate(data)
     body = json.dumps(data)
     try:
         return sagemaker.create_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role)[
@@ -398,6 +659,49 @@ def upload_and_create(
 
 
 NAME = re.compile(r"^[A-Za-z0-9\-_]{1,64}$")
+
+
+# what each step type's Arguments are: the request of the job it starts (botocore's model)
+STEP_OPERATIONS = {"Processing": "CreateProcessingJob", "Training": "CreateTrainingJob"}
+# the fields of those requests a pipeline sets itself (the job's name), absent in Arguments
+SERVICE_SET = {"Processing": "ProcessingJobName", "Training": "TrainingJobName"}
+
+
+def resolved(value: Any, field: str = "") -> Any:
+    """The Arguments with every ``Get``/``Std:Join`` replaced by a value of the shape it
+    resolves to at run time (all of nbscale's are strings: S3 URIs and arguments)."""
+    if isinstance(value, dict):
+        if set(value) in ({"Get"}, {"Std:Join"}):
+            return "s3://resolved/at-run-time" if "S3" in field else "resolved-at-run-time"
+        return {k: resolved(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolved(v, field) for v in value]
+    return value
+
+
+def shape_problems(step: dict[str, Any]) -> list[str]:
+    """A step's Arguments against the request shape botocore's SageMaker model has for
+    its job (as boto3 would check it before sending); [] without botocore."""
+    kind = step.get("Type")
+    if kind not in STEP_OPERATIONS:
+        return []
+    try:
+        import botocore.session
+        from botocore.exceptions import ParamValidationError
+        from botocore.validate import validate_parameters
+    except ImportError:  # pragma: no cover - boto3 comes with the sagemaker extra
+        return []
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    shape = model.operation_model(STEP_OPERATIONS[kind]).input_shape
+    args = resolved(step.get("Arguments") or {})
+    if SERVICE_SET[kind] in args:
+        return [f"step {step.get('Name')}: Arguments.{SERVICE_SET[kind]} is set by SageMaker"]
+    args[SERVICE_SET[kind]] = "set-by-the-pipeline"
+    try:
+        validate_parameters(args, shape)
+    except ParamValidationError as exc:
+        return [f"step {step.get('Name')}: {STEP_OPERATIONS[kind]}: {exc}"]
+    return []
 
 
 def validate(data: dict[str, Any]) -> None:
@@ -419,15 +723,19 @@ def validate(data: dict[str, Any]) -> None:
     names = {s.get("Name") for s in steps}
     for step in steps:
         name = step.get("Name", "")
-        if not NAME.match(name) or step.get("Type") != "Processing":
+        if not NAME.match(name) or step.get("Type") not in STEP_OPERATIONS:
             problems.append(f"step {name!r}: bad name or type")
+        shape = shape_problems(step)
+        if shape:  # the checks below read what the shape check found wrong
+            problems += shape
+            seen.add(name)
+            continue
         args = step.get("Arguments", {})
-        for key in ("ProcessingResources", "AppSpecification", "RoleArn", "ProcessingOutputConfig"):
-            if key not in args:
-                problems.append(f"step {name}: Arguments.{key} is missing")
         if not re.match(r"^arn:aws[a-z\-]*:iam::\d{12}:role/", str(args.get("RoleArn", ""))):
             problems.append(f"step {name}: RoleArn is not an IAM role ARN")
         cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
+        if step.get("Type") == "Training":
+            cluster = args.get("ResourceConfig", {})
         if (
             not str(cluster.get("InstanceType", "")).startswith("ml.")
             or cluster.get("InstanceCount", 0) < 1

@@ -1,7 +1,8 @@
 """``nbscale pipeline run FLOW --backend NAME`` on SageMaker Pipelines.
 
 The flow is compiled by ``nbscale.backends.sagemaker.pipeline_compile`` (one Processing step per
-notebook step), its step code uploaded under the backend's storage prefix, the pipeline
+notebook step, a Training step for one on several nodes), its step code uploaded under the
+backend's storage prefix (content-addressed: an execution in flight keeps its code), the pipeline
 key put in a Secrets Manager secret (only the ARN is in the definition), and the pipeline
 created or updated. Then an execution starts with the run's parameters and is followed
 through ListPipelineExecutionSteps: each step's change of status is reported as it happens
@@ -133,7 +134,8 @@ class SageMakerPipelines:
         notes = [
             "PipelineDefinition is sent as a JSON string; CreatePipeline becomes "
             "UpdatePipeline when the pipeline exists",
-            f"the step code would be uploaded under s3://{meta['bucket']}/{meta['prefix']}/code/",
+            f"the step code would be uploaded under s3://{meta['bucket']}/{meta['prefix']}/code/ "
+            "(a prefix per step named by the digest of its files)",
             f"secret {secret} (Secrets Manager) would be created or updated: the pipeline key",
         ]
         return DryRun([document], "json", notes)
@@ -157,6 +159,7 @@ class SageMakerPipelines:
             "bucket": self.settings.bucket,
             "prefix": prefix,
             "region": self.settings.region,  # the steps' images are this region's
+            "settings": self.settings,  # a training step's request is built as a job's
         }
         image = image or self.settings.pipeline_image
         if image:  # else the compile target's stock image, with the step wheelhouse
