@@ -32,7 +32,7 @@ from nbscale.store.sweeps import SweepRecord, get_sweep, put_sweep
 from nbscale.sweeps.lines import metric_line
 from nbscale.sweeps.spec import SweepSpec
 from tests.support.aws_emulator import Emulator
-from tests.support.sagemaker import config
+from tests.support.sagemaker import config, put_logs
 from tests.support.sagemaker_instances import use_emulator
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-runtime:0.1.0"
@@ -80,14 +80,15 @@ class TuningEmulator(Emulator):
             if key in state:
                 out[key] = state[key]
         objective = config["HyperParameterTuningJobObjective"]
-        value = self.objective(name, config)
+        ended = state["TrainingJobStatus"] in ("Completed", "Stopped", "Failed")
+        # the final value: SageMaker reports it once the training job has ended
+        value = self.objective(name, config) if ended else None
         if value is not None:
             out["FinalHyperParameterTuningJobObjectiveMetric"] = {
                 "Type": objective["Type"],
                 "MetricName": objective["MetricName"],
                 "Value": value,
             }
-        ended = state["TrainingJobStatus"] in ("Completed", "Stopped", "Failed")
         out["ObjectiveStatus"] = (
             "Pending" if not ended else "Succeeded" if value is not None else "Failed"
         )
@@ -266,9 +267,12 @@ class TuningEmulator(Emulator):
             self.tuning[tuning]["trials"].append((name, tuned))
         return name, tuned, request
 
-    def log(self, trial: str, lines: list[str]) -> None:
+    def log(self, trial: str, lines: list[str], host: int = 1) -> None:
+        """The trial's instance prints ``lines``: SageMaker sends them to the training job's
+        CloudWatch stream ``<job>/algo-<host>-<epoch>`` and its regexes read them."""
         with self.lock:
             self.trial_logs.setdefault(trial, []).extend(lines)
+        put_logs(trial, host, lines)
 
     def end_tuning(self, tuning: str, status: str) -> None:
         with self.lock:
@@ -780,3 +784,52 @@ def test_the_best_trials_outputs_come_home_from_its_own_container(aws, tmp_path,
                                     "seen": 0.0095}  # fmt: skip
     assert record.exit_code == 0
     assert "outputs written: loss, seen" in job.logs(0)
+
+
+def test_running_trials_show_their_latest_value_and_every_trial_its_cost(
+    aws, tmp_path, nbscale_home
+):
+    from nbscale.cost import node_price
+
+    sweep = make_sweep(tmp_path)
+    backend, record = started(sweep)
+    name = record.native_id
+    rng = random.Random(5)
+    t1, _, _ = aws.launch(name, rng)
+    t2, _, _ = aws.launch(name, rng)
+    aws.set_training(t1, "InProgress", "Training")
+    # SageMaker has no final value for a running trial: the log is all there is
+    aws.log(t1, ["nbscale: job x node 0/1 (sagemaker)", *metric_lines([0.9, 0.5])])
+    view = backend.view(get_sweep(get_store(), record.id))
+    by = {t.job_id: t for t in view.trials}
+    assert by[t1].status == "RUNNING" and by[t1].value is None
+    assert (by[t1].last, by[t1].steps) == (0.5, 2)
+    assert by[t2].status == "PENDING" and by[t2].last is None and by[t2].cost is None
+    assert by[t1].cost is not None and by[t1].cost >= 0  # its time so far
+    aws.log(t1, metric_lines([0.25]))
+    by = {t.job_id: t for t in backend.view(get_sweep(get_store(), record.id)).trials}
+    assert (by[t1].last, by[t1].steps) == (0.25, 3)  # read on, nothing twice
+
+    # ended: SageMaker's billable seconds x the instances x the instance's price
+    aws.set_training(t1, "Completed", "Completed", BillableTimeInSeconds=1800)
+    aws.set_training(t2, "InProgress", "Training")
+    aws.log(t2, metric_lines([0.7]))
+    aws.set_training(
+        t2, "Failed", "Failed", FailureReason="AlgorithmError: x", BillableTimeInSeconds=360
+    )
+    view = backend.view(get_sweep(get_store(), record.id))
+    by = {t.job_id: t for t in view.trials}
+    settings = backend.settings
+    price = node_price("sagemaker", settings.model_dump(exclude_none=True), settings.instance_type)
+    assert by[t1].status == "SUCCEEDED" and by[t1].value == 0.25 and by[t1].steps == 3
+    assert by[t1].cost == pytest.approx(0.5 * price, abs=1e-4)
+    assert by[t2].status == "FAILED" and by[t2].last == 0.7
+    assert by[t2].cost == pytest.approx(0.1 * price, abs=1e-4)
+    total = [n for n in view.notes if n.startswith("cost so far")]
+    assert total == [f"cost so far ${0.6 * price:.2f} for 2 trials (billable seconds x the "
+                     "instance price; a running trial's time so far)"]  # fmt: skip
+    # the trial's log came into its job folder, where following it as a job reads on
+    assert (
+        "nbscale-metric val_loss=0.25"
+        in (nbscale_home / "jobs" / t1 / "logs" / "rank-0.log").read_text()
+    )

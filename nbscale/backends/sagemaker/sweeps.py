@@ -417,6 +417,10 @@ class TuningSweeps(SweepBackend):
         self.jobs = SageMakerBackend(config, store)
         self.settings = self.jobs.settings
         self._ended: dict[str, dict[str, Any]] = {}  # DescribeTrainingJob of ended trials
+        from ..remote.lifecycle import LogMetrics
+
+        self._log_metrics = LogMetrics()  # the trials' metric lines, read on where they stopped
+        self._logs_done: set[str] = set()  # trials whose log was read after they ended
 
     def client(self, service: str = "sagemaker"):
         return self.jobs.client(service)
@@ -621,8 +625,81 @@ class TuningSweeps(SweepBackend):
         found = self._ended.get(name)
         if found is None:
             found = self.client().describe_training_job(TrainingJobName=name)
-            self._ended[name] = found
+            if found.get("TrainingJobStatus") in ("Completed", "Failed", "Stopped"):
+                self._ended[name] = found  # what an ended job says does not change
         return found
+
+    def _objective_values(self, sweep: SweepSpec, name: str, ended: bool) -> list[float]:
+        """The objective's values the trial has logged so far: its metric lines in its
+        CloudWatch streams (the ones SageMaker's regex reads), copied into the trial's job
+        folder as the job backend copies a job's (``logs.sync``), so following the trial as
+        a job later reads on from there. An ended trial's log is read once more, then not
+        again. Nothing when CloudWatch cannot be read now (the next look tries again)."""
+        from ... import paths
+        from ...runtime.jobdir import JobDir
+        from . import logs as cw
+
+        jobdir = JobDir(paths.job_dir(name))
+        if name not in self._logs_done:
+            procs = int(req.resolve(sweep.job.to_dict(), self.settings).get("procs_per_node") or 1)
+            try:
+                cw.sync(self.client("logs"), jobdir, name, procs)
+            except Exception:  # noqa: BLE001 - the intermediate values wait for the next look
+                return self._values(name, jobdir, sweep)
+            if ended:
+                self._logs_done.add(name)
+        return self._values(name, jobdir, sweep)
+
+    def _values(self, name: str, jobdir, sweep: SweepSpec) -> list[float]:
+        metric = sweep.objective.metric
+        return [
+            m["value"]
+            for m in self._log_metrics.read(name, jobdir)
+            if m["name"] == metric and m["rank"] == 0
+        ]
+
+    def _prices(self, sweep: SweepSpec) -> tuple[float, float] | None:
+        """USD per instance hour of the sweep's trials: on demand (what SageMaker's billable
+        seconds are charged at: a spot job's savings are in its billable time) and what a
+        running trial is estimated at (spot's price for a spot sweep); None: no price."""
+        from ...cost import node_price, spot_price
+        from .request import spot_of
+
+        settings = self.settings.model_dump(exclude_none=True)
+        instance = sweep.job.instance_type or self.settings.instance_type
+        try:
+            on_demand = node_price("sagemaker", settings, instance)
+            running = (
+                spot_price(on_demand, settings, instance)
+                if spot_of(sweep.job.to_dict(), self.settings)
+                else on_demand
+            )
+        except SpecError:
+            return None
+        return on_demand, running
+
+    def _trial_cost(
+        self, s: dict[str, Any], trial: TrialView, sweep: SweepSpec, prices: tuple[float, float]
+    ) -> float | None:
+        """What the trial has cost: an ended one its ``BillableTimeInSeconds`` x its instances
+        x the on-demand price (``DescribeTrainingJob``, once); a running one its time since
+        it started training x the sweep's instances x the running price; None before."""
+        from ...cost import job_cost
+
+        status = s["TrainingJobStatus"]
+        if status in ("Completed", "Failed", "Stopped"):
+            try:
+                desc = self._describe_trial(s["TrainingJobName"])
+            except Exception:  # noqa: BLE001 - no cost rather than a wrong one
+                return None
+            billable = desc.get("BillableTimeInSeconds")
+            if billable is None:
+                return None  # SageMaker bills nothing it has not reported (never started)
+            count = int((desc.get("ResourceConfig") or {}).get("InstanceCount") or sweep.job.nodes)
+            return job_cost(float(billable) / 3600.0, count, prices[0])
+        if trial.started is None:
+            return None
+        return job_cost(max(0.0, time.time() - trial.started) / 3600.0, sweep.job.nodes, prices[1])
 
     def view(self, record: SweepRecord) -> SweepView:
         from ...sweeps.spec import SweepSpec
@@ -659,6 +736,20 @@ class TuningSweeps(SweepBackend):
         base.trials = [
             self._trial(i + 1, s, sweep, tuning, early, stopped_at) for i, s in enumerate(ordered)
         ]
+        prices = self._prices(sweep)
+        for s, trial in zip(ordered, base.trials, strict=True):
+            if trial.started is not None:  # its instances have printed, or will
+                values = self._objective_values(sweep, trial.job_id, trial.ended is not None)
+                if values:
+                    trial.last, trial.steps = values[-1], len(values)
+            if prices is not None:
+                trial.cost = self._trial_cost(s, trial, sweep, prices)
+        costs = [t.cost for t in base.trials if t.cost is not None]
+        if costs:
+            base.notes.append(
+                f"cost so far ${sum(costs):.2f} for {count(len(costs), 'trial')} (billable "
+                "seconds x the instance price; a running trial's time so far)"
+            )
         base.status, base.error = self._status(desc, record)
         if base.status in SWEEP_TERMINAL and record.status not in SWEEP_TERMINAL:
             ended = _stamp(desc.get("HyperParameterTuningEndTime")) or time.time()
