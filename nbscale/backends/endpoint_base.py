@@ -35,6 +35,11 @@ from ..store import Store
 from ..store.endpoints import EndpointRecord
 from .base import DryRun
 
+#: an endpoint whose new version the platform rolled back (an auto-rollback alarm fired): it
+#: serves the previous version, which its record keeps; ``error`` says which alarm fired
+#: (belongs beside the other endpoint states in ``nbscale.store.endpoints``)
+ROLLED_BACK = "ROLLED_BACK"
+
 
 @dataclass(frozen=True)
 class DeployRequest:
@@ -83,7 +88,11 @@ class EndpointBackend(ABC):
 
     def validate(self, request: DeployRequest) -> None:
         """Refuse a request this backend cannot honour (``SpecError``), before anything is made."""
-        flags = {"canary_traffic_percent": "canary", "timeout_s": "timeout"}  # the CLI's names
+        flags = {  # the CLI's names
+            "canary_traffic_percent": "canary",
+            "timeout_s": "timeout",
+            "memory_size_mb": "memory-mb",
+        }
         for key, value in request.options.items():
             if key not in self.options and value not in (None, "", False):
                 flag = flags.get(key, key).replace("_", "-")

@@ -191,7 +191,7 @@ def test_a_new_version_goes_blue_green_with_canary_and_rollback_alarms(aws, tmp_
     }
 
 
-def test_serverless_with_data_capture_has_no_instances_and_no_autoscaling(aws, tmp_path):
+def test_serverless_has_no_instances_no_autoscaling_and_no_capture(aws, tmp_path):
     artifact, _ = make_artifact(tmp_path / "a", name="tiny")
     be = backend()
     request = DeployRequest(
@@ -201,32 +201,121 @@ def test_serverless_with_data_capture_has_no_instances_and_no_autoscaling(aws, t
         1,
         None,
         {},
-        {
-            "serverless": True,
-            "memory_size_mb": 3072,
-            "max_concurrency": 8,
-            "data_capture_percent": 25,
-        },
+        {"serverless": True, "memory_size_mb": 3072, "max_concurrency": 8},
     )
     shown = json.loads(be.render(request).text())  # --dry-run: the exact requests, nothing sent
     assert "CreateEndpoint" in shown and not nbscale_resources("tiny")["models"]
     be.deploy(request)
-    variant = aws.operations("CreateEndpointConfig")[-1]["ProductionVariants"][0]
-    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 8}
-    assert "InstanceType" not in variant
-    capture = aws.operations("CreateEndpointConfig")[-1]["DataCaptureConfig"]
-    assert (
-        capture["InitialSamplingPercentage"] == 25
-        and capture["DestinationS3Uri"] == "s3://nb-models/serve/capture/tiny"
-    )
-    shown["CreateEndpointConfig"].pop("Tags")
     sent = dict(aws.operations("CreateEndpointConfig")[-1])
+    variant = sent["ProductionVariants"][0]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 8}
+    assert "InstanceType" not in variant and "DataCaptureConfig" not in sent
+    assert "VpcConfig" not in aws.operations("CreateModel")[-1]
+    shown["CreateEndpointConfig"].pop("Tags")
     sent.pop("Tags")
     assert shown["CreateEndpointConfig"] == sent
     assert nbscale_resources("tiny")["targets"] == []
     with pytest.raises(SpecError, match="scales by itself"):
         be.scale(get_store_record("tiny"), 1, 2)
     be.undeploy("tiny")
+    assert nbscale_resources("tiny") == {
+        k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
+    }
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "match"),
+    [
+        ({}, {"data_capture_percent": 25}, "no data capture"),
+        ({"capture_rate": 0.5}, {}, "no data capture"),  # deploy(baseline=...) turns it on
+        ({}, {"instance_type": "ml.m5.large"}, "instance-type: a serverless endpoint"),
+        ({}, {"instances": 2}, "instances: a serverless endpoint"),
+        ({}, {"memory_size_mb": 1000}, "memory-mb"),
+        ({}, {"max_concurrency": 201}, "max-concurrency"),
+    ],
+)
+def test_serverless_refuses_what_sagemaker_refuses_before_sending(
+    aws, tmp_path, config, options, match
+):
+    artifact, _ = make_artifact(tmp_path / "a", name="srv")
+    calls = len(aws.calls)
+    request = DeployRequest("srv", artifact, 0, 1, None, config, {"serverless": True, **options})
+    with pytest.raises(SpecError, match=match):
+        backend().deploy(request)
+    with pytest.raises(SpecError, match=match):
+        backend().render(request)
+    assert len(aws.calls) == calls and get_store().query_one("SELECT 1 FROM endpoints") is None
+
+
+def test_a_serverless_endpoint_is_refused_in_a_vpc(aws, tmp_path):
+    toml = tmp_path / "nbscale.toml"
+    toml.write_text(
+        toml.read_text() + 'subnets = ["subnet-0123"]\nsecurity_group_ids = ["sg-0123"]\n'
+    )
+    artifact, _ = make_artifact(tmp_path / "a", name="vpc")
+    calls = len(aws.calls)
+    with pytest.raises(SpecError, match="cannot run in a VPC"):
+        backend().deploy(DeployRequest("vpc", artifact, 0, 1, None, {}, {"serverless": True}))
+    assert len(aws.calls) == calls
+    # with instances, the model runs in the VPC
+    backend().deploy(DeployRequest("vpc", artifact, 1, 1, None, {}, {}))
+    assert aws.operations("CreateModel")[-1]["VpcConfig"] == {
+        "Subnets": ["subnet-0123"],
+        "SecurityGroupIds": ["sg-0123"],
+    }
+    backend().undeploy("vpc")
+
+
+def test_the_emulator_refuses_what_sagemaker_refuses(aws):
+    """The front answers as SageMaker does, whatever nbscale sends: a ValidationException for
+    an image of another region, and for a serverless variant with capture or a VPC model."""
+    from botocore.exceptions import ClientError
+
+    sm = boto3.client("sagemaker")
+    role = "arn:aws:iam::123456789012:role/nbscale-serving"
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nbscale-serving:0.1.0"
+    with pytest.raises(ClientError) as err:
+        sm.create_model(
+            ModelName="far",
+            ExecutionRoleArn=role,
+            PrimaryContainer={"Image": image.replace("us-east-1", "eu-west-1")},
+        )
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert "Cross region ECR image pulls are not allowed" in str(err.value)
+    sm.create_model(ModelName="plain", ExecutionRoleArn=role, PrimaryContainer={"Image": image})
+    sm.create_model(
+        ModelName="in-vpc",
+        ExecutionRoleArn=role,
+        PrimaryContainer={"Image": image},
+        VpcConfig={"Subnets": ["subnet-0123"], "SecurityGroupIds": ["sg-0123"]},
+    )
+    serverless = {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
+    capture = {
+        "InitialSamplingPercentage": 100,
+        "DestinationS3Uri": "s3://nb-models/capture",
+        "CaptureOptions": [{"CaptureMode": "Input"}],
+    }
+    for model, extra in (("plain", {"DataCaptureConfig": capture}), ("in-vpc", {})):
+        with pytest.raises(ClientError) as err:
+            sm.create_endpoint_config(
+                EndpointConfigName=f"cfg-{model}",
+                ProductionVariants=[
+                    {
+                        "VariantName": "AllTraffic",
+                        "ModelName": model,
+                        "ServerlessConfig": serverless,
+                    }
+                ],
+                **extra,
+            )
+        assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert not [
+        c
+        for c in sm.list_endpoint_configs()["EndpointConfigs"]
+        if c["EndpointConfigName"].startswith("cfg-")
+    ]
+    for model in ("plain", "in-vpc"):
+        sm.delete_model(ModelName=model)
 
 
 def get_store_record(name):
@@ -261,3 +350,122 @@ def test_an_endpoint_that_fails_to_start_leaves_nothing(aws, tmp_path):
         k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
     }
     assert get_store().query_one("SELECT 1 FROM endpoints WHERE name = 'broken'") is None
+
+
+def _version(tmp_path, name: str, tag: str) -> Path:
+    """Another signed artifact of the same endpoint (different bytes)."""
+    from nbscale.serving.artifact import sign
+
+    art, _ = make_artifact(tmp_path / tag, name=name)
+    (art / "version.txt").write_text(tag)
+    sign(art)
+    return art
+
+
+def test_a_version_sagemaker_rolled_back_is_rolled_back_and_the_record_keeps_the_old_one(
+    aws, tmp_path, nbscale_cli
+):
+    cw = boto3.client("cloudwatch")
+    cw.put_metric_alarm(
+        AlarmName="guard-5xx",
+        Namespace="AWS/SageMaker",
+        MetricName="Invocation5XXErrors",
+        Dimensions=[
+            {"Name": "EndpointName", "Value": "guard"},
+            {"Name": "VariantName", "Value": "AllTraffic"},
+        ],
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1.0,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
+    v1 = _version(tmp_path, "guard", "v1")
+    be = backend()
+    be.deploy(DeployRequest("guard", v1, 1, 2, None, {}, {"rollback_alarms": ["guard-5xx"]}))
+    # the new fleet errs: the alarm fires during the baking period, SageMaker rolls back
+    cw.set_alarm_state(AlarmName="guard-5xx", StateValue="ALARM", StateReason="5xx on green")
+    v2 = _version(tmp_path, "guard", "v2")
+    rec = be.deploy_version("guard", v2, {"deployment": "canary", "canary_percent": 10})
+    assert rec.status == "ROLLED_BACK"
+    assert "guard-5xx" in rec.error and "version 2 was rolled back" in rec.error
+    assert rec.model_dir == str(v1) and rec.config["sagemaker"]["versions"] == [1]
+    assert "pending" not in rec.config["sagemaker"]
+    # the rolled-back version's model and config are gone; the old ones serve
+    assert nbscale_resources("guard")["configs"] == ["nbscale-guard-v1"]
+    assert nbscale_resources("guard")["models"] == ["nbscale-guard-v1"]
+    desc = boto3.client("sagemaker").describe_endpoint(EndpointName="guard")
+    assert desc["EndpointConfigName"] == "nbscale-guard-v1"
+    # it stays reported until a later version serves
+    listed = json.loads(nbscale_cli("endpoints", "--json", check=True).stdout)
+    assert [(e["name"], e["status"]) for e in listed] == [("guard", "ROLLED_BACK")]
+    assert "guard-5xx" in listed[0]["error"]
+    # the alarm clears: the next version goes through
+    cw.set_alarm_state(AlarmName="guard-5xx", StateValue="OK", StateReason="fixed")
+    v3 = _version(tmp_path, "guard", "v3")
+    rec = be.deploy_version("guard", v3)
+    assert rec.status == "READY" and rec.error is None
+    assert rec.model_dir == str(v3) and rec.config["sagemaker"]["versions"] == [1, 3]
+    assert (
+        boto3.client("sagemaker").describe_endpoint(EndpointName="guard")["EndpointConfigName"]
+        == "nbscale-guard-v3"
+    )
+    be.undeploy("guard")
+    assert nbscale_resources("guard") == {
+        k: [] for k in ("models", "configs", "endpoints", "targets", "policies")
+    }
+    cw.delete_alarms(AlarmNames=["guard-5xx"])
+
+
+def test_endpoints_have_their_own_instance_type_and_a_new_one_rescales(aws, tmp_path):
+    # a GPU training default must not become every endpoint's instance type
+    toml = tmp_path / "nbscale.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'instance_type = "ml.m5.large"', 'instance_type = "ml.g5.12xlarge"'
+        )
+    )
+    v1 = _version(tmp_path, "sized", "v1")
+    be = backend()
+    be.deploy(DeployRequest("sized", v1, 1, 3, None, {}, {"instances": 2}))
+    variant = aws.operations("CreateEndpointConfig")[-1]["ProductionVariants"][0]
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.m5.large", 2)
+    aas = boto3.client("application-autoscaling")
+    # a new instance type: SageMaker refuses the update while the variant is a scalable
+    # target, so the target goes before the update and comes back after it
+    v2 = _version(tmp_path, "sized", "v2")
+    rec = be.deploy_version("sized", v2, {"instance_type": "ml.c5.xlarge", "instances": None})
+    assert rec.status == "READY" and rec.config["sagemaker"]["instance_type"] == "ml.c5.xlarge"
+    variant = aws.operations("CreateEndpointConfig")[-1]["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.c5.xlarge"
+    (target,) = [
+        t
+        for t in aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+        if t["ResourceId"] == "endpoint/sized/variant/AllTraffic"
+    ]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
+    assert nbscale_resources("sized")["policies"] == ["nbscale-sized-invocations"]
+    # the same type again: the target stays (a model change is allowed)
+    v3 = _version(tmp_path, "sized", "v3")
+    assert be.deploy_version("sized", v3).status == "READY"
+    # SageMaker cannot make an endpoint with instances serverless
+    calls = len(aws.calls)
+    with pytest.raises(SpecError, match="into a serverless one"):
+        be.deploy_version("sized", v3, {"serverless": True, "instance_type": None})
+    assert [op for op, _ in aws.calls[calls:]] == ["DescribeEndpoint"]
+    be.undeploy("sized")
+
+
+def test_instances_and_images_are_checked_before_sending(aws, tmp_path):
+    artifact, _ = make_artifact(tmp_path / "a", name="chk")
+    calls = len(aws.calls)
+    with pytest.raises(SpecError, match="outside the replica range"):
+        backend().deploy(DeployRequest("chk", artifact, 1, 2, None, {}, {"instances": 3}))
+    with pytest.raises(SpecError, match="not a SageMaker instance type"):
+        backend().deploy(DeployRequest("chk", artifact, 1, 2, None, {}, {"instance_type": "g5"}))
+    with pytest.raises(SpecError, match="only a serverless endpoint has it"):
+        backend().deploy(DeployRequest("chk", artifact, 1, 2, None, {}, {"max_concurrency": 4}))
+    far = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/nbscale-serving:0.1.0"
+    with pytest.raises(SpecError, match="does not pull images across regions"):
+        backend().deploy(DeployRequest("chk", artifact, 1, 2, None, {}, {"image": far}))
+    assert len(aws.calls) == calls

@@ -10,6 +10,17 @@ forwards everything to moto, except where moto has no model of what SageMaker do
 - ``StopTrainingJob``, ``UpdateEndpoint``, ``ListPipelineExecutionSteps`` and
   ``StopPipelineExecution`` (absent from moto) are answered with the response shapes of
   the SageMaker API reference;
+- ``UpdateEndpoint`` behaves as the SageMaker guides describe it: the endpoint is
+  ``Updating`` and keeps serving its old config (``PendingDeploymentSummary`` names the new
+  one) until the update is over; then it is ``InService`` on the new config, or, when an
+  alarm of the deployment's ``AutoRollbackConfiguration`` is in ALARM in CloudWatch (moto's
+  alarms: a test sets one with ``SetAlarmState``), rolled back: ``InService`` on the old
+  config, ``FailureReason`` saying why, ``LastDeploymentConfig`` the deployment's. An
+  update that changes the instance type of a registered scalable target is refused (the
+  Application Auto Scaling guide), as is turning an instance endpoint serverless;
+- ``CreateModel`` refuses an ECR image of another region, and ``CreateEndpointConfig`` a
+  serverless variant with data capture or a model in a VPC (the serverless feature
+  exclusions), each as a ``ValidationException``;
 - ``InvokeEndpoint`` for an endpoint the test attached to a real serving process is
   forwarded to that process's ``/invocations`` (the container SageMaker would run);
 - CloudWatch percentiles (``GetMetricData`` with ``p99``), which moto lacks, come from
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +63,7 @@ class Emulator:
         # DescribeEndpoint answers before a Creating/Updating endpoint is InService
         self.endpoint_polls = 2
         self.fail_next_endpoint: str | None = None
+        self._local = threading.local()  # the region of the request being answered
         from tests.support.cloudwatch_percentiles import CloudWatchPercentiles
 
         self.cloudwatch = CloudWatchPercentiles()
@@ -99,6 +112,10 @@ class Emulator:
                 with emulator.lock:
                     emulator.bodies.append((self.command, self.path, body))
                 target = self.headers.get("X-Amz-Target", "")
+                scope = re.search(
+                    r"Credential=[^/]+/\d+/([a-z0-9-]+)/", self.headers.get("Authorization", "")
+                )
+                emulator._local.region = scope.group(1) if scope else "us-east-1"
                 if target.startswith("SageMaker."):
                     op = target.split(".", 1)[1]
                     request = json.loads(body or b"{}")
@@ -253,9 +270,11 @@ class Emulator:
             if state["EndpointStatus"] in ("Creating", "Updating"):
                 state["_polls"] += 1
                 if state["_polls"] > self.endpoint_polls:  # SageMaker finished its work
-                    if state["_fail"]:
+                    if state.get("_fail"):
                         state["EndpointStatus"] = "Failed"
                         state["FailureReason"] = state["_fail"]
+                    elif state.get("_pending"):
+                        self._finish_update(state)
                     else:
                         state["EndpointStatus"] = "InService"
             public = {k: v for k, v in state.items() if not k.startswith("_")}
@@ -286,18 +305,147 @@ class Emulator:
 
     def _sm_UpdateEndpoint(self, request, forward):
         name = request.get("EndpointName")
+        new = request["EndpointConfigName"]
         with self.lock:
             state = self.endpoints.get(name)
-            if state is None:
-                return 400, {
-                    "__type": "ValidationException",
-                    "message": f"Could not find endpoint {name}",
-                }
-            state["EndpointStatus"] = "Updating"
-            state["EndpointConfigName"] = request["EndpointConfigName"]
-            state["_polls"] = 0
-        arn = f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{name.lower()}"
+            current = state and state["EndpointConfigName"]
+            busy = state and state["EndpointStatus"] != "InService"
+        if state is None:
+            return _invalid(f'Could not find endpoint "{name}".')
+        if busy:
+            return _invalid(
+                f'Cannot update in-progress endpoint "arn:aws:sagemaker:{self._region()}:'
+                f'123456789012:endpoint/{name.lower()}".'
+            )
+        old_variants, new_variants = self._config_variants(current), self._config_variants(new)
+        if new_variants is None:
+            return _invalid(f'Could not find endpoint configuration "{new}".')
+        old_by_name = {v["VariantName"]: v for v in old_variants or []}
+        for v in new_variants:
+            old = old_by_name.get(v["VariantName"])
+            if old is None:
+                continue
+            if "ServerlessConfig" in v and "ServerlessConfig" not in old:
+                return _invalid(
+                    "Cannot update an endpoint with instance-based variants to serverless "
+                    f"(variant {v['VariantName']})."
+                )
+            if (
+                old.get("InstanceType")
+                and v.get("InstanceType") != old.get("InstanceType")
+                and self._scalable(name, v["VariantName"])
+            ):
+                return _invalid(
+                    f"The variant {v['VariantName']} of endpoint {name} is registered with "
+                    "Application Auto Scaling, and the update changes its instance type. "
+                    "Deregister the scalable target before updating the endpoint."
+                )
+        now = time.time()
+        with self.lock:
+            state.update(EndpointStatus="Updating", _polls=0, _pending=new)
+            state.pop("FailureReason", None)
+            if request.get("DeploymentConfig"):
+                state["LastDeploymentConfig"] = request["DeploymentConfig"]
+            state["PendingDeploymentSummary"] = {
+                "EndpointConfigName": new,
+                "StartTime": now,
+                "ProductionVariants": [
+                    {
+                        "VariantName": v["VariantName"],
+                        "VariantStatus": [
+                            {
+                                "Status": "Creating",
+                                "StatusMessage": f"Launching {v.get('InitialInstanceCount', 1)} instance(s).",
+                                "StartTime": now,
+                            }
+                        ],
+                    }
+                    for v in new_variants
+                ],
+            }
+        arn = f"arn:aws:sagemaker:{self._region()}:123456789012:endpoint/{name.lower()}"
         return 200, {"EndpointArn": arn}
+
+    def _finish_update(self, state: dict[str, Any]) -> None:
+        """The update is over (lock held): the new config serves, or SageMaker rolled back
+        because an alarm of the deployment's auto-rollback configuration is in ALARM."""
+        new = state.pop("_pending")
+        state.pop("PendingDeploymentSummary", None)
+        state["EndpointStatus"] = "InService"
+        alarms = [
+            a["AlarmName"]
+            for a in state.get("LastDeploymentConfig", {})
+            .get("AutoRollbackConfiguration", {})
+            .get("Alarms", [])
+        ]
+        fired = []
+        if alarms:
+            found = self._moto_client("cloudwatch").describe_alarms(AlarmNames=alarms)
+            fired = [a["AlarmName"] for a in found["MetricAlarms"] if a["StateValue"] == "ALARM"]
+        if fired:
+            state["FailureReason"] = (
+                f"The deployment of endpoint configuration {new} was rolled back because "
+                f"CloudWatch alarm(s) {', '.join(fired)} went into ALARM state."
+            )
+        else:
+            state["EndpointConfigName"] = new
+
+    def _config_variants(self, config_name: str | None) -> list[dict[str, Any]] | None:
+        if not config_name:
+            return None
+        status, data, _ = self._moto_json(
+            "DescribeEndpointConfig", {"EndpointConfigName": config_name}
+        )
+        return json.loads(data or b"{}").get("ProductionVariants", []) if status == 200 else None
+
+    def _scalable(self, endpoint: str, variant: str) -> bool:
+        targets = self._moto_client("application-autoscaling").describe_scalable_targets(
+            ServiceNamespace="sagemaker", ResourceIds=[f"endpoint/{endpoint}/variant/{variant}"]
+        )["ScalableTargets"]
+        return bool(targets)
+
+    def _moto_client(self, service: str):
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=f"http://{self.moto_addr[0]}:{self.moto_addr[1]}",
+            region_name=self._region(),
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def _region(self) -> str:
+        return getattr(self._local, "region", "us-east-1")
+
+    def _sm_CreateModel(self, request, forward):
+        image = request.get("PrimaryContainer", {}).get("Image", "")
+        ecr = re.match(r"^\d{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/", image)
+        if ecr and ecr.group(1) != self._region():
+            return _invalid(
+                f'Region of "{image}" does not match expected region of {self._region()}. '
+                "Cross region ECR image pulls are not allowed."
+            )
+        status, data, _ = forward()
+        return status, json.loads(data or b"{}")
+
+    def _sm_CreateEndpointConfig(self, request, forward):
+        for v in request.get("ProductionVariants", []):
+            if "ServerlessConfig" not in v:
+                continue
+            if request.get("DataCaptureConfig"):
+                return _invalid(
+                    "DataCaptureConfig is not supported for an endpoint configuration with "
+                    f"serverless production variant {v['VariantName']}."
+                )
+            status, data, _ = self._moto_json("DescribeModel", {"ModelName": v["ModelName"]})
+            if status == 200 and json.loads(data or b"{}").get("VpcConfig"):
+                return _invalid(
+                    f"Model {v['ModelName']} has a VpcConfig, and VPC configuration is not "
+                    f"supported for serverless production variant {v['VariantName']}."
+                )
+        status, data, _ = forward()
+        return status, json.loads(data or b"{}")
 
     def _sm_DeleteEndpoint(self, request, forward):
         status, data, _ = forward()
@@ -414,3 +562,8 @@ class Emulator:
     def all_bodies(self) -> bytes:
         with self.lock:
             return b"\n".join(body for _, _, body in self.bodies)
+
+
+def _invalid(message: str) -> tuple[int, dict[str, str]]:
+    """SageMaker's error for a request it refuses (JSON protocol: ``__type`` and ``message``)."""
+    return 400, {"__type": "ValidationException", "message": message}

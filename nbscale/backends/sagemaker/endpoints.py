@@ -9,7 +9,13 @@ InService. Autoscaling: an Application Auto Scaling target on
 ``sagemaker:variant:DesiredInstanceCount`` and target tracking on
 ``SageMakerVariantInvocationsPerInstance``. ``deploy_version`` puts a new artifact behind
 the same endpoint with UpdateEndpoint and a blue/green DeploymentConfig (canary or linear,
-rollback on CloudWatch alarms). predict: sagemaker-runtime InvokeEndpoint. metrics:
+rollback on CloudWatch alarms): the record moves to the new version only once DescribeEndpoint
+serves its endpoint config; a deployment SageMaker rolled back is ROLLED_BACK, with the alarm
+that fired, and the record keeps the old version. A new instance type deregisters the
+autoscaling target before the update and registers it again after (SageMaker refuses an
+update that changes the instance type of a scalable target). Serverless endpoints are refused
+what SageMaker refuses for them (VPC, data capture, instances) before anything is sent.
+predict: sagemaker-runtime InvokeEndpoint. metrics:
 CloudWatch ``AWS/SageMaker``. undeploy removes the scaling policy and target, the
 endpoint, every endpoint config and model nbscale made for it: nothing left billing.
 """
@@ -30,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ... import storage
-from ...errors import NbscaleError, NotFound, SpecError
+from ...errors import Conflict, NbscaleError, NotFound, SpecError
 from ...store.endpoints import (
     FAILED,
     READY,
@@ -44,10 +50,10 @@ from ...store.endpoints import (
     update_endpoint,
 )
 from ..base import DryRun
-from ..endpoint_base import DeployRequest, EndpointBackend
+from ..endpoint_base import ROLLED_BACK, DeployRequest, EndpointBackend
 from . import secrets
 from .jobs import client_error
-from .settings import SageMakerSettings, settings
+from .settings import INSTANCE_RE, SageMakerSettings, settings
 
 VARIANT = "AllTraffic"
 KEY_PURPOSES = ("model",)
@@ -56,6 +62,7 @@ METRICS = ("Invocations", "Invocation4XXErrors", "Invocation5XXErrors", "Invocat
 LATENCIES = ("ModelLatency", "OverheadLatency")
 PERCENTILES = ("p50", "p95", "p99")  # CloudWatch extended statistics, never averages
 DEPLOY_TIMEOUT = 1800.0
+_ECR = re.compile(r"^\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/")
 _GONE = re.compile(r"not found|could not find|does not exist|no scal\w+ \w+ found", re.I)
 
 STATES = {
@@ -69,6 +76,19 @@ STATES = {
     "OutOfService": FAILED,
     "Deleting": STOPPING,
 }
+
+
+def _rollback_message(rolled: dict[str, Any]) -> str:
+    alarms = rolled.get("alarms") or []
+    what = (
+        f"alarm {', '.join(alarms)} fired"
+        if alarms
+        else "SageMaker gave no alarm that fired (see FailureReason)"
+    )
+    text = f"version {rolled['version']} was rolled back by SageMaker: {what}; the previous version serves"
+    if rolled.get("reason"):
+        text += f" (SageMaker: {rolled['reason']})"
+    return text
 
 
 def model_tarball(model_dir: Path, dest: Path) -> Path:
@@ -106,6 +126,7 @@ class SageMakerEndpoints(EndpointBackend):
             "target_invocations",
             "scale_in_cooldown",
             "scale_out_cooldown",
+            "instances",
             # nbscale.endpoints.deploy's way of asking for a new version of an existing endpoint
             "canary_traffic_percent",
         }
@@ -125,34 +146,136 @@ class SageMakerEndpoints(EndpointBackend):
     # -- what is sent -------------------------------------------------------------------
     def validate(self, request: DeployRequest) -> None:
         super().validate(request)
-        o = request.options
-        if o.get("serverless"):
-            memory = int(o.get("memory_size_mb") or 2048)
-            if memory not in range(1024, 6145, 1024):
-                raise SpecError("memory-size-mb", f"{memory} is not 1024, 2048, ... 6144")
-            if not 1 <= int(o.get("max_concurrency") or 5) <= 200:
-                raise SpecError("max-concurrency", "must be 1..200")
-        elif request.min_replicas < 1:
+        o, s = request.options, self.settings
+        instance = o.get("instance_type")
+        if instance is not None and (
+            not isinstance(instance, str) or not INSTANCE_RE.match(instance)
+        ):
             raise SpecError(
-                "replicas",
-                "a SageMaker real-time endpoint keeps at least one instance",
-                "use --serverless to pay nothing while idle, or a minimum of 1",
+                "instance-type",
+                f"{instance!r} is not a SageMaker instance type",
+                'write e.g. "ml.m5.large" or "ml.g5.xlarge"',
             )
+        instances = o.get("instances")
+        if instances is not None and (
+            isinstance(instances, bool) or not isinstance(instances, int) or instances < 1
+        ):
+            raise SpecError("instances", f"must be a whole number >= 1, got {instances!r}")
+        if o.get("serverless"):
+            self._check_serverless(request)
+        else:
+            for key, flag in (
+                ("memory_size_mb", "memory-mb"),
+                ("max_concurrency", "max-concurrency"),
+            ):
+                if o.get(key) is not None:
+                    raise SpecError(
+                        flag,
+                        "only a serverless endpoint has it",
+                        f"add --serverless, or drop --{flag}",
+                    )
+            if request.min_replicas < 1:
+                raise SpecError(
+                    "replicas",
+                    "a SageMaker real-time endpoint keeps at least one instance",
+                    "use --serverless to pay nothing while idle, or a minimum of 1",
+                )
+            if instances is not None and not (
+                request.min_replicas <= instances <= request.max_replicas
+            ):
+                raise SpecError(
+                    "instances",
+                    f"{instances} is outside the replica range "
+                    f"{request.min_replicas}..{request.max_replicas} autoscaling keeps",
+                    f"give --replicas {instances}:{max(instances, request.max_replicas)}, "
+                    "or an --instances within the range",
+                )
         if o.get("deployment") not in (None, "all-at-once", "canary", "linear"):
             raise SpecError("deployment", "must be all-at-once, canary or linear")
-        if not (o.get("image") or self.settings.serving_image):
+        image = o.get("image") or s.serving_image
+        if not image:
             # the stock SageMaker PyTorch inference images hold no nbscale, and their torch is
             # not the kernel's (an export or pickle may not load): not a default
             raise SpecError(
                 "image",
                 "a SageMaker endpoint runs the nbscale serving image, and none is set",
-                f'set serving_image = "ACCOUNT.dkr.ecr.{self.settings.region}.amazonaws.com/'
-                f'nbscale-serving:TAG" in [backends.{self.settings.name}] (built from '
+                f'set serving_image = "ACCOUNT.dkr.ecr.{s.region}.amazonaws.com/'
+                f'nbscale-serving:TAG" in [backends.{s.name}] (built from '
                 "docker/Dockerfile with the kernel's torch and Python), or pass --image",
             )
-        percent = o.get("data_capture_percent", self.settings.data_capture_percent)
-        if percent is not None and not 1 <= int(percent) <= 100:
-            raise SpecError("data-capture-percent", "must be 1..100")
+        ecr = _ECR.match(image)
+        if ecr and ecr.group(1) != s.region:
+            raise SpecError(
+                "image",
+                f"{image} is in ECR of {ecr.group(1)} and the endpoint in {s.region}: "
+                "SageMaker does not pull images across regions",
+                f"push or replicate the image to ECR in {s.region}",
+            )
+        percent = o.get("data_capture_percent")
+        if percent is not None and (
+            isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100
+        ):
+            raise SpecError("data-capture-percent", "must be a whole number 1..100")
+
+    def _check_serverless(self, request: DeployRequest) -> None:
+        """What SageMaker refuses for a serverless variant (its documented feature exclusions:
+        VPC configuration, data capture, instances), refused here before anything is sent."""
+        o, s = request.options, self.settings
+        memory = o.get("memory_size_mb")
+        memory = 2048 if memory is None else memory
+        if isinstance(memory, bool) or memory not in range(1024, 6145, 1024):
+            raise SpecError("memory-mb", f"{memory!r} is not 1024, 2048, 3072, 4096, 5120 or 6144")
+        concurrency = o.get("max_concurrency")
+        concurrency = 5 if concurrency is None else concurrency
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= 200
+        ):
+            raise SpecError(
+                "max-concurrency", f"must be a whole number 1..200, got {concurrency!r}"
+            )
+        for key, flag in (("instance_type", "instance-type"), ("instances", "instances")):
+            if o.get(key) is not None:
+                raise SpecError(
+                    flag,
+                    "a serverless endpoint has no instances to choose",
+                    f"drop --{flag}, or drop --serverless",
+                )
+        if s.subnets:
+            raise SpecError(
+                "serverless",
+                f"[backends.{s.name}] sets subnets, and SageMaker serverless endpoints cannot "
+                "run in a VPC",
+                "deploy with instances (leave out --serverless), or from a backend table "
+                "without subnets and security_group_ids",
+            )
+        if o.get("data_capture_percent") or request.config.get("capture_rate"):
+            raise SpecError(
+                "serverless",
+                "SageMaker serverless endpoints have no data capture (so no drift monitoring)",
+                "drop --capture-rate, --baseline and data_capture_percent, or deploy with "
+                "instances (leave out --serverless)",
+            )
+
+    def capture_percent(self, request: DeployRequest) -> int | None:
+        """InitialSamplingPercentage: the deploy's own, else its capture rate (a baseline
+        turns it on), else the backend's default for endpoints with instances."""
+        o = request.options
+        if o.get("data_capture_percent"):
+            return int(o["data_capture_percent"])
+        rate = request.config.get("capture_rate")
+        if rate:
+            return max(1, min(100, round(float(rate) * 100)))
+        if o.get("serverless"):
+            return None  # the backend's default is for endpoints that can capture
+        return self.settings.data_capture_percent
+
+    def instance_type(self, options: dict[str, Any]) -> str | None:
+        """The endpoint's instance type (None: serverless)."""
+        if options.get("serverless"):
+            return None
+        return options.get("instance_type") or self.settings.endpoint_instance_type
 
     def _names(self, name: str, version: int) -> tuple[str, str]:
         base = f"nbscale-{name}-v{version}"[:63]
@@ -164,7 +287,6 @@ class SageMakerEndpoints(EndpointBackend):
         """CreateModel and CreateEndpointConfig for one version of an endpoint."""
         o, s = request.options, self.settings
         model_name, config_name = self._names(request.name, version)
-        instance = o.get("instance_type") or s.instance_type
         image = o.get("image") or s.serving_image
         tags = [
             {"Key": k, "Value": v}
@@ -185,7 +307,7 @@ class SageMakerEndpoints(EndpointBackend):
             "ExecutionRoleArn": s.role_arn,
             "Tags": tags,
         }
-        if s.subnets:
+        if s.subnets and not o.get("serverless"):  # validate refuses a serverless one
             create_model["VpcConfig"] = {
                 "Subnets": list(s.subnets),
                 "SecurityGroupIds": list(s.security_group_ids),
@@ -198,8 +320,8 @@ class SageMakerEndpoints(EndpointBackend):
             }
         else:
             variant.update(
-                InstanceType=instance,
-                InitialInstanceCount=max(1, request.min_replicas),
+                InstanceType=self.instance_type(o),
+                InitialInstanceCount=int(o.get("instances") or max(1, request.min_replicas)),
                 InitialVariantWeight=1.0,
             )
         endpoint_config: dict[str, Any] = {
@@ -209,11 +331,11 @@ class SageMakerEndpoints(EndpointBackend):
         }
         if s.kms_key_id and not o.get("serverless"):
             endpoint_config["KmsKeyId"] = s.kms_key_id
-        percent = o.get("data_capture_percent", s.data_capture_percent)
+        percent = self.capture_percent(request)
         if percent:
             endpoint_config["DataCaptureConfig"] = {
                 "EnableCapture": True,
-                "InitialSamplingPercentage": int(percent),
+                "InitialSamplingPercentage": percent,
                 "DestinationS3Uri": s.uri("capture", request.name),
                 "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
                 "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
@@ -344,7 +466,11 @@ class SageMakerEndpoints(EndpointBackend):
             if isinstance(exc, NbscaleError):
                 raise
             raise client_error(exc, f"deploying endpoint {request.name}") from None
-        meta = {"versions": [1], "serverless": bool(request.options.get("serverless"))}
+        meta = {
+            "versions": [1],
+            "serverless": bool(request.options.get("serverless")),
+            "instance_type": self.instance_type(request.options),
+        }
         update_endpoint(
             self.store, request.name, "created", config={**record.config, "sagemaker": meta}
         )
@@ -360,42 +486,94 @@ class SageMakerEndpoints(EndpointBackend):
     def deploy_version(
         self, name: str, model_dir: Path, options: dict[str, Any] | None = None
     ) -> EndpointRecord:
-        """A new artifact behind the same endpoint: UpdateEndpoint with blue/green shifting."""
-        rec = get_endpoint(self.store, name)
-        options = {**rec.config.get("options", {}), **(options or {})}
+        """A new artifact behind the same endpoint: UpdateEndpoint with blue/green shifting.
+
+        The record moves to the new version once SageMaker serves its endpoint config; when
+        SageMaker rolled the deployment back (an auto-rollback alarm fired), the record keeps
+        the old version and its status is ROLLED_BACK, with the alarm in ``error``."""
+        rec = self.status(get_endpoint(self.store, name))
         meta = rec.config.get("sagemaker", {})
-        version = max(meta.get("versions") or [0]) + 1
+        if meta.get("pending"):
+            raise Conflict(
+                f"endpoint {name} is still being updated to version {meta['pending']['version']}",
+                f"wait for it: nbscale endpoints (DescribeEndpoint {name})",
+            )
+        options = {**rec.config.get("options", {}), **(options or {})}
+        was_serverless, serverless = bool(meta.get("serverless")), bool(options.get("serverless"))
+        if serverless and not was_serverless:
+            raise SpecError(
+                "serverless",
+                f"SageMaker cannot turn endpoint {name}, which has instances, into a serverless one",
+                "deploy the model as a new endpoint with --serverless",
+            )
+        # a version number is never reused: a rolled-back one may still have its config
+        version = max([0, *meta.get("versions", []), *meta.get("rolled_back", [])]) + 1
         request = DeployRequest(
             name, Path(model_dir), rec.min_replicas, rec.max_replicas, None, rec.config, options
         )
         self.validate(request)
+        old_type = None if was_serverless else self._current_instance_type(name, meta)
+        new_type = self.instance_type(options)
+        # SageMaker refuses an update that changes the instance type of a scalable target:
+        # deregister it first, register it again once the update is over
+        unscale = not was_serverless and not serverless and old_type != new_type
         try:
             reqs = self._create_version(request, version)
-            update: dict[str, Any] = {
-                "EndpointName": name,
-                "EndpointConfigName": reqs["CreateEndpointConfig"]["EndpointConfigName"],
-            }
-            if not meta.get("serverless"):
+            config_name = reqs["CreateEndpointConfig"]["EndpointConfigName"]
+            update: dict[str, Any] = {"EndpointName": name, "EndpointConfigName": config_name}
+            if not was_serverless and not serverless:
                 update["DeploymentConfig"] = self.deployment_config(options)
                 update["RetainAllVariantProperties"] = False
-            self.client("sagemaker").update_endpoint(**update)
+            if unscale:
+                self._unscale(name)
+            try:
+                self.client("sagemaker").update_endpoint(**update)
+            except Exception:
+                if unscale:  # the old variant keeps serving: give it its autoscaling back
+                    self._autoscale(rec, rec.min_replicas, rec.max_replicas)
+                raise
         except Exception as exc:  # noqa: BLE001
             self._remove_all(name, [version], endpoint=False)
             if isinstance(exc, NbscaleError):
                 raise
             raise client_error(exc, f"updating endpoint {name}") from None
-        meta = {**meta, "versions": [*meta.get("versions", []), version]}
+        alarms = (update.get("DeploymentConfig") or {}).get("AutoRollbackConfiguration", {})
+        pending = {
+            "version": version,
+            "config": config_name,
+            "model_dir": str(model_dir),
+            "options": options,
+            "serverless": serverless,
+            "instance_type": new_type,
+            "alarms": [a["AlarmName"] for a in alarms.get("Alarms", [])],
+            "started": time.time(),
+            # autoscaling to register once the update is over (it was removed, or the
+            # endpoint had none while serverless)
+            "rescale": unscale or (was_serverless and not serverless),
+        }
         update_endpoint(
             self.store,
             name,
             "updating",
-            model_dir=str(model_dir),
-            config={**rec.config, "options": options, "sagemaker": meta},
+            config={**rec.config, "sagemaker": {**meta, "pending": pending}},
         )
         return self.wait(name)
 
+    def _current_instance_type(self, name: str, meta: dict[str, Any]) -> str | None:
+        """The instance type the endpoint serves on now (the record's, else its config's)."""
+        if meta.get("instance_type"):
+            return meta["instance_type"]
+        _, config = self._names(name, max(meta.get("versions") or [1]))
+        try:
+            desc = self.client("sagemaker").describe_endpoint_config(EndpointConfigName=config)
+        except Exception as exc:  # noqa: BLE001
+            raise client_error(exc, f"DescribeEndpointConfig {config}") from None
+        return (desc.get("ProductionVariants") or [{}])[0].get("InstanceType")
+
     def wait(self, name: str, timeout: float | None = None) -> EndpointRecord:
-        """Poll DescribeEndpoint until it serves (or fails), with one progress line per change."""
+        """Poll DescribeEndpoint until it serves (or fails), with one progress line per change.
+        After an update the record says whether the new version serves (READY) or SageMaker
+        rolled it back (ROLLED_BACK)."""
         from ..remote.lifecycle import wait_for
 
         def state(rec: EndpointRecord) -> str:
@@ -405,7 +583,9 @@ class SageMakerEndpoints(EndpointBackend):
             f"endpoint {name}",
             lambda: self.status(get_endpoint(self.store, name)),
             state,
-            lambda rec: state(rec) == "InService",
+            lambda rec: (
+                state(rec) == "InService" and not rec.config.get("sagemaker", {}).get("pending")
+            ),
             timeout=DEPLOY_TIMEOUT if timeout is None else timeout,
             interval=min(5.0, self.settings.poll_seconds) or 0.05,
             hint=f"see its CloudWatch logs (/aws/sagemaker/Endpoints/{name}) and nbscale endpoints",
@@ -452,6 +632,28 @@ class SageMakerEndpoints(EndpointBackend):
         except Exception as exc:  # noqa: BLE001
             raise client_error(exc, f"autoscaling endpoint {rec.name}") from None
 
+    def _unscale(self, name: str) -> None:
+        """Delete the scaling policy and deregister the variant as a scalable target."""
+        from botocore.exceptions import ClientError
+
+        aas = self.client("application-autoscaling")
+        ids = {
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": f"endpoint/{name}/variant/{VARIANT}",
+            "ScalableDimension": DIMENSION,
+        }
+        for call, extra in (
+            (aas.delete_scaling_policy, {"PolicyName": f"nbscale-{name}-invocations"}),
+            (aas.deregister_scalable_target, {}),
+        ):
+            try:
+                call(**ids, **extra)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ObjectNotFoundException":
+                    raise client_error(
+                        exc, f"removing the autoscaling of endpoint {name}"
+                    ) from None
+
     def scale(self, record: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
         if record.config.get("sagemaker", {}).get("serverless"):
             raise SpecError(
@@ -487,21 +689,80 @@ class SageMakerEndpoints(EndpointBackend):
                 return get_endpoint(self.store, record.name)
             raise client_error(exc, f"DescribeEndpoint {record.name}") from None
         state = desc.get("EndpointStatus", "")
+        serving = desc.get("EndpointConfigName")
         variants = desc.get("ProductionVariants") or []
         replicas = sum(int(v.get("CurrentInstanceCount") or 0) for v in variants)
         meta = {
             **record.config.get("sagemaker", {}),
-            "last": {"EndpointStatus": state, "EndpointConfigName": desc.get("EndpointConfigName")},
+            "last": {"EndpointStatus": state, "EndpointConfigName": serving},
         }
+        config = {**record.config, "sagemaker": meta}
         fields: dict[str, Any] = {
             "status": STATES.get(state, STARTING),
             "replicas": replicas,
             "error": desc.get("FailureReason") if STATES.get(state) == FAILED else None,
-            "config": {**record.config, "sagemaker": meta},
         }
+        pending = meta.get("pending")
+        rolled = meta.get("rollback")
+        event = None
+        if pending and state == "InService":  # the update is over: which config serves?
+            if serving == pending["config"]:
+                if pending.get("rescale") and not pending["serverless"]:
+                    self._autoscale(record, record.min_replicas, record.max_replicas)
+                meta.pop("rollback", None)
+                meta.update(
+                    versions=[*meta.get("versions", []), pending["version"]],
+                    serverless=pending["serverless"],
+                    instance_type=pending["instance_type"],
+                )
+                config["options"] = pending["options"]
+                fields["model_dir"] = pending["model_dir"]
+                event = "updated"
+            else:
+                if pending.get("rescale") and not meta.get("serverless"):
+                    self._autoscale(record, record.min_replicas, record.max_replicas)
+                alarms = self._fired_alarms(desc, pending)
+                meta["rollback"] = {
+                    "version": pending["version"],
+                    "config": serving,
+                    "alarms": alarms,
+                    "reason": desc.get("FailureReason"),
+                    "time": time.time(),
+                }
+                meta["rolled_back"] = [*meta.get("rolled_back", []), pending["version"]]
+                self._remove_all(record.name, [pending["version"]], endpoint=False)
+                event = "rolled_back"
+            meta.pop("pending")
+        if state == "InService" and meta.get("rollback") and meta["rollback"]["config"] == serving:
+            rolled = meta["rollback"]
+            fields["status"] = ROLLED_BACK
+            fields["error"] = _rollback_message(rolled)
+        fields["config"] = config
         changed = fields["status"] != record.status
-        update_endpoint(self.store, record.name, "status" if changed else None, **fields)
+        update_endpoint(self.store, record.name, event or ("status" if changed else None), **fields)
         return get_endpoint(self.store, record.name)
+
+    def _fired_alarms(self, desc: dict[str, Any], pending: dict[str, Any]) -> list[str]:
+        """The auto-rollback alarms (DescribeEndpoint's LastDeploymentConfig) that are in
+        ALARM, else those whose state changed since the update began (CloudWatch)."""
+        rollback = (desc.get("LastDeploymentConfig") or {}).get("AutoRollbackConfiguration", {})
+        names = [a["AlarmName"] for a in rollback.get("Alarms", [])] or pending.get("alarms", [])
+        if not names:
+            return []
+        try:
+            found = self.client("cloudwatch").describe_alarms(AlarmNames=names)
+        except Exception:  # noqa: BLE001 - no cloudwatch:DescribeAlarms: FailureReason says why
+            return []
+        alarms = found.get("MetricAlarms", []) + found.get("CompositeAlarms", [])
+        fired = [a["AlarmName"] for a in alarms if a.get("StateValue") == "ALARM"]
+        if fired:
+            return fired
+        return [
+            a["AlarmName"]
+            for a in alarms
+            if a.get("StateUpdatedTimestamp")
+            and a["StateUpdatedTimestamp"].timestamp() >= pending["started"]
+        ]
 
     def display_status(self, record: EndpointRecord) -> str:
         return record.status
@@ -678,7 +939,10 @@ class SageMakerEndpoints(EndpointBackend):
 
     def undeploy(self, name: str) -> None:
         rec = get_endpoint(self.store, name)
-        versions = rec.config.get("sagemaker", {}).get("versions") or [1]
+        meta = rec.config.get("sagemaker", {})
+        versions = [*(meta.get("versions") or [1]), *meta.get("rolled_back", [])]
+        if meta.get("pending"):
+            versions.append(meta["pending"]["version"])
         left = self._remove_all(name, versions)
         if left:
             update_endpoint(self.store, name, "failed", status=FAILED, error="; ".join(left))
