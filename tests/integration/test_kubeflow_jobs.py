@@ -58,8 +58,10 @@ def test_submit_status_events_logs_and_cancel(cluster, kube):
     trainer = body["spec"]["trainer"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 1
     assert trainer["command"] == mf.COMMAND
-    # the key travels as a Secret of its own; the TrainJob names it, holds no key bytes
-    secret = api.core.read_namespaced_secret("nbscale-keys", NS)
+    # the key travels as the user's own Secret (the kube context's user: emu); the TrainJob
+    # names it, holds no key bytes
+    secret = api.core.read_namespaced_secret("nbscale-keys-emu", NS)
+    assert secret.metadata.annotations[mf.USER_ANNOTATION] == "emu"
     doc = json.loads(base64.b64decode(secret.data["keys.json"]))
     assert doc["bundle"] == keys.load("bundle").hex()
     assert keys.load("bundle").hex() not in json.dumps(body)
@@ -157,6 +159,17 @@ def test_submit_status_events_logs_and_cancel(cluster, kube):
         if r.resource and "pods" in str(r.resource)
     ]
     assert f"{mf.JOB_LABEL}={job.id}" in selectors
+    # events are listed per object of the job, never every Warning of the namespace
+    event_selectors = {
+        r.params.get("fieldSelector")
+        for r in kube.requests()
+        if r.resource and "events" in str(r.resource) and str(r.method).upper().endswith("GET")
+    }
+    assert event_selectors and all(
+        sel.startswith("involvedObject.name=") for sel in event_selectors
+    ), event_selectors
+    assert f"involvedObject.name={rec.native_id},type=Warning" in event_selectors
+    assert f"involvedObject.name={_pod_name(job, 1)},type=Warning" in event_selectors
 
     # cancel deletes the TrainJob and the ConfigMap
     rec = job.cancel()
@@ -167,41 +180,160 @@ def test_submit_status_events_logs_and_cancel(cluster, kube):
     assert getattr(err.value, "status", None) == 404
 
 
-def test_a_failed_trainjob_reports_the_controllers_reason_and_oom(cluster, kube):
+def test_a_failed_trainjob_reports_the_controllers_reason(cluster, kube):
     api = cluster
     job = _cell(nodes=1).submit()
     _make_pods(api, job, 1, {"phase": "Running"})
-    api.patch_pod_status(
-        NS,
-        _pod_name(job, 0),
-        {
-            "phase": "Running",
-            "containerStatuses": [
-                {
-                    "name": "node",
-                    "image": "x",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 3,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
-                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
-                }
-            ],
-        },
-    )
     time.sleep(1.05)
-    rec = job.refresh()
-    assert "CrashLoopBackOff" in rec.info["phase"]
-    reasons = {e["data"]["reason"] for e in events(get_store(), job.id) if e["type"] == "pod"}
-    assert {"CrashLoopBackOff", "OOMKilled"} <= reasons
+    assert job.refresh().info["phase"] == "running"
     api.patch_trainjob_status(
         NS,
-        rec.native_id,
+        job.record.native_id,
         {"conditions": [condition("Failed", reason="JobFailed", message="node-0 backoff limit")]},
     )
     time.sleep(1.05)
     rec = job.refresh()
     assert rec.status == "FAILED" and "node-0 backoff limit" in rec.error
+
+
+def crashed(restarts: int, reason: str = "Error", code: int = 1) -> dict:
+    """A node container that exited ``code`` and waits to be restarted (OnFailure)."""
+    return {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "node",
+                "image": "x",
+                "imageID": "",
+                "ready": False,
+                "restartCount": restarts,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                "lastState": {"terminated": {"reason": reason, "exitCode": code}},
+            }
+        ],
+    }
+
+
+def test_a_node_that_exits_non_zero_fails_the_job_at_once_with_the_first_traceback(cluster, kube):
+    """The stock runtime restarts a failed container (OnFailure, backoffLimit 6): nbscale
+    does not wait for it, nor report "pending ... CrashLoopBackOff": the job fails at the
+    first non-zero exit, the first run's log is read with previous=true, and the TrainJob
+    is deleted so the cell does not run again."""
+    api = cluster
+    job = _cell(nodes=1).submit()
+    name = job.record.native_id
+    _make_pods(api, job, 1, {"phase": "Running"})
+    kube.set_log(
+        NS,
+        _pod_name(job, 0),
+        [
+            "[rank 0] Traceback (most recent call last):",
+            "[rank 0] ValueError: boom on the first run",
+        ],
+    )
+    api.patch_pod_status(NS, _pod_name(job, 0), crashed(1))
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert rec.status == "FAILED", rec.info.get("phase")
+    assert "node 0 exited with code 1" in rec.error
+    assert [t for t in api.trainjobs(NS) if t["metadata"]["name"] == name] == []
+    reads = [r for r in kube.log_requests if r["pod"] == _pod_name(job, 0)]
+    assert any(str(r.get("previous")).lower() == "true" for r in reads), reads
+    assert all(r.get("container") == "node" for r in reads)
+    assert "ValueError: boom on the first run" in job.logs(0)
+    (failed,) = [e["data"] for e in events(get_store(), job.id) if e["type"] == "node-failed"]
+    assert failed["exit_code"] == 1 and failed["node"] == 0
+
+
+def test_an_oom_killed_node_fails_the_job_and_says_raise_memory(cluster, kube):
+    api = cluster
+    job = _cell(nodes=1).submit()
+    _make_pods(api, job, 1, {"phase": "Running"})
+    api.patch_pod_status(NS, _pod_name(job, 0), crashed(3, "OOMKilled", 137))
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert rec.status == "FAILED"
+    assert "exited with code 137 (OOMKilled)" in rec.error and "raise memory" in rec.error
+
+
+def test_a_pod_taken_by_the_cluster_is_not_a_failure(cluster, kube):
+    """A spot reclaim (DisruptionTarget) ends the container with 137: the runtime replaces
+    the pod, so nbscale keeps waiting."""
+    api = cluster
+    job = _cell(nodes=1).submit()
+    _make_pods(api, job, 1, {"phase": "Running"})
+    status = crashed(0, "Error", 137)
+    status["phase"] = "Failed"
+    status["containerStatuses"][0]["state"] = {"terminated": {"reason": "Error", "exitCode": 137}}
+    status["conditions"] = [
+        {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}
+    ]
+    api.patch_pod_status(NS, _pod_name(job, 0), status)
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert rec.status in ("PENDING", "RUNNING") and rec.error is None
+    assert [t for t in api.trainjobs(NS) if t["metadata"]["name"] == rec.native_id]
+    job.cancel()
+
+
+def test_the_trainjobs_own_warning_is_said_instead_of_queued(cluster, kube):
+    """No pods ever come when the Trainer cannot make the JobSet: its Warning event on the
+    TrainJob is the job's phase (and an event), not "queued" forever."""
+    api = cluster
+    job = _cell(nodes=1).submit()
+    name = job.record.native_id
+    assert job.refresh().info["phase"] == "queued"
+    api.core.create_namespaced_event(
+        NS,
+        {
+            "metadata": {"name": f"{name}.17a", "namespace": NS},
+            "type": "Warning",
+            "reason": "TrainJobResourcesCreationFailed",
+            "message": "TrainJob resources reconciliation failed: jobsets.jobset.x-k8s.io "
+            '"' + name + '" is forbidden: exceeded quota: team-a-quota',
+            "involvedObject": {
+                "kind": "TrainJob",
+                "name": name,
+                "namespace": NS,
+                "apiVersion": "trainer.kubeflow.org/v1alpha1",
+            },
+        },
+    )
+    # someone else's Warning in the namespace is none of this job's business
+    api.core.create_namespaced_event(
+        NS,
+        {
+            "metadata": {"name": "other.1", "namespace": NS},
+            "type": "Warning",
+            "reason": "FailedScheduling",
+            "message": "not ours",
+            "involvedObject": {"kind": "Pod", "name": "someone-elses-pod", "namespace": NS},
+        },
+    )
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert rec.info["phase"].startswith(f"pending: TrainJob/{name} TrainJobResourcesCreationFailed")
+    assert "exceeded quota" in rec.info["phase"]
+    (ev,) = [e["data"] for e in events(get_store(), job.id) if e["type"] == "trainjob"]
+    assert ev["reason"] == "TrainJobResourcesCreationFailed"
+    assert "not ours" not in json.dumps([e["data"] for e in events(get_store(), job.id)])
+    # the condition the Trainer sets when it gives up is the job's error
+    api.patch_trainjob_status(
+        NS,
+        name,
+        {
+            "conditions": [
+                condition(
+                    "Failed",
+                    reason="ResourcesCreationFailed",
+                    message="exceeded quota: team-a-quota",
+                )
+            ]
+        },
+    )
+    time.sleep(1.05)
+    rec = job.refresh()
+    assert rec.status == "FAILED" and "ResourcesCreationFailed" in rec.error
 
 
 def test_bad_requests_are_refused_before_anything_is_sent(cluster, kube, tmp_path, monkeypatch):

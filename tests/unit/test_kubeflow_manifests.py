@@ -237,6 +237,7 @@ def _record(tmp_path, bundle_bytes: int) -> JobRecord:
 @pytest.mark.parametrize("size", [10_000, 950 * 1024])
 def test_dry_run_prints_the_exact_objects_and_sends_nothing(tmp_path, monkeypatch, size):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))  # no cluster at all
+    monkeypatch.setenv("NBSCALE_USER", "alice")  # whose keys, without a kube context
     backend = KubeflowBackend(BackendConfig("kf", "kubeflow", BASE), get_store())
     record = _record(tmp_path, size)
     dry = backend.dry_run(record)
@@ -250,10 +251,16 @@ def test_dry_run_prints_the_exact_objects_and_sends_nothing(tmp_path, monkeypatc
     folder, secret = dry.notes  # what travels, and the Secret by name
     assert folder.startswith(f"the folder {tmp_path} would travel: 1 file, ")
     assert secret == (
-        "Secret nbscale-keys in namespace team-a would be created or updated (the signing keys;"
+        "Secret nbscale-keys-alice in namespace team-a would be created or updated (the signing keys;"
         " keys: keys.json; its data is never shown)"
     )
     trainjob = docs[0]
+    pod = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+        "replicatedJobs"
+    ][0]["template"]["spec"]["template"]["spec"]
+    assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == [
+        "nbscale-keys-alice"
+    ]
     args = trainjob["spec"]["trainer"]["args"]
     spec = decode_spec(args[args.index("--spec") + 1])
     assert spec["entry"] == {"kind": "bundle", "target": "cell.zip", "parameters": {}}

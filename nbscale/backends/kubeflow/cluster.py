@@ -6,6 +6,11 @@ The configuration comes from the standard places, in this order: the backend's
 namespace is the backend's ``namespace``, else the context's, else ``default``
 (in a pod: the pod's own). A missing or unreachable cluster is one message that
 names the context and what to check.
+
+``Cluster.user`` is whose signing keys the jobs carry (the per-user key Secret is named
+after it): ``$NBSCALE_USER`` when set, else the kube context's user entry, else (in a
+pod, whose service account many users share) the pod's own name, i.e. the notebook
+server whose ``$NBSCALE_HOME`` holds the keys.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Cluster:
     context: str
     namespace: str
     server: str
+    user: str = ""  # whose signing keys (module docstring)
 
     def core(self):
         return _kubernetes().client.CoreV1Api(self.api)
@@ -107,6 +113,7 @@ def connect(settings: KubeflowSettings) -> Cluster:
         settings.namespace,
         stamp,
         os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get(USER_ENV),
     )
     with _lock:
         found = _connected.get(key)
@@ -141,7 +148,11 @@ def _connect(settings: KubeflowSettings) -> Cluster:
             SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.exists() else "default"
         )
         return Cluster(
-            k8s.client.ApiClient(configuration), "in-cluster", namespace, configuration.host
+            k8s.client.ApiClient(configuration),
+            "in-cluster",
+            namespace,
+            configuration.host,
+            key_user(None),
         )
     existing = [f for f in files if os.path.exists(f)]
     if not existing:
@@ -170,7 +181,29 @@ def _connect(settings: KubeflowSettings) -> Cluster:
             "check the file with: kubectl config view",
         ) from None
     namespace = settings.namespace or chosen["context"].get("namespace") or "default"
-    return Cluster(k8s.client.ApiClient(configuration), wanted, namespace, configuration.host)
+    return Cluster(
+        k8s.client.ApiClient(configuration),
+        wanted,
+        namespace,
+        configuration.host,
+        key_user(chosen["context"].get("user") or wanted),
+    )
+
+
+USER_ENV = "NBSCALE_USER"
+
+
+def key_user(context_user: str | None) -> str:
+    """Whose keys: ``$NBSCALE_USER``, else the kube context's user, else (in a pod) the pod's
+    name (``$HOSTNAME``), else the login name."""
+    found = os.environ.get(USER_ENV, "").strip() or (context_user or "").strip()
+    if not found:
+        found = os.environ.get("HOSTNAME", "").strip()
+    if not found:
+        import getpass
+
+        found = getpass.getuser()
+    return found
 
 
 def api_error(exc: Exception, what: str, cluster: Cluster) -> NbscaleError:

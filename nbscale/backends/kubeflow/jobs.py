@@ -1,13 +1,21 @@
 """The Kubeflow job backend: ``%%train`` cells and ``nbscale run -m module`` as TrainJobs.
 
-submit: the signing keys go to a Secret (created or updated; only its name is in the
-TrainJob), the bundle (canonical, ``nbscale.backends.remote.lifecycle``) to object storage
+submit: the signing keys go to the user's own Secret (``nbscale-keys-USER``, created or
+updated in the job's namespace; only its name is in the TrainJob), the bundle (canonical, ``nbscale.backends.remote.lifecycle``) to object storage
 content-addressed, or, under 900 KiB, to a ConfigMap the pods mount; then the TrainJob
 (``manifests.trainjob``). status: the
 TrainJob's conditions and ``jobsStatus``, and the node pods' own state, so a pod that
 cannot be scheduled, cannot pull its image, is OOM-killed or crash-loops is reported
-(the job's phase, and an event) while it happens. When the TrainJob ends, the
-outputs come home from object storage (``nbscale.backends.remote.staging.collect``). logs: every
+(the job's phase, and an event) while it happens, and so are the TrainJob's own
+Warning events and conditions (``TrainJobResourcesCreationFailed``: no pods ever come).
+Events are listed per object with a field selector (the TrainJob and its JobSet, its
+Job, each pod not running), never every Warning of the namespace. Fail fast: a node
+container that exits non-zero (torchrun inside has spent ``--max-restarts``) ends the job
+FAILED at once; its logs are copied first (``previous=True`` for a restarted container,
+so the first traceback is kept) and the TrainJob is deleted, so the cluster does not
+re-run it (the stock runtime restarts a failed container up to 6 times). A pod the
+cluster took away (condition ``DisruptionTarget``: spot reclaim) is not a failure.
+When the TrainJob ends, the outputs come home from object storage (``nbscale.backends.remote.staging.collect``). logs: every
 node pod by label selector, split by rank (``podlogs``), mirrored into the job's folder by
 ``RemoteJobBackend``. cancel: the TrainJob and the ConfigMap are deleted.
 """
@@ -56,6 +64,8 @@ BAD_WAITING = {
     "CrashLoopBackOff": "keeps crashing",
     "CreateContainerConfigError": "cannot be configured (a missing Secret or ConfigMap?)",
 }
+# the Trainer's Warning event when it cannot make the TrainJob's JobSet
+CREATION_FAILED = "TrainJobResourcesCreationFailed"
 
 
 class KubeflowBackend(RemoteJobBackend):
@@ -217,6 +227,7 @@ class KubeflowBackend(RemoteJobBackend):
                 if local.name.endswith(".canonical.zip"):
                     local.unlink(missing_ok=True)
         staged = mf.Staged(
+            key_secret=self.key_secret_name(upload),
             job_id=record.id,
             spec_b64=encode_spec(self.container_spec(spec, travel)),
             outputs_uri=store.base.child("jobs", record.id, "outputs").uri,
@@ -229,6 +240,18 @@ class KubeflowBackend(RemoteJobBackend):
         )
         body = mf.trainjob(record.id, spec, self.settings, staged, namespace)
         return staged, configmap_data, body
+
+    def key_secret_name(self, connected: bool = True) -> str:
+        """The name of the Secret holding this user's keys (``mf.key_secret_name``)."""
+        from .cluster import key_user
+
+        try:
+            user = self.cluster().user
+        except NbscaleError:
+            if connected:
+                raise
+            user = key_user(None)  # --dry-run without a kube config
+        return mf.key_secret_name(self.settings.key_secret, user)
 
     def _dry_namespace(self) -> str:
         try:
@@ -249,19 +272,22 @@ class KubeflowBackend(RemoteJobBackend):
             objects.append(
                 mf.bundle_configmap(record.id, data, namespace, key=staged.configmap_key)
             )
-        key_secret = mf.key_secret(self.settings.key_secret, "{}", namespace)
+        key_secret = mf.key_secret(staged.key_secret, "{}", namespace)
         notes = [*self.travel_notes(record.spec), mf.secret_note(key_secret, "the signing keys")]
         return DryRun(objects, "yaml", notes)
 
-    def ensure_key_secret(self) -> None:
-        ensure_key_secret(self.cluster(), self.settings)
+    def ensure_key_secret(self, per_user: bool = False) -> str:
+        """Write the signing keys where the pods read them; ``per_user``: to this user's own
+        Secret (``key_secret_name``), else to the settings' ``key_secret``. Its name."""
+        cluster = self.cluster()
+        return ensure_key_secret(cluster, self.settings, user=cluster.user if per_user else None)
 
     def submit(self, record: JobRecord, secrets: Mapping[str, str] | None = None) -> JobRecord:
         if secrets:
             raise SpecError("secret_env", "the kubeflow backend cannot pass secret values")
         cluster = self.cluster()
         JobDir(record.info["job_dir"]).make()
-        self.ensure_key_secret()
+        self.ensure_key_secret(per_user=True)
         staged, data, body = self.plan(record, upload=True)
         api = cluster.custom()
         created = self._call(
@@ -394,30 +420,63 @@ class KubeflowBackend(RemoteJobBackend):
         return problems
 
     def warning_events(self, record: JobRecord, pods: list[Any]) -> list[dict[str, Any]]:
-        """Warning events of the node pods (FailedScheduling, BackOff, Failed...)."""
+        """Warning events of the job's own objects: the TrainJob and its JobSet (one name),
+        the JobSet's Job of the node pods (``FailedCreate``: a quota), and every node pod
+        that is not running cleanly (FailedScheduling, FailedMount, BackOff...). One list
+        per object, by field selector: never every Warning of the namespace."""
         cluster = self.cluster()
-        names = {p.metadata.name: node_rank(p) for p in pods}
-        if not names:
-            return []
-        found = self._call(
-            f"listing the events of {record.native_id}",
-            cluster.core().list_namespaced_event,
-            record.info.get("namespace") or cluster.namespace,
-            field_selector="type=Warning",
-        )
+        namespace = record.info.get("namespace") or cluster.namespace
+        name = record.native_id
+        objects: list[tuple[str, int | None]] = [(name, None), (f"{name}-{mf.NODE}-0", None)]
+        objects += [(p.metadata.name, node_rank(p)) for p in pods if _unsettled(p)]
         out = []
-        for ev in found.items:
-            obj = ev.involved_object
-            if ev.type == "Warning" and obj is not None and obj.name in names:
-                out.append(
-                    {
-                        "pod": obj.name,
-                        "node": names[obj.name],
-                        "reason": ev.reason,
-                        "message": ev.message or "",
-                    }
-                )
+        for obj_name, node in objects:
+            found = self._call(
+                f"listing the events of {obj_name}",
+                cluster.core().list_namespaced_event,
+                namespace,
+                field_selector=f"involvedObject.name={obj_name},type=Warning",
+            )
+            for ev in found.items:
+                obj = ev.involved_object
+                if ev.type != "Warning" or obj is None or obj.name != obj_name:
+                    continue
+                item: dict[str, Any] = {"reason": ev.reason, "message": ev.message or ""}
+                if node is None:
+                    item["object"] = f"{obj.kind}/{obj_name}"
+                else:
+                    item.update(pod=obj_name, node=node)
+                out.append(item)
         return out
+
+    def failed_nodes(self, pods: list[Any]) -> list[dict[str, Any]]:
+        """The node containers that exited non-zero (now, or before a restart), first
+        failure first; a pod the cluster took away (``DisruptionTarget``) is not one."""
+        out = []
+        for pod in pods:
+            conds = pod.status.conditions or []
+            if any(c.type == "DisruptionTarget" and c.status == "True" for c in conds):
+                continue
+            for cs in pod.status.container_statuses or []:
+                if cs.name != mf.NODE:
+                    continue
+                for term in (
+                    cs.state.terminated if cs.state else None,
+                    cs.last_state.terminated if cs.last_state else None,
+                ):
+                    if term is not None and term.exit_code:
+                        out.append(
+                            {
+                                "pod": pod.metadata.name,
+                                "node": node_rank(pod),
+                                "exit_code": term.exit_code,
+                                "reason": term.reason or "Error",
+                                "finished": str(term.finished_at or ""),
+                                "restarts": cs.restart_count or 0,
+                            }
+                        )
+                        break
+        return sorted(out, key=lambda f: (f["finished"], f["node"]))
 
     def status(self, record: JobRecord) -> JobRecord:
         """The record refreshed from the cluster; when the cluster cannot be reached, the
@@ -451,18 +510,32 @@ class KubeflowBackend(RemoteJobBackend):
         if done or failed:
             return self._finish(record, obj, SUCCEEDED if done else FAILED, conds)
         pods = self.pods(record)
+        failed = self.failed_nodes(pods)
+        if failed:
+            return self._fail_fast(record, obj, failed[0])
         found = self.pod_problems(record, pods)
         warnings = self.warning_events(record, pods)  # also past ones: reported, not blocking
+        # the TrainJob's own conditions that say it cannot go on (Created False: JobsBuildFailed)
+        stuck = [
+            {"object": f"TrainJob/{record.native_id}", "reason": c.get("reason") or t,
+             "message": c.get("message") or ""}
+            for t, c in conds.items()
+            if t not in ("Complete", "Failed", "Suspended") and c.get("status") == "False"
+            and "Fail" in (c.get("reason") or "")
+        ]  # fmt: skip
         problems = [p for p in found if not p.get("past")]
         seen = set(record.info.get("reported") or [])
-        for p in found + warnings:
-            key = f"{p['pod']}/{p['reason']}"
+        for p in found + warnings + stuck:
+            key = f"{p.get('pod') or p['object']}/{p['reason']}"
             if key not in seen:
                 seen.add(key)
-                add_event(self.store, record.id, "pod", {k: v for k, v in p.items() if k != "past"})
+                kind = "pod" if "pod" in p else "trainjob"
+                add_event(self.store, record.id, kind, {k: v for k, v in p.items() if k != "past"})
         jobs = st.get("jobsStatus") or []
         ready = sum(j.get("ready", 0) for j in jobs)
         running = any(p.status.phase == "Running" for p in pods) or ready > 0
+        own = stuck + [w for w in warnings if "object" in w]  # the TrainJob's, JobSet's, Job's
+        pod_warnings = [w for w in warnings if "pod" in w]
         if conds.get("Suspended", {}).get("status") == "True":
             phase = "suspended"
         elif problems:
@@ -470,9 +543,12 @@ class KubeflowBackend(RemoteJobBackend):
             phase = f"pending: node {p['node']} {p['reason']}: {p['message']}"[:300]
         elif running:
             phase = "running"
-        elif warnings:
-            w = warnings[-1]
+        elif pod_warnings:
+            w = pod_warnings[-1]
             phase = f"pending: node {w['node']} {w['reason']}: {w['message']}"[:300]
+        elif own and not pods:
+            w = own[-1]
+            phase = f"pending: {w['object']} {w['reason']}: {w['message']}"[:300]
         elif pods:
             phase = "pods starting"
         else:
@@ -490,6 +566,26 @@ class KubeflowBackend(RemoteJobBackend):
             fields["started"] = time.time()
         update_job(self.store, record.id, **fields)
         return get_job(self.store, record.id)
+
+    def _fail_fast(
+        self, record: JobRecord, obj: dict[str, Any], first: dict[str, Any]
+    ) -> JobRecord:
+        """A node container exited non-zero: the job has failed (torchrun inside it has
+        spent ``--max-restarts``). Its logs are copied now (the first run's too, by
+        ``previous=True``), then the TrainJob is deleted so the runtime's restart policy and
+        backoff limit do not run the cell again and overwrite its outputs."""
+        add_event(self.store, record.id, "node-failed", first)
+        cause = f"node {first['node']} exited with code {first['exit_code']} ({first['reason']})"
+        if first["reason"] == "OOMKilled":
+            cause += ": the container ran out of memory (raise memory in the backend's table)"
+        with contextlib.suppress(NbscaleError):
+            self.mirror_logs(record, final=True)
+        conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+        if conds.get("Failed", {}).get("status") != "True":
+            self._delete_trainjob(record.native_id, record.info.get("namespace"))
+            cause += "; nbscale deleted the TrainJob so the cluster does not run it again"
+        failed = {"Failed": {"reason": "NodeFailed", "message": cause}}
+        return self._finish(record, obj, FAILED, failed)
 
     def _finish(self, record, obj, status, conds) -> JobRecord:
         from ..remote.staging import collect
@@ -535,26 +631,51 @@ class KubeflowBackend(RemoteJobBackend):
             if cursor.done or pod.status.phase == "Pending":
                 continue
             node = node_rank(pod)
+            node_status = next(
+                (cs for cs in pod.status.container_statuses or [] if cs.name == mf.NODE), None
+            )
+            restarts = (node_status.restart_count or 0) if node_status else 0
+            waiting = bool(node_status and node_status.state and node_status.state.waiting)
+            reads = []
+            if restarts > cursor.restarts:  # the container ran again: the last run's end first
+                reads.append(True)
+            if not waiting:  # a container waiting to restart has no current log
+                reads.append(False)
             writer = RankWriter(jobdir, node, node * nproc)
             try:
-                resp = self._call(
-                    f"reading the log of pod {name}",
-                    cluster.core().read_namespaced_pod_log,
-                    name,
-                    namespace,
-                    timestamps=True,
-                    since_seconds=since_seconds(cursor.last_ts),
-                    _preload_content=False,
-                )
-                try:
-                    copy_pod_log(resp, cursor, writer)
-                finally:
-                    resp.release_conn()
+                for previous in reads:
+                    self._copy_log(cluster, name, namespace, cursor, writer, previous)
             finally:
                 writer.close()
+            cursor.restarts = max(cursor.restarts, restarts)
             if pod.status.phase in ("Succeeded", "Failed"):
                 cursor.done = True
         state.save(state_file)
+
+    def _copy_log(self, cluster, name, namespace, cursor, writer, previous: bool) -> None:
+        """Copy one container run's new lines; ``previous``: the run before the restart
+        (the kubelet keeps one), whose end has the traceback of the first failure."""
+        kw: dict[str, Any] = {"previous": True} if previous else {}
+        try:
+            resp = self._call(
+                f"reading the {'previous ' if previous else ''}log of pod {name}",
+                cluster.core().read_namespaced_pod_log,
+                name,
+                namespace,
+                container=mf.NODE,
+                timestamps=True,
+                since_seconds=since_seconds(cursor.last_ts),
+                _preload_content=False,
+                **kw,
+            )
+        except NbscaleError as exc:
+            if previous and is_status(exc, 400):  # no terminated run kept (yet)
+                return
+            raise
+        try:
+            copy_pod_log(resp, cursor, writer)
+        finally:
+            resp.release_conn()
 
     def _delete_trainjob(self, name: str, namespace: str | None = None) -> None:
         cluster = self.cluster()
@@ -602,30 +723,64 @@ class KubeflowBackend(RemoteJobBackend):
         return get_job(self.store, record.id)
 
 
-def ensure_key_secret(cluster: Cluster, conf: KubeflowSettings) -> None:
+def ensure_key_secret(
+    cluster: Cluster,
+    conf: KubeflowSettings,
+    namespace: str | None = None,
+    user: str | None = None,
+) -> str:
     """Create or update the Secret the pods read the signing keys from (only its name
-    travels in a manifest)."""
+    travels in a manifest), in ``namespace`` (default: the cluster's), which must be the
+    namespace of the pods that mount it. ``user``: that user's own Secret
+    (``mf.key_secret_name``), else the settings' ``key_secret``. Returns its name."""
     from ... import keys
 
     core = cluster.core()
-    name = conf.key_secret
-    body = mf.key_secret(name, keys.export(*KEY_PURPOSES), cluster.namespace)
+    namespace = namespace or cluster.namespace
+    name = mf.key_secret_name(conf.key_secret, user) if user else conf.key_secret
+    body = mf.key_secret(name, keys.export(*KEY_PURPOSES), namespace, user)
+    where = f"Secret {name} in namespace {namespace}"
+    hint = (
+        f"the pods of this job run in namespace {namespace} and mount the key Secret from "
+        "there: the context's user needs get, create and patch on Secrets in it "
+        "(docs/security.md, Kubeflow)"
+    )
     try:
-        current = core.read_namespaced_secret(name, cluster.namespace)
+        current = core.read_namespaced_secret(name, namespace)
     except Exception as exc:  # noqa: BLE001
-        err = api_error(exc, f"reading Secret {name}", cluster)
+        err = api_error(exc, f"reading {where}", cluster)
         if not is_status(err, 404):
-            raise err from None
+            raise _with_hint(err, hint) from None
         try:
-            core.create_namespaced_secret(cluster.namespace, body)
+            core.create_namespaced_secret(namespace, body)
         except Exception as exc2:  # noqa: BLE001
-            raise api_error(exc2, f"creating Secret {name}", cluster) from None
-        return
-    if (current.data or {}).get("keys.json") != body["data"]["keys.json"]:
+            raise _with_hint(api_error(exc2, f"creating {where}", cluster), hint) from None
+        return name
+    if (current.data or {}).get("keys.json") != body["data"]["keys.json"] or (
+        user and (current.metadata.annotations or {}).get(mf.USER_ANNOTATION) != user
+    ):
+        patch: dict[str, Any] = {"data": body["data"]}
+        if user:
+            patch["metadata"] = {"annotations": {mf.USER_ANNOTATION: user}}
         try:
-            core.patch_namespaced_secret(name, cluster.namespace, {"data": body["data"]})
+            core.patch_namespaced_secret(name, namespace, patch)
         except Exception as exc:  # noqa: BLE001
-            raise api_error(exc, f"updating Secret {name}", cluster) from None
+            raise _with_hint(api_error(exc, f"updating {where}", cluster), hint) from None
+    return name
+
+
+def _with_hint(err: NbscaleError, hint: str) -> NbscaleError:
+    """``err`` with ``hint`` where the API server's status had none of its own to say."""
+    if getattr(err, "status", None) in (403, 404):  # refused, or no such namespace
+        err.hint = f"{err.hint}; {hint}" if err.hint else hint
+    return err
+
+
+def _unsettled(pod: Any) -> bool:
+    """A pod whose events may say what is wrong: not yet running, failed, or restarted."""
+    if pod.status.phase not in ("Running", "Succeeded"):
+        return True
+    return any((cs.restart_count or 0) > 0 for cs in pod.status.container_statuses or [])
 
 
 def node_rank(pod: Any) -> int:

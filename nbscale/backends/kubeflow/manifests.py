@@ -9,8 +9,15 @@
   job), so the pod that replaces a reclaimed spot node resumes from the last checkpoint.
 - ``bundle_configmap``: the cell bundle, when it is small enough to travel in a
   ConfigMap the job mounts (``binaryData``), instead of object storage.
-- ``key_secret``: the signing keys (``nbscale.keys.export``) as an Opaque Secret; the
-  TrainJob and the InferenceService name it, never hold its bytes.
+- ``key_secret``: the signing keys (``nbscale.keys.export``) as an Opaque Secret, one per
+  user (``key_secret_name``: ``nbscale-keys-alice``) in the namespace of the pods that
+  mount it; the TrainJob and the InferenceService name it, never hold its bytes.
+
+The job's pods get the backend's ``annotations`` and, unless ``istio_sidecar = true``,
+``sidecar.istio.io/inject: "false"`` (an injected sidecar keeps running after the node
+container ends, so the pod never reaches Succeeded). ``runtimePatches`` cannot set the
+pods' ``restartPolicy`` or the Job's ``backoffLimit``: those come from the runtime
+(``deploy/kubeflow/nbscale-torch-distributed.yaml``: ``Never`` and 0).
 - ``inference_service``: a KServe ``InferenceService`` (``serving.kserve.io/v1beta1``)
   whose predictor runs the nbscale serving runtime.
 
@@ -20,6 +27,7 @@ Every builder is pure: same input, same dict, no cluster needed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -63,6 +71,19 @@ ENTRY_SCRIPT = (
     'exec python -m nbscale.runtime.launch "$@"'
 )
 COMMAND = ["/bin/sh", "-c", ENTRY_SCRIPT, "nbscale-launch"]
+ISTIO_INJECT = "sidecar.istio.io/inject"
+USER_ANNOTATION = "nbscale.io/user"
+_NOT_NAME = re.compile(r"[^a-z0-9]+")
+
+
+def key_secret_name(prefix: str, user: str) -> str:
+    """The key Secret of one user: ``PREFIX-USER`` with the user's name made a DNS label
+    (``alice`` -> ``nbscale-keys-alice``); a name that had to change (``alice@example.com``)
+    gets 6 hex digits of its hash, so two users never share a Secret."""
+    slug = _NOT_NAME.sub("-", user.lower()).strip("-")[:40].strip("-")
+    if slug != user or not slug:
+        slug = f"{slug}-{hashlib.sha256(user.encode()).hexdigest()[:6]}".lstrip("-")
+    return f"{prefix}-{slug}"[:253]
 
 
 def object_name(job_id: str) -> str:
@@ -99,6 +120,7 @@ class Staged:
     configmap_key: str = "cell.zip"  # its file name in the mounted folder
     wheelhouse_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    key_secret: str | None = None  # the user's key Secret (default: the settings' key_secret)
 
     def args(self) -> list[str]:
         args = ["--job-id", self.job_id, "--spec", self.spec_b64, "--outputs", self.outputs_uri]
@@ -218,7 +240,7 @@ def trainjob(
         {
             "name": "nbscale-keys",
             "secret": {
-                "secretName": settings.key_secret,
+                "secretName": staged.key_secret or settings.key_secret,
                 "defaultMode": 0o400,
                 "items": [{"key": "keys.json", "path": "keys.json"}],
             },
@@ -293,9 +315,7 @@ def trainjob(
                                         "template": {
                                             "spec": {
                                                 "template": {
-                                                    "metadata": {
-                                                        "labels": {**MANAGED, JOB_LABEL: job_id}
-                                                    },
+                                                    "metadata": pod_metadata(job_id, settings),
                                                     "spec": pod_spec,
                                                 }
                                             }
@@ -312,6 +332,18 @@ def trainjob(
     if spec.get("max_runtime"):
         body["spec"]["activeDeadlineSeconds"] = int(spec["max_runtime"])
     return body
+
+
+def pod_metadata(job_id: str, settings: KubeflowSettings) -> dict[str, Any]:
+    """The node pods' labels and annotations: the backend's ``annotations`` and Istio's
+    injection switched off unless ``istio_sidecar``."""
+    annotations = dict(settings.annotations)
+    if not settings.istio_sidecar:
+        annotations[ISTIO_INJECT] = "false"
+    meta: dict[str, Any] = {"labels": {**MANAGED, JOB_LABEL: job_id}}
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
 
 
 def bundle_configmap(
@@ -348,13 +380,17 @@ def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def key_secret(name: str, document: str, namespace: str) -> dict[str, Any]:
-    """The Secret holding ``nbscale.keys.export(...)`` (sent, never printed or stored)."""
+def key_secret(name: str, document: str, namespace: str, user: str | None = None) -> dict[str, Any]:
+    """The Secret holding ``nbscale.keys.export(...)`` (sent, never printed or stored);
+    ``user``: whose keys, in an annotation."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(MANAGED)}
+    if user:
+        meta["annotations"] = {USER_ANNOTATION: user}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED)},
+        "metadata": meta,
         "data": {"keys.json": base64.b64encode(document.encode()).decode()},
     }
 
@@ -421,8 +457,10 @@ def inference_service(
     opts: ServingOptions,
     namespace: str,
     config: dict[str, Any] | None = None,
+    key_secret: str | None = None,
 ) -> dict[str, Any]:
-    """An InferenceService whose predictor serves the packaged artifact at ``storage_uri``."""
+    """An InferenceService whose predictor serves the packaged artifact at ``storage_uri``;
+    its pods mount ``key_secret`` (the user's, ``key_secret_name``; default: the settings')."""
     requests: dict[str, Any] = {"cpu": opts.cpu or "1"}
     limits: dict[str, Any] = {}
     if opts.memory:
@@ -461,7 +499,7 @@ def inference_service(
             {
                 "name": "nbscale-keys",
                 "secret": {
-                    "secretName": settings.key_secret,
+                    "secretName": key_secret or settings.key_secret,
                     "defaultMode": 0o400,
                     "items": [{"key": "keys.json", "path": "keys.json"}],
                 },

@@ -5,6 +5,11 @@ The launcher prints each local rank's lines as ``[rank N] text``; anything else 
 ``[node K]``. Logs are read with ``timestamps=True`` and ``sinceTime`` from the last
 line seen, streamed in chunks (memory stays bounded by one chunk and one line), and
 lines already written are skipped, so polling again never duplicates a line.
+
+A container that has restarted (``restartCount`` above what was read) has its previous
+run read first, with ``previous=True``: the kubelet keeps the log of the run before the
+current one, and its end holds the traceback of the failure that caused the restart;
+the timestamps order the two runs, so the same cursor serves both.
 """
 
 from __future__ import annotations
@@ -31,9 +36,15 @@ class PodCursor:
     last_ts: str = ""
     at_last: int = 0
     done: bool = False  # the pod has ended and its whole log is copied
+    restarts: int = 0  # the container restarts whose previous run's log has been read
 
     def to_dict(self) -> dict[str, Any]:
-        return {"last_ts": self.last_ts, "at_last": self.at_last, "done": self.done}
+        return {
+            "last_ts": self.last_ts,
+            "at_last": self.at_last,
+            "done": self.done,
+            "restarts": self.restarts,
+        }
 
 
 @dataclass
