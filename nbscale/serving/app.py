@@ -44,6 +44,7 @@ class ServingApp:
         self.ready = False
         self.inflight = 0
         self.connections = 0
+        self.last_request = time.monotonic()
         self.http = None  # the HttpServer serving this app (its count of waiting requests)
         self.batcher = Batcher(
             handler.run,
@@ -166,6 +167,7 @@ class ServingApp:
             load_seconds=self.handler.load_seconds,
             ready=self.ready,
             connections=self.connections,
+            idle_s=0.0 if self.inflight else round(time.monotonic() - self.last_request, 1),
         )
         return Response(200, dumps(snap))
 
@@ -173,6 +175,7 @@ class ServingApp:
     async def _guarded(self, route: str, req: Request, work) -> Response:
         start = time.perf_counter()
         self.inflight += 1
+        self.last_request = time.monotonic()
         try:
             if not self.ready:
                 resp = error_response(

@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from .app import ServingApp
 from .capture import DataCapture
 from .handler import ModelHandler
 from .httpserver import (
+    HttpServer,
     Limits,
     Request,
     Response,
@@ -38,6 +41,7 @@ from .httpserver import (
     limits_from_args,
     serve,
 )
+from .upstream import Pool, UpstreamError, exchange
 
 
 class MetricsOnly:
@@ -52,6 +56,109 @@ class MetricsOnly:
         if req.method != "GET":
             return error_response(405, f"{req.method} is not allowed on /metrics")
         return await self.app.prometheus(req)
+
+
+class SharedFront:
+    """The endpoint's own listening socket, served by its only replica (no proxy hop).
+
+    The router hands the socket over with SIGUSR1 once this replica is the endpoint's only
+    one and ready, and takes it back with SIGUSR2 before it scales up: then this replica stops
+    accepting on it, finishes what it holds and closes its idle keep-alive connections (their
+    clients reconnect, to the router). Inference, health and metadata are this replica's own
+    routes; what belongs to the router (``/nbscale/*``, ``/metrics``) is passed on to it.
+    """
+
+    ROUTER_PATHS = ("/nbscale/", "/metrics")
+
+    def __init__(
+        self,
+        app: ServingApp,
+        own: HttpServer,
+        listen_fd: int,
+        router_port_file: str,
+        limits: Limits | None,
+    ):
+        self.app = app
+        self.own = own
+        self.listen_fd = listen_fd
+        self.router_port_file = Path(router_port_file)
+        self.limits = limits or Limits()
+        self.server: HttpServer | None = None
+        self.pool = Pool()
+        self.want = False
+        self.busy = False
+
+    def request(self, serve_it: bool) -> None:
+        """From a signal handler: serve the shared socket (True) or give it back (False)."""
+        self.want = serve_it
+        if not self.busy:
+            asyncio.get_running_loop().create_task(self._apply())
+
+    async def _apply(self) -> None:
+        self.busy = True
+        try:
+            while (self.server is None) == self.want:  # a change of mind meanwhile is applied too
+                if self.want:
+                    sock = socket.socket(fileno=os.dup(self.listen_fd))
+                    self.server = await serve(
+                        self, "", 0, self.limits, sock=sock, on_count=self.app.on_connection
+                    )
+                    self.app.http = self.server  # its waiting requests are what batching sees
+                    print("serving the endpoint's socket directly", flush=True)
+                else:
+                    server, self.server = self.server, None
+                    self.app.http = self.own
+                    await server.shutdown(timeout=10)
+                    print("gave the endpoint's socket back to the router", flush=True)
+        finally:
+            self.busy = False
+
+    async def close(self) -> None:
+        self.want = False
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.shutdown(timeout=10)
+        self.pool.close()
+
+    async def __call__(self, req: Request) -> Response:
+        if req.path.startswith(self.ROUTER_PATHS):
+            return await self._to_router(req)
+        return await self.app(req)
+
+    async def _to_router(self, req: Request) -> Response:
+        try:
+            port = int(self.router_port_file.read_text())
+        except (OSError, ValueError):
+            return error_response(
+                503, "the router is restarting; retry shortly", {"retry-after": "1"}
+            )
+        target = req.path + ("?" + req.query if req.query else "")
+        head = [
+            f"{req.method} {target} HTTP/1.1",
+            "host: router",
+            f"content-length: {len(req.body)}",
+        ]
+        head += [f"{k}: {v}" for k, v in req.headers.items() if k in FORWARD_HEADERS]
+        try:
+            status, headers, body = await exchange(
+                port,
+                self.pool,
+                ("\r\n".join(head) + "\r\n\r\n").encode("latin-1"),
+                req.body,
+                60.0,
+                64 * 1024,
+                256 << 20,
+            )
+        except UpstreamError as exc:
+            if exc.status == 502:  # a router restarting: its old port is closed
+                self.pool.close()
+                self.pool = Pool()
+            return error_response(exc.status, f"the router: {exc.message}")
+        extra = {k: headers[k] for k in ("www-authenticate", "retry-after") if k in headers}
+        return Response(status, body, headers.get("content-type", "application/json"), extra)
+
+
+FORWARD_HEADERS = ("authorization", "content-type", "accept")
 
 
 def _port(text: str) -> int:
@@ -110,6 +217,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--capture-dir", help="write a sampled JSONL of inputs and outputs here")
     p.add_argument("--capture-rate", type=float, default=1.0)
     p.add_argument("--replica", default="0", help="replica id (names capture files)")
+    p.add_argument(
+        "--listen-fd",
+        type=int,
+        help="a local endpoint's listening socket (inherited): served from SIGUSR1 to SIGUSR2, "
+        "while this is the endpoint's only replica and its router only supervises",
+    )
+    p.add_argument(
+        "--router-port-file",
+        help="with --listen-fd: the file naming the router's private port, where requests for "
+        "the router itself (/nbscale/*, /metrics) arriving on the shared socket are sent",
+    )
+    p.add_argument(
+        "--front-limits",
+        default="{}",
+        help="with --listen-fd: the endpoint's HTTP limits (JSON of Limits fields) for the "
+        "shared socket",
+    )
     return p.parse_args(argv)
 
 
@@ -163,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         limits = limits_from_args(args)
-    except ValueError as exc:
+        front_limits = Limits(**json.loads(args.front_limits))
+        if args.listen_fd is not None and not args.router_port_file:
+            raise ValueError("--listen-fd needs --router-port-file")
+    except (ValueError, TypeError) as exc:
         print(f"nbscale.serving: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -173,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     install_fast_loop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args, model_dir, token, host, port, limits))
+        asyncio.run(_run(args, model_dir, token, host, port, limits, front_limits))
     return 0
 
 
@@ -184,6 +311,7 @@ async def _run(
     host: str,
     port: int,
     limits: Limits,
+    front_limits: Limits | None = None,
 ) -> None:
     handler = ModelHandler(model_dir)
     capture = (
@@ -211,6 +339,11 @@ async def _run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    front = None
+    if args.listen_fd is not None:
+        front = SharedFront(app, server, args.listen_fd, args.router_port_file, front_limits)
+        loop.add_signal_handler(signal.SIGUSR1, front.request, True)
+        loop.add_signal_handler(signal.SIGUSR2, front.request, False)
     port = server.port
     if args.port_file:  # the port is the replica's own pick (port 0): no pick-and-release race
         tmp = Path(f"{args.port_file}.tmp")
@@ -223,6 +356,8 @@ async def _run(
     print(f"ready after {handler.load_seconds:.2f}s", flush=True)
     await stop.wait()
     # in-flight requests finish before the process ends: a scale-down drops nothing
+    if front is not None:
+        await front.close()
     await server.shutdown(timeout=10)
     if metrics_server is not None:
         await metrics_server.shutdown(timeout=1)

@@ -186,22 +186,25 @@ def serve(chan: socket.socket) -> int:
             for fd in fds:
                 os.close(fd)
             continue
-        if msg.get("op") != "spawn" or len(fds) != 1:
+        expected = 2 if msg.get("listen_fd") else 1
+        refusal = _refusal()
+        if msg.get("op") != "spawn" or len(fds) != expected:
+            refusal = "a spawn request carries its log file (and the listening socket it names)"
+        if refusal:
             for fd in fds:
                 os.close(fd)
-            _send(chan, {"id": msg.get("id"), "error": "a spawn request carries one log file"})
-            continue
-        refusal = _refusal()
-        if refusal:
-            os.close(fds[0])
             _send(chan, {"id": msg.get("id"), "error": refusal})
             continue
+        if expected == 2:  # the replica's own number for the endpoint's socket
+            argv = msg["argv"]
+            argv[argv.index("--listen-fd") + 1] = str(fds[1])
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             _child(chan, msg, fds[0])
-        os.close(fds[0])
+        for fd in fds:  # the zygote keeps neither the log nor the endpoint's socket
+            os.close(fd)
         _send(chan, {"id": msg.get("id"), "pid": pid})
 
 
@@ -375,19 +378,26 @@ class Zygote:
         return self.exits.get(pid)
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], log_path: Path, timeout: float = 10.0
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        timeout: float = 10.0,
+        listen_fd: int | None = None,
     ) -> ForkedProcess:
-        """Fork a replica running ``python -m nbscale.serving ARGV`` with ``env``."""
+        """Fork a replica running ``python -m nbscale.serving ARGV`` with ``env``; ``listen_fd``
+        (named in ARGV by ``--listen-fd``) is passed to it, and only to it."""
         if not (self.ready and self.alive()):
             raise ZygoteError("the zygote is not ready")
         self.next_id += 1
         rid = self.next_id
-        msg = json.dumps(
-            {"op": "spawn", "id": rid, "argv": argv, "env": env, "cwd": os.getcwd()}
-        ).encode()
+        doc = {"op": "spawn", "id": rid, "argv": argv, "env": env, "cwd": os.getcwd()}
+        if listen_fd is not None:
+            doc["listen_fd"] = True
+        msg = json.dumps(doc).encode()
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            socket.send_fds(self.chan, [msg], [fd])
+            socket.send_fds(self.chan, [msg], [fd] if listen_fd is None else [fd, listen_fd])
         except OSError as exc:
             raise ZygoteError(f"cannot reach the zygote: {exc}") from None
         finally:

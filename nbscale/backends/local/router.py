@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from ...serving.httpserver import (
     Limits,
@@ -80,6 +81,7 @@ MAX_RESPONSE_HEAD = 64 * 1024
 ZYGOTE_ENV = "NBSCALE_ZYGOTE"  # 0: every replica starts as a fresh Python process
 ZYGOTE_WAIT_S = 60.0  # how long a deploy waits for the zygote before starting replicas afresh
 ZYGOTE_RETRY_S = 10.0
+DIRECT_ENV = "NBSCALE_DIRECT"  # 0: the router proxies every request, even to a lone replica
 log = logging.getLogger("nbscale.backends.local.router")
 
 
@@ -131,6 +133,8 @@ class Replica:
     ready_after: float | None = None
     created: float = 0.0
     how: str = "adopted"  # fresh (a new Python process), zygote (forked), adopted (after a restart)
+    can_direct: bool = False  # holds the endpoint's socket: can serve it without the router
+    direct: bool = False  # serves the endpoint's socket itself (SIGUSR1 sent, no SIGUSR2 since)
 
     def state(self) -> str:
         if self.draining:
@@ -149,6 +153,7 @@ class Replica:
             "started": self.started,
             "start_seconds": self.ready_after,
             "started_by": self.how,
+            "serves_socket": self.direct,
         }
 
 
@@ -182,7 +187,9 @@ class Router:
         self.cold_starts: list[dict[str, Any]] = []
         self.control_errors = 0
         self.metrics = ServerMetrics(name)
-        reg = self.metrics.registry
+        # the router's own families, apart from the request metrics: while a lone replica serves
+        # the socket, /metrics is that replica's request metrics and these
+        self.own_registry = reg = CollectorRegistry()
         self.g_replicas = Gauge(
             "nbscale_endpoint_replicas", "Replicas by state", ["model", "state"], registry=reg
         )
@@ -200,6 +207,12 @@ class Router:
         self.zygote: Zygote | None = None
         self.zygote_started = 0.0
         self.use_zygote = os.environ.get(ZYGOTE_ENV, "1") != "0"
+        self.direct_allowed = os.environ.get(DIRECT_ENV, "1") != "0"
+        self.listen_fd: int | None = None
+        self.public = None  # the HttpServer on the endpoint's socket; None while a replica has it
+        self.control_server = None  # the router's private port, for what a replica passes on
+        self.router_port_file = self.dir / "router.port"
+        self.direct_rep: Replica | None = None
 
     # -- the zygote ----------------------------------------------------------
     def _start_zygote(self) -> None:
@@ -264,6 +277,16 @@ class Router:
             "--keepalive-timeout",
             str(REPLICA_KEEPALIVE_S),
         ]
+        direct = self.listen_fd is not None and self.direct_allowed
+        if direct:
+            cmd += [
+                "--listen-fd",
+                str(self.listen_fd),
+                "--router-port-file",
+                str(self.router_port_file),
+                "--front-limits",
+                json.dumps(dataclasses.asdict(self.limits)),
+            ]
         if cfg.get("capture_dir"):
             cmd += [
                 "--capture-dir",
@@ -280,7 +303,10 @@ class Router:
         # a replica with a GPU of its own starts as a fresh process: CUDA state is never forked
         if "CUDA_DEVICE_ORDER" not in env and self.zygote is not None and self.zygote.ready:
             try:
-                proc, how = self.zygote.spawn(cmd[3:], env, log_path), "zygote"
+                proc = self.zygote.spawn(
+                    cmd[3:], env, log_path, listen_fd=self.listen_fd if direct else None
+                )
+                how = "zygote"
             except ZygoteError as exc:
                 log.warning(
                     "the zygote could not start replica %d (%s); starting it afresh", rid, exc
@@ -288,9 +314,14 @@ class Router:
         if proc is None:
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(
-                    cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    pass_fds=(self.listen_fd,) if direct else (),
                 )
-        rep = Replica(rid, 0, proc, time.time(), to_standby=to_standby, how=how)
+        rep = Replica(rid, 0, proc, time.time(), to_standby=to_standby, how=how, can_direct=direct)
         with contextlib.suppress(Exception):
             rep.created = create_time(proc.pid)
         if "CUDA_DEVICE_ORDER" in env:
@@ -386,6 +417,8 @@ class Router:
                     "created": r.created,
                     "port": r.port,
                     "paused": r.paused,
+                    "can_direct": r.can_direct,
+                    "direct": r.direct,
                 }
                 for r in self.replicas
                 if not r.draining and r.port and r.ready.is_set()
@@ -410,6 +443,8 @@ class Router:
             )
             rep.created = r["created"]
             rep.paused = bool(r.get("paused"))
+            rep.can_direct = bool(r.get("can_direct"))
+            rep.direct = bool(r.get("direct"))
             self.replicas.append(rep)
             if rep.paused:
                 rep.ready.set()
@@ -478,6 +513,59 @@ class Router:
         while not self.stopping:
             await asyncio.sleep(0.1)
             self._tick(time.monotonic())
+            await self._update_direct()
+
+    # -- a lone replica serving the endpoint's socket itself --------------------
+    def _direct_candidate(self) -> Replica | None:
+        """The replica that may serve the endpoint's socket without the proxy hop: the only
+        one of an endpoint of exactly one replica (no scaling, no scale to zero, no idle TTL:
+        those need the router to see every request), ready and holding the socket."""
+        if self.stopping or not (self.min == self.max == 1) or self.rec.config.get("idle_ttl_s"):
+            return None
+        if len(self.replicas) != 1:
+            return None
+        rep = self.replicas[0]
+        if (
+            rep.can_direct
+            and rep.ready.is_set()
+            and not (rep.draining or rep.paused or rep.to_standby)
+            and rep.proc.poll() is None
+        ):
+            return rep
+        return None
+
+    async def _update_direct(self) -> None:
+        want = self._direct_candidate()
+        if want is self.direct_rep:
+            return
+        if self.direct_rep is not None:  # take the socket back before anything else changes
+            await self._listen()
+            old, self.direct_rep = self.direct_rep, None
+            if old.proc.poll() is None and old.direct:
+                with contextlib.suppress(ProcessLookupError):
+                    old.proc.send_signal(signal.SIGUSR2)
+            old.direct = False
+            add_endpoint_event(self.store, self.name, "proxying", {"replica": old.id})
+        if want is not None:
+            if not want.direct:
+                try:
+                    want.proc.send_signal(signal.SIGUSR1)
+                except ProcessLookupError:
+                    return
+                want.direct = True
+            self.direct_rep = want
+            if self.public is not None:
+                # stop accepting (connections already accepted stay and are still proxied);
+                # the socket itself stays open: the supervisor and the replica hold it too
+                self.public.server.close()
+                self.public = None
+            add_endpoint_event(self.store, self.name, "serving_directly", {"replica": want.id})
+            self._save_state()
+
+    async def _listen(self) -> None:
+        if self.public is None and self.listen_fd is not None:
+            sock = socket.socket(fileno=os.dup(self.listen_fd))
+            self.public = await serve(self, "127.0.0.1", self.rec.port, self.limits, sock=sock)
 
     def _tick(self, now: float) -> None:
         self._watch_zygote(now)
@@ -590,13 +678,57 @@ class Router:
                 {"www-authenticate": "Bearer"},
             )
         if path == "/nbscale/stats":
-            return Response(200, dumps(self.stats()))
+            return Response(200, dumps(await self.current_stats()))
         if path == "/nbscale/scale" and req.method == "POST":
             return self.scale(req)
         if path == "/metrics":
             body, ctype = self.metrics.exposition()
-            return Response(200, body, ctype)
+            rep = self.direct_rep
+            if rep is not None:  # the requests were counted by the replica that served them
+                with contextlib.suppress(UpstreamError):
+                    status, _, replica_body = await self._ask(rep, "/metrics")
+                    if status == 200:
+                        body = replica_body
+            return Response(200, body + generate_latest(self.own_registry), ctype)
         return await self.proxy(req)
+
+    async def _ask(self, rep: Replica, path: str) -> tuple[int, dict[str, str], bytes]:
+        """GET ``path`` from a replica's own port (with the endpoint's token)."""
+        head = f"GET {path} HTTP/1.1\r\nhost: replica\r\nauthorization: {self.token}\r\ncontent-length: 0\r\n\r\n"
+        return await exchange(
+            rep.port, rep.pool, head.encode("latin-1"), b"", 5.0, MAX_RESPONSE_HEAD, 64 << 20
+        )
+
+    async def current_stats(self) -> dict[str, Any]:
+        """``stats()``; while a lone replica serves the socket, its request figures, in flight
+        and idle time (the router sees none of those requests)."""
+        snap = self.stats()
+        rep = self.direct_rep
+        if rep is None:
+            return snap
+        try:
+            status, _, body = await self._ask(rep, "/nbscale/stats")
+        except UpstreamError:
+            return snap
+        if status != 200:
+            return snap
+        theirs = loads(body)
+        for key in (
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "throughput_rps",
+            "error_rate",
+            "requests_total",
+            "errors_total",
+            "series",
+            "inflight",
+            "idle_s",
+        ):
+            if key in theirs:
+                snap[key] = theirs[key]
+        snap["serving"] = "replica"
+        return snap
 
     def scale(self, req: Request) -> Response:
         try:
@@ -703,6 +835,7 @@ class Router:
             target_concurrency=self.target,
             idle_s=round(time.monotonic() - self.last_request, 1) if not self.inflight else 0.0,
             router_pid=os.getpid(),
+            serving="router",  # "replica" while a lone replica serves the socket itself
             zygote_pid=self.zygote.proc.pid if self.zygote and self.zygote.alive() else None,
             control_errors=self.control_errors,
         )
@@ -710,8 +843,12 @@ class Router:
 
     async def run(self, listen_fd: int) -> None:
         first = self.rec.status == STARTING  # a deploy (or a restart after a lost supervisor)
-        sock = socket.socket(fileno=listen_fd)
-        server = await serve(self, "127.0.0.1", self.rec.port, self.limits, sock=sock)
+        self.listen_fd = listen_fd
+        await self._listen()
+        self.control_server = await serve(self, "127.0.0.1", 0, self.limits)
+        tmp = self.router_port_file.with_suffix(".tmp")
+        tmp.write_text(str(self.control_server.port))
+        tmp.replace(self.router_port_file)
         self._adopt()
         self._start_zygote()
         missing = self.min - len(self._active())
@@ -748,6 +885,7 @@ class Router:
             await asyncio.sleep(0.05)
         self.booting = False
         self._record("ready")
+        await self._update_direct()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -756,7 +894,9 @@ class Router:
         await stop.wait()
         self.stopping = True
         control.cancel()
-        await server.shutdown(timeout=10)
+        await self._update_direct()  # the socket back from a replica serving it
+        await self.public.shutdown(timeout=10)
+        await self.control_server.shutdown(timeout=1)
         for rep in self.replicas:
             self._stop_replica(rep)
         deadline = time.monotonic() + 15
