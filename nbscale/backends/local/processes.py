@@ -231,19 +231,27 @@ def job_processes(job_id: str, cgroup: str | Path | None = None) -> list[psutil.
 
 def stop_job_processes(job_id: str, grace: float = 10.0, cgroup: str | Path | None = None) -> int:
     """SIGTERM the job's processes, SIGKILL what is left after ``grace`` s, then kill and
-    remove its cgroup. Returns how many had to be killed."""
+    remove its cgroup. Returns how many had to be killed.
+
+    When the first scan finds none of the job's processes alive (every rank and agent ended,
+    as after a clean finish), nothing of the job is left that could fork another, so the
+    rescans are skipped: each reads every process's environment."""
     procs = job_processes(job_id, cgroup)
-    _signal_all(procs, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _living(procs):
-        time.sleep(0.05)
-    known = {p.pid for p in procs}
-    leftovers = _living(procs) + [p for p in job_processes(job_id, cgroup) if p.pid not in known]
-    _signal_all(leftovers, signal.SIGKILL)
-    psutil.wait_procs(leftovers, timeout=5)
-    for proc in job_processes(job_id, cgroup):  # a last sweep for anything forked in between
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+    leftovers: list[psutil.Process] = []
+    if procs:
+        _signal_all(procs, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _living(procs):
+            time.sleep(0.05)
+        known = {p.pid for p in procs}
+        leftovers = _living(procs) + [
+            p for p in job_processes(job_id, cgroup) if p.pid not in known
+        ]
+        _signal_all(leftovers, signal.SIGKILL)
+        psutil.wait_procs(leftovers, timeout=5)
+        for proc in job_processes(job_id, cgroup):  # a last sweep for anything forked in between
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
     # the log pumps left in the cgroup drain what the ended processes wrote, then end
     deadline = time.monotonic() + 5.0
     while cgroup and cgroup_pids(cgroup) and time.monotonic() < deadline:
