@@ -32,6 +32,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench_run_vs_torchrun import phase_breakdown, phase_times, summarize_phases
 from harness import compare, save, summary
 
 # the same text runs as the cell and as the script: under %%train the process
@@ -82,7 +83,11 @@ class KernelDriver:
         from jupyter_client.manager import KernelManager
 
         self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel(cwd=cwd, env={**env, "NBSCALE_PROGRESS": "text"})
+        # NBSCALE_PHASES=1: the kernel (capture, bundle) and the job's processes write when
+        # they reached each phase into the job folder (nbscale.runtime.phases)
+        self.km.start_kernel(
+            cwd=cwd, env={**env, "NBSCALE_PROGRESS": "text", "NBSCALE_PHASES": "1"}
+        )
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
@@ -99,9 +104,11 @@ class KernelDriver:
             elif msg["msg_type"] == "error":
                 out.append("\n".join(msg["content"]["traceback"]))
 
+        self.sent = time.time()
         start = time.perf_counter()
         reply = self.kc.execute_interactive(code, output_hook=hook, timeout=600)
         elapsed = time.perf_counter() - start
+        self.replied = time.time()
         text = "".join(out)
         if reply["content"]["status"] != "ok":
             raise RuntimeError(f"cell failed:\n{text[-3000:]}")
@@ -135,7 +142,7 @@ class EngineDriver:
     """The engine call %%train makes, in this process (no Jupyter needed)."""
 
     def __init__(self, cwd: str, env: dict):
-        os.environ.update(env)
+        os.environ.update({**env, "NBSCALE_PHASES": "1"})
         os.chdir(cwd)
 
     def _submit(self, line: str):
@@ -150,10 +157,12 @@ class EngineDriver:
         return prepare_cell(CELL, {}, spec, outputs=["final_loss"], line_offset=1).submit()
 
     def train(self, line: str) -> tuple[float, str]:
+        self.sent = time.time()
         start = time.perf_counter()
         handle = self._submit(line)
         handle.result()
         elapsed = time.perf_counter() - start
+        self.replied = time.time()
         self._last = handle
         return elapsed, ""
 
@@ -219,12 +228,19 @@ def main() -> None:
     line = f"--procs-per-node {procs} --outputs final_loss" + (
         " --gpus-per-proc 1" if args.gpu else ""
     )
+    load_before = os.getloadavg()
     driver = (EngineDriver if args.no_kernel else KernelDriver)(work, env)
     throughput: dict[str, list[float]] = {"train_magic": [], "torchrun": []}
+    breakdowns: list[dict[str, float]] = []
 
     def magic() -> float:
         elapsed, _ = driver.train(line)
+        sent, replied = driver.sent, driver.replied
         throughput["train_magic"].append(float(_STEPS_RE.search(driver.logs_of_last()).group(1)))
+        job_dir = max(
+            (Path(env["NBSCALE_HOME"]) / "jobs").iterdir(), key=lambda p: p.stat().st_mtime
+        )
+        breakdowns.append(phase_breakdown(phase_times(job_dir, sent, replied)))
         return elapsed
 
     def raw() -> float:
@@ -236,6 +252,8 @@ def main() -> None:
         samples = compare({"torchrun": raw, "train_magic": magic}, rounds=args.rounds)
         for values in throughput.values():
             del values[: -args.rounds]  # the warm-up round is not counted
+        del breakdowns[: -args.rounds]
+        load_after_sync = os.getloadavg()
         async_client, async_inside = [], []
         for i in range(args.async_rounds):
             client, inside = driver.async_return(line)
@@ -248,6 +266,13 @@ def main() -> None:
     finally:
         driver.close()
     result = summary(samples, baseline="torchrun")
+    result["phases_s"] = summarize_phases(breakdowns)
+    result["phases_by_round_s"] = breakdowns
+    result["phases_note"] = (
+        "spans of the %%train cell from the client's send ('start') to its reply ('exit'); "
+        "NBSCALE_PHASES=1 in the kernel and the job"
+    )
+    result["load_average_1_5_15"] = {"before": load_before, "after_sync_rounds": load_after_sync}
     steps = {name: statistics.median(v) for name, v in throughput.items()}
     result.update(
         {
