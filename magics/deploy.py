@@ -13,6 +13,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 from nbscale.endpoints import Endpoint, deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
+from nbscale.faces.deploy_options import add_sizing_options, sizing_options
 from nbscale.faces.options import parse_replicas, platform_options
 from nbscale.faces.text import ago, show_dry_run
 
@@ -64,6 +65,7 @@ def deploy_parser() -> _Parser:
     p.add_argument("--gpus", type=int)
     p.add_argument("--cpu")
     p.add_argument("--memory")
+    add_sizing_options(p)
     return p
 
 
@@ -168,12 +170,17 @@ class DeployMagics(Magics):
                 capture_rate=args.capture_rate,
                 baseline=_baseline_arg(args.baseline, ns),
                 idle_ttl=args.idle_ttl,
-                options=platform_options(args),
+                options={**platform_options(args), **sizing_options(args)},
                 dry_run=args.dry_run,
             )
             if args.dry_run:  # exactly what would be sent on stdout, commentary on stderr
                 show_dry_run(result, "dry run: nothing deployed")
                 return None
+            if result.rolled_back:
+                raise NbscaleError(
+                    f"endpoint {result.name}: {result.rolled_back}",
+                    "see the alarm in CloudWatch, fix the model, and deploy again",
+                )
             return result
         except _Help:
             return None

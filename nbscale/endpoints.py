@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .backends import DryRun, endpoint_backend_for, get_endpoint_backend
-from .backends.endpoint_base import DeployRequest, EndpointBackend
+from .backends.endpoint_base import ROLLED_BACK, DeployRequest, EndpointBackend
 from .config import load as load_config
 from .errors import Conflict, SpecError
 from .paths import endpoint_dir
@@ -57,6 +57,12 @@ class Endpoint:
     def refresh(self) -> EndpointRecord:
         self._record = self._manager.status(get_endpoint(self._manager.store, self.name))
         return self._record
+
+    @property
+    def rolled_back(self) -> str | None:
+        """Why the platform rolled the last new version back (None unless ROLLED_BACK): the
+        endpoint serves the version before it."""
+        return (self._record.error or "rolled back") if self._record.status == ROLLED_BACK else None
 
     @property
     def status(self) -> str:

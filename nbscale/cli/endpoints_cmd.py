@@ -8,7 +8,8 @@ import sys
 import numpy as np
 
 from ..endpoints import deploy, endpoint, endpoints
-from ..errors import SpecError
+from ..errors import NbscaleError, SpecError
+from ..faces.deploy_options import add_sizing_options, sizing_options
 from ..faces.options import parse_replicas, platform_options
 from ..faces.text import ago, print_json, show_dry_run, table
 from ..serving.jsoncodec import loads
@@ -29,12 +30,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         capture_rate=args.capture_rate,
         idle_ttl=args.idle_ttl,
-        options=platform_options(args),
+        options={**platform_options(args), **sizing_options(args)},
         dry_run=args.dry_run,
     )
     if args.dry_run:  # exactly what would be sent on stdout, commentary on stderr
         show_dry_run(ep, "dry run: nothing deployed")
         return 0
+    if ep.rolled_back:
+        raise NbscaleError(
+            f"endpoint {ep.name}: {ep.rolled_back}",
+            "see the alarm in CloudWatch, fix the model, and deploy again",
+        )
     if args.json:
         print_json(ep.to_dict())
     else:
@@ -163,6 +169,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=int, help="GPUs per replica")
     p.add_argument("--cpu", help="CPU per replica (a Kubernetes quantity)")
     p.add_argument("--memory", help="memory per replica (e.g. 2Gi)")
+    add_sizing_options(p)
     p.set_defaults(func=cmd_deploy)
 
     for action in ("promote", "rollback"):
