@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -16,13 +17,16 @@ from . import paths
 from .backends import DryRun, JobBackend, LogChunk, backend_for, get_backend
 from .config import Config
 from .config import load as load_config
-from .errors import JobFailed, NbscaleError
+from .errors import JobFailed, NbscaleError, SpecError
 from .specs import JobSpec, shown
 from .store import Store, get_store
 from .store.jobs import (
     FAILED,
     PENDING,
+    RUNNING,
+    STATUSES,
     SUCCEEDED,
+    TERMINAL,
     JobRecord,
     get_job,
     insert_job,
@@ -66,16 +70,26 @@ class Job:
         on_update: Callable[[JobRecord], None] | None = None,
         raise_on_failure: bool = False,
         progress: IO[str] | None = None,
+        status: str | None = None,
     ) -> JobRecord:
-        """Until the job has ended; ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` s,
-        the job going on. ``progress``: a stream for one line each time the state changes."""
+        """Until the job has ended, or, with ``status``, until it is in that status
+        (``RUNNING``; ``SUCCEEDED``...); ``WaitTimeout`` (a ``TimeoutError``) after
+        ``timeout`` s, the job going on. A status the job can no longer reach (it ended
+        otherwise, or it runs already when ``PENDING`` is asked) raises ``NbscaleError``
+        at once. ``progress``: a stream for one line each time the state changes."""
         from .backends.remote.lifecycle import wait_for
+
+        wanted = check_status(status) if status is not None else None
+
+        def reached(r: JobRecord) -> bool:
+            return r.terminal if wanted is None else r.status == wanted
 
         record = wait_for(
             f"job {self.id}",
             self.refresh,
             lambda r: r.status,
-            lambda r: r.terminal,
+            reached,
+            failure=None if wanted is None else lambda r: _unreachable(r, wanted),
             timeout=timeout,
             interval=poll,
             hint=f"it goes on: follow it with nbscale logs -f {self.id}, "
@@ -94,6 +108,53 @@ class Job:
 
     def ranks(self) -> list[int]:
         return self._backend.ranks(self._record)
+
+    def node_ranks(self, node: int) -> list[int]:
+        """The ranks node ``node`` runs (``procs_per_node`` of them); refused past the
+        job's last node."""
+        spec = self._record.spec
+        nodes = int(spec.get("nodes") or 1)
+        per = int(spec.get("procs_per_node") or 1)
+        if not 0 <= node < nodes:
+            raise SpecError(
+                "--node",
+                f"job {self.id} has {count(nodes, 'node')}: {node} is not one of them",
+                f"give 0 to {nodes - 1}",
+            )
+        return list(range(node * per, (node + 1) * per))
+
+    def platform_logs(
+        self,
+        node: int | None = None,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> Iterator[tuple[int, str]]:
+        """``(node, line)`` from where the platform keeps the logs, with its timestamps: the
+        last ``tail`` lines, those of the last ``since`` seconds, following with ``follow``
+        (a backend without timestamps refuses, naming what to do instead)."""
+        if node is not None:
+            self.node_ranks(node)  # refused past the last node
+        return self._backend.platform_logs(
+            self.refresh(), None if node is None else [node], tail, since, follow
+        )
+
+    def tail(self, rank: int, lines: int) -> tuple[list[str], int]:
+        """The last ``lines`` lines of one rank's log so far and the offset after them;
+        memory holds those lines and one chunk, however long the log."""
+        kept: deque[str] = deque(maxlen=max(lines, 0))
+        offset, partial = 0, ""
+        while True:
+            chunk = self._backend.logs(self._record, rank, offset)
+            if not chunk.text:
+                break
+            parts = (partial + chunk.text).split("\n")
+            partial = parts.pop()
+            kept.extend(parts)
+            offset = chunk.next_offset
+        if partial:
+            kept.append(partial)
+        return (list(kept) if lines > 0 else []), offset
 
     def read_logs(self, rank: int, offset: int = 0) -> LogChunk:
         return self._backend.logs(self._record, rank, offset)
@@ -121,9 +182,11 @@ class Job:
         ranks: list[int] | None = None,
         poll: float = 0.1,
         on_poll: Callable[[JobRecord], None] | None = None,
+        start: dict[int, int] | None = None,
     ) -> Iterator[tuple[int, str]]:
-        """Yield ``(rank, line)`` as lines appear, until the job has ended and every log is read."""
-        offsets: dict[int, int] = {}
+        """Yield ``(rank, line)`` as lines appear, until the job has ended and every log is
+        read; ``start``: where each rank's log is read from (default: its beginning)."""
+        offsets: dict[int, int] = dict(start or {})
         partial: dict[int, str] = {}
         while True:
             record = self.refresh()
@@ -175,6 +238,32 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self._record.status}>"
+
+
+def check_status(status: str) -> str:
+    """``status`` in nbscale's words (any case); one clear message for an unknown one."""
+    wanted = str(status).upper()
+    if wanted not in STATUSES:
+        raise SpecError("status", f"unknown status {status!r}", f"use one of {', '.join(STATUSES)}")
+    return wanted
+
+
+def _unreachable(record: JobRecord, wanted: str) -> NbscaleError | None:
+    """Why ``record`` can no longer be ``wanted`` (None: it still can): a job moves from
+    PENDING to RUNNING to one terminal status, never back."""
+    now = record.status
+    if now == wanted:
+        return None
+    if now in TERMINAL:
+        why = f"it ended {now}" + (f": {record.error}" if record.error else "")
+    elif now == RUNNING and wanted == PENDING:
+        why = "it is RUNNING already"
+    else:
+        return None
+    return NbscaleError(
+        f"job {record.id} will never be {wanted}: {why}",
+        f"see what happened with nbscale status {record.id}",
+    )
 
 
 def _new_id(name: str) -> str:
@@ -279,3 +368,39 @@ def jobs(
             handle.refresh()
         out.append(handle)
     return Page(out, records.next, records.total)
+
+
+def platform_jobs(
+    backend: str | None = None, config: Config | None = None, store: Store | None = None
+) -> list[dict[str, Any]]:
+    """Every job the platform of ``backend`` holds where it looks (a Kubeflow namespace's
+    TrainJobs), nbscale's and others', each with ``attached``: the id of its row in the
+    store, if it has one (``attach`` makes one)."""
+    config = config or load_config()
+    store = store or get_store()
+    plat = get_backend(backend, config, store)
+    found = plat.list_native()
+    for item in found:
+        row = store.query_one(
+            "SELECT id FROM jobs WHERE backend = ? AND native_id = ? ORDER BY created DESC",
+            (plat.config.name, item.get("name")),
+        )
+        item["attached"] = row[0] if row else None
+    return found
+
+
+def attach(
+    name: str, backend: str | None = None, config: Config | None = None, store: Store | None = None
+) -> Job:
+    """A handle on the platform's job ``name`` (one nbscale did not start too): its row in
+    the store, made when there is none, so status, logs and wait work on it."""
+    config = config or load_config()
+    store = store or get_store()
+    plat = get_backend(backend, config, store)
+    return Job(plat.attach(name), plat)
+
+
+def runtimes(backend: str | None = None, config: Config | None = None) -> list[dict[str, Any]]:
+    """The runtimes the platform of ``backend`` offers its jobs (Kubeflow: the
+    ClusterTrainingRuntimes and the namespace's TrainingRuntimes)."""
+    return get_backend(backend, config or load_config()).runtimes()

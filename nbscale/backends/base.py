@@ -8,13 +8,13 @@ it. The store row is created by the engine (``nbscale.jobs.submit``) before
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ..config import BackendConfig
-from ..errors import SpecError
+from ..errors import NbscaleError, SpecError
 from ..specs import JobSpec
 from ..store import Store
 from ..store.jobs import JobRecord
@@ -199,3 +199,49 @@ class JobBackend(ABC):
     def check(self) -> dict[str, Any]:
         """Whether the backend can be reached: ``{"reachable": bool, "detail": str}``."""
         return {"reachable": True, "detail": "ok"}
+
+    # -- the platform's own jobs (those nbscale did not start too) ------------------------
+    #: whether ``list_native``, ``attach`` and ``runtimes`` mean something here
+    lists_native: ClassVar[bool] = False
+
+    def _no_native(self, what: str) -> NbscaleError:
+        return NbscaleError(
+            f"the {self.config.name} backend ({self.type}) cannot {what}: its jobs are the "
+            "ones in nbscale's store",
+            "list them with nbscale jobs; a kubeflow backend lists and attaches TrainJobs",
+        )
+
+    def list_native(self) -> list[dict[str, Any]]:
+        """Every job the platform holds where this backend looks (a namespace...), nbscale's
+        and others', newest first: ``name``, ``namespace``, ``status`` (nbscale's words),
+        ``phase`` (the platform's), ``nodes``, ``runtime``, ``created`` (epoch seconds),
+        ``job_id`` (nbscale's id when nbscale made it, else None), ``foreign``."""
+        raise self._no_native("list the platform's jobs")
+
+    def attach(self, name: str) -> JobRecord:
+        """A store row for the platform's job ``name`` (an existing row when there is one),
+        so status, logs and wait work on it; a job nbscale did not start is marked
+        ``foreign`` (no outputs are expected from it)."""
+        raise self._no_native(f"attach to {name!r}")
+
+    def runtimes(self) -> list[dict[str, Any]]:
+        """The runtimes (templates) jobs of this platform can name."""
+        raise self._no_native("list runtimes")
+
+    def platform_logs(
+        self,
+        record: JobRecord,
+        nodes: list[int] | None = None,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = False,
+    ) -> Iterator[tuple[int, str]]:
+        """``(node, line)`` of the platform's own log of each node (``nodes``: those only),
+        read where the platform keeps it, with its timestamps: the last ``tail`` lines,
+        those of the last ``since`` seconds, and with ``follow`` until the nodes end.
+        Memory stays bounded (a chunk and a few lines per node)."""
+        raise NbscaleError(
+            f"the {self.config.name} backend ({self.type}) keeps no time for its log lines, "
+            "so it cannot pick those since a time",
+            "drop --since (--tail N shows the last N lines of each rank)",
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -25,8 +26,15 @@ def exit_code_of(record: JobRecord) -> int:
     return record.exit_code or 1
 
 
-def stream(handle: Job, stdout=None, stderr=None, ranks: list[int] | None = None) -> JobRecord:
-    """Print every rank's lines with a rank prefix until the job ends; Ctrl-C cancels it."""
+def stream(
+    handle: Job,
+    stdout=None,
+    stderr=None,
+    ranks: list[int] | None = None,
+    start: dict[int, int] | None = None,
+) -> JobRecord:
+    """Print every rank's lines with a rank prefix until the job ends; Ctrl-C cancels it.
+    ``start``: where each rank's log is read from (default: its beginning)."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     progress = Progress(stderr)
     seen_output = False
@@ -38,7 +46,7 @@ def stream(handle: Job, stdout=None, stderr=None, ranks: list[int] | None = None
             )
 
     try:
-        for rank, line in handle.follow(ranks=ranks, on_poll=on_poll):
+        for rank, line in handle.follow(ranks=ranks, on_poll=on_poll, start=start):
             if not seen_output:
                 progress.clear()
                 seen_output = True
@@ -134,6 +142,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
     if args.limit < 1:
         raise SpecError("--limit", f"must be at least 1, got {args.limit}", "write e.g. --limit 50")
+    if args.backend and _lists_native(args.backend):
+        return _platform_jobs(args)
     handles = jobs(status=args.status, backend=args.backend, limit=args.limit)
     _, total = list_jobs(get_store(), status=args.status, backend=args.backend, limit=1)
     if total > len(handles):
@@ -163,6 +173,112 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
     else:
         print("no jobs yet: start one with 'nbscale run SCRIPT'")
+    return 0
+
+
+def _lists_native(backend: str) -> bool:
+    from ..backends import get_backend
+
+    return bool(getattr(get_backend(backend), "lists_native", False))
+
+
+def _platform_jobs(args: argparse.Namespace) -> int:
+    """The platform's own jobs where the backend looks (a namespace's TrainJobs), those
+    nbscale did not start marked ``foreign``."""
+    from ..jobs import platform_jobs
+
+    found = platform_jobs(args.backend)
+    if args.status:
+        found = [j for j in found if j["status"] == args.status.upper()]
+    total = len(found)
+    found = found[: args.limit]
+    if total > len(found):
+        print(
+            f"nbscale: showing the newest {len(found)} of {count(total, 'job')} "
+            "(see more with --limit N, or narrow with --status)",
+            file=sys.stderr,
+        )
+    if args.json:
+        print_json(found)
+        return 0
+    if not found:
+        print(f"no jobs on the {args.backend} backend's platform")
+        return 0
+    rows = []
+    for j in found:
+        origin = "foreign" if j["foreign"] else "nbscale"
+        rows.append(
+            [
+                j["name"] or "-",
+                j["attached"] or "-",
+                origin,
+                j["status"],
+                j["phase"] or "-",
+                str(j["nodes"] if j["nodes"] is not None else "-"),
+                j["runtime"] or "-",
+                ago(j["created"]) if j["created"] else "-",
+            ]
+        )
+    print(
+        table(["NAME", "JOB ID", "ORIGIN", "STATUS", "PHASE", "NODES", "RUNTIME", "CREATED"], rows)
+    )
+    if any(not j["attached"] for j in found):
+        print(
+            f"nbscale: attach to one with: nbscale attach NAME --backend {args.backend}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from ..jobs import attach
+
+    handle = attach(args.name, backend=args.backend)
+    record = handle.record
+    if args.json:
+        print_json(handle.to_dict())
+        return 0
+    print(record.id)
+    note = (
+        " (not started by nbscale: no results are expected)" if record.info.get("foreign") else ""
+    )
+    print(
+        f"nbscale: {args.name} is job {record.id}, {record.status.lower()}{note}; follow it "
+        f"with nbscale logs -f {record.id}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    from ..jobs import runtimes
+
+    found = runtimes(args.backend)
+    notes = [r["note"] for r in found if r.get("kind") == "note"]
+    found = [r for r in found if r.get("kind") != "note"]
+    if args.json:
+        print_json(found)
+    elif found:
+        print(
+            table(
+                ["KIND", "NAME", "NAMESPACE", "FRAMEWORK", "NODES", "IMAGES"],
+                [
+                    [
+                        r["kind"],
+                        r["name"] or "-",
+                        r.get("namespace") or "-",
+                        r.get("framework") or "-",
+                        str(r["nodes"] if r.get("nodes") is not None else "-"),
+                        "; ".join(r.get("images") or []) or "-",
+                    ]
+                    for r in found
+                ],
+            )
+        )
+    else:
+        print("no training runtimes")
+    for note in notes:
+        print(f"nbscale: {note}", file=sys.stderr)
     return 0
 
 
@@ -197,14 +313,57 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> float:
+    """``90s``, ``5m``, ``2h``, ``1d`` (or seconds) -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if not m or float(m.group(1)) <= 0:
+        raise SpecError("--since", f"{text!r} is not a duration", "e.g. 90s, 5m, 2h, 1d")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.rank is not None and args.node is not None:
+        raise SpecError("--rank", "is given with --node", "give one: a rank, or a node's ranks")
+    if args.tail is not None and args.tail < 0:
+        raise SpecError("--tail", f"must be 0 or more, got {args.tail}", "e.g. --tail 100")
+    since = parse_since(args.since) if args.since is not None else None
     handle = job(args.job)
-    ranks = None if args.rank is None else [args.rank]
+    if since is not None:  # the platform's timestamps pick the lines
+        if args.rank is not None:
+            raise SpecError("--rank", "is given with --since", "pick a node with --node N")
+        try:
+            for node, line in handle.platform_logs(args.node, args.tail, since, args.follow):
+                sys.stdout.write(f"[node {node}] {line}\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass  # reading logs only: the job goes on
+        return 0
+    if args.node is not None:
+        ranks: list[int] | None = handle.node_ranks(args.node)
+    else:
+        ranks = None if args.rank is None else [args.rank]
+    start: dict[int, int] = {}
+    if args.tail is not None:  # the last lines of each rank, read in bounded memory
+        for rank in ranks if ranks is not None else handle.ranks():
+            lines, start[rank] = handle.tail(rank, args.tail)
+            prefix = "" if args.rank is not None else f"[rank {rank}] "
+            sys.stdout.writelines(f"{prefix}{line}\n" for line in lines)
+        sys.stdout.flush()
     if args.follow:
-        stream(handle, ranks=ranks)
+        stream(handle, ranks=ranks, start=start)
+        return 0
+    if args.tail is not None:
         return 0
     if args.rank is not None:
         sys.stdout.write(handle.logs(args.rank))
+    elif ranks is not None:
+        for rank in ranks:
+            sys.stdout.writelines(
+                f"[rank {rank}] {line}\n" for line in handle.logs(rank).splitlines()
+            )
     else:
         sys.stdout.write(handle.logs())
     return 0
@@ -249,9 +408,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--status", help="only jobs in this status")
-    p.add_argument("--backend", help="only jobs of this backend")
+    p.add_argument(
+        "--backend",
+        help="only jobs of this backend; a kubeflow backend lists its namespace's TrainJobs, "
+        "those nbscale did not start too (ORIGIN foreign)",
+    )
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser(
+        "attach",
+        help="adopt a platform's job by name (a TrainJob nbscale did not start too), so "
+        "status, logs and wait work on it",
+    )
+    p.add_argument("name", metavar="NAME", help="the job's name on the platform")
+    p.add_argument("--backend", help="the backend whose platform holds it")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("runtimes", help="list the runtimes a backend's jobs can name")
+    p.add_argument("--backend", help="the backend (kubeflow: training runtimes)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_runtimes)
 
     p = sub.add_parser("status", help="show one job")
     p.add_argument("job", metavar="JOB")
@@ -261,6 +439,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("logs", help="print a job's logs")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--rank", type=int, help="only this rank")
+    p.add_argument("--node", type=int, help="only the ranks of this node (0, 1, ...)")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each rank")
+    p.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="only lines of the last DURATION (5m, 2h), by the platform's timestamps "
+        "(kubeflow: read from the API server, one stream per node)",
+    )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.set_defaults(func=cmd_logs)
 

@@ -5,7 +5,7 @@ the official ``kubernetes`` client over HTTP, through a kubeconfig file written
 here (``kubeconfig``). The test plays the controllers: it reads what nbscale
 created and writes status back through the same API (``KubeApi``), and plays the
 kubelet for pod logs (``set_log``: served by ``GET .../pods/NAME/log``, honouring
-``timestamps`` and ``sinceSeconds`` as the kubelet does), and the pod network for the
+``timestamps``, ``sinceSeconds`` and ``tailLines`` as the kubelet does), and the pod network for the
 API server's pod proxy (``expose``: ``GET .../pods/NAME:PORT/proxy/PATH`` is forwarded
 to where that pod's port really listens, without the caller's credentials, as the API
 server forwards it).
@@ -177,6 +177,61 @@ def trainjob_webhook(job: dict[str, Any], old: dict[str, Any] | None, runtime_of
     return errors
 
 
+def _split_selector(text: str) -> list[str]:
+    """The requirements of a selector: commas outside parentheses separate them."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    return parts
+
+
+def label_selector_matches(selector: str | None, labels: dict[str, str]) -> bool:
+    """Kubernetes' label selector: ``k=v``, ``k==v``, ``k!=v``, ``k in (a, b)``,
+    ``k notin (a)``, ``k``, ``!k``."""
+    for req in _split_selector(selector or ""):
+        m = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", req)
+        if m:
+            values = {v.strip() for v in m.group(3).split(",")}
+            inside = labels.get(m.group(1)) in values
+            if inside != (m.group(2) == "in"):
+                return False
+            continue
+        m = re.fullmatch(r"(\S+?)\s*(==|!=|=)\s*(\S*)", req)
+        if m:
+            equal = labels.get(m.group(1)) == m.group(3)
+            if equal != (m.group(2) != "!="):
+                return False
+        elif req.startswith("!"):
+            if req[1:].strip() in labels:
+                return False
+        elif req not in labels:
+            return False
+    return True
+
+
+def field_selector_matches(selector: str | None, obj: dict[str, Any]) -> bool:
+    """Kubernetes' field selector: ``path=value``, ``path==value``, ``path!=value``."""
+    for req in _split_selector(selector or ""):
+        m = re.fullmatch(r"(\S+?)\s*(==|!=|=)\s*(.*)", req)
+        if not m:
+            return False
+        node: Any = obj
+        for part in m.group(1).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        equal = ("" if node is None else str(node)) == m.group(3)
+        if equal != (m.group(2) != "!="):
+            return False
+    return True
+
+
 def _status_error(code: int, reason: str, message: str, details: dict | None = None):
     """A refusal as the API server sends it: a ``Status`` object with the HTTP code."""
     from kmock._internal import k8s
@@ -193,6 +248,21 @@ class _Emulator(kmock.KubernetesEmulator):
     trainer_release: str = "v2.2.1"
     field_validation: str = "Strict"
     warnings: list = attrs.field(factory=list, init=False)
+
+    async def _serve_list(self, request):
+        """The list, filtered by ``labelSelector`` and ``fieldSelector`` as the API server
+        filters it."""
+        payload = await super()._serve_list(request)
+        labels = request.params.get("labelSelector")
+        fields = request.params.get("fieldSelector")
+        if labels or fields:
+            payload["items"] = [
+                o
+                for o in payload["items"]
+                if label_selector_matches(labels, (o.get("metadata") or {}).get("labels") or {})
+                and field_selector_matches(fields, o)
+            ]
+        return payload
 
     def _current(self, request) -> dict[str, Any] | None:
         key = (request.resource, request.namespace, request.name)
@@ -443,6 +513,9 @@ class KubeEmulator:
             if since and ts[:26] < since:
                 continue
             out.append(f"{ts} {line}" if str(params.get("timestamps")).lower() == "true" else line)
+        if params.get("tailLines") is not None:  # the kubelet's last N lines (of those since)
+            tail = int(params["tailLines"])
+            out = out[len(out) - tail :] if tail else []
         return ("\n".join(out) + ("\n" if out else "")).encode()
 
     # -- the pod network, for the API server's pod proxy --------------------------------
