@@ -1,8 +1,11 @@
 """What a job costs: hours x nodes x the hourly price of one node.
 
-Prices are public on-demand list prices (USD per instance hour, us-east-1,
-late 2025) for the instance types people train on. Every price is editable in
-the backend's table of the config file:
+List prices are a platform's own table (``Pricing.table``; SageMaker's is
+``nbscale/backends/sagemaker/prices.json``: USD per instance hour by region and by
+component: training, hosting for endpoints, processing for pipeline steps), overlaid by
+the user price file ``nbscale cost --refresh-prices`` writes from the platform's price
+API (``NBSCALE_HOME/prices/TYPE.json``). Every price is editable in the backend's table
+of the config file (``prices`` apply to every component):
 
     [backends.prod]
     type = "sagemaker"
@@ -35,32 +38,20 @@ records it as ``info.billable_seconds``) and the spot savings.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import Config
 from .config import load as load_config
-from .errors import SpecError
+from .errors import NbscaleError, SpecError
 from .words import count
 
-# SageMaker training instances (the ``ml.`` prices include the SageMaker fee)
-INSTANCE_PRICES: dict[str, float] = {
-    "ml.m5.xlarge": 0.23,
-    "ml.m5.2xlarge": 0.461,
-    "ml.c5.2xlarge": 0.408,
-    "ml.g4dn.xlarge": 0.736,
-    "ml.g4dn.12xlarge": 4.89,
-    "ml.g5.xlarge": 1.408,
-    "ml.g5.2xlarge": 1.515,
-    "ml.g5.12xlarge": 7.09,
-    "ml.g5.48xlarge": 20.36,
-    "ml.p3.2xlarge": 3.825,
-    "ml.p3.8xlarge": 14.688,
-    "ml.p3.16xlarge": 28.152,
-    "ml.p4d.24xlarge": 37.688,
-    "ml.p5.48xlarge": 113.07,
-}
+#: what an instance hour pays for, as the platforms' price lists split it
+COMPONENTS = ("training", "hosting", "processing")
 # a Kubernetes node is priced by what it holds, absent a configured price
 CPU_NODE_HOUR = 0.20
 GPU_HOUR = 2.50
@@ -79,10 +70,16 @@ class Pricing:
     instance_required: bool = False
     #: the platform's billed time already holds what spot capacity saved
     billed_spot: bool = False
-    #: the region whose list prices ``INSTANCE_PRICES`` holds for this platform (None: the
+    #: the region whose list prices stand in for a region the price list lacks (None: the
     #: prices do not vary by region); elsewhere they only stand in for estimates, with a
-    #: note, and a budget needs the backend's own ``prices``
+    #: note, and a budget needs the region's own price (``--refresh-prices``, ``prices``)
     list_region: str | None = None
+    #: the platform's price list, ``"package:file.json"`` (``{"regions": {REGION:
+    #: {COMPONENT: {TYPE: USD per hour}}}}``)
+    table: str | None = None
+    #: ``"module:function"``: ``function(regions) -> the same shape`` from the platform's
+    #: price API, for ``nbscale cost --refresh-prices``
+    refresh: str | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -98,6 +95,106 @@ def pricing(backend_type: str) -> Pricing:
     except ImportError:
         found = None
     return found if isinstance(found, Pricing) else Pricing()
+
+
+def user_price_file(backend_type: str) -> Path:
+    """Where ``nbscale cost --refresh-prices`` keeps a platform's prices."""
+    from .paths import home
+
+    return home() / "prices" / f"{backend_type}.json"
+
+
+def _regions(data: Any, where: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The ``regions`` of a price list, checked: REGION -> COMPONENT -> TYPE -> USD."""
+    regions = data.get("regions") if isinstance(data, dict) else None
+    if not isinstance(regions, dict):
+        raise NbscaleError(f"{where} is not a price list (no regions table)")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for region, parts in regions.items():
+        if not isinstance(parts, dict):
+            raise NbscaleError(f"{where}: region {region} is not a table")
+        for component, table in parts.items():
+            if component not in COMPONENTS or not isinstance(table, dict):
+                raise NbscaleError(f"{where}: {region}.{component} is not a component's prices")
+            for instance, price in table.items():
+                if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+                    raise NbscaleError(f"{where}: {region}.{component}.{instance} is no price")
+            out.setdefault(region, {})[component] = {k: float(v) for k, v in table.items()}
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _packaged(table: str) -> dict[str, dict[str, dict[str, float]]]:
+    from importlib import resources
+
+    package, _, name = table.partition(":")
+    return _regions(json.loads(resources.files(package).joinpath(name).read_text()), table)
+
+
+@functools.lru_cache(maxsize=16)
+def _user(path: str, mtime: float) -> dict[str, dict[str, dict[str, float]]]:
+    try:
+        return _regions(json.loads(Path(path).read_text()), path)
+    except (OSError, ValueError, NbscaleError):
+        return {}  # a broken file prices nothing; --refresh-prices replaces it
+
+
+def list_prices(backend_type: str) -> dict[str, dict[str, dict[str, float]]]:
+    """REGION -> COMPONENT -> instance type -> USD per hour: the platform's table, with
+    the user price file's prices over it."""
+    rules = pricing(backend_type)
+    merged: dict[str, dict[str, dict[str, float]]] = {}
+    sources = [_packaged(rules.table)] if rules.table else []
+    path = user_price_file(backend_type)
+    if path.is_file():
+        sources.append(_user(str(path), path.stat().st_mtime))
+    for source in sources:
+        for region, parts in source.items():
+            for component, table in parts.items():
+                merged.setdefault(region, {}).setdefault(component, {}).update(table)
+    return merged
+
+
+def list_price(
+    backend_type: str, instance: str, region: str | None = None, component: str = "training"
+) -> float | None:
+    """The list price of ``instance`` in ``region`` (default: the platform's list region)
+    for ``component``; None when the lists have none."""
+    region = region or pricing(backend_type).list_region
+    found = list_prices(backend_type).get(region or "", {}).get(component, {})
+    return found.get(instance)
+
+
+def refresh_prices(backend_type: str, regions: list[str]) -> tuple[Path, int]:
+    """Ask the platform's price API for ``regions`` and write its user price file; returns
+    (file, number of prices). A bad or empty answer raises and leaves the old file."""
+    import pkgutil
+
+    rules = pricing(backend_type)
+    if not rules.refresh:
+        raise SpecError("--refresh-prices", f"the {backend_type} platform has no price API to read")
+    fetched = pkgutil.resolve_name(rules.refresh)(sorted(set(regions)))
+    found = _regions({"regions": fetched}, f"the {backend_type} price API's answer")
+    missing = [r for r in regions if not any(found.get(r, {}).values())]
+    if missing:
+        raise NbscaleError(
+            f"the {backend_type} price API returned no instance prices for "
+            f"{', '.join(sorted(set(missing)))}; the price file was not changed",
+            "check the region names and that the credentials may call pricing:GetProducts",
+        )
+    path = user_price_file(backend_type)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "_about": f"{backend_type} list prices from its price API (nbscale cost --refresh-prices)",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "currency": "USD",
+        "unit": "instance hour",
+        "regions": found,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
+    os.replace(tmp, path)  # whole or not at all
+    return path, sum(len(t) for parts in found.values() for t in parts.values())
 
 
 @dataclass(frozen=True)
@@ -131,8 +228,10 @@ def node_price(
     settings: dict[str, Any] | None = None,
     instance_type: str | None = None,
     gpus_per_node: int = 0,
+    component: str = "training",
 ) -> float:
-    """USD per node hour on a backend of ``backend_type``."""
+    """USD per node hour on a backend of ``backend_type`` (``component``: what the
+    instance does: training, hosting for an endpoint, processing for a pipeline step)."""
     settings = settings or {}
     if "price_per_node_hour" in settings:
         return _price(settings["price_per_node_hour"], "price_per_node_hour")
@@ -149,13 +248,22 @@ def node_price(
     if instance:
         if instance in configured:
             return _price(configured[instance], f"prices.{instance}")
-        if instance in INSTANCE_PRICES:
-            return INSTANCE_PRICES[instance]
+        region = settings.get("region")
+        found = list_price(backend_type, instance, region, component)
+        if found is None and region and region != rules.list_region:
+            # another region's list price stands in (foreign_list_price says so)
+            found = list_price(backend_type, instance, rules.list_region, component)
+        if found is not None:
+            return found
         if rules.instance_required:
+            where = region or rules.list_region
             raise SpecError(
                 "instance_type",
-                f"no price known for {instance!r}",
-                f"set price_per_node_hour in [backends.*] or use one of {', '.join(sorted(INSTANCE_PRICES))}",
+                f"no price known for {instance!r} ({component}"
+                + (f" in {where}" if where else "")
+                + ")",
+                f'run nbscale cost --refresh-prices, or set prices = {{ "{instance}" = '
+                "USD_PER_HOUR } or price_per_node_hour in [backends.*]",
             )
     return (
         _price(settings.get("node_hour_price", CPU_NODE_HOUR), "node_hour_price")
@@ -164,11 +272,14 @@ def node_price(
 
 
 def foreign_list_price(
-    backend_type: str, settings: dict[str, Any] | None = None, instance_type: str | None = None
+    backend_type: str,
+    settings: dict[str, Any] | None = None,
+    instance_type: str | None = None,
+    component: str = "training",
 ) -> tuple[str, str] | None:
     """(why, what to set) when the price of ``instance_type`` is only a stand-in, None when
-    it is the real list price: nbscale's list is one region's (``Pricing.list_region``), and
-    a backend in another region without its own ``prices`` for the type is priced with it."""
+    it is the real list price: a backend in a region the price lists lack a price for, and
+    without its own ``prices`` for the type, is priced with ``Pricing.list_region``'s."""
     settings = settings or {}
     rules = pricing(backend_type)
     if not rules.list_region or "price_per_node_hour" in settings:
@@ -178,9 +289,10 @@ def foreign_list_price(
     if (
         not instance
         or instance in (settings.get("prices") or {})
-        or instance not in INSTANCE_PRICES
         or not region
         or region == rules.list_region
+        or list_price(backend_type, instance, region, component) is not None
+        or list_price(backend_type, instance, rules.list_region, component) is None
     ):
         return None
     return (
@@ -204,7 +316,8 @@ def budget_price(
         raise SpecError(
             "max_cost",
             f"the budget cannot be priced: {why}",
-            f"set {setting} or price_per_node_hour in [backends.{backend}]",
+            f"set {setting} or price_per_node_hour in [backends.{backend}], or run "
+            "nbscale cost --refresh-prices for the region's list prices",
         )
     try:
         return node_price(backend_type, settings, instance_type, gpus_per_node)
@@ -445,16 +558,91 @@ def record_costs(record: Any, config: Config) -> dict[str, Any] | None:
             return None
     cost = job_cost((billed_s if billed_s is not None else ran_s) / 3600.0, nodes, paid)
     on_demand = job_cost(ran_s / 3600.0, nodes, price)
+    # a warm pool (SageMaker's KeepAlivePeriodInSeconds) keeps the instances after the job,
+    # billed at the on-demand price: WarmPoolStatus.ResourceRetainedBillableTimeInSeconds,
+    # per instance (AWS: times InstanceCount)
+    retained_s = float(info.get("retained_billable_seconds") or 0)
+    warm_pool = job_cost(retained_s / 3600.0, nodes, price)
     return {
-        "cost": cost,
-        "on_demand_cost": on_demand,
+        "cost": round(cost + warm_pool, 4),
+        "on_demand_cost": round(on_demand + warm_pool, 4),
         "spot_savings": round(max(0.0, on_demand - cost), 4),
-        "node_hours": round(ran_s / 3600.0 * nodes, 4),
+        "node_hours": round((ran_s + retained_s) / 3600.0 * nodes, 4),
         "price_per_node_hour": paid,
         "on_demand_price_per_node_hour": price,
         "spot": bool(spec.get("spot")),
         "billable_seconds": billed_s,
+        "warm_pool_cost": warm_pool,
+        "retained_billable_seconds": retained_s or None,
     }
+
+
+# -- endpoints and pipelines -----------------------------------------------------------------------
+def endpoint_estimate(
+    backend: str | None,
+    instance_type: str | None,
+    instances: int = 1,
+    hours: float = 1.0,
+    config: Config | None = None,
+) -> dict[str, Any]:
+    """What an endpoint costs: instance hours x instances at the hosting price."""
+    config = config or load_config()
+    bconf = config.backend(backend)
+    if instances < 1 or hours <= 0:
+        raise SpecError("instances", "an endpoint has at least 1 instance for more than 0 hours")
+    price = node_price(bconf.type, bconf.settings, instance_type, 0, "hosting")
+    return {
+        "backend": bconf.name,
+        "instance_type": instance_type,
+        "instances": instances,
+        "price_per_instance_hour": price,
+        "per_hour": round(price * instances, 4),
+        "hours": hours,
+        "total": job_cost(hours, instances, price),
+        "price_note": _note(
+            foreign_list_price(bconf.type, bconf.settings, instance_type, "hosting")
+        ),
+        "currency": "USD",
+    }
+
+
+def definition_estimate(
+    definition: dict[str, Any], backend_type: str, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The most a SageMaker Pipelines definition's steps can cost: each step's instances
+    for its MaxRuntimeInSeconds at the processing (a Processing step) or training price
+    (a Training step). A step without a known price is listed as unpriced."""
+    steps, unpriced, total = [], [], 0.0
+    for step in definition.get("Steps", []):
+        args = step.get("Arguments") or {}
+        if step.get("Type") == "Processing":
+            cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
+            component = "processing"
+        elif step.get("Type") == "Training":
+            cluster = args.get("ResourceConfig", {})
+            component = "training"
+        else:
+            continue
+        instance, nodes = cluster.get("InstanceType"), int(cluster.get("InstanceCount") or 1)
+        seconds = float(args.get("StoppingCondition", {}).get("MaxRuntimeInSeconds") or 0)
+        try:
+            price = node_price(backend_type, settings, instance, 0, component)
+        except SpecError:
+            unpriced.append(step.get("Name"))
+            continue
+        most = job_cost(seconds / 3600.0, nodes, price)
+        total += most
+        steps.append(
+            {
+                "step": step.get("Name"),
+                "instance_type": instance,
+                "instances": nodes,
+                "component": component,
+                "price_per_instance_hour": price,
+                "at_most": most,
+            }
+        )
+    return {"steps": steps, "at_most": round(total, 4), "unpriced": unpriced, "currency": "USD"}
 
 
 def cost_report(

@@ -55,10 +55,50 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def refresh_prices(regions: list[str] | None) -> int:
+    """``nbscale cost --refresh-prices``: each installed platform with a price API, for the
+    regions its configured backends are in (or ``--region``)."""
+    from ..backends import platforms
+    from ..config import load as load_config
+    from ..cost import refresh_prices as refresh
+
+    config = load_config()
+    done = 0
+    for platform in platforms():
+        rules = platform.pricing
+        if not rules.refresh:
+            continue
+        wanted = list(regions or []) or sorted(
+            {
+                str(b.settings["region"])
+                for b in config.backends.values()
+                if b.type == platform.type and b.settings.get("region")
+            }
+        )
+        wanted = wanted or [r for r in [rules.list_region] if r]
+        if not wanted:
+            continue
+        path, prices = refresh(platform.type, wanted)
+        print(
+            f"{platform.title}: {count(prices, 'price')} for {', '.join(wanted)} written to {path}"
+        )
+        done += 1
+    if not done:
+        print("no installed platform has a price API to refresh from", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     from ..cost import cost_report
     from ..monitoring.drift import parse_duration
 
+    if args.refresh_prices:
+        return refresh_prices(args.region)
+    if args.region:
+        from ..errors import SpecError
+
+        raise SpecError("--region", "only goes with --refresh-prices")
     since = parse_duration(args.since, "--since") if args.since else None
     report = cost_report(since_s=since, by=args.by)
     if args.json:
@@ -147,6 +187,17 @@ def register(sub) -> None:
     p.add_argument("--since", help="e.g. 7d, 24h (default: all time)")
     p.add_argument("--by", choices=["backend", "name", "tag"], default="backend")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--refresh-prices",
+        action="store_true",
+        help="read the list prices from the platform's price API (AWS Price List) for the "
+        "regions of the configured backends and keep them in NBSCALE_HOME/prices/",
+    )
+    p.add_argument(
+        "--region",
+        action="append",
+        help="with --refresh-prices: this region instead (repeatable)",
+    )
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("idle", help="what is running now and what it costs per hour")

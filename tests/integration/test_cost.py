@@ -9,6 +9,7 @@ import time
 import pytest
 
 from nbscale import cost
+from nbscale.errors import SpecError
 from nbscale.jobs import submit
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
@@ -123,3 +124,125 @@ def test_budget_guard_ignores_jobs_without_a_budget_and_free_backends(priced, wr
     job = submit(JobSpec(Entry.from_path(str(script)), max_cost=0.01))  # local: free
     record = wait_for(lambda: (r := job.refresh()).terminal and r, 90, what="job end")
     assert record.status == SUCCEEDED
+
+
+# -- list prices from the AWS Price List API -------------------------------------------------------
+AWS_PRICED = """
+[backends.ireland]
+type = "sagemaker"
+region = "eu-west-1"
+role_arn = "arn:aws:iam::123456789012:role/train"
+storage = "s3://nb-team/nbscale"
+
+[backends.virginia]
+type = "sagemaker"
+region = "us-east-1"
+role_arn = "arn:aws:iam::123456789012:role/train"
+storage = "s3://nb-team/nbscale"
+"""
+
+
+@pytest.fixture
+def price_api(tmp_path, nbscale_home, monkeypatch):
+    from tests.support.emulators import AWS_ENV
+    from tests.support.pricing_front import PricingFront, product
+
+    catalog = [
+        product("eu-west-1", "Train", "ml.m5.xlarge", "0.2576000000"),
+        product("eu-west-1", "Host", "ml.m5.large", "0.1290000000"),
+        product("eu-west-1", "Processing", "ml.m5.large", "0.1290000000"),
+        product("eu-west-1", "Train", "ml.g5.xlarge", "1.5780000000"),
+        product("us-east-1", "Train", "ml.m5.large", "0.1150000000"),
+        product("us-east-1", "Host", "ml.g6.xlarge", "1.0100000000"),
+        product("eu-central-1", "Train", "ml.m5.xlarge", "0.2760000000"),  # not asked for
+    ]
+    # a second page: more sizes than one GetProducts page holds
+    catalog += [
+        product("eu-west-1", "Host", f"ml.c6i.{n}xlarge", f"{0.2 * n:.10f}") for n in range(2, 130)
+    ]
+    front = PricingFront(catalog)
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", front.url)
+    (tmp_path / "nbscale.toml").write_text(AWS_PRICED)
+    yield front
+    front.stop()
+
+
+def test_refresh_prices_reads_the_price_list_api_and_the_cost_module_uses_it(
+    price_api, nbscale_cli, nbscale_home
+):
+    from nbscale import config as nbconfig
+
+    config = nbconfig.load()
+    ireland = config.backend("ireland").settings
+    # before: eu-west-1 has no list prices, so a budget there cannot be priced
+    with pytest.raises(SpecError, match="refresh-prices"):
+        cost.budget_price("sagemaker", ireland, "ml.m5.xlarge", 0, "ireland")
+
+    proc = nbscale_cli("cost", "--refresh-prices", check=True)
+    assert "written to" in proc.stdout and "eu-west-1, us-east-1" in proc.stdout
+    asked = {
+        f["Value"] for c in price_api.calls for f in c["Filters"] if f["Field"] == "regionCode"
+    }
+    assert asked == {"eu-west-1", "us-east-1"}  # the configured backends' regions
+    assert any(c.get("NextToken") for c in price_api.calls)  # every page was read
+    saved = json.loads((nbscale_home / "prices" / "sagemaker.json").read_text())
+    assert saved["regions"]["eu-west-1"]["training"]["ml.m5.xlarge"] == 0.2576
+    assert saved["regions"]["eu-west-1"]["hosting"]["ml.c6i.129xlarge"] == pytest.approx(25.8)
+    assert "eu-central-1" not in saved["regions"]
+
+    # the budget, estimates of endpoints and pipeline steps: at the region's own prices
+    assert cost.budget_price("sagemaker", ireland, "ml.m5.xlarge", 0, "ireland") == 0.2576
+    assert cost.foreign_list_price("sagemaker", ireland, "ml.m5.xlarge") is None
+    endpoint = cost.endpoint_estimate("ireland", "ml.m5.large", instances=2, hours=10)
+    assert endpoint["total"] == pytest.approx(2.58) and endpoint["price_note"] is None
+    virginia = config.backend("virginia")
+    assert cost.endpoint_estimate("virginia", "ml.g6.xlarge")["per_hour"] == 1.01
+    # the shipped list is still there under the refreshed one
+    assert cost.node_price("sagemaker", virginia.settings, "ml.p4d.24xlarge") == 37.688
+    definition = {
+        "Steps": [
+            {
+                "Name": "prep",
+                "Type": "Processing",
+                "Arguments": {
+                    "ProcessingResources": {
+                        "ClusterConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1}
+                    },
+                    "StoppingCondition": {"MaxRuntimeInSeconds": 7200},
+                },
+            },
+            {
+                "Name": "fit",
+                "Type": "Training",
+                "Arguments": {
+                    "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2},
+                    "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+                },
+            },
+        ]
+    }
+    most = cost.definition_estimate(definition, "sagemaker", ireland)
+    assert most["at_most"] == pytest.approx(0.258 + 3.156) and most["unpriced"] == []
+
+
+def test_a_bad_or_empty_price_answer_keeps_the_old_file(price_api, nbscale_cli, nbscale_home):
+    nbscale_cli("cost", "--refresh-prices", check=True)
+    path = nbscale_home / "prices" / "sagemaker.json"
+    before = path.read_text()
+
+    price_api.broken = True  # a PriceList entry that is not JSON
+    proc = nbscale_cli("cost", "--refresh-prices")
+    assert proc.returncode != 0 and "not JSON" in proc.stderr
+    assert path.read_text() == before
+
+    price_api.broken = False
+    proc = nbscale_cli("cost", "--refresh-prices", "--region", "ap-south-1")  # none listed
+    assert proc.returncode != 0
+    assert "returned no instance prices for ap-south-1" in proc.stderr
+    assert "the price file was not changed" in proc.stderr
+    assert path.read_text() == before
+
+    proc = nbscale_cli("cost", "--region", "eu-west-1")
+    assert proc.returncode == 2 and "--region: only goes with --refresh-prices" in proc.stderr

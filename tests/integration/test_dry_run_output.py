@@ -90,6 +90,7 @@ def test_sagemaker_dry_runs_print_one_json_document_each(sm, aws, tmp_path):
     definition = json.loads(pipe.stdout)["CreatePipeline"]["PipelineDefinition"]
     assert [s["Type"] for s in definition["Steps"]] and definition["Version"]
     assert "would be uploaded under s3://nb-models/" in pipe.stderr
+    assert "estimated cost: " in pipe.stderr  # the steps' processing prices, when known
     bad = sm("pipeline", "run", str(PIPELINE), "--backend", "sm", "-p", "nope", "1", "--dry-run")
     assert bad.returncode != 0 and "nope" in bad.stderr and bad.stdout == ""
 

@@ -3,6 +3,8 @@ estimate (the CLI's refusal, a job stopped at its budget and actual costs: tests
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nbscale import cost
@@ -91,3 +93,88 @@ def test_sagemaker_backend_takes_the_price_table_it_documents_and_refuses_bad_pr
     ):
         with pytest.raises(SpecError, match=named.replace(".", r"\.")):
             sagemaker_settings(BackendConfig("prod", "sagemaker", {**base, **bad}))
+
+
+def _sagemaker(region: str = "us-east-1", **extra):
+    from nbscale.backends.sagemaker.settings import settings as sagemaker_settings
+    from nbscale.config import BackendConfig
+
+    raw = {
+        "region": region,
+        "role_arn": "arn:aws:iam::123456789012:role/train",
+        "storage": "s3://nb-bucket/nbscale",
+        **extra,
+    }
+    return sagemaker_settings(BackendConfig("aws", "sagemaker", raw))
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+def test_max_cost_takes_the_backends_prices_for_a_type_nbscale_does_not_list(region):
+    """prices = {"ml.g6.xlarge" = 0.98}: the budget buys 0.98 USD an hour, in any region."""
+    from nbscale.backends.sagemaker import request
+
+    settings = _sagemaker(region, prices={"ml.g6.xlarge": 0.98}, instance_type="ml.g6.xlarge")
+    job = JobSpec(Entry("module", "train"), name="fit", max_cost=0.98, nodes=2).to_dict()
+    assert request.budget_runtime(job, settings) == 1800  # 2 nodes x 0.98/h: half an hour
+    other = {**job, "instance_type": "ml.g6.xlarge"}
+    assert request.budget_runtime(other, _sagemaker(region, prices={"ml.g6.xlarge": 0.98})) == 1800
+
+
+def test_the_shipped_list_has_the_types_nbscale_picks_and_says_where_it_comes_from():
+    from importlib import resources
+
+    data = json.loads(
+        resources.files("nbscale.backends.sagemaker").joinpath("prices.json").read_text()
+    )
+    assert data["date"] and "Price List" in " ".join(data["_about"])
+    # ml.m5.large: the pipeline instance picker's smallest type and the real-account test's
+    assert cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.large") == 0.115
+    assert cost.list_price("sagemaker", "ml.m5.large", "us-east-1", "training") == 0.115
+    # a price the lists lack for that component is refused, saying how to get it
+    with pytest.raises(SpecError, match=r"no price known for 'ml.m5.large' \(hosting in"):
+        cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.large", 0, "hosting")
+    with pytest.raises(SpecError, match="refresh-prices"):
+        cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.large", 0, "hosting")
+
+
+def test_the_user_price_file_comes_before_the_shipped_list(nbscale_home):
+    path = cost.user_price_file("sagemaker")
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        json.dumps(
+            {
+                "regions": {
+                    "eu-west-1": {"training": {"ml.m5.xlarge": 0.2576}},
+                    "us-east-1": {"training": {"ml.m5.xlarge": 0.25}},
+                }
+            }
+        )
+    )
+    ireland = {"region": "eu-west-1"}
+    assert cost.node_price("sagemaker", ireland, "ml.m5.xlarge") == 0.2576
+    assert cost.foreign_list_price("sagemaker", ireland, "ml.m5.xlarge") is None
+    assert cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.xlarge") == 0.25
+    # not in the file: the shipped list, and another region's price only with a note
+    assert cost.node_price("sagemaker", ireland, "ml.g5.xlarge") == 1.408
+    assert cost.foreign_list_price("sagemaker", ireland, "ml.g5.xlarge") is not None
+    path.write_text("{not json")  # a broken file prices nothing and breaks nothing
+    assert cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.xlarge") == 0.23
+
+
+def test_warm_pool_retention_is_billed_on_top_of_the_job(priced):
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(
+        duration=3600.0,
+        spec={"instance_type": "ml.g5.xlarge", "nodes": 2},
+        backend="prod",
+        backend_type="sagemaker",
+        info={"billable_seconds": 3600, "retained_billable_seconds": 1800},
+    )
+    found = cost.record_costs(record, priced)
+    # 2 x 1 h at 1.20 (the backend's price), and the warm pool kept both instances 1800 s
+    # more (ResourceRetainedBillableTimeInSeconds is per instance) at the same price
+    assert found["warm_pool_cost"] == pytest.approx(1.2)
+    assert found["cost"] == pytest.approx(2.4 + 1.2)
+    assert found["node_hours"] == pytest.approx(3.0)
+    assert found["retained_billable_seconds"] == 1800

@@ -27,7 +27,9 @@ PLATFORM = Platform(
         default_instance="ml.m5.xlarge",
         instance_required=True,
         billed_spot=True,
-        list_region="us-east-1",  # nbscale.cost.INSTANCE_PRICES are us-east-1 list prices
+        list_region="us-east-1",  # prices.json's fullest region: stands in elsewhere, noted
+        table="nbscale.backends.sagemaker:prices.json",
+        refresh="nbscale.backends.sagemaker.prices:fetch",  # the AWS Price List API
     ),
 )
 

@@ -138,6 +138,27 @@ class SageMakerPipelines:
             "(a prefix per step named by the digest of its files)",
             f"secret {secret} (Secrets Manager) would be created or updated: the pipeline key",
         ]
+        from ...cost import definition_estimate
+
+        most = definition_estimate(
+            definition, "sagemaker", self.settings.model_dump(exclude_none=True)
+        )
+        if most["steps"]:
+            notes.append(
+                f"estimated cost: at most ${most['at_most']:.2f} if every step runs its max "
+                "runtime"
+                + (
+                    " (steps without a known price: " + ", ".join(most["unpriced"]) + ")"
+                    if most["unpriced"]
+                    else ""
+                )
+            )
+        else:
+            notes.append(
+                "estimated cost: unknown, no price is known for the steps' instance types "
+                "(nbscale cost --refresh-prices, or prices in [backends."
+                f"{self.settings.name}])"
+            )
         return DryRun([document], "json", notes)
 
     def _secret_arn(self, name: str) -> str | None:
