@@ -36,7 +36,18 @@ def unpack(folder: str) -> bool:
     if not archive.is_file():
         return False
     with tarfile.open(archive) as tar:
-        tar.extractall(folder, filter="data")  # no links out, no absolute paths
+        try:
+            tar.extractall(folder, filter="data")  # no links out, no absolute paths
+        except TypeError:  # a Python without extraction filters: the same rules by hand
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                if (
+                    member.name.startswith("/")
+                    or ".." in parts
+                    or not (member.isfile() or member.isdir())
+                ):
+                    raise ValueError(f"{archive}: refusing {member.name!r}") from None
+            tar.extractall(folder)  # noqa: S202 - every member checked above
     archive.unlink()
     return True
 
