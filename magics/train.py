@@ -165,10 +165,12 @@ def _sweep_bundle(shell, args: TrainArgs, source: str):
     return prepared
 
 
-def sweep_cell(shell, args: TrainArgs, source: str) -> None:
+def sweep_cell(shell, args: TrainArgs, source: str) -> Any:
     """Sweep the cell: one live table; the best trial's outputs and the ``Sweep`` (in
     ``--sweep-var``, default ``sweep``) in the notebook at the end. Interrupting stops the
-    driver only; running the cell again resumes the same sweep."""
+    driver only; running the cell again resumes the same sweep. With ``--detach`` the
+    driver runs in the background, so an interrupt leaves the whole sweep going; with
+    ``--async`` the cell returns the ``Sweep`` at once."""
     import os
 
     from nbscale import sweep_runs
@@ -198,10 +200,23 @@ def sweep_cell(shell, args: TrainArgs, source: str) -> None:
         if args.dry_run:
             written.unlink(missing_ok=True)
     shell.user_ns[sw.var] = handle
+    if args.run_async or args.detach:
+        try:  # the sweep goes on without this kernel: its driver runs in the background
+            handle.detach()
+        except NbscaleError as exc:
+            raise user_error(exc) from None
+    if args.run_async:  # shown as its table now; .run() follows it, .cancel() stops it
+        return handle
     live = SweepDisplay()
     try:
         view = handle.run(on_update=live)
     except KeyboardInterrupt:
+        if args.detach:
+            live.note(
+                f"interrupted: sweep {handle.id} goes on in the background; {sw.var}.run() "
+                f"follows it again, nbscale sweep-cancel {handle.id} stops it"
+            )
+            raise JobInterrupted(f"stopped following sweep {handle.id}; it goes on") from None
         live.note(
             f"interrupted: sweep {handle.id} is not followed any more; its running trials go "
             "on. Run this cell again to resume it, or cancel it with "

@@ -176,13 +176,6 @@ def _sweep_args(args: argparse.Namespace, space_tokens: list[str] | None) -> Swe
             flag = "--" + given[0].replace("_", "-")
             raise SpecError(flag, "is an option of a sweep", "add --sweep NAME=DIST(...) ...")
         return None
-    if args.run_async:
-        raise SpecError(
-            "--async",
-            "a sweep's trials are started by the cell itself, so it cannot return at once",
-            "drop --async; interrupting the cell leaves the running trials going, and running "
-            "it again resumes the sweep",
-        )
     args.sweep = [space_tokens]
     space, objective, options = sweep_request(args)
     var = args.sweep_var or DEFAULT_SWEEP_VAR

@@ -222,6 +222,12 @@ class Sweep:
 
     wait = run
 
+    def detach(self) -> Sweep:
+        """Leave the sweep running without this process (a local sweep's driver goes on in
+        the background); ``run()`` later follows it, from here or anywhere else."""
+        self._record = self._backend.detach(self.spec, self._record)
+        return self
+
     def cancel(self) -> SweepView:
         self._backend.cancel(get_sweep(self._store, self._record.id))
         return self.view()
@@ -359,3 +365,16 @@ def sweeps(
         Sweep(r, registry.for_record("sweeps", r, config, store), store, config)
         for r in list_sweeps(store, limit)
     ]
+
+
+def drive_detached(sweep_id: str) -> int:
+    """The background driver of a detached local sweep (``python -m nbscale.sweep_driver
+    ID``): it leaves its starter at once (the starter waits for it to hold the sweep) and
+    drives the sweep until it ends."""
+    import os
+
+    if os.fork() > 0:
+        return 0
+    view = get(sweep_id).run()
+    print(f"sweep {view.id}: {view.status}", flush=True)
+    return 0

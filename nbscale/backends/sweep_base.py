@@ -82,6 +82,12 @@ class SweepBackend(ABC):
         already (local) or it cannot say."""
         return None
 
+    def detach(self, sweep: SweepSpec, record: SweepRecord) -> SweepRecord:
+        """Leave the sweep running without this process. A platform runs its sweeps by
+        itself, so nothing is needed; the local backend starts its driver in the
+        background."""
+        return record
+
     def drive(
         self,
         sweep: SweepSpec,

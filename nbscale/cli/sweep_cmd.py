@@ -85,17 +85,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         show_dry_run(sweep_runs.dry_run(spec), "dry run: nothing started", *notes)
         return 0
-    if args.detach:
-        backend = sweep_runs.backend_for(spec)
-        if backend.config.type == "local":
-            raise SpecError(
-                "--detach",
-                f"a sweep on {backend.backend} is run by this command itself (its driver "
-                "starts the trials), so it cannot be left behind",
-                "run it in the background (nohup nbscale sweep ... &), or on a cluster backend",
-            )
     handle = sweep_runs.start(spec, notes=notes)
     if args.detach:
+        handle.detach()  # a local sweep's driver goes on in the background
         print(handle.id)
         return 0
     print(
@@ -192,7 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detach",
         action="store_true",
-        help="print the sweep's id and return (cluster backends: the platform runs it)",
+        help="print the sweep's id and return; it goes on without this command (locally its "
+        "driver runs in the background; on a cluster the platform runs it)",
     )
     p.add_argument(
         "--dry-run",

@@ -16,6 +16,7 @@ import textwrap
 
 import pytest
 
+from nbscale import paths
 from nbscale.backends.local.processes import job_processes
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
@@ -219,3 +220,72 @@ def test_too_many_failed_trials_fail_the_sweep_with_exit_1(nbscale_cli, write_sc
     shown = status(nbscale_cli, trials[0]["id"])
     assert shown["counts"]["FAILED"] == 2 and shown["best"] is None
     assert all(t["value"] is None for t in shown["trials"])
+
+
+def _driver(sweep_id: str) -> tuple[int | None, float | None]:
+    from nbscale.store.sweeps import get_sweep
+
+    info = get_sweep(get_store(), sweep_id).info
+    return info.get("driver_pid"), info.get("driver_started")
+
+
+def _kill_driver(pid: int | None, started: float | None) -> None:
+    """A driver a failed test left behind (the same process: its start time matches)."""
+    from nbscale.backends.local.processes import alive
+
+    if pid and alive(pid, started):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_detach_leaves_a_background_driver_that_the_same_command_follows(nbscale_cli, planted):
+    from nbscale.backends.local.processes import alive
+
+    extra = ["--trials", "3", "--parallel", "2", "--pruner", "none", "--seed", "2"]
+    detached = nbscale_cli(
+        "sweep", str(planted), *SPACE, *extra, "--detach", env={"PAUSE": "1"}, check=True
+    )
+    sweep_id = detached.stdout.strip()
+    assert sweep_id.startswith("planted-") and "\n" not in sweep_id
+    pid, started = _driver(sweep_id)
+    try:
+        assert pid and alive(pid, started)  # held by a process that is not the command
+        assert status(nbscale_cli, sweep_id)["status"] == "RUNNING"
+        # the same command again follows that driver to the end instead of driving it twice
+        again = nbscale_cli("sweep", str(planted), *SPACE, *extra, env={"PAUSE": "1"})
+        assert again.returncode == 0, again.stderr
+        shown = status(nbscale_cli, sweep_id)
+        assert shown["status"] == "SUCCEEDED" and shown["counts"] == {"SUCCEEDED": 3}
+        assert len(sweep_jobs(sweep_id)) == 3
+        wait_for(lambda: not alive(pid, started), 30, what="the background driver to end")
+        log = paths.home() / "sweeps" / f"{sweep_id}.driver.log"
+        assert f"sweep {sweep_id}: SUCCEEDED" in log.read_text()
+    finally:
+        _kill_driver(pid, started)
+
+
+def test_a_detached_sweep_cancelled_ends_its_driver_and_trials(nbscale_cli, planted):
+    from nbscale.backends.local.processes import alive
+
+    args = ["--trials", "6", "--parallel", "2", "--pruner", "none", "--detach"]
+    sweep_id = nbscale_cli(
+        "sweep", str(planted), *SPACE, *args, env={"PAUSE": "20"}, check=True
+    ).stdout.strip()
+    pid, started = _driver(sweep_id)
+    try:
+        wait_for(
+            lambda: status(nbscale_cli, sweep_id)["counts"].get("RUNNING") == 2,
+            120,
+            interval=0.5,
+            what="two running trials",
+        )
+        wait_for(lambda: all(job_processes(j.id) for j in sweep_jobs(sweep_id)), 60)
+        cancelled = nbscale_cli("sweep-cancel", sweep_id, check=True)
+        assert cancelled.stdout.strip() == f"sweep {sweep_id}: CANCELLED"
+        wait_for(lambda: not alive(pid, started), 60, what="the background driver to end")
+    finally:
+        _kill_driver(pid, started)
+    shown = status(nbscale_cli, sweep_id)
+    assert shown["status"] == "CANCELLED" and shown["counts"] == {"CANCELLED": 2}
+    jobs = sweep_jobs(sweep_id)
+    assert len(jobs) == 2 and all(j.status == "CANCELLED" for j in jobs)
+    assert all(job_processes(j.id) == [] for j in jobs)

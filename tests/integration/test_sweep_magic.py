@@ -204,3 +204,41 @@ def test_a_killed_kernel_resumes_the_sweep_when_the_cell_runs_again(kernel):
     assert len(set(values)) == 5
     got = json.loads(second.ok("import json; print(json.dumps([best_lr, sweep.best_params]))").text)
     assert got == [after.best.params["lr"], after.best.params]
+
+
+def test_an_async_sweep_returns_at_once_and_runs_without_the_cell(kernel, nbscale_home):
+    from nbscale.backends.local.processes import alive
+
+    k = kernel()
+    k.ok("import nbscale\npause = 1.0")
+    status, msgs = run_collecting(
+        k,
+        "%%train --sweep lr=loguniform(1e-4, 1e-1) --objective val_loss:min --trials 3 "
+        "--parallel 2 --pruner none --seed 4 --async --outputs best_lr\n" + PLANTED_CELL,
+    )
+    assert status == "ok", [c for t, c in msgs if t == "error"]
+    shown = outputs(msgs)
+    assert [t for t, _ in shown] == ["execute_result"]  # the Sweep, shown as its table once
+    assert "RUNNING" in shown[0][1]["data"]["text/plain"]
+    record = list_sweeps(get_store())[0]
+    assert record.status == "RUNNING"
+    pid, started = record.info["driver_pid"], record.info["driver_started"]
+    assert alive(pid, started) and str(pid) != k.ok("import os; print(os.getpid())").text.strip()
+    try:
+        # the kernel is free while the background driver runs the trials
+        assert k.ok("print(1 + 1)").text.strip() == "2"
+        facts = json.loads(
+            k.ok(
+                "import json\nv = sweep.run()\n"
+                "print(json.dumps({'status': v.status, 'n': len(v.trials),"
+                " 'best': sweep.best_params, 'out': sweep.best_job.result()['best_lr']}))",
+                timeout=240,
+            ).text
+        )
+        assert facts["status"] == "SUCCEEDED" and facts["n"] == 3
+        assert facts["out"] == facts["best"]["lr"]
+        wait_for(lambda: not alive(pid, started), 30, what="the background driver to end")
+    finally:
+        if alive(pid, started):
+            os.kill(pid, signal.SIGKILL)
+    assert len(sweep_jobs(record.id)) == 3

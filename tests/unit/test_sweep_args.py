@@ -52,6 +52,14 @@ def test_train_with_a_sweep_parses_its_options_and_keeps_the_budget_off_the_tria
     assert parse_train("--max-cost 5").spec.max_cost == 5.0 and parse_train("").sweep is None
 
 
+def test_async_and_detach_are_taken_by_a_sweep():
+    from magics.train_args import parse_train
+
+    args = parse_train("--sweep lr=uniform(0,1) --objective l:min --async")
+    assert args.run_async and args.sweep is not None
+    assert parse_train("--sweep lr=uniform(0,1) --objective l:min --detach").detach
+
+
 @pytest.mark.parametrize(
     ("line", "says"),
     [
@@ -62,7 +70,6 @@ def test_train_with_a_sweep_parses_its_options_and_keeps_the_budget_off_the_tria
         ("--objective loss:min", "--objective: is an option of a sweep"),
         ("--trials 3", "--trials: is an option of a sweep"),
         ("--sweep --objective l:min", "--sweep: names no parameter"),
-        ("--sweep lr=uniform(0,1) --objective l:min --async", "--async: a sweep's trials"),
         ("--sweep lr=uniform(0,1) --objective l:min --sweep-var 1x", "is not a Python name"),
         ("--sweep lr=uniform(0,1) --objective l:min --pruner best", "invalid choice: 'best'"),
     ],

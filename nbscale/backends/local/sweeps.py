@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import paths
-from ...errors import SpecError
+from ...errors import NbscaleError, SpecError
 from ...store.jobs import get_job
 from ...store.sweeps import CANCELLED as SWEEP_CANCELLED
 from ...store.sweeps import FAILED as SWEEP_FAILED
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from ..sweep_base import JobAPI
 
 POLL = 0.5
+DETACH_TIMEOUT = 60.0  # seconds for a background driver to take its sweep
 
 
 def study_path(sweep_id: str) -> Path:
@@ -222,7 +225,62 @@ class LocalSweeps(SweepBackend):
         poll: float = POLL,
         timeout: float | None = None,
     ) -> SweepView:
-        return _Driver(self, sweep, record, jobs, on_update, poll, timeout).run()
+        """Run the sweep here, or follow it while another live process drives it (a
+        detached driver, another kernel): two drivers of one study would start twice
+        the trials. When that driver ends before the sweep does, this one takes over."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = get_sweep(self.store, record.id)
+        while _driver_alive(current) and current.info.get("driver_pid") != os.getpid():
+            view = self.view(current)
+            if on_update is not None:
+                on_update(view)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"sweep {record.id} is still running (driven by process "
+                    f"{current.info['driver_pid']}); follow it again to see it end"
+                )
+            time.sleep(poll)
+            current = get_sweep(self.store, record.id)
+            if current.terminal and not _driver_alive(current):
+                view = self.view(current)
+                if on_update is not None:
+                    on_update(view)
+                return view
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return _Driver(self, sweep, current, jobs, on_update, poll, left).run()
+
+    def detach(self, sweep: SweepSpec, record: SweepRecord) -> SweepRecord:
+        """Start the sweep's driver as a background process of its own (it outlives this
+        one; ``sweeps/<id>.driver.log`` holds its output) and return once it holds the
+        sweep. A sweep that a live process drives already is left to it."""
+        current = get_sweep(self.store, record.id)
+        if _driver_alive(current):
+            return current
+        log_path = study_path(sweep.id).with_suffix(".driver.log")
+        command = [sys.executable, "-m", "nbscale.sweep_driver", record.id]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "NBSCALE_HOME": str(paths.home())},
+            )
+        first = proc.wait()  # the driver forks; this first process returns at once
+        deadline = time.monotonic() + DETACH_TIMEOUT
+        while True:
+            current = get_sweep(self.store, record.id)
+            if _driver_alive(current):
+                return current
+            if first != 0 or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                raise NbscaleError(
+                    f"the background driver of sweep {record.id} did not start"
+                    + (f": {' | '.join(tail)}" if tail else ""),
+                    f"see {log_path}; running the sweep without detaching resumes it here",
+                )
+            time.sleep(0.05)
 
     # -- looking at it ------------------------------------------------------------------------
     def view(self, record: SweepRecord) -> SweepView:
