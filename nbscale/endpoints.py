@@ -118,7 +118,8 @@ class Endpoint:
         fdr: float = 0.01,
         baseline: Any = None,
     ) -> Any:
-        """Captured inputs against the baseline, one report per window (``nbscale.monitoring``)."""
+        """Captured inputs against the baseline, one report per window (``nbscale.monitoring``):
+        the serving runtime's capture, or the platform's (SageMaker's data capture in S3)."""
         from .monitoring.endpoint_drift import endpoint_drift
 
         return endpoint_drift(
@@ -129,6 +130,7 @@ class Endpoint:
             since=since,
             fdr=fdr,
             baseline=baseline,
+            captured=lambda start: self._manager.captured_inputs(self._record, start),
         )
 
     def scale(self, min_replicas: int, max_replicas: int) -> Endpoint:

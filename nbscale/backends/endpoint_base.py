@@ -191,6 +191,13 @@ class EndpointBackend(ABC):
         nbscale read them directly (``None`` where it reports metrics its own way)."""
         return None
 
+    def captured_inputs(
+        self, record: EndpointRecord, since: float
+    ) -> list[tuple[float, np.ndarray]] | None:
+        """(time, rows) of the requests the platform captured from ``since`` on, for drift;
+        None where the serving runtime captures them in the endpoint's own folder."""
+        return None
+
     def idle_seconds(self, record: EndpointRecord) -> float | None:
         """Seconds since the endpoint last served a request, where the platform knows it."""
         return None

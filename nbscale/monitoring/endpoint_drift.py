@@ -2,7 +2,8 @@
 
 The baseline lives beside the endpoint (``$NBSCALE_HOME/endpoints/NAME/baseline.json``,
 written by ``deploy(..., baseline=X_train)``); captured inputs come from the
-endpoint's data capture. Each window with a drifting feature records one
+endpoint's data capture: the serving runtime's capture folder, or what the platform
+captured (SageMaker's data capture in S3, ``EndpointBackend.captured_inputs``). Each window with a drifting feature records one
 ``drift_alert`` event for the endpoint (once per window, however often it is
 looked at).
 """
@@ -10,6 +11,7 @@ looked at).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,18 +35,26 @@ def captured_rows(
     directory: str | Path, since: float | None = None, until: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(times, rows x features) of the captured inputs under ``directory``."""
-    times: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
     if not Path(directory).is_dir():
         return np.zeros(0), np.zeros((0, 0))
+    requests = []
     for rec in read_capture(directory, since=since):
-        t = float(rec.get("time", 0))
+        inputs = rec.get("inputs") or {}
+        if inputs:
+            requests.append((float(rec.get("time", 0)), next(iter(inputs.values()))))
+    return stack_requests(requests, until)
+
+
+def stack_requests(
+    requests: Iterable[tuple[float, object]], until: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(times, rows x features) of captured requests given as (time, the request's rows)."""
+    times: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    for t, data in requests:
         if until is not None and t >= until:
             continue
-        inputs = rec.get("inputs") or {}
-        if not inputs:
-            continue
-        arr = np.asarray(next(iter(inputs.values())), dtype=float)
+        arr = np.asarray(data, dtype=float)
         arr = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr[None, :]
         rows.append(arr)
         times.append(np.full(arr.shape[0], t))
@@ -129,11 +139,14 @@ def endpoint_drift(
     baseline: Baseline | str | Path | None = None,
     record_alerts: bool = True,
     now: float | None = None,
+    captured: Callable[[float], Iterable[tuple[float, object]] | None] | None = None,
 ) -> DriftReport:
     """Compare the endpoint's captured inputs with its baseline, one report per window.
 
     ``since`` is a duration back from now (``"24h"``) or an epoch time; by
-    default the last 24 windows.
+    default the last 24 windows. ``captured(start)`` gives the platform's captured
+    requests as (time, rows) from ``start`` on; None (or its None) reads the endpoint's
+    capture folder.
     """
     window_s = parse_duration(window, "window")
     now = time.time() if now is None else now
@@ -153,7 +166,11 @@ def endpoint_drift(
         baseline = Baseline.load(path)
     elif not isinstance(baseline, Baseline):
         baseline = Baseline.load(baseline)
-    times, rows = captured_rows(endpoint_dir / "capture", since=start)
+    requests = captured(start) if captured is not None else None
+    if requests is None:
+        times, rows = captured_rows(endpoint_dir / "capture", since=start)
+    else:
+        times, rows = stack_requests(requests)
     if rows.size and rows.shape[1] != len(baseline.features):
         raise SpecError(
             "baseline",

@@ -812,6 +812,32 @@ class SageMakerEndpoints(EndpointBackend):
             return np.load(io.BytesIO(body), allow_pickle=False)
         return np.asarray(json.loads(body))
 
+    def captured_inputs(
+        self, record: EndpointRecord, since: float
+    ) -> list[tuple[float, np.ndarray]] | None:
+        """The endpoint's data capture in S3 (``{DestinationS3Uri}/{endpoint}/{variant}/
+        yyyy/mm/dd/hh/*.jsonl``, SageMaker's format), from the hour of ``since`` on."""
+        from .capture import captured_inputs, hour_key
+
+        prefix = self.settings.uri("capture", record.name).removeprefix("s3://")
+        bucket, _, key = prefix.partition("/")
+        folder = f"{key}/{record.name}/{VARIANT}/"
+        s3 = self.client("s3")
+        out: list[tuple[float, np.ndarray]] = []
+        try:
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=folder, StartAfter=folder + hour_key(since)
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith(".jsonl"):
+                        continue
+                    body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                    out += [(t, rows) for t, rows in captured_inputs(body) if t >= since]
+        except Exception as exc:  # noqa: BLE001
+            raise client_error(exc, f"reading the data capture of endpoint {record.name}") from None
+        return sorted(out, key=lambda item: item[0])
+
     def invocations(self, record: EndpointRecord, minutes: int) -> float:
         """CloudWatch's ``Invocations`` sum over the last ``minutes``."""
         return float(self.metrics(record, minutes=minutes).get("Invocations") or 0)
