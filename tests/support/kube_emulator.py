@@ -32,6 +32,7 @@ import copy
 import datetime
 import json
 import re
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -248,6 +249,7 @@ class _Emulator(kmock.KubernetesEmulator):
     trainer_release: str = "v2.2.1"
     field_validation: str = "Strict"
     warnings: list = attrs.field(factory=list, init=False)
+    refusals: list = attrs.field(factory=list, init=False)  # (method, path, the error)
 
     async def _serve_list(self, request):
         """The list, filtered by ``labelSelector`` and ``fieldSelector`` as the API server
@@ -393,6 +395,11 @@ class _Emulator(kmock.KubernetesEmulator):
                 self._admit(request)
             except Exception as exc:  # noqa: BLE001 - answered as the API server would
                 self.history.append(request)
+                self.refusals.append((str(request.method), str(request.url.path), exc))
+                # said where a failing test shows it: a fake controller's refused write
+                # may otherwise be one ApiException in a thread
+                print(f"kube-emulator: refused {request.method} {request.url.path}: {exc}",
+                      file=sys.stderr)  # fmt: skip
                 return await self._render_error(exc)
         if request.resource is not None and request.action == enums.action.CREATE:
             meta = request.data.setdefault("metadata", {})
