@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from nbscale.backends.kubeflow import manifests as mf
 from nbscale.backends.kubeflow.sweeps import KatibSweeps
 from nbscale.backends.sweep_base import CANCELLED, FAILED, PENDING, PRUNED, RUNNING, SUCCEEDED
 from nbscale.config import load as load_config
@@ -53,7 +54,10 @@ for step in range(3):
 def start(tmp_path, **kw):
     script = tmp_path / "tiny.py"
     script.write_text(SCRIPT)
-    job = JobSpec(entry=Entry.from_path(str(script)), name="tiny", backend="kf", nodes=1)
+    runtime = kw.pop("max_runtime", None)
+    job = JobSpec(
+        entry=Entry.from_path(str(script)), name="tiny", backend="kf", nodes=1, max_runtime=runtime
+    )
     sweep = SweepSpec(
         job=job,
         space="lr=loguniform(1e-4,1e-1) batch=choice(32,64)",
@@ -89,7 +93,11 @@ def test_the_experiment_runs_trials_that_nbscales_view_follows(cluster, kube, tm
     exp = katib.experiment(name)
     validate_experiment(exp)  # what reached the API server
     exp = katib.accept(name)  # and Katib's webhook admits it
-    assert api.core.read_namespaced_secret("nbscale-keys", NS)  # as a job makes it
+    # the user's key Secret, as a job makes it, and the one the trials' pods mount
+    secret = backend.jobs.key_secret_name()
+    assert api.core.read_namespaced_secret(secret, NS)
+    pod = exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["runtimePatches"][0]
+    assert f'"secretName": "{secret}"' in json.dumps(pod)
     view = backend.view(get_sweep(get_store(), sweep.id))
     assert view.status == "RUNNING" and view.trials == [] and view.planned == 3
 
@@ -113,13 +121,29 @@ def test_the_experiment_runs_trials_that_nbscales_view_follows(cluster, kube, tm
     (mine,) = [t for t in view.trials if t.job_id == first]
     assert mine.params == {"lr": 0.012, "batch": 64}
 
-    # the first logs its objective, the collector reports it; its TrainJob completes
-    katib.report(first, [f"[rank 0] {metric_line('val_loss', 0.5)}",
-                         f"[rank 0] {metric_line('val_loss', 0.25)}"])  # fmt: skip
+    # the first's node pod prints its objective: Katib's collector puts the values in its
+    # database and writes no observation on a running Trial, so nbscale reads what the
+    # collector reads, the pod's log, and shows the latest value as it comes
+    pod = f"{first}-node-0-0"
+    api.create_pod(
+        NS,
+        pod,
+        {mf.JOB_LABEL: first, "batch.kubernetes.io/job-completion-index": "0"},
+        {"phase": "Running"},
+    )
+    kube.set_log(NS, pod, ["nbscale: job node 0/1", f"[rank 0] {metric_line('val_loss', 0.5, 0)}"])
     view = backend.view(get_sweep(get_store(), sweep.id))
     (mine,) = [t for t in view.trials if t.job_id == first]
-    assert mine.status == RUNNING and mine.last == 0.25
+    assert mine.status == RUNNING and (mine.last, mine.steps) == (0.5, 1)
+    assert "observation" not in katib.trial(first)["status"]
+    kube.set_log(NS, pod, [f"[rank 0] {metric_line('val_loss', 0.25, 1)}"])
+    time.sleep(1.05)  # the job backend reads a pod's log at most every second
+    view = backend.view(get_sweep(get_store(), sweep.id))
+    (mine,) = [t for t in view.trials if t.job_id == first]
+    assert mine.status == RUNNING and (mine.last, mine.steps) == (0.25, 2)
     assert mine.value is None and view.best is None
+    # the collector read the same lines; the TrainJob completes
+    assert [v for _, v in katib.report(first, katib.primary_pod_log(first))] == ["0.5", "0.25"]
     api.patch_trainjob_status(NS, first, {"conditions": [condition("Complete")]})
     assert katib.settle(first) == "Succeeded"
     # the second is stopped early by the median rule
@@ -495,6 +519,15 @@ def test_max_cost_lowers_the_experiments_trial_count_once_the_spend_reaches_it(
     katib = KatibController(api, NS)
     backend, sweep, record = start(tmp_path, trials=6, parallel=2, max_cost=1.5)
     name = record.native_id
+    # up front each TrainJob gets 250 s, its share; a Trial's time (startTime to
+    # completionTime) also holds its wait for nodes, so here each is 1000 s: what the
+    # follower, which adds up the Trials' time, refines
+    assert (
+        katib.experiment(name)["spec"]["trialTemplate"]["trialSpec"]["spec"][
+            "activeDeadlineSeconds"
+        ]
+        == 250
+    )
     katib.accept(name)
     tick, made = playing_katib(api, katib, name)
 
@@ -549,3 +582,82 @@ def test_a_sweep_without_max_cost_runs_all_its_trials_whatever_they_cost(priced_
     assert _experiment_patches(kube) == []
     assert katib.experiment(name)["spec"]["maxTrialCount"] == 3
     assert not [n for n in view.notes if n.startswith("budget:")]
+
+
+def playing_katib_alone(api, katib: KatibController, name: str, run_s: int = RUN_S) -> list[str]:
+    """Katib with no one following the sweep: its controllers make the Trials its spec
+    allows and run each to the end (``run_s`` after its start, the objective logged), until
+    the Experiment has completed. The Trials made, in order."""
+    made: list[str] = []
+    t0 = time.time()
+    while new := katib.reconcile(name, start=_stamp(t0 + len(made) * run_s)):
+        for trial in new:
+            katib.running(trial)
+            made.append(trial)
+            katib.report(trial, [f"[rank 0] {metric_line('val_loss', 0.5)}"])
+            api.patch_trainjob_status(NS, trial, {"conditions": [condition("Complete")]})
+            t = katib.trial(trial)
+            start = datetime.datetime.fromisoformat(t["status"]["startTime"].replace("Z", "+00:00"))
+            assert katib.settle(trial, completion=_stamp(start.timestamp() + run_s)) == "Succeeded"
+    return made
+
+
+def test_max_cost_with_max_runtime_caps_the_trials_up_front_with_no_one_following(
+    priced_kf, kube, tmp_path
+):
+    api = priced_kf
+    katib = KatibController(api, NS)
+    # a trial costs at most 1000 s x 1 node x $3.60/h = $1.00: $3.50 pays for 3 of the 5
+    backend, sweep, record = start(tmp_path, trials=5, parallel=2, max_cost=3.5, max_runtime=RUN_S)
+    name = record.native_id
+    exp = katib.experiment(name)
+    validate_experiment(exp)
+    assert exp["spec"]["maxTrialCount"] == 3 and exp["spec"]["parallelTrialCount"] == 2
+    assert exp["spec"]["maxFailedTrialCount"] <= 3
+    template = exp["spec"]["trialTemplate"]["trialSpec"]
+    assert template["spec"]["activeDeadlineSeconds"] == RUN_S  # the trial's own bound
+    katib.accept(name)  # Katib's webhook admits it
+    made = playing_katib_alone(api, katib, name)
+    assert len(made) == 3  # Katib itself stopped: nbscale never looked
+    (done,) = [
+        c for c in katib.experiment(name)["status"]["conditions"] if c["type"] == "Succeeded"
+    ]
+    assert done["reason"] == "ExperimentMaxTrialsReached"
+    assert _experiment_patches(kube) == []
+    note = " ".join(get_sweep(get_store(), sweep.id).info["notes"])
+    assert "Katib starts at most 3 trials (maxTrialCount)" in note
+    view = backend.view(get_sweep(get_store(), sweep.id))
+    assert sum(t.cost for t in view.trials) == pytest.approx(3.0) and view.status == SUCCEEDED
+
+
+def test_max_cost_without_max_runtime_gives_each_trial_its_share_as_its_deadline(
+    priced_kf, kube, tmp_path
+):
+    api = priced_kf
+    katib = KatibController(api, NS)
+    # $1.50 for 6 trials on one node at $3.60/h: 250 s each
+    backend, sweep, record = start(tmp_path, trials=6, parallel=2, max_cost=1.5)
+    name = record.native_id
+    exp = katib.experiment(name)
+    validate_experiment(exp)
+    assert exp["spec"]["maxTrialCount"] == 6
+    assert exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["activeDeadlineSeconds"] == 250
+    katib.accept(name)
+    made = playing_katib_alone(api, katib, name, run_s=250)  # each runs to its deadline
+    for trial in made:
+        validate_trainjob(katib.trainjob(trial))
+        assert katib.trainjob(trial)["spec"]["activeDeadlineSeconds"] == 250
+    view = backend.view(get_sweep(get_store(), sweep.id))
+    assert len(made) == 6 and sum(t.cost for t in view.trials) == pytest.approx(1.5)
+    note = " ".join(get_sweep(get_store(), sweep.id).info["notes"])
+    assert "each trial's TrainJob runs at most 250 s" in note
+
+
+def test_a_budget_that_pays_for_no_trial_is_refused_before_anything_is_sent(
+    priced_kf, kube, tmp_path
+):
+    with pytest.raises(SpecError, match=r"one trial may cost \$1.00"):
+        start(tmp_path, trials=3, max_cost=0.5, max_runtime=RUN_S)
+    with pytest.raises(SpecError, match="less than 60 s"):
+        start(tmp_path, trials=100, max_cost=0.5)
+    assert KatibController(priced_kf, NS).experiments() == []

@@ -12,7 +12,9 @@
   (``status.trials``), a completed Experiment that cannot restart.
 - ``KatibController``: plays the Experiment and Trial controllers, the suggestion service
   (random values from the Experiment's ``feasibleSpace``), the StdOut metrics collector (the
-  Experiment's ``metricsFormat`` over the primary pod's log) and the garbage collector, all
+  Experiment's ``metricsFormat`` over the primary pod's log, into Katib's DB: the Trial's
+  ``status.observation`` is written only when it completes, as Katib's Trial controller
+  does, so a running Trial shows no value) and the garbage collector, all
   through the Kubernetes API, reading nothing but what is there. A completed Trial's job is
   deleted unless the template retains it, as Katib's Trial controller does. ``reconcile``
   is one pass of the Experiment controller (ReconcileExperiment): the status from the
@@ -400,6 +402,7 @@ class KatibController:
         self.ns = namespace
         self.rng = random.Random(seed)
         self._admitted: dict[str, dict[str, Any]] = {}  # each Experiment as last admitted
+        self.db: dict[str, list[tuple[str, str]]] = {}  # Katib's DB: each Trial's reports
 
     # -- objects ----------------------------------------------------------------------
     def experiment(self, name: str) -> dict[str, Any]:
@@ -573,13 +576,23 @@ class KatibController:
         return self.api.core.read_namespaced_pod_log(pod.metadata.name, self.ns).splitlines()
 
     def report(self, trial: str, lines: list[str]) -> list[tuple[str, str]]:
-        """Collect the metric lines and write the Trial's observation, as Katib does."""
+        """Collect the metric lines into Katib's DB (ReportObservationLog), as the StdOut
+        collector does while the trial runs; the Trial's ``status.observation`` is written by
+        the Trial controller only when the trial completes (``settle``, ``early_stop``)."""
         t = self.trial(trial)
         exp = self.experiment(t["metadata"]["labels"][EXPERIMENT_LABEL])
         reported = collect(exp, lines)
-        obs = observation(reported, exp["spec"]["objective"].get("metricStrategies") or [])
-        self._patch_status("trials", trial, {"observation": obs})
+        self.db.setdefault(trial, []).extend(reported)
         return reported
+
+    def _observe(self, trial: str) -> dict[str, Any] | None:
+        """The Trial controller's UpdateTrialStatusObservation: the observation from the
+        values in Katib's DB (None when the collector reported none)."""
+        if trial not in self.db:
+            return None
+        t = self.trial(trial)
+        exp = self.experiment(t["metadata"]["labels"][EXPERIMENT_LABEL])
+        return observation(self.db[trial], exp["spec"]["objective"].get("metricStrategies") or [])
 
     # -- the Trial controller -----------------------------------------------------------
     def settle(self, trial: str, completion: str = "2026-12-01T00:10:00Z") -> str:
@@ -588,11 +601,15 @@ class KatibController:
         t = self.trial(trial)
         job = self.trainjob(trial)
         metric = t["spec"]["objective"]["objectiveMetricName"]
-        metrics = ((t.get("status") or {}).get("observation") or {}).get("metrics") or []
-        available = any(m["name"] == metric and m["latest"] != UNAVAILABLE for m in metrics)
         stopped_running = condition("Running", status="False")
+        extra: dict[str, Any] = {"completionTime": completion}
         if _gjson_condition(t["spec"]["successCondition"], job):
+            obs = self._observe(trial)  # the job succeeded: the observation from the DB
+            metrics = (obs or {}).get("metrics") or []
+            available = any(m["name"] == metric and m["latest"] != UNAVAILABLE for m in metrics)
             kind = "Succeeded" if available else "MetricsUnavailable"
+            if obs is not None:
+                extra["observation"] = obs
         elif _gjson_condition(t["spec"]["failureCondition"], job):
             kind = "Failed"
         else:
@@ -601,13 +618,15 @@ class KatibController:
             trial,
             stopped_running,
             condition(kind, message=f"Trial has {kind.lower()}"),
-            completionTime=completion,
+            **extra,
         )
         self._reconcile_run(trial)
         return kind
 
     def early_stop(self, trial: str) -> None:
-        self._set(trial, condition("Running", status="False"), condition("EarlyStopped"))
+        obs = self._observe(trial)  # what the collector reported before the stop
+        extra = {"observation": obs} if obs is not None else {}
+        self._set(trial, condition("Running", status="False"), condition("EarlyStopped"), **extra)
         self._reconcile_run(trial)
 
     def kill(self, trial: str) -> None:

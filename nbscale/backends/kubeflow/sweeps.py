@@ -208,13 +208,76 @@ def check_sweep(sweep: SweepSpec) -> list[str]:
                     f"{p.name}: Katib's bayesianoptimization samples every whole number in "
                     f"{p.low}..{p.high} evenly (no log scale, no step)"
                 )
-    if sweep.max_cost is not None:
-        notes.append(
-            f"max_cost ${sweep.max_cost:g}: while nbscale follows the sweep, it lowers the "
-            "Experiment's maxTrialCount once the trials' spend reaches it; Katib admits no "
-            "count at or below the trials it has made, so one more may start"
-        )
     return notes
+
+
+#: the least running time a trial's share of the budget may buy
+MIN_TRIAL_S = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    """How ``max_cost`` holds with no one following the sweep: Katib starts at most
+    ``max_trials`` and each trial's TrainJob runs at most ``runtime`` s (None: its own
+    ``--max-runtime``), so the trials together cannot cost more."""
+
+    max_trials: int
+    runtime: int | None
+    note: str
+
+
+def budget_plan(sweep: SweepSpec, price: float | None) -> BudgetPlan | None:
+    """The up-front cap for a sweep with ``max_cost`` (None without one), at ``price`` USD
+    per node hour. A trial costs at most its max runtime x nodes x price: with
+    ``--max-runtime`` the Experiment's ``maxTrialCount`` is the trials the budget pays for;
+    without, each trial's TrainJob gets its share of the budget as its deadline
+    (``activeDeadlineSeconds``). What the budget cannot pay for at all is refused."""
+    if sweep.max_cost is None:
+        return None
+    budget = f"--max-cost ${sweep.max_cost:.2f}"
+    if not price:
+        raise SpecError(
+            "max_cost",
+            "no price is known for the sweep's nodes, so the budget cannot be held",
+            "set price_per_node_hour (or node_hour_price and gpu_hour_price) in the "
+            "backend's table",
+        )
+    nodes = max(1, int(sweep.job.nodes or 1))
+    runtime = sweep.job.max_runtime
+    if runtime:
+        per_trial = runtime / 3600.0 * nodes * price
+        affordable = int(sweep.max_cost / per_trial + 1e-9)
+        if affordable < 1:
+            raise SpecError(
+                "max_cost",
+                f"one trial may cost ${per_trial:.2f} ({runtime} s on {nodes} node(s) at "
+                f"${price:g} per node hour), more than the sweep's budget",
+                "raise --max-cost or lower --max-runtime",
+            )
+        trials = min(sweep.trials, affordable)
+        return BudgetPlan(
+            trials,
+            None,
+            f"{budget}: Katib starts at most {count(trials, 'trial')} (maxTrialCount), each "
+            f"at most ${per_trial:.2f} ({runtime} s on {nodes} node(s)), whether or not "
+            "nbscale follows the sweep",
+        )
+    share = int(sweep.max_cost / (sweep.trials * nodes * price) * 3600 + 1e-6)
+    if share < MIN_TRIAL_S:
+        raise SpecError(
+            "max_cost",
+            f"{budget} buys each of the {sweep.trials} trials {share} s on {nodes} node(s) "
+            f"at ${price:g} per node hour, less than {MIN_TRIAL_S} s",
+            "raise --max-cost or lower --trials",
+        )
+    return BudgetPlan(
+        sweep.trials,
+        share,
+        f"{budget}: no --max-runtime bounds a trial, so each trial's TrainJob runs at most "
+        f"{share} s (its share of the budget: {count(sweep.trials, 'trial')} on "
+        f"{nodes} node(s) at ${price:g} per node hour), whether or not nbscale follows the "
+        "sweep; give --max-runtime to bound trials by time instead",
+    )
 
 
 def parameter(p: Param, grid: bool) -> dict[str, Any]:
@@ -263,8 +326,11 @@ def experiment(
     namespace: str,
     labels: dict[str, str],
     annotations: dict[str, str],
+    max_trials: int | None = None,
 ) -> dict[str, Any]:
-    """The Experiment of ``sweep`` around ``trainjob`` (built for the job id ``_TOKEN``)."""
+    """The Experiment of ``sweep`` around ``trainjob`` (built for the job id ``_TOKEN``);
+    ``max_trials``: fewer trials than ``--trials``, what the budget pays for."""
+    trials = min(sweep.trials, max_trials or sweep.trials)
     template = template_of(trainjob)
     trainer = template["spec"]["trainer"]
     names = {e["name"] for e in trainer["env"]}
@@ -282,11 +348,11 @@ def experiment(
             "metricStrategies": [{"name": objective.metric, "value": "latest"}],
         },
         "algorithm": {"algorithmName": ALGORITHMS[sweep.algorithm]},
-        "parallelTrialCount": sweep.parallel,
-        "maxTrialCount": sweep.trials,
+        "parallelTrialCount": min(sweep.parallel, trials),
+        "maxTrialCount": trials,
         # Katib fails the Experiment when this many trials failed; --max-failed is how
         # many may fail while the sweep goes on (at most every trial)
-        "maxFailedTrialCount": min(sweep.max_failed + 1, sweep.trials),
+        "maxFailedTrialCount": min(sweep.max_failed + 1, trials),
         "parameters": [parameter(p, sweep.algorithm == "grid") for p in sweep.space.params],
         "metricsCollectorSpec": {
             "collector": {"kind": "StdOut"},
@@ -467,6 +533,10 @@ class KatibSweeps(SweepBackend):
 
         self.jobs: KubeflowBackend = KubeflowBackend(config, store)
         self.settings = self.jobs.settings
+        from ..remote.lifecycle import LogMetrics
+
+        self._log_metrics = LogMetrics()  # the trials' metric lines, read on where they stopped
+        self._logs_done: set[str] = set()  # trials whose log was read after they ended
 
     def cluster(self):
         return self.jobs.cluster()
@@ -479,10 +549,14 @@ class KatibSweeps(SweepBackend):
         return cluster.probe(KATIB_GROUP, KATIB_VERSION, EXPERIMENTS, "Katib")
 
     # -- building ---------------------------------------------------------------------
-    def _template_record(self, sweep: SweepSpec, name: str) -> JobRecord:
+    def _template_record(
+        self, sweep: SweepSpec, name: str, plan: BudgetPlan | None = None
+    ) -> JobRecord:
         from ... import paths
 
         spec = trial_template_spec(sweep).replace(backend=self.config.name)
+        if plan is not None and plan.runtime is not None:  # the trial's share of the budget
+            spec = spec.replace(max_runtime=plan.runtime)
         return JobRecord(
             id=name,  # the Experiment's: the bundle ConfigMap all trials mount is named so
             name=spec.name,
@@ -491,7 +565,11 @@ class KatibSweeps(SweepBackend):
             status=JOB_PENDING,
             spec=spec.to_dict(),
             created=time.time(),
-            info={"job_dir": str(paths.job_dir(name)), "phase": "sweep template"},
+            info={
+                "job_dir": str(paths.job_dir(name)),
+                "phase": "sweep template",
+                "max_trials": plan.max_trials if plan is not None else None,
+            },
         )
 
     def _checked(self, sweep: SweepSpec) -> tuple[JobRecord, list[str]]:
@@ -503,7 +581,14 @@ class KatibSweeps(SweepBackend):
                 "a notebook's papermill parameters are not filled in by Katib: read the "
                 "values with nbscale.param(name) in the notebook"
             )
-        record = self._template_record(sweep, experiment_name(sweep))
+        plan = budget_plan(sweep, self.node_price(sweep)) if sweep.max_cost is not None else None
+        if plan is not None:
+            notes.append(plan.note)
+            notes.append(
+                "while nbscale follows the sweep it also adds up what the trials have cost, and "
+                "lowers maxTrialCount once that reaches the budget"
+            )
+        record = self._template_record(sweep, experiment_name(sweep), plan)
         if _TOKEN in json.dumps(record.spec):
             raise SpecError("sweep", f"the job may not contain the text {_TOKEN!r}")
         spec = JobSpec.from_dict(record.spec)
@@ -531,7 +616,13 @@ class KatibSweeps(SweepBackend):
         trainjob = mf.trainjob(_TOKEN, resolved, self.settings, staged_trial, namespace)
         labels = {**self.settings.labels, **mf.MANAGED}
         body = experiment(
-            sweep, trainjob, record.id, namespace, labels, dict(self.settings.annotations)
+            sweep,
+            trainjob,
+            record.id,
+            namespace,
+            labels,
+            dict(self.settings.annotations),
+            max_trials=record.info.get("max_trials"),
         )
         return body, staged, data
 
@@ -574,7 +665,7 @@ class KatibSweeps(SweepBackend):
     def start(self, sweep: SweepSpec, record: SweepRecord) -> SweepRecord:
         cluster = self.cluster()
         template, notes = self._checked(sweep)  # every refusal comes before anything is sent
-        self.jobs.ensure_key_secret()
+        self.jobs.ensure_key_secret(per_user=True)  # the Secret the trials' pods mount
         body, staged, data = self._build(sweep, template, upload=True)
         name = body["metadata"]["name"]
         try:
@@ -687,6 +778,7 @@ class KatibSweeps(SweepBackend):
                 status = SWEEP_CANCELLED
             items = self.trials(name, namespace, exp["metadata"].get("uid"))
             trials = [trial_view(i, t, sweep) for i, t in enumerate(items)]
+            self._intermediate(record, sweep, trials, namespace)
             price = self.node_price(sweep)
             if price is not None:
                 for t in trials:
@@ -705,6 +797,57 @@ class KatibSweeps(SweepBackend):
             error=error,
             notes=notes,
         )
+
+    def _intermediate(
+        self, record: SweepRecord, sweep: SweepSpec, trials: list[TrialView], namespace: str
+    ) -> None:
+        """Each started trial's objective values so far (``last``, ``steps``): Katib writes a
+        Trial's observation only when it completes, and keeps the values its collector
+        reads in its own database, so nbscale reads what the collector reads, the metric
+        lines of the trial's pods, copied into the trial's job folder as the job backend
+        copies a job's (following the trial as a job later reads on from there). An ended
+        trial's pods are read once more, then not again; what cannot be read now waits for
+        the next look."""
+        from ... import paths
+        from ...runtime.jobdir import JobDir
+
+        started = [t for t in trials if t.status != PENDING and t.job_id]
+        if not started:
+            return
+        procs = int(mf.resolve(sweep.job.to_dict(), self.settings).get("procs_per_node") or 1)
+        for trial in started:
+            name = trial.job_id
+            jobdir = JobDir(paths.job_dir(name))
+            if name not in self._logs_done:
+                row = JobRecord(
+                    id=name,  # the TrainJob's pods carry the Trial's name as their job id
+                    name=name,
+                    backend=record.backend,
+                    backend_type=self.type,
+                    status=JOB_RUNNING,
+                    spec={"nodes": sweep.job.nodes, "procs_per_node": procs},
+                    created=trial.started or time.time(),
+                    native_id=name,
+                    info={
+                        "job_dir": str(jobdir.path),
+                        "namespace": namespace,
+                        "context": record.info.get("context"),
+                    },
+                )
+                try:
+                    self.jobs.fetch_logs(row, jobdir.make())
+                except NbscaleError:
+                    pass
+                else:
+                    if trial.status in TRIAL_TERMINAL:
+                        self._logs_done.add(name)
+            values = [
+                m["value"]
+                for m in self._log_metrics.read(name, jobdir)
+                if m["name"] == sweep.objective.metric and m["rank"] == 0
+            ]
+            if values:
+                trial.last, trial.steps = values[-1], len(values)
 
     def node_price(self, sweep: SweepSpec) -> float | None:
         """USD per node hour of the sweep's trials on this backend (its ``prices``, spot),
