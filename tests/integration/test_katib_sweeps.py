@@ -628,6 +628,7 @@ def test_max_cost_with_max_runtime_caps_the_trials_up_front_with_no_one_followin
     assert "Katib starts at most 3 trials (maxTrialCount)" in note
     view = backend.view(get_sweep(get_store(), sweep.id))
     assert sum(t.cost for t in view.trials) == pytest.approx(3.0) and view.status == SUCCEEDED
+    assert any(n.startswith("cost so far $3.00 for 3 trials") for n in view.notes)  # the total
 
 
 def test_max_cost_without_max_runtime_gives_each_trial_its_share_as_its_deadline(

@@ -783,6 +783,12 @@ class KatibSweeps(SweepBackend):
             if price is not None:
                 for t in trials:
                     t.cost = trial_cost(t, sweep.job.nodes, price)
+                costs = [t.cost for t in trials if t.cost is not None]
+                if costs:
+                    notes.append(
+                        f"cost so far ${sum(costs):.2f} for {count(len(costs), 'trial')} (each "
+                        "Trial's time x its nodes x the node price)"
+                    )
         if status != record.status and not record.terminal and status != SWEEP_RUNNING:
             update_sweep(self.store, record.id, status=status, ended=time.time(), error=error)
         return SweepView(
