@@ -198,20 +198,24 @@ def _merged(sources: list[tuple[int, Iterator[str]]]) -> Iterator[tuple[int, str
     done = object()
     stop = threading.Event()
 
+    def put(item: tuple) -> bool:
+        """Wait while the queue is full; False once the reader has gone."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read(node: int, source: Iterator[str]) -> None:
         try:
             for line in source:
-                while not stop.is_set():
-                    try:
-                        out.put((node, line), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((node, line)):
                     return
-            out.put((node, done))
+            put((node, done))
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-            out.put((node, exc))
+            put((node, exc))
 
     threads = [
         threading.Thread(target=read, args=src, daemon=True, name=f"pod-log-{src[0]}")
