@@ -711,7 +711,8 @@ class SageMakerEndpoints(EndpointBackend):
                     self._autoscale(record, record.min_replicas, record.max_replicas)
                 meta.pop("rollback", None)
                 meta.update(
-                    versions=[*meta.get("versions", []), pending["version"]],
+                    # sorted and unique: two processes may both see the update end
+                    versions=sorted({*meta.get("versions", []), pending["version"]}),
                     serverless=pending["serverless"],
                     instance_type=pending["instance_type"],
                 )
@@ -729,7 +730,7 @@ class SageMakerEndpoints(EndpointBackend):
                     "reason": desc.get("FailureReason"),
                     "time": time.time(),
                 }
-                meta["rolled_back"] = [*meta.get("rolled_back", []), pending["version"]]
+                meta["rolled_back"] = sorted({*meta.get("rolled_back", []), pending["version"]})
                 self._remove_all(record.name, [pending["version"]], endpoint=False)
                 event = "rolled_back"
             meta.pop("pending")
