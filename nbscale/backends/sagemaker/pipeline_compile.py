@@ -633,10 +633,10 @@ def upload_and_create(
         uploads[where] = files
     for where, files in uploads.items():
         # content-addressed: what is there is these bytes, and is never overwritten
-        found = s3.list_objects_v2(Bucket=meta["bucket"], Prefix=f"{meta['prefix']}/{where}/").get(
-            "Contents", []
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=meta["bucket"], Prefix=f"{meta['prefix']}/{where}/"
         )
-        there = {o["Key"] for o in found}
+        there = {o["Key"] for page in pages for o in page.get("Contents", [])}
         for rel, body in files.items():
             key = f"{meta['prefix']}/{where}/{rel}"
             if key not in there:
