@@ -21,17 +21,17 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from nbscale.backends.kubeflow import manifests as mf
 from nbscale.endpoints import deploy, endpoint
 from nbscale.errors import BackendUnavailable, SpecError
-from nbscale.storage import ObjectStore, fetch
 from tests.support import REPO
 from tests.support.emulators import container_env, free_port
+from tests.support.kserve_gateway import Gateway
 from tests.support.kube_emulator import KubeApi, KubeEmulator, condition
 from tests.support.kube_schemas import validate
 from tests.support.kubeflow import MOUNT_NS, NS, pod_mounts
@@ -55,6 +55,8 @@ class FakeKServe:
         self.procs: dict[str, list[subprocess.Popen]] = {}
         self.seen: dict[str, str] = {}  # name -> storageUri already served
         self.crash: set[str] = set()
+        self.gateways: dict[str, Gateway] = {}
+        self.sessions: set[str] | None = None  # Dex's sessions; None: no auth proxy
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -117,14 +119,10 @@ class FakeKServe:
         pred = isvc["spec"]["predictor"]
         model = pred["model"]
         root = self.tmp / f"isvc-{name}-{len(self.seen)}-{time.monotonic_ns()}"
-        # the storage initializer: storageUri's objects into /mnt/models
+        # the storage initializer: storageUri's objects into /mnt/models, with nothing but
+        # what KServe derives from the predictor's ServiceAccount
         mnt = root / "mnt" / "models"
-        store = ObjectStore(model["storageUri"], endpoint_url=self.s3, progress=None)
-        loc = store.base
-        s3 = boto3.client("s3", endpoint_url=self.s3)
-        for obj in s3.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key + "/")["Contents"]:
-            rel = obj["Key"][len(loc.key) + 1 :]
-            fetch(f"s3://{loc.bucket}/{obj['Key']}", mnt / rel, store=store)
+        storage_initializer(self.api, pred, model["storageUri"], mnt, root)
         # the key Secret volume
         (vol,) = pred["volumes"]
         secret = self.api.core.read_namespaced_secret(vol["secret"]["secretName"], NS)
@@ -194,6 +192,12 @@ class FakeKServe:
             ports.append((port, mport))
         self.ports[name] = ports
         port = ports[0][0]
+        # the external URL goes through the ingress gateway (and Dex, where configured);
+        # the cluster-local address straight to the predictor
+        old = self.gateways.pop(name, None)
+        if old is not None:
+            old.stop()
+        gateway = self.gateways[name] = Gateway(("127.0.0.1", port), self.sessions)
         self.api.custom.patch_namespaced_custom_object(
             mf.KSERVE_GROUP,
             mf.KSERVE_VERSION,
@@ -203,7 +207,8 @@ class FakeKServe:
             {
                 "status": {
                     "observedGeneration": isvc["metadata"].get("generation", 1),
-                    "url": f"http://127.0.0.1:{port}",
+                    "url": gateway.url,
+                    "address": {"url": f"http://127.0.0.1:{port}"},
                     "conditions": [condition("PredictorReady"), condition("Ready")],
                     "components": {"predictor": {"url": f"http://127.0.0.1:{port}"}},
                 }
@@ -213,10 +218,64 @@ class FakeKServe:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(10)
+        for gateway in self.gateways.values():
+            gateway.stop()
         for procs in self.procs.values():
             for proc in procs:
                 proc.terminate()
                 proc.wait(20)
+
+
+S3_ANNOTATION = "serving.kserve.io/s3-"
+DOWNLOAD = """
+import os, sys, boto3
+bucket, prefix, dest = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]:
+    target = os.path.join(dest, obj["Key"][len(prefix) + 1 :])
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    s3.download_file(bucket, obj["Key"], target)
+"""
+
+
+def storage_initializer(api: KubeApi, predictor: dict, uri: str, dest: Path, root: Path) -> None:
+    """KServe's S3 storage initializer: its environment is built from the predictor's
+    ServiceAccount alone (the ``serving.kserve.io/s3-*`` annotations, the keys of the
+    attached Secret), and it runs in a process that has nothing else."""
+    account = predictor.get("serviceAccountName")
+    assert account, (
+        "the predictor names no ServiceAccount: the storage initializer has no S3 access"
+    )
+    sa = api.core.read_namespaced_service_account(account, NS)
+    notes = sa.metadata.annotations or {}
+    env = {"PATH": os.environ["PATH"], "HOME": str(root)}
+    endpoint = notes.get(S3_ANNOTATION + "endpoint")
+    assert endpoint, f"ServiceAccount {account} has no {S3_ANNOTATION}endpoint annotation"
+    https = notes.get(S3_ANNOTATION + "usehttps", "1") == "1"
+    env["AWS_ENDPOINT_URL"] = f"{'https' if https else 'http'}://{endpoint}"
+    env["S3_USE_HTTPS"] = "1" if https else "0"
+    env["AWS_REGION"] = notes.get(S3_ANNOTATION + "region", "us-east-1")
+    found = False
+    for ref in sa.secrets or []:
+        try:
+            secret = api.core.read_namespaced_secret(ref.name, NS)
+        except ApiException as exc:  # KServe logs a Secret it cannot find and goes on
+            if exc.status == 404:
+                continue
+            raise
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        if "AWS_ACCESS_KEY_ID" in data and "AWS_SECRET_ACCESS_KEY" in data:
+            env["AWS_ACCESS_KEY_ID"] = data["AWS_ACCESS_KEY_ID"]
+            env["AWS_SECRET_ACCESS_KEY"] = data["AWS_SECRET_ACCESS_KEY"]
+            found = True
+    assert found, f"no Secret with S3 keys is attached to ServiceAccount {account}"
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    subprocess.run(
+        [sys.executable, "-c", DOWNLOAD, bucket, prefix.rstrip("/"), str(dest)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
@@ -272,19 +331,41 @@ def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_p
         options={"scale_metric": "concurrency", "scale_target": 4, "container_concurrency": 8},
     )
     docs = list(yaml.safe_load_all(dry.text()))
-    assert [d["kind"] for d in docs] == ["InferenceService"]  # the Secrets only named
-    assert [n.split(" in namespace")[0] for n in dry.notes] == [
+    # the Secrets only named; the storage initializer's ServiceAccount in full
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "InferenceService"]
+    assert [n.split(" in namespace")[0].split(" would")[0] for n in dry.notes] == [
         "Secret nbscale-keys",
         "Secret nbscale-token-digits",
+        "ServiceAccount nbscale-serving",
     ]
-    for doc in docs:
-        validate(doc)
-    assert docs[0]["spec"]["predictor"]["minReplicas"] == 0
-    assert docs[0]["spec"]["predictor"]["scaleMetric"] == "concurrency"
+    account, isvc_doc = docs
+    validate(isvc_doc)
+    assert isvc_doc["spec"]["predictor"]["serviceAccountName"] == "nbscale-serving"
+    assert isvc_doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert account["secrets"] == [{"name": "minio-creds"}]
+    port = s3_port(kserve.s3)
+    assert account["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": f"127.0.0.1:{port}",
+        "serving.kserve.io/s3-usehttps": "0",
+    }
+    assert isvc_doc["spec"]["predictor"]["minReplicas"] == 0
+    assert isvc_doc["spec"]["predictor"]["scaleMetric"] == "concurrency"
     assert len(kube.writes()) == before
 
+    # a ServiceAccount of the user's keeps its own annotations and Secrets
+    api.core.create_namespaced_service_account(
+        NS,
+        {
+            "metadata": {"name": "nbscale-serving", "annotations": {"team": "ml"}},
+            "secrets": [{"name": "registry-token"}],
+        },
+    )
     ep = deploy(model, name="digits", replicas=(1, 3), backend="kf", max_batch_size=16)
-    assert ep.status == "READY" and ep.url.startswith("http://127.0.0.1:")
+    assert ep.status == "READY" and ep.url == kserve.gateways["digits"].url  # status.url
+    sa = api.core.read_namespaced_service_account("nbscale-serving", NS)
+    assert [s.name for s in sa.secrets] == ["registry-token", "minio-creds"]
+    assert sa.metadata.annotations["team"] == "ml"
+    assert sa.metadata.annotations["serving.kserve.io/s3-usehttps"] == "0"
     isvc = api.custom.get_namespaced_custom_object(
         mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices", "digits"
     )
@@ -312,10 +393,23 @@ def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_p
     isvc = api.custom.get_namespaced_custom_object(
         mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices", "digits"
     )
-    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 100
+    # promoted: the field removed (the latest revision takes all the traffic), not left set
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
     with pytest.raises(Exception, match="no canary to roll back"):
         ep2.rollback()
     np.testing.assert_allclose(ep2.predict(x), forward(model2, x), rtol=1e-5, atol=1e-6)
+
+    # a third version as a canary, rolled back: the previous artifact, and no
+    # canaryTrafficPercent left at 0 (every later update's revision would get no traffic)
+    uri2 = isvc["spec"]["predictor"]["model"]["storageUri"]
+    ep3 = deploy(mlp(seed=2), name="digits", backend="kf", options={"canary_traffic_percent": 20})
+    ep3.rollback()
+    isvc = api.custom.get_namespaced_custom_object(
+        mf.KSERVE_GROUP, mf.KSERVE_VERSION, NS, "inferenceservices", "digits"
+    )
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == uri2
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    validate({k: v for k, v in isvc.items() if k != "status"})
 
     ep2.scale(0, 5)
     isvc = api.custom.get_namespaced_custom_object(
@@ -332,6 +426,48 @@ def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_p
         )["items"]
         == []
     )
+
+
+def s3_port(url: str) -> int:
+    import urllib.parse
+
+    return urllib.parse.urlsplit(url).port
+
+
+def test_in_a_notebook_pod_predict_uses_the_cluster_local_address(kserve, cluster, monkeypatch):
+    """Kubeflow's gateway sits behind Dex: a pod of the cluster goes to status.address.url."""
+    kserve.sessions = set()  # Dex: no session is valid for a pod
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # a pod (kubeconfig still set)
+    model = mlp()
+    x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
+    ep = deploy(model, name="digits", backend="kf")
+    ((port, _),) = kserve.ports["digits"]
+    assert ep.url == f"http://127.0.0.1:{port}"
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    assert kserve.gateways["digits"].forwarded == 0
+    ep.delete()
+
+
+def test_from_outside_predict_goes_through_the_gateway_with_the_session_cookie(
+    kserve, cluster, monkeypatch
+):
+    kserve.sessions = {"s3ss10n"}
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    model = mlp()
+    x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
+    monkeypatch.setenv("NBSCALE_KFP_COOKIE", "authservice_session=s3ss10n")
+    ep = deploy(model, name="digits", backend="kf")
+    gateway = kserve.gateways["digits"]
+    assert ep.url == gateway.url
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    assert gateway.forwarded >= 1 and gateway.redirected == 0
+    # without the session Dex redirects to its login page: the call fails, nothing served
+    monkeypatch.delenv("NBSCALE_KFP_COOKIE")
+    endpoint("digits").close()
+    with pytest.raises(Exception):  # noqa: B017 - the client's error for a 302
+        endpoint("digits").predict(x)
+    assert gateway.redirected >= 1
+    endpoint("digits").delete()
 
 
 def test_a_crash_looping_predictor_is_failing_never_ready(kserve, cluster):

@@ -9,9 +9,22 @@ predictor runs the nbscale serving runtime (the ``nbscale`` ClusterServingRuntim
 ``canary_traffic_percent`` rolls out beside the old one; ``promote`` sends it all the
 traffic, ``rollback`` returns all of it to the previous version.
 
+The storage initializer reads the artifact with ``storage_secret``'s keys: nbscale
+creates or updates a ServiceAccount (``service_account``, else ``nbscale-serving``)
+carrying KServe's S3 annotations (``serving.kserve.io/s3-endpoint``, ``s3-usehttps``,
+``s3-region``) with that Secret attached, and names it in the predictor. The
+``deployment_mode`` setting is KServe's ``serving.kserve.io/deploymentMode``:
+Knative (``Serverless``: scale to zero, canary rollouts, concurrency autoscaling) or
+``Standard`` (``RawDeployment``: a Deployment and an HPA on cpu or memory, at least one
+replica, no canary); what a mode cannot do is refused before anything is sent.
+
 status: the InferenceService's conditions and URL; a predictor pod that crash-loops
 or cannot pull its image makes the endpoint FAILED with the pod's reason, never
-READY. predict/metadata: V2 at the service URL. metrics: every ready predictor pod's
+READY. predict/metadata: V2 at the service URL: from inside the cluster (a notebook
+pod) the cluster-local ``status.address.url``; from outside ``status.url`` through the
+ingress gateway, with the Kubeflow session cookie when one is given
+(``NBSCALE_KFP_COOKIE`` or the ``cookie`` of ``kfp_secret``: the same Dex/auth-proxy
+session guards KFP and KServe). metrics: every ready predictor pod's
 Prometheus ``/metrics`` (the runtime's token-free metrics port, ``manifests.METRICS_PORT``),
 read through the API server's pod proxy (``/api/v1/namespaces/NS/pods/POD:PORT/proxy/metrics``:
 the way in that a client outside the cluster has, with the kube context's credentials and
@@ -56,6 +69,11 @@ from .settings import KubeflowSettings, settings
 
 PLURAL = "inferenceservices"
 SCALE_METRICS = ("concurrency", "rps", "cpu", "memory")
+KNATIVE_MODES = ("Serverless", "Knative")
+STANDARD_METRICS = ("cpu", "memory")  # the HPA's; concurrency and rps are Knative's
+SERVING_ACCOUNT = "nbscale-serving"
+S3_ANNOTATIONS = "serving.kserve.io/s3-"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 DEPLOY_TIMEOUT = 600.0
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 
@@ -132,12 +150,40 @@ class KServeEndpoints(EndpointBackend):
                 f"endpoint {rec.name!r} has no URL yet ({rec.status})",
                 f"wait until it is ready: nbscale endpoints; kubectl get isvc {rec.name}",
             )
+        cookie = None if in_cluster() else self._gateway_cookie()
+
+        def headers() -> dict[str, str]:
+            out = {"Authorization": f"Bearer {token_for(rec.name)}"}
+            if cookie:  # the ingress gateway's session (never logged)
+                out["Cookie"] = cookie
+            return out
+
         return V2Client(
             rec.name,
             rec.url,
-            headers=lambda: {"Authorization": f"Bearer {token_for(rec.name)}"},
+            headers=headers,
             unreachable=f"check it with: kubectl -n {rec.config.get('namespace')} get isvc {rec.name}",
         )
+
+    def _gateway_cookie(self) -> str | None:
+        """The Kubeflow session cookie for the ingress gateway (Dex / auth proxy), if any."""
+        from .kfp_access import COOKIE_ENV, secret_values
+
+        if os.environ.get(COOKIE_ENV):
+            return os.environ[COOKIE_ENV]
+        if self.settings.kfp_secret:
+            return secret_values(self.settings).get("cookie")
+        return None
+
+    @staticmethod
+    def url_of(status: dict[str, Any]) -> str:
+        """Inside the cluster the cluster-local address (no gateway, no Dex); outside the
+        external URL."""
+        external = status.get("url") or ""
+        local = (status.get("address") or {}).get("url") or ""
+        if in_cluster():
+            return local or external
+        return external or local
 
     def _get(self, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         cluster = self.cluster()
@@ -197,6 +243,7 @@ class KServeEndpoints(EndpointBackend):
         if gpus is not None and (not isinstance(gpus, int) or gpus < 0):
             raise SpecError("gpus", f"must be a whole number >= 0, got {gpus!r}")
         canary = o.get("canary_traffic_percent")
+        self._check_mode(request.min_replicas, o)
         if canary is not None:
             if not isinstance(canary, int) or not 1 <= canary <= 99:
                 raise SpecError("canary", f"must be a percentage from 1 to 99, got {canary!r}")
@@ -205,6 +252,49 @@ class KServeEndpoints(EndpointBackend):
                     "canary",
                     f"endpoint {request.name!r} has no previous version to keep beside the canary",
                     "deploy it once without --canary",
+                )
+
+    @property
+    def knative(self) -> bool:
+        return self.settings.deployment_mode in KNATIVE_MODES
+
+    def _check_mode(self, min_replicas: int, options: dict[str, Any]) -> None:
+        """What KServe's Standard (raw Deployment) mode cannot do, refused in one message."""
+        if self.knative:
+            return
+        mode = self.settings.deployment_mode
+        where = f'deployment_mode = "{mode}" in [backends.{self.settings.name}]'
+        knative = 'or deployment_mode = "Serverless" (Knative)'
+        if min_replicas == 0:
+            raise SpecError(
+                "replicas",
+                f"scale to zero needs KServe's Knative mode; {where} runs a Deployment of at "
+                "least one replica",
+                f"e.g. --replicas 1:N, {knative}",
+            )
+        if options.get("canary_traffic_percent") is not None:
+            raise SpecError(
+                "canary",
+                f"canary rollouts need KServe's Knative mode (revisions); {where} has none",
+                f"deploy the new version without --canary, {knative}",
+            )
+        metric = options.get("scale_metric")
+        if metric is not None and metric not in STANDARD_METRICS:
+            raise SpecError(
+                "scale-metric",
+                f"{metric!r} scaling is Knative's; {where} scales with an HPA on "
+                f"{' or '.join(STANDARD_METRICS)}",
+                f"--scale-metric cpu, {knative}",
+            )
+        for key, flag in (
+            ("container_concurrency", "container-concurrency"),
+            ("timeout_s", "timeout"),
+        ):
+            if options.get(key) is not None:
+                raise SpecError(
+                    flag,
+                    f"is a Knative revision setting; {where} has no revisions",
+                    f"drop --{flag}, {knative}",
                 )
 
     def _exists(self, name: str) -> bool:
@@ -224,8 +314,78 @@ class KServeEndpoints(EndpointBackend):
             if upload:
                 raise
             namespace = self.settings.namespace or "default"
-        return mf.inference_service(
+        body = mf.inference_service(
             request.name, uri, self.settings, serving_options(request), namespace, request.config
+        )
+        body["metadata"]["annotations"][MODE_ANNOTATION] = self.settings.deployment_mode
+        account = self.storage_account(namespace)
+        if account is not None:
+            body["spec"]["predictor"]["serviceAccountName"] = account["metadata"]["name"]
+        return body
+
+    def storage_account(self, namespace: str) -> dict[str, Any] | None:
+        """The ServiceAccount the storage initializer reads ``storage_secret`` through, with
+        KServe's S3 annotations (endpoint as the pods see it); None without a
+        ``storage_secret``."""
+        import urllib.parse
+
+        s = self.settings
+        if not s.storage_secret:
+            return None
+        annotations: dict[str, str] = {}
+        endpoint = s.pod_endpoint_url or s.endpoint_url
+        if endpoint:
+            url = urllib.parse.urlsplit(endpoint)
+            annotations[S3_ANNOTATIONS + "endpoint"] = url.netloc
+            annotations[S3_ANNOTATIONS + "usehttps"] = "1" if url.scheme == "https" else "0"
+        if s.region:
+            annotations[S3_ANNOTATIONS + "region"] = s.region
+        return {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": s.service_account or SERVING_ACCOUNT,
+                "namespace": namespace,
+                "labels": dict(mf.MANAGED),
+                "annotations": annotations,
+            },
+            "secrets": [{"name": s.storage_secret}],
+        }
+
+    def ensure_storage_account(self, body: dict[str, Any]) -> None:
+        """Create the ServiceAccount, or update its S3 annotations and attach the Secret
+        (its other annotations and Secrets stay)."""
+        cluster = self.cluster()
+        name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
+        core = cluster.core()
+        try:
+            current = core.read_namespaced_service_account(name, ns)
+        except Exception as exc:  # noqa: BLE001
+            err = api_error(exc, f"reading ServiceAccount {name}", cluster)
+            if not is_status(err, 404):
+                raise err from None
+            self._call(
+                f"creating ServiceAccount {name}", core.create_namespaced_service_account, ns, body
+            )
+            return
+        have = [{"name": ref.name} for ref in current.secrets or []]
+        wanted = body["secrets"][0]
+        old = {
+            k: v
+            for k, v in (current.metadata.annotations or {}).items()
+            if k.startswith(S3_ANNOTATIONS)
+        }
+        stale = {k: None for k in old if k not in body["metadata"]["annotations"]}
+        patch = {
+            "metadata": {"annotations": {**stale, **body["metadata"]["annotations"]}},
+            "secrets": have if wanted in have else [*have, wanted],
+        }
+        self._call(
+            f"updating ServiceAccount {name}",
+            core.patch_namespaced_service_account,
+            name,
+            ns,
+            patch,
         )
 
     def render(self, request: DeployRequest) -> DryRun:
@@ -236,6 +396,13 @@ class KServeEndpoints(EndpointBackend):
             mf.secret_note(mf.key_secret(self.settings.key_secret, "{}", ns), "the signing keys"),
             mf.secret_note(mf.token_secret(request.name, "", ns), "the endpoint's bearer token"),
         ]
+        account = self.storage_account(ns)
+        if account is not None:
+            notes.append(
+                f"ServiceAccount {account['metadata']['name']} would be created or updated "
+                f"(S3 annotations, Secret {self.settings.storage_secret} attached)"
+            )
+            return DryRun([account, body], "yaml", notes)
         return DryRun([body], "yaml", notes)
 
     def _token(self, name: str) -> str:
@@ -278,6 +445,9 @@ class KServeEndpoints(EndpointBackend):
         insert_endpoint(self.store, rec)
         try:
             ensure_key_secret(cluster, self.settings)
+            account = self.storage_account(cluster.namespace)
+            if account is not None:
+                self.ensure_storage_account(account)
             token = self._token(request.name)
             core = cluster.core()
             tsec = mf.token_secret(request.name, token, cluster.namespace)
@@ -350,8 +520,10 @@ class KServeEndpoints(EndpointBackend):
         """The canary takes all the traffic."""
         if record.config.get("canary") is None:
             raise Conflict(f"endpoint {record.name!r} has no canary to promote")
+        # KServe: without canaryTrafficPercent the latest revision takes all the traffic; a
+        # value left behind would split every later revision's rollout
         self._patch(
-            record, {"spec": {"predictor": {"canaryTrafficPercent": 100}}}, "promoting the canary"
+            record, {"spec": {"predictor": {"canaryTrafficPercent": None}}}, "promoting the canary"
         )
         update_endpoint(
             self.store, record.name, "promoted", config={**record.config, "canary": None}
@@ -366,8 +538,13 @@ class KServeEndpoints(EndpointBackend):
         self._patch(
             record,
             {
+                # the previous artifact rolled out in full: the field removed, never left at 0
+                # (which would give every later update's revision no traffic)
                 "spec": {
-                    "predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": versions[-2]}}
+                    "predictor": {
+                        "canaryTrafficPercent": None,
+                        "model": {"storageUri": versions[-2]},
+                    }
                 }
             },
             "rolling back the canary",
@@ -451,7 +628,7 @@ class KServeEndpoints(EndpointBackend):
         conds = {c.get("type"): c for c in st.get("conditions") or []}
         ready = conds.get("Ready", {})
         problems = self.predictor_problems(record)
-        url = st.get("url") or (st.get("address") or {}).get("url") or ""
+        url = self.url_of(st)
         fields: dict[str, Any] = {"url": url}
         generation = (obj.get("metadata") or {}).get("generation")
         stale = bool(generation) and (st.get("observedGeneration") or 0) < generation
@@ -556,6 +733,7 @@ class KServeEndpoints(EndpointBackend):
     def scale(self, record: EndpointRecord, min_replicas: int, max_replicas: int) -> EndpointRecord:
         if min_replicas > max_replicas:
             raise SpecError("replicas", f"min {min_replicas} > max {max_replicas}")
+        self._check_mode(min_replicas, {})
         self._patch(
             record,
             {"spec": {"predictor": {"minReplicas": min_replicas, "maxReplicas": max_replicas}}},
@@ -603,6 +781,11 @@ class KServeEndpoints(EndpointBackend):
 
     def close(self, name: str) -> None:
         self._clients.close(name)
+
+
+def in_cluster() -> bool:
+    """Whether this process runs in a pod of the cluster (a Kubeflow notebook)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
 def pod_ready(pod: Any) -> bool:

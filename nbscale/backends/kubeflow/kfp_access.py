@@ -67,7 +67,7 @@ def with_note(err: NbscaleError, note: str) -> NbscaleError:
     return type(err)(f"{err.message}; {note}", err.hint)
 
 
-def _secret_values(conf: KubeflowSettings) -> dict[str, str]:
+def secret_values(conf: KubeflowSettings) -> dict[str, str]:
     from .cluster import api_error, connect
 
     cluster = connect(conf)
@@ -116,7 +116,7 @@ def resolve(conf: KubeflowSettings) -> Access:
     if cookie:
         return Access(conf.kfp_host, f"the cookie in ${COOKIE_ENV}", {"cookies": cookie})
     if conf.kfp_secret:
-        values = _secret_values(conf)
+        values = secret_values(conf)
         if "token" in values:
             return Access(
                 conf.kfp_host,
