@@ -50,14 +50,14 @@ world = dist.get_world_size()
 """
 
 
-def _cell(outputs=("total", "world"), nodes=2, factor=10.0, pad=0):
+def _cell(outputs=("total", "world"), nodes=2, factor=10.0, pad=0, source=None):
     import torch
 
     spec = JobSpec(entry=Entry("module", "placeholder"), name="kf-cell", backend="kf", nodes=nodes)
     ns = {"torch": torch, "factor": factor}
     if pad:
         ns["pad"] = os.urandom(pad)
-    source = CELL + ("n = len(pad)\n" if pad else "")
+    source = source or CELL + ("n = len(pad)\n" if pad else "")
     return prepare_cell(source, ns, spec, outputs=list(outputs))
 
 
@@ -219,11 +219,39 @@ def node_job(jobset: dict[str, Any]) -> dict[str, Any]:
     return rjob["template"]["spec"]
 
 
+def installed_runtime(api: KubeApi, ref: dict[str, Any], release: str) -> dict[str, Any]:
+    """The runtime a TrainJob names, read from the cluster as the Trainer reads it (the
+    release's own when the cluster has none: a TrainJob the webhook did not check)."""
+    try:
+        if ref.get("kind") == "TrainingRuntime":
+            return api.custom.get_namespaced_custom_object(
+                mf.TRAINER_GROUP, mf.TRAINER_VERSION, NS, "trainingruntimes", ref["name"]
+            )
+        return api.custom.get_cluster_custom_object(
+            mf.TRAINER_GROUP, mf.TRAINER_VERSION, "clustertrainingruntimes", ref["name"]
+        )
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "status", None) != 404:
+            raise
+    return cluster_runtime(ref["name"], release)
+
+
+def install_runtime(api: KubeApi, runtime: dict[str, Any]) -> None:
+    """``kubectl apply`` of a ClusterTrainingRuntime (deploy/kubeflow/)."""
+    api.custom.create_cluster_custom_object(
+        mf.TRAINER_GROUP, mf.TRAINER_VERSION, "clustertrainingruntimes", runtime
+    )
+
+
 def trainer_pods(trainjob: dict[str, Any], release: str = TRAINER_RELEASES[0]) -> list[dict]:
     """The node pods of ``trainjob`` (metadata and spec), as the Trainer, JobSet and the Job
     controller make them on a cluster of ``release``."""
     runtime = cluster_runtime(trainjob["spec"]["runtimeRef"]["name"], release)
-    jobset = jobset_of(trainjob, runtime)
+    return pods_of(trainjob, jobset_of(trainjob, runtime))
+
+
+def pods_of(trainjob: dict[str, Any], jobset: dict[str, Any]) -> list[dict]:
+    """The node pods the Job controller makes of ``jobset``'s node job."""
     job = node_job(jobset)
     pods = []
     for node in range(job["parallelism"]):
@@ -326,10 +354,10 @@ def play_trainer(
     stop when the TrainJob is deleted."""
     body = _trainjob(api, job)
     name = body["metadata"]["name"]
-    runtime = cluster_runtime(body["spec"]["runtimeRef"]["name"], release)
+    runtime = installed_runtime(api, body["spec"]["runtimeRef"], release)
     jobset = jobset_of(body, runtime)
     spec = node_job(jobset)
-    pods = trainer_pods(body, release)
+    pods = pods_of(body, jobset)
     policy = spec["template"]["spec"]["restartPolicy"]
     backoff = spec["backoffLimit"]
     result = TrainerRun([], restart_policy=policy, backoff_limit=backoff)
