@@ -244,3 +244,30 @@ def test_logs_options_are_checked(cluster, kube, capsys):
     assert code != 0 and "'soon' is not a duration" in err
     code, _, err = run_cli(capsys, "logs", own.id, "--rank", "0", "--node", "0")
     assert code != 0 and "--rank" in err
+
+
+def test_attaching_a_trainjob_nbscale_made_elsewhere_keeps_its_id_and_outputs(cluster, kube):
+    """Another notebook's nbscale made it (its job-id label): the row takes that id, and the
+    outputs are expected where that job writes them."""
+    from nbscale.backends.kubeflow import manifests as mf
+    from nbscale.backends.kubeflow.settings import settings
+    from nbscale.config import load
+    from nbscale.specs import Entry, JobSpec
+
+    conf = settings(load().backend("kf"))
+    spec = JobSpec(entry=Entry("module", "train"), name="fit", backend="kf").to_dict()
+    staged = mf.Staged(
+        job_id="fit-elsewhere-1a2b3c",
+        spec_b64="eyJ9",
+        outputs_uri="s3://nb-bucket/work/jobs/fit-elsewhere-1a2b3c/outputs",
+        bundle="s3://nb-bucket/work/b/cell.zip",
+    )
+    body = mf.trainjob("fit-elsewhere-1a2b3c", spec, conf, staged, NS)
+    cluster.custom.create_namespaced_custom_object(
+        "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", body
+    )
+    handle = attach(body["metadata"]["name"], backend="kf")
+    assert handle.id == "fit-elsewhere-1a2b3c" and handle.name == "fit"
+    info = handle.record.info
+    assert not info["foreign"] and info["expect_outputs"]
+    assert info["outputs_uri"] == staged.outputs_uri
