@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import zipfile
 from abc import abstractmethod
@@ -548,21 +549,24 @@ def _key(m: dict[str, Any]) -> tuple:
 
 class LogMetrics:
     """The metric lines of a job's mirrored rank logs as ``log_metric`` records (``name``,
-    ``value``, ``step``, ``rank``, ``time``), read on from where the last read stopped."""
+    ``value``, ``step``, ``rank``, ``time``), read on from where the last read stopped. What
+    was read is kept for the process (a server makes a backend per request), by log file."""
 
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, int], tuple[int, list[dict[str, Any]]]] = {}
+    _seen: ClassVar[dict[tuple[str, int], tuple[int, list[dict[str, Any]]]]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def read(self, job_id: str, jobdir: JobDir) -> list[dict[str, Any]]:
         from ...sweeps.lines import parse_line
 
         out: list[dict[str, Any]] = []
         for rank in jobdir.log_ranks():
-            offset, records = self._seen.get((job_id, rank), (0, []))
             path = jobdir.log(rank)
+            key = (str(path), rank)
+            with self._lock:
+                before = self._seen.get(key)
+            offset, records = before or (0, [])
             try:
-                size = path.stat().st_size
-                if size < offset:  # the mirror started over
+                if path.stat().st_size < offset:  # the mirror started over
                     offset, records = 0, []
                 with open(path, "rb") as fh:
                     fh.seek(offset)
@@ -570,11 +574,17 @@ class LogMetrics:
             except OSError:
                 continue
             end = data.rfind(b"\n") + 1  # whole lines only: the last may be being written
-            records = list(records)
-            for raw in data[:end].decode(errors="replace").splitlines():
-                parsed = parse_line(raw)
-                if parsed is not None:
-                    records.append({**parsed, "rank": rank})
-            self._seen[(job_id, rank)] = (offset + end, records)
+            new = [
+                {**parsed, "rank": rank}
+                for raw in data[:end].decode(errors="replace").splitlines()
+                if (parsed := parse_line(raw)) is not None
+            ]
+            with self._lock:
+                now = self._seen.get(key)
+                if now is before:  # nobody read on meanwhile
+                    records = [*records, *new]
+                    self._seen[key] = (offset + end, records)
+                else:
+                    records = now[1] if now is not None else [*records, *new]
             out += records
         return out
