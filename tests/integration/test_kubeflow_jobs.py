@@ -455,3 +455,26 @@ def test_an_unreachable_cluster_is_said_not_raised_when_listing(
     assert rec.status == "PENDING" and rec.info["phase"].startswith("unreachable: ")
     assert "kind-lab" in rec.info["phase"]
     assert job_handle(job.id).record.info["phase"] == "queued"  # nothing was written
+
+
+def test_a_missing_key_secret_is_said_with_the_namespace_the_pods_need_it_in(cluster, kube):
+    api = cluster
+    job = _cell(nodes=1).submit()
+    api.core.delete_namespaced_secret("nbscale-keys-emu", NS)
+    _make_pods(api, job, 1, {"phase": "Pending"})
+    api.core.create_namespaced_event(
+        NS,
+        {
+            "metadata": {"name": f"{_pod_name(job, 0)}.mount", "namespace": NS},
+            "type": "Warning",
+            "reason": "FailedMount",
+            "message": 'MountVolume.SetUp failed for volume "nbscale-keys" : secret '
+            '"nbscale-keys-emu" not found',
+            "involvedObject": {"kind": "Pod", "name": _pod_name(job, 0), "namespace": NS},
+        },
+    )
+    time.sleep(1.05)
+    phase = job.refresh().info["phase"]
+    assert "FailedMount" in phase
+    assert f"the key Secret nbscale-keys-emu must be in namespace {NS}" in phase
+    job.cancel()

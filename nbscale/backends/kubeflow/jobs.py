@@ -330,6 +330,7 @@ class KubeflowBackend(RemoteJobBackend):
                 "bundle": "configmap" if data is not None else staged.bundle,
                 "configmap": staged.configmap,
                 "image": body["spec"]["trainer"]["image"],
+                "key_secret": staged.key_secret,
                 **self._travel_info(record.id),
             },
             event="submitted",
@@ -398,7 +399,11 @@ class KubeflowBackend(RemoteJobBackend):
                             "pod": pod.metadata.name,
                             "node": node,
                             "reason": waiting.reason,
-                            "message": waiting.message or BAD_WAITING[waiting.reason],
+                            "message": _key_secret_said(
+                                waiting.message or BAD_WAITING[waiting.reason],
+                                record,
+                                record.info.get("namespace") or "",
+                            ),
                         }
                     )
                 for term in (
@@ -441,7 +446,10 @@ class KubeflowBackend(RemoteJobBackend):
                 obj = ev.involved_object
                 if ev.type != "Warning" or obj is None or obj.name != obj_name:
                     continue
-                item: dict[str, Any] = {"reason": ev.reason, "message": ev.message or ""}
+                item: dict[str, Any] = {
+                    "reason": ev.reason,
+                    "message": _key_secret_said(ev.message or "", record, namespace),
+                }
                 if node is None:
                     item["object"] = f"{obj.kind}/{obj_name}"
                 else:
@@ -774,6 +782,17 @@ def _with_hint(err: NbscaleError, hint: str) -> NbscaleError:
     if getattr(err, "status", None) in (403, 404):  # refused, or no such namespace
         err.hint = f"{err.hint}; {hint}" if err.hint else hint
     return err
+
+
+def _key_secret_said(message: str, record: JobRecord, namespace: str) -> str:
+    """A pod's message about the key Secret (FailedMount: not found) with where it must be."""
+    name = record.info.get("key_secret")
+    if name and f'"{name}"' in message:
+        return (
+            f"{message} (the key Secret {name} must be in namespace {namespace}, where the "
+            "pods run: nbscale writes it there at submit; was it deleted?)"
+        )
+    return message
 
 
 def _unsettled(pod: Any) -> bool:
