@@ -493,6 +493,12 @@ class SageMakerEndpoints(EndpointBackend):
         the old version and its status is ROLLED_BACK, with the alarm in ``error``."""
         rec = self.status(get_endpoint(self.store, name))
         meta = rec.config.get("sagemaker", {})
+        if meta.get("pending") and rec.status == FAILED:
+            raise NbscaleError(
+                f"endpoint {name} failed while updating to version "
+                f"{meta['pending']['version']}: {rec.error}",
+                f"see its CloudWatch logs, then nbscale undeploy {name}",
+            )
         if meta.get("pending"):
             raise Conflict(
                 f"endpoint {name} is still being updated to version {meta['pending']['version']}",
