@@ -85,6 +85,7 @@ class SharedFront:
         self.limits = limits or Limits()
         self.server: HttpServer | None = None
         self.pool = Pool()
+        self.pool_port = 0
         self.want = False
         self.busy = False
 
@@ -126,12 +127,9 @@ class SharedFront:
         return await self.app(req)
 
     async def _to_router(self, req: Request) -> Response:
-        try:
-            port = int(self.router_port_file.read_text())
-        except (OSError, ValueError):
-            return error_response(
-                503, "the router is restarting; retry shortly", {"retry-after": "1"}
-            )
+        """Pass a request for the router itself on. While the router is being restarted (its
+        supervisor starts a new one at once, on a new private port) the request waits for it,
+        as a connection to the endpoint's port waits in the listen backlog."""
         target = req.path + ("?" + req.query if req.query else "")
         head = [
             f"{req.method} {target} HTTP/1.1",
@@ -139,26 +137,34 @@ class SharedFront:
             f"content-length: {len(req.body)}",
         ]
         head += [f"{k}: {v}" for k, v in req.headers.items() if k in FORWARD_HEADERS]
-        try:
-            status, headers, body = await exchange(
-                port,
-                self.pool,
-                ("\r\n".join(head) + "\r\n\r\n").encode("latin-1"),
-                req.body,
-                60.0,
-                64 * 1024,
-                256 << 20,
-            )
-        except UpstreamError as exc:
-            if exc.status == 502:  # a router restarting: its old port is closed
+        encoded = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUTER_WAIT_S
+        while True:
+            try:
+                port = int(self.router_port_file.read_text())
+            except (OSError, ValueError):
+                port = 0
+            if port and port != self.pool_port:  # a new router: the old one's connections are gone
                 self.pool.close()
-                self.pool = Pool()
-            return error_response(exc.status, f"the router: {exc.message}")
+                self.pool, self.pool_port = Pool(), port
+            try:
+                if not port:
+                    raise UpstreamError(502, "the router has not said its port", False)
+                status, headers, body = await exchange(
+                    port, self.pool, encoded, req.body, 60.0, 64 * 1024, 256 << 20
+                )
+                break
+            except UpstreamError as exc:
+                if exc.answered or loop.time() > deadline:
+                    return error_response(exc.status, f"the router: {exc.message}")
+                await asyncio.sleep(0.05)  # not reached: a router restarting
         extra = {k: headers[k] for k in ("www-authenticate", "retry-after") if k in headers}
         return Response(status, body, headers.get("content-type", "application/json"), extra)
 
 
 FORWARD_HEADERS = ("authorization", "content-type", "accept")
+ROUTER_WAIT_S = 30.0  # how long a request for the router waits for a restarted one
 
 
 def _port(text: str) -> int:
