@@ -459,11 +459,14 @@ class KubeflowBackend(RemoteJobBackend):
 
     def failed_nodes(self, pods: list[Any]) -> list[dict[str, Any]]:
         """The node containers that exited non-zero (now, or before a restart), first
-        failure first; a pod the cluster took away (``DisruptionTarget``) is not one."""
+        failure first; a pod the cluster took away (``DisruptionTarget``) or is deleting
+        (a deadline, the JobSet ending) is not one: the TrainJob's conditions say why."""
         out = []
         for pod in pods:
             conds = pod.status.conditions or []
-            if any(c.type == "DisruptionTarget" and c.status == "True" for c in conds):
+            if pod.metadata.deletion_timestamp or any(
+                c.type == "DisruptionTarget" and c.status == "True" for c in conds
+            ):
                 continue
             for cs in pod.status.container_statuses or []:
                 if cs.name != mf.NODE:
