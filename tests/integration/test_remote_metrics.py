@@ -167,3 +167,28 @@ def test_kubeflow_job_metrics_follow_the_pod_logs(cluster, kube, tmp_path, monke
     time.sleep(1.05)
     assert shape(job.metrics()) == [("loss", 1.0, 0, 0), ("loss", 0.5, 1, 0)]
     job.cancel()
+
+
+def test_sagemaker_final_metrics_stand_in_for_a_log_without_metric_lines(aws, tmp_path):
+    job = submit(logging_cell(tmp_path, "aws").spec, config=config())
+    name = job.record.native_id
+    aws.set_training(name, "InProgress", "Training")
+    assert job.metrics() == []
+    # the log's events are gone (or were never read); SageMaker kept each defined metric's
+    # last value (moto adds a "train:progress" of its own: not one this job defines)
+    now = time.time()
+    aws.set_training(
+        name,
+        "Failed",
+        "Failed",
+        FailureReason="AlgorithmError: x",
+        FinalMetricDataList=[
+            {"MetricName": "loss", "Value": 0.25, "Timestamp": now},
+            {"MetricName": "val_acc", "Value": 0.75, "Timestamp": now},
+            {"MetricName": "train:progress", "Value": 100.0, "Timestamp": now},
+        ],
+    )
+    assert job.status() == "FAILED"
+    got = job.metrics()
+    assert shape(got) == [("loss", 0.25, None, 0), ("val_acc", 0.75, None, 0)]
+    assert got[0]["time"] == pytest.approx(now)

@@ -103,6 +103,12 @@ def env_secret_name(settings: SageMakerSettings, job_id: str) -> str:
     return f"nbscale/{settings.name}/jobs/{job_id}/env"
 
 
+def _stamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+
 def _prefix(uri: str) -> str:
     return uri.rsplit("/", 1)[0] + "/"
 
@@ -381,6 +387,10 @@ class SageMakerBackend(RemoteJobBackend):
                 "image": request["AlgorithmSpecification"]["TrainingImage"],
                 "output_path": request["OutputDataConfig"]["S3OutputPath"],
                 "env_secret_arn": env_arn,
+                "metrics_defined": [
+                    d["Name"]
+                    for d in request["AlgorithmSpecification"].get("MetricDefinitions") or []
+                ],
             },
             event="submitted",
         )
@@ -428,6 +438,18 @@ class SageMakerBackend(RemoteJobBackend):
         ):
             if desc.get(key) is not None:
                 info[name] = desc[key]
+        defined = set(record.info.get("metrics_defined") or [])
+        final = [  # the metrics the request defined (an image's own are not log_metric's)
+            {
+                "name": m["MetricName"],
+                "value": float(m["Value"]),
+                "time": _stamp(m.get("Timestamp")),
+            }
+            for m in desc.get("FinalMetricDataList") or []
+            if m.get("MetricName") in defined and m.get("Value") is not None
+        ]
+        if final:  # what SageMaker read with the MetricDefinitions, as CloudWatch keeps it
+            info["final_metrics"] = final
         fields: dict[str, Any] = {"info_patch": info}
         # a spot interruption or an internal error makes SageMaker start the job again
         restarts = sum(
@@ -487,6 +509,18 @@ class SageMakerBackend(RemoteJobBackend):
                 return {}
             local = storage.store_for(str(unpacked))
             return collect(record.id, local, str(unpacked), nodes, reported)
+
+    def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
+        """The metric lines of the job's log (``RemoteJobBackend.metrics``); where the log
+        has none (its CloudWatch events expired, or it could not be read), the job's
+        ``FinalMetricDataList``: each metric's last value SageMaker read, rank 0's."""
+        found = super().metrics(record)
+        if found:
+            return found
+        return [
+            {"name": m["name"], "value": m["value"], "step": None, "rank": 0, "time": m["time"]}
+            for m in record.info.get("final_metrics") or []
+        ]
 
     # -- logs, cancel -------------------------------------------------------------------
     def fetch_logs(self, record: JobRecord, jobdir: JobDir) -> None:
