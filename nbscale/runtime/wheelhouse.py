@@ -7,15 +7,22 @@ with ``--no-deps`` plus the closure of the kind of work it does:
 - ``job``: a worker running a cell, script or module; the image brings torch and numpy;
 - ``serving``: the model server (``python -m nbscale.serving``);
 - ``step``: a pipeline step, which executes a notebook, so papermill and ipykernel
-  (and what they need) are its closure, nothing more.
+  (and what they need) are its closure, nothing more;
+- ``image``: nbscale's one image for every role (``docker/Dockerfile``): the
+  ``serving`` and ``step`` closures plus ``kfp``, whose executor runs a KFP step
+  (components are compiled with ``install_kfp_package=False``).
 
 ``build(kind, dest)`` writes the wheels into ``dest`` (cached per kind and source
 under ``$NBSCALE_HOME/wheelhouse``); the container runs ``install_command(dir)``,
 ``pip install --no-index --no-deps`` of exactly those files, before it starts, so a
 stock PyTorch image works without a package index. ``job`` wheels are pure Python
-(one wheelhouse for every image); ``serving`` and ``step`` carry compiled wheels for
-the platform they are built for (``--platform``/``--python-version``, default this
-machine's), which is what the Dockerfile's runtime image does too.
+(one wheelhouse for every image); ``serving``, ``step`` and ``image`` carry compiled
+wheels for the platform they are built for: by default the pods' (``POD_PLATFORMS``,
+Linux x86_64 manylinux, with ``pip download --platform ... --python-version X.Y
+--only-binary=:all:``) and this interpreter's Python, which is the Python of the image
+nbscale picks for the kernel; never the laptop's own platform (a macOS or Windows
+wheel of pyzmq or psutil does not install in a pod). ``platform="native"`` builds
+for this machine.
 
     python -m nbscale.runtime.wheelhouse --kind job -o ./wheels
 """
@@ -56,6 +63,13 @@ CLOSURE = {
         "pyyaml>=6.0",
     ],
 }
+# the one image (docker/Dockerfile): the model server, the step's papermill and the KFP
+# executor, whose components are compiled with install_kfp_package=False
+CLOSURE["image"] = sorted(
+    {*CLOSURE["serving"], *CLOSURE["step"], "kfp>=2.7", "kfp-kubernetes>=1.4"}
+)
+# the platforms of a pod (Linux x86_64, glibc >= 2.17): pip takes the first that matches
+POD_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 _SKIP = shutil.ignore_patterns(
     ".git", "build", "dist", "*.egg-info", "node_modules", "__pycache__", ".venvs", "tests",
     "benchmarks", "examples", "docs", ".pytest_cache", ".ruff_cache",
@@ -135,6 +149,17 @@ def _platform_args(platform: str | list[str] | None, python_version: str | None)
     return args
 
 
+def target(
+    platform: str | list[str] | None, python_version: str | None
+) -> tuple[list[str] | None, str | None]:
+    """The platforms and Python a compiled wheelhouse is built for: the pods' by default,
+    this machine's for ``"native"``."""
+    if platform in ("native", ["native"]):
+        return None, python_version
+    platforms = [platform] if isinstance(platform, str) else list(platform or POD_PLATFORMS)
+    return platforms, python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def build(
     kind: str,
     dest: str | Path | None = None,
@@ -146,6 +171,9 @@ def build(
         raise WheelhouseError(f"unknown kind {kind!r}; one of {', '.join(CLOSURE)}")
     from .. import paths
 
+    pure = kind == "job"
+    if not pure:
+        platform, python_version = target(platform, python_version)
     root = source_root()
     version = _source_digest(root) if root else metadata.version("nbscale")
     key = hashlib.sha256(
@@ -157,7 +185,6 @@ def build(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         nbscale_wheel(tmp)
-        pure = kind == "job"
         _pip(
             "download",
             "-q",
@@ -195,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nbscale.runtime.wheelhouse")
     parser.add_argument("--kind", choices=sorted(CLOSURE), default="job")
     parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--platform", help="e.g. manylinux2014_x86_64 (serving, step)")
-    parser.add_argument("--python-version", help="e.g. 3.11 (serving, step)")
+    parser.add_argument(
+        "--platform",
+        action="append",
+        help="e.g. manylinux2014_x86_64 (repeatable; default: the pods' Linux x86_64 "
+        "platforms; native: this machine's)",
+    )
+    parser.add_argument("--python-version", help="e.g. 3.11 (default: this Python's)")
     args = parser.parse_args(argv)
     try:
         out = build(args.kind, args.output, args.platform, args.python_version)
