@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from .backends import DryRun, endpoint_backend_for, get_endpoint_backend
-from .backends.endpoint_base import ROLLED_BACK, DeployRequest, EndpointBackend
+from .backends.endpoint_base import DeployRequest, EndpointBackend
 from .config import load as load_config
 from .errors import Conflict, SpecError
 from .paths import endpoint_dir
 from .serving.artifact import package, read_manifest, sign, verify
 from .store import get_store
-from .store.endpoints import EndpointRecord, get_endpoint, list_endpoints
+from .store.endpoints import ROLLED_BACK, EndpointRecord, get_endpoint, list_endpoints
 from .store.paging import Page
 from .words import count
 

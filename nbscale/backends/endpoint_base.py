@@ -35,11 +35,6 @@ from ..store import Store
 from ..store.endpoints import EndpointRecord
 from .base import DryRun
 
-#: an endpoint whose new version the platform rolled back (an auto-rollback alarm fired): it
-#: serves the previous version, which its record keeps; ``error`` says which alarm fired
-#: (belongs beside the other endpoint states in ``nbscale.store.endpoints``)
-ROLLED_BACK = "ROLLED_BACK"
-
 
 @dataclass(frozen=True)
 class DeployRequest:

@@ -25,6 +25,9 @@ STARTING, READY, SCALED_TO_ZERO, FAILED, STOPPING = (
     "FAILED",
     "STOPPING",
 )
+#: the platform rolled the endpoint's new version back (an auto-rollback alarm fired): it
+#: serves the previous version, which the record keeps; ``error`` names the alarm
+ROLLED_BACK = "ROLLED_BACK"
 
 ENDPOINTS = [
     """

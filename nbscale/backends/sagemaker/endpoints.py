@@ -40,6 +40,7 @@ from ...errors import Conflict, NbscaleError, NotFound, SpecError
 from ...store.endpoints import (
     FAILED,
     READY,
+    ROLLED_BACK,
     STARTING,
     STOPPING,
     EndpointRecord,
@@ -50,7 +51,7 @@ from ...store.endpoints import (
     update_endpoint,
 )
 from ..base import DryRun
-from ..endpoint_base import ROLLED_BACK, DeployRequest, EndpointBackend
+from ..endpoint_base import DeployRequest, EndpointBackend
 from . import secrets
 from .jobs import client_error
 from .settings import INSTANCE_RE, SageMakerSettings, settings
