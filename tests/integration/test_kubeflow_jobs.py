@@ -478,3 +478,41 @@ def test_a_missing_key_secret_is_said_with_the_namespace_the_pods_need_it_in(clu
     assert "FailedMount" in phase
     assert f"the key Secret nbscale-keys-emu must be in namespace {NS}" in phase
     job.cancel()
+
+
+def test_on_a_trainer_v2_3_cluster_the_pods_are_built_from_its_own_runtime(
+    cluster, tmp_path, monkeypatch
+):
+    """A cluster running Trainer v2.3.0 (its CRDs, its webhook, its chart's
+    torch-distributed): the TrainJob is admitted, and the pods the Trainer makes of it
+    carry the backend's annotations, no Istio sidecar and the user's key, and take
+    JobSet's and the Job's restart defaults."""
+    from tests.support.kube_emulator import KubeApi, KubeEmulator
+    from tests.support.kubeflow import installed_runtime, jobset_of, node_job, pods_of
+
+    emu = KubeEmulator(trainer_release="v2.3.0")
+    try:
+        monkeypatch.setenv("KUBECONFIG", str(emu.kubeconfig(tmp_path / "v23", NS)))
+        monkeypatch.setenv("NBSCALE_USER", "alice@example.com")
+        job = _cell(nodes=2).submit()
+        api = KubeApi(emu.url)
+        body = _trainjob(api, job)
+        runtime = installed_runtime(api, body["spec"]["runtimeRef"], "v2.3.0")
+        assert (
+            "cuda13"
+            in runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
+                "template"
+            ]["spec"]["containers"][0]["image"]
+        )  # v2.3's chart, not v2.2's
+        jobset = jobset_of(body, runtime)
+        secret = mf.key_secret_name("nbscale-keys", "alice@example.com")
+        for pod in pods_of(body, jobset):
+            assert pod["metadata"]["annotations"][mf.ISTIO_INJECT] == "false"
+            vols = [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v]
+            assert vols == [secret]
+        assert node_job(jobset)["backoffLimit"] == 6
+        assert api.core.read_namespaced_secret(secret, NS).metadata.annotations == {
+            mf.USER_ANNOTATION: "alice@example.com"
+        }
+    finally:
+        emu.stop()

@@ -344,7 +344,7 @@ def play_trainer(
     tmp_path: Path,
     network: list | None = None,
     python: Path | None = None,
-    release: str = TRAINER_RELEASES[0],
+    release: str | None = None,
     restart_delay: float = 0.0,
 ) -> TrainerRun:
     """Play the Trainer controller, JobSet, the Job controller and the kubelet: run every node
@@ -354,6 +354,7 @@ def play_trainer(
     stop when the TrainJob is deleted."""
     body = _trainjob(api, job)
     name = body["metadata"]["name"]
+    release = release or getattr(kube, "trainer_release", TRAINER_RELEASES[0])
     runtime = installed_runtime(api, body["spec"]["runtimeRef"], release)
     jobset = jobset_of(body, runtime)
     spec = node_job(jobset)
@@ -510,7 +511,7 @@ def run_nodes(
     tmp_path: Path,
     network: list | None = None,
     python: Path | None = None,
-    release: str = TRAINER_RELEASES[0],
+    release: str | None = None,
 ) -> list[int]:
     """``play_trainer``: each node's last exit code."""
     return play_trainer(api, kube, job, tmp_path, network, python, release).codes
