@@ -382,3 +382,44 @@ def test_the_schema_check_is_strict(backend, script):
         where[field] = "x"
         with pytest.raises(jsonschema.ValidationError):
             validate_experiment(bad)
+
+
+def test_the_budget_becomes_limits_katib_keeps_in_the_dry_run(script):
+    priced = ks.KatibSweeps(
+        BackendConfig("kf", "kubeflow", {**BASE, "price_per_node_hour": 3.6}), get_store()
+    )
+    # with --max-runtime: 8 trials of at most 1000 s x 2 nodes x $3.60/h = $2.00 each
+    capped = sweep_of(script, max_cost=7.0)
+    capped = capped.replace(job=capped.job.replace(max_runtime=1000))
+    (exp, *_) = documents(priced.dry_run(capped))
+    validate_experiment(exp)
+    assert admit(exp) == []
+    spec = exp["spec"]
+    assert (spec["maxTrialCount"], spec["parallelTrialCount"]) == (3, 3)
+    assert spec["maxFailedTrialCount"] <= 3  # Katib's webhook admits none above maxTrialCount
+    assert "Katib starts at most 3 trials (maxTrialCount)" in priced.dry_run(capped).commentary()
+    # without: each trial's share of the budget as its TrainJob's deadline
+    shared = sweep_of(script, max_cost=8.0)
+    (exp, *_) = documents(priced.dry_run(shared))
+    assert exp["spec"]["maxTrialCount"] == 8
+    assert exp["spec"]["trialTemplate"]["trialSpec"]["spec"]["activeDeadlineSeconds"] == 500
+    plan = ks.budget_plan(shared, 3.6)
+    assert (plan.max_trials, plan.runtime) == (8, 500)
+    assert ks.budget_plan(sweep_of(script), 3.6) is None  # no budget, no limits
+
+
+@pytest.mark.parametrize(
+    "kw, price, words",
+    [
+        ({"max_cost": 1.0, "runtime": 1000}, 3.6, r"one trial may cost \$2.00"),
+        ({"max_cost": 0.1}, 3.6, "less than 60 s"),
+        ({"max_cost": 5.0}, None, "no price is known"),
+    ],
+)
+def test_a_budget_katib_cannot_hold_is_refused(script, kw, price, words):
+    runtime = kw.pop("runtime", None)
+    sweep = sweep_of(script, **kw)
+    if runtime:
+        sweep = sweep.replace(job=sweep.job.replace(max_runtime=runtime))
+    with pytest.raises(SpecError, match=words):
+        ks.budget_plan(sweep, price)
