@@ -25,8 +25,11 @@ from ...pipelines.fingerprint import module_sources
 from ...pipelines.model import Pipeline, Step
 from ...pipelines.step_sweep import refuse_compile
 from ...pipelines.stepbook import container_template as notebook_template
+from .images import runtime_image
 
-DEFAULT_IMAGE = "nbscale/pipeline-step:0.1.0"  # any image with nbscale, papermill and ipykernel
+# nbscale's image (docker/Dockerfile: nbscale, papermill, ipykernel and kfp, whose executor
+# runs the step: components are compiled with install_kfp_package=False), by this version
+DEFAULT_IMAGE = runtime_image()
 KEY_SECRET = "nbscale-keys"  # a Secret with keys.json = nbscale.keys.export("pipeline")
 KEY_MOUNT = "/var/run/secrets/nbscale"
 KIND = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
