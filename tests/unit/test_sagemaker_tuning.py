@@ -325,3 +325,21 @@ def test_the_metric_regex_reads_the_exact_lines_log_metric_prints(backend, scrip
     with contextlib.redirect_stdout(out):
         log_metric("val_loss", float("nan"))
     assert not pattern.search(out.getvalue())
+
+
+def test_the_trials_other_metrics_are_defined_after_the_objective(backend, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import nbscale\n"
+        "nbscale.log_metric('train_loss', 1.0, step=0)\n"
+        "nbscale.log_metric('val_loss', nbscale.param('lr', 0.01), step=0)\n"
+        "nbscale.log_metric('acc', 0.5)\n"
+    )
+    request = request_of(backend, sweep_of(script))
+    found = request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    # the objective first (SageMaker's tuner reads it by name), then what else the trial logs,
+    # each read from the same metric lines, so every one reaches CloudWatch
+    assert [d["Name"] for d in found] == ["val_loss", "acc", "train_loss"]
+    for d in found:
+        assert d["Regex"] == req.metric_definitions([d["Name"]])[0]["Regex"]
+    check_request(request)
