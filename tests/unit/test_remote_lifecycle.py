@@ -574,3 +574,20 @@ def test_a_record_that_came_home_and_its_metric_line_count_once(tmp_path):
         '{"name": "loss", "value": 0.5, "step": 1, "time": 100.0001, "rank": 0}\n'
     )
     assert [m["value"] for m in backend.metrics(record)] == [0.5]
+
+
+def test_metrics_read_so_far_are_kept_when_the_log_cannot_be_fetched_now(tmp_path):
+    from nbscale.errors import NbscaleError
+    from nbscale.sweeps.lines import metric_line
+
+    class Flaky(Metered):
+        def fetch_logs(self, record, jobdir):
+            if not self.texts:
+                raise NbscaleError("reading CloudWatch Logs: the network is down")
+            super().fetch_logs(record, jobdir)
+
+    line = metric_line("loss", 0.5, step=1, when=100.0)
+    backend = Flaky(BackendConfig("fake", "fake"), get_store(), [{0: line + "\n"}])
+    record = _stored(tmp_path)
+    assert [m["value"] for m in backend.metrics(record)] == [0.5]
+    assert [m["value"] for m in backend.metrics(record)] == [0.5]  # not an error

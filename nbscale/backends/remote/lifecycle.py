@@ -524,8 +524,12 @@ class RemoteJobBackend(JobBackend):
     def metrics(self, record: JobRecord) -> list[dict[str, Any]]:
         """What ``log_metric`` logged: read from the metric lines of the mirrored logs while
         the job runs and after (rank 0 prints them in the container), with any record that
-        reached the job's local folder."""
-        self.mirror_logs(record)
+        reached the job's local folder. A log that cannot be fetched now leaves what was
+        read before (the logs themselves say why)."""
+        from ...errors import NbscaleError
+
+        with contextlib.suppress(NbscaleError):
+            self.mirror_logs(record)
         jobdir = JobDir(record.info["job_dir"])
         home = jobdir.metrics()
         known = {_key(m) for m in home}
