@@ -69,3 +69,50 @@ def test_a_users_entry_is_the_image_and_an_8_gpu_node_runs_8_processes(stock, ku
     assert trainer["numProcPerNode"] == 8
     stored = get_job(get_store(), job.id).spec
     assert (stored["procs_per_node"], stored["gpus_per_proc"]) == (8, 1)
+
+
+# -- nbscale's own image: the serving runtime takes it as a parameter --------------------
+
+
+def test_the_serving_runtime_takes_the_image_as_a_kustomize_parameter(tmp_path):
+    """``kubectl apply -k deploy/kserve`` renders the ClusterServingRuntime with the image
+    the kustomization names; by default nbscale's own image of this version."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    import nbscale
+    from nbscale.backends.kubeflow.images import runtime_image
+    from tests.support import REPO
+    from tests.support.kube_schemas import validate
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+
+    def render(folder) -> dict:
+        out = subprocess.run(
+            [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
+        ).stdout
+        (doc,) = yaml.safe_load_all(out)
+        validate(doc)
+        return doc
+
+    default = render(REPO / "deploy" / "kserve")
+    (container,) = default["spec"]["containers"]
+    assert container["image"] == runtime_image() == f"nbscale/runtime:{nbscale.__version__}"
+    # the file alone names the same image (kubectl apply -f)
+    plain = yaml.safe_load((REPO / "deploy" / "kserve" / "nbscale-runtime.yaml").read_text())
+    assert plain["spec"]["containers"][0]["image"] == runtime_image()
+
+    # a pushed image, set as `kustomize edit set image` writes it
+    copy = tmp_path / "kserve"
+    shutil.copytree(REPO / "deploy" / "kserve", copy)
+    kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
+    (entry,) = kustomization["images"]
+    entry.update(newName="registry.example.com/ml/nbscale-runtime", newTag="0.1.0-rc1")
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    (container,) = render(copy)["spec"]["containers"]
+    assert container["image"] == "registry.example.com/ml/nbscale-runtime:0.1.0-rc1"
+    assert container["command"] == ["python", "-m", "nbscale.serving"]
