@@ -176,6 +176,8 @@ class DescribeEndpoint(OpenModel):
     name: str
     status: str
     url: str | None = None
+    #: why it failed, or which alarm made the platform roll its new version back
+    error: str | None = None
 
 
 class ListEndpointsQuery(Model):

@@ -131,6 +131,8 @@ export interface DescribeEndpoint {
   name: string;
   status: string;
   url?: string | null;
+  /** Why it failed, or which alarm made the platform roll its new version back. */
+  error?: string | null;
   [extra: string]: unknown;
 }
 

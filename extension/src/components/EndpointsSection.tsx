@@ -226,6 +226,9 @@ export function EndpointsSection(props: { ctx: IPanelContext }): JSX.Element {
             <span className="nbs-muted nbs-replicas">
               {replicas(trans, ep)}
             </span>
+            {ep.error && (
+              <div className="nbs-error nbs-endpoint-error">{ep.error}</div>
+            )}
             {ep.url && (
               <div className="nbs-url">
                 <code>{ep.url}</code>
