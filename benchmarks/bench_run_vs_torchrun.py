@@ -227,7 +227,9 @@ def main() -> None:
         result["ratio_vs_torchrun"] = {"nbscale": result["ddp"]["ratio_vs_torchrun"]}
         result["ranks"] = result["ddp"]["ranks"]
     result["load_average_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
-    save("run_vs_torchrun" + ("_gpu" if args.gpu else ""), result)
+    # one case alone goes to a file of its own, so a run of both cases stays whole
+    alone = "" if args.case == "both" else f"_{args.case}"
+    save("run_vs_torchrun" + alone + ("_gpu" if args.gpu else ""), result)
 
 
 if __name__ == "__main__":
