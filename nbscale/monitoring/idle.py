@@ -21,11 +21,25 @@ from ..store.jobs import ACTIVE, JobRecord
 
 
 def _price(
-    config: Config, backend: str, backend_type: str, instance: str | None, gpus: int
+    config: Config,
+    backend: str,
+    backend_type: str,
+    instance: str | None,
+    gpus: int,
+    component: str = "training",
 ) -> float:
     bconf = config.backends.get(backend)
+    settings = bconf.settings if bconf else {}
+    if component == "hosting":  # an endpoint's own instance type, not the training default
+        instance = instance or settings.get("endpoint_instance_type")
     try:
-        return node_price(backend_type, bconf.settings if bconf else {}, instance, gpus)
+        return node_price(backend_type, settings, instance, gpus, component=component)
+    except SpecError:
+        pass
+    try:  # no hosting list price known (before --refresh-prices): the training one stands in
+        return (
+            node_price(backend_type, settings, instance, gpus) if component != "training" else 0.0
+        )
     except SpecError:
         return 0.0  # an unknown instance type: no price rather than a wrong one
 
@@ -83,7 +97,9 @@ def running_things(config: Config | None = None) -> list[dict[str, Any]]:
     backends: dict[str, Any] = {}
     for ep in list_endpoints(store):
         cfg = ep.config or {}
-        price = _price(config, ep.backend, ep.backend_type, cfg.get("instance_type"), 0)
+        price = _price(
+            config, ep.backend, ep.backend_type, cfg.get("instance_type"), 0, component="hosting"
+        )
         idle_s = _idle_seconds(ep, config, store, backends)
         out.append(
             {
