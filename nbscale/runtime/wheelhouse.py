@@ -68,6 +68,9 @@ CLOSURE = {
 CLOSURE["image"] = sorted(
     {*CLOSURE["serving"], *CLOSURE["step"], "kfp>=2.7", "kfp-kubernetes>=1.4"}
 )
+# pure-Python packages published only as source, with the package whose metadata pins
+# them: built into (py3-none-any) wheels here, then found beside the index
+SOURCE_ONLY = {"kfp-server-api": "kfp"}
 # the platforms of a pod (Linux x86_64, glibc >= 2.17): pip takes the first that matches
 POD_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 _SKIP = shutil.ignore_patterns(
@@ -160,6 +163,30 @@ def target(
     return platforms, python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _source_only_wheels(closure: list[str], dest: Path) -> None:
+    """Wheels of the ``SOURCE_ONLY`` packages the closure needs, at the versions the
+    closure's own packages pin (read from their wheels' metadata)."""
+    import zipfile
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+
+    parents = {Requirement(r).name: r for r in closure}
+    for name, parent in SOURCE_ONLY.items():
+        if parent not in parents:
+            continue
+        probe = dest / ".probe"
+        _pip("download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(probe),
+             parents[parent])  # fmt: skip
+        (wheel,) = probe.glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            requires = Parser().parsestr(zf.read(meta).decode()).get_all("Requires-Dist") or []
+        shutil.rmtree(probe)
+        pins = [r for r in requires if Requirement(r).name.lower() == name and ";" not in r]
+        _pip("wheel", "-q", "--no-deps", "-w", str(dest), *(pins or [name]))
+
+
 def build(
     kind: str,
     dest: str | Path | None = None,
@@ -185,12 +212,15 @@ def build(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         nbscale_wheel(tmp)
+        _source_only_wheels(CLOSURE[kind], tmp)
         _pip(
             "download",
             "-q",
             "-d",
             str(tmp),
             "--only-binary=:all:",
+            "--find-links",
+            str(tmp),  # the source-only packages' wheels, made above
             *(["--platform", "any", "--implementation", "py", "--abi", "none"] if pure else []),
             *_platform_args(None if pure else platform, python_version),
             *CLOSURE[kind],
