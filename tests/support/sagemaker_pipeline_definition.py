@@ -15,11 +15,21 @@ offline, so the structure is checked from the documented format:
   ``Execution.*``) and ``Std:Join``:
   https://docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-steps.html
 
+- the ``Tuning`` step: its Arguments are a CreateHyperParameterTuningJob request without
+  ``HyperParameterTuningJobName``, and its properties are the
+  DescribeHyperParameterTuningJob and ListTrainingJobsForHyperParameterTuningJob responses
+  (``Steps.NAME.BestTrainingJob...``, ``Steps.NAME.TrainingJobSummaries[K]...``, the best
+  trial at index 0): "Tuning step" in
+  https://docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-steps.html and the
+  SageMaker Python SDK's ``sagemaker.workflow.steps.TuningStep`` (``properties``,
+  ``get_top_model_s3_uri``)
+
 and every step's ``Arguments`` against the request shape of the job it starts in
 botocore's SageMaker service model (CreateProcessingJob for ``Processing``,
-CreateTrainingJob for ``Training``), with only the job name, which the pipeline sets,
-filled in. A ``Get`` is resolved against the producing step's Describe* response shape in
-the same model, so a property path SageMaker would not know fails here.
+CreateTrainingJob for ``Training``, CreateHyperParameterTuningJob for ``Tuning``), with
+only the job name, which the pipeline sets, filled in. A ``Get`` is resolved against the
+producing step's Describe* (and List*) response shapes in the same model, so a property
+path SageMaker would not know fails here.
 """
 
 from __future__ import annotations
@@ -44,10 +54,16 @@ STEP_KEYS = {
     "Description",
 }
 PARAMETER_TYPES = {"String": str, "Integer": int, "Float": (int, float), "Boolean": bool}
-# the step types whose Arguments are one SageMaker request, with what the pipeline sets
+# the step types whose Arguments are one SageMaker request: the request, the responses its
+# properties are, and what the pipeline sets
 REQUESTS = {
-    "Processing": ("CreateProcessingJob", "DescribeProcessingJob", "ProcessingJobName"),
-    "Training": ("CreateTrainingJob", "DescribeTrainingJob", "TrainingJobName"),
+    "Processing": ("CreateProcessingJob", ("DescribeProcessingJob",), "ProcessingJobName"),
+    "Training": ("CreateTrainingJob", ("DescribeTrainingJob",), "TrainingJobName"),
+    "Tuning": (
+        "CreateHyperParameterTuningJob",
+        ("DescribeHyperParameterTuningJob", "ListTrainingJobsForHyperParameterTuningJob"),
+        "HyperParameterTuningJobName",
+    ),
 }
 RETRY_EXCEPTIONS = {
     "Step.SERVICE_FAULT",
@@ -181,10 +197,10 @@ def problems(definition: dict[str, Any]) -> list[str]:
                 if producer not in types or producer == name:
                     found.append(f"{where}: Get {ref}: no other step {producer!r}")
                     continue
-                describe = REQUESTS[types[producer]][1]
-                output = model.operation_model(describe).output_shape
-                if not _resolve_path(output, path):
-                    found.append(f"{where}: Get {ref}: {describe} has no {path}")
+                shapes = REQUESTS[types[producer]][1]
+                outputs = [model.operation_model(d).output_shape for d in shapes]
+                if not any(_resolve_path(output, path) for output in outputs):
+                    found.append(f"{where}: Get {ref}: {' or '.join(shapes)} has no {path}")
             else:
                 found.append(f"{where}: Get {ref}: unknown namespace")
     return found

@@ -2,7 +2,10 @@
 
 A step runs on one instance as a Processing step, or, with ``resources.nodes`` above 1,
 as a Training step on that many instances (CreateTrainingJob arguments built by
-``request.build``, as a job's are), so a pipeline can train distributed.
+``request.build``, as a job's are), so a pipeline can train distributed. A step with a
+``sweep:`` block is a Tuning step (CreateHyperParameterTuningJob arguments built by the
+SageMaker sweep backend's request builder; see "a sweep step" below), and the steps after
+it read its best trial's outputs.
 
 Each step runs ``python3 -m nbscale.pipelines.container_step`` (a training step, or a
 step reading a training step's ``model.tar.gz``, through ``nbscale.runtime.pipeline_node``).
@@ -34,16 +37,17 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...errors import SpecError
+from ...errors import NbscaleError, SpecError
 from ...keys import KEY_SECRET_ENV
 from ...pipelines.fingerprint import components, module_sources
 from ...pipelines.fingerprint import key as fingerprint_key
 from ...pipelines.model import Pipeline, Resources, Step
-from ...pipelines.step_sweep import refuse_compile
 from ...pipelines.stepbook import container_template as notebook_template
+from ...runtime.tuning_trial import HYPERPARAMETERS, PARAM_PREFIX
 
 PROC = "/opt/ml/processing"
 DATA = "/opt/ml/input/data"  # a training step's channels
@@ -60,6 +64,7 @@ DEFAULT_IMAGE = None
 IMAGE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 RUNTIME_DIR = ".runtime"  # beside the steps' code folders; no step can have this name
 STEP_MODULE = "nbscale.pipelines.container_step"
+TRIAL_MODULE = "nbscale.runtime.tuning_trial"  # a sweep step's trial (a Tuning step's job)
 # smallest general-purpose (or GPU) instance that fits the request: (vCPU, GiB, GPUs, type)
 INSTANCES = [
     (2, 8, 0, "ml.m5.large"),
@@ -126,16 +131,30 @@ def _step_uri(bucket: str, prefix: str, *parts: str) -> dict[str, Any]:
     }
 
 
+def is_tuning(step: Step) -> bool:
+    """A step with a ``sweep:`` block runs as a SageMaker Pipelines Tuning step."""
+    return step.sweep is not None
+
+
 def is_training(step: Step) -> bool:
     """A step on more than one node runs as a SageMaker TrainingStep."""
-    return step.resources.nodes > 1
+    return step.resources.nodes > 1 and not is_tuning(step)
 
 
-def step_files(pipeline: Pipeline, step: Step) -> dict[str, bytes]:
-    """What is uploaded as the step's code: its notebook and the local modules it imports."""
+def leaves_model(step: Step) -> bool:
+    """Its outputs reach S3 as a training job's ``model.tar.gz`` (a Training step's, or the
+    best trial's of a Tuning step), which the steps reading them unpack first."""
+    return is_training(step) or is_tuning(step)
+
+
+def step_files(pipeline: Pipeline, step: Step, runtime_wheels: bool = False) -> dict[str, bytes]:
+    """What is uploaded as the step's code: its notebook and the local modules it imports;
+    a sweep step's also the trial program's ``sourcedir.tar.gz`` (``tuning.SOURCEDIR``)."""
     files = {"step.ipynb": notebook_template(pipeline, step).encode()}
     for rel, text in module_sources(pipeline, step).items():
         files[rel] = text.encode()
+    if is_tuning(step):
+        files.update(sourcedir_bytes(pipeline, step, runtime_wheels))
     return files
 
 
@@ -190,9 +209,11 @@ def _step_arguments(pipeline: Pipeline, step: Step) -> tuple[list[Any], dict[str
     return args, types
 
 
-def _output_of(pipeline: Pipeline, producer: str) -> dict[str, Any]:
+def _output_of(pipeline: Pipeline, producer: str, bucket: str, prefix: str) -> dict[str, Any]:
     """Where a producer's outputs are in S3, as a property reference: a Processing step's
-    ``outputs`` prefix, or a Training step's ``model.tar.gz``."""
+    ``outputs`` prefix, a Training step's ``model.tar.gz``, or a Tuning step's best trial's."""
+    if is_tuning(pipeline.steps[producer]):
+        return best_model_uri(producer, bucket, prefix)
     if is_training(pipeline.steps[producer]):
         return {"Get": f"Steps.{producer}.ModelArtifacts.S3ModelArtifacts"}
     return {"Get": f"Steps.{producer}.ProcessingOutputConfig.Outputs['outputs'].S3Output.S3Uri"}
@@ -228,7 +249,7 @@ def _step(
     runtime_wheels: bool = False,
 ) -> dict[str, Any]:
     producers = sorted(set(step.inputs.values()))
-    trained = [p for p in producers if is_training(pipeline.steps[p])]
+    trained = [p for p in producers if leaves_model(pipeline.steps[p])]
     args: list[Any] = [
         "--code",
         f"{PROC}/input/code",
@@ -276,7 +297,7 @@ def _step(
                 "InputName": f"in-{producer}",
                 "AppManaged": False,
                 "S3Input": {
-                    "S3Uri": _output_of(pipeline, producer),
+                    "S3Uri": _output_of(pipeline, producer, bucket, prefix),
                     "LocalPath": f"{PROC}/input/{producer}",
                     "S3DataType": "S3Prefix",
                     "S3InputMode": "File",
@@ -354,7 +375,28 @@ def training_settings(role: str, bucket: str, prefix: str, region: str, settings
     return load_settings(BackendConfig("pipeline", "sagemaker", raw))
 
 
-def _training_step(
+def node_arguments(pipeline: Pipeline, step: Step) -> tuple[list[str], list[str]]:
+    """``--unpack`` arguments (the producers that leave a ``model.tar.gz``) and the step's
+    ``container_step`` arguments on a training job's host (channels in, ``/opt/ml/model``
+    out), without its parameters."""
+    producers = sorted(set(step.inputs.values()))
+    trained = [p for p in producers if leaves_model(pipeline.steps[p])]
+    step_args: list[str] = [
+        "--code",
+        f"{DATA}/code",
+        "--outputs",
+        f"{MODEL}/outputs",
+        "--executed",
+        f"{MODEL}/notebook",
+    ]
+    for producer in producers:
+        folder = f"{DATA}/in-{producer}" + ("/outputs" if producer in trained else "")
+        step_args += ["--input", f"{producer}={folder}"]
+    unpack = [a for p in trained for a in ("--unpack", f"{DATA}/in-{p}")]
+    return unpack, step_args
+
+
+def training_request(
     pipeline: Pipeline,
     step: Step,
     image: str,
@@ -365,7 +407,7 @@ def _training_step(
     key_secret_arn: str | None = None,
     runtime_wheels: bool = False,
 ) -> dict[str, Any]:
-    """CreateTrainingJob arguments for a step on ``resources.nodes`` instances, built by
+    """CreateTrainingJob arguments for the step on ``resources.nodes`` instances, built by
     ``request.build`` as a job's request is (instance, volume, KMS, VPC, warm pool, EFA
     variables, tags, the backend's spot and retries), with the step's channels and command;
     TrainingJobName is left to SageMaker, as a pipeline sets it."""
@@ -393,21 +435,10 @@ def _training_step(
     channels = [_channel("code", f"s3://{bucket}/{prefix}/{code[step.name]}")]
     if runtime_wheels:
         channels.append(_channel("runtime", f"s3://{bucket}/{prefix}/{code[RUNTIME_DIR]}"))
-    trained = [p for p in producers if is_training(pipeline.steps[p])]
-    step_args: list[Any] = [
-        "--code",
-        f"{DATA}/code",
-        "--outputs",
-        f"{MODEL}/outputs",
-        "--executed",
-        f"{MODEL}/notebook",
-    ]
     for producer in producers:
-        channels.append(_channel(f"in-{producer}", _output_of(pipeline, producer)))
-        folder = f"{DATA}/in-{producer}" + ("/outputs" if producer in trained else "")
-        step_args += ["--input", f"{producer}={folder}"]
+        channels.append(_channel(f"in-{producer}", _output_of(pipeline, producer, bucket, prefix)))
+    unpack, step_args = node_arguments(pipeline, step)
     params, _ = _step_arguments(pipeline, step)
-    unpack = [a for p in trained for a in ("--unpack", f"{DATA}/in-{p}")]
     request["InputDataConfig"] = channels
     request["AlgorithmSpecification"] = {
         "TrainingImage": request["AlgorithmSpecification"]["TrainingImage"],
@@ -416,8 +447,292 @@ def _training_step(
         "ContainerArguments": [*unpack, "--fingerprint", fingerprint, "--", *step_args, *params],
     }
     request["OutputDataConfig"]["S3OutputPath"] = _step_uri(bucket, prefix, step.name)
+    return request
+
+
+def _training_step(
+    pipeline: Pipeline,
+    step: Step,
+    image: str,
+    bucket: str,
+    prefix: str,
+    code: dict[str, str],
+    backend: Any,
+    key_secret_arn: str | None = None,
+    runtime_wheels: bool = False,
+) -> dict[str, Any]:
+    request = training_request(
+        pipeline, step, image, bucket, prefix, code, backend, key_secret_arn, runtime_wheels
+    )
     out: dict[str, Any] = {"Name": step.name, "Type": "Training", "Arguments": request}
     return _step_common(pipeline, step, out)
+
+
+# -- a sweep step: a Tuning step ------------------------------------------------------------
+# A pipeline step with a ``sweep:`` block, compiled for SageMaker Pipelines: a ``Tuning`` step.
+#
+# The step's ``Arguments`` are a CreateHyperParameterTuningJob request without its name (the
+# pipeline names the tuning job), made by the SageMaker sweep backend's own request builder
+# (``sweeps``: ``strategy``, ``parameter_ranges``, ``definition``, ``check_request``, the
+# request ``nbscale sweep --backend aws`` sends) from the CreateTrainingJob request the step
+# would get as a Training step (``training_request``: image, role,
+# instances, channels of its code and its producers' outputs, VPC, KMS, spot, its
+# ``NBSCALE_STEP_FINGERPRINT``).
+#
+# A tuning job cannot set its trials' entry point: SageMaker starts the image with ``train``,
+# which in the stock PyTorch images is the SageMaker training toolkit. It runs
+# ``nbscale_trial.py`` from ``sourcedir.tar.gz`` (static hyperparameters, as the sweep
+# backend's trials do), which is part of the step's content-addressed code prefix and execs
+# the trial's command: the step wheelhouse installed offline (stock image), then ``python3
+# -m nbscale.runtime.tuning_trial``, which reads the trial's values from
+# ``hyperparameters.json`` and runs the step on the training job's hosts as a Training step
+# runs, printing the metric lines the ``MetricDefinitions`` read. The pipeline parameters the
+# step uses reach it as the static hyperparameters ``nbscale_param_<name>`` (their ``Get``).
+#
+# Each trial leaves the step's outputs and executed notebook in ``/opt/ml/model``, so in its
+# ``model.tar.gz`` at ``S3OutputPath/<training job>/output/``. The steps that read the sweep
+# step's outputs read the best trial's: ``Steps.<step>.TrainingJobSummaries[0]`` is the best
+# training job of a tuning step (the SageMaker Python SDK's ``TuningStep.properties`` are the
+# DescribeHyperParameterTuningJob and ListTrainingJobsForHyperParameterTuningJob responses,
+# and its ``get_top_model_s3_uri(top_k=0)`` joins that name into the model's URI the same
+# way).
+
+TRIAL_PROGRAM = '''\
+"""nbscale: one trial of sweep step {step} of pipeline {pipeline} (a SageMaker Pipelines
+Tuning step's training job).
+
+The SageMaker training toolkit runs this file with the hyperparameters as --name value
+arguments; they are not read here: the trial entry reads hyperparameters.json. This execs
+the trial's command.
+"""
+import os
+import sys
+
+ARGV = {argv!r}
+sys.stdout.flush()
+os.execvp(ARGV[0], ARGV)
+'''
+
+
+def _where(pipeline: Pipeline, step: Step) -> str:
+    return f"steps[{list(pipeline.steps).index(step.name)}].sweep"  # as pipeline.yaml lists them
+
+
+def sweep_spec(pipeline: Pipeline, step: Step):
+    """The step's sweep as the ``SweepSpec`` the sweep backend's builder takes: the step's
+    notebook as its job, the ``sweep:`` block's space, objective, budget and search."""
+    from ...specs import Entry, JobSpec
+    from ...sweeps.spec import SweepSpec
+
+    sweep = step.sweep
+    assert sweep is not None
+    from ...pipelines.step_sweep import sweep_name
+
+    name = sweep_name(pipeline.name, step.name)
+    job = JobSpec(
+        entry=Entry("notebook", step.notebook),
+        name=name,
+        nodes=step.resources.nodes,
+        instance_type=instance_type(step.resources),
+    )
+    return SweepSpec(
+        job=job,
+        space=sweep.space,
+        objective=sweep.objective,
+        trials=sweep.trials,
+        parallel=sweep.parallel,
+        algorithm=sweep.algorithm,
+        pruner=sweep.pruner,
+        max_failed=sweep.max_failed,
+        name=name,
+        seed=sweep.seed,
+    )
+
+
+def tuning_config(pipeline: Pipeline, step: Step) -> dict[str, Any]:
+    """``HyperParameterTuningJobConfig`` of the step's sweep, by the sweep backend's rules;
+    what SageMaker has no form for is refused, naming the ``sweep:`` key."""
+    from . import sweeps
+
+    where = _where(pipeline, step)
+    spec = sweep_spec(pipeline, step)
+    if spec.algorithm == "tpe":
+        raise SpecError(
+            f"{where}.algorithm",
+            f"step {step.name}: tpe (the default) is not a SageMaker tuning strategy "
+            "(SageMaker has Bayesian, Random, Grid and Hyperband)",
+            "set algorithm: bayesian (SageMaker's model-based search, the nearest to tpe), "
+            "random or grid in the sweep: block",
+        )
+    if spec.pruner == "halving":
+        raise SpecError(
+            f"{where}.pruner",
+            f"step {step.name}: halving is SageMaker's Hyperband strategy, which needs the most "
+            "values of the objective one trial logs, and a sweep: block has no key for it",
+            "use pruner: median (SageMaker's early stopping, Auto) or none",
+        )
+    try:
+        how, early, strategy_config = sweeps.strategy(spec)
+        ranges = sweeps.parameter_ranges(spec)
+    except SpecError as exc:
+        field = exc.field.removeprefix("sweep")
+        problem = exc.message.split(": ", 1)[-1]
+        raise SpecError(f"{where}{field}", f"step {step.name}: {problem}", exc.hint) from None
+    if spec.algorithm == "grid":
+        size = spec.space.grid_size()
+        if spec.trials < size:
+            raise SpecError(
+                f"{where}.trials",
+                f"step {step.name}: SageMaker's Grid strategy runs every one of the {size} "
+                f"combinations; trials: {spec.trials} is fewer",
+                f"set trials: {size}, or algorithm: random for {spec.trials}",
+            )
+    config: dict[str, Any] = {
+        "Strategy": how,
+        "HyperParameterTuningJobObjective": {
+            "Type": "Minimize" if spec.objective.minimize else "Maximize",
+            "MetricName": spec.objective.metric,
+        },
+        "ResourceLimits": {
+            "MaxNumberOfTrainingJobs": spec.trials,
+            "MaxParallelTrainingJobs": spec.parallel,
+        },
+        "ParameterRanges": ranges,
+        "TrainingJobEarlyStoppingType": early,
+    }
+    if strategy_config:
+        config["StrategyConfig"] = strategy_config
+    if spec.seed is not None:
+        config["RandomSeed"] = int(spec.seed)
+    return config
+
+
+def check_sweeps(pipeline: Pipeline) -> None:
+    """Every sweep step's refusals, before anything is built or written."""
+    for name in pipeline.order():
+        step = pipeline.steps[name]
+        if step.sweep is not None:
+            tuning_config(pipeline, step)
+
+
+def trial_argv(pipeline: Pipeline, step: Step, runtime_wheels: bool) -> list[str]:
+    """The command a trial's program execs: the trial entry with the step's arguments on a
+    training job's host and its fixed parameters (the pipeline parameters' values and the
+    tuned values come from ``hyperparameters.json``)."""
+
+    sweep = step.sweep
+    assert sweep is not None
+    unpack, step_args = node_arguments(pipeline, step)
+    _, types = _step_arguments(pipeline, step)
+    fixed: list[str] = []
+    for name, value in step.fixed_parameters.items():
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        fixed += ["--param", name, text]
+    if step.timeout:
+        fixed += ["--timeout", str(int(step.timeout))]
+    trial = [
+        "--space",
+        json.dumps(sweep.space.to_list()),
+        "--types",
+        json.dumps(types, sort_keys=True),
+        "--hyperparameters",
+        HYPERPARAMETERS,
+        "--",
+        *unpack,
+        "--fingerprint",
+        step_fingerprint(pipeline, step),
+        "--",
+        *step_args,
+        *fixed,
+    ]
+    entry = _entrypoint(runtime_wheels, f"{DATA}/runtime", TRIAL_MODULE)
+    return [*entry, *trial]
+
+
+def trial_program(pipeline: Pipeline, step: Step, runtime_wheels: bool) -> bytes:
+    argv = trial_argv(pipeline, step, runtime_wheels)
+    return TRIAL_PROGRAM.format(step=step.name, pipeline=pipeline.name, argv=argv).encode()
+
+
+def sourcedir_bytes(pipeline: Pipeline, step: Step, runtime_wheels: bool) -> dict[str, bytes]:
+    """``{"sourcedir.tar.gz": bytes}``: the trial program as the training toolkit fetches it,
+    made by the sweep backend's ``source_dir`` (the same bytes for the same program)."""
+    from . import sweeps
+
+    with tempfile.TemporaryDirectory(prefix="nbscale-smp-trial-") as tmp:
+        path = sweeps.source_dir(
+            trial_program(pipeline, step, runtime_wheels), Path(tmp) / sweeps.SOURCEDIR
+        )
+        return {sweeps.SOURCEDIR: path.read_bytes()}
+
+
+def best_model_uri(producer: str, bucket: str, prefix: str) -> dict[str, Any]:
+    """The S3 URI of the best trial's ``model.tar.gz`` of Tuning step ``producer``, as a
+    property reference: ``S3OutputPath/<best training job>/output/model.tar.gz``."""
+
+    best = {"Get": f"Steps.{producer}.TrainingJobSummaries[0].TrainingJobName"}
+    return _step_uri(bucket, prefix, producer, best, "output", "model.tar.gz")  # type: ignore[arg-type]
+
+
+def tuning_step(
+    pipeline: Pipeline,
+    step: Step,
+    image: str,
+    bucket: str,
+    prefix: str,
+    code: dict[str, str],
+    backend: Any,
+    key_secret_arn: str | None = None,
+    runtime_wheels: bool = False,
+) -> dict[str, Any]:
+    """The step as ``{"Name", "Type": "Tuning", "Arguments", ...}``; the Arguments pass the
+    sweep backend's ``check_request`` (botocore's model, the enums and patterns too)."""
+    from . import sweeps
+
+    sweep = step.sweep
+    assert sweep is not None
+    config = tuning_config(pipeline, step)
+    training = training_request(
+        pipeline, step, image, bucket, prefix, code, backend, key_secret_arn, runtime_wheels
+    )
+    submit = f"s3://{bucket}/{prefix}/{code[step.name]}/{sweeps.SOURCEDIR}"
+    job_def = sweeps.definition(training, sweep_spec(pipeline, step), submit, backend.region)
+    for name in step.uses_parameters:
+        if name not in sweep.space.names:  # a tuned value wins over the pipeline's
+            job_def["StaticHyperParameters"][PARAM_PREFIX + name] = {
+                "Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}
+            }
+    arguments = {"HyperParameterTuningJobConfig": config, "TrainingJobDefinition": job_def}
+    try:
+        sweeps.check_request({**resolved(arguments), "HyperParameterTuningJobName": "pipeline"})
+    except NbscaleError as exc:  # naming the member SageMaker would refuse
+        raise SpecError(_where(pipeline, step), f"step {step.name}: {exc}") from None
+    out: dict[str, Any] = {"Name": step.name, "Type": "Tuning", "Arguments": arguments}
+    return _step_common(pipeline, step, out)
+
+
+def plan_notes(definition: dict[str, Any]) -> list[str]:
+    """What a dry run says of each Tuning step of ``definition``."""
+    notes = []
+    for step in definition.get("Steps", []):
+        if step.get("Type") != "Tuning":
+            continue
+        name, config = step["Name"], step["Arguments"]["HyperParameterTuningJobConfig"]
+        limits, objective = config["ResourceLimits"], config["HyperParameterTuningJobObjective"]
+        notes.append(
+            f"step {name}: a Tuning step ({config['Strategy']} search, "
+            f"{limits['MaxNumberOfTrainingJobs']} trials, {limits['MaxParallelTrainingJobs']} "
+            f"at once, early stopping {config['TrainingJobEarlyStoppingType']}, "
+            f"{objective['Type']} {objective['MetricName']}); the steps after it read the best "
+            f"trial's model.tar.gz (Steps.{name}.TrainingJobSummaries[0]); its trials run "
+            "through the SageMaker training toolkit of the image"
+        )
+        notes.append(
+            f"step {name}: SageMaker has no failure limit and no one follows a pipeline's "
+            "tuning job, so the sweep's max_failed is not kept there: a failed trial is not "
+            "scored and the tuning job goes on; the estimate below leaves its trials out"
+        )
+    return notes
 
 
 def _entrypoint(runtime_wheels: bool, runtime: str, module: str = STEP_MODULE) -> list[str]:
@@ -447,8 +762,9 @@ def _role(role: str | None) -> str:
 def code_prefixes(pipeline: Pipeline, runtime_digest: str | None = None) -> dict[str, str]:
     """Each step's code prefix under the pipeline's, by the digest of its files (and the
     wheelhouse's by its own digest)."""
+    wheels = runtime_digest is not None  # a sweep step's trial program installs them
     found = {
-        name: f"code/{name}/{files_digest(step_files(pipeline, pipeline.steps[name]))}"
+        name: f"code/{name}/{files_digest(step_files(pipeline, pipeline.steps[name], wheels))}"
         for name in pipeline.order()
     }
     if runtime_digest:
@@ -470,15 +786,15 @@ def definition(
 ) -> dict[str, Any]:
     """The definition; with ``runtime_wheels``, ``runtime_digest`` is the digest of the
     wheelhouse (``files_digest``) the steps install from. ``settings``: the backend's, for
-    the training steps' requests (else made of role, bucket, prefix and region)."""
-    refuse_compile(pipeline, "sagemaker", "SageMaker", "TuningStep")
+    the training and tuning steps' requests (else made of role, bucket, prefix and region)."""
+    check_sweeps(pipeline)  # a sweep SageMaker cannot run is refused before anything else
     role = _role(role)
     prefix = (prefix or pipeline.name).strip("/")
     if runtime_wheels and not runtime_digest:
         raise ValueError("runtime_wheels needs the wheelhouse's runtime_digest")
     code = code_prefixes(pipeline, runtime_digest if runtime_wheels else None)
     backend = None
-    if any(is_training(pipeline.steps[n]) for n in pipeline.order()):
+    if any(leaves_model(pipeline.steps[n]) for n in pipeline.order()):
         backend = training_settings(role, bucket, prefix, region, settings)
     params = []
     for name, value in pipeline.parameters.items():
@@ -489,7 +805,21 @@ def definition(
     for n in pipeline.order():
         step = pipeline.steps[n]
         image_uri = step_image(step, region, image)
-        if is_training(step):
+        if is_tuning(step):
+            steps.append(
+                tuning_step(
+                    pipeline,
+                    step,
+                    image_uri,
+                    bucket,
+                    prefix,
+                    code,
+                    backend,
+                    key_secret_arn,
+                    runtime_wheels,
+                )
+            )
+        elif is_training(step):
             steps.append(
                 _training_step(
                     pipeline,
@@ -556,7 +886,7 @@ def compile_pipeline(
     code = code_dir(output)
     runtime_digest = None
     if runtime_wheels:
-        refuse_compile(pipeline, "sagemaker", "SageMaker", "TuningStep")  # before a build
+        check_sweeps(pipeline)  # before a build
         from ...runtime.wheelhouse import build
 
         shutil.rmtree(code / RUNTIME_DIR, ignore_errors=True)
@@ -580,7 +910,7 @@ def compile_pipeline(
     for name in pipeline.order():
         folder = code / name
         shutil.rmtree(folder, ignore_errors=True)  # exactly the files the digest is of
-        for rel, data_bytes in step_files(pipeline, pipeline.steps[name]).items():
+        for rel, data_bytes in step_files(pipeline, pipeline.steps[name], runtime_wheels).items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data_bytes)
     output.write_text(json.dumps(data, indent=2))
@@ -618,7 +948,7 @@ def upload_and_create(
     if secretsmanager is not None:
         arn = ensure_key_secret(secretsmanager, f"nbscale/{meta['prefix']}/keys")
         for step in data["Steps"]:
-            step["Arguments"].setdefault("Environment", {})[KEY_SECRET_ENV] = arn
+            step_environment(step)[KEY_SECRET_ENV] = arn
         output.write_text(json.dumps(data, indent=2))
     validate(data)  # before anything is uploaded
     uploads = {}
@@ -658,13 +988,30 @@ def upload_and_create(
         ]
 
 
+def step_environment(step: dict[str, Any]) -> dict[str, Any]:
+    """The environment of the job(s) a step of the definition starts (a Tuning step's is its
+    trials' ``TrainingJobDefinition.Environment``), made where there is none."""
+    args = step.setdefault("Arguments", {})
+    if step.get("Type") == "Tuning":
+        args = args.setdefault("TrainingJobDefinition", {})
+    return args.setdefault("Environment", {})
+
+
 NAME = re.compile(r"^[A-Za-z0-9\-_]{1,64}$")
 
 
 # what each step type's Arguments are: the request of the job it starts (botocore's model)
-STEP_OPERATIONS = {"Processing": "CreateProcessingJob", "Training": "CreateTrainingJob"}
+STEP_OPERATIONS = {
+    "Processing": "CreateProcessingJob",
+    "Training": "CreateTrainingJob",
+    "Tuning": "CreateHyperParameterTuningJob",
+}
 # the fields of those requests a pipeline sets itself (the job's name), absent in Arguments
-SERVICE_SET = {"Processing": "ProcessingJobName", "Training": "TrainingJobName"}
+SERVICE_SET = {
+    "Processing": "ProcessingJobName",
+    "Training": "TrainingJobName",
+    "Tuning": "HyperParameterTuningJobName",
+}
 
 
 def resolved(value: Any, field: str = "") -> Any:
@@ -731,10 +1078,12 @@ def validate(data: dict[str, Any]) -> None:
             seen.add(name)
             continue
         args = step.get("Arguments", {})
+        if step.get("Type") == "Tuning":  # the trials' job: role, instances, time limit
+            args = args.get("TrainingJobDefinition", {})
         if not re.match(r"^arn:aws[a-z\-]*:iam::\d{12}:role/", str(args.get("RoleArn", ""))):
             problems.append(f"step {name}: RoleArn is not an IAM role ARN")
         cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
-        if step.get("Type") == "Training":
+        if step.get("Type") in ("Training", "Tuning"):
             cluster = args.get("ResourceConfig", {})
         if (
             not str(cluster.get("InstanceType", "")).startswith("ml.")

@@ -121,7 +121,7 @@ class SageMakerPipelines:
         secret = f"nbscale/{meta['prefix']}/keys"
         arn = self._secret_arn(secret) or f"(the ARN of secret {secret}, created at run)"
         for step in definition["Steps"]:
-            step["Arguments"].setdefault("Environment", {})[sagemaker_target.KEY_SECRET_ENV] = arn
+            sagemaker_target.step_environment(step)[sagemaker_target.KEY_SECRET_ENV] = arn
         sagemaker_target.validate(definition)
         document = {
             "CreatePipeline": {
@@ -138,6 +138,9 @@ class SageMakerPipelines:
             "(a prefix per step named by the digest of its files)",
             f"secret {secret} (Secrets Manager) would be created or updated: the pipeline key",
         ]
+        from .pipeline_compile import plan_notes
+
+        notes += plan_notes(definition)
         from ...cost import definition_estimate
 
         most = definition_estimate(
