@@ -406,6 +406,8 @@ def test_the_budget_becomes_limits_katib_keeps_in_the_dry_run(script):
     plan = ks.budget_plan(shared, 3.6)
     assert (plan.max_trials, plan.runtime) == (8, 500)
     assert ks.budget_plan(sweep_of(script), 3.6) is None  # no budget, no limits
+    free = ks.budget_plan(shared, 0.0)  # nodes priced at nothing: nothing to hold
+    assert (free.max_trials, free.runtime) == (8, None)
 
 
 @pytest.mark.parametrize(

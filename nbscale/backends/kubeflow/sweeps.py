@@ -235,7 +235,10 @@ def budget_plan(sweep: SweepSpec, price: float | None) -> BudgetPlan | None:
     if sweep.max_cost is None:
         return None
     budget = f"--max-cost ${sweep.max_cost:.2f}"
-    if not price:
+    if price == 0:
+        return BudgetPlan(sweep.trials, None, f"{budget}: the nodes are priced at $0, so no "
+                          "trial spends any of it")  # fmt: skip
+    if price is None:
         raise SpecError(
             "max_cost",
             "no price is known for the sweep's nodes, so the budget cannot be held",
