@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -198,6 +199,21 @@ class _Started:
 
     def __init__(self, proc: subprocess.Popen, record: Path):
         self.proc, self.record = proc, record
+        # readable once the process has exited: the supervisor wakes then, not at its next poll
+        try:
+            self.pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: the poll alone
+            self.pidfd = None
+
+    def running_fd(self) -> int | None:
+        """The pidfd to wait on while the agent is not known to have ended."""
+        return self.pidfd if self.proc.returncode is None else None
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
 
     def code(self) -> int | None | str:
         returned = self.proc.poll()
@@ -332,7 +348,19 @@ class Supervisor:
                 if time.monotonic() - first_failure_at > AGENT_EXIT_WAIT:
                     return FAILED, next(c for c in codes if c not in (None, 0)), None  # type: ignore[return-value]
             self._reap_orphans()
-            time.sleep(POLL)
+            self._pause(POLL)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; wake as soon as an agent this supervisor started exits."""
+        fds = [
+            fd
+            for a in self.agents
+            if isinstance(a, _Started) and (fd := a.running_fd()) is not None
+        ]
+        if fds:
+            select.select(fds, [], [], seconds)
+        else:
+            time.sleep(seconds)
 
     def _reap_orphans(self) -> None:
         """As a subreaper we inherit the job's detached processes: collect the ended ones."""
@@ -387,6 +415,9 @@ class Supervisor:
             self._start_agents(gpus)
         status, exit_code, reason = self._wait()
         phases.mark(self.jobdir.path, "supervisor: agents ended")
+        for agent in self.agents:
+            if isinstance(agent, _Started):
+                agent.close()
         if status in (CANCELLED, FAILED) and reason:
             stop_job_processes(
                 self.job_id,
