@@ -236,8 +236,8 @@ def budget_plan(sweep: SweepSpec, price: float | None) -> BudgetPlan | None:
         return None
     budget = f"--max-cost ${sweep.max_cost:.2f}"
     if price == 0:
-        return BudgetPlan(sweep.trials, None, f"{budget}: the nodes are priced at $0, so no "
-                          "trial spends any of it")  # fmt: skip
+        free = f"{budget}: the nodes are priced at $0, so no trial spends any of it"
+        return BudgetPlan(sweep.trials, None, free)
     if price is None:
         raise SpecError(
             "max_cost",
