@@ -271,3 +271,50 @@ def test_attaching_a_trainjob_nbscale_made_elsewhere_keeps_its_id_and_outputs(cl
     info = handle.record.info
     assert not info["foreign"] and info["expect_outputs"]
     assert info["outputs_uri"] == staged.outputs_uri
+
+
+def test_an_attached_foreign_trainjob_whose_node_fails_is_never_deleted(cluster, kube):
+    """nbscale fails its own jobs at the first failed node and deletes their TrainJob; one it
+    only attached to is watched: its runtime decides, and it is left in place."""
+    foreign_trainjob(cluster, nodes=1)
+    handle = attach(FOREIGN, backend="kf")
+    crashed = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "node",
+                "image": "pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "finishedAt": "2026-12-06T03:00:00Z",
+                    }
+                },
+            }
+        ],
+    }
+    pod = f"{FOREIGN}-node-0-0-x0"
+    labels = {
+        JOBSET: FOREIGN,
+        "jobset.sigs.k8s.io/replicatedjob-name": "node",
+        "batch.kubernetes.io/job-completion-index": "0",
+    }
+    cluster.create_pod(NS, pod, labels, crashed)
+    assert handle.refresh().status in ("PENDING", "RUNNING")
+    assert (
+        cluster.custom.get_namespaced_custom_object(
+            "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", FOREIGN
+        )["metadata"]["name"]
+        == FOREIGN
+    )
+    # its own runtime gives up: the TrainJob's condition ends it, still not deleted by nbscale
+    cluster.patch_trainjob_status(NS, FOREIGN, {"conditions": [condition("Failed")]})
+    assert handle.wait(timeout=20, poll=0.05).status == "FAILED"
+    assert cluster.custom.get_namespaced_custom_object(
+        "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", FOREIGN
+    )

@@ -222,13 +222,9 @@ def test_nbscale_says_the_webhooks_reason_in_one_message(cluster, kube, nbscale_
     assert job_handle(row.id).status() == "FAILED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nbscale/backends/kubeflow/cluster.py api_error gives every 403 the RBAC hint; "
-    "an admission webhook's denial is not a permission problem",
-)
 def test_a_webhook_denial_is_not_called_a_permission_problem(cluster, kube, nbscale_home):
     add_settings(nbscale_home, 'runtime = "torch-gpu"\n')
     with pytest.raises(NbscaleError) as info:
         _cell(nodes=1).submit()
     assert "may not do this" not in (info.value.hint or "")
+    assert "admission webhook refused the manifest" in (info.value.hint or "")

@@ -224,6 +224,13 @@ def api_error(exc: Exception, what: str, cluster: Cluster) -> NbscaleError:
             409: "an object of that name exists already",
             422: "the cluster refused the manifest: nbscale run --dry-run shows it",
         }.get(exc.status)
+        if exc.status in (400, 403) and "admission webhook" in message:
+            # a validating webhook's denial (controller-runtime answers 403): the manifest,
+            # not the user's permissions, is what the cluster refused
+            hint = (
+                "the cluster's admission webhook refused the manifest: --dry-run shows it; "
+                "check the runtime it names and the fields the message gives"
+            )
         return KubeError(f"{what}: {exc.status} {message}", hint, status=exc.status)
     import urllib3
 

@@ -521,7 +521,9 @@ class KubeflowBackend(RemoteJobBackend):
         if done or failed:
             return self._finish(record, obj, SUCCEEDED if done else FAILED, conds)
         pods = self.pods(record)
-        failed = self.failed_nodes(pods)
+        # an attached TrainJob that nbscale did not create is only watched: its own runtime's
+        # restart policy decides what a failed node means, and nbscale never deletes it
+        failed = [] if record.info.get("foreign") else self.failed_nodes(pods)
         if failed:
             return self._fail_fast(record, obj, failed[0])
         found = self.pod_problems(record, pods)
