@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import nbscale
+from nbscale.backends.local import gpus
 from nbscale.store import get_store
 from nbscale.store.jobs import list_jobs
 
@@ -28,7 +29,7 @@ def test_bad_specs_raise_one_clear_error_and_write_nothing(write_script):
         nbscale.errors.NotFound, match="unknown backend 'nope'.*known backends: local"
     ):
         nbscale.submit(nbscale.JobSpec(entry=entry, backend="nope"))
-    if not nbscale.backends.local.gpus.machine_gpus():
+    if not gpus.machine_gpus():
         with pytest.raises(nbscale.errors.SpecError, match="no CUDA GPU"):
             nbscale.submit(nbscale.JobSpec(entry=entry, gpus_per_proc=1))
     assert list_jobs(get_store())[1] == 0
