@@ -350,17 +350,26 @@ def test_a_completed_job_brings_its_verified_results_home(aws, tmp_path):
     )
     aws.set_training(name, "InProgress", "Training")
     aws.set_training(name, "InProgress", "Uploading")
-    aws.set_training(name, "Completed", "Completed", BillableTimeInSeconds=61)
+    aws.set_training(
+        name,
+        "Completed",
+        "Completed",
+        BillableTimeInSeconds=61,
+        # the instances kept in a warm pool after the job are billed too (DescribeTrainingJob)
+        WarmPoolStatus={"Status": "Available", "ResourceRetainedBillableTimeInSeconds": 1800},
+    )
     record = job.wait(timeout=10)
     assert record.status == "SUCCEEDED", record.error
     assert load_results(record) == {"total": 6.0}
     assert job.result() == {"total": 6.0}
     assert record.info["billable_seconds"] == 61 and record.exit_code == 0
+    assert record.info["retained_billable_seconds"] == 1800
     from nbscale.cost import record_costs
 
     costs = record_costs(record, config())  # the cost report prices the billed seconds
     assert costs["billable_seconds"] == 61
-    assert costs["cost"] == pytest.approx(61 / 3600 * 0.23, abs=1e-4)
+    assert costs["warm_pool_cost"] == pytest.approx(0.5 * 0.23, abs=1e-4)
+    assert costs["cost"] == pytest.approx((61 + 1800) / 3600 * 0.23, abs=1e-4)
 
 
 def test_results_of_another_home_are_refused(aws, tmp_path, monkeypatch):

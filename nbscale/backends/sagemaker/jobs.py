@@ -438,6 +438,10 @@ class SageMakerBackend(RemoteJobBackend):
         ):
             if desc.get(key) is not None:
                 info[name] = desc[key]
+        # a warm pool keeps the instances after the job, billed too (nbscale.cost counts it)
+        retained = (desc.get("WarmPoolStatus") or {}).get("ResourceRetainedBillableTimeInSeconds")
+        if retained is not None:
+            info["retained_billable_seconds"] = retained
         defined = set(record.info.get("metrics_defined") or [])
         final = [  # the metrics the request defined (an image's own are not log_metric's)
             {
