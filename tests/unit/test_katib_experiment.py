@@ -79,7 +79,8 @@ def trainer_env(trainjob):
     return {e["name"]: e.get("value") for e in trainjob["spec"]["trainer"]["env"]}
 
 
-def test_the_experiment_of_a_script_sweep(backend, script):
+def test_the_experiment_of_a_script_sweep(backend, script, monkeypatch):
+    monkeypatch.setenv("NBSCALE_USER", "alice")  # whose keys the trials' pods mount
     sweep = sweep_of(script, seed=11)
     plan = backend.dry_run(sweep)
     (exp,) = documents(plan)  # the script's folder travels in object storage, as a job's
@@ -160,7 +161,7 @@ def test_the_experiment_of_a_script_sweep(backend, script):
     assert PARAMS_ENV not in ran["env"] and ran["env"][SWEEP_ENV] == sweep.id
     assert ran["nodes"] == 2
     # the Secret is named on stderr, never sent in the documents
-    assert "Secret nbscale-keys" in plan.commentary()
+    assert "Secret nbscale-keys-alice " in plan.commentary() + " "  # this user's own
     assert all(d["kind"] != "Secret" for d in plan.documents)
 
 

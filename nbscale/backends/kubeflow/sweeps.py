@@ -641,7 +641,7 @@ class KatibSweeps(SweepBackend):
                     body["metadata"]["name"], data, namespace, key=staged.configmap_key
                 )
             )
-        key_secret = mf.key_secret(self.settings.key_secret, "{}", namespace)
+        key_secret = mf.key_secret(staged.key_secret, "{}", namespace)  # this user's own
         head = [
             f"a sweep of {count(sweep.trials, 'trial')} on {self.backend}: Katib "
             f"{ALGORITHMS[sweep.algorithm]}, {sweep.parallel} at once, early stopping "
