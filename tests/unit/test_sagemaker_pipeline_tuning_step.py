@@ -96,7 +96,9 @@ def test_a_sweep_step_is_a_tuning_step_built_as_the_sweep_backend_builds_one(tmp
     tuning = steps(definition)["train"]
     assert tuning["Type"] == "Tuning"
     args = tuning["Arguments"]
-    assert set(args) == {"HyperParameterTuningJobConfig", "TrainingJobDefinition"}
+    assert set(args) == {"HyperParameterTuningJobConfig", "TrainingJobDefinition", "Tags"}
+    spec = smc.sweep_spec(load(str(path)), load(str(path)).steps["train"])
+    assert args["Tags"] == [{"Key": "nbscale:sweep-id", "Value": spec.id}]
     # the request shape with the name the pipeline sets filled in, Gets resolved
     shape = (
         botocore.session.get_session()
@@ -110,7 +112,6 @@ def test_a_sweep_step_is_a_tuning_step_built_as_the_sweep_backend_builds_one(tmp
     sweeps.check_request({**smc.resolved(args), "HyperParameterTuningJobName": "p"})
 
     # the sweep backend's own builder: strategy, ranges, the trial's definition
-    spec = smc.sweep_spec(load(str(path)), load(str(path)).steps["train"])
     config = args["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == "Bayesian" and config["TrainingJobEarlyStoppingType"] == "Auto"
     assert config["ParameterRanges"] == sweeps.parameter_ranges(spec)

@@ -702,7 +702,16 @@ def tuning_step(
             job_def["StaticHyperParameters"][PARAM_PREFIX + name] = {
                 "Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}
             }
-    arguments = {"HyperParameterTuningJobConfig": config, "TrainingJobDefinition": job_def}
+    arguments: dict[str, Any] = {
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": job_def,
+    }
+    # the training request's tags (the backend's), as the sweep backend tags a tuning job
+    tags = {t["Key"]: t["Value"] for t in training.get("Tags", [])}
+    for key in ("nbscale:job-id", "nbscale-trial"):
+        tags.pop(key, None)
+    tags["nbscale:sweep-id"] = sweep_spec(pipeline, step).id
+    arguments["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
     try:
         sweeps.check_request({**resolved(arguments), "HyperParameterTuningJobName": "pipeline"})
     except NbscaleError as exc:  # naming the member SageMaker would refuse
