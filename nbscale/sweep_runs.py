@@ -130,9 +130,10 @@ def check_sweep_budget(sweep: SweepSpec, config: Config) -> str | None:
 
     est = spec_estimate(sweep.job, config)
     if est["total"] is None:
+        rules = registry.role_class("sweeps", config.backend(sweep.job.backend).type)
         return (
             f"budget ${sweep.max_cost:.2f} for the sweep: no --max-runtime bounds a trial, so "
-            "no estimate; trials stop being started once the spend reaches it"
+            f"no estimate; {rules.budget_rule}"
         )
     total = est["total"] * sweep.trials
     if total > sweep.max_cost:

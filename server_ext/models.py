@@ -348,6 +348,7 @@ class DescribeSweep(OpenModel):
     error: str | None = None
     notes: list[str] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict, description="trials per status")
+    cost: float | None = Field(None, description="USD spent by its trials, where they are priced")
     best: SweepTrial | None = None
     trials: list[SweepTrial] = Field(
         default_factory=list, description="by the objective, best first; unscored last"

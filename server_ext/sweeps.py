@@ -29,7 +29,6 @@ def summary(handle) -> SweepSummary:
     record, view = handle.record, handle.view()
     best = view.best
     counts = view.counts()
-    costs = [t.cost for t in view.trials if t.cost is not None]
     return SweepSummary(
         id=view.id,
         name=view.name,
@@ -42,7 +41,7 @@ def summary(handle) -> SweepSummary:
         running=counts.get(TRIAL_RUNNING, 0),
         best_value=best.value if best else None,
         best_trial=best.number if best else None,
-        cost=sum(costs) if costs else None,
+        cost=view.cost,
         created=record.created,
         ended=record.ended,
         error=view.error,

@@ -52,6 +52,8 @@ class SweepBackend(ABC):
 
     #: the search algorithm a sweep gets when it names none (SageMaker has no TPE)
     default_algorithm: ClassVar[str] = "tpe"
+    #: how ``--max-cost`` holds when no ``--max-runtime`` bounds a trial (no estimate)
+    budget_rule: ClassVar[str] = "trials stop being started once the spend reaches it"
 
     def __init__(self, config: BackendConfig, store: Store):
         self.config = config

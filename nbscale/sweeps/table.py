@@ -42,6 +42,8 @@ def summary(view: SweepView) -> str:
     if best is not None:
         shown = ", ".join(f"{k}={_num(v)}" for k, v in best.params.items())
         line += f"; best {metric} {_num(best.value)} (trial {best.number}: {shown})"
+    if view.cost:  # nothing said where trials cost nothing (this machine, unpriced)
+        line += f"; ${view.cost:.2f} spent"
     return line
 
 

@@ -89,6 +89,12 @@ class SweepView:
 
         return sorted(self.trials, key=key)
 
+    @property
+    def cost(self) -> float | None:
+        """USD its trials spent so far, where they are priced (None: none is)."""
+        costs = [t.cost for t in self.trials if t.cost is not None]
+        return round(sum(costs), 4) if costs else None
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.trials:
@@ -108,6 +114,7 @@ class SweepView:
             "error": self.error,
             "notes": self.notes,
             "counts": self.counts(),
+            "cost": self.cost,
             "best": best.to_dict() if best else None,
             "trials": [t.to_dict() for t in self.ranked()],
         }

@@ -303,6 +303,8 @@ export interface DescribeSweep {
   notes?: string[];
   /** Trials per status. */
   counts?: Record<string, number>;
+  /** USD spent by its trials, where they are priced. */
+  cost?: number | null;
   best?: SweepTrial | null;
   /** By the objective, best first; unscored last. */
   trials?: SweepTrial[];

@@ -528,6 +528,11 @@ def sweep_status(exp: dict[str, Any]) -> tuple[str, str | None]:
 class KatibSweeps(SweepBackend):
     """A sweep as one Katib Experiment on the backend's cluster."""
 
+    budget_rule = (
+        "each trial's TrainJob is stopped (activeDeadlineSeconds) once it has spent its share "
+        "of the budget"
+    )
+
     type = "kubeflow"
 
     def __init__(self, config, store):

@@ -409,6 +409,9 @@ def _stamp(value: Any) -> float | None:
 # -- the backend ---------------------------------------------------------------------------
 class TuningSweeps(SweepBackend):
     default_algorithm = "bayesian"  # TPE is no SageMaker strategy
+    budget_rule = (
+        "the tuning job's MaxRuntimeInSeconds is what the budget buys with every trial running"
+    )
 
     def __init__(self, config, store):
         super().__init__(config, store)
