@@ -21,7 +21,7 @@ from nbscale.backends.sagemaker import pipeline_compile as smc
 from nbscale.backends.sagemaker import sweeps
 from nbscale.errors import SpecError
 from nbscale.pipelines.loader import load
-from nbscale.sweeps.lines import metric_line
+from nbscale.sweeps.lines import metric_line, sagemaker_regex
 from tests.support.pipeline_notebooks import cell, write_notebook
 from tests.support.sagemaker_pipeline_definition import problems
 
@@ -123,7 +123,7 @@ def test_a_sweep_step_is_a_tuning_step_built_as_the_sweep_backend_builds_one(tmp
     assert config["RandomSeed"] == 7
     job = args["TrainingJobDefinition"]
     (metric,) = job["AlgorithmSpecification"]["MetricDefinitions"]
-    assert metric == {"Name": "val_loss", "Regex": sweeps.sagemaker_regex("val_loss")}
+    assert metric == {"Name": "val_loss", "Regex": sagemaker_regex("val_loss")}
     assert "ContainerEntrypoint" not in job["AlgorithmSpecification"]  # a tuning job has none
     static = job["StaticHyperParameters"]
     assert static["sagemaker_program"] == sweeps.PROGRAM
