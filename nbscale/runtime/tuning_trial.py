@@ -1,7 +1,7 @@
 """One trial of a pipeline's sweep step compiled for SageMaker Pipelines (a ``Tuning`` step).
 
     python -m nbscale.runtime.tuning_trial --space JSON --types JSON \
-        [--hyperparameters PATH] -- PIPELINE_NODE_ARGUMENTS
+        [--hyperparameters PATH] [--checkpoints DIR] -- PIPELINE_NODE_ARGUMENTS
 
 SageMaker's tuner starts each trial as a training job and writes its values, strings all,
 to ``hyperparameters.json`` beside the static ones. This entry
@@ -14,6 +14,8 @@ to ``hyperparameters.json`` beside the static ones. This entry
   VALUE`` and ``--types`` (a tuned value wins over a pipeline parameter of its name), and
   runs the step: its notebook gets them as papermill parameters, and ``nbscale.param``
   reads the same file (``NBSCALE_HYPERPARAMETERS``, ``NBSCALE_SWEEP_SPACE``);
+- gives the trial a checkpoint folder of its own under ``--checkpoints`` (the trials of a
+  tuning job share its CheckpointConfig's S3 URI), named by its training job;
 - prints each value rank 0's notebook logs with ``nbscale.log_metric`` on this process's
   stdout as the metric line (``nbscale.sweeps.lines``) while the notebook runs: the kernel's
   own stdout is the notebook's, and SageMaker's ``MetricDefinitions`` read the job's log.
@@ -104,15 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", required=True)
     parser.add_argument("--types", default="{}")
     parser.add_argument("--hyperparameters", default=HYPERPARAMETERS)
+    parser.add_argument("--checkpoints", help="the job's checkpoint folder (CheckpointConfig)")
     args = parser.parse_args(argv[:split])
     node_args = argv[split + 1 :]
     hyperparameters = json.loads(Path(args.hyperparameters).read_text())
     params, kinds = trial_parameters(
         hyperparameters, json.loads(args.space), json.loads(args.types)
     )
+    from ..checkpoint import CHECKPOINT_ENV
     from ..sweeps.spec import SPACE_ENV
 
     job_dir = tempfile.mkdtemp(prefix="nbscale-trial-")
+    job = os.environ.get("TRAINING_JOB_NAME")
+    if args.checkpoints and job:
+        # one folder per trial: every trial of the tuning job syncs to the same S3 URI
+        os.environ[CHECKPOINT_ENV] = os.path.join(args.checkpoints, job)
     os.environ.update(
         {
             "NBSCALE_JOB_DIR": job_dir,  # log_metric's records: echoed below as metric lines

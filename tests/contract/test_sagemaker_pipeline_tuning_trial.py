@@ -28,11 +28,13 @@ ROLE = "arn:aws:iam::123456789012:role/nbscale-steps"
 IMAGE = "registry.example.com/nbscale-runtime:0.1.0"  # nbscale in the image: this python
 TRAIN = (
     "import math\n"
+    "import os\n"
     "import nbscale\n"
     "for epoch in range(3):\n"
     "    loss = (math.log10(lr) + 2.0) ** 2 + 0.01 * len(data) * n + layers / (epoch + 1)\n"
     "    nbscale.log_metric('val_loss', loss, step=epoch)\n"
-    "model = {'lr': lr, 'layers': layers, 'loss': loss, 'param': nbscale.param('lr')}"
+    "model = {'lr': lr, 'layers': layers, 'loss': loss, 'param': nbscale.param('lr'),\n"
+    "         'ckpt': os.environ['NBSCALE_CHECKPOINT_DIR']}"
 )
 
 
@@ -107,6 +109,7 @@ def _trial(tuning, root: Path, s3, values: dict[str, str], params, aws, prepared
             ("/opt/ml/input/data", root / "data"),
             ("/opt/ml/input/config", root / "config"),
             ("/opt/ml/model", root / "model"),
+            ("/opt/ml/checkpoints", root / "checkpoints"),
         ):
             text = text.replace(where, str(here))
         return text
@@ -169,7 +172,8 @@ def test_tuning_step_trials_print_the_objective_and_the_best_feeds_the_next_step
     )
     write_notebook(flow / "train.ipynb", [cell("lr = 0.5\nlayers = 2", "parameters"), cell(TRAIN)])
     write_notebook(
-        flow / "report.ipynb", [cell("summary = f\"best lr {model['lr']}\"\nprint(summary)")]
+        flow / "report.ipynb",
+        [cell("summary = f\"best lr {model['param']} in {model['ckpt']}\"\nprint(summary)")],
     )
     (flow / "pipeline.yaml").write_text(
         "name: tune\nparameters: {n: 2}\nsteps:\n"
@@ -249,7 +253,9 @@ def test_tuning_step_trials_print_the_objective_and_the_best_feeds_the_next_step
         )
         assert ran.returncode == 0, ran.stdout + ran.stderr
         done = (report / "output" / "notebook" / "step.ipynb").read_text()
-        assert "best lr 0.01" in done
+        # nbscale.param read hyperparameters.json; the trial's checkpoints are its own
+        checkpoints = tmp_path / "run" / "train" / "001" / "checkpoints" / "pipelines-x-train-001"
+        assert f"best lr 0.01 in {checkpoints}" in done
         executed = json.loads((model / "notebook" / "step.ipynb").read_text())
         injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"]["tags"]]
         assert "lr = 0.01" in "".join(injected[0]["source"])

@@ -620,6 +620,8 @@ def trial_argv(pipeline: Pipeline, step: Step, runtime_wheels: bool) -> list[str
     training job's host and its fixed parameters (the pipeline parameters' values and the
     tuned values come from ``hyperparameters.json``)."""
 
+    from .request import CHECKPOINT_PATH  # each trial gets a folder of its own under it
+
     sweep = step.sweep
     assert sweep is not None
     unpack, step_args = node_arguments(pipeline, step)
@@ -637,6 +639,8 @@ def trial_argv(pipeline: Pipeline, step: Step, runtime_wheels: bool) -> list[str
         json.dumps(types, sort_keys=True),
         "--hyperparameters",
         HYPERPARAMETERS,
+        "--checkpoints",
+        CHECKPOINT_PATH,
         "--",
         *unpack,
         "--fingerprint",
