@@ -35,20 +35,29 @@ JUPYTER = {"jupyter_server", "tornado", "ipywidgets"}
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    """A venv with the image's torch and numpy, then only nbscale's runtime wheelhouses."""
+    """A venv with the image's torch and numpy, then only the wheelhouse the Dockerfile
+    installs (``--kind image``: built for the pods' platform and this Python), by the
+    Dockerfile's own RUN line: no package index."""
+    import nbscale
+
     root = tmp_path_factory.mktemp("image")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NBSCALE_HOME", str(root / "builder-home"))
         wheels = root / "wheels"
-        for kind in ("job", "serving"):
-            wheelhouse.build(kind, wheels)
+        wheelhouse.build("image", wheels)
     python = stock_image_venv(root)
-    # the Dockerfile's own install line, with its folder and python mapped here
+    # the Dockerfile's own RUN line, its folder mapped here, the image's python first on PATH
     copied = root / "opt-nbscale-wheels"
     shutil.copytree(wheels, copied)
     install = docker_run_line().replace("/opt/nbscale/wheels", str(copied))
     assert install.startswith("python -m pip install --no-index --no-deps")
-    subprocess.run(["sh", "-c", f"{python} {install.removeprefix('python ')}"], check=True)
+    env = {
+        **os.environ,
+        "PATH": f"{python.parent}:{os.environ['PATH']}",
+        "NBSCALE_VERSION": nbscale.__version__,  # the build argument
+        "PIP_FIND_LINKS": "",  # nothing but the wheelhouse
+    }
+    subprocess.run(["sh", "-c", install], check=True, env=env)
     assert not copied.exists()  # the image keeps no wheels
     return {"python": str(python), "wheels": wheels, "root": root}
 
@@ -336,3 +345,45 @@ def test_the_image_entry_serves_as_sagemaker_starts_it(image, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# kfp.local says that display names, resources and retries do nothing locally: expected
+@pytest.mark.filterwarnings("ignore:Task .* no effect in the current local runner:UserWarning")
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_a_kfp_step_runs_in_the_image_through_kfps_own_executor(
+    image, small, tmp_path, monkeypatch
+):
+    """The KFP step role: the compiled components name nbscale's image and do not install
+    kfp (install_kfp_package=False), so the image's own kfp runs ``kfp.dsl.executor_main``;
+    kfp.local runs each component's exact command with the image's python."""
+    import yaml
+    from kfp import components, local
+    from kfp.local import subprocess_task_handler
+
+    from nbscale.backends.kubeflow.images import runtime_image
+    from nbscale.pipelines import compile_pipeline
+    from tests.support.emulators import kubernetes_secret_volume
+
+    mount = kubernetes_secret_volume(tmp_path / "secret", {"keys.json": keys.export("pipeline")})
+    out = Path(compile_pipeline(str(small), "kfp", str(tmp_path / "s.yaml"), key_mount=str(mount)))
+    ir, _ = yaml.safe_load_all(out.read_text())
+    for executor in ir["deploymentSpec"]["executors"].values():
+        container = executor["container"]
+        assert container["image"] == runtime_image()
+        command = " ".join(container["command"])
+        assert "kfp.dsl.executor_main" in command and "pip install" not in command
+
+    python = image["python"]
+    real = subprocess_task_handler.replace_python_executable
+    monkeypatch.setattr(
+        subprocess_task_handler,
+        "replace_python_executable",
+        lambda command, _executable: real(command, python),
+    )
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root")
+    )
+    components.load_component_from_file(str(out))(n=5, factor=1.0)
+    executed = list((tmp_path / "kfp-root").rglob("step-total/executed"))
+    assert executed, "the last step did not run"
+    assert "{'sum': 40.0}" in executed[0].read_text()  # 0..4 doubled (10.0) plus squares (30)
