@@ -147,7 +147,8 @@ def check(pipeline: Pipeline, step: Step, where: str) -> None:
 
 
 def refuse_compile(pipeline: Pipeline, target: str, platform: str, native: str) -> None:
-    """A compile target has no sweep step: refuse a pipeline with one, saying what to do."""
+    """A compile target without sweep steps (KFP; SageMaker Pipelines compiles one into a
+    Tuning step): refuse a pipeline with one, saying what to do."""
     swept = [pipeline.steps[n] for n in pipeline.order() if pipeline.steps[n].sweep is not None]
     if not swept:
         return
