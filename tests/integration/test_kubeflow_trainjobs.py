@@ -318,3 +318,37 @@ def test_an_attached_foreign_trainjob_whose_node_fails_is_never_deleted(cluster,
     assert cluster.custom.get_namespaced_custom_object(
         "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs", FOREIGN
     )
+
+
+def test_followers_copying_one_jobs_logs_at_once_copy_each_line_once(cluster, kube):
+    """The panel, a CLI and a sweep's view may copy the same job's pod logs at the same time:
+    the copies take turns, so no line is written twice and none is lost."""
+    import threading
+
+    from nbscale.runtime.jobdir import JobDir
+
+    foreign_trainjob(cluster, nodes=1)
+    handle = attach(FOREIGN, backend="kf")
+    (pod,) = jobset_pods(cluster, FOREIGN, 1, "Running")
+    backend, record = handle._backend, handle.record
+    jobdir = JobDir(record.info["job_dir"])
+    errors: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            for _ in range(5):
+                backend.fetch_logs(record, jobdir)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for batch in range(4):
+        kube.set_log(NS, pod, [f"line {batch}-{i}" for i in range(50)])
+        threads = [threading.Thread(target=copy) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    lines = jobdir.log(0).read_text().splitlines()
+    copied = [ln.removeprefix("[node 0] ") for ln in lines if "] line " in ln]
+    assert copied == [f"line {b}-{i}" for b in range(4) for i in range(50)]

@@ -48,7 +48,7 @@ from ...store.jobs import (
     update_job,
 )
 from ..base import DryRun
-from ..remote.lifecycle import RemoteJobBackend, Travel, canonical_bundle
+from ..remote.lifecycle import RemoteJobBackend, Travel, canonical_bundle, log_copy_lock
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
 from .podlogs import LogState, PodCursor, RankWriter, copy_pod_log, since_seconds
@@ -634,6 +634,10 @@ class KubeflowBackend(RemoteJobBackend):
         """New lines of every node pod's log (``podlogs``), from where the last copy ended."""
         cluster = self.cluster()
         jobdir.make()
+        with log_copy_lock(jobdir):  # one copier at a time: positions and logs move together
+            self._fetch_logs(cluster, record, jobdir)
+
+    def _fetch_logs(self, cluster, record: JobRecord, jobdir: JobDir) -> None:
         state_file = jobdir.path / "kube-logs.json"
         state = LogState.load(state_file)
         nproc = int(record.spec.get("procs_per_node") or 1)

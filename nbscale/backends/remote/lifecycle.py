@@ -88,6 +88,21 @@ def canonical_bundle(source: Path, dest: Path | None = None) -> Path:
 RANK_LINE = re.compile(r"^\[rank (\d+)\] ?(.*)$", re.S)
 
 
+@contextlib.contextmanager
+def log_copy_lock(jobdir: JobDir):
+    """One copier of a job's platform logs at a time (a CLI, the panel and a sweep's view
+    may all follow one job): its read positions and the rank logs change together."""
+    import fcntl
+
+    jobdir.path.mkdir(parents=True, exist_ok=True)
+    with open(jobdir.path / ".logcopy.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def route_line(text: str, first_rank: int, source: str) -> tuple[int, str]:
     """The rank a line of a node's output belongs to, and the line to keep: the launcher
     prints each rank's lines as ``[rank N] text``; anything else (the launcher's own, pip's,

@@ -18,16 +18,13 @@ SageMaker did not upload is still named with its rank and traceback.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ...runtime.jobdir import JobDir
-from ..remote.lifecycle import route_line
+from ..remote.lifecycle import log_copy_lock, route_line
 from .request import LOG_GROUP
 
 _HOST = re.compile(r"/(algo-(\d+))-\d+$")
@@ -65,16 +62,9 @@ def node_records(jobdir: JobDir) -> dict[int, dict[str, Any]]:
     return found
 
 
-@contextlib.contextmanager
-def locked(jobdir: JobDir) -> Iterator[None]:
+def locked(jobdir: JobDir):
     """One reader at a time per job directory (a CLI and the panel may both follow)."""
-    jobdir.path.mkdir(parents=True, exist_ok=True)
-    with open(jobdir.path / ".cloudwatch.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return log_copy_lock(jobdir)
 
 
 def _append(jobdir: JobDir, rank: int, lines: list[str]) -> None:
