@@ -385,3 +385,23 @@ def test_no_host_and_no_pipelines_token_is_one_message(monkeypatch):
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
     with pytest.raises(SpecError, match="kfp_host: is not set, and this is no Kubeflow notebook"):
         KFPPipelines(_conf_with(None))
+
+
+def test_a_key_secret_that_cannot_be_written_names_the_runs_namespace(
+    small, kfp_api, tmp_path, monkeypatch
+):
+    dead = tmp_path / "dead"
+    dead.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: lab, context: {cluster: c, user: u, namespace: team-a}}]\n"
+        "current-context: lab\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    with pytest.raises(BackendUnavailable) as err:
+        KFPPipelines(_conf_with(kfp_api.url)).start(str(small), {})
+    text = str(err.value)
+    assert "nbscale-keys" in text and "cannot be reached" in text
+    assert "the pipeline's steps run in namespace kubeflow (KFP's own namespace" in text
+    assert kfp_api.runs == {}
