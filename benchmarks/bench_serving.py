@@ -25,12 +25,19 @@ the faster bare app (requests/s and p99) and to the best peer (KServe or MLServe
 overhead at one connection over the bare forward pass of the same model.
 Then, for a deployed endpoint: the first request's latency when scaled to
 zero (woken standby, and a fresh start), and how long a SIGKILLed router
-takes to answer again.
+takes to answer again (``cold-start``); and a replica started from nothing,
+forked from the router's zygote and, interleaved with it, as a new Python
+process (``NBSCALE_ZYGOTE=0``): first deploy, a replica SIGKILLed, a scale-up,
+and the first request to an endpoint scaled to zero whose standby is gone
+(``fresh-replica``). ``nbscale-endpoint`` is an endpoint of one replica, which
+serves the endpoint's socket itself; ``nbscale-endpoint-proxy`` is the same
+endpoint with ``NBSCALE_DIRECT=0``, every request through the router.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -193,6 +200,7 @@ if __name__ == "__main__":
 BARE_VARIANTS = {"bare-numpy": "bare_numpy_mlp.py", "bare-torch": "bare_torch_mlp.py"}
 P99_GOAL_X = 1.5  # p99 no worse than this many times the faster bare app's
 NOBATCH_GOAL_X = 1.0  # the runtime with batching off, requests/s against the faster bare app
+ENDPOINT_GOAL_X = 0.9  # the deployed endpoint, requests/s against the faster bare app
 
 MLSERVER_SRC = """
 import os
@@ -507,6 +515,106 @@ def cold_starts(artifact: Path, body: str, rounds: int) -> dict:
     }
 
 
+def _wait_ready_replicas(ep, n: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ep.metrics()["replicas"]["ready"] >= n:
+            return
+        time.sleep(0.005)
+    raise RuntimeError(f"{n} replicas were not ready within {timeout} s")
+
+
+def fresh_replicas(artifact: Path, body: str, rounds: int) -> dict:
+    """A replica started from nothing, with the zygote (forked) and without it (a new Python
+    process), interleaved: first deploy, restart after kill -9, scale-up, and a request to an
+    endpoint scaled to zero whose standby is gone."""
+    from nbscale.endpoints import deploy
+
+    home = Path(os.environ["NBSCALE_HOME"])
+    data = body.encode()
+    out: dict[str, dict[str, list]] = {}
+    for r in range(rounds):
+        for mode in ("zygote", "fresh"):
+            os.environ["NBSCALE_ZYGOTE"] = "1" if mode == "zygote" else "0"
+            got = out.setdefault(mode, {})
+            name = f"fresh-{mode}-{r}"
+            # first deploy: from the call until the first answer
+            t = time.perf_counter()
+            ep = deploy(str(artifact), name=name, replicas=(1, 1))
+            token = (home / "endpoints" / name / "token").read_text().strip()
+            url = f"{ep.url}/v2/models/{name}/infer"
+            if _post(url, data, token) != 200:
+                raise RuntimeError("the first request failed")
+            got.setdefault("first_deploy_s", []).append(round(time.perf_counter() - t, 3))
+            try:
+                m = ep.metrics()
+                got.setdefault("first_replica_start_s", []).append(
+                    m["replica_list"][0]["start_seconds"]
+                )
+                # restart after kill -9: from the kill until a request is answered again
+                pid = m["replica_list"][0]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                t = time.perf_counter()
+                while True:
+                    try:
+                        if _post(url, data, token) == 200:
+                            break
+                    except OSError:
+                        time.sleep(0.005)
+                got.setdefault("kill9_to_answer_s", []).append(round(time.perf_counter() - t, 3))
+                reps = [r for r in ep.metrics()["replica_list"] if r["pid"] != pid]
+                got.setdefault("kill9_replica_start_s", []).append(reps[0]["start_seconds"])
+                # scale-up: one more replica, from the call until the router sees it ready
+                t = time.perf_counter()
+                ep.scale(2, 2)
+                _wait_ready_replicas(ep, 2)
+                got.setdefault("scale_up_s", []).append(round(time.perf_counter() - t, 3))
+                got.setdefault("started_by", []).append(
+                    sorted({r["started_by"] for r in ep.metrics()["replica_list"]})
+                )
+            finally:
+                ep.delete()
+            # scaled to zero, standby gone: the first request waits for a replica from nothing
+            zname = f"zero-{mode}-{r}"
+            ep = deploy(str(artifact), name=zname, replicas=(0, 1), idle_timeout_s=1)
+            try:
+                ztoken = (home / "endpoints" / zname / "token").read_text().strip()
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    m = ep.metrics()
+                    if m["replicas"]["standby"] == 1:
+                        break
+                    time.sleep(0.05)
+                pid = next(x["pid"] for x in m["replica_list"] if x["state"] == "paused")
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.3)  # the router sees the standby gone (its loop runs every 0.1 s)
+                t = time.perf_counter()
+                if _post(f"{ep.url}/v2/models/{zname}/infer", data, ztoken) != 200:
+                    raise RuntimeError("the first request after scale to zero failed")
+                got.setdefault("no_standby_first_request_s", []).append(
+                    round(time.perf_counter() - t, 3)
+                )
+            finally:
+                ep.delete()
+            print(f"  fresh replicas round {r + 1} {mode}: {got}", file=sys.stderr)
+    os.environ.pop("NBSCALE_ZYGOTE", None)
+    summary: dict = {}
+    for mode, got in out.items():
+        summary[mode] = {}
+        for key, values in got.items():
+            if key == "started_by":
+                summary[mode][key] = values
+                continue
+            vals = [v for v in values if v is not None]
+            summary[mode][key] = {
+                "median": round(float(np.median(vals)), 3) if vals else None,
+                "min": min(vals) if vals else None,
+                "max": max(vals) if vals else None,
+                "rounds": values,
+            }
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -519,12 +627,16 @@ def main() -> int:
     )
     ap.add_argument("--cold-rounds", type=int, default=5, help="scaled-to-zero first requests")
     ap.add_argument(
+        "--fresh-rounds", type=int, default=3, help="rounds of fresh-replica starts (each mode)"
+    )
+    ap.add_argument(
         "--device", default="cpu", help="device for the nbscale rows (cuda where there is a GPU)"
     )
     ap.add_argument(
         "--only",
         help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-endpoint,"
-        "kserve,mlserver,cold-start ('bare' means both bare variants)",
+        "nbscale-endpoint-proxy,kserve,mlserver,cold-start,fresh-replica ('bare' means both bare "
+        "variants)",
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
     args = ap.parse_args()
@@ -547,19 +659,30 @@ def main() -> int:
             "nbscale",
             "nbscale-nobatch",
             "nbscale-endpoint",
+            "nbscale-endpoint-proxy",
             "kserve",
             "mlserver",
             "cold-start",
+            "fresh-replica",
         }
     )
     if "bare" in only:
         only = (only - {"bare"}) | set(BARE_VARIANTS)
-    known = {*BARE_VARIANTS, "nbscale", "nbscale-nobatch", "nbscale-endpoint", "kserve", "mlserver"}
-    unknown = only - known - {"cold-start"}
+    known = {
+        *BARE_VARIANTS,
+        "nbscale",
+        "nbscale-nobatch",
+        "nbscale-endpoint",
+        "nbscale-endpoint-proxy",
+        "kserve",
+        "mlserver",
+    }
+    extra = {"cold-start", "fresh-replica"}
+    unknown = only - known - extra
     if unknown:
         print(
             f"bench_serving: --only names {', '.join(sorted(unknown))}, which is not a contender; "
-            f"choose from {', '.join(sorted(known | {'bare', 'cold-start'}))}",
+            f"choose from {', '.join(sorted(known | extra | {'bare'}))}",
             file=sys.stderr,
         )
         return 2
@@ -609,6 +732,7 @@ def main() -> int:
     bare = bare_forward_ms(weights, args.device)
     procs: list[subprocess.Popen] = []
     ep = None
+    deployed: list = []
     signal.signal(
         signal.SIGTERM, lambda *_: sys.exit(143)
     )  # so the servers are stopped on the way out
@@ -636,7 +760,14 @@ def main() -> int:
 
     try:
         contenders = []
-        if only & {"nbscale", "nbscale-nobatch", "nbscale-endpoint", "cold-start"}:
+        if only & {
+            "nbscale",
+            "nbscale-nobatch",
+            "nbscale-endpoint",
+            "nbscale-endpoint-proxy",
+            "cold-start",
+            "fresh-replica",
+        }:
             sys.path.insert(0, str(work))
             os.environ["NBSCALE_HOME"] = str(home)
             from nbscale.serving import package
@@ -729,6 +860,7 @@ def main() -> int:
             contenders.append(("mlserver", run_mlserver))
         targets: dict[str, tuple[str, Path]] = {}
         pids: dict[str, list[int]] = {}
+        serving: dict[str, str] = {}
         for name, launch in contenders:
             proc, port, ready = launch()
             pids[name] = [proc.pid]
@@ -736,30 +868,48 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
             check_prediction(url, body.encode(), expected)
             targets[name] = (url, script)
-        if "nbscale-endpoint" in only:
+        deployed = []
+        for contender, ep_name, direct in (
+            ("nbscale-endpoint", "mlp", "1"),
+            ("nbscale-endpoint-proxy", "mlp-proxy", "0"),
+        ):
+            if contender not in only:
+                continue
             from nbscale.endpoints import deploy
 
             mask = os.sched_getaffinity(0)
-            if PIN_SERVER:  # supervisor, router and replica inherit CPU 0 from us
+            if PIN_SERVER:  # supervisor, router, zygote and replica inherit CPU 0 from us
                 os.sched_setaffinity(0, {int(SERVER_CPU)})
+            os.environ["NBSCALE_DIRECT"] = direct  # 0: the router proxies even to one replica
             try:
-                ep = deploy(str(artifact), name="mlp", replicas=(1, 1))
+                ep = deploy(str(artifact), name=ep_name, replicas=(1, 1))
+                deployed.append(ep)
             finally:
                 os.sched_setaffinity(0, mask)
-            token = (home / "endpoints" / "mlp" / "token").read_text().strip()
-            ep_script = work / "post-endpoint.lua"
+                os.environ.pop("NBSCALE_DIRECT", None)
+            want = "replica" if direct == "1" else "router"
+            deadline = time.monotonic() + 30
+            while ep.metrics()["serving"] != want and time.monotonic() < deadline:
+                time.sleep(0.05)
+            token = (home / "endpoints" / ep_name / "token").read_text().strip()
+            ep_script = work / f"post-{ep_name}.lua"
             ep_script.write_text(script.read_text().replace(TOKEN, token))
-            targets["nbscale-endpoint"] = (f"{ep.url}/v2/models/mlp/infer", ep_script)
+            targets[contender] = (f"{ep.url}/v2/models/{ep_name}/infer", ep_script)
             m = ep.metrics()
-            pids["nbscale-endpoint"] = [m["router_pid"], *(r["pid"] for r in m["replica_list"])]
+            serving[contender] = m["serving"]
+            pids[contender] = [m["router_pid"], *(r["pid"] for r in m["replica_list"])]
         results, loads = measure(targets, sweep, args.seconds, args.rounds, pids)
-        if ep is not None:
+        for ep in deployed:
             ep.delete()
-            ep = None
+        deployed, ep = [], None
         cold = cold_starts(artifact, body, args.cold_rounds) if "cold-start" in only else None
+        fresh = (
+            fresh_replicas(artifact, body, args.fresh_rounds) if "fresh-replica" in only else None
+        )
     finally:
-        if ep is not None:
-            ep.delete()
+        for left in [*deployed, *([ep] if ep is not None else [])]:
+            with contextlib.suppress(Exception):
+                left.delete()
         for proc in procs:
             if proc.poll() is None:
                 stop(proc)
@@ -790,7 +940,7 @@ def main() -> int:
         ratios[name] = per
     goals = {}
     if reference:
-        for name in ("nbscale-nobatch", "nbscale", "nbscale-endpoint"):
+        for name in ("nbscale-nobatch", "nbscale", "nbscale-endpoint", "nbscale-endpoint-proxy"):
             if name not in ratios:
                 continue
             p99_met = {
@@ -799,6 +949,12 @@ def main() -> int:
                 if "p99_vs_bare" in row
             }
             goals[name] = {f"p99_at_most_{P99_GOAL_X}x_bare": p99_met}
+            if name in ("nbscale-endpoint", "nbscale-endpoint-proxy"):
+                goals[name][f"rps_at_least_{ENDPOINT_GOAL_X}x_bare"] = {
+                    c: row["vs_bare"] >= ENDPOINT_GOAL_X
+                    for c, row in ratios[name].items()
+                    if "vs_bare" in row
+                }
             if name == "nbscale-nobatch":
                 goals[name][f"rps_at_least_{NOBATCH_GOAL_X}x_bare"] = {
                     c: row["vs_bare"] >= NOBATCH_GOAL_X
@@ -824,10 +980,17 @@ def main() -> int:
             "goals": goals,
             "load_average_1_5_15_at_each_round_and_end": loads,
             "cold_start": cold,
+            "fresh_replica": fresh,
+            "endpoint_serving": serving,
+            "when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "notes": "one server process each, OMP_NUM_THREADS=1; bare-numpy and bare-torch are the two "
             "bare Starlette+uvicorn apps, and every vs_bare / p99_vs_bare ratio is against the one named "
             "in bare_reference at that connection count (the one that served more requests/s); nbscale-nobatch is the runtime with "
-            "--max-batch-size 1; nbscale-endpoint is the deployed endpoint (router + 1 replica on one CPU); "
+            "--max-batch-size 1; nbscale-endpoint is the deployed endpoint (supervisor, router, zygote and "
+            "1 replica on one CPU; the lone replica serves the endpoint's socket itself, endpoint_serving "
+            "says so); nbscale-endpoint-proxy is the same with NBSCALE_DIRECT=0 (the router proxies every "
+            "request); fresh_replica: replicas started from nothing with the zygote (forked) and without "
+            "it (NBSCALE_ZYGOTE=0, a new Python process), interleaved; "
             "the machine was shared with other engineers' work while this ran",
         },
     )
