@@ -286,6 +286,19 @@ def test_status_follows_the_job_through_the_emulator(aws, tmp_path):
     assert events[-1] == "MaxRuntimeExceeded"
 
 
+def test_the_emulator_describes_the_metric_definitions_it_was_sent(aws, tmp_path):
+    """As AWS does: DescribeTrainingJob gives back the request's MetricDefinitions, and
+    final metric values only once CloudWatch has them (moto makes up both)."""
+    job = submit(cell_spec(tmp_path), config=config())
+    name = job.record.native_id
+    (sent,) = [r for op, r in aws.calls if op == "CreateTrainingJob"]
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert described["AlgorithmSpecification"].get("MetricDefinitions", []) == (
+        sent["AlgorithmSpecification"].get("MetricDefinitions", [])
+    )
+    assert "FinalMetricDataList" not in described
+
+
 def test_cancel_stops_the_training_job(aws, tmp_path):
     job = submit(cell_spec(tmp_path), config=config())
     aws.set_training(job.record.native_id, "InProgress", "Training")

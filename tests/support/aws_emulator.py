@@ -56,6 +56,7 @@ class Emulator:
         self.bodies: list[tuple[str, str, bytes]] = []  # (method, path, body)
         self.calls: list[tuple[str, dict]] = []  # (SageMaker operation, request)
         self.training: dict[str, dict[str, Any]] = {}
+        self.training_metrics: dict[str, list[dict[str, Any]]] = {}  # as CreateTrainingJob sent
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.invoke_targets: dict[str, tuple[str, dict[str, str]]] = {}
         self.pipeline_steps: dict[str, list[dict[str, Any]]] = {}
@@ -172,6 +173,10 @@ class Emulator:
                     "CreationTime": now,
                     "LastModifiedTime": now,
                 }
+                # AWS describes the metric definitions it was sent (moto makes up its own)
+                self.training_metrics[request["TrainingJobName"]] = list(
+                    (request.get("AlgorithmSpecification") or {}).get("MetricDefinitions") or []
+                )
         return status, answer
 
     def _sm_DescribeTrainingJob(self, request, forward):
@@ -181,6 +186,17 @@ class Emulator:
             state = self.training.get(request.get("TrainingJobName"))
             if status != 200 or state is None:
                 return status, answer
+            sent = self.training_metrics.get(request.get("TrainingJobName"))
+            # AWS answers the definitions it was sent, and final values only of those, as
+            # its CloudWatch metrics give them (set_training(FinalMetricDataList=...)); moto
+            # answers made-up ones (test:dcg, train:progress)
+            answer.pop("FinalMetricDataList", None)
+            algo = answer.get("AlgorithmSpecification")
+            if algo is not None and sent is not None:
+                if sent:
+                    algo["MetricDefinitions"] = sent
+                else:
+                    algo.pop("MetricDefinitions", None)
             answer.update(json.loads(json.dumps(state)))
         if answer["TrainingJobStatus"] in ("InProgress", "Stopping"):
             for key in ("TrainingEndTime", "ModelArtifacts"):
