@@ -87,6 +87,14 @@ def test_the_dry_run_prints_the_tuning_step_and_creates_nothing(sm, aws, tmp_pat
     ]
     assert "step train: a Tuning step (Random search, 8 trials, 2 at once" in pipe.stderr
     assert "max_failed is not kept there" in pipe.stderr
+    # 8 trials x 1 x ml.m5.large (the step's resources) x 24 h (the default max runtime) at the training price
+    from nbscale.cost import node_price
+
+    price = node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.large", 0, "training")
+    assert (
+        f"step train: its 8 trials cost at most ${8 * 24 * price:.2f} if each runs its max "
+        "runtime (1 x ml.m5.large" in pipe.stderr
+    ), pipe.stderr
     assert aws.operations("CreatePipeline") == [] and aws.operations("StartPipelineExecution") == []
     assert aws.operations("CreateHyperParameterTuningJob") == []
 

@@ -743,7 +743,7 @@ def plan_notes(definition: dict[str, Any]) -> list[str]:
         notes.append(
             f"step {name}: SageMaker has no failure limit and no one follows a pipeline's "
             "tuning job, so the sweep's max_failed is not kept there: a failed trial is not "
-            "scored and the tuning job goes on; the estimate below leaves its trials out"
+            "scored and the tuning job goes on"
         )
     return notes
 

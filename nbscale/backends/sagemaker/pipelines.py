@@ -162,7 +162,40 @@ class SageMakerPipelines:
                 "(nbscale cost --refresh-prices, or prices in [backends."
                 f"{self.settings.name}])"
             )
+        notes += self._tuning_estimates(definition)
         return DryRun([document], "json", notes)
+
+    def _tuning_estimates(self, definition: dict[str, Any]) -> list[str]:
+        """The most each Tuning step's trials can cost: every trial for its
+        MaxRuntimeInSeconds on its instances at the training price."""
+        from ...cost import job_cost, node_price
+
+        notes = []
+        settings = self.settings.model_dump(exclude_none=True)
+        for step in definition["Steps"]:
+            if step["Type"] != "Tuning":
+                continue
+            args = step["Arguments"]
+            job = args["TrainingJobDefinition"]
+            trials = args["HyperParameterTuningJobConfig"]["ResourceLimits"][
+                "MaxNumberOfTrainingJobs"
+            ]
+            instance, count = (
+                job["ResourceConfig"]["InstanceType"],
+                job["ResourceConfig"]["InstanceCount"],
+            )
+            hours = job["StoppingCondition"]["MaxRuntimeInSeconds"] / 3600.0
+            try:
+                price = node_price("sagemaker", settings, instance, 0, "training")
+            except SpecError:
+                notes.append(f"step {step['Name']}: no price is known for its trials' {instance}")
+                continue
+            notes.append(
+                f"step {step['Name']}: its {trials} trials cost at most "
+                f"${job_cost(hours * trials, count, price):.2f} if each runs its max runtime "
+                f"({count} x {instance} at ${price:g}/hour; not in the estimate above)"
+            )
+        return notes
 
     def _secret_arn(self, name: str) -> str | None:
         """The ARN of an existing secret (read only), None when there is none yet."""
