@@ -237,28 +237,17 @@ def test_the_trial_notebook_runs_in_the_step_folder_and_saves_in_its_job(folder,
     json.dumps(nb)
 
 
-@pytest.mark.parametrize(
-    ("target", "words"),
-    [
-        (
-            "kfp",
-            "the kfp target cannot compile a sweep step (nbscale does not build a Katib "
-            "Experiment inside a Kubeflow pipeline)",
-        ),
-        (
-            "sagemaker",
-            "the sagemaker target cannot compile a sweep step (nbscale does not build "
-            "a TuningStep inside a SageMaker pipeline)",
-        ),
-    ],
-)
-def test_the_compile_targets_refuse_a_sweep_step_saying_what_to_do(folder, tmp_path, target, words):
+def test_the_kfp_target_refuses_a_sweep_step_saying_what_to_do(folder, tmp_path):
+    """(SageMaker Pipelines compiles it as a Tuning step: test_sagemaker_pipeline_tuning_step.)"""
     from nbscale.pipeline_runs import compile_pipeline
 
+    words = (
+        "the kfp target cannot compile a sweep step (nbscale does not build a Katib "
+        "Experiment inside a Kubeflow pipeline)"
+    )
     path = flow(folder, GOOD)
-    options = {"role": "arn:aws:iam::123456789012:role/x"} if target == "sagemaker" else {}
     with pytest.raises(SpecError) as info:
-        compile_pipeline(str(path), target, str(tmp_path / "out" / "flow.out"), **options)
+        compile_pipeline(str(path), "kfp", str(tmp_path / "out" / "flow.out"))
     message = str(info.value)
     assert message.startswith(f"step train: has a sweep: block, and {words}"), message
     assert "run the pipeline here (nbscale pipeline run pipeline.yaml)" in message
