@@ -587,24 +587,7 @@ def tuning_config(pipeline: Pipeline, step: Step) -> dict[str, Any]:
                 f"combinations; trials: {spec.trials} is fewer",
                 f"set trials: {size}, or algorithm: random for {spec.trials}",
             )
-    config: dict[str, Any] = {
-        "Strategy": how,
-        "HyperParameterTuningJobObjective": {
-            "Type": "Minimize" if spec.objective.minimize else "Maximize",
-            "MetricName": spec.objective.metric,
-        },
-        "ResourceLimits": {
-            "MaxNumberOfTrainingJobs": spec.trials,
-            "MaxParallelTrainingJobs": spec.parallel,
-        },
-        "ParameterRanges": ranges,
-        "TrainingJobEarlyStoppingType": early,
-    }
-    if strategy_config:
-        config["StrategyConfig"] = strategy_config
-    if spec.seed is not None:
-        config["RandomSeed"] = int(spec.seed)
-    return config
+    return sweeps.tuning_config(spec, (how, early, strategy_config), ranges)
 
 
 def check_sweeps(pipeline: Pipeline) -> None:

@@ -407,6 +407,38 @@ def _stamp(value: Any) -> float | None:
 
 
 # -- the backend ---------------------------------------------------------------------------
+def tuning_config(
+    sweep: Any,
+    how: tuple[str, str, dict[str, Any] | None],
+    ranges: dict[str, Any],
+    max_runtime_s: int | None = None,
+) -> dict[str, Any]:
+    """``HyperParameterTuningJobConfig`` of ``sweep`` from its checked ``strategy(sweep)``
+    and ``parameter_ranges(sweep)`` (the tuning job's and a pipeline's Tuning step's)."""
+    strat, early, strat_config = how
+    limits: dict[str, Any] = {
+        "MaxNumberOfTrainingJobs": sweep.trials,
+        "MaxParallelTrainingJobs": sweep.parallel,
+    }
+    if max_runtime_s is not None:
+        limits["MaxRuntimeInSeconds"] = max_runtime_s
+    config: dict[str, Any] = {
+        "Strategy": strat,
+        "HyperParameterTuningJobObjective": {
+            "Type": "Minimize" if sweep.objective.minimize else "Maximize",
+            "MetricName": sweep.objective.metric,
+        },
+        "ResourceLimits": limits,
+        "ParameterRanges": ranges,
+        "TrainingJobEarlyStoppingType": early,
+    }
+    if strat_config:
+        config["StrategyConfig"] = strat_config
+    if sweep.seed is not None:
+        config["RandomSeed"] = int(sweep.seed)
+    return config
+
+
 class TuningSweeps(SweepBackend):
     default_algorithm = "bayesian"  # TPE is no SageMaker strategy
     budget_rule = (
@@ -485,30 +517,11 @@ class TuningSweeps(SweepBackend):
         training = self.jobs.training_request(record, upload, env_secret_arn)
         submit_uri = self._upload_program(trial_program(name), upload)
         job_def = definition(training, sweep, submit_uri, self.settings.region)
-        limits: dict[str, Any] = {
-            "MaxNumberOfTrainingJobs": sweep.trials,
-            "MaxParallelTrainingJobs": sweep.parallel,
-        }
         resource = training["ResourceConfig"]
         seconds = max_runtime(
             sweep, self.settings, resource["InstanceType"], resource["InstanceCount"]
         )
-        if seconds is not None:
-            limits["MaxRuntimeInSeconds"] = seconds
-        config: dict[str, Any] = {
-            "Strategy": strat,
-            "HyperParameterTuningJobObjective": {
-                "Type": "Minimize" if sweep.objective.minimize else "Maximize",
-                "MetricName": sweep.objective.metric,
-            },
-            "ResourceLimits": limits,
-            "ParameterRanges": ranges,
-            "TrainingJobEarlyStoppingType": early,
-        }
-        if strat_config:
-            config["StrategyConfig"] = strat_config
-        if sweep.seed is not None:
-            config["RandomSeed"] = int(sweep.seed)
+        config = tuning_config(sweep, (strat, early, strat_config), ranges, seconds)
         tags = {t["Key"]: t["Value"] for t in training.get("Tags", [])}
         for key in ("nbscale:job-id", "nbscale-trial"):
             tags.pop(key, None)
