@@ -47,9 +47,16 @@ def kube_env(tmp_path, monkeypatch):
     emu.stop()
 
 
+IMAGE = "registry.example.com/ml/nbscale-runtime:0.1.0"  # built from docker/Dockerfile
+
+
 def _conf(url: str):
     return settings(
-        BackendConfig("kf", "kubeflow", {"kfp_host": url, "namespace": NS, "poll_seconds": 0})
+        BackendConfig(
+            "kf",
+            "kubeflow",
+            {"kfp_host": url, "namespace": NS, "poll_seconds": 0, "image": IMAGE},
+        )
     )
 
 
@@ -69,7 +76,7 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
     body = post[2]
     # the request body is the compiled IR: the same document a compile writes ...
     compiled = tmp_path / "small.yaml"
-    compile_pipeline(str(small), "kfp", str(compiled))
+    compile_pipeline(str(small), "kfp", str(compiled), image=IMAGE)
     ir, platform = yaml.safe_load_all(compiled.read_text())
     assert body["pipeline_spec"] == {"pipeline_spec": ir, "platform_spec": platform}
     assert body["runtime_config"]["parameters"] == {"n": 5}
@@ -141,6 +148,7 @@ def test_cli_entry_records_the_run_and_unreachable_api(
     nbscale_home.mkdir(parents=True, exist_ok=True)
     (nbscale_home / "config.toml").write_text(
         f'[backends.kf]\ntype = "kubeflow"\nkfp_host = "{kfp_api.url}"\nnamespace = "{NS}"\n'
+        f'image = "{IMAGE}"\n'
         "poll_seconds = 0\n"
     )
     args = argparse.Namespace(
@@ -221,6 +229,7 @@ def test_pipeline_magic_runs_on_kfp(small, kfp_api, kube_env, nbscale_home, caps
     nbscale_home.mkdir(parents=True, exist_ok=True)
     (nbscale_home / "config.toml").write_text(
         f'[backends.kf]\ntype = "kubeflow"\nkfp_host = "{kfp_api.url}"\nnamespace = "{NS}"\n'
+        f'image = "{IMAGE}"\n'
     )
     shell = InteractiveShell.instance()
     try:
@@ -256,7 +265,7 @@ def multi_user():
 
 
 def _conf_with(url: str | None, **extra):
-    table = {"namespace": NS, "poll_seconds": 0, **extra}
+    table = {"namespace": NS, "poll_seconds": 0, "image": IMAGE, **extra}
     if url:
         table["kfp_host"] = url
     return settings(BackendConfig("kf", "kubeflow", table))
@@ -405,3 +414,12 @@ def test_a_key_secret_that_cannot_be_written_names_the_runs_namespace(
     assert "nbscale-keys" in text and "cannot be reached" in text
     assert "the pipeline's steps run in namespace kubeflow (KFP's own namespace" in text
     assert kfp_api.runs == {}
+
+
+def test_a_run_without_a_pushed_image_is_refused_before_anything_is_sent(small, kfp_api, kube_env):
+    table = {"kfp_host": kfp_api.url, "namespace": NS}
+    runner = KFPPipelines(settings(BackendConfig("kf", "kubeflow", table)))
+    with pytest.raises(SpecError, match=r"\[backends.kf\] image: is not set; a KFP step runs"):
+        runner.start(str(small), {})
+    assert kfp_api.requests == []
+    assert kube_env.writes() == []

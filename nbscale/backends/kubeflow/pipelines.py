@@ -184,9 +184,20 @@ class KFPPipelines:
 
     def start(self, path: str, parameters: dict[str, Any] | None = None) -> KFPRun:
         from .cluster import connect
+        from .images import runtime_image
         from .jobs import ensure_key_secret
         from .kfp_access import with_note
 
+        if not self.settings.image:
+            # the compiled default names nbscale's image by version: no registry has it
+            # until it is built and pushed; a pod that cannot pull it would only hang
+            raise SpecError(
+                f"[backends.{self.settings.name}] image",
+                "is not set; a KFP step runs in nbscale's image (nbscale, papermill, "
+                "ipykernel and kfp), which must be in a registry the cluster pulls from",
+                f"build docker/Dockerfile, push it (e.g. REGISTRY/{runtime_image()}) and set "
+                'image = "REGISTRY/..." in the table (docs/containers.md)',
+            )
         with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
             package = Path(tmp) / "pipeline.yaml"
             pipeline = self.compile(path, package)
