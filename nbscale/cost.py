@@ -611,20 +611,28 @@ def definition_estimate(
 ) -> dict[str, Any]:
     """The most a SageMaker Pipelines definition's steps can cost: each step's instances
     for its MaxRuntimeInSeconds at the processing (a Processing step) or training price
-    (a Training step). A step without a known price is listed as unpriced."""
+    (a Training step; a Tuning step: each of its MaxNumberOfTrainingJobs trials). A step
+    without a known price is listed as unpriced."""
     steps, unpriced, total = [], [], 0.0
     for step in definition.get("Steps", []):
         args = step.get("Arguments") or {}
+        runs = 1  # training jobs the step starts
         if step.get("Type") == "Processing":
             cluster = args.get("ProcessingResources", {}).get("ClusterConfig", {})
             component = "processing"
         elif step.get("Type") == "Training":
             cluster = args.get("ResourceConfig", {})
             component = "training"
+        elif step.get("Type") == "Tuning":  # at most MaxNumberOfTrainingJobs trials
+            limits = args.get("HyperParameterTuningJobConfig", {}).get("ResourceLimits", {})
+            runs = int(limits.get("MaxNumberOfTrainingJobs") or 1)
+            args = args.get("TrainingJobDefinition") or {}
+            cluster = args.get("ResourceConfig", {})
+            component = "training"
         else:
             continue
         instance, nodes = cluster.get("InstanceType"), int(cluster.get("InstanceCount") or 1)
-        seconds = float(args.get("StoppingCondition", {}).get("MaxRuntimeInSeconds") or 0)
+        seconds = runs * float(args.get("StoppingCondition", {}).get("MaxRuntimeInSeconds") or 0)
         try:
             price = node_price(backend_type, settings, instance, 0, component)
         except SpecError:

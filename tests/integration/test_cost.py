@@ -221,10 +221,27 @@ def test_refresh_prices_reads_the_price_list_api_and_the_cost_module_uses_it(
                     "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
                 },
             },
+            {  # a sweep step: at most 4 trials, each 1 x ml.g5.xlarge for 30 minutes
+                "Name": "sweep",
+                "Type": "Tuning",
+                "Arguments": {
+                    "HyperParameterTuningJobConfig": {
+                        "ResourceLimits": {
+                            "MaxNumberOfTrainingJobs": 4,
+                            "MaxParallelTrainingJobs": 2,
+                        }
+                    },
+                    "TrainingJobDefinition": {
+                        "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1},
+                        "StoppingCondition": {"MaxRuntimeInSeconds": 1800},
+                    },
+                },
+            },
         ]
     }
     most = cost.definition_estimate(definition, "sagemaker", ireland)
-    assert most["at_most"] == pytest.approx(0.258 + 3.156) and most["unpriced"] == []
+    assert most["at_most"] == pytest.approx(0.258 + 3.156 + 4 * 0.5 * 1.578)
+    assert most["unpriced"] == []
 
 
 def test_a_bad_or_empty_price_answer_keeps_the_old_file(price_api, nbscale_cli, nbscale_home):

@@ -193,7 +193,7 @@ class SageMakerPipelines:
             notes.append(
                 f"step {step['Name']}: its {trials} trials cost at most "
                 f"${job_cost(hours * trials, count, price):.2f} if each runs its max runtime "
-                f"({count} x {instance} at ${price:g}/hour; not in the estimate above)"
+                f"({count} x {instance} at ${price:g}/hour; part of the estimate above)"
             )
         return notes
 
