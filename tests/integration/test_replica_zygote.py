@@ -268,3 +268,26 @@ def test_with_the_zygote_turned_off_replicas_start_as_fresh_processes(cleanup, m
     assert [r["started_by"] for r in m["replica_list"]] == ["fresh"]
     x = np.ones((1, 64), np.float32)
     assert ep.predict(x).shape == (1, 10)
+
+
+def test_the_idle_ttl_stops_the_zygote_too_and_a_request_brings_both_back(cleanup):
+    model = mlp()
+    ep = deploy(model, name="napper", replicas=(1, 1), idle_ttl=2)
+    zygote = ep.metrics()["zygote_pid"]
+    assert zygote
+    # When the endpoint has been idle for its TTL, Then no replica and no zygote is left
+    wait_for(lambda: ep.refresh().status == "SCALED_TO_ZERO", 60, what="idle TTL")
+    wait_for(
+        lambda: (
+            not psutil.pid_exists(zygote) or psutil.Process(zygote).status() == psutil.STATUS_ZOMBIE
+        ),
+        10,
+        what="the zygote stopped",
+    )
+    assert ep.metrics()["zygote_pid"] is None
+    # When a request comes, Then it is answered by a replica forked from a new zygote
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    m = ep.metrics()
+    assert m["zygote_pid"] not in (None, zygote)
+    assert [r["started_by"] for r in m["replica_list"]] == ["zygote"]

@@ -207,6 +207,8 @@ class Router:
         self.zygote: Zygote | None = None
         self.zygote_started = 0.0
         self.use_zygote = os.environ.get(ZYGOTE_ENV, "1") != "0"
+        self.zygote_parked = False  # stopped with the replicas by the idle TTL, until a request
+        self.zygote_wake: asyncio.Future | None = None
         self.direct_allowed = os.environ.get(DIRECT_ENV, "1") != "0"
         self.listen_fd: int | None = None
         self.public = None  # the HttpServer on the endpoint's socket; None while a replica has it
@@ -228,11 +230,35 @@ class Router:
             log.warning("cannot start the zygote (%s); replicas start as fresh processes", exc)
             self.zygote = None
 
+    async def _wait_zygote(self) -> None:
+        """Until the zygote can fork (a replica forked then is ready well before a fresh one)."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + ZYGOTE_WAIT_S
+        z = self.zygote
+        while z is not None and not z.ready and z.alive() and time.monotonic() < deadline:
+            await loop.run_in_executor(None, select.select, [z.chan], [], [], 0.05)
+            z.pump()
+
+    def _park_zygote(self) -> None:
+        """The idle TTL frees the zygote's memory with the replicas'; a request restarts it."""
+        if self.zygote is not None:
+            self.zygote.close(timeout=1)
+            self.zygote = None
+            self.zygote_parked = self.use_zygote
+
+    async def _zygote_back(self) -> None:
+        if self.zygote_parked:
+            self.zygote_parked = False
+            self._start_zygote()
+            self.zygote_wake = asyncio.ensure_future(self._wait_zygote())
+        if self.zygote_wake is not None and not self.zygote_wake.done():
+            await asyncio.shield(self.zygote_wake)  # concurrent requests wait for the same one
+
     def _watch_zygote(self, now: float) -> None:
         """Restart a zygote that died, at most every ``ZYGOTE_RETRY_S``; replicas start afresh
         meanwhile."""
         z = self.zygote
-        if not self.use_zygote or (z is not None and z.alive()):
+        if not self.use_zygote or self.zygote_parked or (z is not None and z.alive()):
             if z is not None and not z.ready:
                 z.pump()
             return
@@ -469,6 +495,11 @@ class Router:
             r for r in self.replicas if not (r.draining or r.paused) and r.proc.poll() is None
         ]
         if not starting:
+            await self._zygote_back()
+            starting = [
+                r for r in self.replicas if not (r.draining or r.paused) and r.proc.poll() is None
+            ]
+        if not starting:
             starting = [self._spawn()]
             self._record("scaled")
         for r in starting:
@@ -605,11 +636,14 @@ class Router:
             if left:
                 for r in left:
                     self._stop_replica(r)
+                self._park_zygote()
                 add_endpoint_event(
                     self.store, self.name, "idle_scaled_to_zero", {"idle_s": round(idle_s, 1)}
                 )
                 self._record("scaled")
             return
+        if self.zygote_wake is not None and not self.zygote_wake.done():
+            return  # the zygote is starting again after the idle TTL: replicas are forked then
         if self.min == 0 and idle_s >= self.idle_timeout:
             want = 0
         else:
@@ -852,14 +886,10 @@ class Router:
         self._adopt()
         self._start_zygote()
         missing = self.min - len(self._active())
-        if (missing > 0 or (self.min == 0 and not self.replicas)) and self.zygote is not None:
+        if missing > 0 or (self.min == 0 and not self.replicas):
             # forking one costs far less than a fresh interpreter; waiting here is not idle
             # time: the zygote's start is most of what a fresh replica would spend anyway
-            loop = asyncio.get_running_loop()
-            deadline = time.monotonic() + ZYGOTE_WAIT_S
-            while not self.zygote.ready and self.zygote.alive() and time.monotonic() < deadline:
-                await loop.run_in_executor(None, select.select, [self.zygote.chan], [], [], 0.05)
-                self.zygote.pump()
+            await self._wait_zygote()
         for _ in range(max(0, missing)):
             self._spawn()
         if self.min == 0 and not self.replicas:
