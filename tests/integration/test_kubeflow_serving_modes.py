@@ -79,3 +79,19 @@ def test_an_unknown_mode_is_refused_with_the_known_ones(cluster, nbscale_home):
     _mode(nbscale_home, "ModelMesh")
     with pytest.raises(SpecError, match="deployment_mode"):
         _dry()
+
+
+def test_scaling_to_zero_in_standard_mode_is_refused_before_anything_is_sent(
+    cluster, kube, nbscale_home
+):
+    from nbscale.backends import get_endpoint_backend
+    from nbscale.store import get_store
+    from nbscale.store.endpoints import READY, EndpointRecord
+
+    _mode(nbscale_home, "Standard")
+    backend = get_endpoint_backend("kf", store=get_store())
+    record = EndpointRecord("digits", "kf", "kubeflow", READY, "", 0, "", 1, 2)
+    before = len(kube.writes())
+    with pytest.raises(SpecError, match="replicas: scale to zero needs KServe's Knative mode"):
+        backend.scale(record, 0, 2)
+    assert len(kube.writes()) == before
