@@ -213,7 +213,7 @@ def test_sagemaker_refuses_an_unknown_key_listing_the_known_ones():
     message = refused(sagemaker_settings, "aws", "sagemaker", {**SAGEMAKER, "rol_arn": ROLE})
     assert message.startswith(
         "[backends.aws] rol_arn: is not a setting of the sagemaker backend; known settings: "
-        "code_limit_mb, data_capture_percent, endpoint_url, image, instance_type, "
+        "code_limit_mb, data_capture_percent, endpoint_instance_type, endpoint_url, image, "
     )
     assert "role_arn" in message.split("known settings: ")[1].split(", ")
 
