@@ -198,11 +198,15 @@ def test_endpoint_replicas_come_from_the_zygote_and_no_request_is_lost_while_one
     results: list[object] = []
 
     def client():
+        from nbscale.endpoints import endpoint
+
+        c = endpoint("forked")  # a client of its own: one HTTP connection is not for two threads
         while not stop.is_set():
             try:
-                results.append(ep.predict(x))
+                results.append(c.predict(x))
             except Exception as exc:  # noqa: BLE001 - recorded: the test fails on any
                 results.append(exc)
+        c.close()
 
     t = threading.Thread(target=client)
     t.start()
