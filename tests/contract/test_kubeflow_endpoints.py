@@ -334,12 +334,17 @@ def test_deploy_predict_canary_promote_and_undeploy(kserve, cluster, kube, tmp_p
     # the Secrets only named; the storage initializer's ServiceAccount in full
     assert [d["kind"] for d in docs] == ["ServiceAccount", "InferenceService"]
     assert [n.split(" in namespace")[0].split(" would")[0] for n in dry.notes] == [
-        "Secret nbscale-keys",
+        "Secret nbscale-keys-emu",  # the user's own (the context's user: emu)
         "Secret nbscale-token-digits",
         "ServiceAccount nbscale-serving",
     ]
     account, isvc_doc = docs
     validate(isvc_doc)
+    # the predictor mounts only its user's keys
+    mounted = [
+        v["secret"]["secretName"] for v in isvc_doc["spec"]["predictor"]["volumes"] if "secret" in v
+    ]
+    assert mounted == ["nbscale-keys-emu"]
     assert isvc_doc["spec"]["predictor"]["serviceAccountName"] == "nbscale-serving"
     assert isvc_doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
     assert account["secrets"] == [{"name": "minio-creds"}]

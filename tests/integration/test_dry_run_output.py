@@ -125,7 +125,10 @@ def test_kubeflow_dry_runs_apply_to_the_api_server_as_printed(kube, nbscale_cli,
     applied = []
     for proc in (run, deploy):
         _no_secret_data(proc.stdout, proc.stderr)
-        assert "Secret nbscale-keys in namespace team-a would be created or updated" in proc.stderr
+        # the user's own key Secret (the context's user: emu), for the job and the endpoint
+        assert (
+            "Secret nbscale-keys-emu in namespace team-a would be created or updated" in proc.stderr
+        )
         for doc in yaml.safe_load_all(proc.stdout):  # the whole stdout is one YAML stream
             assert doc["kind"] != "Secret"
             validate(doc)  # the published CRDs, strictly

@@ -48,6 +48,7 @@ def kube_env(tmp_path, monkeypatch):
 
 
 IMAGE = "registry.example.com/ml/nbscale-runtime:0.1.0"  # built from docker/Dockerfile
+KEYS = "nbscale-keys-emu"  # the user's own key Secret (the emulator's context user: emu)
 
 
 def _conf(url: str):
@@ -76,7 +77,7 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
     body = post[2]
     # the request body is the compiled IR: the same document a compile writes ...
     compiled = tmp_path / "small.yaml"
-    compile_pipeline(str(small), "kfp", str(compiled), image=IMAGE)
+    compile_pipeline(str(small), "kfp", str(compiled), image=IMAGE, key_secret=KEYS)
     ir, platform = yaml.safe_load_all(compiled.read_text())
     assert body["pipeline_spec"] == {"pipeline_spec": ir, "platform_spec": platform}
     assert body["runtime_config"]["parameters"] == {"n": 5}
@@ -90,7 +91,7 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
     assert {"make", "double", "square", "total"} <= {
         t["taskInfo"]["name"] for t in ir["root"]["dag"]["tasks"].values()
     }
-    # every task mounts the key Secret (by its real name), which nbscale wrote into the
+    # every task mounts the user's key Secret (by its real name), which nbscale wrote into the
     # namespace the runs are in: a standalone KFP's own ("kubeflow")
     executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"][
         "executors"
@@ -98,11 +99,11 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
     assert len(executors) == 4
     for executor in executors.values():
         (mount,) = executor["secretAsVolume"]
-        assert mount["secretNameParameter"] == {"runtimeValue": {"constant": "nbscale-keys"}}
+        assert mount["secretNameParameter"] == {"runtimeValue": {"constant": KEYS}}
         assert mount["mountPath"] == "/var/run/secrets/nbscale"
     text = json.dumps(body)
     assert keys.load("pipeline").hex() not in text
-    secret = KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", "kubeflow")
+    secret = KubeApi(kube_env.url).core.read_namespaced_secret(KEYS, "kubeflow")
     doc = json.loads(base64.b64decode(secret.data["keys.json"]))
     assert doc["pipeline"] == keys.load("pipeline").hex()
 
@@ -304,7 +305,7 @@ def test_the_notebook_pods_pipelines_token_is_used_and_runs_go_to_the_profile_na
     (exp,) = multi_user.experiments.values()
     assert exp["namespace"] == NS and exp["display_name"] == "nbscale"
     # the key Secret is where the step pods run: the profile namespace
-    secret = KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", NS)
+    secret = KubeApi(kube_env.url).core.read_namespaced_secret(KEYS, NS)
     assert json.loads(base64.b64decode(secret.data["keys.json"]))["pipeline"]
     # the kubelet refreshes the token: the SDK reads the file again on the next call
     fresh = service_account_token("team-a:default-editor-2")
@@ -377,15 +378,15 @@ def test_a_namespace_the_user_may_not_use_is_named(small, multi_user, kube_env, 
     assert "in namespace team-b" in str(err.value) and "(403" in str(err.value)
     assert "opaque-token" not in str(err.value)
     # the Secret went where the runs would have been
-    KubeApi(kube_env.url).core.read_namespaced_secret("nbscale-keys", "team-b")
+    KubeApi(kube_env.url).core.read_namespaced_secret(KEYS, "team-b")
 
 
 def test_standalone_kfp_runs_in_its_own_namespace_or_kfp_namespace(small, kfp_api, kube_env):
     api = KubeApi(kube_env.url)
     KFPPipelines(_conf_with(kfp_api.url)).start(str(small), {})
-    api.core.read_namespaced_secret("nbscale-keys", "kubeflow")
+    api.core.read_namespaced_secret(KEYS, "kubeflow")
     KFPPipelines(_conf_with(kfp_api.url, kfp_namespace="pipelines")).start(str(small), {})
-    api.core.read_namespaced_secret("nbscale-keys", "pipelines")
+    api.core.read_namespaced_secret(KEYS, "pipelines")
     # a standalone KFP takes no namespace with its experiments
     assert all("namespace" not in e or not e["namespace"] for e in kfp_api.experiments.values())
 

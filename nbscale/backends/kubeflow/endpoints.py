@@ -64,7 +64,7 @@ from ..base import DryRun
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
 from . import manifests as mf
 from .cluster import Cluster, api_error, connect, is_status
-from .jobs import BAD_WAITING, ensure_key_secret
+from .jobs import BAD_WAITING, ensure_key_secret, user_key_secret_name
 from .settings import KubeflowSettings, settings
 
 PLURAL = "inferenceservices"
@@ -315,7 +315,13 @@ class KServeEndpoints(EndpointBackend):
                 raise
             namespace = self.settings.namespace or "default"
         body = mf.inference_service(
-            request.name, uri, self.settings, serving_options(request), namespace, request.config
+            request.name,
+            uri,
+            self.settings,
+            serving_options(request),
+            namespace,
+            request.config,
+            key_secret=user_key_secret_name(self.settings, self.cluster, connected=upload),
         )
         body["metadata"]["annotations"][MODE_ANNOTATION] = self.settings.deployment_mode
         account = self.storage_account(namespace)
@@ -393,7 +399,10 @@ class KServeEndpoints(EndpointBackend):
         body = self.manifest(request, upload=False)
         ns = body["metadata"]["namespace"]
         notes = [
-            mf.secret_note(mf.key_secret(self.settings.key_secret, "{}", ns), "the signing keys"),
+            mf.secret_note(
+                mf.key_secret(user_key_secret_name(self.settings, self.cluster, False), "{}", ns),
+                "the signing keys",
+            ),
             mf.secret_note(mf.token_secret(request.name, "", ns), "the endpoint's bearer token"),
         ]
         account = self.storage_account(ns)
@@ -444,7 +453,7 @@ class KServeEndpoints(EndpointBackend):
         )
         insert_endpoint(self.store, rec)
         try:
-            ensure_key_secret(cluster, self.settings)
+            ensure_key_secret(cluster, self.settings, user=cluster.user)  # the user's own
             account = self.storage_account(cluster.namespace)
             if account is not None:
                 self.ensure_storage_account(account)

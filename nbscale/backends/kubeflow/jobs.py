@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -243,15 +243,7 @@ class KubeflowBackend(RemoteJobBackend):
 
     def key_secret_name(self, connected: bool = True) -> str:
         """The name of the Secret holding this user's keys (``mf.key_secret_name``)."""
-        from .cluster import key_user
-
-        try:
-            user = self.cluster().user
-        except NbscaleError:
-            if connected:
-                raise
-            user = key_user(None)  # --dry-run without a kube config
-        return mf.key_secret_name(self.settings.key_secret, user)
+        return user_key_secret_name(self.settings, self.cluster, connected)
 
     def _dry_namespace(self) -> str:
         try:
@@ -738,6 +730,23 @@ class KubeflowBackend(RemoteJobBackend):
             event="cancelled",
         )
         return get_job(self.store, record.id)
+
+
+def user_key_secret_name(
+    settings: KubeflowSettings, cluster: Callable[[], Cluster], connected: bool = True
+) -> str:
+    """The Secret holding this user's keys (``mf.key_secret_name``: jobs, endpoints and
+    pipeline steps mount their own user's); ``connected`` False: a dry run without a kube
+    config names the user as ``key_user`` finds it."""
+    from .cluster import key_user
+
+    try:
+        user = cluster().user
+    except NbscaleError:
+        if connected:
+            raise
+        user = key_user(None)
+    return mf.key_secret_name(settings.key_secret, user)
 
 
 def ensure_key_secret(

@@ -137,12 +137,19 @@ class KFPPipelines:
             )
         return NbscaleError(f"{what} on {self.access.host}: {exc}")
 
-    def compile(self, path: str, output: Path) -> Any:
+    def key_secret(self, connected: bool = False) -> str:
+        """The user's own key Secret, the one the steps mount (``user_key_secret_name``)."""
+        from .cluster import connect
+        from .jobs import user_key_secret_name
+
+        return user_key_secret_name(self.settings, lambda: connect(self.settings), connected)
+
+    def compile(self, path: str, output: Path, key_secret: str | None = None) -> Any:
         from ...pipelines.loader import load
         from . import pipeline_compile as kfp_target
 
         pipeline = load(path)
-        options: dict[str, Any] = {"key_secret": self.settings.key_secret}
+        options: dict[str, Any] = {"key_secret": key_secret or self.key_secret()}
         if self.settings.image:
             options["image"] = self.settings.image  # a prebuilt image with nbscale and papermill
         kfp_target.compile_pipeline(pipeline, output, **options)
@@ -152,9 +159,10 @@ class KFPPipelines:
         """The pipeline package ``start`` would upload (KFP IR YAML), nothing sent."""
         import yaml
 
+        key_secret = self.key_secret()
         with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
             package = Path(tmp) / "pipeline.yaml"
-            pipeline = self.compile(path, package)
+            pipeline = self.compile(path, package, key_secret)
             self._check_parameters(pipeline, parameters)
             documents = [d for d in yaml.safe_load_all(package.read_text()) if d]
         s = self.settings
@@ -167,7 +175,7 @@ class KFPPipelines:
         notes = [
             f"a run of this package would be created on {s.kfp_host or 'the in-cluster KFP'} "
             f"in experiment {s.kfp_experiment!r}, {where}; arguments: {arguments}",
-            f"Secret {s.key_secret} would be created or updated in that namespace for the tasks "
+            f"Secret {key_secret} would be created or updated in that namespace for the tasks "
             "to mount (the signing keys; its data is never shown)",
         ]
         return DryRun(documents, "yaml", notes)
@@ -198,15 +206,20 @@ class KFPPipelines:
                 f"build docker/Dockerfile, push it (e.g. REGISTRY/{runtime_image()}) and set "
                 'image = "REGISTRY/..." in the table (docs/containers.md)',
             )
+        cluster = connect(self.settings)
+        key_secret = self.key_secret(connected=True)  # the user's own: the steps mount it
         with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
             package = Path(tmp) / "pipeline.yaml"
-            pipeline = self.compile(path, package)
+            pipeline = self.compile(path, package, key_secret)
             self._check_parameters(pipeline, parameters)
-            cluster = connect(self.settings)
             namespace, why = self.namespace(cluster.namespace)
             # the tasks mount the key Secret: it must be where their pods run
             try:
-                ensure_key_secret(dataclasses.replace(cluster, namespace=namespace), self.settings)
+                ensure_key_secret(
+                    dataclasses.replace(cluster, namespace=namespace),
+                    self.settings,
+                    user=cluster.user,
+                )
             except NbscaleError as exc:
                 raise with_note(
                     exc, f"the pipeline's steps run in namespace {namespace} ({why})"
