@@ -277,8 +277,9 @@ def test_a_pipeline_step_installs_its_wheelhouse_in_a_stock_image(tmp_path):
         (root / "input").mkdir(parents=True)
         for item in step["Arguments"]["ProcessingInputs"]:
             uri, target = item["S3Input"]["S3Uri"], Path(local(item["S3Input"]["LocalPath"]))
-            if isinstance(uri, str):  # s3://b/flow/code/<folder>, as uploaded from flow.code/
-                target.symlink_to(code_root / uri.rsplit("/", 1)[1])
+            if isinstance(uri, str):  # s3://b/flow/code/<folder>/<sha256>, from flow.code/
+                folder = uri.rsplit("/", 2)[1]  # the step's folder, or .runtime (the wheels)
+                target.symlink_to(code_root / folder)
             else:
                 target.symlink_to(produced[uri["Get"].split(".")[1]])
         python = stock_image_venv(tmp_path / f"image-{name}")  # a fresh container each step
