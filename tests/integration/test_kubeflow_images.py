@@ -11,7 +11,7 @@ import pytest
 
 from nbscale.backends import images
 from nbscale.errors import SpecError
-from nbscale.jobs import submit
+from nbscale.jobs import dry_run_plan, submit
 from nbscale.specs import Entry, JobSpec
 from nbscale.store import get_store
 from nbscale.store.jobs import get_job
@@ -116,3 +116,32 @@ def test_the_serving_runtime_takes_the_image_as_a_kustomize_parameter(tmp_path):
     (container,) = render(copy)["spec"]["containers"]
     assert container["image"] == "registry.example.com/ml/nbscale-runtime:0.1.0-rc1"
     assert container["command"] == ["python", "-m", "nbscale.serving"]
+
+
+@pytest.mark.parametrize(
+    ("release", "image"),
+    [
+        # v2.2's runtime pins CUDA 12.8: a CUDA 13 build would need a driver >= 580
+        ("v2.2.1", "pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime"),
+        ("v2.3.0", "pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime"),
+    ],
+)
+def test_the_stock_gpu_image_never_has_a_newer_cuda_than_the_clusters_runtime(
+    cluster, nbscale_home, monkeypatch, release, image
+):
+    """The Trainer runtime read from the cluster sets the newest CUDA the default image
+    may have; the kernel's torch 2.9 has builds for CUDA 12.8 and 13.0."""
+    from tests.support.kube_emulator import KubeEmulator
+
+    emu = KubeEmulator(trainer_release=release)
+    try:
+        config = nbscale_home / "config.toml"
+        text = "\n".join(x for x in config.read_text().splitlines() if not x.startswith("image = "))
+        config.write_text(text + "\n")
+        monkeypatch.setenv("KUBECONFIG", str(emu.kubeconfig(nbscale_home / "kubeconfig", NS)))
+        monkeypatch.setattr(images, "kernel_versions", lambda: images.Versions("2.9", "3.11"))
+        plan = dry_run_plan(JobSpec(entry=Entry("module", "train"), backend="kf", gpus_per_proc=1))
+        (trainjob,) = [d for d in plan.documents if d["kind"] == "TrainJob"]
+        assert trainjob["spec"]["trainer"]["image"] == image
+    finally:
+        emu.stop()

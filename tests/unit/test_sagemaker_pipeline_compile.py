@@ -283,3 +283,26 @@ def test_a_training_node_runs_the_step_with_its_rank(tmp_path, monkeypatch, rank
     assert seen["env"] == {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "algo-1"}
     outputs = seen["args"][seen["args"].index("--outputs") + 1]
     assert (outputs == "/opt/ml/model/outputs") == (rank == 0)  # only rank 0's are uploaded
+
+
+def test_a_step_on_several_nodes_is_refused_where_a_step_runs_on_one_machine(
+    tmp_path, nbscale_home
+):
+    """Only SageMaker Pipelines runs a step on several instances (a Training step); this
+    machine's runner and the KFP target say so before anything is recorded or written."""
+    from nbscale.errors import SpecError
+    from nbscale.pipeline_runs import compile_pipeline, start_run
+    from nbscale.store import get_store
+
+    path = flow(tmp_path, nodes=2)
+    with pytest.raises(SpecError) as local:
+        start_run(str(path), backend="local", detach=False)
+    assert str(local.value).startswith(
+        "step fit resources.nodes: asks for 2 nodes, and this machine's runner runs a step "
+        "on one machine"
+    )
+    assert get_store().query("SELECT id FROM pipeline_runs") == []
+    out = tmp_path / "out" / "flow.kfp.yaml"
+    with pytest.raises(SpecError, match="asks for 2 nodes, and the kfp target runs"):
+        compile_pipeline(str(path), "kfp", str(out))
+    assert not out.exists()

@@ -81,6 +81,7 @@ class KubeflowBackend(RemoteJobBackend):
     def __init__(self, config, store):
         super().__init__(config, store)
         self.settings: KubeflowSettings = settings(config)
+        self._runtime_cuda: str | None = None  # read once: "" when the runtime pins none
         self._cluster: Cluster | None = None
         self._lock = threading.Lock()
         self._looked: dict[str, float] = {}
@@ -228,6 +229,7 @@ class KubeflowBackend(RemoteJobBackend):
                     local.unlink(missing_ok=True)
         staged = mf.Staged(
             key_secret=self.key_secret_name(upload),
+            cuda_max=self.runtime_cuda(),
             job_id=record.id,
             spec_b64=encode_spec(self.container_spec(spec, travel)),
             outputs_uri=store.base.child("jobs", record.id, "outputs").uri,
@@ -240,6 +242,35 @@ class KubeflowBackend(RemoteJobBackend):
         )
         body = mf.trainjob(record.id, spec, self.settings, staged, namespace)
         return staged, configmap_data, body
+
+    def runtime_cuda(self) -> str | None:
+        """The CUDA of the image the cluster's Trainer runtime (``runtime``) pins: a stock
+        image newer than it may need a driver the nodes lack (CUDA 13: >= 580). None
+        where the runtime cannot be read (a dry run without a cluster, no permission)."""
+        from .images import cuda_cap
+
+        if self._runtime_cuda is not None:
+            return self._runtime_cuda or None
+        s = self.settings
+        try:
+            cluster = self.cluster()
+            api = cluster.custom()
+            if s.runtime_kind == "ClusterTrainingRuntime":
+                obj = api.get_cluster_custom_object(
+                    mf.TRAINER_GROUP, mf.TRAINER_VERSION, "clustertrainingruntimes", s.runtime
+                )
+            else:
+                obj = api.get_namespaced_custom_object(
+                    mf.TRAINER_GROUP,
+                    mf.TRAINER_VERSION,
+                    cluster.namespace,
+                    "trainingruntimes",
+                    s.runtime,
+                )
+        except Exception:  # noqa: BLE001 - unreadable: no cap (the webhook names a missing one)
+            return None
+        self._runtime_cuda = cuda_cap(runtime=obj) or ""
+        return self._runtime_cuda or None
 
     def key_secret_name(self, connected: bool = True) -> str:
         """The name of the Secret holding this user's keys (``mf.key_secret_name``)."""

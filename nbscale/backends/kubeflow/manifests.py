@@ -121,6 +121,7 @@ class Staged:
     wheelhouse_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     key_secret: str | None = None  # the user's key Secret (default: the settings' key_secret)
+    cuda_max: str | None = None  # the newest CUDA the cluster's Trainer runtime is set up for
 
     def args(self) -> list[str]:
         args = ["--job-id", self.job_id, "--spec", self.spec_b64, "--outputs", self.outputs_uri]
@@ -180,13 +181,14 @@ def resolve(spec: dict[str, Any], settings: KubeflowSettings) -> dict[str, Any]:
     return node_shape(spec, spec["instance_type"], gpus, "node type")
 
 
-def image_of(spec: dict[str, Any], settings: KubeflowSettings) -> str:
+def image_of(spec: dict[str, Any], settings: KubeflowSettings, cuda_max: str | None = None) -> str:
     """The job's image, the backend's, else the stock image of the kernel's torch and
-    Python (refused, naming the nearest, when the table has none)."""
+    Python with no newer CUDA than ``cuda_max`` (the cluster's Trainer runtime's,
+    ``images.cuda_cap``), refused, naming the nearest, when the table has none."""
     own = spec.get("image") or settings.image
     if own:
         return own
-    return stock_image(bool(spec.get("gpus_per_proc")), settings.name)
+    return stock_image(bool(spec.get("gpus_per_proc")), settings.name, cuda_max=cuda_max)
 
 
 def procs_of(resources: dict[str, Any], spec: dict[str, Any]) -> int:
@@ -279,7 +281,7 @@ def trainjob(
         pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
     resources = node_resources(spec, settings)
     trainer: dict[str, Any] = {
-        "image": image_of(spec, settings),
+        "image": image_of(spec, settings, staged.cuda_max),
         "command": list(COMMAND),
         "args": staged.args(),
         "env": _env(spec, settings, staged),

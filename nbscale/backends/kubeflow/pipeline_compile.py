@@ -22,6 +22,7 @@ from typing import Any
 
 from ...optional import require
 from ...pipelines.fingerprint import module_sources
+from ...pipelines.manifest import refuse_nodes
 from ...pipelines.model import Pipeline, Step
 from ...pipelines.step_sweep import refuse_compile
 from ...pipelines.stepbook import container_template as notebook_template
@@ -210,5 +211,11 @@ def compile_pipeline(
     key_mount: str = KEY_MOUNT,
 ) -> None:
     refuse_compile(pipeline, "kfp", "Kubeflow", "Katib Experiment")  # before kfp is needed
+    refuse_nodes(
+        pipeline,
+        "the kfp target",
+        "drop resources.nodes (a KFP task is one pod), or compile for SageMaker Pipelines, "
+        "where such a step is a Training step on that many instances",
+    )
     compiler = require("kfp.compiler", "kubeflow")
     compiler.Compiler().compile(build(pipeline, image, key_secret, key_mount), str(output))

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...errors import Conflict, SpecError
 from ...pipelines.loader import load
+from ...pipelines.manifest import refuse_nodes
 from ...pipelines.parameters import resolve
 from ...pipelines.runner import (
     execute_run,
@@ -49,6 +50,12 @@ class LocalPipelineBackend(PipelineBackend):
         options: dict[str, Any],
     ) -> str:
         pipeline = load(path)  # every check happens here, before anything is recorded
+        refuse_nodes(
+            pipeline,
+            "this machine's runner",
+            "drop resources.nodes, or run the pipeline on a SageMaker backend (a Training step "
+            "on that many instances)",
+        )
         values = resolve(pipeline.parameters, parameters)
         chosen = selected_steps(pipeline, options.get("only"), options.get("from_step"))
         swept = [n for n in chosen if pipeline.steps[n].sweep is not None]
