@@ -62,12 +62,28 @@ def _ipc_unavailable() -> str | None:
     return None
 
 
-def _speaks_ipc(kernel_name: str) -> str | None:
-    """None when the kernel is ipykernel (which binds ``ipc://`` addresses), else why not."""
+def _spec_manager(kernel_name: str) -> Any:
+    """A kernelspec manager that finds ``kernel_name``. It looks in Jupyter's own kernel
+    folders first: jupyter_client's default list adds IPython's, and computing it imports
+    IPython (about half a second before every first kernel start). Only a kernel that is
+    not there gets the default manager."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from jupyter_core.paths import jupyter_path
+
+    quick = KernelSpecManager(kernel_dirs=jupyter_path("kernels"))
+    try:
+        quick.get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        return KernelSpecManager()
+    return quick
+
+
+def _speaks_ipc(kernel_name: str, specs: Any = None) -> str | None:
+    """None when the kernel is ipykernel (which binds ``ipc://`` addresses), else why not."""
+    from jupyter_client.kernelspec import NoSuchKernel
 
     try:
-        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+        spec = (specs or _spec_manager(kernel_name)).get_kernel_spec(kernel_name)
     except NoSuchKernel:
         return None  # starting it fails with jupyter_client's own message, whatever the transport
     # "python -m ipykernel_launcher -f {connection_file}", as ipykernel installs itself
@@ -117,7 +133,8 @@ def kernel_sockets(kernel_name: str = "python3") -> KernelSockets:
     """A kernel manager for ``kernel_name`` whose kernel is reachable only by this user."""
     from jupyter_client.manager import AsyncKernelManager
 
-    reason = _ipc_unavailable() or _speaks_ipc(kernel_name)
+    specs = _spec_manager(kernel_name)
+    reason = _ipc_unavailable() or _speaks_ipc(kernel_name, specs)
     if reason is None:
         folder, reason = _private_folder(AF_UNIX_PATH_MAX)
         if folder is not None:
@@ -126,11 +143,14 @@ def kernel_sockets(kernel_name: str = "python3") -> KernelSockets:
                 transport="ipc",
                 ip=os.path.join(folder, "kernel"),  # sockets kernel-1 ... kernel-5
                 connection_file=os.path.join(folder, "kernel.json"),
+                kernel_spec_manager=specs,
             )
             return KernelSockets(km, "ipc", folder)
     # TCP, on the loopback interface only; the connection file still in a private folder
     folder, _ = _private_folder(None)
-    km = AsyncKernelManager(kernel_name=kernel_name, transport="tcp", ip=LOOPBACK)
+    km = AsyncKernelManager(
+        kernel_name=kernel_name, transport="tcp", ip=LOOPBACK, kernel_spec_manager=specs
+    )
     if folder is not None:
         km.connection_file = os.path.join(folder, "kernel.json")
     encrypted = _encrypt(km)
