@@ -255,6 +255,9 @@ def execute_notebook(
     down its own (a shutdown request, then a kill if it is still up after the grace time), and
     the folder goes once it has. ``note``: see ``kernel_manager``.
     """
+    from . import lazy_grammar
+
+    lazy_grammar.defer()  # papermill's import compiles no IRI grammar (see lazy_grammar)
     import papermill
     from jupyter_core.utils import run_sync
 

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from . import lazy_grammar
+from .. import lazy_grammar
 
 STARTUP_TIMEOUT = 120
 WARMUP = (
