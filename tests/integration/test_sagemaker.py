@@ -291,7 +291,9 @@ def test_the_emulator_describes_the_metric_definitions_it_was_sent(aws, tmp_path
     final metric values only once CloudWatch has them (moto makes up both)."""
     job = submit(cell_spec(tmp_path), config=config())
     name = job.record.native_id
-    (sent,) = [r for op, r in aws.calls if op == "CreateTrainingJob"]
+    (sent,) = [
+        r for op, r in aws.calls if op == "CreateTrainingJob" and r["TrainingJobName"] == name
+    ]
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
     assert described["AlgorithmSpecification"].get("MetricDefinitions", []) == (
         sent["AlgorithmSpecification"].get("MetricDefinitions", [])
