@@ -133,6 +133,7 @@ class SweepModel(_Strict):
             pruner=self.pruner,
             max_failed=self.max_failed,
             seed=self.seed,
+            given=frozenset(self.model_fields_set),
         )
 
 

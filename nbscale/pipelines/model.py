@@ -57,6 +57,9 @@ class StepSweep:
     pruner: str = "median"
     max_failed: int = 3
     seed: int | None = None
+    #: the keys the block wrote (the rest are defaults): a target that cannot honour a key
+    #: refuses it only where it was asked for
+    given: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """Everything that decides what the sweep finds: part of the step's cache key."""

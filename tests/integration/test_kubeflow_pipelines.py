@@ -100,6 +100,8 @@ def test_a_run_carries_the_compiled_ir_and_is_followed_per_step_then_cancelled(
     for executor in executors.values():
         (mount,) = executor["secretAsVolume"]
         assert mount["secretNameParameter"] == {"runtimeValue": {"constant": KEYS}}
+        # no Istio sidecar in a step pod: the proxy would keep the pod from ending
+        assert executor["podMetadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
         assert mount["mountPath"] == "/var/run/secrets/nbscale"
     text = json.dumps(body)
     assert keys.load("pipeline").hex() not in text

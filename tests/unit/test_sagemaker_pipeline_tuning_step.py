@@ -253,6 +253,11 @@ def test_the_metric_definition_reads_the_line_the_trial_prints(tmp_path):
             "steps[1].sweep.lr",
             "values are more than the 30 SageMaker allows one categorical range",
         ),
+        (  # asked for, it would be accepted and not kept (the default is only noted)
+            {"max_failed": 1},
+            "steps[1].sweep.max_failed",
+            "SageMaker has no failure limit for a tuning job's trials",
+        ),
     ],
 )
 def test_a_sweep_sagemaker_cannot_run_is_refused_in_one_message(tmp_path, sweep, field, words):

@@ -385,15 +385,20 @@ class KubeflowBackend(RemoteJobBackend):
             raise err from None
 
     def pods(self, record: JobRecord) -> list[Any]:
+        return self.labelled_pods(record, mf.JOB_LABEL, record.id)
+
+    def labelled_pods(self, record: JobRecord, label: str, value: str) -> list[Any]:
+        """The pods of ``record``'s namespace whose ``label`` is ``value``, by node rank
+        (checked here too: not every API server applies a label selector)."""
         cluster = self.cluster()
         found = self._call(
             f"listing the pods of {record.native_id}",
             cluster.core().list_namespaced_pod,
             record.info.get("namespace") or cluster.namespace,
-            label_selector=f"{mf.JOB_LABEL}={record.id}",
+            label_selector=f"{label}={value}",
         )
         return sorted(
-            (p for p in found.items if (p.metadata.labels or {}).get(mf.JOB_LABEL) == record.id),
+            (p for p in found.items if (p.metadata.labels or {}).get(label) == value),
             key=lambda p: (node_rank(p), p.metadata.name),
         )
 

@@ -336,12 +336,18 @@ def trainjob(
     return body
 
 
-def pod_metadata(job_id: str, settings: KubeflowSettings) -> dict[str, Any]:
-    """The node pods' labels and annotations: the backend's ``annotations`` and Istio's
-    injection switched off unless ``istio_sidecar``."""
+def pod_annotations(settings: KubeflowSettings) -> dict[str, str]:
+    """What nbscale's pods (job nodes, pipeline steps) are annotated with: the backend's
+    ``annotations`` and Istio's injection switched off unless ``istio_sidecar``."""
     annotations = dict(settings.annotations)
     if not settings.istio_sidecar:
         annotations[ISTIO_INJECT] = "false"
+    return annotations
+
+
+def pod_metadata(job_id: str, settings: KubeflowSettings) -> dict[str, Any]:
+    """The node pods' labels and annotations (``pod_annotations``)."""
+    annotations = pod_annotations(settings)
     meta: dict[str, Any] = {"labels": {**MANAGED, JOB_LABEL: job_id}}
     if annotations:
         meta["annotations"] = annotations

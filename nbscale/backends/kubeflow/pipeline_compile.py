@@ -27,6 +27,7 @@ from ...pipelines.model import Pipeline, Step
 from ...pipelines.step_sweep import refuse_compile
 from ...pipelines.stepbook import container_template as notebook_template
 from .images import runtime_image
+from .manifests import ISTIO_INJECT
 
 # nbscale's image (docker/Dockerfile: nbscale, papermill, ipykernel and kfp, whose executor
 # runs the step: components are compiled with install_kfp_package=False), by this version
@@ -129,20 +130,28 @@ def _load_components(pipeline: Pipeline, image: str) -> dict[str, Any]:
     return {n: getattr(module, f"step_{_ident(n)}") for n in pipeline.order()}
 
 
+#: a step pod's annotations by default: no Istio sidecar (without Kubernetes' native
+#: sidecars an injected proxy keeps running after the step, so the pod never ends)
+STEP_ANNOTATIONS = {ISTIO_INJECT: "false"}
+
+
 def build(
     pipeline: Pipeline,
     image: str = DEFAULT_IMAGE,
     key_secret: str | None = KEY_SECRET,
     key_mount: str = KEY_MOUNT,
+    annotations: dict[str, str] | None = None,
 ):
     """The ``@dsl.pipeline`` function for ``pipeline``.
 
     Every task mounts the Secret ``key_secret`` read-only at ``key_mount`` and finds the
     pipeline key through ``NBSCALE_KEY_FILE``; ``key_secret=None`` compiles without it
-    (then no step can verify another's outputs); so does ``""``."""
+    (then no step can verify another's outputs); so does ``""``. Every task's pod gets
+    ``annotations`` (default ``STEP_ANNOTATIONS``)."""
     refuse_compile(pipeline, "kfp", "Kubeflow", "Katib Experiment")
     dsl = require("kfp.dsl", "kubeflow")
-    kubernetes = require("kfp.kubernetes", "kubeflow") if key_secret else None
+    pod_annotations = STEP_ANNOTATIONS if annotations is None else annotations
+    kubernetes = require("kfp.kubernetes", "kubeflow") if key_secret or pod_annotations else None
     components = _load_components(pipeline, image)
 
     names = list(pipeline.parameters)
@@ -179,9 +188,11 @@ def build(
                 task.set_retry(num_retries=step.retries)
             if step.timeout and kubernetes is not None:
                 kubernetes.set_timeout(task, int(step.timeout))  # the pod's deadline too
-            if kubernetes is not None:
+            if key_secret:
                 kubernetes.use_secret_as_volume(task, secret_name=key_secret, mount_path=key_mount)
                 task.set_env_variable("NBSCALE_KEY_FILE", f"{key_mount.rstrip('/')}/keys.json")
+            for key, value in sorted(pod_annotations.items()):
+                kubernetes.add_pod_annotation(task, key, value)
             tasks[name] = task
 
     # the SDK reads the pipeline's inputs from the signature: give it a typed one
@@ -209,6 +220,7 @@ def compile_pipeline(
     image: str = DEFAULT_IMAGE,
     key_secret: str | None = KEY_SECRET,
     key_mount: str = KEY_MOUNT,
+    annotations: dict[str, str] | None = None,
 ) -> None:
     refuse_compile(pipeline, "kfp", "Kubeflow", "Katib Experiment")  # before kfp is needed
     refuse_nodes(
@@ -218,4 +230,6 @@ def compile_pipeline(
         "where such a step is a Training step on that many instances",
     )
     compiler = require("kfp.compiler", "kubeflow")
-    compiler.Compiler().compile(build(pipeline, image, key_secret, key_mount), str(output))
+    compiler.Compiler().compile(
+        build(pipeline, image, key_secret, key_mount, annotations), str(output)
+    )

@@ -27,6 +27,7 @@ from typing import Any
 from ...errors import NbscaleError, SpecError
 from ..base import DryRun
 from ..remote.pipelines import RemotePipelines
+from .manifests import pod_annotations
 from .settings import KubeflowSettings, settings
 
 STATES = {
@@ -149,7 +150,10 @@ class KFPPipelines:
         from . import pipeline_compile as kfp_target
 
         pipeline = load(path)
-        options: dict[str, Any] = {"key_secret": key_secret or self.key_secret()}
+        options: dict[str, Any] = {
+            "key_secret": key_secret or self.key_secret(),
+            "annotations": pod_annotations(self.settings),
+        }
         if self.settings.image:
             options["image"] = self.settings.image  # a prebuilt image with nbscale and papermill
         kfp_target.compile_pipeline(pipeline, output, **options)

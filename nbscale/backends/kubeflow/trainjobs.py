@@ -355,23 +355,7 @@ class TrainJobBackend(KubeflowBackend):
         """A foreign TrainJob's pods carry no nbscale label: JobSet's, named after it."""
         if not record.info.get("foreign"):
             return super().pods(record)
-        from .jobs import node_rank
-
-        cluster = self.cluster()
-        found = self._call(
-            f"listing the pods of {record.native_id}",
-            cluster.core().list_namespaced_pod,
-            record.info.get("namespace") or cluster.namespace,
-            label_selector=f"{JOBSET_LABEL}={record.native_id}",
-        )
-        return sorted(
-            (
-                p
-                for p in found.items
-                if (p.metadata.labels or {}).get(JOBSET_LABEL) == record.native_id
-            ),
-            key=lambda p: (node_rank(p), p.metadata.name),
-        )
+        return self.labelled_pods(record, JOBSET_LABEL, record.native_id)
 
     def platform_logs(
         self,

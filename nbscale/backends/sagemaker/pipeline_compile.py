@@ -38,6 +38,7 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,19 +250,13 @@ def _step(
     runtime_wheels: bool = False,
 ) -> dict[str, Any]:
     producers = sorted(set(step.inputs.values()))
-    trained = [p for p in producers if leaves_model(pipeline.steps[p])]
-    args: list[Any] = [
-        "--code",
-        f"{PROC}/input/code",
-        "--outputs",
-        f"{PROC}/output/outputs",
-        "--executed",
-        f"{PROC}/output/notebook",
-    ]
-    for producer in producers:
-        # a training step's model.tar.gz holds outputs/ and notebook/
-        folder = f"{PROC}/input/{producer}" + ("/outputs" if producer in trained else "")
-        args += ["--input", f"{producer}={folder}"]
+    io, trained = io_arguments(
+        pipeline,
+        step,
+        (f"{PROC}/input/code", f"{PROC}/output/outputs", f"{PROC}/output/notebook"),
+        lambda producer: f"{PROC}/input/{producer}",
+    )
+    args: list[Any] = list(io)
     params, _ = _step_arguments(pipeline, step)
     args += params
     inputs = [
@@ -375,23 +370,36 @@ def training_settings(role: str, bucket: str, prefix: str, region: str, settings
     return load_settings(BackendConfig("pipeline", "sagemaker", raw))
 
 
+def io_arguments(
+    pipeline: Pipeline,
+    step: Step,
+    paths: tuple[str, str, str],
+    input_folder: Callable[[str], str],
+) -> tuple[list[str], list[str]]:
+    """``container_step``'s ``--code --outputs --executed`` (``paths``) and one ``--input``
+    per producer, in the folder ``input_folder(producer)`` (a training step's
+    ``model.tar.gz`` holds ``outputs/`` and ``notebook/``); and the producers that leave a
+    ``model.tar.gz``."""
+    producers = sorted(set(step.inputs.values()))
+    trained = [p for p in producers if leaves_model(pipeline.steps[p])]
+    code, outputs, executed = paths
+    args = ["--code", code, "--outputs", outputs, "--executed", executed]
+    for producer in producers:
+        folder = input_folder(producer) + ("/outputs" if producer in trained else "")
+        args += ["--input", f"{producer}={folder}"]
+    return args, trained
+
+
 def node_arguments(pipeline: Pipeline, step: Step) -> tuple[list[str], list[str]]:
     """``--unpack`` arguments (the producers that leave a ``model.tar.gz``) and the step's
     ``container_step`` arguments on a training job's host (channels in, ``/opt/ml/model``
     out), without its parameters."""
-    producers = sorted(set(step.inputs.values()))
-    trained = [p for p in producers if leaves_model(pipeline.steps[p])]
-    step_args: list[str] = [
-        "--code",
-        f"{DATA}/code",
-        "--outputs",
-        f"{MODEL}/outputs",
-        "--executed",
-        f"{MODEL}/notebook",
-    ]
-    for producer in producers:
-        folder = f"{DATA}/in-{producer}" + ("/outputs" if producer in trained else "")
-        step_args += ["--input", f"{producer}={folder}"]
+    step_args, trained = io_arguments(
+        pipeline,
+        step,
+        (f"{DATA}/code", f"{MODEL}/outputs", f"{MODEL}/notebook"),
+        lambda producer: f"{DATA}/in-{producer}",
+    )
     unpack = [a for p in trained for a in ("--unpack", f"{DATA}/in-{p}")]
     return unpack, step_args
 
@@ -556,6 +564,14 @@ def tuning_config(pipeline: Pipeline, step: Step) -> dict[str, Any]:
 
     where = _where(pipeline, step)
     spec = sweep_spec(pipeline, step)
+    if "max_failed" in step.sweep.given:
+        raise SpecError(
+            f"{where}.max_failed",
+            f"step {step.name}: SageMaker has no failure limit for a tuning job's trials, and "
+            "nothing follows a pipeline's tuning job to stop it, so max_failed cannot be kept",
+            "drop max_failed from the sweep: block (a failed trial is not scored and the others "
+            "go on), or run the pipeline here, where it is kept",
+        )
     if spec.algorithm == "tpe":
         raise SpecError(
             f"{where}.algorithm",
