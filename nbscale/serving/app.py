@@ -2,7 +2,9 @@
 
 Health probes (``/v2/health/*``, ``/ping``) are open because Kubernetes and
 SageMaker probe without credentials and they reveal nothing but liveness;
-every other route needs ``Authorization: Bearer <token>`` when a token is set.
+every other route needs ``Authorization: Bearer <token>`` when a token is set, or
+``X-Nbscale-Token: <token>`` where a gateway in front takes ``Authorization`` for its
+own bearer token (Kubeflow's ingress behind Dex or an auth proxy).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .jsoncodec import dumps
 from .metrics import ServerMetrics
 from .protocol import ProtocolError, check_npy, encode_infer, parse_infer
 
+#: the endpoint token where ``Authorization`` carries a gateway's (lower-case: as parsed)
+TOKEN_HEADER = "x-nbscale-token"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping"})
 NPY_TYPES = ("application/x-npy", "application/npy")
 
@@ -39,6 +43,7 @@ class ServingApp:
         self.handler = handler
         self.name = handler.name
         self.token = f"Bearer {token}" if token else None
+        self.raw_token = token
         self.metrics = ServerMetrics(self.name)
         self.capture = capture
         self.ready = False
@@ -89,7 +94,11 @@ class ServingApp:
         # the token first: an anonymous caller learns nothing, not even which routes or models exist
         if self.token and req.path not in OPEN_PATHS:
             given = req.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode("latin-1"), self.token.encode()):
+            ours = req.headers.get(TOKEN_HEADER, "")  # beside a gateway's own Authorization
+            if not (
+                hmac.compare_digest(given.encode("latin-1"), self.token.encode())
+                or (ours and hmac.compare_digest(ours.encode("latin-1"), self.raw_token.encode()))
+            ):
                 return error_response(
                     401,
                     "missing or wrong bearer token (nbscale's clients send it for you)",

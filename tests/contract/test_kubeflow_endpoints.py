@@ -57,6 +57,7 @@ class FakeKServe:
         self.crash: set[str] = set()
         self.gateways: dict[str, Gateway] = {}
         self.sessions: set[str] | None = None  # Dex's sessions; None: no auth proxy
+        self.bearers: set[str] = set()  # ID tokens the auth proxy takes as bearer tokens
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -197,7 +198,7 @@ class FakeKServe:
         old = self.gateways.pop(name, None)
         if old is not None:
             old.stop()
-        gateway = self.gateways[name] = Gateway(("127.0.0.1", port), self.sessions)
+        gateway = self.gateways[name] = Gateway(("127.0.0.1", port), self.sessions, self.bearers)
         self.api.custom.patch_namespaced_custom_object(
             mf.KSERVE_GROUP,
             mf.KSERVE_VERSION,
@@ -472,6 +473,24 @@ def test_from_outside_predict_goes_through_the_gateway_with_the_session_cookie(
     with pytest.raises(Exception):  # noqa: B017 - the client's error for a 302
         endpoint("digits").predict(x)
     assert gateway.redirected >= 1
+    endpoint("digits").delete()
+
+
+def test_from_outside_a_gateway_bearer_token_goes_with_the_endpoints_own_beside_it(
+    kserve, cluster, monkeypatch
+):
+    """An auth proxy that takes a Dex ID token as ``Authorization: Bearer`` passes the
+    header on: the endpoint's own token then travels in ``X-Nbscale-Token``."""
+    kserve.sessions, kserve.bearers = set(), {"dex-id-token"}
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("NBSCALE_KFP_COOKIE", raising=False)
+    monkeypatch.setenv("NBSCALE_KFP_TOKEN", "dex-id-token")
+    model = mlp()
+    x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
+    ep = deploy(model, name="digits", backend="kf")
+    gateway = kserve.gateways["digits"]
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    assert gateway.forwarded >= 1 and gateway.redirected == 0
     endpoint("digits").delete()
 
 

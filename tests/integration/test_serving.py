@@ -90,6 +90,11 @@ def test_every_route_but_health_needs_the_token(tmp_path, serve):
         assert "token" in json.loads(resp)["error"]
         wrong = server.request(method, path, data, {"Authorization": "Bearer nope"})[0]
         assert wrong == 401, path
+        # behind a gateway that takes Authorization for its own token, ours goes beside it
+        gateway = {"Authorization": "Bearer a-dex-id-token", "X-Nbscale-Token": TOKEN}
+        assert server.request(method, path, data, gateway)[0] in (200, 400, 415), path
+        gateway["X-Nbscale-Token"] = "nope"
+        assert server.request(method, path, data, gateway)[0] == 401, path
     for path in ("/v2/health/live", "/v2/health/ready", "/ping"):
         assert server.request("GET", path)[0] == 200, path
 

@@ -17,11 +17,19 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"
 
 
 class Gateway:
-    def __init__(self, backend: tuple[str, int], sessions: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        backend: tuple[str, int],
+        sessions: set[str] | None = None,
+        bearers: set[str] | None = None,
+    ) -> None:
         """``sessions``: the session cookie values the auth proxy accepts; None: no auth
-        proxy (a cluster without Dex)."""
+        proxy (a cluster without Dex). ``bearers``: the ID tokens it also accepts as
+        ``Authorization: Bearer`` (oauth2-proxy's ``--skip-jwt-bearer-tokens``), a request
+        then passed on with its headers unchanged."""
         self.backend = backend
         self.sessions = sessions
+        self.bearers = bearers or set()
         self.forwarded = 0
         self.redirected = 0
         gateway = self
@@ -34,6 +42,9 @@ class Gateway:
 
             def _authenticated(self) -> bool:
                 if gateway.sessions is None:
+                    return True
+                scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+                if scheme == "Bearer" and token in gateway.bearers:
                     return True
                 for part in (self.headers.get("Cookie") or "").split(";"):
                     name, _, value = part.strip().partition("=")

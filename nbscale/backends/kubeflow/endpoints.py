@@ -150,10 +150,14 @@ class KServeEndpoints(EndpointBackend):
                 f"endpoint {rec.name!r} has no URL yet ({rec.status})",
                 f"wait until it is ready: nbscale endpoints; kubectl get isvc {rec.name}",
             )
-        cookie = None if in_cluster() else self._gateway_cookie()
+        bearer, cookie = (None, None) if in_cluster() else self._gateway_credentials()
 
         def headers() -> dict[str, str]:
-            out = {"Authorization": f"Bearer {token_for(rec.name)}"}
+            ours = token_for(rec.name)
+            if bearer:  # the gateway takes Authorization; the endpoint's token goes beside it
+                out = {"Authorization": f"Bearer {bearer}", "X-Nbscale-Token": ours}
+            else:
+                out = {"Authorization": f"Bearer {ours}"}
             if cookie:  # the ingress gateway's session (never logged)
                 out["Cookie"] = cookie
             return out
@@ -165,15 +169,17 @@ class KServeEndpoints(EndpointBackend):
             unreachable=f"check it with: kubectl -n {rec.config.get('namespace')} get isvc {rec.name}",
         )
 
-    def _gateway_cookie(self) -> str | None:
-        """The Kubeflow session cookie for the ingress gateway (Dex / auth proxy), if any."""
-        from .kfp_access import COOKIE_ENV, secret_values
+    def _gateway_credentials(self) -> tuple[str | None, str | None]:
+        """(bearer token, session cookie) for the ingress gateway (Dex / an auth proxy), as
+        for KFP behind it: ``NBSCALE_KFP_TOKEN`` / ``NBSCALE_KFP_COOKIE``, else the
+        ``token`` / ``cookie`` of ``kfp_secret``; (None, None) where none is given."""
+        from .kfp_access import COOKIE_ENV, TOKEN_ENV, secret_values
 
-        if os.environ.get(COOKIE_ENV):
-            return os.environ[COOKIE_ENV]
-        if self.settings.kfp_secret:
-            return secret_values(self.settings).get("cookie")
-        return None
+        token, cookie = os.environ.get(TOKEN_ENV), os.environ.get(COOKIE_ENV)
+        if not (token or cookie) and self.settings.kfp_secret:
+            found = secret_values(self.settings)
+            token, cookie = found.get("token"), found.get("cookie")
+        return token or None, cookie or None
 
     @staticmethod
     def url_of(status: dict[str, Any]) -> str:
