@@ -27,13 +27,11 @@ import argparse
 import glob
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from harness import save
+from harness import save, timed_command
 
 SCRIPT = str(Path(__file__).resolve().parent / "scripts" / "ddp_fixed.py")
 TINY_LINE = 'print("tiny: the one line of this script")\n'
@@ -127,18 +125,6 @@ def check_nothing_lost(job_dir: str, last_line: str) -> None:
         )
 
 
-def timed(argv: list[str], env: dict, cwd: str | None = None) -> tuple[float, float, float]:
-    start = time.time()
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return elapsed, start, time.time()
-
-
 def run_case(case: str, rounds: int, procs: int, gpu: bool) -> dict:
     work = tempfile.mkdtemp(prefix="nbscale-bench-run-")
     home = os.path.join(work, "home")
@@ -168,8 +154,8 @@ def run_case(case: str, rounds: int, procs: int, gpu: bool) -> dict:
     samples: dict[str, list[float]] = {"torchrun": [], "nbscale": []}
     breakdowns: list[dict[str, float]] = []
     for i in range(rounds + 1):  # the first round warms the caches and is not counted
-        raw = timed(torchrun_cmd, env, cwd=work)[0]
-        ours, started, ended = timed(nbscale_cmd, nbscale_env, cwd=work)
+        raw = timed_command(torchrun_cmd, env, cwd=work)[0]
+        ours, started, ended = timed_command(nbscale_cmd, nbscale_env, cwd=work)
         job_dir = latest_job_dir(home)
         if last_line is not None:
             check_nothing_lost(job_dir, last_line)

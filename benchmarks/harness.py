@@ -20,14 +20,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def time_command(argv: list[str], env: dict | None = None, cwd: str | None = None) -> float:
-    start = time.perf_counter()
+    return timed_command(argv, env, cwd)[0]
+
+
+def timed_command(
+    argv: list[str], env: dict | None = None, cwd: str | None = None
+) -> tuple[float, float, float]:
+    """(seconds, wall clock at start, wall clock at the end) of a command that must succeed."""
+    started = time.time()
+    t0 = time.perf_counter()
     proc = subprocess.run(
         argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return elapsed
+    return elapsed, started, time.time()
 
 
 def compare(

@@ -233,13 +233,8 @@ def run_step_sweep(request: SweepStepRequest) -> SweepStepResult:
             sweep.objective,
             cell_source=request.code,
             config=config,
-            trials=sweep.trials,
-            parallel=sweep.parallel,
-            algorithm=sweep.algorithm,
-            pruner=sweep.pruner,
-            max_failed=sweep.max_failed,
-            seed=sweep.seed,
             name=request.name,
+            **sweep.search(),
         )
         handle = sweep_runs.start(spec, config, notes=notes)
     except NbscaleError as exc:

@@ -61,6 +61,17 @@ class StepSweep:
     #: refuses it only where it was asked for
     given: frozenset[str] = frozenset()
 
+    def search(self) -> dict[str, Any]:
+        """The ``SweepSpec`` options of this block (how many trials, how they are searched)."""
+        return {
+            "trials": self.trials,
+            "parallel": self.parallel,
+            "algorithm": self.algorithm,
+            "pruner": self.pruner,
+            "max_failed": self.max_failed,
+            "seed": self.seed,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Everything that decides what the sweep finds: part of the step's cache key."""
         return {

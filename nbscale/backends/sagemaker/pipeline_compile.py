@@ -544,16 +544,7 @@ def sweep_spec(pipeline: Pipeline, step: Step):
         instance_type=instance_type(step.resources),
     )
     return SweepSpec(
-        job=job,
-        space=sweep.space,
-        objective=sweep.objective,
-        trials=sweep.trials,
-        parallel=sweep.parallel,
-        algorithm=sweep.algorithm,
-        pruner=sweep.pruner,
-        max_failed=sweep.max_failed,
-        name=name,
-        seed=sweep.seed,
+        job=job, space=sweep.space, objective=sweep.objective, name=name, **sweep.search()
     )
 
 
