@@ -27,6 +27,7 @@ from .config import load as load_config
 from .errors import Conflict, SpecError
 from .paths import endpoint_dir
 from .serving.artifact import package, read_manifest, sign, verify
+from .serving.capture import floor_from_env
 from .store import get_store
 from .store.endpoints import ROLLED_BACK, EndpointRecord, get_endpoint, list_endpoints
 from .store.paging import Page
@@ -298,6 +299,10 @@ def deploy(
     if idle_ttl_s is not None:
         config["idle_ttl_s"] = idle_ttl_s
     if capture_rate:
+        try:  # the replica reads the same setting; say what is wrong before it starts
+            floor_from_env()
+        except ValueError as exc:
+            raise SpecError("capture", str(exc)) from None
         config.update(capture_dir=str(endpoint_dir(name) / "capture"), capture_rate=capture_rate)
     if base is not None:
         endpoint_dir(name).mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -13,6 +13,10 @@ wait. The writer stops before a line would leave the disk with less than
 ``capture_stopped`` line in ``capture-events.jsonl``, and an endpoint event in
 the store when it runs as a local endpoint's replica), and starts again once
 the disk has ``resume_free`` free.
+
+The floor can be set per machine with ``NBSCALE_CAPTURE_MIN_FREE`` (a share
+of the disk, ``0.1`` for 10%): a large disk that is already more than 75%
+full would otherwise never capture. Resuming waits for five points more.
 """
 
 from __future__ import annotations
@@ -37,6 +41,24 @@ log = logging.getLogger("nbscale.serving.capture")
 MIN_FREE = 0.25
 RESUME_FREE = 0.30
 RECHECK_S = 5.0  # how often a stopped writer looks at the disk again
+MIN_FREE_ENV = "NBSCALE_CAPTURE_MIN_FREE"
+
+
+def floor_from_env() -> tuple[float, float]:
+    """(min_free, resume_free) from ``NBSCALE_CAPTURE_MIN_FREE``, else the defaults."""
+    raw = os.environ.get(MIN_FREE_ENV, "").strip()
+    if not raw:
+        return MIN_FREE, RESUME_FREE
+    try:
+        share = float(raw)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share < 1:
+        raise ValueError(
+            f"{MIN_FREE_ENV}={raw!r} is not a share of the disk: give a number from 0 up to"
+            " (not including) 1, e.g. 0.1 to keep 10% of the disk free"
+        )
+    return share, min(share + RESUME_FREE - MIN_FREE, 1.0)
 
 
 def disk_free(path: str | Path) -> tuple[int, int]:
@@ -52,11 +74,16 @@ class DataCapture:
         sample_rate: float = 1.0,
         max_bytes: int = 64 << 20,
         replica: str = "0",
-        min_free: float = MIN_FREE,
-        resume_free: float = RESUME_FREE,
+        min_free: float | None = None,
+        resume_free: float | None = None,
     ):
         if not 0 < sample_rate <= 1:
             raise ValueError("capture sample rate must be in (0, 1]")
+        env_min, env_resume = floor_from_env()
+        if min_free is None:
+            min_free = env_min
+        if resume_free is None:
+            resume_free = max(env_resume, min_free)
         if not 0 <= min_free < 1 or resume_free < min_free:
             raise ValueError("capture needs 0 <= min_free < 1 and resume_free >= min_free")
         self.dir = Path(directory)

@@ -185,3 +185,13 @@ def test_endpoints_that_need_the_router_to_see_requests_keep_it_in_front(cleanup
     ep = deploy(mlp(), name="proxied", replicas=(1, 1))
     ep.predict(np.ones((1, 64), np.float32))
     assert _serving(ep) == "router"
+
+
+def test_a_bad_capture_floor_is_refused_at_deploy_and_nothing_is_left(cleanup, monkeypatch):
+    # Given a machine whose capture floor setting is not a share of the disk
+    monkeypatch.setenv("NBSCALE_CAPTURE_MIN_FREE", "25%")
+    # When an endpoint with capture is deployed, the deploy says what to give
+    with pytest.raises(Exception, match="NBSCALE_CAPTURE_MIN_FREE='25%'.*from 0 up to"):
+        deploy(mlp(), name="floor", replicas=(1, 1), capture_rate=1.0)
+    # And no endpoint record or replica was left behind
+    assert [ep.name for ep in endpoints()] == []

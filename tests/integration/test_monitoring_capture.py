@@ -37,7 +37,7 @@ def test_capture_stops_before_the_disk_has_less_than_a_quarter_free_and_resumes(
     # Given capture on a 4 MiB disk, as a local endpoint's replica (events go to the store)
     monkeypatch.setenv("NBSCALE_ENDPOINT", "guarded")
     monkeypatch.setattr(capture_mod, "RECHECK_S", 0.0)
-    cap = DataCapture(small_disk / "capture")
+    cap = DataCapture(small_disk / "capture", min_free=0.25, resume_free=0.30)
     line = rows()  # about 25 KB of JSON per captured request
     # When ten megabytes of requests are captured
     for _ in range(400):

@@ -56,3 +56,21 @@ def test_bad_capture_settings_are_refused(tmp_path):
         DataCapture(tmp_path, sample_rate=0)
     with pytest.raises(ValueError, match="min_free"):
         DataCapture(tmp_path, min_free=0.5, resume_free=0.3)
+
+
+def test_the_disk_floor_is_a_machine_setting_and_a_bad_one_is_named(tmp_path, monkeypatch):
+    # Given a machine whose disk is large and already fuller than the default floor allows
+    monkeypatch.setenv("NBSCALE_CAPTURE_MIN_FREE", "0.1")
+    cap = DataCapture(tmp_path / "a")
+    # Then the floor is the machine's, and resuming waits for five points more
+    assert (cap.min_free, round(cap.resume_free, 2)) == (0.1, 0.15)
+    # And an explicit floor still wins
+    assert DataCapture(tmp_path / "b", min_free=0.2).min_free == 0.2
+    # When the setting is not a share of the disk, it is refused with what to give
+    for bad in ("25%", "1", "-0.1"):
+        monkeypatch.setenv("NBSCALE_CAPTURE_MIN_FREE", bad)
+        with pytest.raises(ValueError, match="NBSCALE_CAPTURE_MIN_FREE.*from 0 up to"):
+            DataCapture(tmp_path / "c")
+    # And without it the floor is a quarter of the disk
+    monkeypatch.delenv("NBSCALE_CAPTURE_MIN_FREE")
+    assert DataCapture(tmp_path / "d").min_free == 0.25
