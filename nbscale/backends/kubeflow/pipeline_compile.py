@@ -6,6 +6,17 @@ the manifest, one file per value) and the executed notebook. Inputs arrive as
 the upstream steps' output artifacts; the pipeline parameters are the
 pipeline's typed inputs; resources, retries and caching go on each task.
 
+Without an image of nbscale's (``wheelhouse_uri`` given), each step is a container
+component instead, on a stock image (no kfp, no nbscale in it): KFP's launcher, which
+KFP puts into every step pod, downloads the input artifacts and uploads the outputs, so
+nothing of kfp runs in the image. One more input artifact, brought in by an importer
+task from object storage (content-addressed), is nbscale's step wheelhouse (a zip of
+wheels built for the pods' platform and the image's Python); the step's command
+installs it offline (``pip install --no-index --no-deps``) and runs
+``python -m nbscale.pipelines.container_step``, which executes the step's notebook with
+papermill. The step's notebook and local modules are its string parameters, as in the
+lightweight component, so they are part of KFP's cache key.
+
 The component function has a different signature per step, and the SDK reads
 a component's source with ``inspect``; so the functions are written to a
 module file and imported, rather than built in memory.
@@ -80,6 +91,66 @@ def {func}(notebook: str, modules: str, outputs: dsl.Output[dsl.Artifact], execu
 '''
 
 
+# the stock image's step: the wheelhouse (a zip, $1) installed offline, then the step ($@)
+STEP_SCRIPT = (
+    'set -e; w="$(mktemp -d)"; python -m zipfile -e "$1" "$w"; {install}; shift; '
+    'exec python -m nbscale.pipelines.container_step "$@"'
+)
+WHEELHOUSE_TASK = "nbscale-wheelhouse"  # the importer task's display name
+
+CONTAINER = '''
+@dsl.container_component
+def {func}(notebook: str, modules: str, wheels: dsl.Input[dsl.Artifact], outputs: dsl.Output[dsl.Artifact], executed: dsl.Output[dsl.Artifact]{extra}):
+    """Step {step} of pipeline {pipeline}: the wheelhouse installed offline, then papermill."""
+    return dsl.ContainerSpec(
+        image={image!r},
+        command={command!r},
+        args=[wheels.path, "--notebook", notebook, "--modules", modules,
+              "--outputs", outputs.path, "--executed", executed.path{args}],
+    )
+'''
+
+
+def step_command() -> list[str]:
+    """The stock image's command: ``sh -c SCRIPT nbscale-step WHEELS.zip STEP-ARGS...``."""
+    from ...runtime.wheelhouse import install_command
+
+    return ["sh", "-c", STEP_SCRIPT.format(install=install_command('"$w"')), "nbscale-step"]
+
+
+def _text(value: Any) -> str:
+    """A fixed parameter as the step's command line carries it (typed back by --types)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _container_source(pipeline: Pipeline, step: Step, image: str) -> str:
+    producers = sorted(set(step.inputs.values()))
+    params = [*step.uses_parameters]
+    extra = "".join(f", in_{_ident(p)}: dsl.Input[dsl.Artifact]" for p in producers)
+    extra += "".join(f", {p}: {_annotation(p, pipeline.parameters[p])}" for p in params)
+    args = "".join(f", '--in', {p!r}, in_{_ident(p)}.path" for p in producers)
+    args += "".join(f", '--param', {p!r}, {p}" for p in params)
+    args += "".join(f", '--param', {k!r}, {_text(v)!r}" for k, v in step.fixed_parameters.items())
+    types = {p: _annotation(p, pipeline.parameters[p]) for p in params}
+    types.update({k: _annotation(k, v) for k, v in step.fixed_parameters.items()})
+    args += f", '--types', {json.dumps(types)!r}"
+    if step.timeout:
+        args += f", '--timeout', {str(int(step.timeout))!r}"
+    return CONTAINER.format(
+        image=image,
+        command=step_command(),
+        func=f"step_{_ident(step.name)}",
+        extra=extra,
+        args=args,
+        step=step.name,
+        pipeline=pipeline.name,
+    )
+
+
 def _ident(step: str) -> str:
     return step.replace("-", "_")
 
@@ -114,9 +185,10 @@ def _component_source(pipeline: Pipeline, step: Step, image: str) -> str:
     )
 
 
-def _load_components(pipeline: Pipeline, image: str) -> dict[str, Any]:
+def _load_components(pipeline: Pipeline, image: str, container: bool = False) -> dict[str, Any]:
+    source = _container_source if container else _component_source
     code = "from kfp import dsl\n" + "\n".join(
-        _component_source(pipeline, pipeline.steps[n], image) for n in pipeline.order()
+        source(pipeline, pipeline.steps[n], image) for n in pipeline.order()
     )
     folder = Path(tempfile.mkdtemp(prefix="nbscale-kfp-"))
     module_name = f"nbscale_kfp_{abs(hash(code))}"
@@ -141,8 +213,13 @@ def build(
     key_secret: str | None = KEY_SECRET,
     key_mount: str = KEY_MOUNT,
     annotations: dict[str, str] | None = None,
+    wheelhouse_uri: str | None = None,
 ):
     """The ``@dsl.pipeline`` function for ``pipeline``.
+
+    With ``wheelhouse_uri`` (the object-storage URI of the step wheelhouse zip, e.g.
+    ``s3://BUCKET/PREFIX/wheelhouse/sha256/DIGEST/wheels.zip``) ``image`` is a stock image
+    and each step a container component that installs that wheelhouse (module docstring).
 
     Every task mounts the Secret ``key_secret`` read-only at ``key_mount`` and finds the
     pipeline key through ``NBSCALE_KEY_FILE``; ``key_secret=None`` compiles without it
@@ -152,13 +229,20 @@ def build(
     dsl = require("kfp.dsl", "kubeflow")
     pod_annotations = STEP_ANNOTATIONS if annotations is None else annotations
     kubernetes = require("kfp.kubernetes", "kubeflow") if key_secret or pod_annotations else None
-    components = _load_components(pipeline, image)
+    components = _load_components(pipeline, image, container=bool(wheelhouse_uri))
 
     names = list(pipeline.parameters)
 
     def body(*args: Any, **kwargs: Any) -> None:
         values = {**dict(zip(names, args, strict=False)), **kwargs}
         tasks: dict[str, Any] = {}
+        wheels: dict[str, Any] = {}
+        if wheelhouse_uri:  # brought in once; KFP's launcher downloads it into each step pod
+            importer = dsl.importer(
+                artifact_uri=wheelhouse_uri, artifact_class=dsl.Artifact, reimport=False
+            )
+            importer.set_display_name(WHEELHOUSE_TASK)
+            wheels["wheels"] = importer.output
         for name in pipeline.order():
             step = pipeline.steps[name]
             args = {
@@ -169,6 +253,7 @@ def build(
             task = components[name](
                 notebook=notebook_template(pipeline, step),
                 modules=json.dumps(module_sources(pipeline, step)),
+                **wheels,
                 **args,
             )
             task.set_display_name(name)
@@ -221,6 +306,7 @@ def compile_pipeline(
     key_secret: str | None = KEY_SECRET,
     key_mount: str = KEY_MOUNT,
     annotations: dict[str, str] | None = None,
+    wheelhouse_uri: str | None = None,
 ) -> None:
     refuse_compile(pipeline, "kfp", "Kubeflow", "Katib Experiment")  # before kfp is needed
     refuse_nodes(
@@ -231,5 +317,5 @@ def compile_pipeline(
     )
     compiler = require("kfp.compiler", "kubeflow")
     compiler.Compiler().compile(
-        build(pipeline, image, key_secret, key_mount, annotations), str(output)
+        build(pipeline, image, key_secret, key_mount, annotations, wheelhouse_uri), str(output)
     )

@@ -8,12 +8,22 @@ the compiled IR goes in the run request (``create_run_from_pipeline_package``). 
 the run is followed with ``get_run``: each task's change of state is reported as it
 happens (``on_step(name, {"status", "error"})``, the callback the local runner uses).
 Cancel is ``terminate_run``.
+
+Without ``image`` (no image of nbscale's pushed anywhere), the steps run on the stock
+pytorch/pytorch image of the kernel's torch and Python (``images.json``): nbscale's step
+wheelhouse (nbscale, papermill, ipykernel and their closure) is built for the pods'
+platform (Linux x86_64 manylinux) and that image's Python, zipped, put in object storage
+under its digest (``storage``), and brought into each step as an input artifact by an
+importer task; KFP's launcher downloads it, and the step installs it offline
+(``pipeline_compile``). A closure pip cannot build for that platform is refused before
+anything is sent, naming the package.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import sys
 import tempfile
 import time
@@ -42,8 +52,40 @@ STATES = {
     "RUNTIME_STATE_UNSPECIFIED": "PENDING",
 }
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-# KFP's own driver/executor tasks that are no step of the flow
-_PLUMBING = ("root-driver", "root", "executor")
+# KFP's own driver/executor tasks, and the importer of the wheelhouse: no step of the flow
+_PLUMBING = ("root-driver", "root", "executor", "importer", "nbscale-wheelhouse")
+_NO_WHEEL = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+)")
+
+
+@dataclass(frozen=True)
+class StockSteps:
+    """The steps' stock image and the wheelhouse zip they install (built for its Python)."""
+
+    image: str
+    python: str
+    archive: Path
+
+    def uri(self, store: Any) -> str:
+        """Where the zip is (or will be) in object storage: by its digest."""
+        from ... import storage
+
+        digest = storage.sha256_file(self.archive)
+        return store.base.child("wheelhouse", "sha256", digest, "wheels.zip").uri
+
+
+def wheelhouse_zip(folder: Path) -> Path:
+    """The wheels of ``folder`` as one zip beside it, byte for byte the same each time."""
+    import zipfile
+
+    archive = folder.with_name(folder.name + ".zip")
+    if not archive.exists():
+        tmp = archive.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for wheel in sorted(folder.glob("*.whl")):
+                info = zipfile.ZipInfo(wheel.name, date_time=(2020, 1, 1, 0, 0, 0))
+                zf.writestr(info, wheel.read_bytes())
+        tmp.replace(archive)
+    return archive
 
 
 @dataclass
@@ -145,7 +187,14 @@ class KFPPipelines:
 
         return user_key_secret_name(self.settings, lambda: connect(self.settings), connected)
 
-    def compile(self, path: str, output: Path, key_secret: str | None = None) -> Any:
+    def compile(
+        self,
+        path: str,
+        output: Path,
+        key_secret: str | None = None,
+        stock: StockSteps | None = None,
+        wheelhouse_uri: str | None = None,
+    ) -> Any:
         from ...pipelines.loader import load
         from . import pipeline_compile as kfp_target
 
@@ -156,17 +205,83 @@ class KFPPipelines:
         }
         if self.settings.image:
             options["image"] = self.settings.image  # a prebuilt image with nbscale and papermill
+        elif stock is not None:  # the stock image, installing the wheelhouse at wheelhouse_uri
+            options["image"] = stock.image
+            options["wheelhouse_uri"] = wheelhouse_uri
         kfp_target.compile_pipeline(pipeline, output, **options)
         return pipeline
+
+    def _refuse_no_image(self, why: str) -> SpecError:
+        from .images import runtime_image
+
+        name = self.settings.name
+        return SpecError(
+            f"[backends.{name}] image",
+            f"is not set, and {why}",
+            f"build docker/Dockerfile, push it (e.g. REGISTRY/{runtime_image()}) and set "
+            f'image = "REGISTRY/..." in [backends.{name}] (docs/containers.md)',
+        )
+
+    def stock_steps(self, path: str) -> StockSteps | None:
+        """Without ``image``: the stock image the steps run on and the step wheelhouse built
+        for it (pods' platform, the image's Python); None with ``image``. Refused here,
+        before anything is sent, when it cannot be had."""
+        if self.settings.image:
+            return None
+        if not self.settings.wheelhouse:
+            raise self._refuse_no_image(
+                "wheelhouse = false: a stock image has no nbscale or papermill to run a step"
+            )
+        if not self.settings.storage:
+            raise self._refuse_no_image(
+                "storage is not set: on a stock image the steps install nbscale's wheelhouse, "
+                'which reaches them from object storage (or set storage = "s3://BUCKET/PREFIX")'
+            )
+        from ...pipelines.loader import load
+        from ...runtime import wheelhouse
+        from .images import stock_image
+
+        pipeline = load(path)
+        gpu = any(pipeline.steps[n].resources.gpu for n in pipeline.order())
+        image = stock_image(gpu, self.settings.name)
+        python = self._image_python(image)
+        try:
+            folder = wheelhouse.build("step", None, list(wheelhouse.POD_PLATFORMS), python)
+        except wheelhouse.WheelhouseError as exc:
+            found = _NO_WHEEL.search(str(exc))
+            what = (
+                f"pip finds no wheel of {found.group(1)} for it"
+                if found
+                else f"pip failed: {str(exc)[-600:]}"
+            )
+            raise self._refuse_no_image(
+                f"nbscale's step wheelhouse cannot be built for the stock image {image} "
+                f"(Linux x86_64 manylinux, Python {python}): {what}"
+            ) from None
+        return StockSteps(image, python, wheelhouse_zip(folder))
+
+    @staticmethod
+    def _image_python(image: str) -> str:
+        """The Python of a stock image, as the image table lists it."""
+        from .images import table
+
+        for entry in table().get("entries") or []:
+            if entry.get("image") == image:
+                return str(entry["python"])
+        from ..images import kernel_versions
+
+        return kernel_versions().python
 
     def plan(self, path: str, parameters: dict[str, Any] | None = None) -> DryRun:
         """The pipeline package ``start`` would upload (KFP IR YAML), nothing sent."""
         import yaml
 
         key_secret = self.key_secret()
+        stock = self.stock_steps(path)
+        uri = stock.uri(self._store()) if stock else None
         with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
             package = Path(tmp) / "pipeline.yaml"
-            pipeline = self.compile(path, package, key_secret)
+            pipeline = self.compile(path, package, key_secret, stock, uri)
             self._check_parameters(pipeline, parameters)
             documents = [d for d in yaml.safe_load_all(package.read_text()) if d]
         s = self.settings
@@ -182,7 +297,18 @@ class KFPPipelines:
             f"Secret {key_secret} would be created or updated in that namespace for the tasks "
             "to mount (the signing keys; its data is never shown)",
         ]
+        if stock:
+            notes.append(
+                f"the steps run on the stock image {stock.image}; nbscale's step wheelhouse "
+                f"(built for Linux x86_64, Python {stock.python}) would be uploaded to {uri} "
+                "and installed offline in each step"
+            )
         return DryRun(documents, "yaml", notes)
+
+    def _store(self):
+        from ... import storage
+
+        return storage.ObjectStore.from_options(self.settings.storage_options())
 
     @staticmethod
     def _check_parameters(pipeline: Any, parameters: dict[str, Any] | None) -> None:
@@ -196,26 +322,22 @@ class KFPPipelines:
 
     def start(self, path: str, parameters: dict[str, Any] | None = None) -> KFPRun:
         from .cluster import connect
-        from .images import runtime_image
         from .jobs import ensure_key_secret
         from .kfp_access import with_note
 
-        if not self.settings.image:
-            # the compiled default names nbscale's image by version: no registry has it
-            # until it is built and pushed; a pod that cannot pull it would only hang
-            raise SpecError(
-                f"[backends.{self.settings.name}] image",
-                "is not set; a KFP step runs in nbscale's image (nbscale, papermill, "
-                "ipykernel and kfp), which must be in a registry the cluster pulls from",
-                f"build docker/Dockerfile, push it (e.g. REGISTRY/{runtime_image()}) and set "
-                'image = "REGISTRY/..." in the table (docs/containers.md)',
-            )
+        # no image: the stock one and the wheelhouse, built (or refused) before anything is sent
+        stock = self.stock_steps(path)
+        store = self._store() if stock else None
+        uri = stock.uri(store) if stock else None
         cluster = connect(self.settings)
         key_secret = self.key_secret(connected=True)  # the user's own: the steps mount it
         with tempfile.TemporaryDirectory(prefix="nbscale-kfp-") as tmp:
             package = Path(tmp) / "pipeline.yaml"
-            pipeline = self.compile(path, package, key_secret)
+            pipeline = self.compile(path, package, key_secret, stock, uri)
             self._check_parameters(pipeline, parameters)
+            if stock:  # content-addressed: sent once, the URI the package names
+                sent = store.put(stock.archive, "wheels.zip", area="wheelhouse")
+                assert sent == uri, (sent, uri)
             namespace, why = self.namespace(cluster.namespace)
             # the tasks mount the key Secret: it must be where their pods run
             try:
