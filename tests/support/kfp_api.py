@@ -13,16 +13,31 @@
   terminated under the same check.
 
 Errors have grpc-gateway's JSON shape: ``{"error", "code", "message", "details"}``.
+
+``play_run`` plays what runs a KFP v2 run (Argo, the driver, the launcher, the kubelet):
+each task of the run's IR in the DAG's order, an importer as an artifact with its URI,
+a container task as a local process with exactly the executor's command and args, its
+placeholders filled the way KFP's launcher fills them: input artifacts downloaded from
+object storage (moto's S3 stands in for MinIO; ``s3://B/K`` lands at ``/s3/B/K``, under
+the pod's own folder here), outputs uploaded to the pipeline root when the command ends.
+The process gets only what the pod would: the executor's env, the Secret volumes the
+platform spec mounts, its own home, and the image's python first on PATH.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import re
+import subprocess
 import threading
 import urllib.parse
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 AUDIENCE = "pipelines.kubeflow.org"
 COOKIE = "authservice_session"
@@ -214,3 +229,188 @@ class FakeKFP:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- running a run: the launcher's part ------------------------------------------------
+_PLACEHOLDER = re.compile(
+    r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\](\.path)?\}\}"
+)
+
+
+def _param_text(value, kind: str) -> str:
+    """A parameter value as KFP's launcher puts it into a command line (the IR keeps every
+    number as a double: an integer parameter is written as one)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if kind == "NUMBER_INTEGER":
+        return str(int(value))
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _order(tasks: dict) -> list[str]:
+    done: list[str] = []
+    while len(done) < len(tasks):
+        ready = [n for n, t in sorted(tasks.items()) if n not in done
+                 and set(t.get("dependentTasks") or []) <= set(done)]  # fmt: skip
+        if not ready:
+            raise ValueError(f"the DAG has a cycle among {sorted(set(tasks) - set(done))}")
+        done.append(ready[0])
+    return done
+
+
+@dataclass
+class TaskRun:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    returncode: int
+    output: str
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def play_run(
+    fake: FakeKFP,
+    run_id: str,
+    s3,
+    bucket: str,
+    root: Path,
+    image_python: Callable[[str, Path], Path],
+    secret: Callable[[str], dict[str, bytes]],
+    timeout: float = 600,
+) -> dict[str, TaskRun]:
+    """Run every task of run ``run_id`` (module docstring). ``s3``: a boto3 S3 client of
+    the object store the launcher is configured with; ``bucket``: its pipeline root's
+    bucket; ``image_python(image, folder)``: a fresh "image" (a venv) whose python runs a
+    task; ``secret(name)``: a Secret's data. Moves the run's tasks through their states."""
+    run = fake.runs[run_id]
+    ir = run["pipeline_spec"]["pipeline_spec"]
+    platform = (
+        ((run["pipeline_spec"].get("platform_spec") or {}).get("platforms") or {})
+        .get("kubernetes", {})
+        .get("deploymentSpec", {})
+        .get("executors", {})
+    )
+    params = {k: v.get("defaultValue") for k, v in
+              ir["root"].get("inputDefinitions", {}).get("parameters", {}).items()}  # fmt: skip
+    params.update((run.get("runtime_config") or {}).get("parameters") or {})
+    tasks = ir["root"]["dag"]["tasks"]
+    artifacts: dict[tuple[str, str], str] = {}  # (task, output) -> uri
+    states: dict[str, tuple[str, str | None]] = {}
+    done: dict[str, TaskRun] = {}
+    fake.set_tasks(run_id, "RUNNING", {})
+    for name in _order(tasks):
+        task = tasks[name]
+        display = task["taskInfo"]["name"]
+        component = ir["components"][task["componentRef"]["name"]]
+        label = component["executorLabel"]
+        executor = ir["deploymentSpec"]["executors"][label]
+        if "importer" in executor:  # the driver records the artifact; no pod
+            artifacts[(name, "artifact")] = executor["importer"]["artifactUri"]["constant"]
+            states[display] = ("SUCCEEDED", None)
+            continue
+        pod = root / name
+        local: dict[str, Path] = {}
+
+        def where(uri: str, pod=pod) -> Path:  # the launcher's /s3/BUCKET/KEY, in the pod
+            assert uri.startswith("s3://"), uri
+            return pod / "s3" / uri[len("s3://") :]
+
+        values: dict[str, str] = {}
+        kinds = component.get("inputDefinitions", {}).get("parameters", {})
+        for key, spec in (task.get("inputs") or {}).get("parameters", {}).items():
+            kind = kinds.get(key, {}).get("parameterType", "STRING")
+            if "componentInputParameter" in spec:
+                values[key] = _param_text(params[spec["componentInputParameter"]], kind)
+            else:
+                values[key] = _param_text(spec["runtimeValue"]["constant"], kind)
+        for key, spec in (task.get("inputs") or {}).get("artifacts", {}).items():
+            out = spec["taskOutputArtifact"]
+            uri = artifacts[(out["producerTask"], out["outputArtifactKey"])]
+            local[("inputs", key)] = target = where(uri)
+            loc = uri[len("s3://") :].split("/", 1)
+            found = s3.list_objects_v2(Bucket=loc[0], Prefix=loc[1]).get("Contents") or []
+            if not found:
+                raise FileNotFoundError(f"task {display}: input artifact {uri} is not there")
+            for obj in found:  # a file, or every object under a folder's prefix
+                rel = os.path.relpath(obj["Key"], loc[1])
+                dest = target if rel == "." else target / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(loc[0], obj["Key"], str(dest))
+        outputs: dict[str, str] = {}
+        for key in component.get("outputDefinitions", {}).get("artifacts", {}):
+            uri = f"s3://{bucket}/v2/artifacts/{ir['pipelineInfo']['name']}/{run_id}/{name}/{key}"
+            outputs[key] = uri
+            local[("outputs", key)] = where(uri)
+            where(uri).parent.mkdir(parents=True, exist_ok=True)
+
+        def fill(text: str, values=values, local=local, display=display) -> str:
+            def one(m: re.Match) -> str:
+                side, kind, key, path = m.groups()
+                if kind == "parameters" and side == "inputs" and not path:
+                    return values[key]
+                if kind == "artifacts" and path:
+                    return str(local[(side, key)])
+                raise ValueError(f"task {display}: placeholder {m.group(0)} is not played")
+
+            out = _PLACEHOLDER.sub(one, text)
+            if "{{$" in out:
+                raise ValueError(f"task {display}: unplayed placeholder in {text[:200]!r}")
+            return out
+
+        container = executor["container"]
+        env: dict[str, str] = {}
+        mounts: dict[str, str] = {}
+        for vol in (platform.get(label) or {}).get("secretAsVolume") or []:
+            name_spec = vol.get("secretNameParameter") or {}
+            secret_name = (name_spec.get("runtimeValue") or {}).get("constant") or vol.get(
+                "secretName"
+            )
+            folder = pod / "volumes" / secret_name
+            folder.mkdir(parents=True, exist_ok=True)
+            for key, data in secret(secret_name).items():
+                (folder / key).write_bytes(data)
+                os.chmod(folder / key, 0o644)  # kfp-kubernetes sets no defaultMode
+            mounts[vol["mountPath"].rstrip("/")] = str(folder)
+        for item in container.get("env") or []:
+            value = item["value"]
+            for path, folder in mounts.items():
+                value = value.replace(path, folder)
+            env[item["name"]] = value
+        python = image_python(container["image"], pod / "image")
+        home = pod / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        full_env = {
+            "PATH": f"{python.parent}:/usr/bin:/bin",
+            "HOME": str(home),
+            "NBSCALE_HOME": str(home / ".nbscale"),
+            "LANG": "C.UTF-8",
+            "PIP_NO_INDEX": "1",  # nothing but what the command names: a pod without an index
+            "PIP_FIND_LINKS": "",
+            **env,
+        }
+        argv = [fill(a) for a in [*container["command"], *(container.get("args") or [])]]
+        states[display] = ("RUNNING", None)
+        fake.set_tasks(run_id, "RUNNING", states)
+        proc = subprocess.run(argv, env=full_env, cwd=home, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+        result = TaskRun(display, argv, full_env, proc.returncode, proc.stdout + proc.stderr)
+        done[display] = result
+        if proc.returncode:
+            states[display] = ("FAILED", f"exit code {proc.returncode}")
+            fake.set_tasks(run_id, "FAILED", states)
+            return done
+        for key, uri in outputs.items():  # the launcher uploads each output artifact
+            path = local[("outputs", key)]
+            result.outputs[key] = path
+            loc = uri[len("s3://") :].split("/", 1)
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for f in files:
+                rel = "" if f == path else "/" + f.relative_to(path).as_posix()
+                s3.upload_file(str(f), loc[0], loc[1] + rel)
+            artifacts[(name, key)] = uri
+        states[display] = ("SUCCEEDED", None)
+        fake.set_tasks(run_id, "RUNNING", states)
+    fake.set_tasks(run_id, "SUCCEEDED", states)
+    return done
