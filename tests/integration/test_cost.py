@@ -200,7 +200,7 @@ def test_refresh_prices_reads_the_price_list_api_and_the_cost_module_uses_it(
     virginia = config.backend("virginia")
     assert cost.endpoint_estimate("virginia", "ml.g6.xlarge")["per_hour"] == 1.01
     # the shipped list is still there under the refreshed one
-    assert cost.node_price("sagemaker", virginia.settings, "ml.p4d.24xlarge") == 37.688
+    assert cost.node_price("sagemaker", virginia.settings, "ml.p4d.24xlarge") == 25.251
     definition = {
         "Steps": [
             {

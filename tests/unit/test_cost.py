@@ -19,7 +19,7 @@ def test_price_table_list_prices_config_overrides_and_free_local(priced):
     assert cost.node_price("local", gpu_box.settings, gpus_per_node=2) == pytest.approx(1.8)
     prod = priced.backend("prod").settings
     assert cost.node_price("sagemaker", prod, "ml.g5.xlarge") == 1.2  # configured
-    assert cost.node_price("sagemaker", prod, "ml.p4d.24xlarge") == 37.688  # list price
+    assert cost.node_price("sagemaker", prod, "ml.p4d.24xlarge") == 25.251  # list price
     with pytest.raises(SpecError, match="no price known"):
         cost.node_price("sagemaker", prod, "ml.nope.xlarge")
     with pytest.raises(SpecError, match="gpu_hour_price"):
@@ -120,21 +120,151 @@ def test_max_cost_takes_the_backends_prices_for_a_type_nbscale_does_not_list(reg
     assert request.budget_runtime(other, _sagemaker(region, prices={"ml.g6.xlarge": 0.98})) == 1800
 
 
-def test_the_shipped_list_has_the_types_nbscale_picks_and_says_where_it_comes_from():
+# the issue's families, components and regions: each is shipped or named missing in the table
+FAMILIES = ("m5", "m6i", "c5", "c6i", "g4dn", "g5", "g6", "p3", "p4d", "p5")
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1")
+
+
+def _shipped() -> dict:
     from importlib import resources
 
-    data = json.loads(
-        resources.files("nbscale.backends.sagemaker").joinpath("prices.json").read_text()
+    text = resources.files("nbscale.backends.sagemaker").joinpath("prices.json").read_text()
+    return json.loads(text)
+
+
+def test_the_shipped_list_has_each_family_component_and_region_or_names_it_missing():
+    data = _shipped()
+    about = " ".join(data["_about"])
+    assert data["date"] and "Price List" in about and "Sources" in about
+    regions = data["regions"]
+    missing = data["missing"]
+    shipped_families = {
+        instance.split(".")[1]
+        for parts in regions.values()
+        for table in parts.values()
+        for instance in table
+    }
+    for family in FAMILIES:
+        named = f"ml.{family}" in missing["families"]
+        # shipped, or named missing: never both, never neither
+        assert (family in shipped_families) != named, family
+    assert {"m5", "c5", "g4dn", "g5", "g6", "p3", "p4d", "p5"} <= shipped_families
+    for component in cost.COMPONENTS:  # each component has us-east-1 prices
+        assert regions["us-east-1"][component], component
+    for component, lacks in missing["components"].items():  # it names what it has exactly
+        named = {t.strip() for t in lacks.split(" but ", 1)[1].split(",")}
+        assert named == set(regions["us-east-1"][component]), component
+    for region in REGIONS:
+        named = any(entry.split(" ")[0] == region for entry in missing["regions"])
+        assert region in regions or named, region
+    for region in regions:  # a region shipped whole is not also named missing
+        assert region not in missing["regions"]
+    # every shipped figure is a price the table's own loader accepts
+    assert cost._packaged("nbscale.backends.sagemaker:prices.json") == {
+        region: {c: {k: float(v) for k, v in t.items()} for c, t in parts.items()}
+        for region, parts in regions.items()
+    }
+
+
+def test_ml_m5_large_is_priced_for_training_hosting_and_processing():
+    # ml.m5.large: the endpoint default, the pipeline instance picker's smallest type and the
+    # real-account test's
+    virginia = {"region": "us-east-1"}
+    for component in cost.COMPONENTS:
+        assert cost.list_price("sagemaker", "ml.m5.large", "us-east-1", component) == 0.115
+        assert cost.node_price("sagemaker", virginia, "ml.m5.large", 0, component) == 0.115
+    # the newer AWS price list's figure, not the late-2025 page's 37.688
+    assert cost.list_price("sagemaker", "ml.p4d.24xlarge", "us-east-1") == 25.251
+
+
+def test_an_unknown_type_or_component_is_refused_naming_the_refresh_and_the_prices_setting():
+    virginia = {"region": "us-east-1"}
+    # ml.g5.xlarge has a training price but no shipped hosting price
+    assert cost.node_price("sagemaker", virginia, "ml.g5.xlarge") == 1.408
+    for instance, component, where in (
+        ("ml.g5.xlarge", "hosting", "us-east-1"),
+        ("ml.m6i.large", "training", "us-east-1"),  # a family no source gave
+        ("ml.nope.xlarge", "processing", "eu-central-1"),  # priced in no region
+    ):
+        with pytest.raises(SpecError) as err:
+            cost.node_price("sagemaker", {"region": where}, instance, 0, component)
+        text = str(err.value)
+        assert f"no price known for '{instance}' ({component} in {where})" in text
+        assert "nbscale cost --refresh-prices" in text and f'prices = {{ "{instance}"' in text
+    # a region without the type's price: the us-east-1 price stands in, with a note
+    tokyo = {"region": "ap-northeast-1"}
+    assert cost.node_price("sagemaker", tokyo, "ml.g6.xlarge") == 1.634  # its own
+    assert cost.foreign_list_price("sagemaker", tokyo, "ml.g6.xlarge") is None
+    assert cost.node_price("sagemaker", tokyo, "ml.g5.xlarge") == 1.408
+    assert "us-east-1 list price" in cost.foreign_list_price("sagemaker", tokyo, "ml.g5.xlarge")[0]
+
+
+def test_endpoints_take_the_hosting_price_and_processing_steps_the_processing_price(
+    nbscale_home, tmp_path
+):
+    from nbscale import config as nbconfig
+
+    (tmp_path / "nbscale.toml").write_text(
+        '[backends.aws]\ntype = "sagemaker"\nregion = "us-east-1"\n'
+        'role_arn = "arn:aws:iam::123456789012:role/train"\n'
+        '\n[backends.own]\ntype = "sagemaker"\nregion = "us-east-1"\n'
+        'role_arn = "arn:aws:iam::123456789012:role/train"\n'
+        'prices = { "ml.c5.4xlarge" = 0.5, "ml.g5.xlarge" = 1.1 }\n'
     )
-    assert data["date"] and "Price List" in " ".join(data["_about"])
-    # ml.m5.large: the pipeline instance picker's smallest type and the real-account test's
-    assert cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.large") == 0.115
-    assert cost.list_price("sagemaker", "ml.m5.large", "us-east-1", "training") == 0.115
-    # a price the lists lack for that component is refused, saying how to get it
-    with pytest.raises(SpecError, match=r"no price known for 'ml.m5.large' \(hosting in"):
-        cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.large", 0, "hosting")
-    with pytest.raises(SpecError, match="refresh-prices"):
-        cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.large", 0, "hosting")
+    config = nbconfig.load()
+    # from the shipped list: ml.g6.2xlarge is hosted at its hosting price
+    endpoint = cost.endpoint_estimate("aws", "ml.g6.2xlarge", instances=2, hours=10, config=config)
+    assert endpoint["per_hour"] == pytest.approx(2.444) and endpoint["total"] == 24.44
+    # ml.g5.xlarge has a training price but no hosting one: refused, not priced as training
+    with pytest.raises(SpecError, match=r"ml.g5.xlarge' \(hosting in us-east-1\)"):
+        cost.endpoint_estimate("aws", "ml.g5.xlarge", config=config)
+    # the backend's own prices come first, for every component
+    assert cost.endpoint_estimate("own", "ml.g5.xlarge", config=config)["per_hour"] == 1.1
+
+    def step(kind, instance, count=1, seconds=3600):
+        key = "ProcessingResources" if kind == "Processing" else "ResourceConfig"
+        cluster = {"InstanceType": instance, "InstanceCount": count}
+        arguments = {key: {"ClusterConfig": cluster} if kind == "Processing" else cluster}
+        arguments["StoppingCondition"] = {"MaxRuntimeInSeconds": seconds}
+        return {"Name": f"{kind}-{instance}", "Type": kind, "Arguments": arguments}
+
+    definition = {
+        "Steps": [
+            step("Processing", "ml.c5.4xlarge", 2),  # processing list price 0.816
+            step("Processing", "ml.g6.2xlarge"),  # no processing price: unpriced
+            step("Training", "ml.g6.2xlarge"),  # training list price 1.222
+        ]
+    }
+    most = cost.definition_estimate(definition, "sagemaker", config.backend("aws").settings)
+    assert [s["component"] for s in most["steps"]] == ["processing", "training"]
+    assert most["at_most"] == pytest.approx(2 * 0.816 + 1.222)
+    assert most["unpriced"] == ["Processing-ml.g6.2xlarge"]
+    own = cost.definition_estimate(definition, "sagemaker", config.backend("own").settings)
+    assert own["steps"][0]["price_per_instance_hour"] == 0.5
+
+    # a refreshed file that prices the components apart: each estimate takes its own
+    path = cost.user_price_file("sagemaker")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "regions": {
+                    "us-east-1": {
+                        "training": {"ml.m5.xlarge": 0.2},
+                        "hosting": {"ml.m5.xlarge": 0.3},
+                        "processing": {"ml.m5.xlarge": 0.4},
+                    }
+                }
+            }
+        )
+    )
+    assert cost.endpoint_estimate("aws", "ml.m5.xlarge", config=config)["per_hour"] == 0.3
+    prep = cost.definition_estimate(
+        {"Steps": [step("Processing", "ml.m5.xlarge"), step("Training", "ml.m5.xlarge")]},
+        "sagemaker",
+        config.backend("aws").settings,
+    )
+    assert [s["price_per_instance_hour"] for s in prep["steps"]] == [0.4, 0.2]
 
 
 def test_the_user_price_file_comes_before_the_shipped_list(nbscale_home):
