@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.support.emulators import kubernetes_secret_volume
+
 AUDIENCE = "pipelines.kubeflow.org"
 COOKIE = "authservice_session"
 _HTTP = {3: 400, 5: 404, 7: 403, 16: 401}
@@ -367,11 +369,9 @@ def play_run(
             secret_name = (name_spec.get("runtimeValue") or {}).get("constant") or vol.get(
                 "secretName"
             )
-            folder = pod / "volumes" / secret_name
-            folder.mkdir(parents=True, exist_ok=True)
-            for key, data in secret(secret_name).items():
-                (folder / key).write_bytes(data)
-                os.chmod(folder / key, 0o644)  # kfp-kubernetes sets no defaultMode
+            # as the kubelet writes it (0644: kfp-kubernetes sets no defaultMode)
+            data = {k: v.decode() for k, v in secret(secret_name).items()}
+            folder = kubernetes_secret_volume(pod / "volumes" / secret_name, data)
             mounts[vol["mountPath"].rstrip("/")] = str(folder)
         for item in container.get("env") or []:
             value = item["value"]
