@@ -11,6 +11,7 @@ The bearer token is read from its 0600 file and sent for you.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shutil
@@ -187,6 +188,21 @@ def _check_number(name: str, value: Any, low: float, high: float, integer: bool 
     ):
         what = "an integer" if integer else "a number"
         raise SpecError(name, f"must be {what} from {low:g} to {high:g}, got {value!r}")
+
+
+def prewarm(backend: str | None = None) -> None:
+    """Get the endpoint backend ready for a first deploy, in the background (``%load_ext
+    nbscale`` calls it): the local backend starts this home's warm zygote, which exits by
+    itself after ``NBSCALE_WARM_TTL`` seconds without a deploy. Costs the caller a process
+    start; never raises (a deploy without it is only slower)."""
+    try:
+        manager = _manager(backend)
+    except Exception:  # noqa: BLE001 - no configured backend yet: nothing to warm
+        return
+    warm = getattr(manager, "prewarm", None)
+    if warm is not None:
+        with contextlib.suppress(Exception):
+            warm()
 
 
 def endpoints(limit: int | None = None, after: str | None = None) -> Page[Endpoint]:

@@ -34,13 +34,33 @@ and exit code on the channel.
 Messages are JSON, one per datagram: ``{"op": "spawn", "id", "argv", "env",
 "cwd"}`` with the log file's descriptor attached; answers ``{"ready": pid}``
 once, ``{"id", "pid"}`` or ``{"id", "error"}``, and ``{"exit": pid, "code"}``.
+
+**The warm zygote.** Started that way, a first deploy pays the zygote's own start
+(Python and torch, 2-3 s). ``python -m nbscale.serving.zygote --warm`` is the
+same preload, started ahead (``start_warm``: by ``%load_ext nbscale`` and by a
+local deploy) and kept for a while: one per nbscale home, user and Python
+environment (its socket's name carries a fingerprint of the interpreter, its
+path and nbscale's serving code, so a changed installation never gets an old
+one). It listens on a unix socket in ``$NBSCALE_HOME/run`` (0700 folder, 0600
+socket, and the peer's uid checked), never on the network, and exits after
+``NBSCALE_WARM_TTL`` seconds (default 600) without a claim. A router *claims*
+it: the warm process forks a child that becomes that router's zygote, talking
+over the claim's connection exactly as above. The child writes the endpoint's
+tags into its own environment block (reserved space, ``NBSCALE_ZYGOTE_ROOM``)
+so that it and the replicas it forks are found by ``NBSCALE_ENDPOINT_TAG`` as
+every process of the endpoint is, and it exits when the router's end closes.
+The warm process holds no key, token, artifact or CUDA state either; a router
+that finds no warm zygote (absent, dead, stale, still starting past its wait)
+starts its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import gc
+import hashlib
 import importlib
 import json
 import os
@@ -51,6 +71,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 MAX_MESSAGE = 1 << 20
 # what the first ``torch.export.load`` of a process imports (found with ``python -X importtime``);
@@ -220,28 +241,293 @@ def _refusal() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--warm"]:
+        if len(args) != 3:
+            print("usage: python -m nbscale.serving.zygote --warm RUN_DIR TTL_S", file=sys.stderr)
+            return 2
+        return warm_main(Path(args[1]), float(args[2]))
     if len(args) != 2 or not args[0].isdigit() or not args[1].isdigit():
         print("usage: python -m nbscale.serving.zygote CHANNEL_FD PARENT_PID", file=sys.stderr)
         return 2
     _die_with_parent(int(args[1]))
     chan = socket.socket(fileno=int(args[0]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router decides when the zygote ends
+    if not _prepare():
+        return 1
+    return serve(chan)
+
+
+def _prepare() -> bool:
+    """Preload, check, freeze; False (said on stderr) when this process must not fork replicas."""
     start = time.perf_counter()
     try:
         preload()
     except Exception as exc:  # noqa: BLE001 - the router falls back to fresh processes
         print(f"nbscale zygote: cannot preload: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return False
     refusal = _refusal()
     if refusal:
         print(f"nbscale zygote: {refusal}", file=sys.stderr, flush=True)
-        return 1
+        return False
     # everything imported lives as long as every replica: frozen once here, a replica's own
     # gc.collect() (before it reports ready) scans only what it made, not torch's modules
     gc.collect()
     gc.freeze()
     print(f"nbscale zygote ready after {time.perf_counter() - start:.2f}s", flush=True)
-    return serve(chan)
+    return True
+
+
+# -- the warm zygote -----------------------------------------------------------------------
+
+WARM_ENV = "NBSCALE_WARM_ZYGOTE"  # 0: no warm zygote; each router starts its own
+WARM_TTL_ENV = "NBSCALE_WARM_TTL"
+WARM_TTL_S = 600.0
+ROOM_VAR = "NBSCALE_ZYGOTE_ROOM"  # reserved environment space for the endpoint's tags
+ROOM_BYTES = 4096
+CLAIM_TIMEOUT_S = 5.0
+
+
+def fingerprint() -> str:
+    """The Python environment a warm zygote was made in: the interpreter, its module path
+    (the launch folder aside) and nbscale's serving code as it is on disk now."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    h.update(f"{sys.executable}\0{sys.version}\0{os.getuid()}\0".encode())
+    h.update("\0".join(sys.path[1:]).encode())
+    h.update(os.environ.get("PYTHONPATH", "").encode())
+    for f in sorted([*here.glob("*.py"), here.parent / "keys.py"]):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:12]
+
+
+def warm_dir() -> Path:
+    """Where this nbscale home's warm zygotes listen."""
+    from ..paths import home
+
+    return home() / "run"
+
+
+def warm_paths(run_dir: Path, fp: str | None = None) -> tuple[Path, Path]:
+    """The warm zygote's socket and lock file for this environment, in ``run_dir``."""
+    fp = fp or fingerprint()
+    return run_dir / f"zygote-{fp}.sock", run_dir / f"zygote-{fp}.lock"
+
+
+def warm_enabled() -> bool:
+    return os.environ.get(WARM_ENV, "1") != "0" and os.environ.get("NBSCALE_ZYGOTE", "1") != "0"
+
+
+def warm_ttl() -> float:
+    try:
+        return max(1.0, float(os.environ.get(WARM_TTL_ENV, WARM_TTL_S)))
+    except ValueError:
+        return WARM_TTL_S
+
+
+def _run_dir(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(run_dir, 0o700)
+
+
+def warm_running(run_dir: Path) -> bool:
+    """Whether a warm zygote for this environment holds its lock (starting or ready)."""
+    _, lock = warm_paths(run_dir)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def start_warm(run_dir: Path, env: dict[str, str] | None = None) -> int | None:
+    """Start the warm zygote in the background unless one runs already; its pid, or None.
+
+    Costs the caller a process start (no import); the process exits by itself after its TTL."""
+    if not warm_enabled() or warm_running(run_dir):
+        return None
+    sock, _ = warm_paths(run_dir)
+    if len(os.fsencode(sock)) >= 108:  # longer than a unix socket's path may be
+        return None
+    _run_dir(run_dir)
+    env = dict(os.environ if env is None else env)
+    for k in ("NBSCALE_ENDPOINT", "NBSCALE_ENDPOINT_TAG"):
+        env.pop(k, None)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONUNBUFFERED"] = "1"
+    env[ROOM_VAR] = "x" * ROOM_BYTES  # the claimed child writes its endpoint's tags here
+    with open(run_dir / "zygote.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nbscale.serving.zygote",
+                "--warm",
+                str(run_dir),
+                str(warm_ttl()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd="/",
+            start_new_session=True,  # not the caller's: it lives its TTL after a CLI exits
+        )
+    return proc.pid
+
+
+def _write_environ(tags: dict[str, str]) -> None:
+    """Put ``tags`` into this process's environment block as the kernel shows it
+    (``/proc/self/environ``), in the space ``ROOM_VAR`` reserved at exec."""
+    stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    start, end = int(stat[47]), int(stat[48])  # env_start, env_end (fields 50 and 51)
+    block = ctypes.string_at(start, end - start)
+    key = ROOM_VAR.encode() + b"="
+    at = 0 if block.startswith(key) else block.find(b"\0" + key) + 1
+    if at <= 0 and not block.startswith(key):
+        raise RuntimeError("no reserved environment space")
+    room = block.index(b"\0", at) - at  # its bytes, the terminating NUL aside
+    new = b"".join(f"{k}={v}".encode() + b"\0" for k, v in tags.items())
+    rest = room - len(new)
+    if rest < len(key) + 1 or any(b"\0" in k.encode() + v.encode() for k, v in tags.items()):
+        raise RuntimeError("the endpoint's tags do not fit the reserved environment space")
+    new += key + b"x" * (rest - len(key))
+    ctypes.memmove(start + at, new, len(new))
+    if ctypes.string_at(start + at, len(new)) != new:
+        raise RuntimeError("the environment block could not be written")
+    os.environ.update(tags)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _claimed(conn: socket.socket, listener: socket.socket, lock_fd: int, msg: dict, log_fd: int):
+    """In the child of a claim: become the claiming router's zygote; never returns."""
+    code = 1
+    try:
+        listener.close()
+        os.close(lock_fd)  # the lock is the warm process's, not this zygote's
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _write_environ({str(k): str(v) for k, v in msg["tags"].items()})
+        os.environ.pop(ROOM_VAR, None)
+        print(f"nbscale zygote: claimed from the warm zygote {os.getppid()}", flush=True)
+        code = serve(conn)
+    except BaseException:  # noqa: BLE001 - said in the endpoint's zygote log
+        import traceback
+
+        traceback.print_exc()
+        _send(conn, {"error": "the warm zygote could not become this endpoint's zygote"})
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def warm_main(run_dir: Path, ttl: float) -> int:
+    """The warm zygote: preload, then fork a zygote for each router that claims one, until
+    ``ttl`` seconds pass without a claim."""
+    sock_path, lock_path = warm_paths(run_dir)
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another one runs for this home and environment
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock_path.unlink(missing_ok=True)  # a dead one's
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(sock_path))  # 0600: only this user may connect (and uids are checked)
+    finally:
+        os.umask(old)
+    listener.listen(64)  # claims made while preloading wait here
+    stopping = False
+
+    def on_term(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"nbscale warm zygote {os.getpid()} for {run_dir}, idle TTL {ttl:g} s", flush=True)
+    ok = _prepare()
+    last = time.monotonic()
+    try:
+        while ok and not stopping:
+            left = ttl - (time.monotonic() - last)
+            if left <= 0 or not sock_path.exists():
+                break  # idle past the TTL, or the home was removed
+            with contextlib.suppress(InterruptedError):
+                readable, _, _ = select.select([listener], [], [], min(left, 1.0))
+            _reap()
+            if not readable:
+                continue
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with conn:
+                    if _claim(conn, listener, lock_fd):
+                        last = time.monotonic()
+    finally:
+        with contextlib.suppress(OSError):
+            if os.stat(sock_path).st_ino == os.fstat(listener.fileno()).st_ino:
+                sock_path.unlink()
+        listener.close()
+    print(f"nbscale warm zygote {os.getpid()} exits", flush=True)
+    return 0 if ok else 1
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _claim(conn: socket.socket, listener: socket.socket, lock_fd: int) -> bool:
+    """One claim: checked, then forked into a zygote that keeps ``conn``."""
+    if _peer_uid(conn) != os.getuid():
+        return False
+    conn.settimeout(CLAIM_TIMEOUT_S)
+    data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 1)
+    try:
+        msg = json.loads(data) if data else {}
+        refusal = _refusal()
+        if msg.get("op") != "claim" or len(fds) != 1 or not isinstance(msg.get("tags"), dict):
+            refusal = "a claim carries the endpoint's tags and its zygote log"
+        elif msg.get("fingerprint") != fingerprint():
+            refusal = "stale: nbscale or Python changed since this warm zygote started"
+        if refusal:
+            _send(conn, {"error": refusal})
+            return False
+        conn.settimeout(None)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _claimed(conn, listener, lock_fd, msg, fds[0])
+        return True
+    except ValueError:
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 # -- the router's side ---------------------------------------------------------------------
@@ -303,10 +589,89 @@ def _start_ticks(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
+class ClaimedProcess:
+    """A zygote forked by the warm zygote: not our child, so watched by pid and start time."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+        self._created = _start_ticks(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                gone = fields[0] == "Z" or int(fields[19]) != self._created
+            except OSError:
+                gone = True
+            if gone:
+                self.returncode = -1
+        return self.returncode
+
+    def terminate(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+
+def claim_warm(
+    run_dir: Path, tags: dict[str, str], log_path: Path, wait_s: float = 2.0
+) -> Zygote | None:
+    """This router's zygote, forked by the warm zygote of ``run_dir``; None when there is none
+    to claim (absent, dead, stale, or not listening within ``wait_s`` while it starts)."""
+    if not warm_enabled():
+        return None
+    sock_path, _ = warm_paths(run_dir)
+    deadline = time.monotonic() + wait_s
+    chan = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    while True:
+        try:
+            chan.connect(str(sock_path))
+            break
+        except OSError:
+            # a warm zygote that holds its lock is about to listen; without one, none comes
+            if time.monotonic() >= deadline or not warm_running(run_dir):
+                chan.close()
+                return None
+            time.sleep(0.02)
+    doc = {"op": "claim", "tags": tags, "fingerprint": fingerprint()}
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        socket.send_fds(chan, [json.dumps(doc).encode()], [fd])
+    except OSError:
+        chan.close()
+        return None
+    finally:
+        os.close(fd)
+    return Zygote(log_path, {}, chan=chan)
+
+
 class Zygote:
     """The router's handle on its zygote: start it, ask it for replicas, hear their exits."""
 
-    def __init__(self, log_path: Path, env: dict[str, str]):
+    def __init__(self, log_path: Path, env: dict[str, str], chan: socket.socket | None = None):
+        self.claimed = chan is not None
+        if chan is not None:  # a claim sent to the warm zygote: its child answers "ready"
+            self.chan = chan
+            self.ready = False
+            self.exits: dict[int, int] = {}
+            self.next_id = 0
+            self.proc: Any = None
+            self.chan.setblocking(False)
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.chan = ours
         self.ready = False
@@ -332,11 +697,20 @@ class Zygote:
         self.chan.setblocking(False)
 
     def alive(self) -> bool:
+        if self.proc is None:  # claimed, not answered yet: alive while the channel is open
+            return self.chan.fileno() != -1
         return self.proc.poll() is None
 
     def _handle(self, doc: dict) -> dict | None:
         if "ready" in doc:
+            if self.proc is None:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    self.proc = ClaimedProcess(int(doc["ready"]))
+                if self.proc is None:
+                    return None
             self.ready = True
+        elif "error" in doc and "id" not in doc:  # the warm zygote refused the claim
+            self.chan.close()
         elif "exit" in doc:
             self.exits[int(doc["exit"])] = int(doc["code"])
         else:
@@ -360,6 +734,8 @@ class Zygote:
                 data = b""
             if not data:
                 self.ready = False  # the zygote is gone
+                if self.proc is None:
+                    self.chan.close()  # a claim nobody answered
                 return answers
             with contextlib.suppress(ValueError):
                 answer = self._handle(json.loads(data))
@@ -416,7 +792,7 @@ class Zygote:
         """Stop the zygote (its replicas are stopped by the router, not by this)."""
         with contextlib.suppress(OSError):
             self.chan.close()
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ...errors import NotFound
 from ...store import get_store
@@ -33,7 +34,80 @@ RESTART_WINDOW_S = 60.0
 CRASH_LOOP = 5  # deaths within the window before restarts are spaced out
 
 
-def supervise(name: str) -> int:
+class _Forked:
+    """A router forked from this supervisor, waited on like a ``subprocess.Popen``."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is None:
+                with contextlib.suppress(ChildProcessError, InterruptedError):
+                    _, status = os.waitpid(self.pid, 0)
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                continue
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+
+def _fork_router(run_router: Callable[[int], int], fd: int, log_path: str) -> _Forked:
+    """The router in a child of this process, which has imported it already: no second
+    interpreter start on a deploy or a restart."""
+    import nbscale.store as store_module
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+    code = 1
+    try:
+        # the supervisor's SQLite connection stays the supervisor's: the router opens its own
+        # (kept referenced, never closed or used here)
+        inherited = list(store_module._stores.values())  # noqa: F841
+        store_module._stores.clear()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        code = run_router(fd)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - said in the router's log, then the exit code
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def supervise(name: str, run_router: Callable[[int], int] | None = None) -> int:
+    """Own the endpoint's port and keep a router running on it: ``run_router(fd)`` in a forked
+    child when given (the caller has the router imported), else a new interpreter."""
     store = get_store()
     rec = get_endpoint(store, name)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -64,21 +138,24 @@ def supervise(name: str) -> int:
     deaths: deque[float] = deque()
     log_path = os.path.join(rec.config["dir"], "router.log")
     while not stopping:
-        with open(log_path, "ab") as log:
-            child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "nbscale.backends.local.router",
-                    name,
-                    "--listen-fd",
-                    str(sock.fileno()),
-                ],
-                pass_fds=(sock.fileno(),),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        if run_router is not None:
+            child = _fork_router(run_router, sock.fileno(), log_path)
+        else:
+            with open(log_path, "ab") as log:
+                child = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "nbscale.backends.local.router",
+                        name,
+                        "--listen-fd",
+                        str(sock.fileno()),
+                    ],
+                    pass_fds=(sock.fileno(),),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
         code = child.wait()
         if stopping:
             break

@@ -58,7 +58,7 @@ from ...serving.httpserver import (
 from ...serving.jsoncodec import dumps, loads
 from ...serving.metrics import ServerMetrics
 from ...serving.upstream import POOL_IDLE_S, Pool, UpstreamError, exchange
-from ...serving.zygote import Zygote, ZygoteError
+from ...serving.zygote import Zygote, ZygoteError, claim_warm, warm_dir
 from ...store import get_store
 from ...store.endpoints import (
     FAILED,
@@ -73,6 +73,7 @@ from . import gpus
 from .processes import alive, create_time
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
+TAG_ENV = "NBSCALE_ENDPOINT_TAG"  # set by endpoints.py: the home-qualified tag
 FORWARD_HEADERS = ("authorization", "content-type", "accept", "inference-header-content-length")
 KEEP_RESPONSE_HEADERS = ("inference-header-content-length", "retry-after", "www-authenticate")
 COLD_START_TIMEOUT_S = 120.0
@@ -224,6 +225,14 @@ class Router:
             return
         self.zygote_started = time.monotonic()
         env = {**os.environ, ENDPOINT_ENV: self.name, "PYTHONUNBUFFERED": "1"}
+        tags = {k: env[k] for k in (ENDPOINT_ENV, TAG_ENV) if k in env}
+        try:  # the warm zygote of this home, when there is one: no Python or torch start
+            self.zygote = claim_warm(warm_dir(), tags, self.dir / "zygote.log")
+        except OSError as exc:
+            log.warning("cannot claim the warm zygote (%s); starting one", exc)
+            self.zygote = None
+        if self.zygote is not None:
+            return
         try:
             self.zygote = Zygote(self.dir / "zygote.log", env)
         except OSError as exc:
@@ -265,9 +274,8 @@ class Router:
         if now - self.zygote_started < ZYGOTE_RETRY_S:
             return
         if z is not None:
-            add_endpoint_event(
-                self.store, self.name, "zygote_died", {"returncode": z.proc.returncode}
-            )
+            code = z.proc.returncode if z.proc is not None else None
+            add_endpoint_event(self.store, self.name, "zygote_died", {"returncode": code})
             z.close(timeout=1)
         self._start_zygote()
 
@@ -361,8 +369,8 @@ class Router:
         while rep.port == 0 and rep.proc.poll() is None and not rep.draining:
             with contextlib.suppress(OSError, ValueError):
                 rep.port = int(port_file.read_text())
-            if rep.port == 0:
-                await asyncio.sleep(0.02)
+            if rep.port == 0:  # written once the model is loaded and the port bound
+                await asyncio.sleep(0.005 if time.monotonic() - start < 5 else 0.02)
         while rep.proc.poll() is None and not rep.draining:
             try:
                 status, _, _ = await exchange(
@@ -870,7 +878,10 @@ class Router:
             idle_s=round(time.monotonic() - self.last_request, 1) if not self.inflight else 0.0,
             router_pid=os.getpid(),
             serving="router",  # "replica" while a lone replica serves the socket itself
-            zygote_pid=self.zygote.proc.pid if self.zygote and self.zygote.alive() else None,
+            zygote_pid=self.zygote.proc.pid
+            if self.zygote and self.zygote.proc and self.zygote.alive()
+            else None,
+            zygote_claimed=bool(self.zygote and self.zygote.claimed),
             control_errors=self.control_errors,
         )
         return snap
@@ -912,7 +923,10 @@ class Router:
                 )
             if dead is not None:
                 break  # the control loop replaces it
-            await asyncio.sleep(0.05)
+            waits = [asyncio.ensure_future(r.ready.wait()) for r in self.replicas]
+            await asyncio.wait(waits, timeout=0.05)  # woken by the last ready, or to check
+            for w in waits:
+                w.cancel()
         self.booting = False
         self._record("ready")
         await self._update_direct()
@@ -959,7 +973,15 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(0)
         from .replicas import supervise
 
-        return supervise(args.name)
+        # the supervisor has this module imported: it forks each router instead of starting
+        # an interpreter (NBSCALE_ROUTER_EXEC=1: a new one each time, as before)
+        forked = os.environ.get("NBSCALE_ROUTER_EXEC", "0") != "1"
+        return supervise(args.name, (lambda fd: run_router(args.name, fd)) if forked else None)
+    return run_router(args.name, args.listen_fd)
+
+
+def run_router(name: str, listen_fd: int) -> int:
+    """The router of endpoint ``name`` on the inherited listening socket ``listen_fd``."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -968,11 +990,11 @@ def main(argv: list[str] | None = None) -> int:
     install_fast_loop()
     router = None
     try:
-        router = Router(args.name)
-        asyncio.run(router.run(args.listen_fd))
+        router = Router(name)
+        asyncio.run(router.run(listen_fd))
     except StartupError as exc:
         with contextlib.suppress(Exception):
-            update_endpoint(get_store(), args.name, "failed", status=FAILED, error=str(exc))
+            update_endpoint(get_store(), name, "failed", status=FAILED, error=str(exc))
         if router:
             for rep in router.replicas:
                 with contextlib.suppress(Exception):
