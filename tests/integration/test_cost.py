@@ -176,9 +176,11 @@ def test_refresh_prices_reads_the_price_list_api_and_the_cost_module_uses_it(
 
     config = nbconfig.load()
     ireland = config.backend("ireland").settings
-    # before: eu-west-1 has no list prices, so a budget there cannot be priced
+    # before: the shipped list has eu-west-1's ml.m5.xlarge, not its ml.m5.large training
+    # price, so a budget on the latter cannot be priced
+    assert cost.budget_price("sagemaker", ireland, "ml.m5.xlarge", 0, "ireland") == 0.257
     with pytest.raises(SpecError, match="refresh-prices"):
-        cost.budget_price("sagemaker", ireland, "ml.m5.xlarge", 0, "ireland")
+        cost.budget_price("sagemaker", ireland, "ml.m5.large", 0, "ireland")
 
     proc = nbscale_cli("cost", "--refresh-prices", check=True)
     assert "written to" in proc.stdout and "eu-west-1, us-east-1" in proc.stdout
@@ -192,7 +194,8 @@ def test_refresh_prices_reads_the_price_list_api_and_the_cost_module_uses_it(
     assert saved["regions"]["eu-west-1"]["hosting"]["ml.c6i.129xlarge"] == pytest.approx(25.8)
     assert "eu-central-1" not in saved["regions"]
 
-    # the budget, estimates of endpoints and pipeline steps: at the region's own prices
+    # the budget, estimates of endpoints and pipeline steps: at the region's own prices, the
+    # refreshed file's before the shipped list's
     assert cost.budget_price("sagemaker", ireland, "ml.m5.xlarge", 0, "ireland") == 0.2576
     assert cost.foreign_list_price("sagemaker", ireland, "ml.m5.xlarge") is None
     endpoint = cost.endpoint_estimate("ireland", "ml.m5.large", instances=2, hours=10)

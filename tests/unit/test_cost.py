@@ -175,6 +175,29 @@ def test_ml_m5_large_is_priced_for_training_hosting_and_processing():
         assert cost.node_price("sagemaker", virginia, "ml.m5.large", 0, component) == 0.115
     # the newer AWS price list's figure, not the late-2025 page's 37.688
     assert cost.list_price("sagemaker", "ml.p4d.24xlarge", "us-east-1") == 25.251
+    # eu-west-1: AWS's bill of 2023-12 states each component's rate of ml.m5.xlarge
+    for component in cost.COMPONENTS:
+        assert cost.list_price("sagemaker", "ml.m5.xlarge", "eu-west-1", component) == 0.257
+
+
+def test_a_warm_pool_is_billed_at_the_regions_training_list_price():
+    from types import SimpleNamespace
+
+    from nbscale.config import BackendConfig, Config
+
+    config = Config(backends={"aws": BackendConfig("aws", "sagemaker", {"region": "eu-west-1"})})
+    record = SimpleNamespace(
+        duration=3600.0,
+        spec={"instance_type": "ml.g4dn.xlarge", "nodes": 1},
+        backend="aws",
+        backend_type="sagemaker",
+        info={"billable_seconds": 3600, "retained_billable_seconds": 7200},
+    )
+    found = cost.record_costs(record, config)
+    # training 0.822 in eu-west-1 (its hosting rate is 0.821): 1 h of job, 2 h of warm pool
+    assert found["price_per_node_hour"] == 0.822
+    assert found["warm_pool_cost"] == pytest.approx(1.644)
+    assert found["cost"] == pytest.approx(0.822 + 1.644)
 
 
 def test_an_unknown_type_or_component_is_refused_naming_the_refresh_and_the_prices_setting():
@@ -285,8 +308,10 @@ def test_the_user_price_file_comes_before_the_shipped_list(nbscale_home):
     assert cost.foreign_list_price("sagemaker", ireland, "ml.m5.xlarge") is None
     assert cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.xlarge") == 0.25
     # not in the file: the shipped list, and another region's price only with a note
-    assert cost.node_price("sagemaker", ireland, "ml.g5.xlarge") == 1.408
-    assert cost.foreign_list_price("sagemaker", ireland, "ml.g5.xlarge") is not None
+    assert cost.node_price("sagemaker", ireland, "ml.g5.xlarge") == 1.57  # eu-west-1's own
+    assert cost.foreign_list_price("sagemaker", ireland, "ml.g5.xlarge") is None
+    assert cost.node_price("sagemaker", ireland, "ml.g6.xlarge") == 1.127  # us-east-1's
+    assert cost.foreign_list_price("sagemaker", ireland, "ml.g6.xlarge") is not None
     path.write_text("{not json")  # a broken file prices nothing and breaks nothing
     assert cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.xlarge") == 0.23
 
