@@ -419,10 +419,14 @@ def test_a_key_secret_that_cannot_be_written_names_the_runs_namespace(
     assert kfp_api.runs == {}
 
 
-def test_a_run_without_a_pushed_image_is_refused_before_anything_is_sent(small, kfp_api, kube_env):
+def test_no_pushed_image_and_no_storage_for_the_wheelhouse_is_refused_before_anything_is_sent(
+    small, kfp_api, kube_env
+):
+    """Without an image the steps install nbscale's wheelhouse from object storage
+    (test_kubeflow_pipeline_stock_image.py): without storage either, one message."""
     table = {"kfp_host": kfp_api.url, "namespace": NS}
     runner = KFPPipelines(settings(BackendConfig("kf", "kubeflow", table)))
-    with pytest.raises(SpecError, match=r"\[backends.kf\] image: is not set; a KFP step runs"):
+    with pytest.raises(SpecError, match=r"\[backends.kf\] image: is not set, and storage is not"):
         runner.start(str(small), {})
     assert kfp_api.requests == []
     assert kube_env.writes() == []
