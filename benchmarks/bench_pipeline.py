@@ -11,8 +11,12 @@ nbscale generates, with the same load/save cells), with the same kernel (a
   made here; it runs the four notebooks one after another with its CLI, one
   ``papermill`` command per notebook, as a shell script or Makefile would.
   The same with papermill's Python API in one process is reported too.
-- nbscale runs ``nbscale pipeline run pipeline.yaml`` (CLI, fresh store: the
-  first run), then again unchanged (the re-run: every step a cache hit).
+- nbscale runs ``nbscale pipeline run pipeline.yaml`` (CLI, fresh store and home: the
+  first run, no kernel warm), then again unchanged (the re-run: every step a cache hit),
+  then with ``--no-cache`` once the kernel kept warm between runs (``nbscale.pipelines.warm``)
+  is ready: every step runs as in a first run, the first on that warm kernel. The time
+  from the first run's end until that kernel was ready is reported too. The home's keeper
+  is shut down at the end of each round, and no kernel may be left behind.
 - per-step overhead: a step's wall time minus the time its own cells ran
   (papermill's per-cell timestamps in the executed notebook), i.e. kernel
   start/handover, papermill's notebook handling and, for nbscale, loading and
@@ -154,11 +158,12 @@ def run_peer_api(steps, env, root: Path) -> tuple[float, list[float]]:
     return total, [w - user_cell_seconds(Path(d[2])) for w, d in zip(each, data, strict=True)]
 
 
-def run_nbscale(env: dict, home: Path) -> tuple[float, dict]:
+def run_nbscale(env: dict, home: Path, *extra: str) -> tuple[float, dict]:
     env = {**env, "NBSCALE_HOME": str(home)}
     start = time.perf_counter()
+    wall_start = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "nbscale", "pipeline", "run", str(EXAMPLE), "--json"],
+        [sys.executable, "-m", "nbscale", "pipeline", "run", str(EXAMPLE), "--json", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -170,7 +175,44 @@ def run_nbscale(env: dict, home: Path) -> tuple[float, dict]:
             f"nbscale pipeline run exited {proc.returncode}:\n{proc.stderr[-3000:]}\n"
             f"{proc.stdout[-3000:]}"
         )
-    return elapsed, json.loads(proc.stdout)
+    run = json.loads(proc.stdout)
+    started = [s["started"] for s in run["steps"] if s.get("started") and not s["cached"]]
+    # from the command's start to the first step's start: the process, the imports and the
+    # DAG's preparation, which no step's overhead counts
+    run["to_first_step_s"] = min(started) - wall_start if started else None
+    return elapsed, run
+
+
+def with_home(home: Path):
+    """``nbscale.pipelines.warm`` of ``home`` (its registry reads NBSCALE_HOME)."""
+    from nbscale.pipelines import warm
+
+    os.environ["NBSCALE_HOME"] = str(home)
+    return warm
+
+
+def wait_warm(home: Path, timeout: float = 120.0) -> float:
+    """Seconds until a kernel kept warm in ``home`` is ready."""
+    warm = with_home(home)
+    start = time.perf_counter()
+    while not any(k.get("state") == "ready" for k in warm.kernels()):
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"no warm kernel in {home} after {timeout:g} s")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def shut_pool(home: Path) -> None:
+    """Stop the home's keepers; fails if any kernel of the pool is left running."""
+    warm = with_home(home)
+    pids = [k["pid"] for k in warm.kernels() if k.get("pid")]
+    if not warm.shutdown(60):
+        raise RuntimeError(f"the kernel pool of {home} did not shut down")
+    import psutil
+
+    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    if left:
+        raise RuntimeError(f"kernels left running after the pool shut down: {left}")
 
 
 def step_overheads(run: dict) -> dict[str, float]:
@@ -191,10 +233,14 @@ def main() -> int:
         "papermill_api": [],
         "nbscale_first": [],
         "nbscale_rerun": [],
+        "nbscale_first_warm_kernel": [],
     }
     peer_overhead: list[float] = []
     peer_api_overhead: list[float] = []
     ours_overhead: list[dict[str, float]] = []
+    warm_overhead: list[dict[str, float]] = []
+    to_first: dict[str, list[float]] = {"cold": [], "warm": []}
+    warm_ready_after: list[float] = []
     loads: list[tuple[float, float, float]] = []
     for i in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="nbscale-bench-") as tmp:
@@ -211,14 +257,25 @@ def main() -> int:
             assert run["status"] == "SUCCEEDED", run
             samples["nbscale_first"].append(first)
             ours_overhead.append(step_overheads(run))
+            to_first["cold"].append(run["to_first_step_s"])
+            first_ended = time.perf_counter()
             again, rerun = run_nbscale(env, root / "home")
             assert all(s["cached"] for s in rerun["steps"]), rerun
             samples["nbscale_rerun"].append(again)
+            wait_warm(root / "home")
+            warm_ready_after.append(time.perf_counter() - first_ended)
+            hot, hot_run = run_nbscale(env, root / "home", "--no-cache")
+            assert hot_run["status"] == "SUCCEEDED", hot_run
+            samples["nbscale_first_warm_kernel"].append(hot)
+            warm_overhead.append(step_overheads(hot_run))
+            to_first["warm"].append(hot_run["to_first_step_s"])
+            shut_pool(root / "home")
         loads.append(os.getloadavg())
         print(
             f"round {i + 1}: "
             + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items())
             + f", first step overhead {ours_overhead[-1].get('prepare', float('nan')):.2f}s"
+            + f" (warm kernel {warm_overhead[-1].get('prepare', float('nan')):.2f}s)"
             + f", load {loads[-1][0]:.2f}",
             file=sys.stderr,
         )
@@ -226,6 +283,12 @@ def main() -> int:
     per_step = [v for r in ours_overhead for v in r.values()]
     after_first = [v for r in ours_overhead for k, v in r.items() if k != "prepare"]
     first_step = [r["prepare"] for r in ours_overhead if "prepare" in r]
+    warm_first = [r["prepare"] for r in warm_overhead if "prepare" in r]
+    warm_after = [v for r in warm_overhead for k, v in r.items() if k != "prepare"]
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
     result = {
         "workload": "examples/pipeline/pipeline.yaml (digits diamond, 4 notebooks)",
         "rounds": args.rounds,
@@ -234,6 +297,10 @@ def main() -> int:
         "samples_s": samples,
         "ratio_first_run_vs_papermill_cli": med["nbscale_first"] / med["papermill_cli"],
         "ratio_first_run_vs_papermill_api": med["nbscale_first"] / med["papermill_api"],
+        "ratio_first_run_warm_kernel_vs_papermill_cli": med["nbscale_first_warm_kernel"]
+        / med["papermill_cli"],
+        "ratio_first_run_warm_kernel_vs_papermill_api": med["nbscale_first_warm_kernel"]
+        / med["papermill_api"],
         "ratio_rerun_vs_papermill_cli": med["nbscale_rerun"] / med["papermill_cli"],
         "ratio_rerun_vs_papermill_api": med["nbscale_rerun"] / med["papermill_api"],
         "per_step_overhead_s": {
@@ -247,7 +314,12 @@ def main() -> int:
                 "max": max(first_step),
             },
             "nbscale_by_step": ours_overhead,
+            "warm_kernel_first_step": spread(warm_first),
+            "warm_kernel_median_after_first_step": statistics.median(warm_after),
+            "warm_kernel_by_step": warm_overhead,
         },
+        "command_start_to_first_step_s": {k: spread(v) for k, v in to_first.items()},
+        "warm_kernel_ready_after_first_run_s": spread(warm_ready_after),
         "goals": {"first_run_ratio": 0.5, "rerun_ratio": 0.05, "per_step_overhead_s": 0.3},
         "load_average": os.getloadavg(),
         "load_average_by_round": loads,

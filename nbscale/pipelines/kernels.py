@@ -18,9 +18,10 @@ from typing import Any
 from .. import lazy_grammar
 
 STARTUP_TIMEOUT = 120
+WARMUP_MODULES = ("nbscale.pipelines.artifacts", "numpy", "cloudpickle")
 WARMUP = (
     "import importlib.util as _u\n"
-    "for _m in ('nbscale.pipelines.artifacts', 'numpy', 'cloudpickle'):\n"
+    f"for _m in {WARMUP_MODULES!r}:\n"
     "    _u.find_spec(_m) and __import__(_m)\n"
     "del _u, _m"
 )
@@ -83,6 +84,23 @@ class PooledKernel:
         self.error: BaseException | None = None
         self.doomed = False  # killed before its process existed: kill it as soon as it does
         self.taken = False  # a step waits for it: skip the warm-up
+        self.warm: dict[str, Any] | None = None  # the registry entry, for a kernel kept warm
+
+    @classmethod
+    def adopt(cls, entry: dict[str, Any], kernel_name: str, cwd: str) -> PooledKernel:
+        """A warm kernel a keeper started (``warm``), claimed by this run: up and warmed up."""
+        from ..kernel_transport import KernelSockets
+        from .warm import adopted_manager
+
+        kernel = cls.__new__(cls)
+        kernel.km = adopted_manager(entry, kernel_name)
+        kernel._sockets = KernelSockets(kernel.km, "ipc", entry.get("folder"))
+        kernel.cwd, kernel.env = cwd, {}
+        kernel.ready, kernel.spawned = threading.Event(), threading.Event()
+        kernel.ready.set()
+        kernel.spawned.set()
+        kernel.error, kernel.doomed, kernel.taken, kernel.warm = None, False, False, entry
+        return kernel
 
     def start(
         self, gate: threading.Semaphore | None = None, after: threading.Event | None = None
@@ -180,6 +198,17 @@ class KernelPool:
         self._gate = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
         self._first_ready: threading.Event | None = None
         self._first_spawned: threading.Event | None = None
+        self._loaded = threading.Event()  # papermill imported and the engine registered
+
+    def adopt(self, kernel: PooledKernel) -> None:
+        """A warm kernel from between runs, for the first step: nothing to boot first, so
+        papermill's import starts at once, and the run's own kernels start after it (imports
+        hold the GIL; the first step waits for that import now)."""
+        with self._lock:
+            self._spare.insert(0, kernel)
+            if self._first_spawned is None:
+                self._first_spawned = kernel.spawned
+                self._first_ready = self._loaded
 
     @staticmethod
     def import_client() -> None:
@@ -197,8 +226,11 @@ class KernelPool:
 
         def load() -> None:
             self.wait_first_spawn()
-            with contextlib.suppress(Exception):
-                register_engine()
+            try:
+                with contextlib.suppress(Exception):
+                    register_engine()
+            finally:
+                self._loaded.set()
 
         threading.Thread(target=load, name="nbscale-preload", daemon=True).start()
 

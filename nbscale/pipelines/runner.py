@@ -21,11 +21,12 @@ from ..store import get_store
 from ..store import pipelines as db
 from . import artifacts, fingerprint, step_sweep, stepbook
 from .execute import Attempt, run_step
-from .kernels import KernelPool
+from .kernels import KernelPool, PooledKernel
 from .loader import load
 from .model import Pipeline
 from .parameters import resolve as resolve_parameters
 from .status import CACHED, CANCELLED, FAILED, PENDING, REUSED, RUNNING, SKIPPED, SUCCEEDED
+from .warm import WarmKernels
 
 DONE = (SUCCEEDED, CACHED, REUSED)
 
@@ -173,6 +174,7 @@ class Runner:
         self.outputs: dict[str, str] = {}  # step -> directory holding its outputs
         self.status: dict[str, str] = {}
         self.pool: KernelPool | None = None
+        self.warm: WarmKernels | None = None  # kernels kept warm between runs (``warm``)
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _set(self, step: str, **fields: Any) -> None:
@@ -368,6 +370,7 @@ class Runner:
             else:
                 self._set(name, status=SKIPPED, cache_reason="not selected (--only/--from)")
         running: dict[Future, str] = {}
+        ended = False  # the loop ran to its end (a step's failure included), not interrupted
         with ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nbscale-step") as threads:
             try:
                 while todo or running:
@@ -434,12 +437,16 @@ class Runner:
                         )
                         if not attempt.ok and error is None:
                             error = attempt.error
+                ended = True
             finally:
                 self.stop.set()  # a sweep step still running cancels its sweep and returns
                 for future in running:
                     future.cancel()
                 if self.pool is not None:
                     self.pool.close()
+                if self.warm is not None:
+                    # the next run of this environment finds its first kernel warm
+                    self.warm.finish(start_keepers=ended)
         for name in todo:
             self._set(
                 name,
@@ -488,9 +495,17 @@ class Runner:
             # started at the first cache miss, so an all-cached run starts no kernel at all
             # one spare beyond the running steps, so the next step's kernel is up when it is ready
             self.pool = KernelPool(self.max_parallel + 1, self.kernel_name, env=self._thread_env())
-            # the first kernel's process first, then papermill's import beside its boot
             self.pool.import_client()
-            self.pool.expect([str(Path(self.pipeline.steps[s].notebook).parent) for s in upcoming])
+            cwds = [str(Path(self.pipeline.steps[s].notebook).parent) for s in upcoming]
+            # the first step's kernel from the kernels kept warm between runs, where one of
+            # exactly this environment is ready
+            self.warm = WarmKernels(self.kernel_name, self.pool.env)
+            entry = self.warm.claim(cwds[0]) if cwds else None
+            if entry is not None:
+                self.pool.adopt(PooledKernel.adopt(entry, self.kernel_name, cwds[0]))
+                cwds = cwds[1:]
+            # else the first kernel's process first, then papermill's import beside its boot
+            self.pool.expect(cwds)
             self.pool.preload()
 
 
