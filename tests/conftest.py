@@ -33,6 +33,9 @@ def nbscale_home(tmp_path, monkeypatch):
     # the test machine's own disk may be fuller than data capture's default floor;
     # the tests of that floor give it explicitly, on a small disk of their own
     monkeypatch.setenv("NBSCALE_CAPTURE_MIN_FREE", "0")
+    # no pipeline kernels kept warm between a test's runs (a keeper per test home would
+    # outlive the test); the warm pool's own tests turn it on
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL", "0")
     monkeypatch.chdir(tmp_path)
     from nbscale import store
 
