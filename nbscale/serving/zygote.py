@@ -456,6 +456,7 @@ def warm_main(run_dir: Path, ttl: float) -> int:
     finally:
         os.umask(old)
     listener.listen(64)  # claims made while preloading wait here
+    ours = os.stat(sock_path).st_ino  # removed at exit only while it is still this one's
     stopping = False
 
     def on_term(signum, frame):
@@ -483,7 +484,7 @@ def warm_main(run_dir: Path, ttl: float) -> int:
                         last = time.monotonic()
     finally:
         with contextlib.suppress(OSError):
-            if os.stat(sock_path).st_ino == os.fstat(listener.fileno()).st_ino:
+            if os.stat(sock_path).st_ino == ours:
                 sock_path.unlink()
         listener.close()
     print(f"nbscale warm zygote {os.getpid()} exits", flush=True)

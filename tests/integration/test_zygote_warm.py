@@ -1,0 +1,172 @@
+"""The warm zygote: started ahead for a home, claimed by a deploy's router, gone after its TTL,
+and never needed (a deploy works without it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from nbscale.backends.local.endpoints import ENDPOINT_ENV, TAG_ENV, endpoint_tag
+from nbscale.backends.local.processes import tagged_processes
+from nbscale.endpoints import deploy, endpoints, prewarm
+from nbscale.serving import zygote as zmod
+from tests.support import wait_for
+from tests.support.serving import forward, make_artifact
+
+
+def _warm_pid(run_dir) -> int | None:
+    """The pid of the warm zygote listening in ``run_dir`` (None when none)."""
+    sock, _ = zmod.warm_paths(run_dir)
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "--warm" in cmd and str(run_dir) in cmd:
+            return p.pid
+    return None
+
+
+@pytest.fixture
+def warm(monkeypatch):
+    """Short TTLs; every warm zygote a test started is stopped after it (by its pid)."""
+    monkeypatch.setenv("NBSCALE_WARM_TTL", "60")
+    started: list[int] = []
+    yield started
+    for ep in endpoints():
+        ep.delete()
+    pid = _warm_pid(zmod.warm_dir())
+    for p in {*started, *([pid] if pid else [])}:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+
+
+def _ready(run_dir) -> int:
+    """Wait until the warm zygote of ``run_dir`` has preloaded; its pid."""
+    wait_for(lambda: _warm_pid(run_dir), 30, what="the warm zygote to start")
+    log = run_dir / "zygote.log"
+    wait_for(lambda: "ready after" in log.read_text(), 120, what="the warm zygote to preload")
+    return _warm_pid(run_dir)
+
+
+def test_a_deploy_forks_its_zygote_from_the_warm_one_and_leaves_nothing_behind(tmp_path, warm):
+    # Given a session that began to use nbscale: the home's warm zygote preloaded
+    model_dir, model = make_artifact(tmp_path / "art")
+    prewarm()
+    run_dir = zmod.warm_dir()
+    warm_pid = _ready(run_dir)
+    # Then it listens only on a unix socket of this user's, in a folder only they can open
+    sock, _ = zmod.warm_paths(run_dir)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
+    assert psutil.Process(warm_pid).net_connections(kind="inet") == []
+    # When an endpoint is deployed
+    ep = deploy(str(model_dir), name="warmed", replicas=(1, 1))
+    x = np.random.default_rng(0).normal(size=(3, 64)).astype("float32")
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    # Then its zygote was forked by the warm one, and carries the endpoint's tags as every
+    # process of the endpoint does (undeploy finds it, and the replica it forked, by them)
+    m = ep.metrics()
+    assert m["zygote_claimed"] is True
+    zygote = m["zygote_pid"]
+    assert psutil.Process(zygote).ppid() == warm_pid
+    env = psutil.Process(zygote).environ()
+    assert env[ENDPOINT_ENV] == "warmed" and env[TAG_ENV] == endpoint_tag("warmed")
+    replica = m["replica_list"][0]["pid"]
+    assert psutil.Process(replica).environ()[TAG_ENV] == endpoint_tag("warmed")
+    assert m["replica_list"][0]["started_by"] == "zygote"
+    # And nothing of the endpoint listens beyond loopback
+    for p in [zygote, replica, m["router_pid"]]:
+        for c in psutil.Process(p).net_connections(kind="inet"):
+            assert c.status != psutil.CONN_LISTEN or c.laddr.ip == "127.0.0.1", c
+    # When it is deleted, Then no process of it is left; the warm zygote stays for the next one
+    ep.delete()
+    for pid in (zygote, replica):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert tagged_processes(ENDPOINT_ENV, "warmed") == []
+    assert _warm_pid(run_dir) == warm_pid
+    # And a second deploy claims from the same warm zygote
+    ep = deploy(str(model_dir), name="again", replicas=(1, 1))
+    assert psutil.Process(ep.metrics()["zygote_pid"]).ppid() == warm_pid
+
+
+def test_the_warm_zygote_exits_after_its_idle_ttl(tmp_path, monkeypatch, warm):
+    # Given a warm zygote with an idle TTL of 3 s
+    monkeypatch.setenv("NBSCALE_WARM_TTL", "3")
+    run_dir = zmod.warm_dir()
+    warm.append(zmod.start_warm(run_dir))
+    pid = _ready(run_dir)
+    # When nobody claims it, Then it exits by itself and removes its socket
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 30)
+    sock, _ = zmod.warm_paths(run_dir)
+    assert not sock.exists()
+    assert "exits" in (run_dir / "zygote.log").read_text()
+
+
+def test_only_one_warm_zygote_per_home(warm):
+    run_dir = zmod.warm_dir()
+    warm.append(zmod.start_warm(run_dir))
+    wait_for(lambda: zmod.warm_running(run_dir), 30, what="the warm zygote's lock")
+    # When it is asked again while one runs, Then no second one starts
+    assert zmod.start_warm(run_dir) is None
+
+
+def test_a_deploy_works_when_the_warm_zygote_is_off_dead_or_stale(tmp_path, monkeypatch, warm):
+    model_dir, model = make_artifact(tmp_path / "art")
+    x = np.ones((2, 64), dtype="float32")
+    # Off: the router starts a zygote of its own
+    monkeypatch.setenv("NBSCALE_WARM_ZYGOTE", "0")
+    ep = deploy(str(model_dir), name="off", replicas=(1, 1))
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    m = ep.metrics()
+    assert m["zygote_claimed"] is False and m["replica_list"][0]["started_by"] == "zygote"
+    ep.delete()
+    assert _warm_pid(zmod.warm_dir()) is None
+    monkeypatch.setenv("NBSCALE_WARM_ZYGOTE", "1")
+    # Dead: killed -9, its socket file left behind
+    run_dir = zmod.warm_dir()
+    warm.append(zmod.start_warm(run_dir))
+    dead = _ready(run_dir)
+    os.kill(dead, signal.SIGKILL)
+    wait_for(lambda: not zmod.warm_running(run_dir), 10, what="the lock to be free")
+    assert zmod.warm_paths(run_dir)[0].exists()
+    ep = deploy(str(model_dir), name="dead", replicas=(1, 1))
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    assert psutil.Process(ep.metrics()["zygote_pid"]).ppid() != dead
+    ep.delete()
+    # Stale: a warm zygote of another installation refuses the claim; nothing is forked
+    _ready(run_dir)
+    monkeypatch.setattr(zmod, "fingerprint", lambda: "0" * 12)
+    z = zmod.claim_warm(run_dir, {ENDPOINT_ENV: "x"}, tmp_path / "z.log")
+    assert z is None or not z.wait_ready(5)
+
+
+def test_two_homes_never_share_a_warm_zygote(tmp_path, monkeypatch, warm):
+    model_dir, _ = make_artifact(tmp_path / "art")
+    first = zmod.warm_dir()
+    warm.append(zmod.start_warm(first))
+    a = _ready(first)
+    # When a deploy is made in another home
+    monkeypatch.setenv("NBSCALE_HOME", str(tmp_path / "other-home"))
+    from nbscale import store
+
+    store._stores.clear()
+    second = zmod.warm_dir()
+    assert second != first
+    try:
+        model_b, _ = make_artifact(tmp_path / "art-b")  # signed with the other home's key
+        ep = deploy(str(model_b), name="b", replicas=(1, 1))
+        # Then its zygote comes from that home's own warm zygote, never the first one's
+        parent = psutil.Process(ep.metrics()["zygote_pid"]).ppid()
+        assert parent != a and parent == _warm_pid(second)
+        ep.delete()
+    finally:
+        pid = _warm_pid(second)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.1)
