@@ -98,6 +98,12 @@ def prewarm(config: Config | None = None) -> None:
         for bconf in config.backends.values():
             try:
                 registry.role_class("jobs", bconf.type).prewarm(bconf)
+                # the local backend starts its warm zygote for the first deploy
+                warm_start = getattr(
+                    registry.role_class("endpoints", bconf.type), "warm_start", None
+                )
+                if warm_start is not None:
+                    warm_start()
             except Exception:  # noqa: BLE001 - a backend that cannot load says so when used
                 continue
 

@@ -177,8 +177,13 @@ class LocalEndpoints(EndpointBackend):
             raise
 
     def prewarm(self) -> None:
+        self.warm_start()
+
+    @staticmethod
+    def warm_start() -> None:
         """Start this home's warm zygote if none runs (``nbscale.serving.zygote``): a later
-        deploy's router forks its zygote from it instead of starting Python and torch."""
+        deploy's router forks its zygote from it instead of starting Python and torch.
+        ``%load_ext nbscale`` calls it (``nbscale.backends.prewarm``)."""
         with contextlib.suppress(OSError):
             start_warm(warm_dir())
 
