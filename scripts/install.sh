@@ -23,6 +23,8 @@ if [ "$want_tests" = test ]; then
   # a real browser for the panel's UI tests; node + npm build the labextension;
   # iproute2 joins the Kubeflow contract test's nodes over veth pairs in network namespaces
   apt_install chromium iproute2 jq
+  # tests/support/venvs.py makes test-only venvs (kserve's SDK) with "$PY" -m venv
+  "$PY" -c "import ensurepip" 2>/dev/null || apt_install python3-venv
 fi
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
