@@ -325,11 +325,92 @@ class KernelPool:
             reaper.join(15)
 
 
+# papermill's optional storage handlers, imported by ``papermill.iorw`` as papermill is: boto3
+# for s3:// (0.1 s) and pyarrow.fs for hdfs:// (0.1 s), half of papermill's import here; a
+# runner reads and writes local files only. module -> (names iorw takes, package, extra)
+OPTIONAL_IO = {
+    "papermill.s3": (("S3",), "boto3", "s3"),
+    "pyarrow.fs": (("FileSelector", "HadoopFileSystem"), "pyarrow", "hdfs"),
+}
+
+
+class _Deferred:
+    """A name of an optional module, imported at its first call (as papermill calls them)."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        try:
+            target = getattr(importlib.import_module(self.module), self.name)
+        except ImportError:
+            from papermill.exceptions import missing_dependency_generator
+
+            _, package, extra = OPTIONAL_IO[self.module]
+            missing_dependency_generator(package, extra)()
+            raise
+        return target(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _optional_io_deferred():
+    """While papermill is imported, its optional storage modules are stand-ins whose names
+    import the real module when called; removed afterwards, so any later import of those
+    modules is the real one. Only local paths are used here; an s3:// or hdfs:// path would
+    still work (or fail with papermill's own missing-dependency message)."""
+    import sys
+    import types
+
+    placed = []
+    for module, (names, _, _) in OPTIONAL_IO.items():
+        if module in sys.modules:
+            continue
+        stand_in = types.ModuleType(module)
+        for name in names:
+            setattr(stand_in, name, _Deferred(module, name))
+        sys.modules[module] = stand_in
+        placed.append(module)
+    # papermill asks entrypoints for two groups as it is imported, and each ask reads every
+    # installed distribution's entry points again (35-85 ms each here): one read serves both
+    import entrypoints
+
+    original = entrypoints.get_group_all
+    read: dict[str, list[Any]] = {}
+
+    def get_group_all(group: str, path: Any = None) -> list[Any]:
+        if path is not None:
+            return original(group, path)
+        if not read:
+            read[""] = []
+            for config, distro in entrypoints.iter_files_distros():
+                for section in config.sections():
+                    for name, spec in config[section].items():
+                        with entrypoints.BadEntryPoint.err_to_warnings():
+                            ep = entrypoints.EntryPoint.from_string(spec, name, distro)
+                            read.setdefault(section, []).append(ep)
+        return list(read.get(group, []))
+
+    entrypoints.get_group_all = get_group_all
+    try:
+        yield
+    finally:
+        entrypoints.get_group_all = original
+        for module in placed:
+            if sys.modules.get(module) is not None and not hasattr(sys.modules[module], "__file__"):
+                del sys.modules[module]
+
+
 def register_engine() -> str:
     """A papermill engine that executes on a kernel the pool started, and kills it afterwards."""
     import atexit
+    import sys
 
     lazy_grammar.defer()  # before papermill imports jsonschema (see lazy_grammar)
+    if "papermill" not in sys.modules:
+        with _optional_io_deferred():
+            import papermill  # noqa: F401
     from jupyter_core.utils import ensure_async, run_sync
     from nbclient.util import run_hook
     from papermill.clientwrap import PapermillNotebookClient
