@@ -130,9 +130,22 @@ def test_a_run_without_an_image_runs_its_steps_on_the_stock_image_from_the_wheel
 
     _seed_cache(built_wheels)
     runner = KFPPipelines(_conf(env))
-    run = runner.start(str(_flow(tmp_path)), {"n": 5})
+    flow = str(_flow(tmp_path))
+    dry = runner.plan(flow, {"n": 5})  # the package a run would send; nothing is uploaded
+    assert _objects(env["s3"], "work/") == [] and env["kfp"].runs == {}
+    run = runner.start(flow, {"n": 5})
     (post,) = [r for r in env["kfp"].requests if r[0] == "POST" and r[1] == "/apis/v2beta1/runs"]
     ir = post[2]["pipeline_spec"]["pipeline_spec"]
+    # the same package (the wheelhouse's digest aside: nbscale's wheel is built from this
+    # checkout, which may change in between, and then the wheelhouse is built anew)
+    planned = dry.documents[0]["deploymentSpec"]["executors"]
+    assert {k: e for k, e in planned.items() if "container" in e} == {
+        k: e for k, e in ir["deploymentSpec"]["executors"].items() if "container" in e
+    }
+    assert planned["exec-importer"]["importer"]["artifactUri"]["constant"].startswith(
+        f"s3://{BUCKET}/work/wheelhouse/sha256/"
+    )
+    assert any(f"on the stock image {env['image']}" in note for note in dry.notes)
     # the IR is KFP's own (the kfp compiler's), and the SDK loads it back
     assert components.load_component_from_text(yaml.safe_dump(ir)).name == "flow"
     executors = ir["deploymentSpec"]["executors"]

@@ -337,7 +337,8 @@ class KFPPipelines:
             self._check_parameters(pipeline, parameters)
             if stock:  # content-addressed: sent once, the URI the package names
                 sent = store.put(stock.archive, "wheels.zip", area="wheelhouse")
-                assert sent == uri, (sent, uri)
+                if sent != uri:  # the package must name what was sent
+                    raise NbscaleError(f"the wheelhouse went to {sent}, not to {uri}")
             namespace, why = self.namespace(cluster.namespace)
             # the tasks mount the key Secret: it must be where their pods run
             try:
