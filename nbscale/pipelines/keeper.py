@@ -62,7 +62,7 @@ class Keeper:
     def register(self) -> bool:
         with warm.registry(self.folder) as state:
             entry = state["keys"].setdefault(self.key, {"last_used": time.time(), "holders": []})
-            if warm.alive(entry.get("keeper")) and entry["keeper"][0] != self.me[0]:
+            if warm.exists(entry.get("keeper")) and entry["keeper"][0] != self.me[0]:
                 return False  # another keeper has this key
             entry["keeper"] = self.me
         return True
@@ -78,6 +78,8 @@ class Keeper:
                 state["kernels"].pop(kid, None)
             entry = state["keys"].setdefault(self.key, {"last_used": time.time(), "holders": []})
             holders = warm.prune_holders(entry)
+            if entry.get("keeper") and entry["keeper"][0] != self.me[0]:
+                self.stop.set()  # another keeper took this key over (this one was stopped)
             now = time.time()
             expired = not holders and now - float(entry.get("last_used") or 0) > self.ttl
             mine = {k: v for k, v in state["kernels"].items() if k in self.mine}

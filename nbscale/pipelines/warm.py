@@ -209,8 +209,13 @@ def alive(who: list[float] | None) -> bool:
     return bool(who) and process_state(who[0], who[1]) == "alive"  # type: ignore[index]
 
 
+def exists(who: list[float] | None) -> bool:
+    """The process still exists (running or stopped)."""
+    return bool(who) and process_state(who[0], who[1]) != "gone"  # type: ignore[index]
+
+
 def prune_holders(entry: dict[str, Any]) -> list[list[float]]:
-    entry["holders"] = [h for h in entry.get("holders", []) if alive(h)]
+    entry["holders"] = [h for h in entry.get("holders", []) if exists(h)]
     return entry["holders"]
 
 
@@ -273,7 +278,7 @@ class WarmKernels:
                 entry = state["keys"].setdefault(key, {"holders": []})
                 entry["holders"] = [h for h in prune_holders(entry) if h[:2] != mine[:2]]
                 entry["last_used"] = now
-                if start_keepers and not alive(entry.get("keeper")):
+                if start_keepers and not exists(entry.get("keeper")):
                     entry["keeper"] = None
                     spawn.append(key)
         for cwd, key in self.keys.items():
@@ -316,7 +321,7 @@ def keepers(folder: Path | None = None) -> list[list[float]]:
     if not (folder / "state.json").exists():
         return []
     with registry(folder) as state:
-        return [e["keeper"] for e in state["keys"].values() if alive(e.get("keeper"))]
+        return [e["keeper"] for e in state["keys"].values() if exists(e.get("keeper"))]
 
 
 def shutdown(timeout: float = 30.0, folder: Path | None = None) -> bool:
@@ -329,7 +334,7 @@ def shutdown(timeout: float = 30.0, folder: Path | None = None) -> bool:
         with contextlib.suppress(OSError):
             os.kill(int(pid), signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(alive(k) for k in running):
+    while any(exists(k) for k in running):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
