@@ -241,3 +241,50 @@ def _run_sagemaker_steps(definition, s3, root_dir, params, endpoint, stop=None):
         results[step["Name"]] = (proc.returncode, text)
         outputs[step["Name"]] = root / "output" / "outputs"
     return results
+
+
+def test_kfp_steps_on_a_stock_image_are_container_components_with_the_wheelhouse(small, tmp_path):
+    """Without nbscale's image each step is a container component: no kfp in its command,
+    the wheelhouse an importer's artifact, the typed parameters and the upstream folders
+    passed to ``nbscale.pipelines.container_step`` as KFP's launcher fills them in."""
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("kfp")
+    from kfp import components
+
+    from nbscale.backends.kubeflow.pipeline_compile import compile_pipeline as kfp_compile
+    from nbscale.pipelines.loader import load
+
+    uri = "s3://nb-bucket/work/wheelhouse/sha256/" + "ab" * 32 + "/wheels.zip"
+    out = tmp_path / "small.kfp.yaml"
+    image = "pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime"
+    kfp_compile(load(str(small)), out, image=image, wheelhouse_uri=uri)
+    ir, platform = yaml.safe_load_all(out.read_text())
+    assert (
+        components.load_component_from_text(yaml.safe_dump(ir)).name == ir["pipelineInfo"]["name"]
+    )
+    executors = ir["deploymentSpec"]["executors"]
+    assert executors["exec-importer"]["importer"]["artifactUri"] == {"constant": uri}
+    tasks = ir["root"]["dag"]["tasks"]
+    for name in ("step-make", "step-double", "step-square", "step-total"):
+        wheels = tasks[name]["inputs"]["artifacts"]["wheels"]["taskOutputArtifact"]
+        assert wheels == {"outputArtifactKey": "artifact", "producerTask": "importer"}
+    total = executors["exec-step-total"]["container"]
+    assert total["image"] == image
+    assert total["command"][:2] == ["sh", "-c"] and "kfp" not in " ".join(total["command"])
+    assert "pip install --no-index --no-deps" in total["command"][2]
+    args = total["args"]
+    assert args[0] == "{{$.inputs.artifacts['wheels'].path}}"
+    assert args[args.index("--notebook") + 1] == "{{$.inputs.parameters['notebook']}}"
+    ins = [args[i + 1 : i + 3] for i, a in enumerate(args) if a == "--in"]
+    assert ins == [
+        ["double", "{{$.inputs.artifacts['in_double'].path}}"],
+        ["square", "{{$.inputs.artifacts['in_square'].path}}"],
+    ]
+    make = executors["exec-step-make"]["container"]["args"]
+    assert json.loads(make[make.index("--types") + 1]) == {"n": "int"}
+    # the notebook and its local module are the step's parameters: KFP's cache key has them
+    params = tasks["step-make"]["inputs"]["parameters"]
+    assert "from shapes import square" in json.dumps(params["notebook"])
+    assert "shapes.py" in json.loads(params["modules"]["runtimeValue"]["constant"])
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == {"exec-step-make", "exec-step-double", "exec-step-square", "exec-step-total"}

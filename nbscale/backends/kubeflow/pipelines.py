@@ -53,7 +53,7 @@ STATES = {
 }
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 # KFP's own driver/executor tasks, and the importer of the wheelhouse: no step of the flow
-_PLUMBING = ("root-driver", "root", "executor", "importer", "nbscale-wheelhouse")
+_PLUMBING = ("root-driver", "root", "executor", "nbscale-wheelhouse")
 _NO_WHEEL = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+)")
 
 
