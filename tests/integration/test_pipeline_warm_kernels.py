@@ -237,3 +237,18 @@ def test_a_killed_warm_kernel_is_skipped(pool, tmp_path):
     assert after["pid"] != spare["pid"] and after["ppid"] == os.getpid()
     assert after["result"] == repr((30, 5))
     assert spare["pid"] not in [k.get("pid") for k in warm.kernels()]
+
+
+def test_a_bad_pool_setting_is_refused_before_the_run_is_recorded(tmp_path, monkeypatch):
+    from nbscale.errors import SpecError
+    from nbscale.pipelines import runs
+
+    path = flow(tmp_path / "flow")
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL_TTL", "soon")
+    with pytest.raises(SpecError, match="NBSCALE_KERNEL_POOL_TTL: is 'soon', not a number"):
+        start_run(str(path), detach=False)
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL_TTL", "5")
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL_SIZE", "-1")
+    with pytest.raises(SpecError, match="NBSCALE_KERNEL_POOL_SIZE: is '-1', not a count"):
+        start_run(str(path), detach=False)
+    assert list(runs()) == []

@@ -26,6 +26,7 @@ from ...pipelines.runner import (
 )
 from ...pipelines.status import ACTIVE, FAILED, LOST, PENDING, RUNNING
 from ...pipelines.step_sweep import SweepSteps
+from ...pipelines.warm import settings as warm_settings
 from ...store import pipelines as db
 from ..base import DryRun
 from ..pipeline_base import Announce, OnStep, PipelineBackend
@@ -57,6 +58,7 @@ class LocalPipelineBackend(PipelineBackend):
             "on that many instances)",
         )
         values = resolve(pipeline.parameters, parameters)
+        warm_settings()  # a bad NBSCALE_KERNEL_POOL* value is refused before anything is recorded
         chosen = selected_steps(pipeline, options.get("only"), options.get("from_step"))
         swept = [n for n in chosen if pipeline.steps[n].sweep is not None]
         if swept and self.step_sweeps is None:
