@@ -524,11 +524,56 @@ def _wait_ready_replicas(ep, n: int, timeout: float = 120.0) -> None:
     raise RuntimeError(f"{n} replicas were not ready within {timeout} s")
 
 
+FIRST_DEPLOY = """
+import json, sys, time, urllib.request
+from nbscale.endpoints import deploy, prewarm
+prewarm()  # what %load_ext nbscale does as a session begins (a no-op once one is warm)
+art, name, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+t = time.perf_counter()
+ep = deploy(art, name=name, replicas=(1, 1))
+token = open(f"{ep.record.config['dir']}/token").read().strip()
+req = urllib.request.Request(f"{ep.url}/v2/models/{name}/infer", body,
+    {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+with urllib.request.urlopen(req, timeout=180) as resp:
+    resp.read()
+print(json.dumps(round(time.perf_counter() - t, 3)))
+"""
+
+
+def _first_deploy(artifact: Path, name: str, data: bytes, env: dict[str, str]) -> float:
+    """A first deploy in a new Python process: ``deploy()`` until the first answer."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_DEPLOY, str(artifact), name, data.decode()],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _wait_warm(run_dir: Path, timeout: float = 120.0) -> None:
+    from nbscale.serving.zygote import start_warm, warm_paths
+
+    start_warm(run_dir)
+    sock, _ = warm_paths(run_dir)
+    deadline = time.monotonic() + timeout
+    log = run_dir / "zygote.log"
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if sock.exists() and "ready after" in text.rsplit("nbscale warm zygote ", 1)[-1]:
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the warm zygote did not preload")
+
+
 def fresh_replicas(artifact: Path, body: str, rounds: int) -> dict:
     """A replica started from nothing, with the zygote (forked) and without it (a new Python
     process), interleaved: first deploy, restart after kill -9, scale-up, and a request to an
     endpoint scaled to zero whose standby is gone."""
-    from nbscale.endpoints import deploy
+    from nbscale.endpoints import deploy, endpoint
+    from nbscale.serving.zygote import warm_dir
 
     home = Path(os.environ["NBSCALE_HOME"])
     data = body.encode()
@@ -537,15 +582,20 @@ def fresh_replicas(artifact: Path, body: str, rounds: int) -> dict:
         for mode in ("zygote", "fresh"):
             os.environ["NBSCALE_ZYGOTE"] = "1" if mode == "zygote" else "0"
             got = out.setdefault(mode, {})
+            if mode == "zygote":  # the same without the warm zygote: the router starts one
+                cold = f"cold-{r}"
+                got.setdefault("first_deploy_no_warm_s", []).append(
+                    _first_deploy(artifact, cold, data, {"NBSCALE_WARM_ZYGOTE": "0"})
+                )
+                endpoint(cold).delete()
+                _wait_warm(warm_dir())  # the session's warm zygote (%load_ext nbscale) is up
             name = f"fresh-{mode}-{r}"
-            # first deploy: from the call until the first answer
-            t = time.perf_counter()
-            ep = deploy(str(artifact), name=name, replicas=(1, 1))
+            # first deploy: in a new process (as a notebook's first), from the call until the
+            # first answer
+            got.setdefault("first_deploy_s", []).append(_first_deploy(artifact, name, data, {}))
+            ep = endpoint(name)
             token = (home / "endpoints" / name / "token").read_text().strip()
             url = f"{ep.url}/v2/models/{name}/infer"
-            if _post(url, data, token) != 200:
-                raise RuntimeError("the first request failed")
-            got.setdefault("first_deploy_s", []).append(round(time.perf_counter() - t, 3))
             try:
                 m = ep.metrics()
                 got.setdefault("first_replica_start_s", []).append(

@@ -288,14 +288,20 @@ CLAIM_TIMEOUT_S = 5.0
 
 
 def fingerprint() -> str:
-    """The Python environment a warm zygote was made in: the interpreter, its module path
-    (the launch folder aside) and nbscale's serving code as it is on disk now."""
+    """The Python environment a warm zygote was made in: the interpreter and its prefix,
+    ``PYTHONPATH``, torch's and nbscale's serving code as they are on disk now. The same in
+    a kernel, a CLI and a router of one environment (no process's own ``sys.path`` in it)."""
+    import importlib.util
+
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    h.update(f"{sys.executable}\0{sys.version}\0{os.getuid()}\0".encode())
-    h.update("\0".join(sys.path[1:]).encode())
+    h.update(f"{sys.executable}\0{sys.prefix}\0{sys.version}\0{os.getuid()}\0".encode())
     h.update(os.environ.get("PYTHONPATH", "").encode())
-    for f in sorted([*here.glob("*.py"), here.parent / "keys.py"]):
+    files = [*here.glob("*.py"), here.parent / "keys.py"]
+    with contextlib.suppress(ImportError, ValueError, AttributeError):
+        torch_init = Path(importlib.util.find_spec("torch").origin)  # found, not imported
+        files += [torch_init, torch_init.parent / "version.py"]
+    for f in sorted(files):
         with contextlib.suppress(OSError):
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\0".encode())
