@@ -1040,7 +1040,9 @@ def main() -> int:
             "1 replica on one CPU; the lone replica serves the endpoint's socket itself, endpoint_serving "
             "says so); nbscale-endpoint-proxy is the same with NBSCALE_DIRECT=0 (the router proxies every "
             "request); fresh_replica: replicas started from nothing with the zygote (forked) and without "
-            "it (NBSCALE_ZYGOTE=0, a new Python process), interleaved; "
+            "it (NBSCALE_ZYGOTE=0, a new Python process), interleaved; its first_deploy_s is a new "
+            "process's first deploy() with the home's warm zygote preloaded (as after %load_ext "
+            "nbscale), first_deploy_no_warm_s the same with NBSCALE_WARM_ZYGOTE=0; "
             "the machine was shared with other engineers' work while this ran",
         },
     )
