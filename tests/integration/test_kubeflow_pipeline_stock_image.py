@@ -194,6 +194,13 @@ def test_a_run_without_an_image_runs_its_steps_on_the_stock_image_from_the_wheel
         assert "pip install --no-index" in script and task.env["PIP_NO_INDEX"] == "1"
         assert "NBSCALE_KEY_FILE" in task.env and "AWS_ACCESS_KEY_ID" not in task.env
         assert os.path.realpath(task.env["PATH"].split(":")[0]).startswith(str(tmp_path / "pods"))
+    # nbscale ran from what the wheelhouse installed into the "image", not from this checkout
+    for name in ("step-make", "step-use"):
+        venv = tmp_path / "pods" / name / "image" / "venv"
+        (dist,) = venv.rglob("nbscale-*.dist-info")
+        origin = json.loads((dist / "direct_url.json").read_text())
+        assert origin["url"].endswith(".whl") and "dir_info" not in origin  # not editable
+        assert list(venv.rglob("papermill-*.dist-info"))
     # the step's output: the executed notebook, as uploaded to the pipeline root
     executed = [k for k in _objects(env["s3"], f"v2/artifacts/flow/{run.run_id}/step-use/")
                 if k.endswith("executed/step.ipynb")]  # fmt: skip

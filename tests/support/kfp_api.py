@@ -383,8 +383,7 @@ def play_run(
         home.mkdir(parents=True, exist_ok=True)
         full_env = {
             "PATH": f"{python.parent}:/usr/bin:/bin",
-            "HOME": str(home),
-            "NBSCALE_HOME": str(home / ".nbscale"),
+            "HOME": str(home),  # nbscale's home is the pod's own: ~/.nbscale
             "LANG": "C.UTF-8",
             "PIP_NO_INDEX": "1",  # nothing but what the command names: a pod without an index
             "PIP_FIND_LINKS": "",
