@@ -36,6 +36,8 @@ def nbscale_home(tmp_path, monkeypatch):
     # no pipeline kernels kept warm between a test's runs (a keeper per test home would
     # outlive the test); the warm pool's own tests turn it on
     monkeypatch.setenv("NBSCALE_KERNEL_POOL", "0")
+    # a deploy's warm zygote (serving/zygote.py) lives 5 s past its last claim, not 10 min
+    monkeypatch.setenv("NBSCALE_WARM_TTL", "5")
     monkeypatch.chdir(tmp_path)
     from nbscale import store
 
