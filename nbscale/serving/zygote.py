@@ -39,9 +39,9 @@ once, ``{"id", "pid"}`` or ``{"id", "error"}``, and ``{"exit": pid, "code"}``.
 (Python and torch, 2-3 s). ``python -m nbscale.serving.zygote --warm`` is the
 same preload, started ahead (``start_warm``: by ``%load_ext nbscale`` and by a
 local deploy) and kept for a while: one per nbscale home, user and Python
-environment (its socket's name carries a fingerprint of the interpreter, its
-path and nbscale's serving code, so a changed installation never gets an old
-one). It listens on a unix socket in ``$NBSCALE_HOME/run`` (0700 folder, 0600
+environment (its socket's name carries a fingerprint of the interpreter,
+``PYTHONPATH``, torch's and nbscale's serving files, so a changed installation
+never gets an old one). It listens on a unix socket in ``$NBSCALE_HOME/run`` (0700 folder, 0600
 socket, and the peer's uid checked), never on the network, and exits after
 ``NBSCALE_WARM_TTL`` seconds (default 600) without a claim. A router *claims*
 it: the warm process forks a child that becomes that router's zygote, talking

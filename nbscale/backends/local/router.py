@@ -218,7 +218,7 @@ class Router:
         self.direct_rep: Replica | None = None
 
     # -- the zygote ----------------------------------------------------------
-    def _start_zygote(self) -> None:
+    def _start_zygote(self, claim: bool = True) -> None:
         """A fork server with torch and the runtime imported: replicas start in a fraction of a
         second instead of a fresh interpreter's several (see ``nbscale.serving.zygote``)."""
         if not self.use_zygote:
@@ -227,7 +227,7 @@ class Router:
         env = {**os.environ, ENDPOINT_ENV: self.name, "PYTHONUNBUFFERED": "1"}
         tags = {k: env[k] for k in (ENDPOINT_ENV, TAG_ENV) if k in env}
         try:  # the warm zygote of this home, when there is one: no Python or torch start
-            self.zygote = claim_warm(warm_dir(), tags, self.dir / "zygote.log")
+            self.zygote = claim_warm(warm_dir(), tags, self.dir / "zygote.log") if claim else None
         except OSError as exc:
             log.warning("cannot claim the warm zygote (%s); starting one", exc)
             self.zygote = None
@@ -247,6 +247,13 @@ class Router:
         while z is not None and not z.ready and z.alive() and time.monotonic() < deadline:
             await loop.run_in_executor(None, select.select, [z.chan], [], [], 0.05)
             z.pump()
+        if z is not None and z.claimed and not z.ready and z is self.zygote:
+            # the warm zygote went away before it forked ours (its TTL, a kill): start our own
+            log.warning("the warm zygote did not answer the claim; starting a zygote")
+            z.close(timeout=1)
+            self._start_zygote(claim=False)
+            if self.zygote is not None:
+                await self._wait_zygote()
 
     def _park_zygote(self) -> None:
         """The idle TTL frees the zygote's memory with the replicas'; a request restarts it."""
