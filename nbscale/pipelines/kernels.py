@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import types
 from collections import deque
 from typing import Any
 
@@ -325,17 +326,21 @@ class KernelPool:
             reaper.join(15)
 
 
-# papermill's optional storage handlers, imported by ``papermill.iorw`` as papermill is: boto3
-# for s3:// (0.1 s) and pyarrow.fs for hdfs:// (0.1 s), half of papermill's import here; a
-# runner reads and writes local files only. module -> (names iorw takes, package, extra)
-OPTIONAL_IO = {
-    "papermill.s3": (("S3",), "boto3", "s3"),
-    "pyarrow.fs": (("FileSelector", "HadoopFileSystem"), "pyarrow", "hdfs"),
+# modules papermill imports as it is imported and uses only through calls a runner never makes:
+# the optional storage handlers boto3 (s3://, 0.1 s) and pyarrow.fs (hdfs://, 0.1 s), requests
+# (http:// notebooks, 0.05-0.1 s) and click (its command line's help, 0.04 s); a runner reads
+# and writes local files. module -> (package, papermill extra) for the missing-dependency message
+DEFERRED_BY_PAPERMILL = {
+    "papermill.s3": ("boto3", "s3"),
+    "pyarrow.fs": ("pyarrow", "hdfs"),
+    "requests": (None, None),
+    "click": (None, None),
 }
 
 
 class _Deferred:
-    """A name of an optional module, imported at its first call (as papermill calls them)."""
+    """A name of a module not imported yet, imported at its first call (papermill only calls
+    these names)."""
 
     def __init__(self, module: str, name: str):
         self.module, self.name = module, name
@@ -346,31 +351,35 @@ class _Deferred:
         try:
             target = getattr(importlib.import_module(self.module), self.name)
         except ImportError:
-            from papermill.exceptions import missing_dependency_generator
+            package, extra = DEFERRED_BY_PAPERMILL[self.module]
+            if package is not None:
+                from papermill.exceptions import missing_dependency_generator
 
-            _, package, extra = OPTIONAL_IO[self.module]
-            missing_dependency_generator(package, extra)()
+                missing_dependency_generator(package, extra)()
             raise
         return target(*args, **kwargs)
 
 
+class _StandIn(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Deferred(self.__name__, name)
+
+
 @contextlib.contextmanager
 def _optional_io_deferred():
-    """While papermill is imported, its optional storage modules are stand-ins whose names
-    import the real module when called; removed afterwards, so any later import of those
-    modules is the real one. Only local paths are used here; an s3:// or hdfs:// path would
-    still work (or fail with papermill's own missing-dependency message)."""
+    """While papermill is imported, the modules above (those not imported yet) are stand-ins
+    whose names import the real module when called; they leave ``sys.modules`` afterwards, so
+    any later import of them is the real one. An s3://, hdfs:// or http:// path still works
+    (or fails with papermill's own missing-dependency message)."""
     import sys
-    import types
 
     placed = []
-    for module, (names, _, _) in OPTIONAL_IO.items():
+    for module in DEFERRED_BY_PAPERMILL:
         if module in sys.modules:
             continue
-        stand_in = types.ModuleType(module)
-        for name in names:
-            setattr(stand_in, name, _Deferred(module, name))
-        sys.modules[module] = stand_in
+        sys.modules[module] = _StandIn(module)
         placed.append(module)
     # papermill asks entrypoints for two groups as it is imported, and each ask reads every
     # installed distribution's entry points again (35-85 ms each here): one read serves both
@@ -398,7 +407,7 @@ def _optional_io_deferred():
     finally:
         entrypoints.get_group_all = original
         for module in placed:
-            if sys.modules.get(module) is not None and not hasattr(sys.modules[module], "__file__"):
+            if isinstance(sys.modules.get(module), _StandIn):
                 del sys.modules[module]
 
 

@@ -252,3 +252,31 @@ def test_a_bad_pool_setting_is_refused_before_the_run_is_recorded(tmp_path, monk
     with pytest.raises(SpecError, match="NBSCALE_KERNEL_POOL_SIZE: is '-1', not a count"):
         start_run(str(path), detach=False)
     assert list(runs()) == []
+
+
+DEFERRED = """
+import json, sys
+from nbscale.pipelines.kernels import register_engine
+register_engine()
+before = {m: m in sys.modules for m in ("boto3", "pyarrow", "requests", "click")}
+import papermill.iorw, papermill.inspection
+papermill.inspection.click.echo("echoed")  # papermill's call reaches the real click
+selector = papermill.iorw.FileSelector("/tmp", recursive=False)
+import pyarrow.fs, requests
+print(json.dumps({"before": before, "selector": type(selector).__module__,
+                  "real": [type(pyarrow.fs.LocalFileSystem()).__name__, requests.get.__module__]}))
+"""
+
+
+def test_papermill_is_imported_without_its_unused_handlers_which_still_work_when_called():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", DEFERRED], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "echoed"
+    facts = json.loads(out[-1])
+    assert facts["before"] == dict.fromkeys(["boto3", "pyarrow", "requests", "click"], False)
+    assert facts["selector"].startswith("pyarrow")
+    assert facts["real"] == ["LocalFileSystem", "requests.api"]
