@@ -117,6 +117,23 @@ def _objects(s3, prefix: str = "") -> list[str]:
     return [o["Key"] for o in found]
 
 
+def _play(env: dict, run, root: Path) -> dict:
+    """The fake KFP runs the run: each step in a fresh "stock image" venv (torch and numpy
+    only), the key Secret as the kubelet lays it out."""
+    api = KubeApi(env["kube"].url)
+
+    def secret(name: str) -> dict[str, bytes]:
+        found = api.core.read_namespaced_secret(name, "kubeflow")
+        return {k: base64.b64decode(v) for k, v in found.data.items()}
+
+    def image_python(image: str, folder: Path) -> Path:
+        assert image == env["image"]
+        folder.mkdir(parents=True)
+        return stock_image_venv(folder)
+
+    return play_run(env["kfp"], run.run_id, env["s3"], BUCKET, root, image_python, secret)
+
+
 def _seed_cache(built: Path) -> None:
     from nbscale import paths
 
@@ -172,20 +189,7 @@ def test_a_run_without_an_image_runs_its_steps_on_the_stock_image_from_the_wheel
         assert "--no-index" in text and "kfp" not in text
     assert ir["root"]["dag"]["tasks"]["importer"]["taskInfo"]["name"] == "nbscale-wheelhouse"
 
-    api = KubeApi(env["kube"].url)
-
-    def secret(name: str) -> dict[str, bytes]:
-        found = api.core.read_namespaced_secret(name, "kubeflow")
-        return {k: base64.b64decode(v) for k, v in found.data.items()}
-
-    def image_python(image: str, folder: Path) -> Path:
-        assert image == env["image"]
-        folder.mkdir(parents=True)
-        return stock_image_venv(folder)  # a fresh container each step: torch and numpy only
-
-    done = play_run(
-        env["kfp"], run.run_id, env["s3"], BUCKET, tmp_path / "pods", image_python, secret
-    )
+    done = _play(env, run, tmp_path / "pods")
     assert {n: t.returncode for n, t in done.items()} == {"make": 0, "use": 0}, {
         n: t.output[-3000:] for n, t in done.items()
     }
@@ -261,3 +265,24 @@ def test_no_image_and_no_storage_or_wheelhouse_is_one_message(env, tmp_path):
         with pytest.raises(SpecError, match=rf"\[backends.kf\] image: is not set, and {why}"):
             runner.start(str(_flow(tmp_path)), {})
     assert env["kfp"].requests == [] and env["kube"].writes() == []
+
+
+def test_a_failing_step_on_the_stock_image_fails_the_run_and_says_why(env, tmp_path, built_wheels):
+    """The step's command exits non-zero: the task and the run are FAILED, the next step never
+    runs, and the pod's log has the cell's error."""
+    _seed_cache(built_wheels)
+    write_notebook(
+        tmp_path / "bad.ipynb",
+        [
+            cell("values = [1, 2]\nraise ValueError('no good values')", "step:make"),
+            cell("total = sum(values)", "step:use", "prev:make"),
+        ],
+    )
+    runner = KFPPipelines(_conf(env))
+    run = runner.start(str(tmp_path / "bad.ipynb"), {})
+    done = _play(env, run, tmp_path / "pods")
+    assert list(done) == ["make"] and done["make"].returncode == 1
+    assert "ValueError" in done["make"].output and "no good values" in done["make"].output
+    runner.follow(run)
+    assert run.status == "FAILED"
+    assert run.steps == {"make": {"status": "FAILED", "error": "exit code 1"}}
