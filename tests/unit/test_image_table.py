@@ -292,34 +292,37 @@ def test_major_minor_reads_local_versions():
 
 def test_a_budget_is_priced_in_the_backends_region():
     """--max-cost becomes a runtime at the price of the backend's region: nbscale's list
-    prices are us-east-1's, so another region needs its own price."""
+    prices are per region, so a region the table lacks needs its own price."""
     job = spec(max_cost=0.46, nodes=2)
     assert req.budget_runtime(job, sagemaker("us-east-1")) == 3600  # ml.m5.xlarge at $0.23
+    # eu-west-1's own list price ($0.257) is shipped
+    assert req.budget_runtime(job, sagemaker("eu-west-1")) == int(0.46 / (2 * 0.257) * 3600)
     with pytest.raises(SpecError) as err:
-        req.budget_runtime(job, sagemaker("eu-west-1"))
+        req.budget_runtime(job, sagemaker("us-west-2"))
     assert str(err.value).startswith(
         "max_cost: the budget cannot be priced: ml.m5.xlarge is priced at its us-east-1 list "
-        "price, and eu-west-1's may differ"
+        "price, and us-west-2's may differ"
     )
     assert 'set prices = { "ml.m5.xlarge" = USD_PER_HOUR }' in str(err.value)
-    priced = sagemaker("eu-west-1", prices={"ml.m5.xlarge": 0.115})
+    priced = sagemaker("us-west-2", prices={"ml.m5.xlarge": 0.115})
     assert req.budget_runtime(job, priced) == 7200
 
 
 def test_an_estimate_in_another_region_says_whose_price_it_is(tmp_path, monkeypatch):
-    """The engine's estimate (--dry-run, the %%train report) in eu-west-1 uses the us-east-1
-    list price only with a note; a budget there is refused before submit."""
+    """The engine's estimate (--dry-run, the %%train report) in a region the table lacks
+    (us-west-2) uses the us-east-1 list price only with a note; a budget there is refused
+    before submit."""
     from nbscale.config import load
     from nbscale.cost import check_budget, describe_estimate
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nbscale.toml").write_text(
-        '[backends.eu]\ntype = "sagemaker"\nregion = "eu-west-1"\n'
+        '[backends.eu]\ntype = "sagemaker"\nregion = "us-west-2"\n'
         '[backends.us]\ntype = "sagemaker"\nregion = "us-east-1"\n'
     )
     config = load()
     shown = describe_estimate(check_budget({"backend": "eu", "nodes": 1}, config))
-    assert "ml.m5.xlarge is priced at its us-east-1 list price, and eu-west-1's may differ" in shown
+    assert "ml.m5.xlarge is priced at its us-east-1 list price, and us-west-2's may differ" in shown
     assert "note" not in describe_estimate(check_budget({"backend": "us"}, config))
     assert "list price" not in describe_estimate(check_budget({"backend": "us"}, config))
     with pytest.raises(SpecError, match="the budget cannot be priced"):
