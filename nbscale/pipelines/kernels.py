@@ -56,13 +56,20 @@ async def handshake(client, km, timeout: float, poll: float = 0.25) -> None:
                 raise RuntimeError("the kernel died while starting") from None
 
 
-async def _until_idle(client, msg_id: str, timeout: float) -> None:
-    """Wait for the kernel to go idle after the last request (its iopub status message)."""
+async def _until_idle(client, km, msg_id: str, timeout: float) -> None:
+    """Wait for the kernel to go idle after the last request (its iopub status message), or
+    until it dies (killed while warming up)."""
     import time
+    from queue import Empty
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        msg = await client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            msg = await client.get_iopub_msg(timeout=0.5)
+        except (Empty, TimeoutError):
+            if not await km.is_alive():
+                raise RuntimeError("the kernel died while warming up") from None
+            continue
         if (
             msg["parent_header"].get("msg_id") == msg_id
             and msg["msg_type"] == "status"
@@ -133,7 +140,7 @@ class PooledKernel:
                 # load what every step's load/save cells use while nobody waits; silent, so the
                 # user namespace, history and execution count stay untouched
                 msg_id = client.execute(WARMUP, silent=True, store_history=False)
-                await _until_idle(client, msg_id, STARTUP_TIMEOUT)
+                await _until_idle(client, self.km, msg_id, STARTUP_TIMEOUT)
         finally:
             client.stop_channels()
 

@@ -156,6 +156,7 @@ def test_the_next_run_starts_on_a_kernel_kept_warm_and_gets_the_same_results(
 def test_a_run_with_another_environment_or_folder_never_gets_the_warm_kernel(
     pool, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL_SIZE", "3")  # room for all three: none gives way
     monkeypatch.setenv("POOL_MARK", "a")
     path = flow(tmp_path / "flow")
     run(path, "first")
