@@ -515,6 +515,9 @@ class Router:
                 r for r in self.replicas if not (r.draining or r.paused) and r.proc.poll() is None
             ]
         if not starting:
+            z = self.zygote
+            if z is not None and not z.ready and z.alive():
+                await self._wait_zygote()  # forking soon beats a new interpreter's imports
             starting = [self._spawn()]
             self._record("scaled")
         for r in starting:
@@ -896,13 +899,15 @@ class Router:
     async def run(self, listen_fd: int) -> None:
         first = self.rec.status == STARTING  # a deploy (or a restart after a lost supervisor)
         self.listen_fd = listen_fd
+        # the replicas a dead router left, and the zygote, before the first request is taken:
+        # one taken earlier would start a replica of its own beside the standby it cannot see
+        self._adopt()
+        self._start_zygote()
         await self._listen()
         self.control_server = await serve(self, "127.0.0.1", 0, self.limits)
         tmp = self.router_port_file.with_suffix(".tmp")
         tmp.write_text(str(self.control_server.port))
         tmp.replace(self.router_port_file)
-        self._adopt()
-        self._start_zygote()
         missing = self.min - len(self._active())
         if missing > 0 or (self.min == 0 and not self.replicas):
             # forking one costs far less than a fresh interpreter; waiting here is not idle
