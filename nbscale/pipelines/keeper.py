@@ -22,6 +22,9 @@ from typing import Any
 from . import warm
 
 POLL = 0.2
+# seconds after a run of the key ends before its replacement starts: a run started at once
+# (an unchanged re-run, all from the cache, takes a few tenths) keeps the cores to itself
+SETTLE = 1.0
 MAX_FAILURES = 3
 
 
@@ -101,7 +104,8 @@ class Keeper:
                         state["keys"].pop(self.key, None)
                     return False
                 return True
-            if not holders and not waiting:
+            settled = now - float(entry.get("last_used") or 0) >= SETTLE
+            if not holders and not waiting and settled:
                 counted = [
                     (k, v)
                     for k, v in state["kernels"].items()
@@ -138,7 +142,9 @@ class Keeper:
         return True
 
     def _boot(self, kid: str) -> None:
-        from .kernels import PooledKernel
+        from .kernels import KernelPool, PooledKernel
+
+        KernelPool.import_client()  # here, not at the start: see SETTLE
 
         kernel = PooledKernel(self.kernel_name, os.getcwd(), dict(os.environ))
         self.mine[kid] = kernel
@@ -204,9 +210,6 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
-    from .kernels import KernelPool
-
-    KernelPool.import_client()
     return keeper.run()
 
 
