@@ -241,6 +241,13 @@ class WarmKernels:
         there is none. Kernels whose process is gone are dropped from the registry."""
         if not self.enabled:
             return None
+        try:
+            return self._claim(cwd)
+        except OSError as exc:  # the registry cannot be read or written: the run starts its own
+            print(f"nbscale: no warm kernel ({exc})", file=sys.stderr, flush=True)
+            return None
+
+    def _claim(self, cwd: str) -> dict[str, Any] | None:
         key = self.key(cwd)
         mine = me()
         found = None
