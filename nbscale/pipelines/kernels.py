@@ -17,9 +17,9 @@ from collections import deque
 from typing import Any
 
 from .. import lazy_grammar
+from .warm import WARMUP_MODULES
 
 STARTUP_TIMEOUT = 120
-WARMUP_MODULES = ("nbscale.pipelines.artifacts", "numpy", "cloudpickle")
 WARMUP = (
     "import importlib.util as _u\n"
     f"for _m in {WARMUP_MODULES!r}:\n"

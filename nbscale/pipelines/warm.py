@@ -29,7 +29,6 @@ runs before the first step, so without this it waits for a kernel's boot. Here:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -47,6 +46,9 @@ TTL_ENV = "NBSCALE_KERNEL_POOL_TTL"
 DEFAULT_SIZE = 2
 DEFAULT_TTL = 300.0
 KEEPER_MODULE = "nbscale.pipelines.keeper"
+# what every pooled kernel imports while nobody waits (``kernels.WARMUP``); their files are in
+# the environment key, so a warm kernel never holds a module older than its file
+WARMUP_MODULES = ("nbscale.pipelines.artifacts", "numpy", "cloudpickle")
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -79,7 +81,7 @@ def settings(env: dict[str, str] | None = None) -> tuple[bool, int, float]:
             f"is {env.get(TTL_ENV)!r}, not a number of seconds above 0",
             f"set it to seconds, like {DEFAULT_TTL:g}, or unset it",
         ) from None
-    return enabled and size > 0, size, ttl
+    return enabled and size > 0 and os.name == "posix", size, ttl
 
 
 # -- the environment key -----------------------------------------------------------------------
@@ -118,7 +120,6 @@ def environment_key(kernel_name: str, cwd: str, env: dict[str, str]) -> str:
     import importlib.util
 
     from .. import __version__
-    from .kernels import WARMUP_MODULES
 
     warm = {}
     for module in WARMUP_MODULES:
@@ -154,6 +155,8 @@ def _empty() -> dict[str, Any]:
 @contextlib.contextmanager
 def registry(folder: Path | None = None) -> Iterator[dict[str, Any]]:
     """The registry, locked; what the block leaves in it is written back (0600)."""
+    import fcntl  # POSIX: the pool is not offered elsewhere (see settings)
+
     folder = folder or pool_dir()
     lock = os.open(folder / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
