@@ -88,7 +88,7 @@ class Keeper:
             mine = {k: v for k, v in state["kernels"].items() if k in self.mine}
             waiting = [k for k, v in mine.items() if v.get("state") in ("starting", "ready")]
             for kid, entry_k in mine.items():  # a kernel whose run died before killing it
-                if entry_k.get("state") == "taken" and not warm.alive(entry_k.get("taker")):
+                if entry_k.get("state") == "taken" and not warm.exists(entry_k.get("taker")):
                     self.mine[kid].kill()
             for kid in list(self.mine):  # evicted by a more recently used key
                 if kid not in state["kernels"]:

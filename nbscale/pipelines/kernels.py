@@ -159,6 +159,12 @@ class PooledKernel:
 
         self.doomed = True
         pid = self.pid
+        if pid and self.warm is not None:
+            from .warm import process_state
+
+            # not this process's child: its pid may belong to another process once it is reaped
+            if process_state(pid, self.warm.get("started")) == "gone":
+                return
         if pid:
             try:
                 proc = psutil.Process(pid)
