@@ -26,7 +26,8 @@ What the zygote must not hand down, it never holds:
 - the random generators are seeded again in each child.
 
 The zygote dies with the router that started it (``PR_SET_PDEATHSIG``, and it
-exits when the channel closes); the replicas it forked do not (a fork clears
+exits when the channel closes; a zygote claimed from the warm one, below, by the
+channel alone); the replicas it forked do not (a fork clears
 the parent-death signal), so a router started after a crash adopts them as it
 adopts any replica. The zygote reaps its children and reports each one's pid
 and exit code on the channel.
