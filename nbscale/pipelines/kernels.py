@@ -431,7 +431,11 @@ def register_engine() -> str:
 
     lazy_grammar.defer()  # before papermill imports jsonschema (see lazy_grammar)
     if "papermill" not in sys.modules:
-        with _optional_io_deferred():
+        # stand-ins in sys.modules are seen by every thread: inside a user's kernel (a
+        # %pipeline run in-process) another thread may import requests meanwhile, so there
+        # papermill is imported plainly; a CLI or detached runner does nothing else meanwhile
+        deferring = _optional_io_deferred() if "ipykernel" not in sys.modules else None
+        with deferring or contextlib.nullcontext():
             import papermill  # noqa: F401
     from jupyter_core.utils import ensure_async, run_sync
     from nbclient.util import run_hook
