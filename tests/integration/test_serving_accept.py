@@ -10,6 +10,7 @@ answered within a few of the pipelined requests (an order, not a time).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 
@@ -41,10 +42,8 @@ def _serve(order: list[str], entered: threading.Event, release: threading.Event,
             await asyncio.sleep(3600)
 
     asyncio.set_event_loop(loop)
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop stopped by the test
         loop.run_until_complete(main())
-    except RuntimeError:  # the loop stopped by the test
-        pass
 
 
 def _read_answers(sock: socket.socket, n: int) -> None:
