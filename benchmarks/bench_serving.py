@@ -20,7 +20,11 @@ Every server gets one process pinned to CPU 0 (taskset; the deployed
 endpoint's router and replica share it), OMP_NUM_THREADS=1, the same V2
 JSON request (one row of 64 FP32) and the same load generator, wrk (C, one
 thread, closed loop) pinned to CPU 1, at 1, 10, 32 and 64 connections.
-Reported per server: requests/s and p50/p99 at each level, the ratios to
+wrk corrects its latency for coordinated omission (``stats_correct``): a
+request slower than a connection's mean interval is counted again at each
+interval, so a few very slow requests, such as the first ones of 64
+connections accepted one loop turn at a time (issue 23), move its p99 far
+more than their number. Reported per server: requests/s and p50/p99 at each level, the ratios to
 the faster bare app (requests/s and p99) and to the best peer (KServe or MLServer) at each level, and p50
 overhead at one connection over the bare forward pass of the same model.
 Then, for a deployed endpoint: the first request's latency when scaled to
