@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra and not getattr(args, "takes_extra", False):
             raise UsageError("arguments after -- are only for 'nbscale run' and 'nbscale sweep'")
         if args.version:
-            from .. import __version__
+            from ..version import __version__
 
             print(__version__)
             return 0

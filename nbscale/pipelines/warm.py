@@ -119,7 +119,7 @@ def environment_key(kernel_name: str, cwd: str, env: dict[str, str]) -> str:
     """The key of a kernel's environment: two runs share warm kernels only when it is equal."""
     import importlib.util
 
-    from .. import __version__
+    from ..version import __version__
 
     warm = {}
     for module in WARMUP_MODULES:

@@ -14,7 +14,7 @@ import gc
 import hmac
 import time
 
-from .. import __version__
+from ..version import __version__
 from .batching import Batcher, Overloaded
 from .capture import DataCapture
 from .handler import ModelHandler, as_numpy

@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ... import __version__
 from ...errors import SpecError
+from ...version import __version__
 from .. import images
 
 TABLE = Path(__file__).with_name("images.json")
