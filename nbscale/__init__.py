@@ -12,10 +12,9 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from .version import __version__
-
 # name -> (module, attribute or None for the module itself)
 _LAZY = {
+    "__version__": ("nbscale.version", "__version__"),
     "Entry": ("nbscale.specs", "Entry"),
     "JobSpec": ("nbscale.specs", "JobSpec"),
     "Job": ("nbscale.jobs", "Job"),
