@@ -240,6 +240,22 @@ def build(
     return dest
 
 
+def zipped(folder: Path) -> Path:
+    """The wheels of ``folder`` as one zip beside it, byte for byte the same each time (so its
+    digest names it in object storage)."""
+    import zipfile
+
+    archive = folder.with_name(folder.name + ".zip")
+    if not archive.exists():
+        tmp = archive.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for wheel in sorted(folder.glob("*.whl")):
+                info = zipfile.ZipInfo(wheel.name, date_time=(2020, 1, 1, 0, 0, 0))
+                zf.writestr(info, wheel.read_bytes())
+        tmp.replace(archive)
+    return archive
+
+
 def install_command(folder: str, python: str = "python") -> str:
     """The shell line a container runs before nbscale starts: offline, exactly these wheels."""
     return (

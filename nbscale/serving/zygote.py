@@ -597,24 +597,25 @@ def _start_ticks(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
-class ClaimedProcess:
-    """A zygote forked by the warm zygote: not our child, so watched by pid and start time."""
+class WatchedProcess:
+    """A process that is not our child (no exit status to wait on): ``poll`` says whether it is
+    gone (``gone``, from its pid and start time), and it is signalled and waited on like a
+    ``subprocess.Popen``."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.returncode: int | None = None
-        self._created = _start_ticks(pid)
+
+    def gone(self) -> bool:
+        raise NotImplementedError
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                gone = fields[0] == "Z" or int(fields[19]) != self._created
-            except OSError:
-                gone = True
-            if gone:
-                self.returncode = -1
+        if self.returncode is None and self.gone():
+            self.returncode = -1
         return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         if self.poll() is None:
@@ -633,6 +634,21 @@ class ClaimedProcess:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout)
             time.sleep(0.02)
         return self.returncode
+
+
+class ClaimedProcess(WatchedProcess):
+    """A zygote forked by the warm zygote: not our child, so watched by pid and start time."""
+
+    def __init__(self, pid: int):
+        super().__init__(pid)
+        self._created = _start_ticks(pid)
+
+    def gone(self) -> bool:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return True
+        return fields[0] == "Z" or int(fields[19]) != self._created
 
 
 def claim_warm(

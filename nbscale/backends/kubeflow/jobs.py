@@ -27,7 +27,6 @@ import dataclasses
 import sys
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -155,14 +154,7 @@ class KubeflowBackend(RemoteJobBackend):
         from ...runtime import wheelhouse
 
         folder = wheelhouse.build(kind)
-        archive = folder.with_name(folder.name + ".zip")
-        if not archive.exists():
-            tmp = archive.with_suffix(".tmp")
-            with zipfile.ZipFile(tmp, "w") as zf:
-                for wheel in sorted(folder.glob("*.whl")):
-                    info = zipfile.ZipInfo(wheel.name, date_time=(2020, 1, 1, 0, 0, 0))
-                    zf.writestr(info, wheel.read_bytes())
-            tmp.replace(archive)
+        archive = wheelhouse.zipped(folder)
         if upload:
             uri = store.put(archive, "wheels.zip", area="wheelhouse")
         else:

@@ -73,21 +73,6 @@ class StockSteps:
         return store.base.child("wheelhouse", "sha256", digest, "wheels.zip").uri
 
 
-def wheelhouse_zip(folder: Path) -> Path:
-    """The wheels of ``folder`` as one zip beside it, byte for byte the same each time."""
-    import zipfile
-
-    archive = folder.with_name(folder.name + ".zip")
-    if not archive.exists():
-        tmp = archive.with_suffix(".tmp")
-        with zipfile.ZipFile(tmp, "w") as zf:
-            for wheel in sorted(folder.glob("*.whl")):
-                info = zipfile.ZipInfo(wheel.name, date_time=(2020, 1, 1, 0, 0, 0))
-                zf.writestr(info, wheel.read_bytes())
-        tmp.replace(archive)
-    return archive
-
-
 @dataclass
 class KFPRun:
     run_id: str
@@ -258,7 +243,7 @@ class KFPPipelines:
                 f"nbscale's step wheelhouse cannot be built for the stock image {image} "
                 f"(Linux x86_64 manylinux, Python {python}): {what}"
             ) from None
-        return StockSteps(image, python, wheelhouse_zip(folder))
+        return StockSteps(image, python, wheelhouse.zipped(folder))
 
     @staticmethod
     def _image_python(image: str) -> str:

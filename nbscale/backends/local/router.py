@@ -58,7 +58,7 @@ from ...serving.httpserver import (
 from ...serving.jsoncodec import dumps, loads
 from ...serving.metrics import ServerMetrics
 from ...serving.upstream import POOL_IDLE_S, Pool, UpstreamError, exchange
-from ...serving.zygote import Zygote, ZygoteError, claim_warm, warm_dir
+from ...serving.zygote import WatchedProcess, Zygote, ZygoteError, claim_warm, warm_dir
 from ...store import get_store
 from ...store.endpoints import (
     FAILED,
@@ -90,33 +90,15 @@ class StartupError(Exception):
     """The endpoint cannot start (a replica that dies before it is ready): the deploy fails."""
 
 
-class Adopted:
+class Adopted(WatchedProcess):
     """A replica started by an earlier router of this endpoint: watched by pid, not waited on."""
 
     def __init__(self, pid: int, created: float):
-        self.pid = pid
+        super().__init__(pid)
         self.created = created
-        self.returncode: int | None = None
 
-    def poll(self) -> int | None:
-        if self.returncode is None and not alive(self.pid, self.created):
-            self.returncode = -1
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout)
-            time.sleep(0.02)
-        return self.returncode
+    def gone(self) -> bool:
+        return not alive(self.pid, self.created)
 
 
 @dataclass
