@@ -77,12 +77,7 @@ class StepSweep:
         return {
             "space": self.space.to_list(),
             "objective": str(self.objective),
-            "trials": self.trials,
-            "parallel": self.parallel,
-            "algorithm": self.algorithm,
-            "pruner": self.pruner,
-            "max_failed": self.max_failed,
-            "seed": self.seed,
+            **self.search(),
         }
 
 

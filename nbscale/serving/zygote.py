@@ -57,6 +57,7 @@ starts its own.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import fcntl
@@ -64,6 +65,7 @@ import gc
 import hashlib
 import importlib
 import json
+import math
 import os
 import select
 import signal
@@ -326,11 +328,24 @@ def warm_enabled() -> bool:
     return os.environ.get(WARM_ENV, "1") != "0" and os.environ.get("NBSCALE_ZYGOTE", "1") != "0"
 
 
+WARM_TTL_MAX_S = 86_400.0  # a day: the warm zygote holds about 300 MiB while it waits
+
+
 def warm_ttl() -> float:
-    try:
-        return max(1.0, float(os.environ.get(WARM_TTL_ENV, WARM_TTL_S)))
-    except ValueError:
+    """``NBSCALE_WARM_TTL`` in seconds (1 s to a day); a ``ValueError`` that says what to set."""
+    raw = os.environ.get(WARM_TTL_ENV, "").strip()
+    if not raw:
         return WARM_TTL_S
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = math.nan
+    if not 1.0 <= ttl <= WARM_TTL_MAX_S:
+        raise ValueError(
+            f"{WARM_TTL_ENV}={raw!r} is not a number of seconds from 1 to {WARM_TTL_MAX_S:.0f}: "
+            f"set it like {WARM_TTL_S:.0f}, or unset it (NBSCALE_WARM_ZYGOTE=0 turns it off)"
+        )
+    return ttl
 
 
 def _run_dir(run_dir: Path) -> None:
@@ -597,7 +612,7 @@ def _start_ticks(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
-class WatchedProcess:
+class WatchedProcess(abc.ABC):
     """A process that is not our child (no exit status to wait on): ``poll`` says whether it is
     gone (``gone``, from its pid and start time), and it is signalled and waited on like a
     ``subprocess.Popen``."""
@@ -606,8 +621,9 @@ class WatchedProcess:
         self.pid = pid
         self.returncode: int | None = None
 
+    @abc.abstractmethod
     def gone(self) -> bool:
-        raise NotImplementedError
+        """Whether the process has exited (or its pid now names another process)."""
 
     def poll(self) -> int | None:
         if self.returncode is None and self.gone():
