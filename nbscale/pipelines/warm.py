@@ -45,6 +45,8 @@ SIZE_ENV = "NBSCALE_KERNEL_POOL_SIZE"
 TTL_ENV = "NBSCALE_KERNEL_POOL_TTL"
 DEFAULT_SIZE = 2
 DEFAULT_TTL = 300.0
+MAX_SIZE = 16  # an idle kernel holds about 100 MiB
+MAX_TTL = 86_400.0  # a day
 KEEPER_MODULE = "nbscale.pipelines.keeper"
 # what every pooled kernel imports while nobody waits (``kernels.WARMUP``); their files are in
 # the environment key, so a warm kernel never holds a module older than its file
@@ -63,22 +65,22 @@ def settings(env: dict[str, str] | None = None) -> tuple[bool, int, float]:
     enabled = raw not in ("0", "false", "no", "off")
     try:
         size = int(env.get(SIZE_ENV) or DEFAULT_SIZE)
-        if size < 0:
+        if not 0 <= size <= MAX_SIZE:
             raise ValueError
     except ValueError:
         raise SpecError(
             SIZE_ENV,
-            f"is {env.get(SIZE_ENV)!r}, not a count of kernels",
+            f"is {env.get(SIZE_ENV)!r}, not a count of kernels from 0 to {MAX_SIZE}",
             f"set it to a whole number like {DEFAULT_SIZE} (0 turns the pool off), or unset it",
         ) from None
     try:
         ttl = float(env.get(TTL_ENV) or DEFAULT_TTL)
-        if not ttl > 0:
+        if not 0 < ttl <= MAX_TTL:
             raise ValueError
     except ValueError:
         raise SpecError(
             TTL_ENV,
-            f"is {env.get(TTL_ENV)!r}, not a number of seconds above 0",
+            f"is {env.get(TTL_ENV)!r}, not a number of seconds above 0 and up to {MAX_TTL:.0f}",
             f"set it to seconds, like {DEFAULT_TTL:g}, or unset it",
         ) from None
     return enabled and size > 0 and os.name == "posix", size, ttl

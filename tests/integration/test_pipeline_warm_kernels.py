@@ -252,6 +252,14 @@ def test_a_bad_pool_setting_is_refused_before_the_run_is_recorded(tmp_path, monk
     monkeypatch.setenv("NBSCALE_KERNEL_POOL_SIZE", "-1")
     with pytest.raises(SpecError, match="NBSCALE_KERNEL_POOL_SIZE: is '-1', not a count"):
         start_run(str(path), detach=False)
+    # and the bounds: no more than 16 idle kernels, none kept longer than a day
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL_SIZE", "500")
+    with pytest.raises(SpecError, match="NBSCALE_KERNEL_POOL_SIZE: is '500', .* from 0 to 16"):
+        start_run(str(path), detach=False)
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL_SIZE", "2")
+    monkeypatch.setenv("NBSCALE_KERNEL_POOL_TTL", "1e9")
+    with pytest.raises(SpecError, match="NBSCALE_KERNEL_POOL_TTL: is '1e9', .* up to 86400"):
+        start_run(str(path), detach=False)
     assert list(runs()) == []
 
 

@@ -170,3 +170,19 @@ def test_two_homes_never_share_a_warm_zygote(tmp_path, monkeypatch, warm):
         if pid:
             os.kill(pid, signal.SIGTERM)
         time.sleep(0.1)
+
+
+def test_a_bad_warm_ttl_is_refused_at_deploy_and_nothing_starts(tmp_path, monkeypatch):
+    # Given a warm-zygote idle time that is not seconds from 1 to a day
+    model_dir, _ = make_artifact(tmp_path / "art")
+    for bad in ("soon", "0", "1e9"):
+        monkeypatch.setenv("NBSCALE_WARM_TTL", bad)
+        # When an endpoint is deployed, the deploy names the setting and what to give
+        with pytest.raises(Exception, match=f"NBSCALE_WARM_TTL={bad!r} is not a number of seconds"):
+            deploy(model_dir, name="ttl", replicas=(1, 1))
+        # And no endpoint, router or warm zygote was started
+        assert [ep.name for ep in endpoints()] == []
+        assert _warm_pid(zmod.warm_dir()) is None
+        # And prewarm (as %load_ext runs it, in the background) starts nothing either
+        prewarm()
+        assert _warm_pid(zmod.warm_dir()) is None

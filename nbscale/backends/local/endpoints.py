@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ...config import BackendConfig
-from ...errors import BackendUnavailable, Conflict
+from ...errors import BackendUnavailable, Conflict, SpecError
 from ...keys import endpoint_token as token_for
 from ...paths import endpoint_dir
 from ...scrapes import Scrape, scrape_local
-from ...serving.zygote import start_warm, warm_dir
+from ...serving.zygote import WARM_TTL_ENV, start_warm, warm_dir, warm_enabled, warm_ttl
 from ...store import Store
 from ...store.endpoints import (
     FAILED,
@@ -122,6 +122,11 @@ class LocalEndpoints(EndpointBackend):
 
     def deploy(self, request: DeployRequest) -> EndpointRecord:
         self.validate(request)
+        if warm_enabled():
+            try:  # the warm zygote's idle time: said here, before anything starts
+                warm_ttl()
+            except ValueError as exc:
+                raise SpecError(WARM_TTL_ENV, str(exc)) from None
         return self._deploy(
             request.name,
             request.model_dir,
@@ -184,7 +189,7 @@ class LocalEndpoints(EndpointBackend):
         """Start this home's warm zygote if none runs (``nbscale.serving.zygote``): a later
         deploy's router forks its zygote from it instead of starting Python and torch.
         ``%load_ext nbscale`` calls it (``nbscale.backends.prewarm``)."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # a bad NBSCALE_WARM_TTL: deploy says so
             start_warm(warm_dir())
 
     def _start_router(self, name: str) -> None:
