@@ -93,22 +93,26 @@ class ServingApp:
         ours = req.headers.get(TOKEN_HEADER, "")
         return bool(ours) and hmac.compare_digest(ours.encode("latin-1"), self.raw_token.encode())
 
+    def authorized(self, req: Request) -> bool:
+        """The endpoint's token in ``Authorization`` (or beside it), or no token is needed."""
+        if not self.token:
+            return True
+        given = req.headers.get("authorization", "")
+        return hmac.compare_digest(
+            given.encode("latin-1"), self.token.encode()
+        ) or self._token_beside(req)  # only where Authorization is not ours
+
     def on_connection(self, delta: int) -> None:
         self.connections += delta
 
     async def __call__(self, req: Request) -> Response:
         # the token first: an anonymous caller learns nothing, not even which routes or models exist
-        if self.token and req.path not in OPEN_PATHS:
-            given = req.headers.get("authorization", "")
-            if not (
-                hmac.compare_digest(given.encode("latin-1"), self.token.encode())
-                or self._token_beside(req)  # only where Authorization is not ours
-            ):
-                return error_response(
-                    401,
-                    "missing or wrong bearer token (nbscale's clients send it for you)",
-                    {"www-authenticate": "Bearer"},
-                )
+        if req.path not in OPEN_PATHS and not self.authorized(req):
+            return error_response(
+                401,
+                "missing or wrong bearer token (nbscale's clients send it for you)",
+                {"www-authenticate": "Bearer"},
+            )
         route = self.routes.get((req.method, req.path))
         if route is None:
             return self._not_found(req)

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from .app import ServingApp
+from .app import OPEN_PATHS, ServingApp
 from .capture import DataCapture
 from .handler import ModelHandler
 from .httpserver import (
@@ -42,6 +42,7 @@ from .httpserver import (
     limits_from_args,
     serve,
 )
+from .loadfile import LoadWriter
 from .upstream import Pool, UpstreamError, exchange
 
 
@@ -63,10 +64,17 @@ class SharedFront:
     """The endpoint's own listening socket, served by its only replica (no proxy hop).
 
     The router hands the socket over with SIGUSR1 once this replica is the endpoint's only
-    one and ready, and takes it back with SIGUSR2 before it scales up: then this replica stops
+    one and ready, and takes it back with SIGUSR2 before it scales up, scales to zero or tears
+    the endpoint down after its idle TTL: then this replica stops
     accepting on it, finishes what it holds and closes its idle keep-alive connections (their
     clients reconnect, to the router). Inference, health and metadata are this replica's own
     routes; what belongs to the router (``/nbscale/*``, ``/metrics``) is passed on to it.
+
+    The requests the router would have counted (every authorized one but the health probes
+    and the router's own routes) are counted in ``load`` (``nbscale.serving.loadfile``), with
+    whether this replica serves the socket now: the router autoscales, scales to zero and
+    applies the idle TTL on them, and pauses or stops this replica only once it has given the
+    socket back and holds no request or connection from it.
     """
 
     ROUTER_PATHS = ("/nbscale/", "/metrics")
@@ -78,8 +86,10 @@ class SharedFront:
         listen_fd: int,
         router_port_file: str,
         limits: Limits | None,
+        load: LoadWriter | None = None,
     ):
         self.app = app
+        self.load = load
         self.own = own
         self.listen_fd = listen_fd
         self.router_port_file = Path(router_port_file)
@@ -101,6 +111,8 @@ class SharedFront:
         try:
             while (self.server is None) == self.want:  # a change of mind meanwhile is applied too
                 if self.want:
+                    if self.load is not None:  # before the first accept: the router must wait
+                        self.load.set_serving(True)
                     sock = socket.socket(fileno=os.dup(self.listen_fd))
                     self.server = await serve(
                         self, "", 0, self.limits, sock=sock, on_count=self.app.on_connection
@@ -111,6 +123,9 @@ class SharedFront:
                     server, self.server = self.server, None
                     self.app.http = self.own
                     await server.shutdown(timeout=10)
+                    # no connection from the shared socket is left: the router may pause us
+                    if self.load is not None:
+                        self.load.set_serving(False)
                     print("gave the endpoint's socket back to the router", flush=True)
         finally:
             self.busy = False
@@ -120,12 +135,25 @@ class SharedFront:
         if self.server is not None:
             server, self.server = self.server, None
             await server.shutdown(timeout=10)
+        if self.load is not None:
+            self.load.set_serving(False)
         self.pool.close()
 
     async def __call__(self, req: Request) -> Response:
         path = req.path
         if path.startswith(self.ROUTER_PATHS):
             return await self._to_router(req)
+        load = self.load
+        if load is None or path in OPEN_PATHS or not self.app.authorized(req):
+            return await self._serve(req)  # not a request the router would count
+        load.begin()
+        try:
+            return await self._serve(req)
+        finally:
+            load.end()
+
+    async def _serve(self, req: Request) -> Response:
+        path = req.path
         route = (
             "infer"
             if path.endswith("/infer")
@@ -256,6 +284,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --listen-fd: the endpoint's HTTP limits (JSON of Limits fields) for the "
         "shared socket",
     )
+    p.add_argument(
+        "--load-file",
+        help="with --listen-fd: publish the requests served on the shared socket (in flight, "
+        "last one's time) and whether it is served now in this file, for the router",
+    )
     return p.parse_args(argv)
 
 
@@ -363,7 +396,8 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     front = None
     if args.listen_fd is not None:
-        front = SharedFront(app, server, args.listen_fd, args.router_port_file, front_limits)
+        load = LoadWriter(args.load_file) if args.load_file else None
+        front = SharedFront(app, server, args.listen_fd, args.router_port_file, front_limits, load)
         loop.add_signal_handler(signal.SIGUSR1, front.request, True)
         loop.add_signal_handler(signal.SIGUSR2, front.request, False)
     port = server.port

@@ -56,6 +56,7 @@ from ...serving.httpserver import (
     serve,
 )
 from ...serving.jsoncodec import dumps, loads
+from ...serving.loadfile import LoadReader
 from ...serving.metrics import ServerMetrics
 from ...serving.upstream import POOL_IDLE_S, Pool, UpstreamError, exchange
 from ...serving.zygote import WatchedProcess, Zygote, ZygoteError, claim_warm, warm_dir
@@ -118,6 +119,9 @@ class Replica:
     how: str = "adopted"  # fresh (a new Python process), zygote (forked), adopted (after a restart)
     can_direct: bool = False  # holds the endpoint's socket: can serve it without the router
     direct: bool = False  # serves the endpoint's socket itself (SIGUSR1 sent, no SIGUSR2 since)
+    load: LoadReader | None = None  # its replica-<id>.load: what it serves on the shared socket
+    shared_inflight: int = 0  # requests in flight on the shared socket, at the last read
+    shared_serving: bool = False  # it may still hold connections from the shared socket
 
     def state(self) -> str:
         if self.draining:
@@ -132,7 +136,7 @@ class Replica:
             "pid": self.proc.pid,
             "port": self.port,
             "state": self.state(),
-            "inflight": self.inflight,
+            "inflight": self.inflight + self.shared_inflight,
             "started": self.started,
             "start_seconds": self.ready_after,
             "started_by": self.how,
@@ -162,7 +166,8 @@ class Router:
         self.max_response = int(cfg.get("max_response_mb", 256) * (1 << 20))
         self.replicas: list[Replica] = []
         self.next_id = 0
-        self.inflight = 0
+        self.inflight = 0  # requests this router is proxying
+        self.shared_inflight = 0  # requests replicas serve on the endpoint's socket themselves
         self.last_request = time.monotonic()
         self.samples: deque[tuple[float, int]] = deque()
         self.low_since: float | None = None
@@ -275,6 +280,7 @@ class Router:
         self.next_id += 1
         port_file = self.dir / f"replica-{rid}.port"
         port_file.unlink(missing_ok=True)
+        self._load_path(rid).unlink(missing_ok=True)
         cmd = [
             sys.executable,
             "-m",
@@ -309,6 +315,8 @@ class Router:
                 str(self.router_port_file),
                 "--front-limits",
                 json.dumps(dataclasses.asdict(self.limits)),
+                "--load-file",
+                str(self._load_path(rid)),
             ]
         if cfg.get("capture_dir"):
             cmd += [
@@ -547,23 +555,78 @@ class Router:
             await self._update_direct()
 
     # -- a lone replica serving the endpoint's socket itself --------------------
+    def _load_path(self, rid: int) -> Path:
+        return self.dir / f"replica-{rid}.load"
+
+    def _read_load(self, rep: Replica) -> None:
+        """``rep``'s figures from its load file (opened the first time it is there)."""
+        if rep.load is None:
+            if not rep.can_direct:
+                return
+            try:
+                rep.load = LoadReader(str(self._load_path(rep.id)))
+            except OSError:
+                return  # not written yet (or a replica from before load files)
+        load = rep.load.read()
+        rep.shared_inflight, rep.shared_serving = max(0, load.inflight), load.serving
+        self.last_request = max(self.last_request, load.last_request)
+
+    def _read_loads(self) -> None:
+        """The requests replicas serve on the endpoint's socket themselves, into the router's
+        view: in flight (autoscaling, the victim of a scale-down) and the last one's time (the
+        idle timeout and TTL)."""
+        total = 0
+        for rep in self.replicas:
+            if rep.can_direct and rep.proc.poll() is None:
+                self._read_load(rep)
+                total += rep.shared_inflight
+        self.shared_inflight = total
+
+    def _idle_s(self, now: float) -> float:
+        return 0.0 if self.inflight or self.shared_inflight else now - self.last_request
+
+    def _going_idle(self, now: float) -> bool:
+        """Idle long enough to scale to zero or be torn down by the idle TTL."""
+        idle = self._idle_s(now)
+        ttl = self.rec.config.get("idle_ttl_s")
+        return (self.min == 0 and idle >= self.idle_timeout) or bool(ttl and idle >= ttl)
+
+    def _quiet(self, rep: Replica) -> bool:
+        """``rep`` neither serves the endpoint's socket nor holds a request or connection from
+        it: it may be paused or stopped (a paused one holding a client's connection would hang
+        that client)."""
+        if rep is self.direct_rep or rep.direct:
+            return False
+        if rep.load is not None and rep.proc.poll() is None:
+            self._read_load(rep)
+            return not rep.shared_serving and rep.shared_inflight == 0
+        return True
+
     def _direct_candidate(self) -> Replica | None:
         """The replica that may serve the endpoint's socket without the proxy hop: the only
-        one of an endpoint of exactly one replica (no scaling, no scale to zero, no idle TTL:
-        those need the router to see every request), ready and holding the socket."""
-        if self.stopping or not (self.min == self.max == 1) or self.rec.config.get("idle_ttl_s"):
+        live one (none starting, draining aside, no paused standby), ready and holding the
+        socket. An autoscaling, scale-to-zero or idle-TTL endpoint needs its load file (the
+        router reads its requests there) and is not about to go idle; an endpoint fixed at
+        two or more replicas keeps the router, which retries a request that hit a dead one."""
+        if self.stopping or self.min == self.max >= 2:
             return None
-        if len(self.replicas) != 1:
+        live = [r for r in self.replicas if not r.draining]
+        if len(live) != 1:
             return None
-        rep = self.replicas[0]
-        if (
+        rep = live[0]
+        if not (
             rep.can_direct
             and rep.ready.is_set()
-            and not (rep.draining or rep.paused or rep.to_standby)
+            and not (rep.paused or rep.to_standby)
             and rep.proc.poll() is None
         ):
-            return rep
-        return None
+            return None
+        if self.min == self.max == 1 and not self.rec.config.get("idle_ttl_s"):
+            return rep  # nothing is decided on its requests
+        self._read_load(rep)
+        if rep.load is None or self._going_idle(time.monotonic()):
+            return None  # unseen requests, or the socket is taken back to pause or stop it
+        return rep
 
     async def _update_direct(self) -> None:
         want = self._direct_candidate()
@@ -619,8 +682,12 @@ class Router:
                     "replica_died",
                     {"replica": rep.id, "pid": rep.proc.pid, "returncode": rep.proc.returncode},
                 )
+            if rep.load is not None:
+                rep.load.close()
+            self._load_path(rep.id).unlink(missing_ok=True)
             self._record("replica_exit")
-        self.samples.append((now, self.inflight))
+        self._read_loads()
+        self.samples.append((now, self.inflight + self.shared_inflight))
         while self.samples and self.samples[0][0] < now - 2.0:
             self.samples.popleft()
         self._autoscale(now)
@@ -629,10 +696,12 @@ class Router:
         active = self._active()
         avg = sum(n for _, n in self.samples) / max(1, len(self.samples))
         want = math.ceil(avg / self.target) if avg > 0 else 0
-        idle_s = 0.0 if self.inflight else now - self.last_request
+        idle_s = self._idle_s(now)
         ttl = self.rec.config.get("idle_ttl_s")
         if ttl and idle_s >= ttl:  # --idle-ttl: torn down to no process, even above min
             left = [r for r in self.replicas if not r.draining]
+            if not all(self._quiet(r) for r in left):
+                return  # the socket is being taken back from the replica serving it
             if left:
                 for r in left:
                     self._stop_replica(r)
@@ -668,7 +737,9 @@ class Router:
         elif want < len(active):
             self.low_since = self.low_since or now
             if now - self.low_since >= self.down_delay or want == 0:
-                victim = min(active, key=lambda r: (r.inflight, -r.id))
+                victim = min(active, key=lambda r: (r.inflight + r.shared_inflight, -r.id))
+                if not self._quiet(victim):
+                    return  # it gives the socket back first (taken back as the load fell)
                 if (
                     want == 0
                     and len(active) == 1
@@ -734,8 +805,8 @@ class Router:
         )
 
     async def current_stats(self) -> dict[str, Any]:
-        """``stats()``; while a lone replica serves the socket, its request figures, in flight
-        and idle time (the router sees none of those requests)."""
+        """``stats()``; while a lone replica serves the socket, its request figures (the router
+        proxies none of those requests; in flight and idle time come from its load file)."""
         snap = self.stats()
         rep = self.direct_rep
         if rep is None:
@@ -756,8 +827,6 @@ class Router:
             "requests_total",
             "errors_total",
             "series",
-            "inflight",
-            "idle_s",
         ):
             if key in theirs:
                 snap[key] = theirs[key]
@@ -852,10 +921,12 @@ class Router:
 
     def stats(self) -> dict[str, Any]:
         active = self._active()
-        snap = self.metrics.rolling.snapshot({"replicas": len(active), "inflight": self.inflight})
+        self._read_loads()
+        inflight = self.inflight + self.shared_inflight
+        snap = self.metrics.rolling.snapshot({"replicas": len(active), "inflight": inflight})
         snap.update(
             name=self.name,
-            inflight=self.inflight,
+            inflight=inflight,
             restarts=self.restarts,
             replicas={
                 "current": len(active),
@@ -867,7 +938,7 @@ class Router:
             replica_list=[r.to_dict() for r in self.replicas],
             cold_starts=self.cold_starts[-20:],
             target_concurrency=self.target,
-            idle_s=round(time.monotonic() - self.last_request, 1) if not self.inflight else 0.0,
+            idle_s=round(self._idle_s(time.monotonic()), 1),
             router_pid=os.getpid(),
             serving="router",  # "replica" while a lone replica serves the socket itself
             zygote_pid=self.zygote.proc.pid
