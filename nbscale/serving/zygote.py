@@ -526,6 +526,7 @@ def _reap() -> None:
 def _claim(conn: socket.socket, listener: socket.socket, lock_fd: int) -> bool:
     """One claim: checked, then forked into a zygote that keeps ``conn``."""
     if _peer_uid(conn) != os.getuid():
+        print("nbscale warm zygote: claim refused: another user", flush=True)
         return False
     conn.settimeout(CLAIM_TIMEOUT_S)
     data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 1)
@@ -537,6 +538,7 @@ def _claim(conn: socket.socket, listener: socket.socket, lock_fd: int) -> bool:
         elif msg.get("fingerprint") != fingerprint():
             refusal = "stale: nbscale or Python changed since this warm zygote started"
         if refusal:
+            print(f"nbscale warm zygote: claim refused: {refusal}", flush=True)
             _send(conn, {"error": refusal})
             return False
         conn.settimeout(None)
