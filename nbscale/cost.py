@@ -124,11 +124,57 @@ def _regions(data: Any, where: str) -> dict[str, dict[str, dict[str, float]]]:
 
 
 @functools.lru_cache(maxsize=16)
-def _packaged(table: str) -> dict[str, dict[str, dict[str, float]]]:
+def _document(table: str) -> Any:
     from importlib import resources
 
     package, _, name = table.partition(":")
-    return _regions(json.loads(resources.files(package).joinpath(name).read_text()), table)
+    return json.loads(resources.files(package).joinpath(name).read_text())
+
+
+@functools.lru_cache(maxsize=16)
+def _packaged(table: str) -> dict[str, dict[str, dict[str, float]]]:
+    return _regions(_document(table), table)
+
+
+@dataclass(frozen=True)
+class RegionFactor:
+    """How a region's prices compare with the list region's: ``factor`` is the median ratio
+    of the ``pairs`` (the region's sourced price over the list region's, same type and
+    component) that the price list derives it from; ``low``..``high`` is their spread."""
+
+    factor: float
+    pairs: int
+    low: float
+    high: float
+
+
+@functools.lru_cache(maxsize=16)
+def _factors(table: str) -> dict[str, RegionFactor]:
+    """REGION -> its factor, from the price list's ``region_factors`` (``{REGION: {"factor":
+    F, "pairs": {"COMPONENT TYPE": [region's price, list region's price]}}}``)."""
+    raw = _document(table).get("region_factors") or {}
+    out: dict[str, RegionFactor] = {}
+    for region, entry in raw.items():
+        factor = entry.get("factor") if isinstance(entry, dict) else None
+        pairs = entry.get("pairs") if isinstance(entry, dict) else None
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 0:
+            raise NbscaleError(f"{table}: region_factors.{region} has no factor")
+        try:
+            ratios = [float(mine) / float(theirs) for mine, theirs in pairs.values()]
+        except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+            ratios = []
+        if not ratios:
+            raise NbscaleError(f"{table}: region_factors.{region} has no price pairs")
+        out[region] = RegionFactor(float(factor), len(ratios), min(ratios), max(ratios))
+    return out
+
+
+def region_factor(backend_type: str, region: str | None) -> RegionFactor | None:
+    """The factor a price list derives for ``region`` against its list region (None: none)."""
+    rules = pricing(backend_type)
+    if not rules.table or not region or region == rules.list_region:
+        return None
+    return _factors(rules.table).get(region)
 
 
 @functools.lru_cache(maxsize=16)
@@ -251,8 +297,12 @@ def node_price(
         region = settings.get("region")
         found = list_price(backend_type, instance, region, component)
         if found is None and region and region != rules.list_region:
-            # another region's list price stands in (foreign_list_price says so)
+            # another region's list price stands in, times the region's factor where the
+            # price list derives one (foreign_list_price says so)
             found = list_price(backend_type, instance, rules.list_region, component)
+            factor = region_factor(backend_type, region)
+            if found is not None and factor is not None:
+                found = round(found * factor.factor, 4)
         if found is not None:
             return found
         if rules.instance_required:
@@ -279,7 +329,8 @@ def foreign_list_price(
 ) -> tuple[str, str] | None:
     """(why, what to set) when the price of ``instance_type`` is only a stand-in, None when
     it is the real list price: a backend in a region the price lists lack a price for, and
-    without its own ``prices`` for the type, is priced with ``Pricing.list_region``'s."""
+    without its own ``prices`` for the type, is priced with ``Pricing.list_region``'s (times
+    the region's factor where the price list derives one: ``region_factor``)."""
     settings = settings or {}
     rules = pricing(backend_type)
     if not rules.list_region or "price_per_node_hour" in settings:
@@ -295,10 +346,14 @@ def foreign_list_price(
         or list_price(backend_type, instance, rules.list_region, component) is None
     ):
         return None
-    return (
-        f"{instance} is priced at its {rules.list_region} list price, and {region}'s may differ",
-        f'prices = {{ "{instance}" = USD_PER_HOUR }}',
-    )
+    why = f"{instance} is priced at its {rules.list_region} list price, and {region}'s may differ"
+    factor = region_factor(backend_type, region)
+    if factor is not None:
+        why += (
+            f" (derived: x {factor.factor:g}, {region}'s factor from {factor.pairs} sourced "
+            f"prices, {factor.low:.3f} to {factor.high:.3f} times {rules.list_region}'s)"
+        )
+    return why, f'prices = {{ "{instance}" = USD_PER_HOUR }}'
 
 
 def budget_price(

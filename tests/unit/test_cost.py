@@ -125,6 +125,19 @@ FAMILIES = ("m5", "m6i", "c5", "c6i", "g4dn", "g5", "g6", "p3", "p4d", "p5")
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1")
 
 
+_API_TYPES = {
+    "training": "TrainingInstanceType",
+    "hosting": "ProductionVariantInstanceType",
+    "processing": "ProcessingInstanceType",
+}
+
+
+def _api_types(shape: str) -> list[str]:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("sagemaker").shape_for(shape).enum
+
+
 def _shipped() -> dict:
     from importlib import resources
 
@@ -149,11 +162,15 @@ def test_the_shipped_list_has_each_family_component_and_region_or_names_it_missi
         # shipped, or named missing: never both, never neither
         assert (family in shipped_families) != named, family
     assert {"m5", "c5", "g4dn", "g5", "g6", "p3", "p4d", "p5"} <= shipped_families
-    for component in cost.COMPONENTS:  # each component has us-east-1 prices
-        assert regions["us-east-1"][component], component
-    for component, lacks in missing["components"].items():  # it names what it has exactly
-        named = {t.strip() for t in lacks.split(" but ", 1)[1].split(",")}
-        assert named == set(regions["us-east-1"][component]), component
+    # us-east-1, per component: each type of those families that the SageMaker API offers for
+    # it (botocore's enums) is shipped or named missing, never both; nothing else is shipped
+    for component, enum in _API_TYPES.items():
+        offered = {t for t in _api_types(enum) if t.split(".")[1] in FAMILIES}
+        shipped = set(regions["us-east-1"][component])
+        named = set(missing["components"].get(component, []))
+        assert shipped <= set(_api_types(enum)), (component, shipped - set(_api_types(enum)))
+        assert not shipped & named, (component, shipped & named)
+        assert offered == shipped | named, (component, offered - shipped - named)
     for region in REGIONS:
         named = any(entry.split(" ")[0] == region for entry in missing["regions"])
         assert region in regions or named, region
@@ -164,6 +181,82 @@ def test_the_shipped_list_has_each_family_component_and_region_or_names_it_missi
         region: {c: {k: float(v) for k, v in t.items()} for c, t in parts.items()}
         for region, parts in regions.items()
     }
+
+
+def test_each_region_factor_is_the_median_of_shipped_price_pairs():
+    """A factor rests on pairs of sourced prices; where the table ships either side of a
+    pair, the pair is that figure, and the factor is their median to 3 decimals."""
+    import statistics
+
+    data = _shipped()
+    regions = data["regions"]
+    assert set(data["region_factors"]) == {"eu-west-1", "us-west-2"}
+    for region, entry in data["region_factors"].items():
+        assert entry["of"] == "us-east-1" and entry["source"]
+        ratios = []
+        for key, (mine, theirs) in entry["pairs"].items():
+            component, instance = key.split(" ")
+            assert regions["us-east-1"][component][instance] == theirs, key
+            own = regions.get(region, {}).get(component, {}).get(instance)
+            assert own in (None, mine), key  # a shipped figure of the region is the pair's
+            ratios.append(mine / theirs)
+        assert len(ratios) >= 10
+        assert entry["factor"] == round(statistics.median(ratios), 3)
+        assert entry["spread"] == pytest.approx([min(ratios), max(ratios)], abs=5e-5)
+        found = cost.region_factor("sagemaker", region)
+        assert (found.factor, found.pairs) == (entry["factor"], len(ratios))
+        # a factor never stands for a region's own figures: still named missing
+        assert any(m.startswith(f"{region} ") for m in data["missing"]["regions"]), region
+    assert cost.region_factor("sagemaker", "us-east-1") is None
+    assert cost.region_factor("sagemaker", "ap-northeast-1") is None  # one pair: none derived
+
+
+def test_a_region_without_a_figure_is_priced_at_the_derived_price_for_estimates_only():
+    ireland, oregon = {"region": "eu-west-1"}, {"region": "us-west-2"}
+    # eu-west-1's own figure stands as it is
+    assert cost.node_price("sagemaker", ireland, "ml.g4dn.12xlarge", 0, "hosting") == 5.453
+    assert cost.foreign_list_price("sagemaker", ireland, "ml.g4dn.12xlarge", "hosting") is None
+    # a type it lacks: us-east-1's list price x 1.115, for each component, with a note
+    for instance, component, virginia in (
+        ("ml.m6i.xlarge", "training", 0.23),
+        ("ml.g5.2xlarge", "hosting", 1.515),
+        ("ml.c5.9xlarge", "processing", 1.836),
+    ):
+        derived = cost.node_price("sagemaker", ireland, instance, 0, component)
+        assert derived == round(virginia * 1.115, 4), instance
+        why, setting = cost.foreign_list_price("sagemaker", ireland, instance, component)
+        assert why.startswith(f"{instance} is priced at its us-east-1 list price")
+        assert "(derived: x 1.115, eu-west-1's factor from 10 sourced prices" in why
+        assert "1.080 to 1.117 times us-east-1's" in why
+        assert setting == f'prices = {{ "{instance}" = USD_PER_HOUR }}'
+    # us-west-2: x 1.0, still a stand-in that says so
+    assert cost.node_price("sagemaker", oregon, "ml.g6.8xlarge") == 2.518
+    assert "derived: x 1," in cost.foreign_list_price("sagemaker", oregon, "ml.g6.8xlarge")[0]
+    # eu-central-1 has no factor: us-east-1's price with the plain note
+    frankfurt = {"region": "eu-central-1"}
+    assert cost.node_price("sagemaker", frankfurt, "ml.m6i.xlarge") == 0.23
+    assert "derived" not in cost.foreign_list_price("sagemaker", frankfurt, "ml.m6i.xlarge")[0]
+    # the backend's own price comes first; a budget is never turned into runtime at a derived
+    # price
+    assert (
+        cost.node_price("sagemaker", {**ireland, "prices": {"ml.m6i.xlarge": 0.3}}, "ml.m6i.xlarge")
+        == 0.3
+    )
+    with pytest.raises(SpecError, match="the budget cannot be priced: .*derived"):
+        cost.budget_price("sagemaker", ireland, "ml.m6i.xlarge", 0, "aws")
+    # the estimate a user sees carries the note
+    est = cost.spec_estimate(
+        {"backend": "aws", "instance_type": "ml.m6i.xlarge", "nodes": 2, "max_runtime": 3600},
+        _config({"region": "eu-west-1"}),
+    )
+    assert est["price_per_node_hour"] == 0.2565 and est["total"] == pytest.approx(0.513)
+    assert "derived: x 1.115" in cost.describe_estimate(est)
+
+
+def _config(settings: dict):
+    from nbscale.config import BackendConfig, Config
+
+    return Config(backends={"aws": BackendConfig("aws", "sagemaker", settings)})
 
 
 def test_ml_m5_large_is_priced_for_training_hosting_and_processing():
@@ -202,11 +295,12 @@ def test_a_warm_pool_is_billed_at_the_regions_training_list_price():
 
 def test_an_unknown_type_or_component_is_refused_naming_the_refresh_and_the_prices_setting():
     virginia = {"region": "us-east-1"}
-    # ml.g5.xlarge has a training price but no shipped hosting price
-    assert cost.node_price("sagemaker", virginia, "ml.g5.xlarge") == 1.408
+    # ml.p3.8xlarge has a training price but no shipped hosting price
+    assert cost.node_price("sagemaker", virginia, "ml.p3.8xlarge") == 14.688
+    assert cost.node_price("sagemaker", virginia, "ml.m6i.large") == 0.115  # [J]
     for instance, component, where in (
-        ("ml.g5.xlarge", "hosting", "us-east-1"),
-        ("ml.m6i.large", "training", "us-east-1"),  # a family no source gave
+        ("ml.p3.8xlarge", "hosting", "us-east-1"),
+        ("ml.p3.2xlarge", "processing", "us-east-1"),  # a component no source gave
         ("ml.nope.xlarge", "processing", "eu-central-1"),  # priced in no region
     ):
         with pytest.raises(SpecError) as err:
@@ -238,9 +332,11 @@ def test_endpoints_take_the_hosting_price_and_processing_steps_the_processing_pr
     # from the shipped list: ml.g6.2xlarge is hosted at its hosting price
     endpoint = cost.endpoint_estimate("aws", "ml.g6.2xlarge", instances=2, hours=10, config=config)
     assert endpoint["per_hour"] == pytest.approx(2.444) and endpoint["total"] == 24.44
-    # ml.g5.xlarge has a training price but no hosting one: refused, not priced as training
-    with pytest.raises(SpecError, match=r"ml.g5.xlarge' \(hosting in us-east-1\)"):
-        cost.endpoint_estimate("aws", "ml.g5.xlarge", config=config)
+    # ml.p3.8xlarge has a training price but no hosting one: refused, not priced as training
+    with pytest.raises(SpecError, match=r"ml.p3.8xlarge' \(hosting in us-east-1\)"):
+        cost.endpoint_estimate("aws", "ml.p3.8xlarge", config=config)
+    # ml.g5.xlarge's hosting price (AWS's benchmarking tool, [I]) is not its training price
+    assert cost.endpoint_estimate("aws", "ml.g5.xlarge", config=config)["per_hour"] == 1.4084
     # the backend's own prices come first, for every component
     assert cost.endpoint_estimate("own", "ml.g5.xlarge", config=config)["per_hour"] == 1.1
 
@@ -254,14 +350,14 @@ def test_endpoints_take_the_hosting_price_and_processing_steps_the_processing_pr
     definition = {
         "Steps": [
             step("Processing", "ml.c5.4xlarge", 2),  # processing list price 0.816
-            step("Processing", "ml.g6.2xlarge"),  # no processing price: unpriced
+            step("Processing", "ml.p3.2xlarge"),  # no processing price: unpriced
             step("Training", "ml.g6.2xlarge"),  # training list price 1.222
         ]
     }
     most = cost.definition_estimate(definition, "sagemaker", config.backend("aws").settings)
     assert [s["component"] for s in most["steps"]] == ["processing", "training"]
     assert most["at_most"] == pytest.approx(2 * 0.816 + 1.222)
-    assert most["unpriced"] == ["Processing-ml.g6.2xlarge"]
+    assert most["unpriced"] == ["Processing-ml.p3.2xlarge"]
     own = cost.definition_estimate(definition, "sagemaker", config.backend("own").settings)
     assert own["steps"][0]["price_per_instance_hour"] == 0.5
 
@@ -310,7 +406,8 @@ def test_the_user_price_file_comes_before_the_shipped_list(nbscale_home):
     # not in the file: the shipped list, and another region's price only with a note
     assert cost.node_price("sagemaker", ireland, "ml.g5.xlarge") == 1.57  # eu-west-1's own
     assert cost.foreign_list_price("sagemaker", ireland, "ml.g5.xlarge") is None
-    assert cost.node_price("sagemaker", ireland, "ml.g6.xlarge") == 1.127  # us-east-1's
+    # us-east-1's x eu-west-1's region factor
+    assert cost.node_price("sagemaker", ireland, "ml.g6.xlarge") == round(1.127 * 1.115, 4)
     assert cost.foreign_list_price("sagemaker", ireland, "ml.g6.xlarge") is not None
     path.write_text("{not json")  # a broken file prices nothing and breaks nothing
     assert cost.node_price("sagemaker", {"region": "us-east-1"}, "ml.m5.xlarge") == 0.23
