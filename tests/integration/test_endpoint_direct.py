@@ -9,16 +9,19 @@ import json
 import os
 import signal
 import threading
+import time
 import urllib.parse
 
 import numpy as np
+import psutil
 import pytest
 
-from nbscale.backends.local.endpoints import endpoint_dir, port_free
+from nbscale.backends.local.endpoints import ENDPOINT_ENV, endpoint_dir, port_free
+from nbscale.backends.local.processes import tagged_processes
 from nbscale.endpoints import deploy, endpoints
 from nbscale.serving.capture import read_capture
 from tests.support import wait_for
-from tests.support.serving import forward, mlp
+from tests.support.serving import forward, make_artifact, mlp
 
 
 @pytest.fixture
@@ -132,8 +135,8 @@ def test_scaling_up_takes_the_socket_back_and_no_request_is_lost(cleanup):
         t.start()
     try:
         wait_for(lambda: len(results) > 20, 30, what="requests flowing")
-        # When it may scale past one replica, Then the router proxies again
-        ep.scale(1, 2)
+        # When it runs a second replica, Then the router takes the socket back and proxies
+        ep.scale(2, 2)
         wait_for(lambda: _serving(ep) == "router", 30, interval=0.05, what="taken back")
         assert not any(r["serves_socket"] for r in ep.metrics()["replica_list"])
         n = len(results)
@@ -167,24 +170,223 @@ def test_scaling_up_takes_the_socket_back_and_no_request_is_lost(cleanup):
         np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)
 
 
-def test_endpoints_that_need_the_router_to_see_requests_keep_it_in_front(cleanup, monkeypatch):
-    # scaling between replicas, scale to zero and the idle TTL all count requests in the router
+def test_scaling_scale_to_zero_and_ttl_endpoints_are_served_by_their_lone_replica(
+    cleanup, monkeypatch
+):
+    # Given endpoints that scale between replicas, to zero, or are torn down after an idle
+    # TTL: the router counts their requests from the replica's load file, not on the way through
+    x = np.ones((1, 64), np.float32)
     for name, kwargs in (
         ("ranged", {"replicas": (1, 2)}),
         ("zero", {"replicas": (0, 1), "idle_timeout_s": 60}),
         ("ttl", {"replicas": (1, 1), "idle_ttl": 600}),
     ):
         ep = deploy(mlp(), name=name, **kwargs)
-        ep.predict(np.ones((1, 64), np.float32))
+        ep.predict(x)  # wakes the standby of "zero"
+        # Then while one replica runs, it serves the socket itself
+        wait_for(lambda ep=ep: _serving(ep) == "replica", 30, interval=0.05, what=name)
+        [rep] = [r for r in ep.metrics()["replica_list"] if r["state"] == "ready"]
+        assert rep["serves_socket"] is True
+        load = endpoint_dir(name) / f"replica-{rep['id']}.load"
+        assert load.stat().st_mode & 0o777 == 0o600
+        # And the router sees the requests it no longer proxies
+        for _ in range(5):
+            ep.predict(x)
         m = ep.metrics()
-        assert m["serving"] == "router", (name, m["serving"])
-        assert not any(r["serves_socket"] for r in m["replica_list"])
+        assert m["serving"] == "replica" and m["idle_s"] < 5, (name, m["idle_s"])
         ep.delete()
-    # And NBSCALE_DIRECT=0 keeps the router in front of a lone replica too
+    # And NBSCALE_DIRECT=0 keeps the router in front of a lone replica, whatever the scaling
     monkeypatch.setenv("NBSCALE_DIRECT", "0")
-    ep = deploy(mlp(), name="proxied", replicas=(1, 1))
-    ep.predict(np.ones((1, 64), np.float32))
+    for name, kwargs in (
+        ("proxied", {"replicas": (1, 1)}),
+        ("proxied-ranged", {"replicas": (1, 2)}),
+    ):
+        ep = deploy(mlp(), name=name, **kwargs)
+        ep.predict(x)
+        assert _serving(ep) == "router"
+        ep.delete()
+    monkeypatch.delenv("NBSCALE_DIRECT")
+    # And an endpoint fixed at two replicas keeps the router (it retries a request that hit a
+    # replica killed under it), even while one of them is being replaced
+    ep = deploy(mlp(), name="pair", replicas=(2, 2))
+    ep.predict(x)
     assert _serving(ep) == "router"
+    os.kill(ep.metrics()["replica_list"][0]["pid"], signal.SIGKILL)
+    for _ in range(20):
+        ep.predict(x)
+        assert _serving(ep) == "router"
+
+
+class Clients:
+    """``n`` threads of nbscale's client calling ``name`` until stopped, every answer kept."""
+
+    def __init__(self, name: str, x: np.ndarray, n: int, pause_s: float = 0.0):
+        self.name, self.x, self.pause_s = name, x, pause_s
+        self.stop = threading.Event()
+        self.results: list[object] = []
+        self.threads = [threading.Thread(target=self._run) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        from nbscale.endpoints import endpoint
+
+        c = endpoint(self.name)
+        while not self.stop.is_set():
+            try:
+                self.results.append(c.predict(self.x))
+            except Exception as exc:  # noqa: BLE001 - recorded; the test fails on any
+                self.results.append(exc)
+            if self.pause_s:
+                self.stop.wait(self.pause_s)
+        c.close()
+
+    def wait(self, more: int, what: str) -> None:
+        n = len(self.results)
+        wait_for(lambda: len(self.results) >= n + more, 60, what=what)
+
+    def close(self) -> list[Exception]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+        return [r for r in self.results if isinstance(r, Exception)]
+
+
+def _replicas(name: str) -> list[psutil.Process]:
+    """The endpoint's replica processes (not its supervisor, router or zygote)."""
+    zygote = None
+    for ep in endpoints():
+        if ep.name == name:
+            zygote = ep.metrics()["zygote_pid"]
+    return [
+        p
+        for p in tagged_processes(ENDPOINT_ENV, name)
+        if "nbscale.backends.local.router" not in " ".join(p.cmdline()) and p.pid != zygote
+    ]
+
+
+def _connections_on(proc: psutil.Process, port: int) -> list:
+    """The TCP connections ``proc`` holds that came from the endpoint's port."""
+    return [
+        c for c in proc.net_connections(kind="tcp") if c.laddr and c.laddr.port == port and c.raddr
+    ]
+
+
+def test_an_autoscaling_endpoint_is_direct_at_low_load_proxied_when_scaled_up_and_direct_again(
+    cleanup, tmp_path
+):
+    # Given an endpoint of 1 to 2 replicas of a 50 ms model, scaling at one request in flight
+    model_dir, model = make_artifact(tmp_path / "art", name="elastic", slow=True)
+    ep = deploy(
+        str(model_dir),
+        name="elastic",
+        replicas=(1, 2),
+        max_batch_size=1,
+        target_concurrency=1,
+        scale_down_delay_s=1,
+    )
+    x = np.ones((1, 64), np.float32)
+    # When one client calls it (one request in flight at most), Then its replica serves it
+    light = Clients("elastic", x, 1)
+    heavy = None
+    try:
+        wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="the hand-over")
+        light.wait(20, "requests served directly")
+        m = ep.metrics()
+        assert m["serving"] == "replica" and m["replicas"]["current"] == 1
+        # And the router sees those requests (its idle time is the replica's)
+        assert m["idle_s"] < 2
+        # When three more clients hold four requests in flight, Then it scales up and the
+        # router takes the socket back to spread them over both replicas
+        heavy = Clients("elastic", x, 3)
+        wait_for(
+            lambda: ep.metrics()["replicas"]["current"] == 2, 60, interval=0.1, what="scale up"
+        )
+        wait_for(lambda: _serving(ep) == "router", 30, interval=0.05, what="taken back")
+        assert not any(r["serves_socket"] for r in ep.metrics()["replica_list"])
+        light.wait(10, "requests through the router")
+        # When the load falls back to one client, Then it scales down and is direct again
+        errors = heavy.close()
+        heavy = None
+        wait_for(
+            lambda: ep.metrics()["replicas"]["current"] == 1, 60, interval=0.1, what="scale down"
+        )
+        wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="handed over again")
+        light.wait(20, "requests served directly again")
+    finally:
+        if heavy is not None:
+            errors = heavy.close()
+        errors += light.close()
+    # And no request was lost in any of it
+    assert not errors, errors[:3]
+    expected = forward(model, x)
+    for r in light.results[-3:]:
+        np.testing.assert_allclose(r, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_scale_to_zero_endpoint_served_directly_pauses_only_a_replica_that_holds_nothing(
+    cleanup,
+):
+    from nbscale.endpoints import endpoint
+
+    model = mlp()
+    x = np.ones((1, 64), np.float32)
+    expected = forward(model, x)
+    ep = deploy(model, name="nap", replicas=(0, 1), idle_timeout_s=2)
+    port = int(ep.url.rsplit(":", 1)[1])
+    held = endpoint("nap")
+    for _ in range(2):
+        # Given the standby woken by a request (the second time: on a connection the replica
+        # served and closed when it gave the socket back), serving the socket itself
+        np.testing.assert_allclose(held.predict(x), expected, rtol=1e-5, atol=1e-6)
+        assert ep.metrics()["cold_starts"][-1]["how"] == "resumed"
+        wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="the hand-over")
+        [replica] = _replicas("nap")
+        held.close()
+        held = endpoint("nap")  # a keep-alive connection to the replica, idle from now on
+        held.predict(x)
+        burst = Clients("nap", x, 2)
+        burst.wait(20, "requests served directly")
+        assert _connections_on(replica, port), "the replica serves the endpoint's connections"
+        assert ep.metrics()["replicas"]["current"] == 1  # requests keep it awake
+        assert not burst.close()
+        # When no request comes for the idle timeout, Then the router takes the socket back
+        # and pauses the replica once it holds no request or connection from that socket
+        wait_for(
+            lambda: ep.metrics()["replicas"]["current"] == 0, 30, interval=0.1, what="scale to 0"
+        )
+        wait_for(
+            lambda r=replica: r.status() == psutil.STATUS_STOPPED, 10, what="the paused standby"
+        )
+        assert _serving(ep) == "router"
+        assert _connections_on(replica, port) == []
+        assert ep.refresh().status == "SCALED_TO_ZERO"
+    # And the next request (on the connection the paused replica had served) is answered
+    np.testing.assert_allclose(held.predict(x), expected, rtol=1e-5, atol=1e-6)
+    wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="direct after waking")
+    held.close()
+
+
+def test_an_idle_ttl_endpoint_served_directly_is_torn_down_after_its_ttl(cleanup):
+    model = mlp()
+    x = np.ones((1, 64), np.float32)
+    ep = deploy(model, name="brief", replicas=(1, 2), idle_ttl=4)
+    wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="the hand-over")
+    clients = Clients("brief", x, 2)
+    try:
+        clients.wait(20, "requests served directly")
+        # Then requests served directly keep it from the TTL
+        time.sleep(5)
+        assert ep.refresh().status == "READY" and _serving(ep) == "replica"
+    finally:
+        errors = clients.close()
+    assert not errors, errors[:3]
+    # When no request comes for the TTL, Then no replica is left
+    wait_for(lambda: ep.refresh().status == "SCALED_TO_ZERO", 30, interval=0.1, what="teardown")
+    wait_for(lambda: _replicas("brief") == [], 30, what="no replica process left")
+    # And the next request starts one, which serves the socket again
+    np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+    wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="direct after the TTL")
 
 
 def test_a_bad_capture_floor_is_refused_at_deploy_and_nothing_is_left(cleanup, monkeypatch):
