@@ -668,7 +668,7 @@ def definition_estimate(
     for its MaxRuntimeInSeconds at the processing (a Processing step) or training price
     (a Training step; a Tuning step: each of its MaxNumberOfTrainingJobs trials). A step
     without a known price is listed as unpriced."""
-    steps, unpriced, total = [], [], 0.0
+    steps, unpriced, notes, total = [], [], [], 0.0
     for step in definition.get("Steps", []):
         args = step.get("Arguments") or {}
         runs = 1  # training jobs the step starts
@@ -695,6 +695,9 @@ def definition_estimate(
             continue
         most = job_cost(seconds / 3600.0, nodes, price)
         total += most
+        note = _note(foreign_list_price(backend_type, settings, instance, component))
+        if note and note not in notes:
+            notes.append(note)
         steps.append(
             {
                 "step": step.get("Name"),
@@ -702,10 +705,17 @@ def definition_estimate(
                 "instances": nodes,
                 "component": component,
                 "price_per_instance_hour": price,
+                "price_note": note,
                 "at_most": most,
             }
         )
-    return {"steps": steps, "at_most": round(total, 4), "unpriced": unpriced, "currency": "USD"}
+    return {
+        "steps": steps,
+        "at_most": round(total, 4),
+        "unpriced": unpriced,
+        "price_notes": notes,  # a price that stands in for the region's own, once each
+        "currency": "USD",
+    }
 
 
 def cost_report(

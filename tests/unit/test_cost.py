@@ -253,6 +253,32 @@ def test_a_region_without_a_figure_is_priced_at_the_derived_price_for_estimates_
     assert "derived: x 1.115" in cost.describe_estimate(est)
 
 
+def test_a_pipeline_step_at_a_derived_price_says_so_once():
+    def step(name, kind, instance):
+        key = "ProcessingResources" if kind == "Processing" else "ResourceConfig"
+        cluster = {"InstanceType": instance, "InstanceCount": 1}
+        arguments = {key: {"ClusterConfig": cluster} if kind == "Processing" else cluster}
+        arguments["StoppingCondition"] = {"MaxRuntimeInSeconds": 3600}
+        return {"Name": name, "Type": kind, "Arguments": arguments}
+
+    definition = {
+        "Steps": [
+            step("prep", "Processing", "ml.m5.xlarge"),  # eu-west-1's own 0.257
+            step("fit", "Training", "ml.g6.xlarge"),  # derived
+            step("fit-again", "Training", "ml.g6.xlarge"),
+        ]
+    }
+    most = cost.definition_estimate(definition, "sagemaker", {"region": "eu-west-1"})
+    prices = [s["price_per_instance_hour"] for s in most["steps"]]
+    assert prices == [0.257, round(1.127 * 1.115, 4), round(1.127 * 1.115, 4)]
+    assert most["steps"][0]["price_note"] is None
+    assert len(most["price_notes"]) == 1
+    assert most["price_notes"][0].startswith("ml.g6.xlarge is priced at its us-east-1 list price")
+    assert "derived: x 1.115" in most["price_notes"][0]
+    virginia = cost.definition_estimate(definition, "sagemaker", {"region": "us-east-1"})
+    assert virginia["price_notes"] == []
+
+
 def _config(settings: dict):
     from nbscale.config import BackendConfig, Config
 
