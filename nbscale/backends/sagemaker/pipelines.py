@@ -156,6 +156,7 @@ class SageMakerPipelines:
                     else ""
                 )
             )
+            notes += [f"estimated cost: {note}" for note in most["price_notes"]]
         else:
             notes.append(
                 "estimated cost: unknown, no price is known for the steps' instance types "
