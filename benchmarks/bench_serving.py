@@ -35,7 +35,11 @@ process (``NBSCALE_ZYGOTE=0``): first deploy, a replica SIGKILLed, a scale-up,
 and the first request to an endpoint scaled to zero whose standby is gone
 (``fresh-replica``). ``nbscale-endpoint`` is an endpoint of one replica, which
 serves the endpoint's socket itself; ``nbscale-endpoint-proxy`` is the same
-endpoint with ``NBSCALE_DIRECT=0``, every request through the router.
+endpoint with ``NBSCALE_DIRECT=0``, every request through the router;
+``nbscale-endpoint-autoscale`` scales between 1 and 4 replicas (default
+target of 4 requests in flight each): its lone replica serves the socket while
+one is enough, the router proxies once it has scaled up (each point records
+the replicas and who served the socket when it ended).
 """
 
 from __future__ import annotations
@@ -378,6 +382,7 @@ def measure(
     seconds: int,
     rounds: int,
     pids: dict[str, list[int]] | None = None,
+    observe: dict | None = None,
 ) -> dict:
     """Every server at every connection count, interleaved, ``rounds`` times; the median round counts.
 
@@ -400,6 +405,8 @@ def measure(
                 point["server_cpu_us_per_request"] = (
                     round(used / point["requests"] * 1e6, 1) if point["requests"] else None
                 )
+                if observe and name in observe:
+                    point.update(observe[name]())
                 runs[name][c].append(point)
                 print(
                     f"  round {r + 1} {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.3f} ms  "
@@ -689,8 +696,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-endpoint,"
-        "nbscale-endpoint-proxy,kserve,mlserver,cold-start,fresh-replica ('bare' means both bare "
-        "variants)",
+        "nbscale-endpoint-proxy,nbscale-endpoint-autoscale,kserve,mlserver,cold-start,"
+        "fresh-replica ('bare' means both bare variants)",
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
     args = ap.parse_args()
@@ -714,6 +721,7 @@ def main() -> int:
             "nbscale-nobatch",
             "nbscale-endpoint",
             "nbscale-endpoint-proxy",
+            "nbscale-endpoint-autoscale",
             "kserve",
             "mlserver",
             "cold-start",
@@ -728,6 +736,7 @@ def main() -> int:
         "nbscale-nobatch",
         "nbscale-endpoint",
         "nbscale-endpoint-proxy",
+        "nbscale-endpoint-autoscale",
         "kserve",
         "mlserver",
     }
@@ -819,6 +828,7 @@ def main() -> int:
             "nbscale-nobatch",
             "nbscale-endpoint",
             "nbscale-endpoint-proxy",
+            "nbscale-endpoint-autoscale",
             "cold-start",
             "fresh-replica",
         }:
@@ -923,9 +933,11 @@ def main() -> int:
             check_prediction(url, body.encode(), expected)
             targets[name] = (url, script)
         deployed = []
-        for contender, ep_name, direct in (
-            ("nbscale-endpoint", "mlp", "1"),
-            ("nbscale-endpoint-proxy", "mlp-proxy", "0"),
+        observe: dict = {}
+        for contender, ep_name, direct, replicas in (
+            ("nbscale-endpoint", "mlp", "1", (1, 1)),
+            ("nbscale-endpoint-proxy", "mlp-proxy", "0", (1, 1)),
+            ("nbscale-endpoint-autoscale", "mlp-autoscale", "1", (1, 4)),
         ):
             if contender not in only:
                 continue
@@ -936,7 +948,7 @@ def main() -> int:
                 os.sched_setaffinity(0, {int(SERVER_CPU)})
             os.environ["NBSCALE_DIRECT"] = direct  # 0: the router proxies even to one replica
             try:
-                ep = deploy(str(artifact), name=ep_name, replicas=(1, 1))
+                ep = deploy(str(artifact), name=ep_name, replicas=replicas)
                 deployed.append(ep)
             finally:
                 os.sched_setaffinity(0, mask)
@@ -952,7 +964,19 @@ def main() -> int:
             m = ep.metrics()
             serving[contender] = m["serving"]
             pids[contender] = [m["router_pid"], *(r["pid"] for r in m["replica_list"])]
-        results, loads = measure(targets, sweep, args.seconds, args.rounds, pids)
+            if replicas[0] != replicas[1]:
+                # replicas it starts under load are forked by its zygote: counted with it
+                pids[contender] += [m["zygote_pid"]] if m.get("zygote_pid") else []
+
+                def state(ep=ep) -> dict:
+                    after = ep.metrics()
+                    return {
+                        "replicas_at_end": after["replicas"]["current"],
+                        "serving_at_end": after["serving"],
+                    }
+
+                observe[contender] = state
+        results, loads = measure(targets, sweep, args.seconds, args.rounds, pids, observe)
         for ep in deployed:
             ep.delete()
         deployed, ep = [], None
@@ -994,7 +1018,13 @@ def main() -> int:
         ratios[name] = per
     goals = {}
     if reference:
-        for name in ("nbscale-nobatch", "nbscale", "nbscale-endpoint", "nbscale-endpoint-proxy"):
+        for name in (
+            "nbscale-nobatch",
+            "nbscale",
+            "nbscale-endpoint",
+            "nbscale-endpoint-proxy",
+            "nbscale-endpoint-autoscale",
+        ):
             if name not in ratios:
                 continue
             p99_met = {
@@ -1003,7 +1033,7 @@ def main() -> int:
                 if "p99_vs_bare" in row
             }
             goals[name] = {f"p99_at_most_{P99_GOAL_X}x_bare": p99_met}
-            if name in ("nbscale-endpoint", "nbscale-endpoint-proxy"):
+            if name.startswith("nbscale-endpoint"):
                 goals[name][f"rps_at_least_{ENDPOINT_GOAL_X}x_bare"] = {
                     c: row["vs_bare"] >= ENDPOINT_GOAL_X
                     for c, row in ratios[name].items()
@@ -1043,7 +1073,10 @@ def main() -> int:
             "--max-batch-size 1; nbscale-endpoint is the deployed endpoint (supervisor, router, zygote and "
             "1 replica on one CPU; the lone replica serves the endpoint's socket itself, endpoint_serving "
             "says so); nbscale-endpoint-proxy is the same with NBSCALE_DIRECT=0 (the router proxies every "
-            "request); fresh_replica: replicas started from nothing with the zygote (forked) and without "
+            "request); nbscale-endpoint-autoscale is an endpoint of 1 to 4 replicas (target 4 in flight "
+            "each), all on the same CPU: its lone replica serves the socket while one is enough and the "
+            "router proxies once it has scaled up (replicas_at_end and serving_at_end at each point); "
+            "fresh_replica: replicas started from nothing with the zygote (forked) and without "
             "it (NBSCALE_ZYGOTE=0, a new Python process), interleaved; its first_deploy_s is a new "
             "process's first deploy() with the home's warm zygote preloaded (as after %load_ext "
             "nbscale), first_deploy_no_warm_s the same with NBSCALE_WARM_ZYGOTE=0; "
