@@ -618,6 +618,8 @@ def record_costs(record: Any, config: Config) -> dict[str, Any] | None:
     # per instance (AWS: times InstanceCount)
     retained_s = float(info.get("retained_billable_seconds") or 0)
     warm_pool = job_cost(retained_s / 3600.0, nodes, price)
+    # a price that stands in for the region's own (derived, or us-east-1's) says so
+    note = _note(foreign_list_price(record.backend_type, settings, spec.get("instance_type")))
     return {
         "cost": round(cost + warm_pool, 4),
         "on_demand_cost": round(on_demand + warm_pool, 4),
@@ -629,6 +631,7 @@ def record_costs(record: Any, config: Config) -> dict[str, Any] | None:
         "billable_seconds": billed_s,
         "warm_pool_cost": warm_pool,
         "retained_billable_seconds": retained_s or None,
+        "price_note": note,
     }
 
 
@@ -735,7 +738,15 @@ def cost_report(
         sql += " AND COALESCE(ended, ?) >= ?"
         params = (time.time(), time.time() - since_s)
     groups: dict[str, dict[str, Any]] = {}
-    total = {"jobs": 0, "cost": 0.0, "on_demand_cost": 0.0, "spot_savings": 0.0, "unpriced": 0}
+    total = {
+        "jobs": 0,
+        "cost": 0.0,
+        "on_demand_cost": 0.0,
+        "spot_savings": 0.0,
+        "unpriced": 0,
+        "stand_in_priced": 0,  # jobs priced at a stand-in for their region's own price
+    }
+    notes: list[str] = []
     for row in store.query(sql + " ORDER BY created", params):
         rec = JobRecord.from_row(row)
         c = record_costs(rec, config)
@@ -750,6 +761,10 @@ def cost_report(
         else:
             for k in ("cost", "on_demand_cost", "spot_savings"):
                 total[k] = round(total[k] + c[k], 4)
+            if c["price_note"]:
+                total["stand_in_priced"] += 1
+                if c["price_note"] not in notes:
+                    notes.append(c["price_note"])
         for key in keys:
             g = groups.setdefault(
                 key,
@@ -767,7 +782,14 @@ def cost_report(
                 for k in ("node_hours", "cost", "on_demand_cost", "spot_savings"):
                     g[k] = round(g[k] + c[k], 4)
     ordered = sorted(groups.values(), key=lambda g: (-g["cost"], g["key"]))
-    return {"by": by, "since_s": since_s, "groups": ordered, "total": total, "currency": "USD"}
+    return {
+        "by": by,
+        "since_s": since_s,
+        "groups": ordered,
+        "total": total,
+        "price_notes": notes,
+        "currency": "USD",
+    }
 
 
 def check_price_settings(name: str, raw: dict[str, Any]) -> None:

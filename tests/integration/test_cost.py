@@ -113,6 +113,26 @@ def test_actual_cost_from_billable_time_spot_savings_and_grouping(priced, nbscal
     assert bad.returncode == 2 and "not a duration" in bad.stderr
 
 
+def test_the_cost_report_says_which_costs_rest_on_a_derived_price(
+    tmp_path, nbscale_home, nbscale_cli
+):
+    # a SageMaker job in eu-west-1 on a type whose eu-west-1 price nbscale does not ship:
+    # priced at us-east-1's x eu-west-1's region factor, and the report says so
+    (tmp_path / "nbscale.toml").write_text(AWS_PRICED)
+    store = get_store()
+    insert_job(store, _record("ie-1", "ireland", "sagemaker", 3600, instance_type="ml.g6.xlarge"))
+    insert_job(store, _record("ie-2", "ireland", "sagemaker", 3600, instance_type="ml.m5.xlarge"))
+    report = json.loads(nbscale_cli("cost", "--json", check=True).stdout)
+    assert report["total"]["stand_in_priced"] == 1  # ml.m5.xlarge has eu-west-1's own price
+    assert report["total"]["cost"] == pytest.approx(round(1.127 * 1.115, 4) + 0.257, abs=2e-3)
+    out = nbscale_cli("cost", check=True).stdout
+    assert (
+        "estimated: ml.g6.xlarge is priced at its us-east-1 list price, and eu-west-1's may "
+        "differ (derived: x 1.115, eu-west-1's factor from 10 sourced prices"
+    ) in out
+    assert out.count("estimated: ") == 1
+
+
 def _first(store, job_id):
     from nbscale.store.jobs import get_job
 

@@ -317,6 +317,11 @@ def test_a_warm_pool_is_billed_at_the_regions_training_list_price():
     assert found["price_per_node_hour"] == 0.822
     assert found["warm_pool_cost"] == pytest.approx(1.644)
     assert found["cost"] == pytest.approx(0.822 + 1.644)
+    assert found["price_note"] is None  # eu-west-1's own price
+    derived = SimpleNamespace(**{**vars(record), "spec": {"instance_type": "ml.g6.xlarge"}})
+    found = cost.record_costs(derived, config)
+    assert found["price_per_node_hour"] == round(1.127 * 1.115, 4)
+    assert "derived: x 1.115" in found["price_note"]
 
 
 def test_an_unknown_type_or_component_is_refused_naming_the_refresh_and_the_prices_setting():
