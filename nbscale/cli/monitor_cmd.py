@@ -126,6 +126,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
         + (f" (spot saved ${t['spot_savings']:.2f})" if t["spot_savings"] else "")
         + (f"; {t['unpriced']} without a known price" if t["unpriced"] else "")
     )
+    for note in report["price_notes"]:  # a price standing in for the region's own
+        print(f"estimated: {note}")
     return 0
 
 
