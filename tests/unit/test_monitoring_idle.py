@@ -38,5 +38,5 @@ def test_an_endpoint_is_priced_at_its_own_instance_types_hosting_price(nbscale_h
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"regions": {"us-east-1": {"hosting": {"ml.m5.large": 0.134}}}}))
     assert _price(_config(settings), "aws", "sagemaker", None, 0, component="hosting") == 0.134
-    explicit = _price(_config(settings), "aws", "sagemaker", "ml.g5.xlarge", 0, "hosting")
-    assert explicit == 1.408  # its own type; no hosting price listed: training's stands in
+    explicit = _price(_config(settings), "aws", "sagemaker", "ml.p3.8xlarge", 0, "hosting")
+    assert explicit == 14.688  # its own type; no hosting price listed: training's stands in
