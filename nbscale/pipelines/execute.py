@@ -58,6 +58,7 @@ def run_step(
     timeout: float | None,
 ) -> Attempt:
     pool.wait_first_spawn()  # papermill's import holds the GIL: the kernel's process first
+    pool.wait_loaded()  # the pool's preload imports papermill and compiles the validator
     engine = register_engine()
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -84,6 +85,7 @@ def run_step(
             parameters=parameters,
             engine_name=engine,
             km=kernel.km,
+            on_running=pool.running,
             kernel_name=kernel_name,
             progress_bar=False,
             cwd=cwd,

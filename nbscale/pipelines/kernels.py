@@ -38,13 +38,14 @@ async def handshake(client, km, timeout: float, poll: float = 0.25) -> None:
     from queue import Empty
 
     deadline = time.monotonic() + timeout
+    sent: set[str] = set()  # a late answer to an earlier request proves the channels as well
     while True:
-        msg_id = client.kernel_info()
+        sent.add(client.kernel_info())
         try:
             while True:
                 msg = await client.get_iopub_msg(timeout=poll)
                 if (
-                    msg["parent_header"].get("msg_id") == msg_id
+                    msg["parent_header"].get("msg_id") in sent
                     and msg["msg_type"] == "status"
                     and msg["content"].get("execution_state") == "idle"
                 ):
@@ -116,6 +117,8 @@ class PooledKernel:
         try:
             if after is not None:
                 after.wait(STARTUP_TIMEOUT)
+            if self.doomed:  # the run ended while this kernel waited to start: none is started
+                return
             if gate is None:
                 asyncio.run(self._start())
             else:
@@ -208,21 +211,28 @@ class KernelPool:
         self._closed = False
         # a kernel start is mostly CPU (imports): starting several at once on a small machine
         # makes the first one, which a step waits for, late; so the first starts alone and the
-        # rest follow it, a few at a time
+        # rest follow, a few at a time, once the first step's cells run on it: until then the
+        # runner's own work (papermill's import, reading and parameterizing the notebook) is
+        # what the first step waits for, and booting kernels would take its cores
         self._gate = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
-        self._first_ready: threading.Event | None = None
         self._first_spawned: threading.Event | None = None
-        self._loaded = threading.Event()  # papermill imported and the engine registered
+        self._running = threading.Event()  # a step's notebook runs on its kernel (or one ended)
+        self._loaded = threading.Event()  # papermill imported, engine registered, schema compiled
+        self._preloading = False
 
     def adopt(self, kernel: PooledKernel) -> None:
         """A warm kernel from between runs, for the first step: nothing to boot first, so
-        papermill's import starts at once, and the run's own kernels start after it (imports
-        hold the GIL; the first step waits for that import now)."""
+        papermill's import starts at once, and the run's own kernels start once the first step
+        runs on this one (imports hold the GIL; the first step waits for that import now)."""
         with self._lock:
             self._spare.insert(0, kernel)
             if self._first_spawned is None:
                 self._first_spawned = kernel.spawned
-                self._first_ready = self._loaded
+
+    def running(self) -> None:
+        """A step's notebook runs on its kernel now (its cells are sent), or a step ended: the
+        kernels for later steps may start."""
+        self._running.set()
 
     @staticmethod
     def import_client() -> None:
@@ -233,20 +243,30 @@ class KernelPool:
         import jupyter_client.manager  # noqa: F401
 
     def preload(self) -> None:
-        """Import papermill and nbclient in the background once the first kernel's process is
-        spawned: imports hold the GIL, and the kernel starting first is what a step waits for."""
+        """Import papermill and nbclient, and compile the notebook schema's validator, in the
+        background once the first kernel's process is spawned: imports hold the GIL, and the
+        kernel starting first is what a step waits for."""
         self.import_client()
         lazy_grammar.defer()
+        self._preloading = True
 
         def load() -> None:
             self.wait_first_spawn()
             try:
                 with contextlib.suppress(Exception):
                     register_engine()
+                    wait_early()  # compiling it here too would only do the work twice
+                    compile_validator()
             finally:
                 self._loaded.set()
 
         threading.Thread(target=load, name="nbscale-preload", daemon=True).start()
+
+    def wait_loaded(self) -> None:
+        """Until ``preload`` is done (at once where it was not started): a step that found
+        papermill half imported would otherwise compile the validator a second time."""
+        if self._preloading:
+            self._loaded.wait(STARTUP_TIMEOUT)
 
     def wait_first_spawn(self) -> None:
         """Until the first kernel's process exists (its start is what the first step waits for)."""
@@ -266,9 +286,9 @@ class KernelPool:
             while not self._closed and self._waiting and len(self._spare) < self.size:
                 kernel = PooledKernel(self.kernel_name, self._waiting.popleft(), self.env)
                 self._spare.append(kernel)
-                after = self._first_ready
-                if after is None:
-                    self._first_ready = kernel.ready
+                after: threading.Event | None = self._running
+                if self._first_spawned is None:  # the first kernel of the run starts at once
+                    after = None
                     self._first_spawned = kernel.spawned
                 threading.Thread(
                     target=kernel.start,
@@ -308,6 +328,7 @@ class KernelPool:
         return kernel
 
     def release(self, kernel: PooledKernel) -> None:
+        self.running()  # a step that failed before its cells ran lets the later kernels start too
         with self._lock:
             self._busy.discard(kernel)
             closed = self._closed
@@ -324,6 +345,10 @@ class KernelPool:
             spare, self._spare = self._spare, []
             busy, self._busy = self._busy, set()
             self._waiting.clear()
+        for kernel in spare:
+            if not kernel.spawned.is_set():
+                kernel.doomed = True  # still waiting to start: it never starts (or dies at once)
+        self.running()  # the starts that wait for it see that at once
         for kernel in busy:  # steps still running when the run stops: their papermill call fails
             kernel.kill()
             # its folder now: a run stopped by SIGTERM may not live to see the step release it
@@ -349,6 +374,10 @@ DEFERRED_BY_PAPERMILL = {
     "requests": (None, None),
     "click": (None, None),
 }
+
+
+# papermill's entry-point groups for third-party engines and I/O handlers (see below)
+UNUSED_BY_RUNNERS = ("papermill.engine", "papermill.io")
 
 
 class _Deferred:
@@ -394,8 +423,10 @@ def _optional_io_deferred():
             continue
         sys.modules[module] = _StandIn(module)
         placed.append(module)
-    # papermill asks entrypoints for two groups as it is imported, and each ask reads every
-    # installed distribution's entry points again (35-85 ms each here): one read serves both
+    # papermill asks entrypoints for two groups as it is imported, its plugins' engines and
+    # I/O handlers, and each ask reads every installed distribution's entry points (25-85 ms
+    # each here). A runner uses neither: it executes with its own engine (registered below)
+    # and reads and writes local files only; so it reads none. Another group is read once.
     import entrypoints
 
     original = entrypoints.get_group_all
@@ -404,6 +435,8 @@ def _optional_io_deferred():
     def get_group_all(group: str, path: Any = None) -> list[Any]:
         if path is not None:
             return original(group, path)
+        if group in UNUSED_BY_RUNNERS:
+            return []
         if not read:
             read[""] = []
             for config, distro in entrypoints.iter_files_distros():
@@ -422,6 +455,52 @@ def _optional_io_deferred():
         for module in placed:
             if isinstance(sys.modules.get(module), _StandIn):
                 del sys.modules[module]
+
+
+_early: threading.Thread | None = None
+_early_lock = threading.Lock()
+
+
+def start_early() -> None:
+    """At a runner process's start (the CLI's foreground run, the detached runner): import
+    nbformat (and jsonschema) and compile the step notebooks' validator in the background,
+    beside the process's own imports and the DAG's preparation, instead of after the first
+    step started. Not inside a user's kernel (``%pipeline run`` in-process), where the
+    kernel's own threads run meanwhile."""
+    import sys
+
+    global _early
+    if "ipykernel" in sys.modules:
+        return
+    with _early_lock:
+        if _early is not None:
+            return
+        lazy_grammar.defer()  # before jsonschema is imported, on this thread
+        _early = threading.Thread(target=_compile_quietly, name="nbscale-early", daemon=True)
+        _early.start()
+
+
+def _compile_quietly() -> None:
+    with contextlib.suppress(Exception):  # the step's own validation reports any problem
+        compile_validator()
+
+
+def wait_early() -> None:
+    """Until ``start_early``'s work is done (at once where it was not started)."""
+    early = _early
+    if early is not None:
+        early.join(STARTUP_TIMEOUT)
+
+
+def compile_validator() -> None:
+    """Compile the notebook schema's validator for the step notebooks' format version now:
+    nbformat compiles it at its first validation (about 50 ms), and papermill validates the
+    notebook as it reads it, so otherwise the first step pays it."""
+    from nbformat.validator import get_validator
+
+    from .stepbook import NBFORMAT, NBFORMAT_MINOR
+
+    get_validator(NBFORMAT, NBFORMAT_MINOR)
 
 
 def register_engine() -> str:
@@ -443,14 +522,18 @@ def register_engine() -> str:
     from papermill.engines import NBClientEngine, papermill_engines
 
     class PooledClient(PapermillNotebookClient):
+        on_running: Any = None  # called once the kernel answers, before the cells are sent
+
         async def async_start_new_kernel_client(self):
             """Connect to the pooled kernel, which is known to be up, without ``wait_for_ready``'s
             fixed 0.2 s drain (see ``handshake``)."""
             self.kc = self.km.client()
             await ensure_async(self.kc.start_channels())
             # the kernel_info replies left on the shell channel are skipped by nbclient (other msg_id)
-            await handshake(self.kc, self.km, self.startup_timeout, poll=0.5)
+            await handshake(self.kc, self.km, self.startup_timeout, poll=0.1)
             self.kc.allow_stdin = False
+            if self.on_running is not None:
+                self.on_running()  # its cells are sent next: the pool starts the later kernels
             await run_hook(self.on_notebook_start, notebook=self.nb)
             return self.kc
 
@@ -481,6 +564,7 @@ def register_engine() -> str:
                 stdout_file=stdout_file,
                 stderr_file=stderr_file,
             )
+            client.on_running = kwargs.pop("on_running", None)
             try:
                 # the kernel is killed by its PooledKernel, without the 0.1 s of a managed shutdown
                 return client.execute(cleanup_kc=False)

@@ -16,6 +16,7 @@ from typing import Any
 from .model import Cell, Pipeline, Step
 from .parameters import used_cell
 
+NBFORMAT, NBFORMAT_MINOR = 4, 5  # the step notebooks' format version
 ARTIFACTS = "__import__('nbscale.pipelines.artifacts', fromlist=['load'])"
 
 
@@ -80,8 +81,8 @@ def build(
             "language_info": {"name": "python"},
             "nbscale": {"pipeline": pipeline.name, "step": step.name, "source": pipeline.source},
         },
-        "nbformat": 4,
-        "nbformat_minor": 5,
+        "nbformat": NBFORMAT,
+        "nbformat_minor": NBFORMAT_MINOR,
     }
 
 

@@ -123,3 +123,65 @@ def test_the_runner_imports_papermill_without_building_the_iri_grammar_and_check
     assert runner["grammar_before_use"] is False  # the runner's papermill import does not
     assert runner["answers"] == plain["answers"]  # and every check answers as before
     assert plain["answers"]["iri"] == [True, False, False, False]
+
+
+def test_later_kernels_start_once_the_first_step_runs_and_a_closed_pool_never_waits(
+    pools, tmp_path
+):
+    pool = pools(3)
+    pool.expect([str(tmp_path)] * 3)  # three steps expected: the first kernel boots alone
+    until(lambda: len(kernels()) == 1)
+    time.sleep(2.0)  # the first step's notebook is not running yet: nothing follows it
+    assert len(kernels()) == 1
+
+    pool.running()  # the first step's cells are sent: the kernels for later steps start
+    until(lambda: len(kernels()) == 3)
+
+    gated = pools(3)
+    gated.expect([str(tmp_path)] * 3)
+    until(lambda: len(kernels()) == 4)
+    pool.close()
+    started = time.monotonic()
+    gated.close()  # the run stops before any step ran: the waiting starts are dropped at once
+    assert time.monotonic() - started < 60
+    until(lambda: not kernels(), timeout=30)
+
+
+def test_a_step_that_ends_before_its_cells_run_lets_the_later_kernels_start(pools, tmp_path):
+    pool = pools(2)
+    pool.expect([str(tmp_path)] * 3)
+    first = pool.take(str(tmp_path))
+    time.sleep(1.0)
+    assert [k.pid for k in kernels()] == [first.pid]
+    pool.release(first)  # e.g. papermill failed on the notebook before the kernel was used
+    until(lambda: len(kernels()) == 2)
+
+
+def test_the_runner_registers_no_third_party_papermill_engine_or_io_handler(tmp_path):
+    # an installed distribution offering a papermill engine and an I/O handler
+    dist = tmp_path / "papermill_plugin_probe-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: papermill-plugin-probe\n")
+    (dist / "entry_points.txt").write_text(
+        "[papermill.engine]\nprobe = json:JSONDecoder\n[papermill.io]\nprobe:// = json:JSONDecoder\n"
+    )
+    probe = (
+        "import json, sys\n{prelude}\nimport papermill.engines as e, papermill.iorw as io\n"
+        "print(json.dumps(['probe' in e.papermill_engines._engines,"
+        " any(s == 'probe://' for s, _ in io.papermill_io._handlers)]))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+    def run(prelude: str) -> list[bool]:
+        out = subprocess.run(
+            [sys.executable, "-c", probe.format(prelude=prelude)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run("") == [True, True]  # papermill on its own reads its plugins
+    runner = run("from nbscale.pipelines.kernels import register_engine\nregister_engine()")
+    assert runner == [False, False]  # a runner executes with its own engine, on local files
