@@ -378,6 +378,19 @@ def test_an_idle_ttl_endpoint_served_directly_is_torn_down_after_its_ttl(cleanup
         # Then requests served directly keep it from the TTL
         time.sleep(5)
         assert ep.refresh().status == "READY" and _serving(ep) == "replica"
+        # And so they do for a router started after a kill -9, which adopts the replica and
+        # reads the requests it serves from its load file
+        before = ep.metrics()
+        router, [replica] = before["router_pid"], [r["pid"] for r in before["replica_list"]]
+        os.kill(router, signal.SIGKILL)
+        wait_for(
+            lambda: ep.metrics()["router_pid"] != router, 30, interval=0.1, what="a new router"
+        )
+        clients.wait(20, "requests served while the router was replaced")
+        time.sleep(5)
+        m = ep.metrics()
+        assert ep.refresh().status == "READY" and m["serving"] == "replica", m["serving"]
+        assert m["idle_s"] < 2 and [r["pid"] for r in m["replica_list"]] == [replica]
     finally:
         errors = clients.close()
     assert not errors, errors[:3]
