@@ -47,7 +47,7 @@ class LoadWriter:
             os.close(fd)
         self.inflight = 0
         self.requests = 0
-        self.last_request = time.monotonic()
+        self.last_request = 0.0  # none yet: the router's own idle clock stands
         self.serving = 0
         self.pid = os.getpid()
         self._write()

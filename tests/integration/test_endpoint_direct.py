@@ -20,6 +20,7 @@ from nbscale.backends.local.endpoints import ENDPOINT_ENV, endpoint_dir, port_fr
 from nbscale.backends.local.processes import tagged_processes
 from nbscale.endpoints import deploy, endpoints
 from nbscale.serving.capture import read_capture
+from nbscale.serving.loadfile import LoadReader, LoadWriter
 from tests.support import wait_for
 from tests.support.serving import forward, make_artifact, mlp
 
@@ -215,6 +216,35 @@ def test_scaling_scale_to_zero_and_ttl_endpoints_are_served_by_their_lone_replic
     for _ in range(20):
         ep.predict(x)
         assert _serving(ep) == "router"
+
+
+def test_the_load_file_carries_the_replicas_requests_to_the_router(tmp_path):
+    # Given a replica's load file and the router's view of it
+    path = tmp_path / "replica-0.load"
+    writer = LoadWriter(str(path))
+    reader = LoadReader(str(path))
+    assert path.stat().st_mode & 0o777 == 0o600
+    first = reader.read()
+    assert (first.inflight, first.requests, first.serving) == (0, 0, False)
+    assert first.last_request == 0.0 and first.pid == os.getpid()
+    # When requests begin and one ends, Then the router reads them in flight and their time
+    before = time.monotonic()
+    writer.begin()
+    writer.begin()
+    writer.end()
+    writer.set_serving(True)
+    now = reader.read()
+    assert (now.inflight, now.requests, now.serving) == (1, 2, True)
+    assert before <= now.last_request <= time.monotonic()
+    writer.end()
+    writer.set_serving(False)
+    assert (reader.read().inflight, reader.read().serving) == (0, False)
+    # And a file that is not a load file is refused with what it is
+    (tmp_path / "short.load").write_bytes(b"x")
+    with pytest.raises(OSError, match="not a replica load file"):
+        LoadReader(str(tmp_path / "short.load"))
+    writer.close()
+    reader.close()
 
 
 class Clients:

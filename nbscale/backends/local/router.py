@@ -21,6 +21,15 @@ autoscaler it:
   answers (502), and keeps its control loop running through failures, and
 - writes its replicas to ``replicas.json`` so a router started after a crash
   adopts them instead of starting new ones.
+
+Whenever the endpoint runs exactly one replica (but an endpoint fixed at two or
+more, whose router retries a request that hit a dead replica) that replica
+serves the endpoint's socket itself, with no proxy hop; it publishes the
+requests it serves in ``replica-<id>.load`` (``nbscale.serving.loadfile``),
+which the router reads every tick to autoscale, scale to zero and apply the
+idle TTL. The router takes the socket back before it scales up, pauses or
+stops that replica, and pauses or stops it only once it holds nothing from the
+socket.
 """
 
 from __future__ import annotations
