@@ -238,7 +238,11 @@ class KernelPool:
     def import_client() -> None:
         """Import jupyter_client on the calling thread, before any other thread needs it: two
         threads importing its circular modules at once can see a half-initialised module
-        ("cannot import name 'AsyncKernelManager' ... partially initialized module")."""
+        ("cannot import name 'AsyncKernelManager' ... partially initialized module"). Where
+        ``start_early`` runs, its thread imports it first and this waits for that."""
+        early = _early
+        if early is not None and early is not threading.current_thread():
+            _client_imported.wait(STARTUP_TIMEOUT)
         import jupyter_client.asynchronous  # noqa: F401
         import jupyter_client.manager  # noqa: F401
 
@@ -457,20 +461,37 @@ def _optional_io_deferred():
                 del sys.modules[module]
 
 
+def inside_a_shell() -> bool:
+    """Whether this process is a user's kernel or IPython shell (a ``%pipeline run``
+    in-process), where the user's own threads run beside the runner. ``ipykernel`` being
+    imported proves nothing: jupyter_client imports ``ipykernel.kernelspec`` to look up the
+    native kernel's spec, as every run does for its kernels' environment key."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython.core.interactiveshell"), "InteractiveShell", None)
+    if shell is not None and shell.initialized():
+        return True
+    app = getattr(sys.modules.get("ipykernel.kernelapp"), "IPKernelApp", None)
+    return app is not None and app.initialized()
+
+
 _early: threading.Thread | None = None
 _early_lock = threading.Lock()
+_client_imported = threading.Event()  # jupyter_client imported by the early thread
 
 
 def start_early() -> None:
     """At a runner process's start (the CLI's foreground run, the detached runner): import
-    nbformat (and jsonschema) and compile the step notebooks' validator in the background,
-    beside the process's own imports and the DAG's preparation, instead of after the first
-    step started. Not inside a user's kernel (``%pipeline run`` in-process), where the
-    kernel's own threads run meanwhile."""
-    import sys
+    what papermill's import needs besides the modules it imports as stand-ins (jupyter_client,
+    nbformat and jsonschema, nbclient, tenacity, entrypoints) and compile the step notebooks'
+    validator, in the background, beside the process's own imports and the DAG's preparation,
+    instead of after the first step started; papermill itself is imported by the pool's
+    ``preload`` (its stand-ins must not meet the main thread's own imports). Not inside a
+    user's kernel (``%pipeline run`` in-process), where the kernel's own threads run
+    meanwhile."""
 
     global _early
-    if "ipykernel" in sys.modules:
+    if inside_a_shell():
         return
     with _early_lock:
         if _early is not None:
@@ -481,8 +502,18 @@ def start_early() -> None:
 
 
 def _compile_quietly() -> None:
-    with contextlib.suppress(Exception):  # the step's own validation reports any problem
+    try:
+        KernelPool.import_client()
+    except Exception:  # noqa: BLE001 - the pool's own import reports it
+        pass
+    finally:
+        _client_imported.set()
+    # any failure here is reported where the step imports or validates the same
+    with contextlib.suppress(Exception):
         compile_validator()
+        import entrypoints  # noqa: F401
+        import nbclient  # noqa: F401
+        import tenacity  # noqa: F401
 
 
 def wait_early() -> None:
@@ -513,7 +544,7 @@ def register_engine() -> str:
         # stand-ins in sys.modules are seen by every thread: inside a user's kernel (a
         # %pipeline run in-process) another thread may import requests meanwhile, so there
         # papermill is imported plainly; a CLI or detached runner does nothing else meanwhile
-        deferring = _optional_io_deferred() if "ipykernel" not in sys.modules else None
+        deferring = _optional_io_deferred() if not inside_a_shell() else None
         with deferring or contextlib.nullcontext():
             import papermill  # noqa: F401
     from jupyter_core.utils import ensure_async, run_sync

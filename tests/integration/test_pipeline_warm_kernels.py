@@ -265,6 +265,7 @@ def test_a_bad_pool_setting_is_refused_before_the_run_is_recorded(tmp_path, monk
 
 DEFERRED = """
 import json, sys
+{prelude}
 from nbscale.pipelines.kernels import register_engine
 register_engine()
 before = {m: m in sys.modules for m in ("boto3", "pyarrow", "requests", "click")}
@@ -281,11 +282,45 @@ def test_papermill_is_imported_without_its_unused_handlers_which_still_work_when
     import subprocess
     import sys
 
+    def run(prelude: str = "") -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", DEFERRED.replace("{prelude}", prelude)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert out[0] == "echoed"
+        return json.loads(out[-1])
+
+    for prelude in ("", SPEC_LOOKUP):  # a run looks its kernelspec up first (ipykernel.kernelspec)
+        facts = run(prelude)
+        assert facts["before"] == dict.fromkeys(["boto3", "pyarrow", "requests", "click"], False)
+        assert facts["selector"].startswith("pyarrow")
+        assert facts["real"] == ["LocalFileSystem", "requests.api"]
+
+
+# what a run does before papermill's import: its kernels' environment key reads the
+# kernelspec, and jupyter_client imports ipykernel.kernelspec for the native kernel
+SPEC_LOOKUP = """
+from nbscale.pipelines.warm import environment_key
+environment_key("python3", ".", {})
+assert "ipykernel" in sys.modules
+"""
+
+
+def test_inside_an_ipython_shell_papermill_is_imported_plainly():
+    import subprocess
+    import sys
+
+    pytest.importorskip("IPython")
+    prelude = (
+        "from IPython.core.interactiveshell import InteractiveShell\nInteractiveShell.instance()"
+    )
     out = subprocess.run(
-        [sys.executable, "-c", DEFERRED], capture_output=True, text=True, check=True
+        [sys.executable, "-c", DEFERRED.replace("{prelude}", prelude)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
-    assert out[0] == "echoed"
-    facts = json.loads(out[-1])
-    assert facts["before"] == dict.fromkeys(["boto3", "pyarrow", "requests", "click"], False)
-    assert facts["selector"].startswith("pyarrow")
-    assert facts["real"] == ["LocalFileSystem", "requests.api"]
+    # the user's own threads may import requests meanwhile: no stand-ins there
+    assert json.loads(out[-1])["before"]["requests"] is True
