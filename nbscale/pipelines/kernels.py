@@ -20,6 +20,7 @@ from .. import lazy_grammar
 from .warm import WARMUP_MODULES
 
 STARTUP_TIMEOUT = 120
+RECONNECT_MS = 10  # how often a booting kernel's client retries to connect (see PooledKernel)
 WARMUP = (
     "import importlib.util as _u\n"
     f"for _m in {WARMUP_MODULES!r}:\n"
@@ -133,9 +134,15 @@ class PooledKernel:
             self.ready.set()
 
     async def _start(self) -> None:
+        import zmq
+
         await self.km.start_kernel(cwd=self.cwd, env=self.env)
         self.spawned.set()
         client = self.km.client()
+        # the kernel binds its sockets only once it has booted; until then each of ours retries
+        # its connect every RECONNECT_IVL (zmq's default 100 ms, so up to 0.1 s after the
+        # kernel is up); this client's own context makes its sockets retry every 10 ms
+        client.context.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         client.start_channels()
         try:
             await handshake(client, self.km, STARTUP_TIMEOUT, poll=0.1)
