@@ -20,6 +20,7 @@ from .capture import DataCapture
 from .handler import ModelHandler, as_numpy
 from .httpserver import Request, Response, error_response, internal_error
 from .jsoncodec import dumps
+from .loadfile import LoadWriter
 from .metrics import ServerMetrics
 from .protocol import ProtocolError, check_npy, encode_infer, parse_infer
 
@@ -105,18 +106,27 @@ class ServingApp:
     def on_connection(self, delta: int) -> None:
         self.connections += delta
 
-    async def __call__(self, req: Request) -> Response:
+    async def __call__(self, req: Request, load: LoadWriter | None = None) -> Response:
+        """Answer ``req``; with ``load`` (a local endpoint's replica serving the endpoint's
+        socket), count it there as the router would have: every request with the token but the
+        health probes."""
+        if req.path in OPEN_PATHS:
+            load = None
         # the token first: an anonymous caller learns nothing, not even which routes or models exist
-        if req.path not in OPEN_PATHS and not self.authorized(req):
+        elif not self.authorized(req):
             return error_response(
                 401,
                 "missing or wrong bearer token (nbscale's clients send it for you)",
                 {"www-authenticate": "Bearer"},
             )
         route = self.routes.get((req.method, req.path))
-        if route is None:
-            return self._not_found(req)
-        return await route(req)
+        if load is None:
+            return self._not_found(req) if route is None else await route(req)
+        load.begin()
+        try:
+            return self._not_found(req) if route is None else await route(req)
+        finally:
+            load.end()
 
     def _not_found(self, req: Request) -> Response:
         parts = req.path.split("/")

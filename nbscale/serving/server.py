@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from .app import OPEN_PATHS, ServingApp
+from .app import ServingApp
 from .capture import DataCapture
 from .handler import ModelHandler
 from .httpserver import (
@@ -143,17 +143,6 @@ class SharedFront:
         path = req.path
         if path.startswith(self.ROUTER_PATHS):
             return await self._to_router(req)
-        load = self.load
-        if load is None or path in OPEN_PATHS or not self.app.authorized(req):
-            return await self._serve(req)  # not a request the router would count
-        load.begin()
-        try:
-            return await self._serve(req)
-        finally:
-            load.end()
-
-    async def _serve(self, req: Request) -> Response:
-        path = req.path
         route = (
             "infer"
             if path.endswith("/infer")
@@ -162,9 +151,9 @@ class SharedFront:
             else None
         )
         if route is None:
-            return await self.app(req)
+            return await self.app(req, self.load)
         start = time.perf_counter()
-        resp = await self.app(req)
+        resp = await self.app(req, self.load)
         # the endpoint's ModelLatency / OverheadLatency, which the router records when it
         # proxies: here the whole request is the model container's, with no hop added
         self.app.metrics.observe_split(route, time.perf_counter() - start, 0.0)
