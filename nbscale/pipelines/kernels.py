@@ -332,6 +332,7 @@ class KernelPool:
             self.release(kernel)
             raise RuntimeError("the run was stopped before this step started")
         if kernel.error is not None:
+            self.running()  # no step runs on it: the later kernels must not wait for one
             kernel.close()
             raise RuntimeError(
                 f"the kernel {self.kernel_name!r} did not start: {kernel.error}"

@@ -52,8 +52,18 @@ def test_a_runner_compiles_the_step_notebooks_validator_early_without_the_iri_gr
     assert seen["threads"] == []  # done, nothing left running
 
 
-def test_inside_a_users_kernel_nothing_is_started_early():
-    pytest.importorskip("ipykernel")
-    seen = early("import ipykernel")
+def test_inside_a_users_shell_nothing_is_started_early():
+    pytest.importorskip("IPython")
+    shell = (
+        "from IPython.core.interactiveshell import InteractiveShell\nInteractiveShell.instance()"
+    )
+    seen = early(shell)
     assert seen["started"] is False
     assert seen["compiled"] is False
+
+
+def test_ipykernel_imported_by_a_kernelspec_lookup_is_not_a_users_kernel():
+    pytest.importorskip("ipykernel")
+    # jupyter_client imports it so to find the native kernel's spec, as each run does
+    seen = early("import ipykernel.kernelspec")
+    assert seen["started"] and seen["compiled"]
