@@ -51,11 +51,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         show_dry_run(plan, "dry run: nothing started")
         return 0
 
-    if not args.detach and (args.backend or "local") == "local":
-        from ..pipelines.kernels import start_early
-
-        start_early()  # the runner's first notebook handling, beside the DAG's preparation
-
     def announce(label: str, remote_id: str) -> None:
         print(f"{label} {remote_id}", file=sys.stderr, flush=True)
 

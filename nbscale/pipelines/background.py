@@ -11,7 +11,6 @@ import signal
 import sys
 from typing import Any
 
-from .kernels import start_early
 from .runner import execute_run
 from .status import SUCCEEDED
 
@@ -26,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(
         signal.SIGUSR1, all_threads=True
     )  # kill -USR1 PID: stacks into runner.log
-    start_early()  # the runner's first notebook handling, beside the DAG's preparation
     try:
         status = execute_run(argv[0])
     except SystemExit as exc:

@@ -245,11 +245,7 @@ class KernelPool:
     def import_client() -> None:
         """Import jupyter_client on the calling thread, before any other thread needs it: two
         threads importing its circular modules at once can see a half-initialised module
-        ("cannot import name 'AsyncKernelManager' ... partially initialized module"). Where
-        ``start_early`` runs, its thread imports it first and this waits for that."""
-        early = _early
-        if early is not None and early is not threading.current_thread():
-            _client_imported.wait(STARTUP_TIMEOUT)
+        ("cannot import name 'AsyncKernelManager' ... partially initialized module")."""
         import jupyter_client.asynchronous  # noqa: F401
         import jupyter_client.manager  # noqa: F401
 
@@ -266,7 +262,6 @@ class KernelPool:
             try:
                 with contextlib.suppress(Exception):
                     register_engine()
-                    wait_early()  # compiling it here too would only do the work twice
                     compile_validator()
             finally:
                 self._loaded.set()
@@ -481,54 +476,6 @@ def inside_a_shell() -> bool:
         return True
     app = getattr(sys.modules.get("ipykernel.kernelapp"), "IPKernelApp", None)
     return app is not None and app.initialized()
-
-
-_early: threading.Thread | None = None
-_early_lock = threading.Lock()
-_client_imported = threading.Event()  # jupyter_client imported by the early thread
-
-
-def start_early() -> None:
-    """At a runner process's start (the CLI's foreground run, the detached runner): import
-    what papermill's import needs besides the modules it imports as stand-ins (jupyter_client,
-    nbformat and jsonschema, nbclient, tenacity, entrypoints) and compile the step notebooks'
-    validator, in the background, beside the process's own imports and the DAG's preparation,
-    instead of after the first step started; papermill itself is imported by the pool's
-    ``preload`` (its stand-ins must not meet the main thread's own imports). Not inside a
-    user's kernel (``%pipeline run`` in-process), where the kernel's own threads run
-    meanwhile."""
-
-    global _early
-    if inside_a_shell():
-        return
-    with _early_lock:
-        if _early is not None:
-            return
-        lazy_grammar.defer()  # before jsonschema is imported, on this thread
-        _early = threading.Thread(target=_compile_quietly, name="nbscale-early", daemon=True)
-        _early.start()
-
-
-def _compile_quietly() -> None:
-    try:
-        KernelPool.import_client()
-    except Exception:  # noqa: BLE001 - the pool's own import reports it
-        pass
-    finally:
-        _client_imported.set()
-    # any failure here is reported where the step imports or validates the same
-    with contextlib.suppress(Exception):
-        compile_validator()
-        import entrypoints  # noqa: F401
-        import nbclient  # noqa: F401
-        import tenacity  # noqa: F401
-
-
-def wait_early() -> None:
-    """Until ``start_early``'s work is done (at once where it was not started)."""
-    early = _early
-    if early is not None:
-        early.join(STARTUP_TIMEOUT)
 
 
 def compile_validator() -> None:
