@@ -289,11 +289,14 @@ def _replicas(name: str) -> list[psutil.Process]:
     for ep in endpoints():
         if ep.name == name:
             zygote = ep.metrics()["zygote_pid"]
-    return [
-        p
-        for p in tagged_processes(ENDPOINT_ENV, name)
-        if "nbscale.backends.local.router" not in " ".join(p.cmdline()) and p.pid != zygote
-    ]
+    found = []
+    for p in tagged_processes(ENDPOINT_ENV, name):
+        try:  # one that has just exited (a zombie until reaped) is not running
+            if "nbscale.backends.local.router" not in " ".join(p.cmdline()) and p.pid != zygote:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _connections_on(proc: psutil.Process, port: int) -> list:
