@@ -564,6 +564,18 @@ def _first_deploy(artifact: Path, name: str, data: bytes, env: dict[str, str]) -
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def _stop_warm(run_dir: Path, timeout: float = 30.0) -> None:
+    """Stop this home's warm zygote (as its idle TTL would), so the next deploy finds none."""
+    from nbscale.serving.zygote import warm_running
+
+    subprocess.run(["pkill", "-TERM", "-f", f"nbscale.serving.zygote --warm {run_dir} "])
+    deadline = time.monotonic() + timeout
+    while warm_running(run_dir):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm zygote did not stop")
+        time.sleep(0.05)
+
+
 def _wait_warm(run_dir: Path, timeout: float = 120.0) -> None:
     from nbscale.serving.zygote import start_warm, warm_paths
 
@@ -599,6 +611,14 @@ def fresh_replicas(artifact: Path, body: str, rounds: int) -> dict:
                     _first_deploy(artifact, cold, data, {"NBSCALE_WARM_ZYGOTE": "0"})
                 )
                 endpoint(cold).delete()
+                # a one-off deploy with nothing running (a CLI's first, or after the TTL): the
+                # warm zygote is started by this deploy and claimed while it still preloads
+                _stop_warm(warm_dir())
+                once = f"once-{r}"
+                got.setdefault("first_deploy_nothing_running_s", []).append(
+                    _first_deploy(artifact, once, data, {})
+                )
+                endpoint(once).delete()
                 _wait_warm(warm_dir())  # the session's warm zygote (%load_ext nbscale) is up
             name = f"fresh-{mode}-{r}"
             # first deploy: in a new process (as a notebook's first), from the call until the
@@ -1079,7 +1099,9 @@ def main() -> int:
             "fresh_replica: replicas started from nothing with the zygote (forked) and without "
             "it (NBSCALE_ZYGOTE=0, a new Python process), interleaved; its first_deploy_s is a new "
             "process's first deploy() with the home's warm zygote preloaded (as after %load_ext "
-            "nbscale), first_deploy_no_warm_s the same with NBSCALE_WARM_ZYGOTE=0; "
+            "nbscale), first_deploy_no_warm_s the same with NBSCALE_WARM_ZYGOTE=0, "
+            "first_deploy_nothing_running_s with the warm zygote on but none running (started "
+            "by that deploy, as a one-off CLI deploy or one after its TTL); "
             "the machine was shared with other engineers' work while this ran",
         },
     )
