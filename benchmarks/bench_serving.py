@@ -39,7 +39,10 @@ endpoint with ``NBSCALE_DIRECT=0``, every request through the router;
 ``nbscale-endpoint-autoscale`` scales between 1 and 4 replicas (default
 target of 4 requests in flight each): its lone replica serves the socket while
 one is enough, the router proxies once it has scaled up (each point records
-the replicas and who served the socket when it ended).
+the replicas and who served the socket when it ended). Each of its points
+starts from one replica, as after an idle spell (``replicas_before_settling``
+says how many the last point left; without this, c=1 would be measured on the
+replicas c=64 left, which scale down one per ``scale_down_delay_s``).
 """
 
 from __future__ import annotations
@@ -383,6 +386,7 @@ def measure(
     rounds: int,
     pids: dict[str, list[int]] | None = None,
     observe: dict | None = None,
+    settle: dict | None = None,
 ) -> dict:
     """Every server at every connection count, interleaved, ``rounds`` times; the median round counts.
 
@@ -397,6 +401,7 @@ def measure(
         loads.append([round(v, 2) for v in os.getloadavg()])
         for c in sweep:
             for name, (url, script) in targets.items():
+                settled = settle[name]() if settle and name in settle else None
                 cpu = server_cpu_s((pids or {}).get(name, []))
                 point = wrk(url, script, c, seconds)
                 # the server's own CPU time per answered request: what the code costs,
@@ -407,6 +412,8 @@ def measure(
                 )
                 if observe and name in observe:
                     point.update(observe[name]())
+                if settled is not None:
+                    point["replicas_before_settling"] = settled
                 runs[name][c].append(point)
                 print(
                     f"  round {r + 1} {name:18} c={c:3} {point['rps']:9.0f} rps  p50 {point['p50_ms']:7.3f} ms  "
@@ -954,6 +961,7 @@ def main() -> int:
             targets[name] = (url, script)
         deployed = []
         observe: dict = {}
+        settling: dict = {}
         for contender, ep_name, direct, replicas in (
             ("nbscale-endpoint", "mlp", "1", (1, 1)),
             ("nbscale-endpoint-proxy", "mlp-proxy", "0", (1, 1)),
@@ -996,7 +1004,25 @@ def main() -> int:
                     }
 
                 observe[contender] = state
-        results, loads = measure(targets, sweep, args.seconds, args.rounds, pids, observe)
+
+                def back_to_one(ep=ep, replicas=replicas) -> int:
+                    """Each point starts from one replica, as after an idle spell: the last
+                    point's replicas would otherwise stay for 30 s each (scale_down_delay_s).
+                    Returns the replicas it found (what a point right after a burst meets)."""
+                    m = ep.metrics()
+                    found = m["replicas"]["current"]
+                    if found == 1 and m["serving"] == "replica":
+                        return found
+                    ep.scale(1, 1)
+                    deadline = time.monotonic() + 60
+                    while ep.metrics()["serving"] != "replica" and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    time.sleep(2.5)  # the router's 2 s window of in-flight samples forgets it
+                    ep.scale(*replicas)
+                    return found
+
+                settling[contender] = back_to_one
+        results, loads = measure(targets, sweep, args.seconds, args.rounds, pids, observe, settling)
         for ep in deployed:
             ep.delete()
         deployed, ep = [], None
