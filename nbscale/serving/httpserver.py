@@ -50,6 +50,7 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 BACKLOG = 1024  # connections the kernel holds for the next accept
+DRAIN_GRACE_S = 0.5  # a stopping server's idle keep-alive connection waits this for a request
 LINGER_S = 2.0  # after an error, read and drop what the client still sends, so it sees the answer
 
 
@@ -330,9 +331,14 @@ class HttpProtocol(asyncio.Protocol):
         self.writable.set()
 
     def shutdown(self) -> None:
-        self.closing = True
-        if self.task is None and not self.queue:
-            self._close()
+        """The server stops. What was read, or is being read, is answered with Connection:
+        close. An idle connection stays open for ``DRAIN_GRACE_S``: a busy client's next request
+        may already be on its way, and closing under it would reset that request (a client
+        that does not retry a POST loses it); it is answered, with Connection: close, too."""
+        if self.closed or self.closing or self.task is not None or self.queue:
+            return  # the answer under way closes it (the server is stopping: keep-alive is off)
+        if not self.in_message:
+            self._arm(DRAIN_GRACE_S)
 
     def _close(self) -> None:
         if not self.closed:
@@ -569,7 +575,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.closing and not self.queue and self.server.stopping:
                 self._close()
             elif not self.in_message and not self.queue:
-                self._arm(self.limits.idle_timeout)
+                self._arm(DRAIN_GRACE_S if self.server.stopping else self.limits.idle_timeout)
             self._flow()
 
 

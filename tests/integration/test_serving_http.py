@@ -632,3 +632,41 @@ def test_a_port_out_of_range_is_one_usage_line_and_nothing_starts(tmp_path, opti
     assert (
         proc.stderr.strip().splitlines()[-1].endswith("'99999' is not a TCP port: give 0 to 65535")
     )
+
+
+def test_a_request_on_an_idle_keepalive_connection_just_after_sigterm_is_answered(
+    tmp_path, one_server
+):
+    # Given a keep-alive connection idle between two requests, and a slow request in flight
+    # elsewhere (the server keeps draining meanwhile)
+    model_dir, _ = make_artifact(tmp_path / "art", slow=True)
+    server = one_server(model_dir, env={"NBSCALE_TEST_SLOW_S": "1.0"})
+    body = infer_body(np.zeros((1, 64), np.float32))
+    assert server.request("POST", "/v2/models/digits/infer", body, AUTH)[0] == 200
+    busy = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    busy.sendall(LIVE + b"\r\n")
+    assert busy.recv(4096).startswith(b"HTTP/1.1 200 ")
+    result = {}
+    t = threading.Thread(
+        target=lambda: result.update(
+            r=server.request("POST", "/v2/models/digits/infer", body, AUTH)
+        )
+    )
+    t.start()
+    wait_for(lambda: _stats(server)["inflight"] >= 1, 10, what="request in flight")
+    # When the server is told to stop and the busy client's next request follows at once
+    os.kill(server.proc.pid, 15)
+    time.sleep(0.1)
+    busy.sendall(LIVE + b"\r\n")
+    # Then it is answered, with Connection: close, not reset or dropped unanswered
+    busy.settimeout(10)
+    answer = b""
+    while chunk := busy.recv(4096):
+        answer += chunk
+    busy.close()
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 200 "), answer[:200]
+    assert b"connection: close" in head
+    t.join(30)
+    assert result["r"][0] == 200
+    assert server.proc.wait(20) == 0
