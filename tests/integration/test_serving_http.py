@@ -588,15 +588,21 @@ def test_a_500_says_only_an_id_which_the_server_log_carries(tmp_path, one_server
     assert server.request("POST", "/v2/models/digits/infer", infer_body(x * 0), AUTH)[0] == 200
 
 
-def test_sigterm_drains_requests_in_flight_and_closes_idle_connections(tmp_path, one_server):
+def _slow_server_with_a_kept_connection(tmp_path, one_server):
+    """A server of a 1 s model, after one request (the batcher then knows the model is slow and
+    runs it off the event loop), and a keep-alive connection idle after one answer."""
     model_dir, _ = make_artifact(tmp_path / "art", slow=True)
     server = one_server(model_dir, env={"NBSCALE_TEST_SLOW_S": "1.0"})
     body = infer_body(np.zeros((1, 64), np.float32))
-    # one request first: the batcher then knows the model is slow and runs it off the event loop
     assert server.request("POST", "/v2/models/digits/infer", body, AUTH)[0] == 200
-    idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    idle.sendall(LIVE + b"\r\n")
-    assert idle.recv(4096).startswith(b"HTTP/1.1 200 ")
+    kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    kept.sendall(LIVE + b"\r\n")
+    assert kept.recv(4096).startswith(b"HTTP/1.1 200 ")
+    return server, body, kept
+
+
+def test_sigterm_drains_requests_in_flight_and_closes_idle_connections(tmp_path, one_server):
+    server, _, idle = _slow_server_with_a_kept_connection(tmp_path, one_server)
     result = {}
 
     def call():
@@ -639,13 +645,7 @@ def test_a_request_on_an_idle_keepalive_connection_just_after_sigterm_is_answere
 ):
     # Given a keep-alive connection idle between two requests, and a slow request in flight
     # elsewhere (the server keeps draining meanwhile)
-    model_dir, _ = make_artifact(tmp_path / "art", slow=True)
-    server = one_server(model_dir, env={"NBSCALE_TEST_SLOW_S": "1.0"})
-    body = infer_body(np.zeros((1, 64), np.float32))
-    assert server.request("POST", "/v2/models/digits/infer", body, AUTH)[0] == 200
-    busy = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    busy.sendall(LIVE + b"\r\n")
-    assert busy.recv(4096).startswith(b"HTTP/1.1 200 ")
+    server, body, busy = _slow_server_with_a_kept_connection(tmp_path, one_server)
     result = {}
     t = threading.Thread(
         target=lambda: result.update(
