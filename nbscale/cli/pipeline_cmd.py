@@ -34,9 +34,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``nbscale pipeline run FLOW [--backend NAME]``: on this machine, or on an orchestrator
     elsewhere (its id is printed as soon as there is one). In the foreground, as make does,
     Ctrl-C stops the run (``--detach`` keeps it going and prints its id)."""
-    from ..pipeline_runs import interrupted_note
-    from ..pipelines import start_run
-
     options = {
         "max_parallel": args.max_parallel,
         "only": args.only,
@@ -44,6 +41,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         "no_cache": args.no_cache,
     }
     options = {k: v for k, v in options.items() if v not in (None, False, [])}
+    if not (args.dry_run or args.detach) and (args.backend or "local") == "local":
+        # the first step's kernel boots while the imports below and the DAG's preparation run
+        from ..pipelines import first_kernel
+
+        if first_kernel.start(args.path, options):
+            try:
+                return _run(args, options)
+            finally:
+                first_kernel.discard()  # not taken: the run failed its checks, or was cached
+    return _run(args, options)
+
+
+def _run(args: argparse.Namespace, options: dict) -> int:
+    from ..pipeline_runs import interrupted_note
+    from ..pipelines import start_run
+
     if args.dry_run:
         from ..pipeline_runs import dry_run_pipeline
 

@@ -11,8 +11,7 @@ import signal
 import sys
 from typing import Any
 
-from .runner import execute_run
-from .status import SUCCEEDED
+from . import first_kernel
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -25,10 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(
         signal.SIGUSR1, all_threads=True
     )  # kill -USR1 PID: stacks into runner.log
+    first_kernel.start_for_run(argv[0])  # boots while the runner's imports and the DAG's checks run
     try:
+        from .runner import execute_run
+        from .status import SUCCEEDED
+
         status = execute_run(argv[0])
     except SystemExit as exc:
         return int(exc.code or 1)
+    finally:
+        first_kernel.discard()
     return 0 if status == SUCCEEDED else 1
 
 

@@ -29,6 +29,28 @@ WARMUP = (
 )
 
 
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def thread_env(width: int) -> dict[str, str]:
+    """What each kernel's BLAS/OpenMP gets when ``width`` steps may run at once: its share of
+    the cores.
+
+    Without this, two steps on two cores each start a thread per core, and oversubscribed
+    BLAS runs several times slower than the two steps one after another. A value the user set
+    in the environment wins.
+    """
+    if width <= 1:
+        return {}
+    share = str(max(1, (os.cpu_count() or 1) // width))
+    return {n: share for n in THREAD_VARIABLES if n not in os.environ}
+
+
 async def handshake(client, km, timeout: float, poll: float = 0.25) -> None:
     """Wait until the kernel answers and our iopub subscription receives its status messages.
 
@@ -138,6 +160,8 @@ class PooledKernel:
 
         await self.km.start_kernel(cwd=self.cwd, env=self.env)
         self.spawned.set()
+        if self.doomed:  # killed while its process was being started: ``start`` kills it now
+            return
         client = self.km.client()
         # the kernel binds its sockets only once it has booted; until then each of ours retries
         # its connect every RECONNECT_IVL (zmq's default 100 ms, so up to 0.1 s after the

@@ -123,19 +123,11 @@ class Pipeline:
 
     def order(self) -> list[str]:
         """Steps in a topological order (stable: file order among ready steps)."""
-        done: list[str] = []
-        pending = list(self.steps)
-        while pending:
-            ready = [s for s in pending if all(d in done for d in self.steps[s].depends_on)]
-            if not ready:
-                raise SpecError(
-                    "pipeline",
-                    f"has a dependency cycle among {', '.join(pending)}",
-                    "remove one of the prev:/depends_on links",
-                )
-            done.extend(ready[:1])
-            pending.remove(ready[0])
-        return done
+        return topological({n: s.depends_on for n, s in self.steps.items()})
+
+    def width(self, selected: list[str]) -> int:
+        """How many of ``selected`` can run at once: the most of them at one depth of the DAG."""
+        return widest_level({n: s.depends_on for n, s in self.steps.items()}, selected)
 
     def ancestors(self, name: str) -> set[str]:
         seen: set[str] = set()
@@ -202,6 +194,34 @@ class Pipeline:
             ],
             "warnings": self.warnings,
         }
+
+
+def topological(depends_on: dict[str, list[str]]) -> list[str]:
+    """Step names in a topological order of ``depends_on`` (name -> the steps it needs), stable:
+    file order among ready steps. A cycle is a ``SpecError`` naming the steps in it."""
+    done: list[str] = []
+    pending = list(depends_on)
+    while pending:
+        ready = [s for s in pending if all(d in done for d in depends_on[s])]
+        if not ready:
+            raise SpecError(
+                "pipeline",
+                f"has a dependency cycle among {', '.join(pending)}",
+                "remove one of the prev:/depends_on links",
+            )
+        done.extend(ready[:1])
+        pending.remove(ready[0])
+    return done
+
+
+def widest_level(depends_on: dict[str, list[str]], selected: list[str]) -> int:
+    """The most ``selected`` steps at one depth of the DAG (counting only selected ancestors)."""
+    depth: dict[str, int] = {}
+    for name in topological(depends_on):
+        deps = [d for d in depends_on[name] if d in selected]
+        depth[name] = 1 + max((depth[d] for d in deps), default=0)
+    levels = [depth[n] for n in selected]
+    return max((levels.count(v) for v in set(levels)), default=1)
 
 
 def resolve(path: str | Path) -> Path:

@@ -19,9 +19,9 @@ from typing import Any
 from .. import paths
 from ..store import get_store
 from ..store import pipelines as db
-from . import artifacts, fingerprint, step_sweep, stepbook
+from . import artifacts, fingerprint, first_kernel, step_sweep, stepbook
 from .execute import Attempt, run_step
-from .kernels import KernelPool, PooledKernel
+from .kernels import KernelPool, PooledKernel, thread_env
 from .loader import load
 from .model import Pipeline
 from .parameters import resolve as resolve_parameters
@@ -462,33 +462,8 @@ class Runner:
         )
         return FAILED if error else SUCCEEDED
 
-    def _width(self) -> int:
-        """How many selected steps can run at once: the most steps at one depth of the DAG."""
-        depth: dict[str, int] = {}
-        for name in self.pipeline.order():
-            deps = [d for d in self.pipeline.steps[name].depends_on if d in self.selected]
-            depth[name] = 1 + max((depth[d] for d in deps), default=0)
-        levels = [depth[n] for n in self.selected]
-        return max((levels.count(v) for v in set(levels)), default=1)
-
     def _thread_env(self) -> dict[str, str]:
-        """Parallel steps share the cores: each kernel's BLAS/OpenMP gets its share.
-
-        Without this, two steps on two cores each start a thread per core, and
-        oversubscribed BLAS runs several times slower than the two steps one
-        after another. A value the user set in the environment wins.
-        """
-        width = min(self.max_parallel, self._width())
-        if width <= 1:
-            return {}
-        share = str(max(1, (os.cpu_count() or 1) // width))
-        names = (
-            "OMP_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-            "MKL_NUM_THREADS",
-            "NUMEXPR_NUM_THREADS",
-        )
-        return {n: share for n in names if n not in os.environ}
+        return thread_env(min(self.max_parallel, self.pipeline.width(self.selected)))
 
     def _ensure_pool(self, upcoming: list[str]) -> None:
         if self.pool is None:
@@ -501,8 +476,15 @@ class Runner:
             # exactly this environment is ready
             self.warm = WarmKernels(self.kernel_name, self.pool.env)
             entry = self.warm.claim(cwds[0]) if cwds else None
+            # else the one started while the DAG was prepared, if it was for exactly this
+            early = first_kernel.take(self.kernel_name, cwds[0], self.pool.env) if cwds else None
             if entry is not None:
+                if early is not None:
+                    first_kernel.discard_kernel(early)
                 self.pool.adopt(PooledKernel.adopt(entry, self.kernel_name, cwds[0]))
+                cwds = cwds[1:]
+            elif early is not None:
+                self.pool.adopt(early)
                 cwds = cwds[1:]
             # else the first kernel's process first, then papermill's import beside its boot
             self.pool.expect(cwds)
