@@ -131,6 +131,10 @@ def _cached_likely(plan: Plan, options: dict[str, Any]) -> bool:
     since: its outputs will most likely come from the cache, and no kernel is needed."""
     if options.get("no_cache"):
         return False
+    from .. import paths
+
+    if not paths.db_path().exists():  # a fresh home: nothing cached (and no store to create)
+        return False
     from ..store import get_store
     from ..store import pipelines as db
 
@@ -148,8 +152,11 @@ def _warm_ready(plan: Plan) -> bool:
     enabled, _, _ = warm.settings(plan.env)
     if not enabled:
         return False
+    ready = [k for k in warm.kernels(warm.pool_dir(create=False)) if k.get("state") == "ready"]
+    if not ready:  # the usual case from a fresh home: no environment key to work out
+        return False
     key = warm.environment_key(plan.kernel_name, plan.cwd, plan.env)
-    return any(k.get("key") == key and k.get("state") == "ready" for k in warm.kernels())
+    return any(k.get("key") == key for k in ready)
 
 
 def start(path: str | Path, options: dict[str, Any]) -> bool:
