@@ -29,3 +29,13 @@ def job_dir(job_id: str) -> Path:
 def endpoint_dir(name: str) -> Path:
     """An endpoint's folder on this machine (token, capture, baseline, model copies)."""
     return home() / "endpoints" / name
+
+
+def free_bytes(path: Path) -> int | None:
+    """The free space on the disk holding ``path``, or None where it cannot be read."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -40,18 +39,11 @@ class StoreFull(StoreError):
     """The disk holding the store is full."""
 
 
-def _free_bytes(path: Path) -> int | None:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
-
-
 def _store_error(exc: sqlite3.Error, path: Path) -> sqlite3.Error | StoreError:
     """The NbscaleError for an error caused by the machine, or ``exc`` itself for a bug."""
     text = str(exc).lower()
     if "database or disk is full" in text or getattr(exc, "sqlite_errorcode", None) == 13:
-        free = _free_bytes(path.parent)
+        free = paths.free_bytes(path.parent)
         return StoreFull(
             f"the disk holding the nbscale store is full ({path.parent}"
             + (f", {free // 1024} KiB free" if free is not None else "")

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from ... import paths
 from ...kernel_transport import remove_noted
 from ...logpump import redirect, wait_for_log_pumps
 from ...runtime import phases
@@ -123,13 +123,6 @@ def agent_env(spec: dict, job_id: str, jobdir: JobDir, node_gpus: list[int]) -> 
     return env
 
 
-def _free_bytes(path: Path) -> int | None:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
-
-
 def failure_details(
     spec: dict, jobdir: JobDir, exit_code: int | None, reason: str | None
 ) -> dict[str, Any]:
@@ -144,7 +137,7 @@ def failure_details(
             "error": f"rank {root['rank']}: {root['type']}: {root['message']}",
             "info_patch": {"traceback": root["traceback"], "phase": "ended"},
         }
-    free = _free_bytes(jobdir.path)
+    free = paths.free_bytes(jobdir.path)
     if free is not None and free < DISK_FULL_BYTES:
         return {
             "failed_rank": None,
@@ -444,8 +437,6 @@ def main() -> None:
     job_id = sys.argv[1]
     adopt = "--adopt" in sys.argv[2:]
     if phases.on():
-        from ... import paths
-
         phases.mark(paths.job_dir(job_id), "supervisor: imported")
     if os.fork() > 0:  # the submitter waits only for this first process
         os._exit(0)
