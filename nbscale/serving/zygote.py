@@ -288,6 +288,7 @@ WARM_TTL_S = 600.0
 ROOM_VAR = "NBSCALE_ZYGOTE_ROOM"  # reserved environment space for the endpoint's tags
 ROOM_BYTES = 4096
 CLAIM_TIMEOUT_S = 5.0
+STALE_CHECK_S = 5.0  # how often an idle warm zygote checks that its environment is unchanged
 
 
 def fingerprint() -> str:
@@ -488,12 +489,20 @@ def warm_main(run_dir: Path, ttl: float) -> int:
     signal.signal(signal.SIGTERM, on_term)
     print(f"nbscale warm zygote {os.getpid()} for {run_dir}, idle TTL {ttl:g} s", flush=True)
     ok = _prepare()
-    last = time.monotonic()
+    last = checked = time.monotonic()
+    made_in = fingerprint()
     try:
         while ok and not stopping:
             left = ttl - (time.monotonic() - last)
             if left <= 0 or not sock_path.exists():
                 break  # idle past the TTL, or the home was removed
+            if time.monotonic() - checked >= STALE_CHECK_S:
+                checked = time.monotonic()
+                if fingerprint() != made_in:
+                    # nbscale, torch or Python changed on disk: claims now go to a warm zygote
+                    # of the new environment (another socket), so this one would idle to its TTL
+                    print("nbscale warm zygote: stale (its environment changed)", flush=True)
+                    break
             with contextlib.suppress(InterruptedError):
                 readable, _, _ = select.select([listener], [], [], min(left, 1.0))
             _reap()

@@ -186,3 +186,42 @@ def test_a_bad_warm_ttl_is_refused_at_deploy_and_nothing_starts(tmp_path, monkey
         # And prewarm (as %load_ext runs it, in the background) starts nothing either
         prewarm()
         assert _warm_pid(zmod.warm_dir()) is None
+
+
+def test_a_warm_zygote_whose_environment_changed_exits_without_waiting_for_its_ttl(tmp_path, warm):
+    # a warm zygote of its own copy of nbscale (its PYTHONPATH), so only its files change
+    import shutil
+    from pathlib import Path
+
+    import nbscale
+
+    copy = tmp_path / "site"
+    shutil.copytree(
+        Path(nbscale.__file__).parent,
+        copy / "nbscale",
+        ignore=shutil.ignore_patterns("__pycache__", "labextension"),
+    )
+    run_dir = zmod.warm_dir()
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    pid = zmod.start_warm(run_dir, env)
+    assert pid is not None
+    warm.append(pid)
+    log = run_dir / "zygote.log"
+    wait_for(lambda: "ready after" in log.read_text(), 120, what="the warm zygote to preload")
+    time.sleep(zmod.STALE_CHECK_S + 1)  # an unchanged environment: still there (TTL is 60 s)
+    assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    changed = copy / "nbscale" / "serving" / "app.py"
+    changed.write_text(changed.read_text() + "\n# upgraded\n")
+
+    def exited() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(
+        exited,
+        3 * zmod.STALE_CHECK_S,
+        what="the stale warm zygote to exit",
+    )
+    assert "stale (its environment changed)" in log.read_text()
