@@ -16,29 +16,20 @@ import pytest
 from nbscale.cli import main as cli
 from nbscale.pipelines import first_kernel, load, runs, start_run, warm
 from nbscale.pipelines.kernels import thread_env
-from tests.support.pipeline_notebooks import cell, write_notebook
+from tests.support.pipeline_notebooks import probe_flow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pipeline"
 
 PROBE = (
     "import json, os\n"
-    "facts = {'pid': os.getpid(), 'mark': os.environ.get('EARLY_MARK'),\n"
-    "         'omp': os.environ.get('OMP_NUM_THREADS'), 'cwd': os.getcwd()}\n"
+    "facts = {'pid': os.getpid(), 'mark': os.environ.get('EARLY_MARK'), 'cwd': os.getcwd()}\n"
     "open(f'facts-{tag}.json', 'w').write(json.dumps(facts))\n"
     "value = list(range(4))"
 )
 
 
 def flow(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_notebook(
-        folder / "flow.ipynb",
-        [
-            cell("tag = 'one'", "pipeline-parameters"),
-            cell(PROBE, "step:probe"),
-            cell("total = sum(value)\nprint('total', total)", "step:use", "prev:probe"),
-        ],
-    )
+    return probe_flow(folder, "tag = 'one'", PROBE, "total = sum(value)\nprint('total', total)")
 
 
 def facts(path: Path, tag: str) -> dict:

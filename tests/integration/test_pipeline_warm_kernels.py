@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from nbscale.pipelines import start_run, warm
-from tests.support.pipeline_notebooks import cell, write_notebook
+from tests.support.pipeline_notebooks import probe_flow
 
 PROBE = (
     "import json, os, time\nimport psutil\n"
@@ -32,19 +32,12 @@ PROBE = (
 
 
 def flow(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_notebook(
-        folder / "flow.ipynb",
-        [
-            cell("tag = 'one'\nscale = 3", "pipeline-parameters"),
-            cell(PROBE, "step:probe"),
-            cell(
-                "result = (sum(value), len(value))\nprint('result', result)\n"
-                "open(f'result-{tag}.txt', 'w').write(repr(result))",
-                "step:use",
-                "prev:probe",
-            ),
-        ],
+    return probe_flow(
+        folder,
+        "tag = 'one'\nscale = 3",
+        PROBE,
+        "result = (sum(value), len(value))\nprint('result', result)\n"
+        "open(f'result-{tag}.txt', 'w').write(repr(result))",
     )
 
 

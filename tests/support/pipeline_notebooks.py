@@ -28,6 +28,20 @@ def write_notebook(path: Path, cells: list[dict]) -> Path:
     return path
 
 
+def probe_flow(folder: Path, params: str, probe: str, use: str) -> Path:
+    """``folder/flow.ipynb``: a parameters cell, then step ``probe`` and step ``use`` after it
+    (for tests that look at the kernel a step ran on)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_notebook(
+        folder / "flow.ipynb",
+        [
+            cell(params, "pipeline-parameters"),
+            cell(probe, "step:probe"),
+            cell(use, "step:use", "prev:probe"),
+        ],
+    )
+
+
 def diamond(
     path: Path, sleep: float = 0.0, extra_a: str = "", params: str = "scale = 2\nlabel = 'x'"
 ) -> Path:
