@@ -7,6 +7,7 @@ SIGTERM unwinds through the runner's cleanup, so the kernels die with the run.
 from __future__ import annotations
 
 import faulthandler
+import logging
 import signal
 import sys
 from typing import Any
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(
         signal.SIGUSR1, all_threads=True
     )  # kill -USR1 PID: stacks into runner.log
+    # where each run's first kernel came from, into runner.log (nbscale's own records only)
+    said = logging.StreamHandler(sys.stderr)
+    said.setFormatter(logging.Formatter("nbscale runner: %(message)s"))
+    logging.getLogger("nbscale.pipelines").addHandler(said)
+    logging.getLogger("nbscale.pipelines").setLevel(logging.INFO)
     first_kernel.start_for_run(argv[0])  # boots while the runner's imports and the DAG's checks run
     try:
         from .runner import execute_run

@@ -8,6 +8,7 @@ run never blocks on it and the run outlives them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -21,12 +22,14 @@ from ..store import get_store
 from ..store import pipelines as db
 from . import artifacts, fingerprint, first_kernel, step_sweep, stepbook
 from .execute import Attempt, run_step
-from .kernels import KernelPool, PooledKernel, thread_env
+from .kernels import STARTUP_TIMEOUT, KernelPool, PooledKernel, thread_env
 from .loader import load
 from .model import Pipeline
 from .parameters import resolve as resolve_parameters
 from .status import CACHED, CANCELLED, FAILED, PENDING, REUSED, RUNNING, SKIPPED, SUCCEEDED
 from .warm import WarmKernels
+
+log = logging.getLogger(__name__)
 
 DONE = (SUCCEEDED, CACHED, REUSED)
 
@@ -481,10 +484,18 @@ class Runner:
             if entry is not None:
                 if early is not None:
                     first_kernel.discard_kernel(early)
+                log.info(
+                    "the first step's kernel was kept warm from a run before (pid %s)", entry["pid"]
+                )
                 self.pool.adopt(PooledKernel.adopt(entry, self.kernel_name, cwds[0]))
                 cwds = cwds[1:]
             elif early is not None:
                 self.pool.adopt(early)
+                early.spawned.wait(STARTUP_TIMEOUT)  # the first step waits for it anyway
+                log.info(
+                    "the first step's kernel was started while the DAG was prepared (pid %s)",
+                    early.pid,
+                )
                 cwds = cwds[1:]
             # else the first kernel's process first, then papermill's import beside its boot
             self.pool.expect(cwds)

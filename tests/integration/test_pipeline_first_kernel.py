@@ -14,8 +14,9 @@ import psutil
 import pytest
 
 from nbscale.cli import main as cli
-from nbscale.pipelines import first_kernel, load, runs, start_run, warm
+from nbscale.pipelines import first_kernel, get_run, load, runs, start_run, warm
 from nbscale.pipelines.kernels import thread_env
+from nbscale.pipelines.runner import run_dir
 from tests.support.pipeline_notebooks import probe_flow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pipeline"
@@ -179,3 +180,18 @@ def test_no_kernel_where_one_kept_warm_is_ready(tmp_path, monkeypatch):
         assert first_kernel.start(path, {"no_cache": True}) is False
     finally:
         assert warm.shutdown(60)
+
+
+def test_a_detached_runner_starts_the_first_kernel_early_too(tmp_path):
+    path = flow(tmp_path / "flow")
+    run = start_run(str(path), {"tag": "detached"}, detach=True, no_cache=True)
+    deadline = time.monotonic() + 120
+    while not run.terminal:
+        assert time.monotonic() < deadline, "the detached run did not end"
+        time.sleep(0.2)
+        run = get_run(run.id)
+    assert run.status == "SUCCEEDED", run.to_dict()
+    said = (run_dir(run.id) / "runner.log").read_text()
+    pid = facts(path, "detached")["pid"]
+    assert f"started while the DAG was prepared (pid {pid})" in said, said
+    assert gone(pid)
