@@ -1,6 +1,6 @@
 """The diamond's first run from a fresh home, alternating two code trees (A/B).
 
-    python benchmarks/ab_pipeline_first_step.py --before REV [--rounds 6]
+    python benchmarks/ab_pipeline_first_step.py --before REV [--rounds 6] [--warm]
 
 Runs ``nbscale pipeline run examples/pipeline/pipeline.yaml --json`` exactly as
 ``bench_pipeline.py`` does (its functions, a fresh ``NBSCALE_HOME`` each time), once with
@@ -8,7 +8,9 @@ this checkout and once with a worktree of ``REV`` on ``PYTHONPATH``, alternating
 sides see the same machine. Reports per side the medians (and ranges) of the command's wall
 time, command start to the first step's start, the first step's overhead over its own cells,
 and the two added (command start to the first step's cells done), in
-``results/pipeline_first_step_ab.json``.
+``results/pipeline_first_step_ab.json``. With ``--warm`` each measured run is the second of
+its home, ``--no-cache`` once the kernel kept warm from the first is ready (the warm path;
+``results/pipeline_first_step_ab_warm.json``).
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ import bench_pipeline as bench  # noqa: E402
 FIELDS = ("wall_s", "to_first_step_s", "first_step_overhead_s", "to_first_step_done_s")
 
 
-def one(env: dict[str, str]) -> dict[str, float]:
+def one(env: dict[str, str], warm: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="nbscale-ab-") as tmp:
         root = Path(tmp)
-        wall, run = bench.run_nbscale({**bench.kernel_env(root), **env}, root / "home")
+        env = {**bench.kernel_env(root), **env}
+        if warm:
+            bench.run_nbscale(env, root / "home")
+            bench.wait_warm(root / "home")
+        extra = ("--no-cache",) if warm else ()
+        wall, run = bench.run_nbscale(env, root / "home", *extra)
         assert run["status"] == "SUCCEEDED", run
         first = bench.step_overheads(run)["prepare"]
         bench.shut_pool(root / "home")
@@ -46,6 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", required=True, help="the git revision to compare with")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warm", action="store_true", help="measure runs on a warm kernel")
     args = parser.parse_args()
     repo = HERE.parent
     with tempfile.TemporaryDirectory(prefix="nbscale-ab-tree-") as tree:
@@ -60,7 +68,7 @@ def main() -> int:
             loads = []
             for i in range(args.rounds):
                 for side, env in sides.items():
-                    samples[side].append(one(env))
+                    samples[side].append(one(env, args.warm))
                 loads.append(os.getloadavg()[0])
                 print(
                     f"round {i + 1}: "
@@ -87,7 +95,8 @@ def main() -> int:
             text=True,
         ).stdout.strip(),
         "rounds": args.rounds,
-        "workload": "examples/pipeline/pipeline.yaml, fresh NBSCALE_HOME each run, alternating",
+        "workload": "examples/pipeline/pipeline.yaml, fresh NBSCALE_HOME each run, alternating"
+        + ("; the home's second run (--no-cache) on the kernel kept warm" if args.warm else ""),
         "medians_s": {
             side: {
                 f: {
@@ -102,7 +111,8 @@ def main() -> int:
         "samples": samples,
         "load_average_by_round": loads,
     }
-    out = HERE / "results" / "pipeline_first_step_ab.json"
+    name = "pipeline_first_step_ab_warm" if args.warm else "pipeline_first_step_ab"
+    out = HERE / "results" / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["medians_s"], indent=2))
     return 0
