@@ -464,7 +464,8 @@ def _claimed(conn: socket.socket, listener: socket.socket, lock_fd: int, msg: di
 def warm_main(run_dir: Path, ttl: float) -> int:
     """The warm zygote: preload, then fork a zygote for each router that claims one, until
     ``ttl`` seconds pass without a claim."""
-    sock_path, lock_path = warm_paths(run_dir)
+    made_in = fingerprint()  # before the preload: a change during it is seen at the first check
+    sock_path, lock_path = warm_paths(run_dir, made_in)
     lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -490,7 +491,6 @@ def warm_main(run_dir: Path, ttl: float) -> int:
     print(f"nbscale warm zygote {os.getpid()} for {run_dir}, idle TTL {ttl:g} s", flush=True)
     ok = _prepare()
     last = checked = time.monotonic()
-    made_in = fingerprint()
     try:
         while ok and not stopping:
             left = ttl - (time.monotonic() - last)
