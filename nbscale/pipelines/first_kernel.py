@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .kernels import STARTUP_TIMEOUT, KernelPool, PooledKernel, thread_env
-from .model import topological, widest_level
+from .model import pipeline_file, topological, widest_level
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def plan(path: str | Path, options: dict[str, Any]) -> Plan | None:
         return None
     p = p.resolve()
     if p.is_dir():
-        p = next((p / n for n in ("pipeline.yaml", "pipeline.yml") if (p / n).is_file()), p)
+        p = pipeline_file(p) or p
     if p.suffix in (".yaml", ".yml"):
         steps = _yaml_steps(p)
     elif p.suffix == ".ipynb":

@@ -7,22 +7,20 @@ from pathlib import Path
 from ..errors import SpecError
 from . import manifest, notebooks, tagged
 from .dataflow import analyse
-from .model import Pipeline, resolve
+from .model import Pipeline, pipeline_file, resolve
 
 
 def load(path: str | Path) -> Pipeline:
     p = resolve(path)
     if p.is_dir():
-        for candidate in ("pipeline.yaml", "pipeline.yml"):
-            if (p / candidate).is_file():
-                p = p / candidate
-                break
-        else:
+        found = pipeline_file(p)
+        if found is None:
             raise SpecError(
                 "PATH",
                 f"{path} is a folder without a pipeline.yaml",
                 "give the notebook or yaml file",
             )
+        p = found
     if p.suffix in (".yaml", ".yml"):
         return analyse(manifest.load(p))
     if p.suffix == ".ipynb":

@@ -224,6 +224,14 @@ def widest_level(depends_on: dict[str, list[str]], selected: list[str]) -> int:
     return max((levels.count(v) for v in set(levels)), default=1)
 
 
+PIPELINE_FILES = ("pipeline.yaml", "pipeline.yml")
+
+
+def pipeline_file(folder: Path) -> Path | None:
+    """The pipeline file a folder given as the pipeline stands for, or None."""
+    return next((folder / n for n in PIPELINE_FILES if (folder / n).is_file()), None)
+
+
 def resolve(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
