@@ -14,6 +14,7 @@ from typing import Any
 from .backends import DryRun, get_pipeline_backend, pipeline_backend_for
 from .errors import NbscaleError, NotFound, SpecError
 from .pipelines.loader import load
+from .pipelines.model import checked_max_parallel
 from .pipelines.status import ACTIVE
 from .pipelines.step_sweep import SweepStepRequest, SweepStepResult, SweepSteps, read_record
 from .store import get_store
@@ -156,8 +157,7 @@ def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
     options = dict(options)
     if isinstance(options.get("only"), str):
         options["only"] = [options["only"]]
-    if options.get("max_parallel") is not None and int(options["max_parallel"]) < 1:
-        raise SpecError("--max-parallel", "must be at least 1")
+    checked_max_parallel(options.get("max_parallel"))
     return options
 
 

@@ -40,7 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "from_step": args.from_step,
         "no_cache": args.no_cache,
     }
-    options = {k: v for k, v in options.items() if v not in (None, False, [])}
+    # options not given are left out (a 0 is given: ``0 in (False,)`` would drop it unchecked)
+    options = {k: v for k, v in options.items() if v is not None and v is not False and v != []}
     if not (args.dry_run or args.detach) and (args.backend or "local") == "local":
         # the first step's kernel boots while the imports below and the DAG's preparation run
         from ..pipelines import first_kernel

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .kernels import STARTUP_TIMEOUT, KernelPool, PooledKernel, thread_env
-from .model import pipeline_file, topological, widest_level
+from .model import checked_max_parallel, pipeline_file, topological, widest_level
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ def _tagged_steps(path: Path) -> tuple[dict[str, list[str]], dict[str, str]] | N
 
 def plan(path: str | Path, options: dict[str, Any]) -> Plan | None:
     """What the run of ``path`` with ``options`` will start its first step's kernel with, read
-    from the file alone; None where that cannot be known before the run's checks."""
+    from the file alone; None where that cannot be known before the run's checks (a bad
+    ``max_parallel`` is the run's ``SpecError``)."""
     if options.get("only") or options.get("from_step"):
         return None
     p = Path(path).expanduser()
@@ -114,7 +115,7 @@ def plan(path: str | Path, options: dict[str, Any]) -> Plan | None:
         return None
     depends, notebooks = steps
     first = topological(depends)[0]
-    max_parallel = max(1, int(options.get("max_parallel") or os.cpu_count() or 2))
+    max_parallel = checked_max_parallel(options.get("max_parallel")) or os.cpu_count() or 2
     width = min(max_parallel, widest_level(depends, list(depends)))
     return Plan(
         source=str(p),

@@ -225,6 +225,20 @@ def widest_level(depends_on: dict[str, list[str]], selected: list[str]) -> int:
 
 
 PIPELINE_FILES = ("pipeline.yaml", "pipeline.yml")
+MAX_PARALLEL = 64  # steps at once on this machine, each in a kernel of its own (~100 MiB)
+
+
+def checked_max_parallel(value: Any) -> int | None:
+    """``--max-parallel`` as given (None: the CPU count), or a ``SpecError`` saying what to give."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL
+    ):
+        raise SpecError(
+            "--max-parallel",
+            f"is {value!r}, not a count of steps from 1 to {MAX_PARALLEL}",
+            "give how many steps may run at once, like 2 (each runs in a kernel of its own)",
+        )
+    return value
 
 
 def pipeline_file(folder: Path) -> Path | None:

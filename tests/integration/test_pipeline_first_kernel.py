@@ -195,3 +195,14 @@ def test_a_detached_runner_starts_the_first_kernel_early_too(tmp_path):
     pid = facts(path, "detached")["pid"]
     assert f"started while the DAG was prepared (pid {pid})" in said, said
     assert gone(pid)
+
+
+@pytest.mark.parametrize("given", ["0", "65", "100000"])
+def test_a_max_parallel_out_of_bounds_is_refused_before_anything_starts(given, capsys):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert cli(["pipeline", "run", str(EXAMPLES / "pipeline.yaml"), "--max-parallel", given]) == 2
+    err = capsys.readouterr().err
+    assert f"--max-parallel: is {given}, not a count of steps from 1 to 64" in err, err
+    assert err.count("nbscale:") == 1
+    assert first_kernel.held() is None and runs_in_home() == []  # nothing recorded
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before  # none started
