@@ -490,8 +490,11 @@ class HttpProtocol(asyncio.Protocol):
             raise _Refuse(400, "an HTTP/1.1 request needs a Host header")
         te = h.get("transfer-encoding")
         if te is not None and te.lower() != "chunked":
+            # RFC 9112 6.1: a transfer coding the server does not understand is answered 501
             raise _Refuse(
-                501, f"transfer coding {te!r} is not implemented; send chunked or Content-Length"
+                501,
+                f"this server takes only chunked bodies, not transfer coding {te!r}; "
+                "send chunked or Content-Length",
             )
         length = h.get("content-length")
         if length is not None and int(length) > self.limits.max_body:
