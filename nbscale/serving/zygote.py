@@ -288,6 +288,9 @@ WARM_TTL_S = 600.0
 ROOM_VAR = "NBSCALE_ZYGOTE_ROOM"  # reserved environment space for the endpoint's tags
 ROOM_BYTES = 4096
 CLAIM_TIMEOUT_S = 5.0
+# how long a router waits for the warm zygote to answer its claim: the preload it may still be
+# in takes 2-3 s (7-8 s on a loaded machine); a router's own zygote costs the same
+CLAIM_PATIENCE_S = 15.0
 STALE_CHECK_S = 5.0  # how often an idle warm zygote checks that its environment is unchanged
 
 
@@ -428,11 +431,13 @@ def _write_environ(tags: dict[str, str]) -> None:
     os.environ.update(tags)
 
 
-def _peer_uid(conn: socket.socket) -> int:
+def _peer(conn: socket.socket) -> tuple[int, int]:
+    """The (pid, uid) of the process at the other end of a unix socket, as it connected."""
     import struct
 
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid, uid
 
 
 def _claimed(conn: socket.socket, listener: socket.socket, lock_fd: int, msg: dict, log_fd: int):
@@ -534,7 +539,7 @@ def _reap() -> None:
 
 def _claim(conn: socket.socket, listener: socket.socket, lock_fd: int) -> bool:
     """One claim: checked, then forked into a zygote that keeps ``conn``."""
-    if _peer_uid(conn) != os.getuid():
+    if _peer(conn)[1] != os.getuid():
         print("nbscale warm zygote: claim refused: another user", flush=True)
         return False
     conn.settimeout(CLAIM_TIMEOUT_S)
@@ -701,13 +706,16 @@ def claim_warm(
     doc = {"op": "claim", "tags": tags, "fingerprint": fingerprint()}
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
+        warm_pid = _peer(chan)[0]
         socket.send_fds(chan, [json.dumps(doc).encode()], [fd])
     except OSError:
         chan.close()
         return None
     finally:
         os.close(fd)
-    return Zygote(log_path, {}, chan=chan)
+    zygote = Zygote(log_path, {}, chan=chan)
+    zygote.warm_pid = warm_pid
+    return zygote
 
 
 class Zygote:
@@ -715,6 +723,8 @@ class Zygote:
 
     def __init__(self, log_path: Path, env: dict[str, str], chan: socket.socket | None = None):
         self.claimed = chan is not None
+        self.claimed_at = time.monotonic()
+        self.warm_pid: int | None = None  # the warm zygote a claim went to
         if chan is not None:  # a claim sent to the warm zygote: its child answers "ready"
             self.chan = chan
             self.ready = False
@@ -751,6 +761,23 @@ class Zygote:
         if self.proc is None:  # claimed, not answered yet: alive while the channel is open
             return self.chan.fileno() != -1
         return self.proc.poll() is None
+
+    def claim_stuck(self) -> str | None:
+        """Why a claim still unanswered is given up on (the caller starts its own zygote): the
+        warm zygote is stopped (SIGSTOP, a debugger), or it has not answered within
+        ``CLAIM_PATIENCE_S``; None while it may still answer."""
+        if not self.claimed or self.ready or not self.alive():
+            return None
+        if self.warm_pid is not None:
+            try:
+                state = Path(f"/proc/{self.warm_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = ""
+            if state in ("T", "t"):
+                return f"the warm zygote {self.warm_pid} is stopped"
+        if time.monotonic() - self.claimed_at > CLAIM_PATIENCE_S:
+            return f"the warm zygote did not answer the claim within {CLAIM_PATIENCE_S:g} s"
+        return None
 
     def _handle(self, doc: dict) -> dict | None:
         if "ready" in doc:

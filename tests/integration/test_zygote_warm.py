@@ -225,3 +225,57 @@ def test_a_warm_zygote_whose_environment_changed_exits_without_waiting_for_its_t
         what="the stale warm zygote to exit",
     )
     assert "stale (its environment changed)" in log.read_text()
+
+
+def test_a_deploy_does_not_wait_on_a_stopped_warm_zygote(tmp_path, warm):
+    # Given the home's warm zygote, preloaded and then stopped (SIGSTOP, as a debugger would)
+    model_dir, model = make_artifact(tmp_path / "art")
+    run_dir = zmod.warm_dir()
+    warm.append(zmod.start_warm(run_dir))
+    stopped = _ready(run_dir)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        # When an endpoint is deployed
+        ep = deploy(str(model_dir), name="past-stopped", replicas=(1, 1))
+        x = np.ones((2, 64), dtype="float32")
+        np.testing.assert_allclose(ep.predict(x), forward(model, x), rtol=1e-5, atol=1e-6)
+        # Then its router gave up the claim at once and started a zygote of its own
+        m = ep.metrics()
+        assert m["zygote_claimed"] is False
+        assert psutil.Process(m["zygote_pid"]).ppid() != stopped
+        assert m["replica_list"][0]["started_by"] == "zygote"
+        from nbscale.store import get_store
+        from nbscale.store.jobs import events
+
+        skipped = [
+            e
+            for e in events(get_store(), "past-stopped", "endpoint")
+            if e["type"] == "warm_zygote_skipped"
+        ]
+        assert len(skipped) == 1 and f"{stopped} is stopped" in skipped[0]["data"]["why"]
+    finally:
+        os.kill(stopped, signal.SIGCONT)  # the fixture's SIGTERM would wait on a stopped one
+
+
+def test_a_claim_nobody_answers_is_given_up_after_its_patience(tmp_path, monkeypatch):
+    # Given a socket where a warm zygote should be, accepting claims and never answering
+    import socket
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    sock_path, _ = zmod.warm_paths(run_dir)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    try:
+        z = zmod.claim_warm(run_dir, {ENDPOINT_ENV: "x"}, tmp_path / "z.log")
+        assert z is not None and z.warm_pid == os.getpid()
+        # While its patience lasts the claim may still be answered
+        monkeypatch.setattr(zmod, "CLAIM_PATIENCE_S", 0.3)
+        assert z.claim_stuck() is None
+        # Then it is given up, with the reason
+        time.sleep(0.4)
+        assert "did not answer the claim within 0.3 s" in z.claim_stuck()
+        z.close(timeout=1)
+    finally:
+        listener.close()

@@ -240,12 +240,19 @@ class Router:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + ZYGOTE_WAIT_S
         z = self.zygote
+        stuck = None
         while z is not None and not z.ready and z.alive() and time.monotonic() < deadline:
             await loop.run_in_executor(None, select.select, [z.chan], [], [], 0.05)
             z.pump()
+            stuck = z.claim_stuck()
+            if stuck:
+                break
         if z is not None and z.claimed and not z.ready and z is self.zygote:
-            # the warm zygote went away before it forked ours (its TTL, a kill): start our own
-            log.warning("the warm zygote did not answer the claim; starting a zygote")
+            # the warm zygote went away before it forked ours (its TTL, a kill), is stopped, or
+            # does not answer: start our own instead of waiting on it
+            why = stuck or "the warm zygote went away before it answered the claim"
+            log.warning("%s; starting a zygote", why)
+            add_endpoint_event(self.store, self.name, "warm_zygote_skipped", {"why": why})
             z.close(timeout=1)
             self._start_zygote(claim=False)
             if self.zygote is not None:
