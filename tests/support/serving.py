@@ -30,6 +30,19 @@ def predict_fn(data, model):
     return _fast_predict_fn(data, model)
 """
 
+# a model that keeps its CPU busy (NBSCALE_TEST_BUSY_S seconds of work per call)
+BUSY_PREDICT = """
+_fast_predict_fn = predict_fn
+
+
+def predict_fn(data, model):
+    import time
+    until = time.perf_counter() + float(os.environ.get("NBSCALE_TEST_BUSY_S", "0.02"))
+    while time.perf_counter() < until:
+        pass
+    return _fast_predict_fn(data, model)
+"""
+
 
 def mlp(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
@@ -39,13 +52,15 @@ def mlp(seed: int = 0) -> torch.nn.Module:
 
 
 def make_artifact(
-    directory: Path, name: str = "digits", slow: bool = False
+    directory: Path, name: str = "digits", slow: bool = False, busy: bool = False
 ) -> tuple[Path, torch.nn.Module]:
+    """A signed artifact of ``mlp()``; ``slow``: each call waits 50 ms; ``busy``: each call
+    keeps its CPU busy for 20 ms."""
     model = mlp()
     out = package(model, directory, name)
-    if slow:
+    if slow or busy:
         code = out / "code" / "inference.py"
-        code.write_text(code.read_text() + SLOW_PREDICT)
+        code.write_text(code.read_text() + (SLOW_PREDICT if slow else BUSY_PREDICT))
         sign(out)  # an edited handler is refused until it is signed again
     return out, model
 

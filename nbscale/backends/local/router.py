@@ -80,6 +80,7 @@ from ...store.endpoints import (
     update_endpoint,
 )
 from . import gpus
+from .cpu_room import ROOM_FOR_A_REPLICA, CpuRoom
 from .processes import alive, create_time
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
@@ -180,6 +181,8 @@ class Router:
         self.last_request = time.monotonic()
         self.samples: deque[tuple[float, int]] = deque()
         self.low_since: float | None = None
+        self.cpu = CpuRoom()  # what the router and its replicas use of the CPUs they may run on
+        self.cpu_held = False  # a scale-up for load is held: no CPU left for another replica
         self.restarts = rec.restarts
         self.cold_starts: list[dict[str, Any]] = []
         self.control_errors = 0
@@ -703,6 +706,7 @@ class Router:
             self._load_path(rep.id).unlink(missing_ok=True)
             self._record("replica_exit")
         self._read_loads()
+        self.cpu.sample(now, [os.getpid(), *(r.proc.pid for r in self.replicas)])
         self.samples.append((now, self.inflight + self.shared_inflight))
         while self.samples and self.samples[0][0] < now - 2.0:
             self.samples.popleft()
@@ -734,6 +738,7 @@ class Router:
         else:
             want = max(want, self.min, 1 if active else 0)
         want = min(want, self.max)
+        want = self._cpu_bound(want, len(active))
         pending = [r for r in self.replicas if r.to_standby and not r.draining]
         if want and pending:
             for r in pending:
@@ -777,6 +782,34 @@ class Router:
                 and now >= self.respawn_at
             ):
                 self._spawn(to_standby=True)  # a standby for the next cold start
+
+    def _cpu_bound(self, want: int, current: int) -> int:
+        """``want``, or fewer where the replicas added for load would get no CPU of their own
+        (``cpu_room``): never fewer than ``min_replicas`` or those running."""
+        floor = max(current, self.min)
+        if want <= floor or not current:
+            self.cpu_held = False
+            return want
+        room = self.cpu.room()
+        if room is None:  # a router that just started: not measured yet (a few ticks)
+            return floor
+        if room >= ROOM_FOR_A_REPLICA:
+            self.cpu_held = False
+            return want
+        if not self.cpu_held:
+            self.cpu_held = True
+            add_endpoint_event(
+                self.store,
+                self.name,
+                "scale_up_held",
+                {
+                    "want": want,
+                    "replicas": current,
+                    "cpus": self.cpu.cpus,
+                    "cpu_used": round(self.cpu.cpus - room, 2),
+                },
+            )
+        return floor
 
     # -- HTTP ----------------------------------------------------------------
     async def __call__(self, req: Request) -> Response:
@@ -962,6 +995,11 @@ class Router:
             else None,
             zygote_claimed=bool(self.zygote and self.zygote.claimed),
             control_errors=self.control_errors,
+            cpu={
+                "cpus": self.cpu.cpus,
+                "used": None if (used := self.cpu.used()) is None else round(used, 2),
+                "scale_up_held": self.cpu_held,
+            },
         )
         return snap
 
