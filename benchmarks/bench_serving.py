@@ -39,7 +39,10 @@ endpoint with ``NBSCALE_DIRECT=0``, every request through the router;
 ``nbscale-endpoint-autoscale`` scales between 1 and 4 replicas (default
 target of 4 requests in flight each): its lone replica serves the socket while
 one is enough, the router proxies once it has scaled up (each point records
-the replicas and who served the socket when it ended). Each of its points
+the replicas and who served the socket when it ended). Its router adds a
+replica for load only while the endpoint leaves half a CPU free among those it
+may run on (``nbscale.backends.local.cpu_room``): pinned to one CPU, it stays
+at one replica once that replica fills the CPU. Each of its points
 starts from one replica, as after an idle spell (``replicas_before_settling``
 says how many the last point left; without this, c=1 would be measured on the
 replicas c=64 left, which scale down one per ``scale_down_delay_s``).
@@ -1121,7 +1124,9 @@ def main() -> int:
             "says so); nbscale-endpoint-proxy is the same with NBSCALE_DIRECT=0 (the router proxies every "
             "request); nbscale-endpoint-autoscale is an endpoint of 1 to 4 replicas (target 4 in flight "
             "each), all on the same CPU: its lone replica serves the socket while one is enough and the "
-            "router proxies once it has scaled up (replicas_at_end and serving_at_end at each point); "
+            "router proxies once it has scaled up (replicas_at_end and serving_at_end at each point), "
+            "and adds a replica only while the endpoint leaves half a CPU free (on one CPU, none "
+            "once the first fills it); "
             "fresh_replica: replicas started from nothing with the zygote (forked) and without "
             "it (NBSCALE_ZYGOTE=0, a new Python process), interleaved; its first_deploy_s is a new "
             "process's first deploy() with the home's warm zygote preloaded (as after %load_ext "
