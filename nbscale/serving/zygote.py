@@ -412,7 +412,7 @@ def start_warm(run_dir: Path, env: dict[str, str] | None = None) -> int | None:
 def _write_environ(tags: dict[str, str]) -> None:
     """Put ``tags`` into this process's environment block as the kernel shows it
     (``/proc/self/environ``), in the space ``ROOM_VAR`` reserved at exec."""
-    stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    stat = _stat("self")
     start, end = int(stat[47]), int(stat[48])  # env_start, env_end (fields 50 and 51)
     block = ctypes.string_at(start, end - start)
     key = ROOM_VAR.encode() + b"="
@@ -598,10 +598,9 @@ class ForkedProcess:
 
     def _running(self) -> bool:
         try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            fields = _stat(self.pid)
         except OSError:
             return False
-        fields = stat.rsplit(")", 1)[1].split()
         return fields[0] != "Z" and (self._created is None or int(fields[19]) == self._created)
 
     def send_signal(self, sig: int) -> None:
@@ -624,8 +623,14 @@ class ForkedProcess:
         return self.returncode
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command's name: [0] is the state (R, S, T,
+    Z...), [19] the start time in clock ticks since boot; ``OSError`` once the pid is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _start_ticks(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return int(_stat(pid)[19])
 
 
 class WatchedProcess(abc.ABC):
@@ -677,7 +682,7 @@ class ClaimedProcess(WatchedProcess):
 
     def gone(self) -> bool:
         try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(self.pid)
         except OSError:
             return True
         return fields[0] == "Z" or int(fields[19]) != self._created
@@ -713,18 +718,22 @@ def claim_warm(
         return None
     finally:
         os.close(fd)
-    zygote = Zygote(log_path, {}, chan=chan)
-    zygote.warm_pid = warm_pid
-    return zygote
+    return Zygote(log_path, {}, chan=chan, warm_pid=warm_pid)
 
 
 class Zygote:
     """The router's handle on its zygote: start it, ask it for replicas, hear their exits."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], chan: socket.socket | None = None):
+    def __init__(
+        self,
+        log_path: Path,
+        env: dict[str, str],
+        chan: socket.socket | None = None,
+        warm_pid: int | None = None,
+    ):
         self.claimed = chan is not None
         self.claimed_at = time.monotonic()
-        self.warm_pid: int | None = None  # the warm zygote a claim went to
+        self.warm_pid = warm_pid  # the warm zygote a claim went to (its SO_PEERCRED pid)
         if chan is not None:  # a claim sent to the warm zygote: its child answers "ready"
             self.chan = chan
             self.ready = False
@@ -770,7 +779,7 @@ class Zygote:
             return None
         if self.warm_pid is not None:
             try:
-                state = Path(f"/proc/{self.warm_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                state = _stat(self.warm_pid)[0]
             except (OSError, IndexError):
                 state = ""
             if state in ("T", "t"):

@@ -17,23 +17,16 @@ the machine is not counted: it would hold an endpoint back for load that is not 
 
 from __future__ import annotations
 
-import os
 from collections import deque
 
 import psutil
+
+from .processes import allowed_cpus
 
 # shorter than the 2 s over which the router averages requests in flight: a replica that
 # fills its CPU shows it here before the average of a rising load asks for another one
 WINDOW_S = 0.2
 ROOM_FOR_A_REPLICA = 0.5  # of a CPU: less than that left, another replica only shares CPUs
-
-
-def allowed_cpus() -> int:
-    """The CPUs this process may run on (its affinity), which its children inherit."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity on this platform
-        return os.cpu_count() or 1
 
 
 class CpuRoom:

@@ -41,7 +41,7 @@ from ...store.endpoints import (
 )
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
 from .ports import pick_port, port_free
-from .processes import alive, create_time, stop_tagged_processes
+from .processes import alive, allowed_cpus, create_time, stop_tagged_processes
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
 # the name alone is not unique: another nbscale home may run an endpoint of the same name, and
@@ -64,7 +64,7 @@ class LocalEndpoints(EndpointBackend):
 
     def replica_limit(self) -> int:
         # replicas are processes on this machine: the cap local jobs have (4 per usable core)
-        return 4 * (len(os.sched_getaffinity(0)) or 1)
+        return 4 * allowed_cpus()
 
     def __init__(self, config: BackendConfig, store: Store):
         super().__init__(config, store)

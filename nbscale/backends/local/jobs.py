@@ -30,7 +30,7 @@ from ...words import count
 from ..base import JobBackend, LogChunk
 from . import gpus as gpu_alloc
 from .exits import exit_file, read_exit
-from .processes import JOB_ENV, alive, job_processes, stop_job_processes
+from .processes import JOB_ENV, alive, allowed_cpus, job_processes, stop_job_processes
 
 LAUNCH_TIMEOUT = 60.0  # a supervisor that has not said hello by then never started
 ADOPT_RETRY_S = 10.0  # a new supervisor that has not taken over by then is started again
@@ -46,7 +46,7 @@ class LocalBackend(JobBackend):
 
     def limits(self) -> dict[str, int]:
         # every rank is a process on this machine: a few per CPU core, no more
-        return {"world_size": 4 * (len(os.sched_getaffinity(0)) or 1)}
+        return {"world_size": 4 * allowed_cpus()}
 
     def validate(self, spec: JobSpec) -> None:
         if spec.checkpoint_dir:
