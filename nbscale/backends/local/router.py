@@ -716,6 +716,11 @@ class Router:
         active = self._active()
         avg = sum(n for _, n in self.samples) / max(1, len(self.samples))
         want = math.ceil(avg / self.target) if avg > 0 else 0
+        if want > len(active):
+            # more replicas only for load that is still there: once a burst ends, its 2 s
+            # average would otherwise add replicas for requests that are gone
+            now_in = self.inflight + self.shared_inflight
+            want = max(len(active), min(want, math.ceil(now_in / self.target)))
         idle_s = self._idle_s(now)
         ttl = self.rec.config.get("idle_ttl_s")
         if ttl and idle_s >= ttl:  # --idle-ttl: torn down to no process, even above min
