@@ -62,7 +62,7 @@ def _ipc_unavailable() -> str | None:
     return None
 
 
-def _spec_manager(kernel_name: str) -> Any:
+def spec_manager(kernel_name: str) -> Any:
     """A kernelspec manager that finds ``kernel_name``. It looks in Jupyter's own kernel
     folders first: jupyter_client's default list adds IPython's, and computing it imports
     IPython (about half a second before every first kernel start). Only a kernel that is
@@ -83,7 +83,7 @@ def _speaks_ipc(kernel_name: str, specs: Any = None) -> str | None:
     from jupyter_client.kernelspec import NoSuchKernel
 
     try:
-        spec = (specs or _spec_manager(kernel_name)).get_kernel_spec(kernel_name)
+        spec = (specs or spec_manager(kernel_name)).get_kernel_spec(kernel_name)
     except NoSuchKernel:
         return None  # starting it fails with jupyter_client's own message, whatever the transport
     # "python -m ipykernel_launcher -f {connection_file}", as ipykernel installs itself
@@ -93,7 +93,7 @@ def _speaks_ipc(kernel_name: str, specs: Any = None) -> str | None:
     return f"kernel {kernel_name!r} is not ipykernel, and not every kernel binds IPC addresses"
 
 
-def _private_folder(max_socket_path: int | None) -> tuple[str | None, str | None]:
+def private_folder(max_socket_path: int | None) -> tuple[str | None, str | None]:
     """A new 0700 folder under TMPDIR (or /tmp when TMPDIR's paths are too long for sockets)."""
     bases: list[str] = []
     with contextlib.suppress(FileNotFoundError):  # "no usable temporary directory"
@@ -129,14 +129,23 @@ def _say_once(kernel_name: str, reason: str, encrypted: bool) -> None:
     )
 
 
-def kernel_sockets(kernel_name: str = "python3") -> KernelSockets:
-    """A kernel manager for ``kernel_name`` whose kernel is reachable only by this user."""
+def kernel_sockets(kernel_name: str = "python3", prespawned: Any = None) -> KernelSockets:
+    """A kernel manager for ``kernel_name`` whose kernel is reachable only by this user.
+
+    ``prespawned``: a ``kernel_spawn.Prespawned`` process of ``kernel_name``, started before
+    jupyter_client was imported; the manager takes it over (its ``start_kernel`` launches
+    nothing), unless the kernelspec the manager resolves would not have started it, or IPC
+    cannot be used here: then it is killed and the manager starts a kernel itself."""
     from jupyter_client.manager import AsyncKernelManager
 
-    specs = _spec_manager(kernel_name)
+    specs = spec_manager(kernel_name)
+    if prespawned is not None:
+        taken = _take_over(prespawned, kernel_name, specs)
+        if taken is not None:
+            return taken
     reason = _ipc_unavailable() or _speaks_ipc(kernel_name, specs)
     if reason is None:
-        folder, reason = _private_folder(AF_UNIX_PATH_MAX)
+        folder, reason = private_folder(AF_UNIX_PATH_MAX)
         if folder is not None:
             km = AsyncKernelManager(
                 kernel_name=kernel_name,
@@ -147,7 +156,7 @@ def kernel_sockets(kernel_name: str = "python3") -> KernelSockets:
             )
             return KernelSockets(km, "ipc", folder)
     # TCP, on the loopback interface only; the connection file still in a private folder
-    folder, _ = _private_folder(None)
+    folder, _ = private_folder(None)
     km = AsyncKernelManager(
         kernel_name=kernel_name, transport="tcp", ip=LOOPBACK, kernel_spec_manager=specs
     )
@@ -156,6 +165,73 @@ def kernel_sockets(kernel_name: str = "python3") -> KernelSockets:
     encrypted = _encrypt(km)
     _say_once(kernel_name, reason, encrypted)
     return KernelSockets(km, "tcp", folder, reason)
+
+
+def _take_over(prespawned: Any, kernel_name: str, specs: Any) -> KernelSockets | None:
+    from jupyter_client.kernelspec import NoSuchKernel
+    from jupyter_client.manager import AsyncKernelManager
+
+    try:
+        spec = specs.get_kernel_spec(kernel_name)
+        why = _ipc_unavailable() or prespawned.differs_from(spec)
+    except NoSuchKernel:
+        why = f"no kernelspec {kernel_name!r} any more"
+    if why is not None or prespawned.kernel_name != kernel_name:
+        prespawned.discard()
+        return None
+    km = AsyncKernelManager(
+        kernel_name=kernel_name,
+        transport="ipc",
+        ip=prespawned.ip,
+        connection_file=prespawned.connection_file,
+        kernel_spec_manager=specs,
+    )
+    if getattr(km, "transport_encryption", "disabled") != "disabled":
+        prespawned.discard()  # its connection file has no CurveZMQ keys: started anew
+        return None
+    km.load_connection_file()  # its key, ports and signature scheme
+    km.provisioner = _prespawned_provisioner(km, prespawned)
+    return KernelSockets(km, "ipc", prespawned.folder)
+
+
+def _prespawned_provisioner(km: Any, prespawned: Any) -> Any:
+    """jupyter_client's ``LocalProvisioner`` holding a process that is already running: the
+    manager's first ``start_kernel`` (with the environment and folder it was started with)
+    launches nothing; signals, polling, reaping and any later start are the local
+    provisioner's own."""
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+    class PrespawnedProvisioner(LocalProvisioner):
+        waiting: Any = None  # the process until the manager's start takes it
+
+        async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+            waiting, asked = self.waiting, (kwargs.get("env"), kwargs.get("cwd"))
+            if waiting is not None and asked != (waiting.env, waiting.cwd):
+                # started for another environment or folder: killed, and one started as asked
+                self.waiting, self.process, self.pid, self.pgid = None, None, None, None
+                waiting.discard(keep_folder=True)
+            if self.waiting is None:
+                return await super().pre_launch(**kwargs)
+            kwargs.pop("extra_arguments", None)
+            self.connection_info = self.parent.get_connection_info()
+            return {**kwargs, "cmd": list(waiting.process.args)}
+
+        async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+            if self.waiting is None:
+                return await super().launch_kernel(cmd, **kwargs)
+            self.waiting = None  # the manager has it now
+            return self.connection_info
+
+    provisioner = PrespawnedProvisioner(
+        kernel_id=None, kernel_spec=km.kernel_spec, parent=km, connection_info={}
+    )
+    process = prespawned.process
+    provisioner.waiting = prespawned
+    # what PooledKernel.kill and the reaping read, before the manager's start as after it
+    provisioner.process, provisioner.pid, provisioner.cwd = process, process.pid, prespawned.cwd
+    with contextlib.suppress(OSError):
+        provisioner.pgid = os.getpgid(process.pid)
+    return provisioner
 
 
 def _encrypt(km: Any) -> bool:

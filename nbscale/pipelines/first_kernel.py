@@ -4,7 +4,9 @@ A run spends about 0.3 s before its first step: imports, the pipeline's checks a
 the run's record, the cache lookups. A kernel's boot (about 0.5 s of imports) used to start
 only after all of that. Here it starts first, from a light reading of the pipeline file (the
 YAML's steps, or a tagged notebook's cells), and the run's pool adopts it once the DAG is
-known. Started by ``nbscale pipeline run`` in the foreground and by a detached runner
+known. Its process is started before jupyter_client and asyncio are even imported
+(``kernel_spawn``, about 0.1 s sooner), and a jupyter_client manager takes it over. Started
+by ``nbscale pipeline run`` in the foreground and by a detached runner
 (``background``), each before its imports: new processes, where the imports are most of that
 0.3 s. (A notebook's kernel that calls ``start_run(..., detach=False)`` has them imported
 already; a run there prepares its DAG in tens of milliseconds.)
@@ -30,10 +32,13 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .kernels import STARTUP_TIMEOUT, KernelPool, PooledKernel, thread_env
 from .model import checked_max_parallel, pipeline_file, topological, widest_level
+from .threads import thread_env
+
+if TYPE_CHECKING:
+    from .kernels import PooledKernel
 
 
 @dataclass(frozen=True)
@@ -168,18 +173,30 @@ def start(path: str | Path, options: dict[str, Any]) -> bool:
     with _lock:
         if _held is not None:
             return False
+    prespawned = None
     try:
         guess = plan(path, options)
         if guess is None or _cached_likely(guess, options) or _warm_ready(guess):
             return False
+        from ..kernel_spawn import spawn
+
+        # its process first, before jupyter_client and asyncio are imported (kernel_spawn)
+        prespawned = spawn(guess.kernel_name, guess.cwd, guess.env)
+        from .kernels import KernelPool, PooledKernel
+
         KernelPool.import_client()  # on this thread, before the kernel's own thread needs it
-        kernel = PooledKernel(guess.kernel_name, guess.cwd, guess.env)
+        kernel = PooledKernel(guess.kernel_name, guess.cwd, guess.env, prespawned)
     except Exception:  # noqa: BLE001 - a guess only; the run's own checks report the problem
+        if prespawned is not None:
+            prespawned.discard()
         return False
     with _lock:
-        if _held is not None:
-            return False
-        _held = (guess, kernel)
+        raced = _held is not None
+        if not raced:
+            _held = (guess, kernel)
+    if raced:  # another thread's start came first: this kernel is never started
+        kernel.close()
+        return False
     threading.Thread(target=kernel.start, name="nbscale-first-kernel", daemon=True).start()
     atexit.register(discard)
     return True
@@ -224,6 +241,8 @@ def discard() -> None:
 
 def discard_kernel(kernel: PooledKernel) -> None:
     """Kill a kernel started early and remove its files."""
+    from .kernels import STARTUP_TIMEOUT
+
     kernel.kill()  # its process, where it exists; one still being started is killed once it does
     with contextlib.suppress(Exception):
         kernel.ready.wait(STARTUP_TIMEOUT + 10)  # its start ends at once: doomed, or dead

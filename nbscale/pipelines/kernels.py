@@ -29,28 +29,6 @@ WARMUP = (
 )
 
 
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-
-
-def thread_env(width: int) -> dict[str, str]:
-    """What each kernel's BLAS/OpenMP gets when ``width`` steps may run at once: its share of
-    the cores.
-
-    Without this, two steps on two cores each start a thread per core, and oversubscribed
-    BLAS runs several times slower than the two steps one after another. A value the user set
-    in the environment wins.
-    """
-    if width <= 1:
-        return {}
-    share = str(max(1, (os.cpu_count() or 1) // width))
-    return {n: share for n in THREAD_VARIABLES if n not in os.environ}
-
-
 async def handshake(client, km, timeout: float, poll: float = 0.25) -> None:
     """Wait until the kernel answers and our iopub subscription receives its status messages.
 
@@ -103,11 +81,15 @@ async def _until_idle(client, km, msg_id: str, timeout: float) -> None:
 
 
 class PooledKernel:
-    def __init__(self, kernel_name: str, cwd: str, env: dict[str, str]):
+    def __init__(
+        self, kernel_name: str, cwd: str, env: dict[str, str], prespawned: Any = None
+    ) -> None:
+        """``prespawned``: its process, already started for this kernel, folder and environment
+        (``kernel_spawn``); its start then only waits for the kernel to answer."""
         from ..kernel_transport import kernel_sockets
 
         # Unix sockets and the connection file in a private folder: nothing listens on TCP
-        self._sockets = kernel_sockets(kernel_name)
+        self._sockets = kernel_sockets(kernel_name, prespawned)
         self.km = self._sockets.km
         self.cwd = cwd
         self.env = env

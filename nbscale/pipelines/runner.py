@@ -22,11 +22,12 @@ from ..store import get_store
 from ..store import pipelines as db
 from . import artifacts, fingerprint, first_kernel, step_sweep, stepbook
 from .execute import Attempt, run_step
-from .kernels import STARTUP_TIMEOUT, KernelPool, PooledKernel, thread_env
+from .kernels import STARTUP_TIMEOUT, KernelPool, PooledKernel
 from .loader import load
 from .model import Pipeline
 from .parameters import resolve as resolve_parameters
 from .status import CACHED, CANCELLED, FAILED, PENDING, REUSED, RUNNING, SKIPPED, SUCCEEDED
+from .threads import thread_env
 from .warm import WarmKernels
 
 log = logging.getLogger(__name__)

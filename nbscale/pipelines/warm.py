@@ -98,10 +98,10 @@ def _stat(path: str | None) -> list[int] | None:
 def _kernelspec(kernel_name: str) -> dict[str, Any]:
     from jupyter_client.kernelspec import NoSuchKernel
 
-    from ..kernel_transport import _spec_manager
+    from ..kernel_transport import spec_manager
 
     try:
-        spec = _spec_manager(kernel_name).get_kernel_spec(kernel_name)
+        spec = spec_manager(kernel_name).get_kernel_spec(kernel_name)
     except NoSuchKernel:
         return {"missing": kernel_name}
     file = os.path.join(spec.resource_dir, "kernel.json")

@@ -15,8 +15,8 @@ import pytest
 
 from nbscale.cli import main as cli
 from nbscale.pipelines import first_kernel, get_run, load, runs, start_run, warm
-from nbscale.pipelines.kernels import thread_env
 from nbscale.pipelines.runner import run_dir
+from nbscale.pipelines.threads import thread_env
 from tests.support.pipeline_notebooks import probe_flow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pipeline"
@@ -104,6 +104,8 @@ def test_the_first_step_runs_on_the_kernel_started_early(tmp_path):
     path = flow(tmp_path / "flow")
     assert first_kernel.start(path, {"no_cache": True})
     pid = early_pid()
+    # its process was started before jupyter_client was imported, and taken over (kernel_spawn)
+    assert type(first_kernel._held[1].km.provisioner).__name__ == "PrespawnedProvisioner"
     run = start_run(str(path), {"tag": "early"}, detach=False, no_cache=True)
     assert run.status == "SUCCEEDED", run.to_dict()
     seen = facts(path, "early")
