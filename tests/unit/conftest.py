@@ -28,6 +28,14 @@ class UnitTierViolation(RuntimeError):
     pass
 
 
+# matplotlib's first import on a machine builds its font cache by asking fontconfig (``fc-list``,
+# a subprocess): a library's one-time set-up, not a process a test starts. Done here, before any
+# test runs under the rule; without it the unit tier failed on a fresh machine, where the plots'
+# test was the first to import matplotlib.
+with contextlib.suppress(ImportError):
+    import matplotlib.font_manager  # noqa: F401
+
+
 _depth = 0
 _saved: list[tuple[object, str, object]] = []
 _violations: list[str] = []
