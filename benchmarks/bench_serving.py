@@ -738,9 +738,6 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    if not shutil.which("wrk"):
-        print("bench_serving: wrk is needed (apt-get install wrk)", file=sys.stderr)
-        return 2
     sweep = [int(c) for c in args.sweep.split(",")]
     only = (
         set(args.only.split(","))
