@@ -73,8 +73,8 @@ class Prespawned:
     connection_file: str
     ip: str  # the sockets' path prefix (``ip`` of an IPC connection)
     cwd: str
-    env: dict[str, str]  # the environment asked for (before the spec's additions)
-    process: subprocess.Popen
+    env: dict[str, str] = field(repr=False)  # asked for (before the spec's); may hold secrets
+    process: subprocess.Popen = field(repr=False)
     _discarded: bool = field(default=False, repr=False)
 
     def differs_from(self, spec: Any) -> str | None:
