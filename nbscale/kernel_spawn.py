@@ -24,7 +24,7 @@ jupyter_client manager takes it over afterwards (``kernel_transport.kernel_socke
   closed pipe, stdout and stderr this process's.
 
 The manager that takes it over resolves the kernelspec itself and compares it with the one
-used here (``differs_from``); on any difference, and where this pyzmq has no IPC transport,
+used here (``started_by``); on any difference, and where this pyzmq has no IPC transport,
 the process is killed and reaped, its folder removed, and the kernel started by jupyter_client
 as before. Anything this module cannot start exactly so gives ``None``: the caller starts the
 kernel the usual way.
@@ -45,10 +45,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .kernel_transport import AF_UNIX_PATH_MAX, private_folder
+from .kernel_transport import AF_UNIX_PATH_MAX, private_folder, runs_ipykernel
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")  # as jupyter_client's format_kernel_cmd reads them
-IPYKERNEL_MODULES = {"ipykernel_launcher", "ipykernel"}
 PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
@@ -77,23 +76,16 @@ class Prespawned:
     process: subprocess.Popen = field(repr=False)
     _discarded: bool = field(default=False, repr=False)
 
-    def differs_from(self, spec: Any) -> str | None:
-        """Why ``spec`` (a jupyter_client ``KernelSpec``, as the manager resolved it) would not
-        have started this process; None when it would have."""
-        mine = self.spec
-        theirs = Spec(
+    def started_by(self, spec: Any) -> bool:
+        """``spec`` (a jupyter_client ``KernelSpec``, as the manager resolved it) would have
+        started this process as it was started."""
+        return self.spec == Spec(
             resource_dir=spec.resource_dir,
             argv=list(spec.argv),
             env=dict(spec.env or {}),
             language=spec.language or "",
             provisioner=_provisioner(spec.metadata or {}),
         )
-        if theirs != mine:
-            changed = [
-                f for f in mine.__dataclass_fields__ if getattr(mine, f) != getattr(theirs, f)
-            ]
-            return f"the kernelspec's {', '.join(changed)} changed since the kernel was started"
-        return None
 
     def discard(self, keep_folder: bool = False) -> None:
         """Kill the process (and its session), reap it, and remove its folder, or with
@@ -161,10 +153,9 @@ def _read_spec(resource_dir: str) -> Spec | None:
 def _startable(spec: Spec) -> bool:
     """An ipykernel kernel (it binds ``ipc://`` addresses) with the local provisioner, whose
     command names no placeholder but the connection file, the prefix and its folder."""
-    modules = {b for a, b in zip(spec.argv, spec.argv[1:], strict=False) if a == "-m"}
     names = {m for arg in spec.argv for m in PLACEHOLDER.findall(arg)}
     return (
-        bool(modules & IPYKERNEL_MODULES)
+        runs_ipykernel(spec.argv)
         and spec.provisioner in (None, "local-provisioner")
         and names <= {"connection_file", "prefix", "resource_dir"}
     )

@@ -78,6 +78,13 @@ def spec_manager(kernel_name: str) -> Any:
     return quick
 
 
+def runs_ipykernel(argv: list[str]) -> bool:
+    """The kernelspec command runs ipykernel ("python -m ipykernel_launcher -f
+    {connection_file}", as ipykernel installs itself), which binds ``ipc://`` addresses."""
+    modules = {b for a, b in itertools.pairwise(argv) if a == "-m"}
+    return bool(modules & {"ipykernel_launcher", "ipykernel"})
+
+
 def _speaks_ipc(kernel_name: str, specs: Any = None) -> str | None:
     """None when the kernel is ipykernel (which binds ``ipc://`` addresses), else why not."""
     from jupyter_client.kernelspec import NoSuchKernel
@@ -86,9 +93,7 @@ def _speaks_ipc(kernel_name: str, specs: Any = None) -> str | None:
         spec = (specs or spec_manager(kernel_name)).get_kernel_spec(kernel_name)
     except NoSuchKernel:
         return None  # starting it fails with jupyter_client's own message, whatever the transport
-    # "python -m ipykernel_launcher -f {connection_file}", as ipykernel installs itself
-    modules = {b for a, b in itertools.pairwise(spec.argv) if a == "-m"}
-    if modules & {"ipykernel_launcher", "ipykernel"}:
+    if runs_ipykernel(spec.argv):
         return None
     return f"kernel {kernel_name!r} is not ipykernel, and not every kernel binds IPC addresses"
 
@@ -173,10 +178,14 @@ def _take_over(prespawned: Any, kernel_name: str, specs: Any) -> KernelSockets |
 
     try:
         spec = specs.get_kernel_spec(kernel_name)
-        why = _ipc_unavailable() or prespawned.differs_from(spec)
     except NoSuchKernel:
-        why = f"no kernelspec {kernel_name!r} any more"
-    if why is not None or prespawned.kernel_name != kernel_name:
+        spec = None  # removed since the kernel was started
+    if (
+        spec is None
+        or prespawned.kernel_name != kernel_name
+        or not prespawned.started_by(spec)
+        or _ipc_unavailable()
+    ):
         prespawned.discard()
         return None
     km = AsyncKernelManager(
