@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import paths
+from .. import file_lock, paths
 
 ENABLE_ENV = "NBSCALE_KERNEL_POOL"
 SIZE_ENV = "NBSCALE_KERNEL_POOL_SIZE"
@@ -157,12 +157,9 @@ def _empty() -> dict[str, Any]:
 @contextlib.contextmanager
 def registry(folder: Path | None = None) -> Iterator[dict[str, Any]]:
     """The registry, locked; what the block leaves in it is written back (0600)."""
-    import fcntl  # POSIX: the pool is not offered elsewhere (see settings)
-
     folder = folder or pool_dir()
-    lock = os.open(folder / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # POSIX: the pool is not offered elsewhere (see settings)
+    with file_lock.exclusive(folder / "state.lock"):
         path = folder / "state.json"
         try:
             state = json.loads(path.read_text())
@@ -179,9 +176,6 @@ def registry(folder: Path | None = None) -> Iterator[dict[str, Any]]:
             with os.fdopen(fd, "w") as f:
                 f.write(after)
             os.replace(tmp, path)
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        os.close(lock)
 
 
 def me() -> list[float]:

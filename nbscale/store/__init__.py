@@ -18,12 +18,13 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import paths
+from .. import file_lock, paths
 from ..errors import NbscaleError
 
 BUSY_TIMEOUT_MS = 60_000
@@ -39,8 +40,9 @@ class StoreFull(StoreError):
     """The disk holding the store is full."""
 
 
-def _store_error(exc: sqlite3.Error, path: Path) -> sqlite3.Error | StoreError:
-    """The NbscaleError for an error caused by the machine, or ``exc`` itself for a bug."""
+def _store_error(exc: sqlite3.Error, path: Path, waited: float) -> sqlite3.Error | StoreError:
+    """The NbscaleError for an error caused by the machine, or ``exc`` itself for a bug;
+    ``waited`` is how long the failed call took, in seconds."""
     text = str(exc).lower()
     if "database or disk is full" in text or getattr(exc, "sqlite_errorcode", None) == 13:
         free = paths.free_bytes(path.parent)
@@ -51,10 +53,16 @@ def _store_error(exc: sqlite3.Error, path: Path) -> sqlite3.Error | StoreError:
             "free space there (old job folders under jobs/ are safe to delete), then retry",
         )
     if "database is locked" in text or "database is busy" in text:
+        if waited * 1000 >= BUSY_TIMEOUT_MS * 0.9:
+            return StoreError(
+                f"the nbscale store {path} stayed locked by another process for {waited:.0f} s",
+                "retry; if it persists, look for a stuck nbscale process",
+            )
+        # SQLite answers at once, without its busy timeout, where waiting could deadlock
         return StoreError(
-            f"the nbscale store {path} stayed locked by another process for "
-            f"{BUSY_TIMEOUT_MS // 1000} s",
-            "retry; if it persists, look for a stuck nbscale process",
+            f"the nbscale store {path} was locked by another process and SQLite gave up "
+            f"after {waited:.2f} s rather than wait ({exc})",
+            "retry; if it persists, report it with the command that failed",
         )
     if any(
         m in text
@@ -75,10 +83,11 @@ def _store_error(exc: sqlite3.Error, path: Path) -> sqlite3.Error | StoreError:
 
 @contextmanager
 def _mapped_errors(path: Path) -> Iterator[None]:
+    began = time.monotonic()
     try:
         yield
     except sqlite3.Error as exc:
-        mapped = _store_error(exc, path)
+        mapped = _store_error(exc, path, time.monotonic() - began)
         if mapped is exc:
             raise
         raise mapped from exc
@@ -133,21 +142,36 @@ class Store:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            try:
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                with self._lock:
+                    if not self._migrated:
+                        self._set_up(conn)
+                        self._migrated = True
+                        self._make_reserve()
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
-            with self._lock:
-                if not self._migrated:
-                    # imported here: component modules import this package for Store
-                    from .schema import migrate
-
-                    migrate(conn)
-                    self._migrated = True
-                    self._make_reserve()
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """WAL and the schema, once per process, one process at a time.
+
+        Turning a new database to WAL takes SQLite's exclusive lock, and two processes
+        asking at once can make SQLite answer "database is locked" at once, without its
+        busy timeout (it will not wait where waiting could deadlock). A file lock next to
+        the database orders the first opens; once the file is in WAL mode (a setting the
+        file keeps) the later ones only check it and pass."""
+        # imported here: component modules import this package for Store
+        from .schema import migrate
+
+        with file_lock.exclusive(self.path.with_name(self.path.name + ".lock")):
+            conn.execute("PRAGMA journal_mode=WAL")
+            migrate(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

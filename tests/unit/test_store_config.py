@@ -48,8 +48,10 @@ def test_newer_schema_is_refused_with_advice(nbscale_home):
     conn.execute("UPDATE schema_versions SET version = 99 WHERE component = 'jobs'")
     conn.commit()
     conn.close()
-    with pytest.raises(RuntimeError, match="newer nbscale.*upgrade nbscale"):
-        Store(paths.db_path()).query("SELECT 1")
+    refused = Store(paths.db_path())
+    for _ in range(2):  # every call, not only the first: no half-set-up connection is kept
+        with pytest.raises(RuntimeError, match="newer nbscale.*upgrade nbscale"):
+            refused.query("SELECT 1")
 
 
 def test_ending_a_job_is_decided_once():

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
 
-from ... import storage
+from ... import file_lock, storage
 from ...errors import WaitTimeout
 from ...metrics import LINES_ENV
 from ...runtime.jobdir import JobDir
@@ -92,15 +92,9 @@ RANK_LINE = re.compile(r"^\[rank (\d+)\] ?(.*)$", re.S)
 def log_copy_lock(jobdir: JobDir):
     """One copier of a job's platform logs at a time (a CLI, the panel and a sweep's view
     may all follow one job): its read positions and the rank logs change together."""
-    import fcntl
-
     jobdir.path.mkdir(parents=True, exist_ok=True)
-    with open(jobdir.path / ".logcopy.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock.exclusive(jobdir.path / ".logcopy.lock"):
+        yield
 
 
 def route_line(text: str, first_rank: int, source: str) -> tuple[int, str]:

@@ -4,6 +4,7 @@ deployed, all on one store: 50 job rows, no duplicates, no "database is locked".
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -122,3 +123,49 @@ def test_fifty_submissions_from_five_processes_beside_a_pipeline_and_an_endpoint
                 p.kill()
         for ep in endpoints():
             ep.delete()
+
+
+OPENER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from nbscale.store import get_store
+    from nbscale.store.jobs import list_jobs
+    go = Path(sys.argv[1])
+    Path(sys.argv[2]).touch()       # imported, ready
+    while not go.exists():
+        time.sleep(0.001)
+    print(list_jobs(get_store())[1])
+""")
+
+
+def test_a_new_store_opened_by_eight_processes_at_one_moment(tmp_path):
+    """The first opens of a store race to turn it to WAL; SQLite refuses one of two such
+    racers at once ("database is locked", no busy wait), which once failed a submission
+    from a crowd that arrived before the store existed. Eight rounds of eight openers."""
+    opener = tmp_path / "opener.py"
+    opener.write_text(OPENER)
+    for round_ in range(8):
+        home, go = tmp_path / f"home-{round_}", tmp_path / f"go-{round_}"
+        ready = tmp_path / f"ready-{round_}"
+        ready.mkdir()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(opener), str(go), str(ready / str(n))],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "NBSCALE_HOME": str(home)},
+            )
+            for n in range(8)
+        ]
+        deadline = time.monotonic() + 120
+        while len(list(ready.iterdir())) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()  # every opener imported and waiting: they open the store together
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, outs, strict=True)] == [
+            (0, "0")
+        ] * 8, [err for _, err in outs]
+        conn = sqlite3.connect(home / "nbscale.db")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
