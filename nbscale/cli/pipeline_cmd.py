@@ -179,7 +179,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pipeline parameter, typed like papermill's -p (repeatable)",
     )
     p.add_argument("--backend", help="a backend named in the config (default: local)")
-    p.add_argument("--max-parallel", type=int, help="steps running at once (default: CPU count)")
+    p.add_argument(
+        "--max-parallel",
+        type=int,
+        help="steps running at once (default: the CPUs this process may run on)",
+    )
     p.add_argument(
         "--only", action="append", metavar="STEP", help="run only this step (repeatable)"
     )

@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 from .. import lazy_grammar
+from ..cpus import allowed_cpus
 from .warm import WARMUP_MODULES
 
 STARTUP_TIMEOUT = 120
@@ -227,7 +228,7 @@ class KernelPool:
         # rest follow, a few at a time, once the first step's cells run on it: until then the
         # runner's own work (papermill's import, reading and parameterizing the notebook) is
         # what the first step waits for, and booting kernels would take its cores
-        self._gate = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
+        self._gate = threading.Semaphore(max(2, allowed_cpus() // 2))
         self._first_spawned: threading.Event | None = None
         self._running = threading.Event()  # a step's notebook runs on its kernel (or one ended)
         self._loaded = threading.Event()  # papermill imported, engine registered, schema compiled

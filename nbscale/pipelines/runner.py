@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from ..cpus import allowed_cpus
 from ..store import get_store
 from ..store import pipelines as db
 from . import artifacts, fingerprint, first_kernel, step_sweep, stepbook
@@ -169,7 +170,7 @@ class Runner:
         self.pipeline = pipeline
         self.values = values
         self.store = get_store()
-        self.max_parallel = max(1, int(options.get("max_parallel") or os.cpu_count() or 2))
+        self.max_parallel = max(1, int(options.get("max_parallel") or allowed_cpus()))
         self.no_cache = bool(options.get("no_cache"))
         self.kernel_name = options.get("kernel_name") or "python3"
         self.selected = selected_steps(pipeline, options.get("only"), options.get("from_step"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ..cpus import allowed_cpus
+
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -22,5 +24,5 @@ def thread_env(width: int) -> dict[str, str]:
     """
     if width <= 1:
         return {}
-    share = str(max(1, (os.cpu_count() or 1) // width))
+    share = str(max(1, allowed_cpus() // width))
     return {n: share for n in THREAD_VARIABLES if n not in os.environ}

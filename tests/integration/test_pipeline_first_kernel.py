@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from nbscale.cli import main as cli
+from nbscale.cpus import allowed_cpus
 from nbscale.pipelines import first_kernel, get_run, load, runs, start_run, warm
 from nbscale.pipelines.runner import run_dir
 from nbscale.pipelines.threads import thread_env
@@ -79,7 +80,7 @@ def test_the_guess_agrees_with_the_runs_own_decisions(source, max_parallel, monk
     guess = first_kernel.plan(EXAMPLES / source, options)
     pipeline = load(EXAMPLES / source)
     order = pipeline.order()
-    width = min(max_parallel or os.cpu_count() or 2, pipeline.width(order))
+    width = min(max_parallel or allowed_cpus(), pipeline.width(order))
     assert guess is not None
     assert guess.first == order[0]
     assert guess.source == pipeline.source

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from nbscale.cpus import allowed_cpus
 from nbscale.pipelines import cancel_run, get_run, runs, start_run
 from tests.support.pipeline_notebooks import cell, diamond, write_notebook
 
@@ -45,7 +46,7 @@ def test_diamond_runs_in_order_in_parallel_then_hits_and_misses_the_cache(flow, 
     # the two middle steps overlap in time
     assert spans["left"][0] < spans["right"][1] and spans["right"][0] < spans["left"][1]
     if "OMP_NUM_THREADS" not in os.environ:  # parallel steps share the cores between their kernels
-        assert (tmp_path / "threads.txt").read_text() == str(max(1, (os.cpu_count() or 1) // 2))
+        assert (tmp_path / "threads.txt").read_text() == str(max(1, allowed_cpus() // 2))
     first = run.to_dict()
     assert all(
         not s["cached"] and s["cache_reason"] == "miss: first run of this step"

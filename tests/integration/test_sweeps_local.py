@@ -17,6 +17,7 @@ import pytest
 
 import nbscale
 from nbscale import sweep_runs
+from nbscale.cpus import allowed_cpus
 from nbscale.errors import SpecError
 from nbscale.jobs import jobs as job_handles
 from nbscale.store import get_store
@@ -93,7 +94,7 @@ def test_sixteen_trials_four_asked_in_parallel_find_the_basin(planted):
     # every trial is an ordinary job, tagged with its sweep
     records = [j.record for j in job_handles(limit=100)]
     assert len(records) == 16 and all(r.spec["tags"]["nbscale-sweep"] == sweep.id for r in records)
-    limit = min(4, os.cpu_count() or 1)
+    limit = min(4, allowed_cpus())
     assert overlap(records) <= limit
     if limit < 4:
         assert any("4 asked" in n for n in view.notes), view.notes

@@ -21,7 +21,7 @@ from collections import deque
 
 import psutil
 
-from .processes import allowed_cpus
+from ...cpus import allowed_cpus
 
 # shorter than the 2 s over which the router averages requests in flight: a replica that
 # fills its CPU shows it here before the average of a rising load asks for another one

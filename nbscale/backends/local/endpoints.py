@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import BackendConfig
+from ...cpus import allowed_cpus
 from ...errors import BackendUnavailable, Conflict, SpecError
 from ...keys import endpoint_token as token_for
 from ...paths import endpoint_dir
@@ -41,7 +42,7 @@ from ...store.endpoints import (
 )
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
 from .ports import pick_port, port_free
-from .processes import alive, allowed_cpus, create_time, stop_tagged_processes
+from .processes import alive, create_time, stop_tagged_processes
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
 # the name alone is not unique: another nbscale home may run an endpoint of the same name, and

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import paths
+from ...cpus import allowed_cpus
 from ...errors import SpecError
 from ...runtime import phases
 from ...runtime.jobdir import JobDir
@@ -30,7 +31,7 @@ from ...words import count
 from ..base import JobBackend, LogChunk
 from . import gpus as gpu_alloc
 from .exits import exit_file, read_exit
-from .processes import JOB_ENV, alive, allowed_cpus, job_processes, stop_job_processes
+from .processes import JOB_ENV, alive, job_processes, stop_job_processes
 
 LAUNCH_TIMEOUT = 60.0  # a supervisor that has not said hello by then never started
 ADOPT_RETRY_S = 10.0  # a new supervisor that has not taken over by then is started again

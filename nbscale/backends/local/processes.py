@@ -31,14 +31,6 @@ CGROUPS_ENV = "NBSCALE_CGROUPS"
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def allowed_cpus() -> int:
-    """The CPUs this process may run on (its affinity, which its children inherit)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no affinity on this platform
-        return os.cpu_count() or 1
-
-
 # -- cgroup v2 ------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import paths
+from ...cpus import allowed_cpus
 from ...errors import NbscaleError, SpecError
 from ...store.jobs import get_job
 from ...store.sweeps import CANCELLED as SWEEP_CANCELLED
@@ -162,9 +163,10 @@ def concurrency(sweep: SweepSpec) -> tuple[int, str | None]:
     job = sweep.job
     procs = job.nodes * job.procs_per_node
     limit, why = sweep.parallel, None
-    cpus = max(1, (os.cpu_count() or 1) // procs)
+    allowed = allowed_cpus()
+    cpus = max(1, allowed // procs)
     if cpus < limit:
-        limit, why = cpus, f"this machine has {count(os.cpu_count() or 1, 'core')}"
+        limit, why = cpus, f"nbscale may use {count(allowed, 'core')} here"
     if job.gpus_per_proc:
         from . import gpus
 
