@@ -17,6 +17,7 @@ from nbscale.endpoints import deploy, endpoint, endpoints
 from nbscale.store import get_store
 from nbscale.store.jobs import events
 from tests.support import wait_for
+from tests.support.cpus import one_cpu
 from tests.support.serving import forward, make_artifact
 
 SPIN = "while True: pass"
@@ -70,17 +71,6 @@ def test_cpu_room_counts_what_the_processes_use_from_their_first_sample(procs):
 
 
 @contextlib.contextmanager
-def _one_cpu():
-    """Start what is started inside on one CPU (children inherit the affinity)."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-@contextlib.contextmanager
 def _load(name: str, clients: int):
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -120,7 +110,7 @@ def test_on_one_cpu_a_busy_endpoint_keeps_one_replica_and_a_waiting_one_scales(c
     busy_dir, model = make_artifact(tmp_path / "busy", name="spins", busy=True)
     slow_dir, _ = make_artifact(tmp_path / "slow", name="waits", slow=True)
     opts = dict(replicas=(1, 3), max_batch_size=1, target_concurrency=1, scale_down_delay_s=1)
-    with _one_cpu():
+    with one_cpu():
         busy = deploy(str(busy_dir), name="spins", **opts)
         slow = deploy(str(slow_dir), name="waits", **opts)
     assert busy.metrics()["cpu"]["cpus"] == 1

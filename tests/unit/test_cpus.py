@@ -14,24 +14,21 @@ from nbscale.pipelines import first_kernel
 from nbscale.pipelines.threads import THREAD_VARIABLES, thread_env
 from nbscale.specs import Entry, JobSpec
 from nbscale.sweeps.spec import SweepSpec
+from tests.support.cpus import one_cpu
 
 PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "pipeline" / "pipeline.yaml"
 
 
 @pytest.fixture
-def one_cpu():
+def narrowed():
     """This thread narrowed to one CPU, as ``taskset -c N`` would start it; restored after."""
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity on this platform")
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
+    with one_cpu():
         yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
-def test_a_process_narrowed_to_one_cpu_sizes_its_work_for_one(one_cpu, tmp_path, monkeypatch):
+def test_a_process_narrowed_to_one_cpu_sizes_its_work_for_one(narrowed, tmp_path, monkeypatch):
     for name in THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert allowed_cpus() == 1
