@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from . import StoreError
 from .endpoints import ENDPOINTS
 from .events import EVENTS
 from .gpus import GPUS
@@ -116,9 +117,12 @@ def migrate(conn: sqlite3.Connection) -> None:
         for component, migrations in COMPONENTS.items():
             current = done.get(component, 0)
             if current > len(migrations):
-                raise RuntimeError(
-                    f"the nbscale store at this path was written by a newer nbscale "
-                    f"({component} schema v{current}); upgrade nbscale"
+                path = conn.execute("PRAGMA database_list").fetchone()[2]
+                raise StoreError(
+                    f"the nbscale store {path} was written by a newer nbscale "
+                    f"({component} schema v{current}; this one knows v{len(migrations)})",
+                    "upgrade nbscale (pip install -U nbscale), or give this one a home of "
+                    "its own with NBSCALE_HOME",
                 )
             for version in range(current, len(migrations)):
                 for statement in statements(migrations[version]):

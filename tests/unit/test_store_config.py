@@ -9,7 +9,7 @@ import pytest
 
 from nbscale import config, paths
 from nbscale.errors import NotFound, SpecError
-from nbscale.store import Store, get_store
+from nbscale.store import Store, StoreError, get_store
 from nbscale.store.jobs import (
     PENDING,
     JobRecord,
@@ -50,7 +50,7 @@ def test_newer_schema_is_refused_with_advice(nbscale_home):
     conn.close()
     refused = Store(paths.db_path())
     for _ in range(2):  # every call, not only the first: no half-set-up connection is kept
-        with pytest.raises(RuntimeError, match="newer nbscale.*upgrade nbscale"):
+        with pytest.raises(StoreError, match="newer nbscale.*upgrade nbscale"):
             refused.query("SELECT 1")
 
 

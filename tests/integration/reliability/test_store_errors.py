@@ -4,6 +4,7 @@ sqlite3 traceback; its own bugs are not disguised as such."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -29,3 +30,23 @@ def test_an_unusable_database_file_is_a_clear_error_in_the_api_and_the_cli(tmp_p
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "cannot use the nbscale store" in done.stderr
+
+
+def test_a_store_from_a_newer_nbscale_is_one_line_in_the_cli(tmp_path):
+    home = tmp_path / "home"
+    list_jobs(Store(home / "nbscale.db"))  # made by this nbscale
+    conn = sqlite3.connect(home / "nbscale.db")
+    conn.execute("UPDATE schema_versions SET version = 99 WHERE component = 'jobs'")
+    conn.commit()
+    conn.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "nbscale", "jobs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NBSCALE_HOME": str(home)},
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "written by a newer nbscale (jobs schema v99" in done.stderr
+    assert "upgrade nbscale" in done.stderr
