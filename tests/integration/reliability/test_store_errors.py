@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,12 +15,8 @@ from nbscale.store import Store, StoreError
 from nbscale.store.jobs import list_jobs
 
 
-def test_an_unusable_database_file_is_a_clear_error_in_the_api_and_the_cli(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "nbscale.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="cannot use the nbscale store"):
-        list_jobs(Store(home / "nbscale.db"))
+def cli_error_line(home: Path) -> str:
+    """``nbscale jobs`` on ``home``: it must fail with one line and no traceback; that line."""
     done = subprocess.run(
         [sys.executable, "-m", "nbscale", "jobs"],
         capture_output=True,
@@ -29,7 +26,16 @@ def test_an_unusable_database_file_is_a_clear_error_in_the_api_and_the_cli(tmp_p
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "cannot use the nbscale store" in done.stderr
+    return done.stderr.strip()
+
+
+def test_an_unusable_database_file_is_a_clear_error_in_the_api_and_the_cli(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "nbscale.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot use the nbscale store"):
+        list_jobs(Store(home / "nbscale.db"))
+    assert "cannot use the nbscale store" in cli_error_line(home)
 
 
 def test_a_store_from_a_newer_nbscale_is_one_line_in_the_cli(tmp_path):
@@ -39,14 +45,6 @@ def test_a_store_from_a_newer_nbscale_is_one_line_in_the_cli(tmp_path):
     conn.execute("UPDATE schema_versions SET version = 99 WHERE component = 'jobs'")
     conn.commit()
     conn.close()
-    done = subprocess.run(
-        [sys.executable, "-m", "nbscale", "jobs"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "NBSCALE_HOME": str(home)},
-    )
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "written by a newer nbscale (jobs schema v99" in done.stderr
-    assert "upgrade nbscale" in done.stderr
+    line = cli_error_line(home)
+    assert "written by a newer nbscale (jobs schema v99" in line
+    assert "upgrade nbscale" in line
