@@ -164,8 +164,9 @@ class Store:
         Turning a new database to WAL takes SQLite's exclusive lock, and two processes
         asking at once can make SQLite answer "database is locked" at once, without its
         busy timeout (it will not wait where waiting could deadlock). A file lock next to
-        the database orders the first opens; once the file is in WAL mode (a setting the
-        file keeps) the later ones only check it and pass."""
+        the database orders each process's first open; once the file is in WAL mode (a
+        setting the file keeps) that open only finds it so, and this process's later
+        connections (other threads) skip this step and take no file lock."""
         # imported here: component modules import this package for Store
         from .schema import migrate
 
