@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cpus import allowed_cpus
-from .model import checked_max_parallel, pipeline_file, topological, widest_level
+from .model import pipeline_file, steps_at_once, topological, widest_level
 from .threads import thread_env
 
 if TYPE_CHECKING:
@@ -121,7 +120,7 @@ def plan(path: str | Path, options: dict[str, Any]) -> Plan | None:
         return None
     depends, notebooks = steps
     first = topological(depends)[0]
-    max_parallel = checked_max_parallel(options.get("max_parallel")) or allowed_cpus()
+    max_parallel = steps_at_once(options.get("max_parallel"))
     width = min(max_parallel, widest_level(depends, list(depends)))
     return Plan(
         source=str(p),

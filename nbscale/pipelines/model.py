@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cpus import allowed_cpus
 from ..errors import SpecError
 from ..sweeps.space import Objective, Space
 
@@ -239,6 +240,12 @@ def checked_max_parallel(value: Any) -> int | None:
             "give how many steps may run at once, like 2 (each runs in a kernel of its own)",
         )
     return value
+
+
+def steps_at_once(value: Any) -> int:
+    """How many steps a run may run at once: ``--max-parallel`` as checked, else the CPUs this
+    process may run on. The runner and the first kernel's guess both ask here, so they agree."""
+    return checked_max_parallel(value) or allowed_cpus()
 
 
 def pipeline_file(folder: Path) -> Path | None:

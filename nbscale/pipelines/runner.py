@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..cpus import allowed_cpus
 from ..store import get_store
 from ..store import pipelines as db
 from . import artifacts, fingerprint, first_kernel, step_sweep, stepbook
 from .execute import Attempt, run_step
 from .kernels import STARTUP_TIMEOUT, KernelPool, PooledKernel
 from .loader import load
-from .model import Pipeline
+from .model import Pipeline, steps_at_once
 from .parameters import resolve as resolve_parameters
 from .status import CACHED, CANCELLED, FAILED, PENDING, REUSED, RUNNING, SKIPPED, SUCCEEDED
 from .threads import thread_env
@@ -170,7 +169,7 @@ class Runner:
         self.pipeline = pipeline
         self.values = values
         self.store = get_store()
-        self.max_parallel = max(1, int(options.get("max_parallel") or allowed_cpus()))
+        self.max_parallel = steps_at_once(options.get("max_parallel"))
         self.no_cache = bool(options.get("no_cache"))
         self.kernel_name = options.get("kernel_name") or "python3"
         self.selected = selected_steps(pipeline, options.get("only"), options.get("from_step"))
