@@ -36,7 +36,10 @@ and the first request to an endpoint scaled to zero whose standby is gone
 (``fresh-replica``). ``nbscale-endpoint`` is an endpoint of one replica, which
 serves the endpoint's socket itself; ``nbscale-endpoint-proxy`` is the same
 endpoint with ``NBSCALE_DIRECT=0``, every request through the router;
-``nbscale-endpoint-autoscale`` scales between 1 and 4 replicas (default
+``nbscale-endpoint-2`` is fixed at two replicas, which the router proxies to
+(it retries a request that hit a dead replica); ``nbscale-endpoint-2-direct``
+is the same deployed with ``direct``: both replicas accept on the endpoint's
+socket themselves. ``nbscale-endpoint-autoscale`` scales between 1 and 4 replicas (default
 target of 4 requests in flight each): its lone replica serves the socket while
 one is enough, the router proxies once it has scaled up (each point records
 the replicas and who served the socket when it ended). Its router adds a
@@ -726,7 +729,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-endpoint,"
-        "nbscale-endpoint-proxy,nbscale-endpoint-autoscale,kserve,mlserver,cold-start,"
+        "nbscale-endpoint-proxy,nbscale-endpoint-autoscale,nbscale-endpoint-2,"
+        "nbscale-endpoint-2-direct,kserve,mlserver,cold-start,"
         "fresh-replica ('bare' means both bare variants)",
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
@@ -749,6 +753,8 @@ def main() -> int:
             "nbscale-endpoint",
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
+            "nbscale-endpoint-2",
+            "nbscale-endpoint-2-direct",
             "kserve",
             "mlserver",
             "cold-start",
@@ -764,6 +770,8 @@ def main() -> int:
         "nbscale-endpoint",
         "nbscale-endpoint-proxy",
         "nbscale-endpoint-autoscale",
+        "nbscale-endpoint-2",
+        "nbscale-endpoint-2-direct",
         "kserve",
         "mlserver",
     }
@@ -856,6 +864,8 @@ def main() -> int:
             "nbscale-endpoint",
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
+            "nbscale-endpoint-2",
+            "nbscale-endpoint-2-direct",
             "cold-start",
             "fresh-replica",
         }:
@@ -962,10 +972,12 @@ def main() -> int:
         deployed = []
         observe: dict = {}
         settling: dict = {}
-        for contender, ep_name, direct, replicas in (
-            ("nbscale-endpoint", "mlp", "1", (1, 1)),
-            ("nbscale-endpoint-proxy", "mlp-proxy", "0", (1, 1)),
-            ("nbscale-endpoint-autoscale", "mlp-autoscale", "1", (1, 4)),
+        for contender, ep_name, direct, replicas, want in (
+            ("nbscale-endpoint", "mlp", "1", (1, 1), "replica"),
+            ("nbscale-endpoint-proxy", "mlp-proxy", "0", (1, 1), "router"),
+            ("nbscale-endpoint-autoscale", "mlp-autoscale", "1", (1, 4), "replica"),
+            ("nbscale-endpoint-2", "mlp-two", "1", (2, 2), "router"),
+            ("nbscale-endpoint-2-direct", "mlp-two-direct", "1", (2, 2), "replicas"),
         ):
             if contender not in only:
                 continue
@@ -976,12 +988,16 @@ def main() -> int:
                 os.sched_setaffinity(0, {int(SERVER_CPU)})
             os.environ["NBSCALE_DIRECT"] = direct  # 0: the router proxies even to one replica
             try:
-                ep = deploy(str(artifact), name=ep_name, replicas=replicas)
+                ep = deploy(
+                    str(artifact),
+                    name=ep_name,
+                    replicas=replicas,
+                    options={"direct": True} if want == "replicas" else None,
+                )
                 deployed.append(ep)
             finally:
                 os.sched_setaffinity(0, mask)
                 os.environ.pop("NBSCALE_DIRECT", None)
-            want = "replica" if direct == "1" else "router"
             deadline = time.monotonic() + 30
             while ep.metrics()["serving"] != want and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -1070,6 +1086,8 @@ def main() -> int:
             "nbscale-endpoint",
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
+            "nbscale-endpoint-2",
+            "nbscale-endpoint-2-direct",
         ):
             if name not in ratios:
                 continue
@@ -1121,7 +1139,10 @@ def main() -> int:
             "says so); nbscale-endpoint-proxy is the same with NBSCALE_DIRECT=0 (the router proxies every "
             "request); nbscale-endpoint-autoscale is an endpoint of 1 to 4 replicas (target 4 in flight "
             "each), all on the same CPU: its lone replica serves the socket while one is enough and the "
-            "router proxies once it has scaled up (replicas_at_end and serving_at_end at each point), "
+            "router proxies once it has scaled up (replicas_at_end and serving_at_end at each point); "
+            "nbscale-endpoint-2 is an endpoint fixed at 2 replicas (the router proxies, and retries a "
+            "request that hit a dead replica), nbscale-endpoint-2-direct the same deployed with "
+            "direct (both replicas accept on the endpoint's socket, no hop), both on the one CPU, "
             "and adds a replica only while the endpoint leaves half a CPU free (on one CPU, none "
             "once the first fills it); "
             "fresh_replica: replicas started from nothing with the zygote (forked) and without "

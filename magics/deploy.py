@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from nbscale.endpoints import Endpoint, deploy, endpoint, endpoints
 from nbscale.errors import NbscaleError, SpecError
 from nbscale.faces.deploy_options import add_sizing_options, sizing_options
-from nbscale.faces.options import parse_replicas, platform_options
+from nbscale.faces.options import add_platform_options, parse_replicas, platform_options
 from nbscale.faces.text import ago, show_dry_run
 
 from .display import user_error
@@ -55,16 +55,8 @@ def deploy_parser() -> _Parser:
         ".npy / .csv / .parquet file; turns on drift monitoring",
     )
     p.add_argument("--idle-ttl", help="scale to zero after this long without requests (e.g. 30m)")
-    # options only some backends have (KServe); a backend refuses one it does not use
     p.add_argument("--dry-run", action="store_true", help="print what the backend would send")
-    p.add_argument("--canary", type=int, metavar="PCT", help="new version of NAME at PCT%% traffic")
-    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"])
-    p.add_argument("--scale-target", type=int)
-    p.add_argument("--container-concurrency", type=int)
-    p.add_argument("--timeout", type=int, metavar="SECONDS")
-    p.add_argument("--gpus", type=int)
-    p.add_argument("--cpu")
-    p.add_argument("--memory")
+    add_platform_options(p)
     add_sizing_options(p)
     return p
 

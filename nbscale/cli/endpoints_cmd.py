@@ -7,7 +7,7 @@ import sys
 
 from ..errors import NbscaleError, SpecError
 from ..faces.deploy_options import add_sizing_options, sizing_options
-from ..faces.options import parse_replicas, platform_options
+from ..faces.options import add_platform_options, parse_replicas, platform_options
 from ..faces.text import ago, print_json, show_dry_run, table
 
 # numpy, the endpoints' face and the serving codec are imported by the commands that use them:
@@ -173,14 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--dry-run", action="store_true", help="print what the backend would send")
-    p.add_argument("--canary", type=int, metavar="PCT", help="new version of NAME at PCT%% traffic")
-    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"])
-    p.add_argument("--scale-target", type=int, help="target value of --scale-metric per replica")
-    p.add_argument("--container-concurrency", type=int, help="requests at once per replica")
-    p.add_argument("--timeout", type=int, metavar="SECONDS", help="request timeout")
-    p.add_argument("--gpus", type=int, help="GPUs per replica")
-    p.add_argument("--cpu", help="CPU per replica (a Kubernetes quantity)")
-    p.add_argument("--memory", help="memory per replica (e.g. 2Gi)")
+    add_platform_options(p)
     add_sizing_options(p)
     p.set_defaults(func=cmd_deploy)
 

@@ -144,11 +144,33 @@ def parse_replicas(text: str) -> tuple[int, int]:
         ) from None
 
 
+def add_platform_options(p: argparse.ArgumentParser) -> None:
+    """The flags of ``platform_options``, on ``nbscale deploy`` and ``%deploy`` alike."""
+    p.add_argument("--canary", type=int, metavar="PCT", help="new version of NAME at PCT%% traffic")
+    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"])
+    p.add_argument("--scale-target", type=int, help="target value of --scale-metric per replica")
+    p.add_argument("--container-concurrency", type=int, help="requests at once per replica")
+    p.add_argument("--timeout", type=int, metavar="SECONDS", help="request timeout")
+    p.add_argument("--gpus", type=int, help="GPUs per replica")
+    p.add_argument("--cpu", help="CPU per replica (a Kubernetes quantity)")
+    p.add_argument("--memory", help="memory per replica (e.g. 2Gi)")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        default=None,
+        help="local: every replica accepts on the endpoint's port itself, no proxy hop at any "
+        "replica count (a replica that dies drops the connections it held; without it, an "
+        "endpoint fixed at 2+ replicas goes through the router, which retries them)",
+    )
+
+
 def platform_options(args: argparse.Namespace) -> dict:
-    """Options only some endpoint backends have (KServe); a backend refuses one it lacks."""
+    """Options only some endpoint backends have (KServe, local); a backend refuses one it
+    lacks."""
     return {
         k: v
         for k, v in {
+            "direct": args.direct,
             "canary_traffic_percent": args.canary,
             "scale_metric": args.scale_metric,
             "scale_target": args.scale_target,

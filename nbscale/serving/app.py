@@ -187,7 +187,7 @@ class ServingApp:
         return Response(200, body, ctype)
 
     async def stats(self, req: Request) -> Response:
-        snap = self.metrics.rolling.snapshot()
+        snap = self.metrics.rolling.snapshot(digest="digest=1" in req.query)
         snap.update(
             inflight=self.inflight,
             queue_depth=self.batcher.depth,

@@ -42,6 +42,9 @@ OVERHEAD_BUCKETS = (
 )
 
 
+DIGEST_RANKS = np.linspace(0, 100, 1001)
+
+
 class Rolling:
     """Latencies and outcomes of recent requests, in one bucket per second.
 
@@ -97,7 +100,10 @@ class Rolling:
         while self.buckets and self.buckets[0][0] < now_sec - WINDOW_S:
             self.buckets.popleft()
 
-    def snapshot(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def snapshot(self, extra: dict[str, Any] | None = None, digest: bool = False) -> dict[str, Any]:
+        """The window's figures; ``digest`` adds its latencies at every 0.1% rank
+        (``latency_quantiles_ms``, 1001 values), from which the router merges the windows of
+        several replicas serving one endpoint (``backends.local.replica_figures``)."""
         now = time.time()
         self._close(int(now), extra)
         lat = [x for b in self.buckets for x in b[1]]
@@ -108,7 +114,7 @@ class Rolling:
         def pct(q):
             return round(float(np.percentile(lat, q)) * 1000, 3) if lat else None
 
-        return {
+        snap = {
             "p50_ms": pct(50),
             "p95_ms": pct(95),
             "p99_ms": pct(99),
@@ -119,6 +125,12 @@ class Rolling:
             "window_s": WINDOW_S,
             "series": list(self.series),
         }
+        if digest:
+            snap["window_requests"] = count
+            snap["latency_quantiles_ms"] = (
+                np.round(np.percentile(lat, DIGEST_RANKS) * 1000, 4).tolist() if lat else []
+            )
+        return snap
 
 
 class LoopHistogram:

@@ -64,7 +64,9 @@ class SharedFront:
     """The endpoint's own listening socket, served by its only replica (no proxy hop).
 
     The router hands the socket over with SIGUSR1 once this replica is the endpoint's only
-    one and ready, and takes it back with SIGUSR2 before it scales up, scales to zero or tears
+    one and ready (or, for an endpoint deployed with ``direct``, once it is ready: every
+    replica then accepts on the socket), and takes it back with SIGUSR2 before it scales up
+    (not with ``direct``), scales this replica down, scales to zero or tears
     the endpoint down after its idle TTL: then this replica stops
     accepting on it, finishes what it holds and closes its idle keep-alive connections (their
     clients reconnect, to the router). Inference, health and metadata are this replica's own

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psutil
@@ -21,6 +22,7 @@ from nbscale.backends.local.processes import tagged_processes
 from nbscale.endpoints import deploy, endpoints
 from nbscale.serving.capture import read_capture
 from nbscale.serving.loadfile import LoadReader, LoadWriter
+from nbscale.store import get_store
 from tests.support import wait_for
 from tests.support.serving import forward, make_artifact, mlp
 
@@ -444,3 +446,116 @@ def test_a_bad_capture_floor_is_refused_at_deploy_and_nothing_is_left(cleanup, m
         deploy(mlp(), name="floor", replicas=(1, 1), capture_rate=1.0)
     # And no endpoint record or replica was left behind
     assert [ep.name for ep in endpoints()] == []
+
+
+def _served_by(ep, token: str) -> dict[int, int]:
+    """{replica id: requests it counted}, asked of each replica on its own port."""
+    out = {}
+    for r in ep.metrics()["replica_list"]:
+        if r["state"] != "ready":
+            continue
+        conn = http.client.HTTPConnection("127.0.0.1", r["port"], timeout=10)
+        conn.request("GET", "/nbscale/stats", headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        out[r["id"]] = json.loads(resp.read())["requests_total"]
+        conn.close()
+    return out
+
+
+def test_a_direct_endpoint_of_two_replicas_is_served_by_both_with_no_hop(cleanup):
+    # Given an endpoint fixed at two replicas, deployed with direct
+    model = mlp()
+    ep = deploy(model, name="both", replicas=(2, 2), options={"direct": True})
+    token = (endpoint_dir("both") / "token").read_text().strip()
+    # Then both replicas serve the endpoint's socket, and the router proxies nothing
+    wait_for(lambda: _serving(ep) == "replicas", 30, interval=0.05, what="both serving")
+    reps = ep.metrics()["replica_list"]
+    assert len(reps) == 2 and all(r["serves_socket"] for r in reps), reps
+    x = np.ones((3, 64), np.float32)
+    assert _request(ep, "POST", "/v2/models/both/infer", _infer_body(x))[0] == 401
+
+    def one_call(_):
+        status, body = _request(ep, "POST", "/v2/models/both/infer", _infer_body(x), token)
+        assert status == 200, body
+        return np.asarray(json.loads(body)["outputs"][0]["data"], np.float32).reshape(3, 10)
+
+    # When clients open new connections, Then the kernel hands them to both replicas
+    sent = 0
+
+    def both_served() -> bool:
+        nonlocal sent
+        with ThreadPoolExecutor(4) as pool:
+            for out in pool.map(one_call, range(8)):
+                np.testing.assert_allclose(out, forward(model, x), rtol=1e-5, atol=1e-6)
+        sent += 8
+        counts = _served_by(ep, token)
+        return len(counts) == 2 and all(counts.values())
+
+    wait_for(both_served, 60, interval=0, what="both replicas serving connections")
+    # And the endpoint's figures are the replicas' together: every request once
+    counts = _served_by(ep, token)
+    assert sum(counts.values()) == sent, (counts, sent)
+    stats = ep.metrics()
+    assert stats["serving"] == "replicas" and stats["requests_total"] == sent
+    status, text = _request(ep, "GET", "/metrics", token=token)
+    assert status == 200
+    served = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line.startswith("nbscale_requests_total{") and 'code="200"' in line
+    )
+    assert served == sent
+    # When one replica is killed, Then the other goes on answering new connections, and a
+    # new replica joins it on the socket
+    victim = reps[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    for _ in range(10):
+        one_call(None)
+
+    def survivor_and_new_one() -> bool:
+        pids = [r["pid"] for r in ep.metrics()["replica_list"] if r["serves_socket"]]
+        return len(pids) == 2 and victim["pid"] not in pids and reps[1]["pid"] in pids
+
+    wait_for(survivor_and_new_one, 60, what="a new replica serving beside the survivor")
+    assert ep.metrics()["restarts"] >= 1
+    port = int(ep.url.rsplit(":", 1)[1])
+    ep.delete()
+    assert port_free(port)
+
+
+def test_a_direct_endpoint_scales_down_and_up_without_losing_a_request(cleanup):
+    # Given a direct endpoint of two replicas, called by two clients all along
+    model = mlp()
+    ep = deploy(model, name="tide", replicas=(2, 2), options={"direct": True})
+    wait_for(lambda: _serving(ep) == "replicas", 30, interval=0.05, what="both serving")
+    x = np.ones((1, 64), np.float32)
+    clients = Clients("tide", x, 2)
+    try:
+        clients.wait(20, "requests flowing")
+        # When it scales down to one, Then the one leaving gives the socket back and the other
+        # serves on, without the router stepping in
+        kept = ep.metrics()["replica_list"]
+        ep.scale(1, 1)
+        wait_for(lambda: _serving(ep) == "replica", 60, interval=0.05, what="one left serving")
+        [rep] = [r for r in ep.metrics()["replica_list"] if r["serves_socket"]]
+        assert rep["pid"] in [r["pid"] for r in kept]
+        clients.wait(20, "requests to the one left")
+        # When it scales up to two again, Then the socket is not taken back from the one
+        # serving it: the new replica joins it
+        scaled_up = time.time()
+        ep.scale(2, 2)
+        wait_for(lambda: _serving(ep) == "replicas", 60, interval=0.05, what="two serving again")
+        taken_back = get_store().query(
+            "SELECT data FROM events WHERE kind = 'endpoint' AND ref = 'tide' AND type = "
+            "'proxying' AND time >= ?",
+            (scaled_up,),
+        )
+        assert not taken_back, [row["data"] for row in taken_back]
+        assert rep["pid"] in [r["pid"] for r in ep.metrics()["replica_list"] if r["serves_socket"]]
+        clients.wait(20, "requests to both")
+    finally:
+        errors = clients.close()
+    # And no request was lost in any of it
+    assert not errors, errors[:3]
+    for r in clients.results[-3:]:
+        np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)

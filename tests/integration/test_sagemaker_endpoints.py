@@ -332,6 +332,9 @@ def test_bad_requests_are_refused_before_anything_is_created(aws, tmp_path):
         be.deploy(DeployRequest("bad", artifact, 0, 2, None, {}, {}))
     with pytest.raises(SpecError, match="does not use it"):
         be.deploy(DeployRequest("bad", artifact, 1, 2, None, {}, {"gpus": 1}))
+    # the local router's direct serving has no meaning behind SageMaker's own front end
+    with pytest.raises(SpecError, match="direct: the sagemaker endpoint backend does not use it"):
+        be.deploy(DeployRequest("bad", artifact, 1, 2, None, {}, {"direct": True}))
     with pytest.raises(SpecError, match="1024, 2048"):
         be.deploy(
             DeployRequest(

@@ -62,6 +62,9 @@ class LocalEndpoints(EndpointBackend):
 
     type = "local"
     applies_idle_ttl = True
+    #: direct: every ready replica accepts on the endpoint's port itself (no proxy hop at any
+    #: replica count); a replica that dies then drops the connections it held
+    options = frozenset({"direct"})
 
     def replica_limit(self) -> int:
         # replicas are processes on this machine: the cap local jobs have (4 per usable core)
@@ -123,6 +126,9 @@ class LocalEndpoints(EndpointBackend):
 
     def deploy(self, request: DeployRequest) -> EndpointRecord:
         self.validate(request)
+        config = dict(request.config)
+        if self._direct(request):
+            config["direct"] = True
         if warm_enabled():
             try:  # the warm zygote's idle time: said here, before anything starts
                 warm_ttl()
@@ -134,8 +140,24 @@ class LocalEndpoints(EndpointBackend):
             request.port,
             request.min_replicas,
             request.max_replicas,
-            request.config,
+            config,
         )
+
+    @staticmethod
+    def _direct(request: DeployRequest) -> bool:
+        direct = request.options.get("direct")
+        if direct not in (None, True, False):
+            raise SpecError("direct", f"must be true or false, got {direct!r}")
+        if direct:
+            from .router import DIRECT_ENV
+
+            if os.environ.get(DIRECT_ENV, "1") == "0":
+                raise SpecError(
+                    "direct",
+                    f"{DIRECT_ENV}=0 in this environment makes the router proxy every request",
+                    f"unset {DIRECT_ENV}, or leave --direct out",
+                )
+        return bool(direct)
 
     def _deploy(
         self,

@@ -30,6 +30,15 @@ which the router reads every tick to autoscale, scale to zero and apply the
 idle TTL. The router takes the socket back before it scales up, pauses or
 stops that replica, and pauses or stops it only once it holds nothing from the
 socket.
+
+An endpoint deployed with ``direct`` has every ready replica serve the socket,
+at any replica count: the kernel hands each new connection to one of them, and
+the router only supervises and scales. A replica joins once it is ready and
+leaves (it gives the socket back, finishes what it holds) before it is stopped
+by a scale-down; the router takes the socket back only to scale to zero or
+apply the idle TTL. The price: a replica that dies drops the connections it
+held, and nothing retries their requests. ``/metrics`` and ``/nbscale/stats``
+then merge the replicas' own figures (``replica_figures``).
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ from ...store.endpoints import (
 from . import gpus
 from .cpu_room import ROOM_FOR_A_REPLICA, CpuRoom
 from .processes import alive, create_time
+from .replica_figures import merged_exposition, merged_stats
 
 ENDPOINT_ENV = "NBSCALE_ENDPOINT"
 TAG_ENV = "NBSCALE_ENDPOINT_TAG"  # set by endpoints.py: the home-qualified tag
@@ -112,7 +122,7 @@ class Adopted(WatchedProcess):
         return not alive(self.pid, self.created)
 
 
-@dataclass
+@dataclass(eq=False)  # one replica is one process: compared by identity
 class Replica:
     id: int
     port: int  # 0 until the replica has bound its own port and written it to its port file
@@ -132,6 +142,7 @@ class Replica:
     load: LoadReader | None = None  # its replica-<id>.load: what it serves on the shared socket
     shared_inflight: int = 0  # requests in flight on the shared socket, at the last read
     shared_serving: bool = False  # it may still hold connections from the shared socket
+    leaving: bool = False  # chosen to go by a scale-down: it gives the socket back first
 
     def state(self) -> str:
         if self.draining:
@@ -210,11 +221,14 @@ class Router:
         self.zygote_parked = False  # stopped with the replicas by the idle TTL, until a request
         self.zygote_wake: asyncio.Future | None = None
         self.direct_allowed = os.environ.get(DIRECT_ENV, "1") != "0"
+        # deployed with direct: every ready replica serves the endpoint's socket, not only a
+        # lone one (a replica that dies drops the connections it held: nothing retries them)
+        self.all_direct = bool(cfg.get("direct"))
         self.listen_fd: int | None = None
         self.public = None  # the HttpServer on the endpoint's socket; None while a replica has it
         self.control_server = None  # the router's private port, for what a replica passes on
         self.router_port_file = self.dir / "router.port"
-        self.direct_rep: Replica | None = None
+        self.direct_reps: list[Replica] = []  # the replicas serving the socket themselves
 
     # -- the zygote ----------------------------------------------------------
     def _start_zygote(self, claim: bool = True) -> None:
@@ -496,6 +510,8 @@ class Router:
             rep.can_direct = bool(r.get("can_direct"))
             rep.direct = bool(r.get("direct"))
             self.replicas.append(rep)
+            if rep.direct:
+                self.direct_reps.append(rep)  # kept, or given back at the first update
             if rep.paused:
                 rep.ready.set()
             else:
@@ -614,66 +630,74 @@ class Router:
         """``rep`` neither serves the endpoint's socket nor holds a request or connection from
         it: it may be paused or stopped (a paused one holding a client's connection would hang
         that client)."""
-        if rep is self.direct_rep or rep.direct:
+        if rep in self.direct_reps or rep.direct:
             return False
         if rep.load is not None and rep.proc.poll() is None:
             self._read_load(rep)
             return not rep.shared_serving and rep.shared_inflight == 0
         return True
 
-    def _direct_candidate(self) -> Replica | None:
-        """The replica that may serve the endpoint's socket without the proxy hop: the only
-        live one (none starting, draining aside, no paused standby), ready and holding the
-        socket. An autoscaling, scale-to-zero or idle-TTL endpoint needs its load file (the
-        router reads its requests there) and is not about to go idle; an endpoint fixed at
-        two or more replicas keeps the router, which retries a request that hit a dead one."""
-        if self.stopping or self.min == self.max >= 2:
-            return None
-        live = [r for r in self.replicas if not r.draining]
-        if len(live) != 1:
-            return None
-        rep = live[0]
-        if not (
+    def _can_serve(self, rep: Replica) -> bool:
+        return (
             rep.can_direct
             and rep.ready.is_set()
-            and not (rep.paused or rep.to_standby)
+            and not (rep.paused or rep.to_standby or rep.draining or rep.leaving)
             and rep.proc.poll() is None
-        ):
-            return None
-        if self.min == self.max == 1 and not self.rec.config.get("idle_ttl_s"):
-            return rep  # nothing is decided on its requests
-        self._read_load(rep)
-        if rep.load is None or self._going_idle(time.monotonic()):
-            return None  # unseen requests, or the socket is taken back to pause or stop it
-        return rep
+        )
+
+    def _direct_candidates(self) -> list[Replica]:
+        """The replicas that may serve the endpoint's socket without the proxy hop: ready,
+        holding the socket and neither paused, starting nor leaving. Without ``direct`` only
+        the endpoint's lone live replica (none starting, draining aside, no paused standby) and
+        never one of an endpoint fixed at two or more, whose router retries a request that hit
+        a dead replica; with ``direct`` every such replica. An autoscaling, scale-to-zero or
+        idle-TTL endpoint needs their load files (the router reads its requests there) and is
+        not about to go idle."""
+        if self.stopping:
+            return []
+        live = [r for r in self.replicas if not r.draining]
+        if self.all_direct:
+            reps = [r for r in live if self._can_serve(r)]
+        elif self.min == self.max >= 2 or len(live) != 1:
+            return []
+        else:
+            reps = live if self._can_serve(live[0]) else []
+        if not reps or (self.min == self.max and not self.rec.config.get("idle_ttl_s")):
+            return reps  # nothing is decided on their requests
+        for rep in reps:
+            self._read_load(rep)
+        if self._going_idle(time.monotonic()):
+            return []  # the socket is taken back to pause or stop them
+        return [r for r in reps if r.load is not None]  # no unseen requests
 
     async def _update_direct(self) -> None:
-        want = self._direct_candidate()
-        if want is self.direct_rep:
+        want = self._direct_candidates()
+        if want == self.direct_reps:
             return
-        if self.direct_rep is not None:  # take the socket back before anything else changes
+        if not want:  # take the socket back before anything else changes
             await self._listen()
-            old, self.direct_rep = self.direct_rep, None
+        for old in [r for r in self.direct_reps if r not in want]:
+            self.direct_reps.remove(old)
             if old.proc.poll() is None and old.direct:
                 with contextlib.suppress(ProcessLookupError):
                     old.proc.send_signal(signal.SIGUSR2)
             old.direct = False
             add_endpoint_event(self.store, self.name, "proxying", {"replica": old.id})
-        if want is not None:
-            if not want.direct:
+        for new in [r for r in want if r not in self.direct_reps]:
+            if not new.direct:
                 try:
-                    want.proc.send_signal(signal.SIGUSR1)
+                    new.proc.send_signal(signal.SIGUSR1)
                 except ProcessLookupError:
-                    return
-                want.direct = True
-            self.direct_rep = want
-            if self.public is not None:
-                # stop accepting (connections already accepted stay and are still proxied);
-                # the socket itself stays open: the supervisor and the replica hold it too
-                self.public.server.close()
-                self.public = None
-            add_endpoint_event(self.store, self.name, "serving_directly", {"replica": want.id})
-            self._save_state()
+                    continue
+                new.direct = True
+            self.direct_reps.append(new)
+            add_endpoint_event(self.store, self.name, "serving_directly", {"replica": new.id})
+        if self.direct_reps and self.public is not None:
+            # stop accepting (connections already accepted stay and are still proxied);
+            # the socket itself stays open: the supervisor and the replicas hold it too
+            self.public.server.close()
+            self.public = None
+        self._save_state()
 
     async def _listen(self) -> None:
         if self.public is None and self.listen_fd is not None:
@@ -744,6 +768,9 @@ class Router:
             want = max(want, self.min, 1 if active else 0)
         want = min(want, self.max)
         want = self._cpu_bound(want, len(active))
+        if want >= len(active):
+            for r in active:
+                r.leaving = False  # the load is back: a replica on its way out stays
         pending = [r for r in self.replicas if r.to_standby and not r.draining]
         if want and pending:
             for r in pending:
@@ -763,9 +790,14 @@ class Router:
         elif want < len(active):
             self.low_since = self.low_since or now
             if now - self.low_since >= self.down_delay or want == 0:
-                victim = min(active, key=lambda r: (r.inflight + r.shared_inflight, -r.id))
+                victim = next((r for r in active if r.leaving), None) or min(
+                    active, key=lambda r: (r.inflight + r.shared_inflight, -r.id)
+                )
                 if not self._quiet(victim):
-                    return  # it gives the socket back first (taken back as the load fell)
+                    # it gives the socket back first: taken back as the load fell, or (direct)
+                    # from this replica alone while the others go on serving it
+                    victim.leaving = self.all_direct and want > 0
+                    return
                 if (
                     want == 0
                     and len(active) == 1
@@ -842,12 +874,12 @@ class Router:
             return self.scale(req)
         if path == "/metrics":
             body, ctype = self.metrics.exposition()
-            rep = self.direct_rep
-            if rep is not None:  # the requests were counted by the replica that served them
-                with contextlib.suppress(UpstreamError):
-                    status, _, replica_body = await self._ask(rep, "/metrics")
-                    if status == 200:
-                        body = replica_body
+            # the requests were counted by the replicas that served them
+            theirs = await self._ask_direct("/metrics")
+            if len(theirs) == 1:
+                body = next(iter(theirs.values()))
+            elif theirs:
+                body = merged_exposition(theirs)
             return Response(200, body + generate_latest(self.own_registry), ctype)
         return await self.proxy(req)
 
@@ -858,20 +890,34 @@ class Router:
             rep.port, rep.pool, head.encode("latin-1"), b"", 5.0, MAX_RESPONSE_HEAD, 64 << 20
         )
 
+    async def _ask_direct(self, path: str) -> dict[int, bytes]:
+        """``path`` from each replica serving the socket itself: {replica id: its answer}.
+        One that cannot answer now (it just died, it is giving the socket back) is left out."""
+        reps = list(self.direct_reps)
+        answers = await asyncio.gather(
+            *(self._ask(rep, path) for rep in reps), return_exceptions=True
+        )
+        for a in answers:
+            if isinstance(a, BaseException) and not isinstance(a, UpstreamError):
+                raise a
+        return {
+            rep.id: a[2]
+            for rep, a in zip(reps, answers, strict=True)
+            if not isinstance(a, BaseException) and a[0] == 200
+        }
+
     async def current_stats(self) -> dict[str, Any]:
-        """``stats()``; while a lone replica serves the socket, its request figures (the router
-        proxies none of those requests; in flight and idle time come from its load file)."""
+        """``stats()``; while replicas serve the socket themselves, their request figures,
+        merged when there are several (the router proxies none of those requests; in flight
+        and idle time come from their load files)."""
         snap = self.stats()
-        rep = self.direct_rep
-        if rep is None:
+        answers = await self._ask_direct("/nbscale/stats?digest=1")
+        if not answers:
             return snap
-        try:
-            status, _, body = await self._ask(rep, "/nbscale/stats")
-        except UpstreamError:
-            return snap
-        if status != 200:
-            return snap
-        theirs = loads(body)
+        if len(answers) == 1:
+            theirs = loads(next(iter(answers.values())))
+        else:
+            theirs = merged_stats(loads(body) for body in answers.values())
         for key in (
             "p50_ms",
             "p95_ms",
@@ -884,7 +930,7 @@ class Router:
         ):
             if key in theirs:
                 snap[key] = theirs[key]
-        snap["serving"] = "replica"
+        snap["serving"] = "replica" if len(self.direct_reps) == 1 else "replicas"
         return snap
 
     def scale(self, req: Request) -> Response:
@@ -994,7 +1040,8 @@ class Router:
             target_concurrency=self.target,
             idle_s=round(self._idle_s(time.monotonic()), 1),
             router_pid=os.getpid(),
-            serving="router",  # "replica" while a lone replica serves the socket itself
+            # "replica" while a lone replica serves the socket itself, "replicas" while several do
+            serving="router",
             zygote_pid=self.zygote.proc.pid
             if self.zygote and self.zygote.proc and self.zygote.alive()
             else None,
