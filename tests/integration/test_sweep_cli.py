@@ -166,13 +166,15 @@ def test_cancel_stops_the_sweep_and_its_running_trials(nbscale_cli, planted):
 
 def test_ctrl_c_leaves_the_trials_running_and_the_same_command_resumes(nbscale_cli, planted):
     extra = ["--trials", "4", "--parallel", "2", "--pruner", "none", "--seed", "5"]
-    proc = _start(planted, *extra)
+    # trials of 9 s or more, and the store read in this process, not through a CLI whose own
+    # start took seconds on a loaded machine: the Ctrl-C lands while trials are left
+    proc = _start(planted, *extra, pause="3")
     try:
         sweep_id = _sweep_id(nbscale_cli)
         wait_for(
-            lambda: status(nbscale_cli, sweep_id)["counts"].get("SUCCEEDED", 0) >= 1,
+            lambda: any(j.status == "SUCCEEDED" for j in sweep_jobs(sweep_id)),
             120,
-            interval=0.3,
+            interval=0.1,
             what="a finished trial",
         )
         proc.send_signal(signal.SIGINT)
