@@ -240,6 +240,13 @@ class HttpServer:
     def _factory(self) -> HttpProtocol:
         return HttpProtocol(self)
 
+    def release(self) -> int:
+        """Let every connection go (``HttpProtocol.retire``); returns how many."""
+        conns = list(self.connections)
+        for conn in conns:
+            conn.retire()
+        return len(conns)
+
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting; finish the requests already read; close idle keep-alive connections."""
         self.stopping = True
@@ -270,6 +277,7 @@ class HttpProtocol(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.counted = False
         self.closing = False  # nothing more is read: an error, Connection: close, or shutdown
+        self.retiring = False  # let go (``retire``): its next answer closes it
         self.closed = False
         self.lingering = False
         self.read_paused = False
@@ -338,6 +346,18 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed or self.closing or self.task is not None or self.queue:
             return  # the answer under way closes it (the server is stopping: keep-alive is off)
         if not self.in_message:
+            self._arm(DRAIN_GRACE_S)
+
+    def retire(self) -> None:
+        """Let this connection go, so that its client connects again (and the kernel may hand
+        that connection to another process serving the same socket): a request read from now
+        on is answered with Connection: close; an idle connection is closed after
+        ``DRAIN_GRACE_S`` unless a request arrives first (a request already on its way would
+        otherwise be reset)."""
+        if self.closed or self.closing:
+            return
+        self.retiring = True
+        if self.task is None and not self.queue and not self.in_message:
             self._arm(DRAIN_GRACE_S)
 
     def _close(self) -> None:
@@ -526,7 +546,7 @@ class HttpProtocol(asyncio.Protocol):
         self.in_head = True
         self.raw_head = 0
         self._disarm()
-        keep = self.parser.should_keep_alive() and not self.server.stopping
+        keep = self.parser.should_keep_alive() and not (self.server.stopping or self.retiring)
         target = self.url.decode("latin-1")
         path, _, query = target.partition("?")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
@@ -578,7 +598,11 @@ class HttpProtocol(asyncio.Protocol):
             if self.closing and not self.queue and self.server.stopping:
                 self._close()
             elif not self.in_message and not self.queue:
-                self._arm(DRAIN_GRACE_S if self.server.stopping else self.limits.idle_timeout)
+                self._arm(
+                    DRAIN_GRACE_S
+                    if self.server.stopping or self.retiring
+                    else self.limits.idle_timeout
+                )
             self._flow()
 
 

@@ -65,7 +65,9 @@ class SharedFront:
 
     The router hands the socket over with SIGUSR1 once this replica is the endpoint's only
     one and ready (or, for an endpoint deployed with ``direct``, once it is ready: every
-    replica then accepts on the socket), and takes it back with SIGUSR2 before it scales up
+    replica then accepts on the socket; SIGUSR1 while serving it lets this replica's
+    connections go, for the kernel to spread them over one that joined), and takes it back
+    with SIGUSR2 before it scales up
     (not with ``direct``), scales this replica down, scales to zero or tears
     the endpoint down after its idle TTL: then this replica stops
     accepting on it, finishes what it holds and closes its idle keep-alive connections (their
@@ -103,7 +105,14 @@ class SharedFront:
         self.busy = False
 
     def request(self, serve_it: bool) -> None:
-        """From a signal handler: serve the shared socket (True) or give it back (False)."""
+        """From a signal handler: serve the shared socket (True) or give it back (False).
+        Asked to serve while it already does (another replica joined it on the socket, with
+        ``direct``), it lets its connections go, so that their clients connect again and the
+        kernel spreads them over every replica serving the socket."""
+        if serve_it and self.want and self.server is not None and not self.busy:
+            released = self.server.release()
+            print(f"another replica serves the socket: let {released} connections go", flush=True)
+            return
         self.want = serve_it
         if not self.busy:
             asyncio.get_running_loop().create_task(self._apply())

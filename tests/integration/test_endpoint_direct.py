@@ -559,3 +559,64 @@ def test_a_direct_endpoint_scales_down_and_up_without_losing_a_request(cleanup):
     assert not errors, errors[:3]
     for r in clients.results[-3:]:
         np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_direct_autoscaling_endpoint_spreads_kept_connections_over_the_replica_it_adds(
+    cleanup, tmp_path
+):
+    # Given a direct endpoint of 1 to 2 replicas of a 50 ms model, scaling at one in flight
+    model_dir, model = make_artifact(tmp_path / "art", name="spread", slow=True)
+    ep = deploy(
+        str(model_dir),
+        name="spread",
+        replicas=(1, 2),
+        max_batch_size=1,
+        target_concurrency=1,
+        scale_down_delay_s=1,
+        options={"direct": True},
+    )
+    token = (endpoint_dir("spread") / "token").read_text().strip()
+    x = np.ones((1, 64), np.float32)
+    light = Clients("spread", x, 1)
+    heavy = None
+    errors: list[Exception] = []
+    try:
+        light.wait(10, "requests to the lone replica")
+        # When three more clients connect to the lone replica and keep their connections,
+        # Then it scales up, and the new replica joins it on the socket
+        heavy = Clients("spread", x, 3)
+        heavy.wait(10, "the heavy clients' requests")
+        wait_for(lambda: _serving(ep) == "replicas", 60, interval=0.1, what="two serving")
+        # And the replica serving first lets its connections go, so that the kernel hands
+        # some of them to the new one: both serve clients that were connected before it came
+        before = _served_by(ep, token)
+
+        def both_busier() -> bool:
+            now = _served_by(ep, token)
+            return len(now) == 2 and all(now[i] >= before.get(i, 0) + 5 for i in now)
+
+        wait_for(both_busier, 30, interval=0.2, what="both replicas serving kept clients")
+        # When the router is killed, Then its successor adopts both, and both go on serving
+        router = ep.metrics()["router_pid"]
+        os.kill(router, signal.SIGKILL)
+        wait_for(
+            lambda: ep.metrics()["router_pid"] != router, 30, interval=0.1, what="a new router"
+        )
+        light.wait(10, "requests while the router was replaced")
+        m = ep.metrics()
+        assert m["serving"] == "replicas" and m["replicas"]["current"] == 2, m["serving"]
+        # When the load falls back to one client, Then one replica is left, serving alone
+        errors += heavy.close()
+        heavy = None
+        wait_for(lambda: ep.metrics()["replicas"]["current"] == 1, 60, what="scale down")
+        wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="one serving")
+        light.wait(10, "requests to the one left")
+    finally:
+        if heavy is not None:
+            errors += heavy.close()
+        errors += light.close()
+    # And no request was lost in any of it
+    assert not errors, errors[:3]
+    expected = forward(model, x)
+    for r in light.results[-3:]:
+        np.testing.assert_allclose(r, expected, rtol=1e-5, atol=1e-6)

@@ -33,7 +33,9 @@ socket.
 
 An endpoint deployed with ``direct`` has every ready replica serve the socket,
 at any replica count: the kernel hands each new connection to one of them, and
-the router only supervises and scales. A replica joins once it is ready and
+the router only supervises and scales. A replica joins once it is ready (those
+already serving then let their connections go, so that keep-alive clients
+connect again and are spread over it too) and
 leaves (it gives the socket back, finishes what it holds) before it is stopped
 by a scale-down; the router takes the socket back only to scale to zero or
 apply the idle TTL. The price: a replica that dies drops the connections it
@@ -683,7 +685,15 @@ class Router:
                     old.proc.send_signal(signal.SIGUSR2)
             old.direct = False
             add_endpoint_event(self.store, self.name, "proxying", {"replica": old.id})
-        for new in [r for r in want if r not in self.direct_reps]:
+        joining = [r for r in want if r not in self.direct_reps]
+        if joining:
+            # those already serving let their connections go: their clients connect again and
+            # the kernel spreads them over the newcomers too (keep-alive clients would otherwise
+            # stay on the replicas they first reached)
+            for old in self.direct_reps:
+                with contextlib.suppress(ProcessLookupError):
+                    old.proc.send_signal(signal.SIGUSR1)
+        for new in joining:
             if not new.direct:
                 try:
                     new.proc.send_signal(signal.SIGUSR1)
