@@ -24,7 +24,7 @@ from nbscale.serving.capture import read_capture
 from nbscale.serving.loadfile import LoadReader, LoadWriter
 from nbscale.store import get_store
 from tests.support import wait_for
-from tests.support.serving import forward, make_artifact, mlp
+from tests.support.serving import deploy_elastic, forward, mlp
 
 
 @pytest.fixture
@@ -312,15 +312,7 @@ def test_an_autoscaling_endpoint_is_direct_at_low_load_proxied_when_scaled_up_an
     cleanup, tmp_path
 ):
     # Given an endpoint of 1 to 2 replicas of a 50 ms model, scaling at one request in flight
-    model_dir, model = make_artifact(tmp_path / "art", name="elastic", slow=True)
-    ep = deploy(
-        str(model_dir),
-        name="elastic",
-        replicas=(1, 2),
-        max_batch_size=1,
-        target_concurrency=1,
-        scale_down_delay_s=1,
-    )
+    ep, model = deploy_elastic(tmp_path / "art", "elastic", (1, 2))
     x = np.ones((1, 64), np.float32)
     # When one client calls it (one request in flight at most), Then its replica serves it
     light = Clients("elastic", x, 1)
@@ -565,16 +557,7 @@ def test_a_direct_autoscaling_endpoint_spreads_kept_connections_over_the_replica
     cleanup, tmp_path
 ):
     # Given a direct endpoint of 1 to 2 replicas of a 50 ms model, scaling at one in flight
-    model_dir, model = make_artifact(tmp_path / "art", name="spread", slow=True)
-    ep = deploy(
-        str(model_dir),
-        name="spread",
-        replicas=(1, 2),
-        max_batch_size=1,
-        target_concurrency=1,
-        scale_down_delay_s=1,
-        options={"direct": True},
-    )
+    ep, model = deploy_elastic(tmp_path / "art", "spread", (1, 2), direct=True)
     token = (endpoint_dir("spread") / "token").read_text().strip()
     x = np.ones((1, 64), np.float32)
     light = Clients("spread", x, 1)

@@ -19,7 +19,7 @@ from nbscale.errors import Conflict, NotFound, SpecError
 from nbscale.serving.artifact import sign
 from nbscale.serving.capture import read_capture
 from tests.support import wait_for
-from tests.support.serving import forward, make_artifact, mlp
+from tests.support.serving import deploy_elastic, forward, make_artifact, mlp
 
 
 def endpoint_processes(name: str) -> list[psutil.Process]:
@@ -117,15 +117,7 @@ def test_a_killed_replica_is_replaced(cleanup):
 
 def test_scales_up_under_load_and_down_when_idle(cleanup, tmp_path):
     # Given a 50 ms model, one request per batch, scaling at 1 request in flight per replica
-    model_dir, _ = make_artifact(tmp_path / "art", name="busy", slow=True)
-    ep = deploy(
-        str(model_dir),
-        name="busy",
-        replicas=(1, 3),
-        max_batch_size=1,
-        target_concurrency=1,
-        scale_down_delay_s=1,
-    )
+    ep, _ = deploy_elastic(tmp_path / "art", "busy", (1, 3))
     stop = threading.Event()
 
     def hammer():

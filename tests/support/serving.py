@@ -65,6 +65,26 @@ def make_artifact(
     return out, model
 
 
+def deploy_elastic(directory: Path, name: str, replicas: tuple[int, int], **options):
+    """An endpoint of a 50 ms model (``make_artifact(slow=True)``), one request per batch,
+    scaling at one request in flight per replica and down after 1 s of lower demand: its
+    replicas follow the number of clients. ``options``: the backend's (``direct``...).
+    Returns the endpoint and the model."""
+    from nbscale.endpoints import deploy
+
+    model_dir, model = make_artifact(directory, name=name, slow=True)
+    ep = deploy(
+        str(model_dir),
+        name=name,
+        replicas=replicas,
+        max_batch_size=1,
+        target_concurrency=1,
+        scale_down_delay_s=1,
+        options=options or None,
+    )
+    return ep, model
+
+
 def forward(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return model(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
