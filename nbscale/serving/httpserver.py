@@ -253,7 +253,7 @@ class HttpServer:
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
-            conn.shutdown()
+            conn.retire()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.connections and loop.time() < deadline:
@@ -277,7 +277,7 @@ class HttpProtocol(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.counted = False
         self.closing = False  # nothing more is read: an error, Connection: close, or shutdown
-        self.retiring = False  # let go (``retire``): its next answer closes it
+        self.retiring = False  # let go (``retire``): its answers close it from now on
         self.closed = False
         self.lingering = False
         self.read_paused = False
@@ -338,22 +338,14 @@ class HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:  # type: ignore[override]
         self.writable.set()
 
-    def shutdown(self) -> None:
-        """The server stops. What was read, or is being read, is answered with Connection:
-        close. An idle connection stays open for ``DRAIN_GRACE_S``: a busy client's next request
-        may already be on its way, and closing under it would reset that request (a client
-        that does not retry a POST loses it); it is answered, with Connection: close, too."""
-        if self.closed or self.closing or self.task is not None or self.queue:
-            return  # the answer under way closes it (the server is stopping: keep-alive is off)
-        if not self.in_message:
-            self._arm(DRAIN_GRACE_S)
-
     def retire(self) -> None:
-        """Let this connection go, so that its client connects again (and the kernel may hand
-        that connection to another process serving the same socket): a request read from now
-        on is answered with Connection: close; an idle connection is closed after
-        ``DRAIN_GRACE_S`` unless a request arrives first (a request already on its way would
-        otherwise be reset)."""
+        """Let this connection go: the server stops (``HttpServer.shutdown``), or its client
+        should connect again so that the kernel may hand the new connection to another
+        process serving the same socket (``HttpServer.release``). What was read, or is being
+        read, is answered with Connection: close. An idle connection stays open for
+        ``DRAIN_GRACE_S``: a busy client's next request may already be on its way, and closing
+        under it would reset that request (a client that does not retry a POST loses it); it
+        is answered, with Connection: close, too."""
         if self.closed or self.closing:
             return
         self.retiring = True
@@ -546,7 +538,7 @@ class HttpProtocol(asyncio.Protocol):
         self.in_head = True
         self.raw_head = 0
         self._disarm()
-        keep = self.parser.should_keep_alive() and not (self.server.stopping or self.retiring)
+        keep = self.parser.should_keep_alive() and not self.retiring
         target = self.url.decode("latin-1")
         path, _, query = target.partition("?")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
@@ -576,7 +568,7 @@ class HttpProtocol(asyncio.Protocol):
                         self.server.waiting -= 1
                 if self.closed:
                     return
-                if self.server.stopping and not self.queue:
+                if self.retiring and not self.queue:
                     keep = False
                 self.transport.write(resp.encode(keep))
                 if not keep:
@@ -598,11 +590,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.closing and not self.queue and self.server.stopping:
                 self._close()
             elif not self.in_message and not self.queue:
-                self._arm(
-                    DRAIN_GRACE_S
-                    if self.server.stopping or self.retiring
-                    else self.limits.idle_timeout
-                )
+                self._arm(DRAIN_GRACE_S if self.retiring else self.limits.idle_timeout)
             self._flow()
 
 
