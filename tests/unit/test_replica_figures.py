@@ -113,3 +113,20 @@ def test_direct_is_a_yes_or_no_and_not_overruled_by_the_environment(monkeypatch)
     monkeypatch.setenv("NBSCALE_DIRECT", "0")
     with pytest.raises(SpecError, match="NBSCALE_DIRECT=0 in this environment"):
         LocalEndpoints._direct(_request(direct=True))
+
+
+def test_the_digest_gives_the_same_percentiles_and_the_window_errors():
+    r = Rolling()
+    rng = np.random.default_rng(1)
+    for i, x in enumerate(rng.exponential(0.004, 3000)):
+        r.record(float(x), ok=i % 10 != 0)
+    plain, digest = r.snapshot(), r.snapshot(digest=True)
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        assert digest[key] == plain[key], key
+    assert len(digest["latency_quantiles_ms"]) == 1001 and "latency_quantiles_ms" not in plain
+    assert digest["window_errors"] == 300 and digest["window_requests"] == 3000
+    # the endpoint's error rate is the errors over the requests of every replica's window
+    ok = Rolling()
+    for _ in range(1000):
+        ok.record(0.001, True)
+    assert merged_stats([digest, ok.snapshot(digest=True)])["error_rate"] == 0.075

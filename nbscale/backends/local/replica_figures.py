@@ -71,14 +71,12 @@ def merged_stats(snaps: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     total = sum(int(s.get("requests_total", 0)) for s in snaps)
     errors = sum(int(s.get("errors_total", 0)) for s in snaps)
     window = sum(int(s.get("window_requests", 0)) for s in snaps)
-    errs_rate = sum(
-        float(s.get("error_rate", 0.0)) * int(s.get("window_requests", 0)) for s in snaps
-    )
+    window_errors = sum(int(s.get("window_errors", 0)) for s in snaps)
     out: dict[str, Any] = {
         "requests_total": total,
         "errors_total": errors,
         "throughput_rps": round(sum(float(s.get("throughput_rps", 0.0)) for s in snaps), 2),
-        "error_rate": round(errs_rate / window, 4) if window else 0.0,
+        "error_rate": round(window_errors / window, 4) if window else 0.0,
     }
     points, weights = [], []
     for s in snaps:

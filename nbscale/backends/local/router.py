@@ -674,8 +674,8 @@ class Router:
 
     async def _update_direct(self) -> None:
         want = self._direct_candidates()
-        if want == self.direct_reps:
-            return
+        if {r.id for r in want} == {r.id for r in self.direct_reps}:
+            return  # every tick: nothing to signal or save
         if not want:  # take the socket back before anything else changes
             await self._listen()
         for old in [r for r in self.direct_reps if r not in want]:
@@ -921,7 +921,8 @@ class Router:
         merged when there are several (the router proxies none of those requests; in flight
         and idle time come from their load files)."""
         snap = self.stats()
-        answers = await self._ask_direct("/nbscale/stats?digest=1")
+        several = len(self.direct_reps) > 1  # the digest costs a sort of the window: only then
+        answers = await self._ask_direct("/nbscale/stats?digest=1" if several else "/nbscale/stats")
         if not answers:
             return snap
         if len(answers) == 1:
