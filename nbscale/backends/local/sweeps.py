@@ -488,9 +488,13 @@ class _Driver:
                         "again to follow and finish it"
                     )
                 time.sleep(self.poll)
-        except BaseException:
+        except BaseException as exc:
             # the kernel interrupted or died: the trials' jobs go on; a re-run resumes
-            update_sweep(self.backend.store, self.record.id, info_patch={"driver_pid": None})
+            try:
+                if isinstance(exc, KeyboardInterrupt):
+                    self._settle()
+            finally:
+                update_sweep(self.backend.store, self.record.id, info_patch={"driver_pid": None})
             raise
 
     def _end(self, status: str, reason: str | None) -> SweepView:
@@ -555,7 +559,14 @@ class _Driver:
             self.active[trial.number] = (trial, job)
             self.reported[trial.number] = 0
 
-    def _follow(self) -> None:
+    def _settle(self) -> None:
+        """On an interrupt: record the trials whose jobs have ended since the last pass, so
+        that the stopped sweep's table shows them as they are; nothing is started, pruned or
+        cancelled. A failure here leaves them to the driver that resumes the sweep."""
+        with contextlib.suppress(Exception):
+            self._follow(prune=False)
+
+    def _follow(self, prune: bool = True) -> None:
         states = self.optuna.trial.TrialState
         for number, (trial, job) in list(self.active.items()):
             record = job.refresh()
@@ -567,7 +578,7 @@ class _Driver:
             if cost is not None:
                 trial.set_user_attr("cost", cost)
             if not record.terminal:
-                if values and self.sweep.pruner != "none" and trial.should_prune():
+                if prune and values and self.sweep.pruner != "none" and trial.should_prune():
                     self._stop(job)
                     trial.set_user_attr("error", f"pruned at step {len(values) - 1}")
                     self.study.tell(trial, state=states.PRUNED)
