@@ -22,16 +22,14 @@ from .protocol import DTYPES, ProtocolError, TensorSpec, cast_checked
 
 
 def _default_model_fn(model_dir: str):
-    import torch
-
     path = Path(model_dir) / "model.pt2"
     if not path.is_file():
         raise FileNotFoundError(
             f"{model_dir} has neither code/inference.py with model_fn nor model.pt2"
         )
-    from .exported import lean
+    from .exported import load_program
 
-    return lean(torch.export.load(str(path)))  # ModelHandler checks inputs against the signature
+    return load_program(model_dir)  # ModelHandler checks inputs against the signature
 
 
 def _default_input_fn(body: bytes, content_type: str):

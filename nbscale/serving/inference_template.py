@@ -27,16 +27,15 @@ def _device():
 def model_fn(model_dir):
     path = os.path.join(model_dir, MODEL_FILE)
     if FORMAT == "torch.export":
-        program = torch.export.load(path)
         try:  # nbscale's runtime: the same graph without pytree and hook overhead per call
-            from nbscale.serving.exported import lean
+            from nbscale.serving.exported import load_program
         except ImportError:
             raise RuntimeError(
                 "this model is served by nbscale's runtime, which is not installed here: "
                 "serve it with the nbscale serving image (docker/Dockerfile; serving_image "
                 "in the backend's config), not a stock framework container"
             ) from None
-        return lean(program, _device())
+        return load_program(model_dir, _device())  # its lean form, if this torch wrote one
     # a pickled object: unpickle only an artifact whose signed file list still matches
     try:
         from nbscale.serving.artifact import verify

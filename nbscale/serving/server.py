@@ -409,7 +409,11 @@ async def _run(
     if metrics_server is not None:
         print(f"metrics (no token) on http://{host}:{metrics_server.port}/metrics", flush=True)
     await app.start()
-    print(f"ready after {handler.load_seconds:.2f}s", flush=True)
+    loaded = getattr(handler.model, "loaded", None)
+    print(
+        f"ready after {handler.load_seconds:.2f}s" + (f"; model loaded {loaded}" if loaded else ""),
+        flush=True,
+    )
     await stop.wait()
     # in-flight requests finish before the process ends: a scale-down drops nothing
     if front is not None:

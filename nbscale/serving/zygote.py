@@ -13,7 +13,9 @@ the child's own.
 
 What the zygote must not hand down, it never holds:
 
-- no key, token or artifact is read in the zygote (the child reads them);
+- no key, token or artifact is read in the zygote (the child reads them), but the
+  artifact's manifest, to know whether the replica needs ``torch.export.load``
+  (``_needs_export``): nothing of it is executed or loaded there;
 - no socket but the request channel, which the child closes first; the
   router starts it with only stdin, stdout and stderr besides;
 - no CUDA state: the zygote never initialises CUDA, checks that before each
@@ -37,7 +39,7 @@ Messages are JSON, one per datagram: ``{"op": "spawn", "id", "argv", "env",
 once, ``{"id", "pid"}`` or ``{"id", "error"}``, and ``{"exit": pid, "code"}``.
 
 **The warm zygote.** Started that way, a first deploy pays the zygote's own start
-(Python and torch, 2-3 s). ``python -m nbscale.serving.zygote --warm`` is the
+(Python and torch, 1-2 s). ``python -m nbscale.serving.zygote --warm`` is the
 same preload, started ahead (``start_warm``: by ``%load_ext nbscale`` and by a
 local deploy) and kept for a while: one per nbscale home, user and Python
 environment (its socket's name carries a fingerprint of the interpreter,
@@ -95,6 +97,7 @@ LAZY_IMPORTS = (
     "sympy.assumptions.wrapper",
     "tabulate",
 )
+_LAZY_MISSING: set[str] = set()
 _PR_SET_PDEATHSIG = 1
 
 
@@ -111,21 +114,65 @@ def _die_with_parent(parent: int) -> None:
 
 
 def preload() -> None:
-    """Import what every replica imports, and nothing that starts a thread or touches CUDA."""
+    """Import what every replica imports, and nothing that starts a thread or touches CUDA.
+
+    A model packaged with its lean form (``exported``) needs nothing more. What
+    ``torch.export.load`` imports besides (``LAZY_IMPORTS``, longer than ``import torch``)
+    comes later: the warm zygote imports it while no claim waits (``preload_next``), and a
+    zygote asked to fork a replica of a program without a usable lean form imports it first
+    (``_needs_export``), once."""
     import numpy  # noqa: F401
     import prometheus_client  # noqa: F401
     import torch
-    import torch.export  # noqa: F401
-    import torch.fx  # noqa: F401
     import uvloop  # noqa: F401
 
     from . import app, capture, exported, handler, server  # noqa: F401
 
-    for name in LAZY_IMPORTS:  # imported by the first torch.export.load: 0.7 s on its own
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
     if torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialised while preloading; a fork would share it")
+
+
+def preload_next() -> bool:
+    """Import the next of ``LAZY_IMPORTS`` not imported yet; False once none is left."""
+    for name in LAZY_IMPORTS:
+        if name in sys.modules or name in _LAZY_MISSING:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a name this torch version lacks
+            _LAZY_MISSING.add(name)
+        return True
+    return False
+
+
+def preload_export() -> None:
+    """Everything ``torch.export.load`` imports, then frozen as the first preload was."""
+    start = time.perf_counter()
+    if not preload_next():
+        return
+    while preload_next():
+        pass
+    gc.collect()
+    gc.freeze()
+    took = time.perf_counter() - start
+    print(f"nbscale zygote: imported what torch.export.load needs ({took:.2f}s)", flush=True)
+
+
+def _needs_export(argv: list[str]) -> bool:
+    """Whether the replica ``argv`` starts loads its program with ``torch.export.load``: a
+    ``model.pt2`` whose manifest has no lean form written by this torch. Read from the
+    manifest alone (the replica checks the artifact's signature before it loads anything)."""
+    import torch
+
+    try:
+        model_dir = Path(argv[argv.index("--model-dir") + 1])
+        manifest = json.loads((model_dir / "nbscale.json").read_text())
+    except (ValueError, IndexError, OSError):
+        return False  # the replica says what is wrong with it
+    if manifest.get("format") != "torch.export":
+        return False
+    lean = manifest.get("lean_form") or {}
+    return lean.get("torch") != torch.__version__
 
 
 def _child(chan: socket.socket, msg: dict, log_fd: int) -> None:
@@ -222,6 +269,8 @@ def serve(chan: socket.socket) -> int:
         if expected == 2:  # the replica's own number for the endpoint's socket
             argv = msg["argv"]
             argv[argv.index("--listen-fd") + 1] = str(fds[1])
+        if _needs_export(msg.get("argv") or []):
+            preload_export()  # once per zygote: the next replicas of the endpoint fork with it
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -289,7 +338,7 @@ ROOM_VAR = "NBSCALE_ZYGOTE_ROOM"  # reserved environment space for the endpoint'
 ROOM_BYTES = 4096
 CLAIM_TIMEOUT_S = 5.0
 # how long a router waits for the warm zygote to answer its claim: the preload it may still be
-# in takes 2-3 s (7-8 s on a loaded machine); a router's own zygote costs the same
+# in takes 1-2 s (several on a loaded machine); a router's own zygote costs the same
 CLAIM_PATIENCE_S = 15.0
 STALE_CHECK_S = 5.0  # how often an idle warm zygote checks that its environment is unchanged
 
@@ -495,6 +544,7 @@ def warm_main(run_dir: Path, ttl: float) -> int:
     signal.signal(signal.SIGTERM, on_term)
     print(f"nbscale warm zygote {os.getpid()} for {run_dir}, idle TTL {ttl:g} s", flush=True)
     ok = _prepare()
+    more = True  # LAZY_IMPORTS are left to import while no claim waits
     last = checked = time.monotonic()
     try:
         while ok and not stopping:
@@ -509,9 +559,15 @@ def warm_main(run_dir: Path, ttl: float) -> int:
                     print("nbscale warm zygote: stale (its environment changed)", flush=True)
                     break
             with contextlib.suppress(InterruptedError):
-                readable, _, _ = select.select([listener], [], [], min(left, 1.0))
+                wait = 0.0 if more else min(left, 1.0)
+                readable, _, _ = select.select([listener], [], [], wait)
             _reap()
             if not readable:
+                if more:  # idle: what a program without a lean form needs, a module at a time
+                    more = preload_next()
+                    if not more:
+                        gc.collect()
+                        gc.freeze()
                 continue
             with contextlib.suppress(OSError):
                 conn, _ = listener.accept()
