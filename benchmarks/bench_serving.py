@@ -590,7 +590,9 @@ def _stop_warm(run_dir: Path, timeout: float = 30.0) -> None:
 
 
 def _wait_warm(run_dir: Path, timeout: float = 120.0) -> None:
-    from nbscale.serving.zygote import start_warm, warm_paths
+    """Until the warm zygote has imported everything, what torch.export.load needs included
+    (as long after ``%load_ext nbscale`` as a user's first deploy comes)."""
+    from nbscale.serving.zygote import LAZY_DONE, start_warm, warm_paths
 
     start_warm(run_dir)
     sock, _ = warm_paths(run_dir)
@@ -598,7 +600,7 @@ def _wait_warm(run_dir: Path, timeout: float = 120.0) -> None:
     log = run_dir / "zygote.log"
     while time.monotonic() < deadline:
         text = log.read_text() if log.exists() else ""
-        if sock.exists() and "ready after" in text.rsplit("nbscale warm zygote ", 1)[-1]:
+        if sock.exists() and LAZY_DONE in text.rsplit("nbscale warm zygote ", 1)[-1]:
             return
         time.sleep(0.05)
     raise RuntimeError("the warm zygote did not preload")

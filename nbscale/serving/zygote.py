@@ -98,6 +98,7 @@ LAZY_IMPORTS = (
     "tabulate",
 )
 _LAZY_MISSING: set[str] = set()
+LAZY_DONE = "imported what torch.export.load needs"  # said in the log once they are
 _PR_SET_PDEATHSIG = 1
 
 
@@ -155,7 +156,7 @@ def preload_export() -> None:
     gc.collect()
     gc.freeze()
     took = time.perf_counter() - start
-    print(f"nbscale zygote: imported what torch.export.load needs ({took:.2f}s)", flush=True)
+    print(f"nbscale zygote: {LAZY_DONE} ({took:.2f}s)", flush=True)
 
 
 def _needs_export(argv: list[str]) -> bool:
@@ -545,6 +546,7 @@ def warm_main(run_dir: Path, ttl: float) -> int:
     print(f"nbscale warm zygote {os.getpid()} for {run_dir}, idle TTL {ttl:g} s", flush=True)
     ok = _prepare()
     more = True  # LAZY_IMPORTS are left to import while no claim waits
+    lazy_start = time.perf_counter()
     last = checked = time.monotonic()
     try:
         while ok and not stopping:
@@ -568,6 +570,8 @@ def warm_main(run_dir: Path, ttl: float) -> int:
                     if not more:
                         gc.collect()
                         gc.freeze()
+                        took = time.perf_counter() - lazy_start
+                        print(f"nbscale warm zygote: {LAZY_DONE} ({took:.2f}s)", flush=True)
                 continue
             with contextlib.suppress(OSError):
                 conn, _ = listener.accept()
