@@ -33,7 +33,8 @@ takes to answer again (``cold-start``); and a replica started from nothing,
 forked from the router's zygote and, interleaved with it, as a new Python
 process (``NBSCALE_ZYGOTE=0``): first deploy, a replica SIGKILLed, a scale-up,
 and the first request to an endpoint scaled to zero whose standby is gone
-(``fresh-replica``). ``nbscale-endpoint`` is an endpoint of one replica, which
+(``fresh-replica``); and a new ``python -m nbscale.serving`` process until ready, of the
+artifact with its lean form and without it (``load-form``). ``nbscale-endpoint`` is an endpoint of one replica, which
 serves the endpoint's socket itself; ``nbscale-endpoint-proxy`` is the same
 endpoint with ``NBSCALE_DIRECT=0``, every request through the router;
 ``nbscale-endpoint-2`` is fixed at two replicas, which the router proxies to
@@ -606,6 +607,58 @@ def _wait_warm(run_dir: Path, timeout: float = 120.0) -> None:
     raise RuntimeError("the warm zygote did not preload")
 
 
+def _ready_s(artifact: Path, token_file: Path, pin: list[str]) -> tuple[float, str]:
+    """A new ``python -m nbscale.serving`` of ``artifact``: seconds until ready, its ready line."""
+    port = free_port()
+    log = artifact.parent / f"{artifact.name}-{port}.log"
+    t = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*pin, sys.executable, "-m", "nbscale.serving", "--model-dir", str(artifact)]
+            + ["--port", str(port), "--token-file", str(token_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc=proc)
+        took = time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    ready = [line for line in log.read_text().splitlines() if line.startswith("ready after")]
+    return took, ready[-1] if ready else ""
+
+
+def load_forms(artifact: Path, token_file: Path, rounds: int) -> dict:
+    """A replica started as a new Python process (a GPU replica, NBSCALE_ZYGOTE=0, a KServe or
+    SageMaker container): the artifact with its lean form against the same artifact without
+    it (loaded by torch.export.load), interleaved, from the start until ready."""
+    from nbscale.serving.artifact import sign
+    from nbscale.serving.exported import LEAN_CODE, LEAN_TENSORS, MANIFEST_KEY
+
+    plain = artifact.parent / "artifact-no-lean-form"
+    shutil.copytree(artifact, plain)
+    for name in (LEAN_CODE, LEAN_TENSORS):
+        (plain / name).unlink()
+    manifest = json.loads((plain / "nbscale.json").read_text())
+    manifest.pop(MANIFEST_KEY)
+    (plain / "nbscale.json").write_text(json.dumps(manifest, indent=2))
+    sign(plain)
+    out: dict[str, list] = {"lean_form_s": [], "export_load_s": [], "said": []}
+    for r in range(rounds):
+        for key, folder in (("lean_form_s", artifact), ("export_load_s", plain)):
+            took, said = _ready_s(folder, token_file, PIN_SERVER)
+            out[key].append(round(took, 3))
+            if r == 0:
+                out["said"].append(said)
+        print(f"  load forms round {r + 1}: {out}", file=sys.stderr)
+    for key in ("lean_form_s", "export_load_s"):
+        out[key.replace("_s", "_median_s")] = round(float(np.median(out[key])), 3)
+    out["ratio_export_to_lean"] = round(out["export_load_median_s"] / out["lean_form_median_s"], 2)
+    return out
+
+
 def fresh_replicas(artifact: Path, body: str, rounds: int) -> dict:
     """A replica started from nothing, with the zygote (forked) and without it (a new Python
     process), interleaved: first deploy, restart after kill -9, scale-up, and a request to an
@@ -733,7 +786,7 @@ def main() -> int:
         help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-endpoint,"
         "nbscale-endpoint-proxy,nbscale-endpoint-autoscale,nbscale-endpoint-2,"
         "nbscale-endpoint-2-direct,kserve,mlserver,cold-start,"
-        "fresh-replica ('bare' means both bare variants)",
+        "fresh-replica,load-form ('bare' means both bare variants)",
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
     args = ap.parse_args()
@@ -761,6 +814,7 @@ def main() -> int:
             "mlserver",
             "cold-start",
             "fresh-replica",
+            "load-form",
         }
     )
     if "bare" in only:
@@ -777,7 +831,7 @@ def main() -> int:
         "kserve",
         "mlserver",
     }
-    extra = {"cold-start", "fresh-replica"}
+    extra = {"cold-start", "fresh-replica", "load-form"}
     unknown = only - known - extra
     if unknown:
         print(
@@ -870,6 +924,7 @@ def main() -> int:
             "nbscale-endpoint-2-direct",
             "cold-start",
             "fresh-replica",
+            "load-form",
         }:
             sys.path.insert(0, str(work))
             os.environ["NBSCALE_HOME"] = str(home)
@@ -1048,6 +1103,9 @@ def main() -> int:
         fresh = (
             fresh_replicas(artifact, body, args.fresh_rounds) if "fresh-replica" in only else None
         )
+        forms = (
+            load_forms(artifact, work / "token", args.fresh_rounds) if "load-form" in only else None
+        )
     finally:
         for left in [*deployed, *([ep] if ep is not None else [])]:
             with contextlib.suppress(Exception):
@@ -1131,6 +1189,7 @@ def main() -> int:
             "load_average_1_5_15_at_each_round_and_end": loads,
             "cold_start": cold,
             "fresh_replica": fresh,
+            "load_form": forms,
             "endpoint_serving": serving,
             "when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "notes": "one server process each, OMP_NUM_THREADS=1; bare-numpy and bare-torch are the two "
@@ -1152,7 +1211,9 @@ def main() -> int:
             "process's first deploy() with the home's warm zygote preloaded (as after %load_ext "
             "nbscale), first_deploy_no_warm_s the same with NBSCALE_WARM_ZYGOTE=0, "
             "first_deploy_nothing_running_s with the warm zygote on but none running (started "
-            "by that deploy, as a one-off CLI deploy or one after its TTL); "
+            "by that deploy, as a one-off CLI deploy or one after its TTL); load_form: a new "
+            "python -m nbscale.serving process until ready, of the artifact with its lean form and of "
+            "the same artifact without it (torch.export.load), interleaved; "
             "the machine was shared with other engineers' work while this ran",
         },
     )
