@@ -630,6 +630,30 @@ def _ready_s(artifact: Path, token_file: Path, pin: list[str]) -> tuple[float, s
     return took, ready[-1] if ready else ""
 
 
+def package_cost(model, rounds: int) -> dict:
+    """What writing the lean form adds to ``package`` (in this process, torch.export warm):
+    the same model packaged with it and without it, interleaved."""
+    from nbscale.serving import artifact as art
+
+    out: dict[str, list] = {"with_lean_form_s": [], "without_s": []}
+    where = Path(tempfile.mkdtemp(prefix="bench-package-"))
+    keep = art._lean_form
+    try:
+        art.package(model, where / "warm", "mlp")  # the first export of a process is slower
+        for r in range(rounds):
+            for key, writer in (("with_lean_form_s", keep), ("without_s", lambda tmp, x: None)):
+                art._lean_form = writer
+                t = time.perf_counter()
+                art.package(model, where / f"{key}-{r}", "mlp")
+                out[key].append(round(time.perf_counter() - t, 3))
+    finally:
+        art._lean_form = keep
+        shutil.rmtree(where, ignore_errors=True)
+    for key in ("with_lean_form_s", "without_s"):
+        out[key.replace("_s", "_median_s")] = round(float(np.median(out[key])), 3)
+    return out
+
+
 def load_forms(artifact: Path, token_file: Path, rounds: int) -> dict:
     """A replica started as a new Python process (a GPU replica, NBSCALE_ZYGOTE=0, a KServe or
     SageMaker container): the artifact with its lean form against the same artifact without
@@ -1103,9 +1127,10 @@ def main() -> int:
         fresh = (
             fresh_replicas(artifact, body, args.fresh_rounds) if "fresh-replica" in only else None
         )
-        forms = (
-            load_forms(artifact, work / "token", args.fresh_rounds) if "load-form" in only else None
-        )
+        forms = None
+        if "load-form" in only:
+            forms = load_forms(artifact, work / "token", args.fresh_rounds)
+            forms["package"] = package_cost(model, max(5, args.fresh_rounds))
     finally:
         for left in [*deployed, *([ep] if ep is not None else [])]:
             with contextlib.suppress(Exception):
@@ -1213,7 +1238,8 @@ def main() -> int:
             "first_deploy_nothing_running_s with the warm zygote on but none running (started "
             "by that deploy, as a one-off CLI deploy or one after its TTL); load_form: a new "
             "python -m nbscale.serving process until ready, of the artifact with its lean form and of "
-            "the same artifact without it (torch.export.load), interleaved; "
+            "the same artifact without it (torch.export.load), interleaved, and package() of the model with "
+            "and without writing the lean form (load_form.package); "
             "the machine was shared with other engineers' work while this ran",
         },
     )
