@@ -58,7 +58,10 @@ def _default_output_fn(prediction, accept: str):
 
 def as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
+        try:
+            return value.numpy()  # a CPU tensor outside autograd, as inference gives: no copy
+        except (RuntimeError, TypeError):  # one that needs grad, or on another device
+            return value.detach().cpu().numpy()
     return np.asarray(value)
 
 

@@ -31,6 +31,7 @@ import httptools
 
 log = logging.getLogger("nbscale.serving")
 
+CLOSE_LINE = "connection: close\r\n"
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -104,15 +105,12 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     def encode(self, keep_alive: bool) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Status')}",
-            f"content-type: {self.content_type}",
-            f"content-length: {len(self.body)}",
-        ]
-        lines.extend(f"{k}: {v}" for k, v in self.headers.items())
-        if not keep_alive:
-            lines.append("connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        extra = "".join([f"{k}: {v}\r\n" for k, v in self.headers.items()]) if self.headers else ""
+        return (
+            f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Status')}\r\n"
+            f"content-type: {self.content_type}\r\ncontent-length: {len(self.body)}\r\n"
+            f"{extra}{'' if keep_alive else CLOSE_LINE}\r\n"
+        ).encode("latin-1") + self.body
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -283,7 +281,12 @@ class HttpProtocol(asyncio.Protocol):
         self.read_paused = False
         self.writable = asyncio.Event()
         self.writable.set()
+        # one deadline at a time (idle, read, drain or linger), checked by one timer handle that
+        # is moved only when a deadline comes sooner: a request re-arms it by writing two
+        # attributes, not by cancelling and scheduling a handle twice
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.on_expiry: Callable[[], None] | None = None
         # the message being read
         self.in_message = False
         self.in_head = True
@@ -321,6 +324,9 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = True
         self.writable.set()
         self._disarm()
+        if self.timer is not None:  # nothing is left for it to do
+            self.timer.cancel()
+            self.timer = None
         if self.counted:
             self.counted = False
             self.server.connections.discard(self)
@@ -368,25 +374,38 @@ class HttpProtocol(asyncio.Protocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.timer = self.loop.call_later(LINGER_S, self.transport.close)
+        self._arm(LINGER_S, self.transport.close)
 
     # -- timers ------------------------------------------------------------------
     def _arm(self, seconds: float, on_expiry: Callable[[], None] | None = None) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, on_expiry or self._idle_expired)
+        """``on_expiry`` (the idle timeout's by default) in ``seconds``, instead of any other."""
+        self.deadline = deadline = self.loop.time() + seconds
+        self.on_expiry = on_expiry or self._idle_expired
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._expire)
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.on_expiry = None  # the handle, if one is scheduled, finds nothing to do
+
+    def _expire(self) -> None:
+        self.timer = None
+        on_expiry = self.on_expiry
+        if on_expiry is None or self.closed:
+            return
+        if self.loop.time() < self.deadline:  # re-armed later since it was scheduled
+            self.timer = self.loop.call_at(self.deadline, self._expire)
+            return
+        self.on_expiry = None
+        on_expiry()
 
     def _idle_expired(self) -> None:
-        self.timer = None
         if self.task is None and not self.queue and not self.in_message:
             self._close()
 
     def _read_expired(self) -> None:
-        self.timer = None
         if self.in_message and not self.closing:
             self._refuse(
                 408,

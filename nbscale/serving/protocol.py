@@ -66,6 +66,9 @@ def v2_datatype(dtype: np.dtype) -> str:
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    want = spec.shape
+    if shape and shape[0] > 0 and want[0] in (-1, shape[0]) and shape[1:] == want[1:]:
+        return  # the usual request: rows, and every other axis as the signature fixes it
     if len(shape) != len(spec.shape) or any(
         w != -1 and w != g for w, g in zip(spec.shape, shape, strict=True)
     ):
