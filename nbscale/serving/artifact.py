@@ -223,13 +223,20 @@ def _save_module(model, x, tmp: Path) -> tuple[str, str]:
 
 
 def _lean_form(tmp: Path, x) -> dict | None:
-    """The saved program's lean form (``exported``), from the program as a replica loads it."""
+    """The saved program's lean form (``exported``), from the program as a replica loads it;
+    None where it has none. It only makes a replica start sooner: a failure to make it leaves
+    the artifact as it would be without it, served through ``torch.export.load``."""
     import torch
 
-    from .exported import write_lean_form
+    from .exported import LEAN_CODE, LEAN_TENSORS, write_lean_form
 
     example = x if x.shape[0] > 1 else torch.cat([x, x])
-    return write_lean_form(torch.export.load(str(tmp / "model.pt2")), tmp, example)
+    try:
+        return write_lean_form(torch.export.load(str(tmp / "model.pt2")), tmp, example)
+    except Exception:  # noqa: BLE001 - see above
+        for name in (LEAN_CODE, LEAN_TENSORS):
+            (tmp / name).unlink(missing_ok=True)
+        return None
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:

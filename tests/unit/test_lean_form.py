@@ -132,3 +132,21 @@ def test_a_zygote_needs_nothing_more_for_a_lean_form_or_a_pickle(tmp_path):
     # what the replica itself reports as wrong is not the zygote's to decide
     assert not _needs_export(["--model-dir", str(tmp_path / "absent")])
     assert not _needs_export([])
+
+
+def test_a_lean_form_that_cannot_be_made_leaves_the_artifact_as_without_it(tmp_path, monkeypatch):
+    from nbscale.serving import exported
+
+    def broken(program, directory, example):
+        (directory / LEAN_CODE).write_text("half written")
+        raise RuntimeError("a torch that FX cannot generate code for")
+
+    monkeypatch.setattr(exported, "write_lean_form", broken)
+    example = np.ones((2, 1, 8, 8), np.float32)
+    out = package(_convnet(), tmp_path / "art", "conv", example=example)
+    assert "lean_form" not in json.loads((out / "nbscale.json").read_text())
+    assert not (out / LEAN_CODE).exists() and not (out / LEAN_TENSORS).exists()
+    handler = ModelHandler(out)  # signed without them, and served through torch.export.load
+    handler.load()
+    assert handler.model.loaded == "with torch.export.load (no lean form)"
+    assert handler.run(example).shape == (2, 10)
