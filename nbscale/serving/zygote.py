@@ -259,7 +259,9 @@ def serve(chan: socket.socket) -> int:
                 os.close(fd)
             continue
         expected = 2 if msg.get("listen_fd") else 1
-        refusal = _refusal()
+        if msg.get("op") == "spawn" and _needs_export(msg.get("argv") or []):
+            preload_export()  # once per zygote: the next replicas of the endpoint fork with it
+        refusal = _refusal()  # after any import: none may have left a thread or CUDA behind
         if msg.get("op") != "spawn" or len(fds) != expected:
             refusal = "a spawn request carries its log file (and the listening socket it names)"
         if refusal:
@@ -270,8 +272,6 @@ def serve(chan: socket.socket) -> int:
         if expected == 2:  # the replica's own number for the endpoint's socket
             argv = msg["argv"]
             argv[argv.index("--listen-fd") + 1] = str(fds[1])
-        if _needs_export(msg.get("argv") or []):
-            preload_export()  # once per zygote: the next replicas of the endpoint fork with it
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
