@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import psutil
 import pytest
 
 from nbscale.backends.local.endpoints import ENDPOINT_ENV
@@ -45,11 +46,14 @@ def test_idle_ttl_scales_a_local_endpoint_to_zero_and_the_next_request_brings_it
 
     # Then only the router is left, the event is logged, and it costs nothing now
     def replicas() -> list:
-        return [
-            p
-            for p in tagged_processes(ENDPOINT_ENV, "sleepy")
-            if "nbscale.backends.local.router" not in " ".join(p.cmdline())
-        ]
+        left = []
+        for p in tagged_processes(ENDPOINT_ENV, "sleepy"):
+            try:  # one that ends between the listing and this read is not left
+                if "nbscale.backends.local.router" not in " ".join(p.cmdline()):
+                    left.append(p)
+            except psutil.NoSuchProcess:  # gone, or a zombie (ZombieProcess)
+                continue
+        return left
 
     wait_for(lambda: replicas() == [], 30, what="no replica process left")
     events = list_events(get_store(), kind="endpoint", ref="sleepy", types=[IDLE_TEARDOWN])
