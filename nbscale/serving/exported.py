@@ -176,6 +176,13 @@ def _read_lean_form(directory: Path, entry: dict[str, Any], device: Any = None):
     return call
 
 
+def usable_lean_form(entry: dict[str, Any] | None) -> bool:
+    """Whether a manifest's ``lean_form`` entry may be served here: written by this torch."""
+    import torch
+
+    return bool(entry) and entry.get("torch") == torch.__version__
+
+
 def load_program(model_dir: str | Path, device: Any = None) -> Callable[[Any], Any]:
     """The served callable of an artifact's ``model.pt2``: its lean form where the artifact
     has one written by this torch version, ``lean(torch.export.load(...))`` otherwise.
@@ -184,10 +191,8 @@ def load_program(model_dir: str | Path, device: Any = None) -> Callable[[Any], A
 
     directory = Path(model_dir)
     manifest = directory / "nbscale.json"
-    entry = None
-    if manifest.is_file():
-        entry = json.loads(manifest.read_text()).get(MANIFEST_KEY)
-    if entry and entry.get("torch") == torch.__version__:
+    entry = json.loads(manifest.read_text()).get(MANIFEST_KEY) if manifest.is_file() else None
+    if usable_lean_form(entry):
         served = _read_lean_form(directory, entry, device)
         served.loaded = f"from its lean form ({entry['code']}, {entry['tensors']})"
         return served

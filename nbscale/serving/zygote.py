@@ -153,27 +153,30 @@ def preload_export() -> None:
         return
     while preload_next():
         pass
+    _lazy_done("nbscale zygote", start)
+
+
+def _lazy_done(who: str, start: float) -> None:
+    """Freeze what the lazy imports made, as the first preload was, and say so in the log."""
     gc.collect()
     gc.freeze()
-    took = time.perf_counter() - start
-    print(f"nbscale zygote: {LAZY_DONE} ({took:.2f}s)", flush=True)
+    print(f"{who}: {LAZY_DONE} ({time.perf_counter() - start:.2f}s)", flush=True)
 
 
 def _needs_export(argv: list[str]) -> bool:
     """Whether the replica ``argv`` starts loads its program with ``torch.export.load``: a
     ``model.pt2`` whose manifest has no lean form written by this torch. Read from the
     manifest alone (the replica checks the artifact's signature before it loads anything)."""
-    import torch
+    from .exported import MANIFEST_KEY, usable_lean_form
 
     try:
         model_dir = Path(argv[argv.index("--model-dir") + 1])
         manifest = json.loads((model_dir / "nbscale.json").read_text())
     except (ValueError, IndexError, OSError):
         return False  # the replica says what is wrong with it
-    if manifest.get("format") != "torch.export":
-        return False
-    lean = manifest.get("lean_form") or {}
-    return lean.get("torch") != torch.__version__
+    return manifest.get("format") == "torch.export" and not usable_lean_form(
+        manifest.get(MANIFEST_KEY)
+    )
 
 
 def _child(chan: socket.socket, msg: dict, log_fd: int) -> None:
@@ -568,10 +571,7 @@ def warm_main(run_dir: Path, ttl: float) -> int:
                 if more:  # idle: what a program without a lean form needs, a module at a time
                     more = preload_next()
                     if not more:
-                        gc.collect()
-                        gc.freeze()
-                        took = time.perf_counter() - lazy_start
-                        print(f"nbscale warm zygote: {LAZY_DONE} ({took:.2f}s)", flush=True)
+                        _lazy_done("nbscale warm zygote", lazy_start)
                 continue
             with contextlib.suppress(OSError):
                 conn, _ = listener.accept()
