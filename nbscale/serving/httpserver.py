@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from .busypoll import BusyPoll
+
 log = logging.getLogger("nbscale.serving")
 
 CLOSE_LINE = "connection: close\r\n"
@@ -206,10 +208,14 @@ class HttpServer:
         handler: Handler,
         limits: Limits | None = None,
         on_count: Callable[[int], None] | None = None,
+        busy_poll: BusyPoll | None = None,
     ):
         self.handler = handler
         self.limits = limits or Limits()
         self.on_count = on_count
+        self.busy_poll = busy_poll  # polls the loop a moment after an answer (``busypoll``)
+        if busy_poll is not None:
+            busy_poll.add(self)
         self.connections: set[HttpProtocol] = set()
         self.refused = 0
         self.waiting = 0  # requests read, on every connection, and not answered yet
@@ -248,6 +254,8 @@ class HttpServer:
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting; finish the requests already read; close idle keep-alive connections."""
         self.stopping = True
+        if self.busy_poll is not None:
+            self.busy_poll.remove(self)
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
@@ -267,6 +275,7 @@ class HttpProtocol(asyncio.Protocol):
         self.server = server
         self.limits = server.limits
         self.handler = server.handler
+        self.poll = server.busy_poll
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -475,6 +484,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- llhttp callbacks --------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.poll is not None:
+            self.poll.arrived()
         self.in_message = True
         self.in_head = True
         self.head_size = 0
@@ -610,6 +621,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
             elif not self.in_message and not self.queue:
                 self._arm(DRAIN_GRACE_S if self.retiring else self.limits.idle_timeout)
+                if self.poll is not None:
+                    self.poll.answered_now(self.loop)
             self._flow()
 
 
@@ -627,8 +640,9 @@ async def serve(
     limits: Limits | None = None,
     sock=None,
     on_count: Callable[[int], None] | None = None,
+    busy_poll: BusyPoll | None = None,
 ) -> HttpServer:
-    server = HttpServer(handler, limits, on_count)
+    server = HttpServer(handler, limits, on_count, busy_poll)
     await server.start(host, port, sock)
     return server
 

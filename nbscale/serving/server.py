@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from .app import ServingApp
+from .busypoll import WINDOW_ENV, WINDOW_US, BusyPoll, window_us
 from .capture import DataCapture
 from .handler import ModelHandler
 from .httpserver import (
@@ -126,7 +127,13 @@ class SharedFront:
                         self.load.set_serving(True)
                     sock = socket.socket(fileno=os.dup(self.listen_fd))
                     self.server = await serve(
-                        self, "", 0, self.limits, sock=sock, on_count=self.app.on_connection
+                        self,
+                        "",
+                        0,
+                        self.limits,
+                        sock=sock,
+                        on_count=self.app.on_connection,
+                        busy_poll=self.own.busy_poll,
                     )
                     self.app.http = self.server  # its waiting requests are what batching sees
                     print("serving the endpoint's socket directly", flush=True)
@@ -264,6 +271,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="batch run time the batch size adapts to",
     )
     add_limit_arguments(p)
+    p.add_argument(
+        "--busy-poll-us",
+        help=f"after an answer, poll for the next request this long before sleeping, when the "
+        f"last one came that quickly (default ${WINDOW_ENV} or {WINDOW_US:g}; 0: off)",
+    )
     p.add_argument("--capture-dir", help="write a sampled JSONL of inputs and outputs here")
     p.add_argument("--capture-rate", type=float, default=1.0)
     p.add_argument("--replica", default="0", help="replica id (names capture files)")
@@ -343,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = limits_from_args(args)
         front_limits = Limits(**json.loads(args.front_limits))
+        poll_us = window_us(
+            args.busy_poll_us if args.busy_poll_us is not None else os.environ.get(WINDOW_ENV)
+        )
         if args.listen_fd is not None and not args.router_port_file:
             raise ValueError("--listen-fd needs --router-port-file")
     except (ValueError, TypeError) as exc:
@@ -355,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     install_fast_loop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args, model_dir, token, host, port, limits, front_limits))
+        asyncio.run(_run(args, model_dir, token, host, port, limits, front_limits, poll_us))
     return 0
 
 
@@ -367,6 +382,7 @@ async def _run(
     port: int,
     limits: Limits,
     front_limits: Limits | None = None,
+    poll_us: float = 0.0,
 ) -> None:
     handler = ModelHandler(model_dir)
     capture = (
@@ -383,7 +399,8 @@ async def _run(
         args.latency_target_ms,
         capture,
     )
-    server = await serve(app, host, port, limits, on_count=app.on_connection)
+    poll = BusyPoll(poll_us / 1e6) if poll_us > 0 else None
+    server = await serve(app, host, port, limits, on_count=app.on_connection, busy_poll=poll)
     app.http = server
     metrics_server = (
         await serve(MetricsOnly(app), host, args.metrics_port, limits)

@@ -1,0 +1,118 @@
+"""The HTTP server with busy polling (``nbscale.serving.busypoll``) on a real socket: a client
+that comes back at once is read while the loop polls, one that waits longer than the window
+never makes it poll, the answers are the same with it as without it (pipelined ones in order),
+and after the window the process sleeps again."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+from nbscale.serving.busypoll import BusyPoll
+from nbscale.serving.httpserver import Response, serve
+
+
+def _request(i: int) -> bytes:
+    return f"GET /n/{i} HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n".encode()
+
+
+def _answers(sock: socket.socket, n: int) -> list[bytes]:
+    """``n`` whole answers (each body is its request's path)."""
+    data, out = b"", []
+    while len(out) < n:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) >= length:
+                out.append(rest[:length])
+                data = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return out
+
+
+class Running:
+    """A server with ``poll`` in a loop of its own thread."""
+
+    def __init__(self, poll: BusyPoll | None):
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def handler(req):
+            return Response(200, req.path.encode(), "text/plain")
+
+        async def main():
+            self.server = await serve(handler, "127.0.0.1", 0, busy_poll=poll)
+            started.set()
+
+        self.thread = threading.Thread(
+            target=lambda: (self.loop.run_until_complete(main()), self.loop.run_forever())
+        )
+        self.thread.start()
+        assert started.wait(10)
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.server.port))
+        sock.settimeout(5)
+        return sock
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _exchange(run: Running, pause: float) -> list[bytes]:
+    sock = run.connect()
+    got = []
+    try:
+        for i in range(20):
+            sock.sendall(_request(i))
+            got += _answers(sock, 1)
+            time.sleep(pause)
+        sock.sendall(b"".join(_request(100 + i) for i in range(5)))  # pipelined
+        got += _answers(sock, 5)
+    finally:
+        sock.close()
+    return got
+
+
+def test_a_client_that_comes_back_at_once_is_read_while_the_loop_polls():
+    poll = BusyPoll(0.05)
+    run, plain = Running(poll), Running(None)
+    try:
+        # a closed-loop client: its next request comes well within the window
+        with_poll = _exchange(run, 0.0)
+        assert poll.turns > 0
+        assert with_poll == _exchange(plain, 0.0)
+        assert with_poll == [f"/n/{i}".encode() for i in range(20)] + [
+            f"/n/{100 + i}".encode() for i in range(5)
+        ]
+        # after the window it stops by itself: the process sleeps in epoll again
+        deadline = time.monotonic() + 5
+        while poll.polling and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not poll.polling
+        turns = poll.turns
+        time.sleep(0.2)
+        assert poll.turns == turns
+        # a client that waits longer than the window between requests never makes it poll
+        slow = BusyPoll(0.002)
+        paced = Running(slow)
+        sock = paced.connect()
+        try:
+            for i in range(10):
+                sock.sendall(_request(i))
+                assert _answers(sock, 1) == [f"/n/{i}".encode()]
+                time.sleep(0.05)
+            assert slow.turns == 0 and not slow.hot
+        finally:
+            sock.close()
+            paced.close()
+    finally:
+        run.close()
+        plain.close()
