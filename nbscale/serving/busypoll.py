@@ -34,9 +34,9 @@ _yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 _now = time.perf_counter
 
 
-def window_us(raw: str | None) -> float:
-    """A window in microseconds from a setting (``None`` or empty: the default; 0: off); a
-    ``ValueError`` that says what to set."""
+def window_us(raw: str | None, source: str = WINDOW_ENV) -> float:
+    """A window in microseconds from the setting ``source`` (``None`` or empty: the default;
+    0: off); a ``ValueError`` that names the setting and says what to set."""
     if raw is None or not raw.strip():
         return WINDOW_US
     try:
@@ -45,7 +45,7 @@ def window_us(raw: str | None) -> float:
         us = math.nan
     if not 0.0 <= us <= WINDOW_MAX_US:
         raise ValueError(
-            f"busy polling window {raw!r} is not a number of microseconds from 0 (off) to "
+            f"{source}={raw!r} is not a number of microseconds from 0 (off) to "
             f"{WINDOW_MAX_US:g}: set it like {WINDOW_US:g}, or 0 to sleep in epoll at once"
         )
     return us

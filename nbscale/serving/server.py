@@ -355,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = limits_from_args(args)
         front_limits = Limits(**json.loads(args.front_limits))
-        poll_us = window_us(
-            args.busy_poll_us if args.busy_poll_us is not None else os.environ.get(WINDOW_ENV)
+        poll_us = (
+            window_us(os.environ.get(WINDOW_ENV))
+            if args.busy_poll_us is None
+            else window_us(args.busy_poll_us, "--busy-poll-us")
         )
         if args.listen_fd is not None and not args.router_port_file:
             raise ValueError("--listen-fd needs --router-port-file")

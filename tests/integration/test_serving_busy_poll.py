@@ -116,3 +116,21 @@ def test_a_client_that_comes_back_at_once_is_read_while_the_loop_polls():
     finally:
         run.close()
         plain.close()
+
+
+def test_a_bad_window_in_the_environment_is_refused_at_deploy_and_nothing_starts(
+    tmp_path, monkeypatch
+):
+    import pytest
+
+    from nbscale.endpoints import deploy, endpoints
+    from nbscale.errors import SpecError
+    from tests.support.serving import make_artifact
+
+    model_dir, _ = make_artifact(tmp_path / "art")
+    for bad in ("soon", "-1", "1e9"):
+        monkeypatch.setenv("NBSCALE_BUSY_POLL_US", bad)
+        # the replicas would inherit it: the deploy names the setting and what to give
+        with pytest.raises(SpecError, match=f"NBSCALE_BUSY_POLL_US={bad!r} is not a number"):
+            deploy(model_dir, name="polls", replicas=(1, 1))
+        assert [ep.name for ep in endpoints()] == []

@@ -26,6 +26,7 @@ from ...errors import BackendUnavailable, Conflict, SpecError
 from ...keys import endpoint_token as token_for
 from ...paths import endpoint_dir
 from ...scrapes import Scrape, scrape_local
+from ...serving.busypoll import WINDOW_ENV, window_us
 from ...serving.zygote import WARM_TTL_ENV, start_warm, warm_dir, warm_enabled, warm_ttl
 from ...store import Store
 from ...store.endpoints import (
@@ -134,6 +135,10 @@ class LocalEndpoints(EndpointBackend):
                 warm_ttl()
             except ValueError as exc:
                 raise SpecError(WARM_TTL_ENV, str(exc)) from None
+        try:  # the replicas' busy polling (NBSCALE_BUSY_POLL_US), which they inherit
+            window_us(os.environ.get(WINDOW_ENV))
+        except ValueError as exc:
+            raise SpecError(WINDOW_ENV, str(exc)) from None
         return self._deploy(
             request.name,
             request.model_dir,
