@@ -807,7 +807,8 @@ def main() -> int:
     )
     ap.add_argument(
         "--only",
-        help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-endpoint,"
+        help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-nopoll,"
+        "nbscale-endpoint,"
         "nbscale-endpoint-proxy,nbscale-endpoint-autoscale,nbscale-endpoint-2,"
         "nbscale-endpoint-2-direct,kserve,mlserver,cold-start,"
         "fresh-replica,load-form ('bare' means both bare variants)",
@@ -829,6 +830,7 @@ def main() -> int:
             *BARE_VARIANTS,
             "nbscale",
             "nbscale-nobatch",
+            "nbscale-nopoll",
             "nbscale-endpoint",
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
@@ -847,6 +849,7 @@ def main() -> int:
         *BARE_VARIANTS,
         "nbscale",
         "nbscale-nobatch",
+        "nbscale-nopoll",
         "nbscale-endpoint",
         "nbscale-endpoint-proxy",
         "nbscale-endpoint-autoscale",
@@ -941,6 +944,7 @@ def main() -> int:
         if only & {
             "nbscale",
             "nbscale-nobatch",
+            "nbscale-nopoll",
             "nbscale-endpoint",
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
@@ -995,6 +999,8 @@ def main() -> int:
             contenders.append(("nbscale", nbscale_runner()))
         if "nbscale-nobatch" in only:
             contenders.append(("nbscale-nobatch", nbscale_runner("--max-batch-size", "1")))
+        if "nbscale-nopoll" in only:
+            contenders.append(("nbscale-nopoll", nbscale_runner("--busy-poll-us", "0")))
         if "kserve" in only:
 
             def run_kserve():
@@ -1220,7 +1226,8 @@ def main() -> int:
             "notes": "one server process each, OMP_NUM_THREADS=1; bare-numpy and bare-torch are the two "
             "bare Starlette+uvicorn apps, and every vs_bare / p99_vs_bare ratio is against the one named "
             "in bare_reference at that connection count (the one that served more requests/s); nbscale-nobatch is the runtime with "
-            "--max-batch-size 1; nbscale-endpoint is the deployed endpoint (supervisor, router, zygote and "
+            "--max-batch-size 1; nbscale-nopoll is the runtime (batching on) with --busy-poll-us 0, no "
+            "busy polling after an answer; nbscale-endpoint is the deployed endpoint (supervisor, router, zygote and "
             "1 replica on one CPU; the lone replica serves the endpoint's socket itself, endpoint_serving "
             "says so); nbscale-endpoint-proxy is the same with NBSCALE_DIRECT=0 (the router proxies every "
             "request); nbscale-endpoint-autoscale is an endpoint of 1 to 4 replicas (target 4 in flight "

@@ -16,6 +16,12 @@ CPU to any other runnable process first (``sched_yield``), so the router, anothe
 the user's kernel on the same CPU is not held back. The CPU it fills would otherwise be idle
 for less than the window; the process's CPU time counts it (``bench_serving`` reports CPU per
 request with it on).
+
+A listening socket that other processes accept on too (the endpoint's socket, shared by the
+replicas that serve it) is not accepted from while polling (``defer``): a polling process sees
+every new connection first, and would take all of them from the replicas the kernel woke for
+them (the connections of a direct endpoint would no longer spread over its replicas). Its
+accept waits until the polling stops, at most the window.
 """
 
 from __future__ import annotations
@@ -54,7 +60,17 @@ def window_us(raw: str | None, source: str = WINDOW_ENV) -> float:
 class BusyPoll:
     """One process's busy polling, shared by the servers it answers on (``add``)."""
 
-    __slots__ = ("window", "servers", "answered", "hot", "deadline", "polling", "loop", "turns")
+    __slots__ = (
+        "window",
+        "servers",
+        "answered",
+        "hot",
+        "deadline",
+        "polling",
+        "loop",
+        "turns",
+        "deferred",
+    )
 
     def __init__(self, window_s: float):
         self.window = window_s
@@ -65,6 +81,7 @@ class BusyPoll:
         self.polling = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.turns = 0  # loop turns spent polling (for tests and the curious)
+        self.deferred: list[Callable[[], None]] = []
 
     def add(self, server) -> None:
         self.servers.append(server)
@@ -72,6 +89,10 @@ class BusyPoll:
     def remove(self, server) -> None:
         if server in self.servers:
             self.servers.remove(server)
+
+    def defer(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the polling stops (a shared socket's accept)."""
+        self.deferred.append(callback)
 
     def arrived(self) -> None:
         """A request began: was it quick after the last answer?"""
@@ -95,3 +116,7 @@ class BusyPoll:
             self.loop.call_soon(self._turn)
         else:
             self.polling = False
+            if self.deferred:
+                deferred, self.deferred = self.deferred, []
+                for callback in deferred:
+                    callback()

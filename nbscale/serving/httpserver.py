@@ -149,12 +149,23 @@ class Listener:
     request on a connection already open), which is where the runtime's p99 at 64
     connections came from. Here, as asyncio's own loop does, every pending connection is
     accepted in one turn, and the transports are uvloop's (``connect_accepted_socket``).
+
+    ``shared_poll``: the socket is one other processes accept on too, and this process
+    busy-polls with it (``busypoll``): while it polls, its accept waits for the polling to end.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory, backlog: int):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        factory,
+        backlog: int,
+        shared_poll: BusyPoll | None = None,
+    ):
         self.loop = loop
         self.factory = factory
         self.backlog = backlog
+        self.shared_poll = shared_poll
         self.sockets = [sock]
         self.closed = False
         self.pending: set[asyncio.Task] = set()
@@ -164,6 +175,12 @@ class Listener:
 
     def _ready(self) -> None:
         sock = self.sockets[0]
+        if self.shared_poll is not None and self.shared_poll.polling:
+            # the replicas the kernel woke for this connection take it; this one, polling,
+            # would see every new connection first and take them all
+            self.loop.remove_reader(sock.fileno())
+            self.shared_poll.defer(self._resume)
+            return
         for _ in range(self.backlog):
             try:
                 conn, _ = sock.accept()
@@ -223,6 +240,7 @@ class HttpServer:
         self.server: Listener | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock=None) -> Listener:
+        shared = sock is not None  # a socket handed in: other processes may accept on it too
         if sock is None:
             family, kind, proto, _, addr = socket.getaddrinfo(
                 host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -234,7 +252,13 @@ class HttpServer:
             except OSError:
                 sock.close()
                 raise
-        self.server = Listener(asyncio.get_running_loop(), sock, self._factory, BACKLOG)
+        self.server = Listener(
+            asyncio.get_running_loop(),
+            sock,
+            self._factory,
+            BACKLOG,
+            self.busy_poll if shared else None,
+        )
         return self.server
 
     @property

@@ -6,6 +6,7 @@ and after the window the process sleeps again."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -134,3 +135,56 @@ def test_a_bad_window_in_the_environment_is_refused_at_deploy_and_nothing_starts
         with pytest.raises(SpecError, match=f"NBSCALE_BUSY_POLL_US={bad!r} is not a number"):
             deploy(model_dir, name="polls", replicas=(1, 1))
         assert [ep.name for ep in endpoints()] == []
+
+
+def test_a_shared_socket_is_not_accepted_from_while_polling():
+    # Given the endpoint's socket handed to a server that busy-polls (a replica serving it
+    # beside others), and a second server on the same socket that does not poll (one the
+    # kernel would wake for a new connection)
+    listen = socket.socket()
+    listen.bind(("127.0.0.1", 0))
+    poll = BusyPoll(0.5)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder = {}
+
+    async def handler(req):
+        return Response(200, req.path.encode(), "text/plain")
+
+    async def main():
+        own = socket.socket(fileno=os.dup(listen.fileno()))
+        holder["server"] = await serve(handler, "", 0, sock=own, busy_poll=poll)
+        started.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()))
+    thread.start()
+    try:
+        assert started.wait(10)
+        server = holder["server"]
+        first = socket.create_connection(listen.getsockname())
+        first.settimeout(5)
+        # When it polls after answering quick requests on a kept connection
+        for i in range(3):
+            first.sendall(_request(i))
+            _answers(first, 1)
+        deadline = time.monotonic() + 5
+        while not poll.polling and time.monotonic() < deadline:
+            first.sendall(_request(9))
+            _answers(first, 1)
+        assert poll.polling
+        # Then a new connection is left in the queue for another process while it polls
+        second = socket.create_connection(listen.getsockname())
+        second.settimeout(5)
+        time.sleep(0.05)
+        assert len(server.connections) == 1
+        # And once the polling has stopped it is accepted and answered here as before
+        second.sendall(_request(1))
+        assert _answers(second, 1) == [b"/n/1"]
+        assert len(server.connections) == 2
+        first.close()
+        second.close()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        listen.close()

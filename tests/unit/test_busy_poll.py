@@ -132,3 +132,23 @@ def test_the_runtime_refuses_a_bad_window_before_it_loads_a_model(tmp_path, monk
     assert server.main([*args, "--busy-poll-us", "-3"]) == 2
     assert "--busy-poll-us='-3'" in capsys.readouterr().err
     assert loaded == []
+
+
+def test_what_waits_for_the_polling_runs_once_when_it_stops():
+    async def go():
+        loop = asyncio.get_running_loop()
+        poll = BusyPoll(0.005)
+        poll.add(Server())
+        calls: list[bool] = []
+        poll.answered_now(loop)
+        poll.arrived()
+        poll.answered_now(loop)
+        poll.defer(lambda: calls.append(poll.polling))
+        assert calls == []
+        while poll.polling:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        return calls, poll.deferred
+
+    calls, left = _run(go())
+    assert calls == [False] and left == []  # once, after the polling stopped

@@ -284,7 +284,7 @@ def test_dry_run_prints_the_exact_objects_and_sends_nothing(tmp_path, monkeypatc
 def test_inference_services_validate_over_a_table_of_options():
     cases = itertools.product(
         [(0, 1), (1, 1), (2, 10)],
-        [None, "concurrency", "rps"],
+        [None, "concurrency", "rps", "cpu"],
         [0, 1],
         [None, 10],
         [{}, {"serving_image": "ghcr.io/acme/serve:1"}],
@@ -320,6 +320,9 @@ def test_inference_services_validate_over_a_table_of_options():
             assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
         env = {e["name"]: e for e in model["env"]}
         assert "value" not in env["NBSCALE_SERVING_TOKEN"]  # from a Secret, by name
+        # scaled on CPU, the runtime does not busy-poll (it would add CPU that serves nothing)
+        polls = env.get("NBSCALE_BUSY_POLL_US", {}).get("value")
+        assert polls == ("0" if metric == "cpu" else None)
     validate(mf.token_secret("digits", "t0k3n", "team-a"))
 
 

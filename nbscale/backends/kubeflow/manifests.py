@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import SpecError
+from ...serving.busypoll import WINDOW_ENV as BUSY_POLL_ENV
 from ..images import node_shape
 from .images import node_gpus, stock_image
 from .settings import CHECKPOINT_MOUNT, KEY_MOUNT, KubeflowSettings
@@ -482,6 +483,10 @@ def inference_service(
             "valueFrom": {"secretKeyRef": {"name": token_secret_name(name), "key": "token"}},
         },
     ]
+    if opts.scale_metric == "cpu":
+        # the HPA scales on the pods' CPU: the runtime's busy polling after an answer would
+        # add CPU that serves nothing (``nbscale.serving.busypoll``)
+        env.append({"name": BUSY_POLL_ENV, "value": "0"})
     args: list[str] = []
     for key in ("max_batch_size", "max_batch_delay_ms", "max_queue"):
         if config and config.get(key) is not None:
