@@ -12,8 +12,12 @@ most ``window_s``.
 It spends CPU only where that pays: it polls only when the request before came within the
 window of the answer before it (a client that waits longer, like a notebook between cells,
 never makes it poll), it stops as soon as a request is in progress, and every turn gives the
-CPU to any other runnable process first (``sched_yield``), so the router, another replica or
-the user's kernel on the same CPU is not held back. The CPU it fills would otherwise be idle
+CPU to any other runnable process first (``sched_yield``). A turn whose yield let another
+process run (it took longer than ``CONTENDED_S``) ends the polling: the router, another
+replica or the user's kernel wants this CPU, and a process that polls beside them only adds
+context switches and loses the scheduler's preference for a task it wakes. Two replicas of a
+direct endpoint sharing one CPU served a fifth fewer requests at 32 connections before this
+rule (``bench_serving``, 2026-12-07 06:59). The CPU it fills would otherwise be idle
 for less than the window; the process's CPU time counts it (``bench_serving`` reports CPU per
 request with it on).
 
@@ -35,6 +39,7 @@ from collections.abc import Callable
 WINDOW_ENV = "NBSCALE_BUSY_POLL_US"
 WINDOW_US = 100.0  # longer than a closed-loop client's turn around, short enough to cost little
 WINDOW_MAX_US = 10_000.0
+CONTENDED_S = 20e-6  # a yield with no one else to run returns in about a microsecond
 
 _yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 _now = time.perf_counter
@@ -70,6 +75,7 @@ class BusyPoll:
         "loop",
         "turns",
         "deferred",
+        "contended",
     )
 
     def __init__(self, window_s: float):
@@ -82,6 +88,7 @@ class BusyPoll:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.turns = 0  # loop turns spent polling (for tests and the curious)
         self.deferred: list[Callable[[], None]] = []
+        self.contended = 0  # pollings ended because another process wanted the CPU
 
     def add(self, server) -> None:
         self.servers.append(server)
@@ -110,13 +117,16 @@ class BusyPoll:
             loop.call_soon(self._turn)
 
     def _turn(self) -> None:
-        if _now() < self.deadline and not any(s.waiting for s in self.servers):
+        now = _now()
+        if now < self.deadline and not any(s.waiting for s in self.servers):
             self.turns += 1
             _yield()
-            self.loop.call_soon(self._turn)
-        else:
-            self.polling = False
-            if self.deferred:
-                deferred, self.deferred = self.deferred, []
-                for callback in deferred:
-                    callback()
+            if _now() - now < CONTENDED_S:
+                self.loop.call_soon(self._turn)
+                return
+            self.contended += 1  # another process ran: this CPU is wanted, sleep in epoll
+        self.polling = False
+        if self.deferred:
+            deferred, self.deferred = self.deferred, []
+            for callback in deferred:
+                callback()

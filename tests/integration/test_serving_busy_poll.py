@@ -6,11 +6,13 @@ and after the window the process sleeps again."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import threading
 import time
 
+from nbscale.serving import busypoll
 from nbscale.serving.busypoll import BusyPoll
 from nbscale.serving.httpserver import Response, serve
 
@@ -137,7 +139,10 @@ def test_a_bad_window_in_the_environment_is_refused_at_deploy_and_nothing_starts
         assert [ep.name for ep in endpoints()] == []
 
 
-def test_a_shared_socket_is_not_accepted_from_while_polling():
+def test_a_shared_socket_is_not_accepted_from_while_polling(monkeypatch):
+    # the client threads of this test share the process: a turn they interrupt must not
+    # end the polling here (``CONTENDED_S``)
+    monkeypatch.setattr(busypoll, "CONTENDED_S", math.inf)
     # Given the endpoint's socket handed to a server that busy-polls (a replica serving it
     # beside others), and a second server on the same socket that does not poll (one the
     # kernel would wake for a new connection)

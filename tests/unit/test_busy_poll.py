@@ -5,6 +5,7 @@ request is in progress, and a bad window is refused before the runtime loads any
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -24,7 +25,10 @@ def _run(coro):
     return asyncio.run(coro)
 
 
-def test_after_a_quick_request_it_polls_for_its_window_then_the_loop_sleeps():
+def test_after_a_quick_request_it_polls_for_its_window_then_the_loop_sleeps(monkeypatch):
+    # (a turn that another process interrupts ends it: the last test; here none counts)
+    monkeypatch.setattr(busypoll, "CONTENDED_S", math.inf)
+
     async def go():
         loop = asyncio.get_running_loop()
         poll, server = BusyPoll(0.02), Server()
@@ -152,3 +156,23 @@ def test_what_waits_for_the_polling_runs_once_when_it_stops():
 
     calls, left = _run(go())
     assert calls == [False] and left == []  # once, after the polling stopped
+
+
+def test_a_turn_that_let_another_process_run_ends_the_polling(monkeypatch):
+    # another process runnable on this CPU: the yield comes back only after it ran
+    monkeypatch.setattr(busypoll, "_yield", lambda: time.sleep(0.002))
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        poll = BusyPoll(1.0)
+        poll.add(Server())
+        poll.answered_now(loop)
+        poll.arrived()
+        poll.answered_now(loop)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return poll
+
+    poll = _run(go())
+    # one turn, then it sleeps in epoll long before its window's end
+    assert poll.turns == 1 and poll.contended == 1 and not poll.polling
