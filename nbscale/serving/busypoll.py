@@ -36,6 +36,8 @@ import os
 import time
 from collections.abc import Callable
 
+from ..number_settings import number_setting
+
 WINDOW_ENV = "NBSCALE_BUSY_POLL_US"
 WINDOW_US = 100.0  # longer than a closed-loop client's turn around, short enough to cost little
 WINDOW_MAX_US = 10_000.0
@@ -48,18 +50,13 @@ _now = time.perf_counter
 def window_us(raw: str | None, source: str = WINDOW_ENV) -> float:
     """A window in microseconds from the setting ``source`` (``None`` or empty: the default;
     0: off); a ``ValueError`` that names the setting and says what to set."""
-    if raw is None or not raw.strip():
-        return WINDOW_US
-    try:
-        us = float(raw)
-    except ValueError:
-        us = math.nan
-    if not 0.0 <= us <= WINDOW_MAX_US:
-        raise ValueError(
-            f"{source}={raw!r} is not a number of microseconds from 0 (off) to "
-            f"{WINDOW_MAX_US:g}: set it like {WINDOW_US:g}, or 0 to sleep in epoll at once"
-        )
-    return us
+    return number_setting(
+        raw,
+        WINDOW_US,
+        lambda us: 0.0 <= us <= WINDOW_MAX_US,
+        f"{source}={raw!r} is not a number of microseconds from 0 (off) to "
+        f"{WINDOW_MAX_US:g}: set it like {WINDOW_US:g}, or 0 to sleep in epoll at once",
+    )
 
 
 class BusyPoll:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..number_settings import number_setting
 from .jsoncodec import dumps
 
 log = logging.getLogger("nbscale.serving.capture")
@@ -49,15 +50,13 @@ def floor_from_env() -> tuple[float, float]:
     raw = os.environ.get(MIN_FREE_ENV, "").strip()
     if not raw:
         return MIN_FREE, RESUME_FREE
-    try:
-        share = float(raw)
-    except ValueError:
-        share = -1.0
-    if not 0 <= share < 1:
-        raise ValueError(
-            f"{MIN_FREE_ENV}={raw!r} is not a share of the disk: give a number from 0 up to"
-            " (not including) 1, e.g. 0.1 to keep 10% of the disk free"
-        )
+    share = number_setting(
+        raw,
+        MIN_FREE,
+        lambda share: 0 <= share < 1,
+        f"{MIN_FREE_ENV}={raw!r} is not a share of the disk: give a number from 0 up to"
+        " (not including) 1, e.g. 0.1 to keep 10% of the disk free",
+    )
     return share, min(share + RESUME_FREE - MIN_FREE, 1.0)
 
 

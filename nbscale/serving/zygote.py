@@ -67,7 +67,6 @@ import gc
 import hashlib
 import importlib
 import json
-import math
 import os
 import select
 import signal
@@ -77,6 +76,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from ..number_settings import number_setting
 
 MAX_MESSAGE = 1 << 20
 # what the first ``torch.export.load`` of a process imports (found with ``python -X importtime``);
@@ -391,18 +392,13 @@ WARM_TTL_MAX_S = 86_400.0  # a day: the warm zygote holds about 300 MiB while it
 def warm_ttl() -> float:
     """``NBSCALE_WARM_TTL`` in seconds (1 s to a day); a ``ValueError`` that says what to set."""
     raw = os.environ.get(WARM_TTL_ENV, "").strip()
-    if not raw:
-        return WARM_TTL_S
-    try:
-        ttl = float(raw)
-    except ValueError:
-        ttl = math.nan
-    if not 1.0 <= ttl <= WARM_TTL_MAX_S:
-        raise ValueError(
-            f"{WARM_TTL_ENV}={raw!r} is not a number of seconds from 1 to {WARM_TTL_MAX_S:.0f}: "
-            f"set it like {WARM_TTL_S:.0f}, or unset it (NBSCALE_WARM_ZYGOTE=0 turns it off)"
-        )
-    return ttl
+    return number_setting(
+        raw,
+        WARM_TTL_S,
+        lambda ttl: 1.0 <= ttl <= WARM_TTL_MAX_S,
+        f"{WARM_TTL_ENV}={raw!r} is not a number of seconds from 1 to {WARM_TTL_MAX_S:.0f}: "
+        f"set it like {WARM_TTL_S:.0f}, or unset it (NBSCALE_WARM_ZYGOTE=0 turns it off)",
+    )
 
 
 def _run_dir(run_dir: Path) -> None:

@@ -5,16 +5,15 @@ and after the window the process sleeps again."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import socket
-import threading
 import time
 
 from nbscale.serving import busypoll
 from nbscale.serving.busypoll import BusyPoll
-from nbscale.serving.httpserver import Response, serve
+from nbscale.serving.httpserver import Response
+from tests.support.serving import ServerThread
 
 
 def _request(i: int) -> bytes:
@@ -38,35 +37,19 @@ def _answers(sock: socket.socket, n: int) -> list[bytes]:
     return out
 
 
-class Running:
-    """A server with ``poll`` in a loop of its own thread."""
+class Running(ServerThread):
+    """A server that answers each request with its path, busy-polling with ``poll``."""
 
-    def __init__(self, poll: BusyPoll | None):
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
+    def __init__(self, poll: BusyPoll | None, **serve_options):
         async def handler(req):
             return Response(200, req.path.encode(), "text/plain")
 
-        async def main():
-            self.server = await serve(handler, "127.0.0.1", 0, busy_poll=poll)
-            started.set()
+        super().__init__(handler, busy_poll=poll, **serve_options)
 
-        self.thread = threading.Thread(
-            target=lambda: (self.loop.run_until_complete(main()), self.loop.run_forever())
-        )
-        self.thread.start()
-        assert started.wait(10)
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.server.port))
+    def connect(self, address=None) -> socket.socket:
+        sock = socket.create_connection(address or ("127.0.0.1", self.server.port))
         sock.settimeout(5)
         return sock
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def _exchange(run: Running, pause: float) -> list[bytes]:
@@ -149,25 +132,10 @@ def test_a_shared_socket_is_not_accepted_from_while_polling(monkeypatch):
     listen = socket.socket()
     listen.bind(("127.0.0.1", 0))
     poll = BusyPoll(0.5)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder = {}
-
-    async def handler(req):
-        return Response(200, req.path.encode(), "text/plain")
-
-    async def main():
-        own = socket.socket(fileno=os.dup(listen.fileno()))
-        holder["server"] = await serve(handler, "", 0, sock=own, busy_poll=poll)
-        started.set()
-
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()))
-    thread.start()
+    running = Running(poll, sock=socket.socket(fileno=os.dup(listen.fileno())))
     try:
-        assert started.wait(10)
-        server = holder["server"]
-        first = socket.create_connection(listen.getsockname())
-        first.settimeout(5)
+        server = running.server
+        first = running.connect(listen.getsockname())
         # When it polls after answering quick requests on a kept connection
         for i in range(3):
             first.sendall(_request(i))
@@ -178,8 +146,7 @@ def test_a_shared_socket_is_not_accepted_from_while_polling(monkeypatch):
             _answers(first, 1)
         assert poll.polling
         # Then a new connection is left in the queue for another process while it polls
-        second = socket.create_connection(listen.getsockname())
-        second.settimeout(5)
+        second = running.connect(listen.getsockname())
         time.sleep(0.05)
         assert len(server.connections) == 1
         # And once the polling has stopped it is accepted and answered here as before
@@ -189,7 +156,5 @@ def test_a_shared_socket_is_not_accepted_from_while_polling(monkeypatch):
         first.close()
         second.close()
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        running.close()
         listen.close()

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 
-from nbscale.serving.httpserver import Response, serve
+from nbscale.serving.httpserver import Response
+from tests.support.serving import ServerThread
 
 REQUEST = b"GET /x HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n"
 
@@ -23,29 +22,19 @@ def _answer(sock: socket.socket) -> bytes:
 
 
 def test_released_connections_are_closed_after_their_next_answer_or_when_idle():
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder = {}
-
     async def handler(req):
         return Response(200, b"ok", "text/plain")
 
-    async def main():
-        holder["server"] = await serve(handler, "127.0.0.1", 0)
-        started.set()
-
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()))
-    thread.start()
+    running = ServerThread(handler)
     try:
-        assert started.wait(10)
-        server = holder["server"]
+        server = running.server
         busy, idle = (socket.create_connection(("127.0.0.1", server.port)) for _ in range(2))
         for s in (busy, idle):
             s.settimeout(5)
             s.sendall(REQUEST)
             assert b"connection: close" not in _answer(s)  # kept alive so far
         # When the server lets its connections go
-        released = asyncio.run_coroutine_threadsafe(_release(server), loop).result(5)
+        released = running.call(_release(server))
         assert released == 2
         # Then a request on one of them is still answered, with Connection: close, and the
         # connection ends there
@@ -64,9 +53,7 @@ def test_released_connections_are_closed_after_their_next_answer_or_when_idle():
         for s in (busy, idle, again):
             s.close()
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        running.close()
 
 
 async def _release(server) -> int:

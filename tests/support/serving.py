@@ -172,3 +172,38 @@ class Scaler:
 
     def predict(self, x):
         return np.asarray(x, dtype=np.float32) * self.factor
+
+
+class ServerThread:
+    """nbscale's HTTP server (``httpserver.serve``) with ``handler`` in an event loop of its
+    own thread, in this process; ``serve_options`` go to ``serve`` (``sock``, ``busy_poll``)."""
+
+    def __init__(self, handler, **serve_options):
+        import asyncio
+        import threading
+
+        from nbscale.serving.httpserver import serve
+
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def main():
+            self.server = await serve(handler, "127.0.0.1", 0, **serve_options)
+            started.set()
+
+        self.thread = threading.Thread(
+            target=lambda: (self.loop.run_until_complete(main()), self.loop.run_forever())
+        )
+        self.thread.start()
+        assert started.wait(10)
+
+    def call(self, coro, timeout: float = 5):
+        """Run ``coro`` in the server's loop and return what it returns."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
