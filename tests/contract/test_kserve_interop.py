@@ -151,6 +151,8 @@ def test_kserve_sdk_reads_the_inferenceservice_nbscale_deployed(
         assert got["env"] == [
             ["NBSCALE_KEY_FILE", mf.KEY_FILE, None],
             ["NBSCALE_SERVING_TOKEN", None, mf.token_secret_name("digits")],
+            # scaled on cpu: the runtime does not busy-poll (CPU that serves nothing)
+            ["NBSCALE_BUSY_POLL_US", "0", None],
         ]
         assert got["mounts"] == [["nbscale-keys", mf.KEY_MOUNT, True]]
         (volume,) = got["volumes"]
