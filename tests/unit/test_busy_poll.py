@@ -25,6 +25,13 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+def _quick_request(poll: BusyPoll, loop) -> None:
+    """An answer, the next request at once after it, and its answer: polling starts."""
+    poll.answered_now(loop)
+    poll.arrived()
+    poll.answered_now(loop)
+
+
 def test_after_a_quick_request_it_polls_for_its_window_then_the_loop_sleeps(monkeypatch):
     # (a turn that another process interrupts ends it: the last test; here none counts)
     monkeypatch.setattr(busypoll, "CONTENDED_S", math.inf)
@@ -75,9 +82,7 @@ def test_a_request_in_progress_stops_the_polling_at_once(monkeypatch):
         poll, quiet, busy = BusyPoll(1.0), Server(), Server()
         poll.add(quiet)
         poll.add(busy)
-        poll.answered_now(loop)
-        poll.arrived()
-        poll.answered_now(loop)
+        _quick_request(poll, loop)
         busy.waiting = 1  # a request read on the other server (the shared socket's)
         for _ in range(3):
             await asyncio.sleep(0)
@@ -102,9 +107,7 @@ def test_every_turn_gives_the_cpu_to_other_runnable_processes(monkeypatch):
         loop = asyncio.get_running_loop()
         poll = BusyPoll(0.01)
         poll.add(Server())
-        poll.answered_now(loop)
-        poll.arrived()
-        poll.answered_now(loop)
+        _quick_request(poll, loop)
         while poll.polling:
             await asyncio.sleep(0)
         return poll.turns
@@ -146,9 +149,7 @@ def test_what_waits_for_the_polling_runs_once_when_it_stops():
         poll = BusyPoll(0.005)
         poll.add(Server())
         calls: list[bool] = []
-        poll.answered_now(loop)
-        poll.arrived()
-        poll.answered_now(loop)
+        _quick_request(poll, loop)
         poll.defer(lambda: calls.append(poll.polling))
         assert calls == []
         while poll.polling:
@@ -168,9 +169,7 @@ def test_a_turn_that_let_another_process_run_ends_the_polling(monkeypatch):
         loop = asyncio.get_running_loop()
         poll = BusyPoll(1.0)
         poll.add(Server())
-        poll.answered_now(loop)
-        poll.arrived()
-        poll.answered_now(loop)
+        _quick_request(poll, loop)
         for _ in range(5):
             await asyncio.sleep(0)
         return poll
