@@ -154,13 +154,22 @@ def add_platform_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, help="GPUs per replica")
     p.add_argument("--cpu", help="CPU per replica (a Kubernetes quantity)")
     p.add_argument("--memory", help="memory per replica (e.g. 2Gi)")
-    p.add_argument(
+    hop = p.add_mutually_exclusive_group()
+    hop.add_argument(
         "--direct",
         action="store_true",
         default=None,
-        help="local: every replica accepts on the endpoint's port itself, no proxy hop at any "
-        "replica count (a replica that dies drops the connections it held; without it, an "
-        "endpoint fixed at 2+ replicas goes through the router, which retries them)",
+        help="local, the default: every replica accepts on the endpoint's port itself, no proxy "
+        "hop at any replica count (a replica that dies drops the connections it held)",
+    )
+    hop.add_argument(
+        "--proxy",
+        dest="direct",
+        action="store_false",
+        default=None,
+        help="local: the router proxies each request while 2+ replicas run, to the one with the "
+        "fewest in flight, and retries a request that hit a replica killed under it (about half "
+        "the rate at one connection)",
     )
 
 

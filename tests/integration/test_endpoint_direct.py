@@ -115,8 +115,9 @@ def test_a_lone_replica_serves_the_socket_with_auth_metrics_stats_and_capture(cl
 
 
 def test_scaling_up_takes_the_socket_back_and_no_request_is_lost(cleanup):
+    # Given an endpoint deployed with --proxy (direct false), while it runs one replica
     model = mlp()
-    ep = deploy(model, name="grow", replicas=(1, 1))
+    ep = deploy(model, name="grow", replicas=(1, 1), options={"direct": False})
     wait_for(lambda: _serving(ep) == "replica", 30, interval=0.05, what="the hand-over")
     x = np.ones((1, 64), np.float32)
     stop = threading.Event()
@@ -210,9 +211,15 @@ def test_scaling_scale_to_zero_and_ttl_endpoints_are_served_by_their_lone_replic
         assert _serving(ep) == "router"
         ep.delete()
     monkeypatch.delenv("NBSCALE_DIRECT")
-    # And an endpoint fixed at two replicas keeps the router (it retries a request that hit a
-    # replica killed under it), even while one of them is being replaced
+    # And an endpoint fixed at two replicas is served by both of them (direct, the default)
     ep = deploy(mlp(), name="pair", replicas=(2, 2))
+    wait_for(lambda: _serving(ep) == "replicas", 30, interval=0.05, what="both replicas")
+    assert all(r["serves_socket"] for r in ep.metrics()["replica_list"])
+    ep.predict(x)
+    ep.delete()
+    # And deployed with --proxy it keeps the router (it retries a request that hit a replica
+    # killed under it), even while one of them is being replaced
+    ep = deploy(mlp(), name="pair-proxied", replicas=(2, 2), options={"direct": False})
     ep.predict(x)
     assert _serving(ep) == "router"
     os.kill(ep.metrics()["replica_list"][0]["pid"], signal.SIGKILL)

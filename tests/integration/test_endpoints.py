@@ -386,8 +386,8 @@ def test_a_router_killed_under_load_is_back_on_its_port_by_itself(cleanup):
 
 
 def test_a_replica_killed_under_load_loses_no_request(cleanup):
-    # Given two replicas under load
-    ep = deploy(mlp(), name="sturdy-load", replicas=(2, 2))
+    # Given two replicas under load, behind the router (--proxy: the router retries)
+    ep = deploy(mlp(), name="sturdy-load", replicas=(2, 2), options={"direct": False})
     wait_for(lambda: ep.metrics()["replicas"]["ready"] == 2, 60, interval=0.2, what="two replicas")
     victim = ep.metrics()["replica_list"][0]["pid"]
     with Load(ep.record.port, "sturdy-load") as load:

@@ -63,8 +63,10 @@ class LocalEndpoints(EndpointBackend):
 
     type = "local"
     applies_idle_ttl = True
-    #: direct: every ready replica accepts on the endpoint's port itself (no proxy hop at any
-    #: replica count); a replica that dies then drops the connections it held
+    #: direct (the default): every ready replica accepts on the endpoint's port itself, no
+    #: proxy hop at any replica count, and a replica that dies drops the connections it held;
+    #: false: the router proxies while two or more replicas run (it retries a request that hit
+    #: a replica killed under it, and sends each to the replica with the fewest in flight)
     options = frozenset({"direct"})
 
     def replica_limit(self) -> int:
@@ -128,8 +130,7 @@ class LocalEndpoints(EndpointBackend):
     def deploy(self, request: DeployRequest) -> EndpointRecord:
         self.validate(request)
         config = dict(request.config)
-        if self._direct(request):
-            config["direct"] = True
+        config["direct"] = self._direct(request)  # kept: a router restarted later reads it
         if warm_enabled():
             try:  # the warm zygote's idle time: said here, before anything starts
                 warm_ttl()
@@ -150,19 +151,22 @@ class LocalEndpoints(EndpointBackend):
 
     @staticmethod
     def _direct(request: DeployRequest) -> bool:
+        """Whether every replica serves the endpoint's socket: yes unless asked otherwise
+        (``direct`` false, ``--proxy``) or ``NBSCALE_DIRECT=0`` makes the router proxy every
+        request; asking for ``direct`` under that variable is refused."""
+        from .router import DIRECT_ENV
+
         direct = request.options.get("direct")
         if direct not in (None, True, False):
             raise SpecError("direct", f"must be true or false, got {direct!r}")
-        if direct:
-            from .router import DIRECT_ENV
-
-            if os.environ.get(DIRECT_ENV, "1") == "0":
-                raise SpecError(
-                    "direct",
-                    f"{DIRECT_ENV}=0 in this environment makes the router proxy every request",
-                    f"unset {DIRECT_ENV}, or leave --direct out",
-                )
-        return bool(direct)
+        proxy_all = os.environ.get(DIRECT_ENV, "1") == "0"
+        if direct and proxy_all:
+            raise SpecError(
+                "direct",
+                f"{DIRECT_ENV}=0 in this environment makes the router proxy every request",
+                f"unset {DIRECT_ENV}, or leave --direct out",
+            )
+        return not proxy_all if direct is None else direct
 
     def _deploy(
         self,

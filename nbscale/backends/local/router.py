@@ -3,11 +3,9 @@
 ``python -m nbscale.backends.local.router NAME --daemonize`` (started by
 ``nbscale.backends.local.endpoints``) becomes the endpoint's supervisor
 (``supervisor.py``), which owns the port and runs this router with the
-listening socket, restarting it if it dies. The router proxies each request
-to the ready replica with the fewest requests in flight. Replicas are
-``python -m nbscale.serving`` processes that bind a free loopback port
-themselves and report it in a port file. Like Knative's activator and
-autoscaler it:
+listening socket, restarting it if it dies. Replicas are ``python -m
+nbscale.serving`` processes that bind a free loopback port themselves and
+report it in a port file. Like Knative's activator and autoscaler the router:
 
 - scales between min and max replicas on the average number of requests in
   flight per replica (``target_concurrency``); down only after
@@ -16,31 +14,33 @@ autoscaler it:
   last replica is kept stopped (SIGSTOP, model loaded, no CPU) and the next
   request wakes it (SIGCONT) in milliseconds; a fresh start is only needed
   when there is no such standby (the wait is recorded either way),
-- replaces a replica that dies, and retries a request that hit a dying one,
+- replaces a replica that dies,
 - times out replica calls (504) and refuses oversized or malformed replica
   answers (502), and keeps its control loop running through failures, and
 - writes its replicas to ``replicas.json`` so a router started after a crash
   adopts them instead of starting new ones.
 
-Whenever the endpoint runs exactly one replica (but an endpoint fixed at two or
-more, whose router retries a request that hit a dead replica) that replica
-serves the endpoint's socket itself, with no proxy hop; it publishes the
-requests it serves in ``replica-<id>.load`` (``nbscale.serving.loadfile``),
-which the router reads every tick to autoscale, scale to zero and apply the
-idle TTL. The router takes the socket back before it scales up, pauses or
-stops that replica, and pauses or stops it only once it holds nothing from the
-socket.
+By default (``direct``) every ready replica serves the endpoint's socket
+itself, at any replica count, gunicorn's prefork way: the kernel hands each
+new connection to one of them, and the router only supervises and scales.
+Each replica publishes the requests it serves in ``replica-<id>.load``
+(``nbscale.serving.loadfile``), which the router reads every tick to
+autoscale, scale to zero and apply the idle TTL. A replica joins once it is
+ready (those already serving then let their connections go, so that
+keep-alive clients connect again and are spread over it too) and leaves (it
+gives the socket back, finishes what it holds) before it is stopped by a
+scale-down; the router takes the socket back only to scale to zero or apply
+the idle TTL, and pauses or stops a replica only once it holds nothing from
+the socket. The price: a replica that dies drops the connections it held, and
+nothing retries their requests. ``/metrics`` and ``/nbscale/stats`` then merge
+the replicas' own figures (``replica_figures``).
 
-An endpoint deployed with ``direct`` has every ready replica serve the socket,
-at any replica count: the kernel hands each new connection to one of them, and
-the router only supervises and scales. A replica joins once it is ready (those
-already serving then let their connections go, so that keep-alive clients
-connect again and are spread over it too) and
-leaves (it gives the socket back, finishes what it holds) before it is stopped
-by a scale-down; the router takes the socket back only to scale to zero or
-apply the idle TTL. The price: a replica that dies drops the connections it
-held, and nothing retries their requests. ``/metrics`` and ``/nbscale/stats``
-then merge the replicas' own figures (``replica_figures``).
+Deployed with ``direct`` false (``--proxy``), the router proxies each request
+to the ready replica with the fewest in flight whenever two or more replicas
+run, and retries a request that hit a dying one on another; a lone replica
+(but one of an endpoint fixed at two or more) still serves the socket, and the
+router takes the socket back before it scales up. ``NBSCALE_DIRECT=0`` keeps
+the router in front of every request.
 """
 
 from __future__ import annotations
@@ -223,8 +223,10 @@ class Router:
         self.zygote_parked = False  # stopped with the replicas by the idle TTL, until a request
         self.zygote_wake: asyncio.Future | None = None
         self.direct_allowed = os.environ.get(DIRECT_ENV, "1") != "0"
-        # deployed with direct: every ready replica serves the endpoint's socket, not only a
-        # lone one (a replica that dies drops the connections it held: nothing retries them)
+        # direct (how every endpoint is deployed unless asked otherwise): every ready replica
+        # serves the endpoint's socket, not only a lone one (a replica that dies drops the
+        # connections it held: nothing retries them). A record without it was deployed before
+        # that was the default, and keeps the router in front of two or more replicas.
         self.all_direct = bool(cfg.get("direct"))
         self.listen_fd: int | None = None
         self.public = None  # the HttpServer on the endpoint's socket; None while a replica has it
@@ -649,10 +651,11 @@ class Router:
 
     def _direct_candidates(self) -> list[Replica]:
         """The replicas that may serve the endpoint's socket without the proxy hop: ready,
-        holding the socket and neither paused, starting nor leaving. Without ``direct`` only
-        the endpoint's lone live replica (none starting, draining aside, no paused standby) and
-        never one of an endpoint fixed at two or more, whose router retries a request that hit
-        a dead replica; with ``direct`` every such replica. An autoscaling, scale-to-zero or
+        holding the socket and neither paused, starting nor leaving. With ``direct`` (the
+        default) every such replica; deployed with it false (``--proxy``), only the endpoint's
+        lone live replica (none starting, draining aside, no paused standby) and never one of
+        an endpoint fixed at two or more, whose router retries a request that hit a dead
+        replica. An autoscaling, scale-to-zero or
         idle-TTL endpoint needs their load files (the router reads its requests there) and is
         not about to go idle."""
         if self.stopping:
