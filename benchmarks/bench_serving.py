@@ -37,13 +37,12 @@ and the first request to an endpoint scaled to zero whose standby is gone
 artifact with its lean form and without it (``load-form``). ``nbscale-endpoint`` is an endpoint of one replica, which
 serves the endpoint's socket itself; ``nbscale-endpoint-proxy`` is the same
 endpoint with ``NBSCALE_DIRECT=0``, every request through the router;
-``nbscale-endpoint-2`` is fixed at two replicas, which the router proxies to
-(it retries a request that hit a dead replica); ``nbscale-endpoint-2-direct``
-is the same deployed with ``direct``: both replicas accept on the endpoint's
-socket themselves. ``nbscale-endpoint-autoscale`` scales between 1 and 4 replicas (default
-target of 4 requests in flight each): its lone replica serves the socket while
-one is enough, the router proxies once it has scaled up (each point records
-the replicas and who served the socket when it ended). Its router adds a
+``nbscale-endpoint-2`` is fixed at two replicas, both of which accept on the
+endpoint's socket themselves (``direct``, the default); ``nbscale-endpoint-2-proxy``
+is the same deployed with ``--proxy``: the router proxies to them (and retries a
+request that hit a dead replica). ``nbscale-endpoint-autoscale`` scales between 1 and 4
+replicas (default target of 4 requests in flight each), every one serving the socket
+(each point records the replicas and who served the socket when it ended). Its router adds a
 replica for load only while the endpoint leaves half a CPU free among those it
 may run on (``nbscale.backends.local.cpu_room``): pinned to one CPU, it stays
 at one replica once that replica fills the CPU. Each of its points
@@ -810,7 +809,7 @@ def main() -> int:
         help="comma-separated subset: bare-numpy,bare-torch,nbscale,nbscale-nobatch,nbscale-nopoll,"
         "nbscale-endpoint,"
         "nbscale-endpoint-proxy,nbscale-endpoint-autoscale,nbscale-endpoint-2,"
-        "nbscale-endpoint-2-direct,kserve,mlserver,cold-start,"
+        "nbscale-endpoint-2-proxy,kserve,mlserver,cold-start,"
         "fresh-replica,load-form ('bare' means both bare variants)",
     )
     ap.add_argument("--out", default="serving", help="results/<out>.json")
@@ -835,7 +834,7 @@ def main() -> int:
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
             "nbscale-endpoint-2",
-            "nbscale-endpoint-2-direct",
+            "nbscale-endpoint-2-proxy",
             "kserve",
             "mlserver",
             "cold-start",
@@ -854,7 +853,7 @@ def main() -> int:
         "nbscale-endpoint-proxy",
         "nbscale-endpoint-autoscale",
         "nbscale-endpoint-2",
-        "nbscale-endpoint-2-direct",
+        "nbscale-endpoint-2-proxy",
         "kserve",
         "mlserver",
     }
@@ -949,7 +948,7 @@ def main() -> int:
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
             "nbscale-endpoint-2",
-            "nbscale-endpoint-2-direct",
+            "nbscale-endpoint-2-proxy",
             "cold-start",
             "fresh-replica",
             "load-form",
@@ -1063,8 +1062,8 @@ def main() -> int:
             ("nbscale-endpoint", "mlp", "1", (1, 1), "replica"),
             ("nbscale-endpoint-proxy", "mlp-proxy", "0", (1, 1), "router"),
             ("nbscale-endpoint-autoscale", "mlp-autoscale", "1", (1, 4), "replica"),
-            ("nbscale-endpoint-2", "mlp-two", "1", (2, 2), "router"),
-            ("nbscale-endpoint-2-direct", "mlp-two-direct", "1", (2, 2), "replicas"),
+            ("nbscale-endpoint-2", "mlp-two", "1", (2, 2), "replicas"),
+            ("nbscale-endpoint-2-proxy", "mlp-two-proxy", "1", (2, 2), "router"),
         ):
             if contender not in only:
                 continue
@@ -1079,7 +1078,7 @@ def main() -> int:
                     str(artifact),
                     name=ep_name,
                     replicas=replicas,
-                    options={"direct": True} if want == "replicas" else None,
+                    options={"direct": False} if contender.endswith("-2-proxy") else None,
                 )
                 deployed.append(ep)
             finally:
@@ -1178,7 +1177,7 @@ def main() -> int:
             "nbscale-endpoint-proxy",
             "nbscale-endpoint-autoscale",
             "nbscale-endpoint-2",
-            "nbscale-endpoint-2-direct",
+            "nbscale-endpoint-2-proxy",
         ):
             if name not in ratios:
                 continue
@@ -1231,13 +1230,13 @@ def main() -> int:
             "1 replica on one CPU; the lone replica serves the endpoint's socket itself, endpoint_serving "
             "says so); nbscale-endpoint-proxy is the same with NBSCALE_DIRECT=0 (the router proxies every "
             "request); nbscale-endpoint-autoscale is an endpoint of 1 to 4 replicas (target 4 in flight "
-            "each), all on the same CPU: its lone replica serves the socket while one is enough and the "
-            "router proxies once it has scaled up (replicas_at_end and serving_at_end at each point), "
+            "each), all on the same CPU, every replica serving the socket (replicas_at_end and "
+            "serving_at_end at each point), "
             "and adds a replica only while the endpoint leaves half a CPU free (on one CPU, none "
             "once the first fills it); "
-            "nbscale-endpoint-2 is an endpoint fixed at 2 replicas (the router proxies, and retries a "
-            "request that hit a dead replica), nbscale-endpoint-2-direct the same deployed with "
-            "direct (both replicas accept on the endpoint's socket, no hop), both on the one CPU; "
+            "nbscale-endpoint-2 is an endpoint fixed at 2 replicas (direct, the default: both accept on "
+            "the endpoint's socket, no hop), nbscale-endpoint-2-proxy the same deployed with --proxy "
+            "(the router proxies, and retries a request that hit a dead replica), both on the one CPU; "
             "fresh_replica: replicas started from nothing with the zygote (forked) and without "
             "it (NBSCALE_ZYGOTE=0, a new Python process), interleaved; its first_deploy_s is a new "
             "process's first deploy() with the home's warm zygote preloaded (as after %load_ext "

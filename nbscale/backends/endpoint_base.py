@@ -35,6 +35,10 @@ from ..store import Store
 from ..store.endpoints import EndpointRecord
 from .base import DryRun
 
+#: options whose false is a choice of its own, refused by a backend without them under the
+#: CLI flag that sets it (``direct`` false is ``--proxy``); any other false is an unset flag
+FALSE_FLAGS = {"direct": "proxy"}
+
 
 @dataclass(frozen=True)
 class DeployRequest:
@@ -89,8 +93,15 @@ class EndpointBackend(ABC):
             "memory_size_mb": "memory-mb",
         }
         for key, value in request.options.items():
-            if key not in self.options and value not in (None, "", False):
+            if key in self.options:
+                continue
+            if value is False and key in FALSE_FLAGS:
+                flag = FALSE_FLAGS[key]  # a choice of its own (--proxy), not a flag left unset
+            elif value in (None, "", False):
+                continue
+            else:
                 flag = flags.get(key, key).replace("_", "-")
+            if flag:
                 raise SpecError(
                     flag,
                     f"the {self.type} endpoint backend does not use it",

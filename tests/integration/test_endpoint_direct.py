@@ -315,11 +315,12 @@ def _connections_on(proc: psutil.Process, port: int) -> list:
     ]
 
 
-def test_an_autoscaling_endpoint_is_direct_at_low_load_proxied_when_scaled_up_and_direct_again(
+def test_a_proxied_autoscaling_endpoint_is_direct_at_low_load_proxied_when_scaled_up_and_back(
     cleanup, tmp_path
 ):
-    # Given an endpoint of 1 to 2 replicas of a 50 ms model, scaling at one request in flight
-    ep, model = deploy_elastic(tmp_path / "art", "elastic", (1, 2))
+    # Given an endpoint of 1 to 2 replicas of a 50 ms model, scaling at one request in flight,
+    # deployed with --proxy (direct false)
+    ep, model = deploy_elastic(tmp_path / "art", "elastic", (1, 2), direct=False)
     x = np.ones((1, 64), np.float32)
     # When one client calls it (one request in flight at most), Then its replica serves it
     light = Clients("elastic", x, 1)

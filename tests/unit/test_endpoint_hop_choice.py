@@ -4,10 +4,11 @@ the router proxies them (``--proxy``): what each face passes, and what the backe
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import pytest
 
-from nbscale.backends.endpoint_base import DeployRequest
+from nbscale.backends.endpoint_base import DeployRequest, EndpointBackend
 from nbscale.backends.local.endpoints import LocalEndpoints
 from nbscale.backends.local.router import DIRECT_ENV
 from nbscale.errors import SpecError
@@ -71,3 +72,18 @@ def test_a_choice_that_cannot_be_kept_is_refused(monkeypatch, options, env, says
     with pytest.raises(SpecError, match=says) as err:
         LocalEndpoints._direct(_request(options))
     assert err.value.field == "direct"
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"), [({"direct": True}, "direct"), ({"direct": False}, "proxy")]
+)
+def test_a_backend_without_the_choice_refuses_either_flag_by_its_name(options, flag):
+    # Given a backend with no local hop to choose (as the Kubeflow and SageMaker ones)
+    cloud = SimpleNamespace(type="kubeflow", options=frozenset({"gpus"}))
+    # When --direct or --proxy is asked of it, Then it is refused under that flag's own name
+    with pytest.raises(SpecError, match="the kubeflow endpoint backend does not use it") as err:
+        EndpointBackend.validate(cloud, _request(options))
+    assert err.value.field == flag
+    assert f"drop --{flag}" in str(err.value)
+    # And an option it has, or one left unset, passes
+    EndpointBackend.validate(cloud, _request({"gpus": 1, "canary_traffic_percent": None}))
