@@ -577,6 +577,22 @@ def _first_deploy(artifact: Path, name: str, data: bytes, env: dict[str, str]) -
     return float(done.stdout.strip().splitlines()[-1])
 
 
+IMPORT_TORCH = "import torch, sys; sys.stdout.write('imported'); sys.stdout.flush()"
+
+
+def _python_and_torch_s() -> float:
+    """The floor of a deploy with nothing running: a new Python process until it has imported
+    torch (what the warm zygote must do before it can fork a replica), its exit not counted."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", IMPORT_TORCH], stdout=subprocess.PIPE)
+    said = proc.stdout.read(len("imported"))
+    took = time.perf_counter() - t
+    proc.wait(60)
+    if said != b"imported":
+        raise RuntimeError("python -c 'import torch' failed")
+    return round(took, 3)
+
+
 def _stop_warm(run_dir: Path, timeout: float = 30.0) -> None:
     """Stop this home's warm zygote (as its idle TTL would), so the next deploy finds none."""
     from nbscale.serving.zygote import warm_running
@@ -709,6 +725,7 @@ def fresh_replicas(artifact: Path, body: str, rounds: int) -> dict:
                 got.setdefault("first_deploy_nothing_running_s", []).append(
                     _first_deploy(artifact, once, data, {})
                 )
+                got.setdefault("python_import_torch_s", []).append(_python_and_torch_s())
                 endpoint(once).delete()
                 _wait_warm(warm_dir())  # the session's warm zygote (%load_ext nbscale) is up
             name = f"fresh-{mode}-{r}"
@@ -1242,7 +1259,9 @@ def main() -> int:
             "process's first deploy() with the home's warm zygote preloaded (as after %load_ext "
             "nbscale), first_deploy_no_warm_s the same with NBSCALE_WARM_ZYGOTE=0, "
             "first_deploy_nothing_running_s with the warm zygote on but none running (started "
-            "by that deploy, as a one-off CLI deploy or one after its TTL); load_form: a new "
+            "by that deploy, as a one-off CLI deploy or one after its TTL), and beside it "
+            "python_import_torch_s, a new Python process until it has imported torch (that "
+            "deploy's floor: the warm zygote does that before it can fork); load_form: a new "
             "python -m nbscale.serving process until ready, of the artifact with its lean form and of "
             "the same artifact without it (torch.export.load), interleaved, and package() of the model with "
             "and without writing the lean form (load_form.package); "
