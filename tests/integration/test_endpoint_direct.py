@@ -523,6 +523,39 @@ def test_a_direct_endpoint_of_two_replicas_is_served_by_both_with_no_hop(cleanup
     assert port_free(port)
 
 
+def test_a_replica_killed_under_nbscale_clients_of_a_default_endpoint_loses_none_of_theirs(
+    cleanup,
+):
+    # Given an endpoint fixed at two replicas, deployed with nothing said about the hop (both
+    # serve the socket), called by three of nbscale's clients all along
+    model = mlp()
+    ep = deploy(model, name="steady", replicas=(2, 2))
+    wait_for(lambda: _serving(ep) == "replicas", 30, interval=0.05, what="both serving")
+    victim = ep.metrics()["replica_list"][0]
+    x = np.ones((1, 64), np.float32)
+    clients = Clients("steady", x, 3)
+    try:
+        clients.wait(30, "requests flowing")
+        # When one replica is SIGKILLed under them
+        os.kill(victim["pid"], signal.SIGKILL)
+        clients.wait(30, "requests after the kill")
+
+        # Then a replacement joins the survivor on the socket
+        def replaced() -> bool:
+            pids = [r["pid"] for r in ep.metrics()["replica_list"] if r["serves_socket"]]
+            return len(pids) == 2 and victim["pid"] not in pids
+
+        wait_for(replaced, 60, interval=0.1, what="a replacement serving the socket")
+        clients.wait(30, "requests to both again")
+    finally:
+        errors = clients.close()
+    # And no request of theirs was lost: a connection the dead replica held was retried once
+    # by the client, on a new connection that a live replica took
+    assert not errors, errors[:3]
+    for r in clients.results[-3:]:
+        np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)
+
+
 def test_a_direct_endpoint_scales_down_and_up_without_losing_a_request(cleanup):
     # Given a direct endpoint of two replicas, called by two clients all along
     model = mlp()
