@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nbscale.backends.endpoint_base import DeployRequest
-from nbscale.backends.local.endpoints import LocalEndpoints
 from nbscale.backends.local.replica_figures import merged_exposition, merged_stats
-from nbscale.errors import SpecError
 from nbscale.serving.metrics import Rolling, ServerMetrics
 
 
@@ -97,22 +94,6 @@ def test_series_points_sum_requests_and_show_the_slowest_replica():
         {"time": 11, "rps": 2, "errors": 0, "p50_ms": None, "p99_ms": None},
     ]
     assert merged["p50_ms"] is None and merged["requests_total"] == 0
-
-
-def _request(**options) -> DeployRequest:
-    return DeployRequest("m", None, 2, 2, options=options)  # type: ignore[arg-type]
-
-
-def test_direct_is_a_yes_or_no_and_not_overruled_by_the_environment(monkeypatch):
-    monkeypatch.delenv("NBSCALE_DIRECT", raising=False)
-    assert LocalEndpoints._direct(_request(direct=True)) is True
-    assert LocalEndpoints._direct(_request()) is False
-    with pytest.raises(SpecError, match="must be true or false, got 'yes'"):
-        LocalEndpoints._direct(_request(direct="yes"))
-    # a setting that turns direct serving off would silently win: said at deploy instead
-    monkeypatch.setenv("NBSCALE_DIRECT", "0")
-    with pytest.raises(SpecError, match="NBSCALE_DIRECT=0 in this environment"):
-        LocalEndpoints._direct(_request(direct=True))
 
 
 def test_the_digest_gives_the_same_percentiles_and_the_window_errors():
