@@ -10,7 +10,7 @@ import pytest
 
 from nbscale.backends.endpoint_base import DeployRequest, EndpointBackend
 from nbscale.backends.local.endpoints import LocalEndpoints
-from nbscale.backends.local.router import DIRECT_ENV
+from nbscale.backends.local.hop import DIRECT_ENV
 from nbscale.errors import SpecError
 from nbscale.faces.options import add_platform_options, platform_options
 

@@ -42,6 +42,7 @@ from ...store.endpoints import (
     update_endpoint,
 )
 from ..endpoint_base import DeployRequest, EndpointBackend, V2Client, V2Clients
+from .hop import DIRECT_ENV, proxy_every_request
 from .ports import pick_port, port_free
 from .processes import alive, create_time, stop_tagged_processes
 
@@ -154,12 +155,10 @@ class LocalEndpoints(EndpointBackend):
         """Whether every replica serves the endpoint's socket: yes unless asked otherwise
         (``direct`` false, ``--proxy``) or ``NBSCALE_DIRECT=0`` makes the router proxy every
         request; asking for ``direct`` under that variable is refused."""
-        from .router import DIRECT_ENV
-
         direct = request.options.get("direct")
         if direct not in (None, True, False):
             raise SpecError("direct", f"must be true or false, got {direct!r}")
-        proxy_all = os.environ.get(DIRECT_ENV, "1") == "0"
+        proxy_all = proxy_every_request()
         if direct and proxy_all:
             raise SpecError(
                 "direct",

@@ -92,6 +92,7 @@ from ...store.endpoints import (
 )
 from . import gpus
 from .cpu_room import ROOM_FOR_A_REPLICA, CpuRoom
+from .hop import proxy_every_request
 from .processes import alive, create_time
 from .replica_figures import merged_exposition, merged_stats
 
@@ -105,7 +106,6 @@ MAX_RESPONSE_HEAD = 64 * 1024
 ZYGOTE_ENV = "NBSCALE_ZYGOTE"  # 0: every replica starts as a fresh Python process
 ZYGOTE_WAIT_S = 60.0  # how long a deploy waits for the zygote before starting replicas afresh
 ZYGOTE_RETRY_S = 10.0
-DIRECT_ENV = "NBSCALE_DIRECT"  # 0: the router proxies every request, even to a lone replica
 log = logging.getLogger("nbscale.backends.local.router")
 
 
@@ -222,7 +222,7 @@ class Router:
         self.use_zygote = os.environ.get(ZYGOTE_ENV, "1") != "0"
         self.zygote_parked = False  # stopped with the replicas by the idle TTL, until a request
         self.zygote_wake: asyncio.Future | None = None
-        self.direct_allowed = os.environ.get(DIRECT_ENV, "1") != "0"
+        self.direct_allowed = not proxy_every_request()
         # direct (how every endpoint is deployed unless asked otherwise): every ready replica
         # serves the endpoint's socket, not only a lone one (a replica that dies drops the
         # connections it held: nothing retries them). A record without it was deployed before
