@@ -35,10 +35,6 @@ from ..store import Store
 from ..store.endpoints import EndpointRecord
 from .base import DryRun
 
-#: options whose false is a choice of its own, refused by a backend without them under the
-#: CLI flag that sets it (``direct`` false is ``--proxy``); any other false is an unset flag
-FALSE_FLAGS = {"direct": "proxy"}
-
 
 @dataclass(frozen=True)
 class DeployRequest:
@@ -92,21 +88,21 @@ class EndpointBackend(ABC):
             "timeout_s": "timeout",
             "memory_size_mb": "memory-mb",
         }
+        false_flags = {"direct": "proxy"}  # a false that is a choice of its own, not unset
         for key, value in request.options.items():
             if key in self.options:
                 continue
-            if value is False and key in FALSE_FLAGS:
-                flag = FALSE_FLAGS[key]  # a choice of its own (--proxy), not a flag left unset
+            if value is False and key in false_flags:
+                flag = false_flags[key]
             elif value in (None, "", False):
                 continue
             else:
                 flag = flags.get(key, key).replace("_", "-")
-            if flag:
-                raise SpecError(
-                    flag,
-                    f"the {self.type} endpoint backend does not use it",
-                    f"drop --{flag} or deploy with a backend that has it",
-                )
+            raise SpecError(
+                flag,
+                f"the {self.type} endpoint backend does not use it",
+                f"drop --{flag} or deploy with a backend that has it",
+            )
 
     def render(self, request: DeployRequest) -> DryRun:
         """The exact platform objects ``deploy`` would send (for ``--dry-run``), built without
