@@ -38,6 +38,13 @@ def _serving(ep) -> str:
     return ep.metrics()["serving"]
 
 
+def _none_lost(errors: list, results: list, model, x: np.ndarray) -> None:
+    """No request failed, and the last answers are what the model computes."""
+    assert not errors, errors[:3]
+    for r in results[-3:]:
+        np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)
+
+
 def _request(ep, method: str, path: str, body: bytes = b"", token: str | None = None):
     url = urllib.parse.urlparse(ep.url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
@@ -170,9 +177,7 @@ def test_scaling_up_takes_the_socket_back_and_no_request_is_lost(cleanup):
     # And no request was lost in any of it (nbscale's client retries a connection that was
     # closed under it once, as it always has)
     errors = [r for r in results if isinstance(r, Exception)]
-    assert not errors, errors[:3]
-    for r in results[-3:]:
-        np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)
+    _none_lost(errors, results, model, x)
 
 
 def test_scaling_scale_to_zero_and_ttl_endpoints_are_served_by_their_lone_replica(
@@ -354,10 +359,7 @@ def test_a_proxied_autoscaling_endpoint_is_direct_at_low_load_proxied_when_scale
             errors = heavy.close()
         errors += light.close()
     # And no request was lost in any of it
-    assert not errors, errors[:3]
-    expected = forward(model, x)
-    for r in light.results[-3:]:
-        np.testing.assert_allclose(r, expected, rtol=1e-5, atol=1e-6)
+    _none_lost(errors, light.results, model, x)
 
 
 def test_a_scale_to_zero_endpoint_served_directly_pauses_only_a_replica_that_holds_nothing(
@@ -551,9 +553,7 @@ def test_a_replica_killed_under_nbscale_clients_of_a_default_endpoint_loses_none
         errors = clients.close()
     # And no request of theirs was lost: a connection the dead replica held was retried once
     # by the client, on a new connection that a live replica took
-    assert not errors, errors[:3]
-    for r in clients.results[-3:]:
-        np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)
+    _none_lost(errors, clients.results, model, x)
 
 
 def test_a_direct_endpoint_scales_down_and_up_without_losing_a_request(cleanup):
@@ -589,9 +589,7 @@ def test_a_direct_endpoint_scales_down_and_up_without_losing_a_request(cleanup):
     finally:
         errors = clients.close()
     # And no request was lost in any of it
-    assert not errors, errors[:3]
-    for r in clients.results[-3:]:
-        np.testing.assert_allclose(r, forward(model, x), rtol=1e-5, atol=1e-6)
+    _none_lost(errors, clients.results, model, x)
 
 
 def test_a_direct_autoscaling_endpoint_spreads_kept_connections_over_the_replica_it_adds(
@@ -640,7 +638,4 @@ def test_a_direct_autoscaling_endpoint_spreads_kept_connections_over_the_replica
             errors += heavy.close()
         errors += light.close()
     # And no request was lost in any of it
-    assert not errors, errors[:3]
-    expected = forward(model, x)
-    for r in light.results[-3:]:
-        np.testing.assert_allclose(r, expected, rtol=1e-5, atol=1e-6)
+    _none_lost(errors, light.results, model, x)
