@@ -331,10 +331,12 @@ def deploy(
             finally:
                 if model_dir.is_relative_to(endpoint_dir(name)):
                     shutil.rmtree(model_dir, ignore_errors=True)
+                    _remove_if_empty(model_dir.parent, endpoint_dir(name))
         rec = mgr.deploy(request)
     except BaseException:
         if model_dir.is_relative_to(endpoint_dir(name)):  # a copy made here for this deploy
             shutil.rmtree(model_dir, ignore_errors=True)
+            _remove_if_empty(model_dir.parent, endpoint_dir(name))  # kept: a failed start's logs
         raise
     if config.get("idle_ttl_s") and not mgr.applies_idle_ttl:
         from .monitoring.idle_watch import start_idle_watch
@@ -342,6 +344,14 @@ def deploy(
         # a cloud endpoint has no router of ours: a detached watcher deletes it when idle
         start_idle_watch(name, endpoint_dir(name) / "idle-watch.log")
     return Endpoint(rec, mgr)
+
+
+def _remove_if_empty(*folders: Path) -> None:
+    """Remove each folder that is empty, in order (a refused deploy leaves no empty ``models``
+    or endpoint folder behind)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
 
 
 def _as_baseline(baseline: Any) -> Any:

@@ -87,3 +87,18 @@ def test_a_backend_without_the_choice_refuses_either_flag_by_its_name(options, f
     assert f"drop --{flag}" in str(err.value)
     # And an option it has, or one left unset, passes
     EndpointBackend.validate(cloud, _request({"gpus": 1, "canary_traffic_percent": None}))
+
+
+def test_a_refused_choice_leaves_no_folder_of_the_endpoint(nbscale_home):
+    # Given a model in the notebook, packaged by deploy before the backend sees its options
+    import torch
+
+    from nbscale.endpoints import deploy, endpoints
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    # When the backend refuses the deploy's choice of hop
+    with pytest.raises(SpecError, match="must be true or false"):
+        deploy(model, name="refused", options={"direct": "yes"}, example=torch.zeros(1, 4))
+    # Then nothing of it is left: no record, no packaged model, no empty folder
+    assert endpoints() == []
+    assert not (nbscale_home / "endpoints" / "refused").exists()
